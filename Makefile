@@ -1,0 +1,36 @@
+# whyslow: build, generate BPF objects, test.
+GO      ?= go
+BINARY  ?= whyslow
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X github.com/whyslow/whyslow/cmd.Version=$(VERSION)
+
+.PHONY: all build generate check-generated test test-unit vet clean
+
+all: build
+
+## build: a static binary ./whyslow (no cgo, no clang needed)
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BINARY) ./cmd/whyslow
+
+## generate: rebuild the BPF objects and their Go bindings with bpf2go (needs clang, libbpf-dev)
+generate:
+	cd probes && $(GO) generate ./...
+
+## check-generated: fail when the committed BPF objects differ from a fresh `make generate`
+check-generated: generate
+	@git diff --exit-code --stat -- probes/ || { echo "generated BPF files are stale: run 'make generate' and commit" >&2; exit 1; }
+	@test -z "$$(git status --porcelain -- probes/)" || { git status --porcelain -- probes/; echo "untracked generated files: commit them" >&2; exit 1; }
+
+vet:
+	$(GO) vet ./...
+
+## test: every test; BPF and integration tests need root and run for real
+test: vet
+	$(GO) test -count=1 -timeout 20m ./...
+
+## test-unit: the tests that need neither root nor BPF
+test-unit:
+	$(GO) test -count=1 -short ./...
+
+clean:
+	rm -f $(BINARY)

@@ -1,0 +1,97 @@
+/* Minimal CO-RE definitions of the block layer types whyslow reads.
+ *
+ * Only the fields the programs use are listed; preserve_access_index makes
+ * every access a relocation that is matched by name against the running
+ * kernel's BTF at load time, so offsets and the rest of each struct do not
+ * matter. Types with a ___old suffix describe fields that existed only on
+ * older kernels; programs test them with bpf_core_field_exists. */
+#ifndef WHYSLOW_KERNEL_BLOCK_H
+#define WHYSLOW_KERNEL_BLOCK_H
+
+typedef __u64 sector_t;
+typedef __u32 dev_t;
+
+struct gendisk {
+	int major;
+	int first_minor;
+	char disk_name[32];
+} __attribute__((preserve_access_index));
+
+struct block_device {
+	dev_t bd_dev;
+	struct gendisk *bd_disk;
+	__u8 bd_partno;
+} __attribute__((preserve_access_index));
+
+struct bvec_iter {
+	sector_t bi_sector;
+	unsigned int bi_size;
+} __attribute__((preserve_access_index));
+
+/* 5.12+: bi_bdev (may be a partition; bi_bdev->bd_disk is the whole disk). */
+struct bio {
+	struct block_device *bi_bdev;
+	unsigned int bi_opf;
+	struct bvec_iter bi_iter;
+} __attribute__((preserve_access_index));
+
+/* Up to 5.11: the disk hangs directly off the bio. */
+struct bio___old {
+	struct gendisk *bi_disk;
+	__u8 bi_partno;
+} __attribute__((preserve_access_index));
+
+struct request_queue {
+	struct gendisk *disk; /* 5.15+ */
+} __attribute__((preserve_access_index));
+
+struct request {
+	struct request_queue *q;
+	struct block_device *part;
+	sector_t __sector;
+	unsigned int __data_len;
+	unsigned int cmd_flags;
+} __attribute__((preserve_access_index));
+
+/* Up to 5.15: the request names its disk. */
+struct request___old {
+	struct gendisk *rq_disk;
+} __attribute__((preserve_access_index));
+
+/* The whole disk a bio is for, on any kernel. */
+static __always_inline struct gendisk *bio_disk(struct bio *bio)
+{
+	if (bpf_core_field_exists(bio->bi_bdev)) {
+		struct block_device *bdev = BPF_CORE_READ(bio, bi_bdev);
+		return bdev ? BPF_CORE_READ(bdev, bd_disk) : 0;
+	}
+	struct bio___old *old = (void *)bio;
+	if (bpf_core_field_exists(old->bi_disk))
+		return BPF_CORE_READ(old, bi_disk);
+	return 0;
+}
+
+/* The whole disk a request is for, on any kernel. */
+static __always_inline struct gendisk *request_disk(struct request *rq)
+{
+	struct request___old *old = (void *)rq;
+	if (bpf_core_field_exists(old->rq_disk))
+		return BPF_CORE_READ(old, rq_disk);
+	if (bpf_core_field_exists(struct request_queue, disk)) {
+		struct request_queue *q = BPF_CORE_READ(rq, q);
+		return q ? BPF_CORE_READ(q, disk) : 0;
+	}
+	return 0;
+}
+
+/* Kernel-internal dev_t of a disk: MKDEV(major, first_minor) = major<<20|minor. */
+static __always_inline __u32 disk_dev(struct gendisk *disk)
+{
+	if (!disk)
+		return 0;
+	__u32 major = BPF_CORE_READ(disk, major);
+	__u32 minor = BPF_CORE_READ(disk, first_minor);
+	return (major << 20) | (minor & 0xfffff);
+}
+
+#endif

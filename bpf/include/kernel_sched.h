@@ -1,0 +1,53 @@
+/* Minimal CO-RE definitions of the scheduler and process types whyslow reads
+ * (offcpu.bpf.c, exec.bpf.c).
+ *
+ * Only the fields the programs use are listed; preserve_access_index makes
+ * every access a relocation matched by name against the running kernel's BTF
+ * at load time (fields inside anonymous structs, as in mm_struct, are found
+ * too). No kernel headers are needed. */
+#ifndef WHYSLOW_KERNEL_SCHED_H
+#define WHYSLOW_KERNEL_SCHED_H
+
+/* task->__state / sched_switch prev_state bits (include/linux/sched.h). */
+#define TASK_UNINTERRUPTIBLE 0x0002
+#define TASK_NOLOAD 0x0400 /* with D: TASK_IDLE, an idle kernel thread */
+
+/* task->flags */
+#define PF_KTHREAD 0x00200000
+
+typedef struct {
+	__u32 val;
+} kuid_t;
+
+struct cred {
+	kuid_t uid;
+} __attribute__((preserve_access_index));
+
+struct mm_struct {
+	unsigned long arg_start;
+	unsigned long arg_end;
+} __attribute__((preserve_access_index));
+
+struct task_struct {
+	unsigned int __state; /* 5.14+ */
+	unsigned int flags;
+	int pid;
+	int tgid;
+	char comm[TASK_COMM_LEN];
+	struct mm_struct *mm;
+	struct task_struct *real_parent;
+	const struct cred *cred;
+	int exit_code;
+	__u64 start_time; /* fork time, CLOCK_MONOTONIC ns */
+} __attribute__((preserve_access_index));
+
+/* Up to 5.13: the state was a long named state. */
+struct task_struct___old {
+	long state;
+} __attribute__((preserve_access_index));
+
+struct linux_binprm {
+	const char *filename;
+} __attribute__((preserve_access_index));
+
+#endif

@@ -1,0 +1,169 @@
+/* submit: bio submission latency (blktrace's Q2G), per device.
+ *
+ * block_bio_queue starts a span keyed by the bio pointer; it ends when the
+ * bio gets a request (block_getrq) or is merged into one
+ * (block_bio_backmerge/frontmerge). The span holds the waits before request
+ * accounting: a frozen queue (__bio_queue_enter), wbt/iocost throttling and
+ * tag allocation. Every span goes into a per-device histogram; spans of at
+ * least min_latency_ns are also streamed with who submitted the bio.
+ *
+ * Bios of bio-based devices (zram, dm, md, bcache) never get a request. Their
+ * spans are deleted on block_bio_complete: the kernel sets
+ * BIO_TRACE_COMPLETION on every bio that passes block_bio_queue, so
+ * block_bio_complete fires exactly once for each of them when it ends. That
+ * keeps the map small and, more importantly, stops a freed bio whose memory
+ * is reused by a later bio that skips block_bio_queue (the front part of a
+ * split) from ending a stale span with a bogus huge latency. The LRU bounds
+ * the map if a completion is ever missed. */
+#include "common.h"
+#include "hist.h"
+#include "kernel_block.h"
+
+DECLARE_LOSSES();
+
+#include "devhist.h"
+
+/* Set from user space before loading. */
+volatile const __u64 min_latency_ns = 1000000;
+/* Index of the bio argument of each tracepoint (see tp_arg). */
+volatile const __u32 arg_bio_queue = 0;
+volatile const __u32 arg_getrq = 0;
+volatile const __u32 arg_backmerge = 0;
+volatile const __u32 arg_frontmerge = 0;
+volatile const __u32 arg_bio_complete = 1;
+
+#define MAX_INFLIGHT 65536
+
+enum submit_end {
+	END_GETRQ = 0,
+	END_BACKMERGE = 1,
+	END_FRONTMERGE = 2,
+};
+
+struct start {
+	__u64 ns;
+	__u32 pid;
+	__u32 tgid;
+	char comm[TASK_COMM_LEN];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_INFLIGHT);
+	__type(key, __u64); /* struct bio * */
+	__type(value, struct start);
+} starts SEC(".maps");
+
+struct submit_event {
+	__u64 start_ns;
+	__u64 latency_ns;
+	__u64 sector;
+	__u32 pid;
+	__u32 tgid;
+	__u32 dev; /* whole disk, major<<20|minor */
+	__u32 opf; /* bio->bi_opf: REQ_OP_* | REQ_* flags */
+	__u32 bytes;
+	__u32 end; /* enum submit_end */
+	char comm[TASK_COMM_LEN];
+	char disk_name[DISK_NAME_LEN];
+};
+
+/* Not used by the programs: makes bpf2go emit the Go type of the event. */
+struct submit_event submit_event_type;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} events SEC(".maps");
+
+SEC("tp_btf/block_bio_queue")
+int sub_bio_queue(__u64 *ctx)
+{
+	__u64 bio = (__u64)tp_arg(ctx, arg_bio_queue);
+	__u64 id = bpf_get_current_pid_tgid();
+	struct start s = {};
+
+	if (!bio)
+		return 0;
+	s.ns = bpf_ktime_get_ns();
+	s.pid = (__u32)id;
+	s.tgid = id >> 32;
+	bpf_get_current_comm(s.comm, sizeof(s.comm));
+	if (bpf_map_update_elem(&starts, &bio, &s, BPF_ANY))
+		count_loss(&losses, LOSS_MAP_FULL);
+	return 0;
+}
+
+static __always_inline int submit_end(struct bio *bio, __u32 end)
+{
+	__u64 key = (__u64)bio;
+	struct start *sp, s;
+	struct submit_event *e;
+	struct gendisk *disk;
+	__u64 now, lat;
+	__u32 dev;
+
+	sp = bpf_map_lookup_elem(&starts, &key);
+	if (!sp)
+		return 0;
+	now = bpf_ktime_get_ns();
+	s = *sp;
+	bpf_map_delete_elem(&starts, &key);
+	if (now < s.ns)
+		return 0;
+	lat = now - s.ns;
+
+	disk = bio_disk(bio);
+	dev = disk_dev(disk);
+	dev_hist_add(dev, disk, lat);
+	if (lat < min_latency_ns)
+		return 0;
+
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_loss(&losses, LOSS_RINGBUF);
+		return 0;
+	}
+	e->start_ns = s.ns;
+	e->latency_ns = lat;
+	e->sector = BPF_CORE_READ(bio, bi_iter.bi_sector);
+	e->pid = s.pid;
+	e->tgid = s.tgid;
+	e->dev = dev;
+	e->opf = BPF_CORE_READ(bio, bi_opf);
+	e->bytes = BPF_CORE_READ(bio, bi_iter.bi_size);
+	e->end = end;
+	__builtin_memcpy(e->comm, s.comm, sizeof(e->comm));
+	e->disk_name[0] = 0;
+	if (disk)
+		bpf_core_read_str(e->disk_name, sizeof(e->disk_name), &disk->disk_name);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tp_btf/block_getrq")
+int sub_getrq(__u64 *ctx)
+{
+	return submit_end(tp_arg(ctx, arg_getrq), END_GETRQ);
+}
+
+SEC("tp_btf/block_bio_backmerge")
+int sub_backmerge(__u64 *ctx)
+{
+	return submit_end(tp_arg(ctx, arg_backmerge), END_BACKMERGE);
+}
+
+SEC("tp_btf/block_bio_frontmerge")
+int sub_frontmerge(__u64 *ctx)
+{
+	return submit_end(tp_arg(ctx, arg_frontmerge), END_FRONTMERGE);
+}
+
+SEC("tp_btf/block_bio_complete")
+int sub_bio_done(__u64 *ctx)
+{
+	__u64 key = (__u64)tp_arg(ctx, arg_bio_complete);
+
+	bpf_map_delete_elem(&starts, &key);
+	return 0;
+}

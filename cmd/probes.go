@@ -1,0 +1,113 @@
+package cmd
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/cilium/ebpf/rlimit"
+	"github.com/olekukonko/tablewriter"
+	"github.com/spf13/cobra"
+
+	"github.com/whyslow/whyslow/diagnose"
+	"github.com/whyslow/whyslow/event"
+	"github.com/whyslow/whyslow/hist"
+	"github.com/whyslow/whyslow/probes"
+	"github.com/whyslow/whyslow/rules"
+)
+
+// ProbesOptions are the flags of `whyslow probes`.
+type ProbesOptions struct {
+	IO     *IO
+	Format string
+	BTF    string
+}
+
+// NewCmdProbes builds `whyslow probes`; runF replaces the run for tests.
+func NewCmdProbes(ios *IO, runF func(*ProbesOptions) error) *cobra.Command {
+	opts := &ProbesOptions{IO: ios}
+	c := &cobra.Command{
+		Use:   "probes",
+		Short: "List every probe, the mechanism it uses on this kernel, and whether it works",
+		Long: `Loads and attaches every probe for a moment, then detaches it, and prints the
+mechanism each one uses on this kernel, or why it is unavailable. Needs root.`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if opts.Format != "text" && opts.Format != "json" {
+				return usagef("--format %q: want text or json", opts.Format)
+			}
+			if runF != nil {
+				return runF(opts)
+			}
+			return probesRun(opts)
+		},
+	}
+	c.Flags().StringVarP(&opts.Format, "format", "f", "text", "output format: text or json")
+	c.Flags().StringVar(&opts.BTF, "btf", diagnose.DefaultBTF, "kernel BTF file")
+	return c
+}
+
+// discard is a probes.Sink that drops everything.
+type discard struct{}
+
+func (discard) Event(event.Event)                                        {}
+func (discard) Loss(event.Loss)                                          {}
+func (discard) Histogram(probes.HistKind, event.Device, *hist.Histogram) {}
+
+func probesRun(opts *ProbesOptions) error {
+	// Check needs a rule set; probes need none, so give it an empty one.
+	spec, err := diagnose.Check(diagnose.Options{Duration: 1, BTF: opts.BTF, Rules: &rules.Set{}})
+	if err != nil {
+		return err
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return fmt.Errorf("raising the locked-memory limit for BPF maps: %w", err)
+	}
+	cfg := probes.Config{MinLatency: 1 << 62, KernelTypes: spec, ProcFS: "/proc", SysFS: "/sys"}
+	var statuses []event.ProbeStatus
+	for _, p := range probes.All() {
+		r, st := p.Start(cfg, discard{})
+		if st.Name == "" {
+			st.Name = p.Name()
+		}
+		if r != nil {
+			if err := r.Stop(); err != nil {
+				st.Reason = strings.TrimSpace(st.Reason + "; stopping: " + err.Error())
+			}
+		}
+		statuses = append(statuses, st)
+	}
+	if opts.Format == "json" {
+		enc := json.NewEncoder(opts.IO.Out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(map[string]any{"probes": statuses})
+	}
+	return writeProbeTable(opts.IO.Out, statuses, describe())
+}
+
+func describe() map[string]string {
+	out := map[string]string{}
+	for _, p := range probes.All() {
+		out[p.Name()] = p.Describe()
+	}
+	return out
+}
+
+func writeProbeTable(w io.Writer, statuses []event.ProbeStatus, desc map[string]string) error {
+	t := tablewriter.NewTable(w)
+	t.Header("Probe", "Mechanism", "Status", "Measures / why not")
+	for _, st := range statuses {
+		why := desc[st.Name]
+		if st.Status != event.StatusOK || st.Reason != "" {
+			why = st.Reason
+		}
+		for _, s := range st.Skipped {
+			why += fmt.Sprintf("\n%s skipped: %s", s.Mechanism, s.Reason)
+		}
+		if err := t.Append(st.Name, string(st.Mechanism), st.Status, why); err != nil {
+			return err
+		}
+	}
+	return t.Render()
+}

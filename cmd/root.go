@@ -1,0 +1,157 @@
+// Package cmd is whyslow's command line: one constructor per command
+// (NewCmdX with an XOptions struct and a private run function that tests can
+// replace), and Main, which maps errors to exit codes.
+package cmd
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime/debug"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+)
+
+// Version is set at build time (-ldflags -X); "dev" otherwise.
+var Version = "dev"
+
+// Exit codes.
+const (
+	ExitOK       = 0 // diagnosis done (findings or not), or command succeeded
+	ExitError    = 1 // the command failed
+	ExitUsage    = 2 // bad flags or arguments
+	ExitFindings = 3 // --fail-on matched a finding
+)
+
+// IO is where a command reads and writes.
+type IO struct {
+	In     io.Reader
+	Out    io.Writer
+	ErrOut io.Writer
+	// ErrTTY says ErrOut is an interactive terminal (live progress goes there).
+	ErrTTY bool
+	// OutTTY says Out is an interactive terminal.
+	OutTTY bool
+}
+
+// SystemIO returns the process's standard streams.
+func SystemIO() *IO {
+	return &IO{In: os.Stdin, Out: os.Stdout, ErrOut: os.Stderr,
+		OutTTY: isTerminal(os.Stdout), ErrTTY: isTerminal(os.Stderr) && os.Getenv("CI") == ""}
+}
+
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
+
+// usageError marks a mistake in how the command was called.
+type usageError struct{ error }
+
+func (e usageError) Unwrap() error { return e.error }
+
+func usagef(format string, a ...any) error { return usageError{fmt.Errorf(format, a...)} }
+
+// exitError carries a specific exit code with its message.
+type exitError struct {
+	code int
+	msg  string
+}
+
+func (e exitError) Error() string { return e.msg }
+
+// NewRootCmd builds the whole command tree.
+func NewRootCmd(ios *IO) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "whyslow",
+		Short: "Find the root cause of slow storage on this host",
+		Long: `whyslow watches the block layer, the scheduler, exec and uevents with eBPF,
+puts every event on one timeline, evaluates declarative rules and prints a ranked
+report of causes with their evidence and a remedy.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Version:       version(),
+	}
+	root.SetOut(ios.Out)
+	root.SetErr(ios.ErrOut)
+	root.SetIn(ios.In)
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return usageError{fmt.Errorf("%w (see '%s --help')", err, c.CommandPath())}
+	})
+	root.AddCommand(
+		newCmdDiagnose(ios),
+		NewCmdProbes(ios, nil),
+		newCmdRules(ios),
+		newCmdVersion(ios),
+	)
+	return root
+}
+
+// Main runs the command line with os.Args and returns the exit code.
+func Main(ios *IO) int {
+	return Execute(ios, os.Args[1:])
+}
+
+// Execute runs the command line with args and returns the exit code; errors
+// are printed as one line on ios.ErrOut.
+func Execute(ios *IO, args []string) int {
+	root := NewRootCmd(ios)
+	root.SetArgs(args)
+	err := root.Execute()
+	if err == nil {
+		return ExitOK
+	}
+	var ee exitError
+	if errors.As(err, &ee) {
+		if ee.msg != "" {
+			fmt.Fprintln(ios.ErrOut, ee.msg)
+		}
+		return ee.code
+	}
+	fmt.Fprintf(ios.ErrOut, "whyslow: %v\n", err)
+	var ue usageError
+	if errors.As(err, &ue) || isCobraUsage(err) {
+		return ExitUsage
+	}
+	return ExitError
+}
+
+// isCobraUsage recognizes cobra's own argument errors (unknown command,
+// wrong number of arguments), which it does not route through the flag
+// error function.
+func isCobraUsage(err error) bool {
+	msg := err.Error()
+	for _, p := range []string{"unknown command", "accepts ", "requires at least", "requires at most", "unknown flag", "unknown shorthand"} {
+		if strings.Contains(msg, p) {
+			return true
+		}
+	}
+	return false
+}
+
+func version() string {
+	v := Version
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" && len(s.Value) >= 12 && v == "dev" {
+				v = "dev-" + s.Value[:12]
+			}
+		}
+	}
+	return v
+}
+
+func newCmdVersion(ios *IO) *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print whyslow's version",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			_, err := fmt.Fprintf(ios.Out, "whyslow %s\n", version())
+			return err
+		},
+	}
+}

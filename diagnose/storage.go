@@ -1,0 +1,267 @@
+// Package diagnose runs a storage diagnosis: it checks what the host allows,
+// starts every probe, collects their events on one timeline for the asked
+// duration, then derives facts, evaluates the rules and returns the findings.
+// Analyze does the second half alone, for a timeline that was recorded.
+package diagnose
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
+
+	"github.com/whyslow/whyslow/event"
+	"github.com/whyslow/whyslow/facts"
+	"github.com/whyslow/whyslow/probes"
+	"github.com/whyslow/whyslow/rules"
+	"github.com/whyslow/whyslow/timeline"
+)
+
+// DefaultBTF is where the running kernel publishes its BTF.
+const DefaultBTF = "/sys/kernel/btf/vmlinux"
+
+// ErrNotRoot means the run lacks the privilege to load BPF programs.
+var ErrNotRoot = errors.New("needs root")
+
+// Options configure a live diagnosis.
+type Options struct {
+	Duration   time.Duration
+	MinLatency time.Duration
+	// Devices restricts the analysis to these block devices (names as in /sys/block).
+	Devices []string
+	Rules   *rules.Set
+	// BTF is the kernel BTF file; empty means DefaultBTF.
+	BTF string
+	// ProcFS and SysFS are the roots of /proc and /sys; empty means the real ones.
+	ProcFS, SysFS string
+	// Probes to run; nil means every registered probe.
+	Probes []probes.Probe
+	// Progress, when set, is called about once a second during the run.
+	Progress func(Progress)
+}
+
+// Progress is a snapshot of a running diagnosis.
+type Progress struct {
+	Elapsed, Total time.Duration
+	Events         map[string]uint64 // per kind of event
+	Lost           uint64
+}
+
+// Result is a finished diagnosis.
+type Result struct {
+	Timeline *timeline.Timeline
+	Run      *facts.Run
+	Findings []rules.Finding
+}
+
+func (o *Options) defaults() {
+	if o.ProcFS == "" {
+		o.ProcFS = "/proc"
+	}
+	if o.SysFS == "" {
+		o.SysFS = "/sys"
+	}
+	if o.BTF == "" {
+		o.BTF = DefaultBTF
+	}
+	if o.Probes == nil {
+		o.Probes = probes.All()
+	}
+}
+
+// Check verifies, before anything is loaded, that the run can work: options,
+// privilege, kernel BTF, and that the named devices exist.
+func Check(opts Options) (*btf.Spec, error) {
+	opts.defaults()
+	if opts.Duration <= 0 {
+		return nil, fmt.Errorf("--duration must be positive, got %s", opts.Duration)
+	}
+	if opts.MinLatency < 0 {
+		return nil, fmt.Errorf("--min-latency must not be negative, got %s", opts.MinLatency)
+	}
+	if opts.Rules == nil {
+		return nil, errors.New("no rules loaded")
+	}
+	for _, d := range opts.Devices {
+		if err := checkDevice(opts.SysFS, d); err != nil {
+			return nil, err
+		}
+	}
+	if euid := os.Geteuid(); euid != 0 {
+		return nil, fmt.Errorf("%w: loading BPF programs and reading kernel stacks needs root (CAP_BPF, CAP_PERFMON, CAP_SYSLOG), running as uid %d; run it with sudo", ErrNotRoot, euid)
+	}
+	spec, err := loadBTF(opts.BTF)
+	if err != nil {
+		return nil, err
+	}
+	return spec, nil
+}
+
+// checkDevice reports a --device name that is not a block device here.
+func checkDevice(sysfs, name string) error {
+	if name == "" || strings.ContainsAny(name, "/\x00") || name == "." || name == ".." {
+		return fmt.Errorf("--device %q: not a block device name (use a name from /sys/block, e.g. sda)", name)
+	}
+	if _, err := os.Stat(filepath.Join(sysfs, "block", name)); err != nil {
+		return fmt.Errorf("--device %q: no such block device in %s", name, filepath.Join(sysfs, "block"))
+	}
+	return nil
+}
+
+func loadBTF(path string) (*btf.Spec, error) {
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("kernel BTF not readable at %s (%w): the block, scheduler and exec probes need it (a kernel built with CONFIG_DEBUG_INFO_BTF=y, or --btf FILE); without it only the uevent listener could run, too little to diagnose", path, errors.Unwrap(err))
+	}
+	var spec *btf.Spec
+	var err error
+	if path == DefaultBTF {
+		spec, err = btf.LoadKernelSpec()
+	} else {
+		spec, err = btf.LoadSpec(path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kernel BTF at %s is not usable: %w", path, err)
+	}
+	return spec, nil
+}
+
+// Storage runs every storage probe for opts.Duration (or until ctx is
+// cancelled, which ends the run early but still analyzes what was seen) and
+// returns the diagnosis.
+func Storage(ctx context.Context, opts Options) (*Result, error) {
+	opts.defaults()
+	spec, err := Check(opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("raising the locked-memory limit for BPF maps: %w", err)
+	}
+	tl, err := Collect(ctx, opts, spec)
+	if err != nil {
+		return nil, err
+	}
+	return Analyze(tl, opts.Rules, opts.Devices)
+}
+
+// Collect starts the probes, waits, stops them and returns the sorted timeline.
+func Collect(ctx context.Context, opts Options, spec *btf.Spec) (*timeline.Timeline, error) {
+	opts.defaults()
+	host, _ := os.Hostname()
+	tl := &timeline.Timeline{Kernel: kernelRelease(), Hostname: host, MinLatency: opts.MinLatency}
+	holders, err := readHolders(opts.SysFS)
+	if err != nil {
+		return nil, err
+	}
+	tl.Holders = holders
+
+	col := newCollector(tl)
+	cfg := probes.Config{MinLatency: opts.MinLatency, KernelTypes: spec, ProcFS: opts.ProcFS, SysFS: opts.SysFS}
+	tl.Start = now()
+	var running []probes.Running
+	var reasons []string
+	for _, p := range opts.Probes {
+		r, st := p.Start(cfg, col)
+		if st.Name == "" {
+			st.Name = p.Name()
+		}
+		tl.Probes = append(tl.Probes, st)
+		if r != nil {
+			running = append(running, r)
+		} else {
+			reasons = append(reasons, fmt.Sprintf("%s: %s", st.Name, st.Reason))
+		}
+	}
+	if len(running) == 0 {
+		return nil, fmt.Errorf("no probe could start (%s)", strings.Join(reasons, "; "))
+	}
+
+	wait(ctx, opts, col)
+
+	tl.End = now()
+	var stopErrs []string
+	for _, r := range running {
+		if err := r.Stop(); err != nil {
+			stopErrs = append(stopErrs, err.Error())
+		}
+	}
+	tl.Sort()
+	if len(stopErrs) > 0 {
+		return tl, fmt.Errorf("stopping probes: %s", strings.Join(stopErrs, "; "))
+	}
+	return tl, nil
+}
+
+// wait blocks for the run's duration or until ctx ends, reporting progress.
+func wait(ctx context.Context, opts Options, col *collector) {
+	start := time.Now()
+	deadline := time.NewTimer(opts.Duration)
+	defer deadline.Stop()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-deadline.C:
+			return
+		case <-tick.C:
+			if opts.Progress != nil {
+				col.mu.Lock()
+				lost := col.tl.LostEvents()
+				col.mu.Unlock()
+				opts.Progress(Progress{Elapsed: time.Since(start), Total: opts.Duration, Events: col.Counts(), Lost: lost})
+			}
+		}
+	}
+}
+
+// Analyze derives facts from a timeline and evaluates the rules on them,
+// restricted to the named devices when any are given.
+func Analyze(tl *timeline.Timeline, set *rules.Set, devices []string) (*Result, error) {
+	run := facts.Build(tl, facts.Options{})
+	if len(devices) > 0 {
+		keep := map[string]bool{}
+		for _, d := range devices {
+			keep[d] = true
+		}
+		var ds []*facts.Device
+		for _, d := range run.Devices {
+			if keep[d.Name] {
+				ds = append(ds, d)
+			}
+		}
+		run.Devices = ds
+	}
+	findings, err := rules.Evaluate(set, run)
+	if err != nil {
+		return nil, fmt.Errorf("evaluating rules: %w", err)
+	}
+	return &Result{Timeline: tl, Run: run, Findings: findings}, nil
+}
+
+func now() event.Mono {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return event.Mono(time.Now().UnixNano())
+	}
+	return event.Mono(ts.Nano())
+}
+
+// ProbeNames returns the registered probe names, sorted.
+func ProbeNames() []string {
+	var out []string
+	for _, p := range probes.All() {
+		out = append(out, p.Name())
+	}
+	sort.Strings(out)
+	return out
+}

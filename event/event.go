@@ -1,0 +1,205 @@
+// Package event defines what probes observe: the typed events that go on the
+// timeline, the per-device latency histograms, probe status and loss counts.
+//
+// Every timestamp is a Mono: nanoseconds of CLOCK_MONOTONIC, the clock behind
+// bpf_ktime_get_ns. Sources that are not BPF (the uevent netlink socket) read
+// CLOCK_MONOTONIC when the message arrives, so all events share one clock.
+package event
+
+import (
+	"fmt"
+	"time"
+)
+
+// Mono is a CLOCK_MONOTONIC timestamp in nanoseconds.
+type Mono int64
+
+// Add returns m shifted by d.
+func (m Mono) Add(d time.Duration) Mono { return m + Mono(d) }
+
+// Sub returns the duration m-o.
+func (m Mono) Sub(o Mono) time.Duration { return time.Duration(m - o) }
+
+// Event is anything that can be placed on the timeline.
+type Event interface {
+	// When is the time the event started.
+	When() Mono
+}
+
+// Task identifies a thread and its process.
+type Task struct {
+	Pid  uint32 `json:"pid"`  // thread id
+	Tgid uint32 `json:"tgid"` // process id
+	Comm string `json:"comm"`
+}
+
+// Device identifies a whole block device (never a partition).
+type Device struct {
+	Major uint32 `json:"major"`
+	Minor uint32 `json:"minor"`
+	Name  string `json:"name"` // kernel name, e.g. "loop0", "bcache0", "sda"
+}
+
+// ID returns "major:minor".
+func (d Device) ID() string { return fmt.Sprintf("%d:%d", d.Major, d.Minor) }
+
+// String returns the name, or major:minor when the name is unknown.
+func (d Device) String() string {
+	if d.Name != "" {
+		return d.Name
+	}
+	return d.ID()
+}
+
+// SlowSubmit is one bio whose submission took longer than the threshold:
+// from block_bio_queue to the moment it got a request (block_getrq) or was
+// merged into one. This is the time before request accounting starts, where
+// waits for a frozen queue and for a free tag happen.
+type SlowSubmit struct {
+	Start   Mono          `json:"start"`
+	Latency time.Duration `json:"latency"`
+	Task    Task          `json:"task"`
+	Dev     Device        `json:"dev"`
+	Op      string        `json:"op"`  // rwbs, e.g. "WS", "R", "FWS"
+	End     string        `json:"end"` // "getrq", "backmerge", "frontmerge"
+	Sector  uint64        `json:"sector"`
+	Bytes   uint32        `json:"bytes"`
+}
+
+// When implements Event.
+func (e SlowSubmit) When() Mono { return e.Start }
+
+// Frame is one symbolized stack frame.
+type Frame struct {
+	Addr   uint64 `json:"addr"`
+	Symbol string `json:"symbol,omitempty"` // function name, empty when unknown
+	Offset uint64 `json:"offset,omitempty"` // Addr - symbol start
+	Module string `json:"module,omitempty"` // "kernel", a module name, or a binary path
+}
+
+// String formats the frame as symbol+0xoff or as a bare address.
+func (f Frame) String() string {
+	if f.Symbol == "" {
+		if f.Module != "" {
+			return fmt.Sprintf("%s+0x%x", f.Module, f.Addr)
+		}
+		return fmt.Sprintf("0x%x", f.Addr)
+	}
+	return fmt.Sprintf("%s+0x%x", f.Symbol, f.Offset)
+}
+
+// OffCPU is one span a task spent blocked in uninterruptible sleep (D state)
+// longer than the threshold, with the stacks it blocked in.
+type OffCPU struct {
+	Start       Mono          `json:"start"`
+	Duration    time.Duration `json:"duration"`
+	Task        Task          `json:"task"`
+	Waker       Task          `json:"waker"` // zero when the wake-up was not seen
+	KernelStack []Frame       `json:"kernel_stack,omitempty"`
+	UserStack   []Frame       `json:"user_stack,omitempty"`
+}
+
+// When implements Event.
+func (e OffCPU) When() Mono { return e.Start }
+
+// Exec is one successful execve, with its parent.
+type Exec struct {
+	Time          Mono     `json:"time"`
+	Forked        Mono     `json:"forked"` // when the process was forked, before its exec
+	Task          Task     `json:"task"`
+	PPid          uint32   `json:"ppid"`
+	ParentComm    string   `json:"parent_comm"`
+	UID           uint32   `json:"uid"`
+	Filename      string   `json:"filename"`
+	Args          []string `json:"args"`
+	ArgsTruncated bool     `json:"args_truncated,omitempty"`
+}
+
+// When implements Event.
+func (e Exec) When() Mono { return e.Time }
+
+// Exit is the end of a process (its thread group leader).
+type Exit struct {
+	Time     Mono   `json:"time"`
+	Pid      uint32 `json:"pid"`
+	ExitCode int32  `json:"exit_code"` // the kernel's wait status: code<<8 | signal
+}
+
+// When implements Event.
+func (e Exit) When() Mono { return e.Time }
+
+// Uevent is one kernel uevent (NETLINK_KOBJECT_UEVENT, kernel group).
+type Uevent struct {
+	Time      Mono   `json:"time"`
+	Action    string `json:"action"` // add, remove, change, bind, ...
+	DevPath   string `json:"devpath"`
+	Subsystem string `json:"subsystem"`
+	DevName   string `json:"devname,omitempty"` // e.g. "loop0" for block devices
+	DevType   string `json:"devtype,omitempty"` // "disk", "partition"
+	Seqnum    uint64 `json:"seqnum"`
+}
+
+// When implements Event.
+func (e Uevent) When() Mono { return e.Time }
+
+// SysfsWrite is an open for writing of a block queue attribute in sysfs,
+// such as /sys/devices/virtual/block/loop0/queue/scheduler.
+type SysfsWrite struct {
+	Time   Mono   `json:"time"`
+	Task   Task   `json:"task"`
+	Path   string `json:"path"`
+	Device string `json:"device"` // block device name parsed from Path
+	Attr   string `json:"attr"`   // attribute below the device, e.g. "queue/scheduler"
+}
+
+// When implements Event.
+func (e SysfsWrite) When() Mono { return e.Time }
+
+// Mechanism names how a probe is attached.
+type Mechanism string
+
+// Mechanisms, best first where they measure the same thing.
+const (
+	MechFentry     Mechanism = "fentry"
+	MechKprobe     Mechanism = "kprobe"
+	MechTPBTF      Mechanism = "tp_btf"
+	MechRawTP      Mechanism = "raw_tracepoint"
+	MechTracepoint Mechanism = "tracepoint"
+	MechNetlink    Mechanism = "netlink"
+)
+
+// ProbeStatus says whether a probe ran, on which mechanism, and why not.
+type ProbeStatus struct {
+	Name      string    `json:"name"`
+	Mechanism Mechanism `json:"mechanism,omitempty"`
+	Status    string    `json:"status"` // "ok" or "unavailable"
+	Reason    string    `json:"reason,omitempty"`
+	// Skipped lists the better mechanisms that were tried or ruled out, with why.
+	Skipped []Skip `json:"skipped,omitempty"`
+}
+
+// Skip is one mechanism a probe did not use, and why.
+type Skip struct {
+	Mechanism Mechanism `json:"mechanism"`
+	Reason    string    `json:"reason"`
+}
+
+// Probe status values.
+const (
+	StatusOK          = "ok"
+	StatusUnavailable = "unavailable"
+)
+
+// Loss counts events a probe could not deliver.
+type Loss struct {
+	Probe string `json:"probe"`
+	What  string `json:"what"` // "ring buffer full", "map full", "netlink overrun", ...
+	Count uint64 `json:"count"`
+}
+
+// Holder says that block device Upper is stacked on Lower (from
+// /sys/block/<Upper>/slaves), as bcache, dm and md devices are.
+type Holder struct {
+	Upper string `json:"upper"`
+	Lower string `json:"lower"`
+}

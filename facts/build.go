@@ -1,0 +1,508 @@
+package facts
+
+import (
+	"cmp"
+	"math"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/whyslow/whyslow/event"
+	"github.com/whyslow/whyslow/hist"
+	"github.com/whyslow/whyslow/timeline"
+)
+
+// Options tune how facts are derived. The zero value means the defaults.
+type Options struct {
+	// Window is the coincidence window rules use (Run.Window). Default 100ms.
+	Window time.Duration
+	// SubmitSlack widens a slow submission when looking for the off-CPU span
+	// (queue-enter, tag-wait) of the same thread inside it. Default 1ms.
+	SubmitSlack time.Duration
+	// SysfsLookback is how long before a freeze-wait span the freezer's own
+	// sysfs write may be and still name the device and attribute. Default 1s.
+	SysfsLookback time.Duration
+	// WakeSlack is how long after a freeze ends the queue-enter waits woken
+	// by the freezer may end and still name the freeze's device. Default 5ms.
+	WakeSlack time.Duration
+}
+
+// Defaults for Options.
+const (
+	DefaultWindow        = 100 * time.Millisecond
+	DefaultSubmitSlack   = time.Millisecond
+	DefaultSysfsLookback = time.Second
+	DefaultWakeSlack     = 5 * time.Millisecond
+)
+
+func (o *Options) defaults() {
+	if o.Window <= 0 {
+		o.Window = DefaultWindow
+	}
+	if o.SubmitSlack <= 0 {
+		o.SubmitSlack = DefaultSubmitSlack
+	}
+	if o.SysfsLookback <= 0 {
+		o.SysfsLookback = DefaultSysfsLookback
+	}
+	if o.WakeSlack <= 0 {
+		o.WakeSlack = DefaultWakeSlack
+	}
+}
+
+// Kernel functions whose presence on a blocked stack names the span's kind.
+var (
+	queueEnterFuncs = []string{"__bio_queue_enter", "bio_queue_enter", "blk_queue_enter"}
+	freezeFuncs     = []string{"blk_mq_freeze_queue_wait", "blk_mq_freeze_queue_wait_timeout",
+		"blk_freeze_queue", "blk_mq_freeze_queue", "blk_mq_freeze_queue_nomemsave"}
+	tagFuncs = []string{"blk_mq_get_tag"}
+	// ioWaitPrefixes match by prefix: io_schedule_timeout, folio_wait_bit_common, ...
+	ioWaitPrefixes = []string{"io_schedule", "folio_wait", "wait_on_page_bit", "__folio_lock",
+		"__lock_page", "bit_wait_io", "__wait_on_buffer", "wait_on_page_writeback", "submit_bio_wait"}
+)
+
+// Classify returns the Kind of an off-CPU span from its kernel frames,
+// innermost first. The block-layer kinds (queue-enter, freeze-wait,
+// tag-wait) are looked for first, innermost frame first, because their
+// functions sleep through io_schedule themselves (blk_mq_get_tag does); only
+// then does any io_schedule/folio_wait-style frame make it io-wait.
+func Classify(frames []event.Frame) string {
+	for _, f := range frames {
+		name := baseSymbol(f.Symbol)
+		switch {
+		case slices.Contains(queueEnterFuncs, name):
+			return KindQueueEnter
+		case slices.Contains(freezeFuncs, name):
+			return KindFreezeWait
+		case slices.Contains(tagFuncs, name):
+			return KindTagWait
+		}
+	}
+	for _, f := range frames {
+		name := baseSymbol(f.Symbol)
+		for _, p := range ioWaitPrefixes {
+			if strings.HasPrefix(name, p) {
+				return KindIOWait
+			}
+		}
+	}
+	return KindOther
+}
+
+// baseSymbol strips compiler suffixes: "blk_mq_get_tag.isra.0" -> "blk_mq_get_tag".
+func baseSymbol(s string) string {
+	if i := strings.IndexByte(s, '.'); i > 0 {
+		return s[:i]
+	}
+	return s
+}
+
+// Build derives the facts of a timeline. It never fails: events it cannot
+// place (a blocked span no device can be named for) are kept in
+// Run.Unattributed. A nil timeline gives an empty Run.
+func Build(tl *timeline.Timeline, opts Options) *Run {
+	opts.defaults()
+	run := &Run{Window: opts.Window, OffCPUByKind: map[string]int{}}
+	if tl == nil {
+		return run
+	}
+	b := &builder{tl: tl, opts: opts, run: run, byName: map[string]*Device{}, names: map[string]string{}}
+	run.Duration = tl.Duration()
+	run.Kernel = tl.Kernel
+	run.MinLatency = tl.MinLatency
+	run.LostEvents = tl.LostEvents()
+
+	b.devices()
+	b.stalls()
+	b.offCPU()
+	b.sysfsWrites()
+	b.uevents() // after every device is known
+	b.commands()
+	b.holders()
+
+	for _, d := range b.byName {
+		run.Devices = append(run.Devices, d)
+		for _, s := range []*Spans{&d.Stalls, &d.QueueWaits, &d.TagWaits, &d.Freezes} {
+			sortSpans(*s)
+		}
+	}
+	slices.SortFunc(run.Devices, func(a, c *Device) int { return cmp.Compare(a.Name, c.Name) })
+	sortSpans(run.Unattributed)
+	return run
+}
+
+type builder struct {
+	tl     *timeline.Timeline
+	opts   Options
+	run    *Run
+	byName map[string]*Device
+	names  map[string]string // major:minor -> name, for events that carry no name
+}
+
+func (b *builder) rel(t event.Mono) time.Duration { return t.Sub(b.tl.Start) }
+
+// name returns the name a device is known by: its kernel name, or the name
+// another event gave the same major:minor, or major:minor.
+func (b *builder) name(d event.Device) string {
+	if d.Name != "" {
+		return d.Name
+	}
+	if n, ok := b.names[d.ID()]; ok {
+		return n
+	}
+	return d.ID()
+}
+
+// device returns the device of a name, creating it when needed.
+func (b *builder) device(name, id string) *Device {
+	if d, ok := b.byName[name]; ok {
+		if d.ID == "" {
+			d.ID = id
+		}
+		return d
+	}
+	d := &Device{Name: name, ID: id}
+	b.byName[name] = d
+	return d
+}
+
+func (b *builder) devices() {
+	for _, h := range b.tl.Devices {
+		if h.Dev.Name != "" {
+			b.names[h.Dev.ID()] = h.Dev.Name
+		}
+	}
+	for _, s := range b.tl.SlowSubmits {
+		if s.Dev.Name != "" {
+			b.names[s.Dev.ID()] = s.Dev.Name
+		}
+	}
+	for _, h := range b.tl.Devices {
+		d := b.device(b.name(h.Dev), h.Dev.ID())
+		d.Submit = latency(&h.Submit)
+		d.Service = latency(&h.Service)
+	}
+}
+
+func latency(h *hist.Histogram) Latency {
+	us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+	return Latency{
+		Count:  h.Count,
+		MeanUs: us(h.Mean()),
+		P50Us:  us(h.Quantile(0.5)),
+		P99Us:  us(h.Quantile(0.99)),
+		MaxUs:  us(time.Duration(h.MaxNs)),
+	}
+}
+
+func (b *builder) stalls() {
+	for _, s := range b.tl.SlowSubmits {
+		name := b.name(s.Dev)
+		d := b.device(name, s.Dev.ID())
+		start := b.rel(s.Start)
+		d.Stalls = append(d.Stalls, Span{
+			Start: start, End: start + max(s.Latency, 0), Kind: KindSubmit,
+			Pid: s.Task.Pid, Tgid: s.Task.Tgid, Comm: s.Task.Comm, Device: name,
+		})
+	}
+}
+
+// offCPU classifies the blocked spans and names their devices:
+//   - queue-enter and tag-wait: the same thread's slow submission that contains the span;
+//   - freeze-wait: the freezer's own sysfs write shortly before, else the device of
+//     the queue-enter waits it woke, else the one device whose stalls overlap it;
+//   - queue-enter waits still without a device: the freeze of the task that woke them.
+func (b *builder) offCPU() {
+	submits := map[uint32][]event.SlowSubmit{} // by thread, in time order
+	for _, s := range b.tl.SlowSubmits {
+		submits[s.Task.Pid] = append(submits[s.Task.Pid], s)
+	}
+	writes := map[uint32][]event.SysfsWrite{}
+	for _, w := range b.tl.SysfsWrites {
+		writes[w.Task.Pid] = append(writes[w.Task.Pid], w)
+	}
+
+	var waits, freezes []Span // all, attributed or not
+	for _, o := range b.tl.OffCPU {
+		kind := Classify(o.KernelStack)
+		b.run.OffCPUByKind[kind]++
+		start := b.rel(o.Start)
+		sp := Span{
+			Start: start, End: start + max(o.Duration, 0), Kind: kind,
+			Pid: o.Task.Pid, Tgid: o.Task.Tgid, Comm: o.Task.Comm, Waker: o.Waker,
+			KernelStack: o.KernelStack, UserStack: o.UserStack,
+		}
+		switch kind {
+		case KindQueueEnter, KindTagWait:
+			sp.Device = b.submitDevice(submits[sp.Pid], o)
+			waits = append(waits, sp)
+		case KindFreezeWait:
+			if w, ok := b.sysfsBefore(writes[sp.Pid], o.Start); ok {
+				sp.Device, sp.Attr = w.Device, w.Attr
+			}
+			freezes = append(freezes, sp)
+		}
+	}
+
+	for i := range freezes {
+		if freezes[i].Device == "" {
+			freezes[i].Device = b.wokenDevice(freezes[i], waits)
+		}
+		if freezes[i].Device == "" {
+			freezes[i].Device = b.stalledDevice(freezes[i])
+		}
+	}
+	for i := range waits {
+		if waits[i].Device == "" && waits[i].Kind == KindQueueEnter {
+			if f, ok := b.wakingFreeze(waits[i], freezes); ok {
+				waits[i].Device = f.Device
+			}
+		}
+	}
+
+	for _, sp := range waits {
+		if sp.Device == "" {
+			b.run.Unattributed = append(b.run.Unattributed, sp)
+			continue
+		}
+		d := b.device(sp.Device, "")
+		if sp.Kind == KindQueueEnter {
+			d.QueueWaits = append(d.QueueWaits, sp)
+		} else {
+			d.TagWaits = append(d.TagWaits, sp)
+		}
+	}
+	for _, sp := range freezes {
+		if sp.Device == "" {
+			b.run.Unattributed = append(b.run.Unattributed, sp)
+			continue
+		}
+		d := b.device(sp.Device, "")
+		d.Freezes = append(d.Freezes, sp)
+	}
+}
+
+// submitDevice returns the device of the thread's slow submission that
+// contains the off-CPU span (widened by SubmitSlack), or "".
+func (b *builder) submitDevice(subs []event.SlowSubmit, o event.OffCPU) string {
+	slack := event.Mono(b.opts.SubmitSlack)
+	end := o.Start.Add(max(o.Duration, 0))
+	for _, s := range subs {
+		if s.Start-slack <= o.Start && end <= s.Start.Add(s.Latency)+slack {
+			return b.name(s.Dev)
+		}
+	}
+	return ""
+}
+
+// sysfsBefore returns the thread's latest sysfs write at most SysfsLookback
+// before t.
+func (b *builder) sysfsBefore(ws []event.SysfsWrite, t event.Mono) (event.SysfsWrite, bool) {
+	var best event.SysfsWrite
+	found := false
+	for _, w := range ws {
+		if w.Time <= t && t.Sub(w.Time) <= b.opts.SysfsLookback && w.Device != "" {
+			best, found = w, true
+		}
+	}
+	return best, found
+}
+
+// wokenDevice returns the device most of the attributed queue-enter waits
+// woken by the freezer shortly after the freeze ended belong to, or "".
+func (b *builder) wokenDevice(f Span, waits []Span) string {
+	votes := map[string]int{}
+	for _, w := range waits {
+		if w.Kind != KindQueueEnter || w.Device == "" || w.Waker.Pid != f.Pid || w.Waker.Pid == 0 {
+			continue
+		}
+		if w.End >= f.End-b.opts.SubmitSlack && w.End <= f.End+b.opts.WakeSlack {
+			votes[w.Device]++
+		}
+	}
+	return majority(votes)
+}
+
+// majority returns the key with the most votes; ties go to the smaller name.
+func majority(votes map[string]int) string {
+	best, n := "", 0
+	for k, v := range votes {
+		if v > n || v == n && k < best {
+			best, n = k, v
+		}
+	}
+	return best
+}
+
+// stalledDevice returns the device whose stalls overlap the span when there
+// is exactly one such device, or "".
+func (b *builder) stalledDevice(f Span) string {
+	found := ""
+	for name, d := range b.byName {
+		for _, s := range d.Stalls {
+			if s.Start <= f.End && f.Start <= s.End {
+				if found != "" && found != name {
+					return ""
+				}
+				found = name
+				break
+			}
+		}
+	}
+	return found
+}
+
+// wakingFreeze returns the attributed freeze of the task that woke a
+// queue-enter wait, the one that ended last before the wait did.
+func (b *builder) wakingFreeze(w Span, freezes []Span) (Span, bool) {
+	var best Span
+	found := false
+	for _, f := range freezes {
+		if f.Device == "" || w.Waker.Pid == 0 || f.Pid != w.Waker.Pid {
+			continue
+		}
+		if w.End >= f.End-b.opts.SubmitSlack && w.End <= f.End+b.opts.WakeSlack && (!found || f.End > best.End) {
+			best, found = f, true
+		}
+	}
+	return best, found
+}
+
+func (b *builder) uevents() {
+	for _, u := range b.tl.Uevents {
+		p := Point{At: b.rel(u.Time), What: u.Action}
+		if u.Subsystem == "block" {
+			p.Device = strings.TrimPrefix(u.DevName, "/dev/")
+		}
+		b.run.Uevents = append(b.run.Uevents, p)
+		if p.Device == "" {
+			continue
+		}
+		if d, ok := b.byName[p.Device]; ok {
+			d.Uevents = append(d.Uevents, p)
+		}
+	}
+}
+
+func (b *builder) sysfsWrites() {
+	for _, w := range b.tl.SysfsWrites {
+		p := Point{At: b.rel(w.Time), Pid: w.Task.Pid, Comm: w.Task.Comm, Device: w.Device, What: w.Attr}
+		b.run.SysfsWrites = append(b.run.SysfsWrites, p)
+		if w.Device == "" {
+			continue
+		}
+		d := b.device(w.Device, "")
+		d.SysfsWrites = append(d.SysfsWrites, p)
+	}
+}
+
+func (b *builder) commands() {
+	type key struct{ file, parent string }
+	groups := map[key]*Command{}
+	var order []key
+	for _, e := range b.tl.Execs {
+		k := key{e.Filename, e.ParentComm}
+		c, ok := groups[k]
+		if !ok {
+			c = &Command{Filename: e.Filename, Comm: e.Task.Comm, Args: slices.Clone(e.Args),
+				ParentComm: e.ParentComm, PPid: e.PPid}
+			groups[k] = c
+			order = append(order, k)
+		}
+		c.Pids = append(c.Pids, e.Task.Pid)
+		c.PPids = append(c.PPids, e.PPid)
+		c.Ends = append(c.Ends, b.exitAfter(e.Task.Tgid, e.Time))
+		forked := e.Time
+		if e.Forked != 0 && e.Forked <= e.Time {
+			forked = e.Forked
+		}
+		c.Forks = append(c.Forks, b.rel(forked))
+		c.Count++
+		c.Execs = append(c.Execs, Point{At: b.rel(e.Time), Pid: e.Task.Pid, Comm: e.Task.Comm, What: e.Filename})
+	}
+	for _, k := range order {
+		c := groups[k]
+		c.Period, c.Jitter = period(c.Execs)
+		c.Periodic = c.Count >= 3 && c.Period > 0 && c.Jitter <= MaxPeriodicJitter
+		b.run.Commands = append(b.run.Commands, c)
+	}
+	slices.SortStableFunc(b.run.Commands, func(a, c *Command) int {
+		return cmp.Or(cmp.Compare(a.Filename, c.Filename), cmp.Compare(a.ParentComm, c.ParentComm))
+	})
+	b.pipelines()
+	b.nest()
+}
+
+// MaxPeriodicJitter is the largest Jitter of a Periodic command.
+const MaxPeriodicJitter = 0.25
+
+// period returns the median interval between the points and the jitter:
+// the median absolute deviation of the intervals divided by their median
+// (robust to one missed or extra run). Fewer than 3 points give 0, 0.
+func period(ps Points) (time.Duration, float64) {
+	if len(ps) < 3 {
+		return 0, 0
+	}
+	at := make([]time.Duration, len(ps))
+	for i, p := range ps {
+		at[i] = p.At
+	}
+	slices.Sort(at)
+	iv := make([]float64, 0, len(at)-1)
+	for i := 1; i < len(at); i++ {
+		iv = append(iv, float64(at[i]-at[i-1]))
+	}
+	med := median(iv)
+	if med <= 0 {
+		return 0, math.Inf(1)
+	}
+	dev := make([]float64, len(iv))
+	for i, v := range iv {
+		dev[i] = math.Abs(v - med)
+	}
+	return time.Duration(med), median(dev) / med
+}
+
+// median of a non-empty list; the mean of the middle two for even lengths.
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+func (b *builder) holders() {
+	for _, h := range b.tl.Holders {
+		if d, ok := b.byName[h.Upper]; ok && !slices.Contains(d.Lower, h.Lower) {
+			d.Lower = append(d.Lower, h.Lower)
+		}
+		if d, ok := b.byName[h.Lower]; ok && !slices.Contains(d.Upper, h.Upper) {
+			d.Upper = append(d.Upper, h.Upper)
+		}
+	}
+	for _, d := range b.byName {
+		sort.Strings(d.Lower)
+		sort.Strings(d.Upper)
+	}
+}
+
+func sortSpans(s Spans) {
+	slices.SortStableFunc(s, func(a, c Span) int {
+		return cmp.Or(cmp.Compare(a.Start, c.Start), cmp.Compare(a.End, c.End), cmp.Compare(a.Pid, c.Pid))
+	})
+}
+
+// exitAfter is when process pid ended after t (relative to the run), or 0.
+func (b *builder) exitAfter(pid uint32, t event.Mono) time.Duration {
+	i := sort.Search(len(b.tl.Exits), func(i int) bool { return b.tl.Exits[i].Time >= t })
+	for ; i < len(b.tl.Exits); i++ {
+		if b.tl.Exits[i].Pid == pid {
+			return b.rel(b.tl.Exits[i].Time)
+		}
+	}
+	return 0
+}

@@ -1,0 +1,150 @@
+// Package facts derives, from a timeline, what the rules reason about: per
+// device latency summaries and spans (submission stalls, queue-enter waits,
+// queue freezes), uevents per device, and groups of execs of the same command
+// with their period. Times are relative to the start of the run.
+//
+// Facts are pure data with methods that rules call from expr, such as
+// Spans.Overlapping or Points.Preceding; nothing here reads the host.
+package facts
+
+import (
+	"time"
+
+	"github.com/whyslow/whyslow/event"
+)
+
+// Run is everything the rules see about one run.
+type Run struct {
+	Duration   time.Duration
+	Kernel     string
+	MinLatency time.Duration
+	LostEvents uint64
+	Devices    []*Device
+	Commands   []*Command // execs grouped by command and parent
+	Uevents    Points     // every uevent, any subsystem
+	// OffCPUByKind counts blocked spans by their Kind, for the summary.
+	OffCPUByKind map[string]int
+
+	// Window is the coincidence window rules use to relate spans (Options.Window).
+	Window time.Duration
+	// SysfsWrites are every block queue attribute write, on any device.
+	SysfsWrites Points
+	// Unattributed are the queue-enter, tag-wait and freeze-wait spans that
+	// could not be tied to a device.
+	Unattributed Spans
+}
+
+// Latency summarizes a latency histogram, in microseconds.
+type Latency struct {
+	Count  uint64
+	MeanUs float64
+	P50Us  float64
+	P99Us  float64
+	MaxUs  float64
+}
+
+// Span kinds, from the frames a task blocked in.
+const (
+	KindQueueEnter = "queue-enter" // waiting to enter a frozen queue (__bio_queue_enter, blk_queue_enter)
+	KindFreezeWait = "freeze-wait" // freezing a queue, waiting for in-flight I/O (blk_mq_freeze_queue_wait)
+	KindTagWait    = "tag-wait"    // waiting for a free tag (blk_mq_get_tag)
+	KindIOWait     = "io-wait"     // waiting for I/O to complete (io_schedule and friends)
+	KindOther      = "other"
+	KindSubmit     = "submit" // a slow bio submission (SlowSubmit), not an off-CPU span
+)
+
+// Span is a time interval with the task it belongs to.
+type Span struct {
+	Start, End time.Duration // since the start of the run
+	Kind       string
+	Pid, Tgid  uint32
+	Comm       string
+	Device     string // device name, empty when not attributed
+	// Attr is the sysfs attribute whose write caused a freeze, e.g. "queue/scheduler".
+	Attr        string
+	Waker       event.Task
+	KernelStack []event.Frame
+	UserStack   []event.Frame
+}
+
+// Duration is End-Start.
+func (s Span) Duration() time.Duration { return s.End - s.Start }
+
+// Spans is a time-ordered list of spans.
+type Spans []Span
+
+// Point is an instant: an exec, a uevent, a sysfs write.
+type Point struct {
+	At     time.Duration // since the start of the run
+	Pid    uint32
+	Comm   string
+	Device string
+	What   string // uevent action, exec filename, sysfs attribute
+}
+
+// Points is a time-ordered list of points.
+type Points []Point
+
+// Task is a thread a finding can name, with the role it played.
+type Task struct {
+	Pid, Tgid uint32
+	Comm      string
+	Role      string // set by Tasks.As: "freezer", "submitter", ...
+}
+
+// Tasks is a list of distinct tasks, in the order they were first seen.
+type Tasks []Task
+
+// Device is what is known about one block device.
+type Device struct {
+	Name    string
+	ID      string // major:minor
+	Submit  Latency
+	Service Latency
+	// Stalls are slow submissions (block_bio_queue to getrq/merge above the threshold).
+	Stalls Spans
+	// QueueWaits are off-CPU spans in queue enter attributed to this device.
+	QueueWaits Spans
+	// TagWaits are off-CPU spans waiting for a tag attributed to this device.
+	TagWaits Spans
+	// Freezes are spans of freezers waiting for this device's queue to drain.
+	Freezes Spans
+	// Uevents for this device (any action).
+	Uevents Points
+	// SysfsWrites are opens for writing of this device's queue attributes.
+	SysfsWrites Points
+	// Lower and Upper are the devices this one is stacked on, and stacked under.
+	Lower, Upper []string
+}
+
+// Command is a group of execs of the same file by the same parent command.
+type Command struct {
+	Filename   string
+	Comm       string
+	Args       []string // of the first exec
+	ParentComm string
+	PPid       uint32   // parent of the first exec
+	Pids       []uint32 // every exec's pid
+	PPids      []uint32 // every exec's parent pid, in the order of Pids
+	// Ends is when each exec's process ended, in the order of Pids; 0 when
+	// its end was not seen (still running, or exits not recorded).
+	Ends []time.Duration
+	// Forks is when each exec's process was forked, in the order of Pids.
+	Forks []time.Duration
+	// Under is the command line of the command that runs this one (most of
+	// its execs are children of that command's processes, as `cat` run by
+	// a script, or `arcconf` run by `sudo`); "" for a command of its own.
+	Under string
+	// Pipeline is the whole shell pipeline when the command runs in one
+	// ("arcconf getconfig 1 AL | grep Temperature", this command first);
+	// empty otherwise.
+	Pipeline string
+	Count    int
+	// Period is the median interval between execs, 0 with fewer than 3 execs.
+	Period time.Duration
+	// Jitter is the spread of the intervals relative to Period (0 = clockwork).
+	Jitter float64
+	// Periodic is true when there are at least 3 execs and Jitter <= 0.25.
+	Periodic bool
+	Execs    Points
+}

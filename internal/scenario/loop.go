@@ -1,0 +1,164 @@
+package scenario
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Queue is the state of a block device's request queue attributes.
+type Queue struct {
+	Scheduler  string   // the active scheduler, e.g. "mq-deadline" or "none"
+	Offered    []string // every scheduler queue/scheduler lists
+	NrRequests int
+}
+
+// Offers reports whether sched is one of the offered schedulers.
+func (q Queue) Offers(sched string) bool {
+	for _, s := range q.Offered {
+		if s == sched {
+			return true
+		}
+	}
+	return false
+}
+
+// ReadQueue reads /sys/block/<dev>/queue/{scheduler,nr_requests}.
+func ReadQueue(dev string) (Queue, error) {
+	var q Queue
+	b, err := os.ReadFile(queueAttr(dev, "scheduler"))
+	if err != nil {
+		return q, err
+	}
+	for _, f := range strings.Fields(string(b)) {
+		if strings.HasPrefix(f, "[") && strings.HasSuffix(f, "]") {
+			f = strings.Trim(f, "[]")
+			q.Scheduler = f
+		}
+		q.Offered = append(q.Offered, f)
+	}
+	b, err = os.ReadFile(queueAttr(dev, "nr_requests"))
+	if err != nil {
+		return q, err
+	}
+	if q.NrRequests, err = strconv.Atoi(strings.TrimSpace(string(b))); err != nil {
+		return q, fmt.Errorf("parsing nr_requests of %s: %w", dev, err)
+	}
+	return q, nil
+}
+
+// SetQueue writes the scheduler and then nr_requests of dev (switching the
+// scheduler resets nr_requests, so the order matters).
+func SetQueue(dev, sched string, nrRequests int) error {
+	if err := writeAttr(queueAttr(dev, "scheduler"), sched); err != nil {
+		return err
+	}
+	return writeAttr(queueAttr(dev, "nr_requests"), strconv.Itoa(nrRequests))
+}
+
+func queueAttr(dev, name string) string {
+	return filepath.Join("/sys/block", dev, "queue", name)
+}
+
+// loopName matches what LoopDevice returns.
+var loopName = regexp.MustCompile(`^loop[0-9]+$`)
+
+// backingPrefix starts the name of every backing file, followed by the pid
+// of the test process, so leftovers of a killed test can be recognised.
+const backingPrefix = "whyslow-scenario-"
+
+// LoopDevice attaches a loop device over a new sparse temp file of size
+// bytes and returns its name, e.g. "loop3". It fails the test unless the
+// device offers the mq-deadline scheduler. On cleanup it restores the
+// scheduler and nr_requests found at attach time and detaches the device.
+func LoopDevice(t testing.TB, size int64) string {
+	t.Helper()
+	RequireRoot(t)
+	hold(t)
+	if _, err := lookPath("mount", "losetup"); err != nil {
+		t.Fatalf("loop device: %v", err)
+	}
+
+	backing := filepath.Join(t.TempDir(), fmt.Sprintf("%s%d.img", backingPrefix, os.Getpid()))
+	f, err := os.Create(backing)
+	if err != nil {
+		t.Fatalf("loop device: %v", err)
+	}
+	err = f.Truncate(size)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatalf("loop device: %v", err)
+	}
+	out, err := command(30*time.Second, "losetup", "--find", "--show", backing)
+	if err != nil {
+		t.Fatalf("loop device: %v", err)
+	}
+	dev := filepath.Base(strings.TrimSpace(out))
+	if !loopName.MatchString(dev) {
+		t.Fatalf("loop device: losetup printed %q, want /dev/loopN", strings.TrimSpace(out))
+	}
+	t.Cleanup(func() {
+		if _, err := command(30*time.Second, "losetup", "--detach", "/dev/"+dev); err != nil {
+			t.Errorf("loop device cleanup: %v", err)
+		}
+	})
+
+	orig, err := ReadQueue(dev)
+	if err != nil {
+		t.Fatalf("loop device %s: %v", dev, err)
+	}
+	t.Cleanup(func() {
+		if err := SetQueue(dev, orig.Scheduler, orig.NrRequests); err != nil {
+			t.Errorf("loop device cleanup: restoring %s queue (scheduler %s, nr_requests %d): %v",
+				dev, orig.Scheduler, orig.NrRequests, err)
+		}
+	})
+	if !orig.Offers("mq-deadline") {
+		t.Fatalf("loop device %s: queue/scheduler offers %v, not mq-deadline (kernel built without CONFIG_MQ_IOSCHED_DEADLINE?)", dev, orig.Offered)
+	}
+	t.Logf("scenario: attached /dev/%s (%d MiB, scheduler %s, nr_requests %d)", dev, size>>20, orig.Scheduler, orig.NrRequests)
+	return dev
+}
+
+// detachStaleLoops detaches loop devices whose backing file this package
+// made in a test process that no longer exists (killed by a test timeout
+// before its cleanup ran).
+func detachStaleLoops(t testing.TB) {
+	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, bf := range files {
+		b, err := os.ReadFile(bf)
+		if err != nil {
+			continue
+		}
+		name := filepath.Base(strings.TrimSuffix(strings.TrimSpace(string(b)), " (deleted)"))
+		if !strings.HasPrefix(name, backingPrefix) {
+			continue
+		}
+		pid, err := strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(name, backingPrefix), ".img"))
+		if err != nil || alive(pid) {
+			continue
+		}
+		dev := filepath.Base(filepath.Dir(filepath.Dir(bf)))
+		// Its original queue settings are lost with the process; put back
+		// the loop driver's defaults.
+		depth := 128
+		if b, err := os.ReadFile("/sys/module/loop/parameters/hw_queue_depth"); err == nil {
+			if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && n > 0 {
+				depth = n
+			}
+		}
+		if err := SetQueue(dev, "none", depth); err != nil {
+			t.Logf("scenario: resetting queue of stale /dev/%s: %v", dev, err)
+		}
+		if _, err := command(30*time.Second, "losetup", "--detach", "/dev/"+dev); err == nil {
+			t.Logf("scenario: detached /dev/%s left over by dead test process %d", dev, pid)
+		}
+	}
+}

@@ -1,0 +1,399 @@
+package probes
+
+// Helpers shared by the BPF probes: loading with constants, attaching tp_btf
+// programs, draining ring buffers, loss counters, device numbers and status.
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+	"golang.org/x/sys/unix"
+
+	"github.com/whyslow/whyslow/event"
+	"github.com/whyslow/whyslow/hist"
+)
+
+// Indexes of the per-CPU `losses` array every BPF program keeps
+// (enum loss_kind in bpf/include/common.h).
+const (
+	lossRingbuf = iota
+	lossMapFull
+	lossStack
+	lossKinds
+)
+
+// lossWhat names each loss kind in event.Loss.What.
+var lossWhat = [lossKinds]string{
+	lossRingbuf: "ring buffer full",
+	lossMapFull: "tracking map full",
+	lossStack:   "stack map full",
+}
+
+// loadSpec loads a generated CollectionSpec and sets its `volatile const`
+// variables. Every name in consts must exist in the object.
+func loadSpec(load func() (*ebpf.CollectionSpec, error), consts map[string]any) (*ebpf.CollectionSpec, error) {
+	spec, err := load()
+	if err != nil {
+		return nil, fmt.Errorf("loading spec: %w", err)
+	}
+	for name, v := range consts {
+		vs, ok := spec.Variables[name]
+		if !ok {
+			return nil, fmt.Errorf("setting %s: no such variable in the object", name)
+		}
+		if err := vs.Set(v); err != nil {
+			return nil, fmt.Errorf("setting %s: %w", name, err)
+		}
+	}
+	return spec, nil
+}
+
+// attachTPBTF attaches tp_btf programs (SEC("tp_btf/<tracepoint>")). On
+// error it closes the links it already made.
+func attachTPBTF(progs ...*ebpf.Program) ([]link.Link, error) {
+	links := make([]link.Link, 0, len(progs))
+	for _, p := range progs {
+		if p == nil {
+			closeAll(links)
+			return nil, errors.New("attaching tp_btf: nil program")
+		}
+		l, err := link.AttachTracing(link.TracingOptions{Program: p, AttachType: ebpf.AttachTraceRawTp})
+		if err != nil {
+			closeAll(links)
+			return nil, fmt.Errorf("attaching tp_btf %s: %w", progName(p), err)
+		}
+		links = append(links, l)
+	}
+	return links, nil
+}
+
+func progName(p *ebpf.Program) string {
+	if info, err := p.Info(); err == nil && info.Name != "" {
+		return info.Name
+	}
+	return p.String()
+}
+
+// closeAll closes every non-nil element, ignoring errors.
+func closeAll[T io.Closer](cs []T) {
+	for _, c := range cs {
+		v := reflect.ValueOf(c)
+		if !v.IsValid() || (v.Kind() == reflect.Pointer && v.IsNil()) {
+			continue
+		}
+		_ = c.Close()
+	}
+}
+
+// readRing calls fn with each record's raw bytes until the reader is closed
+// or flushed. fn must not keep raw: it is reused.
+//
+// To stop without losing what is buffered: detach the programs, call
+// rd.Flush() (readRing then returns once the ring is empty), wait for
+// readRing to return, then close the reader.
+func readRing(rd *ringbuf.Reader, fn func(raw []byte)) {
+	var rec ringbuf.Record
+	for {
+		err := rd.ReadInto(&rec)
+		switch {
+		case err == nil:
+			fn(rec.RawSample)
+		case errors.Is(err, ringbuf.ErrClosed), errors.Is(err, ringbuf.ErrFlushed),
+			errors.Is(err, os.ErrDeadlineExceeded):
+			return
+		case errors.Is(err, unix.EINTR), errors.Is(err, unix.EAGAIN):
+			continue
+		default:
+			// Not transient: stop rather than spin. The ring then fills
+			// and the programs count what they drop.
+			return
+		}
+	}
+}
+
+// sumLosses sums the per-CPU `losses` array over CPUs.
+func sumLosses(m *ebpf.Map) ([3]uint64, error) {
+	var out [3]uint64
+	if m == nil {
+		return out, errors.New("reading losses: no map")
+	}
+	for k := uint32(0); k < lossKinds; k++ {
+		var perCPU []uint64
+		if err := m.Lookup(k, &perCPU); err != nil {
+			return out, fmt.Errorf("reading losses: %w", err)
+		}
+		for _, v := range perCPU {
+			out[k] += v
+		}
+	}
+	return out, nil
+}
+
+// deliverLosses sends the non-zero loss counts of a probe to the sink. A
+// failure to read them is itself reported as a loss of unknown size (count 1)
+// so that it is never silent.
+func deliverLosses(sink Sink, probe string, m *ebpf.Map) {
+	counts, err := sumLosses(m)
+	if err != nil {
+		sink.Loss(event.Loss{Probe: probe, What: "loss counters unreadable", Count: 1})
+		return
+	}
+	for k, n := range counts {
+		if n > 0 {
+			sink.Loss(event.Loss{Probe: probe, What: lossWhat[k], Count: n})
+		}
+	}
+}
+
+// kernelDev splits a kernel-internal dev_t (major<<20 | minor), as BPF
+// programs see it, into major and minor.
+func kernelDev(dev uint32) (major, minor uint32) {
+	return dev >> 20, dev & (1<<20 - 1)
+}
+
+// cString returns the NUL-terminated string in a C char array, as bpf2go
+// emits it ([N]int8) or as raw bytes.
+func cString[T ~byte | ~int8](b []T) string {
+	var sb strings.Builder
+	for _, c := range b {
+		if c == 0 {
+			break
+		}
+		sb.WriteByte(byte(c))
+	}
+	return sb.String()
+}
+
+// okStatus is the status of a probe that started on mech.
+func okStatus(name string, mech event.Mechanism) event.ProbeStatus {
+	return event.ProbeStatus{Name: name, Mechanism: mech, Status: event.StatusOK}
+}
+
+// unavailableStatus is the status of a probe that could not start, with a
+// one-line reason derived from err.
+func unavailableStatus(name string, err error) event.ProbeStatus {
+	return event.ProbeStatus{Name: name, Status: event.StatusUnavailable, Reason: errReason(err)}
+}
+
+// errReason turns a load or attach error into one readable line: what went
+// wrong, then the (first line of the) underlying error.
+func errReason(err error) string {
+	if err == nil {
+		return ""
+	}
+	msg := firstLine(err.Error())
+	var ve *ebpf.VerifierError
+	var hint string
+	switch {
+	case errors.As(err, &ve):
+		hint = "rejected by the BPF verifier"
+		if l := lastVerifierLine(ve); l != "" {
+			msg += " (" + l + ")"
+		}
+	case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES):
+		if os.Geteuid() != 0 {
+			hint = "permission denied: run as root (needs CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN)"
+		} else {
+			hint = "permission denied by the kernel (lockdown, a security module, or a program type this kernel refuses)"
+		}
+	case errors.Is(err, ebpf.ErrNotSupported), errors.Is(err, ErrNotSupported):
+		hint = "not supported by this kernel"
+	case errors.Is(err, unix.ENOENT), errors.Is(err, os.ErrNotExist):
+		hint = "not found in this kernel (missing tracepoint, function or BTF)"
+	case errors.Is(err, unix.EINVAL):
+		hint = "refused by this kernel (invalid argument)"
+	case errors.Is(err, unix.ENOMEM), errors.Is(err, unix.E2BIG):
+		hint = "out of memory for BPF maps (check RLIMIT_MEMLOCK or the memory cgroup)"
+	}
+	if hint == "" {
+		return msg
+	}
+	return hint + ": " + msg
+}
+
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(s, "\n")
+	s = strings.TrimSpace(s)
+	const max = 300
+	if len(s) > max {
+		s = s[:max] + "..."
+	}
+	return s
+}
+
+// lastVerifierLine is the last non-empty line of a verifier log, usually the
+// reason the program was rejected.
+func lastVerifierLine(ve *ebpf.VerifierError) string {
+	for i := len(ve.Log) - 1; i >= 0; i-- {
+		l := strings.TrimSpace(ve.Log[i])
+		if l != "" && !strings.HasPrefix(l, "processed ") {
+			return firstLine(l)
+		}
+	}
+	return ""
+}
+
+// kernelSpec returns cfg.KernelTypes, or the running kernel's BTF.
+func kernelSpec(cfg Config) (*btf.Spec, error) {
+	if cfg.KernelTypes != nil {
+		return cfg.KernelTypes, nil
+	}
+	spec, err := btf.LoadKernelSpec()
+	if err != nil {
+		return nil, fmt.Errorf("loading kernel BTF: %w", err)
+	}
+	return spec, nil
+}
+
+// collectionOptions are the load options every probe uses.
+func collectionOptions(kernel *btf.Spec) *ebpf.CollectionOptions {
+	return &ebpf.CollectionOptions{Programs: ebpf.ProgramOptions{KernelTypes: kernel}}
+}
+
+// tpArgIndex returns the position, in a tp_btf program's context, of the
+// first argument of tracepoint tp that points to struct structName. The
+// kernel describes each tracepoint as typedef btf_trace_<tp>, a pointer to a
+// function whose first parameter (void *__data) is not in the context.
+// Block tracepoints dropped their leading request_queue argument in 5.11, so
+// the index differs between kernels.
+func tpArgIndex(kernel *btf.Spec, tp, structName string) (uint32, error) {
+	var td *btf.Typedef
+	if err := kernel.TypeByName("btf_trace_"+tp, &td); err != nil {
+		return 0, fmt.Errorf("tracepoint %s: %w", tp, err)
+	}
+	ptr, ok := btf.UnderlyingType(td.Type).(*btf.Pointer)
+	if !ok {
+		return 0, fmt.Errorf("tracepoint %s: unexpected BTF type %s", tp, td.Type)
+	}
+	proto, ok := btf.UnderlyingType(ptr.Target).(*btf.FuncProto)
+	if !ok {
+		return 0, fmt.Errorf("tracepoint %s: unexpected BTF type %s", tp, ptr.Target)
+	}
+	for i, p := range proto.Params {
+		if i == 0 {
+			continue // void *__data
+		}
+		pp, ok := btf.UnderlyingType(p.Type).(*btf.Pointer)
+		if !ok {
+			continue
+		}
+		if st, ok := btf.UnderlyingType(pp.Target).(*btf.Struct); ok && st.Name == structName {
+			return uint32(i - 1), nil
+		}
+	}
+	return 0, fmt.Errorf("tracepoint %s: no struct %s argument: %w", tp, structName, ErrNotSupported)
+}
+
+// histKey mirrors struct hist_key in bpf/include/devhist.h.
+type histKey struct {
+	Dev  uint32
+	Slot uint32
+}
+
+// devStats mirrors struct dev_stats in bpf/include/devhist.h.
+type devStats struct {
+	Count uint64
+	SumNs uint64
+	MaxNs uint64
+}
+
+// devHists reads the per-device aggregation of bpf/include/devhist.h: the
+// {dev, slot} counts, the per-CPU {count, sum, max} and the names the
+// programs recorded. Keys are kernel dev_t values.
+func devHists(histMap, statsMap, namesMap *ebpf.Map) (map[uint32]*hist.Histogram, map[uint32]string, error) {
+	hs := make(map[uint32]*hist.Histogram)
+	get := func(dev uint32) *hist.Histogram {
+		h := hs[dev]
+		if h == nil {
+			h = new(hist.Histogram)
+			hs[dev] = h
+		}
+		return h
+	}
+	var (
+		k   histKey
+		cnt uint64
+	)
+	it := histMap.Iterate()
+	for it.Next(&k, &cnt) {
+		get(k.Dev).AddN(int(k.Slot), cnt)
+	}
+	if err := it.Err(); err != nil {
+		return nil, nil, fmt.Errorf("reading histograms: %w", err)
+	}
+	var (
+		dev uint32
+		per []devStats
+	)
+	it = statsMap.Iterate()
+	for it.Next(&dev, &per) {
+		h := get(dev)
+		for _, s := range per {
+			h.SumNs += s.SumNs
+			h.MaxNs = max(h.MaxNs, s.MaxNs)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, nil, fmt.Errorf("reading device stats: %w", err)
+	}
+	names := make(map[uint32]string)
+	var name [32]byte
+	it = namesMap.Iterate()
+	for it.Next(&dev, &name) {
+		names[dev] = cString(name[:])
+	}
+	if err := it.Err(); err != nil {
+		return nil, nil, fmt.Errorf("reading device names: %w", err)
+	}
+	return hs, names, nil
+}
+
+// deliverDevHists sends each device's histogram to the sink, naming devices
+// from names or, failing that, from sysfs.
+func deliverDevHists(sink Sink, kind HistKind, sysfs string, hs map[uint32]*hist.Histogram, names map[uint32]string) {
+	devs := make([]uint32, 0, len(hs))
+	for d := range hs {
+		devs = append(devs, d)
+	}
+	slices.Sort(devs)
+	for _, d := range devs {
+		h := hs[d]
+		if h.Count == 0 {
+			continue
+		}
+		major, minor := kernelDev(d)
+		name := names[d]
+		if name == "" {
+			name = blockDevName(sysfs, major, minor)
+		}
+		sink.Histogram(kind, event.Device{Major: major, Minor: minor, Name: name}, h)
+	}
+}
+
+// blockDevName reads DEVNAME from <sysfs>/dev/block/MAJ:MIN/uevent; "" when
+// unknown (the device may be gone).
+func blockDevName(sysfs string, major, minor uint32) string {
+	if sysfs == "" {
+		sysfs = "/sys"
+	}
+	b, err := os.ReadFile(filepath.Join(sysfs, "dev", "block", fmt.Sprintf("%d:%d", major, minor), "uevent"))
+	if err != nil {
+		return ""
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "DEVNAME="); ok {
+			return filepath.Base(strings.TrimSpace(v))
+		}
+	}
+	return ""
+}

@@ -1,0 +1,160 @@
+package probes
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+
+	"github.com/whyslow/whyslow/event"
+)
+
+// execProbe records every successful execve with its parent, uid, file
+// name and arguments: the commands (a monitoring daemon's, udev's) whose
+// side effects the other probes see.
+type execProbe struct{}
+
+func init() { Register(execProbe{}) }
+
+func (execProbe) Name() string { return "exec" }
+
+func (execProbe) Describe() string {
+	return "every program executed (sched_process_exec): command line, parent and uid; and when each process ends"
+}
+
+func (p execProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
+	r, err := startExec(cfg, sink)
+	if err != nil {
+		return nil, unavailableStatus(p.Name(), err)
+	}
+	return r, okStatus(p.Name(), event.MechTPBTF)
+}
+
+type execRunning struct {
+	sink   Sink
+	objs   execObjects
+	links  []link.Link
+	rd     *ringbuf.Reader
+	done   chan struct{}
+	decode uint64 // records that could not be decoded (reader goroutine)
+
+	stopOnce sync.Once
+	stopErr  error
+}
+
+func startExec(cfg Config, sink Sink) (_ *execRunning, err error) {
+	kernel, err := kernelSpec(cfg)
+	if err != nil {
+		return nil, err
+	}
+	spec, err := loadSpec(loadExec, nil)
+	if err != nil {
+		return nil, err
+	}
+	r := &execRunning{sink: sink, done: make(chan struct{})}
+	if err := spec.LoadAndAssign(&r.objs, collectionOptions(kernel)); err != nil {
+		return nil, fmt.Errorf("loading objects: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			closeAll(r.links)
+			if r.rd != nil {
+				r.rd.Close()
+			}
+			r.objs.Close()
+		}
+	}()
+	if r.rd, err = ringbuf.NewReader(r.objs.Events); err != nil {
+		return nil, fmt.Errorf("opening ring buffer: %w", err)
+	}
+	if r.links, err = attachTPBTF(r.objs.ExecExec, r.objs.ExecExit); err != nil {
+		return nil, err
+	}
+	go func() {
+		defer close(r.done)
+		readRing(r.rd, r.handle)
+	}()
+	return r, nil
+}
+
+// Record kinds, as enum exec_kind in bpf/exec.bpf.c.
+const (
+	execKindExec = 1
+	execKindExit = 2
+)
+
+func (r *execRunning) handle(raw []byte) {
+	if len(raw) < 4 {
+		r.decode++
+		return
+	}
+	switch binary.NativeEndian.Uint32(raw) {
+	case execKindExec:
+		var e execExecEvent
+		if err := binary.Read(bytes.NewReader(raw), binary.NativeEndian, &e); err != nil {
+			r.decode++
+			return
+		}
+		r.sink.Event(execEvent(&e))
+	case execKindExit:
+		var e execExitEvent
+		if err := binary.Read(bytes.NewReader(raw), binary.NativeEndian, &e); err != nil {
+			r.decode++
+			return
+		}
+		r.sink.Event(event.Exit{Time: event.Mono(e.TimeNs), Pid: e.Pid, ExitCode: e.ExitCode})
+	default:
+		r.decode++
+	}
+}
+
+func execEvent(e *execExecEvent) event.Exec {
+	return event.Exec{
+		Time:          event.Mono(e.TimeNs),
+		Forked:        event.Mono(e.ForkedNs),
+		Task:          event.Task{Pid: e.Pid, Tgid: e.Tgid, Comm: cString(e.Comm[:])},
+		PPid:          e.Ppid,
+		ParentComm:    cString(e.ParentComm[:]),
+		UID:           e.Uid,
+		Filename:      cString(e.Filename[:]),
+		Args:          splitArgs(e.Args[:min(int(e.ArgsLen), len(e.Args))]),
+		ArgsTruncated: e.ArgsTruncated != 0,
+	}
+}
+
+// splitArgs splits the NUL-separated argv area of a process. The area ends
+// with a NUL; a truncated one ends inside the last argument, which is kept.
+func splitArgs(b []int8) []string {
+	var sb strings.Builder
+	for _, c := range b {
+		sb.WriteByte(byte(c))
+	}
+	all := strings.TrimSuffix(sb.String(), "\x00")
+	if all == "" {
+		return nil
+	}
+	return strings.Split(all, "\x00")
+}
+
+// Stop detaches the program, delivers the buffered execs and the loss
+// counts, and frees everything.
+func (r *execRunning) Stop() error {
+	r.stopOnce.Do(func() {
+		closeAll(r.links)
+		_ = r.rd.Flush()
+		<-r.done
+		r.rd.Close()
+		deliverLosses(r.sink, "exec", r.objs.Losses)
+		if r.decode > 0 {
+			r.sink.Loss(event.Loss{Probe: "exec", What: "undecodable record", Count: r.decode})
+		}
+		if err := r.objs.Close(); err != nil {
+			r.stopErr = fmt.Errorf("closing objects: %w", err)
+		}
+	})
+	return r.stopErr
+}

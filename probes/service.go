@@ -1,0 +1,91 @@
+package probes
+
+import (
+	"fmt"
+	"sync"
+
+	"github.com/cilium/ebpf/link"
+
+	"github.com/whyslow/whyslow/event"
+)
+
+// serviceProbe measures request service latency per device, from
+// block_rq_issue to block_rq_complete, aggregated in the kernel.
+type serviceProbe struct{}
+
+func init() { Register(serviceProbe{}) }
+
+func (serviceProbe) Name() string { return "service" }
+
+func (serviceProbe) Describe() string {
+	return "request service latency per device (block_rq_issue to block_rq_complete): time in the driver and the device"
+}
+
+func (p serviceProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
+	r, err := startService(cfg, sink)
+	if err != nil {
+		return nil, unavailableStatus(p.Name(), err)
+	}
+	return r, okStatus(p.Name(), event.MechTPBTF)
+}
+
+type serviceRunning struct {
+	sink  Sink
+	sysfs string
+	objs  serviceObjects
+	links []link.Link
+
+	stopOnce sync.Once
+	stopErr  error
+}
+
+func startService(cfg Config, sink Sink) (*serviceRunning, error) {
+	kernel, err := kernelSpec(cfg)
+	if err != nil {
+		return nil, err
+	}
+	consts := map[string]any{}
+	for v, tp := range map[string]string{
+		"arg_rq_issue":    "block_rq_issue",
+		"arg_rq_complete": "block_rq_complete",
+	} {
+		i, err := tpArgIndex(kernel, tp, "request")
+		if err != nil {
+			return nil, err
+		}
+		consts[v] = i
+	}
+	spec, err := loadSpec(loadService, consts)
+	if err != nil {
+		return nil, err
+	}
+	r := &serviceRunning{sink: sink, sysfs: cfg.SysFS}
+	if err := spec.LoadAndAssign(&r.objs, collectionOptions(kernel)); err != nil {
+		return nil, fmt.Errorf("loading objects: %w", err)
+	}
+	// The end first, so no span starts that could not end.
+	if r.links, err = attachTPBTF(r.objs.SvcRqComplete, r.objs.SvcRqIssue); err != nil {
+		r.objs.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+// Stop detaches the programs, delivers the per-device histograms and the
+// loss counts, and frees everything.
+func (r *serviceRunning) Stop() error {
+	r.stopOnce.Do(func() {
+		closeAll(r.links)
+		hs, names, err := devHists(r.objs.DevHist, r.objs.DevStats, r.objs.DevNames)
+		if err != nil {
+			r.stopErr = err
+		} else {
+			deliverDevHists(r.sink, HistService, r.sysfs, hs, names)
+		}
+		deliverLosses(r.sink, "service", r.objs.Losses)
+		if err := r.objs.Close(); err != nil && r.stopErr == nil {
+			r.stopErr = fmt.Errorf("closing objects: %w", err)
+		}
+	})
+	return r.stopErr
+}

@@ -1,0 +1,237 @@
+package probes
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+
+	"github.com/whyslow/whyslow/event"
+)
+
+// submitProbe measures bio submission latency (blktrace's Q2G): from
+// block_bio_queue to block_getrq or a merge, per device, and streams the
+// slow submissions with who made them.
+type submitProbe struct{}
+
+func init() { Register(submitProbe{}) }
+
+func (submitProbe) Name() string { return "submit" }
+
+func (submitProbe) Describe() string {
+	return "bio submission latency (block_bio_queue to getrq/merge): queue freezes, throttling and tag waits before request accounting"
+}
+
+// submitEnds names enum submit_end in bpf/submit.bpf.c.
+var submitEnds = [...]string{"getrq", "backmerge", "frontmerge"}
+
+func (p submitProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
+	r, err := startSubmit(cfg, sink)
+	if err != nil {
+		return nil, unavailableStatus(p.Name(), err)
+	}
+	return r, okStatus(p.Name(), event.MechTPBTF)
+}
+
+type submitRunning struct {
+	sink   Sink
+	sysfs  string
+	objs   submitObjects
+	links  []link.Link
+	rd     *ringbuf.Reader
+	ops    *opDecoder
+	done   chan struct{}
+	decode uint64 // records that could not be decoded
+
+	stopOnce sync.Once
+	stopErr  error
+}
+
+func startSubmit(cfg Config, sink Sink) (_ *submitRunning, err error) {
+	kernel, err := kernelSpec(cfg)
+	if err != nil {
+		return nil, err
+	}
+	consts := map[string]any{"min_latency_ns": uint64(max(cfg.MinLatency, 0))}
+	for v, tp := range map[string]string{
+		"arg_bio_queue":    "block_bio_queue",
+		"arg_getrq":        "block_getrq",
+		"arg_backmerge":    "block_bio_backmerge",
+		"arg_frontmerge":   "block_bio_frontmerge",
+		"arg_bio_complete": "block_bio_complete",
+	} {
+		i, err := tpArgIndex(kernel, tp, "bio")
+		if err != nil {
+			return nil, err
+		}
+		consts[v] = i
+	}
+	spec, err := loadSpec(loadSubmit, consts)
+	if err != nil {
+		return nil, err
+	}
+	r := &submitRunning{sink: sink, sysfs: cfg.SysFS, ops: newOpDecoder(kernel), done: make(chan struct{})}
+	if err := spec.LoadAndAssign(&r.objs, collectionOptions(kernel)); err != nil {
+		return nil, fmt.Errorf("loading objects: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			closeAll(r.links)
+			if r.rd != nil {
+				r.rd.Close()
+			}
+			r.objs.Close()
+		}
+	}()
+	if r.rd, err = ringbuf.NewReader(r.objs.Events); err != nil {
+		return nil, fmt.Errorf("opening ring buffer: %w", err)
+	}
+	// Attach the ends and the completion before the start, so no span is
+	// started that could not be ended.
+	r.links, err = attachTPBTF(r.objs.SubGetrq, r.objs.SubBackmerge, r.objs.SubFrontmerge,
+		r.objs.SubBioDone, r.objs.SubBioQueue)
+	if err != nil {
+		return nil, err
+	}
+	go func() {
+		defer close(r.done)
+		readRing(r.rd, r.handle)
+	}()
+	return r, nil
+}
+
+func (r *submitRunning) handle(raw []byte) {
+	var e submitSubmitEvent
+	if err := binary.Read(bytes.NewReader(raw), binary.NativeEndian, &e); err != nil {
+		r.decode++
+		return
+	}
+	major, minor := kernelDev(e.Dev)
+	end := fmt.Sprint(e.End)
+	if int(e.End) < len(submitEnds) {
+		end = submitEnds[e.End]
+	}
+	r.sink.Event(event.SlowSubmit{
+		Start:   event.Mono(e.StartNs),
+		Latency: time.Duration(e.LatencyNs),
+		Task:    event.Task{Pid: e.Pid, Tgid: e.Tgid, Comm: cString(e.Comm[:])},
+		Dev:     event.Device{Major: major, Minor: minor, Name: cString(e.DiskName[:])},
+		Op:      r.ops.rwbs(e.Opf),
+		End:     end,
+		Sector:  e.Sector,
+		Bytes:   e.Bytes,
+	})
+}
+
+// Stop detaches the programs, delivers the buffered slow submissions, the
+// per-device histograms and the loss counts, and frees everything.
+func (r *submitRunning) Stop() error {
+	r.stopOnce.Do(func() {
+		closeAll(r.links)
+		_ = r.rd.Flush()
+		<-r.done
+		r.rd.Close()
+		hs, names, err := devHists(r.objs.DevHist, r.objs.DevStats, r.objs.DevNames)
+		if err != nil {
+			r.stopErr = err
+		} else {
+			deliverDevHists(r.sink, HistSubmit, r.sysfs, hs, names)
+		}
+		deliverLosses(r.sink, "submit", r.objs.Losses)
+		if r.decode > 0 {
+			r.sink.Loss(event.Loss{Probe: "submit", What: "undecodable record", Count: r.decode})
+		}
+		if err := r.objs.Close(); err != nil && r.stopErr == nil {
+			r.stopErr = fmt.Errorf("closing objects: %w", err)
+		}
+	})
+	return r.stopErr
+}
+
+// opDecoder turns a bio's bi_opf into blktrace's rwbs letters. Operation
+// numbers and flag bits differ between kernels, so they are read from the
+// kernel's BTF (enum req_op, enum req_flag_bits), with 6.x values as
+// fallback.
+type opDecoder struct {
+	ops                             map[uint32]string
+	preflush, fua, rahead, syn, met uint32 // flag masks
+}
+
+// reqOpMask is REQ_OP_MASK: the low REQ_OP_BITS (8) bits hold the operation.
+const reqOpMask = 0xff
+
+func newOpDecoder(kernel *btf.Spec) *opDecoder {
+	d := &opDecoder{
+		ops: map[uint32]string{0: "R", 1: "W", 2: "F", 3: "D", 5: "DE"},
+		// 6.x bit numbers.
+		preflush: 1 << 18, fua: 1 << 17, rahead: 1 << 19, syn: 1 << 11, met: 1 << 12,
+	}
+	if kernel == nil {
+		return d
+	}
+	var ops *btf.Enum
+	if kernel.TypeByName("req_op", &ops) == nil {
+		names := map[string]string{
+			"REQ_OP_READ": "R", "REQ_OP_WRITE": "W", "REQ_OP_FLUSH": "F",
+			"REQ_OP_DISCARD": "D", "REQ_OP_SECURE_ERASE": "DE",
+		}
+		d.ops = make(map[uint32]string)
+		for _, v := range ops.Values {
+			if s, ok := names[v.Name]; ok {
+				d.ops[uint32(v.Value)] = s
+			}
+		}
+	}
+	var flags *btf.Enum
+	if kernel.TypeByName("req_flag_bits", &flags) == nil {
+		for _, v := range flags.Values {
+			if v.Value >= 32 {
+				continue
+			}
+			bit := uint32(1) << v.Value
+			switch v.Name {
+			case "__REQ_PREFLUSH":
+				d.preflush = bit
+			case "__REQ_FUA":
+				d.fua = bit
+			case "__REQ_RAHEAD":
+				d.rahead = bit
+			case "__REQ_SYNC":
+				d.syn = bit
+			case "__REQ_META":
+				d.met = bit
+			}
+		}
+	}
+	return d
+}
+
+// rwbs formats opf like the kernel's blk_fill_rwbs: F (preflush), the
+// operation (R, W, D, DE, F, N for others), then F (FUA), A (readahead),
+// S (sync), M (meta).
+func (d *opDecoder) rwbs(opf uint32) string {
+	var b strings.Builder
+	if opf&d.preflush != 0 {
+		b.WriteByte('F')
+	}
+	if s, ok := d.ops[opf&reqOpMask]; ok {
+		b.WriteString(s)
+	} else {
+		b.WriteByte('N')
+	}
+	for _, f := range []struct {
+		mask uint32
+		c    byte
+	}{{d.fua, 'F'}, {d.rahead, 'A'}, {d.syn, 'S'}, {d.met, 'M'}} {
+		if opf&f.mask != 0 {
+			b.WriteByte(f.c)
+		}
+	}
+	return b.String()
+}

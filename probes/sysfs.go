@@ -1,0 +1,349 @@
+package probes
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+	"golang.org/x/sys/unix"
+
+	"github.com/whyslow/whyslow/event"
+)
+
+// sysfsProbe reports who opens block device attributes in sysfs for
+// writing: writes of queue/scheduler, queue/nr_requests and friends freeze
+// the request queue.
+type sysfsProbe struct{}
+
+func init() { Register(sysfsProbe{}) }
+
+func (sysfsProbe) Name() string { return "sysfs" }
+
+func (sysfsProbe) Describe() string {
+	return "opens for writing of block device attributes in sysfs (queue/scheduler, queue/nr_requests, ...), with who made them"
+}
+
+// tracefsDir is where the kernel documents tracefs to be mounted.
+const tracefsDir = "/sys/kernel/tracing"
+
+func (p sysfsProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
+	r, st := startSysfs(cfg, sink, true)
+	st.Name = p.Name()
+	if r == nil {
+		return nil, st
+	}
+	return r, st
+}
+
+type sysfsRunning struct {
+	sink   Sink
+	sysfs  string
+	objs   *ebpf.Collection
+	links  []link.Link
+	rd     *ringbuf.Reader
+	done   chan struct{}
+	decode uint64
+
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// startSysfs attaches to the openat/openat2/open syscall tracepoints,
+// mounting tracefs first when it is not mounted. When tracefs cannot be had,
+// it falls back to the sys_enter raw tracepoint (tp_btf), which needs no
+// tracefs but runs on every system call. Tests set tracepoints to false to
+// exercise the fallback.
+func startSysfs(cfg Config, sink Sink, tracepoints bool) (*sysfsRunning, event.ProbeStatus) {
+	st := event.ProbeStatus{Status: event.StatusUnavailable}
+	kernel, err := kernelSpec(cfg)
+	if err != nil {
+		// Syscall tracepoints do not need BTF: go on without it.
+		kernel = nil
+	}
+	spec, err := loadSpec(loadSysfs, nil)
+	if err != nil {
+		st.Reason = errReason(err)
+		return nil, st
+	}
+	r := &sysfsRunning{sink: sink, sysfs: cfg.SysFS, done: make(chan struct{})}
+
+	note, tfErr := "", errors.New("syscall tracepoints not tried")
+	if tracepoints {
+		note, tfErr = ensureTracefs()
+	}
+	if tfErr == nil {
+		err = r.attachTracepoints(spec, kernel)
+		if err == nil {
+			st.Status, st.Mechanism, st.Reason = event.StatusOK, event.MechTracepoint, note
+		} else {
+			st.Skipped = append(st.Skipped, event.Skip{Mechanism: event.MechTracepoint, Reason: errReason(err)})
+		}
+	} else {
+		st.Skipped = append(st.Skipped, event.Skip{Mechanism: event.MechTracepoint, Reason: tfErr.Error()})
+	}
+	if st.Status != event.StatusOK {
+		if kernel == nil {
+			st.Reason = "syscall tracepoints unusable and no kernel BTF for the tp_btf fallback"
+			return nil, st
+		}
+		if err := r.attachSysEnter(spec, kernel); err != nil {
+			st.Reason = fmt.Sprintf("%s; tp_btf sys_enter fallback: %s", st.Skipped[0].Reason, errReason(err))
+			return nil, st
+		}
+		st.Status, st.Mechanism, st.Reason = event.StatusOK, event.MechTPBTF, "fallback on every system call: "+st.Skipped[0].Reason
+	}
+
+	if r.rd, err = ringbuf.NewReader(r.objs.Maps["events"]); err != nil {
+		r.close()
+		st.Status, st.Mechanism, st.Reason = event.StatusUnavailable, "", errReason(fmt.Errorf("opening ring buffer: %w", err))
+		return nil, st
+	}
+	go func() {
+		defer close(r.done)
+		readRing(r.rd, r.handle)
+	}()
+	return r, st
+}
+
+// keepPrograms returns a copy of spec with only the named programs.
+func keepPrograms(spec *ebpf.CollectionSpec, names ...string) *ebpf.CollectionSpec {
+	s := spec.Copy()
+	for n := range s.Programs {
+		keep := false
+		for _, k := range names {
+			keep = keep || n == k
+		}
+		if !keep {
+			delete(s.Programs, n)
+		}
+	}
+	return s
+}
+
+func (r *sysfsRunning) attachTracepoints(spec *ebpf.CollectionSpec, kernel *btf.Spec) error {
+	coll, err := ebpf.NewCollectionWithOptions(keepPrograms(spec, "sysfs_openat", "sysfs_openat2", "sysfs_open_old"), *collectionOptions(kernel))
+	if err != nil {
+		return fmt.Errorf("loading objects: %w", err)
+	}
+	var links []link.Link
+	for _, tp := range []struct {
+		prog, name string
+		required   bool
+	}{
+		{"sysfs_openat", "sys_enter_openat", true},
+		{"sysfs_openat2", "sys_enter_openat2", false}, // 5.6+
+		{"sysfs_open_old", "sys_enter_open", false},   // not on arm64
+	} {
+		l, err := link.Tracepoint("syscalls", tp.name, coll.Programs[tp.prog], nil)
+		if err != nil {
+			if !tp.required && errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			closeAll(links)
+			coll.Close()
+			return fmt.Errorf("attaching tracepoint syscalls/%s: %w", tp.name, err)
+		}
+		links = append(links, l)
+	}
+	r.objs, r.links = coll, links
+	return nil
+}
+
+func (r *sysfsRunning) attachSysEnter(spec *ebpf.CollectionSpec, kernel *btf.Spec) error {
+	coll, err := ebpf.NewCollectionWithOptions(keepPrograms(spec, "sysfs_sys_enter"), *collectionOptions(kernel))
+	if err != nil {
+		return fmt.Errorf("loading objects: %w", err)
+	}
+	links, err := attachTPBTF(coll.Programs["sysfs_sys_enter"])
+	if err != nil {
+		coll.Close()
+		return err
+	}
+	r.objs, r.links = coll, links
+	return nil
+}
+
+// ensureTracefs makes sure tracefs is mounted where cilium/ebpf looks for
+// it, mounting it at /sys/kernel/tracing when it is not. The note says
+// what was done, for the probe status.
+func ensureTracefs() (note string, err error) {
+	for _, p := range []struct {
+		dir   string
+		magic int64
+	}{
+		{tracefsDir, unix.TRACEFS_MAGIC},
+		{"/sys/kernel/debug/tracing", unix.TRACEFS_MAGIC},
+		{"/sys/kernel/debug/tracing", unix.DEBUGFS_MAGIC},
+	} {
+		var fs unix.Statfs_t
+		if unix.Statfs(p.dir, &fs) == nil && int64(fs.Type) == p.magic {
+			return "", nil
+		}
+	}
+	if err := unix.Mount("tracefs", tracefsDir, "tracefs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return "", fmt.Errorf("tracefs is not mounted and mounting it at %s failed: %w", tracefsDir, err)
+	}
+	return "tracefs was not mounted: mounted it at " + tracefsDir, nil
+}
+
+func (r *sysfsRunning) handle(raw []byte) {
+	var e sysfsSysfsEvent
+	if err := binary.Read(bytes.NewReader(raw), binary.NativeEndian, &e); err != nil {
+		r.decode++
+		return
+	}
+	p := cString(e.Path[:])
+	dev, attr, ok := parseSysfsBlockPath(p)
+	if !ok {
+		return
+	}
+	dev, attr = resolveSysfsDevice(r.sysfs, dev, attr)
+	if !isBlockAttr(attr) {
+		return
+	}
+	r.sink.Event(event.SysfsWrite{
+		Time:   event.Mono(e.Ns),
+		Task:   event.Task{Pid: e.Pid, Tgid: e.Tgid, Comm: cString(e.Comm[:])},
+		Path:   p,
+		Device: dev,
+		Attr:   attr,
+	})
+}
+
+// Stop detaches the programs, delivers what is still buffered and the loss
+// counts, and frees everything.
+func (r *sysfsRunning) Stop() error {
+	r.stopOnce.Do(func() {
+		closeAll(r.links)
+		r.links = nil
+		_ = r.rd.Flush()
+		<-r.done
+		r.rd.Close()
+		deliverLosses(r.sink, "sysfs", r.objs.Maps["losses"])
+		if r.decode > 0 {
+			r.sink.Loss(event.Loss{Probe: "sysfs", What: "undecodable record", Count: r.decode})
+		}
+		r.close()
+	})
+	return r.stopErr
+}
+
+func (r *sysfsRunning) close() {
+	closeAll(r.links)
+	if r.objs != nil {
+		r.objs.Close()
+	}
+}
+
+// parseSysfsBlockPath finds the block device and the attribute below it in
+// a sysfs path:
+//
+//	/sys/block/sda/queue/nr_requests                  -> sda, queue/nr_requests
+//	/sys/devices/virtual/block/loop0/queue/scheduler  -> loop0, queue/scheduler
+//	/sys/class/block/sda/queue/scheduler              -> sda, queue/scheduler
+//	/sys/block/sda/sda1/uevent                        -> sda, sda1/uevent
+//	/sys/dev/block/8:0/queue/scheduler                -> 8:0, queue/scheduler
+//
+// The device is the whole disk when the path shows it; a MAJ:MIN or a
+// partition named directly (/sys/class/block/sda1) is left to
+// resolveSysfsDevice. ok is false for paths outside block devices and for
+// the device directory itself.
+func parseSysfsBlockPath(p string) (dev, attr string, ok bool) {
+	if !strings.HasPrefix(p, "/sys/") {
+		return "", "", false
+	}
+	c := strings.Split(strings.TrimPrefix(path.Clean(p), "/sys/"), "/")
+	var rest []string
+	switch {
+	case len(c) >= 2 && c[0] == "block":
+		rest = c[1:]
+	case len(c) >= 3 && (c[0] == "class" || c[0] == "dev") && c[1] == "block":
+		rest = c[2:]
+	case len(c) >= 2 && c[0] == "devices":
+		for i := 1; i < len(c)-1; i++ {
+			if c[i] == "block" {
+				rest = c[i+1:]
+				break
+			}
+		}
+	}
+	if len(rest) < 2 || rest[0] == "" {
+		return "", "", false
+	}
+	return rest[0], strings.Join(rest[1:], "/"), true
+}
+
+// resolveSysfsDevice turns a MAJ:MIN or a partition name from
+// parseSysfsBlockPath into the whole disk's name, looking in sysfs; a
+// partition's attribute is then prefixed with the partition's directory,
+// as in /sys/block/<disk>/<part>/<attr>. Unknown names are kept.
+func resolveSysfsDevice(sysfs, dev, attr string) (string, string) {
+	if sysfs == "" {
+		sysfs = "/sys"
+	}
+	var real string
+	var err error
+	if strings.Contains(dev, ":") {
+		real, err = filepath.EvalSymlinks(filepath.Join(sysfs, "dev", "block", dev))
+	} else {
+		real, err = filepath.EvalSymlinks(filepath.Join(sysfs, "class", "block", dev))
+	}
+	if err != nil {
+		return dev, attr
+	}
+	name := filepath.Base(real)
+	if _, err := os.Stat(filepath.Join(real, "partition")); err == nil {
+		return filepath.Base(filepath.Dir(real)), name + "/" + attr
+	}
+	return name, attr
+}
+
+// blockAttrs are writable block device attributes outside queue/ whose
+// writes matter: they reconfigure the device or trigger uevents.
+var blockAttrs = map[string]bool{
+	"uevent":             true,
+	"events_poll_msecs":  true,
+	"bdi/read_ahead_kb":  true,
+	"bdi/min_ratio":      true,
+	"bdi/max_ratio":      true,
+	"bdi/min_bytes":      true,
+	"bdi/max_bytes":      true,
+	"bdi/strict_limit":   true,
+	"device/queue_depth": true,
+	"device/timeout":     true,
+	"device/eh_timeout":  true,
+	"device/rescan":      true,
+	"device/delete":      true,
+	"device/state":       true,
+}
+
+// blockAttrDirs are attribute directories that are all of interest.
+var blockAttrDirs = []string{"queue/", "bcache/", "md/", "trace/"}
+
+// isBlockAttr says whether attr (relative to a whole disk, possibly under a
+// partition directory) is one whose write the probe reports.
+func isBlockAttr(attr string) bool {
+	for _, d := range blockAttrDirs {
+		if strings.HasPrefix(attr, d) && len(attr) > len(d) {
+			return true
+		}
+	}
+	if blockAttrs[attr] {
+		return true
+	}
+	// Below a partition directory: sda1/uevent.
+	if _, a, ok := strings.Cut(attr, "/"); ok && (blockAttrs[a] || a == "uevent") {
+		return true
+	}
+	return false
+}

@@ -1,0 +1,172 @@
+package report
+
+// Formatting helpers of the text renderer: escaping host strings, quoting
+// arguments, human-friendly durations and evidence values.
+
+import (
+	"fmt"
+	"math"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+)
+
+// shellQuote leaves plain words alone, single-quotes words with spaces or
+// shell characters, and Go-quotes (escaping) anything with control bytes.
+func shellQuote(s string) string {
+	if s == "" {
+		return "''"
+	}
+	plain := true
+	for _, r := range s {
+		if !(r < utf8.RuneSelf && (unicode.IsLetter(r) || unicode.IsDigit(r) || strings.ContainsRune("_@%+=:,./-", r))) {
+			plain = false
+			break
+		}
+	}
+	if plain {
+		return s
+	}
+	if clean(s) == s && !strings.ContainsRune(s, '\'') {
+		return "'" + s + "'"
+	}
+	return strconv.Quote(s)
+}
+
+// clean makes a host string safe to print: control characters, bidi
+// overrides and other invisible formatting runes become visible escapes
+// (\n, \x1b, \u202e), invalid UTF-8 becomes \xNN.
+func clean(s string) string {
+	ok := true
+	for _, r := range s {
+		if !printable(r) {
+			ok = false
+			break
+		}
+	}
+	if ok {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		case printable(r):
+			b.WriteRune(r)
+		case r == '\n':
+			b.WriteString(`\n`)
+		case r == '\t':
+			b.WriteString(`\t`)
+		case r == '\r':
+			b.WriteString(`\r`)
+		case r < 0x100:
+			fmt.Fprintf(&b, `\x%02x`, r)
+		default:
+			fmt.Fprintf(&b, `\u%04x`, r)
+		}
+		i += size
+	}
+	return b.String()
+}
+
+func printable(r rune) bool {
+	return r != utf8.RuneError && !unicode.IsControl(r) && !unicode.Is(unicode.Cf, r) &&
+		r != '\u2028' && r != '\u2029'
+}
+
+func cleanJoin(ss []string, sep string) string {
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = clean(s)
+	}
+	return strings.Join(out, sep)
+}
+
+// evidenceValue formats a value for the evidence table; names ending in a
+// time unit are shown as durations.
+func evidenceValue(name string, v any) string {
+	switch x := v.(type) {
+	case nil:
+		return "-"
+	case float64:
+		if unit, ok := unitOf(name); ok {
+			return fmtDur(time.Duration(x * float64(unit)))
+		}
+		return fmtNum(x)
+	case string:
+		return clean(x)
+	case bool:
+		return strconv.FormatBool(x)
+	case []any:
+		parts := make([]string, len(x))
+		for i, e := range x {
+			parts[i] = evidenceValue(name, e)
+		}
+		return strings.Join(parts, ", ")
+	case map[string]any:
+		keys := make([]string, 0, len(x))
+		for k := range x {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		parts := make([]string, len(keys))
+		for i, k := range keys {
+			parts[i] = clean(k) + "=" + evidenceValue(k, x[k])
+		}
+		return strings.Join(parts, ", ")
+	}
+	return clean(fmt.Sprint(v))
+}
+
+func fmtNum(f float64) string {
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return "-"
+	}
+	return strconv.FormatFloat(f, 'f', -1, 64)
+}
+
+// fmtDur shows a duration in the unit that suits it, with one decimal below
+// 10 and none above: 850ns, 7.3µs, 28ms, 2.0s, 1m30s.
+func fmtDur(d time.Duration) string {
+	if d < 0 {
+		return "-" + fmtDur(-d)
+	}
+	switch {
+	case d == 0:
+		return "0"
+	case d < time.Microsecond:
+		return fmt.Sprintf("%dns", d)
+	case d < 999500*time.Nanosecond:
+		return short(float64(d)/float64(time.Microsecond)) + "µs"
+	case d < 999500*time.Microsecond:
+		return short(float64(d)/float64(time.Millisecond)) + "ms"
+	case d < 99500*time.Millisecond:
+		return short(d.Seconds()) + "s"
+	}
+	return d.Round(time.Second).String()
+}
+
+// short formats f with one decimal below 10 and none from there.
+func short(f float64) string {
+	if f < 9.95 {
+		return strconv.FormatFloat(f, 'f', 1, 64)
+	}
+	return strconv.FormatFloat(f, 'f', 0, 64)
+}
+
+// latencyCell shows one value of a latency summary, or "-" when it has none.
+func latencyCell(l Latency, us float64) string {
+	if l.Count == 0 {
+		return "-"
+	}
+	return fmtUs(us)
+}
+
+func fmtUs(v float64) string      { return fmtDur(time.Duration(v * float64(time.Microsecond))) }
+func fmtMs(v float64) string      { return fmtDur(time.Duration(v * float64(time.Millisecond))) }
+func fmtSeconds(v float64) string { return fmtDur(time.Duration(v * float64(time.Second))) }

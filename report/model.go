@@ -1,0 +1,248 @@
+// Package report turns one diagnosis (timeline, facts, ranked findings) into
+// the report users read: a stable JSON document, the contract for scripts and
+// CI (schema "whyslow.report/v1", described in docs/report-schema.md), and a
+// text rendering of the same data for terminals.
+//
+// Build makes the Report; JSON and Text render it. Units are in the field
+// names (_us, _ms, _seconds); arrays are never null; numbers are rounded
+// (microseconds to 0.1, milliseconds to 0.01).
+package report
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// SchemaID names the version of the JSON contract. Additive changes keep it;
+// renaming or removing a field, or changing its meaning or unit, bumps it.
+const SchemaID = "whyslow.report/v1"
+
+// ToolName is the tool field's name.
+const ToolName = "whyslow"
+
+// Report is one diagnosis, as written to JSON.
+type Report struct {
+	Schema    string    `json:"schema"`
+	Tool      Tool      `json:"tool"`
+	Host      Host      `json:"host"`
+	StartedAt time.Time `json:"started_at"` // RFC 3339, whole seconds
+	// DurationSeconds is the observed window; it is shorter than
+	// RequestedDurationSeconds when the run was interrupted.
+	DurationSeconds          float64   `json:"duration_seconds"`
+	RequestedDurationSeconds float64   `json:"requested_duration_seconds"`
+	MinLatencyUs             float64   `json:"min_latency_us"`
+	DeviceFilter             []string  `json:"device_filter"`
+	LostEvents               uint64    `json:"lost_events"`
+	Losses                   []Loss    `json:"losses"`
+	Probes                   []Probe   `json:"probes"`
+	Devices                  []Device  `json:"devices"`
+	Findings                 []Finding `json:"findings"`
+	Summary                  Summary   `json:"summary"`
+}
+
+// Tool names the program that wrote the report.
+type Tool struct {
+	Name    string `json:"name"`
+	Version string `json:"version"`
+}
+
+// Host is the machine the run observed.
+type Host struct {
+	Hostname string `json:"hostname"`
+	Kernel   string `json:"kernel"`
+}
+
+// Loss is a count of events a probe could not deliver.
+type Loss struct {
+	Probe string `json:"probe"`
+	What  string `json:"what"`
+	Count uint64 `json:"count"`
+}
+
+// Probe says whether a probe ran, how, and why not.
+type Probe struct {
+	Name      string `json:"name"`
+	Mechanism string `json:"mechanism"`
+	Status    string `json:"status"` // "ok" or "unavailable"
+	Reason    string `json:"reason"`
+	Skipped   []Skip `json:"skipped"`
+}
+
+// Skip is a better mechanism a probe did not use, and why.
+type Skip struct {
+	Mechanism string `json:"mechanism"`
+	Reason    string `json:"reason"`
+}
+
+// Device summarizes one block device.
+type Device struct {
+	Name    string   `json:"name"`
+	ID      string   `json:"id"` // major:minor
+	Lower   []string `json:"lower"`
+	Upper   []string `json:"upper"`
+	Submit  Latency  `json:"submit"`
+	Service Latency  `json:"service"`
+	// Stalls are slow submissions, above the min latency.
+	Stalls SpanStats `json:"stalls"`
+	// QueueWaits are tasks blocked entering the device's frozen queue.
+	QueueWaits SpanStats `json:"queue_waits"`
+	// Freezes are freezers waiting for the device's queue to drain.
+	Freezes SpanStats   `json:"freezes"`
+	Uevents UeventStats `json:"uevents"`
+}
+
+// Latency summarizes a latency distribution, in microseconds.
+type Latency struct {
+	Count  uint64  `json:"count"`
+	MeanUs float64 `json:"mean_us"`
+	P50Us  float64 `json:"p50_us"`
+	P99Us  float64 `json:"p99_us"`
+	MaxUs  float64 `json:"max_us"`
+}
+
+// SpanStats summarizes a set of time spans, in milliseconds.
+type SpanStats struct {
+	Count   int     `json:"count"`
+	TotalMs float64 `json:"total_ms"`
+	MaxMs   float64 `json:"max_ms"`
+}
+
+// UeventStats counts a device's uevents.
+type UeventStats struct {
+	Count     int     `json:"count"`
+	PerSecond float64 `json:"per_second"`
+}
+
+// Finding is one ranked cause.
+type Finding struct {
+	Rank        int       `json:"rank"`
+	Rule        string    `json:"rule"`
+	Severity    string    `json:"severity"`
+	Score       float64   `json:"score"` // ms of I/O delay explained
+	Title       string    `json:"title"`
+	Explanation string    `json:"explanation"`
+	Devices     []string  `json:"devices"`
+	Processes   []Process `json:"processes"`
+	Trigger     *Trigger  `json:"trigger"` // null when the chain names no command
+	Steps       []Step    `json:"steps"`
+	Evidence    Evidence  `json:"evidence"`
+	Stacks      []Stack   `json:"stacks"`
+	Remedy      string    `json:"remedy"`
+}
+
+// Process is a process a finding names, with its part in it.
+type Process struct {
+	Pid  uint32 `json:"pid"`
+	Comm string `json:"comm"`
+	Role string `json:"role"`
+}
+
+// Trigger is the command that starts a finding's chain.
+type Trigger struct {
+	Pid           uint32   `json:"pid"`
+	PPid          uint32   `json:"ppid"`
+	Comm          string   `json:"comm"`
+	ParentComm    string   `json:"parent_comm"`
+	Filename      string   `json:"filename"`
+	Args          []string `json:"args"`
+	Pipeline      string   `json:"pipeline"` // the whole shell pipeline, "" when not in one
+	Count         int      `json:"count"`
+	PeriodSeconds float64  `json:"period_seconds"` // 0 when not periodic
+}
+
+// Step is one link of a causal chain, first cause first.
+type Step struct {
+	Rule  string `json:"rule"`
+	Title string `json:"title"`
+}
+
+// Stack is a group of blocked spans with the same stacks.
+type Stack struct {
+	Kind      string   `json:"kind"` // "queue-enter" or "freeze-wait"
+	Count     int      `json:"count"`
+	TotalMs   float64  `json:"total_ms"`
+	MaxMs     float64  `json:"max_ms"`
+	Processes []string `json:"processes"` // comms, most frequent first
+	Kernel    []string `json:"kernel"`    // innermost first
+	User      []string `json:"user"`      // innermost first
+}
+
+// Summary is what CI checks look at.
+type Summary struct {
+	Findings      int    `json:"findings"`
+	WorstSeverity string `json:"worst_severity"` // "critical", "warning", "info" or "none"
+}
+
+// EvidenceItem is one named value a rule computed. Values are JSON values:
+// numbers (float64), strings, booleans, null, arrays and objects of them.
+type EvidenceItem struct {
+	Name  string
+	Value any
+}
+
+// Evidence is a finding's named values in the order the rule lists them. It
+// is written as a JSON object whose keys keep that order.
+type Evidence []EvidenceItem
+
+// MarshalJSON writes the items as one object, in order.
+func (e Evidence) MarshalJSON() ([]byte, error) {
+	var b bytes.Buffer
+	b.WriteByte('{')
+	for i, it := range e {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		k, err := json.Marshal(it.Name)
+		if err != nil {
+			return nil, err
+		}
+		v, err := json.Marshal(it.Value)
+		if err != nil {
+			return nil, fmt.Errorf("evidence %q: %w", it.Name, err)
+		}
+		b.Write(k)
+		b.WriteByte(':')
+		b.Write(v)
+	}
+	b.WriteByte('}')
+	return b.Bytes(), nil
+}
+
+// UnmarshalJSON reads an object, keeping its key order.
+func (e *Evidence) UnmarshalJSON(data []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	tok, err := dec.Token()
+	if err != nil {
+		return err
+	}
+	if tok == nil { // null
+		*e = Evidence{}
+		return nil
+	}
+	if d, ok := tok.(json.Delim); !ok || d != '{' {
+		return fmt.Errorf("evidence: want an object, got %v", tok)
+	}
+	out := Evidence{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		name, ok := tok.(string)
+		if !ok {
+			return fmt.Errorf("evidence: want a key, got %v", tok)
+		}
+		var v any
+		if err := dec.Decode(&v); err != nil {
+			return fmt.Errorf("evidence %q: %w", name, err)
+		}
+		out = append(out, EvidenceItem{Name: name, Value: v})
+	}
+	if _, err := dec.Token(); err != nil { // closing brace
+		return err
+	}
+	*e = out
+	return nil
+}

@@ -1,0 +1,442 @@
+package report
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"path"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/olekukonko/tablewriter"
+	"github.com/olekukonko/tablewriter/renderer"
+	"github.com/olekukonko/tablewriter/tw"
+)
+
+// TextOptions control the text rendering.
+type TextOptions struct {
+	// Color adds ANSI colours; set it only when writing to a terminal.
+	Color bool
+	// Width is where prose wraps; 0 means 100 columns.
+	Width int
+}
+
+// ANSI styles used when TextOptions.Color is set.
+const (
+	sgrBold   = "\x1b[1m"
+	sgrRed    = "\x1b[1;31m"
+	sgrYellow = "\x1b[1;33m"
+	sgrCyan   = "\x1b[36m"
+	sgrDim    = "\x1b[2m"
+	sgrReset  = "\x1b[0m"
+)
+
+// indent is the left margin of everything under a finding's headline.
+const indent = "   "
+
+// Text writes the report for people: a header about the run, the ranked
+// findings with their chain, evidence, trigger, blocked stacks and remedy,
+// then a devices table and a probes table. Every string that came from the
+// host (commands, arguments, paths, frames) is printed as data: control and
+// bidirectional-formatting characters are shown escaped, never sent raw.
+func Text(w io.Writer, r *Report, opts TextOptions) error {
+	if opts.Width <= 0 {
+		opts.Width = 100
+	}
+	t := &textWriter{opts: opts}
+	t.header(r)
+	t.findings(r)
+	if err := t.devices(r); err != nil {
+		return err
+	}
+	if err := t.probes(r); err != nil {
+		return err
+	}
+	_, err := w.Write(t.buf.Bytes())
+	return err
+}
+
+type textWriter struct {
+	buf   bytes.Buffer
+	opts  TextOptions
+	shown []*Finding // findings whose stacks were printed
+}
+
+func (t *textWriter) printf(format string, args ...any) { fmt.Fprintf(&t.buf, format, args...) }
+
+// paint wraps s in an ANSI style when colours are on.
+func (t *textWriter) paint(style, s string) string {
+	if !t.opts.Color || s == "" {
+		return s
+	}
+	return style + s + sgrReset
+}
+
+func (t *textWriter) header(r *Report) {
+	version := r.Tool.Version
+	if version == "" {
+		version = "(unknown version)"
+	}
+	t.printf("%s\n", t.paint(sgrBold, fmt.Sprintf("%s %s: storage diagnosis", clean(r.Tool.Name), clean(version))))
+	host := clean(r.Host.Hostname)
+	if host == "" {
+		host = "(unknown host)"
+	}
+	if r.Host.Kernel != "" {
+		host += ", kernel " + clean(r.Host.Kernel)
+	}
+	t.printf("  %-11s %s\n", "host", host)
+	if !r.StartedAt.IsZero() {
+		t.printf("  %-11s %s\n", "started", r.StartedAt.Format(time.RFC3339))
+	}
+	observed := fmtSeconds(r.DurationSeconds)
+	if r.RequestedDurationSeconds > 0 && r.DurationSeconds < r.RequestedDurationSeconds*0.99 {
+		observed += fmt.Sprintf(" (stopped early; asked for %s)", fmtSeconds(r.RequestedDurationSeconds))
+	}
+	t.printf("  %-11s %s\n", "observed", observed)
+	devs := "all"
+	if len(r.DeviceFilter) > 0 {
+		devs = cleanJoin(r.DeviceFilter, ", ")
+	}
+	t.printf("  %-11s min latency %s, devices: %s\n", "options", fmtDur(time.Duration(r.MinLatencyUs*float64(time.Microsecond))), devs)
+	ok, unavailable := 0, 0
+	for _, p := range r.Probes {
+		if p.Status == "ok" {
+			ok++
+		} else {
+			unavailable++
+		}
+	}
+	probes := fmt.Sprintf("%d ok, %d unavailable", ok, unavailable)
+	if unavailable > 0 {
+		probes = t.paint(sgrYellow, probes) + " (see the probes table)"
+	}
+	t.printf("  %-11s %s\n", "probes", probes)
+	if r.LostEvents == 0 {
+		t.printf("  %-11s none\n", "lost events")
+	} else {
+		t.printf("  %-11s %s\n", "lost events", t.paint(sgrRed, fmt.Sprintf("%d", r.LostEvents)))
+		t.printf("\n%s\n", t.paint(sgrRed, fmt.Sprintf("!! %d EVENTS WERE LOST: counts below are too low and a cause may be missing.", r.LostEvents)))
+		for _, l := range r.Losses {
+			t.printf("!!   %s: %s: %d\n", clean(l.Probe), clean(l.What), l.Count)
+		}
+	}
+	t.printf("\n")
+}
+
+func (t *textWriter) findings(r *Report) {
+	if len(r.Findings) == 0 {
+		t.printf("%s\n", t.paint(sgrBold, "No findings: no rule matched what this run observed."))
+		var caveats []string
+		if r.LostEvents > 0 {
+			caveats = append(caveats, "events were lost")
+		}
+		for _, p := range r.Probes {
+			if p.Status != "ok" {
+				caveats = append(caveats, "some probes were unavailable")
+				break
+			}
+		}
+		if len(caveats) > 0 {
+			t.printf("Note: %s, so a cause may have gone unseen.\n", strings.Join(caveats, " and "))
+		}
+		t.printf("\n")
+		return
+	}
+	t.printf("%s\n\n", t.paint(sgrBold, fmt.Sprintf("Findings: %d, worst %s", len(r.Findings), r.Summary.WorstSeverity)))
+	for i := range r.Findings {
+		t.finding(&r.Findings[i])
+		t.printf("\n")
+	}
+}
+
+func (t *textWriter) severity(s string) string {
+	label := strings.ToUpper(clean(s))
+	switch s {
+	case "critical":
+		return t.paint(sgrRed, label)
+	case "warning":
+		return t.paint(sgrYellow, label)
+	default:
+		return t.paint(sgrCyan, label)
+	}
+}
+
+func (t *textWriter) finding(f *Finding) {
+	t.printf("%s %s score %.1f  %s\n", t.paint(sgrBold, fmt.Sprintf("#%d", f.Rank)), t.severity(f.Severity), f.Score, t.paint(sgrBold, clean(f.Title)))
+	if chain := chainLine(f); chain != "" {
+		t.printf("%s%s\n", indent, chain)
+	}
+	t.printf("%s%s\n", indent, t.paint(sgrDim, "rule "+clean(f.Rule)))
+	if f.Explanation != "" {
+		t.printf("\n")
+		t.prose(f.Explanation, indent)
+	}
+	if len(f.Devices) > 0 || len(f.Processes) > 0 {
+		t.printf("\n")
+	}
+	if len(f.Devices) > 0 {
+		t.printf("%sdevices:    %s\n", indent, cleanJoin(f.Devices, ", "))
+	}
+	if len(f.Processes) > 0 {
+		var ps []string
+		for _, p := range f.Processes {
+			if p.Role != "" {
+				ps = append(ps, fmt.Sprintf("%s (pid %d, %s)", clean(p.Comm), p.Pid, clean(p.Role)))
+			} else {
+				ps = append(ps, fmt.Sprintf("%s (pid %d)", clean(p.Comm), p.Pid))
+			}
+		}
+		t.printf("%sprocesses:  %s\n", indent, strings.Join(ps, ", "))
+	}
+	if tr := f.Trigger; tr != nil {
+		t.printf("%strigger:    %s\n", indent, commandLine(tr))
+		if tr.Pipeline != "" {
+			t.printf("%s            in the pipeline: %s\n", indent, clean(tr.Pipeline))
+		}
+		detail := fmt.Sprintf("pid %d (%s), parent pid %d (%s), %d run", tr.Pid, clean(tr.Comm), tr.PPid, clean(tr.ParentComm), tr.Count)
+		if tr.Count != 1 {
+			detail += "s"
+		}
+		if tr.PeriodSeconds > 0 {
+			detail += ", every " + fmtSeconds(tr.PeriodSeconds)
+		}
+		t.printf("%s            %s\n", indent, detail)
+	}
+	if len(f.Evidence) > 0 {
+		t.printf("\n%sevidence:\n", indent)
+		rows := make([][]string, 0, len(f.Evidence))
+		for _, e := range f.Evidence {
+			rows = append(rows, []string{clean(e.Name), evidenceValue(e.Name, e.Value)})
+		}
+		t.table(indent, []string{"name", "value"}, rows, 0)
+	}
+	if len(f.Stacks) > 0 {
+		if rank, ok := t.shownStacks(f); ok {
+			t.printf("\n%sblocked stacks: as in #%d\n", indent, rank)
+		} else {
+			t.stacks(f.Stacks)
+		}
+	}
+	if f.Remedy != "" {
+		t.printf("\n%s%s\n", indent, t.paint(sgrBold, "remedy:"))
+		t.prose(f.Remedy, indent+"  ")
+	}
+}
+
+// shownStacks reports the rank of an earlier finding that showed the same
+// stacks, and remembers these ones.
+func (t *textWriter) shownStacks(f *Finding) (int, bool) {
+	for _, prev := range t.shown {
+		if reflect.DeepEqual(prev.Stacks, f.Stacks) {
+			return prev.Rank, true
+		}
+	}
+	t.shown = append(t.shown, f)
+	return 0, false
+}
+
+func (t *textWriter) stacks(stacks []Stack) {
+	t.printf("\n%sblocked stacks (most blocked time first):\n", indent)
+	for i, s := range stacks {
+		wait := "waits"
+		if s.Count == 1 {
+			wait = "wait"
+		}
+		t.printf("%s  %d. %s: %d %s, %s total, max %s, by %s\n", indent, i+1, clean(s.Kind), s.Count, wait,
+			fmtMs(s.TotalMs), fmtMs(s.MaxMs), cleanJoin(s.Processes, ", "))
+		for _, fr := range s.Kernel {
+			t.printf("%s       %s\n", indent, clean(fr))
+		}
+		if len(s.User) > 0 {
+			t.printf("%s       %s\n", indent, t.paint(sgrDim, "-- user --"))
+			for _, fr := range s.User {
+				t.printf("%s       %s\n", indent, clean(fr))
+			}
+		}
+	}
+}
+
+// chainLine joins the steps of a chain with arrows, led by the trigger when
+// no step already names it. A finding with one step and no trigger has none.
+func chainLine(f *Finding) string {
+	var parts []string
+	if tr := f.Trigger; tr != nil && len(f.Steps) > 0 {
+		named := false
+		for _, s := range f.Steps {
+			for _, name := range []string{tr.Comm, path.Base(tr.Filename)} {
+				if name != "" && name != "." && name != "/" && strings.Contains(s.Title, name) {
+					named = true
+				}
+			}
+		}
+		if !named {
+			p := clean(tr.Comm) + " runs"
+			if tr.ParentComm != "" {
+				p = clean(tr.ParentComm) + " runs " + clean(tr.Comm)
+			}
+			if tr.PeriodSeconds > 0 {
+				p += " every " + fmtSeconds(tr.PeriodSeconds)
+			}
+			parts = append(parts, p)
+		}
+	}
+	for _, s := range f.Steps {
+		parts = append(parts, clean(s.Title))
+	}
+	if len(parts) < 2 {
+		return ""
+	}
+	return strings.Join(parts, " → ")
+}
+
+// prose writes rule-authored text, keeping its line breaks and wrapping
+// long lines at the configured width.
+func (t *textWriter) prose(s, margin string) {
+	width := max(t.opts.Width-len(margin), 20)
+	for _, line := range strings.Split(strings.TrimRight(s, "\n"), "\n") {
+		line = clean(strings.TrimRight(line, " \t\r"))
+		if line == "" {
+			t.printf("\n")
+			continue
+		}
+		lead := line[:len(line)-len(strings.TrimLeft(line, " "))]
+		cur := ""
+		for _, word := range strings.Fields(line) {
+			if cur != "" && utf8.RuneCountInString(lead+cur)+1+utf8.RuneCountInString(word) > width {
+				t.printf("%s%s%s\n", margin, lead, cur)
+				cur = ""
+			}
+			if cur == "" {
+				cur = word
+			} else {
+				cur += " " + word
+			}
+		}
+		t.printf("%s%s%s\n", margin, lead, cur)
+	}
+}
+
+func (t *textWriter) devices(r *Report) error {
+	t.printf("%s\n", t.paint(sgrBold, "Devices"))
+	if len(r.Devices) == 0 {
+		t.printf("  no block I/O seen\n\n")
+		return nil
+	}
+	rows := make([][]string, 0, len(r.Devices))
+	for _, d := range r.Devices {
+		name := clean(d.Name)
+		if len(d.Lower) > 0 {
+			name += " (on " + cleanJoin(d.Lower, ", ") + ")"
+		}
+		stalls := strconv.Itoa(d.Stalls.Count)
+		if d.Stalls.Count > 0 {
+			stalls += ", max " + fmtMs(d.Stalls.MaxMs)
+		}
+		freezes := strconv.Itoa(d.Freezes.Count)
+		if d.Freezes.Count > 0 {
+			freezes += ", " + fmtMs(d.Freezes.TotalMs) + " total"
+		}
+		rows = append(rows, []string{
+			name, strconv.FormatUint(d.Submit.Count, 10),
+			latencyCell(d.Submit, d.Submit.P50Us), latencyCell(d.Submit, d.Submit.P99Us), latencyCell(d.Submit, d.Submit.MaxUs),
+			latencyCell(d.Service, d.Service.P99Us),
+			stalls, freezes, strconv.FormatFloat(d.Uevents.PerSecond, 'f', 2, 64),
+		})
+	}
+	err := t.table("", []string{"device", "submits", "submit p50", "submit p99", "submit max", "service p99", "stalls", "freezes", "uevents/s"}, rows, 0)
+	t.printf("\n")
+	return err
+}
+
+func (t *textWriter) probes(r *Report) error {
+	t.printf("%s\n", t.paint(sgrBold, "Probes"))
+	if len(r.Probes) == 0 {
+		t.printf("  none reported\n")
+		return nil
+	}
+	rows := make([][]string, 0, len(r.Probes))
+	for _, p := range r.Probes {
+		reason := clean(p.Reason)
+		if len(p.Skipped) > 0 {
+			var sk []string
+			for _, s := range p.Skipped {
+				sk = append(sk, clean(s.Mechanism)+": "+clean(s.Reason))
+			}
+			skipped := "not " + strings.Join(sk, "; not ")
+			if reason == "" {
+				reason = skipped
+			} else {
+				reason += "; " + skipped
+			}
+		}
+		status := clean(p.Status)
+		if p.Status != "ok" {
+			status = strings.ToUpper(status)
+		}
+		mech := clean(p.Mechanism)
+		if mech == "" {
+			mech = "-"
+		}
+		rows = append(rows, []string{clean(p.Name), mech, status, reason})
+	}
+	return t.table("", []string{"probe", "mechanism", "status", "reason"}, rows, 60)
+}
+
+// table renders rows (already cleaned) with a margin; maxCell > 0 wraps
+// longer cells.
+func (t *textWriter) table(margin string, header []string, rows [][]string, maxCell int) error {
+	var b bytes.Buffer
+	opts := []tablewriter.Option{
+		tablewriter.WithRenderer(renderer.NewBlueprint(tw.Rendition{Symbols: tw.NewSymbols(tw.StyleLight)})),
+		tablewriter.WithHeaderAutoFormat(tw.Off),
+		tablewriter.WithHeaderAlignment(tw.AlignLeft),
+	}
+	if maxCell > 0 {
+		opts = append(opts, tablewriter.WithRowMaxWidth(maxCell))
+	}
+	tb := tablewriter.NewTable(&b, opts...)
+	h := make([]any, len(header))
+	for i, s := range header {
+		h[i] = s
+	}
+	tb.Header(h...)
+	for _, row := range rows {
+		cells := make([]any, len(row))
+		for i, s := range row {
+			cells[i] = s
+		}
+		if err := tb.Append(cells...); err != nil {
+			return fmt.Errorf("table row: %w", err)
+		}
+	}
+	if err := tb.Render(); err != nil {
+		return fmt.Errorf("rendering table: %w", err)
+	}
+	for _, line := range strings.SplitAfter(b.String(), "\n") {
+		if line != "" {
+			t.buf.WriteString(margin + line)
+		}
+	}
+	return nil
+}
+
+// commandLine shows a trigger's command as a shell would read it, with the
+// executed file when it differs from argv[0].
+func commandLine(tr *Trigger) string {
+	var parts []string
+	for _, a := range tr.Args {
+		parts = append(parts, shellQuote(a))
+	}
+	s := strings.Join(parts, " ")
+	switch {
+	case s == "":
+		s = clean(tr.Filename)
+	case tr.Filename != "" && (len(tr.Args) == 0 || tr.Args[0] != tr.Filename):
+		s += "  [" + clean(tr.Filename) + "]"
+	}
+	return s
+}

@@ -1,0 +1,67 @@
+package rules
+
+import "time"
+
+// Severity ranks how bad a finding is.
+type Severity string
+
+// Severities, worst first.
+const (
+	Critical Severity = "critical"
+	Warning  Severity = "warning"
+	Info     Severity = "info"
+)
+
+// Finding is one cause the rules found, with the chain of causes behind it.
+type Finding struct {
+	Rank     int      // 1 = most important
+	Rule     string   // id of the rule that produced it
+	Severity Severity // of the rule
+	// Score is the milliseconds of I/O delay the finding explains; it orders findings.
+	Score       float64
+	Title       string
+	Explanation string
+	Remedy      string
+	Devices     []string
+	Processes   []Process
+	// Trigger is the command behind the chain, when a rule named one.
+	Trigger *Trigger
+	// Steps is the causal chain from the first cause to the effect; the last
+	// step is this finding's own rule. A finding no other explains has one step.
+	Steps []Step
+	// Evidence is the rule's named values, in the order the rule lists them.
+	Evidence []Evidence
+}
+
+// Process is a process a finding names.
+type Process struct {
+	Pid  uint32
+	Comm string
+	Role string // "freezer", "submitter", "trigger", ...
+}
+
+// Trigger is a command that starts a causal chain.
+type Trigger struct {
+	Pid        uint32
+	PPid       uint32
+	Comm       string
+	ParentComm string
+	Filename   string
+	Args       []string
+	// Pipeline is the whole shell pipeline the command ran in, or "".
+	Pipeline string
+	Count    int
+	Period   time.Duration
+}
+
+// Step is one link of a causal chain.
+type Step struct {
+	Rule  string
+	Title string
+}
+
+// Evidence is one named value a rule computed.
+type Evidence struct {
+	Name  string
+	Value any
+}

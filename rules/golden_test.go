@@ -1,0 +1,61 @@
+package rules
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+
+// render prints findings the way a reader sees them, for golden files.
+func render(fs []Finding) string {
+	var b strings.Builder
+	for _, f := range fs {
+		fmt.Fprintf(&b, "#%d [%s] %s score %.1f devices %v\n  %s\n", f.Rank, f.Severity, f.Rule, f.Score, f.Devices, f.Title)
+		for _, s := range f.Steps {
+			fmt.Fprintf(&b, "  step %s: %s\n", s.Rule, s.Title)
+		}
+		if t := f.Trigger; t != nil {
+			fmt.Fprintf(&b, "  trigger: %s %v (pid %d, parent %s %d), %d runs every %v\n", t.Filename, t.Args, t.Pid, t.ParentComm, t.PPid, t.Count, t.Period)
+		}
+		for _, p := range f.Processes {
+			fmt.Fprintf(&b, "  process: %s %d %s\n", p.Comm, p.Pid, p.Role)
+		}
+		fmt.Fprintf(&b, "  explain:\n%s\n  remedy:\n%s\n", f.Explanation, f.Remedy)
+		for _, e := range f.Evidence {
+			fmt.Fprintf(&b, "  evidence %s = %v\n", e.Name, e.Value)
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
+}
+
+func TestFindingsGolden(t *testing.T) {
+	tests := []struct {
+		file string
+		sc   *scenario
+	}{
+		{"testdata/golden_udev_chain_and_slow_disk.txt", newScenario().fast(loop0).udevChain(loop0).slow(sda)},
+		{"testdata/golden_nothing_found.txt", newScenario().fast(loop0)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.file, func(t *testing.T) {
+			got := render(evaluate(t, defaults(t), tt.sc.run()))
+			if *update {
+				if err := os.WriteFile(tt.file, []byte(got), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(tt.file)
+			if err != nil {
+				t.Fatalf("%v (run with -update to create)", err)
+			}
+			if got != string(want) {
+				t.Errorf("findings differ from %s (run with -update after checking):\n%s", tt.file, got)
+			}
+		})
+	}
+}
