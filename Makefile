@@ -4,7 +4,11 @@ BINARY  ?= whyslow
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/whyslow/whyslow/cmd.Version=$(VERSION)
 
-.PHONY: all build generate check-generated test test-unit vet clean
+# Debian packages the tests drive (udevd, fio) and that `make generate` needs.
+TEST_DEBS     := udev fio util-linux kmod procps
+GENERATE_DEBS := clang llvm libbpf-dev linux-libc-dev
+
+.PHONY: all build generate check-generated test test-unit vet clean deps deps-generate
 
 all: build
 
@@ -12,8 +16,15 @@ all: build
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BINARY) ./cmd/whyslow
 
+## deps: install the Debian packages the tests need, when missing (needs root)
+deps:
+	@./scripts/apt-ensure $(TEST_DEBS)
+
+deps-generate:
+	@./scripts/apt-ensure $(GENERATE_DEBS)
+
 ## generate: rebuild the BPF objects and their Go bindings with bpf2go (needs clang, libbpf-dev)
-generate:
+generate: deps-generate
 	cd probes && $(GO) generate ./...
 
 ## check-generated: fail when the committed BPF objects differ from a fresh `make generate`
@@ -25,7 +36,7 @@ vet:
 	$(GO) vet ./...
 
 ## test: every test; BPF and integration tests need root and run for real
-test: vet
+test: deps vet
 	$(GO) test -count=1 -timeout 20m ./...
 
 ## test-unit: the tests that need neither root nor BPF

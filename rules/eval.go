@@ -242,7 +242,11 @@ func (ev *evaluation) add(items []*item, r *Rule, env any, data TemplateData, de
 	if err != nil {
 		return items
 	}
-	f.Steps = []Step{{Rule: r.ID, Title: f.Title}}
+	step := f.Title
+	if r.step != nil {
+		step = strings.Join(strings.Fields(exec("step", r.step)), " ")
+	}
+	f.Steps = []Step{{Rule: r.ID, Title: step}}
 	return append(items, &item{f: f, rule: r, dev: dev})
 }
 

@@ -174,7 +174,9 @@ func TestUdevChainIsOneFinding(t *testing.T) {
 			t.Errorf("title %q lacks %q", f.Title, want)
 		}
 	}
-	if !strings.Contains(f.Steps[0].Title, "monitord runs diskmon every 2s") || !strings.Contains(f.Steps[1].Title, "udev rewrote queue/scheduler of loop0") {
+	if f.Steps[0].Title != "monitord runs diskmon every 2s" ||
+		f.Steps[1].Title != "change uevents for loop0 make udev rewrite queue/scheduler" ||
+		f.Steps[2].Title != "(udev-worker) froze loop0's queue; submissions stalled up to 17 ms" {
 		t.Errorf("step titles %q", f.Steps)
 	}
 	if !strings.Contains(f.Remedy, `ACTION=="add"`) || !strings.Contains(f.Remedy, "/usr/local/bin/diskmon --scan") {

@@ -56,7 +56,8 @@ type Trigger struct {
 
 // Step is one link of a causal chain.
 type Step struct {
-	Rule  string
+	Rule string
+	// Title is the rule's short step text, or its title when it has none.
 	Title string
 }
 

@@ -155,7 +155,7 @@ type parsed struct {
 	errs   []error
 }
 
-var knownKeys = []string{"id", "summary", "title", "severity", "scope", "when", "score", "explain", "remedy",
+var knownKeys = []string{"id", "summary", "title", "step", "severity", "scope", "when", "score", "explain", "remedy",
 	"evidence", "processes", "trigger", "explains"}
 
 func (p *parsed) errorf(at pos, format string, a ...any) {
@@ -439,6 +439,7 @@ func (p *parsed) compile(r *Rule) {
 		}
 	}
 	r.title = p.template("title", p.nodes["title"])
+	r.step = p.template("step", p.nodes["step"])
 	r.explain = p.template("explain", p.nodes["explain"])
 	r.remedy = p.template("remedy", p.nodes["remedy"])
 	if len(r.evidence) == len(p.evNode) {
@@ -568,7 +569,7 @@ func (p *parsed) dryRun(r *Rule) {
 	for _, f := range []struct {
 		name string
 		t    *template.Template
-	}{{"title", r.title}, {"explain", r.explain}, {"remedy", r.remedy}} {
+	}{{"title", r.title}, {"step", r.step}, {"explain", r.explain}, {"remedy", r.remedy}} {
 		if f.t == nil {
 			continue
 		}

@@ -109,7 +109,7 @@ type Rule struct {
 
 	when, score, processes *vm.Program
 	evidence               []namedProgram
-	title, explain, remedy *template.Template
+	title, step, explain, remedy *template.Template
 	// where each field is in the file, for errors at evaluation
 	src   *source
 	nodes map[string]*yaml.Node // by field: "when", "evidence: name", ...
