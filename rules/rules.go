@@ -107,8 +107,8 @@ type Rule struct {
 	Trigger  bool   // command scope: the Command becomes the finding's trigger
 	File     string // where the rule was loaded from
 
-	when, score, processes *vm.Program
-	evidence               []namedProgram
+	when, score, processes       *vm.Program
+	evidence                     []namedProgram
 	title, step, explain, remedy *template.Template
 	// where each field is in the file, for errors at evaluation
 	src   *source
