@@ -32,8 +32,10 @@ check-generated: generate
 	@git diff --exit-code --stat -- probes/ || { echo "generated BPF files are stale: run 'make generate' and commit" >&2; exit 1; }
 	@test -z "$$(git status --porcelain -- probes/)" || { git status --porcelain -- probes/; echo "untracked generated files: commit them" >&2; exit 1; }
 
+## vet: go vet and gofmt
 vet:
 	$(GO) vet ./...
+	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt: the files above need formatting" >&2; exit 1; }
 
 ## test: every test; BPF and integration tests need root and run for real
 test: deps vet

@@ -1,0 +1,142 @@
+package cmd
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/whyslow/whyslow/diagnose"
+	"github.com/whyslow/whyslow/rules"
+)
+
+func testIO() (*IO, *bytes.Buffer, *bytes.Buffer) {
+	var out, errb bytes.Buffer
+	return &IO{In: strings.NewReader(""), Out: &out, ErrOut: &errb}, &out, &errb
+}
+
+func TestStorageFlags(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want StorageOptions
+	}{
+		{"defaults", nil, StorageOptions{Duration: 60 * time.Second, MinLatency: time.Millisecond, Format: "text", BTF: diagnose.DefaultBTF, FailOn: "none"}},
+		{"short flags", []string{"-d", "20s", "-f", "json", "-o", "r.json"}, StorageOptions{Duration: 20 * time.Second, MinLatency: time.Millisecond, Format: "json", Output: "r.json", BTF: diagnose.DefaultBTF, FailOn: "none"}},
+		{"repeated devices", []string{"--device", "sda", "--device", "nvme0n1", "--min-latency", "500us", "--fail-on", "warning", "--rules", "/etc/whyslow"},
+			StorageOptions{Duration: 60 * time.Second, MinLatency: 500 * time.Microsecond, Format: "text", Devices: []string{"sda", "nvme0n1"}, RulesDir: "/etc/whyslow", BTF: diagnose.DefaultBTF, FailOn: "warning"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ios, _, _ := testIO()
+			var got *StorageOptions
+			c := NewCmdStorage(ios, func(o *StorageOptions) error { got = o; return nil })
+			c.SetArgs(tt.args)
+			c.SetOut(ios.Out)
+			c.SetErr(ios.ErrOut)
+			if err := c.Execute(); err != nil {
+				t.Fatal(err)
+			}
+			got.IO = nil
+			if got.Duration != tt.want.Duration || got.MinLatency != tt.want.MinLatency || got.Format != tt.want.Format ||
+				got.Output != tt.want.Output || !slices.Equal(got.Devices, tt.want.Devices) || got.RulesDir != tt.want.RulesDir ||
+				got.BTF != tt.want.BTF || got.FailOn != tt.want.FailOn {
+				t.Fatalf("options\n got %+v\nwant %+v", *got, tt.want)
+			}
+		})
+	}
+}
+
+func TestFailOn(t *testing.T) {
+	crit := rules.Finding{Severity: rules.Critical, Title: "queue freezes"}
+	warn := rules.Finding{Severity: rules.Warning, Title: "slow disk"}
+	info := rules.Finding{Severity: rules.Info, Title: "nothing"}
+	tests := []struct {
+		level    string
+		findings []rules.Finding
+		wantExit bool
+	}{
+		{"none", []rules.Finding{crit}, false},
+		{"critical", []rules.Finding{warn, info}, false},
+		{"critical", []rules.Finding{warn, crit}, true},
+		{"warning", []rules.Finding{warn}, true},
+		{"warning", []rules.Finding{info}, false},
+		{"warning", nil, false},
+	}
+	for _, tt := range tests {
+		err := failOn(tt.level, tt.findings)
+		var ee exitError
+		got := err != nil
+		if got != tt.wantExit {
+			t.Errorf("failOn(%s, %d findings) = %v, want exit %v", tt.level, len(tt.findings), err, tt.wantExit)
+			continue
+		}
+		if got {
+			if ok := asExit(err, &ee); !ok || ee.code != ExitFindings || !strings.Contains(ee.msg, "--fail-on "+tt.level) {
+				t.Errorf("failOn error %v, want exit code %d with a summary line", err, ExitFindings)
+			}
+		}
+	}
+}
+
+func asExit(err error, ee *exitError) bool {
+	e, ok := err.(exitError)
+	if ok {
+		*ee = e
+	}
+	return ok
+}
+
+func TestExecuteCommands(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.yaml")
+	if err := os.WriteFile(good, []byte("id: busy-device\nsummary: A device with many stalls.\ntitle: '{{.Device.Name}} stalls'\nseverity: warning\nscope: device\nwhen: Device.Stalls.Count() > 100\nscore: Device.Stalls.TotalMs()\nexplain: many stalls\nremedy: look\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name     string
+		args     []string
+		wantCode int
+		wantOut  []string
+	}{
+		{"version", []string{"version"}, 0, []string{"whyslow "}},
+		{"rules list", []string{"rules", "list"}, 0, []string{"queue-freeze-stall", "uevent-freeze", "periodic-trigger", "slow-device", "nothing-found"}},
+		{"rules list with extra dir", []string{"rules", "list", "--rules", dir}, 0, []string{"busy-device", "A device with many stalls."}},
+		{"rules check", []string{"rules", "check", good}, 0, []string{"1 rule file(s) OK"}},
+		{"completion", []string{"completion", "bash"}, 0, []string{"__start_whyslow"}},
+		{"help names the subjects", []string{"diagnose", "--help"}, 0, []string{"storage"}},
+		{"diagnose without subject", []string{"diagnose"}, ExitUsage, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ios, out, errb := testIO()
+			code := Execute(ios, tt.args)
+			if code != tt.wantCode {
+				t.Fatalf("exit %d, want %d; stderr %q", code, tt.wantCode, errb)
+			}
+			for _, w := range tt.wantOut {
+				if !strings.Contains(out.String(), w) {
+					t.Errorf("output lacks %q:\n%s", w, out)
+				}
+			}
+		})
+	}
+}
+
+func TestProgressLine(t *testing.T) {
+	ios, _, errb := testIO()
+	progressLine(ios)(diagnose.Progress{Elapsed: 3500 * time.Millisecond, Total: 10 * time.Second,
+		Events: map[string]uint64{"slow submits": 4, "uevents": 2}, Lost: 7})
+	got := errb.String()
+	for _, w := range []string{"\r\033[K", "3s / 10s", "slow submits 4", "uevents 2", "LOST 7"} {
+		if !strings.Contains(got, w) {
+			t.Errorf("progress line %q lacks %q", got, w)
+		}
+	}
+	if strings.Contains(got, "\n") {
+		t.Errorf("progress line must stay on one line: %q", got)
+	}
+}
