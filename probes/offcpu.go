@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
@@ -24,15 +25,28 @@ import (
 // Cost: sched_switch runs on every context switch. Its fast path (prev not
 // in a voluntary D sleep, next not tracked) is a flag test and one hash
 // lookup; stacks are taken only when a task goes to sleep in D state.
+//
+// Stacks: kernel stacks go through a stack map (they repeat) and records
+// carry their id; user stacks (up to 32 frames) are carried inline in each
+// record, since walks through code without frame pointers make nearly every
+// one distinct. Maps: about 6.0 MB of tracked sleeps, 4.5 MB of kernel
+// stacks and a 256 KiB ring buffer.
 type offcpuProbe struct{}
 
 func init() { Register(offcpuProbe{}) }
 
-// offcpuStackDepth is STACK_DEPTH in bpf/offcpu.bpf.c.
-const offcpuStackDepth = 64
+// offcpuKstackDepth is KSTACK_DEPTH in bpf/offcpu.bpf.c.
+const offcpuKstackDepth = 64
 
-// Bounds of the caches of resolved stacks, by stack id.
+// Bound of the cache of resolved kernel stacks, by stack id.
 const offcpuMaxCachedStacks = 4096
+
+// Indexes of the `stack_losses` array (enum stack_loss in bpf/offcpu.bpf.c)
+// and how each is reported.
+var offcpuStackLossWhat = [...]string{
+	0: "kernel stack lost",
+	1: "user stack lost",
+}
 
 func (offcpuProbe) Name() string { return "offcpu" }
 
@@ -63,10 +77,10 @@ type offcpuRunning struct {
 	ksymsErr error
 	users    *symbolize.UserCache
 
-	// Used by the reader goroutine only. Stack ids are stable for the life
-	// of the stack map (see bpf/offcpu.bpf.c), so caching by id is exact.
+	// Used by the reader goroutine only. Kernel stack ids are stable for
+	// the life of the stack map (see bpf/offcpu.bpf.c), so caching by id is
+	// exact. User stacks come inline in each record.
 	kstacks *idCache[[]event.Frame]
-	ustacks *idCache[[]uint64]
 	decode  uint64 // records that could not be decoded
 
 	stopOnce sync.Once
@@ -102,7 +116,6 @@ func startOffcpu(cfg Config, sink Sink) (_ *offcpuRunning, err error) {
 		done:    make(chan struct{}),
 		users:   symbolize.NewUserCache(procfs, 0, 0),
 		kstacks: newIDCache[[]event.Frame](offcpuMaxCachedStacks),
-		ustacks: newIDCache[[]uint64](offcpuMaxCachedStacks),
 	}
 	r.ksyms, r.ksymsErr = symbolize.LoadKernel(procfs)
 	if err := spec.LoadAndAssign(&r.objs, collectionOptions(kernel)); err != nil {
@@ -166,7 +179,7 @@ func (r *offcpuRunning) handle(raw []byte) {
 		Duration:    time.Duration(e.DurationNs),
 		Task:        event.Task{Pid: e.Pid, Tgid: e.Tgid, Comm: cString(e.Comm[:])},
 		KernelStack: r.kernelStack(e.KstackId),
-		UserStack:   r.userStack(e.Tgid, e.UstackId),
+		UserStack:   r.userStack(e.Tgid, offcpuUserFrames(&e)),
 	}
 	if e.WakerComm[0] != 0 {
 		ev.Waker = event.Task{Pid: e.WakerPid, Tgid: e.WakerTgid, Comm: cString(e.WakerComm[:])}
@@ -199,19 +212,24 @@ func (r *offcpuRunning) kernelStack(id int32) []event.Frame {
 	return append([]event.Frame(nil), fr...)
 }
 
-// userStack resolves a user stack id and symbolizes it in process tgid,
-// now, while the process is likely still there.
-func (r *offcpuRunning) userStack(tgid uint32, id int32) []event.Frame {
-	if id < 0 {
-		return nil
-	}
-	addrs, ok := r.ustacks.get(id)
-	if !ok {
-		var err error
-		if addrs, err = r.stack(id); err != nil {
-			return nil
+// offcpuUserFrames returns the user frames carried in a record, innermost
+// first: ustack_len of them, up to the first zero address.
+func offcpuUserFrames(e *offcpuOffcpuEvent) []uint64 {
+	n := min(int(e.UstackLen), len(e.Ustack))
+	for i, a := range e.Ustack[:n] {
+		if a == 0 {
+			n = i
+			break
 		}
-		r.ustacks.put(id, addrs)
+	}
+	return e.Ustack[:n]
+}
+
+// userStack symbolizes user frames in process tgid, now, while the process
+// is likely still there.
+func (r *offcpuRunning) userStack(tgid uint32, addrs []uint64) []event.Frame {
+	if len(addrs) == 0 {
+		return nil
 	}
 	fr, err := r.users.Frames(tgid, addrs)
 	if err != nil {
@@ -220,11 +238,11 @@ func (r *offcpuRunning) userStack(tgid uint32, id int32) []event.Frame {
 	return trimUserGarbage(fr)
 }
 
-// stack reads one stack from the stack map: innermost first, up to the
-// first zero address.
+// stack reads one kernel stack from the stack map: innermost first, up to
+// the first zero address.
 func (r *offcpuRunning) stack(id int32) ([]uint64, error) {
-	var raw [offcpuStackDepth]uint64
-	if err := r.objs.Stacks.Lookup(uint32(id), &raw); err != nil {
+	var raw [offcpuKstackDepth]uint64
+	if err := r.objs.Kstacks.Lookup(uint32(id), &raw); err != nil {
 		return nil, fmt.Errorf("reading stack %d: %w", id, err)
 	}
 	n := 0
@@ -274,6 +292,7 @@ func (r *offcpuRunning) Stop() error {
 		<-r.done
 		r.rd.Close()
 		deliverLosses(r.sink, "offcpu", r.objs.Losses)
+		deliverStackLosses(r.sink, r.objs.StackLosses)
 		if r.decode > 0 {
 			r.sink.Loss(event.Loss{Probe: "offcpu", What: "undecodable record", Count: r.decode})
 		}
@@ -282,6 +301,28 @@ func (r *offcpuRunning) Stop() error {
 		}
 	})
 	return r.stopErr
+}
+
+// deliverStackLosses sends the non-zero counts of the per-CPU
+// `stack_losses` array; like deliverLosses, an unreadable array is itself a
+// loss.
+func deliverStackLosses(sink Sink, m *ebpf.Map) {
+	var counts [len(offcpuStackLossWhat)]uint64
+	for k := range counts {
+		var perCPU []uint64
+		if err := m.Lookup(uint32(k), &perCPU); err != nil {
+			sink.Loss(event.Loss{Probe: "offcpu", What: "stack loss counters unreadable", Count: 1})
+			return
+		}
+		for _, v := range perCPU {
+			counts[k] += v
+		}
+	}
+	for k, n := range counts {
+		if n > 0 {
+			sink.Loss(event.Loss{Probe: "offcpu", What: offcpuStackLossWhat[k], Count: n})
+		}
+	}
 }
 
 // idCache is a bounded map from stack id to a resolved stack. When full it

@@ -17,10 +17,11 @@ type offcpuBlocked struct {
 	_         structs.HostLayout
 	StartNs   uint64
 	KstackId  int32
-	UstackId  int32
+	UstackLen uint32
 	WakerPid  uint32
 	WakerTgid uint32
 	WakerComm [16]int8
+	Ustack    [32]uint64
 }
 
 type offcpuOffcpuEvent struct {
@@ -32,9 +33,10 @@ type offcpuOffcpuEvent struct {
 	WakerPid   uint32
 	WakerTgid  uint32
 	KstackId   int32
-	UstackId   int32
+	UstackLen  uint32
 	Comm       [16]int8
 	WakerComm  [16]int8
+	Ustack     [32]uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -43,8 +45,10 @@ type offcpuOffcpuEvent struct {
 const (
 	offcpuMapBlocked         = "blocked"
 	offcpuMapEvents          = "events"
+	offcpuMapKstacks         = "kstacks"
 	offcpuMapLosses          = "losses"
-	offcpuMapStacks          = "stacks"
+	offcpuMapScratch         = "scratch"
+	offcpuMapStackLosses     = "stack_losses"
 	offcpuProgOffcpuSwitch   = "offcpu_switch"
 	offcpuProgOffcpuWakeup   = "offcpu_wakeup"
 	offcpuVarMinLatencyNs    = "min_latency_ns"
@@ -102,10 +106,12 @@ type offcpuProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type offcpuMapSpecs struct {
-	Blocked *ebpf.MapSpec `ebpf:"blocked"`
-	Events  *ebpf.MapSpec `ebpf:"events"`
-	Losses  *ebpf.MapSpec `ebpf:"losses"`
-	Stacks  *ebpf.MapSpec `ebpf:"stacks"`
+	Blocked     *ebpf.MapSpec `ebpf:"blocked"`
+	Events      *ebpf.MapSpec `ebpf:"events"`
+	Kstacks     *ebpf.MapSpec `ebpf:"kstacks"`
+	Losses      *ebpf.MapSpec `ebpf:"losses"`
+	Scratch     *ebpf.MapSpec `ebpf:"scratch"`
+	StackLosses *ebpf.MapSpec `ebpf:"stack_losses"`
 }
 
 // offcpuVariableSpecs contains global variables before they are loaded into the kernel.
@@ -137,18 +143,22 @@ func (o *offcpuObjects) Close() error {
 //
 // It can be passed to loadOffcpuObjects or ebpf.CollectionSpec.LoadAndAssign.
 type offcpuMaps struct {
-	Blocked *ebpf.Map `ebpf:"blocked"`
-	Events  *ebpf.Map `ebpf:"events"`
-	Losses  *ebpf.Map `ebpf:"losses"`
-	Stacks  *ebpf.Map `ebpf:"stacks"`
+	Blocked     *ebpf.Map `ebpf:"blocked"`
+	Events      *ebpf.Map `ebpf:"events"`
+	Kstacks     *ebpf.Map `ebpf:"kstacks"`
+	Losses      *ebpf.Map `ebpf:"losses"`
+	Scratch     *ebpf.Map `ebpf:"scratch"`
+	StackLosses *ebpf.Map `ebpf:"stack_losses"`
 }
 
 func (m *offcpuMaps) Close() error {
 	return _OffcpuClose(
 		m.Blocked,
 		m.Events,
+		m.Kstacks,
 		m.Losses,
-		m.Stacks,
+		m.Scratch,
+		m.StackLosses,
 	)
 }
 

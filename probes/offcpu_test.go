@@ -21,7 +21,7 @@ import (
 )
 
 // offcpuLoopDevice attaches a loop device over a temporary file.
-func offcpuLoopDevice(t *testing.T, size int64) string {
+func offcpuLoopDevice(t testing.TB, size int64) string {
 	t.Helper()
 	if _, err := exec.LookPath("losetup"); err != nil {
 		t.Skip("no losetup")
@@ -175,6 +175,9 @@ func TestOffCPUQueueFreeze(t *testing.T) {
 	}
 	for _, l := range sink.losses {
 		t.Logf("loss: %+v", l)
+		if l.What == "kernel stack lost" {
+			t.Errorf("%d kernel stacks lost", l.Count)
+		}
 	}
 	// Who ends each wait (for the report): the drain's last completion wakes
 	// everything on mq_freeze_wq, the unfreeze wakes the enter waiters again.
@@ -189,6 +192,172 @@ func TestOffCPUQueueFreeze(t *testing.T) {
 			}
 		}
 		t.Logf("%s woken by: %v", c.name, wakers)
+	}
+}
+
+// TestOffCPUManyUserStacks runs the freeze scenario of
+// TestOffCPUQueueFreeze with a writer whose every write comes through a
+// different call path (2048 of them), as user stacks walked through code
+// without frame pointers look: nearly all distinct. Kernel stacks must not
+// be lost to them, and every user stack must still arrive whole and
+// symbolized.
+func TestOffCPUManyUserStacks(t *testing.T) {
+	schedRequireRoot(t)
+	dev := offcpuLoopDevice(t, 64<<20)
+	schedPath := filepath.Join("/sys/block", filepath.Base(dev), "queue/scheduler")
+	if b, err := os.ReadFile(schedPath); err != nil || !strings.Contains(string(b), "mq-deadline") {
+		t.Skipf("no mq-deadline for %s: %q %v", dev, b, err)
+	}
+	defer exec.Command("/bin/sh", "-c", "echo none > "+schedPath).Run()
+
+	sink := &schedProcSink{}
+	run, st := offcpuProbe{}.Start(Config{MinLatency: time.Microsecond, ProcFS: "/proc", SysFS: "/sys"}, sink)
+	if run == nil {
+		t.Fatalf("start: %+v", st)
+	}
+	stopped := false
+	defer func() {
+		if !stopped {
+			run.Stop()
+		}
+	}()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	script := fmt.Sprintf("while :; do echo mq-deadline > %[1]s; echo none > %[1]s; done", schedPath)
+	sh := exec.CommandContext(ctx, "/bin/sh", "-c", script)
+	if err := sh.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer sh.Wait()
+
+	fd, err := unix.Open(dev, unix.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(buf)
+	// Writer threads share the paths; the queue is frozen most of the time,
+	// so they mostly wait together.
+	const writers = 8
+	errs := make(chan error, writers)
+	for w := range uint(writers) {
+		go func() {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			deadline := time.Now().Add(20 * time.Second)
+			for path := w; path < offcpuPaths && time.Now().Before(deadline); path += writers {
+				if err := offcpuPathA(fd, buf, int64(path)*4096, path, offcpuPathBits); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range writers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	cancel()
+	kstacks := 0
+	var id uint32
+	it := run.(*offcpuRunning).objs.Kstacks.Iterate()
+	var raw [offcpuKstackDepth]uint64
+	for it.Next(&id, &raw) {
+		kstacks++
+	}
+	stopped = true
+	if err := run.Stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	me := uint32(os.Getpid())
+	exe, _ := os.Executable()
+	distinct := map[string]bool{}
+	spans, frozen := 0, 0
+	sink.mu.Lock()
+	defer sink.mu.Unlock()
+	for _, e := range sink.events {
+		o, ok := e.(event.OffCPU)
+		// A write's span, whichever of its stacks came through.
+		if !ok || o.Task.Tgid != me ||
+			!offcpuHasFrame(o.UserStack, offcpuPathFuncs...) && !offcpuHasFrame(o.KernelStack, "__x64_sys_pwrite64") {
+			continue
+		}
+		spans++
+		if !offcpuHasFrame(o.KernelStack, "__x64_sys_pwrite64") {
+			t.Fatalf("write span without its kernel stack:%s", offcpuStackString(o.KernelStack))
+		}
+		if offcpuHasFrame(o.KernelStack, "__bio_queue_enter", "blk_queue_enter") {
+			frozen++
+		}
+		var key strings.Builder
+		n := 0
+		for _, f := range o.UserStack {
+			if f.Module != exe {
+				t.Fatalf("frame outside the test binary:%s", offcpuStackString(o.UserStack))
+			}
+			if offcpuHasFrame([]event.Frame{f}, offcpuPathFuncs...) {
+				n++
+				key.WriteString(f.Symbol[len(f.Symbol)-1:])
+			}
+		}
+		// The root call plus one frame per bit: the walk reached them all.
+		if n != offcpuPathBits+1 || !strings.Contains(o.UserStack[0].Symbol, "syscall") {
+			t.Fatalf("user stack with %d path frames, want %d, syscall first:%s", n, offcpuPathBits+1, offcpuStackString(o.UserStack))
+		}
+		distinct[key.String()] = true
+	}
+	for _, l := range sink.losses {
+		t.Logf("loss: %+v", l)
+		if l.What == "kernel stack lost" {
+			t.Errorf("%d kernel stacks lost", l.Count)
+		}
+	}
+	t.Logf("%d writer spans (%d in queue enter), %d distinct user stacks, %d kernel stacks in the map", spans, frozen, len(distinct), kstacks)
+	// Every write is a D sleep; a few may be lost to a full ring buffer.
+	if len(distinct) < offcpuPaths/2 {
+		t.Errorf("%d distinct user stacks of %d paths", len(distinct), offcpuPaths)
+	}
+	if frozen == 0 {
+		t.Errorf("no writer span in queue enter: the freeze did not happen")
+	}
+}
+
+// The writer's call paths: offcpuPathBits levels of offcpuPathA or
+// offcpuPathB under a root call of offcpuPathA, chosen by the bits of path.
+const (
+	offcpuPathBits = 11
+	offcpuPaths    = 1 << offcpuPathBits
+)
+
+var offcpuPathFuncs = []string{"github.com/whyslow/whyslow/probes.offcpuPathA", "github.com/whyslow/whyslow/probes.offcpuPathB"}
+
+//go:noinline
+func offcpuPathA(fd int, buf []byte, off int64, path uint, depth int) error {
+	return offcpuPathNext(fd, buf, off, path, depth)
+}
+
+//go:noinline
+func offcpuPathB(fd int, buf []byte, off int64, path uint, depth int) error {
+	return offcpuPathNext(fd, buf, off, path, depth)
+}
+
+func offcpuPathNext(fd int, buf []byte, off int64, path uint, depth int) error {
+	switch {
+	case depth == 0:
+		_, err := unix.Pwrite(fd, buf, off)
+		return err
+	case path&1 == 0:
+		return offcpuPathA(fd, buf, off, path>>1, depth-1)
+	default:
+		return offcpuPathB(fd, buf, off, path>>1, depth-1)
 	}
 }
 
@@ -345,5 +514,111 @@ func TestTrimStacks(t *testing.T) {
 	user := []event.Frame{{Symbol: "__write", Module: "/lib/libc.so.6"}, {Module: "[anon]"}, {Addr: 0xa656e69}, {Symbol: "main", Module: "/bin/x"}}
 	if got := trimUserGarbage(user); !reflect.DeepEqual(got, user[:2]) {
 		t.Errorf("trimUserGarbage = %v", got)
+	}
+}
+
+// BenchmarkDSleep measures what the offcpu programs cost per D sleep: each
+// iteration is one O_DIRECT 4 KiB write to a loop device, which sleeps in D
+// state until the bio completes. With MinLatency 1 ns every D sleep is
+// streamed, so the spans received count the sleeps. ns/D-sleep is the run
+// time of both programs (kernel.bpf_stats_enabled) over the whole run,
+// divided by the sleeps: an upper bound that also holds the fast-path runs
+// of the other switches meanwhile.
+func BenchmarkDSleep(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("needs root")
+	}
+	dev := offcpuLoopDevice(b, 16<<20)
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		b.Skipf("bpf stats: %v", err)
+	}
+	defer stats.Close()
+	sink := &schedProcSink{}
+	run, st := offcpuProbe{}.Start(Config{MinLatency: time.Nanosecond, ProcFS: "/proc"}, sink)
+	if run == nil {
+		b.Fatalf("start: %+v", st)
+	}
+	objs := &run.(*offcpuRunning).objs
+	fd, err := unix.Open(dev, unix.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer unix.Close(fd)
+	buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer unix.Munmap(buf)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	off := int64(0)
+	for b.Loop() {
+		if _, err := unix.Pwrite(fd, buf, off); err != nil {
+			b.Fatal(err)
+		}
+		off = (off + 4096) % (16 << 20)
+	}
+	sw, err1 := objs.OffcpuSwitch.Stats()
+	wk, err2 := objs.OffcpuWakeup.Stats()
+	if err := run.Stop(); err != nil {
+		b.Fatal(err)
+	}
+	if err1 != nil || err2 != nil {
+		b.Fatalf("stats: %v %v", err1, err2)
+	}
+	sink.mu.Lock()
+	sleeps := uint64(len(sink.events))
+	for _, l := range sink.losses {
+		if l.What == lossWhat[lossRingbuf] {
+			sleeps += l.Count
+		}
+	}
+	sink.mu.Unlock()
+	if sleeps == 0 || sw.RunCount == 0 {
+		b.Fatalf("no D sleeps seen (%d switches)", sw.RunCount)
+	}
+	b.ReportMetric(float64(sleeps)/float64(b.N), "D-sleeps/op")
+	b.ReportMetric(float64(sw.Runtime.Nanoseconds())/float64(sw.RunCount), "ns/sched_switch")
+	b.ReportMetric(float64(sw.Runtime.Nanoseconds()+wk.Runtime.Nanoseconds())/float64(sleeps), "ns/D-sleep")
+}
+
+func TestOffCPUUserFrames(t *testing.T) {
+	full := func() (e offcpuOffcpuEvent) {
+		for i := range e.Ustack {
+			e.Ustack[i] = uint64(0x1000 + i)
+		}
+		return e
+	}
+	tests := []struct {
+		name string
+		len  uint32
+		zero int // index set to 0, or -1
+		want int
+	}{
+		{"none", 0, -1, 0},
+		{"some", 3, -1, 3},
+		{"all", uint32(len(offcpuOffcpuEvent{}.Ustack)), -1, len(offcpuOffcpuEvent{}.Ustack)},
+		{"length past the array", 1000, -1, len(offcpuOffcpuEvent{}.Ustack)},
+		{"zero address ends it", 10, 4, 4},
+		{"zero address past the length", 3, 4, 3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := full()
+			e.UstackLen = tt.len
+			if tt.zero >= 0 {
+				e.Ustack[tt.zero] = 0
+			}
+			got := offcpuUserFrames(&e)
+			if len(got) != tt.want {
+				t.Fatalf("%d frames, want %d", len(got), tt.want)
+			}
+			for i, a := range got {
+				if a != uint64(0x1000+i) {
+					t.Errorf("frame %d = %#x", i, a)
+				}
+			}
+		})
 	}
 }
