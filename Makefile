@@ -4,8 +4,9 @@ BINARY  ?= whyslow
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/whyslow/whyslow/cmd.Version=$(VERSION)
 
-# Debian packages the tests drive (udevd, fio) and that `make generate` needs.
-TEST_DEBS     := udev fio util-linux kmod procps
+# Debian packages the tests drive (udevd, fio, chromium for the HTML report) and that
+# `make generate` needs.
+TEST_DEBS     := udev fio util-linux kmod procps chromium
 GENERATE_DEBS := clang llvm libbpf-dev linux-libc-dev
 
 .PHONY: all build generate check-generated test test-unit vet clean deps deps-generate

@@ -13,7 +13,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/whyslow/whyslow/diagnose"
-	"github.com/whyslow/whyslow/report"
 	"github.com/whyslow/whyslow/rules"
 )
 
@@ -41,10 +40,18 @@ type StorageOptions struct {
 	Devices    []string
 	BTF        string
 	FailOn     string
+	// Record, StacksOut and Folded are files for the trace of the run and
+	// its blocked stacks (pprof, folded); empty means none.
+	Record, StacksOut, Folded string
+}
+
+// outputs returns the files the run writes.
+func (o *StorageOptions) outputs() Outputs {
+	return Outputs{Format: o.Format, Output: o.Output, FailOn: o.FailOn, StacksOut: o.StacksOut, Folded: o.Folded, Record: o.Record}
 }
 
 // Formats the report can be written in.
-var reportFormats = []string{"text", "json"}
+var reportFormats = []string{"text", "json", "markdown", "html"}
 
 // Severities --fail-on accepts.
 var failOnValues = []string{"none", "warning", "critical"}
@@ -80,6 +87,9 @@ ranked report of causes with their evidence and a remedy. Needs root.`,
 	f.StringArrayVar(&opts.Devices, "device", nil, "only analyze this block device (repeatable), e.g. --device sda")
 	f.StringVar(&opts.BTF, "btf", diagnose.DefaultBTF, "kernel BTF file")
 	f.StringVar(&opts.FailOn, "fail-on", "none", "exit with code 3 when a finding of at least this severity is reported: "+strings.Join(failOnValues, ", "))
+	f.StringVar(&opts.Record, "record", "", "write every event of the run to this trace file, for 'whyslow analyze' (gzip-compressed, docs/trace-format.md)")
+	f.StringVar(&opts.StacksOut, "stacks-out", "", "write the blocked (off-CPU) stacks to this file as a pprof profile (go tool pprof)")
+	f.StringVar(&opts.Folded, "folded", "", "write the blocked stacks to this file as folded stacks, for flame graphs")
 	_ = c.RegisterFlagCompletionFunc("format", cobra.FixedCompletions(reportFormats, cobra.ShellCompDirectiveNoFileComp))
 	_ = c.RegisterFlagCompletionFunc("fail-on", cobra.FixedCompletions(failOnValues, cobra.ShellCompDirectiveNoFileComp))
 	_ = c.RegisterFlagCompletionFunc("device", completeDevices)
@@ -100,7 +110,8 @@ func (o *StorageOptions) validate() error {
 	if !oneOf(o.FailOn, failOnValues) {
 		return usagef("--fail-on %q: want one of %s", o.FailOn, strings.Join(failOnValues, ", "))
 	}
-	return nil
+	outs := o.outputs()
+	return outs.validate()
 }
 
 func oneOf(s string, set []string) bool {
@@ -156,7 +167,7 @@ func storageRun(ctx context.Context, opts *StorageOptions) error {
 	if _, err := diagnose.Check(dopts); err != nil {
 		return err
 	}
-	out, closeOut, err := openOutput(opts.IO, opts.Output)
+	outs, err := openOutputs(opts.IO, opts.outputs())
 	if err != nil {
 		return err
 	}
@@ -174,25 +185,10 @@ func storageRun(ctx context.Context, opts *StorageOptions) error {
 		fmt.Fprint(opts.IO.ErrOut, "\r\033[K")
 	}
 	if err != nil {
-		closeOut(false)
+		outs.abort()
 		return err
 	}
-	rep := report.Build(res.Timeline, res.Run, res.Findings, report.Meta{
-		Version:    version(),
-		Hostname:   res.Timeline.Hostname,
-		StartedAt:  started,
-		Duration:   opts.Duration,
-		MinLatency: opts.MinLatency,
-		Devices:    opts.Devices,
-	})
-	if err := render(out, rep, opts.Format); err != nil {
-		closeOut(false)
-		return fmt.Errorf("writing report: %w", err)
-	}
-	if err := closeOut(true); err != nil {
-		return err
-	}
-	return failOn(opts.FailOn, res.Findings)
+	return outs.finish(res, runInfo(started, opts.Duration, opts.Devices))
 }
 
 // failOn turns findings at or above the severity into exit code 3, with a
@@ -207,15 +203,6 @@ func failOn(level string, findings []rules.Finding) error {
 		}
 	}
 	return nil
-}
-
-func render(w io.Writer, rep *report.Report, format string) error {
-	switch format {
-	case "json":
-		return report.JSON(w, rep)
-	default:
-		return report.Text(w, rep, report.TextOptions{})
-	}
 }
 
 // openOutput opens the report destination before the run starts, so a bad

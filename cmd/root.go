@@ -83,6 +83,7 @@ report of causes with their evidence and a remedy.`,
 	})
 	root.AddCommand(
 		newCmdDiagnose(ios),
+		NewCmdAnalyze(ios, nil),
 		NewCmdProbes(ios, nil),
 		newCmdRules(ios),
 		newCmdVersion(ios),
