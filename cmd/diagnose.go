@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/whyslow/whyslow/diagnose"
+	"github.com/whyslow/whyslow/probes"
 	"github.com/whyslow/whyslow/rules"
 )
 
@@ -40,6 +41,8 @@ type StorageOptions struct {
 	Devices    []string
 	BTF        string
 	FailOn     string
+	// Mechanism is --mechanism: "kprobe" or "freeze=kprobe" (repeatable).
+	Mechanism []string
 	// Record, StacksOut and Folded are files for the trace of the run and
 	// its blocked stacks (pprof, folded); empty means none.
 	Record, StacksOut, Folded string
@@ -86,6 +89,7 @@ ranked report of causes with their evidence and a remedy. Needs root.`,
 	f.StringVar(&opts.RulesDir, "rules", "", "directory of extra rule files (*.yaml); a rule with a built-in rule's id replaces it")
 	f.StringArrayVar(&opts.Devices, "device", nil, "only analyze this block device (repeatable), e.g. --device sda")
 	f.StringVar(&opts.BTF, "btf", diagnose.DefaultBTF, "kernel BTF file")
+	f.StringArrayVar(&opts.Mechanism, "mechanism", nil, "force a mechanism: fentry, kprobe, tp_btf, ... for every probe that offers it, or PROBE=MECHANISM for one (repeatable)")
 	f.StringVar(&opts.FailOn, "fail-on", "none", "exit with code 3 when a finding of at least this severity is reported: "+strings.Join(failOnValues, ", "))
 	f.StringVar(&opts.Record, "record", "", "write every event of the run to this trace file, for 'whyslow analyze' (gzip-compressed, docs/trace-format.md)")
 	f.StringVar(&opts.StacksOut, "stacks-out", "", "write the blocked (off-CPU) stacks to this file as a pprof profile (go tool pprof)")
@@ -109,6 +113,11 @@ func (o *StorageOptions) validate() error {
 	}
 	if !oneOf(o.FailOn, failOnValues) {
 		return usagef("--fail-on %q: want one of %s", o.FailOn, strings.Join(failOnValues, ", "))
+	}
+	if m, err := probes.ParseMechanism(o.Mechanism); err != nil {
+		return usagef("%s", err)
+	} else if err := m.Check(probes.All()); err != nil {
+		return usagef("%s", err)
 	}
 	outs := o.outputs()
 	return outs.validate()
@@ -163,6 +172,9 @@ func storageRun(ctx context.Context, opts *StorageOptions) error {
 		Devices:    opts.Devices,
 		Rules:      set,
 		BTF:        opts.BTF,
+	}
+	if dopts.Mechanism, err = probes.ParseMechanism(opts.Mechanism); err != nil {
+		return usagef("%s", err)
 	}
 	if _, err := diagnose.Check(dopts); err != nil {
 		return err

@@ -22,6 +22,8 @@ type ProbesOptions struct {
 	IO     *IO
 	Format string
 	BTF    string
+	// Mechanism is --mechanism: "kprobe" or "freeze=kprobe" (repeatable).
+	Mechanism []string
 }
 
 // NewCmdProbes builds `whyslow probes`; runF replaces the run for tests.
@@ -37,6 +39,11 @@ mechanism each one uses on this kernel, or why it is unavailable. Needs root.`,
 			if opts.Format != "text" && opts.Format != "json" {
 				return usagef("--format %q: want text or json", opts.Format)
 			}
+			if m, err := probes.ParseMechanism(opts.Mechanism); err != nil {
+				return usagef("%s", err)
+			} else if err := m.Check(probes.All()); err != nil {
+				return usagef("%s", err)
+			}
 			if runF != nil {
 				return runF(opts)
 			}
@@ -45,6 +52,7 @@ mechanism each one uses on this kernel, or why it is unavailable. Needs root.`,
 	}
 	c.Flags().StringVarP(&opts.Format, "format", "f", "text", "output format: text or json")
 	c.Flags().StringVar(&opts.BTF, "btf", diagnose.DefaultBTF, "kernel BTF file")
+	c.Flags().StringArrayVar(&opts.Mechanism, "mechanism", nil, "force a mechanism: fentry, kprobe, tp_btf, ... for every probe that offers it, or PROBE=MECHANISM for one (repeatable)")
 	return c
 }
 
@@ -57,14 +65,18 @@ func (discard) Histogram(probes.HistKind, event.Device, *hist.Histogram) {}
 
 func probesRun(opts *ProbesOptions) error {
 	// Check needs a rule set; probes need none, so give it an empty one.
-	spec, err := diagnose.Check(diagnose.Options{Duration: 1, BTF: opts.BTF, Rules: &rules.Set{}})
+	mech, err := probes.ParseMechanism(opts.Mechanism)
+	if err != nil {
+		return usagef("%s", err)
+	}
+	spec, err := diagnose.Check(diagnose.Options{Duration: 1, BTF: opts.BTF, Rules: &rules.Set{}, Mechanism: mech})
 	if err != nil {
 		return err
 	}
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return fmt.Errorf("raising the locked-memory limit for BPF maps: %w", err)
 	}
-	cfg := probes.Config{MinLatency: 1 << 62, KernelTypes: spec, ProcFS: "/proc", SysFS: "/sys"}
+	cfg := probes.Config{MinLatency: 1 << 62, KernelTypes: spec, ProcFS: "/proc", SysFS: "/sys", Mechanism: mech}
 	var statuses []event.ProbeStatus
 	for _, p := range probes.All() {
 		r, st := p.Start(cfg, discard{})

@@ -45,6 +45,8 @@ func (c *collector) Histogram(kind probes.HistKind, dev event.Device, h *hist.Hi
 		d.Submit.Merge(h)
 	case probes.HistService:
 		d.Service.Merge(h)
+	case probes.HistSubmitCall:
+		d.SubmitCall.Merge(h)
 	}
 }
 
@@ -73,6 +75,12 @@ func kindOf(e event.Event) string {
 		return "uevents"
 	case event.SysfsWrite:
 		return "sysfs writes"
+	case event.QueueEnter:
+		return "queue-enter waits"
+	case event.Freeze:
+		return "queue freezes"
+	case event.SubmitCall:
+		return "slow submit calls"
 	}
 	return "other"
 }

@@ -44,6 +44,8 @@ type Options struct {
 	ProcFS, SysFS string
 	// Probes to run; nil means every registered probe.
 	Probes []probes.Probe
+	// Mechanism forces probes onto one mechanism (--mechanism).
+	Mechanism probes.MechanismChoice
 	// Progress, when set, is called about once a second during the run.
 	Progress func(Progress)
 }
@@ -89,6 +91,9 @@ func Check(opts Options) (*btf.Spec, error) {
 	}
 	if opts.Rules == nil {
 		return nil, errors.New("no rules loaded")
+	}
+	if err := opts.Mechanism.Check(opts.Probes); err != nil {
+		return nil, err
 	}
 	for _, d := range opts.Devices {
 		if err := checkDevice(opts.SysFS, d); err != nil {
@@ -164,7 +169,8 @@ func Collect(ctx context.Context, opts Options, spec *btf.Spec) (*timeline.Timel
 	tl.Holders = holders
 
 	col := newCollector(tl)
-	cfg := probes.Config{MinLatency: opts.MinLatency, KernelTypes: spec, ProcFS: opts.ProcFS, SysFS: opts.SysFS}
+	cfg := probes.Config{MinLatency: opts.MinLatency, KernelTypes: spec, ProcFS: opts.ProcFS, SysFS: opts.SysFS,
+		Mechanism: opts.Mechanism}
 	tl.Start = now()
 	var running []probes.Running
 	var reasons []string

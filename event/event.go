@@ -203,3 +203,62 @@ type Holder struct {
 	Upper string `json:"upper"`
 	Lower string `json:"lower"`
 }
+
+// Names of the probes that time block-layer functions directly; facts use
+// them to tell from the probe status whether a direct measurement ran.
+const (
+	ProbeQueueEnter = "queueenter"
+	ProbeFreeze     = "freeze"
+	ProbeSubmitCall = "submitfn"
+)
+
+// QueueEnter is one wait to enter a device's request queue, timed at the
+// kernel function that waits (__bio_queue_enter, or blk_queue_enter on
+// older kernels) by a direct probe (fentry/fexit or kprobe/kretprobe).
+type QueueEnter struct {
+	Start     Mono          `json:"start"`
+	Duration  time.Duration `json:"duration"`
+	Task      Task          `json:"task"`
+	Dev       Device        `json:"dev"`
+	Func      string        `json:"func"`      // "__bio_queue_enter" or "blk_queue_enter"
+	Mechanism Mechanism     `json:"mechanism"` // "fentry" or "kprobe"
+	// Ret is the function's result: 0, or a negative errno when the queue
+	// was dying (-ENODEV) or the caller would not wait (-EAGAIN, -EBUSY).
+	Ret int32 `json:"ret,omitempty"`
+}
+
+// When implements Event.
+func (e QueueEnter) When() Mono { return e.Start }
+
+// Freeze is one freeze of a request queue, from the outermost freeze start
+// (blk_freeze_queue_start) to the unfreeze that let I/O in again, with the
+// task that froze it and where: its kernel and user stacks at the freeze.
+type Freeze struct {
+	Start       Mono          `json:"start"`
+	Duration    time.Duration `json:"duration"`
+	Task        Task          `json:"task"`      // the freezer
+	Unfreezer   Task          `json:"unfreezer"` // the task that unfroze it
+	Dev         Device        `json:"dev"`
+	Func        string        `json:"func"` // the freeze function probed, e.g. "blk_freeze_queue_start"
+	Mechanism   Mechanism     `json:"mechanism"`
+	KernelStack []Frame       `json:"kernel_stack,omitempty"`
+	UserStack   []Frame       `json:"user_stack,omitempty"`
+}
+
+// When implements Event.
+func (e Freeze) When() Mono { return e.Start }
+
+// SubmitCall is one call of the bio submission function (submit_bio_noacct,
+// generic_make_request before 5.9) that took longer than the threshold,
+// timed from entry to return by a direct probe.
+type SubmitCall struct {
+	Start     Mono          `json:"start"`
+	Latency   time.Duration `json:"latency"`
+	Task      Task          `json:"task"`
+	Dev       Device        `json:"dev"`
+	Func      string        `json:"func"`
+	Mechanism Mechanism     `json:"mechanism"`
+}
+
+// When implements Event.
+func (e SubmitCall) When() Mono { return e.Start }

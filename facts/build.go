@@ -123,7 +123,7 @@ func Build(tl *timeline.Timeline, opts Options) *Run {
 
 	for _, d := range b.byName {
 		run.Devices = append(run.Devices, d)
-		for _, s := range []*Spans{&d.Stalls, &d.QueueWaits, &d.TagWaits, &d.Freezes} {
+		for _, s := range []*Spans{&d.Stalls, &d.QueueWaits, &d.TagWaits, &d.Freezes, &d.SubmitCalls} {
 			sortSpans(*s)
 		}
 	}
@@ -178,10 +178,26 @@ func (b *builder) devices() {
 			b.names[s.Dev.ID()] = s.Dev.Name
 		}
 	}
+	for _, q := range b.tl.QueueEnters {
+		if q.Dev.Name != "" {
+			b.names[q.Dev.ID()] = q.Dev.Name
+		}
+	}
+	for _, f := range b.tl.Freezes {
+		if f.Dev.Name != "" {
+			b.names[f.Dev.ID()] = f.Dev.Name
+		}
+	}
+	for _, c := range b.tl.SubmitCalls {
+		if c.Dev.Name != "" {
+			b.names[c.Dev.ID()] = c.Dev.Name
+		}
+	}
 	for _, h := range b.tl.Devices {
 		d := b.device(b.name(h.Dev), h.Dev.ID())
 		d.Submit = latency(&h.Submit)
 		d.Service = latency(&h.Service)
+		d.SubmitCall = latency(&h.SubmitCall)
 	}
 }
 
@@ -203,9 +219,38 @@ func (b *builder) stalls() {
 		start := b.rel(s.Start)
 		d.Stalls = append(d.Stalls, Span{
 			Start: start, End: start + max(s.Latency, 0), Kind: KindSubmit,
-			Pid: s.Task.Pid, Tgid: s.Task.Tgid, Comm: s.Task.Comm, Device: name,
+			Pid: s.Task.Pid, Tgid: s.Task.Tgid, Comm: s.Task.Comm, Device: name, Source: SourceSubmitTP,
 		})
 	}
+	for _, c := range b.tl.SubmitCalls {
+		if c.Dev.Major == 0 && c.Dev.Minor == 0 && c.Dev.Name == "" {
+			continue // no device: nothing to attach it to
+		}
+		name := b.name(c.Dev)
+		d := b.device(name, c.Dev.ID())
+		start := b.rel(c.Start)
+		d.SubmitCalls = append(d.SubmitCalls, Span{
+			Start: start, End: start + max(c.Latency, 0), Kind: KindSubmitCall,
+			Pid: c.Task.Pid, Tgid: c.Task.Tgid, Comm: c.Task.Comm, Device: name,
+			Source: SourceDirect(c.Mechanism, c.Func),
+		})
+	}
+}
+
+// directProbe reports whether a direct probe measured this run: it ran on
+// fentry or kprobe, or its events are there (a trace of a run whose probe
+// status was lost).
+func (b *builder) directProbe(name string, events int) bool {
+	if events > 0 {
+		return true
+	}
+	for _, p := range b.tl.Probes {
+		if p.Name == name && p.Status == event.StatusOK &&
+			(p.Mechanism == event.MechFentry || p.Mechanism == event.MechKprobe) {
+			return true
+		}
+	}
+	return false
 }
 
 // offCPU classifies the blocked spans and names their devices:
@@ -213,6 +258,10 @@ func (b *builder) stalls() {
 //   - freeze-wait: the freezer's own sysfs write shortly before, else the device of
 //     the queue-enter waits it woke, else the one device whose stalls overlap it;
 //   - queue-enter waits still without a device: the freeze of the task that woke them.
+//
+// When the queueenter or freeze probe timed the functions directly, their
+// spans replace the inferred queue-enter waits or freeze waits (which are
+// still counted in OffCPUByKind), so nothing is counted twice.
 func (b *builder) offCPU() {
 	submits := map[uint32][]event.SlowSubmit{} // by thread, in time order
 	for _, s := range b.tl.SlowSubmits {
@@ -231,7 +280,7 @@ func (b *builder) offCPU() {
 		sp := Span{
 			Start: start, End: start + max(o.Duration, 0), Kind: kind,
 			Pid: o.Task.Pid, Tgid: o.Task.Tgid, Comm: o.Task.Comm, Waker: o.Waker,
-			KernelStack: o.KernelStack, UserStack: o.UserStack,
+			KernelStack: o.KernelStack, UserStack: o.UserStack, Source: SourceOffCPU,
 		}
 		switch kind {
 		case KindQueueEnter, KindTagWait:
@@ -243,6 +292,12 @@ func (b *builder) offCPU() {
 			}
 			freezes = append(freezes, sp)
 		}
+	}
+	if b.directProbe(event.ProbeQueueEnter, len(b.tl.QueueEnters)) {
+		waits = append(slices.DeleteFunc(waits, func(s Span) bool { return s.Kind == KindQueueEnter }), b.directQueueWaits()...)
+	}
+	if b.directProbe(event.ProbeFreeze, len(b.tl.Freezes)) {
+		freezes = b.directFreezes(writes)
 	}
 
 	for i := range freezes {
@@ -281,6 +336,47 @@ func (b *builder) offCPU() {
 		d := b.device(sp.Device, "")
 		d.Freezes = append(d.Freezes, sp)
 	}
+}
+
+// directQueueWaits are the queue-enter waits timed at the function.
+func (b *builder) directQueueWaits() []Span {
+	var out []Span
+	for _, q := range b.tl.QueueEnters {
+		start := b.rel(q.Start)
+		sp := Span{
+			Start: start, End: start + max(q.Duration, 0), Kind: KindQueueEnter,
+			Pid: q.Task.Pid, Tgid: q.Task.Tgid, Comm: q.Task.Comm,
+			Source: SourceDirect(q.Mechanism, q.Func),
+		}
+		if q.Dev.Major != 0 || q.Dev.Minor != 0 || q.Dev.Name != "" {
+			sp.Device = b.name(q.Dev)
+		}
+		out = append(out, sp)
+	}
+	return out
+}
+
+// directFreezes are the queue freezes timed at the functions, with the
+// freezer's sysfs write just before naming the attribute it changed.
+func (b *builder) directFreezes(writes map[uint32][]event.SysfsWrite) []Span {
+	var out []Span
+	for _, f := range b.tl.Freezes {
+		start := b.rel(f.Start)
+		sp := Span{
+			Start: start, End: start + max(f.Duration, 0), Kind: KindFreeze,
+			Pid: f.Task.Pid, Tgid: f.Task.Tgid, Comm: f.Task.Comm,
+			KernelStack: f.KernelStack, UserStack: f.UserStack,
+			Source: SourceDirect(f.Mechanism, f.Func),
+		}
+		if f.Dev.Major != 0 || f.Dev.Minor != 0 || f.Dev.Name != "" {
+			sp.Device = b.name(f.Dev)
+		}
+		if w, ok := b.sysfsBefore(writes[sp.Pid], f.Start); ok && (sp.Device == "" || w.Device == sp.Device) {
+			sp.Device, sp.Attr = w.Device, w.Attr
+		}
+		out = append(out, sp)
+	}
+	return out
 }
 
 // submitDevice returns the device of the thread's slow submission that

@@ -51,7 +51,26 @@ const (
 	KindIOWait     = "io-wait"     // waiting for I/O to complete (io_schedule and friends)
 	KindOther      = "other"
 	KindSubmit     = "submit" // a slow bio submission (SlowSubmit), not an off-CPU span
+	// KindFreeze is a queue freeze timed directly, freeze start to unfreeze
+	// (event.Freeze); it holds the freezer's drain wait and what it changed.
+	KindFreeze = "freeze"
+	// KindSubmitCall is a slow call of submit_bio_noacct timed directly.
+	KindSubmitCall = "submit-call"
 )
+
+// Sources: how a span was measured, the precision a finding rests on.
+const (
+	// SourceOffCPU: inferred from the stack a task blocked in (offcpu probe).
+	SourceOffCPU = "inferred: off-CPU stacks"
+	// SourceSubmitTP: from the block_bio_queue and block_getrq/merge tracepoints.
+	SourceSubmitTP = "tracepoints: block_bio_queue to getrq/merge"
+)
+
+// SourceDirect is the Source of a span timed at a kernel function, e.g.
+// "direct: kprobe __bio_queue_enter".
+func SourceDirect(mech event.Mechanism, fn string) string {
+	return "direct: " + string(mech) + " " + fn
+}
 
 // Span is a time interval with the task it belongs to.
 type Span struct {
@@ -65,6 +84,9 @@ type Span struct {
 	Waker       event.Task
 	KernelStack []event.Frame
 	UserStack   []event.Frame
+	// Source says how the span was measured: SourceOffCPU, SourceSubmitTP
+	// or SourceDirect(...).
+	Source string
 }
 
 // Duration is End-Start.
@@ -101,14 +123,24 @@ type Device struct {
 	ID      string // major:minor
 	Submit  Latency
 	Service Latency
+	// SubmitCall is the time in submit_bio_noacct per call, when the
+	// submitfn probe ran on a direct mechanism (else Count is 0).
+	SubmitCall Latency
 	// Stalls are slow submissions (block_bio_queue to getrq/merge above the threshold).
 	Stalls Spans
-	// QueueWaits are off-CPU spans in queue enter attributed to this device.
+	// QueueWaits are waits to enter this device's queue: timed at
+	// __bio_queue_enter/blk_queue_enter when the queueenter probe ran
+	// directly, else off-CPU spans in queue enter attributed to the device.
 	QueueWaits Spans
 	// TagWaits are off-CPU spans waiting for a tag attributed to this device.
 	TagWaits Spans
-	// Freezes are spans of freezers waiting for this device's queue to drain.
+	// Freezes are this device's queue freezes: freeze start to unfreeze
+	// (KindFreeze) when the freeze probe ran directly, else spans of
+	// freezers waiting for the queue to drain (KindFreezeWait, off-CPU).
 	Freezes Spans
+	// SubmitCalls are slow calls of submit_bio_noacct on this device, when
+	// the submitfn probe ran directly.
+	SubmitCalls Spans
 	// Uevents for this device (any action).
 	Uevents Points
 	// SysfsWrites are opens for writing of this device's queue attributes.

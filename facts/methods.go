@@ -178,6 +178,33 @@ func (s Spans) Attrs() []string {
 	return distinctSorted(out)
 }
 
+// Sources returns the distinct ways the spans were measured (Span.Source),
+// direct measurements first, then sorted: what a finding's precision rests on.
+func (s Spans) Sources() []string {
+	var out []string
+	for _, sp := range s {
+		if sp.Source != "" {
+			out = append(out, sp.Source)
+		}
+	}
+	out = distinctSorted(out)
+	slices.SortStableFunc(out, func(a, b string) int {
+		return cmp.Compare(sourceRank(a), sourceRank(b))
+	})
+	return out
+}
+
+// sourceRank orders sources from the most to the least precise.
+func sourceRank(s string) int {
+	switch {
+	case strings.HasPrefix(s, "direct:"):
+		return 0
+	case strings.HasPrefix(s, "tracepoints:"):
+		return 1
+	}
+	return 2
+}
+
 // Devices returns the distinct devices of the spans, sorted.
 func (s Spans) Devices() []string {
 	var out []string

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -217,48 +218,65 @@ func directWriter(t *testing.T, path string, size int64, n int, stop <-chan stru
 	return tid, d, writes
 }
 
-// assertProgsUnloaded fails t when programs named names are still loaded a
-// few seconds after Stop (the kernel frees them after an RCU grace period).
+// assertProgsUnloaded fails t when this test process still holds programs
+// named names (a program or link file descriptor) a few seconds after Stop.
+// Only this process's descriptors count: whyslow runs by other test
+// packages load programs of the same names at the same time.
 func assertProgsUnloaded(t *testing.T, names ...string) {
 	t.Helper()
 	var left []string
 	if !blkWaitUntil(5*time.Second, func() bool {
-		left = loadedProgs(t, names...)
+		left = heldProgs(t, names...)
 		return len(left) == 0
 	}) {
-		t.Errorf("programs still loaded after Stop: %v", left)
+		t.Errorf("programs still held after Stop: %v", left)
 	}
 }
 
-// loadedProgs returns the loaded BPF programs whose names are in names.
-func loadedProgs(t *testing.T, names ...string) []string {
+// heldProgs returns the names, among names, of the BPF programs this process
+// holds through a program or link file descriptor.
+func heldProgs(t *testing.T, names ...string) []string {
 	t.Helper()
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatalf("listing file descriptors: %v", err)
+	}
 	var found []string
-	id := ebpf.ProgramID(0)
-	for {
-		next, err := ebpf.ProgramGetNextID(id)
-		if errors.Is(err, os.ErrNotExist) {
-			return found
+	for _, fd := range fds {
+		target, err := os.Readlink("/proc/self/fd/" + fd.Name())
+		if err != nil || (target != "anon_inode:bpf-prog" && target != "anon_inode:bpf_link") {
+			continue
 		}
+		info, err := os.ReadFile("/proc/self/fdinfo/" + fd.Name())
 		if err != nil {
-			t.Fatalf("listing programs: %v", err)
+			continue // closed meanwhile
 		}
-		id = next
-		p, err := ebpf.NewProgramFromID(id)
+		var id uint32
+		for _, line := range strings.Split(string(info), "\n") {
+			if v, ok := strings.CutPrefix(line, "prog_id:"); ok {
+				n, _ := strconv.ParseUint(strings.TrimSpace(v), 10, 32)
+				id = uint32(n)
+			}
+		}
+		if id == 0 {
+			continue
+		}
+		p, err := ebpf.NewProgramFromID(ebpf.ProgramID(id))
 		if err != nil {
 			continue // unloaded meanwhile
 		}
-		info, err := p.Info()
+		pi, err := p.Info()
 		p.Close()
 		if err != nil {
 			continue
 		}
 		for _, n := range names {
-			if info.Name == n {
+			if pi.Name == n {
 				found = append(found, n)
 			}
 		}
 	}
+	return found
 }
 
 func TestErrReasonRealErrors(t *testing.T) {

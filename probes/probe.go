@@ -26,6 +26,8 @@ type HistKind string
 const (
 	HistSubmit  HistKind = "submit"  // block_bio_queue -> getrq/merge
 	HistService HistKind = "service" // block_rq_issue -> block_rq_complete
+	// HistSubmitCall is submit_bio_noacct entry -> return (probe submitfn).
+	HistSubmitCall HistKind = "submit_call"
 )
 
 // Sink receives what probes observe. Implementations must be safe for
@@ -46,6 +48,9 @@ type Config struct {
 	KernelTypes *btf.Spec
 	// ProcFS and SysFS are the roots of /proc and /sys (tests may point them elsewhere).
 	ProcFS, SysFS string
+	// Mechanism forces probes that offer several mechanisms onto one
+	// (--mechanism); the zero value lets each pick its best.
+	Mechanism MechanismChoice
 }
 
 // Probe is one source of events.

@@ -22,6 +22,9 @@ func startSubmitProbe(t *testing.T, minLatency time.Duration) (*blkSink, Running
 		t.Errorf("mechanism = %q, want %q", st.Mechanism, event.MechTPBTF)
 	}
 	t.Cleanup(func() { r.Stop() })
+	if held := heldProgs(t, submitProgNames...); len(held) == 0 {
+		t.Fatal("heldProgs sees none of the running probe's programs: the unload check would prove nothing")
+	}
 	return sink, r
 }
 

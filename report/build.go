@@ -164,6 +164,7 @@ func device(d *facts.Device, observed time.Duration) Device {
 		Upper:      nonNil(slices.Clone(d.Upper)),
 		Submit:     latency(d.Submit),
 		Service:    latency(d.Service),
+		SubmitCall: latency(d.SubmitCall),
 		Stalls:     spanStats(d.Stalls),
 		QueueWaits: spanStats(d.QueueWaits),
 		Freezes:    spanStats(d.Freezes),
@@ -217,6 +218,7 @@ func finding(f rules.Finding, devices map[string]*facts.Device) Finding {
 		Steps:       []Step{},
 		Evidence:    Evidence{},
 		Remedy:      f.Remedy,
+		Precision:   f.Precision,
 	}
 	for _, p := range f.Processes {
 		out.Processes = append(out.Processes, Process{Pid: p.Pid, Comm: p.Comm, Role: p.Role})
@@ -267,7 +269,7 @@ func stacks(names []string, devices map[string]*facts.Device) []Stack {
 		seenDev[name] = true
 		for _, spans := range []facts.Spans{d.QueueWaits, d.Freezes} {
 			for _, sp := range spans {
-				if sp.Kind != facts.KindQueueEnter && sp.Kind != facts.KindFreezeWait {
+				if sp.Kind != facts.KindQueueEnter && sp.Kind != facts.KindFreezeWait && sp.Kind != facts.KindFreeze {
 					continue
 				}
 				if len(sp.KernelStack) == 0 && len(sp.UserStack) == 0 {

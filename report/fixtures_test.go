@@ -126,8 +126,9 @@ func freezeChain() scenario {
 				"all in-flight I/O has drained, and every new submission blocks in __bio_queue_enter until the queue " +
 				"is unfrozen. This wait happens before request accounting, so iostat and biolatency do not show it.\n" +
 				"The writes come from udev rules run on change uevents, which fake-arcconf causes.",
-			Remedy:  "Stop the udev rule from rewriting queue attributes on every change uevent (match ACTION==\"add\" only),\nor stop monitor.sh from running fake-arcconf so often.",
-			Devices: []string{"loop0"},
+			Remedy:    "Stop the udev rule from rewriting queue attributes on every change uevent (match ACTION==\"add\" only),\nor stop monitor.sh from running fake-arcconf so often.",
+			Precision: "direct: kprobe blk_freeze_queue_start; inferred: off-CPU stacks",
+			Devices:   []string{"loop0"},
 			Processes: []rules.Process{
 				{Pid: 5120, Comm: "fake-arcconf", Role: "trigger"},
 				{Pid: 4711, Comm: "(udev-worker)", Role: "freezer"},

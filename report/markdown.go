@@ -256,6 +256,9 @@ func (m *mdWriter) finding(f *Finding) {
 			m.stacks(f.Stacks)
 		}
 	}
+	if f.Precision != "" {
+		m.printf("Precision: %s\n\n", mdText(f.Precision))
+	}
 	if f.Remedy != "" {
 		m.printf("**Remedy**\n\n")
 		m.mdProse(f.Remedy)

@@ -84,6 +84,9 @@ type Device struct {
 	Upper   []string `json:"upper"`
 	Submit  Latency  `json:"submit"`
 	Service Latency  `json:"service"`
+	// SubmitCall is the time per call in submit_bio_noacct, measured at the
+	// function (probe submitfn); count 0 when it did not run directly.
+	SubmitCall Latency `json:"submit_call"`
 	// Stalls are slow submissions, above the min latency.
 	Stalls SpanStats `json:"stalls"`
 	// QueueWaits are tasks blocked entering the device's frozen queue.
@@ -130,6 +133,10 @@ type Finding struct {
 	Evidence    Evidence  `json:"evidence"`
 	Stacks      []Stack   `json:"stacks"`
 	Remedy      string    `json:"remedy"`
+	// Precision says how the facts behind the finding were measured, e.g.
+	// "direct: kprobe __bio_queue_enter" or "inferred: off-CPU stacks"
+	// ("; "-separated, most precise first); "" when the rule does not say.
+	Precision string `json:"precision"`
 }
 
 // Process is a process a finding names, with its part in it.
@@ -160,7 +167,7 @@ type Step struct {
 
 // Stack is a group of blocked spans with the same stacks.
 type Stack struct {
-	Kind      string   `json:"kind"` // "queue-enter" or "freeze-wait"
+	Kind      string   `json:"kind"` // "queue-enter", "freeze-wait" or "freeze"
 	Count     int      `json:"count"`
 	TotalMs   float64  `json:"total_ms"`
 	MaxMs     float64  `json:"max_ms"`

@@ -221,6 +221,9 @@ func (t *textWriter) finding(f *Finding) {
 			t.stacks(f.Stacks)
 		}
 	}
+	if f.Precision != "" {
+		t.printf("\n%sprecision: %s\n", indent, clean(f.Precision))
+	}
 	if f.Remedy != "" {
 		t.printf("\n%s%s\n", indent, t.paint(sgrBold, "remedy:"))
 		t.prose(f.Remedy, indent+"  ")

@@ -217,6 +217,13 @@ func (ev *evaluation) add(items []*item, r *Rule, env any, data TemplateData, de
 		}
 		f.Processes = ps
 	}
+	if r.precision != nil {
+		v, ok := ev.run(r, dev, "precision", r.precision, env)
+		if !ok {
+			return items
+		}
+		f.Precision = joinPrecision(nil, strs(v))
+	}
 	if r.Trigger && data.Command != nil {
 		f.Trigger = trigger(data.Command)
 	}
@@ -370,6 +377,7 @@ func merge(effect, cause *Finding) {
 		effect.Severity = cause.Severity
 	}
 	effect.Score = max(effect.Score, cause.Score)
+	effect.Precision = joinPrecision(splitPrecision(effect.Precision), splitPrecision(cause.Precision))
 	effect.Explanation = joinText(cause.Explanation, effect.Explanation, "\n\n")
 	if cause.Remedy != effect.Remedy {
 		effect.Remedy = joinText(cause.Remedy, effect.Remedy, "\n\n")
@@ -385,6 +393,42 @@ func merge(effect, cause *Finding) {
 		names[e.Name] = true
 		effect.Evidence = append(effect.Evidence, e)
 	}
+}
+
+// precisionSep separates the sources of a finding's Precision.
+const precisionSep = "; "
+
+func splitPrecision(p string) []string {
+	if p == "" {
+		return nil
+	}
+	return strings.Split(p, precisionSep)
+}
+
+// joinPrecision joins sources without repeats or empty ones, the most
+// precise first, else in the order given.
+func joinPrecision(a, b []string) string {
+	var out []string
+	for _, s := range append(slices.Clone(a), b...) {
+		s = strings.TrimSpace(s)
+		if s != "" && !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	slices.SortStableFunc(out, func(x, y string) int { return cmp.Compare(precisionRank(x), precisionRank(y)) })
+	return strings.Join(out, precisionSep)
+}
+
+// precisionRank orders sources from the most precise: measured at the
+// function, then by tracepoints, then inferred.
+func precisionRank(s string) int {
+	switch {
+	case strings.HasPrefix(s, "direct:"):
+		return 0
+	case strings.HasPrefix(s, "tracepoint"):
+		return 1
+	}
+	return 2
 }
 
 func joinText(a, b, sep string) string {

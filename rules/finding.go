@@ -31,6 +31,11 @@ type Finding struct {
 	Steps []Step
 	// Evidence is the rule's named values, in the order the rule lists them.
 	Evidence []Evidence
+	// Precision says what the finding rests on: how the facts it used were
+	// measured, e.g. "direct: kprobe __bio_queue_enter" or "inferred:
+	// off-CPU stacks"; several are joined by "; ", most precise first. ""
+	// when the rule does not say.
+	Precision string
 }
 
 // Process is a process a finding names.

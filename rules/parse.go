@@ -156,7 +156,7 @@ type parsed struct {
 }
 
 var knownKeys = []string{"id", "summary", "title", "step", "severity", "scope", "when", "score", "explain", "remedy",
-	"evidence", "processes", "trigger", "explains"}
+	"evidence", "processes", "trigger", "explains", "precision"}
 
 func (p *parsed) errorf(at pos, format string, a ...any) {
 	p.errs = append(p.errs, posErr(p.file, at, format, a...))
@@ -433,6 +433,12 @@ func (p *parsed) compile(r *Rule) {
 			p.errorf(nodePos(p.nodes["processes"]), "processes: must give facts.Tasks (e.g. Device.Freezes.Tasks().As(\"freezer\")), not %v", t)
 		}
 	}
+	r.precision = prog("precision", p.nodes["precision"])
+	if r.precision != nil {
+		if t := r.precision.Node().Type(); t != nil && !precisionType(t) {
+			p.errorf(nodePos(p.nodes["precision"]), "precision: must give a string or a list of strings (e.g. Device.Freezes.Sources()), not %v", t)
+		}
+	}
 	for i, n := range p.evNode {
 		if pr := prog("evidence: "+p.evName[i], n); pr != nil {
 			r.evidence = append(r.evidence, namedProgram{p.evName[i], pr})
@@ -445,6 +451,18 @@ func (p *parsed) compile(r *Rule) {
 	if len(r.evidence) == len(p.evNode) {
 		p.dryRun(r) // every evidence name is known: templates can be tried
 	}
+}
+
+// precisionType reports whether a precision expression's static type can
+// give strings.
+func precisionType(t reflect.Type) bool {
+	switch {
+	case t.Kind() == reflect.String, t.Kind() == reflect.Interface:
+		return true
+	case t.Kind() == reflect.Slice && (t.Elem().Kind() == reflect.String || t.Elem().Kind() == reflect.Interface):
+		return true
+	}
+	return false
 }
 
 // processesType reports whether a processes expression's static type can

@@ -16,6 +16,7 @@
 //	processes: Device.Freezes.Tasks().As("freezer")  # expr: facts.Tasks or concat(...) of them
 //	trigger: true                   # command scope: the Command is the chain's trigger
 //	explains: other-rule-id         # this finding is a cause of that rule's finding on the same device
+//	precision: Device.Freezes.Sources()  # expr: string or strings, how the facts were measured
 //
 // Expressions (github.com/expr-lang/expr) are compiled once, at load, against
 // a typed environment per scope: DeviceEnv (evaluated per device), CommandEnv
@@ -108,6 +109,7 @@ type Rule struct {
 	File     string // where the rule was loaded from
 
 	when, score, processes       *vm.Program
+	precision                    *vm.Program
 	evidence                     []namedProgram
 	title, step, explain, remedy *template.Template
 	// where each field is in the file, for errors at evaluation

@@ -18,6 +18,9 @@ type DeviceHistograms struct {
 	Dev     event.Device
 	Submit  hist.Histogram // block_bio_queue -> getrq/merge, every bio
 	Service hist.Histogram // block_rq_issue -> block_rq_complete, every request
+	// SubmitCall is submit_bio_noacct entry -> return, every call (probe
+	// submitfn, when a direct mechanism ran).
+	SubmitCall hist.Histogram
 }
 
 // Timeline is one run's observations.
@@ -41,6 +44,11 @@ type Timeline struct {
 	Exits       []event.Exit
 	Uevents     []event.Uevent
 	SysfsWrites []event.SysfsWrite
+	// Direct measurements at kernel functions (fentry or kprobe), when
+	// those probes ran.
+	QueueEnters []event.QueueEnter
+	Freezes     []event.Freeze
+	SubmitCalls []event.SubmitCall
 }
 
 // Duration is the length of the observation window.
@@ -61,6 +69,12 @@ func (t *Timeline) Add(e event.Event) {
 		t.Uevents = append(t.Uevents, v)
 	case event.SysfsWrite:
 		t.SysfsWrites = append(t.SysfsWrites, v)
+	case event.QueueEnter:
+		t.QueueEnters = append(t.QueueEnters, v)
+	case event.Freeze:
+		t.Freezes = append(t.Freezes, v)
+	case event.SubmitCall:
+		t.SubmitCalls = append(t.SubmitCalls, v)
 	}
 }
 
@@ -110,6 +124,9 @@ func (t *Timeline) Sort() {
 	sortBy(t.Exits)
 	sortBy(t.Uevents)
 	sortBy(t.SysfsWrites)
+	sortBy(t.QueueEnters)
+	sortBy(t.Freezes)
+	sortBy(t.SubmitCalls)
 	sort.SliceStable(t.Devices, func(i, j int) bool { return t.Devices[i].Dev.String() < t.Devices[j].Dev.String() })
 }
 

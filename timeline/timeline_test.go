@@ -75,3 +75,28 @@ func TestDeviceMergesByNumber(t *testing.T) {
 		t.Fatalf("devices = %+v", tl.Devices)
 	}
 }
+
+// The direct measurements go to their own streams and are sorted by time.
+func TestAddDirectEvents(t *testing.T) {
+	var tl Timeline
+	for _, e := range []event.Event{
+		event.QueueEnter{Start: 30}, event.Freeze{Start: 20}, event.SubmitCall{Start: 10},
+		event.QueueEnter{Start: 3}, event.Freeze{Start: 2}, event.SubmitCall{Start: 1},
+	} {
+		tl.Add(e)
+	}
+	tl.Sort()
+	for _, tt := range []struct {
+		name  string
+		times []event.Mono
+		want  []event.Mono
+	}{
+		{"queue enters", []event.Mono{tl.QueueEnters[0].Start, tl.QueueEnters[1].Start}, []event.Mono{3, 30}},
+		{"freezes", []event.Mono{tl.Freezes[0].Start, tl.Freezes[1].Start}, []event.Mono{2, 20}},
+		{"submit calls", []event.Mono{tl.SubmitCalls[0].Start, tl.SubmitCalls[1].Start}, []event.Mono{1, 10}},
+	} {
+		if tt.times[0] != tt.want[0] || tt.times[1] != tt.want[1] {
+			t.Errorf("%s at %v, want %v", tt.name, tt.times, tt.want)
+		}
+	}
+}

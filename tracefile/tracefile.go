@@ -115,6 +115,9 @@ var kinds = map[string]string{
 	"Exits":       "exit",
 	"Uevents":     "uevent",
 	"SysfsWrites": "sysfs_write",
+	"QueueEnters": "queue_enter",
+	"Freezes":     "freeze",
+	"SubmitCalls": "submit_call",
 }
 
 // stream is one slice field of the timeline.

@@ -41,8 +41,35 @@ struct bio___old {
 	__u8 bi_partno;
 } __attribute__((preserve_access_index));
 
+struct kobject {
+	const char *name;
+	struct kobject *parent;
+} __attribute__((preserve_access_index));
+
+/* The driver-model device a gendisk (5.x) or its part0 embeds. */
+struct device {
+	struct kobject kobj;
+	dev_t devt;
+} __attribute__((preserve_access_index));
+
+struct backing_dev_info {
+	struct device *owner; /* the disk's device, up to 5.14 at least */
+} __attribute__((preserve_access_index));
+
 struct request_queue {
 	struct gendisk *disk; /* 5.15+ */
+	struct kobject kobj; /* "queue", child of the disk's device kobject */
+	struct backing_dev_info *backing_dev_info; /* up to 5.14 */
+	int mq_freeze_depth; /* int since 5.2 */
+} __attribute__((preserve_access_index));
+
+typedef struct {
+	int counter;
+} atomic_t;
+
+/* 4.15-4.19: the freeze depth was an atomic_t. */
+struct request_queue___old {
+	atomic_t mq_freeze_depth;
 } __attribute__((preserve_access_index));
 
 struct request {
@@ -84,6 +111,18 @@ static __always_inline struct gendisk *request_disk(struct request *rq)
 	return 0;
 }
 
+/* queue_freeze_depth reads q->mq_freeze_depth on any kernel; -1 when the
+ * field is unknown. */
+static __always_inline int queue_freeze_depth(struct request_queue *q)
+{
+	if (bpf_core_field_exists(q->mq_freeze_depth))
+		return BPF_CORE_READ(q, mq_freeze_depth);
+	struct request_queue___old *old = (void *)q;
+	if (bpf_core_field_exists(old->mq_freeze_depth))
+		return BPF_CORE_READ(old, mq_freeze_depth.counter);
+	return -1;
+}
+
 /* Kernel-internal dev_t of a disk: MKDEV(major, first_minor) = major<<20|minor. */
 static __always_inline __u32 disk_dev(struct gendisk *disk)
 {
@@ -92,6 +131,43 @@ static __always_inline __u32 disk_dev(struct gendisk *disk)
 	__u32 major = BPF_CORE_READ(disk, major);
 	__u32 minor = BPF_CORE_READ(disk, first_minor);
 	return (major << 20) | (minor & 0xfffff);
+}
+
+/* queue_dev returns the kernel dev_t of the disk a request queue belongs
+ * to and copies its name into name (DISK_NAME_LEN bytes): through q->disk
+ * on 5.15+, else through the disk's driver-model device, the parent of the
+ * queue's kobject or, failing that, the owner of its backing_dev_info.
+ * Returns 0 (and an empty name) when neither is known. */
+static __always_inline __u32 queue_dev(struct request_queue *q, char *name)
+{
+	struct kobject *parent = 0;
+	struct device *dev = 0;
+
+	name[0] = 0;
+	if (!q)
+		return 0;
+	if (bpf_core_field_exists(q->disk)) {
+		struct gendisk *disk = BPF_CORE_READ(q, disk);
+		if (disk) {
+			bpf_core_read_str(name, DISK_NAME_LEN, &disk->disk_name);
+			return disk_dev(disk);
+		}
+	}
+	if (bpf_core_field_exists(q->kobj))
+		parent = BPF_CORE_READ(q, kobj.parent);
+	if (parent)
+		dev = (void *)parent - bpf_core_field_offset(struct device, kobj);
+	else if (bpf_core_field_exists(q->backing_dev_info)) {
+		struct backing_dev_info *bdi = BPF_CORE_READ(q, backing_dev_info);
+		if (bdi)
+			dev = BPF_CORE_READ(bdi, owner);
+	}
+	if (!dev)
+		return 0;
+	const char *kname = BPF_CORE_READ(dev, kobj.name);
+	if (kname)
+		bpf_probe_read_kernel_str(name, DISK_NAME_LEN, kname);
+	return BPF_CORE_READ(dev, devt);
 }
 
 #endif

@@ -1,0 +1,191 @@
+package probes
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+
+	"github.com/whyslow/whyslow/event"
+	"github.com/whyslow/whyslow/symbolize"
+)
+
+// freezeProbe records request queue freezes, outermost freeze to unfreeze:
+// which device, for how long, and who froze it (pid, comm, kernel and user
+// stack). It probes the freeze start (blk_freeze_queue_start, or
+// __blk_freeze_queue_start where that is a function of its own) and the
+// unfreeze (__blk_mq_unfreeze_queue 5.15+, blk_mq_unfreeze_queue before),
+// on fentry or kprobe. Without either, the offcpu probe infers freezes from
+// freezers blocked in blk_mq_freeze_queue_wait.
+type freezeProbe struct{}
+
+func init() { Register(freezeProbe{}) }
+
+// Functions of each role, best first.
+var (
+	freezeStartFuncs = []string{"__blk_freeze_queue_start", "blk_freeze_queue_start"}
+	unfreezeFuncs    = []string{"__blk_mq_unfreeze_queue", "blk_mq_unfreeze_queue"}
+)
+
+// freezeKstackDepth is KSTACK_DEPTH in bpf/freeze.bpf.c.
+const freezeKstackDepth = 64
+
+func (freezeProbe) Name() string { return event.ProbeFreeze }
+
+func (freezeProbe) Describe() string {
+	return "request queue freezes, freeze to unfreeze, with the freezer's pid, comm and stacks (else inferred from off-CPU stacks)"
+}
+
+// Mechanisms implements Mechanisms.
+func (freezeProbe) Mechanisms() []event.Mechanism {
+	return []event.Mechanism{event.MechFentry, event.MechKprobe, event.MechTPBTF}
+}
+
+func (p freezeProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
+	kernel, err := kernelSpec(cfg)
+	if err != nil {
+		return nil, unavailableStatus(p.Name(), err)
+	}
+	rungs := p.rungs(cfg, kernel, sink)
+	return climb(p.Name(), rungs, newHostCaps(cfg, kernel), cfg.Mechanism.For(p.Name(), rungMechs(rungs)))
+}
+
+func (p freezeProbe) rungs(cfg Config, kernel *btf.Spec, sink Sink) []rung {
+	rs := directRungs([][]string{freezeStartFuncs, unfreezeFuncs}, func(mech event.Mechanism, fns []string) (Running, error) {
+		return startFreeze(cfg, kernel, sink, mech, fns[0], fns[1])
+	})
+	return append(rs, inferredRung(kernel, "sched_switch", "inferred by the offcpu probe from freezers blocked in blk_mq_freeze_queue_wait"))
+}
+
+func freezePoints(mech event.Mechanism, start, unfreeze string) ([]attachPoint, error) {
+	switch mech {
+	case event.MechFentry:
+		return []attachPoint{{prog: "fz_start_fentry", fn: start, tracer: true}, {prog: "fz_end_fentry", fn: unfreeze, tracer: true}}, nil
+	case event.MechKprobe:
+		return []attachPoint{{prog: "fz_start_kprobe", fn: start}, {prog: "fz_end_kprobe", fn: unfreeze}}, nil
+	}
+	return nil, fmt.Errorf("freeze: no %s programs", mech)
+}
+
+func startFreeze(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism, start, unfreeze string) (Running, error) {
+	points, err := freezePoints(mech, start, unfreeze)
+	if err != nil {
+		return nil, loadErr(err)
+	}
+	spec, err := loadSpec(loadFreeze, map[string]any{"min_latency_ns": uint64(max(cfg.MinLatency, 0))})
+	if err != nil {
+		return nil, loadErr(err)
+	}
+	procfs := cfg.ProcFS
+	if procfs == "" {
+		procfs = "/proc"
+	}
+	ksyms, _ := symbolize.LoadKernel(procfs) // without it frames carry addresses
+	users := symbolize.NewUserCache(procfs, 0, 0)
+	// Stack ids index a map of KSTACK_ENTRIES (1024) stacks: the cache
+	// holds at most that many.
+	kstacks := map[int32][]event.Frame{}
+	handle := func(coll *ebpf.Collection, raw []byte) bool {
+		var e freezeFreezeEvent
+		if err := binary.Read(bytes.NewReader(raw), binary.NativeEndian, &e); err != nil {
+			return false
+		}
+		major, minor := kernelDev(e.Dev)
+		ev := event.Freeze{
+			Start:     event.Mono(e.StartNs),
+			Duration:  time.Duration(e.DurationNs),
+			Task:      event.Task{Pid: e.Pid, Tgid: e.Tgid, Comm: cString(e.Comm[:])},
+			Unfreezer: event.Task{Pid: e.UnfreezerPid, Tgid: e.UnfreezerTgid, Comm: cString(e.UnfreezerComm[:])},
+			Dev:       event.Device{Major: major, Minor: minor, Name: cString(e.DiskName[:])},
+			Func:      start,
+			Mechanism: mech,
+		}
+		ev.KernelStack = freezeKernelStack(coll.Maps["kstacks"], e.KstackId, ksyms, kstacks)
+		n := min(int(e.UstackLen), len(e.Ustack))
+		var addrs []uint64
+		for _, a := range e.Ustack[:n] {
+			if a == 0 {
+				break
+			}
+			addrs = append(addrs, a)
+		}
+		if len(addrs) > 0 {
+			fr, err := users.Frames(e.Tgid, addrs)
+			if err == nil {
+				fr = userFramesInMappings(fr)
+			}
+			ev.UserStack = fr
+		}
+		sink.Event(ev)
+		return true
+	}
+	return startDirect(event.ProbeFreeze, spec, kernel, points, sink, handle)
+}
+
+// freezeKernelStack reads and symbolizes one kernel stack of the freeze
+// probe, without the frames of the probe machinery.
+func freezeKernelStack(m *ebpf.Map, id int32, ksyms *symbolize.Kernel, cache map[int32][]event.Frame) []event.Frame {
+	if id < 0 || m == nil {
+		return nil
+	}
+	if fr, ok := cache[id]; ok {
+		return append([]event.Frame(nil), fr...)
+	}
+	var raw [freezeKstackDepth]uint64
+	if err := m.Lookup(uint32(id), &raw); err != nil {
+		return nil
+	}
+	n := 0
+	for n < len(raw) && raw[n] != 0 {
+		n++
+	}
+	var fr []event.Frame
+	if ksyms != nil {
+		fr = trimProbeFrames(ksyms.Frames(raw[:n]))
+	} else {
+		for _, a := range raw[:n] {
+			fr = append(fr, event.Frame{Addr: a, Module: symbolize.KernelModule})
+		}
+	}
+	cache[id] = fr
+	return append([]event.Frame(nil), fr...)
+}
+
+// trimProbeFrames drops the innermost frames of the BPF machinery (the
+// program, the fentry trampoline, the kprobe handler), so that a stack
+// starts at the probed function or its caller.
+func trimProbeFrames(fr []event.Frame) []event.Frame {
+	const window = 8
+	cut := -1
+	for i := 0; i < len(fr) && i < window; i++ {
+		s := fr[i].Symbol
+		for _, p := range []string{"bpf_prog_", "bpf_trampoline", "__bpf_prog_enter", "__bpf_prog_exit",
+			"bpf_trace_run", "trace_call_bpf", "kprobe_", "aggr_pre_handler", "kretprobe_", "__kretprobe",
+			"perf_trace_run", "kprobe_perf_func", "kprobe_dispatcher", "kprobe_ftrace_handler",
+			"ftrace_", "arch_ftrace_ops_list_func", "asm_exc_int3", "exc_int3", "do_int3"} {
+			if strings.HasPrefix(s, p) {
+				cut = i
+			}
+		}
+	}
+	if cut+1 >= len(fr) {
+		return fr
+	}
+	return fr[cut+1:]
+}
+
+// userFramesInMappings ends a user stack at its first frame outside every
+// executable mapping: code without frame pointers makes the walk read data
+// as return addresses.
+func userFramesInMappings(fr []event.Frame) []event.Frame {
+	for i, f := range fr {
+		if f.Module == "" {
+			return fr[:i]
+		}
+	}
+	return fr
+}

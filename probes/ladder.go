@@ -1,0 +1,562 @@
+package probes
+
+// The mechanism ladder: a probe that can measure the same thing several ways
+// declares its ways best first (fentry/fexit, kprobe/kretprobe, then the
+// tracepoint or off-CPU inference other probes already make). Start climbs
+// down the ladder: a rung is ruled out when the kernel BTF lacks the
+// functions it needs, or when they are inlined (absent from kallsyms), and
+// otherwise tried for real; its load or attach result is the final word.
+// Each rung skipped is reported with why.
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+	"golang.org/x/sys/unix"
+
+	"github.com/whyslow/whyslow/event"
+)
+
+// Mechanisms is implemented by probes that can run on more than one
+// mechanism; it lists them best first.
+type Mechanisms interface {
+	Mechanisms() []event.Mechanism
+}
+
+// MechanismChoice forces probes onto one mechanism (the --mechanism
+// option). The zero value forces nothing.
+type MechanismChoice struct {
+	// All applies to every probe that offers it; "" means none.
+	All event.Mechanism
+	// Per maps a probe name to the mechanism it must use.
+	Per map[string]event.Mechanism
+}
+
+// knownMechanisms are the values --mechanism accepts.
+var knownMechanisms = []event.Mechanism{event.MechFentry, event.MechKprobe, event.MechTPBTF,
+	event.MechRawTP, event.MechTracepoint, event.MechNetlink}
+
+// ParseMechanism parses --mechanism values: "kprobe" forces every probe that
+// offers kprobe; "freeze=kprobe" forces one probe. Values may also be
+// comma-separated. A later value for the same probe replaces an earlier one.
+func ParseMechanism(values []string) (MechanismChoice, error) {
+	var m MechanismChoice
+	for _, v := range values {
+		for _, item := range strings.Split(v, ",") {
+			item = strings.TrimSpace(item)
+			if item == "" {
+				continue
+			}
+			probe, mech, per := strings.Cut(item, "=")
+			if !per {
+				probe, mech = "", item
+			}
+			mech = strings.TrimSpace(mech)
+			if !slices.Contains(knownMechanisms, event.Mechanism(mech)) {
+				return MechanismChoice{}, fmt.Errorf("--mechanism %q: unknown mechanism %q (want one of %s)", item, mech, mechList(knownMechanisms))
+			}
+			if !per {
+				m.All = event.Mechanism(mech)
+				continue
+			}
+			probe = strings.TrimSpace(probe)
+			if probe == "" {
+				return MechanismChoice{}, fmt.Errorf("--mechanism %q: no probe name before '='", item)
+			}
+			if m.Per == nil {
+				m.Per = map[string]event.Mechanism{}
+			}
+			m.Per[probe] = event.Mechanism(mech)
+		}
+	}
+	return m, nil
+}
+
+// Check verifies the choice against the probes: every probe named exists
+// and offers its mechanism, and a mechanism forced on all is offered by at
+// least one probe.
+func (m MechanismChoice) Check(ps []Probe) error {
+	offers := map[string][]event.Mechanism{}
+	var names []string
+	for _, p := range ps {
+		names = append(names, p.Name())
+		if lp, ok := p.(Mechanisms); ok {
+			offers[p.Name()] = lp.Mechanisms()
+		}
+	}
+	probes := make([]string, 0, len(m.Per))
+	for p := range m.Per {
+		probes = append(probes, p)
+	}
+	sort.Strings(probes)
+	for _, p := range probes {
+		mech := m.Per[p]
+		if !slices.Contains(names, p) {
+			return fmt.Errorf("--mechanism %s=%s: no probe %q (probes: %s)", p, mech, p, strings.Join(names, ", "))
+		}
+		has, ok := offers[p]
+		if !ok {
+			return fmt.Errorf("--mechanism %s=%s: probe %s has a single mechanism and cannot be forced", p, mech, p)
+		}
+		if !slices.Contains(has, mech) {
+			return fmt.Errorf("--mechanism %s=%s: probe %s offers %s", p, mech, p, mechList(has))
+		}
+	}
+	if m.All != "" {
+		for _, has := range offers {
+			if slices.Contains(has, m.All) {
+				return nil
+			}
+		}
+		return fmt.Errorf("--mechanism %s: no probe offers it", m.All)
+	}
+	return nil
+}
+
+// For returns the mechanism forced on a probe that offers has, or "".
+func (m MechanismChoice) For(probe string, has []event.Mechanism) event.Mechanism {
+	if mech, ok := m.Per[probe]; ok {
+		return mech
+	}
+	if m.All != "" && slices.Contains(has, m.All) {
+		return m.All
+	}
+	return ""
+}
+
+// String formats the choice as --mechanism takes it.
+func (m MechanismChoice) String() string {
+	var parts []string
+	if m.All != "" {
+		parts = append(parts, string(m.All))
+	}
+	probes := make([]string, 0, len(m.Per))
+	for p := range m.Per {
+		probes = append(probes, p)
+	}
+	sort.Strings(probes)
+	for _, p := range probes {
+		parts = append(parts, p+"="+string(m.Per[p]))
+	}
+	return strings.Join(parts, ",")
+}
+
+func mechList(ms []event.Mechanism) string {
+	s := make([]string, len(ms))
+	for i, m := range ms {
+		s[i] = string(m)
+	}
+	return strings.Join(s, ", ")
+}
+
+// kernelCaps answers what the ladder asks about the kernel. Tests fake it.
+type kernelCaps interface {
+	// FuncInBTF reports whether the kernel BTF describes a function name.
+	FuncInBTF(name string) bool
+	// FuncInKallsyms reports whether name is a text symbol of the kernel
+	// (a function not inlined everywhere); known is false when kallsyms
+	// cannot be read, and then only BTF decides.
+	FuncInKallsyms(name string) (found, known bool)
+	// KprobePMU reports whether the kernel can create kprobes (a kprobe
+	// PMU or tracefs kprobe_events). Used only to explain a failed attach.
+	KprobePMU() bool
+}
+
+// rung is one way a probe can run.
+type rung struct {
+	mech event.Mechanism
+	// funcs lists, per role (e.g. freeze start, unfreeze), the kernel
+	// functions that can serve it, best first; nil for a rung that needs no
+	// function of its own.
+	funcs [][]string
+	// start loads and attaches on the chosen function of each role. Errors
+	// wrapped in stageError say whether load or attach failed.
+	start func(fns []string) (Running, error)
+	// note is the status Reason when the rung runs (for an inferred rung:
+	// which probe does the work); "" gives "on <functions>".
+	note string
+}
+
+// stageError says which step of starting a rung failed: "load" or "attach".
+type stageError struct {
+	stage string
+	err   error
+}
+
+func (e *stageError) Error() string { return e.stage + ": " + e.err.Error() }
+func (e *stageError) Unwrap() error { return e.err }
+
+func loadErr(err error) error   { return &stageError{"load", err} }
+func attachErr(err error) error { return &stageError{"attach", err} }
+
+// climb starts the first rung that works, best first, or the forced one
+// only. The status lists every rung not used, with why.
+func climb(name string, rungs []rung, caps kernelCaps, force event.Mechanism) (Running, event.ProbeStatus) {
+	var skipped []event.Skip
+	skip := func(m event.Mechanism, why string) { skipped = append(skipped, event.Skip{Mechanism: m, Reason: why}) }
+	for _, r := range rungs {
+		if force != "" && r.mech != force {
+			skip(r.mech, "not tried: --mechanism "+string(force))
+			continue
+		}
+		fns, why := resolveFuncs(r, caps)
+		if why != "" {
+			skip(r.mech, why)
+			continue
+		}
+		run, err := r.start(fns)
+		if err != nil {
+			skip(r.mech, skipReason(r.mech, err, caps))
+			continue
+		}
+		st := okStatus(name, r.mech)
+		st.Skipped = skipped
+		st.Reason = r.note
+		if st.Reason == "" && len(fns) > 0 {
+			st.Reason = "on " + strings.Join(fns, ", ")
+		}
+		return run, st
+	}
+	st := event.ProbeStatus{Name: name, Status: event.StatusUnavailable, Skipped: skipped}
+	var whys []string
+	for _, s := range skipped {
+		if force != "" && s.Mechanism != force {
+			continue
+		}
+		whys = append(whys, string(s.Mechanism)+": "+s.Reason)
+	}
+	switch {
+	case force != "" && len(whys) == 0:
+		st.Reason = fmt.Sprintf("--mechanism %s: the probe has no such mechanism", force)
+	case force != "":
+		st.Reason = "forced mechanism failed: " + strings.Join(whys, "; ")
+	default:
+		st.Reason = "no mechanism works: " + strings.Join(whys, "; ")
+	}
+	return nil, st
+}
+
+// resolveFuncs picks, for each role of a rung, the first function the
+// kernel has as a real traceable function: described in BTF and, when
+// kallsyms is readable, present there (not inlined). It returns the
+// functions, or why there is none for some role.
+func resolveFuncs(r rung, caps kernelCaps) ([]string, string) {
+	var out []string
+	for _, cands := range r.funcs {
+		var whys []string
+		chosen := ""
+		for _, f := range cands {
+			if !caps.FuncInBTF(f) {
+				whys = append(whys, f+" not in BTF")
+				continue
+			}
+			if found, known := caps.FuncInKallsyms(f); known && !found {
+				whys = append(whys, f+" inlined (not in kallsyms)")
+				continue
+			}
+			chosen = f
+			break
+		}
+		if chosen == "" {
+			return nil, "function " + strings.Join(whys, ", ")
+		}
+		out = append(out, chosen)
+	}
+	return out, ""
+}
+
+// skipReason explains a rung's failed load or attach in one line.
+func skipReason(mech event.Mechanism, err error, caps kernelCaps) string {
+	var se *stageError
+	stage := ""
+	if errors.As(err, &se) {
+		stage = se.stage
+	}
+	var ve *ebpf.VerifierError
+	switch {
+	case mech == event.MechKprobe && stage == "attach" && !caps.KprobePMU():
+		return "CONFIG_KPROBES not set (no kprobe PMU)"
+	case errors.As(err, &ve):
+		return errReason(err)
+	case stage == "load" && errors.Is(err, unix.EPERM):
+		return "load denied (EPERM)"
+	case stage != "":
+		return stage + " failed: " + errReason(se.err)
+	}
+	return errReason(err)
+}
+
+// hostCaps answers kernelCaps from the kernel BTF, <procfs>/kallsyms and
+// <sysfs>.
+type hostCaps struct {
+	kernel        *btf.Spec
+	procfs, sysfs string
+}
+
+func newHostCaps(cfg Config, kernel *btf.Spec) hostCaps {
+	c := hostCaps{kernel: kernel, procfs: cfg.ProcFS, sysfs: cfg.SysFS}
+	if c.procfs == "" {
+		c.procfs = "/proc"
+	}
+	if c.sysfs == "" {
+		c.sysfs = "/sys"
+	}
+	return c
+}
+
+func (c hostCaps) FuncInBTF(name string) bool {
+	if c.kernel == nil {
+		return false
+	}
+	var fn *btf.Func
+	return c.kernel.TypeByName(name, &fn) == nil
+}
+
+func (c hostCaps) FuncInKallsyms(name string) (bool, bool) {
+	syms, err := kallsymsText(filepath.Join(c.procfs, "kallsyms"))
+	if err != nil {
+		return false, false
+	}
+	_, ok := syms[name]
+	return ok, true
+}
+
+func (c hostCaps) KprobePMU() bool {
+	for _, p := range []string{
+		filepath.Join(c.sysfs, "bus/event_source/devices/kprobe/type"),
+		filepath.Join(c.sysfs, "kernel/tracing/kprobe_events"),
+		filepath.Join(c.sysfs, "kernel/debug/tracing/kprobe_events"),
+	} {
+		if _, err := os.Stat(p); err == nil {
+			return true
+		}
+	}
+	return false
+}
+
+var kallsyms struct {
+	sync.Mutex
+	path string
+	syms map[string]struct{}
+}
+
+// kallsymsText returns the names of the kernel's text symbols (types t and
+// T, modules included), read once per path.
+func kallsymsText(path string) (map[string]struct{}, error) {
+	kallsyms.Lock()
+	defer kallsyms.Unlock()
+	if kallsyms.path == path && kallsyms.syms != nil {
+		return kallsyms.syms, nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	syms := make(map[string]struct{}, 1<<17)
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// "ffffffff81b37df0 T __bio_queue_enter" or "... t name\t[module]"
+		fs := strings.Fields(sc.Text())
+		if len(fs) < 3 || (fs[1] != "t" && fs[1] != "T") {
+			continue
+		}
+		syms[fs[2]] = struct{}{}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("reading %s: %w", path, err)
+	}
+	if len(syms) == 0 {
+		return nil, fmt.Errorf("reading %s: no text symbols", path)
+	}
+	kallsyms.path, kallsyms.syms = path, syms
+	return syms, nil
+}
+
+// attachPoint is one program of a direct rung and the function it goes on.
+type attachPoint struct {
+	prog   string // program name in the object
+	fn     string // kernel function
+	ret    bool   // kretprobe (kprobe rung); fexit is told by the program's section
+	tracer bool   // fentry/fexit program (else kprobe)
+}
+
+// directRun is a running fentry or kprobe probe that streams records from
+// its `events` ring buffer and counts losses in its `losses` array.
+type directRun struct {
+	probe  string
+	sink   Sink
+	coll   *ebpf.Collection
+	links  []link.Link
+	rd     *ringbuf.Reader
+	done   chan struct{}
+	decode uint64 // records that could not be decoded (reader goroutine only)
+	// beforeClose, when set, delivers what else the probe holds (histograms).
+	beforeClose func(coll *ebpf.Collection) error
+
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// startDirect loads only the programs of points (with their attach targets
+// set) and the maps, attaches them, and streams records to handle, which
+// reports records it cannot decode. Load failures are wrapped as load
+// errors and attach failures as attach errors.
+func startDirect(probe string, spec *ebpf.CollectionSpec, kernel *btf.Spec, points []attachPoint, sink Sink,
+	handle func(coll *ebpf.Collection, raw []byte) bool) (_ *directRun, err error) {
+	spec = spec.Copy()
+	keep := map[string]bool{}
+	for _, p := range points {
+		ps, ok := spec.Programs[p.prog]
+		if !ok {
+			return nil, loadErr(fmt.Errorf("no program %s in the object", p.prog))
+		}
+		keep[p.prog] = true
+		if p.tracer {
+			ps.AttachTo = p.fn
+		}
+	}
+	for name := range spec.Programs {
+		if !keep[name] {
+			delete(spec.Programs, name)
+		}
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, *collectionOptions(kernel))
+	if err != nil {
+		return nil, loadErr(fmt.Errorf("loading objects: %w", err))
+	}
+	r := &directRun{probe: probe, sink: sink, coll: coll, done: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			closeAll(r.links)
+			if r.rd != nil {
+				r.rd.Close()
+			}
+			coll.Close()
+		}
+	}()
+	if r.rd, err = ringbuf.NewReader(coll.Maps["events"]); err != nil {
+		return nil, loadErr(fmt.Errorf("opening ring buffer: %w", err))
+	}
+	// Returns before entries, so no started span misses its end.
+	order := slices.Clone(points)
+	slices.SortStableFunc(order, func(a, b attachPoint) int {
+		return boolInt(!isReturn(spec, a)) - boolInt(!isReturn(spec, b))
+	})
+	for _, p := range order {
+		prog := coll.Programs[p.prog]
+		var l link.Link
+		switch {
+		case p.tracer:
+			l, err = link.AttachTracing(link.TracingOptions{Program: prog})
+		case p.ret:
+			l, err = link.Kretprobe(p.fn, prog, nil)
+		default:
+			l, err = link.Kprobe(p.fn, prog, nil)
+		}
+		if err != nil {
+			return nil, attachErr(fmt.Errorf("%s on %s: %w", p.prog, p.fn, err))
+		}
+		r.links = append(r.links, l)
+	}
+	go func() {
+		defer close(r.done)
+		readRing(r.rd, func(raw []byte) {
+			if !handle(coll, raw) {
+				r.decode++
+			}
+		})
+	}()
+	return r, nil
+}
+
+func isReturn(spec *ebpf.CollectionSpec, p attachPoint) bool {
+	if p.ret {
+		return true
+	}
+	ps := spec.Programs[p.prog]
+	return ps != nil && ps.AttachType == ebpf.AttachTraceFExit
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// Stop detaches, delivers what is buffered, the losses and whatever
+// beforeClose delivers, and frees everything.
+func (r *directRun) Stop() error {
+	r.stopOnce.Do(func() {
+		closeAll(r.links)
+		_ = r.rd.Flush()
+		<-r.done
+		r.rd.Close()
+		if r.beforeClose != nil {
+			r.stopErr = r.beforeClose(r.coll)
+		}
+		deliverLosses(r.sink, r.probe, r.coll.Maps["losses"])
+		if r.decode > 0 {
+			r.sink.Loss(event.Loss{Probe: r.probe, What: "undecodable record", Count: r.decode})
+		}
+		r.coll.Close()
+	})
+	return r.stopErr
+}
+
+// inferred is the Running of a rung whose measurement another probe makes
+// (the off-CPU stacks, the submit tracepoints): nothing of its own runs.
+type inferred struct{}
+
+func (inferred) Stop() error { return nil }
+
+// inferredRung is the last rung of a direct probe: the tracepoint (tp) that
+// another probe attaches must exist; note says which probe infers what.
+func inferredRung(kernel *btf.Spec, tp, note string) rung {
+	return rung{
+		mech: event.MechTPBTF,
+		note: note,
+		start: func([]string) (Running, error) {
+			if kernel == nil {
+				return nil, attachErr(fmt.Errorf("no kernel BTF: %w", ErrNotSupported))
+			}
+			var td *btf.Typedef
+			if err := kernel.TypeByName("btf_trace_"+tp, &td); err != nil {
+				return nil, attachErr(fmt.Errorf("tracepoint %s: %w", tp, err))
+			}
+			return inferred{}, nil
+		},
+	}
+}
+
+// directRungs returns the fentry and kprobe rungs of a probe whose roles
+// have the given function candidates. start gets the mechanism and the
+// chosen function of each role.
+func directRungs(funcs [][]string, start func(mech event.Mechanism, fns []string) (Running, error)) []rung {
+	var out []rung
+	for _, m := range []event.Mechanism{event.MechFentry, event.MechKprobe} {
+		out = append(out, rung{mech: m, funcs: funcs, start: func(fns []string) (Running, error) { return start(m, fns) }})
+	}
+	return out
+}
+
+// rungMechs lists the mechanisms of rungs, in order.
+func rungMechs(rs []rung) []event.Mechanism {
+	out := make([]event.Mechanism, len(rs))
+	for i, r := range rs {
+		out[i] = r.mech
+	}
+	return out
+}

@@ -1,0 +1,101 @@
+package probes
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+
+	"github.com/whyslow/whyslow/event"
+)
+
+// submitFnProbe times the bio submission function, submit_bio_noacct
+// (generic_make_request before 5.9), from entry to return, per device and
+// per process, on fentry/fexit or kprobe/kretprobe. Without either, the
+// submit probe's tracepoints (block_bio_queue to getrq/merge) measure the
+// part of it before request accounting.
+type submitFnProbe struct{}
+
+func init() { Register(submitFnProbe{}) }
+
+var submitFnFuncs = []string{"submit_bio_noacct", "generic_make_request"}
+
+func (submitFnProbe) Name() string { return event.ProbeSubmitCall }
+
+func (submitFnProbe) Describe() string {
+	return "time in submit_bio_noacct/generic_make_request per device and process, entry to return (else the submit probe's tracepoints)"
+}
+
+// Mechanisms implements Mechanisms.
+func (submitFnProbe) Mechanisms() []event.Mechanism {
+	return []event.Mechanism{event.MechFentry, event.MechKprobe, event.MechTPBTF}
+}
+
+func (p submitFnProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
+	kernel, err := kernelSpec(cfg)
+	if err != nil {
+		return nil, unavailableStatus(p.Name(), err)
+	}
+	rungs := p.rungs(cfg, kernel, sink)
+	return climb(p.Name(), rungs, newHostCaps(cfg, kernel), cfg.Mechanism.For(p.Name(), rungMechs(rungs)))
+}
+
+func (p submitFnProbe) rungs(cfg Config, kernel *btf.Spec, sink Sink) []rung {
+	rs := directRungs([][]string{submitFnFuncs}, func(mech event.Mechanism, fns []string) (Running, error) {
+		return startSubmitFn(cfg, kernel, sink, mech, fns[0])
+	})
+	return append(rs, inferredRung(kernel, "block_bio_queue", "measured by the submit probe instead (block_bio_queue to getrq/merge)"))
+}
+
+func submitFnPoints(mech event.Mechanism, fn string) ([]attachPoint, error) {
+	switch mech {
+	case event.MechFentry:
+		return []attachPoint{{prog: "sf_fentry", fn: fn, tracer: true}, {prog: "sf_fexit", fn: fn, tracer: true}}, nil
+	case event.MechKprobe:
+		return []attachPoint{{prog: "sf_kprobe", fn: fn}, {prog: "sf_kretprobe", fn: fn, ret: true}}, nil
+	}
+	return nil, fmt.Errorf("submit call: no %s programs", mech)
+}
+
+func startSubmitFn(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism, fn string) (Running, error) {
+	points, err := submitFnPoints(mech, fn)
+	if err != nil {
+		return nil, loadErr(err)
+	}
+	spec, err := loadSpec(loadSubmitfn, map[string]any{"min_latency_ns": uint64(max(cfg.MinLatency, 0))})
+	if err != nil {
+		return nil, loadErr(err)
+	}
+	handle := func(_ *ebpf.Collection, raw []byte) bool {
+		var e submitfnSfEvent
+		if err := binary.Read(bytes.NewReader(raw), binary.NativeEndian, &e); err != nil {
+			return false
+		}
+		major, minor := kernelDev(e.Dev)
+		sink.Event(event.SubmitCall{
+			Start:     event.Mono(e.StartNs),
+			Latency:   time.Duration(e.LatencyNs),
+			Task:      event.Task{Pid: e.Pid, Tgid: e.Tgid, Comm: cString(e.Comm[:])},
+			Dev:       event.Device{Major: major, Minor: minor, Name: cString(e.DiskName[:])},
+			Func:      fn,
+			Mechanism: mech,
+		})
+		return true
+	}
+	r, err := startDirect(event.ProbeSubmitCall, spec, kernel, points, sink, handle)
+	if err != nil {
+		return nil, err
+	}
+	r.beforeClose = func(coll *ebpf.Collection) error {
+		hs, names, err := devHists(coll.Maps["dev_hist"], coll.Maps["dev_stats"], coll.Maps["dev_names"])
+		if err != nil {
+			return err
+		}
+		deliverDevHists(sink, HistSubmitCall, cfg.SysFS, hs, names)
+		return nil
+	}
+	return r, nil
+}
