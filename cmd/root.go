@@ -85,6 +85,7 @@ report of causes with their evidence and a remedy.`,
 		newCmdDiagnose(ios),
 		NewCmdAnalyze(ios, nil),
 		NewCmdProbes(ios, nil),
+		newCmdTrace(ios),
 		newCmdRules(ios),
 		newCmdVersion(ios),
 	)
