@@ -6,8 +6,9 @@
  * Two attachments of the same logic: fentry/fexit where the kernel allows
  * tracing programs, else kprobe/kretprobe. User space loads only the
  * programs of the mechanism and function it chose (probes/queueenter.go).
- * The entry stores the start per thread; the return emits the wait when it
- * is at least min_latency_ns. Queue enter does not nest within a thread. */
+ * The entry stores the start per thread when the queue is frozen; the
+ * return emits the wait when it is at least min_latency_ns. Queue enter
+ * does not nest within a thread. */
 #include "common.h"
 #include <asm/ptrace.h>
 #include "kernel_block.h"
@@ -64,6 +65,12 @@ static __always_inline int qe_enter(struct request_queue *q, struct bio *bio, __
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	struct qe_start s = {};
 
+	/* Only a frozen queue makes a bio wait here (or, rarely, a queue in
+	 * runtime-PM transition or dying, which read as depth 0 and are left
+	 * out). blk_queue_enter is on every bio's path before 5.15: timing its
+	 * fast path would report a thread that was merely preempted in it. */
+	if (q && queue_freeze_depth(q) == 0)
+		return 0;
 	s.ns = bpf_ktime_get_ns();
 	s.func = func;
 	if (bio) {

@@ -31,6 +31,18 @@ var (
 	unfreezeFuncs    = []string{"__blk_mq_unfreeze_queue", "blk_mq_unfreeze_queue"}
 )
 
+// The callers of each role that may have the role's function inlined into
+// them (it is in the same file: 6.1's blk_mq_freeze_queue inlines
+// blk_freeze_queue_start, so a probe on that alone misses every sysfs
+// freeze). Every one the kernel has as a real function is probed too; the
+// freeze depth check makes nested hits harmless: a start is recorded only
+// at depth 0 (the innermost hit wins), an end only at depth 1 (the first
+// hit emits, the rest find nothing).
+var (
+	freezeStartCallers = []string{"blk_mq_freeze_queue", "blk_mq_freeze_queue_nomemsave", "blk_freeze_queue"}
+	unfreezeCallers    = []string{"blk_mq_unfreeze_queue", "blk_mq_unfreeze_queue_nomemrestore"}
+)
+
 // freezeKstackDepth is KSTACK_DEPTH in bpf/freeze.bpf.c.
 const freezeKstackDepth = 64
 
@@ -55,24 +67,57 @@ func (p freezeProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
 }
 
 func (p freezeProbe) rungs(cfg Config, kernel *btf.Spec, sink Sink) []rung {
+	caps := newHostCaps(cfg, kernel)
 	rs := directRungs([][]string{freezeStartFuncs, unfreezeFuncs}, func(mech event.Mechanism, fns []string) (Running, error) {
-		return startFreeze(cfg, kernel, sink, mech, fns[0], fns[1])
+		starts := append([]string{fns[0]}, traceable(caps, freezeStartCallers, fns[0])...)
+		ends := append([]string{fns[1]}, traceable(caps, unfreezeCallers, fns[1])...)
+		return startFreeze(cfg, kernel, sink, mech, starts, ends)
 	})
 	return append(rs, inferredRung(kernel, "sched_switch", "inferred by the offcpu probe from freezers blocked in blk_mq_freeze_queue_wait"))
 }
 
-func freezePoints(mech event.Mechanism, start, unfreeze string) ([]attachPoint, error) {
-	switch mech {
-	case event.MechFentry:
-		return []attachPoint{{prog: "fz_start_fentry", fn: start, tracer: true}, {prog: "fz_end_fentry", fn: unfreeze, tracer: true}}, nil
-	case event.MechKprobe:
-		return []attachPoint{{prog: "fz_start_kprobe", fn: start}, {prog: "fz_end_kprobe", fn: unfreeze}}, nil
+// traceable returns the functions of fns, other than except, that the
+// kernel has as real functions (in BTF and, when readable, in kallsyms).
+func traceable(caps kernelCaps, fns []string, except string) []string {
+	var out []string
+	for _, f := range fns {
+		if f == except {
+			continue
+		}
+		if _, why := resolveFuncs(rung{funcs: [][]string{{f}}}, caps); why == "" {
+			out = append(out, f)
+		}
 	}
-	return nil, fmt.Errorf("freeze: no %s programs", mech)
+	return out
 }
 
-func startFreeze(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism, start, unfreeze string) (Running, error) {
-	points, err := freezePoints(mech, start, unfreeze)
+// freezePoints puts the start program on every start function and the end
+// program on every unfreeze function.
+func freezePoints(mech event.Mechanism, starts, ends []string) ([]attachPoint, error) {
+	var startProg, endProg string
+	switch mech {
+	case event.MechFentry:
+		startProg, endProg = "fz_start_fentry", "fz_end_fentry"
+	case event.MechKprobe:
+		startProg, endProg = "fz_start_kprobe", "fz_end_kprobe"
+	default:
+		return nil, fmt.Errorf("freeze: no %s programs", mech)
+	}
+	tracer := mech == event.MechFentry
+	var points []attachPoint
+	for _, f := range starts {
+		points = append(points, attachPoint{prog: startProg, fn: f, tracer: tracer})
+	}
+	for _, f := range ends {
+		points = append(points, attachPoint{prog: endProg, fn: f, tracer: tracer})
+	}
+	return points, nil
+}
+
+// startFreeze probes the freeze starts and ends: starts[0] and ends[0] are
+// the role's own functions, the rest their callers that exist here.
+func startFreeze(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism, starts, ends []string) (Running, error) {
+	points, err := freezePoints(mech, starts, ends)
 	if err != nil {
 		return nil, loadErr(err)
 	}
@@ -101,7 +146,7 @@ func startFreeze(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism, 
 			Task:      event.Task{Pid: e.Pid, Tgid: e.Tgid, Comm: cString(e.Comm[:])},
 			Unfreezer: event.Task{Pid: e.UnfreezerPid, Tgid: e.UnfreezerTgid, Comm: cString(e.UnfreezerComm[:])},
 			Dev:       event.Device{Major: major, Minor: minor, Name: cString(e.DiskName[:])},
-			Func:      start,
+			Func:      starts[0],
 			Mechanism: mech,
 		}
 		ev.KernelStack = freezeKernelStack(coll.Maps["kstacks"], e.KstackId, ksyms, kstacks)
@@ -123,7 +168,12 @@ func startFreeze(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism, 
 		sink.Event(ev)
 		return true
 	}
-	return startDirect(event.ProbeFreeze, spec, kernel, points, sink, handle)
+	r, err := startDirect(event.ProbeFreeze, spec, kernel, points, sink, handle)
+	if err != nil {
+		return nil, err
+	}
+	r.funcs = append(append([]string(nil), starts...), ends...)
+	return r, nil
 }
 
 // freezeKernelStack reads and symbolizes one kernel stack of the freeze

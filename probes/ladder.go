@@ -223,6 +223,9 @@ func climb(name string, rungs []rung, caps kernelCaps, force event.Mechanism) (R
 		st := okStatus(name, r.mech)
 		st.Skipped = skipped
 		st.Reason = r.note
+		if on, ok := run.(interface{ probedFuncs() []string }); ok && len(on.probedFuncs()) > 0 {
+			fns = on.probedFuncs()
+		}
 		if st.Reason == "" && len(fns) > 0 {
 			st.Reason = "on " + strings.Join(fns, ", ")
 		}
@@ -404,6 +407,8 @@ type directRun struct {
 	decode uint64 // records that could not be decoded (reader goroutine only)
 	// beforeClose, when set, delivers what else the probe holds (histograms).
 	beforeClose func(coll *ebpf.Collection) error
+	// funcs, when set, are all the functions probed (the status names them).
+	funcs []string
 
 	stopOnce sync.Once
 	stopErr  error
@@ -416,16 +421,24 @@ type directRun struct {
 func startDirect(probe string, spec *ebpf.CollectionSpec, kernel *btf.Spec, points []attachPoint, sink Sink,
 	handle func(coll *ebpf.Collection, raw []byte) bool) (_ *directRun, err error) {
 	spec = spec.Copy()
+	points = slices.Clone(points)
 	keep := map[string]bool{}
-	for _, p := range points {
+	for i, p := range points {
 		ps, ok := spec.Programs[p.prog]
 		if !ok {
 			return nil, loadErr(fmt.Errorf("no program %s in the object", p.prog))
 		}
-		keep[p.prog] = true
 		if p.tracer {
+			// An fentry program is loaded for one function: a second
+			// function of the same program gets a copy of its own.
+			if keep[p.prog] {
+				ps = ps.Copy()
+				points[i].prog = fmt.Sprintf("%s#%d", p.prog, i)
+				spec.Programs[points[i].prog] = ps
+			}
 			ps.AttachTo = p.fn
 		}
+		keep[points[i].prog] = true
 	}
 	for name := range spec.Programs {
 		if !keep[name] {
@@ -480,6 +493,9 @@ func startDirect(probe string, spec *ebpf.CollectionSpec, kernel *btf.Spec, poin
 	}()
 	return r, nil
 }
+
+// probedFuncs lists the functions the run probes, when it set them.
+func (r *directRun) probedFuncs() []string { return r.funcs }
 
 func isReturn(spec *ebpf.CollectionSpec, p attachPoint) bool {
 	if p.ret {
