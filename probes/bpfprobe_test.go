@@ -380,12 +380,17 @@ func TestTPArgIndex(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// 6.18: block_bio_queue(bio); block_bio_complete(q, bio); block_rq_complete(rq, error, nr_bytes).
+	// 5.11+: block_bio_queue(bio); before: block_bio_queue(q, bio).
+	// Always: block_bio_complete(q, bio); block_rq_complete(rq, error, nr_bytes).
+	bioQueue := uint32(0)
+	if kernelBefore(t, 5, 11) {
+		bioQueue = 1
+	}
 	for _, tt := range []struct {
 		tp, st string
 		want   uint32
 	}{
-		{"block_bio_queue", "bio", 0},
+		{"block_bio_queue", "bio", bioQueue},
 		{"block_bio_complete", "bio", 1},
 		{"block_rq_complete", "request", 0},
 	} {
@@ -400,6 +405,41 @@ func TestTPArgIndex(t *testing.T) {
 	if _, err := tpArgIndex(kernel, "no_such_tracepoint", "bio"); err == nil {
 		t.Error("missing tracepoint: no error")
 	}
+}
+
+// freezingWrite names a queue attribute of block device name whose every
+// change freezes the queue, and two values to alternate: the scheduler
+// (mq-deadline and none) where the device offers mq-deadline, else
+// nr_requests (5.10's loop devices have no scheduler but none). The
+// attribute is set back to its first value at the end of the test.
+func freezingWrite(t testing.TB, name string) (path string, values [2]string) {
+	t.Helper()
+	sched := filepath.Join("/sys/block", name, "queue/scheduler")
+	if b, err := os.ReadFile(sched); err == nil && strings.Contains(string(b), "mq-deadline") {
+		t.Cleanup(func() { _ = os.WriteFile(sched, []byte("none"), 0) })
+		return sched, [2]string{"mq-deadline", "none"}
+	}
+	nr := filepath.Join("/sys/block", name, "queue/nr_requests")
+	old, err := os.ReadFile(nr)
+	if err != nil {
+		t.Fatalf("%s offers no mq-deadline, and %v", name, err)
+	}
+	t.Cleanup(func() { _ = os.WriteFile(nr, old, 0) })
+	return nr, [2]string{"32", "64"}
+}
+
+// kernelBefore reports whether the running kernel is older than major.minor.
+func kernelBefore(t *testing.T, major, minor int) bool {
+	t.Helper()
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		t.Fatal(err)
+	}
+	var ma, mi int
+	if _, err := fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &ma, &mi); err != nil {
+		t.Fatalf("kernel release %q: %v", u.Release, err)
+	}
+	return ma < major || (ma == major && mi < minor)
 }
 
 // blkWaitUntil polls cond until it holds or d passes.

@@ -3,8 +3,8 @@ package probes
 import (
 	"errors"
 	"os"
-	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -31,6 +31,9 @@ func startDirectOn(t *testing.T, p Probe, mech event.Mechanism, minLatency time.
 		Mechanism: MechanismChoice{Per: map[string]event.Mechanism{p.Name(): mech}}}
 	r, st := p.Start(cfg, sink)
 	if r == nil {
+		if expectedMechanism(mech) {
+			t.Fatalf("%s on %s must work on this kernel (WHYSLOW_EXPECT_MECHANISMS) but: %s", p.Name(), mech, st.Reason)
+		}
 		t.Skipf("%s on %s not available here: %s", p.Name(), mech, st.Reason)
 	}
 	if st.Mechanism != mech {
@@ -53,6 +56,9 @@ func TestDirectProbesLadder(t *testing.T) {
 			defer r.Stop()
 			t.Logf("%s: %s (%s), skipped %+v", p.Name(), st.Mechanism, st.Reason, st.Skipped)
 			order := p.(Mechanisms).Mechanisms()
+			if expectedMechanism(order[0]) && st.Mechanism != order[0] {
+				t.Fatalf("%s runs on %s, but %s must work on this kernel (WHYSLOW_EXPECT_MECHANISMS); skipped: %+v", p.Name(), st.Mechanism, order[0], st.Skipped)
+			}
 			var above []event.Mechanism
 			for _, m := range order {
 				if m == st.Mechanism {
@@ -103,10 +109,12 @@ func TestDirectProgramsLoadOnEveryFunction(t *testing.T) {
 			return startSubmitFn(cfg, kernel, new(blkSink), m, fns[0])
 		}})
 	}
-	for _, s := range freezeStartFuncs {
-		for _, u := range unfreezeFuncs {
+	starts := slices.Compact(slices.Sorted(slices.Values(append(slices.Clone(freezeStartFuncs), freezeStartCallers...))))
+	ends := slices.Compact(slices.Sorted(slices.Values(append(slices.Clone(unfreezeFuncs), unfreezeCallers...))))
+	for _, s := range starts {
+		for _, u := range ends {
 			variants = append(variants, variant{"freeze", []string{s, u}, func(m event.Mechanism, fns []string) (Running, error) {
-				return startFreeze(cfg, kernel, new(blkSink), m, fns[0], fns[1])
+				return startFreeze(cfg, kernel, new(blkSink), m, fns[:1], fns[1:])
 			}})
 		}
 	}
@@ -149,6 +157,9 @@ func TestDirectProgramsLoadOnEveryFunction(t *testing.T) {
 					if reason != "load denied (EPERM)" {
 						t.Errorf("reason %q", reason)
 					}
+					if expectedMechanism(mech) {
+						t.Fatalf("fentry must load on this kernel (WHYSLOW_EXPECT_MECHANISMS): %s", reason)
+					}
 					t.Skipf("fentry: %s", reason)
 				default:
 					t.Fatalf("%s failed where it should work: %s", mech, reason)
@@ -158,13 +169,14 @@ func TestDirectProgramsLoadOnEveryFunction(t *testing.T) {
 	}
 }
 
-// flipScheduler writes the loop device's queue/scheduler n times from one
-// locked OS thread, alternating values so that every write changes it
-// (kernels before 6.17 do not freeze for an unchanged value), and returns
-// that thread's id and a channel closed at the end.
+// flipScheduler makes n changes of a freezing queue attribute of the loop
+// device (see freezingWrite) from one locked OS thread, alternating values
+// so that every write changes it (kernels before 6.17 do not freeze for an
+// unchanged value), and returns that thread's id and a channel closed at
+// the end.
 func flipScheduler(t *testing.T, name string, n int, gap time.Duration) (tid int, done <-chan struct{}) {
 	t.Helper()
-	path := filepath.Join("/sys/block", name, "queue/scheduler")
+	path, vals := freezingWrite(t, name)
 	tidc := make(chan int, 1)
 	d := make(chan struct{})
 	go func() {
@@ -172,17 +184,24 @@ func flipScheduler(t *testing.T, name string, n int, gap time.Duration) (tid int
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
 		tidc <- unix.Gettid()
-		vals := []string{"mq-deadline", "none"}
 		for i := 0; i < n; i++ {
-			if err := os.WriteFile(path, []byte(vals[i%2]), 0); err != nil && i%2 == 0 {
-				// No mq-deadline: "none" still freezes on 6.17+.
-				_ = os.WriteFile(path, []byte("none"), 0)
-			}
+			_ = os.WriteFile(path, []byte(vals[i%2]), 0)
 			time.Sleep(gap)
 		}
 	}()
-	t.Cleanup(func() { _ = os.WriteFile(path, []byte("none"), 0) })
 	return <-tidc, d
+}
+
+// expectedMechanism reports whether the environment says mech works on
+// this kernel: the qemu kernel matrix sets WHYSLOW_EXPECT_MECHANISMS (e.g.
+// "fentry,kprobe"), so that a probe failing there is a failure, not a skip.
+func expectedMechanism(mech event.Mechanism) bool {
+	for _, m := range strings.Split(os.Getenv("WHYSLOW_EXPECT_MECHANISMS"), ",") {
+		if strings.TrimSpace(m) == string(mech) {
+			return true
+		}
+	}
+	return false
 }
 
 func directEvents[E event.Event](s *blkSink) []E {

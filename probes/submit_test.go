@@ -95,9 +95,9 @@ func TestSubmitQueueFreeze(t *testing.T) {
 
 	stop := make(chan struct{})
 	tid, done, writes := directWriter(t, loop.path, size, 0, stop)
-	sched := "/sys/block/" + loop.name + "/queue/scheduler"
+	sched, values := freezingWrite(t, loop.name)
 	for i := 0; i < 10; i++ {
-		for _, s := range []string{"mq-deadline", "none"} {
+		for _, s := range values {
 			if err := os.WriteFile(sched, []byte(s), 0); err != nil {
 				t.Fatalf("writing %s: %v", sched, err)
 			}
