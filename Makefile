@@ -9,7 +9,13 @@ LDFLAGS := -s -w -X github.com/whyslow/whyslow/cmd.Version=$(VERSION)
 TEST_DEBS     := udev fio util-linux kmod procps chromium
 GENERATE_DEBS := clang llvm libbpf-dev linux-libc-dev
 
-.PHONY: all build generate check-generated test test-unit vet clean deps deps-generate
+# What `make vmtest` needs on the host: qemu, the guest's busybox, and the
+# tools the scenarios drive, copied into the guest with their libraries.
+VMTEST_DEBS := qemu-system-x86 busybox-static bcache-tools fio udev mount kmod xz-utils zstd dpkg apt
+# Kernels of the matrix: all, or a comma-separated list (5.10,6.1,6.12).
+KERNEL ?= all
+
+.PHONY: all build generate check-generated test test-unit vet clean deps deps-generate vmtest
 
 all: build
 
@@ -45,6 +51,12 @@ test: deps vet
 ## test-unit: the tests that need neither root nor BPF
 test-unit:
 	$(GO) test -count=1 -short ./...
+
+## vmtest: the probe and scenario tests on Debian's 5.10, 6.1 and 6.12 cloud kernels under qemu
+## (make vmtest KERNEL=6.1 for one); results in vmtest/out/<kernel>/, needs root
+vmtest:
+	@./scripts/apt-ensure $(VMTEST_DEBS)
+	$(GO) run ./vmtest/cmd/vmtest -kernel $(KERNEL) -quiet -matrix vmtest/out/matrix.md
 
 clean:
 	rm -f $(BINARY)
