@@ -21,6 +21,7 @@ import (
 
 	"github.com/whyslow/whyslow/event"
 	"github.com/whyslow/whyslow/hist"
+	"github.com/whyslow/whyslow/internal/scenario"
 )
 
 // blkSink records everything a block probe delivers.
@@ -109,6 +110,7 @@ type blkLoop struct {
 
 func newBlkLoop(t *testing.T, size int64) blkLoop {
 	t.Helper()
+	scenario.Hold(t)
 	backing, err := os.Create(filepath.Join(t.TempDir(), "backing.img"))
 	if err != nil {
 		t.Fatal(err)
@@ -407,25 +409,22 @@ func TestTPArgIndex(t *testing.T) {
 	}
 }
 
-// freezingWrite names a queue attribute of block device name whose every
-// change freezes the queue, and two values to alternate: the scheduler
-// (mq-deadline and none) where the device offers mq-deadline, else
-// nr_requests (5.10's loop devices have no scheduler but none). The
-// attribute is set back to its first value at the end of the test.
+// freezingWrite is scenario.FreezingWrite for a device of a probe test:
+// the path of the attribute whose every change freezes the queue, and two
+// values to alternate. The attribute is set back at the end of the test.
 func freezingWrite(t testing.TB, name string) (path string, values [2]string) {
 	t.Helper()
-	sched := filepath.Join("/sys/block", name, "queue/scheduler")
-	if b, err := os.ReadFile(sched); err == nil && strings.Contains(string(b), "mq-deadline") {
-		t.Cleanup(func() { _ = os.WriteFile(sched, []byte("none"), 0) })
-		return sched, [2]string{"mq-deadline", "none"}
-	}
-	nr := filepath.Join("/sys/block", name, "queue/nr_requests")
-	old, err := os.ReadFile(nr)
+	attr, values, _ := scenario.FreezingWrite(name)
+	path = filepath.Join("/sys/block", name, attr)
+	old, err := os.ReadFile(path)
 	if err != nil {
-		t.Fatalf("%s offers no mq-deadline, and %v", name, err)
+		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = os.WriteFile(nr, old, 0) })
-	return nr, [2]string{"32", "64"}
+	if attr == "queue/scheduler" {
+		old = []byte("none") // reads as "[none] mq-deadline"
+	}
+	t.Cleanup(func() { _ = os.WriteFile(path, old, 0) })
+	return path, values
 }
 
 // kernelBefore reports whether the running kernel is older than major.minor.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -149,7 +150,7 @@ func startFreeze(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism, 
 			Func:      starts[0],
 			Mechanism: mech,
 		}
-		ev.KernelStack = freezeKernelStack(coll.Maps["kstacks"], e.KstackId, ksyms, kstacks)
+		ev.KernelStack = fromProbed(freezeKernelStack(coll.Maps["kstacks"], e.KstackId, ksyms, kstacks), starts)
 		n := min(int(e.UstackLen), len(e.Ustack))
 		var addrs []uint64
 		for _, a := range e.Ustack[:n] {
@@ -203,6 +204,19 @@ func freezeKernelStack(m *ebpf.Map, id int32, ksyms *symbolize.Kernel, cache map
 	}
 	cache[id] = fr
 	return append([]event.Frame(nil), fr...)
+}
+
+// fromProbed starts a stack at its innermost frame in one of the probed
+// functions, dropping what lies inside it: the BPF trampoline and program,
+// whose addresses kallsyms may not name (they are loaded after it was read).
+// A stack without such a frame is returned as it is.
+func fromProbed(fr []event.Frame, funcs []string) []event.Frame {
+	for i, f := range fr {
+		if slices.Contains(funcs, f.Symbol) {
+			return fr[i:]
+		}
+	}
+	return fr
 }
 
 // trimProbeFrames drops the innermost frames of the BPF machinery (the

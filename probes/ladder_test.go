@@ -264,3 +264,30 @@ func TestParseMechanism(t *testing.T) {
 		t.Errorf("For(sysfs) = %q, want none: it has no kprobe", got)
 	}
 }
+
+func TestFromProbed(t *testing.T) {
+	fr := func(syms ...string) []event.Frame {
+		var out []event.Frame
+		for _, s := range syms {
+			out = append(out, event.Frame{Symbol: s})
+		}
+		return out
+	}
+	starts := []string{"blk_freeze_queue_start", "blk_mq_freeze_queue"}
+	for _, tt := range []struct {
+		name     string
+		in, want []event.Frame
+	}{
+		{"trampoline named wrongly", fr("handshake_exit", "handshake_exit", "blk_freeze_queue_start", "blk_mq_freeze_queue", "queue_attr_store"),
+			fr("blk_freeze_queue_start", "blk_mq_freeze_queue", "queue_attr_store")},
+		{"only the caller probed", fr("bpf_prog_x", "blk_mq_freeze_queue", "elevator_change"), fr("blk_mq_freeze_queue", "elevator_change")},
+		{"no probed frame", fr("a", "b"), fr("a", "b")},
+		{"empty", nil, nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := fromProbed(tt.in, starts); !slices.Equal(got, tt.want) {
+				t.Errorf("got %v, want %v", got, tt.want)
+			}
+		})
+	}
+}

@@ -18,11 +18,13 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/whyslow/whyslow/event"
+	"github.com/whyslow/whyslow/internal/scenario"
 )
 
 // offcpuLoopDevice attaches a loop device over a temporary file.
 func offcpuLoopDevice(t testing.TB, size int64) string {
 	t.Helper()
+	scenario.Hold(t)
 	if _, err := exec.LookPath("losetup"); err != nil {
 		t.Skip("no losetup")
 	}
@@ -282,7 +284,7 @@ func TestOffCPUManyUserStacks(t *testing.T) {
 	me := uint32(os.Getpid())
 	exe, _ := os.Executable()
 	distinct := map[string]bool{}
-	spans, frozen := 0, 0
+	spans, frozen, short := 0, 0, 0
 	sink.mu.Lock()
 	defer sink.mu.Unlock()
 	for _, e := range sink.events {
@@ -312,9 +314,15 @@ func TestOffCPUManyUserStacks(t *testing.T) {
 		}
 		// The root call plus one frame per bit: the walk reached them all.
 		if n != offcpuPathBits+1 || !strings.Contains(o.UserStack[0].Symbol, "syscall") {
-			t.Fatalf("user stack with %d path frames, want %d, syscall first:%s", n, offcpuPathBits+1, offcpuStackString(o.UserStack))
+			if short++; short <= 3 {
+				t.Errorf("user stack with %d path frames, want %d, syscall first:%s", n, offcpuPathBits+1, offcpuStackString(o.UserStack))
+			}
+			continue
 		}
 		distinct[key.String()] = true
+	}
+	if short > 0 {
+		t.Errorf("%d of %d writer spans with a short user stack", short, spans)
 	}
 	for _, l := range sink.losses {
 		t.Logf("loss: %+v", l)

@@ -299,8 +299,9 @@ func TestTraceUevent(t *testing.T) {
 
 // stall makes the loop device's submissions slow the way the story does:
 // O_DIRECT writers keep its queue busy while one locked OS thread of this
-// process rewrites queue/scheduler, which freezes the queue at every write
-// (alternating values, since kernels before 6.17 skip an unchanged one).
+// process rewrites queue/scheduler (nr_requests where the device has no
+// scheduler: scenario.FreezingWrite), which freezes the queue at every
+// write (alternating values, since kernels before 6.17 skip an unchanged one).
 // It returns that thread's id and a function that stops everything.
 func stall(t *testing.T, dev string) (flipTid int, stop func()) {
 	t.Helper()
@@ -346,14 +347,15 @@ func stall(t *testing.T, dev string) (flipTid int, stop func()) {
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
 		tidc <- unix.Gettid()
-		path := filepath.Join("/sys/block", dev, "queue/scheduler")
+		attr, values, _ := scenario.FreezingWrite(dev)
+		path := filepath.Join("/sys/block", dev, attr)
 		for i := 0; ; i++ {
 			select {
 			case <-done:
 				return
 			case <-time.After(30 * time.Millisecond):
 			}
-			if err := os.WriteFile(path, []byte([]string{"mq-deadline", "none"}[i%2]), 0); err != nil {
+			if err := os.WriteFile(path, []byte(values[i%2]), 0); err != nil {
 				errs <- fmt.Errorf("writing %s: %w", path, err)
 				return
 			}
@@ -439,6 +441,7 @@ func TestTraceFreeze(t *testing.T) {
 	scenario.RequireRoot(t)
 	dev := scenario.LoopDevice(t, 64<<20)
 	me := os.Getpid()
+	attr, _, store := scenario.FreezingWrite(dev)
 	t.Run("json", func(t *testing.T) {
 		p := startTrace(t, nil, "trace", "freeze", "--json", "-d", dev)
 		tid, stopStall := stall(t, dev)
@@ -453,13 +456,15 @@ func TestTraceFreeze(t *testing.T) {
 		}
 		p.checkCleanEnd(t)
 		m := jsonLine(t, line)
-		if m["event"] != "freeze" || int(num(m, "pid")) != me || m["device"] != dev || m["attr"] != "queue/scheduler" ||
+		if m["event"] != "freeze" || int(num(m, "pid")) != me || m["device"] != dev || m["attr"] != attr ||
 			num(m, "duration_ns") < 1e6 || (m["kind"] != "freeze-wait" && m["kind"] != "freeze") {
-			t.Errorf("freeze line %s: want pid %d, device %s, attr queue/scheduler, >= 1ms", line, me, dev)
+			t.Errorf("freeze line %s: want pid %d, device %s, attr %s, >= 1ms", line, me, dev, attr)
 		}
 		kstack := fmt.Sprint(m["kernel_stack"])
-		if !strings.Contains(kstack, "elv_iosched_store") {
-			t.Errorf("kernel stack %s: want the scheduler store", kstack)
+		// 6.11-6.12 freeze in queue_attr_store itself, before calling the
+		// attribute's store.
+		if !strings.Contains(kstack, store) && !strings.Contains(kstack, "queue_attr_store") {
+			t.Errorf("kernel stack %s: want the store of %s (%s or queue_attr_store)", kstack, attr, store)
 		}
 		ustack, _ := m["user_stack"].([]any)
 		if len(ustack) == 0 || !strings.Contains(fmt.Sprint(ustack), "syscall") {
@@ -487,8 +492,8 @@ func TestTraceFreeze(t *testing.T) {
 			}
 			entries++
 			f := strings.Fields(lines[i])
-			if len(f) != 6 || f[2] != strconv.Itoa(me) || f[3] != dev || f[5] != "queue/scheduler" {
-				t.Errorf("entry %q: want TIME COMM %d %s DUR queue/scheduler", lines[i], me, dev)
+			if len(f) != 6 || f[2] != strconv.Itoa(me) || f[3] != dev || f[5] != attr {
+				t.Errorf("entry %q: want TIME COMM %d %s DUR %s", lines[i], me, dev, attr)
 			}
 			if d, err := strconv.ParseFloat(f[4], 64); err != nil || d < 1 {
 				t.Errorf("DUR(ms) %q: want >= 1", f[4])
@@ -533,8 +538,8 @@ func TestTraceFreezeNamesUdev(t *testing.T) {
 	p.stop(t)
 	p.checkCleanEnd(t)
 	m := jsonLine(t, line)
-	if m["device"] != dev || m["attr"] != "queue/scheduler" || num(m, "duration_ns") < 1e6 {
-		t.Errorf("freeze line %s: want device %s, attr queue/scheduler", line, dev)
+	if attr, _, _ := scenario.FreezingWrite(dev); m["device"] != dev || m["attr"] != attr || num(m, "duration_ns") < 1e6 {
+		t.Errorf("freeze line %s: want device %s, attr %s", line, dev, attr)
 	}
 	t.Logf("%s", line)
 }

@@ -43,10 +43,22 @@ type Run struct {
 // cleanup, kills the daemon's whole process group.
 func Monitor(t testing.TB, dev string, period time.Duration) *Daemon {
 	t.Helper()
+	return MonitorDevices(t, []string{dev}, period)
+}
+
+// MonitorDevices is Monitor for several block devices: each run of arcconf
+// makes a "change" uevent for every one of them, as a controller rescan does.
+func MonitorDevices(t testing.TB, devs []string, period time.Duration) *Daemon {
+	t.Helper()
 	RequireRoot(t)
 	hold(t)
-	if err := checkDev(dev); err != nil {
-		t.Fatalf("monitor: %v", err)
+	if len(devs) == 0 {
+		t.Fatalf("monitor: no device")
+	}
+	for _, dev := range devs {
+		if err := checkDev(dev); err != nil {
+			t.Fatalf("monitor: %v", err)
+		}
 	}
 	if period <= 0 {
 		t.Fatalf("monitor: period %v must be positive", period)
@@ -71,7 +83,7 @@ done
 	arcconf := fmt.Sprintf(`#!/bin/sh
 # arcconf: a stand-in for Adaptec's RAID CLI. Asking the controller for its
 # configuration rescans its devices, and the kernel sends "change" uevents.
-echo change > /sys/block/%[1]s/uevent
+for dev in %[1]s; do echo change > /sys/block/$dev/uevent; done
 cat <<'EOF'
 Controllers found: 1
 ----------------------------------------------------------------------
@@ -84,7 +96,7 @@ Controller information
    Logical devices/Failed/Degraded          : 1/0/0
 EOF
 echo "$$ $PPID" >> %[2]s
-`, dev, d.Log)
+`, strings.Join(devs, " "), d.Log)
 	for path, text := range map[string]string{d.Raidmon: raidmon, d.Arcconf: arcconf} {
 		if err := os.WriteFile(path, []byte(text), 0o755); err != nil {
 			t.Fatalf("monitor: %v", err)

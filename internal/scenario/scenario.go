@@ -60,6 +60,13 @@ var machine struct {
 	f    *os.File
 }
 
+// Hold makes t's test process the only one changing the machine's block
+// devices, as the helpers here do, until t's cleanups have run: tests that
+// make devices of their own (the probe tests) call it so that a diagnosis
+// running in another test process at the same time (go test runs packages
+// in parallel) does not see their freezes.
+func Hold(t testing.TB) { hold(t) }
+
 // hold makes this test process the only one using the helpers until t's
 // cleanups have run, waiting (at most 15 minutes) for another to finish.
 // Every helper calls it first, so its cleanup runs after theirs.
