@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -249,6 +250,7 @@ func TestOffCPUManyUserStacks(t *testing.T) {
 	// so they mostly wait together.
 	const writers = 8
 	errs := make(chan error, writers)
+	var written atomic.Int64 // paths written: a slow (emulated) machine may not reach them all
 	for w := range uint(writers) {
 		go func() {
 			runtime.LockOSThread()
@@ -259,6 +261,7 @@ func TestOffCPUManyUserStacks(t *testing.T) {
 					errs <- err
 					return
 				}
+				written.Add(1)
 			}
 			errs <- nil
 		}()
@@ -332,8 +335,8 @@ func TestOffCPUManyUserStacks(t *testing.T) {
 	}
 	t.Logf("%d writer spans (%d in queue enter), %d distinct user stacks, %d kernel stacks in the map", spans, frozen, len(distinct), kstacks)
 	// Every write is a D sleep; a few may be lost to a full ring buffer.
-	if len(distinct) < offcpuPaths/2 {
-		t.Errorf("%d distinct user stacks of %d paths", len(distinct), offcpuPaths)
+	if n := written.Load(); n < offcpuPaths/8 || int64(len(distinct)) < n/2 {
+		t.Errorf("%d distinct user stacks of %d paths written (of %d)", len(distinct), n, offcpuPaths)
 	}
 	if frozen == 0 {
 		t.Errorf("no writer span in queue enter: the freeze did not happen")

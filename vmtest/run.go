@@ -206,7 +206,7 @@ func (c *Config) RunKernel(ctx context.Context, k Kernel, bins map[string]string
 		Disks: []Disk{
 			// The story's bcache: a slow "HDD" as backing device and a
 			// fast "NVMe" as cache.
-			{Path: filepath.Join(work, "hdd.img"), Size: 2 << 30, Serial: "hdd", IOPS: 150},
+			{Path: filepath.Join(work, "hdd.img"), Size: 2 << 30, Serial: "hdd", IOPS: 300},
 			{Path: filepath.Join(work, "nvme.img"), Size: 1 << 30, Serial: "nvme"},
 			{Path: results, Size: 512 << 20, Serial: ResultsSerial},
 		},

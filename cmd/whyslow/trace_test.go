@@ -492,19 +492,24 @@ func TestTraceFreeze(t *testing.T) {
 			}
 			entries++
 			f := strings.Fields(lines[i])
+			j := i + 1
+			for j < len(lines) && strings.HasPrefix(lines[j], "    ") {
+				j++
+			}
+			stack := strings.Join(lines[i+1:j], "\n")
+			// 5.10's loop driver freezes its queue when the writers close
+			// the device (lo_release): a freeze of no attribute.
+			if len(f) == 6 && f[5] == "-" && strings.Contains(stack, "lo_release") {
+				continue
+			}
 			if len(f) != 6 || f[2] != strconv.Itoa(me) || f[3] != dev || f[5] != attr {
 				t.Errorf("entry %q: want TIME COMM %d %s DUR %s", lines[i], me, dev, attr)
 			}
 			if d, err := strconv.ParseFloat(f[4], 64); err != nil || d < 1 {
 				t.Errorf("DUR(ms) %q: want >= 1", f[4])
 			}
-			j := i + 1
-			for j < len(lines) && strings.HasPrefix(lines[j], "    ") {
-				j++
-			}
-			stack := strings.Join(lines[i+1:j], "\n")
-			if !strings.Contains(stack, "elv_iosched_store") || !strings.Contains(stack, "    -- user --") {
-				t.Errorf("entry %q: want kernel and user stacks after it, got:\n%s", lines[i], stack)
+			if !strings.Contains(stack, store) && !strings.Contains(stack, "queue_attr_store") || !strings.Contains(stack, "    -- user --") {
+				t.Errorf("entry %q: want kernel (%s or queue_attr_store) and user stacks after it, got:\n%s", lines[i], store, stack)
 			}
 			if j < len(lines) && lines[j] != "" {
 				t.Errorf("entry %q is not ended by a blank line but %q", lines[i], lines[j])
