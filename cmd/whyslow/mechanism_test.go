@@ -53,11 +53,7 @@ func TestMechanismOverride(t *testing.T) {
 					t.Errorf("probe %s unavailable without saying why %s failed: %q", p.Name, mech, p.Reason)
 				}
 			}
-			var seen bool
-			for _, d := range rep.Devices {
-				seen = seen || (d.Name == dev && d.Submit.Count > 0)
-			}
-			if !seen {
+			if !sawSubmissions(rep, dev) {
 				t.Errorf("--mechanism %s: no submissions seen on %s:\n%s", mech, dev, summary(rep))
 			}
 		})
