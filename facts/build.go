@@ -138,6 +138,10 @@ type builder struct {
 	run    *Run
 	byName map[string]*Device
 	names  map[string]string // major:minor -> name, for events that carry no name
+	// Exits by pid, built on first use: the first exit of each pid, and
+	// for each exit the next one of the same pid (-1 for none).
+	firstExit map[uint32]int32
+	nextExit  []int32
 }
 
 func (b *builder) rel(t event.Mono) time.Duration { return t.Sub(b.tl.Start) }
@@ -165,6 +169,15 @@ func (b *builder) device(name, id string) *Device {
 	d := &Device{Name: name, ID: id}
 	b.byName[name] = d
 	return d
+}
+
+// deviceOf is device for an event's device: its major:minor is formatted
+// only when the device does not have one yet.
+func (b *builder) deviceOf(name string, dev event.Device) *Device {
+	if d, ok := b.byName[name]; ok && d.ID != "" {
+		return d
+	}
+	return b.device(name, dev.ID())
 }
 
 func (b *builder) devices() {
@@ -213,9 +226,17 @@ func latency(h *hist.Histogram) Latency {
 }
 
 func (b *builder) stalls() {
+	// Spans are large: size each device's list once.
+	counts := map[string]int{}
+	for _, s := range b.tl.SlowSubmits {
+		counts[b.name(s.Dev)]++
+	}
 	for _, s := range b.tl.SlowSubmits {
 		name := b.name(s.Dev)
-		d := b.device(name, s.Dev.ID())
+		d := b.deviceOf(name, s.Dev)
+		if d.Stalls == nil {
+			d.Stalls = make(Spans, 0, counts[name])
+		}
 		start := b.rel(s.Start)
 		d.Stalls = append(d.Stalls, Span{
 			Start: start, End: start + max(s.Latency, 0), Kind: KindSubmit,
@@ -227,7 +248,7 @@ func (b *builder) stalls() {
 			continue // no device: nothing to attach it to
 		}
 		name := b.name(c.Dev)
-		d := b.device(name, c.Dev.ID())
+		d := b.deviceOf(name, c.Dev)
 		start := b.rel(c.Start)
 		d.SubmitCalls = append(d.SubmitCalls, Span{
 			Start: start, End: start + max(c.Latency, 0), Kind: KindSubmitCall,
@@ -263,19 +284,40 @@ func (b *builder) directProbe(name string, events int) bool {
 // spans replace the inferred queue-enter waits or freeze waits (which are
 // still counted in OffCPUByKind), so nothing is counted twice.
 func (b *builder) offCPU() {
-	submits := map[uint32][]event.SlowSubmit{} // by thread, in time order
-	for _, s := range b.tl.SlowSubmits {
-		submits[s.Task.Pid] = append(submits[s.Task.Pid], s)
+	submits := map[uint32]*threadSubmits{} // by thread, in time order
+	for i, s := range b.tl.SlowSubmits {
+		ts := submits[s.Task.Pid]
+		if ts == nil {
+			ts = &threadSubmits{all: b.tl.SlowSubmits}
+			submits[s.Task.Pid] = ts
+		}
+		ts.idx = append(ts.idx, int32(i))
+		ts.maxLat = max(ts.maxLat, s.Latency)
 	}
 	writes := map[uint32][]event.SysfsWrite{}
 	for _, w := range b.tl.SysfsWrites {
 		writes[w.Task.Pid] = append(writes[w.Task.Pid], w)
 	}
 
-	var waits, freezes []Span // all, attributed or not
-	for _, o := range b.tl.OffCPU {
-		kind := Classify(o.KernelStack)
-		b.run.OffCPUByKind[kind]++
+	// Classify first, to size the lists: spans are large.
+	kinds := make([]string, len(b.tl.OffCPU))
+	nWaits, nFreezes := 0, 0
+	for i, o := range b.tl.OffCPU {
+		kinds[i] = Classify(o.KernelStack)
+		b.run.OffCPUByKind[kinds[i]]++
+		switch kinds[i] {
+		case KindQueueEnter, KindTagWait:
+			nWaits++
+		case KindFreezeWait:
+			nFreezes++
+		}
+	}
+	waits, freezes := make([]Span, 0, nWaits), make([]Span, 0, nFreezes) // all, attributed or not
+	for i, o := range b.tl.OffCPU {
+		kind := kinds[i]
+		if kind != KindQueueEnter && kind != KindTagWait && kind != KindFreezeWait {
+			continue
+		}
 		start := b.rel(o.Start)
 		sp := Span{
 			Start: start, End: start + max(o.Duration, 0), Kind: kind,
@@ -284,7 +326,9 @@ func (b *builder) offCPU() {
 		}
 		switch kind {
 		case KindQueueEnter, KindTagWait:
-			sp.Device = b.submitDevice(submits[sp.Pid], o)
+			if ts := submits[sp.Pid]; ts != nil {
+				sp.Device = b.submitDevice(ts, o)
+			}
 			waits = append(waits, sp)
 		case KindFreezeWait:
 			if w, ok := b.sysfsBefore(writes[sp.Pid], o.Start); ok {
@@ -300,17 +344,30 @@ func (b *builder) offCPU() {
 		freezes = b.directFreezes(writes)
 	}
 
+	wokenBy := map[uint32][]int{} // attributed queue-enter waits by waker, indexes in waits
+	for i, w := range waits {
+		if w.Kind == KindQueueEnter && w.Device != "" && w.Waker.Pid != 0 {
+			wokenBy[w.Waker.Pid] = append(wokenBy[w.Waker.Pid], i)
+		}
+	}
+	stalls := b.stallIndex()
 	for i := range freezes {
 		if freezes[i].Device == "" {
-			freezes[i].Device = b.wokenDevice(freezes[i], waits)
+			freezes[i].Device = b.wokenDevice(freezes[i], waits, wokenBy[freezes[i].Pid])
 		}
 		if freezes[i].Device == "" {
-			freezes[i].Device = b.stalledDevice(freezes[i])
+			freezes[i].Device = stalledDevice(freezes[i], stalls)
+		}
+	}
+	freezesOf := map[uint32][]int{} // attributed freezes by freezer, indexes in freezes
+	for i, f := range freezes {
+		if f.Device != "" {
+			freezesOf[f.Pid] = append(freezesOf[f.Pid], i)
 		}
 	}
 	for i := range waits {
-		if waits[i].Device == "" && waits[i].Kind == KindQueueEnter {
-			if f, ok := b.wakingFreeze(waits[i], freezes); ok {
+		if waits[i].Device == "" && waits[i].Kind == KindQueueEnter && waits[i].Waker.Pid != 0 {
+			if f, ok := b.wakingFreeze(waits[i], freezes, freezesOf[waits[i].Waker.Pid]); ok {
 				waits[i].Device = f.Device
 			}
 		}
@@ -381,35 +438,53 @@ func (b *builder) directFreezes(writes map[uint32][]event.SysfsWrite) []Span {
 
 // submitDevice returns the device of the thread's slow submission that
 // contains the off-CPU span (widened by SubmitSlack), or "".
-func (b *builder) submitDevice(subs []event.SlowSubmit, o event.OffCPU) string {
+func (b *builder) submitDevice(subs *threadSubmits, o event.OffCPU) string {
 	slack := event.Mono(b.opts.SubmitSlack)
 	end := o.Start.Add(max(o.Duration, 0))
-	for _, s := range subs {
-		if s.Start-slack <= o.Start && end <= s.Start.Add(s.Latency)+slack {
+	// A container starts at most slack after the span, and no earlier than
+	// the longest submission of the thread before the span's end.
+	lo := sort.Search(len(subs.idx), func(i int) bool { return subs.at(i).Start >= end-slack-event.Mono(subs.maxLat) })
+	for i := lo; i < len(subs.idx); i++ {
+		s := subs.at(i)
+		if s.Start-slack > o.Start {
+			break
+		}
+		if end <= s.Start.Add(s.Latency)+slack {
 			return b.name(s.Dev)
 		}
 	}
 	return ""
 }
 
+// threadSubmits are the slow submissions of one thread: indexes into all,
+// in time order, with the longest latency among them.
+type threadSubmits struct {
+	all    []event.SlowSubmit
+	idx    []int32
+	maxLat time.Duration
+}
+
+func (t *threadSubmits) at(i int) *event.SlowSubmit { return &t.all[t.idx[i]] }
+
 // sysfsBefore returns the thread's latest sysfs write at most SysfsLookback
-// before t.
+// before t; ws are the thread's writes in time order.
 func (b *builder) sysfsBefore(ws []event.SysfsWrite, t event.Mono) (event.SysfsWrite, bool) {
-	var best event.SysfsWrite
-	found := false
-	for _, w := range ws {
-		if w.Time <= t && t.Sub(w.Time) <= b.opts.SysfsLookback && w.Device != "" {
-			best, found = w, true
+	hi := sort.Search(len(ws), func(i int) bool { return ws[i].Time > t })
+	for i := hi - 1; i >= 0 && t.Sub(ws[i].Time) <= b.opts.SysfsLookback; i-- {
+		if ws[i].Device != "" {
+			return ws[i], true
 		}
 	}
-	return best, found
+	return event.SysfsWrite{}, false
 }
 
 // wokenDevice returns the device most of the attributed queue-enter waits
 // woken by the freezer shortly after the freeze ended belong to, or "".
-func (b *builder) wokenDevice(f Span, waits []Span) string {
+// woken are the indexes in waits of those the freezer woke.
+func (b *builder) wokenDevice(f Span, waits []Span, woken []int) string {
 	votes := map[string]int{}
-	for _, w := range waits {
+	for _, i := range woken {
+		w := waits[i]
 		if w.Kind != KindQueueEnter || w.Device == "" || w.Waker.Pid != f.Pid || w.Waker.Pid == 0 {
 			continue
 		}
@@ -431,30 +506,67 @@ func majority(votes map[string]int) string {
 	return best
 }
 
+// deviceStalls are one device's stalls in time order, with the longest.
+type deviceStalls struct {
+	name   string
+	spans  Spans
+	maxDur time.Duration
+}
+
+// stallIndex returns every device's stalls, by name.
+func (b *builder) stallIndex() []deviceStalls {
+	var out []deviceStalls
+	for name, d := range b.byName {
+		ds := deviceStalls{name: name, spans: d.Stalls}
+		if !slices.IsSortedFunc(ds.spans, func(a, c Span) int { return cmp.Compare(a.Start, c.Start) }) {
+			ds.spans = slices.Clone(ds.spans)
+			sortSpans(ds.spans)
+		}
+		for _, s := range ds.spans {
+			ds.maxDur = max(ds.maxDur, s.Duration())
+		}
+		out = append(out, ds)
+	}
+	return out
+}
+
+// overlaps reports whether a stall overlaps [start, end].
+func (ds deviceStalls) overlaps(start, end time.Duration) bool {
+	i := sort.Search(len(ds.spans), func(i int) bool { return ds.spans[i].Start >= start-ds.maxDur })
+	for _, s := range ds.spans[i:] {
+		if s.Start > end {
+			break
+		}
+		if start <= s.End {
+			return true
+		}
+	}
+	return false
+}
+
 // stalledDevice returns the device whose stalls overlap the span when there
 // is exactly one such device, or "".
-func (b *builder) stalledDevice(f Span) string {
+func stalledDevice(f Span, stalls []deviceStalls) string {
 	found := ""
-	for name, d := range b.byName {
-		for _, s := range d.Stalls {
-			if s.Start <= f.End && f.Start <= s.End {
-				if found != "" && found != name {
-					return ""
-				}
-				found = name
-				break
+	for _, ds := range stalls {
+		if ds.overlaps(f.Start, f.End) {
+			if found != "" && found != ds.name {
+				return ""
 			}
+			found = ds.name
 		}
 	}
 	return found
 }
 
 // wakingFreeze returns the attributed freeze of the task that woke a
-// queue-enter wait, the one that ended last before the wait did.
-func (b *builder) wakingFreeze(w Span, freezes []Span) (Span, bool) {
+// queue-enter wait, the one that ended last before the wait did. of are
+// the indexes in freezes of the waker's attributed freezes.
+func (b *builder) wakingFreeze(w Span, freezes []Span, of []int) (Span, bool) {
 	var best Span
 	found := false
-	for _, f := range freezes {
+	for _, i := range of {
+		f := freezes[i]
 		if f.Device == "" || w.Waker.Pid == 0 || f.Pid != w.Waker.Pid {
 			continue
 		}
@@ -466,6 +578,7 @@ func (b *builder) wakingFreeze(w Span, freezes []Span) (Span, bool) {
 }
 
 func (b *builder) uevents() {
+	b.run.Uevents = make(Points, 0, len(b.tl.Uevents))
 	for _, u := range b.tl.Uevents {
 		p := Point{At: b.rel(u.Time), What: u.Action}
 		if u.Subsystem == "block" {
@@ -482,6 +595,7 @@ func (b *builder) uevents() {
 }
 
 func (b *builder) sysfsWrites() {
+	b.run.SysfsWrites = make(Points, 0, len(b.tl.SysfsWrites))
 	for _, w := range b.tl.SysfsWrites {
 		p := Point{At: b.rel(w.Time), Pid: w.Task.Pid, Comm: w.Task.Comm, Device: w.Device, What: w.Attr}
 		b.run.SysfsWrites = append(b.run.SysfsWrites, p)
@@ -495,14 +609,20 @@ func (b *builder) sysfsWrites() {
 
 func (b *builder) commands() {
 	type key struct{ file, parent string }
+	sizes := map[key]int{}
+	for _, e := range b.tl.Execs {
+		sizes[key{e.Filename, e.ParentComm}]++
+	}
 	groups := map[key]*Command{}
 	var order []key
 	for _, e := range b.tl.Execs {
 		k := key{e.Filename, e.ParentComm}
 		c, ok := groups[k]
 		if !ok {
+			n := sizes[k]
 			c = &Command{Filename: e.Filename, Comm: e.Task.Comm, Args: slices.Clone(e.Args),
-				ParentComm: e.ParentComm, PPid: e.PPid}
+				ParentComm: e.ParentComm, PPid: e.PPid, Pids: make([]uint32, 0, n), PPids: make([]uint32, 0, n),
+				Ends: make([]time.Duration, 0, n), Forks: make([]time.Duration, 0, n), Execs: make(Points, 0, n)}
 			groups[k] = c
 			order = append(order, k)
 		}
@@ -594,11 +714,28 @@ func sortSpans(s Spans) {
 
 // exitAfter is when process pid ended after t (relative to the run), or 0.
 func (b *builder) exitAfter(pid uint32, t event.Mono) time.Duration {
-	i := sort.Search(len(b.tl.Exits), func(i int) bool { return b.tl.Exits[i].Time >= t })
-	for ; i < len(b.tl.Exits); i++ {
-		if b.tl.Exits[i].Pid == pid {
-			return b.rel(b.tl.Exits[i].Time)
+	if b.firstExit == nil {
+		// Exits are in time order: each pid's first exit, and for each exit
+		// the next one of the same pid (pids are reused).
+		b.firstExit = make(map[uint32]int32, len(b.tl.Exits))
+		b.nextExit = make([]int32, len(b.tl.Exits))
+		last := make(map[uint32]int32, len(b.tl.Exits))
+		for i, e := range b.tl.Exits {
+			b.nextExit[i] = -1
+			if j, ok := last[e.Pid]; ok {
+				b.nextExit[j] = int32(i)
+			} else {
+				b.firstExit[e.Pid] = int32(i)
+			}
+			last[e.Pid] = int32(i)
 		}
+	}
+	i, ok := b.firstExit[pid]
+	for ok && i >= 0 {
+		if e := b.tl.Exits[i]; e.Time >= t {
+			return b.rel(e.Time)
+		}
+		i = b.nextExit[i]
 	}
 	return 0
 }

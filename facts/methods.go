@@ -71,12 +71,35 @@ func union(s Spans, w time.Duration) []interval {
 // widened by window on both sides (touching counts).
 func (s Spans) Overlapping(o Spans, window time.Duration) Spans {
 	u := union(o, window)
-	var out Spans
-	for _, sp := range s {
+	return s.filter(func(sp Span) bool {
 		// first interval that ends at or after sp starts; ends increase.
 		i := sort.Search(len(u), func(i int) bool { return u[i].end >= sp.Start })
-		if i < len(u) && u[i].start <= max(sp.End, sp.Start) {
-			out = append(out, sp)
+		return i < len(u) && u[i].start <= max(sp.End, sp.Start)
+	})
+}
+
+// filter returns the spans for which keep is true, in a slice of exactly
+// their number (spans are large: growing a slice by appending copies them
+// over and over).
+func (s Spans) filter(keep func(Span) bool) Spans {
+	n := 0
+	var first, last int
+	for i := range s {
+		if keep(s[i]) {
+			if n == 0 {
+				first = i
+			}
+			last = i
+			n++
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	out := make(Spans, 0, n)
+	for i := first; i <= last; i++ {
+		if keep(s[i]) {
+			out = append(out, s[i])
 		}
 	}
 	return out

@@ -1,7 +1,9 @@
 package facts
 
 import (
+	"cmp"
 	"slices"
+	"sort"
 	"strings"
 	"time"
 )
@@ -86,10 +88,11 @@ func runTogether(a, b *Command) bool {
 	if a.ParentComm != b.ParentComm || a.Count < 2 || b.Count < 2 {
 		return false
 	}
+	order := byTime(b.Execs)
 	n := 0
 	for i, e := range a.Execs {
-		for j, f := range b.Execs {
-			if a.PPids[i] == b.PPids[j] && absDur(e.At-f.At) <= PipelineWindow && overlap(a, i, b, j) {
+		for _, j := range execsNear(b.Execs, order, e.At) {
+			if a.PPids[i] == b.PPids[j] && overlap(a, i, b, j) {
 				n++
 				break
 			}
@@ -100,10 +103,11 @@ func runTogether(a, b *Command) bool {
 
 // startedBefore counts the runs in which a's exec came before b's.
 func startedBefore(a, b *Command) int {
+	order := byTime(b.Execs)
 	n := 0
 	for _, e := range a.Execs {
-		for _, f := range b.Execs {
-			if absDur(e.At-f.At) <= PipelineWindow && e.At < f.At {
+		for _, j := range execsNear(b.Execs, order, e.At) {
+			if e.At < b.Execs[j].At {
 				n++
 				break
 			}
@@ -112,12 +116,39 @@ func startedBefore(a, b *Command) int {
 	return n
 }
 
+// byTime returns the indexes of the points in time order (stable).
+func byTime(ps Points) []int {
+	order := make([]int, len(ps))
+	for i := range order {
+		order[i] = i
+	}
+	if !slices.IsSortedFunc(ps, func(a, b Point) int { return cmp.Compare(a.At, b.At) }) {
+		slices.SortStableFunc(order, func(i, j int) int { return cmp.Compare(ps[i].At, ps[j].At) })
+	}
+	return order
+}
+
+// execsNear returns the indexes, from order (the points' indexes in time
+// order), of the points within PipelineWindow of t, in that order.
+func execsNear(ps Points, order []int, t time.Duration) []int {
+	lo := sort.Search(len(order), func(k int) bool { return ps[order[k]].At >= t-PipelineWindow })
+	hi := lo
+	for hi < len(order) && ps[order[hi]].At <= t+PipelineWindow {
+		hi++
+	}
+	return order[lo:hi]
+}
+
 // ueventWrites counts the opens for writing of a device's uevent file by
 // the command's processes.
 func (b *builder) ueventWrites(c *Command) int {
+	pids := make(map[uint32]bool, len(c.Pids))
+	for _, p := range c.Pids {
+		pids[p] = true
+	}
 	n := 0
 	for _, w := range b.run.SysfsWrites {
-		if w.What == "uevent" && slices.Contains(c.Pids, w.Pid) {
+		if w.What == "uevent" && pids[w.Pid] {
 			n++
 		}
 	}
