@@ -6,8 +6,31 @@
  * switch-out that is not a voluntary D sleep and a switch-in of a task that
  * is not tracked cost a flag test and one hash lookup.
  *
- * Kernel stacks go to a stack map (few, and they repeat); user stacks are
- * carried inline from the switch-out to the event (many, and distinct). */
+ * Stacks are taken only for the spans that end up long (min_latency_ns or
+ * more), which are few; most D sleeps are short and cost no stack walk:
+ *   - the kernel stack is walked when the task comes back, at its switch-in,
+ *     on the sleeping task (bpf_get_task_stack): it is still the stack it
+ *     blocked in;
+ *   - the user stack can only be walked in the task's own context. For a
+ *     sleep in a system call it does not change until the call returns: it
+ *     is walked after the wake-up, at the call's exit (sys_exit) or at the
+ *     task's next switch-out, whichever comes first; the long span waits in
+ *     `pending` until then. A sleep outside a system call (a page fault)
+ *     returns to user space without a hook on the way, so its user stack is
+ *     walked at the switch-out, as the sleep begins.
+ * The innermost user frame is noted at the switch-out (a one-frame walk,
+ * which reads no user memory) and must match at the completion: a pending
+ * span never gets the user stack of another call.
+ *
+ * bpf_get_task_stack leaves out the scheduler's own frames (the kernel's
+ * stack_trace_save_tsk skips the .sched.text and .lock.text functions:
+ * __schedule, schedule, io_schedule, ...). They are put back from the
+ * sleeping task's stack: the return address into __schedule that the
+ * context switch saved (inactive_task_frame at thread.sp, exact), then the
+ * words of the stack above it that point into those sections, up to the
+ * return address of the first frame the walk gave. The scan can in rare
+ * cases keep a stale word of a scheduler function's frame; it adds no
+ * frame outside those sections. */
 #include "common.h"
 #include "kernel_sched.h"
 
@@ -16,54 +39,59 @@ volatile const __u64 min_latency_ns = 1000000;
 /* sched_switch has a 4th argument, prev_state, since ~5.18; before, the
  * state is read from the task (set from the kernel's BTF). */
 volatile const __u8 switch_has_state = 1;
+/* The kernel's .sched.text and .lock.text, [lo, hi) (from kallsyms; 0
+ * when unknown): the functions bpf_get_task_stack leaves out. */
+volatile const __u64 sched_text_lo = 0;
+volatile const __u64 sched_text_hi = 0;
+volatile const __u64 lock_text_lo = 0;
+volatile const __u64 lock_text_hi = 0;
 
-/* Tasks tracked at once: those in D sleep right now. Each entry carries its
- * user stack inline, so the preallocated map costs about
- * 16384 x (296 B value + 72 B key and element header) ~= 6.0 MB (bpftool's
- * memlock on 6.18). A host with more tasks in D sleep at once loses the
- * excess (LOSS_MAP_FULL). */
+/* Tasks tracked at once: those in D sleep right now. A host with more tasks
+ * in D sleep at once loses the excess (LOSS_MAP_FULL). About 16384 x (56 B
+ * value + 72 B key and element header) ~= 2.1 MB. */
 #define MAX_BLOCKED 16384
+/* Long spans waiting for their user stack at once (sys_exit or switch-out
+ * comes within microseconds of the wake-up): beyond, a span is sent
+ * without its user stack. 1024 x ~900 B ~= 0.9 MB. */
+#define MAX_PENDING 1024
+/* Sleeps outside system calls whose user stack was taken at the
+ * switch-out, at once. 1024 x ~340 B ~= 0.35 MB. */
+#define MAX_EAGER 1024
 
-/* Kernel stacks go to a stack map of their own: they come from a few
- * hundred code paths and repeat, so each is stored once and the event
- * carries its id. Ids stay valid for the map's lifetime: without
- * BPF_F_REUSE_STACKID a bucket, once filled, is never overwritten, and user
- * space never deletes. A different stack hashing to a used bucket fails
- * (-EEXIST) and is counted as a lost kernel stack.
- *
- * The kernel makes roundup_pow_of_two(max_entries) buckets but preallocates
- * only max_entries stacks: 8193 gives 16384 buckets (fewer collisions) for
- * 8193 x (512 + 16) B plus 128 KiB of bucket pointers ~= 4.5 MB. */
 #define KSTACK_DEPTH 64
-#define KSTACK_ENTRIES 8193
-
-/* User stacks are carried inline, in the blocked entry and then in the
- * event: user code without frame pointers (libc) makes the walk end in
- * garbage frames, so nearly every user stack is distinct and a stack map
- * would fill up and collide. The innermost frames are the useful ones. */
+/* The innermost user frames are the useful ones: code without frame
+ * pointers (libc) makes the walk end in garbage. */
 #define USTACK_DEPTH 32
 
 struct blocked {
 	__u64 start_ns;
-	__s32 kstack_id;
-	__u32 ustack_len; /* frames in ustack */
+	__u64 user_ip; /* innermost user frame at the switch-out; 0: none to take */
 	__u32 waker_pid;
 	__u32 waker_tgid;
 	char waker_comm[TASK_COMM_LEN];
-	__u64 ustack[USTACK_DEPTH]; /* innermost first */
+	__u8 eager; /* the user stack was taken at the switch-out (in `eager`) */
+	__u8 pad[7];
+};
+
+struct ustack {
+	__u32 len; /* frames */
+	__u32 pad;
+	__u64 ips[USTACK_DEPTH]; /* innermost first */
 };
 
 struct offcpu_event {
 	__u64 start_ns;
 	__u64 duration_ns;
+	__u64 user_ip; /* innermost user frame at the switch-out (0: none) */
 	__u32 pid;
 	__u32 tgid;
 	__u32 waker_pid;
 	__u32 waker_tgid;
-	__s32 kstack_id;
-	__u32 ustack_len;
+	__u32 kstack_len; /* frames in kstack */
+	__u32 ustack_len; /* frames in ustack */
 	char comm[TASK_COMM_LEN];
 	char waker_comm[TASK_COMM_LEN];
+	__u64 kstack[KSTACK_DEPTH]; /* innermost first */
 	__u64 ustack[USTACK_DEPTH];
 };
 
@@ -74,33 +102,70 @@ struct {
 	__type(value, struct blocked);
 } blocked SEC(".maps");
 
-/* Where a blocked entry is built before it is copied into the map: it is
- * too large for the 512-byte BPF stack. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_PENDING);
+	__type(key, __u32); /* tid */
+	__type(value, struct offcpu_event);
+} pending SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_EAGER);
+	__type(key, __u32); /* tid */
+	__type(value, struct ustack);
+} eager SEC(".maps");
+
+/* Scheduler frames put back in front of a sleeping task's stack, at most. */
+#define SCHED_FRAMES 8
+/* Words of the sleeping task's stack scanned for them. */
+#define SCAN_WORDS 64
+
+/* Where an event or a user stack is built before it goes into a map: too
+ * large for the 512-byte BPF stack. */
+struct scratch {
+	struct offcpu_event e;
+	struct ustack u;
+	__u64 walk[KSTACK_DEPTH]; /* bpf_get_task_stack's frames */
+	__u64 words[SCAN_WORDS]; /* the top of the sleeping task's stack */
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct blocked);
+	__type(value, struct scratch);
 } scratch SEC(".maps");
 
+/* How many spans are in `pending` (approximately: concurrent updates may
+ * race, the count only gates the lookups). */
 struct {
-	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
-	__uint(max_entries, KSTACK_ENTRIES);
-	__uint(key_size, sizeof(__u32));
-	__uint(value_size, KSTACK_DEPTH * sizeof(__u64));
-} kstacks SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __s64);
+} npending SEC(".maps");
+
+/* Set by user space as the probe stops: no new span is sent or made to
+ * wait, while those waiting get their user stacks. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} stopping SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 256 * 1024);
+	__uint(max_entries, 512 * 1024);
 } events SEC(".maps");
 
 DECLARE_LOSSES();
 
 /* Stacks that could not be taken, by kind (per CPU). */
 enum stack_loss {
-	STACK_LOSS_KERNEL = 0, /* kernel stack walk failed, or its bucket is taken */
-	STACK_LOSS_USER = 1, /* user stack walk failed (not: a kernel thread) */
+	STACK_LOSS_KERNEL = 0, /* kernel stack walk failed */
+	STACK_LOSS_USER = 1, /* user stack walk failed, or no room to wait for it */
 	STACK_LOSS_KINDS = 2,
 };
 
@@ -114,6 +179,76 @@ struct {
 /* Not used by the programs: makes bpf2go emit the Go type of the event. */
 struct offcpu_event offcpu_event_type;
 
+/* The user registers of a system call, as sys_exit gets them. */
+struct pt_regs___ws {
+	unsigned long ip;
+} __attribute__((preserve_access_index));
+
+/* x86-64: where a task that is not running keeps its stack pointer, and
+ * what the context switch left there (arch/x86/include/asm/switch_to.h). */
+struct thread_struct___ws {
+	unsigned long sp;
+} __attribute__((preserve_access_index));
+
+struct task_struct___ws {
+	struct thread_struct___ws thread;
+} __attribute__((preserve_access_index));
+
+struct inactive_task_frame___ws {
+	unsigned long ret_addr;
+} __attribute__((preserve_access_index));
+
+static __always_inline int in_sched_text(__u64 a)
+{
+	return (a >= sched_text_lo && a < sched_text_hi) || (a >= lock_text_lo && a < lock_text_hi);
+}
+
+/* task_kstack walks the kernel stack of task t, which is not running, into
+ * e->kstack with the scheduler's frames in front; returns the frames. */
+static __always_inline __u32 task_kstack(struct task_struct *t, struct offcpu_event *e, struct scratch *s)
+{
+	long n = bpf_get_task_stack(t, s->walk, sizeof(s->walk), 0);
+	if (n <= 0)
+		return 0;
+	__u32 nwalk = n / sizeof(__u64);
+	__u32 k = 0;
+
+	if (bpf_core_field_exists(((struct task_struct___ws *)t)->thread.sp) &&
+	    bpf_core_type_exists(struct inactive_task_frame___ws)) {
+		__u64 sp = BPF_CORE_READ((struct task_struct___ws *)t, thread.sp);
+		__u32 ret = bpf_core_field_offset(struct inactive_task_frame___ws, ret_addr) / sizeof(__u64);
+		__u64 first = s->walk[0];
+		__u32 found = 0;
+		/* Read what there is of the scanned words (the top of an idle
+		 * kernel thread's stack may be near its end). */
+		if (bpf_probe_read_kernel(s->words, sizeof(s->words), (void *)sp) &&
+		    bpf_probe_read_kernel(s->words, sizeof(s->words) / 2, (void *)sp))
+			goto walk;
+		for (__u32 i = 0; i < SCAN_WORDS; i++) {
+			__u64 w = s->words[i];
+			if (i < ret)
+				continue; /* registers saved by the switch */
+			if (w == first && i > ret) {
+				found = 1;
+				break;
+			}
+			if ((i == ret || in_sched_text(w)) && k < SCHED_FRAMES)
+				e->kstack[k++ & (KSTACK_DEPTH - 1)] = w;
+			if (!sched_text_hi && i == ret)
+				break;
+		}
+		if (!found && k > 1)
+			k = 1; /* no sure end of the scheduler's frames: keep the exact one */
+	}
+walk:
+	for (__u32 j = 0; j < KSTACK_DEPTH; j++) {
+		if (j >= nwalk || k + j >= KSTACK_DEPTH)
+			break;
+		e->kstack[(k + j) & (KSTACK_DEPTH - 1)] = s->walk[j];
+	}
+	return k + nwalk < KSTACK_DEPTH ? k + nwalk : KSTACK_DEPTH;
+}
+
 static __always_inline unsigned int task_state(struct task_struct *t)
 {
 	if (bpf_core_field_exists(t->__state))
@@ -121,31 +256,129 @@ static __always_inline unsigned int task_state(struct task_struct *t)
 	return (unsigned int)BPF_CORE_READ((struct task_struct___old *)t, state);
 }
 
-/* track_sleep records that prev goes to sleep now, with its stacks: b is
- * this CPU's scratch slot, copied into the blocked map. */
-static __always_inline void track_sleep(void *ctx, struct task_struct *prev, struct blocked *b)
+static __always_inline __s64 *pending_count(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&npending, &zero);
+}
+
+/* send_pending completes the pending span of the current task, if any: its
+ * user stack is walked now, while the task is still in the call it slept
+ * in (the innermost frame must be the one noted when it went to sleep). */
+static __always_inline void send_pending(void *ctx, __u32 tid)
+{
+	__s64 *n = pending_count();
+	if (!n || *n <= 0)
+		return;
+	struct offcpu_event *p = bpf_map_lookup_elem(&pending, &tid);
+	if (!p)
+		return;
+	struct offcpu_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (e) {
+		bpf_probe_read_kernel(e, sizeof(*e), p);
+		long len = bpf_get_stack(ctx, e->ustack, sizeof(e->ustack), BPF_F_USER_STACK);
+		if (len > 0 && e->ustack[0] == e->user_ip) {
+			e->ustack_len = len / sizeof(__u64);
+		} else {
+			e->ustack_len = 0;
+			count_loss(&stack_losses, STACK_LOSS_USER);
+		}
+		bpf_ringbuf_submit(e, 0);
+	} else {
+		count_loss(&losses, LOSS_RINGBUF);
+	}
+	if (bpf_map_delete_elem(&pending, &tid) == 0)
+		__sync_fetch_and_add(n, -1);
+}
+
+/* track_sleep records that prev, the current task, goes to sleep now. */
+static __always_inline void track_sleep(void *ctx, struct task_struct *prev)
 {
 	__u32 tid = prev->pid;
+	struct blocked b = {};
+	__u64 ip = 0;
 
-	b->start_ns = bpf_ktime_get_ns();
-	b->waker_pid = 0;
-	b->waker_tgid = 0;
-	b->waker_comm[0] = 0;
-	b->kstack_id = bpf_get_stackid(ctx, &kstacks, 0);
-	if (b->kstack_id < 0)
-		count_loss(&stack_losses, STACK_LOSS_KERNEL);
-	/* Frames past ustack_len are left over from an earlier sleep on this
-	 * CPU (a kernel thread has no user stack to walk). */
-	b->ustack_len = 0;
-	if (!(prev->flags & PF_KTHREAD)) {
-		long n = bpf_get_stack(ctx, b->ustack, sizeof(b->ustack), BPF_F_USER_STACK);
-		if (n < 0)
-			count_loss(&stack_losses, STACK_LOSS_USER);
-		else
-			b->ustack_len = n / sizeof(__u64);
+	b.start_ns = bpf_ktime_get_ns();
+	if (!(prev->flags & PF_KTHREAD) &&
+	    bpf_get_stack(ctx, &ip, sizeof(ip), BPF_F_USER_STACK) == sizeof(ip) && ip) {
+		/* In a system call, the user code is just past its `syscall`
+		 * instruction (0f 05): the stack waits until the call ends. */
+		__u8 insn[2] = {};
+		b.user_ip = ip;
+		if (bpf_probe_read_user(insn, sizeof(insn), (void *)(ip - 2)) || insn[0] != 0x0f || insn[1] != 0x05) {
+			__u32 zero = 0;
+			struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+			if (s) {
+				long n = bpf_get_stack(ctx, s->u.ips, sizeof(s->u.ips), BPF_F_USER_STACK);
+				if (n < 0) {
+					count_loss(&stack_losses, STACK_LOSS_USER);
+				} else {
+					s->u.len = n / sizeof(__u64);
+					if (bpf_map_update_elem(&eager, &tid, &s->u, BPF_ANY))
+						count_loss(&stack_losses, STACK_LOSS_USER);
+					else
+						b.eager = 1;
+				}
+			}
+		}
 	}
-	if (bpf_map_update_elem(&blocked, &tid, b, BPF_ANY))
+	if (bpf_map_update_elem(&blocked, &tid, &b, BPF_ANY))
 		count_loss(&losses, LOSS_MAP_FULL);
+}
+
+/* span_ends handles next coming back from a tracked sleep b. */
+static __always_inline void span_ends(struct task_struct *next, __u32 tid, struct blocked *b)
+{
+	__u64 now = bpf_ktime_get_ns();
+	if (now - b->start_ns < min_latency_ns) {
+		if (b->eager)
+			bpf_map_delete_elem(&eager, &tid);
+		return;
+	}
+	__u32 zero = 0;
+	__u32 *stop = bpf_map_lookup_elem(&stopping, &zero);
+	if (stop && *stop) {
+		if (b->eager)
+			bpf_map_delete_elem(&eager, &tid);
+		return;
+	}
+	struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!s) /* always there: one slot per CPU */
+		return;
+	struct offcpu_event *e = &s->e;
+	e->start_ns = b->start_ns;
+	e->duration_ns = now - b->start_ns;
+	e->user_ip = b->user_ip;
+	e->pid = tid;
+	e->tgid = next->tgid;
+	e->waker_pid = b->waker_pid;
+	e->waker_tgid = b->waker_tgid;
+	__builtin_memcpy(e->waker_comm, b->waker_comm, TASK_COMM_LEN);
+	bpf_probe_read_kernel_str(e->comm, sizeof(e->comm), next->comm);
+	/* next has not run yet: its stack is the one it blocked in. */
+	e->kstack_len = task_kstack(next, e, s);
+	if (!e->kstack_len)
+		count_loss(&stack_losses, STACK_LOSS_KERNEL);
+	e->ustack_len = 0;
+	if (b->eager) {
+		struct ustack *u = bpf_map_lookup_elem(&eager, &tid);
+		if (u) {
+			e->ustack_len = u->len;
+			bpf_probe_read_kernel(e->ustack, sizeof(e->ustack), u->ips);
+		}
+		bpf_map_delete_elem(&eager, &tid);
+	} else if (b->user_ip) {
+		/* Wait for the user stack (sys_exit or the next switch-out). */
+		if (bpf_map_update_elem(&pending, &tid, e, BPF_ANY) == 0) {
+			__s64 *np = pending_count();
+			if (np)
+				__sync_fetch_and_add(np, 1);
+			return;
+		}
+		count_loss(&stack_losses, STACK_LOSS_USER);
+	}
+	if (bpf_ringbuf_output(&events, e, sizeof(*e), 0))
+		count_loss(&losses, LOSS_RINGBUF);
 }
 
 SEC("tp_btf/sched_switch")
@@ -154,20 +387,18 @@ int BPF_PROG(offcpu_switch, _Bool preempt, struct task_struct *prev, struct task
 	unsigned int prev_state;
 	__u32 tid;
 
+	/* prev is the current task: a span of it that waits for its user
+	 * stack gets it now, whatever prev does next. */
+	send_pending(ctx, prev->pid);
+
 	if (switch_has_state)
 		prev_state = (unsigned int)ctx[3];
 	else
 		prev_state = task_state(prev);
 
-	/* prev goes to sleep in D state (not TASK_IDLE, not preempted). Its
-	 * stack is the current one: the tracepoint fires before the switch. */
-	if (!preempt && (prev_state & (TASK_UNINTERRUPTIBLE | TASK_NOLOAD)) == TASK_UNINTERRUPTIBLE) {
-		__u32 zero = 0;
-		struct blocked *b = bpf_map_lookup_elem(&scratch, &zero);
-
-		if (b) /* always: the array has one slot per CPU */
-			track_sleep(ctx, prev, b);
-	}
+	/* prev goes to sleep in D state (not TASK_IDLE, not preempted). */
+	if (!preempt && (prev_state & (TASK_UNINTERRUPTIBLE | TASK_NOLOAD)) == TASK_UNINTERRUPTIBLE)
+		track_sleep(ctx, prev);
 
 	/* next comes back: was it blocked, and for how long? */
 	tid = next->pid;
@@ -176,27 +407,20 @@ int BPF_PROG(offcpu_switch, _Bool preempt, struct task_struct *prev, struct task
 	struct blocked *b = bpf_map_lookup_elem(&blocked, &tid);
 	if (!b)
 		return 0;
-	__u64 now = bpf_ktime_get_ns();
-	if (now - b->start_ns >= min_latency_ns) {
-		struct offcpu_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-		if (e) {
-			e->start_ns = b->start_ns;
-			e->duration_ns = now - b->start_ns;
-			e->pid = tid;
-			e->tgid = next->tgid;
-			e->waker_pid = b->waker_pid;
-			e->waker_tgid = b->waker_tgid;
-			e->kstack_id = b->kstack_id;
-			e->ustack_len = b->ustack_len;
-			__builtin_memcpy(e->waker_comm, b->waker_comm, TASK_COMM_LEN);
-			__builtin_memcpy(e->ustack, b->ustack, sizeof(e->ustack));
-			bpf_probe_read_kernel_str(e->comm, sizeof(e->comm), next->comm);
-			bpf_ringbuf_submit(e, 0);
-		} else {
-			count_loss(&losses, LOSS_RINGBUF);
-		}
-	}
+	span_ends(next, tid, b);
 	bpf_map_delete_elem(&blocked, &tid);
+	return 0;
+}
+
+/* A system call returns to user space: a span it slept in gets its user
+ * stack now. */
+SEC("tp_btf/sys_exit")
+int BPF_PROG(offcpu_sys_exit, struct pt_regs___ws *regs, long ret)
+{
+	__s64 *n = pending_count();
+	if (!n || *n <= 0)
+		return 0;
+	send_pending(ctx, (__u32)bpf_get_current_pid_tgid());
 	return 0;
 }
 

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
@@ -24,13 +25,17 @@ import (
 //
 // Cost: sched_switch runs on every context switch. Its fast path (prev not
 // in a voluntary D sleep, next not tracked) is a flag test and one hash
-// lookup; stacks are taken only when a task goes to sleep in D state.
+// lookup. Stacks are walked only for the spans that end up at least
+// MinLatency long (see bpf/offcpu.bpf.c): the kernel stack when the task
+// comes back, on the sleeping task; the user stack in the task's own
+// context, when the system call it slept in returns (sys_exit, which runs
+// on every system call but does nothing while no span waits) or at its next
+// switch-out. A short D sleep costs a one-frame user walk and a map update.
 //
-// Stacks: kernel stacks go through a stack map (they repeat) and records
-// carry their id; user stacks (up to 32 frames) are carried inline in each
-// record, since walks through code without frame pointers make nearly every
-// one distinct. Maps: about 6.0 MB of tracked sleeps, 4.5 MB of kernel
-// stacks and a 256 KiB ring buffer.
+// Records carry both stacks inline (up to 64 kernel and 32 user frames);
+// symbolized kernel stacks are cached by their addresses. Maps: about 2.1
+// MB of tracked sleeps, 1.3 MB of spans waiting for their user stacks and a
+// 512 KiB ring buffer.
 type offcpuProbe struct{}
 
 func init() { Register(offcpuProbe{}) }
@@ -38,7 +43,7 @@ func init() { Register(offcpuProbe{}) }
 // offcpuKstackDepth is KSTACK_DEPTH in bpf/offcpu.bpf.c.
 const offcpuKstackDepth = 64
 
-// Bound of the cache of resolved kernel stacks, by stack id.
+// Bound of the cache of symbolized kernel stacks, by their addresses.
 const offcpuMaxCachedStacks = 4096
 
 // Indexes of the `stack_losses` array (enum stack_loss in bpf/offcpu.bpf.c)
@@ -77,11 +82,14 @@ type offcpuRunning struct {
 	ksymsErr error
 	users    *symbolize.UserCache
 
-	// Used by the reader goroutine only. Kernel stack ids are stable for
-	// the life of the stack map (see bpf/offcpu.bpf.c), so caching by id is
-	// exact. User stacks come inline in each record.
-	kstacks *idCache[[]event.Frame]
+	// Used by the reader goroutine only: symbolized kernel stacks by their
+	// addresses (they come from a few hundred code paths and repeat). The
+	// frames are shared by the events: nothing downstream changes them.
+	kstacks *stackCache
 	decode  uint64 // records that could not be decoded
+	// unfinished counts the spans still waiting for their user stack when
+	// the probe stopped (sent without one).
+	unfinished uint64
 
 	stopOnce sync.Once
 	stopErr  error
@@ -100,13 +108,6 @@ func startOffcpu(cfg Config, sink Sink) (_ *offcpuRunning, err error) {
 	if n >= 4 { // preempt, prev, next, prev_state
 		hasState = 1
 	}
-	spec, err := loadSpec(loadOffcpu, map[string]any{
-		"min_latency_ns":   uint64(max(cfg.MinLatency, 0)),
-		"switch_has_state": hasState,
-	})
-	if err != nil {
-		return nil, err
-	}
 	procfs := cfg.ProcFS
 	if procfs == "" {
 		procfs = "/proc"
@@ -115,9 +116,28 @@ func startOffcpu(cfg Config, sink Sink) (_ *offcpuRunning, err error) {
 		sink:    sink,
 		done:    make(chan struct{}),
 		users:   symbolize.NewUserCache(procfs, 0, 0),
-		kstacks: newIDCache[[]event.Frame](offcpuMaxCachedStacks),
+		kstacks: newStackCache(offcpuMaxCachedStacks),
 	}
 	r.ksyms, r.ksymsErr = symbolize.LoadKernel(procfs)
+	consts := map[string]any{
+		"min_latency_ns":   uint64(max(cfg.MinLatency, 0)),
+		"switch_has_state": hasState,
+	}
+	// The scheduler's sections, whose frames a sleeping task's stack walk
+	// leaves out and the program puts back.
+	if r.ksyms != nil {
+		for _, sec := range [][3]string{{"sched_text", "__sched_text_start", "__sched_text_end"}, {"lock_text", "__lock_text_start", "__lock_text_end"}} {
+			lo, ok1 := r.ksyms.Addr(sec[1])
+			hi, ok2 := r.ksyms.Addr(sec[2])
+			if ok1 && ok2 && lo < hi {
+				consts[sec[0]+"_lo"], consts[sec[0]+"_hi"] = lo, hi
+			}
+		}
+	}
+	spec, err := loadSpec(loadOffcpu, consts)
+	if err != nil {
+		return nil, err
+	}
 	if err := spec.LoadAndAssign(&r.objs, collectionOptions(kernel)); err != nil {
 		return nil, fmt.Errorf("loading objects: %w", err)
 	}
@@ -133,8 +153,9 @@ func startOffcpu(cfg Config, sink Sink) (_ *offcpuRunning, err error) {
 	if r.rd, err = ringbuf.NewReader(r.objs.Events); err != nil {
 		return nil, fmt.Errorf("opening ring buffer: %w", err)
 	}
-	// The wake-up side first, so every tracked sleep can see its waker.
-	r.links, err = attachTPBTF(r.objs.OffcpuWakeup, r.objs.OffcpuSwitch)
+	// The wake-up and system-call exit sides first, so every tracked sleep
+	// can see its waker and every pending span its completion.
+	r.links, err = attachTPBTF(r.objs.OffcpuWakeup, r.objs.OffcpuSysExit, r.objs.OffcpuSwitch)
 	if err != nil {
 		return nil, err
 	}
@@ -174,12 +195,16 @@ func (r *offcpuRunning) handle(raw []byte) {
 		r.decode++
 		return
 	}
+	r.deliver(&e)
+}
+
+func (r *offcpuRunning) deliver(e *offcpuOffcpuEvent) {
 	ev := event.OffCPU{
 		Start:       event.Mono(e.StartNs),
 		Duration:    time.Duration(e.DurationNs),
 		Task:        event.Task{Pid: e.Pid, Tgid: e.Tgid, Comm: cString(e.Comm[:])},
-		KernelStack: r.kernelStack(e.KstackId),
-		UserStack:   r.userStack(e.Tgid, offcpuUserFrames(&e)),
+		KernelStack: r.kernelStack(offcpuKernelFrames(e)),
+		UserStack:   r.userStack(e.Tgid, offcpuUserFrames(e)),
 	}
 	if e.WakerComm[0] != 0 {
 		ev.Waker = event.Task{Pid: e.WakerPid, Tgid: e.WakerTgid, Comm: cString(e.WakerComm[:])}
@@ -187,17 +212,13 @@ func (r *offcpuRunning) handle(raw []byte) {
 	r.sink.Event(ev)
 }
 
-// kernelStack resolves and symbolizes a kernel stack id.
-func (r *offcpuRunning) kernelStack(id int32) []event.Frame {
-	if id < 0 {
+// kernelStack symbolizes a kernel stack, innermost first.
+func (r *offcpuRunning) kernelStack(addrs []uint64) []event.Frame {
+	if len(addrs) == 0 {
 		return nil
 	}
-	if fr, ok := r.kstacks.get(id); ok {
-		return append([]event.Frame(nil), fr...)
-	}
-	addrs, err := r.stack(id)
-	if err != nil {
-		return nil
+	if fr, ok := r.kstacks.get(addrs); ok {
+		return fr
 	}
 	var fr []event.Frame
 	if r.ksyms != nil {
@@ -208,8 +229,21 @@ func (r *offcpuRunning) kernelStack(id int32) []event.Frame {
 			fr[i] = event.Frame{Addr: a, Module: symbolize.KernelModule}
 		}
 	}
-	r.kstacks.put(id, fr)
-	return append([]event.Frame(nil), fr...)
+	r.kstacks.put(addrs, fr)
+	return fr
+}
+
+// offcpuKernelFrames returns the kernel frames carried in a record,
+// innermost first: kstack_len of them, up to the first zero address.
+func offcpuKernelFrames(e *offcpuOffcpuEvent) []uint64 {
+	n := min(int(e.KstackLen), len(e.Kstack))
+	for i, a := range e.Kstack[:n] {
+		if a == 0 {
+			n = i
+			break
+		}
+	}
+	return e.Kstack[:n]
 }
 
 // offcpuUserFrames returns the user frames carried in a record, innermost
@@ -238,23 +272,10 @@ func (r *offcpuRunning) userStack(tgid uint32, addrs []uint64) []event.Frame {
 	return trimUserGarbage(fr)
 }
 
-// stack reads one kernel stack from the stack map: innermost first, up to
-// the first zero address.
-func (r *offcpuRunning) stack(id int32) ([]uint64, error) {
-	var raw [offcpuKstackDepth]uint64
-	if err := r.objs.Kstacks.Lookup(uint32(id), &raw); err != nil {
-		return nil, fmt.Errorf("reading stack %d: %w", id, err)
-	}
-	n := 0
-	for n < len(raw) && raw[n] != 0 {
-		n++
-	}
-	return append([]uint64(nil), raw[:n]...), nil
-}
-
 // trimTracingFrames drops the innermost frames that belong to the tracing
 // machinery (the BPF program, bpf_trace_run, the tracepoint's dispatch), so
-// a stack starts in the scheduler.
+// a stack starts in the scheduler. A stack walked on a sleeping task has
+// none; one walked in the running task's context (the freeze probe's) has.
 func trimTracingFrames(fr []event.Frame) []event.Frame {
 	const window = 8 // the machinery is a few frames deep
 	cut := -1
@@ -284,15 +305,25 @@ func trimUserGarbage(fr []event.Frame) []event.Frame {
 }
 
 // Stop detaches the programs, delivers the buffered spans and the loss
-// counts, and frees everything.
+// counts, and frees everything. Spans still waiting for their user stack
+// (their task has not left the call it slept in) are delivered without one.
 func (r *offcpuRunning) Stop() error {
 	r.stopOnce.Do(func() {
+		r.drainPending(offcpuDrain)
 		closeAll(r.links)
 		_ = r.rd.Flush()
 		<-r.done
 		r.rd.Close()
+		var tid uint32
+		var e offcpuOffcpuEvent
+		it := r.objs.Pending.Iterate()
+		for it.Next(&tid, &e) {
+			e.UstackLen = 0
+			r.deliver(&e)
+			r.unfinished++
+		}
 		deliverLosses(r.sink, "offcpu", r.objs.Losses)
-		deliverStackLosses(r.sink, r.objs.StackLosses)
+		deliverStackLosses(r.sink, r.objs.StackLosses, r.unfinished)
 		if r.decode > 0 {
 			r.sink.Loss(event.Loss{Probe: "offcpu", What: "undecodable record", Count: r.decode})
 		}
@@ -303,10 +334,31 @@ func (r *offcpuRunning) Stop() error {
 	return r.stopErr
 }
 
+// offcpuDrain is how long Stop waits for the spans waiting for their user
+// stack: their tasks leave the call they slept in within microseconds.
+const offcpuDrain = 100 * time.Millisecond
+
+// drainPending stops new spans and waits, up to d, until no span waits for
+// its user stack any more.
+func (r *offcpuRunning) drainPending(d time.Duration) {
+	if err := r.objs.Stopping.Update(uint32(0), uint32(1), ebpf.UpdateAny); err != nil {
+		return
+	}
+	deadline := time.Now().Add(d)
+	for {
+		var n int64
+		if err := r.objs.Npending.Lookup(uint32(0), &n); err != nil || n <= 0 || time.Now().After(deadline) {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // deliverStackLosses sends the non-zero counts of the per-CPU
-// `stack_losses` array; like deliverLosses, an unreadable array is itself a
+// `stack_losses` array, plus unfinished user stacks (spans sent without
+// one at the end); like deliverLosses, an unreadable array is itself a
 // loss.
-func deliverStackLosses(sink Sink, m *ebpf.Map) {
+func deliverStackLosses(sink Sink, m *ebpf.Map, unfinished uint64) {
 	var counts [len(offcpuStackLossWhat)]uint64
 	for k := range counts {
 		var perCPU []uint64
@@ -318,6 +370,7 @@ func deliverStackLosses(sink Sink, m *ebpf.Map) {
 			counts[k] += v
 		}
 	}
+	counts[1] += unfinished
 	for k, n := range counts {
 		if n > 0 {
 			sink.Loss(event.Loss{Probe: "offcpu", What: offcpuStackLossWhat[k], Count: n})
@@ -325,29 +378,33 @@ func deliverStackLosses(sink Sink, m *ebpf.Map) {
 	}
 }
 
-// idCache is a bounded map from stack id to a resolved stack. When full it
-// drops an arbitrary entry: ids stay readable from the stack map, so an
-// eviction costs a lookup, never correctness.
-type idCache[V any] struct {
+// stackCache is a bounded map from a stack's addresses to its symbolized
+// frames. When full it drops an arbitrary entry: a miss costs a
+// symbolization, never correctness.
+type stackCache struct {
 	max int
-	m   map[int32]V
+	m   map[string][]event.Frame
 }
 
-func newIDCache[V any](max int) *idCache[V] {
-	return &idCache[V]{max: max, m: make(map[int32]V)}
+func newStackCache(max int) *stackCache {
+	return &stackCache{max: max, m: make(map[string][]event.Frame)}
 }
 
-func (c *idCache[V]) get(id int32) (V, bool) {
-	v, ok := c.m[id]
-	return v, ok
+func stackKey(addrs []uint64) string {
+	return unsafe.String((*byte)(unsafe.Pointer(unsafe.SliceData(addrs))), len(addrs)*8)
 }
 
-func (c *idCache[V]) put(id int32, v V) {
+func (c *stackCache) get(addrs []uint64) ([]event.Frame, bool) {
+	fr, ok := c.m[stackKey(addrs)]
+	return fr, ok
+}
+
+func (c *stackCache) put(addrs []uint64, fr []event.Frame) {
 	if len(c.m) >= c.max {
 		for k := range c.m {
 			delete(c.m, k)
 			break
 		}
 	}
-	c.m[id] = v
+	c.m[strings.Clone(stackKey(addrs))] = fr
 }

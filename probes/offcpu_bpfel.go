@@ -16,27 +16,44 @@ import (
 type offcpuBlocked struct {
 	_         structs.HostLayout
 	StartNs   uint64
-	KstackId  int32
-	UstackLen uint32
+	UserIp    uint64
 	WakerPid  uint32
 	WakerTgid uint32
 	WakerComm [16]int8
-	Ustack    [32]uint64
+	Eager     uint8
+	Pad       [7]uint8
 }
 
 type offcpuOffcpuEvent struct {
 	_          structs.HostLayout
 	StartNs    uint64
 	DurationNs uint64
+	UserIp     uint64
 	Pid        uint32
 	Tgid       uint32
 	WakerPid   uint32
 	WakerTgid  uint32
-	KstackId   int32
+	KstackLen  uint32
 	UstackLen  uint32
 	Comm       [16]int8
 	WakerComm  [16]int8
+	Kstack     [64]uint64
 	Ustack     [32]uint64
+}
+
+type offcpuScratch struct {
+	_     structs.HostLayout
+	E     offcpuOffcpuEvent
+	U     offcpuUstack
+	Walk  [64]uint64
+	Words [64]uint64
+}
+
+type offcpuUstack struct {
+	_   structs.HostLayout
+	Len uint32
+	Pad uint32
+	Ips [32]uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -44,15 +61,23 @@ type offcpuOffcpuEvent struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	offcpuMapBlocked         = "blocked"
+	offcpuMapEager           = "eager"
 	offcpuMapEvents          = "events"
-	offcpuMapKstacks         = "kstacks"
 	offcpuMapLosses          = "losses"
+	offcpuMapNpending        = "npending"
+	offcpuMapPending         = "pending"
 	offcpuMapScratch         = "scratch"
 	offcpuMapStackLosses     = "stack_losses"
+	offcpuMapStopping        = "stopping"
 	offcpuProgOffcpuSwitch   = "offcpu_switch"
+	offcpuProgOffcpuSysExit  = "offcpu_sys_exit"
 	offcpuProgOffcpuWakeup   = "offcpu_wakeup"
+	offcpuVarLockTextHi      = "lock_text_hi"
+	offcpuVarLockTextLo      = "lock_text_lo"
 	offcpuVarMinLatencyNs    = "min_latency_ns"
 	offcpuVarOffcpuEventType = "offcpu_event_type"
+	offcpuVarSchedTextHi     = "sched_text_hi"
+	offcpuVarSchedTextLo     = "sched_text_lo"
 	offcpuVarSwitchHasState  = "switch_has_state"
 )
 
@@ -98,8 +123,9 @@ type offcpuSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type offcpuProgramSpecs struct {
-	OffcpuSwitch *ebpf.ProgramSpec `ebpf:"offcpu_switch"`
-	OffcpuWakeup *ebpf.ProgramSpec `ebpf:"offcpu_wakeup"`
+	OffcpuSwitch  *ebpf.ProgramSpec `ebpf:"offcpu_switch"`
+	OffcpuSysExit *ebpf.ProgramSpec `ebpf:"offcpu_sys_exit"`
+	OffcpuWakeup  *ebpf.ProgramSpec `ebpf:"offcpu_wakeup"`
 }
 
 // offcpuMapSpecs contains maps before they are loaded into the kernel.
@@ -107,19 +133,26 @@ type offcpuProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type offcpuMapSpecs struct {
 	Blocked     *ebpf.MapSpec `ebpf:"blocked"`
+	Eager       *ebpf.MapSpec `ebpf:"eager"`
 	Events      *ebpf.MapSpec `ebpf:"events"`
-	Kstacks     *ebpf.MapSpec `ebpf:"kstacks"`
 	Losses      *ebpf.MapSpec `ebpf:"losses"`
+	Npending    *ebpf.MapSpec `ebpf:"npending"`
+	Pending     *ebpf.MapSpec `ebpf:"pending"`
 	Scratch     *ebpf.MapSpec `ebpf:"scratch"`
 	StackLosses *ebpf.MapSpec `ebpf:"stack_losses"`
+	Stopping    *ebpf.MapSpec `ebpf:"stopping"`
 }
 
 // offcpuVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type offcpuVariableSpecs struct {
+	LockTextHi      *ebpf.VariableSpec `ebpf:"lock_text_hi"`
+	LockTextLo      *ebpf.VariableSpec `ebpf:"lock_text_lo"`
 	MinLatencyNs    *ebpf.VariableSpec `ebpf:"min_latency_ns"`
 	OffcpuEventType *ebpf.VariableSpec `ebpf:"offcpu_event_type"`
+	SchedTextHi     *ebpf.VariableSpec `ebpf:"sched_text_hi"`
+	SchedTextLo     *ebpf.VariableSpec `ebpf:"sched_text_lo"`
 	SwitchHasState  *ebpf.VariableSpec `ebpf:"switch_has_state"`
 }
 
@@ -144,21 +177,27 @@ func (o *offcpuObjects) Close() error {
 // It can be passed to loadOffcpuObjects or ebpf.CollectionSpec.LoadAndAssign.
 type offcpuMaps struct {
 	Blocked     *ebpf.Map `ebpf:"blocked"`
+	Eager       *ebpf.Map `ebpf:"eager"`
 	Events      *ebpf.Map `ebpf:"events"`
-	Kstacks     *ebpf.Map `ebpf:"kstacks"`
 	Losses      *ebpf.Map `ebpf:"losses"`
+	Npending    *ebpf.Map `ebpf:"npending"`
+	Pending     *ebpf.Map `ebpf:"pending"`
 	Scratch     *ebpf.Map `ebpf:"scratch"`
 	StackLosses *ebpf.Map `ebpf:"stack_losses"`
+	Stopping    *ebpf.Map `ebpf:"stopping"`
 }
 
 func (m *offcpuMaps) Close() error {
 	return _OffcpuClose(
 		m.Blocked,
+		m.Eager,
 		m.Events,
-		m.Kstacks,
 		m.Losses,
+		m.Npending,
+		m.Pending,
 		m.Scratch,
 		m.StackLosses,
+		m.Stopping,
 	)
 }
 
@@ -166,8 +205,12 @@ func (m *offcpuMaps) Close() error {
 //
 // It can be passed to loadOffcpuObjects or ebpf.CollectionSpec.LoadAndAssign.
 type offcpuVariables struct {
+	LockTextHi      *ebpf.Variable `ebpf:"lock_text_hi"`
+	LockTextLo      *ebpf.Variable `ebpf:"lock_text_lo"`
 	MinLatencyNs    *ebpf.Variable `ebpf:"min_latency_ns"`
 	OffcpuEventType *ebpf.Variable `ebpf:"offcpu_event_type"`
+	SchedTextHi     *ebpf.Variable `ebpf:"sched_text_hi"`
+	SchedTextLo     *ebpf.Variable `ebpf:"sched_text_lo"`
 	SwitchHasState  *ebpf.Variable `ebpf:"switch_has_state"`
 }
 
@@ -175,13 +218,15 @@ type offcpuVariables struct {
 //
 // It can be passed to loadOffcpuObjects or ebpf.CollectionSpec.LoadAndAssign.
 type offcpuPrograms struct {
-	OffcpuSwitch *ebpf.Program `ebpf:"offcpu_switch"`
-	OffcpuWakeup *ebpf.Program `ebpf:"offcpu_wakeup"`
+	OffcpuSwitch  *ebpf.Program `ebpf:"offcpu_switch"`
+	OffcpuSysExit *ebpf.Program `ebpf:"offcpu_sys_exit"`
+	OffcpuWakeup  *ebpf.Program `ebpf:"offcpu_wakeup"`
 }
 
 func (p *offcpuPrograms) Close() error {
 	return _OffcpuClose(
 		p.OffcpuSwitch,
+		p.OffcpuSysExit,
 		p.OffcpuWakeup,
 	)
 }

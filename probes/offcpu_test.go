@@ -272,13 +272,7 @@ func TestOffCPUManyUserStacks(t *testing.T) {
 		}
 	}
 	cancel()
-	kstacks := 0
-	var id uint32
-	it := run.(*offcpuRunning).objs.Kstacks.Iterate()
-	var raw [offcpuKstackDepth]uint64
-	for it.Next(&id, &raw) {
-		kstacks++
-	}
+	kstacks := run.(*offcpuRunning).kstacks
 	stopped = true
 	if err := run.Stop(); err != nil {
 		t.Fatal(err)
@@ -333,7 +327,7 @@ func TestOffCPUManyUserStacks(t *testing.T) {
 			t.Errorf("%d kernel stacks lost", l.Count)
 		}
 	}
-	t.Logf("%d writer spans (%d in queue enter), %d distinct user stacks, %d kernel stacks in the map", spans, frozen, len(distinct), kstacks)
+	t.Logf("%d writer spans (%d in queue enter), %d distinct user stacks, %d distinct kernel stacks", spans, frozen, len(distinct), len(kstacks.m))
 	// Every write is a D sleep; a few may be lost to a full ring buffer.
 	if n := written.Load(); n < offcpuPaths/8 || int64(len(distinct)) < n/2 {
 		t.Errorf("%d distinct user stacks of %d paths written (of %d)", len(distinct), n, offcpuPaths)

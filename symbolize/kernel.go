@@ -134,3 +134,14 @@ func (k *Kernel) Frames(addrs []uint64) []event.Frame {
 	}
 	return out
 }
+
+// Addr returns the address of a text symbol of the kernel image (not of a
+// module), such as "__sched_text_start".
+func (k *Kernel) Addr(name string) (uint64, bool) {
+	for _, s := range k.syms {
+		if s.name == name && s.module == KernelModule {
+			return s.addr, true
+		}
+	}
+	return 0, false
+}
