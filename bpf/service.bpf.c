@@ -13,31 +13,39 @@
 
 DECLARE_LOSSES();
 
+/* 16384 slots x 16 B = 256 KB: far more than requests in flight. */
+#define SLOT_BITS 14
 #include "devhist.h"
 
 /* Index of the request argument of each tracepoint (see tp_arg). */
 volatile const __u32 arg_rq_issue = 0;
 volatile const __u32 arg_rq_complete = 0;
 
-#define MAX_INFLIGHT 16384
+struct issued {
+	__u64 rq; /* struct request *, 0 when free */
+	__u64 ns; /* issue time */
+};
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, MAX_INFLIGHT);
-	__type(key, __u64); /* struct request * */
-	__type(value, __u64); /* issue time, ns */
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1 << SLOT_BITS);
+	__type(key, __u32);
+	__type(value, struct issued);
 } issued SEC(".maps");
 
 SEC("tp_btf/block_rq_issue")
 int svc_rq_issue(__u64 *ctx)
 {
-	__u64 rq = (__u64)tp_arg(ctx, arg_rq_issue);
-	__u64 now = bpf_ktime_get_ns();
+	__u64 rq = ptr_bits(tp_arg(ctx, arg_rq_issue));
+	__u32 k = ptr_slot(rq);
+	struct issued *s = bpf_map_lookup_elem(&issued, &k);
 
-	if (!rq)
+	if (!rq || !s)
 		return 0;
-	if (bpf_map_update_elem(&issued, &rq, &now, BPF_ANY))
+	if (s->rq && s->rq != rq)
 		count_loss(&losses, LOSS_MAP_FULL);
+	s->ns = bpf_ktime_get_ns();
+	s->rq = rq;
 	return 0;
 }
 
@@ -45,18 +53,20 @@ SEC("tp_btf/block_rq_complete")
 int svc_rq_complete(__u64 *ctx)
 {
 	struct request *rq = tp_arg(ctx, arg_rq_complete);
-	__u64 key = (__u64)rq, *startp, start, now;
+	__u64 p = ptr_bits(rq);
+	__u32 k = ptr_slot(p);
+	struct issued *s = bpf_map_lookup_elem(&issued, &k);
 	struct gendisk *disk;
+	__u64 start, now;
 
-	startp = bpf_map_lookup_elem(&issued, &key);
-	if (!startp)
+	if (!s || !p || s->rq != p)
 		return 0;
-	start = *startp;
-	bpf_map_delete_elem(&issued, &key);
+	start = s->ns;
+	s->rq = 0;
 	now = bpf_ktime_get_ns();
 	if (now < start)
 		return 0;
-	disk = request_disk(rq);
-	dev_hist_add(disk_dev(disk), disk, now - start);
+	disk = request_disk_btf(rq);
+	dev_hist_add(disk_dev_btf(disk), disk, now - start);
 	return 0;
 }

@@ -13,14 +13,18 @@
  * block_bio_complete fires exactly once for each of them when it ends. That
  * keeps the map small and, more importantly, stops a freed bio whose memory
  * is reused by a later bio that skips block_bio_queue (the front part of a
- * split) from ending a stale span with a bogus huge latency. The LRU bounds
- * the map if a completion is ever missed. */
+ * split) from ending a stale span with a bogus huge latency. Spans wait in
+ * a direct-mapped table by bio pointer (see ptr_slot); a completion missed
+ * leaves a stale slot that the next bio to map there takes. */
 #include "common.h"
 #include "hist.h"
 #include "kernel_block.h"
 
 DECLARE_LOSSES();
 
+/* 65536 slots x 40 B = 2.5 MB: room for a frozen queue's thousands of
+ * waiting bios with few collisions. */
+#define SLOT_BITS 16
 #include "devhist.h"
 
 /* Set from user space before loading. */
@@ -32,8 +36,6 @@ volatile const __u32 arg_backmerge = 0;
 volatile const __u32 arg_frontmerge = 0;
 volatile const __u32 arg_bio_complete = 1;
 
-#define MAX_INFLIGHT 65536
-
 enum submit_end {
 	END_GETRQ = 0,
 	END_BACKMERGE = 1,
@@ -41,6 +43,7 @@ enum submit_end {
 };
 
 struct start {
+	__u64 bio; /* struct bio *, 0 when free */
 	__u64 ns;
 	__u32 pid;
 	__u32 tgid;
@@ -48,9 +51,9 @@ struct start {
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, MAX_INFLIGHT);
-	__type(key, __u64); /* struct bio * */
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1 << SLOT_BITS);
+	__type(key, __u32);
 	__type(value, struct start);
 } starts SEC(".maps");
 
@@ -79,61 +82,70 @@ struct {
 SEC("tp_btf/block_bio_queue")
 int sub_bio_queue(__u64 *ctx)
 {
-	__u64 bio = (__u64)tp_arg(ctx, arg_bio_queue);
+	__u64 bio = ptr_bits(tp_arg(ctx, arg_bio_queue));
+	__u32 k = ptr_slot(bio);
+	struct start *s = bpf_map_lookup_elem(&starts, &k);
 	__u64 id = bpf_get_current_pid_tgid();
-	struct start s = {};
 
-	if (!bio)
+	if (!bio || !s)
 		return 0;
-	s.ns = bpf_ktime_get_ns();
-	s.pid = (__u32)id;
-	s.tgid = id >> 32;
-	bpf_get_current_comm(s.comm, sizeof(s.comm));
-	if (bpf_map_update_elem(&starts, &bio, &s, BPF_ANY))
+	if (s->bio && s->bio != bio)
 		count_loss(&losses, LOSS_MAP_FULL);
+	s->ns = bpf_ktime_get_ns();
+	s->pid = (__u32)id;
+	s->tgid = id >> 32;
+	bpf_get_current_comm(s->comm, sizeof(s->comm));
+	s->bio = bio;
 	return 0;
 }
 
 static __always_inline int submit_end(struct bio *bio, __u32 end)
 {
-	__u64 key = (__u64)bio;
-	struct start *sp, s;
+	__u64 p = ptr_bits(bio);
+	__u32 k = ptr_slot(p);
+	struct start *sp = bpf_map_lookup_elem(&starts, &k);
 	struct submit_event *e;
 	struct gendisk *disk;
-	__u64 now, lat;
-	__u32 dev;
+	__u64 now, lat, start;
+	__u32 dev, pid, tgid;
 
-	sp = bpf_map_lookup_elem(&starts, &key);
-	if (!sp)
+	if (!sp || !p || sp->bio != p)
 		return 0;
 	now = bpf_ktime_get_ns();
-	s = *sp;
-	bpf_map_delete_elem(&starts, &key);
-	if (now < s.ns)
+	start = sp->ns;
+	pid = sp->pid;
+	tgid = sp->tgid;
+	if (now < start) {
+		sp->bio = 0;
 		return 0;
-	lat = now - s.ns;
+	}
+	lat = now - start;
 
-	disk = bio_disk(bio);
-	dev = disk_dev(disk);
+	disk = bio_disk_btf(bio);
+	dev = disk_dev_btf(disk);
 	dev_hist_add(dev, disk, lat);
-	if (lat < min_latency_ns)
+	if (lat < min_latency_ns) {
+		sp->bio = 0;
 		return 0;
+	}
 
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
+		sp->bio = 0;
 		count_loss(&losses, LOSS_RINGBUF);
 		return 0;
 	}
-	e->start_ns = s.ns;
+	e->start_ns = start;
 	e->latency_ns = lat;
 	e->sector = BPF_CORE_READ(bio, bi_iter.bi_sector);
-	e->pid = s.pid;
-	e->tgid = s.tgid;
+	e->pid = pid;
+	e->tgid = tgid;
 	e->dev = dev;
 	e->opf = BPF_CORE_READ(bio, bi_opf);
 	e->bytes = BPF_CORE_READ(bio, bi_iter.bi_size);
 	e->end = end;
-	__builtin_memcpy(e->comm, s.comm, sizeof(e->comm));
+	__builtin_memcpy(e->comm, sp->comm, sizeof(e->comm));
+	sp->bio = 0;
 	e->disk_name[0] = 0;
 	if (disk)
 		bpf_core_read_str(e->disk_name, sizeof(e->disk_name), &disk->disk_name);
@@ -162,8 +174,11 @@ int sub_frontmerge(__u64 *ctx)
 SEC("tp_btf/block_bio_complete")
 int sub_bio_done(__u64 *ctx)
 {
-	__u64 key = (__u64)tp_arg(ctx, arg_bio_complete);
+	__u64 bio = ptr_bits(tp_arg(ctx, arg_bio_complete));
+	__u32 k = ptr_slot(bio);
+	struct start *s = bpf_map_lookup_elem(&starts, &k);
 
-	bpf_map_delete_elem(&starts, &key);
+	if (s && bio && s->bio == bio)
+		s->bio = 0;
 	return 0;
 }

@@ -303,66 +303,43 @@ func tpArgIndex(kernel *btf.Spec, tp, structName string) (uint32, error) {
 	return 0, fmt.Errorf("tracepoint %s: no struct %s argument: %w", tp, structName, ErrNotSupported)
 }
 
-// histKey mirrors struct hist_key in bpf/include/devhist.h.
-type histKey struct {
-	Dev  uint32
-	Slot uint32
-}
-
-// devStats mirrors struct dev_stats in bpf/include/devhist.h.
-type devStats struct {
-	Count uint64
+// devHistValue mirrors struct dev_hist in bpf/include/devhist.h.
+type devHistValue struct {
 	SumNs uint64
-	MaxNs uint64
+	Slots [hist.Slots]uint64
+	MaxNs [64]uint64 // DEV_MAX_CPUS: per CPU, modulo
+	Name  [32]byte
 }
 
-// devHists reads the per-device aggregation of bpf/include/devhist.h: the
-// {dev, slot} counts, the per-CPU {count, sum, max} and the names the
-// programs recorded. Keys are kernel dev_t values.
-func devHists(histMap, statsMap, namesMap *ebpf.Map) (map[uint32]*hist.Histogram, map[uint32]string, error) {
+// devHists reads the per-device aggregation of bpf/include/devhist.h: each
+// device's slots, sum, maximum and the name the programs recorded. Keys
+// are kernel dev_t values.
+func devHists(histMap *ebpf.Map) (map[uint32]*hist.Histogram, map[uint32]string, error) {
 	hs := make(map[uint32]*hist.Histogram)
-	get := func(dev uint32) *hist.Histogram {
-		h := hs[dev]
-		if h == nil {
-			h = new(hist.Histogram)
-			hs[dev] = h
-		}
-		return h
-	}
+	names := make(map[uint32]string)
 	var (
-		k   histKey
-		cnt uint64
+		dev uint32
+		v   devHistValue
 	)
 	it := histMap.Iterate()
-	for it.Next(&k, &cnt) {
-		get(k.Dev).AddN(int(k.Slot), cnt)
+	for it.Next(&dev, &v) {
+		h := new(hist.Histogram)
+		for slot, n := range v.Slots {
+			if n > 0 {
+				h.AddN(slot, n)
+			}
+		}
+		h.SumNs = v.SumNs
+		for _, m := range v.MaxNs {
+			h.MaxNs = max(h.MaxNs, m)
+		}
+		hs[dev] = h
+		if n := cString(v.Name[:]); n != "" {
+			names[dev] = n
+		}
 	}
 	if err := it.Err(); err != nil {
 		return nil, nil, fmt.Errorf("reading histograms: %w", err)
-	}
-	var (
-		dev uint32
-		per []devStats
-	)
-	it = statsMap.Iterate()
-	for it.Next(&dev, &per) {
-		h := get(dev)
-		for _, s := range per {
-			h.SumNs += s.SumNs
-			h.MaxNs = max(h.MaxNs, s.MaxNs)
-		}
-	}
-	if err := it.Err(); err != nil {
-		return nil, nil, fmt.Errorf("reading device stats: %w", err)
-	}
-	names := make(map[uint32]string)
-	var name [32]byte
-	it = namesMap.Iterate()
-	for it.Next(&dev, &name) {
-		names[dev] = cString(name[:])
-	}
-	if err := it.Err(); err != nil {
-		return nil, nil, fmt.Errorf("reading device names: %w", err)
 	}
 	return hs, names, nil
 }

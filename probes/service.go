@@ -76,7 +76,7 @@ func startService(cfg Config, sink Sink) (*serviceRunning, error) {
 func (r *serviceRunning) Stop() error {
 	r.stopOnce.Do(func() {
 		closeAll(r.links)
-		hs, names, err := devHists(r.objs.DevHist, r.objs.DevStats, r.objs.DevNames)
+		hs, names, err := devHists(r.objs.DevHist)
 		if err != nil {
 			r.stopErr = err
 		} else {

@@ -13,22 +13,18 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-type serviceDevStats struct {
+type serviceDevHist struct {
 	_     structs.HostLayout
-	Count uint64
 	SumNs uint64
-	MaxNs uint64
+	Slots [328]uint64
+	MaxNs [64]uint64
+	Name  [32]int8
 }
 
-type serviceDiskName struct {
-	_    structs.HostLayout
-	Name [32]int8
-}
-
-type serviceHistKey struct {
-	_    structs.HostLayout
-	Dev  uint32
-	Slot uint32
+type serviceIssued struct {
+	_  structs.HostLayout
+	Rq uint64
+	Ns uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -36,8 +32,7 @@ type serviceHistKey struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	serviceMapDevHist        = "dev_hist"
-	serviceMapDevNames       = "dev_names"
-	serviceMapDevStats       = "dev_stats"
+	serviceMapDevHistZero    = "dev_hist_zero"
 	serviceMapIssued         = "issued"
 	serviceMapLosses         = "losses"
 	serviceProgSvcRqComplete = "svc_rq_complete"
@@ -96,11 +91,10 @@ type serviceProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type serviceMapSpecs struct {
-	DevHist  *ebpf.MapSpec `ebpf:"dev_hist"`
-	DevNames *ebpf.MapSpec `ebpf:"dev_names"`
-	DevStats *ebpf.MapSpec `ebpf:"dev_stats"`
-	Issued   *ebpf.MapSpec `ebpf:"issued"`
-	Losses   *ebpf.MapSpec `ebpf:"losses"`
+	DevHist     *ebpf.MapSpec `ebpf:"dev_hist"`
+	DevHistZero *ebpf.MapSpec `ebpf:"dev_hist_zero"`
+	Issued      *ebpf.MapSpec `ebpf:"issued"`
+	Losses      *ebpf.MapSpec `ebpf:"losses"`
 }
 
 // serviceVariableSpecs contains global variables before they are loaded into the kernel.
@@ -131,18 +125,16 @@ func (o *serviceObjects) Close() error {
 //
 // It can be passed to loadServiceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type serviceMaps struct {
-	DevHist  *ebpf.Map `ebpf:"dev_hist"`
-	DevNames *ebpf.Map `ebpf:"dev_names"`
-	DevStats *ebpf.Map `ebpf:"dev_stats"`
-	Issued   *ebpf.Map `ebpf:"issued"`
-	Losses   *ebpf.Map `ebpf:"losses"`
+	DevHist     *ebpf.Map `ebpf:"dev_hist"`
+	DevHistZero *ebpf.Map `ebpf:"dev_hist_zero"`
+	Issued      *ebpf.Map `ebpf:"issued"`
+	Losses      *ebpf.Map `ebpf:"losses"`
 }
 
 func (m *serviceMaps) Close() error {
 	return _ServiceClose(
 		m.DevHist,
-		m.DevNames,
-		m.DevStats,
+		m.DevHistZero,
 		m.Issued,
 		m.Losses,
 	)

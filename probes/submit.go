@@ -137,7 +137,7 @@ func (r *submitRunning) Stop() error {
 		_ = r.rd.Flush()
 		<-r.done
 		r.rd.Close()
-		hs, names, err := devHists(r.objs.DevHist, r.objs.DevStats, r.objs.DevNames)
+		hs, names, err := devHists(r.objs.DevHist)
 		if err != nil {
 			r.stopErr = err
 		} else {

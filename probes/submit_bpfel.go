@@ -13,26 +13,17 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-type submitDevStats struct {
+type submitDevHist struct {
 	_     structs.HostLayout
-	Count uint64
 	SumNs uint64
-	MaxNs uint64
-}
-
-type submitDiskName struct {
-	_    structs.HostLayout
-	Name [32]int8
-}
-
-type submitHistKey struct {
-	_    structs.HostLayout
-	Dev  uint32
-	Slot uint32
+	Slots [328]uint64
+	MaxNs [64]uint64
+	Name  [32]int8
 }
 
 type submitStart struct {
 	_    structs.HostLayout
+	Bio  uint64
 	Ns   uint64
 	Pid  uint32
 	Tgid uint32
@@ -59,8 +50,7 @@ type submitSubmitEvent struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	submitMapDevHist         = "dev_hist"
-	submitMapDevNames        = "dev_names"
-	submitMapDevStats        = "dev_stats"
+	submitMapDevHistZero     = "dev_hist_zero"
 	submitMapEvents          = "events"
 	submitMapLosses          = "losses"
 	submitMapStarts          = "starts"
@@ -131,12 +121,11 @@ type submitProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type submitMapSpecs struct {
-	DevHist  *ebpf.MapSpec `ebpf:"dev_hist"`
-	DevNames *ebpf.MapSpec `ebpf:"dev_names"`
-	DevStats *ebpf.MapSpec `ebpf:"dev_stats"`
-	Events   *ebpf.MapSpec `ebpf:"events"`
-	Losses   *ebpf.MapSpec `ebpf:"losses"`
-	Starts   *ebpf.MapSpec `ebpf:"starts"`
+	DevHist     *ebpf.MapSpec `ebpf:"dev_hist"`
+	DevHistZero *ebpf.MapSpec `ebpf:"dev_hist_zero"`
+	Events      *ebpf.MapSpec `ebpf:"events"`
+	Losses      *ebpf.MapSpec `ebpf:"losses"`
+	Starts      *ebpf.MapSpec `ebpf:"starts"`
 }
 
 // submitVariableSpecs contains global variables before they are loaded into the kernel.
@@ -172,19 +161,17 @@ func (o *submitObjects) Close() error {
 //
 // It can be passed to loadSubmitObjects or ebpf.CollectionSpec.LoadAndAssign.
 type submitMaps struct {
-	DevHist  *ebpf.Map `ebpf:"dev_hist"`
-	DevNames *ebpf.Map `ebpf:"dev_names"`
-	DevStats *ebpf.Map `ebpf:"dev_stats"`
-	Events   *ebpf.Map `ebpf:"events"`
-	Losses   *ebpf.Map `ebpf:"losses"`
-	Starts   *ebpf.Map `ebpf:"starts"`
+	DevHist     *ebpf.Map `ebpf:"dev_hist"`
+	DevHistZero *ebpf.Map `ebpf:"dev_hist_zero"`
+	Events      *ebpf.Map `ebpf:"events"`
+	Losses      *ebpf.Map `ebpf:"losses"`
+	Starts      *ebpf.Map `ebpf:"starts"`
 }
 
 func (m *submitMaps) Close() error {
 	return _SubmitClose(
 		m.DevHist,
-		m.DevNames,
-		m.DevStats,
+		m.DevHistZero,
 		m.Events,
 		m.Losses,
 		m.Starts,

@@ -13,22 +13,12 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-type submitfnDevStats struct {
+type submitfnDevHist struct {
 	_     structs.HostLayout
-	Count uint64
 	SumNs uint64
-	MaxNs uint64
-}
-
-type submitfnDiskName struct {
-	_    structs.HostLayout
-	Name [32]int8
-}
-
-type submitfnHistKey struct {
-	_    structs.HostLayout
-	Dev  uint32
-	Slot uint32
+	Slots [328]uint64
+	MaxNs [64]uint64
+	Name  [32]int8
 }
 
 type submitfnSfEvent struct {
@@ -56,8 +46,7 @@ type submitfnSfStart struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	submitfnMapDevHist      = "dev_hist"
-	submitfnMapDevNames     = "dev_names"
-	submitfnMapDevStats     = "dev_stats"
+	submitfnMapDevHistZero  = "dev_hist_zero"
 	submitfnMapEvents       = "events"
 	submitfnMapLosses       = "losses"
 	submitfnMapSubmitting   = "submitting"
@@ -121,12 +110,11 @@ type submitfnProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type submitfnMapSpecs struct {
-	DevHist    *ebpf.MapSpec `ebpf:"dev_hist"`
-	DevNames   *ebpf.MapSpec `ebpf:"dev_names"`
-	DevStats   *ebpf.MapSpec `ebpf:"dev_stats"`
-	Events     *ebpf.MapSpec `ebpf:"events"`
-	Losses     *ebpf.MapSpec `ebpf:"losses"`
-	Submitting *ebpf.MapSpec `ebpf:"submitting"`
+	DevHist     *ebpf.MapSpec `ebpf:"dev_hist"`
+	DevHistZero *ebpf.MapSpec `ebpf:"dev_hist_zero"`
+	Events      *ebpf.MapSpec `ebpf:"events"`
+	Losses      *ebpf.MapSpec `ebpf:"losses"`
+	Submitting  *ebpf.MapSpec `ebpf:"submitting"`
 }
 
 // submitfnVariableSpecs contains global variables before they are loaded into the kernel.
@@ -157,19 +145,17 @@ func (o *submitfnObjects) Close() error {
 //
 // It can be passed to loadSubmitfnObjects or ebpf.CollectionSpec.LoadAndAssign.
 type submitfnMaps struct {
-	DevHist    *ebpf.Map `ebpf:"dev_hist"`
-	DevNames   *ebpf.Map `ebpf:"dev_names"`
-	DevStats   *ebpf.Map `ebpf:"dev_stats"`
-	Events     *ebpf.Map `ebpf:"events"`
-	Losses     *ebpf.Map `ebpf:"losses"`
-	Submitting *ebpf.Map `ebpf:"submitting"`
+	DevHist     *ebpf.Map `ebpf:"dev_hist"`
+	DevHistZero *ebpf.Map `ebpf:"dev_hist_zero"`
+	Events      *ebpf.Map `ebpf:"events"`
+	Losses      *ebpf.Map `ebpf:"losses"`
+	Submitting  *ebpf.Map `ebpf:"submitting"`
 }
 
 func (m *submitfnMaps) Close() error {
 	return _SubmitfnClose(
 		m.DevHist,
-		m.DevNames,
-		m.DevStats,
+		m.DevHistZero,
 		m.Events,
 		m.Losses,
 		m.Submitting,

@@ -111,6 +111,41 @@ static __always_inline struct gendisk *request_disk(struct request *rq)
 	return 0;
 }
 
+/* The same three for tp_btf programs, whose bio and request arguments are
+ * typed kernel pointers: plain loads (relocated like BPF_CORE_READ, checked
+ * by the verifier against the kernel's BTF) instead of one probe-read
+ * helper call per field. kprobe programs must use the ones above. */
+static __always_inline struct gendisk *bio_disk_btf(struct bio *bio)
+{
+	if (bpf_core_field_exists(bio->bi_bdev)) {
+		struct block_device *bdev = bio->bi_bdev;
+		return bdev ? bdev->bd_disk : 0;
+	}
+	struct bio___old *old = (void *)bio;
+	if (bpf_core_field_exists(old->bi_disk))
+		return old->bi_disk;
+	return 0;
+}
+
+static __always_inline struct gendisk *request_disk_btf(struct request *rq)
+{
+	struct request___old *old = (void *)rq;
+	if (bpf_core_field_exists(old->rq_disk))
+		return old->rq_disk;
+	if (bpf_core_field_exists(struct request_queue, disk)) {
+		struct request_queue *q = rq->q;
+		return q ? q->disk : 0;
+	}
+	return 0;
+}
+
+static __always_inline __u32 disk_dev_btf(struct gendisk *disk)
+{
+	if (!disk)
+		return 0;
+	return ((__u32)disk->major << 20) | ((__u32)disk->first_minor & 0xfffff);
+}
+
 /* queue_freeze_depth reads q->mq_freeze_depth on any kernel; -1 when the
  * field is unknown. */
 static __always_inline int queue_freeze_depth(struct request_queue *q)
