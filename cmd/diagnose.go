@@ -6,7 +6,9 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 	"github.com/whyslow/whyslow/diagnose"
 	"github.com/whyslow/whyslow/probes"
 	"github.com/whyslow/whyslow/rules"
+	"github.com/whyslow/whyslow/symbolize"
 )
 
 func newCmdDiagnose(ios *IO) *cobra.Command {
@@ -46,6 +49,8 @@ type StorageOptions struct {
 	// Record, StacksOut and Folded are files for the trace of the run and
 	// its blocked stacks (pprof, folded); empty means none.
 	Record, StacksOut, Folded string
+	// ReadyFile is created once every probe is attached; empty means none.
+	ReadyFile string
 }
 
 // outputs returns the files the run writes.
@@ -94,6 +99,7 @@ ranked report of causes with their evidence and a remedy. Needs root.`,
 	f.StringVar(&opts.Record, "record", "", "write every event of the run to this trace file, for 'whyslow analyze' (gzip-compressed, docs/trace-format.md)")
 	f.StringVar(&opts.StacksOut, "stacks-out", "", "write the blocked (off-CPU) stacks to this file as a pprof profile (go tool pprof)")
 	f.StringVar(&opts.Folded, "folded", "", "write the blocked stacks to this file as folded stacks, for flame graphs")
+	f.StringVar(&opts.ReadyFile, "ready-file", "", "create this file once every probe is attached (an old one is removed at start), for scripts that start their load only then")
 	_ = c.RegisterFlagCompletionFunc("format", cobra.FixedCompletions(reportFormats, cobra.ShellCompDirectiveNoFileComp))
 	_ = c.RegisterFlagCompletionFunc("fail-on", cobra.FixedCompletions(failOnValues, cobra.ShellCompDirectiveNoFileComp))
 	_ = c.RegisterFlagCompletionFunc("device", completeDevices)
@@ -162,6 +168,18 @@ func loadRules(dir string) (*rules.Set, error) {
 }
 
 func storageRun(ctx context.Context, opts *StorageOptions) error {
+	// Start-up allocates some 40 MB that stay (kernel BTF, kallsyms, maps'
+	// bookkeeping) in a near-empty heap: collecting at every doubling costs
+	// a third of the time to the probes being attached.
+	gc := debug.SetGCPercent(400)
+	restoreGC := sync.OnceFunc(func() { debug.SetGCPercent(gc) })
+	defer restoreGC()
+	// The probes need kallsyms and the kernel BTF, each read once per
+	// process: read them while the rules compile.
+	if opts.BTF == diagnose.DefaultBTF {
+		go probes.KernelBTF()
+	}
+	go symbolize.LoadKernel("/proc")
 	set, err := loadRules(opts.RulesDir)
 	if err != nil {
 		return err
@@ -176,8 +194,17 @@ func storageRun(ctx context.Context, opts *StorageOptions) error {
 	if dopts.Mechanism, err = probes.ParseMechanism(opts.Mechanism); err != nil {
 		return usagef("%s", err)
 	}
-	if _, err := diagnose.Check(dopts); err != nil {
+	if dopts.Kernel, err = diagnose.Check(dopts); err != nil {
 		return err
+	}
+	ready, err := newReadyFile(opts.ReadyFile)
+	if err != nil {
+		return err
+	}
+	defer ready.cleanup()
+	dopts.Ready = func() {
+		restoreGC()
+		ready.signal(opts.IO.ErrOut)
 	}
 	outs, err := openOutputs(opts.IO, opts.outputs())
 	if err != nil {

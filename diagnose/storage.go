@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cilium/ebpf/btf"
@@ -48,6 +49,15 @@ type Options struct {
 	Mechanism probes.MechanismChoice
 	// Progress, when set, is called about once a second during the run.
 	Progress func(Progress)
+	// Ready, when set, is called once every probe has been started
+	// (attached, or found unavailable), as the observation window begins.
+	Ready func()
+	// Kernel is the kernel BTF Check returned; nil makes Storage load it.
+	Kernel *btf.Spec
+	// MaxEventBytes bounds the memory the run's events take (estimated);
+	// events beyond are dropped and counted as lost. 0 means
+	// DefaultMaxEventBytes.
+	MaxEventBytes int64
 }
 
 // Progress is a snapshot of a running diagnosis.
@@ -128,7 +138,7 @@ func loadBTF(path string) (*btf.Spec, error) {
 	var spec *btf.Spec
 	var err error
 	if path == DefaultBTF {
-		spec, err = btf.LoadKernelSpec()
+		spec, err = probes.KernelBTF()
 	} else {
 		spec, err = btf.LoadSpec(path)
 	}
@@ -143,9 +153,12 @@ func loadBTF(path string) (*btf.Spec, error) {
 // returns the diagnosis.
 func Storage(ctx context.Context, opts Options) (*Result, error) {
 	opts.defaults()
-	spec, err := Check(opts)
-	if err != nil {
-		return nil, err
+	spec := opts.Kernel
+	if spec == nil {
+		var err error
+		if spec, err = Check(opts); err != nil {
+			return nil, err
+		}
 	}
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, fmt.Errorf("raising the locked-memory limit for BPF maps: %w", err)
@@ -168,26 +181,45 @@ func Collect(ctx context.Context, opts Options, spec *btf.Spec) (*timeline.Timel
 	}
 	tl.Holders = holders
 
-	col := newCollector(tl)
+	col := newCollector(tl, opts.MaxEventBytes)
 	cfg := probes.Config{MinLatency: opts.MinLatency, KernelTypes: spec, ProcFS: opts.ProcFS, SysFS: opts.SysFS,
 		Mechanism: opts.Mechanism}
 	tl.Start = now()
+	// Every probe starts at once: most of a start is the kernel verifying
+	// programs and reading kallsyms and BTF, which overlap.
+	type started struct {
+		r  probes.Running
+		st event.ProbeStatus
+	}
+	starts := make([]started, len(opts.Probes))
+	var wg sync.WaitGroup
+	for i, p := range opts.Probes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, st := p.Start(cfg, col)
+			if st.Name == "" {
+				st.Name = p.Name()
+			}
+			starts[i] = started{r, st}
+		}()
+	}
+	wg.Wait()
 	var running []probes.Running
 	var reasons []string
-	for _, p := range opts.Probes {
-		r, st := p.Start(cfg, col)
-		if st.Name == "" {
-			st.Name = p.Name()
-		}
-		tl.Probes = append(tl.Probes, st)
-		if r != nil {
-			running = append(running, r)
+	for _, s := range starts {
+		tl.Probes = append(tl.Probes, s.st)
+		if s.r != nil {
+			running = append(running, s.r)
 		} else {
-			reasons = append(reasons, fmt.Sprintf("%s: %s", st.Name, st.Reason))
+			reasons = append(reasons, fmt.Sprintf("%s: %s", s.st.Name, s.st.Reason))
 		}
 	}
 	if len(running) == 0 {
 		return nil, fmt.Errorf("no probe could start (%s)", strings.Join(reasons, "; "))
+	}
+	if opts.Ready != nil {
+		opts.Ready()
 	}
 
 	wait(ctx, opts, col)

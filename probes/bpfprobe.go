@@ -250,17 +250,26 @@ func kernelSpec(cfg Config) (*btf.Spec, error) {
 	if cfg.KernelTypes != nil {
 		return cfg.KernelTypes, nil
 	}
-	spec, err := btf.LoadKernelSpec()
+	spec, err := KernelBTF()
 	if err != nil {
 		return nil, fmt.Errorf("loading kernel BTF: %w", err)
 	}
 	return spec, nil
 }
 
+// kernelBTF is the running kernel's BTF, decoded once for the process:
+// every load resolves its attach targets (and, by default, its CO-RE
+// relocations) against the same copy instead of decoding its own.
+var kernelBTF = btf.NewCache()
+
+// KernelBTF returns the running kernel's BTF (/sys/kernel/btf/vmlinux),
+// decoded once per process.
+func KernelBTF() (*btf.Spec, error) { return kernelBTF.Kernel() }
+
 // collectionOptions are the load options every probe uses.
 func collectionOptions(kernel *btf.Spec) *ebpf.CollectionOptions {
 	liftMemlock()
-	return &ebpf.CollectionOptions{Programs: ebpf.ProgramOptions{KernelTypes: kernel}}
+	return &ebpf.CollectionOptions{Programs: ebpf.ProgramOptions{KernelTypes: kernel}, Cache: kernelBTF}
 }
 
 // liftMemlock removes the RLIMIT_MEMLOCK limit once, before the first load:

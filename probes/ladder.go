@@ -9,7 +9,6 @@ package probes
 // Each rung skipped is reported with why.
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"os"
@@ -20,12 +19,14 @@ import (
 	"sync"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
 
 	"github.com/whyslow/whyslow/event"
+	"github.com/whyslow/whyslow/symbolize"
 )
 
 // Mechanisms is implemented by probes that can run on more than one
@@ -215,6 +216,12 @@ func climb(name string, rungs []rung, caps kernelCaps, force event.Mechanism) (R
 			skip(r.mech, why)
 			continue
 		}
+		if pc, ok := caps.(prechecker); ok {
+			if why := pc.precheck(r.mech, fns); why != "" {
+				skip(r.mech, why)
+				continue
+			}
+		}
 		run, err := r.start(fns)
 		if err != nil {
 			skip(r.mech, skipReason(r.mech, err, caps))
@@ -300,6 +307,52 @@ func skipReason(mech event.Mechanism, err error, caps kernelCaps) string {
 	return errReason(err)
 }
 
+// prechecker is what kernelCaps on a real host also answer: whether a
+// mechanism cannot work here at all, told cheaply before a rung loads its
+// programs (and creates its maps) to find out. It gives the reason the
+// failed start would have given, or "".
+type prechecker interface {
+	precheck(mech event.Mechanism, fns []string) string
+}
+
+// precheck: kprobes need a kprobe PMU (an attach would fail without one);
+// fentry programs, where the kernel denies them to everyone (lockdown, no
+// CAP_BPF), fail to load with EPERM: one trivial program, loaded once per
+// process, tells.
+func (c hostCaps) precheck(mech event.Mechanism, fns []string) string {
+	switch {
+	case mech == event.MechKprobe && !c.KprobePMU():
+		return "CONFIG_KPROBES not set (no kprobe PMU)"
+	case mech == event.MechFentry && len(fns) > 0 && fentryDenied(c.kernel, fns[0]):
+		return "load denied (EPERM)"
+	}
+	return ""
+}
+
+var fentryProbe struct {
+	sync.Mutex
+	done, denied bool
+}
+
+// fentryDenied loads an fentry program that does nothing, on fn, once per
+// process, and reports whether the load was denied with EPERM.
+func fentryDenied(kernel *btf.Spec, fn string) bool {
+	fentryProbe.Lock()
+	defer fentryProbe.Unlock()
+	if !fentryProbe.done {
+		liftMemlock()
+		prog, err := ebpf.NewProgramWithOptions(&ebpf.ProgramSpec{
+			Type: ebpf.Tracing, AttachType: ebpf.AttachTraceFEntry, AttachTo: fn, License: "GPL",
+			Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
+		}, ebpf.ProgramOptions{KernelTypes: kernel})
+		if err == nil {
+			prog.Close()
+		}
+		fentryProbe.done, fentryProbe.denied = true, errors.Is(err, unix.EPERM)
+	}
+	return fentryProbe.denied
+}
+
 // hostCaps answers kernelCaps from the kernel BTF, <procfs>/kallsyms and
 // <sysfs>.
 type hostCaps struct {
@@ -327,12 +380,8 @@ func (c hostCaps) FuncInBTF(name string) bool {
 }
 
 func (c hostCaps) FuncInKallsyms(name string) (bool, bool) {
-	syms, err := kallsymsText(filepath.Join(c.procfs, "kallsyms"))
-	if err != nil {
-		return false, false
-	}
-	_, ok := syms[name]
-	return ok, true
+	// One read of kallsyms serves every probe: symbolize keeps it.
+	return symbolize.KernelHasText(c.procfs, name)
 }
 
 func (c hostCaps) KprobePMU() bool {
@@ -346,45 +395,6 @@ func (c hostCaps) KprobePMU() bool {
 		}
 	}
 	return false
-}
-
-var kallsyms struct {
-	sync.Mutex
-	path string
-	syms map[string]struct{}
-}
-
-// kallsymsText returns the names of the kernel's text symbols (types t and
-// T, modules included), read once per path.
-func kallsymsText(path string) (map[string]struct{}, error) {
-	kallsyms.Lock()
-	defer kallsyms.Unlock()
-	if kallsyms.path == path && kallsyms.syms != nil {
-		return kallsyms.syms, nil
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	syms := make(map[string]struct{}, 1<<17)
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// "ffffffff81b37df0 T __bio_queue_enter" or "... t name\t[module]"
-		fs := strings.Fields(sc.Text())
-		if len(fs) < 3 || (fs[1] != "t" && fs[1] != "T") {
-			continue
-		}
-		syms[fs[2]] = struct{}{}
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("reading %s: %w", path, err)
-	}
-	if len(syms) == 0 {
-		return nil, fmt.Errorf("reading %s: no text symbols", path)
-	}
-	kallsyms.path, kallsyms.syms = path, syms
-	return syms, nil
 }
 
 // attachPoint is one program of a direct rung and the function it goes on.

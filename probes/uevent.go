@@ -137,6 +137,7 @@ type ueventRunning struct {
 	lost       uint64 // messages lost, estimated from SEQNUM gaps after overruns
 	malformed  uint64
 	lastSeqnum uint64
+	strs       map[string]string // see intern
 }
 
 func (r *ueventRunning) read(rc interface {
@@ -181,6 +182,10 @@ func (r *ueventRunning) read(rc interface {
 			continue
 		}
 		ev.Time = now
+		// The same few actions, paths and subsystems come again and again:
+		// a storm of uevents holds one copy of each.
+		ev.Action, ev.DevPath, ev.Subsystem = r.intern(ev.Action), r.intern(ev.DevPath), r.intern(ev.Subsystem)
+		ev.DevName, ev.DevType = r.intern(ev.DevName), r.intern(ev.DevType)
 		if overrun {
 			gap := uint64(1)
 			if r.lastSeqnum != 0 && ev.Seqnum > r.lastSeqnum+1 {
@@ -194,6 +199,23 @@ func (r *ueventRunning) read(rc interface {
 		}
 		r.sink.Event(ev)
 	}
+}
+
+// maxInterned bounds the strings ueventRunning.intern keeps.
+const maxInterned = 4096
+
+// intern returns the kept copy of s (reader goroutine only).
+func (r *ueventRunning) intern(s string) string {
+	if v, ok := r.strs[s]; ok {
+		return v
+	}
+	if r.strs == nil {
+		r.strs = make(map[string]string)
+	}
+	if len(r.strs) < maxInterned {
+		r.strs[s] = s
+	}
+	return s
 }
 
 func monoNow() event.Mono {

@@ -1,7 +1,7 @@
 package symbolize
 
 import (
-	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/whyslow/whyslow/event"
 )
@@ -30,39 +31,159 @@ type ksym struct {
 // Kernel resolves kernel text addresses to symbols.
 type Kernel struct {
 	syms []ksym // sorted by addr
+
+	namesMu sync.Mutex
+	names   map[string]bool // KernelHasText's answers
 }
 
-// LoadKernel reads <procfs>/kallsyms.
+// LoadKernel reads <procfs>/kallsyms. It is read and parsed once per
+// path for the life of the process (every probe that symbolizes shares
+// it): a module loaded later is not seen.
 func LoadKernel(procfs string) (*Kernel, error) {
-	f, err := os.Open(filepath.Join(procfs, "kallsyms"))
+	path := filepath.Join(procfs, "kallsyms")
+	loaded.Lock()
+	defer loaded.Unlock()
+	e := loadKallsyms(path)
+	if e.err == nil && !e.nonZero {
+		return nil, ErrNoKernelAddresses
+	}
+	return e.k, e.err
+}
+
+// KernelHasText reports whether <procfs>/kallsyms lists name as a text
+// symbol (of the kernel or a module); known is false when kallsyms cannot
+// be read. Unlike LoadKernel it needs no privilege: names are listed even
+// when addresses are hidden. It shares LoadKernel's read.
+func KernelHasText(procfs, name string) (found, known bool) {
+	loaded.Lock()
+	e := loadKallsyms(filepath.Join(procfs, "kallsyms"))
+	loaded.Unlock()
+	if e.err != nil {
+		return false, false
+	}
+	e.k.namesMu.Lock()
+	defer e.k.namesMu.Unlock()
+	// A few names are asked, of some 10^5: a scan each, remembered.
+	if found, ok := e.k.names[name]; ok {
+		return found, true
+	}
+	for _, s := range e.k.syms {
+		if s.name == name {
+			found = true
+			break
+		}
+	}
+	if e.k.names == nil {
+		e.k.names = map[string]bool{}
+	}
+	e.k.names[name] = found
+	return found, true
+}
+
+// loadKallsyms reads and parses path once; loaded must be locked.
+func loadKallsyms(path string) loadedKernel {
+	if e, ok := loaded.m[path]; ok {
+		return e
+	}
+	var e loadedKernel
+	data, err := readProcFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("opening kallsyms: %w", err)
+		e.err = fmt.Errorf("opening kallsyms: %w", err)
+	} else {
+		e.k, e.nonZero, e.err = parseKallsyms(data)
+	}
+	if loaded.m == nil {
+		loaded.m = map[string]loadedKernel{}
+	}
+	loaded.m[path] = e
+	return e
+}
+
+// readProcFile reads a file that reports no size, as /proc files do, in
+// large reads into a buffer sized for kallsyms (some 5 MB): os.ReadFile
+// would grow its buffer from 512 bytes.
+func readProcFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
 	}
 	defer f.Close()
-	return ParseKallsyms(f)
+	var b bytes.Buffer
+	b.Grow(6 << 20)
+	if _, err := b.ReadFrom(f); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), nil
+}
+
+type loadedKernel struct {
+	k       *Kernel
+	nonZero bool // some address is not zero (readable with privilege)
+	err     error
+}
+
+// loaded holds what LoadKernel read, by path.
+var loaded struct {
+	sync.Mutex
+	m map[string]loadedKernel
 }
 
 // ParseKallsyms parses the kallsyms format: "ADDR TYPE NAME [\t[MODULE]]".
 // Only text symbols (types t, T, w, W) are kept. Malformed lines are an error.
 func ParseKallsyms(r io.Reader) (*Kernel, error) {
-	var syms []ksym
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return nil, fmt.Errorf("reading kallsyms: %w", err)
+	}
+	k, nonZero, err := parseKallsyms(data)
+	if err == nil && !nonZero {
+		return nil, ErrNoKernelAddresses
+	}
+	return k, err
+}
+
+// parseKallsyms parses kallsyms in one pass over the bytes: the names are
+// slices of one string (kallsyms has some 10^5 lines).
+func parseKallsyms(data []byte) (_ *Kernel, nonZero bool, _ error) {
+	text := string(data)
+	syms := make([]ksym, 0, len(text)/40)
 	sawNonZero := false
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 4096), 1<<20)
 	line := 0
-	for sc.Scan() {
+	for len(text) > 0 {
 		line++
-		text := sc.Text()
-		if strings.TrimSpace(text) == "" {
+		l := text
+		if i := strings.IndexByte(text, '\n'); i >= 0 {
+			l, text = text[:i], text[i+1:]
+		} else {
+			text = ""
+		}
+		var fields [5]string
+		n := 0
+		for rest := l; ; {
+			rest = strings.TrimLeft(rest, " \t\r")
+			if rest == "" {
+				break
+			}
+			if n == len(fields) {
+				n++
+				break
+			}
+			end := strings.IndexAny(rest, " \t\r")
+			if end < 0 {
+				end = len(rest)
+			}
+			fields[n], rest = rest[:end], rest[end:]
+			n++
+		}
+		if n == 0 {
 			continue
 		}
-		fields := strings.Fields(text)
-		if len(fields) < 3 || len(fields) > 4 || len(fields[1]) != 1 {
-			return nil, fmt.Errorf("kallsyms line %d: malformed %q", line, text)
+		if n < 3 || n > 4 || len(fields[1]) != 1 {
+			return nil, false, fmt.Errorf("kallsyms line %d: malformed %q", line, l)
 		}
 		addr, err := strconv.ParseUint(fields[0], 16, 64)
 		if err != nil {
-			return nil, fmt.Errorf("kallsyms line %d: address: %w", line, err)
+			return nil, false, fmt.Errorf("kallsyms line %d: address: %w", line, err)
 		}
 		if addr != 0 {
 			sawNonZero = true
@@ -73,27 +194,21 @@ func ParseKallsyms(r io.Reader) (*Kernel, error) {
 			continue
 		}
 		mod := KernelModule
-		if len(fields) == 4 {
+		if n == 4 {
 			m := fields[3]
 			if len(m) < 3 || m[0] != '[' || m[len(m)-1] != ']' {
-				return nil, fmt.Errorf("kallsyms line %d: malformed module %q", line, m)
+				return nil, false, fmt.Errorf("kallsyms line %d: malformed module %q", line, m)
 			}
 			mod = m[1 : len(m)-1]
 		}
 		syms = append(syms, ksym{addr: addr, name: fields[2], module: mod})
 	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("reading kallsyms: %w", err)
-	}
 	if len(syms) == 0 {
-		return nil, errors.New("kallsyms has no text symbols")
-	}
-	if !sawNonZero {
-		return nil, ErrNoKernelAddresses
+		return nil, false, errors.New("kallsyms has no text symbols")
 	}
 	// Stable: among aliases at one address keep the first listed.
 	sort.SliceStable(syms, func(i, j int) bool { return syms[i].addr < syms[j].addr })
-	return &Kernel{syms: syms}, nil
+	return &Kernel{syms: syms}, sawNonZero, nil
 }
 
 // Len returns the number of text symbols loaded.
