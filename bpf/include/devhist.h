@@ -61,7 +61,10 @@ static __always_inline void dev_hist_add(__u32 dev, struct gendisk *disk, __u64 
 			bpf_core_read_str(h->name, sizeof(h->name), &disk->disk_name);
 	}
 	__sync_fetch_and_add(&h->sum_ns, ns);
-	__u32 slot = hist_slot(ns);
+	/* A 64-bit index compared as such: verifiers before 5.13 do not carry
+	 * a 32-bit compare's bound over to the 64-bit register. */
+	__u64 slot = hist_slot(ns);
+	asm volatile("" : "+r"(slot));
 	if (slot < HIST_SLOTS)
 		__sync_fetch_and_add(&h->slots[slot], 1);
 	__u64 *m = &h->max_ns[bpf_get_smp_processor_id() & (DEV_MAX_CPUS - 1)];
