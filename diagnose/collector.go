@@ -26,7 +26,7 @@ type collector struct {
 // DefaultMaxEventBytes is how much memory the events of a live run may take
 // (estimated) before further ones are dropped and counted as lost: about a
 // million events of the usual kinds.
-const DefaultMaxEventBytes = 256 << 20
+const DefaultMaxEventBytes = 128 << 20
 
 // timelineFull is the Loss.What of events dropped by the bound.
 const timelineFull = "timeline full (memory bound of the run)"
