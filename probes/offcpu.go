@@ -78,14 +78,9 @@ type offcpuRunning struct {
 	links    []link.Link
 	rd       *ringbuf.Reader
 	done     chan struct{}
-	ksyms    *symbolize.Kernel // set before ksymsReady is closed
+	ksyms    *symbolize.Kernel
 	ksymsErr error
-	// ksymsReady is closed once kallsyms is read (or failed).
-	ksymsReady chan struct{}
-	// schedText are the kernel's .sched.text and .lock.text, [lo, hi):
-	// the scheduler's frames the program puts back in front of a stack.
-	schedText [][2]uint64
-	users     *symbolize.UserCache
+	users    *symbolize.UserCache
 
 	// Used by the reader goroutine only: symbolized kernel stacks by their
 	// addresses (they come from a few hundred code paths and repeat). The
@@ -123,30 +118,23 @@ func startOffcpu(cfg Config, sink Sink) (_ *offcpuRunning, err error) {
 		users:   symbolize.NewUserCache(procfs, 0, 0),
 		kstacks: newStackCache(offcpuMaxCachedStacks),
 	}
-	// kallsyms is read in the background (the programs do not need it):
-	// the reader waits for it before it symbolizes the first stack. Whether
-	// it will give symbols is told now, from its first line.
-	r.ksymsErr = symbolize.KernelAddressesVisible(procfs)
-	r.ksymsReady = make(chan struct{})
-	go func() {
-		defer close(r.ksymsReady)
-		ksyms, err := symbolize.LoadKernel(procfs)
-		if err != nil {
-			return
-		}
-		r.ksyms = ksyms
-		for _, sec := range [][2]string{{"__sched_text_start", "__sched_text_end"}, {"__lock_text_start", "__lock_text_end"}} {
-			lo, ok1 := ksyms.Addr(sec[0])
-			hi, ok2 := ksyms.Addr(sec[1])
-			if ok1 && ok2 && lo < hi {
-				r.schedText = append(r.schedText, [2]uint64{lo, hi})
-			}
-		}
-	}()
-	spec, err := loadSpec(loadOffcpu, map[string]any{
+	r.ksyms, r.ksymsErr = symbolize.LoadKernel(procfs)
+	consts := map[string]any{
 		"min_latency_ns":   uint64(max(cfg.MinLatency, 0)),
 		"switch_has_state": hasState,
-	})
+	}
+	// The scheduler's sections, whose frames a sleeping task's stack walk
+	// leaves out and the program puts back.
+	if r.ksyms != nil {
+		for _, sec := range [][3]string{{"sched_text", "__sched_text_start", "__sched_text_end"}, {"lock_text", "__lock_text_start", "__lock_text_end"}} {
+			lo, ok1 := r.ksyms.Addr(sec[1])
+			hi, ok2 := r.ksyms.Addr(sec[2])
+			if ok1 && ok2 && lo < hi {
+				consts[sec[0]+"_lo"], consts[sec[0]+"_hi"] = lo, hi
+			}
+		}
+	}
+	spec, err := loadSpec(loadOffcpu, consts)
 	if err != nil {
 		return nil, err
 	}
@@ -215,33 +203,13 @@ func (r *offcpuRunning) deliver(e *offcpuOffcpuEvent) {
 		Start:       event.Mono(e.StartNs),
 		Duration:    time.Duration(e.DurationNs),
 		Task:        event.Task{Pid: e.Pid, Tgid: e.Tgid, Comm: cString(e.Comm[:])},
-		KernelStack: r.kernelStack(r.schedFrames(offcpuKernelFrames(e), int(e.KstackPrefix))),
+		KernelStack: r.kernelStack(offcpuKernelFrames(e)),
 		UserStack:   r.userStack(e.Tgid, offcpuUserFrames(e)),
 	}
 	if e.WakerComm[0] != 0 {
 		ev.Waker = event.Task{Pid: e.WakerPid, Tgid: e.WakerTgid, Comm: cString(e.WakerComm[:])}
 	}
 	r.sink.Event(ev)
-}
-
-// schedFrames keeps, of the prefix frames the program put in front of a
-// walked stack (see bpf/offcpu.bpf.c), the first (the exact return address
-// into __schedule) and those in the scheduler's sections.
-func (r *offcpuRunning) schedFrames(addrs []uint64, prefix int) []uint64 {
-	<-r.ksymsReady
-	if prefix <= 1 || prefix > len(addrs) {
-		return addrs
-	}
-	out := append(make([]uint64, 0, len(addrs)), addrs[0])
-	for _, a := range addrs[1:prefix] {
-		for _, sec := range r.schedText {
-			if a >= sec[0] && a < sec[1] {
-				out = append(out, a)
-				break
-			}
-		}
-	}
-	return append(out, addrs[prefix:]...)
 }
 
 // kernelStack symbolizes a kernel stack, innermost first.
