@@ -27,10 +27,11 @@
  * __schedule, schedule, io_schedule, ...). They are put back from the
  * sleeping task's stack: the return address into __schedule that the
  * context switch saved (inactive_task_frame at thread.sp, exact), then the
- * words of the stack above it that point into those sections, up to the
- * return address of the first frame the walk gave. The scan can in rare
- * cases keep a stale word of a scheduler function's frame; it adds no
- * frame outside those sections. */
+ * words of the stack above it that point into kernel text, up to the
+ * return address of the first frame the walk gave. kstack_prefix counts
+ * them; user space keeps, after the first, those in the two sections (it
+ * has kallsyms; the program loads without waiting for it). The scan can in
+ * rare cases keep a stale word of a scheduler function's frame. */
 #include "common.h"
 #include "kernel_sched.h"
 
@@ -39,12 +40,11 @@ volatile const __u64 min_latency_ns = 1000000;
 /* sched_switch has a 4th argument, prev_state, since ~5.18; before, the
  * state is read from the task (set from the kernel's BTF). */
 volatile const __u8 switch_has_state = 1;
-/* The kernel's .sched.text and .lock.text, [lo, hi) (from kallsyms; 0
- * when unknown): the functions bpf_get_task_stack leaves out. */
-volatile const __u64 sched_text_lo = 0;
-volatile const __u64 sched_text_hi = 0;
-volatile const __u64 lock_text_lo = 0;
-volatile const __u64 lock_text_hi = 0;
+
+/* x86-64: the kernel image's text lies in [KTEXT_LO, KTEXT_HI), whatever
+ * KASLR chose; modules lie above. */
+#define KTEXT_LO 0xffffffff80000000ULL
+#define KTEXT_HI 0xffffffffc0000000ULL
 
 /* Tasks tracked at once: those in D sleep right now. A host with more tasks
  * in D sleep at once loses the excess (LOSS_MAP_FULL). About 16384 x (56 B
@@ -89,6 +89,8 @@ struct offcpu_event {
 	__u32 waker_tgid;
 	__u32 kstack_len; /* frames in kstack */
 	__u32 ustack_len; /* frames in ustack */
+	__u32 kstack_prefix; /* leading kstack frames from the scan (see above) */
+	__u32 pad;
 	char comm[TASK_COMM_LEN];
 	char waker_comm[TASK_COMM_LEN];
 	__u64 kstack[KSTACK_DEPTH]; /* innermost first */
@@ -198,15 +200,12 @@ struct inactive_task_frame___ws {
 	unsigned long ret_addr;
 } __attribute__((preserve_access_index));
 
-static __always_inline int in_sched_text(__u64 a)
-{
-	return (a >= sched_text_lo && a < sched_text_hi) || (a >= lock_text_lo && a < lock_text_hi);
-}
-
 /* task_kstack walks the kernel stack of task t, which is not running, into
- * e->kstack with the scheduler's frames in front; returns the frames. */
+ * e->kstack with the scheduler's frames in front (e->kstack_prefix of
+ * them); returns the frames. */
 static __always_inline __u32 task_kstack(struct task_struct *t, struct offcpu_event *e, struct scratch *s)
 {
+	e->kstack_prefix = 0;
 	long n = bpf_get_task_stack(t, s->walk, sizeof(s->walk), 0);
 	if (n <= 0)
 		return 0;
@@ -224,28 +223,27 @@ static __always_inline __u32 task_kstack(struct task_struct *t, struct offcpu_ev
 		if (bpf_probe_read_kernel(s->words, sizeof(s->words), (void *)sp) &&
 		    bpf_probe_read_kernel(s->words, sizeof(s->words) / 2, (void *)sp))
 			goto walk;
-		for (__u32 i = 0; i < SCAN_WORDS; i++) {
+		/* Branch-free but for the end: the verifier walks the loop once
+		 * instead of once per set of candidates. */
+		for (__u32 i = ret & (SCAN_WORDS - 1); i < SCAN_WORDS; i++) {
 			__u64 w = s->words[i];
-			if (i < ret)
-				continue; /* registers saved by the switch */
 			if (w == first && i > ret) {
 				found = 1;
 				break;
 			}
-			if ((i == ret || in_sched_text(w)) && k < SCHED_FRAMES)
-				e->kstack[k++ & (KSTACK_DEPTH - 1)] = w;
-			if (!sched_text_hi && i == ret)
-				break;
+			__u32 cand = (i == ret) | ((w - KTEXT_LO) < (KTEXT_HI - KTEXT_LO));
+			e->kstack[k & (SCHED_FRAMES - 1)] = w;
+			k += cand & (k < SCHED_FRAMES - 1);
 		}
 		if (!found && k > 1)
 			k = 1; /* no sure end of the scheduler's frames: keep the exact one */
+		e->kstack_prefix = k;
 	}
 walk:
-	for (__u32 j = 0; j < KSTACK_DEPTH; j++) {
-		if (j >= nwalk || k + j >= KSTACK_DEPTH)
-			break;
-		e->kstack[(k + j) & (KSTACK_DEPTH - 1)] = s->walk[j];
-	}
+	/* One copy, not a loop: the verifier would walk a loop once for every
+	 * way the scan can end. */
+	k &= SCHED_FRAMES - 1;
+	bpf_probe_read_kernel(&e->kstack[k], (KSTACK_DEPTH - k) * sizeof(__u64), s->walk);
 	return k + nwalk < KSTACK_DEPTH ? k + nwalk : KSTACK_DEPTH;
 }
 

@@ -17,7 +17,6 @@ import (
 	"github.com/whyslow/whyslow/diagnose"
 	"github.com/whyslow/whyslow/probes"
 	"github.com/whyslow/whyslow/rules"
-	"github.com/whyslow/whyslow/symbolize"
 )
 
 func newCmdDiagnose(ios *IO) *cobra.Command {
@@ -174,12 +173,12 @@ func storageRun(ctx context.Context, opts *StorageOptions) error {
 	gc := debug.SetGCPercent(400)
 	restoreGC := sync.OnceFunc(func() { debug.SetGCPercent(gc) })
 	defer restoreGC()
-	// The probes need kallsyms and the kernel BTF, each read once per
-	// process: read them while the rules compile.
+	// The probes need the kernel BTF, decoded once per process: decode it
+	// while the rules compile. (kallsyms, needed only to symbolize stacks,
+	// is read in the background by the offcpu probe.)
 	if opts.BTF == diagnose.DefaultBTF {
 		go probes.KernelBTF()
 	}
-	go symbolize.LoadKernel("/proc")
 	set, err := loadRules(opts.RulesDir)
 	if err != nil {
 		return err

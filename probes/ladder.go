@@ -211,16 +211,16 @@ func climb(name string, rungs []rung, caps kernelCaps, force event.Mechanism) (R
 			skip(r.mech, "not tried: --mechanism "+string(force))
 			continue
 		}
+		if pc, ok := caps.(prechecker); ok {
+			if why := pc.precheck(r.mech, r.funcs); why != "" {
+				skip(r.mech, why)
+				continue
+			}
+		}
 		fns, why := resolveFuncs(r, caps)
 		if why != "" {
 			skip(r.mech, why)
 			continue
-		}
-		if pc, ok := caps.(prechecker); ok {
-			if why := pc.precheck(r.mech, fns); why != "" {
-				skip(r.mech, why)
-				continue
-			}
 		}
 		run, err := r.start(fns)
 		if err != nil {
@@ -308,23 +308,34 @@ func skipReason(mech event.Mechanism, err error, caps kernelCaps) string {
 }
 
 // prechecker is what kernelCaps on a real host also answer: whether a
-// mechanism cannot work here at all, told cheaply before a rung loads its
-// programs (and creates its maps) to find out. It gives the reason the
-// failed start would have given, or "".
+// mechanism cannot work here at all, told cheaply before a rung resolves
+// its functions (kallsyms) and loads its programs (and creates its maps) to
+// find out. It gives the reason the failed start would have given, or "".
 type prechecker interface {
-	precheck(mech event.Mechanism, fns []string) string
+	precheck(mech event.Mechanism, funcs [][]string) string
 }
 
 // precheck: kprobes need a kprobe PMU (an attach would fail without one);
 // fentry programs, where the kernel denies them to everyone (lockdown, no
-// CAP_BPF), fail to load with EPERM: one trivial program, loaded once per
-// process, tells.
-func (c hostCaps) precheck(mech event.Mechanism, fns []string) string {
-	switch {
-	case mech == event.MechKprobe && !c.KprobePMU():
-		return "CONFIG_KPROBES not set (no kprobe PMU)"
-	case mech == event.MechFentry && len(fns) > 0 && fentryDenied(c.kernel, fns[0]):
-		return "load denied (EPERM)"
+// CAP_BPF), fail to load with EPERM: one trivial program on a function of
+// the rung, loaded once per process, tells.
+func (c hostCaps) precheck(mech event.Mechanism, funcs [][]string) string {
+	switch mech {
+	case event.MechKprobe:
+		if !c.KprobePMU() {
+			return "CONFIG_KPROBES not set (no kprobe PMU)"
+		}
+	case event.MechFentry:
+		for _, cands := range funcs {
+			for _, f := range cands {
+				if c.FuncInBTF(f) {
+					if fentryDenied(c.kernel, f) {
+						return "load denied (EPERM)"
+					}
+					return ""
+				}
+			}
+		}
 	}
 	return ""
 }

@@ -78,15 +78,29 @@ type offcpuRunning struct {
 	links    []link.Link
 	rd       *ringbuf.Reader
 	done     chan struct{}
-	ksyms    *symbolize.Kernel
+	ksyms    *symbolize.Kernel // set before ksymsReady is closed
 	ksymsErr error
-	users    *symbolize.UserCache
+	// ksymsReady is closed once kallsyms is read (or failed).
+	ksymsReady chan struct{}
+	// schedText are the kernel's .sched.text and .lock.text, [lo, hi):
+	// the scheduler's frames the program puts back in front of a stack.
+	schedText [][2]uint64
+	users     *symbolize.UserCache
 
-	// Used by the reader goroutine only: symbolized kernel stacks by their
-	// addresses (they come from a few hundred code paths and repeat). The
-	// frames are shared by the events: nothing downstream changes them.
+	// Used by the processor goroutine only: symbolized kernel stacks by
+	// their addresses (they come from a few hundred code paths and repeat).
+	// The frames are shared by the events: nothing downstream changes them.
 	kstacks *stackCache
-	decode  uint64 // records that could not be decoded
+
+	decode uint64 // records that could not be decoded (reader goroutine)
+
+	// The backlog between the reader and the processor (see enqueue).
+	qmu         sync.Mutex
+	qcond       *sync.Cond
+	queue       []offcpuOffcpuEvent
+	qclosed     bool
+	backlogFull uint64 // spans dropped: backlog full (reader goroutine)
+	procDone    chan struct{}
 	// unfinished counts the spans still waiting for their user stack when
 	// the probe stopped (sent without one).
 	unfinished uint64
@@ -118,23 +132,30 @@ func startOffcpu(cfg Config, sink Sink) (_ *offcpuRunning, err error) {
 		users:   symbolize.NewUserCache(procfs, 0, 0),
 		kstacks: newStackCache(offcpuMaxCachedStacks),
 	}
-	r.ksyms, r.ksymsErr = symbolize.LoadKernel(procfs)
-	consts := map[string]any{
-		"min_latency_ns":   uint64(max(cfg.MinLatency, 0)),
-		"switch_has_state": hasState,
-	}
-	// The scheduler's sections, whose frames a sleeping task's stack walk
-	// leaves out and the program puts back.
-	if r.ksyms != nil {
-		for _, sec := range [][3]string{{"sched_text", "__sched_text_start", "__sched_text_end"}, {"lock_text", "__lock_text_start", "__lock_text_end"}} {
-			lo, ok1 := r.ksyms.Addr(sec[1])
-			hi, ok2 := r.ksyms.Addr(sec[2])
+	// kallsyms is read in the background (the programs do not need it):
+	// the reader waits for it before it symbolizes the first stack. Whether
+	// it will give symbols is told now, from its first line.
+	r.ksymsErr = symbolize.KernelAddressesVisible(procfs)
+	r.ksymsReady = make(chan struct{})
+	go func() {
+		defer close(r.ksymsReady)
+		ksyms, err := symbolize.LoadKernel(procfs)
+		if err != nil {
+			return
+		}
+		r.ksyms = ksyms
+		for _, sec := range [][2]string{{"__sched_text_start", "__sched_text_end"}, {"__lock_text_start", "__lock_text_end"}} {
+			lo, ok1 := ksyms.Addr(sec[0])
+			hi, ok2 := ksyms.Addr(sec[1])
 			if ok1 && ok2 && lo < hi {
-				consts[sec[0]+"_lo"], consts[sec[0]+"_hi"] = lo, hi
+				r.schedText = append(r.schedText, [2]uint64{lo, hi})
 			}
 		}
-	}
-	spec, err := loadSpec(loadOffcpu, consts)
+	}()
+	spec, err := loadSpec(loadOffcpu, map[string]any{
+		"min_latency_ns":   uint64(max(cfg.MinLatency, 0)),
+		"switch_has_state": hasState,
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -159,11 +180,61 @@ func startOffcpu(cfg Config, sink Sink) (_ *offcpuRunning, err error) {
 	if err != nil {
 		return nil, err
 	}
+	// The reader drains the ring buffer into the backlog at once; the
+	// processor symbolizes from it once kallsyms is read, so that the ring
+	// does not fill while kallsyms loads.
+	r.qcond = sync.NewCond(&r.qmu)
+	r.procDone = make(chan struct{})
+	go r.process()
 	go func() {
 		defer close(r.done)
-		readRing(r.rd, r.handle)
+		readRing(r.rd, r.enqueue)
 	}()
 	return r, nil
+}
+
+// offcpuMaxBacklog bounds the spans read but not yet symbolized (about
+// 850 bytes each); beyond, spans are dropped and counted.
+const offcpuMaxBacklog = 16384
+
+// enqueue decodes a record into the backlog (reader goroutine).
+func (r *offcpuRunning) enqueue(raw []byte) {
+	var e offcpuOffcpuEvent
+	if err := binary.Read(bytes.NewReader(raw), binary.NativeEndian, &e); err != nil {
+		r.decode++
+		return
+	}
+	r.qmu.Lock()
+	if len(r.queue) >= offcpuMaxBacklog {
+		r.backlogFull++
+	} else {
+		r.queue = append(r.queue, e)
+	}
+	r.qmu.Unlock()
+	r.qcond.Signal()
+}
+
+// process symbolizes and delivers the backlog, once kallsyms is read, until
+// the reader is done and the backlog empty.
+func (r *offcpuRunning) process() {
+	defer close(r.procDone)
+	<-r.ksymsReady
+	for {
+		r.qmu.Lock()
+		for len(r.queue) == 0 && !r.qclosed {
+			r.qcond.Wait()
+		}
+		batch := r.queue
+		r.queue = nil
+		closed := r.qclosed
+		r.qmu.Unlock()
+		for i := range batch {
+			r.deliver(&batch[i])
+		}
+		if closed && len(batch) == 0 {
+			return
+		}
+	}
 }
 
 // offcpuSwitchArgs counts sched_switch's arguments; tests replace it to
@@ -189,27 +260,38 @@ func tpParamCount(kernel *btf.Spec, tp string) (int, error) {
 	return len(proto.Params) - 1, nil
 }
 
-func (r *offcpuRunning) handle(raw []byte) {
-	var e offcpuOffcpuEvent
-	if err := binary.Read(bytes.NewReader(raw), binary.NativeEndian, &e); err != nil {
-		r.decode++
-		return
-	}
-	r.deliver(&e)
-}
-
 func (r *offcpuRunning) deliver(e *offcpuOffcpuEvent) {
 	ev := event.OffCPU{
 		Start:       event.Mono(e.StartNs),
 		Duration:    time.Duration(e.DurationNs),
 		Task:        event.Task{Pid: e.Pid, Tgid: e.Tgid, Comm: cString(e.Comm[:])},
-		KernelStack: r.kernelStack(offcpuKernelFrames(e)),
+		KernelStack: r.kernelStack(r.schedFrames(offcpuKernelFrames(e), int(e.KstackPrefix))),
 		UserStack:   r.userStack(e.Tgid, offcpuUserFrames(e)),
 	}
 	if e.WakerComm[0] != 0 {
 		ev.Waker = event.Task{Pid: e.WakerPid, Tgid: e.WakerTgid, Comm: cString(e.WakerComm[:])}
 	}
 	r.sink.Event(ev)
+}
+
+// schedFrames keeps, of the prefix frames the program put in front of a
+// walked stack (see bpf/offcpu.bpf.c), the first (the exact return address
+// into __schedule) and those in the scheduler's sections.
+func (r *offcpuRunning) schedFrames(addrs []uint64, prefix int) []uint64 {
+	<-r.ksymsReady
+	if prefix <= 1 || prefix > len(addrs) {
+		return addrs
+	}
+	out := append(make([]uint64, 0, len(addrs)), addrs[0])
+	for _, a := range addrs[1:prefix] {
+		for _, sec := range r.schedText {
+			if a >= sec[0] && a < sec[1] {
+				out = append(out, a)
+				break
+			}
+		}
+	}
+	return append(out, addrs[prefix:]...)
 }
 
 // kernelStack symbolizes a kernel stack, innermost first.
@@ -314,6 +396,14 @@ func (r *offcpuRunning) Stop() error {
 		_ = r.rd.Flush()
 		<-r.done
 		r.rd.Close()
+		r.qmu.Lock()
+		r.qclosed = true
+		r.qmu.Unlock()
+		r.qcond.Broadcast()
+		<-r.procDone
+		if r.backlogFull > 0 {
+			r.sink.Loss(event.Loss{Probe: "offcpu", What: "reader backlog full", Count: r.backlogFull})
+		}
 		var tid uint32
 		var e offcpuOffcpuEvent
 		it := r.objs.Pending.Iterate()

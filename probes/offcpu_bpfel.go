@@ -25,20 +25,22 @@ type offcpuBlocked struct {
 }
 
 type offcpuOffcpuEvent struct {
-	_          structs.HostLayout
-	StartNs    uint64
-	DurationNs uint64
-	UserIp     uint64
-	Pid        uint32
-	Tgid       uint32
-	WakerPid   uint32
-	WakerTgid  uint32
-	KstackLen  uint32
-	UstackLen  uint32
-	Comm       [16]int8
-	WakerComm  [16]int8
-	Kstack     [64]uint64
-	Ustack     [32]uint64
+	_            structs.HostLayout
+	StartNs      uint64
+	DurationNs   uint64
+	UserIp       uint64
+	Pid          uint32
+	Tgid         uint32
+	WakerPid     uint32
+	WakerTgid    uint32
+	KstackLen    uint32
+	UstackLen    uint32
+	KstackPrefix uint32
+	Pad          uint32
+	Comm         [16]int8
+	WakerComm    [16]int8
+	Kstack       [64]uint64
+	Ustack       [32]uint64
 }
 
 type offcpuScratch struct {
@@ -72,12 +74,8 @@ const (
 	offcpuProgOffcpuSwitch   = "offcpu_switch"
 	offcpuProgOffcpuSysExit  = "offcpu_sys_exit"
 	offcpuProgOffcpuWakeup   = "offcpu_wakeup"
-	offcpuVarLockTextHi      = "lock_text_hi"
-	offcpuVarLockTextLo      = "lock_text_lo"
 	offcpuVarMinLatencyNs    = "min_latency_ns"
 	offcpuVarOffcpuEventType = "offcpu_event_type"
-	offcpuVarSchedTextHi     = "sched_text_hi"
-	offcpuVarSchedTextLo     = "sched_text_lo"
 	offcpuVarSwitchHasState  = "switch_has_state"
 )
 
@@ -147,12 +145,8 @@ type offcpuMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type offcpuVariableSpecs struct {
-	LockTextHi      *ebpf.VariableSpec `ebpf:"lock_text_hi"`
-	LockTextLo      *ebpf.VariableSpec `ebpf:"lock_text_lo"`
 	MinLatencyNs    *ebpf.VariableSpec `ebpf:"min_latency_ns"`
 	OffcpuEventType *ebpf.VariableSpec `ebpf:"offcpu_event_type"`
-	SchedTextHi     *ebpf.VariableSpec `ebpf:"sched_text_hi"`
-	SchedTextLo     *ebpf.VariableSpec `ebpf:"sched_text_lo"`
 	SwitchHasState  *ebpf.VariableSpec `ebpf:"switch_has_state"`
 }
 
@@ -205,12 +199,8 @@ func (m *offcpuMaps) Close() error {
 //
 // It can be passed to loadOffcpuObjects or ebpf.CollectionSpec.LoadAndAssign.
 type offcpuVariables struct {
-	LockTextHi      *ebpf.Variable `ebpf:"lock_text_hi"`
-	LockTextLo      *ebpf.Variable `ebpf:"lock_text_lo"`
 	MinLatencyNs    *ebpf.Variable `ebpf:"min_latency_ns"`
 	OffcpuEventType *ebpf.Variable `ebpf:"offcpu_event_type"`
-	SchedTextHi     *ebpf.Variable `ebpf:"sched_text_hi"`
-	SchedTextLo     *ebpf.Variable `ebpf:"sched_text_lo"`
 	SwitchHasState  *ebpf.Variable `ebpf:"switch_has_state"`
 }
 

@@ -50,6 +50,32 @@ func LoadKernel(procfs string) (*Kernel, error) {
 	return e.k, e.err
 }
 
+// KernelAddressesVisible reads the first lines of <procfs>/kallsyms and
+// returns what LoadKernel would fail with for want of addresses: an error
+// opening it, ErrNoKernelAddresses when every address there is zero, else
+// nil. It reads 4 KiB, not the whole file.
+func KernelAddressesVisible(procfs string) error {
+	f, err := os.Open(filepath.Join(procfs, "kallsyms"))
+	if err != nil {
+		return fmt.Errorf("opening kallsyms: %w", err)
+	}
+	defer f.Close()
+	var buf [4096]byte
+	n, _ := io.ReadFull(f, buf[:])
+	lines := strings.Split(string(buf[:n]), "\n")
+	if len(lines) == 0 || strings.TrimSpace(lines[0]) == "" {
+		return errors.New("kallsyms has no text symbols")
+	}
+	for _, l := range lines {
+		if f := strings.Fields(l); len(f) > 0 {
+			if a, err := strconv.ParseUint(f[0], 16, 64); err == nil && a != 0 {
+				return nil
+			}
+		}
+	}
+	return ErrNoKernelAddresses
+}
+
 // KernelHasText reports whether <procfs>/kallsyms lists name as a text
 // symbol (of the kernel or a module); known is false when kallsyms cannot
 // be read. Unlike LoadKernel it needs no privilege: names are listed even
