@@ -15,7 +15,14 @@ VMTEST_DEBS := qemu-system-x86 busybox-static bcache-tools fio udev mount kmod x
 # Kernels of the matrix: all, or a comma-separated list (5.10,6.1,6.12).
 KERNEL ?= all
 
-.PHONY: all build generate check-generated test test-unit vet clean deps deps-generate vmtest
+# What `make bench` drives: fio for the load, the tools whyslow is compared
+# with (libbpf-tools, bpftrace), bpftool for the BPF run-time statistics and
+# perf for the context-switch benchmark.
+BENCH_DEBS := fio libbpf-tools bpftrace bpftool linux-perf util-linux coreutils
+# Extra flags of bench/cmd/whyslow-bench, e.g. BENCH_FLAGS="-rounds 5 -sections io".
+BENCH_FLAGS ?=
+
+.PHONY: all build generate check-generated test test-unit vet clean deps deps-generate vmtest bench
 
 all: build
 
@@ -57,6 +64,13 @@ test-unit:
 vmtest:
 	@./scripts/apt-ensure $(VMTEST_DEBS)
 	$(GO) run ./vmtest/cmd/vmtest -kernel $(KERNEL) -quiet -matrix vmtest/out/matrix.md
+
+## bench: measure whyslow's cost (I/O, context switches, start-up, event storm) against
+## libbpf-tools and bpftrace, and its analysis speed; writes BENCHMARKS.md (needs root;
+## takes some 30 minutes; not part of make test)
+bench: build
+	@./scripts/apt-ensure $(BENCH_DEBS)
+	$(GO) run ./bench/cmd/whyslow-bench -whyslow ./$(BINARY) -out BENCHMARKS.md -json bench/results.json $(BENCH_FLAGS)
 
 clean:
 	rm -f $(BINARY)

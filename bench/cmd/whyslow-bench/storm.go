@@ -1,0 +1,239 @@
+package main
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// StormResult is whyslow under an event storm: uevents and execs as fast as
+// asked (or as this machine manages) plus the I/O load, at once.
+type StormResult struct {
+	Seconds       float64     `json:"seconds"`
+	TargetUevents int         `json:"target_uevents_per_s"`
+	TargetExecs   int         `json:"target_execs_per_s"`
+	Uevents       float64     `json:"uevents_per_s"`
+	Execs         float64     `json:"execs_per_s"`
+	IOPS          float64     `json:"iops"`
+	RSSMiB        []RSSSample `json:"rss_mib"`
+	PeakRSSMiB    float64     `json:"peak_rss_mib"`
+	CPUSeconds    float64     `json:"cpu_seconds"`
+	ReportSeconds float64     `json:"report_seconds"` // SIGINT to exit
+	LostEvents    uint64      `json:"lost_events"`
+	Losses        []StormLoss `json:"losses"`
+	UeventsSeen   int         `json:"uevents_seen"` // in the report, for the loop device
+}
+
+// RSSSample is whyslow's resident set at a time of the storm.
+type RSSSample struct {
+	At  float64 `json:"at_s"`
+	MiB float64 `json:"mib"`
+}
+
+// StormLoss is one line of the report's losses.
+type StormLoss struct {
+	Probe string `json:"probe"`
+	What  string `json:"what"`
+	Count uint64 `json:"count"`
+}
+
+func (b *bench) storm() error {
+	if b.fio.Engine == "" {
+		b.fio = fioConfig{Engine: "libaio", Depth: 32, Jobs: 2}
+	}
+	exe := filepath.Join(b.dir, "exit0")
+	if err := os.WriteFile(exe, tinyELF(), 0o755); err != nil {
+		return err
+	}
+	tag := "storm"
+	ps, err := b.startWhyslow(tag)
+	if err != nil {
+		stopAll(ps)
+		return err
+	}
+	ws := ps[0]
+	d := b.o.stormTime
+	res := &StormResult{Seconds: d.Seconds(), TargetUevents: b.o.uevents, TargetExecs: b.o.execs}
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var nUevents, nExecs atomic.Int64
+	var fr fioRun
+	var fioErr, ueventErr error
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		fr, fioErr = b.runFio(b.fio, d)
+	}()
+	// Two writers of uevents, four of execs: forks take the CPU from
+	// everything else on a small machine.
+	const ueventWriters = 2
+	var ueventMu sync.Mutex
+	for range ueventWriters {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := ueventStorm(filepath.Join("/sys/block", filepath.Base(b.loop), "uevent"), b.o.uevents/ueventWriters, stop, &nUevents)
+			ueventMu.Lock()
+			if err != nil && ueventErr == nil {
+				ueventErr = err
+			}
+			ueventMu.Unlock()
+		}()
+	}
+	const execWorkers = 4
+	for range execWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			execStorm(exe, b.o.execs/execWorkers, stop, &nExecs)
+		}()
+	}
+	t0 := time.Now()
+	// fio ramps up for 1 s before its runtime.
+	for time.Since(t0) < d+time.Second {
+		time.Sleep(500 * time.Millisecond)
+		res.RSSMiB = append(res.RSSMiB, RSSSample{At: time.Since(t0).Seconds(), MiB: float64(statusKB(ws.pid(), "VmRSS")) / (1 << 20)})
+	}
+	close(stop)
+	elapsed := time.Since(t0).Seconds()
+	wg.Wait()
+	res.Uevents = float64(nUevents.Load()) / elapsed
+	res.Execs = float64(nExecs.Load()) / elapsed
+	res.IOPS = fr.IOPS
+	hwm := statusKB(ws.pid(), "VmHWM")
+	t1 := time.Now()
+	err = ws.stop(5 * time.Minute)
+	res.ReportSeconds = time.Since(t1).Seconds()
+	res.PeakRSSMiB = float64(max(hwm, ws.maxRSS())) / (1 << 20)
+	res.CPUSeconds = ws.cpuTime().Seconds()
+	if err == nil {
+		err = fioErr
+	}
+	if err == nil {
+		err = ueventErr
+	}
+	if err != nil {
+		return err
+	}
+	rep, err := readReport(filepath.Join(b.dir, tag+".json"))
+	if err != nil {
+		return err
+	}
+	res.LostEvents = rep.LostEvents
+	for _, l := range rep.Losses {
+		res.Losses = append(res.Losses, StormLoss{Probe: l.Probe, What: l.What, Count: l.Count})
+	}
+	sort.Slice(res.Losses, func(i, j int) bool { return res.Losses[i].Count > res.Losses[j].Count })
+	for _, dv := range rep.Devices {
+		if dv.Name == filepath.Base(b.loop) {
+			res.UeventsSeen = dv.Uevents.Count
+		}
+	}
+	b.logf("storm: %.0f uevents/s, %.0f execs/s, %.0f IOPS; whyslow peak RSS %.0f MiB, %d events lost, report after %.1fs",
+		res.Uevents, res.Execs, res.IOPS, res.PeakRSSMiB, res.LostEvents, res.ReportSeconds)
+	b.res.Storm = res
+	return nil
+}
+
+// ueventStorm writes "change" to a device's uevent file at rate per second
+// until stop.
+func ueventStorm(path string, rate int, stop <-chan struct{}, n *atomic.Int64) error {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	start := time.Now()
+	change := []byte("change")
+	var sent int64
+	for {
+		select {
+		case <-stop:
+			return nil
+		default:
+		}
+		due := int64(time.Since(start).Seconds() * float64(rate))
+		if sent >= due {
+			time.Sleep(200 * time.Microsecond)
+			continue
+		}
+		for ; sent < due; sent++ {
+			if _, err := f.Write(change); err != nil {
+				return fmt.Errorf("writing %s: %w", path, err)
+			}
+			n.Add(1)
+		}
+	}
+}
+
+// execStorm forks and execs exe at rate per second (or as fast as it can)
+// until stop.
+func execStorm(exe string, rate int, stop <-chan struct{}, n *atomic.Int64) {
+	start := time.Now()
+	var done int64
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		if due := int64(time.Since(start).Seconds() * float64(rate)); done >= due {
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		pid, err := syscall.ForkExec(exe, []string{"exit0"}, &syscall.ProcAttr{})
+		if err != nil {
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		var ws syscall.WaitStatus
+		_, _ = syscall.Wait4(pid, &ws, 0, nil)
+		done++
+		n.Add(1)
+	}
+}
+
+// tinyELF returns a static x86-64 executable that exits 0: one load
+// segment, nine bytes of code (exit(0)), no libc. Exec of it costs what the
+// kernel's exec costs, nothing more.
+func tinyELF() []byte {
+	const base = 0x400000
+	code := []byte{0xb8, 0x3c, 0, 0, 0, 0x31, 0xff, 0x0f, 0x05} // mov eax,60; xor edi,edi; syscall
+	const ehsize, phsize = 64, 56
+	size := uint64(ehsize + phsize + len(code))
+	var b bytes.Buffer
+	b.Write([]byte{0x7f, 'E', 'L', 'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0})
+	le := binary.LittleEndian
+	w := func(v any) { _ = binary.Write(&b, le, v) }
+	w(uint16(2))                      // ET_EXEC
+	w(uint16(0x3e))                   // EM_X86_64
+	w(uint32(1))                      // EV_CURRENT
+	w(uint64(base + ehsize + phsize)) // entry
+	w(uint64(ehsize))                 // program headers
+	w(uint64(0))                      // no section headers
+	w(uint32(0))                      // flags
+	w(uint16(ehsize))
+	w(uint16(phsize))
+	w(uint16(1)) // one program header
+	w(uint16(64))
+	w(uint16(0))
+	w(uint16(0))
+	w(uint32(1))    // PT_LOAD
+	w(uint32(5))    // R+X
+	w(uint64(0))    // offset
+	w(uint64(base)) // vaddr
+	w(uint64(base)) // paddr
+	w(size)         // filesz
+	w(size)         // memsz
+	w(uint64(0x1000))
+	b.Write(code)
+	return b.Bytes()
+}
