@@ -33,10 +33,11 @@ struct {
 	__type(value, struct issued);
 } issued SEC(".maps");
 
-SEC("tp_btf/block_rq_issue")
+/* A raw tracepoint: the request is only a key here (see sub_bio_queue). */
+SEC("raw_tp/block_rq_issue")
 int svc_rq_issue(__u64 *ctx)
 {
-	__u64 rq = ptr_bits(tp_arg(ctx, arg_rq_issue));
+	__u64 rq = raw_arg(ctx, arg_rq_issue);
 	__u32 k = ptr_slot(rq);
 	struct issued *s = bpf_map_lookup_elem(&issued, &k);
 

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -48,6 +49,7 @@ func loadSpec(load func() (*ebpf.CollectionSpec, error), consts map[string]any) 
 	if err != nil {
 		return nil, fmt.Errorf("loading spec: %w", err)
 	}
+	sizeDevHist(spec)
 	for name, v := range consts {
 		vs, ok := spec.Variables[name]
 		if !ok {
@@ -73,6 +75,32 @@ func attachTPBTF(progs ...*ebpf.Program) ([]link.Link, error) {
 		if err != nil {
 			closeAll(links)
 			return nil, fmt.Errorf("attaching tp_btf %s: %w", progName(p), err)
+		}
+		links = append(links, l)
+	}
+	return links, nil
+}
+
+// rawTP is a raw_tp program (SEC("raw_tp/<tracepoint>")) and its
+// tracepoint.
+type rawTP struct {
+	tp   string
+	prog *ebpf.Program
+}
+
+// attachRawTP attaches raw_tp programs in order. On error it closes the
+// links it already made.
+func attachRawTP(progs ...rawTP) ([]link.Link, error) {
+	links := make([]link.Link, 0, len(progs))
+	for _, p := range progs {
+		if p.prog == nil {
+			closeAll(links)
+			return nil, fmt.Errorf("attaching raw_tp %s: nil program", p.tp)
+		}
+		l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: p.tp, Program: p.prog})
+		if err != nil {
+			closeAll(links)
+			return nil, fmt.Errorf("attaching raw_tp %s: %w", p.tp, err)
 		}
 		links = append(links, l)
 	}
@@ -165,6 +193,19 @@ func kernelDev(dev uint32) (major, minor uint32) {
 
 // cString returns the NUL-terminated string in a C char array, as bpf2go
 // emits it ([N]int8) or as raw bytes.
+// commOf returns comm, or when it is empty the current name of thread tid
+// (from /proc; "" when it is gone).
+func commOf(tid uint32, comm string) string {
+	if comm != "" || tid == 0 {
+		return comm
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", tid))
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
 func cString[T ~byte | ~int8](b []T) string {
 	var sb strings.Builder
 	for _, c := range b {
@@ -312,45 +353,112 @@ func tpArgIndex(kernel *btf.Spec, tp, structName string) (uint32, error) {
 	return 0, fmt.Errorf("tracepoint %s: no struct %s argument: %w", tp, structName, ErrNotSupported)
 }
 
-// devHistValue mirrors struct dev_hist in bpf/include/devhist.h.
-type devHistValue struct {
+// devHistCPU mirrors struct dev_hist in bpf/include/devhist.h: one
+// device's latencies on one CPU.
+type devHistCPU struct {
+	SumNs uint64
+	MaxNs uint64
+	Slots [hist.Slots]uint64
+}
+
+// devHistShared mirrors struct dev_hist_shared: one device's latencies in
+// the spill map, shared by the CPUs.
+type devHistShared struct {
 	SumNs uint64
 	Slots [hist.Slots]uint64
 	MaxNs [64]uint64 // DEV_MAX_CPUS: per CPU, modulo
-	Name  [32]byte
 }
 
-// devHists reads the per-device aggregation of bpf/include/devhist.h: each
-// device's slots, sum, maximum and the name the programs recorded. Keys
-// are kernel dev_t values.
-func devHists(histMap *ebpf.Map) (map[uint32]*hist.Histogram, map[uint32]string, error) {
+// devHistBudget bounds the memory of one per-CPU histogram map: it is
+// preallocated for every device it has room for on every CPU, so hosts
+// with many CPUs get room for fewer devices (the others go to the shared
+// spill map, slower but complete).
+const devHistBudget = 4 << 20
+
+// sizeDevHist fits the room of a spec's per-CPU dev_hist map, if it has
+// one, to the CPUs of this machine.
+func sizeDevHist(spec *ebpf.CollectionSpec) {
+	m, ok := spec.Maps["dev_hist"]
+	if !ok || m.Type != ebpf.PerCPUHash {
+		return
+	}
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil || cpus < 1 {
+		cpus = runtime.NumCPU()
+	}
+	m.MaxEntries = devHistEntries(m.MaxEntries, m.ValueSize, cpus)
+}
+
+// devHistEntries is the room for devices that a per-CPU map of valueSize
+// bytes per CPU gets within devHistBudget: at most limit, at least 8.
+func devHistEntries(limit, valueSize uint32, cpus int) uint32 {
+	n := uint64(devHistBudget) / (uint64(max(valueSize, 1)) * uint64(max(cpus, 1)))
+	return uint32(min(uint64(limit), max(n, 8)))
+}
+
+// devHists reads the per-device aggregation of bpf/include/devhist.h from
+// a probe's collection: each device's slots, sum and maximum, summed over
+// the CPUs and the spill map, and the names the programs recorded. Keys are
+// kernel dev_t values.
+func devHists(perCPU, spill, names *ebpf.Map) (map[uint32]*hist.Histogram, map[uint32]string, error) {
 	hs := make(map[uint32]*hist.Histogram)
-	names := make(map[uint32]string)
+	get := func(dev uint32) *hist.Histogram {
+		h := hs[dev]
+		if h == nil {
+			h = new(hist.Histogram)
+			hs[dev] = h
+		}
+		return h
+	}
 	var (
-		dev uint32
-		v   devHistValue
+		dev  uint32
+		cpus []devHistCPU
 	)
-	it := histMap.Iterate()
-	for it.Next(&dev, &v) {
-		h := new(hist.Histogram)
-		for slot, n := range v.Slots {
-			if n > 0 {
-				h.AddN(slot, n)
-			}
-		}
-		h.SumNs = v.SumNs
-		for _, m := range v.MaxNs {
-			h.MaxNs = max(h.MaxNs, m)
-		}
-		hs[dev] = h
-		if n := cString(v.Name[:]); n != "" {
-			names[dev] = n
+	it := perCPU.Iterate()
+	for it.Next(&dev, &cpus) {
+		h := get(dev)
+		for _, c := range cpus {
+			addSlots(h, c.Slots[:])
+			h.SumNs += c.SumNs
+			h.MaxNs = max(h.MaxNs, c.MaxNs)
 		}
 	}
 	if err := it.Err(); err != nil {
 		return nil, nil, fmt.Errorf("reading histograms: %w", err)
 	}
-	return hs, names, nil
+	var sh devHistShared
+	it = spill.Iterate()
+	for it.Next(&dev, &sh) {
+		h := get(dev)
+		addSlots(h, sh.Slots[:])
+		h.SumNs += sh.SumNs
+		for _, m := range sh.MaxNs {
+			h.MaxNs = max(h.MaxNs, m)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, nil, fmt.Errorf("reading spilled histograms: %w", err)
+	}
+	out := make(map[uint32]string)
+	var name [32]byte
+	it = names.Iterate()
+	for it.Next(&dev, &name) {
+		if n := cString(name[:]); n != "" {
+			out[dev] = n
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, nil, fmt.Errorf("reading device names: %w", err)
+	}
+	return hs, out, nil
+}
+
+func addSlots(h *hist.Histogram, slots []uint64) {
+	for slot, n := range slots {
+		if n > 0 {
+			h.AddN(slot, n)
+		}
+	}
 }
 
 // deliverDevHists sends each device's histogram to the sink, naming devices

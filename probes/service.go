@@ -64,10 +64,17 @@ func startService(cfg Config, sink Sink) (*serviceRunning, error) {
 		return nil, fmt.Errorf("loading objects: %w", err)
 	}
 	// The end first, so no span starts that could not end.
-	if r.links, err = attachTPBTF(r.objs.SvcRqComplete, r.objs.SvcRqIssue); err != nil {
+	if r.links, err = attachTPBTF(r.objs.SvcRqComplete); err != nil {
 		r.objs.Close()
 		return nil, err
 	}
+	issue, err := attachRawTP(rawTP{"block_rq_issue", r.objs.SvcRqIssue})
+	if err != nil {
+		closeAll(r.links)
+		r.objs.Close()
+		return nil, err
+	}
+	r.links = append(r.links, issue...)
 	return r, nil
 }
 
@@ -76,7 +83,7 @@ func startService(cfg Config, sink Sink) (*serviceRunning, error) {
 func (r *serviceRunning) Stop() error {
 	r.stopOnce.Do(func() {
 		closeAll(r.links)
-		hs, names, err := devHists(r.objs.DevHist)
+		hs, names, err := devHists(r.objs.DevHist, r.objs.DevHistSpill, r.objs.DevNames)
 		if err != nil {
 			r.stopErr = err
 		} else {

@@ -16,9 +16,20 @@ import (
 type serviceDevHist struct {
 	_     structs.HostLayout
 	SumNs uint64
+	MaxNs uint64
+	Slots [328]uint64
+}
+
+type serviceDevHistShared struct {
+	_     structs.HostLayout
+	SumNs uint64
 	Slots [328]uint64
 	MaxNs [64]uint64
-	Name  [32]int8
+}
+
+type serviceDevName struct {
+	_    structs.HostLayout
+	Name [32]int8
 }
 
 type serviceIssued struct {
@@ -32,7 +43,9 @@ type serviceIssued struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	serviceMapDevHist        = "dev_hist"
+	serviceMapDevHistSpill   = "dev_hist_spill"
 	serviceMapDevHistZero    = "dev_hist_zero"
+	serviceMapDevNames       = "dev_names"
 	serviceMapIssued         = "issued"
 	serviceMapLosses         = "losses"
 	serviceProgSvcRqComplete = "svc_rq_complete"
@@ -91,10 +104,12 @@ type serviceProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type serviceMapSpecs struct {
-	DevHist     *ebpf.MapSpec `ebpf:"dev_hist"`
-	DevHistZero *ebpf.MapSpec `ebpf:"dev_hist_zero"`
-	Issued      *ebpf.MapSpec `ebpf:"issued"`
-	Losses      *ebpf.MapSpec `ebpf:"losses"`
+	DevHist      *ebpf.MapSpec `ebpf:"dev_hist"`
+	DevHistSpill *ebpf.MapSpec `ebpf:"dev_hist_spill"`
+	DevHistZero  *ebpf.MapSpec `ebpf:"dev_hist_zero"`
+	DevNames     *ebpf.MapSpec `ebpf:"dev_names"`
+	Issued       *ebpf.MapSpec `ebpf:"issued"`
+	Losses       *ebpf.MapSpec `ebpf:"losses"`
 }
 
 // serviceVariableSpecs contains global variables before they are loaded into the kernel.
@@ -125,16 +140,20 @@ func (o *serviceObjects) Close() error {
 //
 // It can be passed to loadServiceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type serviceMaps struct {
-	DevHist     *ebpf.Map `ebpf:"dev_hist"`
-	DevHistZero *ebpf.Map `ebpf:"dev_hist_zero"`
-	Issued      *ebpf.Map `ebpf:"issued"`
-	Losses      *ebpf.Map `ebpf:"losses"`
+	DevHist      *ebpf.Map `ebpf:"dev_hist"`
+	DevHistSpill *ebpf.Map `ebpf:"dev_hist_spill"`
+	DevHistZero  *ebpf.Map `ebpf:"dev_hist_zero"`
+	DevNames     *ebpf.Map `ebpf:"dev_names"`
+	Issued       *ebpf.Map `ebpf:"issued"`
+	Losses       *ebpf.Map `ebpf:"losses"`
 }
 
 func (m *serviceMaps) Close() error {
 	return _ServiceClose(
 		m.DevHist,
+		m.DevHistSpill,
 		m.DevHistZero,
+		m.DevNames,
 		m.Issued,
 		m.Losses,
 	)

@@ -94,11 +94,14 @@ func startSubmit(cfg Config, sink Sink) (_ *submitRunning, err error) {
 	}
 	// Attach the ends and the completion before the start, so no span is
 	// started that could not be ended.
-	r.links, err = attachTPBTF(r.objs.SubGetrq, r.objs.SubBackmerge, r.objs.SubFrontmerge,
-		r.objs.SubBioDone, r.objs.SubBioQueue)
+	if r.links, err = attachTPBTF(r.objs.SubGetrq, r.objs.SubBackmerge, r.objs.SubFrontmerge); err != nil {
+		return nil, err
+	}
+	starts, err := attachRawTP(rawTP{"block_bio_complete", r.objs.SubBioDone}, rawTP{"block_bio_queue", r.objs.SubBioQueue})
 	if err != nil {
 		return nil, err
 	}
+	r.links = append(r.links, starts...)
 	go func() {
 		defer close(r.done)
 		readRing(r.rd, r.handle)
@@ -120,7 +123,7 @@ func (r *submitRunning) handle(raw []byte) {
 	r.sink.Event(event.SlowSubmit{
 		Start:   event.Mono(e.StartNs),
 		Latency: time.Duration(e.LatencyNs),
-		Task:    event.Task{Pid: e.Pid, Tgid: e.Tgid, Comm: cString(e.Comm[:])},
+		Task:    event.Task{Pid: e.Pid, Tgid: e.Tgid, Comm: commOf(e.Pid, cString(e.Comm[:]))},
 		Dev:     event.Device{Major: major, Minor: minor, Name: cString(e.DiskName[:])},
 		Op:      r.ops.rwbs(e.Opf),
 		End:     end,
@@ -137,7 +140,7 @@ func (r *submitRunning) Stop() error {
 		_ = r.rd.Flush()
 		<-r.done
 		r.rd.Close()
-		hs, names, err := devHists(r.objs.DevHist)
+		hs, names, err := devHists(r.objs.DevHist, r.objs.DevHistSpill, r.objs.DevNames)
 		if err != nil {
 			r.stopErr = err
 		} else {

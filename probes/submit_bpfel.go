@@ -16,9 +16,20 @@ import (
 type submitDevHist struct {
 	_     structs.HostLayout
 	SumNs uint64
+	MaxNs uint64
+	Slots [328]uint64
+}
+
+type submitDevHistShared struct {
+	_     structs.HostLayout
+	SumNs uint64
 	Slots [328]uint64
 	MaxNs [64]uint64
-	Name  [32]int8
+}
+
+type submitDevName struct {
+	_    structs.HostLayout
+	Name [32]int8
 }
 
 type submitStart struct {
@@ -27,7 +38,6 @@ type submitStart struct {
 	Ns   uint64
 	Pid  uint32
 	Tgid uint32
-	Comm [16]int8
 }
 
 type submitSubmitEvent struct {
@@ -50,7 +60,9 @@ type submitSubmitEvent struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	submitMapDevHist         = "dev_hist"
+	submitMapDevHistSpill    = "dev_hist_spill"
 	submitMapDevHistZero     = "dev_hist_zero"
+	submitMapDevNames        = "dev_names"
 	submitMapEvents          = "events"
 	submitMapLosses          = "losses"
 	submitMapStarts          = "starts"
@@ -121,11 +133,13 @@ type submitProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type submitMapSpecs struct {
-	DevHist     *ebpf.MapSpec `ebpf:"dev_hist"`
-	DevHistZero *ebpf.MapSpec `ebpf:"dev_hist_zero"`
-	Events      *ebpf.MapSpec `ebpf:"events"`
-	Losses      *ebpf.MapSpec `ebpf:"losses"`
-	Starts      *ebpf.MapSpec `ebpf:"starts"`
+	DevHist      *ebpf.MapSpec `ebpf:"dev_hist"`
+	DevHistSpill *ebpf.MapSpec `ebpf:"dev_hist_spill"`
+	DevHistZero  *ebpf.MapSpec `ebpf:"dev_hist_zero"`
+	DevNames     *ebpf.MapSpec `ebpf:"dev_names"`
+	Events       *ebpf.MapSpec `ebpf:"events"`
+	Losses       *ebpf.MapSpec `ebpf:"losses"`
+	Starts       *ebpf.MapSpec `ebpf:"starts"`
 }
 
 // submitVariableSpecs contains global variables before they are loaded into the kernel.
@@ -161,17 +175,21 @@ func (o *submitObjects) Close() error {
 //
 // It can be passed to loadSubmitObjects or ebpf.CollectionSpec.LoadAndAssign.
 type submitMaps struct {
-	DevHist     *ebpf.Map `ebpf:"dev_hist"`
-	DevHistZero *ebpf.Map `ebpf:"dev_hist_zero"`
-	Events      *ebpf.Map `ebpf:"events"`
-	Losses      *ebpf.Map `ebpf:"losses"`
-	Starts      *ebpf.Map `ebpf:"starts"`
+	DevHist      *ebpf.Map `ebpf:"dev_hist"`
+	DevHistSpill *ebpf.Map `ebpf:"dev_hist_spill"`
+	DevHistZero  *ebpf.Map `ebpf:"dev_hist_zero"`
+	DevNames     *ebpf.Map `ebpf:"dev_names"`
+	Events       *ebpf.Map `ebpf:"events"`
+	Losses       *ebpf.Map `ebpf:"losses"`
+	Starts       *ebpf.Map `ebpf:"starts"`
 }
 
 func (m *submitMaps) Close() error {
 	return _SubmitClose(
 		m.DevHist,
+		m.DevHistSpill,
 		m.DevHistZero,
+		m.DevNames,
 		m.Events,
 		m.Losses,
 		m.Starts,

@@ -90,7 +90,7 @@ func startSubmitFn(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism
 		return nil, err
 	}
 	r.beforeClose = func(coll *ebpf.Collection) error {
-		hs, names, err := devHists(coll.Maps["dev_hist"])
+		hs, names, err := devHists(coll.Maps["dev_hist"], coll.Maps["dev_hist_spill"], coll.Maps["dev_names"])
 		if err != nil {
 			return err
 		}

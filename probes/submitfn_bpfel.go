@@ -16,9 +16,20 @@ import (
 type submitfnDevHist struct {
 	_     structs.HostLayout
 	SumNs uint64
+	MaxNs uint64
+	Slots [328]uint64
+}
+
+type submitfnDevHistShared struct {
+	_     structs.HostLayout
+	SumNs uint64
 	Slots [328]uint64
 	MaxNs [64]uint64
-	Name  [32]int8
+}
+
+type submitfnDevName struct {
+	_    structs.HostLayout
+	Name [32]int8
 }
 
 type submitfnSfEvent struct {
@@ -46,7 +57,9 @@ type submitfnSfStart struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	submitfnMapDevHist      = "dev_hist"
+	submitfnMapDevHistSpill = "dev_hist_spill"
 	submitfnMapDevHistZero  = "dev_hist_zero"
+	submitfnMapDevNames     = "dev_names"
 	submitfnMapEvents       = "events"
 	submitfnMapLosses       = "losses"
 	submitfnMapSubmitting   = "submitting"
@@ -110,11 +123,13 @@ type submitfnProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type submitfnMapSpecs struct {
-	DevHist     *ebpf.MapSpec `ebpf:"dev_hist"`
-	DevHistZero *ebpf.MapSpec `ebpf:"dev_hist_zero"`
-	Events      *ebpf.MapSpec `ebpf:"events"`
-	Losses      *ebpf.MapSpec `ebpf:"losses"`
-	Submitting  *ebpf.MapSpec `ebpf:"submitting"`
+	DevHist      *ebpf.MapSpec `ebpf:"dev_hist"`
+	DevHistSpill *ebpf.MapSpec `ebpf:"dev_hist_spill"`
+	DevHistZero  *ebpf.MapSpec `ebpf:"dev_hist_zero"`
+	DevNames     *ebpf.MapSpec `ebpf:"dev_names"`
+	Events       *ebpf.MapSpec `ebpf:"events"`
+	Losses       *ebpf.MapSpec `ebpf:"losses"`
+	Submitting   *ebpf.MapSpec `ebpf:"submitting"`
 }
 
 // submitfnVariableSpecs contains global variables before they are loaded into the kernel.
@@ -145,17 +160,21 @@ func (o *submitfnObjects) Close() error {
 //
 // It can be passed to loadSubmitfnObjects or ebpf.CollectionSpec.LoadAndAssign.
 type submitfnMaps struct {
-	DevHist     *ebpf.Map `ebpf:"dev_hist"`
-	DevHistZero *ebpf.Map `ebpf:"dev_hist_zero"`
-	Events      *ebpf.Map `ebpf:"events"`
-	Losses      *ebpf.Map `ebpf:"losses"`
-	Submitting  *ebpf.Map `ebpf:"submitting"`
+	DevHist      *ebpf.Map `ebpf:"dev_hist"`
+	DevHistSpill *ebpf.Map `ebpf:"dev_hist_spill"`
+	DevHistZero  *ebpf.Map `ebpf:"dev_hist_zero"`
+	DevNames     *ebpf.Map `ebpf:"dev_names"`
+	Events       *ebpf.Map `ebpf:"events"`
+	Losses       *ebpf.Map `ebpf:"losses"`
+	Submitting   *ebpf.Map `ebpf:"submitting"`
 }
 
 func (m *submitfnMaps) Close() error {
 	return _SubmitfnClose(
 		m.DevHist,
+		m.DevHistSpill,
 		m.DevHistZero,
+		m.DevNames,
 		m.Events,
 		m.Losses,
 		m.Submitting,

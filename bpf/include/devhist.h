@@ -1,68 +1,106 @@
 /* Per-device latency aggregation shared by the block probes (submit,
- * service, submitfn): a HASH keyed by device whose value holds the count,
- * sum, histogram slots, maximum and name. Include after common.h, hist.h
- * and kernel_block.h, and after DECLARE_LOSSES(). User space reads it when
- * the probe stops. */
+ * service, submitfn). Include after common.h, hist.h and kernel_block.h,
+ * and after DECLARE_LOSSES(). User space reads the maps when the probe
+ * stops.
+ *
+ * Every I/O adds to a histogram, so the fast path must not bounce cache
+ * lines between CPUs: each device has a per-CPU histogram (dev_hist), added
+ * to with plain stores, and user space sums the CPUs. Its room is sized
+ * from user space to the CPU count (prealloc'ed: devices x CPUs x ~2.6 KB);
+ * devices beyond it go to a shared histogram with atomic adds
+ * (dev_hist_spill), so none is lost. */
 #ifndef WHYSLOW_DEVHIST_H
 #define WHYSLOW_DEVHIST_H
 
-/* Devices with a histogram at once; beyond, latencies of further devices
- * are lost (LOSS_MAP_FULL). 512 x ~3.2 KB ~= 1.6 MB. */
+/* Devices with a histogram at once, at most; beyond, latencies of further
+ * devices are lost (LOSS_MAP_FULL). */
 #define DEV_MAX 512
-/* max_ns is kept per CPU (index: CPU id modulo this), so that it needs no
- * compare-and-swap (5.12+); CPUs that share an index may rarely race. */
+/* In the spill histogram, max_ns is kept per CPU (index: CPU id modulo
+ * this), so that it needs no compare-and-swap (5.12+); CPUs that share an
+ * index may rarely race. */
 #define DEV_MAX_CPUS 64
 #define WS_EEXIST 17
 
-/* One device's latencies: a single lookup per latency. sum_ns and the
- * slots are added to atomically; the count is the slots' sum. */
+/* One device's latencies on one CPU; the count is the slots' sum. */
 struct dev_hist {
 	__u64 sum_ns;
+	__u64 max_ns;
 	__u64 slots[HIST_SLOTS]; /* hist_slot(latency ns) */
+};
+
+/* One device's latencies, shared by the CPUs: sum_ns and the slots are
+ * added to atomically. */
+struct dev_hist_shared {
+	__u64 sum_ns;
+	__u64 slots[HIST_SLOTS];
 	__u64 max_ns[DEV_MAX_CPUS];
+};
+
+struct dev_name {
 	char name[DISK_NAME_LEN];
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, DEV_MAX);
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, DEV_MAX); /* lowered from user space on hosts with many CPUs */
 	__type(key, __u32); /* kernel dev_t of the whole disk: major<<20|minor */
 	__type(value, struct dev_hist);
 } dev_hist SEC(".maps");
 
-/* A zero dev_hist to create entries from (never written). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DEV_MAX);
+	__type(key, __u32);
+	__type(value, struct dev_hist_shared);
+} dev_hist_spill SEC(".maps");
+
+/* Each device's name, as the first latency of it saw it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DEV_MAX);
+	__type(key, __u32);
+	__type(value, struct dev_name);
+} dev_names SEC(".maps");
+
+/* Zeroes to create entries from (never written; as large as the larger
+ * value). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct dev_hist);
+	__type(value, struct dev_hist_shared);
 } dev_hist_zero SEC(".maps");
 
-/* dev_hist_add records one latency for a device. */
-static __always_inline void dev_hist_add(__u32 dev, struct gendisk *disk, __u64 ns)
+static __always_inline void dev_name_add(__u32 dev, struct gendisk *disk)
 {
-	struct dev_hist *h = bpf_map_lookup_elem(&dev_hist, &dev);
+	struct dev_name n = {};
+
+	if (!disk)
+		return;
+	bpf_core_read_str(n.name, sizeof(n.name), &disk->disk_name);
+	bpf_map_update_elem(&dev_names, &dev, &n, BPF_NOEXIST);
+}
+
+/* dev_hist_spill_add records a latency of a device that found no room in
+ * dev_hist (rare: only on hosts with many CPUs and devices). */
+static __always_inline void dev_hist_spill_add(__u32 dev, __u64 ns)
+{
+	struct dev_hist_shared *h = bpf_map_lookup_elem(&dev_hist_spill, &dev);
 	if (!h) {
-		/* First latency of this device: create its entry and record
-		 * its name (rare, so the cost is fine). */
 		__u32 zero = 0;
-		struct dev_hist *z = bpf_map_lookup_elem(&dev_hist_zero, &zero);
+		struct dev_hist_shared *z = bpf_map_lookup_elem(&dev_hist_zero, &zero);
 		if (!z)
 			return;
-		long err = bpf_map_update_elem(&dev_hist, &dev, z, BPF_NOEXIST);
+		long err = bpf_map_update_elem(&dev_hist_spill, &dev, z, BPF_NOEXIST);
 		if (err && err != -WS_EEXIST) {
 			count_loss(&losses, LOSS_MAP_FULL);
 			return;
 		}
-		h = bpf_map_lookup_elem(&dev_hist, &dev);
+		h = bpf_map_lookup_elem(&dev_hist_spill, &dev);
 		if (!h)
 			return;
-		if (disk && !err)
-			bpf_core_read_str(h->name, sizeof(h->name), &disk->disk_name);
 	}
 	__sync_fetch_and_add(&h->sum_ns, ns);
-	/* A 64-bit index compared as such: verifiers before 5.13 do not carry
-	 * a 32-bit compare's bound over to the 64-bit register. */
 	__u64 slot = hist_slot(ns);
 	asm volatile("" : "+r"(slot));
 	if (slot < HIST_SLOTS)
@@ -70,6 +108,41 @@ static __always_inline void dev_hist_add(__u32 dev, struct gendisk *disk, __u64 
 	__u64 *m = &h->max_ns[bpf_get_smp_processor_id() & (DEV_MAX_CPUS - 1)];
 	if (ns > *m)
 		*m = ns;
+}
+
+/* dev_hist_add records one latency for a device. */
+static __always_inline void dev_hist_add(__u32 dev, struct gendisk *disk, __u64 ns)
+{
+	struct dev_hist *h = bpf_map_lookup_elem(&dev_hist, &dev);
+	if (!h) {
+		/* First latency of this device (rare, so the cost is fine). */
+		__u32 zero = 0;
+		struct dev_hist_shared *z = bpf_map_lookup_elem(&dev_hist_zero, &zero);
+		if (!z)
+			return;
+		long err = bpf_map_update_elem(&dev_hist, &dev, z, BPF_NOEXIST);
+		if (!err)
+			dev_name_add(dev, disk);
+		h = bpf_map_lookup_elem(&dev_hist, &dev);
+		if (!h) {
+			if (err && err != -WS_EEXIST)
+				dev_name_add(dev, disk);
+			dev_hist_spill_add(dev, ns);
+			return;
+		}
+	}
+	/* This CPU's copy: plain adds. A program does not run nested in
+	 * itself on one CPU (since 6.1; before, an interrupt's completion
+	 * could in rare cases race a task's and lose one count). */
+	h->sum_ns += ns;
+	/* A 64-bit index compared as such: verifiers before 5.13 do not carry
+	 * a 32-bit compare's bound over to the 64-bit register. */
+	__u64 slot = hist_slot(ns);
+	asm volatile("" : "+r"(slot));
+	if (slot < HIST_SLOTS)
+		h->slots[slot]++;
+	if (ns > h->max_ns)
+		h->max_ns = ns;
 }
 
 /* A table of spans in flight, by a pointer (bio, request): a direct-mapped
@@ -110,6 +183,14 @@ static __always_inline void *tp_arg(__u64 *ctx, __u32 idx)
 	else
 		asm volatile("%0 = *(u64 *)(%1 + 0)" : "=r"(v) : "r"(ctx));
 	return v;
+}
+
+/* raw_arg returns argument idx (0..2) of a raw_tp program: a pointer's
+ * value as a plain number (raw tracepoint arguments are not typed), for
+ * the programs that only need it as a key. */
+static __always_inline __u64 raw_arg(__u64 *ctx, __u32 idx)
+{
+	return (__u64)tp_arg(ctx, idx);
 }
 
 #endif
