@@ -208,7 +208,6 @@ func BenchmarkAnalyzeTrace(b *testing.B) {
 		if err := tracefile.Write(&buf, input(b, n), tracefile.Info{Version: "bench", StartedAt: time.Unix(0, 0), Duration: time.Minute}); err != nil {
 			b.Fatal(err)
 		}
-		b.ReportMetric(float64(buf.Len())/float64(n), "trace-bytes/event")
 		b.ReportAllocs()
 		b.ResetTimer()
 		for b.Loop() {
@@ -221,5 +220,25 @@ func BenchmarkAnalyzeTrace(b *testing.B) {
 			}
 		}
 		reportRate(b, n)
+	})
+}
+
+// BenchmarkTraceWrite measures recording a run (`--record`): encoding and
+// compressing every event of the timeline.
+func BenchmarkTraceWrite(b *testing.B) {
+	n := 1_000_000
+	b.Run(sizeName(n), func(b *testing.B) {
+		tl := input(b, n)
+		var buf bytes.Buffer
+		b.ReportAllocs()
+		b.ResetTimer()
+		for b.Loop() {
+			buf.Reset()
+			if err := tracefile.Write(&buf, tl, tracefile.Info{Version: "bench", StartedAt: time.Unix(0, 0), Duration: time.Minute}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		reportRate(b, n)
+		b.ReportMetric(float64(buf.Len())/float64(n), "trace-bytes/event")
 	})
 }

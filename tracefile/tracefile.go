@@ -21,6 +21,7 @@ import (
 	"io"
 	"os"
 	"reflect"
+	"slices"
 	"sort"
 	"time"
 
@@ -155,7 +156,7 @@ func Write(w io.Writer, tl *timeline.Timeline, info Info) error {
 	if tl == nil {
 		return errors.New("no timeline to record")
 	}
-	zw, err := gzip.NewWriterLevel(w, gzip.BestCompression)
+	zw, err := gzip.NewWriterLevel(w, gzip.DefaultCompression)
 	if err != nil {
 		return err
 	}
@@ -172,13 +173,21 @@ func Write(w io.Writer, tl *timeline.Timeline, info Info) error {
 		return err
 	}
 	n := 0
+	var buf []byte
 	record := func(kind string, v reflect.Value) error {
+		n++
+		var err error
+		if buf, err = appendRecord(buf[:0], kind, v); err == nil {
+			bw.Write(buf)
+			return bw.WriteByte('\n')
+		}
+		// The reflective codec: values the fast one does not write, or
+		// the reason a value cannot be recorded.
 		m, err := encodeStruct(v)
 		if err != nil {
 			return fmt.Errorf("recording %s: %w", kind, err)
 		}
 		m["type"] = kind
-		n++
 		return line(m)
 	}
 	run := runRecord{Version: info.Version, Duration: int64(info.Duration), DeviceFilter: info.Devices}
@@ -200,32 +209,50 @@ func Write(w io.Writer, tl *timeline.Timeline, info Info) error {
 	if err := record(typeTimeline, scalars); err != nil {
 		return err
 	}
-	type timed struct {
-		when event.Mono
+	// The event streams, merged in time order; at equal times the earlier
+	// stream first, and each stream in its own order, so reading them back
+	// rebuilds each stream exactly. Streams are sorted, so a merge does.
+	type cursor struct {
 		kind string
-		v    reflect.Value
+		s    reflect.Value
+		i    int
+		when event.Mono // of event i
 	}
-	var events []timed
+	// The time of the cursor's event, read through its address: no copy,
+	// no allocation.
+	next := func(c *cursor) { c.when = c.s.Index(c.i).Addr().Interface().(event.Event).When() }
+	var cur []*cursor
 	for _, s := range streams() {
 		f := tv.Field(s.field)
-		isEvent := f.Type().Elem().Implements(eventType)
-		for i := 0; i < f.Len(); i++ {
-			if isEvent {
-				e := f.Index(i)
-				events = append(events, timed{when: e.Interface().(event.Event).When(), kind: s.kind, v: e})
-				continue
+		if !f.Type().Elem().Implements(eventType) {
+			for i := 0; i < f.Len(); i++ {
+				if err := record(s.kind, f.Index(i)); err != nil {
+					return err
+				}
 			}
-			if err := record(s.kind, f.Index(i)); err != nil {
-				return err
-			}
+			continue
+		}
+		if f.Len() > 0 {
+			c := &cursor{kind: s.kind, s: f}
+			next(c)
+			cur = append(cur, c)
 		}
 	}
-	// Stable: events of one stream keep their order, so reading them back
-	// rebuilds each stream exactly.
-	sort.SliceStable(events, func(i, j int) bool { return events[i].when < events[j].when })
-	for _, e := range events {
-		if err := record(e.kind, e.v); err != nil {
+	for len(cur) > 0 {
+		best := 0
+		for j := 1; j < len(cur); j++ {
+			if cur[j].when < cur[best].when {
+				best = j
+			}
+		}
+		c := cur[best]
+		if err := record(c.kind, c.s.Index(c.i)); err != nil {
 			return err
+		}
+		if c.i++; c.i == c.s.Len() {
+			cur = slices.Delete(cur, best, best+1)
+		} else {
+			next(c)
 		}
 	}
 	if err := line(map[string]any{"type": typeEnd, "records": n}); err != nil {
@@ -286,14 +313,20 @@ type reader struct {
 	br         *bufio.Reader
 	compressed bool
 	line       int
+	buf        []byte // a line longer than br's buffer
 }
 
 // next returns the next line without its newline; io.EOF at a clean end.
+// The line is valid until the next call.
 func (rd *reader) next() ([]byte, error) {
-	var buf []byte
+	chunk, err := rd.br.ReadSlice('\n')
+	if err == nil { // the common case: the whole line in the buffer
+		rd.line++
+		return chunk[:len(chunk)-1], nil
+	}
+	buf := append(rd.buf[:0], chunk...)
+	defer func() { rd.buf = buf[:0] }()
 	for {
-		chunk, err := rd.br.ReadSlice('\n')
-		buf = append(buf, chunk...)
 		if len(buf) > MaxLine {
 			return nil, fmt.Errorf("line %d: longer than %d bytes", rd.line+1, MaxLine)
 		}
@@ -302,7 +335,8 @@ func (rd *reader) next() ([]byte, error) {
 			rd.line++
 			return buf[:len(buf)-1], nil
 		case errors.Is(err, bufio.ErrBufferFull):
-			continue
+			chunk, err = rd.br.ReadSlice('\n')
+			buf = append(buf, chunk...)
 		case errors.Is(err, io.EOF):
 			if len(buf) > 0 {
 				rd.line++
@@ -348,15 +382,17 @@ func (rd *reader) read() (*timeline.Timeline, Info, error) {
 		return nil, info, fmt.Errorf("line 1: unknown encoding %q", clip(h.Encoding))
 	}
 
-	tl := &timeline.Timeline{}
-	tv := reflect.ValueOf(tl).Elem()
-	byKind := map[string]int{}
-	for _, s := range streams() {
-		byKind[s.kind] = s.field
+	st := &readState{
+		tl:            &timeline.Timeline{},
+		byKind:        map[string]int{},
+		unknownFields: map[string]bool{},
+		seen:          map[string]bool{},
+		fast:          newFastReader(),
 	}
-	unknownFields := map[string]bool{}
-	seen := map[string]bool{}
-	records := 0
+	st.tv = reflect.ValueOf(st.tl).Elem()
+	for _, s := range streams() {
+		st.byKind[s.kind] = s.field
+	}
 	for {
 		b, err := rd.next()
 		if err == io.EOF {
@@ -365,96 +401,18 @@ func (rd *reader) read() (*timeline.Timeline, Info, error) {
 		if err != nil {
 			return nil, info, err
 		}
-		if len(bytes.TrimSpace(b)) == 0 {
-			return nil, info, fmt.Errorf("line %d: empty line", rd.line)
+		if st.fastEvent(b) {
+			continue
 		}
-		dec := json.NewDecoder(bytes.NewReader(b))
-		dec.UseNumber()
-		var m map[string]any
-		if err := dec.Decode(&m); err != nil || m == nil {
-			return nil, info, fmt.Errorf("line %d: not a JSON object: %v", rd.line, jsonErr(err))
+		end, err := st.record(rd, b, &info)
+		if err != nil {
+			return nil, info, err
 		}
-		if dec.More() {
-			return nil, info, fmt.Errorf("line %d: more than one JSON value", rd.line)
-		}
-		kind, ok := m["type"].(string)
-		if !ok {
-			return nil, info, fmt.Errorf("line %d: record has no \"type\"", rd.line)
-		}
-		fail := func(err error) error { return fmt.Errorf("line %d: %s record: %w", rd.line, clip(kind), err) }
-		unknown := func(f string) { unknownFields[kind+"."+f] = true }
-		skip := map[string]bool{"type": true}
-		if kind == typeEnd {
-			var end struct {
-				Records int `json:"records"`
-			}
-			if err := decodeStruct(m, reflect.ValueOf(&end).Elem(), "", skip, nil); err != nil {
-				return nil, info, fail(err)
-			}
-			if end.Records != records {
-				return nil, info, fmt.Errorf("line %d: the end record counts %d records, the trace has %d: records are missing", rd.line, end.Records, records)
-			}
-			switch _, err := rd.next(); {
-			case err == nil:
-				return nil, info, fmt.Errorf("line %d: data after the end record", rd.line)
-			case err != io.EOF:
-				return nil, info, err
-			}
+		if end {
 			break
 		}
-		records++
-		if (kind == typeRun || kind == typeTimeline) && seen[kind] {
-			return nil, info, fmt.Errorf("line %d: a second %s record", rd.line, kind)
-		}
-		if kind != typeRun && !seen[typeRun] || kind != typeRun && kind != typeTimeline && !seen[typeTimeline] {
-			return nil, info, fmt.Errorf("line %d: %s record before the run and timeline records", rd.line, clip(kind))
-		}
-		seen[kind] = true
-		switch kind {
-		case typeRun:
-			var run runRecord
-			if err := decodeStruct(m, reflect.ValueOf(&run).Elem(), "", skip, unknown); err != nil {
-				return nil, info, fail(err)
-			}
-			info.Version, info.Duration, info.Devices = run.Version, time.Duration(run.Duration), run.DeviceFilter
-			if run.StartedAt != "" {
-				t, err := time.Parse(time.RFC3339Nano, run.StartedAt)
-				if err != nil {
-					return nil, info, fail(fmt.Errorf("field started_at: %v", err))
-				}
-				info.StartedAt = t
-			}
-		case typeTimeline:
-			scalars := reflect.New(timelineType).Elem()
-			if err := decodeStruct(m, scalars, "", skip, unknown); err != nil {
-				return nil, info, fail(err)
-			}
-			for i := 0; i < timelineType.NumField(); i++ {
-				if timelineType.Field(i).Type.Kind() == reflect.Slice {
-					if _, ok := m[fieldName(timelineType.Field(i))]; ok {
-						return nil, info, fail(fmt.Errorf("field %s: a stream inside the timeline record", fieldName(timelineType.Field(i))))
-					}
-				} else if timelineType.Field(i).IsExported() {
-					tv.Field(i).Set(scalars.Field(i))
-				}
-			}
-		default:
-			idx, ok := byKind[kind]
-			if !ok {
-				if info.UnknownRecords == nil {
-					info.UnknownRecords = map[string]int{}
-				}
-				info.UnknownRecords[clip(kind)]++
-				continue
-			}
-			f := tv.Field(idx)
-			e := reflect.New(f.Type().Elem()).Elem()
-			if err := decodeStruct(m, e, "", skip, unknown); err != nil {
-				return nil, info, fail(err)
-			}
-			f.Set(reflect.Append(f, e))
-		}
 	}
+	tl, seen, unknownFields := st.tl, st.seen, st.unknownFields
 	if !seen[typeTimeline] {
 		return nil, info, errors.New("the trace has no timeline record")
 	}
@@ -464,6 +422,171 @@ func (rd *reader) read() (*timeline.Timeline, Info, error) {
 	sort.Strings(info.UnknownFields)
 	tl.Sort()
 	return tl, info, nil
+}
+
+// readState is what reading a trace has gathered so far.
+type readState struct {
+	tl            *timeline.Timeline
+	tv            reflect.Value
+	byKind        map[string]int // record type -> stream field
+	unknownFields map[string]bool
+	seen          map[string]bool
+	records       int
+	fast          *fastReader
+}
+
+// fastEvent reads line b if it is an event of a stream that the fast codec
+// decodes (nearly all of a trace); false leaves the line to record.
+func (st *readState) fastEvent(b []byte) bool {
+	if !st.seen[typeRun] || !st.seen[typeTimeline] {
+		return false
+	}
+	var f reflect.Value // the stream the record goes to
+	slot := func(kind string) reflect.Value {
+		idx, ok := st.byKind[kind]
+		if !ok {
+			return reflect.Value{}
+		}
+		f = st.tv.Field(idx)
+		return grow(f)
+	}
+	kind, ok := st.fast.record(b, slot)
+	if !ok {
+		if f.IsValid() {
+			f.SetLen(f.Len() - 1)
+		}
+		// Another key order: find the type first, then the fields.
+		if kind, ok = st.fast.scan(b); !ok {
+			return false
+		}
+		e := slot(kind)
+		if !e.IsValid() {
+			return false
+		}
+		if !st.fast.decode(e) {
+			f.SetLen(f.Len() - 1)
+			return false
+		}
+	}
+	for _, k := range st.fast.unknown {
+		st.unknownFields[kind+"."+k] = true
+	}
+	st.records++
+	st.seen[kind] = true
+	return true
+}
+
+// grow appends a zero element to slice s, doubling its capacity when full
+// (append grows large slices by a quarter: five times the final size
+// allocated on the way to a million events), and returns the element.
+func grow(s reflect.Value) reflect.Value {
+	n := s.Len()
+	if n == s.Cap() {
+		bigger := reflect.MakeSlice(s.Type(), n, max(2*n, 64))
+		reflect.Copy(bigger, s)
+		s.Set(bigger)
+	}
+	s.SetLen(n + 1)
+	e := s.Index(n)
+	e.SetZero()
+	return e
+}
+
+// record reads line b with the reflective codec: every record that is not
+// a plain event, and any line the fast codec gives up on (it then says what
+// is wrong). end is true after the end record.
+func (st *readState) record(rd *reader, b []byte, info *Info) (end bool, err error) {
+	if len(bytes.TrimSpace(b)) == 0 {
+		return false, fmt.Errorf("line %d: empty line", rd.line)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	var m map[string]any
+	if err := dec.Decode(&m); err != nil || m == nil {
+		return false, fmt.Errorf("line %d: not a JSON object: %v", rd.line, jsonErr(err))
+	}
+	if dec.More() {
+		return false, fmt.Errorf("line %d: more than one JSON value", rd.line)
+	}
+	kind, ok := m["type"].(string)
+	if !ok {
+		return false, fmt.Errorf("line %d: record has no \"type\"", rd.line)
+	}
+	fail := func(err error) error { return fmt.Errorf("line %d: %s record: %w", rd.line, clip(kind), err) }
+	unknown := func(f string) { st.unknownFields[kind+"."+f] = true }
+	skip := map[string]bool{"type": true}
+	if kind == typeEnd {
+		var end struct {
+			Records int `json:"records"`
+		}
+		if err := decodeStruct(m, reflect.ValueOf(&end).Elem(), "", skip, nil); err != nil {
+			return false, fail(err)
+		}
+		if end.Records != st.records {
+			return false, fmt.Errorf("line %d: the end record counts %d records, the trace has %d: records are missing", rd.line, end.Records, st.records)
+		}
+		switch _, err := rd.next(); {
+		case err == nil:
+			return false, fmt.Errorf("line %d: data after the end record", rd.line)
+		case err != io.EOF:
+			return false, err
+		}
+		return true, nil
+	}
+	st.records++
+	seen := st.seen
+	if (kind == typeRun || kind == typeTimeline) && seen[kind] {
+		return false, fmt.Errorf("line %d: a second %s record", rd.line, kind)
+	}
+	if kind != typeRun && !seen[typeRun] || kind != typeRun && kind != typeTimeline && !seen[typeTimeline] {
+		return false, fmt.Errorf("line %d: %s record before the run and timeline records", rd.line, clip(kind))
+	}
+	seen[kind] = true
+	switch kind {
+	case typeRun:
+		var run runRecord
+		if err := decodeStruct(m, reflect.ValueOf(&run).Elem(), "", skip, unknown); err != nil {
+			return false, fail(err)
+		}
+		info.Version, info.Duration, info.Devices = run.Version, time.Duration(run.Duration), run.DeviceFilter
+		if run.StartedAt != "" {
+			t, err := time.Parse(time.RFC3339Nano, run.StartedAt)
+			if err != nil {
+				return false, fail(fmt.Errorf("field started_at: %v", err))
+			}
+			info.StartedAt = t
+		}
+	case typeTimeline:
+		scalars := reflect.New(timelineType).Elem()
+		if err := decodeStruct(m, scalars, "", skip, unknown); err != nil {
+			return false, fail(err)
+		}
+		for i := 0; i < timelineType.NumField(); i++ {
+			if timelineType.Field(i).Type.Kind() == reflect.Slice {
+				if _, ok := m[fieldName(timelineType.Field(i))]; ok {
+					return false, fail(fmt.Errorf("field %s: a stream inside the timeline record", fieldName(timelineType.Field(i))))
+				}
+			} else if timelineType.Field(i).IsExported() {
+				st.tv.Field(i).Set(scalars.Field(i))
+			}
+		}
+	default:
+		idx, ok := st.byKind[kind]
+		if !ok {
+			if info.UnknownRecords == nil {
+				info.UnknownRecords = map[string]int{}
+			}
+			info.UnknownRecords[clip(kind)]++
+			return false, nil
+		}
+		f := st.tv.Field(idx)
+		e := reflect.New(f.Type().Elem()).Elem()
+		if err := decodeStruct(m, e, "", skip, unknown); err != nil {
+			return false, fail(err)
+		}
+		f.Set(reflect.Append(f, e))
+	}
+	return false, nil
 }
 
 // jsonErr shortens a JSON syntax error.
