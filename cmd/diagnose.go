@@ -166,6 +166,10 @@ func loadRules(dir string) (*rules.Set, error) {
 	return set.Merge(extra), nil
 }
 
+// memoryLimit is the soft limit of the Go heap during a diagnosis: room for
+// the events held at most, twice over, and for the rest of the program.
+const memoryLimit = 2*diagnose.DefaultMaxEventBytes + 128<<20
+
 func storageRun(ctx context.Context, opts *StorageOptions) error {
 	// Start-up allocates some 40 MB that stay (kernel BTF, kallsyms, maps'
 	// bookkeeping) in a near-empty heap: collecting at every doubling costs
@@ -173,6 +177,13 @@ func storageRun(ctx context.Context, opts *StorageOptions) error {
 	gc := debug.SetGCPercent(400)
 	restoreGC := sync.OnceFunc(func() { debug.SetGCPercent(gc) })
 	defer restoreGC()
+	// The events are bounded (diagnose.DefaultMaxEventBytes), and so is
+	// what the analysis derives from them; without a limit the collector
+	// still lets the heap grow to twice what is live, and a storm of
+	// events made the RSS reach 600 MB. GOMEMLIMIT, when set, wins.
+	if os.Getenv("GOMEMLIMIT") == "" {
+		defer debug.SetMemoryLimit(debug.SetMemoryLimit(memoryLimit))
+	}
 	// The probes need the kernel BTF, decoded once per process: decode it
 	// while the rules compile. (kallsyms, needed only to symbolize stacks,
 	// is read in the background by the offcpu probe.)
