@@ -1,11 +1,14 @@
 package cmd
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/spf13/cobra"
 )
 
 func TestAnalyzeFlags(t *testing.T) {
@@ -75,5 +78,95 @@ func TestAnalyzeLeavesNoFilesOnError(t *testing.T) {
 		if _, err := os.Stat(p); err == nil {
 			t.Errorf("%s was left behind", p)
 		}
+	}
+}
+
+// A panic in a command is a bug: one line and exit code 1, never Go's 2
+// (which means bad flags).
+func TestPanicIsAnErrorNotAUsageMistake(t *testing.T) {
+	ios, out, errb := testIO()
+	root := NewRootCmd(ios)
+	root.AddCommand(&cobra.Command{Use: "boom", RunE: func(*cobra.Command, []string) error {
+		var s []int
+		_ = s[3]
+		return nil
+	}})
+	if code := execute(ios, root, []string{"boom"}); code != ExitError {
+		t.Errorf("exit %d, want %d", code, ExitError)
+	}
+	lines := strings.Split(strings.TrimRight(errb.String(), "\n"), "\n")
+	if len(lines) != 1 || !strings.HasPrefix(lines[0], "whyslow: internal error: runtime error: index out of range") {
+		t.Errorf("stderr %q, want one internal-error line", errb)
+	}
+	if out.Len() != 0 {
+		t.Errorf("stdout %q", out)
+	}
+}
+
+// traceOf is a trace file holding the lines given after its run record.
+func traceOf(t *testing.T, lines ...string) string {
+	t.Helper()
+	all := append([]string{
+		`{"format":"whyslow.trace","version":1,"encoding":"json-lines","writer":"whyslow 0.1.0"}`,
+		`{"type":"run","version":"0.1.0","started_at":"2026-11-03T10:00:00Z","requested_duration":20000000000,"device_filter":[]}`,
+	}, lines...)
+	all = append(all, fmt.Sprintf(`{"type":"end","records":%d}`, len(all)-1))
+	path := filepath.Join(t.TempDir(), "x.trace")
+	if err := os.WriteFile(path, []byte(strings.Join(all, "\n")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// Extreme values a well-formed trace can hold give a report in every
+// format; impossible ones are one error line naming the file and the line.
+func TestAnalyzeExtremeValues(t *testing.T) {
+	dev := `"dev":{"major":7,"minor":0,"name":"loop0"}`
+	task := `"task":{"pid":1,"tgid":1,"comm":"fio"}`
+	tests := []struct {
+		name     string
+		lines    []string
+		wantCode int
+		want     string // in stderr when failing, in the text report else
+	}{
+		{"longest window", []string{`{"type":"timeline","start":0,"end":9223372036854775807,"min_latency":9223372036854775807}`}, 0, "observed    2562048h"},
+		{"empty window", []string{`{"type":"timeline","start":5,"end":5}`}, 0, "min latency 0, devices: all"},
+		{"longest spans, huge counts", []string{
+			`{"type":"timeline","start":0,"end":9223372036854775807}`,
+			`{"type":"device",` + dev + `,"submit":{"count":18446744073709551615,"sum_ns":18446744073709551615,"max_ns":9223372036854775807,"slots":[[327,18446744073709551615],[0,18446744073709551615]]},"service":{"count":1,"sum_ns":9223372036854775807,"max_ns":9223372036854775807,"slots":[[327,1]]}}`,
+			`{"type":"slow_submit","start":0,"latency":9223372036854775807,` + task + `,` + dev + `}`,
+			`{"type":"slow_submit","start":1,"latency":9223372036854775806,` + task + `,` + dev + `}`,
+			`{"type":"offcpu","start":0,"duration":9223372036854775807,` + task + `,"kernel_stack":[{"addr":1,"symbol":"__bio_queue_enter"}]}`,
+			`{"type":"freeze","start":0,"duration":9223372036854775807,` + task + `,` + dev + `}`,
+			`{"type":"uevent","time":9223372036854775807,"action":"change","subsystem":"block","devname":"loop0"}`,
+		}, 0, "loop0"},
+		{"negative min latency", []string{`{"type":"timeline","start":0,"end":9223372036854775807,"min_latency":-9223372036854775808}`}, 1,
+			"line 3: timeline record: field min_latency: a duration cannot be negative"},
+		{"negative latency", []string{`{"type":"timeline","start":0,"end":10}`, `{"type":"slow_submit","start":1,"latency":-1}`}, 1,
+			"line 4: slow_submit record: field latency: a duration cannot be negative"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			trace := traceOf(t, tt.lines...)
+			for _, format := range reportFormats {
+				ios, out, errb := testIO()
+				code := Execute(ios, []string{"analyze", trace, "--format", format, "--folded", filepath.Join(t.TempDir(), "f"), "--stacks-out", filepath.Join(t.TempDir(), "p")})
+				if code != tt.wantCode {
+					t.Fatalf("--format %s: exit %d, want %d; stderr %q", format, code, tt.wantCode, errb)
+				}
+				if tt.wantCode != 0 {
+					if !strings.HasPrefix(errb.String(), "whyslow: reading trace "+trace+": ") || !strings.Contains(errb.String(), tt.want) || strings.Count(errb.String(), "\n") != 1 {
+						t.Errorf("stderr %q, want one line naming %s and saying %q", errb, trace, tt.want)
+					}
+					continue
+				}
+				if errb.Len() != 0 {
+					t.Errorf("--format %s: stderr %q", format, errb)
+				}
+				if format == "text" && !strings.Contains(out.String(), tt.want) {
+					t.Errorf("report lacks %q:\n%s", tt.want, out)
+				}
+			}
+		})
 	}
 }

@@ -100,7 +100,20 @@ func Main(ios *IO) int {
 // Execute runs the command line with args and returns the exit code; errors
 // are printed as one line on ios.ErrOut.
 func Execute(ios *IO, args []string) int {
-	root := NewRootCmd(ios)
+	return execute(ios, NewRootCmd(ios), args)
+}
+
+// execute runs a command tree. A panic is a bug, never the user's doing:
+// it is one line on stderr and exit code 1, like any other failure (Go's
+// own exit code for a panic, 2, would read as bad flags).
+func execute(ios *IO, root *cobra.Command, args []string) (code int) {
+	defer func() {
+		if x := recover(); x != nil {
+			msg := strings.Join(strings.Fields(fmt.Sprint(x)), " ")
+			fmt.Fprintf(ios.ErrOut, "whyslow: internal error: %s (this is a bug; please report it with the command line and its input)\n", msg)
+			code = ExitError
+		}
+	}()
 	root.SetArgs(args)
 	err := root.Execute()
 	if err == nil {

@@ -199,7 +199,7 @@ func spanStats(s facts.Spans) SpanStats {
 	var total, longest time.Duration
 	for _, sp := range s {
 		d := max(sp.Duration(), 0)
-		total += d
+		total = facts.SaturatingAdd(total, d)
 		longest = max(longest, d)
 	}
 	return SpanStats{Count: len(s), TotalMs: ms(total), MaxMs: ms(longest)}
@@ -285,7 +285,7 @@ func stacks(names []string, devices map[string]*facts.Device) []Stack {
 				}
 				d := max(sp.Duration(), 0)
 				g.Count++
-				g.total += d
+				g.total = facts.SaturatingAdd(g.total, d)
 				g.longest = max(g.longest, d)
 				g.comms[sp.Comm]++
 			}

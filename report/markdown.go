@@ -150,7 +150,7 @@ func (m *mdWriter) header(r *Report) {
 	if len(r.DeviceFilter) > 0 {
 		devs = strings.ReplaceAll(mdCodes(r.DeviceFilter), "|", `\|`)
 	}
-	rows = append(rows, []string{"options", fmt.Sprintf("min latency %s, devices: %s", fmtDur(time.Duration(r.MinLatencyUs*float64(time.Microsecond))), devs)})
+	rows = append(rows, []string{"options", fmt.Sprintf("min latency %s, devices: %s", fmtUs(r.MinLatencyUs), devs)})
 	ok := 0
 	for _, p := range r.Probes {
 		if p.Status == "ok" {

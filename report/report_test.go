@@ -359,10 +359,55 @@ func TestFmtDur(t *testing.T) {
 		{90 * time.Second, "90s"},
 		{150 * time.Second, "2m30s"},
 		{-3 * time.Millisecond, "-3.0ms"},
+		{99 * time.Hour, "99h0m0s"},
+		{100 * time.Hour, "100h"},
+		{math.MaxInt64, "2562048h"},
+		{math.MinInt64, "-2562048h"},
 	}
 	for _, tt := range tests {
 		if got := fmtDur(tt.d); got != tt.want {
 			t.Errorf("fmtDur(%v) = %q, want %q", tt.d, got, tt.want)
+		}
+	}
+}
+
+// What the renderers compute from a report's numbers (any trace can put
+// extreme ones there) always has a short form.
+func TestFormatsOfExtremeNumbers(t *testing.T) {
+	tests := []struct {
+		name string
+		got  string
+		want string
+	}{
+		{"seconds beyond a Duration", fmtSeconds(9223372036.855), "2562048h"},
+		{"milliseconds beyond a Duration", fmtMs(1e300), "2.78e+293h"},
+		{"negative beyond a Duration", fmtUs(-1e17), "-27777778h"},
+		{"NaN", fmtUs(math.NaN()), "-"},
+		{"infinity", fmtMs(math.Inf(-1)), "-"},
+		{"evidence in seconds", evidenceValue("period_s", 1e12), "277777778h"},
+	}
+	for _, tt := range tests {
+		if tt.got != tt.want {
+			t.Errorf("%s: %q, want %q", tt.name, tt.got, tt.want)
+		}
+	}
+}
+
+func TestTimeTicks(t *testing.T) {
+	tests := []struct {
+		dur  float64
+		want []float64
+	}{
+		{5, []float64{0, 0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5}},
+		{60, []float64{0, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60}},
+		{0, []float64{0}},
+		{math.NaN(), []float64{0}},
+		{math.Inf(1), []float64{0}},
+		{9223372036.855, []float64{0, 1.8e9, 3.6e9, 5.4e9, 7.2e9, 9e9}},
+	}
+	for _, tt := range tests {
+		if got := timeTicks(tt.dur); !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("timeTicks(%v) = %v, want %v", tt.dur, got, tt.want)
 		}
 	}
 }

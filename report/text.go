@@ -101,7 +101,7 @@ func (t *textWriter) header(r *Report) {
 	if len(r.DeviceFilter) > 0 {
 		devs = cleanJoin(r.DeviceFilter, ", ")
 	}
-	t.printf("  %-11s min latency %s, devices: %s\n", "options", fmtDur(time.Duration(r.MinLatencyUs*float64(time.Microsecond))), devs)
+	t.printf("  %-11s min latency %s, devices: %s\n", "options", fmtUs(r.MinLatencyUs), devs)
 	ok, unavailable := 0, 0
 	for _, p := range r.Probes {
 		if p.Status == "ok" {

@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"reflect"
 	"sort"
@@ -416,6 +417,9 @@ func (rd *reader) read() (*timeline.Timeline, Info, error) {
 			if err := decodeStruct(m, reflect.ValueOf(&run).Elem(), "", skip, unknown); err != nil {
 				return nil, info, fail(err)
 			}
+			if run.Duration < 0 {
+				return nil, info, fail(errAt("requested_duration", "a duration cannot be negative, got %d", run.Duration))
+			}
 			info.Version, info.Duration, info.Devices = run.Version, time.Duration(run.Duration), run.DeviceFilter
 			if run.StartedAt != "" {
 				t, err := time.Parse(time.RFC3339Nano, run.StartedAt)
@@ -428,6 +432,12 @@ func (rd *reader) read() (*timeline.Timeline, Info, error) {
 			scalars := reflect.New(timelineType).Elem()
 			if err := decodeStruct(m, scalars, "", skip, unknown); err != nil {
 				return nil, info, fail(err)
+			}
+			if err := checkRange(scalars); err != nil {
+				return nil, info, fail(err)
+			}
+			if w := scalars.Interface().(timeline.Timeline); w.End < w.Start {
+				return nil, info, fail(errAt("end", "the window ends (%d) before it starts (%d)", w.End, w.Start))
 			}
 			for i := 0; i < timelineType.NumField(); i++ {
 				if timelineType.Field(i).Type.Kind() == reflect.Slice {
@@ -452,6 +462,9 @@ func (rd *reader) read() (*timeline.Timeline, Info, error) {
 			if err := decodeStruct(m, e, "", skip, unknown); err != nil {
 				return nil, info, fail(err)
 			}
+			if err := checkRange(e); err != nil {
+				return nil, info, fail(err)
+			}
 			f.Set(reflect.Append(f, e))
 		}
 	}
@@ -464,6 +477,50 @@ func (rd *reader) read() (*timeline.Timeline, Info, error) {
 	sort.Strings(info.UnknownFields)
 	tl.Sort()
 	return tl, info, nil
+}
+
+var (
+	monoType     = reflect.TypeFor[event.Mono]()
+	durationType = reflect.TypeFor[time.Duration]()
+)
+
+// checkRange rejects the values of a record that no run can have: a
+// negative time (CLOCK_MONOTONIC counts from boot) or duration (an end minus
+// its start), and a span whose end, start plus its duration or latency, is
+// beyond the clock's range. It looks at every time and duration field of the
+// record's struct, so that a field added to an event is checked too.
+func checkRange(v reflect.Value) error {
+	t := v.Type()
+	if t.Kind() != reflect.Struct {
+		return nil
+	}
+	var start int64
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		if f.Type != monoType && f.Type != durationType {
+			continue
+		}
+		n := v.Field(i).Int()
+		if n < 0 {
+			what := "a time (nanoseconds of CLOCK_MONOTONIC)"
+			if f.Type == durationType {
+				what = "a duration"
+			}
+			return errAt(fieldName(f), "%s cannot be negative, got %d", what, n)
+		}
+		if f.Type == monoType && f.Name == "Start" {
+			start = n
+		}
+	}
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		if f.Type == durationType && (f.Name == "Duration" || f.Name == "Latency") {
+			if d := v.Field(i).Int(); d > math.MaxInt64-start {
+				return errAt(fieldName(f), "start %d + %d ns is beyond the clock's range", start, d)
+			}
+		}
+	}
+	return nil
 }
 
 // jsonErr shortens a JSON syntax error.
