@@ -12,6 +12,7 @@ import (
 
 	"github.com/whyslow/whyslow/diagnose"
 	"github.com/whyslow/whyslow/report"
+	"github.com/whyslow/whyslow/rules"
 	"github.com/whyslow/whyslow/stackexport"
 	"github.com/whyslow/whyslow/tracefile"
 )
@@ -226,17 +227,36 @@ func (o *outputs) finish(res *diagnose.Result, info tracefile.Info) error {
 	if err := o.closeR(true); err != nil {
 		return err
 	}
+	if len(res.RuleErrors) > 0 {
+		return exitError{code: ExitError, msg: "whyslow: " + ruleFailures(res.RuleErrors)}
+	}
 	return failOn(o.opts.FailOn, res.Findings)
+}
+
+// ruleFailures says in one line which rules failed while evaluated, where
+// and why, once the report (and trace) holding the others' findings are
+// written.
+func ruleFailures(errs rules.RuleErrors) string {
+	parts := make([]string, len(errs))
+	for i, e := range errs {
+		parts[i] = fmt.Sprintf("%s at %s:%d:%d: %s", e.Rule, e.File, e.Line, e.Column, e.What())
+	}
+	what := "rule failed: " + parts[0]
+	if len(parts) > 1 {
+		what = fmt.Sprintf("%d rules failed: %s", len(parts), strings.Join(parts, "; "))
+	}
+	return what + "; the report has the findings of the other rules"
 }
 
 // buildReport makes the report of a diagnosis: the live run and the
 // analysis of its trace pass the same info and so get the same report.
 func buildReport(res *diagnose.Result, info tracefile.Info) *report.Report {
 	meta := report.Meta{
-		Version:   info.Version,
-		StartedAt: info.StartedAt,
-		Duration:  info.Duration,
-		Devices:   info.Devices,
+		Version:    info.Version,
+		StartedAt:  info.StartedAt,
+		Duration:   info.Duration,
+		Devices:    info.Devices,
+		RuleErrors: res.RuleErrors,
 	}
 	if res.Timeline != nil {
 		meta.Hostname = res.Timeline.Hostname

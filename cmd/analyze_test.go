@@ -1,6 +1,7 @@
 package cmd
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -9,6 +10,9 @@ import (
 	"testing"
 
 	"github.com/spf13/cobra"
+
+	"github.com/whyslow/whyslow/diagnose"
+	"github.com/whyslow/whyslow/tracefile"
 )
 
 func TestAnalyzeFlags(t *testing.T) {
@@ -168,5 +172,101 @@ func TestAnalyzeExtremeValues(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+const brokenRule = "id: broken-index\ntitle: x\nseverity: warning\nscope: device\nwhen: |\n  Device.Stalls.Count() >= 0 &&\n    Device.Stalls[100000].Start > duration(\"1s\")\n"
+
+// A rule that fails while evaluated loses nothing else: the report (with
+// the other rules' findings and the failed rule named) and the stack files
+// are written, stderr says which rule of which file, and the exit code is 1.
+func TestAnalyzeRuleFailureKeepsTheReport(t *testing.T) {
+	dir := t.TempDir()
+	rulesDir := filepath.Join(dir, "rules")
+	if err := os.Mkdir(rulesDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	rule := filepath.Join(rulesDir, "broken.yaml")
+	if err := os.WriteFile(rule, []byte(brokenRule), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	trace := filepath.Join("..", "testdata", "traces", "loop-udev-freeze.trace.gz")
+	for _, tt := range []struct{ format, want string }{
+		{"json", `"rule": "broken-index"`},
+		{"text", "!! 1 RULE FAILED"},
+		{"markdown", "`broken-index`"},
+		{"html", `id="rule-errors"`},
+	} {
+		t.Run(tt.format, func(t *testing.T) {
+			out, folded := filepath.Join(dir, "report."+tt.format), filepath.Join(dir, "stacks.folded")
+			ios, stdout, errb := testIO()
+			code := Execute(ios, []string{"analyze", trace, "--rules", rulesDir, "-f", tt.format, "-o", out, "--folded", folded, "--fail-on", "critical"})
+			if code != ExitError {
+				t.Errorf("exit %d, want %d", code, ExitError)
+			}
+			lines := strings.Split(strings.TrimRight(errb.String(), "\n"), "\n")
+			if len(lines) != 1 || !strings.HasPrefix(lines[0], "whyslow: rule failed: broken-index at "+rule+":7:") ||
+				!strings.Contains(lines[0], "when (on loop0): index out of range") {
+				t.Errorf("stderr %q, want one line naming the rule and its file", errb)
+			}
+			rep, err := os.ReadFile(out)
+			if err != nil {
+				t.Fatalf("the report is gone: %v", err)
+			}
+			for _, w := range []string{tt.want, "queue-freeze-stall", rule} {
+				if !strings.Contains(string(rep), w) {
+					t.Errorf("report lacks %q", w)
+				}
+			}
+			if fi, err := os.Stat(folded); err != nil || fi.Size() == 0 {
+				t.Errorf("the folded stacks are gone: %v", err)
+			}
+			if stdout.Len() != 0 {
+				t.Errorf("stdout %q", stdout)
+			}
+		})
+	}
+}
+
+// The live run writes its outputs through the same finish: with a failed
+// rule, the --record trace and the report are kept and the run exits 1.
+func TestFinishKeepsTheTraceWhenARuleFails(t *testing.T) {
+	tl, info, err := tracefile.ReadFile(filepath.Join("..", "testdata", "traces", "loop-control.trace.gz"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	rule := filepath.Join(dir, "broken.yaml")
+	if err := os.WriteFile(rule, []byte(brokenRule), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	set, err := loadRules(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := diagnose.Analyze(tl, set, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ios, _, _ := testIO()
+	o := Outputs{Format: "json", Output: filepath.Join(dir, "r.json"), FailOn: "none", Record: filepath.Join(dir, "run.trace.gz")}
+	outs, err := openOutputs(ios, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = outs.finish(res, info)
+	var ee exitError
+	if !errors.As(err, &ee) || ee.code != ExitError || !strings.Contains(ee.msg, rule) {
+		t.Errorf("finish = %v, want exit %d naming %s", err, ExitError, rule)
+	}
+	back, _, err := tracefile.ReadFile(o.Record)
+	if err != nil {
+		t.Fatalf("the trace is gone or broken: %v", err)
+	}
+	if len(back.SlowSubmits) != len(tl.SlowSubmits) || len(back.Devices) != len(tl.Devices) {
+		t.Errorf("the trace lost events")
+	}
+	if rep, err := os.ReadFile(o.Output); err != nil || !strings.Contains(string(rep), `"rule_errors": [`) {
+		t.Errorf("the report is gone or lacks the rule error: %v", err)
 	}
 }

@@ -108,7 +108,10 @@ func analyzeAll(t *testing.T, set *rules.Set, data []byte) {
 	}
 	res, err := diagnose.Analyze(tl, set, info.Devices)
 	if err != nil {
-		t.Fatalf("a built-in rule failed: %v", err)
+		t.Fatalf("analysis: %v", err)
+	}
+	if len(res.RuleErrors) > 0 {
+		t.Fatalf("a built-in rule failed: %v", res.RuleErrors)
 	}
 	limit := 1<<20 + 64*len(data)
 	rep := buildReport(res, info)

@@ -72,6 +72,12 @@ type Result struct {
 	Timeline *timeline.Timeline
 	Run      *facts.Run
 	Findings []rules.Finding
+	// RuleErrors are the rules that failed while they were evaluated;
+	// Findings holds those of the other rules.
+	RuleErrors rules.RuleErrors
+	// Devices are the names of every device the timeline has, before the
+	// device filter, sorted.
+	Devices []string
 }
 
 func (o *Options) defaults() {
@@ -263,9 +269,15 @@ func wait(ctx context.Context, opts Options, col *collector) {
 }
 
 // Analyze derives facts from a timeline and evaluates the rules on them,
-// restricted to the named devices when any are given.
+// restricted to the named devices when any are given. A rule that fails
+// does not fail the analysis: it is in Result.RuleErrors, and the findings
+// of the other rules are there.
 func Analyze(tl *timeline.Timeline, set *rules.Set, devices []string) (*Result, error) {
 	run := facts.Build(tl, facts.Options{})
+	var all []string
+	for _, d := range run.Devices {
+		all = append(all, d.Name)
+	}
 	if len(devices) > 0 {
 		keep := map[string]bool{}
 		for _, d := range devices {
@@ -279,11 +291,13 @@ func Analyze(tl *timeline.Timeline, set *rules.Set, devices []string) (*Result, 
 		}
 		run.Devices = ds
 	}
-	findings, err := rules.Evaluate(set, run)
-	if err != nil {
+	res := &Result{Timeline: tl, Run: run, Devices: all}
+	var err error
+	res.Findings, err = rules.Evaluate(set, run)
+	if err != nil && !errors.As(err, &res.RuleErrors) {
 		return nil, fmt.Errorf("evaluating rules: %w", err)
 	}
-	return &Result{Timeline: tl, Run: run, Findings: findings}, nil
+	return res, nil
 }
 
 func now() event.Mono {

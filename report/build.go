@@ -27,6 +27,8 @@ type Meta struct {
 	Duration   time.Duration
 	MinLatency time.Duration
 	Devices    []string
+	// RuleErrors are the rules that failed while they were evaluated.
+	RuleErrors rules.RuleErrors
 }
 
 // MaxStacks is how many blocked stacks a finding shows.
@@ -47,6 +49,10 @@ func Build(tl *timeline.Timeline, run *facts.Run, findings []rules.Finding, meta
 		Probes:                   []Probe{},
 		Devices:                  []Device{},
 		Findings:                 []Finding{},
+		RuleErrors:               []RuleError{},
+	}
+	for _, e := range meta.RuleErrors {
+		r.RuleErrors = append(r.RuleErrors, ruleError(e))
 	}
 	if meta.StartedAt.IsZero() {
 		r.StartedAt = time.Time{}
@@ -130,6 +136,10 @@ func Build(tl *timeline.Timeline, run *facts.Run, findings []rules.Finding, meta
 	}
 	r.Summary.Findings = len(r.Findings)
 	return r
+}
+
+func ruleError(e rules.RuleError) RuleError {
+	return RuleError{Rule: e.Rule, File: e.File, Line: e.Line, Column: e.Column, Error: e.What()}
 }
 
 // severityOrder is 0 for the worst severity; "none" sorts after everything.

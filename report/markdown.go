@@ -171,6 +171,13 @@ func (m *mdWriter) header(r *Report) {
 		}
 		m.printf("\n")
 	}
+	if n := len(r.RuleErrors); n > 0 {
+		m.printf("> [!CAUTION]\n> %s failed while evaluated: %s missing from this report.\n", countOf(n, "rule", "rules"), pick(n, "its findings are", "their findings are"))
+		for _, e := range r.RuleErrors {
+			m.printf("> - %s (%s): %s\n", mdCode(e.Rule), mdCode(rulePlace(e)), mdText(e.Error))
+		}
+		m.printf("\n")
+	}
 }
 
 func (m *mdWriter) findings(r *Report) {

@@ -39,7 +39,22 @@ type Report struct {
 	Probes                   []Probe   `json:"probes"`
 	Devices                  []Device  `json:"devices"`
 	Findings                 []Finding `json:"findings"`
-	Summary                  Summary   `json:"summary"`
+	// RuleErrors are the rules that failed while they were evaluated: their
+	// findings are missing, those of the other rules are in Findings.
+	RuleErrors []RuleError `json:"rule_errors"`
+	Summary    Summary     `json:"summary"`
+}
+
+// RuleError is a rule that failed while it was evaluated.
+type RuleError struct {
+	Rule   string `json:"rule"`
+	File   string `json:"file"`
+	Line   int    `json:"line"`
+	Column int    `json:"column"`
+	// Error says what failed and why: "when (on loop0): index out of
+	// range: 100 (array length is 10)", with " (and N more)" when the rule
+	// failed more than once.
+	Error string `json:"error"`
 }
 
 // Tool names the program that wrote the report.

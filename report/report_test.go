@@ -288,6 +288,7 @@ func hostile() *Report {
 	f.Title = "title\x1b[?1049h"
 	sc.run.Devices[1].Name = "loop0\x1b[0m"
 	sc.tl.Probes[0].Reason = "bad\x00\x7f\xff"
+	sc.meta.RuleErrors = rules.RuleErrors{{Rule: "r\x1b[31m", File: "/tmp/\x1b]0;x\x07.yaml", Line: 1, Column: 1, Field: "when", Message: "no\x1b[2Jpe"}}
 	return sc.build()
 }
 

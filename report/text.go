@@ -124,7 +124,26 @@ func (t *textWriter) header(r *Report) {
 			t.printf("!!   %s: %s: %d\n", clean(l.Probe), clean(l.What), l.Count)
 		}
 	}
+	if n := len(r.RuleErrors); n > 0 {
+		t.printf("\n%s\n", t.paint(sgrRed, fmt.Sprintf("!! %s FAILED: %s missing from this report.", countOf(n, "RULE", "RULES"), pick(n, "its findings are", "their findings are"))))
+		for _, e := range r.RuleErrors {
+			t.printf("!!   %s (%s): %s\n", clean(e.Rule), clean(rulePlace(e)), clean(e.Error))
+		}
+	}
 	t.printf("\n")
+}
+
+// rulePlace is where a failed rule is: FILE:LINE:COLUMN.
+func rulePlace(e RuleError) string { return fmt.Sprintf("%s:%d:%d", e.File, e.Line, e.Column) }
+
+// countOf is "1 rule", "2 rules".
+func countOf(n int, one, many string) string { return fmt.Sprintf("%d %s", n, pick(n, one, many)) }
+
+func pick(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }
 
 func (t *textWriter) findings(r *Report) {

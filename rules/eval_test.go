@@ -1,6 +1,7 @@
 package rules
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -375,9 +376,14 @@ when: |
 	}
 	set := defaults(t).Merge(extra)
 	fs, err := Evaluate(set, newScenario().fast(loop0).udevChain(loop0).run())
-	want := filepath.Join(dir, "bad.yaml") + ":7:18: rule bad-index on loop0: when: index out of range: 100 (array length is 10)"
+	want := filepath.Join(dir, "bad.yaml") + ":7:18: rule bad-index: when (on loop0): index out of range: 100 (array length is 10)"
 	if err == nil || err.Error() != want {
 		t.Errorf("error %v\nwant  %s", err, want)
+	}
+	var re RuleErrors
+	if !errors.As(err, &re) || len(re) != 1 || re[0].Rule != "bad-index" || re[0].File != filepath.Join(dir, "bad.yaml") ||
+		re[0].Line != 7 || re[0].Column != 18 || re[0].Device != "loop0" || re[0].Field != "when" {
+		t.Errorf("error as RuleErrors: %+v", re)
 	}
 	if len(fs) != 1 || fs[0].Rule != "queue-freeze-stall" {
 		t.Errorf("the other rules' findings are lost: %v", rulesOf(fs))
