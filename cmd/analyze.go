@@ -19,11 +19,11 @@ import (
 
 // AnalyzeOptions are the flags of `whyslow analyze`.
 type AnalyzeOptions struct {
-	IO       *IO
-	Trace    string
-	RulesDir string
-	Devices  []string
-	Outputs  Outputs
+	IO      *IO
+	Trace   string
+	Rules   []string // --rules files and directories
+	Devices []string
+	Outputs Outputs
 }
 
 // Outputs are the files a diagnosis writes, shared by `diagnose storage`
@@ -97,14 +97,13 @@ the devices the run was restricted to.`,
 	}
 	addOutputFlags(c, &opts.Outputs)
 	f := c.Flags()
-	f.StringVar(&opts.RulesDir, "rules", "", "directory of extra rule files (*.yaml); a rule with a built-in rule's id replaces it")
+	f.StringArrayVar(&opts.Rules, "rules", nil, "rule file, or directory of rule files (*.yaml, *.yml), to add (repeatable); a rule with a built-in rule's id replaces it")
 	f.StringArrayVar(&opts.Devices, "device", nil, "only analyze this block device (repeatable); default: the devices the run was restricted to")
-	_ = c.MarkFlagDirname("rules")
 	return c
 }
 
 func analyzeRun(opts *AnalyzeOptions) error {
-	set, err := loadRules(opts.RulesDir)
+	set, err := loadRules(opts.Rules)
 	if err != nil {
 		return err
 	}

@@ -22,8 +22,8 @@ func TestAnalyzeFlags(t *testing.T) {
 		want AnalyzeOptions
 	}{
 		{"defaults", []string{"t.gz"}, AnalyzeOptions{Trace: "t.gz", Outputs: Outputs{Format: "text", FailOn: "none"}}},
-		{"everything", []string{"t.gz", "-f", "html", "-o", "r.html", "--device", "loop0", "--rules", "/r", "--fail-on", "critical", "--stacks-out", "s.pb.gz", "--folded", "s.folded"},
-			AnalyzeOptions{Trace: "t.gz", RulesDir: "/r", Devices: []string{"loop0"}, Outputs: Outputs{Format: "html", Output: "r.html", FailOn: "critical", StacksOut: "s.pb.gz", Folded: "s.folded"}}},
+		{"everything", []string{"t.gz", "-f", "html", "-o", "r.html", "--device", "loop0", "--rules", "/r", "--rules", "x.yaml", "--fail-on", "critical", "--stacks-out", "s.pb.gz", "--folded", "s.folded"},
+			AnalyzeOptions{Trace: "t.gz", Rules: []string{"/r", "x.yaml"}, Devices: []string{"loop0"}, Outputs: Outputs{Format: "html", Output: "r.html", FailOn: "critical", StacksOut: "s.pb.gz", Folded: "s.folded"}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -34,7 +34,7 @@ func TestAnalyzeFlags(t *testing.T) {
 			if err := c.Execute(); err != nil {
 				t.Fatal(err)
 			}
-			if got.Trace != tt.want.Trace || got.RulesDir != tt.want.RulesDir || !slices.Equal(got.Devices, tt.want.Devices) || got.Outputs != tt.want.Outputs {
+			if got.Trace != tt.want.Trace || !slices.Equal(got.Rules, tt.want.Rules) || !slices.Equal(got.Devices, tt.want.Devices) || got.Outputs != tt.want.Outputs {
 				t.Fatalf("options\n got %+v\nwant %+v", *got, tt.want)
 			}
 		})
@@ -240,7 +240,7 @@ func TestFinishKeepsTheTraceWhenARuleFails(t *testing.T) {
 	if err := os.WriteFile(rule, []byte(brokenRule), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	set, err := loadRules(dir)
+	set, err := loadRules([]string{rule})
 	if err != nil {
 		t.Fatal(err)
 	}

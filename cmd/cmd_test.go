@@ -27,7 +27,7 @@ func TestStorageFlags(t *testing.T) {
 		{"defaults", nil, StorageOptions{Duration: 60 * time.Second, MinLatency: time.Millisecond, Format: "text", BTF: diagnose.DefaultBTF, FailOn: "none"}},
 		{"short flags", []string{"-d", "20s", "-f", "json", "-o", "r.json"}, StorageOptions{Duration: 20 * time.Second, MinLatency: time.Millisecond, Format: "json", Output: "r.json", BTF: diagnose.DefaultBTF, FailOn: "none"}},
 		{"repeated devices", []string{"--device", "sda", "--device", "nvme0n1", "--min-latency", "500us", "--fail-on", "warning", "--rules", "/etc/whyslow"},
-			StorageOptions{Duration: 60 * time.Second, MinLatency: 500 * time.Microsecond, Format: "text", Devices: []string{"sda", "nvme0n1"}, RulesDir: "/etc/whyslow", BTF: diagnose.DefaultBTF, FailOn: "warning"}},
+			StorageOptions{Duration: 60 * time.Second, MinLatency: 500 * time.Microsecond, Format: "text", Devices: []string{"sda", "nvme0n1"}, Rules: []string{"/etc/whyslow"}, BTF: diagnose.DefaultBTF, FailOn: "warning"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -42,7 +42,7 @@ func TestStorageFlags(t *testing.T) {
 			}
 			got.IO = nil
 			if got.Duration != tt.want.Duration || got.MinLatency != tt.want.MinLatency || got.Format != tt.want.Format ||
-				got.Output != tt.want.Output || !slices.Equal(got.Devices, tt.want.Devices) || got.RulesDir != tt.want.RulesDir ||
+				got.Output != tt.want.Output || !slices.Equal(got.Devices, tt.want.Devices) || !slices.Equal(got.Rules, tt.want.Rules) ||
 				got.BTF != tt.want.BTF || got.FailOn != tt.want.FailOn {
 				t.Fatalf("options\n got %+v\nwant %+v", *got, tt.want)
 			}
@@ -138,5 +138,72 @@ func TestProgressLine(t *testing.T) {
 	}
 	if strings.Contains(got, "\n") {
 		t.Errorf("progress line must stay on one line: %q", got)
+	}
+}
+
+// --rules takes files and directories, repeated; every mistake in them is
+// on one stderr line, each bad file named with its line and column.
+func TestRulesFlag(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	rule := func(id string) string {
+		return "id: " + id + "\ntitle: x\nseverity: info\nscope: device\nwhen: Device.Stalls.Count() > 1000000\n"
+	}
+	one := write("one/mine.yaml", rule("mine"))
+	write("one/notes.txt", "not a rule")
+	two := write("two.rule", rule("other")) // a file named on the command line is read whatever its name
+	explains := write("three/explains.yml", rule("explainer")+"explains: other\n")
+	badA := write("bad/a.yaml", "id: a\ntitle: x\nseverity: warning\nscope: device\nwhen: Device.Stalls.Count() >\n")
+	badB := write("bad/b.yaml", "id: b\ntitle: \"{{.Nope}\"\nseverity: bad\nscope: device\nwhen: \"true\"\n")
+	write("bad/ok.yaml", rule("fine"))
+	dup := write("dup.yaml", rule("mine"))
+	missing := filepath.Join(dir, "nope")
+	trace := filepath.Join("..", "testdata", "traces", "loop-control.trace.gz")
+	tests := []struct {
+		name     string
+		args     []string
+		wantCode int
+		want     []string // in stdout when 0, else in the one stderr line
+	}{
+		{"a directory", []string{"rules", "list", "--rules", filepath.Dir(one)}, 0, []string{"mine"}},
+		{"a file", []string{"rules", "list", "--rules", two}, 0, []string{"other"}},
+		{"repeated, explaining across paths", []string{"rules", "list", "--rules", filepath.Dir(one), "--rules", two, "--rules", filepath.Dir(explains)}, 0,
+			[]string{"mine", "other", "explainer"}},
+		{"analyze with a file", []string{"analyze", trace, "--rules", two, "-f", "json"}, 0, []string{`"schema"`}},
+		{"several bad files", []string{"rules", "list", "--rules", filepath.Dir(badA)}, ExitError,
+			[]string{"--rules: 3 errors: " + badA + ":5:29: when: unexpected token EOF; " + badB + ":2:", badB + ":3:11: severity"}},
+		{"bad files in analyze", []string{"analyze", trace, "--rules", filepath.Dir(badA)}, ExitError, []string{badA + ":5:29", badB + ":3:11"}},
+		{"missing path", []string{"rules", "list", "--rules", two, "--rules", missing}, ExitError, []string{"--rules: " + missing + ": no such file or directory"}},
+		{"same id in two paths", []string{"rules", "list", "--rules", one, "--rules", dup}, ExitError, []string{dup + ":1:5: duplicate id \"mine\" (first in " + one}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ios, out, errb := testIO()
+			code := Execute(ios, tt.args)
+			if code != tt.wantCode {
+				t.Fatalf("exit %d, want %d; stderr %q", code, tt.wantCode, errb)
+			}
+			got := out.String()
+			if tt.wantCode != 0 {
+				got = errb.String()
+				if lines := strings.Split(strings.TrimRight(got, "\n"), "\n"); len(lines) != 1 || !strings.HasPrefix(lines[0], "whyslow: ") {
+					t.Errorf("stderr is not one 'whyslow: ...' line: %q", got)
+				}
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(got, w) {
+					t.Errorf("output lacks %q:\n%s", w, got)
+				}
+			}
+		})
 	}
 }
