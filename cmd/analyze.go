@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -121,16 +123,38 @@ func analyzeRun(opts *AnalyzeOptions) error {
 	if len(opts.Devices) > 0 {
 		info.Devices = opts.Devices
 	}
+	res, err := diagnose.Analyze(tl, set, info.Devices)
+	if err != nil {
+		return err
+	}
+	if err := checkTraceDevices(opts.Trace, opts.Devices, res.Devices); err != nil {
+		return err
+	}
 	outs, err := openOutputs(opts.IO, opts.Outputs)
 	if err != nil {
 		return err
 	}
-	res, err := diagnose.Analyze(tl, set, info.Devices)
-	if err != nil {
-		outs.abort()
-		return err
-	}
 	return outs.finish(res, info)
+}
+
+// checkTraceDevices reports --device names the trace has no device of,
+// with the names it has, as diagnose reports names that are no block
+// device of the host.
+func checkTraceDevices(trace string, asked, has []string) error {
+	var unknown []string
+	for _, d := range asked {
+		if !slices.Contains(has, d) && !slices.Contains(unknown, strconv.Quote(d)) {
+			unknown = append(unknown, strconv.Quote(d))
+		}
+	}
+	if len(unknown) == 0 {
+		return nil
+	}
+	which := "no block device"
+	if len(has) > 0 {
+		which = "only " + strings.Join(has, ", ")
+	}
+	return fmt.Errorf("--device %s: no such device in the trace %s, which has %s", strings.Join(unknown, ", "), trace, which)
 }
 
 // outputs are the opened destinations of a diagnosis. They are opened

@@ -270,3 +270,41 @@ func TestFinishKeepsTheTraceWhenARuleFails(t *testing.T) {
 		t.Errorf("the report is gone or lacks the rule error: %v", err)
 	}
 }
+
+// A --device the trace has no device of is an error naming those it has,
+// as diagnose refuses a device the host does not have.
+func TestAnalyzeUnknownDevice(t *testing.T) {
+	trace := filepath.Join("..", "testdata", "traces", "loop-control.trace.gz")
+	tests := []struct {
+		name     string
+		devices  []string
+		wantCode int
+		want     string
+	}{
+		{"known", []string{"loop0"}, 0, ""},
+		{"unknown", []string{"nosuch"}, ExitError, `whyslow: --device "nosuch": no such device in the trace ` + trace + `, which has only `},
+		{"one of two unknown", []string{"loop0", "sdz", "sdz"}, ExitError, `--device "sdz": no such device`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out := filepath.Join(t.TempDir(), "r.txt")
+			args := []string{"analyze", trace, "-o", out}
+			for _, d := range tt.devices {
+				args = append(args, "--device", d)
+			}
+			ios, _, errb := testIO()
+			if code := Execute(ios, args); code != tt.wantCode {
+				t.Fatalf("exit %d, want %d; stderr %q", code, tt.wantCode, errb)
+			}
+			if tt.wantCode == 0 {
+				return
+			}
+			if !strings.Contains(errb.String(), tt.want) || !strings.Contains(errb.String(), "loop0") || strings.Count(errb.String(), "\n") != 1 {
+				t.Errorf("stderr %q, want one line with %q and the trace's devices", errb, tt.want)
+			}
+			if _, err := os.Stat(out); err == nil {
+				t.Errorf("a report was written")
+			}
+		})
+	}
+}
