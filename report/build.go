@@ -90,6 +90,7 @@ func Build(tl *timeline.Timeline, run *facts.Run, findings []rules.Finding, meta
 	if observed <= 0 {
 		observed = meta.Duration
 	}
+	r.Kernel = r.Host.Kernel
 	r.DurationSeconds = seconds(observed)
 	sort.SliceStable(r.Losses, func(i, j int) bool {
 		a, b := r.Losses[i], r.Losses[j]

@@ -24,9 +24,11 @@ const ToolName = "whyslow"
 
 // Report is one diagnosis, as written to JSON.
 type Report struct {
-	Schema    string    `json:"schema"`
-	Tool      Tool      `json:"tool"`
-	Host      Host      `json:"host"`
+	Schema string `json:"schema"`
+	Tool   Tool   `json:"tool"`
+	Host   Host   `json:"host"`
+	// Kernel is the observed host's kernel release, the same as Host.Kernel.
+	Kernel    string    `json:"kernel"`
 	StartedAt time.Time `json:"started_at"` // RFC 3339, whole seconds
 	// DurationSeconds is the observed window; it is shorter than
 	// RequestedDurationSeconds when the run was interrupted.

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -413,8 +414,48 @@ func TestTimeTicks(t *testing.T) {
 	}
 }
 
-// Every JSON field of the report must be documented, so the docs cannot
-// fall behind the code.
+// schemaTables names, for every object of the report, the heading of its
+// table in docs/report-schema.md.
+var schemaTables = map[reflect.Type]string{
+	reflect.TypeFor[Report]():      "Top level",
+	reflect.TypeFor[Tool]():        "`tool`",
+	reflect.TypeFor[Host]():        "`host`",
+	reflect.TypeFor[Loss]():        "`losses[]`",
+	reflect.TypeFor[Probe]():       "`probes[]`",
+	reflect.TypeFor[Skip]():        "`probes[].skipped[]`",
+	reflect.TypeFor[Device]():      "`devices[]`",
+	reflect.TypeFor[Latency]():     "latency objects: `submit`, `service`, `submit_call`",
+	reflect.TypeFor[SpanStats]():   "spans objects: `stalls`, `queue_waits`, `freezes`",
+	reflect.TypeFor[UeventStats](): "`uevents`",
+	reflect.TypeFor[Finding]():     "`findings[]`",
+	reflect.TypeFor[Process]():     "`findings[].processes[]`",
+	reflect.TypeFor[Step]():        "`findings[].steps[]`",
+	reflect.TypeFor[Trigger]():     "`trigger`",
+	reflect.TypeFor[Stack]():       "`stacks[]`",
+	reflect.TypeFor[RuleError]():   "`rule_errors[]`",
+	reflect.TypeFor[Summary]():     "`summary`",
+}
+
+// docTables reads the tables of a Markdown page: the names in the first
+// column of each table's rows (in backticks), by the heading above it.
+func docTables(doc string) map[string][]string {
+	out := map[string][]string{}
+	heading := ""
+	for _, line := range strings.Split(doc, "\n") {
+		switch {
+		case strings.HasPrefix(line, "#"):
+			heading = strings.TrimSpace(strings.TrimLeft(line, "#"))
+		case strings.HasPrefix(line, "| `"):
+			cell, _, _ := strings.Cut(strings.TrimPrefix(line, "| "), " |")
+			out[heading] = append(out[heading], strings.Trim(cell, "`"))
+		}
+	}
+	return out
+}
+
+// Every JSON field of the report must be in the table of its own object in
+// docs/report-schema.md, and every row of that table must be a field of the
+// object, so the docs cannot fall behind the code.
 func TestSchemaDocumentsEveryField(t *testing.T) {
 	doc, err := os.ReadFile(filepath.Join("..", "docs", "report-schema.md"))
 	if err != nil {
@@ -423,6 +464,7 @@ func TestSchemaDocumentsEveryField(t *testing.T) {
 	if !bytes.Contains(doc, []byte(SchemaID)) {
 		t.Errorf("docs/report-schema.md does not name the schema id %q", SchemaID)
 	}
+	tables := docTables(string(doc))
 	marshaler := reflect.TypeFor[json.Marshaler]()
 	seen := map[reflect.Type]bool{}
 	var walk func(path string, typ reflect.Type)
@@ -434,6 +476,15 @@ func TestSchemaDocumentsEveryField(t *testing.T) {
 			return
 		}
 		seen[typ] = true
+		heading, ok := schemaTables[typ]
+		if !ok {
+			t.Errorf("%s (%s) is an object without a table: document it in docs/report-schema.md under a heading of its own and name it in schemaTables", path, typ)
+		}
+		documented, ok := tables[heading]
+		if heading != "" && !ok {
+			t.Errorf("docs/report-schema.md has no table under the heading %q (for %s)", heading, path)
+		}
+		fields := map[string]bool{}
 		for i := range typ.NumField() {
 			f := typ.Field(i)
 			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
@@ -441,15 +492,21 @@ func TestSchemaDocumentsEveryField(t *testing.T) {
 				t.Errorf("%s.%s has no json name", path, f.Name)
 				continue
 			}
-			if !bytes.Contains(doc, []byte("`"+name+"`")) {
-				t.Errorf("field %s.%s (`%s`) is not in docs/report-schema.md", path, f.Name, name)
+			fields[name] = true
+			if heading != "" && !slices.Contains(documented, name) {
+				t.Errorf("field %s.%s (`%s`) is not in the table %q of docs/report-schema.md", path, f.Name, name, heading)
 			}
 			walk(path+"."+name, f.Type)
 		}
+		for _, d := range documented {
+			if !fields[d] {
+				t.Errorf("the table %q of docs/report-schema.md documents `%s`, which %s does not have", heading, d, path)
+			}
+		}
 	}
 	walk("report", reflect.TypeFor[Report]())
-	if len(seen) < 10 {
-		t.Errorf("walked only %d types", len(seen))
+	if len(seen) < len(schemaTables) {
+		t.Errorf("walked %d types, %d have tables", len(seen), len(schemaTables))
 	}
 }
 
