@@ -179,11 +179,34 @@ func device(d *facts.Device, observed time.Duration) Device {
 		Stalls:     spanStats(d.Stalls),
 		QueueWaits: spanStats(d.QueueWaits),
 		Freezes:    spanStats(d.Freezes),
-		Uevents:    UeventStats{Count: len(d.Uevents)},
+		Uevents:    uevents(d.Uevents, observed),
 	}
-	if s := observed.Seconds(); s > 0 {
-		out.Uevents.PerSecond = round(float64(len(d.Uevents))/s, 2)
+	return out
+}
+
+// uevents counts a device's uevents, in all and per action, with their
+// rates over the observed window (0 when it is empty).
+func uevents(ps facts.Points, observed time.Duration) UeventStats {
+	rate := func(n int) float64 {
+		if s := observed.Seconds(); s > 0 {
+			return round(float64(n)/s, 2)
+		}
+		return 0
 	}
+	byAction := map[string]int{}
+	for _, p := range ps {
+		byAction[p.What]++
+	}
+	out := UeventStats{Count: len(ps), PerSecond: rate(len(ps)), ByAction: make([]ActionCount, 0, len(byAction))}
+	for a, n := range byAction {
+		out.ByAction = append(out.ByAction, ActionCount{Action: a, Count: n, PerSecond: rate(n)})
+	}
+	slices.SortFunc(out.ByAction, func(a, b ActionCount) int {
+		if a.Count != b.Count {
+			return b.Count - a.Count
+		}
+		return strings.Compare(a.Action, b.Action)
+	})
 	return out
 }
 
@@ -195,6 +218,7 @@ func histDevice(h timeline.DeviceHistograms) Device {
 		Upper:   []string{},
 		Submit:  histLatency(&h.Submit),
 		Service: histLatency(&h.Service),
+		Uevents: UeventStats{ByAction: []ActionCount{}},
 	}
 }
 

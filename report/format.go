@@ -191,3 +191,29 @@ func latencyCell(l Latency, us float64) string {
 func fmtUs(v float64) string      { return fmtNs(v * float64(time.Microsecond)) }
 func fmtMs(v float64) string      { return fmtNs(v * float64(time.Millisecond)) }
 func fmtSeconds(v float64) string { return fmtNs(v * float64(time.Second)) }
+
+// maxActions is how many uevent actions a device table cell names.
+const maxActions = 3
+
+// ueventCell is a device's uevents for a table: the rate and the count of
+// each action, most frequent first, e.g. "0.34/s (change 7)", "0.50/s
+// (change 7, add 2, +1 more)"; "0" without any. esc escapes the actions
+// (host strings) for the format.
+func ueventCell(u UeventStats, esc func(string) string) string {
+	if u.Count == 0 {
+		return "0"
+	}
+	parts := make([]string, 0, maxActions+1)
+	for i, a := range u.ByAction {
+		if i == maxActions {
+			parts = append(parts, fmt.Sprintf("+%d more", len(u.ByAction)-maxActions))
+			break
+		}
+		parts = append(parts, esc(a.Action)+" "+strconv.Itoa(a.Count))
+	}
+	cell := strconv.FormatFloat(u.PerSecond, 'f', 2, 64) + "/s"
+	if len(parts) > 0 {
+		cell += " (" + strings.Join(parts, ", ") + ")"
+	}
+	return cell
+}

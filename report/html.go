@@ -54,8 +54,8 @@ var htmlTmpl = template.Must(template.New("report").Funcs(template.FuncMap{
 		}
 		return strings.Join(parts, "; ")
 	},
-	"percent": func(f float64) string { return strconv.FormatFloat(f, 'f', 2, 64) },
 	"place":   func(e RuleError) string { return clean(rulePlace(e)) },
+	"uevents": func(u UeventStats) string { return ueventCell(u, clean) },
 }).Parse(htmlTemplate))
 
 // HTML writes the report as one self-contained HTML page: inline CSS, an

@@ -348,9 +348,9 @@ func (m *mdWriter) devices(r *Report) {
 		}
 		rows = append(rows, []string{name, strconv.FormatUint(d.Submit.Count, 10),
 			latencyCell(d.Submit, d.Submit.P50Us), latencyCell(d.Submit, d.Submit.P99Us), latencyCell(d.Submit, d.Submit.MaxUs),
-			latencyCell(d.Service, d.Service.P99Us), stalls, freezes, strconv.FormatFloat(d.Uevents.PerSecond, 'f', 2, 64)})
+			latencyCell(d.Service, d.Service.P99Us), stalls, freezes, ueventCell(d.Uevents, mdText)})
 	}
-	m.table([]string{"device", "submits", "submit p50", "submit p99", "submit max", "service p99", "stalls", "freezes", "uevents/s"}, rows)
+	m.table([]string{"device", "submits", "submit p50", "submit p99", "submit max", "service p99", "stalls", "freezes", "uevents"}, rows)
 }
 
 func (m *mdWriter) probes(r *Report) {

@@ -133,6 +133,16 @@ type SpanStats struct {
 type UeventStats struct {
 	Count     int     `json:"count"`
 	PerSecond float64 `json:"per_second"`
+	// ByAction counts them per action, the most frequent first (then by
+	// action).
+	ByAction []ActionCount `json:"by_action"`
+}
+
+// ActionCount counts a device's uevents of one action.
+type ActionCount struct {
+	Action    string  `json:"action"`
+	Count     int     `json:"count"`
+	PerSecond float64 `json:"per_second"`
 }
 
 // Finding is one ranked cause.

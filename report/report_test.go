@@ -427,6 +427,7 @@ var schemaTables = map[reflect.Type]string{
 	reflect.TypeFor[Latency]():     "latency objects: `submit`, `service`, `submit_call`",
 	reflect.TypeFor[SpanStats]():   "spans objects: `stalls`, `queue_waits`, `freezes`",
 	reflect.TypeFor[UeventStats](): "`uevents`",
+	reflect.TypeFor[ActionCount](): "`uevents.by_action[]`",
 	reflect.TypeFor[Finding]():     "`findings[]`",
 	reflect.TypeFor[Process]():     "`findings[].processes[]`",
 	reflect.TypeFor[Step]():        "`findings[].steps[]`",
@@ -559,6 +560,45 @@ func TestChainLine(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			if got := chainLine(&tt.f); got != tt.want {
 				t.Errorf("chainLine = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+// Uevents are counted per action, the most frequent first, with rates; the
+// device tables show them compactly.
+func TestUeventsByAction(t *testing.T) {
+	pts := func(actions ...string) facts.Points {
+		var out facts.Points
+		for i, a := range actions {
+			out = append(out, facts.Point{At: time.Duration(i) * time.Second, What: a})
+		}
+		return out
+	}
+	tests := []struct {
+		name     string
+		points   facts.Points
+		observed time.Duration
+		want     []ActionCount
+		cell     string
+	}{
+		{"none", nil, 10 * time.Second, []ActionCount{}, "0"},
+		{"one action", pts("change", "change", "change"), 10 * time.Second, []ActionCount{{"change", 3, 0.3}}, "0.30/s (change 3)"},
+		{"most frequent first, ties by name", pts("remove", "change", "add", "change", "add", "change"), 4 * time.Second,
+			[]ActionCount{{"change", 3, 0.75}, {"add", 2, 0.5}, {"remove", 1, 0.25}}, "1.50/s (change 3, add 2, remove 1)"},
+		{"at most three named", pts("a", "b", "c", "d", "e", "a"), 2 * time.Second,
+			[]ActionCount{{"a", 2, 1}, {"b", 1, 0.5}, {"c", 1, 0.5}, {"d", 1, 0.5}, {"e", 1, 0.5}}, "3.00/s (a 2, b 1, c 1, +2 more)"},
+		{"no window, no rate", pts("change"), 0, []ActionCount{{"change", 1, 0}}, "0.00/s (change 1)"},
+		{"hostile action", pts("ch\x1b[2Jange"), time.Second, []ActionCount{{"ch\x1b[2Jange", 1, 1}}, `1.00/s (ch\x1b[2Jange 1)`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			u := uevents(tt.points, tt.observed)
+			if u.Count != len(tt.points) || !reflect.DeepEqual(u.ByAction, tt.want) {
+				t.Errorf("uevents = %+v, want count %d by action %+v", u, len(tt.points), tt.want)
+			}
+			if got := ueventCell(u, clean); got != tt.cell {
+				t.Errorf("cell %q, want %q", got, tt.cell)
 			}
 		})
 	}

@@ -366,10 +366,10 @@ func (t *textWriter) devices(r *Report) error {
 			name, strconv.FormatUint(d.Submit.Count, 10),
 			latencyCell(d.Submit, d.Submit.P50Us), latencyCell(d.Submit, d.Submit.P99Us), latencyCell(d.Submit, d.Submit.MaxUs),
 			latencyCell(d.Service, d.Service.P99Us),
-			stalls, freezes, strconv.FormatFloat(d.Uevents.PerSecond, 'f', 2, 64),
+			stalls, freezes, ueventCell(d.Uevents, clean),
 		})
 	}
-	err := t.table("", []string{"device", "submits", "submit p50", "submit p99", "submit max", "service p99", "stalls", "freezes", "uevents/s"}, rows, 0)
+	err := t.table("", []string{"device", "submits", "submit p50", "submit p99", "submit max", "service p99", "stalls", "freezes", "uevents"}, rows, 0)
 	t.printf("\n")
 	return err
 }
