@@ -2,6 +2,7 @@ package cmd
 
 import (
 	"bytes"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -126,18 +127,88 @@ func TestExecuteCommands(t *testing.T) {
 	}
 }
 
+var sampleProgress = diagnose.Progress{Elapsed: 3500 * time.Millisecond, Total: 10 * time.Second, Lost: 7,
+	Probes: []diagnose.ProbeProgress{{Name: "exec", Events: 12}, {Name: "freeze", Events: 3}, {Name: "offcpu", Events: 40, Lost: 7},
+		{Name: "queueenter", Events: 9}, {Name: "submit", Events: 4}, {Name: "uevent", Events: 2}}}
+
 func TestProgressLine(t *testing.T) {
-	ios, _, errb := testIO()
-	progressLine(ios)(diagnose.Progress{Elapsed: 3500 * time.Millisecond, Total: 10 * time.Second,
-		Events: map[string]uint64{"slow submits": 4, "uevents": 2}, Lost: 7})
-	got := errb.String()
-	for _, w := range []string{"\r\033[K", "3s / 10s", "slow submits 4", "uevents 2", "LOST 7"} {
-		if !strings.Contains(got, w) {
-			t.Errorf("progress line %q lacks %q", got, w)
-		}
+	tests := []struct {
+		name  string
+		width int
+		want  []string
+	}{
+		{"every probe", 0, []string{"\r\033[K", "3s / 10s", "exec 12", "freeze 3", "offcpu 40 (7 lost)", "queueenter 9", "submit 4", "uevent 2", "LOST 7"}},
+		{"cut to the terminal", 40, []string{"\r\033[K3s / 10s  exec 12, freeze 3, offcpu 40 "}},
 	}
-	if strings.Contains(got, "\n") {
-		t.Errorf("progress line must stay on one line: %q", got)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ios, _, errb := testIO()
+			ios.ErrWidth = tt.width
+			progressLine(ios)(sampleProgress)
+			got := errb.String()
+			for _, w := range tt.want {
+				if !strings.Contains(got, w) {
+					t.Errorf("progress line %q lacks %q", got, w)
+				}
+			}
+			if strings.Contains(got, "\n") {
+				t.Errorf("progress line must stay on one line: %q", got)
+			}
+			if tt.width > 0 && len(strings.TrimPrefix(got, "\r\033[K")) >= tt.width {
+				t.Errorf("progress line %q is not cut to %d columns", got, tt.width)
+			}
+		})
+	}
+}
+
+// The progress line goes to a terminal, never to a pipe or in CI: the
+// streams are described by the code SystemIO uses (systemIO), with the
+// terminal check injected, and the display is the one storageRun uses.
+func TestProgressOnlyOnATerminal(t *testing.T) {
+	fakeTerm := func(tty bool) func(*os.File) (bool, int) {
+		return func(*os.File) (bool, int) { return tty, 120 }
+	}
+	tests := []struct {
+		name string
+		term func(*os.File) (bool, int)
+		ci   string
+		want bool
+	}{
+		{"terminal", fakeTerm(true), "", true},
+		{"terminal in CI", fakeTerm(true), "true", false},
+		{"pipe", fakeTerm(false), "", false},
+		{"a real pipe, checked for real", terminal, "", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, w, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			ios := systemIO(os.Stdin, w, w, tt.term, func(k string) string {
+				if k == "CI" {
+					return tt.ci
+				}
+				return ""
+			})
+			draw, clear := progress(ios)
+			if draw != nil {
+				draw(sampleProgress)
+			}
+			clear()
+			w.Close()
+			got, err := io.ReadAll(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if written := len(got) > 0; written != tt.want {
+				t.Errorf("progress written: %v (%q), want %v", written, got, tt.want)
+			}
+			if tt.want && (!strings.Contains(string(got), "offcpu 40 (7 lost)") || !strings.HasSuffix(string(got), "\r\033[K")) {
+				t.Errorf("progress %q: no line, or not cleared at the end", got)
+			}
+		})
 	}
 }
 

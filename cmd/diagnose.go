@@ -224,13 +224,10 @@ func storageRun(ctx context.Context, opts *StorageOptions) error {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	started := time.Now()
-	if opts.IO.ErrTTY {
-		dopts.Progress = progressLine(opts.IO)
-	}
+	var clearProgress func()
+	dopts.Progress, clearProgress = progress(opts.IO)
 	res, err := diagnose.Storage(ctx, dopts)
-	if opts.IO.ErrTTY {
-		fmt.Fprint(opts.IO.ErrOut, "\r\033[K")
-	}
+	clearProgress()
 	if err != nil {
 		outs.abort()
 		return err
@@ -276,17 +273,37 @@ func openOutput(ios *IO, path string) (w io.Writer, closeFn func(ok bool) error,
 	}, nil
 }
 
-// progressLine draws one live status line on the terminal.
+// progress returns the live progress display of a run: the function that
+// draws its line, and the one that clears it at the end. Only an
+// interactive terminal gets one (IO.ErrTTY); on a pipe, a file or in CI
+// there is none: draw is nil and clear does nothing.
+func progress(ios *IO) (draw func(diagnose.Progress), clear func()) {
+	if !ios.ErrTTY {
+		return nil, func() {}
+	}
+	return progressLine(ios), func() { fmt.Fprint(ios.ErrOut, "\r\033[K") }
+}
+
+// progressLine draws one live status line on the terminal: elapsed and
+// asked-for time, the events of each running probe (with its losses), and
+// the total lost. It is cut to the terminal's width, so that it never wraps.
 func progressLine(ios *IO) func(diagnose.Progress) {
 	return func(p diagnose.Progress) {
-		var parts []string
-		for _, k := range []string{"slow submits", "blocked spans", "execs", "uevents", "sysfs writes"} {
-			parts = append(parts, fmt.Sprintf("%s %d", k, p.Events[k]))
+		parts := make([]string, 0, len(p.Probes))
+		for _, pr := range p.Probes {
+			part := fmt.Sprintf("%s %d", pr.Name, pr.Events)
+			if pr.Lost > 0 {
+				part += fmt.Sprintf(" (%d lost)", pr.Lost)
+			}
+			parts = append(parts, part)
 		}
-		lost := ""
+		line := fmt.Sprintf("%s / %s  %s", p.Elapsed.Truncate(time.Second), p.Total, strings.Join(parts, ", "))
 		if p.Lost > 0 {
-			lost = fmt.Sprintf("  LOST %d", p.Lost)
+			line += fmt.Sprintf("  LOST %d", p.Lost)
 		}
-		fmt.Fprintf(ios.ErrOut, "\r\033[K%s / %s  %s%s", p.Elapsed.Truncate(time.Second), p.Total, strings.Join(parts, ", "), lost)
+		if w := ios.ErrWidth - 1; w > 0 && len(line) > w {
+			line = line[:w]
+		}
+		fmt.Fprintf(ios.ErrOut, "\r\033[K%s", line)
 	}
 }

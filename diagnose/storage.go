@@ -63,8 +63,16 @@ type Options struct {
 // Progress is a snapshot of a running diagnosis.
 type Progress struct {
 	Elapsed, Total time.Duration
-	Events         map[string]uint64 // per kind of event
-	Lost           uint64
+	// Probes are the running probes, sorted by name, with their events.
+	Probes []ProbeProgress
+	Lost   uint64 // events lost so far, by every probe
+}
+
+// ProbeProgress is what one running probe delivered so far.
+type ProbeProgress struct {
+	Name   string
+	Events uint64 // events delivered and kept
+	Lost   uint64 // events it lost, or that were dropped past the run's memory bound
 }
 
 // Result is a finished diagnosis.
@@ -212,11 +220,12 @@ func Collect(ctx context.Context, opts Options, spec *btf.Spec) (*timeline.Timel
 	}
 	wg.Wait()
 	var running []probes.Running
-	var reasons []string
+	var names, reasons []string
 	for _, s := range starts {
 		tl.Probes = append(tl.Probes, s.st)
 		if s.r != nil {
 			running = append(running, s.r)
+			names = append(names, s.st.Name)
 		} else {
 			reasons = append(reasons, fmt.Sprintf("%s: %s", s.st.Name, s.st.Reason))
 		}
@@ -228,7 +237,8 @@ func Collect(ctx context.Context, opts Options, spec *btf.Spec) (*timeline.Timel
 		opts.Ready()
 	}
 
-	wait(ctx, opts, col)
+	sort.Strings(names)
+	wait(ctx, opts, col, names)
 
 	tl.End = now()
 	var stopErrs []string
@@ -244,8 +254,9 @@ func Collect(ctx context.Context, opts Options, spec *btf.Spec) (*timeline.Timel
 	return tl, nil
 }
 
-// wait blocks for the run's duration or until ctx ends, reporting progress.
-func wait(ctx context.Context, opts Options, col *collector) {
+// wait blocks for the run's duration or until ctx ends, reporting the
+// progress of the running probes.
+func wait(ctx context.Context, opts Options, col *collector, running []string) {
 	start := time.Now()
 	deadline := time.NewTimer(opts.Duration)
 	defer deadline.Stop()
@@ -259,10 +270,8 @@ func wait(ctx context.Context, opts Options, col *collector) {
 			return
 		case <-tick.C:
 			if opts.Progress != nil {
-				col.mu.Lock()
-				lost := col.tl.LostEvents()
-				col.mu.Unlock()
-				opts.Progress(Progress{Elapsed: time.Since(start), Total: opts.Duration, Events: col.Counts(), Lost: lost})
+				ps, lost := col.progress(running)
+				opts.Progress(Progress{Elapsed: time.Since(start), Total: opts.Duration, Probes: ps, Lost: lost})
 			}
 		}
 	}
