@@ -142,6 +142,9 @@ type builder struct {
 	// for each exit the next one of the same pid (-1 for none).
 	firstExit map[uint32]int32
 	nextExit  []int32
+	// ueventWritesBy counts the writes of uevent files by pid, built on
+	// first use.
+	ueventWritesBy map[uint32]int
 }
 
 func (b *builder) rel(t event.Mono) time.Duration { return t.Sub(b.tl.Start) }
