@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -12,17 +14,18 @@ import (
 
 	"github.com/whyslow/whyslow/diagnose"
 	"github.com/whyslow/whyslow/report"
+	"github.com/whyslow/whyslow/rules"
 	"github.com/whyslow/whyslow/stackexport"
 	"github.com/whyslow/whyslow/tracefile"
 )
 
 // AnalyzeOptions are the flags of `whyslow analyze`.
 type AnalyzeOptions struct {
-	IO       *IO
-	Trace    string
-	RulesDir string
-	Devices  []string
-	Outputs  Outputs
+	IO      *IO
+	Trace   string
+	Rules   []string // --rules files and directories
+	Devices []string
+	Outputs Outputs
 }
 
 // Outputs are the files a diagnosis writes, shared by `diagnose storage`
@@ -96,14 +99,13 @@ the devices the run was restricted to.`,
 	}
 	addOutputFlags(c, &opts.Outputs)
 	f := c.Flags()
-	f.StringVar(&opts.RulesDir, "rules", "", "directory of extra rule files (*.yaml); a rule with a built-in rule's id replaces it")
+	f.StringArrayVar(&opts.Rules, "rules", nil, "rule file, or directory of rule files (*.yaml, *.yml), to add (repeatable); a rule with a built-in rule's id replaces it")
 	f.StringArrayVar(&opts.Devices, "device", nil, "only analyze this block device (repeatable); default: the devices the run was restricted to")
-	_ = c.MarkFlagDirname("rules")
 	return c
 }
 
 func analyzeRun(opts *AnalyzeOptions) error {
-	set, err := loadRules(opts.RulesDir)
+	set, err := loadRules(opts.Rules)
 	if err != nil {
 		return err
 	}
@@ -121,16 +123,38 @@ func analyzeRun(opts *AnalyzeOptions) error {
 	if len(opts.Devices) > 0 {
 		info.Devices = opts.Devices
 	}
+	res, err := diagnose.Analyze(tl, set, info.Devices)
+	if err != nil {
+		return err
+	}
+	if err := checkTraceDevices(opts.Trace, opts.Devices, res.Devices); err != nil {
+		return err
+	}
 	outs, err := openOutputs(opts.IO, opts.Outputs)
 	if err != nil {
 		return err
 	}
-	res, err := diagnose.Analyze(tl, set, info.Devices)
-	if err != nil {
-		outs.abort()
-		return err
-	}
 	return outs.finish(res, info)
+}
+
+// checkTraceDevices reports --device names the trace has no device of,
+// with the names it has, as diagnose reports names that are no block
+// device of the host.
+func checkTraceDevices(trace string, asked, has []string) error {
+	var unknown []string
+	for _, d := range asked {
+		if !slices.Contains(has, d) && !slices.Contains(unknown, strconv.Quote(d)) {
+			unknown = append(unknown, strconv.Quote(d))
+		}
+	}
+	if len(unknown) == 0 {
+		return nil
+	}
+	which := "no block device"
+	if len(has) > 0 {
+		which = "only " + strings.Join(has, ", ")
+	}
+	return fmt.Errorf("--device %s: no such device in the trace %s, which has %s", strings.Join(unknown, ", "), trace, which)
 }
 
 // outputs are the opened destinations of a diagnosis. They are opened
@@ -226,17 +250,36 @@ func (o *outputs) finish(res *diagnose.Result, info tracefile.Info) error {
 	if err := o.closeR(true); err != nil {
 		return err
 	}
+	if len(res.RuleErrors) > 0 {
+		return exitError{code: ExitError, msg: "whyslow: " + ruleFailures(res.RuleErrors)}
+	}
 	return failOn(o.opts.FailOn, res.Findings)
+}
+
+// ruleFailures says in one line which rules failed while evaluated, where
+// and why, once the report (and trace) holding the others' findings are
+// written.
+func ruleFailures(errs rules.RuleErrors) string {
+	parts := make([]string, len(errs))
+	for i, e := range errs {
+		parts[i] = fmt.Sprintf("%s at %s:%d:%d: %s", e.Rule, e.File, e.Line, e.Column, e.What())
+	}
+	what := "rule failed: " + parts[0]
+	if len(parts) > 1 {
+		what = fmt.Sprintf("%d rules failed: %s", len(parts), strings.Join(parts, "; "))
+	}
+	return what + "; the report has the findings of the other rules"
 }
 
 // buildReport makes the report of a diagnosis: the live run and the
 // analysis of its trace pass the same info and so get the same report.
 func buildReport(res *diagnose.Result, info tracefile.Info) *report.Report {
 	meta := report.Meta{
-		Version:   info.Version,
-		StartedAt: info.StartedAt,
-		Duration:  info.Duration,
-		Devices:   info.Devices,
+		Version:    info.Version,
+		StartedAt:  info.StartedAt,
+		Duration:   info.Duration,
+		Devices:    info.Devices,
+		RuleErrors: res.RuleErrors,
 	}
 	if res.Timeline != nil {
 		meta.Hostname = res.Timeline.Hostname

@@ -1,11 +1,18 @@
 package cmd
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/spf13/cobra"
+
+	"github.com/whyslow/whyslow/diagnose"
+	"github.com/whyslow/whyslow/tracefile"
 )
 
 func TestAnalyzeFlags(t *testing.T) {
@@ -15,8 +22,8 @@ func TestAnalyzeFlags(t *testing.T) {
 		want AnalyzeOptions
 	}{
 		{"defaults", []string{"t.gz"}, AnalyzeOptions{Trace: "t.gz", Outputs: Outputs{Format: "text", FailOn: "none"}}},
-		{"everything", []string{"t.gz", "-f", "html", "-o", "r.html", "--device", "loop0", "--rules", "/r", "--fail-on", "critical", "--stacks-out", "s.pb.gz", "--folded", "s.folded"},
-			AnalyzeOptions{Trace: "t.gz", RulesDir: "/r", Devices: []string{"loop0"}, Outputs: Outputs{Format: "html", Output: "r.html", FailOn: "critical", StacksOut: "s.pb.gz", Folded: "s.folded"}}},
+		{"everything", []string{"t.gz", "-f", "html", "-o", "r.html", "--device", "loop0", "--rules", "/r", "--rules", "x.yaml", "--fail-on", "critical", "--stacks-out", "s.pb.gz", "--folded", "s.folded"},
+			AnalyzeOptions{Trace: "t.gz", Rules: []string{"/r", "x.yaml"}, Devices: []string{"loop0"}, Outputs: Outputs{Format: "html", Output: "r.html", FailOn: "critical", StacksOut: "s.pb.gz", Folded: "s.folded"}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -27,7 +34,7 @@ func TestAnalyzeFlags(t *testing.T) {
 			if err := c.Execute(); err != nil {
 				t.Fatal(err)
 			}
-			if got.Trace != tt.want.Trace || got.RulesDir != tt.want.RulesDir || !slices.Equal(got.Devices, tt.want.Devices) || got.Outputs != tt.want.Outputs {
+			if got.Trace != tt.want.Trace || !slices.Equal(got.Rules, tt.want.Rules) || !slices.Equal(got.Devices, tt.want.Devices) || got.Outputs != tt.want.Outputs {
 				t.Fatalf("options\n got %+v\nwant %+v", *got, tt.want)
 			}
 		})
@@ -75,5 +82,229 @@ func TestAnalyzeLeavesNoFilesOnError(t *testing.T) {
 		if _, err := os.Stat(p); err == nil {
 			t.Errorf("%s was left behind", p)
 		}
+	}
+}
+
+// A panic in a command is a bug: one line and exit code 1, never Go's 2
+// (which means bad flags).
+func TestPanicIsAnErrorNotAUsageMistake(t *testing.T) {
+	ios, out, errb := testIO()
+	root := NewRootCmd(ios)
+	root.AddCommand(&cobra.Command{Use: "boom", RunE: func(*cobra.Command, []string) error {
+		var s []int
+		_ = s[3]
+		return nil
+	}})
+	if code := execute(ios, root, []string{"boom"}); code != ExitError {
+		t.Errorf("exit %d, want %d", code, ExitError)
+	}
+	lines := strings.Split(strings.TrimRight(errb.String(), "\n"), "\n")
+	if len(lines) != 1 || !strings.HasPrefix(lines[0], "whyslow: internal error: runtime error: index out of range") {
+		t.Errorf("stderr %q, want one internal-error line", errb)
+	}
+	if out.Len() != 0 {
+		t.Errorf("stdout %q", out)
+	}
+}
+
+// traceOf is a trace file holding the lines given after its run record.
+func traceOf(t *testing.T, lines ...string) string {
+	t.Helper()
+	all := append([]string{
+		`{"format":"whyslow.trace","version":1,"encoding":"json-lines","writer":"whyslow 0.1.0"}`,
+		`{"type":"run","version":"0.1.0","started_at":"2026-11-03T10:00:00Z","requested_duration":20000000000,"device_filter":[]}`,
+	}, lines...)
+	all = append(all, fmt.Sprintf(`{"type":"end","records":%d}`, len(all)-1))
+	path := filepath.Join(t.TempDir(), "x.trace")
+	if err := os.WriteFile(path, []byte(strings.Join(all, "\n")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// Extreme values a well-formed trace can hold give a report in every
+// format; impossible ones are one error line naming the file and the line.
+func TestAnalyzeExtremeValues(t *testing.T) {
+	dev := `"dev":{"major":7,"minor":0,"name":"loop0"}`
+	task := `"task":{"pid":1,"tgid":1,"comm":"fio"}`
+	tests := []struct {
+		name     string
+		lines    []string
+		wantCode int
+		want     string // in stderr when failing, in the text report else
+	}{
+		{"longest window", []string{`{"type":"timeline","start":0,"end":9223372036854775807,"min_latency":9223372036854775807}`}, 0, "observed    2562048h"},
+		{"empty window", []string{`{"type":"timeline","start":5,"end":5}`}, 0, "min latency 0, devices: all"},
+		{"longest spans, huge counts", []string{
+			`{"type":"timeline","start":0,"end":9223372036854775807}`,
+			`{"type":"device",` + dev + `,"submit":{"count":18446744073709551615,"sum_ns":18446744073709551615,"max_ns":9223372036854775807,"slots":[[327,18446744073709551615],[0,18446744073709551615]]},"service":{"count":1,"sum_ns":9223372036854775807,"max_ns":9223372036854775807,"slots":[[327,1]]}}`,
+			`{"type":"slow_submit","start":0,"latency":9223372036854775807,` + task + `,` + dev + `}`,
+			`{"type":"slow_submit","start":1,"latency":9223372036854775806,` + task + `,` + dev + `}`,
+			`{"type":"offcpu","start":0,"duration":9223372036854775807,` + task + `,"kernel_stack":[{"addr":1,"symbol":"__bio_queue_enter"}]}`,
+			`{"type":"freeze","start":0,"duration":9223372036854775807,` + task + `,` + dev + `}`,
+			`{"type":"uevent","time":9223372036854775807,"action":"change","subsystem":"block","devname":"loop0"}`,
+		}, 0, "loop0"},
+		{"negative min latency", []string{`{"type":"timeline","start":0,"end":9223372036854775807,"min_latency":-9223372036854775808}`}, 1,
+			"line 3: timeline record: field min_latency: a duration cannot be negative"},
+		{"negative latency", []string{`{"type":"timeline","start":0,"end":10}`, `{"type":"slow_submit","start":1,"latency":-1}`}, 1,
+			"line 4: slow_submit record: field latency: a duration cannot be negative"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			trace := traceOf(t, tt.lines...)
+			for _, format := range reportFormats {
+				ios, out, errb := testIO()
+				code := Execute(ios, []string{"analyze", trace, "--format", format, "--folded", filepath.Join(t.TempDir(), "f"), "--stacks-out", filepath.Join(t.TempDir(), "p")})
+				if code != tt.wantCode {
+					t.Fatalf("--format %s: exit %d, want %d; stderr %q", format, code, tt.wantCode, errb)
+				}
+				if tt.wantCode != 0 {
+					if !strings.HasPrefix(errb.String(), "whyslow: reading trace "+trace+": ") || !strings.Contains(errb.String(), tt.want) || strings.Count(errb.String(), "\n") != 1 {
+						t.Errorf("stderr %q, want one line naming %s and saying %q", errb, trace, tt.want)
+					}
+					continue
+				}
+				if errb.Len() != 0 {
+					t.Errorf("--format %s: stderr %q", format, errb)
+				}
+				if format == "text" && !strings.Contains(out.String(), tt.want) {
+					t.Errorf("report lacks %q:\n%s", tt.want, out)
+				}
+			}
+		})
+	}
+}
+
+const brokenRule = "id: broken-index\ntitle: x\nseverity: warning\nscope: device\nwhen: |\n  Device.Stalls.Count() >= 0 &&\n    Device.Stalls[100000].Start > duration(\"1s\")\n"
+
+// A rule that fails while evaluated loses nothing else: the report (with
+// the other rules' findings and the failed rule named) and the stack files
+// are written, stderr says which rule of which file, and the exit code is 1.
+func TestAnalyzeRuleFailureKeepsTheReport(t *testing.T) {
+	dir := t.TempDir()
+	rulesDir := filepath.Join(dir, "rules")
+	if err := os.Mkdir(rulesDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	rule := filepath.Join(rulesDir, "broken.yaml")
+	if err := os.WriteFile(rule, []byte(brokenRule), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	trace := filepath.Join("..", "testdata", "traces", "loop-udev-freeze.trace.gz")
+	for _, tt := range []struct{ format, want string }{
+		{"json", `"rule": "broken-index"`},
+		{"text", "!! 1 RULE FAILED"},
+		{"markdown", "`broken-index`"},
+		{"html", `id="rule-errors"`},
+	} {
+		t.Run(tt.format, func(t *testing.T) {
+			out, folded := filepath.Join(dir, "report."+tt.format), filepath.Join(dir, "stacks.folded")
+			ios, stdout, errb := testIO()
+			code := Execute(ios, []string{"analyze", trace, "--rules", rulesDir, "-f", tt.format, "-o", out, "--folded", folded, "--fail-on", "critical"})
+			if code != ExitError {
+				t.Errorf("exit %d, want %d", code, ExitError)
+			}
+			lines := strings.Split(strings.TrimRight(errb.String(), "\n"), "\n")
+			if len(lines) != 1 || !strings.HasPrefix(lines[0], "whyslow: rule failed: broken-index at "+rule+":7:") ||
+				!strings.Contains(lines[0], "when (on loop0): index out of range") {
+				t.Errorf("stderr %q, want one line naming the rule and its file", errb)
+			}
+			rep, err := os.ReadFile(out)
+			if err != nil {
+				t.Fatalf("the report is gone: %v", err)
+			}
+			for _, w := range []string{tt.want, "queue-freeze-stall", rule} {
+				if !strings.Contains(string(rep), w) {
+					t.Errorf("report lacks %q", w)
+				}
+			}
+			if fi, err := os.Stat(folded); err != nil || fi.Size() == 0 {
+				t.Errorf("the folded stacks are gone: %v", err)
+			}
+			if stdout.Len() != 0 {
+				t.Errorf("stdout %q", stdout)
+			}
+		})
+	}
+}
+
+// The live run writes its outputs through the same finish: with a failed
+// rule, the --record trace and the report are kept and the run exits 1.
+func TestFinishKeepsTheTraceWhenARuleFails(t *testing.T) {
+	tl, info, err := tracefile.ReadFile(filepath.Join("..", "testdata", "traces", "loop-control.trace.gz"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	rule := filepath.Join(dir, "broken.yaml")
+	if err := os.WriteFile(rule, []byte(brokenRule), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	set, err := loadRules([]string{rule})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := diagnose.Analyze(tl, set, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ios, _, _ := testIO()
+	o := Outputs{Format: "json", Output: filepath.Join(dir, "r.json"), FailOn: "none", Record: filepath.Join(dir, "run.trace.gz")}
+	outs, err := openOutputs(ios, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = outs.finish(res, info)
+	var ee exitError
+	if !errors.As(err, &ee) || ee.code != ExitError || !strings.Contains(ee.msg, rule) {
+		t.Errorf("finish = %v, want exit %d naming %s", err, ExitError, rule)
+	}
+	back, _, err := tracefile.ReadFile(o.Record)
+	if err != nil {
+		t.Fatalf("the trace is gone or broken: %v", err)
+	}
+	if len(back.SlowSubmits) != len(tl.SlowSubmits) || len(back.Devices) != len(tl.Devices) {
+		t.Errorf("the trace lost events")
+	}
+	if rep, err := os.ReadFile(o.Output); err != nil || !strings.Contains(string(rep), `"rule_errors": [`) {
+		t.Errorf("the report is gone or lacks the rule error: %v", err)
+	}
+}
+
+// A --device the trace has no device of is an error naming those it has,
+// as diagnose refuses a device the host does not have.
+func TestAnalyzeUnknownDevice(t *testing.T) {
+	trace := filepath.Join("..", "testdata", "traces", "loop-control.trace.gz")
+	tests := []struct {
+		name     string
+		devices  []string
+		wantCode int
+		want     string
+	}{
+		{"known", []string{"loop0"}, 0, ""},
+		{"unknown", []string{"nosuch"}, ExitError, `whyslow: --device "nosuch": no such device in the trace ` + trace + `, which has only `},
+		{"one of two unknown", []string{"loop0", "sdz", "sdz"}, ExitError, `--device "sdz": no such device`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out := filepath.Join(t.TempDir(), "r.txt")
+			args := []string{"analyze", trace, "-o", out}
+			for _, d := range tt.devices {
+				args = append(args, "--device", d)
+			}
+			ios, _, errb := testIO()
+			if code := Execute(ios, args); code != tt.wantCode {
+				t.Fatalf("exit %d, want %d; stderr %q", code, tt.wantCode, errb)
+			}
+			if tt.wantCode == 0 {
+				return
+			}
+			if !strings.Contains(errb.String(), tt.want) || !strings.Contains(errb.String(), "loop0") || strings.Count(errb.String(), "\n") != 1 {
+				t.Errorf("stderr %q, want one line with %q and the trace's devices", errb, tt.want)
+			}
+			if _, err := os.Stat(out); err == nil {
+				t.Errorf("a report was written")
+			}
+		})
 	}
 }

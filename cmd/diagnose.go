@@ -39,7 +39,7 @@ type StorageOptions struct {
 	MinLatency time.Duration
 	Format     string
 	Output     string
-	RulesDir   string
+	Rules      []string // --rules files and directories
 	Devices    []string
 	BTF        string
 	FailOn     string
@@ -90,7 +90,7 @@ ranked report of causes with their evidence and a remedy. Needs root.`,
 	f.DurationVar(&opts.MinLatency, "min-latency", time.Millisecond, "outlier threshold: slower submissions and longer blocked spans are recorded one by one")
 	f.StringVarP(&opts.Format, "format", "f", "text", "report format: "+strings.Join(reportFormats, ", "))
 	f.StringVarP(&opts.Output, "output", "o", "", "write the report to this file instead of standard output")
-	f.StringVar(&opts.RulesDir, "rules", "", "directory of extra rule files (*.yaml); a rule with a built-in rule's id replaces it")
+	f.StringArrayVar(&opts.Rules, "rules", nil, "rule file, or directory of rule files (*.yaml, *.yml), to add (repeatable); a rule with a built-in rule's id replaces it")
 	f.StringArrayVar(&opts.Devices, "device", nil, "only analyze this block device (repeatable), e.g. --device sda")
 	f.StringVar(&opts.BTF, "btf", diagnose.DefaultBTF, "kernel BTF file")
 	f.StringArrayVar(&opts.Mechanism, "mechanism", nil, "force a mechanism: fentry, kprobe, tp_btf, ... for every probe that offers it, or PROBE=MECHANISM for one (repeatable)")
@@ -102,7 +102,6 @@ ranked report of causes with their evidence and a remedy. Needs root.`,
 	_ = c.RegisterFlagCompletionFunc("format", cobra.FixedCompletions(reportFormats, cobra.ShellCompDirectiveNoFileComp))
 	_ = c.RegisterFlagCompletionFunc("fail-on", cobra.FixedCompletions(failOnValues, cobra.ShellCompDirectiveNoFileComp))
 	_ = c.RegisterFlagCompletionFunc("device", completeDevices)
-	_ = c.MarkFlagDirname("rules")
 	return c
 }
 
@@ -149,19 +148,29 @@ func completeDevices(*cobra.Command, []string, string) ([]string, cobra.ShellCom
 	return names, cobra.ShellCompDirectiveNoFileComp
 }
 
-// loadRules returns the built-in rules, with the files of dir added or
-// replacing built-ins of the same id.
-func loadRules(dir string) (*rules.Set, error) {
+// loadRules returns the built-in rules, with the rules of the --rules
+// files and directories added or replacing built-ins of the same id. Every
+// mistake in them is in the error, which is one line: "FILE:LINE:COL: ..."
+// each, separated by "; ".
+func loadRules(paths []string) (*rules.Set, error) {
 	set, err := rules.Default()
 	if err != nil {
 		return nil, fmt.Errorf("built-in rules: %w", err)
 	}
-	if dir == "" {
+	if len(paths) == 0 {
 		return set, nil
 	}
-	extra, err := rules.LoadDir(dir)
+	extra, err := rules.LoadPaths(paths...)
 	if err != nil {
-		return nil, err
+		errs := rules.Errors(err)
+		msgs := make([]string, len(errs))
+		for i, e := range errs {
+			msgs[i] = strings.Join(strings.Fields(e.Error()), " ")
+		}
+		if len(msgs) == 1 {
+			return nil, fmt.Errorf("--rules: %s", msgs[0])
+		}
+		return nil, fmt.Errorf("--rules: %d errors: %s", len(msgs), strings.Join(msgs, "; "))
 	}
 	return set.Merge(extra), nil
 }
@@ -190,7 +199,7 @@ func storageRun(ctx context.Context, opts *StorageOptions) error {
 	if opts.BTF == diagnose.DefaultBTF {
 		go probes.KernelBTF()
 	}
-	set, err := loadRules(opts.RulesDir)
+	set, err := loadRules(opts.Rules)
 	if err != nil {
 		return err
 	}
@@ -226,13 +235,10 @@ func storageRun(ctx context.Context, opts *StorageOptions) error {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	started := time.Now()
-	if opts.IO.ErrTTY {
-		dopts.Progress = progressLine(opts.IO)
-	}
+	var clearProgress func()
+	dopts.Progress, clearProgress = progress(opts.IO)
 	res, err := diagnose.Storage(ctx, dopts)
-	if opts.IO.ErrTTY {
-		fmt.Fprint(opts.IO.ErrOut, "\r\033[K")
-	}
+	clearProgress()
 	if err != nil {
 		outs.abort()
 		return err
@@ -278,17 +284,37 @@ func openOutput(ios *IO, path string) (w io.Writer, closeFn func(ok bool) error,
 	}, nil
 }
 
-// progressLine draws one live status line on the terminal.
+// progress returns the live progress display of a run: the function that
+// draws its line, and the one that clears it at the end. Only an
+// interactive terminal gets one (IO.ErrTTY); on a pipe, a file or in CI
+// there is none: draw is nil and clear does nothing.
+func progress(ios *IO) (draw func(diagnose.Progress), clear func()) {
+	if !ios.ErrTTY {
+		return nil, func() {}
+	}
+	return progressLine(ios), func() { fmt.Fprint(ios.ErrOut, "\r\033[K") }
+}
+
+// progressLine draws one live status line on the terminal: elapsed and
+// asked-for time, the events of each running probe (with its losses), and
+// the total lost. It is cut to the terminal's width, so that it never wraps.
 func progressLine(ios *IO) func(diagnose.Progress) {
 	return func(p diagnose.Progress) {
-		var parts []string
-		for _, k := range []string{"slow submits", "blocked spans", "execs", "uevents", "sysfs writes"} {
-			parts = append(parts, fmt.Sprintf("%s %d", k, p.Events[k]))
+		parts := make([]string, 0, len(p.Probes))
+		for _, pr := range p.Probes {
+			part := fmt.Sprintf("%s %d", pr.Name, pr.Events)
+			if pr.Lost > 0 {
+				part += fmt.Sprintf(" (%d lost)", pr.Lost)
+			}
+			parts = append(parts, part)
 		}
-		lost := ""
+		line := fmt.Sprintf("%s / %s  %s", p.Elapsed.Truncate(time.Second), p.Total, strings.Join(parts, ", "))
 		if p.Lost > 0 {
-			lost = fmt.Sprintf("  LOST %d", p.Lost)
+			line += fmt.Sprintf("  LOST %d", p.Lost)
 		}
-		fmt.Fprintf(ios.ErrOut, "\r\033[K%s / %s  %s%s", p.Elapsed.Truncate(time.Second), p.Total, strings.Join(parts, ", "), lost)
+		if w := ios.ErrWidth - 1; w > 0 && len(line) > w {
+			line = line[:w]
+		}
+		fmt.Fprintf(ios.ErrOut, "\r\033[K%s", line)
 	}
 }

@@ -35,17 +35,37 @@ type IO struct {
 	ErrTTY bool
 	// OutTTY says Out is an interactive terminal.
 	OutTTY bool
+	// ErrWidth is the width of the terminal ErrOut is, 0 when unknown.
+	ErrWidth int
 }
 
 // SystemIO returns the process's standard streams.
 func SystemIO() *IO {
-	return &IO{In: os.Stdin, Out: os.Stdout, ErrOut: os.Stderr,
-		OutTTY: isTerminal(os.Stdout), ErrTTY: isTerminal(os.Stderr) && os.Getenv("CI") == ""}
+	return systemIO(os.Stdin, os.Stdout, os.Stderr, terminal, os.Getenv)
 }
 
-func isTerminal(f *os.File) bool {
-	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
-	return err == nil
+// systemIO describes the streams as term sees them: stderr is an
+// interactive terminal (for the live progress line) when it is a terminal
+// and the environment is not CI.
+func systemIO(in, out, errOut *os.File, term func(*os.File) (bool, int), getenv func(string) string) *IO {
+	ios := &IO{In: in, Out: out, ErrOut: errOut}
+	ios.OutTTY, _ = term(out)
+	if tty, width := term(errOut); tty && getenv("CI") == "" {
+		ios.ErrTTY, ios.ErrWidth = true, width
+	}
+	return ios
+}
+
+// terminal says whether f is a terminal, and its width in columns (0 when
+// unknown).
+func terminal(f *os.File) (bool, int) {
+	if _, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS); err != nil {
+		return false, 0
+	}
+	if ws, err := unix.IoctlGetWinsize(int(f.Fd()), unix.TIOCGWINSZ); err == nil {
+		return true, int(ws.Col)
+	}
+	return true, 0
 }
 
 // usageError marks a mistake in how the command was called.
@@ -100,7 +120,20 @@ func Main(ios *IO) int {
 // Execute runs the command line with args and returns the exit code; errors
 // are printed as one line on ios.ErrOut.
 func Execute(ios *IO, args []string) int {
-	root := NewRootCmd(ios)
+	return execute(ios, NewRootCmd(ios), args)
+}
+
+// execute runs a command tree. A panic is a bug, never the user's doing:
+// it is one line on stderr and exit code 1, like any other failure (Go's
+// own exit code for a panic, 2, would read as bad flags).
+func execute(ios *IO, root *cobra.Command, args []string) (code int) {
+	defer func() {
+		if x := recover(); x != nil {
+			msg := strings.Join(strings.Fields(fmt.Sprint(x)), " ")
+			fmt.Fprintf(ios.ErrOut, "whyslow: internal error: %s (this is a bug; please report it with the command line and its input)\n", msg)
+			code = ExitError
+		}
+	}()
 	root.SetArgs(args)
 	err := root.Execute()
 	if err == nil {

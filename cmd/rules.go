@@ -18,13 +18,13 @@ func newCmdRules(ios *IO) *cobra.Command {
 			return usagef("rules needs a subcommand: list or check")
 		},
 	}
-	var dir string
+	var paths []string
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List the rules a diagnosis evaluates",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			set, err := loadRules(dir)
+			set, err := loadRules(paths)
 			if err != nil {
 				return err
 			}
@@ -38,7 +38,7 @@ func newCmdRules(ios *IO) *cobra.Command {
 			return t.Render()
 		},
 	}
-	list.Flags().StringVar(&dir, "rules", "", "directory of extra rule files, as for diagnose")
+	list.Flags().StringArrayVar(&paths, "rules", nil, "rule file or directory of rule files to add (repeatable), as for diagnose")
 	check := &cobra.Command{
 		Use:   "check FILE...",
 		Short: "Check rule files without running anything; errors name file, line and column",

@@ -11,15 +11,15 @@ import (
 )
 
 // collector is the probes.Sink of a live run: it puts everything on one
-// timeline and counts events per probe kind for progress display. It holds
+// timeline and counts events per probe for the progress display. It holds
 // at most maxBytes of events (estimated): beyond, events are dropped and
 // counted as lost ("timeline full"), so that a storm of events cannot make
 // the run's memory grow without bound.
 type collector struct {
 	mu       sync.Mutex
 	tl       *timeline.Timeline
-	counts   map[string]uint64
-	bytes    int64 // estimated size of the events held
+	counts   map[string]uint64 // events kept, by probe
+	bytes    int64             // estimated size of the events held
 	maxBytes int64
 }
 
@@ -50,7 +50,7 @@ func (c *collector) Event(e event.Event) {
 	}
 	c.bytes += n
 	c.tl.Add(e)
-	c.counts[kindOf(e)]++
+	c.counts[probeOf(e)]++
 	c.mu.Unlock()
 }
 
@@ -116,15 +116,21 @@ func (c *collector) Histogram(kind probes.HistKind, dev event.Device, h *hist.Hi
 	}
 }
 
-// Counts returns a copy of the number of events received per kind.
-func (c *collector) Counts() map[string]uint64 {
+// progress returns, for each probe named, the events it delivered and
+// those lost so far (by the probe, or dropped here past the memory bound).
+func (c *collector) progress(probes []string) (out []ProbeProgress, lost uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	out := make(map[string]uint64, len(c.counts))
-	for k, v := range c.counts {
-		out[k] = v
+	out = make([]ProbeProgress, len(probes))
+	for i, name := range probes {
+		out[i] = ProbeProgress{Name: name, Events: c.counts[name]}
+		for _, l := range c.tl.Losses {
+			if l.Probe == name {
+				out[i].Lost += l.Count
+			}
+		}
 	}
-	return out
+	return out, c.tl.LostEvents()
 }
 
 // probeOf names the probe that delivers a kind of event.
@@ -146,30 +152,6 @@ func probeOf(e event.Event) string {
 		return event.ProbeFreeze
 	case event.SubmitCall:
 		return event.ProbeSubmitCall
-	}
-	return "other"
-}
-
-func kindOf(e event.Event) string {
-	switch e.(type) {
-	case event.SlowSubmit:
-		return "slow submits"
-	case event.OffCPU:
-		return "blocked spans"
-	case event.Exec:
-		return "execs"
-	case event.Exit:
-		return "exits"
-	case event.Uevent:
-		return "uevents"
-	case event.SysfsWrite:
-		return "sysfs writes"
-	case event.QueueEnter:
-		return "queue-enter waits"
-	case event.Freeze:
-		return "queue freezes"
-	case event.SubmitCall:
-		return "slow submit calls"
 	}
 	return "other"
 }

@@ -1,6 +1,7 @@
 package diagnose
 
 import (
+	"reflect"
 	"testing"
 
 	"github.com/whyslow/whyslow/event"
@@ -32,8 +33,8 @@ func TestCollectorBound(t *testing.T) {
 	if len(want) > 0 || tl.LostEvents() != 16 {
 		t.Errorf("losses %+v", tl.Losses)
 	}
-	if c.Counts()["uevents"] != 10 {
-		t.Errorf("counts %v", c.Counts())
+	if ps, lost := c.progress([]string{"exec", "uevent"}); !reflect.DeepEqual(ps, []ProbeProgress{{"exec", 0, 1}, {"uevent", 10, 15}}) || lost != 16 {
+		t.Errorf("progress %+v, %d lost", ps, lost)
 	}
 }
 
@@ -42,5 +43,23 @@ func TestEventBytes(t *testing.T) {
 	big := eventBytes(event.OffCPU{UserStack: make([]event.Frame, 20)})
 	if small <= 0 || big <= small {
 		t.Errorf("exit %d bytes, off-CPU span with 20 user frames %d", small, big)
+	}
+}
+
+// Progress counts events by the probe that delivers them, the direct
+// probes' own included.
+func TestCollectorCountsPerProbe(t *testing.T) {
+	c := newCollector(&timeline.Timeline{}, 0)
+	for _, e := range []event.Event{
+		event.SlowSubmit{}, event.SlowSubmit{}, event.OffCPU{}, event.Exec{}, event.Exit{}, event.Uevent{},
+		event.SysfsWrite{}, event.QueueEnter{}, event.QueueEnter{}, event.Freeze{}, event.SubmitCall{},
+	} {
+		c.Event(e)
+	}
+	c.Loss(event.Loss{Probe: "offcpu", What: "ring buffer full", Count: 4})
+	names := []string{"exec", "freeze", "offcpu", "queueenter", "submit", "submitfn", "sysfs", "uevent"}
+	want := []ProbeProgress{{"exec", 2, 0}, {"freeze", 1, 0}, {"offcpu", 1, 4}, {"queueenter", 2, 0}, {"submit", 2, 0}, {"submitfn", 1, 0}, {"sysfs", 1, 0}, {"uevent", 1, 0}}
+	if got, lost := c.progress(names); !reflect.DeepEqual(got, want) || lost != 4 {
+		t.Errorf("progress %+v (%d lost)\nwant     %+v (4 lost)", got, lost, want)
 	}
 }

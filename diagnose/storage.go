@@ -63,8 +63,16 @@ type Options struct {
 // Progress is a snapshot of a running diagnosis.
 type Progress struct {
 	Elapsed, Total time.Duration
-	Events         map[string]uint64 // per kind of event
-	Lost           uint64
+	// Probes are the running probes, sorted by name, with their events.
+	Probes []ProbeProgress
+	Lost   uint64 // events lost so far, by every probe
+}
+
+// ProbeProgress is what one running probe delivered so far.
+type ProbeProgress struct {
+	Name   string
+	Events uint64 // events delivered and kept
+	Lost   uint64 // events it lost, or that were dropped past the run's memory bound
 }
 
 // Result is a finished diagnosis.
@@ -72,6 +80,12 @@ type Result struct {
 	Timeline *timeline.Timeline
 	Run      *facts.Run
 	Findings []rules.Finding
+	// RuleErrors are the rules that failed while they were evaluated;
+	// Findings holds those of the other rules.
+	RuleErrors rules.RuleErrors
+	// Devices are the names of every device the timeline has, before the
+	// device filter, sorted.
+	Devices []string
 }
 
 func (o *Options) defaults() {
@@ -206,11 +220,12 @@ func Collect(ctx context.Context, opts Options, spec *btf.Spec) (*timeline.Timel
 	}
 	wg.Wait()
 	var running []probes.Running
-	var reasons []string
+	var names, reasons []string
 	for _, s := range starts {
 		tl.Probes = append(tl.Probes, s.st)
 		if s.r != nil {
 			running = append(running, s.r)
+			names = append(names, s.st.Name)
 		} else {
 			reasons = append(reasons, fmt.Sprintf("%s: %s", s.st.Name, s.st.Reason))
 		}
@@ -222,7 +237,8 @@ func Collect(ctx context.Context, opts Options, spec *btf.Spec) (*timeline.Timel
 		opts.Ready()
 	}
 
-	wait(ctx, opts, col)
+	sort.Strings(names)
+	wait(ctx, opts, col, names)
 
 	tl.End = now()
 	var stopErrs []string
@@ -238,8 +254,9 @@ func Collect(ctx context.Context, opts Options, spec *btf.Spec) (*timeline.Timel
 	return tl, nil
 }
 
-// wait blocks for the run's duration or until ctx ends, reporting progress.
-func wait(ctx context.Context, opts Options, col *collector) {
+// wait blocks for the run's duration or until ctx ends, reporting the
+// progress of the running probes.
+func wait(ctx context.Context, opts Options, col *collector, running []string) {
 	start := time.Now()
 	deadline := time.NewTimer(opts.Duration)
 	defer deadline.Stop()
@@ -253,19 +270,23 @@ func wait(ctx context.Context, opts Options, col *collector) {
 			return
 		case <-tick.C:
 			if opts.Progress != nil {
-				col.mu.Lock()
-				lost := col.tl.LostEvents()
-				col.mu.Unlock()
-				opts.Progress(Progress{Elapsed: time.Since(start), Total: opts.Duration, Events: col.Counts(), Lost: lost})
+				ps, lost := col.progress(running)
+				opts.Progress(Progress{Elapsed: time.Since(start), Total: opts.Duration, Probes: ps, Lost: lost})
 			}
 		}
 	}
 }
 
 // Analyze derives facts from a timeline and evaluates the rules on them,
-// restricted to the named devices when any are given.
+// restricted to the named devices when any are given. A rule that fails
+// does not fail the analysis: it is in Result.RuleErrors, and the findings
+// of the other rules are there.
 func Analyze(tl *timeline.Timeline, set *rules.Set, devices []string) (*Result, error) {
 	run := facts.Build(tl, facts.Options{})
+	var all []string
+	for _, d := range run.Devices {
+		all = append(all, d.Name)
+	}
 	if len(devices) > 0 {
 		keep := map[string]bool{}
 		for _, d := range devices {
@@ -279,11 +300,13 @@ func Analyze(tl *timeline.Timeline, set *rules.Set, devices []string) (*Result, 
 		}
 		run.Devices = ds
 	}
-	findings, err := rules.Evaluate(set, run)
-	if err != nil {
+	res := &Result{Timeline: tl, Run: run, Devices: all}
+	var err error
+	res.Findings, err = rules.Evaluate(set, run)
+	if err != nil && !errors.As(err, &res.RuleErrors) {
 		return nil, fmt.Errorf("evaluating rules: %w", err)
 	}
-	return &Result{Timeline: tl, Run: run, Findings: findings}, nil
+	return res, nil
 }
 
 func now() event.Mono {

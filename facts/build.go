@@ -142,6 +142,9 @@ type builder struct {
 	// for each exit the next one of the same pid (-1 for none).
 	firstExit map[uint32]int32
 	nextExit  []int32
+	// ueventWritesBy counts the writes of uevent files by pid, built on
+	// first use.
+	ueventWritesBy map[uint32]int
 }
 
 func (b *builder) rel(t event.Mono) time.Duration { return t.Sub(b.tl.Start) }
@@ -216,13 +219,16 @@ func (b *builder) devices() {
 
 func latency(h *hist.Histogram) Latency {
 	us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
-	return Latency{
-		Count:  h.Count,
-		MeanUs: us(h.Mean()),
-		P50Us:  us(h.Quantile(0.5)),
-		P99Us:  us(h.Quantile(0.99)),
-		MaxUs:  us(time.Duration(h.MaxNs)),
+	l := Latency{
+		Count: h.Count,
+		P50Us: us(h.Quantile(0.5)),
+		P99Us: us(h.Quantile(0.99)),
+		MaxUs: float64(h.MaxNs) / float64(time.Microsecond),
 	}
+	if h.Count > 0 { // in nanoseconds first, as Histogram.Mean, but never through a Duration that could overflow
+		l.MeanUs = float64(h.SumNs/h.Count) / float64(time.Microsecond)
+	}
+	return l
 }
 
 func (b *builder) stalls() {
@@ -239,7 +245,7 @@ func (b *builder) stalls() {
 		}
 		start := b.rel(s.Start)
 		d.Stalls = append(d.Stalls, Span{
-			Start: start, End: start + max(s.Latency, 0), Kind: KindSubmit,
+			Start: start, End: SaturatingAdd(start, max(s.Latency, 0)), Kind: KindSubmit,
 			Pid: s.Task.Pid, Tgid: s.Task.Tgid, Comm: s.Task.Comm, Device: name, Source: SourceSubmitTP,
 		})
 	}
@@ -251,7 +257,7 @@ func (b *builder) stalls() {
 		d := b.deviceOf(name, c.Dev)
 		start := b.rel(c.Start)
 		d.SubmitCalls = append(d.SubmitCalls, Span{
-			Start: start, End: start + max(c.Latency, 0), Kind: KindSubmitCall,
+			Start: start, End: SaturatingAdd(start, max(c.Latency, 0)), Kind: KindSubmitCall,
 			Pid: c.Task.Pid, Tgid: c.Task.Tgid, Comm: c.Task.Comm, Device: name,
 			Source: SourceDirect(c.Mechanism, c.Func),
 		})
@@ -320,7 +326,7 @@ func (b *builder) offCPU() {
 		}
 		start := b.rel(o.Start)
 		sp := Span{
-			Start: start, End: start + max(o.Duration, 0), Kind: kind,
+			Start: start, End: SaturatingAdd(start, max(o.Duration, 0)), Kind: kind,
 			Pid: o.Task.Pid, Tgid: o.Task.Tgid, Comm: o.Task.Comm, Waker: o.Waker,
 			KernelStack: o.KernelStack, UserStack: o.UserStack, Source: SourceOffCPU,
 		}
@@ -401,7 +407,7 @@ func (b *builder) directQueueWaits() []Span {
 	for _, q := range b.tl.QueueEnters {
 		start := b.rel(q.Start)
 		sp := Span{
-			Start: start, End: start + max(q.Duration, 0), Kind: KindQueueEnter,
+			Start: start, End: SaturatingAdd(start, max(q.Duration, 0)), Kind: KindQueueEnter,
 			Pid: q.Task.Pid, Tgid: q.Task.Tgid, Comm: q.Task.Comm,
 			Source: SourceDirect(q.Mechanism, q.Func),
 		}
@@ -420,7 +426,7 @@ func (b *builder) directFreezes(writes map[uint32][]event.SysfsWrite) []Span {
 	for _, f := range b.tl.Freezes {
 		start := b.rel(f.Start)
 		sp := Span{
-			Start: start, End: start + max(f.Duration, 0), Kind: KindFreeze,
+			Start: start, End: SaturatingAdd(start, max(f.Duration, 0)), Kind: KindFreeze,
 			Pid: f.Task.Pid, Tgid: f.Task.Tgid, Comm: f.Task.Comm,
 			KernelStack: f.KernelStack, UserStack: f.UserStack,
 			Source: SourceDirect(f.Mechanism, f.Func),

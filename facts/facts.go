@@ -8,6 +8,7 @@
 package facts
 
 import (
+	"math"
 	"time"
 
 	"github.com/whyslow/whyslow/event"
@@ -179,4 +180,18 @@ type Command struct {
 	// Periodic is true when there are at least 3 execs and Jitter <= 0.25.
 	Periodic bool
 	Execs    Points
+}
+
+// SaturatingAdd is a+b, or the largest (smallest) time.Duration when the
+// sum would overflow: totals of many long spans, or a span's start plus its
+// length, stay ordered instead of wrapping to a negative value.
+func SaturatingAdd(a, b time.Duration) time.Duration {
+	switch s := a + b; {
+	case b > 0 && s < a:
+		return math.MaxInt64
+	case b < 0 && s > a:
+		return math.MinInt64
+	default:
+		return s
+	}
 }

@@ -22,7 +22,7 @@ func (s Spans) Count() int { return len(s) }
 func (s Spans) TotalMs() float64 {
 	var t time.Duration
 	for _, sp := range s {
-		t += max(sp.Duration(), 0)
+		t = SaturatingAdd(t, max(sp.Duration(), 0))
 	}
 	return msOf(t)
 }
@@ -31,7 +31,7 @@ func (s Spans) TotalMs() float64 {
 func (s Spans) UnionMs() float64 {
 	var t time.Duration
 	for _, iv := range union(s, 0) {
-		t += iv.end - iv.start
+		t = SaturatingAdd(t, iv.end-iv.start)
 	}
 	return msOf(t)
 }
@@ -53,7 +53,7 @@ func union(s Spans, w time.Duration) []interval {
 	w = max(w, 0)
 	ivs := make([]interval, 0, len(s))
 	for _, sp := range s {
-		ivs = append(ivs, interval{sp.Start - w, max(sp.End, sp.Start) + w})
+		ivs = append(ivs, interval{SaturatingAdd(sp.Start, -w), SaturatingAdd(max(sp.End, sp.Start), w)})
 	}
 	slices.SortFunc(ivs, func(a, b interval) int { return cmp.Compare(a.start, b.start) })
 	var out []interval

@@ -48,6 +48,8 @@ func TestSpanSums(t *testing.T) {
 		{"disjoint, unsorted", Spans{sp(100, 105, 1, "a"), sp(0, 1, 2, "b")}, 2, 6, 6, 5},
 		{"touching", Spans{sp(0, 10, 1, "a"), sp(10, 20, 1, "a")}, 2, 20, 20, 10},
 		{"inverted span counts nothing", Spans{sp(10, 5, 1, "a")}, 1, 0, 0, 0},
+		{"a total beyond a Duration stays the largest", Spans{{Start: 0, End: math.MaxInt64}, {Start: 0, End: math.MaxInt64}}, 2,
+			msOf(math.MaxInt64), msOf(math.MaxInt64), msOf(math.MaxInt64)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -56,6 +58,22 @@ func TestSpanSums(t *testing.T) {
 					tt.s.Count(), tt.s.TotalMs(), tt.s.UnionMs(), tt.s.MaxMs(), tt.count, tt.total, tt.union, tt.longest)
 			}
 		})
+	}
+}
+
+func TestSaturatingAdd(t *testing.T) {
+	tests := []struct{ a, b, want time.Duration }{
+		{1, 2, 3},
+		{math.MaxInt64, 1, math.MaxInt64},
+		{math.MaxInt64 - 1, math.MaxInt64, math.MaxInt64},
+		{math.MinInt64, -1, math.MinInt64},
+		{-5, 3, -2},
+		{math.MaxInt64, math.MinInt64, -1},
+	}
+	for _, tt := range tests {
+		if got := SaturatingAdd(tt.a, tt.b); got != tt.want {
+			t.Errorf("SaturatingAdd(%d, %d) = %d, want %d", tt.a, tt.b, got, tt.want)
+		}
 	}
 }
 

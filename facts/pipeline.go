@@ -33,11 +33,10 @@ func (b *builder) pipelines() {
 		}
 		return i
 	}
-	for i := range cmds {
-		for j := i + 1; j < len(cmds); j++ {
-			if runTogether(cmds[i], cmds[j]) && runTogether(cmds[j], cmds[i]) {
-				parent[find(j)] = find(i)
-			}
+	for _, pair := range pipelineCandidates(cmds) {
+		i, j := pair[0], pair[1]
+		if runTogether(cmds[i], cmds[j]) && runTogether(cmds[j], cmds[i]) {
+			parent[find(j)] = find(i)
 		}
 	}
 	groups := map[int][]*Command{}
@@ -78,6 +77,69 @@ func (b *builder) pipelines() {
 		out = append(out, lead)
 	}
 	b.run.Commands = out
+}
+
+// pipelineCandidates returns the pairs i < j of commands that may run
+// together, in order: those with the same parent command, each run at
+// least twice, with an exec of j by the same parent process within
+// PipelineWindow of one of the first execs of i (runTogether needs 80% of
+// i's execs paired, so one of any fifth of them plus one is). Comparing only
+// these keeps a trace of many distinct commands from taking quadratic time.
+func pipelineCandidates(cmds []*Command) [][2]int {
+	type exec struct {
+		at  time.Duration
+		cmd int
+	}
+	type parent struct {
+		comm string
+		pid  uint32
+	}
+	byParent := map[parent][]exec{}
+	for i, c := range cmds {
+		if c.Count < 2 {
+			continue
+		}
+		for n, e := range c.Execs {
+			p := parent{c.ParentComm, ppidOf(c, n)}
+			byParent[p] = append(byParent[p], exec{e.At, i})
+		}
+	}
+	for _, es := range byParent {
+		slices.SortFunc(es, func(a, b exec) int { return cmp.Or(cmp.Compare(a.at, b.at), cmp.Compare(a.cmd, b.cmd)) })
+	}
+	seen := map[[2]int]bool{}
+	var out [][2]int
+	for i, c := range cmds {
+		if c.Count < 2 {
+			continue
+		}
+		k := c.Count - (4*c.Count+4)/5 + 1 // misses runTogether allows, plus one
+		for x, e := range c.Execs[:min(k, len(c.Execs))] {
+			es := byParent[parent{c.ParentComm, ppidOf(c, x)}]
+			lo := sort.Search(len(es), func(n int) bool { return es[n].at >= e.At-PipelineWindow })
+			for n := lo; n < len(es) && es[n].at <= e.At+PipelineWindow; n++ {
+				j := es[n].cmd
+				if j == i {
+					continue
+				}
+				pair := [2]int{min(i, j), max(i, j)}
+				if !seen[pair] {
+					seen[pair] = true
+					out = append(out, pair)
+				}
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b [2]int) int { return cmp.Or(cmp.Compare(a[0], b[0]), cmp.Compare(a[1], b[1])) })
+	return out
+}
+
+// ppidOf is the parent pid of a command's exec n, 0 when unknown.
+func ppidOf(c *Command, n int) uint32 {
+	if n < len(c.PPids) {
+		return c.PPids[n]
+	}
+	return 0
 }
 
 // runTogether reports whether at least 80% of a's execs have an exec of b
@@ -142,14 +204,20 @@ func execsNear(ps Points, order []int, t time.Duration) []int {
 // ueventWrites counts the opens for writing of a device's uevent file by
 // the command's processes.
 func (b *builder) ueventWrites(c *Command) int {
-	pids := make(map[uint32]bool, len(c.Pids))
-	for _, p := range c.Pids {
-		pids[p] = true
+	if b.ueventWritesBy == nil { // once: by pid
+		b.ueventWritesBy = map[uint32]int{}
+		for _, w := range b.run.SysfsWrites {
+			if w.What == "uevent" {
+				b.ueventWritesBy[w.Pid]++
+			}
+		}
 	}
+	pids := make(map[uint32]bool, len(c.Pids))
 	n := 0
-	for _, w := range b.run.SysfsWrites {
-		if w.What == "uevent" && pids[w.Pid] {
-			n++
+	for _, p := range c.Pids {
+		if !pids[p] {
+			pids[p] = true
+			n += b.ueventWritesBy[p]
 		}
 	}
 	return n

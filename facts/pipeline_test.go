@@ -1,6 +1,7 @@
 package facts
 
 import (
+	"math/rand"
 	"testing"
 	"time"
 
@@ -164,5 +165,54 @@ func TestCommandsRunByACommandAreUnderIt(t *testing.T) {
 	}
 	if under["cat"] != "arcconf getconfig" || under["arcconf"] != "" {
 		t.Fatalf("Under = %q, want cat under \"arcconf getconfig\" and arcconf on its own", under)
+	}
+}
+
+// Only candidate pairs are compared: every pair that runs together is
+// among them, whatever the commands, and commands that never recur or never
+// start near each other make none (a trace of many distinct commands took
+// minutes when every pair was compared).
+func TestPipelineCandidatesMissNoPair(t *testing.T) {
+	rnd := rand.New(rand.NewSource(7))
+	together := 0
+	for round := range 200 {
+		var cmds []*Command
+		for c := range 2 + rnd.Intn(6) {
+			n := 1 + rnd.Intn(6)
+			cmd := &Command{ParentComm: []string{"sh", "cron"}[rnd.Intn(2)], Count: n}
+			for i := range n {
+				at := time.Duration(rnd.Intn(8)) * 150 * time.Millisecond
+				cmd.Execs = append(cmd.Execs, Point{At: at, Pid: uint32(100*c + i)})
+				cmd.PPids = append(cmd.PPids, uint32(rnd.Intn(2)))
+				cmd.Ends = append(cmd.Ends, 0)
+				cmd.Forks = append(cmd.Forks, at)
+			}
+			cmds = append(cmds, cmd)
+		}
+		candidates := map[[2]int]bool{}
+		for _, p := range pipelineCandidates(cmds) {
+			candidates[p] = true
+		}
+		for i := range cmds {
+			for j := i + 1; j < len(cmds); j++ {
+				if runTogether(cmds[i], cmds[j]) && runTogether(cmds[j], cmds[i]) {
+					together++
+					if !candidates[[2]int{i, j}] {
+						t.Fatalf("round %d: commands %d and %d run together but are no candidates", round, i, j)
+					}
+				}
+			}
+		}
+	}
+	if together < 20 {
+		t.Fatalf("only %d pairs ran together: the test tests little", together)
+	}
+	var distinct []*Command
+	for i := range 5000 {
+		at := time.Duration(i) * time.Millisecond
+		distinct = append(distinct, &Command{ParentComm: "sh", Count: 1, Execs: Points{{At: at}}, PPids: []uint32{1}, Ends: []time.Duration{0}, Forks: []time.Duration{at}})
+	}
+	if got := pipelineCandidates(distinct); len(got) != 0 {
+		t.Errorf("%d candidate pairs among commands run once", len(got))
 	}
 }

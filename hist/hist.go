@@ -7,6 +7,7 @@
 package hist
 
 import (
+	"math"
 	"math/bits"
 	"time"
 )
@@ -95,7 +96,7 @@ func (h *Histogram) Quantile(q float64) time.Duration {
 		rank = 1
 	}
 	if rank >= h.Count && h.MaxNs > 0 {
-		return time.Duration(h.MaxNs)
+		return duration(h.MaxNs)
 	}
 	var seen uint64
 	for i, c := range h.Counts {
@@ -106,10 +107,10 @@ func (h *Histogram) Quantile(q float64) time.Duration {
 			if h.MaxNs > 0 && v > h.MaxNs {
 				v = h.MaxNs
 			}
-			return time.Duration(v)
+			return duration(v)
 		}
 	}
-	return time.Duration(h.MaxNs)
+	return duration(h.MaxNs)
 }
 
 // Mean returns the average, or 0 when empty.
@@ -117,5 +118,14 @@ func (h *Histogram) Mean() time.Duration {
 	if h.Count == 0 {
 		return 0
 	}
-	return time.Duration(h.SumNs / h.Count)
+	return duration(h.SumNs / h.Count)
+}
+
+// duration converts nanoseconds, staying at the largest time.Duration for
+// values beyond it rather than turning negative.
+func duration(ns uint64) time.Duration {
+	if ns > math.MaxInt64 {
+		return math.MaxInt64
+	}
+	return time.Duration(ns)
 }

@@ -1,6 +1,7 @@
 package hist
 
 import (
+	"math"
 	"testing"
 	"time"
 )
@@ -81,4 +82,28 @@ func seq(from, to uint64) []uint64 {
 		out = append(out, v)
 	}
 	return out
+}
+
+// Values beyond what a time.Duration holds (a histogram read from a file
+// can have them) give the largest duration, never a negative one.
+func TestHugeValuesStayPositive(t *testing.T) {
+	tests := []struct {
+		name string
+		h    Histogram
+		mean time.Duration
+		max  time.Duration
+	}{
+		{"max beyond a Duration", Histogram{Count: 1, SumNs: 5, MaxNs: math.MaxUint64}, 5, math.MaxInt64},
+		{"mean beyond a Duration", Histogram{Count: 1, SumNs: math.MaxUint64, MaxNs: 10}, math.MaxInt64, 10},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := tt.h.Mean(); got != tt.mean {
+				t.Errorf("Mean = %v, want %v", got, tt.mean)
+			}
+			if got := tt.h.Quantile(1); got != tt.max {
+				t.Errorf("Quantile(1) = %v, want %v", got, tt.max)
+			}
+		})
+	}
 }

@@ -27,6 +27,8 @@ type Meta struct {
 	Duration   time.Duration
 	MinLatency time.Duration
 	Devices    []string
+	// RuleErrors are the rules that failed while they were evaluated.
+	RuleErrors rules.RuleErrors
 }
 
 // MaxStacks is how many blocked stacks a finding shows.
@@ -47,6 +49,10 @@ func Build(tl *timeline.Timeline, run *facts.Run, findings []rules.Finding, meta
 		Probes:                   []Probe{},
 		Devices:                  []Device{},
 		Findings:                 []Finding{},
+		RuleErrors:               []RuleError{},
+	}
+	for _, e := range meta.RuleErrors {
+		r.RuleErrors = append(r.RuleErrors, ruleError(e))
 	}
 	if meta.StartedAt.IsZero() {
 		r.StartedAt = time.Time{}
@@ -84,6 +90,7 @@ func Build(tl *timeline.Timeline, run *facts.Run, findings []rules.Finding, meta
 	if observed <= 0 {
 		observed = meta.Duration
 	}
+	r.Kernel = r.Host.Kernel
 	r.DurationSeconds = seconds(observed)
 	sort.SliceStable(r.Losses, func(i, j int) bool {
 		a, b := r.Losses[i], r.Losses[j]
@@ -132,6 +139,10 @@ func Build(tl *timeline.Timeline, run *facts.Run, findings []rules.Finding, meta
 	return r
 }
 
+func ruleError(e rules.RuleError) RuleError {
+	return RuleError{Rule: e.Rule, File: e.File, Line: e.Line, Column: e.Column, Error: e.What()}
+}
+
 // severityOrder is 0 for the worst severity; "none" sorts after everything.
 func severityOrder(s string) int {
 	switch rules.Severity(s) {
@@ -168,11 +179,34 @@ func device(d *facts.Device, observed time.Duration) Device {
 		Stalls:     spanStats(d.Stalls),
 		QueueWaits: spanStats(d.QueueWaits),
 		Freezes:    spanStats(d.Freezes),
-		Uevents:    UeventStats{Count: len(d.Uevents)},
+		Uevents:    uevents(d.Uevents, observed),
 	}
-	if s := observed.Seconds(); s > 0 {
-		out.Uevents.PerSecond = round(float64(len(d.Uevents))/s, 2)
+	return out
+}
+
+// uevents counts a device's uevents, in all and per action, with their
+// rates over the observed window (0 when it is empty).
+func uevents(ps facts.Points, observed time.Duration) UeventStats {
+	rate := func(n int) float64 {
+		if s := observed.Seconds(); s > 0 {
+			return round(float64(n)/s, 2)
+		}
+		return 0
 	}
+	byAction := map[string]int{}
+	for _, p := range ps {
+		byAction[p.What]++
+	}
+	out := UeventStats{Count: len(ps), PerSecond: rate(len(ps)), ByAction: make([]ActionCount, 0, len(byAction))}
+	for a, n := range byAction {
+		out.ByAction = append(out.ByAction, ActionCount{Action: a, Count: n, PerSecond: rate(n)})
+	}
+	slices.SortFunc(out.ByAction, func(a, b ActionCount) int {
+		if a.Count != b.Count {
+			return b.Count - a.Count
+		}
+		return strings.Compare(a.Action, b.Action)
+	})
 	return out
 }
 
@@ -184,6 +218,7 @@ func histDevice(h timeline.DeviceHistograms) Device {
 		Upper:   []string{},
 		Submit:  histLatency(&h.Submit),
 		Service: histLatency(&h.Service),
+		Uevents: UeventStats{ByAction: []ActionCount{}},
 	}
 }
 
@@ -199,7 +234,7 @@ func spanStats(s facts.Spans) SpanStats {
 	var total, longest time.Duration
 	for _, sp := range s {
 		d := max(sp.Duration(), 0)
-		total += d
+		total = facts.SaturatingAdd(total, d)
 		longest = max(longest, d)
 	}
 	return SpanStats{Count: len(s), TotalMs: ms(total), MaxMs: ms(longest)}
@@ -285,7 +320,7 @@ func stacks(names []string, devices map[string]*facts.Device) []Stack {
 				}
 				d := max(sp.Duration(), 0)
 				g.Count++
-				g.total += d
+				g.total = facts.SaturatingAdd(g.total, d)
 				g.longest = max(g.longest, d)
 				g.comms[sp.Comm]++
 			}

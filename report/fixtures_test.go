@@ -237,7 +237,10 @@ func degraded() scenario {
 		Steps:       []rules.Step{{Rule: "submit-stall", Title: "writer's submissions to loop0 stall up to 31ms"}},
 		Evidence:    []rules.Evidence{{Name: "stalls", Value: 1}, {Name: "max_stall", Value: 31 * time.Millisecond}},
 	}}
-	return scenario{tl: tl, run: run, findings: findings, meta: meta()}
+	m := meta()
+	m.RuleErrors = rules.RuleErrors{{Rule: "my-slow-writes", File: "/etc/whyslow/rules/slow-writes.yaml", Line: 7, Column: 18,
+		Device: "loop0", Field: "when", Message: "index out of range: 100 (array length is 1)", More: 2}}
+	return scenario{tl: tl, run: run, findings: findings, meta: m}
 }
 
 var scenarios = []struct {

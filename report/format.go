@@ -95,7 +95,7 @@ func evidenceValue(name string, v any) string {
 		return "-"
 	case float64:
 		if unit, ok := unitOf(name); ok {
-			return fmtDur(time.Duration(x * float64(unit)))
+			return fmtNs(x * float64(unit))
 		}
 		return fmtNum(x)
 	case string:
@@ -131,11 +131,32 @@ func fmtNum(f float64) string {
 }
 
 // fmtDur shows a duration in the unit that suits it, with one decimal below
-// 10 and none above: 850ns, 7.3µs, 28ms, 2.0s, 1m30s.
-func fmtDur(d time.Duration) string {
-	if d < 0 {
-		return "-" + fmtDur(-d)
+// 10 and none above: 850ns, 7.3µs, 28ms, 2.0s, 1m30s. Every value has a
+// form, the most negative one included.
+func fmtDur(d time.Duration) string { return fmtNs(float64(d)) }
+
+// hugeNs is where fmtNs shows whole hours (100h): "4167h", not
+// "4166h40m0s"; it is far below the largest time.Duration, so that every
+// value converted to one fits.
+const hugeNs = 100 * float64(time.Hour)
+
+// fmtNs is fmtDur of a number of nanoseconds, which may be anything a
+// computation on trace values gives: NaN and infinities are "-", 100 hours
+// and more are shown in whole hours (from 10⁹ hours with 3 digits: 2.78e+296h).
+func fmtNs(ns float64) string {
+	switch {
+	case math.IsNaN(ns) || math.IsInf(ns, 0):
+		return "-"
+	case ns < 0:
+		return "-" + fmtNs(-ns) // -ns of a finite negative float is finite and positive
+	case ns >= hugeNs:
+		h := ns / float64(time.Hour)
+		if h >= 1e9 {
+			return strconv.FormatFloat(h, 'g', 3, 64) + "h"
+		}
+		return strconv.FormatFloat(h, 'f', 0, 64) + "h"
 	}
+	d := time.Duration(ns)
 	switch {
 	case d == 0:
 		return "0"
@@ -167,6 +188,32 @@ func latencyCell(l Latency, us float64) string {
 	return fmtUs(us)
 }
 
-func fmtUs(v float64) string      { return fmtDur(time.Duration(v * float64(time.Microsecond))) }
-func fmtMs(v float64) string      { return fmtDur(time.Duration(v * float64(time.Millisecond))) }
-func fmtSeconds(v float64) string { return fmtDur(time.Duration(v * float64(time.Second))) }
+func fmtUs(v float64) string      { return fmtNs(v * float64(time.Microsecond)) }
+func fmtMs(v float64) string      { return fmtNs(v * float64(time.Millisecond)) }
+func fmtSeconds(v float64) string { return fmtNs(v * float64(time.Second)) }
+
+// maxActions is how many uevent actions a device table cell names.
+const maxActions = 3
+
+// ueventCell is a device's uevents for a table: the rate and the count of
+// each action, most frequent first, e.g. "0.34/s (change 7)", "0.50/s
+// (change 7, add 2, +1 more)"; "0" without any. esc escapes the actions
+// (host strings) for the format.
+func ueventCell(u UeventStats, esc func(string) string) string {
+	if u.Count == 0 {
+		return "0"
+	}
+	parts := make([]string, 0, maxActions+1)
+	for i, a := range u.ByAction {
+		if i == maxActions {
+			parts = append(parts, fmt.Sprintf("+%d more", len(u.ByAction)-maxActions))
+			break
+		}
+		parts = append(parts, esc(a.Action)+" "+strconv.Itoa(a.Count))
+	}
+	cell := strconv.FormatFloat(u.PerSecond, 'f', 2, 64) + "/s"
+	if len(parts) > 0 {
+		cell += " (" + strings.Join(parts, ", ") + ")"
+	}
+	return cell
+}

@@ -28,7 +28,7 @@ var htmlTmpl = template.Must(template.New("report").Funcs(template.FuncMap{
 	"evidence": evidenceValue,
 	"join":     cleanJoin,
 	"rfc3339":  func(t time.Time) string { return t.Format(time.RFC3339) },
-	"dur":      func(us float64) string { return fmtDur(time.Duration(us * float64(time.Microsecond))) },
+	"dur":      fmtUs,
 	"plural": func(n int, one, many string) string {
 		if n == 1 {
 			return one
@@ -54,7 +54,8 @@ var htmlTmpl = template.Must(template.New("report").Funcs(template.FuncMap{
 		}
 		return strings.Join(parts, "; ")
 	},
-	"percent": func(f float64) string { return strconv.FormatFloat(f, 'f', 2, 64) },
+	"place":   func(e RuleError) string { return clean(rulePlace(e)) },
+	"uevents": func(u UeventStats) string { return ueventCell(u, clean) },
 }).Parse(htmlTemplate))
 
 // HTML writes the report as one self-contained HTML page: inline CSS, an
@@ -153,16 +154,20 @@ func newPicture(r *Report, run *facts.Run) *picture {
 		return p
 	}
 	dur := r.DurationSeconds
-	if dur <= 0 {
+	if !(dur > 0) || math.IsInf(dur, 0) {
 		dur = run.Duration.Seconds()
 	}
-	if dur <= 0 {
+	if !(dur > 0) || math.IsInf(dur, 0) {
 		dur = 1
 	}
-	x := func(d time.Duration) float64 {
-		v := d.Seconds() / dur
+	xs := func(secs float64) float64 {
+		v := secs / dur
+		if math.IsNaN(v) {
+			v = 0
+		}
 		return f1(p.Left + math.Max(0, math.Min(1, v))*(p.Right-p.Left))
 	}
+	x := func(d time.Duration) float64 { return xs(d.Seconds()) }
 
 	keep := map[string]bool{}
 	for _, d := range r.Devices {
@@ -209,7 +214,7 @@ func newPicture(r *Report, run *facts.Run) *picture {
 
 	top := p.EventsBottom + picLaneGap
 	for _, d := range devs {
-		p.Lanes = append(p.Lanes, newLane(d, top, x, r.MinLatencyUs, dur))
+		p.Lanes = append(p.Lanes, newLane(d, top, xs, r.MinLatencyUs, dur))
 		top += picLaneH + picLaneGap
 	}
 	if len(devs) == 0 {
@@ -225,7 +230,7 @@ func newPicture(r *Report, run *facts.Run) *picture {
 	}
 	p.Height = p.Axis + 34
 	for _, t := range timeTicks(dur) {
-		p.XTicks = append(p.XTicks, tick{At: x(time.Duration(t * float64(time.Second))), Label: fmtSeconds(t)})
+		p.XTicks = append(p.XTicks, tick{At: xs(t), Label: fmtSeconds(t)})
 	}
 	return p
 }
@@ -258,7 +263,8 @@ func triggerExecs(r *Report, run *facts.Run, x func(time.Duration) float64) []ma
 	return out
 }
 
-func newLane(d *facts.Device, top float64, x func(time.Duration) float64, minUs, dur float64) lane {
+func newLane(d *facts.Device, top float64, xs func(secs float64) float64, minUs, dur float64) lane {
+	x := func(d time.Duration) float64 { return xs(d.Seconds()) }
 	l := lane{Name: d.Name, Top: top, Bottom: top + picLaneH, LabelY: top - 8, Stalls: len(d.Stalls)}
 	// Latency axis: decades around what is drawn, log scale.
 	lo, hi := math.Inf(1), 0.0
@@ -268,7 +274,7 @@ func newLane(d *facts.Device, top float64, x func(time.Duration) float64, minUs,
 			lo, hi = math.Min(lo, ms), math.Max(hi, ms)
 		}
 	}
-	if minUs > 0 {
+	if minUs > 0 && !math.IsInf(minUs, 0) {
 		lo = math.Min(lo, minUs/1000)
 	}
 	if math.IsInf(lo, 1) {
@@ -277,8 +283,10 @@ func newLane(d *facts.Device, top float64, x func(time.Duration) float64, minUs,
 	if hi < lo {
 		hi = lo
 	}
-	lo = math.Pow(10, math.Floor(math.Log10(lo)))
-	hi = math.Pow(10, math.Ceil(math.Log10(hi*1.0001)))
+	// Decades within what a float holds: at most 24 of them, so that the
+	// axis has a handful of ticks whatever the values.
+	lo = math.Pow(10, math.Max(math.Floor(math.Log10(lo)), -12))
+	hi = math.Pow(10, math.Min(math.Ceil(math.Log10(hi*1.0001)), 12))
 	if hi <= lo {
 		hi = lo * 10
 	}
@@ -344,7 +352,7 @@ func newLane(d *facts.Device, top float64, x func(time.Duration) float64, minUs,
 	for _, s := range secs {
 		yy := y(perSec[s])
 		x0 := x(time.Duration(s) * time.Second)
-		x1 := x(time.Duration(math.Min(float64(s+1), dur) * float64(time.Second)))
+		x1 := xs(math.Min(float64(s)+1, dur))
 		fmt.Fprintf(&path, "M%s %sH%s", num(x0), num(yy), num(math.Max(x1, x0+1)))
 	}
 	l.SecondMax = path.String()
@@ -358,18 +366,34 @@ func fmtAt(d time.Duration) string {
 	return "+" + strconv.FormatFloat(d.Seconds(), 'f', 3, 64) + "s"
 }
 
-// timeTicks picks round seconds for the time axis: about 6 to 12 ticks.
+// timeTicks picks round seconds for the time axis: about 6 to 12 ticks,
+// and never more than 13, however long the window.
 func timeTicks(dur float64) []float64 {
-	step := 1.0
+	if !(dur > 0) || math.IsInf(dur, 0) {
+		return []float64{0}
+	}
+	step := 0.0
 	for _, s := range []float64{0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600} {
-		step = s
 		if dur/s <= 12 {
+			step = s
 			break
 		}
 	}
-	var out []float64
-	for t := 0.0; t <= dur+step/1000; t += step {
-		out = append(out, math.Round(t*1000)/1000)
+	if step == 0 { // beyond 12 hours: 1, 2 or 5 times a power of ten of hours
+		h := dur / 3600 / 12
+		p := math.Pow(10, math.Floor(math.Log10(h)))
+		step = 10 * p * 3600
+		for _, m := range []float64{1, 2, 5} {
+			if m*p >= h {
+				step = m * p * 3600
+				break
+			}
+		}
+	}
+	n := int(math.Floor(dur/step + 1.0/1000))
+	out := make([]float64, 0, n+1)
+	for i := 0; i <= n && i <= 12; i++ {
+		out = append(out, math.Round(float64(i)*step*1000)/1000)
 	}
 	return out
 }

@@ -150,7 +150,7 @@ func (m *mdWriter) header(r *Report) {
 	if len(r.DeviceFilter) > 0 {
 		devs = strings.ReplaceAll(mdCodes(r.DeviceFilter), "|", `\|`)
 	}
-	rows = append(rows, []string{"options", fmt.Sprintf("min latency %s, devices: %s", fmtDur(time.Duration(r.MinLatencyUs*float64(time.Microsecond))), devs)})
+	rows = append(rows, []string{"options", fmt.Sprintf("min latency %s, devices: %s", fmtUs(r.MinLatencyUs), devs)})
 	ok := 0
 	for _, p := range r.Probes {
 		if p.Status == "ok" {
@@ -168,6 +168,13 @@ func (m *mdWriter) header(r *Report) {
 		m.printf("> [!WARNING]\n> %d events were lost: counts below are too low and a cause may be missing.\n", r.LostEvents)
 		for _, l := range r.Losses {
 			m.printf("> - %s: %s: %d\n", mdCode(l.Probe), mdCode(l.What), l.Count)
+		}
+		m.printf("\n")
+	}
+	if n := len(r.RuleErrors); n > 0 {
+		m.printf("> [!CAUTION]\n> %s failed while evaluated: %s missing from this report.\n", countOf(n, "rule", "rules"), pick(n, "its findings are", "their findings are"))
+		for _, e := range r.RuleErrors {
+			m.printf("> - %s (%s): %s\n", mdCode(e.Rule), mdCode(rulePlace(e)), mdText(e.Error))
 		}
 		m.printf("\n")
 	}
@@ -341,9 +348,9 @@ func (m *mdWriter) devices(r *Report) {
 		}
 		rows = append(rows, []string{name, strconv.FormatUint(d.Submit.Count, 10),
 			latencyCell(d.Submit, d.Submit.P50Us), latencyCell(d.Submit, d.Submit.P99Us), latencyCell(d.Submit, d.Submit.MaxUs),
-			latencyCell(d.Service, d.Service.P99Us), stalls, freezes, strconv.FormatFloat(d.Uevents.PerSecond, 'f', 2, 64)})
+			latencyCell(d.Service, d.Service.P99Us), stalls, freezes, ueventCell(d.Uevents, mdText)})
 	}
-	m.table([]string{"device", "submits", "submit p50", "submit p99", "submit max", "service p99", "stalls", "freezes", "uevents/s"}, rows)
+	m.table([]string{"device", "submits", "submit p50", "submit p99", "submit max", "service p99", "stalls", "freezes", "uevents"}, rows)
 }
 
 func (m *mdWriter) probes(r *Report) {

@@ -24,9 +24,11 @@ const ToolName = "whyslow"
 
 // Report is one diagnosis, as written to JSON.
 type Report struct {
-	Schema    string    `json:"schema"`
-	Tool      Tool      `json:"tool"`
-	Host      Host      `json:"host"`
+	Schema string `json:"schema"`
+	Tool   Tool   `json:"tool"`
+	Host   Host   `json:"host"`
+	// Kernel is the observed host's kernel release, the same as Host.Kernel.
+	Kernel    string    `json:"kernel"`
 	StartedAt time.Time `json:"started_at"` // RFC 3339, whole seconds
 	// DurationSeconds is the observed window; it is shorter than
 	// RequestedDurationSeconds when the run was interrupted.
@@ -39,7 +41,22 @@ type Report struct {
 	Probes                   []Probe   `json:"probes"`
 	Devices                  []Device  `json:"devices"`
 	Findings                 []Finding `json:"findings"`
-	Summary                  Summary   `json:"summary"`
+	// RuleErrors are the rules that failed while they were evaluated: their
+	// findings are missing, those of the other rules are in Findings.
+	RuleErrors []RuleError `json:"rule_errors"`
+	Summary    Summary     `json:"summary"`
+}
+
+// RuleError is a rule that failed while it was evaluated.
+type RuleError struct {
+	Rule   string `json:"rule"`
+	File   string `json:"file"`
+	Line   int    `json:"line"`
+	Column int    `json:"column"`
+	// Error says what failed and why: "when (on loop0): index out of
+	// range: 100 (array length is 10)", with " (and N more)" when the rule
+	// failed more than once.
+	Error string `json:"error"`
 }
 
 // Tool names the program that wrote the report.
@@ -114,6 +131,16 @@ type SpanStats struct {
 
 // UeventStats counts a device's uevents.
 type UeventStats struct {
+	Count     int     `json:"count"`
+	PerSecond float64 `json:"per_second"`
+	// ByAction counts them per action, the most frequent first (then by
+	// action).
+	ByAction []ActionCount `json:"by_action"`
+}
+
+// ActionCount counts a device's uevents of one action.
+type ActionCount struct {
+	Action    string  `json:"action"`
 	Count     int     `json:"count"`
 	PerSecond float64 `json:"per_second"`
 }

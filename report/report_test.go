@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -288,6 +289,7 @@ func hostile() *Report {
 	f.Title = "title\x1b[?1049h"
 	sc.run.Devices[1].Name = "loop0\x1b[0m"
 	sc.tl.Probes[0].Reason = "bad\x00\x7f\xff"
+	sc.meta.RuleErrors = rules.RuleErrors{{Rule: "r\x1b[31m", File: "/tmp/\x1b]0;x\x07.yaml", Line: 1, Column: 1, Field: "when", Message: "no\x1b[2Jpe"}}
 	return sc.build()
 }
 
@@ -359,6 +361,10 @@ func TestFmtDur(t *testing.T) {
 		{90 * time.Second, "90s"},
 		{150 * time.Second, "2m30s"},
 		{-3 * time.Millisecond, "-3.0ms"},
+		{99 * time.Hour, "99h0m0s"},
+		{100 * time.Hour, "100h"},
+		{math.MaxInt64, "2562048h"},
+		{math.MinInt64, "-2562048h"},
 	}
 	for _, tt := range tests {
 		if got := fmtDur(tt.d); got != tt.want {
@@ -367,8 +373,90 @@ func TestFmtDur(t *testing.T) {
 	}
 }
 
-// Every JSON field of the report must be documented, so the docs cannot
-// fall behind the code.
+// What the renderers compute from a report's numbers (any trace can put
+// extreme ones there) always has a short form.
+func TestFormatsOfExtremeNumbers(t *testing.T) {
+	tests := []struct {
+		name string
+		got  string
+		want string
+	}{
+		{"seconds beyond a Duration", fmtSeconds(9223372036.855), "2562048h"},
+		{"milliseconds beyond a Duration", fmtMs(1e300), "2.78e+293h"},
+		{"negative beyond a Duration", fmtUs(-1e17), "-27777778h"},
+		{"NaN", fmtUs(math.NaN()), "-"},
+		{"infinity", fmtMs(math.Inf(-1)), "-"},
+		{"evidence in seconds", evidenceValue("period_s", 1e12), "277777778h"},
+	}
+	for _, tt := range tests {
+		if tt.got != tt.want {
+			t.Errorf("%s: %q, want %q", tt.name, tt.got, tt.want)
+		}
+	}
+}
+
+func TestTimeTicks(t *testing.T) {
+	tests := []struct {
+		dur  float64
+		want []float64
+	}{
+		{5, []float64{0, 0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5}},
+		{60, []float64{0, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60}},
+		{0, []float64{0}},
+		{math.NaN(), []float64{0}},
+		{math.Inf(1), []float64{0}},
+		{9223372036.855, []float64{0, 1.8e9, 3.6e9, 5.4e9, 7.2e9, 9e9}},
+	}
+	for _, tt := range tests {
+		if got := timeTicks(tt.dur); !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("timeTicks(%v) = %v, want %v", tt.dur, got, tt.want)
+		}
+	}
+}
+
+// schemaTables names, for every object of the report, the heading of its
+// table in docs/report-schema.md.
+var schemaTables = map[reflect.Type]string{
+	reflect.TypeFor[Report]():      "Top level",
+	reflect.TypeFor[Tool]():        "`tool`",
+	reflect.TypeFor[Host]():        "`host`",
+	reflect.TypeFor[Loss]():        "`losses[]`",
+	reflect.TypeFor[Probe]():       "`probes[]`",
+	reflect.TypeFor[Skip]():        "`probes[].skipped[]`",
+	reflect.TypeFor[Device]():      "`devices[]`",
+	reflect.TypeFor[Latency]():     "latency objects: `submit`, `service`, `submit_call`",
+	reflect.TypeFor[SpanStats]():   "spans objects: `stalls`, `queue_waits`, `freezes`",
+	reflect.TypeFor[UeventStats](): "`uevents`",
+	reflect.TypeFor[ActionCount](): "`uevents.by_action[]`",
+	reflect.TypeFor[Finding]():     "`findings[]`",
+	reflect.TypeFor[Process]():     "`findings[].processes[]`",
+	reflect.TypeFor[Step]():        "`findings[].steps[]`",
+	reflect.TypeFor[Trigger]():     "`trigger`",
+	reflect.TypeFor[Stack]():       "`stacks[]`",
+	reflect.TypeFor[RuleError]():   "`rule_errors[]`",
+	reflect.TypeFor[Summary]():     "`summary`",
+}
+
+// docTables reads the tables of a Markdown page: the names in the first
+// column of each table's rows (in backticks), by the heading above it.
+func docTables(doc string) map[string][]string {
+	out := map[string][]string{}
+	heading := ""
+	for _, line := range strings.Split(doc, "\n") {
+		switch {
+		case strings.HasPrefix(line, "#"):
+			heading = strings.TrimSpace(strings.TrimLeft(line, "#"))
+		case strings.HasPrefix(line, "| `"):
+			cell, _, _ := strings.Cut(strings.TrimPrefix(line, "| "), " |")
+			out[heading] = append(out[heading], strings.Trim(cell, "`"))
+		}
+	}
+	return out
+}
+
+// Every JSON field of the report must be in the table of its own object in
+// docs/report-schema.md, and every row of that table must be a field of the
+// object, so the docs cannot fall behind the code.
 func TestSchemaDocumentsEveryField(t *testing.T) {
 	doc, err := os.ReadFile(filepath.Join("..", "docs", "report-schema.md"))
 	if err != nil {
@@ -377,6 +465,7 @@ func TestSchemaDocumentsEveryField(t *testing.T) {
 	if !bytes.Contains(doc, []byte(SchemaID)) {
 		t.Errorf("docs/report-schema.md does not name the schema id %q", SchemaID)
 	}
+	tables := docTables(string(doc))
 	marshaler := reflect.TypeFor[json.Marshaler]()
 	seen := map[reflect.Type]bool{}
 	var walk func(path string, typ reflect.Type)
@@ -388,6 +477,15 @@ func TestSchemaDocumentsEveryField(t *testing.T) {
 			return
 		}
 		seen[typ] = true
+		heading, ok := schemaTables[typ]
+		if !ok {
+			t.Errorf("%s (%s) is an object without a table: document it in docs/report-schema.md under a heading of its own and name it in schemaTables", path, typ)
+		}
+		documented, ok := tables[heading]
+		if heading != "" && !ok {
+			t.Errorf("docs/report-schema.md has no table under the heading %q (for %s)", heading, path)
+		}
+		fields := map[string]bool{}
 		for i := range typ.NumField() {
 			f := typ.Field(i)
 			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
@@ -395,15 +493,21 @@ func TestSchemaDocumentsEveryField(t *testing.T) {
 				t.Errorf("%s.%s has no json name", path, f.Name)
 				continue
 			}
-			if !bytes.Contains(doc, []byte("`"+name+"`")) {
-				t.Errorf("field %s.%s (`%s`) is not in docs/report-schema.md", path, f.Name, name)
+			fields[name] = true
+			if heading != "" && !slices.Contains(documented, name) {
+				t.Errorf("field %s.%s (`%s`) is not in the table %q of docs/report-schema.md", path, f.Name, name, heading)
 			}
 			walk(path+"."+name, f.Type)
 		}
+		for _, d := range documented {
+			if !fields[d] {
+				t.Errorf("the table %q of docs/report-schema.md documents `%s`, which %s does not have", heading, d, path)
+			}
+		}
 	}
 	walk("report", reflect.TypeFor[Report]())
-	if len(seen) < 10 {
-		t.Errorf("walked only %d types", len(seen))
+	if len(seen) < len(schemaTables) {
+		t.Errorf("walked %d types, %d have tables", len(seen), len(schemaTables))
 	}
 }
 
@@ -456,6 +560,45 @@ func TestChainLine(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			if got := chainLine(&tt.f); got != tt.want {
 				t.Errorf("chainLine = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+// Uevents are counted per action, the most frequent first, with rates; the
+// device tables show them compactly.
+func TestUeventsByAction(t *testing.T) {
+	pts := func(actions ...string) facts.Points {
+		var out facts.Points
+		for i, a := range actions {
+			out = append(out, facts.Point{At: time.Duration(i) * time.Second, What: a})
+		}
+		return out
+	}
+	tests := []struct {
+		name     string
+		points   facts.Points
+		observed time.Duration
+		want     []ActionCount
+		cell     string
+	}{
+		{"none", nil, 10 * time.Second, []ActionCount{}, "0"},
+		{"one action", pts("change", "change", "change"), 10 * time.Second, []ActionCount{{"change", 3, 0.3}}, "0.30/s (change 3)"},
+		{"most frequent first, ties by name", pts("remove", "change", "add", "change", "add", "change"), 4 * time.Second,
+			[]ActionCount{{"change", 3, 0.75}, {"add", 2, 0.5}, {"remove", 1, 0.25}}, "1.50/s (change 3, add 2, remove 1)"},
+		{"at most three named", pts("a", "b", "c", "d", "e", "a"), 2 * time.Second,
+			[]ActionCount{{"a", 2, 1}, {"b", 1, 0.5}, {"c", 1, 0.5}, {"d", 1, 0.5}, {"e", 1, 0.5}}, "3.00/s (a 2, b 1, c 1, +2 more)"},
+		{"no window, no rate", pts("change"), 0, []ActionCount{{"change", 1, 0}}, "0.00/s (change 1)"},
+		{"hostile action", pts("ch\x1b[2Jange"), time.Second, []ActionCount{{"ch\x1b[2Jange", 1, 1}}, `1.00/s (ch\x1b[2Jange 1)`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			u := uevents(tt.points, tt.observed)
+			if u.Count != len(tt.points) || !reflect.DeepEqual(u.ByAction, tt.want) {
+				t.Errorf("uevents = %+v, want count %d by action %+v", u, len(tt.points), tt.want)
+			}
+			if got := ueventCell(u, clean); got != tt.cell {
+				t.Errorf("cell %q, want %q", got, tt.cell)
 			}
 		})
 	}

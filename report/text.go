@@ -101,7 +101,7 @@ func (t *textWriter) header(r *Report) {
 	if len(r.DeviceFilter) > 0 {
 		devs = cleanJoin(r.DeviceFilter, ", ")
 	}
-	t.printf("  %-11s min latency %s, devices: %s\n", "options", fmtDur(time.Duration(r.MinLatencyUs*float64(time.Microsecond))), devs)
+	t.printf("  %-11s min latency %s, devices: %s\n", "options", fmtUs(r.MinLatencyUs), devs)
 	ok, unavailable := 0, 0
 	for _, p := range r.Probes {
 		if p.Status == "ok" {
@@ -124,7 +124,26 @@ func (t *textWriter) header(r *Report) {
 			t.printf("!!   %s: %s: %d\n", clean(l.Probe), clean(l.What), l.Count)
 		}
 	}
+	if n := len(r.RuleErrors); n > 0 {
+		t.printf("\n%s\n", t.paint(sgrRed, fmt.Sprintf("!! %s FAILED: %s missing from this report.", countOf(n, "RULE", "RULES"), pick(n, "its findings are", "their findings are"))))
+		for _, e := range r.RuleErrors {
+			t.printf("!!   %s (%s): %s\n", clean(e.Rule), clean(rulePlace(e)), clean(e.Error))
+		}
+	}
 	t.printf("\n")
+}
+
+// rulePlace is where a failed rule is: FILE:LINE:COLUMN.
+func rulePlace(e RuleError) string { return fmt.Sprintf("%s:%d:%d", e.File, e.Line, e.Column) }
+
+// countOf is "1 rule", "2 rules".
+func countOf(n int, one, many string) string { return fmt.Sprintf("%d %s", n, pick(n, one, many)) }
+
+func pick(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }
 
 func (t *textWriter) findings(r *Report) {
@@ -347,10 +366,10 @@ func (t *textWriter) devices(r *Report) error {
 			name, strconv.FormatUint(d.Submit.Count, 10),
 			latencyCell(d.Submit, d.Submit.P50Us), latencyCell(d.Submit, d.Submit.P99Us), latencyCell(d.Submit, d.Submit.MaxUs),
 			latencyCell(d.Service, d.Service.P99Us),
-			stalls, freezes, strconv.FormatFloat(d.Uevents.PerSecond, 'f', 2, 64),
+			stalls, freezes, ueventCell(d.Uevents, clean),
 		})
 	}
-	err := t.table("", []string{"device", "submits", "submit p50", "submit p99", "submit max", "service p99", "stalls", "freezes", "uevents/s"}, rows, 0)
+	err := t.table("", []string{"device", "submits", "submit p50", "submit p99", "submit max", "service p99", "stalls", "freezes", "uevents"}, rows, 0)
 	t.printf("\n")
 	return err
 }

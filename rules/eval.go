@@ -32,13 +32,14 @@ import (
 // number of findings so far.
 //
 // A rule that fails at run time (an expression or template error) is
-// reported in the returned error, naming the rule, its file position and the
-// device; the findings of the other rules are still returned.
+// reported in the returned error, a RuleErrors naming each failed rule, its
+// file position and the device; the findings of the other rules are still
+// returned.
 func Evaluate(set *Set, run *facts.Run) ([]Finding, error) {
 	if run == nil {
 		run = &facts.Run{}
 	}
-	ev := &evaluation{set: set, errs: map[string]*ruleErr{}}
+	ev := &evaluation{set: set}
 	var items []*item
 	for _, r := range set.Rules() {
 		switch r.Scope {
@@ -105,41 +106,72 @@ type item struct {
 }
 
 type evaluation struct {
-	set   *Set
-	errs  map[string]*ruleErr // by rule id
-	order []string
+	set  *Set
+	errs RuleErrors // one per failed rule, in the order they failed
 }
 
-type ruleErr struct {
-	first error
-	more  int
+// RuleError is a rule that failed while it was evaluated: its first
+// failure, and how many more it had.
+type RuleError struct {
+	Rule string // the rule's id
+	File string // the file it was loaded from
+	// Line and Column are where, in File, the expression or template that
+	// failed is.
+	Line, Column int
+	Device       string // the device it was evaluated for; "" for run rules
+	Field        string // what failed: "when", "score", "evidence: NAME", "title", ...
+	Message      string // what went wrong
+	More         int    // further failures of the same rule (other devices or fields)
+}
+
+// Error is "FILE:LINE:COL: rule ID: " and What.
+func (e RuleError) Error() string {
+	return fmt.Sprintf("%s:%d:%d: rule %s: %s", e.File, e.Line, e.Column, e.Rule, e.What())
+}
+
+// What is the failure without its place: "FIELD (on DEVICE): MESSAGE",
+// with " (and N more)" when the rule failed more than once.
+func (e RuleError) What() string {
+	s := e.Field
+	if e.Device != "" {
+		s += " (on " + e.Device + ")"
+	}
+	s += ": " + e.Message
+	if e.More > 0 {
+		s += fmt.Sprintf(" (and %d more)", e.More)
+	}
+	return s
+}
+
+// RuleErrors are the rules that failed in one evaluation. As an error it is
+// one line, the failures separated by "; ".
+type RuleErrors []RuleError
+
+func (es RuleErrors) Error() string {
+	parts := make([]string, len(es))
+	for i, e := range es {
+		parts[i] = e.Error()
+	}
+	return strings.Join(parts, "; ")
 }
 
 func (ev *evaluation) fail(r *Rule, dev, field string, at pos, err error) {
-	msg := fmt.Sprintf("rule %s", r.ID)
-	if dev != "" {
-		msg += " on " + dev
+	for i := range ev.errs {
+		if ev.errs[i].Rule == r.ID {
+			ev.errs[i].More++
+			return
+		}
 	}
-	e := fmt.Errorf("%s:%d:%d: %s: %s: %s", r.File, max(at.line, 1), max(at.col, 1), msg, field, err)
-	if re, ok := ev.errs[r.ID]; ok {
-		re.more++
-		return
-	}
-	ev.errs[r.ID] = &ruleErr{first: e}
-	ev.order = append(ev.order, r.ID)
+	msg := strings.Join(strings.Fields(err.Error()), " ") // one line, whatever expr or a template said
+	ev.errs = append(ev.errs, RuleError{Rule: r.ID, File: r.File, Line: max(at.line, 1), Column: max(at.col, 1),
+		Device: dev, Field: field, Message: msg})
 }
 
 func (ev *evaluation) err() error {
-	var errs []error
-	for _, id := range ev.order {
-		re := ev.errs[id]
-		if re.more > 0 {
-			errs = append(errs, fmt.Errorf("%w (and %d more)", re.first, re.more))
-		} else {
-			errs = append(errs, re.first)
-		}
+	if len(ev.errs) == 0 {
+		return nil
 	}
-	return errors.Join(errs...)
+	return ev.errs
 }
 
 // run evaluates one program, turning runtime errors into an error at the

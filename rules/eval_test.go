@@ -1,6 +1,7 @@
 package rules
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -276,6 +277,52 @@ func TestNoUdevBlame(t *testing.T) {
 	}
 }
 
+// serve gives a device n requests of service time lat, and n bios of
+// submission time sub.
+func (s *scenario) serve(d event.Device, n int, lat, sub time.Duration) *scenario {
+	h := s.tl.Device(d)
+	for range n {
+		h.Service.Add(uint64(lat))
+		h.Submit.Add(uint64(sub))
+	}
+	return s
+}
+
+// slow-device names the device when its service time dominates the time
+// bios take to reach it, above a floor; not when the delay is before it.
+func TestSlowDeviceComparesServiceWithSubmit(t *testing.T) {
+	tests := []struct {
+		name  string
+		build func() *scenario
+		want  bool
+	}{
+		{"slow device, fast submissions", func() *scenario { return newScenario().serve(sda, 500, msd(45), msd(0.005)) }, true},
+		{"slow device, freezes on it too", func() *scenario { return newScenario().serve(loop0, 500, msd(45), msd(0.005)).udevChain(loop0) }, true},
+		{"slow device saturated: tag waits shorter than service", func() *scenario { return newScenario().serve(sda, 500, msd(45), msd(20)) }, true},
+		{"freeze stalls, fast service", func() *scenario { return newScenario().fast(loop0).udevChain(loop0) }, false},
+		{"submissions slower than the device", func() *scenario { return newScenario().serve(sda, 500, msd(35), msd(120)) }, false},
+		{"below the floor", func() *scenario { return newScenario().serve(sda, 500, msd(12), msd(0.005)) }, false},
+		{"too few requests", func() *scenario { return newScenario().serve(sda, 10, msd(80), msd(0.005)) }, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fs := evaluate(t, defaults(t), tt.build().run())
+			var slow *Finding
+			for i := range fs {
+				if fs[i].Rule == "slow-device" {
+					slow = &fs[i]
+				}
+			}
+			if (slow != nil) != tt.want {
+				t.Fatalf("findings %v, want slow-device: %v", rulesOf(fs), tt.want)
+			}
+			if slow != nil && (!strings.Contains(slow.Title, "itself is slow") || !strings.Contains(slow.Explanation, "Before the device, submissions took")) {
+				t.Errorf("slow-device text: %q / %q", slow.Title, slow.Explanation)
+			}
+		})
+	}
+}
+
 func TestSlowDeviceRanksFirst(t *testing.T) {
 	run := newScenario().fast(loop0).udevChain(loop0).slow(sda).run()
 	fs := evaluate(t, defaults(t), run)
@@ -301,18 +348,31 @@ func TestSlowDeviceRanksFirst(t *testing.T) {
 }
 
 func TestTagStarvation(t *testing.T) {
-	s := newScenario().fast(loop0)
-	for i := range 8 {
-		ms := 1000 + float64(i)*100
-		s.tl.Add(event.SlowSubmit{Start: at(ms), Latency: msd(3), Task: fio, Dev: loop0, Op: "W", End: "getrq"})
-		s.tl.Add(event.OffCPU{Start: at(ms + 0.5), Duration: msd(2), Task: fio, KernelStack: tagWait})
+	tests := []struct {
+		name    string
+		s       *scenario
+		explain string
+	}{
+		{"fast device", newScenario().fast(loop0), "not what is slow (service p99 "},
+		// Above slow-device's floor, but bios waited longer for tags than the device took.
+		{"device slower than the floor, tags slower still", newScenario().serve(loop0, 500, msd(35), msd(120)), "less than submissions waited before reaching it"},
 	}
-	fs := evaluate(t, defaults(t), s.run())
-	if got := rulesOf(fs); !slices.Equal(got, []string{"tag-starvation"}) {
-		t.Fatalf("findings %v", got)
-	}
-	if fs[0].Score != 16 || !strings.Contains(fs[0].Title, "waited for a free request tag 8 times") {
-		t.Errorf("score %v title %q", fs[0].Score, fs[0].Title)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := tt.s
+			for i := range 8 {
+				ms := 1000 + float64(i)*100
+				s.tl.Add(event.SlowSubmit{Start: at(ms), Latency: msd(3), Task: fio, Dev: loop0, Op: "W", End: "getrq"})
+				s.tl.Add(event.OffCPU{Start: at(ms + 0.5), Duration: msd(2), Task: fio, KernelStack: tagWait})
+			}
+			fs := evaluate(t, defaults(t), s.run())
+			if got := rulesOf(fs); !slices.Equal(got, []string{"tag-starvation"}) {
+				t.Fatalf("findings %v", got)
+			}
+			if fs[0].Score != 16 || !strings.Contains(fs[0].Title, "waited for a free request tag 8 times") || !strings.Contains(fs[0].Explanation, tt.explain) {
+				t.Errorf("score %v title %q explanation %q", fs[0].Score, fs[0].Title, fs[0].Explanation)
+			}
+		})
 	}
 }
 
@@ -375,9 +435,14 @@ when: |
 	}
 	set := defaults(t).Merge(extra)
 	fs, err := Evaluate(set, newScenario().fast(loop0).udevChain(loop0).run())
-	want := filepath.Join(dir, "bad.yaml") + ":7:18: rule bad-index on loop0: when: index out of range: 100 (array length is 10)"
+	want := filepath.Join(dir, "bad.yaml") + ":7:18: rule bad-index: when (on loop0): index out of range: 100 (array length is 10)"
 	if err == nil || err.Error() != want {
 		t.Errorf("error %v\nwant  %s", err, want)
+	}
+	var re RuleErrors
+	if !errors.As(err, &re) || len(re) != 1 || re[0].Rule != "bad-index" || re[0].File != filepath.Join(dir, "bad.yaml") ||
+		re[0].Line != 7 || re[0].Column != 18 || re[0].Device != "loop0" || re[0].Field != "when" {
+		t.Errorf("error as RuleErrors: %+v", re)
 	}
 	if len(fs) != 1 || fs[0].Rule != "queue-freeze-stall" {
 		t.Errorf("the other rules' findings are lost: %v", rulesOf(fs))

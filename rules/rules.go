@@ -190,6 +190,76 @@ func LoadDir(dir string) (*Set, error) {
 	return load(os.DirFS(dir), ".", dir, builtinIDs())
 }
 
+// LoadPaths loads rule files and directories, as for `--rules PATH`
+// (repeatable): a directory gives its *.yaml and *.yml files (not those of
+// its subdirectories), a file is loaded whatever its name. They are
+// compiled together, so a rule may explain a rule of another path, and an
+// id given twice is an error. Every error is reported, each naming the
+// path: a missing path, an unreadable file, each mistake in each file at
+// its line and column.
+func LoadPaths(paths ...string) (*Set, error) {
+	var files []ruleFile
+	var errs []error
+	seen := map[string]bool{}
+	add := func(p string) {
+		if seen[filepath.Clean(p)] {
+			return
+		}
+		seen[filepath.Clean(p)] = true
+		data, err := os.ReadFile(p)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", p, unwrapPath(err)))
+			return
+		}
+		files = append(files, ruleFile{name: p, data: data})
+	}
+	for _, p := range paths {
+		fi, err := os.Stat(p)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", p, unwrapPath(err)))
+			continue
+		}
+		if !fi.IsDir() {
+			add(p)
+			continue
+		}
+		entries, err := os.ReadDir(p)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", p, unwrapPath(err)))
+			continue
+		}
+		for _, e := range entries {
+			if ext := filepath.Ext(e.Name()); !e.IsDir() && (ext == ".yaml" || ext == ".yml") {
+				add(filepath.Join(p, e.Name()))
+			}
+		}
+	}
+	set, err := compileFiles(files, builtinIDs())
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return set, nil
+}
+
+// Errors returns the single errors an error of this package holds (it
+// joins them with errors.Join), in order.
+func Errors(err error) []error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []error
+		for _, e := range j.Unwrap() {
+			out = append(out, Errors(e)...)
+		}
+		return out
+	}
+	return []error{err}
+}
+
 // LoadFiles loads the named rule files. Rules may explain each other and the
 // built-in rules.
 func LoadFiles(paths ...string) (*Set, error) {

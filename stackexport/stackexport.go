@@ -58,7 +58,7 @@ func Stacks(tl *timeline.Timeline) []Stack {
 			out = append(out, Stack{Comm: o.Task.Comm, Kind: facts.Classify(o.KernelStack), Kernel: o.KernelStack, User: o.UserStack})
 		}
 		out[i].Count++
-		out[i].Total += max(o.Duration, 0)
+		out[i].Total = facts.SaturatingAdd(out[i].Total, max(o.Duration, 0))
 	}
 	slices.SortStableFunc(out, func(a, b Stack) int {
 		if c := cmp.Compare(b.Total, a.Total); c != 0 {

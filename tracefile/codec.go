@@ -12,6 +12,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"math"
 	"reflect"
 	"strconv"
 	"strings"
@@ -319,6 +320,9 @@ func decodeHist(d any, h *hist.Histogram, path string) error {
 	}
 	if err := decodeStruct(m, reflect.ValueOf(&w).Elem(), path, nil, nil); err != nil {
 		return err
+	}
+	if w.MaxNs > math.MaxInt64 {
+		return errAt(join(path, "max_ns"), "%d ns is beyond the clock's range", w.MaxNs)
 	}
 	*h = hist.Histogram{Count: w.Count, SumNs: w.SumNs, MaxNs: w.MaxNs}
 	if m["slots"] == nil {

@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"reflect"
 	"slices"
@@ -451,6 +452,9 @@ func (st *readState) fastEvent(b []byte) bool {
 		return grow(f)
 	}
 	kind, ok := st.fast.record(b, slot)
+	if ok && checkRange(f.Index(f.Len()-1)) != nil {
+		ok = false // the reflective path says what is wrong
+	}
 	if !ok {
 		if f.IsValid() {
 			f.SetLen(f.Len() - 1)
@@ -463,7 +467,7 @@ func (st *readState) fastEvent(b []byte) bool {
 		if !e.IsValid() {
 			return false
 		}
-		if !st.fast.decode(e) {
+		if !st.fast.decode(e) || checkRange(e) != nil {
 			f.SetLen(f.Len() - 1)
 			return false
 		}
@@ -548,6 +552,9 @@ func (st *readState) record(rd *reader, b []byte, info *Info) (end bool, err err
 		if err := decodeStruct(m, reflect.ValueOf(&run).Elem(), "", skip, unknown); err != nil {
 			return false, fail(err)
 		}
+		if run.Duration < 0 {
+			return false, fail(errAt("requested_duration", "a duration cannot be negative, got %d", run.Duration))
+		}
 		info.Version, info.Duration, info.Devices = run.Version, time.Duration(run.Duration), run.DeviceFilter
 		if run.StartedAt != "" {
 			t, err := time.Parse(time.RFC3339Nano, run.StartedAt)
@@ -560,6 +567,12 @@ func (st *readState) record(rd *reader, b []byte, info *Info) (end bool, err err
 		scalars := reflect.New(timelineType).Elem()
 		if err := decodeStruct(m, scalars, "", skip, unknown); err != nil {
 			return false, fail(err)
+		}
+		if err := checkRange(scalars); err != nil {
+			return false, fail(err)
+		}
+		if w := scalars.Interface().(timeline.Timeline); w.End < w.Start {
+			return false, fail(errAt("end", "the window ends (%d) before it starts (%d)", w.End, w.Start))
 		}
 		for i := 0; i < timelineType.NumField(); i++ {
 			if timelineType.Field(i).Type.Kind() == reflect.Slice {
@@ -584,9 +597,56 @@ func (st *readState) record(rd *reader, b []byte, info *Info) (end bool, err err
 		if err := decodeStruct(m, e, "", skip, unknown); err != nil {
 			return false, fail(err)
 		}
+		if err := checkRange(e); err != nil {
+			return false, fail(err)
+		}
 		f.Set(reflect.Append(f, e))
 	}
 	return false, nil
+}
+
+var (
+	monoType     = reflect.TypeFor[event.Mono]()
+	durationType = reflect.TypeFor[time.Duration]()
+)
+
+// checkRange rejects the values of a record that no run can have: a
+// negative time (CLOCK_MONOTONIC counts from boot) or duration (an end minus
+// its start), and a span whose end, start plus its duration or latency, is
+// beyond the clock's range. It looks at every time and duration field of the
+// record's struct, so that a field added to an event is checked too.
+func checkRange(v reflect.Value) error {
+	t := v.Type()
+	if t.Kind() != reflect.Struct {
+		return nil
+	}
+	var start int64
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		if f.Type != monoType && f.Type != durationType {
+			continue
+		}
+		n := v.Field(i).Int()
+		if n < 0 {
+			what := "a time (nanoseconds of CLOCK_MONOTONIC)"
+			if f.Type == durationType {
+				what = "a duration"
+			}
+			return errAt(fieldName(f), "%s cannot be negative, got %d", what, n)
+		}
+		if f.Type == monoType && f.Name == "Start" {
+			start = n
+		}
+	}
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		if f.Type == durationType && (f.Name == "Duration" || f.Name == "Latency") {
+			if d := v.Field(i).Int(); d > math.MaxInt64-start {
+				return errAt(fieldName(f), "start %d + %d ns is beyond the clock's range", start, d)
+			}
+		}
+	}
+	return nil
 }
 
 // jsonErr shortens a JSON syntax error.

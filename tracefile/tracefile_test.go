@@ -94,10 +94,39 @@ func TestRoundTripEveryField(t *testing.T) {
 				f.Set(reflect.Zero(f.Type()))
 			}
 		}
+		possible(tv)
+		if tl.End < tl.Start {
+			tl.Start, tl.End = tl.End, tl.Start
+		}
 		tl.Sort()
 		got, _ := roundTrip(t, tl, info)
 		if !reflect.DeepEqual(got, tl) {
 			t.Fatalf("random timeline %d read back differs", i)
+		}
+	}
+}
+
+// possible makes the times, durations and histogram maxima of a random
+// value ones a run can have (Read refuses the others): not negative, and
+// small enough that no span ends beyond the clock's range.
+func possible(v reflect.Value) {
+	switch {
+	case v.Type() == monoType || v.Type() == durationType:
+		v.SetInt(v.Int() & (1<<48 - 1))
+		return
+	case v.Type() == reflect.TypeFor[hist.Histogram]():
+		v.FieldByName("MaxNs").SetUint(v.FieldByName("MaxNs").Uint() & (1<<48 - 1))
+	}
+	switch v.Kind() {
+	case reflect.Struct:
+		for i := 0; i < v.NumField(); i++ {
+			if v.Type().Field(i).IsExported() {
+				possible(v.Field(i))
+			}
+		}
+	case reflect.Slice, reflect.Array:
+		for i := 0; i < v.Len(); i++ {
+			possible(v.Index(i))
 		}
 	}
 }
@@ -207,6 +236,14 @@ func TestReadErrors(t *testing.T) {
 		{"event before run", gz(lines[0] + `{"type":"exec"}` + "\n"), "exec record before the run and timeline records"},
 		{"data after end", gz(good + "{}\n"), "data after the end record"},
 		{"bad base64", gz(replace(`{"base64":"`, `{"base64":"!!`)), "bad base64"},
+		// Values no run can have.
+		{"negative latency", gz(replace(`"latency":19000000`, `"latency":-1`)), "line 13: slow_submit record: field latency: a duration cannot be negative, got -1"},
+		{"negative time", gz(replace(`"time":2050000000`, `"time":-9223372036854775808`)), "uevent record: field time: a time (nanoseconds of CLOCK_MONOTONIC) cannot be negative"},
+		{"negative min latency", gz(replace(`"min_latency":1000000`, `"min_latency":-9223372036854775808`)), "line 3: timeline record: field min_latency: a duration cannot be negative"},
+		{"negative requested duration", gz(replace(`"requested_duration":20000000000`, `"requested_duration":-5`)), "line 2: run record: field requested_duration: a duration cannot be negative"},
+		{"window ends before it starts", gz(replace(`"end":21000000000`, `"end":5`)), "timeline record: field end: the window ends (5) before it starts (1000000000)"},
+		{"span beyond the clock", gz(replace(`"duration":18000000`, `"duration":9223372036854775807`)), "offcpu record: field duration: start 3000000100 + 9223372036854775807 ns is beyond the clock's range"},
+		{"histogram max beyond the clock", gz(replace(`"max_ns":19000000`, `"max_ns":18446744073709551615`)), "device record: field submit.max_ns: 18446744073709551615 ns is beyond the clock's range"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
