@@ -106,8 +106,13 @@ func TestDirectProgramsLoadOnEveryFunction(t *testing.T) {
 	}
 	for _, fn := range submitFnFuncs {
 		variants = append(variants, variant{"submitfn", []string{fn}, func(m event.Mechanism, fns []string) (Running, error) {
-			return startSubmitFn(cfg, kernel, new(blkSink), m, fns[0])
+			return startSubmitFn(cfg, kernel, new(blkSink), m, fns[0], "")
 		}})
+		for _, bio := range submitFnBioFuncs {
+			variants = append(variants, variant{"submitfn", []string{fn, bio}, func(m event.Mechanism, fns []string) (Running, error) {
+				return startSubmitFn(cfg, kernel, new(blkSink), m, fns[0], fns[1])
+			}})
+		}
 	}
 	starts := slices.Compact(slices.Sorted(slices.Values(append(slices.Clone(freezeStartFuncs), freezeStartCallers...))))
 	ends := slices.Compact(slices.Sorted(slices.Values(append(slices.Clone(unfreezeFuncs), unfreezeCallers...))))
