@@ -3,10 +3,13 @@ package probes
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 
@@ -15,7 +18,8 @@ import (
 
 // execProbe records every successful execve with its parent, uid, file
 // name and arguments: the commands (a monitoring daemon's, udev's) whose
-// side effects the other probes see.
+// side effects the other probes see; and, asked to (Config.FailedExecs),
+// every failed one with its error.
 type execProbe struct{}
 
 func init() { Register(execProbe{}) }
@@ -31,7 +35,47 @@ func (p execProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
 	if err != nil {
 		return nil, unavailableStatus(p.Name(), err)
 	}
-	return r, okStatus(p.Name(), event.MechTPBTF)
+	st := okStatus(p.Name(), event.MechTPBTF)
+	if cfg.FailedExecs {
+		if err := r.attachFailed(); err != nil {
+			st.Reason = "failed execs not seen: " + errReason(err)
+		} else {
+			st.Reason = "failed execs from the tracepoints syscalls:sys_exit_execve and sys_exit_execveat"
+		}
+	}
+	return r, st
+}
+
+// attachFailed attaches the syscall tracepoint programs that report failed
+// execs (execveat's are optional).
+func (r *execRunning) attachFailed() error {
+	if _, err := ensureTracefs(); err != nil {
+		return err
+	}
+	var links []link.Link
+	for _, tp := range []struct {
+		prog     *ebpf.Program
+		name     string
+		required bool
+	}{
+		// Exits first, so that no entry misses its exit.
+		{r.objs.ExecExitExecve, "sys_exit_execve", true},
+		{r.objs.ExecExitExecveat, "sys_exit_execveat", false},
+		{r.objs.ExecEnterExecve, "sys_enter_execve", true},
+		{r.objs.ExecEnterExecveat, "sys_enter_execveat", false},
+	} {
+		l, err := link.Tracepoint("syscalls", tp.name, tp.prog, nil)
+		if err != nil {
+			if !tp.required && errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			closeAll(links)
+			return fmt.Errorf("attaching tracepoint syscalls/%s: %w", tp.name, err)
+		}
+		links = append(links, l)
+	}
+	r.links = append(r.links, links...)
+	return nil
 }
 
 type execRunning struct {
@@ -85,6 +129,7 @@ func startExec(cfg Config, sink Sink) (_ *execRunning, err error) {
 const (
 	execKindExec = 1
 	execKindExit = 2
+	execKindFail = 3
 )
 
 func (r *execRunning) handle(raw []byte) {
@@ -93,7 +138,7 @@ func (r *execRunning) handle(raw []byte) {
 		return
 	}
 	switch binary.NativeEndian.Uint32(raw) {
-	case execKindExec:
+	case execKindExec, execKindFail:
 		var e execExecEvent
 		if err := binary.Read(bytes.NewReader(raw), binary.NativeEndian, &e); err != nil {
 			r.decode++
@@ -123,6 +168,7 @@ func execEvent(e *execExecEvent) event.Exec {
 		Filename:      cString(e.Filename[:]),
 		Args:          splitArgs(e.Args[:min(int(e.ArgsLen), len(e.Args))]),
 		ArgsTruncated: e.ArgsTruncated != 0,
+		Ret:           e.Ret,
 	}
 }
 
