@@ -6,6 +6,8 @@
 
 #define FILENAME_MAX_LEN 256
 #define ARGS_MAX_LEN 256
+#define EXEC_ARGS_MAX 16 /* arguments read of a failed exec */
+#define EXEC_ARG_LEN 64 /* bytes read of each */
 
 /* Record kinds on the ring buffer. */
 enum exec_kind {
@@ -29,7 +31,10 @@ struct exec_event {
 	char comm[TASK_COMM_LEN];
 	char parent_comm[TASK_COMM_LEN];
 	char filename[FILENAME_MAX_LEN];
-	char args[ARGS_MAX_LEN]; /* NUL-separated argv */
+	/* NUL-separated argv, at most ARGS_MAX_LEN bytes; the rest is room
+	 * that lets the verifier of 5.10 and 6.1 accept the failed-exec reader
+	 * (it cannot follow its bound on the offset: see exec_call_exit). */
+	char args[ARGS_MAX_LEN + EXEC_ARG_LEN];
 };
 
 struct {
@@ -142,9 +147,6 @@ struct {
 	__type(value, struct exec_call);
 } execing SEC(".maps");
 
-#define EXEC_ARGS_MAX 16 /* arguments read of a failed exec */
-#define EXEC_ARG_LEN 64 /* bytes read of each */
-
 static __always_inline int exec_call_enter(__u64 filename, __u64 argv)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
@@ -163,7 +165,7 @@ static __always_inline int exec_call_exit(__s64 ret)
 	struct exec_call c;
 	struct task_struct *task;
 	struct exec_event *e;
-	__u32 off = 0;
+	__u64 off = 0, idx;
 
 	if (!cp)
 		return 0;
@@ -201,7 +203,14 @@ static __always_inline int exec_call_exit(__s64 ret)
 			e->args_truncated = 1;
 			break;
 		}
-		n = bpf_probe_read_user_str(&e->args[off], EXEC_ARG_LEN, (const void *)arg);
+		/* off <= ARGS_MAX_LEN - EXEC_ARG_LEN here, so the mask changes
+		 * nothing; but the verifiers of 5.10 and 6.1 lose that bound
+		 * (they explore the branch above with impossible ranges) and
+		 * accept the access only with the mask and the room after args.
+		 * The empty asm keeps the compiler from dropping the mask. */
+		idx = off;
+		asm volatile("" : "+r"(idx));
+		n = bpf_probe_read_user_str(&e->args[idx & (ARGS_MAX_LEN - 1)], EXEC_ARG_LEN, (const void *)arg);
 		if (n <= 0)
 			break;
 		if (n == EXEC_ARG_LEN)

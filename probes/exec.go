@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 
@@ -46,12 +47,26 @@ func (p execProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
 	return r, st
 }
 
-// attachFailed attaches the syscall tracepoint programs that report failed
-// execs (execveat's are optional).
+// attachFailed loads and attaches the syscall tracepoint programs that
+// report failed execs (execveat's are optional), on the probe's ring buffer.
 func (r *execRunning) attachFailed() error {
 	if _, err := ensureTracefs(); err != nil {
 		return err
 	}
+	var fail struct {
+		Execing           *ebpf.Map     `ebpf:"execing"`
+		ExecEnterExecve   *ebpf.Program `ebpf:"exec_enter_execve"`
+		ExecEnterExecveat *ebpf.Program `ebpf:"exec_enter_execveat"`
+		ExecExitExecve    *ebpf.Program `ebpf:"exec_exit_execve"`
+		ExecExitExecveat  *ebpf.Program `ebpf:"exec_exit_execveat"`
+	}
+	opts := collectionOptions(r.kernel)
+	opts.MapReplacements = map[string]*ebpf.Map{"events": r.objs.Events, "losses": r.objs.Losses}
+	if err := r.spec.LoadAndAssign(&fail, opts); err != nil {
+		return fmt.Errorf("loading objects: %w", err)
+	}
+	r.objs.Execing, r.objs.ExecEnterExecve, r.objs.ExecEnterExecveat, r.objs.ExecExitExecve, r.objs.ExecExitExecveat =
+		fail.Execing, fail.ExecEnterExecve, fail.ExecEnterExecveat, fail.ExecExitExecve, fail.ExecExitExecveat
 	var links []link.Link
 	for _, tp := range []struct {
 		prog     *ebpf.Program
@@ -80,7 +95,9 @@ func (r *execRunning) attachFailed() error {
 
 type execRunning struct {
 	sink   Sink
-	objs   execObjects
+	objs   execObjects // what is loaded of it
+	spec   *ebpf.CollectionSpec
+	kernel *btf.Spec
 	links  []link.Link
 	rd     *ringbuf.Reader
 	done   chan struct{}
@@ -99,10 +116,19 @@ func startExec(cfg Config, sink Sink) (_ *execRunning, err error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &execRunning{sink: sink, done: make(chan struct{})}
-	if err := spec.LoadAndAssign(&r.objs, collectionOptions(kernel)); err != nil {
+	r := &execRunning{sink: sink, done: make(chan struct{}), spec: spec, kernel: kernel}
+	// The failed-exec programs are loaded only when asked for
+	// (attachFailed): a kernel that rejects them keeps the rest.
+	var core struct {
+		Events   *ebpf.Map     `ebpf:"events"`
+		Losses   *ebpf.Map     `ebpf:"losses"`
+		ExecExec *ebpf.Program `ebpf:"exec_exec"`
+		ExecExit *ebpf.Program `ebpf:"exec_exit"`
+	}
+	if err := spec.LoadAndAssign(&core, collectionOptions(kernel)); err != nil {
 		return nil, fmt.Errorf("loading objects: %w", err)
 	}
+	r.objs.Events, r.objs.Losses, r.objs.ExecExec, r.objs.ExecExit = core.Events, core.Losses, core.ExecExec, core.ExecExit
 	defer func() {
 		if err != nil {
 			closeAll(r.links)

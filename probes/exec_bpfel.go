@@ -35,7 +35,7 @@ type execExecEvent struct {
 	Comm          [16]int8
 	ParentComm    [16]int8
 	Filename      [256]int8
-	Args          [256]int8
+	Args          [320]int8
 }
 
 type execExitEvent struct {
