@@ -4,11 +4,21 @@
  * throttling, tag allocation and, for bio-based devices, the driver's own
  * submission (what the seed's kprobe script measured, slat in fio terms).
  *
- * Nested calls (a stacked driver resubmitting to a lower device) are counted
- * in the outermost call, on the outer bio's device. Every call goes into a
- * per-device histogram; calls of at least min_latency_ns are streamed with
- * the task. fentry/fexit or kprobe/kretprobe: user space loads only the
- * programs of the mechanism it chose (probes/submitfn.go). */
+ * A stacked driver (bcache, dm, md) resubmits to its lower devices from
+ * inside the outer call: those nested calls only queue the bio on the
+ * thread's bio list, and the outer call submits it after the driver
+ * returns. So the outer call is timed on the outer device, entry to return
+ * (everything the submitter waited for), and each nested call on its own
+ * device: from when it was queued, or when the previous bio of the thread
+ * was done if later, to when its own submission (__submit_bio, else
+ * blk_mq_submit_bio) returned. A lower device's frozen queue then shows on
+ * the lower device, and on the outer one.
+ *
+ * Every call goes into a per-device histogram; calls of at least
+ * min_latency_ns are streamed with the task. fentry/fexit or
+ * kprobe/kretprobe: user space loads only the programs of the mechanism it
+ * chose (probes/submitfn.go), and those of the per-bio function only where
+ * the kernel has one. */
 #include "common.h"
 #include <asm/ptrace.h>
 #include "hist.h"
@@ -29,6 +39,8 @@ struct sf_start {
 	__u64 disk; /* struct gendisk * */
 	__u32 dev;
 	__u32 depth; /* nested calls inside the outermost one */
+	__u64 mark; /* when the thread's last bio submission ended (or ns) */
+	__u64 bio; /* the bio in the per-bio function (kprobe: for its return) */
 };
 
 struct {
@@ -37,6 +49,22 @@ struct {
 	__type(key, __u32); /* tid */
 	__type(value, struct sf_start);
 } submitting SEC(".maps");
+
+/* A nested call's bio, queued on the thread's bio list: when, and for
+ * which device. */
+struct sf_nested {
+	__u64 ns;
+	__u64 disk;
+	__u32 dev;
+	__u32 tid;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_SUBMITTING);
+	__type(key, __u64); /* struct bio * */
+	__type(value, struct sf_nested);
+} nested SEC(".maps");
 
 struct sf_event {
 	__u64 start_ns;
@@ -57,6 +85,32 @@ struct {
 	__uint(max_entries, 256 * 1024);
 } events SEC(".maps");
 
+/* sf_emit records one call of lat ns that started at start on dev. */
+static __always_inline void sf_emit(__u64 id, __u32 dev, struct gendisk *disk, __u64 start, __u64 lat)
+{
+	struct sf_event *e;
+
+	dev_hist_add(dev, disk, lat);
+	if (lat < min_latency_ns)
+		return;
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_loss(&losses, LOSS_RINGBUF);
+		return;
+	}
+	e->start_ns = start;
+	e->latency_ns = lat;
+	e->pid = (__u32)id;
+	e->tgid = id >> 32;
+	e->dev = dev;
+	e->pad = 0;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	e->disk_name[0] = 0;
+	if (disk)
+		bpf_core_read_str(e->disk_name, sizeof(e->disk_name), &disk->disk_name);
+	bpf_ringbuf_submit(e, 0);
+}
+
 static __always_inline int sf_enter(struct bio *bio)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
@@ -65,16 +119,23 @@ static __always_inline int sf_enter(struct bio *bio)
 	struct gendisk *disk;
 
 	s.ns = bpf_ktime_get_ns();
-	/* A nested submission: the outer call times it. An entry older than
-	 * STALE_NS is left over from a missed return (kretprobe instances
-	 * exhausted) and is replaced. */
+	disk = bio_disk(bio);
+	/* A nested submission: the outer call times itself, and the bio is
+	 * timed on its own device when its turn comes (sf_bio_done). An entry
+	 * older than STALE_NS is left over from a missed return (kretprobe
+	 * instances exhausted) and is replaced. */
 	if (sp && s.ns - sp->ns < STALE_NS) {
+		struct sf_nested n = {.ns = s.ns, .disk = (__u64)disk, .dev = disk_dev(disk), .tid = tid};
+		__u64 key = (__u64)bio;
+
 		sp->depth++;
+		if (n.dev && bpf_map_update_elem(&nested, &key, &n, BPF_ANY))
+			count_loss(&losses, LOSS_MAP_FULL);
 		return 0;
 	}
-	disk = bio_disk(bio);
 	s.disk = (__u64)disk;
 	s.dev = disk_dev(disk);
+	s.mark = s.ns;
 	if (bpf_map_update_elem(&submitting, &tid, &s, BPF_ANY))
 		count_loss(&losses, LOSS_MAP_FULL);
 	return 0;
@@ -86,7 +147,6 @@ static __always_inline int sf_exit(void)
 	__u32 tid = (__u32)id;
 	struct sf_start *sp = bpf_map_lookup_elem(&submitting, &tid);
 	struct gendisk *disk;
-	struct sf_event *e;
 	__u64 now, lat;
 	__u32 dev;
 
@@ -101,27 +161,40 @@ static __always_inline int sf_exit(void)
 	dev = sp->dev;
 	lat = now >= sp->ns ? now - sp->ns : 0;
 	bpf_map_delete_elem(&submitting, &tid);
-	if (!dev)
+	if (dev)
+		sf_emit(id, dev, disk, now - lat, lat);
+	return 0;
+}
+
+/* sf_bio_done: the submission of one bio (the per-bio function) returned
+ * inside an outer call. A nested call's bio is timed on its own device:
+ * from when it was queued, or from the end of the bio submitted before it
+ * if later (it waited for that one, not for its own device, meanwhile). */
+static __always_inline int sf_bio_done(__u64 bio)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)id;
+	struct sf_start *sp = bpf_map_lookup_elem(&submitting, &tid);
+	struct sf_nested *n;
+	__u64 now, prev, start;
+
+	if (!sp)
 		return 0;
-	dev_hist_add(dev, disk, lat);
-	if (lat < min_latency_ns)
+	now = bpf_ktime_get_ns();
+	prev = sp->mark;
+	sp->mark = now;
+	n = bpf_map_lookup_elem(&nested, &bio);
+	if (!n)
 		return 0;
-	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		count_loss(&losses, LOSS_RINGBUF);
+	/* Queued by this thread in this outer call: else the bio pointer is
+	 * a reused one whose entry was left over. */
+	if (n->tid != tid || n->ns < sp->ns || n->ns > now) {
+		bpf_map_delete_elem(&nested, &bio);
 		return 0;
 	}
-	e->start_ns = now - lat;
-	e->latency_ns = lat;
-	e->pid = tid;
-	e->tgid = id >> 32;
-	e->dev = dev;
-	e->pad = 0;
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	e->disk_name[0] = 0;
-	if (disk)
-		bpf_core_read_str(e->disk_name, sizeof(e->disk_name), &disk->disk_name);
-	bpf_ringbuf_submit(e, 0);
+	start = n->ns > prev ? n->ns : prev;
+	sf_emit(id, n->dev, (struct gendisk *)n->disk, start, now - start);
+	bpf_map_delete_elem(&nested, &bio);
 	return 0;
 }
 
@@ -149,4 +222,34 @@ SEC("kretprobe/submit_bio_noacct")
 int BPF_KRETPROBE(sf_kretprobe)
 {
 	return sf_exit();
+}
+
+/* The per-bio submission function, __submit_bio (6.x) or
+ * blk_mq_submit_bio: user space points these at the one the kernel has. */
+SEC("fexit/__submit_bio")
+int BPF_PROG(sf_bio_fexit, struct bio *bio)
+{
+	return sf_bio_done((__u64)bio);
+}
+
+SEC("kprobe/__submit_bio")
+int BPF_KPROBE(sf_bio_kprobe, struct bio *bio)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct sf_start *sp = bpf_map_lookup_elem(&submitting, &tid);
+
+	if (sp)
+		sp->bio = (__u64)bio;
+	return 0;
+}
+
+SEC("kretprobe/__submit_bio")
+int BPF_KRETPROBE(sf_bio_kretprobe)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct sf_start *sp = bpf_map_lookup_elem(&submitting, &tid);
+
+	if (!sp)
+		return 0;
+	return sf_bio_done(sp->bio);
 }

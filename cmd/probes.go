@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 
 	"github.com/cilium/ebpf/rlimit"
 	"github.com/olekukonko/tablewriter"
@@ -77,19 +78,28 @@ func probesRun(opts *ProbesOptions) error {
 		return fmt.Errorf("raising the locked-memory limit for BPF maps: %w", err)
 	}
 	cfg := probes.Config{MinLatency: 1 << 62, KernelTypes: spec, ProcFS: "/proc", SysFS: "/sys", Mechanism: mech}
-	var statuses []event.ProbeStatus
-	for _, p := range probes.All() {
-		r, st := p.Start(cfg, discard{})
-		if st.Name == "" {
-			st.Name = p.Name()
-		}
-		if r != nil {
-			if err := r.Stop(); err != nil {
-				st.Reason = strings.TrimSpace(st.Reason + "; stopping: " + err.Error())
+	// Each probe starts and stops on its own, all at once, as a diagnosis
+	// starts them; the table keeps their order.
+	all := probes.All()
+	statuses := make([]event.ProbeStatus, len(all))
+	var wg sync.WaitGroup
+	for i, p := range all {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, st := p.Start(cfg, discard{})
+			if st.Name == "" {
+				st.Name = p.Name()
 			}
-		}
-		statuses = append(statuses, st)
+			if r != nil {
+				if err := r.Stop(); err != nil {
+					st.Reason = strings.TrimSpace(st.Reason + "; stopping: " + err.Error())
+				}
+			}
+			statuses[i] = st
+		}()
 	}
+	wg.Wait()
 	if opts.Format == "json" {
 		enc := json.NewEncoder(opts.IO.Out)
 		enc.SetIndent("", "  ")

@@ -80,8 +80,11 @@ and tag waits show. Needs root.`,
 started, the new program's comm, its pid and parent pid, the return value and
 the command line.
 
-Only successful execs are seen (the sched_process_exec tracepoint fires once the
-new program runs), so RET is always 0: failed execs are not shown. Needs root.`,
+Execs that ran come from the sched_process_exec tracepoint (RET 0). Execs that
+failed come from the syscalls:sys_exit_execve and sys_exit_execveat tracepoints:
+RET is the error (-2: no such file, -13: permission denied), COMM and PID are
+the caller's and ARGS what it asked for. Where those tracepoints cannot be
+attached, the start line says so and only successful execs are shown. Needs root.`,
 		example: `  sudo whyslow trace exec
   sudo whyslow trace exec --json --duration 10s`,
 		probes: []string{"exec"}, bpf: true,
@@ -253,7 +256,8 @@ func traceRun(ctx context.Context, opts *TraceOptions) error {
 	signal.Notify(sigpipe, syscall.SIGPIPE)
 	defer signal.Stop(sigpipe)
 
-	t := newTracer(opts, probes.Config{MinLatency: opts.Min, KernelTypes: kernel, ProcFS: "/proc", SysFS: "/sys", Mechanism: mech})
+	t := newTracer(opts, probes.Config{MinLatency: opts.Min, KernelTypes: kernel, ProcFS: "/proc", SysFS: "/sys", Mechanism: mech,
+		FailedExecs: opts.Kind == live.KindExec})
 	line, err := t.startProbes()
 	if err != nil {
 		return err
@@ -482,7 +486,11 @@ func (t *tracer) startProbes() (string, error) {
 		if r == nil {
 			return fail(st)
 		}
-		line = fmt.Sprintf("tracing execs: %s on %s (sched_process_exec; successful execs only)", st.Name, st.Mechanism)
+		if strings.HasPrefix(st.Reason, "failed execs not seen") {
+			line = fmt.Sprintf("tracing execs: %s on %s (sched_process_exec; successful execs only: %s)", st.Name, st.Mechanism, st.Reason)
+		} else {
+			line = fmt.Sprintf("tracing execs: %s on %s (sched_process_exec; failed ones from syscalls:sys_exit_execve and sys_exit_execveat)", st.Name, st.Mechanism)
+		}
 	case live.KindUevent:
 		r, st := start("uevent")
 		if r == nil {

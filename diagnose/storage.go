@@ -241,9 +241,20 @@ func Collect(ctx context.Context, opts Options, spec *btf.Spec) (*timeline.Timel
 	wait(ctx, opts, col, names)
 
 	tl.End = now()
+	// Every probe stops at once too: detaching fentry and kprobe links
+	// takes the kernel a while each (a tenth of a second under qemu).
+	errs := make([]error, len(running))
+	for i, r := range running {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = r.Stop()
+		}()
+	}
+	wg.Wait()
 	var stopErrs []string
-	for _, r := range running {
-		if err := r.Stop(); err != nil {
+	for _, err := range errs {
+		if err != nil {
 			stopErrs = append(stopErrs, err.Error())
 		}
 	}

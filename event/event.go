@@ -113,6 +113,11 @@ type Exec struct {
 	Filename      string   `json:"filename"`
 	Args          []string `json:"args"`
 	ArgsTruncated bool     `json:"args_truncated,omitempty"`
+	// Ret is 0 for an exec that ran, or the error (-errno) of an execve
+	// that failed: then Task is the caller, Filename and Args what it
+	// asked for, and Forked is 0. Only `whyslow trace exec` asks the exec
+	// probe for failed execs (probes.Config.FailedExecs).
+	Ret int32 `json:"ret,omitempty"`
 }
 
 // When implements Event.

@@ -710,6 +710,23 @@ func (b *builder) holders() {
 		sort.Strings(d.Lower)
 		sort.Strings(d.Upper)
 	}
+	for _, d := range b.byName {
+		for _, name := range d.Upper {
+			up, ok := b.byName[name]
+			if !ok {
+				continue
+			}
+			// One measurement of each submission: the direct one when the
+			// upper device has it (a bio-based device such as bcache has no
+			// request, so no Stalls), else the tracepoints'.
+			if len(up.SubmitCalls) > 0 {
+				d.UpperStalls = append(d.UpperStalls, up.SubmitCalls...)
+			} else {
+				d.UpperStalls = append(d.UpperStalls, up.Stalls...)
+			}
+		}
+		sortSpans(d.UpperStalls)
+	}
 }
 
 func sortSpans(s Spans) {

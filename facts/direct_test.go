@@ -1,6 +1,7 @@
 package facts
 
 import (
+	"fmt"
 	"slices"
 	"testing"
 
@@ -114,5 +115,40 @@ func TestBuildSubmitCalls(t *testing.T) {
 	}
 	if sp := d.SubmitCalls[0]; sp.Kind != KindSubmitCall || sp.Pid != fio.Pid || sp.Duration() != msd(12) || sp.Source != "direct: kprobe submit_bio_noacct" {
 		t.Errorf("span %+v", sp)
+	}
+}
+
+// A device's UpperStalls are the slow submissions of the devices stacked on
+// it, one measurement each: the direct calls where the upper device has
+// them, else its tracepoint stalls. Devices stacked elsewhere add nothing.
+func TestBuildUpperStalls(t *testing.T) {
+	bcache0 := event.Device{Major: 252, Minor: 0, Name: "bcache0"}
+	md0 := event.Device{Major: 9, Minor: 0, Name: "md0"}
+	call := func(dev event.Device, ms, lat float64) event.SubmitCall {
+		return event.SubmitCall{Start: at(ms), Latency: msd(lat), Task: fio, Dev: dev, Func: "submit_bio_noacct", Mechanism: event.MechFentry}
+	}
+	tl := newTimeline(
+		call(bcache0, 200, 30), call(bcache0, 100, 20),
+		submit(fio, bcache0, 150, 25), // also seen by the tracepoints: not counted again
+		submit(fio, md0, 400, 12),     // md0 has no direct calls: its stalls count
+		submit(fio, loop1, 500, 9),    // stacked on nothing
+	)
+	tl.Holders = []event.Holder{{Upper: "bcache0", Lower: "loop0"}, {Upper: "md0", Lower: "loop0"}, {Upper: "bcache0", Lower: "loop1"}}
+	tl.Device(loop0)
+	run := Build(tl, Options{})
+	got := run.Find("loop0").UpperStalls
+	var desc []string
+	for _, s := range got {
+		desc = append(desc, fmt.Sprintf("%s %s %v+%v", s.Device, s.Kind, s.Start, s.Duration()))
+	}
+	want := []string{"bcache0 submit-call 100ms+20ms", "bcache0 submit-call 200ms+30ms", "md0 submit 400ms+12ms"}
+	if !slices.Equal(desc, want) {
+		t.Errorf("loop0's upper stalls %q, want %q", desc, want)
+	}
+	if n := run.Find("loop1").UpperStalls.Count(); n != 2 {
+		t.Errorf("loop1 (under bcache0) has %d upper stalls, want bcache0's 2 calls", n)
+	}
+	if n := run.Find("bcache0").UpperStalls.Count(); n != 0 {
+		t.Errorf("bcache0, under nothing, has %d upper stalls", n)
 	}
 }

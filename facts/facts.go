@@ -148,6 +148,12 @@ type Device struct {
 	SysfsWrites Points
 	// Lower and Upper are the devices this one is stacked on, and stacked under.
 	Lower, Upper []string
+	// UpperStalls are the slow submissions to the devices stacked on this
+	// one (Upper), as measured there: each upper device's slow calls of
+	// submit_bio_noacct (SubmitCalls) when the submitfn probe timed them,
+	// else its slow submissions (Stalls). Those that overlap this device's
+	// freezes are what a freeze here cost the upper device's submitters.
+	UpperStalls Spans
 }
 
 // Command is a group of execs of the same file by the same parent command.

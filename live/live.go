@@ -132,7 +132,8 @@ func (s Submit) text(o Options) string {
 	return fmt.Sprintf("%-12.6f %-16s %-7d %10s  %s\n", s.TimeS, clean(orDash(s.Comm)), s.Pid, lat, clean(orDash(s.Disk)))
 }
 
-// Exec is one successful execve.
+// Exec is one execve: one that ran, or one that failed (when the syscall
+// tracepoints could be attached).
 type Exec struct {
 	Event      string  `json:"event"`  // "exec"
 	TimeS      float64 `json:"time_s"` // seconds since the trace started
@@ -142,8 +143,9 @@ type Exec struct {
 	PPid       uint32  `json:"ppid"`
 	ParentComm string  `json:"parent_comm"`
 	UID        uint32  `json:"uid"`
-	// Ret is the return value of execve: always 0, since only successful
-	// execs are seen (sched_process_exec fires once the new program runs).
+	// Ret is the return value of execve: 0, or the error (-errno, as
+	// execsnoop shows it) of one that failed; then Comm, Pid and Tid are
+	// the caller's.
 	Ret           int      `json:"ret"`
 	Filename      string   `json:"filename"`
 	Args          []string `json:"args"`
@@ -160,7 +162,8 @@ func ExecFrom(e event.Exec, start event.Mono) Exec {
 		args = []string{}
 	}
 	return Exec{Event: string(KindExec), TimeS: Seconds(e.Time, start), Comm: e.Task.Comm, Pid: e.Task.Tgid, Tid: e.Task.Pid,
-		PPid: e.PPid, ParentComm: e.ParentComm, UID: e.UID, Filename: e.Filename, Args: args, ArgsTruncated: e.ArgsTruncated}
+		PPid: e.PPid, ParentComm: e.ParentComm, UID: e.UID, Filename: e.Filename, Args: args, ArgsTruncated: e.ArgsTruncated,
+		Ret: int(e.Ret)}
 }
 
 func (e Exec) text(Options) string {

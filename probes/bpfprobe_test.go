@@ -96,8 +96,11 @@ func (s *blkSink) sysfsWrites() []event.SysfsWrite {
 // blkNeedRoot skips a test that loads BPF or sets up loop devices when not root.
 func blkNeedRoot(t *testing.T) {
 	t.Helper()
+	if testing.Short() {
+		scenario.Skip(t, "skipped with -short: loads BPF programs and sets up a loop device")
+	}
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: loads BPF programs and sets up a loop device")
+		scenario.Skip(t, "needs root: loads BPF programs and sets up a loop device")
 	}
 }
 

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"golang.org/x/sys/unix"
 
 	"github.com/whyslow/whyslow/event"
@@ -43,10 +45,40 @@ func startDirectOn(t *testing.T, p Probe, mech event.Mechanism, minLatency time.
 	return sink, r
 }
 
+// kernelAllows asks the running kernel, without the ladder's code, what
+// the direct mechanisms need: a kprobe PMU (or kprobe_events), and an
+// fentry program on submit_bio_noacct that loads (nil) or the error.
+func kernelAllows(t *testing.T) (kprobes bool, fentry error) {
+	t.Helper()
+	for _, p := range []string{"/sys/bus/event_source/devices/kprobe/type", "/sys/kernel/tracing/kprobe_events", "/sys/kernel/debug/tracing/kprobe_events"} {
+		if _, err := os.Stat(p); err == nil {
+			kprobes = true
+		}
+	}
+	kernel, err := kernelSpec(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	liftMemlock()
+	prog, err := ebpf.NewProgramWithOptions(&ebpf.ProgramSpec{
+		Type: ebpf.Tracing, AttachType: ebpf.AttachTraceFEntry, AttachTo: "submit_bio_noacct", License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
+	}, ebpf.ProgramOptions{KernelTypes: kernel})
+	if err == nil {
+		prog.Close()
+	}
+	return kprobes, err
+}
+
 // Every direct probe starts on some rung, and each rung above the one it
-// runs on is listed with a reason. The fallback says which probe infers.
+// runs on is listed with a reason. Where fentry programs load (the qemu
+// matrix's kernels), every direct probe runs on fentry. Where the kernel
+// denies them (this project's 6.18: EPERM) and has no kprobes, each falls
+// back to the probe that infers, naming exactly those two reasons.
 func TestDirectProbesLadder(t *testing.T) {
 	blkNeedRoot(t)
+	kprobes, fentryErr := kernelAllows(t)
+	t.Logf("this kernel: kprobe PMU %v, fentry load: %v", kprobes, fentryErr)
 	for _, p := range directProbes {
 		t.Run(p.Name(), func(t *testing.T) {
 			r, st := p.Start(Config{MinLatency: time.Millisecond, SysFS: "/sys", ProcFS: "/proc"}, new(blkSink))
@@ -77,6 +109,30 @@ func TestDirectProbesLadder(t *testing.T) {
 			if st.Mechanism == event.MechTPBTF && !strings.Contains(st.Reason, "probe") {
 				t.Errorf("fallback reason %q does not say which probe measures instead", st.Reason)
 			}
+			want := map[event.Mechanism]string{}
+			switch {
+			case fentryErr == nil:
+				if st.Mechanism != event.MechFentry {
+					t.Errorf("fentry programs load here, but %s runs on %s", p.Name(), st.Mechanism)
+				}
+			case errors.Is(fentryErr, unix.EPERM):
+				want[event.MechFentry] = "load denied (EPERM)"
+				if !kprobes {
+					want[event.MechKprobe] = "CONFIG_KPROBES not set (no kprobe PMU)"
+					if st.Mechanism != event.MechTPBTF {
+						t.Errorf("neither fentry nor kprobes here, but %s runs on %s", p.Name(), st.Mechanism)
+					}
+				}
+			}
+			for _, s := range st.Skipped {
+				if w, ok := want[s.Mechanism]; ok && s.Reason != w {
+					t.Errorf("%s skipped: %q, want %q", s.Mechanism, s.Reason, w)
+				}
+				delete(want, s.Mechanism)
+			}
+			if len(want) > 0 {
+				t.Errorf("skips %+v lack %v", st.Skipped, want)
+			}
 		})
 	}
 }
@@ -106,8 +162,13 @@ func TestDirectProgramsLoadOnEveryFunction(t *testing.T) {
 	}
 	for _, fn := range submitFnFuncs {
 		variants = append(variants, variant{"submitfn", []string{fn}, func(m event.Mechanism, fns []string) (Running, error) {
-			return startSubmitFn(cfg, kernel, new(blkSink), m, fns[0])
+			return startSubmitFn(cfg, kernel, new(blkSink), m, fns[0], "")
 		}})
+		for _, bio := range submitFnBioFuncs {
+			variants = append(variants, variant{"submitfn", []string{fn, bio}, func(m event.Mechanism, fns []string) (Running, error) {
+				return startSubmitFn(cfg, kernel, new(blkSink), m, fns[0], fns[1])
+			}})
+		}
 	}
 	starts := slices.Compact(slices.Sorted(slices.Values(append(slices.Clone(freezeStartFuncs), freezeStartCallers...))))
 	ends := slices.Compact(slices.Sorted(slices.Values(append(slices.Clone(unfreezeFuncs), unfreezeCallers...))))

@@ -3,10 +3,14 @@ package probes
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 
@@ -15,7 +19,8 @@ import (
 
 // execProbe records every successful execve with its parent, uid, file
 // name and arguments: the commands (a monitoring daemon's, udev's) whose
-// side effects the other probes see.
+// side effects the other probes see; and, asked to (Config.FailedExecs),
+// every failed one with its error.
 type execProbe struct{}
 
 func init() { Register(execProbe{}) }
@@ -31,12 +36,68 @@ func (p execProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
 	if err != nil {
 		return nil, unavailableStatus(p.Name(), err)
 	}
-	return r, okStatus(p.Name(), event.MechTPBTF)
+	st := okStatus(p.Name(), event.MechTPBTF)
+	if cfg.FailedExecs {
+		if err := r.attachFailed(); err != nil {
+			st.Reason = "failed execs not seen: " + errReason(err)
+		} else {
+			st.Reason = "failed execs from the tracepoints syscalls:sys_exit_execve and sys_exit_execveat"
+		}
+	}
+	return r, st
+}
+
+// attachFailed loads and attaches the syscall tracepoint programs that
+// report failed execs (execveat's are optional), on the probe's ring buffer.
+func (r *execRunning) attachFailed() error {
+	if _, err := ensureTracefs(); err != nil {
+		return err
+	}
+	var fail struct {
+		Execing           *ebpf.Map     `ebpf:"execing"`
+		ExecEnterExecve   *ebpf.Program `ebpf:"exec_enter_execve"`
+		ExecEnterExecveat *ebpf.Program `ebpf:"exec_enter_execveat"`
+		ExecExitExecve    *ebpf.Program `ebpf:"exec_exit_execve"`
+		ExecExitExecveat  *ebpf.Program `ebpf:"exec_exit_execveat"`
+	}
+	opts := collectionOptions(r.kernel)
+	opts.MapReplacements = map[string]*ebpf.Map{"events": r.objs.Events, "losses": r.objs.Losses}
+	if err := r.spec.LoadAndAssign(&fail, opts); err != nil {
+		return fmt.Errorf("loading objects: %w", err)
+	}
+	r.objs.Execing, r.objs.ExecEnterExecve, r.objs.ExecEnterExecveat, r.objs.ExecExitExecve, r.objs.ExecExitExecveat =
+		fail.Execing, fail.ExecEnterExecve, fail.ExecEnterExecveat, fail.ExecExitExecve, fail.ExecExitExecveat
+	var links []link.Link
+	for _, tp := range []struct {
+		prog     *ebpf.Program
+		name     string
+		required bool
+	}{
+		// Exits first, so that no entry misses its exit.
+		{r.objs.ExecExitExecve, "sys_exit_execve", true},
+		{r.objs.ExecExitExecveat, "sys_exit_execveat", false},
+		{r.objs.ExecEnterExecve, "sys_enter_execve", true},
+		{r.objs.ExecEnterExecveat, "sys_enter_execveat", false},
+	} {
+		l, err := link.Tracepoint("syscalls", tp.name, tp.prog, nil)
+		if err != nil {
+			if !tp.required && errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			closeAll(links)
+			return fmt.Errorf("attaching tracepoint syscalls/%s: %w", tp.name, err)
+		}
+		links = append(links, l)
+	}
+	r.links = append(r.links, links...)
+	return nil
 }
 
 type execRunning struct {
 	sink   Sink
-	objs   execObjects
+	objs   execObjects // what is loaded of it
+	spec   *ebpf.CollectionSpec
+	kernel *btf.Spec
 	links  []link.Link
 	rd     *ringbuf.Reader
 	done   chan struct{}
@@ -55,10 +116,19 @@ func startExec(cfg Config, sink Sink) (_ *execRunning, err error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &execRunning{sink: sink, done: make(chan struct{})}
-	if err := spec.LoadAndAssign(&r.objs, collectionOptions(kernel)); err != nil {
+	r := &execRunning{sink: sink, done: make(chan struct{}), spec: spec, kernel: kernel}
+	// The failed-exec programs are loaded only when asked for
+	// (attachFailed): a kernel that rejects them keeps the rest.
+	var core struct {
+		Events   *ebpf.Map     `ebpf:"events"`
+		Losses   *ebpf.Map     `ebpf:"losses"`
+		ExecExec *ebpf.Program `ebpf:"exec_exec"`
+		ExecExit *ebpf.Program `ebpf:"exec_exit"`
+	}
+	if err := spec.LoadAndAssign(&core, collectionOptions(kernel)); err != nil {
 		return nil, fmt.Errorf("loading objects: %w", err)
 	}
+	r.objs.Events, r.objs.Losses, r.objs.ExecExec, r.objs.ExecExit = core.Events, core.Losses, core.ExecExec, core.ExecExit
 	defer func() {
 		if err != nil {
 			closeAll(r.links)
@@ -85,6 +155,7 @@ func startExec(cfg Config, sink Sink) (_ *execRunning, err error) {
 const (
 	execKindExec = 1
 	execKindExit = 2
+	execKindFail = 3
 )
 
 func (r *execRunning) handle(raw []byte) {
@@ -93,7 +164,7 @@ func (r *execRunning) handle(raw []byte) {
 		return
 	}
 	switch binary.NativeEndian.Uint32(raw) {
-	case execKindExec:
+	case execKindExec, execKindFail:
 		var e execExecEvent
 		if err := binary.Read(bytes.NewReader(raw), binary.NativeEndian, &e); err != nil {
 			r.decode++
@@ -123,6 +194,7 @@ func execEvent(e *execExecEvent) event.Exec {
 		Filename:      cString(e.Filename[:]),
 		Args:          splitArgs(e.Args[:min(int(e.ArgsLen), len(e.Args))]),
 		ArgsTruncated: e.ArgsTruncated != 0,
+		Ret:           e.Ret,
 	}
 }
 

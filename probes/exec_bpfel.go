@@ -13,10 +13,16 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type execExecCall struct {
+	_        structs.HostLayout
+	Filename uint64
+	Argv     uint64
+}
+
 type execExecEvent struct {
 	_             structs.HostLayout
 	Kind          uint32
-	Pad0          uint32
+	Ret           int32
 	TimeNs        uint64
 	ForkedNs      uint64
 	Pid           uint32
@@ -29,7 +35,7 @@ type execExecEvent struct {
 	Comm          [16]int8
 	ParentComm    [16]int8
 	Filename      [256]int8
-	Args          [256]int8
+	Args          [320]int8
 }
 
 type execExitEvent struct {
@@ -45,12 +51,17 @@ type execExitEvent struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	execMapEvents        = "events"
-	execMapLosses        = "losses"
-	execProgExecExec     = "exec_exec"
-	execProgExecExit     = "exec_exit"
-	execVarExecEventType = "exec_event_type"
-	execVarExitEventType = "exit_event_type"
+	execMapEvents             = "events"
+	execMapExecing            = "execing"
+	execMapLosses             = "losses"
+	execProgExecEnterExecve   = "exec_enter_execve"
+	execProgExecEnterExecveat = "exec_enter_execveat"
+	execProgExecExec          = "exec_exec"
+	execProgExecExit          = "exec_exit"
+	execProgExecExitExecve    = "exec_exit_execve"
+	execProgExecExitExecveat  = "exec_exit_execveat"
+	execVarExecEventType      = "exec_event_type"
+	execVarExitEventType      = "exit_event_type"
 )
 
 // loadExec returns the embedded CollectionSpec for exec.
@@ -95,16 +106,21 @@ type execSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type execProgramSpecs struct {
-	ExecExec *ebpf.ProgramSpec `ebpf:"exec_exec"`
-	ExecExit *ebpf.ProgramSpec `ebpf:"exec_exit"`
+	ExecEnterExecve   *ebpf.ProgramSpec `ebpf:"exec_enter_execve"`
+	ExecEnterExecveat *ebpf.ProgramSpec `ebpf:"exec_enter_execveat"`
+	ExecExec          *ebpf.ProgramSpec `ebpf:"exec_exec"`
+	ExecExit          *ebpf.ProgramSpec `ebpf:"exec_exit"`
+	ExecExitExecve    *ebpf.ProgramSpec `ebpf:"exec_exit_execve"`
+	ExecExitExecveat  *ebpf.ProgramSpec `ebpf:"exec_exit_execveat"`
 }
 
 // execMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type execMapSpecs struct {
-	Events *ebpf.MapSpec `ebpf:"events"`
-	Losses *ebpf.MapSpec `ebpf:"losses"`
+	Events  *ebpf.MapSpec `ebpf:"events"`
+	Execing *ebpf.MapSpec `ebpf:"execing"`
+	Losses  *ebpf.MapSpec `ebpf:"losses"`
 }
 
 // execVariableSpecs contains global variables before they are loaded into the kernel.
@@ -135,13 +151,15 @@ func (o *execObjects) Close() error {
 //
 // It can be passed to loadExecObjects or ebpf.CollectionSpec.LoadAndAssign.
 type execMaps struct {
-	Events *ebpf.Map `ebpf:"events"`
-	Losses *ebpf.Map `ebpf:"losses"`
+	Events  *ebpf.Map `ebpf:"events"`
+	Execing *ebpf.Map `ebpf:"execing"`
+	Losses  *ebpf.Map `ebpf:"losses"`
 }
 
 func (m *execMaps) Close() error {
 	return _ExecClose(
 		m.Events,
+		m.Execing,
 		m.Losses,
 	)
 }
@@ -158,14 +176,22 @@ type execVariables struct {
 //
 // It can be passed to loadExecObjects or ebpf.CollectionSpec.LoadAndAssign.
 type execPrograms struct {
-	ExecExec *ebpf.Program `ebpf:"exec_exec"`
-	ExecExit *ebpf.Program `ebpf:"exec_exit"`
+	ExecEnterExecve   *ebpf.Program `ebpf:"exec_enter_execve"`
+	ExecEnterExecveat *ebpf.Program `ebpf:"exec_enter_execveat"`
+	ExecExec          *ebpf.Program `ebpf:"exec_exec"`
+	ExecExit          *ebpf.Program `ebpf:"exec_exit"`
+	ExecExitExecve    *ebpf.Program `ebpf:"exec_exit_execve"`
+	ExecExitExecveat  *ebpf.Program `ebpf:"exec_exit_execveat"`
 }
 
 func (p *execPrograms) Close() error {
 	return _ExecClose(
+		p.ExecEnterExecve,
+		p.ExecEnterExecveat,
 		p.ExecExec,
 		p.ExecExit,
+		p.ExecExitExecve,
+		p.ExecExitExecveat,
 	)
 }
 

@@ -3,10 +3,13 @@ package probes
 import (
 	"os"
 	"os/exec"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/whyslow/whyslow/event"
 )
@@ -137,5 +140,63 @@ func TestExecLive(t *testing.T) {
 	}
 	if len(sink.losses) != 0 {
 		t.Errorf("losses %+v", sink.losses)
+	}
+}
+
+// Asked for failed execs, the probe reports an execve that fails with its
+// error, the caller as the task and what it asked to run; an exec that
+// runs is reported once, with Ret 0.
+func TestExecFailed(t *testing.T) {
+	schedRequireRoot(t)
+	sink := &schedProcSink{}
+	run, st := execProbe{}.Start(Config{ProcFS: "/proc", SysFS: "/sys", FailedExecs: true}, sink)
+	if run == nil {
+		t.Fatalf("start: %+v", st)
+	}
+	defer run.Stop()
+	if !strings.HasPrefix(st.Reason, "failed execs from the tracepoints") {
+		t.Fatalf("status %+v: the syscall tracepoints work on every kernel whyslow runs on", st)
+	}
+	noExec := filepath.Join(t.TempDir(), "not-executable")
+	if err := os.WriteFile(noExec, []byte("#!/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	const missing = "/nonexistent/whyslow-missing"
+	// "; true" keeps the shell from exec'ing the last command in its place.
+	script := missing + " one two; " + noExec + "; /bin/true three; true"
+	sh := exec.Command("/bin/sh", "-c", script)
+	if out, err := sh.CombinedOutput(); err != nil {
+		t.Fatalf("sh: %v: %s", err, out)
+	}
+	shPid := uint32(sh.Process.Pid)
+	find := func(file string, ret int32) event.Exec {
+		t.Helper()
+		e, ok := sink.waitFor(5*time.Second, func(e event.Event) bool {
+			x, ok := e.(event.Exec)
+			return ok && x.Filename == file && x.PPid == shPid && x.Ret == ret
+		})
+		if !ok {
+			t.Fatalf("no exec of %s by a child of sh %d with ret %d; got %+v", file, shPid, ret, sink.events)
+		}
+		return e.(event.Exec)
+	}
+	e := find(missing, -int32(unix.ENOENT))
+	if e.Task.Comm != "sh" || e.Task.Pid == shPid || e.ParentComm != "sh" || !reflect.DeepEqual(e.Args, []string{missing, "one", "two"}) || e.Forked != 0 {
+		t.Errorf("failed exec %+v: want sh's child, args [%s one two]", e, missing)
+	}
+	e = find(noExec, -int32(unix.EACCES))
+	if !reflect.DeepEqual(e.Args, []string{noExec}) {
+		t.Errorf("failed exec %+v: want args [%s]", e, noExec)
+	}
+	find("/bin/true", 0)
+	if err := run.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	sink.mu.Lock()
+	defer sink.mu.Unlock()
+	for _, ev := range sink.events {
+		if x, ok := ev.(event.Exec); ok && x.Filename == "/bin/true" && x.PPid == shPid && x.Ret != 0 {
+			t.Errorf("/bin/true ran but is reported failed: %+v", x)
+		}
 	}
 }

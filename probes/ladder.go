@@ -329,7 +329,7 @@ func (c hostCaps) precheck(mech event.Mechanism, funcs [][]string) string {
 		for _, cands := range funcs {
 			for _, f := range cands {
 				if c.FuncInBTF(f) {
-					if fentryDenied(c.kernel, f) {
+					if c.fentryDenied(f) {
 						return "load denied (EPERM)"
 					}
 					return ""
@@ -340,28 +340,52 @@ func (c hostCaps) precheck(mech event.Mechanism, funcs [][]string) string {
 	return ""
 }
 
-var fentryProbe struct {
-	sync.Mutex
-	done, denied bool
+// fentryDenied reports whether the kernel denies fentry programs: the
+// first load asked of c.fentry (the process's, by default), on fn, says.
+func (c hostCaps) fentryDenied(fn string) bool {
+	o, load := &processFentry, func() error { return loadNopFentry(c.kernel, fn) }
+	if c.fentry != nil {
+		o = c.fentry
+	}
+	if c.fentryLoad != nil {
+		load = func() error { return c.fentryLoad(fn) }
+	}
+	return o.denied(load)
 }
 
-// fentryDenied loads an fentry program that does nothing, on fn, once per
-// process, and reports whether the load was denied with EPERM.
-func fentryDenied(kernel *btf.Spec, fn string) bool {
-	fentryProbe.Lock()
-	defer fentryProbe.Unlock()
-	if !fentryProbe.done {
-		liftMemlock()
-		prog, err := ebpf.NewProgramWithOptions(&ebpf.ProgramSpec{
-			Type: ebpf.Tracing, AttachType: ebpf.AttachTraceFEntry, AttachTo: fn, License: "GPL",
-			Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
-		}, ebpf.ProgramOptions{KernelTypes: kernel})
-		if err == nil {
-			prog.Close()
-		}
-		fentryProbe.done, fentryProbe.denied = true, errors.Is(err, unix.EPERM)
+// fentryOnce keeps the answer of its first fentry load.
+type fentryOnce struct {
+	sync.Mutex
+	done, isDenied bool
+}
+
+// processFentry is asked once per process: the answer holds for every
+// probe and function.
+var processFentry fentryOnce
+
+// denied calls load the first time only, and reports whether it (then)
+// failed with EPERM.
+func (o *fentryOnce) denied(load func() error) bool {
+	o.Lock()
+	defer o.Unlock()
+	if !o.done {
+		o.done, o.isDenied = true, errors.Is(load(), unix.EPERM)
 	}
-	return fentryProbe.denied
+	return o.isDenied
+}
+
+// loadNopFentry loads an fentry program that does nothing, on fn, and
+// closes it.
+func loadNopFentry(kernel *btf.Spec, fn string) error {
+	liftMemlock()
+	prog, err := ebpf.NewProgramWithOptions(&ebpf.ProgramSpec{
+		Type: ebpf.Tracing, AttachType: ebpf.AttachTraceFEntry, AttachTo: fn, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
+	}, ebpf.ProgramOptions{KernelTypes: kernel})
+	if err == nil {
+		prog.Close()
+	}
+	return err
 }
 
 // hostCaps answers kernelCaps from the kernel BTF, <procfs>/kallsyms and
@@ -369,6 +393,10 @@ func fentryDenied(kernel *btf.Spec, fn string) bool {
 type hostCaps struct {
 	kernel        *btf.Spec
 	procfs, sysfs string
+	// fentry and fentryLoad, when set, replace the process's answer and
+	// the load of a program on fn that gives it (tests).
+	fentry     *fentryOnce
+	fentryLoad func(fn string) error
 }
 
 func newHostCaps(cfg Config, kernel *btf.Spec) hostCaps {

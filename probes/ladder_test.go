@@ -1,13 +1,17 @@
 package probes
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"golang.org/x/sys/unix"
 
 	"github.com/whyslow/whyslow/event"
@@ -290,4 +294,116 @@ func TestFromProbed(t *testing.T) {
 			}
 		})
 	}
+}
+
+// btfWithFuncs is a kernel BTF that describes the named functions only.
+func btfWithFuncs(t *testing.T, names ...string) *btf.Spec {
+	t.Helper()
+	var types []btf.Type
+	for _, n := range names {
+		types = append(types, &btf.Func{Name: n, Type: &btf.FuncProto{Return: (*btf.Void)(nil)}, Linkage: btf.GlobalFunc})
+	}
+	b, err := btf.NewBuilder(types, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := b.Marshal(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec, err := btf.LoadSpecFromReader(bytes.NewReader(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return spec
+}
+
+// The reasons a host gives before loading anything, from the kernel's
+// answers injected: kprobes need a kprobe PMU (or kprobe_events); fentry is
+// denied when the first fentry load of the process, on the first candidate
+// the BTF has, fails with EPERM. This host (6.18, no CONFIG_KPROBES, fentry
+// refused) gives exactly the two reasons below.
+func TestHostCapsPrecheck(t *testing.T) {
+	const noPMU, denied = "CONFIG_KPROBES not set (no kprobe PMU)", "load denied (EPERM)"
+	kernel := btfWithFuncs(t, "submit_bio_noacct", "__bio_queue_enter")
+	funcs := [][]string{{"generic_make_request", "submit_bio_noacct"}}
+	sysfs := func(files ...string) string {
+		dir := t.TempDir()
+		for _, f := range files {
+			p := filepath.Join(dir, f)
+			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(p, []byte("6\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return dir
+	}
+	tests := []struct {
+		name   string
+		mech   event.Mechanism
+		sysfs  string
+		load   error
+		funcs  [][]string
+		want   string
+		loaded []string // functions the fentry load was asked for
+	}{
+		{"kprobe without a kprobe PMU", event.MechKprobe, sysfs(), nil, funcs, noPMU, nil},
+		{"kprobe PMU", event.MechKprobe, sysfs("bus/event_source/devices/kprobe/type"), nil, funcs, "", nil},
+		{"tracefs kprobe_events", event.MechKprobe, sysfs("kernel/tracing/kprobe_events"), nil, funcs, "", nil},
+		{"debugfs kprobe_events", event.MechKprobe, sysfs("kernel/debug/tracing/kprobe_events"), nil, funcs, "", nil},
+		{"fentry denied", event.MechFentry, sysfs(), fmt.Errorf("load program: %w", unix.EPERM), funcs, denied, []string{"submit_bio_noacct"}},
+		{"fentry refused otherwise: the real load says why", event.MechFentry, sysfs(), fmt.Errorf("load program: %w", unix.EINVAL), funcs, "", []string{"submit_bio_noacct"}},
+		{"fentry loads", event.MechFentry, sysfs(), nil, funcs, "", []string{"submit_bio_noacct"}},
+		{"fentry, no candidate in BTF: resolving says why", event.MechFentry, sysfs(), unix.EPERM, [][]string{{"blk_queue_enter"}}, "", nil},
+		{"tp_btf", event.MechTPBTF, sysfs(), unix.EPERM, nil, "", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var loaded []string
+			c := hostCaps{kernel: kernel, procfs: t.TempDir(), sysfs: tt.sysfs, fentry: new(fentryOnce),
+				fentryLoad: func(fn string) error { loaded = append(loaded, fn); return tt.load }}
+			if got := c.precheck(tt.mech, tt.funcs); got != tt.want {
+				t.Errorf("precheck(%s) = %q, want %q", tt.mech, got, tt.want)
+			}
+			if !slices.Equal(loaded, tt.loaded) {
+				t.Errorf("fentry loads on %q, want %q", loaded, tt.loaded)
+			}
+		})
+	}
+
+	t.Run("one fentry load per process", func(t *testing.T) {
+		n := 0
+		c := hostCaps{kernel: kernel, sysfs: sysfs(), fentry: new(fentryOnce),
+			fentryLoad: func(string) error { n++; return unix.EPERM }}
+		for _, fs := range [][]string{{"submit_bio_noacct"}, {"__bio_queue_enter"}, {"submit_bio_noacct"}} {
+			if got := c.precheck(event.MechFentry, [][]string{fs}); got != denied {
+				t.Errorf("precheck on %v = %q, want %q", fs, got, denied)
+			}
+		}
+		if n != 1 {
+			t.Errorf("%d fentry loads, want 1", n)
+		}
+	})
+
+	// The whole ladder on such a host: both direct rungs skipped with
+	// these reasons, before any of their programs is loaded, and the
+	// inferred rung runs.
+	t.Run("ladder on this host", func(t *testing.T) {
+		c := hostCaps{kernel: kernel, procfs: t.TempDir(), sysfs: sysfs(), fentry: new(fentryOnce),
+			fentryLoad: func(string) error { return fmt.Errorf("load program: %w", unix.EPERM) }}
+		var tried []string
+		_, st := climb("submitfn", fakeStarts{}.ladder([]string{"submit_bio_noacct"}, &tried), c, "")
+		var skips []string
+		for _, s := range st.Skipped {
+			skips = append(skips, string(s.Mechanism)+": "+s.Reason)
+		}
+		if want := []string{"fentry: " + denied, "kprobe: " + noPMU}; st.Mechanism != event.MechTPBTF || !slices.Equal(skips, want) {
+			t.Errorf("runs on %q, skipped %q; want tp_btf, skipped %q", st.Mechanism, skips, want)
+		}
+		if !slices.Equal(tried, []string{"tp_btf"}) {
+			t.Errorf("started %q, want only tp_btf: the prechecks spare the loads", tried)
+		}
+	})
 }

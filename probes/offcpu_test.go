@@ -27,7 +27,7 @@ func offcpuLoopDevice(t testing.TB, size int64) string {
 	t.Helper()
 	scenario.Hold(t)
 	if _, err := exec.LookPath("losetup"); err != nil {
-		t.Skip("no losetup")
+		scenario.Skip(t, "no losetup")
 	}
 	f, err := os.Create(filepath.Join(t.TempDir(), "backing"))
 	if err != nil {
@@ -39,7 +39,7 @@ func offcpuLoopDevice(t testing.TB, size int64) string {
 	f.Close()
 	out, err := exec.Command("losetup", "--find", "--show", f.Name()).CombinedOutput()
 	if err != nil {
-		t.Skipf("losetup: %v: %s", err, out)
+		scenario.Skip(t, "losetup: %v: %s", err, out)
 	}
 	dev := strings.TrimSpace(string(out))
 	t.Cleanup(func() { exec.Command("losetup", "-d", dev).Run() })
@@ -205,11 +205,12 @@ func TestOffCPUQueueFreeze(t *testing.T) {
 }
 
 // TestOffCPUManyUserStacks runs the freeze scenario of
-// TestOffCPUQueueFreeze with a writer whose every write comes through a
-// different call path (2048 of them), as user stacks walked through code
-// without frame pointers look: nearly all distinct. Kernel stacks must not
-// be lost to them, and every user stack must still arrive whole and
-// symbolized.
+// TestOffCPUQueueFreeze with writers whose every write comes through a
+// different call path (offcpuWrites of them), as user stacks walked through
+// code without frame pointers look: all distinct. Kernel stacks must not be
+// lost to them, and every user stack must still arrive whole and
+// symbolized. The test ends when every path is written, however slow the
+// machine.
 func TestOffCPUManyUserStacks(t *testing.T) {
 	schedRequireRoot(t)
 	dev := offcpuLoopDevice(t, 64<<20)
@@ -229,7 +230,10 @@ func TestOffCPUManyUserStacks(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	script := fmt.Sprintf("while :; do echo %[2]s > %[1]s; echo %[3]s > %[1]s; done", schedPath, values[0], values[1])
+	// Two freezes, then a few milliseconds for the writes to get through:
+	// a queue frozen all the time lets an emulated machine write a few
+	// blocks a second.
+	script := fmt.Sprintf("while :; do echo %[2]s > %[1]s; echo %[3]s > %[1]s; sleep 0.005; done", schedPath, values[0], values[1])
 	sh := exec.CommandContext(ctx, "/bin/sh", "-c", script)
 	if err := sh.Start(); err != nil {
 		t.Fatal(err)
@@ -246,17 +250,16 @@ func TestOffCPUManyUserStacks(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unix.Munmap(buf)
-	// Writer threads share the paths; the queue is frozen most of the time,
-	// so they mostly wait together.
+	// Writer threads share the paths; while the queue is frozen they wait
+	// together.
 	const writers = 8
 	errs := make(chan error, writers)
-	var written atomic.Int64 // paths written: a slow (emulated) machine may not reach them all
+	var written atomic.Int64
 	for w := range uint(writers) {
 		go func() {
 			runtime.LockOSThread()
 			defer runtime.UnlockOSThread()
-			deadline := time.Now().Add(20 * time.Second)
-			for path := w; path < offcpuPaths && time.Now().Before(deadline); path += writers {
+			for path := w; path < offcpuWrites; path += writers {
 				if err := offcpuPathA(fd, buf, int64(path)*4096, path, offcpuPathBits); err != nil {
 					errs <- err
 					return
@@ -329,8 +332,8 @@ func TestOffCPUManyUserStacks(t *testing.T) {
 	}
 	t.Logf("%d writer spans (%d in queue enter), %d distinct user stacks, %d distinct kernel stacks", spans, frozen, len(distinct), len(kstacks.m))
 	// Every write is a D sleep; a few may be lost to a full ring buffer.
-	if n := written.Load(); n < offcpuPaths/8 || int64(len(distinct)) < n/2 {
-		t.Errorf("%d distinct user stacks of %d paths written (of %d)", len(distinct), n, offcpuPaths)
+	if n := written.Load(); n != offcpuWrites || int64(len(distinct)) < n/2 {
+		t.Errorf("%d distinct user stacks of %d paths written (of %d)", len(distinct), n, offcpuWrites)
 	}
 	if frozen == 0 {
 		t.Errorf("no writer span in queue enter: the freeze did not happen")
@@ -342,6 +345,8 @@ func TestOffCPUManyUserStacks(t *testing.T) {
 const (
 	offcpuPathBits = 11
 	offcpuPaths    = 1 << offcpuPathBits
+	// offcpuWrites are the paths TestOffCPUManyUserStacks writes, each once.
+	offcpuWrites = offcpuPaths / 4
 )
 
 var offcpuPathFuncs = []string{"github.com/whyslow/whyslow/probes.offcpuPathA", "github.com/whyslow/whyslow/probes.offcpuPathB"}

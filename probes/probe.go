@@ -51,6 +51,10 @@ type Config struct {
 	// Mechanism forces probes that offer several mechanisms onto one
 	// (--mechanism); the zero value lets each pick its best.
 	Mechanism MechanismChoice
+	// FailedExecs makes the exec probe also report execs that fail
+	// (event.Exec with Ret < 0), from the syscalls:sys_{enter,exit}_execve
+	// and execveat tracepoints, where they can be attached.
+	FailedExecs bool
 }
 
 // Probe is one source of events.

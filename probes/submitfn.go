@@ -14,14 +14,24 @@ import (
 
 // submitFnProbe times the bio submission function, submit_bio_noacct
 // (generic_make_request before 5.9), from entry to return, per device and
-// per process, on fentry/fexit or kprobe/kretprobe. Without either, the
-// submit probe's tracepoints (block_bio_queue to getrq/merge) measure the
-// part of it before request accounting.
+// per process, on fentry/fexit or kprobe/kretprobe. A call nested in
+// another (a stacked device such as bcache resubmitting to its lower
+// devices) is timed on its own device, until the per-bio submission
+// function (submitFnBioFuncs) returns for its bio. Without fentry or
+// kprobes, the submit probe's tracepoints (block_bio_queue to getrq/merge)
+// measure the part of it before request accounting.
 type submitFnProbe struct{}
 
 func init() { Register(submitFnProbe{}) }
 
 var submitFnFuncs = []string{"submit_bio_noacct", "generic_make_request"}
+
+// submitFnBioFuncs submit one bio of the thread's list, best first:
+// __submit_bio (6.x; inlined on 5.10) holds the queue-enter wait from 5.16
+// on; blk_mq_submit_bio is the request-based devices' part of it (on 5.10
+// the queue-enter wait comes just before it). Where neither is traceable,
+// nested calls are counted in the outer one only.
+var submitFnBioFuncs = []string{"__submit_bio", "blk_mq_submit_bio"}
 
 func (submitFnProbe) Name() string { return event.ProbeSubmitCall }
 
@@ -44,24 +54,40 @@ func (p submitFnProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus)
 }
 
 func (p submitFnProbe) rungs(cfg Config, kernel *btf.Spec, sink Sink) []rung {
+	caps := newHostCaps(cfg, kernel)
 	rs := directRungs([][]string{submitFnFuncs}, func(mech event.Mechanism, fns []string) (Running, error) {
-		return startSubmitFn(cfg, kernel, sink, mech, fns[0])
+		bioFn := ""
+		if fs, why := resolveFuncs(rung{funcs: [][]string{submitFnBioFuncs}}, caps); why == "" {
+			bioFn = fs[0]
+		}
+		return startSubmitFn(cfg, kernel, sink, mech, fns[0], bioFn)
 	})
 	return append(rs, inferredRung(kernel, "block_bio_queue", "measured by the submit probe instead (block_bio_queue to getrq/merge)"))
 }
 
-func submitFnPoints(mech event.Mechanism, fn string) ([]attachPoint, error) {
+// submitFnPoints are the programs on fn and, unless bioFn is "", those on
+// the per-bio function that time nested calls.
+func submitFnPoints(mech event.Mechanism, fn, bioFn string) ([]attachPoint, error) {
+	var out []attachPoint
 	switch mech {
 	case event.MechFentry:
-		return []attachPoint{{prog: "sf_fentry", fn: fn, tracer: true}, {prog: "sf_fexit", fn: fn, tracer: true}}, nil
+		out = []attachPoint{{prog: "sf_fentry", fn: fn, tracer: true}, {prog: "sf_fexit", fn: fn, tracer: true}}
+		if bioFn != "" {
+			out = append(out, attachPoint{prog: "sf_bio_fexit", fn: bioFn, tracer: true})
+		}
 	case event.MechKprobe:
-		return []attachPoint{{prog: "sf_kprobe", fn: fn}, {prog: "sf_kretprobe", fn: fn, ret: true}}, nil
+		out = []attachPoint{{prog: "sf_kprobe", fn: fn}, {prog: "sf_kretprobe", fn: fn, ret: true}}
+		if bioFn != "" {
+			out = append(out, attachPoint{prog: "sf_bio_kprobe", fn: bioFn}, attachPoint{prog: "sf_bio_kretprobe", fn: bioFn, ret: true})
+		}
+	default:
+		return nil, fmt.Errorf("submit call: no %s programs", mech)
 	}
-	return nil, fmt.Errorf("submit call: no %s programs", mech)
+	return out, nil
 }
 
-func startSubmitFn(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism, fn string) (Running, error) {
-	points, err := submitFnPoints(mech, fn)
+func startSubmitFn(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism, fn, bioFn string) (Running, error) {
+	points, err := submitFnPoints(mech, fn, bioFn)
 	if err != nil {
 		return nil, loadErr(err)
 	}
@@ -88,6 +114,10 @@ func startSubmitFn(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism
 	r, err := startDirect(event.ProbeSubmitCall, spec, kernel, points, sink, handle)
 	if err != nil {
 		return nil, err
+	}
+	r.funcs = []string{fn}
+	if bioFn != "" {
+		r.funcs = append(r.funcs, bioFn)
 	}
 	r.beforeClose = func(coll *ebpf.Collection) error {
 		hs, names, err := devHists(coll.Maps["dev_hist"], coll.Maps["dev_hist_spill"], coll.Maps["dev_names"])

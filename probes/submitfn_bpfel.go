@@ -44,31 +44,45 @@ type submitfnSfEvent struct {
 	DiskName  [32]int8
 }
 
+type submitfnSfNested struct {
+	_    structs.HostLayout
+	Ns   uint64
+	Disk uint64
+	Dev  uint32
+	Tid  uint32
+}
+
 type submitfnSfStart struct {
 	_     structs.HostLayout
 	Ns    uint64
 	Disk  uint64
 	Dev   uint32
 	Depth uint32
+	Mark  uint64
+	Bio   uint64
 }
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	submitfnMapDevHist      = "dev_hist"
-	submitfnMapDevHistSpill = "dev_hist_spill"
-	submitfnMapDevHistZero  = "dev_hist_zero"
-	submitfnMapDevNames     = "dev_names"
-	submitfnMapEvents       = "events"
-	submitfnMapLosses       = "losses"
-	submitfnMapSubmitting   = "submitting"
-	submitfnProgSfFentry    = "sf_fentry"
-	submitfnProgSfFexit     = "sf_fexit"
-	submitfnProgSfKprobe    = "sf_kprobe"
-	submitfnProgSfKretprobe = "sf_kretprobe"
-	submitfnVarMinLatencyNs = "min_latency_ns"
-	submitfnVarSfEventType  = "sf_event_type"
+	submitfnMapDevHist         = "dev_hist"
+	submitfnMapDevHistSpill    = "dev_hist_spill"
+	submitfnMapDevHistZero     = "dev_hist_zero"
+	submitfnMapDevNames        = "dev_names"
+	submitfnMapEvents          = "events"
+	submitfnMapLosses          = "losses"
+	submitfnMapNested          = "nested"
+	submitfnMapSubmitting      = "submitting"
+	submitfnProgSfBioFexit     = "sf_bio_fexit"
+	submitfnProgSfBioKprobe    = "sf_bio_kprobe"
+	submitfnProgSfBioKretprobe = "sf_bio_kretprobe"
+	submitfnProgSfFentry       = "sf_fentry"
+	submitfnProgSfFexit        = "sf_fexit"
+	submitfnProgSfKprobe       = "sf_kprobe"
+	submitfnProgSfKretprobe    = "sf_kretprobe"
+	submitfnVarMinLatencyNs    = "min_latency_ns"
+	submitfnVarSfEventType     = "sf_event_type"
 )
 
 // loadSubmitfn returns the embedded CollectionSpec for submitfn.
@@ -113,10 +127,13 @@ type submitfnSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type submitfnProgramSpecs struct {
-	SfFentry    *ebpf.ProgramSpec `ebpf:"sf_fentry"`
-	SfFexit     *ebpf.ProgramSpec `ebpf:"sf_fexit"`
-	SfKprobe    *ebpf.ProgramSpec `ebpf:"sf_kprobe"`
-	SfKretprobe *ebpf.ProgramSpec `ebpf:"sf_kretprobe"`
+	SfBioFexit     *ebpf.ProgramSpec `ebpf:"sf_bio_fexit"`
+	SfBioKprobe    *ebpf.ProgramSpec `ebpf:"sf_bio_kprobe"`
+	SfBioKretprobe *ebpf.ProgramSpec `ebpf:"sf_bio_kretprobe"`
+	SfFentry       *ebpf.ProgramSpec `ebpf:"sf_fentry"`
+	SfFexit        *ebpf.ProgramSpec `ebpf:"sf_fexit"`
+	SfKprobe       *ebpf.ProgramSpec `ebpf:"sf_kprobe"`
+	SfKretprobe    *ebpf.ProgramSpec `ebpf:"sf_kretprobe"`
 }
 
 // submitfnMapSpecs contains maps before they are loaded into the kernel.
@@ -129,6 +146,7 @@ type submitfnMapSpecs struct {
 	DevNames     *ebpf.MapSpec `ebpf:"dev_names"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	Losses       *ebpf.MapSpec `ebpf:"losses"`
+	Nested       *ebpf.MapSpec `ebpf:"nested"`
 	Submitting   *ebpf.MapSpec `ebpf:"submitting"`
 }
 
@@ -166,6 +184,7 @@ type submitfnMaps struct {
 	DevNames     *ebpf.Map `ebpf:"dev_names"`
 	Events       *ebpf.Map `ebpf:"events"`
 	Losses       *ebpf.Map `ebpf:"losses"`
+	Nested       *ebpf.Map `ebpf:"nested"`
 	Submitting   *ebpf.Map `ebpf:"submitting"`
 }
 
@@ -177,6 +196,7 @@ func (m *submitfnMaps) Close() error {
 		m.DevNames,
 		m.Events,
 		m.Losses,
+		m.Nested,
 		m.Submitting,
 	)
 }
@@ -193,14 +213,20 @@ type submitfnVariables struct {
 //
 // It can be passed to loadSubmitfnObjects or ebpf.CollectionSpec.LoadAndAssign.
 type submitfnPrograms struct {
-	SfFentry    *ebpf.Program `ebpf:"sf_fentry"`
-	SfFexit     *ebpf.Program `ebpf:"sf_fexit"`
-	SfKprobe    *ebpf.Program `ebpf:"sf_kprobe"`
-	SfKretprobe *ebpf.Program `ebpf:"sf_kretprobe"`
+	SfBioFexit     *ebpf.Program `ebpf:"sf_bio_fexit"`
+	SfBioKprobe    *ebpf.Program `ebpf:"sf_bio_kprobe"`
+	SfBioKretprobe *ebpf.Program `ebpf:"sf_bio_kretprobe"`
+	SfFentry       *ebpf.Program `ebpf:"sf_fentry"`
+	SfFexit        *ebpf.Program `ebpf:"sf_fexit"`
+	SfKprobe       *ebpf.Program `ebpf:"sf_kprobe"`
+	SfKretprobe    *ebpf.Program `ebpf:"sf_kretprobe"`
 }
 
 func (p *submitfnPrograms) Close() error {
 	return _SubmitfnClose(
+		p.SfBioFexit,
+		p.SfBioKprobe,
+		p.SfBioKretprobe,
 		p.SfFentry,
 		p.SfFexit,
 		p.SfKprobe,

@@ -9,6 +9,7 @@ import (
 
 	"github.com/whyslow/whyslow/event"
 	"github.com/whyslow/whyslow/hist"
+	"github.com/whyslow/whyslow/internal/scenario"
 )
 
 // schedProcSink records what the offcpu, exec and uevent probes deliver.
@@ -58,10 +59,10 @@ func (s *schedProcSink) waitFor(d time.Duration, match func(event.Event) bool) (
 func schedRequireRoot(t *testing.T) {
 	t.Helper()
 	if testing.Short() {
-		t.Skip("needs root and a live kernel (-short)")
+		scenario.Skip(t, "needs root and a live kernel (-short)")
 	}
 	if os.Geteuid() != 0 {
-		t.Skip("needs root")
+		scenario.Skip(t, "needs root")
 	}
 }
 
@@ -130,7 +131,7 @@ func TestUeventLive(t *testing.T) {
 	schedRequireRoot(t)
 	const path = "/sys/block/loop0/uevent"
 	if _, err := os.Stat(path); err != nil {
-		t.Skip("no loop0:", err)
+		scenario.Skip(t, "no loop0: %v", err)
 	}
 	sink := &schedProcSink{}
 	r, st := ueventProbe{}.Start(Config{ProcFS: "/proc", SysFS: "/sys"}, sink)

@@ -512,3 +512,58 @@ explains: slow-device
 		t.Errorf("sda chain %v; loop0 orphan %v", stepsOf(fs[0]), fs[1].Devices)
 	}
 }
+
+// A device stacked on a frozen one (bcache0 on sda): its submissions that
+// were slow while sda's queue was frozen, timed on bcache0 itself, are
+// counted in the finding and named in its explanation; a slow one outside
+// the freezes is not. Without such measurements the explanation says only
+// that bcache0 is stacked there.
+func TestStackedDeviceStalls(t *testing.T) {
+	bcache0 := event.Device{Major: 252, Minor: 0, Name: "bcache0"}
+	build := func(calls bool) []Finding {
+		s := newScenario().fast(sda).udevChain(sda)
+		s.tl.Holders = []event.Holder{{Upper: "bcache0", Lower: "sda"}}
+		s.tl.Device(bcache0)
+		if calls {
+			for i := range 10 {
+				ms := 1000 + float64(i)*2000 + 50 // udevChain freezes at +50: the wait from +51 to +71
+				s.tl.Add(event.SubmitCall{Start: at(ms + 4), Latency: msd(18 - float64(i%2)), Task: fio, Dev: bcache0,
+					Func: "submit_bio_noacct", Mechanism: event.MechFentry})
+			}
+			// Slow, but long before any freeze.
+			s.tl.Add(event.SubmitCall{Start: at(300), Latency: msd(40), Task: fio, Dev: bcache0,
+				Func: "submit_bio_noacct", Mechanism: event.MechFentry})
+		}
+		return evaluate(t, defaults(t), s.run())
+	}
+	ev := func(f Finding, name string) any {
+		for _, e := range f.Evidence {
+			if e.Name == name {
+				return e.Value
+			}
+		}
+		t.Fatalf("no evidence %s in %+v", name, f.Evidence)
+		return nil
+	}
+	fs := build(true)
+	if len(fs) == 0 || fs[0].Rule != "queue-freeze-stall" || !slices.Equal(fs[0].Devices, []string{"sda"}) {
+		t.Fatalf("findings %v, want the freeze stall on sda first", rulesOf(fs))
+	}
+	f := fs[0]
+	if n, max, devs := ev(f, "upper_stalls"), ev(f, "upper_stall_max_ms"), ev(f, "upper_stalled"); n != 10 || max != 18.0 ||
+		!slices.Equal(devs.([]string), []string{"bcache0"}) {
+		t.Errorf("upper stalls %v, max %v, on %v; want 10, 18 ms, bcache0", n, max, devs)
+	}
+	if want := "10 submissions to bcache0, stacked on sda, stalled meanwhile, up to 18 ms."; !strings.Contains(f.Explanation, want) {
+		t.Errorf("explanation lacks %q:\n%s", want, f.Explanation)
+	}
+
+	f = build(false)[0]
+	if n := ev(f, "upper_stalls"); n != 0 {
+		t.Errorf("upper stalls %v without any measured on bcache0", n)
+	}
+	if want := "bcache0 is stacked on sda: I/O submitted to bcache0 can wait here too."; !strings.Contains(f.Explanation, want) ||
+		strings.Contains(f.Explanation, "submissions to bcache0") {
+		t.Errorf("explanation without measurements on bcache0 lacks %q:\n%s", want, f.Explanation)
+	}
+}

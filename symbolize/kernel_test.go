@@ -78,8 +78,8 @@ func TestParseKallsymsErrors(t *testing.T) {
 
 // TestLoadKernelLive reads the running kernel's symbols (needs root).
 func TestLoadKernelLive(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("kallsyms addresses need root")
+	if os.Geteuid() != 0 || testing.Short() {
+		t.Skip("kallsyms addresses need root (and no -short)")
 	}
 	k, err := LoadKernel("/proc")
 	if err != nil {

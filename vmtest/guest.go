@@ -10,9 +10,6 @@ import (
 type Step struct {
 	Name string // a file-name-safe label, e.g. "probes-test"
 	Cmd  string // a busybox sh command line
-	// Informational steps report what the kernel offers; their exit code
-	// does not fail the run.
-	Informational bool
 }
 
 // Markers the guest prints on its console and the host looks for.
@@ -21,6 +18,8 @@ const (
 	markBegin  = "VMTEST-STEP-BEGIN"
 	markEnd    = "VMTEST-STEP-END"
 	markDone   = "VMTEST-DONE"
+	// markInsmod, with the module's path, says a module failed to load.
+	markInsmod = "VMTEST-INSMOD-FAILED"
 )
 
 // ResultsSerial is the virtio serial of the disk the guest writes its
@@ -55,7 +54,7 @@ ip link set lo up
 hostname vmtest
 `)
 	for _, m := range modules {
-		fmt.Fprintf(&b, "insmod %s || echo 'vmtest: insmod %s failed'\n", m, m)
+		fmt.Fprintf(&b, "insmod %s || echo '%s %s'\n", m, markInsmod, m)
 	}
 	for _, e := range env {
 		fmt.Fprintf(&b, "export %s\n", shellQuoteAssign(e))

@@ -17,10 +17,15 @@ import (
 	"time"
 )
 
-// Kernel is one kernel of the matrix: a Debian suite's cloud kernel.
+// Kernel is one kernel of the matrix: a Debian suite's cloud kernel, or a
+// kernel from elsewhere put in the cache by hand.
 type Kernel struct {
 	Name  string // short name used on the command line, e.g. "6.1"
-	Suite string // the Debian suite that ships it
+	Suite string // the Debian suite that ships it; "" for a kernel from elsewhere
+	// Release is, for a kernel from elsewhere, its uname -r: Fetch then uses
+	// the tree <cache>/kernels/<Release>/ as it is (boot/vmlinuz-<Release>,
+	// with BTF, and lib/modules/<Release>/ with modules.dep) and runs no apt.
+	Release string
 }
 
 // Matrix is the kernels `make vmtest` runs, oldest first.
@@ -106,8 +111,12 @@ type Fetcher struct {
 }
 
 // Fetch returns kernel k unpacked, downloading it when the cache lacks the
-// suite's current version.
+// suite's current version. A kernel from elsewhere (k.Release) must be in
+// the cache already.
 func (f *Fetcher) Fetch(ctx context.Context, k Kernel) (*Unpacked, error) {
+	if k.Release != "" {
+		return f.cached(k)
+	}
 	a := apt{dir: filepath.Join(f.Cache, "apt")}
 	if err := f.updateLists(ctx, a); err != nil {
 		return nil, err
@@ -163,6 +172,18 @@ func (f *Fetcher) Fetch(ctx context.Context, k Kernel) (*Unpacked, error) {
 	return u, nil
 }
 
+// cached returns a kernel from elsewhere from the cache, as it is there.
+func (f *Fetcher) cached(k Kernel) (*Unpacked, error) {
+	root := filepath.Join(f.Cache, "kernels", k.Release)
+	u := &Unpacked{Release: k.Release, Root: root, Vmlinuz: filepath.Join(root, "boot", "vmlinuz-"+k.Release)}
+	for _, p := range []string{u.Vmlinuz, filepath.Join(root, "lib", "modules", k.Release, "modules.dep")} {
+		if _, err := os.Stat(p); err != nil {
+			return nil, fmt.Errorf("kernel %s (from elsewhere): %w: put its vmlinuz and its modules (depmod -b %s %s) under %s", k.Name, err, root, k.Release, root)
+		}
+	}
+	return u, nil
+}
+
 // updateLists writes the private sources list and runs apt-get update when
 // the lists are missing or older than MaxAge.
 func (f *Fetcher) updateLists(ctx context.Context, a apt) error {
@@ -173,7 +194,9 @@ func (f *Fetcher) updateLists(ctx context.Context, a apt) error {
 	}
 	var sources strings.Builder
 	for _, k := range Matrix {
-		fmt.Fprintf(&sources, "deb [signed-by=%s] %s %s main\n", f.Keyring, f.Mirror, k.Suite)
+		if k.Suite != "" {
+			fmt.Fprintf(&sources, "deb [signed-by=%s] %s %s main\n", f.Keyring, f.Mirror, k.Suite)
+		}
 	}
 	path := filepath.Join(a.dir, "sources.list")
 	old, _ := os.ReadFile(path)

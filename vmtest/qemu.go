@@ -45,11 +45,13 @@ type StepResult struct {
 
 // Boot is what a guest run left behind.
 type Boot struct {
-	Release  string // uname -r in the guest; empty if it never booted
-	Steps    []StepResult
-	Done     bool // the guest reached its power-off
-	TimedOut bool
-	Console  []byte
+	Release string // uname -r in the guest; empty if it never booted
+	Steps   []StepResult
+	Done    bool // the guest reached its power-off
+	// InsmodFailed are the modules the guest could not load.
+	InsmodFailed []string
+	TimedOut     bool
+	Console      []byte
 }
 
 // Run boots m and waits for the guest to power off or the timeout.
@@ -136,6 +138,10 @@ func parseConsole(console []byte) *Boot {
 			}
 		case markDone:
 			b.Done = true
+		case markInsmod:
+			if len(f) > 1 {
+				b.InsmodFailed = append(b.InsmodFailed, f[1])
+			}
 		}
 	}
 	return b

@@ -16,7 +16,7 @@ import (
 type Config struct {
 	Repo    string // the whyslow checkout
 	Cache   string // kernels and apt state, kept between runs
-	Out     string // results: Out/<kernel>/ (console.log, step logs, probes.json)
+	Out     string // results: Out/<kernel>/ (console.log, step logs, probes.json and probes.txt)
 	Fetcher *Fetcher
 	Timeout time.Duration // per kernel
 	Console io.Writer     // the guests' consoles, or nil
@@ -74,10 +74,9 @@ type Selection struct {
 
 // defaultE2E are the end-to-end tests that need a kernel of the matrix (the
 // bcache incident on the virtio disks) or that must hold on every kernel
-// (each rung of the ladder, the live trace commands on the direct probes);
-// the loop-device story runs on the host in
-// make test.
-const defaultE2E = "TestBcache|TestMechanism|TestTrace"
+// (each rung of the ladder, `whyslow probes`, the live trace commands on
+// the direct probes); the loop-device story runs on the host in make test.
+const defaultE2E = "TestBcache|TestMechanism|TestTrace|TestProbesCommand"
 
 // guestSteps are what runs in every kernel, in order.
 func guestSteps(sel Selection) []Step {
@@ -90,9 +89,8 @@ func guestSteps(sel Selection) []Step {
 		probes = " -test.run '" + sel.ProbesRun + "'"
 	}
 	return []Step{
-		{Name: "probes", Cmd: "whyslow probes --format json > /results/probes.json; whyslow probes", Informational: true},
-		{Name: "probes-test", Cmd: "probes.test -test.v -test.count=1 -test.timeout=20m" + probes},
-		{Name: "e2e-test", Cmd: "e2e.test -test.v -test.count=1 -test.timeout=20m -test.run '" + e2e + "'"},
+		{Name: "probes-test", Cmd: "probes.test -test.v -test.count=1 -test.timeout=10m" + probes},
+		{Name: "e2e-test", Cmd: "e2e.test -test.v -test.count=1 -test.timeout=10m -test.run '" + e2e + "'"},
 	}
 }
 
@@ -244,6 +242,11 @@ func (c *Config) judge(res KernelResult, u *Unpacked) KernelResult {
 	case !b.Done:
 		res.Err = fmt.Errorf("guest %s stopped before the end of its steps (see %s)", u.Release, filepath.Join(res.Dir, "console.log"))
 		return res
+	case len(b.InsmodFailed) > 0:
+		// The tests would skip or fail for want of the module (bcache):
+		// the run tests less than it says.
+		res.Err = fmt.Errorf("guest %s could not load %s (see %s)", u.Release, strings.Join(b.InsmodFailed, ", "), filepath.Join(res.Dir, "console.log"))
+		return res
 	}
 	var failed []string
 	for _, s := range guestSteps(c.Select) {
@@ -253,14 +256,55 @@ func (c *Config) judge(res KernelResult, u *Unpacked) KernelResult {
 				code = r.Code
 			}
 		}
-		if code != 0 && !s.Informational {
+		if code != 0 {
 			failed = append(failed, fmt.Sprintf("%s (exit %d, %s)", s.Name, code, filepath.Join(res.Dir, s.Name+".log")))
+			continue
+		}
+		// Everything the tests need is in the guest: a test that skipped
+		// there did not run where it must.
+		log, _ := os.ReadFile(filepath.Join(res.Dir, s.Name+".log"))
+		if skips := forbiddenSkips(log); len(skips) > 0 {
+			failed = append(failed, fmt.Sprintf("%s (skipped %s, %s)", s.Name, strings.Join(skips, ", "), filepath.Join(res.Dir, s.Name+".log")))
 		}
 	}
 	if len(failed) > 0 {
 		res.Err = fmt.Errorf("%s: failed: %s", u.Release, strings.Join(failed, "; "))
 	}
 	return res
+}
+
+// allowedSkip is what the reason of a test allowed to skip in the guest
+// says: a variant for a kernel function this kernel does not have
+// (TestDirectProgramsLoadOnEveryFunction tries every candidate of every
+// kernel).
+const allowedSkip = "not on this kernel"
+
+// forbiddenSkips returns the tests a `go test -v` log shows skipped, except
+// those whose reason says allowedSkip. go test -v streams a test's log
+// lines after its "=== RUN" (or "=== CONT") line, and prints "--- SKIP"
+// when it ends.
+func forbiddenSkips(log []byte) []string {
+	logs := map[string][]string{}
+	var out []string
+	cur := ""
+	for _, l := range strings.Split(strings.ReplaceAll(string(log), "\r", ""), "\n") {
+		t := strings.TrimSpace(l)
+		if f := strings.Fields(t); len(f) == 3 && (f[0]+" "+f[1] == "=== RUN" || f[0]+" "+f[1] == "=== CONT") {
+			cur = f[2]
+			continue
+		}
+		if name, ok := strings.CutPrefix(t, "--- SKIP: "); ok {
+			name, _, _ = strings.Cut(name, " (")
+			if !strings.Contains(strings.Join(logs[name], "\n"), allowedSkip) {
+				out = append(out, name)
+			}
+			continue
+		}
+		if cur != "" && strings.HasPrefix(l, "    ") {
+			logs[cur] = append(logs[cur], t)
+		}
+	}
+	return out
 }
 
 // FailureSummary picks out of a failed run's logs what says why: the test

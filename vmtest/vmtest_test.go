@@ -2,6 +2,7 @@ package vmtest
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -102,15 +103,15 @@ func TestParseImageDep(t *testing.T) {
 		k    Kernel
 		want string
 	}{
-		{Kernel{"6.1", "bookworm"}, "linux-image-6.1.0-50-cloud-amd64"},
-		{Kernel{"6.12", "trixie"}, "linux-image-6.12.117+deb13-cloud-amd64"},
+		{Kernel{Name: "6.1", Suite: "bookworm"}, "linux-image-6.1.0-50-cloud-amd64"},
+		{Kernel{Name: "6.12", Suite: "trixie"}, "linux-image-6.12.117+deb13-cloud-amd64"},
 	} {
 		got, err := parseImageDep([]byte(show), tt.k)
 		if err != nil || got != tt.want {
 			t.Errorf("%s: %q, %v; want %q", tt.k.Name, got, err, tt.want)
 		}
 	}
-	if _, err := parseImageDep([]byte(show), Kernel{"5.10", "bullseye"}); err == nil || !strings.Contains(err.Error(), "5.10") {
+	if _, err := parseImageDep([]byte(show), Kernel{Name: "5.10", Suite: "bullseye"}); err == nil || !strings.Contains(err.Error(), "5.10") {
 		t.Errorf("no 5.10 image: err = %v", err)
 	}
 }
@@ -146,25 +147,29 @@ func TestParseConsole(t *testing.T) {
 	if !parseConsole([]byte("VMTEST-DONE\n")).Done {
 		t.Error("VMTEST-DONE not seen")
 	}
+	if got := parseConsole([]byte("VMTEST-INSMOD-FAILED /lib/modules/x/bcache.ko\r\n")).InsmodFailed; len(got) != 1 || got[0] != "/lib/modules/x/bcache.ko" {
+		t.Errorf("failed insmod: %q", got)
+	}
 }
 
 // judge fails every way a guest run can go wrong.
 func TestJudge(t *testing.T) {
 	u := &Unpacked{Release: "6.1.0-50-cloud-amd64"}
 	c := &Config{Timeout: 1}
-	ok := []StepResult{{"probes", 1}, {"probes-test", 0}, {"e2e-test", 0}}
+	ok := []StepResult{{"probes-test", 0}, {"e2e-test", 0}}
 	tests := []struct {
 		name string
 		boot Boot
 		want string // "" = passes
 	}{
-		{"pass (informational step may fail)", Boot{Release: u.Release, Done: true, Steps: ok}, ""},
+		{"pass", Boot{Release: u.Release, Done: true, Steps: ok}, ""},
 		{"hung", Boot{Release: u.Release, TimedOut: true}, "hung"},
 		{"never booted", Boot{}, "never reached /init"},
 		{"wrong kernel", Boot{Release: "5.10.0-32-cloud-amd64", Done: true}, "guest runs 5.10"},
 		{"stopped early", Boot{Release: u.Release, Steps: ok}, "stopped before the end"},
-		{"step failed", Boot{Release: u.Release, Done: true, Steps: []StepResult{{"probes", 0}, {"probes-test", 1}, {"e2e-test", 0}}}, "probes-test (exit 1"},
-		{"step missing", Boot{Release: u.Release, Done: true, Steps: []StepResult{{"probes", 0}, {"probes-test", 0}}}, "e2e-test (exit -1"},
+		{"step failed", Boot{Release: u.Release, Done: true, Steps: []StepResult{{"probes-test", 1}, {"e2e-test", 0}}}, "probes-test (exit 1"},
+		{"step missing", Boot{Release: u.Release, Done: true, Steps: []StepResult{{"probes-test", 0}}}, "e2e-test (exit -1"},
+		{"module not loaded", Boot{Release: u.Release, Done: true, Steps: ok, InsmodFailed: []string{"/lib/modules/x/bcache.ko"}}, "could not load /lib/modules/x/bcache.ko"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -180,10 +185,47 @@ func TestJudge(t *testing.T) {
 	}
 }
 
+// A test that skipped in the guest fails the kernel, unless it skipped a
+// kernel function this kernel does not have.
+func TestJudgeFailsSkips(t *testing.T) {
+	u := &Unpacked{Release: "6.1.0-50-cloud-amd64"}
+	c := &Config{Timeout: 1}
+	ok := []StepResult{{"probes-test", 0}, {"e2e-test", 0}}
+	allowed := "=== RUN   TestDirect\n=== RUN   TestDirect/fentry/blk_queue_enter\n" +
+		"    direct_test.go:126: not on this kernel: function blk_queue_enter not in BTF\n" +
+		"--- PASS: TestDirect (0.01s)\n    --- SKIP: TestDirect/fentry/blk_queue_enter (0.00s)\nPASS\n"
+	bcache := "=== RUN   TestBcacheIncident\n    bcache_test.go:33: needs the disks\n--- SKIP: TestBcacheIncident (0.00s)\n" +
+		"=== RUN   TestMechanismOverride\n=== RUN   TestMechanismOverride/kprobe\n    mechanism_test.go:9: no kprobes\n" +
+		"--- PASS: TestMechanismOverride (3.00s)\n    --- SKIP: TestMechanismOverride/kprobe (0.00s)\nPASS\n"
+	for _, tt := range []struct {
+		name, probes, e2e, want string
+	}{
+		{"no skips", "--- PASS: TestA (0.00s)\n", "--- PASS: TestB (0.00s)\n", ""},
+		{"function absent on this kernel", allowed, "", ""},
+		{"skipped where it must run", allowed, bcache, "e2e-test (skipped TestBcacheIncident, TestMechanismOverride/kprobe"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			for name, log := range map[string]string{"probes-test": tt.probes, "e2e-test": tt.e2e} {
+				if err := os.WriteFile(filepath.Join(dir, name+".log"), []byte(log), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			r := c.judge(KernelResult{Boot: &Boot{Release: u.Release, Done: true, Steps: ok}, Dir: dir}, u)
+			switch {
+			case tt.want == "" && r.Err != nil:
+				t.Errorf("failed: %v", r.Err)
+			case tt.want != "" && (r.Err == nil || !strings.Contains(r.Err.Error(), tt.want)):
+				t.Errorf("err = %v, want %q", r.Err, tt.want)
+			}
+		})
+	}
+}
+
 func TestInitScript(t *testing.T) {
 	s := initScript([]string{"/lib/modules/x/loop.ko"}, []string{"A=it's"}, []Step{{Name: "one", Cmd: "echo hi"}})
 	for _, want := range []string{
-		"insmod /lib/modules/x/loop.ko",
+		"insmod /lib/modules/x/loop.ko || echo 'VMTEST-INSMOD-FAILED /lib/modules/x/loop.ko'",
 		`export A='it'\''s'`,
 		"echo 'VMTEST-STEP-BEGIN one'",
 		"( echo hi ; echo $? > /results/one.rc ) 2>&1 | tee /results/one.log",
@@ -243,5 +285,35 @@ func TestProgressWriter(t *testing.T) {
 	p.Write([]byte(" (2s)\n"))
 	if !strings.HasSuffix(out.String(), "> --- FAIL: TestY (2s)\n") {
 		t.Errorf("a line split across writes: %q", out.String())
+	}
+}
+
+// A kernel from elsewhere is taken from the cache as it is: no apt runs (the
+// mirror here does not exist), and a missing tree says where to put it.
+func TestFetchKernelFromElsewhere(t *testing.T) {
+	cache := t.TempDir()
+	k := Kernel{Name: "custom", Release: "6.6.6-custom"}
+	f := &Fetcher{Cache: cache, Mirror: "http://nowhere.invalid/debian", Log: t.Logf}
+	if _, err := f.Fetch(context.Background(), k); err == nil || !strings.Contains(err.Error(), filepath.Join(cache, "kernels", k.Release)) {
+		t.Errorf("no tree: err = %v, want it to name the directory", err)
+	}
+	root := filepath.Join(cache, "kernels", k.Release)
+	for _, p := range []string{"boot/vmlinuz-" + k.Release, "lib/modules/" + k.Release + "/modules.dep"} {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(root, p)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, p), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	u, err := f.Fetch(context.Background(), k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.Release != k.Release || u.Vmlinuz != filepath.Join(root, "boot", "vmlinuz-"+k.Release) || u.Root != root {
+		t.Errorf("unpacked %+v", u)
+	}
+	if _, err := os.Stat(filepath.Join(cache, "apt")); err == nil {
+		t.Errorf("apt state made for a kernel from elsewhere")
 	}
 }

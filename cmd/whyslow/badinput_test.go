@@ -46,8 +46,8 @@ func TestBadInput(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if tt.root && os.Geteuid() != 0 {
-				t.Skip("needs root to get past the privilege check")
+			if tt.root && (os.Geteuid() != 0 || testing.Short()) {
+				t.Skip("needs root (and no -short) to get past the privilege check")
 			}
 			r := run(t, tt.args...)
 			checkOneLineError(t, r, tt.wantCode, tt.wantErr)

@@ -77,6 +77,47 @@ func diagnoseJSON(t *testing.T, args ...string) *report.Report {
 	return &rep
 }
 
+// diagnoseUnder runs a diagnosis for d with load running only while it
+// observes: load starts once whyslow says every probe is attached
+// (--ready-file) and is stopped when the d of observation are over, so that
+// the start and the analysis do not compete with it for the CPU (under
+// qemu's emulation a busy writer makes them several times slower).
+func diagnoseUnder(t *testing.T, d time.Duration, load func() (stop func()), args ...string) *report.Report {
+	t.Helper()
+	ready := filepath.Join(t.TempDir(), "ready")
+	args = append([]string{"diagnose", "storage", "--format", "json", "--duration", d.String(), "--ready-file", ready}, args...)
+	cmd := exec.Command(whyslowBin, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() { cmd.Process.Kill() })
+	for {
+		if _, err := os.Stat(ready); err == nil {
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("whyslow %v ended before it was ready: %v; stderr: %s", args, err, errb.String())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	stop := load()
+	time.Sleep(d)
+	stop()
+	if err := <-done; err != nil {
+		t.Fatalf("whyslow %v: %v; stderr: %s", args, err, errb.String())
+	}
+	var rep report.Report
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("report is not JSON: %v\n%s", err, out.String())
+	}
+	return &rep
+}
+
 func summary(rep *report.Report) string {
 	var b strings.Builder
 	for _, f := range rep.Findings {

@@ -210,8 +210,21 @@ func runTrue(t *testing.T, n int) []int {
 	return pids
 }
 
+// failedExec runs a shell whose child's execve of a missing file fails
+// (ENOENT), and returns the file, its arguments and the shell's pid.
+func failedExec(t *testing.T) (file string, args []string, shPid int) {
+	t.Helper()
+	file = "/nonexistent/whyslow-trace-missing"
+	sh := exec.Command("/bin/sh", "-c", file+" one two; true")
+	if out, err := sh.CombinedOutput(); err != nil {
+		t.Fatalf("sh: %v: %s", err, out)
+	}
+	return file, []string{file, "one", "two"}, sh.Process.Pid
+}
+
 // /bin/true run by this test shows up with its pid, this test as its
-// parent, RET 0 and its arguments, in JSON and in columns.
+// parent, RET 0 and its arguments, in JSON and in columns; an exec that
+// fails shows up with its error as RET, the caller and the arguments.
 func TestTraceExec(t *testing.T) {
 	scenario.RequireRoot(t)
 	me := os.Getpid()
@@ -227,6 +240,18 @@ func TestTraceExec(t *testing.T) {
 				m["filename"] != "/bin/true" || len(args) != 1 || args[0] != "/bin/true" || num(m, "time_s") <= 0 {
 				t.Errorf("exec line %s: want comm true, ppid %d, ret 0, args [/bin/true]", line, me)
 			}
+		}
+		file, args, shPid := failedExec(t)
+		line := p.waitLine(t, 10*time.Second, "failed exec of "+file, func(l string) bool {
+			return strings.Contains(l, `"filename":"`+file+`"`)
+		})
+		m := jsonLine(t, line)
+		got, _ := m["args"].([]any)
+		if m["comm"] != "sh" || int(num(m, "ppid")) != shPid || num(m, "ret") != -2 || fmt.Sprint(got) != fmt.Sprint(args) {
+			t.Errorf("failed exec line %s: want comm sh, ppid %d, ret -2, args %v", line, shPid, args)
+		}
+		if !strings.Contains(p.stderr.String(), "failed ones from syscalls:sys_exit_execve") {
+			t.Errorf("the start line does not say failed execs are seen: %s", p.stderr)
 		}
 		p.stop(t)
 		p.checkCleanEnd(t)
@@ -249,6 +274,13 @@ func TestTraceExec(t *testing.T) {
 			if _, err := strconv.ParseFloat(f[0], 64); err != nil {
 				t.Errorf("TIME(s) %q: %v", f[0], err)
 			}
+		}
+		file, args, shPid := failedExec(t)
+		line := p.waitLine(t, 10*time.Second, "failed exec of "+file, func(l string) bool {
+			return strings.HasSuffix(l, " "+strings.Join(args, " "))
+		})
+		if f := strings.Fields(line); len(f) != 5+len(args) || f[1] != "sh" || f[3] != strconv.Itoa(shPid) || f[4] != "-2" {
+			t.Errorf("failed exec line %q: want sh PID %d -2 %s", line, shPid, strings.Join(args, " "))
 		}
 		p.stop(t)
 		p.checkCleanEnd(t)

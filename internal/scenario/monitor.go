@@ -47,11 +47,9 @@ func Monitor(t testing.TB, dev string, period time.Duration) *Daemon {
 }
 
 // MonitorDevices is Monitor for several block devices: each run of arcconf
-// makes a "change" uevent for every one of them, as a controller rescan does.
+// makes a "change" uevent for every one of them.
 func MonitorDevices(t testing.TB, devs []string, period time.Duration) *Daemon {
 	t.Helper()
-	RequireRoot(t)
-	hold(t)
 	if len(devs) == 0 {
 		t.Fatalf("monitor: no device")
 	}
@@ -60,6 +58,24 @@ func MonitorDevices(t testing.TB, devs []string, period time.Duration) *Daemon {
 			t.Fatalf("monitor: %v", err)
 		}
 	}
+	return monitor(t, "for dev in "+strings.Join(devs, " ")+"; do echo change > /sys/block/$dev/uevent; done", period)
+}
+
+// MonitorAll is Monitor for the whole machine, as the seed's
+// temperature check was: each run of arcconf makes a "change" uevent for
+// every block device there is then (every /sys/block/*: the disks, the
+// devices stacked on them, loop devices), as a controller rescan does.
+func MonitorAll(t testing.TB, period time.Duration) *Daemon {
+	t.Helper()
+	return monitor(t, "for dev in /sys/block/*; do echo change > $dev/uevent; done", period)
+}
+
+// monitor starts raidmon with an arcconf whose uevents come from the
+// shell command changes.
+func monitor(t testing.TB, changes string, period time.Duration) *Daemon {
+	t.Helper()
+	RequireRoot(t)
+	hold(t)
 	if period <= 0 {
 		t.Fatalf("monitor: period %v must be positive", period)
 	}
@@ -83,7 +99,7 @@ done
 	arcconf := fmt.Sprintf(`#!/bin/sh
 # arcconf: a stand-in for Adaptec's RAID CLI. Asking the controller for its
 # configuration rescans its devices, and the kernel sends "change" uevents.
-for dev in %[1]s; do echo change > /sys/block/$dev/uevent; done
+%[1]s
 cat <<'EOF'
 Controllers found: 1
 ----------------------------------------------------------------------
@@ -96,7 +112,7 @@ Controller information
    Logical devices/Failed/Degraded          : 1/0/0
 EOF
 echo "$$ $PPID" >> %[2]s
-`, strings.Join(devs, " "), d.Log)
+`, changes, d.Log)
 	for path, text := range map[string]string{d.Raidmon: raidmon, d.Arcconf: arcconf} {
 		if err := os.WriteFile(path, []byte(text), 0o755); err != nil {
 			t.Fatalf("monitor: %v", err)

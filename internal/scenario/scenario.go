@@ -43,11 +43,26 @@ import (
 func RequireRoot(t testing.TB) {
 	t.Helper()
 	if testing.Short() {
-		t.Skip("scenario: skipped with -short: needs root and changes real devices")
+		Skip(t, "scenario: skipped with -short: needs root and changes real devices")
 	}
 	if os.Geteuid() != 0 {
-		t.Skipf("scenario: skipped: needs root (euid is %d) to start udevd, attach loop devices and write sysfs", os.Geteuid())
+		Skip(t, "scenario: skipped: needs root (euid is %d) to start udevd, attach loop devices and write sysfs", os.Geteuid())
 	}
+}
+
+// InMatrix reports whether the tests run in a guest of the qemu kernel
+// matrix: make vmtest sets WHYSLOW_VMTEST=1 there.
+func InMatrix() bool { return os.Getenv("WHYSLOW_VMTEST") != "" }
+
+// Skip skips t, saying why; in the kernel matrix it fails t instead:
+// everything a test there needs (root, the disks, bcache, kprobes, fentry)
+// is there by construction, and a test that skips there proves nothing.
+func Skip(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if InMatrix() {
+		t.Fatalf("must run in the kernel matrix (WHYSLOW_VMTEST), but: "+format, args...)
+	}
+	t.Skipf(format, args...)
 }
 
 // machineLock is held exclusively by the test process using the helpers.

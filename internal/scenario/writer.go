@@ -99,6 +99,21 @@ func Writer(t testing.TB, dev string, dur time.Duration) *Fio {
 	return f
 }
 
+// Pause stops fio (SIGSTOP to its process group) until Resume: under qemu's
+// emulation a busy writer makes a diagnosis start and analyze several
+// times slower, so tests run it only while the diagnosis observes.
+func (f *Fio) Pause() error { return f.signal(syscall.SIGSTOP) }
+
+// Resume lets a paused fio go on (SIGCONT).
+func (f *Fio) Resume() error { return f.signal(syscall.SIGCONT) }
+
+func (f *Fio) signal(sig syscall.Signal) error {
+	if err := syscall.Kill(-f.Pid, sig); err != nil {
+		return fmt.Errorf("fio (pid %d): %v: %w", f.Pid, sig, err)
+	}
+	return nil
+}
+
 // Done is closed when fio has exited.
 func (f *Fio) Done() <-chan struct{} { return f.done }
 
