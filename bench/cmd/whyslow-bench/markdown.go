@@ -208,7 +208,7 @@ func renderMarkdown(r *Results) string {
 		m.f("`%s`: synthetic runs from `internal/synth` (slow submissions across 5 devices, blocked spans with stacks, uevents, execs and exits, sysfs writes, and the udev freeze story every 3 s, at 20k events/s of run time). Memory is what the operation allocates in all (Go's B/op), an upper bound of what it holds at once.\n\n", a.Command)
 		names := map[string]string{
 			"Timeline": "timeline: add every event, sort", "Facts": "facts from the timeline", "Rules": "rules on the facts",
-			"Analyze": "analyze: facts, rules, report (text)", "AnalyzeTrace": "`analyze TRACE`: decode the trace, then analyze",
+			"Analyze": "analyze: facts, rules, report (text)", "AnalyzeTrace": "`analyze TRACE`: decode the trace, then analyze", "TraceWrite": "`--record`: encode and compress the trace",
 		}
 		rows := make([][]string, 0, len(a.Rows))
 		for _, x := range a.Rows {
