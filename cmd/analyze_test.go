@@ -175,6 +175,24 @@ func TestAnalyzeExtremeValues(t *testing.T) {
 	}
 }
 
+// loopDevice returns the loop device a recorded trace of testdata/traces
+// observed (the one its scenario wrote to; which loopN depends on the host
+// that recorded it).
+func loopDevice(t *testing.T, trace string) string {
+	t.Helper()
+	tl, _, err := tracefile.ReadFile(trace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range tl.Devices {
+		if strings.HasPrefix(d.Dev.Name, "loop") {
+			return d.Dev.Name
+		}
+	}
+	t.Fatalf("%s has no loop device", trace)
+	return ""
+}
+
 const brokenRule = "id: broken-index\ntitle: x\nseverity: warning\nscope: device\nwhen: |\n  Device.Stalls.Count() >= 0 &&\n    Device.Stalls[100000].Start > duration(\"1s\")\n"
 
 // A rule that fails while evaluated loses nothing else: the report (with
@@ -191,6 +209,7 @@ func TestAnalyzeRuleFailureKeepsTheReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	trace := filepath.Join("..", "testdata", "traces", "loop-udev-freeze.trace.gz")
+	loop := loopDevice(t, trace)
 	for _, tt := range []struct{ format, want string }{
 		{"json", `"rule": "broken-index"`},
 		{"text", "!! 1 RULE FAILED"},
@@ -206,7 +225,7 @@ func TestAnalyzeRuleFailureKeepsTheReport(t *testing.T) {
 			}
 			lines := strings.Split(strings.TrimRight(errb.String(), "\n"), "\n")
 			if len(lines) != 1 || !strings.HasPrefix(lines[0], "whyslow: rule failed: broken-index at "+rule+":7:") ||
-				!strings.Contains(lines[0], "when (on loop0): index out of range") {
+				!strings.Contains(lines[0], "when (on "+loop+"): index out of range") {
 				t.Errorf("stderr %q, want one line naming the rule and its file", errb)
 			}
 			rep, err := os.ReadFile(out)
@@ -275,15 +294,16 @@ func TestFinishKeepsTheTraceWhenARuleFails(t *testing.T) {
 // as diagnose refuses a device the host does not have.
 func TestAnalyzeUnknownDevice(t *testing.T) {
 	trace := filepath.Join("..", "testdata", "traces", "loop-control.trace.gz")
+	loop := loopDevice(t, trace)
 	tests := []struct {
 		name     string
 		devices  []string
 		wantCode int
 		want     string
 	}{
-		{"known", []string{"loop0"}, 0, ""},
+		{"known", []string{loop}, 0, ""},
 		{"unknown", []string{"nosuch"}, ExitError, `whyslow: --device "nosuch": no such device in the trace ` + trace + `, which has only `},
-		{"one of two unknown", []string{"loop0", "sdz", "sdz"}, ExitError, `--device "sdz": no such device`},
+		{"one of two unknown", []string{loop, "sdz", "sdz"}, ExitError, `--device "sdz": no such device`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -299,7 +319,7 @@ func TestAnalyzeUnknownDevice(t *testing.T) {
 			if tt.wantCode == 0 {
 				return
 			}
-			if !strings.Contains(errb.String(), tt.want) || !strings.Contains(errb.String(), "loop0") || strings.Count(errb.String(), "\n") != 1 {
+			if !strings.Contains(errb.String(), tt.want) || !strings.Contains(errb.String(), loop) || strings.Count(errb.String(), "\n") != 1 {
 				t.Errorf("stderr %q, want one line with %q and the trace's devices", errb, tt.want)
 			}
 			if _, err := os.Stat(out); err == nil {
