@@ -34,13 +34,21 @@ volatile const __u64 min_latency_ns = 1000000;
 #define MAX_SUBMITTING 16384
 #define STALE_NS 10000000000ULL /* 10 s */
 
+/* Set by user space on fentry where the kernel has task storage (5.11+):
+ * each thread's call then lives in its task's local storage, found from
+ * the task in a few loads, instead of an LRU hash entry made and deleted on
+ * every call under the map's locks. The other path is verified away. */
+volatile const __u32 use_task_storage = 0;
+
 struct sf_start {
-	__u64 ns;
+	__u64 ns; /* when the outermost call started; 0: none (task storage) */
 	__u64 disk; /* struct gendisk * */
 	__u32 dev;
 	__u32 depth; /* nested calls inside the outermost one */
 	__u64 mark; /* when the thread's last bio submission ended (or ns) */
 	__u64 bio; /* the bio in the per-bio function (kprobe: for its return) */
+	__u32 queued; /* nested bios queued in this call and not yet done */
+	__u32 pad;
 };
 
 struct {
@@ -49,6 +57,31 @@ struct {
 	__type(key, __u32); /* tid */
 	__type(value, struct sf_start);
 } submitting SEC(".maps");
+
+/* Where the kernel has no task storage, user space makes this a one-entry
+ * hash map, never used. */
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sf_start);
+} submitting_task SEC(".maps");
+
+/* sf_call is the thread's call in progress, or NULL; with create, the task
+ * storage it can be written to (NULL when that fails). */
+static __always_inline struct sf_start *sf_call(__u32 tid, int create)
+{
+	struct sf_start *sp;
+
+	if (use_task_storage) {
+		sp = bpf_task_storage_get(&submitting_task, bpf_get_current_task_btf(), 0,
+					  create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+		if (!create && sp && !sp->ns)
+			return 0;
+		return sp;
+	}
+	return bpf_map_lookup_elem(&submitting, &tid);
+}
 
 /* A nested call's bio, queued on the thread's bio list: when, and for
  * which device. */
@@ -114,7 +147,7 @@ static __always_inline void sf_emit(__u64 id, __u32 dev, struct gendisk *disk, _
 static __always_inline int sf_enter(struct bio *bio)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct sf_start *sp = bpf_map_lookup_elem(&submitting, &tid);
+	struct sf_start *sp = sf_call(tid, 1);
 	struct sf_start s = {};
 	struct gendisk *disk;
 
@@ -124,18 +157,29 @@ static __always_inline int sf_enter(struct bio *bio)
 	 * timed on its own device when its turn comes (sf_bio_done). An entry
 	 * older than STALE_NS is left over from a missed return (kretprobe
 	 * instances exhausted) and is replaced. */
-	if (sp && s.ns - sp->ns < STALE_NS) {
+	if (sp && sp->ns && s.ns - sp->ns < STALE_NS) {
 		struct sf_nested n = {.ns = s.ns, .disk = (__u64)disk, .dev = disk_dev(disk), .tid = tid};
 		__u64 key = (__u64)bio;
 
 		sp->depth++;
-		if (n.dev && bpf_map_update_elem(&nested, &key, &n, BPF_ANY))
+		if (!n.dev)
+			return 0;
+		if (bpf_map_update_elem(&nested, &key, &n, BPF_ANY))
 			count_loss(&losses, LOSS_MAP_FULL);
+		else
+			sp->queued++;
 		return 0;
 	}
 	s.disk = (__u64)disk;
 	s.dev = disk_dev(disk);
 	s.mark = s.ns;
+	if (use_task_storage) {
+		if (sp)
+			*sp = s;
+		else
+			count_loss(&losses, LOSS_MAP_FULL);
+		return 0;
+	}
 	if (bpf_map_update_elem(&submitting, &tid, &s, BPF_ANY))
 		count_loss(&losses, LOSS_MAP_FULL);
 	return 0;
@@ -145,7 +189,7 @@ static __always_inline int sf_exit(void)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id;
-	struct sf_start *sp = bpf_map_lookup_elem(&submitting, &tid);
+	struct sf_start *sp = sf_call(tid, 0);
 	struct gendisk *disk;
 	__u64 now, lat;
 	__u32 dev;
@@ -160,7 +204,10 @@ static __always_inline int sf_exit(void)
 	disk = (struct gendisk *)sp->disk;
 	dev = sp->dev;
 	lat = now >= sp->ns ? now - sp->ns : 0;
-	bpf_map_delete_elem(&submitting, &tid);
+	if (use_task_storage)
+		sp->ns = 0;
+	else
+		bpf_map_delete_elem(&submitting, &tid);
 	if (dev)
 		sf_emit(id, dev, disk, now - lat, lat);
 	return 0;
@@ -174,11 +221,14 @@ static __always_inline int sf_bio_done(__u64 bio)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id;
-	struct sf_start *sp = bpf_map_lookup_elem(&submitting, &tid);
+	struct sf_start *sp = sf_call(tid, 0);
 	struct sf_nested *n;
 	__u64 now, prev, start;
 
-	if (!sp)
+	/* With no nested bio waiting, the end of this one is no later bio's
+	 * start (each is queued after it), and there is nothing to time: the
+	 * case of every device that is not stacked. */
+	if (!sp || !sp->queued)
 		return 0;
 	now = bpf_ktime_get_ns();
 	prev = sp->mark;
@@ -192,6 +242,7 @@ static __always_inline int sf_bio_done(__u64 bio)
 		bpf_map_delete_elem(&nested, &bio);
 		return 0;
 	}
+	sp->queued--;
 	start = n->ns > prev ? n->ns : prev;
 	sf_emit(id, n->dev, (struct gendisk *)n->disk, start, now - start);
 	bpf_map_delete_elem(&nested, &bio);
@@ -236,7 +287,7 @@ SEC("kprobe/__submit_bio")
 int BPF_KPROBE(sf_bio_kprobe, struct bio *bio)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct sf_start *sp = bpf_map_lookup_elem(&submitting, &tid);
+	struct sf_start *sp = sf_call(tid, 0);
 
 	if (sp)
 		sp->bio = (__u64)bio;
@@ -247,7 +298,7 @@ SEC("kretprobe/__submit_bio")
 int BPF_KRETPROBE(sf_bio_kretprobe)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct sf_start *sp = bpf_map_lookup_elem(&submitting, &tid);
+	struct sf_start *sp = sf_call(tid, 0);
 
 	if (!sp)
 		return 0;

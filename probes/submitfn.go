@@ -8,6 +8,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/features"
 
 	"github.com/whyslow/whyslow/event"
 )
@@ -91,9 +92,19 @@ func startSubmitFn(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism
 	if err != nil {
 		return nil, loadErr(err)
 	}
-	spec, err := loadSpec(loadSubmitfn, map[string]any{"min_latency_ns": uint64(max(cfg.MinLatency, 0))})
+	taskStorage := mech == event.MechFentry && features.HaveMapType(ebpf.TaskStorage) == nil
+	spec, err := loadSpec(loadSubmitfn, map[string]any{
+		"min_latency_ns":   uint64(max(cfg.MinLatency, 0)),
+		"use_task_storage": boolU32(taskStorage),
+	})
 	if err != nil {
 		return nil, loadErr(err)
+	}
+	if !taskStorage {
+		// The programs keep their calls in the LRU hash: the task
+		// storage map, unused, need not be one (5.10 has none).
+		ms := spec.Maps["submitting_task"]
+		ms.Type, ms.Flags, ms.MaxEntries = ebpf.Hash, 0, 1
 	}
 	handle := func(_ *ebpf.Collection, raw []byte) bool {
 		var e submitfnSfEvent
@@ -128,4 +139,12 @@ func startSubmitFn(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism
 		return nil
 	}
 	return r, nil
+}
+
+// boolU32 is b as a BPF object's 32-bit flag.
+func boolU32(b bool) uint32 {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -53,13 +53,15 @@ type submitfnSfNested struct {
 }
 
 type submitfnSfStart struct {
-	_     structs.HostLayout
-	Ns    uint64
-	Disk  uint64
-	Dev   uint32
-	Depth uint32
-	Mark  uint64
-	Bio   uint64
+	_      structs.HostLayout
+	Ns     uint64
+	Disk   uint64
+	Dev    uint32
+	Depth  uint32
+	Mark   uint64
+	Bio    uint64
+	Queued uint32
+	Pad    uint32
 }
 
 // Names of all BPF objects in the ELF.
@@ -74,6 +76,7 @@ const (
 	submitfnMapLosses          = "losses"
 	submitfnMapNested          = "nested"
 	submitfnMapSubmitting      = "submitting"
+	submitfnMapSubmittingTask  = "submitting_task"
 	submitfnProgSfBioFexit     = "sf_bio_fexit"
 	submitfnProgSfBioKprobe    = "sf_bio_kprobe"
 	submitfnProgSfBioKretprobe = "sf_bio_kretprobe"
@@ -83,6 +86,7 @@ const (
 	submitfnProgSfKretprobe    = "sf_kretprobe"
 	submitfnVarMinLatencyNs    = "min_latency_ns"
 	submitfnVarSfEventType     = "sf_event_type"
+	submitfnVarUseTaskStorage  = "use_task_storage"
 )
 
 // loadSubmitfn returns the embedded CollectionSpec for submitfn.
@@ -140,22 +144,24 @@ type submitfnProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type submitfnMapSpecs struct {
-	DevHist      *ebpf.MapSpec `ebpf:"dev_hist"`
-	DevHistSpill *ebpf.MapSpec `ebpf:"dev_hist_spill"`
-	DevHistZero  *ebpf.MapSpec `ebpf:"dev_hist_zero"`
-	DevNames     *ebpf.MapSpec `ebpf:"dev_names"`
-	Events       *ebpf.MapSpec `ebpf:"events"`
-	Losses       *ebpf.MapSpec `ebpf:"losses"`
-	Nested       *ebpf.MapSpec `ebpf:"nested"`
-	Submitting   *ebpf.MapSpec `ebpf:"submitting"`
+	DevHist        *ebpf.MapSpec `ebpf:"dev_hist"`
+	DevHistSpill   *ebpf.MapSpec `ebpf:"dev_hist_spill"`
+	DevHistZero    *ebpf.MapSpec `ebpf:"dev_hist_zero"`
+	DevNames       *ebpf.MapSpec `ebpf:"dev_names"`
+	Events         *ebpf.MapSpec `ebpf:"events"`
+	Losses         *ebpf.MapSpec `ebpf:"losses"`
+	Nested         *ebpf.MapSpec `ebpf:"nested"`
+	Submitting     *ebpf.MapSpec `ebpf:"submitting"`
+	SubmittingTask *ebpf.MapSpec `ebpf:"submitting_task"`
 }
 
 // submitfnVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type submitfnVariableSpecs struct {
-	MinLatencyNs *ebpf.VariableSpec `ebpf:"min_latency_ns"`
-	SfEventType  *ebpf.VariableSpec `ebpf:"sf_event_type"`
+	MinLatencyNs   *ebpf.VariableSpec `ebpf:"min_latency_ns"`
+	SfEventType    *ebpf.VariableSpec `ebpf:"sf_event_type"`
+	UseTaskStorage *ebpf.VariableSpec `ebpf:"use_task_storage"`
 }
 
 // submitfnObjects contains all objects after they have been loaded into the kernel.
@@ -178,14 +184,15 @@ func (o *submitfnObjects) Close() error {
 //
 // It can be passed to loadSubmitfnObjects or ebpf.CollectionSpec.LoadAndAssign.
 type submitfnMaps struct {
-	DevHist      *ebpf.Map `ebpf:"dev_hist"`
-	DevHistSpill *ebpf.Map `ebpf:"dev_hist_spill"`
-	DevHistZero  *ebpf.Map `ebpf:"dev_hist_zero"`
-	DevNames     *ebpf.Map `ebpf:"dev_names"`
-	Events       *ebpf.Map `ebpf:"events"`
-	Losses       *ebpf.Map `ebpf:"losses"`
-	Nested       *ebpf.Map `ebpf:"nested"`
-	Submitting   *ebpf.Map `ebpf:"submitting"`
+	DevHist        *ebpf.Map `ebpf:"dev_hist"`
+	DevHistSpill   *ebpf.Map `ebpf:"dev_hist_spill"`
+	DevHistZero    *ebpf.Map `ebpf:"dev_hist_zero"`
+	DevNames       *ebpf.Map `ebpf:"dev_names"`
+	Events         *ebpf.Map `ebpf:"events"`
+	Losses         *ebpf.Map `ebpf:"losses"`
+	Nested         *ebpf.Map `ebpf:"nested"`
+	Submitting     *ebpf.Map `ebpf:"submitting"`
+	SubmittingTask *ebpf.Map `ebpf:"submitting_task"`
 }
 
 func (m *submitfnMaps) Close() error {
@@ -198,6 +205,7 @@ func (m *submitfnMaps) Close() error {
 		m.Losses,
 		m.Nested,
 		m.Submitting,
+		m.SubmittingTask,
 	)
 }
 
@@ -205,8 +213,9 @@ func (m *submitfnMaps) Close() error {
 //
 // It can be passed to loadSubmitfnObjects or ebpf.CollectionSpec.LoadAndAssign.
 type submitfnVariables struct {
-	MinLatencyNs *ebpf.Variable `ebpf:"min_latency_ns"`
-	SfEventType  *ebpf.Variable `ebpf:"sf_event_type"`
+	MinLatencyNs   *ebpf.Variable `ebpf:"min_latency_ns"`
+	SfEventType    *ebpf.Variable `ebpf:"sf_event_type"`
+	UseTaskStorage *ebpf.Variable `ebpf:"use_task_storage"`
 }
 
 // submitfnPrograms contains all programs after they have been loaded into the kernel.
