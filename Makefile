@@ -16,13 +16,19 @@ VMTEST_DEBS := qemu-system-x86 busybox-static bcache-tools fio udev mount kmod x
 KERNEL ?= all
 
 # What `make bench` drives: fio for the load, the tools whyslow is compared
-# with (libbpf-tools, bpftrace), bpftool for the BPF run-time statistics and
-# perf for the context-switch benchmark.
-BENCH_DEBS := fio libbpf-tools bpftrace bpftool linux-perf util-linux coreutils
+# with (libbpf-tools, bpftrace) and perf for the context-switch benchmark
+# (the BPF run-time statistics are read through cilium/ebpf).
+BENCH_DEBS := fio libbpf-tools bpftrace linux-perf util-linux coreutils
 # Extra flags of bench/cmd/whyslow-bench, e.g. BENCH_FLAGS="-rounds 5 -sections io".
 BENCH_FLAGS ?=
 
-.PHONY: all build generate check-generated test test-unit vet clean deps deps-generate vmtest bench
+# Kernels and driver flags of `make bench-vm`: null_blk with its defaults
+# (blk-mq, completions in softirq, no backing memory), whyslow (fentry
+# probes there) against biolatency + execsnoop; no bpftrace in the guests.
+BENCH_VM_KERNEL ?= 6.1,6.12
+BENCH_VM_FLAGS  ?= -sections io -device /dev/nullb0 -configs none,whyslow,libbpf-tools -fio libaio,16,2 -rounds 8 -cost-rounds 5 -fio-time 3s
+
+.PHONY: all build generate check-generated test test-unit vet clean deps deps-generate vmtest bench bench-vm
 
 all: build
 
@@ -71,6 +77,13 @@ vmtest:
 bench: build
 	@./scripts/apt-ensure $(BENCH_DEBS)
 	$(GO) run ./bench/cmd/whyslow-bench -whyslow ./$(BINARY) -out BENCHMARKS.md -json bench/results.json $(BENCH_FLAGS)
+
+## bench-vm: the I/O overhead and BPF cost per I/O on null_blk in Debian's kernels under qemu
+## (TCG), where whyslow runs its fentry probes; writes BENCHMARKS.md's VM section (needs root)
+bench-vm:
+	@./scripts/apt-ensure $(VMTEST_DEBS) libbpf-tools coreutils
+	$(GO) run ./vmtest/cmd/vmtest -kernel $(BENCH_VM_KERNEL) -quiet -timeout 30m -out vmtest/out-bench -bench "$(BENCH_VM_FLAGS)"
+	$(GO) run ./bench/cmd/whyslow-bench -vm-results vmtest/out-bench -out BENCHMARKS.md
 
 clean:
 	rm -f $(BINARY)

@@ -70,6 +70,24 @@ var guestModules = []string{"virtio_pci", "virtio_blk", "loop", "bcache", "null_
 type Selection struct {
 	ProbesRun string // -test.run for the probes package tests
 	E2ERun    string // -test.run for the end-to-end tests
+	// Bench, when set, runs the benchmark driver (bench/cmd/whyslow-bench)
+	// with these arguments instead of the tests (make bench-vm); its
+	// results go to results/bench.json.
+	Bench string
+}
+
+// benchBinary is the benchmark driver, built for the guest when a Selection
+// asks for it.
+var benchBinary = binary{"whyslow-bench", []string{"build", "-trimpath", "-o", "{out}", "./bench/cmd/whyslow-bench"}}
+
+// benchTools are the programs the benchmark compares whyslow with, copied
+// from the host with their libraries (stdbuf's preloaded library too: the
+// driver reads the tools' first output line through it).
+var benchTools = []struct{ guest, host, pkg string }{
+	{"/usr/sbin/biolatency", "/usr/sbin/biolatency", "libbpf-tools"},
+	{"/usr/sbin/execsnoop", "/usr/sbin/execsnoop", "libbpf-tools"},
+	{"/usr/bin/stdbuf", "/usr/bin/stdbuf", "coreutils"},
+	{"/usr/libexec/coreutils/libstdbuf.so", "/usr/libexec/coreutils/libstdbuf.so", "coreutils"},
 }
 
 // defaultE2E are the end-to-end tests that need a kernel of the matrix (the
@@ -80,6 +98,9 @@ const defaultE2E = "TestBcache|TestMechanism|TestTrace|TestProbesCommand"
 
 // guestSteps are what runs in every kernel, in order.
 func guestSteps(sel Selection) []Step {
+	if sel.Bench != "" {
+		return []Step{{Name: "bench", Cmd: "whyslow-bench -whyslow /usr/local/bin/whyslow -out /results/bench.md -json /results/bench.json " + sel.Bench}}
+	}
 	e2e := defaultE2E
 	if sel.E2ERun != "" {
 		e2e = sel.E2ERun
@@ -103,10 +124,15 @@ var guestEnv = []string{
 	"WHYSLOW_RECORD_DIR=/results",
 }
 
-// BuildBinaries builds whyslow and the test binaries, static, into dir.
-func BuildBinaries(ctx context.Context, repo, dir string) (map[string]string, error) {
+// BuildBinaries builds whyslow and the test binaries (or, for a benchmark,
+// its driver), static, into dir.
+func BuildBinaries(ctx context.Context, repo, dir string, sel Selection) (map[string]string, error) {
 	out := map[string]string{}
-	for _, b := range binaries {
+	build := binaries
+	if sel.Bench != "" {
+		build = []binary{binaries[0], benchBinary}
+	}
+	for _, b := range build {
 		path := filepath.Join(dir, b.name)
 		args := make([]string, len(b.args))
 		for i, a := range b.args {
@@ -139,6 +165,16 @@ func BuildInitramfs(ctx context.Context, k *Unpacked, bins map[string]string, st
 		}
 		if err := a.AddProgram(ctx, host, t.guest); err != nil {
 			return err
+		}
+	}
+	if _, ok := bins[benchBinary.name]; ok {
+		for _, t := range benchTools {
+			if _, err := os.Stat(t.host); err != nil {
+				return fmt.Errorf("%s not found: install the Debian package %s", t.host, t.pkg)
+			}
+			if err := a.AddProgram(ctx, t.host, t.guest); err != nil {
+				return err
+			}
 		}
 	}
 	a.Symlink("/bin/sh", "busybox")

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/cilium/ebpf"
 )
 
 // The loop device of the io and storm sections: over a file in tmpfs, with
@@ -205,6 +207,7 @@ func stopAll(ps []*proc) error {
 // IOResult is the I/O overhead comparison.
 type IOResult struct {
 	Device      string           `json:"device"`
+	Probes      []ProbeMech      `json:"probes,omitempty"` // what whyslow's probes ran on
 	Fio         fioConfig        `json:"fio"`
 	Calibration []CalibRow       `json:"calibration"`
 	Rounds      int              `json:"rounds"`
@@ -225,11 +228,18 @@ type IOConfigResult struct {
 }
 
 func (b *bench) io() error {
-	cal, err := b.calibrate()
-	if err != nil {
+	var cal []CalibRow
+	var err error
+	if b.o.fio != "" {
+		if b.fio, err = parseFio(b.o.fio); err != nil {
+			return err
+		}
+		b.fio.Runtime = b.o.fioTime.String()
+	} else if cal, err = b.calibrate(); err != nil {
 		return err
 	}
-	res := &IOResult{Device: filepath.Base(b.loop) + " (loop over a tmpfs file, direct I/O)", Fio: b.fio, Calibration: cal, Rounds: b.o.rounds}
+	res := &IOResult{Device: deviceLabel(b.loop, b.o.device != ""), Fio: b.fio, Calibration: cal, Rounds: b.o.rounds}
+	tools := b.tools
 	runs := make([][]fioRun, len(tools))
 	var lost uint64
 	for r := 0; r < b.o.rounds; r++ {
@@ -252,6 +262,9 @@ func (b *bench) io() error {
 			if t.name == "whyslow" {
 				if rep, err := readReport(filepath.Join(b.dir, tag+".json")); err == nil {
 					lost += rep.LostEvents
+					if res.Probes == nil {
+						res.Probes = rep.Probes
+					}
 				}
 			}
 			runs[i] = append(runs[i], fr)
@@ -278,9 +291,17 @@ func (b *bench) io() error {
 	return b.cost()
 }
 
+// ProbeMech is a probe of whyslow's report and the mechanism it ran on.
+type ProbeMech struct {
+	Name      string `json:"name"`
+	Mechanism string `json:"mechanism"`
+	Status    string `json:"status"`
+}
+
 // report is the part of whyslow's JSON report the benchmark reads.
 type report struct {
-	LostEvents uint64 `json:"lost_events"`
+	LostEvents uint64      `json:"lost_events"`
+	Probes     []ProbeMech `json:"probes"`
 	Losses     []struct {
 		Probe string `json:"probe"`
 		What  string `json:"what"`
@@ -335,26 +356,56 @@ type progStat struct {
 	runCount float64
 }
 
-// progStats reads every BPF program's run time and count (bpftool prog show).
-func progStats() (map[int]progStat, error) {
-	out, err := exec.Command("bpftool", "prog", "show", "--json").Output()
-	if err != nil {
-		return nil, fmt.Errorf("bpftool prog show: %v", err)
-	}
-	var ps []struct {
-		ID      int     `json:"id"`
-		Name    string  `json:"name"`
-		RunTime float64 `json:"run_time_ns"`
-		RunCnt  float64 `json:"run_cnt"`
-	}
-	if err := json.Unmarshal(out, &ps); err != nil {
-		return nil, err
-	}
+// progStats reads the run time and count of the BPF programs ids (the
+// kernel's bpf_stats, as bpftool prog show has them).
+func progStats(ids ...map[int]bool) (map[int]progStat, error) {
 	m := map[int]progStat{}
-	for _, p := range ps {
-		m[p.ID] = progStat{name: p.Name, runTime: p.RunTime, runCount: p.RunCnt}
+	for _, set := range ids {
+		for id := range set {
+			p, err := ebpf.NewProgramFromID(ebpf.ProgramID(id))
+			if err != nil {
+				continue // gone already
+			}
+			st, err := p.Stats()
+			info, ierr := p.Info()
+			p.Close()
+			if err != nil {
+				return nil, fmt.Errorf("program %d: %w", id, err)
+			}
+			name := fmt.Sprint(id)
+			if ierr == nil {
+				name = info.Name
+			}
+			m[id] = progStat{name: name, runTime: float64(st.Runtime), runCount: float64(st.RunCount)}
+		}
 	}
 	return m, nil
+}
+
+// parseFio reads a fio configuration "engine,iodepth,numjobs".
+func parseFio(s string) (fioConfig, error) {
+	f := strings.Split(s, ",")
+	if len(f) != 3 {
+		return fioConfig{}, fmt.Errorf("-fio %q: want engine,iodepth,numjobs (e.g. libaio,32,2)", s)
+	}
+	depth, err1 := strconv.Atoi(f[1])
+	jobs, err2 := strconv.Atoi(f[2])
+	if f[0] == "" || err1 != nil || err2 != nil || depth < 1 || jobs < 1 {
+		return fioConfig{}, fmt.Errorf("-fio %q: want engine,iodepth,numjobs with positive numbers", s)
+	}
+	return fioConfig{Engine: f[0], Depth: depth, Jobs: jobs}, nil
+}
+
+// deviceLabel describes the device of the io section.
+func deviceLabel(dev string, given bool) string {
+	name := filepath.Base(dev)
+	switch {
+	case !given:
+		return name + " (loop over a tmpfs file, direct I/O)"
+	case strings.HasPrefix(name, "nullb"):
+		return name + " (null_blk)"
+	}
+	return name
 }
 
 func (b *bench) cost() error {
@@ -385,13 +436,13 @@ func (b *bench) cost() error {
 			return err
 		}
 		ids := map[string]map[int]bool{"whyslow": progIDs(ws[0].pid()), "biolatency": progIDs(bio.pid())}
-		before, err := progStats()
+		before, err := progStats(ids["whyslow"], ids["biolatency"])
 		if err != nil {
 			stopAll(ps)
 			return err
 		}
 		fr, err := b.runFio(b.fio, b.o.fioTime)
-		after, err2 := progStats()
+		after, err2 := progStats(ids["whyslow"], ids["biolatency"])
 		if serr := stopAll(ps); err == nil {
 			err = serr
 		}

@@ -27,6 +27,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 )
@@ -47,6 +48,17 @@ type options struct {
 	execs     int // target execs/s of the storm
 	no10M     bool
 	keep      bool // keep the work directory
+	// device is a block device to drive instead of a loop device over
+	// tmpfs (null_blk in a qemu guest: bench-vm).
+	device string
+	// configs are the io section's configurations (names of tools).
+	configs []string
+	// fio, when set, is the io section's fio configuration
+	// ("engine,iodepth,numjobs"), not calibrated.
+	fio string
+	// vmResults renders the guests' results of `make bench-vm` (one
+	// directory per kernel below it) into out, and nothing else.
+	vmResults string
 }
 
 var allSections = []string{"analysis", "startup", "sched", "io", "storm"}
@@ -69,7 +81,12 @@ func main() {
 	flag.IntVar(&o.execs, "storm-execs", 10000, "storm: target execs per second")
 	flag.BoolVar(&o.no10M, "no-10m", false, "analysis: skip the 10M-event runs")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (tool outputs)")
+	flag.StringVar(&o.device, "device", "", "io: drive this block device instead of a loop device over tmpfs")
+	configs := flag.String("configs", "none,whyslow,libbpf-tools,bpftrace", "io: the configurations compared (none must be first)")
+	flag.StringVar(&o.fio, "fio", "", "io: this fio configuration, engine,iodepth,numjobs (e.g. libaio,32,2), instead of the fastest of a calibration")
+	flag.StringVar(&o.vmResults, "vm-results", "", "render the results of make bench-vm found in this directory (one per kernel) into -out, and exit")
 	flag.Parse()
+	o.configs = strings.Split(*configs, ",")
 	o.sections = map[string]bool{}
 	for _, s := range strings.Split(sections, ",") {
 		if s = strings.TrimSpace(s); s != "" {
@@ -108,15 +125,19 @@ type Machine struct {
 }
 
 type bench struct {
-	o    options
-	dir  string // work directory
-	res  *Results
-	loop string // /dev/loopN of the io and storm sections
-	fio  fioConfig
-	log  *os.File
+	o     options
+	tools []tool // the io section's configurations
+	dir   string // work directory
+	res   *Results
+	loop  string // /dev/loopN of the io and storm sections
+	fio   fioConfig
+	log   *os.File
 }
 
 func run(o options) error {
+	if o.vmResults != "" {
+		return writeVMResults(o.vmResults, o.out)
+	}
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("needs root (BPF, loop devices, sysctl): run it with sudo, or `sudo make bench`")
 	}
@@ -133,7 +154,11 @@ func run(o options) error {
 		return fmt.Errorf("whyslow binary: %w (make build)", err)
 	}
 	o.whyslow = wb
-	for _, t := range []string{"fio", "biolatency", "execsnoop", "bpftrace", "bpftool", "perf", "losetup", "stdbuf", "taskset"} {
+	selected, err := selectTools(o.configs)
+	if err != nil {
+		return err
+	}
+	for _, t := range neededPrograms(o) {
 		if _, err := exec.LookPath(t); err != nil {
 			return fmt.Errorf("%s not found (make bench installs the Debian packages BENCH_DEBS)", t)
 		}
@@ -145,7 +170,7 @@ func run(o options) error {
 	if !o.keep {
 		defer os.RemoveAll(dir)
 	}
-	b := &bench{o: o, dir: dir, res: &Results{Date: time.Now().UTC()}, log: os.Stderr}
+	b := &bench{o: o, dir: dir, res: &Results{Date: time.Now().UTC()}, log: os.Stderr, tools: selected}
 	b.res.Machine = machine(o.whyslow)
 	// A run of some sections keeps the others' results from the last run.
 	var last *Results
@@ -160,7 +185,9 @@ func run(o options) error {
 	start := time.Now()
 	b.logf("work directory %s; machine: %s, %d CPUs, kernel %s, load %s", dir, b.res.Machine.CPU, b.res.Machine.CPUs, b.res.Machine.Kernel, b.res.Machine.Load)
 
-	if o.sections["io"] || o.sections["storm"] {
+	if o.device != "" {
+		b.loop = o.device
+	} else if o.sections["io"] || o.sections["storm"] {
 		cleanup, err := b.setupLoop()
 		if err != nil {
 			return err
@@ -306,4 +333,59 @@ func sysctl(name, value string) (restore func(), err error) {
 		return nil, err
 	}
 	return func() { _ = os.WriteFile(path, bytes.TrimSpace(old), 0) }, nil
+}
+
+// selectTools returns the io configurations named, in that order; the
+// first must be "none", the baseline of the ratios.
+func selectTools(names []string) ([]tool, error) {
+	var out []tool
+	for _, n := range names {
+		n = strings.TrimSpace(n)
+		i := slices.IndexFunc(tools, func(t tool) bool { return t.name == n })
+		if i < 0 {
+			return nil, fmt.Errorf("-configs: unknown configuration %q (want some of none, whyslow, libbpf-tools, bpftrace)", n)
+		}
+		out = append(out, tools[i])
+	}
+	if len(out) == 0 || out[0].name != "none" {
+		return nil, fmt.Errorf("-configs: the first configuration must be none (the baseline of the ratios)")
+	}
+	return out, nil
+}
+
+// neededPrograms are the programs the selected sections and configurations
+// run.
+func neededPrograms(o options) []string {
+	var need []string
+	add := func(ps ...string) {
+		for _, p := range ps {
+			if !slices.Contains(need, p) {
+				need = append(need, p)
+			}
+		}
+	}
+	if o.sections["io"] || o.sections["storm"] {
+		add("fio")
+		if o.device == "" {
+			add("losetup")
+		}
+	}
+	if o.sections["io"] {
+		add("biolatency", "stdbuf") // the cost measurement runs biolatency
+		for _, c := range o.configs {
+			switch strings.TrimSpace(c) {
+			case "libbpf-tools":
+				add("execsnoop")
+			case "bpftrace":
+				add("bpftrace")
+			}
+		}
+	}
+	if o.sections["startup"] {
+		add("biolatency", "bpftrace", "stdbuf")
+	}
+	if o.sections["sched"] {
+		add("perf", "taskset")
+	}
+	return need
 }

@@ -2,8 +2,10 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 )
@@ -147,44 +149,10 @@ func renderMarkdown(r *Results) string {
 		m.table([]string{"what", "measured (median)", "target", ""}, rows)
 	}
 
-	if io := r.IO; io != nil {
+	if r.IO != nil {
 		m.f("### 1. I/O overhead\n\n")
-		m.f("`%s` for %s (after 1 s of ramp) on %s, the fastest of the configurations tried (median IOPS of 3 runs each: ", io.Fio, io.Fio.Runtime, io.Device)
-		var cal []string
-		for _, c := range io.Calibration {
-			s := fmt.Sprintf("%s %.0f", strings.TrimPrefix(c.Config, "fio --rw=randwrite --bs=4k --direct=1 "), c.IOPS)
-			if c.Chosen {
-				s = "**" + s + "**"
-			}
-			cal = append(cal, s)
-		}
-		m.f("%s). %d rounds; each round runs every configuration once, in an order that rotates from round to round; each tool is started, waited for until its probes are attached, and stopped with SIGINT after fio. Ratios are to the run without tracing of the same round: median (interquartile range).\n\n",
-			strings.Join(cal, "; "), io.Rounds)
-		var rows [][]string
-		for _, c := range io.Configs {
-			rows = append(rows, []string{c.What, fmt.Sprintf("%.0f", c.IOPS.Median), ratioCell(c.IOPSRatio),
-				fmt.Sprintf("%.0f", c.P99us.Median), ratioCell(c.P99Ratio)})
-		}
-		m.table([]string{"configuration", "IOPS", "IOPS ratio", "p99 µs", "p99 ratio"}, rows)
-		if ws != nil {
-			m.f("whyslow lost %d events over its %d runs.\n\n", ws.Lost, io.Rounds)
-		}
 	}
-	if c := r.Cost; c != nil {
-		m.f("#### BPF run time per I/O\n\n")
-		m.f("whyslow and biolatency attached together during the same %d fio runs, with `kernel.bpf_stats_enabled=1`; each program's run time and run count from `bpftool prog show --json` (the programs a tool holds are found in `/proc/PID/fdinfo`), summed over the tool's programs and divided by fio's I/Os. whyslow's scheduler programs also run for every other context switch and wake-up on the machine in the meantime.\n\n", c.Rounds)
-		var rows [][]string
-		for _, t := range c.Tools {
-			rows = append(rows, []string{"**" + t.Name + "**", "", "", fmt.Sprintf("**%.0f** (%.0f–%.0f)", t.NsPerIO.Median, t.NsPerIO.P25, t.NsPerIO.P75)})
-			for _, p := range t.Programs {
-				if p.RunsPerIO == 0 {
-					continue
-				}
-				rows = append(rows, []string{"`" + p.Name + "`", fmt.Sprintf("%.3f", p.RunsPerIO), fmt.Sprintf("%.0f", p.NsPerRun), fmt.Sprintf("%.0f", p.NsPerIO)})
-			}
-		}
-		m.table([]string{"tool / program", "runs per I/O", "ns per run", "ns per I/O"}, rows)
-	}
+	renderIOCost(&m, r)
 	if s := r.Sched; s != nil {
 		m.f("### 2. Context switches\n\n")
 		m.f("`%s`: two processes on one CPU pass a byte back and forth through pipes, two context switches per round trip; whyslow's off-CPU probe runs on each of them. %d rounds, with and without whyslow in alternating order.\n\n", s.Command, s.Rounds)
@@ -248,6 +216,118 @@ func renderMarkdown(r *Results) string {
 			{"lost_events in the JSON report", fmt.Sprintf("%d", s.LostEvents)},
 			{"losses", strings.Join(losses, "; ")},
 		})
+	}
+	return m.String()
+}
+
+// renderIOCost writes the I/O overhead and BPF cost tables of r.
+func renderIOCost(m *md, r *Results) {
+	ws := r.ioConfig("whyslow")
+	if io := r.IO; io != nil {
+		m.f("`%s` for %s (after 1 s of ramp) on %s", io.Fio, io.Fio.Runtime, io.Device)
+		if len(io.Calibration) > 0 {
+			m.f(", the fastest of the configurations tried (median IOPS of 3 runs each: ")
+			var cal []string
+			for _, c := range io.Calibration {
+				s := fmt.Sprintf("%s %.0f", strings.TrimPrefix(c.Config, "fio --rw=randwrite --bs=4k --direct=1 "), c.IOPS)
+				if c.Chosen {
+					s = "**" + s + "**"
+				}
+				cal = append(cal, s)
+			}
+			m.f("%s)", strings.Join(cal, "; "))
+		}
+		m.f(". %d rounds; each round runs every configuration once, in an order that rotates from round to round; each tool is started, waited for until its probes are attached, and stopped with SIGINT after fio. Ratios are to the run without tracing of the same round: median (interquartile range).\n\n", io.Rounds)
+		var rows [][]string
+		for _, c := range io.Configs {
+			rows = append(rows, []string{c.What, fmt.Sprintf("%.0f", c.IOPS.Median), ratioCell(c.IOPSRatio),
+				fmt.Sprintf("%.0f", c.P99us.Median), ratioCell(c.P99Ratio)})
+		}
+		m.table([]string{"configuration", "IOPS", "IOPS ratio", "p99 µs", "p99 ratio"}, rows)
+		if ws != nil {
+			m.f("whyslow lost %d events over its %d runs.\n\n", ws.Lost, io.Rounds)
+		}
+	}
+	if c := r.Cost; c != nil {
+		m.f("#### BPF run time per I/O\n\n")
+		m.f("whyslow and biolatency attached together during the same %d fio runs, with `kernel.bpf_stats_enabled=1`; each program's run time and run count from the kernel's BPF statistics (what `bpftool prog show` prints) (the programs a tool holds are found in `/proc/PID/fdinfo`), summed over the tool's programs and divided by fio's I/Os. whyslow's scheduler programs also run for every other context switch and wake-up on the machine in the meantime.\n\n", c.Rounds)
+		var rows [][]string
+		for _, t := range c.Tools {
+			rows = append(rows, []string{"**" + t.Name + "**", "", "", fmt.Sprintf("**%.0f** (%.0f–%.0f)", t.NsPerIO.Median, t.NsPerIO.P25, t.NsPerIO.P75)})
+			for _, p := range t.Programs {
+				if p.RunsPerIO == 0 {
+					continue
+				}
+				rows = append(rows, []string{"`" + p.Name + "`", fmt.Sprintf("%.3f", p.RunsPerIO), fmt.Sprintf("%.0f", p.NsPerRun), fmt.Sprintf("%.0f", p.NsPerIO)})
+			}
+		}
+		m.table([]string{"tool / program", "runs per I/O", "ns per run", "ns per I/O"}, rows)
+	}
+}
+
+const (
+	vmBeginMarker = "<!-- bench-vm:begin: generated by `make bench-vm` (bench/cmd/whyslow-bench -vm-results); edits between the markers are overwritten -->"
+	vmEndMarker   = "<!-- bench-vm:end -->"
+)
+
+// writeVMResults renders the results of `make bench-vm`, dir/<kernel>/
+// bench.json for each kernel, between the bench-vm markers of path.
+func writeVMResults(dir, path string) error {
+	files, err := filepath.Glob(filepath.Join(dir, "*", "bench.json"))
+	if err != nil {
+		return err
+	}
+	if len(files) == 0 {
+		return fmt.Errorf("no %s in %s: run make bench-vm", filepath.Join("*", "bench.json"), dir)
+	}
+	sort.Strings(files)
+	var runs []*Results
+	for _, f := range files {
+		js, err := os.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		r := new(Results)
+		if err := json.Unmarshal(js, r); err != nil {
+			return fmt.Errorf("%s: %w", f, err)
+		}
+		runs = append(runs, r)
+	}
+	old, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	s := string(old)
+	i := strings.Index(s, "<!-- bench-vm:begin")
+	j := strings.Index(s, vmEndMarker)
+	if i < 0 || j < i {
+		return fmt.Errorf("%s has no %s ... %s markers", path, "<!-- bench-vm:begin", vmEndMarker)
+	}
+	out := s[:i] + vmBeginMarker + "\n" + renderVM(runs) + vmEndMarker + s[j+len(vmEndMarker):]
+	return os.WriteFile(path, []byte(out), 0o644)
+}
+
+// renderVM writes the guests' I/O and cost results, one kernel each.
+func renderVM(runs []*Results) string {
+	var m md
+	for _, r := range runs {
+		mc := r.Machine
+		m.f("#### Kernel %s\n\n", mc.Kernel)
+		m.f("Run of %s in a qemu guest (TCG, %d vCPUs, %.1f GiB); whyslow %s; the whole run took %s.",
+			r.Date.Format("2006-01-02 15:04 MST"), mc.CPUs, mc.MemGiB, strings.TrimPrefix(mc.Whyslow, "whyslow "), r.Took)
+		if r.IO != nil && len(r.IO.Probes) > 0 {
+			var ps []string
+			for _, p := range r.IO.Probes {
+				if p.Status == "ok" {
+					ps = append(ps, p.Name+" "+p.Mechanism)
+				} else {
+					ps = append(ps, p.Name+" unavailable")
+				}
+			}
+			m.f(" whyslow's probes ran on: %s.", strings.Join(ps, ", "))
+		}
+		m.f("\n\n")
+		renderIOCost(&m, r)
 	}
 	return m.String()
 }

@@ -31,6 +31,7 @@ func run() int {
 	mirror := flag.String("mirror", "http://deb.debian.org/debian", "Debian mirror the kernels come from")
 	probesRun := flag.String("probes-run", "", "only the probes tests matching this regexp (-test.run)")
 	e2eRun := flag.String("e2e-run", "", "only the end-to-end tests matching this regexp (default: the matrix's own)")
+	bench := flag.String("bench", "", "run the benchmark driver in each guest with these arguments instead of the tests (make bench-vm)")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "vmtest: unexpected argument %q\n", flag.Arg(0))
@@ -58,7 +59,7 @@ func run() int {
 	}
 	c := &vmtest.Config{
 		Repo: repo, Cache: *cache, Out: *out, Timeout: *timeout, Log: logf,
-		Select: vmtest.Selection{ProbesRun: *probesRun, E2ERun: *e2eRun},
+		Select: vmtest.Selection{ProbesRun: *probesRun, E2ERun: *e2eRun, Bench: *bench},
 		Fetcher: &vmtest.Fetcher{
 			Cache: *cache, Mirror: *mirror, Keyring: "/usr/share/keyrings/debian-archive-keyring.gpg",
 			MaxAge: 24 * time.Hour, Log: logf,
@@ -76,7 +77,7 @@ func run() int {
 	}
 	defer os.RemoveAll(bindir)
 	logf("building whyslow and the test binaries (static)")
-	bins, err := vmtest.BuildBinaries(ctx, repo, bindir)
+	bins, err := vmtest.BuildBinaries(ctx, repo, bindir, c.Select)
 	if err != nil {
 		logf("%v", err)
 		return 1

@@ -1,0 +1,101 @@
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"os"
+	"strings"
+	"testing"
+)
+
+var update = flag.Bool("update", false, "render bench/results.json into BENCHMARKS.md")
+
+// BENCHMARKS.md holds, between its markers, what the generator makes of
+// bench/results.json: neither is edited by hand.
+func TestBenchmarksMatchResults(t *testing.T) {
+	js, err := os.ReadFile("../../results.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r Results
+	if err := json.Unmarshal(js, &r); err != nil {
+		t.Fatal(err)
+	}
+	doc, err := os.ReadFile("../../../BENCHMARKS.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(doc)
+	i := strings.Index(s, beginMarker)
+	j := strings.Index(s, endMarker)
+	if i < 0 || j < i {
+		t.Fatal("BENCHMARKS.md has no bench markers")
+	}
+	got := s[i+len(beginMarker)+1 : j]
+	if *update {
+		if err := writeMarkdown("../../../BENCHMARKS.md", &r); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	if want := renderMarkdown(&r); got != want {
+		t.Errorf("BENCHMARKS.md differs from the rendering of bench/results.json; rendering:\n%s", want)
+	}
+}
+
+func TestParseFio(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want fioConfig
+		ok   bool
+	}{
+		{"libaio,32,2", fioConfig{Engine: "libaio", Depth: 32, Jobs: 2}, true},
+		{"io_uring,1,1", fioConfig{Engine: "io_uring", Depth: 1, Jobs: 1}, true},
+		{"libaio,32", fioConfig{}, false},
+		{"libaio,0,2", fioConfig{}, false},
+		{",32,2", fioConfig{}, false},
+		{"libaio,x,2", fioConfig{}, false},
+	} {
+		got, err := parseFio(tt.in)
+		if (err == nil) != tt.ok || got != tt.want {
+			t.Errorf("parseFio(%q) = %+v, %v", tt.in, got, err)
+		}
+	}
+}
+
+func TestSelectTools(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want []string
+		ok   bool
+	}{
+		{"none,whyslow,libbpf-tools,bpftrace", []string{"none", "whyslow", "libbpf-tools", "bpftrace"}, true},
+		{"none,whyslow,libbpf-tools", []string{"none", "whyslow", "libbpf-tools"}, true},
+		{"whyslow,none", nil, false},
+		{"none,perf", nil, false},
+		{"", nil, false},
+	} {
+		ts, err := selectTools(strings.Split(tt.in, ","))
+		var got []string
+		for _, x := range ts {
+			got = append(got, x.name)
+		}
+		if (err == nil) != tt.ok || strings.Join(got, ",") != strings.Join(tt.want, ",") {
+			t.Errorf("selectTools(%q) = %v, %v", tt.in, got, err)
+		}
+	}
+}
+
+// A guest has no bpftrace, perf or losetup: the io section on a given
+// device with whyslow and libbpf-tools needs none of them.
+func TestNeededPrograms(t *testing.T) {
+	o := options{sections: map[string]bool{"io": true}, device: "/dev/nullb0", configs: []string{"none", "whyslow", "libbpf-tools"}}
+	got := strings.Join(neededPrograms(o), ",")
+	if got != "fio,biolatency,stdbuf,execsnoop" {
+		t.Errorf("needed %s", got)
+	}
+	o = options{sections: map[string]bool{"io": true, "sched": true}, configs: []string{"none", "bpftrace"}}
+	if got := strings.Join(neededPrograms(o), ","); got != "fio,losetup,biolatency,stdbuf,bpftrace,perf,taskset" {
+		t.Errorf("needed %s", got)
+	}
+}
