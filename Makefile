@@ -83,7 +83,9 @@ bench: build
 bench-vm:
 	@./scripts/apt-ensure $(VMTEST_DEBS) libbpf-tools coreutils
 	$(GO) run ./vmtest/cmd/vmtest -kernel $(BENCH_VM_KERNEL) -quiet -timeout 30m -out vmtest/out-bench -bench "$(BENCH_VM_FLAGS)"
-	$(GO) run ./bench/cmd/whyslow-bench -vm-results vmtest/out-bench -out BENCHMARKS.md
+	@mkdir -p bench/results-vm
+	@for d in vmtest/out-bench/*/; do k=$$(basename $$d); [ -f $$d/bench.json ] && cp $$d/bench.json bench/results-vm/$$k.json; done; true
+	$(GO) run ./bench/cmd/whyslow-bench -vm-results bench/results-vm -out BENCHMARKS.md
 
 clean:
 	rm -f $(BINARY)

@@ -84,7 +84,7 @@ func main() {
 	flag.StringVar(&o.device, "device", "", "io: drive this block device instead of a loop device over tmpfs")
 	configs := flag.String("configs", "none,whyslow,libbpf-tools,bpftrace", "io: the configurations compared (none must be first)")
 	flag.StringVar(&o.fio, "fio", "", "io: this fio configuration, engine,iodepth,numjobs (e.g. libaio,32,2), instead of the fastest of a calibration")
-	flag.StringVar(&o.vmResults, "vm-results", "", "render the results of make bench-vm found in this directory (one per kernel) into -out, and exit")
+	flag.StringVar(&o.vmResults, "vm-results", "", "render the results of make bench-vm kept in this directory (<kernel>.json each) into -out, and exit")
 	flag.Parse()
 	o.configs = strings.Split(*configs, ",")
 	o.sections = map[string]bool{}

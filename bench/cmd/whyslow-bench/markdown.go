@@ -270,40 +270,59 @@ const (
 	vmEndMarker   = "<!-- bench-vm:end -->"
 )
 
-// writeVMResults renders the results of `make bench-vm`, dir/<kernel>/
-// bench.json for each kernel, between the bench-vm markers of path.
-func writeVMResults(dir, path string) error {
-	files, err := filepath.Glob(filepath.Join(dir, "*", "bench.json"))
+// loadVMResults reads the results of `make bench-vm` kept in dir, one
+// <kernel>.json each, in the order of their names.
+func loadVMResults(dir string) ([]*Results, error) {
+	files, err := filepath.Glob(filepath.Join(dir, "*.json"))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if len(files) == 0 {
-		return fmt.Errorf("no %s in %s: run make bench-vm", filepath.Join("*", "bench.json"), dir)
+		return nil, fmt.Errorf("no *.json in %s: run make bench-vm", dir)
 	}
 	sort.Strings(files)
 	var runs []*Results
 	for _, f := range files {
 		js, err := os.ReadFile(f)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		r := new(Results)
 		if err := json.Unmarshal(js, r); err != nil {
-			return fmt.Errorf("%s: %w", f, err)
+			return nil, fmt.Errorf("%s: %w", f, err)
 		}
 		runs = append(runs, r)
+	}
+	return runs, nil
+}
+
+// vmSection is the text between the bench-vm markers of doc.
+func vmSection(doc string) (begin, end int, err error) {
+	i := strings.Index(doc, vmBeginMarker)
+	j := strings.Index(doc, vmEndMarker)
+	if i < 0 || j < i {
+		return 0, 0, fmt.Errorf("no %s ... %s markers", vmBeginMarker, vmEndMarker)
+	}
+	return i + len(vmBeginMarker) + 1, j, nil
+}
+
+// writeVMResults renders the results of `make bench-vm` in dir between
+// the bench-vm markers of path.
+func writeVMResults(dir, path string) error {
+	runs, err := loadVMResults(dir)
+	if err != nil {
+		return err
 	}
 	old, err := os.ReadFile(path)
 	if err != nil {
 		return err
 	}
 	s := string(old)
-	i := strings.Index(s, "<!-- bench-vm:begin")
-	j := strings.Index(s, vmEndMarker)
-	if i < 0 || j < i {
-		return fmt.Errorf("%s has no %s ... %s markers", path, "<!-- bench-vm:begin", vmEndMarker)
+	i, j, err := vmSection(s)
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
 	}
-	out := s[:i] + vmBeginMarker + "\n" + renderVM(runs) + vmEndMarker + s[j+len(vmEndMarker):]
+	out := s[:i] + renderVM(runs) + s[j:]
 	return os.WriteFile(path, []byte(out), 0o644)
 }
 

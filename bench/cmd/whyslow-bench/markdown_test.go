@@ -8,7 +8,7 @@ import (
 	"testing"
 )
 
-var update = flag.Bool("update", false, "render bench/results.json into BENCHMARKS.md")
+var update = flag.Bool("update", false, "render bench/results.json and bench/results-vm into BENCHMARKS.md")
 
 // BENCHMARKS.md holds, between its markers, what the generator makes of
 // bench/results.json: neither is edited by hand.
@@ -40,6 +40,32 @@ func TestBenchmarksMatchResults(t *testing.T) {
 	}
 	if want := renderMarkdown(&r); got != want {
 		t.Errorf("BENCHMARKS.md differs from the rendering of bench/results.json; rendering:\n%s", want)
+	}
+}
+
+// The bench-vm section of BENCHMARKS.md is what the generator makes of
+// bench/results-vm/*.json, the guests' results of `make bench-vm`.
+func TestBenchmarksMatchVMResults(t *testing.T) {
+	runs, err := loadVMResults("../../results-vm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := os.ReadFile("../../../BENCHMARKS.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *update {
+		if err := writeVMResults("../../results-vm", "../../../BENCHMARKS.md"); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	i, j, err := vmSection(string(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := string(doc[i:j]), renderVM(runs); got != want {
+		t.Errorf("BENCHMARKS.md differs from the rendering of bench/results-vm; rendering:\n%s", want)
 	}
 }
 
