@@ -92,15 +92,18 @@ func startSubmitFn(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism
 	if err != nil {
 		return nil, loadErr(err)
 	}
-	taskStorage := mech == event.MechFentry && features.HaveMapType(ebpf.TaskStorage) == nil
+	var taskStorage uint32
+	if mech == event.MechFentry && features.HaveMapType(ebpf.TaskStorage) == nil {
+		taskStorage = 1
+	}
 	spec, err := loadSpec(loadSubmitfn, map[string]any{
 		"min_latency_ns":   uint64(max(cfg.MinLatency, 0)),
-		"use_task_storage": boolU32(taskStorage),
+		"use_task_storage": taskStorage,
 	})
 	if err != nil {
 		return nil, loadErr(err)
 	}
-	if !taskStorage {
+	if taskStorage == 0 {
 		// The programs keep their calls in the LRU hash: the task
 		// storage map, unused, need not be one (5.10 has none).
 		ms := spec.Maps["submitting_task"]
@@ -139,12 +142,4 @@ func startSubmitFn(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism
 		return nil
 	}
 	return r, nil
-}
-
-// boolU32 is b as a BPF object's 32-bit flag.
-func boolU32(b bool) uint32 {
-	if b {
-		return 1
-	}
-	return 0
 }

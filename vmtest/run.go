@@ -81,13 +81,14 @@ type Selection struct {
 var benchBinary = binary{"whyslow-bench", []string{"build", "-trimpath", "-o", "{out}", "./bench/cmd/whyslow-bench"}}
 
 // benchTools are the programs the benchmark compares whyslow with, copied
-// from the host with their libraries (stdbuf's preloaded library too: the
-// driver reads the tools' first output line through it).
-var benchTools = []struct{ guest, host, pkg string }{
-	{"/usr/sbin/biolatency", "/usr/sbin/biolatency", "libbpf-tools"},
-	{"/usr/sbin/execsnoop", "/usr/sbin/execsnoop", "libbpf-tools"},
-	{"/usr/bin/stdbuf", "/usr/bin/stdbuf", "coreutils"},
-	{"/usr/libexec/coreutils/libstdbuf.so", "/usr/libexec/coreutils/libstdbuf.so", "coreutils"},
+// from the host to the same path in the guest with their libraries
+// (stdbuf's preloaded library too: the driver reads the tools' first output
+// line through it).
+var benchTools = []struct{ path, pkg string }{
+	{"/usr/sbin/biolatency", "libbpf-tools"},
+	{"/usr/sbin/execsnoop", "libbpf-tools"},
+	{"/usr/bin/stdbuf", "coreutils"},
+	{"/usr/libexec/coreutils/libstdbuf.so", "coreutils"},
 }
 
 // defaultE2E are the end-to-end tests that need a kernel of the matrix (the
@@ -169,10 +170,10 @@ func BuildInitramfs(ctx context.Context, k *Unpacked, bins map[string]string, st
 	}
 	if _, ok := bins[benchBinary.name]; ok {
 		for _, t := range benchTools {
-			if _, err := os.Stat(t.host); err != nil {
-				return fmt.Errorf("%s not found: install the Debian package %s", t.host, t.pkg)
+			if _, err := os.Stat(t.path); err != nil {
+				return fmt.Errorf("%s not found: install the Debian package %s", t.path, t.pkg)
 			}
-			if err := a.AddProgram(ctx, t.host, t.guest); err != nil {
+			if err := a.AddProgram(ctx, t.path, t.path); err != nil {
 				return err
 			}
 		}

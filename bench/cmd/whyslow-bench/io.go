@@ -138,13 +138,14 @@ type CalibRow struct {
 type tool struct {
 	name, what string
 	start      func(b *bench, tag string) ([]*proc, error)
+	runs       []string // the programs start runs, besides whyslow
 }
 
 var tools = []tool{
-	{"none", "no tracing", func(*bench, string) ([]*proc, error) { return nil, nil }},
-	{"whyslow", "`whyslow diagnose storage` (every probe, defaults)", (*bench).startWhyslow},
-	{"libbpf-tools", "`biolatency` + `execsnoop` (libbpf-tools)", (*bench).startLibbpfTools},
-	{"bpftrace", "`bpftrace bench/biosched.bt` (same block and sched probes)", (*bench).startBpftrace},
+	{"none", "no tracing", func(*bench, string) ([]*proc, error) { return nil, nil }, nil},
+	{"whyslow", "`whyslow diagnose storage` (every probe, defaults)", (*bench).startWhyslow, nil},
+	{"libbpf-tools", "`biolatency` + `execsnoop` (libbpf-tools)", (*bench).startLibbpfTools, []string{"stdbuf", "biolatency", "execsnoop"}},
+	{"bpftrace", "`bpftrace bench/biosched.bt` (same block and sched probes)", (*bench).startBpftrace, []string{"stdbuf", "bpftrace"}},
 }
 
 const readyTimeout = 60 * time.Second
@@ -239,13 +240,13 @@ func (b *bench) io() error {
 		return err
 	}
 	res := &IOResult{Device: deviceLabel(b.loop, b.o.device != ""), Fio: b.fio, Calibration: cal, Rounds: b.o.rounds}
-	tools := b.tools
-	runs := make([][]fioRun, len(tools))
+	configs := b.tools
+	runs := make([][]fioRun, len(configs))
 	var lost uint64
 	for r := 0; r < b.o.rounds; r++ {
-		for k := range tools {
-			i := (r + k) % len(tools) // rotate the order every round
-			t := tools[i]
+		for k := range configs {
+			i := (r + k) % len(configs) // rotate the order every round
+			t := configs[i]
 			tag := fmt.Sprintf("io-%s-%d", t.name, r)
 			ps, err := t.start(b, tag)
 			if err != nil {
@@ -272,7 +273,7 @@ func (b *bench) io() error {
 			time.Sleep(500 * time.Millisecond)
 		}
 	}
-	for i, t := range tools {
+	for i, t := range configs {
 		c := IOConfigResult{Name: t.name, What: t.what, Runs: runs[i]}
 		var iops, p99, ri, rp []float64
 		for r, fr := range runs[i] {

@@ -158,7 +158,7 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
-	for _, t := range neededPrograms(o) {
+	for _, t := range neededPrograms(o, selected) {
 		if _, err := exec.LookPath(t); err != nil {
 			return fmt.Errorf("%s not found (make bench installs the Debian packages BENCH_DEBS)", t)
 		}
@@ -353,9 +353,9 @@ func selectTools(names []string) ([]tool, error) {
 	return out, nil
 }
 
-// neededPrograms are the programs the selected sections and configurations
-// run.
-func neededPrograms(o options) []string {
+// neededPrograms are the programs the sections of o and the selected io
+// configurations run.
+func neededPrograms(o options, selected []tool) []string {
 	var need []string
 	add := func(ps ...string) {
 		for _, p := range ps {
@@ -372,13 +372,8 @@ func neededPrograms(o options) []string {
 	}
 	if o.sections["io"] {
 		add("biolatency", "stdbuf") // the cost measurement runs biolatency
-		for _, c := range o.configs {
-			switch strings.TrimSpace(c) {
-			case "libbpf-tools":
-				add("execsnoop")
-			case "bpftrace":
-				add("bpftrace")
-			}
+		for _, t := range selected {
+			add(t.runs...)
 		}
 	}
 	if o.sections["startup"] {

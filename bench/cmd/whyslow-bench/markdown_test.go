@@ -25,13 +25,10 @@ func TestBenchmarksMatchResults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := string(doc)
-	i := strings.Index(s, beginMarker)
-	j := strings.Index(s, endMarker)
-	if i < 0 || j < i {
+	got, ok := benchSection.body(string(doc))
+	if !ok {
 		t.Fatal("BENCHMARKS.md has no bench markers")
 	}
-	got := s[i+len(beginMarker)+1 : j]
 	if *update {
 		if err := writeMarkdown("../../../BENCHMARKS.md", &r); err != nil {
 			t.Fatal(err)
@@ -60,11 +57,11 @@ func TestBenchmarksMatchVMResults(t *testing.T) {
 		}
 		return
 	}
-	i, j, err := vmSection(string(doc))
-	if err != nil {
-		t.Fatal(err)
+	got, ok := vmSection.body(string(doc))
+	if !ok {
+		t.Fatal("BENCHMARKS.md has no bench-vm markers")
 	}
-	if got, want := string(doc[i:j]), renderVM(runs); got != want {
+	if want := renderVM(runs); got != want {
 		t.Errorf("BENCHMARKS.md differs from the rendering of bench/results-vm; rendering:\n%s", want)
 	}
 }
@@ -115,13 +112,56 @@ func TestSelectTools(t *testing.T) {
 // A guest has no bpftrace, perf or losetup: the io section on a given
 // device with whyslow and libbpf-tools needs none of them.
 func TestNeededPrograms(t *testing.T) {
-	o := options{sections: map[string]bool{"io": true}, device: "/dev/nullb0", configs: []string{"none", "whyslow", "libbpf-tools"}}
-	got := strings.Join(neededPrograms(o), ",")
-	if got != "fio,biolatency,stdbuf,execsnoop" {
-		t.Errorf("needed %s", got)
+	for _, tt := range []struct {
+		o    options
+		want string
+	}{
+		{options{sections: map[string]bool{"io": true}, device: "/dev/nullb0", configs: []string{"none", "whyslow", "libbpf-tools"}},
+			"fio,biolatency,stdbuf,execsnoop"},
+		{options{sections: map[string]bool{"io": true, "sched": true}, configs: []string{"none", "bpftrace"}},
+			"fio,losetup,biolatency,stdbuf,bpftrace,perf,taskset"},
+	} {
+		selected, err := selectTools(tt.o.configs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Join(neededPrograms(tt.o, selected), ","); got != tt.want {
+			t.Errorf("configs %v: needed %s, want %s", tt.o.configs, got, tt.want)
+		}
 	}
-	o = options{sections: map[string]bool{"io": true, "sched": true}, configs: []string{"none", "bpftrace"}}
-	if got := strings.Join(neededPrograms(o), ","); got != "fio,losetup,biolatency,stdbuf,bpftrace,perf,taskset" {
-		t.Errorf("needed %s", got)
+}
+
+// A new file gets the markers; a stale begin marker is rewritten; text
+// around the section stays.
+func TestSectionReplace(t *testing.T) {
+	s := section{"<!-- x:begin: today -->", "<!-- x:end -->"}
+	for _, tt := range []struct {
+		doc, want string
+		ok        bool
+	}{
+		{"a\n<!-- x:begin: today -->\nold\n<!-- x:end -->\nb\n", "a\n<!-- x:begin: today -->\nnew\n<!-- x:end -->\nb\n", true},
+		{"a\n<!-- x:begin: yesterday -->\nold\n<!-- x:end -->\n", "a\n<!-- x:begin: today -->\nnew\n<!-- x:end -->\n", true},
+		{"a\n<!-- x:end -->\n<!-- x:begin: today -->\n", "a\n<!-- x:end -->\n<!-- x:begin: today -->\n", false},
+		{"a\n", "a\n", false},
+	} {
+		got, ok := s.replace(tt.doc, "new\n")
+		if got != tt.want || ok != tt.ok {
+			t.Errorf("replace(%q) = %q, %v; want %q, %v", tt.doc, got, ok, tt.want, tt.ok)
+		}
+		if body, bok := s.body(got); ok && (!bok || body != "new\n") {
+			t.Errorf("body(%q) = %q, %v", got, body, bok)
+		}
+	}
+	path := t.TempDir() + "/B.md"
+	r := &Results{}
+	if err := writeMarkdown(path, r); err != nil {
+		t.Fatal(err)
+	}
+	doc, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body, ok := benchSection.body(string(doc)); !ok || body != renderMarkdown(r) || !strings.HasPrefix(string(doc), "# Benchmarks\n\n") {
+		t.Errorf("new file:\n%s", doc)
 	}
 }
