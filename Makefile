@@ -19,7 +19,7 @@ KERNEL ?= all
 # with (libbpf-tools, bpftrace) and perf for the context-switch benchmark
 # (the BPF run-time statistics are read through cilium/ebpf).
 BENCH_DEBS := fio libbpf-tools bpftrace linux-perf util-linux coreutils
-# Extra flags of bench/cmd/whyslow-bench, e.g. BENCH_FLAGS="-rounds 5 -sections io".
+# Extra flags of tools/bench/cmd/whyslow-bench, e.g. BENCH_FLAGS="-rounds 5 -sections io".
 BENCH_FLAGS ?=
 
 # Kernels and driver flags of `make bench-vm`: null_blk with its defaults
@@ -38,10 +38,10 @@ build:
 
 ## deps: install the Debian packages the tests need, when missing (needs root)
 deps:
-	@./scripts/apt-ensure $(TEST_DEBS)
+	@./tools/scripts/apt-ensure $(TEST_DEBS)
 
 deps-generate:
-	@./scripts/apt-ensure $(GENERATE_DEBS)
+	@./tools/scripts/apt-ensure $(GENERATE_DEBS)
 
 ## generate: rebuild the BPF objects and their Go bindings with bpf2go (needs clang, libbpf-dev)
 generate: deps-generate
@@ -66,26 +66,26 @@ test-unit:
 	$(GO) test -count=1 -short ./...
 
 ## vmtest: the probe and scenario tests on Debian's 5.10, 6.1 and 6.12 cloud kernels under qemu
-## (make vmtest KERNEL=6.1 for one); results in vmtest/out/<kernel>/, needs root
+## (make vmtest KERNEL=6.1 for one); results in tools/vmtest/out/<kernel>/, needs root
 vmtest:
-	@./scripts/apt-ensure $(VMTEST_DEBS)
-	$(GO) run ./vmtest/cmd/vmtest -kernel $(KERNEL) -quiet -matrix vmtest/out/matrix.md
+	@./tools/scripts/apt-ensure $(VMTEST_DEBS)
+	$(GO) run ./tools/vmtest/cmd/vmtest -kernel $(KERNEL) -quiet -matrix tools/vmtest/out/matrix.md
 
 ## bench: measure whyslow's cost (I/O, context switches, start-up, event storm) against
 ## libbpf-tools and bpftrace, and its analysis speed; writes BENCHMARKS.md (needs root;
 ## takes some 30 minutes; not part of make test)
 bench: build
-	@./scripts/apt-ensure $(BENCH_DEBS)
-	$(GO) run ./bench/cmd/whyslow-bench -whyslow ./$(BINARY) -out BENCHMARKS.md -json bench/results.json $(BENCH_FLAGS)
+	@./tools/scripts/apt-ensure $(BENCH_DEBS)
+	$(GO) run ./tools/bench/cmd/whyslow-bench -whyslow ./$(BINARY) -out BENCHMARKS.md -json tools/bench/results.json $(BENCH_FLAGS)
 
 ## bench-vm: the I/O overhead and BPF cost per I/O on null_blk in Debian's kernels under qemu
 ## (TCG), where whyslow runs its fentry probes; writes BENCHMARKS.md's VM section (needs root)
 bench-vm:
-	@./scripts/apt-ensure $(VMTEST_DEBS) libbpf-tools coreutils
-	$(GO) run ./vmtest/cmd/vmtest -kernel $(BENCH_VM_KERNEL) -quiet -timeout 30m -out vmtest/out-bench -bench "$(BENCH_VM_FLAGS)"
-	@mkdir -p bench/results-vm
-	@for d in vmtest/out-bench/*/; do k=$$(basename $$d); [ -f $$d/bench.json ] && cp $$d/bench.json bench/results-vm/$$k.json; done; true
-	$(GO) run ./bench/cmd/whyslow-bench -vm-results bench/results-vm -out BENCHMARKS.md
+	@./tools/scripts/apt-ensure $(VMTEST_DEBS) libbpf-tools coreutils
+	$(GO) run ./tools/vmtest/cmd/vmtest -kernel $(BENCH_VM_KERNEL) -quiet -timeout 30m -out tools/vmtest/out-bench -bench "$(BENCH_VM_FLAGS)"
+	@mkdir -p tools/bench/results-vm
+	@for d in tools/vmtest/out-bench/*/; do k=$$(basename $$d); [ -f $$d/bench.json ] && cp $$d/bench.json tools/bench/results-vm/$$k.json; done; true
+	$(GO) run ./tools/bench/cmd/whyslow-bench -vm-results tools/bench/results-vm -out BENCHMARKS.md
 
 clean:
 	rm -f $(BINARY)

@@ -13,10 +13,10 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/whyslow/whyslow/diagnose"
-	"github.com/whyslow/whyslow/report"
+	"github.com/whyslow/whyslow/internal/report"
+	"github.com/whyslow/whyslow/internal/stackexport"
+	"github.com/whyslow/whyslow/internal/tracefile"
 	"github.com/whyslow/whyslow/rules"
-	"github.com/whyslow/whyslow/stackexport"
-	"github.com/whyslow/whyslow/tracefile"
 )
 
 // AnalyzeOptions are the flags of `whyslow analyze`.

@@ -12,7 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/whyslow/whyslow/diagnose"
-	"github.com/whyslow/whyslow/tracefile"
+	"github.com/whyslow/whyslow/internal/tracefile"
 )
 
 func TestAnalyzeFlags(t *testing.T) {

@@ -12,10 +12,10 @@ import (
 	"testing"
 
 	"github.com/whyslow/whyslow/diagnose"
-	"github.com/whyslow/whyslow/report"
+	"github.com/whyslow/whyslow/internal/report"
+	"github.com/whyslow/whyslow/internal/stackexport"
+	"github.com/whyslow/whyslow/internal/tracefile"
 	"github.com/whyslow/whyslow/rules"
-	"github.com/whyslow/whyslow/stackexport"
-	"github.com/whyslow/whyslow/tracefile"
 )
 
 // FuzzAnalyze drives the whole of `whyslow analyze` on arbitrary bytes: the
@@ -43,7 +43,7 @@ func FuzzAnalyze(f *testing.F) {
 		f.Add(data)
 		f.Add(excerpt(f, data, 3))
 	}
-	if ex, err := os.ReadFile(filepath.Join("..", "tracefile", "testdata", "v1-example.trace")); err == nil {
+	if ex, err := os.ReadFile(filepath.Join("..", "internal", "tracefile", "testdata", "v1-example.trace")); err == nil {
 		f.Add(ex)
 	}
 	for _, lines := range handMade {

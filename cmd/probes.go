@@ -12,8 +12,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/whyslow/whyslow/diagnose"
-	"github.com/whyslow/whyslow/event"
-	"github.com/whyslow/whyslow/hist"
+	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/hist"
 	"github.com/whyslow/whyslow/probes"
 	"github.com/whyslow/whyslow/rules"
 )

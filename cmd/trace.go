@@ -20,9 +20,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/whyslow/whyslow/diagnose"
-	"github.com/whyslow/whyslow/event"
-	"github.com/whyslow/whyslow/hist"
-	"github.com/whyslow/whyslow/live"
+	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/hist"
+	"github.com/whyslow/whyslow/internal/live"
 	"github.com/whyslow/whyslow/probes"
 	"github.com/whyslow/whyslow/rules"
 )

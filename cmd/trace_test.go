@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/whyslow/whyslow/diagnose"
-	"github.com/whyslow/whyslow/event"
-	"github.com/whyslow/whyslow/live"
+	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/live"
 	"github.com/whyslow/whyslow/probes"
 )
 

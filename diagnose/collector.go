@@ -4,10 +4,10 @@ import (
 	"sync"
 	"unsafe"
 
-	"github.com/whyslow/whyslow/event"
-	"github.com/whyslow/whyslow/hist"
+	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/hist"
+	"github.com/whyslow/whyslow/internal/timeline"
 	"github.com/whyslow/whyslow/probes"
-	"github.com/whyslow/whyslow/timeline"
 )
 
 // collector is the probes.Sink of a live run: it puts everything on one

@@ -4,8 +4,8 @@ import (
 	"reflect"
 	"testing"
 
-	"github.com/whyslow/whyslow/event"
-	"github.com/whyslow/whyslow/timeline"
+	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/timeline"
 )
 
 // Past its memory bound the collector drops events and counts them as lost,

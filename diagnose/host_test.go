@@ -6,7 +6,7 @@ import (
 	"reflect"
 	"testing"
 
-	"github.com/whyslow/whyslow/event"
+	"github.com/whyslow/whyslow/internal/event"
 )
 
 // fakeSysfs builds a sysfs tree with bcache0 on sda1 (a partition of sda)

@@ -19,11 +19,11 @@ import (
 	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
 
-	"github.com/whyslow/whyslow/event"
-	"github.com/whyslow/whyslow/facts"
+	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/facts"
+	"github.com/whyslow/whyslow/internal/timeline"
 	"github.com/whyslow/whyslow/probes"
 	"github.com/whyslow/whyslow/rules"
-	"github.com/whyslow/whyslow/timeline"
 )
 
 // DefaultBTF is where the running kernel publishes its BTF.

@@ -6,9 +6,9 @@ import (
 	"testing/fstest"
 	"time"
 
-	"github.com/whyslow/whyslow/event"
+	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/timeline"
 	"github.com/whyslow/whyslow/rules"
-	"github.com/whyslow/whyslow/timeline"
 )
 
 func twoDevices() *timeline.Timeline {

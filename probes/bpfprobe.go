@@ -22,8 +22,8 @@ import (
 	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
 
-	"github.com/whyslow/whyslow/event"
-	"github.com/whyslow/whyslow/hist"
+	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/hist"
 )
 
 // Indexes of the per-CPU `losses` array every BPF program keeps

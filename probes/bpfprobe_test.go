@@ -19,8 +19,8 @@ import (
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
-	"github.com/whyslow/whyslow/event"
-	"github.com/whyslow/whyslow/hist"
+	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/hist"
 	"github.com/whyslow/whyslow/internal/scenario"
 )
 

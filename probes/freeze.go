@@ -11,8 +11,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 
-	"github.com/whyslow/whyslow/event"
-	"github.com/whyslow/whyslow/symbolize"
+	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/symbolize"
 )
 
 // freezeProbe records request queue freezes, outermost freeze to unfreeze:

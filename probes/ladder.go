@@ -25,8 +25,8 @@ import (
 	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
 
-	"github.com/whyslow/whyslow/event"
-	"github.com/whyslow/whyslow/symbolize"
+	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/symbolize"
 )
 
 // Mechanisms is implemented by probes that can run on more than one

@@ -14,7 +14,7 @@ import (
 	"github.com/cilium/ebpf/btf"
 	"golang.org/x/sys/unix"
 
-	"github.com/whyslow/whyslow/event"
+	"github.com/whyslow/whyslow/internal/event"
 )
 
 // fakeCaps answers kernelCaps from lists.

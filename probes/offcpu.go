@@ -14,8 +14,8 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 
-	"github.com/whyslow/whyslow/event"
-	"github.com/whyslow/whyslow/symbolize"
+	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/symbolize"
 )
 
 // offcpuProbe records spans tasks spend blocked in uninterruptible sleep

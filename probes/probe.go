@@ -12,8 +12,8 @@ import (
 
 	"github.com/cilium/ebpf/btf"
 
-	"github.com/whyslow/whyslow/event"
-	"github.com/whyslow/whyslow/hist"
+	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/hist"
 )
 
 // ErrNotSupported means the kernel lacks what a probe needs.

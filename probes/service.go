@@ -6,7 +6,7 @@ import (
 
 	"github.com/cilium/ebpf/link"
 
-	"github.com/whyslow/whyslow/event"
+	"github.com/whyslow/whyslow/internal/event"
 )
 
 // serviceProbe measures request service latency per device, from

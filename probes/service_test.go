@@ -4,7 +4,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/whyslow/whyslow/event"
+	"github.com/whyslow/whyslow/internal/event"
 )
 
 // Every O_DIRECT write to a loop device is a request the loop driver

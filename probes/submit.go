@@ -12,7 +12,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 
-	"github.com/whyslow/whyslow/event"
+	"github.com/whyslow/whyslow/internal/event"
 )
 
 // submitProbe measures bio submission latency (blktrace's Q2G): from

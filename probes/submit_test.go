@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/whyslow/whyslow/event"
+	"github.com/whyslow/whyslow/internal/event"
 )
 
 var submitProgNames = []string{"sub_bio_queue", "sub_getrq", "sub_backmerge", "sub_frontmerge", "sub_bio_done"}

@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/whyslow/whyslow/event"
-	"github.com/whyslow/whyslow/hist"
+	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/hist"
 	"github.com/whyslow/whyslow/internal/scenario"
 )
 

@@ -16,8 +16,8 @@ import (
 	"github.com/expr-lang/expr/builtin"
 	"github.com/expr-lang/expr/conf"
 
-	"github.com/whyslow/whyslow/event"
-	"github.com/whyslow/whyslow/facts"
+	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/facts"
 )
 
 // The tests below keep docs/rules.md, the rule-writing reference, true to

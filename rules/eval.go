@@ -15,7 +15,7 @@ import (
 	"github.com/expr-lang/expr/file"
 	"github.com/expr-lang/expr/vm"
 
-	"github.com/whyslow/whyslow/facts"
+	"github.com/whyslow/whyslow/internal/facts"
 )
 
 // Evaluate runs the rules on the facts of a run and returns the findings,

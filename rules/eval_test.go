@@ -9,9 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/whyslow/whyslow/event"
-	"github.com/whyslow/whyslow/facts"
-	"github.com/whyslow/whyslow/timeline"
+	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/facts"
+	"github.com/whyslow/whyslow/internal/timeline"
 )
 
 const t0 = event.Mono(5_000_000_000_000)

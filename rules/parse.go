@@ -20,7 +20,7 @@ import (
 	"github.com/expr-lang/expr/vm"
 	"gopkg.in/yaml.v3"
 
-	"github.com/whyslow/whyslow/facts"
+	"github.com/whyslow/whyslow/internal/facts"
 )
 
 // Error is a problem in a rule file, at a 1-based line and column.

@@ -51,7 +51,7 @@ import (
 	"github.com/expr-lang/expr/vm"
 	"gopkg.in/yaml.v3"
 
-	"github.com/whyslow/whyslow/facts"
+	"github.com/whyslow/whyslow/internal/facts"
 )
 
 // Scope says what a rule is evaluated for.

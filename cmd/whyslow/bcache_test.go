@@ -20,11 +20,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/whyslow/whyslow/event"
+	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/report"
 	"github.com/whyslow/whyslow/internal/scenario"
-	"github.com/whyslow/whyslow/report"
-	"github.com/whyslow/whyslow/timeline"
-	"github.com/whyslow/whyslow/tracefile"
+	"github.com/whyslow/whyslow/internal/timeline"
+	"github.com/whyslow/whyslow/internal/tracefile"
 )
 
 // bcacheDisks returns the matrix's two disks, or skips: only the guests of

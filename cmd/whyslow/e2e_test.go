@@ -16,8 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/whyslow/whyslow/internal/report"
 	"github.com/whyslow/whyslow/internal/scenario"
-	"github.com/whyslow/whyslow/report"
 )
 
 var whyslowBin string

@@ -8,11 +8,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/whyslow/whyslow/event"
+	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/report"
 	"github.com/whyslow/whyslow/internal/scenario"
-	"github.com/whyslow/whyslow/report"
-	"github.com/whyslow/whyslow/timeline"
-	"github.com/whyslow/whyslow/tracefile"
+	"github.com/whyslow/whyslow/internal/timeline"
+	"github.com/whyslow/whyslow/internal/tracefile"
 )
 
 // expectedMechanisms lists the mechanisms the environment says work on this

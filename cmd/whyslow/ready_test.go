@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/whyslow/whyslow/internal/report"
 	"github.com/whyslow/whyslow/internal/scenario"
-	"github.com/whyslow/whyslow/report"
 )
 
 // --ready-file appears once the probes are attached, while the run goes on;

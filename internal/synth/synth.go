@@ -23,8 +23,8 @@ import (
 	"math/rand/v2"
 	"time"
 
-	"github.com/whyslow/whyslow/event"
-	"github.com/whyslow/whyslow/timeline"
+	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/timeline"
 )
 
 // Options shape a generated run. The zero value of a field means its default.

@@ -4,8 +4,8 @@ import (
 	"reflect"
 	"testing"
 
-	"github.com/whyslow/whyslow/event"
-	"github.com/whyslow/whyslow/facts"
+	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/facts"
 	"github.com/whyslow/whyslow/rules"
 )
 

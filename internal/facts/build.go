@@ -1,0 +1,764 @@
+package facts
+
+import (
+	"cmp"
+	"math"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/hist"
+	"github.com/whyslow/whyslow/internal/timeline"
+)
+
+// Options tune how facts are derived. The zero value means the defaults.
+type Options struct {
+	// Window is the coincidence window rules use (Run.Window). Default 100ms.
+	Window time.Duration
+	// SubmitSlack widens a slow submission when looking for the off-CPU span
+	// (queue-enter, tag-wait) of the same thread inside it. Default 1ms.
+	SubmitSlack time.Duration
+	// SysfsLookback is how long before a freeze-wait span the freezer's own
+	// sysfs write may be and still name the device and attribute. Default 1s.
+	SysfsLookback time.Duration
+	// WakeSlack is how long after a freeze ends the queue-enter waits woken
+	// by the freezer may end and still name the freeze's device. Default 5ms.
+	WakeSlack time.Duration
+}
+
+// Defaults for Options.
+const (
+	DefaultWindow        = 100 * time.Millisecond
+	DefaultSubmitSlack   = time.Millisecond
+	DefaultSysfsLookback = time.Second
+	DefaultWakeSlack     = 5 * time.Millisecond
+)
+
+func (o *Options) defaults() {
+	if o.Window <= 0 {
+		o.Window = DefaultWindow
+	}
+	if o.SubmitSlack <= 0 {
+		o.SubmitSlack = DefaultSubmitSlack
+	}
+	if o.SysfsLookback <= 0 {
+		o.SysfsLookback = DefaultSysfsLookback
+	}
+	if o.WakeSlack <= 0 {
+		o.WakeSlack = DefaultWakeSlack
+	}
+}
+
+// Kernel functions whose presence on a blocked stack names the span's kind.
+var (
+	queueEnterFuncs = []string{"__bio_queue_enter", "bio_queue_enter", "blk_queue_enter"}
+	freezeFuncs     = []string{"blk_mq_freeze_queue_wait", "blk_mq_freeze_queue_wait_timeout",
+		"blk_freeze_queue", "blk_mq_freeze_queue", "blk_mq_freeze_queue_nomemsave"}
+	tagFuncs = []string{"blk_mq_get_tag"}
+	// ioWaitPrefixes match by prefix: io_schedule_timeout, folio_wait_bit_common, ...
+	ioWaitPrefixes = []string{"io_schedule", "folio_wait", "wait_on_page_bit", "__folio_lock",
+		"__lock_page", "bit_wait_io", "__wait_on_buffer", "wait_on_page_writeback", "submit_bio_wait"}
+)
+
+// Classify returns the Kind of an off-CPU span from its kernel frames,
+// innermost first. The block-layer kinds (queue-enter, freeze-wait,
+// tag-wait) are looked for first, innermost frame first, because their
+// functions sleep through io_schedule themselves (blk_mq_get_tag does); only
+// then does any io_schedule/folio_wait-style frame make it io-wait.
+func Classify(frames []event.Frame) string {
+	for _, f := range frames {
+		name := baseSymbol(f.Symbol)
+		switch {
+		case slices.Contains(queueEnterFuncs, name):
+			return KindQueueEnter
+		case slices.Contains(freezeFuncs, name):
+			return KindFreezeWait
+		case slices.Contains(tagFuncs, name):
+			return KindTagWait
+		}
+	}
+	for _, f := range frames {
+		name := baseSymbol(f.Symbol)
+		for _, p := range ioWaitPrefixes {
+			if strings.HasPrefix(name, p) {
+				return KindIOWait
+			}
+		}
+	}
+	return KindOther
+}
+
+// baseSymbol strips compiler suffixes: "blk_mq_get_tag.isra.0" -> "blk_mq_get_tag".
+func baseSymbol(s string) string {
+	if i := strings.IndexByte(s, '.'); i > 0 {
+		return s[:i]
+	}
+	return s
+}
+
+// Build derives the facts of a timeline. It never fails: events it cannot
+// place (a blocked span no device can be named for) are kept in
+// Run.Unattributed. A nil timeline gives an empty Run.
+func Build(tl *timeline.Timeline, opts Options) *Run {
+	opts.defaults()
+	run := &Run{Window: opts.Window, OffCPUByKind: map[string]int{}}
+	if tl == nil {
+		return run
+	}
+	b := &builder{tl: tl, opts: opts, run: run, byName: map[string]*Device{}, names: map[string]string{}}
+	run.Duration = tl.Duration()
+	run.Kernel = tl.Kernel
+	run.MinLatency = tl.MinLatency
+	run.LostEvents = tl.LostEvents()
+
+	b.devices()
+	b.stalls()
+	b.offCPU()
+	b.sysfsWrites()
+	b.uevents() // after every device is known
+	b.commands()
+	b.holders()
+
+	for _, d := range b.byName {
+		run.Devices = append(run.Devices, d)
+		for _, s := range []*Spans{&d.Stalls, &d.QueueWaits, &d.TagWaits, &d.Freezes, &d.SubmitCalls} {
+			sortSpans(*s)
+		}
+	}
+	slices.SortFunc(run.Devices, func(a, c *Device) int { return cmp.Compare(a.Name, c.Name) })
+	sortSpans(run.Unattributed)
+	return run
+}
+
+type builder struct {
+	tl     *timeline.Timeline
+	opts   Options
+	run    *Run
+	byName map[string]*Device
+	names  map[string]string // major:minor -> name, for events that carry no name
+	// Exits by pid, built on first use: the first exit of each pid, and
+	// for each exit the next one of the same pid (-1 for none).
+	firstExit map[uint32]int32
+	nextExit  []int32
+	// ueventWritesBy counts the writes of uevent files by pid, built on
+	// first use.
+	ueventWritesBy map[uint32]int
+}
+
+func (b *builder) rel(t event.Mono) time.Duration { return t.Sub(b.tl.Start) }
+
+// name returns the name a device is known by: its kernel name, or the name
+// another event gave the same major:minor, or major:minor.
+func (b *builder) name(d event.Device) string {
+	if d.Name != "" {
+		return d.Name
+	}
+	if n, ok := b.names[d.ID()]; ok {
+		return n
+	}
+	return d.ID()
+}
+
+// device returns the device of a name, creating it when needed.
+func (b *builder) device(name, id string) *Device {
+	if d, ok := b.byName[name]; ok {
+		if d.ID == "" {
+			d.ID = id
+		}
+		return d
+	}
+	d := &Device{Name: name, ID: id}
+	b.byName[name] = d
+	return d
+}
+
+// deviceOf is device for an event's device: its major:minor is formatted
+// only when the device does not have one yet.
+func (b *builder) deviceOf(name string, dev event.Device) *Device {
+	if d, ok := b.byName[name]; ok && d.ID != "" {
+		return d
+	}
+	return b.device(name, dev.ID())
+}
+
+func (b *builder) devices() {
+	for _, h := range b.tl.Devices {
+		if h.Dev.Name != "" {
+			b.names[h.Dev.ID()] = h.Dev.Name
+		}
+	}
+	for _, s := range b.tl.SlowSubmits {
+		if s.Dev.Name != "" {
+			b.names[s.Dev.ID()] = s.Dev.Name
+		}
+	}
+	for _, q := range b.tl.QueueEnters {
+		if q.Dev.Name != "" {
+			b.names[q.Dev.ID()] = q.Dev.Name
+		}
+	}
+	for _, f := range b.tl.Freezes {
+		if f.Dev.Name != "" {
+			b.names[f.Dev.ID()] = f.Dev.Name
+		}
+	}
+	for _, c := range b.tl.SubmitCalls {
+		if c.Dev.Name != "" {
+			b.names[c.Dev.ID()] = c.Dev.Name
+		}
+	}
+	for _, h := range b.tl.Devices {
+		d := b.device(b.name(h.Dev), h.Dev.ID())
+		d.Submit = latency(&h.Submit)
+		d.Service = latency(&h.Service)
+		d.SubmitCall = latency(&h.SubmitCall)
+	}
+}
+
+func latency(h *hist.Histogram) Latency {
+	us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+	l := Latency{
+		Count: h.Count,
+		P50Us: us(h.Quantile(0.5)),
+		P99Us: us(h.Quantile(0.99)),
+		MaxUs: float64(h.MaxNs) / float64(time.Microsecond),
+	}
+	if h.Count > 0 { // in nanoseconds first, as Histogram.Mean, but never through a Duration that could overflow
+		l.MeanUs = float64(h.SumNs/h.Count) / float64(time.Microsecond)
+	}
+	return l
+}
+
+func (b *builder) stalls() {
+	// Spans are large: size each device's list once.
+	counts := map[string]int{}
+	for _, s := range b.tl.SlowSubmits {
+		counts[b.name(s.Dev)]++
+	}
+	for _, s := range b.tl.SlowSubmits {
+		name := b.name(s.Dev)
+		d := b.deviceOf(name, s.Dev)
+		if d.Stalls == nil {
+			d.Stalls = make(Spans, 0, counts[name])
+		}
+		start := b.rel(s.Start)
+		d.Stalls = append(d.Stalls, Span{
+			Start: start, End: SaturatingAdd(start, max(s.Latency, 0)), Kind: KindSubmit,
+			Pid: s.Task.Pid, Tgid: s.Task.Tgid, Comm: s.Task.Comm, Device: name, Source: SourceSubmitTP,
+		})
+	}
+	for _, c := range b.tl.SubmitCalls {
+		if c.Dev.Major == 0 && c.Dev.Minor == 0 && c.Dev.Name == "" {
+			continue // no device: nothing to attach it to
+		}
+		name := b.name(c.Dev)
+		d := b.deviceOf(name, c.Dev)
+		start := b.rel(c.Start)
+		d.SubmitCalls = append(d.SubmitCalls, Span{
+			Start: start, End: SaturatingAdd(start, max(c.Latency, 0)), Kind: KindSubmitCall,
+			Pid: c.Task.Pid, Tgid: c.Task.Tgid, Comm: c.Task.Comm, Device: name,
+			Source: SourceDirect(c.Mechanism, c.Func),
+		})
+	}
+}
+
+// directProbe reports whether a direct probe measured this run: it ran on
+// fentry or kprobe, or its events are there (a trace of a run whose probe
+// status was lost).
+func (b *builder) directProbe(name string, events int) bool {
+	if events > 0 {
+		return true
+	}
+	for _, p := range b.tl.Probes {
+		if p.Name == name && p.Status == event.StatusOK &&
+			(p.Mechanism == event.MechFentry || p.Mechanism == event.MechKprobe) {
+			return true
+		}
+	}
+	return false
+}
+
+// offCPU classifies the blocked spans and names their devices:
+//   - queue-enter and tag-wait: the same thread's slow submission that contains the span;
+//   - freeze-wait: the freezer's own sysfs write shortly before, else the device of
+//     the queue-enter waits it woke, else the one device whose stalls overlap it;
+//   - queue-enter waits still without a device: the freeze of the task that woke them.
+//
+// When the queueenter or freeze probe timed the functions directly, their
+// spans replace the inferred queue-enter waits or freeze waits (which are
+// still counted in OffCPUByKind), so nothing is counted twice.
+func (b *builder) offCPU() {
+	submits := map[uint32]*threadSubmits{} // by thread, in time order
+	for i, s := range b.tl.SlowSubmits {
+		ts := submits[s.Task.Pid]
+		if ts == nil {
+			ts = &threadSubmits{all: b.tl.SlowSubmits}
+			submits[s.Task.Pid] = ts
+		}
+		ts.idx = append(ts.idx, int32(i))
+		ts.maxLat = max(ts.maxLat, s.Latency)
+	}
+	writes := map[uint32][]event.SysfsWrite{}
+	for _, w := range b.tl.SysfsWrites {
+		writes[w.Task.Pid] = append(writes[w.Task.Pid], w)
+	}
+
+	// Classify first, to size the lists: spans are large.
+	kinds := make([]string, len(b.tl.OffCPU))
+	nWaits, nFreezes := 0, 0
+	for i, o := range b.tl.OffCPU {
+		kinds[i] = Classify(o.KernelStack)
+		b.run.OffCPUByKind[kinds[i]]++
+		switch kinds[i] {
+		case KindQueueEnter, KindTagWait:
+			nWaits++
+		case KindFreezeWait:
+			nFreezes++
+		}
+	}
+	waits, freezes := make([]Span, 0, nWaits), make([]Span, 0, nFreezes) // all, attributed or not
+	for i, o := range b.tl.OffCPU {
+		kind := kinds[i]
+		if kind != KindQueueEnter && kind != KindTagWait && kind != KindFreezeWait {
+			continue
+		}
+		start := b.rel(o.Start)
+		sp := Span{
+			Start: start, End: SaturatingAdd(start, max(o.Duration, 0)), Kind: kind,
+			Pid: o.Task.Pid, Tgid: o.Task.Tgid, Comm: o.Task.Comm, Waker: o.Waker,
+			KernelStack: o.KernelStack, UserStack: o.UserStack, Source: SourceOffCPU,
+		}
+		switch kind {
+		case KindQueueEnter, KindTagWait:
+			if ts := submits[sp.Pid]; ts != nil {
+				sp.Device = b.submitDevice(ts, o)
+			}
+			waits = append(waits, sp)
+		case KindFreezeWait:
+			if w, ok := b.sysfsBefore(writes[sp.Pid], o.Start); ok {
+				sp.Device, sp.Attr = w.Device, w.Attr
+			}
+			freezes = append(freezes, sp)
+		}
+	}
+	if b.directProbe(event.ProbeQueueEnter, len(b.tl.QueueEnters)) {
+		waits = append(slices.DeleteFunc(waits, func(s Span) bool { return s.Kind == KindQueueEnter }), b.directQueueWaits()...)
+	}
+	if b.directProbe(event.ProbeFreeze, len(b.tl.Freezes)) {
+		freezes = b.directFreezes(writes)
+	}
+
+	wokenBy := map[uint32][]int{} // attributed queue-enter waits by waker, indexes in waits
+	for i, w := range waits {
+		if w.Kind == KindQueueEnter && w.Device != "" && w.Waker.Pid != 0 {
+			wokenBy[w.Waker.Pid] = append(wokenBy[w.Waker.Pid], i)
+		}
+	}
+	stalls := b.stallIndex()
+	for i := range freezes {
+		if freezes[i].Device == "" {
+			freezes[i].Device = b.wokenDevice(freezes[i], waits, wokenBy[freezes[i].Pid])
+		}
+		if freezes[i].Device == "" {
+			freezes[i].Device = stalledDevice(freezes[i], stalls)
+		}
+	}
+	freezesOf := map[uint32][]int{} // attributed freezes by freezer, indexes in freezes
+	for i, f := range freezes {
+		if f.Device != "" {
+			freezesOf[f.Pid] = append(freezesOf[f.Pid], i)
+		}
+	}
+	for i := range waits {
+		if waits[i].Device == "" && waits[i].Kind == KindQueueEnter && waits[i].Waker.Pid != 0 {
+			if f, ok := b.wakingFreeze(waits[i], freezes, freezesOf[waits[i].Waker.Pid]); ok {
+				waits[i].Device = f.Device
+			}
+		}
+	}
+
+	for _, sp := range waits {
+		if sp.Device == "" {
+			b.run.Unattributed = append(b.run.Unattributed, sp)
+			continue
+		}
+		d := b.device(sp.Device, "")
+		if sp.Kind == KindQueueEnter {
+			d.QueueWaits = append(d.QueueWaits, sp)
+		} else {
+			d.TagWaits = append(d.TagWaits, sp)
+		}
+	}
+	for _, sp := range freezes {
+		if sp.Device == "" {
+			b.run.Unattributed = append(b.run.Unattributed, sp)
+			continue
+		}
+		d := b.device(sp.Device, "")
+		d.Freezes = append(d.Freezes, sp)
+	}
+}
+
+// directQueueWaits are the queue-enter waits timed at the function.
+func (b *builder) directQueueWaits() []Span {
+	var out []Span
+	for _, q := range b.tl.QueueEnters {
+		start := b.rel(q.Start)
+		sp := Span{
+			Start: start, End: SaturatingAdd(start, max(q.Duration, 0)), Kind: KindQueueEnter,
+			Pid: q.Task.Pid, Tgid: q.Task.Tgid, Comm: q.Task.Comm,
+			Source: SourceDirect(q.Mechanism, q.Func),
+		}
+		if q.Dev.Major != 0 || q.Dev.Minor != 0 || q.Dev.Name != "" {
+			sp.Device = b.name(q.Dev)
+		}
+		out = append(out, sp)
+	}
+	return out
+}
+
+// directFreezes are the queue freezes timed at the functions, with the
+// freezer's sysfs write just before naming the attribute it changed.
+func (b *builder) directFreezes(writes map[uint32][]event.SysfsWrite) []Span {
+	var out []Span
+	for _, f := range b.tl.Freezes {
+		start := b.rel(f.Start)
+		sp := Span{
+			Start: start, End: SaturatingAdd(start, max(f.Duration, 0)), Kind: KindFreeze,
+			Pid: f.Task.Pid, Tgid: f.Task.Tgid, Comm: f.Task.Comm,
+			KernelStack: f.KernelStack, UserStack: f.UserStack,
+			Source: SourceDirect(f.Mechanism, f.Func),
+		}
+		if f.Dev.Major != 0 || f.Dev.Minor != 0 || f.Dev.Name != "" {
+			sp.Device = b.name(f.Dev)
+		}
+		if w, ok := b.sysfsBefore(writes[sp.Pid], f.Start); ok && (sp.Device == "" || w.Device == sp.Device) {
+			sp.Device, sp.Attr = w.Device, w.Attr
+		}
+		out = append(out, sp)
+	}
+	return out
+}
+
+// submitDevice returns the device of the thread's slow submission that
+// contains the off-CPU span (widened by SubmitSlack), or "".
+func (b *builder) submitDevice(subs *threadSubmits, o event.OffCPU) string {
+	slack := event.Mono(b.opts.SubmitSlack)
+	end := o.Start.Add(max(o.Duration, 0))
+	// A container starts at most slack after the span, and no earlier than
+	// the longest submission of the thread before the span's end.
+	lo := sort.Search(len(subs.idx), func(i int) bool { return subs.at(i).Start >= end-slack-event.Mono(subs.maxLat) })
+	for i := lo; i < len(subs.idx); i++ {
+		s := subs.at(i)
+		if s.Start-slack > o.Start {
+			break
+		}
+		if end <= s.Start.Add(s.Latency)+slack {
+			return b.name(s.Dev)
+		}
+	}
+	return ""
+}
+
+// threadSubmits are the slow submissions of one thread: indexes into all,
+// in time order, with the longest latency among them.
+type threadSubmits struct {
+	all    []event.SlowSubmit
+	idx    []int32
+	maxLat time.Duration
+}
+
+func (t *threadSubmits) at(i int) *event.SlowSubmit { return &t.all[t.idx[i]] }
+
+// sysfsBefore returns the thread's latest sysfs write at most SysfsLookback
+// before t; ws are the thread's writes in time order.
+func (b *builder) sysfsBefore(ws []event.SysfsWrite, t event.Mono) (event.SysfsWrite, bool) {
+	hi := sort.Search(len(ws), func(i int) bool { return ws[i].Time > t })
+	for i := hi - 1; i >= 0 && t.Sub(ws[i].Time) <= b.opts.SysfsLookback; i-- {
+		if ws[i].Device != "" {
+			return ws[i], true
+		}
+	}
+	return event.SysfsWrite{}, false
+}
+
+// wokenDevice returns the device most of the attributed queue-enter waits
+// woken by the freezer shortly after the freeze ended belong to, or "".
+// woken are the indexes in waits of those the freezer woke.
+func (b *builder) wokenDevice(f Span, waits []Span, woken []int) string {
+	votes := map[string]int{}
+	for _, i := range woken {
+		w := waits[i]
+		if w.Kind != KindQueueEnter || w.Device == "" || w.Waker.Pid != f.Pid || w.Waker.Pid == 0 {
+			continue
+		}
+		if w.End >= f.End-b.opts.SubmitSlack && w.End <= f.End+b.opts.WakeSlack {
+			votes[w.Device]++
+		}
+	}
+	return majority(votes)
+}
+
+// majority returns the key with the most votes; ties go to the smaller name.
+func majority(votes map[string]int) string {
+	best, n := "", 0
+	for k, v := range votes {
+		if v > n || v == n && k < best {
+			best, n = k, v
+		}
+	}
+	return best
+}
+
+// deviceStalls are one device's stalls in time order, with the longest.
+type deviceStalls struct {
+	name   string
+	spans  Spans
+	maxDur time.Duration
+}
+
+// stallIndex returns every device's stalls, by name.
+func (b *builder) stallIndex() []deviceStalls {
+	var out []deviceStalls
+	for name, d := range b.byName {
+		ds := deviceStalls{name: name, spans: d.Stalls}
+		if !slices.IsSortedFunc(ds.spans, func(a, c Span) int { return cmp.Compare(a.Start, c.Start) }) {
+			ds.spans = slices.Clone(ds.spans)
+			sortSpans(ds.spans)
+		}
+		for _, s := range ds.spans {
+			ds.maxDur = max(ds.maxDur, s.Duration())
+		}
+		out = append(out, ds)
+	}
+	return out
+}
+
+// overlaps reports whether a stall overlaps [start, end].
+func (ds deviceStalls) overlaps(start, end time.Duration) bool {
+	i := sort.Search(len(ds.spans), func(i int) bool { return ds.spans[i].Start >= start-ds.maxDur })
+	for _, s := range ds.spans[i:] {
+		if s.Start > end {
+			break
+		}
+		if start <= s.End {
+			return true
+		}
+	}
+	return false
+}
+
+// stalledDevice returns the device whose stalls overlap the span when there
+// is exactly one such device, or "".
+func stalledDevice(f Span, stalls []deviceStalls) string {
+	found := ""
+	for _, ds := range stalls {
+		if ds.overlaps(f.Start, f.End) {
+			if found != "" && found != ds.name {
+				return ""
+			}
+			found = ds.name
+		}
+	}
+	return found
+}
+
+// wakingFreeze returns the attributed freeze of the task that woke a
+// queue-enter wait, the one that ended last before the wait did. of are
+// the indexes in freezes of the waker's attributed freezes.
+func (b *builder) wakingFreeze(w Span, freezes []Span, of []int) (Span, bool) {
+	var best Span
+	found := false
+	for _, i := range of {
+		f := freezes[i]
+		if f.Device == "" || w.Waker.Pid == 0 || f.Pid != w.Waker.Pid {
+			continue
+		}
+		if w.End >= f.End-b.opts.SubmitSlack && w.End <= f.End+b.opts.WakeSlack && (!found || f.End > best.End) {
+			best, found = f, true
+		}
+	}
+	return best, found
+}
+
+func (b *builder) uevents() {
+	b.run.Uevents = make(Points, 0, len(b.tl.Uevents))
+	for _, u := range b.tl.Uevents {
+		p := Point{At: b.rel(u.Time), What: u.Action}
+		if u.Subsystem == "block" {
+			p.Device = strings.TrimPrefix(u.DevName, "/dev/")
+		}
+		b.run.Uevents = append(b.run.Uevents, p)
+		if p.Device == "" {
+			continue
+		}
+		if d, ok := b.byName[p.Device]; ok {
+			d.Uevents = append(d.Uevents, p)
+		}
+	}
+}
+
+func (b *builder) sysfsWrites() {
+	b.run.SysfsWrites = make(Points, 0, len(b.tl.SysfsWrites))
+	for _, w := range b.tl.SysfsWrites {
+		p := Point{At: b.rel(w.Time), Pid: w.Task.Pid, Comm: w.Task.Comm, Device: w.Device, What: w.Attr}
+		b.run.SysfsWrites = append(b.run.SysfsWrites, p)
+		if w.Device == "" {
+			continue
+		}
+		d := b.device(w.Device, "")
+		d.SysfsWrites = append(d.SysfsWrites, p)
+	}
+}
+
+func (b *builder) commands() {
+	type key struct{ file, parent string }
+	sizes := map[key]int{}
+	for _, e := range b.tl.Execs {
+		sizes[key{e.Filename, e.ParentComm}]++
+	}
+	groups := map[key]*Command{}
+	var order []key
+	for _, e := range b.tl.Execs {
+		k := key{e.Filename, e.ParentComm}
+		c, ok := groups[k]
+		if !ok {
+			n := sizes[k]
+			c = &Command{Filename: e.Filename, Comm: e.Task.Comm, Args: slices.Clone(e.Args),
+				ParentComm: e.ParentComm, PPid: e.PPid, Pids: make([]uint32, 0, n), PPids: make([]uint32, 0, n),
+				Ends: make([]time.Duration, 0, n), Forks: make([]time.Duration, 0, n), Execs: make(Points, 0, n)}
+			groups[k] = c
+			order = append(order, k)
+		}
+		c.Pids = append(c.Pids, e.Task.Pid)
+		c.PPids = append(c.PPids, e.PPid)
+		c.Ends = append(c.Ends, b.exitAfter(e.Task.Tgid, e.Time))
+		forked := e.Time
+		if e.Forked != 0 && e.Forked <= e.Time {
+			forked = e.Forked
+		}
+		c.Forks = append(c.Forks, b.rel(forked))
+		c.Count++
+		c.Execs = append(c.Execs, Point{At: b.rel(e.Time), Pid: e.Task.Pid, Comm: e.Task.Comm, What: e.Filename})
+	}
+	for _, k := range order {
+		c := groups[k]
+		c.Period, c.Jitter = period(c.Execs)
+		c.Periodic = c.Count >= 3 && c.Period > 0 && c.Jitter <= MaxPeriodicJitter
+		b.run.Commands = append(b.run.Commands, c)
+	}
+	slices.SortStableFunc(b.run.Commands, func(a, c *Command) int {
+		return cmp.Or(cmp.Compare(a.Filename, c.Filename), cmp.Compare(a.ParentComm, c.ParentComm))
+	})
+	b.pipelines()
+	b.nest()
+}
+
+// MaxPeriodicJitter is the largest Jitter of a Periodic command.
+const MaxPeriodicJitter = 0.25
+
+// period returns the median interval between the points and the jitter:
+// the median absolute deviation of the intervals divided by their median
+// (robust to one missed or extra run). Fewer than 3 points give 0, 0.
+func period(ps Points) (time.Duration, float64) {
+	if len(ps) < 3 {
+		return 0, 0
+	}
+	at := make([]time.Duration, len(ps))
+	for i, p := range ps {
+		at[i] = p.At
+	}
+	slices.Sort(at)
+	iv := make([]float64, 0, len(at)-1)
+	for i := 1; i < len(at); i++ {
+		iv = append(iv, float64(at[i]-at[i-1]))
+	}
+	med := median(iv)
+	if med <= 0 {
+		return 0, math.Inf(1)
+	}
+	dev := make([]float64, len(iv))
+	for i, v := range iv {
+		dev[i] = math.Abs(v - med)
+	}
+	return time.Duration(med), median(dev) / med
+}
+
+// median of a non-empty list; the mean of the middle two for even lengths.
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+func (b *builder) holders() {
+	for _, h := range b.tl.Holders {
+		if d, ok := b.byName[h.Upper]; ok && !slices.Contains(d.Lower, h.Lower) {
+			d.Lower = append(d.Lower, h.Lower)
+		}
+		if d, ok := b.byName[h.Lower]; ok && !slices.Contains(d.Upper, h.Upper) {
+			d.Upper = append(d.Upper, h.Upper)
+		}
+	}
+	for _, d := range b.byName {
+		sort.Strings(d.Lower)
+		sort.Strings(d.Upper)
+	}
+	for _, d := range b.byName {
+		for _, name := range d.Upper {
+			up, ok := b.byName[name]
+			if !ok {
+				continue
+			}
+			// One measurement of each submission: the direct one when the
+			// upper device has it (a bio-based device such as bcache has no
+			// request, so no Stalls), else the tracepoints'.
+			if len(up.SubmitCalls) > 0 {
+				d.UpperStalls = append(d.UpperStalls, up.SubmitCalls...)
+			} else {
+				d.UpperStalls = append(d.UpperStalls, up.Stalls...)
+			}
+		}
+		sortSpans(d.UpperStalls)
+	}
+}
+
+func sortSpans(s Spans) {
+	slices.SortStableFunc(s, func(a, c Span) int {
+		return cmp.Or(cmp.Compare(a.Start, c.Start), cmp.Compare(a.End, c.End), cmp.Compare(a.Pid, c.Pid))
+	})
+}
+
+// exitAfter is when process pid ended after t (relative to the run), or 0.
+func (b *builder) exitAfter(pid uint32, t event.Mono) time.Duration {
+	if b.firstExit == nil {
+		// Exits are in time order: each pid's first exit, and for each exit
+		// the next one of the same pid (pids are reused).
+		b.firstExit = make(map[uint32]int32, len(b.tl.Exits))
+		b.nextExit = make([]int32, len(b.tl.Exits))
+		last := make(map[uint32]int32, len(b.tl.Exits))
+		for i, e := range b.tl.Exits {
+			b.nextExit[i] = -1
+			if j, ok := last[e.Pid]; ok {
+				b.nextExit[j] = int32(i)
+			} else {
+				b.firstExit[e.Pid] = int32(i)
+			}
+			last[e.Pid] = int32(i)
+		}
+	}
+	i, ok := b.firstExit[pid]
+	for ok && i >= 0 {
+		if e := b.tl.Exits[i]; e.Time >= t {
+			return b.rel(e.Time)
+		}
+		i = b.nextExit[i]
+	}
+	return 0
+}

@@ -1,0 +1,203 @@
+// Package facts derives, from a timeline, what the rules reason about: per
+// device latency summaries and spans (submission stalls, queue-enter waits,
+// queue freezes), uevents per device, and groups of execs of the same command
+// with their period. Times are relative to the start of the run.
+//
+// Facts are pure data with methods that rules call from expr, such as
+// Spans.Overlapping or Points.Preceding; nothing here reads the host.
+package facts
+
+import (
+	"math"
+	"time"
+
+	"github.com/whyslow/whyslow/internal/event"
+)
+
+// Run is everything the rules see about one run.
+type Run struct {
+	Duration   time.Duration
+	Kernel     string
+	MinLatency time.Duration
+	LostEvents uint64
+	Devices    []*Device
+	Commands   []*Command // execs grouped by command and parent
+	Uevents    Points     // every uevent, any subsystem
+	// OffCPUByKind counts blocked spans by their Kind, for the summary.
+	OffCPUByKind map[string]int
+
+	// Window is the coincidence window rules use to relate spans (Options.Window).
+	Window time.Duration
+	// SysfsWrites are every block queue attribute write, on any device.
+	SysfsWrites Points
+	// Unattributed are the queue-enter, tag-wait and freeze-wait spans that
+	// could not be tied to a device.
+	Unattributed Spans
+}
+
+// Latency summarizes a latency histogram, in microseconds.
+type Latency struct {
+	Count  uint64
+	MeanUs float64
+	P50Us  float64
+	P99Us  float64
+	MaxUs  float64
+}
+
+// Span kinds, from the frames a task blocked in.
+const (
+	KindQueueEnter = "queue-enter" // waiting to enter a frozen queue (__bio_queue_enter, blk_queue_enter)
+	KindFreezeWait = "freeze-wait" // freezing a queue, waiting for in-flight I/O (blk_mq_freeze_queue_wait)
+	KindTagWait    = "tag-wait"    // waiting for a free tag (blk_mq_get_tag)
+	KindIOWait     = "io-wait"     // waiting for I/O to complete (io_schedule and friends)
+	KindOther      = "other"
+	KindSubmit     = "submit" // a slow bio submission (SlowSubmit), not an off-CPU span
+	// KindFreeze is a queue freeze timed directly, freeze start to unfreeze
+	// (event.Freeze); it holds the freezer's drain wait and what it changed.
+	KindFreeze = "freeze"
+	// KindSubmitCall is a slow call of submit_bio_noacct timed directly.
+	KindSubmitCall = "submit-call"
+)
+
+// Sources: how a span was measured, the precision a finding rests on.
+const (
+	// SourceOffCPU: inferred from the stack a task blocked in (offcpu probe).
+	SourceOffCPU = "inferred: off-CPU stacks"
+	// SourceSubmitTP: from the block_bio_queue and block_getrq/merge tracepoints.
+	SourceSubmitTP = "tracepoints: block_bio_queue to getrq/merge"
+)
+
+// SourceDirect is the Source of a span timed at a kernel function, e.g.
+// "direct: kprobe __bio_queue_enter".
+func SourceDirect(mech event.Mechanism, fn string) string {
+	return "direct: " + string(mech) + " " + fn
+}
+
+// Span is a time interval with the task it belongs to.
+type Span struct {
+	Start, End time.Duration // since the start of the run
+	Kind       string
+	Pid, Tgid  uint32
+	Comm       string
+	Device     string // device name, empty when not attributed
+	// Attr is the sysfs attribute whose write caused a freeze, e.g. "queue/scheduler".
+	Attr        string
+	Waker       event.Task
+	KernelStack []event.Frame
+	UserStack   []event.Frame
+	// Source says how the span was measured: SourceOffCPU, SourceSubmitTP
+	// or SourceDirect(...).
+	Source string
+}
+
+// Duration is End-Start.
+func (s Span) Duration() time.Duration { return s.End - s.Start }
+
+// Spans is a time-ordered list of spans.
+type Spans []Span
+
+// Point is an instant: an exec, a uevent, a sysfs write.
+type Point struct {
+	At     time.Duration // since the start of the run
+	Pid    uint32
+	Comm   string
+	Device string
+	What   string // uevent action, exec filename, sysfs attribute
+}
+
+// Points is a time-ordered list of points.
+type Points []Point
+
+// Task is a thread a finding can name, with the role it played.
+type Task struct {
+	Pid, Tgid uint32
+	Comm      string
+	Role      string // set by Tasks.As: "freezer", "submitter", ...
+}
+
+// Tasks is a list of distinct tasks, in the order they were first seen.
+type Tasks []Task
+
+// Device is what is known about one block device.
+type Device struct {
+	Name    string
+	ID      string // major:minor
+	Submit  Latency
+	Service Latency
+	// SubmitCall is the time in submit_bio_noacct per call, when the
+	// submitfn probe ran on a direct mechanism (else Count is 0).
+	SubmitCall Latency
+	// Stalls are slow submissions (block_bio_queue to getrq/merge above the threshold).
+	Stalls Spans
+	// QueueWaits are waits to enter this device's queue: timed at
+	// __bio_queue_enter/blk_queue_enter when the queueenter probe ran
+	// directly, else off-CPU spans in queue enter attributed to the device.
+	QueueWaits Spans
+	// TagWaits are off-CPU spans waiting for a tag attributed to this device.
+	TagWaits Spans
+	// Freezes are this device's queue freezes: freeze start to unfreeze
+	// (KindFreeze) when the freeze probe ran directly, else spans of
+	// freezers waiting for the queue to drain (KindFreezeWait, off-CPU).
+	Freezes Spans
+	// SubmitCalls are slow calls of submit_bio_noacct on this device, when
+	// the submitfn probe ran directly.
+	SubmitCalls Spans
+	// Uevents for this device (any action).
+	Uevents Points
+	// SysfsWrites are opens for writing of this device's queue attributes.
+	SysfsWrites Points
+	// Lower and Upper are the devices this one is stacked on, and stacked under.
+	Lower, Upper []string
+	// UpperStalls are the slow submissions to the devices stacked on this
+	// one (Upper), as measured there: each upper device's slow calls of
+	// submit_bio_noacct (SubmitCalls) when the submitfn probe timed them,
+	// else its slow submissions (Stalls). Those that overlap this device's
+	// freezes are what a freeze here cost the upper device's submitters.
+	UpperStalls Spans
+}
+
+// Command is a group of execs of the same file by the same parent command.
+type Command struct {
+	Filename   string
+	Comm       string
+	Args       []string // of the first exec
+	ParentComm string
+	PPid       uint32   // parent of the first exec
+	Pids       []uint32 // every exec's pid
+	PPids      []uint32 // every exec's parent pid, in the order of Pids
+	// Ends is when each exec's process ended, in the order of Pids; 0 when
+	// its end was not seen (still running, or exits not recorded).
+	Ends []time.Duration
+	// Forks is when each exec's process was forked, in the order of Pids.
+	Forks []time.Duration
+	// Under is the command line of the command that runs this one (most of
+	// its execs are children of that command's processes, as `cat` run by
+	// a script, or `arcconf` run by `sudo`); "" for a command of its own.
+	Under string
+	// Pipeline is the whole shell pipeline when the command runs in one
+	// ("arcconf getconfig 1 AL | grep Temperature", this command first);
+	// empty otherwise.
+	Pipeline string
+	Count    int
+	// Period is the median interval between execs, 0 with fewer than 3 execs.
+	Period time.Duration
+	// Jitter is the spread of the intervals relative to Period (0 = clockwork).
+	Jitter float64
+	// Periodic is true when there are at least 3 execs and Jitter <= 0.25.
+	Periodic bool
+	Execs    Points
+}
+
+// SaturatingAdd is a+b, or the largest (smallest) time.Duration when the
+// sum would overflow: totals of many long spans, or a span's start plus its
+// length, stay ordered instead of wrapping to a negative value.
+func SaturatingAdd(a, b time.Duration) time.Duration {
+	switch s := a + b; {
+	case b > 0 && s < a:
+		return math.MaxInt64
+	case b < 0 && s > a:
+		return math.MinInt64
+	default:
+		return s
+	}
+}

@@ -1,0 +1,97 @@
+package symbolize
+
+import (
+	"errors"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/whyslow/whyslow/internal/event"
+)
+
+func TestParseKallsymsFile(t *testing.T) {
+	f, err := os.Open("testdata/kallsyms")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	k, err := ParseKallsyms(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		addr uint64
+		want event.Frame
+	}{
+		{0xffffffff81000000, event.Frame{Addr: 0xffffffff81000000, Symbol: "_stext", Module: "kernel"}},
+		{0xffffffff81000123, event.Frame{Addr: 0xffffffff81000123, Symbol: "helper_one", Offset: 0x23, Module: "kernel"}},
+		{0xffffffff8100021f, event.Frame{Addr: 0xffffffff8100021f, Symbol: "blk_mq_freeze_queue_wait", Offset: 0x1f, Module: "kernel"}},
+		// Data symbols are skipped: 0x310 is still in blk_mq_freeze_queue_wait.
+		{0xffffffff81000310, event.Frame{Addr: 0xffffffff81000310, Symbol: "blk_mq_freeze_queue_wait", Offset: 0x110, Module: "kernel"}},
+		{0xffffffff81000501, event.Frame{Addr: 0xffffffff81000501, Symbol: "weak_fn", Offset: 1, Module: "kernel"}},
+		{0xffffffffc0201104, event.Frame{Addr: 0xffffffffc0201104, Symbol: "loop_probe", Offset: 4, Module: "loop"}},
+		{0xffffffffc0301010, event.Frame{Addr: 0xffffffffc0301010, Symbol: "bch_data_insert", Offset: 0x10, Module: "bcache"}},
+		{0x1000, event.Frame{Addr: 0x1000}},
+	}
+	for _, tt := range tests {
+		if got := k.Frame(tt.addr); got != tt.want {
+			t.Errorf("Frame(%#x) = %+v, want %+v", tt.addr, got, tt.want)
+		}
+	}
+	// In a stack, return addresses are looked up one byte earlier: a return
+	// address right at the start of elv_iosched_store belongs to the caller.
+	st := k.Frames([]uint64{0xffffffff81000400, 0xffffffff81000400})
+	if st[0].Symbol != "elv_iosched_store" || st[1].Symbol != "blk_mq_freeze_queue_wait" || st[1].Offset != 0x200 {
+		t.Errorf("Frames = %+v", st)
+	}
+}
+
+func TestParseKallsymsErrors(t *testing.T) {
+	tests := []struct {
+		name, in string
+		wantErr  string
+		is       error
+	}{
+		{"all zero", "0000000000000000 T _text\n0000000000000000 t foo\t[loop]\n", "", ErrNoKernelAddresses},
+		{"empty", "", "no text symbols", nil},
+		{"bad address", "zzzz T foo\n", "kallsyms line 1: address", nil},
+		{"too few fields", "ffffffff81000000 T\n", "kallsyms line 1: malformed", nil},
+		{"bad type", "ffffffff81000000 TT foo\n", "kallsyms line 1: malformed", nil},
+		{"bad module", "ffffffff81000000 t foo\tloop\n", "malformed module", nil},
+		{"too many fields", "ffffffff81000000 t foo [a] [b]\n", "malformed", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := ParseKallsyms(strings.NewReader(tt.in))
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if tt.is != nil && !errors.Is(err, tt.is) {
+				t.Errorf("error %v, want %v", err, tt.is)
+			}
+			if tt.wantErr != "" && !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("error %q, want it to contain %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+// TestLoadKernelLive reads the running kernel's symbols (needs root).
+func TestLoadKernelLive(t *testing.T) {
+	if os.Geteuid() != 0 || testing.Short() {
+		t.Skip("kallsyms addresses need root (and no -short)")
+	}
+	k, err := LoadKernel("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k.Len() < 1000 {
+		t.Fatalf("only %d kernel text symbols", k.Len())
+	}
+	// Every symbol resolves to itself.
+	for _, s := range k.syms[:100] {
+		if f := k.Frame(s.addr); f.Offset != 0 || f.Module != KernelModule {
+			t.Fatalf("Frame(%#x) = %+v", s.addr, f)
+		}
+	}
+}

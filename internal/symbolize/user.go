@@ -1,0 +1,311 @@
+package symbolize
+
+import (
+	"bufio"
+	"debug/elf"
+	"debug/gosym"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/whyslow/whyslow/internal/event"
+)
+
+// AnonModule is the Module of frames in anonymous executable memory (JIT
+// code). Frames outside every executable mapping have no Module.
+const AnonModule = "[anon]"
+
+// mapping is one executable line of /proc/PID/maps.
+type mapping struct {
+	start, end, off uint64
+	dev             string
+	inode           uint64
+	path            string // "" for anonymous memory, "[vdso]" and such for special ones
+}
+
+func (m mapping) deleted() bool { return strings.HasSuffix(m.path, " (deleted)") }
+
+// file reports whether the mapping is backed by a regular file.
+func (m mapping) file() bool { return m.inode != 0 && strings.HasPrefix(m.path, "/") }
+
+// User resolves the user-space addresses of one process.
+type User struct {
+	Pid    uint32
+	procfs string
+	maps   []mapping // executable mappings, sorted by start
+	bins   *binaries
+}
+
+// LoadUser reads <procfs>/PID/maps. Binaries are opened lazily, when an
+// address in them is first resolved; resolve soon, before the process exits.
+func LoadUser(procfs string, pid uint32) (*User, error) {
+	return loadUser(procfs, pid, newBinaries(defaultMaxBinaries))
+}
+
+func loadUser(procfs string, pid uint32, bins *binaries) (*User, error) {
+	f, err := os.Open(filepath.Join(procfs, strconv.FormatUint(uint64(pid), 10), "maps"))
+	if err != nil {
+		return nil, fmt.Errorf("opening maps: %w", err)
+	}
+	defer f.Close()
+	maps, err := parseMaps(f)
+	if err != nil {
+		return nil, err
+	}
+	return &User{Pid: pid, procfs: procfs, maps: maps, bins: bins}, nil
+}
+
+// parseMaps keeps the executable mappings of a /proc/PID/maps listing.
+func parseMaps(r io.Reader) ([]mapping, error) {
+	var out []mapping
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 4096), 1<<20)
+	line := 0
+	for sc.Scan() {
+		line++
+		text := sc.Text()
+		if strings.TrimSpace(text) == "" {
+			continue
+		}
+		// start-end perms offset dev inode [path]; the path may hold spaces.
+		f := strings.SplitN(text, " ", 6)
+		if len(f) < 5 {
+			return nil, fmt.Errorf("maps line %d: malformed %q", line, text)
+		}
+		lo, hi, ok := strings.Cut(f[0], "-")
+		if !ok {
+			return nil, fmt.Errorf("maps line %d: malformed range %q", line, f[0])
+		}
+		var m mapping
+		var err1, err2, err3, err4 error
+		m.start, err1 = strconv.ParseUint(lo, 16, 64)
+		m.end, err2 = strconv.ParseUint(hi, 16, 64)
+		m.off, err3 = strconv.ParseUint(f[2], 16, 64)
+		m.inode, err4 = strconv.ParseUint(strings.TrimSpace(f[4]), 10, 64)
+		if err := errors.Join(err1, err2, err3, err4); err != nil || m.end < m.start || len(f[1]) < 3 {
+			return nil, fmt.Errorf("maps line %d: malformed %q", line, text)
+		}
+		if f[1][2] != 'x' {
+			continue
+		}
+		m.dev = f[3]
+		if len(f) == 6 {
+			m.path = strings.TrimLeft(f[5], " ")
+		}
+		out = append(out, m)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("reading maps: %w", err)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].start < out[j].start })
+	return out, nil
+}
+
+// find returns the executable mapping holding addr.
+func (u *User) find(addr uint64) (mapping, bool) {
+	i := sort.Search(len(u.maps), func(i int) bool { return u.maps[i].end > addr })
+	if i < len(u.maps) && u.maps[i].start <= addr {
+		return u.maps[i], true
+	}
+	return mapping{}, false
+}
+
+// Contains reports whether addr lies in an executable mapping of the process.
+func (u *User) Contains(addr uint64) bool {
+	_, ok := u.find(addr)
+	return ok
+}
+
+// Frame resolves one address.
+func (u *User) Frame(addr uint64) event.Frame { return u.frame(addr, addr) }
+
+// Frames resolves a stack, innermost first; every frame but the first is a
+// return address and is looked up one byte earlier.
+func (u *User) Frames(addrs []uint64) []event.Frame {
+	out := make([]event.Frame, 0, len(addrs))
+	for i, a := range addrs {
+		lookup := a
+		if i > 0 && a > 0 {
+			lookup = a - 1
+		}
+		out = append(out, u.frame(a, lookup))
+	}
+	return out
+}
+
+func (u *User) frame(addr, lookup uint64) event.Frame {
+	m, ok := u.find(lookup)
+	if !ok {
+		return event.Frame{Addr: addr}
+	}
+	fr := event.Frame{Addr: addr, Module: m.path}
+	if fr.Module == "" {
+		fr.Module = AnonModule
+	}
+	if !m.file() || u.bins == nil {
+		return fr
+	}
+	b := u.bins.get(m, u.open)
+	if b == nil {
+		return fr // binary gone or unreadable: module only
+	}
+	// Address -> file offset -> ELF virtual address. This holds for PIE and
+	// non-PIE executables and shared libraries alike, whatever the load bias.
+	fileOff := lookup - m.start + m.off
+	vaddr, ok := b.vaddr(fileOff)
+	if !ok {
+		return fr
+	}
+	if s, ok := b.lookup(vaddr); ok {
+		fr.Symbol = s.name
+		fr.Offset = vaddr - s.value + (addr - lookup)
+	}
+	return fr
+}
+
+// open opens the file behind a mapping: first through map_files, which
+// works for deleted files and other mount namespaces (needs CAP_SYS_ADMIN),
+// then through the process's root, then by path.
+func (u *User) open(m mapping) (*os.File, error) {
+	pid := strconv.FormatUint(uint64(u.Pid), 10)
+	tries := []string{
+		filepath.Join(u.procfs, pid, "map_files", fmt.Sprintf("%x-%x", m.start, m.end)),
+	}
+	if !m.deleted() {
+		tries = append(tries, filepath.Join(u.procfs, pid, "root", m.path), m.path)
+	}
+	var errs []error
+	for _, p := range tries {
+		f, err := os.Open(p)
+		if err == nil {
+			return f, nil
+		}
+		errs = append(errs, err)
+	}
+	return nil, errors.Join(errs...)
+}
+
+// usym is one function symbol of an ELF file.
+type usym struct {
+	value, size uint64
+	name        string
+}
+
+// binary holds what symbolization needs from one ELF file.
+type binary struct {
+	loads []elf.ProgHeader // PT_LOAD segments
+	syms  []usym           // sorted by value
+}
+
+// readBinary reads the PT_LOAD segments and the function symbols of .symtab
+// and .dynsym.
+func readBinary(r io.ReaderAt) (b *binary, err error) {
+	defer func() {
+		// Binaries are input we do not control; never let a corrupt one panic.
+		if p := recover(); p != nil {
+			b, err = nil, fmt.Errorf("reading elf: %v", p)
+		}
+	}()
+	ef, err := elf.NewFile(r)
+	if err != nil {
+		return nil, fmt.Errorf("reading elf: %w", err)
+	}
+	defer ef.Close()
+	b = &binary{}
+	for _, p := range ef.Progs {
+		if p.Type == elf.PT_LOAD {
+			b.loads = append(b.loads, p.ProgHeader)
+		}
+	}
+	seen := map[uint64]bool{}
+	add := func(syms []elf.Symbol) {
+		for _, s := range syms {
+			t := elf.ST_TYPE(s.Info)
+			if (t != elf.STT_FUNC && t != elf.STT_GNU_IFUNC) || s.Value == 0 || s.Section == elf.SHN_UNDEF {
+				continue
+			}
+			if seen[s.Value] {
+				continue
+			}
+			seen[s.Value] = true
+			b.syms = append(b.syms, usym{value: s.Value, size: s.Size, name: s.Name})
+		}
+	}
+	if syms, err := ef.Symbols(); err == nil {
+		add(syms)
+	}
+	if syms, err := ef.DynamicSymbols(); err == nil {
+		add(syms)
+	}
+	if ef.Section(".symtab") == nil {
+		// Stripped Go binaries (go build -ldflags=-s, go test) keep their
+		// function table in .gopclntab.
+		b.syms = append(b.syms, goSymbols(ef, seen)...)
+	}
+	sort.Slice(b.syms, func(i, j int) bool { return b.syms[i].value < b.syms[j].value })
+	return b, nil
+}
+
+// goSymbols reads the functions of a Go binary's pclntab, if it has one.
+func goSymbols(ef *elf.File, seen map[uint64]bool) []usym {
+	sect := ef.Section(".gopclntab")
+	if sect == nil {
+		sect = ef.Section(".data.rel.ro.gopclntab") // PIE
+	}
+	text := ef.Section(".text")
+	if sect == nil || text == nil {
+		return nil
+	}
+	data, err := sect.Data()
+	if err != nil {
+		return nil
+	}
+	var tab *gosym.Table
+	func() {
+		// debug/gosym trusts its input; a corrupt table must not take the
+		// process down.
+		defer func() { _ = recover() }()
+		tab, err = gosym.NewTable(nil, gosym.NewLineTable(data, text.Addr))
+	}()
+	if tab == nil || err != nil {
+		return nil
+	}
+	var out []usym
+	for _, f := range tab.Funcs {
+		if f.Entry == 0 || seen[f.Entry] || f.End < f.Entry {
+			continue
+		}
+		seen[f.Entry] = true
+		out = append(out, usym{value: f.Entry, size: f.End - f.Entry, name: f.Name})
+	}
+	return out
+}
+
+// vaddr converts a file offset to the ELF virtual address it is loaded at.
+func (b *binary) vaddr(off uint64) (uint64, bool) {
+	for _, p := range b.loads {
+		if off >= p.Off && off < p.Off+p.Filesz {
+			return off - p.Off + p.Vaddr, true
+		}
+	}
+	return 0, false
+}
+
+// lookup finds the function containing vaddr. Symbols without a size cover
+// the space up to the next symbol.
+func (b *binary) lookup(vaddr uint64) (usym, bool) {
+	i := sort.Search(len(b.syms), func(i int) bool { return b.syms[i].value > vaddr }) - 1
+	if i < 0 {
+		return usym{}, false
+	}
+	s := b.syms[i]
+	if s.size > 0 && vaddr >= s.value+s.size {
+		return usym{}, false
+	}
+	return s, true
+}
