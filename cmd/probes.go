@@ -14,6 +14,7 @@ import (
 	"github.com/whyslow/whyslow/diagnose"
 	"github.com/whyslow/whyslow/internal/event"
 	"github.com/whyslow/whyslow/internal/hist"
+	"github.com/whyslow/whyslow/internal/timeline"
 	"github.com/whyslow/whyslow/probes"
 	"github.com/whyslow/whyslow/rules"
 )
@@ -60,9 +61,9 @@ mechanism each one uses on this kernel, or why it is unavailable. Needs root.`,
 // discard is a probes.Sink that drops everything.
 type discard struct{}
 
-func (discard) Event(event.Event)                                        {}
-func (discard) Loss(event.Loss)                                          {}
-func (discard) Histogram(probes.HistKind, event.Device, *hist.Histogram) {}
+func (discard) Event(event.Event)                                          {}
+func (discard) Loss(event.Loss)                                            {}
+func (discard) Histogram(timeline.HistKind, event.Device, *hist.Histogram) {}
 
 func probesRun(opts *ProbesOptions) error {
 	// Check needs a rule set; probes need none, so give it an empty one.

@@ -23,6 +23,7 @@ import (
 	"github.com/whyslow/whyslow/internal/event"
 	"github.com/whyslow/whyslow/internal/hist"
 	"github.com/whyslow/whyslow/internal/live"
+	"github.com/whyslow/whyslow/internal/timeline"
 	"github.com/whyslow/whyslow/probes"
 	"github.com/whyslow/whyslow/rules"
 )
@@ -71,7 +72,7 @@ and tag waits show. Needs root.`,
 		example: `  sudo whyslow trace submit --min 5ms
   sudo whyslow trace submit --ms -d sda -p 1234 --duration 30s
   sudo whyslow trace submit --json | jq 'select(.latency_ns > 10e6)'`,
-		probes: []string{event.ProbeSubmitCall, "submit"}, bpf: true, min: true, filters: true, ms: true,
+		probes: []string{event.ProbeSubmitFn, "submit"}, bpf: true, min: true, filters: true, ms: true,
 	},
 	{
 		kind:  live.KindExec,
@@ -355,7 +356,7 @@ func (t *tracer) Loss(l event.Loss) {
 }
 
 // Histogram implements probes.Sink: a trace shows single events only.
-func (t *tracer) Histogram(probes.HistKind, event.Device, *hist.Histogram) {}
+func (t *tracer) Histogram(timeline.HistKind, event.Device, *hist.Histogram) {}
 
 // keep applies -p and -d.
 func (t *tracer) keep(pid, tid uint32, dev string) bool {
@@ -463,7 +464,7 @@ func (t *tracer) startProbes() (string, error) {
 	var line string
 	switch t.opts.Kind {
 	case live.KindSubmit:
-		r, st := start(event.ProbeSubmitCall)
+		r, st := start(event.ProbeSubmitFn)
 		if r == nil {
 			return fail(st)
 		}

@@ -2,7 +2,6 @@ package diagnose
 
 import (
 	"sync"
-	"unsafe"
 
 	"github.com/whyslow/whyslow/internal/event"
 	"github.com/whyslow/whyslow/internal/hist"
@@ -41,59 +40,20 @@ func newCollector(tl *timeline.Timeline, maxBytes int64) *collector {
 var _ probes.Sink = (*collector)(nil)
 
 func (c *collector) Event(e event.Event) {
-	n := eventBytes(e)
+	s := timeline.StreamOf(e)
+	if s == nil {
+		return // a kind no probe declares: nothing to keep it in
+	}
+	n := s.Bytes(e)
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.bytes+n > c.maxBytes {
-		c.tl.AddLoss(event.Loss{Probe: probeOf(e), What: timelineFull, Count: 1})
-		c.mu.Unlock()
+		c.tl.AddLoss(event.Loss{Probe: s.Probe(), What: timelineFull, Count: 1})
 		return
 	}
 	c.bytes += n
 	c.tl.Add(e)
-	c.counts[probeOf(e)]++
-	c.mu.Unlock()
-}
-
-// eventBytes estimates what an event takes on the timeline: its struct
-// (times the slack of a growing slice) and the strings and frames it owns.
-// Kernel stacks are shared between events of the same stack (the probes
-// cache them) and count only as their slice header.
-func eventBytes(e event.Event) int64 {
-	const slack = 5 / 4.0
-	frames := func(fs []event.Frame) int64 {
-		n := int64(len(fs)) * int64(unsafe.Sizeof(event.Frame{}))
-		for _, f := range fs {
-			n += int64(len(f.Symbol) + len(f.Module))
-		}
-		return n
-	}
-	var n int64
-	switch v := e.(type) {
-	case event.SlowSubmit:
-		n = int64(unsafe.Sizeof(v)) + int64(len(v.Task.Comm)+len(v.Dev.Name)+len(v.Op)+len(v.End))
-	case event.OffCPU:
-		n = int64(unsafe.Sizeof(v)) + int64(len(v.Task.Comm)+len(v.Waker.Comm)) + frames(v.UserStack)
-	case event.Exec:
-		n = int64(unsafe.Sizeof(v)) + int64(len(v.Task.Comm)+len(v.ParentComm)+len(v.Filename))
-		for _, a := range v.Args {
-			n += 16 + int64(len(a))
-		}
-	case event.Exit:
-		n = int64(unsafe.Sizeof(v))
-	case event.Uevent:
-		n = int64(unsafe.Sizeof(v)) // its strings are interned by the probe
-	case event.SysfsWrite:
-		n = int64(unsafe.Sizeof(v)) + int64(len(v.Task.Comm)+len(v.Path)+len(v.Device)+len(v.Attr))
-	case event.QueueEnter:
-		n = int64(unsafe.Sizeof(v)) + int64(len(v.Task.Comm)+len(v.Dev.Name))
-	case event.Freeze:
-		n = int64(unsafe.Sizeof(v)) + int64(len(v.Task.Comm)+len(v.Unfreezer.Comm)+len(v.Dev.Name)) + frames(v.KernelStack) + frames(v.UserStack)
-	case event.SubmitCall:
-		n = int64(unsafe.Sizeof(v)) + int64(len(v.Task.Comm)+len(v.Dev.Name))
-	default:
-		n = 64
-	}
-	return int64(float64(n) * slack)
+	c.counts[s.Probe()]++
 }
 
 func (c *collector) Loss(l event.Loss) {
@@ -102,18 +62,10 @@ func (c *collector) Loss(l event.Loss) {
 	c.mu.Unlock()
 }
 
-func (c *collector) Histogram(kind probes.HistKind, dev event.Device, h *hist.Histogram) {
+func (c *collector) Histogram(kind timeline.HistKind, dev event.Device, h *hist.Histogram) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	d := c.tl.Device(dev)
-	switch kind {
-	case probes.HistSubmit:
-		d.Submit.Merge(h)
-	case probes.HistService:
-		d.Service.Merge(h)
-	case probes.HistSubmitCall:
-		d.SubmitCall.Merge(h)
-	}
+	c.tl.MergeHistogram(kind, dev, h)
+	c.mu.Unlock()
 }
 
 // progress returns, for each probe named, the events it delivered and
@@ -131,27 +83,4 @@ func (c *collector) progress(probes []string) (out []ProbeProgress, lost uint64)
 		}
 	}
 	return out, c.tl.LostEvents()
-}
-
-// probeOf names the probe that delivers a kind of event.
-func probeOf(e event.Event) string {
-	switch e.(type) {
-	case event.SlowSubmit:
-		return "submit"
-	case event.OffCPU:
-		return "offcpu"
-	case event.Exec, event.Exit:
-		return "exec"
-	case event.Uevent:
-		return "uevent"
-	case event.SysfsWrite:
-		return "sysfs"
-	case event.QueueEnter:
-		return event.ProbeQueueEnter
-	case event.Freeze:
-		return event.ProbeFreeze
-	case event.SubmitCall:
-		return event.ProbeSubmitCall
-	}
-	return "other"
 }

@@ -13,7 +13,7 @@ import (
 func TestCollectorBound(t *testing.T) {
 	tl := &timeline.Timeline{}
 	u := event.Uevent{Action: "change", DevPath: "/devices/virtual/block/loop0", Subsystem: "block", DevName: "loop0"}
-	per := eventBytes(u)
+	per := timeline.StreamOf(u).Bytes(u)
 	c := newCollector(tl, 10*per)
 	for i := range 25 {
 		u.Seqnum = uint64(i)
@@ -35,14 +35,6 @@ func TestCollectorBound(t *testing.T) {
 	}
 	if ps, lost := c.progress([]string{"exec", "uevent"}); !reflect.DeepEqual(ps, []ProbeProgress{{"exec", 0, 1}, {"uevent", 10, 15}}) || lost != 16 {
 		t.Errorf("progress %+v, %d lost", ps, lost)
-	}
-}
-
-func TestEventBytes(t *testing.T) {
-	small := eventBytes(event.Exit{})
-	big := eventBytes(event.OffCPU{UserStack: make([]event.Frame, 20)})
-	if small <= 0 || big <= small {
-		t.Errorf("exit %d bytes, off-CPU span with 20 user frames %d", small, big)
 	}
 }
 

@@ -24,6 +24,7 @@ import (
 
 	"github.com/whyslow/whyslow/internal/event"
 	"github.com/whyslow/whyslow/internal/hist"
+	"github.com/whyslow/whyslow/internal/timeline"
 )
 
 // Indexes of the per-CPU `losses` array every BPF program keeps
@@ -463,7 +464,7 @@ func addSlots(h *hist.Histogram, slots []uint64) {
 
 // deliverDevHists sends each device's histogram to the sink, naming devices
 // from names or, failing that, from sysfs.
-func deliverDevHists(sink Sink, kind HistKind, sysfs string, hs map[uint32]*hist.Histogram, names map[uint32]string) {
+func deliverDevHists(sink Sink, kind timeline.HistKind, sysfs string, hs map[uint32]*hist.Histogram, names map[uint32]string) {
 	devs := make([]uint32, 0, len(hs))
 	for d := range hs {
 		devs = append(devs, d)

@@ -22,6 +22,7 @@ import (
 	"github.com/whyslow/whyslow/internal/event"
 	"github.com/whyslow/whyslow/internal/hist"
 	"github.com/whyslow/whyslow/internal/scenario"
+	"github.com/whyslow/whyslow/internal/timeline"
 )
 
 // blkSink records everything a block probe delivers.
@@ -33,7 +34,7 @@ type blkSink struct {
 }
 
 type blkHist struct {
-	kind HistKind
+	kind timeline.HistKind
 	dev  event.Device
 	h    hist.Histogram
 }
@@ -50,14 +51,14 @@ func (s *blkSink) Loss(l event.Loss) {
 	s.losses = append(s.losses, l)
 }
 
-func (s *blkSink) Histogram(kind HistKind, dev event.Device, h *hist.Histogram) {
+func (s *blkSink) Histogram(kind timeline.HistKind, dev event.Device, h *hist.Histogram) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.hists = append(s.hists, blkHist{kind, dev, *h})
 }
 
 // hist returns the histogram of kind for the device named name.
-func (s *blkSink) hist(kind HistKind, name string) (blkHist, bool) {
+func (s *blkSink) hist(kind timeline.HistKind, name string) (blkHist, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, h := range s.hists {

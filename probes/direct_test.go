@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/timeline"
 )
 
 // The direct probes on the running kernel. Where a mechanism works (a host,
@@ -372,7 +373,7 @@ func TestSubmitFnTimesEveryWrite(t *testing.T) {
 			if err := r.Stop(); err != nil {
 				t.Fatalf("Stop: %v", err)
 			}
-			h, ok := sink.hist(HistSubmitCall, loop.name)
+			h, ok := sink.hist(timeline.HistSubmitCall, loop.name)
 			if !ok || h.h.Count < writes {
 				t.Fatalf("submit-call histogram of %s: %+v (found %v), want >= %d calls", loop.name, h.h.Count, ok, writes)
 			}

@@ -14,21 +14,11 @@ import (
 
 	"github.com/whyslow/whyslow/internal/event"
 	"github.com/whyslow/whyslow/internal/hist"
+	"github.com/whyslow/whyslow/internal/timeline"
 )
 
 // ErrNotSupported means the kernel lacks what a probe needs.
 var ErrNotSupported = errors.New("not supported by this kernel")
-
-// HistKind names a per-device latency histogram.
-type HistKind string
-
-// Histogram kinds.
-const (
-	HistSubmit  HistKind = "submit"  // block_bio_queue -> getrq/merge
-	HistService HistKind = "service" // block_rq_issue -> block_rq_complete
-	// HistSubmitCall is submit_bio_noacct entry -> return (probe submitfn).
-	HistSubmitCall HistKind = "submit_call"
-)
 
 // Sink receives what probes observe. Implementations must be safe for
 // concurrent use: every probe delivers from its own goroutine.
@@ -36,7 +26,7 @@ type Sink interface {
 	Event(event.Event)
 	Loss(event.Loss)
 	// Histogram delivers a device's final histogram when a probe stops.
-	Histogram(kind HistKind, dev event.Device, h *hist.Histogram)
+	Histogram(kind timeline.HistKind, dev event.Device, h *hist.Histogram)
 }
 
 // Config is what every probe is started with.

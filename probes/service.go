@@ -7,6 +7,7 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/timeline"
 )
 
 // serviceProbe measures request service latency per device, from
@@ -87,7 +88,7 @@ func (r *serviceRunning) Stop() error {
 		if err != nil {
 			r.stopErr = err
 		} else {
-			deliverDevHists(r.sink, HistService, r.sysfs, hs, names)
+			deliverDevHists(r.sink, timeline.HistService, r.sysfs, hs, names)
 		}
 		deliverLosses(r.sink, "service", r.objs.Losses)
 		if err := r.objs.Close(); err != nil && r.stopErr == nil {

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/timeline"
 )
 
 // Every O_DIRECT write to a loop device is a request the loop driver
@@ -29,7 +30,7 @@ func TestServiceLoopWrites(t *testing.T) {
 	if err := r.Stop(); err != nil {
 		t.Fatalf("Stop: %v", err)
 	}
-	h, ok := sink.hist(HistService, loop.name)
+	h, ok := sink.hist(timeline.HistService, loop.name)
 	if !ok {
 		t.Fatalf("no service histogram for %s; got %+v", loop.name, sink.hists)
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/cilium/ebpf/ringbuf"
 
 	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/timeline"
 )
 
 // submitProbe measures bio submission latency (blktrace's Q2G): from
@@ -144,7 +145,7 @@ func (r *submitRunning) Stop() error {
 		if err != nil {
 			r.stopErr = err
 		} else {
-			deliverDevHists(r.sink, HistSubmit, r.sysfs, hs, names)
+			deliverDevHists(r.sink, timeline.HistSubmit, r.sysfs, hs, names)
 		}
 		deliverLosses(r.sink, "submit", r.objs.Losses)
 		if r.decode > 0 {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/timeline"
 )
 
 var submitProgNames = []string{"sub_bio_queue", "sub_getrq", "sub_backmerge", "sub_frontmerge", "sub_bio_done"}
@@ -43,7 +44,7 @@ func TestSubmitLoopWrites(t *testing.T) {
 		t.Fatalf("Stop: %v", err)
 	}
 
-	h, ok := sink.hist(HistSubmit, loop.name)
+	h, ok := sink.hist(timeline.HistSubmit, loop.name)
 	if !ok {
 		t.Fatalf("no submit histogram for %s; got %d histograms", loop.name, len(sink.hists))
 	}
@@ -132,7 +133,7 @@ func TestSubmitQueueFreeze(t *testing.T) {
 		t.Errorf("no slow submission from the writer thread %d", tid)
 	}
 	assertProgsUnloaded(t, submitProgNames...)
-	h, ok := sink.hist(HistSubmit, loop.name)
+	h, ok := sink.hist(timeline.HistSubmit, loop.name)
 	if !ok || time.Duration(h.h.MaxNs) < longest.Latency {
 		t.Errorf("histogram max %v below the longest event %v (found %v)", time.Duration(h.h.MaxNs), longest.Latency, ok)
 	}

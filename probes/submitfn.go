@@ -11,6 +11,7 @@ import (
 	"github.com/cilium/ebpf/features"
 
 	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/timeline"
 )
 
 // submitFnProbe times the bio submission function, submit_bio_noacct
@@ -34,7 +35,7 @@ var submitFnFuncs = []string{"submit_bio_noacct", "generic_make_request"}
 // nested calls are counted in the outer one only.
 var submitFnBioFuncs = []string{"__submit_bio", "blk_mq_submit_bio"}
 
-func (submitFnProbe) Name() string { return event.ProbeSubmitCall }
+func (submitFnProbe) Name() string { return event.ProbeSubmitFn }
 
 func (submitFnProbe) Describe() string {
 	return "time in submit_bio_noacct/generic_make_request per device and process, entry to return (else the submit probe's tracepoints)"
@@ -125,7 +126,7 @@ func startSubmitFn(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism
 		})
 		return true
 	}
-	r, err := startDirect(event.ProbeSubmitCall, spec, kernel, points, sink, handle)
+	r, err := startDirect(event.ProbeSubmitFn, spec, kernel, points, sink, handle)
 	if err != nil {
 		return nil, err
 	}
@@ -138,7 +139,7 @@ func startSubmitFn(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism
 		if err != nil {
 			return err
 		}
-		deliverDevHists(sink, HistSubmitCall, cfg.SysFS, hs, names)
+		deliverDevHists(sink, timeline.HistSubmitCall, cfg.SysFS, hs, names)
 		return nil
 	}
 	return r, nil

@@ -10,6 +10,7 @@ import (
 	"github.com/whyslow/whyslow/internal/event"
 	"github.com/whyslow/whyslow/internal/hist"
 	"github.com/whyslow/whyslow/internal/scenario"
+	"github.com/whyslow/whyslow/internal/timeline"
 )
 
 // schedProcSink records what the offcpu, exec and uevent probes deliver.
@@ -31,7 +32,7 @@ func (s *schedProcSink) Loss(l event.Loss) {
 	s.mu.Unlock()
 }
 
-func (s *schedProcSink) Histogram(HistKind, event.Device, *hist.Histogram) {}
+func (s *schedProcSink) Histogram(timeline.HistKind, event.Device, *hist.Histogram) {}
 
 // find returns the first event that matches, or false.
 func (s *schedProcSink) find(match func(event.Event) bool) (event.Event, bool) {

@@ -40,7 +40,7 @@ func TestMechanismOverride(t *testing.T) {
 	scenario.RequireRoot(t)
 	dev := scenario.LoopDevice(t, 64<<20)
 	expected := expectedMechanisms()
-	direct := []string{event.ProbeFreeze, event.ProbeQueueEnter, event.ProbeSubmitCall}
+	direct := []string{event.ProbeFreeze, event.ProbeQueueEnter, event.ProbeSubmitFn}
 	for _, mech := range []string{"fentry", "kprobe", "tp_btf"} {
 		t.Run(mech, func(t *testing.T) {
 			trace := filepath.Join(t.TempDir(), "run.trace.gz")
@@ -109,7 +109,7 @@ func directSeen(tl *timeline.Timeline, dev string) map[string]int {
 		if h.Dev.Name == dev && h.SubmitCall.Count > 0 {
 			// The histogram has no mechanism; the probe status says it.
 			for _, p := range tl.Probes {
-				if p.Name == event.ProbeSubmitCall {
+				if p.Name == event.ProbeSubmitFn {
 					add("submit calls", p.Mechanism, int(h.SubmitCall.Count))
 				}
 			}

@@ -68,7 +68,7 @@ func TestProbesCommand(t *testing.T) {
 	default:
 		scenario.Skip(t, "a kernel this test has no expectation for: kprobes %v, fentry %v", kprobes, fentryErr)
 	}
-	direct := []string{event.ProbeFreeze, event.ProbeQueueEnter, event.ProbeSubmitCall}
+	direct := []string{event.ProbeFreeze, event.ProbeQueueEnter, event.ProbeSubmitFn}
 
 	js := run(t, "probes", "--format", "json")
 	txt := run(t, "probes")

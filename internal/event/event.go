@@ -4,6 +4,10 @@
 // Every timestamp is a Mono: nanoseconds of CLOCK_MONOTONIC, the clock behind
 // bpf_ktime_get_ns. Sources that are not BPF (the uevent netlink socket) read
 // CLOCK_MONOTONIC when the message arrives, so all events share one clock.
+//
+// A field tagged `mem:"shared"` shares its contents with other events (the
+// probe interns the strings or caches the stack): the run's memory bound
+// counts it as its header only (timeline.Stream.Bytes).
 package event
 
 import (
@@ -95,7 +99,7 @@ type OffCPU struct {
 	Duration    time.Duration `json:"duration"`
 	Task        Task          `json:"task"`
 	Waker       Task          `json:"waker"` // zero when the wake-up was not seen
-	KernelStack []Frame       `json:"kernel_stack,omitempty"`
+	KernelStack []Frame       `json:"kernel_stack,omitempty" mem:"shared"`
 	UserStack   []Frame       `json:"user_stack,omitempty"`
 }
 
@@ -136,11 +140,11 @@ func (e Exit) When() Mono { return e.Time }
 // Uevent is one kernel uevent (NETLINK_KOBJECT_UEVENT, kernel group).
 type Uevent struct {
 	Time      Mono   `json:"time"`
-	Action    string `json:"action"` // add, remove, change, bind, ...
-	DevPath   string `json:"devpath"`
-	Subsystem string `json:"subsystem"`
-	DevName   string `json:"devname,omitempty"` // e.g. "loop0" for block devices
-	DevType   string `json:"devtype,omitempty"` // "disk", "partition"
+	Action    string `json:"action" mem:"shared"` // add, remove, change, bind, ...
+	DevPath   string `json:"devpath" mem:"shared"`
+	Subsystem string `json:"subsystem" mem:"shared"`
+	DevName   string `json:"devname,omitempty" mem:"shared"` // e.g. "loop0" for block devices
+	DevType   string `json:"devtype,omitempty" mem:"shared"` // "disk", "partition"
 	Seqnum    uint64 `json:"seqnum"`
 }
 
@@ -159,6 +163,21 @@ type SysfsWrite struct {
 
 // When implements Event.
 func (e SysfsWrite) When() Mono { return e.Time }
+
+// Probe names. Every probe is named by one of these wherever it is named:
+// its status and losses, the streams it fills (timeline.Sources), the
+// facts it supplies, --mechanism NAME=... and the trace command.
+const (
+	ProbeExec       = "exec"
+	ProbeFreeze     = "freeze"
+	ProbeOffCPU     = "offcpu"
+	ProbeQueueEnter = "queueenter"
+	ProbeService    = "service"
+	ProbeSubmit     = "submit"
+	ProbeSubmitFn   = "submitfn"
+	ProbeSysfs      = "sysfs"
+	ProbeUevent     = "uevent"
+)
 
 // Mechanism names how a probe is attached.
 type Mechanism string
@@ -181,6 +200,10 @@ type ProbeStatus struct {
 	Reason    string    `json:"reason,omitempty"`
 	// Skipped lists the better mechanisms that were tried or ruled out, with why.
 	Skipped []Skip `json:"skipped,omitempty"`
+	// InferredBy names the probe that does the work when this one runs on
+	// a rung that measures nothing of its own (its events are inferred
+	// from that probe's); "" when the probe measures itself.
+	InferredBy string `json:"inferred_by,omitempty"`
 }
 
 // Skip is one mechanism a probe did not use, and why.
@@ -209,14 +232,6 @@ type Holder struct {
 	Lower string `json:"lower"`
 }
 
-// Names of the probes that time block-layer functions directly; facts use
-// them to tell from the probe status whether a direct measurement ran.
-const (
-	ProbeQueueEnter = "queueenter"
-	ProbeFreeze     = "freeze"
-	ProbeSubmitCall = "submitfn"
-)
-
 // QueueEnter is one wait to enter a device's request queue, timed at the
 // kernel function that waits (__bio_queue_enter, or blk_queue_enter on
 // older kernels) by a direct probe (fentry/fexit or kprobe/kretprobe).
@@ -225,8 +240,8 @@ type QueueEnter struct {
 	Duration  time.Duration `json:"duration"`
 	Task      Task          `json:"task"`
 	Dev       Device        `json:"dev"`
-	Func      string        `json:"func"`      // "__bio_queue_enter" or "blk_queue_enter"
-	Mechanism Mechanism     `json:"mechanism"` // "fentry" or "kprobe"
+	Func      string        `json:"func" mem:"shared"`      // "__bio_queue_enter" or "blk_queue_enter"
+	Mechanism Mechanism     `json:"mechanism" mem:"shared"` // "fentry" or "kprobe"
 	// Ret is the function's result: 0, or a negative errno when the queue
 	// was dying (-ENODEV) or the caller would not wait (-EAGAIN, -EBUSY).
 	Ret int32 `json:"ret,omitempty"`
@@ -244,8 +259,8 @@ type Freeze struct {
 	Task        Task          `json:"task"`      // the freezer
 	Unfreezer   Task          `json:"unfreezer"` // the task that unfroze it
 	Dev         Device        `json:"dev"`
-	Func        string        `json:"func"` // the freeze function probed, e.g. "blk_freeze_queue_start"
-	Mechanism   Mechanism     `json:"mechanism"`
+	Func        string        `json:"func" mem:"shared"` // the freeze function probed, e.g. "blk_freeze_queue_start"
+	Mechanism   Mechanism     `json:"mechanism" mem:"shared"`
 	KernelStack []Frame       `json:"kernel_stack,omitempty"`
 	UserStack   []Frame       `json:"user_stack,omitempty"`
 }
@@ -261,8 +276,8 @@ type SubmitCall struct {
 	Latency   time.Duration `json:"latency"`
 	Task      Task          `json:"task"`
 	Dev       Device        `json:"dev"`
-	Func      string        `json:"func"`
-	Mechanism Mechanism     `json:"mechanism"`
+	Func      string        `json:"func" mem:"shared"`
+	Mechanism Mechanism     `json:"mechanism" mem:"shared"`
 }
 
 // When implements Event.

@@ -2,11 +2,15 @@
 // time axis: typed event streams sorted by time, per-device latency
 // histograms, probe status and loss counts. It is the only input of the
 // analysis, so a live run and a recorded trace give the same report.
+//
+// This file is the registry of what goes on a timeline: one field per event
+// stream or histogram, and Sources, which says for every probe, in the order
+// probes start and are listed, which streams and histograms it fills. The
+// collector, the trace file, the `whyslow probes` table and the docs all
+// derive from it; nothing else names event types per kind.
 package timeline
 
 import (
-	"slices"
-	"sort"
 	"time"
 
 	"github.com/whyslow/whyslow/internal/event"
@@ -38,6 +42,7 @@ type Timeline struct {
 	// Holders is the block device stacking seen at the start of the run.
 	Holders []event.Holder
 
+	// The event streams, one per event kind (see Sources).
 	SlowSubmits []event.SlowSubmit
 	OffCPU      []event.OffCPU
 	Execs       []event.Exec
@@ -51,104 +56,60 @@ type Timeline struct {
 	SubmitCalls []event.SubmitCall
 }
 
+// Histogram kinds: the per-device histograms a probe delivers.
+const (
+	HistSubmit     HistKind = "submit"      // block_bio_queue -> getrq/merge
+	HistService    HistKind = "service"     // block_rq_issue -> block_rq_complete
+	HistSubmitCall HistKind = "submit_call" // submit_bio_noacct entry -> return
+)
+
+// Sources lists every probe, in the order probes are started and listed,
+// with the event streams and histograms it fills. A stream's Doc is its
+// row in docs/trace-format.md (the record's fields; a test checks that it
+// names every field of the event), generated from here.
+var Sources = []Source{
+	{Probe: event.ProbeExec, Streams: []Stream{
+		Events("exec", func(t *Timeline) *[]event.Exec { return &t.Execs },
+			"`time`, `forked`, `task`, `ppid`, `parent_comm`, `uid`, `filename`, `args`, `args_truncated`, `ret` (the error of a failed exec, omitted when 0: a diagnosis records successful execs only)"),
+		Events("exit", func(t *Timeline) *[]event.Exit { return &t.Exits },
+			"`time`, `pid`, `exit_code` (wait status)"),
+	}},
+	{Probe: event.ProbeFreeze, Streams: []Stream{
+		Events("freeze", func(t *Timeline) *[]event.Freeze { return &t.Freezes },
+			"`start`, `duration` (frozen until the unfreeze), `task` (freezer), `unfreezer`, `dev`, `func`, `mechanism`, `kernel_stack`, `user_stack`: a direct probe's queue freeze"),
+	}},
+	{Probe: event.ProbeOffCPU, Streams: []Stream{
+		Events("offcpu", func(t *Timeline) *[]event.OffCPU { return &t.OffCPU },
+			"`start`, `duration`, `task`, `waker`, `kernel_stack`, `user_stack` (frames `{addr, symbol, offset, module}`, innermost first)"),
+	}},
+	{Probe: event.ProbeQueueEnter, Streams: []Stream{
+		Events("queue_enter", func(t *Timeline) *[]event.QueueEnter { return &t.QueueEnters },
+			"`start`, `duration`, `task`, `dev`, `func` (`__bio_queue_enter`/`blk_queue_enter`), `mechanism` (`fentry`/`kprobe`), `ret` (errno, omitted when 0): a direct probe's queue-enter wait"),
+	}},
+	{Probe: event.ProbeService, Hists: []Hist{
+		{HistService, func(d *DeviceHistograms) *hist.Histogram { return &d.Service }},
+	}},
+	{Probe: event.ProbeSubmit, Streams: []Stream{
+		Events("slow_submit", func(t *Timeline) *[]event.SlowSubmit { return &t.SlowSubmits },
+			"`start`, `latency`, `task` (`{pid, tgid, comm}`), `dev`, `op` (rwbs), `end` (`getrq`/`backmerge`/`frontmerge`), `sector`, `bytes`"),
+	}, Hists: []Hist{
+		{HistSubmit, func(d *DeviceHistograms) *hist.Histogram { return &d.Submit }},
+	}},
+	{Probe: event.ProbeSubmitFn, Streams: []Stream{
+		Events("submit_call", func(t *Timeline) *[]event.SubmitCall { return &t.SubmitCalls },
+			"`start`, `latency`, `task`, `dev`, `func` (`submit_bio_noacct`/`generic_make_request`), `mechanism`: a slow call of the submission function"),
+	}, Hists: []Hist{
+		{HistSubmitCall, func(d *DeviceHistograms) *hist.Histogram { return &d.SubmitCall }},
+	}},
+	{Probe: event.ProbeSysfs, Streams: []Stream{
+		Events("sysfs_write", func(t *Timeline) *[]event.SysfsWrite { return &t.SysfsWrites },
+			"`time`, `task`, `path`, `device`, `attr`"),
+	}},
+	{Probe: event.ProbeUevent, Streams: []Stream{
+		Events("uevent", func(t *Timeline) *[]event.Uevent { return &t.Uevents },
+			"`time`, `action`, `devpath`, `subsystem`, `devname`, `devtype`, `seqnum`"),
+	}},
+}
+
 // Duration is the length of the observation window.
 func (t *Timeline) Duration() time.Duration { return t.End.Sub(t.Start) }
-
-// Add appends one event to its stream. Unknown event types are ignored.
-func (t *Timeline) Add(e event.Event) {
-	switch v := e.(type) {
-	case event.SlowSubmit:
-		t.SlowSubmits = append(t.SlowSubmits, v)
-	case event.OffCPU:
-		t.OffCPU = append(t.OffCPU, v)
-	case event.Exec:
-		t.Execs = append(t.Execs, v)
-	case event.Exit:
-		t.Exits = append(t.Exits, v)
-	case event.Uevent:
-		t.Uevents = append(t.Uevents, v)
-	case event.SysfsWrite:
-		t.SysfsWrites = append(t.SysfsWrites, v)
-	case event.QueueEnter:
-		t.QueueEnters = append(t.QueueEnters, v)
-	case event.Freeze:
-		t.Freezes = append(t.Freezes, v)
-	case event.SubmitCall:
-		t.SubmitCalls = append(t.SubmitCalls, v)
-	}
-}
-
-// AddLoss adds to the loss count of a probe and cause.
-func (t *Timeline) AddLoss(l event.Loss) {
-	if l.Count == 0 {
-		return
-	}
-	for i := range t.Losses {
-		if t.Losses[i].Probe == l.Probe && t.Losses[i].What == l.What {
-			t.Losses[i].Count += l.Count
-			return
-		}
-	}
-	t.Losses = append(t.Losses, l)
-}
-
-// LostEvents is the total of all losses.
-func (t *Timeline) LostEvents() uint64 {
-	var n uint64
-	for _, l := range t.Losses {
-		n += l.Count
-	}
-	return n
-}
-
-// Device returns the histograms of a device, creating them if needed.
-func (t *Timeline) Device(d event.Device) *DeviceHistograms {
-	for i := range t.Devices {
-		if t.Devices[i].Dev.Major == d.Major && t.Devices[i].Dev.Minor == d.Minor {
-			if t.Devices[i].Dev.Name == "" {
-				t.Devices[i].Dev.Name = d.Name
-			}
-			return &t.Devices[i]
-		}
-	}
-	t.Devices = append(t.Devices, DeviceHistograms{Dev: d})
-	return &t.Devices[len(t.Devices)-1]
-}
-
-// Sort orders every stream by time (stable, so equal times keep arrival
-// order) and devices by name.
-func (t *Timeline) Sort() {
-	sortBy(t.SlowSubmits)
-	sortBy(t.OffCPU)
-	sortBy(t.Execs)
-	sortBy(t.Exits)
-	sortBy(t.Uevents)
-	sortBy(t.SysfsWrites)
-	sortBy(t.QueueEnters)
-	sortBy(t.Freezes)
-	sortBy(t.SubmitCalls)
-	sort.SliceStable(t.Devices, func(i, j int) bool { return t.Devices[i].Dev.String() < t.Devices[j].Dev.String() })
-}
-
-func sortBy[E event.Event](s []E) {
-	slices.SortStableFunc(s, func(a, b E) int {
-		switch {
-		case a.When() < b.When():
-			return -1
-		case a.When() > b.When():
-			return 1
-		}
-		return 0
-	})
-}
-
-// Window returns the sub-slice of a time-sorted stream whose start times lie
-// in [from, to).
-func Window[E event.Event](s []E, from, to event.Mono) []E {
-	lo := sort.Search(len(s), func(i int) bool { return s[i].When() >= from })
-	hi := sort.Search(len(s), func(i int) bool { return s[i].When() >= to })
-	if hi < lo {
-		hi = lo
-	}
-	return s[lo:hi]
-}

@@ -104,22 +104,14 @@ const (
 	typeEnd      = "end"
 )
 
-// kinds names the record type of each slice field of timeline.Timeline. A
-// slice field missing here is recorded under its snake_case name.
-var kinds = map[string]string{
-	"Probes":      "probe",
-	"Losses":      "loss",
-	"Devices":     "device",
-	"Holders":     "holder",
-	"SlowSubmits": "slow_submit",
-	"OffCPU":      "offcpu",
-	"Execs":       "exec",
-	"Exits":       "exit",
-	"Uevents":     "uevent",
-	"SysfsWrites": "sysfs_write",
-	"QueueEnters": "queue_enter",
-	"Freezes":     "freeze",
-	"SubmitCalls": "submit_call",
+// records names the record type of the slice fields of timeline.Timeline
+// that are not event streams; an event stream's record type is its
+// timeline.Stream's Record.
+var records = map[string]string{
+	"Probes":  "probe",
+	"Losses":  "loss",
+	"Devices": "device",
+	"Holders": "holder",
 }
 
 // stream is one slice field of the timeline.
@@ -130,19 +122,26 @@ type stream struct {
 
 var timelineType = reflect.TypeFor[timeline.Timeline]()
 
-// streams lists the slice fields of the timeline, in field order.
+// streams lists the slice fields of the timeline that are recorded, in
+// field order: its own records and every event stream of timeline.Sources.
 func streams() []stream {
+	byField := map[int]string{}
+	for _, s := range timeline.Streams() {
+		byField[s.Field()] = s.Record()
+	}
 	var out []stream
 	for i := 0; i < timelineType.NumField(); i++ {
 		f := timelineType.Field(i)
 		if !f.IsExported() || f.Type.Kind() != reflect.Slice {
 			continue
 		}
-		k, ok := kinds[f.Name]
+		k, ok := records[f.Name]
 		if !ok {
-			k = snake(f.Name)
+			k, ok = byField[i]
 		}
-		out = append(out, stream{field: i, kind: k})
+		if ok {
+			out = append(out, stream{field: i, kind: k})
+		}
 	}
 	return out
 }

@@ -1,0 +1,249 @@
+package timeline
+
+import (
+	"fmt"
+	"reflect"
+	"slices"
+	"sort"
+
+	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/hist"
+)
+
+// Source is one probe and what it puts on the timeline.
+type Source struct {
+	Probe   string   // an event.Probe* name
+	Streams []Stream // the event kinds it emits
+	Hists   []Hist   // the per-device histograms it delivers
+}
+
+// HistKind names a per-device latency histogram.
+type HistKind string
+
+// Hist is a histogram kind and the field of DeviceHistograms that holds it.
+type Hist struct {
+	Kind HistKind
+	Of   func(*DeviceHistograms) *hist.Histogram
+}
+
+// Stream is one event kind's place on the timeline: the typed slice of
+// Timeline that holds its events (so that facts read them directly, with
+// no boxing), its record type in trace files, the probe that emits it and
+// its documentation. Make one with Events, in Sources.
+type Stream interface {
+	// Record is the kind's record type in trace files, e.g. "slow_submit".
+	Record() string
+	// Probe is the name of the probe that emits it.
+	Probe() string
+	// Doc is the kind's row in the trace format's record table: its fields.
+	Doc() string
+	// Type is the event's Go type.
+	Type() reflect.Type
+	// Field is the index of the stream's slice in Timeline.
+	Field() int
+	// Len is the number of events the stream holds in t.
+	Len(t *Timeline) int
+	// Bytes estimates the memory an event of this kind takes on the
+	// timeline: its struct, with the slack of a growing slice, and the
+	// strings and slices it owns. Fields tagged `mem:"shared"` share their
+	// contents with other events (interned strings, cached kernel stacks)
+	// and count as their header only.
+	Bytes(e event.Event) int64
+
+	add(t *Timeline, e event.Event)
+	sort(t *Timeline)
+	setup(probe string)
+}
+
+// Events declares the stream of event type E: record is its trace record
+// type, of returns the Timeline field that holds it and doc its fields.
+func Events[E event.Event](record string, of func(*Timeline) *[]E, doc string) Stream {
+	return &stream[E]{record: record, of: of, doc: doc}
+}
+
+type stream[E event.Event] struct {
+	record, probe, doc string
+	of                 func(*Timeline) *[]E
+	field              int
+	mem                *memPlan
+}
+
+func (s *stream[E]) Record() string      { return s.record }
+func (s *stream[E]) Probe() string       { return s.probe }
+func (s *stream[E]) Doc() string         { return s.doc }
+func (s *stream[E]) Type() reflect.Type  { return reflect.TypeFor[E]() }
+func (s *stream[E]) Field() int          { return s.field }
+func (s *stream[E]) Len(t *Timeline) int { return len(*s.of(t)) }
+func (s *stream[E]) add(t *Timeline, e event.Event) {
+	p := s.of(t)
+	*p = append(*p, e.(E))
+}
+func (s *stream[E]) sort(t *Timeline) { sortBy(*s.of(t)) }
+
+func (s *stream[E]) Bytes(e event.Event) int64 {
+	v, ok := e.(E)
+	if !ok {
+		return 0
+	}
+	const slack = 5 / 4.0
+	n := int64(s.mem.size) + s.mem.content(reflect.ValueOf(&v).Elem())
+	return int64(float64(n) * slack)
+}
+
+// setup finds the stream's field in Timeline and plans its size estimate.
+func (s *stream[E]) setup(probe string) {
+	s.probe = probe
+	s.mem = planMem(reflect.TypeFor[E]())
+	var zero Timeline
+	tv := reflect.ValueOf(&zero).Elem()
+	p := reflect.ValueOf(s.of(&zero))
+	s.field = -1
+	for i := range tv.NumField() {
+		if f := tv.Field(i); f.Type() == p.Elem().Type() && f.Addr().Pointer() == p.Pointer() {
+			s.field = i
+		}
+	}
+	if s.field < 0 {
+		panic(fmt.Sprintf("timeline: stream %q does not return a field of Timeline", s.record))
+	}
+}
+
+// The registry's indexes, built once from Sources.
+var (
+	streams      []Stream // in Timeline field order
+	streamByType = map[reflect.Type]Stream{}
+	histOf       = map[HistKind]Hist{}
+	probeNames   []string
+)
+
+func init() {
+	records := map[string]bool{}
+	for _, src := range Sources {
+		if slices.Contains(probeNames, src.Probe) {
+			panic("timeline: probe " + src.Probe + " listed twice in Sources")
+		}
+		probeNames = append(probeNames, src.Probe)
+		for _, s := range src.Streams {
+			s.setup(src.Probe)
+			if records[s.Record()] || streamByType[s.Type()] != nil {
+				panic("timeline: stream " + s.Record() + " declared twice")
+			}
+			records[s.Record()] = true
+			streamByType[s.Type()] = s
+			streams = append(streams, s)
+		}
+		for _, h := range src.Hists {
+			if _, dup := histOf[h.Kind]; dup {
+				panic("timeline: histogram " + string(h.Kind) + " declared twice")
+			}
+			histOf[h.Kind] = h
+		}
+	}
+	slices.SortFunc(streams, func(a, b Stream) int { return a.Field() - b.Field() })
+}
+
+// Streams returns every event stream, in the order of Timeline's fields.
+func Streams() []Stream { return slices.Clone(streams) }
+
+// StreamOf returns the stream of an event's kind, or nil for a type no
+// source declares.
+func StreamOf(e event.Event) Stream { return streamByType[reflect.TypeOf(e)] }
+
+// ProbeNames returns the name of every probe of Sources, in order.
+func ProbeNames() []string { return slices.Clone(probeNames) }
+
+// SourceOf returns the entry of Sources of a probe; ok is false for a name
+// no source has.
+func SourceOf(probe string) (Source, bool) {
+	for _, s := range Sources {
+		if s.Probe == probe {
+			return s, true
+		}
+	}
+	return Source{}, false
+}
+
+// Add appends one event to its stream. Events of a type no source
+// declares are ignored.
+func (t *Timeline) Add(e event.Event) {
+	if s := StreamOf(e); s != nil {
+		s.add(t, e)
+	}
+}
+
+// MergeHistogram adds h to the histogram of that kind of device dev; a
+// kind no source declares is ignored.
+func (t *Timeline) MergeHistogram(kind HistKind, dev event.Device, h *hist.Histogram) {
+	if k, ok := histOf[kind]; ok {
+		k.Of(t.Device(dev)).Merge(h)
+	}
+}
+
+// AddLoss adds to the loss count of a probe and cause.
+func (t *Timeline) AddLoss(l event.Loss) {
+	if l.Count == 0 {
+		return
+	}
+	for i := range t.Losses {
+		if t.Losses[i].Probe == l.Probe && t.Losses[i].What == l.What {
+			t.Losses[i].Count += l.Count
+			return
+		}
+	}
+	t.Losses = append(t.Losses, l)
+}
+
+// LostEvents is the total of all losses.
+func (t *Timeline) LostEvents() uint64 {
+	var n uint64
+	for _, l := range t.Losses {
+		n += l.Count
+	}
+	return n
+}
+
+// Device returns the histograms of a device, creating them if needed.
+func (t *Timeline) Device(d event.Device) *DeviceHistograms {
+	for i := range t.Devices {
+		if t.Devices[i].Dev.Major == d.Major && t.Devices[i].Dev.Minor == d.Minor {
+			if t.Devices[i].Dev.Name == "" {
+				t.Devices[i].Dev.Name = d.Name
+			}
+			return &t.Devices[i]
+		}
+	}
+	t.Devices = append(t.Devices, DeviceHistograms{Dev: d})
+	return &t.Devices[len(t.Devices)-1]
+}
+
+// Sort orders every stream by time (stable, so equal times keep arrival
+// order) and devices by name.
+func (t *Timeline) Sort() {
+	for _, s := range streams {
+		s.sort(t)
+	}
+	sort.SliceStable(t.Devices, func(i, j int) bool { return t.Devices[i].Dev.String() < t.Devices[j].Dev.String() })
+}
+
+func sortBy[E event.Event](s []E) {
+	slices.SortStableFunc(s, func(a, b E) int {
+		switch {
+		case a.When() < b.When():
+			return -1
+		case a.When() > b.When():
+			return 1
+		}
+		return 0
+	})
+}
+
+// Window returns the sub-slice of a time-sorted stream whose start times lie
+// in [from, to).
+func Window[E event.Event](s []E, from, to event.Mono) []E {
+	lo := sort.Search(len(s), func(i int) bool { return s[i].When() >= from })
+	hi := sort.Search(len(s), func(i int) bool { return s[i].When() >= to })
+	if hi < lo {
+		hi = lo
+	}
+	return s[lo:hi]
+}
