@@ -90,7 +90,7 @@ func probesRun(opts *ProbesOptions) error {
 			defer wg.Done()
 			r, st := p.Start(cfg, discard{})
 			if st.Name == "" {
-				st.Name = p.Name()
+				st.Name = p.Decl().Name
 			}
 			if r != nil {
 				if err := r.Stop(); err != nil {
@@ -112,7 +112,7 @@ func probesRun(opts *ProbesOptions) error {
 func describe() map[string]string {
 	out := map[string]string{}
 	for _, p := range probes.All() {
-		out[p.Name()] = p.Describe()
+		out[p.Decl().Name] = p.Decl().Describe
 	}
 	return out
 }

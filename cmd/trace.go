@@ -215,7 +215,7 @@ func probesNamed(names []string) []probes.Probe {
 	var out []probes.Probe
 	for _, n := range names {
 		for _, p := range probes.All() {
-			if p.Name() == n {
+			if p.Decl().Name == n {
 				out = append(out, p)
 			}
 		}

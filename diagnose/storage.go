@@ -213,7 +213,7 @@ func Collect(ctx context.Context, opts Options, spec *btf.Spec) (*timeline.Timel
 			defer wg.Done()
 			r, st := p.Start(cfg, col)
 			if st.Name == "" {
-				st.Name = p.Name()
+				st.Name = p.Decl().Name
 			}
 			starts[i] = started{r, st}
 		}()
@@ -332,7 +332,7 @@ func now() event.Mono {
 func ProbeNames() []string {
 	var out []string
 	for _, p := range probes.All() {
-		out = append(out, p.Name())
+		out = append(out, p.Decl().Name)
 	}
 	sort.Strings(out)
 	return out

@@ -31,13 +31,13 @@ func startDirectOn(t *testing.T, p Probe, mech event.Mechanism, minLatency time.
 	t.Helper()
 	sink := new(blkSink)
 	cfg := Config{MinLatency: minLatency, SysFS: "/sys", ProcFS: "/proc",
-		Mechanism: MechanismChoice{Per: map[string]event.Mechanism{p.Name(): mech}}}
+		Mechanism: MechanismChoice{Per: map[string]event.Mechanism{p.Decl().Name: mech}}}
 	r, st := p.Start(cfg, sink)
 	if r == nil {
 		if expectedMechanism(mech) {
-			t.Fatalf("%s on %s must work on this kernel (WHYSLOW_EXPECT_MECHANISMS) but: %s", p.Name(), mech, st.Reason)
+			t.Fatalf("%s on %s must work on this kernel (WHYSLOW_EXPECT_MECHANISMS) but: %s", p.Decl().Name, mech, st.Reason)
 		}
-		t.Skipf("%s on %s not available here: %s", p.Name(), mech, st.Reason)
+		t.Skipf("%s on %s not available here: %s", p.Decl().Name, mech, st.Reason)
 	}
 	if st.Mechanism != mech {
 		t.Fatalf("forced %s, started on %q", mech, st.Mechanism)
@@ -81,16 +81,16 @@ func TestDirectProbesLadder(t *testing.T) {
 	kprobes, fentryErr := kernelAllows(t)
 	t.Logf("this kernel: kprobe PMU %v, fentry load: %v", kprobes, fentryErr)
 	for _, p := range directProbes {
-		t.Run(p.Name(), func(t *testing.T) {
+		t.Run(p.Decl().Name, func(t *testing.T) {
 			r, st := p.Start(Config{MinLatency: time.Millisecond, SysFS: "/sys", ProcFS: "/proc"}, new(blkSink))
 			if r == nil || st.Status != event.StatusOK {
 				t.Fatalf("not started: %+v", st)
 			}
 			defer r.Stop()
-			t.Logf("%s: %s (%s), skipped %+v", p.Name(), st.Mechanism, st.Reason, st.Skipped)
-			order := p.(Mechanisms).Mechanisms()
+			t.Logf("%s: %s (%s), skipped %+v", p.Decl().Name, st.Mechanism, st.Reason, st.Skipped)
+			order := p.Decl().Mechs()
 			if expectedMechanism(order[0]) && st.Mechanism != order[0] {
-				t.Fatalf("%s runs on %s, but %s must work on this kernel (WHYSLOW_EXPECT_MECHANISMS); skipped: %+v", p.Name(), st.Mechanism, order[0], st.Skipped)
+				t.Fatalf("%s runs on %s, but %s must work on this kernel (WHYSLOW_EXPECT_MECHANISMS); skipped: %+v", p.Decl().Name, st.Mechanism, order[0], st.Skipped)
 			}
 			var above []event.Mechanism
 			for _, m := range order {
@@ -114,14 +114,14 @@ func TestDirectProbesLadder(t *testing.T) {
 			switch {
 			case fentryErr == nil:
 				if st.Mechanism != event.MechFentry {
-					t.Errorf("fentry programs load here, but %s runs on %s", p.Name(), st.Mechanism)
+					t.Errorf("fentry programs load here, but %s runs on %s", p.Decl().Name, st.Mechanism)
 				}
 			case errors.Is(fentryErr, unix.EPERM):
 				want[event.MechFentry] = "load denied (EPERM)"
 				if !kprobes {
 					want[event.MechKprobe] = "CONFIG_KPROBES not set (no kprobe PMU)"
 					if st.Mechanism != event.MechTPBTF {
-						t.Errorf("neither fentry nor kprobes here, but %s runs on %s", p.Name(), st.Mechanism)
+						t.Errorf("neither fentry nor kprobes here, but %s runs on %s", p.Decl().Name, st.Mechanism)
 					}
 				}
 			}
@@ -183,12 +183,12 @@ func TestDirectProgramsLoadOnEveryFunction(t *testing.T) {
 	for _, v := range variants {
 		for _, mech := range []event.Mechanism{event.MechFentry, event.MechKprobe} {
 			t.Run(v.probe+"/"+string(mech)+"/"+strings.Join(v.fns, ","), func(t *testing.T) {
-				fns, why := resolveFuncs(rung{funcs: [][]string{v.fns[:1], v.fns[1:]}[:len(v.fns)]}, caps)
+				fns, why := resolveFuncs(ladderRung{funcs: [][]string{v.fns[:1], v.fns[1:]}[:len(v.fns)]}, caps)
 				if why != "" {
 					t.Skipf("not on this kernel: %s", why)
 				}
 				if len(v.fns) == 2 {
-					if _, why := resolveFuncs(rung{funcs: [][]string{v.fns[1:]}}, caps); why != "" {
+					if _, why := resolveFuncs(ladderRung{funcs: [][]string{v.fns[1:]}}, caps); why != "" {
 						t.Skipf("not on this kernel: %s", why)
 					}
 				}

@@ -23,20 +23,25 @@ import (
 // every failed one with its error.
 type execProbe struct{}
 
-func init() { Register(execProbe{}) }
+func init() { register(execProbe{}) }
 
-func (execProbe) Name() string { return "exec" }
-
-func (execProbe) Describe() string {
-	return "every program executed (sched_process_exec): command line, parent and uid; and when each process ends"
+// Decl implements Probe.
+func (execProbe) Decl() Decl {
+	return Decl{
+		Name:       event.ProbeExec,
+		Mechanisms: []Rung{{Mech: event.MechTPBTF}},
+		Describe:   "every program executed (sched_process_exec): command line, parent and uid; and when each process ends",
+		Attach:     "tp_btf `sched_process_exec`, `sched_process_exit`; for `trace exec` also tracepoints `syscalls:sys_{enter,exit}_execve{,at}`",
+		Records:    "every exec with pid, parent, uid, file, argv; process ends; for `trace exec`, failed execs with their error",
+	}
 }
 
 func (p execProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
 	r, err := startExec(cfg, sink)
 	if err != nil {
-		return nil, unavailableStatus(p.Name(), err)
+		return nil, unavailableStatus(p.Decl().Name, err)
 	}
-	st := okStatus(p.Name(), event.MechTPBTF)
+	st := okStatus(p.Decl().Name, event.MechTPBTF)
 	if cfg.FailedExecs {
 		if err := r.attachFailed(); err != nil {
 			st.Reason = "failed execs not seen: " + errReason(err)
@@ -220,9 +225,9 @@ func (r *execRunning) Stop() error {
 		_ = r.rd.Flush()
 		<-r.done
 		r.rd.Close()
-		deliverLosses(r.sink, "exec", r.objs.Losses)
+		deliverLosses(r.sink, event.ProbeExec, r.objs.Losses)
 		if r.decode > 0 {
-			r.sink.Loss(event.Loss{Probe: "exec", What: "undecodable record", Count: r.decode})
+			r.sink.Loss(event.Loss{Probe: event.ProbeExec, What: "undecodable record", Count: r.decode})
 		}
 		if err := r.objs.Close(); err != nil {
 			r.stopErr = fmt.Errorf("closing objects: %w", err)

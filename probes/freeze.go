@@ -24,7 +24,7 @@ import (
 // freezers blocked in blk_mq_freeze_queue_wait.
 type freezeProbe struct{}
 
-func init() { Register(freezeProbe{}) }
+func init() { register(freezeProbe{}) }
 
 // Functions of each role, best first.
 var (
@@ -47,27 +47,23 @@ var (
 // freezeKstackDepth is KSTACK_DEPTH in bpf/freeze.bpf.c.
 const freezeKstackDepth = 64
 
-func (freezeProbe) Name() string { return event.ProbeFreeze }
-
-func (freezeProbe) Describe() string {
-	return "request queue freezes, freeze to unfreeze, with the freezer's pid, comm and stacks (else inferred from off-CPU stacks)"
-}
-
-// Mechanisms implements Mechanisms.
-func (freezeProbe) Mechanisms() []event.Mechanism {
-	return []event.Mechanism{event.MechFentry, event.MechKprobe, event.MechTPBTF}
+// Decl implements Probe.
+func (freezeProbe) Decl() Decl {
+	return Decl{
+		Name:       event.ProbeFreeze,
+		Mechanisms: []Rung{{Mech: event.MechFentry}, {Mech: event.MechKprobe}, {Mech: event.MechTPBTF, InferredBy: event.ProbeOffCPU}},
+		Forceable:  true,
+		Describe:   "request queue freezes, freeze to unfreeze, with the freezer's pid, comm and stacks (else inferred from off-CPU stacks)",
+		Attach:     "fentry or kprobe on `blk_freeze_queue_start` (and the callers that inline it) → `__blk_mq_unfreeze_queue`",
+		Records:    "each queue freeze, freeze to unfreeze: device, duration, the freezer's pid, comm, kernel and user stacks",
+	}
 }
 
 func (p freezeProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
-	kernel, err := kernelSpec(cfg)
-	if err != nil {
-		return nil, unavailableStatus(p.Name(), err)
-	}
-	rungs := p.rungs(cfg, kernel, sink)
-	return climb(p.Name(), rungs, newHostCaps(cfg, kernel), cfg.Mechanism.For(p.Name(), rungMechs(rungs)))
+	return startLadder(p, cfg, sink)
 }
 
-func (p freezeProbe) rungs(cfg Config, kernel *btf.Spec, sink Sink) []rung {
+func (p freezeProbe) rungs(cfg Config, kernel *btf.Spec, sink Sink) []ladderRung {
 	caps := newHostCaps(cfg, kernel)
 	rs := directRungs([][]string{freezeStartFuncs, unfreezeFuncs}, func(mech event.Mechanism, fns []string) (Running, error) {
 		starts := append([]string{fns[0]}, traceable(caps, freezeStartCallers, fns[0])...)
@@ -85,7 +81,7 @@ func traceable(caps kernelCaps, fns []string, except string) []string {
 		if f == except {
 			continue
 		}
-		if _, why := resolveFuncs(rung{funcs: [][]string{{f}}}, caps); why == "" {
+		if _, why := resolveFuncs(ladderRung{funcs: [][]string{{f}}}, caps); why == "" {
 			out = append(out, f)
 		}
 	}

@@ -29,10 +29,23 @@ import (
 	"github.com/whyslow/whyslow/internal/symbolize"
 )
 
-// Mechanisms is implemented by probes that can run on more than one
-// mechanism; it lists them best first.
-type Mechanisms interface {
-	Mechanisms() []event.Mechanism
+// ladder is a probe whose Start climbs its mechanisms (Decl.Forceable):
+// rungs gives the code of each of Decl.Mechanisms, in their order (a test
+// holds them to it).
+type ladder interface {
+	Probe
+	rungs(cfg Config, kernel *btf.Spec, sink Sink) []ladderRung
+}
+
+// startLadder starts a ladder probe: on the forced rung, or the best that
+// works.
+func startLadder(p ladder, cfg Config, sink Sink) (Running, event.ProbeStatus) {
+	d := p.Decl()
+	kernel, err := kernelSpec(cfg)
+	if err != nil {
+		return nil, unavailableStatus(d.Name, err)
+	}
+	return climb(d, p.rungs(cfg, kernel, sink), newHostCaps(cfg, kernel), cfg.Mechanism.For(d))
 }
 
 // MechanismChoice forces probes onto one mechanism (the --mechanism
@@ -91,9 +104,10 @@ func (m MechanismChoice) Check(ps []Probe) error {
 	offers := map[string][]event.Mechanism{}
 	var names []string
 	for _, p := range ps {
-		names = append(names, p.Name())
-		if lp, ok := p.(Mechanisms); ok {
-			offers[p.Name()] = lp.Mechanisms()
+		d := p.Decl()
+		names = append(names, d.Name)
+		if d.Forceable {
+			offers[d.Name] = d.Mechs()
 		}
 	}
 	probes := make([]string, 0, len(m.Per))
@@ -125,12 +139,12 @@ func (m MechanismChoice) Check(ps []Probe) error {
 	return nil
 }
 
-// For returns the mechanism forced on a probe that offers has, or "".
-func (m MechanismChoice) For(probe string, has []event.Mechanism) event.Mechanism {
-	if mech, ok := m.Per[probe]; ok {
+// For returns the mechanism forced on a probe, or "".
+func (m MechanismChoice) For(d Decl) event.Mechanism {
+	if mech, ok := m.Per[d.Name]; ok {
 		return mech
 	}
-	if m.All != "" && slices.Contains(has, m.All) {
+	if m.All != "" && slices.Contains(d.Mechs(), m.All) {
 		return m.All
 	}
 	return ""
@@ -174,8 +188,8 @@ type kernelCaps interface {
 	KprobePMU() bool
 }
 
-// rung is one way a probe can run.
-type rung struct {
+// ladderRung is the code of one Rung of a probe: how it starts.
+type ladderRung struct {
 	mech event.Mechanism
 	// funcs lists, per role (e.g. freeze start, unfreeze), the kernel
 	// functions that can serve it, best first; nil for a rung that needs no
@@ -201,9 +215,11 @@ func (e *stageError) Unwrap() error { return e.err }
 func loadErr(err error) error   { return &stageError{"load", err} }
 func attachErr(err error) error { return &stageError{"attach", err} }
 
-// climb starts the first rung that works, best first, or the forced one
-// only. The status lists every rung not used, with why.
-func climb(name string, rungs []rung, caps kernelCaps, force event.Mechanism) (Running, event.ProbeStatus) {
+// climb starts the first rung of probe d that works, best first, or the
+// forced one only. The status lists every rung not used, with why, and
+// names the probe that does the work of an inferred rung.
+func climb(d Decl, rungs []ladderRung, caps kernelCaps, force event.Mechanism) (Running, event.ProbeStatus) {
+	name := d.Name
 	var skipped []event.Skip
 	skip := func(m event.Mechanism, why string) { skipped = append(skipped, event.Skip{Mechanism: m, Reason: why}) }
 	for _, r := range rungs {
@@ -230,6 +246,7 @@ func climb(name string, rungs []rung, caps kernelCaps, force event.Mechanism) (R
 		st := okStatus(name, r.mech)
 		st.Skipped = skipped
 		st.Reason = r.note
+		st.InferredBy = d.InferredBy(r.mech)
 		if on, ok := run.(interface{ probedFuncs() []string }); ok && len(on.probedFuncs()) > 0 {
 			fns = on.probedFuncs()
 		}
@@ -261,7 +278,7 @@ func climb(name string, rungs []rung, caps kernelCaps, force event.Mechanism) (R
 // kernel has as a real traceable function: described in BTF and, when
 // kallsyms is readable, present there (not inlined). It returns the
 // functions, or why there is none for some role.
-func resolveFuncs(r rung, caps kernelCaps) ([]string, string) {
+func resolveFuncs(r ladderRung, caps kernelCaps) ([]string, string) {
 	var out []string
 	for _, cands := range r.funcs {
 		var whys []string
@@ -589,8 +606,8 @@ func (inferred) Stop() error { return nil }
 
 // inferredRung is the last rung of a direct probe: the tracepoint (tp) that
 // another probe attaches must exist; note says which probe infers what.
-func inferredRung(kernel *btf.Spec, tp, note string) rung {
-	return rung{
+func inferredRung(kernel *btf.Spec, tp, note string) ladderRung {
+	return ladderRung{
 		mech: event.MechTPBTF,
 		note: note,
 		start: func([]string) (Running, error) {
@@ -609,19 +626,10 @@ func inferredRung(kernel *btf.Spec, tp, note string) rung {
 // directRungs returns the fentry and kprobe rungs of a probe whose roles
 // have the given function candidates. start gets the mechanism and the
 // chosen function of each role.
-func directRungs(funcs [][]string, start func(mech event.Mechanism, fns []string) (Running, error)) []rung {
-	var out []rung
+func directRungs(funcs [][]string, start func(mech event.Mechanism, fns []string) (Running, error)) []ladderRung {
+	var out []ladderRung
 	for _, m := range []event.Mechanism{event.MechFentry, event.MechKprobe} {
-		out = append(out, rung{mech: m, funcs: funcs, start: func(fns []string) (Running, error) { return start(m, fns) }})
-	}
-	return out
-}
-
-// rungMechs lists the mechanisms of rungs, in order.
-func rungMechs(rs []rung) []event.Mechanism {
-	out := make([]event.Mechanism, len(rs))
-	for i, r := range rs {
-		out[i] = r.mech
+		out = append(out, ladderRung{mech: m, funcs: funcs, start: func(fns []string) (Running, error) { return start(m, fns) }})
 	}
 	return out
 }

@@ -38,7 +38,7 @@ type fakeStarts map[event.Mechanism]error
 
 // ladder builds the three rungs of a direct probe with one role whose
 // candidates are funcs, recording what each start was given.
-func (fs fakeStarts) ladder(funcs []string, got *[]string) []rung {
+func (fs fakeStarts) ladder(funcs []string, got *[]string) []ladderRung {
 	rs := directRungs([][]string{funcs}, func(m event.Mechanism, fns []string) (Running, error) {
 		*got = append(*got, string(m)+" "+strings.Join(fns, ","))
 		if err := fs[m]; err != nil {
@@ -46,7 +46,7 @@ func (fs fakeStarts) ladder(funcs []string, got *[]string) []rung {
 		}
 		return inferred{}, nil
 	})
-	return append(rs, rung{mech: event.MechTPBTF, note: "inferred", start: func([]string) (Running, error) {
+	return append(rs, ladderRung{mech: event.MechTPBTF, note: "inferred", start: func([]string) (Running, error) {
 		*got = append(*got, "tp_btf")
 		if err := fs[event.MechTPBTF]; err != nil {
 			return nil, err
@@ -164,7 +164,7 @@ func TestClimb(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var tried []string
-			run, st := climb("queueenter", tt.starts.ladder(both, &tried), tt.caps, tt.force)
+			run, st := climb(queueEnterProbe{}.Decl(), tt.starts.ladder(both, &tried), tt.caps, tt.force)
 			if st.Mechanism != tt.wantMech {
 				t.Errorf("mechanism %q, want %q (status %+v)", st.Mechanism, tt.wantMech, st)
 			}
@@ -193,7 +193,7 @@ func TestClimb(t *testing.T) {
 var errVerifier = &ebpf.VerifierError{Cause: unix.EACCES, Log: []string{"0: R1 invalid mem access 'scalar'", "processed 3 insns"}}
 
 func TestResolveFuncsTwoRoles(t *testing.T) {
-	r := rung{funcs: [][]string{freezeStartFuncs, unfreezeFuncs}}
+	r := ladderRung{funcs: [][]string{freezeStartFuncs, unfreezeFuncs}}
 	tests := []struct {
 		name string
 		caps fakeCaps
@@ -257,14 +257,13 @@ func TestParseMechanism(t *testing.T) {
 		})
 	}
 	m, _ := ParseMechanism([]string{"kprobe", "freeze=fentry"})
-	has := []event.Mechanism{event.MechFentry, event.MechKprobe, event.MechTPBTF}
-	if got := m.For("freeze", has); got != event.MechFentry {
+	if got := m.For(freezeProbe{}.Decl()); got != event.MechFentry {
 		t.Errorf("For(freeze) = %q, want fentry", got)
 	}
-	if got := m.For("queueenter", has); got != event.MechKprobe {
+	if got := m.For(queueEnterProbe{}.Decl()); got != event.MechKprobe {
 		t.Errorf("For(queueenter) = %q, want kprobe", got)
 	}
-	if got := m.For("sysfs", []event.Mechanism{event.MechTracepoint}); got != "" {
+	if got := m.For(sysfsProbe{}.Decl()); got != "" {
 		t.Errorf("For(sysfs) = %q, want none: it has no kprobe", got)
 	}
 }
@@ -394,7 +393,7 @@ func TestHostCapsPrecheck(t *testing.T) {
 		c := hostCaps{kernel: kernel, procfs: t.TempDir(), sysfs: sysfs(), fentry: new(fentryOnce),
 			fentryLoad: func(string) error { return fmt.Errorf("load program: %w", unix.EPERM) }}
 		var tried []string
-		_, st := climb("submitfn", fakeStarts{}.ladder([]string{"submit_bio_noacct"}, &tried), c, "")
+		_, st := climb(submitFnProbe{}.Decl(), fakeStarts{}.ladder([]string{"submit_bio_noacct"}, &tried), c, "")
 		var skips []string
 		for _, s := range st.Skipped {
 			skips = append(skips, string(s.Mechanism)+": "+s.Reason)

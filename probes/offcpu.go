@@ -38,7 +38,7 @@ import (
 // 512 KiB ring buffer.
 type offcpuProbe struct{}
 
-func init() { Register(offcpuProbe{}) }
+func init() { register(offcpuProbe{}) }
 
 // offcpuKstackDepth is KSTACK_DEPTH in bpf/offcpu.bpf.c.
 const offcpuKstackDepth = 64
@@ -53,18 +53,23 @@ var offcpuStackLossWhat = [...]string{
 	1: "user stack lost",
 }
 
-func (offcpuProbe) Name() string { return "offcpu" }
-
-func (offcpuProbe) Describe() string {
-	return "time tasks spend blocked in uninterruptible sleep (D state), with kernel and user stacks and the waker"
+// Decl implements Probe.
+func (offcpuProbe) Decl() Decl {
+	return Decl{
+		Name:       event.ProbeOffCPU,
+		Mechanisms: []Rung{{Mech: event.MechTPBTF}},
+		Describe:   "time tasks spend blocked in uninterruptible sleep (D state), with kernel and user stacks and the waker",
+		Attach:     "tp_btf `sched_switch` + `sched_waking` + `sys_exit`",
+		Records:    "spans blocked in D state above `--min-latency`, with kernel and user stacks and the waker; classified by frames: queue enter (`__bio_queue_enter`), queue freeze (`blk_mq_freeze_queue_wait`), tag wait, I/O wait. Stacks are walked only for those spans: the kernel stack when the task comes back, the user stack when its system call returns",
+	}
 }
 
 func (p offcpuProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
 	r, err := startOffcpu(cfg, sink)
 	if err != nil {
-		return nil, unavailableStatus(p.Name(), err)
+		return nil, unavailableStatus(p.Decl().Name, err)
 	}
-	st := okStatus(p.Name(), event.MechTPBTF)
+	st := okStatus(p.Decl().Name, event.MechTPBTF)
 	if r.ksymsErr != nil {
 		// The spans are still right; kernel frames carry addresses only.
 		st.Reason = "kernel stacks not symbolized: " + r.ksymsErr.Error()
@@ -402,7 +407,7 @@ func (r *offcpuRunning) Stop() error {
 		r.qcond.Broadcast()
 		<-r.procDone
 		if r.backlogFull > 0 {
-			r.sink.Loss(event.Loss{Probe: "offcpu", What: "reader backlog full", Count: r.backlogFull})
+			r.sink.Loss(event.Loss{Probe: event.ProbeOffCPU, What: "reader backlog full", Count: r.backlogFull})
 		}
 		var tid uint32
 		var e offcpuOffcpuEvent
@@ -412,10 +417,10 @@ func (r *offcpuRunning) Stop() error {
 			r.deliver(&e)
 			r.unfinished++
 		}
-		deliverLosses(r.sink, "offcpu", r.objs.Losses)
+		deliverLosses(r.sink, event.ProbeOffCPU, r.objs.Losses)
 		deliverStackLosses(r.sink, r.objs.StackLosses, r.unfinished)
 		if r.decode > 0 {
-			r.sink.Loss(event.Loss{Probe: "offcpu", What: "undecodable record", Count: r.decode})
+			r.sink.Loss(event.Loss{Probe: event.ProbeOffCPU, What: "undecodable record", Count: r.decode})
 		}
 		if err := r.objs.Close(); err != nil {
 			r.stopErr = fmt.Errorf("closing objects: %w", err)
@@ -453,7 +458,7 @@ func deliverStackLosses(sink Sink, m *ebpf.Map, unfinished uint64) {
 	for k := range counts {
 		var perCPU []uint64
 		if err := m.Lookup(uint32(k), &perCPU); err != nil {
-			sink.Loss(event.Loss{Probe: "offcpu", What: "stack loss counters unreadable", Count: 1})
+			sink.Loss(event.Loss{Probe: event.ProbeOffCPU, What: "stack loss counters unreadable", Count: 1})
 			return
 		}
 		for _, v := range perCPU {
@@ -463,7 +468,7 @@ func deliverStackLosses(sink Sink, m *ebpf.Map, unfinished uint64) {
 	counts[1] += unfinished
 	for k, n := range counts {
 		if n > 0 {
-			sink.Loss(event.Loss{Probe: "offcpu", What: offcpuStackLossWhat[k], Count: n})
+			sink.Loss(event.Loss{Probe: event.ProbeOffCPU, What: offcpuStackLossWhat[k], Count: n})
 		}
 	}
 }

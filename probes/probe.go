@@ -1,6 +1,9 @@
 // Package probes observes the kernel: each probe is one file here (and, for
-// BPF probes, one bpf/<name>.bpf.c), registered in one place, and emits typed
-// events, per-device histograms and loss counts into a Sink.
+// BPF probes, one bpf/<name>.bpf.c) that declares it (Decl: its name,
+// mechanisms and documentation) and registers it, and emits typed events,
+// per-device histograms and loss counts into a Sink. The order probes are
+// listed and started in, and the event kinds each emits, are those of
+// timeline.Sources. Start (start.go) is the one way to start a set of them.
 //
 // A probe that cannot start never stops the others: Start returns a status
 // saying why, and the run goes on with what works.
@@ -49,14 +52,59 @@ type Config struct {
 
 // Probe is one source of events.
 type Probe interface {
-	// Name is short and stable, e.g. "submit", "offcpu".
-	Name() string
-	// Describe says in one line what the probe measures.
-	Describe() string
+	// Decl declares the probe: its name, mechanisms and documentation.
+	Decl() Decl
 	// Start loads and attaches the probe on the best mechanism available and
 	// begins delivering to sink. On failure it returns a nil Running and a
-	// status saying why; nothing stays attached.
+	// status saying why; nothing stays attached. Callers start probes
+	// through Start (start.go), which checks the host first.
 	Start(cfg Config, sink Sink) (Running, event.ProbeStatus)
+}
+
+// Decl declares a probe: everything about it but its code. The event kinds
+// it emits are declared with their streams in timeline.Sources, low in the
+// import graph where facts, trace files and reports see them.
+type Decl struct {
+	// Name is its event.Probe* name, as listed in timeline.Sources.
+	Name string
+	// Mechanisms are the ways it can run, best first.
+	Mechanisms []Rung
+	// Forceable says --mechanism can force it onto one of its mechanisms:
+	// it climbs them on the ladder (ladder.go). Others choose on their own.
+	Forceable bool
+	// Describe says in one line what the probe measures (whyslow probes).
+	Describe string
+	// Attach and Records are its row of the README's probe table, in
+	// markdown: where it attaches, and what it records.
+	Attach, Records string
+}
+
+// Rung is one mechanism a probe can run on.
+type Rung struct {
+	Mech event.Mechanism
+	// InferredBy names the probe whose events stand in for this one's on
+	// this rung, which runs nothing of its own; "" for a rung that measures.
+	InferredBy string
+}
+
+// Mechs lists the probe's mechanisms, best first.
+func (d Decl) Mechs() []event.Mechanism {
+	out := make([]event.Mechanism, len(d.Mechanisms))
+	for i, r := range d.Mechanisms {
+		out[i] = r.Mech
+	}
+	return out
+}
+
+// InferredBy names the probe that does the work when this one runs on
+// mech, or "" when it measures itself there.
+func (d Decl) InferredBy(mech event.Mechanism) string {
+	for _, r := range d.Mechanisms {
+		if r.Mech == mech {
+			return r.InferredBy
+		}
+	}
+	return ""
 }
 
 // Running is a started probe.
@@ -66,10 +114,39 @@ type Running interface {
 	Stop() error
 }
 
-var registry []Probe
+// registry holds every probe by name; register fills it from each probe's
+// file. Their order is timeline.Sources'.
+var registry = map[string]Probe{}
 
-// Register adds a probe; called from init functions, in a fixed order.
-func Register(p Probe) { registry = append(registry, p) }
+// register adds a probe; every probe's file calls it from init.
+func register(p Probe) {
+	name := p.Decl().Name
+	if _, dup := registry[name]; dup {
+		panic("probes: " + name + " registered twice")
+	}
+	registry[name] = p
+}
 
-// All returns every registered probe in registration order.
-func All() []Probe { return append([]Probe(nil), registry...) }
+// All returns every probe, in the order of timeline.Sources.
+func All() []Probe {
+	var out []Probe
+	for _, name := range timeline.ProbeNames() {
+		if p, ok := registry[name]; ok {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// Named returns the probes of these names, in that order; ok is false
+// when a name is no probe's.
+func Named(names ...string) (ps []Probe, ok bool) {
+	for _, n := range names {
+		p, found := registry[n]
+		if !found {
+			return nil, false
+		}
+		ps = append(ps, p)
+	}
+	return ps, true
+}

@@ -19,33 +19,29 @@ import (
 // the offcpu probe infers the same waits from blocked stacks.
 type queueEnterProbe struct{}
 
-func init() { Register(queueEnterProbe{}) }
+func init() { register(queueEnterProbe{}) }
 
 // queueEnterFuncs are the functions that wait, best first; the order
 // matches enum qe_func in bpf/queueenter.bpf.c.
 var queueEnterFuncs = []string{"__bio_queue_enter", "blk_queue_enter"}
 
-func (queueEnterProbe) Name() string { return event.ProbeQueueEnter }
-
-func (queueEnterProbe) Describe() string {
-	return "time bios wait to enter a frozen request queue, at __bio_queue_enter/blk_queue_enter (else inferred from off-CPU stacks)"
-}
-
-// Mechanisms implements Mechanisms.
-func (queueEnterProbe) Mechanisms() []event.Mechanism {
-	return []event.Mechanism{event.MechFentry, event.MechKprobe, event.MechTPBTF}
+// Decl implements Probe.
+func (queueEnterProbe) Decl() Decl {
+	return Decl{
+		Name:       event.ProbeQueueEnter,
+		Mechanisms: []Rung{{Mech: event.MechFentry}, {Mech: event.MechKprobe}, {Mech: event.MechTPBTF, InferredBy: event.ProbeOffCPU}},
+		Forceable:  true,
+		Describe:   "time bios wait to enter a frozen request queue, at __bio_queue_enter/blk_queue_enter (else inferred from off-CPU stacks)",
+		Attach:     "fentry/fexit or kprobe/kretprobe on `__bio_queue_enter` (5.16+) or `blk_queue_enter`",
+		Records:    "each wait of a bio to enter a frozen queue, with its device and thread",
+	}
 }
 
 func (p queueEnterProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
-	kernel, err := kernelSpec(cfg)
-	if err != nil {
-		return nil, unavailableStatus(p.Name(), err)
-	}
-	rungs := p.rungs(cfg, kernel, sink)
-	return climb(p.Name(), rungs, newHostCaps(cfg, kernel), cfg.Mechanism.For(p.Name(), rungMechs(rungs)))
+	return startLadder(p, cfg, sink)
 }
 
-func (p queueEnterProbe) rungs(cfg Config, kernel *btf.Spec, sink Sink) []rung {
+func (p queueEnterProbe) rungs(cfg Config, kernel *btf.Spec, sink Sink) []ladderRung {
 	rs := directRungs([][]string{queueEnterFuncs}, func(mech event.Mechanism, fns []string) (Running, error) {
 		return startQueueEnter(cfg, kernel, sink, mech, fns[0])
 	})

@@ -14,20 +14,25 @@ import (
 // block_rq_issue to block_rq_complete, aggregated in the kernel.
 type serviceProbe struct{}
 
-func init() { Register(serviceProbe{}) }
+func init() { register(serviceProbe{}) }
 
-func (serviceProbe) Name() string { return "service" }
-
-func (serviceProbe) Describe() string {
-	return "request service latency per device (block_rq_issue to block_rq_complete): time in the driver and the device"
+// Decl implements Probe.
+func (serviceProbe) Decl() Decl {
+	return Decl{
+		Name:       event.ProbeService,
+		Mechanisms: []Rung{{Mech: event.MechTPBTF}},
+		Describe:   "request service latency per device (block_rq_issue to block_rq_complete): time in the driver and the device",
+		Attach:     "raw tracepoint `block_rq_issue` → tp_btf `block_rq_complete`",
+		Records:    "request service latency per device (what iostat and biolatency see), per-CPU in-kernel histograms",
+	}
 }
 
 func (p serviceProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
 	r, err := startService(cfg, sink)
 	if err != nil {
-		return nil, unavailableStatus(p.Name(), err)
+		return nil, unavailableStatus(p.Decl().Name, err)
 	}
-	return r, okStatus(p.Name(), event.MechTPBTF)
+	return r, okStatus(p.Decl().Name, event.MechTPBTF)
 }
 
 type serviceRunning struct {
@@ -90,7 +95,7 @@ func (r *serviceRunning) Stop() error {
 		} else {
 			deliverDevHists(r.sink, timeline.HistService, r.sysfs, hs, names)
 		}
-		deliverLosses(r.sink, "service", r.objs.Losses)
+		deliverLosses(r.sink, event.ProbeService, r.objs.Losses)
 		if err := r.objs.Close(); err != nil && r.stopErr == nil {
 			r.stopErr = fmt.Errorf("closing objects: %w", err)
 		}

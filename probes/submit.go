@@ -21,12 +21,17 @@ import (
 // slow submissions with who made them.
 type submitProbe struct{}
 
-func init() { Register(submitProbe{}) }
+func init() { register(submitProbe{}) }
 
-func (submitProbe) Name() string { return "submit" }
-
-func (submitProbe) Describe() string {
-	return "bio submission latency (block_bio_queue to getrq/merge): queue freezes, throttling and tag waits before request accounting"
+// Decl implements Probe.
+func (submitProbe) Decl() Decl {
+	return Decl{
+		Name:       event.ProbeSubmit,
+		Mechanisms: []Rung{{Mech: event.MechTPBTF}},
+		Describe:   "bio submission latency (block_bio_queue to getrq/merge): queue freezes, throttling and tag waits before request accounting",
+		Attach:     "raw tracepoint `block_bio_queue` → tp_btf `block_getrq` / `block_bio_{back,front}merge`",
+		Records:    "bio submission latency per device (blktrace's Q2G): the waits before request accounting (frozen queue, throttling, tags). Per-CPU in-kernel histograms; single submissions above `--min-latency` streamed",
+	}
 }
 
 // submitEnds names enum submit_end in bpf/submit.bpf.c.
@@ -35,9 +40,9 @@ var submitEnds = [...]string{"getrq", "backmerge", "frontmerge"}
 func (p submitProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
 	r, err := startSubmit(cfg, sink)
 	if err != nil {
-		return nil, unavailableStatus(p.Name(), err)
+		return nil, unavailableStatus(p.Decl().Name, err)
 	}
-	return r, okStatus(p.Name(), event.MechTPBTF)
+	return r, okStatus(p.Decl().Name, event.MechTPBTF)
 }
 
 type submitRunning struct {
@@ -147,9 +152,9 @@ func (r *submitRunning) Stop() error {
 		} else {
 			deliverDevHists(r.sink, timeline.HistSubmit, r.sysfs, hs, names)
 		}
-		deliverLosses(r.sink, "submit", r.objs.Losses)
+		deliverLosses(r.sink, event.ProbeSubmit, r.objs.Losses)
 		if r.decode > 0 {
-			r.sink.Loss(event.Loss{Probe: "submit", What: "undecodable record", Count: r.decode})
+			r.sink.Loss(event.Loss{Probe: event.ProbeSubmit, What: "undecodable record", Count: r.decode})
 		}
 		if err := r.objs.Close(); err != nil && r.stopErr == nil {
 			r.stopErr = fmt.Errorf("closing objects: %w", err)

@@ -24,7 +24,7 @@ import (
 // measure the part of it before request accounting.
 type submitFnProbe struct{}
 
-func init() { Register(submitFnProbe{}) }
+func init() { register(submitFnProbe{}) }
 
 var submitFnFuncs = []string{"submit_bio_noacct", "generic_make_request"}
 
@@ -35,31 +35,27 @@ var submitFnFuncs = []string{"submit_bio_noacct", "generic_make_request"}
 // nested calls are counted in the outer one only.
 var submitFnBioFuncs = []string{"__submit_bio", "blk_mq_submit_bio"}
 
-func (submitFnProbe) Name() string { return event.ProbeSubmitFn }
-
-func (submitFnProbe) Describe() string {
-	return "time in submit_bio_noacct/generic_make_request per device and process, entry to return (else the submit probe's tracepoints)"
-}
-
-// Mechanisms implements Mechanisms.
-func (submitFnProbe) Mechanisms() []event.Mechanism {
-	return []event.Mechanism{event.MechFentry, event.MechKprobe, event.MechTPBTF}
+// Decl implements Probe.
+func (submitFnProbe) Decl() Decl {
+	return Decl{
+		Name:       event.ProbeSubmitFn,
+		Mechanisms: []Rung{{Mech: event.MechFentry}, {Mech: event.MechKprobe}, {Mech: event.MechTPBTF, InferredBy: event.ProbeSubmit}},
+		Forceable:  true,
+		Describe:   "time in submit_bio_noacct/generic_make_request per device and process, entry to return (else the submit probe's tracepoints)",
+		Attach:     "fentry/fexit or kprobe/kretprobe on `submit_bio_noacct` (`generic_make_request` before 5.9) and `__submit_bio` (else `blk_mq_submit_bio`)",
+		Records:    "time in bio submission per device and process; a stacked device's submissions below it on their own devices",
+	}
 }
 
 func (p submitFnProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
-	kernel, err := kernelSpec(cfg)
-	if err != nil {
-		return nil, unavailableStatus(p.Name(), err)
-	}
-	rungs := p.rungs(cfg, kernel, sink)
-	return climb(p.Name(), rungs, newHostCaps(cfg, kernel), cfg.Mechanism.For(p.Name(), rungMechs(rungs)))
+	return startLadder(p, cfg, sink)
 }
 
-func (p submitFnProbe) rungs(cfg Config, kernel *btf.Spec, sink Sink) []rung {
+func (p submitFnProbe) rungs(cfg Config, kernel *btf.Spec, sink Sink) []ladderRung {
 	caps := newHostCaps(cfg, kernel)
 	rs := directRungs([][]string{submitFnFuncs}, func(mech event.Mechanism, fns []string) (Running, error) {
 		bioFn := ""
-		if fs, why := resolveFuncs(rung{funcs: [][]string{submitFnBioFuncs}}, caps); why == "" {
+		if fs, why := resolveFuncs(ladderRung{funcs: [][]string{submitFnBioFuncs}}, caps); why == "" {
 			bioFn = fs[0]
 		}
 		return startSubmitFn(cfg, kernel, sink, mech, fns[0], bioFn)

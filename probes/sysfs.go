@@ -25,12 +25,17 @@ import (
 // the request queue.
 type sysfsProbe struct{}
 
-func init() { Register(sysfsProbe{}) }
+func init() { register(sysfsProbe{}) }
 
-func (sysfsProbe) Name() string { return "sysfs" }
-
-func (sysfsProbe) Describe() string {
-	return "opens for writing of block device attributes in sysfs (queue/scheduler, queue/nr_requests, ...), with who made them"
+// Decl implements Probe.
+func (sysfsProbe) Decl() Decl {
+	return Decl{
+		Name:       event.ProbeSysfs,
+		Mechanisms: []Rung{{Mech: event.MechTracepoint}, {Mech: event.MechTPBTF}},
+		Describe:   "opens for writing of block device attributes in sysfs (queue/scheduler, queue/nr_requests, ...), with who made them",
+		Attach:     "tracepoints `syscalls:sys_enter_openat{,2}`, `sys_enter_open` (mounts tracefs if needed); without tracefs, tp_btf `sys_enter` on every system call",
+		Records:    "who opens block attributes such as `queue/scheduler` for writing",
+	}
 }
 
 // tracefsDir is where the kernel documents tracefs to be mounted.
@@ -38,7 +43,7 @@ const tracefsDir = "/sys/kernel/tracing"
 
 func (p sysfsProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
 	r, st := startSysfs(cfg, sink, true)
-	st.Name = p.Name()
+	st.Name = p.Decl().Name
 	if r == nil {
 		return nil, st
 	}
@@ -229,9 +234,9 @@ func (r *sysfsRunning) Stop() error {
 		_ = r.rd.Flush()
 		<-r.done
 		r.rd.Close()
-		deliverLosses(r.sink, "sysfs", r.objs.Maps["losses"])
+		deliverLosses(r.sink, event.ProbeSysfs, r.objs.Maps["losses"])
 		if r.decode > 0 {
-			r.sink.Loss(event.Loss{Probe: "sysfs", What: "undecodable record", Count: r.decode})
+			r.sink.Loss(event.Loss{Probe: event.ProbeSysfs, What: "undecodable record", Count: r.decode})
 		}
 		r.close()
 	})

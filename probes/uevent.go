@@ -19,7 +19,7 @@ import (
 // socket. No BPF: the kernel has no tracepoint for kobject_uevent.
 type ueventProbe struct{}
 
-func init() { Register(ueventProbe{}) }
+func init() { register(ueventProbe{}) }
 
 // Uevent socket parameters.
 const (
@@ -28,14 +28,19 @@ const (
 	ueventMaxMsg      = 64 << 10
 )
 
-func (ueventProbe) Name() string { return "uevent" }
-
-func (ueventProbe) Describe() string {
-	return "kernel uevents (add/change/remove of devices) from the netlink kobject-uevent socket"
+// Decl implements Probe.
+func (ueventProbe) Decl() Decl {
+	return Decl{
+		Name:       event.ProbeUevent,
+		Mechanisms: []Rung{{Mech: event.MechNetlink}},
+		Describe:   "kernel uevents (add/change/remove of devices) from the netlink kobject-uevent socket",
+		Attach:     "netlink (`NETLINK_KOBJECT_UEVENT`, kernel group)",
+		Records:    "uevents with action, device and sequence number",
+	}
 }
 
 func (p ueventProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
-	st := event.ProbeStatus{Name: p.Name()}
+	st := event.ProbeStatus{Name: p.Decl().Name}
 	fd, err := ueventSocket(cfg.ProcFS)
 	if err != nil {
 		st.Status, st.Reason = event.StatusUnavailable, err.Error()
@@ -237,10 +242,10 @@ func (r *ueventRunning) Stop() error {
 			lost = r.overruns // an overrun at the very end has no later SEQNUM
 		}
 		if lost > 0 {
-			r.sink.Loss(event.Loss{Probe: "uevent", What: "netlink overrun", Count: lost})
+			r.sink.Loss(event.Loss{Probe: event.ProbeUevent, What: "netlink overrun", Count: lost})
 		}
 		if r.malformed > 0 {
-			r.sink.Loss(event.Loss{Probe: "uevent", What: "malformed message", Count: r.malformed})
+			r.sink.Loss(event.Loss{Probe: event.ProbeUevent, What: "malformed message", Count: r.malformed})
 		}
 	})
 	return err
