@@ -31,7 +31,7 @@ type AnalyzeOptions struct {
 // Outputs are the files a diagnosis writes, shared by `diagnose storage`
 // and `analyze`.
 type Outputs struct {
-	Format    string // report format, one of reportFormats
+	Format    string // report format, one of report.Formats
 	Output    string // report file; "" or "-" is standard output
 	FailOn    string
 	StacksOut string // pprof profile of the blocked stacks
@@ -288,18 +288,9 @@ func buildReport(res *diagnose.Result, info tracefile.Info) *report.Report {
 	return report.Build(res.Timeline, res.Run, res.Findings, meta)
 }
 
-// render writes the report in one of reportFormats.
+// render writes the report in one of report.Formats.
 func render(w io.Writer, rep *report.Report, res *diagnose.Result, format string) error {
-	switch format {
-	case "json":
-		return report.JSON(w, rep)
-	case "markdown":
-		return report.Markdown(w, rep)
-	case "html":
-		return report.HTML(w, rep, res.Run)
-	default:
-		return report.Text(w, rep, report.TextOptions{})
-	}
+	return report.Write(w, rep, res.Run, format)
 }
 
 // runInfo is what the live run records about itself.

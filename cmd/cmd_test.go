@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/whyslow/whyslow/diagnose"
+	"github.com/whyslow/whyslow/probes"
 	"github.com/whyslow/whyslow/rules"
 )
 
@@ -25,10 +26,10 @@ func TestStorageFlags(t *testing.T) {
 		args []string
 		want StorageOptions
 	}{
-		{"defaults", nil, StorageOptions{Duration: 60 * time.Second, MinLatency: time.Millisecond, Format: "text", BTF: diagnose.DefaultBTF, FailOn: "none"}},
-		{"short flags", []string{"-d", "20s", "-f", "json", "-o", "r.json"}, StorageOptions{Duration: 20 * time.Second, MinLatency: time.Millisecond, Format: "json", Output: "r.json", BTF: diagnose.DefaultBTF, FailOn: "none"}},
+		{"defaults", nil, StorageOptions{Duration: 60 * time.Second, MinLatency: time.Millisecond, BTF: probes.DefaultBTF, Outputs: Outputs{Format: "text", FailOn: "none"}}},
+		{"short flags", []string{"-d", "20s", "-f", "json", "-o", "r.json"}, StorageOptions{Duration: 20 * time.Second, MinLatency: time.Millisecond, BTF: probes.DefaultBTF, Outputs: Outputs{Format: "json", Output: "r.json", FailOn: "none"}}},
 		{"repeated devices", []string{"--device", "sda", "--device", "nvme0n1", "--min-latency", "500us", "--fail-on", "warning", "--rules", "/etc/whyslow"},
-			StorageOptions{Duration: 60 * time.Second, MinLatency: 500 * time.Microsecond, Format: "text", Devices: []string{"sda", "nvme0n1"}, Rules: []string{"/etc/whyslow"}, BTF: diagnose.DefaultBTF, FailOn: "warning"}},
+			StorageOptions{Duration: 60 * time.Second, MinLatency: 500 * time.Microsecond, Devices: []string{"sda", "nvme0n1"}, Rules: []string{"/etc/whyslow"}, BTF: probes.DefaultBTF, Outputs: Outputs{Format: "text", FailOn: "warning"}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -42,9 +43,8 @@ func TestStorageFlags(t *testing.T) {
 				t.Fatal(err)
 			}
 			got.IO = nil
-			if got.Duration != tt.want.Duration || got.MinLatency != tt.want.MinLatency || got.Format != tt.want.Format ||
-				got.Output != tt.want.Output || !slices.Equal(got.Devices, tt.want.Devices) || !slices.Equal(got.Rules, tt.want.Rules) ||
-				got.BTF != tt.want.BTF || got.FailOn != tt.want.FailOn {
+			if got.Duration != tt.want.Duration || got.MinLatency != tt.want.MinLatency || got.Outputs != tt.want.Outputs ||
+				!slices.Equal(got.Devices, tt.want.Devices) || !slices.Equal(got.Rules, tt.want.Rules) || got.BTF != tt.want.BTF {
 				t.Fatalf("options\n got %+v\nwant %+v", *got, tt.want)
 			}
 		})

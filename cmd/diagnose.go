@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/whyslow/whyslow/diagnose"
+	"github.com/whyslow/whyslow/internal/report"
 	"github.com/whyslow/whyslow/probes"
 	"github.com/whyslow/whyslow/rules"
 )
@@ -37,28 +38,20 @@ type StorageOptions struct {
 	IO         *IO
 	Duration   time.Duration
 	MinLatency time.Duration
-	Format     string
-	Output     string
 	Rules      []string // --rules files and directories
 	Devices    []string
 	BTF        string
-	FailOn     string
 	// Mechanism is --mechanism: "kprobe" or "freeze=kprobe" (repeatable).
 	Mechanism []string
-	// Record, StacksOut and Folded are files for the trace of the run and
-	// its blocked stacks (pprof, folded); empty means none.
-	Record, StacksOut, Folded string
+	// Outputs are the report, --fail-on, the stack files and the trace
+	// of the run (--record).
+	Outputs Outputs
 	// ReadyFile is created once every probe is attached; empty means none.
 	ReadyFile string
 }
 
-// outputs returns the files the run writes.
-func (o *StorageOptions) outputs() Outputs {
-	return Outputs{Format: o.Format, Output: o.Output, FailOn: o.FailOn, StacksOut: o.StacksOut, Folded: o.Folded, Record: o.Record}
-}
-
 // Formats the report can be written in.
-var reportFormats = []string{"text", "json", "markdown", "html"}
+var reportFormats = report.FormatNames()
 
 // Severities --fail-on accepts.
 var failOnValues = []string{"none", "warning", "critical"}
@@ -88,43 +81,31 @@ ranked report of causes with their evidence and a remedy. Needs root.`,
 	f := c.Flags()
 	f.DurationVarP(&opts.Duration, "duration", "d", 60*time.Second, "how long to observe")
 	f.DurationVar(&opts.MinLatency, "min-latency", time.Millisecond, "outlier threshold: slower submissions and longer blocked spans are recorded one by one")
-	f.StringVarP(&opts.Format, "format", "f", "text", "report format: "+strings.Join(reportFormats, ", "))
-	f.StringVarP(&opts.Output, "output", "o", "", "write the report to this file instead of standard output")
 	f.StringArrayVar(&opts.Rules, "rules", nil, "rule file, or directory of rule files (*.yaml, *.yml), to add (repeatable); a rule with a built-in rule's id replaces it")
 	f.StringArrayVar(&opts.Devices, "device", nil, "only analyze this block device (repeatable), e.g. --device sda")
-	f.StringVar(&opts.BTF, "btf", diagnose.DefaultBTF, "kernel BTF file")
+	f.StringVar(&opts.BTF, "btf", probes.DefaultBTF, "kernel BTF file")
 	f.StringArrayVar(&opts.Mechanism, "mechanism", nil, "force a mechanism: fentry, kprobe, tp_btf, ... for every probe that offers it, or PROBE=MECHANISM for one (repeatable)")
-	f.StringVar(&opts.FailOn, "fail-on", "none", "exit with code 3 when a finding of at least this severity is reported: "+strings.Join(failOnValues, ", "))
-	f.StringVar(&opts.Record, "record", "", "write every event of the run to this trace file, for 'whyslow analyze' (gzip-compressed, docs/trace-format.md)")
-	f.StringVar(&opts.StacksOut, "stacks-out", "", "write the blocked (off-CPU) stacks to this file as a pprof profile (go tool pprof)")
-	f.StringVar(&opts.Folded, "folded", "", "write the blocked stacks to this file as folded stacks, for flame graphs")
+	addOutputFlags(c, &opts.Outputs)
+	f.StringVar(&opts.Outputs.Record, "record", "", "write every event of the run to this trace file, for 'whyslow analyze' (gzip-compressed, docs/trace-format.md)")
 	f.StringVar(&opts.ReadyFile, "ready-file", "", "create this file once every probe is attached (an old one is removed at start), for scripts that start their load only then")
-	_ = c.RegisterFlagCompletionFunc("format", cobra.FixedCompletions(reportFormats, cobra.ShellCompDirectiveNoFileComp))
-	_ = c.RegisterFlagCompletionFunc("fail-on", cobra.FixedCompletions(failOnValues, cobra.ShellCompDirectiveNoFileComp))
 	_ = c.RegisterFlagCompletionFunc("device", completeDevices)
 	return c
 }
 
 func (o *StorageOptions) validate() error {
-	if o.Duration <= 0 {
-		return usagef("--duration must be positive, got %s", o.Duration)
-	}
-	if o.MinLatency < 0 {
-		return usagef("--min-latency must not be negative, got %s", o.MinLatency)
-	}
-	if !oneOf(o.Format, reportFormats) {
-		return usagef("--format %q: want one of %s", o.Format, strings.Join(reportFormats, ", "))
-	}
-	if !oneOf(o.FailOn, failOnValues) {
-		return usagef("--fail-on %q: want one of %s", o.FailOn, strings.Join(failOnValues, ", "))
-	}
-	if m, err := probes.ParseMechanism(o.Mechanism); err != nil {
-		return usagef("%s", err)
-	} else if err := m.Check(probes.All()); err != nil {
+	m, err := probes.ParseMechanism(o.Mechanism)
+	if err != nil {
 		return usagef("%s", err)
 	}
-	outs := o.outputs()
-	return outs.validate()
+	if err := o.diagnoseOptions(m, nil).Validate(); err != nil {
+		return usageError{err}
+	}
+	return o.Outputs.validate()
+}
+
+// diagnoseOptions are the options of the run.
+func (o *StorageOptions) diagnoseOptions(m probes.MechanismChoice, set *rules.Set) diagnose.Options {
+	return diagnose.Options{Duration: o.Duration, MinLatency: o.MinLatency, Devices: o.Devices, Rules: set, BTF: o.BTF, Mechanism: m}
 }
 
 func oneOf(s string, set []string) bool {
@@ -196,23 +177,18 @@ func storageRun(ctx context.Context, opts *StorageOptions) error {
 	// The probes need the kernel BTF, decoded once per process: decode it
 	// while the rules compile. (kallsyms, needed only to symbolize stacks,
 	// is read in the background by the offcpu probe.)
-	if opts.BTF == diagnose.DefaultBTF {
+	if opts.BTF == probes.DefaultBTF {
 		go probes.KernelBTF()
 	}
 	set, err := loadRules(opts.Rules)
 	if err != nil {
 		return err
 	}
-	dopts := diagnose.Options{
-		Duration:   opts.Duration,
-		MinLatency: opts.MinLatency,
-		Devices:    opts.Devices,
-		Rules:      set,
-		BTF:        opts.BTF,
-	}
-	if dopts.Mechanism, err = probes.ParseMechanism(opts.Mechanism); err != nil {
+	mech, err := probes.ParseMechanism(opts.Mechanism)
+	if err != nil {
 		return usagef("%s", err)
 	}
+	dopts := opts.diagnoseOptions(mech, set)
 	if dopts.Kernel, err = diagnose.Check(dopts); err != nil {
 		return err
 	}
@@ -225,7 +201,7 @@ func storageRun(ctx context.Context, opts *StorageOptions) error {
 		restoreGC()
 		ready.signal(opts.IO.ErrOut)
 	}
-	outs, err := openOutputs(opts.IO, opts.outputs())
+	outs, err := openOutputs(opts.IO, opts.Outputs)
 	if err != nil {
 		return err
 	}

@@ -4,19 +4,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"strings"
-	"sync"
 
-	"github.com/cilium/ebpf/rlimit"
 	"github.com/olekukonko/tablewriter"
 	"github.com/spf13/cobra"
 
-	"github.com/whyslow/whyslow/diagnose"
 	"github.com/whyslow/whyslow/internal/event"
 	"github.com/whyslow/whyslow/internal/hist"
 	"github.com/whyslow/whyslow/internal/timeline"
 	"github.com/whyslow/whyslow/probes"
-	"github.com/whyslow/whyslow/rules"
 )
 
 // ProbesOptions are the flags of `whyslow probes`.
@@ -53,7 +48,7 @@ mechanism each one uses on this kernel, or why it is unavailable. Needs root.`,
 		},
 	}
 	c.Flags().StringVarP(&opts.Format, "format", "f", "text", "output format: text or json")
-	c.Flags().StringVar(&opts.BTF, "btf", diagnose.DefaultBTF, "kernel BTF file")
+	c.Flags().StringVar(&opts.BTF, "btf", probes.DefaultBTF, "kernel BTF file")
 	c.Flags().StringArrayVar(&opts.Mechanism, "mechanism", nil, "force a mechanism: fentry, kprobe, tp_btf, ... for every probe that offers it, or PROBE=MECHANISM for one (repeatable)")
 	return c
 }
@@ -66,58 +61,37 @@ func (discard) Loss(event.Loss)                                            {}
 func (discard) Histogram(timeline.HistKind, event.Device, *hist.Histogram) {}
 
 func probesRun(opts *ProbesOptions) error {
-	// Check needs a rule set; probes need none, so give it an empty one.
 	mech, err := probes.ParseMechanism(opts.Mechanism)
 	if err != nil {
 		return usagef("%s", err)
 	}
-	spec, err := diagnose.Check(diagnose.Options{Duration: 1, BTF: opts.BTF, Rules: &rules.Set{}, Mechanism: mech})
+	kernel, err := probes.Prepare(opts.BTF)
 	if err != nil {
 		return err
 	}
-	if err := rlimit.RemoveMemlock(); err != nil {
-		return fmt.Errorf("raising the locked-memory limit for BPF maps: %w", err)
-	}
-	cfg := probes.Config{MinLatency: 1 << 62, KernelTypes: spec, ProcFS: "/proc", SysFS: "/sys", Mechanism: mech}
-	// Each probe starts and stops on its own, all at once, as a diagnosis
-	// starts them; the table keeps their order.
-	all := probes.All()
-	statuses := make([]event.ProbeStatus, len(all))
-	var wg sync.WaitGroup
-	for i, p := range all {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r, st := p.Start(cfg, discard{})
-			if st.Name == "" {
-				st.Name = p.Decl().Name
-			}
-			if r != nil {
-				if err := r.Stop(); err != nil {
-					st.Reason = strings.TrimSpace(st.Reason + "; stopping: " + err.Error())
-				}
-			}
-			statuses[i] = st
-		}()
-	}
-	wg.Wait()
+	// Every probe starts at once, as a diagnosis starts them, and stops
+	// at once; the table keeps their order.
+	cfg := probes.Config{MinLatency: 1 << 62, KernelTypes: kernel, ProcFS: "/proc", SysFS: "/sys", Mechanism: mech}
+	g := probes.Start(cfg, discard{}, probes.All()...)
+	statuses := g.Statuses()
+	stopErr := g.Stop()
 	if opts.Format == "json" {
 		enc := json.NewEncoder(opts.IO.Out)
 		enc.SetIndent("", "  ")
-		return enc.Encode(map[string]any{"probes": statuses})
+		if err := enc.Encode(map[string]any{"probes": statuses}); err != nil {
+			return err
+		}
+	} else if err := writeProbeTable(opts.IO.Out, statuses); err != nil {
+		return err
 	}
-	return writeProbeTable(opts.IO.Out, statuses, describe())
+	return stopErr
 }
 
-func describe() map[string]string {
-	out := map[string]string{}
+func writeProbeTable(w io.Writer, statuses []event.ProbeStatus) error {
+	desc := map[string]string{}
 	for _, p := range probes.All() {
-		out[p.Decl().Name] = p.Decl().Describe
+		desc[p.Decl().Name] = p.Decl().Describe
 	}
-	return out
-}
-
-func writeProbeTable(w io.Writer, statuses []event.ProbeStatus, desc map[string]string) error {
 	t := tablewriter.NewTable(w)
 	t.Header("Probe", "Mechanism", "Status", "Measures / why not")
 	for _, st := range statuses {

@@ -4,15 +4,11 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/whyslow/whyslow/diagnose"
-	"github.com/whyslow/whyslow/internal/event"
 	"github.com/whyslow/whyslow/internal/live"
 	"github.com/whyslow/whyslow/probes"
 )
@@ -23,15 +19,15 @@ func TestTraceFlags(t *testing.T) {
 		args []string
 		want TraceOptions
 	}{
-		{live.KindSubmit, nil, TraceOptions{Kind: live.KindSubmit, Min: time.Millisecond, BTF: diagnose.DefaultBTF}},
+		{live.KindSubmit, nil, TraceOptions{Kind: live.KindSubmit, Min: time.Millisecond, BTF: probes.DefaultBTF}},
 		{live.KindSubmit, []string{"--min", "250us", "--ms", "-p", "42", "-d", "loop3", "--duration", "10s", "--json"},
-			TraceOptions{Kind: live.KindSubmit, Min: 250 * time.Microsecond, Ms: true, Pid: 42, Device: "loop3", Duration: 10 * time.Second, JSON: true, BTF: diagnose.DefaultBTF}},
+			TraceOptions{Kind: live.KindSubmit, Min: 250 * time.Microsecond, Ms: true, Pid: 42, Device: "loop3", Duration: 10 * time.Second, JSON: true, BTF: probes.DefaultBTF}},
 		{live.KindSubmit, []string{"--mechanism", "submitfn=tp_btf"},
-			TraceOptions{Kind: live.KindSubmit, Min: time.Millisecond, BTF: diagnose.DefaultBTF, Mechanism: []string{"submitfn=tp_btf"}}},
-		{live.KindExec, []string{"--json"}, TraceOptions{Kind: live.KindExec, JSON: true, BTF: diagnose.DefaultBTF}},
-		{live.KindUevent, []string{"--duration", "1m"}, TraceOptions{Kind: live.KindUevent, Duration: time.Minute, BTF: diagnose.DefaultBTF}},
+			TraceOptions{Kind: live.KindSubmit, Min: time.Millisecond, BTF: probes.DefaultBTF, Mechanism: []string{"submitfn=tp_btf"}}},
+		{live.KindExec, []string{"--json"}, TraceOptions{Kind: live.KindExec, JSON: true, BTF: probes.DefaultBTF}},
+		{live.KindUevent, []string{"--duration", "1m"}, TraceOptions{Kind: live.KindUevent, Duration: time.Minute, BTF: probes.DefaultBTF}},
 		{live.KindFreeze, []string{"--device", "sda", "--pid", "7", "--min", "5ms", "--mechanism", "kprobe"},
-			TraceOptions{Kind: live.KindFreeze, Device: "sda", Pid: 7, Min: 5 * time.Millisecond, BTF: diagnose.DefaultBTF, Mechanism: []string{"kprobe"}}},
+			TraceOptions{Kind: live.KindFreeze, Device: "sda", Pid: 7, Min: 5 * time.Millisecond, BTF: probes.DefaultBTF, Mechanism: []string{"kprobe"}}},
 	}
 	for _, tt := range tests {
 		t.Run(string(tt.kind)+" "+strings.Join(tt.args, " "), func(t *testing.T) {
@@ -102,109 +98,4 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
-}
-
-// The tracer turns probe events into lines, after the header only, and
-// applies -p and -d.
-func TestTracerEmitsAndFilters(t *testing.T) {
-	var out lockedBuffer
-	ios := &IO{Out: &out, ErrOut: io.Discard}
-	tr := newTracer(&TraceOptions{IO: ios, Kind: live.KindSubmit, Pid: 20, Device: "loop1"}, tracerTestCfg)
-	start := tr.start
-	sub := func(pid, tid uint32, dev string, lat time.Duration) event.SlowSubmit {
-		return event.SlowSubmit{Start: start.Add(time.Second), Latency: lat, Task: event.Task{Pid: tid, Tgid: pid, Comm: "fio"}, Dev: event.Device{Major: 7, Minor: 1, Name: dev}}
-	}
-	tr.Event(sub(20, 21, "loop1", 2*time.Millisecond)) // before the header: held
-	if out.String() != "" {
-		t.Fatalf("written before the header: %q", out.String())
-	}
-	tr.openOutput()
-	tr.Event(sub(20, 22, "loop2", 3*time.Millisecond)) // other device
-	tr.Event(sub(30, 31, "loop1", 4*time.Millisecond)) // other process
-	tr.Event(sub(99, 20, "loop1", 5*time.Millisecond)) // -p matches the thread id
-	tr.Event(event.Exec{})                             // not this trace's event
-	tr.Loss(event.Loss{Probe: "submit", What: "ring buffer full", Count: 3})
-	tr.Loss(event.Loss{Probe: "submit", What: "ring buffer full", Count: 4})
-	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
-	if len(lines) != 3 || !strings.HasPrefix(lines[0], "TIME(s)") || !strings.Contains(lines[1], "2000  loop1") || !strings.Contains(lines[2], "5000  loop1") {
-		t.Fatalf("output:\n%s", out.String())
-	}
-	var errb bytes.Buffer
-	tr.opts.IO.ErrOut = &errb
-	tr.printLosses()
-	if errb.String() != "whyslow: lost 7 events (submit: ring buffer full 7)\n" {
-		t.Errorf("losses line %q", errb.String())
-	}
-}
-
-var tracerTestCfg = probes.Config{MinLatency: time.Millisecond}
-
-// errWriter fails every write with err.
-type errWriter struct{ err error }
-
-func (w errWriter) Write([]byte) (int, error) { return 0, w.err }
-
-// A reader that went away (EPIPE) ends the trace quietly; other write
-// errors are errors.
-func TestTracerOutputErrors(t *testing.T) {
-	for _, tt := range []struct {
-		err     error
-		wantErr bool
-	}{
-		{&os.PathError{Op: "write", Path: "/dev/stdout", Err: syscall.EPIPE}, false},
-		{&os.PathError{Op: "write", Path: "out.txt", Err: syscall.ENOSPC}, true},
-	} {
-		tr := newTracer(&TraceOptions{IO: &IO{Out: errWriter{tt.err}, ErrOut: io.Discard}, Kind: live.KindExec, JSON: true}, tracerTestCfg)
-		tr.openOutput() // JSON: no header, nothing written yet
-		select {
-		case <-tr.failed:
-			t.Fatal("failed before any write")
-		default:
-		}
-		tr.Event(event.Exec{Task: event.Task{Pid: 1, Tgid: 1, Comm: "x"}})
-		select {
-		case <-tr.failed:
-		default:
-			t.Fatal("a failed write must end the trace")
-		}
-		tr.Event(event.Exec{}) // ignored after the failure
-		if err := tr.outputErr(); (err != nil) != tt.wantErr {
-			t.Errorf("%v: outputErr %v, want error %v", tt.err, err, tt.wantErr)
-		}
-	}
-}
-
-// The write end of a pipe tells when its reader is gone, so a trace with
-// nothing more to write ends when `head` exits.
-func TestReaderGone(t *testing.T) {
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
-	done := make(chan struct{})
-	defer close(done)
-	gone := readerGone(w, done)
-	if gone == nil {
-		t.Fatal("a pipe must be watched")
-	}
-	select {
-	case <-gone:
-		t.Fatal("reader still open")
-	case <-time.After(300 * time.Millisecond):
-	}
-	r.Close()
-	select {
-	case <-gone:
-	case <-time.After(5 * time.Second):
-		t.Fatal("closing the reader was not noticed")
-	}
-	f, err := os.Create(t.TempDir() + "/out")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if readerGone(&bytes.Buffer{}, done) != nil || readerGone(f, done) != nil {
-		t.Error("only pipes are watched")
-	}
 }

@@ -12,12 +12,9 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/cilium/ebpf/btf"
-	"github.com/cilium/ebpf/rlimit"
-	"golang.org/x/sys/unix"
 
 	"github.com/whyslow/whyslow/internal/event"
 	"github.com/whyslow/whyslow/internal/facts"
@@ -26,12 +23,6 @@ import (
 	"github.com/whyslow/whyslow/rules"
 )
 
-// DefaultBTF is where the running kernel publishes its BTF.
-const DefaultBTF = "/sys/kernel/btf/vmlinux"
-
-// ErrNotRoot means the run lacks the privilege to load BPF programs.
-var ErrNotRoot = errors.New("needs root")
-
 // Options configure a live diagnosis.
 type Options struct {
 	Duration   time.Duration
@@ -39,7 +30,7 @@ type Options struct {
 	// Devices restricts the analysis to these block devices (names as in /sys/block).
 	Devices []string
 	Rules   *rules.Set
-	// BTF is the kernel BTF file; empty means DefaultBTF.
+	// BTF is the kernel BTF file; empty means probes.DefaultBTF.
 	BTF string
 	// ProcFS and SysFS are the roots of /proc and /sys; empty means the real ones.
 	ProcFS, SysFS string
@@ -95,47 +86,45 @@ func (o *Options) defaults() {
 	if o.SysFS == "" {
 		o.SysFS = "/sys"
 	}
-	if o.BTF == "" {
-		o.BTF = DefaultBTF
-	}
 	if o.Probes == nil {
 		o.Probes = probes.All()
 	}
 }
 
-// Check verifies, before anything is loaded, that the run can work: options,
-// privilege, kernel BTF, and that the named devices exist.
+// Validate checks the options themselves: the command line reports its
+// mistakes as usage errors from here.
+func (o Options) Validate() error {
+	o.defaults()
+	if o.Duration <= 0 {
+		return fmt.Errorf("--duration must be positive, got %s", o.Duration)
+	}
+	if o.MinLatency < 0 {
+		return fmt.Errorf("--min-latency must not be negative, got %s", o.MinLatency)
+	}
+	return o.Mechanism.Check(o.Probes)
+}
+
+// Check verifies, before anything is loaded, that the run can work: the
+// options, that the named devices exist, and what the probes need of the
+// host (probes.Prepare). It returns the kernel BTF.
 func Check(opts Options) (*btf.Spec, error) {
 	opts.defaults()
-	if opts.Duration <= 0 {
-		return nil, fmt.Errorf("--duration must be positive, got %s", opts.Duration)
-	}
-	if opts.MinLatency < 0 {
-		return nil, fmt.Errorf("--min-latency must not be negative, got %s", opts.MinLatency)
+	if err := opts.Validate(); err != nil {
+		return nil, err
 	}
 	if opts.Rules == nil {
 		return nil, errors.New("no rules loaded")
 	}
-	if err := opts.Mechanism.Check(opts.Probes); err != nil {
-		return nil, err
-	}
 	for _, d := range opts.Devices {
-		if err := checkDevice(opts.SysFS, d); err != nil {
+		if err := CheckDevice(opts.SysFS, d); err != nil {
 			return nil, err
 		}
 	}
-	if euid := os.Geteuid(); euid != 0 {
-		return nil, fmt.Errorf("%w: loading BPF programs and reading kernel stacks needs root (CAP_BPF, CAP_PERFMON, CAP_SYSLOG), running as uid %d; run it with sudo", ErrNotRoot, euid)
-	}
-	spec, err := loadBTF(opts.BTF)
-	if err != nil {
-		return nil, err
-	}
-	return spec, nil
+	return probes.Prepare(opts.BTF)
 }
 
-// checkDevice reports a --device name that is not a block device here.
-func checkDevice(sysfs, name string) error {
+// CheckDevice reports a --device name that is not a block device here.
+func CheckDevice(sysfs, name string) error {
 	if name == "" || strings.ContainsAny(name, "/\x00") || name == "." || name == ".." {
 		return fmt.Errorf("--device %q: not a block device name (use a name from /sys/block, e.g. sda)", name)
 	}
@@ -143,23 +132,6 @@ func checkDevice(sysfs, name string) error {
 		return fmt.Errorf("--device %q: no such block device in %s", name, filepath.Join(sysfs, "block"))
 	}
 	return nil
-}
-
-func loadBTF(path string) (*btf.Spec, error) {
-	if _, err := os.Stat(path); err != nil {
-		return nil, fmt.Errorf("kernel BTF not readable at %s (%w): the block, scheduler and exec probes need it (a kernel built with CONFIG_DEBUG_INFO_BTF=y, or --btf FILE); without it only the uevent listener could run, too little to diagnose", path, errors.Unwrap(err))
-	}
-	var spec *btf.Spec
-	var err error
-	if path == DefaultBTF {
-		spec, err = probes.KernelBTF()
-	} else {
-		spec, err = btf.LoadSpec(path)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("kernel BTF at %s is not usable: %w", path, err)
-	}
-	return spec, nil
 }
 
 // Storage runs every storage probe for opts.Duration (or until ctx is
@@ -174,9 +146,6 @@ func Storage(ctx context.Context, opts Options) (*Result, error) {
 			return nil, err
 		}
 	}
-	if err := rlimit.RemoveMemlock(); err != nil {
-		return nil, fmt.Errorf("raising the locked-memory limit for BPF maps: %w", err)
-	}
 	tl, err := Collect(ctx, opts, spec)
 	if err != nil {
 		return nil, err
@@ -184,7 +153,8 @@ func Storage(ctx context.Context, opts Options) (*Result, error) {
 	return Analyze(tl, opts.Rules, opts.Devices)
 }
 
-// Collect starts the probes, waits, stops them and returns the sorted timeline.
+// Collect starts the probes (probes.Prepare must have passed), waits,
+// stops them and returns the sorted timeline.
 func Collect(ctx context.Context, opts Options, spec *btf.Spec) (*timeline.Timeline, error) {
 	opts.defaults()
 	host, _ := os.Hostname()
@@ -198,40 +168,14 @@ func Collect(ctx context.Context, opts Options, spec *btf.Spec) (*timeline.Timel
 	col := newCollector(tl, opts.MaxEventBytes)
 	cfg := probes.Config{MinLatency: opts.MinLatency, KernelTypes: spec, ProcFS: opts.ProcFS, SysFS: opts.SysFS,
 		Mechanism: opts.Mechanism}
-	tl.Start = now()
-	// Every probe starts at once: most of a start is the kernel verifying
-	// programs and reading kallsyms and BTF, which overlap.
-	type started struct {
-		r  probes.Running
-		st event.ProbeStatus
+	if tl.Start, err = event.Now(); err != nil {
+		return nil, err
 	}
-	starts := make([]started, len(opts.Probes))
-	var wg sync.WaitGroup
-	for i, p := range opts.Probes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r, st := p.Start(cfg, col)
-			if st.Name == "" {
-				st.Name = p.Decl().Name
-			}
-			starts[i] = started{r, st}
-		}()
-	}
-	wg.Wait()
-	var running []probes.Running
-	var names, reasons []string
-	for _, s := range starts {
-		tl.Probes = append(tl.Probes, s.st)
-		if s.r != nil {
-			running = append(running, s.r)
-			names = append(names, s.st.Name)
-		} else {
-			reasons = append(reasons, fmt.Sprintf("%s: %s", s.st.Name, s.st.Reason))
-		}
-	}
-	if len(running) == 0 {
-		return nil, fmt.Errorf("no probe could start (%s)", strings.Join(reasons, "; "))
+	g := probes.Start(cfg, col, opts.Probes...)
+	tl.Probes = g.Statuses()
+	names := g.Running()
+	if len(names) == 0 {
+		return nil, fmt.Errorf("no probe could start (%s)", g.Unavailable())
 	}
 	if opts.Ready != nil {
 		opts.Ready()
@@ -240,27 +184,15 @@ func Collect(ctx context.Context, opts Options, spec *btf.Spec) (*timeline.Timel
 	sort.Strings(names)
 	wait(ctx, opts, col, names)
 
-	tl.End = now()
-	// Every probe stops at once too: detaching fentry and kprobe links
-	// takes the kernel a while each (a tenth of a second under qemu).
-	errs := make([]error, len(running))
-	for i, r := range running {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = r.Stop()
-		}()
-	}
-	wg.Wait()
-	var stopErrs []string
-	for _, err := range errs {
-		if err != nil {
-			stopErrs = append(stopErrs, err.Error())
-		}
-	}
+	end, clockErr := event.Now()
+	stopErr := g.Stop()
+	tl.End = end
 	tl.Sort()
-	if len(stopErrs) > 0 {
-		return tl, fmt.Errorf("stopping probes: %s", strings.Join(stopErrs, "; "))
+	if clockErr != nil {
+		return nil, clockErr
+	}
+	if stopErr != nil {
+		return tl, stopErr
 	}
 	return tl, nil
 }
@@ -318,22 +250,4 @@ func Analyze(tl *timeline.Timeline, set *rules.Set, devices []string) (*Result, 
 		return nil, fmt.Errorf("evaluating rules: %w", err)
 	}
 	return res, nil
-}
-
-func now() event.Mono {
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
-		return event.Mono(time.Now().UnixNano())
-	}
-	return event.Mono(ts.Nano())
-}
-
-// ProbeNames returns the registered probe names, sorted.
-func ProbeNames() []string {
-	var out []string
-	for _, p := range probes.All() {
-		out = append(out, p.Decl().Name)
-	}
-	sort.Strings(out)
-	return out
 }

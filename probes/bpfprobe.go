@@ -13,13 +13,11 @@ import (
 	"runtime"
 	"slices"
 	"strings"
-	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
-	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
 
 	"github.com/whyslow/whyslow/internal/event"
@@ -310,15 +308,8 @@ func KernelBTF() (*btf.Spec, error) { return kernelBTF.Kernel() }
 
 // collectionOptions are the load options every probe uses.
 func collectionOptions(kernel *btf.Spec) *ebpf.CollectionOptions {
-	liftMemlock()
 	return &ebpf.CollectionOptions{Programs: ebpf.ProgramOptions{KernelTypes: kernel}, Cache: kernelBTF}
 }
-
-// liftMemlock removes the RLIMIT_MEMLOCK limit once, before the first load:
-// kernels before 5.11 charge BPF maps to it, and its usual 64 KiB (8 MiB
-// on newer distributions) makes map creation fail with EPERM. Kernels with
-// memory-cgroup accounting of BPF need nothing, and rlimit leaves them be.
-var liftMemlock = sync.OnceFunc(func() { _ = rlimit.RemoveMemlock() })
 
 // tpArgIndex returns the position, in a tp_btf program's context, of the
 // first argument of tracepoint tp that points to struct structName. The

@@ -60,7 +60,6 @@ func kernelAllows(t *testing.T) (kprobes bool, fentry error) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	liftMemlock()
 	prog, err := ebpf.NewProgramWithOptions(&ebpf.ProgramSpec{
 		Type: ebpf.Tracing, AttachType: ebpf.AttachTraceFEntry, AttachTo: "submit_bio_noacct", License: "GPL",
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},

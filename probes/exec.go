@@ -44,7 +44,10 @@ func (p execProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
 	st := okStatus(p.Decl().Name, event.MechTPBTF)
 	if cfg.FailedExecs {
 		if err := r.attachFailed(); err != nil {
+			// The part of the probe that sees failed execs is skipped:
+			// callers tell from Skipped, the Reason says it to people.
 			st.Reason = "failed execs not seen: " + errReason(err)
+			st.Skipped = []event.Skip{{Mechanism: event.MechTracepoint, Reason: st.Reason}}
 		} else {
 			st.Reason = "failed execs from the tracepoints syscalls:sys_exit_execve and sys_exit_execveat"
 		}

@@ -394,7 +394,6 @@ func (o *fentryOnce) denied(load func() error) bool {
 // loadNopFentry loads an fentry program that does nothing, on fn, and
 // closes it.
 func loadNopFentry(kernel *btf.Spec, fn string) error {
-	liftMemlock()
 	prog, err := ebpf.NewProgramWithOptions(&ebpf.ProgramSpec{
 		Type: ebpf.Tracing, AttachType: ebpf.AttachTraceFEntry, AttachTo: fn, License: "GPL",
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},

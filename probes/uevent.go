@@ -141,6 +141,7 @@ type ueventRunning struct {
 	overruns   uint64 // ENOBUFS: the kernel dropped messages
 	lost       uint64 // messages lost, estimated from SEQNUM gaps after overruns
 	malformed  uint64
+	unclocked  uint64 // messages dropped because CLOCK_MONOTONIC could not be read
 	lastSeqnum uint64
 	strs       map[string]string // see intern
 }
@@ -162,7 +163,7 @@ func (r *ueventRunning) read(rc interface {
 		if err != nil {
 			return // closed by Stop
 		}
-		now := monoNow()
+		now, clockErr := event.Now()
 		switch {
 		case errors.Is(rerr, unix.ENOBUFS):
 			r.overruns++
@@ -184,6 +185,10 @@ func (r *ueventRunning) read(rc interface {
 		}
 		if err != nil {
 			r.malformed++
+			continue
+		}
+		if clockErr != nil {
+			r.unclocked++ // a time from another clock would mislead: drop it, counted
 			continue
 		}
 		ev.Time = now
@@ -223,14 +228,6 @@ func (r *ueventRunning) intern(s string) string {
 	return s
 }
 
-func monoNow() event.Mono {
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
-		return 0
-	}
-	return event.Mono(ts.Nano())
-}
-
 // Stop closes the socket, which wakes the reader, and reports losses.
 func (r *ueventRunning) Stop() error {
 	var err error
@@ -246,6 +243,9 @@ func (r *ueventRunning) Stop() error {
 		}
 		if r.malformed > 0 {
 			r.sink.Loss(event.Loss{Probe: event.ProbeUevent, What: "malformed message", Count: r.malformed})
+		}
+		if r.unclocked > 0 {
+			r.sink.Loss(event.Loss{Probe: event.ProbeUevent, What: "CLOCK_MONOTONIC unreadable", Count: r.unclocked})
 		}
 	})
 	return err

@@ -142,7 +142,7 @@ func TestUeventLive(t *testing.T) {
 	if st.Mechanism != event.MechNetlink || st.Status != event.StatusOK {
 		t.Errorf("status %+v", st)
 	}
-	before := monoNow()
+	before := mustNow(t)
 	if err := os.WriteFile(path, []byte("change"), 0); err != nil {
 		r.Stop()
 		t.Fatal(err)
@@ -165,10 +165,19 @@ func TestUeventLive(t *testing.T) {
 	if u.DevPath != "/devices/virtual/block/loop0" || u.DevType != "disk" || u.Seqnum == 0 {
 		t.Errorf("uevent %+v", u)
 	}
-	if u.Time < before || u.Time > monoNow() {
+	if u.Time < before || u.Time > mustNow(t) {
 		t.Errorf("time %d not between %d and now", u.Time, before)
 	}
 	if len(sink.losses) != 0 {
 		t.Errorf("losses %+v", sink.losses)
 	}
+}
+
+func mustNow(t *testing.T) event.Mono {
+	t.Helper()
+	now, err := event.Now()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return now
 }
