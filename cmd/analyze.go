@@ -275,11 +275,12 @@ func ruleFailures(errs rules.RuleErrors) string {
 // analysis of its trace pass the same info and so get the same report.
 func buildReport(res *diagnose.Result, info tracefile.Info) *report.Report {
 	meta := report.Meta{
-		Version:    info.Version,
-		StartedAt:  info.StartedAt,
-		Duration:   info.Duration,
-		Devices:    info.Devices,
-		RuleErrors: res.RuleErrors,
+		Version:      info.Version,
+		StartedAt:    info.StartedAt,
+		Duration:     info.Duration,
+		Devices:      info.Devices,
+		RuleErrors:   res.RuleErrors,
+		NotEvaluated: res.NotEvaluated,
 	}
 	if res.Timeline != nil {
 		meta.Hostname = res.Timeline.Hostname

@@ -74,6 +74,9 @@ type Result struct {
 	// RuleErrors are the rules that failed while they were evaluated;
 	// Findings holds those of the other rules.
 	RuleErrors rules.RuleErrors
+	// NotEvaluated are the rules whose needed facts no probe of the run
+	// supplied (rules.Set.NotEvaluated).
+	NotEvaluated []rules.NotEvaluated
 	// Devices are the names of every device the timeline has, before the
 	// device filter, sorted.
 	Devices []string
@@ -243,7 +246,7 @@ func Analyze(tl *timeline.Timeline, set *rules.Set, devices []string) (*Result, 
 		}
 		run.Devices = ds
 	}
-	res := &Result{Timeline: tl, Run: run, Devices: all}
+	res := &Result{Timeline: tl, Run: run, Devices: all, NotEvaluated: set.NotEvaluated(run)}
 	var err error
 	res.Findings, err = rules.Evaluate(set, run)
 	if err != nil && !errors.As(err, &res.RuleErrors) {

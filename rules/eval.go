@@ -34,14 +34,21 @@ import (
 // A rule that fails at run time (an expression or template error) is
 // reported in the returned error, a RuleErrors naming each failed rule, its
 // file position and the device; the findings of the other rules are still
-// returned.
+// returned. A rule whose needs no probe of the run supplied is not
+// evaluated (Set.NotEvaluated says which, and why).
 func Evaluate(set *Set, run *facts.Run) ([]Finding, error) {
 	if run == nil {
 		run = &facts.Run{}
 	}
 	ev := &evaluation{set: set}
 	var items []*item
+	var rulesToRun []*Rule
 	for _, r := range set.Rules() {
+		if r.missing(run) == "" {
+			rulesToRun = append(rulesToRun, r)
+		}
+	}
+	for _, r := range rulesToRun {
 		switch r.Scope {
 		case ScopeDevice:
 			for _, d := range run.Devices {
@@ -64,7 +71,7 @@ func Evaluate(set *Set, run *facts.Run) ([]Finding, error) {
 	}
 	items = ev.chain(items)
 	n := len(items)
-	for _, r := range set.Rules() {
+	for _, r := range rulesToRun {
 		if r.Scope == ScopeRun {
 			items = ev.add(items, r, RunEnv{Run: run, Findings: n}, TemplateData{Run: run, Findings: n}, "")
 		}

@@ -152,11 +152,13 @@ type parsed struct {
 	keys   map[string]*yaml.Node // key -> key node
 	evNode []*yaml.Node          // evidence value nodes, in order
 	evName []string
-	errs   []error
+	// factItems are the items of needs and optional (needs.go).
+	factItems []factItem
+	errs      []error
 }
 
 var knownKeys = []string{"id", "summary", "title", "step", "severity", "scope", "when", "score", "explain", "remedy",
-	"evidence", "processes", "trigger", "explains", "precision"}
+	"evidence", "processes", "trigger", "explains", "precision", "needs", "optional"}
 
 func (p *parsed) errorf(at pos, format string, a ...any) {
 	p.errs = append(p.errs, posErr(p.file, at, format, a...))
@@ -279,6 +281,10 @@ func (p *parsed) fields() {
 		if k.Value == "evidence" {
 			p.evidence(v)
 			p.nodes[k.Value] = v
+			continue
+		}
+		if k.Value == "needs" || k.Value == "optional" {
+			p.factList(k.Value, v)
 			continue
 		}
 		if v.Kind != yaml.ScalarNode {
@@ -413,6 +419,8 @@ func (p *parsed) compile(r *Rule) {
 		k := "evidence: " + p.evName[i]
 		r.nodes[k], r.pos[k] = n, nodePos(n)
 	}
+	var progs []compiled
+	allCompiled := true
 	prog := func(field string, n *yaml.Node, extra ...expr.Option) *vm.Program {
 		if n == nil {
 			return nil
@@ -421,8 +429,10 @@ func (p *parsed) compile(r *Rule) {
 		pr, err := safeCompile(n.Value, append(opts, extra...)...)
 		if err != nil {
 			p.exprError(field, n, err)
+			allCompiled = false
 			return nil
 		}
+		progs = append(progs, compiled{field, n, pr})
 		return pr
 	}
 	r.when = prog("when", p.nodes["when"], expr.AsBool())
@@ -450,6 +460,9 @@ func (p *parsed) compile(r *Rule) {
 	r.remedy = p.template("remedy", p.nodes["remedy"])
 	if len(r.evidence) == len(p.evNode) {
 		p.dryRun(r) // every evidence name is known: templates can be tried
+	}
+	if allCompiled {
+		p.checkFacts(r, progs) // the facts it reads are known
 	}
 }
 

@@ -17,6 +17,8 @@
 //	trigger: true                   # command scope: the Command is the chain's trigger
 //	explains: other-rule-id         # this finding is a cause of that rule's finding on the same device
 //	precision: Device.Freezes.Sources()  # expr: string or strings, how the facts were measured
+//	needs: [Device.Freezes]         # facts it cannot do without ("A | B": either)
+//	optional: [Device.Stalls]       # other facts, supplied by probes, it reads
 //
 // Expressions (github.com/expr-lang/expr) are compiled once, at load, against
 // a typed environment per scope: DeviceEnv (evaluated per device), CommandEnv
@@ -107,6 +109,9 @@ type Rule struct {
 	Explains string // id of the rule this one is a cause of, or ""
 	Trigger  bool   // command scope: the Command becomes the finding's trigger
 	File     string // where the rule was loaded from
+	// Needs are the facts the rule cannot be evaluated without: for each
+	// item, one of its facts (alternatives) must be supplied (needs.go).
+	Needs [][]string
 
 	when, score, processes       *vm.Program
 	precision                    *vm.Program

@@ -112,6 +112,7 @@ func Build(tl *timeline.Timeline, opts Options) *Run {
 	run.Kernel = tl.Kernel
 	run.MinLatency = tl.MinLatency
 	run.LostEvents = tl.LostEvents()
+	run.probes = tl.Probes
 
 	b.devices()
 	b.stalls()

@@ -33,6 +33,9 @@ type Run struct {
 	// Unattributed are the queue-enter, tag-wait and freeze-wait spans that
 	// could not be tied to a device.
 	Unattributed Spans
+
+	// probes are the status of every probe of the run (Missing reads them).
+	probes []event.ProbeStatus
 }
 
 // Latency summarizes a latency histogram, in microseconds.

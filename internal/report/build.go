@@ -29,6 +29,9 @@ type Meta struct {
 	Devices    []string
 	// RuleErrors are the rules that failed while they were evaluated.
 	RuleErrors rules.RuleErrors
+	// NotEvaluated are the rules whose needed facts no probe of the run
+	// supplied.
+	NotEvaluated []rules.NotEvaluated
 }
 
 // MaxStacks is how many blocked stacks a finding shows.
@@ -53,6 +56,9 @@ func Build(tl *timeline.Timeline, run *facts.Run, findings []rules.Finding, meta
 	}
 	for _, e := range meta.RuleErrors {
 		r.RuleErrors = append(r.RuleErrors, ruleError(e))
+	}
+	for _, n := range meta.NotEvaluated {
+		r.NotEvaluated = append(r.NotEvaluated, NotEvaluated{Rule: n.Rule, Reason: n.Reason})
 	}
 	if meta.StartedAt.IsZero() {
 		r.StartedAt = time.Time{}

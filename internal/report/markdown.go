@@ -178,6 +178,13 @@ func (m *mdWriter) header(r *Report) {
 		}
 		m.printf("\n")
 	}
+	if n := len(r.NotEvaluated); n > 0 {
+		m.printf("> [!WARNING]\n> %s not evaluated: no probe of this run supplied what %s.\n", countOf(n, "rule was", "rules were"), pick(n, "it needs", "they need"))
+		for _, e := range r.NotEvaluated {
+			m.printf("> - %s: %s\n", mdCode(e.Rule), mdText(e.Reason))
+		}
+		m.printf("\n")
+	}
 }
 
 func (m *mdWriter) findings(r *Report) {

@@ -44,7 +44,17 @@ type Report struct {
 	// RuleErrors are the rules that failed while they were evaluated: their
 	// findings are missing, those of the other rules are in Findings.
 	RuleErrors []RuleError `json:"rule_errors"`
-	Summary    Summary     `json:"summary"`
+	// NotEvaluated are the rules that were not evaluated because no probe
+	// of the run supplied the facts they need; present only when there
+	// are any.
+	NotEvaluated []NotEvaluated `json:"not_evaluated,omitempty"`
+	Summary      Summary        `json:"summary"`
+}
+
+// NotEvaluated is a rule that was not evaluated, and why.
+type NotEvaluated struct {
+	Rule   string `json:"rule"`
+	Reason string `json:"reason"` // the facts it needs and why no probe supplied them
 }
 
 // RuleError is a rule that failed while it was evaluated.

@@ -130,6 +130,12 @@ func (t *textWriter) header(r *Report) {
 			t.printf("!!   %s (%s): %s\n", clean(e.Rule), clean(rulePlace(e)), clean(e.Error))
 		}
 	}
+	if n := len(r.NotEvaluated); n > 0 {
+		t.printf("\n%s\n", t.paint(sgrYellow, fmt.Sprintf("!! %s NOT EVALUATED: no probe of this run supplied what %s.", countOf(n, "RULE", "RULES"), pick(n, "it needs", "they need"))))
+		for _, e := range r.NotEvaluated {
+			t.printf("!!   %s: %s\n", clean(e.Rule), clean(e.Reason))
+		}
+	}
 	t.printf("\n")
 }
 
