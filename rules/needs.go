@@ -181,4 +181,3 @@ func (p *parsed) checkFacts(r *Rule, progs []compiled) {
 type visitor func(ast.Node)
 
 func (v visitor) Visit(n *ast.Node) { v(*n) }
-

@@ -32,7 +32,9 @@ func runWith(probes ...event.ProbeStatus) *facts.Run {
 	return facts.Build(&timeline.Timeline{Probes: probes}, facts.Options{})
 }
 
-func okProbe(name string) event.ProbeStatus { return event.ProbeStatus{Name: name, Status: event.StatusOK} }
+func okProbe(name string) event.ProbeStatus {
+	return event.ProbeStatus{Name: name, Status: event.StatusOK}
+}
 
 func downProbe(name string) event.ProbeStatus {
 	return event.ProbeStatus{Name: name, Status: event.StatusUnavailable, Reason: "rejected by the BPF verifier"}
