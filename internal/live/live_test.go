@@ -77,7 +77,7 @@ func golden(t *testing.T, name string, got []byte) {
 	}
 	want, err := os.ReadFile(path)
 	if err != nil {
-		t.Fatalf("%v (run go test ./live -update to create it)", err)
+		t.Fatalf("%v (run go test ./internal/live -update to create it)", err)
 	}
 	if !bytes.Equal(got, want) {
 		t.Errorf("%s differs from the golden file (go test ./live -update rewrites it)\n got:\n%s\nwant:\n%s", name, got, want)
