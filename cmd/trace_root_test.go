@@ -43,7 +43,7 @@ func TestTraceSIGINTDetaches(t *testing.T) {
 	for _, kind := range []string{"submit", "exec", "uevent", "freeze"} {
 		t.Run(kind, func(t *testing.T) {
 			bpf0, sock0 := bpfFds(t)
-			var errb lockedBuffer
+			var errb scenario.Buffer
 			ios := &IO{In: strings.NewReader(""), Out: io.Discard, ErrOut: &errb}
 			code := make(chan int, 1)
 			go func() { code <- Execute(ios, []string{"trace", kind, "--duration", "2m"}) }()

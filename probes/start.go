@@ -105,19 +105,13 @@ func Start(cfg Config, sink Sink, ps ...Probe) *Group {
 func (g *Group) Start(ps ...Probe) []event.ProbeStatus {
 	out := make([]event.ProbeStatus, len(ps))
 	runs := make([]Running, len(ps))
-	var wg sync.WaitGroup
-	for i, p := range ps {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r, st := p.Start(g.cfg, g.sink)
-			if st.Name == "" {
-				st.Name = p.Decl().Name
-			}
-			runs[i], out[i] = r, st
-		}()
-	}
-	wg.Wait()
+	atOnce(len(ps), func(i int) {
+		r, st := ps[i].Start(g.cfg, g.sink)
+		if st.Name == "" {
+			st.Name = ps[i].Decl().Name
+		}
+		runs[i], out[i] = r, st
+	})
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for i, st := range out {
@@ -171,15 +165,7 @@ func (g *Group) Stop() error {
 	g.running = nil
 	g.mu.Unlock()
 	errs := make([]error, len(running))
-	var wg sync.WaitGroup
-	for i, s := range running {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = s.r.Stop()
-		}()
-	}
-	wg.Wait()
+	atOnce(len(running), func(i int) { errs[i] = running[i].r.Stop() })
 	var msgs []string
 	for i, err := range errs {
 		if err != nil {
@@ -190,4 +176,18 @@ func (g *Group) Stop() error {
 		return fmt.Errorf("stopping probes: %s", strings.Join(msgs, "; "))
 	}
 	return nil
+}
+
+// atOnce calls fn(0) to fn(n-1), each in a goroutine of its own, and
+// returns when all have returned.
+func atOnce(n int, fn func(i int)) {
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fn(i)
+		}()
+	}
+	wg.Wait()
 }

@@ -27,28 +27,10 @@ import (
 	"github.com/whyslow/whyslow/internal/scenario"
 )
 
-// syncBuffer collects a stream written by one goroutine and read by another.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // tracing is a running `whyslow trace ...`.
 type tracing struct {
 	cmd    *exec.Cmd
-	stderr *syncBuffer
+	stderr *scenario.Buffer
 	lines  chan string // stdout, line by line
 	mu     sync.Mutex
 	seen   []string
@@ -60,7 +42,7 @@ type tracing struct {
 // it traces. cred, when set, runs it as another user.
 func startTrace(t *testing.T, cred *syscall.Credential, args ...string) *tracing {
 	t.Helper()
-	p := &tracing{cmd: exec.Command(whyslowBin, args...), stderr: &syncBuffer{}, lines: make(chan string, 1<<16), exited: make(chan struct{})}
+	p := &tracing{cmd: exec.Command(whyslowBin, args...), stderr: &scenario.Buffer{}, lines: make(chan string, 1<<16), exited: make(chan struct{})}
 	p.cmd.Stderr = p.stderr
 	if cred != nil {
 		p.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
@@ -623,7 +605,7 @@ func TestTraceReaderGoesAway(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c := exec.Command(whyslowBin, tt.args...)
-			var errb syncBuffer
+			var errb scenario.Buffer
 			c.Stderr = &errb
 			out, err := c.StdoutPipe()
 			if err != nil {

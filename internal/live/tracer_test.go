@@ -5,36 +5,18 @@ import (
 	"io"
 	"os"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/scenario"
 )
-
-// lockedBuffer is a bytes.Buffer safe for the probe goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // The tracer turns probe events into lines, after the header only, and
 // applies -p and -d.
 func TestTracerEmitsAndFilters(t *testing.T) {
-	var out lockedBuffer
+	var out scenario.Buffer
 	tr, err := newTracer(TraceOptions{Out: &out, ErrOut: io.Discard, Kind: KindSubmit, Pid: 20, Device: "loop1", Min: time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
