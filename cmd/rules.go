@@ -2,6 +2,7 @@ package cmd
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/olekukonko/tablewriter"
 	"github.com/spf13/cobra"
@@ -29,9 +30,13 @@ func newCmdRules(ios *IO) *cobra.Command {
 				return err
 			}
 			t := tablewriter.NewTable(ios.Out)
-			t.Header("ID", "Severity", "Scope", "Explains", "Finds")
+			t.Header("ID", "Severity", "Scope", "Explains", "Needs", "Finds")
 			for _, r := range set.Rules() {
-				if err := t.Append(r.ID, string(r.Severity), string(r.Scope), r.Explains, r.Summary); err != nil {
+				var needs []string
+				for _, alts := range r.Needs {
+					needs = append(needs, strings.Join(alts, " | "))
+				}
+				if err := t.Append(r.ID, string(r.Severity), string(r.Scope), r.Explains, strings.Join(needs, ", "), r.Summary); err != nil {
 					return err
 				}
 			}
