@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/whyslow/whyslow/diagnose"
+	"github.com/whyslow/whyslow/internal/event"
 	"github.com/whyslow/whyslow/internal/tracefile"
 )
 
@@ -324,6 +325,51 @@ func TestAnalyzeUnknownDevice(t *testing.T) {
 			}
 			if _, err := os.Stat(out); err == nil {
 				t.Errorf("a report was written")
+			}
+		})
+	}
+}
+
+// A recorded trace whose uevent probe was unavailable: the rules that need
+// uevents are reported as not evaluated, with the probe's reason, in every
+// format; the queue freeze the trace shows is still found.
+func TestAnalyzeNotEvaluated(t *testing.T) {
+	tl, info, err := tracefile.ReadFile(filepath.Join("..", "testdata", "traces", "loop-udev-freeze.trace.gz"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const why = "netlink socket: permission denied"
+	for i := range tl.Probes {
+		if tl.Probes[i].Name == event.ProbeUevent {
+			tl.Probes[i] = event.ProbeStatus{Name: event.ProbeUevent, Status: event.StatusUnavailable, Reason: why}
+		}
+	}
+	tl.Uevents = nil
+	dir := t.TempDir()
+	trace := filepath.Join(dir, "no-uevents.trace.gz")
+	f, err := os.Create(trace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tracefile.Write(f, tl, info); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	for _, tt := range []struct{ format, want string }{
+		{"json", `"not_evaluated": [`},
+		{"text", "!! 2 RULES NOT EVALUATED"},
+		{"markdown", "2 rules were not evaluated"},
+		{"html", `id="not-evaluated"`},
+	} {
+		t.Run(tt.format, func(t *testing.T) {
+			ios, stdout, errb := testIO()
+			if code := Execute(ios, []string{"analyze", trace, "-f", tt.format}); code != ExitOK {
+				t.Fatalf("exit %d: %s", code, errb)
+			}
+			for _, w := range []string{tt.want, "uevent-freeze", "periodic-trigger", "needs Device.Uevents: uevent unavailable (" + why + ")", "queue-freeze-stall"} {
+				if !strings.Contains(stdout.String(), w) {
+					t.Errorf("report lacks %q", w)
+				}
 			}
 		})
 	}
