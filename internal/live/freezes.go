@@ -80,50 +80,39 @@ func (f *Freezes) SetProbes(probes []event.ProbeStatus) {
 // off-CPU span in queue enter, a freeze wait or a tag wait, a sysfs write, a
 // slow submission or submit call. Other events are ignored.
 func (f *Freezes) Add(e event.Event) {
+	keep, freeze := needed(e)
+	if !keep {
+		return
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	full := func(n int) bool {
-		if n >= f.MaxEvents {
-			f.dropped++
-			return true
-		}
-		return false
+	if timeline.StreamOf(e).Len(&f.tl) >= f.MaxEvents {
+		f.dropped++
+		return
 	}
+	f.tl.Add(e)
+	if freeze {
+		f.pending++
+	}
+}
+
+// needed says whether the attribution of freezes needs an event, and
+// whether it is a freeze to print (timed directly, or a freezer's wait).
+func needed(e event.Event) (keep, freeze bool) {
 	switch v := e.(type) {
 	case event.Freeze:
-		if !full(len(f.tl.Freezes)) {
-			f.tl.Freezes = append(f.tl.Freezes, v)
-			f.pending++
-		}
+		return true, true
 	case event.OffCPU:
 		switch facts.Classify(v.KernelStack) {
 		case facts.KindFreezeWait:
-			if !full(len(f.tl.OffCPU)) {
-				f.tl.OffCPU = append(f.tl.OffCPU, v)
-				f.pending++
-			}
+			return true, true
 		case facts.KindQueueEnter, facts.KindTagWait:
-			if !full(len(f.tl.OffCPU)) {
-				f.tl.OffCPU = append(f.tl.OffCPU, v)
-			}
+			return true, false
 		}
-	case event.SysfsWrite:
-		if !full(len(f.tl.SysfsWrites)) {
-			f.tl.SysfsWrites = append(f.tl.SysfsWrites, v)
-		}
-	case event.SlowSubmit:
-		if !full(len(f.tl.SlowSubmits)) {
-			f.tl.SlowSubmits = append(f.tl.SlowSubmits, v)
-		}
-	case event.SubmitCall:
-		if !full(len(f.tl.SubmitCalls)) {
-			f.tl.SubmitCalls = append(f.tl.SubmitCalls, v)
-		}
-	case event.QueueEnter:
-		if !full(len(f.tl.QueueEnters)) {
-			f.tl.QueueEnters = append(f.tl.QueueEnters, v)
-		}
+	case event.SysfsWrite, event.SlowSubmit, event.SubmitCall, event.QueueEnter:
+		return true, false
 	}
+	return false, false
 }
 
 // Dropped is the number of events not kept because a buffer was full:
