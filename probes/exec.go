@@ -41,7 +41,7 @@ func (p execProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
 	if err != nil {
 		return nil, unavailableStatus(p.Decl().Name, err)
 	}
-	st := okStatus(p.Decl().Name, event.MechTPBTF)
+	st := p.Decl().started()
 	if cfg.FailedExecs {
 		if err := r.attachFailed(); err != nil {
 			// The part of the probe that sees failed execs is skipped:

@@ -69,7 +69,7 @@ func (p offcpuProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
 	if err != nil {
 		return nil, unavailableStatus(p.Decl().Name, err)
 	}
-	st := okStatus(p.Decl().Name, event.MechTPBTF)
+	st := p.Decl().started()
 	if r.ksymsErr != nil {
 		// The spans are still right; kernel frames carry addresses only.
 		st.Reason = "kernel stacks not symbolized: " + r.ksymsErr.Error()

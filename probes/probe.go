@@ -107,6 +107,10 @@ func (d Decl) InferredBy(mech event.Mechanism) string {
 	return ""
 }
 
+// started is the status of a probe that runs on its first (for most, its
+// only) mechanism.
+func (d Decl) started() event.ProbeStatus { return okStatus(d.Name, d.Mechanisms[0].Mech) }
+
 // Running is a started probe.
 type Running interface {
 	// Stop detaches, delivers what is still buffered and the final

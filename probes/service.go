@@ -32,7 +32,7 @@ func (p serviceProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) 
 	if err != nil {
 		return nil, unavailableStatus(p.Decl().Name, err)
 	}
-	return r, okStatus(p.Decl().Name, event.MechTPBTF)
+	return r, p.Decl().started()
 }
 
 type serviceRunning struct {

@@ -42,7 +42,7 @@ func (p submitProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
 	if err != nil {
 		return nil, unavailableStatus(p.Decl().Name, err)
 	}
-	return r, okStatus(p.Decl().Name, event.MechTPBTF)
+	return r, p.Decl().started()
 }
 
 type submitRunning struct {
