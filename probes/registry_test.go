@@ -1,18 +1,12 @@
 package probes
 
 import (
-	"flag"
-	"fmt"
 	"slices"
-	"strings"
 	"testing"
 
 	"github.com/whyslow/whyslow/internal/event"
-	"github.com/whyslow/whyslow/internal/gendoc"
 	"github.com/whyslow/whyslow/internal/timeline"
 )
-
-var update = flag.Bool("update", false, "rewrite the generated probe table of README.md")
 
 // Every probe of timeline.Sources has its code here and every probe here
 // is in timeline.Sources; each declares its mechanisms and documentation.
@@ -65,32 +59,4 @@ func TestLaddersMatchDeclarations(t *testing.T) {
 			t.Errorf("probe %s: rungs %v, declared %v", d.Name, got, d.Mechs())
 		}
 	}
-}
-
-// The probe table of README.md is generated from the declarations:
-// go test ./probes -run TestDocsProbeTable -update rewrites it.
-func TestDocsProbeTable(t *testing.T) {
-	var b strings.Builder
-	b.WriteString("| probe | mechanisms, best first | attaches to | what it records | trace records |\n|---|---|---|---|---|\n")
-	for _, p := range All() {
-		d := p.Decl()
-		var mechs []string
-		for _, r := range d.Mechanisms {
-			m := string(r.Mech)
-			if r.InferredBy != "" {
-				m += fmt.Sprintf(" (inferred by `%s`)", r.InferredBy)
-			}
-			mechs = append(mechs, m)
-		}
-		var recs []string
-		src, _ := timeline.SourceOf(d.Name)
-		for _, s := range src.Streams {
-			recs = append(recs, "`"+s.Record()+"`")
-		}
-		for _, h := range src.Hists {
-			recs = append(recs, "histogram `"+string(h.Kind)+"`")
-		}
-		fmt.Fprintf(&b, "| `%s` | %s | %s | %s | %s |\n", d.Name, strings.Join(mechs, ", "), d.Attach, d.Records, strings.Join(recs, ", "))
-	}
-	gendoc.Check(t, "../README.md", "probe-table", b.String(), *update, "go test ./probes -run TestDocsProbeTable -update")
 }

@@ -1,6 +1,8 @@
-// Package layout holds the test that keeps the import direction of
-// docs/architecture.md: data flows one way, from the probes to the report,
-// and the analysis never depends on the code that loads BPF programs.
+// Package layout holds the tests that keep the repository's shape: the
+// import direction of docs/architecture.md (data flows one way, from the
+// probes to the report, and the analysis never depends on the code that
+// loads BPF programs), and the README's probe table, generated from the
+// probes' declarations.
 package layout
 
 import (
