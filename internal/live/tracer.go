@@ -121,11 +121,11 @@ type tracer struct {
 
 	mu      sync.Mutex
 	w       *bufio.Writer
-	open    bool          // the header is written: records go out at once
-	pending []Record      // records that came before the header
-	werr    error         // the first write error; nothing is written after it
-	failed  chan struct{} // closed on the first write error
-	losses  timeline.Timeline
+	open    bool              // the header is written: records go out at once
+	pending []Record          // records that came before the header
+	werr    error             // the first write error; nothing is written after it
+	failed  chan struct{}     // closed on the first write error
+	losses  timeline.Timeline // only its Losses: counted as a run counts them
 
 	freezes *Freezes // freeze traces only
 	group   *probes.Group
