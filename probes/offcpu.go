@@ -40,9 +40,6 @@ type offcpuProbe struct{}
 
 func init() { Register(offcpuProbe{}) }
 
-// offcpuKstackDepth is KSTACK_DEPTH in bpf/offcpu.bpf.c.
-const offcpuKstackDepth = 64
-
 // Bound of the cache of symbolized kernel stacks, by their addresses.
 const offcpuMaxCachedStacks = 4096
 
