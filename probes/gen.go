@@ -6,11 +6,14 @@ package probes
 //
 // Kernel types come from bpf/include/kernel_*.h (CO-RE), not from kernel headers.
 
-//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -target bpfel -cflags "-O2 -g -Wall -Werror -I../bpf/include -I/usr/include/x86_64-linux-gnu -D__TARGET_ARCH_x86" submit ../bpf/submit.bpf.c
+//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -target bpfel -cflags "-O2 -g -Wall -Werror -I../bpf/include -I/usr/include/x86_64-linux-gnu -D__TARGET_ARCH_x86" -type submit_end submit ../bpf/submit.bpf.c
 //go:generate go run github.com/cilium/ebpf/cmd/bpf2go -target bpfel -cflags "-O2 -g -Wall -Werror -I../bpf/include -I/usr/include/x86_64-linux-gnu -D__TARGET_ARCH_x86" service ../bpf/service.bpf.c
 //go:generate go run github.com/cilium/ebpf/cmd/bpf2go -target bpfel -cflags "-O2 -g -Wall -Werror -I../bpf/include -I/usr/include/x86_64-linux-gnu -D__TARGET_ARCH_x86" sysfs ../bpf/sysfs.bpf.c
 //go:generate go run github.com/cilium/ebpf/cmd/bpf2go -target bpfel -cflags "-O2 -g -Wall -Werror -I../bpf/include -I/usr/include/x86_64-linux-gnu -D__TARGET_ARCH_x86" offcpu ../bpf/offcpu.bpf.c
-//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -target bpfel -cflags "-O2 -g -Wall -Werror -I../bpf/include -I/usr/include/x86_64-linux-gnu -D__TARGET_ARCH_x86" exec ../bpf/exec.bpf.c
-//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -target bpfel -cflags "-O2 -g -Wall -Werror -I../bpf/include -I/usr/include/x86_64-linux-gnu -D__TARGET_ARCH_x86" queueenter ../bpf/queueenter.bpf.c
+//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -target bpfel -cflags "-O2 -g -Wall -Werror -I../bpf/include -I/usr/include/x86_64-linux-gnu -D__TARGET_ARCH_x86" -type exec_kind exec ../bpf/exec.bpf.c
+//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -target bpfel -cflags "-O2 -g -Wall -Werror -I../bpf/include -I/usr/include/x86_64-linux-gnu -D__TARGET_ARCH_x86" -type qe_func queueenter ../bpf/queueenter.bpf.c
 //go:generate go run github.com/cilium/ebpf/cmd/bpf2go -target bpfel -cflags "-O2 -g -Wall -Werror -I../bpf/include -I/usr/include/x86_64-linux-gnu -D__TARGET_ARCH_x86" freeze ../bpf/freeze.bpf.c
 //go:generate go run github.com/cilium/ebpf/cmd/bpf2go -target bpfel -cflags "-O2 -g -Wall -Werror -I../bpf/include -I/usr/include/x86_64-linux-gnu -D__TARGET_ARCH_x86" submitfn ../bpf/submitfn.bpf.c
+
+// Built into the tests only (_test suffix): hist_slot run in the kernel by TestSlotMatchesC.
+//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -target bpfel -output-suffix _test -cflags "-O2 -g -Wall -Werror -I../bpf/include -I/usr/include/x86_64-linux-gnu -D__TARGET_ARCH_x86" histslot ../bpf/test/histslot.bpf.c
