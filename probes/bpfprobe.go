@@ -162,8 +162,8 @@ func readRing(rd *ringbuf.Reader, fn func(raw []byte)) {
 }
 
 // sumLosses sums the per-CPU `losses` array over CPUs.
-func sumLosses(m *ebpf.Map) ([3]uint64, error) {
-	var out [3]uint64
+func sumLosses(m *ebpf.Map) ([lossKinds]uint64, error) {
+	var out [lossKinds]uint64
 	if m == nil {
 		return out, errors.New("reading losses: no map")
 	}
