@@ -1,7 +1,9 @@
 package probes
 
 import (
-	"path/filepath"
+	"bytes"
+	"embed"
+	"io/fs"
 	"reflect"
 	"strings"
 	"testing"
@@ -137,16 +139,26 @@ var mirrors = []mirror{
 	},
 }
 
+// generatedObjects are every probe's generated object, embedded so that the
+// test binary checks them wherever it runs (in the kernel matrix too).
+//
+//go:embed *_bpfel.o
+var generatedObjects embed.FS
+
 // TestGoMirrorsC compares every mirror with each generated object that has
 // its C side, and fails on a mirror no object has (the C was renamed).
 func TestGoMirrorsC(t *testing.T) {
-	objs, err := filepath.Glob("*_bpfel.o")
+	objs, err := fs.Glob(generatedObjects, "*_bpfel.o")
 	if err != nil || len(objs) == 0 {
 		t.Fatalf("no generated objects (*_bpfel.o): %v", err)
 	}
 	seen := make(map[string]int)
 	for _, path := range objs {
-		spec, err := ebpf.LoadCollectionSpec(path)
+		b, err := generatedObjects.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		spec, err := ebpf.LoadCollectionSpecFromReader(bytes.NewReader(b))
 		if err != nil {
 			t.Fatalf("%s: %v", path, err)
 		}
