@@ -156,6 +156,7 @@ func (r *execRunning) handle(raw []byte) {
 		r.decode++
 		return
 	}
+	// Every record starts with its kind, a u32 (TestGoMirrorsC checks).
 	switch execExecKind(binary.NativeEndian.Uint32(raw)) {
 	case execExecKindEXEC_EXEC, execExecKindEXEC_FAIL:
 		var e execExecEvent

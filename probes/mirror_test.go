@@ -105,6 +105,24 @@ var mirrors = []mirror{
 		},
 	},
 	{
+		// execRunning.handle reads the record kind as the first u32 of
+		// every record of exec.bpf.c.
+		name: "exec_kind",
+		in:   func(spec *ebpf.CollectionSpec) bool { return hasType[*btf.Struct](spec, "exit_event") },
+		check: func(t *testing.T, spec *ebpf.CollectionSpec) {
+			for _, name := range []string{"exec_event", "exit_event"} {
+				var st *btf.Struct
+				if err := spec.Types.TypeByName(name, &st); err != nil {
+					t.Fatal(err)
+				}
+				m := st.Members[0]
+				if size, _ := btf.Sizeof(m.Type); m.Name != "kind" || m.Offset != 0 || size != 4 {
+					t.Errorf("struct %s starts with %s (%d bytes), not the u32 kind", name, m.Name, size)
+				}
+			}
+		},
+	},
+	{
 		// enum stack_loss (offcpu.bpf.c): offcpuStackLossWhat.
 		name: "stack_loss",
 		in:   func(spec *ebpf.CollectionSpec) bool { return spec.Maps["stack_losses"] != nil },
