@@ -50,11 +50,12 @@ generate: deps-generate
 ## check-generated: fail when the committed BPF objects differ from a fresh `make generate`
 check-generated: generate
 	@git diff --exit-code --stat -- probes/ || { echo "generated BPF files are stale: run 'make generate' and commit" >&2; exit 1; }
-	@test -z "$$(git status --porcelain -- probes/)" || { git status --porcelain -- probes/; echo "untracked generated files: commit them" >&2; exit 1; }
+	@test -z "$$(git status --porcelain --ignored -- 'probes/*_bpfel*')" || { git status --porcelain --ignored -- 'probes/*_bpfel*'; echo "untracked or ignored generated files: commit them" >&2; exit 1; }
 
-## vet: go vet and gofmt
+## vet: go vet, gofmt and staticcheck (its version is pinned by the tool directive in go.mod)
 vet:
 	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt: the files above need formatting" >&2; exit 1; }
 
 ## test: every test; BPF and integration tests need root and run for real

@@ -2,7 +2,9 @@
  * arguments; and, where the syscall tracepoints can be attached, every
  * failed one (execve or execveat returning an error), with the error. */
 #include "common.h"
+#include "events.h"
 #include "kernel_sched.h"
+#include "syscalls.h"
 
 #define FILENAME_MAX_LEN 256
 #define ARGS_MAX_LEN 256
@@ -17,7 +19,7 @@ enum exec_kind {
 };
 
 struct exec_event {
-	__u32 kind; /* EXEC_EXEC, or EXEC_FAIL: an execve that returned an error */
+	enum exec_kind kind; /* EXEC_EXEC, or EXEC_FAIL: an execve that returned an error */
 	__s32 ret; /* EXEC_FAIL: the error, -errno; else 0 */
 	__u64 time_ns;
 	__u64 forked_ns; /* when the process was forked (task start_time) */
@@ -37,35 +39,25 @@ struct exec_event {
 	char args[ARGS_MAX_LEN + EXEC_ARG_LEN];
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 256 * 1024);
-} events SEC(".maps");
-
-DECLARE_LOSSES();
-
 /* A process ended: lets user space tell which commands ran at the same
  * time (a shell pipeline) from commands run one after another. */
 struct exit_event {
-	__u32 kind; /* EXEC_EXIT */
+	enum exec_kind kind; /* EXEC_EXIT */
 	__u32 pid; /* the process (thread group leader) */
 	__u64 time_ns;
 	__s32 exit_code;
 	__u32 pad;
 };
 
-/* Not used by the programs: make bpf2go emit the Go types of the events. */
-struct exec_event exec_event_type;
-struct exit_event exit_event_type;
+KEEP_TYPE(struct exec_event, exec_event_type);
+KEEP_TYPE(struct exit_event, exit_event_type);
 
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(exec_exec, struct task_struct *p, int old_pid, struct linux_binprm *bprm)
 {
-	struct exec_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		count_loss(&losses, LOSS_RINGBUF);
+	struct exec_event *e = EVENT_RESERVE(struct exec_event);
+	if (!e)
 		return 0;
-	}
 	e->kind = EXEC_EXEC;
 	e->ret = 0;
 	e->time_ns = bpf_ktime_get_ns();
@@ -103,11 +95,9 @@ int BPF_PROG(exec_exit, struct task_struct *p)
 	/* Threads other than the leader end too: only the process counts. */
 	if (BPF_CORE_READ(p, pid) != BPF_CORE_READ(p, tgid))
 		return 0;
-	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		count_loss(&losses, LOSS_RINGBUF);
+	e = EVENT_RESERVE(struct exit_event);
+	if (!e)
 		return 0;
-	}
 	e->kind = EXEC_EXIT;
 	e->pid = BPF_CORE_READ(p, tgid);
 	e->time_ns = bpf_ktime_get_ns();
@@ -121,19 +111,6 @@ int BPF_PROG(exec_exit, struct task_struct *p)
  * pointers are kept per thread; at exit an error is reported with them
  * (the caller's memory is unchanged when execve fails). A successful exec
  * is reported by sched_process_exec above. */
-
-/* The raw layouts of syscalls:sys_enter_* and sys_exit_* records. */
-struct syscall_enter {
-	__u64 common; /* common_type, flags, preempt_count, pid */
-	__s64 nr;
-	__u64 args[6];
-};
-
-struct syscall_exit {
-	__u64 common;
-	__s64 nr;
-	__s64 ret;
-};
 
 struct exec_call {
 	__u64 filename; /* const char __user * */
@@ -153,7 +130,7 @@ static __always_inline int exec_call_enter(__u64 filename, __u64 argv)
 	struct exec_call c = {.filename = filename, .argv = argv};
 
 	if (bpf_map_update_elem(&execing, &tid, &c, BPF_ANY))
-		count_loss(&losses, LOSS_MAP_FULL);
+		lose(LOSS_MAP_FULL);
 	return 0;
 }
 
@@ -173,11 +150,9 @@ static __always_inline int exec_call_exit(__s64 ret)
 	bpf_map_delete_elem(&execing, &tid);
 	if (ret >= 0)
 		return 0;
-	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		count_loss(&losses, LOSS_RINGBUF);
+	e = EVENT_RESERVE(struct exec_event);
+	if (!e)
 		return 0;
-	}
 	task = (struct task_struct *)bpf_get_current_task();
 	e->kind = EXEC_FAIL;
 	e->ret = (__s32)ret;
@@ -245,3 +220,5 @@ int exec_exit_execveat(struct syscall_exit *ctx)
 {
 	return exec_call_exit(ctx->ret);
 }
+
+//bpf2go: -type exec_kind

@@ -14,12 +14,9 @@
  * (probes/freeze.go). */
 #include "common.h"
 #include <asm/ptrace.h>
+#include "events.h"
 #include "kernel_block.h"
-
-DECLARE_LOSSES();
-
-/* Freezes shorter than this are not streamed (set from Config.MinLatency). */
-volatile const __u64 min_latency_ns = 1000000;
+#include "spans.h"
 
 #define MAX_FROZEN 4096 /* queues frozen at once */
 #define KSTACK_DEPTH 64
@@ -79,13 +76,7 @@ struct freeze_event {
 	__u64 ustack[USTACK_DEPTH];
 };
 
-/* Not used by the programs: makes bpf2go emit the Go type of the event. */
-struct freeze_event freeze_event_type;
-
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 256 * 1024);
-} events SEC(".maps");
+KEEP_TYPE(struct freeze_event, freeze_event_type);
 
 static __always_inline int fz_start(void *ctx, struct request_queue *q)
 {
@@ -108,7 +99,7 @@ static __always_inline int fz_start(void *ctx, struct request_queue *q)
 	f->dev = queue_dev(q, f->disk_name);
 	f->kstack_id = bpf_get_stackid(ctx, &kstacks, 0);
 	if (f->kstack_id < 0)
-		count_loss(&losses, LOSS_STACK);
+		lose(LOSS_STACK);
 	f->ustack_len = 0;
 	n = bpf_get_stack(ctx, f->ustack, sizeof(f->ustack), BPF_F_USER_STACK);
 	if (n > 0)
@@ -116,7 +107,7 @@ static __always_inline int fz_start(void *ctx, struct request_queue *q)
 	/* Depth 0: q is not frozen, so an entry still there is left over from
 	 * an unfreeze that was not seen, and is replaced. */
 	if (bpf_map_update_elem(&frozen, &key, f, BPF_ANY))
-		count_loss(&losses, LOSS_MAP_FULL);
+		lose(LOSS_MAP_FULL);
 	return 0;
 }
 
@@ -134,13 +125,11 @@ static __always_inline int fz_end(struct request_queue *q)
 	if (!f)
 		return 0;
 	now = bpf_ktime_get_ns();
-	if (now < f->start_ns || now - f->start_ns < min_latency_ns)
+	if (now < f->start_ns || !long_span(now - f->start_ns))
 		goto out;
-	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		count_loss(&losses, LOSS_RINGBUF);
+	e = EVENT_RESERVE(struct freeze_event);
+	if (!e)
 		goto out;
-	}
 	e->start_ns = f->start_ns;
 	e->duration_ns = now - f->start_ns;
 	e->pid = f->pid;

@@ -33,10 +33,12 @@
  * has kallsyms; the program loads without waiting for it). The scan can in
  * rare cases keep a stale word of a scheduler function's frame. */
 #include "common.h"
+/* Twice the others' room: an event is 856 bytes, with its stacks. */
+#define EVENTS_RING_BYTES (512 * 1024)
+#include "events.h"
 #include "kernel_sched.h"
+#include "spans.h"
 
-/* Spans shorter than this are not streamed (set from Config.MinLatency). */
-volatile const __u64 min_latency_ns = 1000000;
 /* sched_switch has a 4th argument, prev_state, since ~5.18; before, the
  * state is read from the task (set from the kernel's BTF). */
 volatile const __u8 switch_has_state = 1;
@@ -157,13 +159,6 @@ struct {
 	__type(value, __u32);
 } stopping SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 512 * 1024);
-} events SEC(".maps");
-
-DECLARE_LOSSES();
-
 /* Stacks that could not be taken, by kind (per CPU). */
 enum stack_loss {
 	STACK_LOSS_KERNEL = 0, /* kernel stack walk failed */
@@ -171,15 +166,11 @@ enum stack_loss {
 	STACK_LOSS_KINDS = 2,
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, STACK_LOSS_KINDS);
-	__type(key, __u32);
-	__type(value, __u64);
-} stack_losses SEC(".maps");
+KEEP_TYPE(enum stack_loss, stack_loss_type);
 
-/* Not used by the programs: makes bpf2go emit the Go type of the event. */
-struct offcpu_event offcpu_event_type;
+LOSS_COUNTERS(stack_losses, STACK_LOSS_KINDS);
+
+KEEP_TYPE(struct offcpu_event, offcpu_event_type);
 
 /* The user registers of a system call, as sys_exit gets them. */
 struct pt_regs___ws {
@@ -271,7 +262,7 @@ static __always_inline void send_pending(void *ctx, __u32 tid)
 	struct offcpu_event *p = bpf_map_lookup_elem(&pending, &tid);
 	if (!p)
 		return;
-	struct offcpu_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	struct offcpu_event *e = EVENT_RESERVE(struct offcpu_event);
 	if (e) {
 		bpf_probe_read_kernel(e, sizeof(*e), p);
 		long len = bpf_get_stack(ctx, e->ustack, sizeof(e->ustack), BPF_F_USER_STACK);
@@ -282,8 +273,6 @@ static __always_inline void send_pending(void *ctx, __u32 tid)
 			count_loss(&stack_losses, STACK_LOSS_USER);
 		}
 		bpf_ringbuf_submit(e, 0);
-	} else {
-		count_loss(&losses, LOSS_RINGBUF);
 	}
 	if (bpf_map_delete_elem(&pending, &tid) == 0)
 		__sync_fetch_and_add(n, -1);
@@ -321,14 +310,14 @@ static __always_inline void track_sleep(void *ctx, struct task_struct *prev)
 		}
 	}
 	if (bpf_map_update_elem(&blocked, &tid, &b, BPF_ANY))
-		count_loss(&losses, LOSS_MAP_FULL);
+		lose(LOSS_MAP_FULL);
 }
 
 /* span_ends handles next coming back from a tracked sleep b. */
 static __always_inline void span_ends(struct task_struct *next, __u32 tid, struct blocked *b)
 {
 	__u64 now = bpf_ktime_get_ns();
-	if (now - b->start_ns < min_latency_ns) {
+	if (!long_span(now - b->start_ns)) {
 		if (b->eager)
 			bpf_map_delete_elem(&eager, &tid);
 		return;
@@ -375,8 +364,7 @@ static __always_inline void span_ends(struct task_struct *next, __u32 tid, struc
 		}
 		count_loss(&stack_losses, STACK_LOSS_USER);
 	}
-	if (bpf_ringbuf_output(&events, e, sizeof(*e), 0))
-		count_loss(&losses, LOSS_RINGBUF);
+	event_output(e, sizeof(*e));
 }
 
 SEC("tp_btf/sched_switch")

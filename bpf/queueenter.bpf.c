@@ -11,12 +11,9 @@
  * does not nest within a thread. */
 #include "common.h"
 #include <asm/ptrace.h>
+#include "events.h"
 #include "kernel_block.h"
-
-DECLARE_LOSSES();
-
-/* Set from user space before loading. */
-volatile const __u64 min_latency_ns = 1000000;
+#include "spans.h"
 
 #define MAX_WAITING 16384
 
@@ -45,20 +42,14 @@ struct qe_event {
 	__u32 pid;
 	__u32 tgid;
 	__u32 dev; /* whole disk, major<<20|minor */
-	__u32 func; /* enum qe_func */
+	enum qe_func func;
 	__s32 ret; /* 0, or -errno when the queue was dying (-ENODEV) or nowait (-EAGAIN/-EBUSY) */
 	__u32 pad;
 	char comm[TASK_COMM_LEN];
 	char disk_name[DISK_NAME_LEN];
 };
 
-/* Not used by the programs: makes bpf2go emit the Go type of the event. */
-struct qe_event qe_event_type;
-
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 256 * 1024);
-} events SEC(".maps");
+KEEP_TYPE(struct qe_event, qe_event_type);
 
 static __always_inline int qe_enter(struct request_queue *q, struct bio *bio, __u32 func)
 {
@@ -82,7 +73,7 @@ static __always_inline int qe_enter(struct request_queue *q, struct bio *bio, __
 		s.dev = queue_dev(q, s.disk_name);
 	}
 	if (bpf_map_update_elem(&waiting, &tid, &s, BPF_ANY))
-		count_loss(&losses, LOSS_MAP_FULL);
+		lose(LOSS_MAP_FULL);
 	return 0;
 }
 
@@ -97,13 +88,11 @@ static __always_inline int qe_exit(int ret)
 	if (!sp)
 		return 0;
 	now = bpf_ktime_get_ns();
-	if (now < sp->ns || now - sp->ns < min_latency_ns)
+	if (now < sp->ns || !long_span(now - sp->ns))
 		goto out;
-	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		count_loss(&losses, LOSS_RINGBUF);
+	e = EVENT_RESERVE(struct qe_event);
+	if (!e)
 		goto out;
-	}
 	e->start_ns = sp->ns;
 	e->duration_ns = now - sp->ns;
 	e->pid = tid;
@@ -162,3 +151,5 @@ int BPF_KRETPROBE(qe_kretprobe, int ret)
 {
 	return qe_exit(ret);
 }
+
+//bpf2go: -type qe_func

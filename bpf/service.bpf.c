@@ -11,8 +11,6 @@
 #include "hist.h"
 #include "kernel_block.h"
 
-DECLARE_LOSSES();
-
 /* 16384 slots x 16 B = 256 KB: far more than requests in flight. */
 #define SLOT_BITS 14
 #include "devhist.h"
@@ -44,7 +42,7 @@ int svc_rq_issue(__u64 *ctx)
 	if (!rq || !s)
 		return 0;
 	if (s->rq && s->rq != rq)
-		count_loss(&losses, LOSS_MAP_FULL);
+		lose(LOSS_MAP_FULL);
 	s->ns = bpf_ktime_get_ns();
 	s->rq = rq;
 	return 0;

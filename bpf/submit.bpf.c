@@ -17,18 +17,16 @@
  * a direct-mapped table by bio pointer (see ptr_slot); a completion missed
  * leaves a stale slot that the next bio to map there takes. */
 #include "common.h"
+#include "events.h"
 #include "hist.h"
 #include "kernel_block.h"
-
-DECLARE_LOSSES();
+#include "spans.h"
 
 /* 65536 slots x 24 B = 1.5 MB: room for a frozen queue's thousands of
  * waiting bios with few collisions. */
 #define SLOT_BITS 16
 #include "devhist.h"
 
-/* Set from user space before loading. */
-volatile const __u64 min_latency_ns = 1000000;
 /* Index of the bio argument of each tracepoint (see tp_arg). */
 volatile const __u32 arg_bio_queue = 0;
 volatile const __u32 arg_getrq = 0;
@@ -69,18 +67,12 @@ struct submit_event {
 	__u32 dev; /* whole disk, major<<20|minor */
 	__u32 opf; /* bio->bi_opf: REQ_OP_* | REQ_* flags */
 	__u32 bytes;
-	__u32 end; /* enum submit_end */
+	enum submit_end end;
 	char comm[TASK_COMM_LEN];
 	char disk_name[DISK_NAME_LEN];
 };
 
-/* Not used by the programs: makes bpf2go emit the Go type of the event. */
-struct submit_event submit_event_type;
-
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 256 * 1024);
-} events SEC(".maps");
+KEEP_TYPE(struct submit_event, submit_event_type);
 
 /* A raw tracepoint: the bio is only a key here, and a raw tracepoint's
  * arguments are plain numbers (a tp_btf program would copy the pointer out
@@ -96,7 +88,7 @@ int sub_bio_queue(__u64 *ctx)
 	if (!bio || !s)
 		return 0;
 	if (s->bio && s->bio != bio)
-		count_loss(&losses, LOSS_MAP_FULL);
+		lose(LOSS_MAP_FULL);
 	s->ns = bpf_ktime_get_ns();
 	s->pid = (__u32)id;
 	s->tgid = id >> 32;
@@ -129,15 +121,14 @@ static __always_inline int submit_end(struct bio *bio, __u32 end)
 	disk = bio_disk_btf(bio);
 	dev = disk_dev_btf(disk);
 	dev_hist_add(dev, disk, lat);
-	if (lat < min_latency_ns) {
+	if (!long_span(lat)) {
 		sp->bio = 0;
 		return 0;
 	}
 
-	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	e = EVENT_RESERVE(struct submit_event);
 	if (!e) {
 		sp->bio = 0;
-		count_loss(&losses, LOSS_RINGBUF);
 		return 0;
 	}
 	e->start_ns = start;
@@ -191,3 +182,5 @@ int sub_bio_done(__u64 *ctx)
 		s->bio = 0;
 	return 0;
 }
+
+//bpf2go: -type submit_end

@@ -21,15 +21,11 @@
  * the kernel has one. */
 #include "common.h"
 #include <asm/ptrace.h>
+#include "events.h"
 #include "hist.h"
 #include "kernel_block.h"
-
-DECLARE_LOSSES();
-
+#include "spans.h"
 #include "devhist.h"
-
-/* Set from user space before loading. */
-volatile const __u64 min_latency_ns = 1000000;
 
 #define MAX_SUBMITTING 16384
 #define STALE_NS 10000000000ULL /* 10 s */
@@ -110,13 +106,7 @@ struct sf_event {
 	char disk_name[DISK_NAME_LEN];
 };
 
-/* Not used by the programs: makes bpf2go emit the Go type of the event. */
-struct sf_event sf_event_type;
-
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 256 * 1024);
-} events SEC(".maps");
+KEEP_TYPE(struct sf_event, sf_event_type);
 
 /* sf_emit records one call of lat ns that started at start on dev. */
 static __always_inline void sf_emit(__u64 id, __u32 dev, struct gendisk *disk, __u64 start, __u64 lat)
@@ -124,13 +114,11 @@ static __always_inline void sf_emit(__u64 id, __u32 dev, struct gendisk *disk, _
 	struct sf_event *e;
 
 	dev_hist_add(dev, disk, lat);
-	if (lat < min_latency_ns)
+	if (!long_span(lat))
 		return;
-	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		count_loss(&losses, LOSS_RINGBUF);
+	e = EVENT_RESERVE(struct sf_event);
+	if (!e)
 		return;
-	}
 	e->start_ns = start;
 	e->latency_ns = lat;
 	e->pid = (__u32)id;
@@ -165,7 +153,7 @@ static __always_inline int sf_enter(struct bio *bio)
 		if (!n.dev)
 			return 0;
 		if (bpf_map_update_elem(&nested, &key, &n, BPF_ANY))
-			count_loss(&losses, LOSS_MAP_FULL);
+			lose(LOSS_MAP_FULL);
 		else
 			sp->queued++;
 		return 0;
@@ -177,11 +165,11 @@ static __always_inline int sf_enter(struct bio *bio)
 		if (sp)
 			*sp = s;
 		else
-			count_loss(&losses, LOSS_MAP_FULL);
+			lose(LOSS_MAP_FULL);
 		return 0;
 	}
 	if (bpf_map_update_elem(&submitting, &tid, &s, BPF_ANY))
-		count_loss(&losses, LOSS_MAP_FULL);
+		lose(LOSS_MAP_FULL);
 	return 0;
 }
 

@@ -8,19 +8,12 @@
  * path is read at syscall entry from user memory; if that page is not
  * resident the read fails and the open is not reported. */
 #include "common.h"
-
-DECLARE_LOSSES();
+#include "events.h"
+#include "syscalls.h"
 
 #define PATH_LEN 256
 #define WS_O_WRONLY 01
 #define WS_O_RDWR 02
-
-/* The raw layout of a syscalls:sys_enter_* tracepoint record. */
-struct syscall_enter {
-	__u64 common; /* common_type, flags, preempt_count, pid */
-	__s64 nr;
-	__u64 args[6];
-};
 
 struct sysfs_event {
 	__u64 ns;
@@ -31,13 +24,7 @@ struct sysfs_event {
 	char path[PATH_LEN];
 };
 
-/* Not used by the programs: makes bpf2go emit the Go type of the event. */
-struct sysfs_event sysfs_event_type;
-
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 256 * 1024);
-} events SEC(".maps");
+KEEP_TYPE(struct sysfs_event, sysfs_event_type);
 
 static __always_inline int sysfs_open(const char *upath, __u64 flags)
 {
@@ -52,11 +39,9 @@ static __always_inline int sysfs_open(const char *upath, __u64 flags)
 	if (pre[0] != '/' || pre[1] != 's' || pre[2] != 'y' || pre[3] != 's' || pre[4] != '/')
 		return 0;
 
-	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		count_loss(&losses, LOSS_RINGBUF);
+	e = EVENT_RESERVE(struct sysfs_event);
+	if (!e)
 		return 0;
-	}
 	id = bpf_get_current_pid_tgid();
 	e->ns = bpf_ktime_get_ns();
 	e->pid = (__u32)id;

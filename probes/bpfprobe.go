@@ -25,8 +25,8 @@ import (
 	"github.com/whyslow/whyslow/internal/timeline"
 )
 
-// Indexes of the per-CPU `losses` array every BPF program keeps
-// (enum loss_kind in bpf/include/common.h).
+// Indexes of the per-CPU `losses` array every BPF program keeps: enum
+// loss_kind in bpf/include/common.h (TestGoMirrorsC compares them).
 const (
 	lossRingbuf = iota
 	lossMapFull
@@ -39,6 +39,16 @@ var lossWhat = [lossKinds]string{
 	lossRingbuf: "ring buffer full",
 	lossMapFull: "tracking map full",
 	lossStack:   "stack map full",
+}
+
+// minLatencyVar is the threshold of the programs that stream only long
+// spans (min_latency_ns in bpf/include/spans.h).
+const minLatencyVar = "min_latency_ns"
+
+// spanConsts are the constants every program that includes spans.h is
+// loaded with: the threshold, from cfg.MinLatency.
+func spanConsts(cfg Config) map[string]any {
+	return map[string]any{minLatencyVar: uint64(max(cfg.MinLatency, 0))}
 }
 
 // loadSpec loads a generated CollectionSpec and sets its `volatile const`
@@ -151,8 +161,8 @@ func readRing(rd *ringbuf.Reader, fn func(raw []byte)) {
 }
 
 // sumLosses sums the per-CPU `losses` array over CPUs.
-func sumLosses(m *ebpf.Map) ([3]uint64, error) {
-	var out [3]uint64
+func sumLosses(m *ebpf.Map) ([lossKinds]uint64, error) {
+	var out [lossKinds]uint64
 	if m == nil {
 		return out, errors.New("reading losses: no map")
 	}
@@ -190,8 +200,6 @@ func kernelDev(dev uint32) (major, minor uint32) {
 	return dev >> 20, dev & (1<<20 - 1)
 }
 
-// cString returns the NUL-terminated string in a C char array, as bpf2go
-// emits it ([N]int8) or as raw bytes.
 // commOf returns comm, or when it is empty the current name of thread tid
 // (from /proc; "" when it is gone).
 func commOf(tid uint32, comm string) string {
@@ -205,6 +213,8 @@ func commOf(tid uint32, comm string) string {
 	return strings.TrimSpace(string(b))
 }
 
+// cString returns the NUL-terminated string in a C char array, as bpf2go
+// emits it ([N]int8) or as raw bytes.
 func cString[T ~byte | ~int8](b []T) string {
 	var sb strings.Builder
 	for _, c := range b {
@@ -345,8 +355,10 @@ func tpArgIndex(kernel *btf.Spec, tp, structName string) (uint32, error) {
 	return 0, fmt.Errorf("tracepoint %s: no struct %s argument: %w", tp, structName, ErrNotSupported)
 }
 
-// devHistCPU mirrors struct dev_hist in bpf/include/devhist.h: one
-// device's latencies on one CPU.
+// The Go twins of the structs of bpf/include/devhist.h, which the maps of
+// every object that includes it hold (TestGoMirrorsC compares the layouts).
+
+// devHistCPU mirrors struct dev_hist: one device's latencies on one CPU.
 type devHistCPU struct {
 	SumNs uint64
 	MaxNs uint64
@@ -359,6 +371,11 @@ type devHistShared struct {
 	SumNs uint64
 	Slots [hist.Slots]uint64
 	MaxNs [64]uint64 // DEV_MAX_CPUS: per CPU, modulo
+}
+
+// devName mirrors struct dev_name: a device's name, NUL-terminated.
+type devName struct {
+	Name [32]byte // DISK_NAME_LEN
 }
 
 // devHistBudget bounds the memory of one per-CPU histogram map: it is
@@ -432,10 +449,10 @@ func devHists(perCPU, spill, names *ebpf.Map) (map[uint32]*hist.Histogram, map[u
 		return nil, nil, fmt.Errorf("reading spilled histograms: %w", err)
 	}
 	out := make(map[uint32]string)
-	var name [32]byte
+	var name devName
 	it = names.Iterate()
 	for it.Next(&dev, &name) {
-		if n := cString(name[:]); n != "" {
+		if n := cString(name.Name[:]); n != "" {
 			out[dev] = n
 		}
 	}

@@ -159,27 +159,21 @@ func startExec(cfg Config, sink Sink) (_ *execRunning, err error) {
 	return r, nil
 }
 
-// Record kinds, as enum exec_kind in bpf/exec.bpf.c.
-const (
-	execKindExec = 1
-	execKindExit = 2
-	execKindFail = 3
-)
-
 func (r *execRunning) handle(raw []byte) {
 	if len(raw) < 4 {
 		r.decode++
 		return
 	}
-	switch binary.NativeEndian.Uint32(raw) {
-	case execKindExec, execKindFail:
+	// Every record starts with its kind, a u32 (TestGoMirrorsC checks).
+	switch execExecKind(binary.NativeEndian.Uint32(raw)) {
+	case execExecKindEXEC_EXEC, execExecKindEXEC_FAIL:
 		var e execExecEvent
 		if err := binary.Read(bytes.NewReader(raw), binary.NativeEndian, &e); err != nil {
 			r.decode++
 			return
 		}
 		r.sink.Event(execEvent(&e))
-	case execKindExit:
+	case execExecKindEXEC_EXIT:
 		var e execExitEvent
 		if err := binary.Read(bytes.NewReader(raw), binary.NativeEndian, &e); err != nil {
 			r.decode++

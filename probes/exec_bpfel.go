@@ -38,6 +38,14 @@ type execExecEvent struct {
 	Args          [320]int8
 }
 
+type execExecKind uint32
+
+const (
+	execExecKindEXEC_EXEC execExecKind = 1
+	execExecKindEXEC_EXIT execExecKind = 2
+	execExecKindEXEC_FAIL execExecKind = 3
+)
+
 type execExitEvent struct {
 	_        structs.HostLayout
 	Kind     uint32
@@ -46,6 +54,15 @@ type execExitEvent struct {
 	ExitCode int32
 	Pad      uint32
 }
+
+type execLossKind uint32
+
+const (
+	execLossKindLOSS_RINGBUF  execLossKind = 0
+	execLossKindLOSS_MAP_FULL execLossKind = 1
+	execLossKindLOSS_STACK    execLossKind = 2
+	execLossKindLOSS_KINDS    execLossKind = 3
+)
 
 // Names of all BPF objects in the ELF.
 //
@@ -62,6 +79,7 @@ const (
 	execProgExecExitExecveat  = "exec_exit_execveat"
 	execVarExecEventType      = "exec_event_type"
 	execVarExitEventType      = "exit_event_type"
+	execVarLossKindType       = "loss_kind_type"
 )
 
 // loadExec returns the embedded CollectionSpec for exec.
@@ -129,6 +147,7 @@ type execMapSpecs struct {
 type execVariableSpecs struct {
 	ExecEventType *ebpf.VariableSpec `ebpf:"exec_event_type"`
 	ExitEventType *ebpf.VariableSpec `ebpf:"exit_event_type"`
+	LossKindType  *ebpf.VariableSpec `ebpf:"loss_kind_type"`
 }
 
 // execObjects contains all objects after they have been loaded into the kernel.
@@ -170,6 +189,7 @@ func (m *execMaps) Close() error {
 type execVariables struct {
 	ExecEventType *ebpf.Variable `ebpf:"exec_event_type"`
 	ExitEventType *ebpf.Variable `ebpf:"exit_event_type"`
+	LossKindType  *ebpf.Variable `ebpf:"loss_kind_type"`
 }
 
 // execPrograms contains all programs after they have been loaded into the kernel.

@@ -44,7 +44,8 @@ var (
 	unfreezeCallers    = []string{"blk_mq_unfreeze_queue", "blk_mq_unfreeze_queue_nomemrestore"}
 )
 
-// freezeKstackDepth is KSTACK_DEPTH in bpf/freeze.bpf.c.
+// freezeKstackDepth is KSTACK_DEPTH in bpf/freeze.bpf.c, the frames of a
+// `kstacks` entry (TestGoMirrorsC compares them).
 const freezeKstackDepth = 64
 
 // Decl implements Probe.
@@ -118,7 +119,7 @@ func startFreeze(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism, 
 	if err != nil {
 		return nil, loadErr(err)
 	}
-	spec, err := loadSpec(loadFreeze, map[string]any{"min_latency_ns": uint64(max(cfg.MinLatency, 0))})
+	spec, err := loadSpec(loadFreeze, spanConsts(cfg))
 	if err != nil {
 		return nil, loadErr(err)
 	}

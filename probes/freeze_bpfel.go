@@ -45,6 +45,15 @@ type freezeFrozen struct {
 	Ustack    [32]uint64
 }
 
+type freezeLossKind uint32
+
+const (
+	freezeLossKindLOSS_RINGBUF  freezeLossKind = 0
+	freezeLossKindLOSS_MAP_FULL freezeLossKind = 1
+	freezeLossKindLOSS_STACK    freezeLossKind = 2
+	freezeLossKindLOSS_KINDS    freezeLossKind = 3
+)
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -59,6 +68,7 @@ const (
 	freezeProgFzStartFentry  = "fz_start_fentry"
 	freezeProgFzStartKprobe  = "fz_start_kprobe"
 	freezeVarFreezeEventType = "freeze_event_type"
+	freezeVarLossKindType    = "loss_kind_type"
 	freezeVarMinLatencyNs    = "min_latency_ns"
 )
 
@@ -126,6 +136,7 @@ type freezeMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type freezeVariableSpecs struct {
 	FreezeEventType *ebpf.VariableSpec `ebpf:"freeze_event_type"`
+	LossKindType    *ebpf.VariableSpec `ebpf:"loss_kind_type"`
 	MinLatencyNs    *ebpf.VariableSpec `ebpf:"min_latency_ns"`
 }
 
@@ -171,6 +182,7 @@ func (m *freezeMaps) Close() error {
 // It can be passed to loadFreezeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type freezeVariables struct {
 	FreezeEventType *ebpf.Variable `ebpf:"freeze_event_type"`
+	LossKindType    *ebpf.Variable `ebpf:"loss_kind_type"`
 	MinLatencyNs    *ebpf.Variable `ebpf:"min_latency_ns"`
 }
 

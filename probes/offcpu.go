@@ -40,17 +40,14 @@ type offcpuProbe struct{}
 
 func init() { register(offcpuProbe{}) }
 
-// offcpuKstackDepth is KSTACK_DEPTH in bpf/offcpu.bpf.c.
-const offcpuKstackDepth = 64
-
 // Bound of the cache of symbolized kernel stacks, by their addresses.
 const offcpuMaxCachedStacks = 4096
 
-// Indexes of the `stack_losses` array (enum stack_loss in bpf/offcpu.bpf.c)
-// and how each is reported.
-var offcpuStackLossWhat = [...]string{
-	0: "kernel stack lost",
-	1: "user stack lost",
+// How each counter of the `stack_losses` array is reported, at its value
+// of enum stack_loss (bpf/offcpu.bpf.c).
+var offcpuStackLossWhat = [offcpuStackLossSTACK_LOSS_KINDS]string{
+	offcpuStackLossSTACK_LOSS_KERNEL: "kernel stack lost",
+	offcpuStackLossSTACK_LOSS_USER:   "user stack lost",
 }
 
 // Decl implements Probe.
@@ -157,10 +154,9 @@ func startOffcpu(cfg Config, sink Sink) (_ *offcpuRunning, err error) {
 			}
 		}
 	}()
-	spec, err := loadSpec(loadOffcpu, map[string]any{
-		"min_latency_ns":   uint64(max(cfg.MinLatency, 0)),
-		"switch_has_state": hasState,
-	})
+	consts := spanConsts(cfg)
+	consts["switch_has_state"] = hasState
+	spec, err := loadSpec(loadOffcpu, consts)
 	if err != nil {
 		return nil, err
 	}
@@ -465,7 +461,7 @@ func deliverStackLosses(sink Sink, m *ebpf.Map, unfinished uint64) {
 			counts[k] += v
 		}
 	}
-	counts[1] += unfinished
+	counts[offcpuStackLossSTACK_LOSS_USER] += unfinished
 	for k, n := range counts {
 		if n > 0 {
 			sink.Loss(event.Loss{Probe: event.ProbeOffCPU, What: offcpuStackLossWhat[k], Count: n})

@@ -24,6 +24,15 @@ type offcpuBlocked struct {
 	Pad       [7]uint8
 }
 
+type offcpuLossKind uint32
+
+const (
+	offcpuLossKindLOSS_RINGBUF  offcpuLossKind = 0
+	offcpuLossKindLOSS_MAP_FULL offcpuLossKind = 1
+	offcpuLossKindLOSS_STACK    offcpuLossKind = 2
+	offcpuLossKindLOSS_KINDS    offcpuLossKind = 3
+)
+
 type offcpuOffcpuEvent struct {
 	_            structs.HostLayout
 	StartNs      uint64
@@ -51,6 +60,14 @@ type offcpuScratch struct {
 	Words [64]uint64
 }
 
+type offcpuStackLoss uint32
+
+const (
+	offcpuStackLossSTACK_LOSS_KERNEL offcpuStackLoss = 0
+	offcpuStackLossSTACK_LOSS_USER   offcpuStackLoss = 1
+	offcpuStackLossSTACK_LOSS_KINDS  offcpuStackLoss = 2
+)
+
 type offcpuUstack struct {
 	_   structs.HostLayout
 	Len uint32
@@ -74,8 +91,10 @@ const (
 	offcpuProgOffcpuSwitch   = "offcpu_switch"
 	offcpuProgOffcpuSysExit  = "offcpu_sys_exit"
 	offcpuProgOffcpuWakeup   = "offcpu_wakeup"
+	offcpuVarLossKindType    = "loss_kind_type"
 	offcpuVarMinLatencyNs    = "min_latency_ns"
 	offcpuVarOffcpuEventType = "offcpu_event_type"
+	offcpuVarStackLossType   = "stack_loss_type"
 	offcpuVarSwitchHasState  = "switch_has_state"
 )
 
@@ -145,8 +164,10 @@ type offcpuMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type offcpuVariableSpecs struct {
+	LossKindType    *ebpf.VariableSpec `ebpf:"loss_kind_type"`
 	MinLatencyNs    *ebpf.VariableSpec `ebpf:"min_latency_ns"`
 	OffcpuEventType *ebpf.VariableSpec `ebpf:"offcpu_event_type"`
+	StackLossType   *ebpf.VariableSpec `ebpf:"stack_loss_type"`
 	SwitchHasState  *ebpf.VariableSpec `ebpf:"switch_has_state"`
 }
 
@@ -199,8 +220,10 @@ func (m *offcpuMaps) Close() error {
 //
 // It can be passed to loadOffcpuObjects or ebpf.CollectionSpec.LoadAndAssign.
 type offcpuVariables struct {
+	LossKindType    *ebpf.Variable `ebpf:"loss_kind_type"`
 	MinLatencyNs    *ebpf.Variable `ebpf:"min_latency_ns"`
 	OffcpuEventType *ebpf.Variable `ebpf:"offcpu_event_type"`
+	StackLossType   *ebpf.Variable `ebpf:"stack_loss_type"`
 	SwitchHasState  *ebpf.Variable `ebpf:"switch_has_state"`
 }
 

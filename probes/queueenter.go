@@ -21,9 +21,12 @@ type queueEnterProbe struct{}
 
 func init() { register(queueEnterProbe{}) }
 
-// queueEnterFuncs are the functions that wait, best first; the order
-// matches enum qe_func in bpf/queueenter.bpf.c.
-var queueEnterFuncs = []string{"__bio_queue_enter", "blk_queue_enter"}
+// queueEnterFuncs are the functions that wait, best first, each at its
+// value of enum qe_func (bpf/queueenter.bpf.c).
+var queueEnterFuncs = []string{
+	queueenterQeFuncQE_BIO_QUEUE_ENTER: "__bio_queue_enter",
+	queueenterQeFuncQE_BLK_QUEUE_ENTER: "blk_queue_enter",
+}
 
 // Decl implements Probe.
 func (queueEnterProbe) Decl() Decl {
@@ -69,7 +72,7 @@ func startQueueEnter(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechani
 	if err != nil {
 		return nil, loadErr(err)
 	}
-	spec, err := loadSpec(loadQueueenter, map[string]any{"min_latency_ns": uint64(max(cfg.MinLatency, 0))})
+	spec, err := loadSpec(loadQueueenter, spanConsts(cfg))
 	if err != nil {
 		return nil, loadErr(err)
 	}

@@ -13,6 +13,15 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type queueenterLossKind uint32
+
+const (
+	queueenterLossKindLOSS_RINGBUF  queueenterLossKind = 0
+	queueenterLossKindLOSS_MAP_FULL queueenterLossKind = 1
+	queueenterLossKindLOSS_STACK    queueenterLossKind = 2
+	queueenterLossKindLOSS_KINDS    queueenterLossKind = 3
+)
+
 type queueenterQeEvent struct {
 	_          structs.HostLayout
 	StartNs    uint64
@@ -26,6 +35,13 @@ type queueenterQeEvent struct {
 	Comm       [16]int8
 	DiskName   [32]int8
 }
+
+type queueenterQeFunc uint32
+
+const (
+	queueenterQeFuncQE_BIO_QUEUE_ENTER queueenterQeFunc = 0
+	queueenterQeFuncQE_BLK_QUEUE_ENTER queueenterQeFunc = 1
+)
 
 type queueenterQeStart struct {
 	_        structs.HostLayout
@@ -49,6 +65,7 @@ const (
 	queueenterProgQeQ_fentry  = "qe_q_fentry"
 	queueenterProgQeQ_fexit   = "qe_q_fexit"
 	queueenterProgQeQ_kprobe  = "qe_q_kprobe"
+	queueenterVarLossKindType = "loss_kind_type"
 	queueenterVarMinLatencyNs = "min_latency_ns"
 	queueenterVarQeEventType  = "qe_event_type"
 )
@@ -117,6 +134,7 @@ type queueenterMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type queueenterVariableSpecs struct {
+	LossKindType *ebpf.VariableSpec `ebpf:"loss_kind_type"`
 	MinLatencyNs *ebpf.VariableSpec `ebpf:"min_latency_ns"`
 	QeEventType  *ebpf.VariableSpec `ebpf:"qe_event_type"`
 }
@@ -158,6 +176,7 @@ func (m *queueenterMaps) Close() error {
 //
 // It can be passed to loadQueueenterObjects or ebpf.CollectionSpec.LoadAndAssign.
 type queueenterVariables struct {
+	LossKindType *ebpf.Variable `ebpf:"loss_kind_type"`
 	MinLatencyNs *ebpf.Variable `ebpf:"min_latency_ns"`
 	QeEventType  *ebpf.Variable `ebpf:"qe_event_type"`
 }

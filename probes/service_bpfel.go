@@ -32,11 +32,28 @@ type serviceDevName struct {
 	Name [32]int8
 }
 
+type serviceHistLayout uint32
+
+const (
+	serviceHistLayoutHIST_SUB_BITS serviceHistLayout = 3
+	serviceHistLayoutHIST_MAX_LOG2 serviceHistLayout = 40
+	serviceHistLayoutHIST_SLOTS    serviceHistLayout = 328
+)
+
 type serviceIssued struct {
 	_  structs.HostLayout
 	Rq uint64
 	Ns uint64
 }
+
+type serviceLossKind uint32
+
+const (
+	serviceLossKindLOSS_RINGBUF  serviceLossKind = 0
+	serviceLossKindLOSS_MAP_FULL serviceLossKind = 1
+	serviceLossKindLOSS_STACK    serviceLossKind = 2
+	serviceLossKindLOSS_KINDS    serviceLossKind = 3
+)
 
 // Names of all BPF objects in the ELF.
 //
@@ -52,6 +69,8 @@ const (
 	serviceProgSvcRqIssue    = "svc_rq_issue"
 	serviceVarArgRqComplete  = "arg_rq_complete"
 	serviceVarArgRqIssue     = "arg_rq_issue"
+	serviceVarHistLayoutType = "hist_layout_type"
+	serviceVarLossKindType   = "loss_kind_type"
 )
 
 // loadService returns the embedded CollectionSpec for service.
@@ -116,8 +135,10 @@ type serviceMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type serviceVariableSpecs struct {
-	ArgRqComplete *ebpf.VariableSpec `ebpf:"arg_rq_complete"`
-	ArgRqIssue    *ebpf.VariableSpec `ebpf:"arg_rq_issue"`
+	ArgRqComplete  *ebpf.VariableSpec `ebpf:"arg_rq_complete"`
+	ArgRqIssue     *ebpf.VariableSpec `ebpf:"arg_rq_issue"`
+	HistLayoutType *ebpf.VariableSpec `ebpf:"hist_layout_type"`
+	LossKindType   *ebpf.VariableSpec `ebpf:"loss_kind_type"`
 }
 
 // serviceObjects contains all objects after they have been loaded into the kernel.
@@ -163,8 +184,10 @@ func (m *serviceMaps) Close() error {
 //
 // It can be passed to loadServiceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type serviceVariables struct {
-	ArgRqComplete *ebpf.Variable `ebpf:"arg_rq_complete"`
-	ArgRqIssue    *ebpf.Variable `ebpf:"arg_rq_issue"`
+	ArgRqComplete  *ebpf.Variable `ebpf:"arg_rq_complete"`
+	ArgRqIssue     *ebpf.Variable `ebpf:"arg_rq_issue"`
+	HistLayoutType *ebpf.Variable `ebpf:"hist_layout_type"`
+	LossKindType   *ebpf.Variable `ebpf:"loss_kind_type"`
 }
 
 // servicePrograms contains all programs after they have been loaded into the kernel.

@@ -34,8 +34,12 @@ func (submitProbe) Decl() Decl {
 	}
 }
 
-// submitEnds names enum submit_end in bpf/submit.bpf.c.
-var submitEnds = [...]string{"getrq", "backmerge", "frontmerge"}
+// submitEnds names each value of enum submit_end (bpf/submit.bpf.c).
+var submitEnds = [...]string{
+	submitSubmitEndEND_GETRQ:      "getrq",
+	submitSubmitEndEND_BACKMERGE:  "backmerge",
+	submitSubmitEndEND_FRONTMERGE: "frontmerge",
+}
 
 func (p submitProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
 	r, err := startSubmit(cfg, sink)
@@ -64,7 +68,7 @@ func startSubmit(cfg Config, sink Sink) (_ *submitRunning, err error) {
 	if err != nil {
 		return nil, err
 	}
-	consts := map[string]any{"min_latency_ns": uint64(max(cfg.MinLatency, 0))}
+	consts := spanConsts(cfg)
 	for v, tp := range map[string]string{
 		"arg_bio_queue":    "block_bio_queue",
 		"arg_getrq":        "block_getrq",

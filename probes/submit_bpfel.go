@@ -32,6 +32,23 @@ type submitDevName struct {
 	Name [32]int8
 }
 
+type submitHistLayout uint32
+
+const (
+	submitHistLayoutHIST_SUB_BITS submitHistLayout = 3
+	submitHistLayoutHIST_MAX_LOG2 submitHistLayout = 40
+	submitHistLayoutHIST_SLOTS    submitHistLayout = 328
+)
+
+type submitLossKind uint32
+
+const (
+	submitLossKindLOSS_RINGBUF  submitLossKind = 0
+	submitLossKindLOSS_MAP_FULL submitLossKind = 1
+	submitLossKindLOSS_STACK    submitLossKind = 2
+	submitLossKindLOSS_KINDS    submitLossKind = 3
+)
+
 type submitStart struct {
 	_    structs.HostLayout
 	Bio  uint64
@@ -39,6 +56,14 @@ type submitStart struct {
 	Pid  uint32
 	Tgid uint32
 }
+
+type submitSubmitEnd uint32
+
+const (
+	submitSubmitEndEND_GETRQ      submitSubmitEnd = 0
+	submitSubmitEndEND_BACKMERGE  submitSubmitEnd = 1
+	submitSubmitEndEND_FRONTMERGE submitSubmitEnd = 2
+)
 
 type submitSubmitEvent struct {
 	_         structs.HostLayout
@@ -76,6 +101,8 @@ const (
 	submitVarArgBioQueue     = "arg_bio_queue"
 	submitVarArgFrontmerge   = "arg_frontmerge"
 	submitVarArgGetrq        = "arg_getrq"
+	submitVarHistLayoutType  = "hist_layout_type"
+	submitVarLossKindType    = "loss_kind_type"
 	submitVarMinLatencyNs    = "min_latency_ns"
 	submitVarSubmitEventType = "submit_event_type"
 )
@@ -151,6 +178,8 @@ type submitVariableSpecs struct {
 	ArgBioQueue     *ebpf.VariableSpec `ebpf:"arg_bio_queue"`
 	ArgFrontmerge   *ebpf.VariableSpec `ebpf:"arg_frontmerge"`
 	ArgGetrq        *ebpf.VariableSpec `ebpf:"arg_getrq"`
+	HistLayoutType  *ebpf.VariableSpec `ebpf:"hist_layout_type"`
+	LossKindType    *ebpf.VariableSpec `ebpf:"loss_kind_type"`
 	MinLatencyNs    *ebpf.VariableSpec `ebpf:"min_latency_ns"`
 	SubmitEventType *ebpf.VariableSpec `ebpf:"submit_event_type"`
 }
@@ -205,6 +234,8 @@ type submitVariables struct {
 	ArgBioQueue     *ebpf.Variable `ebpf:"arg_bio_queue"`
 	ArgFrontmerge   *ebpf.Variable `ebpf:"arg_frontmerge"`
 	ArgGetrq        *ebpf.Variable `ebpf:"arg_getrq"`
+	HistLayoutType  *ebpf.Variable `ebpf:"hist_layout_type"`
+	LossKindType    *ebpf.Variable `ebpf:"loss_kind_type"`
 	MinLatencyNs    *ebpf.Variable `ebpf:"min_latency_ns"`
 	SubmitEventType *ebpf.Variable `ebpf:"submit_event_type"`
 }

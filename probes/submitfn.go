@@ -93,10 +93,9 @@ func startSubmitFn(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism
 	if mech == event.MechFentry && features.HaveMapType(ebpf.TaskStorage) == nil {
 		taskStorage = 1
 	}
-	spec, err := loadSpec(loadSubmitfn, map[string]any{
-		"min_latency_ns":   uint64(max(cfg.MinLatency, 0)),
-		"use_task_storage": taskStorage,
-	})
+	consts := spanConsts(cfg)
+	consts["use_task_storage"] = taskStorage
+	spec, err := loadSpec(loadSubmitfn, consts)
 	if err != nil {
 		return nil, loadErr(err)
 	}

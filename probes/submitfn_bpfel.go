@@ -32,6 +32,23 @@ type submitfnDevName struct {
 	Name [32]int8
 }
 
+type submitfnHistLayout uint32
+
+const (
+	submitfnHistLayoutHIST_SUB_BITS submitfnHistLayout = 3
+	submitfnHistLayoutHIST_MAX_LOG2 submitfnHistLayout = 40
+	submitfnHistLayoutHIST_SLOTS    submitfnHistLayout = 328
+)
+
+type submitfnLossKind uint32
+
+const (
+	submitfnLossKindLOSS_RINGBUF  submitfnLossKind = 0
+	submitfnLossKindLOSS_MAP_FULL submitfnLossKind = 1
+	submitfnLossKindLOSS_STACK    submitfnLossKind = 2
+	submitfnLossKindLOSS_KINDS    submitfnLossKind = 3
+)
+
 type submitfnSfEvent struct {
 	_         structs.HostLayout
 	StartNs   uint64
@@ -84,6 +101,8 @@ const (
 	submitfnProgSfFexit        = "sf_fexit"
 	submitfnProgSfKprobe       = "sf_kprobe"
 	submitfnProgSfKretprobe    = "sf_kretprobe"
+	submitfnVarHistLayoutType  = "hist_layout_type"
+	submitfnVarLossKindType    = "loss_kind_type"
 	submitfnVarMinLatencyNs    = "min_latency_ns"
 	submitfnVarSfEventType     = "sf_event_type"
 	submitfnVarUseTaskStorage  = "use_task_storage"
@@ -159,6 +178,8 @@ type submitfnMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type submitfnVariableSpecs struct {
+	HistLayoutType *ebpf.VariableSpec `ebpf:"hist_layout_type"`
+	LossKindType   *ebpf.VariableSpec `ebpf:"loss_kind_type"`
 	MinLatencyNs   *ebpf.VariableSpec `ebpf:"min_latency_ns"`
 	SfEventType    *ebpf.VariableSpec `ebpf:"sf_event_type"`
 	UseTaskStorage *ebpf.VariableSpec `ebpf:"use_task_storage"`
@@ -213,6 +234,8 @@ func (m *submitfnMaps) Close() error {
 //
 // It can be passed to loadSubmitfnObjects or ebpf.CollectionSpec.LoadAndAssign.
 type submitfnVariables struct {
+	HistLayoutType *ebpf.Variable `ebpf:"hist_layout_type"`
+	LossKindType   *ebpf.Variable `ebpf:"loss_kind_type"`
 	MinLatencyNs   *ebpf.Variable `ebpf:"min_latency_ns"`
 	SfEventType    *ebpf.Variable `ebpf:"sf_event_type"`
 	UseTaskStorage *ebpf.Variable `ebpf:"use_task_storage"`

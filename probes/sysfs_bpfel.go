@@ -13,6 +13,15 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type sysfsLossKind uint32
+
+const (
+	sysfsLossKindLOSS_RINGBUF  sysfsLossKind = 0
+	sysfsLossKindLOSS_MAP_FULL sysfsLossKind = 1
+	sysfsLossKindLOSS_STACK    sysfsLossKind = 2
+	sysfsLossKindLOSS_KINDS    sysfsLossKind = 3
+)
+
 type sysfsSysfsEvent struct {
 	_     structs.HostLayout
 	Ns    uint64
@@ -33,6 +42,7 @@ const (
 	sysfsProgSysfsOpenat   = "sysfs_openat"
 	sysfsProgSysfsOpenat2  = "sysfs_openat2"
 	sysfsProgSysfsSysEnter = "sysfs_sys_enter"
+	sysfsVarLossKindType   = "loss_kind_type"
 	sysfsVarSysfsEventType = "sysfs_event_type"
 )
 
@@ -96,6 +106,7 @@ type sysfsMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sysfsVariableSpecs struct {
+	LossKindType   *ebpf.VariableSpec `ebpf:"loss_kind_type"`
 	SysfsEventType *ebpf.VariableSpec `ebpf:"sysfs_event_type"`
 }
 
@@ -134,6 +145,7 @@ func (m *sysfsMaps) Close() error {
 //
 // It can be passed to loadSysfsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sysfsVariables struct {
+	LossKindType   *ebpf.Variable `ebpf:"loss_kind_type"`
 	SysfsEventType *ebpf.Variable `ebpf:"sysfs_event_type"`
 }
 

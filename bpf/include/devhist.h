@@ -1,7 +1,8 @@
 /* Per-device latency aggregation shared by the block probes (submit,
- * service, submitfn). Include after common.h, hist.h and kernel_block.h,
- * and after DECLARE_LOSSES(). User space reads the maps when the probe
- * stops.
+ * service, submitfn). Include after common.h, hist.h and kernel_block.h.
+ * User space reads the maps when the probe stops (probes/bpfprobe.go,
+ * devHists; its Go twins of the structs below are compared with these by
+ * probes/mirror_test.go).
  *
  * Every I/O adds to a histogram, so the fast path must not bounce cache
  * lines between CPUs: each device has a per-CPU histogram (dev_hist), added
@@ -93,7 +94,7 @@ static __always_inline void dev_hist_spill_add(__u32 dev, __u64 ns)
 			return;
 		long err = bpf_map_update_elem(&dev_hist_spill, &dev, z, BPF_NOEXIST);
 		if (err && err != -WS_EEXIST) {
-			count_loss(&losses, LOSS_MAP_FULL);
+			lose(LOSS_MAP_FULL);
 			return;
 		}
 		h = bpf_map_lookup_elem(&dev_hist_spill, &dev);

@@ -1,11 +1,19 @@
-/* Latency histogram slots shared with Go (package hist): log2 buckets split
- * into 2^HIST_SUB_BITS linear sub-buckets. Keep in sync with hist/hist.go. */
+/* Latency histogram slots shared with Go (internal/hist): log2 buckets
+ * split into 2^HIST_SUB_BITS linear sub-buckets. Go mirrors the constants
+ * (hist.SubBits, MaxLog2, Slots: probes/mirror_test.go compares them with
+ * this enum in the objects' BTF) and hist_slot (hist.Slot: TestSlotMatchesC
+ * in probes/histslot_test.go runs this one in the kernel). Include after
+ * common.h. */
 #ifndef WHYSLOW_HIST_H
 #define WHYSLOW_HIST_H
 
-#define HIST_SUB_BITS 3
-#define HIST_MAX_LOG2 40
-#define HIST_SLOTS ((HIST_MAX_LOG2 + 1) << HIST_SUB_BITS)
+enum hist_layout {
+	HIST_SUB_BITS = 3,
+	HIST_MAX_LOG2 = 40,
+	HIST_SLOTS = (HIST_MAX_LOG2 + 1) << HIST_SUB_BITS,
+};
+
+KEEP_TYPE(enum hist_layout, hist_layout_type);
 
 static __always_inline __u32 hist_log2(__u64 v)
 {

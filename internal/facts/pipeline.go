@@ -25,8 +25,7 @@ func (b *builder) pipelines() {
 	for i := range parent {
 		parent[i] = i
 	}
-	var find func(int) int
-	find = func(i int) int {
+	find := func(i int) int {
 		for parent[i] != i {
 			parent[i] = parent[parent[i]]
 			i = parent[i]
@@ -221,13 +220,6 @@ func (b *builder) ueventWrites(c *Command) int {
 		}
 	}
 	return n
-}
-
-func absDur(d time.Duration) time.Duration {
-	if d < 0 {
-		return -d
-	}
-	return d
 }
 
 // overlap reports whether the processes of exec i of a and exec j of b

@@ -2,8 +2,11 @@
 // log2 buckets, each split into 2^SubBits linear sub-buckets, so that a
 // quantile read from it is within 1/2^SubBits (12.5%) of the true value.
 //
-// The slot computation is duplicated in bpf/include/hist.h; TestSlotMatchesC
-// style tests keep them equal (see hist_test.go).
+// The BPF programs fill these histograms with the same constants and slot
+// computation in C (bpf/include/hist.h). Two tests in package probes keep
+// the two equal: TestGoMirrorsC compares SubBits, MaxLog2 and Slots with the
+// compiled objects' BTF, and TestSlotMatchesC (probes/histslot_test.go) runs
+// the C hist_slot in the kernel against Slot.
 package hist
 
 import (

@@ -11,7 +11,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"path"
 	"strconv"
 	"strings"
 	"time"
@@ -243,7 +242,7 @@ func (Freeze) Kind() Kind { return KindFreeze }
 func FreezeFrom(s facts.Span) Freeze {
 	return Freeze{Event: string(KindFreeze), TimeS: float64(s.Start) / float64(time.Second), Comm: s.Comm, Pid: s.Tgid, Tid: s.Pid,
 		DurationNs: int64(s.Duration()), Device: s.Device, Attr: s.Attr, SpanKind: s.Kind, Source: s.Source,
-		KernelStack: Frames(s.KernelStack), UserStack: Frames(s.UserStack)}
+		KernelStack: event.FormatStack(s.KernelStack), UserStack: event.FormatStack(s.UserStack)}
 }
 
 func (f Freeze) text(Options) string {
@@ -261,21 +260,6 @@ func (f Freeze) text(Options) string {
 	}
 	b.WriteString("\n")
 	return b.String()
-}
-
-// Frames formats a stack as the report does: "symbol+0xoff", with the
-// module in brackets when it is not the kernel proper
-// ("pwrite64+0x47 [libc.so.6]"). Never nil.
-func Frames(fs []event.Frame) []string {
-	out := make([]string, 0, len(fs))
-	for _, f := range fs {
-		s := f.String()
-		if f.Symbol != "" && f.Module != "" && f.Module != "kernel" {
-			s += " [" + path.Base(f.Module) + "]"
-		}
-		out = append(out, s)
-	}
-	return out
 }
 
 // orDash is s, or "-" when s is empty.

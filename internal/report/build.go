@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
-	"path"
 	"reflect"
 	"slices"
 	"sort"
@@ -316,7 +315,7 @@ func stacks(names []string, devices map[string]*facts.Device) []Stack {
 				if len(sp.KernelStack) == 0 && len(sp.UserStack) == 0 {
 					continue
 				}
-				k, u := frames(sp.KernelStack), frames(sp.UserStack)
+				k, u := event.FormatStack(sp.KernelStack), event.FormatStack(sp.UserStack)
 				key := sp.Kind + "\x00" + strings.Join(k, "\x01") + "\x00" + strings.Join(u, "\x01")
 				g := groups[key]
 				if g == nil {
@@ -354,21 +353,6 @@ func stacks(names []string, devices map[string]*facts.Device) []Stack {
 			a, b := s.Processes[i], s.Processes[j]
 			return g.comms[a] > g.comms[b] || g.comms[a] == g.comms[b] && a < b
 		})
-		out = append(out, s)
-	}
-	return out
-}
-
-// frames formats a stack as symbol+0xoffset, with the module in brackets
-// when it is not the kernel proper: "bch_data_insert+0x3c [bcache]",
-// "pwrite64+0x47 [libc.so.6]".
-func frames(fs []event.Frame) []string {
-	out := make([]string, 0, len(fs))
-	for _, f := range fs {
-		s := f.String()
-		if f.Symbol != "" && f.Module != "" && f.Module != "kernel" {
-			s += " [" + path.Base(f.Module) + "]"
-		}
 		out = append(out, s)
 	}
 	return out

@@ -190,9 +190,9 @@ func TestBuildStacks(t *testing.T) {
 
 	got := stacks([]string{"sdx", "sdx", "missing"}, devs)
 	want := []Stack{
-		{Kind: facts.KindQueueEnter, Count: 3, TotalMs: 25, MaxMs: 10, Processes: []string{"dd", "fio"}, Kernel: frames(a), User: []string{}},
-		{Kind: facts.KindFreezeWait, Count: 1, TotalMs: 12, MaxMs: 12, Processes: []string{"udev"}, Kernel: frames(b), User: []string{}},
-		{Kind: facts.KindQueueEnter, Count: 1, TotalMs: 8, MaxMs: 8, Processes: []string{"fio"}, Kernel: frames(a), User: frames(writerUser)},
+		{Kind: facts.KindQueueEnter, Count: 3, TotalMs: 25, MaxMs: 10, Processes: []string{"dd", "fio"}, Kernel: event.FormatStack(a), User: []string{}},
+		{Kind: facts.KindFreezeWait, Count: 1, TotalMs: 12, MaxMs: 12, Processes: []string{"udev"}, Kernel: event.FormatStack(b), User: []string{}},
+		{Kind: facts.KindQueueEnter, Count: 1, TotalMs: 8, MaxMs: 8, Processes: []string{"fio"}, Kernel: event.FormatStack(a), User: event.FormatStack(writerUser)},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("stacks =\n%+v\nwant\n%+v", got, want)

@@ -20,13 +20,15 @@ import (
 var ErrNoKernelAddresses = errors.New("kallsyms shows only zero addresses (need root/CAP_SYSLOG, or kernel.kptr_restrict=2)")
 
 // KernelModule is the Module of frames in the kernel image itself.
-const KernelModule = "kernel"
+const KernelModule = event.KernelModule
 
 type ksym struct {
 	addr   uint64
 	name   string
 	module string // KernelModule or the module name without brackets
 }
+
+func (s ksym) start() uint64 { return s.addr }
 
 // Kernel resolves kernel text addresses to symbols.
 type Kernel struct {
@@ -249,31 +251,18 @@ func (k *Kernel) Frame(addr uint64) event.Frame {
 // frame resolves lookup but reports addr (lookup may be addr-1 for return
 // addresses, which can point just past the end of a noreturn call's function).
 func (k *Kernel) frame(addr, lookup uint64) event.Frame {
-	i := sort.Search(len(k.syms), func(i int) bool { return k.syms[i].addr > lookup }) - 1
+	i := symbolAt(k.syms, ksym.start, lookup)
 	if i < 0 {
 		return event.Frame{Addr: addr}
-	}
-	// Among aliases at the same address, prefer the first one listed.
-	for i > 0 && k.syms[i-1].addr == k.syms[i].addr {
-		i--
 	}
 	s := k.syms[i]
 	return event.Frame{Addr: addr, Symbol: s.name, Offset: addr - s.addr, Module: s.module}
 }
 
-// Frames resolves a stack, innermost first. Every frame but the first is a
-// return address, looked up one byte earlier so that a call at the very end
-// of a function resolves to that function.
+// Frames resolves a stack, innermost first; every frame but the first is a
+// return address and is looked up one byte earlier (see stackFrames).
 func (k *Kernel) Frames(addrs []uint64) []event.Frame {
-	out := make([]event.Frame, 0, len(addrs))
-	for i, a := range addrs {
-		lookup := a
-		if i > 0 && a > 0 {
-			lookup = a - 1
-		}
-		out = append(out, k.frame(a, lookup))
-	}
-	return out
+	return stackFrames(addrs, k.frame)
 }
 
 // Addr returns the address of a text symbol of the kernel image (not of a

@@ -125,17 +125,9 @@ func (u *User) Contains(addr uint64) bool {
 func (u *User) Frame(addr uint64) event.Frame { return u.frame(addr, addr) }
 
 // Frames resolves a stack, innermost first; every frame but the first is a
-// return address and is looked up one byte earlier.
+// return address and is looked up one byte earlier (see stackFrames).
 func (u *User) Frames(addrs []uint64) []event.Frame {
-	out := make([]event.Frame, 0, len(addrs))
-	for i, a := range addrs {
-		lookup := a
-		if i > 0 && a > 0 {
-			lookup = a - 1
-		}
-		out = append(out, u.frame(a, lookup))
-	}
-	return out
+	return stackFrames(addrs, u.frame)
 }
 
 func (u *User) frame(addr, lookup uint64) event.Frame {
@@ -195,6 +187,8 @@ type usym struct {
 	value, size uint64
 	name        string
 }
+
+func (s usym) start() uint64 { return s.value }
 
 // binary holds what symbolization needs from one ELF file.
 type binary struct {
@@ -299,7 +293,7 @@ func (b *binary) vaddr(off uint64) (uint64, bool) {
 // lookup finds the function containing vaddr. Symbols without a size cover
 // the space up to the next symbol.
 func (b *binary) lookup(vaddr uint64) (usym, bool) {
-	i := sort.Search(len(b.syms), func(i int) bool { return b.syms[i].value > vaddr }) - 1
+	i := symbolAt(b.syms, usym.start, vaddr)
 	if i < 0 {
 		return usym{}, false
 	}

@@ -1,0 +1,37 @@
+package symbolize
+
+import (
+	"sort"
+
+	"github.com/whyslow/whyslow/internal/event"
+)
+
+// symbolAt returns the index in syms, sorted by start address, of the
+// symbol that holds addr: the last one to start at or below addr, the first
+// listed of those that start at that same address (aliases); -1 when addr
+// lies below every symbol. Sizes are the caller's to check.
+func symbolAt[S any](syms []S, start func(S) uint64, addr uint64) int {
+	i := sort.Search(len(syms), func(i int) bool { return start(syms[i]) > addr }) - 1
+	if i < 0 {
+		return -1
+	}
+	at := start(syms[i])
+	return sort.Search(i, func(j int) bool { return start(syms[j]) >= at })
+}
+
+// stackFrames resolves a stack, innermost first, with frame(addr, lookup).
+// Every address but the first is a return address, looked up one byte
+// earlier so that a call at the very end of a function (a noreturn call)
+// resolves to that function and not to the next; the frame still shows the
+// address itself.
+func stackFrames(addrs []uint64, frame func(addr, lookup uint64) event.Frame) []event.Frame {
+	out := make([]event.Frame, 0, len(addrs))
+	for i, a := range addrs {
+		lookup := a
+		if i > 0 && a > 0 {
+			lookup = a - 1
+		}
+		out = append(out, frame(a, lookup))
+	}
+	return out
+}
