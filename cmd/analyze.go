@@ -24,6 +24,7 @@ type AnalyzeOptions struct {
 	IO      *IO
 	Trace   string
 	Rules   []string // --rules files and directories
+	Stages  []string // --stages files and directories
 	Devices []string
 	Outputs Outputs
 }
@@ -100,12 +101,17 @@ the devices the run was restricted to.`,
 	addOutputFlags(c, &opts.Outputs)
 	f := c.Flags()
 	f.StringArrayVar(&opts.Rules, "rules", nil, "rule file, or directory of rule files (*.yaml, *.yml), to add (repeatable); a rule with a built-in rule's id replaces it")
+	addStagesFlag(c, &opts.Stages)
 	f.StringArrayVar(&opts.Devices, "device", nil, "only analyze this block device (repeatable); default: the devices the run was restricted to")
 	return c
 }
 
 func analyzeRun(opts *AnalyzeOptions) error {
 	set, err := loadRules(opts.Rules)
+	if err != nil {
+		return err
+	}
+	stages, err := loadStages(opts.Stages)
 	if err != nil {
 		return err
 	}
@@ -123,7 +129,7 @@ func analyzeRun(opts *AnalyzeOptions) error {
 	if len(opts.Devices) > 0 {
 		info.Devices = opts.Devices
 	}
-	res, err := diagnose.Analyze(tl, set, info.Devices)
+	res, err := diagnose.AnalyzeWith(tl, set, info.Devices, stages)
 	if err != nil {
 		return err
 	}
