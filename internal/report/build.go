@@ -119,6 +119,16 @@ func Build(tl *timeline.Timeline, run *facts.Run, findings []rules.Finding, meta
 		}
 	}
 	sort.SliceStable(r.Devices, func(i, j int) bool { return r.Devices[i].Name < r.Devices[j].Name })
+	if run != nil {
+		for _, p := range run.Processes {
+			if len(r.Affected) == MaxAffected {
+				break
+			}
+			if p != nil && p.Total > 0 {
+				r.Affected = append(r.Affected, affected(p))
+			}
+		}
+	}
 
 	for _, f := range findings {
 		r.Findings = append(r.Findings, finding(f, byName))
@@ -142,6 +152,19 @@ func Build(tl *timeline.Timeline, run *facts.Run, findings []rules.Finding, meta
 	}
 	r.Summary.Findings = len(r.Findings)
 	return r
+}
+
+func affected(p *facts.Process) Affected {
+	out := Affected{Pid: p.Pid, Comm: p.Comm, Cgroup: p.Cgroup, Blkio: p.Blkio, Devices: nonNil(slices.Clone(p.Devices)),
+		TotalMs: ms(p.Total), BlockedMs: ms(p.Blocked), Calls: []AffectedCall{}, Stages: []StageShare{}}
+	for _, c := range p.Calls {
+		out.Calls = append(out.Calls, AffectedCall{Syscall: c.Syscall, Count: c.Latency.Count,
+			P50Us: round(c.Latency.P50Us, 1), P99Us: round(c.Latency.P99Us, 1), MaxUs: round(c.Latency.MaxUs, 1), TotalMs: ms(c.Total)})
+	}
+	for _, s := range p.Stages {
+		out.Stages = append(out.Stages, StageShare{Stage: s.Stage, TotalMs: ms(s.Total), Share: round(s.Share, 3), Frames: s.Frames})
+	}
+	return out
 }
 
 func ruleError(e rules.RuleError) RuleError {
