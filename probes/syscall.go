@@ -263,11 +263,15 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 		}
 		r.links = append(r.links, ls...)
 	}
-	state := "task storage"
-	if !taskStorage {
-		state = "a hash by thread"
+	r.note = "sys_enter/sys_exit of every system call, the others let go on their number: a storage call costs ~100 ns less than on the syscall tracepoints"
+	if mech == event.MechTracepoint {
+		r.note = "the syscall tracepoints of the storage calls only"
 	}
-	r.note = "per-thread state in " + state
+	if taskStorage {
+		r.note += "; per-thread state in task storage"
+	} else {
+		r.note += "; per-thread state in a hash by thread (no task storage)"
+	}
 	if !findVMA {
 		missing = append(missing, "msync (needs bpf_find_vma, 5.17+)")
 	}
@@ -308,8 +312,9 @@ func cmpOr(s, def string) string {
 	return s
 }
 
-// probedFuncs: the status says what the probe runs on (see climb).
-func (r *syscallRunning) probedFuncs() []string { return []string{r.note} }
+// statusNote is the status Reason (see climb): why this mechanism, and
+// what the kernel let it do.
+func (r *syscallRunning) statusNote() string { return r.note }
 
 // handle delivers one ring record (reader goroutine).
 func (r *syscallRunning) handle(raw []byte) {

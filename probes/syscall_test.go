@@ -2,15 +2,17 @@ package probes
 
 import (
 	"os"
-	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/stage"
 )
 
 // startSyscallOn starts the syscall probe on mech, with this test process's
@@ -162,8 +164,6 @@ func noise(t *testing.T) {
 	}
 	f.Sync()
 	f.Close()
-	_ = filepath.Base
-	_ = slices.Contains[[]string]
 }
 
 // queueEnterFrames are where a submitter waits for a frozen queue.
@@ -239,5 +239,148 @@ func TestSyscallStacksUnderDirectProbes(t *testing.T) {
 	}
 	if spans == 0 {
 		t.Errorf("offcpu probe: no span of the writer (tid %d) in queue enter", tid)
+	}
+}
+
+// stagesOf classifies, with the built-in stage table, the walked sleeps of
+// this process's pwrite64 calls on device name.
+func stagesOf(sink *blkSink, name string) (map[string]time.Duration, time.Duration) {
+	out := map[string]time.Duration{}
+	var all time.Duration
+	pid := uint32(os.Getpid())
+	for _, b := range sinkEvents[event.BlockedStack](sink) {
+		if b.Pid != pid || b.Dev.Name != name || b.Call != "pwrite64" || len(b.KernelStack) == 0 {
+			continue
+		}
+		var names []string
+		for _, f := range b.KernelStack {
+			names = append(names, f.Symbol)
+		}
+		out[stage.Default().Classify(names, b.Call).Stage] += b.Total
+		all += b.Total
+	}
+	return out, all
+}
+
+// The stages of live stacks, on this kernel, for the causes a loop device
+// can reproduce: plain O_DIRECT writes wait for the device; writes during
+// freezes wait in queue_freeze; many writers on a queue of 4 requests wait
+// for tags; writers sharing their CPUs with busy loops wait in the run
+// queue after their wake-ups.
+func TestSyscallStagesLive(t *testing.T) {
+	blkNeedRoot(t)
+	old := syscallSelf
+	syscallSelf = 0
+	t.Cleanup(func() { syscallSelf = old })
+	const size = 64 << 20
+	for _, tc := range []struct {
+		name  string
+		load  func(t *testing.T, loop blkLoop)
+		want  string  // a stage that must be there
+		share float64 // of the walked sleeps, at least
+		not   []string
+	}{
+		{"device", func(t *testing.T, loop blkLoop) {
+			_, done, _ := directWriter(t, loop.path, size, 2000, nil)
+			<-done
+		}, stage.Device, 0.9, []string{stage.QueueFreeze, stage.TagWait, stage.Other}},
+		{"queue_freeze", func(t *testing.T, loop blkLoop) {
+			stop := make(chan struct{})
+			_, wdone, _ := directWriter(t, loop.path, size, 0, stop)
+			_, fdone := flipScheduler(t, loop.name, 20, 25*time.Millisecond)
+			<-fdone
+			close(stop)
+			<-wdone
+		}, stage.QueueFreeze, 0.25, []string{stage.TagWait}},
+		{"tag_wait", func(t *testing.T, loop blkLoop) {
+			q := "/sys/block/" + loop.name + "/queue/"
+			if b, err := os.ReadFile(q + "scheduler"); err == nil && strings.Contains(string(b), "mq-deadline") {
+				os.WriteFile(q+"scheduler", []byte("mq-deadline"), 0)
+			}
+			if err := os.WriteFile(q+"nr_requests", []byte("4"), 0); err != nil {
+				t.Fatalf("nr_requests: %v", err)
+			}
+			stop := make(chan struct{})
+			var dones []<-chan struct{}
+			for range 12 {
+				_, d, _ := directWriter(t, loop.path, size, 0, stop)
+				dones = append(dones, d)
+			}
+			time.Sleep(1500 * time.Millisecond)
+			close(stop)
+			for _, d := range dones {
+				<-d
+			}
+		}, stage.TagWait, 0.05, []string{stage.QueueFreeze}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			loop := newBlkLoop(t, size)
+			sink, r := startSyscallOn(t, (syscallProbe{}).Decl().Mechs()[0], time.Second)
+			tc.load(t, loop)
+			if err := r.Stop(); err != nil {
+				t.Fatal(err)
+			}
+			got, all := stagesOf(sink, loop.name)
+			t.Logf("asleep %v (stacks walked): %v", all, got)
+			if all == 0 || float64(got[tc.want]) < tc.share*float64(all) {
+				t.Errorf("%v of %v in %s: want at least %.0f%%", got[tc.want], all, tc.want, tc.share*100)
+			}
+			for _, s := range tc.not {
+				if got[s] > all/100 {
+					t.Errorf("%v in %s, which nothing here causes", got[s], s)
+				}
+			}
+		})
+	}
+}
+
+// A writer that shares its CPUs with busy loops waits in the run queue
+// after its wake-ups, and the probe says so: runqueue, not the sleep's
+// stage (the research found such waits counted as device).
+func TestSyscallRunqueue(t *testing.T) {
+	blkNeedRoot(t)
+	old := syscallSelf
+	syscallSelf = 0
+	t.Cleanup(func() { syscallSelf = old })
+	const size = 64 << 20
+	loop := newBlkLoop(t, size)
+	sink, r := startSyscallOn(t, (syscallProbe{}).Decl().Mechs()[0], time.Second)
+	stop := make(chan struct{})
+	var hogs sync.WaitGroup
+	for range 2 * runtime.NumCPU() {
+		hogs.Add(1)
+		go func() {
+			defer hogs.Done()
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+			}
+		}()
+	}
+	_, done, _ := directWriter(t, loop.path, size, 1000, nil)
+	<-done
+	close(stop)
+	hogs.Wait()
+	if err := r.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	pid := uint32(os.Getpid())
+	var st *event.SyscallStats
+	for _, s := range sinkEvents[event.SyscallStats](sink) {
+		if s.Pid == pid && s.Dev.Name == loop.name && s.Call == "pwrite64" {
+			st = &s
+		}
+	}
+	if st == nil {
+		t.Fatal("no pwrite64 stats of the writer")
+	}
+	t.Logf("1000 writes: asleep %v, in the run queue %v", st.Sleep, st.Runqueue)
+	if st.Runqueue <= 0 || st.Runqueue < st.Sleep/10 {
+		t.Errorf("in the run queue %v against %v asleep, with %d busy loops on %d CPUs: want at least a tenth", st.Runqueue, st.Sleep, 2*runtime.NumCPU(), runtime.NumCPU())
 	}
 }
