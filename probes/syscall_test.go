@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -345,7 +346,7 @@ func TestSyscallRunqueue(t *testing.T) {
 	const size = 64 << 20
 	loop := newBlkLoop(t, size)
 	sink, r := startSyscallOn(t, (syscallProbe{}).Decl().Mechs()[0], time.Second)
-	stop := make(chan struct{})
+	var stop atomic.Bool
 	var hogs sync.WaitGroup
 	for range 2 * runtime.NumCPU() {
 		hogs.Add(1)
@@ -353,18 +354,13 @@ func TestSyscallRunqueue(t *testing.T) {
 			defer hogs.Done()
 			runtime.LockOSThread()
 			defer runtime.UnlockOSThread()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
+			for !stop.Load() { // busy: it wants the CPU all the time
 			}
 		}()
 	}
 	_, done, _ := directWriter(t, loop.path, size, 1000, nil)
 	<-done
-	close(stop)
+	stop.Store(true)
 	hogs.Wait()
 	if err := r.Stop(); err != nil {
 		t.Fatal(err)
