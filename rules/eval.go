@@ -15,6 +15,7 @@ import (
 	"github.com/expr-lang/expr/file"
 	"github.com/expr-lang/expr/vm"
 
+	"github.com/whyslow/whyslow/internal/escape"
 	"github.com/whyslow/whyslow/internal/facts"
 )
 
@@ -130,13 +131,15 @@ func (e RuleError) Error() string {
 }
 
 // What is the failure without its place: "FIELD (on DEVICE): MESSAGE",
-// with " (and N more)" when the rule failed more than once.
+// with " (and N more)" when the rule failed more than once. The device
+// and the message, which may quote host strings, are escaped
+// (escape.String): it is one line of text for a terminal.
 func (e RuleError) What() string {
 	s := e.Field
 	if e.Device != "" {
-		s += " (on " + e.Device + ")"
+		s += " (on " + escape.String(e.Device) + ")"
 	}
-	s += ": " + e.Message
+	s += ": " + escape.String(e.Message)
 	if e.More > 0 {
 		s += fmt.Sprintf(" (and %d more)", e.More)
 	}

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"text/template"
+	"text/template/parse"
 	"time"
 	"unicode/utf8"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/expr-lang/expr/vm"
 	"gopkg.in/yaml.v3"
 
+	"github.com/whyslow/whyslow/internal/escape"
 	"github.com/whyslow/whyslow/internal/facts"
 )
 
@@ -520,12 +522,75 @@ func (p *parsed) template(field string, n *yaml.Node) *template.Template {
 	if n == nil {
 		return nil
 	}
-	t, err := template.New(field).Funcs(templateFuncs).Option("missingkey=error").Parse(n.Value)
+	t, err := template.New(field).Funcs(templateFuncs).Funcs(template.FuncMap{escapeFunc: escapeHostText}).
+		Option("missingkey=error").Parse(n.Value)
 	if err != nil {
 		p.templateError(field, n, err)
 		return nil
 	}
+	for _, x := range t.Templates() {
+		if x.Tree != nil {
+			escapeActions(x.Tree, x.Tree.Root)
+		}
+	}
 	return t
+}
+
+// escapeFunc is the template function escapeActions pipes every printed
+// value through.
+const escapeFunc = "escapeHostText"
+
+// escapeActions makes every action of a template that prints a value end
+// in escapeFunc, so that no value (a host string: an exec argument, a
+// task or device name) can put a control character or a line break into
+// the text: values are escaped as they enter it, the rule's own text is
+// kept. It is what html/template does for HTML, for text.
+func escapeActions(tree *parse.Tree, n parse.Node) {
+	switch x := n.(type) {
+	case *parse.ListNode:
+		if x == nil {
+			return
+		}
+		for _, c := range x.Nodes {
+			escapeActions(tree, c)
+		}
+	case *parse.ActionNode:
+		if len(x.Pipe.Decl) > 0 { // {{$v := ...}} prints nothing
+			return
+		}
+		id := parse.NewIdentifier(escapeFunc).SetTree(tree).SetPos(x.Pos)
+		x.Pipe.Cmds = append(x.Pipe.Cmds, &parse.CommandNode{NodeType: parse.NodeCommand, Pos: x.Pos, Args: []parse.Node{id}})
+	case *parse.IfNode:
+		escapeActions(tree, x.List)
+		escapeActions(tree, x.ElseList)
+	case *parse.RangeNode:
+		escapeActions(tree, x.List)
+		escapeActions(tree, x.ElseList)
+	case *parse.WithNode:
+		escapeActions(tree, x.List)
+		escapeActions(tree, x.ElseList)
+	}
+}
+
+// escapeHostText prints a value as text/template would, escaped with
+// escape.String.
+func escapeHostText(v any) (string, error) {
+	if v == nil {
+		return "<no value>", nil
+	}
+	rv := reflect.ValueOf(v)
+	for rv.Kind() == reflect.Pointer && !rv.IsNil() {
+		rv = rv.Elem()
+	}
+	errType, strType := reflect.TypeFor[error](), reflect.TypeFor[fmt.Stringer]()
+	if !rv.Type().Implements(errType) && !rv.Type().Implements(strType) {
+		if rv.CanAddr() && (reflect.PointerTo(rv.Type()).Implements(errType) || reflect.PointerTo(rv.Type()).Implements(strType)) {
+			rv = rv.Addr()
+		} else if k := rv.Kind(); k == reflect.Chan || k == reflect.Func {
+			return "", fmt.Errorf("can't print value of type %s", rv.Type())
+		}
+	}
+	return escape.String(fmt.Sprint(rv.Interface())), nil
 }
 
 // templateError reports a template parse or execution error at its place.

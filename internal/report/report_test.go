@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"flag"
+	"github.com/whyslow/whyslow/internal/escape"
 	"math"
 	"os"
 	"path/filepath"
@@ -597,7 +598,7 @@ func TestUeventsByAction(t *testing.T) {
 			if u.Count != len(tt.points) || !reflect.DeepEqual(u.ByAction, tt.want) {
 				t.Errorf("uevents = %+v, want count %d by action %+v", u, len(tt.points), tt.want)
 			}
-			if got := ueventCell(u, clean); got != tt.cell {
+			if got := ueventCell(u, escape.String); got != tt.cell {
 				t.Errorf("cell %q, want %q", got, tt.cell)
 			}
 		})
