@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/whyslow/whyslow/diagnose"
+	"github.com/whyslow/whyslow/internal/tracefile"
 	"github.com/whyslow/whyslow/probes"
 	"github.com/whyslow/whyslow/rules"
 )
@@ -108,6 +109,9 @@ ranked report of causes with their evidence and a remedy. Needs root.`,
 func (o *StorageOptions) validate() error {
 	if o.Duration <= 0 {
 		return usagef("--duration must be positive, got %s", o.Duration)
+	}
+	if o.Duration > tracefile.MaxWindow || o.MinLatency > tracefile.MaxWindow {
+		return usagef("--duration and --min-latency: at most %s (366 days), the longest a trace holds", tracefile.MaxWindow)
 	}
 	if o.MinLatency < 0 {
 		return usagef("--min-latency must not be negative, got %s", o.MinLatency)
