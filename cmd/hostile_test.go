@@ -18,12 +18,29 @@ import (
 	"github.com/whyslow/whyslow/internal/tracefile"
 )
 
-// storyTrace writes the trace of a run with the udev freeze chain: a
-// command run every 3 s with args, a change uevent for dev after each run,
-// udev rewriting its queue/scheduler and freezing the queue, a submitter
-// stalled behind it. It returns the trace's path.
+// storyTrace writes the trace of storyTimeline and returns its path.
 func storyTrace(t *testing.T, dev, host string, args []string) string {
 	t.Helper()
+	tl := storyTimeline(dev, host, args, 10)
+	path := filepath.Join(t.TempDir(), "story.trace.gz")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tracefile.Write(f, tl, tracefile.Info{Version: "test", StartedAt: time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC), Duration: 40 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// storyTimeline is a run with the udev freeze chain: a command run every
+// 3 s with args (runs times), a change uevent for dev after each run, udev
+// rewriting its queue/scheduler and freezing the queue, a submitter stalled
+// behind it.
+func storyTimeline(dev, host string, args []string, runs int) *timeline.Timeline {
 	ms := func(f float64) time.Duration { return time.Duration(f * float64(time.Millisecond)) }
 	start := event.Mono(1000 * time.Second)
 	d := event.Device{Major: 7, Minor: 0, Name: dev}
@@ -40,7 +57,7 @@ func storyTrace(t *testing.T, dev, host string, args []string) string {
 		h.Submit.Add(uint64(1000 + i))
 		h.Service.Add(uint64(200000 + i))
 	}
-	for i := range 10 {
+	for i := range runs {
 		at := start.Add(time.Second + time.Duration(i)*3*time.Second)
 		pid := uint32(5000 + i)
 		tl.Add(event.Exec{Time: at, Forked: at - event.Mono(ms(0.2)), Task: event.Task{Pid: pid, Tgid: pid, Comm: args[0]}, PPid: 900,
@@ -56,18 +73,7 @@ func storyTrace(t *testing.T, dev, host string, args []string) string {
 		tl.Add(event.OffCPU{Start: fz.Add(ms(0.51)), Duration: ms(14.4), Task: fio, Waker: udev, KernelStack: enterStack})
 	}
 	tl.Sort()
-	path := filepath.Join(t.TempDir(), "story.trace.gz")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := tracefile.Write(f, tl, tracefile.Info{Version: "test", StartedAt: time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC), Duration: 40 * time.Second}); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return path
+	return tl
 }
 
 // Hostile host strings: a terminal escape that clears the screen, a new

@@ -17,7 +17,9 @@ import (
 )
 
 // shellQuote leaves plain words alone, single-quotes words with spaces or
-// shell characters, and Go-quotes (escaping) anything with control bytes.
+// shell characters, and double-quotes anything escape.String changes, with
+// its escapes (a backslash or a double quote of the word itself is
+// backslashed, so that every escape reads one way).
 func shellQuote(s string) string {
 	if s == "" {
 		return "''"
@@ -35,7 +37,7 @@ func shellQuote(s string) string {
 	if escape.String(s) == s && !strings.ContainsRune(s, '\'') {
 		return "'" + s + "'"
 	}
-	return strconv.Quote(s)
+	return `"` + escape.String(strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s)) + `"`
 }
 
 func escapeJoin(ss []string, sep string) string {

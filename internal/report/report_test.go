@@ -604,3 +604,19 @@ func TestUeventsByAction(t *testing.T) {
 		})
 	}
 }
+
+func TestShellQuote(t *testing.T) {
+	for _, tt := range []struct{ in, want string }{
+		{"getconfig", "getconfig"},
+		{"", "''"},
+		{"a b", "'a b'"},
+		{"it's", `"it's"`},
+		{"x\n#1 forged", `"x\n#1 forged"`},
+		{`a\n "q"` + "\x1b", `"a\\n \"q\"\x1b"`},
+		{"bad\xff \ufffd", `"bad\xff \ufffd"`},
+	} {
+		if got := shellQuote(tt.in); got != tt.want {
+			t.Errorf("shellQuote(%q) = %s, want %s", tt.in, got, tt.want)
+		}
+	}
+}
