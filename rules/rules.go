@@ -177,7 +177,10 @@ func Default() (*Set, error) {
 }
 
 // Load loads every *.yaml and *.yml file of dir in fsys. Rules may explain
-// each other and the built-in rules. Errors name the files as dir/name.
+// each other and the built-in rules, and replace built-in rules: explains
+// targets and cycles are checked on the built-in rules with these merged
+// over them (Default().Merge of the result). Errors name the files as
+// dir/name. The same holds for LoadDir, LoadPaths and LoadFiles.
 func Load(fsys fs.FS, dir string) (*Set, error) {
 	return load(fsys, dir, dir, builtins())
 }
