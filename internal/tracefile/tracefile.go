@@ -437,8 +437,24 @@ func (rd *reader) read() (*timeline.Timeline, Info, error) {
 		info.UnknownFields = append(info.UnknownFields, clip(f))
 	}
 	sort.Strings(info.UnknownFields)
+	clipStreams(st.tv)
 	tl.Sort()
 	return tl, info, nil
+}
+
+// clipStreams copies each event stream that grow left with much unused
+// capacity (up to half of it) into one of its length: the timeline lives as
+// long as the analysis, so what it wastes counts twice in the heap the
+// garbage collector lets grow.
+func clipStreams(tv reflect.Value) {
+	for _, s := range streams() {
+		f := tv.Field(s.field)
+		if n := f.Len(); f.Cap()-n > n/8 && f.Cap()-n > 1024 {
+			exact := reflect.MakeSlice(f.Type(), n, n)
+			reflect.Copy(exact, f)
+			f.Set(exact)
+		}
+	}
 }
 
 // readState is what reading a trace has gathered so far.
