@@ -241,13 +241,20 @@ func newPicture(r *Report, run *facts.Run) *picture {
 func triggerExecs(r *Report, run *facts.Run, x func(time.Duration) float64) []mark {
 	var out []mark
 	done := map[*facts.Command]bool{}
+	type name struct{ file, comm string }
+	byName := map[name][]*facts.Command{} // in run order
+	for _, c := range run.Commands {
+		if c != nil {
+			byName[name{c.Filename, c.Comm}] = append(byName[name{c.Filename, c.Comm}], c)
+		}
+	}
 	for _, f := range r.Findings {
 		tr := f.Trigger
 		if tr == nil {
 			continue
 		}
-		for _, c := range run.Commands {
-			if c == nil || done[c] || c.Filename != tr.Filename || c.Comm != tr.Comm {
+		for _, c := range byName[name{tr.Filename, tr.Comm}] {
+			if done[c] {
 				continue
 			}
 			done[c] = true
