@@ -138,8 +138,8 @@ type builder struct {
 	run    *Run
 	byName map[string]*Device
 	names  map[string]string // major:minor -> name, for events that carry no name
-	// Exit times by pid, in time order, built on first use.
-	exits map[uint32][]event.Mono
+	// The indexes of the exits by pid, then time, built on first use.
+	exitOrder []int32
 	// ueventWritesBy counts the writes of uevent files by pid, built on
 	// first use.
 	ueventWritesBy map[uint32]int
@@ -795,16 +795,23 @@ func compareSpans(a, c Span) int {
 
 // exitAfter is when process pid ended after t (relative to the run), or 0.
 func (b *builder) exitAfter(pid uint32, t event.Mono) time.Duration {
-	if b.exits == nil {
-		// Exits are in time order: each pid's, in that order (pids are reused).
-		b.exits = make(map[uint32][]event.Mono)
-		for _, e := range b.tl.Exits {
-			b.exits[e.Pid] = append(b.exits[e.Pid], e.Time)
+	ex := b.tl.Exits
+	if b.exitOrder == nil {
+		// Exits are in time order: sorted stably by pid, each pid's stay in
+		// time order (pids are reused).
+		b.exitOrder = make([]int32, len(ex))
+		for i := range b.exitOrder {
+			b.exitOrder[i] = int32(i)
 		}
+		slices.SortStableFunc(b.exitOrder, func(x, y int32) int { return cmp.Compare(ex[x].Pid, ex[y].Pid) })
 	}
-	ts := b.exits[pid]
-	if i := sort.Search(len(ts), func(i int) bool { return ts[i] >= t }); i < len(ts) {
-		return b.rel(ts[i])
+	o := b.exitOrder
+	i := sort.Search(len(o), func(i int) bool {
+		e := &ex[o[i]]
+		return e.Pid > pid || e.Pid == pid && e.Time >= t
+	})
+	if i < len(o) && ex[o[i]].Pid == pid {
+		return b.rel(ex[o[i]].Time)
 	}
 	return 0
 }
