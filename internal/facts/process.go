@@ -2,6 +2,7 @@ package facts
 
 import (
 	"cmp"
+	"math"
 	"slices"
 	"time"
 
@@ -150,7 +151,7 @@ func (s *stageSums) add(st string, d time.Duration, frames string) {
 	if s.total == nil {
 		s.total = map[string]time.Duration{}
 	}
-	s.total[st] += d
+	s.total[st] = SaturatingAdd(s.total[st], d)
 	if st == stage.Other && d > s.otherLarge {
 		s.otherLarge, s.otherTop = d, frames
 	}
@@ -161,7 +162,7 @@ func (s *stageSums) merge(o *stageSums) {
 		s.total = map[string]time.Duration{}
 	}
 	for st, d := range o.total {
-		s.total[st] += d
+		s.total[st] = SaturatingAdd(s.total[st], d)
 	}
 	if o.otherLarge > s.otherLarge {
 		s.otherLarge, s.otherTop = o.otherLarge, o.otherTop
@@ -200,8 +201,8 @@ func (b *builder) processes() {
 	for _, s := range b.tl.SyscallStats {
 		g := get(processKey{s.Pid, b.name(s.Dev), s.Call})
 		g.h.Merge(&s.Latency)
-		g.sleep += s.Sleep
-		g.runq += s.Runqueue
+		g.sleep = SaturatingAdd(g.sleep, s.Sleep)
+		g.runq = SaturatingAdd(g.runq, s.Runqueue)
 		if comms[s.Pid] == "" {
 			comms[s.Pid] = s.Comm
 		}
@@ -209,19 +210,19 @@ func (b *builder) processes() {
 	names := make([]string, 0, 64)
 	for _, bs := range b.tl.BlockedStacks {
 		g := get(processKey{bs.Pid, b.name(bs.Dev), bs.Call})
-		g.stacks += bs.Total
+		g.stacks = SaturatingAdd(g.stacks, bs.Total)
 		switch {
 		case bs.Unwalked:
-			g.unwalked += bs.Total
+			g.unwalked = SaturatingAdd(g.unwalked, bs.Total)
 		case len(bs.KernelStack) == 0:
-			g.lost += bs.Total
+			g.lost = SaturatingAdd(g.lost, bs.Total)
 		default:
 			names = names[:0]
 			for _, f := range bs.KernelStack {
 				names = append(names, f.Symbol)
 			}
 			r := tab.Classify(names, bs.Call)
-			g.walked[r.Stage] += bs.Total
+			g.walked[r.Stage] = SaturatingAdd(g.walked[r.Stage], bs.Total)
 			g.stages.add(r.Stage, bs.Total, r.Frame)
 		}
 	}
@@ -229,7 +230,7 @@ func (b *builder) processes() {
 		// The sleeps not walked share out like the walked ones.
 		var walked time.Duration
 		for _, d := range g.walked {
-			walked += d
+			walked = SaturatingAdd(walked, d)
 		}
 		if g.unwalked > 0 {
 			if walked == 0 {
@@ -278,7 +279,7 @@ func (b *builder) processes() {
 		}
 		blocked := time.Duration(0)
 		for _, d := range g.stages.total {
-			blocked += d
+			blocked = SaturatingAdd(blocked, d)
 		}
 		for _, acc := range []map[string]*callAcc{calls[k.pid], devCallsOf(devCalls[k.pid], k.device)} {
 			a := acc[k.call]
@@ -287,7 +288,7 @@ func (b *builder) processes() {
 				acc[k.call] = a
 			}
 			a.h.Merge(&g.h)
-			a.blocked += blocked
+			a.blocked = SaturatingAdd(a.blocked, blocked)
 		}
 		sums[k.pid].merge(&g.stages)
 		ds := devSums[k.pid][k.device]
@@ -314,26 +315,44 @@ func (b *builder) processes() {
 		b.run.Processes = append(b.run.Processes, p)
 	}
 	sortProcesses(b.run.Processes)
+	// Each slow call once, on its process's device; a process on one
+	// device shares that list (spans are large and a storm has many).
+	counts := map[processKey]int{}
+	for _, c := range b.tl.Syscalls {
+		counts[processKey{pid: c.Task.Tgid, device: b.name(c.Dev)}]++
+	}
 	for _, c := range b.tl.Syscalls {
 		p := byPid[c.Task.Tgid]
 		if p == nil {
+			continue // no sums of it: not a process of the run
+		}
+		dev := b.name(c.Dev)
+		q, ok := p.on[dev]
+		if !ok {
 			continue
 		}
-		start := b.rel(c.Start)
-		sp := Span{Start: start, End: SaturatingAdd(start, max(c.Duration, 0)), Kind: KindSyscall,
-			Pid: c.Task.Pid, Tgid: c.Task.Tgid, Comm: c.Task.Comm, Device: b.name(c.Dev), Attr: c.Call, Source: SourceSyscall}
-		p.Slow = append(p.Slow, sp)
-		if q := p.on[sp.Device]; q != nil {
-			q.Slow = append(q.Slow, sp)
+		if q.Slow == nil {
+			q.Slow = make(Spans, 0, counts[processKey{pid: c.Task.Tgid, device: dev}])
 		}
+		start := b.rel(c.Start)
+		q.Slow = append(q.Slow, Span{Start: start, End: SaturatingAdd(start, max(c.Duration, 0)), Kind: KindSyscall,
+			Pid: c.Task.Pid, Tgid: c.Task.Tgid, Comm: c.Task.Comm, Device: dev, Attr: c.Call, Source: SourceSyscall})
 	}
 	for _, p := range b.run.Processes {
-		sortSpans(p.Slow)
 		for _, dev := range p.Devices {
-			sortSpans(p.on[dev].Slow)
-			if d, ok := b.byName[dev]; ok {
-				d.Processes = append(d.Processes, p.on[dev])
+			q := p.on[dev]
+			sortSpans(q.Slow)
+			if len(p.Devices) == 1 {
+				p.Slow = q.Slow
+			} else {
+				p.Slow = append(p.Slow, q.Slow...)
 			}
+			if d, ok := b.byName[dev]; ok {
+				d.Processes = append(d.Processes, q)
+			}
+		}
+		if len(p.Devices) > 1 {
+			sortSpans(p.Slow)
 		}
 	}
 	for _, d := range b.byName {
@@ -357,13 +376,14 @@ type callAcc struct {
 // fill sets a process's calls, totals and stages from its sums.
 func fill(p *Process, acc map[string]*callAcc, sums *stageSums) {
 	for name, a := range acc {
-		c := &Call{Syscall: name, Latency: latency(&a.h), Total: time.Duration(a.h.SumNs), Blocked: a.blocked, h: a.h}
+		total := time.Duration(min(a.h.SumNs, math.MaxInt64))
+		c := &Call{Syscall: name, Latency: latency(&a.h), Total: total, Blocked: a.blocked, h: a.h}
 		p.Calls = append(p.Calls, c)
-		p.Total += c.Total
+		p.Total = SaturatingAdd(p.Total, c.Total)
 	}
 	sortCalls(p.Calls)
 	for st, d := range sums.total {
-		p.Blocked += d
+		p.Blocked = SaturatingAdd(p.Blocked, d)
 		t := StageTime{Stage: st, Total: d}
 		if st == stage.Other {
 			t.Frames = sums.otherTop
@@ -452,7 +472,7 @@ func (p *Process) merged(devices []string) *Process {
 				calls[c.Syscall] = a
 			}
 			a.h.Merge(&c.h)
-			a.blocked += c.Blocked
+			a.blocked = SaturatingAdd(a.blocked, c.Blocked)
 		}
 		for _, s := range v.Stages {
 			sums.add(s.Stage, s.Total, s.Frames)
