@@ -120,14 +120,7 @@ func Build(tl *timeline.Timeline, run *facts.Run, findings []rules.Finding, meta
 	}
 	sort.SliceStable(r.Devices, func(i, j int) bool { return r.Devices[i].Name < r.Devices[j].Name })
 	if run != nil {
-		for _, p := range run.Processes {
-			if len(r.Affected) == MaxAffected {
-				break
-			}
-			if p != nil && p.Total > 0 {
-				r.Affected = append(r.Affected, affected(p))
-			}
-		}
+		r.Affected = affectedOf(run)
 	}
 
 	sc := stackCache{}
@@ -153,6 +146,27 @@ func Build(tl *timeline.Timeline, run *facts.Run, findings []rules.Finding, meta
 	}
 	r.Summary.Findings = len(r.Findings)
 	return r
+}
+
+// affectedOf lists the processes worth a look: the ones with the most time
+// in storage calls (run.Processes is in that order), at most MaxAffected,
+// and only those with at least the run's --min-latency of it in all and a
+// hundredth of the first one's (a shell's reads of its script are not a
+// victim of anything).
+func affectedOf(run *facts.Run) []Affected {
+	var out []Affected
+	var top time.Duration
+	for _, p := range run.Processes {
+		if p == nil {
+			continue
+		}
+		top = max(top, p.Total)
+		if len(out) == MaxAffected || p.Total <= 0 || p.Total < run.MinLatency || p.Total < top/100 {
+			continue
+		}
+		out = append(out, affected(p))
+	}
+	return out
 }
 
 func affected(p *facts.Process) Affected {

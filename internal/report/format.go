@@ -200,8 +200,12 @@ func affectedRows(a Affected) [][]string {
 	rows := make([][]string, 0, len(a.Calls))
 	for _, c := range a.Calls {
 		l := Latency{Count: c.Count}
+		total := fmtMs(c.TotalMs)
+		if c.TotalMs == 0 && c.Count > 0 {
+			total = "<10µs" // total_ms is to 0.01 ms
+		}
 		rows = append(rows, []string{c.Syscall, strconv.FormatUint(c.Count, 10),
-			latencyCell(l, c.P50Us), latencyCell(l, c.P99Us), latencyCell(l, c.MaxUs), fmtMs(c.TotalMs)})
+			latencyCell(l, c.P50Us), latencyCell(l, c.P99Us), latencyCell(l, c.MaxUs), total})
 	}
 	return rows
 }
