@@ -244,10 +244,11 @@ func TestSyscallStacksUnderDirectProbes(t *testing.T) {
 }
 
 // stagesOf classifies, with the built-in stage table, the walked sleeps of
-// this process's pwrite64 calls on device name.
-func stagesOf(sink *blkSink, name string) (map[string]time.Duration, time.Duration) {
-	out := map[string]time.Duration{}
-	var all time.Duration
+// this process's pwrite64 calls on device name. It also returns, by stage,
+// the time of the stacks that hold one of the frames sign: a stage that is
+// not want there is a stack of the cause classified wrong.
+func stagesOf(sink *blkSink, name string, sign []string) (all, signed map[string]time.Duration, total time.Duration) {
+	all, signed = map[string]time.Duration{}, map[string]time.Duration{}
 	pid := uint32(os.Getpid())
 	for _, b := range sinkEvents[event.BlockedStack](sink) {
 		if b.Pid != pid || b.Dev.Name != name || b.Call != "pwrite64" || len(b.KernelStack) == 0 {
@@ -257,17 +258,21 @@ func stagesOf(sink *blkSink, name string) (map[string]time.Duration, time.Durati
 		for _, f := range b.KernelStack {
 			names = append(names, f.Symbol)
 		}
-		out[stage.Default().Classify(names, b.Call).Stage] += b.Total
-		all += b.Total
+		st := stage.Default().Classify(names, b.Call).Stage
+		all[st] += b.Total
+		total += b.Total
+		if slices.ContainsFunc(names, func(n string) bool { return slices.Contains(sign, n) }) {
+			signed[st] += b.Total
+		}
 	}
-	return out, all
+	return all, signed, total
 }
 
 // The stages of live stacks, on this kernel, for the causes a loop device
 // can reproduce: plain O_DIRECT writes wait for the device; writes during
-// freezes wait in queue_freeze; many writers on a queue of 4 requests wait
-// for tags; writers sharing their CPUs with busy loops wait in the run
-// queue after their wake-ups.
+// freezes wait in queue_freeze; many writers on a queue of 2 requests wait
+// for tags. Each cause's stage is there, every stack that holds the cause's
+// frame has that stage, and no stage nothing causes shows.
 func TestSyscallStagesLive(t *testing.T) {
 	blkNeedRoot(t)
 	old := syscallSelf
@@ -277,14 +282,15 @@ func TestSyscallStagesLive(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		load  func(t *testing.T, loop blkLoop)
-		want  string  // a stage that must be there
-		share float64 // of the walked sleeps, at least
+		want  string   // the cause's stage
+		sign  []string // the cause's frames
+		share float64  // of the walked sleeps in want, at least
 		not   []string
 	}{
 		{"device", func(t *testing.T, loop blkLoop) {
 			_, done, _ := directWriter(t, loop.path, size, 2000, nil)
 			<-done
-		}, stage.Device, 0.9, []string{stage.QueueFreeze, stage.TagWait, stage.Other}},
+		}, stage.Device, []string{"submit_bio_wait"}, 0.9, []string{stage.QueueFreeze, stage.TagWait, stage.Other}},
 		{"queue_freeze", func(t *testing.T, loop blkLoop) {
 			stop := make(chan struct{})
 			_, wdone, _ := directWriter(t, loop.path, size, 0, stop)
@@ -292,18 +298,18 @@ func TestSyscallStagesLive(t *testing.T) {
 			<-fdone
 			close(stop)
 			<-wdone
-		}, stage.QueueFreeze, 0.25, []string{stage.TagWait}},
+		}, stage.QueueFreeze, queueEnterFrames, 0.1, []string{stage.TagWait}},
 		{"tag_wait", func(t *testing.T, loop blkLoop) {
 			q := "/sys/block/" + loop.name + "/queue/"
 			if b, err := os.ReadFile(q + "scheduler"); err == nil && strings.Contains(string(b), "mq-deadline") {
 				os.WriteFile(q+"scheduler", []byte("mq-deadline"), 0)
 			}
-			if err := os.WriteFile(q+"nr_requests", []byte("4"), 0); err != nil {
+			if err := os.WriteFile(q+"nr_requests", []byte("2"), 0); err != nil {
 				t.Fatalf("nr_requests: %v", err)
 			}
 			stop := make(chan struct{})
 			var dones []<-chan struct{}
-			for range 12 {
+			for range 16 {
 				_, d, _ := directWriter(t, loop.path, size, 0, stop)
 				dones = append(dones, d)
 			}
@@ -312,7 +318,7 @@ func TestSyscallStagesLive(t *testing.T) {
 			for _, d := range dones {
 				<-d
 			}
-		}, stage.TagWait, 0.05, []string{stage.QueueFreeze}},
+		}, stage.TagWait, []string{"blk_mq_get_tag"}, 0, []string{stage.QueueFreeze}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			loop := newBlkLoop(t, size)
@@ -321,14 +327,19 @@ func TestSyscallStagesLive(t *testing.T) {
 			if err := r.Stop(); err != nil {
 				t.Fatal(err)
 			}
-			got, all := stagesOf(sink, loop.name)
-			t.Logf("asleep %v (stacks walked): %v", all, got)
-			if all == 0 || float64(got[tc.want]) < tc.share*float64(all) {
-				t.Errorf("%v of %v in %s: want at least %.0f%%", got[tc.want], all, tc.want, tc.share*100)
+			all, signed, total := stagesOf(sink, loop.name, tc.sign)
+			t.Logf("asleep %v (stacks walked): %v; in stacks with %v: %v", total, all, tc.sign, signed)
+			if all[tc.want] == 0 || float64(all[tc.want]) < tc.share*float64(total) {
+				t.Errorf("%v of %v in %s: want some, and at least %.0f%%", all[tc.want], total, tc.want, tc.share*100)
+			}
+			for st, d := range signed {
+				if st != tc.want {
+					t.Errorf("%v of stacks with %v classified %s, not %s", d, tc.sign, st, tc.want)
+				}
 			}
 			for _, s := range tc.not {
-				if got[s] > all/100 {
-					t.Errorf("%v in %s, which nothing here causes", got[s], s)
+				if all[s] > total/100 {
+					t.Errorf("%v in %s, which nothing here causes", all[s], s)
 				}
 			}
 		})
