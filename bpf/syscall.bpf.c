@@ -2,8 +2,9 @@
  * time of each went while the thread was off CPU.
  *
  * A storage call is read/write and their p/v variants, fsync, fdatasync,
- * sync_file_range, sync, syncfs, msync, io_submit, io_getevents and
- * io_pgetevents on a file descriptor (or mapping, or aio context) that
+ * sync_file_range, sync, syncfs, msync, io_submit, io_getevents,
+ * io_pgetevents and io_uring_enter on a file descriptor (or mapping, aio
+ * context or io_uring ring) that
  * leads to a block device: a block device file (the device), or a file of
  * a filesystem that lives on one (its device). Everything else (pipes,
  * sockets, ttys and other character devices, tmpfs, proc, sysfs) is let go
@@ -71,13 +72,17 @@ enum storage_nr {
 	NR_PREADV2 = 327,
 	NR_PWRITEV2 = 328,
 	NR_IO_PGETEVENTS = 333,
+	NR_IO_URING_ENTER = 426,
 };
 
 KEEP_TYPE(enum storage_nr, storage_nr_type);
 
-/* The device of sync(2): all of them. */
+/* The device of sync(2): all of them; and of an io_uring_enter on a ring
+ * whose device is not known yet (the call is dropped at its exit unless
+ * the ring's first file names one meanwhile). */
 enum sc_dev {
 	DEV_ALL = 0xffffffffU,
+	DEV_PENDING = 0xfffffffeU,
 };
 
 KEEP_TYPE(enum sc_dev, sc_dev_type);
@@ -96,8 +101,10 @@ enum sc_layout {
 };
 
 KEEP_TYPE(enum sc_layout, sc_layout_type);
-/* aio contexts whose device is known (from their io_submit). */
+/* aio contexts whose device is known (from their io_submit), and
+ * io_uring rings (from the files of their requests). */
 #define MAX_AIO 4096
+#define MAX_RINGS 4096
 
 /* A thread's storage call in progress. */
 struct sc_state {
@@ -207,6 +214,17 @@ struct {
 	__type(key, __u64); /* aio_context_t */
 	__type(value, __u32); /* dev */
 } aio_devs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_RINGS);
+	__type(key, __u64); /* struct io_ring_ctx * */
+	__type(value, __u32); /* dev */
+} ring_devs SEC(".maps");
+
+/* Which argument of io_uring:io_uring_file_get is the fd: 1 (5.x: ctx,
+ * fd), 3 (6.x: ctx, req, user_data, fd); set from the kernel's BTF. */
+volatile const __u32 file_get_fd_arg = 3;
 
 /* Stacks not taken, and sleeps not summed, by kind (per CPU). */
 enum sc_stack_loss {
@@ -382,6 +400,21 @@ static __always_inline __u32 aio_submit_dev(__u64 ctx, __s64 n, __u64 iocbpp)
 	return dev;
 }
 
+/* ring_dev returns the device of the io_uring ring open as fd: the one its
+ * requests' files last named (io_uring_file_get), DEV_PENDING when none
+ * has yet, 0 when fd is no ring. */
+static __always_inline __u32 ring_dev(__s64 fd)
+{
+	struct file *f = fd_file(fd);
+	if (!f)
+		return 0;
+	__u64 ring = (__u64)BPF_CORE_READ(f, private_data);
+	if (!ring)
+		return 0;
+	__u32 *dev = bpf_map_lookup_elem(&ring_devs, &ring);
+	return dev ? *dev : DEV_PENDING;
+}
+
 /* call_dev returns the device storage call nr goes to, 0 for a call that
  * is not a storage call (or not on a block device), from its first three
  * arguments. */
@@ -414,6 +447,8 @@ static __always_inline __u32 call_dev(long nr, __u64 a0, __u64 a1, __u64 a2, con
 		__u32 *dev = bpf_map_lookup_elem(&aio_devs, &a0);
 		return dev ? *dev : 0;
 	}
+	case NR_IO_URING_ENTER:
+		return ring_dev(a0);
 	}
 	return 0;
 }
@@ -439,6 +474,7 @@ static __always_inline int storage_call(long nr)
 	case NR_PREADV2:
 	case NR_PWRITEV2:
 	case NR_IO_PGETEVENTS:
+	case NR_IO_URING_ENTER:
 		return 1;
 	}
 	return 0;
@@ -509,6 +545,11 @@ static __always_inline void call_exit(long ret)
 
 	if (!st || !st->start_ns)
 		return;
+	if (st->dev == DEV_PENDING) {
+		/* An io_uring_enter whose ring named no block device. */
+		st->start_ns = 0;
+		return;
+	}
 	__u64 now = bpf_ktime_get_ns();
 	__u64 lat = now > st->start_ns ? now - st->start_ns : 0;
 	struct sc_hist_key k = {.tgid = id >> 32, .dev = st->dev, .nr = st->nr};
@@ -643,6 +684,8 @@ static __always_inline void switch_in(struct task_struct *next, struct sc_state 
 		w = now;
 	st->runq_ns += now - w;
 	st->sleep_ns += w - off;
+	if (st->dev == DEV_PENDING)
+		return;
 	struct sc_blocked_key k = {.tgid = next->tgid, .dev = st->dev, .nr = st->nr, .stackid = st->stackid};
 	struct sc_blocked *b = bpf_map_lookup_elem(&blocked, &k);
 	if (!b) {
@@ -699,6 +742,41 @@ int BPF_PROG(sc_switch, _Bool preempt, struct task_struct *prev, struct task_str
 	st = state_of(next);
 	if (st && st->start_ns && st->off_ns)
 		switch_in(next, st, now ? now : bpf_ktime_get_ns());
+	return 0;
+}
+
+/* file_get_fd reads the fd argument of io_uring_file_get: a load at a
+ * constant offset the verifier can see (a program may read no argument
+ * past the tracepoint's: the other load is verified away). */
+static __always_inline __s64 file_get_fd(unsigned long long *ctx)
+{
+	__u64 v;
+
+	if (file_get_fd_arg == 1)
+		asm volatile("%0 = *(u64 *)(%1 + 8)" : "=r"(v) : "r"(ctx));
+	else
+		asm volatile("%0 = *(u64 *)(%1 + 24)" : "=r"(v) : "r"(ctx));
+	return (__s32)v;
+}
+
+/* An io_uring request of the current process takes its file (in the
+ * submitter, inside io_uring_enter, or in an io-wq worker of the same
+ * process): a file on a block device names its ring's device, and the
+ * io_uring_enter in progress, if its ring's was not known. */
+SEC("tp_btf/io_uring_file_get")
+int sc_ring_file(unsigned long long *ctx)
+{
+	__u64 ring = ctx[0];
+	__u32 dev = file_dev(fd_file(file_get_fd(ctx)));
+
+	if (!dev || !ring)
+		return 0;
+	__u32 *known = bpf_map_lookup_elem(&ring_devs, &ring);
+	if (!known || *known != dev)
+		bpf_map_update_elem(&ring_devs, &ring, &dev, BPF_ANY);
+	struct sc_state *st = state((__u32)bpf_get_current_pid_tgid(), 0);
+	if (st && st->start_ns && st->dev == DEV_PENDING)
+		st->dev = dev;
 	return 0;
 }
 

@@ -67,6 +67,7 @@ var syscallNames = map[uint32]string{
 	uint32(syscallStorageNrNR_PREADV2):         "preadv2",
 	uint32(syscallStorageNrNR_PWRITEV2):        "pwritev2",
 	uint32(syscallStorageNrNR_IO_PGETEVENTS):   "io_pgetevents",
+	uint32(syscallStorageNrNR_IO_URING_ENTER):  "io_uring_enter",
 }
 
 // syscallName names call nr ("" for none the program traces).
@@ -104,7 +105,7 @@ func (syscallProbe) Decl() Decl {
 		Mechanisms: []Rung{{Mech: event.MechTPBTF}, {Mech: event.MechTracepoint}},
 		Forceable:  true,
 		Describe:   "latency of storage system calls per process, device and call, and where their time off CPU went (kernel stacks, run queue)",
-		Attach:     "tp_btf `sys_enter`/`sys_exit` (else the tracepoints `syscalls:sys_enter_<call>`/`sys_exit_<call>` of the storage calls); tp_btf `sched_switch` + `sched_waking`",
+		Attach:     "tp_btf `sys_enter`/`sys_exit` (else the tracepoints `syscalls:sys_enter_<call>`/`sys_exit_<call>` of the storage calls); tp_btf `sched_switch` + `sched_waking`, `io_uring_file_get`",
 		Records:    "per process x device x call: a latency histogram, the time asleep per kernel stack and the time in the run queue; every call above `--min-latency`; each process's cgroups. Calls on pipes, sockets, character devices, tmpfs, proc or sysfs are let go at entry",
 	}
 }
@@ -180,6 +181,14 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 	consts["switch_has_state"] = uint8(boolInt(n >= 4))
 	consts["use_btf_task"] = uint8(boolInt(btfTask))
 	consts["walk_gap_ns"] = uint64(syscallWalkGap)
+	// io_uring_enter's device comes from the files of its ring's requests
+	// (tracepoint io_uring_file_get, whose fd is its last argument).
+	ringArgs, ringErr := tpParamCount(kernel, "io_uring_file_get")
+	if ringErr == nil && (ringArgs == 2 || ringArgs == 4) {
+		consts["file_get_fd_arg"] = uint32(ringArgs - 1)
+	} else if ringErr == nil {
+		ringErr = fmt.Errorf("io_uring_file_get has %d arguments", ringArgs)
+	}
 	spec, err := loadSpec(loadSyscall, consts)
 	if err != nil {
 		return nil, loadErr(err)
@@ -196,6 +205,9 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 		enter += "_vma"
 	}
 	keep := []string{enter, exit, "sc_switch", "sc_waking"}
+	if ringErr == nil {
+		keep = append(keep, "sc_ring_file")
+	}
 	if mech == event.MechTracepoint {
 		keep = append(keep, "sc_tp_enter0", "sc_tp_enter1")
 	}
@@ -229,11 +241,20 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 		return nil, attachErr(err)
 	}
 	var missing []string
+	if ringErr == nil {
+		ls, err := attachTPBTF(coll.Programs["sc_ring_file"])
+		if err != nil {
+			return nil, attachErr(err)
+		}
+		r.links = append(r.links, ls...)
+	} else {
+		missing = append(missing, "io_uring_enter (no tracepoint io_uring_file_get: "+ringErr.Error()+")")
+	}
 	if mech == event.MechTracepoint {
 		calls := syscallCalls()
 		for _, exitSide := range []bool{true, false} {
 			for _, c := range calls {
-				if c == "msync" && !findVMA {
+				if c == "msync" && !findVMA || c == "io_uring_enter" && ringErr != nil {
 					continue
 				}
 				tp, prog := "sys_exit_"+c, exit
@@ -253,7 +274,7 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 				r.links = append(r.links, l)
 			}
 		}
-		if len(missing) == len(calls) {
+		if len(missing) >= len(calls) {
 			return nil, attachErr(fmt.Errorf("no syscalls:sys_enter_* tracepoint: %w", os.ErrNotExist))
 		}
 	} else {
@@ -413,6 +434,9 @@ func (r *syscallRunning) device(dev uint32) event.Device {
 	if dev == uint32(syscallScDevDEV_ALL) {
 		return event.DevAll
 	}
+	if dev == uint32(syscallScDevDEV_PENDING) {
+		return event.Device{} // sums of a ring whose device was not known yet: skipped
+	}
 	r.mu.Lock()
 	d, ok := r.devs[dev]
 	r.mu.Unlock()
@@ -485,7 +509,7 @@ func (r *syscallRunning) deliverStats(now event.Mono) error {
 	it := r.coll.Maps["call_hists"].Iterate()
 	for it.Next(&k, &v) {
 		name := syscallName(k.Nr)
-		if name == "" {
+		if name == "" || k.Dev == uint32(syscallScDevDEV_PENDING) {
 			continue
 		}
 		// A process whose first record was lost is named now, if it
@@ -546,7 +570,7 @@ func (r *syscallRunning) deliverBlocked(now event.Mono) error {
 	it := r.coll.Maps["blocked"].Iterate()
 	for it.Next(&k, &v) {
 		name := syscallName(k.Nr)
-		if name == "" || v.Ns == 0 {
+		if name == "" || v.Ns == 0 || k.Dev == uint32(syscallScDevDEV_PENDING) {
 			continue
 		}
 		r.sink.Event(event.BlockedStack{

@@ -47,7 +47,8 @@ type syscallScBlockedKey struct {
 type syscallScDev uint32
 
 const (
-	syscallScDevDEV_ALL syscallScDev = 4294967295
+	syscallScDevDEV_ALL     syscallScDev = 4294967295
+	syscallScDevDEV_PENDING syscallScDev = 4294967294
 )
 
 type syscallScHist struct {
@@ -161,6 +162,7 @@ const (
 	syscallStorageNrNR_PREADV2         syscallStorageNr = 327
 	syscallStorageNrNR_PWRITEV2        syscallStorageNr = 328
 	syscallStorageNrNR_IO_PGETEVENTS   syscallStorageNr = 333
+	syscallStorageNrNR_IO_URING_ENTER  syscallStorageNr = 426
 )
 
 // Names of all BPF objects in the ELF.
@@ -174,6 +176,7 @@ const (
 	syscallMapHistZero        = "hist_zero"
 	syscallMapLastWalk        = "last_walk"
 	syscallMapLosses          = "losses"
+	syscallMapRingDevs        = "ring_devs"
 	syscallMapScLosses        = "sc_losses"
 	syscallMapStacks          = "stacks"
 	syscallMapStateTask       = "state_task"
@@ -181,6 +184,7 @@ const (
 	syscallProgScBtfEnter     = "sc_btf_enter"
 	syscallProgScBtfEnterVma  = "sc_btf_enter_vma"
 	syscallProgScBtfExit      = "sc_btf_exit"
+	syscallProgScRingFile     = "sc_ring_file"
 	syscallProgScSwitch       = "sc_switch"
 	syscallProgScTpEnter      = "sc_tp_enter"
 	syscallProgScTpEnter0     = "sc_tp_enter0"
@@ -188,6 +192,7 @@ const (
 	syscallProgScTpEnterVma   = "sc_tp_enter_vma"
 	syscallProgScTpExit       = "sc_tp_exit"
 	syscallProgScWaking       = "sc_waking"
+	syscallVarFileGetFdArg    = "file_get_fd_arg"
 	syscallVarHistLayoutType  = "hist_layout_type"
 	syscallVarLossKindType    = "loss_kind_type"
 	syscallVarMinLatencyNs    = "min_latency_ns"
@@ -251,6 +256,7 @@ type syscallProgramSpecs struct {
 	ScBtfEnter    *ebpf.ProgramSpec `ebpf:"sc_btf_enter"`
 	ScBtfEnterVma *ebpf.ProgramSpec `ebpf:"sc_btf_enter_vma"`
 	ScBtfExit     *ebpf.ProgramSpec `ebpf:"sc_btf_exit"`
+	ScRingFile    *ebpf.ProgramSpec `ebpf:"sc_ring_file"`
 	ScSwitch      *ebpf.ProgramSpec `ebpf:"sc_switch"`
 	ScTpEnter     *ebpf.ProgramSpec `ebpf:"sc_tp_enter"`
 	ScTpEnter0    *ebpf.ProgramSpec `ebpf:"sc_tp_enter0"`
@@ -271,6 +277,7 @@ type syscallMapSpecs struct {
 	HistZero  *ebpf.MapSpec `ebpf:"hist_zero"`
 	LastWalk  *ebpf.MapSpec `ebpf:"last_walk"`
 	Losses    *ebpf.MapSpec `ebpf:"losses"`
+	RingDevs  *ebpf.MapSpec `ebpf:"ring_devs"`
 	ScLosses  *ebpf.MapSpec `ebpf:"sc_losses"`
 	Stacks    *ebpf.MapSpec `ebpf:"stacks"`
 	StateTask *ebpf.MapSpec `ebpf:"state_task"`
@@ -281,6 +288,7 @@ type syscallMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type syscallVariableSpecs struct {
+	FileGetFdArg    *ebpf.VariableSpec `ebpf:"file_get_fd_arg"`
 	HistLayoutType  *ebpf.VariableSpec `ebpf:"hist_layout_type"`
 	LossKindType    *ebpf.VariableSpec `ebpf:"loss_kind_type"`
 	MinLatencyNs    *ebpf.VariableSpec `ebpf:"min_latency_ns"`
@@ -326,6 +334,7 @@ type syscallMaps struct {
 	HistZero  *ebpf.Map `ebpf:"hist_zero"`
 	LastWalk  *ebpf.Map `ebpf:"last_walk"`
 	Losses    *ebpf.Map `ebpf:"losses"`
+	RingDevs  *ebpf.Map `ebpf:"ring_devs"`
 	ScLosses  *ebpf.Map `ebpf:"sc_losses"`
 	Stacks    *ebpf.Map `ebpf:"stacks"`
 	StateTask *ebpf.Map `ebpf:"state_task"`
@@ -341,6 +350,7 @@ func (m *syscallMaps) Close() error {
 		m.HistZero,
 		m.LastWalk,
 		m.Losses,
+		m.RingDevs,
 		m.ScLosses,
 		m.Stacks,
 		m.StateTask,
@@ -352,6 +362,7 @@ func (m *syscallMaps) Close() error {
 //
 // It can be passed to loadSyscallObjects or ebpf.CollectionSpec.LoadAndAssign.
 type syscallVariables struct {
+	FileGetFdArg    *ebpf.Variable `ebpf:"file_get_fd_arg"`
 	HistLayoutType  *ebpf.Variable `ebpf:"hist_layout_type"`
 	LossKindType    *ebpf.Variable `ebpf:"loss_kind_type"`
 	MinLatencyNs    *ebpf.Variable `ebpf:"min_latency_ns"`
@@ -377,6 +388,7 @@ type syscallPrograms struct {
 	ScBtfEnter    *ebpf.Program `ebpf:"sc_btf_enter"`
 	ScBtfEnterVma *ebpf.Program `ebpf:"sc_btf_enter_vma"`
 	ScBtfExit     *ebpf.Program `ebpf:"sc_btf_exit"`
+	ScRingFile    *ebpf.Program `ebpf:"sc_ring_file"`
 	ScSwitch      *ebpf.Program `ebpf:"sc_switch"`
 	ScTpEnter     *ebpf.Program `ebpf:"sc_tp_enter"`
 	ScTpEnter0    *ebpf.Program `ebpf:"sc_tp_enter0"`
@@ -391,6 +403,7 @@ func (p *syscallPrograms) Close() error {
 		p.ScBtfEnter,
 		p.ScBtfEnterVma,
 		p.ScBtfExit,
+		p.ScRingFile,
 		p.ScSwitch,
 		p.ScTpEnter,
 		p.ScTpEnter0,

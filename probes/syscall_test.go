@@ -2,6 +2,7 @@ package probes
 
 import (
 	"os"
+	"os/exec"
 	"runtime"
 	"slices"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/scenario"
 	"github.com/whyslow/whyslow/internal/stage"
 )
 
@@ -389,5 +391,46 @@ func TestSyscallRunqueue(t *testing.T) {
 	t.Logf("1000 writes: asleep %v, in the run queue %v", st.Sleep, st.Runqueue)
 	if st.Runqueue <= 0 || st.Runqueue < st.Sleep/10 {
 		t.Errorf("in the run queue %v against %v asleep, with %d busy loops on %d CPUs: want at least a tenth", st.Runqueue, st.Sleep, 2*runtime.NumCPU(), runtime.NumCPU())
+	}
+}
+
+// fio's io_uring engine: its io_uring_enter calls are on the loop device,
+// named by the files of the ring's requests.
+func TestSyscallIOUring(t *testing.T) {
+	blkNeedRoot(t)
+	bin, err := exec.LookPath("fio")
+	if err != nil {
+		scenario.Skip(t, "fio not installed: %v", err)
+	}
+	const size = 64 << 20
+	loop := newBlkLoop(t, size)
+	sink, r := startSyscallOn(t, (syscallProbe{}).Decl().Mechs()[0], time.Second)
+	cmd := exec.Command(bin, "--name=ring", "--filename="+loop.path, "--rw=randwrite", "--bs=4k", "--direct=1",
+		"--ioengine=io_uring", "--iodepth=4", "--thread", "--time_based", "--runtime=1s", "--output-format=terse")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		if strings.Contains(string(out), "io_uring") && strings.Contains(string(out), "not supported") {
+			scenario.Skip(t, "io_uring not available here: %s", out)
+		}
+		t.Fatalf("fio: %v\n%s", err, out)
+	}
+	if err := r.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	pid := uint32(cmd.Process.Pid)
+	var calls uint64
+	var sleep time.Duration
+	for _, s := range sinkEvents[event.SyscallStats](sink) {
+		if s.Pid == pid && s.Call == "io_uring_enter" {
+			if s.Dev.Name != loop.name {
+				t.Errorf("io_uring_enter counted on %q, want %s", s.Dev.Name, loop.name)
+			}
+			calls += s.Latency.Count
+			sleep += s.Sleep
+		}
+	}
+	t.Logf("fio (pid %d): %d io_uring_enter calls on %s, asleep %v", pid, calls, loop.name, sleep)
+	if calls == 0 {
+		t.Fatalf("no io_uring_enter of fio (pid %d) on %s", pid, loop.name)
 	}
 }
