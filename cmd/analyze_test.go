@@ -270,7 +270,7 @@ func TestFinishKeepsTheTraceWhenARuleFails(t *testing.T) {
 	}
 	ios, _, _ := testIO()
 	o := Outputs{Format: "json", Output: filepath.Join(dir, "r.json"), FailOn: "none", Record: filepath.Join(dir, "run.trace.gz")}
-	outs, err := openOutputs(ios, o)
+	outs, err := openOutputs(ios, o, "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,13 +3,10 @@ package cmd
 import (
 	"context"
 	"fmt"
-	"io"
 	"os"
-	"os/signal"
 	"runtime/debug"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -174,6 +171,18 @@ func storageRun(ctx context.Context, opts *StorageOptions) error {
 	if os.Getenv("GOMEMLIMIT") == "" {
 		defer debug.SetMemoryLimit(debug.SetMemoryLimit(memoryLimit))
 	}
+	// The files it writes, checked before any work: two that are the same
+	// file, or one that is an input, are a usage error.
+	inputs := []input{{"the --btf file", opts.BTF}}
+	for _, r := range opts.Rules {
+		inputs = append(inputs, input{"the --rules file", r})
+	}
+	outs, err := openOutputs(opts.IO, opts.Outputs, opts.ReadyFile, inputs...)
+	if err != nil {
+		return err
+	}
+	ctx, interrupts := handleInterrupts(ctx, opts.IO, true, outs.abort)
+	defer interrupts.stop()
 	// The probes need the kernel BTF, decoded once per process: decode it
 	// while the rules compile. (kallsyms, needed only to symbolize stacks,
 	// is read in the background by the offcpu probe.)
@@ -192,31 +201,21 @@ func storageRun(ctx context.Context, opts *StorageOptions) error {
 	if dopts.Kernel, err = diagnose.Check(dopts); err != nil {
 		return err
 	}
-	ready, err := newReadyFile(opts.ReadyFile)
+	ready, err := newReadyFile(outs.ready)
 	if err != nil {
 		return err
 	}
-	defer ready.cleanup()
 	dopts.Ready = func() {
 		restoreGC()
 		ready.signal(opts.IO.ErrOut)
 	}
-	outs, err := openOutputs(opts.IO, opts.Outputs)
-	if err != nil {
-		return err
-	}
-	if ctx == nil {
-		ctx = context.Background()
-	}
-	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	dopts.Observed = interrupts.observed
 	started := time.Now()
 	var clearProgress func()
 	dopts.Progress, clearProgress = progress(opts.IO)
 	res, err := diagnose.Storage(ctx, dopts)
 	clearProgress()
 	if err != nil {
-		outs.abort()
 		return err
 	}
 	return outs.finish(res, runInfo(started, opts.Duration, opts.Devices))
@@ -234,30 +233,6 @@ func failOn(level string, findings []rules.Finding) error {
 		}
 	}
 	return nil
-}
-
-// openOutput opens the report destination before the run starts, so a bad
-// path fails at once rather than after the run. The returned close function
-// removes a file that got no complete report.
-func openOutput(ios *IO, path string) (w io.Writer, closeFn func(ok bool) error, err error) {
-	if path == "" || path == "-" {
-		return ios.Out, func(bool) error { return nil }, nil
-	}
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
-	if err != nil {
-		return nil, nil, fmt.Errorf("--output: %w", err)
-	}
-	return f, func(ok bool) error {
-		cerr := f.Close()
-		if !ok {
-			_ = os.Remove(path)
-			return nil
-		}
-		if cerr != nil {
-			return fmt.Errorf("--output: %w", cerr)
-		}
-		return nil
-	}, nil
 }
 
 // progress returns the live progress display of a run: the function that

@@ -43,6 +43,9 @@ type Options struct {
 	// Ready, when set, is called once every probe has been started
 	// (attached, or found unavailable), as the observation window begins.
 	Ready func()
+	// Observed, when set, is called as the observation window ends (its
+	// duration passed, or ctx ended), before the probes stop.
+	Observed func()
 	// Kernel is the kernel BTF Check returned; nil makes Storage load it.
 	Kernel *btf.Spec
 	// MaxEventBytes bounds the memory the run's events take (estimated);
@@ -186,6 +189,9 @@ func Collect(ctx context.Context, opts Options, spec *btf.Spec) (*timeline.Timel
 
 	sort.Strings(names)
 	wait(ctx, opts, col, names)
+	if opts.Observed != nil {
+		opts.Observed()
+	}
 
 	end, clockErr := event.Now()
 	stopErr := g.Stop()
