@@ -154,7 +154,7 @@ func startExec(cfg Config, sink Sink) (_ *execRunning, err error) {
 	}
 	go func() {
 		defer close(r.done)
-		readRing(r.rd, r.handle)
+		readRing(r.rd, r.sink, event.ProbeExec, r.handle)
 	}()
 	return r, nil
 }

@@ -550,7 +550,7 @@ func startDirect(probe string, spec *ebpf.CollectionSpec, kernel *btf.Spec, poin
 	}
 	go func() {
 		defer close(r.done)
-		readRing(r.rd, func(raw []byte) {
+		readRing(r.rd, r.sink, r.probe, func(raw []byte) {
 			if !handle(coll, raw) {
 				r.decode++
 			}

@@ -189,7 +189,7 @@ func startOffcpu(cfg Config, sink Sink) (_ *offcpuRunning, err error) {
 	go r.process()
 	go func() {
 		defer close(r.done)
-		readRing(r.rd, r.enqueue)
+		readRing(r.rd, r.sink, event.ProbeOffCPU, r.enqueue)
 	}()
 	return r, nil
 }

@@ -114,7 +114,7 @@ func startSubmit(cfg Config, sink Sink) (_ *submitRunning, err error) {
 	r.links = append(r.links, starts...)
 	go func() {
 		defer close(r.done)
-		readRing(r.rd, r.handle)
+		readRing(r.rd, r.sink, event.ProbeSubmit, r.handle)
 	}()
 	return r, nil
 }

@@ -47,11 +47,14 @@ type Stream interface {
 	// Bytes estimates the memory an event of this kind takes on the
 	// timeline: its struct, with the slack of a growing slice, and the
 	// strings and slices it owns. Fields tagged `mem:"shared"` share their
-	// contents with other events (interned strings, cached kernel stacks)
-	// and count as their header only.
+	// contents with other events (strings the timeline keeps once, kernel
+	// stacks a probe caches) and count as their header only; Admit counts
+	// each shared string once.
 	Bytes(e event.Event) int64
 
 	add(t *Timeline, e event.Event)
+	// admitLast bounds the last event of the stream (see Timeline.Admit).
+	admitLast(t *Timeline, max int64) bool
 	sort(t *Timeline)
 	setup(probe string)
 }
@@ -81,13 +84,45 @@ func (s *stream[E]) add(t *Timeline, e event.Event) {
 }
 func (s *stream[E]) sort(t *Timeline) { sortBy(*s.of(t)) }
 
+func (s *stream[E]) admitLast(t *Timeline, max int64) bool {
+	p := s.of(t)
+	last := len(*p) - 1
+	v := reflect.ValueOf(&(*p)[last]).Elem()
+	n := s.size(v)
+	strs := t.bound.strs
+	shared, fresh := s.mem.intern(v, strs)
+	if t.bound.bytes+n+shared > max {
+		var zero E
+		(*p)[last] = zero
+		*p = (*p)[:last]
+		t.AddLoss(event.Loss{Probe: s.probe, What: FullLoss, Count: 1})
+		return false
+	}
+	t.bound.bytes += n + shared
+	if len(fresh) > 0 {
+		if strs == nil {
+			strs = map[string]string{}
+			t.bound.strs = strs
+		}
+		for _, f := range fresh {
+			strs[f] = f
+		}
+	}
+	return true
+}
+
 func (s *stream[E]) Bytes(e event.Event) int64 {
 	v, ok := e.(E)
 	if !ok {
 		return 0
 	}
+	return s.size(reflect.ValueOf(&v).Elem())
+}
+
+// size is Bytes of the event v holds.
+func (s *stream[E]) size(v reflect.Value) int64 {
 	const slack = 5 / 4.0
-	n := int64(s.mem.size) + s.mem.content(reflect.ValueOf(&v).Elem())
+	n := int64(s.mem.size) + s.mem.content(v)
 	return int64(float64(n) * slack)
 }
 
@@ -171,6 +206,48 @@ func (t *Timeline) Add(e event.Event) {
 		s.add(t, e)
 	}
 }
+
+// DefaultMaxEventBytes is how much memory the events of a timeline may take
+// (estimated) before further ones are dropped and counted as lost, in a
+// live run and in the analysis of a trace: about a million events of the
+// usual kinds.
+const DefaultMaxEventBytes = 128 << 20
+
+// FullLoss is the Loss.What of the events Admit dropped.
+const FullLoss = "timeline full (memory bound of the run)"
+
+// Admit adds e to its stream if the events the timeline holds stay within
+// max bytes (estimated: Stream.Bytes, and each string of the fields tagged
+// `mem:"shared"` once, for the events share the timeline's copy, which
+// Admit puts in their place); past the bound e is dropped and counted as
+// a loss of its probe (FullLoss). It says whether e was kept; an event of
+// a type no source declares is not. max <= 0 means DefaultMaxEventBytes.
+// Every event that a bound applies to must come through Admit or
+// AdmitLast, so that a live run and the analysis of its trace count the
+// same.
+func (t *Timeline) Admit(e event.Event, max int64) bool {
+	s := StreamOf(e)
+	if s == nil {
+		return false
+	}
+	s.add(t, e)
+	return t.AdmitLast(s, max)
+}
+
+// AdmitLast is Admit for the event just appended to stream s, for a reader
+// that decodes in place: past the bound it is removed again.
+func (t *Timeline) AdmitLast(s Stream, max int64) bool {
+	if max <= 0 {
+		max = DefaultMaxEventBytes
+	}
+	if s.Len(t) == 0 {
+		return false
+	}
+	return s.admitLast(t, max)
+}
+
+// HeldBytes is the estimated memory of the events admitted so far.
+func (t *Timeline) HeldBytes() int64 { return t.bound.bytes }
 
 // MergeHistogram adds h to the histogram of that kind of device dev; a
 // kind no source declares is ignored.

@@ -1,7 +1,9 @@
 package timeline
 
 import (
+	"fmt"
 	"reflect"
+	"strings"
 	"testing"
 	"unsafe"
 
@@ -116,5 +118,48 @@ func TestProbeNames(t *testing.T) {
 		if _, ok := SourceOf(n); !ok || n == "" {
 			t.Errorf("probe %q", n)
 		}
+	}
+}
+
+// Admit keeps one copy of each shared string and counts it once: uevents
+// that repeat their device cost their struct, each new string its bytes,
+// so that a storm of distinct uevents is bounded like any other.
+func TestAdmitCountsSharedStringsOnce(t *testing.T) {
+	u := func(path string) event.Uevent {
+		return event.Uevent{Action: "change", DevPath: strings.Clone(path), Subsystem: "block", DevName: "loop0"}
+	}
+	per := StreamOf(u("x")).Bytes(u("x"))
+	var tl Timeline
+	tl.Admit(u("/devices/virtual/block/loop0"), 0)
+	first := tl.HeldBytes()
+	strs := int64(len("change")+len("/devices/virtual/block/loop0")+len("block")+len("loop0")) + 4*internOverhead
+	if first != per+strs {
+		t.Errorf("first uevent: %d bytes, want %d (struct) + %d (its strings)", first, per, strs)
+	}
+	tl.Admit(u("/devices/virtual/block/loop0"), 0)
+	if got := tl.HeldBytes() - first; got != per {
+		t.Errorf("a repeated uevent: %d bytes, want %d", got, per)
+	}
+	if unsafe.StringData(tl.Uevents[0].DevPath) != unsafe.StringData(tl.Uevents[1].DevPath) {
+		t.Errorf("the two uevents hold two copies of their path")
+	}
+	before := tl.HeldBytes()
+	for i := range 100 {
+		tl.Admit(u(fmt.Sprintf("/devices/virtual/block/loop%d", 1000+i)), 0)
+	}
+	if got, want := tl.HeldBytes()-before, 100*(per+int64(len("/devices/virtual/block/loop1000"))+internOverhead); got != want {
+		t.Errorf("100 uevents of new devices: %d bytes, want %d", got, want)
+	}
+
+	// Past the bound: dropped, counted, and their strings not kept.
+	held := tl.HeldBytes()
+	if tl.Admit(u("/devices/new"), held+per) {
+		t.Errorf("admitted past the bound")
+	}
+	if n := len(tl.Uevents); n != 102 || tl.HeldBytes() != held || tl.LostEvents() != 1 || tl.Losses[0].What != FullLoss || tl.Losses[0].Probe != "uevent" {
+		t.Errorf("after a drop: %d uevents, %d bytes (was %d), losses %+v", n, tl.HeldBytes(), held, tl.Losses)
+	}
+	if tl.Admit(u("/devices/virtual/block/loop0"), held+per) != true {
+		t.Errorf("a uevent whose strings are kept did not fit in its struct's size")
 	}
 }
