@@ -11,14 +11,14 @@ import (
 
 // collector is the probes.Sink of a live run: it puts everything on one
 // timeline and counts events per probe for the progress display. It holds
-// at most maxBytes of events (estimated, timeline.Admit): beyond, events
+// at most maxBytes of events (estimated, timeline.Bound): beyond, events
 // are dropped and counted as lost ("timeline full"), so that a storm of
 // events cannot make the run's memory grow without bound.
 type collector struct {
 	mu       sync.Mutex
 	tl       *timeline.Timeline
 	counts   map[string]uint64 // events kept, by probe
-	maxBytes int64
+	bound    timeline.Bound
 }
 
 // DefaultMaxEventBytes is how much memory the events of a live run may take
@@ -34,7 +34,7 @@ func newCollector(tl *timeline.Timeline, maxBytes int64) *collector {
 	if maxBytes <= 0 {
 		maxBytes = DefaultMaxEventBytes
 	}
-	return &collector{tl: tl, counts: map[string]uint64{}, maxBytes: maxBytes}
+	return &collector{tl: tl, counts: map[string]uint64{}, bound: timeline.Bound{Max: maxBytes}}
 }
 
 var _ probes.Sink = (*collector)(nil)
@@ -46,7 +46,7 @@ func (c *collector) Event(e event.Event) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.tl.Admit(e, c.maxBytes) {
+	if c.bound.Admit(c.tl, e) {
 		c.counts[s.Probe()]++
 	}
 }

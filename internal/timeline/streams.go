@@ -53,8 +53,8 @@ type Stream interface {
 	Bytes(e event.Event) int64
 
 	add(t *Timeline, e event.Event)
-	// admitLast bounds the last event of the stream (see Timeline.Admit).
-	admitLast(t *Timeline, max int64) bool
+	// admitLast bounds the last event of the stream (see Bound.Admit).
+	admitLast(t *Timeline, b *Bound) bool
 	sort(t *Timeline)
 	setup(probe string)
 }
@@ -84,28 +84,26 @@ func (s *stream[E]) add(t *Timeline, e event.Event) {
 }
 func (s *stream[E]) sort(t *Timeline) { sortBy(*s.of(t)) }
 
-func (s *stream[E]) admitLast(t *Timeline, max int64) bool {
+func (s *stream[E]) admitLast(t *Timeline, b *Bound) bool {
 	p := s.of(t)
 	last := len(*p) - 1
 	v := reflect.ValueOf(&(*p)[last]).Elem()
 	n := s.size(v)
-	strs := t.bound.strs
-	shared, fresh := s.mem.intern(v, strs)
-	if t.bound.bytes+n+shared > max {
+	shared, fresh := s.mem.intern(v, b.strs)
+	if b.bytes+n+shared > b.max() {
 		var zero E
 		(*p)[last] = zero
 		*p = (*p)[:last]
 		t.AddLoss(event.Loss{Probe: s.probe, What: FullLoss, Count: 1})
 		return false
 	}
-	t.bound.bytes += n + shared
+	b.bytes += n + shared
 	if len(fresh) > 0 {
-		if strs == nil {
-			strs = map[string]string{}
-			t.bound.strs = strs
+		if b.strs == nil {
+			b.strs = map[string]string{}
 		}
 		for _, f := range fresh {
-			strs[f] = f
+			b.strs[f] = f
 		}
 	}
 	return true
@@ -216,38 +214,50 @@ const DefaultMaxEventBytes = 128 << 20
 // FullLoss is the Loss.What of the events Admit dropped.
 const FullLoss = "timeline full (memory bound of the run)"
 
-// Admit adds e to its stream if the events the timeline holds stay within
-// max bytes (estimated: Stream.Bytes, and each string of the fields tagged
-// `mem:"shared"` once, for the events share the timeline's copy, which
-// Admit puts in their place); past the bound e is dropped and counted as
-// a loss of its probe (FullLoss). It says whether e was kept; an event of
-// a type no source declares is not. max <= 0 means DefaultMaxEventBytes.
-// Every event that a bound applies to must come through Admit or
-// AdmitLast, so that a live run and the analysis of its trace count the
-// same.
-func (t *Timeline) Admit(e event.Event, max int64) bool {
+// Bound is the memory bound of a timeline's events: a live run's
+// collector and the reader of a trace each keep one, with the same Max,
+// so that both keep and count the same.
+type Bound struct {
+	// Max is the memory the events may take (estimated); 0 means
+	// DefaultMaxEventBytes.
+	Max   int64
+	bytes int64
+	strs  map[string]string // the one copy of each shared string
+}
+
+func (b *Bound) max() int64 {
+	if b.Max <= 0 {
+		return DefaultMaxEventBytes
+	}
+	return b.Max
+}
+
+// Admit adds e to its stream in t if the events admitted stay within the
+// bound (estimated: Stream.Bytes, and each string of the fields tagged
+// `mem:"shared"` once, for the events share the bound's copy, which Admit
+// puts in their place); past the bound e is dropped and counted as a loss
+// of its probe in t (FullLoss). It says whether e was kept; an event of a
+// type no source declares is not.
+func (b *Bound) Admit(t *Timeline, e event.Event) bool {
 	s := StreamOf(e)
 	if s == nil {
 		return false
 	}
 	s.add(t, e)
-	return t.AdmitLast(s, max)
+	return b.AdmitLast(t, s)
 }
 
-// AdmitLast is Admit for the event just appended to stream s, for a reader
-// that decodes in place: past the bound it is removed again.
-func (t *Timeline) AdmitLast(s Stream, max int64) bool {
-	if max <= 0 {
-		max = DefaultMaxEventBytes
-	}
+// AdmitLast is Admit for the event just appended to stream s of t, for a
+// reader that decodes in place: past the bound it is removed again.
+func (b *Bound) AdmitLast(t *Timeline, s Stream) bool {
 	if s.Len(t) == 0 {
 		return false
 	}
-	return s.admitLast(t, max)
+	return s.admitLast(t, b)
 }
 
-// HeldBytes is the estimated memory of the events admitted so far.
-func (t *Timeline) HeldBytes() int64 { return t.bound.bytes }
+// Bytes is the estimated memory of the events admitted so far.
+func (b *Bound) Bytes() int64 { return b.bytes }
 
 // MergeHistogram adds h to the histogram of that kind of device dev; a
 // kind no source declares is ignored.

@@ -130,36 +130,38 @@ func TestAdmitCountsSharedStringsOnce(t *testing.T) {
 	}
 	per := StreamOf(u("x")).Bytes(u("x"))
 	var tl Timeline
-	tl.Admit(u("/devices/virtual/block/loop0"), 0)
-	first := tl.HeldBytes()
+	var b Bound
+	b.Admit(&tl, u("/devices/virtual/block/loop0"))
+	first := b.Bytes()
 	strs := int64(len("change")+len("/devices/virtual/block/loop0")+len("block")+len("loop0")) + 4*internOverhead
 	if first != per+strs {
 		t.Errorf("first uevent: %d bytes, want %d (struct) + %d (its strings)", first, per, strs)
 	}
-	tl.Admit(u("/devices/virtual/block/loop0"), 0)
-	if got := tl.HeldBytes() - first; got != per {
+	b.Admit(&tl, u("/devices/virtual/block/loop0"))
+	if got := b.Bytes() - first; got != per {
 		t.Errorf("a repeated uevent: %d bytes, want %d", got, per)
 	}
 	if unsafe.StringData(tl.Uevents[0].DevPath) != unsafe.StringData(tl.Uevents[1].DevPath) {
 		t.Errorf("the two uevents hold two copies of their path")
 	}
-	before := tl.HeldBytes()
+	before := b.Bytes()
 	for i := range 100 {
-		tl.Admit(u(fmt.Sprintf("/devices/virtual/block/loop%d", 1000+i)), 0)
+		b.Admit(&tl, u(fmt.Sprintf("/devices/virtual/block/loop%d", 1000+i)))
 	}
-	if got, want := tl.HeldBytes()-before, 100*(per+int64(len("/devices/virtual/block/loop1000"))+internOverhead); got != want {
+	if got, want := b.Bytes()-before, 100*(per+int64(len("/devices/virtual/block/loop1000"))+internOverhead); got != want {
 		t.Errorf("100 uevents of new devices: %d bytes, want %d", got, want)
 	}
 
 	// Past the bound: dropped, counted, and their strings not kept.
-	held := tl.HeldBytes()
-	if tl.Admit(u("/devices/new"), held+per) {
+	held := b.Bytes()
+	b.Max = held + per
+	if b.Admit(&tl, u("/devices/new")) {
 		t.Errorf("admitted past the bound")
 	}
-	if n := len(tl.Uevents); n != 102 || tl.HeldBytes() != held || tl.LostEvents() != 1 || tl.Losses[0].What != FullLoss || tl.Losses[0].Probe != "uevent" {
-		t.Errorf("after a drop: %d uevents, %d bytes (was %d), losses %+v", n, tl.HeldBytes(), held, tl.Losses)
+	if n := len(tl.Uevents); n != 102 || b.Bytes() != held || tl.LostEvents() != 1 || tl.Losses[0].What != FullLoss || tl.Losses[0].Probe != "uevent" {
+		t.Errorf("after a drop: %d uevents, %d bytes (was %d), losses %+v", n, b.Bytes(), held, tl.Losses)
 	}
-	if tl.Admit(u("/devices/virtual/block/loop0"), held+per) != true {
+	if !b.Admit(&tl, u("/devices/virtual/block/loop0")) {
 		t.Errorf("a uevent whose strings are kept did not fit in its struct's size")
 	}
 }

@@ -54,16 +54,6 @@ type Timeline struct {
 	QueueEnters []event.QueueEnter
 	Freezes     []event.Freeze
 	SubmitCalls []event.SubmitCall
-
-	// bound is what Admit counted.
-	bound bound
-}
-
-// bound is the memory the admitted events take (estimated), and the one
-// copy of each shared string they hold.
-type bound struct {
-	bytes int64
-	strs  map[string]string
 }
 
 // Histogram kinds: the per-device histograms a probe delivers.
