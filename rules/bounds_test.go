@@ -89,9 +89,6 @@ func TestMergedSetChecks(t *testing.T) {
 		}
 		return string(data)
 	}
-	// queue-freeze-stall, made run-scope: uevent-freeze (built-in) explains it.
-	runScope := regexp.MustCompile(`(?m)^scope: device$`).ReplaceAllString(builtinRule("queue-freeze-stall"), "scope: run")
-	runScope = strings.ReplaceAll(runScope, "Device.", "Run.Devices[0].")
 	tests := []struct {
 		name  string
 		files map[string]string
