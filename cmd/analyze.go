@@ -1,6 +1,7 @@
 package cmd
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -69,7 +70,7 @@ func analyzeRun(opts *AnalyzeOptions) error {
 	}
 	// A signal aborts at once (SIGHUP excepted: the analysis goes on to
 	// write its outputs).
-	_, interrupts := handleInterrupts(nil, opts.IO, false, outs.abort)
+	_, interrupts := handleInterrupts(context.Background(), opts.IO, false, outs.abort)
 	defer interrupts.stop()
 	set, err := loadRules(opts.Rules)
 	if err != nil {
@@ -82,6 +83,9 @@ func analyzeRun(opts *AnalyzeOptions) error {
 			return fmt.Errorf("reading trace: %w", err)
 		}
 		return fmt.Errorf("reading trace %w", err)
+	}
+	if info.Incomplete {
+		fmt.Fprintf(opts.IO.ErrOut, "whyslow: warning: %s is incomplete (%s): the report covers only the first %s of the run\n", opts.Trace, info.Cut, tl.Duration().Round(time.Millisecond))
 	}
 	if ign := info.Ignored(); ign != "" {
 		fmt.Fprintf(opts.IO.ErrOut, "whyslow: warning: %s was written by a newer whyslow (%s); skipped what this version does not know: %s\n", opts.Trace, info.Version, ign)

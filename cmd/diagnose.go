@@ -211,14 +211,24 @@ func storageRun(ctx context.Context, opts *StorageOptions) error {
 	}
 	dopts.Observed = interrupts.observed
 	started := time.Now()
+	info := runInfo(started, opts.Duration, opts.Devices)
+	rec, recorded, err := outs.streamRecord(info)
+	if err != nil {
+		return err
+	}
+	dopts.Record = rec
 	var clearProgress func()
 	dopts.Progress, clearProgress = progress(opts.IO)
 	res, err := diagnose.Storage(ctx, dopts)
 	clearProgress()
+	recorded()
 	if err != nil {
+		if outs.recordErr != nil {
+			return fmt.Errorf("%w; %v", err, outs.recordErr)
+		}
 		return err
 	}
-	return outs.finish(res, runInfo(started, opts.Duration, opts.Devices))
+	return outs.finish(res, info)
 }
 
 // failOn turns findings at or above the severity into exit code 3, with a

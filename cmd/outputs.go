@@ -10,9 +10,11 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/whyslow/whyslow/diagnose"
+	"github.com/whyslow/whyslow/internal/event"
 	"github.com/whyslow/whyslow/internal/output"
 	"github.com/whyslow/whyslow/internal/report"
 	"github.com/whyslow/whyslow/internal/stackexport"
+	"github.com/whyslow/whyslow/internal/timeline"
 	"github.com/whyslow/whyslow/internal/tracefile"
 )
 
@@ -63,6 +65,9 @@ type outputs struct {
 	ready *output.File
 	// report is nil when the report goes to standard output.
 	report, record, stacks, folded *output.File
+	// recordErr is why the --record trace, written as the run went, is
+	// not complete.
+	recordErr error
 }
 
 // input is a file a command reads, which no output may be.
@@ -105,14 +110,17 @@ func openOutputs(ios *IO, o Outputs, readyFile string, inputs ...input) (*output
 // temporary files are removed; completed outputs stay.
 func (o *outputs) abort() { o.set.Abort() }
 
-// finish writes the trace, the report and the stack files of a diagnosis,
-// then applies --fail-on. info describes the run as the report shows it.
+// finish writes the report and the stack files of a diagnosis (its trace is
+// written as it runs: streamRecord), then applies --fail-on. info describes the run as the report shows it.
 // Each output is complete or not written at all: one that fails is named
 // in the error (one line, with the others that failed) and the others are
 // written still, since each stands on its own (a report on a terminal that
 // hung up does not cost the trace).
 func (o *outputs) finish(res *diagnose.Result, info tracefile.Info) error {
 	var errs []string
+	if o.recordErr != nil {
+		errs = append(errs, o.recordErr.Error())
+	}
 	write := func(f *output.File, fn func(io.Writer) error) {
 		if f == nil {
 			return
@@ -121,7 +129,6 @@ func (o *outputs) finish(res *diagnose.Result, info tracefile.Info) error {
 			errs = append(errs, err.Error())
 		}
 	}
-	write(o.record, func(w io.Writer) error { return tracefile.Write(w, res.Timeline, info) })
 	rep := buildReport(res, info)
 	writeReport := func(w io.Writer) error { return render(w, rep, res, o.opts.Format) }
 	if o.report != nil {
@@ -140,6 +147,60 @@ func (o *outputs) finish(res *diagnose.Result, info tracefile.Info) error {
 	return failOn(o.opts.FailOn, res.Findings)
 }
 
+// streamRecord starts the --record trace of a live run, if asked: it is
+// written as the run goes (tracefile.Recorder, flushed and synced every
+// second), to a temporary file that takes its place at the path once the
+// first checkpoint is written, so that a run killed after that leaves a
+// trace of what it observed. done completes it once the run is over; a
+// trace that failed is the error finish reports.
+func (o *outputs) streamRecord(info tracefile.Info) (rec diagnose.Recorder, done func(), err error) {
+	if o.record == nil {
+		return nil, func() {}, nil
+	}
+	w, err := o.record.Create()
+	if err != nil {
+		return nil, nil, err
+	}
+	r := &streamedTrace{Recorder: tracefile.NewRecorder(w, info), w: w}
+	r.Recorder.Sync = w.Sync
+	return r, func() {
+		err := r.Recorder.Err()
+		switch {
+		case r.published:
+			if cerr := w.Commit(); err == nil {
+				err = cerr
+			}
+		default:
+			w.Abort() // nothing of the run: what was at the path stays
+		}
+		if err != nil {
+			o.recordErr = fmt.Errorf("%s %s: %w", o.record.Flag, o.record.Path, err)
+			if r.published {
+				o.recordErr = fmt.Errorf("%w (the trace holds the run up to its last checkpoint)", o.recordErr)
+			}
+		}
+	}, nil
+}
+
+// streamedTrace is a trace written as the run goes, put in place at its
+// first checkpoint.
+type streamedTrace struct {
+	*tracefile.Recorder
+	w         *output.Writer
+	published bool
+}
+
+func (s *streamedTrace) Checkpoint(state *timeline.Timeline, at event.Mono) error {
+	if err := s.Recorder.Checkpoint(state, at); err != nil {
+		return err
+	}
+	if !s.published {
+		s.published = true
+		return s.w.Publish()
+	}
+	return nil
+}
+
 // buildReport makes the report of a diagnosis: the live run and the
 // analysis of its trace pass the same info and so get the same report.
 func buildReport(res *diagnose.Result, info tracefile.Info) *report.Report {
@@ -150,6 +211,8 @@ func buildReport(res *diagnose.Result, info tracefile.Info) *report.Report {
 		Devices:      info.Devices,
 		RuleErrors:   res.RuleErrors,
 		NotEvaluated: res.NotEvaluated,
+		Incomplete:   info.Incomplete,
+		Cut:          info.Cut,
 	}
 	if res.Timeline != nil {
 		meta.Hostname = res.Timeline.Hostname

@@ -15,10 +15,10 @@ import (
 // are dropped and counted as lost ("timeline full"), so that a storm of
 // events cannot make the run's memory grow without bound.
 type collector struct {
-	mu       sync.Mutex
-	tl       *timeline.Timeline
-	counts   map[string]uint64 // events kept, by probe
-	bound    timeline.Bound
+	mu     sync.Mutex
+	tl     *timeline.Timeline
+	counts map[string]uint64 // events kept, by probe
+	bound  timeline.Bound
 }
 
 // DefaultMaxEventBytes is how much memory the events of a live run may take
@@ -48,6 +48,8 @@ func (c *collector) Event(e event.Event) {
 	defer c.mu.Unlock()
 	if c.bound.Admit(c.tl, e) {
 		c.counts[s.Probe()]++
+	} else {
+		c.tl.AddLoss(event.Loss{Probe: s.Probe(), What: timelineFull, Count: 1})
 	}
 }
 

@@ -214,6 +214,12 @@ func splitArgs(b []int8) []string {
 	return strings.Split(all, "\x00")
 }
 
+// Checkpoint implements Checkpointer.
+func (r *execRunning) Checkpoint(sink Sink) error {
+	deliverLosses(sink, event.ProbeExec, r.objs.Losses)
+	return nil
+}
+
 // Stop detaches the program, delivers the buffered execs and the loss
 // counts, and frees everything.
 func (r *execRunning) Stop() error {

@@ -387,6 +387,13 @@ func trimUserGarbage(fr []event.Frame) []event.Frame {
 	return fr
 }
 
+// Checkpoint implements Checkpointer: the loss counts so far.
+func (r *offcpuRunning) Checkpoint(sink Sink) error {
+	deliverLosses(sink, event.ProbeOffCPU, r.objs.Losses)
+	deliverStackLosses(sink, r.objs.StackLosses, 0)
+	return nil
+}
+
 // Stop detaches the programs, delivers the buffered spans and the loss
 // counts, and frees everything. Spans still waiting for their user stack
 // (their task has not left the call it slept in) are delivered without one.

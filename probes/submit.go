@@ -142,6 +142,17 @@ func (r *submitRunning) handle(raw []byte) {
 	})
 }
 
+// Checkpoint implements Checkpointer.
+func (r *submitRunning) Checkpoint(sink Sink) error {
+	hs, names, err := devHists(r.objs.DevHist, r.objs.DevHistSpill, r.objs.DevNames)
+	if err != nil {
+		return err
+	}
+	deliverDevHists(sink, timeline.HistSubmit, r.sysfs, hs, names)
+	deliverLosses(sink, event.ProbeSubmit, r.objs.Losses)
+	return nil
+}
+
 // Stop detaches the programs, delivers the buffered slow submissions, the
 // per-device histograms and the loss counts, and frees everything.
 func (r *submitRunning) Stop() error {

@@ -225,6 +225,12 @@ func (r *sysfsRunning) handle(raw []byte) {
 	})
 }
 
+// Checkpoint implements Checkpointer.
+func (r *sysfsRunning) Checkpoint(sink Sink) error {
+	deliverLosses(sink, event.ProbeSysfs, r.objs.Maps["losses"])
+	return nil
+}
+
 // Stop detaches the programs, delivers what is still buffered and the loss
 // counts, and frees everything.
 func (r *sysfsRunning) Stop() error {

@@ -311,6 +311,14 @@ func (r *ueventRunning) losses() []event.Loss {
 	return out
 }
 
+// Checkpoint implements Checkpointer: the loss counts so far.
+func (r *ueventRunning) Checkpoint(sink Sink) error {
+	for _, l := range r.losses() {
+		sink.Loss(l)
+	}
+	return nil
+}
+
 // Stop closes the socket, which wakes the reader, and reports losses.
 func (r *ueventRunning) Stop() error {
 	var err error

@@ -209,3 +209,20 @@ func TestDiagnoseKeepsTheTraceWhenTheReportFails(t *testing.T) {
 		t.Errorf("the error names a temporary file: %s", r.stderr)
 	}
 }
+
+// A --record trace that cannot be written (the device is full) costs the
+// trace only: the run goes on, its report is written, and the exit code
+// and one line say what failed.
+func TestDiagnoseRecordFails(t *testing.T) {
+	dir := t.TempDir()
+	node, link := fullDevice(t, dir)
+	nodeFI, linkFI := lstat(t, node), lstat(t, link)
+	report := filepath.Join(dir, "r.txt")
+	r := run(t, "diagnose", "storage", "--duration", "2s", "--record", link, "-o", report)
+	checkOneLineError(t, r, 1, "--record "+link+": no space left on device")
+	unchanged(t, node, nodeFI)
+	unchanged(t, link, linkFI)
+	if b, err := os.ReadFile(report); err != nil || !strings.Contains(string(b), "storage diagnosis") {
+		t.Errorf("no report: %v", err)
+	}
+}

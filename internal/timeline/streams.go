@@ -94,7 +94,7 @@ func (s *stream[E]) admitLast(t *Timeline, b *Bound) bool {
 		var zero E
 		(*p)[last] = zero
 		*p = (*p)[:last]
-		t.AddLoss(event.Loss{Probe: s.probe, What: FullLoss, Count: 1})
+		b.drop(s.probe)
 		return false
 	}
 	b.bytes += n + shared
@@ -220,10 +220,24 @@ const FullLoss = "timeline full (memory bound of the run)"
 type Bound struct {
 	// Max is the memory the events may take (estimated); 0 means
 	// DefaultMaxEventBytes.
-	Max   int64
-	bytes int64
-	strs  map[string]string // the one copy of each shared string
+	Max     int64
+	bytes   int64
+	strs    map[string]string // the one copy of each shared string
+	dropped []event.Loss      // by probe, in the order of their first drop
 }
+
+func (b *Bound) drop(probe string) {
+	for i := range b.dropped {
+		if b.dropped[i].Probe == probe {
+			b.dropped[i].Count++
+			return
+		}
+	}
+	b.dropped = append(b.dropped, event.Loss{Probe: probe, What: FullLoss, Count: 1})
+}
+
+// Dropped are the events Admit dropped, by probe (What is FullLoss).
+func (b *Bound) Dropped() []event.Loss { return slices.Clone(b.dropped) }
 
 func (b *Bound) max() int64 {
 	if b.Max <= 0 {
@@ -235,9 +249,9 @@ func (b *Bound) max() int64 {
 // Admit adds e to its stream in t if the events admitted stay within the
 // bound (estimated: Stream.Bytes, and each string of the fields tagged
 // `mem:"shared"` once, for the events share the bound's copy, which Admit
-// puts in their place); past the bound e is dropped and counted as a loss
-// of its probe in t (FullLoss). It says whether e was kept; an event of a
-// type no source declares is not.
+// puts in their place); past the bound e is dropped, and counted in
+// Dropped: the caller adds it to the timeline's losses. It says whether e
+// was kept; an event of a type no source declares is not.
 func (b *Bound) Admit(t *Timeline, e event.Event) bool {
 	s := StreamOf(e)
 	if s == nil {

@@ -158,8 +158,8 @@ func TestAdmitCountsSharedStringsOnce(t *testing.T) {
 	if b.Admit(&tl, u("/devices/new")) {
 		t.Errorf("admitted past the bound")
 	}
-	if n := len(tl.Uevents); n != 102 || b.Bytes() != held || tl.LostEvents() != 1 || tl.Losses[0].What != FullLoss || tl.Losses[0].Probe != "uevent" {
-		t.Errorf("after a drop: %d uevents, %d bytes (was %d), losses %+v", n, b.Bytes(), held, tl.Losses)
+	if n, d := len(tl.Uevents), b.Dropped(); n != 102 || b.Bytes() != held || len(d) != 1 || d[0] != (event.Loss{Probe: "uevent", What: FullLoss, Count: 1}) {
+		t.Errorf("after a drop: %d uevents, %d bytes (was %d), dropped %+v", n, b.Bytes(), held, d)
 	}
 	if !b.Admit(&tl, u("/devices/virtual/block/loop0")) {
 		t.Errorf("a uevent whose strings are kept did not fit in its struct's size")
