@@ -48,6 +48,11 @@ const offcpuMaxCachedStacks = 4096
 var offcpuStackLossWhat = [offcpuStackLossSTACK_LOSS_KINDS]string{
 	offcpuStackLossSTACK_LOSS_KERNEL: "kernel stack lost",
 	offcpuStackLossSTACK_LOSS_USER:   "user stack lost",
+	// The kernel may refuse to walk a task's stack (bpf_get_task_stack
+	// fails): a task whose stack it lets no one read, one whose stack is
+	// gone. Expected, like a user stack that cannot be walked; see
+	// bpf/offcpu.bpf.c.
+	offcpuStackLossSTACK_LOSS_KERNEL_REFUSED: "kernel stack refused",
 }
 
 // Decl implements Probe.
