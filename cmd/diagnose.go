@@ -59,9 +59,16 @@ func NewCmdStorage(ios *IO, runF func(*StorageOptions) error) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "storage",
 		Short: "Find why storage is slow: run every storage probe, then print ranked causes",
-		Long: `Runs every storage probe for --duration (Ctrl-C ends the run early and still
-reports), puts their events on one timeline, evaluates the rules and prints a
-ranked report of causes with their evidence and a remedy. Needs root.`,
+		Long: `Runs every storage probe for --duration, puts their events on one timeline,
+evaluates the rules and prints a ranked report of causes with their evidence and
+a remedy. Needs root.
+
+Ctrl-C, SIGTERM or SIGHUP end the observation early: the report, trace and
+stack files are written as for a full run (same exit code). A second Ctrl-C or
+SIGTERM aborts at once (exit 128 + the signal), writing nothing more. --record
+writes the trace as the run goes, flushed every second: a run killed, or a
+machine that loses power, leaves a trace that 'whyslow analyze' reads up to
+its last checkpoint.`,
 		Example: `  sudo whyslow diagnose storage --duration 60s
   sudo whyslow diagnose storage --duration 20s --device sda --format json --output report.json`,
 		Args: cobra.NoArgs,
@@ -83,7 +90,7 @@ ranked report of causes with their evidence and a remedy. Needs root.`,
 	f.StringVar(&opts.BTF, "btf", probes.DefaultBTF, "kernel BTF file")
 	f.StringArrayVar(&opts.Mechanism, "mechanism", nil, "force a mechanism: fentry, kprobe, tp_btf, ... for every probe that offers it, or PROBE=MECHANISM for one (repeatable)")
 	addOutputFlags(c, &opts.Outputs)
-	f.StringVar(&opts.Outputs.Record, "record", "", "write every event of the run to this trace file, for 'whyslow analyze' (gzip-compressed, docs/trace-format.md)")
+	f.StringVar(&opts.Outputs.Record, "record", "", "write every event of the run to this trace file as the run goes (flushed every second), for 'whyslow analyze' (gzip-compressed, docs/trace-format.md)")
 	f.StringVar(&opts.ReadyFile, "ready-file", "", "create this file once every probe is attached (an old one is removed at start), for scripts that start their load only then")
 	_ = c.RegisterFlagCompletionFunc("device", completeDevices)
 	return c
