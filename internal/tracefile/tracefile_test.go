@@ -353,8 +353,11 @@ func FuzzRead(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Add(empty.Bytes())
-	if ex, err := os.ReadFile(filepath.Join("testdata", "v1-example.trace")); err == nil {
-		f.Add(ex)
+	for _, name := range []string{"v1-example.trace", "v2-example.trace"} {
+		if ex, err := os.ReadFile(filepath.Join("testdata", name)); err == nil {
+			f.Add(ex)
+			f.Add(ex[:len(ex)*2/3]) // cut
+		}
 	}
 	f.Add([]byte(`{"format":"whyslow.trace","version":1}` + "\n" + `{"type":"run"}` + "\n" + `{"type":"timeline","start":1,"end":0}` + "\n" + `{"type":"end","records":2}` + "\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
