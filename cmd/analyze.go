@@ -62,7 +62,7 @@ the devices the run was restricted to.`,
 func analyzeRun(opts *AnalyzeOptions) error {
 	inputs := []input{{"the trace", opts.Trace}}
 	for _, r := range opts.Rules {
-		inputs = append(inputs, input{"the --rules file", r})
+		inputs = append(inputs, input{"--rules", r})
 	}
 	outs, err := openOutputs(opts.IO, opts.Outputs, "", inputs...)
 	if err != nil {

@@ -180,9 +180,9 @@ func storageRun(ctx context.Context, opts *StorageOptions) error {
 	}
 	// The files it writes, checked before any work: two that are the same
 	// file, or one that is an input, are a usage error.
-	inputs := []input{{"the --btf file", opts.BTF}}
+	inputs := []input{{"--btf", opts.BTF}}
 	for _, r := range opts.Rules {
-		inputs = append(inputs, input{"the --rules file", r})
+		inputs = append(inputs, input{"--rules", r})
 	}
 	outs, err := openOutputs(opts.IO, opts.Outputs, opts.ReadyFile, inputs...)
 	if err != nil {

@@ -89,8 +89,9 @@ func (s *Set) AddStream(name string, f *os.File) {
 	}
 }
 
-// Input declares a file the command reads: no output may be it. A
-// directory stands for the files directly in it.
+// Input declares a file the command reads, named by its flag ("--rules")
+// or by what it is ("the trace"): no output may be it. A directory stands
+// for the files directly in it.
 func (s *Set) Input(flag, path string) {
 	if path != "" {
 		s.inputs = append(s.inputs, named{flag: flag, path: path})
@@ -104,13 +105,23 @@ type ConflictError struct {
 	// stream, what it is ("the trace", "standard output").
 	A, B         string
 	PathA, PathB string
-	// Input says B is an input.
-	Input bool
+	// Input says B is an input; InDir that PathB is a directory of input
+	// files, one of which is PathA.
+	Input, InDir bool
 }
 
 func (e *ConflictError) Error() string {
 	if e.Input {
-		return fmt.Sprintf("%s %s is %s %s: writing it would destroy it", e.A, quote(e.PathA), e.B, quote(e.PathB))
+		what := e.B
+		switch {
+		case strings.HasPrefix(what, "-") && e.InDir:
+			what = "a file of the " + what + " directory"
+		case e.InDir:
+			what = "a file of " + what
+		case strings.HasPrefix(what, "-"):
+			what = "the " + what + " file"
+		}
+		return fmt.Sprintf("%s %s is %s %s: writing it would destroy it", e.A, quote(e.PathA), what, quote(e.PathB))
 	}
 	if e.PathA == e.PathB || e.PathB == "" {
 		return fmt.Sprintf("%s and %s name the same file %s: one would overwrite the other", e.A, e.B, quote(e.PathA))
@@ -164,7 +175,7 @@ func (s *Set) Check() error {
 		}
 	}
 	for _, in := range s.inputs {
-		ids, err := inputIdentities(in)
+		ids, dir, err := inputIdentities(in)
 		if err != nil {
 			continue // an input that cannot be read says so when it is read
 		}
@@ -174,7 +185,7 @@ func (s *Set) Check() error {
 					if in.f != nil { // an output stream
 						return &ConflictError{A: f.Flag, B: in.flag, PathA: f.Path}
 					}
-					return &ConflictError{A: f.Flag, B: in.flag, PathA: f.Path, PathB: in.path, Input: true}
+					return &ConflictError{A: f.Flag, B: in.flag, PathA: f.Path, PathB: in.path, Input: true, InDir: dir}
 				}
 			}
 		}
@@ -183,33 +194,32 @@ func (s *Set) Check() error {
 }
 
 // inputIdentities are the files an input stands for: itself, or the files
-// directly in a directory.
-func inputIdentities(in named) ([]identity, error) {
+// directly in a directory (dir).
+func inputIdentities(in named) (ids []identity, dir bool, err error) {
 	if in.f != nil {
 		fi, err := in.f.Stat()
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
-		return []identity{statIdentity(fi)}, nil
+		return []identity{statIdentity(fi)}, false, nil
 	}
 	fi, err := os.Stat(in.path)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if !fi.IsDir() {
-		return []identity{statIdentity(fi)}, nil
+		return []identity{statIdentity(fi)}, false, nil
 	}
 	entries, err := os.ReadDir(in.path)
 	if err != nil {
-		return nil, err
+		return nil, true, err
 	}
-	var ids []identity
 	for _, e := range entries {
 		if fi, err := os.Stat(filepath.Join(in.path, e.Name())); err == nil && !fi.IsDir() {
 			ids = append(ids, statIdentity(fi))
 		}
 	}
-	return ids, nil
+	return ids, true, nil
 }
 
 // maxLinks bounds the symbolic links followed to a target, as the kernel

@@ -235,7 +235,8 @@ func TestConflicts(t *testing.T) {
 		{"absolute", [][2]string{{"-o", "r.txt"}, {"--folded", filepath.Join(dir, "r.txt")}}, nil, "are the same file"},
 		{"input", [][2]string{{"-o", "v.gz"}}, [][2]string{{"the trace", "v.gz"}}, "-o v.gz is the trace v.gz: writing it would destroy it"},
 		{"input through a hard link", [][2]string{{"-o", "hard.gz"}}, [][2]string{{"the trace", "./v.gz"}}, "is the trace"},
-		{"a rule file in a directory", [][2]string{{"-o", "rules/a.yaml"}}, [][2]string{{"the --rules file", "rules"}}, "is the --rules file"},
+		{"a rule file in a directory", [][2]string{{"-o", "rules/a.yaml"}}, [][2]string{{"--rules", "rules"}}, "-o rules/a.yaml is a file of the --rules directory rules: writing it would destroy it"},
+		{"a rule file", [][2]string{{"-o", "./rules/a.yaml"}}, [][2]string{{"--rules", "rules/a.yaml"}}, "-o ./rules/a.yaml is the --rules file rules/a.yaml"},
 		{"different files", [][2]string{{"-o", "r.txt"}, {"--folded", "other.txt"}}, [][2]string{{"the trace", "v.gz"}}, ""},
 	}
 	for _, tt := range tests {
