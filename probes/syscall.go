@@ -138,6 +138,11 @@ type syscallRunning struct {
 	// ksymsReady is closed once kallsyms is read (or failed).
 	ksymsReady chan struct{}
 
+	// sums serializes the reads of the maps' sums (Checkpoint, Stop);
+	// kstacks, under it, caches their stacks' symbols.
+	sums    sync.Mutex
+	kstacks *stackCache
+
 	mu    sync.Mutex
 	procs map[uint32]*event.Process // by pid
 	devs  map[uint32]event.Device   // by kernel dev_t (a partition's too)
@@ -476,22 +481,35 @@ func (r *syscallRunning) Stop() error {
 		_ = r.rd.Flush()
 		<-r.done
 		r.rd.Close()
-		now, err := event.Now()
-		if err == nil {
-			err = r.deliverStats(now)
-		}
-		if err == nil {
-			err = r.deliverBlocked(now)
-		}
-		r.stopErr = err
-		deliverLosses(r.sink, event.ProbeSyscall, r.coll.Maps["losses"])
-		r.deliverScLosses()
+		r.stopErr = r.deliverSums(r.sink)
 		if r.decode > 0 {
 			r.sink.Loss(event.Loss{Probe: event.ProbeSyscall, What: "undecodable record", Count: r.decode})
 		}
 		r.coll.Close()
 	})
 	return r.stopErr
+}
+
+// Checkpoint implements Checkpointer: the sums so far (event.SyscallStats
+// and event.BlockedStack, whole: timeline.Sums streams) and the losses.
+func (r *syscallRunning) Checkpoint(sink Sink) error {
+	return r.deliverSums(sink)
+}
+
+// deliverSums sends the sums of the maps and the loss counts to sink.
+func (r *syscallRunning) deliverSums(sink Sink) error {
+	r.sums.Lock()
+	defer r.sums.Unlock()
+	now, err := event.Now()
+	if err == nil {
+		err = r.deliverStats(sink, now)
+	}
+	if err == nil {
+		err = r.deliverBlocked(sink, now)
+	}
+	deliverLosses(sink, event.ProbeSyscall, r.coll.Maps["losses"])
+	r.deliverScLosses(sink)
+	return err
 }
 
 // comm names process tgid as it was first seen ("" when it was not).
@@ -501,7 +519,7 @@ func (r *syscallRunning) comm(tgid uint32) string {
 	return r.comms[tgid]
 }
 
-func (r *syscallRunning) deliverStats(now event.Mono) error {
+func (r *syscallRunning) deliverStats(sink Sink, now event.Mono) error {
 	var (
 		k syscallScHistKey
 		v syscallScHist
@@ -521,7 +539,7 @@ func (r *syscallRunning) deliverStats(now event.Mono) error {
 			continue
 		}
 		h.SumNs, h.MaxNs = v.SumNs, v.MaxNs
-		r.sink.Event(event.SyscallStats{
+		sink.Event(event.SyscallStats{
 			Time: now, Pid: k.Tgid, Comm: r.comm(k.Tgid), Call: name, Dev: r.device(k.Dev),
 			Latency: h, Sleep: time.Duration(v.SleepNs), Runqueue: time.Duration(v.RunqNs),
 		})
@@ -532,10 +550,13 @@ func (r *syscallRunning) deliverStats(now event.Mono) error {
 	return nil
 }
 
-func (r *syscallRunning) deliverBlocked(now event.Mono) error {
+func (r *syscallRunning) deliverBlocked(sink Sink, now event.Mono) error {
 	<-r.ksymsReady
 	stacks := r.coll.Maps["stacks"]
-	cache := newStackCache(offcpuMaxCachedStacks)
+	if r.kstacks == nil {
+		r.kstacks = newStackCache(offcpuMaxCachedStacks)
+	}
+	cache := r.kstacks
 	frames := func(id int32) []event.Frame {
 		if id < 0 {
 			return nil
@@ -573,7 +594,7 @@ func (r *syscallRunning) deliverBlocked(now event.Mono) error {
 		if name == "" || v.Ns == 0 || k.Dev == uint32(syscallScDevDEV_PENDING) {
 			continue
 		}
-		r.sink.Event(event.BlockedStack{
+		sink.Event(event.BlockedStack{
 			Time: now, Pid: k.Tgid, Comm: r.comm(k.Tgid), Call: name, Dev: r.device(k.Dev),
 			Total: time.Duration(v.Ns), Count: v.Count, KernelStack: frames(k.Stackid),
 			Unwalked: k.Stackid == syscallNotWalked,
@@ -587,12 +608,12 @@ func (r *syscallRunning) deliverBlocked(now event.Mono) error {
 
 // deliverScLosses sends the non-zero counts of the per-CPU `sc_losses`
 // array; like deliverLosses, an unreadable array is itself a loss.
-func (r *syscallRunning) deliverScLosses() {
+func (r *syscallRunning) deliverScLosses(sink Sink) {
 	m := r.coll.Maps["sc_losses"]
 	for k := range syscallLossWhat {
 		var perCPU []uint64
 		if err := m.Lookup(uint32(k), &perCPU); err != nil {
-			r.sink.Loss(event.Loss{Probe: event.ProbeSyscall, What: "loss counters unreadable", Count: 1})
+			sink.Loss(event.Loss{Probe: event.ProbeSyscall, What: "loss counters unreadable", Count: 1})
 			return
 		}
 		var n uint64
@@ -600,7 +621,7 @@ func (r *syscallRunning) deliverScLosses() {
 			n += v
 		}
 		if n > 0 {
-			r.sink.Loss(event.Loss{Probe: event.ProbeSyscall, What: syscallLossWhat[k], Count: n})
+			sink.Loss(event.Loss{Probe: event.ProbeSyscall, What: syscallLossWhat[k], Count: n})
 		}
 	}
 }

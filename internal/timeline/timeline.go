@@ -112,9 +112,9 @@ var Sources = []Source{
 			"`time` (its first storage call), `pid`, `comm`, `cgroup_id`, `cgroup` (v2 path), `blkio` (v1 blkio path)"),
 		Events("syscall", func(t *Timeline) *[]event.Syscall { return &t.Syscalls },
 			"`start`, `duration`, `task`, `call` (`pwrite64`, `fsync`, ...), `dev` (`{name: \"all\"}` for sync), `sleep`, `runqueue` (ns inside the call), `ret`: a storage system call above `--min-latency`"),
-		Events("syscall_stats", func(t *Timeline) *[]event.SyscallStats { return &t.SyscallStats },
+		Sums("syscall_stats", func(t *Timeline) *[]event.SyscallStats { return &t.SyscallStats },
 			"`time`, `pid`, `comm`, `call`, `dev`, `latency` (histogram of every call, ns), `sleep`, `runqueue`: one process's calls of one kind on one device, summed in the kernel"),
-		Events("blocked_stack", func(t *Timeline) *[]event.BlockedStack { return &t.BlockedStacks },
+		Sums("blocked_stack", func(t *Timeline) *[]event.BlockedStack { return &t.BlockedStacks },
 			"`time`, `pid`, `comm`, `call`, `dev`, `total` (ns asleep), `count` (sleeps), `kernel_stack`, `unwalked` (sleeps whose stacks were not walked, to bound the walks' cost): where one process's calls of one kind on one device slept, summed in the kernel"),
 	}},
 	{Probe: event.ProbeSysfs, Streams: []Stream{
