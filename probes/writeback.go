@@ -324,8 +324,8 @@ func (r *writebackRunning) handle(raw []byte) {
 		var e writebackDirtyEvent
 		if read(&e) {
 			r.sink.Event(event.DirtyPause{Time: event.Mono(e.TimeNs),
-				Task: event.Task{Pid: e.Pid, Tgid: e.Tgid, Comm: cString(e.Comm[:])},
-				Dev:  r.device(cString(e.Bdi[:])),
+				Task:  event.Task{Pid: e.Pid, Tgid: e.Tgid, Comm: cString(e.Comm[:])},
+				Dev:   r.device(cString(e.Bdi[:])),
 				Pause: time.Duration(e.PauseMs) * time.Millisecond, Period: time.Duration(e.PeriodMs) * time.Millisecond,
 				Paused: time.Duration(e.PausedMs) * time.Millisecond,
 				Limit:  e.Limit, Setpoint: e.Setpoint, Dirty: e.Dirty, WbSetpoint: e.WbSetpoint, WbDirty: e.WbDirty,
@@ -408,4 +408,3 @@ func (r *writebackRunning) Stop() error {
 	})
 	return r.stopErr
 }
-

@@ -36,6 +36,8 @@ type Run struct {
 	// Processes are the processes whose storage system calls the syscall
 	// probe traced, the most time in those calls first.
 	Processes []*Process
+	// DirtyLimits are the vm.dirty_* sysctls at the start (probe writeback).
+	DirtyLimits DirtyLimits
 
 	// probes are the status of every probe of the run (Missing reads them).
 	probes []event.ProbeStatus
@@ -163,6 +165,12 @@ type Device struct {
 	// else its slow submissions (Stalls). Those that overlap this device's
 	// freezes are what a freeze here cost the upper device's submitters.
 	UpperStalls Spans
+	// Wbt, Dirty and Journal are the write-back throttles and journal
+	// commits seen on the device (probe writeback); Mounts its filesystems.
+	Wbt     Wbt
+	Dirty   Dirty
+	Journal Journal
+	Mounts  []Mount
 }
 
 // Command is a group of execs of the same file by the same parent command.
