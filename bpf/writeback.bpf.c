@@ -161,6 +161,7 @@ KEEP_TYPE(struct wbt_event, wbt_event_type);
 KEEP_TYPE(struct dirty_event, dirty_event_type);
 KEEP_TYPE(struct commit_event, commit_event_type);
 KEEP_TYPE(struct ordered_event, ordered_event_type);
+KEEP_TYPE(struct inode_key, inode_key_type);
 
 /* The commit each journal (by device) is running. */
 struct {
@@ -170,7 +171,23 @@ struct {
 	__type(value, struct commit_event);
 } commits SEC(".maps");
 
-/* Who last dirtied each inode. */
+/* The whole disk of each filesystem device that is a partition (filled
+ * by user space from the mounts at the start): the dirtiers are keyed by
+ * the disk (the bdi's), the commits name the filesystem's device. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u32);
+} fsdisk SEC(".maps");
+
+struct inode_key {
+	__u64 ino;
+	__u32 dev; /* kernel dev_t of the whole disk */
+	__u32 pad;
+};
+
+/* Who last dirtied each inode of each disk. */
 struct dirtier {
 	__u32 tgid;
 	__u32 pad;
@@ -180,7 +197,7 @@ struct dirtier {
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
-	__type(key, __u64); /* inode number */
+	__type(key, struct inode_key);
 	__type(value, struct dirtier);
 } dirtiers SEC(".maps");
 
@@ -354,7 +371,11 @@ int wb_ordered(struct tp_jbd2_inode *ctx)
 	e->ino = ino;
 	struct commit_event *c = bpf_map_lookup_elem(&commits, &dev);
 	e->tid = c ? c->tid : 0;
-	struct dirtier *d = bpf_map_lookup_elem(&dirtiers, &ino);
+	struct inode_key k = {.ino = ino, .dev = dev};
+	__u32 *disk = bpf_map_lookup_elem(&fsdisk, &dev);
+	if (disk)
+		k.dev = *disk;
+	struct dirtier *d = bpf_map_lookup_elem(&dirtiers, &k);
 	if (d) {
 		e->dirtier_tgid = d->tgid;
 		__builtin_memcpy(e->comm, d->comm, sizeof(e->comm));
@@ -366,19 +387,44 @@ int wb_ordered(struct tp_jbd2_inode *ctx)
 	return 0;
 }
 
+/* bdi_dev parses a bdi's name, "MAJ:MIN", into a kernel dev_t
+ * (major << 20 | minor); 0 for another name. */
+static __always_inline __u32 bdi_dev(const char *name)
+{
+	__u32 major = 0, minor = 0;
+	int part = 0;
+	for (int i = 0; i < 16; i++) {
+		char c = name[i];
+		if (c == ':' && part == 0) {
+			part = 1;
+			continue;
+		}
+		if (c < '0' || c > '9')
+			break;
+		if (part == 0)
+			major = major * 10 + (c - '0');
+		else
+			minor = minor * 10 + (c - '0');
+	}
+	return part ? (major << 20) | minor : 0;
+}
+
 /* Attached to writeback:writeback_dirty_folio, or writeback_dirty_page on
  * kernels before folios (same record). */
 SEC("tracepoint/writeback/writeback_dirty_folio")
 int wb_dirtied(struct tp_dirty_folio *ctx)
 {
-	__u64 ino = ctx->ino;
+	/* the context may not be read at a variable offset: copy the name */
+	char name[16];
+	__builtin_memcpy(name, ctx->name, sizeof(name));
+	struct inode_key k = {.ino = ctx->ino, .dev = bdi_dev(name)};
 	__u64 id = bpf_get_current_pid_tgid();
-	struct dirtier *old = bpf_map_lookup_elem(&dirtiers, &ino);
+	struct dirtier *old = bpf_map_lookup_elem(&dirtiers, &k);
 	if (old && old->tgid == (__u32)(id >> 32))
 		return 0;
 	struct dirtier d = {};
 	d.tgid = id >> 32;
 	bpf_get_current_comm(d.comm, sizeof(d.comm));
-	bpf_map_update_elem(&dirtiers, &ino, &d, BPF_ANY);
+	bpf_map_update_elem(&dirtiers, &k, &d, BPF_ANY);
 	return 0;
 }

@@ -196,12 +196,18 @@ func (r *writebackRunning) snapshot() {
 		r.sink.Event(event.WbtLat{Time: now, Dev: r.device(strings.TrimSpace(string(devb))),
 			Lat: time.Duration(us) * time.Microsecond, From: "sysfs"})
 	}
+	fsdisk := r.coll.Maps["fsdisk"]
 	for _, m := range readMounts(filepath.Join(proc, "self", "mountinfo")) {
 		fs := r.fsDevice(m[0])
 		if fs.Name == "" {
 			continue
 		}
-		r.sink.Event(event.Mount{Time: now, Dev: r.device(m[0]), FsDev: fs.Name, FSType: m[1], Point: m[2]})
+		disk := r.device(m[0])
+		r.sink.Event(event.Mount{Time: now, Dev: disk, FsDev: fs.Name, FSType: m[1], Point: m[2]})
+		if disk.Major != fs.Major || disk.Minor != fs.Minor {
+			// a partition: its commits' ordered data is dirtied on its disk
+			_ = fsdisk.Put(fs.Major<<20|fs.Minor, disk.Major<<20|disk.Minor)
+		}
 	}
 }
 
@@ -288,6 +294,9 @@ func (r *writebackRunning) fsDevice(mm string) event.Device {
 	return event.Device{Major: major, Minor: minor, Name: blockDevName(cmpOr(r.cfg.SysFS, "/sys"), major, minor)}
 }
 
+// writebackSelf is whyslow's process.
+var writebackSelf = uint32(os.Getpid())
+
 // kdev formats a kernel dev_t as "MAJ:MIN".
 func kdev(dev uint32) string {
 	major, minor := kernelDev(dev)
@@ -322,7 +331,9 @@ func (r *writebackRunning) handle(raw []byte) {
 		}
 	case writebackWbKindWB_DIRTY:
 		var e writebackDirtyEvent
-		if read(&e) {
+		// whyslow's own pauses (writing its trace) are left out, as the
+		// syscall probe leaves out its calls
+		if read(&e) && e.Tgid != writebackSelf {
 			r.sink.Event(event.DirtyPause{Time: event.Mono(e.TimeNs),
 				Task:  event.Task{Pid: e.Pid, Tgid: e.Tgid, Comm: cString(e.Comm[:])},
 				Dev:   r.device(cString(e.Bdi[:])),

@@ -65,6 +65,13 @@ type writebackDirtyEvent struct {
 	Bdi            [32]int8
 }
 
+type writebackInodeKey struct {
+	_   structs.HostLayout
+	Ino uint64
+	Dev uint32
+	Pad uint32
+}
+
 type writebackLossKind uint32
 
 const (
@@ -117,6 +124,7 @@ const (
 	writebackMapCommits           = "commits"
 	writebackMapDirtiers          = "dirtiers"
 	writebackMapEvents            = "events"
+	writebackMapFsdisk            = "fsdisk"
 	writebackMapLosses            = "losses"
 	writebackProgWbCommitEnd      = "wb_commit_end"
 	writebackProgWbCommitFlushing = "wb_commit_flushing"
@@ -131,6 +139,7 @@ const (
 	writebackProgWbWbtStep        = "wb_wbt_step"
 	writebackVarCommitEventType   = "commit_event_type"
 	writebackVarDirtyEventType    = "dirty_event_type"
+	writebackVarInodeKeyType      = "inode_key_type"
 	writebackVarLossKindType      = "loss_kind_type"
 	writebackVarOrderedEventType  = "ordered_event_type"
 	writebackVarWbKindType        = "wb_kind_type"
@@ -199,6 +208,7 @@ type writebackMapSpecs struct {
 	Commits  *ebpf.MapSpec `ebpf:"commits"`
 	Dirtiers *ebpf.MapSpec `ebpf:"dirtiers"`
 	Events   *ebpf.MapSpec `ebpf:"events"`
+	Fsdisk   *ebpf.MapSpec `ebpf:"fsdisk"`
 	Losses   *ebpf.MapSpec `ebpf:"losses"`
 }
 
@@ -208,6 +218,7 @@ type writebackMapSpecs struct {
 type writebackVariableSpecs struct {
 	CommitEventType  *ebpf.VariableSpec `ebpf:"commit_event_type"`
 	DirtyEventType   *ebpf.VariableSpec `ebpf:"dirty_event_type"`
+	InodeKeyType     *ebpf.VariableSpec `ebpf:"inode_key_type"`
 	LossKindType     *ebpf.VariableSpec `ebpf:"loss_kind_type"`
 	OrderedEventType *ebpf.VariableSpec `ebpf:"ordered_event_type"`
 	WbKindType       *ebpf.VariableSpec `ebpf:"wb_kind_type"`
@@ -237,6 +248,7 @@ type writebackMaps struct {
 	Commits  *ebpf.Map `ebpf:"commits"`
 	Dirtiers *ebpf.Map `ebpf:"dirtiers"`
 	Events   *ebpf.Map `ebpf:"events"`
+	Fsdisk   *ebpf.Map `ebpf:"fsdisk"`
 	Losses   *ebpf.Map `ebpf:"losses"`
 }
 
@@ -245,6 +257,7 @@ func (m *writebackMaps) Close() error {
 		m.Commits,
 		m.Dirtiers,
 		m.Events,
+		m.Fsdisk,
 		m.Losses,
 	)
 }
@@ -255,6 +268,7 @@ func (m *writebackMaps) Close() error {
 type writebackVariables struct {
 	CommitEventType  *ebpf.Variable `ebpf:"commit_event_type"`
 	DirtyEventType   *ebpf.Variable `ebpf:"dirty_event_type"`
+	InodeKeyType     *ebpf.Variable `ebpf:"inode_key_type"`
 	LossKindType     *ebpf.Variable `ebpf:"loss_kind_type"`
 	OrderedEventType *ebpf.Variable `ebpf:"ordered_event_type"`
 	WbKindType       *ebpf.Variable `ebpf:"wb_kind_type"`

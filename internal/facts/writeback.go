@@ -321,3 +321,6 @@ func (w *DirtyWriter) As(role string) Task {
 func (w *OrderedWriter) As(role string) Task {
 	return Task{Pid: w.Pid, Tgid: w.Pid, Comm: w.Comm, Role: role}
 }
+
+// StageMs is the time the process spent in one stage, in milliseconds.
+func (p *Process) StageMs(name string) float64 { return ms(p.Stage(name)) }

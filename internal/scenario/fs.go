@@ -1,11 +1,11 @@
 package scenario
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -99,9 +99,9 @@ func Sysctl(t testing.TB, name, value string) {
 	})
 }
 
-// DirtyLimits sets vm.dirty_bytes and vm.dirty_background_bytes, restoring
-// the four dirty sysctls on cleanup (writing one of a _bytes/_ratio pair
-// zeroes the other).
+// DirtyLimits sets vm.dirty_bytes and vm.dirty_background_bytes (0: left
+// as they are), restoring the four dirty sysctls on cleanup (writing one of
+// a _bytes/_ratio pair zeroes the other).
 func DirtyLimits(t testing.TB, bytes, background int64) {
 	t.Helper()
 	RequireRoot(t)
@@ -125,11 +125,15 @@ func DirtyLimits(t testing.TB, bytes, background int64) {
 			}
 		}
 	})
-	if err := writeAttr("/proc/sys/vm/dirty_bytes", fmt.Sprint(bytes)); err != nil {
-		t.Fatalf("vm.dirty_bytes: %v", err)
+	if bytes > 0 {
+		if err := writeAttr("/proc/sys/vm/dirty_bytes", fmt.Sprint(bytes)); err != nil {
+			t.Fatalf("vm.dirty_bytes: %v", err)
+		}
 	}
-	if err := writeAttr("/proc/sys/vm/dirty_background_bytes", fmt.Sprint(background)); err != nil {
-		t.Fatalf("vm.dirty_background_bytes: %v", err)
+	if background > 0 {
+		if err := writeAttr("/proc/sys/vm/dirty_background_bytes", fmt.Sprint(background)); err != nil {
+			t.Fatalf("vm.dirty_background_bytes: %v", err)
+		}
 	}
 }
 
@@ -155,17 +159,35 @@ func StartNamedJob(t testing.TB, name string, args ...string) *Job {
 	if _, err := command(30*time.Second, "cp", fio, bin); err != nil {
 		t.Fatalf("job %s: %v", name, err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, bin, append([]string{"--name=" + name}, args...)...)
-	cmd.Stdout, cmd.Stderr = nil, nil
+	// fio runs each job in a child: the group is killed at cleanup, so
+	// that none keeps the scenario's files open.
+	cmd := exec.Command(bin, append([]string{"--name=" + name}, args...)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
-		cancel()
 		t.Fatalf("job %s: %v", name, err)
 	}
-	j := &Job{Name: name, Pid: cmd.Process.Pid, cmd: cmd, done: make(chan error, 1)}
+	pgid := cmd.Process.Pid
+	j := &Job{Name: name, Pid: pgid, cmd: cmd, done: make(chan error, 1)}
 	go func() { j.done <- cmd.Wait(); close(j.done) }()
 	t.Cleanup(func() {
-		cancel()
+		_ = syscall.Kill(-pgid, syscall.SIGKILL)
+		// fio's job processes may leave the group: every process of the
+		// copy is killed, until none is left
+		waitFor(10*time.Second, func() bool {
+			left := false
+			ents, _ := os.ReadDir("/proc")
+			for _, e := range ents {
+				pid, err := strconv.Atoi(e.Name())
+				if err != nil {
+					continue
+				}
+				if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); exe == bin {
+					left = true
+					_ = syscall.Kill(pid, syscall.SIGKILL)
+				}
+			}
+			return !left
+		})
 		<-j.done
 	})
 	t.Logf("scenario: %s (pid %d): fio %s", name, j.Pid, strings.Join(args, " "))
