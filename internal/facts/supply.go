@@ -48,6 +48,8 @@ var Suppliers = map[string][]string{
 	"Device.Uevents":     {event.ProbeUevent},
 	"Device.SysfsWrites": {event.ProbeSysfs},
 	"Device.Processes":   {event.ProbeSyscall},
+	"Device.Limits":      {event.ProbeIOLimits},
+	"Device.IOCost":      {event.ProbeIOLimits},
 
 	"Command": {event.ProbeExec},
 }
