@@ -29,6 +29,19 @@ func findingOf(rep *report.Report, rule string) (report.Finding, bool) {
 	return report.Finding{}, false
 }
 
+// limitDisk is the device the limits are put on: in the kernels of the
+// matrix the unthrottled virtio disk (serial nvme; their /tmp is in
+// memory), else a disk-backed loop device.
+func limitDisk(t *testing.T) string {
+	t.Helper()
+	if scenario.InMatrix() {
+		if d := scenario.DiskBySerial("nvme"); d != "" {
+			return d
+		}
+	}
+	return scenario.DiskLoop(t, 256<<20)
+}
+
 // throttledWriter runs the writer in cgroup c on dev inside a diagnosis.
 func throttledWriter(t *testing.T, c *scenario.Cgroup, dev string) (*report.Report, *scenario.Fio, *scenario.FioResult) {
 	t.Helper()
@@ -43,7 +56,7 @@ func throttledWriter(t *testing.T, c *scenario.Cgroup, dev string) (*report.Repo
 // was measured.
 func TestCgroupThrottle(t *testing.T) {
 	scenario.RequireRoot(t)
-	dev := scenario.DiskLoop(t, 256<<20)
+	dev := limitDisk(t)
 	c := scenario.IOCgroup(t, "thr")
 	const iops = 40
 	if err := c.LimitWriteIOPS(dev, iops); err != nil {
@@ -112,7 +125,7 @@ func TestCgroupThrottleControls(t *testing.T) {
 		limit int // write IOPS; 0: none
 	}{{"no-limit", 0}, {"limit-not-reached", 1000000}} {
 		t.Run(tc.name, func(t *testing.T) {
-			dev := scenario.DiskLoop(t, 256<<20)
+			dev := limitDisk(t)
 			c := scenario.IOCgroup(t, "ctl")
 			if tc.limit > 0 {
 				if err := c.LimitWriteIOPS(dev, tc.limit); err != nil {
@@ -124,6 +137,48 @@ func TestCgroupThrottleControls(t *testing.T) {
 				if f.Rule == "cgroup-throttle" {
 					t.Errorf("cgroup-throttle fired without a binding limit: %s", f.Title)
 				}
+			}
+		})
+	}
+}
+
+// iocost on the device, with a model of 100 IOPS and fixed QoS (no
+// latency targets, vrate held at 100%): the writer's cgroup gets that
+// budget, its writes wait for it in ioc_rqos_throttle, and the top finding
+// is iocost, naming the device, its configuration and fio. The control,
+// the same writer without iocost, gives no iocost finding.
+func TestIOCost(t *testing.T) {
+	scenario.RequireRoot(t)
+	for _, on := range []bool{true, false} {
+		name := map[bool]string{true: "on", false: "off"}[on]
+		t.Run(name, func(t *testing.T) {
+			dev := limitDisk(t)
+			if on {
+				scenario.IOCost(t, dev,
+					"ctrl=user model=linear rbps=20000000 rseqiops=100 rrandiops=100 wbps=20000000 wseqiops=100 wrandiops=100",
+					"enable=1 ctrl=user rpct=0 rlat=0 wpct=0 wlat=0 min=100.00 max=100.00")
+			}
+			c := scenario.IOCgroup(t, "ioc")
+			rep, w, _ := throttledWriter(t, c, dev)
+			f, ok := findingOf(rep, "iocost")
+			if !on {
+				if ok {
+					t.Errorf("iocost fired without iocost: %s", f.Title)
+				}
+				return
+			}
+			if !ok || rep.Findings[0].Rule != "iocost" {
+				t.Fatalf("top finding is not iocost:\n%s", summary(rep))
+			}
+			t.Logf("title: %s\nexplain: %s\nprecision: %s", f.Title, f.Explanation, f.Precision)
+			if !slices.Contains(f.Devices, dev) {
+				t.Errorf("finding's devices %v, want %s", f.Devices, dev)
+			}
+			if q, _ := evidence(f, "qos").(string); !strings.Contains(q, "enable=1") {
+				t.Errorf("evidence qos %q, want iocost's configuration", q)
+			}
+			if !slices.ContainsFunc(f.Processes, func(p report.Process) bool { return int(p.Pid) == w.Pid }) {
+				t.Errorf("finding's processes %+v do not name fio (pid %d)", f.Processes, w.Pid)
 			}
 		})
 	}
