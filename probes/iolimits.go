@@ -37,8 +37,8 @@ func (iolimitsProbe) Decl() Decl {
 		Name:       event.ProbeIOLimits,
 		Mechanisms: []Rung{{Mech: event.MechCgroupfs}},
 		Describe:   "cgroup I/O limits (v1 blkio.throttle.*, v2 io.max) and the limited cgroups' I/O counters, iocost's configuration (io.cost.qos, io.cost.model), from cgroupfs",
-		Attach:     "cgroupfs (v1 `blkio.throttle.*`, v2 `io.max`, `io.stat`, `io.cost.qos`, `io.cost.model`)",
-		Records:    "each cgroup's limits per device, read at the start; the limited cgroups' I/O counters at the start and the end; iocost's configuration per device",
+		Attach:     "cgroupfs (v1 `blkio.throttle.*`, v2 `io.max`, `io.stat`, `io.cost.qos`, `io.cost.model`, `cgroup.procs`)",
+		Records:    "each cgroup's limits per device, read at the start; the limited cgroups' I/O counters and processes (`cgroup.procs`), at the start, every 500 ms and at the end; iocost's configuration per device",
 	}
 }
 

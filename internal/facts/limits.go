@@ -49,9 +49,11 @@ type Limit struct {
 	Processes []*Process
 	// Delay is the time the limit cost those processes: their blocked time
 	// in the stages throttled I/O shows up in (device, writeback_wait,
-	// cgroup_throttle) less what the device's service time explains (their
-	// calls times its mean service time). Delays has it per process, in
-	// the order of Processes.
+	// cgroup_throttle), the part of it in the calls the limit holds (reads
+	// for a read limit, writes and syncs for a write limit, asynchronous
+	// calls for both: by their share of the blocked time), less what the
+	// device's service time explains (those calls times its mean service
+	// time). Delays has it per process, in the order of Processes.
 	Delay  time.Duration
 	Delays []time.Duration
 	// Source says how Delay was measured (SourceLimitInferred).
@@ -195,6 +197,18 @@ func v1LimitFile(kind string) string {
 	return "blkio.throttle." + op + "_" + rest + "_device"
 }
 
+// callOp is the I/O a system call does: "read" for the reads, "" for the
+// asynchronous calls (either), "write" for the writes and syncs.
+func callOp(call string) string {
+	switch call {
+	case "read", "pread64", "readv", "preadv", "preadv2":
+		return "read"
+	case "io_submit", "io_getevents", "io_pgetevents", "io_uring_enter", "io_destroy":
+		return ""
+	}
+	return "write"
+}
+
 // IOCost is the iocost controller's configuration on a device where it is
 // enabled (the cgroup v2 root's io.cost.qos and io.cost.model).
 type IOCost struct {
@@ -294,9 +308,20 @@ func (b *builder) limits() {
 			for _, st := range throttledStages {
 				blocked = SaturatingAdd(blocked, q.Stage(st))
 			}
+			// Of the calls the limit holds (reads for a read limit, the
+			// others for a write limit; asynchronous ones for both): their
+			// share of the blocked time, and their count.
 			var calls uint64
+			var opBlocked, allBlocked time.Duration
 			for _, c := range q.Calls {
-				calls += c.Latency.Count
+				allBlocked = SaturatingAdd(allBlocked, c.Blocked)
+				if callOp(c.Syscall) == "" || callOp(c.Syscall) == l.Op() {
+					calls += c.Latency.Count
+					opBlocked = SaturatingAdd(opBlocked, c.Blocked)
+				}
+			}
+			if allBlocked > 0 {
+				blocked = time.Duration(float64(blocked) * float64(opBlocked) / float64(allBlocked))
 			}
 			explained := time.Duration(float64(calls) * d.Service.MeanUs * float64(time.Microsecond))
 			delay := max(blocked-explained, 0)
