@@ -181,6 +181,7 @@ const (
 	ProbeSubmitFn   = "submitfn"
 	ProbeSyscall    = "syscall"
 	ProbeSysfs      = "sysfs"
+	ProbeThrottle   = "throttle"
 	ProbeUevent     = "uevent"
 )
 
@@ -410,6 +411,22 @@ type CgroupIO struct {
 
 // When implements Event.
 func (e CgroupIO) When() Mono { return e.Time }
+
+// ThrottleWait is one bio that blk-throttle held over its cgroup's limit,
+// from the moment it was parked (the throttle function returned true) to
+// its dispatch (block_bio_queue), at least the threshold (--min-latency),
+// timed by a direct probe; Task is the task that submitted it.
+type ThrottleWait struct {
+	Start     Mono          `json:"start"`
+	Duration  time.Duration `json:"duration"`
+	Task      Task          `json:"task"`
+	Dev       Device        `json:"dev"`
+	Func      string        `json:"func" mem:"shared"`      // "__blk_throtl_bio" or "blk_throtl_bio"
+	Mechanism Mechanism     `json:"mechanism" mem:"shared"` // "fentry" or "kprobe"
+}
+
+// When implements Event.
+func (e ThrottleWait) When() Mono { return e.Start }
 
 // CgroupMember is a process seen in a limited cgroup (or in one below it)
 // by the iolimits probe, which reads their cgroup.procs at the start, every

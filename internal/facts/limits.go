@@ -53,10 +53,13 @@ type Limit struct {
 	// for a read limit, writes and syncs for a write limit, asynchronous
 	// calls for both: by their share of the blocked time), less what the
 	// device's service time explains (those calls times its mean service
-	// time). Delays has it per process, in the order of Processes.
+	// time). Where the throttle probe timed the bios blk-throttle held
+	// (fentry or kprobe), it is the sum of their waits above --min-latency
+	// instead. Delays has it per process, in the order of Processes.
 	Delay  time.Duration
 	Delays []time.Duration
-	// Source says how Delay was measured (SourceLimitInferred).
+	// Source says how Delay was measured: SourceLimitInferred, or
+	// SourceDirect (fentry __blk_throtl_bio, ...).
 	Source string
 }
 
@@ -265,6 +268,33 @@ func (b *builder) limits() {
 			members[k][m.Pid] = m.Comm
 		}
 	}
+	// Where the throttle probe timed the held bios, the delay is theirs.
+	measured := b.directProbe(event.ProbeThrottle, len(b.tl.ThrottleWaits))
+	type waitKey struct {
+		tgid uint32
+		dev  string
+	}
+	waits := map[waitKey]time.Duration{}
+	source := ""
+	for _, w := range b.tl.ThrottleWaits {
+		if w.Dev.Name != "" {
+			b.names[w.Dev.ID()] = w.Dev.Name
+		}
+	}
+	for _, w := range b.tl.ThrottleWaits {
+		k := waitKey{w.Task.Tgid, b.name(w.Dev)}
+		waits[k] = SaturatingAdd(waits[k], max(w.Duration, 0))
+		if source == "" {
+			source = SourceDirect(w.Mechanism, w.Func)
+		}
+	}
+	if measured && source == "" {
+		for _, p := range b.tl.Probes {
+			if p.Name == event.ProbeThrottle {
+				source = SourceDirect(p.Mechanism, "blk-throttle")
+			}
+		}
+	}
 	seen := map[limitKey]bool{}
 	for _, e := range b.tl.IOLimits {
 		if e.Dev.Name != "" {
@@ -278,6 +308,9 @@ func (b *builder) limits() {
 		name := b.name(e.Dev)
 		d := b.deviceOf(name, e.Dev)
 		l := &Limit{Cgroup: e.Cgroup, V1: e.V1, Device: name, Kind: e.Limit, Value: e.Value, Source: SourceLimitInferred}
+		if measured {
+			l.Source = source
+		}
 		if ss := samples[counterKey{e.Cgroup, e.V1, e.Dev.ID()}]; len(ss) >= 2 {
 			l.Counted = true
 			l.Rate = activeRate(ss, e.Limit)
@@ -325,6 +358,9 @@ func (b *builder) limits() {
 			}
 			explained := time.Duration(float64(calls) * d.Service.MeanUs * float64(time.Microsecond))
 			delay := max(blocked-explained, 0)
+			if measured {
+				delay = waits[waitKey{p.Pid, name}]
+			}
 			l.Delays = append(l.Delays, delay)
 			l.Delay = SaturatingAdd(l.Delay, delay)
 		}

@@ -140,3 +140,22 @@ func TestIOCostAndStages(t *testing.T) {
 		t.Errorf("device %v ms, iocost tasks %v", d.StageMs("device"), d.StageTasks("iocost"))
 	}
 }
+
+// Where the throttle probe timed the held bios, a limit's delay is their
+// waits, and its source says so.
+func TestLimitsMeasured(t *testing.T) {
+	tl := limitTimeline()
+	tl.Probes = append(tl.Probes, event.ProbeStatus{Name: event.ProbeThrottle, Status: event.StatusOK, Mechanism: event.MechFentry})
+	for i := range 100 {
+		tl.Add(event.ThrottleWait{Start: event.Mono(2*time.Second + time.Duration(i)*20*time.Millisecond), Duration: 15 * time.Millisecond,
+			Task: event.Task{Pid: 301, Tgid: 300, Comm: "fio"}, Dev: loop0, Func: "__blk_throtl_bio", Mechanism: event.MechFentry})
+	}
+	tl.Sort()
+	l := Build(tl, Options{}).Find("loop0").Limits[0]
+	if want := 1500 * time.Millisecond; l.Delay != want {
+		t.Errorf("delay %v, want %v", l.Delay, want)
+	}
+	if l.Source != "direct: fentry __blk_throtl_bio" {
+		t.Errorf("source %q", l.Source)
+	}
+}

@@ -66,6 +66,9 @@ type Timeline struct {
 	CgroupIO      []event.CgroupIO
 	CgroupMembers []event.CgroupMember
 	IOCosts       []event.IOCost
+	// ThrottleWaits are bios blk-throttle held, timed directly (probe
+	// throttle).
+	ThrottleWaits []event.ThrottleWait
 }
 
 // Histogram kinds: the per-device histograms a probe delivers.
@@ -136,6 +139,10 @@ var Sources = []Source{
 	{Probe: event.ProbeSysfs, Streams: []Stream{
 		Events("sysfs_write", func(t *Timeline) *[]event.SysfsWrite { return &t.SysfsWrites },
 			"`time`, `task`, `path`, `device`, `attr`"),
+	}},
+	{Probe: event.ProbeThrottle, Streams: []Stream{
+		Events("throttle_wait", func(t *Timeline) *[]event.ThrottleWait { return &t.ThrottleWaits },
+			"`start`, `duration`, `task` (the submitter), `dev`, `func` (`__blk_throtl_bio`/`blk_throtl_bio`), `mechanism` (`fentry`/`kprobe`): a bio blk-throttle held, parked to dispatched, above `--min-latency`"),
 	}},
 	{Probe: event.ProbeUevent, Streams: []Stream{
 		Events("uevent", func(t *Timeline) *[]event.Uevent { return &t.Uevents },
