@@ -9,7 +9,7 @@ import (
 	"github.com/whyslow/whyslow/internal/event"
 )
 
-// write makes a file with its directories.
+// writeTree makes files with their directories.
 func writeTree(t *testing.T, files map[string]string) {
 	t.Helper()
 	for p, s := range files {
