@@ -43,9 +43,9 @@ func limitDisk(t *testing.T) string {
 }
 
 // throttledWriter runs the writer in cgroup c on dev inside a diagnosis.
-func throttledWriter(t *testing.T, c *scenario.Cgroup, dev string) (*report.Report, *scenario.Fio, *scenario.FioResult) {
+func throttledWriter(t *testing.T, c *scenario.Cgroup, dev string, args ...string) (*report.Report, *scenario.Fio, *scenario.FioResult) {
 	t.Helper()
-	rep, w, res := writerInWindow(t, func() *scenario.Fio { return scenario.WriterIn(t, c, dev, 6*time.Second) }, 8*time.Second)
+	rep, w, res := writerInWindow(t, func() *scenario.Fio { return scenario.WriterIn(t, c, dev, 6*time.Second) }, 8*time.Second, args...)
 	t.Logf("fio: %s\nfindings:\n%saffected:\n%s", res, summary(rep), affectedSummary(rep))
 	return rep, w, res
 }
@@ -56,13 +56,27 @@ func throttledWriter(t *testing.T, c *scenario.Cgroup, dev string) (*report.Repo
 // was measured.
 func TestCgroupThrottle(t *testing.T) {
 	scenario.RequireRoot(t)
+	checkThrottled(t, "")
+	if scenario.InMatrix() {
+		t.Run("kprobe", func(t *testing.T) { checkThrottled(t, "kprobe") })
+	}
+}
+
+// checkThrottled runs the scenario, with the throttle probe forced onto a
+// mechanism ("kprobe") or on its best.
+func checkThrottled(t *testing.T, mech string) {
+	t.Helper()
+	var args []string
+	if mech != "" {
+		args = []string{"--mechanism", "throttle=" + mech}
+	}
 	dev := limitDisk(t)
 	c := scenario.IOCgroup(t, "thr")
 	const iops = 40
 	if err := c.LimitWriteIOPS(dev, iops); err != nil {
 		t.Fatal(err)
 	}
-	rep, w, res := throttledWriter(t, c, dev)
+	rep, w, res := throttledWriter(t, c, dev, args...)
 	if len(rep.Findings) == 0 || rep.Findings[0].Rule != "cgroup-throttle" {
 		t.Fatalf("top finding is not cgroup-throttle:\n%s", summary(rep))
 	}
@@ -95,8 +109,8 @@ func TestCgroupThrottle(t *testing.T) {
 	// Measured at the throttle where fentry or kprobes run (the kernels of
 	// the matrix), inferred elsewhere (this project's host).
 	if want := "inferred: "; scenario.InMatrix() {
-		if !strings.HasPrefix(f.Precision, "direct: ") {
-			t.Errorf("precision %q, want the throttle timed directly (fentry or kprobe)", f.Precision)
+		if !strings.HasPrefix(f.Precision, "direct: "+mech) {
+			t.Errorf("precision %q, want the throttle timed directly (direct: %s)", f.Precision, mech)
 		}
 	} else if !strings.HasPrefix(f.Precision, want) && !strings.HasPrefix(f.Precision, "direct: ") {
 		t.Errorf("precision %q says neither inferred nor direct", f.Precision)
