@@ -71,7 +71,11 @@ func checkThrottled(t *testing.T, mech string) {
 		args = []string{"--mechanism", "throttle=" + mech}
 	}
 	dev := limitDisk(t)
-	c := scenario.IOCgroup(t, "thr")
+	name := "thr"
+	if mech != "" {
+		name += "-" + mech
+	}
+	c := scenario.IOCgroup(t, name)
 	const iops = 40
 	if err := c.LimitWriteIOPS(dev, iops); err != nil {
 		t.Fatal(err)
