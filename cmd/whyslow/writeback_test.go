@@ -18,8 +18,6 @@ import (
 	"github.com/whyslow/whyslow/internal/scenario"
 )
 
-
-
 func findingNames(f report.Finding) []string {
 	var out []string
 	for _, p := range f.Processes {
