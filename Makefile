@@ -28,7 +28,7 @@ BENCH_FLAGS ?=
 BENCH_VM_KERNEL ?= 6.1,6.12
 BENCH_VM_FLAGS  ?= -sections io -device /dev/nullb0 -configs none,whyslow,libbpf-tools -fio libaio,16,2 -rounds 8 -cost-rounds 5 -fio-time 3s
 
-.PHONY: all build generate check-generated test test-unit vet clean deps deps-generate vmtest bench bench-vm
+.PHONY: all build generate check-generated test test-unit fuzz vet clean deps deps-generate vmtest bench bench-vm
 
 all: build
 
@@ -65,6 +65,17 @@ test: deps vet
 ## test-unit: the tests that need neither root nor BPF
 test-unit:
 	$(GO) test -count=1 -short ./...
+
+## fuzz: run every fuzz target (func FuzzX in any package) for FUZZTIME each, as CI does
+## (make fuzz FUZZTIME=5m for a longer hunt); an input that fails is written to the
+## package's testdata/fuzz/FuzzX/ and replayed by go test from then on
+FUZZTIME ?= 15s
+fuzz:
+	@set -e; grep -rHo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*' . | sort | while IFS=: read -r file fn; do \
+		t=$${fn#func }; pkg=./$$(dirname $${file#./}); \
+		echo "== $$t ($$pkg), $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 5s $$pkg; \
+	done
 
 ## vmtest: the probe and scenario tests on Debian's 5.10, 6.1 and 6.12 cloud kernels under qemu
 ## (make vmtest KERNEL=6.1 for one); results in tools/vmtest/out/<kernel>/, needs root

@@ -6,13 +6,13 @@ import (
 	"io"
 	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/whyslow/whyslow/diagnose"
+	"github.com/whyslow/whyslow/internal/escape"
 	"github.com/whyslow/whyslow/internal/report"
 	"github.com/whyslow/whyslow/internal/stackexport"
 	"github.com/whyslow/whyslow/internal/tracefile"
@@ -143,8 +143,8 @@ func analyzeRun(opts *AnalyzeOptions) error {
 func checkTraceDevices(trace string, asked, has []string) error {
 	var unknown []string
 	for _, d := range asked {
-		if !slices.Contains(has, d) && !slices.Contains(unknown, strconv.Quote(d)) {
-			unknown = append(unknown, strconv.Quote(d))
+		if q := `"` + escape.String(d) + `"`; !slices.Contains(has, d) && !slices.Contains(unknown, q) {
+			unknown = append(unknown, q)
 		}
 	}
 	if len(unknown) == 0 {
@@ -152,7 +152,11 @@ func checkTraceDevices(trace string, asked, has []string) error {
 	}
 	which := "no block device"
 	if len(has) > 0 {
-		which = "only " + strings.Join(has, ", ")
+		names := make([]string, len(has))
+		for i, d := range has {
+			names[i] = escape.String(d) // names from the trace: host strings
+		}
+		which = "only " + strings.Join(names, ", ")
 	}
 	return fmt.Errorf("--device %s: no such device in the trace %s, which has %s", strings.Join(unknown, ", "), trace, which)
 }

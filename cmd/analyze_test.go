@@ -123,8 +123,9 @@ func traceOf(t *testing.T, lines ...string) string {
 	return path
 }
 
-// Extreme values a well-formed trace can hold give a report in every
-// format; impossible ones are one error line naming the file and the line.
+// Extreme values a well-formed trace can hold (at the bounds of
+// docs/trace-format.md) give a report in every format; impossible ones are
+// one error line naming the file and the line.
 func TestAnalyzeExtremeValues(t *testing.T) {
 	dev := `"dev":{"major":7,"minor":0,"name":"loop0"}`
 	task := `"task":{"pid":1,"tgid":1,"comm":"fio"}`
@@ -134,17 +135,21 @@ func TestAnalyzeExtremeValues(t *testing.T) {
 		wantCode int
 		want     string // in stderr when failing, in the text report else
 	}{
-		{"longest window", []string{`{"type":"timeline","start":0,"end":9223372036854775807,"min_latency":9223372036854775807}`}, 0, "observed    2562048h"},
+		{"longest window", []string{`{"type":"timeline","start":0,"end":31622400000000000,"min_latency":31622400000000000}`}, 0, "observed    8784h"},
 		{"empty window", []string{`{"type":"timeline","start":5,"end":5}`}, 0, "min latency 0, devices: all"},
 		{"longest spans, huge counts", []string{
-			`{"type":"timeline","start":0,"end":9223372036854775807}`,
-			`{"type":"device",` + dev + `,"submit":{"count":18446744073709551615,"sum_ns":18446744073709551615,"max_ns":9223372036854775807,"slots":[[327,18446744073709551615],[0,18446744073709551615]]},"service":{"count":1,"sum_ns":9223372036854775807,"max_ns":9223372036854775807,"slots":[[327,1]]}}`,
-			`{"type":"slow_submit","start":0,"latency":9223372036854775807,` + task + `,` + dev + `}`,
-			`{"type":"slow_submit","start":1,"latency":9223372036854775806,` + task + `,` + dev + `}`,
-			`{"type":"offcpu","start":0,"duration":9223372036854775807,` + task + `,"kernel_stack":[{"addr":1,"symbol":"__bio_queue_enter"}]}`,
-			`{"type":"freeze","start":0,"duration":9223372036854775807,` + task + `,` + dev + `}`,
-			`{"type":"uevent","time":9223372036854775807,"action":"change","subsystem":"block","devname":"loop0"}`,
+			`{"type":"timeline","start":3600000000000,"end":31626000000000000}`,
+			`{"type":"device",` + dev + `,"submit":{"count":18446744073709551615,"sum_ns":18446744073709551615,"max_ns":31622400000000000,"slots":[[327,18446744073709551615],[0,18446744073709551615]]},"service":{"count":1,"sum_ns":9223372036854775807,"max_ns":31622400000000000,"slots":[[327,1]]}}`,
+			`{"type":"slow_submit","start":0,"latency":31622400000000000,` + task + `,` + dev + `}`,
+			`{"type":"slow_submit","start":1,"latency":31622399999999999,` + task + `,` + dev + `}`,
+			`{"type":"offcpu","start":0,"duration":31622400000000000,` + task + `,"kernel_stack":[{"addr":1,"symbol":"__bio_queue_enter"}]}`,
+			`{"type":"freeze","start":0,"duration":31622400000000000,` + task + `,` + dev + `}`,
+			`{"type":"uevent","time":31629600000000000,"action":"change","subsystem":"block","devname":"loop0"}`,
 		}, 0, "loop0"},
+		{"a 292-year window", []string{`{"type":"timeline","start":0,"end":9223372036854775807}`}, 1,
+			"line 3: timeline record: field end: a window of 106751 days (0 to 9223372036854775807) is longer than any run (at most 366 days)"},
+		{"a latency of 2^62 ns", []string{`{"type":"timeline","start":0,"end":10}`, `{"type":"slow_submit","start":1,"latency":4611686018427387904}`}, 1,
+			"line 4: slow_submit record: field latency: 4611686018427387904 ns (53375 days) is longer than any run (at most 366 days)"},
 		{"negative min latency", []string{`{"type":"timeline","start":0,"end":9223372036854775807,"min_latency":-9223372036854775808}`}, 1,
 			"line 3: timeline record: field min_latency: a duration cannot be negative"},
 		{"negative latency", []string{`{"type":"timeline","start":0,"end":10}`, `{"type":"slow_submit","start":1,"latency":-1}`}, 1,
@@ -372,5 +377,16 @@ func TestAnalyzeNotEvaluated(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// No run is longer than a trace may be.
+func TestRunLengthIsBounded(t *testing.T) {
+	for _, args := range [][]string{{"--duration", "9000h"}, {"--min-latency", "8785h"}} {
+		ios, _, errb := testIO()
+		if code := Execute(ios, append([]string{"diagnose", "storage"}, args...)); code != ExitUsage ||
+			!strings.Contains(errb.String(), "at most 8784h0m0s (366 days)") {
+			t.Errorf("%v: exit %d: %s", args, code, errb)
+		}
 	}
 }

@@ -6,10 +6,14 @@ import (
 	"compress/gzip"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/spf13/cobra"
 
 	"github.com/whyslow/whyslow/diagnose"
 	"github.com/whyslow/whyslow/internal/report"
@@ -21,15 +25,18 @@ import (
 // FuzzAnalyze drives the whole of `whyslow analyze` on arbitrary bytes: the
 // trace reader, the analysis with the built-in rules, every report format
 // and both stack files. Whatever the input, nothing panics or hangs, a bad
-// trace is one error line, the built-in rules never fail, the JSON report is
-// a report, and no output grows out of proportion to the input.
+// trace is one error line of visible text, the built-in rules never fail,
+// the JSON report is a report, the text and Markdown reports hold only
+// visible text and no host string starts a line of them, and no output
+// grows out of proportion to the input.
 //
-// Seeds: the recorded traces of testdata/traces, compressed as they are
-// and as small uncompressed excerpts (a few records of every type), and
-// hand-made traces with extreme values. Inputs that once failed are kept
-// in testdata/fuzz/FuzzAnalyze.
+// Seeds are small, so that each execution is quick and mutations reach
+// deep: excerpts of the recorded traces of testdata/traces (a few records
+// of every type), plain and compressed; the format's example; hand-made
+// traces with values at the bounds, odd or hostile ones. Inputs that once
+// failed are kept in testdata/fuzz/FuzzAnalyze.
 //
-//	go test ./cmd -run '^$' -fuzz FuzzAnalyze -fuzztime 3m
+//	go test ./cmd -run '^$' -fuzz '^FuzzAnalyze$' -fuzztime 3m
 func FuzzAnalyze(f *testing.F) {
 	traces, _ := filepath.Glob(filepath.Join("..", "testdata", "traces", "*.trace.gz"))
 	if len(traces) == 0 {
@@ -40,8 +47,9 @@ func FuzzAnalyze(f *testing.F) {
 		if err != nil {
 			f.Fatal(err)
 		}
-		f.Add(data)
-		f.Add(excerpt(f, data, 3))
+		ex := excerpt(f, data, 2)
+		f.Add(ex)
+		f.Add(gzipped(f, ex))
 	}
 	if ex, err := os.ReadFile(filepath.Join("..", "internal", "tracefile", "testdata", "v1-example.trace")); err == nil {
 		f.Add(ex)
@@ -49,11 +57,44 @@ func FuzzAnalyze(f *testing.F) {
 	for _, lines := range handMade {
 		f.Add([]byte(traceText(lines...)))
 	}
+	f.Add(hostileSeed(f))
 	set, err := rules.Default()
 	if err != nil {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) { analyzeAll(t, set, data) })
+}
+
+// hostileSeed is the plain text of a trace of the udev freeze chain, three
+// runs, whose device name, host name and command arguments are hostile
+// (hostile_test.go).
+func hostileSeed(f *testing.F) []byte {
+	var b bytes.Buffer
+	if err := tracefile.Write(&b, storyTimeline(hostileDev, hostileHost, hostileArgs, 3), tracefile.Info{Version: "seed", Devices: []string{hostileDev}}); err != nil {
+		f.Fatal(err)
+	}
+	zr, err := gzip.NewReader(&b)
+	if err != nil {
+		f.Fatal(err)
+	}
+	plain, err := io.ReadAll(zr)
+	if err != nil {
+		f.Fatal(err)
+	}
+	return plain
+}
+
+// gzipped compresses data as a trace file is.
+func gzipped(f *testing.F, data []byte) []byte {
+	var b bytes.Buffer
+	zw := gzip.NewWriter(&b)
+	if _, err := zw.Write(data); err != nil {
+		f.Fatal(err)
+	}
+	if err := zw.Close(); err != nil {
+		f.Fatal(err)
+	}
+	return b.Bytes()
 }
 
 // FuzzAnalyzeRecords is FuzzAnalyze with the framing kept right: a header,
@@ -76,6 +117,8 @@ func FuzzAnalyzeRecords(f *testing.F) {
 		lines := strings.Split(strings.TrimSpace(string(excerpt(f, data, 2))), "\n")
 		f.Add("", lines[2], strings.Join(lines[3:len(lines)-1], "\n"))
 	}
+	lines := strings.Split(strings.TrimSpace(string(hostileSeed(f))), "\n")
+	f.Add(hostileDev, lines[2], strings.Join(lines[3:len(lines)-1], "\n"))
 	set, err := rules.Default()
 	if err != nil {
 		f.Fatal(err)
@@ -101,9 +144,7 @@ func FuzzAnalyzeRecords(f *testing.F) {
 func analyzeAll(t *testing.T, set *rules.Set, data []byte) {
 	tl, info, err := tracefile.Read(bytes.NewReader(data))
 	if err != nil {
-		if msg := err.Error(); strings.Contains(msg, "\n") || msg == "" {
-			t.Fatalf("the error is not one line: %q", msg)
-		}
+		checkErrorLine(t, fmt.Errorf("reading trace x.trace: %w", err))
 		return
 	}
 	res, err := diagnose.Analyze(tl, set, info.Devices)
@@ -112,6 +153,10 @@ func analyzeAll(t *testing.T, set *rules.Set, data []byte) {
 	}
 	if len(res.RuleErrors) > 0 {
 		t.Fatalf("a built-in rule failed: %v", res.RuleErrors)
+	}
+	// --device names from the trace's run record, as analyze checks them.
+	if err := checkTraceDevices("x.trace", info.Devices, res.Devices); err != nil {
+		checkErrorLine(t, err)
 	}
 	limit := 1<<20 + 64*len(data)
 	rep := buildReport(res, info)
@@ -130,8 +175,18 @@ func analyzeAll(t *testing.T, set *rules.Set, data []byte) {
 				t.Fatalf("the JSON report does not read back (%v):\n%s", err, b.Bytes())
 			}
 		case "text", "markdown":
-			if bytes.ContainsRune(b.Bytes(), 0x1b) {
-				t.Fatalf("--format %s holds a raw escape", format)
+			if r := visibleText(b.String()); r != "" {
+				t.Fatalf("--format %s holds %q raw", format, r)
+			}
+			// Each finding has one heading; prose (a host string in it
+			// included) cannot make another.
+			heading := findingHeading[format]
+			if n := len(heading.FindAllIndex(b.Bytes(), -1)); n != len(rep.Findings) {
+				t.Fatalf("--format %s: %d finding headings for %d findings:\n%s", format, n, len(rep.Findings), b.Bytes())
+			}
+		case "html":
+			if r := visibleText(strings.ReplaceAll(b.String(), "\t", " ")); r != "" {
+				t.Fatalf("--format html holds %q raw", r)
 			}
 		}
 	}
@@ -145,6 +200,29 @@ func analyzeAll(t *testing.T, set *rules.Set, data []byte) {
 	b.Reset()
 	if err := stackexport.Pprof(&b, res.Timeline, info.StartedAt); err != nil {
 		t.Fatalf("pprof: %v", err)
+	}
+}
+
+// findingHeading matches the line that starts a finding, by format.
+var findingHeading = map[string]*regexp.Regexp{
+	"text":     regexp.MustCompile(`(?m)^#\d+ `),
+	"markdown": regexp.MustCompile(`(?m)^### \d+\. `),
+}
+
+// checkErrorLine wants an error to print as one line of visible text on
+// stderr, as execute prints it.
+func checkErrorLine(t *testing.T, err error) {
+	t.Helper()
+	ios, _, errb := testIO()
+	if code := execute(ios, &cobra.Command{SilenceErrors: true, SilenceUsage: true, RunE: func(*cobra.Command, []string) error { return err }}, nil); code != ExitError {
+		t.Fatalf("exit %d for %v", code, err)
+	}
+	s := errb.String()
+	if strings.Count(s, "\n") != 1 || !strings.HasSuffix(s, "\n") || len(s) < 12 {
+		t.Fatalf("the error is not one line: %q", s)
+	}
+	if r := visibleText(s); r != "" {
+		t.Fatalf("the error holds %q raw: %q", r, s)
 	}
 }
 
@@ -199,24 +277,28 @@ func traceText(lines ...string) string {
 	return strings.Join(all, "\n") + "\n"
 }
 
-// handMade are small traces with extreme, odd or hostile values.
+// handMade are small traces with extreme, odd or hostile values: at the
+// bounds of docs/trace-format.md, and one beyond (an error).
 var handMade = [][]string{
 	{`{"type":"timeline","start":0,"end":9223372036854775807,"min_latency":9223372036854775807}`},
+	{`{"type":"timeline","start":0,"end":31622400000000000,"min_latency":31622400000000000}`},
 	{`{"type":"timeline","start":5,"end":5}`},
 	{
-		`{"type":"timeline","start":0,"end":9223372036854775807}`,
-		`{"type":"device","dev":{"major":7,"minor":0,"name":"loop0"},"submit":{"count":18446744073709551615,"sum_ns":18446744073709551615,"max_ns":9223372036854775807,"slots":[[327,18446744073709551615],[0,18446744073709551615]]},"service":{"count":1,"sum_ns":9223372036854775807,"max_ns":9223372036854775807,"slots":[[327,1]]}}`,
-		`{"type":"slow_submit","start":0,"latency":9223372036854775807,"task":{"pid":1,"tgid":1,"comm":"fio"},"dev":{"major":7,"minor":0,"name":"loop0"}}`,
-		`{"type":"offcpu","start":0,"duration":9223372036854775807,"task":{"pid":1,"tgid":1,"comm":"fio"},"waker":{"pid":2,"comm":"udev"},"kernel_stack":[{"addr":1,"symbol":"__bio_queue_enter"}]}`,
+		`{"type":"timeline","start":3600000000000,"end":31626000000000000}`,
+		`{"type":"device","dev":{"major":7,"minor":0,"name":"loop0"},"submit":{"count":18446744073709551615,"sum_ns":18446744073709551615,"max_ns":31622400000000000,"slots":[[327,18446744073709551615],[0,18446744073709551615]]},"service":{"count":1,"sum_ns":9223372036854775807,"max_ns":31622400000000000,"slots":[[327,1]]}}`,
+		`{"type":"slow_submit","start":0,"latency":31622400000000000,"task":{"pid":1,"tgid":1,"comm":"fio"},"dev":{"major":7,"minor":0,"name":"loop0"}}`,
+		`{"type":"offcpu","start":0,"duration":31622400000000000,"task":{"pid":1,"tgid":1,"comm":"fio"},"waker":{"pid":2,"comm":"udev"},"kernel_stack":[{"addr":1,"symbol":"__bio_queue_enter"}]}`,
 		`{"type":"offcpu","start":3,"duration":9,"task":{"pid":2,"tgid":2,"comm":"udev"},"kernel_stack":[{"addr":1,"symbol":"blk_mq_freeze_queue_wait"}]}`,
-		`{"type":"freeze","start":0,"duration":9223372036854775807,"task":{"pid":1,"tgid":1,"comm":"fio"},"dev":{"major":7,"minor":0,"name":"loop0"}}`,
+		`{"type":"freeze","start":0,"duration":31622400000000000,"task":{"pid":1,"tgid":1,"comm":"fio"},"dev":{"major":7,"minor":0,"name":"loop0"}}`,
 		`{"type":"queue_enter","start":1,"duration":5,"task":{"pid":1,"tgid":1,"comm":"fio"},"dev":{"major":7,"minor":0}}`,
-		`{"type":"uevent","time":9223372036854775807,"action":"change","subsystem":"block","devname":"loop0"}`,
+		`{"type":"uevent","time":31629600000000000,"action":"change","subsystem":"block","devname":"loop0"}`,
 		`{"type":"sysfs_write","time":2,"task":{"pid":2,"comm":"udev"},"device":"loop0","attr":"queue/scheduler"}`,
+		`{"type":"loss","probe":"offcpu","what":"ring buffer full","count":1}`,
+		`{"type":"loss","probe":"offcpu","what":"ring buffer full","count":18446744073709551615}`,
 	},
 	{
 		`{"type":"timeline","start":1000,"end":2000,"hostname":"h\u001b[2J","kernel":"</script>"}`,
-		`{"type":"exec","time":1100,"task":{"pid":9,"tgid":9,"comm":{"base64":"/w=="}},"ppid":1,"parent_comm":"cron","filename":"/bin/x","args":["x","\u202e"]}`,
+		`{"type":"exec","time":1100,"task":{"pid":9,"tgid":9,"comm":{"base64":"/w=="}},"ppid":1,"parent_comm":"cron","filename":"/bin/x","args":["x","\u202e","a\n#1 CRITICAL forged"]}`,
 		`{"type":"exec","time":1200,"task":{"pid":10,"tgid":10,"comm":"x"},"ppid":1,"parent_comm":"cron","filename":"/bin/x"}`,
 		`{"type":"exec","time":1300,"task":{"pid":11,"tgid":11,"comm":"x"},"ppid":1,"parent_comm":"cron","filename":"/bin/x"}`,
 		`{"type":"exit","time":1150,"pid":9,"exit_code":256}`,

@@ -13,6 +13,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
+
+	"github.com/whyslow/whyslow/internal/escape"
 )
 
 // Version is set at build time (-ldflags -X); "dev" otherwise.
@@ -129,7 +131,7 @@ func Execute(ios *IO, args []string) int {
 func execute(ios *IO, root *cobra.Command, args []string) (code int) {
 	defer func() {
 		if x := recover(); x != nil {
-			msg := strings.Join(strings.Fields(fmt.Sprint(x)), " ")
+			msg := escape.String(strings.Join(strings.Fields(fmt.Sprint(x)), " "))
 			fmt.Fprintf(ios.ErrOut, "whyslow: internal error: %s (this is a bug; please report it with the command line and its input)\n", msg)
 			code = ExitError
 		}
@@ -139,14 +141,17 @@ func execute(ios *IO, root *cobra.Command, args []string) (code int) {
 	if err == nil {
 		return ExitOK
 	}
+	// Errors name host strings (a device name from a trace, a rule file
+	// path): escaped, they cannot recolor the terminal or start a line.
+	// Errors of several lines (each mistake in a rule file) keep their lines.
 	var ee exitError
 	if errors.As(err, &ee) {
 		if ee.msg != "" {
-			fmt.Fprintln(ios.ErrOut, ee.msg)
+			fmt.Fprintln(ios.ErrOut, escape.Lines(ee.msg))
 		}
 		return ee.code
 	}
-	fmt.Fprintf(ios.ErrOut, "whyslow: %v\n", err)
+	fmt.Fprintf(ios.ErrOut, "whyslow: %s\n", escape.Lines(err.Error()))
 	var ue usageError
 	if errors.As(err, &ue) || isCobraUsage(err) {
 		return ExitUsage

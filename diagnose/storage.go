@@ -19,6 +19,7 @@ import (
 	"github.com/whyslow/whyslow/internal/event"
 	"github.com/whyslow/whyslow/internal/facts"
 	"github.com/whyslow/whyslow/internal/timeline"
+	"github.com/whyslow/whyslow/internal/tracefile"
 	"github.com/whyslow/whyslow/probes"
 	"github.com/whyslow/whyslow/rules"
 )
@@ -103,6 +104,9 @@ func (o Options) Validate() error {
 	}
 	if o.MinLatency < 0 {
 		return fmt.Errorf("--min-latency must not be negative, got %s", o.MinLatency)
+	}
+	if o.Duration > tracefile.MaxWindow || o.MinLatency > tracefile.MaxWindow {
+		return fmt.Errorf("--duration and --min-latency: at most %s (366 days), the longest a trace holds", tracefile.MaxWindow)
 	}
 	return o.Mechanism.Check(o.Probes)
 }

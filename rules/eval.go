@@ -15,6 +15,7 @@ import (
 	"github.com/expr-lang/expr/file"
 	"github.com/expr-lang/expr/vm"
 
+	"github.com/whyslow/whyslow/internal/escape"
 	"github.com/whyslow/whyslow/internal/facts"
 )
 
@@ -137,13 +138,15 @@ func (e RuleError) Error() string {
 }
 
 // What is the failure without its place: "FIELD (on DEVICE): MESSAGE",
-// with " (and N more)" when the rule failed more than once.
+// with " (and N more)" when the rule failed more than once. The device
+// and the message, which may quote host strings, are escaped
+// (escape.String): it is one line of text for a terminal.
 func (e RuleError) What() string {
 	s := e.Field
 	if e.Device != "" {
-		s += " (on " + e.Device + ")"
+		s += " (on " + escape.String(e.Device) + ")"
 	}
-	s += ": " + e.Message
+	s += ": " + escape.String(e.Message)
 	if e.More > 0 {
 		s += fmt.Sprintf(" (and %d more)", e.More)
 	}
@@ -300,13 +303,15 @@ func (ev *evaluation) add(items []*item, r *Rule, env any, data TemplateData, de
 // facts.Task, or a list (from concat) of those.
 func processes(v any) ([]Process, error) {
 	var out []Process
+	seen := map[Process]bool{}
 	var walk func(v any) error
 	walk = func(v any) error {
 		switch x := v.(type) {
 		case nil:
 		case facts.Task:
 			p := Process{Pid: x.Pid, Comm: x.Comm, Role: x.Role}
-			if !slices.Contains(out, p) {
+			if !seen[p] {
+				seen[p] = true
 				out = append(out, p)
 			}
 		case facts.Tasks:
@@ -367,17 +372,31 @@ func (ev *evaluation) chain(items []*item) []*item {
 		rule   string
 	}
 	taken := map[slot]bool{}
+	type place struct{ rule, dev string }
+	// The findings of each rule on each device, the highest score first
+	// (the first of equal ones); those merged away as causes themselves are
+	// dropped from the front: a cause goes to the first one left.
+	byPlace := map[place][]*item{}
+	for _, t := range items {
+		byPlace[place{t.rule.ID, t.dev}] = append(byPlace[place{t.rule.ID, t.dev}], t)
+	}
+	for _, ts := range byPlace {
+		slices.SortStableFunc(ts, func(a, b *item) int { return cmp.Compare(b.f.Score, a.f.Score) })
+	}
 	for _, c := range order {
 		if c.rule.Explains == "" || c.dev == "" {
 			continue
 		}
 		var target *item
-		for _, t := range items {
-			if gone[t] || t == c || t.rule.ID != c.rule.Explains || t.dev != c.dev {
-				continue
-			}
-			if target == nil || t.f.Score > target.f.Score {
+		ts := byPlace[place{c.rule.Explains, c.dev}]
+		for len(ts) > 0 && gone[ts[0]] {
+			ts = ts[1:]
+		}
+		byPlace[place{c.rule.Explains, c.dev}] = ts
+		for _, t := range ts {
+			if t != c {
 				target = t
+				break
 			}
 		}
 		if target == nil || taken[slot{target, c.rule.ID}] {
@@ -402,8 +421,13 @@ func merge(effect, cause *Finding) {
 	if effect.Trigger == nil {
 		effect.Trigger = cause.Trigger
 	}
+	have := make(map[Process]bool, len(effect.Processes))
+	for _, p := range effect.Processes {
+		have[p] = true
+	}
 	for _, p := range cause.Processes {
-		if !slices.Contains(effect.Processes, p) {
+		if !have[p] {
+			have[p] = true
 			effect.Processes = append(effect.Processes, p)
 		}
 	}

@@ -12,7 +12,9 @@ import (
 	"strconv"
 	"strings"
 	"text/template"
+	"text/template/parse"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/expr-lang/expr"
@@ -20,6 +22,7 @@ import (
 	"github.com/expr-lang/expr/vm"
 	"gopkg.in/yaml.v3"
 
+	"github.com/whyslow/whyslow/internal/escape"
 	"github.com/whyslow/whyslow/internal/facts"
 )
 
@@ -176,10 +179,13 @@ func (p *parsed) str(key string) string {
 // parseRule parses, validates and compiles one rule file. It returns the
 // positions of the id and explains values for errors about the whole set.
 func parseRule(name string, data []byte) (r *Rule, idPos, explPos pos, err error) {
-	p := &parsed{file: name, src: newSource(data), nodes: map[string]*yaml.Node{}, keys: map[string]*yaml.Node{}}
-	if !utf8.Valid(data) {
-		return nil, pos{}, pos{}, posErr(name, pos{1, 1}, "not UTF-8 text")
+	if i := invalidUTF8(data); i >= 0 {
+		return nil, pos{}, pos{}, posErr(name, textPos(data[:i]), "not UTF-8 text: byte 0x%02x", data[i])
 	}
+	if i, r := controlChar(data); i >= 0 {
+		return nil, pos{}, pos{}, posErr(name, textPos(data[:i]), "control character %U: YAML allows none but tab, line feed and carriage return (in a double-quoted string, write it as an escape such as \\x01)", r)
+	}
+	p := &parsed{file: name, src: newSource(data), nodes: map[string]*yaml.Node{}, keys: map[string]*yaml.Node{}}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil {
@@ -224,6 +230,113 @@ func parseRule(name string, data []byte) (r *Rule, idPos, explPos pos, err error
 		explPos = nodePos(n)
 	}
 	return r, idPos, explPos, nil
+}
+
+// invalidUTF8 returns the index of the first byte that is not UTF-8, or -1.
+func invalidUTF8(data []byte) int {
+	for i := 0; i < len(data); {
+		r, size := utf8.DecodeRune(data[i:])
+		if r == utf8.RuneError && size == 1 {
+			return i
+		}
+		i += size
+	}
+	return -1
+}
+
+// controlChar returns the index and rune of the first character YAML does
+// not allow in a file (C0 and C1 controls but tab, line feed, carriage
+// return and next line; DEL; surrogates and U+FFFE, U+FFFF), or -1. yaml.v3
+// reports one without its place.
+func controlChar(data []byte) (int, rune) {
+	for i := 0; i < len(data); {
+		r, size := utf8.DecodeRune(data[i:])
+		ok := r == '\t' || r == '\n' || r == '\r' || r >= 0x20 && r <= 0x7e || r == 0x85 ||
+			r >= 0xa0 && r <= 0xd7ff || r >= 0xe000 && r <= 0xfffd || r >= 0x10000 && r <= 0x10ffff
+		if !ok {
+			return i, r
+		}
+		i += size
+	}
+	return -1, 0
+}
+
+// Bounds of an expression (when, score, evidence, processes, precision),
+// checked by a scan before expr parses it: expr's parser recurses once per
+// level of nesting.
+const (
+	// MaxExprLength is the longest expression, in bytes: the longest
+	// built-in one is some 400.
+	MaxExprLength = 4096
+	// MaxExprDepth is the deepest nesting: brackets ((, [, {) and prefix
+	// operators (!, not, unary - and +) applied one to the other.
+	MaxExprDepth = 64
+)
+
+// exprBounds scans an expression for MaxExprLength and MaxExprDepth. It
+// returns the offset, in runes, where the expression passes one, and
+// why; ok when it passes neither.
+func exprBounds(src string) (off int, msg string, ok bool) {
+	if len(src) > MaxExprLength {
+		return utf8.RuneCountInString(src[:MaxExprLength]), fmt.Sprintf("longer than %d bytes (%d), the most an expression may have", MaxExprLength, len(src)), false
+	}
+	rs := []rune(src)
+	var stack []int       // depth at each open bracket
+	depth, prefix := 0, 0 // brackets open; prefix operators in a row
+	operand := true       // the next token starts an operand (a - or + there is unary)
+	for i := 0; i < len(rs); i++ {
+		r := rs[i]
+		switch {
+		case r == '"' || r == '\'' || r == '`': // a string: skip it
+			for i++; i < len(rs) && rs[i] != r; i++ {
+				if rs[i] == '\\' && r != '`' {
+					i++
+				}
+			}
+			operand, prefix = false, 0
+		case r == '/' && i+1 < len(rs) && rs[i+1] == '/': // a comment to the end of the line
+			for i < len(rs) && rs[i] != '\n' {
+				i++
+			}
+		case r == '/' && i+1 < len(rs) && rs[i+1] == '*':
+			for i += 2; i+1 < len(rs) && !(rs[i] == '*' && rs[i+1] == '/'); i++ {
+			}
+			i++
+		case r == '(' || r == '[' || r == '{':
+			stack = append(stack, depth)
+			depth += prefix + 1
+			prefix, operand = 0, true
+		case r == ')' || r == ']' || r == '}':
+			if n := len(stack); n > 0 {
+				depth, stack = stack[n-1], stack[:n-1]
+			}
+			prefix, operand = 0, false
+		case r == '!' && (i+1 == len(rs) || rs[i+1] != '='),
+			operand && (r == '-' || r == '+'),
+			operand && r == 'n' && strings.HasPrefix(string(rs[i:min(i+4, len(rs))]), "not") && (i+3 == len(rs) || !isIdentRune(rs[i+3])) && (i == 0 || !isIdentRune(rs[i-1])):
+			prefix++
+			if r == 'n' {
+				i += 2
+			}
+			operand = true
+		case unicode.IsSpace(r):
+		case isIdentRune(r) || r == '.':
+			for i+1 < len(rs) && isIdentRune(rs[i+1]) {
+				i++
+			}
+			prefix, operand = 0, false
+		default: // an operator or a separator: an operand follows
+			prefix, operand = 0, true
+		}
+		if d := depth + prefix; d > MaxExprDepth {
+			return i, fmt.Sprintf("nested more than %d deep (brackets and operators such as !), the most an expression may be", MaxExprDepth), false
+		}
+	}
+	return 0, "", true
+}
+
+func isIdentRune(r rune) bool {
+	return r == '_' || r == '$' || unicode.IsLetter(r) || unicode.IsDigit(r)
 }
 
 // yamlError turns a yaml.v3 error into an Error. yaml.v3 reports only a
@@ -425,6 +538,10 @@ func (p *parsed) compile(r *Rule) {
 		if n == nil {
 			return nil
 		}
+		if off, msg, ok := exprBounds(n.Value); !ok {
+			p.errorf(p.src.scalarPos(n, off), "%s: %s", field, msg)
+			return nil
+		}
 		opts := append([]expr.Option{expr.Env(env)}, helperFuncs...)
 		pr, err := safeCompile(n.Value, append(opts, extra...)...)
 		if err != nil {
@@ -533,12 +650,75 @@ func (p *parsed) template(field string, n *yaml.Node) *template.Template {
 	if n == nil {
 		return nil
 	}
-	t, err := template.New(field).Funcs(templateFuncs).Option("missingkey=error").Parse(n.Value)
+	t, err := template.New(field).Funcs(templateFuncs).Funcs(template.FuncMap{escapeFunc: escapeHostText}).
+		Option("missingkey=error").Parse(n.Value)
 	if err != nil {
 		p.templateError(field, n, err)
 		return nil
 	}
+	for _, x := range t.Templates() {
+		if x.Tree != nil {
+			escapeActions(x.Tree, x.Tree.Root)
+		}
+	}
 	return t
+}
+
+// escapeFunc is the template function escapeActions pipes every printed
+// value through.
+const escapeFunc = "escapeHostText"
+
+// escapeActions makes every action of a template that prints a value end
+// in escapeFunc, so that no value (a host string: an exec argument, a
+// task or device name) can put a control character or a line break into
+// the text: values are escaped as they enter it, the rule's own text is
+// kept. It is what html/template does for HTML, for text.
+func escapeActions(tree *parse.Tree, n parse.Node) {
+	switch x := n.(type) {
+	case *parse.ListNode:
+		if x == nil {
+			return
+		}
+		for _, c := range x.Nodes {
+			escapeActions(tree, c)
+		}
+	case *parse.ActionNode:
+		if len(x.Pipe.Decl) > 0 { // {{$v := ...}} prints nothing
+			return
+		}
+		id := parse.NewIdentifier(escapeFunc).SetTree(tree).SetPos(x.Pos)
+		x.Pipe.Cmds = append(x.Pipe.Cmds, &parse.CommandNode{NodeType: parse.NodeCommand, Pos: x.Pos, Args: []parse.Node{id}})
+	case *parse.IfNode:
+		escapeActions(tree, x.List)
+		escapeActions(tree, x.ElseList)
+	case *parse.RangeNode:
+		escapeActions(tree, x.List)
+		escapeActions(tree, x.ElseList)
+	case *parse.WithNode:
+		escapeActions(tree, x.List)
+		escapeActions(tree, x.ElseList)
+	}
+}
+
+// escapeHostText prints a value as text/template would, escaped with
+// escape.String.
+func escapeHostText(v any) (string, error) {
+	if v == nil {
+		return "<no value>", nil
+	}
+	rv := reflect.ValueOf(v)
+	for rv.Kind() == reflect.Pointer && !rv.IsNil() {
+		rv = rv.Elem()
+	}
+	errType, strType := reflect.TypeFor[error](), reflect.TypeFor[fmt.Stringer]()
+	if !rv.Type().Implements(errType) && !rv.Type().Implements(strType) {
+		if rv.CanAddr() && (reflect.PointerTo(rv.Type()).Implements(errType) || reflect.PointerTo(rv.Type()).Implements(strType)) {
+			rv = rv.Addr()
+		} else if k := rv.Kind(); k == reflect.Chan || k == reflect.Func {
+			return "", fmt.Errorf("can't print value of type %s", rv.Type())
+		}
+	}
+	return escape.String(fmt.Sprint(rv.Interface())), nil
 }
 
 // templateError reports a template parse or execution error at its place.

@@ -41,6 +41,7 @@ import (
 	"embed"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path"
@@ -181,9 +182,12 @@ func Default() (*Set, error) {
 }
 
 // Load loads every *.yaml and *.yml file of dir in fsys. Rules may explain
-// each other and the built-in rules. Errors name the files as dir/name.
+// each other and the built-in rules, and replace built-in rules: explains
+// targets and cycles are checked on the built-in rules with these merged
+// over them (Default().Merge of the result). Errors name the files as
+// dir/name. The same holds for LoadDir, LoadPaths and LoadFiles.
 func Load(fsys fs.FS, dir string) (*Set, error) {
-	return load(fsys, dir, dir, builtinIDs())
+	return load(fsys, dir, dir, builtins())
 }
 
 // LoadDir loads every *.yaml and *.yml file of a directory, as for
@@ -192,7 +196,7 @@ func LoadDir(dir string) (*Set, error) {
 	if _, err := os.Stat(dir); err != nil {
 		return nil, fmt.Errorf("rules directory: %w", err)
 	}
-	return load(os.DirFS(dir), ".", dir, builtinIDs())
+	return load(os.DirFS(dir), ".", dir, builtins())
 }
 
 // LoadPaths loads rule files and directories, as for `--rules PATH`
@@ -211,9 +215,9 @@ func LoadPaths(paths ...string) (*Set, error) {
 			return
 		}
 		seen[filepath.Clean(p)] = true
-		data, err := os.ReadFile(p)
+		data, err := readRuleFile(p, func() (io.ReadCloser, error) { return os.Open(p) })
 		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", p, unwrapPath(err)))
+			errs = append(errs, err)
 			return
 		}
 		files = append(files, ruleFile{name: p, data: data})
@@ -239,7 +243,7 @@ func LoadPaths(paths ...string) (*Set, error) {
 			}
 		}
 	}
-	set, err := compileFiles(files, builtinIDs())
+	set, err := compileFiles(files, builtins())
 	if err != nil {
 		errs = append(errs, err)
 	}
@@ -271,14 +275,14 @@ func LoadFiles(paths ...string) (*Set, error) {
 	var files []ruleFile
 	var errs []error
 	for _, p := range paths {
-		data, err := os.ReadFile(p)
+		data, err := readRuleFile(p, func() (io.ReadCloser, error) { return os.Open(p) })
 		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", p, unwrapPath(err)))
+			errs = append(errs, err)
 			continue
 		}
 		files = append(files, ruleFile{name: p, data: data})
 	}
-	set, err := compileFiles(files, builtinIDs())
+	set, err := compileFiles(files, builtins())
 	if err != nil {
 		errs = append(errs, err)
 	}
@@ -312,8 +316,9 @@ type ruleFile struct {
 	data []byte
 }
 
-// load compiles the rule files of dir in fsys, naming them prefix/name in errors.
-func load(fsys fs.FS, dir, prefix string, outside map[string]Scope) (*Set, error) {
+// load compiles the rule files of dir in fsys, naming them prefix/name in
+// errors, as rules that go over base (nil for the built-in rules).
+func load(fsys fs.FS, dir, prefix string, base *Set) (*Set, error) {
 	entries, err := fs.ReadDir(fsys, dir)
 	if err != nil {
 		return nil, fmt.Errorf("reading rules: %w", err)
@@ -327,14 +332,14 @@ func load(fsys fs.FS, dir, prefix string, outside map[string]Scope) (*Set, error
 		}
 		p := path.Join(dir, e.Name())
 		name := filepath.Join(prefix, e.Name())
-		data, err := fs.ReadFile(fsys, p)
+		data, err := readRuleFile(name, func() (io.ReadCloser, error) { return fsys.Open(p) })
 		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", name, unwrapPath(err)))
+			errs = append(errs, err)
 			continue
 		}
 		files = append(files, ruleFile{name: name, data: data})
 	}
-	set, err := compileFiles(files, outside)
+	set, err := compileFiles(files, base)
 	if err != nil {
 		errs = append(errs, err)
 	}
@@ -344,28 +349,62 @@ func load(fsys fs.FS, dir, prefix string, outside map[string]Scope) (*Set, error
 	return set, nil
 }
 
-// builtinIDs returns the ids and scopes of the built-in rules, which other
-// rule files may name in `explains`.
-func builtinIDs() map[string]Scope {
+// builtins returns the built-in rules, which other rule files may name in
+// `explains` and replace; nil if they do not load (a test of this package
+// fails then).
+func builtins() *Set {
 	set, err := Default()
 	if err != nil {
 		return nil
 	}
-	out := map[string]Scope{}
-	for _, r := range set.rules {
-		out[r.ID] = r.Scope
+	return set
+}
+
+// MaxFileSize is the largest rule file: some ten times the largest
+// built-in rule. A larger file, or an endless one (/dev/zero), is an error
+// naming where it passed the limit; no more than that is read.
+const MaxFileSize = 64 << 10
+
+// readRuleFile reads a rule file of at most MaxFileSize bytes, whatever
+// kind of file it is: errors name the file.
+func readRuleFile(name string, open func() (io.ReadCloser, error)) ([]byte, error) {
+	f, err := open()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, unwrapPath(err))
 	}
-	return out
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, unwrapPath(err))
+	}
+	if len(data) > MaxFileSize {
+		return nil, posErr(name, textPos(data[:MaxFileSize]), "the file goes on past %d bytes (%d KiB), the most a rule file may have", MaxFileSize, MaxFileSize>>10)
+	}
+	return data, nil
+}
+
+// textPos is the line and column (in runes) just after text.
+func textPos(text []byte) pos {
+	line, col := 1, 1
+	for _, r := range string(text) {
+		if r == '\n' {
+			line, col = line+1, 1
+		} else {
+			col++
+		}
+	}
+	return pos{line, col}
 }
 
 // compileFiles parses and compiles the files, then checks what only the set
-// as a whole can show: duplicate ids, `explains` targets and cycles.
-func compileFiles(files []ruleFile, outside map[string]Scope) (*Set, error) {
+// as a whole can show: duplicate ids among the files, and, on the set the
+// files make over base (they replace its rules of the same ids and add the
+// others, as Set.Merge does), `explains` targets and cycles.
+func compileFiles(files []ruleFile, base *Set) (*Set, error) {
 	var errs []error
 	type placed struct {
-		rule    *Rule
-		idPos   pos
-		explPos pos
+		rule                  *Rule
+		idPos, explPos, scPos pos
 	}
 	var all []placed
 	for _, f := range files {
@@ -374,13 +413,10 @@ func compileFiles(files []ruleFile, outside map[string]Scope) (*Set, error) {
 			errs = append(errs, err)
 			continue
 		}
-		all = append(all, placed{r, idPos, explPos})
+		all = append(all, placed{r, idPos, explPos, r.pos["scope"]})
 	}
 	seen := map[string]placed{}
-	scopes := map[string]Scope{}
-	for id, sc := range outside {
-		scopes[id] = sc
-	}
+	var own []placed // the files' rules, without duplicates
 	for _, p := range all {
 		if first, ok := seen[p.rule.ID]; ok {
 			errs = append(errs, posErr(p.rule.File, p.idPos, "duplicate id %q (first in %s:%d:%d)",
@@ -388,54 +424,102 @@ func compileFiles(files []ruleFile, outside map[string]Scope) (*Set, error) {
 			continue
 		}
 		seen[p.rule.ID] = p
-		scopes[p.rule.ID] = p.rule.Scope
+		own = append(own, p)
 	}
-	set := &Set{}
-	for _, p := range all {
-		if seen[p.rule.ID].rule != p.rule {
+	merged := map[string]*Rule{}
+	for _, r := range base.Rules() {
+		merged[r.ID] = r
+	}
+	mine := map[*Rule]placed{}
+	for _, p := range own {
+		merged[p.rule.ID] = p.rule
+		mine[p.rule] = p
+	}
+	ids := make([]string, 0, len(merged))
+	for id := range merged {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	bad := map[*Rule]bool{}
+	for _, id := range ids {
+		r := merged[id]
+		t := r.Explains
+		if t == "" {
 			continue
 		}
-		if t := p.rule.Explains; t != "" {
-			sc, ok := scopes[t]
-			switch {
-			case !ok:
-				errs = append(errs, posErr(p.rule.File, p.explPos, "explains: unknown rule %q", t))
-				continue
-			case t == p.rule.ID:
-				errs = append(errs, posErr(p.rule.File, p.explPos, "explains: a rule cannot explain itself"))
-				continue
-			case sc == ScopeRun:
-				errs = append(errs, posErr(p.rule.File, p.explPos, "explains: %q is a run-scope rule; only device and command findings can be explained", t))
-				continue
+		p, isMine := mine[r]
+		target, ok := merged[t]
+		switch {
+		case !ok && isMine:
+			errs = append(errs, posErr(r.File, p.explPos, "explains: unknown rule %q", t))
+		case t == r.ID && isMine:
+			errs = append(errs, posErr(r.File, p.explPos, "explains: a rule cannot explain itself"))
+		case ok && target.Scope == ScopeRun && isMine:
+			errs = append(errs, posErr(r.File, p.explPos, "explains: %q is a run-scope rule; only device and command findings can be explained", t))
+		case ok && target.Scope == ScopeRun:
+			if tp, ok := mine[target]; ok { // a file made the target of a built-in rule run-scope
+				errs = append(errs, posErr(target.File, tp.scPos, "scope: %q replaces a rule that the built-in rule %q explains; only device and command findings can be explained", ScopeRun, r.ID))
+				bad[target] = true
 			}
+		default:
+			continue
 		}
-		set.rules = append(set.rules, p.rule)
+		bad[r] = true
 	}
-	sort.Slice(set.rules, func(i, j int) bool { return set.rules[i].ID < set.rules[j].ID })
 	if len(errs) == 0 {
-		if cyc := set.cycle(); cyc != nil {
-			p := seen[cyc[0]]
-			errs = append(errs, posErr(p.rule.File, p.explPos, "explains: cycle %s", strings.Join(cyc, " -> ")))
+		if cyc := cycle(merged, ids); cyc != nil {
+			// A file's rule is on it (the built-in rules have no cycle):
+			// the error is at the first one's explains.
+			for _, id := range cyc {
+				if p, ok := mine[merged[id]]; ok {
+					errs = append(errs, posErr(p.rule.File, p.explPos, "explains: cycle %s", strings.Join(cyc, " -> ")))
+					break
+				}
+			}
 		}
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
+	set := &Set{}
+	for _, p := range own {
+		set.rules = append(set.rules, p.rule)
+	}
+	sort.Slice(set.rules, func(i, j int) bool { return set.rules[i].ID < set.rules[j].ID })
 	return set, nil
 }
 
-// cycle returns the ids of an `explains` cycle, first id repeated last, or nil.
-func (s *Set) cycle() []string {
-	for _, r := range s.rules {
-		path := []string{r.ID}
-		for cur := s.Rule(r.Explains); cur != nil; cur = s.Rule(cur.Explains) {
-			path = append(path, cur.ID)
-			if cur.ID == r.ID {
-				return path
+// cycle returns the ids of an `explains` cycle of the rules, starting at
+// its smallest id and repeating it last, or nil. Each rule explains at most
+// one other: the rules are followed once each.
+func cycle(rules map[string]*Rule, ids []string) []string {
+	const (
+		unseen = iota
+		onPath
+		done
+	)
+	state := map[string]int{}
+	for _, id := range ids {
+		var path []string
+		cur := id
+		for cur != "" && state[cur] == unseen {
+			state[cur] = onPath
+			path = append(path, cur)
+			r := rules[cur]
+			if r == nil {
+				break
 			}
-			if len(path) > len(s.rules)+1 {
-				break // a cycle not through r; found from one of its members
-			}
+			cur = r.Explains
+		}
+		if cur != "" && state[cur] == onPath { // back on this path: a cycle from cur
+			i := slices.Index(path, cur)
+			cyc := slices.Clone(path[i:])
+			k := slices.Index(cyc, slices.Min(cyc))
+			cyc = append(cyc[k:], cyc[:k]...)
+			return append(cyc, cyc[0])
+		}
+		for _, x := range path {
+			state[x] = done
 		}
 	}
 	return nil

@@ -139,10 +139,8 @@ type builder struct {
 	run    *Run
 	byName map[string]*Device
 	names  map[string]string // major:minor -> name, for events that carry no name
-	// Exits by pid, built on first use: the first exit of each pid, and
-	// for each exit the next one of the same pid (-1 for none).
-	firstExit map[uint32]int32
-	nextExit  []int32
+	// The indexes of the exits by pid, then time, built on first use.
+	exitOrder []int32
 	// ueventWritesBy counts the writes of uevent files by pid, built on
 	// first use.
 	ueventWritesBy map[uint32]int
@@ -298,12 +296,16 @@ func (b *builder) offCPU() {
 			ts = &threadSubmits{all: b.tl.SlowSubmits}
 			submits[s.Task.Pid] = ts
 		}
-		ts.idx = append(ts.idx, int32(i))
-		ts.maxLat = max(ts.maxLat, s.Latency)
+		ts.add(i)
 	}
-	writes := map[uint32][]event.SysfsWrite{}
+	writes := map[uint32]*threadWrites{}
 	for _, w := range b.tl.SysfsWrites {
-		writes[w.Task.Pid] = append(writes[w.Task.Pid], w)
+		tw := writes[w.Task.Pid]
+		if tw == nil {
+			tw = &threadWrites{}
+			writes[w.Task.Pid] = tw
+		}
+		tw.add(w)
 	}
 
 	// Classify first, to size the lists: spans are large.
@@ -351,26 +353,15 @@ func (b *builder) offCPU() {
 		freezes = b.directFreezes(writes)
 	}
 
-	wokenBy := map[uint32][]int{} // attributed queue-enter waits by waker, indexes in waits
-	for i, w := range waits {
-		if w.Kind == KindQueueEnter && w.Device != "" && w.Waker.Pid != 0 {
-			wokenBy[w.Waker.Pid] = append(wokenBy[w.Waker.Pid], i)
-		}
-	}
-	stalls := b.stallIndex()
-	for i := range freezes {
-		if freezes[i].Device == "" {
-			freezes[i].Device = b.wokenDevice(freezes[i], waits, wokenBy[freezes[i].Pid])
-		}
-		if freezes[i].Device == "" {
-			freezes[i].Device = stalledDevice(freezes[i], stalls)
-		}
-	}
-	freezesOf := map[uint32][]int{} // attributed freezes by freezer, indexes in freezes
+	b.freezeDevices(freezes, waits)
+	freezesOf := map[uint32][]endIndex{} // attributed freezes by freezer, by end
 	for i, f := range freezes {
 		if f.Device != "" {
-			freezesOf[f.Pid] = append(freezesOf[f.Pid], i)
+			freezesOf[f.Pid] = append(freezesOf[f.Pid], endIndex{f.End, i})
 		}
+	}
+	for _, of := range freezesOf {
+		sortEnds(of)
 	}
 	for i := range waits {
 		if waits[i].Device == "" && waits[i].Kind == KindQueueEnter && waits[i].Waker.Pid != 0 {
@@ -422,7 +413,7 @@ func (b *builder) directQueueWaits() []Span {
 
 // directFreezes are the queue freezes timed at the functions, with the
 // freezer's sysfs write just before naming the attribute it changed.
-func (b *builder) directFreezes(writes map[uint32][]event.SysfsWrite) []Span {
+func (b *builder) directFreezes(writes map[uint32]*threadWrites) []Span {
 	var out []Span
 	for _, f := range b.tl.Freezes {
 		start := b.rel(f.Start)
@@ -444,62 +435,133 @@ func (b *builder) directFreezes(writes map[uint32][]event.SysfsWrite) []Span {
 }
 
 // submitDevice returns the device of the thread's slow submission that
-// contains the off-CPU span (widened by SubmitSlack), or "".
+// contains the off-CPU span (widened by SubmitSlack), or "": the first one
+// in time order whose end reaches the span's end, if it starts early enough.
 func (b *builder) submitDevice(subs *threadSubmits, o event.OffCPU) string {
 	slack := event.Mono(b.opts.SubmitSlack)
 	end := o.Start.Add(max(o.Duration, 0))
-	// A container starts at most slack after the span, and no earlier than
-	// the longest submission of the thread before the span's end.
-	lo := sort.Search(len(subs.idx), func(i int) bool { return subs.at(i).Start >= end-slack-event.Mono(subs.maxLat) })
-	for i := lo; i < len(subs.idx); i++ {
-		s := subs.at(i)
-		if s.Start-slack > o.Start {
-			break
-		}
-		if end <= s.Start.Add(s.Latency)+slack {
-			return b.name(s.Dev)
-		}
+	// maxEnd only grows, and grows at a submission that ends there: the
+	// first index where it reaches end-slack is the first submission that does.
+	i := sort.Search(len(subs.maxEnd), func(i int) bool { return subs.maxEnd[i] >= end-slack })
+	if i == len(subs.idx) {
+		return ""
+	}
+	if s := subs.at(i); s.Start-slack <= o.Start {
+		return b.name(s.Dev)
 	}
 	return ""
 }
 
 // threadSubmits are the slow submissions of one thread: indexes into all,
-// in time order, with the longest latency among them.
+// in time order, with the latest end among each one and those before it.
 type threadSubmits struct {
 	all    []event.SlowSubmit
 	idx    []int32
-	maxLat time.Duration
+	maxEnd []event.Mono
+}
+
+func (t *threadSubmits) add(i int) {
+	s := &t.all[i]
+	end := s.Start.Add(s.Latency)
+	if n := len(t.maxEnd); n > 0 {
+		end = max(end, t.maxEnd[n-1])
+	}
+	t.idx = append(t.idx, int32(i))
+	t.maxEnd = append(t.maxEnd, end)
 }
 
 func (t *threadSubmits) at(i int) *event.SlowSubmit { return &t.all[t.idx[i]] }
 
-// sysfsBefore returns the thread's latest sysfs write at most SysfsLookback
-// before t; ws are the thread's writes in time order.
-func (b *builder) sysfsBefore(ws []event.SysfsWrite, t event.Mono) (event.SysfsWrite, bool) {
-	hi := sort.Search(len(ws), func(i int) bool { return ws[i].Time > t })
-	for i := hi - 1; i >= 0 && t.Sub(ws[i].Time) <= b.opts.SysfsLookback; i-- {
-		if ws[i].Device != "" {
-			return ws[i], true
-		}
+// threadWrites are the sysfs writes of one thread in time order, with, for
+// each, the index of the latest one up to it that names a device (-1: none).
+type threadWrites struct {
+	ws      []event.SysfsWrite
+	lastDev []int32
+}
+
+func (t *threadWrites) add(w event.SysfsWrite) {
+	last := int32(-1)
+	if n := len(t.lastDev); n > 0 {
+		last = t.lastDev[n-1]
+	}
+	if w.Device != "" {
+		last = int32(len(t.ws))
+	}
+	t.ws = append(t.ws, w)
+	t.lastDev = append(t.lastDev, last)
+}
+
+// sysfsBefore returns the thread's latest sysfs write naming a device at
+// most SysfsLookback before t.
+func (b *builder) sysfsBefore(tw *threadWrites, t event.Mono) (event.SysfsWrite, bool) {
+	if tw == nil {
+		return event.SysfsWrite{}, false
+	}
+	hi := sort.Search(len(tw.ws), func(i int) bool { return tw.ws[i].Time > t })
+	if hi == 0 || tw.lastDev[hi-1] < 0 {
+		return event.SysfsWrite{}, false
+	}
+	if w := tw.ws[tw.lastDev[hi-1]]; t.Sub(w.Time) <= b.opts.SysfsLookback {
+		return w, true
 	}
 	return event.SysfsWrite{}, false
 }
 
-// wokenDevice returns the device most of the attributed queue-enter waits
-// woken by the freezer shortly after the freeze ended belong to, or "".
-// woken are the indexes in waits of those the freezer woke.
-func (b *builder) wokenDevice(f Span, waits []Span, woken []int) string {
-	votes := map[string]int{}
-	for _, i := range woken {
-		w := waits[i]
-		if w.Kind != KindQueueEnter || w.Device == "" || w.Waker.Pid != f.Pid || w.Waker.Pid == 0 {
-			continue
-		}
-		if w.End >= f.End-b.opts.SubmitSlack && w.End <= f.End+b.opts.WakeSlack {
-			votes[w.Device]++
+// endIndex is a span's end and its index in a list of spans.
+type endIndex struct {
+	end time.Duration
+	i   int
+}
+
+// sortEnds orders by end, then index.
+func sortEnds(e []endIndex) {
+	slices.SortFunc(e, func(a, c endIndex) int { return cmp.Or(cmp.Compare(a.end, c.end), cmp.Compare(a.i, c.i)) })
+}
+
+// freezeDevices names the device of each freeze that has none: the device
+// most of the attributed queue-enter waits the freezer woke as the freeze
+// ended belong to (those that ended from SubmitSlack before to WakeSlack
+// after it; ties go to the smaller name), else the one device whose stalls
+// overlap the freeze. The waits are swept once per freezer, in end order.
+func (b *builder) freezeDevices(freezes, waits []Span) {
+	wokenBy := map[uint32][]endIndex{} // attributed queue-enter waits by waker
+	for i, w := range waits {
+		if w.Kind == KindQueueEnter && w.Device != "" && w.Waker.Pid != 0 {
+			wokenBy[w.Waker.Pid] = append(wokenBy[w.Waker.Pid], endIndex{w.End, i})
 		}
 	}
-	return majority(votes)
+	open := map[uint32][]endIndex{} // freezes without a device, by freezer
+	for i, f := range freezes {
+		if f.Device == "" && len(wokenBy[f.Pid]) > 0 {
+			open[f.Pid] = append(open[f.Pid], endIndex{f.End, i})
+		}
+	}
+	for pid, fs := range open {
+		ws := wokenBy[pid]
+		sortEnds(ws)
+		sortEnds(fs)
+		votes := map[string]int{}
+		lo, hi := 0, 0 // ws[lo:hi] are the waits in the current freeze's range
+		for _, f := range fs {
+			from, to := SaturatingAdd(f.end, -b.opts.SubmitSlack), SaturatingAdd(f.end, b.opts.WakeSlack)
+			for ; hi < len(ws) && ws[hi].end <= to; hi++ {
+				votes[waits[ws[hi].i].Device]++
+			}
+			for ; lo < hi && ws[lo].end < from; lo++ {
+				d := waits[ws[lo].i].Device
+				if votes[d]--; votes[d] == 0 {
+					delete(votes, d)
+				}
+			}
+			freezes[f.i].Device = majority(votes)
+		}
+	}
+	stalls := b.stallIndex()
+	for i := range freezes {
+		if freezes[i].Device == "" {
+			freezes[i].Device = stalledDevice(freezes[i], stalls)
+		}
+	}
 }
 
 // majority returns the key with the most votes; ties go to the smaller name.
@@ -513,11 +575,12 @@ func majority(votes map[string]int) string {
 	return best
 }
 
-// deviceStalls are one device's stalls in time order, with the longest.
+// deviceStalls are one device's stalls in time order, with the latest end
+// among each one and those before it.
 type deviceStalls struct {
 	name   string
 	spans  Spans
-	maxDur time.Duration
+	maxEnd []time.Duration
 }
 
 // stallIndex returns every device's stalls, by name.
@@ -529,26 +592,23 @@ func (b *builder) stallIndex() []deviceStalls {
 			ds.spans = slices.Clone(ds.spans)
 			sortSpans(ds.spans)
 		}
-		for _, s := range ds.spans {
-			ds.maxDur = max(ds.maxDur, s.Duration())
+		ds.maxEnd = make([]time.Duration, len(ds.spans))
+		for i, s := range ds.spans {
+			ds.maxEnd[i] = s.End
+			if i > 0 {
+				ds.maxEnd[i] = max(s.End, ds.maxEnd[i-1])
+			}
 		}
 		out = append(out, ds)
 	}
 	return out
 }
 
-// overlaps reports whether a stall overlaps [start, end].
+// overlaps reports whether a stall overlaps [start, end]: some stall that
+// starts by end ends at or after start.
 func (ds deviceStalls) overlaps(start, end time.Duration) bool {
-	i := sort.Search(len(ds.spans), func(i int) bool { return ds.spans[i].Start >= start-ds.maxDur })
-	for _, s := range ds.spans[i:] {
-		if s.Start > end {
-			break
-		}
-		if start <= s.End {
-			return true
-		}
-	}
-	return false
+	n := sort.Search(len(ds.spans), func(i int) bool { return ds.spans[i].Start > end }) // stalls starting by end
+	return n > 0 && ds.maxEnd[n-1] >= start
 }
 
 // stalledDevice returns the device whose stalls overlap the span when there
@@ -567,21 +627,18 @@ func stalledDevice(f Span, stalls []deviceStalls) string {
 }
 
 // wakingFreeze returns the attributed freeze of the task that woke a
-// queue-enter wait, the one that ended last before the wait did. of are
-// the indexes in freezes of the waker's attributed freezes.
-func (b *builder) wakingFreeze(w Span, freezes []Span, of []int) (Span, bool) {
-	var best Span
-	found := false
-	for _, i := range of {
-		f := freezes[i]
-		if f.Device == "" || w.Waker.Pid == 0 || f.Pid != w.Waker.Pid {
-			continue
-		}
-		if w.End >= f.End-b.opts.SubmitSlack && w.End <= f.End+b.opts.WakeSlack && (!found || f.End > best.End) {
-			best, found = f, true
-		}
+// queue-enter wait, the one that ended last before the wait did (from
+// WakeSlack before the wait's end to SubmitSlack after it; of two that
+// ended at once, the first). of are the waker's attributed freezes by end.
+func (b *builder) wakingFreeze(w Span, freezes []Span, of []endIndex) (Span, bool) {
+	lo, hi := SaturatingAdd(w.End, -b.opts.WakeSlack), SaturatingAdd(w.End, b.opts.SubmitSlack)
+	k := sort.Search(len(of), func(i int) bool { return of[i].end > hi }) - 1
+	if k < 0 || of[k].end < lo {
+		return Span{}, false
 	}
-	return best, found
+	end := of[k].end
+	k = sort.Search(k, func(i int) bool { return of[i].end >= end })
+	return freezes[of[k].i], true
 }
 
 func (b *builder) uevents() {
@@ -730,36 +787,32 @@ func (b *builder) holders() {
 	}
 }
 
-func sortSpans(s Spans) {
-	slices.SortStableFunc(s, func(a, c Span) int {
-		return cmp.Or(cmp.Compare(a.Start, c.Start), cmp.Compare(a.End, c.End), cmp.Compare(a.Pid, c.Pid))
-	})
+func sortSpans(s Spans) { slices.SortStableFunc(s, compareSpans) }
+
+// compareSpans orders spans by start, end and pid.
+func compareSpans(a, c Span) int {
+	return cmp.Or(cmp.Compare(a.Start, c.Start), cmp.Compare(a.End, c.End), cmp.Compare(a.Pid, c.Pid))
 }
 
 // exitAfter is when process pid ended after t (relative to the run), or 0.
 func (b *builder) exitAfter(pid uint32, t event.Mono) time.Duration {
-	if b.firstExit == nil {
-		// Exits are in time order: each pid's first exit, and for each exit
-		// the next one of the same pid (pids are reused).
-		b.firstExit = make(map[uint32]int32, len(b.tl.Exits))
-		b.nextExit = make([]int32, len(b.tl.Exits))
-		last := make(map[uint32]int32, len(b.tl.Exits))
-		for i, e := range b.tl.Exits {
-			b.nextExit[i] = -1
-			if j, ok := last[e.Pid]; ok {
-				b.nextExit[j] = int32(i)
-			} else {
-				b.firstExit[e.Pid] = int32(i)
-			}
-			last[e.Pid] = int32(i)
+	ex := b.tl.Exits
+	if b.exitOrder == nil {
+		// Exits are in time order: sorted stably by pid, each pid's stay in
+		// time order (pids are reused).
+		b.exitOrder = make([]int32, len(ex))
+		for i := range b.exitOrder {
+			b.exitOrder[i] = int32(i)
 		}
+		slices.SortStableFunc(b.exitOrder, func(x, y int32) int { return cmp.Compare(ex[x].Pid, ex[y].Pid) })
 	}
-	i, ok := b.firstExit[pid]
-	for ok && i >= 0 {
-		if e := b.tl.Exits[i]; e.Time >= t {
-			return b.rel(e.Time)
-		}
-		i = b.nextExit[i]
+	o := b.exitOrder
+	i := sort.Search(len(o), func(i int) bool {
+		e := &ex[o[i]]
+		return e.Pid > pid || e.Pid == pid && e.Time >= t
+	})
+	if i < len(o) && ex[o[i]].Pid == pid {
+		return b.rel(ex[o[i]].Time)
 	}
 	return 0
 }

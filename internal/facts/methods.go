@@ -11,6 +11,13 @@ import (
 // The methods below are what rules call from expr. They are pure, never
 // modify their receiver, and work on nil and empty values. Windows below
 // zero count as zero.
+//
+// Spans and Points are in time order (spans by start, then end and pid),
+// as Build makes them and every method keeps them; a rule cannot make a
+// list out of order. The methods rely on it: they search the lists rather
+// than scan them, so that rules evaluated once per command on a device's
+// whole lists stay fast on a run with thousands of commands. On lists out
+// of order (only Go code can make them) their results are undefined.
 
 func msOf(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
@@ -55,7 +62,11 @@ func union(s Spans, w time.Duration) []interval {
 	for _, sp := range s {
 		ivs = append(ivs, interval{SaturatingAdd(sp.Start, -w), SaturatingAdd(max(sp.End, sp.Start), w)})
 	}
-	slices.SortFunc(ivs, func(a, b interval) int { return cmp.Compare(a.start, b.start) })
+	// Spans in time order give intervals in start order, but for the
+	// starts that saturated.
+	if !slices.IsSortedFunc(ivs, func(a, b interval) int { return cmp.Compare(a.start, b.start) }) {
+		slices.SortFunc(ivs, func(a, b interval) int { return cmp.Compare(a.start, b.start) })
+	}
 	var out []interval
 	for _, iv := range ivs {
 		if n := len(out); n > 0 && iv.start <= out[n-1].end {
@@ -71,36 +82,43 @@ func union(s Spans, w time.Duration) []interval {
 // widened by window on both sides (touching counts).
 func (s Spans) Overlapping(o Spans, window time.Duration) Spans {
 	u := union(o, window)
-	return s.filter(func(sp Span) bool {
-		// first interval that ends at or after sp starts; ends increase.
-		i := sort.Search(len(u), func(i int) bool { return u[i].end >= sp.Start })
-		return i < len(u) && u[i].start <= max(sp.End, sp.Start)
-	})
+	var rs [][2]int // ranges of s to keep
+	n, j := 0, 0
+	for i := range s {
+		// the intervals that end before this span starts end before
+		// every later one starts: skip them for good
+		for j < len(u) && u[j].end < s[i].Start {
+			j++
+		}
+		if j == len(u) {
+			break
+		}
+		if u[j].start > max(s[i].End, s[i].Start) {
+			continue
+		}
+		if k := len(rs); k > 0 && rs[k-1][1] == i {
+			rs[k-1][1]++
+		} else {
+			rs = append(rs, [2]int{i, i + 1})
+		}
+		n++
+	}
+	return s.pick(rs, n)
 }
 
-// filter returns the spans for which keep is true, in a slice of exactly
-// their number (spans are large: growing a slice by appending copies them
-// over and over).
-func (s Spans) filter(keep func(Span) bool) Spans {
-	n := 0
-	var first, last int
-	for i := range s {
-		if keep(s[i]) {
-			if n == 0 {
-				first = i
-			}
-			last = i
-			n++
-		}
-	}
-	if n == 0 {
+// pick returns the spans of the index ranges, n in all: the ranges of s
+// itself when there is one, else a copy (spans are large: the copy is
+// made at its size at once).
+func (s Spans) pick(rs [][2]int, n int) Spans {
+	switch {
+	case n == 0:
 		return nil
+	case len(rs) == 1:
+		return s[rs[0][0]:rs[0][1]:rs[0][1]]
 	}
 	out := make(Spans, 0, n)
-	for i := first; i <= last; i++ {
-		if keep(s[i]) {
-			out = append(out, s[i])
-		}
+	for _, r := range rs {
+		out = append(out, s[r[0]:r[1]]...)
 	}
 	return out
 }
@@ -108,77 +126,152 @@ func (s Spans) filter(keep func(Span) bool) Spans {
 // PrecededBy returns the spans of s that start within window after (or at)
 // some point of p.
 func (s Spans) PrecededBy(p Points, window time.Duration) Spans {
-	at := pointTimes(p)
-	var out Spans
-	for _, sp := range s {
-		if precededBy(at, sp.Start, window) {
-			out = append(out, sp)
+	return s.starting(after(p, 0, len(p), window, nil))
+}
+
+// PrecededByAfter is s.PrecededBy(p.PrecededBy(o, within), window): the
+// spans of s that start within window after (or at) a point of p that
+// itself came within `within` after (or at) a point of o, without making
+// the list in between. A rule evaluated per command asks it about a
+// device's whole list of uevents, p, and the command's execs, o: it costs
+// in proportion to o, not p.
+func (s Spans) PrecededByAfter(p Points, window time.Duration, o Points, within time.Duration) Spans {
+	var ivs []interval
+	for _, r := range p.ranges(o, within) {
+		ivs = after(p, r[0], r[1], window, ivs)
+	}
+	return s.starting(ivs)
+}
+
+// starting returns the spans of s that start in one of the intervals,
+// which are disjoint and in time order.
+func (s Spans) starting(ivs []interval) Spans {
+	var rs [][2]int
+	n := 0
+	for _, iv := range ivs {
+		lo := sort.Search(len(s), func(i int) bool { return s[i].Start >= iv.start })
+		hi := sort.Search(len(s), func(i int) bool { return s[i].Start > iv.end })
+		if lo < hi {
+			rs = append(rs, [2]int{lo, hi})
+			n += hi - lo
 		}
+	}
+	return s.pick(rs, n)
+}
+
+// after returns, appended to ivs, the time covered by [q.At, q.At+window]
+// for the points q of p[from:to], as disjoint intervals in time order
+// (merged with the last of ivs when they touch). It costs one binary
+// search per interval, not per point, when the points are dense.
+func after(p Points, from, to int, window time.Duration, ivs []interval) []interval {
+	window = max(window, 0)
+	for k := from; k < to; {
+		iv := interval{p[k].At, SaturatingAdd(p[k].At, window)}
+		for {
+			// the last point up to the end so far extends the interval
+			m := k + sort.Search(to-k, func(i int) bool { return p[k+i].At > iv.end }) - 1
+			end := SaturatingAdd(p[m].At, window)
+			k = m + 1
+			if end <= iv.end || k == to {
+				iv.end = max(iv.end, end)
+				break
+			}
+			iv.end = end
+		}
+		if n := len(ivs); n > 0 && iv.start <= ivs[n-1].end {
+			ivs[n-1].end = max(ivs[n-1].end, iv.end)
+			continue
+		}
+		ivs = append(ivs, iv)
+	}
+	return ivs
+}
+
+// ranges returns the index ranges [from, to) of the points of p that come
+// within window after (or at) some point of o, in order and disjoint.
+func (p Points) ranges(o Points, window time.Duration) [][2]int {
+	var out [][2]int
+	for _, iv := range after(o, 0, len(o), window, nil) {
+		lo := sort.Search(len(p), func(i int) bool { return p[i].At >= iv.start })
+		hi := sort.Search(len(p), func(i int) bool { return p[i].At > iv.end })
+		if lo >= hi {
+			continue
+		}
+		if n := len(out); n > 0 && out[n-1][1] >= lo { // cannot overlap; may touch
+			out[n-1][1] = hi
+			continue
+		}
+		out = append(out, [2]int{lo, hi})
 	}
 	return out
 }
 
-// pointTimes returns the times of the points, sorted.
-func pointTimes(p Points) []time.Duration {
-	at := make([]time.Duration, len(p))
-	for i, pt := range p {
-		at[i] = pt.At
-	}
-	slices.Sort(at)
-	return at
-}
-
-// precededBy reports whether some time in the sorted list lies in [t-window, t].
-func precededBy(sorted []time.Duration, t, window time.Duration) bool {
-	i := sort.Search(len(sorted), func(i int) bool { return sorted[i] > t }) // first after t
-	return i > 0 && t-sorted[i-1] <= max(window, 0)
-}
-
-// followedBy reports whether some time in the sorted list lies in [t, t+window].
-func followedBy(sorted []time.Duration, t, window time.Duration) bool {
-	i := sort.Search(len(sorted), func(i int) bool { return sorted[i] >= t })
-	return i < len(sorted) && sorted[i]-t <= max(window, 0)
+// followedBy reports whether some point of p lies in [t, t+window].
+func followedBy(p Points, t, window time.Duration) bool {
+	i := sort.Search(len(p), func(i int) bool { return p[i].At >= t })
+	return i < len(p) && p[i].At-t <= max(window, 0)
 }
 
 // ByComm returns the spans of tasks with any of the given comms.
 func (s Spans) ByComm(comms ...string) Spans {
-	var out Spans
-	for _, sp := range s {
-		if slices.Contains(comms, sp.Comm) {
-			out = append(out, sp)
-		}
-	}
-	return out
+	return s.where(func(sp *Span) bool { return slices.Contains(comms, sp.Comm) })
 }
 
 // WokenBy returns the spans woken by a task with any of the given comms.
 func (s Spans) WokenBy(comms ...string) Spans {
-	var out Spans
-	for _, sp := range s {
-		if sp.Waker.Pid != 0 && slices.Contains(comms, sp.Waker.Comm) {
-			out = append(out, sp)
-		}
-	}
-	return out
+	return s.where(func(sp *Span) bool { return sp.Waker.Pid != 0 && slices.Contains(comms, sp.Waker.Comm) })
 }
 
 // Kind returns the spans of one kind (KindQueueEnter, ...).
 func (s Spans) Kind(k string) Spans {
-	var out Spans
-	for _, sp := range s {
-		if sp.Kind == k {
-			out = append(out, sp)
+	return s.where(func(sp *Span) bool { return sp.Kind == k })
+}
+
+// where returns the spans for which keep is true.
+func (s Spans) where(keep func(*Span) bool) Spans {
+	var rs [][2]int
+	n := 0
+	for i := range s {
+		if !keep(&s[i]) {
+			continue
 		}
+		if k := len(rs); k > 0 && rs[k-1][1] == i {
+			rs[k-1][1]++
+		} else {
+			rs = append(rs, [2]int{i, i + 1})
+		}
+		n++
 	}
-	return out
+	return s.pick(rs, n)
 }
 
 // Plus returns the spans of s and o together, in time order.
 func (s Spans) Plus(o Spans) Spans {
+	switch {
+	case len(o) == 0 && len(s) > 0:
+		return s[:len(s):len(s)]
+	case len(s) == 0 && len(o) > 0:
+		return o[:len(o):len(o)]
+	}
 	out := make(Spans, 0, len(s)+len(o))
-	out = append(append(out, s...), o...)
-	sortSpans(out)
-	return out
+	if !slices.IsSortedFunc(s, compareSpans) || !slices.IsSortedFunc(o, compareSpans) {
+		out = append(append(out, s...), o...)
+		sortSpans(out)
+		return out
+	}
+	// Both in order, as the facts' lists are: merge them, s first on ties,
+	// as the stable sort of both would.
+	i, j := 0, 0
+	for i < len(s) && j < len(o) {
+		if compareSpans(o[j], s[i]) < 0 {
+			out = append(out, o[j])
+			j++
+		} else {
+			out = append(out, s[i])
+			i++
+		}
+	}
+	return append(append(out, s[i:]...), o[j:]...)
 }
 
 // Comms returns the distinct comms of the spans, sorted.
@@ -204,13 +297,16 @@ func (s Spans) Attrs() []string {
 // Sources returns the distinct ways the spans were measured (Span.Source),
 // direct measurements first, then sorted: what a finding's precision rests on.
 func (s Spans) Sources() []string {
+	seen := map[string]bool{}
 	var out []string
-	for _, sp := range s {
-		if sp.Source != "" {
-			out = append(out, sp.Source)
+	for i, sp := range s {
+		if sp.Source == "" || i > 0 && sp.Source == s[i-1].Source || seen[sp.Source] {
+			continue
 		}
+		seen[sp.Source] = true
+		out = append(out, sp.Source)
 	}
-	out = distinctSorted(out)
+	slices.Sort(out)
 	slices.SortStableFunc(out, func(a, b string) int {
 		return cmp.Compare(sourceRank(a), sourceRank(b))
 	})
@@ -242,23 +338,23 @@ func (s Spans) Devices() []string {
 // Tasks returns the distinct tasks (by thread id) of the spans, in the order
 // they were first seen.
 func (s Spans) Tasks() Tasks {
-	var out Tasks
+	var ts taskSet
 	for _, sp := range s {
-		out = out.add(Task{Pid: sp.Pid, Tgid: sp.Tgid, Comm: sp.Comm})
+		ts.add(Task{Pid: sp.Pid, Tgid: sp.Tgid, Comm: sp.Comm})
 	}
-	return out
+	return ts.list
 }
 
 // Wakers returns the distinct tasks that woke the spans, in the order they
 // were first seen; spans whose wake-up was not seen have none.
 func (s Spans) Wakers() Tasks {
-	var out Tasks
+	var ts taskSet
 	for _, sp := range s {
 		if sp.Waker.Pid != 0 {
-			out = out.add(Task{Pid: sp.Waker.Pid, Tgid: sp.Waker.Tgid, Comm: sp.Waker.Comm})
+			ts.add(Task{Pid: sp.Waker.Pid, Tgid: sp.Waker.Tgid, Comm: sp.Waker.Comm})
 		}
 	}
-	return out
+	return ts.list
 }
 
 func distinctSorted(s []string) []string {
@@ -266,14 +362,27 @@ func distinctSorted(s []string) []string {
 	return slices.Compact(s)
 }
 
+// taskSet collects distinct tasks (by pid and role) in the order first seen.
+type taskSet struct {
+	list Tasks
+	seen map[taskKey]bool
+}
+
+type taskKey struct {
+	pid  uint32
+	role string
+}
+
 // add appends t unless a task with its pid and role is already there.
-func (t Tasks) add(n Task) Tasks {
-	for _, o := range t {
-		if o.Pid == n.Pid && o.Role == n.Role {
-			return t
-		}
+func (ts *taskSet) add(t Task) {
+	if ts.seen == nil {
+		ts.seen = map[taskKey]bool{}
 	}
-	return append(t, n)
+	k := taskKey{t.Pid, t.Role}
+	if !ts.seen[k] {
+		ts.seen[k] = true
+		ts.list = append(ts.list, t)
+	}
 }
 
 // Count is the number of tasks.
@@ -350,26 +459,23 @@ func (p Points) Comms() []string {
 
 // Tasks returns the distinct tasks of the points, in the order first seen.
 func (p Points) Tasks() Tasks {
-	var out Tasks
+	var ts taskSet
 	for _, pt := range p {
 		if pt.Pid != 0 {
-			out = out.add(Task{Pid: pt.Pid, Comm: pt.Comm})
+			ts.add(Task{Pid: pt.Pid, Comm: pt.Comm})
 		}
 	}
-	return out
+	return ts.list
 }
 
 // Preceding returns the points followed within window by the start of some
 // span of s.
 func (p Points) Preceding(s Spans, window time.Duration) Points {
-	starts := make([]time.Duration, len(s))
-	for i, sp := range s {
-		starts[i] = sp.Start
-	}
-	slices.Sort(starts)
+	window = max(window, 0)
 	var out Points
 	for _, pt := range p {
-		if followedBy(starts, pt.At, window) {
+		i := sort.Search(len(s), func(i int) bool { return s[i].Start >= pt.At })
+		if i < len(s) && s[i].Start-pt.At <= window {
 			out = append(out, pt)
 		}
 	}
@@ -379,23 +485,37 @@ func (p Points) Preceding(s Spans, window time.Duration) Points {
 // PrecededBy returns the points that come within window after (or at) some
 // point of o.
 func (p Points) PrecededBy(o Points, window time.Duration) Points {
-	at := pointTimes(o)
-	var out Points
-	for _, pt := range p {
-		if precededBy(at, pt.At, window) {
-			out = append(out, pt)
-		}
+	rs := p.ranges(o, window)
+	n := 0
+	for _, r := range rs {
+		n += r[1] - r[0]
+	}
+	if n == 0 {
+		return nil
+	}
+	out := make(Points, 0, n)
+	for _, r := range rs {
+		out = append(out, p[r[0]:r[1]]...)
 	}
 	return out
+}
+
+// CountPrecededBy is p.PrecededBy(o, window).Count() without making the
+// list: it costs in proportion to o, not p.
+func (p Points) CountPrecededBy(o Points, window time.Duration) int {
+	n := 0
+	for _, r := range p.ranges(o, window) {
+		n += r[1] - r[0]
+	}
+	return n
 }
 
 // Bursts is the number of clusters of points, a point closer than or equal
 // to gap to the previous one belonging to its cluster.
 func (p Points) Bursts(gap time.Duration) int {
-	at := pointTimes(p)
 	n := 0
-	for i, t := range at {
-		if i == 0 || t-at[i-1] > gap {
+	for i, pt := range p {
+		if i == 0 || pt.At-p[i-1].At > gap {
 			n++
 		}
 	}
@@ -416,10 +536,9 @@ func (c *Command) FollowedBy(p Points, window time.Duration) float64 {
 	if c == nil || len(c.Execs) == 0 {
 		return 0
 	}
-	at := pointTimes(p)
 	n := 0
 	for _, e := range c.Execs {
-		if followedBy(at, e.At, window) {
+		if followedBy(p, e.At, window) {
 			n++
 		}
 	}
@@ -494,13 +613,16 @@ func (r *Run) Worst() *Device {
 // ones that also froze the queue or wrote its attributes: a wake-up from
 // an interrupt names whatever task it interrupted, which is no cause.
 func (t Tasks) In(o Tasks) Tasks {
+	pids := make(map[uint32]bool, len(o)) // o's thread ids
+	tgids := make(map[uint32]bool, len(o))
+	for _, y := range o {
+		pids[y.Pid] = true
+		tgids[y.Tgid] = true
+	}
 	var out Tasks
 	for _, x := range t {
-		for _, y := range o {
-			if x.Pid == y.Pid || (x.Tgid != 0 && (x.Tgid == y.Tgid || x.Tgid == y.Pid)) {
-				out = append(out, x)
-				break
-			}
+		if pids[x.Pid] || (x.Tgid != 0 && (tgids[x.Tgid] || pids[x.Tgid])) {
+			out = append(out, x)
 		}
 	}
 	return out
@@ -508,9 +630,12 @@ func (t Tasks) In(o Tasks) Tasks {
 
 // Plus returns the tasks of t and then those of o not already in t.
 func (t Tasks) Plus(o Tasks) Tasks {
-	out := slices.Clone(t)
-	for _, x := range o {
-		out = out.add(x)
+	ts := taskSet{list: slices.Clone(t), seen: make(map[taskKey]bool, len(t)+len(o))}
+	for _, x := range t {
+		ts.seen[taskKey{x.Pid, x.Role}] = true
 	}
-	return out
+	for _, x := range o {
+		ts.add(x)
+	}
+	return ts.list
 }

@@ -78,6 +78,12 @@ func (b *builder) pipelines() {
 	b.run.Commands = out
 }
 
+// MaxPipelineNeighbors is how many execs by the same parent process may
+// follow each of its execs within PipelineWindow, on average, for its
+// commands to be folded into pipelines: beyond (a parent starting some 160
+// commands a second, all the time), starting together says nothing.
+const MaxPipelineNeighbors = 32
+
 // pipelineCandidates returns the pairs i < j of commands that may run
 // together, in order: those with the same parent command, each run at
 // least twice, with an exec of j by the same parent process within
@@ -103,8 +109,22 @@ func pipelineCandidates(cmds []*Command) [][2]int {
 			byParent[p] = append(byParent[p], exec{e.At, i})
 		}
 	}
-	for _, es := range byParent {
+	for p, es := range byParent {
 		slices.SortFunc(es, func(a, b exec) int { return cmp.Or(cmp.Compare(a.at, b.at), cmp.Compare(a.cmd, b.cmd)) })
+		// How many execs each one has within PipelineWindow after it, on
+		// average: a parent that starts commands that densely runs no
+		// pipeline timing could tell apart, and pairing them all would
+		// take quadratic time.
+		near, j := 0, 0
+		for i := range es {
+			for j < len(es) && es[j].at <= es[i].at+PipelineWindow {
+				j++
+			}
+			near += j - i - 1
+		}
+		if near > MaxPipelineNeighbors*len(es) {
+			delete(byParent, p)
+		}
 	}
 	seen := map[[2]int]bool{}
 	var out [][2]int

@@ -14,9 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
+	"github.com/whyslow/whyslow/internal/escape"
 	"github.com/whyslow/whyslow/internal/event"
 	"github.com/whyslow/whyslow/internal/facts"
 )
@@ -128,7 +127,7 @@ func (s Submit) text(o Options) string {
 	if o.Ms {
 		lat = strconv.FormatFloat(float64(s.LatencyNs)/float64(time.Millisecond), 'f', 3, 64)
 	}
-	return fmt.Sprintf("%-12.6f %-16s %-7d %10s  %s\n", s.TimeS, clean(orDash(s.Comm)), s.Pid, lat, clean(orDash(s.Disk)))
+	return fmt.Sprintf("%-12.6f %-16s %-7d %10s  %s\n", s.TimeS, escape.String(orDash(s.Comm)), s.Pid, lat, escape.String(orDash(s.Disk)))
 }
 
 // Exec is one execve: one that ran, or one that failed (when the syscall
@@ -168,16 +167,16 @@ func ExecFrom(e event.Exec, start event.Mono) Exec {
 func (e Exec) text(Options) string {
 	args := make([]string, len(e.Args))
 	for i, a := range e.Args {
-		args[i] = clean(a)
+		args[i] = escape.String(a)
 	}
 	line := strings.Join(args, " ")
 	if line == "" {
-		line = clean(orDash(e.Filename))
+		line = escape.String(orDash(e.Filename))
 	}
 	if e.ArgsTruncated {
 		line += " ..."
 	}
-	return fmt.Sprintf("%-12.6f %-16s %-7d %-7d %3d %s\n", e.TimeS, clean(orDash(e.Comm)), e.Pid, e.PPid, e.Ret, line)
+	return fmt.Sprintf("%-12.6f %-16s %-7d %-7d %3d %s\n", e.TimeS, escape.String(orDash(e.Comm)), e.Pid, e.PPid, e.Ret, line)
 }
 
 // Uevent is one kernel uevent.
@@ -202,8 +201,8 @@ func UeventFrom(e event.Uevent, start event.Mono) Uevent {
 }
 
 func (u Uevent) text(Options) string {
-	where := clean(u.DevPath) + " (" + clean(u.Subsystem) + ")"
-	return fmt.Sprintf("%-12.6f %-8s %-48s %-12s %d\n", u.TimeS, clean(orDash(u.Action)), where, clean(orDash(u.DevName)), u.Seqnum)
+	where := escape.String(u.DevPath) + " (" + escape.String(u.Subsystem) + ")"
+	return fmt.Sprintf("%-12.6f %-8s %-48s %-12s %d\n", u.TimeS, escape.String(orDash(u.Action)), where, escape.String(orDash(u.DevName)), u.Seqnum)
 }
 
 // Freeze is one freeze of a request queue: who froze it, which device, for
@@ -247,15 +246,15 @@ func FreezeFrom(s facts.Span) Freeze {
 
 func (f Freeze) text(Options) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%-12.6f %-16s %-7d %-12s %9.3f  %s\n", f.TimeS, clean(orDash(f.Comm)), f.Pid, clean(orDash(f.Device)),
-		float64(f.DurationNs)/float64(time.Millisecond), clean(orDash(f.Attr)))
+	fmt.Fprintf(&b, "%-12.6f %-16s %-7d %-12s %9.3f  %s\n", f.TimeS, escape.String(orDash(f.Comm)), f.Pid, escape.String(orDash(f.Device)),
+		float64(f.DurationNs)/float64(time.Millisecond), escape.String(orDash(f.Attr)))
 	for _, fr := range f.KernelStack {
-		fmt.Fprintf(&b, "    %s\n", clean(fr))
+		fmt.Fprintf(&b, "    %s\n", escape.String(fr))
 	}
 	if len(f.UserStack) > 0 {
 		b.WriteString("    -- user --\n")
 		for _, fr := range f.UserStack {
-			fmt.Fprintf(&b, "    %s\n", clean(fr))
+			fmt.Fprintf(&b, "    %s\n", escape.String(fr))
 		}
 	}
 	b.WriteString("\n")
@@ -268,35 +267,4 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
-}
-
-// clean makes a host string safe for a terminal: control characters and
-// invalid UTF-8 become \x.. or \u.... escapes.
-func clean(s string) string {
-	ok := true
-	for _, r := range s {
-		if r == utf8.RuneError || !unicode.IsPrint(r) && r != ' ' {
-			ok = false
-			break
-		}
-	}
-	if ok {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); {
-		r, size := utf8.DecodeRuneInString(s[i:])
-		switch {
-		case r == utf8.RuneError && size == 1:
-			fmt.Fprintf(&b, `\x%02x`, s[i])
-		case r == ' ' || unicode.IsPrint(r):
-			b.WriteRune(r)
-		case r < 0x80:
-			fmt.Fprintf(&b, `\x%02x`, r)
-		default:
-			fmt.Fprintf(&b, `\u%04x`, r)
-		}
-		i += size
-	}
-	return b.String()
 }

@@ -244,23 +244,3 @@ func TestRecordValues(t *testing.T) {
 		t.Errorf("freeze without user stack: %+v (stacks must be [] in JSON, not null)", g)
 	}
 }
-
-func TestClean(t *testing.T) {
-	tests := []struct{ in, want string }{
-		{"fio", "fio"},
-		{"(udev-worker)", "(udev-worker)"},
-		{"a b", "a b"},
-		{"tab\there", `tab\x09here`},
-		{"esc\x1b[31m", `esc\x1b[31m`},
-		{"nl\n", `nl\x0a`},
-		{"bad\xffutf8", `bad\xffutf8`},
-		{"über", "über"},
-		{"bidi\u202e", `bidi\u202e`},
-		{"", ""},
-	}
-	for _, tt := range tests {
-		if got := clean(tt.in); got != tt.want {
-			t.Errorf("clean(%q) = %q, want %q", tt.in, got, tt.want)
-		}
-	}
-}

@@ -120,8 +120,9 @@ func Build(tl *timeline.Timeline, run *facts.Run, findings []rules.Finding, meta
 	}
 	sort.SliceStable(r.Devices, func(i, j int) bool { return r.Devices[i].Name < r.Devices[j].Name })
 
+	sc := stackCache{}
 	for _, f := range findings {
-		r.Findings = append(r.Findings, finding(f, byName))
+		r.Findings = append(r.Findings, finding(f, byName, sc))
 	}
 	sort.SliceStable(r.Findings, func(i, j int) bool {
 		a, b := r.Findings[i], r.Findings[j]
@@ -245,7 +246,7 @@ func spanStats(s facts.Spans) SpanStats {
 	return SpanStats{Count: len(s), TotalMs: ms(total), MaxMs: ms(longest)}
 }
 
-func finding(f rules.Finding, devices map[string]*facts.Device) Finding {
+func finding(f rules.Finding, devices map[string]*facts.Device, sc stackCache) Finding {
 	out := Finding{
 		Rank:        f.Rank,
 		Rule:        f.Rule,
@@ -283,9 +284,20 @@ func finding(f rules.Finding, devices map[string]*facts.Device) Finding {
 		}
 		out.Evidence = append(out.Evidence, EvidenceItem{Name: name, Value: jsonValue(v)})
 	}
-	out.Stacks = stacks(f.Devices, devices)
+	key := strings.Join(f.Devices, "\x00")
+	st, ok := sc[key]
+	if !ok {
+		st = stacks(f.Devices, devices)
+		sc[key] = st
+	}
+	out.Stacks = slices.Clone(st)
 	return out
 }
+
+// stackCache holds the stacks of the findings of one report by their
+// devices: thousands of findings on one device (a command each) group its
+// spans once.
+type stackCache map[string][]Stack
 
 // stacks groups the queue-enter and freeze-wait spans of the devices by
 // their frames and returns the MaxStacks groups with the most blocked time.
@@ -300,6 +312,25 @@ func stacks(names []string, devices map[string]*facts.Device) []Stack {
 	}
 	groups := map[string]*group{}
 	seenDev := map[string]bool{}
+	// Spans blocked in the same place share their frames: format each
+	// stack once.
+	type stackID struct {
+		first *event.Frame
+		n     int
+	}
+	formatted := map[stackID][]string{}
+	format := func(fs []event.Frame) []string {
+		if len(fs) == 0 {
+			return event.FormatStack(fs)
+		}
+		id := stackID{&fs[0], len(fs)}
+		out, ok := formatted[id]
+		if !ok {
+			out = event.FormatStack(fs)
+			formatted[id] = out
+		}
+		return out
+	}
 	n := 0
 	for _, name := range names {
 		d := devices[name]
@@ -315,7 +346,7 @@ func stacks(names []string, devices map[string]*facts.Device) []Stack {
 				if len(sp.KernelStack) == 0 && len(sp.UserStack) == 0 {
 					continue
 				}
-				k, u := event.FormatStack(sp.KernelStack), event.FormatStack(sp.UserStack)
+				k, u := format(sp.KernelStack), format(sp.UserStack)
 				key := sp.Kind + "\x00" + strings.Join(k, "\x01") + "\x00" + strings.Join(u, "\x01")
 				g := groups[key]
 				if g == nil {

@@ -1,10 +1,12 @@
 package report
 
-// Formatting helpers of the text renderer: escaping host strings, quoting
-// arguments, human-friendly durations and evidence values.
+// Formatting helpers of the text renderer: quoting arguments,
+// human-friendly durations and evidence values. Host strings are escaped
+// with escape.String.
 
 import (
 	"fmt"
+	"github.com/whyslow/whyslow/internal/escape"
 	"math"
 	"sort"
 	"strconv"
@@ -15,7 +17,9 @@ import (
 )
 
 // shellQuote leaves plain words alone, single-quotes words with spaces or
-// shell characters, and Go-quotes (escaping) anything with control bytes.
+// shell characters, and double-quotes anything escape.String changes, with
+// its escapes (a backslash or a double quote of the word itself is
+// backslashed, so that every escape reads one way).
 func shellQuote(s string) string {
 	if s == "" {
 		return "''"
@@ -30,59 +34,16 @@ func shellQuote(s string) string {
 	if plain {
 		return s
 	}
-	if clean(s) == s && !strings.ContainsRune(s, '\'') {
+	if escape.String(s) == s && !strings.ContainsRune(s, '\'') {
 		return "'" + s + "'"
 	}
-	return strconv.Quote(s)
+	return `"` + escape.String(strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s)) + `"`
 }
 
-// clean makes a host string safe to print: control characters, bidi
-// overrides and other invisible formatting runes become visible escapes
-// (\n, \x1b, \u202e), invalid UTF-8 becomes \xNN.
-func clean(s string) string {
-	ok := true
-	for _, r := range s {
-		if !printable(r) {
-			ok = false
-			break
-		}
-	}
-	if ok {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); {
-		r, size := utf8.DecodeRuneInString(s[i:])
-		switch {
-		case r == utf8.RuneError && size == 1:
-			fmt.Fprintf(&b, `\x%02x`, s[i])
-		case printable(r):
-			b.WriteRune(r)
-		case r == '\n':
-			b.WriteString(`\n`)
-		case r == '\t':
-			b.WriteString(`\t`)
-		case r == '\r':
-			b.WriteString(`\r`)
-		case r < 0x100:
-			fmt.Fprintf(&b, `\x%02x`, r)
-		default:
-			fmt.Fprintf(&b, `\u%04x`, r)
-		}
-		i += size
-	}
-	return b.String()
-}
-
-func printable(r rune) bool {
-	return r != utf8.RuneError && !unicode.IsControl(r) && !unicode.Is(unicode.Cf, r) &&
-		r != '\u2028' && r != '\u2029'
-}
-
-func cleanJoin(ss []string, sep string) string {
+func escapeJoin(ss []string, sep string) string {
 	out := make([]string, len(ss))
 	for i, s := range ss {
-		out[i] = clean(s)
+		out[i] = escape.String(s)
 	}
 	return strings.Join(out, sep)
 }
@@ -99,7 +60,7 @@ func evidenceValue(name string, v any) string {
 		}
 		return fmtNum(x)
 	case string:
-		return clean(x)
+		return escape.String(x)
 	case bool:
 		return strconv.FormatBool(x)
 	case []any:
@@ -116,11 +77,11 @@ func evidenceValue(name string, v any) string {
 		sort.Strings(keys)
 		parts := make([]string, len(keys))
 		for i, k := range keys {
-			parts[i] = clean(k) + "=" + evidenceValue(k, x[k])
+			parts[i] = escape.String(k) + "=" + evidenceValue(k, x[k])
 		}
 		return strings.Join(parts, ", ")
 	}
-	return clean(fmt.Sprint(v))
+	return escape.String(fmt.Sprint(v))
 }
 
 func fmtNum(f float64) string {

@@ -3,6 +3,7 @@ package report
 import (
 	_ "embed"
 	"fmt"
+	"github.com/whyslow/whyslow/internal/escape"
 	"html/template"
 	"io"
 	"math"
@@ -21,12 +22,12 @@ var htmlTmpl = template.Must(template.New("report").Funcs(template.FuncMap{
 	"ms":       fmtMs,
 	"us":       func(l Latency, v float64) string { return latencyCell(l, v) },
 	"secs":     fmtSeconds,
-	"clean":    clean,
-	"upper":    func(s string) string { return strings.ToUpper(clean(s)) },
+	"clean":    escape.String,
+	"upper":    func(s string) string { return strings.ToUpper(escape.String(s)) },
 	"chain":    chainSteps,
-	"command":  func(tr *Trigger) string { return clean(commandText(tr)) },
+	"command":  func(tr *Trigger) string { return escape.String(commandText(tr)) },
 	"evidence": evidenceValue,
-	"join":     cleanJoin,
+	"join":     escapeJoin,
 	"rfc3339":  func(t time.Time) string { return t.Format(time.RFC3339) },
 	"dur":      fmtUs,
 	"plural": func(n int, one, many string) string {
@@ -39,7 +40,7 @@ var htmlTmpl = template.Must(template.New("report").Funcs(template.FuncMap{
 		var out []string
 		for _, p := range strings.Split(strings.TrimSpace(s), "\n\n") {
 			if p = strings.TrimSpace(p); p != "" {
-				out = append(out, clean(strings.ReplaceAll(p, "\n", " ")))
+				out = append(out, escape.String(strings.ReplaceAll(p, "\n", " ")))
 			}
 		}
 		return out
@@ -47,15 +48,15 @@ var htmlTmpl = template.Must(template.New("report").Funcs(template.FuncMap{
 	"probeReason": func(p Probe) string {
 		parts := []string{}
 		if p.Reason != "" {
-			parts = append(parts, clean(p.Reason))
+			parts = append(parts, escape.String(p.Reason))
 		}
 		for _, s := range p.Skipped {
-			parts = append(parts, "not "+clean(s.Mechanism)+": "+clean(s.Reason))
+			parts = append(parts, "not "+escape.String(s.Mechanism)+": "+escape.String(s.Reason))
 		}
 		return strings.Join(parts, "; ")
 	},
-	"place":   func(e RuleError) string { return clean(rulePlace(e)) },
-	"uevents": func(u UeventStats) string { return ueventCell(u, clean) },
+	"place":   func(e RuleError) string { return escape.String(rulePlace(e)) },
+	"uevents": func(u UeventStats) string { return ueventCell(u, escape.String) },
 }).Parse(htmlTemplate))
 
 // HTML writes the report as one self-contained HTML page: inline CSS, an
@@ -206,7 +207,7 @@ func newPicture(r *Report, run *facts.Run) *picture {
 			continue
 		}
 		for _, u := range d.Uevents {
-			p.Uevents = append(p.Uevents, mark{X: x(u.At), Title: fmt.Sprintf("uevent %s for %s at %s", clean(u.What), clean(d.Name), fmtAt(u.At))})
+			p.Uevents = append(p.Uevents, mark{X: x(u.At), Title: fmt.Sprintf("uevent %s for %s at %s", escape.String(u.What), escape.String(d.Name), fmtAt(u.At))})
 		}
 	}
 	sort.SliceStable(p.Uevents, func(i, j int) bool { return p.Uevents[i].X < p.Uevents[j].X })
@@ -240,13 +241,20 @@ func newPicture(r *Report, run *facts.Run) *picture {
 func triggerExecs(r *Report, run *facts.Run, x func(time.Duration) float64) []mark {
 	var out []mark
 	done := map[*facts.Command]bool{}
+	type name struct{ file, comm string }
+	byName := map[name][]*facts.Command{} // in run order
+	for _, c := range run.Commands {
+		if c != nil {
+			byName[name{c.Filename, c.Comm}] = append(byName[name{c.Filename, c.Comm}], c)
+		}
+	}
 	for _, f := range r.Findings {
 		tr := f.Trigger
 		if tr == nil {
 			continue
 		}
-		for _, c := range run.Commands {
-			if c == nil || done[c] || c.Filename != tr.Filename || c.Comm != tr.Comm {
+		for _, c := range byName[name{tr.Filename, tr.Comm}] {
+			if done[c] {
 				continue
 			}
 			done[c] = true
@@ -255,7 +263,7 @@ func triggerExecs(r *Report, run *facts.Run, x func(time.Duration) float64) []ma
 				if i < len(c.Pids) {
 					pid = fmt.Sprintf(" (pid %d)", c.Pids[i])
 				}
-				out = append(out, mark{X: x(e.At), Title: fmt.Sprintf("exec %s%s by %s at %s, trigger of finding %d", clean(commandText(tr)), pid, clean(c.ParentComm), fmtAt(e.At), f.Rank)})
+				out = append(out, mark{X: x(e.At), Title: fmt.Sprintf("exec %s%s by %s at %s, trigger of finding %d", escape.String(commandText(tr)), pid, escape.String(c.ParentComm), fmtAt(e.At), f.Rank)})
 			}
 		}
 	}
@@ -303,9 +311,9 @@ func newLane(d *facts.Device, top float64, xs func(secs float64) float64, minUs,
 	for _, f := range d.Freezes {
 		x0, x1 := x(f.Start), x(f.End)
 		w := math.Max(x1-x0, 1.5)
-		t := fmt.Sprintf("queue freeze of %s by %s (pid %d)", clean(d.Name), clean(f.Comm), f.Pid)
+		t := fmt.Sprintf("queue freeze of %s by %s (pid %d)", escape.String(d.Name), escape.String(f.Comm), f.Pid)
 		if f.Attr != "" {
-			t += " writing " + clean(f.Attr)
+			t += " writing " + escape.String(f.Attr)
 		}
 		t += fmt.Sprintf(": %s at %s", fmtDur(f.Duration()), fmtAt(f.Start))
 		l.Freezes = append(l.Freezes, svgSpan{X: x0, W: f1(w), Title: t})
@@ -336,7 +344,7 @@ func newLane(d *facts.Device, top float64, xs func(secs float64) float64, minUs,
 	for _, c := range order {
 		b := cols[c]
 		ms := float64(b.s.Duration()) / float64(time.Millisecond)
-		t := fmt.Sprintf("submission by %s (pid %d) took %s at %s", clean(b.s.Comm), b.s.Pid, fmtDur(b.s.Duration()), fmtAt(b.s.Start))
+		t := fmt.Sprintf("submission by %s (pid %d) took %s at %s", escape.String(b.s.Comm), b.s.Pid, fmtDur(b.s.Duration()), fmtAt(b.s.Start))
 		if b.n > 1 {
 			t += fmt.Sprintf(" (slowest of %d here)", b.n)
 			l.More += b.n - 1

@@ -3,6 +3,7 @@ package report
 import (
 	"bytes"
 	"fmt"
+	"github.com/whyslow/whyslow/internal/escape"
 	"io"
 	"strconv"
 	"strings"
@@ -41,7 +42,7 @@ const mdEscaped = "\\`*_[]<>|~&$@"
 
 // mdText escapes a host-derived string for use in prose or a table cell.
 func mdText(s string) string {
-	s = clean(s)
+	s = escape.String(s)
 	var b strings.Builder
 	lower := strings.ToLower(s)
 	for i := 0; i < len(s); i++ {
@@ -68,7 +69,7 @@ func mdText(s string) string {
 
 // mdCode shows a host string verbatim in a code span.
 func mdCode(s string) string {
-	s = clean(s)
+	s = escape.String(s)
 	if s == "" {
 		return "` `"
 	}
@@ -299,12 +300,12 @@ func (m *mdWriter) stacks(stacks []Stack) {
 		m.printf("%d. %s: %d %s, %s total, max %s, by %s\n\n", i+1, mdText(s.Kind), s.Count, wait, fmtMs(s.TotalMs), fmtMs(s.MaxMs), mdCodes(s.Processes))
 		lines := make([]string, 0, len(s.Kernel)+len(s.User)+1)
 		for _, fr := range s.Kernel {
-			lines = append(lines, clean(fr))
+			lines = append(lines, escape.String(fr))
 		}
 		if len(s.User) > 0 {
 			lines = append(lines, "-- user --")
 			for _, fr := range s.User {
-				lines = append(lines, clean(fr))
+				lines = append(lines, escape.String(fr))
 			}
 		}
 		m.fenced(lines, "   ")

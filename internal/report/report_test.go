@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"flag"
+	"github.com/whyslow/whyslow/internal/escape"
 	"math"
 	"os"
 	"path/filepath"
@@ -598,9 +599,25 @@ func TestUeventsByAction(t *testing.T) {
 			if u.Count != len(tt.points) || !reflect.DeepEqual(u.ByAction, tt.want) {
 				t.Errorf("uevents = %+v, want count %d by action %+v", u, len(tt.points), tt.want)
 			}
-			if got := ueventCell(u, clean); got != tt.cell {
+			if got := ueventCell(u, escape.String); got != tt.cell {
 				t.Errorf("cell %q, want %q", got, tt.cell)
 			}
 		})
+	}
+}
+
+func TestShellQuote(t *testing.T) {
+	for _, tt := range []struct{ in, want string }{
+		{"getconfig", "getconfig"},
+		{"", "''"},
+		{"a b", "'a b'"},
+		{"it's", `"it's"`},
+		{"x\n#1 forged", `"x\n#1 forged"`},
+		{`a\n "q"` + "\x1b", `"a\\n \"q\"\x1b"`},
+		{"bad\xff \ufffd", `"bad\xff \ufffd"`},
+	} {
+		if got := shellQuote(tt.in); got != tt.want {
+			t.Errorf("shellQuote(%q) = %s, want %s", tt.in, got, tt.want)
+		}
 	}
 }

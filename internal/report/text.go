@@ -3,6 +3,7 @@ package report
 import (
 	"bytes"
 	"fmt"
+	"github.com/whyslow/whyslow/internal/escape"
 	"io"
 	"path"
 	"reflect"
@@ -80,13 +81,13 @@ func (t *textWriter) header(r *Report) {
 	if version == "" {
 		version = "(unknown version)"
 	}
-	t.printf("%s\n", t.paint(sgrBold, fmt.Sprintf("%s %s: storage diagnosis", clean(r.Tool.Name), clean(version))))
-	host := clean(r.Host.Hostname)
+	t.printf("%s\n", t.paint(sgrBold, fmt.Sprintf("%s %s: storage diagnosis", escape.String(r.Tool.Name), escape.String(version))))
+	host := escape.String(r.Host.Hostname)
 	if host == "" {
 		host = "(unknown host)"
 	}
 	if r.Host.Kernel != "" {
-		host += ", kernel " + clean(r.Host.Kernel)
+		host += ", kernel " + escape.String(r.Host.Kernel)
 	}
 	t.printf("  %-11s %s\n", "host", host)
 	if !r.StartedAt.IsZero() {
@@ -99,7 +100,7 @@ func (t *textWriter) header(r *Report) {
 	t.printf("  %-11s %s\n", "observed", observed)
 	devs := "all"
 	if len(r.DeviceFilter) > 0 {
-		devs = cleanJoin(r.DeviceFilter, ", ")
+		devs = escapeJoin(r.DeviceFilter, ", ")
 	}
 	t.printf("  %-11s min latency %s, devices: %s\n", "options", fmtUs(r.MinLatencyUs), devs)
 	ok, unavailable := 0, 0
@@ -121,19 +122,19 @@ func (t *textWriter) header(r *Report) {
 		t.printf("  %-11s %s\n", "lost events", t.paint(sgrRed, fmt.Sprintf("%d", r.LostEvents)))
 		t.printf("\n%s\n", t.paint(sgrRed, fmt.Sprintf("!! %d EVENTS WERE LOST: counts below are too low and a cause may be missing.", r.LostEvents)))
 		for _, l := range r.Losses {
-			t.printf("!!   %s: %s: %d\n", clean(l.Probe), clean(l.What), l.Count)
+			t.printf("!!   %s: %s: %d\n", escape.String(l.Probe), escape.String(l.What), l.Count)
 		}
 	}
 	if n := len(r.RuleErrors); n > 0 {
 		t.printf("\n%s\n", t.paint(sgrRed, fmt.Sprintf("!! %s FAILED: %s missing from this report.", countOf(n, "RULE", "RULES"), pick(n, "its findings are", "their findings are"))))
 		for _, e := range r.RuleErrors {
-			t.printf("!!   %s (%s): %s\n", clean(e.Rule), clean(rulePlace(e)), clean(e.Error))
+			t.printf("!!   %s (%s): %s\n", escape.String(e.Rule), escape.String(rulePlace(e)), escape.String(e.Error))
 		}
 	}
 	if n := len(r.NotEvaluated); n > 0 {
 		t.printf("\n%s\n", t.paint(sgrYellow, fmt.Sprintf("!! %s NOT EVALUATED: no probe of this run supplied what %s.", countOf(n, "RULE", "RULES"), pick(n, "it needs", "they need"))))
 		for _, e := range r.NotEvaluated {
-			t.printf("!!   %s: %s\n", clean(e.Rule), clean(e.Reason))
+			t.printf("!!   %s: %s\n", escape.String(e.Rule), escape.String(e.Reason))
 		}
 	}
 	t.printf("\n")
@@ -179,7 +180,7 @@ func (t *textWriter) findings(r *Report) {
 }
 
 func (t *textWriter) severity(s string) string {
-	label := strings.ToUpper(clean(s))
+	label := strings.ToUpper(escape.String(s))
 	switch s {
 	case "critical":
 		return t.paint(sgrRed, label)
@@ -191,11 +192,11 @@ func (t *textWriter) severity(s string) string {
 }
 
 func (t *textWriter) finding(f *Finding) {
-	t.printf("%s %s score %.1f  %s\n", t.paint(sgrBold, fmt.Sprintf("#%d", f.Rank)), t.severity(f.Severity), f.Score, t.paint(sgrBold, clean(f.Title)))
+	t.printf("%s %s score %.1f  %s\n", t.paint(sgrBold, fmt.Sprintf("#%d", f.Rank)), t.severity(f.Severity), f.Score, t.paint(sgrBold, escape.String(f.Title)))
 	if chain := chainLine(f); chain != "" {
 		t.printf("%s%s\n", indent, chain)
 	}
-	t.printf("%s%s\n", indent, t.paint(sgrDim, "rule "+clean(f.Rule)))
+	t.printf("%s%s\n", indent, t.paint(sgrDim, "rule "+escape.String(f.Rule)))
 	if f.Explanation != "" {
 		t.printf("\n")
 		t.prose(f.Explanation, indent)
@@ -204,15 +205,15 @@ func (t *textWriter) finding(f *Finding) {
 		t.printf("\n")
 	}
 	if len(f.Devices) > 0 {
-		t.printf("%sdevices:    %s\n", indent, cleanJoin(f.Devices, ", "))
+		t.printf("%sdevices:    %s\n", indent, escapeJoin(f.Devices, ", "))
 	}
 	if len(f.Processes) > 0 {
 		var ps []string
 		for _, p := range f.Processes {
 			if p.Role != "" {
-				ps = append(ps, fmt.Sprintf("%s (pid %d, %s)", clean(p.Comm), p.Pid, clean(p.Role)))
+				ps = append(ps, fmt.Sprintf("%s (pid %d, %s)", escape.String(p.Comm), p.Pid, escape.String(p.Role)))
 			} else {
-				ps = append(ps, fmt.Sprintf("%s (pid %d)", clean(p.Comm), p.Pid))
+				ps = append(ps, fmt.Sprintf("%s (pid %d)", escape.String(p.Comm), p.Pid))
 			}
 		}
 		t.printf("%sprocesses:  %s\n", indent, strings.Join(ps, ", "))
@@ -220,9 +221,9 @@ func (t *textWriter) finding(f *Finding) {
 	if tr := f.Trigger; tr != nil {
 		t.printf("%strigger:    %s\n", indent, commandLine(tr))
 		if tr.Pipeline != "" {
-			t.printf("%s            in the pipeline: %s\n", indent, clean(tr.Pipeline))
+			t.printf("%s            in the pipeline: %s\n", indent, escape.String(tr.Pipeline))
 		}
-		detail := fmt.Sprintf("pid %d (%s), parent pid %d (%s), %d run", tr.Pid, clean(tr.Comm), tr.PPid, clean(tr.ParentComm), tr.Count)
+		detail := fmt.Sprintf("pid %d (%s), parent pid %d (%s), %d run", tr.Pid, escape.String(tr.Comm), tr.PPid, escape.String(tr.ParentComm), tr.Count)
 		if tr.Count != 1 {
 			detail += "s"
 		}
@@ -235,7 +236,7 @@ func (t *textWriter) finding(f *Finding) {
 		t.printf("\n%sevidence:\n", indent)
 		rows := make([][]string, 0, len(f.Evidence))
 		for _, e := range f.Evidence {
-			rows = append(rows, []string{clean(e.Name), evidenceValue(e.Name, e.Value)})
+			rows = append(rows, []string{escape.String(e.Name), evidenceValue(e.Name, e.Value)})
 		}
 		t.table(indent, []string{"name", "value"}, rows, 0)
 	}
@@ -247,7 +248,7 @@ func (t *textWriter) finding(f *Finding) {
 		}
 	}
 	if f.Precision != "" {
-		t.printf("\n%sprecision: %s\n", indent, clean(f.Precision))
+		t.printf("\n%sprecision: %s\n", indent, escape.String(f.Precision))
 	}
 	if f.Remedy != "" {
 		t.printf("\n%s%s\n", indent, t.paint(sgrBold, "remedy:"))
@@ -274,15 +275,15 @@ func (t *textWriter) stacks(stacks []Stack) {
 		if s.Count == 1 {
 			wait = "wait"
 		}
-		t.printf("%s  %d. %s: %d %s, %s total, max %s, by %s\n", indent, i+1, clean(s.Kind), s.Count, wait,
-			fmtMs(s.TotalMs), fmtMs(s.MaxMs), cleanJoin(s.Processes, ", "))
+		t.printf("%s  %d. %s: %d %s, %s total, max %s, by %s\n", indent, i+1, escape.String(s.Kind), s.Count, wait,
+			fmtMs(s.TotalMs), fmtMs(s.MaxMs), escapeJoin(s.Processes, ", "))
 		for _, fr := range s.Kernel {
-			t.printf("%s       %s\n", indent, clean(fr))
+			t.printf("%s       %s\n", indent, escape.String(fr))
 		}
 		if len(s.User) > 0 {
 			t.printf("%s       %s\n", indent, t.paint(sgrDim, "-- user --"))
 			for _, fr := range s.User {
-				t.printf("%s       %s\n", indent, clean(fr))
+				t.printf("%s       %s\n", indent, escape.String(fr))
 			}
 		}
 	}
@@ -302,9 +303,9 @@ func chainLine(f *Finding) string {
 			}
 		}
 		if !named {
-			p := clean(tr.Comm) + " runs"
+			p := escape.String(tr.Comm) + " runs"
 			if tr.ParentComm != "" {
-				p = clean(tr.ParentComm) + " runs " + clean(tr.Comm)
+				p = escape.String(tr.ParentComm) + " runs " + escape.String(tr.Comm)
 			}
 			if tr.PeriodSeconds > 0 {
 				p += " every " + fmtSeconds(tr.PeriodSeconds)
@@ -313,7 +314,7 @@ func chainLine(f *Finding) string {
 		}
 	}
 	for _, s := range f.Steps {
-		parts = append(parts, clean(s.Title))
+		parts = append(parts, escape.String(s.Title))
 	}
 	if len(parts) < 2 {
 		return ""
@@ -326,7 +327,7 @@ func chainLine(f *Finding) string {
 func (t *textWriter) prose(s, margin string) {
 	width := max(t.opts.Width-len(margin), 20)
 	for _, line := range strings.Split(strings.TrimRight(s, "\n"), "\n") {
-		line = clean(strings.TrimRight(line, " \t\r"))
+		line = escape.String(strings.TrimRight(line, " \t\r"))
 		if line == "" {
 			t.printf("\n")
 			continue
@@ -356,9 +357,9 @@ func (t *textWriter) devices(r *Report) error {
 	}
 	rows := make([][]string, 0, len(r.Devices))
 	for _, d := range r.Devices {
-		name := clean(d.Name)
+		name := escape.String(d.Name)
 		if len(d.Lower) > 0 {
-			name += " (on " + cleanJoin(d.Lower, ", ") + ")"
+			name += " (on " + escapeJoin(d.Lower, ", ") + ")"
 		}
 		stalls := strconv.Itoa(d.Stalls.Count)
 		if d.Stalls.Count > 0 {
@@ -372,7 +373,7 @@ func (t *textWriter) devices(r *Report) error {
 			name, strconv.FormatUint(d.Submit.Count, 10),
 			latencyCell(d.Submit, d.Submit.P50Us), latencyCell(d.Submit, d.Submit.P99Us), latencyCell(d.Submit, d.Submit.MaxUs),
 			latencyCell(d.Service, d.Service.P99Us),
-			stalls, freezes, ueventCell(d.Uevents, clean),
+			stalls, freezes, ueventCell(d.Uevents, escape.String),
 		})
 	}
 	err := t.table("", []string{"device", "submits", "submit p50", "submit p99", "submit max", "service p99", "stalls", "freezes", "uevents"}, rows, 0)
@@ -388,11 +389,11 @@ func (t *textWriter) probes(r *Report) error {
 	}
 	rows := make([][]string, 0, len(r.Probes))
 	for _, p := range r.Probes {
-		reason := clean(p.Reason)
+		reason := escape.String(p.Reason)
 		if len(p.Skipped) > 0 {
 			var sk []string
 			for _, s := range p.Skipped {
-				sk = append(sk, clean(s.Mechanism)+": "+clean(s.Reason))
+				sk = append(sk, escape.String(s.Mechanism)+": "+escape.String(s.Reason))
 			}
 			skipped := "not " + strings.Join(sk, "; not ")
 			if reason == "" {
@@ -401,15 +402,15 @@ func (t *textWriter) probes(r *Report) error {
 				reason += "; " + skipped
 			}
 		}
-		status := clean(p.Status)
+		status := escape.String(p.Status)
 		if p.Status != "ok" {
 			status = strings.ToUpper(status)
 		}
-		mech := clean(p.Mechanism)
+		mech := escape.String(p.Mechanism)
 		if mech == "" {
 			mech = "-"
 		}
-		rows = append(rows, []string{clean(p.Name), mech, status, reason})
+		rows = append(rows, []string{escape.String(p.Name), mech, status, reason})
 	}
 	return t.table("", []string{"probe", "mechanism", "status", "reason"}, rows, 60)
 }
@@ -462,9 +463,9 @@ func commandLine(tr *Trigger) string {
 	s := strings.Join(parts, " ")
 	switch {
 	case s == "":
-		s = clean(tr.Filename)
+		s = escape.String(tr.Filename)
 	case tr.Filename != "" && (len(tr.Args) == 0 || tr.Args[0] != tr.Filename):
-		s += "  [" + clean(tr.Filename) + "]"
+		s += "  [" + escape.String(tr.Filename) + "]"
 	}
 	return s
 }

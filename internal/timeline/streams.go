@@ -2,6 +2,7 @@ package timeline
 
 import (
 	"fmt"
+	"math"
 	"reflect"
 	"slices"
 	"sort"
@@ -179,27 +180,37 @@ func (t *Timeline) MergeHistogram(kind HistKind, dev event.Device, h *hist.Histo
 	}
 }
 
-// AddLoss adds to the loss count of a probe and cause.
+// AddLoss adds to the loss count of a probe and cause. A count that would
+// pass the largest uint64 stays there: a total never wraps to a small one.
 func (t *Timeline) AddLoss(l event.Loss) {
 	if l.Count == 0 {
 		return
 	}
 	for i := range t.Losses {
 		if t.Losses[i].Probe == l.Probe && t.Losses[i].What == l.What {
-			t.Losses[i].Count += l.Count
+			t.Losses[i].Count = SaturatingSum(t.Losses[i].Count, l.Count)
 			return
 		}
 	}
 	t.Losses = append(t.Losses, l)
 }
 
-// LostEvents is the total of all losses.
+// LostEvents is the total of all losses, the largest uint64 when it would
+// be more.
 func (t *Timeline) LostEvents() uint64 {
 	var n uint64
 	for _, l := range t.Losses {
-		n += l.Count
+		n = SaturatingSum(n, l.Count)
 	}
 	return n
+}
+
+// SaturatingSum is a+b, or the largest uint64 when the sum would wrap.
+func SaturatingSum(a, b uint64) uint64 {
+	if s := a + b; s >= a {
+		return s
+	}
+	return math.MaxUint64
 }
 
 // Device returns the histograms of a device, creating them if needed.

@@ -1,6 +1,7 @@
 package timeline
 
 import (
+	"math"
 	"testing"
 
 	"github.com/whyslow/whyslow/internal/event"
@@ -98,5 +99,24 @@ func TestAddDirectEvents(t *testing.T) {
 		if tt.times[0] != tt.want[0] || tt.times[1] != tt.want[1] {
 			t.Errorf("%s at %v, want %v", tt.name, tt.times, tt.want)
 		}
+	}
+}
+
+// Loss totals saturate: losses of 1 and 2^64-1 are not 0 lost events.
+func TestLossesSaturate(t *testing.T) {
+	tl := &Timeline{}
+	tl.AddLoss(event.Loss{Probe: "offcpu", What: "ring buffer full", Count: 1})
+	tl.AddLoss(event.Loss{Probe: "exec", What: "ring buffer full", Count: math.MaxUint64})
+	if n := tl.LostEvents(); n != math.MaxUint64 {
+		t.Errorf("LostEvents = %d, want %d", n, uint64(math.MaxUint64))
+	}
+	tl.AddLoss(event.Loss{Probe: "offcpu", What: "ring buffer full", Count: math.MaxUint64 - 1})
+	if c := tl.Losses[0].Count; c != math.MaxUint64 {
+		t.Errorf("a probe's count = %d, want %d", c, uint64(math.MaxUint64))
+	}
+	// Two loss records of a trace, read as they are.
+	tl = &Timeline{Losses: []event.Loss{{Probe: "a", What: "x", Count: 1}, {Probe: "a", What: "x", Count: math.MaxUint64}}}
+	if n := tl.LostEvents(); n != math.MaxUint64 {
+		t.Errorf("LostEvents of two records = %d", n)
 	}
 }

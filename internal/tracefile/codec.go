@@ -16,6 +16,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"time"
 	"unicode"
 	"unicode/utf8"
 
@@ -324,6 +325,9 @@ func decodeHist(d any, h *hist.Histogram, path string) error {
 	if w.MaxNs > math.MaxInt64 {
 		return errAt(join(path, "max_ns"), "%d ns is beyond the clock's range", w.MaxNs)
 	}
+	if w.MaxNs > uint64(MaxWindow) {
+		return errAt(join(path, "max_ns"), "%d ns (%s) is longer than any run (at most %s)", w.MaxNs, fmtDays(time.Duration(w.MaxNs)), fmtDays(MaxWindow))
+	}
 	*h = hist.Histogram{Count: w.Count, SumNs: w.SumNs, MaxNs: w.MaxNs}
 	if m["slots"] == nil {
 		return nil
@@ -341,7 +345,11 @@ func decodeHist(d any, h *hist.Histogram, path string) error {
 		if p[0] >= hist.Slots {
 			return errAt(at, "slot %d out of range (0..%d)", p[0], hist.Slots-1)
 		}
-		h.Counts[p[0]] += p[1]
+		if c := h.Counts[p[0]] + p[1]; c >= p[1] {
+			h.Counts[p[0]] = c
+		} else { // the same slot twice, counts that wrap: keep the most
+			h.Counts[p[0]] = math.MaxUint64
+		}
 	}
 	return nil
 }

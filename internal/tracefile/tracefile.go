@@ -271,6 +271,9 @@ func ReadFile(path string) (*timeline.Timeline, Info, error) {
 		return nil, Info{}, err
 	}
 	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.IsDir() {
+		return nil, Info{}, fmt.Errorf("%s: a directory, not a trace file", path)
+	}
 	tl, info, err := Read(f)
 	if err != nil {
 		return nil, Info{}, fmt.Errorf("%s: %w", path, err)
@@ -287,6 +290,9 @@ func Read(r io.Reader) (*timeline.Timeline, Info, error) {
 	br := bufio.NewReader(r)
 	magic, err := br.Peek(2)
 	if err != nil && len(magic) == 0 {
+		if !errors.Is(err, io.EOF) {
+			return nil, Info{}, fmt.Errorf("read error: %w", err)
+		}
 		return nil, Info{}, errors.New("empty file: not a whyslow trace")
 	}
 	var src io.Reader = br
@@ -351,6 +357,9 @@ func (rd *reader) next() ([]byte, error) {
 					what = "truncated: the compressed data ends early"
 				}
 			}
+			if len(buf) == 0 { // between lines: none of the next one was read
+				return nil, fmt.Errorf("after line %d: %s (%v)", rd.line, what, err)
+			}
 			return nil, fmt.Errorf("line %d: %s (%v)", rd.line+1, what, err)
 		}
 	}
@@ -369,7 +378,14 @@ func (rd *reader) read() (*timeline.Timeline, Info, error) {
 		return nil, info, err
 	}
 	var h header
-	if json.Unmarshal(first, &h) != nil || h.Format != Format {
+	if err := json.Unmarshal(first, &h); err != nil || h.Format != Format {
+		var format struct {
+			Format string `json:"format"`
+		}
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) && json.Unmarshal(first, &format) == nil && format.Format == Format {
+			return nil, info, fmt.Errorf("line 1: trace header: field %s: want %s, got %s", te.Field, jsonType(te.Type), te.Value)
+		}
 		return nil, info, fmt.Errorf("not a whyslow trace: line 1 is not a %q header", Format)
 	}
 	switch {
@@ -420,8 +436,24 @@ func (rd *reader) read() (*timeline.Timeline, Info, error) {
 		info.UnknownFields = append(info.UnknownFields, clip(f))
 	}
 	sort.Strings(info.UnknownFields)
+	clipStreams(st.tv)
 	tl.Sort()
 	return tl, info, nil
+}
+
+// clipStreams copies each event stream that grow left with much unused
+// capacity (up to half of it) into one of its length: the timeline lives as
+// long as the analysis, so what it wastes counts twice in the heap the
+// garbage collector lets grow.
+func clipStreams(tv reflect.Value) {
+	for _, s := range streams() {
+		f := tv.Field(s.field)
+		if n := f.Len(); f.Cap()-n > n/8 && f.Cap()-n > 1024 {
+			exact := reflect.MakeSlice(f.Type(), n, n)
+			reflect.Copy(exact, f)
+			f.Set(exact)
+		}
+	}
 }
 
 // readState is what reading a trace has gathered so far.
@@ -451,7 +483,7 @@ func (st *readState) fastEvent(b []byte) bool {
 		return grow(f)
 	}
 	kind, ok := st.fast.record(b, slot)
-	if ok && checkRange(f.Index(f.Len()-1)) != nil {
+	if ok && checkRange(f.Index(f.Len()-1), st.tl) != nil {
 		ok = false // the reflective path says what is wrong
 	}
 	if !ok {
@@ -466,7 +498,7 @@ func (st *readState) fastEvent(b []byte) bool {
 		if !e.IsValid() {
 			return false
 		}
-		if !st.fast.decode(e) || checkRange(e) != nil {
+		if !st.fast.decode(e) || checkRange(e, st.tl) != nil {
 			f.SetLen(f.Len() - 1)
 			return false
 		}
@@ -554,6 +586,9 @@ func (st *readState) record(rd *reader, b []byte, info *Info) (end bool, err err
 		if run.Duration < 0 {
 			return false, fail(errAt("requested_duration", "a duration cannot be negative, got %d", run.Duration))
 		}
+		if run.Duration > int64(MaxWindow) {
+			return false, fail(errAt("requested_duration", "%d ns (%s) is longer than any run (at most %s)", run.Duration, fmtDays(time.Duration(run.Duration)), fmtDays(MaxWindow)))
+		}
 		info.Version, info.Duration, info.Devices = run.Version, time.Duration(run.Duration), run.DeviceFilter
 		if run.StartedAt != "" {
 			t, err := time.Parse(time.RFC3339Nano, run.StartedAt)
@@ -567,11 +602,15 @@ func (st *readState) record(rd *reader, b []byte, info *Info) (end bool, err err
 		if err := decodeStruct(m, scalars, "", skip, unknown); err != nil {
 			return false, fail(err)
 		}
-		if err := checkRange(scalars); err != nil {
+		if err := checkRange(scalars, nil); err != nil {
 			return false, fail(err)
 		}
-		if w := scalars.Interface().(timeline.Timeline); w.End < w.Start {
+		w := scalars.Interface().(timeline.Timeline)
+		if w.End < w.Start {
 			return false, fail(errAt("end", "the window ends (%d) before it starts (%d)", w.End, w.Start))
+		}
+		if w.End.Sub(w.Start) > MaxWindow {
+			return false, fail(errAt("end", "a window of %s (%d to %d) is longer than any run (at most %s)", fmtDays(w.End.Sub(w.Start)), w.Start, w.End, fmtDays(MaxWindow)))
 		}
 		for i := 0; i < timelineType.NumField(); i++ {
 			if timelineType.Field(i).Type.Kind() == reflect.Slice {
@@ -596,7 +635,7 @@ func (st *readState) record(rd *reader, b []byte, info *Info) (end bool, err err
 		if err := decodeStruct(m, e, "", skip, unknown); err != nil {
 			return false, fail(err)
 		}
-		if err := checkRange(e); err != nil {
+		if err := checkRange(e, st.tl); err != nil {
 			return false, fail(err)
 		}
 		f.Set(reflect.Append(f, e))
@@ -609,12 +648,33 @@ var (
 	durationType = reflect.TypeFor[time.Duration]()
 )
 
+// Bounds of the values a trace may hold: beyond them, no run can have
+// recorded a value (docs/trace-format.md). Reading a trace that holds one
+// is an error naming the line and the field, not a report changed
+// silently by an impossible value.
+const (
+	// MaxWindow is the longest observation window (timeline end minus
+	// start), --duration and any duration or latency (a span, a
+	// histogram's max_ns): 366 days. diagnose refuses a longer --duration.
+	MaxWindow = 366 * 24 * time.Hour
+	// EventSlack is how far before the window's start or after its end an
+	// event may be: probes start just after the window does and stop just
+	// after it ends (an exec's fork time, which may be long before, is
+	// not bound).
+	EventSlack = time.Hour
+)
+
+// fmtDays shows a long duration in days: "366 days".
+func fmtDays(d time.Duration) string { return fmt.Sprintf("%d days", d/(24*time.Hour)) }
+
 // checkRange rejects the values of a record that no run can have: a
 // negative time (CLOCK_MONOTONIC counts from boot) or duration (an end minus
-// its start), and a span whose end, start plus its duration or latency, is
-// beyond the clock's range. It looks at every time and duration field of the
+// its start), a duration longer than MaxWindow, a span whose end, start
+// plus its duration or latency, is beyond the clock's range, and, given
+// the run's window, an event whose time (its start) is more than
+// EventSlack outside it. It looks at every time and duration field of the
 // record's struct, so that a field added to an event is checked too.
-func checkRange(v reflect.Value) error {
+func checkRange(v reflect.Value, window *timeline.Timeline) error {
 	t := v.Type()
 	if t.Kind() != reflect.Struct {
 		return nil
@@ -633,8 +693,14 @@ func checkRange(v reflect.Value) error {
 			}
 			return errAt(fieldName(f), "%s cannot be negative, got %d", what, n)
 		}
-		if f.Type == monoType && f.Name == "Start" {
+		if f.Type == durationType && n > int64(MaxWindow) {
+			return errAt(fieldName(f), "%d ns (%s) is longer than any run (at most %s)", n, fmtDays(time.Duration(n)), fmtDays(MaxWindow))
+		}
+		if f.Type == monoType && (f.Name == "Start" || f.Name == "Time") {
 			start = n
+			if window != nil && (n < int64(window.Start)-int64(EventSlack) || n > int64(window.End)+int64(EventSlack)) {
+				return errAt(fieldName(f), "%d is outside the run's window (%d to %d) by more than %s", n, window.Start, window.End, EventSlack)
+			}
 		}
 	}
 	for i := 0; i < t.NumField(); i++ {
@@ -646,6 +712,18 @@ func checkRange(v reflect.Value) error {
 		}
 	}
 	return nil
+}
+
+// jsonType names a Go type as a trace's reader would: "an integer".
+func jsonType(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "an integer"
+	case reflect.String:
+		return "a string"
+	}
+	return t.String()
 }
 
 // jsonErr shortens a JSON syntax error.

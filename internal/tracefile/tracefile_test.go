@@ -95,9 +95,9 @@ func TestRoundTripEveryField(t *testing.T) {
 			}
 		}
 		possible(tv)
-		if tl.End < tl.Start {
-			tl.Start, tl.End = tl.End, tl.Start
-		}
+		// The window holds every time possible gives (events outside it
+		// are refused).
+		tl.Start, tl.End = event.Mono(rnd.Int63n(1<<20)), event.Mono(1<<48+rnd.Int63n(1<<20))
 		tl.Sort()
 		got, _ := roundTrip(t, tl, info)
 		if !reflect.DeepEqual(got, tl) {
@@ -107,8 +107,9 @@ func TestRoundTripEveryField(t *testing.T) {
 }
 
 // possible makes the times, durations and histogram maxima of a random
-// value ones a run can have (Read refuses the others): not negative, and
-// small enough that no span ends beyond the clock's range.
+// value ones a run can have (Read refuses the others): not negative,
+// durations below MaxWindow, and small enough that no span ends beyond
+// the clock's range; times below 2^48 ns, for a window of 2^48 ns.
 func possible(v reflect.Value) {
 	switch {
 	case v.Type() == monoType || v.Type() == durationType:
@@ -242,8 +243,19 @@ func TestReadErrors(t *testing.T) {
 		{"negative min latency", gz(replace(`"min_latency":1000000`, `"min_latency":-9223372036854775808`)), "line 3: timeline record: field min_latency: a duration cannot be negative"},
 		{"negative requested duration", gz(replace(`"requested_duration":20000000000`, `"requested_duration":-5`)), "line 2: run record: field requested_duration: a duration cannot be negative"},
 		{"window ends before it starts", gz(replace(`"end":21000000000`, `"end":5`)), "timeline record: field end: the window ends (5) before it starts (1000000000)"},
-		{"span beyond the clock", gz(replace(`"duration":18000000`, `"duration":9223372036854775807`)), "offcpu record: field duration: start 3000000100 + 9223372036854775807 ns is beyond the clock's range"},
+		{"span beyond the clock", gz(replace(`"duration":18000000`, `"duration":9223372036854775807`)), "offcpu record: field duration: 9223372036854775807 ns (106751 days) is longer than any run (at most 366 days)"},
 		{"histogram max beyond the clock", gz(replace(`"max_ns":19000000`, `"max_ns":18446744073709551615`)), "device record: field submit.max_ns: 18446744073709551615 ns is beyond the clock's range"},
+		{"a latency of 2^62 ns", gz(replace(`"latency":19000000`, `"latency":4611686018427387904`)), "line 13: slow_submit record: field latency: 4611686018427387904 ns (53375 days) is longer than any run (at most 366 days)"},
+		{"histogram max of 2^62 ns", gz(replace(`"max_ns":19000000`, `"max_ns":4611686018427387904`)), "line 7: device record: field submit.max_ns: 4611686018427387904 ns (53375 days) is longer than any run (at most 366 days)"},
+		{"a 292-year window", gz(replace(`"end":21000000000`, `"end":9223372036854775807`)), "line 3: timeline record: field end: a window of 106751 days (1000000000 to 9223372036854775807) is longer than any run (at most 366 days)"},
+		{"a year-long requested duration", gz(replace(`"requested_duration":20000000000`, `"requested_duration":31708800000000000`)), "line 2: run record: field requested_duration: 31708800000000000 ns (367 days) is longer than any run (at most 366 days)"},
+		{"an event long after the window", gz(replace(`"time":2050000000`, `"time":4611686018427387904`)), "uevent record: field time: 4611686018427387904 is outside the run's window (1000000000 to 21000000000) by more than 1h0m0s"},
+		{"a version as a string", gz(replace(`"version":1,`, `"version":"1",`)), "line 1: trace header: field version: want an integer, got string"},
+		{"cut compressed, at a line's end", func() []byte {
+			// gzip of the whole trace but its end record, with no trailer
+			b := gz(strings.Join(lines[:len(lines)-1], ""))
+			return b[:len(b)-8]
+		}(), "after line 15: truncated: the compressed data ends early"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -345,4 +357,13 @@ func normalize(tl *timeline.Timeline) *timeline.Timeline {
 		}
 	}
 	return tl
+}
+
+// A directory is not an empty file.
+func TestReadFileOfADirectory(t *testing.T) {
+	dir := t.TempDir()
+	_, _, err := ReadFile(dir)
+	if err == nil || err.Error() != dir+": a directory, not a trace file" {
+		t.Errorf("ReadFile(dir) = %v", err)
+	}
 }

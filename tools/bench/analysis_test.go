@@ -93,7 +93,7 @@ func factsOf(b *testing.B, n int) *facts.Run {
 	return cachedRun
 }
 
-func defaultRules(b *testing.B) *rules.Set {
+func defaultRules(b testing.TB) *rules.Set {
 	b.Helper()
 	set, err := rules.Default()
 	if err != nil {

@@ -26,6 +26,8 @@ type AnalysisRow struct {
 	MiBPerOp float64 `json:"alloc_mib_per_op"`
 	AllocsOp float64 `json:"allocs_per_op"`
 	TraceBPE float64 `json:"trace_bytes_per_event,omitempty"`
+	// PeakHeapMiB is the most heap the storm benchmarks saw in use (input included).
+	PeakHeapMiB float64 `json:"peak_heap_mib,omitempty"`
 }
 
 var benchLine = regexp.MustCompile(`^Benchmark(\w+)/(\w+)-\d+\s+\d+\s+(.*)$`)
@@ -72,6 +74,8 @@ func (b *bench) analysis() error {
 				row.AllocsOp = v
 			case "trace-bytes/event":
 				row.TraceBPE = v
+			case "peak-heap-MiB":
+				row.PeakHeapMiB = v
 			}
 		}
 		res.Rows = append(res.Rows, row)
