@@ -309,7 +309,7 @@ func processes(v any) ([]Process, error) {
 		switch x := v.(type) {
 		case nil:
 		case facts.Task:
-			p := Process{Pid: x.Pid, Comm: x.Comm, Role: x.Role}
+			p := Process{Pid: x.Pid, Comm: x.Comm, Role: x.Role, Part: x.Part, Cgroup: x.Cgroup}
 			if !seen[p] {
 				seen[p] = true
 				out = append(out, p)

@@ -165,7 +165,7 @@ func TestUdevChainIsOneFinding(t *testing.T) {
 	if f.Score < 169.9 || f.Score > 170.1 {
 		t.Errorf("score %v, want 170 (ms of stall explained)", f.Score)
 	}
-	for _, want := range []Process{{500, "(udev-worker)", "freezer"}, {900, "fio", "submitter"}} {
+	for _, want := range []Process{{500, "(udev-worker)", "freezer", "cause", ""}, {900, "fio", "submitter", "victim", ""}} {
 		if !slices.Contains(f.Processes, want) {
 			t.Errorf("processes %v lack %v", f.Processes, want)
 		}

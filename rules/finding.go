@@ -43,6 +43,11 @@ type Process struct {
 	Pid  uint32
 	Comm string
 	Role string // "freezer", "submitter", "trigger", ...
+	// Part is "cause" or "victim" when the rule says (facts.PartCause,
+	// facts.PartVictim), else "".
+	Part string
+	// Cgroup is the cgroup its I/O is charged to, when the rule knows it.
+	Cgroup string
 }
 
 // Trigger is a command that starts a causal chain.

@@ -44,6 +44,9 @@ var Suppliers = map[string][]string{
 	"Device.Freezes":     {event.ProbeFreeze, event.ProbeOffCPU},
 	"Device.SubmitCalls": {event.ProbeSubmitFn},
 	"Device.UpperStalls": {event.ProbeSubmitFn, event.ProbeSubmit},
+	"Device.IO":          {event.ProbeSubmit},
+	"Device.IOBy":        {event.ProbeSubmit},
+	"Device.IOByCgroup":  {event.ProbeSubmit},
 	"Device.Uevents":     {event.ProbeUevent},
 	"Device.SysfsWrites": {event.ProbeSysfs},
 

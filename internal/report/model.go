@@ -181,6 +181,11 @@ type Process struct {
 	Pid  uint32 `json:"pid"`
 	Comm string `json:"comm"`
 	Role string `json:"role"`
+	// Part is "cause" or "victim" when the rule knows it, else "".
+	Part string `json:"part"`
+	// Cgroup is the cgroup its I/O is charged to; omitted when the rule
+	// does not know it.
+	Cgroup string `json:"cgroup,omitempty"`
 }
 
 // Trigger is the command that starts a finding's chain.
