@@ -253,6 +253,7 @@ func (b *builder) ioUsage() {
 			cgroups[ck] = c
 			cgProcs[ck] = map[string]float64{}
 		}
+		p.Kthread = p.Kthread || u.Kthread
 		if devProcs[name] == nil {
 			devProcs[name] = map[string]float64{}
 		}
