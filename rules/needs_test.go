@@ -70,11 +70,13 @@ func TestNotEvaluated(t *testing.T) {
 		{"every probe ran", runWith(all(nil)...), map[string]string{}},
 		{"no probe status: nothing to tell", runWith(), map[string]string{}},
 		{"offcpu down", runWith(all(map[string]event.ProbeStatus{event.ProbeOffCPU: downProbe(event.ProbeOffCPU)})...),
-			map[string]string{"tag-starvation": "needs Device.TagWaits: offcpu unavailable (rejected by the BPF verifier)"}},
+			map[string]string{"tag-starvation": "needs Device.TagWaits: offcpu unavailable (rejected by the BPF verifier)",
+				"noisy-neighbour": "needs Device.TagWaits: offcpu unavailable"}},
 		{"offcpu down, freeze and queueenter inferred by it", runWith(all(map[string]event.ProbeStatus{
 			event.ProbeOffCPU: downProbe(event.ProbeOffCPU), event.ProbeFreeze: inferred, event.ProbeQueueEnter: qeInferred})...),
 			map[string]string{
 				"tag-starvation":     "offcpu unavailable",
+				"noisy-neighbour":    "offcpu unavailable",
 				"queue-freeze-stall": "needs Device.QueueWaits or Device.Freezes: queueenter inferred by offcpu; offcpu unavailable",
 				"uevent-freeze":      "needs Device.Freezes: freeze inferred by offcpu",
 				"periodic-trigger":   "needs Device.Freezes",

@@ -738,3 +738,79 @@ func (u IOUses) TimeShare() float64 {
 // MeanInFlightMs is the mean time in flight of the row's bios, in ms: how
 // long each took from queueing to its end; 0 without bios.
 func (x IOUse) MeanInFlightMs() float64 { return ratioOf(x.InFlightMs, float64(x.IOs)) }
+
+// Dominant returns the first row when it dominates the others: it holds at
+// least share (0..1) of the device's time in flight, and at least lead
+// times the next row's; nil otherwise.
+func (u IOUses) Dominant(share, lead float64) *IOUse {
+	if len(u) == 0 || u[0].TimeShare < share || u[0].InFlightMs <= 0 {
+		return nil
+	}
+	if len(u) > 1 && u[0].TimeShare < lead*u[1].TimeShare {
+		return nil
+	}
+	return &u[0]
+}
+
+// InCgroup returns the rows of the processes whose I/O was charged to
+// cgroup path (mostly: a process's Cgroup is its heaviest).
+func (u IOUses) InCgroup(path string) IOUses {
+	var out IOUses
+	for _, x := range u {
+		if x.Pid != 0 && x.Cgroup == path {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// Cgroups returns the distinct cgroups of the rows, sorted.
+func (u IOUses) Cgroups() []string {
+	var out []string
+	for _, x := range u {
+		out = append(out, x.Cgroup)
+	}
+	return distinctSorted(slices.DeleteFunc(out, func(s string) bool { return s == "" }))
+}
+
+// Dominant returns the processes that dominate the device's I/O (see
+// IOUses.Dominant for share and lead): the dominant process, else the
+// processes of the dominant cgroup when that is not the root; none when
+// neither dominates.
+func (d *Device) Dominant(share, lead float64) IOUses {
+	if d == nil {
+		return nil
+	}
+	if p := d.IOBy.Dominant(share, lead); p != nil {
+		return d.IOBy[:1]
+	}
+	if c := d.IOByCgroup.Dominant(share, lead); c != nil && c.Cgroup != "/" && c.Cgroup != "" {
+		return d.IOBy.InCgroup(c.Cgroup)
+	}
+	return nil
+}
+
+// Except returns the spans of tasks that belong to no process of t.
+func (s Spans) Except(t Tasks) Spans {
+	pids := make(map[uint32]bool, len(t))
+	for _, x := range t {
+		pids[x.Pid] = true
+		if x.Tgid != 0 {
+			pids[x.Tgid] = true
+		}
+	}
+	return s.where(func(sp *Span) bool { return !pids[sp.Pid] && (sp.Tgid == 0 || !pids[sp.Tgid]) })
+}
+
+// Processes returns one task per process of t (Pid set to the process id),
+// in the order first seen: a finding that names processes, not threads.
+func (t Tasks) Processes() Tasks {
+	var ts taskSet
+	for _, x := range t {
+		if x.Tgid != 0 {
+			x.Pid = x.Tgid
+		}
+		ts.add(x)
+	}
+	return ts.list
+}

@@ -47,6 +47,7 @@ var Suppliers = map[string][]string{
 	"Device.IO":          {event.ProbeSubmit},
 	"Device.IOBy":        {event.ProbeSubmit},
 	"Device.IOByCgroup":  {event.ProbeSubmit},
+	"Device.Dominant":    {event.ProbeSubmit},
 	"Device.Uevents":     {event.ProbeUevent},
 	"Device.SysfsWrites": {event.ProbeSysfs},
 

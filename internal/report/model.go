@@ -176,6 +176,12 @@ type Finding struct {
 	Precision string `json:"precision"`
 }
 
+// Parts of a process in a finding (Process.Part).
+const (
+	PartCause  = "cause"
+	PartVictim = "victim"
+)
+
 // Process is a process a finding names, with its part in it.
 type Process struct {
 	Pid  uint32 `json:"pid"`

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -25,6 +26,7 @@ type Fio struct {
 	Output string // fio's JSON report, complete once it exits
 
 	cmd      *exec.Cmd
+	stopped  atomic.Bool // Stop interrupted it: its exit status is fio's answer to SIGINT
 	cancel   context.CancelFunc
 	done     chan struct{}
 	stderr   bytes.Buffer
@@ -178,6 +180,7 @@ func (f *Fio) Stop() (*FioResult, error) {
 	select {
 	case <-f.done:
 	default:
+		f.stopped.Store(true)
 		_ = syscall.Kill(-f.Pid, syscall.SIGCONT)
 		_ = syscall.Kill(f.Pid, syscall.SIGINT)
 	}
@@ -208,6 +211,9 @@ func (f *Fio) Wait() (*FioResult, error) {
 	f.waitOnce.Do(func() {
 		<-f.done
 		f.cancel()
+		if f.stopped.Load() {
+			f.err = nil // interrupted: its report is what counts
+		}
 		if f.err != nil {
 			f.err = fmt.Errorf("fio: %w: %s", f.err, bytes.TrimSpace(f.stderr.Bytes()))
 			return
