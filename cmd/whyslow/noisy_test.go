@@ -145,6 +145,9 @@ func logLoads(t *testing.T, fs ...*scenario.Fio) {
 func logReport(t *testing.T, rep *report.Report) {
 	t.Helper()
 	t.Logf("findings:\n%s", summary(rep))
+	if rep.LostEvents > 0 {
+		t.Logf("lost events: %+v", rep.Losses)
+	}
 	for _, f := range rep.Findings {
 		t.Logf("#%d %s: %s\n%v", f.Rank, f.Rule, f.Title, f.Evidence)
 	}
