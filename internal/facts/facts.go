@@ -9,6 +9,7 @@ package facts
 
 import (
 	"math"
+	"slices"
 	"time"
 
 	"github.com/whyslow/whyslow/internal/event"
@@ -122,6 +123,17 @@ type Task struct {
 	// Cgroup is the cgroup the task's I/O is charged to, when known.
 	Cgroup string
 }
+
+// Explained is what the device and command findings of a run cover: the
+// devices they are about and the tasks they name. Run-scope rules read it
+// (rules.RunEnv) to tell what no finding explains.
+type Explained struct {
+	Devices []string
+	Tasks   Tasks
+}
+
+// Device reports whether a finding is about device name.
+func (e Explained) Device(name string) bool { return slices.Contains(e.Devices, name) }
 
 // A task's part in a finding (Task.Part).
 const (
