@@ -7,6 +7,8 @@ package main
 // no noisy neighbour.
 
 import (
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -151,4 +153,27 @@ func logReport(t *testing.T, rep *report.Report) {
 	for _, f := range rep.Findings {
 		t.Logf("#%d %s: %s\n%v", f.Rank, f.Rule, f.Title, f.Evidence)
 	}
+}
+
+// TestRecordNoisyTrace records testdata/traces/loop-noisy-neighbour.trace.gz
+// again: the reader (in its cgroup) and the writer on a disk-backed loop
+// device. Only with -record; then go test ./cmd/whyslow -run
+// TestAnalyzeTraces -update writes its goldens.
+func TestRecordNoisyTrace(t *testing.T) {
+	if !*record {
+		t.Skip("records testdata/traces again only with -record")
+	}
+	scenario.RequireRoot(t)
+	n := neighbours{dev: scenario.DiskLoop(t, 256<<20)}
+	n.cgroup = scenario.IOCgroup(t, "batch")
+	n.reader(t, 12*time.Second)
+	n.writer(t, 12*time.Second)
+	time.Sleep(time.Second)
+	trace := filepath.Join(tracesDir, "loop-noisy-neighbour.trace.gz")
+	r := run(t, "diagnose", "storage", "--duration", "5s", "--record", trace, "--output", os.DevNull)
+	if r.code != 0 {
+		t.Fatalf("diagnose: exit %d, stderr %q", r.code, r.stderr)
+	}
+	fi, _ := os.Stat(trace)
+	t.Logf("recorded %s (%d bytes); now run go test ./cmd/whyslow -run TestAnalyzeTraces -update", trace, fi.Size())
 }
