@@ -204,16 +204,34 @@ static __always_inline __u8 io_flags(__u32 opf, __u32 bytes)
 	return f;
 }
 
-/* A tp_btf program: it reads the bio (a raw tracepoint would need a helper
- * call per field). */
-SEC("tp_btf/block_bio_queue")
+/* note_bio notes what a bio is: its device, cgroup, size and kind, and
+ * the name of the task that queued it when the current task is that one
+ * (the ends run in it; else user space names it from its pid). */
+static __always_inline void note_bio(struct start *s, struct bio *bio)
+{
+	__u32 opf = bio->bi_opf;
+	__u32 bytes = bio->bi_iter.bi_size;
+
+	s->dev = disk_dev_btf(bio_disk_btf(bio));
+	s->cgroup = bio_cgroup_btf(bio);
+	s->bytes = bytes;
+	s->op = opf & 0xff; /* REQ_OP_MASK */
+	s->flags = io_flags(opf, bytes);
+	s->comm[0] = 0;
+	if ((__u32)bpf_get_current_pid_tgid() == s->pid)
+		bpf_get_current_comm(s->comm, sizeof(s->comm));
+}
+
+/* A raw tracepoint: the bio is only a key here; what it is is noted when
+ * its submission ends (getrq or a merge, in the same task), or when it
+ * completes on a bio-based device. As little as can be: it runs for every
+ * bio. */
+SEC("raw_tp/block_bio_queue")
 int sub_bio_queue(__u64 *ctx)
 {
-	struct bio *bio = tp_arg(ctx, arg_bio_queue);
-	__u64 p = ptr_bits(bio);
+	__u64 p = raw_arg(ctx, arg_bio_queue);
 	struct start *s;
 	__u64 id;
-	__u32 opf, bytes;
 
 	if (!p)
 		return 0;
@@ -221,19 +239,12 @@ int sub_bio_queue(__u64 *ctx)
 	if (!s)
 		return 0;
 	id = bpf_get_current_pid_tgid();
-	opf = bio->bi_opf;
-	bytes = bio->bi_iter.bi_size;
 	s->bio = 0; /* being written */
 	s->ns = bpf_ktime_get_ns();
 	s->pid = (__u32)id;
 	s->tgid = id >> 32;
-	s->dev = disk_dev_btf(bio_disk_btf(bio));
-	s->cgroup = bio_cgroup_btf(bio);
-	s->bytes = bytes;
-	s->op = opf & 0xff; /* REQ_OP_MASK */
-	s->flags = io_flags(opf, bytes);
+	s->dev = 0;
 	s->state = ST_QUEUED;
-	bpf_get_current_comm(s->comm, sizeof(s->comm));
 	s->bio = p;
 	return 0;
 }
@@ -300,6 +311,7 @@ static __always_inline int submit_end(struct bio *bio, __u32 end)
 		return 0;
 	}
 	lat = now - start;
+	note_bio(sp, bio);
 	if (end == END_GETRQ) {
 		sp->state = ST_GOTRQ; /* counted when its request completes */
 	} else {
@@ -385,19 +397,23 @@ int sub_rq_done(__u64 *ctx)
 }
 
 /* A bio of a bio-based device completes, or one that neither got a
- * request nor was merged (it failed early). A raw tracepoint: the bio is
- * only a key here, everything else is in its entry. */
-SEC("raw_tp/block_bio_complete")
+ * request nor was merged (it failed early): what it is is noted now (its
+ * size is still there: the bio-based drivers do not advance it), not who
+ * queued it (this runs where it completes). */
+SEC("tp_btf/block_bio_complete")
 int sub_bio_done(__u64 *ctx)
 {
-	__u64 bio = raw_arg(ctx, arg_bio_complete);
+	struct bio *bio = tp_arg(ctx, arg_bio_complete);
+	__u64 p = ptr_bits(bio);
 	struct start *s;
 
-	if (!bio)
+	if (!p)
 		return 0;
-	s = slot_of(bio);
-	if (s && s->state == ST_QUEUED)
-		io_done(s);
+	s = slot_of(p);
+	if (!s || s->state != ST_QUEUED)
+		return 0;
+	note_bio(s, bio);
+	io_done(s);
 	return 0;
 }
 

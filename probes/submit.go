@@ -30,7 +30,7 @@ func (submitProbe) Decl() Decl {
 		Name:       event.ProbeSubmit,
 		Mechanisms: []Rung{{Mech: event.MechTPBTF}},
 		Describe:   "bio submission latency (block_bio_queue to getrq/merge): queue freezes, throttling and tag waits before request accounting; each process's I/O per device",
-		Attach:     "tp_btf `block_bio_queue` → tp_btf `block_getrq` / `block_bio_{back,front}merge` → tp_btf `block_rq_complete`, raw tracepoint `block_bio_complete`",
+		Attach:     "raw tracepoint `block_bio_queue` → tp_btf `block_getrq` / `block_bio_{back,front}merge` → tp_btf `block_rq_complete` / `block_bio_complete`",
 		Records:    "bio submission latency per device (blktrace's Q2G): the waits before request accounting (frozen queue, throttling, tags). Per-CPU in-kernel histograms; single submissions above `--min-latency` streamed. Each process's (and cgroup's) bios, bytes and time in flight per device and kind, counted in the kernel",
 	}
 }
@@ -119,12 +119,12 @@ func startSubmit(cfg Config, sink Sink) (_ *submitRunning, err error) {
 	if r.links, err = attachTPBTF(r.objs.SubGetrq, r.objs.SubBackmerge, r.objs.SubFrontmerge, r.objs.SubRqDone); err != nil {
 		return nil, err
 	}
-	done, err := attachRawTP(rawTP{"block_bio_complete", r.objs.SubBioDone})
+	done, err := attachTPBTF(r.objs.SubBioDone)
 	r.links = append(r.links, done...)
 	if err != nil {
 		return nil, err
 	}
-	start, err := attachTPBTF(r.objs.SubBioQueue)
+	start, err := attachRawTP(rawTP{"block_bio_queue", r.objs.SubBioQueue})
 	r.links = append(r.links, start...)
 	if err != nil {
 		return nil, err
