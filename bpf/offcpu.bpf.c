@@ -161,9 +161,16 @@ struct {
 
 /* Stacks that could not be taken, by kind (per CPU). */
 enum stack_loss {
-	STACK_LOSS_KERNEL = 0, /* kernel stack walk failed */
+	STACK_LOSS_KERNEL = 0, /* kernel stack walk gave no frame */
 	STACK_LOSS_USER = 1, /* user stack walk failed, or no room to wait for it */
-	STACK_LOSS_KINDS = 2,
+	/* The kernel refused to walk the task's stack: bpf_get_task_stack
+	 * returned an error. It does for a task whose stack it will not let
+	 * anyone read (this project's 6.18 VM refuses the stacks of its init
+	 * agent's threads with -EPERM, as it refuses /proc/<pid>/stack), and
+	 * for one whose stack is gone (-EFAULT). Nothing the program can do
+	 * about it: counted, like a user stack that cannot be walked. */
+	STACK_LOSS_KERNEL_REFUSED = 2,
+	STACK_LOSS_KINDS = 3,
 };
 
 KEEP_TYPE(enum stack_loss, stack_loss_type);
@@ -193,12 +200,14 @@ struct inactive_task_frame___ws {
 
 /* task_kstack walks the kernel stack of task t, which is not running, into
  * e->kstack with the scheduler's frames in front (e->kstack_prefix of
- * them); returns the frames. */
-static __always_inline __u32 task_kstack(struct task_struct *t, struct offcpu_event *e, struct scratch *s)
+ * them); returns the frames, or -1 when the kernel refused the walk. */
+static __always_inline int task_kstack(struct task_struct *t, struct offcpu_event *e, struct scratch *s)
 {
 	e->kstack_prefix = 0;
 	long n = bpf_get_task_stack(t, s->walk, sizeof(s->walk), 0);
-	if (n <= 0)
+	if (n < 0)
+		return -1;
+	if (n == 0)
 		return 0;
 	__u32 nwalk = n / sizeof(__u64);
 	__u32 k = 0;
@@ -343,8 +352,11 @@ static __always_inline void span_ends(struct task_struct *next, __u32 tid, struc
 	__builtin_memcpy(e->waker_comm, b->waker_comm, TASK_COMM_LEN);
 	bpf_probe_read_kernel_str(e->comm, sizeof(e->comm), next->comm);
 	/* next has not run yet: its stack is the one it blocked in. */
-	e->kstack_len = task_kstack(next, e, s);
-	if (!e->kstack_len)
+	int k = task_kstack(next, e, s);
+	e->kstack_len = k > 0 ? k : 0;
+	if (k < 0)
+		count_loss(&stack_losses, STACK_LOSS_KERNEL_REFUSED);
+	else if (k == 0)
 		count_loss(&stack_losses, STACK_LOSS_KERNEL);
 	e->ustack_len = 0;
 	if (b->eager) {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/whyslow/whyslow/diagnose"
 	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/timeline"
 	"github.com/whyslow/whyslow/internal/tracefile"
 )
 
@@ -253,8 +254,9 @@ func TestAnalyzeRuleFailureKeepsTheReport(t *testing.T) {
 	}
 }
 
-// The live run writes its outputs through the same finish: with a failed
-// rule, the --record trace and the report are kept and the run exits 1.
+// The live run writes its trace as it goes (streamRecord) and its other
+// outputs through the same finish: with a failed rule, the --record trace
+// and the report are kept and the run exits 1.
 func TestFinishKeepsTheTraceWhenARuleFails(t *testing.T) {
 	tl, info, err := tracefile.ReadFile(filepath.Join("..", "testdata", "traces", "loop-control.trace.gz"))
 	if err != nil {
@@ -275,10 +277,24 @@ func TestFinishKeepsTheTraceWhenARuleFails(t *testing.T) {
 	}
 	ios, _, _ := testIO()
 	o := Outputs{Format: "json", Output: filepath.Join(dir, "r.json"), FailOn: "none", Record: filepath.Join(dir, "run.trace.gz")}
-	outs, err := openOutputs(ios, o)
+	outs, err := openOutputs(ios, o, "")
 	if err != nil {
 		t.Fatal(err)
 	}
+	rec, done, err := outs.streamRecord(info)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rec.Begin(tl); err != nil {
+		t.Fatal(err)
+	}
+	if err := rec.Checkpoint(&timeline.Timeline{Probes: tl.Probes}, tl.Start); err != nil {
+		t.Fatal(err)
+	}
+	if err := rec.Finish(tl); err != nil {
+		t.Fatal(err)
+	}
+	done()
 	err = outs.finish(res, info)
 	var ee exitError
 	if !errors.As(err, &ee) || ee.code != ExitError || !strings.Contains(ee.msg, rule) {

@@ -3,13 +3,10 @@ package cmd
 import (
 	"context"
 	"fmt"
-	"io"
 	"os"
-	"os/signal"
 	"runtime/debug"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -62,9 +59,16 @@ func NewCmdStorage(ios *IO, runF func(*StorageOptions) error) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "storage",
 		Short: "Find why storage is slow: run every storage probe, then print ranked causes",
-		Long: `Runs every storage probe for --duration (Ctrl-C ends the run early and still
-reports), puts their events on one timeline, evaluates the rules and prints a
-ranked report of causes with their evidence and a remedy. Needs root.`,
+		Long: `Runs every storage probe for --duration, puts their events on one timeline,
+evaluates the rules and prints a ranked report of causes with their evidence and
+a remedy. Needs root.
+
+Ctrl-C, SIGTERM or SIGHUP end the observation early: the report, trace and
+stack files are written as for a full run (same exit code). A second Ctrl-C or
+SIGTERM aborts at once (exit 128 + the signal), writing nothing more. --record
+writes the trace as the run goes, flushed every second: a run killed, or a
+machine that loses power, leaves a trace that 'whyslow analyze' reads up to
+its last checkpoint.`,
 		Example: `  sudo whyslow diagnose storage --duration 60s
   sudo whyslow diagnose storage --duration 20s --device sda --format json --output report.json`,
 		Args: cobra.NoArgs,
@@ -86,7 +90,7 @@ ranked report of causes with their evidence and a remedy. Needs root.`,
 	f.StringVar(&opts.BTF, "btf", probes.DefaultBTF, "kernel BTF file")
 	f.StringArrayVar(&opts.Mechanism, "mechanism", nil, "force a mechanism: fentry, kprobe, tp_btf, ... for every probe that offers it, or PROBE=MECHANISM for one (repeatable)")
 	addOutputFlags(c, &opts.Outputs)
-	f.StringVar(&opts.Outputs.Record, "record", "", "write every event of the run to this trace file, for 'whyslow analyze' (gzip-compressed, docs/trace-format.md)")
+	f.StringVar(&opts.Outputs.Record, "record", "", "write every event of the run to this trace file as the run goes (flushed every second), for 'whyslow analyze' (gzip-compressed, docs/trace-format.md)")
 	f.StringVar(&opts.ReadyFile, "ready-file", "", "create this file once every probe is attached (an old one is removed at start), for scripts that start their load only then")
 	_ = c.RegisterFlagCompletionFunc("device", completeDevices)
 	return c
@@ -174,6 +178,18 @@ func storageRun(ctx context.Context, opts *StorageOptions) error {
 	if os.Getenv("GOMEMLIMIT") == "" {
 		defer debug.SetMemoryLimit(debug.SetMemoryLimit(memoryLimit))
 	}
+	// The files it writes, checked before any work: two that are the same
+	// file, or one that is an input, are a usage error.
+	inputs := []input{{"--btf", opts.BTF}}
+	for _, r := range opts.Rules {
+		inputs = append(inputs, input{"--rules", r})
+	}
+	outs, err := openOutputs(opts.IO, opts.Outputs, opts.ReadyFile, inputs...)
+	if err != nil {
+		return err
+	}
+	ctx, interrupts := handleInterrupts(ctx, opts.IO, true, outs.abort)
+	defer interrupts.stop()
 	// The probes need the kernel BTF, decoded once per process: decode it
 	// while the rules compile. (kallsyms, needed only to symbolize stacks,
 	// is read in the background by the offcpu probe.)
@@ -192,34 +208,34 @@ func storageRun(ctx context.Context, opts *StorageOptions) error {
 	if dopts.Kernel, err = diagnose.Check(dopts); err != nil {
 		return err
 	}
-	ready, err := newReadyFile(opts.ReadyFile)
+	ready, err := newReadyFile(outs.ready)
 	if err != nil {
 		return err
 	}
-	defer ready.cleanup()
 	dopts.Ready = func() {
 		restoreGC()
 		ready.signal(opts.IO.ErrOut)
 	}
-	outs, err := openOutputs(opts.IO, opts.Outputs)
+	dopts.Observed = interrupts.observed
+	started := time.Now()
+	info := runInfo(started, opts.Duration, opts.Devices)
+	rec, recorded, err := outs.streamRecord(info)
 	if err != nil {
 		return err
 	}
-	if ctx == nil {
-		ctx = context.Background()
-	}
-	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	started := time.Now()
+	dopts.Record = rec
 	var clearProgress func()
 	dopts.Progress, clearProgress = progress(opts.IO)
 	res, err := diagnose.Storage(ctx, dopts)
 	clearProgress()
+	recorded()
 	if err != nil {
-		outs.abort()
+		if outs.recordErr != nil {
+			return fmt.Errorf("%w; %v", err, outs.recordErr)
+		}
 		return err
 	}
-	return outs.finish(res, runInfo(started, opts.Duration, opts.Devices))
+	return outs.finish(res, info)
 }
 
 // failOn turns findings at or above the severity into exit code 3, with a
@@ -234,30 +250,6 @@ func failOn(level string, findings []rules.Finding) error {
 		}
 	}
 	return nil
-}
-
-// openOutput opens the report destination before the run starts, so a bad
-// path fails at once rather than after the run. The returned close function
-// removes a file that got no complete report.
-func openOutput(ios *IO, path string) (w io.Writer, closeFn func(ok bool) error, err error) {
-	if path == "" || path == "-" {
-		return ios.Out, func(bool) error { return nil }, nil
-	}
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
-	if err != nil {
-		return nil, nil, fmt.Errorf("--output: %w", err)
-	}
-	return f, func(ok bool) error {
-		cerr := f.Close()
-		if !ok {
-			_ = os.Remove(path)
-			return nil
-		}
-		if cerr != nil {
-			return fmt.Errorf("--output: %w", cerr)
-		}
-		return nil
-	}, nil
 }
 
 // progress returns the live progress display of a run: the function that

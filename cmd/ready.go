@@ -4,57 +4,74 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
+	"regexp"
+
+	"github.com/whyslow/whyslow/internal/output"
 )
 
 // readyFile is --ready-file: a file that appears, atomically, once every
 // probe is attached, so that a script can start its load only then.
 type readyFile struct {
-	path, tmp string
-	done      bool
+	file *output.File
+	done bool
 }
 
-// newReadyFile removes an old file at path (so that a stale one never
-// reads as ready) and creates the temporary file that signal renames to
-// path, so that an unusable path fails before the run. An empty path
-// gives a readyFile that does nothing.
-func newReadyFile(path string) (*readyFile, error) {
-	r := &readyFile{path: path}
-	if path == "" {
+// oldReady is what a ready file holds: a pid.
+var oldReady = regexp.MustCompile(`^[0-9]{1,10}\n?$`)
+
+// newReadyFile prepares --ready-file, once the outputs are checked: a ready
+// file an earlier run left at the path (a regular file holding a pid) is
+// removed, so that a stale one never reads as ready; a file holding
+// anything else is refused, untouched (the run removes nothing it did not
+// create). A path that is not a regular file (a pipe) is left as it is and
+// gets the pid when the run is ready. A nil file gives a readyFile that
+// does nothing.
+func newReadyFile(f *output.File) (*readyFile, error) {
+	r := &readyFile{file: f}
+	if f == nil || f.AsIs() || !f.Exists() {
 		return r, nil
 	}
-	if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
-		return nil, fmt.Errorf("--ready-file: %w", err)
-	}
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	b, err := readSmall(f.Target(), 16)
 	if err != nil {
-		return nil, fmt.Errorf("--ready-file: %w", err)
+		return nil, fmt.Errorf("--ready-file %s: %w", f.Path, err)
 	}
-	fmt.Fprintf(f, "%d\n", os.Getpid())
-	if err := f.Close(); err != nil {
-		os.Remove(f.Name())
-		return nil, fmt.Errorf("--ready-file: %w", err)
+	if !oldReady.Match(b) {
+		return nil, usagef("--ready-file %s: the file exists and is not a ready file of an earlier run (it holds something else than a pid): not touching it", f.Path)
 	}
-	r.tmp = f.Name()
+	if err := os.Remove(f.Target()); err != nil && !os.IsNotExist(err) {
+		return nil, fmt.Errorf("--ready-file %s: removing the old ready file: %w", f.Path, err)
+	}
 	return r, nil
 }
 
-// signal makes the file appear; a failure is a warning on w, not the end of
-// the run.
+// readSmall reads at most n bytes of a file, and one more to tell a
+// longer one.
+func readSmall(path string, n int) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b := make([]byte, n+1)
+	m, err := io.ReadFull(f, b)
+	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
+		return nil, err
+	}
+	return b[:m], nil
+}
+
+// signal makes the file appear, holding whyslow's pid; a failure is a
+// warning on w, not the end of the run.
 func (r *readyFile) signal(w io.Writer) {
-	if r.tmp == "" || r.done {
+	if r.file == nil || r.done {
 		return
 	}
 	r.done = true
-	if err := os.Rename(r.tmp, r.path); err != nil {
-		fmt.Fprintf(w, "whyslow: warning: --ready-file: %v\n", err)
-		os.Remove(r.tmp)
-	}
-}
-
-// cleanup removes the temporary file when the run never got ready.
-func (r *readyFile) cleanup() {
-	if r.tmp != "" && !r.done {
-		os.Remove(r.tmp)
+	err := r.file.WriteFile(func(out io.Writer) error {
+		_, err := fmt.Fprintf(out, "%d\n", os.Getpid())
+		return err
+	})
+	if err != nil {
+		fmt.Fprintf(w, "whyslow: warning: %v\n", err)
 	}
 }

@@ -213,8 +213,19 @@ func traceRun(ctx context.Context, opts *TraceOptions) error {
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	// Ctrl-C, kill or a terminal that hangs up end the trace (exit 0); a
+	// signal the process was started with ignored stays ignored.
+	var sigs []os.Signal
+	for _, sig := range stopSignals {
+		if !signal.Ignored(sig) {
+			sigs = append(sigs, sig)
+		}
+	}
+	if len(sigs) > 0 { // none would mean every signal
+		var stop context.CancelFunc
+		ctx, stop = signal.NotifyContext(ctx, sigs...)
+		defer stop()
+	}
 	// With SIGPIPE notified, a write to a closed pipe fails with EPIPE
 	// instead of killing the process, so the probes are stopped cleanly.
 	sigpipe := make(chan os.Signal, 1)

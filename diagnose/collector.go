@@ -11,30 +11,30 @@ import (
 
 // collector is the probes.Sink of a live run: it puts everything on one
 // timeline and counts events per probe for the progress display. It holds
-// at most maxBytes of events (estimated): beyond, events are dropped and
-// counted as lost ("timeline full"), so that a storm of events cannot make
-// the run's memory grow without bound.
+// at most maxBytes of events (estimated, timeline.Bound): beyond, events
+// are dropped and counted as lost ("timeline full"), so that a storm of
+// events cannot make the run's memory grow without bound.
 type collector struct {
-	mu       sync.Mutex
-	tl       *timeline.Timeline
-	counts   map[string]uint64 // events kept, by probe
-	bytes    int64             // estimated size of the events held
-	maxBytes int64
+	mu     sync.Mutex
+	tl     *timeline.Timeline
+	counts map[string]uint64 // events kept, by probe
+	bound  timeline.Bound
 }
 
 // DefaultMaxEventBytes is how much memory the events of a live run may take
 // (estimated) before further ones are dropped and counted as lost: about a
-// million events of the usual kinds.
-const DefaultMaxEventBytes = 128 << 20
+// million events of the usual kinds. `whyslow analyze` reads a trace with
+// the same bound.
+const DefaultMaxEventBytes = timeline.DefaultMaxEventBytes
 
 // timelineFull is the Loss.What of events dropped by the bound.
-const timelineFull = "timeline full (memory bound of the run)"
+const timelineFull = timeline.FullLoss
 
 func newCollector(tl *timeline.Timeline, maxBytes int64) *collector {
 	if maxBytes <= 0 {
 		maxBytes = DefaultMaxEventBytes
 	}
-	return &collector{tl: tl, counts: map[string]uint64{}, maxBytes: maxBytes}
+	return &collector{tl: tl, counts: map[string]uint64{}, bound: timeline.Bound{Max: maxBytes}}
 }
 
 var _ probes.Sink = (*collector)(nil)
@@ -44,16 +44,13 @@ func (c *collector) Event(e event.Event) {
 	if s == nil {
 		return // a kind no probe declares: nothing to keep it in
 	}
-	n := s.Bytes(e)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.bytes+n > c.maxBytes {
+	if c.bound.Admit(c.tl, e) {
+		c.counts[s.Probe()]++
+	} else {
 		c.tl.AddLoss(event.Loss{Probe: s.Probe(), What: timelineFull, Count: 1})
-		return
 	}
-	c.bytes += n
-	c.tl.Add(e)
-	c.counts[s.Probe()]++
 }
 
 func (c *collector) Loss(l event.Loss) {

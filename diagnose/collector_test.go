@@ -14,7 +14,10 @@ func TestCollectorBound(t *testing.T) {
 	tl := &timeline.Timeline{}
 	u := event.Uevent{Action: "change", DevPath: "/devices/virtual/block/loop0", Subsystem: "block", DevName: "loop0"}
 	per := timeline.StreamOf(u).Bytes(u)
-	c := newCollector(tl, 10*per)
+	// The first uevent also pays for the strings the others share.
+	var one timeline.Bound
+	one.Admit(&timeline.Timeline{}, u)
+	c := newCollector(tl, 10*per+one.Bytes()-per)
 	for i := range 25 {
 		u.Seqnum = uint64(i)
 		c.Event(u)

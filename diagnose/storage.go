@@ -44,12 +44,40 @@ type Options struct {
 	// Ready, when set, is called once every probe has been started
 	// (attached, or found unavailable), as the observation window begins.
 	Ready func()
+	// Observed, when set, is called as the observation window ends (its
+	// duration passed, or ctx ended), before the probes stop.
+	Observed func()
 	// Kernel is the kernel BTF Check returned; nil makes Storage load it.
 	Kernel *btf.Spec
 	// MaxEventBytes bounds the memory the run's events take (estimated);
 	// events beyond are dropped and counted as lost. 0 means
 	// DefaultMaxEventBytes.
 	MaxEventBytes int64
+	// Record, when set, records the run as it goes (--record).
+	Record Recorder
+	// FlushEvery is how often Record gets the new events and a
+	// checkpoint (0: every second); StateEvery how often, at most, that
+	// checkpoint holds the probes' histograms and losses so far (0: every
+	// 10 s; after 1, 3, 7 and 15 s at first).
+	FlushEvery, StateEvery time.Duration
+}
+
+// Recorder records a run as it goes, so that a run killed or a machine
+// that loses power leaves a trace of what was observed up to the last
+// checkpoint (tracefile.Recorder is one). Begin is called once the probes
+// have started; then, from a goroutine of their own, every FlushEvery,
+// Append with the timeline as it is (a shallow copy: the events of a
+// stream do not change once added; it must not keep it) and Checkpoint,
+// with the state of the run so far (probes, losses, histograms) every
+// StateEvery and nil in between; Finish once the probes have stopped,
+// before the timeline is sorted. After a method fails, none is called
+// again: the run goes on without its recording, and the caller knows why
+// from its Recorder.
+type Recorder interface {
+	Begin(tl *timeline.Timeline) error
+	Append(tl *timeline.Timeline) error
+	Checkpoint(state *timeline.Timeline, at event.Mono) error
+	Finish(tl *timeline.Timeline) error
 }
 
 // Progress is a snapshot of a running diagnosis.
@@ -179,21 +207,29 @@ func Collect(ctx context.Context, opts Options, spec *btf.Spec) (*timeline.Timel
 		return nil, err
 	}
 	g := probes.Start(cfg, col, opts.Probes...)
+	col.mu.Lock()
 	tl.Probes = g.Statuses()
+	col.mu.Unlock()
 	names := g.Running()
 	if len(names) == 0 {
 		return nil, fmt.Errorf("no probe could start (%s)", g.Unavailable())
 	}
+	rec := startRecording(opts, col, g)
 	if opts.Ready != nil {
 		opts.Ready()
 	}
 
 	sort.Strings(names)
 	wait(ctx, opts, col, names)
+	if opts.Observed != nil {
+		opts.Observed()
+	}
 
+	rec.stop()
 	end, clockErr := event.Now()
 	stopErr := g.Stop()
 	tl.End = end
+	rec.finish(tl)
 	tl.Sort()
 	if clockErr != nil {
 		return nil, clockErr

@@ -134,13 +134,23 @@ func closeAll[T io.Closer](cs []T) {
 	}
 }
 
+// ringReader is what readRing reads: a *ringbuf.Reader.
+type ringReader interface {
+	ReadInto(*ringbuf.Record) error
+}
+
 // readRing calls fn with each record's raw bytes until the reader is closed
 // or flushed. fn must not keep raw: it is reused.
+//
+// A read error that is not transient ends it rather than spin: the ring
+// then fills and the programs count what they drop (LOSS_RINGBUF); the
+// error itself is a loss of probe delivered to sink, so that the reason is
+// in the report.
 //
 // To stop without losing what is buffered: detach the programs, call
 // rd.Flush() (readRing then returns once the ring is empty), wait for
 // readRing to return, then close the reader.
-func readRing(rd *ringbuf.Reader, fn func(raw []byte)) {
+func readRing(rd ringReader, sink Sink, probe string, fn func(raw []byte)) {
 	var rec ringbuf.Record
 	for {
 		err := rd.ReadInto(&rec)
@@ -153,11 +163,15 @@ func readRing(rd *ringbuf.Reader, fn func(raw []byte)) {
 		case errors.Is(err, unix.EINTR), errors.Is(err, unix.EAGAIN):
 			continue
 		default:
-			// Not transient: stop rather than spin. The ring then fills
-			// and the programs count what they drop.
+			sink.Loss(event.Loss{Probe: probe, What: ringReadFailed(err), Count: 1})
 			return
 		}
 	}
+}
+
+// ringReadFailed is the Loss.What of a ring that could no longer be read.
+func ringReadFailed(err error) string {
+	return "ring buffer unreadable (" + errName(err) + "): later events dropped in the ring"
 }
 
 // sumLosses sums the per-CPU `losses` array over CPUs.

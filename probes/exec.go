@@ -154,7 +154,7 @@ func startExec(cfg Config, sink Sink) (_ *execRunning, err error) {
 	}
 	go func() {
 		defer close(r.done)
-		readRing(r.rd, r.handle)
+		readRing(r.rd, r.sink, event.ProbeExec, r.handle)
 	}()
 	return r, nil
 }
@@ -212,6 +212,12 @@ func splitArgs(b []int8) []string {
 		return nil
 	}
 	return strings.Split(all, "\x00")
+}
+
+// Checkpoint implements Checkpointer.
+func (r *execRunning) Checkpoint(sink Sink) error {
+	deliverLosses(sink, event.ProbeExec, r.objs.Losses)
+	return nil
 }
 
 // Stop detaches the program, delivers the buffered execs and the loss

@@ -470,8 +470,9 @@ type directRun struct {
 	rd     *ringbuf.Reader
 	done   chan struct{}
 	decode uint64 // records that could not be decoded (reader goroutine only)
-	// beforeClose, when set, delivers what else the probe holds (histograms).
-	beforeClose func(coll *ebpf.Collection) error
+	// hists, when set, delivers the probe's histograms so far to sink: at
+	// checkpoints, and as it stops.
+	hists func(coll *ebpf.Collection, sink Sink) error
 	// funcs, when set, are all the functions probed (the status names them).
 	funcs []string
 
@@ -550,7 +551,7 @@ func startDirect(probe string, spec *ebpf.CollectionSpec, kernel *btf.Spec, poin
 	}
 	go func() {
 		defer close(r.done)
-		readRing(r.rd, func(raw []byte) {
+		readRing(r.rd, r.sink, r.probe, func(raw []byte) {
 			if !handle(coll, raw) {
 				r.decode++
 			}
@@ -577,16 +578,27 @@ func boolInt(b bool) int {
 	return 0
 }
 
-// Stop detaches, delivers what is buffered, the losses and whatever
-// beforeClose delivers, and frees everything.
+// Checkpoint implements Checkpointer.
+func (r *directRun) Checkpoint(sink Sink) error {
+	if r.hists != nil {
+		if err := r.hists(r.coll, sink); err != nil {
+			return err
+		}
+	}
+	deliverLosses(sink, r.probe, r.coll.Maps["losses"])
+	return nil
+}
+
+// Stop detaches, delivers what is buffered, the losses and the
+// histograms, and frees everything.
 func (r *directRun) Stop() error {
 	r.stopOnce.Do(func() {
 		closeAll(r.links)
 		_ = r.rd.Flush()
 		<-r.done
 		r.rd.Close()
-		if r.beforeClose != nil {
-			r.stopErr = r.beforeClose(r.coll)
+		if r.hists != nil {
+			r.stopErr = r.hists(r.coll, r.sink)
 		}
 		deliverLosses(r.sink, r.probe, r.coll.Maps["losses"])
 		if r.decode > 0 {

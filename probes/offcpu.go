@@ -48,6 +48,11 @@ const offcpuMaxCachedStacks = 4096
 var offcpuStackLossWhat = [offcpuStackLossSTACK_LOSS_KINDS]string{
 	offcpuStackLossSTACK_LOSS_KERNEL: "kernel stack lost",
 	offcpuStackLossSTACK_LOSS_USER:   "user stack lost",
+	// The kernel may refuse to walk a task's stack (bpf_get_task_stack
+	// fails): a task whose stack it lets no one read, one whose stack is
+	// gone. Expected, like a user stack that cannot be walked; see
+	// bpf/offcpu.bpf.c.
+	offcpuStackLossSTACK_LOSS_KERNEL_REFUSED: "kernel stack refused",
 }
 
 // Decl implements Probe.
@@ -189,7 +194,7 @@ func startOffcpu(cfg Config, sink Sink) (_ *offcpuRunning, err error) {
 	go r.process()
 	go func() {
 		defer close(r.done)
-		readRing(r.rd, r.enqueue)
+		readRing(r.rd, r.sink, event.ProbeOffCPU, r.enqueue)
 	}()
 	return r, nil
 }
@@ -385,6 +390,13 @@ func trimUserGarbage(fr []event.Frame) []event.Frame {
 		}
 	}
 	return fr
+}
+
+// Checkpoint implements Checkpointer: the loss counts so far.
+func (r *offcpuRunning) Checkpoint(sink Sink) error {
+	deliverLosses(sink, event.ProbeOffCPU, r.objs.Losses)
+	deliverStackLosses(sink, r.objs.StackLosses, 0)
+	return nil
 }
 
 // Stop detaches the programs, delivers the buffered spans and the loss

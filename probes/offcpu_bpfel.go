@@ -63,9 +63,10 @@ type offcpuScratch struct {
 type offcpuStackLoss uint32
 
 const (
-	offcpuStackLossSTACK_LOSS_KERNEL offcpuStackLoss = 0
-	offcpuStackLossSTACK_LOSS_USER   offcpuStackLoss = 1
-	offcpuStackLossSTACK_LOSS_KINDS  offcpuStackLoss = 2
+	offcpuStackLossSTACK_LOSS_KERNEL         offcpuStackLoss = 0
+	offcpuStackLossSTACK_LOSS_USER           offcpuStackLoss = 1
+	offcpuStackLossSTACK_LOSS_KERNEL_REFUSED offcpuStackLoss = 2
+	offcpuStackLossSTACK_LOSS_KINDS          offcpuStackLoss = 3
 )
 
 type offcpuUstack struct {

@@ -118,6 +118,15 @@ type Running interface {
 	Stop() error
 }
 
+// Checkpointer is a running probe that can deliver, while it runs, what it
+// would deliver when it stops besides its events: its per-device
+// histograms and its loss counts so far (cumulative, to a sink of their
+// own, not added to those Stop delivers). A trace recorded as the run goes
+// holds them at its checkpoints, so that one cut short still has them.
+type Checkpointer interface {
+	Checkpoint(sink Sink) error
+}
+
 // registry holds every probe by name; register fills it from each probe's
 // file. Their order is timeline.Sources'.
 var registry = map[string]Probe{}

@@ -84,6 +84,17 @@ func startService(cfg Config, sink Sink) (*serviceRunning, error) {
 	return r, nil
 }
 
+// Checkpoint implements Checkpointer.
+func (r *serviceRunning) Checkpoint(sink Sink) error {
+	hs, names, err := devHists(r.objs.DevHist, r.objs.DevHistSpill, r.objs.DevNames)
+	if err != nil {
+		return err
+	}
+	deliverDevHists(sink, timeline.HistService, r.sysfs, hs, names)
+	deliverLosses(sink, event.ProbeService, r.objs.Losses)
+	return nil
+}
+
 // Stop detaches the programs, delivers the per-device histograms and the
 // loss counts, and frees everything.
 func (r *serviceRunning) Stop() error {

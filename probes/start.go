@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 
@@ -174,6 +175,27 @@ func (g *Group) Stop() error {
 	}
 	if len(msgs) > 0 {
 		return fmt.Errorf("stopping probes: %s", strings.Join(msgs, "; "))
+	}
+	return nil
+}
+
+// Checkpoint delivers to sink the histograms and loss counts so far of every
+// running probe that can tell them while it runs (Checkpointer). It must
+// not run at the same time as Stop.
+func (g *Group) Checkpoint(sink Sink) error {
+	g.mu.Lock()
+	running := slices.Clone(g.running)
+	g.mu.Unlock()
+	var msgs []string
+	for _, s := range running {
+		if cp, ok := s.r.(Checkpointer); ok {
+			if err := cp.Checkpoint(sink); err != nil {
+				msgs = append(msgs, s.name+": "+err.Error())
+			}
+		}
+	}
+	if len(msgs) > 0 {
+		return fmt.Errorf("checkpoint of the probes: %s", strings.Join(msgs, "; "))
 	}
 	return nil
 }

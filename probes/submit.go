@@ -131,7 +131,7 @@ func startSubmit(cfg Config, sink Sink) (_ *submitRunning, err error) {
 	}
 	go func() {
 		defer close(r.done)
-		readRing(r.rd, r.handle)
+		readRing(r.rd, r.sink, event.ProbeSubmit, r.handle)
 	}()
 	return r, nil
 }
@@ -157,6 +157,17 @@ func (r *submitRunning) handle(raw []byte) {
 		Sector:  e.Sector,
 		Bytes:   e.Bytes,
 	})
+}
+
+// Checkpoint implements Checkpointer.
+func (r *submitRunning) Checkpoint(sink Sink) error {
+	hs, names, err := devHists(r.objs.DevHist, r.objs.DevHistSpill, r.objs.DevNames)
+	if err != nil {
+		return err
+	}
+	deliverDevHists(sink, timeline.HistSubmit, r.sysfs, hs, names)
+	deliverLosses(sink, event.ProbeSubmit, r.objs.Losses)
+	return nil
 }
 
 // Stop detaches the programs, delivers the buffered slow submissions, the

@@ -129,7 +129,7 @@ func startSubmitFn(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism
 	if bioFn != "" {
 		r.funcs = append(r.funcs, bioFn)
 	}
-	r.beforeClose = func(coll *ebpf.Collection) error {
+	r.hists = func(coll *ebpf.Collection, sink Sink) error {
 		hs, names, err := devHists(coll.Maps["dev_hist"], coll.Maps["dev_hist_spill"], coll.Maps["dev_names"])
 		if err != nil {
 			return err

@@ -115,7 +115,7 @@ func startSysfs(cfg Config, sink Sink, tracepoints bool) (*sysfsRunning, event.P
 	}
 	go func() {
 		defer close(r.done)
-		readRing(r.rd, r.handle)
+		readRing(r.rd, r.sink, event.ProbeSysfs, r.handle)
 	}()
 	return r, st
 }
@@ -223,6 +223,12 @@ func (r *sysfsRunning) handle(raw []byte) {
 		Device: dev,
 		Attr:   attr,
 	})
+}
+
+// Checkpoint implements Checkpointer.
+func (r *sysfsRunning) Checkpoint(sink Sink) error {
+	deliverLosses(sink, event.ProbeSysfs, r.objs.Maps["losses"])
+	return nil
 }
 
 // Stop detaches the programs, delivers what is still buffered and the loss

@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -41,25 +42,28 @@ func (ueventProbe) Decl() Decl {
 
 func (p ueventProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
 	st := event.ProbeStatus{Name: p.Decl().Name}
-	fd, err := ueventSocket(cfg.ProcFS)
+	r := &ueventRunning{procfs: cfg.ProcFS, sink: sink, recv: unix.Recvfrom}
+	f, err := r.open()
 	if err != nil {
 		st.Status, st.Reason = event.StatusUnavailable, err.Error()
 		return nil, st
 	}
-	// A non-blocking fd in os.File goes through the runtime poller, so Close
-	// wakes a reader blocked in recvfrom.
-	f := os.NewFile(uintptr(fd), "uevent-netlink")
-	rc, err := f.SyscallConn()
-	if err != nil {
-		f.Close()
-		st.Status, st.Reason = event.StatusUnavailable, fmt.Sprintf("netlink socket: %v", err)
-		return nil, st
-	}
-	r := &ueventRunning{f: f, sink: sink}
+	r.f = f
 	r.wg.Add(1)
-	go r.read(rc)
+	go r.read()
 	st.Status, st.Mechanism = event.StatusOK, event.MechNetlink
 	return r, st
+}
+
+// open opens the uevent socket as an os.File: a non-blocking fd in an
+// os.File goes through the runtime poller, so Close wakes a reader blocked
+// in recvfrom.
+func (r *ueventRunning) open() (*os.File, error) {
+	fd, err := ueventSocket(r.procfs)
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), "uevent-netlink"), nil
 }
 
 // ueventSocket opens a kernel-group uevent socket in the initial network
@@ -132,120 +136,200 @@ func ueventSocketHere() (int, error) {
 }
 
 type ueventRunning struct {
-	f    *os.File
-	sink Sink
-	wg   sync.WaitGroup
-	once sync.Once
+	procfs string
+	sink   Sink
+	wg     sync.WaitGroup
+	once   sync.Once
+	// recv receives one message (unix.Recvfrom); tests replace it to
+	// provoke receive errors.
+	recv func(fd int, p []byte, flags int) (int, unix.Sockaddr, error)
 
-	// Written by the reader goroutine, read after it ends.
-	overruns   uint64 // ENOBUFS: the kernel dropped messages
-	lost       uint64 // messages lost, estimated from SEQNUM gaps after overruns
-	malformed  uint64
-	unclocked  uint64 // messages dropped because CLOCK_MONOTONIC could not be read
-	lastSeqnum uint64
-	strs       map[string]string // see intern
+	mu      sync.Mutex
+	f       *os.File // the socket; replaced when it is reopened
+	stopped bool
+
+	// Counted by the reader goroutine; read by Stop and Snapshot.
+	overruns  atomic.Uint64 // ENOBUFS: the kernel dropped messages
+	lost      atomic.Uint64 // messages lost, estimated from SEQNUM gaps after overruns
+	malformed atomic.Uint64
+	unclocked atomic.Uint64 // messages dropped because CLOCK_MONOTONIC could not be read
+	// Receive errors other than ENOBUFS: the socket is reopened, and the
+	// messages missed meanwhile estimated from the SEQNUM gap.
+	recvErrors atomic.Uint64
+	recvLost   atomic.Uint64
+	recvErr    atomic.Value // string: the last receive error
+	// reopenErr is why the socket could not be reopened after an error:
+	// no uevent was received after it.
+	reopenErr atomic.Value // string
+
+	lastSeqnum uint64 // reader goroutine only
 }
 
-func (r *ueventRunning) read(rc interface {
-	Read(func(fd uintptr) bool) error
-}) {
+// file returns the socket to read, nil once stopped.
+func (r *ueventRunning) file() *os.File {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.stopped {
+		return nil
+	}
+	return r.f
+}
+
+// reopen replaces the socket after a receive error; false when the run
+// stopped or a new socket cannot be had (said in reopenErr).
+func (r *ueventRunning) reopen() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.stopped {
+		return false
+	}
+	f, err := r.open()
+	if err != nil {
+		r.reopenErr.Store(err.Error())
+		return false
+	}
+	r.f.Close()
+	r.f = f
+	return true
+}
+
+// read receives uevents until Stop, reopening the socket after a receive
+// error it cannot go on from.
+func (r *ueventRunning) read() {
 	defer r.wg.Done()
 	buf := make([]byte, ueventMaxMsg)
-	overrun := false
+	// gap is what a SEQNUM gap before the next uevent is counted as.
+	var gap *atomic.Uint64
 	for {
-		var n int
-		var from unix.Sockaddr
-		var rerr error
-		err := rc.Read(func(fd uintptr) bool {
-			n, from, rerr = unix.Recvfrom(int(fd), buf, 0)
-			return rerr != unix.EAGAIN
-		})
+		f := r.file()
+		if f == nil {
+			return
+		}
+		rc, err := f.SyscallConn()
 		if err != nil {
 			return // closed by Stop
 		}
-		now, clockErr := event.Now()
-		switch {
-		case errors.Is(rerr, unix.ENOBUFS):
-			r.overruns++
-			overrun = true
-			continue
-		case errors.Is(rerr, unix.EINTR):
-			continue
-		case rerr != nil:
-			return
-		}
-		// Only the kernel (port id 0) sends real uevents; the kernel group
-		// can also be written by privileged user space.
-		if sa, ok := from.(*unix.SockaddrNetlink); !ok || sa.Pid != 0 {
-			continue
-		}
-		ev, err := parseUevent(buf[:n])
-		if errors.Is(err, errLibudev) {
-			continue
-		}
-		if err != nil {
-			r.malformed++
-			continue
-		}
-		if clockErr != nil {
-			r.unclocked++ // a time from another clock would mislead: drop it, counted
-			continue
-		}
-		ev.Time = now
-		// The same few actions, paths and subsystems come again and again:
-		// a storm of uevents holds one copy of each.
-		ev.Action, ev.DevPath, ev.Subsystem = r.intern(ev.Action), r.intern(ev.DevPath), r.intern(ev.Subsystem)
-		ev.DevName, ev.DevType = r.intern(ev.DevName), r.intern(ev.DevType)
-		if overrun {
-			gap := uint64(1)
-			if r.lastSeqnum != 0 && ev.Seqnum > r.lastSeqnum+1 {
-				gap = ev.Seqnum - r.lastSeqnum - 1
+		for reading := true; reading; {
+			var n int
+			var from unix.Sockaddr
+			var rerr error
+			err := rc.Read(func(fd uintptr) bool {
+				n, from, rerr = r.recv(int(fd), buf, 0)
+				return rerr != unix.EAGAIN
+			})
+			if err != nil {
+				return // closed by Stop
 			}
-			r.lost += gap
-			overrun = false
+			now, clockErr := event.Now()
+			switch {
+			case errors.Is(rerr, unix.ENOBUFS):
+				r.overruns.Add(1)
+				gap = &r.lost
+				continue
+			case errors.Is(rerr, unix.EINTR):
+				continue
+			case rerr != nil:
+				// Counted and said; a new socket, and the uevents missed
+				// meanwhile counted from the next SEQNUM.
+				r.recvErrors.Add(1)
+				r.recvErr.Store(errName(rerr))
+				if gap == nil {
+					gap = &r.recvLost
+				}
+				if !r.reopen() {
+					return
+				}
+				reading = false
+				continue
+			}
+			// Only the kernel (port id 0) sends real uevents; the kernel group
+			// can also be written by privileged user space.
+			if sa, ok := from.(*unix.SockaddrNetlink); !ok || sa.Pid != 0 {
+				continue
+			}
+			ev, err := parseUevent(buf[:n])
+			if errors.Is(err, errLibudev) {
+				continue
+			}
+			if err != nil {
+				r.malformed.Add(1)
+				continue
+			}
+			if clockErr != nil {
+				r.unclocked.Add(1) // a time from another clock would mislead: drop it, counted
+				continue
+			}
+			// The same few actions, paths and subsystems come again and again:
+			// the timeline keeps one copy of each (timeline.Admit).
+			ev.Time = now
+			if gap != nil {
+				missed := uint64(1)
+				if r.lastSeqnum != 0 && ev.Seqnum > r.lastSeqnum+1 {
+					missed = ev.Seqnum - r.lastSeqnum - 1
+				}
+				gap.Add(missed)
+				gap = nil
+			}
+			if ev.Seqnum > r.lastSeqnum {
+				r.lastSeqnum = ev.Seqnum
+			}
+			r.sink.Event(ev)
 		}
-		if ev.Seqnum > r.lastSeqnum {
-			r.lastSeqnum = ev.Seqnum
-		}
-		r.sink.Event(ev)
 	}
 }
 
-// maxInterned bounds the strings ueventRunning.intern keeps.
-const maxInterned = 4096
+// errName is an errno's name (EBADF), or the error.
+func errName(err error) string {
+	var en unix.Errno
+	if errors.As(err, &en) {
+		if name := unix.ErrnoName(en); name != "" {
+			return name
+		}
+	}
+	return err.Error()
+}
 
-// intern returns the kept copy of s (reader goroutine only).
-func (r *ueventRunning) intern(s string) string {
-	if v, ok := r.strs[s]; ok {
-		return v
+// losses are the uevents lost so far, by cause.
+func (r *ueventRunning) losses() []event.Loss {
+	var out []event.Loss
+	add := func(what string, n uint64) {
+		if n > 0 {
+			out = append(out, event.Loss{Probe: event.ProbeUevent, What: what, Count: n})
+		}
 	}
-	if r.strs == nil {
-		r.strs = make(map[string]string)
+	// An overrun or an error at the very end has no later SEQNUM: one each.
+	add("netlink overrun", max(r.lost.Load(), r.overruns.Load()))
+	if n := r.recvErrors.Load(); n > 0 {
+		what, _ := r.recvErr.Load().(string)
+		add("netlink receive error ("+what+"), socket reopened", max(r.recvLost.Load(), n))
 	}
-	if len(r.strs) < maxInterned {
-		r.strs[s] = s
+	if what, ok := r.reopenErr.Load().(string); ok {
+		add("netlink socket lost (reopening it failed: "+what+"): no uevent seen after it", 1)
 	}
-	return s
+	add("malformed message", r.malformed.Load())
+	add("CLOCK_MONOTONIC unreadable", r.unclocked.Load())
+	return out
+}
+
+// Checkpoint implements Checkpointer: the loss counts so far.
+func (r *ueventRunning) Checkpoint(sink Sink) error {
+	for _, l := range r.losses() {
+		sink.Loss(l)
+	}
+	return nil
 }
 
 // Stop closes the socket, which wakes the reader, and reports losses.
 func (r *ueventRunning) Stop() error {
 	var err error
 	r.once.Do(func() {
+		r.mu.Lock()
+		r.stopped = true
 		err = r.f.Close()
+		r.mu.Unlock()
 		r.wg.Wait()
-		lost := r.lost
-		if lost < r.overruns {
-			lost = r.overruns // an overrun at the very end has no later SEQNUM
-		}
-		if lost > 0 {
-			r.sink.Loss(event.Loss{Probe: event.ProbeUevent, What: "netlink overrun", Count: lost})
-		}
-		if r.malformed > 0 {
-			r.sink.Loss(event.Loss{Probe: event.ProbeUevent, What: "malformed message", Count: r.malformed})
-		}
-		if r.unclocked > 0 {
-			r.sink.Loss(event.Loss{Probe: event.ProbeUevent, What: "CLOCK_MONOTONIC unreadable", Count: r.unclocked})
+		for _, l := range r.losses() {
+			r.sink.Loss(l)
 		}
 	})
 	return err

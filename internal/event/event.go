@@ -5,9 +5,10 @@
 // bpf_ktime_get_ns. Sources that are not BPF (the uevent netlink socket) read
 // CLOCK_MONOTONIC when the message arrives, so all events share one clock.
 //
-// A field tagged `mem:"shared"` shares its contents with other events (the
-// probe interns the strings or caches the stack): the run's memory bound
-// counts it as its header only (timeline.Stream.Bytes).
+// A field tagged `mem:"shared"` shares its contents with other events: a
+// string the timeline's memory bound keeps one copy of (timeline.Bound
+// counts each distinct one once), a stack the probe caches (counted as its
+// header only: timeline.Stream.Bytes).
 package event
 
 import (

@@ -31,6 +31,10 @@ type Meta struct {
 	// NotEvaluated are the rules whose needed facts no probe of the run
 	// supplied.
 	NotEvaluated []rules.NotEvaluated
+	// Incomplete says the timeline comes from a trace that was cut, and
+	// Cut where and why (tracefile.Info).
+	Incomplete bool
+	Cut        string
 }
 
 // MaxStacks is how many blocked stacks a finding shows.
@@ -97,6 +101,10 @@ func Build(tl *timeline.Timeline, run *facts.Run, findings []rules.Finding, meta
 	}
 	r.Kernel = r.Host.Kernel
 	r.DurationSeconds = seconds(observed)
+	if meta.Incomplete {
+		covered := r.DurationSeconds
+		r.Incomplete, r.CoveredSeconds, r.IncompleteReason = true, &covered, meta.Cut
+	}
 	sort.SliceStable(r.Losses, func(i, j int) bool {
 		a, b := r.Losses[i], r.Losses[j]
 		return a.Probe < b.Probe || a.Probe == b.Probe && a.What < b.What

@@ -130,6 +130,9 @@ func (m *mdWriter) header(r *Report) {
 	if version == "" {
 		version = "(unknown version)"
 	}
+	if r.Incomplete {
+		m.printf("> [!CAUTION]\n> **Incomplete:** %s\n\n", mdText(incompleteLine(r)))
+	}
 	m.printf("# %s %s: storage diagnosis\n\n", mdText(r.Tool.Name), mdText(version))
 	host := mdCell(r.Host.Hostname)
 	if r.Host.Hostname == "" {

@@ -32,15 +32,23 @@ type Report struct {
 	StartedAt time.Time `json:"started_at"` // RFC 3339, whole seconds
 	// DurationSeconds is the observed window; it is shorter than
 	// RequestedDurationSeconds when the run was interrupted.
-	DurationSeconds          float64   `json:"duration_seconds"`
-	RequestedDurationSeconds float64   `json:"requested_duration_seconds"`
-	MinLatencyUs             float64   `json:"min_latency_us"`
-	DeviceFilter             []string  `json:"device_filter"`
-	LostEvents               uint64    `json:"lost_events"`
-	Losses                   []Loss    `json:"losses"`
-	Probes                   []Probe   `json:"probes"`
-	Devices                  []Device  `json:"devices"`
-	Findings                 []Finding `json:"findings"`
+	DurationSeconds          float64 `json:"duration_seconds"`
+	RequestedDurationSeconds float64 `json:"requested_duration_seconds"`
+	// Incomplete says the report comes from a trace that was cut (the run
+	// was killed or the machine lost power as it recorded): it covers the
+	// run up to the trace's last checkpoint, CoveredSeconds of it, and
+	// IncompleteReason says where the trace ends. All three are present
+	// only then.
+	Incomplete       bool      `json:"incomplete,omitempty"`
+	CoveredSeconds   *float64  `json:"covered_seconds,omitempty"`
+	IncompleteReason string    `json:"incomplete_reason,omitempty"`
+	MinLatencyUs     float64   `json:"min_latency_us"`
+	DeviceFilter     []string  `json:"device_filter"`
+	LostEvents       uint64    `json:"lost_events"`
+	Losses           []Loss    `json:"losses"`
+	Probes           []Probe   `json:"probes"`
+	Devices          []Device  `json:"devices"`
+	Findings         []Finding `json:"findings"`
 	// RuleErrors are the rules that failed while they were evaluated: their
 	// findings are missing, those of the other rules are in Findings.
 	RuleErrors []RuleError `json:"rule_errors"`

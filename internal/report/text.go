@@ -77,6 +77,9 @@ func (t *textWriter) paint(style, s string) string {
 }
 
 func (t *textWriter) header(r *Report) {
+	if r.Incomplete {
+		t.printf("%s\n\n", t.paint(sgrRed, "!! INCOMPLETE: "+incompleteLine(r)))
+	}
 	version := r.Tool.Version
 	if version == "" {
 		version = "(unknown version)"
@@ -464,4 +467,19 @@ func commandLine(tr *Trigger) string {
 		s += "  [" + escape.String(tr.Filename) + "]"
 	}
 	return s
+}
+
+// incompleteLine says that a report covers only part of the run, and why:
+// its trace was cut.
+func incompleteLine(r *Report) string {
+	covered := 0.0
+	if r.CoveredSeconds != nil {
+		covered = *r.CoveredSeconds
+	}
+	of := ""
+	if r.RequestedDurationSeconds > 0 {
+		of = " of the " + fmtSeconds(r.RequestedDurationSeconds) + " asked for"
+	}
+	return fmt.Sprintf("the trace was cut (%s): this report covers only the first %s%s, what the trace holds (the run was killed or the machine lost power as it recorded, or the file was cut).",
+		escape.String(r.IncompleteReason), fmtSeconds(covered), of)
 }

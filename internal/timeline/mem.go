@@ -1,6 +1,10 @@
 package timeline
 
-import "reflect"
+import (
+	"reflect"
+	"slices"
+	"unsafe"
+)
 
 // memPlan is how to estimate the memory of a value of one type: its size
 // and where its strings and slices are (reflection once per type, not per
@@ -8,6 +12,9 @@ import "reflect"
 type memPlan struct {
 	size uintptr
 	refs []memRef
+	// shared are the string fields tagged `mem:"shared"`: the timeline
+	// keeps one copy of each string (Timeline.Admit).
+	shared [][]int
 }
 
 // memRef is one string or slice inside a value, by its field index path.
@@ -24,10 +31,13 @@ func planMem(t reflect.Type) *memPlan {
 	walk = func(t reflect.Type, path []int) {
 		for i := range t.NumField() {
 			f := t.Field(i)
+			at := append(append([]int(nil), path...), i)
 			if f.Tag.Get("mem") == "shared" {
+				if f.Type.Kind() == reflect.String {
+					p.shared = append(p.shared, at)
+				}
 				continue
 			}
-			at := append(append([]int(nil), path...), i)
 			switch f.Type.Kind() {
 			case reflect.String:
 				p.refs = append(p.refs, memRef{path: at})
@@ -70,4 +80,35 @@ func (p *memPlan) content(v reflect.Value) int64 {
 		}
 	}
 	return n
+}
+
+// internOverhead is what keeping one string in a timeline's table of shared
+// strings costs besides its bytes: the map entry's key and value headers
+// and its share of a bucket.
+const internOverhead = 48
+
+// intern replaces the shared strings of v (addressable) with the copies
+// strs holds, and returns the bytes of those strs does not hold yet (each
+// once, with internOverhead) and the strings themselves, to be added to
+// strs if v is kept.
+func (p *memPlan) intern(v reflect.Value, strs map[string]string) (n int64, fresh []string) {
+	for _, path := range p.shared {
+		f := v.FieldByIndex(path)
+		s := f.String()
+		if s == "" {
+			continue
+		}
+		if c, ok := strs[s]; ok {
+			if unsafe.StringData(c) != unsafe.StringData(s) {
+				f.SetString(c)
+			}
+			continue
+		}
+		if slices.Contains(fresh, s) {
+			continue
+		}
+		fresh = append(fresh, s)
+		n += int64(len(s)) + internOverhead
+	}
+	return n, fresh
 }

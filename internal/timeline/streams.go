@@ -47,11 +47,14 @@ type Stream interface {
 	// Bytes estimates the memory an event of this kind takes on the
 	// timeline: its struct, with the slack of a growing slice, and the
 	// strings and slices it owns. Fields tagged `mem:"shared"` share their
-	// contents with other events (interned strings, cached kernel stacks)
-	// and count as their header only.
+	// contents with other events (strings the timeline keeps once, kernel
+	// stacks a probe caches) and count as their header only; Admit counts
+	// each shared string once.
 	Bytes(e event.Event) int64
 
 	add(t *Timeline, e event.Event)
+	// admitLast bounds the last event of the stream (see Bound.Admit).
+	admitLast(t *Timeline, b *Bound) bool
 	sort(t *Timeline)
 	setup(probe string)
 }
@@ -81,13 +84,43 @@ func (s *stream[E]) add(t *Timeline, e event.Event) {
 }
 func (s *stream[E]) sort(t *Timeline) { sortBy(*s.of(t)) }
 
+func (s *stream[E]) admitLast(t *Timeline, b *Bound) bool {
+	p := s.of(t)
+	last := len(*p) - 1
+	v := reflect.ValueOf(&(*p)[last]).Elem()
+	n := s.size(v)
+	shared, fresh := s.mem.intern(v, b.strs)
+	if b.bytes+n+shared > b.max() {
+		var zero E
+		(*p)[last] = zero
+		*p = (*p)[:last]
+		b.drop(s.probe)
+		return false
+	}
+	b.bytes += n + shared
+	if len(fresh) > 0 {
+		if b.strs == nil {
+			b.strs = map[string]string{}
+		}
+		for _, f := range fresh {
+			b.strs[f] = f
+		}
+	}
+	return true
+}
+
 func (s *stream[E]) Bytes(e event.Event) int64 {
 	v, ok := e.(E)
 	if !ok {
 		return 0
 	}
+	return s.size(reflect.ValueOf(&v).Elem())
+}
+
+// size is Bytes of the event v holds.
+func (s *stream[E]) size(v reflect.Value) int64 {
 	const slack = 5 / 4.0
-	n := int64(s.mem.size) + s.mem.content(reflect.ValueOf(&v).Elem())
+	n := int64(s.mem.size) + s.mem.content(v)
 	return int64(float64(n) * slack)
 }
 
@@ -171,6 +204,74 @@ func (t *Timeline) Add(e event.Event) {
 		s.add(t, e)
 	}
 }
+
+// DefaultMaxEventBytes is how much memory the events of a timeline may take
+// (estimated) before further ones are dropped and counted as lost, in a
+// live run and in the analysis of a trace: about a million events of the
+// usual kinds.
+const DefaultMaxEventBytes = 128 << 20
+
+// FullLoss is the Loss.What of the events Admit dropped.
+const FullLoss = "timeline full (memory bound of the run)"
+
+// Bound is the memory bound of a timeline's events: a live run's
+// collector and the reader of a trace each keep one, with the same Max,
+// so that both keep and count the same.
+type Bound struct {
+	// Max is the memory the events may take (estimated); 0 means
+	// DefaultMaxEventBytes.
+	Max     int64
+	bytes   int64
+	strs    map[string]string // the one copy of each shared string
+	dropped []event.Loss      // by probe, in the order of their first drop
+}
+
+func (b *Bound) drop(probe string) {
+	for i := range b.dropped {
+		if b.dropped[i].Probe == probe {
+			b.dropped[i].Count++
+			return
+		}
+	}
+	b.dropped = append(b.dropped, event.Loss{Probe: probe, What: FullLoss, Count: 1})
+}
+
+// Dropped are the events Admit dropped, by probe (What is FullLoss).
+func (b *Bound) Dropped() []event.Loss { return slices.Clone(b.dropped) }
+
+func (b *Bound) max() int64 {
+	if b.Max <= 0 {
+		return DefaultMaxEventBytes
+	}
+	return b.Max
+}
+
+// Admit adds e to its stream in t if the events admitted stay within the
+// bound (estimated: Stream.Bytes, and each string of the fields tagged
+// `mem:"shared"` once, for the events share the bound's copy, which Admit
+// puts in their place); past the bound e is dropped, and counted in
+// Dropped: the caller adds it to the timeline's losses. It says whether e
+// was kept; an event of a type no source declares is not.
+func (b *Bound) Admit(t *Timeline, e event.Event) bool {
+	s := StreamOf(e)
+	if s == nil {
+		return false
+	}
+	s.add(t, e)
+	return b.AdmitLast(t, s)
+}
+
+// AdmitLast is Admit for the event just appended to stream s of t, for a
+// reader that decodes in place: past the bound it is removed again.
+func (b *Bound) AdmitLast(t *Timeline, s Stream) bool {
+	if s.Len(t) == 0 {
+		return false
+	}
+	return s.admitLast(t, b)
+}
+
+// Bytes is the estimated memory of the events admitted so far.
+func (b *Bound) Bytes() int64 { return b.bytes }
 
 // MergeHistogram adds h to the histogram of that kind of device dev; a
 // kind no source declares is ignored.

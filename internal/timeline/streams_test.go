@@ -1,7 +1,9 @@
 package timeline
 
 import (
+	"fmt"
 	"reflect"
+	"strings"
 	"testing"
 	"unsafe"
 
@@ -116,5 +118,50 @@ func TestProbeNames(t *testing.T) {
 		if _, ok := SourceOf(n); !ok || n == "" {
 			t.Errorf("probe %q", n)
 		}
+	}
+}
+
+// Admit keeps one copy of each shared string and counts it once: uevents
+// that repeat their device cost their struct, each new string its bytes,
+// so that a storm of distinct uevents is bounded like any other.
+func TestAdmitCountsSharedStringsOnce(t *testing.T) {
+	u := func(path string) event.Uevent {
+		return event.Uevent{Action: "change", DevPath: strings.Clone(path), Subsystem: "block", DevName: "loop0"}
+	}
+	per := StreamOf(u("x")).Bytes(u("x"))
+	var tl Timeline
+	var b Bound
+	b.Admit(&tl, u("/devices/virtual/block/loop0"))
+	first := b.Bytes()
+	strs := int64(len("change")+len("/devices/virtual/block/loop0")+len("block")+len("loop0")) + 4*internOverhead
+	if first != per+strs {
+		t.Errorf("first uevent: %d bytes, want %d (struct) + %d (its strings)", first, per, strs)
+	}
+	b.Admit(&tl, u("/devices/virtual/block/loop0"))
+	if got := b.Bytes() - first; got != per {
+		t.Errorf("a repeated uevent: %d bytes, want %d", got, per)
+	}
+	if unsafe.StringData(tl.Uevents[0].DevPath) != unsafe.StringData(tl.Uevents[1].DevPath) {
+		t.Errorf("the two uevents hold two copies of their path")
+	}
+	before := b.Bytes()
+	for i := range 100 {
+		b.Admit(&tl, u(fmt.Sprintf("/devices/virtual/block/loop%d", 1000+i)))
+	}
+	if got, want := b.Bytes()-before, 100*(per+int64(len("/devices/virtual/block/loop1000"))+internOverhead); got != want {
+		t.Errorf("100 uevents of new devices: %d bytes, want %d", got, want)
+	}
+
+	// Past the bound: dropped, counted, and their strings not kept.
+	held := b.Bytes()
+	b.Max = held + per
+	if b.Admit(&tl, u("/devices/new")) {
+		t.Errorf("admitted past the bound")
+	}
+	if n, d := len(tl.Uevents), b.Dropped(); n != 102 || b.Bytes() != held || len(d) != 1 || d[0] != (event.Loss{Probe: "uevent", What: FullLoss, Count: 1}) {
+		t.Errorf("after a drop: %d uevents, %d bytes (was %d), dropped %+v", n, b.Bytes(), held, d)
+	}
+	if !b.Admit(&tl, u("/devices/virtual/block/loop0")) {
+		t.Errorf("a uevent whose strings are kept did not fit in its struct's size")
 	}
 }

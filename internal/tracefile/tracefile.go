@@ -22,7 +22,6 @@ import (
 	"math"
 	"os"
 	"reflect"
-	"slices"
 	"sort"
 	"time"
 
@@ -33,10 +32,13 @@ import (
 // Format is the header's "format" value.
 const Format = "whyslow.trace"
 
-// Version is the format version this package writes and the newest it reads.
-// Adding a record type or a field keeps it; changing what a field means, or
-// its unit or type, bumps it.
-const Version = 1
+// Version is the format version this package writes and the newest it
+// reads; it reads every older one. Adding a record type or a field keeps
+// it; changing what a field means, or its unit or type, bumps it. Version 2
+// is streamed (Recorder): its timeline record's end is its start, and each
+// checkpoint record moves it and commits the state records (probe, loss,
+// device) written since the previous one.
+const Version = 2
 
 // MaxLine is the longest record Read accepts, in bytes.
 const MaxLine = 16 << 20
@@ -59,6 +61,14 @@ type Info struct {
 	UnknownRecords map[string]int
 	// UnknownFields lists, when reading, fields this version does not know.
 	UnknownFields []string
+
+	// Incomplete says, when reading, that the trace was cut (the run was
+	// killed or the machine lost power as it recorded, or the file was
+	// truncated): it was read up to its last complete record, with the
+	// state (probes, losses, histograms) of its last checkpoint, and the
+	// timeline's window ends there. Cut says where and why.
+	Incomplete bool
+	Cut        string
 }
 
 // Ignored says what a newer writer recorded that this reader skipped, or "".
@@ -148,124 +158,24 @@ func streams() []stream {
 
 var eventType = reflect.TypeFor[event.Event]()
 
-// Write records the timeline and the run's info as a gzip-compressed trace.
-// Records come in this order: header, run, timeline, the probes, losses,
-// holders and device histograms, then every event of every stream merged in
-// time order, then end.
-func Write(w io.Writer, tl *timeline.Timeline, info Info) error {
-	if tl == nil {
-		return errors.New("no timeline to record")
-	}
-	zw, err := gzip.NewWriterLevel(w, gzip.DefaultCompression)
-	if err != nil {
-		return err
-	}
-	bw := bufio.NewWriter(zw)
-	line := func(v any) error {
-		b, err := json.Marshal(v)
-		if err != nil {
-			return err
-		}
-		bw.Write(b)
-		return bw.WriteByte('\n')
-	}
-	if err := line(header{Format: Format, Version: Version, Encoding: "json-lines", Writer: "whyslow " + info.Version}); err != nil {
-		return err
-	}
-	n := 0
-	var buf []byte
-	record := func(kind string, v reflect.Value) error {
-		n++
-		var err error
-		if buf, err = appendRecord(buf[:0], kind, v); err == nil {
-			bw.Write(buf)
-			return bw.WriteByte('\n')
-		}
-		// The reflective codec: values the fast one does not write, or
-		// the reason a value cannot be recorded.
-		m, err := encodeStruct(v)
-		if err != nil {
-			return fmt.Errorf("recording %s: %w", kind, err)
-		}
-		m["type"] = kind
-		return line(m)
-	}
-	run := runRecord{Version: info.Version, Duration: int64(info.Duration), DeviceFilter: info.Devices}
-	if !info.StartedAt.IsZero() {
-		run.StartedAt = info.StartedAt.Format(time.RFC3339Nano)
-	}
-	if err := record(typeRun, reflect.ValueOf(run)); err != nil {
-		return err
-	}
-
-	// The scalars of the timeline, then its slices.
-	tv := reflect.ValueOf(tl).Elem()
-	scalars := reflect.New(timelineType).Elem()
-	for i := 0; i < timelineType.NumField(); i++ {
-		if timelineType.Field(i).Type.Kind() != reflect.Slice && timelineType.Field(i).IsExported() {
-			scalars.Field(i).Set(tv.Field(i))
-		}
-	}
-	if err := record(typeTimeline, scalars); err != nil {
-		return err
-	}
-	// The event streams, merged in time order; at equal times the earlier
-	// stream first, and each stream in its own order, so reading them back
-	// rebuilds each stream exactly. Streams are sorted, so a merge does.
-	type cursor struct {
-		kind string
-		s    reflect.Value
-		i    int
-		when event.Mono // of event i
-	}
-	// The time of the cursor's event, read through its address: no copy,
-	// no allocation.
-	next := func(c *cursor) { c.when = c.s.Index(c.i).Addr().Interface().(event.Event).When() }
-	var cur []*cursor
-	for _, s := range streams() {
-		f := tv.Field(s.field)
-		if !f.Type().Elem().Implements(eventType) {
-			for i := 0; i < f.Len(); i++ {
-				if err := record(s.kind, f.Index(i)); err != nil {
-					return err
-				}
-			}
-			continue
-		}
-		if f.Len() > 0 {
-			c := &cursor{kind: s.kind, s: f}
-			next(c)
-			cur = append(cur, c)
-		}
-	}
-	for len(cur) > 0 {
-		best := 0
-		for j := 1; j < len(cur); j++ {
-			if cur[j].when < cur[best].when {
-				best = j
-			}
-		}
-		c := cur[best]
-		if err := record(c.kind, c.s.Index(c.i)); err != nil {
-			return err
-		}
-		if c.i++; c.i == c.s.Len() {
-			cur = slices.Delete(cur, best, best+1)
-		} else {
-			next(c)
-		}
-	}
-	if err := line(map[string]any{"type": typeEnd, "records": n}); err != nil {
-		return err
-	}
-	if err := bw.Flush(); err != nil {
-		return err
-	}
-	return zw.Close()
+// Options are how a trace is read.
+type Options struct {
+	// MaxEventBytes bounds the memory the events read take, as a live
+	// run's (timeline.Bound): past it, events are dropped and counted as
+	// lost ("timeline full"), so that a small file that expands to
+	// millions of events cannot exhaust the memory. 0 means the bound of a
+	// live run, timeline.DefaultMaxEventBytes; negative, none.
+	MaxEventBytes int64
 }
 
-// ReadFile reads the trace at path; its errors name the file.
+// ReadFile reads the trace at path with the bound of a live run; its
+// errors name the file.
 func ReadFile(path string) (*timeline.Timeline, Info, error) {
+	return ReadFileWith(path, Options{})
+}
+
+// ReadFileWith reads the trace at path; its errors name the file.
+func ReadFileWith(path string, o Options) (*timeline.Timeline, Info, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, Info{}, err
@@ -274,7 +184,7 @@ func ReadFile(path string) (*timeline.Timeline, Info, error) {
 	if fi, err := f.Stat(); err == nil && fi.IsDir() {
 		return nil, Info{}, fmt.Errorf("%s: a directory, not a trace file", path)
 	}
-	tl, info, err := Read(f)
+	tl, info, err := ReadWith(f, o)
 	if err != nil {
 		return nil, Info{}, fmt.Errorf("%s: %w", path, err)
 	}
@@ -284,9 +194,12 @@ func ReadFile(path string) (*timeline.Timeline, Info, error) {
 // gzipMagic starts every gzip stream.
 var gzipMagic = []byte{0x1f, 0x8b}
 
-// Read reads a trace, gzip-compressed or not. Its errors say what is wrong
-// and on which line (of the uncompressed text).
-func Read(r io.Reader) (*timeline.Timeline, Info, error) {
+// Read reads a trace, gzip-compressed or not, with the bound of a live run.
+// Its errors say what is wrong and on which line (of the uncompressed text).
+func Read(r io.Reader) (*timeline.Timeline, Info, error) { return ReadWith(r, Options{}) }
+
+// ReadWith reads a trace, gzip-compressed or not.
+func ReadWith(r io.Reader, o Options) (*timeline.Timeline, Info, error) {
 	br := bufio.NewReader(r)
 	magic, err := br.Peek(2)
 	if err != nil && len(magic) == 0 {
@@ -307,7 +220,10 @@ func Read(r io.Reader) (*timeline.Timeline, Info, error) {
 	} else if len(magic) == 0 || magic[0] != '{' {
 		return nil, Info{}, errors.New("not a whyslow trace: neither gzip-compressed nor a JSON trace header")
 	}
-	rd := &reader{br: bufio.NewReaderSize(src, 64<<10), compressed: compressed}
+	rd := &reader{br: bufio.NewReaderSize(src, 64<<10), compressed: compressed, maxEventBytes: o.MaxEventBytes}
+	if o.MaxEventBytes < 0 {
+		rd.maxEventBytes = math.MaxInt64
+	}
 	tl, info, err := rd.read()
 	if err != nil {
 		return nil, Info{}, err
@@ -316,11 +232,25 @@ func Read(r io.Reader) (*timeline.Timeline, Info, error) {
 }
 
 type reader struct {
-	br         *bufio.Reader
-	compressed bool
-	line       int
-	buf        []byte // a line longer than br's buffer
+	br            *bufio.Reader
+	compressed    bool
+	maxEventBytes int64
+	line          int
+	buf           []byte // a line longer than br's buffer
 }
+
+// cutError is a trace that ends early: the data stops inside a record, or
+// the compressed data is cut or damaged (a file that was being written
+// when the run was killed or the machine lost power).
+type cutError struct {
+	msg     string
+	early   bool // the compressed data ends early: cut
+	damaged bool // the compressed data is damaged (or a torn end's junk)
+}
+
+func (e *cutError) Error() string { return e.msg }
+
+func cutf(format string, a ...any) error { return &cutError{msg: fmt.Sprintf(format, a...)} }
 
 // next returns the next line without its newline; io.EOF at a clean end.
 // The line is valid until the next call.
@@ -346,21 +276,26 @@ func (rd *reader) next() ([]byte, error) {
 		case errors.Is(err, io.EOF):
 			if len(buf) > 0 {
 				rd.line++
-				return nil, fmt.Errorf("line %d: truncated: the file ends inside a record", rd.line)
+				return nil, cutf("line %d: truncated: the file ends inside a record", rd.line)
 			}
 			return nil, io.EOF
 		default:
-			what := "read error"
-			if rd.compressed {
-				what = "truncated or corrupt compressed data"
-				if errors.Is(err, io.ErrUnexpectedEOF) {
-					what = "truncated: the compressed data ends early"
-				}
+			if !rd.compressed {
+				return nil, fmt.Errorf("line %d: read error (%v)", rd.line+1, err)
 			}
+			what := "truncated or corrupt compressed data"
+			if errors.Is(err, io.ErrUnexpectedEOF) {
+				what = "truncated: the compressed data ends early"
+			}
+			var cut *cutError
 			if len(buf) == 0 { // between lines: none of the next one was read
-				return nil, fmt.Errorf("after line %d: %s (%v)", rd.line, what, err)
+				cut = &cutError{msg: fmt.Sprintf("after line %d: %s (%v)", rd.line, what, err)}
+			} else {
+				cut = &cutError{msg: fmt.Sprintf("line %d: %s (%v)", rd.line+1, what, err)}
 			}
-			return nil, fmt.Errorf("line %d: %s (%v)", rd.line+1, what, err)
+			cut.early = errors.Is(err, io.ErrUnexpectedEOF)
+			cut.damaged = !cut.early
+			return nil, cut
 		}
 	}
 }
@@ -399,28 +334,55 @@ func (rd *reader) read() (*timeline.Timeline, Info, error) {
 	}
 
 	st := &readState{
+		version:       h.Version,
 		tl:            &timeline.Timeline{},
+		staged:        &timeline.Timeline{},
 		byKind:        map[string]int{},
+		streamOf:      map[string]timeline.Stream{},
 		unknownFields: map[string]bool{},
 		seen:          map[string]bool{},
 		fast:          newFastReader(),
+		bound:         timeline.Bound{Max: rd.maxEventBytes},
 	}
 	st.tv = reflect.ValueOf(st.tl).Elem()
+	st.sv = reflect.ValueOf(st.staged).Elem()
 	for _, s := range streams() {
 		st.byKind[s.kind] = s.field
+	}
+	for _, s := range timeline.Streams() {
+		st.streamOf[s.Record()] = s
 	}
 	for {
 		b, err := rd.next()
 		if err == io.EOF {
-			return nil, info, fmt.Errorf("truncated: the trace ends after line %d without its end record", rd.line)
+			err = cutf("truncated: the trace ends after line %d without its end record", rd.line)
+		}
+		var cut *cutError
+		if errors.As(err, &cut) {
+			if err := st.cut(cut, &info); err != nil {
+				return nil, info, err
+			}
+			break
 		}
 		if err != nil {
 			return nil, info, err
 		}
+		st.line = rd.line
 		if st.fastEvent(b) {
 			continue
 		}
 		end, err := st.record(rd, b, &info)
+		if err != nil && !errors.As(err, &cut) && st.version >= 2 && st.checkpoints > 0 && !st.atEnd && rd.tornTail() {
+			// A damaged record after the last checkpoint, in a trace that
+			// ends torn: the end of a file that was being written.
+			err = cutf("%s, in the torn end of the trace", err)
+		}
+		if errors.As(err, &cut) {
+			if err := st.cut(cut, &info); err != nil {
+				return nil, info, err
+			}
+			break
+		}
 		if err != nil {
 			return nil, info, err
 		}
@@ -432,13 +394,66 @@ func (rd *reader) read() (*timeline.Timeline, Info, error) {
 	if !seen[typeTimeline] {
 		return nil, info, errors.New("the trace has no timeline record")
 	}
+	if err := st.checkWindow(); err != nil {
+		return nil, info, err
+	}
 	for f := range unknownFields {
 		info.UnknownFields = append(info.UnknownFields, clip(f))
 	}
 	sort.Strings(info.UnknownFields)
+	// Events past the memory bound: dropped as a live run drops them, and
+	// counted.
+	for _, l := range st.bound.Dropped() {
+		tl.AddLoss(l)
+	}
 	clipStreams(st.tv)
 	tl.Sort()
 	return tl, info, nil
+}
+
+// tornTail says whether what follows the current line is the torn end of a
+// trace cut as it was written: no checkpoint or end record, then a cut or
+// the end of the data. A damaged record followed by a checkpoint is
+// damage, not a cut.
+func (rd *reader) tornTail() bool {
+	for {
+		b, err := rd.next()
+		if err != nil {
+			var cut *cutError
+			return err == io.EOF || errors.As(err, &cut)
+		}
+		var r struct {
+			Type string `json:"type"`
+		}
+		if json.Unmarshal(b, &r) == nil && (r.Type == typeCheckpoint || r.Type == typeEnd) {
+			return false
+		}
+	}
+}
+
+// cut ends the reading of a trace that ends early: a trace cut after its
+// run, window and (for a streamed one) first checkpoint is read up to its
+// last complete record, with the state of its last checkpoint, and is
+// Incomplete; one cut before is the error.
+func (st *readState) cut(cut *cutError, info *Info) error {
+	switch {
+	case !st.seen[typeTimeline]:
+		return cut
+	case st.version < 2 && !cut.early && cut.damaged:
+		// A trace written at once, damaged rather than cut.
+		return cut
+	case st.version >= 2 && st.checkpoints == 0:
+		return fmt.Errorf("%s, before its first checkpoint: it holds nothing of the run", cut)
+	case st.version >= 2:
+		// The state records after the last checkpoint may be partial.
+		st.staged, st.stagedAny = &timeline.Timeline{}, false
+	default:
+		// A trace written at once, cut: its events are in time order, and
+		// it holds the run up to the last one read.
+		st.tl.End = max(st.tl.Start, min(st.tl.End, st.lastEvent))
+	}
+	info.Incomplete, info.Cut = true, cut.msg
+	return nil
 }
 
 // clipStreams copies each event stream that grow left with much unused
@@ -458,13 +473,33 @@ func clipStreams(tv reflect.Value) {
 
 // readState is what reading a trace has gathered so far.
 type readState struct {
+	version       int // of the format
 	tl            *timeline.Timeline
 	tv            reflect.Value
 	byKind        map[string]int // record type -> stream field
+	streamOf      map[string]timeline.Stream
 	unknownFields map[string]bool
 	seen          map[string]bool
 	records       int
 	fast          *fastReader
+	bound         timeline.Bound
+	requested     time.Duration // the run's --duration
+	// window bounds the times of events: the timeline (version 1), or its
+	// start and the run's requested duration (version 2, whose window's end
+	// comes with the checkpoints).
+	window *timeline.Timeline
+	// The state records (probe, loss, device) since the last checkpoint
+	// (version 2), which the next one commits.
+	staged      *timeline.Timeline
+	sv          reflect.Value
+	stagedAny   bool
+	checkpoints int
+	atEnd       bool       // the end record was read
+	lastEvent   event.Mono // the latest event time read
+	// line is the line being read; earliest and latest the events of a
+	// streamed trace checked against its window at the end.
+	line             int
+	earliest, latest extreme
 }
 
 // fastEvent reads line b if it is an event of a stream that the fast codec
@@ -480,10 +515,13 @@ func (st *readState) fastEvent(b []byte) bool {
 			return reflect.Value{}
 		}
 		f = st.tv.Field(idx)
+		if st.version >= 2 && stateKinds[kind] {
+			f = st.sv.Field(idx) // committed by the next checkpoint
+		}
 		return grow(f)
 	}
 	kind, ok := st.fast.record(b, slot)
-	if ok && checkRange(f.Index(f.Len()-1), st.tl) != nil {
+	if ok && checkRange(f.Index(f.Len()-1), st.window) != nil {
 		ok = false // the reflective path says what is wrong
 	}
 	if !ok {
@@ -498,7 +536,7 @@ func (st *readState) fastEvent(b []byte) bool {
 		if !e.IsValid() {
 			return false
 		}
-		if !st.fast.decode(e) || checkRange(e, st.tl) != nil {
+		if !st.fast.decode(e) || checkRange(e, st.window) != nil {
 			f.SetLen(f.Len() - 1)
 			return false
 		}
@@ -508,7 +546,57 @@ func (st *readState) fastEvent(b []byte) bool {
 	}
 	st.records++
 	st.seen[kind] = true
+	if st.version >= 2 && stateKinds[kind] {
+		st.stagedAny = true
+	}
+	st.admit(kind, f)
 	return true
+}
+
+// admit bounds the event just appended to stream f of record type kind by
+// the memory bound of a live run; past it the event is dropped, counted.
+func (st *readState) admit(kind string, f reflect.Value) {
+	s := st.streamOf[kind]
+	if s == nil {
+		return
+	}
+	w := f.Index(f.Len() - 1).Addr().Interface().(event.Event).When()
+	st.lastEvent = max(st.lastEvent, w)
+	if st.version >= 2 {
+		// The window's end comes with the last checkpoint: the events
+		// farthest from it are checked against it at the end.
+		if st.earliest.kind == "" || w < st.earliest.when {
+			st.earliest = extreme{when: w, kind: kind, line: st.line}
+		}
+		if st.latest.kind == "" || w > st.latest.when {
+			st.latest = extreme{when: w, kind: kind, line: st.line}
+		}
+	}
+	st.bound.AdmitLast(st.tl, s)
+}
+
+// extreme is the earliest or latest event of a streamed trace, and where.
+type extreme struct {
+	when event.Mono
+	kind string
+	line int
+}
+
+// checkWindow checks the earliest and latest event of a streamed trace
+// against its window, known once its last checkpoint is read: as
+// checkRange does for the events of a trace written at once.
+func (st *readState) checkWindow() error {
+	lo, hi := st.tl.Start.Add(-EventSlack), st.tl.End.Add(EventSlack)
+	for _, e := range []extreme{st.earliest, st.latest} {
+		if e.kind != "" && (e.when < lo || e.when > hi) {
+			field := "time"
+			if s := st.streamOf[e.kind]; s != nil && s.Type().Field(0).Name == "Start" {
+				field = "start"
+			}
+			return fmt.Errorf("line %d: %s record: field %s: %d is outside the run's window (%d to %d) by more than %s", e.line, clip(e.kind), field, e.when, st.tl.Start, st.tl.End, EventSlack)
+		}
+	}
+	return nil
 }
 
 // grow appends a zero element to slice s, doubling its capacity when full
@@ -551,6 +639,7 @@ func (st *readState) record(rd *reader, b []byte, info *Info) (end bool, err err
 	unknown := func(f string) { st.unknownFields[kind+"."+f] = true }
 	skip := map[string]bool{"type": true}
 	if kind == typeEnd {
+		st.atEnd = true
 		var end struct {
 			Records int `json:"records"`
 		}
@@ -560,9 +649,16 @@ func (st *readState) record(rd *reader, b []byte, info *Info) (end bool, err err
 		if end.Records != st.records {
 			return false, fmt.Errorf("line %d: the end record counts %d records, the trace has %d: records are missing", rd.line, end.Records, st.records)
 		}
+		if st.version >= 2 && (st.checkpoints == 0 || st.stagedAny) {
+			return false, fmt.Errorf("line %d: the end record does not follow a checkpoint: the trace's last state is missing", rd.line)
+		}
+		var cut *cutError
 		switch _, err := rd.next(); {
 		case err == nil:
 			return false, fmt.Errorf("line %d: data after the end record", rd.line)
+		case errors.As(err, &cut) && cut.early:
+			// Only the compressed stream's trailer is cut: every record
+			// was read, the end record says so.
 		case err != io.EOF:
 			return false, err
 		}
@@ -590,6 +686,7 @@ func (st *readState) record(rd *reader, b []byte, info *Info) (end bool, err err
 			return false, fail(errAt("requested_duration", "%d ns (%s) is longer than any run (at most %s)", run.Duration, fmtDays(time.Duration(run.Duration)), fmtDays(MaxWindow)))
 		}
 		info.Version, info.Duration, info.Devices = run.Version, time.Duration(run.Duration), run.DeviceFilter
+		st.requested = time.Duration(run.Duration)
 		if run.StartedAt != "" {
 			t, err := time.Parse(time.RFC3339Nano, run.StartedAt)
 			if err != nil {
@@ -621,26 +718,66 @@ func (st *readState) record(rd *reader, b []byte, info *Info) (end bool, err err
 				st.tv.Field(i).Set(scalars.Field(i))
 			}
 		}
+		st.window = st.tl
+		if st.version >= 2 {
+			// The end comes with the checkpoints: the events are checked
+			// against it at the end (checkWindow).
+			st.window = nil
+		}
+	case typeCheckpoint:
+		if st.version < 2 {
+			return false, st.unknownRecord(kind, info)
+		}
+		var cp struct {
+			Time event.Mono `json:"time"`
+		}
+		if err := decodeStruct(m, reflect.ValueOf(&cp).Elem(), "", skip, unknown); err != nil {
+			return false, fail(err)
+		}
+		if cp.Time < st.tl.End {
+			return false, fail(errAt("time", "%d is before the previous checkpoint or the start (%d)", cp.Time, st.tl.End))
+		}
+		if cp.Time.Sub(st.tl.Start) > MaxWindow {
+			return false, fail(errAt("time", "a window of %s (%d to %d) is longer than any run (at most %s)", fmtDays(cp.Time.Sub(st.tl.Start)), st.tl.Start, cp.Time, fmtDays(MaxWindow)))
+		}
+		st.tl.End = cp.Time
+		st.checkpoints++
+		if st.stagedAny {
+			st.tl.Probes, st.tl.Losses, st.tl.Devices = st.staged.Probes, st.staged.Losses, st.staged.Devices
+			st.staged, st.stagedAny = &timeline.Timeline{}, false
+			st.sv = reflect.ValueOf(st.staged).Elem()
+		}
 	default:
 		idx, ok := st.byKind[kind]
 		if !ok {
-			if info.UnknownRecords == nil {
-				info.UnknownRecords = map[string]int{}
-			}
-			info.UnknownRecords[clip(kind)]++
-			return false, nil
+			return false, st.unknownRecord(kind, info)
 		}
 		f := st.tv.Field(idx)
+		if st.version >= 2 && stateKinds[kind] {
+			f = st.sv.Field(idx) // committed by the next checkpoint
+			st.stagedAny = true
+		}
 		e := reflect.New(f.Type().Elem()).Elem()
 		if err := decodeStruct(m, e, "", skip, unknown); err != nil {
 			return false, fail(err)
 		}
-		if err := checkRange(e, st.tl); err != nil {
+		if err := checkRange(e, st.window); err != nil {
 			return false, fail(err)
 		}
 		f.Set(reflect.Append(f, e))
+		st.admit(kind, f)
 	}
 	return false, nil
+}
+
+// unknownRecord skips a record of a type this version does not know,
+// counted for the warning.
+func (st *readState) unknownRecord(kind string, info *Info) error {
+	if info.UnknownRecords == nil {
+		info.UnknownRecords = map[string]int{}
+	}
+	info.UnknownRecords[clip(kind)]++
+	return nil
 }
 
 var (

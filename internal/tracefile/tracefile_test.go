@@ -173,6 +173,22 @@ func TestReadsVersion1Example(t *testing.T) {
 	}
 }
 
+// The example of version 2 (docs/trace-format.md) is the run of the
+// version 1 example, streamed: both read as the same timeline.
+func TestReadsVersion2Example(t *testing.T) {
+	v1, in1, err := ReadFile(filepath.Join("testdata", "v1-example.trace"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v2, in2, err := ReadFile(filepath.Join("testdata", "v2-example.trace"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(v1, v2) || !reflect.DeepEqual(in1, in2) || in2.Incomplete {
+		t.Errorf("the version 2 example reads differently:\nv1 %+v\nv2 %+v", v1, v2)
+	}
+}
+
 func gz(s string) []byte {
 	var b bytes.Buffer
 	zw := gzip.NewWriter(&b)
@@ -218,15 +234,18 @@ func TestReadErrors(t *testing.T) {
 		{"png", []byte("\x89PNG\r\n\x1a\n...."), "not a whyslow trace"},
 		{"gzip of something else", gz("hello\n"), `not a whyslow trace: line 1 is not a "whyslow.trace" header`},
 		{"JSON of something else", []byte(`{"schema":"whyslow.report/v1"}` + "\n"), "not a whyslow trace"},
-		{"future version", gz(`{"format":"whyslow.trace","version":2,"writer":"whyslow 9.0"}` + "\n"), "trace format version 2 is newer than this whyslow reads (1): it was written by whyslow 9.0"},
+		{"future version", gz(`{"format":"whyslow.trace","version":3,"writer":"whyslow 9.0"}` + "\n"), "trace format version 3 is newer than this whyslow reads (2): it was written by whyslow 9.0"},
+		// A trace written at once has one checkpoint, at its end: cut
+		// before, it holds nothing of the run.
 		{"cut compressed", compressed[:len(compressed)/2], "truncated"},
-		{"cut compressed trailer", compressed[:len(compressed)-4], "truncated"},
 		{"corrupt compressed", func() []byte {
 			b := bytes.Clone(compressed)
 			b[len(b)/2] ^= 0xff
 			return b
 		}(), "line "},
-		{"no end record", gz(strings.Join(lines[:len(lines)-2], "")), "truncated: the trace ends after line"},
+		{"no checkpoint nor end record", gz(strings.Join(lines[:len(lines)-3], "")), "truncated: the trace ends after line 14 without its end record, before its first checkpoint"},
+		{"end without its checkpoint", gz(strings.Join(append(slicesClone(lines[:len(lines)-3]), `{"type":"end","records":13}`+"\n"), "")), "the end record does not follow a checkpoint"},
+		{"checkpoint back in time", gz(replace(`"time":21000000000`, `"time":5`)), "line 15: checkpoint record: field time: 5 is before the previous checkpoint or the start (1000000000)"},
 		{"cut inside a record", gz(good[:len(good)-40]), "truncated: the file ends inside a record"},
 		{"record missing", gz(strings.Join(append(slicesClone(lines[:5]), lines[6:]...), "")), "the end record counts"},
 		{"wrong field type", gz(replace(`"latency":19000000`, `"latency":"slow"`)), "slow_submit record: field latency: want an integer, got a string"},
@@ -238,24 +257,24 @@ func TestReadErrors(t *testing.T) {
 		{"data after end", gz(good + "{}\n"), "data after the end record"},
 		{"bad base64", gz(replace(`{"base64":"`, `{"base64":"!!`)), "bad base64"},
 		// Values no run can have.
-		{"negative latency", gz(replace(`"latency":19000000`, `"latency":-1`)), "line 13: slow_submit record: field latency: a duration cannot be negative, got -1"},
+		{"negative latency", gz(replace(`"latency":19000000`, `"latency":-1`)), "line 9: slow_submit record: field latency: a duration cannot be negative, got -1"},
 		{"negative time", gz(replace(`"time":2050000000`, `"time":-9223372036854775808`)), "uevent record: field time: a time (nanoseconds of CLOCK_MONOTONIC) cannot be negative"},
 		{"negative min latency", gz(replace(`"min_latency":1000000`, `"min_latency":-9223372036854775808`)), "line 3: timeline record: field min_latency: a duration cannot be negative"},
 		{"negative requested duration", gz(replace(`"requested_duration":20000000000`, `"requested_duration":-5`)), "line 2: run record: field requested_duration: a duration cannot be negative"},
-		{"window ends before it starts", gz(replace(`"end":21000000000`, `"end":5`)), "timeline record: field end: the window ends (5) before it starts (1000000000)"},
+		{"window ends before it starts", gz(replace(`"end":1000000000`, `"end":5`)), "timeline record: field end: the window ends (5) before it starts (1000000000)"},
 		{"span beyond the clock", gz(replace(`"duration":18000000`, `"duration":9223372036854775807`)), "offcpu record: field duration: 9223372036854775807 ns (106751 days) is longer than any run (at most 366 days)"},
 		{"histogram max beyond the clock", gz(replace(`"max_ns":19000000`, `"max_ns":18446744073709551615`)), "device record: field submit.max_ns: 18446744073709551615 ns is beyond the clock's range"},
-		{"a latency of 2^62 ns", gz(replace(`"latency":19000000`, `"latency":4611686018427387904`)), "line 13: slow_submit record: field latency: 4611686018427387904 ns (53375 days) is longer than any run (at most 366 days)"},
-		{"histogram max of 2^62 ns", gz(replace(`"max_ns":19000000`, `"max_ns":4611686018427387904`)), "line 7: device record: field submit.max_ns: 4611686018427387904 ns (53375 days) is longer than any run (at most 366 days)"},
-		{"a 292-year window", gz(replace(`"end":21000000000`, `"end":9223372036854775807`)), "line 3: timeline record: field end: a window of 106751 days (1000000000 to 9223372036854775807) is longer than any run (at most 366 days)"},
+		{"a latency of 2^62 ns", gz(replace(`"latency":19000000`, `"latency":4611686018427387904`)), "line 9: slow_submit record: field latency: 4611686018427387904 ns (53375 days) is longer than any run (at most 366 days)"},
+		{"histogram max of 2^62 ns", gz(replace(`"max_ns":19000000`, `"max_ns":4611686018427387904`)), "line 14: device record: field submit.max_ns: 4611686018427387904 ns (53375 days) is longer than any run (at most 366 days)"},
+		{"a 292-year window", gz(replace(`"time":21000000000`, `"time":9223372036854775807`)), "line 15: checkpoint record: field time: a window of 106751 days (1000000000 to 9223372036854775807) is longer than any run (at most 366 days)"},
 		{"a year-long requested duration", gz(replace(`"requested_duration":20000000000`, `"requested_duration":31708800000000000`)), "line 2: run record: field requested_duration: 31708800000000000 ns (367 days) is longer than any run (at most 366 days)"},
-		{"an event long after the window", gz(replace(`"time":2050000000`, `"time":4611686018427387904`)), "uevent record: field time: 4611686018427387904 is outside the run's window (1000000000 to 21000000000) by more than 1h0m0s"},
-		{"a version as a string", gz(replace(`"version":1,`, `"version":"1",`)), "line 1: trace header: field version: want an integer, got string"},
+		{"an event long after the window", gz(replace(`"time":2050000000`, `"time":4611686018427387904`)), "line 6: uevent record: field time: 4611686018427387904 is outside the run's window (1000000000 to 21000000000) by more than 1h0m0s"},
+		{"a version as a string", gz(replace(`"version":2,`, `"version":"2",`)), "line 1: trace header: field version: want an integer, got string"},
 		{"cut compressed, at a line's end", func() []byte {
-			// gzip of the whole trace but its end record, with no trailer
-			b := gz(strings.Join(lines[:len(lines)-1], ""))
+			// gzip of the whole trace but its checkpoint and end, with no trailer
+			b := gz(strings.Join(lines[:len(lines)-3], ""))
 			return b[:len(b)-8]
-		}(), "after line 15: truncated: the compressed data ends early"},
+		}(), "after line 14: truncated: the compressed data ends early"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -270,6 +289,19 @@ func TestReadErrors(t *testing.T) {
 				t.Errorf("error spans lines: %q", err)
 			}
 		})
+	}
+}
+
+// A trace whose compressed stream lacks only its trailer has every record,
+// its end record included: it reads whole.
+func TestReadCutTrailer(t *testing.T) {
+	var b bytes.Buffer
+	if err := Write(&b, sample(), info); err != nil {
+		t.Fatal(err)
+	}
+	tl, in, err := Read(bytes.NewReader(b.Bytes()[:b.Len()-4]))
+	if err != nil || in.Incomplete || !reflect.DeepEqual(tl, sample()) {
+		t.Errorf("err %v, incomplete %v", err, in.Incomplete)
 	}
 }
 
@@ -321,8 +353,11 @@ func FuzzRead(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Add(empty.Bytes())
-	if ex, err := os.ReadFile(filepath.Join("testdata", "v1-example.trace")); err == nil {
-		f.Add(ex)
+	for _, name := range []string{"v1-example.trace", "v2-example.trace"} {
+		if ex, err := os.ReadFile(filepath.Join("testdata", name)); err == nil {
+			f.Add(ex)
+			f.Add(ex[:len(ex)*2/3]) // cut
+		}
 	}
 	f.Add([]byte(`{"format":"whyslow.trace","version":1}` + "\n" + `{"type":"run"}` + "\n" + `{"type":"timeline","start":1,"end":0}` + "\n" + `{"type":"end","records":2}` + "\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -365,5 +400,42 @@ func TestReadFileOfADirectory(t *testing.T) {
 	_, _, err := ReadFile(dir)
 	if err == nil || err.Error() != dir+": a directory, not a trace file" {
 		t.Errorf("ReadFile(dir) = %v", err)
+	}
+}
+
+// v1 is the example trace of format version 1 (written at once, the window
+// in the timeline record, the state before the events).
+func v1(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", "v1-example.trace"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// Version 1 traces keep their checks: the window is known from the start.
+func TestReadErrorsVersion1(t *testing.T) {
+	good := v1(t)
+	replace := func(old, new string) string {
+		if !strings.Contains(good, old) {
+			t.Fatalf("example trace lacks %q", old)
+		}
+		return strings.Replace(good, old, new, 1)
+	}
+	for _, tt := range []struct{ name, in, want string }{
+		{"an event long after the window", replace(`"time":6010000000`, `"time":4611686018427387904`), "line 7: uevent record: field time: 4611686018427387904 is outside the run's window (5000000000 to 25000000000) by more than 1h0m0s"},
+		{"a 292-year window", replace(`"end":25000000000`, `"end":9223372036854775807`), "line 3: timeline record: field end: a window of 106751 days"},
+		{"a checkpoint is no version 1 record", replace(`{"type":"end","records":8}`, `{"type":"checkpoint","time":1}`+"\n"+`{"type":"end","records":9}`), ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, in, err := Read(strings.NewReader(tt.in))
+			switch {
+			case tt.want == "" && (err != nil || in.UnknownRecords["checkpoint"] != 1):
+				t.Errorf("err %v, unknown records %v: want the checkpoint skipped as unknown", err, in.UnknownRecords)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Errorf("error %v, want it to contain %q", err, tt.want)
+			}
+		})
 	}
 }
