@@ -34,6 +34,9 @@ type Run struct {
 	// Unattributed are the queue-enter, tag-wait and freeze-wait spans that
 	// could not be tied to a device.
 	Unattributed Spans
+	// Processes are the processes whose storage system calls the syscall
+	// probe traced, the most time in those calls first.
+	Processes []*Process
 
 	// probes are the status of every probe of the run (Missing reads them).
 	probes []event.ProbeStatus
@@ -180,6 +183,9 @@ type Device struct {
 	// IOBy is this device's I/O per process that queued it, the most time
 	// in flight first; IOByCgroup per cgroup it was charged to.
 	IOBy, IOByCgroup IOUses
+	// Processes are the processes that made storage system calls to this
+	// device, each as seen on it (Process.On), the most time first.
+	Processes []*Process
 	// UpperStalls are the slow submissions to the devices stacked on this
 	// one (Upper), as measured there: each upper device's slow calls of
 	// submit_bio_noacct (SubmitCalls) when the submitfn probe timed them,

@@ -30,6 +30,7 @@ var Suppliers = map[string][]string{
 	"Run.Unattributed": {event.ProbeOffCPU, event.ProbeQueueEnter},
 	"Run.IOs":          {event.ProbeService},
 	"Run.Worst":        {event.ProbeService},
+	"Run.Processes":    {event.ProbeSyscall},
 
 	"Device.Name":        nil,
 	"Device.ID":          nil,
@@ -50,6 +51,7 @@ var Suppliers = map[string][]string{
 	"Device.Dominant":    {event.ProbeSubmit},
 	"Device.Uevents":     {event.ProbeUevent},
 	"Device.SysfsWrites": {event.ProbeSysfs},
+	"Device.Processes":   {event.ProbeSyscall},
 
 	"Command": {event.ProbeExec},
 }

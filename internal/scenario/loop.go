@@ -80,7 +80,7 @@ const backingPrefix = "whyslow-scenario-"
 // scheduler and nr_requests found at attach time and detaches the device.
 func LoopDevice(t testing.TB, size int64) string {
 	t.Helper()
-	return loopDevice(t, size, false)
+	return loopDevice(t, size, t.TempDir(), false)
 }
 
 // DiskLoop attaches a loop device with direct I/O (losetup --direct-io=on)
@@ -91,10 +91,27 @@ func LoopDevice(t testing.TB, size int64) string {
 // when the temp directory is not on a disk (tmpfs). Cleanup as LoopDevice.
 func DiskLoop(t testing.TB, size int64) string {
 	t.Helper()
-	return loopDevice(t, size, true)
+	return loopDevice(t, size, t.TempDir(), true)
 }
 
-func loopDevice(t testing.TB, size int64, disk bool) string {
+// MemLoopDevice is LoopDevice over a file in memory (tmpfs, /dev/shm):
+// a fast device, whose writes and flushes take microseconds, as the seed's
+// NVMe journal did, so that what slows its writers down is what a scenario
+// does to it, not the disk under a file.
+func MemLoopDevice(t testing.TB, size int64) string {
+	t.Helper()
+	RequireRoot(t)
+	dir, err := os.MkdirTemp("/dev/shm", backingPrefix+"dir-")
+	if err != nil {
+		t.Fatalf("loop device in memory: %v", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return loopDevice(t, size, dir, false)
+}
+
+// loopDevice attaches a loop device over a file in dir; disk: the file is
+// filled and on a disk, and the device does direct I/O.
+func loopDevice(t testing.TB, size int64, dir string, disk bool) string {
 	t.Helper()
 	RequireRoot(t)
 	hold(t)
@@ -102,7 +119,6 @@ func loopDevice(t testing.TB, size int64, disk bool) string {
 		t.Fatalf("loop device: %v", err)
 	}
 
-	dir := t.TempDir()
 	if disk {
 		var st unix.Statfs_t
 		if err := unix.Statfs(dir, &st); err != nil {

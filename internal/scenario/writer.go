@@ -49,11 +49,18 @@ type FioResult struct {
 	ClatMax  time.Duration
 	SyncMax  time.Duration // longest fdatasync
 	SyncMean time.Duration
+	// ClatP50 and ClatP99 are the writes' completion-latency percentiles,
+	// SyncP50 and SyncP99 the fdatasyncs', over every job: set when the
+	// report has one job for all (fio --group_reporting, as Writer runs
+	// it), else zero. With the psync engine a write's clat is the whole
+	// pwrite64 call as fio times it from user space.
+	ClatP50, ClatP99 time.Duration
+	SyncP50, SyncP99 time.Duration
 }
 
 // Writer starts a journal-like writer on /dev/<dev> for dur: fio doing
 // 4 KiB random O_DIRECT writes, each followed by fdatasync, from two
-// threads with psync, like a Ceph journal. It keeps the device busy, so a
+// threads with psync, like a Ceph journal (one report for both threads). It keeps the device busy, so a
 // queue freeze has in-flight I/O to drain and new submissions block in
 // queue enter. It needs the fio package; it fails the test if fio is
 // missing. Durations under a second run for a second. The cleanup kills
@@ -61,7 +68,19 @@ type FioResult struct {
 func Writer(t testing.TB, dev string, dur time.Duration) *Fio {
 	t.Helper()
 	return StartJob(t, Job{Name: "journal", Dev: dev, RW: "randwrite", Direct: true, Fdatasync: 1,
-		NumJobs: 2, Duration: dur})
+		NumJobs: 2, GroupReporting: true, Duration: dur})
+}
+
+// RateWriter is Writer with each thread held to iops writes a second, as a
+// journal under a steady load is: it leaves the CPUs mostly idle, so that a
+// fast device's writers wait for nothing but what the scenario does.
+func RateWriter(t testing.TB, dev string, dur time.Duration, iops int) *Fio {
+	t.Helper()
+	if iops <= 0 {
+		t.Fatalf("writer: rate %d writes a second must be positive", iops)
+	}
+	return StartJob(t, Job{Name: "journal", Dev: dev, RW: "randwrite", Direct: true, Fdatasync: 1,
+		NumJobs: 2, GroupReporting: true, RateIOPS: iops, Duration: dur})
 }
 
 // Job is an fio job a scenario runs on a block device, as one process
@@ -79,6 +98,9 @@ type Job struct {
 	Direct    bool   // --direct=1: O_DIRECT
 	Fdatasync int    // --fdatasync: an fdatasync after every so many writes; 0: none
 	NumJobs   int    // --numjobs; 0: 1
+	// GroupReporting reports the jobs as one (--group_reporting), so that
+	// the result has the percentiles of all of them.
+	GroupReporting bool
 	// RateIOPS caps each job's I/Os per second (--rate_iops); 0: no cap.
 	RateIOPS int
 	Duration time.Duration // --runtime, time-based; under a second runs a second
@@ -138,6 +160,9 @@ func StartJob(t testing.TB, j Job) *Fio {
 	}
 	if j.RateIOPS > 0 {
 		args = append(args, fmt.Sprintf("--rate_iops=%d", j.RateIOPS))
+	}
+	if j.GroupReporting {
+		args = append(args, "--group_reporting")
 	}
 	args = append(args, j.Extra...)
 	f := &Fio{Output: filepath.Join(t.TempDir(), "fio.json"), done: make(chan struct{})}
@@ -249,10 +274,14 @@ type fioJSON struct {
 }
 
 type fioStat struct {
-	Max  int64   `json:"max"`
-	Mean float64 `json:"mean"`
-	N    int64   `json:"N"`
+	Max        int64            `json:"max"`
+	Mean       float64          `json:"mean"`
+	N          int64            `json:"N"`
+	Percentile map[string]int64 `json:"percentile"`
 }
+
+// pct returns a percentile fio reported ("50.000000"), or 0.
+func (s fioStat) pct(p string) time.Duration { return time.Duration(s.Percentile[p]) }
 
 // parseFio reads fio's --output-format=json report. Lines fio prints before
 // the JSON object (notes, warnings) are skipped.
@@ -300,6 +329,11 @@ func parseFio(b []byte) (*FioResult, error) {
 	}
 	if r.Syncs > 0 {
 		r.SyncMean = time.Duration(syncSum / float64(r.Syncs))
+	}
+	if len(j.Jobs) == 1 {
+		w, sy := j.Jobs[0].Write.Clat, j.Jobs[0].Sync.Lat
+		r.ClatP50, r.ClatP99 = w.pct("50.000000"), w.pct("99.000000")
+		r.SyncP50, r.SyncP99 = sy.pct("50.000000"), sy.pct("99.000000")
 	}
 	return r, nil
 }
