@@ -36,7 +36,7 @@ type Run struct {
 	Unattributed Spans
 	// Processes are the processes whose storage system calls the syscall
 	// probe traced, the most time in those calls first.
-	Processes []*Process
+	Processes Processes
 
 	// probes are the status of every probe of the run (Missing reads them).
 	probes []event.ProbeStatus
@@ -185,7 +185,7 @@ type Device struct {
 	IOBy, IOByCgroup IOUses
 	// Processes are the processes that made storage system calls to this
 	// device, each as seen on it (Process.On), the most time first.
-	Processes []*Process
+	Processes Processes
 	// UpperStalls are the slow submissions to the devices stacked on this
 	// one (Upper), as measured there: each upper device's slow calls of
 	// submit_bio_noacct (SubmitCalls) when the submitfn probe timed them,
