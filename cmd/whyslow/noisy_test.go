@@ -153,6 +153,18 @@ func logReport(t *testing.T, rep *report.Report) {
 	for _, f := range rep.Findings {
 		t.Logf("#%d %s: %s\n%v", f.Rank, f.Rule, f.Title, f.Evidence)
 	}
+	for _, a := range rep.Affected {
+		t.Logf("affected: %s (pid %d, cgroup %q, blkio %q) %.0f ms in %v, %.0f ms blocked: %+v", a.Comm, a.Pid, a.Cgroup, a.Blkio, totalMs(a), a.Devices, a.BlockedMs, a.Stages)
+	}
+}
+
+// totalMs is an affected process's time in storage calls.
+func totalMs(a report.Affected) float64 {
+	var ms float64
+	for _, c := range a.Calls {
+		ms += c.TotalMs
+	}
+	return ms
 }
 
 // TestRecordNoisyTrace records testdata/traces/loop-noisy-neighbour.trace.gz

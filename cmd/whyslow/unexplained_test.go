@@ -16,10 +16,9 @@ import (
 	"github.com/whyslow/whyslow/internal/scenario"
 )
 
-// throttledWriter is a small O_DIRECT writer in a cgroup limited to iops
-// writes per second on dev.
-func throttledWriter(t *testing.T, dev string, iops int, d time.Duration) *scenario.Fio {
-	cg := scenario.IOCgroup(t, "archive")
+// throttledWriter is a small O_DIRECT writer in cgroup cg, limited to
+// iops writes per second on dev.
+func throttledWriter(t *testing.T, cg *scenario.Cgroup, dev string, iops int, d time.Duration) *scenario.Fio {
 	if err := cg.LimitWriteIOPS(dev, iops); err != nil {
 		t.Fatalf("limiting %s's writes in %s: %v", dev, cg.Dir, err)
 	}
@@ -75,9 +74,10 @@ func checkNothingFound(t *testing.T, rep *report.Report) {
 func TestDiagnoseUnexplainedLatency(t *testing.T) {
 	scenario.RequireRoot(t)
 	dev := scenario.LoopDevice(t, 128<<20)
+	cg := scenario.IOCgroup(t, "archive")
 	var w *scenario.Fio
 	rep := diagnoseUnder(t, 8*time.Second, func() func() {
-		w = throttledWriter(t, dev, 40, time.Minute)
+		w = throttledWriter(t, cg, dev, 40, time.Minute)
 		return func() { w.Stop() }
 	})
 	logLoads(t, w)
@@ -97,8 +97,8 @@ func TestDiagnoseUnexplainedLatency(t *testing.T) {
 	if f.Rank != 1 {
 		t.Errorf("unexplained-latency ranks %d, want 1 (nothing else is wrong)", f.Rank)
 	}
-	if partOf(*f, w.Pid, report.PartVictim) == nil {
-		t.Errorf("processes %+v do not name %s (pid %d) as the one that waited", f.Processes, w.Name, w.Pid)
+	if v := partOf(*f, w.Pid, report.PartVictim); v == nil || v.Cgroup != cg.Path {
+		t.Errorf("processes %+v do not name %s (pid %d, cgroup %s) as the one that waited", f.Processes, w.Name, w.Pid, cg.Path)
 	}
 	if !strings.Contains(f.Title, w.Name) {
 		t.Errorf("title %q does not name %s", f.Title, w.Name)
@@ -112,4 +112,3 @@ func TestDiagnoseUnexplainedLatency(t *testing.T) {
 		t.Errorf("no stage split in the evidence: %v", f.Evidence)
 	}
 }
-

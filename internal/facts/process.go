@@ -250,11 +250,11 @@ func (b *builder) processes() {
 		g.stages.add(stage.Runqueue, g.runq, "")
 	}
 
+	// A process's last record names it: a later one says it exec'd or
+	// moved to another cgroup (probe syscall).
 	info := map[uint32]event.Process{}
 	for _, p := range b.tl.Processes {
-		if _, ok := info[p.Pid]; !ok {
-			info[p.Pid] = p
-		}
+		info[p.Pid] = p
 	}
 	byPid := map[uint32]*Process{}
 	calls := map[uint32]map[string]*callAcc{}

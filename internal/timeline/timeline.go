@@ -113,7 +113,7 @@ var Sources = []Source{
 	}},
 	{Probe: event.ProbeSyscall, Streams: []Stream{
 		Events("process", func(t *Timeline) *[]event.Process { return &t.Processes },
-			"`time` (its first storage call), `pid`, `comm`, `cgroup_id`, `cgroup` (v2 path), `blkio` (v1 blkio path)"),
+			"`time` (its first storage call), `pid`, `comm`, `cgroup_id`, `cgroup` (v2 path), `blkio` (v1 blkio path); again, later, when its names changed (it exec'd, or moved to another cgroup): the last record of a pid names it"),
 		Events("syscall", func(t *Timeline) *[]event.Syscall { return &t.Syscalls },
 			"`start`, `duration`, `task`, `call` (`pwrite64`, `fsync`, ...), `dev` (`{name: \"all\"}` for sync), `sleep`, `runqueue` (ns inside the call), `ret`: a storage system call above `--min-latency`"),
 		Sums("syscall_stats", func(t *Timeline) *[]event.SyscallStats { return &t.SyscallStats },
