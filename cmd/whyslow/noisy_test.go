@@ -7,6 +7,7 @@ package main
 // no noisy neighbour.
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"slices"
@@ -80,6 +81,13 @@ func TestDiagnoseNoisyNeighbour(t *testing.T) {
 		}
 		if share, ok := evidenceOf(top, "time_share_pct").(float64); !ok || share < 50 {
 			t.Errorf("evidence time_share_pct = %v, want the reader's share, at least 50%%", evidenceOf(top, "time_share_pct"))
+		}
+		// The victims' time, from their storage calls (the syscall probe):
+		// blocked for a tag or for the device behind the reader.
+		tagMs, _ := evidenceOf(top, "victim_tag_wait_ms").(float64)
+		devMs, _ := evidenceOf(top, "victim_device_ms").(float64)
+		if tagMs+devMs < 100 {
+			t.Errorf("victims waited %v ms for tags and %v ms for the device: want the writer's blocked time", tagMs, devMs)
 		}
 		if !strings.Contains(top.Remedy, "io.weight") || !strings.Contains(top.Remedy, "ionice") {
 			t.Errorf("remedy %q names neither io.weight nor ionice", top.Remedy)
@@ -188,4 +196,37 @@ func TestRecordNoisyTrace(t *testing.T) {
 	}
 	fi, _ := os.Stat(trace)
 	t.Logf("recorded %s (%d bytes); now run go test ./cmd/whyslow -run TestAnalyzeTraces -update", trace, fi.Size())
+}
+
+// The recorded noisy neighbour, replayed: the top finding names the reader
+// (nightly-scan, in its cgroup) as the cause and the writer (ledger) as
+// its victim, from the writer's blocked time in its storage calls.
+func TestAnalyzeNoisyTrace(t *testing.T) {
+	r := run(t, "analyze", filepath.Join(tracesDir, "loop-noisy-neighbour.trace.gz"), "--format", "json")
+	if r.code != 0 {
+		t.Fatalf("analyze: exit %d, stderr %q", r.code, r.stderr)
+	}
+	var rep report.Report
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Findings) == 0 || rep.Findings[0].Rule != "noisy-neighbour" {
+		t.Fatalf("findings:\n%s", summary(&rep))
+	}
+	top := rep.Findings[0]
+	var cause, victim string
+	for _, p := range top.Processes {
+		switch p.Part {
+		case report.PartCause:
+			cause = p.Comm
+		case report.PartVictim:
+			victim = p.Comm
+		}
+	}
+	if cause != "nightly-scan" || victim != "ledger" {
+		t.Errorf("cause %q, victim %q: want nightly-scan and ledger (%+v)", cause, victim, top.Processes)
+	}
+	if ms, _ := evidenceOf(top, "victim_device_ms").(float64); ms < 100 {
+		t.Errorf("victim_device_ms %v: want ledger's time blocked behind the reader", evidenceOf(top, "victim_device_ms"))
+	}
 }
