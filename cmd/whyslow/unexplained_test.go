@@ -31,6 +31,7 @@ func throttledWriter(t *testing.T, cg *scenario.Cgroup, dev string, iops int, d 
 func TestDiagnoseNothingSlow(t *testing.T) {
 	scenario.RequireRoot(t)
 	t.Run("idle", func(t *testing.T) {
+		scenario.Hold(t) // no scenario of another test process meanwhile
 		rep := diagnoseUnder(t, 6*time.Second, func() func() { return func() {} })
 		logReport(t, rep)
 		checkNothingFound(t, rep)
