@@ -47,7 +47,7 @@ func TestFindingsGolden(t *testing.T) {
 			use(scan, "/batch", loop0, "read", 90_000, 360_000).use(ledger, "/", loop0, "write", 2000, 6000).
 			calls(ledger, "/", loop0, "fdatasync", 2000, 20, callTagWait, callDevice)},
 		{"testdata/golden_unexplained_latency.txt", newScenario().fast(loop0).
-			calls(ledger, "/db", loop0, "pread64", 100, 40, callOther).calls(ledger, "/db", loop0, "fdatasync", 100, 10, callDevice)},
+			calls(ledger, "/db", loop0, "pread64", 100, 40, callOther, callOther, callOther2).calls(ledger, "/db", loop0, "fdatasync", 100, 10, callDevice)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {

@@ -15,6 +15,7 @@ var (
 	callTagWait = stack("__schedule", "schedule", "io_schedule", "blk_mq_get_tag", "__blk_mq_alloc_requests", "blk_mq_submit_bio")
 	callDevice  = stack("__schedule", "schedule", "io_schedule", "submit_bio_wait", "blkdev_issue_flush", "blkdev_fsync")
 	callOther   = stack("__schedule", "schedule", "msleep", "acme_wait", "acme_ioctl")
+	callOther2  = stack("__schedule", "schedule", "schedule_timeout", "acme_poll", "acme_read")
 )
 
 // calls adds n storage calls of call by tk on d over the run, each ms

@@ -129,29 +129,41 @@ func (ps Processes) Slow() Spans {
 }
 
 // Stages returns the processes' blocked time by stage, summed, the most
-// time first; the frames of other are those of its largest share.
+// time first; the frames of other are those of its largest stack.
 func (ps Processes) Stages() []StageTime {
+	sums, blocked := ps.sums()
+	q := &Process{Blocked: blocked}
+	for st, d := range sums.total {
+		t := StageTime{Stage: st, Total: d}
+		if st == "other" {
+			t.Frames = sums.otherTop()
+		}
+		q.Stages = append(q.Stages, t)
+	}
+	shareStages(q)
+	return q.Stages
+}
+
+// OtherStacks returns the processes' n largest stacks of stage other (the
+// stacks no stage of the table knows), summed over them, the most time
+// first.
+func (ps Processes) OtherStacks(n int) []StackTime {
+	sums, _ := ps.sums()
+	return topStacks(sums.other, n)
+}
+
+// sums are the processes' stage times, summed, and their blocked time.
+func (ps Processes) sums() (*stageSums, time.Duration) {
 	var sums stageSums
 	var blocked time.Duration
 	for _, p := range ps {
 		if p == nil {
 			continue
 		}
-		for _, s := range p.Stages {
-			sums.add(s.Stage, s.Total, s.Frames)
-		}
-		blocked += p.Blocked
+		sums.merge(p.sums())
+		blocked = SaturatingAdd(blocked, p.Blocked)
 	}
-	q := &Process{Blocked: blocked}
-	for st, d := range sums.total {
-		t := StageTime{Stage: st, Total: d}
-		if st == "other" {
-			t.Frames = sums.otherTop
-		}
-		q.Stages = append(q.Stages, t)
-	}
-	shareStages(q)
-	return q.Stages
+	return &sums, blocked
 }
 
 // Unexplained returns the processes as seen on the devices no finding of e

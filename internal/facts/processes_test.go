@@ -86,3 +86,34 @@ func TestProcessesMethods(t *testing.T) {
 		t.Errorf("shares add up to %v", share)
 	}
 }
+
+// The stacks of stage other, summed over processes and devices, the most
+// time first.
+func TestProcessesOtherStacks(t *testing.T) {
+	tl := processTimeline()
+	acme := frames("__schedule", "schedule", "schedule_timeout", "acme_poll", "acme_read")
+	mydrv := frames("__schedule", "schedule", "msleep", "mydrv_wait", "mydrv_read")
+	tl.Add(event.SyscallStats{Time: tl.End, Pid: 200, Comm: "logger", Call: "pread64", Dev: loop0,
+		Latency: latencies(9_000_000), Sleep: 9 * time.Millisecond})
+	tl.Add(event.BlockedStack{Time: tl.End, Pid: 200, Comm: "logger", Call: "pread64", Dev: loop0, Total: 5 * time.Millisecond, Count: 1, KernelStack: acme})
+	tl.Add(event.BlockedStack{Time: tl.End, Pid: 200, Comm: "logger", Call: "pread64", Dev: loop0, Total: 4 * time.Millisecond, Count: 1, KernelStack: mydrv})
+	tl.Sort()
+	run := Build(tl, Options{})
+	got := run.Processes.OtherStacks(2)
+	want := []StackTime{ // ties by frames
+		{Frames: "acme_poll <- acme_read", Total: 5 * time.Millisecond},
+		{Frames: "msleep <- mydrv_wait <- mydrv_read", Total: 5 * time.Millisecond}, // fio's 1 ms on vda, logger's 4 on loop0
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("OtherStacks(2) = %+v, want %+v", got, want)
+	}
+	if st := run.Processes.Stages(); st[len(st)-1].Stage == stage.Other && st[len(st)-1].Frames != want[0].Frames {
+		t.Errorf("other's frames %q, want its largest stack's", st[len(st)-1].Frames)
+	}
+	// One device: logger's stacks on loop0, and fio's fdatasync sleeps
+	// whose stack was lost.
+	on := Processes(ProcessesOn(run.Processes, map[string]bool{"loop0": true})).OtherStacks(3)
+	if len(on) != 3 || on[0].Frames != "acme_poll <- acme_read" || on[1].Total != 4*time.Millisecond || on[2].Frames != "stacks lost" {
+		t.Errorf("on loop0: %+v", on)
+	}
+}
