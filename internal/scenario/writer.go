@@ -60,14 +60,15 @@ type FioResult struct {
 
 // Writer starts a journal-like writer on /dev/<dev> for dur: fio doing
 // 4 KiB random O_DIRECT writes, each followed by fdatasync, from two
-// threads with psync, like a Ceph journal (one report for both threads). It keeps the device busy, so a
+// threads with psync, like a Ceph journal (one report for both threads),
+// as the process fio (tests and recorded traces name it so). It keeps the device busy, so a
 // queue freeze has in-flight I/O to drain and new submissions block in
 // queue enter. It needs the fio package; it fails the test if fio is
 // missing. Durations under a second run for a second. The cleanup kills
 // fio if it still runs.
 func Writer(t testing.TB, dev string, dur time.Duration) *Fio {
 	t.Helper()
-	return StartJob(t, Job{Name: "journal", Dev: dev, RW: "randwrite", Direct: true, Fdatasync: 1,
+	return StartJob(t, Job{Dev: dev, RW: "randwrite", Direct: true, Fdatasync: 1,
 		NumJobs: 2, GroupReporting: true, Duration: dur})
 }
 
@@ -79,7 +80,7 @@ func RateWriter(t testing.TB, dev string, dur time.Duration, iops int) *Fio {
 	if iops <= 0 {
 		t.Fatalf("writer: rate %d writes a second must be positive", iops)
 	}
-	return StartJob(t, Job{Name: "journal", Dev: dev, RW: "randwrite", Direct: true, Fdatasync: 1,
+	return StartJob(t, Job{Dev: dev, RW: "randwrite", Direct: true, Fdatasync: 1,
 		NumJobs: 2, GroupReporting: true, RateIOPS: iops, Duration: dur})
 }
 
