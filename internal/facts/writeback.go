@@ -114,6 +114,10 @@ func (j Journal) OrderedBy(except any) []*OrderedWriter {
 			for _, p := range v {
 				add(p)
 			}
+		case Processes:
+			for _, p := range v {
+				add(p)
+			}
 		case []any:
 			for _, p := range v {
 				add(p)

@@ -151,9 +151,9 @@ func DirtyLimits(t testing.TB, bytes, background int64) {
 	}
 }
 
-// Job is a fio job run under a name of its own (a copy of fio called
+// NamedJob is a fio job run under a name of its own (a copy of fio called
 // name), so that a report names it.
-type Job struct {
+type NamedJob struct {
 	Name string
 	Pid  int
 	cmd  *exec.Cmd
@@ -162,7 +162,7 @@ type Job struct {
 
 // StartNamedJob starts fio, as name, with args (fio's options; a
 // --runtime bounds it), and stops it on cleanup.
-func StartNamedJob(t testing.TB, name string, args ...string) *Job {
+func StartNamedJob(t testing.TB, name string, args ...string) *NamedJob {
 	t.Helper()
 	RequireRoot(t)
 	fio, err := lookPath("fio", "fio")
@@ -181,7 +181,7 @@ func StartNamedJob(t testing.TB, name string, args ...string) *Job {
 		t.Fatalf("job %s: %v", name, err)
 	}
 	pgid := cmd.Process.Pid
-	j := &Job{Name: name, Pid: pgid, cmd: cmd, done: make(chan error, 1)}
+	j := &NamedJob{Name: name, Pid: pgid, cmd: cmd, done: make(chan error, 1)}
 	go func() { j.done <- cmd.Wait(); close(j.done) }()
 	t.Cleanup(func() {
 		_ = syscall.Kill(-pgid, syscall.SIGKILL)
@@ -209,4 +209,4 @@ func StartNamedJob(t testing.TB, name string, args ...string) *Job {
 }
 
 // Wait waits for the job to end.
-func (j *Job) Wait() error { return <-j.done }
+func (j *NamedJob) Wait() error { return <-j.done }
