@@ -471,8 +471,8 @@ explains: slow-device
 		t.Fatal(err)
 	}
 	set := defaults(t).Merge(extra)
-	if len(set.Rules()) != 7 {
-		t.Errorf("%d rules, want 6 built-in + 1 new", len(set.Rules()))
+	if len(set.Rules()) != 9 {
+		t.Errorf("%d rules, want 8 built-in + 1 new", len(set.Rules()))
 	}
 	fs := evaluate(t, set, newScenario().fast(loop0).run())
 	if got := rulesOf(fs); !slices.Equal(got, []string{"loop-busy"}) {
