@@ -97,30 +97,57 @@ func TestFailingDevice(t *testing.T) {
 				return func() { reads, fails = stop() }
 			}, "--device", dev)
 			t.Logf("reads %d, failed %d; findings:\n%s", reads, fails, summary(rep))
-			found := -1
-			for i, fd := range rep.Findings {
-				if fd.Rule == "failing-device" {
-					found = i
-					break
-				}
-			}
-			if !tc.want {
-				if found >= 0 {
-					t.Errorf("failing-device found on a healthy disk: %+v", rep.Findings[found])
-				}
-				return
-			}
-			if found != 0 {
-				t.Fatalf("top finding is not failing-device (at %d)", found)
-			}
-			top := rep.Findings[0]
-			if !slices.Contains(top.Devices, dev) {
-				t.Errorf("failing-device names %v, want %s", top.Devices, dev)
-			}
-			if !slices.ContainsFunc(top.Processes, func(p report.Process) bool { return p.Comm == "e2e.test" || p.Comm == "whyslow.test" }) {
-				t.Errorf("failing-device names %+v, not the reader (this test)", top.Processes)
-			}
-			t.Logf("title: %s", top.Title)
+			checkFailing(t, rep, dev, tc.want, "e2e.test", "whyslow.test")
 		})
 	}
+}
+
+// failingWrites are fio's options for random O_DIRECT 4 KiB writes that
+// go on when some fail.
+var failingWrites = []string{"--direct=1", "--rw=randwrite", "--bs=4k", "--continue_on_error=all", "--rate_iops=400"}
+
+// On this host: a loop device whose backing store is full fails fio's
+// writes to new blocks. The top finding is failing-device on it, naming
+// fio; with room enough, the same writer gives no such finding.
+func TestFailingLoopDevice(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		room int64
+		want bool
+	}{{"full", 4 << 20, true}, {"control", 96 << 20, false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			scenario.RequireRoot(t)
+			dev := scenario.FullLoopDevice(t, 64<<20, tc.room)
+			rep := diagnoseUnder(t, 5*time.Second, func() func() {
+				scenario.BufferedWriter(t, dev, 4*time.Second, "", failingWrites...)
+				return func() {}
+			}, "--device", dev)
+			t.Logf("findings:\n%s", summary(rep))
+			checkFailing(t, rep, dev, tc.want, "fio")
+		})
+	}
+}
+
+// checkFailing checks that the top finding is failing-device on dev naming
+// a process of comm (want), or that no finding is failing-device.
+func checkFailing(t *testing.T, rep *report.Report, dev string, want bool, comms ...string) {
+	t.Helper()
+	found := slices.IndexFunc(rep.Findings, func(f report.Finding) bool { return f.Rule == "failing-device" })
+	if !want {
+		if found >= 0 {
+			t.Errorf("failing-device found on a healthy device: %+v", rep.Findings[found])
+		}
+		return
+	}
+	if found != 0 {
+		t.Fatalf("top finding is not failing-device (at %d)", found)
+	}
+	top := rep.Findings[0]
+	if !slices.Contains(top.Devices, dev) {
+		t.Errorf("failing-device names %v, want %s", top.Devices, dev)
+	}
+	if !slices.ContainsFunc(top.Processes, func(p report.Process) bool { return slices.Contains(comms, p.Comm) }) {
+		t.Errorf("failing-device names %+v, not %v", top.Processes, comms)
+	}
+	t.Logf("title: %s", top.Title)
 }

@@ -164,9 +164,9 @@ type Device struct {
 	// freezes are what a freeze here cost the upper device's submitters.
 	UpperStalls Spans
 	// Errors are the requests the device failed (probe devfault; What is
-	// the error: "medium error", "I/O error", "timeout", ...); errors
-	// that are answers rather than failures (not supported, try again,
-	// out of resources, ...) are left out.
+	// the error: "medium error", "I/O error", "timeout", "no space", ...);
+	// errors that are answers rather than failures (not supported, try
+	// again, out of resources, ...) are left out.
 	Errors Points
 	// Timeouts are the requests that timed out, kind KindTimeout: from the
 	// request's start to when the driver gave it back to be issued again

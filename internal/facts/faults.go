@@ -20,12 +20,14 @@ const (
 )
 
 // failureStatuses are the errors that say the device (or its path) failed
-// the request. The others answer the request without the device failing:
-// not supported, no space, reservation conflict, out of resources, try
-// again (non-blocking I/O), device busy.
+// the request; "no space" is a thin-provisioned device (a thin pool, a
+// loop device's file, a thin LUN) whose backing store is full. The others
+// answer the request without the device failing: not supported,
+// reservation conflict, out of resources, try again (non-blocking I/O),
+// device busy.
 var failureStatuses = map[string]bool{
 	"timeout": true, "transport error": true, "target error": true, "medium error": true,
-	"protection error": true, "I/O error": true, "device offline": true,
+	"protection error": true, "I/O error": true, "device offline": true, "no space": true,
 }
 
 // failure reports whether an error of this status is the device failing;
@@ -34,7 +36,7 @@ func failure(status string) bool {
 	if failureStatuses[status] {
 		return true
 	}
-	for _, s := range []string{"not supported", "no space", "reservation conflict", "out of resources", "try again", "device busy"} {
+	for _, s := range []string{"not supported", "reservation conflict", "out of resources", "try again", "device busy"} {
 		if status == s {
 			return false
 		}
