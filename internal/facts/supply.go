@@ -54,6 +54,16 @@ var Suppliers = map[string][]string{
 	"Device.IOTimeout":    {event.ProbeDevFault},
 	"Device.ErrorKinds":   {event.ProbeDevFault},
 	"Device.FaultVictims": {event.ProbeDevFault},
+	"Device.Limits":       {event.ProbeIOLimits},
+	"Device.IOCost":       {event.ProbeIOLimits},
+	"Device.InStage":      {event.ProbeSyscall},
+	"Device.StageMs":      {event.ProbeSyscall},
+	"Device.StageTasks":   {event.ProbeSyscall},
+	"Device.StageDelayed": {event.ProbeSyscall},
+	"Device.IO":           {event.ProbeSubmit},
+	"Device.IOBy":         {event.ProbeSubmit},
+	"Device.IOByCgroup":   {event.ProbeSubmit},
+	"Device.Dominant":     {event.ProbeSubmit},
 
 	"Command": {event.ProbeExec},
 }
