@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/hist"
 	"github.com/whyslow/whyslow/internal/timeline"
 )
 
@@ -121,6 +122,10 @@ func (r *Recorder) Event(e event.Event) {
 	}
 	r.lose(seg, event.Loss{Probe: s.Probe(), What: FullLoss, Count: 1})
 }
+
+// Histogram ignores a histogram a probe delivers as it stops: the
+// recorder's histograms are the probes' States.
+func (r *Recorder) Histogram(timeline.HistKind, event.Device, *hist.Histogram) {}
 
 // Loss counts a loss a probe delivered as it ran, in the open segment.
 func (r *Recorder) Loss(l event.Loss) {
