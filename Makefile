@@ -6,7 +6,7 @@ LDFLAGS := -s -w -X github.com/whyslow/whyslow/cmd.Version=$(VERSION)
 
 # Debian packages the tests drive (udevd, fio, chromium for the HTML report) and that
 # `make generate` needs.
-TEST_DEBS     := udev fio util-linux kmod procps chromium
+TEST_DEBS     := udev fio util-linux kmod procps chromium prometheus systemd
 GENERATE_DEBS := clang llvm libbpf-dev linux-libc-dev
 
 # What `make vmtest` needs on the host: qemu, the guest's busybox, and the
