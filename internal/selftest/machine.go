@@ -277,7 +277,8 @@ func stopUdevd(pid int) error {
 	for time.Now().Before(deadline) {
 		// Reaped here when the selftest is its parent (startUdevd).
 		var ws unix.WaitStatus
-		if n, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil); n == pid || errors.Is(err, unix.ECHILD) && !alive(pid) {
+		n, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil)
+		if n == pid || errors.Is(err, unix.ECHILD) && !alive(pid) {
 			return nil
 		}
 		if errors.Is(err, unix.ECHILD) && strings.Contains(stat(pid), ") Z ") {
