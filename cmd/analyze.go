@@ -22,6 +22,7 @@ type AnalyzeOptions struct {
 	IO      *IO
 	Trace   string
 	Rules   []string // --rules files and directories
+	Stages  []string // --stages files and directories
 	Devices []string
 	Outputs Outputs
 }
@@ -55,6 +56,7 @@ the devices the run was restricted to.`,
 	addOutputFlags(c, &opts.Outputs)
 	f := c.Flags()
 	f.StringArrayVar(&opts.Rules, "rules", nil, "rule file, or directory of rule files (*.yaml, *.yml), to add (repeatable); a rule with a built-in rule's id replaces it")
+	addStagesFlag(c, &opts.Stages)
 	f.StringArrayVar(&opts.Devices, "device", nil, "only analyze this block device (repeatable); default: the devices the run was restricted to")
 	return c
 }
@@ -76,6 +78,10 @@ func analyzeRun(opts *AnalyzeOptions) error {
 	if err != nil {
 		return err
 	}
+	stages, err := loadStages(opts.Stages)
+	if err != nil {
+		return err
+	}
 	tl, info, err := tracefile.ReadFile(opts.Trace)
 	if err != nil {
 		var pe *os.PathError
@@ -93,7 +99,7 @@ func analyzeRun(opts *AnalyzeOptions) error {
 	if len(opts.Devices) > 0 {
 		info.Devices = opts.Devices
 	}
-	res, err := diagnose.Analyze(tl, set, info.Devices)
+	res, err := diagnose.AnalyzeWith(tl, set, info.Devices, stages)
 	if err != nil {
 		return err
 	}

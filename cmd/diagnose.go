@@ -13,6 +13,7 @@ import (
 
 	"github.com/whyslow/whyslow/diagnose"
 	"github.com/whyslow/whyslow/internal/report"
+	"github.com/whyslow/whyslow/internal/stage"
 	"github.com/whyslow/whyslow/probes"
 	"github.com/whyslow/whyslow/rules"
 )
@@ -36,6 +37,7 @@ type StorageOptions struct {
 	Duration   time.Duration
 	MinLatency time.Duration
 	Rules      []string // --rules files and directories
+	Stages     []string // --stages files and directories
 	Devices    []string
 	BTF        string
 	// Mechanism is --mechanism: "kprobe" or "freeze=kprobe" (repeatable).
@@ -86,6 +88,7 @@ its last checkpoint.`,
 	f.DurationVarP(&opts.Duration, "duration", "d", 60*time.Second, "how long to observe")
 	f.DurationVar(&opts.MinLatency, "min-latency", time.Millisecond, "outlier threshold: slower submissions and longer blocked spans are recorded one by one")
 	f.StringArrayVar(&opts.Rules, "rules", nil, "rule file, or directory of rule files (*.yaml, *.yml), to add (repeatable); a rule with a built-in rule's id replaces it")
+	addStagesFlag(c, &opts.Stages)
 	f.StringArrayVar(&opts.Devices, "device", nil, "only analyze this block device (repeatable), e.g. --device sda")
 	f.StringVar(&opts.BTF, "btf", probes.DefaultBTF, "kernel BTF file")
 	f.StringArrayVar(&opts.Mechanism, "mechanism", nil, "force a mechanism: fentry, kprobe, tp_btf, ... for every probe that offers it, or PROBE=MECHANISM for one (repeatable)")
@@ -131,6 +134,24 @@ func completeDevices(*cobra.Command, []string, string) ([]string, cobra.ShellCom
 		names = append(names, e.Name())
 	}
 	return names, cobra.ShellCompDirectiveNoFileComp
+}
+
+// addStagesFlag declares --stages.
+func addStagesFlag(c *cobra.Command, paths *[]string) {
+	c.Flags().StringArrayVar(paths, "stages", nil, "stage table file, or directory of them (*.yaml, *.yml), whose rules name the stages of blocked stacks before the built-in table's (repeatable; docs/stages.md)")
+}
+
+// loadStages returns the built-in stage table, extended with the --stages
+// files and directories; nil when there are none.
+func loadStages(paths []string) (*stage.Table, error) {
+	if len(paths) == 0 {
+		return nil, nil
+	}
+	t, err := stage.Load(paths...)
+	if err != nil {
+		return nil, fmt.Errorf("--stages: %w", err)
+	}
+	return t, nil
 }
 
 // loadRules returns the built-in rules, with the rules of the --rules
@@ -200,11 +221,16 @@ func storageRun(ctx context.Context, opts *StorageOptions) error {
 	if err != nil {
 		return err
 	}
+	stages, err := loadStages(opts.Stages)
+	if err != nil {
+		return err
+	}
 	mech, err := probes.ParseMechanism(opts.Mechanism)
 	if err != nil {
 		return usagef("%s", err)
 	}
 	dopts := opts.diagnoseOptions(mech, set)
+	dopts.Stages = stages
 	if dopts.Kernel, err = diagnose.Check(dopts); err != nil {
 		return err
 	}

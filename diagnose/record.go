@@ -135,7 +135,13 @@ func (c *collector) state(g *probes.Group) *timeline.Timeline {
 // stateSink gathers the state the probes deliver at a checkpoint.
 type stateSink struct{ tl *timeline.Timeline }
 
-func (stateSink) Event(event.Event)   {}
+// Event keeps the sums a probe delivers whole (timeline.Sums streams);
+// its other events went to the timeline as they came.
+func (s stateSink) Event(e event.Event) {
+	if st := timeline.StreamOf(e); st != nil && st.State() {
+		s.tl.Add(e)
+	}
+}
 func (s stateSink) Loss(l event.Loss) { s.tl.AddLoss(l) }
 func (s stateSink) Histogram(kind timeline.HistKind, dev event.Device, h *hist.Histogram) {
 	s.tl.MergeHistogram(kind, dev, h)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/whyslow/whyslow/internal/event"
 	"github.com/whyslow/whyslow/internal/facts"
+	"github.com/whyslow/whyslow/internal/stage"
 	"github.com/whyslow/whyslow/internal/timeline"
 	"github.com/whyslow/whyslow/internal/tracefile"
 	"github.com/whyslow/whyslow/probes"
@@ -31,6 +32,9 @@ type Options struct {
 	// Devices restricts the analysis to these block devices (names as in /sys/block).
 	Devices []string
 	Rules   *rules.Set
+	// Stages names the stages of storage calls' blocked stacks; nil means
+	// the built-in table.
+	Stages *stage.Table
 	// BTF is the kernel BTF file; empty means probes.DefaultBTF.
 	BTF string
 	// ProcFS and SysFS are the roots of /proc and /sys; empty means the real ones.
@@ -185,7 +189,7 @@ func Storage(ctx context.Context, opts Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	return Analyze(tl, opts.Rules, opts.Devices)
+	return AnalyzeWith(tl, opts.Rules, opts.Devices, opts.Stages)
 }
 
 // Collect starts the probes (probes.Prepare must have passed), waits,
@@ -268,7 +272,13 @@ func wait(ctx context.Context, opts Options, col *collector, running []string) {
 // does not fail the analysis: it is in Result.RuleErrors, and the findings
 // of the other rules are there.
 func Analyze(tl *timeline.Timeline, set *rules.Set, devices []string) (*Result, error) {
-	run := facts.Build(tl, facts.Options{})
+	return AnalyzeWith(tl, set, devices, nil)
+}
+
+// AnalyzeWith is Analyze with a stage table (--stages); nil means the
+// built-in one.
+func AnalyzeWith(tl *timeline.Timeline, set *rules.Set, devices []string, stages *stage.Table) (*Result, error) {
+	run := facts.Build(tl, facts.Options{Stages: stages})
 	var all []string
 	for _, d := range run.Devices {
 		all = append(all, d.Name)
@@ -285,6 +295,7 @@ func Analyze(tl *timeline.Timeline, set *rules.Set, devices []string) (*Result, 
 			}
 		}
 		run.Devices = ds
+		run.Processes = facts.ProcessesOn(run.Processes, keep)
 	}
 	res := &Result{Timeline: tl, Run: run, Devices: all, NotEvaluated: set.NotEvaluated(run)}
 	var err error

@@ -112,7 +112,7 @@ type blkLoop struct {
 	major, minor uint32
 }
 
-func newBlkLoop(t *testing.T, size int64) blkLoop {
+func newBlkLoop(t testing.TB, size int64) blkLoop {
 	t.Helper()
 	scenario.Hold(t)
 	backing, err := os.Create(filepath.Join(t.TempDir(), "backing.img"))

@@ -250,6 +250,9 @@ func climb(d Decl, rungs []ladderRung, caps kernelCaps, force event.Mechanism) (
 		if on, ok := run.(interface{ probedFuncs() []string }); ok && len(on.probedFuncs()) > 0 {
 			fns = on.probedFuncs()
 		}
+		if n, ok := run.(interface{ statusNote() string }); ok && st.Reason == "" {
+			st.Reason = n.statusNote()
+		}
 		if st.Reason == "" && len(fns) > 0 {
 			st.Reason = "on " + strings.Join(fns, ", ")
 		}

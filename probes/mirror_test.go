@@ -131,6 +131,27 @@ var mirrors = []mirror{
 		},
 	},
 	{
+		// syscall.bpf.c: syscallLossWhat names enum sc_stack_loss; the
+		// records start with their u32 kind (syscallRunning.handle).
+		name: "syscall",
+		in:   func(spec *ebpf.CollectionSpec) bool { return spec.Maps["sc_losses"] != nil },
+		check: func(t *testing.T, spec *ebpf.CollectionSpec) {
+			namesEvery(t, enumOf(t, spec, "sc_stack_loss"), "SC_LOSS_KINDS", syscallLossWhat[:])
+			for _, name := range []string{"sc_new", "sc_slow"} {
+				var st *btf.Struct
+				if err := spec.Types.TypeByName(name, &st); err != nil {
+					t.Fatal(err)
+				}
+				if m := st.Members[0]; m.Name != "kind" || m.Offset != 0 {
+					t.Errorf("struct %s starts with %s, not the u32 kind", name, m.Name)
+				}
+			}
+			if m := spec.Maps["stacks"]; m == nil || m.ValueSize != uint32(syscallScLayoutSTACK_DEPTH)*8 {
+				t.Errorf("stacks: %+v, want entries of STACK_DEPTH frames", m)
+			}
+		},
+	},
+	{
 		// enum submit_end (submit.bpf.c): submitEnds.
 		name: "submit_end",
 		in:   func(spec *ebpf.CollectionSpec) bool { return hasType[*btf.Enum](spec, "submit_end") },

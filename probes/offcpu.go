@@ -363,21 +363,45 @@ func (r *offcpuRunning) userStack(tgid uint32, addrs []uint64) []event.Frame {
 // trimTracingFrames drops the innermost frames that belong to the tracing
 // machinery (the BPF program, bpf_trace_run, the tracepoint's dispatch), so
 // a stack starts in the scheduler. A stack walked on a sleeping task has
-// none; one walked in the running task's context (the freeze probe's) has.
+// none; one walked in the running task's context (the freeze and syscall
+// probes') has, as its leading frames: the program itself (once or twice,
+// under whatever name kallsyms gives a JIT image it did not list), then the
+// dispatch. Only that leading run is dropped.
+// Deeper in a stack, a frame of a BPF trampoline created after kallsyms was
+// read (an fentry/fexit program's, on a function the task slept under)
+// resolves to the nearest symbol, on 6.x often a bpf_prog_* one of the
+// same pages: dropping up to it lost the frames from __schedule to the
+// traced function (on 6.12, every stack below whyslow's own fexit on
+// __submit_bio started at __submit_bio+5).
 func trimTracingFrames(fr []event.Frame) []event.Frame {
-	const window = 8 // the machinery is a few frames deep
-	cut := -1
-	for i := 0; i < len(fr) && i < window; i++ {
-		s := fr[i].Symbol
-		if strings.HasPrefix(s, "bpf_trace_run") || strings.HasPrefix(s, "__bpf_trace_") ||
-			strings.HasPrefix(s, "__traceiter_") || strings.HasPrefix(s, "bpf_prog_") {
-			cut = i
+	const (
+		lead   = 3 // the program's own frames, under whatever name, before the dispatch
+		window = 8 // the machinery is a few frames deep
+	)
+	first := -1
+	for i := 0; i < len(fr) && i < lead; i++ {
+		if tracingFrame(fr[i].Symbol) {
+			first = i
+			break
 		}
+	}
+	if first < 0 {
+		return fr
+	}
+	cut := first
+	for i := first + 1; i < len(fr) && i < window && tracingFrame(fr[i].Symbol); i++ {
+		cut = i
 	}
 	if cut+1 >= len(fr) {
 		return fr
 	}
 	return fr[cut+1:]
+}
+
+// tracingFrame tells the frames of the tracing machinery by name.
+func tracingFrame(s string) bool {
+	return strings.HasPrefix(s, "bpf_trace_run") || strings.HasPrefix(s, "__bpf_trace_") ||
+		strings.HasPrefix(s, "__traceiter_") || strings.HasPrefix(s, "bpf_prog_")
 }
 
 // trimUserGarbage ends a user stack at its first frame outside every

@@ -536,6 +536,15 @@ func TestTrimStacks(t *testing.T) {
 		{"named program", k("bpf_prog_1234_offcpu_switch", "__bpf_trace_sched_switch", "__traceiter_sched_switch", "__schedule"), k("__schedule")},
 		{"no machinery", k("__schedule", "schedule"), k("__schedule", "schedule")},
 		{"only machinery is kept", k("bpf_trace_run4"), k("bpf_trace_run4")},
+		// 6.12: the trampoline of an fexit on __bio_queue_enter, created
+		// after kallsyms was read, resolves to a program's symbol.
+		{"trampoline of a sleeping task", k("__schedule", "schedule", "__bio_queue_enter", "bpf_prog_1b494832887415de_sub_getrq", "__bio_queue_enter", "blk_mq_submit_bio"),
+			k("__schedule", "schedule", "__bio_queue_enter", "bpf_prog_1b494832887415de_sub_getrq", "__bio_queue_enter", "blk_mq_submit_bio")},
+		// 5.10: the program, misresolved, twice before the dispatch.
+		{"program named after a module", k("__SCT__tp_func_bcache_writeback_collision", "__SCT__tp_func_bcache_writeback_collision", "bpf_trace_run3", "__traceiter_sched_switch", "__schedule", "schedule", "blk_queue_enter"),
+			k("__schedule", "schedule", "blk_queue_enter")},
+		{"trampoline below the machinery", k("bpf_prog_9_sc_switch", "bpf_trace_run4", "__bpf_trace_sched_switch", "__schedule", "schedule", "__bio_queue_enter", "bpf_prog_2_sc_waking", "__bio_queue_enter"),
+			k("__schedule", "schedule", "__bio_queue_enter", "bpf_prog_2_sc_waking", "__bio_queue_enter")},
 		{"empty", nil, nil},
 	}
 	for _, tt := range tests {

@@ -37,8 +37,16 @@ func TestServiceLoopWrites(t *testing.T) {
 	if h.dev.Major != loop.major || h.dev.Minor != loop.minor {
 		t.Errorf("histogram device %d:%d, want %d:%d", h.dev.Major, h.dev.Minor, loop.major, loop.minor)
 	}
-	if h.h.Count < writes {
-		t.Errorf("histogram count %d, want >= %d", h.h.Count, writes)
+	// A request whose slot another device's request took while it was in
+	// flight is not timed; it is counted as a loss instead (map full).
+	var lost uint64
+	for _, l := range sink.losses {
+		if l.Probe == event.ProbeService {
+			lost += l.Count
+		}
+	}
+	if h.h.Count+lost < writes || lost > writes/10 {
+		t.Errorf("histogram count %d and %d losses, want %d writes timed or counted lost (at most a tenth lost)", h.h.Count, lost, writes)
 	}
 	// A write through the loop driver to a file takes microseconds at least.
 	if p50 := h.h.Quantile(0.5); p50 < time.Microsecond || time.Duration(h.h.MaxNs) < p50 {

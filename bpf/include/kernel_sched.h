@@ -28,6 +28,8 @@ struct mm_struct {
 	unsigned long arg_end;
 } __attribute__((preserve_access_index));
 
+struct files_struct;
+
 struct task_struct {
 	unsigned int __state; /* 5.14+ */
 	unsigned int flags;
@@ -35,6 +37,7 @@ struct task_struct {
 	int tgid;
 	char comm[TASK_COMM_LEN];
 	struct mm_struct *mm;
+	struct files_struct *files;
 	struct task_struct *real_parent;
 	const struct cred *cred;
 	int exit_code;

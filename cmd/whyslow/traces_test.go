@@ -147,7 +147,11 @@ func TestRecordedRunReportsTheSameAsAnalyze(t *testing.T) {
 
 // TestRecordTraces records the loop-device traces of testdata/traces again:
 // the story (a monitor whose command makes udev rewrite queue attributes)
-// and a control without the monitor. Only with -record.
+// and a control without the monitor; and the story seen from the
+// application (loop-affected: a fast loop device in memory and a steady
+// writer, recorded with the syscall probe, so that the report has its
+// affected processes). Only with -record; -run 'TestRecordTraces/NAME'
+// records one.
 func TestRecordTraces(t *testing.T) {
 	if !*record {
 		t.Skip("records testdata/traces again only with -record")
@@ -155,15 +159,24 @@ func TestRecordTraces(t *testing.T) {
 	scenario.RequireRoot(t)
 	for _, tc := range []struct {
 		name    string
-		monitor bool
-	}{{"loop-udev-freeze", true}, {"loop-control", false}} {
+		monitor time.Duration
+		fast    bool // a loop device in memory and a writer held to 500 writes a second a thread
+	}{{"loop-udev-freeze", time.Second, false}, {"loop-control", 0, false}, {"loop-affected", 500 * time.Millisecond, true}} {
 		t.Run(tc.name, func(t *testing.T) {
-			dev := scenario.LoopDevice(t, 128<<20)
-			scenario.QueueRule(t, dev)
-			if tc.monitor {
-				scenario.Monitor(t, dev, time.Second)
+			dev := scenario.LoopDevice
+			if tc.fast {
+				dev = scenario.MemLoopDevice
 			}
-			scenario.Writer(t, dev, 12*time.Second)
+			d := dev(t, 128<<20)
+			scenario.QueueRule(t, d)
+			if tc.monitor > 0 {
+				scenario.Monitor(t, d, tc.monitor)
+			}
+			if tc.fast {
+				scenario.RateWriter(t, d, 12*time.Second, 500)
+			} else {
+				scenario.Writer(t, d, 12*time.Second)
+			}
 			time.Sleep(time.Second)
 			trace := filepath.Join(tracesDir, tc.name+".trace.gz")
 			r := run(t, "diagnose", "storage", "--duration", "5s", "--record", trace, "--output", os.DevNull)

@@ -14,6 +14,8 @@ package event
 import (
 	"fmt"
 	"time"
+
+	"github.com/whyslow/whyslow/internal/hist"
 )
 
 // Mono is a CLOCK_MONOTONIC timestamp in nanoseconds.
@@ -176,6 +178,7 @@ const (
 	ProbeService    = "service"
 	ProbeSubmit     = "submit"
 	ProbeSubmitFn   = "submitfn"
+	ProbeSyscall    = "syscall"
 	ProbeSysfs      = "sysfs"
 	ProbeUevent     = "uevent"
 )
@@ -283,3 +286,85 @@ type SubmitCall struct {
 
 // When implements Event.
 func (e SubmitCall) When() Mono { return e.Start }
+
+// DevAll is the device of a call that goes to every device: sync(2).
+var DevAll = Device{Name: "all"}
+
+// Syscall is one storage system call (read, write and their p/v variants,
+// the syncs, aio) on a block device, or a file of a filesystem on one,
+// that took at least the threshold (--min-latency), timed from entry to
+// exit by the syscall probe.
+type Syscall struct {
+	Start    Mono          `json:"start"`
+	Duration time.Duration `json:"duration"`
+	Task     Task          `json:"task"`
+	Call     string        `json:"call" mem:"shared"` // the system call: "pwrite64", "fdatasync", ...
+	Dev      Device        `json:"dev"`               // the whole disk it went to; DevAll for sync(2)
+	// Sleep is the time it slept inside the call, Runqueue the time it
+	// was runnable but not running (after a wake-up, or preempted).
+	Sleep    time.Duration `json:"sleep,omitempty"`
+	Runqueue time.Duration `json:"runqueue,omitempty"`
+	Ret      int64         `json:"ret,omitempty"` // the call's result: bytes, or -errno
+}
+
+// When implements Event.
+func (e Syscall) When() Mono { return e.Start }
+
+// SyscallStats is every storage call of one kind that one process made to
+// one device during the run, as the syscall probe summed them in the
+// kernel: their latency distribution and their time off CPU.
+type SyscallStats struct {
+	Time     Mono           `json:"time"` // when the sums were read: the end of the run
+	Pid      uint32         `json:"pid"`  // the process (thread group id)
+	Comm     string         `json:"comm"`
+	Call     string         `json:"call" mem:"shared"`
+	Dev      Device         `json:"dev"`
+	Latency  hist.Histogram `json:"latency"`            // entry to exit, ns
+	Sleep    time.Duration  `json:"sleep,omitempty"`    // asleep inside these calls
+	Runqueue time.Duration  `json:"runqueue,omitempty"` // runnable, not running, inside them
+}
+
+// When implements Event.
+func (e SyscallStats) When() Mono { return e.Time }
+
+// BlockedStack is how long one process's storage calls of one kind on one
+// device slept in one kernel stack (summed in the kernel over every
+// sleep, however short).
+type BlockedStack struct {
+	Time  Mono          `json:"time"` // when the sums were read
+	Pid   uint32        `json:"pid"`  // the process
+	Comm  string        `json:"comm"`
+	Call  string        `json:"call" mem:"shared"`
+	Dev   Device        `json:"dev"`
+	Total time.Duration `json:"total"`
+	Count uint64        `json:"count"` // sleeps
+	// KernelStack is where the threads slept, innermost first; empty when
+	// the stack could not be taken, or was not walked.
+	KernelStack []Frame `json:"kernel_stack,omitempty" mem:"shared"`
+	// Unwalked marks the sleeps whose stacks were not walked, to bound the
+	// cost of the walks (they came too soon after another walk on their
+	// CPU): their time is shared out like that of the walked sleeps of the
+	// same process, device and call.
+	Unwalked bool `json:"unwalked,omitempty"`
+}
+
+// When implements Event.
+func (e BlockedStack) When() Mono { return e.Time }
+
+// Process is a process whose storage calls the syscall probe traced, seen
+// at its first one: the names of its control groups, which name the limits
+// its I/O is under.
+type Process struct {
+	Time     Mono   `json:"time"`
+	Pid      uint32 `json:"pid"`
+	Comm     string `json:"comm"`
+	CgroupID uint64 `json:"cgroup_id,omitempty"` // cgroup v2 id (the thread's)
+	// Cgroup is its cgroup v2 path ("/system.slice/db.service"), Blkio its
+	// cgroup v1 blkio path where that hierarchy is mounted; "" when
+	// unknown (the process was gone before they were read).
+	Cgroup string `json:"cgroup,omitempty"`
+	Blkio  string `json:"blkio,omitempty"`
+}
+
+// When implements Event.
+func (e Process) When() Mono { return e.Time }

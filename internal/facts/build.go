@@ -10,6 +10,7 @@ import (
 
 	"github.com/whyslow/whyslow/internal/event"
 	"github.com/whyslow/whyslow/internal/hist"
+	"github.com/whyslow/whyslow/internal/stage"
 	"github.com/whyslow/whyslow/internal/timeline"
 )
 
@@ -26,6 +27,9 @@ type Options struct {
 	// WakeSlack is how long after a freeze ends the queue-enter waits woken
 	// by the freezer may end and still name the freeze's device. Default 5ms.
 	WakeSlack time.Duration
+	// Stages names the stage of each blocked stack of a storage call;
+	// nil means the built-in table (stage.Default).
+	Stages *stage.Table
 }
 
 // Defaults for Options.
@@ -121,6 +125,7 @@ func Build(tl *timeline.Timeline, opts Options) *Run {
 	b.uevents() // after every device is known
 	b.commands()
 	b.holders()
+	b.processes() // after every device is known
 
 	for _, d := range b.byName {
 		run.Devices = append(run.Devices, d)

@@ -33,6 +33,9 @@ type Run struct {
 	// Unattributed are the queue-enter, tag-wait and freeze-wait spans that
 	// could not be tied to a device.
 	Unattributed Spans
+	// Processes are the processes whose storage system calls the syscall
+	// probe traced, the most time in those calls first.
+	Processes []*Process
 
 	// probes are the status of every probe of the run (Missing reads them).
 	probes []event.ProbeStatus
@@ -151,6 +154,9 @@ type Device struct {
 	SysfsWrites Points
 	// Lower and Upper are the devices this one is stacked on, and stacked under.
 	Lower, Upper []string
+	// Processes are the processes that made storage system calls to this
+	// device, each as seen on it (Process.On), the most time first.
+	Processes []*Process
 	// UpperStalls are the slow submissions to the devices stacked on this
 	// one (Upper), as measured there: each upper device's slow calls of
 	// submit_bio_noacct (SubmitCalls) when the submitfn probe timed them,

@@ -30,6 +30,7 @@ var Suppliers = map[string][]string{
 	"Run.Unattributed": {event.ProbeOffCPU, event.ProbeQueueEnter},
 	"Run.IOs":          {event.ProbeService},
 	"Run.Worst":        {event.ProbeService},
+	"Run.Processes":    {event.ProbeSyscall},
 
 	"Device.Name":        nil,
 	"Device.ID":          nil,
@@ -46,6 +47,7 @@ var Suppliers = map[string][]string{
 	"Device.UpperStalls": {event.ProbeSubmitFn, event.ProbeSubmit},
 	"Device.Uevents":     {event.ProbeUevent},
 	"Device.SysfsWrites": {event.ProbeSysfs},
+	"Device.Processes":   {event.ProbeSyscall},
 
 	"Command": {event.ProbeExec},
 }

@@ -127,6 +127,9 @@ func Build(tl *timeline.Timeline, run *facts.Run, findings []rules.Finding, meta
 		}
 	}
 	sort.SliceStable(r.Devices, func(i, j int) bool { return r.Devices[i].Name < r.Devices[j].Name })
+	if run != nil {
+		r.Affected = affectedOf(run)
+	}
 
 	sc := stackCache{}
 	for _, f := range findings {
@@ -151,6 +154,40 @@ func Build(tl *timeline.Timeline, run *facts.Run, findings []rules.Finding, meta
 	}
 	r.Summary.Findings = len(r.Findings)
 	return r
+}
+
+// affectedOf lists the processes worth a look: the ones with the most time
+// in storage calls (run.Processes is in that order), at most MaxAffected,
+// and only those with at least the run's --min-latency of it in all and a
+// hundredth of the first one's (a shell's reads of its script are not a
+// victim of anything).
+func affectedOf(run *facts.Run) []Affected {
+	var out []Affected
+	var top time.Duration
+	for _, p := range run.Processes {
+		if p == nil {
+			continue
+		}
+		top = max(top, p.Total)
+		if len(out) == MaxAffected || p.Total <= 0 || p.Total < run.MinLatency || p.Total < top/100 {
+			continue
+		}
+		out = append(out, affected(p))
+	}
+	return out
+}
+
+func affected(p *facts.Process) Affected {
+	out := Affected{Pid: p.Pid, Comm: p.Comm, Cgroup: p.Cgroup, Blkio: p.Blkio, Devices: nonNil(slices.Clone(p.Devices)),
+		TotalMs: ms(p.Total), BlockedMs: ms(p.Blocked), Calls: []AffectedCall{}, Stages: []StageShare{}}
+	for _, c := range p.Calls {
+		out.Calls = append(out.Calls, AffectedCall{Syscall: c.Syscall, Count: c.Latency.Count,
+			P50Us: round(c.Latency.P50Us, 1), P99Us: round(c.Latency.P99Us, 1), MaxUs: round(c.Latency.MaxUs, 1), TotalMs: ms(c.Total)})
+	}
+	for _, s := range p.Stages {
+		out.Stages = append(out.Stages, StageShare{Stage: s.Stage, TotalMs: ms(s.Total), Share: round(s.Share, 3), Frames: s.Frames})
+	}
+	return out
 }
 
 func ruleError(e rules.RuleError) RuleError {

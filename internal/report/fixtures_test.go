@@ -5,6 +5,7 @@ import (
 
 	"github.com/whyslow/whyslow/internal/event"
 	"github.com/whyslow/whyslow/internal/facts"
+	"github.com/whyslow/whyslow/internal/hist"
 	"github.com/whyslow/whyslow/internal/timeline"
 	"github.com/whyslow/whyslow/rules"
 )
@@ -243,6 +244,48 @@ func degraded() scenario {
 	return scenario{tl: tl, run: run, findings: findings, meta: m}
 }
 
+// withProcesses adds the application's view to a diagnosis: processes and
+// their storage calls as facts.Build derives them from the syscall probe's
+// sums. comm and cgroup name the writer; other is the frame of a stack no
+// rule knows.
+func withProcesses(sc scenario, comm, cgroup, other string) scenario {
+	tl := &timeline.Timeline{End: event.Mono(time.Minute)}
+	at := tl.End
+	lat := func(ms ...float64) hist.Histogram {
+		var h hist.Histogram
+		for _, v := range ms {
+			h.Add(uint64(msDur(v)))
+		}
+		return h
+	}
+	loop1 := event.Device{Major: 7, Minor: 1, Name: "loop1"}
+	vda := event.Device{Major: 254, Minor: 0, Name: "vda"}
+	tl.Add(event.Process{Time: 1, Pid: 900, Comm: comm, Cgroup: cgroup, Blkio: "/"})
+	tl.Add(event.SyscallStats{Time: at, Pid: 900, Comm: comm, Call: "pwrite64", Dev: loop1,
+		Latency: lat(0.2, 0.3, 0.3, 0.4, 31, 65), Sleep: msDur(92), Runqueue: msDur(2)})
+	tl.Add(event.SyscallStats{Time: at, Pid: 900, Comm: comm, Call: "fdatasync", Dev: loop1,
+		Latency: lat(0.1, 0.1, 0.2), Sleep: msDur(0.3)})
+	tl.Add(event.BlockedStack{Time: at, Pid: 900, Comm: comm, Call: "pwrite64", Dev: loop1, Total: msDur(90), Count: 4,
+		KernelStack: kframes("__schedule", "schedule", "__bio_queue_enter", "blk_mq_submit_bio")})
+	tl.Add(event.BlockedStack{Time: at, Pid: 900, Comm: comm, Call: "pwrite64", Dev: loop1, Total: msDur(1.5), Count: 4,
+		KernelStack: kframes("__schedule", "schedule", "io_schedule_timeout", "submit_bio_wait")})
+	tl.Add(event.BlockedStack{Time: at, Pid: 900, Comm: comm, Call: "pwrite64", Dev: loop1, Total: msDur(0.5), Count: 1,
+		KernelStack: kframes("__schedule", "schedule", other, "mydrv_submit")})
+	tl.Add(event.BlockedStack{Time: at, Pid: 900, Comm: comm, Call: "fdatasync", Dev: loop1, Total: msDur(0.3), Count: 3,
+		KernelStack: kframes("__schedule", "schedule", "io_schedule", "blkdev_issue_flush")})
+	tl.Add(event.SyscallStats{Time: at, Pid: 640, Comm: "journald", Call: "write", Dev: vda, Latency: lat(0.01, 0.02, 0.01)})
+	tl.Device(loop1)
+	tl.Device(vda)
+	tl.Sort()
+	sc.run.Processes = facts.Build(tl, facts.Options{}).Processes
+	return sc
+}
+
+// affectedChain is the freeze chain with the processes it slowed down.
+func affectedChain() scenario {
+	return withProcesses(freezeChain(), "fio", "/user.slice/fio.scope", "my_driver_wait")
+}
+
 var scenarios = []struct {
 	name string
 	make func() scenario
@@ -251,4 +294,5 @@ var scenarios = []struct {
 	{"slow-device", slowDevice},
 	{"nothing-found", nothingFound},
 	{"degraded", degraded},
+	{"affected", affectedChain},
 }

@@ -178,3 +178,65 @@ func ueventCell(u UeventStats, esc func(string) string) string {
 	}
 	return cell
 }
+
+// affectedWho names an affected process: "fio (pid 7, cgroup /db)".
+func affectedWho(a Affected, esc func(string) string) string {
+	who := fmt.Sprintf("%s (pid %d", esc(a.Comm), a.Pid)
+	if a.Cgroup != "" {
+		who += ", cgroup " + esc(a.Cgroup)
+	}
+	if a.Blkio != "" {
+		who += ", blkio " + esc(a.Blkio)
+	}
+	return who + ")"
+}
+
+// affectedHeader heads the table of an affected process's calls.
+var affectedHeader = []string{"call", "count", "p50", "p99", "max", "total"}
+
+// affectedRows are the cells of an affected process's calls (the host's
+// strings are the caller's to escape: syscall names are whyslow's own).
+func affectedRows(a Affected) [][]string {
+	rows := make([][]string, 0, len(a.Calls))
+	for _, c := range a.Calls {
+		l := Latency{Count: c.Count}
+		total := fmtMs(c.TotalMs)
+		if c.TotalMs == 0 && c.Count > 0 {
+			total = "<10µs" // total_ms is to 0.01 ms
+		}
+		rows = append(rows, []string{c.Syscall, strconv.FormatUint(c.Count, 10),
+			latencyCell(l, c.P50Us), latencyCell(l, c.P99Us), latencyCell(l, c.MaxUs), total})
+	}
+	return rows
+}
+
+// stageList is a process's blocked time by stage on one line:
+// "queue_freeze 812ms (69%), device 310ms (26%), other 12ms (1%: a <- b)".
+func stageList(ss []StageShare, esc func(string) string) string {
+	parts := make([]string, 0, len(ss))
+	for _, s := range ss {
+		p := fmt.Sprintf("%s %s (%s", esc(s.Stage), fmtMs(s.TotalMs), percent(s.Share))
+		if s.Frames != "" {
+			p += ": " + esc(s.Frames)
+		}
+		parts = append(parts, p+")")
+	}
+	return strings.Join(parts, ", ")
+}
+
+// percent formats a share (0..1) as a whole percentage; "<1%" for a
+// share that rounds to 0 but is not.
+func percent(f float64) string {
+	if p := math.Round(f * 100); p > 0 || f == 0 {
+		return fmt.Sprintf("%.0f%%", p)
+	}
+	return "<1%"
+}
+
+// blockedPart says how much of an affected process's call time was off CPU.
+func blockedPart(a Affected) string {
+	if a.BlockedMs <= 0 {
+		return "never blocked"
+	}
+	return fmtMs(a.BlockedMs) + " of it blocked"
+}

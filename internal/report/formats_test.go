@@ -94,6 +94,7 @@ func hostileScenario() scenario {
 			sc.run.Devices[1].QueueWaits[i].KernelStack = ks
 		}
 	}
+	sc = withProcesses(sc, hostileCmd, "/a|b\n"+hostileCmd, hostileCmd+"```")
 	return withExecs(sc)
 }
 

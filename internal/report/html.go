@@ -56,9 +56,36 @@ var htmlTmpl = template.Must(template.New("report").Funcs(template.FuncMap{
 		}
 		return strings.Join(parts, "; ")
 	},
-	"place":   func(e RuleError) string { return escape.String(rulePlace(e)) },
-	"uevents": func(u UeventStats) string { return ueventCell(u, escape.String) },
+	"place":        func(e RuleError) string { return escape.String(rulePlace(e)) },
+	"percent":      percent,
+	"blocked":      blockedPart,
+	"affectedRows": affectedRows,
+	"stageBar":     stageBar,
+	"stageSwatch":  func(stage string) template.CSS { return template.CSS("background:" + stageColor(stage)) },
+	"uevents":      func(u UeventStats) string { return ueventCell(u, escape.String) },
 }).Parse(htmlTemplate))
+
+// stageColors are the colours of the stages in the bars: whyslow's own
+// strings only, so that the CSS written is never the host's.
+var stageColors = map[string]string{
+	"queue_freeze": "#cf222e", "tag_wait": "#bc4c00", "wbt": "#bf8700", "cgroup_throttle": "#8250df",
+	"iocost": "#a475f9", "dirty_throttle": "#e16f24", "journal": "#1a7f37", "writeback_wait": "#4ac26b",
+	"device": "#0969da", "reclaim": "#d4a72c", "lock": "#953800", "runqueue": "#57606a", "other": "#8c959f",
+}
+
+func stageColor(stage string) string {
+	if c, ok := stageColors[stage]; ok {
+		return c
+	}
+	return "#8c959f"
+}
+
+// stageBar is the style of one stage's part of a process's bar: its share
+// of the width, in its colour.
+func stageBar(s StageShare) template.CSS {
+	w := math.Max(0, math.Min(100, s.Share*100))
+	return template.CSS(fmt.Sprintf("width:%.2f%%;background:%s", w, stageColor(s.Stage)))
+}
 
 // HTML writes the report as one self-contained HTML page: inline CSS, an
 // inline SVG timeline drawn here, no script and nothing fetched at view

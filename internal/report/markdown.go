@@ -23,6 +23,7 @@ func Markdown(w io.Writer, r *Report) error {
 	m := &mdWriter{}
 	m.header(r)
 	m.findings(r)
+	m.affected(r)
 	m.devices(r)
 	m.probes(r)
 	_, err := w.Write(m.buf.Bytes())
@@ -335,6 +336,23 @@ func (m *mdWriter) fenced(lines []string, margin string) {
 		m.printf("%s%s\n", margin, l)
 	}
 	m.printf("%s%s\n\n", margin, fence)
+}
+
+// affected writes the processes whose storage calls the run traced;
+// nothing when it traced none.
+func (m *mdWriter) affected(r *Report) {
+	if len(r.Affected) == 0 {
+		return
+	}
+	m.printf("## Affected processes\n\n")
+	for _, a := range r.Affected {
+		m.printf("**%s** on %s: %s in storage calls, %s\n\n", mdText(affectedWho(a, func(s string) string { return s })),
+			mdCodes(a.Devices), fmtMs(a.TotalMs), blockedPart(a))
+		m.table(affectedHeader, affectedRows(a))
+		if len(a.Stages) > 0 {
+			m.printf("Blocked: %s\n\n", stageList(a.Stages, mdText))
+		}
+	}
 }
 
 func (m *mdWriter) devices(r *Report) {

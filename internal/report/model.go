@@ -39,16 +39,20 @@ type Report struct {
 	// run up to the trace's last checkpoint, CoveredSeconds of it, and
 	// IncompleteReason says where the trace ends. All three are present
 	// only then.
-	Incomplete       bool      `json:"incomplete,omitempty"`
-	CoveredSeconds   *float64  `json:"covered_seconds,omitempty"`
-	IncompleteReason string    `json:"incomplete_reason,omitempty"`
-	MinLatencyUs     float64   `json:"min_latency_us"`
-	DeviceFilter     []string  `json:"device_filter"`
-	LostEvents       uint64    `json:"lost_events"`
-	Losses           []Loss    `json:"losses"`
-	Probes           []Probe   `json:"probes"`
-	Devices          []Device  `json:"devices"`
-	Findings         []Finding `json:"findings"`
+	Incomplete       bool     `json:"incomplete,omitempty"`
+	CoveredSeconds   *float64 `json:"covered_seconds,omitempty"`
+	IncompleteReason string   `json:"incomplete_reason,omitempty"`
+	MinLatencyUs     float64  `json:"min_latency_us"`
+	DeviceFilter     []string `json:"device_filter"`
+	LostEvents       uint64   `json:"lost_events"`
+	Losses           []Loss   `json:"losses"`
+	Probes           []Probe  `json:"probes"`
+	Devices          []Device `json:"devices"`
+	// Affected are the processes whose storage system calls the syscall
+	// probe traced, the most time in those calls first (at most
+	// MaxAffected); present only when there are any.
+	Affected []Affected `json:"affected,omitempty"`
+	Findings []Finding  `json:"findings"`
 	// RuleErrors are the rules that failed while they were evaluated: their
 	// findings are missing, those of the other rules are in Findings.
 	RuleErrors []RuleError `json:"rule_errors"`
@@ -130,6 +134,47 @@ type Device struct {
 	Freezes SpanStats   `json:"freezes"`
 	Uevents UeventStats `json:"uevents"`
 }
+
+// Affected is a process and what its storage system calls cost: per call
+// their latency, and where their time off CPU went, by stage.
+type Affected struct {
+	Pid    uint32 `json:"pid"`
+	Comm   string `json:"comm"`
+	Cgroup string `json:"cgroup"` // cgroup v2 path, "" when unknown
+	// Blkio is its cgroup v1 blkio path, where that hierarchy is mounted.
+	Blkio   string   `json:"blkio,omitempty"`
+	Devices []string `json:"devices"` // the most time first; "all" for sync(2)
+	// TotalMs is the time in its storage calls, the order of affected[].
+	TotalMs float64        `json:"total_ms"`
+	Calls   []AffectedCall `json:"calls"` // the most time first
+	// BlockedMs is the part of TotalMs off CPU: asleep, or runnable and
+	// not running.
+	BlockedMs float64      `json:"blocked_ms"`
+	Stages    []StageShare `json:"stages"` // BlockedMs split, the most time first
+}
+
+// AffectedCall is one system call of an affected process.
+type AffectedCall struct {
+	Syscall string  `json:"syscall"`
+	Count   uint64  `json:"count"`
+	P50Us   float64 `json:"p50_us"`
+	P99Us   float64 `json:"p99_us"`
+	MaxUs   float64 `json:"max_us"`
+	TotalMs float64 `json:"total_ms"`
+}
+
+// StageShare is the time an affected process spent in one stage.
+type StageShare struct {
+	Stage   string  `json:"stage"`
+	TotalMs float64 `json:"total_ms"`
+	Share   float64 `json:"share"` // of blocked_ms, 0..1
+	// Frames, for stage other, are the top frames of its largest stack
+	// (or why it has none).
+	Frames string `json:"frames,omitempty"`
+}
+
+// MaxAffected is how many processes a report lists.
+const MaxAffected = 10
 
 // Latency summarizes a latency distribution, in microseconds.
 type Latency struct {

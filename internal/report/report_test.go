@@ -437,6 +437,9 @@ var schemaTables = map[reflect.Type]string{
 	reflect.TypeFor[RuleError]():    "`rule_errors[]`",
 	reflect.TypeFor[NotEvaluated](): "`not_evaluated[]`",
 	reflect.TypeFor[Summary]():      "`summary`",
+	reflect.TypeFor[Affected]():     "`affected[]`",
+	reflect.TypeFor[AffectedCall](): "`affected[].calls[]`",
+	reflect.TypeFor[StageShare]():   "`affected[].stages[]`",
 }
 
 // docTables reads the tables of a Markdown page: the names in the first

@@ -50,6 +50,9 @@ func Text(w io.Writer, r *Report, opts TextOptions) error {
 	t := &textWriter{opts: opts}
 	t.header(r)
 	t.findings(r)
+	if err := t.affected(r); err != nil {
+		return err
+	}
 	if err := t.devices(r); err != nil {
 		return err
 	}
@@ -350,6 +353,28 @@ func (t *textWriter) prose(s, margin string) {
 		}
 		t.printf("%s%s%s\n", margin, lead, cur)
 	}
+}
+
+// affected writes the processes whose storage calls the run traced: per
+// process its calls and where their blocked time went. Nothing when the
+// run traced none (recorded runs before the syscall probe).
+func (t *textWriter) affected(r *Report) error {
+	if len(r.Affected) == 0 {
+		return nil
+	}
+	t.printf("%s\n", t.paint(sgrBold, "Affected processes"))
+	for _, a := range r.Affected {
+		t.printf("  %s on %s: %s in storage calls, %s\n", affectedWho(a, escape.String), escapeJoin(a.Devices, ", "),
+			fmtMs(a.TotalMs), blockedPart(a))
+		if err := t.table("  ", affectedHeader, affectedRows(a), 0); err != nil {
+			return err
+		}
+		if len(a.Stages) > 0 {
+			t.printf("  blocked: %s\n", stageList(a.Stages, escape.String))
+		}
+		t.printf("\n")
+	}
+	return nil
 }
 
 func (t *textWriter) devices(r *Report) error {

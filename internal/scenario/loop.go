@@ -78,13 +78,33 @@ const backingPrefix = "whyslow-scenario-"
 // scheduler and nr_requests found at attach time and detaches the device.
 func LoopDevice(t testing.TB, size int64) string {
 	t.Helper()
+	return loopDevice(t, size, t.TempDir())
+}
+
+// MemLoopDevice is LoopDevice over a file in memory (tmpfs, /dev/shm):
+// a fast device, whose writes and flushes take microseconds, as the seed's
+// NVMe journal did, so that what slows its writers down is what a scenario
+// does to it, not the disk under a file.
+func MemLoopDevice(t testing.TB, size int64) string {
+	t.Helper()
+	RequireRoot(t)
+	dir, err := os.MkdirTemp("/dev/shm", backingPrefix+"dir-")
+	if err != nil {
+		t.Fatalf("loop device in memory: %v", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return loopDevice(t, size, dir)
+}
+
+func loopDevice(t testing.TB, size int64, dir string) string {
+	t.Helper()
 	RequireRoot(t)
 	hold(t)
 	if _, err := lookPath("mount", "losetup"); err != nil {
 		t.Fatalf("loop device: %v", err)
 	}
 
-	backing := filepath.Join(t.TempDir(), fmt.Sprintf("%s%d.img", backingPrefix, os.Getpid()))
+	backing := filepath.Join(dir, fmt.Sprintf("%s%d.img", backingPrefix, os.Getpid()))
 	f, err := os.Create(backing)
 	if err != nil {
 		t.Fatalf("loop device: %v", err)

@@ -346,6 +346,19 @@ func TestParseFio(t *testing.T) {
 	if *r != want {
 		t.Errorf("parseFio = %+v, want %+v", *r, want)
 	}
+	// One report for both threads (--group_reporting) has the percentiles.
+	grouped := `{"jobs": [{"error": 0, "write": {"total_ios": 400, "lat_ns": {"max": 30000000, "mean": 2500, "N": 400},
+	  "clat_ns": {"max": 29000000, "percentile": {"50.000000": 2000, "99.000000": 20000}}},
+	  "sync": {"lat_ns": {"max": 7000000, "mean": 3500, "N": 400, "percentile": {"50.000000": 3000, "99.000000": 6000000}}}}]}`
+	r, err = parseFio([]byte(grouped))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = FioResult{Jobs: 1, Writes: 400, Syncs: 400, LatMax: 30 * time.Millisecond, LatMean: 2500, ClatMax: 29 * time.Millisecond,
+		SyncMax: 7 * time.Millisecond, SyncMean: 3500, ClatP50: 2000, ClatP99: 20000, SyncP50: 3000, SyncP99: 6 * time.Millisecond}
+	if *r != want {
+		t.Errorf("parseFio(grouped) = %+v, want %+v", *r, want)
+	}
 	for _, bad := range []string{"", "fio: error", `{"jobs": []}`, `{"jobs": [{"error": 5}]}`, `{"jobs": [`} {
 		if _, err := parseFio([]byte(bad)); err == nil {
 			t.Errorf("parseFio(%q) did not fail", bad)

@@ -41,16 +41,39 @@ type FioResult struct {
 	ClatMax  time.Duration
 	SyncMax  time.Duration // longest fdatasync
 	SyncMean time.Duration
+	// ClatP50 and ClatP99 are the writes' completion-latency percentiles,
+	// SyncP50 and SyncP99 the fdatasyncs', over every job: set when the
+	// report has one job for all (fio --group_reporting, as Writer runs
+	// it), else zero. With the psync engine a write's clat is the whole
+	// pwrite64 call as fio times it from user space.
+	ClatP50, ClatP99 time.Duration
+	SyncP50, SyncP99 time.Duration
 }
 
 // Writer starts a journal-like writer on /dev/<dev> for dur: fio doing
 // 4 KiB random O_DIRECT writes, each followed by fdatasync, from two
-// threads with psync, like a Ceph journal. It keeps the device busy, so a
+// threads with psync, like a Ceph journal (one report for both threads). It keeps the device busy, so a
 // queue freeze has in-flight I/O to drain and new submissions block in
 // queue enter. It needs the fio package; it fails the test if fio is
 // missing. Durations under a second run for a second. The cleanup kills
 // fio if it still runs.
 func Writer(t testing.TB, dev string, dur time.Duration) *Fio {
+	t.Helper()
+	return writer(t, dev, dur)
+}
+
+// RateWriter is Writer with each thread held to iops writes a second, as a
+// journal under a steady load is: it leaves the CPUs mostly idle, so that a
+// fast device's writers wait for nothing but what the scenario does.
+func RateWriter(t testing.TB, dev string, dur time.Duration, iops int) *Fio {
+	t.Helper()
+	if iops <= 0 {
+		t.Fatalf("writer: rate %d writes a second must be positive", iops)
+	}
+	return writer(t, dev, dur, fmt.Sprintf("--rate_iops=%d", iops))
+}
+
+func writer(t testing.TB, dev string, dur time.Duration, extra ...string) *Fio {
 	t.Helper()
 	RequireRoot(t)
 	hold(t)
@@ -67,14 +90,15 @@ func Writer(t testing.TB, dev string, dur time.Duration) *Fio {
 	f := &Fio{Output: filepath.Join(t.TempDir(), "fio.json"), done: make(chan struct{})}
 	ctx, cancel := context.WithTimeout(context.Background(), dur+2*time.Minute)
 	f.cancel = cancel
-	f.cmd = exec.CommandContext(ctx, bin,
+	args := append([]string{
 		"--name=journal",
-		"--filename=/dev/"+dev,
+		"--filename=/dev/" + dev,
 		"--rw=randwrite", "--bs=4k", "--direct=1", "--fdatasync=1",
-		"--ioengine=psync", "--numjobs=2", "--thread",
+		"--ioengine=psync", "--numjobs=2", "--thread", "--group_reporting",
 		"--time_based", fmt.Sprintf("--runtime=%dms", dur.Milliseconds()),
-		"--output-format=json", "--output="+f.Output,
-	)
+		"--output-format=json", "--output=" + f.Output,
+	}, extra...)
+	f.cmd = exec.CommandContext(ctx, bin, args...)
 	f.cmd.Stderr = &f.stderr
 	f.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	f.cmd.Cancel = func() error { return syscall.Kill(-f.cmd.Process.Pid, syscall.SIGKILL) }
@@ -154,10 +178,14 @@ type fioJSON struct {
 }
 
 type fioStat struct {
-	Max  int64   `json:"max"`
-	Mean float64 `json:"mean"`
-	N    int64   `json:"N"`
+	Max        int64            `json:"max"`
+	Mean       float64          `json:"mean"`
+	N          int64            `json:"N"`
+	Percentile map[string]int64 `json:"percentile"`
 }
+
+// pct returns a percentile fio reported ("50.000000"), or 0.
+func (s fioStat) pct(p string) time.Duration { return time.Duration(s.Percentile[p]) }
 
 // parseFio reads fio's --output-format=json report. Lines fio prints before
 // the JSON object (notes, warnings) are skipped.
@@ -198,6 +226,11 @@ func parseFio(b []byte) (*FioResult, error) {
 	}
 	if r.Syncs > 0 {
 		r.SyncMean = time.Duration(syncSum / float64(r.Syncs))
+	}
+	if len(j.Jobs) == 1 {
+		w, sy := j.Jobs[0].Write.Clat, j.Jobs[0].Sync.Lat
+		r.ClatP50, r.ClatP99 = w.pct("50.000000"), w.pct("99.000000")
+		r.SyncP50, r.SyncP99 = sy.pct("50.000000"), sy.pct("99.000000")
 	}
 	return r, nil
 }

@@ -248,11 +248,21 @@ func (k *Kernel) Frame(addr uint64) event.Frame {
 	return k.frame(addr, addr)
 }
 
+// maxKernelFunction bounds how far past a symbol an address may be and
+// still be in its function: no kernel function is this large (the largest
+// of 6.18's is 24 KiB). An address further on is code kallsyms did not
+// list when it was read, most often a BPF trampoline made later (an
+// fentry/fexit program attached after the read), which would otherwise
+// take the name of whatever symbol precedes it (seen:
+// handshake_exit+0x27647f49 on 6.12, exit_xfs_fs+1189344 and
+// __SCT__tp_func_nullb_report_zones+0x21e5c [null_blk] on 5.10).
+const maxKernelFunction = 128 << 10
+
 // frame resolves lookup but reports addr (lookup may be addr-1 for return
 // addresses, which can point just past the end of a noreturn call's function).
 func (k *Kernel) frame(addr, lookup uint64) event.Frame {
 	i := symbolAt(k.syms, ksym.start, lookup)
-	if i < 0 {
+	if i < 0 || lookup-k.syms[i].addr >= maxKernelFunction {
 		return event.Frame{Addr: addr}
 	}
 	s := k.syms[i]

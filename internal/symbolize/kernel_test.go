@@ -32,6 +32,9 @@ func TestParseKallsymsFile(t *testing.T) {
 		{0xffffffffc0201104, event.Frame{Addr: 0xffffffffc0201104, Symbol: "loop_probe", Offset: 4, Module: "loop"}},
 		{0xffffffffc0301010, event.Frame{Addr: 0xffffffffc0301010, Symbol: "bch_data_insert", Offset: 0x10, Module: "bcache"}},
 		{0x1000, event.Frame{Addr: 0x1000}},
+		// Far past the last module's last symbol: code kallsyms did not
+		// list (a BPF trampoline made after the read), no name.
+		{0xffffffffc0301010 + 0x27647f49, event.Frame{Addr: 0xffffffffc0301010 + 0x27647f49}},
 	}
 	for _, tt := range tests {
 		if got := k.Frame(tt.addr); got != tt.want {

@@ -42,6 +42,11 @@ type Stream interface {
 	Type() reflect.Type
 	// Field is the index of the stream's slice in Timeline.
 	Field() int
+	// State says the stream holds sums a probe keeps over the run (made
+	// with Sums), not events as they happen: each delivery of them is the
+	// whole of them so far, and replaces the previous one (a trace's
+	// checkpoints hold them as they were then).
+	State() bool
 	// Len is the number of events the stream holds in t.
 	Len(t *Timeline) int
 	// Bytes estimates the memory an event of this kind takes on the
@@ -70,7 +75,15 @@ func Events[E event.Event](record string, of func(*Timeline) *[]E, doc string) S
 	return &stream[E]{record: record, of: of, doc: doc}
 }
 
+// Sums declares a stream of sums a probe keeps in the kernel over the run
+// and delivers whole, at its checkpoints and when it stops (a State
+// stream); otherwise as Events.
+func Sums[E event.Event](record string, of func(*Timeline) *[]E, doc string) Stream {
+	return &stream[E]{record: record, of: of, doc: doc, state: true}
+}
+
 type stream[E event.Event] struct {
+	state              bool
 	record, probe, doc string
 	of                 func(*Timeline) *[]E
 	field              int
@@ -82,6 +95,7 @@ func (s *stream[E]) Probe() string       { return s.probe }
 func (s *stream[E]) Doc() string         { return s.doc }
 func (s *stream[E]) Type() reflect.Type  { return reflect.TypeFor[E]() }
 func (s *stream[E]) Field() int          { return s.field }
+func (s *stream[E]) State() bool         { return s.state }
 func (s *stream[E]) Len(t *Timeline) int { return len(*s.of(t)) }
 func (s *stream[E]) add(t *Timeline, e event.Event) {
 	p := s.of(t)

@@ -54,6 +54,12 @@ type Timeline struct {
 	QueueEnters []event.QueueEnter
 	Freezes     []event.Freeze
 	SubmitCalls []event.SubmitCall
+	// The application's view (probe syscall): the processes, their slow
+	// storage calls, and the in-kernel sums of all of them.
+	Processes     []event.Process
+	Syscalls      []event.Syscall
+	SyscallStats  []event.SyscallStats
+	BlockedStacks []event.BlockedStack
 }
 
 // Histogram kinds: the per-device histograms a probe delivers.
@@ -100,6 +106,16 @@ var Sources = []Source{
 			"`start`, `latency`, `task`, `dev`, `func` (`submit_bio_noacct`/`generic_make_request`), `mechanism`: a slow call of the submission function"),
 	}, Hists: []Hist{
 		{HistSubmitCall, func(d *DeviceHistograms) *hist.Histogram { return &d.SubmitCall }},
+	}},
+	{Probe: event.ProbeSyscall, Streams: []Stream{
+		Events("process", func(t *Timeline) *[]event.Process { return &t.Processes },
+			"`time` (its first storage call), `pid`, `comm`, `cgroup_id`, `cgroup` (v2 path), `blkio` (v1 blkio path)"),
+		Events("syscall", func(t *Timeline) *[]event.Syscall { return &t.Syscalls },
+			"`start`, `duration`, `task`, `call` (`pwrite64`, `fsync`, ...), `dev` (`{name: \"all\"}` for sync), `sleep`, `runqueue` (ns inside the call), `ret`: a storage system call above `--min-latency`"),
+		Sums("syscall_stats", func(t *Timeline) *[]event.SyscallStats { return &t.SyscallStats },
+			"`time`, `pid`, `comm`, `call`, `dev`, `latency` (histogram of every call, ns), `sleep`, `runqueue`: one process's calls of one kind on one device, summed in the kernel"),
+		Sums("blocked_stack", func(t *Timeline) *[]event.BlockedStack { return &t.BlockedStacks },
+			"`time`, `pid`, `comm`, `call`, `dev`, `total` (ns asleep), `count` (sleeps), `kernel_stack`, `unwalked` (sleeps whose stacks were not walked, to bound the walks' cost): where one process's calls of one kind on one device slept, summed in the kernel"),
 	}},
 	{Probe: event.ProbeSysfs, Streams: []Stream{
 		Events("sysfs_write", func(t *Timeline) *[]event.SysfsWrite { return &t.SysfsWrites },

@@ -22,8 +22,18 @@ import (
 const typeCheckpoint = "checkpoint"
 
 // stateKinds are the record types a checkpoint commits: each checkpoint
-// that has them replaces them all.
-var stateKinds = map[string]bool{"probe": true, "loss": true, "device": true}
+// that has them replaces them all. Besides the probes, losses and device
+// histograms, the streams of sums (timeline.Sums: the syscall probe's
+// syscall_stats and blocked_stack).
+var stateKinds = func() map[string]bool {
+	m := map[string]bool{"probe": true, "loss": true, "device": true}
+	for _, s := range timeline.Streams() {
+		if s.State() {
+			m[s.Record()] = true
+		}
+	}
+	return m
+}()
 
 // Recorder writes a trace as a run goes (format version 2, gzip-compressed):
 // Begin writes what is known at the start (the run, the window's start,
@@ -163,8 +173,8 @@ func (r *Recorder) Append(tl *timeline.Timeline) error {
 	var cur []*cursor
 	for i, s := range streams() {
 		f := tv.Field(s.field)
-		if !f.Type().Elem().Implements(eventType) || f.Len() <= r.done[i] {
-			continue
+		if !f.Type().Elem().Implements(eventType) || f.Len() <= r.done[i] || stateKinds[s.kind] {
+			continue // sums go with the state, at checkpoints
 		}
 		c := &cursor{i: i, kind: s.kind, s: f, pos: r.done[i], end: f.Len()}
 		next(c)

@@ -205,3 +205,61 @@ func ungzip(t *testing.T, b []byte) []byte {
 	}
 	return out
 }
+
+// sums are the syscall probe's sums (a timeline.Sums stream) at a
+// checkpoint: k calls so far.
+func sums(at event.Mono, k int) event.SyscallStats {
+	s := event.SyscallStats{Time: at, Pid: 900, Comm: "fio", Call: "pwrite64", Dev: event.Device{Major: 7, Name: "loop0"}}
+	for range k {
+		s.Latency.Add(40000)
+	}
+	return s
+}
+
+// The sums a probe keeps over the run (timeline.Sums) are state: each
+// checkpoint's replace the last ones, a complete trace has the final ones
+// only, and a trace cut after a checkpoint has that checkpoint's.
+func TestStreamedSums(t *testing.T) {
+	const second = event.Mono(time.Second)
+	tl := &timeline.Timeline{Start: 10 * second, Kernel: "6.18.0", Hostname: "lab1"}
+	tl.Probes = []event.ProbeStatus{{Name: "syscall", Mechanism: event.MechTPBTF, Status: event.StatusOK}}
+	var buf bytes.Buffer
+	var flushed []int
+	rec := NewRecorder(&buf, info)
+	rec.Sync = func() error { flushed = append(flushed, buf.Len()); return nil }
+	if err := rec.Begin(tl); err != nil {
+		t.Fatal(err)
+	}
+	for k := 1; k <= 3; k++ {
+		at := tl.Start + event.Mono(k)*second
+		tl.Add(event.Syscall{Start: at - 1, Duration: time.Millisecond, Task: event.Task{Pid: 901, Tgid: 900, Comm: "fio"}, Call: "pwrite64", Dev: event.Device{Major: 7, Name: "loop0"}})
+		view := *tl
+		if err := rec.Append(&view); err != nil {
+			t.Fatal(err)
+		}
+		if err := rec.Checkpoint(&timeline.Timeline{Probes: tl.Probes, SyscallStats: []event.SyscallStats{sums(at, k)}}, at); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tl.End = tl.Start + 4*second
+	tl.Add(sums(tl.End, 4))
+	if err := rec.Finish(tl); err != nil {
+		t.Fatal(err)
+	}
+	got, in, err := Read(bytes.NewReader(buf.Bytes()))
+	if err != nil || in.Incomplete {
+		t.Fatalf("complete trace: %v, incomplete %v", err, in.Incomplete)
+	}
+	if len(got.SyscallStats) != 1 || got.SyscallStats[0].Latency.Count != 4 || len(got.Syscalls) != 3 {
+		t.Errorf("complete trace: %d sums (want the final one, of 4 calls: %+v), %d calls", len(got.SyscallStats), got.SyscallStats, len(got.Syscalls))
+	}
+	for k := 1; k <= 3; k++ {
+		got, in, err := Read(bytes.NewReader(buf.Bytes()[:flushed[k-1]]))
+		if err != nil || !in.Incomplete {
+			t.Fatalf("cut after checkpoint %d: %v, incomplete %v", k, err, in.Incomplete)
+		}
+		if len(got.SyscallStats) != 1 || got.SyscallStats[0].Latency.Count != uint64(k) {
+			t.Errorf("cut after checkpoint %d: sums %+v, want that checkpoint's (%d calls)", k, got.SyscallStats, k)
+		}
+	}
+}

@@ -557,8 +557,8 @@ func (st *readState) fastEvent(b []byte) bool {
 // the memory bound of a live run; past it the event is dropped, counted.
 func (st *readState) admit(kind string, f reflect.Value) {
 	s := st.streamOf[kind]
-	if s == nil {
-		return
+	if s == nil || st.version >= 2 && stateKinds[kind] {
+		return // state: the sums of a checkpoint replace the last ones, bounded by the probe's maps
 	}
 	w := f.Index(f.Len() - 1).Addr().Interface().(event.Event).When()
 	st.lastEvent = max(st.lastEvent, w)
@@ -743,7 +743,11 @@ func (st *readState) record(rd *reader, b []byte, info *Info) (end bool, err err
 		st.tl.End = cp.Time
 		st.checkpoints++
 		if st.stagedAny {
-			st.tl.Probes, st.tl.Losses, st.tl.Devices = st.staged.Probes, st.staged.Losses, st.staged.Devices
+			for kind := range stateKinds {
+				if idx, ok := st.byKind[kind]; ok {
+					st.tv.Field(idx).Set(st.sv.Field(idx))
+				}
+			}
 			st.staged, st.stagedAny = &timeline.Timeline{}, false
 			st.sv = reflect.ValueOf(st.staged).Elem()
 		}

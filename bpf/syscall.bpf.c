@@ -1,0 +1,791 @@
+/* syscall: the latency of storage system calls, per thread, and where the
+ * time of each went while the thread was off CPU.
+ *
+ * A storage call is read/write and their p/v variants, fsync, fdatasync,
+ * sync_file_range, sync, syncfs, msync, io_submit, io_getevents,
+ * io_pgetevents and io_uring_enter on a file descriptor (or mapping, aio
+ * context or io_uring ring) that
+ * leads to a block device: a block device file (the device), or a file of
+ * a filesystem that lives on one (its device). Everything else (pipes,
+ * sockets, ttys and other character devices, tmpfs, proc, sysfs) is let go
+ * at the call's entry after a few loads. sync(2) goes to every device
+ * (DEV_ALL).
+ *
+ * At entry (sys_enter: the syscalls:sys_enter_<call> tracepoints, or
+ * tp_btf sys_enter) the thread's call is noted in its state: task local
+ * storage where the kernel gives it to the program, else an LRU hash by
+ * thread id. At exit its latency goes into the histogram of its process x
+ * device x call (call_hists, shared, atomic adds) and a call of at least
+ * min_latency_ns is streamed with its start, duration and how long it was
+ * blocked.
+ *
+ * Off CPU inside a call (sched_switch, sched_waking; tp_btf): a sleep is
+ * split at the wake-up (sched_waking) into the sleep itself, charged to the
+ * kernel stack the thread slept in (walked at the switch-out, in the
+ * thread's own context: bpf_get_stackid into `stacks`), and the wait in the
+ * run queue after it; a switch-out of a runnable thread (preemption,
+ * cond_resched, yield) is run-queue time whole. Sleeps are summed per
+ * process x device x call x stack in `blocked`; user space classifies the
+ * stacks into stages. A walk costs about a microsecond: walk_gap_ns bounds
+ * their rate per CPU. Every map is bounded and every miss counted. */
+#include "common.h"
+#include "events.h"
+#include "hist.h"
+#include "kernel_block.h"
+#include "kernel_sched.h"
+#include "kernel_fs.h"
+#include "spans.h"
+#include "syscalls.h"
+
+
+/* Set by user space. */
+volatile const __u32 use_task_storage = 0; /* per-thread state in task storage (else the LRU hash) */
+volatile const __u32 self_tgid = 0; /* whyslow itself: its calls are not traced */
+volatile const __u8 switch_has_state = 1; /* sched_switch has prev_state (5.18+) */
+/* The current task as a BTF pointer (bpf_get_current_task_btf, 5.11+):
+ * its fields are plain loads instead of one helper call each. */
+volatile const __u8 use_btf_task = 0;
+/* Stack walks per CPU are at least this far apart: a sleep that comes
+ * sooner after the last walk is summed under SC_NOT_WALKED, and user space
+ * shares its time out like the walked sleeps of its process x device x
+ * call. 0: every sleep is walked. */
+volatile const __u64 walk_gap_ns = 0;
+
+/* x86-64 numbers of the storage calls (arch/x86/entry/syscalls/syscall_64.tbl). */
+enum storage_nr {
+	NR_READ = 0,
+	NR_WRITE = 1,
+	NR_PREAD64 = 17,
+	NR_PWRITE64 = 18,
+	NR_READV = 19,
+	NR_WRITEV = 20,
+	NR_MSYNC = 26,
+	NR_FSYNC = 74,
+	NR_FDATASYNC = 75,
+	NR_SYNC = 162,
+	NR_IO_GETEVENTS = 208,
+	NR_IO_SUBMIT = 209,
+	NR_SYNC_FILE_RANGE = 277,
+	NR_PREADV = 295,
+	NR_PWRITEV = 296,
+	NR_SYNCFS = 306,
+	NR_PREADV2 = 327,
+	NR_PWRITEV2 = 328,
+	NR_IO_PGETEVENTS = 333,
+	NR_IO_URING_ENTER = 426,
+};
+
+KEEP_TYPE(enum storage_nr, storage_nr_type);
+
+/* The device of sync(2): all of them; and of an io_uring_enter on a ring
+ * whose device is not known yet (the call is dropped at its exit unless
+ * the ring's first file names one meanwhile). */
+enum sc_dev {
+	DEV_ALL = 0xffffffffU,
+	DEV_PENDING = 0xfffffffeU,
+};
+
+KEEP_TYPE(enum sc_dev, sc_dev_type);
+
+/* Threads in a storage call at once, with the LRU hash. */
+#define MAX_THREADS 16384
+/* Process x device x call histograms (about 2.7 KB each, allocated as
+ * processes appear); beyond, latencies are lost and counted. */
+#define MAX_HISTS 2048
+/* Process x device x call x stack sums of blocked time. */
+#define MAX_BLOCKED 16384
+/* Distinct kernel stacks, and their depth. */
+#define MAX_STACKS 8192
+enum sc_layout {
+	STACK_DEPTH = 48,
+};
+
+KEEP_TYPE(enum sc_layout, sc_layout_type);
+/* aio contexts whose device is known (from their io_submit), and
+ * io_uring rings (from the files of their requests). */
+#define MAX_AIO 4096
+#define MAX_RINGS 4096
+
+/* A thread's storage call in progress. */
+struct sc_state {
+	__u64 start_ns; /* 0: not in a storage call */
+	__u64 off_ns; /* switched out at; 0: on CPU */
+	__u64 wake_ns; /* woken at (sched_waking); 0: not yet */
+	__u64 sleep_ns; /* asleep in this call so far */
+	__u64 runq_ns; /* runnable, not running, in this call so far */
+	__u32 dev;
+	__u16 nr;
+	__u8 preempted; /* the switch-out left it runnable */
+	__u8 pad;
+	__s32 stackid; /* the current sleep's stack; <0: none */
+	__u32 pad2;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sc_state);
+} state_task SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_THREADS);
+	__type(key, __u32); /* tid */
+	__type(value, struct sc_state);
+} state_tid SEC(".maps");
+
+struct sc_hist_key {
+	__u32 tgid;
+	__u32 dev; /* kernel dev_t (a partition's, when the file is on one), or DEV_ALL */
+	__u32 nr;
+	__u32 pad;
+};
+
+/* One process's calls of one kind on one device. */
+struct sc_hist {
+	__u64 sum_ns;
+	__u64 max_ns;
+	__u64 sleep_ns; /* asleep inside these calls */
+	__u64 runq_ns; /* in the run queue inside these calls */
+	__u64 slots[HIST_SLOTS]; /* hist_slot(latency ns) */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, MAX_HISTS);
+	__type(key, struct sc_hist_key);
+	__type(value, struct sc_hist);
+} call_hists SEC(".maps");
+
+/* Zeroes to create a histogram from (never written). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sc_hist);
+} hist_zero SEC(".maps");
+
+struct sc_blocked_key {
+	__u32 tgid;
+	__u32 dev;
+	__u32 nr;
+	__s32 stackid; /* SC_NOT_WALKED, or other <0: the stack could not be taken */
+};
+
+/* The stackid of the sleeps not walked (walk_gap_ns). */
+enum sc_stackid {
+	SC_NOT_WALKED = -2,
+};
+
+KEEP_TYPE(enum sc_stackid, sc_stackid_type);
+
+/* When each CPU last walked a stack. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} last_walk SEC(".maps");
+
+struct sc_blocked {
+	__u64 ns;
+	__u64 count;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_BLOCKED);
+	__type(key, struct sc_blocked_key);
+	__type(value, struct sc_blocked);
+} blocked SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(max_entries, MAX_STACKS);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, STACK_DEPTH * sizeof(__u64));
+} stacks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_AIO);
+	__type(key, __u64); /* aio_context_t */
+	__type(value, __u32); /* dev */
+} aio_devs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_RINGS);
+	__type(key, __u64); /* struct io_ring_ctx * */
+	__type(value, __u32); /* dev */
+} ring_devs SEC(".maps");
+
+/* Which argument of io_uring:io_uring_file_get is the fd: 1 (5.x: ctx,
+ * fd), 3 (6.x: ctx, req, user_data, fd); set from the kernel's BTF. */
+volatile const __u32 file_get_fd_arg = 3;
+
+/* Stacks not taken, and sleeps not summed, by kind (per CPU). */
+enum sc_stack_loss {
+	SC_LOSS_STACK = 0, /* the walk failed or found its bucket taken by another stack */
+	SC_LOSS_BLOCKED = 1, /* `blocked` full: a sleep's time is lost */
+	SC_LOSS_HIST = 2, /* `call_hists` full: a call's latency is lost */
+	SC_LOSS_KINDS = 3,
+};
+
+KEEP_TYPE(enum sc_stack_loss, sc_stack_loss_type);
+
+LOSS_COUNTERS(sc_losses, SC_LOSS_KINDS);
+
+/* Record kinds on the ring buffer. */
+enum sc_kind {
+	SC_NEW = 1, /* a process x device x call seen for the first time */
+	SC_SLOW = 2, /* a call of at least min_latency_ns */
+};
+
+KEEP_TYPE(enum sc_kind, sc_kind_type);
+
+struct sc_new {
+	enum sc_kind kind; /* SC_NEW */
+	__u32 tgid;
+	__u64 time_ns;
+	__u32 pid;
+	__u32 dev;
+	__u32 nr;
+	__u32 pad;
+	__u64 cgroup_id; /* cgroup v2 id of the thread */
+	char comm[TASK_COMM_LEN]; /* the thread's */
+};
+
+struct sc_slow {
+	enum sc_kind kind; /* SC_SLOW */
+	__u32 pid;
+	__u32 tgid;
+	__u32 dev;
+	__u64 start_ns;
+	__u64 duration_ns;
+	__u64 sleep_ns;
+	__u64 runq_ns;
+	__s64 ret;
+	__u32 nr;
+	__u32 pad;
+	char comm[TASK_COMM_LEN];
+};
+
+KEEP_TYPE(struct sc_new, sc_new_type);
+KEEP_TYPE(struct sc_slow, sc_slow_type);
+
+/* The kernel's pt_regs, as tp_btf sys_enter/sys_exit get them. */
+struct pt_regs___sc {
+	unsigned long di;
+	unsigned long si;
+	unsigned long dx;
+	unsigned long orig_ax;
+} __attribute__((preserve_access_index));
+
+/* state returns the current thread's state, creating it when asked; NULL
+ * when it has none (or none could be made). */
+static __always_inline struct sc_state *state(__u32 tid, int create)
+{
+	if (use_task_storage)
+		return bpf_task_storage_get(&state_task, bpf_get_current_task_btf(), 0,
+					    create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+	struct sc_state *st = bpf_map_lookup_elem(&state_tid, &tid);
+	if (st || !create)
+		return st;
+	struct sc_state zero = {};
+	if (bpf_map_update_elem(&state_tid, &tid, &zero, BPF_NOEXIST) && !bpf_map_lookup_elem(&state_tid, &tid))
+		return 0;
+	return bpf_map_lookup_elem(&state_tid, &tid);
+}
+
+/* state_of returns the state of task t (sched programs: t is a BTF
+ * pointer), or NULL. */
+static __always_inline struct sc_state *state_of(struct task_struct *t)
+{
+	if (use_task_storage)
+		return bpf_task_storage_get(&state_task, t, 0, 0);
+	__u32 tid = t->pid;
+	return bpf_map_lookup_elem(&state_tid, &tid);
+}
+
+/* file_dev returns the device a file's I/O goes to, or 0 for a file whose
+ * I/O reaches no block device. */
+static __always_inline __u32 file_dev(struct file *f)
+{
+	if (!f)
+		return 0;
+	struct inode *ino = BPF_CORE_READ(f, f_inode);
+	if (!ino)
+		return 0;
+	unsigned short mode = BPF_CORE_READ(ino, i_mode) & WS_S_IFMT;
+	if (mode == WS_S_IFBLK)
+		return BPF_CORE_READ(ino, i_rdev);
+	if (mode != WS_S_IFREG && mode != WS_S_IFDIR)
+		return 0;
+	struct block_device *b = BPF_CORE_READ(ino, i_sb, s_bdev);
+	return b ? BPF_CORE_READ(b, bd_dev) : 0;
+}
+
+/* fd_file returns the current task's open file fd, or NULL. */
+static __always_inline struct file *fd_file(__s64 fd)
+{
+	struct file **fds;
+	struct file *f = 0;
+
+	if (fd < 0)
+		return 0;
+	if (use_btf_task) {
+		struct files_struct *files = bpf_get_current_task_btf()->files;
+		if (!files)
+			return 0;
+		struct fdtable *fdt = files->fdt;
+		if (!fdt || (__u64)fd >= fdt->max_fds)
+			return 0;
+		fds = fdt->fd;
+	} else {
+		struct task_struct *t = (void *)bpf_get_current_task();
+		struct fdtable *fdt = BPF_CORE_READ(t, files, fdt);
+		if (!fdt || (__u64)fd >= BPF_CORE_READ(fdt, max_fds))
+			return 0;
+		fds = BPF_CORE_READ(fdt, fd);
+	}
+	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+	return f;
+}
+
+struct vma_dev {
+	__u32 dev;
+};
+
+static long vma_dev_cb(struct task_struct *task, struct vm_area_struct *vma, struct vma_dev *d)
+{
+	d->dev = file_dev(BPF_CORE_READ(vma, vm_file));
+	return 0;
+}
+
+/* msync_dev returns the device of the file mapped at addr, where the
+ * program may look for it (vma: bpf_find_vma, 5.17+; its callback cannot
+ * even be loaded before 5.13, so those programs are separate). */
+static __always_inline __u32 msync_dev(__u64 addr, const int vma)
+{
+	struct vma_dev d = {};
+
+	if (!vma)
+		return 0;
+	bpf_find_vma(bpf_get_current_task_btf(), addr, vma_dev_cb, &d, 0);
+	return d.dev;
+}
+
+/* Offset of aio_fildes in struct iocb (include/uapi/linux/aio_abi.h). */
+#define IOCB_FILDES 20
+
+/* aio_submit_dev returns the device of the first iocb of an io_submit,
+ * and remembers it as its aio context's. */
+static __always_inline __u32 aio_submit_dev(__u64 ctx, __s64 n, __u64 iocbpp)
+{
+	__u64 iocb = 0;
+	__u32 fd = 0;
+
+	if (n <= 0 || bpf_probe_read_user(&iocb, sizeof(iocb), (void *)iocbpp) ||
+	    bpf_probe_read_user(&fd, sizeof(fd), (void *)(iocb + IOCB_FILDES)))
+		return 0;
+	__u32 dev = file_dev(fd_file(fd));
+	if (dev) {
+		__u32 *known = bpf_map_lookup_elem(&aio_devs, &ctx);
+		if (!known || *known != dev)
+			bpf_map_update_elem(&aio_devs, &ctx, &dev, BPF_ANY);
+	}
+	return dev;
+}
+
+/* ring_dev returns the device of the io_uring ring open as fd: the one its
+ * requests' files last named (io_uring_file_get), DEV_PENDING when none
+ * has yet, 0 when fd is no ring. */
+static __always_inline __u32 ring_dev(__s64 fd)
+{
+	struct file *f = fd_file(fd);
+	if (!f)
+		return 0;
+	__u64 ring = (__u64)BPF_CORE_READ(f, private_data);
+	if (!ring)
+		return 0;
+	__u32 *dev = bpf_map_lookup_elem(&ring_devs, &ring);
+	return dev ? *dev : DEV_PENDING;
+}
+
+/* call_dev returns the device storage call nr goes to, 0 for a call that
+ * is not a storage call (or not on a block device), from its first three
+ * arguments. */
+static __always_inline __u32 call_dev(long nr, __u64 a0, __u64 a1, __u64 a2, const int vma)
+{
+	switch (nr) {
+	case NR_READ:
+	case NR_WRITE:
+	case NR_PREAD64:
+	case NR_PWRITE64:
+	case NR_READV:
+	case NR_WRITEV:
+	case NR_FSYNC:
+	case NR_FDATASYNC:
+	case NR_SYNC_FILE_RANGE:
+	case NR_PREADV:
+	case NR_PWRITEV:
+	case NR_SYNCFS:
+	case NR_PREADV2:
+	case NR_PWRITEV2:
+		return file_dev(fd_file((__s32)a0));
+	case NR_SYNC:
+		return DEV_ALL;
+	case NR_MSYNC:
+		return msync_dev(a0, vma);
+	case NR_IO_SUBMIT:
+		return aio_submit_dev(a0, (__s64)a1, a2);
+	case NR_IO_GETEVENTS:
+	case NR_IO_PGETEVENTS: {
+		__u32 *dev = bpf_map_lookup_elem(&aio_devs, &a0);
+		return dev ? *dev : 0;
+	}
+	case NR_IO_URING_ENTER:
+		return ring_dev(a0);
+	}
+	return 0;
+}
+
+/* storage_call tells the numbers of the storage calls from the others
+ * cheaply: the test every system call pays on the tp_btf rung. */
+static __always_inline int storage_call(long nr)
+{
+	if (nr < 64)
+		return (1ULL << nr) & ((1ULL << NR_READ) | (1ULL << NR_WRITE) | (1ULL << NR_PREAD64) |
+				       (1ULL << NR_PWRITE64) | (1ULL << NR_READV) | (1ULL << NR_WRITEV) |
+				       (1ULL << NR_MSYNC));
+	switch (nr) {
+	case NR_FSYNC:
+	case NR_FDATASYNC:
+	case NR_SYNC:
+	case NR_IO_GETEVENTS:
+	case NR_IO_SUBMIT:
+	case NR_SYNC_FILE_RANGE:
+	case NR_PREADV:
+	case NR_PWRITEV:
+	case NR_SYNCFS:
+	case NR_PREADV2:
+	case NR_PWRITEV2:
+	case NR_IO_PGETEVENTS:
+	case NR_IO_URING_ENTER:
+		return 1;
+	}
+	return 0;
+}
+
+static __always_inline void call_enter(long nr, __u64 a0, __u64 a1, __u64 a2, const int vma)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	if ((__u32)(id >> 32) == self_tgid)
+		return;
+	__u32 dev = call_dev(nr, a0, a1, a2, vma);
+	if (!dev)
+		return;
+	struct sc_state *st = state((__u32)id, 1);
+	if (!st) {
+		lose(LOSS_MAP_FULL);
+		return;
+	}
+	st->start_ns = bpf_ktime_get_ns();
+	st->off_ns = 0;
+	st->wake_ns = 0;
+	st->sleep_ns = 0;
+	st->runq_ns = 0;
+	st->dev = dev;
+	st->nr = nr;
+	st->preempted = 0;
+	st->stackid = -1;
+}
+
+/* hist_of returns the histogram of a process x device x call, making it
+ * (and telling user space) on its first call. */
+static __always_inline struct sc_hist *hist_of(struct sc_hist_key *k, __u64 id)
+{
+	struct sc_hist *h = bpf_map_lookup_elem(&call_hists, k);
+	if (h)
+		return h;
+	__u32 zero = 0;
+	struct sc_hist *z = bpf_map_lookup_elem(&hist_zero, &zero);
+	if (!z)
+		return 0;
+	long err = bpf_map_update_elem(&call_hists, k, z, BPF_NOEXIST);
+	if (err == 0) {
+		struct sc_new *e = EVENT_RESERVE(struct sc_new);
+		if (e) {
+			e->kind = SC_NEW;
+			e->tgid = k->tgid;
+			e->time_ns = bpf_ktime_get_ns();
+			e->pid = (__u32)id;
+			e->dev = k->dev;
+			e->nr = k->nr;
+			e->pad = 0;
+			e->cgroup_id = bpf_get_current_cgroup_id();
+			bpf_get_current_comm(e->comm, sizeof(e->comm));
+			bpf_ringbuf_submit(e, 0);
+		}
+	}
+	h = bpf_map_lookup_elem(&call_hists, k);
+	if (!h)
+		count_loss(&sc_losses, SC_LOSS_HIST);
+	return h;
+}
+
+static __always_inline void call_exit(long ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct sc_state *st = state((__u32)id, 0);
+
+	if (!st || !st->start_ns)
+		return;
+	if (st->dev == DEV_PENDING) {
+		/* An io_uring_enter whose ring named no block device. */
+		st->start_ns = 0;
+		return;
+	}
+	__u64 now = bpf_ktime_get_ns();
+	__u64 lat = now > st->start_ns ? now - st->start_ns : 0;
+	struct sc_hist_key k = {.tgid = id >> 32, .dev = st->dev, .nr = st->nr};
+	struct sc_hist *h = hist_of(&k, id);
+	if (h) {
+		__sync_fetch_and_add(&h->sum_ns, lat);
+		if (st->sleep_ns)
+			__sync_fetch_and_add(&h->sleep_ns, st->sleep_ns);
+		if (st->runq_ns)
+			__sync_fetch_and_add(&h->runq_ns, st->runq_ns);
+		__u64 slot = hist_slot(lat);
+		asm volatile("" : "+r"(slot));
+		if (slot < HIST_SLOTS)
+			__sync_fetch_and_add(&h->slots[slot], 1);
+		/* Two threads of a process may race here and keep the
+		 * smaller: the calls above min_latency_ns are streamed, and
+		 * user space takes the maximum of those too. */
+		if (lat > h->max_ns)
+			h->max_ns = lat;
+	}
+	if (long_span(lat)) {
+		struct sc_slow *e = EVENT_RESERVE(struct sc_slow);
+		if (e) {
+			e->kind = SC_SLOW;
+			e->pid = (__u32)id;
+			e->tgid = id >> 32;
+			e->dev = st->dev;
+			e->start_ns = st->start_ns;
+			e->duration_ns = lat;
+			e->sleep_ns = st->sleep_ns;
+			e->runq_ns = st->runq_ns;
+			e->ret = ret;
+			e->nr = st->nr;
+			e->pad = 0;
+			bpf_get_current_comm(e->comm, sizeof(e->comm));
+			bpf_ringbuf_submit(e, 0);
+		}
+	}
+	st->start_ns = 0;
+}
+
+/* The tracepoint rung: the syscalls:sys_enter_<call>/sys_exit_<call>
+ * tracepoints of the storage calls only. A program may read no more of a
+ * record than the event has (else the attach fails with EACCES): user
+ * space attaches sc_tp_enter0 to sync, sc_tp_enter1 to the one-argument
+ * calls and sc_tp_enter (or sc_tp_enter_vma, which also finds msync's
+ * device with bpf_find_vma, where the kernel has it) to the others. */
+SEC("tracepoint/syscalls/sys_enter_sync")
+int sc_tp_enter0(struct syscall_enter *ctx)
+{
+	call_enter(ctx->nr, 0, 0, 0, 0);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_fsync")
+int sc_tp_enter1(struct syscall_enter *ctx)
+{
+	call_enter(ctx->nr, ctx->args[0], 0, 0, 0);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_pread64")
+int sc_tp_enter(struct syscall_enter *ctx)
+{
+	call_enter(ctx->nr, ctx->args[0], ctx->args[1], ctx->args[2], 0);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_pread64")
+int sc_tp_enter_vma(struct syscall_enter *ctx)
+{
+	call_enter(ctx->nr, ctx->args[0], ctx->args[1], ctx->args[2], 1);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_pread64")
+int sc_tp_exit(struct syscall_exit *ctx)
+{
+	call_exit(ctx->ret);
+	return 0;
+}
+
+/* The tp_btf rung: every system call, told apart by its number first. */
+SEC("tp_btf/sys_enter")
+int BPF_PROG(sc_btf_enter, struct pt_regs___sc *regs, long id)
+{
+	if (!storage_call(id))
+		return 0;
+	call_enter(id, regs->di, regs->si, regs->dx, 0);
+	return 0;
+}
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(sc_btf_enter_vma, struct pt_regs___sc *regs, long id)
+{
+	if (!storage_call(id))
+		return 0;
+	call_enter(id, regs->di, regs->si, regs->dx, 1);
+	return 0;
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(sc_btf_exit, struct pt_regs___sc *regs, long ret)
+{
+	if (!storage_call(regs->orig_ax))
+		return 0;
+	call_exit(ret);
+	return 0;
+}
+
+static __always_inline unsigned int sc_task_state(struct task_struct *t)
+{
+	if (bpf_core_field_exists(t->__state))
+		return BPF_CORE_READ(t, __state);
+	return (unsigned int)BPF_CORE_READ((struct task_struct___old *)t, state);
+}
+
+/* switch_in charges the time thread next spent off CPU in its call. */
+static __always_inline void switch_in(struct task_struct *next, struct sc_state *st, __u64 now)
+{
+	__u64 off = st->off_ns;
+
+	st->off_ns = 0;
+	if (now <= off)
+		return;
+	if (st->preempted) {
+		st->runq_ns += now - off;
+		return;
+	}
+	__u64 w = st->wake_ns;
+	if (w < off || w > now)
+		w = now;
+	st->runq_ns += now - w;
+	st->sleep_ns += w - off;
+	if (st->dev == DEV_PENDING)
+		return;
+	struct sc_blocked_key k = {.tgid = next->tgid, .dev = st->dev, .nr = st->nr, .stackid = st->stackid};
+	struct sc_blocked *b = bpf_map_lookup_elem(&blocked, &k);
+	if (!b) {
+		struct sc_blocked z = {};
+		if (bpf_map_update_elem(&blocked, &k, &z, BPF_NOEXIST) && !bpf_map_lookup_elem(&blocked, &k)) {
+			count_loss(&sc_losses, SC_LOSS_BLOCKED);
+			return;
+		}
+		b = bpf_map_lookup_elem(&blocked, &k);
+		if (!b)
+			return;
+	}
+	__sync_fetch_and_add(&b->ns, w - off);
+	__sync_fetch_and_add(&b->count, 1);
+}
+
+/* walk takes the current task's kernel stack into `stacks`, unless this
+ * CPU walked one less than walk_gap_ns ago. */
+static __always_inline __s32 walk(void *ctx, __u64 now)
+{
+	if (walk_gap_ns) {
+		__u32 zero = 0;
+		__u64 *last = bpf_map_lookup_elem(&last_walk, &zero);
+		if (!last)
+			return -1;
+		if (now - *last < walk_gap_ns)
+			return SC_NOT_WALKED;
+		*last = now;
+	}
+	__s32 id = bpf_get_stackid(ctx, &stacks, 0);
+	if (id < 0) {
+		count_loss(&sc_losses, SC_LOSS_STACK);
+		return -1;
+	}
+	return id;
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(sc_switch, _Bool preempt, struct task_struct *prev, struct task_struct *next)
+{
+	__u64 now = 0;
+	struct sc_state *st = state_of(prev);
+
+	if (st && st->start_ns) {
+		unsigned int prev_state = switch_has_state ? (unsigned int)ctx[3] : sc_task_state(prev);
+		now = bpf_ktime_get_ns();
+		st->off_ns = now;
+		st->wake_ns = 0;
+		st->preempted = preempt || (prev_state & 0xff) == 0;
+		st->stackid = -1;
+		if (!st->preempted)
+			st->stackid = walk(ctx, now);
+	}
+	st = state_of(next);
+	if (st && st->start_ns && st->off_ns)
+		switch_in(next, st, now ? now : bpf_ktime_get_ns());
+	return 0;
+}
+
+/* file_get_fd reads the fd argument of io_uring_file_get: a load at a
+ * constant offset the verifier can see (a program may read no argument
+ * past the tracepoint's: the other load is verified away). */
+static __always_inline __s64 file_get_fd(unsigned long long *ctx)
+{
+	__u64 v;
+
+	if (file_get_fd_arg == 1)
+		asm volatile("%0 = *(u64 *)(%1 + 8)" : "=r"(v) : "r"(ctx));
+	else
+		asm volatile("%0 = *(u64 *)(%1 + 24)" : "=r"(v) : "r"(ctx));
+	return (__s32)v;
+}
+
+/* An io_uring request of the current process takes its file (in the
+ * submitter, inside io_uring_enter, or in an io-wq worker of the same
+ * process): a file on a block device names its ring's device, and the
+ * io_uring_enter in progress, if its ring's was not known. */
+SEC("tp_btf/io_uring_file_get")
+int sc_ring_file(unsigned long long *ctx)
+{
+	__u64 ring = ctx[0];
+	__u32 dev = file_dev(fd_file(file_get_fd(ctx)));
+
+	if (!dev || !ring)
+		return 0;
+	__u32 *known = bpf_map_lookup_elem(&ring_devs, &ring);
+	if (!known || *known != dev)
+		bpf_map_update_elem(&ring_devs, &ring, &dev, BPF_ANY);
+	struct sc_state *st = state((__u32)bpf_get_current_pid_tgid(), 0);
+	if (st && st->start_ns && st->dev == DEV_PENDING)
+		st->dev = dev;
+	return 0;
+}
+
+SEC("tp_btf/sched_waking")
+int BPF_PROG(sc_waking, struct task_struct *p)
+{
+	struct sc_state *st = state_of(p);
+
+	if (st && st->off_ns && !st->wake_ns)
+		st->wake_ns = bpf_ktime_get_ns();
+	return 0;
+}

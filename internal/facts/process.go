@@ -1,0 +1,484 @@
+package facts
+
+import (
+	"cmp"
+	"math"
+	"slices"
+	"time"
+
+	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/hist"
+	"github.com/whyslow/whyslow/internal/stage"
+)
+
+// KindSyscall is a storage system call above --min-latency (probe
+// syscall); its Attr names the call.
+const KindSyscall = "syscall"
+
+// SourceSyscall is how the syscall probe timed a call.
+const SourceSyscall = "tracepoints: the call's entry and exit"
+
+// Process is one process whose storage system calls the syscall probe
+// traced: what its calls cost, and where their time off CPU (Blocked)
+// went, split into stages (internal/stage: queue_freeze, tag_wait, ...,
+// device, runqueue, other). The split covers the whole blocked time: every
+// sleep, however short, was summed in the kernel with its stack.
+type Process struct {
+	Pid  uint32
+	Comm string
+	// Cgroup is its cgroup v2 path, Blkio its cgroup v1 blkio path; ""
+	// when unknown.
+	Cgroup, Blkio string
+	// Devices are the devices its calls went to, the most time first
+	// ("all" for sync(2)).
+	Devices []string
+	// Calls are its calls per system call, over its devices, the most time
+	// first.
+	Calls []*Call
+	// Total is the time in its storage calls, entry to exit; Blocked the
+	// part off CPU (asleep, or runnable and not running).
+	Total, Blocked time.Duration
+	// Stages split Blocked, the most time first.
+	Stages []StageTime
+	// Slow are its calls above --min-latency (kind syscall; Attr is the
+	// call), in time order.
+	Slow Spans
+
+	on map[string]*Process // the same process, on one device
+}
+
+// Call is what one system call of a process cost.
+type Call struct {
+	Syscall string
+	Latency Latency
+	// Total is the time in these calls; Blocked the part off CPU.
+	Total, Blocked time.Duration
+
+	h hist.Histogram // the latencies Latency summarizes
+}
+
+// StageTime is the time a process spent in one stage.
+type StageTime struct {
+	Stage string
+	Total time.Duration
+	Share float64 // of the process's Blocked time (0..1)
+	// Frames tell what the time of stage other was: the top frames of its
+	// largest stack (or why it has none); "" for the other stages.
+	Frames string
+}
+
+// On returns the process as seen on one device: its calls there and their
+// stages. A device it made no call to gives a process with no calls.
+func (p *Process) On(device string) *Process {
+	if p == nil {
+		return &Process{}
+	}
+	if q, ok := p.on[device]; ok {
+		return q
+	}
+	return &Process{Pid: p.Pid, Comm: p.Comm, Cgroup: p.Cgroup, Blkio: p.Blkio}
+}
+
+// Stage is the time the process spent in one stage.
+func (p *Process) Stage(name string) time.Duration {
+	if p == nil {
+		return 0
+	}
+	for _, s := range p.Stages {
+		if s.Stage == name {
+			return s.Total
+		}
+	}
+	return 0
+}
+
+// Share is the part (0..1) of the process's blocked time spent in one
+// stage.
+func (p *Process) Share(name string) float64 {
+	if p == nil || p.Blocked <= 0 {
+		return 0
+	}
+	return float64(p.Stage(name)) / float64(p.Blocked)
+}
+
+// TopStage is the stage with the most time, "" when it was never blocked.
+func (p *Process) TopStage() string {
+	if p == nil || len(p.Stages) == 0 {
+		return ""
+	}
+	return p.Stages[0].Stage
+}
+
+// BlockedShare is the part (0..1) of its time in storage calls the
+// process spent off CPU.
+func (p *Process) BlockedShare() float64 {
+	if p == nil || p.Total <= 0 {
+		return 0
+	}
+	return float64(p.Blocked) / float64(p.Total)
+}
+
+// Call returns its calls of one system call ("pwrite64"); a call it did
+// not make gives a Call with a zero count.
+func (p *Process) Call(syscall string) *Call {
+	if p != nil {
+		for _, c := range p.Calls {
+			if c.Syscall == syscall {
+				return c
+			}
+		}
+	}
+	return &Call{Syscall: syscall}
+}
+
+// processKey is one process's calls of one kind on one device.
+type processKey struct {
+	pid          uint32
+	device, call string
+}
+
+// stageSums is the time of each stage, and of other its largest stack.
+type stageSums struct {
+	total      map[string]time.Duration
+	otherTop   string
+	otherLarge time.Duration
+}
+
+func (s *stageSums) add(st string, d time.Duration, frames string) {
+	if d <= 0 {
+		return
+	}
+	if s.total == nil {
+		s.total = map[string]time.Duration{}
+	}
+	s.total[st] = SaturatingAdd(s.total[st], d)
+	if st == stage.Other && d > s.otherLarge {
+		s.otherLarge, s.otherTop = d, frames
+	}
+}
+
+func (s *stageSums) merge(o *stageSums) {
+	if s.total == nil {
+		s.total = map[string]time.Duration{}
+	}
+	for st, d := range o.total {
+		s.total[st] = SaturatingAdd(s.total[st], d)
+	}
+	if o.otherLarge > s.otherLarge {
+		s.otherLarge, s.otherTop = o.otherLarge, o.otherTop
+	}
+}
+
+// processes builds Run.Processes and Device.Processes from the syscall
+// probe's sums (event.SyscallStats, event.BlockedStack), classifying each
+// stack with the table.
+func (b *builder) processes() {
+	if len(b.tl.SyscallStats) == 0 {
+		return
+	}
+	tab := b.opts.Stages
+	if tab == nil {
+		tab = stage.Default()
+	}
+	type group struct {
+		h              hist.Histogram
+		sleep, runq    time.Duration
+		stages         stageSums
+		walked         map[string]time.Duration // asleep by stage, stacks walked
+		unwalked, lost time.Duration
+		stacks         time.Duration // asleep in the stacks summed
+	}
+	groups := map[processKey]*group{}
+	get := func(k processKey) *group {
+		g := groups[k]
+		if g == nil {
+			g = &group{walked: map[string]time.Duration{}}
+			groups[k] = g
+		}
+		return g
+	}
+	comms := map[uint32]string{}
+	for _, s := range b.tl.SyscallStats {
+		g := get(processKey{s.Pid, b.name(s.Dev), s.Call})
+		g.h.Merge(&s.Latency)
+		g.sleep = SaturatingAdd(g.sleep, s.Sleep)
+		g.runq = SaturatingAdd(g.runq, s.Runqueue)
+		if comms[s.Pid] == "" {
+			comms[s.Pid] = s.Comm
+		}
+	}
+	names := make([]string, 0, 64)
+	for _, bs := range b.tl.BlockedStacks {
+		g := get(processKey{bs.Pid, b.name(bs.Dev), bs.Call})
+		g.stacks = SaturatingAdd(g.stacks, bs.Total)
+		switch {
+		case bs.Unwalked:
+			g.unwalked = SaturatingAdd(g.unwalked, bs.Total)
+		case len(bs.KernelStack) == 0:
+			g.lost = SaturatingAdd(g.lost, bs.Total)
+		default:
+			names = names[:0]
+			for _, f := range bs.KernelStack {
+				names = append(names, f.Symbol)
+			}
+			r := tab.Classify(names, bs.Call)
+			g.walked[r.Stage] = SaturatingAdd(g.walked[r.Stage], bs.Total)
+			g.stages.add(r.Stage, bs.Total, r.Frame)
+		}
+	}
+	for _, g := range groups {
+		// The sleeps not walked share out like the walked ones.
+		var walked time.Duration
+		for _, d := range g.walked {
+			walked = SaturatingAdd(walked, d)
+		}
+		if g.unwalked > 0 {
+			if walked == 0 {
+				g.stages.add(stage.Other, g.unwalked, "stacks not walked")
+			} else {
+				for st, d := range g.walked {
+					g.stages.add(st, time.Duration(float64(g.unwalked)*float64(d)/float64(walked)), "")
+				}
+			}
+		}
+		g.stages.add(stage.Other, g.lost, "stacks lost")
+		// Sleep the probe summed per call but not per stack (its
+		// map was full): counted, with no stage to give it.
+		if g.sleep > g.stacks {
+			g.stages.add(stage.Other, g.sleep-g.stacks, "sleeps not summed by stack")
+		}
+		g.stages.add(stage.Runqueue, g.runq, "")
+	}
+
+	info := map[uint32]event.Process{}
+	for _, p := range b.tl.Processes {
+		if _, ok := info[p.Pid]; !ok {
+			info[p.Pid] = p
+		}
+	}
+	byPid := map[uint32]*Process{}
+	calls := map[uint32]map[string]*callAcc{}
+	sums := map[uint32]*stageSums{}
+	devSums := map[uint32]map[string]*stageSums{}
+	devCalls := map[uint32]map[string]map[string]*callAcc{}
+	for k, g := range groups {
+		p := byPid[k.pid]
+		if p == nil {
+			p = &Process{Pid: k.pid, Comm: comms[k.pid], on: map[string]*Process{}}
+			if pi, ok := info[k.pid]; ok {
+				p.Cgroup, p.Blkio = pi.Cgroup, pi.Blkio
+				if pi.Comm != "" {
+					p.Comm = pi.Comm
+				}
+			}
+			byPid[k.pid] = p
+			calls[k.pid] = map[string]*callAcc{}
+			sums[k.pid] = &stageSums{}
+			devSums[k.pid] = map[string]*stageSums{}
+			devCalls[k.pid] = map[string]map[string]*callAcc{}
+		}
+		blocked := time.Duration(0)
+		for _, d := range g.stages.total {
+			blocked = SaturatingAdd(blocked, d)
+		}
+		for _, acc := range []map[string]*callAcc{calls[k.pid], devCallsOf(devCalls[k.pid], k.device)} {
+			a := acc[k.call]
+			if a == nil {
+				a = &callAcc{}
+				acc[k.call] = a
+			}
+			a.h.Merge(&g.h)
+			a.blocked = SaturatingAdd(a.blocked, blocked)
+		}
+		sums[k.pid].merge(&g.stages)
+		ds := devSums[k.pid][k.device]
+		if ds == nil {
+			ds = &stageSums{}
+			devSums[k.pid][k.device] = ds
+		}
+		ds.merge(&g.stages)
+	}
+	for pid, p := range byPid {
+		fill(p, calls[pid], sums[pid])
+		for dev, acc := range devCalls[pid] {
+			q := &Process{Pid: p.Pid, Comm: p.Comm, Cgroup: p.Cgroup, Blkio: p.Blkio, Devices: []string{dev}}
+			fill(q, acc, devSums[pid][dev])
+			p.on[dev] = q
+			p.Devices = append(p.Devices, dev)
+		}
+		slices.SortFunc(p.Devices, func(a, c string) int {
+			if n := cmp.Compare(p.on[c].Total, p.on[a].Total); n != 0 {
+				return n
+			}
+			return cmp.Compare(a, c)
+		})
+		b.run.Processes = append(b.run.Processes, p)
+	}
+	sortProcesses(b.run.Processes)
+	// Each slow call once, on its process's device; a process on one
+	// device shares that list (spans are large and a storm has many).
+	counts := map[processKey]int{}
+	for _, c := range b.tl.Syscalls {
+		counts[processKey{pid: c.Task.Tgid, device: b.name(c.Dev)}]++
+	}
+	for _, c := range b.tl.Syscalls {
+		p := byPid[c.Task.Tgid]
+		if p == nil {
+			continue // no sums of it: not a process of the run
+		}
+		dev := b.name(c.Dev)
+		q, ok := p.on[dev]
+		if !ok {
+			continue
+		}
+		if q.Slow == nil {
+			q.Slow = make(Spans, 0, counts[processKey{pid: c.Task.Tgid, device: dev}])
+		}
+		start := b.rel(c.Start)
+		q.Slow = append(q.Slow, Span{Start: start, End: SaturatingAdd(start, max(c.Duration, 0)), Kind: KindSyscall,
+			Pid: c.Task.Pid, Tgid: c.Task.Tgid, Comm: c.Task.Comm, Device: dev, Attr: c.Call, Source: SourceSyscall})
+	}
+	for _, p := range b.run.Processes {
+		for _, dev := range p.Devices {
+			q := p.on[dev]
+			sortSpans(q.Slow)
+			if len(p.Devices) == 1 {
+				p.Slow = q.Slow
+			} else {
+				p.Slow = append(p.Slow, q.Slow...)
+			}
+			if d, ok := b.byName[dev]; ok {
+				d.Processes = append(d.Processes, q)
+			}
+		}
+		if len(p.Devices) > 1 {
+			sortSpans(p.Slow)
+		}
+	}
+	for _, d := range b.byName {
+		sortProcesses(d.Processes)
+	}
+}
+
+func devCallsOf[V any](m map[string]map[string]V, dev string) map[string]V {
+	if m[dev] == nil {
+		m[dev] = map[string]V{}
+	}
+	return m[dev]
+}
+
+// callAcc sums one system call's latencies and blocked time.
+type callAcc struct {
+	h       hist.Histogram
+	blocked time.Duration
+}
+
+// fill sets a process's calls, totals and stages from its sums.
+func fill(p *Process, acc map[string]*callAcc, sums *stageSums) {
+	for name, a := range acc {
+		total := time.Duration(min(a.h.SumNs, math.MaxInt64))
+		c := &Call{Syscall: name, Latency: latency(&a.h), Total: total, Blocked: a.blocked, h: a.h}
+		p.Calls = append(p.Calls, c)
+		p.Total = SaturatingAdd(p.Total, c.Total)
+	}
+	sortCalls(p.Calls)
+	for st, d := range sums.total {
+		p.Blocked = SaturatingAdd(p.Blocked, d)
+		t := StageTime{Stage: st, Total: d}
+		if st == stage.Other {
+			t.Frames = sums.otherTop
+		}
+		p.Stages = append(p.Stages, t)
+	}
+	shareStages(p)
+}
+
+func sortCalls(cs []*Call) {
+	slices.SortFunc(cs, func(a, c *Call) int {
+		if n := cmp.Compare(c.Total, a.Total); n != 0 {
+			return n
+		}
+		return cmp.Compare(a.Syscall, c.Syscall)
+	})
+}
+
+// shareStages sets the stages' shares of the blocked time and orders them,
+// the most time first (ties in the vocabulary's order).
+func shareStages(p *Process) {
+	for i := range p.Stages {
+		p.Stages[i].Share = 0
+		if p.Blocked > 0 {
+			p.Stages[i].Share = float64(p.Stages[i].Total) / float64(p.Blocked)
+		}
+	}
+	slices.SortFunc(p.Stages, func(a, c StageTime) int {
+		if n := cmp.Compare(c.Total, a.Total); n != 0 {
+			return n
+		}
+		return cmp.Compare(slices.Index(stage.Vocabulary, a.Stage), slices.Index(stage.Vocabulary, c.Stage))
+	})
+}
+
+// sortProcesses orders processes by their time in storage calls, the most
+// first.
+func sortProcesses(ps []*Process) {
+	slices.SortFunc(ps, func(a, c *Process) int {
+		if n := cmp.Compare(c.Total, a.Total); n != 0 {
+			return n
+		}
+		return cmp.Compare(a.Pid, c.Pid)
+	})
+}
+
+// ProcessesOn restricts processes to the devices named: each as seen on
+// those devices only (their calls and stages there), the ones with no call
+// there left out. For the --device filter.
+func ProcessesOn(ps []*Process, devices map[string]bool) []*Process {
+	var out []*Process
+	for _, p := range ps {
+		var on []string
+		for _, d := range p.Devices {
+			if devices[d] {
+				on = append(on, d)
+			}
+		}
+		switch len(on) {
+		case 0:
+		case len(p.Devices):
+			out = append(out, p)
+		case 1:
+			out = append(out, p.on[on[0]])
+		default:
+			out = append(out, p.merged(on))
+		}
+	}
+	sortProcesses(out)
+	return out
+}
+
+// merged is the process on several of its devices.
+func (p *Process) merged(devices []string) *Process {
+	q := &Process{Pid: p.Pid, Comm: p.Comm, Cgroup: p.Cgroup, Blkio: p.Blkio, Devices: devices, on: map[string]*Process{}}
+	calls := map[string]*callAcc{}
+	var sums stageSums
+	for _, d := range devices {
+		v := p.on[d]
+		q.on[d] = v
+		q.Slow = append(q.Slow, v.Slow...)
+		for _, c := range v.Calls {
+			a := calls[c.Syscall]
+			if a == nil {
+				a = &callAcc{}
+				calls[c.Syscall] = a
+			}
+			a.h.Merge(&c.h)
+			a.blocked = SaturatingAdd(a.blocked, c.Blocked)
+		}
+		for _, s := range v.Stages {
+			sums.add(s.Stage, s.Total, s.Frames)
+		}
+	}
+	sortSpans(q.Slow)
+	fill(q, calls, &sums)
+	return q
+}

@@ -1,0 +1,627 @@
+package probes
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/features"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+
+	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/hist"
+	"github.com/whyslow/whyslow/internal/symbolize"
+)
+
+// syscallProbe times the storage system calls of every process (see
+// bpf/syscall.bpf.c): per process x device x call a latency histogram and
+// the time off CPU, split into sleeps by kernel stack and the wait in the
+// run queue; every call above MinLatency is streamed. Calls on anything
+// but a block device or a file of a filesystem on one are let go at entry.
+//
+// Mechanisms (the syscall hooks; the scheduler side is tp_btf on both),
+// chosen by their measured cost (BenchmarkSyscallProbe; docs/syscall-probe.md):
+//   - tp_btf: sys_enter/sys_exit, whose programs run on every system call
+//     and let the others go on their number (some 50 ns each way). A
+//     storage call costs about 100 ns less than on the tracepoints, and
+//     attaching takes milliseconds.
+//   - tracepoint: the syscalls:sys_enter_<call>/sys_exit_<call> events of
+//     the storage calls only: the kernel's syscall event handler fills a
+//     record for each before the program runs; other calls pay only its
+//     bitmap test. Attaching its 38 events took 2.7 s here.
+type syscallProbe struct{}
+
+func init() { register(syscallProbe{}) }
+
+// syscallNames names the calls the program traces, by x86-64 number.
+var syscallNames = map[uint32]string{
+	uint32(syscallStorageNrNR_READ):            "read",
+	uint32(syscallStorageNrNR_WRITE):           "write",
+	uint32(syscallStorageNrNR_PREAD64):         "pread64",
+	uint32(syscallStorageNrNR_PWRITE64):        "pwrite64",
+	uint32(syscallStorageNrNR_READV):           "readv",
+	uint32(syscallStorageNrNR_WRITEV):          "writev",
+	uint32(syscallStorageNrNR_MSYNC):           "msync",
+	uint32(syscallStorageNrNR_FSYNC):           "fsync",
+	uint32(syscallStorageNrNR_FDATASYNC):       "fdatasync",
+	uint32(syscallStorageNrNR_SYNC):            "sync",
+	uint32(syscallStorageNrNR_IO_GETEVENTS):    "io_getevents",
+	uint32(syscallStorageNrNR_IO_SUBMIT):       "io_submit",
+	uint32(syscallStorageNrNR_SYNC_FILE_RANGE): "sync_file_range",
+	uint32(syscallStorageNrNR_PREADV):          "preadv",
+	uint32(syscallStorageNrNR_PWRITEV):         "pwritev",
+	uint32(syscallStorageNrNR_SYNCFS):          "syncfs",
+	uint32(syscallStorageNrNR_PREADV2):         "preadv2",
+	uint32(syscallStorageNrNR_PWRITEV2):        "pwritev2",
+	uint32(syscallStorageNrNR_IO_PGETEVENTS):   "io_pgetevents",
+	uint32(syscallStorageNrNR_IO_URING_ENTER):  "io_uring_enter",
+}
+
+// syscallName names call nr ("" for none the program traces).
+func syscallName(nr uint32) string { return syscallNames[nr] }
+
+// syscallSelf is the process whose calls the program leaves out: whyslow
+// itself (its trace file, its reports). Tests that make storage calls of
+// their own set it to 0.
+var syscallSelf = uint32(os.Getpid())
+
+// syscallWalkGap is how far apart a CPU's stack walks are at least
+// (walk_gap_ns): a walk costs about 1.3 µs (BenchmarkSyscallProbe), so
+// this bounds them to 2.6% of a CPU at worst. A sleep that comes sooner
+// after the last walk on its CPU is not walked (event.BlockedStack
+// Unwalked): only under many short sleeps, as a long sleep leaves the gap
+// behind it.
+const syscallWalkGap = 50 * time.Microsecond
+
+// syscallNotWalked is the stack id of the sleeps not walked
+// (SC_NOT_WALKED, which bpf2go types unsigned).
+var syscallNotWalked = func() int32 { v := syscallScStackidSC_NOT_WALKED; return int32(v) }()
+
+// How each counter of the `sc_losses` array is reported, at its value of
+// enum sc_stack_loss.
+var syscallLossWhat = [syscallScStackLossSC_LOSS_KINDS]string{
+	syscallScStackLossSC_LOSS_STACK:   "kernel stack of a sleep lost (its time counts as stage other)",
+	syscallScStackLossSC_LOSS_BLOCKED: "blocked-time map full: sleep time lost",
+	syscallScStackLossSC_LOSS_HIST:    "call histogram map full: call latencies lost",
+}
+
+// Decl implements Probe.
+func (syscallProbe) Decl() Decl {
+	return Decl{
+		Name:       event.ProbeSyscall,
+		Mechanisms: []Rung{{Mech: event.MechTPBTF}, {Mech: event.MechTracepoint}},
+		Forceable:  true,
+		Describe:   "latency of storage system calls per process, device and call, and where their time off CPU went (kernel stacks, run queue)",
+		Attach:     "tp_btf `sys_enter`/`sys_exit` (else the tracepoints `syscalls:sys_enter_<call>`/`sys_exit_<call>` of the storage calls); tp_btf `sched_switch` + `sched_waking`, `io_uring_file_get`",
+		Records:    "per process x device x call: a latency histogram, the time asleep per kernel stack and the time in the run queue; every call above `--min-latency`; each process's cgroups. Calls on pipes, sockets, character devices, tmpfs, proc or sysfs are let go at entry",
+	}
+}
+
+func (p syscallProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
+	return startLadder(p, cfg, sink)
+}
+
+func (p syscallProbe) rungs(cfg Config, kernel *btf.Spec, sink Sink) []ladderRung {
+	var out []ladderRung
+	for _, m := range p.Decl().Mechs() {
+		out = append(out, ladderRung{mech: m, start: func([]string) (Running, error) {
+			return startSyscall(cfg, kernel, sink, m)
+		}})
+	}
+	return out
+}
+
+type syscallRunning struct {
+	cfg    Config
+	sink   Sink
+	coll   *ebpf.Collection
+	links  []link.Link
+	rd     *ringbuf.Reader
+	done   chan struct{}
+	decode uint64 // undecodable records (reader goroutine)
+	note   string // the status Reason: what it runs on and what it misses
+	procfs string
+	ksyms  *symbolize.Kernel
+	// ksymsReady is closed once kallsyms is read (or failed).
+	ksymsReady chan struct{}
+
+	// sums serializes the reads of the maps' sums (Checkpoint, Stop);
+	// kstacks, under it, caches their stacks' symbols.
+	sums    sync.Mutex
+	kstacks *stackCache
+
+	mu    sync.Mutex
+	procs map[uint32]*event.Process // by pid
+	devs  map[uint32]event.Device   // by kernel dev_t (a partition's too)
+	comms map[uint32]string         // process names, as first seen
+
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// syscallCalls are the calls the tracepoint rung attaches to, by name.
+func syscallCalls() []string {
+	var out []string
+	for _, n := range syscallNames {
+		out = append(out, n)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism) (_ *syscallRunning, err error) {
+	n, err := tpParamCount(kernel, "sched_switch")
+	if err != nil {
+		return nil, loadErr(err)
+	}
+	// The helpers the syscall programs may call: cilium/ebpf cannot probe
+	// tp_btf programs, whose helpers are those of raw_tp programs and more.
+	progType := ebpf.RawTracepoint
+	if mech == event.MechTracepoint {
+		progType = ebpf.TracePoint
+	}
+	helper := func(fn asm.BuiltinFunc) bool { return features.HaveProgramHelper(progType, fn) == nil }
+	// Task storage (5.11+) where the syscall programs can reach it too
+	// (tp_btf: always; tracepoint programs: 6.x), else the LRU hash by tid.
+	taskStorage := features.HaveMapType(ebpf.TaskStorage) == nil &&
+		(mech == event.MechTPBTF || helper(asm.FnTaskStorageGet) && helper(asm.FnGetCurrentTaskBtf))
+	btfTask := helper(asm.FnGetCurrentTaskBtf)
+	findVMA := helper(asm.FnFindVma) && btfTask
+	consts := spanConsts(cfg)
+	consts["use_task_storage"] = uint32(boolInt(taskStorage))
+	consts["self_tgid"] = syscallSelf
+	consts["switch_has_state"] = uint8(boolInt(n >= 4))
+	consts["use_btf_task"] = uint8(boolInt(btfTask))
+	consts["walk_gap_ns"] = uint64(syscallWalkGap)
+	// io_uring_enter's device comes from the files of its ring's requests
+	// (tracepoint io_uring_file_get, whose fd is its last argument).
+	ringArgs, ringErr := tpParamCount(kernel, "io_uring_file_get")
+	if ringErr == nil && (ringArgs == 2 || ringArgs == 4) {
+		consts["file_get_fd_arg"] = uint32(ringArgs - 1)
+	} else if ringErr == nil {
+		ringErr = fmt.Errorf("io_uring_file_get has %d arguments", ringArgs)
+	}
+	spec, err := loadSpec(loadSyscall, consts)
+	if err != nil {
+		return nil, loadErr(err)
+	}
+	if !taskStorage {
+		ms := spec.Maps["state_task"]
+		ms.Type, ms.Flags, ms.MaxEntries = ebpf.Hash, 0, 1
+	}
+	enter, exit := "sc_btf_enter", "sc_btf_exit"
+	if mech == event.MechTracepoint {
+		enter, exit = "sc_tp_enter", "sc_tp_exit"
+	}
+	if findVMA {
+		enter += "_vma"
+	}
+	keep := []string{enter, exit, "sc_switch", "sc_waking"}
+	if ringErr == nil {
+		keep = append(keep, "sc_ring_file")
+	}
+	if mech == event.MechTracepoint {
+		keep = append(keep, "sc_tp_enter0", "sc_tp_enter1")
+	}
+	for name := range spec.Programs {
+		if !slices.Contains(keep, name) {
+			delete(spec.Programs, name)
+		}
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, *collectionOptions(kernel))
+	if err != nil {
+		return nil, loadErr(fmt.Errorf("loading objects: %w", err))
+	}
+	procfs := cmpOr(cfg.ProcFS, "/proc")
+	r := &syscallRunning{cfg: cfg, sink: sink, coll: coll, done: make(chan struct{}), procfs: procfs,
+		procs: map[uint32]*event.Process{}, devs: map[uint32]event.Device{}, comms: map[uint32]string{}}
+	defer func() {
+		if err != nil {
+			closeAll(r.links)
+			if r.rd != nil {
+				r.rd.Close()
+			}
+			coll.Close()
+		}
+	}()
+	if r.rd, err = ringbuf.NewReader(coll.Maps["events"]); err != nil {
+		return nil, loadErr(fmt.Errorf("opening ring buffer: %w", err))
+	}
+	// The scheduler's side first, then the exits, then the entries: no
+	// call starts that cannot end.
+	if r.links, err = attachTPBTF(coll.Programs["sc_waking"], coll.Programs["sc_switch"]); err != nil {
+		return nil, attachErr(err)
+	}
+	var missing []string
+	if ringErr == nil {
+		ls, err := attachTPBTF(coll.Programs["sc_ring_file"])
+		if err != nil {
+			return nil, attachErr(err)
+		}
+		r.links = append(r.links, ls...)
+	} else {
+		missing = append(missing, "io_uring_enter (no tracepoint io_uring_file_get: "+ringErr.Error()+")")
+	}
+	if mech == event.MechTracepoint {
+		calls := syscallCalls()
+		for _, exitSide := range []bool{true, false} {
+			for _, c := range calls {
+				if c == "msync" && !findVMA || c == "io_uring_enter" && ringErr != nil {
+					continue
+				}
+				tp, prog := "sys_exit_"+c, exit
+				if !exitSide {
+					tp, prog = "sys_enter_"+c, syscallEnterProg(c, enter)
+				}
+				l, err := link.Tracepoint("syscalls", tp, coll.Programs[prog], nil)
+				if err != nil {
+					if errors.Is(err, os.ErrNotExist) {
+						if !exitSide {
+							missing = append(missing, c)
+						}
+						continue
+					}
+					return nil, attachErr(fmt.Errorf("tracepoint syscalls:%s: %w", tp, err))
+				}
+				r.links = append(r.links, l)
+			}
+		}
+		if len(missing) >= len(calls) {
+			return nil, attachErr(fmt.Errorf("no syscalls:sys_enter_* tracepoint: %w", os.ErrNotExist))
+		}
+	} else {
+		ls, err := attachTPBTF(coll.Programs[exit], coll.Programs[enter])
+		if err != nil {
+			return nil, attachErr(err)
+		}
+		r.links = append(r.links, ls...)
+	}
+	r.note = "sys_enter/sys_exit of every system call, the others let go on their number: a storage call costs ~100 ns less than on the syscall tracepoints"
+	if mech == event.MechTracepoint {
+		r.note = "the syscall tracepoints of the storage calls only"
+	}
+	if taskStorage {
+		r.note += "; per-thread state in task storage"
+	} else {
+		r.note += "; per-thread state in a hash by thread (no task storage)"
+	}
+	if !findVMA {
+		missing = append(missing, "msync (needs bpf_find_vma, 5.17+)")
+	}
+	if len(missing) > 0 {
+		r.note += "; not traced: " + strings.Join(missing, ", ")
+	}
+	if err := symbolize.KernelAddressesVisible(procfs); err != nil {
+		r.note += "; kernel stacks not symbolized: " + err.Error()
+	}
+	r.ksymsReady = make(chan struct{})
+	go func() {
+		defer close(r.ksymsReady)
+		r.ksyms, _ = symbolize.LoadKernel(procfs)
+	}()
+	go func() {
+		defer close(r.done)
+		readRing(r.rd, r.sink, event.ProbeSyscall, r.handle)
+	}()
+	return r, nil
+}
+
+// syscallEnterProg is the tracepoint rung's entry program for call c: one
+// that reads no more arguments than the call's event records.
+func syscallEnterProg(c, threeArgs string) string {
+	switch c {
+	case "sync":
+		return "sc_tp_enter0"
+	case "fsync", "fdatasync", "syncfs":
+		return "sc_tp_enter1"
+	}
+	return threeArgs
+}
+
+func cmpOr(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// statusNote is the status Reason (see climb): why this mechanism, and
+// what the kernel let it do.
+func (r *syscallRunning) statusNote() string { return r.note }
+
+// handle delivers one ring record (reader goroutine).
+func (r *syscallRunning) handle(raw []byte) {
+	if len(raw) < 4 {
+		r.decode++
+		return
+	}
+	switch syscallScKind(binary.NativeEndian.Uint32(raw)) {
+	case syscallScKindSC_NEW:
+		var e syscallScNew
+		if err := binary.Read(bytes.NewReader(raw), binary.NativeEndian, &e); err != nil {
+			r.decode++
+			return
+		}
+		r.process(event.Mono(e.TimeNs), e.Tgid, cString(e.Comm[:]), e.CgroupId)
+		r.device(e.Dev)
+	case syscallScKindSC_SLOW:
+		var e syscallScSlow
+		if err := binary.Read(bytes.NewReader(raw), binary.NativeEndian, &e); err != nil {
+			r.decode++
+			return
+		}
+		r.sink.Event(event.Syscall{
+			Start:    event.Mono(e.StartNs),
+			Duration: time.Duration(e.DurationNs),
+			Task:     event.Task{Pid: e.Pid, Tgid: e.Tgid, Comm: cString(e.Comm[:])},
+			Call:     syscallName(e.Nr),
+			Dev:      r.device(e.Dev),
+			Sleep:    time.Duration(e.SleepNs),
+			Runqueue: time.Duration(e.RunqNs),
+			Ret:      e.Ret,
+		})
+	default:
+		r.decode++
+	}
+}
+
+// process delivers, the first time a process is seen, its names: read now,
+// while it most likely still runs.
+func (r *syscallRunning) process(at event.Mono, tgid uint32, threadComm string, cgroupID uint64) {
+	r.mu.Lock()
+	_, seen := r.procs[tgid]
+	r.mu.Unlock()
+	if seen {
+		return
+	}
+	p := &event.Process{Time: at, Pid: tgid, Comm: threadComm, CgroupID: cgroupID}
+	if b, err := os.ReadFile(filepath.Join(r.procfs, strconv.Itoa(int(tgid)), "comm")); err == nil {
+		if c := strings.TrimSpace(string(b)); c != "" {
+			p.Comm = c
+		}
+	}
+	p.Cgroup, p.Blkio = procCgroups(filepath.Join(r.procfs, strconv.Itoa(int(tgid)), "cgroup"))
+	r.mu.Lock()
+	if _, seen := r.procs[tgid]; seen {
+		r.mu.Unlock()
+		return
+	}
+	r.procs[tgid] = p
+	r.comms[tgid] = p.Comm
+	r.mu.Unlock()
+	r.sink.Event(*p)
+}
+
+// procCgroups reads a /proc/PID/cgroup file: the cgroup v2 path ("0::")
+// and the v1 blkio path, "" for those it does not list.
+func procCgroups(path string) (v2, blkio string) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", ""
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		id, rest, ok := strings.Cut(sc.Text(), ":")
+		if !ok {
+			continue
+		}
+		ctrls, p, ok := strings.Cut(rest, ":")
+		if !ok {
+			continue
+		}
+		switch {
+		case id == "0" && ctrls == "":
+			v2 = p
+		case slices.Contains(strings.Split(ctrls, ","), "blkio"):
+			blkio = p
+		}
+	}
+	return v2, blkio
+}
+
+// device names a kernel dev_t: its whole disk (a partition's is its
+// disk's), read from sysfs once.
+func (r *syscallRunning) device(dev uint32) event.Device {
+	if dev == uint32(syscallScDevDEV_ALL) {
+		return event.DevAll
+	}
+	if dev == uint32(syscallScDevDEV_PENDING) {
+		return event.Device{} // sums of a ring whose device was not known yet: skipped
+	}
+	r.mu.Lock()
+	d, ok := r.devs[dev]
+	r.mu.Unlock()
+	if ok {
+		return d
+	}
+	major, minor := kernelDev(dev)
+	d = wholeDisk(cmpOr(r.cfg.SysFS, "/sys"), major, minor)
+	r.mu.Lock()
+	r.devs[dev] = d
+	r.mu.Unlock()
+	return d
+}
+
+// wholeDisk returns the whole disk of block device major:minor (itself
+// when it is no partition), named from sysfs.
+func wholeDisk(sysfs string, major, minor uint32) event.Device {
+	dir := filepath.Join(sysfs, "dev", "block", fmt.Sprintf("%d:%d", major, minor))
+	if _, err := os.Stat(filepath.Join(dir, "partition")); err == nil {
+		if b, err := os.ReadFile(filepath.Join(dir, "..", "dev")); err == nil {
+			var M, m uint32
+			if _, err := fmt.Sscanf(strings.TrimSpace(string(b)), "%d:%d", &M, &m); err == nil {
+				major, minor = M, m
+			}
+		}
+	}
+	return event.Device{Major: major, Minor: minor, Name: blockDevName(sysfs, major, minor)}
+}
+
+// Stop detaches, delivers the slow calls still buffered, then the sums:
+// one event.SyscallStats per process x device x call and one
+// event.BlockedStack per process x device x call x kernel stack, and the
+// losses.
+func (r *syscallRunning) Stop() error {
+	r.stopOnce.Do(func() {
+		closeAll(r.links)
+		_ = r.rd.Flush()
+		<-r.done
+		r.rd.Close()
+		r.stopErr = r.deliverSums(r.sink)
+		if r.decode > 0 {
+			r.sink.Loss(event.Loss{Probe: event.ProbeSyscall, What: "undecodable record", Count: r.decode})
+		}
+		r.coll.Close()
+	})
+	return r.stopErr
+}
+
+// Checkpoint implements Checkpointer: the sums so far (event.SyscallStats
+// and event.BlockedStack, whole: timeline.Sums streams) and the losses.
+func (r *syscallRunning) Checkpoint(sink Sink) error {
+	return r.deliverSums(sink)
+}
+
+// deliverSums sends the sums of the maps and the loss counts to sink.
+func (r *syscallRunning) deliverSums(sink Sink) error {
+	r.sums.Lock()
+	defer r.sums.Unlock()
+	now, err := event.Now()
+	if err == nil {
+		err = r.deliverStats(sink, now)
+	}
+	if err == nil {
+		err = r.deliverBlocked(sink, now)
+	}
+	deliverLosses(sink, event.ProbeSyscall, r.coll.Maps["losses"])
+	r.deliverScLosses(sink)
+	return err
+}
+
+// comm names process tgid as it was first seen ("" when it was not).
+func (r *syscallRunning) comm(tgid uint32) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.comms[tgid]
+}
+
+func (r *syscallRunning) deliverStats(sink Sink, now event.Mono) error {
+	var (
+		k syscallScHistKey
+		v syscallScHist
+	)
+	it := r.coll.Maps["call_hists"].Iterate()
+	for it.Next(&k, &v) {
+		name := syscallName(k.Nr)
+		if name == "" || k.Dev == uint32(syscallScDevDEV_PENDING) {
+			continue
+		}
+		// A process whose first record was lost is named now, if it
+		// still runs.
+		r.process(now, k.Tgid, "", 0)
+		var h hist.Histogram
+		addSlots(&h, v.Slots[:])
+		if h.Count == 0 {
+			continue
+		}
+		h.SumNs, h.MaxNs = v.SumNs, v.MaxNs
+		sink.Event(event.SyscallStats{
+			Time: now, Pid: k.Tgid, Comm: r.comm(k.Tgid), Call: name, Dev: r.device(k.Dev),
+			Latency: h, Sleep: time.Duration(v.SleepNs), Runqueue: time.Duration(v.RunqNs),
+		})
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("reading call histograms: %w", err)
+	}
+	return nil
+}
+
+func (r *syscallRunning) deliverBlocked(sink Sink, now event.Mono) error {
+	<-r.ksymsReady
+	stacks := r.coll.Maps["stacks"]
+	if r.kstacks == nil {
+		r.kstacks = newStackCache(offcpuMaxCachedStacks)
+	}
+	cache := r.kstacks
+	frames := func(id int32) []event.Frame {
+		if id < 0 {
+			return nil
+		}
+		var ips [syscallScLayoutSTACK_DEPTH]uint64
+		if err := stacks.Lookup(uint32(id), &ips); err != nil {
+			return nil
+		}
+		n := 0
+		for n < len(ips) && ips[n] != 0 {
+			n++
+		}
+		addrs := ips[:n]
+		if fr, ok := cache.get(addrs); ok {
+			return fr
+		}
+		var fr []event.Frame
+		if r.ksyms != nil {
+			fr = trimTracingFrames(r.ksyms.Frames(addrs))
+		} else {
+			for _, a := range addrs {
+				fr = append(fr, event.Frame{Addr: a, Module: symbolize.KernelModule})
+			}
+		}
+		cache.put(addrs, fr)
+		return fr
+	}
+	var (
+		k syscallScBlockedKey
+		v syscallScBlocked
+	)
+	it := r.coll.Maps["blocked"].Iterate()
+	for it.Next(&k, &v) {
+		name := syscallName(k.Nr)
+		if name == "" || v.Ns == 0 || k.Dev == uint32(syscallScDevDEV_PENDING) {
+			continue
+		}
+		sink.Event(event.BlockedStack{
+			Time: now, Pid: k.Tgid, Comm: r.comm(k.Tgid), Call: name, Dev: r.device(k.Dev),
+			Total: time.Duration(v.Ns), Count: v.Count, KernelStack: frames(k.Stackid),
+			Unwalked: k.Stackid == syscallNotWalked,
+		})
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("reading blocked time: %w", err)
+	}
+	return nil
+}
+
+// deliverScLosses sends the non-zero counts of the per-CPU `sc_losses`
+// array; like deliverLosses, an unreadable array is itself a loss.
+func (r *syscallRunning) deliverScLosses(sink Sink) {
+	m := r.coll.Maps["sc_losses"]
+	for k := range syscallLossWhat {
+		var perCPU []uint64
+		if err := m.Lookup(uint32(k), &perCPU); err != nil {
+			sink.Loss(event.Loss{Probe: event.ProbeSyscall, What: "loss counters unreadable", Count: 1})
+			return
+		}
+		var n uint64
+		for _, v := range perCPU {
+			n += v
+		}
+		if n > 0 {
+			sink.Loss(event.Loss{Probe: event.ProbeSyscall, What: syscallLossWhat[k], Count: n})
+		}
+	}
+}
