@@ -17,6 +17,10 @@ type State struct {
 	At      event.Mono
 	Devices []timeline.DeviceHistograms // cumulative since the probes started
 	Losses  []event.Loss                // cumulative counters of the probes
+	// Stats and Blocked are the syscall probe's sums, whole since it
+	// started (SumsDelta).
+	Stats   []event.SyscallStats
+	Blocked []event.BlockedStack
 }
 
 // Delta is what the probes counted between two states: each device's
@@ -122,10 +126,12 @@ func histKinds() []timeline.Hist {
 // slots only (a device's three histograms take some 8 KB unpacked, a few
 // hundred bytes packed).
 type packed struct {
-	at     event.Mono
-	devs   []packedDev
-	losses []event.Loss
-	bytes  int64 // estimated memory
+	at      event.Mono
+	devs    []packedDev
+	losses  []event.Loss
+	stats   []event.SyscallStats
+	blocked []event.BlockedStack
+	bytes   int64 // estimated memory
 }
 
 type packedDev struct {
@@ -141,7 +147,8 @@ type packedHist struct {
 
 func pack(st State) *packed {
 	p := &packed{at: st.At, losses: slices.Clone(st.Losses)}
-	p.bytes = 64 + int64(len(p.losses))*48
+	p.stats, p.blocked = cloneSums(st.Stats, st.Blocked)
+	p.bytes = 64 + int64(len(p.losses))*48 + sumsBytes(p.stats, p.blocked)
 	kinds := histKinds()
 	for _, d := range st.Devices {
 		pd := packedDev{dev: d.Dev, hists: make([]packedHist, len(kinds))}
@@ -165,6 +172,7 @@ func pack(st State) *packed {
 
 func (p *packed) unpack() State {
 	st := State{At: p.at, Losses: slices.Clone(p.losses)}
+	st.Stats, st.Blocked = cloneSums(p.stats, p.blocked)
 	kinds := histKinds()
 	for _, pd := range p.devs {
 		d := timeline.DeviceHistograms{Dev: pd.dev}

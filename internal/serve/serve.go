@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -30,6 +31,7 @@ import (
 	"github.com/whyslow/whyslow/internal/hist"
 	"github.com/whyslow/whyslow/internal/metrics"
 	"github.com/whyslow/whyslow/internal/report"
+	"github.com/whyslow/whyslow/internal/stage"
 	"github.com/whyslow/whyslow/internal/timeline"
 	"github.com/whyslow/whyslow/probes"
 	"github.com/whyslow/whyslow/rules"
@@ -311,7 +313,8 @@ func (a *agent) state(at event.Mono) flight.State {
 		}
 	}
 	a.stateMu.Unlock()
-	return flight.State{At: at, Devices: sink.tl.Devices, Losses: sink.tl.Losses}
+	return flight.State{At: at, Devices: sink.tl.Devices, Losses: sink.tl.Losses,
+		Stats: sink.tl.SyscallStats, Blocked: sink.tl.BlockedStacks}
 }
 
 // stop detaches the probes.
@@ -327,7 +330,13 @@ func (a *agent) stop() {
 // stateSink gathers what the probes deliver at a checkpoint.
 type stateSink struct{ tl timeline.Timeline }
 
-func (*stateSink) Event(event.Event)   {}
+// Event keeps the sums a probe delivers whole (timeline.Sums streams: the
+// syscall probe's); its other events went to the recorder as they came.
+func (s *stateSink) Event(e event.Event) {
+	if st := timeline.StreamOf(e); st != nil && st.State() {
+		s.tl.Add(e)
+	}
+}
 func (s *stateSink) Loss(l event.Loss) { s.tl.AddLoss(l) }
 func (s *stateSink) Histogram(kind timeline.HistKind, dev event.Device, h *hist.Histogram) {
 	s.tl.MergeHistogram(kind, dev, h)
@@ -430,6 +439,17 @@ func (a *agent) evaluate(tl *timeline.Timeline) {
 	for _, d := range res.Run.Devices {
 		if n := d.Freezes.Count(); n > 0 {
 			freezes[d.Name] += uint64(n)
+		}
+		// The application's view: the time the processes' storage calls
+		// to the device were blocked, by stage (a closed set).
+		for _, p := range d.Processes {
+			for _, st := range p.Stages {
+				name := st.Stage
+				if !slices.Contains(stage.Vocabulary, name) {
+					name = stage.Other
+				}
+				stages[[2]string{name, d.Name}] += st.Total
+			}
 		}
 	}
 	a.m.AddWindow(metrics.Window{End: end, Duration: tl.Duration(), Findings: res.Findings, Freezes: freezes,
