@@ -177,4 +177,3 @@ func TestSelftestStoppedOrKilled(t *testing.T) {
 		})
 	}
 }
-

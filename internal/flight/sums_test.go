@@ -38,8 +38,8 @@ func TestSumsDelta(t *testing.T) {
 		Stats: []event.SyscallStats{
 			{Pid: 1, Call: "pwrite64", Dev: loop, Latency: histOf(1000, 2000, 4000), Sleep: 8 * time.Millisecond},
 			{Pid: 2, Call: "fsync", Dev: loop, Latency: histOf(3000), Sleep: 2 * time.Millisecond}, // counted anew
-			{Pid: 3, Call: "read", Dev: loop, Latency: histOf(1000)},                              // nothing new
-			{Pid: 4, Call: "read", Dev: loop, Latency: histOf(500)},                               // new process
+			{Pid: 3, Call: "read", Dev: loop, Latency: histOf(1000)},                               // nothing new
+			{Pid: 4, Call: "read", Dev: loop, Latency: histOf(500)},                                // new process
 		},
 		Blocked: []event.BlockedStack{
 			{Pid: 1, Call: "pwrite64", Dev: loop, Total: 9 * time.Millisecond, Count: 3, KernelStack: stack},
