@@ -30,6 +30,7 @@ type ServeOptions struct {
 	Window     time.Duration
 	MinLatency time.Duration
 	Rules      []string
+	Stages     []string
 	Devices    []string
 	BTF        string
 	Mechanism  []string
@@ -83,6 +84,7 @@ SIGTERM stop it: the probes are detached and it exits 0. Needs root.`,
 	f.DurationVar(&opts.Window, "window", serve.DefaultWindow, "evaluate the rules on every window this long")
 	f.DurationVar(&opts.MinLatency, "min-latency", time.Millisecond, "outlier threshold: slower submissions and longer blocked spans are recorded one by one")
 	f.StringArrayVar(&opts.Rules, "rules", nil, "rule file, or directory of rule files (*.yaml, *.yml), to add (repeatable); reloaded on SIGHUP")
+	addStagesFlag(c, &opts.Stages)
 	f.StringArrayVar(&opts.Devices, "device", nil, "only analyze this block device (repeatable)")
 	f.StringVar(&opts.BTF, "btf", probes.DefaultBTF, "kernel BTF file")
 	f.StringArrayVar(&opts.Mechanism, "mechanism", nil, "force a mechanism: fentry, kprobe, tp_btf, ... for every probe that offers it, or PROBE=MECHANISM for one (repeatable)")
@@ -157,6 +159,9 @@ func serveRun(ctx context.Context, opts *ServeOptions) error {
 		return err
 	}
 	so.LoadRules = load
+	if so.Stages, err = loadStages(opts.Stages); err != nil {
+		return err
+	}
 	for _, d := range opts.Devices {
 		if err := diagnose.CheckDevice("/sys", d); err != nil {
 			return err

@@ -263,6 +263,8 @@ func TestServePrometheusFreeze(t *testing.T) {
 		fmt.Sprintf(`whyslow_queue_freezes_total{device=%q} > 0`, dev),
 		fmt.Sprintf(`whyslow_submit_latency_seconds_count{device=%q} > 0`, dev),
 		`whyslow_probe_info{probe="freeze",status="ok"}`,
+		// The application's view: fio's writes blocked behind the freezes.
+		fmt.Sprintf(`whyslow_stage_seconds_total{stage="queue_freeze",device=%q} > 0`, dev),
 		`process_resident_memory_bytes{job="whyslow"}`,
 	} {
 		if len(prom.query(t, q)) == 0 {

@@ -59,6 +59,9 @@ type Options struct {
 	// (--rules) when Reload receives.
 	Rules     *rules.Set
 	LoadRules func() (*rules.Set, error)
+	// Stages names the stages of blocked stacks (--stages); nil means
+	// the built-in table.
+	Stages *stage.Table
 	Reload    <-chan struct{}
 	// BTF, Kernel, Mechanism, ProcFS, SysFS and Probes are those of
 	// diagnose.Options.
@@ -419,7 +422,7 @@ func (a *agent) reload() {
 // evaluate analyzes one window and publishes its result.
 func (a *agent) evaluate(tl *timeline.Timeline) {
 	tl.Sort()
-	res, err := diagnose.Analyze(tl, a.rules(), a.opts.Devices)
+	res, err := diagnose.AnalyzeWith(tl, a.rules(), a.opts.Devices, a.opts.Stages)
 	if err != nil {
 		fmt.Fprintf(a.opts.Log, "whyslow: evaluating the window ending %s: %v\n", a.wall(tl.End).Format(time.RFC3339), err)
 		return
