@@ -181,9 +181,6 @@ func comm(pid int) string {
 	return strings.TrimSpace(string(b))
 }
 
-// udevdComms are the names udevd runs under.
-var udevdComms = []string{"systemd-udevd", "udevd"}
-
 // findUdevd returns the pid of the running udevd (its main process), or 0.
 func findUdevd() int {
 	ents, _ := os.ReadDir("/proc")

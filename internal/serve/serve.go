@@ -62,7 +62,7 @@ type Options struct {
 	// Stages names the stages of blocked stacks (--stages); nil means
 	// the built-in table.
 	Stages *stage.Table
-	Reload    <-chan struct{}
+	Reload <-chan struct{}
 	// BTF, Kernel, Mechanism, ProcFS, SysFS and Probes are those of
 	// diagnose.Options.
 	BTF           string
