@@ -83,7 +83,8 @@ func TestNotEvaluated(t *testing.T) {
 			map[string]string{"periodic-trigger": "needs Command: exec unavailable"}},
 		{"service not in the run", runWith(okProbe(event.ProbeOffCPU), okProbe(event.ProbeSubmit)),
 			map[string]string{"slow-device": "service did not run", "periodic-trigger": "exec did not run",
-				"uevent-freeze": "uevent did not run"}},
+				"uevent-freeze": "uevent did not run", "cgroup-throttle": "iolimits did not run",
+				"iocost": "syscall did not run"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -173,6 +173,7 @@ func (e SysfsWrite) When() Mono { return e.Time }
 const (
 	ProbeExec       = "exec"
 	ProbeFreeze     = "freeze"
+	ProbeIOLimits   = "iolimits"
 	ProbeOffCPU     = "offcpu"
 	ProbeQueueEnter = "queueenter"
 	ProbeService    = "service"
@@ -180,6 +181,7 @@ const (
 	ProbeSubmitFn   = "submitfn"
 	ProbeSyscall    = "syscall"
 	ProbeSysfs      = "sysfs"
+	ProbeThrottle   = "throttle"
 	ProbeUevent     = "uevent"
 )
 
@@ -194,6 +196,8 @@ const (
 	MechRawTP      Mechanism = "raw_tracepoint"
 	MechTracepoint Mechanism = "tracepoint"
 	MechNetlink    Mechanism = "netlink"
+	// MechCgroupfs is a probe that reads cgroup files (no BPF).
+	MechCgroupfs Mechanism = "cgroupfs"
 )
 
 // ProbeStatus says whether a probe ran, on which mechanism, and why not.
@@ -368,3 +372,87 @@ type Process struct {
 
 // When implements Event.
 func (e Process) When() Mono { return e.Time }
+
+// IOLimit is one I/O limit of a cgroup on a device, as the iolimits probe
+// read it from cgroupfs at the start of the run: cgroup v1's
+// blkio.throttle.{read,write}_{bps,iops}_device, or v2's io.max. Both are
+// enforced by blk-throttle, which holds a cgroup's bios before the device
+// sees them.
+type IOLimit struct {
+	Time Mono `json:"time"`
+	// Cgroup is the cgroup's path in its hierarchy ("/backup"); V1 says the
+	// hierarchy is cgroup v1's blkio one, else it is the unified (v2) one.
+	Cgroup string `json:"cgroup"`
+	V1     bool   `json:"v1,omitempty"`
+	Dev    Device `json:"dev"`
+	// Limit is "rbps", "wbps", "riops" or "wiops" (io.max's keys), Value
+	// its bytes or I/Os a second.
+	Limit string `json:"limit" mem:"shared"`
+	Value uint64 `json:"value"`
+}
+
+// When implements Event.
+func (e IOLimit) When() Mono { return e.Time }
+
+// CgroupIO is the I/O a limited cgroup has done on a device so far, as the
+// iolimits probe read it from cgroupfs (v1 blkio.throttle.io_serviced and
+// io_service_bytes, v2 io.stat), at the start and at the end of the run:
+// the difference is its rate during the run.
+type CgroupIO struct {
+	Time       Mono   `json:"time"`
+	Cgroup     string `json:"cgroup"`
+	V1         bool   `json:"v1,omitempty"`
+	Dev        Device `json:"dev"`
+	Reads      uint64 `json:"reads"`
+	Writes     uint64 `json:"writes"`
+	ReadBytes  uint64 `json:"read_bytes"`
+	WriteBytes uint64 `json:"write_bytes"`
+}
+
+// When implements Event.
+func (e CgroupIO) When() Mono { return e.Time }
+
+// ThrottleWait is one bio that blk-throttle held over its cgroup's limit,
+// from the moment it was parked (the throttle function returned true) to
+// its dispatch (block_bio_queue), at least the threshold (--min-latency),
+// timed by a direct probe; Task is the task that submitted it.
+type ThrottleWait struct {
+	Start     Mono          `json:"start"`
+	Duration  time.Duration `json:"duration"`
+	Task      Task          `json:"task"`
+	Dev       Device        `json:"dev"`
+	Func      string        `json:"func" mem:"shared"`      // "__blk_throtl_bio" or "blk_throtl_bio"
+	Mechanism Mechanism     `json:"mechanism" mem:"shared"` // "fentry" or "kprobe"
+}
+
+// When implements Event.
+func (e ThrottleWait) When() Mono { return e.Start }
+
+// CgroupMember is a process seen in a limited cgroup (or in one below it)
+// by the iolimits probe, which reads their cgroup.procs at the start, every
+// PollInterval and at the end of the run: one event per process and limited
+// cgroup, when first seen there.
+type CgroupMember struct {
+	Time   Mono   `json:"time"`
+	Cgroup string `json:"cgroup"` // the limited cgroup
+	V1     bool   `json:"v1,omitempty"`
+	Pid    uint32 `json:"pid"`
+	Comm   string `json:"comm"`
+}
+
+// When implements Event.
+func (e CgroupMember) When() Mono { return e.Time }
+
+// IOCost is the configuration of the iocost controller on a device where
+// it is enabled, read from the cgroup v2 root's io.cost.qos and
+// io.cost.model (the line of the device, as the kernel prints it, without
+// its MAJ:MIN).
+type IOCost struct {
+	Time  Mono   `json:"time"`
+	Dev   Device `json:"dev"`
+	QoS   string `json:"qos"`
+	Model string `json:"model"`
+}
+
+// When implements Event.
+func (e IOCost) When() Mono { return e.Time }

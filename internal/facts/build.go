@@ -126,6 +126,7 @@ func Build(tl *timeline.Timeline, opts Options) *Run {
 	b.commands()
 	b.holders()
 	b.processes() // after every device is known
+	b.limits()    // after the processes
 
 	for _, d := range b.byName {
 		run.Devices = append(run.Devices, d)

@@ -163,6 +163,12 @@ type Device struct {
 	// else its slow submissions (Stalls). Those that overlap this device's
 	// freezes are what a freeze here cost the upper device's submitters.
 	UpperStalls Spans
+	// Limits are the blk-throttle limits of cgroups on this device (v2
+	// io.max, v1 blkio.throttle.*), the most delay first.
+	Limits Limits
+	// IOCost is iocost's configuration on this device, nil when it is not
+	// enabled there (or the iolimits probe did not run).
+	IOCost *IOCost
 }
 
 // Command is a group of execs of the same file by the same parent command.

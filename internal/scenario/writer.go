@@ -59,7 +59,14 @@ type FioResult struct {
 // fio if it still runs.
 func Writer(t testing.TB, dev string, dur time.Duration) *Fio {
 	t.Helper()
-	return writer(t, dev, dur)
+	return writer(t, dev, dur, nil)
+}
+
+// WriterIn is Writer run in cgroup c from its start (fio's first write is
+// already charged to c).
+func WriterIn(t testing.TB, c *Cgroup, dev string, dur time.Duration) *Fio {
+	t.Helper()
+	return writer(t, dev, dur, c)
 }
 
 // RateWriter is Writer with each thread held to iops writes a second, as a
@@ -70,10 +77,10 @@ func RateWriter(t testing.TB, dev string, dur time.Duration, iops int) *Fio {
 	if iops <= 0 {
 		t.Fatalf("writer: rate %d writes a second must be positive", iops)
 	}
-	return writer(t, dev, dur, fmt.Sprintf("--rate_iops=%d", iops))
+	return writer(t, dev, dur, nil, fmt.Sprintf("--rate_iops=%d", iops))
 }
 
-func writer(t testing.TB, dev string, dur time.Duration, extra ...string) *Fio {
+func writer(t testing.TB, dev string, dur time.Duration, c *Cgroup, extra ...string) *Fio {
 	t.Helper()
 	RequireRoot(t)
 	hold(t)
@@ -98,7 +105,11 @@ func writer(t testing.TB, dev string, dur time.Duration, extra ...string) *Fio {
 		"--time_based", fmt.Sprintf("--runtime=%dms", dur.Milliseconds()),
 		"--output-format=json", "--output=" + f.Output,
 	}, extra...)
-	f.cmd = exec.CommandContext(ctx, bin, args...)
+	argv := append([]string{bin}, args...)
+	if c != nil {
+		argv = c.Command(argv...)
+	}
+	f.cmd = exec.CommandContext(ctx, argv[0], argv[1:]...)
 	f.cmd.Stderr = &f.stderr
 	f.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	f.cmd.Cancel = func() error { return syscall.Kill(-f.cmd.Process.Pid, syscall.SIGKILL) }

@@ -60,6 +60,15 @@ type Timeline struct {
 	Syscalls      []event.Syscall
 	SyscallStats  []event.SyscallStats
 	BlockedStacks []event.BlockedStack
+	// Cgroup I/O limits and iocost (probe iolimits): the limits and the
+	// limited cgroups' I/O counters, from cgroupfs.
+	IOLimits      []event.IOLimit
+	CgroupIO      []event.CgroupIO
+	CgroupMembers []event.CgroupMember
+	IOCosts       []event.IOCost
+	// ThrottleWaits are bios blk-throttle held, timed directly (probe
+	// throttle).
+	ThrottleWaits []event.ThrottleWait
 }
 
 // Histogram kinds: the per-device histograms a probe delivers.
@@ -83,6 +92,16 @@ var Sources = []Source{
 	{Probe: event.ProbeFreeze, Streams: []Stream{
 		Events("freeze", func(t *Timeline) *[]event.Freeze { return &t.Freezes },
 			"`start`, `duration` (frozen until the unfreeze), `task` (freezer), `unfreezer`, `dev`, `func`, `mechanism`, `kernel_stack`, `user_stack`: a direct probe's queue freeze"),
+	}},
+	{Probe: event.ProbeIOLimits, Streams: []Stream{
+		Events("io_limit", func(t *Timeline) *[]event.IOLimit { return &t.IOLimits },
+			"`time`, `cgroup` (path in its hierarchy), `v1` (the cgroup v1 blkio hierarchy), `dev`, `limit` (`rbps`/`wbps`/`riops`/`wiops`), `value` (bytes or I/Os a second): a blk-throttle limit (`io.max`, `blkio.throttle.*`) read at the start"),
+		Events("cgroup_io", func(t *Timeline) *[]event.CgroupIO { return &t.CgroupIO },
+			"`time`, `cgroup`, `v1`, `dev`, `reads`, `writes`, `read_bytes`, `write_bytes`: a limited cgroup's I/O counters on a device (`io.stat`, `blkio.throttle.io_serviced`/`io_service_bytes`), read at the start, every 500 ms when they changed, and at the end"),
+		Events("cgroup_member", func(t *Timeline) *[]event.CgroupMember { return &t.CgroupMembers },
+			"`time`, `cgroup` (a limited cgroup), `v1`, `pid`, `comm`: a process seen in it or below it (`cgroup.procs`, read every 500 ms), when first seen"),
+		Events("io_cost", func(t *Timeline) *[]event.IOCost { return &t.IOCosts },
+			"`time`, `dev`, `qos`, `model`: the iocost configuration of a device where it is enabled (`io.cost.qos`, `io.cost.model`)"),
 	}},
 	{Probe: event.ProbeOffCPU, Streams: []Stream{
 		Events("offcpu", func(t *Timeline) *[]event.OffCPU { return &t.OffCPU },
@@ -120,6 +139,10 @@ var Sources = []Source{
 	{Probe: event.ProbeSysfs, Streams: []Stream{
 		Events("sysfs_write", func(t *Timeline) *[]event.SysfsWrite { return &t.SysfsWrites },
 			"`time`, `task`, `path`, `device`, `attr`"),
+	}},
+	{Probe: event.ProbeThrottle, Streams: []Stream{
+		Events("throttle_wait", func(t *Timeline) *[]event.ThrottleWait { return &t.ThrottleWaits },
+			"`start`, `duration`, `task` (the submitter), `dev`, `func` (`__blk_throtl_bio`/`blk_throtl_bio`), `mechanism` (`fentry`/`kprobe`): a bio blk-throttle held, parked to dispatched, above `--min-latency`"),
 	}},
 	{Probe: event.ProbeUevent, Streams: []Stream{
 		Events("uevent", func(t *Timeline) *[]event.Uevent { return &t.Uevents },
