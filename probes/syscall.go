@@ -146,7 +146,8 @@ type syscallRunning struct {
 	mu    sync.Mutex
 	procs map[uint32]*event.Process // by pid
 	devs  map[uint32]event.Device   // by kernel dev_t (a partition's too)
-	comms map[uint32]string         // process names, as first seen
+	comms map[uint32]string         // process names, as last read
+	seen  map[uint32]seenAs         // the last name and cgroup a record showed, by pid
 
 	stopOnce sync.Once
 	stopErr  error
@@ -227,7 +228,7 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 	}
 	procfs := cmpOr(cfg.ProcFS, "/proc")
 	r := &syscallRunning{cfg: cfg, sink: sink, coll: coll, done: make(chan struct{}), procfs: procfs,
-		procs: map[uint32]*event.Process{}, devs: map[uint32]event.Device{}, comms: map[uint32]string{}}
+		procs: map[uint32]*event.Process{}, devs: map[uint32]event.Device{}, comms: map[uint32]string{}, seen: map[uint32]seenAs{}}
 	defer func() {
 		if err != nil {
 			closeAll(r.links)
@@ -379,12 +380,18 @@ func (r *syscallRunning) handle(raw []byte) {
 }
 
 // process delivers, the first time a process is seen, its names: read now,
-// while it most likely still runs.
+// while it most likely still runs. When a later record of it shows another
+// thread name or cgroup (it exec'd, or a wrapper moved itself into a cgroup
+// and exec'd the job: "sh -c 'echo $$ > cgroup.procs; exec job'"), they
+// are read again, and delivered again if they changed: the last record of
+// a pid is its names.
 func (r *syscallRunning) process(at event.Mono, tgid uint32, threadComm string, cgroupID uint64) {
+	as := seenAs{threadComm, cgroupID}
 	r.mu.Lock()
-	_, seen := r.procs[tgid]
+	old, seen := r.procs[tgid]
+	last := r.seen[tgid]
 	r.mu.Unlock()
-	if seen {
+	if seen && (threadComm == "" || as == last) {
 		return
 	}
 	p := &event.Process{Time: at, Pid: tgid, Comm: threadComm, CgroupID: cgroupID}
@@ -395,14 +402,31 @@ func (r *syscallRunning) process(at event.Mono, tgid uint32, threadComm string, 
 	}
 	p.Cgroup, p.Blkio = procCgroups(filepath.Join(r.procfs, strconv.Itoa(int(tgid)), "cgroup"))
 	r.mu.Lock()
-	if _, seen := r.procs[tgid]; seen {
-		r.mu.Unlock()
-		return
+	defer r.mu.Unlock()
+	if threadComm != "" {
+		r.seen[tgid] = as
+	}
+	if cur, ok := r.procs[tgid]; ok && (cur != old || !renamed(cur, p)) {
+		return // another record named it meanwhile, or nothing changed
+	}
+	if seen && p.Cgroup == "" && p.Blkio == "" {
+		return // gone: its first names stand
 	}
 	r.procs[tgid] = p
 	r.comms[tgid] = p.Comm
-	r.mu.Unlock()
 	r.sink.Event(*p)
+}
+
+// seenAs is how a process's record showed it: its thread's name and cgroup
+// v2 id.
+type seenAs struct {
+	comm     string
+	cgroupID uint64
+}
+
+// renamed reports whether p names the process otherwise than cur.
+func renamed(cur, p *event.Process) bool {
+	return cur.Comm != p.Comm || cur.Cgroup != p.Cgroup || cur.Blkio != p.Blkio || cur.CgroupID != p.CgroupID
 }
 
 // procCgroups reads a /proc/PID/cgroup file: the cgroup v2 path ("0::")

@@ -76,6 +76,45 @@ type SlowSubmit struct {
 // When implements Event.
 func (e SlowSubmit) When() Mono { return e.Start }
 
+// IOUsage is what one process submitted to one block device over the run,
+// counted in the kernel per process, device, cgroup and kind of I/O: the
+// bios that completed, their bytes and their time in flight. A bio counts
+// for the task that queued it (block_bio_queue): the application for
+// direct and synchronous I/O, but the kernel thread that writes back dirty
+// pages (a kworker, a flusher) for buffered writes, whose cgroup is still
+// the one the pages are charged to.
+type IOUsage struct {
+	Time Mono `json:"time"` // when the counts were read, at the end of the run
+	// Task is the process: Pid and Tgid are its process id, Comm the name
+	// of the thread that queued its first bio counted here.
+	Task Task `json:"task"`
+	// Kthread is true for a kernel thread (writeback, journal, loop workers).
+	Kthread bool `json:"kthread,omitempty"`
+	// Cgroup is the path of the cgroup the I/O was charged to (its blkcg),
+	// relative to the hierarchy of the io (v2) or blkio (v1) controller:
+	// "/" for the root, "" when unknown. CgroupID is its inode number.
+	Cgroup   string `json:"cgroup" mem:"shared"`
+	CgroupID uint64 `json:"cgroup_id"`
+	Dev      Device `json:"dev"`
+	// Op is "read", "write", "flush" (a write of no data with a cache
+	// flush), "discard" or "other"; Sync says whether the kernel treats it
+	// as synchronous (reads; writes with REQ_SYNC, FUA or a flush).
+	Op   string `json:"op" mem:"shared"`
+	Sync bool   `json:"sync"`
+	// IOs are the bios completed; Requests how many of them got a request
+	// of their own (the others were merged into one, or the device is
+	// bio-based: zram, dm, md, bcache).
+	IOs      uint64 `json:"ios"`
+	Requests uint64 `json:"requests"`
+	Bytes    uint64 `json:"bytes"`
+	// InFlight is the bios' time from block_bio_queue to completion,
+	// summed: divided by the run's length, the mean number in flight.
+	InFlight time.Duration `json:"in_flight"`
+}
+
+// When implements Event.
+func (e IOUsage) When() Mono { return e.Time }
+
 // Frame is one symbolized stack frame.
 type Frame struct {
 	Addr   uint64 `json:"addr"`

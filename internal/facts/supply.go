@@ -54,6 +54,10 @@ var Suppliers = map[string][]string{
 	"Device.StageMs":      {event.ProbeSyscall},
 	"Device.StageTasks":   {event.ProbeSyscall},
 	"Device.StageDelayed": {event.ProbeSyscall},
+	"Device.IO":           {event.ProbeSubmit},
+	"Device.IOBy":         {event.ProbeSubmit},
+	"Device.IOByCgroup":   {event.ProbeSubmit},
+	"Device.Dominant":     {event.ProbeSubmit},
 
 	"Command": {event.ProbeExec},
 }

@@ -83,6 +83,17 @@ func LoopDevice(t testing.TB, size int64) string {
 	return loopDevice(t, size, t.TempDir(), false)
 }
 
+// DiskLoop attaches a loop device with direct I/O (losetup --direct-io=on)
+// over a new file of size bytes on a disk-backed filesystem, and returns
+// its name: I/O to it is I/O to that disk, with the disk's latency and
+// queue, and none of it stays in the page cache. The file is filled (not
+// sparse), so that reads reach the disk. It skips the test, saying why,
+// when the temp directory is not on a disk (tmpfs). Cleanup as LoopDevice.
+func DiskLoop(t testing.TB, size int64) string {
+	t.Helper()
+	return loopDevice(t, size, t.TempDir(), true)
+}
+
 // MemLoopDevice is LoopDevice over a file in memory (tmpfs, /dev/shm):
 // a fast device, whose writes and flushes take microseconds, as the seed's
 // NVMe journal did, so that what slows its writers down is what a scenario
@@ -98,26 +109,8 @@ func MemLoopDevice(t testing.TB, size int64) string {
 	return loopDevice(t, size, dir, false)
 }
 
-// DiskLoop attaches a loop device with direct I/O (losetup --direct-io=on)
-// over a new file of size bytes on a disk-backed filesystem, and returns
-// its name: I/O to it is I/O to that disk, with the disk's latency and
-// queue, and none of it stays in the page cache. The file is filled (not
-// sparse), so that reads reach the disk. It skips the test, saying why,
-// when the temp directory is not on a disk (tmpfs). Cleanup as LoopDevice.
-func DiskLoop(t testing.TB, size int64) string {
-	t.Helper()
-	RequireRoot(t)
-	dir := t.TempDir()
-	var st unix.Statfs_t
-	if err := unix.Statfs(dir, &st); err != nil {
-		t.Fatalf("loop device: %v", err)
-	}
-	if st.Type == unix.TMPFS_MAGIC || st.Type == unix.RAMFS_MAGIC {
-		Skip(t, "loop device: %s is in memory (tmpfs): a disk-backed loop device needs its file on a disk", dir)
-	}
-	return loopDevice(t, size, dir, true)
-}
-
+// loopDevice attaches a loop device over a file in dir; disk: the file is
+// filled and on a disk, and the device does direct I/O.
 func loopDevice(t testing.TB, size int64, dir string, disk bool) string {
 	t.Helper()
 	RequireRoot(t)
@@ -126,6 +119,15 @@ func loopDevice(t testing.TB, size int64, dir string, disk bool) string {
 		t.Fatalf("loop device: %v", err)
 	}
 
+	if disk {
+		var st unix.Statfs_t
+		if err := unix.Statfs(dir, &st); err != nil {
+			t.Fatalf("loop device: %v", err)
+		}
+		if st.Type == unix.TMPFS_MAGIC || st.Type == unix.RAMFS_MAGIC {
+			Skip(t, "loop device: %s is in memory (tmpfs): a disk-backed loop device needs its file on a disk", dir)
+		}
+	}
 	backing := filepath.Join(dir, fmt.Sprintf("%s%d.img", backingPrefix, os.Getpid()))
 	f, err := os.Create(backing)
 	if err != nil {
@@ -176,7 +178,8 @@ func loopDevice(t testing.TB, size int64, dir string, disk bool) string {
 				dev, orig.Scheduler, orig.NrRequests, err)
 		}
 	})
-	t.Logf("scenario: attached /dev/%s (%d MiB, scheduler %s, nr_requests %d)", dev, size>>20, orig.Scheduler, orig.NrRequests)
+	t.Logf("scenario: attached /dev/%s (%d MiB over %s, direct I/O %v, scheduler %s, nr_requests %d)",
+		dev, size>>20, backing, disk, orig.Scheduler, orig.NrRequests)
 	return dev
 }
 

@@ -54,6 +54,8 @@ type Timeline struct {
 	QueueEnters []event.QueueEnter
 	Freezes     []event.Freeze
 	SubmitCalls []event.SubmitCall
+	// IOUsage is each process's I/O per device (probe submit).
+	IOUsage []event.IOUsage
 	// The application's view (probe syscall): the processes, their slow
 	// storage calls, and the in-kernel sums of all of them.
 	Processes     []event.Process
@@ -117,6 +119,8 @@ var Sources = []Source{
 	{Probe: event.ProbeSubmit, Streams: []Stream{
 		Events("slow_submit", func(t *Timeline) *[]event.SlowSubmit { return &t.SlowSubmits },
 			"`start`, `latency`, `task` (`{pid, tgid, comm}`), `dev`, `op` (rwbs), `end` (`getrq`/`backmerge`/`frontmerge`), `sector`, `bytes`"),
+		Events("io_usage", func(t *Timeline) *[]event.IOUsage { return &t.IOUsage },
+			"`time` (when read, at the end of the run), `task` (the process: `pid` = `tgid`), `kthread`, `cgroup` (path of the I/O's blkcg in the io/blkio hierarchy, `/` for the root, `\"\"` unknown), `cgroup_id`, `dev`, `op` (`read`/`write`/`flush`/`discard`/`other`), `sync`, `ios` (bios completed), `requests` (of which got a request of their own), `bytes`, `in_flight` (ns, block_bio_queue to completion, summed): one process's I/O on one device, counted in the kernel"),
 	}, Hists: []Hist{
 		{HistSubmit, func(d *DeviceHistograms) *hist.Histogram { return &d.Submit }},
 	}},
@@ -128,7 +132,7 @@ var Sources = []Source{
 	}},
 	{Probe: event.ProbeSyscall, Streams: []Stream{
 		Events("process", func(t *Timeline) *[]event.Process { return &t.Processes },
-			"`time` (its first storage call), `pid`, `comm`, `cgroup_id`, `cgroup` (v2 path), `blkio` (v1 blkio path)"),
+			"`time` (its first storage call), `pid`, `comm`, `cgroup_id`, `cgroup` (v2 path), `blkio` (v1 blkio path); again, later, when its names changed (it exec'd, or moved to another cgroup): the last record of a pid names it"),
 		Events("syscall", func(t *Timeline) *[]event.Syscall { return &t.Syscalls },
 			"`start`, `duration`, `task`, `call` (`pwrite64`, `fsync`, ...), `dev` (`{name: \"all\"}` for sync), `sleep`, `runqueue` (ns inside the call), `ret`: a storage system call above `--min-latency`"),
 		Sums("syscall_stats", func(t *Timeline) *[]event.SyscallStats { return &t.SyscallStats },
