@@ -35,7 +35,7 @@ var rules = []struct {
 		why:    "the vocabulary of the pipeline: of whyslow only the histogram below it (events that carry one)",
 	},
 	{
-		pkgs:  []string{"internal/timeline", "internal/facts", "internal/stage", "rules", "internal/report", "internal/tracefile", "internal/stackexport", "internal/synth", "internal/symbolize"},
+		pkgs:  []string{"internal/timeline", "internal/facts", "internal/stage", "rules", "internal/report", "internal/tracefile", "internal/stackexport", "internal/synth", "internal/symbolize", "internal/flight", "internal/metrics"},
 		never: []string{"probes", "diagnose", "cmd", "internal/live", "github.com/cilium/ebpf"},
 		why:   "the analysis runs on recorded traces anywhere: it never needs the probes or BPF",
 	},
