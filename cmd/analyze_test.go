@@ -385,8 +385,10 @@ func TestAnalyzeNotEvaluated(t *testing.T) {
 	f.Close()
 	for _, tt := range []struct{ format, want string }{
 		{"json", `"not_evaluated": [`},
-		{"text", "!! 2 RULES NOT EVALUATED"},
-		{"markdown", "2 rules were not evaluated"},
+		// (and the rules that need probes the trace predates: their number
+		// grows with the rules)
+		{"text", "RULES NOT EVALUATED"},
+		{"markdown", "rules were not evaluated"},
 		{"html", `id="not-evaluated"`},
 	} {
 		t.Run(tt.format, func(t *testing.T) {

@@ -210,6 +210,7 @@ func (e SysfsWrite) When() Mono { return e.Time }
 // its status and losses, the streams it fills (timeline.Sources), the
 // facts it supplies, --mechanism NAME=... and the trace command.
 const (
+	ProbeDevFault   = "devfault"
 	ProbeExec       = "exec"
 	ProbeFreeze     = "freeze"
 	ProbeIOLimits   = "iolimits"
@@ -395,6 +396,32 @@ type BlockedStack struct {
 // When implements Event.
 func (e BlockedStack) When() Mono { return e.Time }
 
+// The kinds of memory stall (MemStall.Kind).
+const (
+	MemDirectReclaim = "direct_reclaim" // the page allocator reclaiming for itself (global memory short)
+	MemCgroupReclaim = "memcg_reclaim"  // a charge over its memory cgroup's limit reclaiming
+	MemCompaction    = "compaction"     // direct compaction for a higher-order allocation
+)
+
+// MemStall is how long one process's storage calls of one kind on one
+// device spent in one kind of memory stall (direct reclaim, its cgroup's
+// reclaim, direct compaction), on or off CPU: timed begin to end by the
+// vmscan and compaction tracepoints inside the calls, summed in the kernel.
+type MemStall struct {
+	Time  Mono          `json:"time"` // when the sums were read
+	Pid   uint32        `json:"pid"`  // the process
+	Comm  string        `json:"comm"`
+	Call  string        `json:"call" mem:"shared"`
+	Dev   Device        `json:"dev"`
+	Kind  string        `json:"kind" mem:"shared"` // MemDirectReclaim, MemCgroupReclaim, MemCompaction
+	Total time.Duration `json:"total"`
+	Count uint64        `json:"count"` // stalls
+	Max   time.Duration `json:"max"`   // the longest
+}
+
+// When implements Event.
+func (e MemStall) When() Mono { return e.Time }
+
 // Process is a process whose storage calls the syscall probe traced, seen
 // at its first one: the names of its control groups, which name the limits
 // its I/O is under.
@@ -412,6 +439,52 @@ type Process struct {
 
 // When implements Event.
 func (e Process) When() Mono { return e.Time }
+
+// The kinds of DeviceFault.
+const (
+	FaultError   = "error"   // a request completed with an error
+	FaultTimeout = "timeout" // a request was given back after its deadline, to be issued again
+)
+
+// DeviceFault is one request that failed on a device (completed with an
+// error) or timed out (given back after its deadline had passed, by the
+// driver's timeout handling, to be issued again): probe devfault.
+type DeviceFault struct {
+	Time   Mono   `json:"time"`
+	Dev    Device `json:"dev"`
+	Kind   string `json:"kind" mem:"shared"` // FaultError or FaultTimeout
+	Op     string `json:"op" mem:"shared"`   // "read", "write", "flush", "discard", ...
+	Sector uint64 `json:"sector"`
+	Bytes  uint32 `json:"bytes,omitempty"`
+	// Status names an error ("medium error", "I/O error", "timeout", ...)
+	// and Errno is its -errno; both empty for a timeout.
+	Status string `json:"status,omitempty" mem:"shared"`
+	Errno  int32  `json:"errno,omitempty"`
+	// InFlight is the time since the request was started (else since it
+	// was allocated); 0 when the kernel did not stamp it.
+	InFlight time.Duration `json:"in_flight,omitempty"`
+	// TimedOut marks an error on a request whose deadline had passed.
+	TimedOut bool `json:"timed_out,omitempty"`
+	// Timeout is the device's request timeout (queue/io_timeout) when it
+	// could be read.
+	Timeout time.Duration `json:"timeout,omitempty"`
+}
+
+// When implements Event.
+func (e DeviceFault) When() Mono { return e.Time }
+
+// Requeues is how many requests a device's driver gave back to be issued
+// again during the run (block_rq_requeue), and how many of them after
+// their deadline (timeouts), counted in the kernel.
+type Requeues struct {
+	Time     Mono   `json:"time"` // when the counts were read
+	Dev      Device `json:"dev"`
+	Count    uint64 `json:"count"`
+	TimedOut uint64 `json:"timed_out,omitempty"`
+}
+
+// When implements Event.
+func (e Requeues) When() Mono { return e.Time }
 
 // IOLimit is one I/O limit of a cgroup on a device, as the iolimits probe
 // read it from cgroupfs at the start of the run: cgroup v1's

@@ -124,6 +124,7 @@ func Build(tl *timeline.Timeline, opts Options) *Run {
 	b.stalls()
 	b.offCPU()
 	b.sysfsWrites()
+	b.faults()
 	b.uevents() // after every device is known
 	b.commands()
 	b.holders()
@@ -133,7 +134,7 @@ func Build(tl *timeline.Timeline, opts Options) *Run {
 
 	for _, d := range b.byName {
 		run.Devices = append(run.Devices, d)
-		for _, s := range []*Spans{&d.Stalls, &d.QueueWaits, &d.TagWaits, &d.Freezes, &d.SubmitCalls} {
+		for _, s := range []*Spans{&d.Stalls, &d.QueueWaits, &d.TagWaits, &d.Freezes, &d.SubmitCalls, &d.Timeouts} {
 			sortSpans(*s)
 		}
 	}

@@ -194,6 +194,21 @@ type Device struct {
 	// else its slow submissions (Stalls). Those that overlap this device's
 	// freezes are what a freeze here cost the upper device's submitters.
 	UpperStalls Spans
+	// Errors are the requests the device failed (probe devfault; What is
+	// the error: "medium error", "I/O error", "timeout", "no space", ...);
+	// errors that are answers rather than failures (not supported, try
+	// again, out of resources, ...) are left out.
+	Errors Points
+	// Timeouts are the requests that timed out, kind KindTimeout: from the
+	// request's start to when the driver gave it back to be issued again
+	// (or failed it) after its deadline; Attr is the operation.
+	Timeouts Spans
+	// Requeues counts the requests the driver gave back to be issued
+	// again, for any reason (timeouts, resets, busy).
+	Requeues uint64
+	// IOTimeout is the device's request timeout (queue/io_timeout), 0
+	// when not known.
+	IOTimeout time.Duration
 	// Limits are the blk-throttle limits of cgroups on this device (v2
 	// io.max, v1 blkio.throttle.*), the most delay first.
 	Limits Limits

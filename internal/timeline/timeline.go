@@ -62,6 +62,11 @@ type Timeline struct {
 	Syscalls      []event.Syscall
 	SyscallStats  []event.SyscallStats
 	BlockedStacks []event.BlockedStack
+	MemStalls     []event.MemStall
+	// Failing devices (probe devfault): failed requests and timeouts,
+	// and the requeues summed per device.
+	DeviceFaults []event.DeviceFault
+	Requeues     []event.Requeues
 	// Cgroup I/O limits and iocost (probe iolimits): the limits and the
 	// limited cgroups' I/O counters, from cgroupfs.
 	IOLimits      []event.IOLimit
@@ -93,6 +98,12 @@ const (
 // row in docs/trace-format.md (the record's fields; a test checks that it
 // names every field of the event), generated from here.
 var Sources = []Source{
+	{Probe: event.ProbeDevFault, Streams: []Stream{
+		Events("device_fault", func(t *Timeline) *[]event.DeviceFault { return &t.DeviceFaults },
+			"`time`, `dev`, `kind` (`error`, `timeout`), `op`, `sector`, `bytes`, `status` and `errno` (of an error), `in_flight` (since the request started), `timed_out` (an error after its deadline), `timeout` (queue/io_timeout): a failed or timed-out request"),
+		Sums("requeues", func(t *Timeline) *[]event.Requeues { return &t.Requeues },
+			"`time`, `dev`, `count`, `timed_out`: the requests a device's driver gave back to be issued again, counted in the kernel"),
+	}},
 	{Probe: event.ProbeExec, Streams: []Stream{
 		Events("exec", func(t *Timeline) *[]event.Exec { return &t.Execs },
 			"`time`, `forked`, `task`, `ppid`, `parent_comm`, `uid`, `filename`, `args`, `args_truncated`, `ret` (the error of a failed exec, omitted when 0: a diagnosis records successful execs only)"),
@@ -147,6 +158,8 @@ var Sources = []Source{
 			"`time`, `pid`, `comm`, `call`, `dev`, `latency` (histogram of every call, ns), `sleep`, `runqueue`: one process's calls of one kind on one device, summed in the kernel"),
 		Sums("blocked_stack", func(t *Timeline) *[]event.BlockedStack { return &t.BlockedStacks },
 			"`time`, `pid`, `comm`, `call`, `dev`, `total` (ns asleep), `count` (sleeps), `kernel_stack`, `unwalked` (sleeps whose stacks were not walked, to bound the walks' cost): where one process's calls of one kind on one device slept, summed in the kernel"),
+		Sums("mem_stall", func(t *Timeline) *[]event.MemStall { return &t.MemStalls },
+			"`time`, `pid`, `comm`, `call`, `dev`, `kind` (`direct_reclaim`, `memcg_reclaim`, `compaction`), `total` (ns, on or off CPU), `count`, `max`: one process's calls of one kind on one device in a memory stall, summed in the kernel"),
 	}},
 	{Probe: event.ProbeSysfs, Streams: []Stream{
 		Events("sysfs_write", func(t *Timeline) *[]event.SysfsWrite { return &t.SysfsWrites },
