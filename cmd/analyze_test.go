@@ -368,7 +368,7 @@ func TestAnalyzeNotEvaluated(t *testing.T) {
 	tl.Uevents = nil
 	// Probes newer than the trace ran too: only the uevent rules are not
 	// evaluated.
-	for _, p := range []string{event.ProbeIOLimits, event.ProbeSyscall} {
+	for _, p := range []string{event.ProbeIOLimits, event.ProbeSyscall, event.ProbeWriteback} {
 		if !slices.ContainsFunc(tl.Probes, func(st event.ProbeStatus) bool { return st.Name == p }) {
 			tl.Probes = append(tl.Probes, event.ProbeStatus{Name: p, Status: event.StatusOK, Mechanism: event.MechCgroupfs})
 		}

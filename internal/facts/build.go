@@ -130,6 +130,7 @@ func Build(tl *timeline.Timeline, opts Options) *Run {
 	b.holders()
 	b.processes() // after every device is known
 	b.limits()    // after the processes
+	b.writeback()
 
 	for _, d := range b.byName {
 		run.Devices = append(run.Devices, d)

@@ -37,6 +37,8 @@ type Run struct {
 	// Processes are the processes whose storage system calls the syscall
 	// probe traced, the most time in those calls first.
 	Processes Processes
+	// DirtyLimits are the vm.dirty_* sysctls at the start (probe writeback).
+	DirtyLimits DirtyLimits
 
 	// probes are the status of every probe of the run (Missing reads them).
 	probes []event.ProbeStatus
@@ -213,6 +215,12 @@ type Device struct {
 	// IOCost is iocost's configuration on this device, nil when it is not
 	// enabled there (or the iolimits probe did not run).
 	IOCost *IOCost
+	// Wbt, Dirty and Journal are the write-back throttles and journal
+	// commits seen on the device (probe writeback); Mounts its filesystems.
+	Wbt     Wbt
+	Dirty   Dirty
+	Journal Journal
+	Mounts  []Mount
 }
 
 // IOUse is the I/O one process (or one cgroup, or everyone) issued to a

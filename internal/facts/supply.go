@@ -31,6 +31,7 @@ var Suppliers = map[string][]string{
 	"Run.IOs":          {event.ProbeService},
 	"Run.Worst":        {event.ProbeService},
 	"Run.Processes":    {event.ProbeSyscall},
+	"Run.DirtyLimits":  {event.ProbeWriteback},
 
 	"Device.Name":         nil,
 	"Device.ID":           nil,
@@ -64,6 +65,11 @@ var Suppliers = map[string][]string{
 	"Device.IOBy":         {event.ProbeSubmit},
 	"Device.IOByCgroup":   {event.ProbeSubmit},
 	"Device.Dominant":     {event.ProbeSubmit},
+	"Device.Wbt":          {event.ProbeWriteback},
+	"Device.Dirty":        {event.ProbeWriteback},
+	"Device.Journal":      {event.ProbeWriteback},
+	"Device.Mounts":       {event.ProbeWriteback},
+	"Device.FSType":       {event.ProbeWriteback},
 
 	"Command": {event.ProbeExec},
 }

@@ -76,6 +76,14 @@ type Timeline struct {
 	// ThrottleWaits are bios blk-throttle held, timed directly (probe
 	// throttle).
 	ThrottleWaits []event.ThrottleWait
+	// Write-back throttles and journal commits (probe writeback).
+	Mounts         []event.Mount
+	WbtLats        []event.WbtLat
+	WbtSteps       []event.WbtStep
+	DirtyLimits    []event.DirtyLimits
+	DirtyPauses    []event.DirtyPause
+	JournalCommits []event.JournalCommit
+	OrderedData    []event.OrderedData
 }
 
 // Histogram kinds: the per-device histograms a probe delivers.
@@ -164,6 +172,22 @@ var Sources = []Source{
 	{Probe: event.ProbeUevent, Streams: []Stream{
 		Events("uevent", func(t *Timeline) *[]event.Uevent { return &t.Uevents },
 			"`time`, `action`, `devpath`, `subsystem`, `devname`, `devtype`, `seqnum`"),
+	}},
+	{Probe: event.ProbeWriteback, Streams: []Stream{
+		Events("mount", func(t *Timeline) *[]event.Mount { return &t.Mounts },
+			"`time`, `dev` (whole disk), `fs_dev` (the filesystem's device), `fstype`, `point`: a filesystem on a block device at the start"),
+		Events("wbt_lat", func(t *Timeline) *[]event.WbtLat { return &t.WbtLats },
+			"`time`, `dev`, `lat` (ns; 0: wbt off), `from` (`sysfs` at the start, `wbt_lat` when it changed): a device's wbt latency target"),
+		Events("wbt_step", func(t *Timeline) *[]event.WbtStep { return &t.WbtSteps },
+			"`time`, `dev`, `step`, `msg`, `window`, `bg`, `normal`, `max` (depth limits): wbt scaled a device's queue depth"),
+		Events("dirty_limits", func(t *Timeline) *[]event.DirtyLimits { return &t.DirtyLimits },
+			"`time`, `bytes`, `ratio`, `background_bytes`, `background_ratio`, `page_size`: the vm.dirty_* sysctls at the start"),
+		Events("dirty_pause", func(t *Timeline) *[]event.DirtyPause { return &t.DirtyPauses },
+			"`time`, `task`, `dev` (written back to), `pause`, `period`, `paused`, `limit`, `setpoint`, `dirty`, `wb_setpoint`, `wb_dirty` (pages), `dirty_ratelimit`, `task_ratelimit` (KiB/s), `cgroup_ino`: a writer paused in balance_dirty_pages"),
+		Events("journal_commit", func(t *Timeline) *[]event.JournalCommit { return &t.JournalCommits },
+			"`start`, `duration`, `dev`, `fs_dev`, `tid`, `sync`, `locking`, `flushing`, `logging` (phases), `handles`, `blocks`, `blocks_logged`: a jbd2 commit"),
+		Events("ordered_data", func(t *Timeline) *[]event.OrderedData { return &t.OrderedData },
+			"`time`, `dev`, `fs_dev`, `tid`, `ino`, `dirtier` (the process that dirtied the inode; zero when unseen): a commit writing an inode's ordered data"),
 	}},
 }
 

@@ -59,6 +59,7 @@ var hostTools = []struct {
 	{"/usr/bin/udevadm", []string{"/usr/bin/udevadm", "/bin/udevadm"}, "udev"},
 	{"/usr/sbin/make-bcache", []string{"/usr/sbin/make-bcache", "/sbin/make-bcache"}, "bcache-tools"},
 	{"/bin/busybox", []string{"/bin/busybox", "/usr/bin/busybox"}, "busybox-static"},
+	{"/usr/sbin/mkfs.ext4", []string{"/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"}, "e2fsprogs"},
 }
 
 // guestModules are loaded at boot (with their dependencies) where they are
