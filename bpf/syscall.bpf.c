@@ -310,12 +310,37 @@ static __always_inline struct sc_state *state_of(struct task_struct *t)
 	return bpf_map_lookup_elem(&state_tid, &tid);
 }
 
+/* bpf_rdonly_cast (6.2+): a pointer read from kernel memory becomes a
+ * typed one whose fields are plain loads (a faulting load gives 0) instead
+ * of one bpf_probe_read_kernel call each. Weak: older kernels leave it out
+ * and use_cast is 0 there. */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
+
+/* Set by user space: bpf_rdonly_cast is there and the programs are tp_btf. */
+volatile const __u8 use_cast = 0;
+
 /* file_dev returns the device a file's I/O goes to, or 0 for a file whose
  * I/O reaches no block device. */
 static __always_inline __u32 file_dev(struct file *f)
 {
 	if (!f)
 		return 0;
+	if (use_cast) {
+		struct file *cf = bpf_rdonly_cast(f, bpf_core_type_id_kernel(struct file));
+		struct inode *ci = cf->f_inode;
+		if (!ci)
+			return 0;
+		unsigned short m = ci->i_mode & WS_S_IFMT;
+		if (m == WS_S_IFBLK)
+			return ci->i_rdev;
+		if (m != WS_S_IFREG && m != WS_S_IFDIR)
+			return 0;
+		struct super_block *sb = ci->i_sb;
+		if (!sb)
+			return 0;
+		struct block_device *cb = sb->s_bdev;
+		return cb ? cb->bd_dev : 0;
+	}
 	struct inode *ino = BPF_CORE_READ(f, f_inode);
 	if (!ino)
 		return 0;
@@ -408,7 +433,11 @@ static __always_inline __u32 ring_dev(__s64 fd)
 	struct file *f = fd_file(fd);
 	if (!f)
 		return 0;
-	__u64 ring = (__u64)BPF_CORE_READ(f, private_data);
+	__u64 ring;
+	if (use_cast)
+		ring = (__u64)((struct file *)bpf_rdonly_cast(f, bpf_core_type_id_kernel(struct file)))->private_data;
+	else
+		ring = (__u64)BPF_CORE_READ(f, private_data);
 	if (!ring)
 		return 0;
 	__u32 *dev = bpf_map_lookup_elem(&ring_devs, &ring);

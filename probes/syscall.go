@@ -186,6 +186,9 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 	consts["switch_has_state"] = uint8(boolInt(n >= 4))
 	consts["use_btf_task"] = uint8(boolInt(btfTask))
 	consts["walk_gap_ns"] = uint64(syscallWalkGap)
+	// The file's fields as plain loads (bpf_rdonly_cast, 6.2+) on the
+	// tp_btf rung; else one bpf_probe_read_kernel each.
+	consts["use_cast"] = uint8(boolInt(mech == event.MechTPBTF && haveKfunc(kernel, "bpf_rdonly_cast")))
 	// io_uring_enter's device comes from the files of its ring's requests
 	// (tracepoint io_uring_file_get, whose fd is its last argument).
 	ringArgs, ringErr := tpParamCount(kernel, "io_uring_file_get")

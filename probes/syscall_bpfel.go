@@ -207,6 +207,7 @@ const (
 	syscallVarStorageNrType   = "storage_nr_type"
 	syscallVarSwitchHasState  = "switch_has_state"
 	syscallVarUseBtfTask      = "use_btf_task"
+	syscallVarUseCast         = "use_cast"
 	syscallVarUseTaskStorage  = "use_task_storage"
 	syscallVarWalkGapNs       = "walk_gap_ns"
 )
@@ -303,6 +304,7 @@ type syscallVariableSpecs struct {
 	StorageNrType   *ebpf.VariableSpec `ebpf:"storage_nr_type"`
 	SwitchHasState  *ebpf.VariableSpec `ebpf:"switch_has_state"`
 	UseBtfTask      *ebpf.VariableSpec `ebpf:"use_btf_task"`
+	UseCast         *ebpf.VariableSpec `ebpf:"use_cast"`
 	UseTaskStorage  *ebpf.VariableSpec `ebpf:"use_task_storage"`
 	WalkGapNs       *ebpf.VariableSpec `ebpf:"walk_gap_ns"`
 }
@@ -377,6 +379,7 @@ type syscallVariables struct {
 	StorageNrType   *ebpf.Variable `ebpf:"storage_nr_type"`
 	SwitchHasState  *ebpf.Variable `ebpf:"switch_has_state"`
 	UseBtfTask      *ebpf.Variable `ebpf:"use_btf_task"`
+	UseCast         *ebpf.Variable `ebpf:"use_cast"`
 	UseTaskStorage  *ebpf.Variable `ebpf:"use_task_storage"`
 	WalkGapNs       *ebpf.Variable `ebpf:"walk_gap_ns"`
 }
