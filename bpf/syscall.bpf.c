@@ -50,6 +50,13 @@ volatile const __u8 use_btf_task = 0;
  * shares its time out like the walked sleeps of its process x device x
  * call. 0: every sleep is walked. */
 volatile const __u64 walk_gap_ns = 0;
+/* The gap before walking an interruptible sleep (S state: waits for aio
+ * or io_uring completions, whose stacks repeat), at least: such sleeps
+ * come at the I/O rate under a fast asynchronous load, and a walk costs
+ * more than the rest of the call's programs together. Uninterruptible
+ * sleeps (D: the I/O, tag, throttle, journal, lock waits that tell the
+ * stages apart) keep walk_gap_ns. */
+volatile const __u64 walk_gap_s_ns = 0;
 
 /* x86-64 numbers of the storage calls (arch/x86/entry/syscalls/syscall_64.tbl). */
 enum storage_nr {
@@ -732,15 +739,15 @@ static __always_inline void switch_in(struct task_struct *next, struct sc_state 
 }
 
 /* walk takes the current task's kernel stack into `stacks`, unless this
- * CPU walked one less than walk_gap_ns ago. */
-static __always_inline __s32 walk(void *ctx, __u64 now)
+ * CPU walked one less than gap ago. */
+static __always_inline __s32 walk(void *ctx, __u64 now, __u64 gap)
 {
-	if (walk_gap_ns) {
+	if (gap) {
 		__u32 zero = 0;
 		__u64 *last = bpf_map_lookup_elem(&last_walk, &zero);
 		if (!last)
 			return -1;
-		if (now - *last < walk_gap_ns)
+		if (now - *last < gap)
 			return SC_NOT_WALKED;
 		*last = now;
 	}
@@ -766,7 +773,7 @@ int BPF_PROG(sc_switch, _Bool preempt, struct task_struct *prev, struct task_str
 		st->preempted = preempt || (prev_state & 0xff) == 0;
 		st->stackid = -1;
 		if (!st->preempted)
-			st->stackid = walk(ctx, now);
+			st->stackid = walk(ctx, now, (prev_state & TASK_UNINTERRUPTIBLE) ? walk_gap_ns : walk_gap_s_ns);
 	}
 	st = state_of(next);
 	if (st && st->start_ns && st->off_ns)

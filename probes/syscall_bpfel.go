@@ -210,6 +210,7 @@ const (
 	syscallVarUseCast         = "use_cast"
 	syscallVarUseTaskStorage  = "use_task_storage"
 	syscallVarWalkGapNs       = "walk_gap_ns"
+	syscallVarWalkGapS_ns     = "walk_gap_s_ns"
 )
 
 // loadSyscall returns the embedded CollectionSpec for syscall.
@@ -307,6 +308,7 @@ type syscallVariableSpecs struct {
 	UseCast         *ebpf.VariableSpec `ebpf:"use_cast"`
 	UseTaskStorage  *ebpf.VariableSpec `ebpf:"use_task_storage"`
 	WalkGapNs       *ebpf.VariableSpec `ebpf:"walk_gap_ns"`
+	WalkGapS_ns     *ebpf.VariableSpec `ebpf:"walk_gap_s_ns"`
 }
 
 // syscallObjects contains all objects after they have been loaded into the kernel.
@@ -382,6 +384,7 @@ type syscallVariables struct {
 	UseCast         *ebpf.Variable `ebpf:"use_cast"`
 	UseTaskStorage  *ebpf.Variable `ebpf:"use_task_storage"`
 	WalkGapNs       *ebpf.Variable `ebpf:"walk_gap_ns"`
+	WalkGapS_ns     *ebpf.Variable `ebpf:"walk_gap_s_ns"`
 }
 
 // syscallPrograms contains all programs after they have been loaded into the kernel.
