@@ -12,8 +12,10 @@ import (
 	"encoding/json"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -34,9 +36,36 @@ type running struct {
 	waitElapsed time.Duration
 }
 
-// start runs whyslow with args in the background.
+// unignoreSignals undoes, for the processes the tests start, the stop
+// signals this test process was started with ignored: under nohup (SIGHUP
+// ignored) whyslow would be started with SIGHUP ignored too, and keep it
+// ignored as it should (see cmd/signals.go), so the SIGHUP of a test would
+// not end its run. A signal this process handles is at its default in a
+// process it starts (exec resets handlers, not ignored signals), so the
+// ignored ones are handled here, by dropping them.
+var unignoreSignals = sync.OnceFunc(func() {
+	var sigs []os.Signal
+	for _, sig := range []os.Signal{syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM} {
+		if signal.Ignored(sig) {
+			sigs = append(sigs, sig)
+		}
+	}
+	if len(sigs) == 0 {
+		return
+	}
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, sigs...)
+	go func() {
+		for range ch {
+		}
+	}()
+})
+
+// start runs whyslow with args in the background, with the stop signals
+// at their defaults (unignoreSignals).
 func start(t *testing.T, args ...string) *running {
 	t.Helper()
+	unignoreSignals()
 	r := &running{cmd: exec.Command(whyslowBin, args...), done: make(chan struct{})}
 	r.cmd.Stdout, r.cmd.Stderr = &r.out, &r.errb
 	if err := r.cmd.Start(); err != nil {
