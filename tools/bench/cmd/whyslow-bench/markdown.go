@@ -155,7 +155,7 @@ func renderMarkdown(r *Results) string {
 			fmt.Sprintf("≤ biolatency alone (%.0f ns)", bc.NsPerIO.Median), yesNo(wc.NsPerIO.Median <= bc.NsPerIO.Median)})
 	}
 	if s := r.Sched; s != nil {
-		rows = append(rows, []string{"context switches: time per round trip with whyslow", fmt.Sprintf("%+.1f%%", (s.Ratio.Median-1)*100),
+		rows = append(rows, []string{"context switches: time per round trip with whyslow", pct(s.Ratio.Median),
 			"≤ +5%", yesNo(s.Ratio.Median <= 1.05)})
 	}
 	if r.Startup != nil && len(r.Startup.Tools) > 0 {
