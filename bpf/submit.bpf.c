@@ -1,30 +1,41 @@
-/* submit: bio submission latency (blktrace's Q2G), per device.
+/* submit: bio submission latency (blktrace's Q2G), per device, and each
+ * process's I/O per device.
  *
- * block_bio_queue starts a span keyed by the bio pointer; it ends when the
- * bio gets a request (block_getrq) or is merged into one
+ * block_bio_queue starts a span keyed by the bio pointer, in the context of
+ * the task that submits it (for writeback: a kworker or flusher thread); the
+ * span ends when the bio gets a request (block_getrq) or is merged into one
  * (block_bio_backmerge/frontmerge). The span holds the waits before request
  * accounting: a frozen queue (__bio_queue_enter), wbt/iocost throttling and
  * tag allocation. Every span goes into a per-device histogram; spans of at
  * least min_latency_ns are also streamed with who submitted the bio.
  *
- * Bios of bio-based devices (zram, dm, md, bcache) never get a request. Their
- * spans are deleted on block_bio_complete: the kernel sets
- * BIO_TRACE_COMPLETION on every bio that passes block_bio_queue, so
- * block_bio_complete fires exactly once for each of them when it ends. That
- * keeps the map small and, more importantly, stops a freed bio whose memory
- * is reused by a later bio that skips block_bio_queue (the front part of a
- * split) from ending a stale span with a bogus huge latency. Spans wait in
- * a direct-mapped table by bio pointer (see ptr_slot); a completion missed
- * leaves a stale slot that the next bio to map there takes. */
+ * What block_bio_queue notes also counts the bio for its submitter, per
+ * process (tgid), device, cgroup (the bio's blkcg) and operation, in a
+ * per-CPU table (io_use): the bios, those that got a request of their own,
+ * their bytes and their time in flight, from block_bio_queue to:
+ *   - block_rq_complete of the request the bio got (rq->bio is still that
+ *     bio there), for request-based devices: the entry waits until then;
+ *   - the merge, for a bio merged into another's request: its bytes count
+ *     for its own submitter, its time in flight only up to the merge;
+ *   - block_bio_complete, for bio-based devices (zram, dm, md, bcache),
+ *     which never get a request: the kernel traces the completion of every
+ *     bio that passed block_bio_queue and did not get a request
+ *     (BIO_TRACE_COMPLETION; blk_update_request clears it for the others).
+ * Deleting the entry at the end also stops a freed bio whose memory is
+ * reused by a later bio that skips block_bio_queue (the front part of a
+ * split) from ending a stale span with a bogus huge latency. Entries wait
+ * in a 2-way table by bio pointer (see slot_of); an end missed leaves a
+ * stale entry that a later bio takes. */
 #include "common.h"
 #include "events.h"
 #include "hist.h"
 #include "kernel_block.h"
 #include "spans.h"
 
-/* 65536 slots x 24 B = 1.5 MB: room for a frozen queue's thousands of
- * waiting bios with few collisions. */
-#define SLOT_BITS 16
+/* 32768 slots x 64 B = 2 MB, two candidate slots per bio: room for a
+ * frozen queue's thousands of waiting bios and every bio in flight, with
+ * few collisions. */
+#define SLOT_BITS 15
 #include "devhist.h"
 
 /* Index of the bio argument of each tracepoint (see tp_arg). */
@@ -33,6 +44,17 @@ volatile const __u32 arg_getrq = 0;
 volatile const __u32 arg_backmerge = 0;
 volatile const __u32 arg_frontmerge = 0;
 volatile const __u32 arg_bio_complete = 1;
+volatile const __u32 arg_rq_complete = 0;
+
+/* The bits of bi_opf that io_flags reads, from the kernel's BTF (enum
+ * req_flag_bits differs between kernels); 0 when unknown. */
+volatile const __u32 req_sync = 0;
+volatile const __u32 req_fua = 0;
+volatile const __u32 req_preflush = 0;
+
+/* io_use has 1 << io_use_bits entries per CPU, set from user space with
+ * the map's size. */
+volatile const __u32 io_use_bits = 10;
 
 enum submit_end {
 	END_GETRQ = 0,
@@ -40,15 +62,39 @@ enum submit_end {
 	END_FRONTMERGE = 2,
 };
 
-/* What block_bio_queue notes of a bio: as little as can be, since it runs
- * for every bio. The submitter's comm is taken at the end, for the slow
- * ones only: a bio gets its request or is merged in the task that queued
- * it (the end checks it is the same thread). */
+/* Flags of a bio (struct start, struct io_use). Go: ioSync, ioFUA,
+ * ioPreflush, ioEmpty. */
+enum io_flag {
+	IO_SYNC = 1, /* REQ_SYNC */
+	IO_FUA = 2, /* REQ_FUA */
+	IO_PREFLUSH = 4, /* REQ_PREFLUSH */
+	IO_EMPTY = 8, /* no data: a flush */
+};
+
+KEEP_TYPE(enum io_flag, io_flag_type);
+
+/* Where a bio's entry stands. */
+enum start_state {
+	ST_QUEUED = 0, /* its submission span runs */
+	ST_GOTRQ = 1, /* it got a request of its own, not completed yet */
+};
+
+/* What block_bio_queue notes of a bio: who submitted it and what it is,
+ * for its submission span and its accounting at completion. One cache
+ * line. */
 struct start {
 	__u64 bio; /* struct bio *, 0 when free */
 	__u64 ns;
+	__u64 cgroup; /* kernfs id of the bio's cgroup, 0 when unknown */
 	__u32 pid;
 	__u32 tgid;
+	__u32 dev; /* whole disk, major<<20|minor */
+	__u32 bytes;
+	__u8 op; /* bi_opf & REQ_OP_MASK */
+	__u8 flags; /* enum io_flag */
+	__u8 state; /* enum start_state */
+	__u8 pad[5];
+	char comm[TASK_COMM_LEN];
 };
 
 struct {
@@ -57,6 +103,37 @@ struct {
 	__type(key, __u32);
 	__type(value, struct start);
 } starts SEC(".maps");
+
+/* One submitter's completed bios on one device: the key (tgid, dev,
+ * cgroup, op, flags) and its counts. Go: ioUse. */
+struct io_use {
+	__u32 tgid;
+	__u32 dev;
+	__u64 cgroup;
+	__u8 op;
+	__u8 flags;
+	__u8 used;
+	__u8 pad[5];
+	__u64 ios; /* bios completed */
+	__u64 requests; /* of which got a request of their own */
+	__u64 bytes;
+	__u64 inflight_ns; /* block_bio_queue to completion, summed */
+	char comm[TASK_COMM_LEN]; /* of the first bio's submitter */
+};
+
+/* A direct-mapped table per CPU, probed IO_USE_PROBES entries from the
+ * key's hash: cheaper than a hash map on every I/O, with no lock and no
+ * shared cache line. User space adds the CPUs' entries of the same key.
+ * Sized from user space (io_use_bits); a bio that finds no room is counted
+ * in LOSS_MAP_FULL. */
+#define IO_USE_PROBES 4
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1 << 10);
+	__type(key, __u32);
+	__type(value, struct io_use);
+} io_use SEC(".maps");
 
 struct submit_event {
 	__u64 start_ns;
@@ -74,39 +151,156 @@ struct submit_event {
 
 KEEP_TYPE(struct submit_event, submit_event_type);
 
-/* A raw tracepoint: the bio is only a key here, and a raw tracepoint's
- * arguments are plain numbers (a tp_btf program would copy the pointer out
- * to use it as one). */
+/* slot_of returns the entry of a bio among its two candidate slots, or
+ * NULL. */
+static __always_inline struct start *slot_of(__u64 bio)
+{
+	__u32 k = ptr_slot(bio);
+	struct start *s = bpf_map_lookup_elem(&starts, &k);
+
+	if (s && s->bio == bio)
+		return s;
+	k ^= 1;
+	s = bpf_map_lookup_elem(&starts, &k);
+	if (s && s->bio == bio)
+		return s;
+	return 0;
+}
+
+/* slot_claim returns a slot for a new bio: a free one of its two, or its
+ * own (a bio queued again after its completion was missed), else the
+ * first, whose entry is lost. */
+static __always_inline struct start *slot_claim(__u64 bio)
+{
+	__u32 k0 = ptr_slot(bio), k1 = k0 ^ 1;
+	struct start *s0 = bpf_map_lookup_elem(&starts, &k0);
+	struct start *s1;
+
+	if (!s0)
+		return 0;
+	if (!s0->bio || s0->bio == bio)
+		return s0;
+	s1 = bpf_map_lookup_elem(&starts, &k1);
+	if (!s1)
+		return 0;
+	if (!s1->bio || s1->bio == bio)
+		return s1;
+	lose(LOSS_MAP_FULL);
+	return s0;
+}
+
+static __always_inline __u8 io_flags(__u32 opf, __u32 bytes)
+{
+	__u8 f = 0;
+
+	if (opf & req_sync)
+		f |= IO_SYNC;
+	if (opf & req_fua)
+		f |= IO_FUA;
+	if (opf & req_preflush)
+		f |= IO_PREFLUSH;
+	if (!bytes)
+		f |= IO_EMPTY;
+	return f;
+}
+
+/* note_bio notes what a bio is: its device, cgroup, size and kind, and
+ * the name of the task that queued it when the current task is that one
+ * (the ends run in it; else user space names it from its pid). */
+static __always_inline void note_bio(struct start *s, struct bio *bio)
+{
+	__u32 opf = bio->bi_opf;
+	__u32 bytes = bio->bi_iter.bi_size;
+
+	s->dev = disk_dev_btf(bio_disk_btf(bio));
+	s->cgroup = bio_cgroup_btf(bio);
+	s->bytes = bytes;
+	s->op = opf & 0xff; /* REQ_OP_MASK */
+	s->flags = io_flags(opf, bytes);
+	s->comm[0] = 0;
+	if ((__u32)bpf_get_current_pid_tgid() == s->pid)
+		bpf_get_current_comm(s->comm, sizeof(s->comm));
+}
+
+/* A raw tracepoint: the bio is only a key here; what it is is noted when
+ * its submission ends (getrq or a merge, in the same task), or when it
+ * completes on a bio-based device. As little as can be: it runs for every
+ * bio. */
 SEC("raw_tp/block_bio_queue")
 int sub_bio_queue(__u64 *ctx)
 {
-	__u64 bio = raw_arg(ctx, arg_bio_queue);
-	__u32 k = ptr_slot(bio);
-	struct start *s = bpf_map_lookup_elem(&starts, &k);
-	__u64 id = bpf_get_current_pid_tgid();
+	__u64 p = raw_arg(ctx, arg_bio_queue);
+	struct start *s;
+	__u64 id;
 
-	if (!bio || !s)
+	if (!p)
 		return 0;
-	if (s->bio && s->bio != bio)
-		lose(LOSS_MAP_FULL);
+	s = slot_claim(p);
+	if (!s)
+		return 0;
+	id = bpf_get_current_pid_tgid();
+	s->bio = 0; /* being written */
 	s->ns = bpf_ktime_get_ns();
 	s->pid = (__u32)id;
 	s->tgid = id >> 32;
-	s->bio = bio;
+	s->dev = 0;
+	s->state = ST_QUEUED;
+	s->bio = p;
 	return 0;
+}
+
+/* io_use_add counts a bio for its submitter on this CPU, with inflight ns
+ * in flight; state ST_GOTRQ counts its request. */
+static __always_inline void io_use_add(struct start *s, __u64 inflight)
+{
+	__u64 h = ((__u64)s->tgid << 32 | s->dev) ^ (s->cgroup * 0xff51afd7ed558ccdULL) ^
+		  ((__u64)s->op << 8 | s->flags);
+	__u32 mask = ((__u32)1 << (io_use_bits & 31)) - 1;
+	__u32 i0 = (__u32)((h * 0x9E3779B97F4A7C15ULL) >> 32);
+
+#pragma unroll
+	for (int i = 0; i < IO_USE_PROBES; i++) {
+		__u32 k = (i0 + i) & mask;
+		struct io_use *u = bpf_map_lookup_elem(&io_use, &k);
+
+		if (!u)
+			return;
+		if (!u->used) {
+			/* This CPU's copy: nothing else writes it meanwhile. */
+			u->tgid = s->tgid;
+			u->dev = s->dev;
+			u->cgroup = s->cgroup;
+			u->op = s->op;
+			u->flags = s->flags;
+			__builtin_memcpy(u->comm, s->comm, sizeof(u->comm));
+			u->used = 1;
+		} else if (u->tgid != s->tgid || u->dev != s->dev || u->cgroup != s->cgroup ||
+			   u->op != s->op || u->flags != s->flags) {
+			continue;
+		}
+		u->ios++;
+		if (s->state == ST_GOTRQ)
+			u->requests++;
+		u->bytes += s->bytes;
+		u->inflight_ns += inflight;
+		return;
+	}
+	lose(LOSS_MAP_FULL);
 }
 
 static __always_inline int submit_end(struct bio *bio, __u32 end)
 {
 	__u64 p = ptr_bits(bio);
-	__u32 k = ptr_slot(p);
-	struct start *sp = bpf_map_lookup_elem(&starts, &k);
+	struct start *sp;
 	struct submit_event *e;
 	struct gendisk *disk;
 	__u64 now, lat, start;
 	__u32 dev, pid, tgid;
 
-	if (!sp || !p || sp->bio != p)
+	if (!p)
+		return 0;
+	sp = slot_of(p);
+	if (!sp || sp->state != ST_QUEUED)
 		return 0;
 	now = bpf_ktime_get_ns();
 	start = sp->ns;
@@ -117,20 +311,23 @@ static __always_inline int submit_end(struct bio *bio, __u32 end)
 		return 0;
 	}
 	lat = now - start;
+	note_bio(sp, bio);
+	if (end == END_GETRQ) {
+		sp->state = ST_GOTRQ; /* counted when its request completes */
+	} else {
+		io_use_add(sp, lat);
+		sp->bio = 0;
+	}
 
 	disk = bio_disk_btf(bio);
 	dev = disk_dev_btf(disk);
 	dev_hist_add(dev, disk, lat);
-	if (!long_span(lat)) {
-		sp->bio = 0;
+	if (!long_span(lat))
 		return 0;
-	}
 
 	e = EVENT_RESERVE(struct submit_event);
-	if (!e) {
-		sp->bio = 0;
+	if (!e)
 		return 0;
-	}
 	e->start_ns = start;
 	e->latency_ns = lat;
 	e->sector = BPF_CORE_READ(bio, bi_iter.bi_sector);
@@ -140,7 +337,6 @@ static __always_inline int submit_end(struct bio *bio, __u32 end)
 	e->opf = BPF_CORE_READ(bio, bi_opf);
 	e->bytes = BPF_CORE_READ(bio, bi_iter.bi_size);
 	e->end = end;
-	sp->bio = 0;
 	/* The end runs in the thread that queued the bio; should it not,
 	 * user space names the submitter from its pid. */
 	e->comm[0] = 0;
@@ -171,15 +367,53 @@ int sub_frontmerge(__u64 *ctx)
 	return submit_end(tp_arg(ctx, arg_frontmerge), END_FRONTMERGE);
 }
 
-SEC("raw_tp/block_bio_complete")
+/* io_done ends a bio's entry: counts it, in flight until now, and frees
+ * the slot. */
+static __always_inline void io_done(struct start *s)
+{
+	__u64 now = bpf_ktime_get_ns();
+
+	if (s->dev && now >= s->ns)
+		io_use_add(s, now - s->ns);
+	s->bio = 0;
+}
+
+/* A request completes (the first of its partial completions): its first
+ * bio, the one that got it, is counted. */
+SEC("tp_btf/block_rq_complete")
+int sub_rq_done(__u64 *ctx)
+{
+	struct request *rq = tp_arg(ctx, arg_rq_complete);
+	struct bio *bio = rq->bio;
+	__u64 p = ptr_bits(bio);
+	struct start *s;
+
+	if (!p)
+		return 0;
+	s = slot_of(p);
+	if (s && s->state == ST_GOTRQ)
+		io_done(s);
+	return 0;
+}
+
+/* A bio of a bio-based device completes, or one that neither got a
+ * request nor was merged (it failed early): what it is is noted now (its
+ * size is still there: the bio-based drivers do not advance it), not who
+ * queued it (this runs where it completes). */
+SEC("tp_btf/block_bio_complete")
 int sub_bio_done(__u64 *ctx)
 {
-	__u64 bio = raw_arg(ctx, arg_bio_complete);
-	__u32 k = ptr_slot(bio);
-	struct start *s = bpf_map_lookup_elem(&starts, &k);
+	struct bio *bio = tp_arg(ctx, arg_bio_complete);
+	__u64 p = ptr_bits(bio);
+	struct start *s;
 
-	if (s && bio && s->bio == bio)
-		s->bio = 0;
+	if (!p)
+		return 0;
+	s = slot_of(p);
+	if (!s || s->state != ST_QUEUED)
+		return 0;
+	note_bio(s, bio);
+	io_done(s);
 	return 0;
 }
 

@@ -238,7 +238,8 @@ enum sc_stack_loss {
 	SC_LOSS_STACK = 0, /* the walk failed or found its bucket taken by another stack */
 	SC_LOSS_BLOCKED = 1, /* `blocked` full: a sleep's time is lost */
 	SC_LOSS_HIST = 2, /* `call_hists` full: a call's latency is lost */
-	SC_LOSS_KINDS = 3,
+	SC_LOSS_MEM = 3, /* `mem_begin` or `mem_stalls` full: a memory stall's time is lost */
+	SC_LOSS_KINDS = 4,
 };
 
 KEEP_TYPE(enum sc_stack_loss, sc_stack_loss_type);
@@ -823,5 +824,160 @@ int BPF_PROG(sc_waking, struct task_struct *p)
 
 	if (st && st->off_ns && !st->wake_ns)
 		st->wake_ns = bpf_ktime_get_ns();
+	return 0;
+}
+
+/* Memory stalls inside storage calls: direct reclaim (the allocator's,
+ * global), memcg reclaim (a charge over its cgroup's limit) and direct
+ * compaction, timed begin to end on the thread (on or off CPU) by their
+ * vmscan and compaction tracepoints, and summed per process x device x
+ * call x kind in `mem_stalls`. Only stalls that begin inside a storage
+ * call are timed. */
+enum sc_mem_kind {
+	SC_MEM_DIRECT = 0, /* mm_vmscan_direct_reclaim_begin/_end */
+	SC_MEM_MEMCG = 1, /* mm_vmscan_memcg_reclaim_begin/_end */
+	SC_MEM_COMPACT = 2, /* mm_compaction_begin/_end (compact_zone) */
+	SC_MEM_KINDS = 3,
+};
+
+KEEP_TYPE(enum sc_mem_kind, sc_mem_kind_type);
+
+/* Threads inside a memory stall of a storage call at once. */
+#define MAX_MEM_THREADS 4096
+/* Process x device x call x kind sums. */
+#define MAX_MEM_STALLS 4096
+
+struct sc_mem_begin {
+	__u64 ns[SC_MEM_KINDS]; /* when each kind began; 0: not in it */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_MEM_THREADS);
+	__type(key, __u32); /* tid */
+	__type(value, struct sc_mem_begin);
+} mem_begin SEC(".maps");
+
+struct sc_mem_key {
+	__u32 tgid;
+	__u32 dev;
+	__u32 nr;
+	__u32 kind; /* enum sc_mem_kind */
+};
+
+struct sc_mem_stall {
+	__u64 ns;
+	__u64 count;
+	__u64 max_ns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, MAX_MEM_STALLS);
+	__type(key, struct sc_mem_key);
+	__type(value, struct sc_mem_stall);
+} mem_stalls SEC(".maps");
+
+KEEP_TYPE(struct sc_mem_key, sc_mem_key_type);
+KEEP_TYPE(struct sc_mem_stall, sc_mem_stall_type);
+
+static __always_inline void mem_begin_at(__u32 kind)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct sc_state *st = state(tid, 0);
+
+	if (!st || !st->start_ns || st->dev == DEV_PENDING || kind >= SC_MEM_KINDS)
+		return;
+	struct sc_mem_begin *b = bpf_map_lookup_elem(&mem_begin, &tid);
+	if (!b) {
+		struct sc_mem_begin z = {};
+		bpf_map_update_elem(&mem_begin, &tid, &z, BPF_NOEXIST);
+		b = bpf_map_lookup_elem(&mem_begin, &tid);
+		if (!b) {
+			count_loss(&sc_losses, SC_LOSS_MEM);
+			return;
+		}
+	}
+	b->ns[kind] = bpf_ktime_get_ns();
+}
+
+static __always_inline void mem_end_at(__u32 kind)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)id;
+	struct sc_mem_begin *b = bpf_map_lookup_elem(&mem_begin, &tid);
+
+	if (!b || kind >= SC_MEM_KINDS)
+		return;
+	__u64 begin = b->ns[kind];
+	if (!begin)
+		return;
+	b->ns[kind] = 0;
+	struct sc_state *st = state(tid, 0);
+	/* The call it began in must still be the thread's (a stall that
+	 * began in a call that has ended is not timed). */
+	if (!st || !st->start_ns || st->start_ns > begin || st->dev == DEV_PENDING)
+		return;
+	__u64 now = bpf_ktime_get_ns();
+	if (now <= begin)
+		return;
+	__u64 d = now - begin;
+	struct sc_mem_key k = {.tgid = id >> 32, .dev = st->dev, .nr = st->nr, .kind = kind};
+	struct sc_mem_stall *m = bpf_map_lookup_elem(&mem_stalls, &k);
+	if (!m) {
+		struct sc_mem_stall z = {};
+		bpf_map_update_elem(&mem_stalls, &k, &z, BPF_NOEXIST);
+		m = bpf_map_lookup_elem(&mem_stalls, &k);
+		if (!m) {
+			count_loss(&sc_losses, SC_LOSS_MEM);
+			return;
+		}
+	}
+	__sync_fetch_and_add(&m->ns, d);
+	__sync_fetch_and_add(&m->count, 1);
+	if (d > m->max_ns)
+		m->max_ns = d;
+}
+
+SEC("tp_btf/mm_vmscan_direct_reclaim_begin")
+int sc_direct_begin(void *ctx)
+{
+	mem_begin_at(SC_MEM_DIRECT);
+	return 0;
+}
+
+SEC("tp_btf/mm_vmscan_direct_reclaim_end")
+int sc_direct_end(void *ctx)
+{
+	mem_end_at(SC_MEM_DIRECT);
+	return 0;
+}
+
+SEC("tp_btf/mm_vmscan_memcg_reclaim_begin")
+int sc_memcg_begin(void *ctx)
+{
+	mem_begin_at(SC_MEM_MEMCG);
+	return 0;
+}
+
+SEC("tp_btf/mm_vmscan_memcg_reclaim_end")
+int sc_memcg_end(void *ctx)
+{
+	mem_end_at(SC_MEM_MEMCG);
+	return 0;
+}
+
+SEC("tp_btf/mm_compaction_begin")
+int sc_compact_begin(void *ctx)
+{
+	mem_begin_at(SC_MEM_COMPACT);
+	return 0;
+}
+
+SEC("tp_btf/mm_compaction_end")
+int sc_compact_end(void *ctx)
+{
+	mem_end_at(SC_MEM_COMPACT);
 	return 0;
 }

@@ -461,6 +461,7 @@ type attachPoint struct {
 	fn     string // kernel function
 	ret    bool   // kretprobe (kprobe rung); fexit is told by the program's section
 	tracer bool   // fentry/fexit program (else kprobe)
+	rawtp  bool   // a raw tracepoint program (fn is the tracepoint) that goes with the others
 }
 
 // directRun is a running fentry or kprobe probe that streams records from
@@ -542,6 +543,8 @@ func startDirect(probe string, spec *ebpf.CollectionSpec, kernel *btf.Spec, poin
 		switch {
 		case p.tracer:
 			l, err = link.AttachTracing(link.TracingOptions{Program: prog})
+		case p.rawtp:
+			l, err = link.AttachRawTracepoint(link.RawTracepointOptions{Name: p.fn, Program: prog})
 		case p.ret:
 			l, err = link.Kretprobe(p.fn, prog, nil)
 		default:

@@ -18,7 +18,8 @@ import (
 
 // submitProbe measures bio submission latency (blktrace's Q2G): from
 // block_bio_queue to block_getrq or a merge, per device, and streams the
-// slow submissions with who made them.
+// slow submissions with who made them. It also counts each process's
+// completed bios per device, cgroup and kind (event.IOUsage).
 type submitProbe struct{}
 
 func init() { register(submitProbe{}) }
@@ -28,9 +29,9 @@ func (submitProbe) Decl() Decl {
 	return Decl{
 		Name:       event.ProbeSubmit,
 		Mechanisms: []Rung{{Mech: event.MechTPBTF}},
-		Describe:   "bio submission latency (block_bio_queue to getrq/merge): queue freezes, throttling and tag waits before request accounting",
-		Attach:     "raw tracepoint `block_bio_queue` → tp_btf `block_getrq` / `block_bio_{back,front}merge`",
-		Records:    "bio submission latency per device (blktrace's Q2G): the waits before request accounting (frozen queue, throttling, tags). Per-CPU in-kernel histograms; single submissions above `--min-latency` streamed",
+		Describe:   "bio submission latency (block_bio_queue to getrq/merge): queue freezes, throttling and tag waits before request accounting; each process's I/O per device",
+		Attach:     "raw tracepoint `block_bio_queue` → tp_btf `block_getrq` / `block_bio_{back,front}merge` → tp_btf `block_rq_complete` / `block_bio_complete`",
+		Records:    "bio submission latency per device (blktrace's Q2G): the waits before request accounting (frozen queue, throttling, tags). Per-CPU in-kernel histograms; single submissions above `--min-latency` streamed. Each process's (and cgroup's) bios, bytes and time in flight per device and kind, counted in the kernel",
 	}
 }
 
@@ -52,6 +53,7 @@ func (p submitProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
 type submitRunning struct {
 	sink   Sink
 	sysfs  string
+	procfs string
 	objs   submitObjects
 	links  []link.Link
 	rd     *ringbuf.Reader
@@ -82,11 +84,21 @@ func startSubmit(cfg Config, sink Sink) (_ *submitRunning, err error) {
 		}
 		consts[v] = i
 	}
+	if consts["arg_rq_complete"], err = tpArgIndex(kernel, "block_rq_complete", "request"); err != nil {
+		return nil, err
+	}
+	ops := newOpDecoder(kernel)
+	for v, mask := range ops.reqFlagMasks() {
+		consts[v] = mask
+	}
 	spec, err := loadSpec(loadSubmit, consts)
 	if err != nil {
 		return nil, err
 	}
-	r := &submitRunning{sink: sink, sysfs: cfg.SysFS, ops: newOpDecoder(kernel), done: make(chan struct{})}
+	if err := spec.Variables["io_use_bits"].Set(sizeIOUse(spec)); err != nil {
+		return nil, fmt.Errorf("setting io_use_bits: %w", err)
+	}
+	r := &submitRunning{sink: sink, sysfs: cfg.SysFS, procfs: cfg.ProcFS, ops: ops, done: make(chan struct{})}
 	if err := spec.LoadAndAssign(&r.objs, collectionOptions(kernel)); err != nil {
 		return nil, fmt.Errorf("loading objects: %w", err)
 	}
@@ -104,14 +116,19 @@ func startSubmit(cfg Config, sink Sink) (_ *submitRunning, err error) {
 	}
 	// Attach the ends and the completion before the start, so no span is
 	// started that could not be ended.
-	if r.links, err = attachTPBTF(r.objs.SubGetrq, r.objs.SubBackmerge, r.objs.SubFrontmerge); err != nil {
+	if r.links, err = attachTPBTF(r.objs.SubGetrq, r.objs.SubBackmerge, r.objs.SubFrontmerge, r.objs.SubRqDone); err != nil {
 		return nil, err
 	}
-	starts, err := attachRawTP(rawTP{"block_bio_complete", r.objs.SubBioDone}, rawTP{"block_bio_queue", r.objs.SubBioQueue})
+	done, err := attachTPBTF(r.objs.SubBioDone)
+	r.links = append(r.links, done...)
 	if err != nil {
 		return nil, err
 	}
-	r.links = append(r.links, starts...)
+	start, err := attachRawTP(rawTP{"block_bio_queue", r.objs.SubBioQueue})
+	r.links = append(r.links, start...)
+	if err != nil {
+		return nil, err
+	}
 	go func() {
 		defer close(r.done)
 		readRing(r.rd, r.sink, event.ProbeSubmit, r.handle)
@@ -154,10 +171,12 @@ func (r *submitRunning) Checkpoint(sink Sink) error {
 }
 
 // Stop detaches the programs, delivers the buffered slow submissions, the
-// per-device histograms and the loss counts, and frees everything.
+// per-device histograms, each process's I/O and the loss counts, and frees
+// everything.
 func (r *submitRunning) Stop() error {
 	r.stopOnce.Do(func() {
 		closeAll(r.links)
+		now, _ := event.Now()
 		_ = r.rd.Flush()
 		<-r.done
 		r.rd.Close()
@@ -166,6 +185,16 @@ func (r *submitRunning) Stop() error {
 			r.stopErr = err
 		} else {
 			deliverDevHists(r.sink, timeline.HistSubmit, r.sysfs, hs, names)
+		}
+		if use, err := readIOUse(r.objs.IoUse); err != nil {
+			r.sink.Loss(event.Loss{Probe: event.ProbeSubmit, What: "I/O accounting unreadable", Count: 1})
+			if r.stopErr == nil {
+				r.stopErr = err
+			}
+		} else {
+			for _, e := range ioUsageEvents(use, r.ops, names, r.procfs, r.sysfs, now) {
+				r.sink.Event(e)
+			}
 		}
 		deliverLosses(r.sink, event.ProbeSubmit, r.objs.Losses)
 		if r.decode > 0 {

@@ -40,6 +40,31 @@ const (
 	submitHistLayoutHIST_SLOTS    submitHistLayout = 328
 )
 
+type submitIoFlag uint32
+
+const (
+	submitIoFlagIO_SYNC     submitIoFlag = 1
+	submitIoFlagIO_FUA      submitIoFlag = 2
+	submitIoFlagIO_PREFLUSH submitIoFlag = 4
+	submitIoFlagIO_EMPTY    submitIoFlag = 8
+)
+
+type submitIoUse struct {
+	_          structs.HostLayout
+	Tgid       uint32
+	Dev        uint32
+	Cgroup     uint64
+	Op         uint8
+	Flags      uint8
+	Used       uint8
+	Pad        [5]uint8
+	Ios        uint64
+	Requests   uint64
+	Bytes      uint64
+	InflightNs uint64
+	Comm       [16]int8
+}
+
 type submitLossKind uint32
 
 const (
@@ -50,11 +75,19 @@ const (
 )
 
 type submitStart struct {
-	_    structs.HostLayout
-	Bio  uint64
-	Ns   uint64
-	Pid  uint32
-	Tgid uint32
+	_      structs.HostLayout
+	Bio    uint64
+	Ns     uint64
+	Cgroup uint64
+	Pid    uint32
+	Tgid   uint32
+	Dev    uint32
+	Bytes  uint32
+	Op     uint8
+	Flags  uint8
+	State  uint8
+	Pad    [5]uint8
+	Comm   [16]int8
 }
 
 type submitSubmitEnd uint32
@@ -89,6 +122,7 @@ const (
 	submitMapDevHistZero     = "dev_hist_zero"
 	submitMapDevNames        = "dev_names"
 	submitMapEvents          = "events"
+	submitMapIoUse           = "io_use"
 	submitMapLosses          = "losses"
 	submitMapStarts          = "starts"
 	submitProgSubBackmerge   = "sub_backmerge"
@@ -96,14 +130,21 @@ const (
 	submitProgSubBioQueue    = "sub_bio_queue"
 	submitProgSubFrontmerge  = "sub_frontmerge"
 	submitProgSubGetrq       = "sub_getrq"
+	submitProgSubRqDone      = "sub_rq_done"
 	submitVarArgBackmerge    = "arg_backmerge"
 	submitVarArgBioComplete  = "arg_bio_complete"
 	submitVarArgBioQueue     = "arg_bio_queue"
 	submitVarArgFrontmerge   = "arg_frontmerge"
 	submitVarArgGetrq        = "arg_getrq"
+	submitVarArgRqComplete   = "arg_rq_complete"
 	submitVarHistLayoutType  = "hist_layout_type"
+	submitVarIoFlagType      = "io_flag_type"
+	submitVarIoUseBits       = "io_use_bits"
 	submitVarLossKindType    = "loss_kind_type"
 	submitVarMinLatencyNs    = "min_latency_ns"
+	submitVarReqFua          = "req_fua"
+	submitVarReqPreflush     = "req_preflush"
+	submitVarReqSync         = "req_sync"
 	submitVarSubmitEventType = "submit_event_type"
 )
 
@@ -154,6 +195,7 @@ type submitProgramSpecs struct {
 	SubBioQueue   *ebpf.ProgramSpec `ebpf:"sub_bio_queue"`
 	SubFrontmerge *ebpf.ProgramSpec `ebpf:"sub_frontmerge"`
 	SubGetrq      *ebpf.ProgramSpec `ebpf:"sub_getrq"`
+	SubRqDone     *ebpf.ProgramSpec `ebpf:"sub_rq_done"`
 }
 
 // submitMapSpecs contains maps before they are loaded into the kernel.
@@ -165,6 +207,7 @@ type submitMapSpecs struct {
 	DevHistZero  *ebpf.MapSpec `ebpf:"dev_hist_zero"`
 	DevNames     *ebpf.MapSpec `ebpf:"dev_names"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
+	IoUse        *ebpf.MapSpec `ebpf:"io_use"`
 	Losses       *ebpf.MapSpec `ebpf:"losses"`
 	Starts       *ebpf.MapSpec `ebpf:"starts"`
 }
@@ -178,9 +221,15 @@ type submitVariableSpecs struct {
 	ArgBioQueue     *ebpf.VariableSpec `ebpf:"arg_bio_queue"`
 	ArgFrontmerge   *ebpf.VariableSpec `ebpf:"arg_frontmerge"`
 	ArgGetrq        *ebpf.VariableSpec `ebpf:"arg_getrq"`
+	ArgRqComplete   *ebpf.VariableSpec `ebpf:"arg_rq_complete"`
 	HistLayoutType  *ebpf.VariableSpec `ebpf:"hist_layout_type"`
+	IoFlagType      *ebpf.VariableSpec `ebpf:"io_flag_type"`
+	IoUseBits       *ebpf.VariableSpec `ebpf:"io_use_bits"`
 	LossKindType    *ebpf.VariableSpec `ebpf:"loss_kind_type"`
 	MinLatencyNs    *ebpf.VariableSpec `ebpf:"min_latency_ns"`
+	ReqFua          *ebpf.VariableSpec `ebpf:"req_fua"`
+	ReqPreflush     *ebpf.VariableSpec `ebpf:"req_preflush"`
+	ReqSync         *ebpf.VariableSpec `ebpf:"req_sync"`
 	SubmitEventType *ebpf.VariableSpec `ebpf:"submit_event_type"`
 }
 
@@ -209,6 +258,7 @@ type submitMaps struct {
 	DevHistZero  *ebpf.Map `ebpf:"dev_hist_zero"`
 	DevNames     *ebpf.Map `ebpf:"dev_names"`
 	Events       *ebpf.Map `ebpf:"events"`
+	IoUse        *ebpf.Map `ebpf:"io_use"`
 	Losses       *ebpf.Map `ebpf:"losses"`
 	Starts       *ebpf.Map `ebpf:"starts"`
 }
@@ -220,6 +270,7 @@ func (m *submitMaps) Close() error {
 		m.DevHistZero,
 		m.DevNames,
 		m.Events,
+		m.IoUse,
 		m.Losses,
 		m.Starts,
 	)
@@ -234,9 +285,15 @@ type submitVariables struct {
 	ArgBioQueue     *ebpf.Variable `ebpf:"arg_bio_queue"`
 	ArgFrontmerge   *ebpf.Variable `ebpf:"arg_frontmerge"`
 	ArgGetrq        *ebpf.Variable `ebpf:"arg_getrq"`
+	ArgRqComplete   *ebpf.Variable `ebpf:"arg_rq_complete"`
 	HistLayoutType  *ebpf.Variable `ebpf:"hist_layout_type"`
+	IoFlagType      *ebpf.Variable `ebpf:"io_flag_type"`
+	IoUseBits       *ebpf.Variable `ebpf:"io_use_bits"`
 	LossKindType    *ebpf.Variable `ebpf:"loss_kind_type"`
 	MinLatencyNs    *ebpf.Variable `ebpf:"min_latency_ns"`
+	ReqFua          *ebpf.Variable `ebpf:"req_fua"`
+	ReqPreflush     *ebpf.Variable `ebpf:"req_preflush"`
+	ReqSync         *ebpf.Variable `ebpf:"req_sync"`
 	SubmitEventType *ebpf.Variable `ebpf:"submit_event_type"`
 }
 
@@ -249,6 +306,7 @@ type submitPrograms struct {
 	SubBioQueue   *ebpf.Program `ebpf:"sub_bio_queue"`
 	SubFrontmerge *ebpf.Program `ebpf:"sub_frontmerge"`
 	SubGetrq      *ebpf.Program `ebpf:"sub_getrq"`
+	SubRqDone     *ebpf.Program `ebpf:"sub_rq_done"`
 }
 
 func (p *submitPrograms) Close() error {
@@ -258,6 +316,7 @@ func (p *submitPrograms) Close() error {
 		p.SubBioQueue,
 		p.SubFrontmerge,
 		p.SubGetrq,
+		p.SubRqDone,
 	)
 }
 

@@ -103,6 +103,21 @@ var syscallLossWhat = [syscallScStackLossSC_LOSS_KINDS]string{
 	syscallScStackLossSC_LOSS_STACK:   "kernel stack of a sleep lost (its time counts as stage other)",
 	syscallScStackLossSC_LOSS_BLOCKED: "blocked-time map full: sleep time lost",
 	syscallScStackLossSC_LOSS_HIST:    "call histogram map full: call latencies lost",
+	syscallScStackLossSC_LOSS_MEM:     "memory-stall map full: time in reclaim or compaction lost",
+}
+
+// syscallMemStalls are the memory stalls the program times inside storage
+// calls: the kind each is reported as (event.MemStall), its programs and
+// their tracepoints, at its value of enum sc_mem_kind.
+var syscallMemStalls = [syscallScMemKindSC_MEM_KINDS]struct {
+	kind, begin, end, beginTP, endTP string
+}{
+	syscallScMemKindSC_MEM_DIRECT: {event.MemDirectReclaim, "sc_direct_begin", "sc_direct_end",
+		"mm_vmscan_direct_reclaim_begin", "mm_vmscan_direct_reclaim_end"},
+	syscallScMemKindSC_MEM_MEMCG: {event.MemCgroupReclaim, "sc_memcg_begin", "sc_memcg_end",
+		"mm_vmscan_memcg_reclaim_begin", "mm_vmscan_memcg_reclaim_end"},
+	syscallScMemKindSC_MEM_COMPACT: {event.MemCompaction, "sc_compact_begin", "sc_compact_end",
+		"mm_compaction_begin", "mm_compaction_end"},
 }
 
 // Decl implements Probe.
@@ -112,8 +127,8 @@ func (syscallProbe) Decl() Decl {
 		Mechanisms: []Rung{{Mech: event.MechTPBTF}, {Mech: event.MechTracepoint}},
 		Forceable:  true,
 		Describe:   "latency of storage system calls per process, device and call, and where their time off CPU went (kernel stacks, run queue)",
-		Attach:     "tp_btf `sys_enter`/`sys_exit` (else the tracepoints `syscalls:sys_enter_<call>`/`sys_exit_<call>` of the storage calls); tp_btf `sched_switch` + `sched_waking`, `io_uring_file_get`",
-		Records:    "per process x device x call: a latency histogram, the time asleep per kernel stack and the time in the run queue; every call above `--min-latency`; each process's cgroups. Calls on pipes, sockets, character devices, tmpfs, proc or sysfs are let go at entry",
+		Attach:     "tp_btf `sys_enter`/`sys_exit` (else the tracepoints `syscalls:sys_enter_<call>`/`sys_exit_<call>` of the storage calls); tp_btf `sched_switch` + `sched_waking`, `io_uring_file_get`; tp_btf `mm_vmscan_direct_reclaim_*`, `mm_vmscan_memcg_reclaim_*`, `mm_compaction_begin`/`_end`",
+		Records:    "per process x device x call: a latency histogram, the time asleep per kernel stack and the time in the run queue, the time in direct reclaim and compaction; every call above `--min-latency`; each process's cgroups. Calls on pipes, sockets, character devices, tmpfs, proc or sysfs are let go at entry",
 	}
 }
 
@@ -153,7 +168,8 @@ type syscallRunning struct {
 	mu    sync.Mutex
 	procs map[uint32]*event.Process // by pid
 	devs  map[uint32]event.Device   // by kernel dev_t (a partition's too)
-	comms map[uint32]string         // process names, as first seen
+	comms map[uint32]string         // process names, as last read
+	seen  map[uint32]seenAs         // the last name and cgroup a record showed, by pid
 
 	stopOnce sync.Once
 	stopErr  error
@@ -221,6 +237,19 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 		enter += "_vma"
 	}
 	keep := []string{enter, exit, "sc_switch", "sc_waking"}
+	// The memory stalls whose tracepoints the kernel has (memcg reclaim
+	// needs CONFIG_MEMCG, compaction CONFIG_COMPACTION).
+	var memKinds, memMissing []int
+	for i, m := range syscallMemStalls {
+		_, errB := tpParamCount(kernel, m.beginTP)
+		_, errE := tpParamCount(kernel, m.endTP)
+		if errB != nil || errE != nil {
+			memMissing = append(memMissing, i)
+			continue
+		}
+		memKinds = append(memKinds, i)
+		keep = append(keep, m.begin, m.end)
+	}
 	if ringErr == nil {
 		keep = append(keep, "sc_ring_file")
 	}
@@ -238,7 +267,7 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 	}
 	procfs := cmpOr(cfg.ProcFS, "/proc")
 	r := &syscallRunning{cfg: cfg, sink: sink, coll: coll, done: make(chan struct{}), procfs: procfs,
-		procs: map[uint32]*event.Process{}, devs: map[uint32]event.Device{}, comms: map[uint32]string{}}
+		procs: map[uint32]*event.Process{}, devs: map[uint32]event.Device{}, comms: map[uint32]string{}, seen: map[uint32]seenAs{}}
 	defer func() {
 		if err != nil {
 			closeAll(r.links)
@@ -257,6 +286,21 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 		return nil, attachErr(err)
 	}
 	var missing []string
+	// Memory stalls: the ends first. A kernel that will not attach them
+	// loses that split only.
+	for _, i := range memKinds {
+		m := syscallMemStalls[i]
+		ls, err := attachTPBTF(coll.Programs[m.end], coll.Programs[m.begin])
+		if err != nil {
+			missing = append(missing, m.kind+" ("+err.Error()+")")
+			continue
+		}
+		r.links = append(r.links, ls...)
+	}
+	for _, i := range memMissing {
+		m := syscallMemStalls[i]
+		missing = append(missing, m.kind+" (no tracepoint "+m.beginTP+")")
+	}
 	if ringErr == nil {
 		ls, err := attachTPBTF(coll.Programs["sc_ring_file"])
 		if err != nil {
@@ -390,12 +434,18 @@ func (r *syscallRunning) handle(raw []byte) {
 }
 
 // process delivers, the first time a process is seen, its names: read now,
-// while it most likely still runs.
+// while it most likely still runs. When a later record of it shows another
+// thread name or cgroup (it exec'd, or a wrapper moved itself into a cgroup
+// and exec'd the job: "sh -c 'echo $$ > cgroup.procs; exec job'"), they
+// are read again, and delivered again if they changed: the last record of
+// a pid is its names.
 func (r *syscallRunning) process(at event.Mono, tgid uint32, threadComm string, cgroupID uint64) {
+	as := seenAs{threadComm, cgroupID}
 	r.mu.Lock()
-	_, seen := r.procs[tgid]
+	old, seen := r.procs[tgid]
+	last := r.seen[tgid]
 	r.mu.Unlock()
-	if seen {
+	if seen && (threadComm == "" || as == last) {
 		return
 	}
 	p := &event.Process{Time: at, Pid: tgid, Comm: threadComm, CgroupID: cgroupID}
@@ -406,14 +456,31 @@ func (r *syscallRunning) process(at event.Mono, tgid uint32, threadComm string, 
 	}
 	p.Cgroup, p.Blkio = procCgroups(filepath.Join(r.procfs, strconv.Itoa(int(tgid)), "cgroup"))
 	r.mu.Lock()
-	if _, seen := r.procs[tgid]; seen {
-		r.mu.Unlock()
-		return
+	defer r.mu.Unlock()
+	if threadComm != "" {
+		r.seen[tgid] = as
+	}
+	if cur, ok := r.procs[tgid]; ok && (cur != old || !renamed(cur, p)) {
+		return // another record named it meanwhile, or nothing changed
+	}
+	if seen && p.Cgroup == "" && p.Blkio == "" {
+		return // gone: its first names stand
 	}
 	r.procs[tgid] = p
 	r.comms[tgid] = p.Comm
-	r.mu.Unlock()
 	r.sink.Event(*p)
+}
+
+// seenAs is how a process's record showed it: its thread's name and cgroup
+// v2 id.
+type seenAs struct {
+	comm     string
+	cgroupID uint64
+}
+
+// renamed reports whether p names the process otherwise than cur.
+func renamed(cur, p *event.Process) bool {
+	return cur.Comm != p.Comm || cur.Cgroup != p.Cgroup || cur.Blkio != p.Blkio || cur.CgroupID != p.CgroupID
 }
 
 // procCgroups reads a /proc/PID/cgroup file: the cgroup v2 path ("0::")
@@ -518,6 +585,9 @@ func (r *syscallRunning) deliverSums(sink Sink) error {
 	if err == nil {
 		err = r.deliverBlocked(sink, now)
 	}
+	if err == nil {
+		err = r.deliverMemStalls(sink, now)
+	}
 	deliverLosses(sink, event.ProbeSyscall, r.coll.Maps["losses"])
 	r.deliverScLosses(sink)
 	return err
@@ -613,6 +683,29 @@ func (r *syscallRunning) deliverBlocked(sink Sink, now event.Mono) error {
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("reading blocked time: %w", err)
+	}
+	return nil
+}
+
+func (r *syscallRunning) deliverMemStalls(sink Sink, now event.Mono) error {
+	var (
+		k syscallScMemKey
+		v syscallScMemStall
+	)
+	it := r.coll.Maps["mem_stalls"].Iterate()
+	for it.Next(&k, &v) {
+		name := syscallName(k.Nr)
+		if name == "" || v.Ns == 0 || k.Dev == uint32(syscallScDevDEV_PENDING) || k.Kind >= uint32(len(syscallMemStalls)) {
+			continue
+		}
+		sink.Event(event.MemStall{
+			Time: now, Pid: k.Tgid, Comm: r.comm(k.Tgid), Call: name, Dev: r.device(k.Dev),
+			Kind: syscallMemStalls[k.Kind].kind, Total: time.Duration(v.Ns), Count: v.Count,
+			Max: time.Duration(v.MaxNs),
+		})
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("reading memory stalls: %w", err)
 	}
 	return nil
 }

@@ -7,7 +7,7 @@ func TestDefaultCompiles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"nothing-found", "periodic-trigger", "queue-freeze-stall", "slow-device", "tag-starvation", "uevent-freeze"}
+	want := []string{"cgroup-throttle", "failing-device", "iocost", "memory-reclaim", "noisy-neighbour", "nothing-found", "periodic-trigger", "queue-freeze-stall", "slow-device", "tag-starvation", "uevent-freeze", "unexplained-latency"}
 	var got []string
 	for _, r := range set.Rules() {
 		got = append(got, r.ID)

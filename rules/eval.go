@@ -72,9 +72,10 @@ func Evaluate(set *Set, run *facts.Run) ([]Finding, error) {
 	}
 	items = ev.chain(items)
 	n := len(items)
+	explained := explainedBy(items)
 	for _, r := range rulesToRun {
 		if r.Scope == ScopeRun {
-			items = ev.add(items, r, RunEnv{Run: run, Findings: n}, TemplateData{Run: run, Findings: n}, "")
+			items = ev.add(items, r, RunEnv{Run: run, Findings: n, Explained: explained}, TemplateData{Run: run, Findings: n}, "")
 		}
 	}
 	slices.SortStableFunc(items, func(a, b *item) int {
@@ -299,6 +300,24 @@ func (ev *evaluation) add(items []*item, r *Rule, env any, data TemplateData, de
 	return append(items, &item{f: f, rule: r, dev: dev})
 }
 
+// explainedBy is what the findings of items cover: their devices and the
+// processes they name (by process id).
+func explainedBy(items []*item) facts.Explained {
+	var e facts.Explained
+	for _, it := range items {
+		for _, d := range it.f.Devices {
+			if !slices.Contains(e.Devices, d) {
+				e.Devices = append(e.Devices, d)
+			}
+		}
+		for _, p := range it.f.Processes {
+			e.Tasks = append(e.Tasks, facts.Task{Pid: p.Pid, Tgid: p.Tgid, Comm: p.Comm})
+		}
+	}
+	slices.Sort(e.Devices)
+	return e
+}
+
 // processes converts what a processes expression gave: facts.Tasks, a
 // facts.Task, or a list (from concat) of those.
 func processes(v any) ([]Process, error) {
@@ -309,7 +328,7 @@ func processes(v any) ([]Process, error) {
 		switch x := v.(type) {
 		case nil:
 		case facts.Task:
-			p := Process{Pid: x.Pid, Comm: x.Comm, Role: x.Role}
+			p := Process{Pid: x.Pid, Tgid: x.Tgid, Comm: x.Comm, Role: x.Role, Part: x.Part, Cgroup: x.Cgroup}
 			if !seen[p] {
 				seen[p] = true
 				out = append(out, p)

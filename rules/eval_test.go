@@ -165,7 +165,7 @@ func TestUdevChainIsOneFinding(t *testing.T) {
 	if f.Score < 169.9 || f.Score > 170.1 {
 		t.Errorf("score %v, want 170 (ms of stall explained)", f.Score)
 	}
-	for _, want := range []Process{{500, "(udev-worker)", "freezer"}, {900, "fio", "submitter"}} {
+	for _, want := range []Process{{500, 500, "(udev-worker)", "freezer", "cause", ""}, {900, 900, "fio", "submitter", "victim", ""}} {
 		if !slices.Contains(f.Processes, want) {
 			t.Errorf("processes %v lack %v", f.Processes, want)
 		}
@@ -471,8 +471,8 @@ explains: slow-device
 		t.Fatal(err)
 	}
 	set := defaults(t).Merge(extra)
-	if len(set.Rules()) != 7 {
-		t.Errorf("%d rules, want 6 built-in + 1 new", len(set.Rules()))
+	if n := len(defaults(t).Rules()); len(set.Rules()) != n+1 {
+		t.Errorf("%d rules, want %d built-in + 1 new", len(set.Rules()), n)
 	}
 	fs := evaluate(t, set, newScenario().fast(loop0).run())
 	if got := rulesOf(fs); !slices.Equal(got, []string{"loop-busy"}) {
@@ -565,5 +565,38 @@ func TestStackedDeviceStalls(t *testing.T) {
 	if want := "bcache0 is stacked on sda: I/O submitted to bcache0 can wait here too."; !strings.Contains(f.Explanation, want) ||
 		strings.Contains(f.Explanation, "submissions to bcache0") {
 		t.Errorf("explanation without measurements on bcache0 lacks %q:\n%s", want, f.Explanation)
+	}
+}
+
+// A run rule sees what the device and command findings cover: their
+// devices and the processes they name, threads by their process too.
+func TestRunRuleSeesWhatIsExplained(t *testing.T) {
+	dir := writeRules(t, map[string]string{
+		"covered.yaml": `id: covered
+title: "covered: {{.Ev.devices}}"
+severity: info
+scope: run
+when: Explained.Device("loop0") && !Explained.Device("sda")
+evidence:
+  - devices: Explained.Devices
+  - fio_named: Explained.Tasks.In(Explained.Tasks).Count() > 0 && len(filter(Explained.Tasks, .Comm == "fio" && .Tgid == 900)) > 0
+`,
+	})
+	extra, err := LoadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs := evaluate(t, defaults(t).Merge(extra), newScenario().fast(loop0).udevChain(loop0).run())
+	var got *Finding
+	for i := range fs {
+		if fs[i].Rule == "covered" {
+			got = &fs[i]
+		}
+	}
+	if got == nil {
+		t.Fatalf("the run rule did not see loop0's finding: %v", rulesOf(fs))
+	}
+	if got.Title != "covered: [loop0]" || got.Evidence[1].Value != true {
+		t.Errorf("title %q, evidence %v", got.Title, got.Evidence)
 	}
 }

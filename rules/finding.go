@@ -41,8 +41,14 @@ type Finding struct {
 // Process is a process a finding names.
 type Process struct {
 	Pid  uint32
+	Tgid uint32 // its process id, when Pid names a thread; 0 when not known
 	Comm string
 	Role string // "freezer", "submitter", "trigger", ...
+	// Part is "cause" or "victim" when the rule says (facts.PartCause,
+	// facts.PartVictim), else "".
+	Part string
+	// Cgroup is the cgroup its I/O is charged to, when the rule knows it.
+	Cgroup string
 }
 
 // Trigger is a command that starts a causal chain.

@@ -22,7 +22,7 @@ func render(fs []Finding) string {
 			fmt.Fprintf(&b, "  trigger: %s %v (pid %d, parent %s %d), %d runs every %v\n", t.Filename, t.Args, t.Pid, t.ParentComm, t.PPid, t.Count, t.Period)
 		}
 		for _, p := range f.Processes {
-			fmt.Fprintf(&b, "  process: %s %d %s\n", p.Comm, p.Pid, p.Role)
+			fmt.Fprintf(&b, "  process: %s %d %s %s %s\n", p.Comm, p.Pid, p.Role, p.Part, p.Cgroup)
 		}
 		fmt.Fprintf(&b, "  explain:\n%s\n  remedy:\n%s\n", f.Explanation, f.Remedy)
 		for _, e := range f.Evidence {
@@ -40,6 +40,14 @@ func TestFindingsGolden(t *testing.T) {
 	}{
 		{"testdata/golden_udev_chain_and_slow_disk.txt", newScenario().fast(loop0).udevChain(loop0).slow(sda)},
 		{"testdata/golden_nothing_found.txt", newScenario().fast(loop0)},
+		{"testdata/golden_noisy_neighbour.txt", newScenario().fast(loop0).
+			use(scan, "/batch", loop0, "read", 90_000, 360_000).use(ledger, "/", loop0, "write", 2000, 6000).
+			tagWaits(scan, loop0, 30, 4).tagWaits(ledger, loop0, 20, 5)},
+		{"testdata/golden_noisy_neighbour_calls.txt", newScenario().fast(loop0).
+			use(scan, "/batch", loop0, "read", 90_000, 360_000).use(ledger, "/", loop0, "write", 2000, 6000).
+			calls(ledger, "/", loop0, "fdatasync", 2000, 20, callTagWait, callDevice)},
+		{"testdata/golden_unexplained_latency.txt", newScenario().fast(loop0).
+			calls(ledger, "/db", loop0, "pread64", 100, 40, callOther, callOther, callOther2).calls(ledger, "/db", loop0, "fdatasync", 100, 10, callDevice)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {

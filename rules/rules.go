@@ -86,6 +86,9 @@ type RunEnv struct {
 	// Findings is the number of findings of the device and command rules,
 	// after chaining.
 	Findings int
+	// Explained is what those findings cover: their devices and the
+	// processes they name.
+	Explained facts.Explained
 }
 
 // TemplateData is what title, explain and remedy templates see. Device and

@@ -28,11 +28,36 @@ struct bvec_iter {
 	unsigned int bi_size;
 } __attribute__((preserve_access_index));
 
-/* 5.12+: bi_bdev (may be a partition; bi_bdev->bd_disk is the whole disk). */
+/* The chain from a bio to the cgroup its I/O is charged to (the blkcg:
+ * the submitter's, or for writeback the owner of the pages), named by its
+ * kernfs node id, the inode number of the cgroup's directory (5.5+). */
+struct kernfs_node {
+	__u64 id;
+} __attribute__((preserve_access_index));
+
+struct cgroup {
+	struct kernfs_node *kn;
+} __attribute__((preserve_access_index));
+
+struct cgroup_subsys_state {
+	struct cgroup *cgroup;
+} __attribute__((preserve_access_index));
+
+struct blkcg {
+	struct cgroup_subsys_state css;
+} __attribute__((preserve_access_index));
+
+struct blkcg_gq {
+	struct blkcg *blkcg;
+} __attribute__((preserve_access_index));
+
+/* 5.12+: bi_bdev (may be a partition; bi_bdev->bd_disk is the whole disk).
+ * bi_blkg only with CONFIG_BLK_CGROUP. */
 struct bio {
 	struct block_device *bi_bdev;
 	unsigned int bi_opf;
 	struct bvec_iter bi_iter;
+	struct blkcg_gq *bi_blkg;
 } __attribute__((preserve_access_index));
 
 /* Up to 5.11: the disk hangs directly off the bio. */
@@ -74,6 +99,7 @@ struct request_queue___old {
 
 struct request {
 	struct request_queue *q;
+	struct bio *bio;
 	struct block_device *part;
 	sector_t __sector;
 	unsigned int __data_len;
@@ -137,6 +163,25 @@ static __always_inline struct gendisk *request_disk_btf(struct request *rq)
 		return q ? q->disk : 0;
 	}
 	return 0;
+}
+
+/* bio_cgroup_btf returns the kernfs id of the cgroup a bio is charged to,
+ * 0 when the kernel has no block cgroups or the bio none. */
+static __always_inline __u64 bio_cgroup_btf(struct bio *bio)
+{
+	if (!bpf_core_field_exists(bio->bi_blkg))
+		return 0;
+	struct blkcg_gq *blkg = bio->bi_blkg;
+	if (!blkg)
+		return 0;
+	struct blkcg *blkcg = blkg->blkcg;
+	if (!blkcg)
+		return 0;
+	struct cgroup *cgrp = blkcg->css.cgroup;
+	if (!cgrp)
+		return 0;
+	struct kernfs_node *kn = cgrp->kn;
+	return kn ? kn->id : 0;
 }
 
 static __always_inline __u32 disk_dev_btf(struct gendisk *disk)

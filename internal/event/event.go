@@ -76,6 +76,45 @@ type SlowSubmit struct {
 // When implements Event.
 func (e SlowSubmit) When() Mono { return e.Start }
 
+// IOUsage is what one process submitted to one block device over the run,
+// counted in the kernel per process, device, cgroup and kind of I/O: the
+// bios that completed, their bytes and their time in flight. A bio counts
+// for the task that queued it (block_bio_queue): the application for
+// direct and synchronous I/O, but the kernel thread that writes back dirty
+// pages (a kworker, a flusher) for buffered writes, whose cgroup is still
+// the one the pages are charged to.
+type IOUsage struct {
+	Time Mono `json:"time"` // when the counts were read, at the end of the run
+	// Task is the process: Pid and Tgid are its process id, Comm the name
+	// of the thread that queued its first bio counted here.
+	Task Task `json:"task"`
+	// Kthread is true for a kernel thread (writeback, journal, loop workers).
+	Kthread bool `json:"kthread,omitempty"`
+	// Cgroup is the path of the cgroup the I/O was charged to (its blkcg),
+	// relative to the hierarchy of the io (v2) or blkio (v1) controller:
+	// "/" for the root, "" when unknown. CgroupID is its inode number.
+	Cgroup   string `json:"cgroup" mem:"shared"`
+	CgroupID uint64 `json:"cgroup_id"`
+	Dev      Device `json:"dev"`
+	// Op is "read", "write", "flush" (a write of no data with a cache
+	// flush), "discard" or "other"; Sync says whether the kernel treats it
+	// as synchronous (reads; writes with REQ_SYNC, FUA or a flush).
+	Op   string `json:"op" mem:"shared"`
+	Sync bool   `json:"sync"`
+	// IOs are the bios completed; Requests how many of them got a request
+	// of their own (the others were merged into one, or the device is
+	// bio-based: zram, dm, md, bcache).
+	IOs      uint64 `json:"ios"`
+	Requests uint64 `json:"requests"`
+	Bytes    uint64 `json:"bytes"`
+	// InFlight is the bios' time from block_bio_queue to completion,
+	// summed: divided by the run's length, the mean number in flight.
+	InFlight time.Duration `json:"in_flight"`
+}
+
+// When implements Event.
+func (e IOUsage) When() Mono { return e.Time }
+
 // Frame is one symbolized stack frame.
 type Frame struct {
 	Addr   uint64 `json:"addr"`
@@ -171,8 +210,10 @@ func (e SysfsWrite) When() Mono { return e.Time }
 // its status and losses, the streams it fills (timeline.Sources), the
 // facts it supplies, --mechanism NAME=... and the trace command.
 const (
+	ProbeDevFault   = "devfault"
 	ProbeExec       = "exec"
 	ProbeFreeze     = "freeze"
+	ProbeIOLimits   = "iolimits"
 	ProbeOffCPU     = "offcpu"
 	ProbeQueueEnter = "queueenter"
 	ProbeService    = "service"
@@ -180,6 +221,7 @@ const (
 	ProbeSubmitFn   = "submitfn"
 	ProbeSyscall    = "syscall"
 	ProbeSysfs      = "sysfs"
+	ProbeThrottle   = "throttle"
 	ProbeUevent     = "uevent"
 )
 
@@ -194,6 +236,8 @@ const (
 	MechRawTP      Mechanism = "raw_tracepoint"
 	MechTracepoint Mechanism = "tracepoint"
 	MechNetlink    Mechanism = "netlink"
+	// MechCgroupfs is a probe that reads cgroup files (no BPF).
+	MechCgroupfs Mechanism = "cgroupfs"
 )
 
 // ProbeStatus says whether a probe ran, on which mechanism, and why not.
@@ -351,6 +395,32 @@ type BlockedStack struct {
 // When implements Event.
 func (e BlockedStack) When() Mono { return e.Time }
 
+// The kinds of memory stall (MemStall.Kind).
+const (
+	MemDirectReclaim = "direct_reclaim" // the page allocator reclaiming for itself (global memory short)
+	MemCgroupReclaim = "memcg_reclaim"  // a charge over its memory cgroup's limit reclaiming
+	MemCompaction    = "compaction"     // direct compaction for a higher-order allocation
+)
+
+// MemStall is how long one process's storage calls of one kind on one
+// device spent in one kind of memory stall (direct reclaim, its cgroup's
+// reclaim, direct compaction), on or off CPU: timed begin to end by the
+// vmscan and compaction tracepoints inside the calls, summed in the kernel.
+type MemStall struct {
+	Time  Mono          `json:"time"` // when the sums were read
+	Pid   uint32        `json:"pid"`  // the process
+	Comm  string        `json:"comm"`
+	Call  string        `json:"call" mem:"shared"`
+	Dev   Device        `json:"dev"`
+	Kind  string        `json:"kind" mem:"shared"` // MemDirectReclaim, MemCgroupReclaim, MemCompaction
+	Total time.Duration `json:"total"`
+	Count uint64        `json:"count"` // stalls
+	Max   time.Duration `json:"max"`   // the longest
+}
+
+// When implements Event.
+func (e MemStall) When() Mono { return e.Time }
+
 // Process is a process whose storage calls the syscall probe traced, seen
 // at its first one: the names of its control groups, which name the limits
 // its I/O is under.
@@ -368,3 +438,133 @@ type Process struct {
 
 // When implements Event.
 func (e Process) When() Mono { return e.Time }
+
+// The kinds of DeviceFault.
+const (
+	FaultError   = "error"   // a request completed with an error
+	FaultTimeout = "timeout" // a request was given back after its deadline, to be issued again
+)
+
+// DeviceFault is one request that failed on a device (completed with an
+// error) or timed out (given back after its deadline had passed, by the
+// driver's timeout handling, to be issued again): probe devfault.
+type DeviceFault struct {
+	Time   Mono   `json:"time"`
+	Dev    Device `json:"dev"`
+	Kind   string `json:"kind" mem:"shared"` // FaultError or FaultTimeout
+	Op     string `json:"op" mem:"shared"`   // "read", "write", "flush", "discard", ...
+	Sector uint64 `json:"sector"`
+	Bytes  uint32 `json:"bytes,omitempty"`
+	// Status names an error ("medium error", "I/O error", "timeout", ...)
+	// and Errno is its -errno; both empty for a timeout.
+	Status string `json:"status,omitempty" mem:"shared"`
+	Errno  int32  `json:"errno,omitempty"`
+	// InFlight is the time since the request was started (else since it
+	// was allocated); 0 when the kernel did not stamp it.
+	InFlight time.Duration `json:"in_flight,omitempty"`
+	// TimedOut marks an error on a request whose deadline had passed.
+	TimedOut bool `json:"timed_out,omitempty"`
+	// Timeout is the device's request timeout (queue/io_timeout) when it
+	// could be read.
+	Timeout time.Duration `json:"timeout,omitempty"`
+}
+
+// When implements Event.
+func (e DeviceFault) When() Mono { return e.Time }
+
+// Requeues is how many requests a device's driver gave back to be issued
+// again during the run (block_rq_requeue), and how many of them after
+// their deadline (timeouts), counted in the kernel.
+type Requeues struct {
+	Time     Mono   `json:"time"` // when the counts were read
+	Dev      Device `json:"dev"`
+	Count    uint64 `json:"count"`
+	TimedOut uint64 `json:"timed_out,omitempty"`
+}
+
+// When implements Event.
+func (e Requeues) When() Mono { return e.Time }
+
+// IOLimit is one I/O limit of a cgroup on a device, as the iolimits probe
+// read it from cgroupfs at the start of the run: cgroup v1's
+// blkio.throttle.{read,write}_{bps,iops}_device, or v2's io.max. Both are
+// enforced by blk-throttle, which holds a cgroup's bios before the device
+// sees them.
+type IOLimit struct {
+	Time Mono `json:"time"`
+	// Cgroup is the cgroup's path in its hierarchy ("/backup"); V1 says the
+	// hierarchy is cgroup v1's blkio one, else it is the unified (v2) one.
+	Cgroup string `json:"cgroup"`
+	V1     bool   `json:"v1,omitempty"`
+	Dev    Device `json:"dev"`
+	// Limit is "rbps", "wbps", "riops" or "wiops" (io.max's keys), Value
+	// its bytes or I/Os a second.
+	Limit string `json:"limit" mem:"shared"`
+	Value uint64 `json:"value"`
+}
+
+// When implements Event.
+func (e IOLimit) When() Mono { return e.Time }
+
+// CgroupIO is the I/O a limited cgroup has done on a device so far, as the
+// iolimits probe read it from cgroupfs (v1 blkio.throttle.io_serviced and
+// io_service_bytes, v2 io.stat), at the start and at the end of the run:
+// the difference is its rate during the run.
+type CgroupIO struct {
+	Time       Mono   `json:"time"`
+	Cgroup     string `json:"cgroup"`
+	V1         bool   `json:"v1,omitempty"`
+	Dev        Device `json:"dev"`
+	Reads      uint64 `json:"reads"`
+	Writes     uint64 `json:"writes"`
+	ReadBytes  uint64 `json:"read_bytes"`
+	WriteBytes uint64 `json:"write_bytes"`
+}
+
+// When implements Event.
+func (e CgroupIO) When() Mono { return e.Time }
+
+// ThrottleWait is one bio that blk-throttle held over its cgroup's limit,
+// from the moment it was parked (the throttle function returned true) to
+// its dispatch (block_bio_queue), at least the threshold (--min-latency),
+// timed by a direct probe; Task is the task that submitted it.
+type ThrottleWait struct {
+	Start     Mono          `json:"start"`
+	Duration  time.Duration `json:"duration"`
+	Task      Task          `json:"task"`
+	Dev       Device        `json:"dev"`
+	Func      string        `json:"func" mem:"shared"`      // "__blk_throtl_bio" or "blk_throtl_bio"
+	Mechanism Mechanism     `json:"mechanism" mem:"shared"` // "fentry" or "kprobe"
+}
+
+// When implements Event.
+func (e ThrottleWait) When() Mono { return e.Start }
+
+// CgroupMember is a process seen in a limited cgroup (or in one below it)
+// by the iolimits probe, which reads their cgroup.procs at the start, every
+// PollInterval and at the end of the run: one event per process and limited
+// cgroup, when first seen there.
+type CgroupMember struct {
+	Time   Mono   `json:"time"`
+	Cgroup string `json:"cgroup"` // the limited cgroup
+	V1     bool   `json:"v1,omitempty"`
+	Pid    uint32 `json:"pid"`
+	Comm   string `json:"comm"`
+}
+
+// When implements Event.
+func (e CgroupMember) When() Mono { return e.Time }
+
+// IOCost is the configuration of the iocost controller on a device where
+// it is enabled, read from the cgroup v2 root's io.cost.qos and
+// io.cost.model (the line of the device, as the kernel prints it, without
+// its MAJ:MIN).
+type IOCost struct {
+	Time  Mono   `json:"time"`
+	Dev   Device `json:"dev"`
+	QoS   string `json:"qos"`
+	Model string `json:"model"`
+}
+
+// When implements Event.
+func (e IOCost) When() Mono { return e.Time }

@@ -2,6 +2,7 @@ package facts
 
 import (
 	"cmp"
+	"fmt"
 	"math"
 	"slices"
 	"sort"
@@ -119,17 +120,20 @@ func Build(tl *timeline.Timeline, opts Options) *Run {
 	run.probes = tl.Probes
 
 	b.devices()
+	b.ioUsage()
 	b.stalls()
 	b.offCPU()
 	b.sysfsWrites()
+	b.faults()
 	b.uevents() // after every device is known
 	b.commands()
 	b.holders()
 	b.processes() // after every device is known
+	b.limits()    // after the processes
 
 	for _, d := range b.byName {
 		run.Devices = append(run.Devices, d)
-		for _, s := range []*Spans{&d.Stalls, &d.QueueWaits, &d.TagWaits, &d.Freezes, &d.SubmitCalls} {
+		for _, s := range []*Spans{&d.Stalls, &d.QueueWaits, &d.TagWaits, &d.Freezes, &d.SubmitCalls, &d.Timeouts} {
 			sortSpans(*s)
 		}
 	}
@@ -219,6 +223,132 @@ func (b *builder) devices() {
 		d.Service = latency(&h.Service)
 		d.SubmitCall = latency(&h.SubmitCall)
 	}
+}
+
+// ioUsage sums each device's I/O per process and per cgroup, and their
+// shares of the device's.
+func (b *builder) ioUsage() {
+	type procKey struct {
+		dev string
+		pid uint32
+	}
+	type cgKey struct {
+		dev, cgroup string
+	}
+	procs := map[procKey]*IOUse{}
+	cgroups := map[cgKey]*IOUse{}
+	procCgroups := map[procKey]map[string]float64{} // in flight per cgroup of a process
+	cgProcs := map[cgKey]map[string]float64{}       // in flight per comm of a cgroup
+	devProcs := map[string]map[string]float64{}
+	for _, u := range b.tl.IOUsage {
+		name := b.name(u.Dev)
+		d := b.deviceOf(name, u.Dev)
+		cg := u.Cgroup
+		if cg == "" && u.CgroupID != 0 {
+			cg = fmt.Sprintf("#%d", u.CgroupID)
+		}
+		pk, ck := procKey{name, u.Task.Tgid}, cgKey{name, cg}
+		p := procs[pk]
+		if p == nil {
+			p = &IOUse{Pid: u.Task.Tgid, Comm: u.Task.Comm, Kthread: u.Kthread}
+			procs[pk] = p
+			procCgroups[pk] = map[string]float64{}
+		}
+		c := cgroups[ck]
+		if c == nil {
+			c = &IOUse{Cgroup: cg}
+			cgroups[ck] = c
+			cgProcs[ck] = map[string]float64{}
+		}
+		p.Kthread = p.Kthread || u.Kthread
+		if devProcs[name] == nil {
+			devProcs[name] = map[string]float64{}
+		}
+		ms := msOf(u.InFlight)
+		for _, x := range []*IOUse{p, c, &d.IO} {
+			x.add(u, ms)
+		}
+		procCgroups[pk][cg] += ms
+		cgProcs[ck][u.Task.Comm] += ms
+		devProcs[name][u.Task.Comm] += ms
+	}
+	for k, p := range procs {
+		p.Cgroup = heaviest(procCgroups[k])[0]
+		p.Comms = []string{p.Comm}
+		d := b.byName[k.dev]
+		d.IOBy = append(d.IOBy, *p)
+	}
+	for k, c := range cgroups {
+		c.Comms = heaviest(cgProcs[k])
+		d := b.byName[k.dev]
+		d.IOByCgroup = append(d.IOByCgroup, *c)
+	}
+	for name, d := range b.byName {
+		if d.IO.IOs == 0 {
+			continue
+		}
+		d.IO.Comms = heaviest(devProcs[name])
+		for _, rows := range []IOUses{d.IOBy, d.IOByCgroup} {
+			for i := range rows {
+				rows[i].shares(d.IO)
+			}
+			slices.SortFunc(rows, func(a, c IOUse) int {
+				return cmp.Or(cmp.Compare(c.InFlightMs, a.InFlightMs), cmp.Compare(c.IOs, a.IOs),
+					cmp.Compare(a.Pid, c.Pid), cmp.Compare(a.Cgroup, c.Cgroup))
+			})
+		}
+		d.IO.shares(d.IO)
+	}
+}
+
+// add counts one record of a process's I/O into the row.
+func (x *IOUse) add(u event.IOUsage, inFlightMs float64) {
+	x.IOs += u.IOs
+	x.Requests += u.Requests
+	x.Bytes += u.Bytes
+	x.InFlightMs += inFlightMs
+	switch u.Op {
+	case "read":
+		x.Reads += u.IOs
+		x.ReadBytes += u.Bytes
+	case "write":
+		x.Writes += u.IOs
+		x.WriteBytes += u.Bytes
+		if u.Sync {
+			x.SyncWrites += u.IOs
+		}
+	case "flush":
+		x.Flushes += u.IOs
+	}
+}
+
+// shares sets the row's shares of the device's I/O, all.
+func (x *IOUse) shares(all IOUse) {
+	x.IOShare = ratioOf(float64(x.IOs), float64(all.IOs))
+	x.RequestShare = ratioOf(float64(x.Requests), float64(all.Requests))
+	x.ByteShare = ratioOf(float64(x.Bytes), float64(all.Bytes))
+	x.TimeShare = ratioOf(x.InFlightMs, all.InFlightMs)
+}
+
+func ratioOf(a, b float64) float64 {
+	if b <= 0 {
+		return 0
+	}
+	return a / b
+}
+
+// heaviest returns the keys of m, the largest value first (ties by key);
+// [""] for an empty map.
+func heaviest(m map[string]float64) []string {
+	if len(m) == 0 {
+		return []string{""}
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, c string) int { return cmp.Or(cmp.Compare(m[c], m[a]), cmp.Compare(a, c)) })
+	return keys
 }
 
 func latency(h *hist.Histogram) Latency {

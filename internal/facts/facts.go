@@ -9,6 +9,7 @@ package facts
 
 import (
 	"math"
+	"slices"
 	"time"
 
 	"github.com/whyslow/whyslow/internal/event"
@@ -35,7 +36,7 @@ type Run struct {
 	Unattributed Spans
 	// Processes are the processes whose storage system calls the syscall
 	// probe traced, the most time in those calls first.
-	Processes []*Process
+	Processes Processes
 
 	// probes are the status of every probe of the run (Missing reads them).
 	probes []event.ProbeStatus
@@ -119,7 +120,29 @@ type Task struct {
 	Pid, Tgid uint32
 	Comm      string
 	Role      string // set by Tasks.As: "freezer", "submitter", ...
+	// Part is the task's part in the finding, PartCause or PartVictim,
+	// when the rule knows it (Tasks.AsCause, Tasks.AsVictim); "" when not.
+	Part string
+	// Cgroup is the cgroup the task's I/O is charged to, when known.
+	Cgroup string
 }
+
+// Explained is what the device and command findings of a run cover: the
+// devices they are about and the tasks they name. Run-scope rules read it
+// (rules.RunEnv) to tell what no finding explains.
+type Explained struct {
+	Devices []string
+	Tasks   Tasks
+}
+
+// Device reports whether a finding is about device name.
+func (e Explained) Device(name string) bool { return slices.Contains(e.Devices, name) }
+
+// A task's part in a finding (Task.Part).
+const (
+	PartCause  = "cause"  // what the finding blames
+	PartVictim = "victim" // who suffered it
+)
 
 // Tasks is a list of distinct tasks, in the order they were first seen.
 type Tasks []Task
@@ -154,16 +177,78 @@ type Device struct {
 	SysfsWrites Points
 	// Lower and Upper are the devices this one is stacked on, and stacked under.
 	Lower, Upper []string
+	// IO is all the I/O counted on this device (probe submit): the sum of
+	// IOBy, every share 1.
+	IO IOUse
+	// IOBy is this device's I/O per process that queued it, the most time
+	// in flight first; IOByCgroup per cgroup it was charged to.
+	IOBy, IOByCgroup IOUses
 	// Processes are the processes that made storage system calls to this
 	// device, each as seen on it (Process.On), the most time first.
-	Processes []*Process
+	Processes Processes
 	// UpperStalls are the slow submissions to the devices stacked on this
 	// one (Upper), as measured there: each upper device's slow calls of
 	// submit_bio_noacct (SubmitCalls) when the submitfn probe timed them,
 	// else its slow submissions (Stalls). Those that overlap this device's
 	// freezes are what a freeze here cost the upper device's submitters.
 	UpperStalls Spans
+	// Errors are the requests the device failed (probe devfault; What is
+	// the error: "medium error", "I/O error", "timeout", "no space", ...);
+	// errors that are answers rather than failures (not supported, try
+	// again, out of resources, ...) are left out.
+	Errors Points
+	// Timeouts are the requests that timed out, kind KindTimeout: from the
+	// request's start to when the driver gave it back to be issued again
+	// (or failed it) after its deadline; Attr is the operation.
+	Timeouts Spans
+	// Requeues counts the requests the driver gave back to be issued
+	// again, for any reason (timeouts, resets, busy).
+	Requeues uint64
+	// IOTimeout is the device's request timeout (queue/io_timeout), 0
+	// when not known.
+	IOTimeout time.Duration
+	// Limits are the blk-throttle limits of cgroups on this device (v2
+	// io.max, v1 blkio.throttle.*), the most delay first.
+	Limits Limits
+	// IOCost is iocost's configuration on this device, nil when it is not
+	// enabled there (or the iolimits probe did not run).
+	IOCost *IOCost
 }
+
+// IOUse is the I/O one process (or one cgroup, or everyone) issued to a
+// device over the run, counted per bio when it ends (its request
+// completes, it is merged into another's, or a bio-based device completes
+// it): a bio counts for the task that queued it, which for buffered writes
+// is the kernel thread that writes the pages back (Kthread), charged to
+// the cgroup that owns them.
+type IOUse struct {
+	Pid     uint32 // the process; 0 in a row per cgroup or for the whole device
+	Comm    string // its name; "" in a row per cgroup
+	Kthread bool   // a kernel thread: writeback, journal, loop workers
+	// Cgroup is the cgroup its I/O was charged to ("/" is the root, "" unknown;
+	// of a process charged to several, the one with the most time in flight).
+	Cgroup string
+	// Comms are the processes of a row per cgroup (or of the device), the
+	// most time in flight first; [Comm] for a process.
+	Comms []string
+	// IOs are the bios, Requests those that got a request of their own.
+	IOs, Requests uint64
+	Bytes         uint64
+	Reads, Writes uint64 // bios of each direction
+	// SyncWrites are the writes the kernel treats as synchronous (O_DIRECT,
+	// O_SYNC, fsync's write-out); Flushes the cache flushes.
+	SyncWrites, Flushes   uint64
+	ReadBytes, WriteBytes uint64
+	// InFlightMs is the bios' time from queueing to their end, summed: over
+	// the run's length, how many it had in flight on average.
+	InFlightMs float64
+	// The row's shares (0..1) of the device's bios, requests, bytes and
+	// time in flight.
+	IOShare, RequestShare, ByteShare, TimeShare float64
+}
+
+// IOUses is a list of IOUse rows, the most time in flight first.
+type IOUses []IOUse
 
 // Command is a group of execs of the same file by the same parent command.
 type Command struct {

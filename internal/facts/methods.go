@@ -388,11 +388,15 @@ func (ts *taskSet) add(t Task) {
 // Count is the number of tasks.
 func (t Tasks) Count() int { return len(t) }
 
-// As returns the tasks with their Role set to role.
+// As returns the tasks with their Role set to role; "cause" and "victim"
+// set their Part too.
 func (t Tasks) As(role string) Tasks {
 	out := make(Tasks, len(t))
 	for i, x := range t {
 		x.Role = role
+		if role == PartCause || role == PartVictim {
+			x.Part = role
+		}
 		out[i] = x
 	}
 	return out
@@ -635,6 +639,177 @@ func (t Tasks) Plus(o Tasks) Tasks {
 		ts.seen[taskKey{x.Pid, x.Role}] = true
 	}
 	for _, x := range o {
+		ts.add(x)
+	}
+	return ts.list
+}
+
+// NotIn returns the tasks that belong to no process of o (neither the same
+// thread nor the same process id): the others, once the cause is known.
+func (t Tasks) NotIn(o Tasks) Tasks {
+	in := t.In(o)
+	var out Tasks
+	for _, x := range t {
+		if !slices.Contains(in, x) {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// AsCause returns the tasks as causes of the finding (Part "cause"), with
+// Role role, or "cause" when role is "".
+func (t Tasks) AsCause(role string) Tasks { return t.asPart(PartCause, role) }
+
+// AsVictim returns the tasks as victims of the finding (Part "victim"),
+// with Role role, or "victim" when role is "".
+func (t Tasks) AsVictim(role string) Tasks { return t.asPart(PartVictim, role) }
+
+func (t Tasks) asPart(part, role string) Tasks {
+	out := t.As(cmp.Or(role, part))
+	for i := range out {
+		out[i].Part = part
+	}
+	return out
+}
+
+// Count is the number of rows.
+func (u IOUses) Count() int { return len(u) }
+
+// Top returns the first row, the one with the most time in flight, or nil.
+func (u IOUses) Top() *IOUse {
+	if len(u) == 0 {
+		return nil
+	}
+	return &u[0]
+}
+
+// Take returns the first n rows (all of them when there are fewer).
+func (u IOUses) Take(n int) IOUses { return u[:max(min(n, len(u)), 0)] }
+
+// Except returns the rows of the processes that are not a process of t.
+func (u IOUses) Except(t Tasks) IOUses {
+	pids := map[uint32]bool{}
+	for _, x := range t {
+		pids[x.Pid] = true
+		if x.Tgid != 0 {
+			pids[x.Tgid] = true
+		}
+	}
+	var out IOUses
+	for _, x := range u {
+		if x.Pid == 0 || !pids[x.Pid] {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// Tasks returns the processes of the rows (rows per cgroup have none), as
+// tasks with their cgroup.
+func (u IOUses) Tasks() Tasks {
+	var ts taskSet
+	for _, x := range u {
+		if x.Pid != 0 {
+			ts.add(Task{Pid: x.Pid, Tgid: x.Pid, Comm: x.Comm, Cgroup: x.Cgroup})
+		}
+	}
+	return ts.list
+}
+
+// Comms returns the distinct comms of the rows' processes, sorted.
+func (u IOUses) Comms() []string {
+	var out []string
+	for _, x := range u {
+		out = append(out, x.Comms...)
+	}
+	return distinctSorted(slices.DeleteFunc(out, func(s string) bool { return s == "" }))
+}
+
+// TimeShare is the rows' share of the device's time in flight, summed.
+func (u IOUses) TimeShare() float64 {
+	var s float64
+	for _, x := range u {
+		s += x.TimeShare
+	}
+	return s
+}
+
+// MeanInFlightMs is the mean time in flight of the row's bios, in ms: how
+// long each took from queueing to its end; 0 without bios.
+func (x IOUse) MeanInFlightMs() float64 { return ratioOf(x.InFlightMs, float64(x.IOs)) }
+
+// Dominant returns the first row when it dominates the others: it holds at
+// least share (0..1) of the device's time in flight, and at least lead
+// times the next row's; nil otherwise.
+func (u IOUses) Dominant(share, lead float64) *IOUse {
+	if len(u) == 0 || u[0].TimeShare < share || u[0].InFlightMs <= 0 {
+		return nil
+	}
+	if len(u) > 1 && u[0].TimeShare < lead*u[1].TimeShare {
+		return nil
+	}
+	return &u[0]
+}
+
+// InCgroup returns the rows of the processes whose I/O was charged to
+// cgroup path (mostly: a process's Cgroup is its heaviest).
+func (u IOUses) InCgroup(path string) IOUses {
+	var out IOUses
+	for _, x := range u {
+		if x.Pid != 0 && x.Cgroup == path {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// Cgroups returns the distinct cgroups of the rows, sorted.
+func (u IOUses) Cgroups() []string {
+	var out []string
+	for _, x := range u {
+		out = append(out, x.Cgroup)
+	}
+	return distinctSorted(slices.DeleteFunc(out, func(s string) bool { return s == "" }))
+}
+
+// Dominant returns the processes that dominate the device's I/O (see
+// IOUses.Dominant for share and lead): the dominant process, else the
+// processes of the dominant cgroup when that is not the root; none when
+// neither dominates.
+func (d *Device) Dominant(share, lead float64) IOUses {
+	if d == nil {
+		return nil
+	}
+	if p := d.IOBy.Dominant(share, lead); p != nil {
+		return d.IOBy[:1]
+	}
+	if c := d.IOByCgroup.Dominant(share, lead); c != nil && c.Cgroup != "/" && c.Cgroup != "" {
+		return d.IOBy.InCgroup(c.Cgroup)
+	}
+	return nil
+}
+
+// Except returns the spans of tasks that belong to no process of t.
+func (s Spans) Except(t Tasks) Spans {
+	pids := make(map[uint32]bool, len(t))
+	for _, x := range t {
+		pids[x.Pid] = true
+		if x.Tgid != 0 {
+			pids[x.Tgid] = true
+		}
+	}
+	return s.where(func(sp *Span) bool { return !pids[sp.Pid] && (sp.Tgid == 0 || !pids[sp.Tgid]) })
+}
+
+// Processes returns one task per process of t (Pid set to the process id),
+// in the order first seen: a finding that names processes, not threads.
+func (t Tasks) Processes() Tasks {
+	var ts taskSet
+	for _, x := range t {
+		if x.Tgid != 0 {
+			x.Pid = x.Tgid
+		}
 		ts.add(x)
 	}
 	return ts.list

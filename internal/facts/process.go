@@ -43,8 +43,15 @@ type Process struct {
 	// Slow are its calls above --min-latency (kind syscall; Attr is the
 	// call), in time order.
 	Slow Spans
+	// Reclaim is the time its storage calls spent in direct reclaim (the
+	// allocator's, or its memory cgroup's over its limit), Compaction in
+	// direct compaction, on or off CPU; MemStalls split them by kind and
+	// call, the most time first.
+	Reclaim, Compaction time.Duration
+	MemStalls           []MemStall
 
-	on map[string]*Process // the same process, on one device
+	on    map[string]*Process      // the same process, on one device
+	other map[string]time.Duration // stage other's time by stack (frames)
 }
 
 // Call is what one system call of a process cost.
@@ -137,11 +144,11 @@ type processKey struct {
 	device, call string
 }
 
-// stageSums is the time of each stage, and of other its largest stack.
+// stageSums is the time of each stage, and of other its time per stack
+// (the frames that tell it).
 type stageSums struct {
-	total      map[string]time.Duration
-	otherTop   string
-	otherLarge time.Duration
+	total map[string]time.Duration
+	other map[string]time.Duration // by frames; "" for time with none
 }
 
 func (s *stageSums) add(st string, d time.Duration, frames string) {
@@ -152,21 +159,58 @@ func (s *stageSums) add(st string, d time.Duration, frames string) {
 		s.total = map[string]time.Duration{}
 	}
 	s.total[st] = SaturatingAdd(s.total[st], d)
-	if st == stage.Other && d > s.otherLarge {
-		s.otherLarge, s.otherTop = d, frames
+	if st == stage.Other {
+		if s.other == nil {
+			s.other = map[string]time.Duration{}
+		}
+		s.other[frames] = SaturatingAdd(s.other[frames], d)
 	}
 }
 
 func (s *stageSums) merge(o *stageSums) {
-	if s.total == nil {
-		s.total = map[string]time.Duration{}
-	}
 	for st, d := range o.total {
-		s.total[st] = SaturatingAdd(s.total[st], d)
+		if st != stage.Other {
+			s.add(st, d, "")
+		}
 	}
-	if o.otherLarge > s.otherLarge {
-		s.otherLarge, s.otherTop = o.otherLarge, o.otherTop
+	for f, d := range o.other {
+		s.add(stage.Other, d, f)
 	}
+}
+
+// otherTop is the frames of other's largest stack, "" when it has none.
+func (s *stageSums) otherTop() string {
+	if tops := topStacks(s.other, 1); len(tops) > 0 {
+		return tops[0].Frames
+	}
+	return ""
+}
+
+// StackTime is the time blocked in one stack of stage other.
+type StackTime struct {
+	Frames string // its top frames, innermost first, or why it has none
+	Total  time.Duration
+}
+
+// topStacks returns up to n stacks of other, the most time first (ties
+// by frames); time with no frames ("") is left out.
+func topStacks(other map[string]time.Duration, n int) []StackTime {
+	var out []StackTime
+	for f, d := range other {
+		if f != "" && d > 0 {
+			out = append(out, StackTime{Frames: f, Total: d})
+		}
+	}
+	slices.SortFunc(out, func(a, c StackTime) int {
+		if n := cmp.Compare(c.Total, a.Total); n != 0 {
+			return n
+		}
+		return cmp.Compare(a.Frames, c.Frames)
+	})
+	if len(out) > n {
+		out = out[:n]
+	}
+	return out
 }
 
 // processes builds Run.Processes and Device.Processes from the syscall
@@ -250,11 +294,11 @@ func (b *builder) processes() {
 		g.stages.add(stage.Runqueue, g.runq, "")
 	}
 
+	// A process's last record names it: a later one says it exec'd or
+	// moved to another cgroup (probe syscall).
 	info := map[uint32]event.Process{}
 	for _, p := range b.tl.Processes {
-		if _, ok := info[p.Pid]; !ok {
-			info[p.Pid] = p
-		}
+		info[p.Pid] = p
 	}
 	byPid := map[uint32]*Process{}
 	calls := map[uint32]map[string]*callAcc{}
@@ -355,6 +399,7 @@ func (b *builder) processes() {
 			sortSpans(p.Slow)
 		}
 	}
+	b.memStalls(byPid)
 	for _, d := range b.byName {
 		sortProcesses(d.Processes)
 	}
@@ -386,10 +431,11 @@ func fill(p *Process, acc map[string]*callAcc, sums *stageSums) {
 		p.Blocked = SaturatingAdd(p.Blocked, d)
 		t := StageTime{Stage: st, Total: d}
 		if st == stage.Other {
-			t.Frames = sums.otherTop
+			t.Frames = sums.otherTop()
 		}
 		p.Stages = append(p.Stages, t)
 	}
+	p.other = sums.other
 	shareStages(p)
 }
 
@@ -474,11 +520,37 @@ func (p *Process) merged(devices []string) *Process {
 			a.h.Merge(&c.h)
 			a.blocked = SaturatingAdd(a.blocked, c.Blocked)
 		}
-		for _, s := range v.Stages {
-			sums.add(s.Stage, s.Total, s.Frames)
-		}
+		sums.merge(v.sums())
 	}
 	sortSpans(q.Slow)
 	fill(q, calls, &sums)
 	return q
+}
+
+// sums returns the process's stage times as sums, other's by stack.
+func (p *Process) sums() *stageSums {
+	var s stageSums
+	for _, st := range p.Stages {
+		if st.Stage != stage.Other {
+			s.add(st.Stage, st.Total, "")
+		}
+	}
+	var other time.Duration
+	for f, d := range p.other {
+		s.add(stage.Other, d, f)
+		other = SaturatingAdd(other, d)
+	}
+	// Other's time no stack accounts for (a process built without them).
+	s.add(stage.Other, p.Stage(stage.Other)-other, p.otherFrames())
+	return &s
+}
+
+// otherFrames are the Frames of the process's stage other.
+func (p *Process) otherFrames() string {
+	for _, st := range p.Stages {
+		if st.Stage == stage.Other {
+			return st.Frames
+		}
+	}
+	return ""
 }

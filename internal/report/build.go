@@ -307,7 +307,7 @@ func finding(f rules.Finding, devices map[string]*facts.Device, sc stackCache) F
 		Precision:   f.Precision,
 	}
 	for _, p := range f.Processes {
-		out.Processes = append(out.Processes, Process{Pid: p.Pid, Comm: p.Comm, Role: p.Role})
+		out.Processes = append(out.Processes, Process{Pid: p.Pid, Comm: p.Comm, Role: p.Role, Part: p.Part, Cgroup: p.Cgroup})
 	}
 	if t := f.Trigger; t != nil {
 		out.Trigger = &Trigger{

@@ -179,6 +179,23 @@ func ueventCell(u UeventStats, esc func(string) string) string {
 	return cell
 }
 
+// processDetails are what the formats print in parentheses after a
+// process's name: its pid, its role, its part when the role does not say
+// it, its cgroup; esc escapes the strings for the format.
+func processDetails(p Process, esc func(string) string) string {
+	parts := []string{fmt.Sprintf("pid %d", p.Pid)}
+	if p.Role != "" {
+		parts = append(parts, esc(p.Role))
+	}
+	if p.Part != "" && p.Part != p.Role {
+		parts = append(parts, esc(p.Part))
+	}
+	if p.Cgroup != "" {
+		parts = append(parts, "cgroup "+esc(p.Cgroup))
+	}
+	return strings.Join(parts, ", ")
+}
+
 // affectedWho names an affected process: "fio (pid 7, cgroup /db)".
 func affectedWho(a Affected, esc func(string) string) string {
 	who := fmt.Sprintf("%s (pid %d", esc(a.Comm), a.Pid)

@@ -229,11 +229,7 @@ func (m *mdWriter) finding(f *Finding) {
 	if len(f.Processes) > 0 {
 		var ps []string
 		for _, p := range f.Processes {
-			s := fmt.Sprintf("%s (pid %d", mdCode(p.Comm), p.Pid)
-			if p.Role != "" {
-				s += ", " + mdText(p.Role)
-			}
-			ps = append(ps, s+")")
+			ps = append(ps, fmt.Sprintf("%s (%s)", mdCode(p.Comm), processDetails(p, mdText)))
 		}
 		items = append(items, "**processes:** "+strings.Join(ps, ", "))
 	}

@@ -229,11 +229,22 @@ type Finding struct {
 	Precision string `json:"precision"`
 }
 
+// Parts of a process in a finding (Process.Part).
+const (
+	PartCause  = "cause"
+	PartVictim = "victim"
+)
+
 // Process is a process a finding names, with its part in it.
 type Process struct {
 	Pid  uint32 `json:"pid"`
 	Comm string `json:"comm"`
 	Role string `json:"role"`
+	// Part is "cause" or "victim" when the rule knows it, else "".
+	Part string `json:"part"`
+	// Cgroup is the cgroup its I/O is charged to; omitted when the rule
+	// does not know it.
+	Cgroup string `json:"cgroup,omitempty"`
 }
 
 // Trigger is the command that starts a finding's chain.

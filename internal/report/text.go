@@ -216,11 +216,7 @@ func (t *textWriter) finding(f *Finding) {
 	if len(f.Processes) > 0 {
 		var ps []string
 		for _, p := range f.Processes {
-			if p.Role != "" {
-				ps = append(ps, fmt.Sprintf("%s (pid %d, %s)", escape.String(p.Comm), p.Pid, escape.String(p.Role)))
-			} else {
-				ps = append(ps, fmt.Sprintf("%s (pid %d)", escape.String(p.Comm), p.Pid))
-			}
+			ps = append(ps, fmt.Sprintf("%s (%s)", escape.String(p.Comm), processDetails(p, escape.String)))
 		}
 		t.printf("%sprocesses:  %s\n", indent, strings.Join(ps, ", "))
 	}

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Queue is the state of a block device's request queue attributes.
@@ -78,7 +80,18 @@ const backingPrefix = "whyslow-scenario-"
 // scheduler and nr_requests found at attach time and detaches the device.
 func LoopDevice(t testing.TB, size int64) string {
 	t.Helper()
-	return loopDevice(t, size, t.TempDir())
+	return loopDevice(t, size, t.TempDir(), false)
+}
+
+// DiskLoop attaches a loop device with direct I/O (losetup --direct-io=on)
+// over a new file of size bytes on a disk-backed filesystem, and returns
+// its name: I/O to it is I/O to that disk, with the disk's latency and
+// queue, and none of it stays in the page cache. The file is filled (not
+// sparse), so that reads reach the disk. It skips the test, saying why,
+// when the temp directory is not on a disk (tmpfs). Cleanup as LoopDevice.
+func DiskLoop(t testing.TB, size int64) string {
+	t.Helper()
+	return loopDevice(t, size, t.TempDir(), true)
 }
 
 // MemLoopDevice is LoopDevice over a file in memory (tmpfs, /dev/shm):
@@ -93,10 +106,12 @@ func MemLoopDevice(t testing.TB, size int64) string {
 		t.Fatalf("loop device in memory: %v", err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	return loopDevice(t, size, dir)
+	return loopDevice(t, size, dir, false)
 }
 
-func loopDevice(t testing.TB, size int64, dir string) string {
+// loopDevice attaches a loop device over a file in dir; disk: the file is
+// filled and on a disk, and the device does direct I/O.
+func loopDevice(t testing.TB, size int64, dir string, disk bool) string {
 	t.Helper()
 	RequireRoot(t)
 	hold(t)
@@ -104,19 +119,36 @@ func loopDevice(t testing.TB, size int64, dir string) string {
 		t.Fatalf("loop device: %v", err)
 	}
 
+	if disk {
+		var st unix.Statfs_t
+		if err := unix.Statfs(dir, &st); err != nil {
+			t.Fatalf("loop device: %v", err)
+		}
+		if st.Type == unix.TMPFS_MAGIC || st.Type == unix.RAMFS_MAGIC {
+			Skip(t, "loop device: %s is in memory (tmpfs): a disk-backed loop device needs its file on a disk", dir)
+		}
+	}
 	backing := filepath.Join(dir, fmt.Sprintf("%s%d.img", backingPrefix, os.Getpid()))
 	f, err := os.Create(backing)
 	if err != nil {
 		t.Fatalf("loop device: %v", err)
 	}
-	err = f.Truncate(size)
+	if disk {
+		err = fill(f, size)
+	} else {
+		err = f.Truncate(size)
+	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
 		t.Fatalf("loop device: %v", err)
 	}
-	out, err := command(30*time.Second, "losetup", "--find", "--show", backing)
+	args := []string{"--find", "--show", backing}
+	if disk {
+		args = append([]string{"--direct-io=on"}, args...)
+	}
+	out, err := command(30*time.Second, "losetup", args...)
 	if err != nil {
 		t.Fatalf("loop device: %v", err)
 	}
@@ -129,6 +161,12 @@ func loopDevice(t testing.TB, size int64, dir string) string {
 			t.Errorf("loop device cleanup: %v", err)
 		}
 	})
+	if disk {
+		b, err := os.ReadFile(filepath.Join("/sys/block", dev, "loop", "dio"))
+		if err != nil || strings.TrimSpace(string(b)) != "1" {
+			t.Fatalf("loop device %s: direct I/O is not on (loop/dio %q, %v)", dev, strings.TrimSpace(string(b)), err)
+		}
+	}
 
 	orig, err := ReadQueue(dev)
 	if err != nil {
@@ -140,8 +178,24 @@ func loopDevice(t testing.TB, size int64, dir string) string {
 				dev, orig.Scheduler, orig.NrRequests, err)
 		}
 	})
-	t.Logf("scenario: attached /dev/%s (%d MiB, scheduler %s, nr_requests %d)", dev, size>>20, orig.Scheduler, orig.NrRequests)
+	t.Logf("scenario: attached /dev/%s (%d MiB over %s, direct I/O %v, scheduler %s, nr_requests %d)",
+		dev, size>>20, backing, disk, orig.Scheduler, orig.NrRequests)
 	return dev
+}
+
+// fill writes size bytes of a non-zero pattern to f and syncs it.
+func fill(f *os.File, size int64) error {
+	buf := make([]byte, 1<<20)
+	for i := range buf {
+		buf[i] = byte(i*7 + 1)
+	}
+	for off := int64(0); off < size; off += int64(len(buf)) {
+		n := min(int64(len(buf)), size-off)
+		if _, err := f.WriteAt(buf[:n], off); err != nil {
+			return err
+		}
+	}
+	return f.Sync()
 }
 
 // detachStaleLoops detaches loop devices whose backing file this package

@@ -105,6 +105,7 @@ func hold(t testing.TB) {
 		// killed before their cleanups (go test -timeout) left behind.
 		removeStaleRules(t)
 		detachStaleLoops(t)
+		removeStaleCgroups(t)
 	}
 	machine.refs++
 	t.Cleanup(func() {

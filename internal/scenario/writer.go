@@ -2,13 +2,16 @@ package scenario
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -17,11 +20,13 @@ import (
 // Fio is a running writer started by Writer.
 type Fio struct {
 	// Pid is fio's pid. The jobs run as threads (--thread), so every
-	// thread writing to the device has this tgid and comm "fio".
+	// thread writing to the device has this tgid and the comm Name.
 	Pid    int
+	Name   string // the process's name: "fio", or the Job's Name
 	Output string // fio's JSON report, complete once it exits
 
 	cmd      *exec.Cmd
+	stopped  atomic.Bool // Stop interrupted it: its exit status is fio's answer to SIGINT
 	cancel   context.CancelFunc
 	done     chan struct{}
 	stderr   bytes.Buffer
@@ -33,6 +38,9 @@ type Fio struct {
 // FioResult is what fio measured for the writes, over all its jobs.
 type FioResult struct {
 	Jobs     int
+	Reads    int64         // read I/Os completed
+	ReadMean time.Duration // mean read latency, submission to completion
+	ReadMax  time.Duration
 	Writes   int64         // write I/Os completed
 	Syncs    int64         // fdatasync calls completed
 	LatMax   time.Duration // longest write, submission to completion
@@ -52,14 +60,24 @@ type FioResult struct {
 
 // Writer starts a journal-like writer on /dev/<dev> for dur: fio doing
 // 4 KiB random O_DIRECT writes, each followed by fdatasync, from two
-// threads with psync, like a Ceph journal (one report for both threads). It keeps the device busy, so a
+// threads with psync, like a Ceph journal (one report for both threads),
+// as the process fio (tests and recorded traces name it so). It keeps the device busy, so a
 // queue freeze has in-flight I/O to drain and new submissions block in
 // queue enter. It needs the fio package; it fails the test if fio is
 // missing. Durations under a second run for a second. The cleanup kills
 // fio if it still runs.
 func Writer(t testing.TB, dev string, dur time.Duration) *Fio {
 	t.Helper()
-	return writer(t, dev, dur)
+	return StartJob(t, Job{Dev: dev, RW: "randwrite", Direct: true, Fdatasync: 1,
+		NumJobs: 2, GroupReporting: true, Duration: dur})
+}
+
+// WriterIn is Writer run in cgroup c from its start (fio's first write is
+// already charged to c).
+func WriterIn(t testing.TB, c *Cgroup, dev string, dur time.Duration) *Fio {
+	t.Helper()
+	return StartJob(t, Job{Dev: dev, RW: "randwrite", Direct: true, Fdatasync: 1,
+		NumJobs: 2, GroupReporting: true, Duration: dur, Cgroup: c})
 }
 
 // RateWriter is Writer with each thread held to iops writes a second, as a
@@ -70,44 +88,111 @@ func RateWriter(t testing.TB, dev string, dur time.Duration, iops int) *Fio {
 	if iops <= 0 {
 		t.Fatalf("writer: rate %d writes a second must be positive", iops)
 	}
-	return writer(t, dev, dur, fmt.Sprintf("--rate_iops=%d", iops))
+	return StartJob(t, Job{Dev: dev, RW: "randwrite", Direct: true, Fdatasync: 1,
+		NumJobs: 2, GroupReporting: true, RateIOPS: iops, Duration: dur})
 }
 
-func writer(t testing.TB, dev string, dur time.Duration, extra ...string) *Fio {
+// Job is an fio job a scenario runs on a block device, as one process
+// (its jobs are threads: --thread).
+type Job struct {
+	// Name is the job's name and the process's: fio runs through a link
+	// of that name (at most 15 bytes: the kernel's comm), so that probes
+	// see it under this name; "" or "fio" runs fio itself.
+	Name      string
+	Dev       string // the device, e.g. "loop3"
+	RW        string // --rw: randread, randwrite, read, write, randrw
+	BS        string // --bs; default 4k
+	Engine    string // --ioengine; default psync (libaio, io_uring, sync, ...)
+	IODepth   int    // --iodepth, for the asynchronous engines; 0: fio's default
+	Direct    bool   // --direct=1: O_DIRECT
+	Fdatasync int    // --fdatasync: an fdatasync after every so many writes; 0: none
+	NumJobs   int    // --numjobs; 0: 1
+	// GroupReporting reports the jobs as one (--group_reporting), so that
+	// the result has the percentiles of all of them.
+	GroupReporting bool
+	// RateIOPS caps each job's I/Os per second (--rate_iops); 0: no cap.
+	RateIOPS int
+	Duration time.Duration // --runtime, time-based; under a second runs a second
+	// Cgroup runs the process in that cgroup from its start; nil: in the
+	// test's.
+	Cgroup *Cgroup
+	// Extra are more fio arguments.
+	Extra []string
+}
+
+// StartJob starts fio for job j and returns it running. It needs the fio
+// package; it fails the test if fio is missing. The cleanup kills fio if it
+// still runs.
+func StartJob(t testing.TB, j Job) *Fio {
 	t.Helper()
 	RequireRoot(t)
 	hold(t)
 	bin, err := lookPath("fio", "fio")
 	if err != nil {
-		t.Fatalf("writer: %v", err)
+		t.Fatalf("fio job: %v", err)
 	}
-	if err := checkDev(dev); err != nil {
-		t.Fatalf("writer: %v", err)
+	if err := checkDev(j.Dev); err != nil {
+		t.Fatalf("fio job: %v", err)
 	}
-	if dur < time.Second {
-		dur = time.Second
+	name := j.Name
+	if name == "" {
+		name = "fio"
 	}
+	if name != "fio" {
+		if len(name) > 15 || strings.ContainsAny(name, "/ \x00") {
+			t.Fatalf("fio job: bad process name %q (at most 15 bytes, no slash or space)", name)
+		}
+		link := filepath.Join(t.TempDir(), name)
+		if err := os.Symlink(bin, link); err != nil {
+			t.Fatalf("fio job: %v", err)
+		}
+		bin = link
+	}
+	dur := max(j.Duration, time.Second)
+	args := []string{
+		"--name=" + name,
+		"--filename=/dev/" + j.Dev,
+		"--rw=" + cmp.Or(j.RW, "randwrite"),
+		"--bs=" + cmp.Or(j.BS, "4k"),
+		"--ioengine=" + cmp.Or(j.Engine, "psync"),
+		fmt.Sprintf("--numjobs=%d", max(j.NumJobs, 1)), "--thread",
+		"--time_based", fmt.Sprintf("--runtime=%dms", dur.Milliseconds()),
+	}
+	if j.Direct {
+		args = append(args, "--direct=1")
+	}
+	if j.IODepth > 0 {
+		args = append(args, fmt.Sprintf("--iodepth=%d", j.IODepth))
+	}
+	if j.Fdatasync > 0 {
+		args = append(args, fmt.Sprintf("--fdatasync=%d", j.Fdatasync))
+	}
+	if j.RateIOPS > 0 {
+		args = append(args, fmt.Sprintf("--rate_iops=%d", j.RateIOPS))
+	}
+	if j.GroupReporting {
+		args = append(args, "--group_reporting")
+	}
+	args = append(args, j.Extra...)
 	f := &Fio{Output: filepath.Join(t.TempDir(), "fio.json"), done: make(chan struct{})}
+	args = append(args, "--output-format=json", "--output="+f.Output)
+	argv := append([]string{bin}, args...)
+	if j.Cgroup != nil {
+		argv = j.Cgroup.Command(argv...)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), dur+2*time.Minute)
 	f.cancel = cancel
-	args := append([]string{
-		"--name=journal",
-		"--filename=/dev/" + dev,
-		"--rw=randwrite", "--bs=4k", "--direct=1", "--fdatasync=1",
-		"--ioengine=psync", "--numjobs=2", "--thread", "--group_reporting",
-		"--time_based", fmt.Sprintf("--runtime=%dms", dur.Milliseconds()),
-		"--output-format=json", "--output=" + f.Output,
-	}, extra...)
-	f.cmd = exec.CommandContext(ctx, bin, args...)
+	f.cmd = exec.CommandContext(ctx, argv[0], argv[1:]...)
 	f.cmd.Stderr = &f.stderr
 	f.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	f.cmd.Cancel = func() error { return syscall.Kill(-f.cmd.Process.Pid, syscall.SIGKILL) }
 	f.cmd.WaitDelay = 5 * time.Second
 	if err := f.cmd.Start(); err != nil {
 		cancel()
-		t.Fatalf("writer: starting fio: %v", err)
+		t.Fatalf("fio job: starting %s: %v", name, err)
 	}
 	f.Pid = f.cmd.Process.Pid
+	f.Name = name
 	go func() {
 		f.err = f.cmd.Wait()
 		close(f.done)
@@ -121,6 +206,19 @@ func writer(t testing.TB, dev string, dur time.Duration, extra ...string) *Fio {
 		f.Wait()
 	})
 	return f
+}
+
+// Stop ends fio before its time (SIGINT: it writes its report) and waits
+// for it.
+func (f *Fio) Stop() (*FioResult, error) {
+	select {
+	case <-f.done:
+	default:
+		f.stopped.Store(true)
+		_ = syscall.Kill(-f.Pid, syscall.SIGCONT)
+		_ = syscall.Kill(f.Pid, syscall.SIGINT)
+	}
+	return f.Wait()
 }
 
 // Pause stops fio (SIGSTOP to its process group) until Resume: under qemu's
@@ -147,6 +245,9 @@ func (f *Fio) Wait() (*FioResult, error) {
 	f.waitOnce.Do(func() {
 		<-f.done
 		f.cancel()
+		if f.stopped.Load() {
+			f.err = nil // interrupted: its report is what counts
+		}
 		if f.err != nil {
 			f.err = fmt.Errorf("fio: %w: %s", f.err, bytes.TrimSpace(f.stderr.Bytes()))
 			return
@@ -165,6 +266,10 @@ func (f *Fio) Wait() (*FioResult, error) {
 type fioJSON struct {
 	Jobs []struct {
 		Error int `json:"error"`
+		Read  struct {
+			TotalIOs int64   `json:"total_ios"`
+			Lat      fioStat `json:"lat_ns"`
+		} `json:"read"`
 		Write struct {
 			TotalIOs int64   `json:"total_ios"`
 			Lat      fioStat `json:"lat_ns"`
@@ -202,8 +307,11 @@ func parseFio(b []byte) (*FioResult, error) {
 		return nil, fmt.Errorf("parsing fio report: no jobs")
 	}
 	r := &FioResult{Jobs: len(j.Jobs)}
-	var latSum, syncSum float64
+	var latSum, syncSum, readSum float64
 	for _, job := range j.Jobs {
+		r.Reads += job.Read.TotalIOs
+		r.ReadMax = max(r.ReadMax, time.Duration(job.Read.Lat.Max))
+		readSum += job.Read.Lat.Mean * float64(job.Read.Lat.N)
 		if job.Error != 0 {
 			return nil, fmt.Errorf("fio job failed with error %d", job.Error)
 		}
@@ -217,9 +325,13 @@ func parseFio(b []byte) (*FioResult, error) {
 		latSum += w.Lat.Mean * float64(w.Lat.N)
 		syncSum += job.Sync.Lat.Mean * float64(job.Sync.Lat.N)
 	}
-	var latN int64
+	var latN, readN int64
 	for _, job := range j.Jobs {
 		latN += job.Write.Lat.N
+		readN += job.Read.Lat.N
+	}
+	if readN > 0 {
+		r.ReadMean = time.Duration(readSum / float64(readN))
 	}
 	if latN > 0 {
 		r.LatMean = time.Duration(latSum / float64(latN))
@@ -237,7 +349,7 @@ func parseFio(b []byte) (*FioResult, error) {
 
 // String summarises the result on one line.
 func (r *FioResult) String() string {
-	return fmt.Sprintf("%d writes (lat mean %v, max %v; slat max %v), %d fdatasyncs (mean %v, max %v)",
-		r.Writes, r.LatMean.Round(time.Microsecond), r.LatMax.Round(time.Microsecond), r.SlatMax.Round(time.Microsecond),
+	return fmt.Sprintf("%d reads (lat mean %v, max %v), %d writes (lat mean %v, max %v; slat max %v), %d fdatasyncs (mean %v, max %v)",
+		r.Reads, r.ReadMean.Round(time.Microsecond), r.ReadMax.Round(time.Microsecond), r.Writes, r.LatMean.Round(time.Microsecond), r.LatMax.Round(time.Microsecond), r.SlatMax.Round(time.Microsecond),
 		r.Syncs, r.SyncMean.Round(time.Microsecond), r.SyncMax.Round(time.Microsecond))
 }

@@ -54,12 +54,28 @@ type Timeline struct {
 	QueueEnters []event.QueueEnter
 	Freezes     []event.Freeze
 	SubmitCalls []event.SubmitCall
+	// IOUsage is each process's I/O per device (probe submit).
+	IOUsage []event.IOUsage
 	// The application's view (probe syscall): the processes, their slow
 	// storage calls, and the in-kernel sums of all of them.
 	Processes     []event.Process
 	Syscalls      []event.Syscall
 	SyscallStats  []event.SyscallStats
 	BlockedStacks []event.BlockedStack
+	MemStalls     []event.MemStall
+	// Failing devices (probe devfault): failed requests and timeouts,
+	// and the requeues summed per device.
+	DeviceFaults []event.DeviceFault
+	Requeues     []event.Requeues
+	// Cgroup I/O limits and iocost (probe iolimits): the limits and the
+	// limited cgroups' I/O counters, from cgroupfs.
+	IOLimits      []event.IOLimit
+	CgroupIO      []event.CgroupIO
+	CgroupMembers []event.CgroupMember
+	IOCosts       []event.IOCost
+	// ThrottleWaits are bios blk-throttle held, timed directly (probe
+	// throttle).
+	ThrottleWaits []event.ThrottleWait
 }
 
 // Histogram kinds: the per-device histograms a probe delivers.
@@ -74,6 +90,12 @@ const (
 // row in docs/trace-format.md (the record's fields; a test checks that it
 // names every field of the event), generated from here.
 var Sources = []Source{
+	{Probe: event.ProbeDevFault, Streams: []Stream{
+		Events("device_fault", func(t *Timeline) *[]event.DeviceFault { return &t.DeviceFaults },
+			"`time`, `dev`, `kind` (`error`, `timeout`), `op`, `sector`, `bytes`, `status` and `errno` (of an error), `in_flight` (since the request started), `timed_out` (an error after its deadline), `timeout` (queue/io_timeout): a failed or timed-out request"),
+		Sums("requeues", func(t *Timeline) *[]event.Requeues { return &t.Requeues },
+			"`time`, `dev`, `count`, `timed_out`: the requests a device's driver gave back to be issued again, counted in the kernel"),
+	}},
 	{Probe: event.ProbeExec, Streams: []Stream{
 		Events("exec", func(t *Timeline) *[]event.Exec { return &t.Execs },
 			"`time`, `forked`, `task`, `ppid`, `parent_comm`, `uid`, `filename`, `args`, `args_truncated`, `ret` (the error of a failed exec, omitted when 0: a diagnosis records successful execs only)"),
@@ -83,6 +105,16 @@ var Sources = []Source{
 	{Probe: event.ProbeFreeze, Streams: []Stream{
 		Events("freeze", func(t *Timeline) *[]event.Freeze { return &t.Freezes },
 			"`start`, `duration` (frozen until the unfreeze), `task` (freezer), `unfreezer`, `dev`, `func`, `mechanism`, `kernel_stack`, `user_stack`: a direct probe's queue freeze"),
+	}},
+	{Probe: event.ProbeIOLimits, Streams: []Stream{
+		Events("io_limit", func(t *Timeline) *[]event.IOLimit { return &t.IOLimits },
+			"`time`, `cgroup` (path in its hierarchy), `v1` (the cgroup v1 blkio hierarchy), `dev`, `limit` (`rbps`/`wbps`/`riops`/`wiops`), `value` (bytes or I/Os a second): a blk-throttle limit (`io.max`, `blkio.throttle.*`) read at the start"),
+		Events("cgroup_io", func(t *Timeline) *[]event.CgroupIO { return &t.CgroupIO },
+			"`time`, `cgroup`, `v1`, `dev`, `reads`, `writes`, `read_bytes`, `write_bytes`: a limited cgroup's I/O counters on a device (`io.stat`, `blkio.throttle.io_serviced`/`io_service_bytes`), read at the start, every 500 ms when they changed, and at the end"),
+		Events("cgroup_member", func(t *Timeline) *[]event.CgroupMember { return &t.CgroupMembers },
+			"`time`, `cgroup` (a limited cgroup), `v1`, `pid`, `comm`: a process seen in it or below it (`cgroup.procs`, read every 500 ms), when first seen"),
+		Events("io_cost", func(t *Timeline) *[]event.IOCost { return &t.IOCosts },
+			"`time`, `dev`, `qos`, `model`: the iocost configuration of a device where it is enabled (`io.cost.qos`, `io.cost.model`)"),
 	}},
 	{Probe: event.ProbeOffCPU, Streams: []Stream{
 		Events("offcpu", func(t *Timeline) *[]event.OffCPU { return &t.OffCPU },
@@ -98,6 +130,8 @@ var Sources = []Source{
 	{Probe: event.ProbeSubmit, Streams: []Stream{
 		Events("slow_submit", func(t *Timeline) *[]event.SlowSubmit { return &t.SlowSubmits },
 			"`start`, `latency`, `task` (`{pid, tgid, comm}`), `dev`, `op` (rwbs), `end` (`getrq`/`backmerge`/`frontmerge`), `sector`, `bytes`"),
+		Events("io_usage", func(t *Timeline) *[]event.IOUsage { return &t.IOUsage },
+			"`time` (when read, at the end of the run), `task` (the process: `pid` = `tgid`), `kthread`, `cgroup` (path of the I/O's blkcg in the io/blkio hierarchy, `/` for the root, `\"\"` unknown), `cgroup_id`, `dev`, `op` (`read`/`write`/`flush`/`discard`/`other`), `sync`, `ios` (bios completed), `requests` (of which got a request of their own), `bytes`, `in_flight` (ns, block_bio_queue to completion, summed): one process's I/O on one device, counted in the kernel"),
 	}, Hists: []Hist{
 		{HistSubmit, func(d *DeviceHistograms) *hist.Histogram { return &d.Submit }},
 	}},
@@ -109,17 +143,23 @@ var Sources = []Source{
 	}},
 	{Probe: event.ProbeSyscall, Streams: []Stream{
 		Events("process", func(t *Timeline) *[]event.Process { return &t.Processes },
-			"`time` (its first storage call), `pid`, `comm`, `cgroup_id`, `cgroup` (v2 path), `blkio` (v1 blkio path)"),
+			"`time` (its first storage call), `pid`, `comm`, `cgroup_id`, `cgroup` (v2 path), `blkio` (v1 blkio path); again, later, when its names changed (it exec'd, or moved to another cgroup): the last record of a pid names it"),
 		Events("syscall", func(t *Timeline) *[]event.Syscall { return &t.Syscalls },
 			"`start`, `duration`, `task`, `call` (`pwrite64`, `fsync`, ...), `dev` (`{name: \"all\"}` for sync), `sleep`, `runqueue` (ns inside the call), `ret`: a storage system call above `--min-latency`"),
 		Sums("syscall_stats", func(t *Timeline) *[]event.SyscallStats { return &t.SyscallStats },
 			"`time`, `pid`, `comm`, `call`, `dev`, `latency` (histogram of every call, ns), `sleep`, `runqueue`: one process's calls of one kind on one device, summed in the kernel"),
 		Sums("blocked_stack", func(t *Timeline) *[]event.BlockedStack { return &t.BlockedStacks },
 			"`time`, `pid`, `comm`, `call`, `dev`, `total` (ns asleep), `count` (sleeps), `kernel_stack`, `unwalked` (sleeps whose stacks were not walked, to bound the walks' cost): where one process's calls of one kind on one device slept, summed in the kernel"),
+		Sums("mem_stall", func(t *Timeline) *[]event.MemStall { return &t.MemStalls },
+			"`time`, `pid`, `comm`, `call`, `dev`, `kind` (`direct_reclaim`, `memcg_reclaim`, `compaction`), `total` (ns, on or off CPU), `count`, `max`: one process's calls of one kind on one device in a memory stall, summed in the kernel"),
 	}},
 	{Probe: event.ProbeSysfs, Streams: []Stream{
 		Events("sysfs_write", func(t *Timeline) *[]event.SysfsWrite { return &t.SysfsWrites },
 			"`time`, `task`, `path`, `device`, `attr`"),
+	}},
+	{Probe: event.ProbeThrottle, Streams: []Stream{
+		Events("throttle_wait", func(t *Timeline) *[]event.ThrottleWait { return &t.ThrottleWaits },
+			"`start`, `duration`, `task` (the submitter), `dev`, `func` (`__blk_throtl_bio`/`blk_throtl_bio`), `mechanism` (`fentry`/`kprobe`): a bio blk-throttle held, parked to dispatched, above `--min-latency`"),
 	}},
 	{Probe: event.ProbeUevent, Streams: []Stream{
 		Events("uevent", func(t *Timeline) *[]event.Uevent { return &t.Uevents },

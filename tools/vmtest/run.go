@@ -63,7 +63,7 @@ var hostTools = []struct {
 
 // guestModules are loaded at boot (with their dependencies) where they are
 // modules; built-in ones need nothing.
-var guestModules = []string{"virtio_pci", "virtio_blk", "loop", "bcache", "null_blk", "mq-deadline"}
+var guestModules = []string{"virtio_pci", "virtio_blk", "loop", "bcache", "null_blk", "mq-deadline", "scsi_debug", "sd_mod"}
 
 // Selection narrows the guest's tests (for a developer's quick rerun); the
 // zero value runs everything.
@@ -95,7 +95,7 @@ var benchTools = []struct{ path, pkg string }{
 // bcache incident on the virtio disks) or that must hold on every kernel
 // (each rung of the ladder, `whyslow probes`, the live trace commands on
 // the direct probes); the loop-device story runs on the host in make test.
-const defaultE2E = "TestBcache|TestMechanism|TestTrace|TestProbesCommand"
+const defaultE2E = "TestBcache|TestMechanism|TestTrace|TestProbesCommand|TestCgroupThrottle|TestIOCost|TestFailingDevice"
 
 // guestSteps are what runs in every kernel, in order.
 func guestSteps(sel Selection) []Step {

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 )
 
 // section is a part of BENCHMARKS.md the generator writes, between a begin
@@ -246,6 +247,28 @@ func renderMarkdown(r *Results) string {
 			{"uevents of the device in the report", fmt.Sprintf("%d", s.UeventsSeen)},
 			{"lost_events in the JSON report", fmt.Sprintf("%d", s.LostEvents)},
 			{"losses", strings.Join(losses, "; ")},
+		})
+	}
+	if s := r.Serve; s != nil {
+		m.f("### 6. whyslow serve, always on\n\n")
+		m.f("`whyslow serve --window %s --flight-recorder-memory %.0fMiB` for %s under the load of section 5 (uevents, execs and fio at once), its `/metrics` scraped every 10 s and `/trace?seconds=60` dumped every minute. Its resident set must level off once the flight recorder holds its bound, not grow with the run: `make bench BENCH_FLAGS=\"-sections serve -serve-time 1h\"` runs it for an hour.\n\n",
+			s.Window, s.FlightMemoryMiB, time.Duration(s.Seconds*float64(time.Second)))
+		var rss []string
+		step := max(1, len(s.RSSMiB)/12)
+		for i, x := range s.RSSMiB {
+			if i%step == step-1 || i == len(s.RSSMiB)-1 {
+				rss = append(rss, fmt.Sprintf("%.0fs: %.0f", x.At, x.MiB))
+			}
+		}
+		m.table([]string{"", ""}, [][]string{
+			{"achieved", fmt.Sprintf("%.0f uevents/s, %.0f execs/s, %.0f IOPS", s.Uevents, s.Execs, s.IOPS)},
+			{"RSS MiB over time", strings.Join(rss, ", ")},
+			{"peak RSS", fmt.Sprintf("%.0f MiB", s.PeakRSSMiB)},
+			{"flight recorder, most held", fmt.Sprintf("%.1f MiB of %.0f MiB", s.FlightMiB, s.FlightMemoryMiB)},
+			{"windows evaluated, skipped", fmt.Sprintf("%.0f, %.0f", s.Windows, s.Skipped)},
+			{"events lost (whyslow_lost_events_total)", fmt.Sprintf("%.0f", s.LostEvents)},
+			{"/trace dumps", fmt.Sprintf("%d", s.Traces)},
+			{"CPU time", fmt.Sprintf("%.1f s (%.0f%% of one CPU)", s.CPUSeconds, 100*s.CPUSeconds/s.Seconds)},
 		})
 	}
 	return m.String()

@@ -1,0 +1,322 @@
+package probes
+
+import (
+	"bufio"
+	"cmp"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/whyslow/whyslow/internal/event"
+)
+
+// The per-process I/O accounting of the submit probe (bpf/submit.bpf.c,
+// io_use): a per-CPU table of each submitter's completed bios per device,
+// cgroup and kind, read when the probe stops.
+
+// Flags of a bio: enum io_flag of submit.bpf.c (bpf2go emits its twin).
+const (
+	ioSync     = uint8(submitIoFlagIO_SYNC)
+	ioFUA      = uint8(submitIoFlagIO_FUA)
+	ioPreflush = uint8(submitIoFlagIO_PREFLUSH)
+	ioEmpty    = uint8(submitIoFlagIO_EMPTY)
+)
+
+// ioUseBudget bounds the memory of the io_use table: it is preallocated
+// on every CPU, so hosts with many CPUs get fewer entries per CPU (each
+// CPU's table only holds the submitters whose bios completed there).
+const ioUseBudget = 8 << 20
+
+// ioUseBits is log2 of the io_use entries per CPU for a host with cpus
+// CPUs and entries of size bytes: within ioUseBudget, between 2^8 and 2^12.
+func ioUseBits(size uint32, cpus int) uint32 {
+	n := uint64(ioUseBudget) / (uint64(max(size, 1)) * uint64(max(cpus, 1)))
+	bits := uint32(8)
+	for bits < 12 && uint64(1)<<(bits+1) <= n {
+		bits++
+	}
+	return bits
+}
+
+// sizeIOUse fits the io_use table of a spec to this machine's CPUs and
+// returns log2 of its entries, for io_use_bits.
+func sizeIOUse(spec *ebpf.CollectionSpec) uint32 {
+	m, ok := spec.Maps["io_use"]
+	if !ok {
+		return 0
+	}
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil || cpus < 1 {
+		cpus = runtime.NumCPU()
+	}
+	bits := ioUseBits(m.ValueSize, cpus)
+	m.MaxEntries = 1 << bits
+	return bits
+}
+
+// ioUseKey is what the entries of io_use are added up by.
+type ioUseKey struct {
+	tgid, dev uint32
+	cgroup    uint64
+	op, flags uint8
+}
+
+// readIOUse adds up the CPUs' entries of io_use by key.
+func readIOUse(m *ebpf.Map) (map[ioUseKey]*submitIoUse, error) {
+	out := map[ioUseKey]*submitIoUse{}
+	var (
+		k    uint32
+		cpus []submitIoUse
+	)
+	it := m.Iterate()
+	for it.Next(&k, &cpus) {
+		for _, u := range cpus {
+			if u.Used == 0 || u.Ios == 0 {
+				continue
+			}
+			key := ioUseKey{u.Tgid, u.Dev, u.Cgroup, u.Op, u.Flags}
+			sum := out[key]
+			if sum == nil {
+				c := u
+				out[key] = &c
+				continue
+			}
+			sum.Ios += u.Ios
+			sum.Requests += u.Requests
+			sum.Bytes += u.Bytes
+			sum.InflightNs += u.InflightNs
+			if sum.Comm[0] == 0 {
+				sum.Comm = u.Comm
+			}
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("reading the I/O accounting: %w", err)
+	}
+	return out, nil
+}
+
+// ioUsageEvents turns the table into events, in a stable order: by
+// device, process, cgroup, op, then the rest of the key. Cgroups are named
+// from the cgroup hierarchy under procfs's mounts, kernel threads from
+// /proc/PID/stat, devices from names or sysfs.
+func ioUsageEvents(use map[ioUseKey]*submitIoUse, ops *opDecoder, names map[uint32]string, procfs, sysfs string, at event.Mono) []event.IOUsage {
+	cgroups := map[uint64]bool{}
+	tgids := map[uint32]bool{}
+	for k := range use {
+		cgroups[k.cgroup] = true
+		tgids[k.tgid] = true
+	}
+	paths := cgroupPaths(procfs, cgroups)
+	kthreads := map[uint32]bool{}
+	for tgid := range tgids {
+		kthreads[tgid] = isKthread(procfs, tgid)
+	}
+	devNames := map[uint32]string{}
+	keys := make([]ioUseKey, 0, len(use))
+	for k := range use {
+		keys = append(keys, k)
+		if _, ok := devNames[k.dev]; !ok {
+			name := names[k.dev]
+			if name == "" {
+				major, minor := kernelDev(k.dev)
+				name = blockDevName(sysfs, major, minor)
+			}
+			devNames[k.dev] = name
+		}
+	}
+	type kind struct {
+		tgid, dev uint32
+		cgroup    uint64
+		op        string
+		sync      bool
+	}
+	byKind := map[kind]int{}
+	out := make([]event.IOUsage, 0, len(keys))
+	for _, k := range keys {
+		u := use[k]
+		major, minor := kernelDev(k.dev)
+		op, sync := ops.ioKind(k.op, k.flags)
+		inflight := time.Duration(min(u.InflightNs, 1<<63-1))
+		// Keys that differ only in flags that name the same kind add up.
+		if i, ok := byKind[kind{k.tgid, k.dev, k.cgroup, op, sync}]; ok {
+			e := &out[i]
+			e.IOs += u.Ios
+			e.Requests += u.Requests
+			e.Bytes += u.Bytes
+			e.InFlight = min(e.InFlight+inflight, 1<<63-1)
+			if e.Task.Comm == "" {
+				e.Task.Comm = cString(u.Comm[:])
+			}
+			continue
+		}
+		byKind[kind{k.tgid, k.dev, k.cgroup, op, sync}] = len(out)
+		out = append(out, event.IOUsage{
+			Time:     at,
+			Task:     event.Task{Pid: k.tgid, Tgid: k.tgid, Comm: cString(u.Comm[:])},
+			Kthread:  kthreads[k.tgid],
+			Cgroup:   paths[k.cgroup],
+			CgroupID: k.cgroup,
+			Dev:      event.Device{Major: major, Minor: minor, Name: devNames[k.dev]},
+			Op:       op,
+			Sync:     sync,
+			IOs:      u.Ios,
+			Requests: u.Requests,
+			Bytes:    u.Bytes,
+			InFlight: inflight,
+		})
+	}
+	for i := range out {
+		out[i].Task.Comm = commOf(out[i].Task.Pid, out[i].Task.Comm)
+	}
+	slices.SortFunc(out, func(a, b event.IOUsage) int {
+		return cmp.Or(cmp.Compare(a.Dev.Major, b.Dev.Major), cmp.Compare(a.Dev.Minor, b.Dev.Minor),
+			cmp.Compare(a.Task.Tgid, b.Task.Tgid), cmp.Compare(a.CgroupID, b.CgroupID),
+			cmp.Compare(a.Op, b.Op), cmp.Compare(boolInt(a.Sync), boolInt(b.Sync)))
+	})
+	return out
+}
+
+// ioKind names a bio's kind from its operation and io_flag bits: what the
+// kernel's op_is_sync and op_is_flush say.
+func (d *opDecoder) ioKind(op, flags uint8) (kind string, sync bool) {
+	switch d.ops[uint32(op)] {
+	case "R":
+		return "read", true
+	case "W":
+		sync = flags&(ioSync|ioFUA|ioPreflush) != 0
+		if flags&ioPreflush != 0 && flags&ioEmpty != 0 {
+			return "flush", sync
+		}
+		return "write", sync
+	case "F":
+		return "flush", true
+	case "D", "DE":
+		return "discard", flags&ioSync != 0
+	}
+	return "other", flags&ioSync != 0
+}
+
+// reqFlagMasks are the bi_opf bits submit.bpf.c reads (req_sync, req_fua,
+// req_preflush), from the kernel's BTF.
+func (d *opDecoder) reqFlagMasks() map[string]any {
+	return map[string]any{"req_sync": d.syn, "req_fua": d.fua, "req_preflush": d.preflush}
+}
+
+// cgroupPaths names the cgroups of ids (kernfs ids, the inode numbers of
+// their directories) by their path in the hierarchy of the block I/O
+// controller: cgroup v1's blkio when it is mounted (the controller is
+// bound there), else the unified (v2) hierarchy. "/" is the root; ids not
+// found (the cgroup is gone) are left out.
+func cgroupPaths(procfs string, ids map[uint64]bool) map[uint64]string {
+	out := map[uint64]string{}
+	if len(ids) == 0 {
+		return out
+	}
+	root := ioCgroupRoot(procfs)
+	if root == "" {
+		return out
+	}
+	left := 0
+	for id := range ids {
+		if id != 0 {
+			left++
+		}
+	}
+	_ = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			return nil
+		}
+		st, ok := info.Sys().(*syscall.Stat_t)
+		if !ok || !ids[st.Ino] {
+			return nil
+		}
+		rel, err := filepath.Rel(root, path)
+		if err != nil {
+			return nil
+		}
+		if _, seen := out[st.Ino]; !seen {
+			out[st.Ino] = filepath.Clean("/" + rel)
+			if left--; left == 0 {
+				return filepath.SkipAll
+			}
+		}
+		return nil
+	})
+	return out
+}
+
+// ioCgroupRoot is the mount point of the cgroup hierarchy of the block
+// I/O controller, from procfs's self/mountinfo: a cgroup v1 mount with the
+// blkio option, else a cgroup2 mount; "" when there is neither.
+func ioCgroupRoot(procfs string) string {
+	if procfs == "" {
+		procfs = "/proc"
+	}
+	f, err := os.Open(filepath.Join(procfs, "self", "mountinfo"))
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	var v1, v2 string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS
+		fields := strings.Fields(sc.Text())
+		sep := slices.Index(fields, "-")
+		if sep < 5 || sep+3 >= len(fields) || fields[3] != "/" {
+			continue
+		}
+		mount, fstype, super := unescapeMount(fields[4]), fields[sep+1], fields[sep+3]
+		switch {
+		case fstype == "cgroup" && v1 == "" && slices.Contains(strings.Split(super, ","), "blkio"):
+			v1 = mount
+		case fstype == "cgroup2" && v2 == "":
+			v2 = mount
+		}
+	}
+	if v1 != "" {
+		return v1
+	}
+	return v2
+}
+
+// pfKthread is PF_KTHREAD of task_struct.flags.
+const pfKthread = 0x00200000
+
+// isKthread reports whether process pid is a kernel thread, from the
+// flags of procfs/PID/stat; false when it is gone.
+func isKthread(procfs string, pid uint32) bool {
+	if procfs == "" {
+		procfs = "/proc"
+	}
+	b, err := os.ReadFile(filepath.Join(procfs, strconv.FormatUint(uint64(pid), 10), "stat"))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return false
+	}
+	// After "(comm)": state ppid pgrp session tty_nr tpgid flags.
+	f := strings.Fields(s[i+1:])
+	if len(f) < 7 {
+		return false
+	}
+	flags, err := strconv.ParseUint(f[6], 10, 64)
+	return err == nil && flags&pfKthread != 0
+}

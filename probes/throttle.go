@@ -1,0 +1,103 @@
+package probes
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+
+	"github.com/whyslow/whyslow/internal/event"
+)
+
+// throttleProbe times the bios blk-throttle holds (cgroup v2 io.max, v1
+// blkio.throttle.*), from their parking in the throttle function
+// (__blk_throtl_bio on 6.1+, blk_throtl_bio before: fexit, else
+// kprobe/kretprobe) to their dispatch (raw tracepoint block_bio_queue).
+// Without either, the iolimits probe's limits and counters stand in for it
+// (the delay is then inferred).
+type throttleProbe struct{}
+
+func init() { register(throttleProbe{}) }
+
+// throttleFuncs are the functions that park a bio, best first.
+var throttleFuncs = []string{"__blk_throtl_bio", "blk_throtl_bio"}
+
+// Decl implements Probe.
+func (throttleProbe) Decl() Decl {
+	return Decl{
+		Name:       event.ProbeThrottle,
+		Mechanisms: []Rung{{Mech: event.MechFentry}, {Mech: event.MechKprobe}, {Mech: event.MechCgroupfs, InferredBy: event.ProbeIOLimits}},
+		Forceable:  true,
+		Describe:   "time bios blk-throttle holds over a cgroup's I/O limit, parked to dispatched (else inferred from the limits and counters in cgroupfs)",
+		Attach:     "fexit or kprobe/kretprobe on `__blk_throtl_bio` (6.1+) or `blk_throtl_bio`; raw tracepoint `block_bio_queue`",
+		Records:    "each bio held above `--min-latency`, with its submitter and device",
+	}
+}
+
+// Start implements Probe.
+func (p throttleProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
+	return startLadder(p, cfg, sink)
+}
+
+func (p throttleProbe) rungs(cfg Config, kernel *btf.Spec, sink Sink) []ladderRung {
+	rs := directRungs([][]string{throttleFuncs}, func(mech event.Mechanism, fns []string) (Running, error) {
+		return startThrottle(cfg, kernel, sink, mech, fns[0])
+	})
+	return append(rs, ladderRung{
+		mech: event.MechCgroupfs,
+		note: "inferred by the iolimits probe from the limits and counters in cgroupfs and the blocked time the device does not explain",
+		start: func([]string) (Running, error) {
+			return inferred{}, nil
+		},
+	})
+}
+
+// throttlePoints are the programs of bpf/throttle.bpf.c for a mechanism
+// and function.
+func throttlePoints(mech event.Mechanism, fn string) ([]attachPoint, error) {
+	queue := attachPoint{prog: "tb_bio_queue", fn: "block_bio_queue", rawtp: true}
+	switch mech {
+	case event.MechFentry:
+		return []attachPoint{{prog: "tb_fexit", fn: fn, tracer: true}, queue}, nil
+	case event.MechKprobe:
+		return []attachPoint{{prog: "tb_kprobe", fn: fn}, {prog: "tb_kretprobe", fn: fn, ret: true}, queue}, nil
+	}
+	return nil, fmt.Errorf("throttle: no %s programs", mech)
+}
+
+func startThrottle(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism, fn string) (Running, error) {
+	points, err := throttlePoints(mech, fn)
+	if err != nil {
+		return nil, loadErr(err)
+	}
+	consts := spanConsts(cfg)
+	arg, err := tpArgIndex(kernel, "block_bio_queue", "bio")
+	if err != nil {
+		return nil, loadErr(err)
+	}
+	consts["arg_bio_queue"] = arg
+	spec, err := loadSpec(loadThrottle, consts)
+	if err != nil {
+		return nil, loadErr(err)
+	}
+	handle := func(_ *ebpf.Collection, raw []byte) bool {
+		var e throttleTbEvent
+		if err := binary.Read(bytes.NewReader(raw), binary.NativeEndian, &e); err != nil {
+			return false
+		}
+		major, minor := kernelDev(e.Dev)
+		sink.Event(event.ThrottleWait{
+			Start:     event.Mono(e.StartNs),
+			Duration:  time.Duration(e.DurationNs),
+			Task:      event.Task{Pid: e.Pid, Tgid: e.Tgid, Comm: cString(e.Comm[:])},
+			Dev:       event.Device{Major: major, Minor: minor, Name: cString(e.DiskName[:])},
+			Func:      fn,
+			Mechanism: mech,
+		})
+		return true
+	}
+	return startDirect(event.ProbeThrottle, spec, kernel, points, sink, handle)
+}
