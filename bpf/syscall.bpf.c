@@ -50,6 +50,13 @@ volatile const __u8 use_btf_task = 0;
  * shares its time out like the walked sleeps of its process x device x
  * call. 0: every sleep is walked. */
 volatile const __u64 walk_gap_ns = 0;
+/* The gap before walking an interruptible sleep (S state: waits for aio
+ * or io_uring completions, whose stacks repeat), at least: such sleeps
+ * come at the I/O rate under a fast asynchronous load, and a walk costs
+ * more than the rest of the call's programs together. Uninterruptible
+ * sleeps (D: the I/O, tag, throttle, journal, lock waits that tell the
+ * stages apart) keep walk_gap_ns. */
+volatile const __u64 walk_gap_s_ns = 0;
 
 /* x86-64 numbers of the storage calls (arch/x86/entry/syscalls/syscall_64.tbl). */
 enum storage_nr {
@@ -311,12 +318,37 @@ static __always_inline struct sc_state *state_of(struct task_struct *t)
 	return bpf_map_lookup_elem(&state_tid, &tid);
 }
 
+/* bpf_rdonly_cast (6.2+): a pointer read from kernel memory becomes a
+ * typed one whose fields are plain loads (a faulting load gives 0) instead
+ * of one bpf_probe_read_kernel call each. Weak: older kernels leave it out
+ * and use_cast is 0 there. */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
+
+/* Set by user space: bpf_rdonly_cast is there and the programs are tp_btf. */
+volatile const __u8 use_cast = 0;
+
 /* file_dev returns the device a file's I/O goes to, or 0 for a file whose
  * I/O reaches no block device. */
 static __always_inline __u32 file_dev(struct file *f)
 {
 	if (!f)
 		return 0;
+	if (use_cast) {
+		struct file *cf = bpf_rdonly_cast(f, bpf_core_type_id_kernel(struct file));
+		struct inode *ci = cf->f_inode;
+		if (!ci)
+			return 0;
+		unsigned short m = ci->i_mode & WS_S_IFMT;
+		if (m == WS_S_IFBLK)
+			return ci->i_rdev;
+		if (m != WS_S_IFREG && m != WS_S_IFDIR)
+			return 0;
+		struct super_block *sb = ci->i_sb;
+		if (!sb)
+			return 0;
+		struct block_device *cb = sb->s_bdev;
+		return cb ? cb->bd_dev : 0;
+	}
 	struct inode *ino = BPF_CORE_READ(f, f_inode);
 	if (!ino)
 		return 0;
@@ -409,7 +441,11 @@ static __always_inline __u32 ring_dev(__s64 fd)
 	struct file *f = fd_file(fd);
 	if (!f)
 		return 0;
-	__u64 ring = (__u64)BPF_CORE_READ(f, private_data);
+	__u64 ring;
+	if (use_cast)
+		ring = (__u64)((struct file *)bpf_rdonly_cast(f, bpf_core_type_id_kernel(struct file)))->private_data;
+	else
+		ring = (__u64)BPF_CORE_READ(f, private_data);
 	if (!ring)
 		return 0;
 	__u32 *dev = bpf_map_lookup_elem(&ring_devs, &ring);
@@ -704,15 +740,15 @@ static __always_inline void switch_in(struct task_struct *next, struct sc_state 
 }
 
 /* walk takes the current task's kernel stack into `stacks`, unless this
- * CPU walked one less than walk_gap_ns ago. */
-static __always_inline __s32 walk(void *ctx, __u64 now)
+ * CPU walked one less than gap ago. */
+static __always_inline __s32 walk(void *ctx, __u64 now, __u64 gap)
 {
-	if (walk_gap_ns) {
+	if (gap) {
 		__u32 zero = 0;
 		__u64 *last = bpf_map_lookup_elem(&last_walk, &zero);
 		if (!last)
 			return -1;
-		if (now - *last < walk_gap_ns)
+		if (now - *last < gap)
 			return SC_NOT_WALKED;
 		*last = now;
 	}
@@ -738,7 +774,7 @@ int BPF_PROG(sc_switch, _Bool preempt, struct task_struct *prev, struct task_str
 		st->preempted = preempt || (prev_state & 0xff) == 0;
 		st->stackid = -1;
 		if (!st->preempted)
-			st->stackid = walk(ctx, now);
+			st->stackid = walk(ctx, now, (prev_state & TASK_UNINTERRUPTIBLE) ? walk_gap_ns : walk_gap_s_ns);
 	}
 	st = state_of(next);
 	if (st && st->start_ns && st->off_ns)

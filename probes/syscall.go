@@ -86,6 +86,13 @@ var syscallSelf = uint32(os.Getpid())
 // behind it.
 const syscallWalkGap = 50 * time.Microsecond
 
+// syscallWalkGapS is the gap before walking an interruptible sleep (S
+// state, walk_gap_s_ns): the waits for aio and io_uring completions, which
+// come at the I/O rate under a fast asynchronous load and whose stacks
+// repeat. 20 times the other: under fio's 140k IOPS on this project's VM
+// the walks cost some 230 ns per I/O at 50 µs (BENCHMARKS.md).
+const syscallWalkGapS = 1 * time.Millisecond
+
 // syscallNotWalked is the stack id of the sleeps not walked
 // (SC_NOT_WALKED, which bpf2go types unsigned).
 var syscallNotWalked = func() int32 { v := syscallScStackidSC_NOT_WALKED; return int32(v) }()
@@ -202,6 +209,10 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 	consts["switch_has_state"] = uint8(boolInt(n >= 4))
 	consts["use_btf_task"] = uint8(boolInt(btfTask))
 	consts["walk_gap_ns"] = uint64(syscallWalkGap)
+	consts["walk_gap_s_ns"] = uint64(syscallWalkGapS)
+	// The file's fields as plain loads (bpf_rdonly_cast, 6.2+) on the
+	// tp_btf rung; else one bpf_probe_read_kernel each.
+	consts["use_cast"] = uint8(boolInt(mech == event.MechTPBTF && haveKfunc(kernel, "bpf_rdonly_cast")))
 	// io_uring_enter's device comes from the files of its ring's requests
 	// (tracepoint io_uring_file_get, whose fd is its last argument).
 	ringArgs, ringErr := tpParamCount(kernel, "io_uring_file_get")

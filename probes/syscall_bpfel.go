@@ -248,8 +248,10 @@ const (
 	syscallVarStorageNrType   = "storage_nr_type"
 	syscallVarSwitchHasState  = "switch_has_state"
 	syscallVarUseBtfTask      = "use_btf_task"
+	syscallVarUseCast         = "use_cast"
 	syscallVarUseTaskStorage  = "use_task_storage"
 	syscallVarWalkGapNs       = "walk_gap_ns"
+	syscallVarWalkGapS_ns     = "walk_gap_s_ns"
 )
 
 // loadSyscall returns the embedded CollectionSpec for syscall.
@@ -355,8 +357,10 @@ type syscallVariableSpecs struct {
 	StorageNrType   *ebpf.VariableSpec `ebpf:"storage_nr_type"`
 	SwitchHasState  *ebpf.VariableSpec `ebpf:"switch_has_state"`
 	UseBtfTask      *ebpf.VariableSpec `ebpf:"use_btf_task"`
+	UseCast         *ebpf.VariableSpec `ebpf:"use_cast"`
 	UseTaskStorage  *ebpf.VariableSpec `ebpf:"use_task_storage"`
 	WalkGapNs       *ebpf.VariableSpec `ebpf:"walk_gap_ns"`
+	WalkGapS_ns     *ebpf.VariableSpec `ebpf:"walk_gap_s_ns"`
 }
 
 // syscallObjects contains all objects after they have been loaded into the kernel.
@@ -436,8 +440,10 @@ type syscallVariables struct {
 	StorageNrType   *ebpf.Variable `ebpf:"storage_nr_type"`
 	SwitchHasState  *ebpf.Variable `ebpf:"switch_has_state"`
 	UseBtfTask      *ebpf.Variable `ebpf:"use_btf_task"`
+	UseCast         *ebpf.Variable `ebpf:"use_cast"`
 	UseTaskStorage  *ebpf.Variable `ebpf:"use_task_storage"`
 	WalkGapNs       *ebpf.Variable `ebpf:"walk_gap_ns"`
+	WalkGapS_ns     *ebpf.Variable `ebpf:"walk_gap_s_ns"`
 }
 
 // syscallPrograms contains all programs after they have been loaded into the kernel.
