@@ -74,10 +74,12 @@ func TestDiagnoseUnexplainedLatency(t *testing.T) {
 	var w *scenario.Fio
 	var freezes int
 	rep := diagnoseUnder(t, 8*time.Second, func() func() {
-		// Buffered writes, each followed by an fdatasync (a log
-		// writer), paced to leave the CPUs to the rest.
+		// Buffered writes, each followed by an fdatasync: a log
+		// writer at 20 writes a second, so that each freeze's blocked
+		// write is one call in tens of its kind, at the tail (a few slow
+		// calls among thousands of fast ones are no pattern).
 		w = scenario.StartJob(t, scenario.Job{Name: "archiver", File: filepath.Join(dir, "archive.log"),
-			RW: "write", BS: "4k", Fdatasync: 1, RateIOPS: 200, Duration: time.Minute, Cgroup: cg,
+			RW: "write", BS: "4k", Fdatasync: 1, RateIOPS: 20, Duration: time.Minute, Cgroup: cg,
 			Extra: []string{"--size=32m"}})
 		stopFreezer := scenario.Freezer(t, dir, 2*time.Second, 500*time.Millisecond)
 		return func() {
