@@ -4,9 +4,10 @@ BINARY  ?= whyslow
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/whyslow/whyslow/cmd.Version=$(VERSION)
 
-# Debian packages the tests drive (udevd, fio, chromium for the HTML report) and that
+# Debian packages the tests drive (udevd, fio, chromium for the HTML report, prometheus and
+# systemd for serve and deploy/: promtool, systemd-analyze) and that
 # `make generate` needs.
-TEST_DEBS     := udev fio util-linux kmod procps chromium
+TEST_DEBS     := udev fio util-linux kmod procps chromium prometheus systemd
 GENERATE_DEBS := clang llvm libbpf-dev linux-libc-dev
 
 # What `make vmtest` needs on the host: qemu, the guest's busybox, and the

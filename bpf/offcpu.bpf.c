@@ -430,6 +430,13 @@ int BPF_PROG(offcpu_sys_exit, struct pt_regs___ws *regs, long ret)
 SEC("tp_btf/sched_waking")
 int BPF_PROG(offcpu_wakeup, struct task_struct *p)
 {
+	/* p is still in the state it slept in: only a D sleep can be
+	 * tracked, and the lookup is left to those (a plain load first; the
+	 * field was `state` before 5.14). */
+	unsigned int state = bpf_core_field_exists(p->__state) ? p->__state
+							       : (unsigned int)((struct task_struct___old *)p)->state;
+	if (!(state & TASK_UNINTERRUPTIBLE))
+		return 0;
 	__u32 tid = p->pid;
 	struct blocked *b = bpf_map_lookup_elem(&blocked, &tid);
 

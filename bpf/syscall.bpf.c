@@ -50,6 +50,13 @@ volatile const __u8 use_btf_task = 0;
  * shares its time out like the walked sleeps of its process x device x
  * call. 0: every sleep is walked. */
 volatile const __u64 walk_gap_ns = 0;
+/* The gap before walking an interruptible sleep (S state: waits for aio
+ * or io_uring completions, whose stacks repeat), at least: such sleeps
+ * come at the I/O rate under a fast asynchronous load, and a walk costs
+ * more than the rest of the call's programs together. Uninterruptible
+ * sleeps (D: the I/O, tag, throttle, journal, lock waits that tell the
+ * stages apart) keep walk_gap_ns. */
+volatile const __u64 walk_gap_s_ns = 0;
 
 /* x86-64 numbers of the storage calls (arch/x86/entry/syscalls/syscall_64.tbl). */
 enum storage_nr {
@@ -231,7 +238,8 @@ enum sc_stack_loss {
 	SC_LOSS_STACK = 0, /* the walk failed or found its bucket taken by another stack */
 	SC_LOSS_BLOCKED = 1, /* `blocked` full: a sleep's time is lost */
 	SC_LOSS_HIST = 2, /* `call_hists` full: a call's latency is lost */
-	SC_LOSS_KINDS = 3,
+	SC_LOSS_MEM = 3, /* `mem_begin` or `mem_stalls` full: a memory stall's time is lost */
+	SC_LOSS_KINDS = 4,
 };
 
 KEEP_TYPE(enum sc_stack_loss, sc_stack_loss_type);
@@ -310,12 +318,37 @@ static __always_inline struct sc_state *state_of(struct task_struct *t)
 	return bpf_map_lookup_elem(&state_tid, &tid);
 }
 
+/* bpf_rdonly_cast (6.2+): a pointer read from kernel memory becomes a
+ * typed one whose fields are plain loads (a faulting load gives 0) instead
+ * of one bpf_probe_read_kernel call each. Weak: older kernels leave it out
+ * and use_cast is 0 there. */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
+
+/* Set by user space: bpf_rdonly_cast is there and the programs are tp_btf. */
+volatile const __u8 use_cast = 0;
+
 /* file_dev returns the device a file's I/O goes to, or 0 for a file whose
  * I/O reaches no block device. */
 static __always_inline __u32 file_dev(struct file *f)
 {
 	if (!f)
 		return 0;
+	if (use_cast) {
+		struct file *cf = bpf_rdonly_cast(f, bpf_core_type_id_kernel(struct file));
+		struct inode *ci = cf->f_inode;
+		if (!ci)
+			return 0;
+		unsigned short m = ci->i_mode & WS_S_IFMT;
+		if (m == WS_S_IFBLK)
+			return ci->i_rdev;
+		if (m != WS_S_IFREG && m != WS_S_IFDIR)
+			return 0;
+		struct super_block *sb = ci->i_sb;
+		if (!sb)
+			return 0;
+		struct block_device *cb = sb->s_bdev;
+		return cb ? cb->bd_dev : 0;
+	}
 	struct inode *ino = BPF_CORE_READ(f, f_inode);
 	if (!ino)
 		return 0;
@@ -408,7 +441,11 @@ static __always_inline __u32 ring_dev(__s64 fd)
 	struct file *f = fd_file(fd);
 	if (!f)
 		return 0;
-	__u64 ring = (__u64)BPF_CORE_READ(f, private_data);
+	__u64 ring;
+	if (use_cast)
+		ring = (__u64)((struct file *)bpf_rdonly_cast(f, bpf_core_type_id_kernel(struct file)))->private_data;
+	else
+		ring = (__u64)BPF_CORE_READ(f, private_data);
 	if (!ring)
 		return 0;
 	__u32 *dev = bpf_map_lookup_elem(&ring_devs, &ring);
@@ -703,15 +740,15 @@ static __always_inline void switch_in(struct task_struct *next, struct sc_state 
 }
 
 /* walk takes the current task's kernel stack into `stacks`, unless this
- * CPU walked one less than walk_gap_ns ago. */
-static __always_inline __s32 walk(void *ctx, __u64 now)
+ * CPU walked one less than gap ago. */
+static __always_inline __s32 walk(void *ctx, __u64 now, __u64 gap)
 {
-	if (walk_gap_ns) {
+	if (gap) {
 		__u32 zero = 0;
 		__u64 *last = bpf_map_lookup_elem(&last_walk, &zero);
 		if (!last)
 			return -1;
-		if (now - *last < walk_gap_ns)
+		if (now - *last < gap)
 			return SC_NOT_WALKED;
 		*last = now;
 	}
@@ -737,7 +774,7 @@ int BPF_PROG(sc_switch, _Bool preempt, struct task_struct *prev, struct task_str
 		st->preempted = preempt || (prev_state & 0xff) == 0;
 		st->stackid = -1;
 		if (!st->preempted)
-			st->stackid = walk(ctx, now);
+			st->stackid = walk(ctx, now, (prev_state & TASK_UNINTERRUPTIBLE) ? walk_gap_ns : walk_gap_s_ns);
 	}
 	st = state_of(next);
 	if (st && st->start_ns && st->off_ns)
@@ -787,5 +824,160 @@ int BPF_PROG(sc_waking, struct task_struct *p)
 
 	if (st && st->off_ns && !st->wake_ns)
 		st->wake_ns = bpf_ktime_get_ns();
+	return 0;
+}
+
+/* Memory stalls inside storage calls: direct reclaim (the allocator's,
+ * global), memcg reclaim (a charge over its cgroup's limit) and direct
+ * compaction, timed begin to end on the thread (on or off CPU) by their
+ * vmscan and compaction tracepoints, and summed per process x device x
+ * call x kind in `mem_stalls`. Only stalls that begin inside a storage
+ * call are timed. */
+enum sc_mem_kind {
+	SC_MEM_DIRECT = 0, /* mm_vmscan_direct_reclaim_begin/_end */
+	SC_MEM_MEMCG = 1, /* mm_vmscan_memcg_reclaim_begin/_end */
+	SC_MEM_COMPACT = 2, /* mm_compaction_begin/_end (compact_zone) */
+	SC_MEM_KINDS = 3,
+};
+
+KEEP_TYPE(enum sc_mem_kind, sc_mem_kind_type);
+
+/* Threads inside a memory stall of a storage call at once. */
+#define MAX_MEM_THREADS 4096
+/* Process x device x call x kind sums. */
+#define MAX_MEM_STALLS 4096
+
+struct sc_mem_begin {
+	__u64 ns[SC_MEM_KINDS]; /* when each kind began; 0: not in it */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_MEM_THREADS);
+	__type(key, __u32); /* tid */
+	__type(value, struct sc_mem_begin);
+} mem_begin SEC(".maps");
+
+struct sc_mem_key {
+	__u32 tgid;
+	__u32 dev;
+	__u32 nr;
+	__u32 kind; /* enum sc_mem_kind */
+};
+
+struct sc_mem_stall {
+	__u64 ns;
+	__u64 count;
+	__u64 max_ns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, MAX_MEM_STALLS);
+	__type(key, struct sc_mem_key);
+	__type(value, struct sc_mem_stall);
+} mem_stalls SEC(".maps");
+
+KEEP_TYPE(struct sc_mem_key, sc_mem_key_type);
+KEEP_TYPE(struct sc_mem_stall, sc_mem_stall_type);
+
+static __always_inline void mem_begin_at(__u32 kind)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct sc_state *st = state(tid, 0);
+
+	if (!st || !st->start_ns || st->dev == DEV_PENDING || kind >= SC_MEM_KINDS)
+		return;
+	struct sc_mem_begin *b = bpf_map_lookup_elem(&mem_begin, &tid);
+	if (!b) {
+		struct sc_mem_begin z = {};
+		bpf_map_update_elem(&mem_begin, &tid, &z, BPF_NOEXIST);
+		b = bpf_map_lookup_elem(&mem_begin, &tid);
+		if (!b) {
+			count_loss(&sc_losses, SC_LOSS_MEM);
+			return;
+		}
+	}
+	b->ns[kind] = bpf_ktime_get_ns();
+}
+
+static __always_inline void mem_end_at(__u32 kind)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)id;
+	struct sc_mem_begin *b = bpf_map_lookup_elem(&mem_begin, &tid);
+
+	if (!b || kind >= SC_MEM_KINDS)
+		return;
+	__u64 begin = b->ns[kind];
+	if (!begin)
+		return;
+	b->ns[kind] = 0;
+	struct sc_state *st = state(tid, 0);
+	/* The call it began in must still be the thread's (a stall that
+	 * began in a call that has ended is not timed). */
+	if (!st || !st->start_ns || st->start_ns > begin || st->dev == DEV_PENDING)
+		return;
+	__u64 now = bpf_ktime_get_ns();
+	if (now <= begin)
+		return;
+	__u64 d = now - begin;
+	struct sc_mem_key k = {.tgid = id >> 32, .dev = st->dev, .nr = st->nr, .kind = kind};
+	struct sc_mem_stall *m = bpf_map_lookup_elem(&mem_stalls, &k);
+	if (!m) {
+		struct sc_mem_stall z = {};
+		bpf_map_update_elem(&mem_stalls, &k, &z, BPF_NOEXIST);
+		m = bpf_map_lookup_elem(&mem_stalls, &k);
+		if (!m) {
+			count_loss(&sc_losses, SC_LOSS_MEM);
+			return;
+		}
+	}
+	__sync_fetch_and_add(&m->ns, d);
+	__sync_fetch_and_add(&m->count, 1);
+	if (d > m->max_ns)
+		m->max_ns = d;
+}
+
+SEC("tp_btf/mm_vmscan_direct_reclaim_begin")
+int sc_direct_begin(void *ctx)
+{
+	mem_begin_at(SC_MEM_DIRECT);
+	return 0;
+}
+
+SEC("tp_btf/mm_vmscan_direct_reclaim_end")
+int sc_direct_end(void *ctx)
+{
+	mem_end_at(SC_MEM_DIRECT);
+	return 0;
+}
+
+SEC("tp_btf/mm_vmscan_memcg_reclaim_begin")
+int sc_memcg_begin(void *ctx)
+{
+	mem_begin_at(SC_MEM_MEMCG);
+	return 0;
+}
+
+SEC("tp_btf/mm_vmscan_memcg_reclaim_end")
+int sc_memcg_end(void *ctx)
+{
+	mem_end_at(SC_MEM_MEMCG);
+	return 0;
+}
+
+SEC("tp_btf/mm_compaction_begin")
+int sc_compact_begin(void *ctx)
+{
+	mem_begin_at(SC_MEM_COMPACT);
+	return 0;
+}
+
+SEC("tp_btf/mm_compaction_end")
+int sc_compact_end(void *ctx)
+{
+	mem_end_at(SC_MEM_COMPACT);
 	return 0;
 }

@@ -13,8 +13,8 @@ import (
 	"github.com/whyslow/whyslow/internal/event"
 )
 
-// kernelRelease returns the running kernel's release, e.g. "6.18.44".
-func kernelRelease() string {
+// KernelRelease returns the running kernel's release, e.g. "6.18.44".
+func KernelRelease() string {
 	var u unix.Utsname
 	if err := unix.Uname(&u); err != nil {
 		return "unknown"
@@ -22,8 +22,8 @@ func kernelRelease() string {
 	return unix.ByteSliceToString(u.Release[:])
 }
 
-// readHolders lists block device stacking from <sysfs>/block/*/slaves.
-func readHolders(sysfs string) ([]event.Holder, error) {
+// ReadHolders lists the block device stacking from <sysfs>/block/*/slaves.
+func ReadHolders(sysfs string) ([]event.Holder, error) {
 	uppers, err := os.ReadDir(filepath.Join(sysfs, "block"))
 	if err != nil {
 		return nil, fmt.Errorf("reading block devices: %w", err)

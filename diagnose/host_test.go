@@ -44,7 +44,7 @@ func fakeSysfs(t *testing.T) string {
 }
 
 func TestReadHolders(t *testing.T) {
-	got, err := readHolders(fakeSysfs(t))
+	got, err := ReadHolders(fakeSysfs(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +55,7 @@ func TestReadHolders(t *testing.T) {
 }
 
 func TestReadHoldersMissingSysfs(t *testing.T) {
-	if _, err := readHolders(filepath.Join(t.TempDir(), "nope")); err == nil {
+	if _, err := ReadHolders(filepath.Join(t.TempDir(), "nope")); err == nil {
 		t.Fatal("want an error for a sysfs root without block/")
 	}
 }

@@ -197,8 +197,8 @@ func Storage(ctx context.Context, opts Options) (*Result, error) {
 func Collect(ctx context.Context, opts Options, spec *btf.Spec) (*timeline.Timeline, error) {
 	opts.defaults()
 	host, _ := os.Hostname()
-	tl := &timeline.Timeline{Kernel: kernelRelease(), Hostname: host, MinLatency: opts.MinLatency}
-	holders, err := readHolders(opts.SysFS)
+	tl := &timeline.Timeline{Kernel: KernelRelease(), Hostname: host, MinLatency: opts.MinLatency}
+	holders, err := ReadHolders(opts.SysFS)
 	if err != nil {
 		return nil, err
 	}

@@ -650,3 +650,13 @@ func directRungs(funcs [][]string, start func(mech event.Mechanism, fns []string
 	}
 	return out
 }
+
+// haveKfunc tells whether the kernel's BTF has kfunc name (a function a
+// program may call where its program type allows it).
+func haveKfunc(kernel *btf.Spec, name string) bool {
+	if kernel == nil {
+		return false
+	}
+	var fn *btf.Func
+	return kernel.TypeByName(name, &fn) == nil
+}

@@ -86,6 +86,13 @@ var syscallSelf = uint32(os.Getpid())
 // behind it.
 const syscallWalkGap = 50 * time.Microsecond
 
+// syscallWalkGapS is the gap before walking an interruptible sleep (S
+// state, walk_gap_s_ns): the waits for aio and io_uring completions, which
+// come at the I/O rate under a fast asynchronous load and whose stacks
+// repeat. 20 times the other: under fio's 140k IOPS on this project's VM
+// the walks cost some 230 ns per I/O at 50 µs (BENCHMARKS.md).
+const syscallWalkGapS = 1 * time.Millisecond
+
 // syscallNotWalked is the stack id of the sleeps not walked
 // (SC_NOT_WALKED, which bpf2go types unsigned).
 var syscallNotWalked = func() int32 { v := syscallScStackidSC_NOT_WALKED; return int32(v) }()
@@ -96,6 +103,21 @@ var syscallLossWhat = [syscallScStackLossSC_LOSS_KINDS]string{
 	syscallScStackLossSC_LOSS_STACK:   "kernel stack of a sleep lost (its time counts as stage other)",
 	syscallScStackLossSC_LOSS_BLOCKED: "blocked-time map full: sleep time lost",
 	syscallScStackLossSC_LOSS_HIST:    "call histogram map full: call latencies lost",
+	syscallScStackLossSC_LOSS_MEM:     "memory-stall map full: time in reclaim or compaction lost",
+}
+
+// syscallMemStalls are the memory stalls the program times inside storage
+// calls: the kind each is reported as (event.MemStall), its programs and
+// their tracepoints, at its value of enum sc_mem_kind.
+var syscallMemStalls = [syscallScMemKindSC_MEM_KINDS]struct {
+	kind, begin, end, beginTP, endTP string
+}{
+	syscallScMemKindSC_MEM_DIRECT: {event.MemDirectReclaim, "sc_direct_begin", "sc_direct_end",
+		"mm_vmscan_direct_reclaim_begin", "mm_vmscan_direct_reclaim_end"},
+	syscallScMemKindSC_MEM_MEMCG: {event.MemCgroupReclaim, "sc_memcg_begin", "sc_memcg_end",
+		"mm_vmscan_memcg_reclaim_begin", "mm_vmscan_memcg_reclaim_end"},
+	syscallScMemKindSC_MEM_COMPACT: {event.MemCompaction, "sc_compact_begin", "sc_compact_end",
+		"mm_compaction_begin", "mm_compaction_end"},
 }
 
 // Decl implements Probe.
@@ -105,8 +127,8 @@ func (syscallProbe) Decl() Decl {
 		Mechanisms: []Rung{{Mech: event.MechTPBTF}, {Mech: event.MechTracepoint}},
 		Forceable:  true,
 		Describe:   "latency of storage system calls per process, device and call, and where their time off CPU went (kernel stacks, run queue)",
-		Attach:     "tp_btf `sys_enter`/`sys_exit` (else the tracepoints `syscalls:sys_enter_<call>`/`sys_exit_<call>` of the storage calls); tp_btf `sched_switch` + `sched_waking`, `io_uring_file_get`",
-		Records:    "per process x device x call: a latency histogram, the time asleep per kernel stack and the time in the run queue; every call above `--min-latency`; each process's cgroups. Calls on pipes, sockets, character devices, tmpfs, proc or sysfs are let go at entry",
+		Attach:     "tp_btf `sys_enter`/`sys_exit` (else the tracepoints `syscalls:sys_enter_<call>`/`sys_exit_<call>` of the storage calls); tp_btf `sched_switch` + `sched_waking`, `io_uring_file_get`; tp_btf `mm_vmscan_direct_reclaim_*`, `mm_vmscan_memcg_reclaim_*`, `mm_compaction_begin`/`_end`",
+		Records:    "per process x device x call: a latency histogram, the time asleep per kernel stack and the time in the run queue, the time in direct reclaim and compaction; every call above `--min-latency`; each process's cgroups. Calls on pipes, sockets, character devices, tmpfs, proc or sysfs are let go at entry",
 	}
 }
 
@@ -187,6 +209,10 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 	consts["switch_has_state"] = uint8(boolInt(n >= 4))
 	consts["use_btf_task"] = uint8(boolInt(btfTask))
 	consts["walk_gap_ns"] = uint64(syscallWalkGap)
+	consts["walk_gap_s_ns"] = uint64(syscallWalkGapS)
+	// The file's fields as plain loads (bpf_rdonly_cast, 6.2+) on the
+	// tp_btf rung; else one bpf_probe_read_kernel each.
+	consts["use_cast"] = uint8(boolInt(mech == event.MechTPBTF && haveKfunc(kernel, "bpf_rdonly_cast")))
 	// io_uring_enter's device comes from the files of its ring's requests
 	// (tracepoint io_uring_file_get, whose fd is its last argument).
 	ringArgs, ringErr := tpParamCount(kernel, "io_uring_file_get")
@@ -211,6 +237,19 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 		enter += "_vma"
 	}
 	keep := []string{enter, exit, "sc_switch", "sc_waking"}
+	// The memory stalls whose tracepoints the kernel has (memcg reclaim
+	// needs CONFIG_MEMCG, compaction CONFIG_COMPACTION).
+	var memKinds, memMissing []int
+	for i, m := range syscallMemStalls {
+		_, errB := tpParamCount(kernel, m.beginTP)
+		_, errE := tpParamCount(kernel, m.endTP)
+		if errB != nil || errE != nil {
+			memMissing = append(memMissing, i)
+			continue
+		}
+		memKinds = append(memKinds, i)
+		keep = append(keep, m.begin, m.end)
+	}
 	if ringErr == nil {
 		keep = append(keep, "sc_ring_file")
 	}
@@ -247,6 +286,21 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 		return nil, attachErr(err)
 	}
 	var missing []string
+	// Memory stalls: the ends first. A kernel that will not attach them
+	// loses that split only.
+	for _, i := range memKinds {
+		m := syscallMemStalls[i]
+		ls, err := attachTPBTF(coll.Programs[m.end], coll.Programs[m.begin])
+		if err != nil {
+			missing = append(missing, m.kind+" ("+err.Error()+")")
+			continue
+		}
+		r.links = append(r.links, ls...)
+	}
+	for _, i := range memMissing {
+		m := syscallMemStalls[i]
+		missing = append(missing, m.kind+" (no tracepoint "+m.beginTP+")")
+	}
 	if ringErr == nil {
 		ls, err := attachTPBTF(coll.Programs["sc_ring_file"])
 		if err != nil {
@@ -531,6 +585,9 @@ func (r *syscallRunning) deliverSums(sink Sink) error {
 	if err == nil {
 		err = r.deliverBlocked(sink, now)
 	}
+	if err == nil {
+		err = r.deliverMemStalls(sink, now)
+	}
 	deliverLosses(sink, event.ProbeSyscall, r.coll.Maps["losses"])
 	r.deliverScLosses(sink)
 	return err
@@ -626,6 +683,29 @@ func (r *syscallRunning) deliverBlocked(sink Sink, now event.Mono) error {
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("reading blocked time: %w", err)
+	}
+	return nil
+}
+
+func (r *syscallRunning) deliverMemStalls(sink Sink, now event.Mono) error {
+	var (
+		k syscallScMemKey
+		v syscallScMemStall
+	)
+	it := r.coll.Maps["mem_stalls"].Iterate()
+	for it.Next(&k, &v) {
+		name := syscallName(k.Nr)
+		if name == "" || v.Ns == 0 || k.Dev == uint32(syscallScDevDEV_PENDING) || k.Kind >= uint32(len(syscallMemStalls)) {
+			continue
+		}
+		sink.Event(event.MemStall{
+			Time: now, Pid: k.Tgid, Comm: r.comm(k.Tgid), Call: name, Dev: r.device(k.Dev),
+			Kind: syscallMemStalls[k.Kind].kind, Total: time.Duration(v.Ns), Count: v.Count,
+			Max: time.Duration(v.MaxNs),
+		})
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("reading memory stalls: %w", err)
 	}
 	return nil
 }

@@ -81,6 +81,35 @@ const (
 	syscallScLayoutSTACK_DEPTH syscallScLayout = 48
 )
 
+type syscallScMemBegin struct {
+	_  structs.HostLayout
+	Ns [3]uint64
+}
+
+type syscallScMemKey struct {
+	_    structs.HostLayout
+	Tgid uint32
+	Dev  uint32
+	Nr   uint32
+	Kind uint32
+}
+
+type syscallScMemKind uint32
+
+const (
+	syscallScMemKindSC_MEM_DIRECT  syscallScMemKind = 0
+	syscallScMemKindSC_MEM_MEMCG   syscallScMemKind = 1
+	syscallScMemKindSC_MEM_COMPACT syscallScMemKind = 2
+	syscallScMemKindSC_MEM_KINDS   syscallScMemKind = 3
+)
+
+type syscallScMemStall struct {
+	_     structs.HostLayout
+	Ns    uint64
+	Count uint64
+	MaxNs uint64
+}
+
 type syscallScNew struct {
 	_        structs.HostLayout
 	Kind     uint32
@@ -116,7 +145,8 @@ const (
 	syscallScStackLossSC_LOSS_STACK   syscallScStackLoss = 0
 	syscallScStackLossSC_LOSS_BLOCKED syscallScStackLoss = 1
 	syscallScStackLossSC_LOSS_HIST    syscallScStackLoss = 2
-	syscallScStackLossSC_LOSS_KINDS   syscallScStackLoss = 3
+	syscallScStackLossSC_LOSS_MEM     syscallScStackLoss = 3
+	syscallScStackLossSC_LOSS_KINDS   syscallScStackLoss = 4
 )
 
 type syscallScStackid uint32
@@ -176,6 +206,8 @@ const (
 	syscallMapHistZero        = "hist_zero"
 	syscallMapLastWalk        = "last_walk"
 	syscallMapLosses          = "losses"
+	syscallMapMemBegin        = "mem_begin"
+	syscallMapMemStalls       = "mem_stalls"
 	syscallMapRingDevs        = "ring_devs"
 	syscallMapScLosses        = "sc_losses"
 	syscallMapStacks          = "stacks"
@@ -184,6 +216,12 @@ const (
 	syscallProgScBtfEnter     = "sc_btf_enter"
 	syscallProgScBtfEnterVma  = "sc_btf_enter_vma"
 	syscallProgScBtfExit      = "sc_btf_exit"
+	syscallProgScCompactBegin = "sc_compact_begin"
+	syscallProgScCompactEnd   = "sc_compact_end"
+	syscallProgScDirectBegin  = "sc_direct_begin"
+	syscallProgScDirectEnd    = "sc_direct_end"
+	syscallProgScMemcgBegin   = "sc_memcg_begin"
+	syscallProgScMemcgEnd     = "sc_memcg_end"
 	syscallProgScRingFile     = "sc_ring_file"
 	syscallProgScSwitch       = "sc_switch"
 	syscallProgScTpEnter      = "sc_tp_enter"
@@ -199,6 +237,9 @@ const (
 	syscallVarScDevType       = "sc_dev_type"
 	syscallVarScKindType      = "sc_kind_type"
 	syscallVarScLayoutType    = "sc_layout_type"
+	syscallVarScMemKeyType    = "sc_mem_key_type"
+	syscallVarScMemKindType   = "sc_mem_kind_type"
+	syscallVarScMemStallType  = "sc_mem_stall_type"
 	syscallVarScNewType       = "sc_new_type"
 	syscallVarScSlowType      = "sc_slow_type"
 	syscallVarScStackLossType = "sc_stack_loss_type"
@@ -207,8 +248,10 @@ const (
 	syscallVarStorageNrType   = "storage_nr_type"
 	syscallVarSwitchHasState  = "switch_has_state"
 	syscallVarUseBtfTask      = "use_btf_task"
+	syscallVarUseCast         = "use_cast"
 	syscallVarUseTaskStorage  = "use_task_storage"
 	syscallVarWalkGapNs       = "walk_gap_ns"
+	syscallVarWalkGapS_ns     = "walk_gap_s_ns"
 )
 
 // loadSyscall returns the embedded CollectionSpec for syscall.
@@ -253,17 +296,23 @@ type syscallSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type syscallProgramSpecs struct {
-	ScBtfEnter    *ebpf.ProgramSpec `ebpf:"sc_btf_enter"`
-	ScBtfEnterVma *ebpf.ProgramSpec `ebpf:"sc_btf_enter_vma"`
-	ScBtfExit     *ebpf.ProgramSpec `ebpf:"sc_btf_exit"`
-	ScRingFile    *ebpf.ProgramSpec `ebpf:"sc_ring_file"`
-	ScSwitch      *ebpf.ProgramSpec `ebpf:"sc_switch"`
-	ScTpEnter     *ebpf.ProgramSpec `ebpf:"sc_tp_enter"`
-	ScTpEnter0    *ebpf.ProgramSpec `ebpf:"sc_tp_enter0"`
-	ScTpEnter1    *ebpf.ProgramSpec `ebpf:"sc_tp_enter1"`
-	ScTpEnterVma  *ebpf.ProgramSpec `ebpf:"sc_tp_enter_vma"`
-	ScTpExit      *ebpf.ProgramSpec `ebpf:"sc_tp_exit"`
-	ScWaking      *ebpf.ProgramSpec `ebpf:"sc_waking"`
+	ScBtfEnter     *ebpf.ProgramSpec `ebpf:"sc_btf_enter"`
+	ScBtfEnterVma  *ebpf.ProgramSpec `ebpf:"sc_btf_enter_vma"`
+	ScBtfExit      *ebpf.ProgramSpec `ebpf:"sc_btf_exit"`
+	ScCompactBegin *ebpf.ProgramSpec `ebpf:"sc_compact_begin"`
+	ScCompactEnd   *ebpf.ProgramSpec `ebpf:"sc_compact_end"`
+	ScDirectBegin  *ebpf.ProgramSpec `ebpf:"sc_direct_begin"`
+	ScDirectEnd    *ebpf.ProgramSpec `ebpf:"sc_direct_end"`
+	ScMemcgBegin   *ebpf.ProgramSpec `ebpf:"sc_memcg_begin"`
+	ScMemcgEnd     *ebpf.ProgramSpec `ebpf:"sc_memcg_end"`
+	ScRingFile     *ebpf.ProgramSpec `ebpf:"sc_ring_file"`
+	ScSwitch       *ebpf.ProgramSpec `ebpf:"sc_switch"`
+	ScTpEnter      *ebpf.ProgramSpec `ebpf:"sc_tp_enter"`
+	ScTpEnter0     *ebpf.ProgramSpec `ebpf:"sc_tp_enter0"`
+	ScTpEnter1     *ebpf.ProgramSpec `ebpf:"sc_tp_enter1"`
+	ScTpEnterVma   *ebpf.ProgramSpec `ebpf:"sc_tp_enter_vma"`
+	ScTpExit       *ebpf.ProgramSpec `ebpf:"sc_tp_exit"`
+	ScWaking       *ebpf.ProgramSpec `ebpf:"sc_waking"`
 }
 
 // syscallMapSpecs contains maps before they are loaded into the kernel.
@@ -277,6 +326,8 @@ type syscallMapSpecs struct {
 	HistZero  *ebpf.MapSpec `ebpf:"hist_zero"`
 	LastWalk  *ebpf.MapSpec `ebpf:"last_walk"`
 	Losses    *ebpf.MapSpec `ebpf:"losses"`
+	MemBegin  *ebpf.MapSpec `ebpf:"mem_begin"`
+	MemStalls *ebpf.MapSpec `ebpf:"mem_stalls"`
 	RingDevs  *ebpf.MapSpec `ebpf:"ring_devs"`
 	ScLosses  *ebpf.MapSpec `ebpf:"sc_losses"`
 	Stacks    *ebpf.MapSpec `ebpf:"stacks"`
@@ -295,6 +346,9 @@ type syscallVariableSpecs struct {
 	ScDevType       *ebpf.VariableSpec `ebpf:"sc_dev_type"`
 	ScKindType      *ebpf.VariableSpec `ebpf:"sc_kind_type"`
 	ScLayoutType    *ebpf.VariableSpec `ebpf:"sc_layout_type"`
+	ScMemKeyType    *ebpf.VariableSpec `ebpf:"sc_mem_key_type"`
+	ScMemKindType   *ebpf.VariableSpec `ebpf:"sc_mem_kind_type"`
+	ScMemStallType  *ebpf.VariableSpec `ebpf:"sc_mem_stall_type"`
 	ScNewType       *ebpf.VariableSpec `ebpf:"sc_new_type"`
 	ScSlowType      *ebpf.VariableSpec `ebpf:"sc_slow_type"`
 	ScStackLossType *ebpf.VariableSpec `ebpf:"sc_stack_loss_type"`
@@ -303,8 +357,10 @@ type syscallVariableSpecs struct {
 	StorageNrType   *ebpf.VariableSpec `ebpf:"storage_nr_type"`
 	SwitchHasState  *ebpf.VariableSpec `ebpf:"switch_has_state"`
 	UseBtfTask      *ebpf.VariableSpec `ebpf:"use_btf_task"`
+	UseCast         *ebpf.VariableSpec `ebpf:"use_cast"`
 	UseTaskStorage  *ebpf.VariableSpec `ebpf:"use_task_storage"`
 	WalkGapNs       *ebpf.VariableSpec `ebpf:"walk_gap_ns"`
+	WalkGapS_ns     *ebpf.VariableSpec `ebpf:"walk_gap_s_ns"`
 }
 
 // syscallObjects contains all objects after they have been loaded into the kernel.
@@ -334,6 +390,8 @@ type syscallMaps struct {
 	HistZero  *ebpf.Map `ebpf:"hist_zero"`
 	LastWalk  *ebpf.Map `ebpf:"last_walk"`
 	Losses    *ebpf.Map `ebpf:"losses"`
+	MemBegin  *ebpf.Map `ebpf:"mem_begin"`
+	MemStalls *ebpf.Map `ebpf:"mem_stalls"`
 	RingDevs  *ebpf.Map `ebpf:"ring_devs"`
 	ScLosses  *ebpf.Map `ebpf:"sc_losses"`
 	Stacks    *ebpf.Map `ebpf:"stacks"`
@@ -350,6 +408,8 @@ func (m *syscallMaps) Close() error {
 		m.HistZero,
 		m.LastWalk,
 		m.Losses,
+		m.MemBegin,
+		m.MemStalls,
 		m.RingDevs,
 		m.ScLosses,
 		m.Stacks,
@@ -369,6 +429,9 @@ type syscallVariables struct {
 	ScDevType       *ebpf.Variable `ebpf:"sc_dev_type"`
 	ScKindType      *ebpf.Variable `ebpf:"sc_kind_type"`
 	ScLayoutType    *ebpf.Variable `ebpf:"sc_layout_type"`
+	ScMemKeyType    *ebpf.Variable `ebpf:"sc_mem_key_type"`
+	ScMemKindType   *ebpf.Variable `ebpf:"sc_mem_kind_type"`
+	ScMemStallType  *ebpf.Variable `ebpf:"sc_mem_stall_type"`
 	ScNewType       *ebpf.Variable `ebpf:"sc_new_type"`
 	ScSlowType      *ebpf.Variable `ebpf:"sc_slow_type"`
 	ScStackLossType *ebpf.Variable `ebpf:"sc_stack_loss_type"`
@@ -377,25 +440,33 @@ type syscallVariables struct {
 	StorageNrType   *ebpf.Variable `ebpf:"storage_nr_type"`
 	SwitchHasState  *ebpf.Variable `ebpf:"switch_has_state"`
 	UseBtfTask      *ebpf.Variable `ebpf:"use_btf_task"`
+	UseCast         *ebpf.Variable `ebpf:"use_cast"`
 	UseTaskStorage  *ebpf.Variable `ebpf:"use_task_storage"`
 	WalkGapNs       *ebpf.Variable `ebpf:"walk_gap_ns"`
+	WalkGapS_ns     *ebpf.Variable `ebpf:"walk_gap_s_ns"`
 }
 
 // syscallPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadSyscallObjects or ebpf.CollectionSpec.LoadAndAssign.
 type syscallPrograms struct {
-	ScBtfEnter    *ebpf.Program `ebpf:"sc_btf_enter"`
-	ScBtfEnterVma *ebpf.Program `ebpf:"sc_btf_enter_vma"`
-	ScBtfExit     *ebpf.Program `ebpf:"sc_btf_exit"`
-	ScRingFile    *ebpf.Program `ebpf:"sc_ring_file"`
-	ScSwitch      *ebpf.Program `ebpf:"sc_switch"`
-	ScTpEnter     *ebpf.Program `ebpf:"sc_tp_enter"`
-	ScTpEnter0    *ebpf.Program `ebpf:"sc_tp_enter0"`
-	ScTpEnter1    *ebpf.Program `ebpf:"sc_tp_enter1"`
-	ScTpEnterVma  *ebpf.Program `ebpf:"sc_tp_enter_vma"`
-	ScTpExit      *ebpf.Program `ebpf:"sc_tp_exit"`
-	ScWaking      *ebpf.Program `ebpf:"sc_waking"`
+	ScBtfEnter     *ebpf.Program `ebpf:"sc_btf_enter"`
+	ScBtfEnterVma  *ebpf.Program `ebpf:"sc_btf_enter_vma"`
+	ScBtfExit      *ebpf.Program `ebpf:"sc_btf_exit"`
+	ScCompactBegin *ebpf.Program `ebpf:"sc_compact_begin"`
+	ScCompactEnd   *ebpf.Program `ebpf:"sc_compact_end"`
+	ScDirectBegin  *ebpf.Program `ebpf:"sc_direct_begin"`
+	ScDirectEnd    *ebpf.Program `ebpf:"sc_direct_end"`
+	ScMemcgBegin   *ebpf.Program `ebpf:"sc_memcg_begin"`
+	ScMemcgEnd     *ebpf.Program `ebpf:"sc_memcg_end"`
+	ScRingFile     *ebpf.Program `ebpf:"sc_ring_file"`
+	ScSwitch       *ebpf.Program `ebpf:"sc_switch"`
+	ScTpEnter      *ebpf.Program `ebpf:"sc_tp_enter"`
+	ScTpEnter0     *ebpf.Program `ebpf:"sc_tp_enter0"`
+	ScTpEnter1     *ebpf.Program `ebpf:"sc_tp_enter1"`
+	ScTpEnterVma   *ebpf.Program `ebpf:"sc_tp_enter_vma"`
+	ScTpExit       *ebpf.Program `ebpf:"sc_tp_exit"`
+	ScWaking       *ebpf.Program `ebpf:"sc_waking"`
 }
 
 func (p *syscallPrograms) Close() error {
@@ -403,6 +474,12 @@ func (p *syscallPrograms) Close() error {
 		p.ScBtfEnter,
 		p.ScBtfEnterVma,
 		p.ScBtfExit,
+		p.ScCompactBegin,
+		p.ScCompactEnd,
+		p.ScDirectBegin,
+		p.ScDirectEnd,
+		p.ScMemcgBegin,
+		p.ScMemcgEnd,
 		p.ScRingFile,
 		p.ScSwitch,
 		p.ScTpEnter,

@@ -76,7 +76,10 @@ func TestNotEvaluated(t *testing.T) {
 			map[string]string{"tag-starvation": "needs Device.TagWaits: offcpu unavailable (rejected by the BPF verifier)",
 				"noisy-neighbour":     "needs Device.Processes or Device.TagWaits: syscall unavailable",
 				"unexplained-latency": "needs Run.Processes: syscall unavailable",
-				"iocost":              "needs Device.StageMs: syscall unavailable"}},
+				"wbt-throttling":      "needs Device.Processes: syscall unavailable",
+				"journal-commit-wait": "needs Device.Processes: syscall unavailable",
+				"iocost":              "needs Device.StageMs: syscall unavailable",
+				"memory-reclaim":      "needs Device.Processes: syscall unavailable"}},
 		{"offcpu down, freeze and queueenter inferred by it", runWith(all(map[string]event.ProbeStatus{
 			event.ProbeOffCPU: downProbe(event.ProbeOffCPU), event.ProbeFreeze: inferred, event.ProbeQueueEnter: qeInferred})...),
 			map[string]string{
@@ -90,7 +93,10 @@ func TestNotEvaluated(t *testing.T) {
 		{"service not in the run", runWith(okProbe(event.ProbeOffCPU), okProbe(event.ProbeSubmit)),
 			map[string]string{"slow-device": "service did not run", "periodic-trigger": "exec did not run",
 				"uevent-freeze": "uevent did not run", "cgroup-throttle": "iolimits did not run",
-				"iocost": "syscall did not run", "unexplained-latency": "syscall did not run"}},
+				"iocost": "syscall did not run", "unexplained-latency": "syscall did not run",
+				"wbt-throttling":   "syscall did not run",
+				"dirty-throttling": "writeback did not run", "journal-commit-wait": "did not run",
+				"memory-reclaim": "syscall did not run", "failing-device": "devfault did not run"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -210,6 +210,7 @@ func (e SysfsWrite) When() Mono { return e.Time }
 // its status and losses, the streams it fills (timeline.Sources), the
 // facts it supplies, --mechanism NAME=... and the trace command.
 const (
+	ProbeDevFault   = "devfault"
 	ProbeExec       = "exec"
 	ProbeFreeze     = "freeze"
 	ProbeIOLimits   = "iolimits"
@@ -222,6 +223,7 @@ const (
 	ProbeSysfs      = "sysfs"
 	ProbeThrottle   = "throttle"
 	ProbeUevent     = "uevent"
+	ProbeWriteback  = "writeback"
 )
 
 // Mechanism names how a probe is attached.
@@ -394,6 +396,32 @@ type BlockedStack struct {
 // When implements Event.
 func (e BlockedStack) When() Mono { return e.Time }
 
+// The kinds of memory stall (MemStall.Kind).
+const (
+	MemDirectReclaim = "direct_reclaim" // the page allocator reclaiming for itself (global memory short)
+	MemCgroupReclaim = "memcg_reclaim"  // a charge over its memory cgroup's limit reclaiming
+	MemCompaction    = "compaction"     // direct compaction for a higher-order allocation
+)
+
+// MemStall is how long one process's storage calls of one kind on one
+// device spent in one kind of memory stall (direct reclaim, its cgroup's
+// reclaim, direct compaction), on or off CPU: timed begin to end by the
+// vmscan and compaction tracepoints inside the calls, summed in the kernel.
+type MemStall struct {
+	Time  Mono          `json:"time"` // when the sums were read
+	Pid   uint32        `json:"pid"`  // the process
+	Comm  string        `json:"comm"`
+	Call  string        `json:"call" mem:"shared"`
+	Dev   Device        `json:"dev"`
+	Kind  string        `json:"kind" mem:"shared"` // MemDirectReclaim, MemCgroupReclaim, MemCompaction
+	Total time.Duration `json:"total"`
+	Count uint64        `json:"count"` // stalls
+	Max   time.Duration `json:"max"`   // the longest
+}
+
+// When implements Event.
+func (e MemStall) When() Mono { return e.Time }
+
 // Process is a process whose storage calls the syscall probe traced, seen
 // at its first one: the names of its control groups, which name the limits
 // its I/O is under.
@@ -411,6 +439,52 @@ type Process struct {
 
 // When implements Event.
 func (e Process) When() Mono { return e.Time }
+
+// The kinds of DeviceFault.
+const (
+	FaultError   = "error"   // a request completed with an error
+	FaultTimeout = "timeout" // a request was given back after its deadline, to be issued again
+)
+
+// DeviceFault is one request that failed on a device (completed with an
+// error) or timed out (given back after its deadline had passed, by the
+// driver's timeout handling, to be issued again): probe devfault.
+type DeviceFault struct {
+	Time   Mono   `json:"time"`
+	Dev    Device `json:"dev"`
+	Kind   string `json:"kind" mem:"shared"` // FaultError or FaultTimeout
+	Op     string `json:"op" mem:"shared"`   // "read", "write", "flush", "discard", ...
+	Sector uint64 `json:"sector"`
+	Bytes  uint32 `json:"bytes,omitempty"`
+	// Status names an error ("medium error", "I/O error", "timeout", ...)
+	// and Errno is its -errno; both empty for a timeout.
+	Status string `json:"status,omitempty" mem:"shared"`
+	Errno  int32  `json:"errno,omitempty"`
+	// InFlight is the time since the request was started (else since it
+	// was allocated); 0 when the kernel did not stamp it.
+	InFlight time.Duration `json:"in_flight,omitempty"`
+	// TimedOut marks an error on a request whose deadline had passed.
+	TimedOut bool `json:"timed_out,omitempty"`
+	// Timeout is the device's request timeout (queue/io_timeout) when it
+	// could be read.
+	Timeout time.Duration `json:"timeout,omitempty"`
+}
+
+// When implements Event.
+func (e DeviceFault) When() Mono { return e.Time }
+
+// Requeues is how many requests a device's driver gave back to be issued
+// again during the run (block_rq_requeue), and how many of them after
+// their deadline (timeouts), counted in the kernel.
+type Requeues struct {
+	Time     Mono   `json:"time"` // when the counts were read
+	Dev      Device `json:"dev"`
+	Count    uint64 `json:"count"`
+	TimedOut uint64 `json:"timed_out,omitempty"`
+}
+
+// When implements Event.
+func (e Requeues) When() Mono { return e.Time }
 
 // IOLimit is one I/O limit of a cgroup on a device, as the iolimits probe
 // read it from cgroupfs at the start of the run: cgroup v1's
@@ -495,3 +569,135 @@ type IOCost struct {
 
 // When implements Event.
 func (e IOCost) When() Mono { return e.Time }
+
+// WbtStep is writeback throttling (rq-qos wbt) scaling a device's queue
+// depth: the tracepoint wbt:wbt_step, fired at the end of a monitoring
+// window in which reads (or synchronous writes) missed the latency target.
+type WbtStep struct {
+	Time Mono   `json:"time"`
+	Dev  Device `json:"dev"`
+	// Step is the scale step after it: above 0 wbt allows less depth
+	// than the default, below 0 more.
+	Step   int32         `json:"step"`
+	Msg    string        `json:"msg" mem:"shared"` // the kernel's reason: "scale down", "scale up", ...
+	Window time.Duration `json:"window"`           // the monitoring window
+	// Bg, Normal and Max are the depth limits after the step: background
+	// writeback, other buffered writeback, and the most of any writes.
+	Bg     uint32 `json:"bg"`
+	Normal uint32 `json:"normal"`
+	Max    uint32 `json:"max"`
+}
+
+// When implements Event.
+func (e WbtStep) When() Mono { return e.Time }
+
+// WbtLat is a device's wbt latency target (queue/wbt_lat_usec): read from
+// sysfs at the start of the run (From "sysfs"), or changed while it went
+// (From "wbt_lat", the tracepoint). Zero: wbt is off on the device.
+type WbtLat struct {
+	Time Mono          `json:"time"`
+	Dev  Device        `json:"dev"`
+	Lat  time.Duration `json:"lat"`
+	From string        `json:"from" mem:"shared"`
+}
+
+// When implements Event.
+func (e WbtLat) When() Mono { return e.Time }
+
+// DirtyPause is a writer paused in balance_dirty_pages (the tracepoint
+// writeback:balance_dirty_pages, when it paused): it had dirtied pages
+// faster than the device they go to writes them back. Limits are in
+// pages, rates in KiB/s.
+type DirtyPause struct {
+	Time Mono   `json:"time"`
+	Task Task   `json:"task"`
+	Dev  Device `json:"dev"` // the device its dirty pages are written back to
+	// Pause is the sleep that follows; Period the time the kernel meant
+	// between pauses; Paused the time already paused in this call.
+	Pause  time.Duration `json:"pause"`
+	Period time.Duration `json:"period"`
+	Paused time.Duration `json:"paused,omitempty"`
+	// Limit is the dirty limit in force (vm.dirty_bytes or _ratio), Dirty
+	// the dirty (and written back) pages then, Setpoint the middle of the
+	// throttling range; WbSetpoint and WbDirty the device's share of them.
+	Limit      uint64 `json:"limit"`
+	Setpoint   uint64 `json:"setpoint"`
+	Dirty      uint64 `json:"dirty"`
+	WbSetpoint uint64 `json:"wb_setpoint"`
+	WbDirty    uint64 `json:"wb_dirty"`
+	// DirtyRatelimit is the rate the device's writers may dirty at,
+	// TaskRatelimit this writer's.
+	DirtyRatelimit uint64 `json:"dirty_ratelimit"`
+	TaskRatelimit  uint64 `json:"task_ratelimit"`
+	CgroupIno      uint64 `json:"cgroup_ino,omitempty"` // its writeback cgroup (cgroup v2), 0 or 1 for the root
+}
+
+// When implements Event.
+func (e DirtyPause) When() Mono { return e.Time }
+
+// DirtyLimits are the dirty-page sysctls at the start of the run
+// (/proc/sys/vm/dirty_*): the byte values take precedence when not 0.
+type DirtyLimits struct {
+	Time            Mono   `json:"time"`
+	Bytes           uint64 `json:"bytes"`
+	Ratio           uint64 `json:"ratio"`
+	BackgroundBytes uint64 `json:"background_bytes"`
+	BackgroundRatio uint64 `json:"background_ratio"`
+	PageSize        uint64 `json:"page_size"`
+}
+
+// When implements Event.
+func (e DirtyLimits) When() Mono { return e.Time }
+
+// JournalCommit is one jbd2 journal commit (ext4), timed from its
+// tracepoints: jbd2_start_commit, then the phases locking (waiting for
+// the transaction's handles), flushing (submitting its ordered data),
+// logging (writing the journal, and waiting for the ordered data), until
+// jbd2_end_commit.
+type JournalCommit struct {
+	Start    Mono          `json:"start"`
+	Duration time.Duration `json:"duration"`
+	Dev      Device        `json:"dev"`            // the whole disk of the filesystem
+	FsDev    string        `json:"fs_dev"`         // the filesystem's own device (a partition's name)
+	Tid      uint32        `json:"tid"`            // the transaction
+	Sync     bool          `json:"sync,omitempty"` // someone waited for it (fsync)
+	Locking  time.Duration `json:"locking"`
+	Flushing time.Duration `json:"flushing"`
+	Logging  time.Duration `json:"logging"`
+	// From jbd2_run_stats: the handles of the transaction and its blocks.
+	Handles      uint32 `json:"handles,omitempty"`
+	Blocks       uint32 `json:"blocks,omitempty"`
+	BlocksLogged uint32 `json:"blocks_logged,omitempty"`
+}
+
+// When implements Event.
+func (e JournalCommit) When() Mono { return e.Start }
+
+// OrderedData is a journal commit writing an inode's data before it can
+// commit (ext4's data=ordered: jbd2_submit_inode_data), with the process
+// that last dirtied that inode (writeback_dirty_folio); Dirtier is zero
+// when the probe did not see it dirtied.
+type OrderedData struct {
+	Time    Mono   `json:"time"`
+	Dev     Device `json:"dev"`
+	FsDev   string `json:"fs_dev"`
+	Tid     uint32 `json:"tid"`
+	Ino     uint64 `json:"ino"`
+	Dirtier Task   `json:"dirtier"`
+}
+
+// When implements Event.
+func (e OrderedData) When() Mono { return e.Time }
+
+// Mount is a filesystem mounted on a block device at the start of the run
+// (/proc/self/mountinfo).
+type Mount struct {
+	Time   Mono   `json:"time"`
+	Dev    Device `json:"dev"`    // the whole disk
+	FsDev  string `json:"fs_dev"` // its own device (a partition's name)
+	FSType string `json:"fstype" mem:"shared"`
+	Point  string `json:"point"`
+}
+
+// When implements Event.
+func (e Mount) When() Mono { return e.Time }

@@ -124,15 +124,17 @@ func Build(tl *timeline.Timeline, opts Options) *Run {
 	b.stalls()
 	b.offCPU()
 	b.sysfsWrites()
+	b.faults()
 	b.uevents() // after every device is known
 	b.commands()
 	b.holders()
 	b.processes() // after every device is known
 	b.limits()    // after the processes
+	b.writeback()
 
 	for _, d := range b.byName {
 		run.Devices = append(run.Devices, d)
-		for _, s := range []*Spans{&d.Stalls, &d.QueueWaits, &d.TagWaits, &d.Freezes, &d.SubmitCalls} {
+		for _, s := range []*Spans{&d.Stalls, &d.QueueWaits, &d.TagWaits, &d.Freezes, &d.SubmitCalls, &d.Timeouts} {
 			sortSpans(*s)
 		}
 	}

@@ -37,6 +37,8 @@ type Run struct {
 	// Processes are the processes whose storage system calls the syscall
 	// probe traced, the most time in those calls first.
 	Processes Processes
+	// DirtyLimits are the vm.dirty_* sysctls at the start (probe writeback).
+	DirtyLimits DirtyLimits
 
 	// probes are the status of every probe of the run (Missing reads them).
 	probes []event.ProbeStatus
@@ -192,12 +194,33 @@ type Device struct {
 	// else its slow submissions (Stalls). Those that overlap this device's
 	// freezes are what a freeze here cost the upper device's submitters.
 	UpperStalls Spans
+	// Errors are the requests the device failed (probe devfault; What is
+	// the error: "medium error", "I/O error", "timeout", "no space", ...);
+	// errors that are answers rather than failures (not supported, try
+	// again, out of resources, ...) are left out.
+	Errors Points
+	// Timeouts are the requests that timed out, kind KindTimeout: from the
+	// request's start to when the driver gave it back to be issued again
+	// (or failed it) after its deadline; Attr is the operation.
+	Timeouts Spans
+	// Requeues counts the requests the driver gave back to be issued
+	// again, for any reason (timeouts, resets, busy).
+	Requeues uint64
+	// IOTimeout is the device's request timeout (queue/io_timeout), 0
+	// when not known.
+	IOTimeout time.Duration
 	// Limits are the blk-throttle limits of cgroups on this device (v2
 	// io.max, v1 blkio.throttle.*), the most delay first.
 	Limits Limits
 	// IOCost is iocost's configuration on this device, nil when it is not
 	// enabled there (or the iolimits probe did not run).
 	IOCost *IOCost
+	// Wbt, Dirty and Journal are the write-back throttles and journal
+	// commits seen on the device (probe writeback); Mounts its filesystems.
+	Wbt     Wbt
+	Dirty   Dirty
+	Journal Journal
+	Mounts  []Mount
 }
 
 // IOUse is the I/O one process (or one cgroup, or everyone) issued to a

@@ -43,6 +43,12 @@ type Process struct {
 	// Slow are its calls above --min-latency (kind syscall; Attr is the
 	// call), in time order.
 	Slow Spans
+	// Reclaim is the time its storage calls spent in direct reclaim (the
+	// allocator's, or its memory cgroup's over its limit), Compaction in
+	// direct compaction, on or off CPU; MemStalls split them by kind and
+	// call, the most time first.
+	Reclaim, Compaction time.Duration
+	MemStalls           []MemStall
 
 	on    map[string]*Process      // the same process, on one device
 	other map[string]time.Duration // stage other's time by stack (frames)
@@ -393,6 +399,7 @@ func (b *builder) processes() {
 			sortSpans(p.Slow)
 		}
 	}
+	b.memStalls(byPid)
 	for _, d := range b.byName {
 		sortProcesses(d.Processes)
 	}

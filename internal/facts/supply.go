@@ -31,6 +31,7 @@ var Suppliers = map[string][]string{
 	"Run.IOs":          {event.ProbeService},
 	"Run.Worst":        {event.ProbeService},
 	"Run.Processes":    {event.ProbeSyscall},
+	"Run.DirtyLimits":  {event.ProbeWriteback},
 
 	"Device.Name":         nil,
 	"Device.ID":           nil,
@@ -48,6 +49,12 @@ var Suppliers = map[string][]string{
 	"Device.Uevents":      {event.ProbeUevent},
 	"Device.SysfsWrites":  {event.ProbeSysfs},
 	"Device.Processes":    {event.ProbeSyscall},
+	"Device.Errors":       {event.ProbeDevFault},
+	"Device.Timeouts":     {event.ProbeDevFault},
+	"Device.Requeues":     {event.ProbeDevFault},
+	"Device.IOTimeout":    {event.ProbeDevFault},
+	"Device.ErrorKinds":   {event.ProbeDevFault},
+	"Device.FaultVictims": {event.ProbeDevFault},
 	"Device.Limits":       {event.ProbeIOLimits},
 	"Device.IOCost":       {event.ProbeIOLimits},
 	"Device.InStage":      {event.ProbeSyscall},
@@ -58,6 +65,11 @@ var Suppliers = map[string][]string{
 	"Device.IOBy":         {event.ProbeSubmit},
 	"Device.IOByCgroup":   {event.ProbeSubmit},
 	"Device.Dominant":     {event.ProbeSubmit},
+	"Device.Wbt":          {event.ProbeWriteback},
+	"Device.Dirty":        {event.ProbeWriteback},
+	"Device.Journal":      {event.ProbeWriteback},
+	"Device.Mounts":       {event.ProbeWriteback},
+	"Device.FSType":       {event.ProbeWriteback},
 
 	"Command": {event.ProbeExec},
 }

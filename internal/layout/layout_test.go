@@ -8,7 +8,9 @@ package layout
 import (
 	"encoding/json"
 	"io"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -35,7 +37,7 @@ var rules = []struct {
 		why:    "the vocabulary of the pipeline: of whyslow only the histogram below it (events that carry one)",
 	},
 	{
-		pkgs:  []string{"internal/timeline", "internal/facts", "internal/stage", "rules", "internal/report", "internal/tracefile", "internal/stackexport", "internal/synth", "internal/symbolize"},
+		pkgs:  []string{"internal/timeline", "internal/facts", "internal/stage", "rules", "internal/report", "internal/tracefile", "internal/stackexport", "internal/synth", "internal/symbolize", "internal/flight", "internal/metrics"},
 		never: []string{"probes", "diagnose", "cmd", "internal/live", "github.com/cilium/ebpf"},
 		why:   "the analysis runs on recorded traces anywhere: it never needs the probes or BPF",
 	},
@@ -120,6 +122,31 @@ func TestImportDirection(t *testing.T) {
 	for pkg, ds := range deps {
 		if pkg != "cmd/whyslow" && pkg != "cmd" && slices.Contains(ds, module+"cmd") {
 			t.Errorf("%s depends on cmd: only cmd/whyslow (main) may", pkg)
+		}
+	}
+}
+
+// No built program is committed: the only ELF files in the repository are
+// the generated BPF objects (*_bpfel.o, *_bpfel_test.o) that go build
+// embeds.
+func TestNoCommittedBinaries(t *testing.T) {
+	out, err := exec.Command("git", "-C", "../..", "ls-files", "-z").Output()
+	if err != nil {
+		t.Skipf("not a git checkout (git ls-files: %v): nothing to check", err)
+	}
+	for _, name := range strings.Split(strings.TrimRight(string(out), "\x00"), "\x00") {
+		if strings.HasSuffix(name, "_bpfel.o") || strings.HasSuffix(name, "_bpfel_test.o") {
+			continue
+		}
+		f, err := os.Open(filepath.Join("..", "..", name))
+		if err != nil {
+			continue // deleted in the work tree
+		}
+		magic := make([]byte, 4)
+		n, _ := io.ReadFull(f, magic)
+		f.Close()
+		if n == 4 && string(magic) == "\x7fELF" {
+			t.Errorf("%s is a committed binary: remove it and add it to .gitignore", name)
 		}
 	}
 }

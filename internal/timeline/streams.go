@@ -58,6 +58,11 @@ type Stream interface {
 	Bytes(e event.Event) int64
 
 	add(t *Timeline, e event.Event)
+	// concat appends the stream's events of o to t's.
+	concat(t, o *Timeline)
+	// dropBefore removes the stream's events of t that began before at,
+	// into a new slice (t's is shared), and says how many.
+	dropBefore(t *Timeline, at event.Mono) int
 	// admitLast bounds the last event of the stream (see Bound.Admit).
 	admitLast(t *Timeline, b *Bound) bool
 	sort(t *Timeline)
@@ -97,6 +102,33 @@ func (s *stream[E]) add(t *Timeline, e event.Event) {
 	*p = append(*p, e.(E))
 }
 func (s *stream[E]) sort(t *Timeline) { sortBy(*s.of(t)) }
+func (s *stream[E]) dropBefore(t *Timeline, at event.Mono) int {
+	p := s.of(t)
+	n := 0
+	for _, e := range *p {
+		if e.When() < at {
+			n++
+		}
+	}
+	if n == 0 {
+		return 0
+	}
+	kept := make([]E, 0, len(*p)-n)
+	for _, e := range *p {
+		if e.When() >= at {
+			kept = append(kept, e)
+		}
+	}
+	*p = kept
+	return n
+}
+
+func (s *stream[E]) concat(t, o *Timeline) {
+	if src := *s.of(o); len(src) > 0 {
+		p := s.of(t)
+		*p = append(*p, src...)
+	}
+}
 
 func (s *stream[E]) admitLast(t *Timeline, b *Bound) bool {
 	p := s.of(t)
@@ -217,6 +249,40 @@ func (t *Timeline) Add(e event.Event) {
 	if s := StreamOf(e); s != nil {
 		s.add(t, e)
 	}
+}
+
+// AppendEvents appends every event of o to t's streams, each after t's
+// own (the events are copied; what they share, strings and stacks, stays
+// shared).
+func (t *Timeline) AppendEvents(o *Timeline) {
+	for _, s := range streams {
+		s.concat(t, o)
+	}
+}
+
+// DropBefore removes the events that began before at from t's streams
+// (a stream that has any gets a new slice: one t shares with another
+// timeline is left as it is) and returns their count by probe.
+func (t *Timeline) DropBefore(at event.Mono) map[string]uint64 {
+	out := map[string]uint64{}
+	for _, s := range streams {
+		if n := s.dropBefore(t, at); n > 0 {
+			out[s.Probe()] += uint64(n)
+		}
+	}
+	return out
+}
+
+// Events counts the events t holds, by the probe that emits them; probes
+// with none are left out.
+func (t *Timeline) Events() map[string]uint64 {
+	out := map[string]uint64{}
+	for _, s := range streams {
+		if n := s.Len(t); n > 0 {
+			out[s.Probe()] += uint64(n)
+		}
+	}
+	return out
 }
 
 // DefaultMaxEventBytes is how much memory the events of a timeline may take

@@ -62,6 +62,11 @@ type Timeline struct {
 	Syscalls      []event.Syscall
 	SyscallStats  []event.SyscallStats
 	BlockedStacks []event.BlockedStack
+	MemStalls     []event.MemStall
+	// Failing devices (probe devfault): failed requests and timeouts,
+	// and the requeues summed per device.
+	DeviceFaults []event.DeviceFault
+	Requeues     []event.Requeues
 	// Cgroup I/O limits and iocost (probe iolimits): the limits and the
 	// limited cgroups' I/O counters, from cgroupfs.
 	IOLimits      []event.IOLimit
@@ -71,6 +76,14 @@ type Timeline struct {
 	// ThrottleWaits are bios blk-throttle held, timed directly (probe
 	// throttle).
 	ThrottleWaits []event.ThrottleWait
+	// Write-back throttles and journal commits (probe writeback).
+	Mounts         []event.Mount
+	WbtLats        []event.WbtLat
+	WbtSteps       []event.WbtStep
+	DirtyLimits    []event.DirtyLimits
+	DirtyPauses    []event.DirtyPause
+	JournalCommits []event.JournalCommit
+	OrderedData    []event.OrderedData
 }
 
 // Histogram kinds: the per-device histograms a probe delivers.
@@ -85,6 +98,12 @@ const (
 // row in docs/trace-format.md (the record's fields; a test checks that it
 // names every field of the event), generated from here.
 var Sources = []Source{
+	{Probe: event.ProbeDevFault, Streams: []Stream{
+		Events("device_fault", func(t *Timeline) *[]event.DeviceFault { return &t.DeviceFaults },
+			"`time`, `dev`, `kind` (`error`, `timeout`), `op`, `sector`, `bytes`, `status` and `errno` (of an error), `in_flight` (since the request started), `timed_out` (an error after its deadline), `timeout` (queue/io_timeout): a failed or timed-out request"),
+		Sums("requeues", func(t *Timeline) *[]event.Requeues { return &t.Requeues },
+			"`time`, `dev`, `count`, `timed_out`: the requests a device's driver gave back to be issued again, counted in the kernel"),
+	}},
 	{Probe: event.ProbeExec, Streams: []Stream{
 		Events("exec", func(t *Timeline) *[]event.Exec { return &t.Execs },
 			"`time`, `forked`, `task`, `ppid`, `parent_comm`, `uid`, `filename`, `args`, `args_truncated`, `ret` (the error of a failed exec, omitted when 0: a diagnosis records successful execs only)"),
@@ -139,6 +158,8 @@ var Sources = []Source{
 			"`time`, `pid`, `comm`, `call`, `dev`, `latency` (histogram of every call, ns), `sleep`, `runqueue`: one process's calls of one kind on one device, summed in the kernel"),
 		Sums("blocked_stack", func(t *Timeline) *[]event.BlockedStack { return &t.BlockedStacks },
 			"`time`, `pid`, `comm`, `call`, `dev`, `total` (ns asleep), `count` (sleeps), `kernel_stack`, `unwalked` (sleeps whose stacks were not walked, to bound the walks' cost): where one process's calls of one kind on one device slept, summed in the kernel"),
+		Sums("mem_stall", func(t *Timeline) *[]event.MemStall { return &t.MemStalls },
+			"`time`, `pid`, `comm`, `call`, `dev`, `kind` (`direct_reclaim`, `memcg_reclaim`, `compaction`), `total` (ns, on or off CPU), `count`, `max`: one process's calls of one kind on one device in a memory stall, summed in the kernel"),
 	}},
 	{Probe: event.ProbeSysfs, Streams: []Stream{
 		Events("sysfs_write", func(t *Timeline) *[]event.SysfsWrite { return &t.SysfsWrites },
@@ -151,6 +172,22 @@ var Sources = []Source{
 	{Probe: event.ProbeUevent, Streams: []Stream{
 		Events("uevent", func(t *Timeline) *[]event.Uevent { return &t.Uevents },
 			"`time`, `action`, `devpath`, `subsystem`, `devname`, `devtype`, `seqnum`"),
+	}},
+	{Probe: event.ProbeWriteback, Streams: []Stream{
+		Events("mount", func(t *Timeline) *[]event.Mount { return &t.Mounts },
+			"`time`, `dev` (whole disk), `fs_dev` (the filesystem's device), `fstype`, `point`: a filesystem on a block device at the start"),
+		Events("wbt_lat", func(t *Timeline) *[]event.WbtLat { return &t.WbtLats },
+			"`time`, `dev`, `lat` (ns; 0: wbt off), `from` (`sysfs` at the start, `wbt_lat` when it changed): a device's wbt latency target"),
+		Events("wbt_step", func(t *Timeline) *[]event.WbtStep { return &t.WbtSteps },
+			"`time`, `dev`, `step`, `msg`, `window`, `bg`, `normal`, `max` (depth limits): wbt scaled a device's queue depth"),
+		Events("dirty_limits", func(t *Timeline) *[]event.DirtyLimits { return &t.DirtyLimits },
+			"`time`, `bytes`, `ratio`, `background_bytes`, `background_ratio`, `page_size`: the vm.dirty_* sysctls at the start"),
+		Events("dirty_pause", func(t *Timeline) *[]event.DirtyPause { return &t.DirtyPauses },
+			"`time`, `task`, `dev` (written back to), `pause`, `period`, `paused`, `limit`, `setpoint`, `dirty`, `wb_setpoint`, `wb_dirty` (pages), `dirty_ratelimit`, `task_ratelimit` (KiB/s), `cgroup_ino`: a writer paused in balance_dirty_pages"),
+		Events("journal_commit", func(t *Timeline) *[]event.JournalCommit { return &t.JournalCommits },
+			"`start`, `duration`, `dev`, `fs_dev`, `tid`, `sync`, `locking`, `flushing`, `logging` (phases), `handles`, `blocks`, `blocks_logged`: a jbd2 commit"),
+		Events("ordered_data", func(t *Timeline) *[]event.OrderedData { return &t.OrderedData },
+			"`time`, `dev`, `fs_dev`, `tid`, `ino`, `dirtier` (the process that dirtied the inode; zero when unseen): a commit writing an inode's ordered data"),
 	}},
 }
 

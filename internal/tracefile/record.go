@@ -39,7 +39,8 @@ var stateKinds = func() map[string]bool {
 // Begin writes what is known at the start (the run, the window's start,
 // the block device stacking); Append writes the events the timeline holds
 // that it has not written yet, in the order each stream got them;
-// Checkpoint writes the state of the run so far (probes, losses,
+// AppendPart writes every event of a piece of the run (a flight
+// recorder's second); Checkpoint writes the state of the run so far (probes, losses,
 // histograms) if given, then a checkpoint record, and flushes the
 // compressor and, when given, the file (Sync). Finish writes the rest, the
 // final state and the end record. A trace cut anywhere (the run killed,
@@ -198,6 +199,16 @@ func (r *Recorder) Append(tl *timeline.Timeline) error {
 		}
 	}
 	return nil
+}
+
+// AppendPart writes every event of part, one piece of a run whose earlier
+// pieces were written before (as a flight recorder holds a run: in pieces
+// of a second each), merged in time order as Append merges them. Append
+// and AppendPart are not to be mixed on one timeline: Append writes what
+// a timeline holds that it has not written yet, AppendPart all of part.
+func (r *Recorder) AppendPart(part *timeline.Timeline) error {
+	clear(r.done)
+	return r.Append(part)
 }
 
 // Checkpoint writes the state of the run (the probes, losses and device

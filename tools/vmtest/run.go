@@ -59,11 +59,12 @@ var hostTools = []struct {
 	{"/usr/bin/udevadm", []string{"/usr/bin/udevadm", "/bin/udevadm"}, "udev"},
 	{"/usr/sbin/make-bcache", []string{"/usr/sbin/make-bcache", "/sbin/make-bcache"}, "bcache-tools"},
 	{"/bin/busybox", []string{"/bin/busybox", "/usr/bin/busybox"}, "busybox-static"},
+	{"/usr/sbin/mkfs.ext4", []string{"/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"}, "e2fsprogs"},
 }
 
 // guestModules are loaded at boot (with their dependencies) where they are
 // modules; built-in ones need nothing.
-var guestModules = []string{"virtio_pci", "virtio_blk", "loop", "bcache", "null_blk", "mq-deadline"}
+var guestModules = []string{"virtio_pci", "virtio_blk", "loop", "bcache", "null_blk", "mq-deadline", "scsi_debug", "sd_mod"}
 
 // Selection narrows the guest's tests (for a developer's quick rerun); the
 // zero value runs everything.
@@ -95,7 +96,7 @@ var benchTools = []struct{ path, pkg string }{
 // bcache incident on the virtio disks) or that must hold on every kernel
 // (each rung of the ladder, `whyslow probes`, the live trace commands on
 // the direct probes); the loop-device story runs on the host in make test.
-const defaultE2E = "TestBcache|TestMechanism|TestTrace|TestProbesCommand|TestCgroupThrottle|TestIOCost"
+const defaultE2E = "TestBcache|TestMechanism|TestTrace|TestProbesCommand|TestCgroupThrottle|TestIOCost|TestFailingDevice"
 
 // guestSteps are what runs in every kernel, in order.
 func guestSteps(sel Selection) []Step {

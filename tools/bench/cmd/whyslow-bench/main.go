@@ -44,6 +44,7 @@ type options struct {
 	schedRuns int
 	startRuns int
 	stormTime time.Duration
+	serveTime time.Duration
 	uevents   int // target uevents/s of the storm
 	execs     int // target execs/s of the storm
 	no10M     bool
@@ -61,7 +62,7 @@ type options struct {
 	vmResults string
 }
 
-var allSections = []string{"analysis", "startup", "sched", "io", "storm"}
+var allSections = []string{"analysis", "startup", "sched", "io", "storm", "serve"}
 
 func main() {
 	var o options
@@ -77,6 +78,7 @@ func main() {
 	flag.IntVar(&o.schedRuns, "sched-rounds", 10, "sched: rounds with and without whyslow")
 	flag.IntVar(&o.startRuns, "startup-rounds", 10, "startup: launches of each tool")
 	flag.DurationVar(&o.stormTime, "storm-time", 30*time.Second, "storm: length")
+	flag.DurationVar(&o.serveTime, "serve-time", 10*time.Minute, "serve: length of whyslow serve under the storm's load (the RSS over an hour: -sections serve -serve-time 1h)")
 	flag.IntVar(&o.uevents, "storm-uevents", 100000, "storm: target uevents per second")
 	flag.IntVar(&o.execs, "storm-execs", 10000, "storm: target execs per second")
 	flag.BoolVar(&o.no10M, "no-10m", false, "analysis: skip the 10M-event runs")
@@ -108,6 +110,7 @@ type Results struct {
 	Sched    *SchedResult    `json:"sched,omitempty"`
 	Startup  *StartupResult  `json:"startup,omitempty"`
 	Storm    *StormResult    `json:"storm,omitempty"`
+	Serve    *ServeResult    `json:"serve,omitempty"`
 	Analysis *AnalysisResult `json:"analysis,omitempty"`
 	Took     string          `json:"took"`
 	// Partial says which sections a later run replaced, when it did.
@@ -187,7 +190,7 @@ func run(o options) error {
 
 	if o.device != "" {
 		b.loop = o.device
-	} else if o.sections["io"] || o.sections["storm"] {
+	} else if o.sections["io"] || o.sections["storm"] || o.sections["serve"] {
 		cleanup, err := b.setupLoop()
 		if err != nil {
 			return err
@@ -211,6 +214,8 @@ func run(o options) error {
 			err = b.io()
 		case "storm":
 			err = b.storm()
+		case "serve":
+			err = b.serve()
 		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", s, err)
@@ -233,6 +238,9 @@ func run(o options) error {
 		}
 		if !o.sections["storm"] {
 			b.res.Storm = last.Storm
+		}
+		if !o.sections["serve"] {
+			b.res.Serve = last.Serve
 		}
 		if !o.sections["analysis"] {
 			b.res.Analysis = last.Analysis

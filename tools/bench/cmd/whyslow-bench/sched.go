@@ -17,9 +17,9 @@ type SchedResult struct {
 	None    spread `json:"none_us_per_op"`
 	Whyslow spread `json:"whyslow_us_per_op"`
 	Ratio   spread `json:"ratio"` // whyslow / none, same round
-	// NsPerSwitch is the run time of whyslow's sched_switch program per
-	// run, and NsPerWakeup that of its sched_waking program, measured in a
-	// run of its own with kernel.bpf_stats_enabled.
+	// NsPerSwitch is the run time of whyslow's sched_switch programs per
+	// context switch, and NsPerWakeup that of its sched_waking programs per
+	// wake-up, measured in a run of its own with kernel.bpf_stats_enabled.
 	NsPerSwitch float64 `json:"ns_per_switch"`
 	NsPerWakeup float64 `json:"ns_per_wakeup"`
 }
@@ -86,11 +86,11 @@ func (b *bench) sched() error {
 		return err
 	}
 	ids := progIDs(ps[0].pid())
-	before, err := progStats()
+	before, err := progStats(ids)
 	if err == nil {
 		_, err = pipeBench()
 	}
-	after, err2 := progStats()
+	after, err2 := progStats(ids)
 	if serr := stopAll(ps); err == nil {
 		err = serr
 	}
@@ -100,18 +100,28 @@ func (b *bench) sched() error {
 	if err != nil {
 		return err
 	}
+	// Every whyslow program on each tracepoint (the offcpu and syscall
+	// probes each have one): their run times summed, per context switch or
+	// wake-up (the runs of the busiest one).
+	var swNs, swRuns, wkNs, wkRuns float64
 	for id := range ids {
 		a, bf := after[id], before[id]
 		if a.runCount <= bf.runCount {
 			continue
 		}
-		per := (a.runTime - bf.runTime) / (a.runCount - bf.runCount)
+		dt, dc := a.runTime-bf.runTime, a.runCount-bf.runCount
 		switch a.name {
-		case "offcpu_switch":
-			res.NsPerSwitch = per
-		case "offcpu_wakeup":
-			res.NsPerWakeup = per
+		case "offcpu_switch", "sc_switch":
+			swNs, swRuns = swNs+dt, max(swRuns, dc)
+		case "offcpu_wakeup", "sc_waking":
+			wkNs, wkRuns = wkNs+dt, max(wkRuns, dc)
 		}
+	}
+	if swRuns > 0 {
+		res.NsPerSwitch = swNs / swRuns
+	}
+	if wkRuns > 0 {
+		res.NsPerWakeup = wkNs / wkRuns
 	}
 	b.res.Sched = res
 	return nil

@@ -45,13 +45,6 @@ type StormLoss struct {
 }
 
 func (b *bench) storm() error {
-	if b.fio.Engine == "" {
-		b.fio = fioConfig{Engine: "libaio", Depth: 32, Jobs: 2}
-	}
-	exe := filepath.Join(b.dir, "exit0")
-	if err := os.WriteFile(exe, tinyELF(), 0o755); err != nil {
-		return err
-	}
 	tag := "storm"
 	ps, err := b.startWhyslow(tag)
 	if err != nil {
@@ -62,39 +55,10 @@ func (b *bench) storm() error {
 	d := b.o.stormTime
 	res := &StormResult{Seconds: d.Seconds(), TargetUevents: b.o.uevents, TargetExecs: b.o.execs}
 
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	var nUevents, nExecs atomic.Int64
-	var fr fioRun
-	var fioErr, ueventErr error
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		fr, fioErr = b.runFio(b.fio, d)
-	}()
-	// Two writers of uevents, four of execs: forks take the CPU from
-	// everything else on a small machine.
-	const ueventWriters = 2
-	var ueventMu sync.Mutex
-	for range ueventWriters {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			err := ueventStorm(filepath.Join("/sys/block", filepath.Base(b.loop), "uevent"), b.o.uevents/ueventWriters, stop, &nUevents)
-			ueventMu.Lock()
-			if err != nil && ueventErr == nil {
-				ueventErr = err
-			}
-			ueventMu.Unlock()
-		}()
-	}
-	const execWorkers = 4
-	for range execWorkers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			execStorm(exe, b.o.execs/execWorkers, stop, &nExecs)
-		}()
+	load, err := b.startStormLoad(d)
+	if err != nil {
+		stopAll(ps)
+		return err
 	}
 	t0 := time.Now()
 	// fio ramps up for 1 s before its runtime.
@@ -102,12 +66,8 @@ func (b *bench) storm() error {
 		time.Sleep(500 * time.Millisecond)
 		res.RSSMiB = append(res.RSSMiB, RSSSample{At: time.Since(t0).Seconds(), MiB: float64(statusKB(ws.pid(), "VmRSS")) / (1 << 20)})
 	}
-	close(stop)
-	elapsed := time.Since(t0).Seconds()
-	wg.Wait()
-	res.Uevents = float64(nUevents.Load()) / elapsed
-	res.Execs = float64(nExecs.Load()) / elapsed
-	res.IOPS = fr.IOPS
+	achieved, fioErr, ueventErr := load.stop()
+	res.Uevents, res.Execs, res.IOPS = achieved.uevents, achieved.execs, achieved.iops
 	hwm := statusKB(ws.pid(), "VmHWM")
 	t1 := time.Now()
 	err = ws.stop(5 * time.Minute)
@@ -141,6 +101,69 @@ func (b *bench) storm() error {
 		res.Uevents, res.Execs, res.IOPS, res.PeakRSSMiB, res.LostEvents, res.ReportSeconds)
 	b.res.Storm = res
 	return nil
+}
+
+// stormLoad is the storm's load running: uevents, execs and fio.
+type stormLoad struct {
+	t0                time.Time
+	stopCh            chan struct{}
+	wg                sync.WaitGroup
+	nUevents, nExecs  atomic.Int64
+	fr                fioRun
+	fioErr, ueventErr error
+}
+
+// achieved is what a storm load achieved, per second.
+type achieved struct{ uevents, execs, iops float64 }
+
+// startStormLoad starts the storm's load for d: change uevents of the loop
+// device from 2 threads, fork+exec of a tiny binary from 4 (forks take the
+// CPU from everything else on a small machine), and fio.
+func (b *bench) startStormLoad(d time.Duration) (*stormLoad, error) {
+	if b.fio.Engine == "" {
+		b.fio = fioConfig{Engine: "libaio", Depth: 32, Jobs: 2}
+	}
+	exe := filepath.Join(b.dir, "exit0")
+	if err := os.WriteFile(exe, tinyELF(), 0o755); err != nil {
+		return nil, err
+	}
+	l := &stormLoad{t0: time.Now(), stopCh: make(chan struct{})}
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		l.fr, l.fioErr = b.runFio(b.fio, d)
+	}()
+	const ueventWriters = 2
+	var ueventMu sync.Mutex
+	for range ueventWriters {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			err := ueventStorm(filepath.Join("/sys/block", filepath.Base(b.loop), "uevent"), b.o.uevents/ueventWriters, l.stopCh, &l.nUevents)
+			ueventMu.Lock()
+			if err != nil && l.ueventErr == nil {
+				l.ueventErr = err
+			}
+			ueventMu.Unlock()
+		}()
+	}
+	const execWorkers = 4
+	for range execWorkers {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			execStorm(exe, b.o.execs/execWorkers, l.stopCh, &l.nExecs)
+		}()
+	}
+	return l, nil
+}
+
+// stop ends the load (fio ends by itself) and says what it achieved.
+func (l *stormLoad) stop() (achieved, error, error) {
+	close(l.stopCh)
+	elapsed := time.Since(l.t0).Seconds()
+	l.wg.Wait()
+	return achieved{float64(l.nUevents.Load()) / elapsed, float64(l.nExecs.Load()) / elapsed, l.fr.IOPS}, l.fioErr, l.ueventErr
 }
 
 // ueventStorm writes "change" to a device's uevent file at rate per second

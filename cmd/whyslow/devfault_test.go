@@ -1,0 +1,153 @@
+package main
+
+// Failing devices, for real, in the kernel matrix (scsi_debug, loaded at
+// boot by tools/vmtest): medium errors, and commands the device drops so
+// that they time out and the SCSI error handler retries them. The top
+// finding must be failing-device on the scsi_debug disk, naming the reader;
+// the same reader on the healthy disk gives no such finding.
+
+import (
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/whyslow/whyslow/internal/report"
+	"github.com/whyslow/whyslow/internal/scenario"
+)
+
+// directReader reads 4 KiB blocks of /dev/<dev> with O_DIRECT from this
+// process until stop is called: the block at offset bad every other read
+// when bad >= 0, else blocks spread over the first size bytes. Errors are
+// what the test is about: they are counted, not fatal.
+func directReader(t *testing.T, dev string, size int64, bad int64) (stop func() (reads, errors int)) {
+	t.Helper()
+	fd, err := unix.Open("/dev/"+dev, unix.O_RDONLY|unix.O_DIRECT, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu           sync.Mutex
+		done         bool
+		reads, fails int
+		wg           sync.WaitGroup
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := int64(0); ; i++ {
+			mu.Lock()
+			if done {
+				mu.Unlock()
+				return
+			}
+			mu.Unlock()
+			off := (i * 7919 % (size / 4096)) * 4096
+			if bad >= 0 && i%2 == 0 {
+				off = bad
+			}
+			_, err := unix.Pread(fd, buf, off)
+			mu.Lock()
+			reads++
+			if err != nil {
+				fails++
+			}
+			mu.Unlock()
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+	return func() (int, int) {
+		mu.Lock()
+		done = true
+		mu.Unlock()
+		wg.Wait()
+		unix.Close(fd)
+		unix.Munmap(buf)
+		return reads, fails
+	}
+}
+
+func TestFailingDevice(t *testing.T) {
+	scenario.RequireRoot(t)
+	dev := scenario.ScsiDebugDisk(t)
+	const size = 8 << 20 // scsi_debug's default disk
+	for _, tc := range []struct {
+		name           string
+		opts, everyNth int
+		bad            int64
+		want           bool
+	}{
+		{"medium-errors", 2, 0, scenario.ScsiDebugMediumErrorOffset, true},
+		{"timeouts", 4, 25, -1, true},
+		{"control", 0, 0, scenario.ScsiDebugMediumErrorOffset, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			scenario.ScsiDebugTimeout(t, dev, 2)
+			scenario.ScsiDebugFaults(t, tc.opts, tc.everyNth)
+			defer scenario.ScsiDebugFaults(t, 0, 0)
+			var reads, fails int
+			rep := diagnoseUnder(t, 10*time.Second, func() func() {
+				stop := directReader(t, dev, size, tc.bad)
+				return func() { reads, fails = stop() }
+			}, "--device", dev)
+			t.Logf("reads %d, failed %d; findings:\n%s", reads, fails, summary(rep))
+			checkFailing(t, rep, dev, tc.want, "e2e.test", "whyslow.test")
+		})
+	}
+}
+
+// failingWrites are fio's options for random O_DIRECT 4 KiB writes that
+// go on when some fail.
+var failingWrites = []string{"--direct=1", "--rw=randwrite", "--bs=4k", "--continue_on_error=all", "--rate_iops=400"}
+
+// On this host: a loop device whose backing store is full fails fio's
+// writes to new blocks. The top finding is failing-device on it, naming
+// fio; with room enough, the same writer gives no such finding.
+func TestFailingLoopDevice(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		room int64
+		want bool
+	}{{"full", 4 << 20, true}, {"control", 96 << 20, false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			scenario.RequireRoot(t)
+			dev := scenario.FullLoopDevice(t, 64<<20, tc.room)
+			rep := diagnoseUnder(t, 5*time.Second, func() func() {
+				scenario.BufferedWriter(t, dev, 4*time.Second, "", failingWrites...)
+				return func() {}
+			}, "--device", dev)
+			t.Logf("findings:\n%s", summary(rep))
+			checkFailing(t, rep, dev, tc.want, "fio")
+		})
+	}
+}
+
+// checkFailing checks that the top finding is failing-device on dev naming
+// a process of comm (want), or that no finding is failing-device.
+func checkFailing(t *testing.T, rep *report.Report, dev string, want bool, comms ...string) {
+	t.Helper()
+	found := slices.IndexFunc(rep.Findings, func(f report.Finding) bool { return f.Rule == "failing-device" })
+	if !want {
+		if found >= 0 {
+			t.Errorf("failing-device found on a healthy device: %+v", rep.Findings[found])
+		}
+		return
+	}
+	if found != 0 {
+		t.Fatalf("top finding is not failing-device (at %d)", found)
+	}
+	top := rep.Findings[0]
+	if !slices.Contains(top.Devices, dev) {
+		t.Errorf("failing-device names %v, want %s", top.Devices, dev)
+	}
+	if !slices.ContainsFunc(top.Processes, func(p report.Process) bool { return slices.Contains(comms, p.Comm) }) {
+		t.Errorf("failing-device names %+v, not %v", top.Processes, comms)
+	}
+	t.Logf("title: %s", top.Title)
+}

@@ -1,0 +1,410 @@
+package main
+
+// whyslow serve for real: the probes on the real kernel, the udev freeze
+// story on a loop device, Debian's Prometheus scraping /metrics and
+// evaluating deploy/prometheus/whyslow.rules.yml, /trace analyzed again,
+// and a control window without the trigger; SIGHUP reloading --rules and
+// SIGTERM stopping it.
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/whyslow/whyslow/internal/report"
+	"github.com/whyslow/whyslow/internal/scenario"
+)
+
+// servingRE is what serve prints once its probes run and it answers.
+var servingRE = regexp.MustCompile(`serving on http://(\S+) `)
+
+// startServe runs `whyslow serve` on a free loopback port and returns it
+// and its base URL once it answers.
+func startServe(t *testing.T, args ...string) (*running, string) {
+	t.Helper()
+	r := start(t, append([]string{"serve", "--listen", "127.0.0.1:0"}, args...)...)
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		if m := servingRE.FindStringSubmatch(r.errb.String()); m != nil {
+			return r, "http://" + m[1]
+		}
+		select {
+		case <-r.done:
+			t.Fatalf("whyslow serve ended before it served: exit %d; stderr %s", r.code, r.errb.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("whyslow serve did not serve within 90s; stderr %s", r.errb.String())
+		}
+	}
+}
+
+// get fetches u and returns the status and body.
+func get(t *testing.T, u string) (int, []byte) {
+	t.Helper()
+	resp, err := http.Get(u)
+	if err != nil {
+		t.Fatalf("GET %s: %v", u, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: %v", u, err)
+	}
+	return resp.StatusCode, b
+}
+
+// stopServe sends sig and checks serve stops cleanly: exit 0, probes
+// detached.
+func stopServe(t *testing.T, r *running, sig syscall.Signal) {
+	t.Helper()
+	if err := r.cmd.Process.Signal(sig); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-r.done:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("serve still runs 60s after %v; stderr %s", sig, r.errb.String())
+	}
+	if r.code != 0 || !strings.Contains(r.errb.String(), "probes detached") {
+		t.Fatalf("serve after %v: exit %d, stderr %s", sig, r.code, r.errb.String())
+	}
+}
+
+// prometheus is a Prometheus server started by a test.
+type prometheus struct{ url string }
+
+// startPrometheus runs Debian's prometheus on a free loopback port with a
+// 2 s scrape and evaluation interval, scraping target and evaluating the
+// alerting rules of deploy/prometheus.
+func startPrometheus(t *testing.T, target string) *prometheus {
+	t.Helper()
+	bin, err := exec.LookPath("prometheus")
+	if err != nil {
+		scenario.Skip(t, "prometheus not found (Debian package prometheus; make deps installs it): %v", err)
+	}
+	rulesFile, err := filepath.Abs("../../deploy/prometheus/whyslow.rules.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cfg := fmt.Sprintf(`global:
+  scrape_interval: 2s
+  scrape_timeout: 2s
+  evaluation_interval: 2s
+rule_files: [%q]
+scrape_configs:
+  - job_name: whyslow
+    static_configs:
+      - targets: [%q]
+`, rulesFile, target)
+	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	var logs scenario.Buffer
+	cmd := exec.Command(bin, "--config.file="+filepath.Join(dir, "prometheus.yml"), "--storage.tsdb.path="+filepath.Join(dir, "data"),
+		"--web.listen-address="+addr, "--log.level=warn")
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			t.Logf("prometheus's log:\n%s", logs.String())
+		}
+	})
+	p := &prometheus{url: "http://" + addr}
+	if !waitUntil(60*time.Second, func() bool {
+		resp, err := http.Get(p.url + "/-/ready")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	}) {
+		t.Fatalf("prometheus not ready after 60s:\n%s", logs.String())
+	}
+	return p
+}
+
+// api asks Prometheus's HTTP API and decodes its data.
+func (p *prometheus) api(t *testing.T, path string, data any) {
+	t.Helper()
+	code, b := get(t, p.url+path)
+	var resp struct {
+		Status string
+		Data   json.RawMessage
+		Error  string
+	}
+	if err := json.Unmarshal(b, &resp); err != nil || code != 200 || resp.Status != "success" {
+		t.Fatalf("prometheus %s: HTTP %d, %v: %s", path, code, err, b)
+	}
+	if err := json.Unmarshal(resp.Data, data); err != nil {
+		t.Fatalf("prometheus %s: %v: %s", path, err, resp.Data)
+	}
+}
+
+// sample is one series of an instant query's vector.
+type sample struct {
+	Metric map[string]string
+	Value  [2]any
+}
+
+// query runs an instant PromQL query.
+func (p *prometheus) query(t *testing.T, q string) []sample {
+	t.Helper()
+	var data struct {
+		ResultType string
+		Result     []sample
+	}
+	p.api(t, "/api/v1/query?query="+url.QueryEscape(q), &data)
+	return data.Result
+}
+
+// alert is one of /api/v1/alerts.
+type alert struct {
+	Labels map[string]string
+	State  string
+}
+
+func (p *prometheus) alerts(t *testing.T) []alert {
+	t.Helper()
+	var data struct{ Alerts []alert }
+	p.api(t, "/api/v1/alerts", &data)
+	return data.Alerts
+}
+
+func waitUntil(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	for {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// The story under serve, scraped by a real Prometheus: the queue freeze
+// finding for the loop device appears as whyslow_finding and its alert
+// fires; the flight recorder's trace of the last seconds analyzes to the
+// same top finding; once the trigger stops, a window without it drops the
+// finding from Prometheus and the alert resolves.
+func TestServePrometheusFreeze(t *testing.T) {
+	scenario.RequireRoot(t)
+	if _, err := exec.LookPath("prometheus"); err != nil {
+		scenario.Skip(t, "prometheus not found (Debian package prometheus; make deps installs it): %v", err)
+	}
+	dev := scenario.LoopDevice(t, 256<<20)
+	scenario.QueueRule(t, dev)
+	srv, base := startServe(t, "--window", "10s")
+	prom := startPrometheus(t, strings.TrimPrefix(base, "http://"))
+
+	if code, b := get(t, base+"/healthz"); code != 200 {
+		t.Fatalf("/healthz: %d %s", code, b)
+	}
+	mon := scenario.Monitor(t, dev, 2*time.Second)
+	w := scenario.Writer(t, dev, 3*time.Minute)
+	defer w.Pause()
+
+	finding := fmt.Sprintf(`whyslow_finding{rule="queue-freeze-stall",device=%q}`, dev)
+	var got []sample
+	if !waitUntil(90*time.Second, func() bool { got = prom.query(t, finding); return len(got) > 0 }) {
+		code, b := get(t, base+"/report?format=text")
+		t.Fatalf("Prometheus has no %s after 90s; /report (%d):\n%s\nserve's stderr: %s", finding, code, b, srv.errb.String())
+	}
+	t.Logf("Prometheus: %s = %v (%v)", finding, got[0].Value[1], got[0].Metric)
+	if got[0].Metric["severity"] != "critical" || got[0].Metric["job"] != "whyslow" {
+		t.Errorf("series labels %v: want severity critical, job whyslow", got[0].Metric)
+	}
+	firing := func() bool {
+		for _, a := range prom.alerts(t) {
+			if a.Labels["alertname"] == "WhyslowQueueFreezeStall" && a.Labels["device"] == dev && a.State == "firing" {
+				return true
+			}
+		}
+		return false
+	}
+	if !waitUntil(20*time.Second, firing) {
+		t.Fatalf("alert WhyslowQueueFreezeStall for %s not firing: %+v", dev, prom.alerts(t))
+	}
+	// The histograms, the freezes and the probes are there too.
+	for _, q := range []string{
+		fmt.Sprintf(`whyslow_queue_freezes_total{device=%q} > 0`, dev),
+		fmt.Sprintf(`whyslow_submit_latency_seconds_count{device=%q} > 0`, dev),
+		`whyslow_probe_info{probe="freeze",status="ok"}`,
+		// The application's view: fio's writes blocked behind the freezes.
+		fmt.Sprintf(`whyslow_stage_seconds_total{stage="queue_freeze",device=%q} > 0`, dev),
+		`process_resident_memory_bytes{job="whyslow"}`,
+	} {
+		if len(prom.query(t, q)) == 0 {
+			t.Errorf("Prometheus: %s is empty", q)
+		}
+	}
+
+	// The last 30 s from the flight recorder analyze to the same top
+	// finding.
+	code, tr := get(t, base+"/trace?seconds=30")
+	if code != 200 {
+		t.Fatalf("/trace: %d %s", code, tr)
+	}
+	trace := filepath.Join(t.TempDir(), "last30s.trace.gz")
+	if err := os.WriteFile(trace, tr, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	res := run(t, "analyze", "--format", "json", trace)
+	if res.code != 0 {
+		t.Fatalf("analyze of /trace: exit %d: %s", res.code, res.stderr)
+	}
+	var rep report.Report
+	if err := json.Unmarshal([]byte(res.stdout), &rep); err != nil {
+		t.Fatalf("analyze: %v", err)
+	}
+	if len(rep.Findings) == 0 || rep.Findings[0].Rule != "queue-freeze-stall" || !slices.Contains(rep.Findings[0].Devices, dev) {
+		t.Fatalf("analyze of /trace: top finding is not queue-freeze-stall on %s:\n%s", dev, summary(&rep))
+	}
+
+	// The control: no trigger any more. A window without it drops the
+	// finding from /metrics, so from Prometheus, and the alert resolves.
+	if err := mon.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if !waitUntil(60*time.Second, func() bool { return len(prom.query(t, finding)) == 0 && !firing() }) {
+		t.Fatalf("60s after the trigger stopped, Prometheus still has %v; alerts %+v", prom.query(t, finding), prom.alerts(t))
+	}
+	_, b := get(t, base+"/report?format=json")
+	var last report.Report
+	if err := json.Unmarshal(b, &last); err != nil {
+		t.Fatalf("/report?format=json: %v: %s", err, b)
+	}
+	for _, f := range last.Findings {
+		if f.Rule == "queue-freeze-stall" || f.Rule == "periodic-trigger" {
+			t.Errorf("the control window's report still has %s:\n%s", f.Rule, summary(&last))
+		}
+	}
+	stopServe(t, srv, syscall.SIGTERM)
+}
+
+// SIGHUP reloads --rules: a broken file keeps the rules in use and says
+// why (stderr, whyslow_rules_last_reload_success 0); a good one is used
+// from then on. Bad requests are told what is wrong; SIGINT stops it.
+func TestServeReloadAndRequests(t *testing.T) {
+	scenario.RequireRoot(t)
+	scenario.Hold(t)
+	dir := t.TempDir()
+	mine := filepath.Join(dir, "mine.yaml")
+	rule := "id: mine\ntitle: mine on {{.Device.Name}}\nseverity: info\nscope: device\nwhen: Device.Stalls.Count() > 0\n"
+	if err := os.WriteFile(mine, []byte(rule), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	srv, base := startServe(t, "--window", "2s", "--rules", dir)
+	metric := func(name string) string {
+		_, b := get(t, base+"/metrics")
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, name+" "); ok {
+				return v
+			}
+		}
+		return ""
+	}
+	loaded := metric("whyslow_rules_loaded")
+	if loaded == "" {
+		t.Fatal("no whyslow_rules_loaded")
+	}
+
+	if err := os.WriteFile(mine, []byte("id: mine\nwhen: [\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	srv.cmd.Process.Signal(syscall.SIGHUP)
+	if !waitUntil(20*time.Second, func() bool { return strings.Contains(srv.errb.String(), "reloading the rules failed") }) {
+		t.Fatalf("no word of the failed reload; stderr %s", srv.errb.String())
+	}
+	if !strings.Contains(srv.errb.String(), "mine.yaml") {
+		t.Errorf("the failed reload does not name the file: %s", srv.errb.String())
+	}
+	if v := metric("whyslow_rules_last_reload_success"); v != "0" {
+		t.Errorf("whyslow_rules_last_reload_success %q after a failed reload, want 0", v)
+	}
+	if v := metric("whyslow_rules_loaded"); v != loaded {
+		t.Errorf("whyslow_rules_loaded %s after a failed reload, want the %s in use", v, loaded)
+	}
+	if code, _ := get(t, base+"/healthz"); code != 200 {
+		t.Errorf("/healthz %d after a failed reload", code)
+	}
+
+	// The file mended, and a second one: one more rule in use.
+	if err := os.WriteFile(mine, []byte(rule), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "too.yaml"), []byte(strings.Replace(rule, "id: mine", "id: mine-too", 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	srv.cmd.Process.Signal(syscall.SIGHUP)
+	if !waitUntil(20*time.Second, func() bool { return strings.Contains(srv.errb.String(), "reloaded the rules") }) {
+		t.Fatalf("no word of the reload; stderr %s", srv.errb.String())
+	}
+	if v := metric("whyslow_rules_last_reload_success"); v != "1" {
+		t.Errorf("whyslow_rules_last_reload_success %q after a good reload, want 1", v)
+	}
+	if got, want := metric("whyslow_rules_loaded"), fmt.Sprint(atoi(t, loaded)+1); got != want {
+		t.Errorf("whyslow_rules_loaded %s after the reload, want %s", got, want)
+	}
+
+	for _, c := range []struct {
+		path string
+		code int
+		want string
+	}{
+		{"/report?format=pdf", 400, "want one of"},
+		{"/trace?seconds=-1", 400, "seconds="},
+		{"/trace?seconds=100000", 400, "--flight-recorder"},
+		{"/nope", 404, ""},
+	} {
+		code, b := get(t, base+c.path)
+		if code != c.code || !strings.Contains(string(b), c.want) {
+			t.Errorf("GET %s: %d %q, want %d and %q", c.path, code, b, c.code, c.want)
+		}
+	}
+	if !waitUntil(20*time.Second, func() bool { code, _ := get(t, base+"/report?format=markdown"); return code == 200 }) {
+		t.Error("no report after 20s of 2s windows")
+	}
+	stopServe(t, srv, syscall.SIGINT)
+}
+
+func atoi(t *testing.T, s string) int {
+	var n int
+	if _, err := fmt.Sscan(s, &n); err != nil {
+		t.Fatalf("%q: %v", s, err)
+	}
+	return n
+}

@@ -1,0 +1,212 @@
+package scenario
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// FS is a filesystem made for a scenario, on a loop device of its own.
+type FS struct {
+	Dev  string // the loop device, e.g. "loop4"
+	Dir  string // where it is mounted
+	Type string // "ext4", "xfs"
+}
+
+// Filesystem makes a filesystem of fstype on a new loop device with direct
+// I/O over a filled file under the temp directory (on this host's disk: I/O
+// to it is I/O to that disk, with its latency), and mounts it with the
+// options opts ("" for none). Where the temp directory is in memory (the
+// qemu guests), the loop device has no direct I/O, and says so: its
+// latency is memory's, its signals the kernel's. It skips, saying why, when
+// mkfs for fstype is not installed. Cleanup unmounts it and detaches the
+// device. An fstype of "" makes no filesystem: Dir is "".
+func Filesystem(t testing.TB, fstype string, size int64, opts string) FS {
+	t.Helper()
+	RequireRoot(t)
+	hold(t)
+	mkfs, err := exec.LookPath("mkfs." + fstype)
+	if err != nil && fstype != "" {
+		Skip(t, "scenario: mkfs.%s is not installed", fstype)
+	}
+	dir := t.TempDir()
+	backing := filepath.Join(dir, fmt.Sprintf("%s%d.img", backingPrefix, os.Getpid()))
+	// allocated where the filesystem can (writes to a hole allocate too)
+	if _, err := command(2*time.Minute, "fallocate", "-l", fmt.Sprint(size), backing); err != nil {
+		if err := os.Truncate(backing, size); err != nil {
+			if f, cerr := os.Create(backing); cerr == nil {
+				err = f.Truncate(size)
+				f.Close()
+			}
+			if err != nil {
+				t.Fatalf("filesystem: %v", err)
+			}
+		}
+	}
+	out, err := command(30*time.Second, "losetup", "--find", "--show", "--direct-io=on", backing)
+	if err != nil {
+		t.Fatalf("filesystem: %v", err)
+	}
+	if dio, err := os.ReadFile("/sys/block/" + filepath.Base(strings.TrimSpace(out)) + "/loop/dio"); err == nil && strings.TrimSpace(string(dio)) != "1" {
+		t.Logf("scenario: %s: no direct I/O on %s (in memory?)", strings.TrimSpace(out), dir)
+	}
+	dev := filepath.Base(strings.TrimSpace(out))
+	if !loopName.MatchString(dev) {
+		t.Fatalf("filesystem: losetup printed %q, want /dev/loopN", strings.TrimSpace(out))
+	}
+	t.Cleanup(func() {
+		if _, err := command(30*time.Second, "losetup", "--detach", "/dev/"+dev); err != nil {
+			t.Errorf("filesystem cleanup: %v", err)
+		}
+	})
+	if fstype == "" {
+		t.Logf("scenario: /dev/%s (direct I/O over %s), no filesystem", dev, backing)
+		return FS{Dev: dev}
+	}
+	args := []string{"-q", "/dev/" + dev}
+	if fstype == "xfs" {
+		args = []string{"-q", "-f", "/dev/" + dev}
+	}
+	if _, err := command(time.Minute, mkfs, args...); err != nil {
+		t.Fatalf("filesystem: %v", err)
+	}
+	mnt := t.TempDir()
+	margs := []string{"-t", fstype}
+	if opts != "" {
+		margs = append(margs, "-o", opts)
+	}
+	if _, err := command(time.Minute, "mount", append(margs, "/dev/"+dev, mnt)...); err != nil {
+		t.Fatalf("filesystem: %v", err)
+	}
+	t.Cleanup(func() {
+		if _, err := command(time.Minute, "umount", mnt); err != nil {
+			t.Errorf("filesystem cleanup: %v", err)
+		}
+	})
+	t.Logf("scenario: %s on /dev/%s (direct I/O over %s), mounted at %s (%s)", fstype, dev, backing, mnt, opts)
+	return FS{Dev: dev, Dir: mnt, Type: fstype}
+}
+
+// Sysctl sets /proc/sys/NAME (dots or slashes) to value and restores the
+// value it had on cleanup.
+func Sysctl(t testing.TB, name, value string) {
+	t.Helper()
+	RequireRoot(t)
+	p := filepath.Join("/proc/sys", strings.ReplaceAll(name, ".", "/"))
+	old, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatalf("sysctl %s: %v", name, err)
+	}
+	if err := writeAttr(p, value); err != nil {
+		t.Fatalf("sysctl %s=%s: %v", name, value, err)
+	}
+	t.Cleanup(func() {
+		if err := writeAttr(p, strings.TrimSpace(string(old))); err != nil {
+			t.Errorf("sysctl cleanup: %s=%s: %v", name, old, err)
+		}
+	})
+}
+
+// DirtyLimits sets vm.dirty_bytes and vm.dirty_background_bytes (0: left
+// as they are), restoring the four dirty sysctls on cleanup (writing one of
+// a _bytes/_ratio pair zeroes the other).
+func DirtyLimits(t testing.TB, bytes, background int64) {
+	t.Helper()
+	RequireRoot(t)
+	saved := map[string]string{}
+	for _, n := range []string{"dirty_ratio", "dirty_bytes", "dirty_background_ratio", "dirty_background_bytes"} {
+		b, err := os.ReadFile("/proc/sys/vm/" + n)
+		if err != nil {
+			t.Fatalf("dirty limits: %v", err)
+		}
+		saved[n] = strings.TrimSpace(string(b))
+	}
+	t.Cleanup(func() {
+		// the non-zero one of each pair is the one in force
+		for _, pair := range [][2]string{{"dirty_bytes", "dirty_ratio"}, {"dirty_background_bytes", "dirty_background_ratio"}} {
+			n := pair[1]
+			if saved[pair[0]] != "0" {
+				n = pair[0]
+			}
+			if err := writeAttr("/proc/sys/vm/"+n, saved[n]); err != nil {
+				t.Errorf("dirty limits cleanup: vm.%s=%s: %v", n, saved[n], err)
+			}
+		}
+	})
+	if bytes > 0 {
+		if err := writeAttr("/proc/sys/vm/dirty_bytes", fmt.Sprint(bytes)); err != nil {
+			t.Fatalf("vm.dirty_bytes: %v", err)
+		}
+	}
+	if background > 0 {
+		if err := writeAttr("/proc/sys/vm/dirty_background_bytes", fmt.Sprint(background)); err != nil {
+			t.Fatalf("vm.dirty_background_bytes: %v", err)
+		}
+	}
+}
+
+// NamedJob is a fio job run under a name of its own (a copy of fio called
+// name), so that a report names it.
+type NamedJob struct {
+	Name string
+	Pid  int
+	cmd  *exec.Cmd
+	done chan error
+}
+
+// StartNamedJob starts fio, as name, with args (fio's options; a
+// --runtime bounds it), and stops it on cleanup.
+func StartNamedJob(t testing.TB, name string, args ...string) *NamedJob {
+	t.Helper()
+	RequireRoot(t)
+	fio, err := lookPath("fio", "fio")
+	if err != nil {
+		t.Fatalf("job %s: %v", name, err)
+	}
+	bin := filepath.Join(t.TempDir(), name)
+	if _, err := command(30*time.Second, "cp", fio, bin); err != nil {
+		t.Fatalf("job %s: %v", name, err)
+	}
+	// fio runs each job in a child: the group is killed at cleanup, so
+	// that none keeps the scenario's files open.
+	cmd := exec.Command(bin, append([]string{"--name=" + name}, args...)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("job %s: %v", name, err)
+	}
+	pgid := cmd.Process.Pid
+	j := &NamedJob{Name: name, Pid: pgid, cmd: cmd, done: make(chan error, 1)}
+	go func() { j.done <- cmd.Wait(); close(j.done) }()
+	t.Cleanup(func() {
+		_ = syscall.Kill(-pgid, syscall.SIGKILL)
+		// fio's job processes may leave the group: every process of the
+		// copy is killed, until none is left
+		waitFor(10*time.Second, func() bool {
+			left := false
+			ents, _ := os.ReadDir("/proc")
+			for _, e := range ents {
+				pid, err := strconv.Atoi(e.Name())
+				if err != nil {
+					continue
+				}
+				if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); exe == bin {
+					left = true
+					_ = syscall.Kill(pid, syscall.SIGKILL)
+				}
+			}
+			return !left
+		})
+		<-j.done
+	})
+	t.Logf("scenario: %s (pid %d): fio %s", name, j.Pid, strings.Join(args, " "))
+	return j
+}
+
+// Wait waits for the job to end.
+func (j *NamedJob) Wait() error { return <-j.done }

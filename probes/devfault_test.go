@@ -1,0 +1,106 @@
+package probes
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/scenario"
+)
+
+// fullLoop attaches a loop device of size bytes over a sparse file on a
+// tmpfs of 1 MiB: writes past the first megabyte of data fail (the loop
+// driver fails them: an I/O error up to 6.x, "no space" on newer kernels). It returns the device's name and
+// path; the cleanup detaches it and unmounts the tmpfs.
+func fullLoop(t *testing.T, size int64) (name, path string) {
+	t.Helper()
+	scenario.Hold(t)
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "whyslow-test", dir).CombinedOutput(); err != nil {
+		t.Fatalf("mounting a tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
+			t.Errorf("unmounting %s: %v: %s", dir, err, out)
+		}
+	})
+	backing := filepath.Join(dir, "backing.img")
+	if err := os.WriteFile(backing, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(backing, size); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("losetup", "--find", "--show", backing).CombinedOutput()
+	if err != nil {
+		t.Fatalf("losetup: %v: %s", err, out)
+	}
+	path = strings.TrimSpace(string(out))
+	t.Cleanup(func() {
+		if out, err := exec.Command("losetup", "--detach", path).CombinedOutput(); err != nil {
+			t.Errorf("detaching %s: %v: %s", path, err, out)
+		}
+	})
+	return filepath.Base(path), path
+}
+
+// Writes to a loop device whose backing file cannot grow fail: each failed
+// request is a DeviceFault of kind error on that device: an I/O error (or
+// "no space") of a write.
+func TestDevfaultLoopErrors(t *testing.T) {
+	blkNeedRoot(t)
+	const size = 16 << 20
+	name, path := fullLoop(t, size)
+	sink := new(blkSink)
+	r, st := devfaultProbe{}.Start(Config{SysFS: "/sys", ProcFS: "/proc"}, sink)
+	if st.Status != event.StatusOK || r == nil {
+		t.Fatalf("starting devfault: %+v", st)
+	}
+	t.Cleanup(func() { r.Stop() })
+
+	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	failed := 0
+	for i := int64(0); i < 512; i++ {
+		if _, err := unix.Pwrite(fd, buf, i*4096*4); err != nil {
+			failed++
+		}
+	}
+	unix.Close(fd)
+	unix.Munmap(buf)
+	if failed == 0 {
+		t.Fatalf("no write to %s failed: the tmpfs under it did not fill", path)
+	}
+	if err := r.Stop(); err != nil {
+		t.Fatalf("Stop: %v", err)
+	}
+	var errs int
+	for _, f := range sinkEvents[event.DeviceFault](sink) {
+		if f.Dev.Name != name {
+			continue
+		}
+		ioErr := f.Status == "I/O error" && f.Errno == -5
+		noSpace := f.Status == "no space" && f.Errno == -28
+		if f.Kind != event.FaultError || f.Op != "write" || !ioErr && !noSpace {
+			t.Errorf("fault %+v, want an I/O error or no space of a write", f)
+			continue
+		}
+		errs++
+	}
+	t.Logf("%d writes failed, %d faults on %s", failed, errs, name)
+	if errs < failed {
+		t.Errorf("%d faults on %s for %d failed writes", errs, name, failed)
+	}
+	assertProgsUnloaded(t, "df_rq_complete", "df_rq_requeue")
+}

@@ -1,0 +1,108 @@
+package probes
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/scenario"
+)
+
+// The writeback probe on the real kernel: a bulk buffered writer under
+// small dirty limits is paused in balance_dirty_pages, on its device; a
+// writer that fsyncs on ext4 (data=ordered, nodelalloc) makes journal
+// commits that write the bulk writer's data first, and the probe names
+// it; the device's wbt target and the mount are read at the start.
+func TestWritebackLive(t *testing.T) {
+	blkNeedRoot(t)
+	fs := scenario.Filesystem(t, "ext4", 512<<20, "nodelalloc")
+	scenario.DirtyLimits(t, 8<<20, 2<<20)
+	sink := &blkSink{}
+	r, st := (writebackProbe{}).Start(Config{}, sink)
+	if r == nil {
+		t.Fatalf("writeback probe: %s", st.Reason)
+	}
+	t.Logf("status: %+v", st)
+	bulk := scenario.StartNamedJob(t, "bulk", "--filename="+filepath.Join(fs.Dir, "bulk"), "--rw=write", "--bs=1M",
+		"--size=300M", "--runtime=4", "--time_based", "--ioengine=psync")
+	victim := scenario.StartNamedJob(t, "victim", "--filename="+filepath.Join(fs.Dir, "victim"), "--rw=randwrite",
+		"--bs=4k", "--size=4M", "--fsync=1", "--runtime=4", "--time_based", "--ioengine=psync")
+	bulk.Wait()
+	victim.Wait()
+	if err := r.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range sink.losses {
+		t.Errorf("loss: %+v", l)
+	}
+	var pauses, commits, ordered, bulkOrdered int
+	var pauseSum time.Duration
+	dirtiers := map[string]int{}
+	for _, e := range sink.events {
+		switch e := e.(type) {
+		case event.DirtyPause:
+			if e.Dev.Name == fs.Dev && e.Task.Comm == "bulk" {
+				pauses++
+				pauseSum += e.Pause
+				if e.Limit == 0 || e.Limit > (8<<20)/uint64(os.Getpagesize())+1 {
+					t.Errorf("pause with limit %d pages, want at most vm.dirty_bytes (8 MiB)", e.Limit)
+				}
+			}
+		case event.JournalCommit:
+			if e.Dev.Name == fs.Dev {
+				commits++
+				if e.Duration <= 0 || e.Locking+e.Flushing+e.Logging > e.Duration {
+					t.Errorf("commit %+v: phases do not fit in it", e)
+				}
+			}
+		case event.OrderedData:
+			if e.Dev.Name == fs.Dev {
+				ordered++
+				// fio runs its job in a child process: the name tells
+				dirtiers[e.Dirtier.Comm]++
+				if e.Dirtier.Comm == "bulk" {
+					bulkOrdered++
+				}
+			}
+		}
+	}
+	t.Logf("bulk paused %d times (%v); %d commits on %s, %d ordered inodes, %d of bulk; dirtiers %v", pauses, pauseSum, commits, fs.Dev, ordered, bulkOrdered, dirtiers)
+	if pauses == 0 {
+		t.Errorf("no dirty-throttle pause of bulk on %s", fs.Dev)
+	}
+	if commits < 10 {
+		t.Errorf("%d commits on %s, want many (victim fsyncs)", commits, fs.Dev)
+	}
+	if bulkOrdered == 0 {
+		t.Errorf("no commit wrote bulk's ordered data (named)")
+	}
+	var mounted, wbt bool
+	for _, e := range sink.events {
+		switch e := e.(type) {
+		case event.Mount:
+			if e.Dev.Name == fs.Dev && e.FSType == "ext4" && e.Point == fs.Dir {
+				mounted = true
+			}
+		case event.WbtLat:
+			if e.Dev.Name == fs.Dev && e.From == "sysfs" {
+				b, _ := os.ReadFile("/sys/block/" + fs.Dev + "/queue/wbt_lat_usec")
+				if want := strings.TrimSpace(string(b)); want != "" && e.Lat.Microseconds() >= 0 {
+					wbt = true
+				}
+			}
+		case event.DirtyLimits:
+			if e.Bytes != 8<<20 || e.BackgroundBytes != 2<<20 {
+				t.Errorf("dirty limits %+v, want 8 MiB and 2 MiB", e)
+			}
+		}
+	}
+	if !mounted {
+		t.Errorf("no mount of %s at %s", fs.Dev, fs.Dir)
+	}
+	if !wbt {
+		t.Errorf("no wbt target of %s from sysfs", fs.Dev)
+	}
+}
