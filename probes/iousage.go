@@ -1,7 +1,6 @@
 package probes
 
 import (
-	"bufio"
 	"cmp"
 	"fmt"
 	"io/fs"
@@ -266,28 +265,7 @@ func ioCgroupRoot(procfs string) string {
 	if procfs == "" {
 		procfs = "/proc"
 	}
-	f, err := os.Open(filepath.Join(procfs, "self", "mountinfo"))
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	var v1, v2 string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS
-		fields := strings.Fields(sc.Text())
-		sep := slices.Index(fields, "-")
-		if sep < 5 || sep+3 >= len(fields) || fields[3] != "/" {
-			continue
-		}
-		mount, fstype, super := unescapeMount(fields[4]), fields[sep+1], fields[sep+3]
-		switch {
-		case fstype == "cgroup" && v1 == "" && slices.Contains(strings.Split(super, ","), "blkio"):
-			v1 = mount
-		case fstype == "cgroup2" && v2 == "":
-			v2 = mount
-		}
-	}
+	v1, v2, _ := ioHierarchies(filepath.Join(procfs, "self", "mountinfo"))
 	if v1 != "" {
 		return v1
 	}

@@ -1,13 +1,15 @@
 package main
 
 // Slow storage calls that no rule explains, and the runs where nothing is
-// slow. A writer held back by its cgroup's write IOPS limit waits tens of
-// milliseconds per call in an ordinary completion wait: no rule knows that
-// cause yet (issue 14 teaches it), so the report must say unexplained-
-// latency, with the writer, its time and where it went, instead of
-// "nothing found". An idle host and a fast writer get nothing-found.
+// slow. A writer to a filesystem that a backup tool freezes for its
+// snapshots (fsfreeze) waits seconds per call in sb_start_write, on the
+// superblock's freeze lock, with no I/O in flight: no rule knows that cause,
+// so the report must say unexplained-latency, with the writer, its time and
+// where it went, instead of "nothing found". An idle host and a fast
+// writer get nothing-found.
 
 import (
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -15,16 +17,6 @@ import (
 	"github.com/whyslow/whyslow/internal/report"
 	"github.com/whyslow/whyslow/internal/scenario"
 )
-
-// iopsLimitedWriter is a small O_DIRECT writer in cgroup cg, limited to
-// iops writes per second on dev.
-func iopsLimitedWriter(t *testing.T, cg *scenario.Cgroup, dev string, iops int, d time.Duration) *scenario.Fio {
-	if err := cg.LimitWriteIOPS(dev, iops); err != nil {
-		t.Fatalf("limiting %s's writes in %s: %v", dev, cg.Dir, err)
-	}
-	return scenario.StartJob(t, scenario.Job{Name: "archiver", Dev: dev, RW: "randwrite", BS: "4k",
-		Direct: true, Duration: d, Cgroup: cg})
-}
 
 // An idle host, and a writer whose every call is fast: nothing-found, and
 // no unexplained-latency.
@@ -68,28 +60,52 @@ func checkNothingFound(t *testing.T, rep *report.Report) {
 	}
 }
 
-// A writer held back by its cgroup's write IOPS limit: every call waits
-// tens of milliseconds, and no rule knows why yet. The report must say
-// unexplained-latency, naming the writer, with its time and its stages,
-// not nothing-found.
+// A writer to a file on an ext4 that is frozen for 2 s every 2.5 s (as a
+// backup tool freezes it for a snapshot): its writes block for up to
+// seconds on the frozen superblock, no device is slow or busy, no cgroup
+// limit applies, and no rule knows that cause. The report must say
+// unexplained-latency, naming the writer and its cgroup, with its time and
+// its stages, not nothing-found, and no other rule may claim it.
 func TestDiagnoseUnexplainedLatency(t *testing.T) {
 	scenario.RequireRoot(t)
-	dev := scenario.LoopDevice(t, 128<<20)
+	dev := scenario.LoopDevice(t, 256<<20)
+	dir := scenario.Ext4(t, dev)
 	cg := scenario.IOCgroup(t, "archive")
 	var w *scenario.Fio
+	var freezes int
 	rep := diagnoseUnder(t, 8*time.Second, func() func() {
-		w = iopsLimitedWriter(t, cg, dev, 40, time.Minute)
-		return func() { w.Stop() }
+		// Buffered writes, each followed by an fdatasync: a log
+		// writer at 20 writes a second, so that each freeze's blocked
+		// write is one call in tens of its kind, at the tail (a few slow
+		// calls among thousands of fast ones are no pattern).
+		w = scenario.StartJob(t, scenario.Job{Name: "archiver", File: filepath.Join(dir, "archive.log"),
+			RW: "write", BS: "4k", Fdatasync: 1, RateIOPS: 20, Duration: time.Minute, Cgroup: cg,
+			Extra: []string{"--size=32m"}})
+		stopFreezer := scenario.Freezer(t, dir, 2*time.Second, 500*time.Millisecond)
+		return func() {
+			n, err := stopFreezer()
+			if err != nil {
+				t.Errorf("freezing %s: %v", dir, err)
+			}
+			freezes = n
+			w.Stop()
+		}
 	})
+	t.Logf("%s frozen %d times", dir, freezes)
 	logLoads(t, w)
 	logReport(t, rep)
 	var f *report.Finding
 	for i := range rep.Findings {
-		switch rep.Findings[i].Rule {
+		switch r := rep.Findings[i].Rule; r {
 		case "unexplained-latency":
 			f = &rep.Findings[i]
 		case "nothing-found":
 			t.Errorf("nothing-found while %s waited: %q", w.Name, rep.Findings[i].Title)
+		default:
+			// A frozen filesystem is none of the causes the rules know:
+			// no device, queue, cgroup limit, writeback or neighbour is
+			// to blame.
+			t.Errorf("rule %s claims the frozen filesystem's waits: %q", r, rep.Findings[i].Title)
 		}
 	}
 	if f == nil {
@@ -106,10 +122,15 @@ func TestDiagnoseUnexplainedLatency(t *testing.T) {
 	}
 	slow, _ := evidenceOf(*f, "slow_ms").(float64)
 	if slow < 1000 {
-		t.Errorf("slow_ms %v: want the seconds %s spent in throttled writes", evidenceOf(*f, "slow_ms"), w.Name)
+		t.Errorf("slow_ms %v: want the seconds %s spent in writes to the frozen filesystem", evidenceOf(*f, "slow_ms"), w.Name)
 	}
 	stages, _ := evidenceOf(*f, "stages").([]any)
 	if len(stages) == 0 {
 		t.Errorf("no stage split in the evidence: %v", f.Evidence)
+	} else if top := stages[0]; top != "lock" && top != "other" {
+		// The writes sleep on the superblock's freeze lock (a percpu
+		// rwsem in sb_start_write): the lock stage here, other where the
+		// table does not know the frames; never a device or journal.
+		t.Errorf("most blocked time in stage %v, want lock (the frozen superblock) or other", top)
 	}
 }

@@ -98,8 +98,11 @@ type Job struct {
 	// Name is the job's name and the process's: fio runs through a link
 	// of that name (at most 15 bytes: the kernel's comm), so that probes
 	// see it under this name; "" or "fio" runs fio itself.
-	Name      string
-	Dev       string // the device, e.g. "loop3"
+	Name string
+	Dev  string // the device, e.g. "loop3"
+	// File, if set, is the path of a file fio writes in place of Dev
+	// (with Extra's --size when fio must create it).
+	File      string
 	RW        string // --rw: randread, randwrite, read, write, randrw
 	BS        string // --bs; default 4k
 	Engine    string // --ioengine; default psync (libaio, io_uring, sync, ...)
@@ -131,8 +134,12 @@ func StartJob(t testing.TB, j Job) *Fio {
 	if err != nil {
 		t.Fatalf("fio job: %v", err)
 	}
-	if err := checkDev(j.Dev); err != nil {
-		t.Fatalf("fio job: %v", err)
+	filename := j.File
+	if filename == "" {
+		if err := checkDev(j.Dev); err != nil {
+			t.Fatalf("fio job: %v", err)
+		}
+		filename = "/dev/" + j.Dev
 	}
 	name := j.Name
 	if name == "" {
@@ -151,7 +158,7 @@ func StartJob(t testing.TB, j Job) *Fio {
 	dur := max(j.Duration, time.Second)
 	args := []string{
 		"--name=" + name,
-		"--filename=/dev/" + j.Dev,
+		"--filename=" + filename,
 		"--rw=" + cmp.Or(j.RW, "randwrite"),
 		"--bs=" + cmp.Or(j.BS, "4k"),
 		"--ioengine=" + cmp.Or(j.Engine, "psync"),
