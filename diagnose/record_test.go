@@ -70,8 +70,10 @@ func TestRecording(t *testing.T) {
 	if n < 10 || log.calls[0] != "begin" || log.calls[1] != "state" || log.calls[n-1] != "finish" {
 		t.Fatalf("calls %v", log.calls)
 	}
-	// States at 1, 3, 7 flushes, then every 4: some, far fewer than flushes.
-	if flushes := (n - 3) / 2; log.states < 4 || log.states > flushes/3+2 {
+	// States go by wall time (every StateEvery), flushes by a ticker that
+	// drops ticks on a busy machine: the state at the start and some more,
+	// each with a flush (how many more depends on the machine's load).
+	if flushes := (n - 3) / 2; log.states < 2 || log.states > flushes+1 {
 		t.Errorf("%d states in %d flushes", log.states, flushes)
 	}
 	for i := 1; i < len(log.events); i++ {
