@@ -70,7 +70,13 @@ func TestWritebackLive(t *testing.T) {
 		}
 	}
 	t.Logf("bulk paused %d times (%v); %d commits on %s, %d ordered inodes, %d of bulk; dirtiers %v", pauses, pauseSum, commits, fs.Dev, ordered, bulkOrdered, dirtiers)
-	if pauses == 0 {
+	switch {
+	case pauses == 0 && fs.InMemory:
+		// The guests' /tmp is in memory: writeback to it keeps up with
+		// bulk, which then never reaches the limits. The pause is checked
+		// on a disk-backed device (the host); here, that the probe runs.
+		t.Logf("no dirty-throttle pause of bulk on %s: its file is in memory, writeback keeps up", fs.Dev)
+	case pauses == 0:
 		t.Errorf("no dirty-throttle pause of bulk on %s", fs.Dev)
 	}
 	if commits < 10 {

@@ -19,6 +19,9 @@ type FS struct {
 	Dev  string // the loop device, e.g. "loop4"
 	Dir  string // where it is mounted
 	Type string // "ext4", "xfs"
+	// InMemory says that the loop device's file is in memory (tmpfs, as in
+	// the qemu guests): writeback to it keeps up with any writer.
+	InMemory bool
 }
 
 // Filesystem makes a filesystem of fstype on a new loop device with direct
@@ -53,7 +56,8 @@ func Filesystem(t testing.TB, fstype string, size int64, opts string) FS {
 	}
 	largs := []string{"--find", "--show", "--direct-io=on", backing}
 	var st unix.Statfs_t
-	if unix.Statfs(dir, &st) == nil && (st.Type == unix.TMPFS_MAGIC || st.Type == unix.RAMFS_MAGIC) {
+	inMemory := unix.Statfs(dir, &st) == nil && (st.Type == unix.TMPFS_MAGIC || st.Type == unix.RAMFS_MAGIC)
+	if inMemory {
 		// Older kernels refuse direct I/O over tmpfs (EINVAL) instead of
 		// falling back to buffered I/O.
 		largs = []string{"--find", "--show", backing}
@@ -76,7 +80,7 @@ func Filesystem(t testing.TB, fstype string, size int64, opts string) FS {
 	})
 	if fstype == "" {
 		t.Logf("scenario: /dev/%s (direct I/O over %s), no filesystem", dev, backing)
-		return FS{Dev: dev}
+		return FS{Dev: dev, InMemory: inMemory}
 	}
 	args := []string{"-q", "/dev/" + dev}
 	if fstype == "xfs" {
@@ -99,7 +103,7 @@ func Filesystem(t testing.TB, fstype string, size int64, opts string) FS {
 		}
 	})
 	t.Logf("scenario: %s on /dev/%s (direct I/O over %s), mounted at %s (%s)", fstype, dev, backing, mnt, opts)
-	return FS{Dev: dev, Dir: mnt, Type: fstype}
+	return FS{Dev: dev, Dir: mnt, Type: fstype, InMemory: inMemory}
 }
 
 // Sysctl sets /proc/sys/NAME (dots or slashes) to value and restores the
