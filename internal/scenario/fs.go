@@ -166,12 +166,7 @@ func DirtyLimits(t testing.TB, bytes, background int64) {
 
 // NamedJob is a fio job run under a name of its own (a copy of fio called
 // name), so that a report names it.
-type NamedJob struct {
-	Name string
-	Pid  int
-	cmd  *exec.Cmd
-	done chan error
-}
+type NamedJob struct{ *Fio }
 
 // StartNamedJob starts fio, as name, with args (fio's options; a
 // --runtime bounds it), and stops it on cleanup.
@@ -188,38 +183,33 @@ func StartNamedJob(t testing.TB, name string, args ...string) *NamedJob {
 	}
 	// fio runs each job in a child: the group is killed at cleanup, so
 	// that none keeps the scenario's files open.
-	cmd := exec.Command(bin, append([]string{"--name=" + name}, args...)...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("job %s: %v", name, err)
-	}
-	pgid := cmd.Process.Pid
-	j := &NamedJob{Name: name, Pid: pgid, cmd: cmd, done: make(chan error, 1)}
-	go func() { j.done <- cmd.Wait(); close(j.done) }()
-	t.Cleanup(func() {
-		_ = syscall.Kill(-pgid, syscall.SIGKILL)
+	j := &NamedJob{startFio(t, fioRun{what: "job " + name, name: name,
+		argv: append([]string{bin, "--name=" + name}, args...),
 		// fio's job processes may leave the group: every process of the
 		// copy is killed, until none is left
-		waitFor(10*time.Second, func() bool {
-			left := false
-			ents, _ := os.ReadDir("/proc")
-			for _, e := range ents {
-				pid, err := strconv.Atoi(e.Name())
-				if err != nil {
-					continue
+		reap: func() {
+			waitFor(10*time.Second, func() bool {
+				left := false
+				ents, _ := os.ReadDir("/proc")
+				for _, e := range ents {
+					pid, err := strconv.Atoi(e.Name())
+					if err != nil {
+						continue
+					}
+					if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); exe == bin {
+						left = true
+						_ = syscall.Kill(pid, syscall.SIGKILL)
+					}
 				}
-				if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); exe == bin {
-					left = true
-					_ = syscall.Kill(pid, syscall.SIGKILL)
-				}
-			}
-			return !left
-		})
-		<-j.done
-	})
+				return !left
+			})
+		}})}
 	t.Logf("scenario: %s (pid %d): fio %s", name, j.Pid, strings.Join(args, " "))
 	return j
 }
 
 // Wait waits for the job to end.
-func (j *NamedJob) Wait() error { return <-j.done }
+func (j *NamedJob) Wait() error {
+	_, err := j.Fio.Wait()
+	return err
+}

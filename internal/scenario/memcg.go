@@ -1,14 +1,11 @@
 package scenario
 
 import (
-	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -76,41 +73,20 @@ func BufferedWriter(t testing.TB, dev string, dur time.Duration, procs string, e
 	if err := checkDev(dev); err != nil {
 		t.Fatalf("writer: %v", err)
 	}
-	f := &Fio{Output: filepath.Join(t.TempDir(), "fio.json"), done: make(chan struct{})}
-	ctx, cancel := context.WithTimeout(context.Background(), dur+2*time.Minute)
-	f.cancel = cancel
+	output := filepath.Join(t.TempDir(), "fio.json")
 	// fio is moved into the cgroup as soon as it started: its first
 	// writes may come before, the rest are under the limit.
 	args := []string{"--name=buffered", "--filename=/dev/" + dev, "--rw=write", "--bs=1m", "--ioengine=psync",
-		"--time_based", fmt.Sprintf("--runtime=%dms", dur.Milliseconds()), "--output-format=json", "--output=" + f.Output}
+		"--time_based", fmt.Sprintf("--runtime=%dms", dur.Milliseconds()), "--output-format=json", "--output=" + output}
 	args = append(args, extra...)
-	f.cmd = exec.CommandContext(ctx, bin, args...)
-	f.cmd.Stderr = &f.stderr
-	f.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	f.cmd.Cancel = func() error { return syscall.Kill(-f.cmd.Process.Pid, syscall.SIGKILL) }
-	f.cmd.WaitDelay = 5 * time.Second
-	if err := f.cmd.Start(); err != nil {
-		cancel()
-		t.Fatalf("writer: starting fio: %v", err)
-	}
-	f.Pid = f.cmd.Process.Pid
+	r := fioRun{what: "writer", name: "fio", argv: append([]string{bin}, args...), timeout: dur + 2*time.Minute, output: output}
 	if procs != "" {
-		if err := writeAttr(procs, strconv.Itoa(f.Pid)); err != nil {
-			syscall.Kill(-f.Pid, syscall.SIGKILL)
-			t.Fatalf("writer: moving fio into %s: %v", procs, err)
+		r.started = func(pid int) error {
+			if err := writeAttr(procs, strconv.Itoa(pid)); err != nil {
+				return fmt.Errorf("moving fio into %s: %w", procs, err)
+			}
+			return nil
 		}
 	}
-	go func() {
-		f.err = f.cmd.Wait()
-		close(f.done)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-f.done:
-		default:
-			syscall.Kill(-f.Pid, syscall.SIGKILL)
-		}
-		f.Wait()
-	})
-	return f
+	return startFio(t, r)
 }
