@@ -54,53 +54,6 @@ func writeAttr(path, value string) error {
 	return f.Close()
 }
 
-// queue is a block device's scheduler and nr_requests.
-type queue struct {
-	sched   string
-	offered []string
-	nr      int
-}
-
-func (q queue) offers(s string) bool {
-	for _, o := range q.offered {
-		if o == s {
-			return true
-		}
-	}
-	return false
-}
-
-func readQueue(dev string) (queue, error) {
-	var q queue
-	b, err := os.ReadFile(filepath.Join("/sys/block", dev, "queue", "scheduler"))
-	if err != nil {
-		return q, err
-	}
-	for _, f := range strings.Fields(string(b)) {
-		if strings.HasPrefix(f, "[") && strings.HasSuffix(f, "]") {
-			f = strings.Trim(f, "[]")
-			q.sched = f
-		}
-		q.offered = append(q.offered, f)
-	}
-	if b, err = os.ReadFile(filepath.Join("/sys/block", dev, "queue", "nr_requests")); err != nil {
-		return q, err
-	}
-	if q.nr, err = strconv.Atoi(strings.TrimSpace(string(b))); err != nil {
-		return q, fmt.Errorf("nr_requests of %s: %w", dev, err)
-	}
-	return q, nil
-}
-
-// setQueue writes the scheduler, then nr_requests (a new scheduler resets
-// it).
-func setQueue(dev, sched string, nr int) error {
-	if err := writeAttr(filepath.Join("/sys/block", dev, "queue", "scheduler"), sched); err != nil {
-		return err
-	}
-	return writeAttr(filepath.Join("/sys/block", dev, "queue", "nr_requests"), strconv.Itoa(nr))
-}
-
 // trigger makes the kernel send a "change" uevent for dev.
 func trigger(dev string) error {
 	return writeAttr(filepath.Join("/sys/block", dev, "uevent"), "change")
