@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/whyslow/whyslow/internal/udevd"
 )
 
 // Values the story's rule writes. Before checking the rule, QueueRule sets
@@ -166,7 +168,7 @@ func removeStaleRules(t testing.TB) {
 			removed = true
 		}
 	}
-	if removed && findUdevd() != 0 {
+	if removed && udevd.Find() != 0 {
 		command(30*time.Second, "udevadm", "control", "--reload")
 	}
 }

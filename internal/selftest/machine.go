@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/whyslow/whyslow/internal/udevd"
 )
 
 // rulesDir is where the selftest's udev rule goes: udevd reads it, and it
@@ -134,48 +136,6 @@ func comm(pid int) string {
 	return strings.TrimSpace(string(b))
 }
 
-// findUdevd returns the pid of the running udevd (its main process), or 0.
-func findUdevd() int {
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		c := comm(pid)
-		if c != "systemd-udevd" && c != "udevd" {
-			continue
-		}
-		// Its workers are its children, named (udev-worker) on recent
-		// systemd but systemd-udevd on older ones.
-		if parent := ppid(pid); parent > 0 {
-			if pc := comm(parent); pc == "systemd-udevd" || pc == "udevd" {
-				continue
-			}
-		}
-		return pid
-	}
-	return 0
-}
-
-func ppid(pid int) int {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 2 {
-		return 0
-	}
-	n, _ := strconv.Atoi(f[1])
-	return n
-}
-
 // startUdevd starts udevd as a daemon and returns its pid.
 func startUdevd() (int, error) {
 	var bin string
@@ -199,14 +159,14 @@ func startUdevd() (int, error) {
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
-		if pid := findUdevd(); pid != 0 {
+		if pid := udevd.Find(); pid != 0 {
 			if _, err := command(10*time.Second, "udevadm", "control", "--ping"); err == nil {
 				return pid, nil
 			}
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if pid := findUdevd(); pid != 0 {
+	if pid := udevd.Find(); pid != 0 {
 		stopUdevd(pid)
 	}
 	return 0, fmt.Errorf("%s --daemon: udevd does not answer", bin)

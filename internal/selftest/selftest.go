@@ -35,6 +35,7 @@ import (
 	"github.com/whyslow/whyslow/diagnose"
 	"github.com/whyslow/whyslow/internal/blockqueue"
 	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/udevd"
 	"github.com/whyslow/whyslow/probes"
 	"github.com/whyslow/whyslow/rules"
 )
@@ -144,7 +145,7 @@ func Run(ctx context.Context, opts Options) (res *Result, err error) {
 	}
 
 	// udevd: the one running, or one of ours.
-	if pid := findUdevd(); pid != 0 {
+	if pid := udevd.Find(); pid != 0 {
 		fmt.Fprintf(opts.Log, "selftest: udevd runs (pid %d)\n", pid)
 	} else {
 		pid, err := startUdevd()
