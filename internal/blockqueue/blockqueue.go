@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/whyslow/whyslow/internal/sysattr"
 )
 
 // Queue is the state of a block device's request-queue attributes.
@@ -50,25 +52,12 @@ func Read(dev string) (Queue, error) {
 // Set writes the scheduler and then nr_requests of dev (switching the
 // scheduler resets nr_requests, so the order matters).
 func Set(dev, sched string, nrRequests int) error {
-	if err := write(attr(dev, "scheduler"), sched); err != nil {
+	if err := sysattr.Write(attr(dev, "scheduler"), sched); err != nil {
 		return err
 	}
-	return write(attr(dev, "nr_requests"), strconv.Itoa(nrRequests))
+	return sysattr.Write(attr(dev, "nr_requests"), strconv.Itoa(nrRequests))
 }
 
 func attr(dev, name string) string {
 	return filepath.Join("/sys/block", dev, "queue", name)
-}
-
-// write writes value to a sysfs file, as `echo value > path` would.
-func write(path, value string) error {
-	f, err := os.OpenFile(path, os.O_WRONLY, 0)
-	if err != nil {
-		return err
-	}
-	if _, err := f.WriteString(value + "\n"); err != nil {
-		f.Close()
-		return fmt.Errorf("writing %q to %s: %w", value, path, err)
-	}
-	return f.Close()
 }

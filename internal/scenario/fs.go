@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/whyslow/whyslow/internal/sysattr"
 )
 
 // FS is a filesystem made for a scenario, on a loop device of its own.
@@ -116,11 +118,11 @@ func Sysctl(t testing.TB, name, value string) {
 	if err != nil {
 		t.Fatalf("sysctl %s: %v", name, err)
 	}
-	if err := writeAttr(p, value); err != nil {
+	if err := sysattr.Write(p, value); err != nil {
 		t.Fatalf("sysctl %s=%s: %v", name, value, err)
 	}
 	t.Cleanup(func() {
-		if err := writeAttr(p, strings.TrimSpace(string(old))); err != nil {
+		if err := sysattr.Write(p, strings.TrimSpace(string(old))); err != nil {
 			t.Errorf("sysctl cleanup: %s=%s: %v", name, old, err)
 		}
 	})
@@ -147,18 +149,18 @@ func DirtyLimits(t testing.TB, bytes, background int64) {
 			if saved[pair[0]] != "0" {
 				n = pair[0]
 			}
-			if err := writeAttr("/proc/sys/vm/"+n, saved[n]); err != nil {
+			if err := sysattr.Write("/proc/sys/vm/"+n, saved[n]); err != nil {
 				t.Errorf("dirty limits cleanup: vm.%s=%s: %v", n, saved[n], err)
 			}
 		}
 	})
 	if bytes > 0 {
-		if err := writeAttr("/proc/sys/vm/dirty_bytes", fmt.Sprint(bytes)); err != nil {
+		if err := sysattr.Write("/proc/sys/vm/dirty_bytes", fmt.Sprint(bytes)); err != nil {
 			t.Fatalf("vm.dirty_bytes: %v", err)
 		}
 	}
 	if background > 0 {
-		if err := writeAttr("/proc/sys/vm/dirty_background_bytes", fmt.Sprint(background)); err != nil {
+		if err := sysattr.Write("/proc/sys/vm/dirty_background_bytes", fmt.Sprint(background)); err != nil {
 			t.Fatalf("vm.dirty_background_bytes: %v", err)
 		}
 	}

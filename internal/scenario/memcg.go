@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/whyslow/whyslow/internal/sysattr"
 )
 
 // MemoryCgroup makes a memory cgroup limited to limit bytes (cgroup v2
@@ -22,7 +24,7 @@ func MemoryCgroup(t testing.TB, limit int64) string {
 	for _, v2 := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified"} {
 		b, err := os.ReadFile(filepath.Join(v2, "cgroup.controllers"))
 		if err == nil && strings.Contains(" "+string(b)+" ", " memory ") {
-			if err := writeAttr(filepath.Join(v2, "cgroup.subtree_control"), "+memory"); err != nil {
+			if err := sysattr.Write(filepath.Join(v2, "cgroup.subtree_control"), "+memory"); err != nil {
 				t.Fatalf("memory cgroup: %v", err)
 			}
 			dir, limitFile, rootProcs = filepath.Join(v2, name), "memory.max", filepath.Join(v2, "cgroup.procs")
@@ -43,7 +45,7 @@ func MemoryCgroup(t testing.TB, limit int64) string {
 		for i := 0; i < 50; i++ {
 			b, _ := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
 			for _, p := range strings.Fields(string(b)) {
-				_ = writeAttr(rootProcs, p)
+				_ = sysattr.Write(rootProcs, p)
 			}
 			if err := os.Remove(dir); err == nil || os.IsNotExist(err) {
 				return
@@ -52,7 +54,7 @@ func MemoryCgroup(t testing.TB, limit int64) string {
 		}
 		t.Errorf("memory cgroup %s not removed", dir)
 	})
-	if err := writeAttr(filepath.Join(dir, limitFile), strconv.FormatInt(limit, 10)); err != nil {
+	if err := sysattr.Write(filepath.Join(dir, limitFile), strconv.FormatInt(limit, 10)); err != nil {
 		t.Fatalf("memory cgroup: %v", err)
 	}
 	return filepath.Join(dir, "cgroup.procs")
@@ -82,7 +84,7 @@ func BufferedWriter(t testing.TB, dev string, dur time.Duration, procs string, e
 	r := fioRun{what: "writer", name: "fio", argv: append([]string{bin}, args...), timeout: dur + 2*time.Minute, output: output}
 	if procs != "" {
 		r.started = func(pid int) error {
-			if err := writeAttr(procs, strconv.Itoa(pid)); err != nil {
+			if err := sysattr.Write(procs, strconv.Itoa(pid)); err != nil {
 				return fmt.Errorf("moving fio into %s: %w", procs, err)
 			}
 			return nil

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/whyslow/whyslow/internal/sysattr"
 	"github.com/whyslow/whyslow/internal/udevd"
 )
 
@@ -135,7 +136,7 @@ func checkDev(dev string) error {
 // Trigger makes the kernel send a "change" uevent for dev, as
 // `echo change > /sys/block/<dev>/uevent` does.
 func Trigger(dev string) error {
-	return writeAttr(filepath.Join("/sys/block", dev, "uevent"), "change")
+	return sysattr.Write(filepath.Join("/sys/block", dev, "uevent"), "change")
 }
 
 // Settle waits (at most 30 s) until udevd has handled every queued event.

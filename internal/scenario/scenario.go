@@ -138,19 +138,6 @@ func command(timeout time.Duration, name string, args ...string) (string, error)
 	return out.String(), nil
 }
 
-// writeAttr writes value to a sysfs file, as `echo value > path` would.
-func writeAttr(path, value string) error {
-	f, err := os.OpenFile(path, os.O_WRONLY, 0)
-	if err != nil {
-		return err
-	}
-	if _, err := f.WriteString(value + "\n"); err != nil {
-		f.Close()
-		return fmt.Errorf("writing %q to %s: %w", value, path, err)
-	}
-	return f.Close()
-}
-
 // waitFor polls cond every 20 ms until it returns true or timeout passes.
 func waitFor(timeout time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(timeout)

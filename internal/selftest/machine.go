@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/whyslow/whyslow/internal/sysattr"
 	"github.com/whyslow/whyslow/internal/udevd"
 )
 
@@ -44,21 +45,9 @@ func command(timeout time.Duration, name string, args ...string) (string, error)
 	return out.String(), nil
 }
 
-func writeAttr(path, value string) error {
-	f, err := os.OpenFile(path, os.O_WRONLY, 0)
-	if err != nil {
-		return err
-	}
-	if _, err := f.WriteString(value + "\n"); err != nil {
-		f.Close()
-		return fmt.Errorf("writing %q to %s: %w", value, path, err)
-	}
-	return f.Close()
-}
-
 // trigger makes the kernel send a "change" uevent for dev.
 func trigger(dev string) error {
-	return writeAttr(filepath.Join("/sys/block", dev, "uevent"), "change")
+	return sysattr.Write(filepath.Join("/sys/block", dev, "uevent"), "change")
 }
 
 func settle() error {
