@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/whyslow/whyslow/internal/command"
 	"github.com/whyslow/whyslow/internal/sysattr"
 )
 
@@ -48,7 +49,7 @@ func Bcache(t testing.TB, backing, cache, mode string) string {
 	if _, err := lookPath("bcache-tools", "make-bcache"); err != nil {
 		t.Fatalf("bcache: %v", err)
 	}
-	if _, err := command(time.Minute, "make-bcache", "--wipe-bcache", "-B", "/dev/"+backing, "-C", "/dev/"+cache); err != nil {
+	if _, err := command.Run(time.Minute, "make-bcache", "--wipe-bcache", "-B", "/dev/"+backing, "-C", "/dev/"+cache); err != nil {
 		t.Fatalf("bcache: %v", err)
 	}
 	t.Cleanup(func() {

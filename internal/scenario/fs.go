@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/whyslow/whyslow/internal/command"
 	"github.com/whyslow/whyslow/internal/sysattr"
 )
 
@@ -45,7 +46,7 @@ func Filesystem(t testing.TB, fstype string, size int64, opts string) FS {
 	dir := t.TempDir()
 	backing := filepath.Join(dir, fmt.Sprintf("%s%d.img", backingPrefix, os.Getpid()))
 	// allocated where the filesystem can (writes to a hole allocate too)
-	if _, err := command(2*time.Minute, "fallocate", "-l", fmt.Sprint(size), backing); err != nil {
+	if _, err := command.Run(2*time.Minute, "fallocate", "-l", fmt.Sprint(size), backing); err != nil {
 		if err := os.Truncate(backing, size); err != nil {
 			if f, cerr := os.Create(backing); cerr == nil {
 				err = f.Truncate(size)
@@ -64,7 +65,7 @@ func Filesystem(t testing.TB, fstype string, size int64, opts string) FS {
 		// falling back to buffered I/O.
 		largs = []string{"--find", "--show", backing}
 	}
-	out, err := command(30*time.Second, "losetup", largs...)
+	out, err := command.Run(30*time.Second, "losetup", largs...)
 	if err != nil {
 		t.Fatalf("filesystem: %v", err)
 	}
@@ -76,7 +77,7 @@ func Filesystem(t testing.TB, fstype string, size int64, opts string) FS {
 		t.Fatalf("filesystem: losetup printed %q, want /dev/loopN", strings.TrimSpace(out))
 	}
 	t.Cleanup(func() {
-		if _, err := command(30*time.Second, "losetup", "--detach", "/dev/"+dev); err != nil {
+		if _, err := command.Run(30*time.Second, "losetup", "--detach", "/dev/"+dev); err != nil {
 			t.Errorf("filesystem cleanup: %v", err)
 		}
 	})
@@ -88,7 +89,7 @@ func Filesystem(t testing.TB, fstype string, size int64, opts string) FS {
 	if fstype == "xfs" {
 		args = []string{"-q", "-f", "/dev/" + dev}
 	}
-	if _, err := command(time.Minute, mkfs, args...); err != nil {
+	if _, err := command.Run(time.Minute, mkfs, args...); err != nil {
 		t.Fatalf("filesystem: %v", err)
 	}
 	mnt := t.TempDir()
@@ -96,11 +97,11 @@ func Filesystem(t testing.TB, fstype string, size int64, opts string) FS {
 	if opts != "" {
 		margs = append(margs, "-o", opts)
 	}
-	if _, err := command(time.Minute, "mount", append(margs, "/dev/"+dev, mnt)...); err != nil {
+	if _, err := command.Run(time.Minute, "mount", append(margs, "/dev/"+dev, mnt)...); err != nil {
 		t.Fatalf("filesystem: %v", err)
 	}
 	t.Cleanup(func() {
-		if _, err := command(time.Minute, "umount", mnt); err != nil {
+		if _, err := command.Run(time.Minute, "umount", mnt); err != nil {
 			t.Errorf("filesystem cleanup: %v", err)
 		}
 	})
@@ -180,7 +181,7 @@ func StartNamedJob(t testing.TB, name string, args ...string) *NamedJob {
 		t.Fatalf("job %s: %v", name, err)
 	}
 	bin := filepath.Join(t.TempDir(), name)
-	if _, err := command(30*time.Second, "cp", fio, bin); err != nil {
+	if _, err := command.Run(30*time.Second, "cp", fio, bin); err != nil {
 		t.Fatalf("job %s: %v", name, err)
 	}
 	// fio runs each job in a child: the group is killed at cleanup, so

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/whyslow/whyslow/internal/blockqueue"
+	"github.com/whyslow/whyslow/internal/command"
 )
 
 // Queue is the state of a block device's request-queue attributes.
@@ -106,7 +107,7 @@ func loopDevice(t testing.TB, size int64, dir string, disk bool) string {
 	if disk {
 		args = append([]string{"--direct-io=on"}, args...)
 	}
-	out, err := command(30*time.Second, "losetup", args...)
+	out, err := command.Run(30*time.Second, "losetup", args...)
 	if err != nil {
 		t.Fatalf("loop device: %v", err)
 	}
@@ -115,7 +116,7 @@ func loopDevice(t testing.TB, size int64, dir string, disk bool) string {
 		t.Fatalf("loop device: losetup printed %q, want /dev/loopN", strings.TrimSpace(out))
 	}
 	t.Cleanup(func() {
-		if _, err := command(30*time.Second, "losetup", "--detach", "/dev/"+dev); err != nil {
+		if _, err := command.Run(30*time.Second, "losetup", "--detach", "/dev/"+dev); err != nil {
 			t.Errorf("loop device cleanup: %v", err)
 		}
 	})
@@ -186,7 +187,7 @@ func detachStaleLoops(t testing.TB) {
 		if err := SetQueue(dev, "none", depth); err != nil {
 			t.Logf("scenario: resetting queue of stale /dev/%s: %v", dev, err)
 		}
-		if _, err := command(30*time.Second, "losetup", "--detach", "/dev/"+dev); err == nil {
+		if _, err := command.Run(30*time.Second, "losetup", "--detach", "/dev/"+dev); err == nil {
 			t.Logf("scenario: detached /dev/%s left over by dead test process %d", dev, pid)
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/whyslow/whyslow/internal/command"
 	"github.com/whyslow/whyslow/internal/sysattr"
 	"github.com/whyslow/whyslow/internal/udevd"
 )
@@ -83,7 +84,7 @@ func QueueRule(t testing.TB, dev string) Rule {
 		if err := os.Remove(r.Path); err != nil && !os.IsNotExist(err) {
 			t.Errorf("queue rule cleanup: %v", err)
 		}
-		if _, err := command(30*time.Second, "udevadm", "control", "--reload"); err != nil {
+		if _, err := command.Run(30*time.Second, "udevadm", "control", "--reload"); err != nil {
 			t.Errorf("queue rule cleanup: %v", err)
 		}
 		// Let events queued before the removal finish, so nothing rewrites
@@ -92,7 +93,7 @@ func QueueRule(t testing.TB, dev string) Rule {
 			t.Errorf("queue rule cleanup: %v", err)
 		}
 	})
-	if _, err := command(30*time.Second, "udevadm", "control", "--reload"); err != nil {
+	if _, err := command.Run(30*time.Second, "udevadm", "control", "--reload"); err != nil {
 		t.Fatalf("queue rule: %v", err)
 	}
 
@@ -141,7 +142,7 @@ func Trigger(dev string) error {
 
 // Settle waits (at most 30 s) until udevd has handled every queued event.
 func Settle() error {
-	_, err := command(40*time.Second, "udevadm", "settle", "--timeout=30")
+	_, err := command.Run(40*time.Second, "udevadm", "settle", "--timeout=30")
 	return err
 }
 
@@ -170,6 +171,6 @@ func removeStaleRules(t testing.TB) {
 		}
 	}
 	if removed && udevd.Find() != 0 {
-		command(30*time.Second, "udevadm", "control", "--reload")
+		command.Run(30*time.Second, "udevadm", "control", "--reload")
 	}
 }

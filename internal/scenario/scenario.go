@@ -22,8 +22,6 @@
 package scenario
 
 import (
-	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -116,26 +114,6 @@ func hold(t testing.TB) {
 			machine.f = nil
 		}
 	})
-}
-
-// command runs name with args, killing it after timeout, and returns its
-// combined output. The error names the command and includes its output.
-func command(timeout time.Duration, name string, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.WaitDelay = time.Second
-	var out bytes.Buffer
-	cmd.Stdout = &out
-	cmd.Stderr = &out
-	err := cmd.Run()
-	if ctx.Err() != nil {
-		err = fmt.Errorf("timed out after %v", timeout)
-	}
-	if err != nil {
-		return out.String(), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(out.String()))
-	}
-	return out.String(), nil
 }
 
 // waitFor polls cond every 20 ms until it returns true or timeout passes.

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/whyslow/whyslow/internal/command"
 	"github.com/whyslow/whyslow/internal/udevd"
 )
 
@@ -136,7 +137,7 @@ func startUdevd() (int, error) {
 func pingUdevd(timeout time.Duration) error {
 	var err error
 	if waitFor(timeout, func() bool {
-		_, err = command(5*time.Second, "udevadm", "control", "--ping")
+		_, err = command.Run(5*time.Second, "udevadm", "control", "--ping")
 		return err == nil
 	}) {
 		return nil

@@ -2,7 +2,6 @@ package selftest
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -15,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/whyslow/whyslow/internal/command"
 	"github.com/whyslow/whyslow/internal/sysattr"
 	"github.com/whyslow/whyslow/internal/udevd"
 )
@@ -26,37 +26,18 @@ const rulesDir = "/run/udev/rules.d"
 // rulePrefix starts the name of the selftest's rule files.
 const rulePrefix = "99-whyslow-selftest-"
 
-// command runs name with args, killing it after timeout; the error names
-// the command and holds its output.
-func command(timeout time.Duration, name string, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.WaitDelay = time.Second
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
-	if ctx.Err() != nil {
-		err = fmt.Errorf("timed out after %s", timeout)
-	}
-	if err != nil {
-		return out.String(), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(out.String()))
-	}
-	return out.String(), nil
-}
-
 // trigger makes the kernel send a "change" uevent for dev.
 func trigger(dev string) error {
 	return sysattr.Write(filepath.Join("/sys/block", dev, "uevent"), "change")
 }
 
 func settle() error {
-	_, err := command(40*time.Second, "udevadm", "settle", "--timeout=30")
+	_, err := command.Run(40*time.Second, "udevadm", "settle", "--timeout=30")
 	return err
 }
 
 func reloadRules() error {
-	_, err := command(30*time.Second, "udevadm", "control", "--reload")
+	_, err := command.Run(30*time.Second, "udevadm", "control", "--reload")
 	return err
 }
 
@@ -143,13 +124,13 @@ func startUdevd() (int, error) {
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err == nil {
 		defer unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
 	}
-	if _, err := command(30*time.Second, bin, "--daemon"); err != nil {
+	if _, err := command.Run(30*time.Second, bin, "--daemon"); err != nil {
 		return 0, err
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		if pid := udevd.Find(); pid != 0 {
-			if _, err := command(10*time.Second, "udevadm", "control", "--ping"); err == nil {
+			if _, err := command.Run(10*time.Second, "udevadm", "control", "--ping"); err == nil {
 				return pid, nil
 			}
 		}
