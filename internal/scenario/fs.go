@@ -12,6 +12,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/whyslow/whyslow/internal/command"
+	"github.com/whyslow/whyslow/internal/sysattr"
 )
 
 // FS is a filesystem made for a scenario, on a loop device of its own.
@@ -43,7 +46,7 @@ func Filesystem(t testing.TB, fstype string, size int64, opts string) FS {
 	dir := t.TempDir()
 	backing := filepath.Join(dir, fmt.Sprintf("%s%d.img", backingPrefix, os.Getpid()))
 	// allocated where the filesystem can (writes to a hole allocate too)
-	if _, err := command(2*time.Minute, "fallocate", "-l", fmt.Sprint(size), backing); err != nil {
+	if _, err := command.Run(2*time.Minute, "fallocate", "-l", fmt.Sprint(size), backing); err != nil {
 		if err := os.Truncate(backing, size); err != nil {
 			if f, cerr := os.Create(backing); cerr == nil {
 				err = f.Truncate(size)
@@ -62,7 +65,7 @@ func Filesystem(t testing.TB, fstype string, size int64, opts string) FS {
 		// falling back to buffered I/O.
 		largs = []string{"--find", "--show", backing}
 	}
-	out, err := command(30*time.Second, "losetup", largs...)
+	out, err := command.Run(30*time.Second, "losetup", largs...)
 	if err != nil {
 		t.Fatalf("filesystem: %v", err)
 	}
@@ -74,7 +77,7 @@ func Filesystem(t testing.TB, fstype string, size int64, opts string) FS {
 		t.Fatalf("filesystem: losetup printed %q, want /dev/loopN", strings.TrimSpace(out))
 	}
 	t.Cleanup(func() {
-		if _, err := command(30*time.Second, "losetup", "--detach", "/dev/"+dev); err != nil {
+		if _, err := command.Run(30*time.Second, "losetup", "--detach", "/dev/"+dev); err != nil {
 			t.Errorf("filesystem cleanup: %v", err)
 		}
 	})
@@ -86,7 +89,7 @@ func Filesystem(t testing.TB, fstype string, size int64, opts string) FS {
 	if fstype == "xfs" {
 		args = []string{"-q", "-f", "/dev/" + dev}
 	}
-	if _, err := command(time.Minute, mkfs, args...); err != nil {
+	if _, err := command.Run(time.Minute, mkfs, args...); err != nil {
 		t.Fatalf("filesystem: %v", err)
 	}
 	mnt := t.TempDir()
@@ -94,11 +97,11 @@ func Filesystem(t testing.TB, fstype string, size int64, opts string) FS {
 	if opts != "" {
 		margs = append(margs, "-o", opts)
 	}
-	if _, err := command(time.Minute, "mount", append(margs, "/dev/"+dev, mnt)...); err != nil {
+	if _, err := command.Run(time.Minute, "mount", append(margs, "/dev/"+dev, mnt)...); err != nil {
 		t.Fatalf("filesystem: %v", err)
 	}
 	t.Cleanup(func() {
-		if _, err := command(time.Minute, "umount", mnt); err != nil {
+		if _, err := command.Run(time.Minute, "umount", mnt); err != nil {
 			t.Errorf("filesystem cleanup: %v", err)
 		}
 	})
@@ -116,11 +119,11 @@ func Sysctl(t testing.TB, name, value string) {
 	if err != nil {
 		t.Fatalf("sysctl %s: %v", name, err)
 	}
-	if err := writeAttr(p, value); err != nil {
+	if err := sysattr.Write(p, value); err != nil {
 		t.Fatalf("sysctl %s=%s: %v", name, value, err)
 	}
 	t.Cleanup(func() {
-		if err := writeAttr(p, strings.TrimSpace(string(old))); err != nil {
+		if err := sysattr.Write(p, strings.TrimSpace(string(old))); err != nil {
 			t.Errorf("sysctl cleanup: %s=%s: %v", name, old, err)
 		}
 	})
@@ -147,18 +150,18 @@ func DirtyLimits(t testing.TB, bytes, background int64) {
 			if saved[pair[0]] != "0" {
 				n = pair[0]
 			}
-			if err := writeAttr("/proc/sys/vm/"+n, saved[n]); err != nil {
+			if err := sysattr.Write("/proc/sys/vm/"+n, saved[n]); err != nil {
 				t.Errorf("dirty limits cleanup: vm.%s=%s: %v", n, saved[n], err)
 			}
 		}
 	})
 	if bytes > 0 {
-		if err := writeAttr("/proc/sys/vm/dirty_bytes", fmt.Sprint(bytes)); err != nil {
+		if err := sysattr.Write("/proc/sys/vm/dirty_bytes", fmt.Sprint(bytes)); err != nil {
 			t.Fatalf("vm.dirty_bytes: %v", err)
 		}
 	}
 	if background > 0 {
-		if err := writeAttr("/proc/sys/vm/dirty_background_bytes", fmt.Sprint(background)); err != nil {
+		if err := sysattr.Write("/proc/sys/vm/dirty_background_bytes", fmt.Sprint(background)); err != nil {
 			t.Fatalf("vm.dirty_background_bytes: %v", err)
 		}
 	}
@@ -166,12 +169,7 @@ func DirtyLimits(t testing.TB, bytes, background int64) {
 
 // NamedJob is a fio job run under a name of its own (a copy of fio called
 // name), so that a report names it.
-type NamedJob struct {
-	Name string
-	Pid  int
-	cmd  *exec.Cmd
-	done chan error
-}
+type NamedJob struct{ *Fio }
 
 // StartNamedJob starts fio, as name, with args (fio's options; a
 // --runtime bounds it), and stops it on cleanup.
@@ -183,43 +181,38 @@ func StartNamedJob(t testing.TB, name string, args ...string) *NamedJob {
 		t.Fatalf("job %s: %v", name, err)
 	}
 	bin := filepath.Join(t.TempDir(), name)
-	if _, err := command(30*time.Second, "cp", fio, bin); err != nil {
+	if _, err := command.Run(30*time.Second, "cp", fio, bin); err != nil {
 		t.Fatalf("job %s: %v", name, err)
 	}
 	// fio runs each job in a child: the group is killed at cleanup, so
 	// that none keeps the scenario's files open.
-	cmd := exec.Command(bin, append([]string{"--name=" + name}, args...)...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("job %s: %v", name, err)
-	}
-	pgid := cmd.Process.Pid
-	j := &NamedJob{Name: name, Pid: pgid, cmd: cmd, done: make(chan error, 1)}
-	go func() { j.done <- cmd.Wait(); close(j.done) }()
-	t.Cleanup(func() {
-		_ = syscall.Kill(-pgid, syscall.SIGKILL)
+	j := &NamedJob{startFio(t, fioRun{what: "job " + name, name: name,
+		argv: append([]string{bin, "--name=" + name}, args...),
 		// fio's job processes may leave the group: every process of the
 		// copy is killed, until none is left
-		waitFor(10*time.Second, func() bool {
-			left := false
-			ents, _ := os.ReadDir("/proc")
-			for _, e := range ents {
-				pid, err := strconv.Atoi(e.Name())
-				if err != nil {
-					continue
+		reap: func() {
+			waitFor(10*time.Second, func() bool {
+				left := false
+				ents, _ := os.ReadDir("/proc")
+				for _, e := range ents {
+					pid, err := strconv.Atoi(e.Name())
+					if err != nil {
+						continue
+					}
+					if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); exe == bin {
+						left = true
+						_ = syscall.Kill(pid, syscall.SIGKILL)
+					}
 				}
-				if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); exe == bin {
-					left = true
-					_ = syscall.Kill(pid, syscall.SIGKILL)
-				}
-			}
-			return !left
-		})
-		<-j.done
-	})
+				return !left
+			})
+		}})}
 	t.Logf("scenario: %s (pid %d): fio %s", name, j.Pid, strings.Join(args, " "))
 	return j
 }
 
 // Wait waits for the job to end.
-func (j *NamedJob) Wait() error { return <-j.done }
+func (j *NamedJob) Wait() error {
+	_, err := j.Fio.Wait()
+	return err
+}
