@@ -19,6 +19,12 @@
 // by probe (EvictedLoss), so that a window or a dump that covers it says
 // so. When nothing is left to evict, new events are dropped and counted
 // (FullLoss). Everything evicted or dropped is in Totals.
+//
+// The events that describe a state of the system (a cgroup's limit, a
+// mount, a process's names: timeline.Stream.Describes) are not evicted,
+// and the latest of each outlives its segment, within a bound of its own
+// (Options.MaxDescribed): each window and dump starts with the states as
+// they were at its start, however long ago they were described.
 package flight
 
 import (
@@ -54,6 +60,9 @@ type Options struct {
 	MaxBytes int64
 	// Keep is how long segments and states are held; 0 means DefaultKeep.
 	Keep time.Duration
+	// MaxDescribed bounds the states of the system (describing events)
+	// held past their segments, per kind; 0 means DefaultMaxDescribed.
+	MaxDescribed int
 }
 
 // Recorder holds the run's recent events and states. It is a probes.Sink
@@ -65,8 +74,14 @@ type Recorder struct {
 	keep   time.Duration
 	segs   []*segment // oldest first; the last is open
 	states []*packed  // oldest first
-	bytes  int64      // held: the events of every segment, and the states
+	bytes  int64      // held: the events of every segment, the states, the described states
 	totals timeline.Timeline
+
+	// The states described before the segments held (described.go).
+	maxDesc int
+	desc    map[timeline.Stream]*descTable
+	owned   map[uint32][]*descEntry // by the process they belong to
+	seq     uint64
 }
 
 // segment is the events that arrived between two rotations, and the losses
@@ -76,6 +91,7 @@ type segment struct {
 	tl         *timeline.Timeline
 	bound      timeline.Bound
 	evicted    bool
+	kept       int64 // evicted: the bytes of the describing events kept
 }
 
 // New returns a recorder whose first segment opens at start.
@@ -86,7 +102,10 @@ func New(o Options, start event.Mono) *Recorder {
 	if o.Keep <= 0 {
 		o.Keep = DefaultKeep
 	}
-	r := &Recorder{max: o.MaxBytes, keep: o.Keep}
+	if o.MaxDescribed <= 0 {
+		o.MaxDescribed = DefaultMaxDescribed
+	}
+	r := &Recorder{max: o.MaxBytes, keep: o.Keep, maxDesc: o.MaxDescribed}
 	r.segs = []*segment{newSegment(start)}
 	return r
 }
@@ -168,11 +187,20 @@ func (r *Recorder) makeRoom(need int64) {
 	}
 }
 
-// evict drops a segment's events, keeping their count as losses.
+// evict drops a segment's events, keeping their count as losses; the
+// events that describe states are kept.
 func (r *Recorder) evict(seg *segment) {
 	r.bytes -= seg.bound.Bytes()
 	counts := seg.tl.Events()
 	kept := &timeline.Timeline{Losses: seg.tl.Losses}
+	kept.AppendDescribing(seg.tl)
+	for _, s := range describingStreams {
+		s.Each(kept, func(e event.Event) {
+			seg.kept += s.Bytes(e)
+			counts[s.Probe()]--
+		})
+	}
+	r.bytes += seg.kept
 	for _, p := range timeline.ProbeNames() {
 		if n := counts[p]; n > 0 {
 			l := event.Loss{Probe: p, What: EvictedLoss, Count: n}
@@ -184,8 +212,9 @@ func (r *Recorder) evict(seg *segment) {
 }
 
 // Rotate closes the open segment at at, opens the next, and drops the
-// segments that ended Keep or more before at, with the states older than
-// the oldest segment left.
+// segments that ended Keep or more before at (the latest of the states
+// their events described are kept), with the states older than the
+// oldest segment left.
 func (r *Recorder) Rotate(at event.Mono) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -194,7 +223,8 @@ func (r *Recorder) Rotate(at event.Mono) {
 	cut := at.Add(-r.keep)
 	n := 0
 	for n < len(r.segs)-1 && r.segs[n].end <= cut {
-		r.bytes -= r.segs[n].bound.Bytes()
+		r.bytes -= r.segs[n].bound.Bytes() + r.segs[n].kept
+		r.fold(r.segs[n])
 		n++
 	}
 	if n > 0 {
@@ -226,14 +256,18 @@ func (r *Recorder) AddState(st State) {
 }
 
 // Window returns the stretch of the run from one state to another: the
-// events of the segments that opened at or after from.At and closed by
-// to.At (copied, in arrival order: Sort the timeline before analyzing
-// it), the losses delivered or counted meanwhile, and the histograms and
+// states of the system described before it, as they were at from.At
+// (set at from.At), then the events of the segments that opened at or
+// after from.At and closed by to.At (copied, in arrival order: Sort the
+// timeline before analyzing it), the losses delivered or counted meanwhile, and the histograms and
 // counted losses by Delta. The caller fills in the rest of the timeline
 // (kernel, host, probes, holders).
 func (r *Recorder) Window(from, to State) *timeline.Timeline {
 	tl := &timeline.Timeline{Start: from.At, End: to.At}
 	r.mu.Lock()
+	if d := r.describedAt(from.At); d != nil {
+		tl.AppendEvents(d)
+	}
 	for _, seg := range r.segs {
 		if seg.start >= from.At && seg.end != 0 && seg.end <= to.At {
 			tl.AppendEvents(seg.tl)
@@ -255,7 +289,8 @@ func (r *Recorder) Window(from, to State) *timeline.Timeline {
 // Since returns the recent run from the newest state at or before at (or
 // the oldest state held, when none is that old: then the run held is
 // shorter than asked): that state, and the segments from it on, the open
-// one included, as parts (shallow copies: the events are shared, and a
+// one included, as parts, after a first part of the states of the system
+// described before it as they were then (set at its time) (shallow copies: the events are shared, and a
 // part holds on to them while it is used), and the losses delivered or
 // counted while they arrived. ok is false when no state is held.
 func (r *Recorder) Since(at event.Mono) (from State, parts []*timeline.Timeline, losses []event.Loss, ok bool) {
@@ -271,6 +306,9 @@ func (r *Recorder) Since(at event.Mono) (from State, parts []*timeline.Timeline,
 		}
 	}
 	var sum timeline.Timeline
+	if d := r.describedAt(st.at); d != nil {
+		parts = append(parts, d)
+	}
 	for _, seg := range r.segs {
 		if seg.start < st.at {
 			continue
