@@ -408,3 +408,71 @@ func atoi(t *testing.T, s string) int {
 	}
 	return n
 }
+
+// The cgroup limits the iolimits probe reads once, at its start, hold in
+// every later window: a writer throttled by one long after it was read,
+// when the segment it came in has left the flight recorder, is found
+// throttled (cgroup-throttle, naming its cgroup) in a window of serve, and
+// in a /trace dump of that stretch analyzed again.
+func TestServeLimitAfterFlightRecorder(t *testing.T) {
+	scenario.RequireRoot(t)
+	scenario.Hold(t)
+	dev := limitDisk(t)
+	c := scenario.IOCgroup(t, "serve-thr")
+	if err := c.LimitWriteIOPS(dev, 40); err != nil {
+		t.Fatal(err)
+	}
+	const span = 4 * time.Second
+	srv, base := startServe(t, "--window", "4s", "--flight-recorder", span.String(), "--device", dev)
+	served := time.Now()
+	// Past the span: the limit's segment has left the recorder.
+	time.Sleep(span + 3*time.Second)
+	w := scenario.WriterIn(t, c, dev, 16*time.Second)
+	defer w.Stop()
+
+	var last report.Report
+	var start time.Time
+	found := waitUntil(30*time.Second, func() bool {
+		resp, err := http.Get(base + "/report?format=json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return false
+		}
+		start, _ = time.Parse(time.RFC3339Nano, resp.Header.Get("X-Whyslow-Window-Start"))
+		last = report.Report{}
+		if err := json.NewDecoder(resp.Body).Decode(&last); err != nil {
+			t.Fatalf("/report?format=json: %v", err)
+		}
+		f, ok := findingOf(&last, "cgroup-throttle")
+		return ok && start.After(served.Add(span)) && evidence(f, "cgroup") == c.Path
+	})
+	if !found {
+		t.Fatalf("no window starting over %s after serve's start found cgroup-throttle on %s; the last (from %s):\n%s\nserve's stderr: %s",
+			span, c.Path, start.Format(time.RFC3339Nano), summary(&last), srv.errb.String())
+	}
+	t.Logf("window from %s (%s after serve's start):\n%s", start.Format(time.RFC3339Nano), start.Sub(served).Round(time.Millisecond), summary(&last))
+
+	code, tr := get(t, base+"/trace?seconds=4")
+	if code != 200 {
+		t.Fatalf("/trace: %d %s", code, tr)
+	}
+	trace := filepath.Join(t.TempDir(), "last.trace.gz")
+	if err := os.WriteFile(trace, tr, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	res := run(t, "analyze", "--format", "json", trace)
+	if res.code != 0 {
+		t.Fatalf("analyze of /trace: exit %d: %s", res.code, res.stderr)
+	}
+	var rep report.Report
+	if err := json.Unmarshal([]byte(res.stdout), &rep); err != nil {
+		t.Fatalf("analyze: %v", err)
+	}
+	if f, ok := findingOf(&rep, "cgroup-throttle"); !ok || evidence(f, "cgroup") != c.Path {
+		t.Errorf("analyze of /trace: no cgroup-throttle on %s:\n%s", c.Path, summary(&rep))
+	}
+	stopServe(t, srv, syscall.SIGTERM)
+}
