@@ -476,3 +476,90 @@ func TestServeLimitAfterFlightRecorder(t *testing.T) {
 	}
 	stopServe(t, srv, syscall.SIGTERM)
 }
+
+// SIGHUP reloads --stages too: a broken table keeps the one in use and
+// says why (stderr naming the file, whyslow_rules_last_reload_success 0);
+// a good one names the stages from the next window on: a rule of ours
+// that calls a synced writer's waits `lock` makes its blocked time show
+// as lock on /metrics, where it was device before.
+func TestServeReloadStages(t *testing.T) {
+	scenario.RequireRoot(t)
+	scenario.Hold(t)
+	dev := scenario.DiskLoop(t, 256<<20)
+	dir := t.TempDir()
+	mine := filepath.Join(dir, "mine.yaml")
+	// At first a rule for a frame no stack has.
+	if err := os.WriteFile(mine, []byte("version: 1\nrules:\n  - stage: lock\n    frames: [whyslow_no_such_frame]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	srv, base := startServe(t, "--window", "2s", "--stages", dir, "--device", dev)
+	w := scenario.Writer(t, dev, 2*time.Minute)
+	defer w.Stop()
+	stageSeconds := func(stage string) float64 {
+		_, b := get(t, base+"/metrics")
+		prefix := fmt.Sprintf("whyslow_stage_seconds_total{device=%q,stage=%q} ", dev, stage)
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, prefix); ok {
+				var f float64
+				fmt.Sscan(v, &f)
+				return f
+			}
+		}
+		return 0
+	}
+	if !waitUntil(20*time.Second, func() bool { return stageSeconds("device") > 0 }) {
+		t.Fatalf("the writer's blocked time is not device after 20s; stderr %s", srv.errb.String())
+	}
+	if v := stageSeconds("lock"); v != 0 {
+		t.Fatalf("lock %v s before any rule of ours names it", v)
+	}
+
+	if err := os.WriteFile(mine, []byte("version: 1\nrules:\n  - stage: nowhere\n    frames: [io_schedule]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	srv.cmd.Process.Signal(syscall.SIGHUP)
+	if !waitUntil(20*time.Second, func() bool { return strings.Contains(srv.errb.String(), "reloading the stage table failed") }) {
+		t.Fatalf("no word of the failed reload; stderr %s", srv.errb.String())
+	}
+	if !strings.Contains(srv.errb.String(), "mine.yaml") || !strings.Contains(srv.errb.String(), `"nowhere"`) {
+		t.Errorf("the failed reload does not name the file and the bad stage: %s", srv.errb.String())
+	}
+	if !strings.Contains(srv.errb.String(), "reloaded the rules") {
+		t.Errorf("the rules were not reloaded with the stage table: %s", srv.errb.String())
+	}
+	_, b := get(t, base+"/metrics")
+	if !strings.Contains(string(b), "\nwhyslow_rules_last_reload_success 0\n") {
+		t.Errorf("whyslow_rules_last_reload_success is not 0 after a failed reload of the stage table")
+	}
+	time.Sleep(5 * time.Second) // windows with the table in use
+	if v := stageSeconds("lock"); v != 0 {
+		t.Errorf("lock %v s after a failed reload: the broken table is in use", v)
+	}
+
+	// The writer's waits, named lock by our rule, tried before the
+	// built-in ones.
+	good := "version: 1\nrules:\n  - stage: lock\n    frames: [io_schedule, io_schedule_timeout, submit_bio_wait, blkdev_issue_flush, __blkdev_direct_IO_simple, __blkdev_direct_IO, blkdev_direct_IO, __iomap_dio_rw, iomap_dio_rw, blkdev_write_iter, blkdev_fsync, file_write_and_wait_range, do_fsync, vfs_write, __x64_sys_pwrite64, __x64_sys_fdatasync]\n"
+	if err := os.WriteFile(mine, []byte(good), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	srv.cmd.Process.Signal(syscall.SIGHUP)
+	if !waitUntil(20*time.Second, func() bool { return strings.Contains(srv.errb.String(), "reloaded the stage table") }) {
+		t.Fatalf("no word of the reload; stderr %s", srv.errb.String())
+	}
+	if !waitUntil(20*time.Second, func() bool { return stageSeconds("lock") > 0 }) {
+		t.Fatalf("20s after the reload, none of the writer's blocked time is lock; stderr %s", srv.errb.String())
+	}
+	_, b = get(t, base+"/metrics")
+	if !strings.Contains(string(b), "\nwhyslow_rules_last_reload_success 1\n") {
+		t.Errorf("whyslow_rules_last_reload_success is not 1 after a good reload")
+	}
+	// From then on the writer's time goes to lock, not device.
+	d0, l0 := stageSeconds("device"), stageSeconds("lock")
+	time.Sleep(6 * time.Second)
+	d1, l1 := stageSeconds("device"), stageSeconds("lock")
+	t.Logf("over 6s after the reload: device +%.3fs, lock +%.3fs", d1-d0, l1-l0)
+	if l1-l0 <= d1-d0 {
+		t.Errorf("after the reload the writer's blocked time grew device by %.3fs, lock by %.3fs: want most of it lock", d1-d0, l1-l0)
+	}
+	stopServe(t, srv, syscall.SIGTERM)
+}
