@@ -14,7 +14,10 @@
 // each shared string once per segment) and the packed states together take
 // at most Options.MaxBytes. Segments older than Options.Keep are dropped
 // as they expire. Before that, when the bound is reached, the oldest
-// segment's events are evicted to make room (states only when no event is
+// states are dropped while the states take over half of it (they hold the
+// syscall probe's sums whole, megabytes when its maps are full; a window
+// needs none of them, a dump starts later), then the oldest segment's
+// events are evicted to make room (the other states only when no event is
 // left to evict): the segment stays, holding the count of the events it lost
 // by probe (EvictedLoss), so that a window or a dump that covers it says
 // so. When nothing is left to evict, new events are dropped and counted
@@ -75,6 +78,8 @@ type Recorder struct {
 	segs   []*segment // oldest first; the last is open
 	states []*packed  // oldest first
 	bytes  int64      // held: the events of every segment, the states, the described states
+	// stateBytes is what the states take of bytes.
+	stateBytes int64
 	totals timeline.Timeline
 
 	// The states described before the segments held (described.go).
@@ -158,10 +163,14 @@ func (r *Recorder) lose(seg *segment, l event.Loss) {
 	r.totals.AddLoss(l)
 }
 
-// makeRoom evicts the oldest events, then the oldest states, until need
-// more bytes fit, or nothing is left to evict but the open segment and the
-// newest state. States go last: they are small, and a dump that starts
-// from one says what was evicted after it.
+// makeRoom drops the oldest states while they take over half the bound,
+// then evicts the oldest events, then the oldest states, until need more
+// bytes fit, or nothing is left to evict but the open segment and the
+// newest state. States go last when they are small: a dump that starts
+// from one says what was evicted after it; but the syscall probe's sums
+// are whole in each, megabytes when its maps are full, and a storm of
+// them must not evict every window's events (a window needs no state of
+// the recorder: serve keeps those at its ends).
 func (r *Recorder) makeRoom(need int64) {
 	for r.bytes+need > r.max {
 		var seg *segment
@@ -176,15 +185,24 @@ func (r *Recorder) makeRoom(need int64) {
 			st = r.states[0]
 		}
 		switch {
+		case st != nil && r.stateBytes > r.max/2:
+			r.dropState()
 		case seg != nil:
 			r.evict(seg)
 		case st != nil:
-			r.bytes -= st.bytes
-			r.states = r.states[1:]
+			r.dropState()
 		default:
 			return
 		}
 	}
+}
+
+// dropState drops the oldest state.
+func (r *Recorder) dropState() {
+	r.bytes -= r.states[0].bytes
+	r.stateBytes -= r.states[0].bytes
+	r.states[0] = nil
+	r.states = r.states[1:]
 }
 
 // evict drops a segment's events, keeping their count as losses; the
@@ -235,6 +253,7 @@ func (r *Recorder) Rotate(at event.Mono) {
 	m := 0
 	for m < len(r.states) && r.states[m].at < oldest {
 		r.bytes -= r.states[m].bytes
+		r.stateBytes -= r.states[m].bytes
 		m++
 	}
 	if m > 0 {
@@ -250,6 +269,7 @@ func (r *Recorder) AddState(st State) {
 	defer r.mu.Unlock()
 	r.states = append(r.states, p)
 	r.bytes += p.bytes
+	r.stateBytes += p.bytes
 	if r.bytes > r.max {
 		r.makeRoom(0)
 	}
