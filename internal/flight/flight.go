@@ -80,7 +80,7 @@ type Recorder struct {
 	bytes  int64      // held: the events of every segment, the states, the described states
 	// stateBytes is what the states take of bytes.
 	stateBytes int64
-	totals timeline.Timeline
+	totals     timeline.Timeline
 
 	// The states described before the segments held (described.go).
 	maxDesc int
