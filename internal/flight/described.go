@@ -59,10 +59,31 @@ var describingStreams = func() []timeline.Stream {
 // it.
 func (r *Recorder) fold(seg *segment) {
 	for _, s := range describingStreams {
-		s.Each(seg.tl, func(e event.Event) { r.describe(s, e) })
+		s.Each(seg.tl, func(e event.Event) {
+			r.held(s, e, -1)
+			r.describe(s, e)
+		})
 	}
 	for _, x := range seg.tl.Exits {
 		r.forget(x)
+	}
+}
+
+// held counts (n = 1) or uncounts (-1) a describing event of a process in
+// the segments held.
+func (r *Recorder) held(s timeline.Stream, e event.Event, n int) {
+	if !s.Describes() {
+		return
+	}
+	_, pid := s.Key(e)
+	if pid == 0 {
+		return
+	}
+	if r.heldPids == nil {
+		r.heldPids = map[uint32]int{}
+	}
+	if r.heldPids[pid] += n; r.heldPids[pid] <= 0 {
+		delete(r.heldPids, pid)
 	}
 }
 

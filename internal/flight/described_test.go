@@ -187,3 +187,35 @@ func TestDescribingStreams(t *testing.T) {
 		t.Errorf("describing streams %v, want %v", got, want)
 	}
 }
+
+// The exit of a process with states described survives the eviction of
+// its segment's events, and forgets them; other exits are evicted.
+func TestDescribedExitSurvivesEviction(t *testing.T) {
+	r := New(Options{MaxBytes: 8 << 10, Keep: 3 * time.Second}, 0)
+	r.Event(process(1, 100, "fio"))
+	r.Rotate(sec)
+	r.Event(event.Exit{Time: sec + 1, Pid: 100})
+	r.Event(event.Exit{Time: sec + 2, Pid: 999}) // nothing described of it
+	r.Rotate(2 * sec)
+	for i := range 500 { // a storm evicts the first two segments' events
+		r.Event(submit(2*sec+event.Mono(i), time.Millisecond))
+	}
+	var evictedExits uint64
+	for _, l := range r.Totals() {
+		if l.What == EvictedLoss && l.Probe == event.ProbeExec {
+			evictedExits += l.Count
+		}
+	}
+	if evictedExits != 1 {
+		t.Errorf("exits evicted %d, want 1 (pid 999's): %+v", evictedExits, r.Totals())
+	}
+	for at := 3 * sec; at <= 8*sec; at += sec {
+		r.Rotate(at)
+	}
+	if n := r.Described(); n != 0 {
+		t.Errorf("%d states held after the process exited, want none", n)
+	}
+	if tl := r.Window(State{At: 7 * sec}, State{At: 8 * sec}); len(tl.Processes) != 0 {
+		t.Errorf("processes %+v in a window after the exit", tl.Processes)
+	}
+}

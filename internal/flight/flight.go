@@ -87,6 +87,10 @@ type Recorder struct {
 	desc    map[timeline.Stream]*descTable
 	owned   map[uint32][]*descEntry // by the process they belong to
 	seq     uint64
+	// heldPids counts the describing events of each process in the
+	// segments held: their exits are kept when the segments' events are
+	// evicted.
+	heldPids map[uint32]int
 }
 
 // segment is the events that arrived between two rotations, and the losses
@@ -141,6 +145,7 @@ func (r *Recorder) Event(e event.Event) {
 		before := seg.bound.Bytes()
 		if seg.bound.Admit(seg.tl, e) {
 			r.bytes += seg.bound.Bytes() - before
+			r.held(s, e, 1)
 			return
 		}
 	}
@@ -217,6 +222,16 @@ func (r *Recorder) evict(seg *segment) {
 			seg.kept += s.Bytes(e)
 			counts[s.Probe()]--
 		})
+	}
+	// The exits of processes with states described, which forget them.
+	if exit := timeline.StreamOf(event.Exit{}); exit != nil {
+		for _, x := range seg.tl.Exits {
+			if r.owned[x.Pid] != nil || r.heldPids[x.Pid] > 0 {
+				kept.Exits = append(kept.Exits, x)
+				seg.kept += exit.Bytes(x)
+				counts[exit.Probe()]--
+			}
+		}
 	}
 	r.bytes += seg.kept
 	for _, p := range timeline.ProbeNames() {
