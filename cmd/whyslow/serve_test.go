@@ -563,3 +563,34 @@ func TestServeReloadStages(t *testing.T) {
 	}
 	stopServe(t, srv, syscall.SIGTERM)
 }
+
+// The sums the probes keep besides the calls' (the syscall probe's memory
+// stalls, the devfault probe's requeues) reach serve's windows: a writer
+// reclaiming in its writes is found (memory-reclaim, naming fio) in a
+// window of serve, as by a diagnosis.
+func TestServeMemoryReclaim(t *testing.T) {
+	scenario.RequireRoot(t)
+	dev := fastDevice(t)
+	procs := scenario.MemoryCgroup(t, 16<<20)
+	srv, base := startServe(t, "--window", "4s", "--device", dev)
+	w := scenario.BufferedWriter(t, dev, 14*time.Second, procs, reclaimRate)
+	defer w.Stop()
+	var last report.Report
+	found := waitUntil(30*time.Second, func() bool {
+		code, b := get(t, base+"/report?format=json")
+		if code != 200 {
+			return false
+		}
+		last = report.Report{}
+		if err := json.Unmarshal(b, &last); err != nil {
+			t.Fatalf("/report?format=json: %v", err)
+		}
+		f, ok := findingOf(&last, "memory-reclaim")
+		return ok && slices.Contains(f.Devices, dev) && namesComm(f, "fio")
+	})
+	if !found {
+		t.Fatalf("no window of serve found memory-reclaim on %s naming fio; the last:\n%s\nserve's stderr: %s", dev, summary(&last), srv.errb.String())
+	}
+	t.Logf("findings:\n%s", summary(&last))
+	stopServe(t, srv, syscall.SIGTERM)
+}

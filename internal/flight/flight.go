@@ -314,7 +314,7 @@ func (r *Recorder) Window(from, to State) *timeline.Timeline {
 	r.mu.Unlock()
 	devs, losses := Delta(to, from)
 	tl.Devices = devs
-	tl.SyscallStats, tl.BlockedStacks = SumsDelta(to, from)
+	AddSums(tl, to, from)
 	for _, l := range losses {
 		tl.AddLoss(l)
 	}
