@@ -594,3 +594,35 @@ func TestServeMemoryReclaim(t *testing.T) {
 	t.Logf("findings:\n%s", summary(&last))
 	stopServe(t, srv, syscall.SIGTERM)
 }
+
+// Each process's I/O (the submit probe's, read at every checkpoint)
+// reaches serve's windows: a reader in a batch cgroup that starves a
+// writer of the device is found (noisy-neighbour, the reader the cause)
+// in a window of serve, as by a diagnosis.
+func TestServeNoisyNeighbour(t *testing.T) {
+	scenario.RequireRoot(t)
+	n := neighbours{dev: scenario.DiskLoop(t, 256<<20)}
+	n.cgroup = scenario.IOCgroup(t, "serve-batch")
+	srv, base := startServe(t, "--window", "6s", "--device", n.dev)
+	r, w := n.reader(t, time.Minute), n.writer(t, time.Minute)
+	defer r.Stop()
+	defer w.Stop()
+	var last report.Report
+	found := waitUntil(40*time.Second, func() bool {
+		code, b := get(t, base+"/report?format=json")
+		if code != 200 {
+			return false
+		}
+		last = report.Report{}
+		if err := json.Unmarshal(b, &last); err != nil {
+			t.Fatalf("/report?format=json: %v", err)
+		}
+		f, ok := findingOf(&last, "noisy-neighbour")
+		return ok && slices.Contains(f.Devices, n.dev) && partOf(f, r.Pid, report.PartCause) != nil
+	})
+	if !found {
+		t.Fatalf("no window of serve found noisy-neighbour on %s with the reader (pid %d) the cause; the last:\n%s\nserve's stderr: %s", n.dev, r.Pid, summary(&last), srv.errb.String())
+	}
+	t.Logf("findings:\n%s", summary(&last))
+	stopServe(t, srv, syscall.SIGTERM)
+}

@@ -18,12 +18,13 @@ type State struct {
 	Devices []timeline.DeviceHistograms // cumulative since the probes started
 	Losses  []event.Loss                // cumulative counters of the probes
 	// Stats, Blocked and MemStalls are the syscall probe's sums, whole
-	// since it started, Requeues the devfault probe's: every
-	// timeline.Sums stream (SumsDelta, AddSums).
+	// since it started, Requeues the devfault probe's, IOUsage the submit
+	// probe's: every timeline.Sums stream (SumsDelta, AddSums).
 	Stats     []event.SyscallStats
 	Blocked   []event.BlockedStack
 	MemStalls []event.MemStall
 	Requeues  []event.Requeues
+	IOUsage   []event.IOUsage
 }
 
 // Delta is what the probes counted between two states: each device's
@@ -136,6 +137,7 @@ type packed struct {
 	blocked  []event.BlockedStack
 	mem      []event.MemStall
 	requeues []event.Requeues
+	ioUsage  []event.IOUsage
 	bytes    int64 // estimated memory
 }
 
@@ -153,8 +155,9 @@ type packedHist struct {
 func pack(st State) *packed {
 	p := &packed{at: st.At, losses: slices.Clone(st.Losses)}
 	p.stats, p.blocked = cloneSums(st.Stats, st.Blocked)
-	p.mem, p.requeues = slices.Clone(st.MemStalls), slices.Clone(st.Requeues)
-	p.bytes = 64 + int64(len(p.losses))*48 + sumsBytes(p.stats, p.blocked) + int64(len(p.mem))*112 + int64(len(p.requeues))*64
+	p.mem, p.requeues, p.ioUsage = slices.Clone(st.MemStalls), slices.Clone(st.Requeues), slices.Clone(st.IOUsage)
+	p.bytes = 64 + int64(len(p.losses))*48 + sumsBytes(p.stats, p.blocked) + int64(len(p.mem))*112 + int64(len(p.requeues))*64 +
+		int64(len(p.ioUsage))*160
 	kinds := histKinds()
 	for _, d := range st.Devices {
 		pd := packedDev{dev: d.Dev, hists: make([]packedHist, len(kinds))}
@@ -179,7 +182,7 @@ func pack(st State) *packed {
 func (p *packed) unpack() State {
 	st := State{At: p.at, Losses: slices.Clone(p.losses)}
 	st.Stats, st.Blocked = cloneSums(p.stats, p.blocked)
-	st.MemStalls, st.Requeues = slices.Clone(p.mem), slices.Clone(p.requeues)
+	st.MemStalls, st.Requeues, st.IOUsage = slices.Clone(p.mem), slices.Clone(p.requeues), slices.Clone(p.ioUsage)
 	kinds := histKinds()
 	for _, pd := range p.devs {
 		d := timeline.DeviceHistograms{Dev: pd.dev}

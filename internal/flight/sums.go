@@ -56,11 +56,44 @@ func SumsDelta(now, before State) ([]event.SyscallStats, []event.BlockedStack) {
 
 // AddSums sets the sums of tl, every timeline.Sums stream, to what the
 // probes summed between two states (SumsDelta, and the same for the
-// memory stalls and the requeues).
+// memory stalls, the requeues and the processes' I/O).
 func AddSums(tl *timeline.Timeline, now, before State) {
 	tl.SyscallStats, tl.BlockedStacks = SumsDelta(now, before)
 	tl.MemStalls = memStallsDelta(now, before)
 	tl.Requeues = requeuesDelta(now, before)
+	tl.IOUsage = ioUsageDelta(now, before)
+}
+
+// ioUsageDelta is each process's I/O of now less that of before, per
+// cgroup, device, kind and synchronicity; counts that went down (the
+// kernel's entry was evicted and counted anew) count from zero.
+func ioUsageDelta(now, before State) []event.IOUsage {
+	type key struct {
+		tgid         uint32
+		cgroup       uint64
+		major, minor uint32
+		op           string
+		sync         bool
+	}
+	keyOf := func(u *event.IOUsage) key {
+		return key{u.Task.Tgid, u.CgroupID, u.Dev.Major, u.Dev.Minor, u.Op, u.Sync}
+	}
+	prev := make(map[key]*event.IOUsage, len(before.IOUsage))
+	for i := range before.IOUsage {
+		prev[keyOf(&before.IOUsage[i])] = &before.IOUsage[i]
+	}
+	var out []event.IOUsage
+	for _, u := range now.IOUsage {
+		d := u
+		d.Time = now.At
+		if p := prev[keyOf(&u)]; p != nil && p.IOs <= u.IOs && p.Requests <= u.Requests && p.Bytes <= u.Bytes && p.InFlight <= u.InFlight {
+			d.IOs, d.Requests, d.Bytes, d.InFlight = u.IOs-p.IOs, u.Requests-p.Requests, u.Bytes-p.Bytes, u.InFlight-p.InFlight
+		}
+		if d.IOs > 0 || d.Bytes > 0 {
+			out = append(out, d)
+		}
+	}
+	return out
 }
 
 // memStallsDelta is the memory stalls of now less those of before, per

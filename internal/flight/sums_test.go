@@ -121,6 +121,7 @@ func TestEverySumsStream(t *testing.T) {
 		Blocked:   []event.BlockedStack{{Pid: 1, Call: "read", Dev: loop, Total: time.Millisecond, Count: 1}},
 		MemStalls: []event.MemStall{{Pid: 1, Call: "read", Dev: loop, Kind: event.MemDirectReclaim, Total: time.Millisecond, Count: 1}},
 		Requeues:  []event.Requeues{{Dev: loop, Count: 1}},
+		IOUsage:   []event.IOUsage{{Task: event.Task{Pid: 1, Tgid: 1}, Dev: loop, Op: "write", IOs: 1, Bytes: 4096}},
 	}
 	var tl timeline.Timeline
 	AddSums(&tl, pack(now).unpack(), State{At: 10})

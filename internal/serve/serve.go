@@ -320,7 +320,8 @@ func (a *agent) state(at event.Mono) flight.State {
 	}
 	a.stateMu.Unlock()
 	return flight.State{At: at, Devices: sink.tl.Devices, Losses: sink.tl.Losses,
-		Stats: sink.tl.SyscallStats, Blocked: sink.tl.BlockedStacks, MemStalls: sink.tl.MemStalls, Requeues: sink.tl.Requeues}
+		Stats: sink.tl.SyscallStats, Blocked: sink.tl.BlockedStacks, MemStalls: sink.tl.MemStalls, Requeues: sink.tl.Requeues,
+		IOUsage: sink.tl.IOUsage}
 }
 
 // stop detaches the probes.

@@ -147,8 +147,8 @@ var Sources = []Source{
 	{Probe: event.ProbeSubmit, Streams: []Stream{
 		Events("slow_submit", func(t *Timeline) *[]event.SlowSubmit { return &t.SlowSubmits },
 			"`start`, `latency`, `task` (`{pid, tgid, comm}`), `dev`, `op` (rwbs), `end` (`getrq`/`backmerge`/`frontmerge`), `sector`, `bytes`"),
-		Events("io_usage", func(t *Timeline) *[]event.IOUsage { return &t.IOUsage },
-			"`time` (when read, at the end of the run), `task` (the process: `pid` = `tgid`), `kthread`, `cgroup` (path of the I/O's blkcg in the io/blkio hierarchy, `/` for the root, `\"\"` unknown), `cgroup_id`, `dev`, `op` (`read`/`write`/`flush`/`discard`/`other`), `sync`, `ios` (bios completed), `requests` (of which got a request of their own), `bytes`, `in_flight` (ns, block_bio_queue to completion, summed): one process's I/O on one device, counted in the kernel"),
+		Sums("io_usage", func(t *Timeline) *[]event.IOUsage { return &t.IOUsage },
+			"`time` (when read: at the end of the run, and at each checkpoint), `task` (the process: `pid` = `tgid`), `kthread`, `cgroup` (path of the I/O's blkcg in the io/blkio hierarchy, `/` for the root, `\"\"` unknown), `cgroup_id`, `dev`, `op` (`read`/`write`/`flush`/`discard`/`other`), `sync`, `ios` (bios completed), `requests` (of which got a request of their own), `bytes`, `in_flight` (ns, block_bio_queue to completion, summed): one process's I/O on one device, counted in the kernel"),
 	}, Hists: []Hist{
 		{HistSubmit, func(d *DeviceHistograms) *hist.Histogram { return &d.Submit }},
 	}},
