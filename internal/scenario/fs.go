@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -17,24 +18,74 @@ import (
 	"github.com/whyslow/whyslow/internal/sysattr"
 )
 
-// FS is a filesystem made for a scenario, on a loop device of its own.
+// FS is a filesystem made for a scenario, on a device of its own.
 type FS struct {
-	Dev  string // the loop device, e.g. "loop4"
+	Dev  string // its device: a loop device, e.g. "loop4", or the kernel matrix's scratch disk
 	Dir  string // where it is mounted
 	Type string // "ext4", "xfs"
-	// InMemory says that the loop device's file is in memory (tmpfs, as in
-	// the qemu guests): writeback to it keeps up with any writer.
+	// InMemory says that the device's data is in memory (a loop device
+	// over tmpfs): writeback to it keeps up with any writer.
 	InMemory bool
 }
 
-// Filesystem makes a filesystem of fstype on a new loop device with direct
-// I/O over a filled file under the temp directory (on this host's disk: I/O
-// to it is I/O to that disk, with its latency), and mounts it with the
-// options opts ("" for none). Where the temp directory is in memory (the
-// qemu guests), the loop device has no direct I/O, and says so: its
-// latency is memory's, its signals the kernel's. It skips, saying why, when
-// mkfs for fstype is not installed. Cleanup unmounts it and detaches the
-// device. An fstype of "" makes no filesystem: Dir is "".
+// ScratchSerial is the serial of the kernel matrix's scratch disk (see
+// tools/vmtest): a virtio disk of 2 GiB for the scenarios' filesystems,
+// whose writes the host limits to 32 MiB/s, so that writeback to it falls
+// behind a buffered writer as it does on a real disk.
+const ScratchSerial = "scratch"
+
+// scratch says whether a Filesystem of this process has the scratch disk.
+var scratch struct {
+	sync.Mutex
+	busy bool
+}
+
+// claimScratch returns the scratch disk when the machine has one (the
+// kernel matrix) of at least size bytes and no Filesystem of this process
+// has it, else "". Cleanup wipes what was written at its start (a
+// filesystem's superblock: the next mkfs finds none) and frees it.
+func claimScratch(t testing.TB, size int64) string {
+	t.Helper()
+	dev := DiskBySerial(ScratchSerial)
+	if dev == "" {
+		return ""
+	}
+	b, err := os.ReadFile(filepath.Join("/sys/block", dev, "size"))
+	if sectors, perr := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64); err != nil || perr != nil || sectors*512 < size {
+		t.Logf("scenario: scratch disk %s: %d bytes wanted, has %s sectors (%v)", dev, size, strings.TrimSpace(string(b)), err)
+		return ""
+	}
+	scratch.Lock()
+	defer scratch.Unlock()
+	if scratch.busy {
+		return ""
+	}
+	scratch.busy = true
+	if err := zero("/dev/"+dev, 1<<20); err != nil {
+		t.Fatalf("filesystem: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := zero("/dev/"+dev, 1<<20); err != nil {
+			t.Errorf("filesystem cleanup: wiping %s: %v", dev, err)
+		}
+		scratch.Lock()
+		scratch.busy = false
+		scratch.Unlock()
+	})
+	return dev
+}
+
+// Filesystem makes a filesystem of fstype on a device of its own and
+// mounts it with the options opts ("" for none). The device is a new loop
+// device with direct I/O over a filled file under the temp directory (on
+// this host's disk: I/O to it is I/O to that disk, with its latency).
+// Where the temp directory is in memory (the qemu guests), it is the
+// kernel matrix's scratch disk (ScratchSerial), a real disk of the guest,
+// when that is there and free; else a loop device without direct I/O,
+// which says so (InMemory): its latency is memory's, its signals the
+// kernel's. It skips, saying why, when mkfs for fstype is not installed.
+// Cleanup unmounts it and detaches or wipes the device. An fstype of ""
+// makes no filesystem: Dir is "".
 func Filesystem(t testing.TB, fstype string, size int64, opts string) FS {
 	t.Helper()
 	RequireRoot(t)
@@ -44,6 +95,20 @@ func Filesystem(t testing.TB, fstype string, size int64, opts string) FS {
 		Skip(t, "scenario: mkfs.%s is not installed", fstype)
 	}
 	dir := t.TempDir()
+	var st unix.Statfs_t
+	inMemory := unix.Statfs(dir, &st) == nil && (st.Type == unix.TMPFS_MAGIC || st.Type == unix.RAMFS_MAGIC)
+	if inMemory {
+		if dev := claimScratch(t, size); dev != "" {
+			t.Logf("scenario: %s is in memory: the filesystem goes on the scratch disk /dev/%s", dir, dev)
+			// as big as asked (its inode tables written at once: no lazy
+			// initialisation competing with the scenario's writes)
+			extra := map[string][]string{
+				"ext4": {"-E", "lazy_itable_init=0,lazy_journal_init=0", "/dev/" + dev, fmt.Sprintf("%dk", size>>10)},
+				"xfs":  {"-d", fmt.Sprintf("size=%d", size), "/dev/" + dev},
+			}[fstype]
+			return makeFS(t, FS{Dev: dev}, mkfs, fstype, opts, "the scratch disk", extra...)
+		}
+	}
 	backing := filepath.Join(dir, fmt.Sprintf("%s%d.img", backingPrefix, os.Getpid()))
 	// allocated where the filesystem can (writes to a hole allocate too)
 	if _, err := command.Run(2*time.Minute, "fallocate", "-l", fmt.Sprint(size), backing); err != nil {
@@ -58,8 +123,6 @@ func Filesystem(t testing.TB, fstype string, size int64, opts string) FS {
 		}
 	}
 	largs := []string{"--find", "--show", "--direct-io=on", backing}
-	var st unix.Statfs_t
-	inMemory := unix.Statfs(dir, &st) == nil && (st.Type == unix.TMPFS_MAGIC || st.Type == unix.RAMFS_MAGIC)
 	if inMemory {
 		// Older kernels refuse direct I/O over tmpfs (EINVAL) instead of
 		// falling back to buffered I/O.
@@ -81,15 +144,28 @@ func Filesystem(t testing.TB, fstype string, size int64, opts string) FS {
 			t.Errorf("filesystem cleanup: %v", err)
 		}
 	})
+	return makeFS(t, FS{Dev: dev, InMemory: inMemory}, mkfs, fstype, opts, backing)
+}
+
+// makeFS makes the filesystem of fs on fs.Dev (over what: how the log
+// names where its data goes) and mounts it, unmounted on cleanup. mkfsArgs,
+// when given, are mkfs's arguments after its own (-q, and -f for xfs),
+// device included.
+func makeFS(t testing.TB, fs FS, mkfs, fstype, opts, over string, mkfsArgs ...string) FS {
+	t.Helper()
+	dev := fs.Dev
 	if fstype == "" {
-		t.Logf("scenario: /dev/%s (direct I/O over %s), no filesystem", dev, backing)
-		return FS{Dev: dev, InMemory: inMemory}
+		t.Logf("scenario: /dev/%s (over %s), no filesystem", dev, over)
+		return fs
 	}
-	args := []string{"-q", "/dev/" + dev}
+	args := []string{"-q"}
 	if fstype == "xfs" {
-		args = []string{"-q", "-f", "/dev/" + dev}
+		args = append(args, "-f")
 	}
-	if _, err := command.Run(time.Minute, mkfs, args...); err != nil {
+	if len(mkfsArgs) == 0 {
+		mkfsArgs = []string{"/dev/" + dev}
+	}
+	if _, err := command.Run(2*time.Minute, mkfs, append(args, mkfsArgs...)...); err != nil {
 		t.Fatalf("filesystem: %v", err)
 	}
 	mnt := t.TempDir()
@@ -105,8 +181,9 @@ func Filesystem(t testing.TB, fstype string, size int64, opts string) FS {
 			t.Errorf("filesystem cleanup: %v", err)
 		}
 	})
-	t.Logf("scenario: %s on /dev/%s (direct I/O over %s), mounted at %s (%s)", fstype, dev, backing, mnt, opts)
-	return FS{Dev: dev, Dir: mnt, Type: fstype, InMemory: inMemory}
+	t.Logf("scenario: %s on /dev/%s (over %s), mounted at %s (%s)", fstype, dev, over, mnt, opts)
+	fs.Dir, fs.Type = mnt, fstype
+	return fs
 }
 
 // Sysctl sets /proc/sys/NAME (dots or slashes) to value and restores the
