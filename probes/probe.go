@@ -127,6 +127,20 @@ type Checkpointer interface {
 	Checkpoint(sink Sink) error
 }
 
+// Pruner is a running probe that keeps sums per process in the kernel
+// (Checkpointer) and can remove those of the processes that had exited
+// when the last Checkpoint read them, whose sums that checkpoint delivered
+// final: an agent that runs for days calls it after each checkpoint it
+// keeps (serve), or the kernel's maps fill with the sums of processes long
+// gone and the new ones' are lost. The states after it lack those sums:
+// count a window along every checkpoint in it (flight.AddSumsChain). A
+// one-shot run never calls it: its final read has every process's sums.
+// It returns the processes (tgids) whose every sum it removed: a sum of
+// theirs read later is counted anew (a pid reused).
+type Pruner interface {
+	Prune() (removed []uint32, err error)
+}
+
 // registry holds every probe by name; register fills it from each probe's
 // file. Their order is timeline.Sources'.
 var registry = map[string]Probe{}

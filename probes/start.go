@@ -179,6 +179,33 @@ func (g *Group) Stop() error {
 	return nil
 }
 
+// Prune removes the sums of exited processes read by the last Checkpoint
+// from every running probe that keeps them (Pruner). Call it right after
+// that Checkpoint, never at the same time as Stop. It returns the
+// processes whose every sum a probe removed (Pruner).
+func (g *Group) Prune() ([]uint32, error) {
+	g.mu.Lock()
+	running := slices.Clone(g.running)
+	g.mu.Unlock()
+	var (
+		msgs    []string
+		removed []uint32
+	)
+	for _, s := range running {
+		if p, ok := s.r.(Pruner); ok {
+			gone, err := p.Prune()
+			removed = append(removed, gone...)
+			if err != nil {
+				msgs = append(msgs, s.name+": "+err.Error())
+			}
+		}
+	}
+	if len(msgs) > 0 {
+		return removed, fmt.Errorf("pruning the probes' sums: %s", strings.Join(msgs, "; "))
+	}
+	return removed, nil
+}
+
 // Checkpoint delivers to sink the histograms and loss counts so far of every
 // running probe that can tell them while it runs (Checkpointer). It must
 // not run at the same time as Stop.

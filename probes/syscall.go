@@ -164,6 +164,12 @@ type syscallRunning struct {
 	// kstacks, under it, caches their stacks' symbols.
 	sums    sync.Mutex
 	kstacks *stackCache
+	// read are the entries the last read of the sums saw, as it saw them
+	// (under sums): what Prune may remove.
+	read syscallRead
+	// unread are the processes named, gone and in none of the sums at the
+	// last Prune (under sums): at the next, their names go.
+	unread map[uint32]bool
 
 	mu    sync.Mutex
 	procs map[uint32]*event.Process // by pid
@@ -173,6 +179,25 @@ type syscallRunning struct {
 
 	stopOnce sync.Once
 	stopErr  error
+}
+
+// syscallRead are the entries of the sums' maps one read saw, by key (a
+// histogram by what any call or sleep added to it changes).
+type syscallRead struct {
+	hists   map[syscallScHistKey]histMark
+	blocked map[syscallScBlockedKey]syscallScBlocked
+	mem     map[syscallScMemKey]syscallScMemStall
+}
+
+// histMark is what any call or sleep counted in a call histogram changes.
+type histMark struct{ calls, sumNs, sleepNs, runqNs uint64 }
+
+func markOf(v *syscallScHist) histMark {
+	m := histMark{sumNs: v.SumNs, sleepNs: v.SleepNs, runqNs: v.RunqNs}
+	for _, n := range v.Slots {
+		m.calls += n
+	}
+	return m
 }
 
 // syscallCalls are the calls the tracepoint rung attaches to, by name.
@@ -578,6 +603,8 @@ func (r *syscallRunning) Checkpoint(sink Sink) error {
 func (r *syscallRunning) deliverSums(sink Sink) error {
 	r.sums.Lock()
 	defer r.sums.Unlock()
+	r.read = syscallRead{hists: map[syscallScHistKey]histMark{}, blocked: map[syscallScBlockedKey]syscallScBlocked{},
+		mem: map[syscallScMemKey]syscallScMemStall{}}
 	now, err := event.Now()
 	if err == nil {
 		err = r.deliverStats(sink, now)
@@ -607,6 +634,7 @@ func (r *syscallRunning) deliverStats(sink Sink, now event.Mono) error {
 	)
 	it := r.coll.Maps["call_hists"].Iterate()
 	for it.Next(&k, &v) {
+		r.read.hists[k] = markOf(&v)
 		name := syscallName(k.Nr)
 		if name == "" || k.Dev == uint32(syscallScDevDEV_PENDING) {
 			continue
@@ -671,6 +699,7 @@ func (r *syscallRunning) deliverBlocked(sink Sink, now event.Mono) error {
 	)
 	it := r.coll.Maps["blocked"].Iterate()
 	for it.Next(&k, &v) {
+		r.read.blocked[k] = v
 		name := syscallName(k.Nr)
 		if name == "" || v.Ns == 0 || k.Dev == uint32(syscallScDevDEV_PENDING) {
 			continue
@@ -694,6 +723,7 @@ func (r *syscallRunning) deliverMemStalls(sink Sink, now event.Mono) error {
 	)
 	it := r.coll.Maps["mem_stalls"].Iterate()
 	for it.Next(&k, &v) {
+		r.read.mem[k] = v
 		name := syscallName(k.Nr)
 		if name == "" || v.Ns == 0 || k.Dev == uint32(syscallScDevDEV_PENDING) || k.Kind >= uint32(len(syscallMemStalls)) {
 			continue
@@ -708,6 +738,114 @@ func (r *syscallRunning) deliverMemStalls(sink Sink, now event.Mono) error {
 		return fmt.Errorf("reading memory stalls: %w", err)
 	}
 	return nil
+}
+
+// Prune implements Pruner: it deletes the entries of the sums' maps whose
+// process has exited (its /proc entry is gone) and that have not changed
+// since the last read delivered them (a process gone cannot add to them:
+// they were final), and forgets the names of those processes.
+func (r *syscallRunning) Prune() ([]uint32, error) {
+	r.sums.Lock()
+	defer r.sums.Unlock()
+	goneMemo := map[uint32]bool{}
+	gone := func(tgid uint32) bool {
+		g, ok := goneMemo[tgid]
+		if !ok {
+			_, err := os.Stat(filepath.Join(r.procfs, strconv.Itoa(int(tgid))))
+			g = errors.Is(err, os.ErrNotExist)
+			goneMemo[tgid] = g
+		}
+		return g
+	}
+	kept := map[uint32]bool{} // processes gone with an entry left
+	var errs []error
+	prune := func(m *ebpf.Map, tgid uint32, key any, same func() (bool, error)) {
+		if !gone(tgid) {
+			return
+		}
+		ok, err := same()
+		if err == nil && ok {
+			err = m.Delete(key)
+			if errors.Is(err, ebpf.ErrKeyNotExist) {
+				err = nil
+			}
+			if err == nil {
+				return
+			}
+		}
+		kept[tgid] = true
+		if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	hists := r.coll.Maps["call_hists"]
+	for k, v := range r.read.hists {
+		prune(hists, k.Tgid, k, func() (bool, error) {
+			var now syscallScHist
+			err := hists.Lookup(k, &now)
+			return markOf(&now) == v, err
+		})
+	}
+	blocked := r.coll.Maps["blocked"]
+	for k, v := range r.read.blocked {
+		prune(blocked, k.Tgid, k, func() (bool, error) {
+			var now syscallScBlocked
+			err := blocked.Lookup(k, &now)
+			return now == v, err
+		})
+	}
+	mem := r.coll.Maps["mem_stalls"]
+	for k, v := range r.read.mem {
+		prune(mem, k.Tgid, k, func() (bool, error) {
+			var now syscallScMemStall
+			err := mem.Lookup(k, &now)
+			return now == v, err
+		})
+	}
+	r.read = syscallRead{}
+	r.mu.Lock()
+	forget := func(tgid uint32) {
+		delete(r.procs, tgid)
+		delete(r.comms, tgid)
+		delete(r.seen, tgid)
+	}
+	var removed []uint32
+	for tgid, g := range goneMemo {
+		if g && !kept[tgid] {
+			forget(tgid)
+			removed = append(removed, tgid)
+		}
+	}
+	// A process named by a record but in no sum read (its entries came
+	// after the read, or were lost): its names go at the next Prune,
+	// after a read that held whatever entries it left.
+	var others []uint32
+	for tgid := range r.procs {
+		if _, read := goneMemo[tgid]; !read {
+			others = append(others, tgid)
+		}
+	}
+	r.mu.Unlock()
+	unread := map[uint32]bool{}
+	for _, tgid := range others {
+		if gone(tgid) {
+			unread[tgid] = true
+		}
+	}
+	r.mu.Lock()
+	for tgid := range unread {
+		if r.unread[tgid] {
+			forget(tgid)
+			delete(unread, tgid)
+		}
+	}
+	r.mu.Unlock()
+	r.unread = unread
+	slices.Sort(removed)
+	if len(errs) > 0 {
+		return removed, fmt.Errorf("removing the sums of exited processes: %w", errors.Join(errs...))
+	}
+	return removed, nil
 }
 
 // deliverScLosses sends the non-zero counts of the per-CPU `sc_losses`

@@ -297,7 +297,13 @@ func (r *Recorder) AddState(st State) {
 // timeline before analyzing it), the losses delivered or counted meanwhile, and the histograms and
 // counted losses by Delta. The caller fills in the rest of the timeline
 // (kernel, host, probes, holders).
-func (r *Recorder) Window(from, to State) *timeline.Timeline {
+//
+// The sums (AddSumsChain) are counted along from, between (the states
+// taken in between, in order) and to; with no between given, along the
+// states the recorder holds in between (Chain), which it may have dropped
+// for room: a caller that prunes the probes' sums (probes.Pruner) passes
+// every state it took.
+func (r *Recorder) Window(from, to State, between ...State) *timeline.Timeline {
 	tl := &timeline.Timeline{Start: from.At, End: to.At}
 	r.mu.Lock()
 	if d := r.describedAt(from.At); d != nil {
@@ -314,11 +320,33 @@ func (r *Recorder) Window(from, to State) *timeline.Timeline {
 	r.mu.Unlock()
 	devs, losses := Delta(to, from)
 	tl.Devices = devs
-	AddSums(tl, to, from)
+	chain := r.Chain(from, to)
+	if len(between) > 0 {
+		chain = append(append([]State{from}, between...), to)
+	}
+	AddSumsChain(tl, chain)
 	for _, l := range losses {
 		tl.AddLoss(l)
 	}
 	return tl
+}
+
+// Chain is from, the states held taken after it and before to, and to,
+// in that order: what AddSumsChain counts a window's sums along.
+func (r *Recorder) Chain(from, to State) []State {
+	chain := []State{from}
+	r.mu.Lock()
+	var held []*packed
+	for _, s := range r.states {
+		if s.at > from.At && s.at < to.At {
+			held = append(held, s)
+		}
+	}
+	r.mu.Unlock()
+	for _, s := range held {
+		chain = append(chain, s.unpack())
+	}
+	return append(chain, to)
 }
 
 // Since returns the recent run from the newest state at or before at (or

@@ -25,6 +25,12 @@ type State struct {
 	MemStalls []event.MemStall
 	Requeues  []event.Requeues
 	IOUsage   []event.IOUsage
+	// Pruned are the processes (tgids) whose every sum the syscall probe
+	// removed once this state had read them (probes.Pruner): in the next
+	// state a sum of theirs in Stats, Blocked or MemStalls is counted
+	// anew, from zero (their pid was reused). The submit probe's IOUsage
+	// is not pruned.
+	Pruned []uint32
 }
 
 // Delta is what the probes counted between two states: each device's
@@ -138,6 +144,7 @@ type packed struct {
 	mem      []event.MemStall
 	requeues []event.Requeues
 	ioUsage  []event.IOUsage
+	pruned   []uint32
 	bytes    int64 // estimated memory
 }
 
@@ -156,7 +163,8 @@ func pack(st State) *packed {
 	p := &packed{at: st.At, losses: slices.Clone(st.Losses)}
 	p.stats, p.blocked = cloneSums(st.Stats, st.Blocked)
 	p.mem, p.requeues, p.ioUsage = slices.Clone(st.MemStalls), slices.Clone(st.Requeues), slices.Clone(st.IOUsage)
-	p.bytes = 64 + int64(len(p.losses))*48 + sumsBytes(p.stats, p.blocked) + int64(len(p.mem))*112 + int64(len(p.requeues))*64 +
+	p.pruned = slices.Clone(st.Pruned)
+	p.bytes = 64 + int64(len(p.pruned))*4 + int64(len(p.losses))*48 + sumsBytes(p.stats, p.blocked) + int64(len(p.mem))*112 + int64(len(p.requeues))*64 +
 		int64(len(p.ioUsage))*160
 	kinds := histKinds()
 	for _, d := range st.Devices {
@@ -183,6 +191,7 @@ func (p *packed) unpack() State {
 	st := State{At: p.at, Losses: slices.Clone(p.losses)}
 	st.Stats, st.Blocked = cloneSums(p.stats, p.blocked)
 	st.MemStalls, st.Requeues, st.IOUsage = slices.Clone(p.mem), slices.Clone(p.requeues), slices.Clone(p.ioUsage)
+	st.Pruned = slices.Clone(p.pruned)
 	kinds := histKinds()
 	for _, pd := range p.devs {
 		d := timeline.DeviceHistograms{Dev: pd.dev}

@@ -16,10 +16,13 @@ import (
 // kernel's map and counted anew) counts from zero: its value in now. Sums
 // that gained nothing are left out.
 func SumsDelta(now, before State) ([]event.SyscallStats, []event.BlockedStack) {
+	pruned := prunedSet(before)
 	prevStats := make(map[statsKey]*event.SyscallStats, len(before.Stats))
 	for i := range before.Stats {
 		s := &before.Stats[i]
-		prevStats[statsKeyOf(s)] = s
+		if !pruned[s.Pid] {
+			prevStats[statsKeyOf(s)] = s
+		}
 	}
 	var stats []event.SyscallStats
 	for _, s := range now.Stats {
@@ -38,7 +41,9 @@ func SumsDelta(now, before State) ([]event.SyscallStats, []event.BlockedStack) {
 	prevBlocked := make(map[blockedKey]*event.BlockedStack, len(before.Blocked))
 	for i := range before.Blocked {
 		b := &before.Blocked[i]
-		prevBlocked[blockedKeyOf(b)] = b
+		if !pruned[b.Pid] {
+			prevBlocked[blockedKeyOf(b)] = b
+		}
 	}
 	var blocked []event.BlockedStack
 	for _, b := range now.Blocked {
@@ -64,29 +69,91 @@ func AddSums(tl *timeline.Timeline, now, before State) {
 	tl.IOUsage = ioUsageDelta(now, before)
 }
 
+// AddSumsChain sets the sums of tl to what the probes summed along chain,
+// states in the order they were taken: the sum of each consecutive pair's
+// difference (AddSums for two states). A probe that removes the sums of
+// an exited process once a checkpoint has read them (probes.Pruner) leaves
+// them out of the states after it: counted this way they count up to the
+// last state that held them, where the difference of the chain's two ends
+// alone would lose them. A key missing from a state counts nothing
+// between it and the one before; a key back smaller (counted anew after
+// its removal) counts from zero.
+func AddSumsChain(tl *timeline.Timeline, chain []State) {
+	if len(chain) < 2 {
+		return
+	}
+	AddSums(tl, chain[1], chain[0])
+	for i := 2; i < len(chain); i++ {
+		var d timeline.Timeline
+		AddSums(&d, chain[i], chain[i-1])
+		tl.SyscallStats = mergeSums(tl.SyscallStats, d.SyscallStats, statsKeyOf, func(a, b *event.SyscallStats) {
+			a.Time, a.Comm = b.Time, b.Comm
+			a.Latency.Merge(&b.Latency)
+			a.Sleep += b.Sleep
+			a.Runqueue += b.Runqueue
+		})
+		tl.BlockedStacks = mergeSums(tl.BlockedStacks, d.BlockedStacks, blockedKeyOf, func(a, b *event.BlockedStack) {
+			a.Time, a.Comm = b.Time, b.Comm
+			a.Total += b.Total
+			a.Count += b.Count
+		})
+		tl.MemStalls = mergeSums(tl.MemStalls, d.MemStalls, memStallKeyOf, func(a, b *event.MemStall) {
+			a.Time, a.Comm = b.Time, b.Comm
+			a.Total += b.Total
+			a.Count += b.Count
+			a.Max = max(a.Max, b.Max)
+		})
+		tl.Requeues = mergeSums(tl.Requeues, d.Requeues, func(q *event.Requeues) [2]uint32 { return [2]uint32{q.Dev.Major, q.Dev.Minor} },
+			func(a, b *event.Requeues) {
+				a.Time = b.Time
+				a.Count += b.Count
+				a.TimedOut += b.TimedOut
+			})
+		tl.IOUsage = mergeSums(tl.IOUsage, d.IOUsage, ioUsageKeyOf, func(a, b *event.IOUsage) {
+			a.Time = b.Time
+			a.IOs += b.IOs
+			a.Requests += b.Requests
+			a.Bytes += b.Bytes
+			a.InFlight += b.InFlight
+		})
+	}
+}
+
+// mergeSums adds the sums of more to those of sums by key (add), in the
+// order they first came.
+func mergeSums[E any, K comparable](sums, more []E, keyOf func(*E) K, add func(a, b *E)) []E {
+	if len(more) == 0 {
+		return sums
+	}
+	at := make(map[K]int, len(sums))
+	for i := range sums {
+		at[keyOf(&sums[i])] = i
+	}
+	for i := range more {
+		m := &more[i]
+		if j, ok := at[keyOf(m)]; ok {
+			add(&sums[j], m)
+			continue
+		}
+		at[keyOf(m)] = len(sums)
+		sums = append(sums, *m)
+	}
+	return sums
+}
+
 // ioUsageDelta is each process's I/O of now less that of before, per
 // cgroup, device, kind and synchronicity; counts that went down (the
 // kernel's entry was evicted and counted anew) count from zero.
 func ioUsageDelta(now, before State) []event.IOUsage {
-	type key struct {
-		tgid         uint32
-		cgroup       uint64
-		major, minor uint32
-		op           string
-		sync         bool
-	}
-	keyOf := func(u *event.IOUsage) key {
-		return key{u.Task.Tgid, u.CgroupID, u.Dev.Major, u.Dev.Minor, u.Op, u.Sync}
-	}
-	prev := make(map[key]*event.IOUsage, len(before.IOUsage))
+	prev := make(map[ioUsageKey]*event.IOUsage, len(before.IOUsage))
 	for i := range before.IOUsage {
-		prev[keyOf(&before.IOUsage[i])] = &before.IOUsage[i]
+		prev[ioUsageKeyOf(&before.IOUsage[i])] = &before.IOUsage[i]
 	}
 	var out []event.IOUsage
 	for _, u := range now.IOUsage {
 		d := u
 		d.Time = now.At
-		if p := prev[keyOf(&u)]; p != nil && p.IOs <= u.IOs && p.Requests <= u.Requests && p.Bytes <= u.Bytes && p.InFlight <= u.InFlight {
+		if p := prev[ioUsageKeyOf(&u)]; p != nil && p.IOs <= u.IOs && p.Requests <= u.Requests && p.Bytes <= u.Bytes && p.InFlight <= u.InFlight {
 			d.IOs, d.Requests, d.Bytes, d.InFlight = u.IOs-p.IOs, u.Requests-p.Requests, u.Bytes-p.Bytes, u.InFlight-p.InFlight
 		}
 		if d.IOs > 0 || d.Bytes > 0 {
@@ -100,21 +167,18 @@ func ioUsageDelta(now, before State) []event.IOUsage {
 // process, call, device and kind. The longest stall in between is now's
 // when it grew, else at most the time gained.
 func memStallsDelta(now, before State) []event.MemStall {
-	type key struct {
-		pid          uint32
-		call, kind   string
-		major, minor uint32
-	}
-	keyOf := func(m *event.MemStall) key { return key{m.Pid, m.Call, m.Kind, m.Dev.Major, m.Dev.Minor} }
-	prev := make(map[key]*event.MemStall, len(before.MemStalls))
+	prev := make(map[memStallKey]*event.MemStall, len(before.MemStalls))
+	pruned := prunedSet(before)
 	for i := range before.MemStalls {
-		prev[keyOf(&before.MemStalls[i])] = &before.MemStalls[i]
+		if !pruned[before.MemStalls[i].Pid] {
+			prev[memStallKeyOf(&before.MemStalls[i])] = &before.MemStalls[i]
+		}
 	}
 	var out []event.MemStall
 	for _, m := range now.MemStalls {
 		d := m
 		d.Time = now.At
-		if p := prev[keyOf(&m)]; p != nil && p.Total <= m.Total && p.Count <= m.Count {
+		if p := prev[memStallKeyOf(&m)]; p != nil && p.Total <= m.Total && p.Count <= m.Count {
 			d.Total, d.Count = m.Total-p.Total, m.Count-p.Count
 			if m.Max <= p.Max {
 				d.Max = min(m.Max, d.Total)
@@ -144,6 +208,40 @@ func requeuesDelta(now, before State) []event.Requeues {
 		}
 	}
 	return out
+}
+
+// prunedSet are the processes whose sums were removed after st (State.Pruned).
+func prunedSet(st State) map[uint32]bool {
+	if len(st.Pruned) == 0 {
+		return nil
+	}
+	set := make(map[uint32]bool, len(st.Pruned))
+	for _, p := range st.Pruned {
+		set[p] = true
+	}
+	return set
+}
+
+type ioUsageKey struct {
+	tgid         uint32
+	cgroup       uint64
+	major, minor uint32
+	op           string
+	sync         bool
+}
+
+func ioUsageKeyOf(u *event.IOUsage) ioUsageKey {
+	return ioUsageKey{u.Task.Tgid, u.CgroupID, u.Dev.Major, u.Dev.Minor, u.Op, u.Sync}
+}
+
+type memStallKey struct {
+	pid          uint32
+	call, kind   string
+	major, minor uint32
+}
+
+func memStallKeyOf(m *event.MemStall) memStallKey {
+	return memStallKey{m.Pid, m.Call, m.Kind, m.Dev.Major, m.Dev.Minor}
 }
 
 type statsKey struct {

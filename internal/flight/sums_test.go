@@ -1,6 +1,7 @@
 package flight
 
 import (
+	"maps"
 	"testing"
 	"time"
 
@@ -129,5 +130,98 @@ func TestEverySumsStream(t *testing.T) {
 		if s.State() && s.Len(&tl) == 0 {
 			t.Errorf("stream of sums %s (probe %s) is not carried by flight.State", s.Record(), s.Probe())
 		}
+	}
+}
+
+// Counted along a chain of states, the sums of a process whose entries
+// were removed after a checkpoint (it exited) count up to that checkpoint
+// and never negative; an entry back smaller after its removal (a late
+// completion) counts from zero, as does one back larger when the state
+// says the process's sums were removed (its pid reused); and two states
+// chain as AddSums does.
+func TestAddSumsChain(t *testing.T) {
+	loop := event.Device{Major: 7, Minor: 0, Name: "loop0"}
+	stack := []event.Frame{{Addr: 0x10, Symbol: "blk_queue_enter"}}
+	io := func(tgid uint32, ios uint64) event.IOUsage {
+		return event.IOUsage{Task: event.Task{Tgid: tgid}, Dev: loop, Op: "write", IOs: ios, Bytes: ios * 4096}
+	}
+	mem := func(pid uint32, n uint64, max time.Duration) event.MemStall {
+		return event.MemStall{Pid: pid, Call: "write", Dev: loop, Kind: event.MemDirectReclaim, Count: n, Total: time.Duration(n) * max, Max: max}
+	}
+	states := []State{
+		{At: 10,
+			Stats: []event.SyscallStats{
+				{Pid: 1, Comm: "dd", Call: "write", Dev: loop, Latency: histOf(1000), Sleep: time.Millisecond},
+				{Pid: 2, Comm: "fio", Call: "pwrite64", Dev: loop, Latency: histOf(1000, 1000)},
+			},
+			Blocked:   []event.BlockedStack{{Pid: 1, Call: "write", Dev: loop, Total: time.Millisecond, Count: 1, KernelStack: stack}},
+			MemStalls: []event.MemStall{mem(1, 1, time.Millisecond)},
+			IOUsage:   []event.IOUsage{io(1, 10), io(2, 5)},
+		},
+		{At: 20, // pid 1 exited after 2 more writes: read, then removed
+			Stats: []event.SyscallStats{
+				{Pid: 1, Comm: "dd", Call: "write", Dev: loop, Latency: histOf(1000, 2000, 2000), Sleep: 3 * time.Millisecond},
+				{Pid: 2, Comm: "fio", Call: "pwrite64", Dev: loop, Latency: histOf(1000, 1000, 1000)},
+			},
+			Blocked:   []event.BlockedStack{{Pid: 1, Call: "write", Dev: loop, Total: 3 * time.Millisecond, Count: 3, KernelStack: stack}},
+			MemStalls: []event.MemStall{mem(1, 3, 2*time.Millisecond)},
+			IOUsage:   []event.IOUsage{io(1, 30), io(2, 6)},
+			Pruned:    []uint32{1},
+		},
+		{At: 30, // pid 1 gone; a late completion of its counted anew
+			Stats: []event.SyscallStats{
+				{Pid: 2, Comm: "fio", Call: "pwrite64", Dev: loop, Latency: histOf(1000, 1000, 1000, 1000)},
+				{Pid: 3, Comm: "dd", Call: "write", Dev: loop, Latency: histOf(500)},                     // started at the end
+				{Pid: 1, Comm: "tar", Call: "write", Dev: loop, Latency: histOf(1000, 2000, 2000, 2000)}, // pid 1 reused...
+			},
+			IOUsage: []event.IOUsage{io(1, 2), io(2, 7), io(3, 1)},
+		},
+	}
+	var tl timeline.Timeline
+	AddSumsChain(&tl, states)
+	gotStats := map[uint32]uint64{}
+	for _, s := range tl.SyscallStats {
+		gotStats[s.Pid] += s.Latency.Count
+		if s.Time != 30 && s.Pid != 1 {
+			t.Errorf("stats of pid %d read at %d, want 30", s.Pid, s.Time)
+		}
+	}
+	if want := map[uint32]uint64{1: 2 + 4, 2: 2, 3: 1}; !maps.Equal(gotStats, want) {
+		t.Errorf("calls per pid %v, want %v", gotStats, want)
+	}
+	for _, s := range tl.SyscallStats {
+		if s.Pid == 1 && (s.Sleep != 2*time.Millisecond || s.Latency.SumNs != 4000+7000 || s.Comm != "tar") {
+			t.Errorf("pid 1's calls: %+v, want 6 calls of 11 µs sleeping 2ms, named as last read", s)
+		}
+	}
+	if len(tl.BlockedStacks) != 1 || tl.BlockedStacks[0].Count != 2 || tl.BlockedStacks[0].Total != 2*time.Millisecond {
+		t.Errorf("blocked %+v, want pid 1's 2 sleeps of 2ms in all", tl.BlockedStacks)
+	}
+	if len(tl.MemStalls) != 1 || tl.MemStalls[0].Count != 2 || tl.MemStalls[0].Max != 2*time.Millisecond {
+		t.Errorf("memory stalls %+v, want pid 1's 2, the longest 2ms", tl.MemStalls)
+	}
+	gotIO := map[uint32]uint64{}
+	for _, u := range tl.IOUsage {
+		gotIO[u.Task.Tgid] += u.IOs
+	}
+	// pid 1: 20 before its removal, 2 late ones after.
+	if want := map[uint32]uint64{1: 22, 2: 2, 3: 1}; !maps.Equal(gotIO, want) {
+		t.Errorf("bios per tgid %v, want %v", gotIO, want)
+	}
+	// The two ends alone would have lost the first pid 1's calls: the
+	// chain is what a window must count along.
+	stats, _ := SumsDelta(states[2], states[0])
+	for _, s := range stats {
+		if s.Pid == 1 && s.Latency.Count >= 6 {
+			t.Errorf("the ends' difference counts pid 1 whole: %+v", s)
+		}
+	}
+	// Two states: exactly AddSums.
+	var two, direct timeline.Timeline
+	AddSumsChain(&two, states[:2])
+	AddSums(&direct, states[1], states[0])
+	if len(two.SyscallStats) != len(direct.SyscallStats) || len(two.IOUsage) != len(direct.IOUsage) ||
+		len(two.BlockedStacks) != len(direct.BlockedStacks) || len(two.MemStalls) != len(direct.MemStalls) {
+		t.Errorf("a chain of two states counted %+v, AddSums %+v", two, direct)
 	}
 }

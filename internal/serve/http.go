@@ -130,7 +130,7 @@ func (a *agent) trace(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
 	}
-	end := a.state(now)
+	end := a.state(now, false)
 	from, parts, losses, ok := a.rec.Since(now.Add(-seconds))
 	if !ok {
 		http.Error(w, "the flight recorder holds no checkpoint yet", http.StatusServiceUnavailable)
@@ -143,7 +143,7 @@ func (a *agent) trace(w http.ResponseWriter, r *http.Request) {
 	a.mu.Unlock()
 	devs, counted := flight.Delta(end, from)
 	tl.Devices = devs
-	flight.AddSums(tl, end, from)
+	flight.AddSumsChain(tl, a.rec.Chain(from, end))
 	for _, l := range append(losses, counted...) {
 		tl.AddLoss(l)
 	}

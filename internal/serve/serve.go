@@ -216,7 +216,7 @@ func Run(ctx context.Context, ln net.Listener, opts Options) error {
 		return fmt.Errorf("no probe could start (%s)", a.g.Unavailable())
 	}
 	defer a.stop()
-	first := a.state(start)
+	first := a.state(start, true)
 	a.rec.AddState(first)
 	a.m.SetHistograms(first.Devices)
 
@@ -263,6 +263,7 @@ func (a *agent) loop(ctx context.Context, first flight.State, windows chan<- *ti
 	defer tick.Stop()
 	began := time.Now()
 	winStart, lastState := first, first
+	var between []flight.State // the states taken since winStart, lastState last
 	nextWindow := a.opts.Window
 	for {
 		select {
@@ -283,8 +284,9 @@ func (a *agent) loop(ctx context.Context, first flight.State, windows chan<- *ti
 		// A window ends at the tick nearest its length.
 		windowDue := time.Since(began) >= nextWindow-a.opts.Tick/2
 		if windowDue || now.Sub(lastState.At) >= a.opts.CheckpointEvery-a.opts.Tick/2 {
-			lastState = a.state(now)
+			lastState = a.state(now, true)
 			a.rec.AddState(lastState)
+			between = append(between, lastState)
 			a.m.SetHistograms(a.filterDevices(lastState.Devices))
 		}
 		a.m.SetLosses(a.totalLosses(lastState))
@@ -296,8 +298,8 @@ func (a *agent) loop(ctx context.Context, first flight.State, windows chan<- *ti
 			continue
 		}
 		nextWindow += a.opts.Window
-		tl := a.rec.Window(winStart, lastState)
-		winStart = lastState
+		tl := a.rec.Window(winStart, lastState, between[:len(between)-1]...)
+		winStart, between = lastState, nil
 		a.fill(tl)
 		select {
 		case windows <- tl:
@@ -309,19 +311,27 @@ func (a *agent) loop(ctx context.Context, first flight.State, windows chan<- *ti
 }
 
 // state reads the probes' counters: their cumulative histograms and loss
-// counters.
-func (a *agent) state(at event.Mono) flight.State {
+// counters. With prune (the states the flight recorder keeps, each of
+// them: a window's sums are counted along them, flight.AddSumsChain), the
+// sums of the processes that had exited by then are removed from the
+// probes once read, so that their maps do not fill over a long run.
+func (a *agent) state(at event.Mono, prune bool) flight.State {
 	sink := &stateSink{}
+	var removed []uint32
 	a.stateMu.Lock()
 	if a.g != nil {
 		if err := a.g.Checkpoint(sink); err != nil {
 			fmt.Fprintf(a.opts.Log, "whyslow: %v\n", err)
+		} else if prune {
+			if removed, err = a.g.Prune(); err != nil {
+				fmt.Fprintf(a.opts.Log, "whyslow: %v\n", err)
+			}
 		}
 	}
 	a.stateMu.Unlock()
 	return flight.State{At: at, Devices: sink.tl.Devices, Losses: sink.tl.Losses,
 		Stats: sink.tl.SyscallStats, Blocked: sink.tl.BlockedStacks, MemStalls: sink.tl.MemStalls, Requeues: sink.tl.Requeues,
-		IOUsage: sink.tl.IOUsage}
+		IOUsage: sink.tl.IOUsage, Pruned: removed}
 }
 
 // stop detaches the probes.
