@@ -211,7 +211,9 @@ func (r *writebackRunning) snapshot() {
 	}
 }
 
-// readMounts returns the mounts of block devices: MAJ:MIN, type, point.
+// readMounts returns the mounts of block devices: MAJ:MIN, type, point,
+// each (device, point) once: a device mounted at two points (a bind mount)
+// gives both.
 func readMounts(path string) [][3]string {
 	f, err := os.Open(path)
 	if err != nil {
@@ -219,8 +221,11 @@ func readMounts(path string) [][3]string {
 	}
 	defer f.Close()
 	var out [][3]string
-	seen := map[string]bool{}
+	seen := map[[2]string]bool{}
 	sc := bufio.NewScanner(f)
+	// a mount's options can be long (overlay's lowerdir): a line is not
+	// allowed to end the scan early
+	sc.Buffer(make([]byte, 0, 64<<10), 4<<20)
 	for sc.Scan() {
 		// 36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue
 		fields := strings.Fields(sc.Text())
@@ -234,12 +239,12 @@ func readMounts(path string) [][3]string {
 		if len(fields) < 5 || sep < 0 || sep+1 >= len(fields) {
 			continue
 		}
-		dev := fields[2]
-		if strings.HasPrefix(dev, "0:") || seen[dev] {
+		dev, point := fields[2], unescapeMount(fields[4])
+		if strings.HasPrefix(dev, "0:") || seen[[2]string{dev, point}] {
 			continue
 		}
-		seen[dev] = true
-		out = append(out, [3]string{dev, fields[sep+1], unescapeMount(fields[4])})
+		seen[[2]string{dev, point}] = true
+		out = append(out, [3]string{dev, fields[sep+1], point})
 	}
 	return out
 }

@@ -1,6 +1,7 @@
 package probes
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -86,9 +87,11 @@ func TestWritebackLive(t *testing.T) {
 		t.Errorf("no commit wrote bulk's ordered data (named)")
 	}
 	var mounted, wbt bool
+	var mounts []event.Mount
 	for _, e := range sink.events {
 		switch e := e.(type) {
 		case event.Mount:
+			mounts = append(mounts, e)
 			if e.Dev.Name == fs.Dev && e.FSType == "ext4" && e.Point == fs.Dir {
 				mounted = true
 			}
@@ -106,9 +109,34 @@ func TestWritebackLive(t *testing.T) {
 		}
 	}
 	if !mounted {
-		t.Errorf("no mount of %s at %s", fs.Dev, fs.Dir)
+		info, _ := os.ReadFile("/proc/self/mountinfo")
+		t.Errorf("no mount of %s at %s; the probe saw %+v; mountinfo:\n%s", fs.Dev, fs.Dir, mounts, info)
 	}
 	if !wbt {
 		t.Errorf("no wbt target of %s from sysfs", fs.Dev)
+	}
+}
+
+// readMounts lists each block device's mounts: both points of a bind
+// mount, past a line longer than a scanner's default buffer, never
+// pseudo filesystems (device 0:N).
+func TestReadMounts(t *testing.T) {
+	long := "rw,lowerdir=" + strings.Repeat("/l", 40<<10)
+	info := strings.Join([]string{
+		"22 1 0:21 / /proc rw - proc proc rw",
+		"30 1 0:26 / /var/lib/o rw - overlay overlay " + long,
+		"40 1 7:0 / /mnt/a rw - ext4 /dev/loop0 rw",
+		"41 1 7:0 /sub /mnt/b\\040c rw - ext4 /dev/loop0 rw",
+		"42 1 7:0 / /mnt/a rw - ext4 /dev/loop0 rw",
+		"43 1 8:1 / / rw shared:1 - xfs /dev/sda1 rw",
+	}, "\n") + "\n"
+	p := filepath.Join(t.TempDir(), "mountinfo")
+	if err := os.WriteFile(p, []byte(info), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got := readMounts(p)
+	want := [][3]string{{"7:0", "ext4", "/mnt/a"}, {"7:0", "ext4", "/mnt/b c"}, {"8:1", "xfs", "/"}}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("readMounts = %v, want %v", got, want)
 	}
 }
