@@ -4,8 +4,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
+	"unicode/utf8"
 
 	"github.com/olekukonko/tablewriter"
+	"github.com/olekukonko/tablewriter/tw"
 	"github.com/spf13/cobra"
 
 	"github.com/whyslow/whyslow/internal/event"
@@ -87,13 +90,21 @@ func probesRun(opts *ProbesOptions) error {
 	return stopErr
 }
 
+// probeTableWidth is the widest the probes table gets, in columns: the
+// last column's lines wrap to fit, each wrapped line's rest indented by two
+// spaces.
+const probeTableWidth = 100
+
 func writeProbeTable(w io.Writer, statuses []event.ProbeStatus) error {
 	desc := map[string]string{}
 	for _, p := range probes.All() {
 		desc[p.Decl().Name] = p.Decl().Describe
 	}
-	t := tablewriter.NewTable(w)
-	t.Header("Probe", "Mechanism", "Status", "Measures / why not")
+	header := []any{"Probe", "Mechanism", "Status", "Measures / why not"}
+	rows := make([][]string, 0, len(statuses))
+	// the other columns' widths: the last one takes what is left of the
+	// table's width after them, the borders and a space each side of a cell
+	widths := []int{len("Probe"), len("Mechanism"), len("Status")}
 	for _, st := range statuses {
 		why := desc[st.Name]
 		if st.Status != event.StatusOK || st.Reason != "" {
@@ -102,9 +113,46 @@ func writeProbeTable(w io.Writer, statuses []event.ProbeStatus) error {
 		for _, s := range st.Skipped {
 			why += fmt.Sprintf("\n%s skipped: %s", s.Mechanism, s.Reason)
 		}
-		if err := t.Append(st.Name, string(st.Mechanism), st.Status, why); err != nil {
+		row := []string{st.Name, string(st.Mechanism), st.Status, why}
+		for i := range widths {
+			widths[i] = max(widths[i], utf8.RuneCountInString(row[i]))
+		}
+		rows = append(rows, row)
+	}
+	last := probeTableWidth - (len(header) + 1) - 2*len(header)
+	for _, n := range widths {
+		last -= n
+	}
+	t := tablewriter.NewTable(w, tablewriter.WithRowAutoWrap(tw.WrapNone))
+	t.Header(header...)
+	for _, row := range rows {
+		row[3] = wrapLines(row[3], max(last, 20))
+		if err := t.Append(row); err != nil {
 			return err
 		}
 	}
 	return t.Render()
+}
+
+// wrapLines wraps each line of s at spaces to at most width runes (a word
+// longer than that stands alone), indenting what a line wraps onto by two
+// spaces.
+func wrapLines(s string, width int) string {
+	var out []string
+	for _, line := range strings.Split(s, "\n") {
+		cur, limit := "", width
+		for _, word := range strings.Fields(line) {
+			switch {
+			case cur == "":
+				cur = word
+			case utf8.RuneCountInString(cur)+1+utf8.RuneCountInString(word) <= limit:
+				cur += " " + word
+			default:
+				out = append(out, cur)
+				cur, limit = "  "+word, width
+			}
+		}
+		out = append(out, cur)
+	}
+	return strings.Join(out, "\n")
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/whyslow/whyslow/internal/event"
 	"github.com/whyslow/whyslow/internal/flight"
 	"github.com/whyslow/whyslow/internal/serve"
+	"github.com/whyslow/whyslow/internal/stage"
 	"github.com/whyslow/whyslow/probes"
 	"github.com/whyslow/whyslow/rules"
 )
@@ -61,8 +62,9 @@ otherwise):
                            trace for 'whyslow analyze'
   /healthz                 200 while the probes run and the windows go on
 
-SIGHUP reloads --rules (a file that fails to load keeps the rules in use, and
-says why on stderr and in whyslow_rules_last_reload_success). SIGINT or
+SIGHUP reloads --rules and --stages (a file that fails to load keeps the rules
+or the stage table in use, and says why on stderr and in
+whyslow_rules_last_reload_success). SIGINT or
 SIGTERM stop it: the probes are detached and it exits 0. Needs root.`,
 		Example: `  sudo whyslow serve
   sudo whyslow serve --listen 0.0.0.0:9717 --window 30s --rules /etc/whyslow/rules.d
@@ -162,6 +164,7 @@ func serveRun(ctx context.Context, opts *ServeOptions) error {
 	if so.Stages, err = loadStages(opts.Stages); err != nil {
 		return err
 	}
+	so.LoadStages = func() (*stage.Table, error) { return loadStages(opts.Stages) }
 	for _, d := range opts.Devices {
 		if err := diagnose.CheckDevice("/sys", d); err != nil {
 			return err

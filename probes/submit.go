@@ -159,13 +159,26 @@ func (r *submitRunning) handle(raw []byte) {
 	})
 }
 
-// Checkpoint implements Checkpointer.
+// Checkpoint implements Checkpointer: the per-device histograms, each
+// process's I/O so far (event.IOUsage, whole: a timeline.Sums stream) and
+// the loss counts.
 func (r *submitRunning) Checkpoint(sink Sink) error {
 	hs, names, err := devHists(r.objs.DevHist, r.objs.DevHistSpill, r.objs.DevNames)
 	if err != nil {
 		return err
 	}
 	deliverDevHists(sink, timeline.HistSubmit, r.sysfs, hs, names)
+	use, err := readIOUse(r.objs.IoUse)
+	if err != nil {
+		return err
+	}
+	now, err := event.Now()
+	if err != nil {
+		return err
+	}
+	for _, e := range ioUsageEvents(use, r.ops, names, r.procfs, r.sysfs, now) {
+		sink.Event(e)
+	}
 	deliverLosses(sink, event.ProbeSubmit, r.objs.Losses)
 	return nil
 }

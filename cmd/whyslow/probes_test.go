@@ -128,7 +128,7 @@ func TestProbesCommand(t *testing.T) {
 
 type probeRow struct {
 	mech, status string
-	why          []string // the last column's lines
+	why          []string // the last column's lines, wrapped lines joined
 }
 
 // probeRows reads the table of `whyslow probes` by probe name.
@@ -140,6 +140,8 @@ func probeRows(table string) map[string]probeRow {
 		if len(cells) != 6 {
 			continue // borders
 		}
+		// a line of the last column wrapped onto this one, indented
+		wrapped := strings.HasPrefix(cells[4], "   ") && strings.TrimSpace(cells[4]) != ""
 		for i := range cells {
 			cells[i] = strings.TrimSpace(cells[i])
 		}
@@ -152,7 +154,11 @@ func probeRows(table string) map[string]probeRow {
 		}
 		if cur != "" {
 			r := rows[cur]
-			r.why = append(r.why, cells[4])
+			if wrapped && len(r.why) > 0 {
+				r.why[len(r.why)-1] += " " + cells[4]
+			} else {
+				r.why = append(r.why, cells[4])
+			}
 			rows[cur] = r
 		}
 	}

@@ -408,3 +408,221 @@ func atoi(t *testing.T, s string) int {
 	}
 	return n
 }
+
+// The cgroup limits the iolimits probe reads once, at its start, hold in
+// every later window: a writer throttled by one long after it was read,
+// when the segment it came in has left the flight recorder, is found
+// throttled (cgroup-throttle, naming its cgroup) in a window of serve, and
+// in a /trace dump of that stretch analyzed again.
+func TestServeLimitAfterFlightRecorder(t *testing.T) {
+	scenario.RequireRoot(t)
+	scenario.Hold(t)
+	dev := limitDisk(t)
+	c := scenario.IOCgroup(t, "serve-thr")
+	if err := c.LimitWriteIOPS(dev, 40); err != nil {
+		t.Fatal(err)
+	}
+	const span = 4 * time.Second
+	srv, base := startServe(t, "--window", "4s", "--flight-recorder", span.String(), "--device", dev)
+	served := time.Now()
+	// Past the span: the limit's segment has left the recorder.
+	time.Sleep(span + 3*time.Second)
+	w := scenario.WriterIn(t, c, dev, 16*time.Second)
+	defer w.Stop()
+
+	var last report.Report
+	var start time.Time
+	found := waitUntil(30*time.Second, func() bool {
+		resp, err := http.Get(base + "/report?format=json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return false
+		}
+		start, _ = time.Parse(time.RFC3339Nano, resp.Header.Get("X-Whyslow-Window-Start"))
+		last = report.Report{}
+		if err := json.NewDecoder(resp.Body).Decode(&last); err != nil {
+			t.Fatalf("/report?format=json: %v", err)
+		}
+		f, ok := findingOf(&last, "cgroup-throttle")
+		return ok && start.After(served.Add(span)) && evidence(f, "cgroup") == c.Path
+	})
+	if !found {
+		t.Fatalf("no window starting over %s after serve's start found cgroup-throttle on %s; the last (from %s):\n%s\nserve's stderr: %s",
+			span, c.Path, start.Format(time.RFC3339Nano), summary(&last), srv.errb.String())
+	}
+	t.Logf("window from %s (%s after serve's start):\n%s", start.Format(time.RFC3339Nano), start.Sub(served).Round(time.Millisecond), summary(&last))
+
+	code, tr := get(t, base+"/trace?seconds=4")
+	if code != 200 {
+		t.Fatalf("/trace: %d %s", code, tr)
+	}
+	trace := filepath.Join(t.TempDir(), "last.trace.gz")
+	if err := os.WriteFile(trace, tr, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	res := run(t, "analyze", "--format", "json", trace)
+	if res.code != 0 {
+		t.Fatalf("analyze of /trace: exit %d: %s", res.code, res.stderr)
+	}
+	var rep report.Report
+	if err := json.Unmarshal([]byte(res.stdout), &rep); err != nil {
+		t.Fatalf("analyze: %v", err)
+	}
+	if f, ok := findingOf(&rep, "cgroup-throttle"); !ok || evidence(f, "cgroup") != c.Path {
+		t.Errorf("analyze of /trace: no cgroup-throttle on %s:\n%s", c.Path, summary(&rep))
+	}
+	stopServe(t, srv, syscall.SIGTERM)
+}
+
+// SIGHUP reloads --stages too: a broken table keeps the one in use and
+// says why (stderr naming the file, whyslow_rules_last_reload_success 0);
+// a good one names the stages from the next window on: a rule of ours
+// that calls a synced writer's waits `lock` makes its blocked time show
+// as lock on /metrics, where it was device before.
+func TestServeReloadStages(t *testing.T) {
+	scenario.RequireRoot(t)
+	scenario.Hold(t)
+	dev := scenario.DiskLoop(t, 256<<20)
+	dir := t.TempDir()
+	mine := filepath.Join(dir, "mine.yaml")
+	// At first a rule for a frame no stack has.
+	if err := os.WriteFile(mine, []byte("version: 1\nrules:\n  - stage: lock\n    frames: [whyslow_no_such_frame]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	srv, base := startServe(t, "--window", "2s", "--stages", dir, "--device", dev)
+	w := scenario.Writer(t, dev, 2*time.Minute)
+	defer w.Stop()
+	stageSeconds := func(stage string) float64 {
+		_, b := get(t, base+"/metrics")
+		prefix := fmt.Sprintf("whyslow_stage_seconds_total{device=%q,stage=%q} ", dev, stage)
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, prefix); ok {
+				var f float64
+				fmt.Sscan(v, &f)
+				return f
+			}
+		}
+		return 0
+	}
+	if !waitUntil(20*time.Second, func() bool { return stageSeconds("device") > 0 }) {
+		t.Fatalf("the writer's blocked time is not device after 20s; stderr %s", srv.errb.String())
+	}
+	if v := stageSeconds("lock"); v != 0 {
+		t.Fatalf("lock %v s before any rule of ours names it", v)
+	}
+
+	if err := os.WriteFile(mine, []byte("version: 1\nrules:\n  - stage: nowhere\n    frames: [io_schedule]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	srv.cmd.Process.Signal(syscall.SIGHUP)
+	if !waitUntil(20*time.Second, func() bool { return strings.Contains(srv.errb.String(), "reloading the stage table failed") }) {
+		t.Fatalf("no word of the failed reload; stderr %s", srv.errb.String())
+	}
+	if !strings.Contains(srv.errb.String(), "mine.yaml") || !strings.Contains(srv.errb.String(), `"nowhere"`) {
+		t.Errorf("the failed reload does not name the file and the bad stage: %s", srv.errb.String())
+	}
+	if !strings.Contains(srv.errb.String(), "reloaded the rules") {
+		t.Errorf("the rules were not reloaded with the stage table: %s", srv.errb.String())
+	}
+	_, b := get(t, base+"/metrics")
+	if !strings.Contains(string(b), "\nwhyslow_rules_last_reload_success 0\n") {
+		t.Errorf("whyslow_rules_last_reload_success is not 0 after a failed reload of the stage table")
+	}
+	time.Sleep(5 * time.Second) // windows with the table in use
+	if v := stageSeconds("lock"); v != 0 {
+		t.Errorf("lock %v s after a failed reload: the broken table is in use", v)
+	}
+
+	// The writer's waits, named lock by our rule, tried before the
+	// built-in ones.
+	good := "version: 1\nrules:\n  - stage: lock\n    frames: [io_schedule, io_schedule_timeout, submit_bio_wait, blkdev_issue_flush, __blkdev_direct_IO_simple, __blkdev_direct_IO, blkdev_direct_IO, __iomap_dio_rw, iomap_dio_rw, blkdev_write_iter, blkdev_fsync, file_write_and_wait_range, do_fsync, vfs_write, __x64_sys_pwrite64, __x64_sys_fdatasync]\n"
+	if err := os.WriteFile(mine, []byte(good), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	srv.cmd.Process.Signal(syscall.SIGHUP)
+	if !waitUntil(20*time.Second, func() bool { return strings.Contains(srv.errb.String(), "reloaded the stage table") }) {
+		t.Fatalf("no word of the reload; stderr %s", srv.errb.String())
+	}
+	if !waitUntil(20*time.Second, func() bool { return stageSeconds("lock") > 0 }) {
+		t.Fatalf("20s after the reload, none of the writer's blocked time is lock; stderr %s", srv.errb.String())
+	}
+	_, b = get(t, base+"/metrics")
+	if !strings.Contains(string(b), "\nwhyslow_rules_last_reload_success 1\n") {
+		t.Errorf("whyslow_rules_last_reload_success is not 1 after a good reload")
+	}
+	// From then on the writer's time goes to lock, not device.
+	d0, l0 := stageSeconds("device"), stageSeconds("lock")
+	time.Sleep(6 * time.Second)
+	d1, l1 := stageSeconds("device"), stageSeconds("lock")
+	t.Logf("over 6s after the reload: device +%.3fs, lock +%.3fs", d1-d0, l1-l0)
+	if l1-l0 <= d1-d0 {
+		t.Errorf("after the reload the writer's blocked time grew device by %.3fs, lock by %.3fs: want most of it lock", d1-d0, l1-l0)
+	}
+	stopServe(t, srv, syscall.SIGTERM)
+}
+
+// The sums the probes keep besides the calls' (the syscall probe's memory
+// stalls, the devfault probe's requeues) reach serve's windows: a writer
+// reclaiming in its writes is found (memory-reclaim, naming fio) in a
+// window of serve, as by a diagnosis.
+func TestServeMemoryReclaim(t *testing.T) {
+	scenario.RequireRoot(t)
+	dev := fastDevice(t)
+	procs := scenario.MemoryCgroup(t, 16<<20)
+	srv, base := startServe(t, "--window", "4s", "--device", dev)
+	w := scenario.BufferedWriter(t, dev, 14*time.Second, procs, reclaimRate)
+	defer w.Stop()
+	var last report.Report
+	found := waitUntil(30*time.Second, func() bool {
+		code, b := get(t, base+"/report?format=json")
+		if code != 200 {
+			return false
+		}
+		last = report.Report{}
+		if err := json.Unmarshal(b, &last); err != nil {
+			t.Fatalf("/report?format=json: %v", err)
+		}
+		f, ok := findingOf(&last, "memory-reclaim")
+		return ok && slices.Contains(f.Devices, dev) && namesComm(f, "fio")
+	})
+	if !found {
+		t.Fatalf("no window of serve found memory-reclaim on %s naming fio; the last:\n%s\nserve's stderr: %s", dev, summary(&last), srv.errb.String())
+	}
+	t.Logf("findings:\n%s", summary(&last))
+	stopServe(t, srv, syscall.SIGTERM)
+}
+
+// Each process's I/O (the submit probe's, read at every checkpoint)
+// reaches serve's windows: a reader in a batch cgroup that starves a
+// writer of the device is found (noisy-neighbour, the reader the cause)
+// in a window of serve, as by a diagnosis.
+func TestServeNoisyNeighbour(t *testing.T) {
+	scenario.RequireRoot(t)
+	n := neighbours{dev: scenario.DiskLoop(t, 256<<20)}
+	n.cgroup = scenario.IOCgroup(t, "serve-batch")
+	srv, base := startServe(t, "--window", "6s", "--device", n.dev)
+	r, w := n.reader(t, time.Minute), n.writer(t, time.Minute)
+	defer r.Stop()
+	defer w.Stop()
+	var last report.Report
+	found := waitUntil(40*time.Second, func() bool {
+		code, b := get(t, base+"/report?format=json")
+		if code != 200 {
+			return false
+		}
+		last = report.Report{}
+		if err := json.Unmarshal(b, &last); err != nil {
+			t.Fatalf("/report?format=json: %v", err)
+		}
+		f, ok := findingOf(&last, "noisy-neighbour")
+		return ok && slices.Contains(f.Devices, n.dev) && partOf(f, r.Pid, report.PartCause) != nil
+	})
+	if !found {
+		t.Fatalf("no window of serve found noisy-neighbour on %s with the reader (pid %d) the cause; the last:\n%s\nserve's stderr: %s", n.dev, r.Pid, summary(&last), srv.errb.String())
+	}
+	t.Logf("findings:\n%s", summary(&last))
+	stopServe(t, srv, syscall.SIGTERM)
+}

@@ -201,8 +201,12 @@ func TestIOCost(t *testing.T) {
 			if q, _ := evidence(f, "qos").(string); !strings.Contains(q, "enable=1") {
 				t.Errorf("evidence qos %q, want iocost's configuration", q)
 			}
-			if !slices.ContainsFunc(f.Processes, func(p report.Process) bool { return int(p.Pid) == w.Pid }) {
-				t.Errorf("finding's processes %+v do not name fio (pid %d)", f.Processes, w.Pid)
+			if !slices.ContainsFunc(f.Processes, func(p report.Process) bool { return int(p.Pid) == w.Pid && p.Cgroup == c.Path }) {
+				t.Errorf("finding's processes %+v do not name fio (pid %d) in its cgroup %s", f.Processes, w.Pid, c.Path)
+			}
+			// The cgroup held to its budget, named.
+			if cgs := stringsOf(evidence(f, "cgroups")); len(cgs) != 1 || cgs[0] != c.Path || !strings.Contains(f.Title, c.Path) {
+				t.Errorf("evidence cgroups %v and title %q, want the writer's cgroup %s", evidence(f, "cgroups"), f.Title, c.Path)
 			}
 		})
 	}

@@ -84,7 +84,7 @@ func (e SlowSubmit) When() Mono { return e.Start }
 // pages (a kworker, a flusher) for buffered writes, whose cgroup is still
 // the one the pages are charged to.
 type IOUsage struct {
-	Time Mono `json:"time"` // when the counts were read, at the end of the run
+	Time Mono `json:"time"` // when the counts were read: at the end of the run, or at a checkpoint
 	// Task is the process: Pid and Tgid are its process id, Comm the name
 	// of the thread that queued its first bio counted here.
 	Task Task `json:"task"`

@@ -33,13 +33,10 @@ func (d *Device) StageMs(name string) float64 {
 }
 
 // StageTasks returns the processes on the device that spent time in a
-// stage, as tasks (pid = tgid), the most time first.
+// stage, as tasks (pid = tgid) with the cgroup their I/O is charged to
+// when known, the most time first.
 func (d *Device) StageTasks(name string) Tasks {
-	var ts taskSet
-	for _, p := range d.InStage(name) {
-		ts.add(Task{Pid: p.Pid, Tgid: p.Pid, Comm: p.Comm})
-	}
-	return ts.list
+	return Processes(d.InStage(name)).Tasks()
 }
 
 // StageDelayed returns the processes on the device that spent time in a

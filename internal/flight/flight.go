@@ -14,11 +14,20 @@
 // each shared string once per segment) and the packed states together take
 // at most Options.MaxBytes. Segments older than Options.Keep are dropped
 // as they expire. Before that, when the bound is reached, the oldest
-// segment's events are evicted to make room (states only when no event is
+// states are dropped while the states take over half of it (they hold the
+// syscall probe's sums whole, megabytes when its maps are full; a window
+// needs none of them, a dump starts later), then the oldest segment's
+// events are evicted to make room (the other states only when no event is
 // left to evict): the segment stays, holding the count of the events it lost
 // by probe (EvictedLoss), so that a window or a dump that covers it says
 // so. When nothing is left to evict, new events are dropped and counted
 // (FullLoss). Everything evicted or dropped is in Totals.
+//
+// The events that describe a state of the system (a cgroup's limit, a
+// mount, a process's names: timeline.Stream.Describes) are not evicted,
+// and the latest of each outlives its segment, within a bound of its own
+// (Options.MaxDescribed): each window and dump starts with the states as
+// they were at its start, however long ago they were described.
 package flight
 
 import (
@@ -54,6 +63,9 @@ type Options struct {
 	MaxBytes int64
 	// Keep is how long segments and states are held; 0 means DefaultKeep.
 	Keep time.Duration
+	// MaxDescribed bounds the states of the system (describing events)
+	// held past their segments, per kind; 0 means DefaultMaxDescribed.
+	MaxDescribed int
 }
 
 // Recorder holds the run's recent events and states. It is a probes.Sink
@@ -65,8 +77,20 @@ type Recorder struct {
 	keep   time.Duration
 	segs   []*segment // oldest first; the last is open
 	states []*packed  // oldest first
-	bytes  int64      // held: the events of every segment, and the states
-	totals timeline.Timeline
+	bytes  int64      // held: the events of every segment, the states, the described states
+	// stateBytes is what the states take of bytes.
+	stateBytes int64
+	totals     timeline.Timeline
+
+	// The states described before the segments held (described.go).
+	maxDesc int
+	desc    map[timeline.Stream]*descTable
+	owned   map[uint32][]*descEntry // by the process they belong to
+	seq     uint64
+	// heldPids counts the describing events of each process in the
+	// segments held: their exits are kept when the segments' events are
+	// evicted.
+	heldPids map[uint32]int
 }
 
 // segment is the events that arrived between two rotations, and the losses
@@ -76,6 +100,7 @@ type segment struct {
 	tl         *timeline.Timeline
 	bound      timeline.Bound
 	evicted    bool
+	kept       int64 // evicted: the bytes of the describing events kept
 }
 
 // New returns a recorder whose first segment opens at start.
@@ -86,7 +111,10 @@ func New(o Options, start event.Mono) *Recorder {
 	if o.Keep <= 0 {
 		o.Keep = DefaultKeep
 	}
-	r := &Recorder{max: o.MaxBytes, keep: o.Keep}
+	if o.MaxDescribed <= 0 {
+		o.MaxDescribed = DefaultMaxDescribed
+	}
+	r := &Recorder{max: o.MaxBytes, keep: o.Keep, maxDesc: o.MaxDescribed}
 	r.segs = []*segment{newSegment(start)}
 	return r
 }
@@ -117,6 +145,7 @@ func (r *Recorder) Event(e event.Event) {
 		before := seg.bound.Bytes()
 		if seg.bound.Admit(seg.tl, e) {
 			r.bytes += seg.bound.Bytes() - before
+			r.held(s, e, 1)
 			return
 		}
 	}
@@ -139,10 +168,14 @@ func (r *Recorder) lose(seg *segment, l event.Loss) {
 	r.totals.AddLoss(l)
 }
 
-// makeRoom evicts the oldest events, then the oldest states, until need
-// more bytes fit, or nothing is left to evict but the open segment and the
-// newest state. States go last: they are small, and a dump that starts
-// from one says what was evicted after it.
+// makeRoom drops the oldest states while they take over half the bound,
+// then evicts the oldest events, then the oldest states, until need more
+// bytes fit, or nothing is left to evict but the open segment and the
+// newest state. States go last when they are small: a dump that starts
+// from one says what was evicted after it; but the syscall probe's sums
+// are whole in each, megabytes when its maps are full, and a storm of
+// them must not evict every window's events (a window needs no state of
+// the recorder: serve keeps those at its ends).
 func (r *Recorder) makeRoom(need int64) {
 	for r.bytes+need > r.max {
 		var seg *segment
@@ -157,22 +190,50 @@ func (r *Recorder) makeRoom(need int64) {
 			st = r.states[0]
 		}
 		switch {
+		case st != nil && r.stateBytes > r.max/2:
+			r.dropState()
 		case seg != nil:
 			r.evict(seg)
 		case st != nil:
-			r.bytes -= st.bytes
-			r.states = r.states[1:]
+			r.dropState()
 		default:
 			return
 		}
 	}
 }
 
-// evict drops a segment's events, keeping their count as losses.
+// dropState drops the oldest state.
+func (r *Recorder) dropState() {
+	r.bytes -= r.states[0].bytes
+	r.stateBytes -= r.states[0].bytes
+	r.states[0] = nil
+	r.states = r.states[1:]
+}
+
+// evict drops a segment's events, keeping their count as losses; the
+// events that describe states are kept.
 func (r *Recorder) evict(seg *segment) {
 	r.bytes -= seg.bound.Bytes()
 	counts := seg.tl.Events()
 	kept := &timeline.Timeline{Losses: seg.tl.Losses}
+	kept.AppendDescribing(seg.tl)
+	for _, s := range describingStreams {
+		s.Each(kept, func(e event.Event) {
+			seg.kept += s.Bytes(e)
+			counts[s.Probe()]--
+		})
+	}
+	// The exits of processes with states described, which forget them.
+	if exit := timeline.StreamOf(event.Exit{}); exit != nil {
+		for _, x := range seg.tl.Exits {
+			if r.owned[x.Pid] != nil || r.heldPids[x.Pid] > 0 {
+				kept.Exits = append(kept.Exits, x)
+				seg.kept += exit.Bytes(x)
+				counts[exit.Probe()]--
+			}
+		}
+	}
+	r.bytes += seg.kept
 	for _, p := range timeline.ProbeNames() {
 		if n := counts[p]; n > 0 {
 			l := event.Loss{Probe: p, What: EvictedLoss, Count: n}
@@ -184,8 +245,9 @@ func (r *Recorder) evict(seg *segment) {
 }
 
 // Rotate closes the open segment at at, opens the next, and drops the
-// segments that ended Keep or more before at, with the states older than
-// the oldest segment left.
+// segments that ended Keep or more before at (the latest of the states
+// their events described are kept), with the states older than the
+// oldest segment left.
 func (r *Recorder) Rotate(at event.Mono) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -194,7 +256,8 @@ func (r *Recorder) Rotate(at event.Mono) {
 	cut := at.Add(-r.keep)
 	n := 0
 	for n < len(r.segs)-1 && r.segs[n].end <= cut {
-		r.bytes -= r.segs[n].bound.Bytes()
+		r.bytes -= r.segs[n].bound.Bytes() + r.segs[n].kept
+		r.fold(r.segs[n])
 		n++
 	}
 	if n > 0 {
@@ -205,6 +268,7 @@ func (r *Recorder) Rotate(at event.Mono) {
 	m := 0
 	for m < len(r.states) && r.states[m].at < oldest {
 		r.bytes -= r.states[m].bytes
+		r.stateBytes -= r.states[m].bytes
 		m++
 	}
 	if m > 0 {
@@ -220,20 +284,25 @@ func (r *Recorder) AddState(st State) {
 	defer r.mu.Unlock()
 	r.states = append(r.states, p)
 	r.bytes += p.bytes
+	r.stateBytes += p.bytes
 	if r.bytes > r.max {
 		r.makeRoom(0)
 	}
 }
 
 // Window returns the stretch of the run from one state to another: the
-// events of the segments that opened at or after from.At and closed by
-// to.At (copied, in arrival order: Sort the timeline before analyzing
-// it), the losses delivered or counted meanwhile, and the histograms and
+// states of the system described before it, as they were at from.At
+// (set at from.At), then the events of the segments that opened at or
+// after from.At and closed by to.At (copied, in arrival order: Sort the
+// timeline before analyzing it), the losses delivered or counted meanwhile, and the histograms and
 // counted losses by Delta. The caller fills in the rest of the timeline
 // (kernel, host, probes, holders).
 func (r *Recorder) Window(from, to State) *timeline.Timeline {
 	tl := &timeline.Timeline{Start: from.At, End: to.At}
 	r.mu.Lock()
+	if d := r.describedAt(from.At); d != nil {
+		tl.AppendEvents(d)
+	}
 	for _, seg := range r.segs {
 		if seg.start >= from.At && seg.end != 0 && seg.end <= to.At {
 			tl.AppendEvents(seg.tl)
@@ -245,7 +314,7 @@ func (r *Recorder) Window(from, to State) *timeline.Timeline {
 	r.mu.Unlock()
 	devs, losses := Delta(to, from)
 	tl.Devices = devs
-	tl.SyscallStats, tl.BlockedStacks = SumsDelta(to, from)
+	AddSums(tl, to, from)
 	for _, l := range losses {
 		tl.AddLoss(l)
 	}
@@ -255,7 +324,8 @@ func (r *Recorder) Window(from, to State) *timeline.Timeline {
 // Since returns the recent run from the newest state at or before at (or
 // the oldest state held, when none is that old: then the run held is
 // shorter than asked): that state, and the segments from it on, the open
-// one included, as parts (shallow copies: the events are shared, and a
+// one included, as parts, after a first part of the states of the system
+// described before it as they were then (set at its time) (shallow copies: the events are shared, and a
 // part holds on to them while it is used), and the losses delivered or
 // counted while they arrived. ok is false when no state is held.
 func (r *Recorder) Since(at event.Mono) (from State, parts []*timeline.Timeline, losses []event.Loss, ok bool) {
@@ -271,6 +341,9 @@ func (r *Recorder) Since(at event.Mono) (from State, parts []*timeline.Timeline,
 		}
 	}
 	var sum timeline.Timeline
+	if d := r.describedAt(st.at); d != nil {
+		parts = append(parts, d)
+	}
 	for _, seg := range r.segs {
 		if seg.start < st.at {
 			continue

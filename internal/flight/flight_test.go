@@ -234,3 +234,56 @@ func TestPack(t *testing.T) {
 		t.Errorf("unpacked %+v, want %+v", got, st)
 	}
 }
+
+// States as big as the syscall probe's sums make them when its maps are
+// full (thousands of processes' histograms, whole in every checkpoint)
+// take at most half of a full recorder: the oldest go first, and the
+// events of the last window are all held.
+func TestBigStates(t *testing.T) {
+	big := func(at event.Mono) State {
+		st := state(at, 0, 1000)
+		for pid := range uint32(2048) {
+			s := event.SyscallStats{Time: at, Pid: pid, Comm: "worker", Call: "pwrite64", Dev: loop0, Sleep: time.Duration(at)}
+			s.Latency.Add(uint64(pid) + 1000)
+			st.Stats = append(st.Stats, s)
+		}
+		return st
+	}
+	one := pack(big(0)).bytes
+	max := 8 * one // room for 8 states, or half as many and the events
+	r := New(Options{MaxBytes: max}, 0)
+	r.AddState(big(0))
+	perSecond := int(one / timeline.StreamOf(submit(0, 0)).Bytes(submit(0, time.Millisecond)) / 4)
+	var states []State
+	for s := 1; s <= 120; s++ {
+		for i := range perSecond {
+			r.Event(submit(event.Mono(s-1)*sec+event.Mono(i), time.Millisecond))
+		}
+		at := event.Mono(s) * sec
+		r.Rotate(at)
+		if s%2 == 0 { // a checkpoint every 2 s
+			st := big(at)
+			r.AddState(st)
+			states = append(states, st)
+		}
+		if b := r.Stats().Bytes; b > max {
+			t.Fatalf("second %d: %d bytes held, bound %d", s, b, max)
+		}
+	}
+	if r.stateBytes > max/2+one {
+		t.Errorf("states take %d bytes of %d: want at most half (and one)", r.stateBytes, max)
+	}
+	// The last window (6 s) is whole.
+	tl := r.Window(states[len(states)-4], states[len(states)-1])
+	if got, want := len(tl.SlowSubmits), 6*perSecond; got != want {
+		t.Errorf("the last window holds %d events, want all %d", got, want)
+	}
+	for _, l := range tl.Losses {
+		if l.What == EvictedLoss || l.What == FullLoss {
+			t.Errorf("the last window lost %d events: %s", l.Count, l.What)
+		}
+	}
+	if _, _, _, ok := r.Since(0); !ok {
+		t.Error("no state left for a dump")
+	}
+}

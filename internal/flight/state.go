@@ -17,10 +17,14 @@ type State struct {
 	At      event.Mono
 	Devices []timeline.DeviceHistograms // cumulative since the probes started
 	Losses  []event.Loss                // cumulative counters of the probes
-	// Stats and Blocked are the syscall probe's sums, whole since it
-	// started (SumsDelta).
-	Stats   []event.SyscallStats
-	Blocked []event.BlockedStack
+	// Stats, Blocked and MemStalls are the syscall probe's sums, whole
+	// since it started, Requeues the devfault probe's, IOUsage the submit
+	// probe's: every timeline.Sums stream (SumsDelta, AddSums).
+	Stats     []event.SyscallStats
+	Blocked   []event.BlockedStack
+	MemStalls []event.MemStall
+	Requeues  []event.Requeues
+	IOUsage   []event.IOUsage
 }
 
 // Delta is what the probes counted between two states: each device's
@@ -126,12 +130,15 @@ func histKinds() []timeline.Hist {
 // slots only (a device's three histograms take some 8 KB unpacked, a few
 // hundred bytes packed).
 type packed struct {
-	at      event.Mono
-	devs    []packedDev
-	losses  []event.Loss
-	stats   []event.SyscallStats
-	blocked []event.BlockedStack
-	bytes   int64 // estimated memory
+	at       event.Mono
+	devs     []packedDev
+	losses   []event.Loss
+	stats    []event.SyscallStats
+	blocked  []event.BlockedStack
+	mem      []event.MemStall
+	requeues []event.Requeues
+	ioUsage  []event.IOUsage
+	bytes    int64 // estimated memory
 }
 
 type packedDev struct {
@@ -148,7 +155,9 @@ type packedHist struct {
 func pack(st State) *packed {
 	p := &packed{at: st.At, losses: slices.Clone(st.Losses)}
 	p.stats, p.blocked = cloneSums(st.Stats, st.Blocked)
-	p.bytes = 64 + int64(len(p.losses))*48 + sumsBytes(p.stats, p.blocked)
+	p.mem, p.requeues, p.ioUsage = slices.Clone(st.MemStalls), slices.Clone(st.Requeues), slices.Clone(st.IOUsage)
+	p.bytes = 64 + int64(len(p.losses))*48 + sumsBytes(p.stats, p.blocked) + int64(len(p.mem))*112 + int64(len(p.requeues))*64 +
+		int64(len(p.ioUsage))*160
 	kinds := histKinds()
 	for _, d := range st.Devices {
 		pd := packedDev{dev: d.Dev, hists: make([]packedHist, len(kinds))}
@@ -173,6 +182,7 @@ func pack(st State) *packed {
 func (p *packed) unpack() State {
 	st := State{At: p.at, Losses: slices.Clone(p.losses)}
 	st.Stats, st.Blocked = cloneSums(p.stats, p.blocked)
+	st.MemStalls, st.Requeues, st.IOUsage = slices.Clone(p.mem), slices.Clone(p.requeues), slices.Clone(p.ioUsage)
 	kinds := histKinds()
 	for _, pd := range p.devs {
 		d := timeline.DeviceHistograms{Dev: pd.dev}

@@ -42,6 +42,12 @@ var rules = []struct {
 		why:   "the analysis runs on recorded traces anywhere: it never needs the probes or BPF",
 	},
 	{
+		pkgs:   []string{"internal/blockqueue", "internal/sysattr", "internal/command", "internal/udevd"},
+		never:  []string{"internal/", "probes", "rules", "diagnose", "cmd"},
+		except: []string{"internal/sysattr"},
+		why:    "machine helpers of the selftest and the scenarios: they know nothing of the pipeline",
+	},
+	{
 		pkgs:  []string{"internal/timeline"},
 		never: []string{"internal/facts", "rules", "internal/report", "internal/tracefile"},
 		why:   "the timeline is the input of the analysis",

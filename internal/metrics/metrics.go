@@ -209,14 +209,13 @@ func (m *Metrics) SetProbes(ps []event.ProbeStatus) {
 	m.mu.Unlock()
 }
 
-// Rules records a load of the rules: how many are in use, and whether the
-// load (a reload: first false) failed, the old set staying in use.
+// Rules records a load of the rules (and the stage table): how many
+// rules are in use, and whether the load (a reload: first false) failed,
+// what failed to load staying in use.
 func (m *Metrics) Rules(loaded int, reload, ok bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if ok {
-		m.rulesLoaded = loaded
-	}
+	m.rulesLoaded = loaded
 	if reload {
 		result := "ok"
 		if !ok {
@@ -263,10 +262,10 @@ var (
 	descRules = prometheus.NewDesc("whyslow_rules_loaded",
 		"Rules in use.", nil, nil)
 	descReloads = prometheus.NewDesc("whyslow_rules_reloads_total",
-		"Reloads of --rules on SIGHUP, by result (ok, error: the previous rules stay in use, stderr says why).",
+		"Reloads of --rules and --stages on SIGHUP, by result (ok, error: what failed to load stays in use as before, stderr says why).",
 		[]string{"result"}, nil)
 	descReloadOK = prometheus.NewDesc("whyslow_rules_last_reload_success",
-		"1 unless the last reload of --rules failed (then the previous rules are in use).", nil, nil)
+		"1 unless the last reload of --rules or --stages failed (then the previous rules or stage table are in use).", nil, nil)
 	descRuleErrors = prometheus.NewDesc("whyslow_rule_errors_total",
 		"Windows in which a rule failed as it was evaluated (its findings are missing there).",
 		[]string{"rule"}, nil)

@@ -7,6 +7,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/whyslow/whyslow/internal/command"
+	"github.com/whyslow/whyslow/internal/sysattr"
 )
 
 // DiskBySerial returns the name of the block device whose serial (as
@@ -46,7 +49,7 @@ func Bcache(t testing.TB, backing, cache, mode string) string {
 	if _, err := lookPath("bcache-tools", "make-bcache"); err != nil {
 		t.Fatalf("bcache: %v", err)
 	}
-	if _, err := command(time.Minute, "make-bcache", "--wipe-bcache", "-B", "/dev/"+backing, "-C", "/dev/"+cache); err != nil {
+	if _, err := command.Run(time.Minute, "make-bcache", "--wipe-bcache", "-B", "/dev/"+backing, "-C", "/dev/"+cache); err != nil {
 		t.Fatalf("bcache: %v", err)
 	}
 	t.Cleanup(func() {
@@ -59,7 +62,7 @@ func Bcache(t testing.TB, backing, cache, mode string) string {
 	})
 	for _, d := range []string{backing, cache} {
 		// A device registered already (by udev's bcache rule) says so.
-		if err := writeAttr("/sys/fs/bcache/register", "/dev/"+d); err != nil && !strings.Contains(err.Error(), "exist") {
+		if err := sysattr.Write("/sys/fs/bcache/register", "/dev/"+d); err != nil && !strings.Contains(err.Error(), "exist") {
 			t.Logf("bcache: registering %s: %v", d, err)
 		}
 	}
@@ -79,10 +82,10 @@ func Bcache(t testing.TB, backing, cache, mode string) string {
 	t.Cleanup(func() {
 		// Stopping the backing device's bcache and unregistering the cache
 		// set releases both disks.
-		_ = writeAttr(filepath.Join("/sys/block", name, "bcache", "stop"), "1")
+		_ = sysattr.Write(filepath.Join("/sys/block", name, "bcache", "stop"), "1")
 		sets, _ := filepath.Glob("/sys/fs/bcache/*-*-*-*-*")
 		for _, s := range sets {
-			_ = writeAttr(filepath.Join(s, "unregister"), "1")
+			_ = sysattr.Write(filepath.Join(s, "unregister"), "1")
 		}
 		// Both go away asynchronously; the disks are busy until then.
 		if !waitFor(60*time.Second, func() bool {
@@ -105,7 +108,7 @@ func Bcache(t testing.TB, backing, cache, mode string) string {
 		t.Fatalf("bcache: %s is %q, want its cache attached (clean)", name, strings.TrimSpace(string(state)))
 	}
 	modePath := filepath.Join("/sys/block", name, "bcache", "cache_mode")
-	if err := writeAttr(modePath, mode); err != nil {
+	if err := sysattr.Write(modePath, mode); err != nil {
 		t.Fatalf("bcache: cache mode %s: %v", mode, err)
 	}
 	got, _ := os.ReadFile(modePath)

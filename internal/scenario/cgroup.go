@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/whyslow/whyslow/internal/sysattr"
 )
 
 // Cgroup is a cgroup a scenario made in the hierarchy of the block I/O
@@ -69,7 +71,7 @@ func IOCgroup(t testing.TB, name string) *Cgroup {
 
 // Enter moves process pid (all its threads) into the cgroup.
 func (c *Cgroup) Enter(pid int) error {
-	return writeAttr(filepath.Join(c.Dir, "cgroup.procs"), strconv.Itoa(pid))
+	return sysattr.Write(filepath.Join(c.Dir, "cgroup.procs"), strconv.Itoa(pid))
 }
 
 // Command returns argv that runs argv in the cgroup: a shell that moves
@@ -87,9 +89,9 @@ func (c *Cgroup) LimitWriteIOPS(dev string, iops int) error {
 		return err
 	}
 	if c.V1 {
-		return writeAttr(filepath.Join(c.Dir, "blkio.throttle.write_iops_device"), fmt.Sprintf("%s %d", id, iops))
+		return sysattr.Write(filepath.Join(c.Dir, "blkio.throttle.write_iops_device"), fmt.Sprintf("%s %d", id, iops))
 	}
-	return writeAttr(filepath.Join(c.Dir, "io.max"), fmt.Sprintf("%s wiops=%d", id, iops))
+	return sysattr.Write(filepath.Join(c.Dir, "io.max"), fmt.Sprintf("%s wiops=%d", id, iops))
 }
 
 // devID reads major:minor of block device dev from sysfs.
@@ -152,11 +154,11 @@ func enableIO(t testing.TB, root string) {
 	if err == nil && slices.Contains(strings.Fields(string(on)), "io") {
 		return
 	}
-	if err := writeAttr(ctl, "+io"); err != nil {
+	if err := sysattr.Write(ctl, "+io"); err != nil {
 		t.Fatalf("cgroup: enabling io in %s: %v", ctl, err)
 	}
 	t.Cleanup(func() {
-		if err := writeAttr(ctl, "-io"); err != nil {
+		if err := sysattr.Write(ctl, "-io"); err != nil {
 			t.Logf("scenario: disabling io in %s again: %v", ctl, err)
 		}
 	})
@@ -169,7 +171,7 @@ func removeCgroup(dir, root string) error {
 	for try := 0; try < 50; try++ {
 		if b, rerr := os.ReadFile(filepath.Join(dir, "cgroup.procs")); rerr == nil {
 			for _, pid := range strings.Fields(string(b)) {
-				_ = writeAttr(filepath.Join(root, "cgroup.procs"), pid)
+				_ = sysattr.Write(filepath.Join(root, "cgroup.procs"), pid)
 			}
 		}
 		if err = unix.Rmdir(dir); err == nil || errors.Is(err, unix.ENOENT) {

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/whyslow/whyslow/internal/command"
 )
 
 // Ext4 makes an ext4 filesystem on block device dev (e.g. "loop3") and
@@ -21,20 +23,20 @@ func Ext4(t testing.TB, dev string) string {
 	if _, err := lookPath("e2fsprogs", "mkfs.ext4"); err != nil {
 		t.Fatalf("ext4: %v", err)
 	}
-	if _, err := command(time.Minute, "mkfs.ext4", "-q", "-F", "/dev/"+dev); err != nil {
+	if _, err := command.Run(time.Minute, "mkfs.ext4", "-q", "-F", "/dev/"+dev); err != nil {
 		t.Fatalf("ext4: %v", err)
 	}
 	dir, err := os.MkdirTemp("", "whyslow-ext4-")
 	if err != nil {
 		t.Fatalf("ext4: %v", err)
 	}
-	if _, err := command(30*time.Second, "mount", "-t", "ext4", "/dev/"+dev, dir); err != nil {
+	if _, err := command.Run(30*time.Second, "mount", "-t", "ext4", "/dev/"+dev, dir); err != nil {
 		os.Remove(dir)
 		t.Fatalf("ext4: %v", err)
 	}
 	t.Cleanup(func() {
-		command(30*time.Second, "fsfreeze", "--unfreeze", dir) // fails when not frozen
-		if _, err := command(time.Minute, "umount", dir); err != nil {
+		command.Run(30*time.Second, "fsfreeze", "--unfreeze", dir) // fails when not frozen
+		if _, err := command.Run(time.Minute, "umount", dir); err != nil {
 			t.Errorf("ext4 cleanup: %v", err)
 			return
 		}
@@ -63,7 +65,7 @@ func Freezer(t testing.TB, dir string, frozen, thawed time.Duration) (stop func(
 	go func() {
 		defer close(done)
 		for {
-			if _, err := command(30*time.Second, "fsfreeze", "--freeze", dir); err != nil {
+			if _, err := command.Run(30*time.Second, "fsfreeze", "--freeze", dir); err != nil {
 				ferr = err
 				return
 			}
@@ -72,7 +74,7 @@ func Freezer(t testing.TB, dir string, frozen, thawed time.Duration) (stop func(
 			case <-quit:
 			case <-time.After(frozen):
 			}
-			if _, err := command(30*time.Second, "fsfreeze", "--unfreeze", dir); err != nil {
+			if _, err := command.Run(30*time.Second, "fsfreeze", "--unfreeze", dir); err != nil {
 				ferr = fmt.Errorf("thawing %s: %w", dir, err)
 				return
 			}

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/whyslow/whyslow/internal/command"
 )
 
 // FullLoopDevice attaches a loop device of size bytes over a sparse file
@@ -20,11 +22,11 @@ func FullLoopDevice(t testing.TB, size, room int64) string {
 	RequireRoot(t)
 	hold(t)
 	dir := t.TempDir()
-	if _, err := command(30*time.Second, "mount", "-t", "tmpfs", "-o", fmt.Sprintf("size=%d", room), "whyslow-test", dir); err != nil {
+	if _, err := command.Run(30*time.Second, "mount", "-t", "tmpfs", "-o", fmt.Sprintf("size=%d", room), "whyslow-test", dir); err != nil {
 		t.Fatalf("full loop device: %v", err)
 	}
 	t.Cleanup(func() {
-		if _, err := command(30*time.Second, "umount", dir); err != nil {
+		if _, err := command.Run(30*time.Second, "umount", dir); err != nil {
 			t.Errorf("full loop device cleanup: %v", err)
 		}
 	})
@@ -35,7 +37,7 @@ func FullLoopDevice(t testing.TB, size, room int64) string {
 	if err := os.Truncate(backing, size); err != nil {
 		t.Fatalf("full loop device: %v", err)
 	}
-	out, err := command(30*time.Second, "losetup", "--find", "--show", backing)
+	out, err := command.Run(30*time.Second, "losetup", "--find", "--show", backing)
 	if err != nil {
 		t.Fatalf("full loop device: %v", err)
 	}
@@ -44,7 +46,7 @@ func FullLoopDevice(t testing.TB, size, room int64) string {
 		t.Fatalf("full loop device: losetup printed %q, want /dev/loopN", strings.TrimSpace(out))
 	}
 	t.Cleanup(func() {
-		if _, err := command(30*time.Second, "losetup", "--detach", "/dev/"+dev); err != nil {
+		if _, err := command.Run(30*time.Second, "losetup", "--detach", "/dev/"+dev); err != nil {
 			t.Errorf("full loop device cleanup: %v", err)
 		}
 	})

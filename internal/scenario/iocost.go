@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/whyslow/whyslow/internal/sysattr"
 )
 
 // IOCost turns the iocost controller on for block device dev with a model
@@ -33,14 +35,14 @@ func IOCost(t testing.TB, dev, model, qos string) {
 	if err != nil {
 		t.Fatalf("iocost: %v", err)
 	}
-	if err := writeAttr(filepath.Join(root, "io.cost.model"), id+" "+model); err != nil {
+	if err := sysattr.Write(filepath.Join(root, "io.cost.model"), id+" "+model); err != nil {
 		t.Fatalf("iocost: io.cost.model: %v", err)
 	}
-	if err := writeAttr(qosFile, id+" "+qos); err != nil {
+	if err := sysattr.Write(qosFile, id+" "+qos); err != nil {
 		t.Fatalf("iocost: io.cost.qos: %v", err)
 	}
 	t.Cleanup(func() {
-		if err := writeAttr(qosFile, id+" enable=0"); err != nil {
+		if err := sysattr.Write(qosFile, id+" enable=0"); err != nil {
 			t.Errorf("iocost cleanup: %v", err)
 		}
 	})

@@ -11,61 +11,20 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/whyslow/whyslow/internal/blockqueue"
+	"github.com/whyslow/whyslow/internal/command"
 )
 
-// Queue is the state of a block device's request queue attributes.
-type Queue struct {
-	Scheduler  string   // the active scheduler, e.g. "mq-deadline" or "none"
-	Offered    []string // every scheduler queue/scheduler lists
-	NrRequests int
-}
-
-// Offers reports whether sched is one of the offered schedulers.
-func (q Queue) Offers(sched string) bool {
-	for _, s := range q.Offered {
-		if s == sched {
-			return true
-		}
-	}
-	return false
-}
+// Queue is the state of a block device's request-queue attributes.
+type Queue = blockqueue.Queue
 
 // ReadQueue reads /sys/block/<dev>/queue/{scheduler,nr_requests}.
-func ReadQueue(dev string) (Queue, error) {
-	var q Queue
-	b, err := os.ReadFile(queueAttr(dev, "scheduler"))
-	if err != nil {
-		return q, err
-	}
-	for _, f := range strings.Fields(string(b)) {
-		if strings.HasPrefix(f, "[") && strings.HasSuffix(f, "]") {
-			f = strings.Trim(f, "[]")
-			q.Scheduler = f
-		}
-		q.Offered = append(q.Offered, f)
-	}
-	b, err = os.ReadFile(queueAttr(dev, "nr_requests"))
-	if err != nil {
-		return q, err
-	}
-	if q.NrRequests, err = strconv.Atoi(strings.TrimSpace(string(b))); err != nil {
-		return q, fmt.Errorf("parsing nr_requests of %s: %w", dev, err)
-	}
-	return q, nil
-}
+func ReadQueue(dev string) (Queue, error) { return blockqueue.Read(dev) }
 
 // SetQueue writes the scheduler and then nr_requests of dev (switching the
 // scheduler resets nr_requests, so the order matters).
-func SetQueue(dev, sched string, nrRequests int) error {
-	if err := writeAttr(queueAttr(dev, "scheduler"), sched); err != nil {
-		return err
-	}
-	return writeAttr(queueAttr(dev, "nr_requests"), strconv.Itoa(nrRequests))
-}
-
-func queueAttr(dev, name string) string {
-	return filepath.Join("/sys/block", dev, "queue", name)
-}
+func SetQueue(dev, sched string, nrRequests int) error { return blockqueue.Set(dev, sched, nrRequests) }
 
 // loopName matches what LoopDevice returns.
 var loopName = regexp.MustCompile(`^loop[0-9]+$`)
@@ -148,7 +107,7 @@ func loopDevice(t testing.TB, size int64, dir string, disk bool) string {
 	if disk {
 		args = append([]string{"--direct-io=on"}, args...)
 	}
-	out, err := command(30*time.Second, "losetup", args...)
+	out, err := command.Run(30*time.Second, "losetup", args...)
 	if err != nil {
 		t.Fatalf("loop device: %v", err)
 	}
@@ -157,7 +116,7 @@ func loopDevice(t testing.TB, size int64, dir string, disk bool) string {
 		t.Fatalf("loop device: losetup printed %q, want /dev/loopN", strings.TrimSpace(out))
 	}
 	t.Cleanup(func() {
-		if _, err := command(30*time.Second, "losetup", "--detach", "/dev/"+dev); err != nil {
+		if _, err := command.Run(30*time.Second, "losetup", "--detach", "/dev/"+dev); err != nil {
 			t.Errorf("loop device cleanup: %v", err)
 		}
 	})
@@ -228,7 +187,7 @@ func detachStaleLoops(t testing.TB) {
 		if err := SetQueue(dev, "none", depth); err != nil {
 			t.Logf("scenario: resetting queue of stale /dev/%s: %v", dev, err)
 		}
-		if _, err := command(30*time.Second, "losetup", "--detach", "/dev/"+dev); err == nil {
+		if _, err := command.Run(30*time.Second, "losetup", "--detach", "/dev/"+dev); err == nil {
 			t.Logf("scenario: detached /dev/%s left over by dead test process %d", dev, pid)
 		}
 	}

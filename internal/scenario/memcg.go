@@ -1,16 +1,15 @@
 package scenario
 
 import (
-	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/whyslow/whyslow/internal/sysattr"
 )
 
 // MemoryCgroup makes a memory cgroup limited to limit bytes (cgroup v2
@@ -25,7 +24,7 @@ func MemoryCgroup(t testing.TB, limit int64) string {
 	for _, v2 := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified"} {
 		b, err := os.ReadFile(filepath.Join(v2, "cgroup.controllers"))
 		if err == nil && strings.Contains(" "+string(b)+" ", " memory ") {
-			if err := writeAttr(filepath.Join(v2, "cgroup.subtree_control"), "+memory"); err != nil {
+			if err := sysattr.Write(filepath.Join(v2, "cgroup.subtree_control"), "+memory"); err != nil {
 				t.Fatalf("memory cgroup: %v", err)
 			}
 			dir, limitFile, rootProcs = filepath.Join(v2, name), "memory.max", filepath.Join(v2, "cgroup.procs")
@@ -46,7 +45,7 @@ func MemoryCgroup(t testing.TB, limit int64) string {
 		for i := 0; i < 50; i++ {
 			b, _ := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
 			for _, p := range strings.Fields(string(b)) {
-				_ = writeAttr(rootProcs, p)
+				_ = sysattr.Write(rootProcs, p)
 			}
 			if err := os.Remove(dir); err == nil || os.IsNotExist(err) {
 				return
@@ -55,7 +54,7 @@ func MemoryCgroup(t testing.TB, limit int64) string {
 		}
 		t.Errorf("memory cgroup %s not removed", dir)
 	})
-	if err := writeAttr(filepath.Join(dir, limitFile), strconv.FormatInt(limit, 10)); err != nil {
+	if err := sysattr.Write(filepath.Join(dir, limitFile), strconv.FormatInt(limit, 10)); err != nil {
 		t.Fatalf("memory cgroup: %v", err)
 	}
 	return filepath.Join(dir, "cgroup.procs")
@@ -76,41 +75,20 @@ func BufferedWriter(t testing.TB, dev string, dur time.Duration, procs string, e
 	if err := checkDev(dev); err != nil {
 		t.Fatalf("writer: %v", err)
 	}
-	f := &Fio{Output: filepath.Join(t.TempDir(), "fio.json"), done: make(chan struct{})}
-	ctx, cancel := context.WithTimeout(context.Background(), dur+2*time.Minute)
-	f.cancel = cancel
+	output := filepath.Join(t.TempDir(), "fio.json")
 	// fio is moved into the cgroup as soon as it started: its first
 	// writes may come before, the rest are under the limit.
 	args := []string{"--name=buffered", "--filename=/dev/" + dev, "--rw=write", "--bs=1m", "--ioengine=psync",
-		"--time_based", fmt.Sprintf("--runtime=%dms", dur.Milliseconds()), "--output-format=json", "--output=" + f.Output}
+		"--time_based", fmt.Sprintf("--runtime=%dms", dur.Milliseconds()), "--output-format=json", "--output=" + output}
 	args = append(args, extra...)
-	f.cmd = exec.CommandContext(ctx, bin, args...)
-	f.cmd.Stderr = &f.stderr
-	f.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	f.cmd.Cancel = func() error { return syscall.Kill(-f.cmd.Process.Pid, syscall.SIGKILL) }
-	f.cmd.WaitDelay = 5 * time.Second
-	if err := f.cmd.Start(); err != nil {
-		cancel()
-		t.Fatalf("writer: starting fio: %v", err)
-	}
-	f.Pid = f.cmd.Process.Pid
+	r := fioRun{what: "writer", name: "fio", argv: append([]string{bin}, args...), timeout: dur + 2*time.Minute, output: output}
 	if procs != "" {
-		if err := writeAttr(procs, strconv.Itoa(f.Pid)); err != nil {
-			syscall.Kill(-f.Pid, syscall.SIGKILL)
-			t.Fatalf("writer: moving fio into %s: %v", procs, err)
+		r.started = func(pid int) error {
+			if err := sysattr.Write(procs, strconv.Itoa(pid)); err != nil {
+				return fmt.Errorf("moving fio into %s: %w", procs, err)
+			}
+			return nil
 		}
 	}
-	go func() {
-		f.err = f.cmd.Wait()
-		close(f.done)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-f.done:
-		default:
-			syscall.Kill(-f.Pid, syscall.SIGKILL)
-		}
-		f.Wait()
-	})
-	return f
+	return startFio(t, r)
 }

@@ -9,6 +9,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/whyslow/whyslow/internal/command"
+	"github.com/whyslow/whyslow/internal/sysattr"
+	"github.com/whyslow/whyslow/internal/udevd"
 )
 
 // Values the story's rule writes. Before checking the rule, QueueRule sets
@@ -80,7 +84,7 @@ func QueueRule(t testing.TB, dev string) Rule {
 		if err := os.Remove(r.Path); err != nil && !os.IsNotExist(err) {
 			t.Errorf("queue rule cleanup: %v", err)
 		}
-		if _, err := command(30*time.Second, "udevadm", "control", "--reload"); err != nil {
+		if _, err := command.Run(30*time.Second, "udevadm", "control", "--reload"); err != nil {
 			t.Errorf("queue rule cleanup: %v", err)
 		}
 		// Let events queued before the removal finish, so nothing rewrites
@@ -89,7 +93,7 @@ func QueueRule(t testing.TB, dev string) Rule {
 			t.Errorf("queue rule cleanup: %v", err)
 		}
 	})
-	if _, err := command(30*time.Second, "udevadm", "control", "--reload"); err != nil {
+	if _, err := command.Run(30*time.Second, "udevadm", "control", "--reload"); err != nil {
 		t.Fatalf("queue rule: %v", err)
 	}
 
@@ -133,12 +137,12 @@ func checkDev(dev string) error {
 // Trigger makes the kernel send a "change" uevent for dev, as
 // `echo change > /sys/block/<dev>/uevent` does.
 func Trigger(dev string) error {
-	return writeAttr(filepath.Join("/sys/block", dev, "uevent"), "change")
+	return sysattr.Write(filepath.Join("/sys/block", dev, "uevent"), "change")
 }
 
 // Settle waits (at most 30 s) until udevd has handled every queued event.
 func Settle() error {
-	_, err := command(40*time.Second, "udevadm", "settle", "--timeout=30")
+	_, err := command.Run(40*time.Second, "udevadm", "settle", "--timeout=30")
 	return err
 }
 
@@ -166,7 +170,7 @@ func removeStaleRules(t testing.TB) {
 			removed = true
 		}
 	}
-	if removed && findUdevd() != 0 {
-		command(30*time.Second, "udevadm", "control", "--reload")
+	if removed && udevd.Find() != 0 {
+		command.Run(30*time.Second, "udevadm", "control", "--reload")
 	}
 }

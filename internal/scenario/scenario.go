@@ -22,8 +22,6 @@
 package scenario
 
 import (
-	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -116,39 +114,6 @@ func hold(t testing.TB) {
 			machine.f = nil
 		}
 	})
-}
-
-// command runs name with args, killing it after timeout, and returns its
-// combined output. The error names the command and includes its output.
-func command(timeout time.Duration, name string, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.WaitDelay = time.Second
-	var out bytes.Buffer
-	cmd.Stdout = &out
-	cmd.Stderr = &out
-	err := cmd.Run()
-	if ctx.Err() != nil {
-		err = fmt.Errorf("timed out after %v", timeout)
-	}
-	if err != nil {
-		return out.String(), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(out.String()))
-	}
-	return out.String(), nil
-}
-
-// writeAttr writes value to a sysfs file, as `echo value > path` would.
-func writeAttr(path, value string) error {
-	f, err := os.OpenFile(path, os.O_WRONLY, 0)
-	if err != nil {
-		return err
-	}
-	if _, err := f.WriteString(value + "\n"); err != nil {
-		f.Close()
-		return fmt.Errorf("writing %q to %s: %w", value, path, err)
-	}
-	return f.Close()
 }
 
 // waitFor polls cond every 20 ms until it returns true or timeout passes.

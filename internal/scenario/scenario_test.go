@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/whyslow/whyslow/internal/udevd"
 )
 
 const testDevSize = 64 << 20
@@ -223,7 +225,7 @@ func TestStoryStallsWriter(t *testing.T) {
 func TestCleanupRestoresMachine(t *testing.T) {
 	RequireRoot(t)
 	hold(t) // no other test process may take the device between cleanup and checks
-	udevdBefore := findUdevd()
+	udevdBefore := udevd.Find()
 	var (
 		dev     string
 		orig    Queue

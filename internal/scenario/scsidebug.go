@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/whyslow/whyslow/internal/sysattr"
 )
 
 // scsiDebugDriver is the scsi_debug driver's directory of runtime knobs.
@@ -41,7 +43,7 @@ func ScsiDebugDisk(t testing.TB) string {
 	ScsiDebugFaults(t, 0, 0)
 	t.Cleanup(func() {
 		ScsiDebugFaults(t, 0, 0)
-		if err := writeAttr(timeout, strings.TrimSpace(string(orig))); err != nil {
+		if err := sysattr.Write(timeout, strings.TrimSpace(string(orig))); err != nil {
 			t.Errorf("scsi_debug cleanup: %v", err)
 		}
 	})
@@ -54,7 +56,7 @@ func ScsiDebugDisk(t testing.TB) string {
 func ScsiDebugFaults(t testing.TB, opts, everyNth int) {
 	t.Helper()
 	for _, kv := range [][2]string{{"every_nth", itoa(everyNth)}, {"opts", itoa(opts)}} {
-		if err := writeAttr(filepath.Join(scsiDebugDriver, kv[0]), kv[1]); err != nil {
+		if err := sysattr.Write(filepath.Join(scsiDebugDriver, kv[0]), kv[1]); err != nil {
 			t.Fatalf("scsi_debug: %v", err)
 		}
 	}
@@ -63,7 +65,7 @@ func ScsiDebugFaults(t testing.TB, opts, everyNth int) {
 // ScsiDebugTimeout sets the disk's command timeout, in seconds.
 func ScsiDebugTimeout(t testing.TB, dev string, seconds int) {
 	t.Helper()
-	if err := writeAttr(filepath.Join("/sys/block", dev, "device", "timeout"), itoa(seconds)); err != nil {
+	if err := sysattr.Write(filepath.Join("/sys/block", dev, "device", "timeout"), itoa(seconds)); err != nil {
 		t.Fatalf("scsi_debug: %v", err)
 	}
 }

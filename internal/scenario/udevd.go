@@ -11,6 +11,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/whyslow/whyslow/internal/command"
+	"github.com/whyslow/whyslow/internal/udevd"
 )
 
 // stateDir holds the lock files and the pid file through which test
@@ -57,7 +60,7 @@ func Udevd(t testing.TB) int {
 		}
 	})
 
-	pid := findUdevd()
+	pid := udevd.Find()
 	if ours := readPidFile(); ours != 0 && ours != pid {
 		os.Remove(udevdPid) // stale: that udevd is gone
 	}
@@ -92,7 +95,7 @@ func releaseUdevd(users *os.File) error {
 	if pid == 0 {
 		return nil // not ours
 	}
-	if findUdevd() != pid {
+	if udevd.Find() != pid {
 		os.Remove(udevdPid)
 		return nil
 	}
@@ -120,7 +123,7 @@ func startUdevd() (int, error) {
 		return 0, err
 	}
 	var pid int
-	if !waitFor(10*time.Second, func() bool { pid = findUdevd(); return pid != 0 }) {
+	if !waitFor(10*time.Second, func() bool { pid = udevd.Find(); return pid != 0 }) {
 		return 0, fmt.Errorf("%s --daemon exited but no systemd-udevd process appeared (see %s)", bin, udevdLog)
 	}
 	if err := os.WriteFile(udevdPid, []byte(strconv.Itoa(pid)+"\n"), 0o644); err != nil {
@@ -134,51 +137,12 @@ func startUdevd() (int, error) {
 func pingUdevd(timeout time.Duration) error {
 	var err error
 	if waitFor(timeout, func() bool {
-		_, err = command(5*time.Second, "udevadm", "control", "--ping")
+		_, err = command.Run(5*time.Second, "udevadm", "control", "--ping")
 		return err == nil
 	}) {
 		return nil
 	}
 	return fmt.Errorf("udevd does not answer: %w", err)
-}
-
-// findUdevd returns the pid of the main systemd-udevd process, or 0. Its
-// workers are its children (named "(udev-worker)" since systemd 250).
-func findUdevd() int {
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return 0
-	}
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || comm(pid) != "systemd-udevd" || !alive(pid) {
-			continue
-		}
-		if comm(ppid(pid)) == "systemd-udevd" {
-			continue // a worker of an older udevd
-		}
-		return pid
-	}
-	return 0
-}
-
-// ppid returns the parent pid of pid, or 0.
-func ppid(pid int) int {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 2 {
-		return 0
-	}
-	p, _ := strconv.Atoi(f[1])
-	return p
 }
 
 // readPidFile returns the pid of the udevd this package started, or 0.

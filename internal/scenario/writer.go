@@ -17,13 +17,14 @@ import (
 	"time"
 )
 
-// Fio is a running writer started by Writer.
+// Fio is a running fio, as Writer, StartJob, BufferedWriter and
+// StartNamedJob start it.
 type Fio struct {
-	// Pid is fio's pid. The jobs run as threads (--thread), so every
-	// thread writing to the device has this tgid and the comm Name.
+	// Pid is fio's pid. StartJob's jobs run as threads (--thread), so
+	// every thread writing to the device has this tgid and the comm Name.
 	Pid    int
 	Name   string // the process's name: "fio", or the Job's Name
-	Output string // fio's JSON report, complete once it exits
+	Output string // fio's JSON report, complete once it exits; "" for a NamedJob's
 
 	cmd      *exec.Cmd
 	stopped  atomic.Bool // Stop interrupted it: its exit status is fio's answer to SIGINT
@@ -181,25 +182,51 @@ func StartJob(t testing.TB, j Job) *Fio {
 		args = append(args, "--group_reporting")
 	}
 	args = append(args, j.Extra...)
-	f := &Fio{Output: filepath.Join(t.TempDir(), "fio.json"), done: make(chan struct{})}
-	args = append(args, "--output-format=json", "--output="+f.Output)
+	output := filepath.Join(t.TempDir(), "fio.json")
+	args = append(args, "--output-format=json", "--output="+output)
 	argv := append([]string{bin}, args...)
 	if j.Cgroup != nil {
 		argv = j.Cgroup.Command(argv...)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), dur+2*time.Minute)
-	f.cancel = cancel
-	f.cmd = exec.CommandContext(ctx, argv[0], argv[1:]...)
+	return startFio(t, fioRun{what: "fio job", name: name, argv: argv, timeout: dur + 2*time.Minute, output: output})
+}
+
+// fioRun is how startFio runs fio.
+type fioRun struct {
+	what    string        // the starter, in its errors: "fio job", "writer", "job bulk"
+	name    string        // the process's name (Fio.Name), in errors too
+	argv    []string      // the program (fio, or a link or copy of it) and its arguments
+	timeout time.Duration // fio's process group is killed after it; 0: fio's --runtime bounds it
+	output  string        // fio's JSON report (--output), which Wait parses; "": none
+	// started, if set, is called with fio's pid once it runs (to move it
+	// into a cgroup); an error kills fio and fails the test.
+	started func(pid int) error
+	// reap, if set, kills at cleanup what of fio may outlive its process
+	// group, after the group is killed and before fio is waited for.
+	reap func()
+}
+
+// startFio starts fio as r says, in a process group of its own killed with
+// the test process, and returns it running. A goroutine waits for it (Done,
+// Wait); the cleanup kills its process group if it still runs, reaps what r
+// says and waits for it.
+func startFio(t testing.TB, r fioRun) *Fio {
+	t.Helper()
+	f := &Fio{Name: r.name, Output: r.output, done: make(chan struct{}), cancel: func() {}}
+	ctx := context.Background()
+	if r.timeout > 0 {
+		ctx, f.cancel = context.WithTimeout(ctx, r.timeout)
+	}
+	f.cmd = exec.CommandContext(ctx, r.argv[0], r.argv[1:]...)
 	f.cmd.Stderr = &f.stderr
 	f.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	f.cmd.Cancel = func() error { return syscall.Kill(-f.cmd.Process.Pid, syscall.SIGKILL) }
 	f.cmd.WaitDelay = 5 * time.Second
 	if err := f.cmd.Start(); err != nil {
-		cancel()
-		t.Fatalf("fio job: starting %s: %v", name, err)
+		f.cancel()
+		t.Fatalf("%s: starting %s: %v", r.what, r.name, err)
 	}
 	f.Pid = f.cmd.Process.Pid
-	f.Name = name
 	go func() {
 		f.err = f.cmd.Wait()
 		close(f.done)
@@ -210,8 +237,17 @@ func StartJob(t testing.TB, j Job) *Fio {
 		default:
 			syscall.Kill(-f.Pid, syscall.SIGKILL)
 		}
+		if r.reap != nil {
+			r.reap()
+		}
 		f.Wait()
 	})
+	if r.started != nil {
+		if err := r.started(f.Pid); err != nil {
+			syscall.Kill(-f.Pid, syscall.SIGKILL)
+			t.Fatalf("%s: %v", r.what, err)
+		}
+	}
 	return f
 }
 
@@ -258,6 +294,9 @@ func (f *Fio) Wait() (*FioResult, error) {
 		if f.err != nil {
 			f.err = fmt.Errorf("fio: %w: %s", f.err, bytes.TrimSpace(f.stderr.Bytes()))
 			return
+		}
+		if f.Output == "" {
+			return // no report asked for
 		}
 		b, err := os.ReadFile(f.Output)
 		if err != nil {

@@ -2,7 +2,6 @@ package selftest
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -14,6 +13,10 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/whyslow/whyslow/internal/command"
+	"github.com/whyslow/whyslow/internal/sysattr"
+	"github.com/whyslow/whyslow/internal/udevd"
 )
 
 // rulesDir is where the selftest's udev rule goes: udevd reads it, and it
@@ -23,96 +26,18 @@ const rulesDir = "/run/udev/rules.d"
 // rulePrefix starts the name of the selftest's rule files.
 const rulePrefix = "99-whyslow-selftest-"
 
-// command runs name with args, killing it after timeout; the error names
-// the command and holds its output.
-func command(timeout time.Duration, name string, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.WaitDelay = time.Second
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
-	if ctx.Err() != nil {
-		err = fmt.Errorf("timed out after %s", timeout)
-	}
-	if err != nil {
-		return out.String(), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(out.String()))
-	}
-	return out.String(), nil
-}
-
-func writeAttr(path, value string) error {
-	f, err := os.OpenFile(path, os.O_WRONLY, 0)
-	if err != nil {
-		return err
-	}
-	if _, err := f.WriteString(value + "\n"); err != nil {
-		f.Close()
-		return fmt.Errorf("writing %q to %s: %w", value, path, err)
-	}
-	return f.Close()
-}
-
-// queue is a block device's scheduler and nr_requests.
-type queue struct {
-	sched   string
-	offered []string
-	nr      int
-}
-
-func (q queue) offers(s string) bool {
-	for _, o := range q.offered {
-		if o == s {
-			return true
-		}
-	}
-	return false
-}
-
-func readQueue(dev string) (queue, error) {
-	var q queue
-	b, err := os.ReadFile(filepath.Join("/sys/block", dev, "queue", "scheduler"))
-	if err != nil {
-		return q, err
-	}
-	for _, f := range strings.Fields(string(b)) {
-		if strings.HasPrefix(f, "[") && strings.HasSuffix(f, "]") {
-			f = strings.Trim(f, "[]")
-			q.sched = f
-		}
-		q.offered = append(q.offered, f)
-	}
-	if b, err = os.ReadFile(filepath.Join("/sys/block", dev, "queue", "nr_requests")); err != nil {
-		return q, err
-	}
-	if q.nr, err = strconv.Atoi(strings.TrimSpace(string(b))); err != nil {
-		return q, fmt.Errorf("nr_requests of %s: %w", dev, err)
-	}
-	return q, nil
-}
-
-// setQueue writes the scheduler, then nr_requests (a new scheduler resets
-// it).
-func setQueue(dev, sched string, nr int) error {
-	if err := writeAttr(filepath.Join("/sys/block", dev, "queue", "scheduler"), sched); err != nil {
-		return err
-	}
-	return writeAttr(filepath.Join("/sys/block", dev, "queue", "nr_requests"), strconv.Itoa(nr))
-}
-
 // trigger makes the kernel send a "change" uevent for dev.
 func trigger(dev string) error {
-	return writeAttr(filepath.Join("/sys/block", dev, "uevent"), "change")
+	return sysattr.Write(filepath.Join("/sys/block", dev, "uevent"), "change")
 }
 
 func settle() error {
-	_, err := command(40*time.Second, "udevadm", "settle", "--timeout=30")
+	_, err := command.Run(40*time.Second, "udevadm", "settle", "--timeout=30")
 	return err
 }
 
 func reloadRules() error {
-	_, err := command(30*time.Second, "udevadm", "control", "--reload")
+	_, err := command.Run(30*time.Second, "udevadm", "control", "--reload")
 	return err
 }
 
@@ -181,48 +106,6 @@ func comm(pid int) string {
 	return strings.TrimSpace(string(b))
 }
 
-// findUdevd returns the pid of the running udevd (its main process), or 0.
-func findUdevd() int {
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		c := comm(pid)
-		if c != "systemd-udevd" && c != "udevd" {
-			continue
-		}
-		// Its workers are its children, named (udev-worker) on recent
-		// systemd but systemd-udevd on older ones.
-		if parent := ppid(pid); parent > 0 {
-			if pc := comm(parent); pc == "systemd-udevd" || pc == "udevd" {
-				continue
-			}
-		}
-		return pid
-	}
-	return 0
-}
-
-func ppid(pid int) int {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 2 {
-		return 0
-	}
-	n, _ := strconv.Atoi(f[1])
-	return n
-}
-
 // startUdevd starts udevd as a daemon and returns its pid.
 func startUdevd() (int, error) {
 	var bin string
@@ -241,19 +124,19 @@ func startUdevd() (int, error) {
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err == nil {
 		defer unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
 	}
-	if _, err := command(30*time.Second, bin, "--daemon"); err != nil {
+	if _, err := command.Run(30*time.Second, bin, "--daemon"); err != nil {
 		return 0, err
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
-		if pid := findUdevd(); pid != 0 {
-			if _, err := command(10*time.Second, "udevadm", "control", "--ping"); err == nil {
+		if pid := udevd.Find(); pid != 0 {
+			if _, err := command.Run(10*time.Second, "udevadm", "control", "--ping"); err == nil {
 				return pid, nil
 			}
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if pid := findUdevd(); pid != 0 {
+	if pid := udevd.Find(); pid != 0 {
 		stopUdevd(pid)
 	}
 	return 0, fmt.Errorf("%s --daemon: udevd does not answer", bin)

@@ -33,7 +33,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/whyslow/whyslow/diagnose"
+	"github.com/whyslow/whyslow/internal/blockqueue"
 	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/udevd"
 	"github.com/whyslow/whyslow/probes"
 	"github.com/whyslow/whyslow/rules"
 )
@@ -143,7 +145,7 @@ func Run(ctx context.Context, opts Options) (res *Result, err error) {
 	}
 
 	// udevd: the one running, or one of ours.
-	if pid := findUdevd(); pid != 0 {
+	if pid := udevd.Find(); pid != 0 {
 		fmt.Fprintf(opts.Log, "selftest: udevd runs (pid %d)\n", pid)
 	} else {
 		pid, err := startUdevd()
@@ -164,12 +166,12 @@ func Run(ctx context.Context, opts Options) (res *Result, err error) {
 		}
 	}()
 	dev := loop.name
-	orig, err := readQueue(dev)
+	orig, err := blockqueue.Read(dev)
 	if err != nil {
 		return nil, err
 	}
-	u.add(action(fmt.Sprintf("queue %s %s %d", dev, orig.sched, orig.nr)))
-	fmt.Fprintf(opts.Log, "selftest: attached /dev/%s (%d MiB, scheduler %s, nr_requests %d)\n", dev, opts.Size>>20, orig.sched, orig.nr)
+	u.add(action(fmt.Sprintf("queue %s %s %d", dev, orig.Scheduler, orig.NrRequests)))
+	fmt.Fprintf(opts.Log, "selftest: attached /dev/%s (%d MiB, scheduler %s, nr_requests %d)\n", dev, opts.Size>>20, orig.Scheduler, orig.NrRequests)
 	if err := installRule(u, dev, orig, opts.Log); err != nil {
 		return nil, err
 	}
@@ -246,14 +248,14 @@ func (r *Result) check() {
 // installRule installs the story's udev rule for dev and checks udevd
 // applies it: after other values are set, a "change" uevent must bring the
 // rule's back.
-func installRule(u *undoer, dev string, orig queue, log io.Writer) error {
+func installRule(u *undoer, dev string, orig blockqueue.Queue, log io.Writer) error {
 	sched := ruleScheduler
 	// The scheduler is reset to none first, as two rules fighting over it
 	// would: kernels before 6.17 return before freezing when the value
 	// written is the current one. A device without mq-deadline gets its
 	// nr_requests changed twice instead.
 	writes := fmt.Sprintf(`ATTR{queue/scheduler}="none", ATTR{queue/scheduler}="%s", ATTR{queue/nr_requests}="%d"`, sched, ruleNrRequests)
-	if !orig.offers(ruleScheduler) {
+	if !orig.Offers(ruleScheduler) {
 		sched = ""
 		writes = fmt.Sprintf(`ATTR{queue/nr_requests}="%d", ATTR{queue/nr_requests}="%d"`, 48, ruleNrRequests)
 	}
@@ -275,9 +277,9 @@ func installRule(u *undoer, dev string, orig queue, log io.Writer) error {
 	}
 	checkSched := "none"
 	if sched == "" {
-		checkSched = orig.sched
+		checkSched = orig.Scheduler
 	}
-	if err := setQueue(dev, checkSched, checkNr); err != nil {
+	if err := blockqueue.Set(dev, checkSched, checkNr); err != nil {
 		return fmt.Errorf("preparing %s: %w", dev, err)
 	}
 	if err := trigger(dev); err != nil {
@@ -288,13 +290,13 @@ func installRule(u *undoer, dev string, orig queue, log io.Writer) error {
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		q, err := readQueue(dev)
-		if err == nil && (sched == "" || q.sched == sched) && q.nr == ruleNrRequests {
+		q, err := blockqueue.Read(dev)
+		if err == nil && (sched == "" || q.Scheduler == sched) && q.NrRequests == ruleNrRequests {
 			break
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("udevd does not apply the selftest's rule %s: after a change uevent %s has scheduler %q, nr_requests %d (err %v), want %q, %d",
-				path, dev, q.sched, q.nr, err, sched, ruleNrRequests)
+				path, dev, q.Scheduler, q.NrRequests, err, sched, ruleNrRequests)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/whyslow/whyslow/internal/blockqueue"
 )
 
 // An action undoes one thing the selftest did to the machine. The selftest
@@ -50,7 +52,7 @@ func undo(a action, guard bool) error {
 		if guard && !waitDetached(f[1], 10*time.Second) {
 			return fmt.Errorf("%s is attached again: its queue is someone else's now, left as it is", f[1])
 		}
-		return setQueue(f[1], f[2], nr)
+		return blockqueue.Set(f[1], f[2], nr)
 	case f[0] == "udevd" && len(f) == 2:
 		pid, err := strconv.Atoi(f[1])
 		if err != nil || pid <= 1 {

@@ -143,7 +143,7 @@ func (a *agent) trace(w http.ResponseWriter, r *http.Request) {
 	a.mu.Unlock()
 	devs, counted := flight.Delta(end, from)
 	tl.Devices = devs
-	tl.SyscallStats, tl.BlockedStacks = flight.SumsDelta(end, from)
+	flight.AddSums(tl, end, from)
 	for _, l := range append(losses, counted...) {
 		tl.AddLoss(l)
 	}

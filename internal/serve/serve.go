@@ -60,9 +60,11 @@ type Options struct {
 	Rules     *rules.Set
 	LoadRules func() (*rules.Set, error)
 	// Stages names the stages of blocked stacks (--stages); nil means
-	// the built-in table.
-	Stages *stage.Table
-	Reload <-chan struct{}
+	// the built-in table. LoadStages, when set, loads it again when
+	// Reload receives.
+	Stages     *stage.Table
+	LoadStages func() (*stage.Table, error)
+	Reload     <-chan struct{}
 	// BTF, Kernel, Mechanism, ProcFS, SysFS and Probes are those of
 	// diagnose.Options.
 	BTF           string
@@ -163,6 +165,7 @@ type agent struct {
 
 	mu       sync.Mutex
 	set      *rules.Set
+	stages   *stage.Table
 	last     *window // the last window evaluated
 	lastTick time.Time
 	holders  []event.Holder
@@ -189,7 +192,7 @@ func Run(ctx context.Context, ln net.Listener, opts Options) error {
 		return errors.New("no rules loaded")
 	}
 	host, _ := os.Hostname()
-	a := &agent{opts: opts, host: host, kernel: diagnose.KernelRelease(), set: opts.Rules,
+	a := &agent{opts: opts, host: host, kernel: diagnose.KernelRelease(), set: opts.Rules, stages: opts.Stages,
 		m: metrics.New(opts.Version, diagnose.KernelRelease()), dumping: make(chan struct{}, 1)}
 	a.m.Rules(len(opts.Rules.Rules()), false, true)
 	holders, err := diagnose.ReadHolders(opts.SysFS)
@@ -317,7 +320,8 @@ func (a *agent) state(at event.Mono) flight.State {
 	}
 	a.stateMu.Unlock()
 	return flight.State{At: at, Devices: sink.tl.Devices, Losses: sink.tl.Losses,
-		Stats: sink.tl.SyscallStats, Blocked: sink.tl.BlockedStacks}
+		Stats: sink.tl.SyscallStats, Blocked: sink.tl.BlockedStacks, MemStalls: sink.tl.MemStalls, Requeues: sink.tl.Requeues,
+		IOUsage: sink.tl.IOUsage}
 }
 
 // stop detaches the probes.
@@ -399,30 +403,54 @@ func (a *agent) rules() *rules.Set {
 	return a.set
 }
 
-// reload loads the rules again: a set that fails to load leaves the one
-// in use, and says why.
-func (a *agent) reload() {
-	if a.opts.LoadRules == nil {
-		return
-	}
-	set, err := a.opts.LoadRules()
-	if err != nil {
-		n := len(a.rules().Rules())
-		a.m.Rules(n, true, false)
-		fmt.Fprintf(a.opts.Log, "whyslow: SIGHUP: reloading the rules failed, the %d rules loaded before stay in use: %v\n", n, err)
-		return
-	}
+// stageTable returns the stage table in use (nil: the built-in one).
+func (a *agent) stageTable() *stage.Table {
 	a.mu.Lock()
-	a.set = set
-	a.mu.Unlock()
-	a.m.Rules(len(set.Rules()), true, true)
-	fmt.Fprintf(a.opts.Log, "whyslow: SIGHUP: reloaded the rules: %d in use from the next window on\n", len(set.Rules()))
+	defer a.mu.Unlock()
+	return a.stages
+}
+
+// reload loads the rules and the stage table again, each on its own: one
+// that fails to load leaves the one in use, and says why (the reload
+// counts as failed).
+func (a *agent) reload() {
+	if a.opts.LoadRules == nil && a.opts.LoadStages == nil {
+		return
+	}
+	ok := true
+	if a.opts.LoadRules != nil {
+		if set, err := a.opts.LoadRules(); err != nil {
+			ok = false
+			fmt.Fprintf(a.opts.Log, "whyslow: SIGHUP: reloading the rules failed, the %d rules loaded before stay in use: %v\n", len(a.rules().Rules()), err)
+		} else {
+			a.mu.Lock()
+			a.set = set
+			a.mu.Unlock()
+			fmt.Fprintf(a.opts.Log, "whyslow: SIGHUP: reloaded the rules: %d in use from the next window on\n", len(set.Rules()))
+		}
+	}
+	if a.opts.LoadStages != nil {
+		if t, err := a.opts.LoadStages(); err != nil {
+			ok = false
+			fmt.Fprintf(a.opts.Log, "whyslow: SIGHUP: reloading the stage table failed, the table loaded before stays in use: %v\n", err)
+		} else {
+			a.mu.Lock()
+			a.stages = t
+			a.mu.Unlock()
+			which := "the built-in one"
+			if t != nil {
+				which = "the built-in one extended by --stages"
+			}
+			fmt.Fprintf(a.opts.Log, "whyslow: SIGHUP: reloaded the stage table: %s, in use from the next window on\n", which)
+		}
+	}
+	a.m.Rules(len(a.rules().Rules()), true, ok)
 }
 
 // evaluate analyzes one window and publishes its result.
 func (a *agent) evaluate(tl *timeline.Timeline) {
 	tl.Sort()
-	res, err := diagnose.AnalyzeWith(tl, a.rules(), a.opts.Devices, a.opts.Stages)
+	res, err := diagnose.AnalyzeWith(tl, a.rules(), a.opts.Devices, a.stageTable())
 	if err != nil {
 		fmt.Fprintf(a.opts.Log, "whyslow: evaluating the window ending %s: %v\n", a.wall(tl.End).Format(time.RFC3339), err)
 		return

@@ -47,6 +47,23 @@ type Stream interface {
 	// whole of them so far, and replaces the previous one (a trace's
 	// checkpoints hold them as they were then).
 	State() bool
+	// Describes says the stream's events describe a state of the system
+	// (a limit, a mount, a sysctl, a process's names) rather than
+	// something that happened: a probe delivers one when it reads the
+	// state or sees it change, often only at its start, and the latest of
+	// each Key holds until the next. A stretch of a long run needs those
+	// delivered before it: the flight recorder keeps them (made with
+	// Describing).
+	Describes() bool
+	// Key identifies what a describing event describes (a later event of
+	// the same key replaces it), and the process it belongs to (0: none),
+	// whose events are forgotten when it exits. "" for other streams.
+	Key(e event.Event) (key string, pid uint32)
+	// At returns a describing event as of a later time: e with its time
+	// set to at (the state it describes still held then).
+	At(e event.Event, at event.Mono) event.Event
+	// Each calls f with each of the stream's events in t, in order.
+	Each(t *Timeline, f func(event.Event))
 	// Len is the number of events the stream holds in t.
 	Len(t *Timeline) int
 	// Bytes estimates the memory an event of this kind takes on the
@@ -82,21 +99,51 @@ func Sums[E event.Event](record string, of func(*Timeline) *[]E, doc string) Str
 	return &stream[E]{record: record, of: of, doc: doc, state: true}
 }
 
+// Describing declares a stream of events that describe a state of the
+// system (Stream.Describes): key says what each describes, and the process
+// it belongs to (0: none). E must have a Time field, its time.
+func Describing[E event.Event](record string, of func(*Timeline) *[]E, key func(E) (string, uint32), doc string) Stream {
+	return &stream[E]{record: record, of: of, doc: doc, key: key}
+}
+
 type stream[E event.Event] struct {
 	state              bool
+	key                func(E) (string, uint32)
+	timeField          int // Describing: the index of E's Time field
 	record, probe, doc string
 	of                 func(*Timeline) *[]E
 	field              int
 	mem                *memPlan
 }
 
-func (s *stream[E]) Record() string      { return s.record }
-func (s *stream[E]) Probe() string       { return s.probe }
-func (s *stream[E]) Doc() string         { return s.doc }
-func (s *stream[E]) Type() reflect.Type  { return reflect.TypeFor[E]() }
-func (s *stream[E]) Field() int          { return s.field }
-func (s *stream[E]) State() bool         { return s.state }
+func (s *stream[E]) Record() string     { return s.record }
+func (s *stream[E]) Probe() string      { return s.probe }
+func (s *stream[E]) Doc() string        { return s.doc }
+func (s *stream[E]) Type() reflect.Type { return reflect.TypeFor[E]() }
+func (s *stream[E]) Field() int         { return s.field }
+func (s *stream[E]) State() bool        { return s.state }
+func (s *stream[E]) Describes() bool    { return s.key != nil }
+func (s *stream[E]) Key(e event.Event) (string, uint32) {
+	v, ok := e.(E)
+	if !ok || s.key == nil {
+		return "", 0
+	}
+	return s.key(v)
+}
+func (s *stream[E]) At(e event.Event, at event.Mono) event.Event {
+	v, ok := e.(E)
+	if !ok || s.key == nil {
+		return e
+	}
+	reflect.ValueOf(&v).Elem().Field(s.timeField).Set(reflect.ValueOf(at))
+	return v
+}
 func (s *stream[E]) Len(t *Timeline) int { return len(*s.of(t)) }
+func (s *stream[E]) Each(t *Timeline, f func(event.Event)) {
+	for _, e := range *s.of(t) {
+		f(e)
+	}
+}
 func (s *stream[E]) add(t *Timeline, e event.Event) {
 	p := s.of(t)
 	*p = append(*p, e.(E))
@@ -186,6 +233,13 @@ func (s *stream[E]) setup(probe string) {
 	if s.field < 0 {
 		panic(fmt.Sprintf("timeline: stream %q does not return a field of Timeline", s.record))
 	}
+	if s.key != nil {
+		f, ok := reflect.TypeFor[E]().FieldByName("Time")
+		if !ok || f.Type != reflect.TypeFor[event.Mono]() || len(f.Index) != 1 {
+			panic(fmt.Sprintf("timeline: describing stream %q: its events have no Time field", s.record))
+		}
+		s.timeField = f.Index[0]
+	}
 }
 
 // The registry's indexes, built once from Sources.
@@ -257,6 +311,16 @@ func (t *Timeline) Add(e event.Event) {
 func (t *Timeline) AppendEvents(o *Timeline) {
 	for _, s := range streams {
 		s.concat(t, o)
+	}
+}
+
+// AppendDescribing appends the events of o's describing streams
+// (Stream.Describes) to t's, as AppendEvents.
+func (t *Timeline) AppendDescribing(o *Timeline) {
+	for _, s := range streams {
+		if s.Describes() {
+			s.concat(t, o)
+		}
 	}
 }
 

@@ -11,6 +11,8 @@
 package timeline
 
 import (
+	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/whyslow/whyslow/internal/event"
@@ -115,13 +117,20 @@ var Sources = []Source{
 			"`start`, `duration` (frozen until the unfreeze), `task` (freezer), `unfreezer`, `dev`, `func`, `mechanism`, `kernel_stack`, `user_stack`: a direct probe's queue freeze"),
 	}},
 	{Probe: event.ProbeIOLimits, Streams: []Stream{
-		Events("io_limit", func(t *Timeline) *[]event.IOLimit { return &t.IOLimits },
+		Describing("io_limit", func(t *Timeline) *[]event.IOLimit { return &t.IOLimits },
+			func(e event.IOLimit) (string, uint32) {
+				return fmt.Sprintf("%s\x00%t\x00%s\x00%s", e.Cgroup, e.V1, e.Dev.ID(), e.Limit), 0
+			},
 			"`time`, `cgroup` (path in its hierarchy), `v1` (the cgroup v1 blkio hierarchy), `dev`, `limit` (`rbps`/`wbps`/`riops`/`wiops`), `value` (bytes or I/Os a second): a blk-throttle limit (`io.max`, `blkio.throttle.*`) read at the start"),
 		Events("cgroup_io", func(t *Timeline) *[]event.CgroupIO { return &t.CgroupIO },
 			"`time`, `cgroup`, `v1`, `dev`, `reads`, `writes`, `read_bytes`, `write_bytes`: a limited cgroup's I/O counters on a device (`io.stat`, `blkio.throttle.io_serviced`/`io_service_bytes`), read at the start, every 500 ms when they changed, and at the end"),
-		Events("cgroup_member", func(t *Timeline) *[]event.CgroupMember { return &t.CgroupMembers },
+		Describing("cgroup_member", func(t *Timeline) *[]event.CgroupMember { return &t.CgroupMembers },
+			func(e event.CgroupMember) (string, uint32) {
+				return fmt.Sprintf("%s\x00%t\x00%d", e.Cgroup, e.V1, e.Pid), e.Pid
+			},
 			"`time`, `cgroup` (a limited cgroup), `v1`, `pid`, `comm`: a process seen in it or below it (`cgroup.procs`, read every 500 ms), when first seen"),
-		Events("io_cost", func(t *Timeline) *[]event.IOCost { return &t.IOCosts },
+		Describing("io_cost", func(t *Timeline) *[]event.IOCost { return &t.IOCosts },
+			func(e event.IOCost) (string, uint32) { return e.Dev.ID(), 0 },
 			"`time`, `dev`, `qos`, `model`: the iocost configuration of a device where it is enabled (`io.cost.qos`, `io.cost.model`)"),
 	}},
 	{Probe: event.ProbeOffCPU, Streams: []Stream{
@@ -138,8 +147,8 @@ var Sources = []Source{
 	{Probe: event.ProbeSubmit, Streams: []Stream{
 		Events("slow_submit", func(t *Timeline) *[]event.SlowSubmit { return &t.SlowSubmits },
 			"`start`, `latency`, `task` (`{pid, tgid, comm}`), `dev`, `op` (rwbs), `end` (`getrq`/`backmerge`/`frontmerge`), `sector`, `bytes`"),
-		Events("io_usage", func(t *Timeline) *[]event.IOUsage { return &t.IOUsage },
-			"`time` (when read, at the end of the run), `task` (the process: `pid` = `tgid`), `kthread`, `cgroup` (path of the I/O's blkcg in the io/blkio hierarchy, `/` for the root, `\"\"` unknown), `cgroup_id`, `dev`, `op` (`read`/`write`/`flush`/`discard`/`other`), `sync`, `ios` (bios completed), `requests` (of which got a request of their own), `bytes`, `in_flight` (ns, block_bio_queue to completion, summed): one process's I/O on one device, counted in the kernel"),
+		Sums("io_usage", func(t *Timeline) *[]event.IOUsage { return &t.IOUsage },
+			"`time` (when read: at the end of the run, and at each checkpoint), `task` (the process: `pid` = `tgid`), `kthread`, `cgroup` (path of the I/O's blkcg in the io/blkio hierarchy, `/` for the root, `\"\"` unknown), `cgroup_id`, `dev`, `op` (`read`/`write`/`flush`/`discard`/`other`), `sync`, `ios` (bios completed), `requests` (of which got a request of their own), `bytes`, `in_flight` (ns, block_bio_queue to completion, summed): one process's I/O on one device, counted in the kernel"),
 	}, Hists: []Hist{
 		{HistSubmit, func(d *DeviceHistograms) *hist.Histogram { return &d.Submit }},
 	}},
@@ -150,7 +159,8 @@ var Sources = []Source{
 		{HistSubmitCall, func(d *DeviceHistograms) *hist.Histogram { return &d.SubmitCall }},
 	}},
 	{Probe: event.ProbeSyscall, Streams: []Stream{
-		Events("process", func(t *Timeline) *[]event.Process { return &t.Processes },
+		Describing("process", func(t *Timeline) *[]event.Process { return &t.Processes },
+			func(e event.Process) (string, uint32) { return strconv.FormatUint(uint64(e.Pid), 10), e.Pid },
 			"`time` (its first storage call), `pid`, `comm`, `cgroup_id`, `cgroup` (v2 path), `blkio` (v1 blkio path); again, later, when its names changed (it exec'd, or moved to another cgroup): the last record of a pid names it"),
 		Events("syscall", func(t *Timeline) *[]event.Syscall { return &t.Syscalls },
 			"`start`, `duration`, `task`, `call` (`pwrite64`, `fsync`, ...), `dev` (`{name: \"all\"}` for sync), `sleep`, `runqueue` (ns inside the call), `ret`: a storage system call above `--min-latency`"),
@@ -174,13 +184,18 @@ var Sources = []Source{
 			"`time`, `action`, `devpath`, `subsystem`, `devname`, `devtype`, `seqnum`"),
 	}},
 	{Probe: event.ProbeWriteback, Streams: []Stream{
-		Events("mount", func(t *Timeline) *[]event.Mount { return &t.Mounts },
+		Describing("mount", func(t *Timeline) *[]event.Mount { return &t.Mounts },
+			func(e event.Mount) (string, uint32) {
+				return fmt.Sprintf("%s\x00%s\x00%s", e.Dev.ID(), e.FsDev, e.Point), 0
+			},
 			"`time`, `dev` (whole disk), `fs_dev` (the filesystem's device), `fstype`, `point`: a filesystem on a block device at the start"),
-		Events("wbt_lat", func(t *Timeline) *[]event.WbtLat { return &t.WbtLats },
+		Describing("wbt_lat", func(t *Timeline) *[]event.WbtLat { return &t.WbtLats },
+			func(e event.WbtLat) (string, uint32) { return e.Dev.ID(), 0 },
 			"`time`, `dev`, `lat` (ns; 0: wbt off), `from` (`sysfs` at the start, `wbt_lat` when it changed): a device's wbt latency target"),
 		Events("wbt_step", func(t *Timeline) *[]event.WbtStep { return &t.WbtSteps },
 			"`time`, `dev`, `step`, `msg`, `window`, `bg`, `normal`, `max` (depth limits): wbt scaled a device's queue depth"),
-		Events("dirty_limits", func(t *Timeline) *[]event.DirtyLimits { return &t.DirtyLimits },
+		Describing("dirty_limits", func(t *Timeline) *[]event.DirtyLimits { return &t.DirtyLimits },
+			func(event.DirtyLimits) (string, uint32) { return "", 0 },
 			"`time`, `bytes`, `ratio`, `background_bytes`, `background_ratio`, `page_size`: the vm.dirty_* sysctls at the start"),
 		Events("dirty_pause", func(t *Timeline) *[]event.DirtyPause { return &t.DirtyPauses },
 			"`time`, `task`, `dev` (written back to), `pause`, `period`, `paused`, `limit`, `setpoint`, `dirty`, `wb_setpoint`, `wb_dirty` (pages), `dirty_ratelimit`, `task_ratelimit` (KiB/s), `cgroup_ino`: a writer paused in balance_dirty_pages"),

@@ -24,6 +24,9 @@ type Disk struct {
 	// IOPS, when set, throttles the disk to that many operations per second
 	// (qemu's throttling.iops-total): a slow "HDD".
 	IOPS int
+	// BPS, when set, throttles the disk to that many bytes a second
+	// (qemu's throttling.bps-total): writeback to it falls behind a writer.
+	BPS int64
 }
 
 // Machine is what to boot.
@@ -71,6 +74,9 @@ func (m Machine) Run(ctx context.Context) (*Boot, error) {
 		drive := fmt.Sprintf("file=%s,if=none,id=disk%d,format=raw,cache=none,aio=threads", d.Path, i)
 		if d.IOPS > 0 {
 			drive += fmt.Sprintf(",throttling.iops-total=%d", d.IOPS)
+		}
+		if d.BPS > 0 {
+			drive += fmt.Sprintf(",throttling.bps-total=%d", d.BPS)
 		}
 		args = append(args, "-drive", drive, "-device", fmt.Sprintf("virtio-blk-pci,drive=disk%d,serial=%s", i, d.Serial))
 	}

@@ -245,6 +245,10 @@ func (c *Config) RunKernel(ctx context.Context, k Kernel, bins map[string]string
 			{Path: filepath.Join(work, "hdd.img"), Size: 2 << 30, Serial: "hdd", IOPS: 300},
 			{Path: filepath.Join(work, "nvme.img"), Size: 1 << 30, Serial: "nvme"},
 			{Path: results, Size: 512 << 20, Serial: ResultsSerial},
+			// The scenarios' filesystems (scenario.ScratchSerial; the
+			// guests' /tmp is in memory): a disk whose writeback falls
+			// behind a buffered writer, as a real disk's does.
+			{Path: filepath.Join(work, "scratch.img"), Size: 2 << 30, Serial: "scratch", BPS: 32 << 20},
 		},
 	}
 	c.Log("%s: booting %s", k.Name, u.Release)
