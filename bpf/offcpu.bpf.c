@@ -3,8 +3,9 @@
  * them.
  *
  * sched_switch runs on every context switch, so its fast path is short: a
- * switch-out that is not a voluntary D sleep and a switch-in of a task that
- * is not tracked cost a flag test and one hash lookup.
+ * switch-out that is not a voluntary D sleep costs a flag test, and a
+ * switch-in a load of the task's mark of a D sleep, and one hash lookup
+ * only for a task that has it.
  *
  * Stacks are taken only for the spans that end up long (min_latency_ns or
  * more), which are few; most D sleeps are short and cost no stack walk:
@@ -401,6 +402,14 @@ int BPF_PROG(offcpu_switch, _Bool preempt, struct task_struct *prev, struct task
 	/* next comes back: was it blocked, and for how long? */
 	tid = next->pid;
 	if (tid == 0) /* the idle task never sleeps */
+		return 0;
+	/* Only a task whose last sleep was a D sleep can be tracked: the
+	 * scheduler marks such a sleep in the task as it blocks (the load
+	 * average counts it), and the mark stays until the task blocks
+	 * again. A task coming back from an S sleep or a preemption costs
+	 * no lookup. Up to 6.0 a frozen task slept in D with PF_FROZEN,
+	 * unmarked: it is looked up too. */
+	if (!BPF_CORE_READ_BITFIELD(next, sched_contributes_to_load) && !(next->flags & PF_FROZEN_OLD))
 		return 0;
 	struct blocked *b = bpf_map_lookup_elem(&blocked, &tid);
 	if (!b)

@@ -292,13 +292,25 @@ struct pt_regs___sc {
 	unsigned long orig_ax;
 } __attribute__((preserve_access_index));
 
+/* no_storage says that task t (a BTF pointer) has no local storage at
+ * all, so none of this program's: a plain load instead of a helper call,
+ * for the tasks that never made a storage call (the idle task, kernel
+ * threads, most of the machine), on every context switch. */
+static __always_inline int no_storage(struct task_struct *t)
+{
+	return bpf_core_field_exists(t->bpf_storage) && !t->bpf_storage;
+}
+
 /* state returns the current thread's state, creating it when asked; NULL
  * when it has none (or none could be made). */
 static __always_inline struct sc_state *state(__u32 tid, int create)
 {
-	if (use_task_storage)
-		return bpf_task_storage_get(&state_task, bpf_get_current_task_btf(), 0,
-					    create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+	if (use_task_storage) {
+		struct task_struct *t = bpf_get_current_task_btf();
+		if (!create && no_storage(t))
+			return 0;
+		return bpf_task_storage_get(&state_task, t, 0, create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+	}
 	struct sc_state *st = bpf_map_lookup_elem(&state_tid, &tid);
 	if (st || !create)
 		return st;
@@ -313,7 +325,7 @@ static __always_inline struct sc_state *state(__u32 tid, int create)
 static __always_inline struct sc_state *state_of(struct task_struct *t)
 {
 	if (use_task_storage)
-		return bpf_task_storage_get(&state_task, t, 0, 0);
+		return no_storage(t) ? 0 : bpf_task_storage_get(&state_task, t, 0, 0);
 	__u32 tid = t->pid;
 	return bpf_map_lookup_elem(&state_tid, &tid);
 }

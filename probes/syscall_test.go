@@ -315,7 +315,9 @@ func TestSyscallStagesLive(t *testing.T) {
 				_, d, _ := directWriter(t, loop.path, size, 0, stop)
 				dones = append(dones, d)
 			}
-			time.Sleep(1500 * time.Millisecond)
+			// a loop device serves in microseconds: few tag waits are long
+			// enough for a stack walk, so give them time to add up
+			time.Sleep(4 * time.Second)
 			close(stop)
 			for _, d := range dones {
 				<-d

@@ -14,6 +14,7 @@
 
 /* task->flags */
 #define PF_KTHREAD 0x00200000
+#define PF_FROZEN_OLD 0x00010000 /* PF_FROZEN up to 6.0; unused since */
 
 typedef struct {
 	__u32 val;
@@ -29,6 +30,7 @@ struct mm_struct {
 } __attribute__((preserve_access_index));
 
 struct files_struct;
+struct bpf_local_storage;
 
 struct task_struct {
 	unsigned int __state; /* 5.14+ */
@@ -42,6 +44,13 @@ struct task_struct {
 	const struct cred *cred;
 	int exit_code;
 	__u64 start_time; /* fork time, CLOCK_MONOTONIC ns */
+	/* Set by the scheduler as the task blocks: whether its sleep counts
+	 * in the load average (D, not TASK_NOLOAD, not frozen); kept until
+	 * it blocks again. Read with BPF_CORE_READ_BITFIELD. */
+	unsigned int sched_contributes_to_load : 1;
+	/* The task's local storage (5.11+): NULL when no program gave it
+	 * any. */
+	struct bpf_local_storage *bpf_storage;
 } __attribute__((preserve_access_index));
 
 /* Up to 5.13: the state was a long named state. */
