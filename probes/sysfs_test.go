@@ -183,8 +183,12 @@ func TestEnsureTracefsMounts(t *testing.T) {
 		magic int64
 		setup error
 	}
+	before, err := os.Readlink("/proc/self/ns/mnt")
+	if err != nil {
+		t.Fatal(err)
+	}
 	res := make(chan result, 1)
-	go func() {
+	inPrivateNS := func() {
 		// The thread's mount namespace is changed: never unlock it, so the
 		// runtime throws the thread away when this goroutine ends.
 		runtime.LockOSThread()
@@ -209,6 +213,22 @@ func TestEnsureTracefsMounts(t *testing.T) {
 		if unix.Statfs(tracefsDir, &fs) == nil {
 			r.magic = int64(fs.Type)
 		}
+	}
+	go func() {
+		// Never on the main thread: the runtime keeps it (it cannot end
+		// it), and /proc/self/... shows its namespace, so the process's
+		// later mounts would be missing there (TestWritebackLive saw no
+		// mount of its filesystem). Holding the main thread locked here
+		// puts the work on another.
+		runtime.LockOSThread()
+		if unix.Gettid() != unix.Getpid() {
+			inPrivateNS()
+			return
+		}
+		defer runtime.UnlockOSThread()
+		done := make(chan struct{})
+		go func() { defer close(done); inPrivateNS() }()
+		<-done
 	}()
 	r := <-res
 	if r.setup != nil {
@@ -222,6 +242,11 @@ func TestEnsureTracefsMounts(t *testing.T) {
 	}
 	if !strings.Contains(r.note, "mounted it at "+tracefsDir) {
 		t.Errorf("note %q does not say tracefs was mounted", r.note)
+	}
+	// The process's namespace (what /proc/self shows) is still the one it
+	// had: the private one was never the main thread's.
+	if after, _ := os.Readlink("/proc/self/ns/mnt"); after != before {
+		t.Errorf("the process's mount namespace is %q after the test, not %q as before", after, before)
 	}
 	// The host's mounts are untouched.
 	var fs unix.Statfs_t
