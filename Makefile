@@ -71,13 +71,14 @@ test-unit:
 
 ## fuzz: run every fuzz target (func FuzzX in any package) for FUZZTIME each, as CI does
 ## (make fuzz FUZZTIME=5m for a longer hunt); an input that fails is written to the
-## package's testdata/fuzz/FuzzX/ and replayed by go test from then on
+## package's testdata/fuzz/FuzzX/ and replayed by go test from then on; a run that ends in
+## Go's fuzzing-coordinator deadline race with no failing input is run once more (tools/scripts/fuzz)
 FUZZTIME ?= 15s
 fuzz:
 	@set -e; grep -rHo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*' . | sort | while IFS=: read -r file fn; do \
 		t=$${fn#func }; pkg=./$$(dirname $${file#./}); \
 		echo "== $$t ($$pkg), $(FUZZTIME)"; \
-		$(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 5s $$pkg; \
+		./tools/scripts/fuzz "$(GO)" $$pkg $$t $(FUZZTIME); \
 	done
 
 ## vmtest: the probe and scenario tests on Debian's 5.10, 6.1 and 6.12 cloud kernels under qemu
