@@ -213,6 +213,7 @@ const (
 	ProbeDevFault   = "devfault"
 	ProbeExec       = "exec"
 	ProbeFreeze     = "freeze"
+	ProbeIOCost     = "iocost"
 	ProbeIOLimits   = "iolimits"
 	ProbeOffCPU     = "offcpu"
 	ProbeQueueEnter = "queueenter"
@@ -569,6 +570,73 @@ type IOCost struct {
 
 // When implements Event.
 func (e IOCost) When() Mono { return e.Time }
+
+// IOCostVrate is the iocost controller's vrate on a device at the end of
+// a period in which iocost was busy or changed it (the tracepoint
+// iocost:iocost_ioc_vrate_adj). The vrate is the rate, in percent of the
+// device's cost model (io.cost.model), at which iocost pays the cgroups'
+// budgets out; io.cost.qos min and max bound it.
+type IOCostVrate struct {
+	Time Mono   `json:"time"`
+	Dev  Device `json:"dev"`
+	// Pct is the vrate set for the next period, OldPct the one in force
+	// in the period that ended (with its error correction).
+	Pct    float64 `json:"pct"`
+	OldPct float64 `json:"old_pct"`
+	// Busy is the busy level: above 0 the device missed its QoS targets
+	// and iocost lowers the vrate, below 0 it had room.
+	Busy int32 `json:"busy"`
+	// ReadMissedPPM and WriteMissedPPM are the I/Os of the period, in
+	// parts per million, that missed the QoS latency targets; RqWaitPct
+	// the part of it spent waiting for a request (tag).
+	ReadMissedPPM  uint32 `json:"read_missed_ppm"`
+	WriteMissedPPM uint32 `json:"write_missed_ppm"`
+	RqWaitPct      uint32 `json:"rq_wait_pct"`
+	// Lagging and Shortages count the cgroups with I/O still in flight
+	// from past periods, and those short of budget.
+	Lagging   int32 `json:"lagging"`
+	Shortages int32 `json:"shortages"`
+}
+
+// When implements Event.
+func (e IOCostVrate) When() Mono { return e.Time }
+
+// IOCostCgroup kinds.
+const (
+	IOCostActivate = "activate" // iocost_iocg_activate: it started issuing I/O after a pause
+	IOCostIdle     = "idle"     // iocost_iocg_idle (6.1+): it went idle
+	IOCostShortage = "shortage" // iocost_inuse_shortage: it needed more than its share
+	IOCostForgive  = "forgive"  // iocost_iocg_forgive_debt: its debt was forgiven
+)
+
+// IOCostCgroup is something the iocost controller did to one cgroup's I/O
+// on a device (the tracepoints iocost:iocost_iocg_activate,
+// iocost_iocg_idle, iocost_inuse_shortage, iocost_iocg_forgive_debt).
+type IOCostCgroup struct {
+	Time   Mono   `json:"time"`
+	Dev    Device `json:"dev"`
+	Cgroup string `json:"cgroup" mem:"shared"` // path in the cgroup2 hierarchy
+	Kind   string `json:"kind" mem:"shared"`   // IOCostActivate, ...
+	// VratePct is the device's vrate (activate, idle), % of the model.
+	VratePct float64 `json:"vrate_pct,omitempty"`
+	// Weight is its io.weight (activate, idle).
+	Weight uint32 `json:"weight,omitempty"`
+	// SharePct is its hierarchical share of the device's budget in use
+	// (hweight_inuse), in percent (activate, idle; shortage: after it).
+	SharePct float64 `json:"share_pct,omitempty"`
+	// Debt is the I/O it had issued over budget (forgive), as device time
+	// at a vrate of 100%, and Delay the delay iocost imposed on its
+	// processes to pay it back; DebtAfter and DelayAfter what was left;
+	// UsagePct the device's usage then.
+	Debt       time.Duration `json:"debt,omitempty"`
+	DebtAfter  time.Duration `json:"debt_after,omitempty"`
+	Delay      time.Duration `json:"delay,omitempty"`
+	DelayAfter time.Duration `json:"delay_after,omitempty"`
+	UsagePct   uint32        `json:"usage_pct,omitempty"`
+}
+
+// When implements Event.
+func (e IOCostCgroup) When() Mono { return e.Time }
 
 // WbtStep is writeback throttling (rq-qos wbt) scaling a device's queue
 // depth: the tracepoint wbt:wbt_step, fired at the end of a monitoring

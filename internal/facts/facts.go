@@ -215,6 +215,9 @@ type Device struct {
 	// IOCost is iocost's configuration on this device, nil when it is not
 	// enabled there (or the iolimits probe did not run).
 	IOCost *IOCost
+	// IOCostState is what iocost did on the device and to the cgroups
+	// issuing I/O there (probe iocost).
+	IOCostState IOCostState
 	// Wbt, Dirty and Journal are the write-back throttles and journal
 	// commits seen on the device (probe writeback); Mounts its filesystems.
 	Wbt     Wbt

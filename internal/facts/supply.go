@@ -57,6 +57,7 @@ var Suppliers = map[string][]string{
 	"Device.FaultVictims": {event.ProbeDevFault},
 	"Device.Limits":       {event.ProbeIOLimits},
 	"Device.IOCost":       {event.ProbeIOLimits},
+	"Device.IOCostState":  {event.ProbeIOCost},
 	"Device.InStage":      {event.ProbeSyscall},
 	"Device.StageMs":      {event.ProbeSyscall},
 	"Device.StageTasks":   {event.ProbeSyscall},

@@ -75,6 +75,9 @@ type Timeline struct {
 	CgroupIO      []event.CgroupIO
 	CgroupMembers []event.CgroupMember
 	IOCosts       []event.IOCost
+	// What iocost did on each device and to each cgroup (probe iocost).
+	IOCostVrates  []event.IOCostVrate
+	IOCostCgroups []event.IOCostCgroup
 	// ThrottleWaits are bios blk-throttle held, timed directly (probe
 	// throttle).
 	ThrottleWaits []event.ThrottleWait
@@ -115,6 +118,12 @@ var Sources = []Source{
 	{Probe: event.ProbeFreeze, Streams: []Stream{
 		Events("freeze", func(t *Timeline) *[]event.Freeze { return &t.Freezes },
 			"`start`, `duration` (frozen until the unfreeze), `task` (freezer), `unfreezer`, `dev`, `func`, `mechanism`, `kernel_stack`, `user_stack`: a direct probe's queue freeze"),
+	}},
+	{Probe: event.ProbeIOCost, Streams: []Stream{
+		Events("iocost_vrate", func(t *Timeline) *[]event.IOCostVrate { return &t.IOCostVrates },
+			"`time`, `dev`, `pct` (the vrate set, % of the cost model), `old_pct` (the one in force), `busy` (busy level), `read_missed_ppm`, `write_missed_ppm`, `rq_wait_pct`, `lagging`, `shortages`: iocost's vrate at the end of a period it was busy or adjusted it in (`iocost_ioc_vrate_adj`)"),
+		Events("iocost_cgroup", func(t *Timeline) *[]event.IOCostCgroup { return &t.IOCostCgroups },
+			"`time`, `dev`, `cgroup`, `kind` (`activate`, `idle`, `shortage`, `forgive`), `vrate_pct`, `weight` (io.weight), `share_pct` (hweight in use, %), `debt` (ns of device time at 100%), `debt_after`, `delay` (ns), `delay_after`, `usage_pct`: iocost activating a cgroup on a device, idling it, finding it short of budget, or forgiving its debt (`iocost_iocg_activate`, `_idle`, `iocost_inuse_shortage`, `iocost_iocg_forgive_debt`)"),
 	}},
 	{Probe: event.ProbeIOLimits, Streams: []Stream{
 		Describing("io_limit", func(t *Timeline) *[]event.IOLimit { return &t.IOLimits },
