@@ -659,9 +659,11 @@ type WbtStep struct {
 // When implements Event.
 func (e WbtStep) When() Mono { return e.Time }
 
-// WbtLat is a device's wbt latency target (queue/wbt_lat_usec): read from
-// sysfs at the start of the run (From "sysfs"), or changed while it went
-// (From "wbt_lat", the tracepoint). Zero: wbt is off on the device.
+// WbtLat is a device's wbt latency target (queue/wbt_lat_usec), read from
+// sysfs at the start of the run (From "sysfs"). Zero: wbt is off on the
+// device. Traces of earlier versions also hold the tracepoint wbt:wbt_lat
+// as WbtLat (From "wbt_lat"): that is not the target but a latency that
+// missed it (see WbtWindow), and is read as such.
 type WbtLat struct {
 	Time Mono          `json:"time"`
 	Dev  Device        `json:"dev"`
@@ -671,6 +673,34 @@ type WbtLat struct {
 
 // When implements Event.
 func (e WbtLat) When() Mono { return e.Time }
+
+// WbtWindow is one of writeback throttling's monitoring windows on a
+// device in which a latency missed the target (queue/wbt_lat_usec), or
+// that ended while wbt had scaled the depth: the tracepoints wbt:wbt_lat
+// (Exceeded: the least read latency of the window, or a synchronous I/O's
+// time since its issue) and wbt:wbt_stat (the window's completion
+// latencies), one record each.
+type WbtWindow struct {
+	Time Mono   `json:"time"`
+	Dev  Device `json:"dev"`
+	// Exceeded is the latency that missed the target (wbt_lat); 0 in a
+	// record of the window's latencies.
+	Exceeded time.Duration `json:"exceeded,omitempty"`
+	// The window's completion latencies (wbt_stat), of reads and of
+	// writes: mean, least, most, and how many completed; 0 in a record of
+	// a missed latency.
+	ReadMean  time.Duration `json:"read_mean,omitempty"`
+	ReadMin   time.Duration `json:"read_min,omitempty"`
+	ReadMax   time.Duration `json:"read_max,omitempty"`
+	Reads     int64         `json:"reads,omitempty"`
+	WriteMean time.Duration `json:"write_mean,omitempty"`
+	WriteMin  time.Duration `json:"write_min,omitempty"`
+	WriteMax  time.Duration `json:"write_max,omitempty"`
+	Writes    int64         `json:"writes,omitempty"`
+}
+
+// When implements Event.
+func (e WbtWindow) When() Mono { return e.Time }
 
 // DirtyPause is a writer paused in balance_dirty_pages (the tracepoint
 // writeback:balance_dirty_pages, when it paused): it had dirtied pages

@@ -85,6 +85,7 @@ type Timeline struct {
 	Mounts         []event.Mount
 	WbtLats        []event.WbtLat
 	WbtSteps       []event.WbtStep
+	WbtWindows     []event.WbtWindow
 	DirtyLimits    []event.DirtyLimits
 	DirtyPauses    []event.DirtyPause
 	JournalCommits []event.JournalCommit
@@ -200,9 +201,11 @@ var Sources = []Source{
 			"`time`, `dev` (whole disk), `fs_dev` (the filesystem's device), `fstype`, `point`: a filesystem on a block device at the start"),
 		Describing("wbt_lat", func(t *Timeline) *[]event.WbtLat { return &t.WbtLats },
 			func(e event.WbtLat) (string, uint32) { return e.Dev.ID(), 0 },
-			"`time`, `dev`, `lat` (ns; 0: wbt off), `from` (`sysfs` at the start, `wbt_lat` when it changed): a device's wbt latency target"),
+			"`time`, `dev`, `lat` (ns; 0: wbt off), `from` (`sysfs`, at the start): a device's wbt latency target (traces of earlier versions also have `from` `wbt_lat`: a latency that missed the target, read as a `wbt_window`'s `exceeded`)"),
 		Events("wbt_step", func(t *Timeline) *[]event.WbtStep { return &t.WbtSteps },
-			"`time`, `dev`, `step`, `msg`, `window`, `bg`, `normal`, `max` (depth limits): wbt scaled a device's queue depth"),
+			"`time`, `dev`, `step`, `msg`, `window` (ns; traces of earlier versions hold its µs as ns, and one under 1 ms is read so), `bg`, `normal`, `max` (depth limits): wbt scaled a device's queue depth"),
+		Events("wbt_window", func(t *Timeline) *[]event.WbtWindow { return &t.WbtWindows },
+			"`time`, `dev`, `exceeded` (ns: a latency that missed the target, `wbt_lat`), or the window's completion latencies (`wbt_stat`): `read_mean`, `read_min`, `read_max`, `reads`, `write_mean`, `write_min`, `write_max`, `writes`: a wbt monitoring window that missed the target or ended while wbt was scaled"),
 		Describing("dirty_limits", func(t *Timeline) *[]event.DirtyLimits { return &t.DirtyLimits },
 			func(event.DirtyLimits) (string, uint32) { return "", 0 },
 			"`time`, `bytes`, `ratio`, `background_bytes`, `background_ratio`, `page_size`: the vm.dirty_* sysctls at the start"),
