@@ -52,6 +52,9 @@ func TestFindingsGolden(t *testing.T) {
 		// it, the stacks alone name the cause.
 		{"testdata/golden_iocost.txt", newScenario().fast(loop0).
 			calls(fio, "/ioc", loop0, "io_submit", 600, 8, callIOCost).iocost(loop0, "/ioc")},
+		// SCSI commands time out on sda: the finding says which, and that
+		// the error handler of its host ran.
+		{"testdata/golden_failing_scsi.txt", newScenario().fast(loop0).scsiTimeouts(sda, 3)},
 		{"testdata/golden_iocost_untraced.txt", newScenario().fast(loop0).
 			calls(fio, "/ioc", loop0, "io_submit", 600, 8, callIOCost)},
 	}

@@ -8,6 +8,7 @@ package main
 
 import (
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -98,6 +99,25 @@ func TestFailingDevice(t *testing.T) {
 			}, "--device", dev)
 			t.Logf("reads %d, failed %d; findings:\n%s", reads, fails, summary(rep))
 			checkFailing(t, rep, dev, tc.want, "e2e.test", "whyslow.test")
+			if tc.name != "timeouts" {
+				return
+			}
+			// SCSI's error handling, said: the commands that timed out
+			// (reads) and the host's error handler woken for them.
+			f, ok := findingOf(rep, "failing-device")
+			if !ok {
+				return
+			}
+			n, _ := evidence(f, "scsi_timeouts").(float64)
+			r, _ := evidence(f, "recoveries").(float64)
+			cmds := stringsOf(evidence(f, "scsi_commands"))
+			if n == 0 || r == 0 || !slices.ContainsFunc(cmds, func(c string) bool { return strings.HasPrefix(c, "READ") }) {
+				t.Errorf("evidence scsi_timeouts %v, recoveries %v, scsi_commands %v: want the reads that timed out and the error handler's wakeups",
+					evidence(f, "scsi_timeouts"), evidence(f, "recoveries"), cmds)
+			}
+			if !strings.Contains(f.Explanation, "SCSI error handler") {
+				t.Errorf("explanation does not say the error handler ran: %s", f.Explanation)
+			}
 		})
 	}
 }

@@ -445,6 +445,15 @@ func (e Process) When() Mono { return e.Time }
 const (
 	FaultError   = "error"   // a request completed with an error
 	FaultTimeout = "timeout" // a request was given back after its deadline, to be issued again
+	// FaultSCSITimeout is a SCSI command that timed out (the tracepoint
+	// scsi:scsi_dispatch_cmd_timeout); Op names its opcode ("READ_10").
+	FaultSCSITimeout = "scsi_timeout"
+	// FaultErrorHandler is a SCSI host's error handler woken to recover
+	// its failed commands (scsi:scsi_eh_wakeup): it aborts them, then
+	// resets the device, the target, the bus and the host as it escalates.
+	// One per disk on the host (Dev named as the host, "host2", when it
+	// has none).
+	FaultErrorHandler = "error_handler"
 )
 
 // DeviceFault is one request that failed on a device (completed with an
@@ -453,7 +462,7 @@ const (
 type DeviceFault struct {
 	Time   Mono   `json:"time"`
 	Dev    Device `json:"dev"`
-	Kind   string `json:"kind" mem:"shared"` // FaultError or FaultTimeout
+	Kind   string `json:"kind" mem:"shared"` // FaultError, FaultTimeout, ...
 	Op     string `json:"op" mem:"shared"`   // "read", "write", "flush", "discard", ...
 	Sector uint64 `json:"sector"`
 	Bytes  uint32 `json:"bytes,omitempty"`

@@ -209,6 +209,13 @@ type Device struct {
 	// IOTimeout is the device's request timeout (queue/io_timeout), 0
 	// when not known.
 	IOTimeout time.Duration
+	// SCSITimeouts are the SCSI commands that timed out on the device,
+	// by name ("READ_10"), in order (scsi:scsi_dispatch_cmd_timeout).
+	SCSITimeouts []string
+	// Recoveries counts the times the error handler of the device's SCSI
+	// host was woken to recover failed commands (scsi:scsi_eh_wakeup):
+	// aborts, then device, target, bus and host resets.
+	Recoveries int
 	// Limits are the blk-throttle limits of cgroups on this device (v2
 	// io.max, v1 blkio.throttle.*), the most delay first.
 	Limits Limits

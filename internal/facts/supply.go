@@ -53,6 +53,8 @@ var Suppliers = map[string][]string{
 	"Device.Timeouts":     {event.ProbeDevFault},
 	"Device.Requeues":     {event.ProbeDevFault},
 	"Device.IOTimeout":    {event.ProbeDevFault},
+	"Device.SCSITimeouts": {event.ProbeDevFault},
+	"Device.Recoveries":   {event.ProbeDevFault},
 	"Device.ErrorKinds":   {event.ProbeDevFault},
 	"Device.FaultVictims": {event.ProbeDevFault},
 	"Device.Limits":       {event.ProbeIOLimits},

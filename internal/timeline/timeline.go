@@ -106,7 +106,7 @@ const (
 var Sources = []Source{
 	{Probe: event.ProbeDevFault, Streams: []Stream{
 		Events("device_fault", func(t *Timeline) *[]event.DeviceFault { return &t.DeviceFaults },
-			"`time`, `dev`, `kind` (`error`, `timeout`), `op`, `sector`, `bytes`, `status` and `errno` (of an error), `in_flight` (since the request started), `timed_out` (an error after its deadline), `timeout` (queue/io_timeout): a failed or timed-out request"),
+			"`time`, `dev`, `kind` (`error`, `timeout`; `scsi_timeout`: a SCSI command timed out; `error_handler`: the error handler of the disk's SCSI host woken, on each of its disks), `op` (of a `scsi_timeout`, the SCSI command: `READ_10`), `sector`, `bytes`, `status` and `errno` (of an error), `in_flight` (since the request started), `timed_out` (an error after its deadline), `timeout` (queue/io_timeout): a failed or timed-out request, or SCSI's error handling"),
 		Sums("requeues", func(t *Timeline) *[]event.Requeues { return &t.Requeues },
 			"`time`, `dev`, `count`, `timed_out`: the requests a device's driver gave back to be issued again, counted in the kernel"),
 	}},
