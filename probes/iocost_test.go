@@ -13,9 +13,10 @@ import (
 // never on there and the probe sees nothing. Where iocost is on for a disk
 // (the kernel matrix) with a model of 100 IOPS and its vrate held at 100%
 // (io.cost.qos min=max=100), a direct writer in a cgroup of its own is
-// activated on the disk at that vrate with io.weight 100 and the whole
-// budget (share 100%), the periods iocost traced say the same vrate, and
-// nothing is lost.
+// activated on the disk with io.weight 100 and the whole budget (share
+// 100%), at a vrate of 50% to 200% (the base, 100%, with iocost's
+// short-term correction: 5.10 and 6.1 show it), the periods iocost traced
+// say mostly 100%, and nothing is lost.
 func TestIOCostLive(t *testing.T) {
 	blkNeedRoot(t)
 	sink := &blkSink{}
@@ -53,7 +54,7 @@ func TestIOCostLive(t *testing.T) {
 	for _, l := range sink.losses {
 		t.Errorf("loss: %+v", l)
 	}
-	var activations, periods int
+	var activations, periods, at100 int
 	for _, e := range sink.events {
 		switch e := e.(type) {
 		case event.IOCostCgroup:
@@ -62,8 +63,8 @@ func TestIOCostLive(t *testing.T) {
 			}
 			if e.Kind == event.IOCostActivate {
 				activations++
-				if e.VratePct != 100 || e.Weight != 100 || e.SharePct != 100 {
-					t.Errorf("activation %+v, want vrate 100%%, io.weight 100, share 100%%", e)
+				if e.VratePct < 50 || e.VratePct > 200 || e.Weight != 100 || e.SharePct != 100 {
+					t.Errorf("activation %+v, want a vrate of 50 to 200%%, io.weight 100, share 100%%", e)
 				}
 			}
 		case event.IOCostVrate:
@@ -74,12 +75,15 @@ func TestIOCostLive(t *testing.T) {
 				t.Errorf("period %+v: the device's numbers not found", e)
 			}
 			periods++
-			if e.Pct != 100 {
-				t.Errorf("period %+v, want the vrate at 100%% (min=max=100)", e)
+			if e.Pct == 100 {
+				at100++
 			}
 		}
 	}
-	t.Logf("%d events: %d activations of %s on %s, %d periods", len(sink.events), activations, c.Path, dev, periods)
+	t.Logf("%d events: %d activations of %s on %s, %d periods (%d at 100%%)", len(sink.events), activations, c.Path, dev, periods, at100)
+	if periods > 0 && 2*at100 <= periods {
+		t.Errorf("%d of %d periods at a vrate of 100%%, want most (min=max=100)", at100, periods)
+	}
 	if activations == 0 {
 		t.Errorf("no activation of %s on %s", c.Path, dev)
 	}

@@ -2,7 +2,6 @@ package facts
 
 import (
 	"cmp"
-	"math"
 	"slices"
 
 	"github.com/whyslow/whyslow/internal/event"
@@ -13,10 +12,12 @@ import (
 // each cgroup issuing I/O there. The zero value (VratePct -1) says the
 // probe saw nothing of iocost on the device.
 type IOCostState struct {
-	// VratePct is the vrate at the end, in percent of the device's cost
-	// model (io.cost.model); VrateMinPct and VrateMaxPct its range; -1
-	// when unknown. Periods counts the periods iocost traced (busy or
-	// adjusting the vrate).
+	// VratePct is the vrate over the run, in percent of the device's cost
+	// model (io.cost.model): the median of the periods iocost traced (busy
+	// or adjusting the vrate), or of the cgroups' activations when it
+	// traced none, as each may be off its base by iocost's short-term
+	// correction (50% to 200%); VrateMinPct and VrateMaxPct its range; -1
+	// when unknown. Periods counts the periods traced.
 	VratePct, VrateMinPct, VrateMaxPct float64
 	Periods                            int
 	// BusyMax is the highest busy level (above 0: the device missed its
@@ -79,22 +80,11 @@ func (s IOCostState) For(tasks Tasks) IOCostCgroup {
 
 // iocost builds Device.IOCostState from the iocost probe's events.
 func (b *builder) iocost() {
-	vrate := map[*Device]bool{}
-	note := func(s *IOCostState, pct float64) {
-		s.VratePct = pct
-		s.VrateMinPct, s.VrateMaxPct = min(s.VrateMinPct, pct), max(s.VrateMaxPct, pct)
-	}
-	seen := func(d *Device) *IOCostState {
-		s := &d.IOCostState
-		if !vrate[d] {
-			vrate[d] = true
-			*s = IOCostState{VratePct: -1, VrateMinPct: math.Inf(1), VrateMaxPct: -1, Cgroups: s.Cgroups}
-		}
-		return s
-	}
+	periods, activations := map[*Device][]float64{}, map[*Device][]float64{}
 	for _, v := range b.tl.IOCostVrates {
-		s := seen(b.deviceOf(b.name(v.Dev), v.Dev))
-		note(s, v.Pct)
+		d := b.deviceOf(b.name(v.Dev), v.Dev)
+		s := &d.IOCostState
+		periods[d] = append(periods[d], v.Pct)
 		s.Periods++
 		s.BusyMax = max(s.BusyMax, int(v.Busy))
 		s.MissedPct = max(s.MissedPct, float64(max(v.ReadMissedPPM, v.WriteMissedPPM))/10000)
@@ -103,7 +93,6 @@ func (b *builder) iocost() {
 	rows := map[*Device]map[string]*IOCostCgroup{}
 	for _, c := range b.tl.IOCostCgroups {
 		d := b.deviceOf(b.name(c.Dev), c.Dev)
-		s := seen(d)
 		if rows[d] == nil {
 			rows[d] = map[string]*IOCostCgroup{}
 		}
@@ -123,8 +112,8 @@ func (b *builder) iocost() {
 			if c.Kind == event.IOCostActivate {
 				row.Activations++
 			}
-			if s.Periods == 0 && c.VratePct > 0 {
-				note(s, c.VratePct) // no period traced: the vrate the cgroups saw
+			if c.VratePct > 0 {
+				activations[d] = append(activations[d], c.VratePct)
 			}
 			row.Weight = int(c.Weight)
 			share(c.SharePct)
@@ -144,8 +133,14 @@ func (b *builder) iocost() {
 	}
 	for _, d := range b.byName {
 		s := &d.IOCostState
-		if !vrate[d] || math.IsInf(s.VrateMinPct, 1) {
-			s.VratePct, s.VrateMinPct, s.VrateMaxPct = -1, -1, -1
+		pcts := periods[d]
+		if len(pcts) == 0 {
+			pcts = activations[d] // no period traced: the vrate the cgroups saw
+		}
+		s.VratePct, s.VrateMinPct, s.VrateMaxPct = -1, -1, -1
+		if len(pcts) > 0 {
+			slices.Sort(pcts)
+			s.VratePct, s.VrateMinPct, s.VrateMaxPct = pcts[len(pcts)/2], pcts[0], pcts[len(pcts)-1]
 		}
 		slices.SortFunc(s.Cgroups, func(a, c IOCostCgroup) int {
 			return cmp.Or(cmp.Compare(c.Shortages, a.Shortages), cmp.Compare(a.Cgroup, c.Cgroup))
