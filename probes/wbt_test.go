@@ -11,7 +11,8 @@ import (
 )
 
 // wbt on the real kernel (probe writeback): a direct random reader and a
-// buffered bulk writer on a disk-backed loop device whose wbt target is
+// buffered bulk writer on a disk (a disk-backed loop device here, the
+// test disk of the kernel matrix in its guests) whose wbt target is
 // 1 ms make wbt rescale the device's depth (its monitoring window in ms, as
 // long as 100 ms and never under 1 ms) and trace the latencies of its
 // windows (wbt_stat) or the ones that missed the target (wbt_lat); with
@@ -23,7 +24,13 @@ func TestWbtLive(t *testing.T) {
 		want      bool
 	}{{"on", "1000", true}, {"off", "0", false}} {
 		t.Run(tc.name, func(t *testing.T) {
-			dev := scenario.DiskLoop(t, 1<<30)
+			dev := "" // a disk: the matrix's test disk, else a disk-backed loop device
+			if scenario.InMatrix() {
+				dev = scenario.DiskBySerial("nvme")
+			}
+			if dev == "" {
+				dev = scenario.DiskLoop(t, 1<<30)
+			}
 			setWbtLat(t, dev, tc.lat)
 			sink := &blkSink{}
 			r, st := (writebackProbe{}).Start(Config{}, sink)
