@@ -7,6 +7,7 @@ package main
 // the same reader on the healthy disk gives no such finding.
 
 import (
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -87,8 +88,15 @@ func TestFailingDevice(t *testing.T) {
 		{"medium-errors", 2, 0, scenario.ScsiDebugMediumErrorOffset, true},
 		{"timeouts", 4, 25, -1, true},
 		{"control", 0, 0, scenario.ScsiDebugMediumErrorOffset, false},
+		// every command after the first four dropped: each times out, its
+		// retry after the abort too, and the host's error handler escalates
+		// (device, target, bus, host reset) until it takes the disk offline
+		{"resets", 4, -4, -1, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			if tc.name == "resets" {
+				scsiDebugRecoverable(t, dev)
+			}
 			scenario.ScsiDebugTimeout(t, dev, 2)
 			scenario.ScsiDebugFaults(t, tc.opts, tc.everyNth)
 			defer scenario.ScsiDebugFaults(t, 0, 0)
@@ -99,11 +107,12 @@ func TestFailingDevice(t *testing.T) {
 			}, "--device", dev)
 			t.Logf("reads %d, failed %d; findings:\n%s", reads, fails, summary(rep))
 			checkFailing(t, rep, dev, tc.want, "e2e.test", "whyslow.test")
-			if tc.name != "timeouts" {
+			if tc.name != "timeouts" && tc.name != "resets" {
 				return
 			}
 			// SCSI's error handling, said: the commands that timed out
-			// (reads) and the host's error handler woken for them.
+			// (reads); and where an abort did not recover them (resets),
+			// the host's error handler woken for them.
 			f, ok := findingOf(rep, "failing-device")
 			if !ok {
 				return
@@ -111,15 +120,48 @@ func TestFailingDevice(t *testing.T) {
 			n, _ := evidence(f, "scsi_timeouts").(float64)
 			r, _ := evidence(f, "recoveries").(float64)
 			cmds := stringsOf(evidence(f, "scsi_commands"))
-			if n == 0 || r == 0 || !slices.ContainsFunc(cmds, func(c string) bool { return strings.HasPrefix(c, "READ") }) {
-				t.Errorf("evidence scsi_timeouts %v, recoveries %v, scsi_commands %v: want the reads that timed out and the error handler's wakeups",
-					evidence(f, "scsi_timeouts"), evidence(f, "recoveries"), cmds)
+			t.Logf("scsi_timeouts %v, recoveries %v, commands %v", n, r, cmds)
+			if n == 0 || !slices.ContainsFunc(cmds, func(c string) bool { return strings.HasPrefix(c, "READ") }) {
+				t.Errorf("evidence scsi_timeouts %v, scsi_commands %v: want the reads that timed out", n, cmds)
+			}
+			if !strings.Contains(f.Explanation, "SCSI command") {
+				t.Errorf("explanation does not say the SCSI commands timed out: %s", f.Explanation)
+			}
+			if tc.name != "resets" {
+				return
+			}
+			if r == 0 {
+				t.Errorf("evidence recoveries %v: want the error handler's wakeups", r)
 			}
 			if !strings.Contains(f.Explanation, "SCSI error handler") {
 				t.Errorf("explanation does not say the error handler ran: %s", f.Explanation)
 			}
 		})
 	}
+}
+
+// scsiDebugRecoverable shortens the error handler's own commands' timeout
+// (device/eh_timeout) to 1 s and, on cleanup, puts it back and the disk
+// back online (the escalation ends by taking it offline).
+func scsiDebugRecoverable(t *testing.T, dev string) {
+	t.Helper()
+	eh := "/sys/block/" + dev + "/device/eh_timeout"
+	orig, err := os.ReadFile(eh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(eh, []byte("1"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		scenario.ScsiDebugFaults(t, 0, 0)
+		if err := os.WriteFile("/sys/block/"+dev+"/device/state", []byte("running"), 0o644); err != nil {
+			t.Errorf("putting %s back online: %v", dev, err)
+		}
+		if err := os.WriteFile(eh, orig, 0o644); err != nil {
+			t.Errorf("%s: %v", eh, err)
+		}
+	})
 }
 
 // failingWrites are fio's options for random O_DIRECT 4 KiB writes that
