@@ -145,7 +145,9 @@ func (ps Processes) UnexplainedMs() float64 {
 
 // ExplainedStages returns, of processes as Unexplained gives them, the
 // blocked time findings explain, by stage, summed, the most time first
-// (shares of their blocked time); none for other processes.
+// (shares of their blocked time); none for other processes. Runqueue time
+// is not among them: it goes with the stages left in their proportion,
+// and the rest of it is no finding's.
 func (ps Processes) ExplainedStages() []StageTime {
 	var sums stageSums
 	var blocked time.Duration
@@ -346,9 +348,9 @@ func unexplainedOn(v *Process, pid uint32, device string, covers []Cover) *Proce
 		for st, d := range pt.sums.total {
 			switch {
 			case st == stage.Runqueue:
-				ud := time.Duration(w * float64(d))
-				un.add(st, ud, "")
-				exp.add(st, d-ud, "")
+				// Its share with the stages left; the rest is no
+				// finding's to claim (ExplainedStages lists none).
+				un.add(st, time.Duration(w*float64(d)), "")
 			case st == stage.Other:
 				for f, d := range pt.sums.other {
 					if ex(st) {
