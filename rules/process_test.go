@@ -120,6 +120,9 @@ func TestUnexplainedLatency(t *testing.T) {
 				t.Fatalf("findings %v, want %v: %v", got, tt.rules, titles(fs))
 			}
 			for _, f := range fs {
+				if f.Rule == "journal-commit-wait" && !slices.ContainsFunc(f.Processes, func(p Process) bool { return p.Comm == "archiver" }) {
+					t.Errorf("journal-commit-wait names %+v, want archiver, whose syncs waited for the journal", f.Processes)
+				}
 				if f.Rule == "slow-device" && slices.Contains(f.Devices, "sda") {
 					if len(f.Processes) != 1 || f.Processes[0].Comm != "ledger" || f.Processes[0].Part != "victim" {
 						t.Errorf("slow-device names %+v, want ledger, whose calls waited for sda, as its victim", f.Processes)
