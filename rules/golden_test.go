@@ -57,6 +57,8 @@ func TestFindingsGolden(t *testing.T) {
 		{"testdata/golden_failing_scsi.txt", newScenario().fast(loop0).scsiTimeouts(sda, 3)},
 		{"testdata/golden_iocost_untraced.txt", newScenario().fast(loop0).
 			calls(fio, "/ioc", loop0, "io_submit", 600, 8, callIOCost)},
+		{"testdata/golden_unexplained_partly.txt", newScenario().fast(loop0).commits(loop0, 50, 30).
+			calls(archiver, "/", loop0, "pwrite64", 40, 50, callLock, callOther).calls(archiver, "/", loop0, "fdatasync", 40, 10, callJournal)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {
