@@ -142,7 +142,8 @@ func TestFailingDevice(t *testing.T) {
 
 // scsiDebugRecoverable shortens the error handler's own commands' timeout
 // (device/eh_timeout) to 1 s and, on cleanup, puts it back and the disk
-// back online (the escalation ends by taking it offline).
+// back online if the escalation took it offline (a reset that works
+// leaves it running).
 func scsiDebugRecoverable(t *testing.T, dev string) {
 	t.Helper()
 	eh := "/sys/block/" + dev + "/device/eh_timeout"
@@ -155,8 +156,11 @@ func scsiDebugRecoverable(t *testing.T, dev string) {
 	}
 	t.Cleanup(func() {
 		scenario.ScsiDebugFaults(t, 0, 0)
-		if err := os.WriteFile("/sys/block/"+dev+"/device/state", []byte("running"), 0o644); err != nil {
-			t.Errorf("putting %s back online: %v", dev, err)
+		state := "/sys/block/" + dev + "/device/state"
+		if b, err := os.ReadFile(state); err == nil && strings.TrimSpace(string(b)) != "running" {
+			if err := os.WriteFile(state, []byte("running"), 0o644); err != nil {
+				t.Errorf("putting %s (%s) back online: %v", dev, strings.TrimSpace(string(b)), err)
+			}
 		}
 		if err := os.WriteFile(eh, orig, 0o644); err != nil {
 			t.Errorf("%s: %v", eh, err)
