@@ -104,8 +104,12 @@ func TestDiagnoseUnexplainedLatency(t *testing.T) {
 		default:
 			// A frozen filesystem is none of the causes the rules know:
 			// no device, queue, cgroup limit, writeback or neighbour is
-			// to blame.
-			t.Errorf("rule %s claims the frozen filesystem's waits: %q", r, rep.Findings[i].Title)
+			// to blame. On a loaded host another cause may be true of a
+			// small part of the writer's wait (its syncs' journal
+			// commits were slow too): such a finding explains its own
+			// stages only, and must neither hide the rest (below) nor
+			// rank above it.
+			t.Logf("also %s: %q", r, rep.Findings[i].Title)
 		}
 	}
 	if f == nil {
@@ -123,6 +127,9 @@ func TestDiagnoseUnexplainedLatency(t *testing.T) {
 	slow, _ := evidenceOf(*f, "slow_ms").(float64)
 	if slow < 1000 {
 		t.Errorf("slow_ms %v: want the seconds %s spent in writes to the frozen filesystem", evidenceOf(*f, "slow_ms"), w.Name)
+	}
+	if left, _ := evidenceOf(*f, "unexplained_ms").(float64); left < 1000 {
+		t.Errorf("unexplained_ms %v: want the seconds %s spent in writes to the frozen filesystem, whatever else a finding explains", evidenceOf(*f, "unexplained_ms"), w.Name)
 	}
 	stages, _ := evidenceOf(*f, "stages").([]any)
 	if len(stages) == 0 {
