@@ -80,6 +80,9 @@ func Evaluate(set *Set, run *facts.Run) ([]Finding, error) {
 	}
 	slices.SortStableFunc(items, func(a, b *item) int {
 		return cmp.Or(
+			// A run rule's finding (unexplained-latency, nothing-found) is
+			// about what the others leave unexplained: it follows them.
+			cmp.Compare(runScoped(a), runScoped(b)),
 			cmp.Compare(b.f.Score, a.f.Score),
 			cmp.Compare(severityRank(a.f.Severity), severityRank(b.f.Severity)),
 			cmp.Compare(a.f.Rule, b.f.Rule),
@@ -93,6 +96,14 @@ func Evaluate(set *Set, run *facts.Run) ([]Finding, error) {
 		out[i] = *it.f
 	}
 	return out, ev.err()
+}
+
+// runScoped is 1 for a finding of a run-scope rule, else 0.
+func runScoped(it *item) int {
+	if it.rule != nil && it.rule.Scope == ScopeRun {
+		return 1
+	}
+	return 0
 }
 
 func severityRank(s Severity) int {

@@ -37,7 +37,7 @@ func TestWritebackCauses(t *testing.T) {
 		rule               string // "" for a control
 		not                string // a control: the rule it must not give
 		names              []string
-		above              []string // rules that may rank above rule (a cause on the same device, or the wait no finding explains)
+		above              []string // rules that may rank above rule (a cause on the same device)
 		causes             []string // the processes (name prefixes) above may give as its cause
 	}{
 		{name: "dirty", fstype: "ext4",
@@ -75,7 +75,7 @@ func TestWritebackCauses(t *testing.T) {
 		{name: "wbt",
 			setup: func(t *testing.T, fs scenario.FS) { deepQueue(t, fs.Dev); wbtLat(t, fs.Dev, "1000") },
 			loads: wbtLoads(secs), rule: "wbt-throttling", names: []string{"victim"},
-			above: []string{"noisy-neighbour", "unexplained-latency"}, causes: []string{"bulk", "kworker"}},
+			above: []string{"noisy-neighbour"}, causes: []string{"bulk", "kworker"}},
 		{name: "wbt-control", not: "wbt-throttling",
 			setup: func(t *testing.T, fs scenario.FS) { deepQueue(t, fs.Dev); wbtLat(t, fs.Dev, "0") },
 			loads: wbtLoads(secs)},
