@@ -36,9 +36,16 @@ func TestWritebackCauses(t *testing.T) {
 		loads              func(t *testing.T, fs scenario.FS)
 		rule               string // "" for a control
 		not                string // a control: the rule it must not give
-		names              []string
-		above              string   // a rule that may rank above rule, on the same device
-		causes             []string // the processes (name prefixes) above may give as its cause
+		// allow, for a control, says when a finding of rule not is no false
+		// cause after all (nil: never)
+		allow func(f report.Finding) bool
+		names []string
+		// above are the rules that may rank above rule (true causes too, on
+		// a slower device: the flood, the writers' own pauses, the device);
+		// the processes they name but as victims must be one of causes
+		// (name prefixes)
+		above  []string
+		causes []string
 	}{
 		{name: "dirty", fstype: "ext4",
 			setup: func(t *testing.T, fs scenario.FS) { scenario.DirtyLimits(t, 8<<20, 2<<20) },
@@ -58,8 +65,17 @@ func TestWritebackCauses(t *testing.T) {
 					"--size=400M", "--runtime="+secs, "--time_based", "--ioengine=psync")
 				scenario.StartNamedJob(t, "victim", "--filename="+filepath.Join(fs.Dir, "victim"), "--rw=randwrite", "--bs=4k",
 					"--size=4M", "--fsync=1", "--runtime="+secs, "--time_based", "--ioengine=psync")
-			}, rule: "journal-commit-wait", names: []string{"victim", "bulk"}},
+			}, rule: "journal-commit-wait", names: []string{"victim", "bulk"},
+			above: []string{"dirty-throttling"}, causes: []string{"bulk"}},
+		// Without bulk, no commit writes another's data: on a slow device
+		// (the guests' throttled disk) the commits of the victim's own
+		// fsyncs may still be slow, and the finding may say so, naming the
+		// device and no writer of ordered data.
 		{name: "journal-control", fstype: "ext4", opts: "nodelalloc", not: "journal-commit-wait",
+			allow: func(f report.Finding) bool {
+				return !slices.ContainsFunc(f.Processes, func(p report.Process) bool { return p.Role == "ordered data" }) &&
+					strings.Contains(f.Remedy, "Commits are slow on")
+			},
 			setup: func(t *testing.T, fs scenario.FS) { deepQueue(t, fs.Dev); scenario.DirtyLimits(t, 0, 32<<20) },
 			loads: func(t *testing.T, fs scenario.FS) {
 				scenario.StartNamedJob(t, "victim", "--filename="+filepath.Join(fs.Dir, "victim"), "--rw=randwrite", "--bs=4k",
@@ -67,12 +83,14 @@ func TestWritebackCauses(t *testing.T) {
 			}},
 		// A bulk writer floods the device, the reader misses wbt's target,
 		// wbt holds the synced writer back: the flood is the root cause and
-		// may rank first (naming bulk, never one of those it harms), the
-		// throttle must be found with the writer it held.
+		// may rank first (naming bulk, never one of those it harms), as may,
+		// on a slower device, the device the reader waits for and bulk's
+		// own dirty-page pauses; the throttle must be found with the writer
+		// it held.
 		{name: "wbt",
 			setup: func(t *testing.T, fs scenario.FS) { deepQueue(t, fs.Dev); wbtLat(t, fs.Dev, "1000") },
 			loads: wbtLoads(secs), rule: "wbt-throttling", names: []string{"victim"},
-			above: "noisy-neighbour", causes: []string{"bulk", "kworker"}},
+			above: []string{"noisy-neighbour", "slow-device", "dirty-throttling"}, causes: []string{"bulk", "kworker"}},
 		{name: "wbt-control", not: "wbt-throttling",
 			setup: func(t *testing.T, fs scenario.FS) { deepQueue(t, fs.Dev); wbtLat(t, fs.Dev, "0") },
 			loads: wbtLoads(secs)},
@@ -95,6 +113,10 @@ func TestWritebackCauses(t *testing.T) {
 			if tc.rule == "" {
 				for _, f := range rep.Findings {
 					if f.Rule == tc.not && slices.Contains(f.Devices, fs.Dev) {
+						if tc.allow != nil && tc.allow(f) {
+							t.Logf("control: %s (%s) without the cause: %s", f.Rule, f.Title, f.Remedy)
+							continue
+						}
 						t.Errorf("control: finding %s (%s) on %v", f.Rule, f.Title, f.Devices)
 					}
 				}
@@ -103,20 +125,22 @@ func TestWritebackCauses(t *testing.T) {
 			if len(rep.Findings) == 0 {
 				t.Fatal("no finding")
 			}
-			top := rep.Findings[0]
-			if top.Rule != tc.rule && tc.above != "" && top.Rule == tc.above {
-				for _, p := range top.Processes {
-					if p.Role == "cause" && !slices.ContainsFunc(tc.causes, func(c string) bool { return strings.HasPrefix(p.Comm, c) }) {
-						t.Errorf("%s ranks first and names %s (pid %d) as its cause, want one of %v", top.Rule, p.Comm, p.Pid, tc.causes)
+			i := slices.IndexFunc(rep.Findings, func(f report.Finding) bool { return f.Rule == tc.rule })
+			if i < 0 {
+				t.Fatalf("no %s finding; top finding %s (%s)", tc.rule, rep.Findings[0].Rule, rep.Findings[0].Title)
+			}
+			for _, f := range rep.Findings[:i] {
+				if !slices.Contains(tc.above, f.Rule) {
+					t.Fatalf("top finding %s (%s), want %s", f.Rule, f.Title, tc.rule)
+				}
+				for _, p := range f.Processes {
+					if p.Part != "victim" && !slices.ContainsFunc(tc.causes, func(c string) bool { return strings.HasPrefix(p.Comm, c) }) {
+						t.Errorf("%s ranks above %s and names %s (pid %d, %s), want one of %v", f.Rule, tc.rule, p.Comm, p.Pid, p.Role, tc.causes)
 					}
 				}
-				i := slices.IndexFunc(rep.Findings, func(f report.Finding) bool { return f.Rule == tc.rule })
-				if i < 0 {
-					t.Fatalf("no %s finding below %s (%s)", tc.rule, top.Rule, top.Title)
-				}
-				t.Logf("%s (%s) ranks above %s", top.Rule, top.Title, tc.rule)
-				top = rep.Findings[i]
+				t.Logf("%s (%s) ranks above %s", f.Rule, f.Title, tc.rule)
 			}
+			top := rep.Findings[i]
 			if top.Rule != tc.rule {
 				t.Fatalf("top finding %s (%s), want %s", top.Rule, top.Title, tc.rule)
 			}

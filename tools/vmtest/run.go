@@ -96,7 +96,7 @@ var benchTools = []struct{ path, pkg string }{
 // bcache incident on the virtio disks) or that must hold on every kernel
 // (each rung of the ladder, `whyslow probes`, the live trace commands on
 // the direct probes); the loop-device story runs on the host in make test.
-const defaultE2E = "TestBcache|TestMechanism|TestTrace|TestProbesCommand|TestCgroupThrottle|TestIOCost|TestFailingDevice"
+const defaultE2E = "TestBcache|TestMechanism|TestTrace|TestProbesCommand|TestCgroupThrottle|TestIOCost|TestFailingDevice|TestWritebackCauses"
 
 // guestSteps are what runs in every kernel, in order.
 func guestSteps(sel Selection) []Step {
