@@ -46,6 +46,12 @@ func TestWritebackCauses(t *testing.T) {
 		// (name prefixes)
 		above  []string
 		causes []string
+		// memcg: the writers run in a memory cgroup of 64 MiB: where the
+		// kernel gives it a dirty limit of its own (cgroup writeback),
+		// the finding must name the cgroup and its memory.max; elsewhere
+		// (cgroup v1 memory) no finding may claim it. Every other case is
+		// a control for it: no finding names a memory cgroup.
+		memcg bool
 	}{
 		{name: "dirty", fstype: "ext4",
 			setup: func(t *testing.T, fs scenario.FS) { scenario.DirtyLimits(t, 8<<20, 2<<20) },
@@ -58,6 +64,16 @@ func TestWritebackCauses(t *testing.T) {
 				scenario.StartNamedJob(t, "writer", "--filename="+filepath.Join(fs.Dir, "data"), "--rw=write", "--bs=64k",
 					"--size=400M", "--runtime="+secs, "--time_based", "--ioengine=psync", "--rate=20m")
 			}},
+		// A buffered writer in a memory cgroup of 64 MiB under the
+		// system's own dirty limits: the cgroup's dirty limit, a share of
+		// its 64 MiB, pauses it; the control is dirty-control and every
+		// other case (no memory cgroup: never named).
+		{name: "dirty-memcg", fstype: "ext4", memcg: true,
+			loads: func(t *testing.T, fs scenario.FS) {
+				procs := scenario.MemoryCgroup(t, 64<<20)
+				scenario.StartNamedJobIn(t, procs, "writer", "--filename="+filepath.Join(fs.Dir, "data"), "--rw=write", "--bs=64k",
+					"--size=400M", "--runtime="+secs, "--time_based", "--ioengine=psync")
+			}, rule: "dirty-throttling", names: []string{"writer"}},
 		{name: "journal", fstype: "ext4", opts: "nodelalloc",
 			setup: func(t *testing.T, fs scenario.FS) { deepQueue(t, fs.Dev); scenario.DirtyLimits(t, 0, 32<<20) },
 			loads: func(t *testing.T, fs scenario.FS) {
@@ -110,6 +126,20 @@ func TestWritebackCauses(t *testing.T) {
 			}, "--record", trace)
 			t.Logf("findings:\n%s", summary(rep))
 			t.Logf("affected:\n%s", affectedSummary(rep))
+			cgwb, why := scenario.CgroupWriteback()
+			for _, f := range rep.Findings {
+				m := evidenceOf(f, "memcg")
+				if m == nil || m == "" {
+					continue
+				}
+				if !tc.memcg || !cgwb {
+					t.Errorf("%s names the memory cgroup %v (cgroup writeback: %v %s): %s", f.Rule, m, cgwb, why, f.Title)
+				}
+			}
+			if tc.memcg && !cgwb {
+				t.Logf("no memory cgroup has a dirty limit of its own here (%s): none named", why)
+				return
+			}
 			if tc.rule == "" {
 				for _, f := range rep.Findings {
 					if f.Rule == tc.not && slices.Contains(f.Devices, fs.Dev) {
@@ -150,6 +180,14 @@ func TestWritebackCauses(t *testing.T) {
 			for _, n := range tc.names {
 				if !slices.Contains(findingNames(top), n) || !strings.Contains(top.Title+top.Explanation, n) {
 					t.Errorf("top finding does not name %s: processes %v, title %q", n, findingNames(top), top.Title)
+				}
+			}
+			if tc.memcg {
+				m, _ := evidenceOf(top, "memcg").(string)
+				if !strings.Contains(m, "whyslow-test-mem-") || !strings.Contains(top.Title, m) ||
+					!strings.Contains(top.Title, "memory.max=67108864 (64 MiB)") || !strings.Contains(top.Remedy, m) {
+					t.Errorf("%s does not name the memory cgroup (evidence %q) and its memory.max in title and remedy: %s\n%s",
+						top.Rule, m, top.Title, top.Remedy)
 				}
 			}
 			t.Logf("top: %s\n%s\n%s", top.Title, top.Explanation, top.Remedy)
