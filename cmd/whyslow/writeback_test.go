@@ -104,7 +104,7 @@ func TestWritebackCauses(t *testing.T) {
 		// own dirty-page pauses; the throttle must be found with the writer
 		// it held.
 		{name: "wbt",
-			setup: func(t *testing.T, fs scenario.FS) { deepQueue(t, fs.Dev); wbtLat(t, fs.Dev, "1000") },
+			setup: func(t *testing.T, fs scenario.FS) { deepQueue(t, fs.Dev); wbtLat(t, fs.Dev, wbtTarget(t, fs.Dev)) },
 			loads: wbtLoads(secs), rule: "wbt-throttling", names: []string{"victim"},
 			above: []string{"noisy-neighbour", "slow-device", "dirty-throttling"}, causes: []string{"bulk", "kworker"}},
 		{name: "wbt-control", not: "wbt-throttling",
@@ -207,6 +207,25 @@ func deepQueue(t *testing.T, dev string) {
 		t.Fatalf("%s: mq-deadline, 1024 requests: %v", dev, err)
 	}
 	t.Cleanup(func() { scenario.SetQueue(dev, q.Scheduler, q.NrRequests) })
+}
+
+// wbtTarget is a wbt latency target (µs) that the device's reads miss
+// once a flood of writes fills its queue: half their latency unloaded
+// (direct 4 KiB random reads for a second), at most 1000 µs and at least
+// 50 µs. wbt scales writes down when the fastest read of a window misses
+// the target: a disk whose reads are faster than a fixed target unloaded
+// and loaded alike (the guests' scratch disk, throttled by bandwidth only)
+// would never make it throttle.
+func wbtTarget(t *testing.T, dev string) string {
+	f := scenario.StartJob(t, scenario.Job{Name: "read-probe", Dev: dev, RW: "randread", Direct: true,
+		Duration: time.Second, Extra: []string{"--size=256M"}})
+	res, err := f.Wait()
+	if err != nil {
+		t.Fatalf("%s: measuring its reads: %v", dev, err)
+	}
+	us := min(max(res.ReadMean.Microseconds()/2, 50), 1000)
+	t.Logf("scenario: %s reads 4 KiB in %v unloaded: wbt target %d µs", dev, res.ReadMean, us)
+	return fmt.Sprint(us)
 }
 
 // wbtLat sets the device's wbt_lat_usec, restored on cleanup.
