@@ -34,6 +34,30 @@ type FS struct {
 // behind a buffered writer as it does on a real disk.
 const ScratchSerial = "scratch"
 
+// SlowSerial is the serial of the kernel matrix's slow disk (see
+// tools/vmtest): a virtio disk of 2 GiB whose I/Os the host limits to 300
+// per second, a disk whose queue a writer fills.
+const SlowSerial = "hdd"
+
+// SlowDisk returns the kernel matrix's slow disk (SlowSerial) for the test
+// to use raw, or "" where there is none (this host). Cleanup wipes its
+// first MiB. Tests that use it must not run in parallel with another that
+// does (the bcache tests).
+func SlowDisk(t testing.TB) string {
+	t.Helper()
+	RequireRoot(t)
+	dev := DiskBySerial(SlowSerial)
+	if dev == "" {
+		return ""
+	}
+	t.Cleanup(func() {
+		if err := zero("/dev/"+dev, 1<<20); err != nil {
+			t.Errorf("slow disk cleanup: wiping %s: %v", dev, err)
+		}
+	})
+	return dev
+}
+
 // scratch says whether a Filesystem of this process has the scratch disk.
 var scratch struct {
 	sync.Mutex
