@@ -8,22 +8,9 @@ import (
 	"github.com/whyslow/whyslow/internal/event"
 )
 
-// Stacks of storage calls waiting for the journal and paused for dirty
-// pages.
-var (
-	callJournal = stack("__schedule", "schedule", "jbd2_log_wait_commit", "ext4_sync_file", "vfs_fsync_range", "do_fsync")
-	callDirty   = stack("__schedule", "schedule_timeout", "io_schedule_timeout", "balance_dirty_pages",
-		"balance_dirty_pages_ratelimited_flags", "generic_perform_write", "ext4_buffered_write_iter")
-)
-
-// commits adds n journal commits of ms each on d, one every 300 ms.
-func (s *scenario) commits(d event.Device, n int, ms float64) *scenario {
-	for i := range n {
-		s.tl.Add(event.JournalCommit{Start: at(500 + float64(i)*300), Duration: msd(ms), Dev: d, FsDev: d.Name,
-			Tid: uint32(i + 1), Sync: true, Logging: msd(ms)})
-	}
-	return s
-}
+// callDirty is a storage call paused for dirty pages.
+var callDirty = stack("__schedule", "schedule_timeout", "io_schedule_timeout", "balance_dirty_pages",
+	"balance_dirty_pages_ratelimited_flags", "generic_perform_write", "ext4_buffered_write_iter")
 
 // pauses adds n dirty-throttle pauses of ms of tk on d, one every 100 ms.
 func (s *scenario) pauses(tk event.Task, d event.Device, n int, ms float64) *scenario {
