@@ -591,9 +591,11 @@ type WbtStep struct {
 // When implements Event.
 func (e WbtStep) When() Mono { return e.Time }
 
-// WbtLat is a device's wbt latency target (queue/wbt_lat_usec): read from
-// sysfs at the start of the run (From "sysfs"), or changed while it went
-// (From "wbt_lat", the tracepoint). Zero: wbt is off on the device.
+// WbtLat is a device's wbt latency target (queue/wbt_lat_usec) read from
+// sysfs at the start of the run (From "sysfs"; zero: wbt is off on the
+// device), or, from the tracepoint wbt_lat (From "wbt_lat"), the latency of
+// a synchronous I/O that exceeded wbt's monitoring window, which made it
+// scale the writes down: the kernel's latency, not a new target.
 type WbtLat struct {
 	Time Mono          `json:"time"`
 	Dev  Device        `json:"dev"`

@@ -13,9 +13,12 @@ import (
 // writeback).
 type Wbt struct {
 	// LatUs is the latency target (queue/wbt_lat_usec) at the start of the
-	// run, or the last one it was changed to; -1 when unknown, 0 when wbt
-	// is off.
+	// run; -1 when unknown, 0 when wbt is off.
 	LatUs float64
+	// Exceeded counts the synchronous I/Os whose latency exceeded wbt's
+	// monitoring window, which made it scale the writes down (tracepoint
+	// wbt_lat).
+	Exceeded int
 	// Steps are the times wbt rescaled the device's depth; ScaledDown those
 	// that left it below the default (step above 0).
 	Steps, ScaledDown int
@@ -209,6 +212,12 @@ func (b *builder) writeback() {
 	}
 	for _, l := range tl.WbtLats {
 		d := dev(l.Dev)
+		if l.From == "wbt_lat" {
+			// the tracepoint reports a sync I/O's latency past wbt's
+			// window, not its target
+			d.Wbt.Exceeded++
+			continue
+		}
 		d.Wbt.LatUs = float64(l.Lat) / float64(time.Microsecond)
 		wbtSeen[d] = true
 	}

@@ -191,7 +191,7 @@ var Sources = []Source{
 			"`time`, `dev` (whole disk), `fs_dev` (the filesystem's device), `fstype`, `point`: a filesystem on a block device at the start"),
 		Describing("wbt_lat", func(t *Timeline) *[]event.WbtLat { return &t.WbtLats },
 			func(e event.WbtLat) (string, uint32) { return e.Dev.ID(), 0 },
-			"`time`, `dev`, `lat` (ns; 0: wbt off), `from` (`sysfs` at the start, `wbt_lat` when it changed): a device's wbt latency target"),
+			"`time`, `dev`, `lat` (ns; 0: wbt off), `from` (`sysfs`: the device's wbt latency target at the start; `wbt_lat`: the tracepoint, the latency of a synchronous I/O that exceeded wbt's window)"),
 		Events("wbt_step", func(t *Timeline) *[]event.WbtStep { return &t.WbtSteps },
 			"`time`, `dev`, `step`, `msg`, `window`, `bg`, `normal`, `max` (depth limits): wbt scaled a device's queue depth"),
 		Describing("dirty_limits", func(t *Timeline) *[]event.DirtyLimits { return &t.DirtyLimits },
