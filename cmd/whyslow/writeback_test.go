@@ -175,13 +175,21 @@ func TestWritebackCauses(t *testing.T) {
 			if i < 0 {
 				t.Fatalf("no %s finding; top finding %s (%s)", tc.rule, rep.Findings[0].Rule, rep.Findings[0].Title)
 			}
+			causes := tc.causes
+			if strings.HasPrefix(tc.name, "wbt") && fs.Dev == scenario.DiskBySerial(scenario.SlowSerial) {
+				// the slow disk serves 300 I/Os a second: the reader's eight
+				// in flight hold most of its queue (88% on 6.1 and 6.12), a
+				// neighbour as true as bulk (with one in flight wbt never
+				// throttled there)
+				causes = append(slices.Clone(causes), "reader")
+			}
 			for _, f := range rep.Findings[:i] {
 				if !slices.Contains(tc.above, f.Rule) {
 					t.Fatalf("top finding %s (%s), want %s", f.Rule, f.Title, tc.rule)
 				}
 				for _, p := range f.Processes {
-					if p.Part != "victim" && !slices.ContainsFunc(tc.causes, func(c string) bool { return strings.HasPrefix(p.Comm, c) }) {
-						t.Errorf("%s ranks above %s and names %s (pid %d, %s), want one of %v", f.Rule, tc.rule, p.Comm, p.Pid, p.Role, tc.causes)
+					if p.Part != "victim" && !slices.ContainsFunc(causes, func(c string) bool { return strings.HasPrefix(p.Comm, c) }) {
+						t.Errorf("%s ranks above %s and names %s (pid %d, %s), want one of %v", f.Rule, tc.rule, p.Comm, p.Pid, p.Role, causes)
 					}
 				}
 				t.Logf("%s (%s) ranks above %s", f.Rule, f.Title, tc.rule)
@@ -264,14 +272,8 @@ func wbtLat(t *testing.T, dev, usec string) {
 func wbtLoads(secs string) func(t *testing.T, fs scenario.FS) {
 	return func(t *testing.T, fs scenario.FS) {
 		dev := "--filename=/dev/" + fs.Dev
-		// on the slow disk, whose reads already miss wbt's target, one read
-		// in flight is enough; eight would make the reader the flood
-		depth := "--iodepth=8"
-		if fs.Dev == scenario.DiskBySerial(scenario.SlowSerial) {
-			depth = "--iodepth=1"
-		}
 		scenario.StartNamedJob(t, "reader", dev, "--offset=0", "--size=256M", "--rw=randread", "--bs=4k",
-			"--direct=1", "--ioengine=libaio", depth, "--runtime="+secs, "--time_based")
+			"--direct=1", "--ioengine=libaio", "--iodepth=8", "--runtime="+secs, "--time_based")
 		scenario.StartNamedJob(t, "bulk", dev, "--offset=256M", "--size=512M", "--rw=write", "--bs=1M",
 			"--runtime="+secs, "--time_based", "--ioengine=psync")
 		scenario.StartNamedJob(t, "victim", dev, "--offset=800M", "--size=4M", "--rw=randwrite", "--bs=4k",
