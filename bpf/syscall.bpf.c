@@ -15,7 +15,7 @@
  * tp_btf sys_enter) the thread's call is noted in its state: task local
  * storage where the kernel gives it to the program, else an LRU hash by
  * thread id. At exit its latency goes into the histogram of its process x
- * device x call (call_hists, shared, atomic adds) and a call of at least
+ * device x call (call_hists: per CPU, plain adds) and a call of at least
  * min_latency_ns is streamed with its start, duration and how long it was
  * blocked.
  *
@@ -96,8 +96,9 @@ KEEP_TYPE(enum sc_dev, sc_dev_type);
 
 /* Threads in a storage call at once, with the LRU hash. */
 #define MAX_THREADS 16384
-/* Process x device x call histograms (about 2.7 KB each, allocated as
- * processes appear); beyond, latencies are lost and counted. */
+/* Process x device x call histograms (about 2.7 KB each, per CPU in
+ * call_hists, allocated as processes appear), in each of call_hists and
+ * call_hists_spill; beyond, latencies are lost and counted. */
 #define MAX_HISTS 2048
 /* Process x device x call x stack sums of blocked time. */
 #define MAX_BLOCKED 16384
@@ -125,7 +126,8 @@ struct sc_state {
 	__u8 preempted; /* the switch-out left it runnable */
 	__u8 pad;
 	__s32 stackid; /* the current sleep's stack; <0: none */
-	__u32 pad2;
+	__u32 aio_dev; /* the device of aio_ctx, as this thread last named it */
+	__u64 aio_ctx; /* the aio context of the thread's last io_submit; 0: none */
 };
 
 struct {
@@ -158,13 +160,28 @@ struct sc_hist {
 	__u64 slots[HIST_SLOTS]; /* hist_slot(latency ns) */
 };
 
+/* Every storage call adds to a histogram, so the exit must not bounce
+ * cache lines between CPUs or pay atomic adds: each process x device x
+ * call has a per-CPU histogram, added to with plain stores, which user
+ * space sums. Its room is sized from user space to the CPU count (an
+ * entry takes ~2.7 KB on every CPU); beyond it, histograms go to the
+ * shared call_hists_spill (atomic adds), so none is lost for lack of
+ * per-CPU room. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, MAX_HISTS); /* lowered from user space on hosts with many CPUs */
+	__type(key, struct sc_hist_key);
+	__type(value, struct sc_hist);
+} call_hists SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, MAX_HISTS);
 	__type(key, struct sc_hist_key);
 	__type(value, struct sc_hist);
-} call_hists SEC(".maps");
+} call_hists_spill SEC(".maps");
 
 /* Zeroes to create a histogram from (never written). */
 struct {
@@ -426,9 +443,8 @@ static __always_inline __u32 msync_dev(__u64 addr, const int vma)
 /* Offset of aio_fildes in struct iocb (include/uapi/linux/aio_abi.h). */
 #define IOCB_FILDES 20
 
-/* aio_submit_dev returns the device of the first iocb of an io_submit,
- * and remembers it as its aio context's. */
-static __always_inline __u32 aio_submit_dev(__u64 ctx, __s64 n, __u64 iocbpp)
+/* aio_submit_dev returns the device of the first iocb of an io_submit. */
+static __always_inline __u32 aio_submit_dev(__s64 n, __u64 iocbpp)
 {
 	__u64 iocb = 0;
 	__u32 fd = 0;
@@ -436,13 +452,31 @@ static __always_inline __u32 aio_submit_dev(__u64 ctx, __s64 n, __u64 iocbpp)
 	if (n <= 0 || bpf_probe_read_user(&iocb, sizeof(iocb), (void *)iocbpp) ||
 	    bpf_probe_read_user(&fd, sizeof(fd), (void *)(iocb + IOCB_FILDES)))
 		return 0;
-	__u32 dev = file_dev(fd_file(fd));
-	if (dev) {
-		__u32 *known = bpf_map_lookup_elem(&aio_devs, &ctx);
-		if (!known || *known != dev)
-			bpf_map_update_elem(&aio_devs, &ctx, &dev, BPF_ANY);
-	}
-	return dev;
+	return file_dev(fd_file(fd));
+}
+
+/* aio_note remembers the device of an io_submit as its aio context's, in
+ * aio_devs for every thread, and in the thread's state, where its
+ * io_getevents find it without a map lookup. The map is written only when
+ * the thread's own last word on the context changes. */
+static __always_inline void aio_note(struct sc_state *st, __u64 ctx, __u32 dev)
+{
+	if (st->aio_ctx == ctx && st->aio_dev == dev)
+		return;
+	bpf_map_update_elem(&aio_devs, &ctx, &dev, BPF_ANY);
+	st->aio_ctx = ctx;
+	st->aio_dev = dev;
+}
+
+/* aio_wait_dev returns the device of an aio context waited on: the one
+ * the thread's own last io_submit on it named, else the one any thread's
+ * did (aio_devs), else 0. */
+static __always_inline __u32 aio_wait_dev(struct sc_state *st, __u64 ctx)
+{
+	if (st && st->aio_ctx == ctx)
+		return st->aio_dev;
+	__u32 *dev = bpf_map_lookup_elem(&aio_devs, &ctx);
+	return dev ? *dev : 0;
 }
 
 /* ring_dev returns the device of the io_uring ring open as fd: the one its
@@ -466,8 +500,9 @@ static __always_inline __u32 ring_dev(__s64 fd)
 
 /* call_dev returns the device storage call nr goes to, 0 for a call that
  * is not a storage call (or not on a block device), from its first three
- * arguments. */
-static __always_inline __u32 call_dev(long nr, __u64 a0, __u64 a1, __u64 a2, const int vma)
+ * arguments; st is the thread's state (NULL when it has none), looked up
+ * for the calls on aio contexts only. */
+static __always_inline __u32 call_dev(long nr, __u64 a0, __u64 a1, __u64 a2, const int vma, struct sc_state *st)
 {
 	switch (nr) {
 	case NR_READ:
@@ -490,12 +525,10 @@ static __always_inline __u32 call_dev(long nr, __u64 a0, __u64 a1, __u64 a2, con
 	case NR_MSYNC:
 		return msync_dev(a0, vma);
 	case NR_IO_SUBMIT:
-		return aio_submit_dev(a0, (__s64)a1, a2);
+		return aio_submit_dev((__s64)a1, a2);
 	case NR_IO_GETEVENTS:
-	case NR_IO_PGETEVENTS: {
-		__u32 *dev = bpf_map_lookup_elem(&aio_devs, &a0);
-		return dev ? *dev : 0;
-	}
+	case NR_IO_PGETEVENTS:
+		return aio_wait_dev(st, a0);
 	case NR_IO_URING_ENTER:
 		return ring_dev(a0);
 	}
@@ -535,14 +568,22 @@ static __always_inline void call_enter(long nr, __u64 a0, __u64 a1, __u64 a2, co
 
 	if ((__u32)(id >> 32) == self_tgid)
 		return;
-	__u32 dev = call_dev(nr, a0, a1, a2, vma);
+	/* The calls on aio contexts read the thread's state first: the
+	 * device its io_submit named is there. */
+	struct sc_state *st = 0;
+	if (nr == NR_IO_GETEVENTS || nr == NR_IO_PGETEVENTS)
+		st = state((__u32)id, 0);
+	__u32 dev = call_dev(nr, a0, a1, a2, vma, st);
 	if (!dev)
 		return;
-	struct sc_state *st = state((__u32)id, 1);
+	if (!st)
+		st = state((__u32)id, 1);
 	if (!st) {
 		lose(LOSS_MAP_FULL);
 		return;
 	}
+	if (nr == NR_IO_SUBMIT)
+		aio_note(st, a0, dev);
 	st->start_ns = bpf_ktime_get_ns();
 	st->off_ns = 0;
 	st->wake_ns = 0;
@@ -554,37 +595,109 @@ static __always_inline void call_enter(long nr, __u64 a0, __u64 a1, __u64 a2, co
 	st->stackid = -1;
 }
 
-/* hist_of returns the histogram of a process x device x call, making it
- * (and telling user space) on its first call. */
-static __always_inline struct sc_hist *hist_of(struct sc_hist_key *k, __u64 id)
+/* hist_new tells user space of a process x device x call seen for the
+ * first time. */
+static __always_inline void hist_new(struct sc_hist_key *k, __u64 id)
 {
-	struct sc_hist *h = bpf_map_lookup_elem(&call_hists, k);
+	struct sc_new *e = EVENT_RESERVE(struct sc_new);
+
+	if (!e)
+		return;
+	e->kind = SC_NEW;
+	e->tgid = k->tgid;
+	e->time_ns = bpf_ktime_get_ns();
+	e->pid = (__u32)id;
+	e->dev = k->dev;
+	e->nr = k->nr;
+	e->pad = 0;
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	bpf_ringbuf_submit(e, 0);
+}
+
+#define WS_EEXIST 17
+
+/* hist_spill returns the shared histogram of a process x device x call
+ * that found no room in call_hists, making it when asked (new: user space
+ * has not been told of it yet). */
+static __always_inline struct sc_hist *hist_spill(struct sc_hist_key *k, __u64 id, int new)
+{
+	struct sc_hist *h = bpf_map_lookup_elem(&call_hists_spill, k);
 	if (h)
 		return h;
 	__u32 zero = 0;
 	struct sc_hist *z = bpf_map_lookup_elem(&hist_zero, &zero);
 	if (!z)
 		return 0;
-	long err = bpf_map_update_elem(&call_hists, k, z, BPF_NOEXIST);
-	if (err == 0) {
-		struct sc_new *e = EVENT_RESERVE(struct sc_new);
-		if (e) {
-			e->kind = SC_NEW;
-			e->tgid = k->tgid;
-			e->time_ns = bpf_ktime_get_ns();
-			e->pid = (__u32)id;
-			e->dev = k->dev;
-			e->nr = k->nr;
-			e->pad = 0;
-			e->cgroup_id = bpf_get_current_cgroup_id();
-			bpf_get_current_comm(e->comm, sizeof(e->comm));
-			bpf_ringbuf_submit(e, 0);
-		}
-	}
-	h = bpf_map_lookup_elem(&call_hists, k);
+	if (bpf_map_update_elem(&call_hists_spill, k, z, BPF_NOEXIST) == 0 && new)
+		hist_new(k, id);
+	h = bpf_map_lookup_elem(&call_hists_spill, k);
 	if (!h)
 		count_loss(&sc_losses, SC_LOSS_HIST);
 	return h;
+}
+
+/* hist_add adds a call to a histogram: plain adds to this CPU's copy, or
+ * atomic ones to a shared one. */
+static __always_inline void hist_add(struct sc_hist *h, int shared, __u64 lat, __u64 sleep, __u64 runq)
+{
+	__u64 slot = hist_slot(lat);
+	asm volatile("" : "+r"(slot));
+	if (shared) {
+		__sync_fetch_and_add(&h->sum_ns, lat);
+		if (sleep)
+			__sync_fetch_and_add(&h->sleep_ns, sleep);
+		if (runq)
+			__sync_fetch_and_add(&h->runq_ns, runq);
+		if (slot < HIST_SLOTS)
+			__sync_fetch_and_add(&h->slots[slot], 1);
+	} else {
+		/* This CPU's copy: a program does not run nested in itself
+		 * on one CPU. */
+		h->sum_ns += lat;
+		h->sleep_ns += sleep;
+		h->runq_ns += runq;
+		if (slot < HIST_SLOTS)
+			h->slots[slot]++;
+	}
+	/* Shared: two threads of a process may race here and keep the
+	 * smaller; the calls above min_latency_ns are streamed, and user
+	 * space takes the maximum of those too. */
+	if (lat > h->max_ns)
+		h->max_ns = lat;
+}
+
+/* hist_count adds a call of a process x device x call to its histogram,
+ * making it (and telling user space) on its first call. */
+static __always_inline void hist_count(struct sc_hist_key *k, __u64 id, __u64 lat, __u64 sleep, __u64 runq)
+{
+	struct sc_hist *h = bpf_map_lookup_elem(&call_hists, k);
+	if (h) {
+		hist_add(h, 0, lat, sleep, runq);
+		return;
+	}
+	/* First call of these on any CPU (rare, so the cost is fine); one
+	 * in the spill map already when call_hists has no room. */
+	h = bpf_map_lookup_elem(&call_hists_spill, k);
+	if (h) {
+		hist_add(h, 1, lat, sleep, runq);
+		return;
+	}
+	__u32 zero = 0;
+	struct sc_hist *z = bpf_map_lookup_elem(&hist_zero, &zero);
+	if (!z)
+		return;
+	long err = bpf_map_update_elem(&call_hists, k, z, BPF_NOEXIST);
+	if (err == 0)
+		hist_new(k, id);
+	h = bpf_map_lookup_elem(&call_hists, k);
+	if (h) {
+		hist_add(h, 0, lat, sleep, runq);
+		return;
+	}
+	h = hist_spill(k, id, err != 0 && err != -WS_EEXIST);
+	if (h)
+		hist_add(h, 1, lat, sleep, runq);
 }
 
 static __always_inline void call_exit(long ret)
@@ -602,23 +715,7 @@ static __always_inline void call_exit(long ret)
 	__u64 now = bpf_ktime_get_ns();
 	__u64 lat = now > st->start_ns ? now - st->start_ns : 0;
 	struct sc_hist_key k = {.tgid = id >> 32, .dev = st->dev, .nr = st->nr};
-	struct sc_hist *h = hist_of(&k, id);
-	if (h) {
-		__sync_fetch_and_add(&h->sum_ns, lat);
-		if (st->sleep_ns)
-			__sync_fetch_and_add(&h->sleep_ns, st->sleep_ns);
-		if (st->runq_ns)
-			__sync_fetch_and_add(&h->runq_ns, st->runq_ns);
-		__u64 slot = hist_slot(lat);
-		asm volatile("" : "+r"(slot));
-		if (slot < HIST_SLOTS)
-			__sync_fetch_and_add(&h->slots[slot], 1);
-		/* Two threads of a process may race here and keep the
-		 * smaller: the calls above min_latency_ns are streamed, and
-		 * user space takes the maximum of those too. */
-		if (lat > h->max_ns)
-			h->max_ns = lat;
-	}
+	hist_count(&k, id, lat, st->sleep_ns, st->runq_ns);
 	if (long_span(lat)) {
 		struct sc_slow *e = EVENT_RESERVE(struct sc_slow);
 		if (e) {

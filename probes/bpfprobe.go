@@ -401,7 +401,13 @@ const devHistBudget = 4 << 20
 // sizeDevHist fits the room of a spec's per-CPU dev_hist map, if it has
 // one, to the CPUs of this machine.
 func sizeDevHist(spec *ebpf.CollectionSpec) {
-	m, ok := spec.Maps["dev_hist"]
+	sizePerCPUHash(spec, "dev_hist", devHistBudget)
+}
+
+// sizePerCPUHash fits the room of a spec's per-CPU hash map name, if it
+// has one, to the CPUs of this machine and a budget of bytes.
+func sizePerCPUHash(spec *ebpf.CollectionSpec, name string, budget uint64) {
+	m, ok := spec.Maps[name]
 	if !ok || m.Type != ebpf.PerCPUHash {
 		return
 	}
@@ -409,13 +415,13 @@ func sizeDevHist(spec *ebpf.CollectionSpec) {
 	if err != nil || cpus < 1 {
 		cpus = runtime.NumCPU()
 	}
-	m.MaxEntries = devHistEntries(m.MaxEntries, m.ValueSize, cpus)
+	m.MaxEntries = perCPUEntries(m.MaxEntries, m.ValueSize, cpus, budget)
 }
 
-// devHistEntries is the room for devices that a per-CPU map of valueSize
-// bytes per CPU gets within devHistBudget: at most limit, at least 8.
-func devHistEntries(limit, valueSize uint32, cpus int) uint32 {
-	n := uint64(devHistBudget) / (uint64(max(valueSize, 1)) * uint64(max(cpus, 1)))
+// perCPUEntries is the room for entries that a per-CPU map of valueSize
+// bytes per CPU gets within budget: at most limit, at least 8.
+func perCPUEntries(limit, valueSize uint32, cpus int, budget uint64) uint32 {
+	n := budget / (uint64(max(valueSize, 1)) * uint64(max(cpus, 1)))
 	return uint32(min(uint64(limit), max(n, 8)))
 }
 

@@ -93,6 +93,12 @@ const syscallWalkGap = 50 * time.Microsecond
 // the walks cost some 230 ns per I/O at 50 µs (BENCHMARKS.md).
 const syscallWalkGapS = 1 * time.Millisecond
 
+// syscallHistBudget bounds the memory of the per-CPU call histograms
+// (call_hists: ~2.7 KB per process x device x call on every CPU, allocated
+// as they appear): hosts with many CPUs get room for fewer, and the others
+// go to the shared call_hists_spill, slower but complete.
+const syscallHistBudget = 16 << 20
+
 // syscallNotWalked is the stack id of the sleeps not walked
 // (SC_NOT_WALKED, which bpf2go types unsigned).
 var syscallNotWalked = func() int32 { v := syscallScStackidSC_NOT_WALKED; return int32(v) }()
@@ -250,6 +256,7 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 	if err != nil {
 		return nil, loadErr(err)
 	}
+	sizePerCPUHash(spec, "call_hists", syscallHistBudget)
 	if !taskStorage {
 		ms := spec.Maps["state_task"]
 		ms.Type, ms.Flags, ms.MaxEntries = ebpf.Hash, 0, 1
@@ -627,14 +634,86 @@ func (r *syscallRunning) comm(tgid uint32) string {
 	return r.comms[tgid]
 }
 
-func (r *syscallRunning) deliverStats(sink Sink, now event.Mono) error {
+// addHist adds the counts of src to dst (the CPUs of one histogram, or
+// its per-CPU and spilled parts).
+func addHist(dst, src *syscallScHist) {
+	dst.SumNs += src.SumNs
+	dst.MaxNs = max(dst.MaxNs, src.MaxNs)
+	dst.SleepNs += src.SleepNs
+	dst.RunqNs += src.RunqNs
+	for i, n := range src.Slots {
+		dst.Slots[i] += n
+	}
+}
+
+// callHists reads every call histogram: call_hists summed over the CPUs,
+// and call_hists_spill.
+func (r *syscallRunning) callHists() (map[syscallScHistKey]*syscallScHist, error) {
+	out := map[syscallScHistKey]*syscallScHist{}
+	get := func(k syscallScHistKey) *syscallScHist {
+		h := out[k]
+		if h == nil {
+			h = new(syscallScHist)
+			out[k] = h
+		}
+		return h
+	}
 	var (
-		k syscallScHistKey
-		v syscallScHist
+		k    syscallScHistKey
+		cpus []syscallScHist
+		v    syscallScHist
 	)
 	it := r.coll.Maps["call_hists"].Iterate()
+	for it.Next(&k, &cpus) {
+		h := get(k)
+		for i := range cpus {
+			addHist(h, &cpus[i])
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("reading call histograms: %w", err)
+	}
+	it = r.coll.Maps["call_hists_spill"].Iterate()
 	for it.Next(&k, &v) {
-		r.read.hists[k] = markOf(&v)
+		addHist(get(k), &v)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("reading spilled call histograms: %w", err)
+	}
+	return out, nil
+}
+
+// callHist reads the histogram of one process x device x call, summed
+// over the CPUs and the spill map.
+func (r *syscallRunning) callHist(k syscallScHistKey) (syscallScHist, error) {
+	var (
+		sum  syscallScHist
+		cpus []syscallScHist
+		v    syscallScHist
+	)
+	err := r.coll.Maps["call_hists"].Lookup(k, &cpus)
+	for i := range cpus {
+		addHist(&sum, &cpus[i])
+	}
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return sum, err
+	}
+	err = r.coll.Maps["call_hists_spill"].Lookup(k, &v)
+	if err == nil {
+		addHist(&sum, &v)
+	} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return sum, err
+	}
+	return sum, nil
+}
+
+func (r *syscallRunning) deliverStats(sink Sink, now event.Mono) error {
+	hs, err := r.callHists()
+	if err != nil {
+		return err
+	}
+	for k, v := range hs {
+		r.read.hists[k] = markOf(v)
 		name := syscallName(k.Nr)
 		if name == "" || k.Dev == uint32(syscallScDevDEV_PENDING) {
 			continue
@@ -652,9 +731,6 @@ func (r *syscallRunning) deliverStats(sink Sink, now event.Mono) error {
 			Time: now, Pid: k.Tgid, Comm: r.comm(k.Tgid), Call: name, Dev: r.device(k.Dev),
 			Latency: h, Sleep: time.Duration(v.SleepNs), Runqueue: time.Duration(v.RunqNs),
 		})
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("reading call histograms: %w", err)
 	}
 	return nil
 }
@@ -759,17 +835,22 @@ func (r *syscallRunning) Prune() ([]uint32, error) {
 	}
 	kept := map[uint32]bool{} // processes gone with an entry left
 	var errs []error
-	prune := func(m *ebpf.Map, tgid uint32, key any, same func() (bool, error)) {
+	del := func(key any, ms ...*ebpf.Map) error {
+		var errs []error
+		for _, m := range ms {
+			if err := m.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				errs = append(errs, err)
+			}
+		}
+		return errors.Join(errs...)
+	}
+	prune := func(tgid uint32, same func() (bool, error), remove func() error) {
 		if !gone(tgid) {
 			return
 		}
 		ok, err := same()
 		if err == nil && ok {
-			err = m.Delete(key)
-			if errors.Is(err, ebpf.ErrKeyNotExist) {
-				err = nil
-			}
-			if err == nil {
+			if err = remove(); err == nil {
 				return
 			}
 		}
@@ -778,29 +859,28 @@ func (r *syscallRunning) Prune() ([]uint32, error) {
 			errs = append(errs, err)
 		}
 	}
-	hists := r.coll.Maps["call_hists"]
+	hists, spill := r.coll.Maps["call_hists"], r.coll.Maps["call_hists_spill"]
 	for k, v := range r.read.hists {
-		prune(hists, k.Tgid, k, func() (bool, error) {
-			var now syscallScHist
-			err := hists.Lookup(k, &now)
+		prune(k.Tgid, func() (bool, error) {
+			now, err := r.callHist(k)
 			return markOf(&now) == v, err
-		})
+		}, func() error { return del(k, hists, spill) })
 	}
 	blocked := r.coll.Maps["blocked"]
 	for k, v := range r.read.blocked {
-		prune(blocked, k.Tgid, k, func() (bool, error) {
+		prune(k.Tgid, func() (bool, error) {
 			var now syscallScBlocked
 			err := blocked.Lookup(k, &now)
 			return now == v, err
-		})
+		}, func() error { return del(k, blocked) })
 	}
 	mem := r.coll.Maps["mem_stalls"]
 	for k, v := range r.read.mem {
-		prune(mem, k.Tgid, k, func() (bool, error) {
+		prune(k.Tgid, func() (bool, error) {
 			var now syscallScMemStall
 			err := mem.Lookup(k, &now)
 			return now == v, err
-		})
+		}, func() error { return del(k, mem) })
 	}
 	r.read = syscallRead{}
 	r.mu.Lock()

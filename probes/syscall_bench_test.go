@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -12,6 +14,8 @@ import (
 
 	"github.com/whyslow/whyslow/internal/event"
 )
+
+var probeConfigs = flag.String("probeconfigs", "", "BenchmarkSyscallProbe: only these configurations (comma-separated: none,offcpu,tracepoint,tp_btf,offcpu+tp_btf), each loaded and attached only when listed")
 
 var probeStats = flag.Bool("probestats", false, "BenchmarkSyscallProbe: report each program's runs and run time (kernel.bpf_stats_enabled, which slows every program down)")
 
@@ -22,7 +26,9 @@ var probeStats = flag.Bool("probestats", false, "BenchmarkSyscallProbe: report e
 // of a loop device: two context switches, a stack walk), a call on a pipe
 // that is let go at entry after the file lookup, and context switches
 // between two threads that make no storage call (pipe ping-pong, where
-// only the scheduler programs run). "none" is the baseline; "offcpu" and
+// only the scheduler programs run), and an asynchronous I/O (io_submit +
+// io_getevents of an O_DIRECT read of the loop device, libaio's two
+// storage calls per I/O). "none" is the baseline; "offcpu" and
 // "offcpu+tp_btf" (a diagnosis runs both) tell what sharing the offcpu
 // probe's sched_switch program would save. Each program's runs per
 // operation and its mean run time come from the kernel's BPF statistics
@@ -30,7 +36,7 @@ var probeStats = flag.Bool("probestats", false, "BenchmarkSyscallProbe: report e
 // every program's run: the times per operation are without). Root only;
 // run under the heavy lock (docs/syscall-probe.md has the results):
 //
-//	go test ./probes -run '^$' -bench SyscallProbe -benchtime 100000x [-args -probestats]
+//	go test ./probes -run '^$' -bench SyscallProbe -benchtime 100000x [-args -probestats -probeconfigs tp_btf]
 func BenchmarkSyscallProbe(b *testing.B) {
 	if os.Geteuid() != 0 || testing.Short() {
 		b.Skip("needs root: loads BPF programs")
@@ -62,6 +68,9 @@ func BenchmarkSyscallProbe(b *testing.B) {
 		{"tp_btf", []Probe{syscallProbe{}}, event.MechTPBTF},
 		{"offcpu+tp_btf", []Probe{offcpuProbe{}, syscallProbe{}}, event.MechTPBTF},
 	} {
+		if *probeConfigs != "" && !slices.Contains(strings.Split(*probeConfigs, ","), cfg.name) {
+			continue
+		}
 		sink := new(blkSink)
 		c := Config{MinLatency: 1 << 40, SysFS: "/sys", ProcFS: "/proc"}
 		if cfg.mech != "" {
@@ -123,6 +132,23 @@ func BenchmarkSyscallProbe(b *testing.B) {
 			defer unix.Munmap(buf)
 			for b.Loop() {
 				unix.Pread(fd, buf, 0)
+			}
+		})
+		run("aio-direct", func(b *testing.B) {
+			fd, err := unix.Open(loop.path, unix.O_RDONLY|unix.O_DIRECT, 0)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer unix.Close(fd)
+			buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer unix.Munmap(buf)
+			ctx := aioSetup(b)
+			for b.Loop() {
+				aioSubmitRead(b, ctx, fd, buf)
+				aioWait(b, ctx)
 			}
 		})
 		run("pipe-write", func(b *testing.B) {

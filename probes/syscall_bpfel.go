@@ -167,7 +167,8 @@ type syscallScState struct {
 	Preempted uint8
 	Pad       uint8
 	Stackid   int32
-	Pad2      uint32
+	AioDev    uint32
+	AioCtx    uint64
 }
 
 type syscallStorageNr uint32
@@ -202,6 +203,7 @@ const (
 	syscallMapAioDevs         = "aio_devs"
 	syscallMapBlocked         = "blocked"
 	syscallMapCallHists       = "call_hists"
+	syscallMapCallHistsSpill  = "call_hists_spill"
 	syscallMapEvents          = "events"
 	syscallMapHistZero        = "hist_zero"
 	syscallMapLastWalk        = "last_walk"
@@ -319,20 +321,21 @@ type syscallProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type syscallMapSpecs struct {
-	AioDevs   *ebpf.MapSpec `ebpf:"aio_devs"`
-	Blocked   *ebpf.MapSpec `ebpf:"blocked"`
-	CallHists *ebpf.MapSpec `ebpf:"call_hists"`
-	Events    *ebpf.MapSpec `ebpf:"events"`
-	HistZero  *ebpf.MapSpec `ebpf:"hist_zero"`
-	LastWalk  *ebpf.MapSpec `ebpf:"last_walk"`
-	Losses    *ebpf.MapSpec `ebpf:"losses"`
-	MemBegin  *ebpf.MapSpec `ebpf:"mem_begin"`
-	MemStalls *ebpf.MapSpec `ebpf:"mem_stalls"`
-	RingDevs  *ebpf.MapSpec `ebpf:"ring_devs"`
-	ScLosses  *ebpf.MapSpec `ebpf:"sc_losses"`
-	Stacks    *ebpf.MapSpec `ebpf:"stacks"`
-	StateTask *ebpf.MapSpec `ebpf:"state_task"`
-	StateTid  *ebpf.MapSpec `ebpf:"state_tid"`
+	AioDevs        *ebpf.MapSpec `ebpf:"aio_devs"`
+	Blocked        *ebpf.MapSpec `ebpf:"blocked"`
+	CallHists      *ebpf.MapSpec `ebpf:"call_hists"`
+	CallHistsSpill *ebpf.MapSpec `ebpf:"call_hists_spill"`
+	Events         *ebpf.MapSpec `ebpf:"events"`
+	HistZero       *ebpf.MapSpec `ebpf:"hist_zero"`
+	LastWalk       *ebpf.MapSpec `ebpf:"last_walk"`
+	Losses         *ebpf.MapSpec `ebpf:"losses"`
+	MemBegin       *ebpf.MapSpec `ebpf:"mem_begin"`
+	MemStalls      *ebpf.MapSpec `ebpf:"mem_stalls"`
+	RingDevs       *ebpf.MapSpec `ebpf:"ring_devs"`
+	ScLosses       *ebpf.MapSpec `ebpf:"sc_losses"`
+	Stacks         *ebpf.MapSpec `ebpf:"stacks"`
+	StateTask      *ebpf.MapSpec `ebpf:"state_task"`
+	StateTid       *ebpf.MapSpec `ebpf:"state_tid"`
 }
 
 // syscallVariableSpecs contains global variables before they are loaded into the kernel.
@@ -383,20 +386,21 @@ func (o *syscallObjects) Close() error {
 //
 // It can be passed to loadSyscallObjects or ebpf.CollectionSpec.LoadAndAssign.
 type syscallMaps struct {
-	AioDevs   *ebpf.Map `ebpf:"aio_devs"`
-	Blocked   *ebpf.Map `ebpf:"blocked"`
-	CallHists *ebpf.Map `ebpf:"call_hists"`
-	Events    *ebpf.Map `ebpf:"events"`
-	HistZero  *ebpf.Map `ebpf:"hist_zero"`
-	LastWalk  *ebpf.Map `ebpf:"last_walk"`
-	Losses    *ebpf.Map `ebpf:"losses"`
-	MemBegin  *ebpf.Map `ebpf:"mem_begin"`
-	MemStalls *ebpf.Map `ebpf:"mem_stalls"`
-	RingDevs  *ebpf.Map `ebpf:"ring_devs"`
-	ScLosses  *ebpf.Map `ebpf:"sc_losses"`
-	Stacks    *ebpf.Map `ebpf:"stacks"`
-	StateTask *ebpf.Map `ebpf:"state_task"`
-	StateTid  *ebpf.Map `ebpf:"state_tid"`
+	AioDevs        *ebpf.Map `ebpf:"aio_devs"`
+	Blocked        *ebpf.Map `ebpf:"blocked"`
+	CallHists      *ebpf.Map `ebpf:"call_hists"`
+	CallHistsSpill *ebpf.Map `ebpf:"call_hists_spill"`
+	Events         *ebpf.Map `ebpf:"events"`
+	HistZero       *ebpf.Map `ebpf:"hist_zero"`
+	LastWalk       *ebpf.Map `ebpf:"last_walk"`
+	Losses         *ebpf.Map `ebpf:"losses"`
+	MemBegin       *ebpf.Map `ebpf:"mem_begin"`
+	MemStalls      *ebpf.Map `ebpf:"mem_stalls"`
+	RingDevs       *ebpf.Map `ebpf:"ring_devs"`
+	ScLosses       *ebpf.Map `ebpf:"sc_losses"`
+	Stacks         *ebpf.Map `ebpf:"stacks"`
+	StateTask      *ebpf.Map `ebpf:"state_task"`
+	StateTid       *ebpf.Map `ebpf:"state_tid"`
 }
 
 func (m *syscallMaps) Close() error {
@@ -404,6 +408,7 @@ func (m *syscallMaps) Close() error {
 		m.AioDevs,
 		m.Blocked,
 		m.CallHists,
+		m.CallHistsSpill,
 		m.Events,
 		m.HistZero,
 		m.LastWalk,

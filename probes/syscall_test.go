@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -434,5 +435,153 @@ func TestSyscallIOUring(t *testing.T) {
 	t.Logf("fio (pid %d): %d io_uring_enter calls on %s, asleep %v", pid, calls, loop.name, sleep)
 	if calls == 0 {
 		t.Fatalf("no io_uring_enter of fio (pid %d) on %s", pid, loop.name)
+	}
+}
+
+// aioIocb is struct iocb of include/uapi/linux/aio_abi.h (little endian).
+type aioIocb struct {
+	Data     uint64
+	Key      uint32
+	RwFlags  uint32
+	Opcode   uint16
+	Reqprio  int16
+	Fildes   uint32
+	Buf      uint64
+	Nbytes   uint64
+	Offset   int64
+	Reserved uint64
+	Flags    uint32
+	Resfd    uint32
+}
+
+// aioIoEvent is struct io_event.
+type aioIoEvent struct {
+	Data, Obj uint64
+	Res, Res2 int64
+}
+
+// aioSetup makes an aio context, destroyed at t's cleanup.
+func aioSetup(t testing.TB) uint64 {
+	t.Helper()
+	var ctx uint64
+	if _, _, e := unix.Syscall(unix.SYS_IO_SETUP, 64, uintptr(unsafe.Pointer(&ctx)), 0); e != 0 {
+		t.Fatalf("io_setup: %v", e)
+	}
+	t.Cleanup(func() { unix.Syscall(unix.SYS_IO_DESTROY, uintptr(ctx), 0, 0) })
+	return ctx
+}
+
+// aioSubmitRead submits one asynchronous read of len(buf) bytes at offset
+// 0 of fd into buf (an io_submit of one iocb), as libaio does.
+func aioSubmitRead(t testing.TB, ctx uint64, fd int, buf []byte) {
+	cb := aioIocb{Opcode: 0 /* IOCB_CMD_PREAD */, Fildes: uint32(fd), Buf: uint64(uintptr(unsafe.Pointer(&buf[0]))), Nbytes: uint64(len(buf))}
+	cbs := [1]*aioIocb{&cb}
+	if n, _, e := unix.Syscall(unix.SYS_IO_SUBMIT, uintptr(ctx), 1, uintptr(unsafe.Pointer(&cbs[0]))); e != 0 || n != 1 {
+		t.Fatalf("io_submit: %d, %v", n, e)
+	}
+	runtime.KeepAlive(cbs)
+}
+
+// aioWait waits for one completion of ctx (an io_getevents, made again
+// when a signal interrupts it), and returns how many io_getevents it made.
+func aioWait(t testing.TB, ctx uint64) (calls uint64) {
+	var ev [1]aioIoEvent
+	for {
+		calls++
+		n, _, e := unix.Syscall6(unix.SYS_IO_GETEVENTS, uintptr(ctx), 1, 1, uintptr(unsafe.Pointer(&ev[0])), 0, 0)
+		if e == unix.EINTR {
+			continue // the Go runtime's preemption signal
+		}
+		if e != 0 || n != 1 {
+			t.Fatalf("io_getevents: %d, %v", n, e)
+		}
+		break
+	}
+	if ev[0].Res < 0 {
+		t.Fatalf("aio read failed: %d", ev[0].Res)
+	}
+	return calls
+}
+
+// Asynchronous I/O (libaio): an io_submit counts on the device of its
+// first iocb's file, an io_getevents on the device of its context's last
+// io_submit, whichever thread made it: reads of one context on one loop
+// device, then on another, then submitted on the first by one thread and
+// waited for by another.
+func TestSyscallAIO(t *testing.T) {
+	blkNeedRoot(t)
+	for _, mech := range (syscallProbe{}).Decl().Mechs() {
+		t.Run(string(mech), func(t *testing.T) {
+			loopA, loopB := newBlkLoop(t, 16<<20), newBlkLoop(t, 16<<20)
+			open := func(path string) int {
+				fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { unix.Close(fd) })
+				return fd
+			}
+			fdA, fdB := open(loopA.path), open(loopB.path)
+			buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Munmap(buf)
+			ctx := aioSetup(t)
+			sink, r := startSyscallOn(t, mech, time.Hour)
+
+			const n, k = 200, 50
+			onThread := func(f func()) {
+				done := make(chan struct{})
+				go func() {
+					defer close(done)
+					runtime.LockOSThread()
+					defer runtime.UnlockOSThread()
+					f()
+				}()
+				<-done
+			}
+			var waitsA, waitsB uint64 // io_getevents made, with those a signal interrupted
+			onThread(func() {
+				for range n {
+					aioSubmitRead(t, ctx, fdA, buf)
+					waitsA += aioWait(t, ctx)
+				}
+				for range n {
+					aioSubmitRead(t, ctx, fdB, buf)
+					waitsB += aioWait(t, ctx)
+				}
+				for range k {
+					aioSubmitRead(t, ctx, fdA, buf)
+				}
+			})
+			onThread(func() {
+				for range k {
+					waitsA += aioWait(t, ctx)
+				}
+			})
+			if err := r.Stop(); err != nil {
+				t.Fatalf("Stop: %v", err)
+			}
+			got := map[string]uint64{}
+			pid := uint32(os.Getpid())
+			for _, s := range sinkEvents[event.SyscallStats](sink) {
+				if s.Pid == pid && (s.Dev.Name == loopA.name || s.Dev.Name == loopB.name) {
+					got[s.Call+" "+s.Dev.Name] += s.Latency.Count
+				}
+			}
+			want := map[string]uint64{
+				"io_submit " + loopA.name: n + k, "io_getevents " + loopA.name: waitsA,
+				"io_submit " + loopB.name: n, "io_getevents " + loopB.name: waitsB,
+			}
+			for c, w := range want {
+				if got[c] != w {
+					t.Errorf("%s: %d calls, want %d", c, got[c], w)
+				}
+			}
+			if len(got) != len(want) {
+				t.Errorf("calls on the loop devices: %v, want %v", got, want)
+			}
+		})
 	}
 }

@@ -274,6 +274,9 @@ func (b *bench) io() error {
 		}
 	}
 	for i, t := range configs {
+		if len(runs[i]) == 0 {
+			continue // -rounds 0: the cost section alone
+		}
 		c := IOConfigResult{Name: t.name, What: t.what, Runs: runs[i]}
 		var iops, p99, ri, rp []float64
 		for r, fr := range runs[i] {

@@ -229,6 +229,8 @@ func run(o options) error {
 		b.res.Date, b.res.Took = last.Date, last.Took
 		if !o.sections["io"] {
 			b.res.IO, b.res.Cost = last.IO, last.Cost
+		} else if o.rounds == 0 {
+			b.res.IO = last.IO // the cost section alone: the I/O rounds stand
 		}
 		if !o.sections["sched"] {
 			b.res.Sched = last.Sched
@@ -247,7 +249,10 @@ func run(o options) error {
 		}
 	}
 	if o.jsonOut != "" {
-		js, _ := json.MarshalIndent(b.res, "", "  ")
+		js, err := json.MarshalIndent(b.res, "", "  ")
+		if err != nil {
+			return fmt.Errorf("encoding the results for %s: %w", o.jsonOut, err)
+		}
 		if err := os.WriteFile(o.jsonOut, append(js, '\n'), 0o644); err != nil {
 			return err
 		}
