@@ -591,9 +591,11 @@ type WbtStep struct {
 // When implements Event.
 func (e WbtStep) When() Mono { return e.Time }
 
-// WbtLat is a device's wbt latency target (queue/wbt_lat_usec): read from
-// sysfs at the start of the run (From "sysfs"), or changed while it went
-// (From "wbt_lat", the tracepoint). Zero: wbt is off on the device.
+// WbtLat is a device's wbt latency target (queue/wbt_lat_usec) read from
+// sysfs at the start of the run (From "sysfs"; zero: wbt is off on the
+// device), or, from the tracepoint wbt_lat (From "wbt_lat"), the latency of
+// a synchronous I/O that exceeded wbt's monitoring window, which made it
+// scale the writes down: the kernel's latency, not a new target.
 type WbtLat struct {
 	Time Mono          `json:"time"`
 	Dev  Device        `json:"dev"`
@@ -630,6 +632,13 @@ type DirtyPause struct {
 	DirtyRatelimit uint64 `json:"dirty_ratelimit"`
 	TaskRatelimit  uint64 `json:"task_ratelimit"`
 	CgroupIno      uint64 `json:"cgroup_ino,omitempty"` // its writeback cgroup (cgroup v2), 0 or 1 for the root
+	// Cgroup is CgroupIno's path in the cgroup v2 hierarchy, "" for the
+	// root or when it was not found; MemoryMax and MemoryHigh are its
+	// memory.max and memory.high in bytes, 0 when "max" (or unknown):
+	// what its own dirty limit is a share of.
+	Cgroup     string `json:"cgroup,omitempty"`
+	MemoryMax  uint64 `json:"memory_max,omitempty"`
+	MemoryHigh uint64 `json:"memory_high,omitempty"`
 }
 
 // When implements Event.
@@ -644,6 +653,12 @@ type DirtyLimits struct {
 	BackgroundBytes uint64 `json:"background_bytes"`
 	BackgroundRatio uint64 `json:"background_ratio"`
 	PageSize        uint64 `json:"page_size"`
+	// Thresh is the system's dirty threshold then, in pages
+	// (/proc/vmstat nr_dirty_threshold), and Dirtyable the memory it is a
+	// share of (/proc/meminfo MemFree + Active(file) + Inactive(file)), in
+	// pages; 0 when unknown.
+	Thresh    uint64 `json:"thresh,omitempty"`
+	Dirtyable uint64 `json:"dirtyable,omitempty"`
 }
 
 // When implements Event.
