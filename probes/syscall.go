@@ -170,6 +170,15 @@ type syscallRunning struct {
 	// unread are the processes named, gone and in none of the sums at the
 	// last Prune (under sums): at the next, their names go.
 	unread map[uint32]bool
+	// drained are the final sums of exited processes, moved out of the
+	// kernel's maps by drain (under sums): a key's sum is its entry in
+	// the map plus its drained sum, until Prune removes both.
+	drained syscallDrained
+	// drainedGone are the processes named (procs) found gone by a drain
+	// (under sums): a later drain looks for others.
+	drainedGone map[uint32]bool
+	// drainStop ends the drain loop (drainDone then).
+	drainStop, drainDone chan struct{}
 
 	mu    sync.Mutex
 	procs map[uint32]*event.Process // by pid
@@ -187,6 +196,195 @@ type syscallRead struct {
 	hists   map[syscallScHistKey]histMark
 	blocked map[syscallScBlockedKey]syscallScBlocked
 	mem     map[syscallScMemKey]syscallScMemStall
+}
+
+// syscallDrained are the sums drain moved out of the kernel's maps, by
+// key.
+type syscallDrained struct {
+	hists   map[syscallScHistKey]*syscallScHist
+	blocked map[syscallScBlockedKey]*syscallScBlocked
+	mem     map[syscallScMemKey]*syscallScMemStall
+}
+
+// syscallDrainEvery is how often the sums of exited processes are moved
+// out of the kernel's maps (drain): the maps hold the processes of one
+// such interval that exited, besides the running ones.
+var syscallDrainEvery = time.Second
+
+// How many keys the drained sums hold at most, per map (twice the kernel
+// map's entries): beyond, the sums of exited processes stay in the
+// kernel's maps (and when those fill, the new ones are counted lost). At
+// most some 11 MB (a call histogram takes 2.7 KB). Prune empties them at
+// each checkpoint serve keeps; a one-shot run keeps them to its end.
+const (
+	syscallDrainedHists   = 2 * 2048
+	syscallDrainedBlocked = 2 * 16384
+	syscallDrainedMem     = 2 * 4096
+)
+
+func addHist(a, b *syscallScHist) {
+	a.SumNs += b.SumNs
+	a.MaxNs = max(a.MaxNs, b.MaxNs)
+	a.SleepNs += b.SleepNs
+	a.RunqNs += b.RunqNs
+	for i := range a.Slots {
+		a.Slots[i] += b.Slots[i]
+	}
+}
+
+func addBlocked(a, b *syscallScBlocked) {
+	a.Ns += b.Ns
+	a.Count += b.Count
+}
+
+func addMemStall(a, b *syscallScMemStall) {
+	a.Ns += b.Ns
+	a.Count += b.Count
+	a.MaxNs = max(a.MaxNs, b.MaxNs)
+}
+
+// readSums calls fn with each entry of kernel map m plus its key's drained
+// sum, then with each drained sum whose key m does not hold.
+func readSums[K comparable, V any](m *ebpf.Map, drained map[K]*V, add func(a, b *V), fn func(k K, v *V)) error {
+	var seen map[K]bool
+	if len(drained) > 0 {
+		seen = make(map[K]bool, len(drained))
+	}
+	var (
+		k K
+		v V
+	)
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		if d := drained[k]; d != nil {
+			add(&v, d)
+			seen[k] = true
+		}
+		fn(k, &v)
+	}
+	if err := it.Err(); err != nil {
+		return err
+	}
+	for k, d := range drained {
+		if !seen[k] {
+			c := *d
+			fn(k, &c)
+		}
+	}
+	return nil
+}
+
+// drainSums moves the entries of kernel map m whose process is gone into
+// drained (at most room keys), and returns how many it moved. Each entry
+// is read again right before it is deleted: an entry of a process gone
+// changes no more (only a new process given the same pid in between
+// could add to it).
+func drainSums[K comparable, V any](m *ebpf.Map, drained map[K]*V, room int, tgidOf func(*K) uint32, gone func(uint32) bool, add func(a, b *V)) (int, error) {
+	var (
+		k    K
+		v    V
+		keys []K
+	)
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		if gone(tgidOf(&k)) {
+			keys = append(keys, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return 0, err
+	}
+	moved := 0
+	var errs []error
+	for _, k := range keys {
+		d := drained[k]
+		if d == nil && len(drained) >= room {
+			break
+		}
+		if err := m.Lookup(&k, &v); err != nil {
+			if !errors.Is(err, ebpf.ErrKeyNotExist) {
+				errs = append(errs, err)
+			}
+			continue
+		}
+		if err := m.Delete(&k); err != nil {
+			if !errors.Is(err, ebpf.ErrKeyNotExist) {
+				errs = append(errs, err)
+			}
+			continue
+		}
+		if d == nil {
+			c := v
+			drained[k] = &c
+		} else {
+			add(d, &v)
+		}
+		moved++
+	}
+	return moved, errors.Join(errs...)
+}
+
+// drainLoop drains every syscallDrainEvery until drainStop closes.
+func (r *syscallRunning) drainLoop() {
+	defer close(r.drainDone)
+	t := time.NewTicker(syscallDrainEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.drainStop:
+			return
+		case <-t.C:
+			_ = r.drain()
+		}
+	}
+}
+
+// drain moves the final sums of the processes that have exited out of
+// the kernel's maps (into r.drained), so that the maps hold the running
+// processes' and few more, however many processes come and go between two
+// checkpoints; a checkpoint reads each key as its entry plus its drained
+// sum, so the sums stay whole. It looks at the maps only when a process
+// named by a record has exited since the last drain.
+func (r *syscallRunning) drain() error {
+	r.sums.Lock()
+	defer r.sums.Unlock()
+	r.mu.Lock()
+	var named []uint32
+	for tgid := range r.procs {
+		if !r.drainedGone[tgid] {
+			named = append(named, tgid)
+		}
+	}
+	r.mu.Unlock()
+	memo := map[uint32]bool{}
+	gone := func(tgid uint32) bool {
+		g, ok := memo[tgid]
+		if !ok {
+			g = procGone(r.procfs, tgid)
+			memo[tgid] = g
+		}
+		return g
+	}
+	exited := false
+	for _, tgid := range named {
+		if gone(tgid) {
+			exited = true
+			r.drainedGone[tgid] = true
+		}
+	}
+	if !exited {
+		return nil
+	}
+	_, e1 := drainSums(r.coll.Maps["call_hists"], r.drained.hists, syscallDrainedHists,
+		func(k *syscallScHistKey) uint32 { return k.Tgid }, gone, addHist)
+	_, e2 := drainSums(r.coll.Maps["blocked"], r.drained.blocked, syscallDrainedBlocked,
+		func(k *syscallScBlockedKey) uint32 { return k.Tgid }, gone, addBlocked)
+	_, e3 := drainSums(r.coll.Maps["mem_stalls"], r.drained.mem, syscallDrainedMem,
+		func(k *syscallScMemKey) uint32 { return k.Tgid }, gone, addMemStall)
+	if err := errors.Join(e1, e2, e3); err != nil {
+		return fmt.Errorf("draining the sums of exited processes: %w", err)
+	}
+	return nil
 }
 
 // histMark is what any call or sleep counted in a call histogram changes.
@@ -292,7 +490,10 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 	}
 	procfs := cmpOr(cfg.ProcFS, "/proc")
 	r := &syscallRunning{cfg: cfg, sink: sink, coll: coll, done: make(chan struct{}), procfs: procfs,
-		procs: map[uint32]*event.Process{}, devs: map[uint32]event.Device{}, comms: map[uint32]string{}, seen: map[uint32]seenAs{}}
+		procs: map[uint32]*event.Process{}, devs: map[uint32]event.Device{}, comms: map[uint32]string{}, seen: map[uint32]seenAs{},
+		drained: syscallDrained{hists: map[syscallScHistKey]*syscallScHist{}, blocked: map[syscallScBlockedKey]*syscallScBlocked{},
+			mem: map[syscallScMemKey]*syscallScMemStall{}},
+		drainedGone: map[uint32]bool{}, drainStop: make(chan struct{}), drainDone: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			closeAll(r.links)
@@ -396,6 +597,7 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 		defer close(r.done)
 		readRing(r.rd, r.sink, event.ProbeSyscall, r.handle)
 	}()
+	go r.drainLoop()
 	return r, nil
 }
 
@@ -581,6 +783,8 @@ func wholeDisk(sysfs string, major, minor uint32) event.Device {
 func (r *syscallRunning) Stop() error {
 	r.stopOnce.Do(func() {
 		closeAll(r.links)
+		close(r.drainStop)
+		<-r.drainDone
 		_ = r.rd.Flush()
 		<-r.done
 		r.rd.Close()
@@ -628,16 +832,11 @@ func (r *syscallRunning) comm(tgid uint32) string {
 }
 
 func (r *syscallRunning) deliverStats(sink Sink, now event.Mono) error {
-	var (
-		k syscallScHistKey
-		v syscallScHist
-	)
-	it := r.coll.Maps["call_hists"].Iterate()
-	for it.Next(&k, &v) {
-		r.read.hists[k] = markOf(&v)
+	err := readSums(r.coll.Maps["call_hists"], r.drained.hists, addHist, func(k syscallScHistKey, v *syscallScHist) {
+		r.read.hists[k] = markOf(v)
 		name := syscallName(k.Nr)
 		if name == "" || k.Dev == uint32(syscallScDevDEV_PENDING) {
-			continue
+			return
 		}
 		// A process whose first record was lost is named now, if it
 		// still runs.
@@ -645,15 +844,15 @@ func (r *syscallRunning) deliverStats(sink Sink, now event.Mono) error {
 		var h hist.Histogram
 		addSlots(&h, v.Slots[:])
 		if h.Count == 0 {
-			continue
+			return
 		}
 		h.SumNs, h.MaxNs = v.SumNs, v.MaxNs
 		sink.Event(event.SyscallStats{
 			Time: now, Pid: k.Tgid, Comm: r.comm(k.Tgid), Call: name, Dev: r.device(k.Dev),
 			Latency: h, Sleep: time.Duration(v.SleepNs), Runqueue: time.Duration(v.RunqNs),
 		})
-	}
-	if err := it.Err(); err != nil {
+	})
+	if err != nil {
 		return fmt.Errorf("reading call histograms: %w", err)
 	}
 	return nil
@@ -693,48 +892,38 @@ func (r *syscallRunning) deliverBlocked(sink Sink, now event.Mono) error {
 		cache.put(addrs, fr)
 		return fr
 	}
-	var (
-		k syscallScBlockedKey
-		v syscallScBlocked
-	)
-	it := r.coll.Maps["blocked"].Iterate()
-	for it.Next(&k, &v) {
-		r.read.blocked[k] = v
+	err := readSums(r.coll.Maps["blocked"], r.drained.blocked, addBlocked, func(k syscallScBlockedKey, v *syscallScBlocked) {
+		r.read.blocked[k] = *v
 		name := syscallName(k.Nr)
 		if name == "" || v.Ns == 0 || k.Dev == uint32(syscallScDevDEV_PENDING) {
-			continue
+			return
 		}
 		sink.Event(event.BlockedStack{
 			Time: now, Pid: k.Tgid, Comm: r.comm(k.Tgid), Call: name, Dev: r.device(k.Dev),
 			Total: time.Duration(v.Ns), Count: v.Count, KernelStack: frames(k.Stackid),
 			Unwalked: k.Stackid == syscallNotWalked,
 		})
-	}
-	if err := it.Err(); err != nil {
+	})
+	if err != nil {
 		return fmt.Errorf("reading blocked time: %w", err)
 	}
 	return nil
 }
 
 func (r *syscallRunning) deliverMemStalls(sink Sink, now event.Mono) error {
-	var (
-		k syscallScMemKey
-		v syscallScMemStall
-	)
-	it := r.coll.Maps["mem_stalls"].Iterate()
-	for it.Next(&k, &v) {
-		r.read.mem[k] = v
+	err := readSums(r.coll.Maps["mem_stalls"], r.drained.mem, addMemStall, func(k syscallScMemKey, v *syscallScMemStall) {
+		r.read.mem[k] = *v
 		name := syscallName(k.Nr)
 		if name == "" || v.Ns == 0 || k.Dev == uint32(syscallScDevDEV_PENDING) || k.Kind >= uint32(len(syscallMemStalls)) {
-			continue
+			return
 		}
 		sink.Event(event.MemStall{
 			Time: now, Pid: k.Tgid, Comm: r.comm(k.Tgid), Call: name, Dev: r.device(k.Dev),
 			Kind: syscallMemStalls[k.Kind].kind, Total: time.Duration(v.Ns), Count: v.Count,
 			Max: time.Duration(v.MaxNs),
 		})
-	}
-	if err := it.Err(); err != nil {
+	})
+	if err != nil {
 		return fmt.Errorf("reading memory stalls: %w", err)
 	}
 	return nil
@@ -751,56 +940,31 @@ func (r *syscallRunning) Prune() ([]uint32, error) {
 	gone := func(tgid uint32) bool {
 		g, ok := goneMemo[tgid]
 		if !ok {
-			_, err := os.Stat(filepath.Join(r.procfs, strconv.Itoa(int(tgid))))
-			g = errors.Is(err, os.ErrNotExist)
+			g = procGone(r.procfs, tgid)
 			goneMemo[tgid] = g
 		}
 		return g
 	}
 	kept := map[uint32]bool{} // processes gone with an entry left
 	var errs []error
-	prune := func(m *ebpf.Map, tgid uint32, key any, same func() (bool, error)) {
-		if !gone(tgid) {
-			return
-		}
-		ok, err := same()
-		if err == nil && ok {
-			err = m.Delete(key)
-			if errors.Is(err, ebpf.ErrKeyNotExist) {
-				err = nil
-			}
-			if err == nil {
-				return
-			}
-		}
-		kept[tgid] = true
-		if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			errs = append(errs, err)
-		}
-	}
-	hists := r.coll.Maps["call_hists"]
+	hists, blocked, mem := r.coll.Maps["call_hists"], r.coll.Maps["blocked"], r.coll.Maps["mem_stalls"]
 	for k, v := range r.read.hists {
-		prune(hists, k.Tgid, k, func() (bool, error) {
-			var now syscallScHist
-			err := hists.Lookup(k, &now)
-			return markOf(&now) == v, err
-		})
+		if gone(k.Tgid) {
+			err := pruneSum(hists, k, r.drained.hists, addHist, func(now *syscallScHist) bool { return markOf(now) == v })
+			keep(kept, &errs, k.Tgid, err)
+		}
 	}
-	blocked := r.coll.Maps["blocked"]
 	for k, v := range r.read.blocked {
-		prune(blocked, k.Tgid, k, func() (bool, error) {
-			var now syscallScBlocked
-			err := blocked.Lookup(k, &now)
-			return now == v, err
-		})
+		if gone(k.Tgid) {
+			err := pruneSum(blocked, k, r.drained.blocked, addBlocked, func(now *syscallScBlocked) bool { return *now == v })
+			keep(kept, &errs, k.Tgid, err)
+		}
 	}
-	mem := r.coll.Maps["mem_stalls"]
 	for k, v := range r.read.mem {
-		prune(mem, k.Tgid, k, func() (bool, error) {
-			var now syscallScMemStall
-			err := mem.Lookup(k, &now)
-			return now == v, err
-		})
+		if gone(k.Tgid) {
+			err := pruneSum(mem, k, r.drained.mem, addMemStall, func(now *syscallScMemStall) bool { return *now == v })
+			keep(kept, &errs, k.Tgid, err)
+		}
 	}
 	r.read = syscallRead{}
 	r.mu.Lock()
@@ -808,6 +972,7 @@ func (r *syscallRunning) Prune() ([]uint32, error) {
 		delete(r.procs, tgid)
 		delete(r.comms, tgid)
 		delete(r.seen, tgid)
+		delete(r.drainedGone, tgid)
 	}
 	var removed []uint32
 	for tgid, g := range goneMemo {
@@ -846,6 +1011,57 @@ func (r *syscallRunning) Prune() ([]uint32, error) {
 		return removed, fmt.Errorf("removing the sums of exited processes: %w", errors.Join(errs...))
 	}
 	return removed, nil
+}
+
+// errKept says a sum was not removed: it changed since it was read.
+var errKept = errors.New("changed since read")
+
+// keep notes in kept that tgid keeps a sum when err says so, and in errs
+// the errors other than that.
+func keep(kept map[uint32]bool, errs *[]error, tgid uint32, err error) {
+	if err == nil {
+		return
+	}
+	kept[tgid] = true
+	if !errors.Is(err, errKept) {
+		*errs = append(*errs, err)
+	}
+}
+
+// pruneSum removes key k's sum, its entry in kernel map m and its drained
+// sum, when the two together are as last read (same): final. It returns
+// errKept when they are not.
+func pruneSum[K comparable, V any](m *ebpf.Map, k K, drained map[K]*V, add func(a, b *V), same func(*V) bool) error {
+	var now V
+	err := m.Lookup(&k, &now)
+	inMap := err == nil
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return err
+	}
+	d := drained[k]
+	if d != nil {
+		add(&now, d)
+	}
+	if !inMap && d == nil {
+		return nil // removed already
+	}
+	if !same(&now) {
+		return errKept
+	}
+	if inMap {
+		if err := m.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return err
+		}
+	}
+	delete(drained, k)
+	return nil
+}
+
+// procGone reports whether process tgid has exited and been reaped: its
+// procfs entry is gone.
+func procGone(procfs string, tgid uint32) bool {
+	_, err := os.Stat(filepath.Join(procfs, strconv.Itoa(int(tgid))))
+	return errors.Is(err, os.ErrNotExist)
 }
 
 // deliverScLosses sends the non-zero counts of the per-CPU `sc_losses`
