@@ -6,20 +6,126 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/whyslow/whyslow/internal/event"
 )
 
+// pidCounts follows what checkpoints say of each process, by pid (a
+// process's name comes from its record on the ring, which a checkpoint
+// can read after its sums): the latest count of each, and the counts of
+// the pids a probe removed (Pruner), moved aside as a later process may
+// get the pid again (the guests' pids wrap).
+type pidCounts struct {
+	latest map[uint32]uint64
+	done   []uint64
+}
+
+// read notes the counts a checkpoint delivered whole (by pid).
+func (c *pidCounts) read(counts map[uint32]uint64) {
+	if c.latest == nil {
+		c.latest = map[uint32]uint64{}
+	}
+	maps.Copy(c.latest, counts)
+}
+
+// removed moves the counts of the pids a Prune removed aside.
+func (c *pidCounts) removed(pids []uint32) {
+	for _, pid := range pids {
+		if n, ok := c.latest[pid]; ok {
+			c.done = append(c.done, n)
+			delete(c.latest, pid)
+		}
+	}
+}
+
+// total is how many counts there are and their sum.
+func (c *pidCounts) total() (counted, sum uint64) {
+	for _, n := range append(slices.Clone(c.done), slices.Collect(maps.Values(c.latest))...) {
+		counted++
+		sum += n
+	}
+	return counted, sum
+}
+
+// ddSpawner runs short-lived dd processes on a device and notes their
+// pids.
+type ddSpawner struct {
+	mu      sync.Mutex
+	started map[uint32]bool
+	next    int // the next dd's number
+}
+
+// run runs n dd processes, workers at a time, each writing count 4 KiB
+// O_DIRECT blocks to path at an offset of its own (modulo blocks).
+func (s *ddSpawner) run(t *testing.T, path string, n, workers, count, blocks int) {
+	t.Helper()
+	if s.started == nil {
+		s.started = map[uint32]bool{}
+	}
+	first := s.next
+	s.next += n
+	jobs := make(chan int)
+	errs := make(chan error, workers)
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range jobs {
+				cmd := exec.Command("dd", "if=/dev/zero", "of="+path, "bs=4096", fmt.Sprintf("count=%d", count), "oflag=direct",
+					fmt.Sprintf("seek=%d", (i*count)%blocks), "status=none")
+				out, err := cmd.CombinedOutput()
+				if cmd.Process != nil {
+					s.mu.Lock()
+					s.started[uint32(cmd.Process.Pid)] = true
+					s.mu.Unlock()
+				}
+				if err != nil {
+					errs <- fmt.Errorf("dd: %v: %s", err, out)
+					return
+				}
+			}
+		}()
+	}
+	for i := first; i < first+n; i++ {
+		select {
+		case jobs <- i:
+		case err := <-errs:
+			close(jobs)
+			wg.Wait()
+			t.Fatal(err)
+		}
+	}
+	close(jobs)
+	wg.Wait()
+	select {
+	case err := <-errs:
+		t.Fatal(err)
+	default:
+	}
+}
+
+// has reports whether pid is one of the dd processes.
+func (s *ddSpawner) has(pid uint32) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.started[pid]
+}
+
 // More short-lived processes than the call histogram map holds (2048
-// entries), read and pruned at checkpoints as serve does, lose no call to
-// a full map: every one's writes are counted at some checkpoint, the one
-// started at the end too, and the names of the processes gone are
-// forgotten.
+// entries) start and exit within one checkpoint interval, as under a
+// build or a cron storm on a host serve watches: the drain moves the final
+// sums of those gone out of the kernel's maps every second, so none of
+// their calls is lost to a full map and every one's writes are counted at
+// the checkpoint; read and pruned then, as serve does, the names of the
+// processes gone are forgotten, and a process started after the prune is
+// counted too.
 func TestSyscallPruneExited(t *testing.T) {
 	blkNeedRoot(t)
-	const procs, every = 3000, 500
+	const procs = 2300
 	loop := newBlkLoop(t, 16<<20)
 	_, r := startSyscallOn(t, (syscallProbe{}).Decl().Mechs()[0], time.Second)
 	sr := r.(*syscallRunning)
@@ -27,58 +133,38 @@ func TestSyscallPruneExited(t *testing.T) {
 	if !ok {
 		t.Fatal("the syscall probe is no Pruner")
 	}
-	// The latest count of each dd on the loop device, by pid; a pid the
-	// probe removed moves its count to done (a later dd may get the pid
-	// again: the guests' pids wrap).
-	writes := map[uint32]uint64{}
-	var done []uint64
-	started := map[int]bool{} // the dd pids
-	var losses []event.Loss
+	var (
+		dd     ddSpawner
+		counts pidCounts
+		losses []event.Loss
+	)
 	checkpoint := func(prune bool) {
 		t.Helper()
 		sink := new(blkSink)
 		if err := r.(Checkpointer).Checkpoint(sink); err != nil {
 			t.Fatalf("Checkpoint: %v", err)
 		}
+		writes := map[uint32]uint64{}
 		for _, s := range sinkEvents[event.SyscallStats](sink) {
-			// by pid: a process's name comes from its record on the ring,
-			// which a checkpoint can read before (its Comm is "" then)
-			if s.Dev.Name == loop.name && s.Call == "write" && started[int(s.Pid)] {
+			if s.Dev.Name == loop.name && s.Call == "write" && dd.has(s.Pid) {
 				writes[s.Pid] = s.Latency.Count
 			}
 		}
+		counts.read(writes)
 		losses = append(losses, sink.losses...)
 		if prune {
 			gone, err := pruner.Prune()
 			if err != nil {
 				t.Fatalf("Prune: %v", err)
 			}
-			for _, pid := range gone {
-				if n, ok := writes[pid]; ok {
-					done = append(done, n)
-					delete(writes, pid)
-				}
-			}
+			counts.removed(gone)
 		}
 	}
-	dd := func(i int) {
-		cmd := exec.Command("dd", "if=/dev/zero", "of="+loop.path, "bs=4096", "count=2", "oflag=direct",
-			fmt.Sprintf("seek=%d", i%1000), "status=none")
-		out, err := cmd.CombinedOutput()
-		if cmd.Process != nil {
-			started[cmd.Process.Pid] = true
-		}
-		if err != nil {
-			t.Fatalf("dd: %v: %s", err, out)
-		}
-	}
-	for i := 0; i < procs; i++ {
-		dd(i)
-		if (i+1)%every == 0 {
-			checkpoint(true)
-		}
-	}
-	dd(procs) // started at the end, after the last prune
+	began := time.Now()
+	dd.run(t, loop.path, procs, 1, 2, 1000) // one checkpoint interval: no checkpoint in between
+	t.Logf("%d dd processes in %s (drains every %s)", procs, time.Since(began).Round(time.Millisecond), syscallDrainEvery)
+	checkpoint(true)
+	dd.run(t, loop.path, 1, 1, 2, 1000) // started after the prune
 	checkpoint(false)
 	if err := r.Stop(); err != nil {
 		t.Fatalf("Stop: %v", err)
@@ -88,21 +174,90 @@ func TestSyscallPruneExited(t *testing.T) {
 			t.Errorf("loss: %+v", l)
 		}
 	}
-	var counted, total uint64
-	for _, n := range append(done, slices.Collect(maps.Values(writes))...) {
-		counted++
-		total += n
-	}
+	counted, total := counts.total()
 	// A pid used twice between two prunes is one entry with both dd's
 	// writes: every write counted is what says nothing was lost.
-	t.Logf("%d dd processes (%d pids) counted as %d with %d writes", procs+1, len(started), counted, total)
-	if total != 2*(procs+1) || counted < uint64(len(started)) {
-		t.Errorf("%d dd processes (%d pids) counted as %d with %d writes on %s, want %d writes and at least one count a pid", procs+1, len(started), counted, total, loop.name, 2*(procs+1))
+	t.Logf("%d dd processes (%d pids) counted as %d with %d writes", procs+1, len(dd.started), counted, total)
+	if total != 2*(procs+1) || counted < uint64(len(dd.started)) {
+		t.Errorf("%d dd processes (%d pids) counted as %d with %d writes on %s, want %d writes and at least one count a pid", procs+1, len(dd.started), counted, total, loop.name, 2*(procs+1))
 	}
 	sr.mu.Lock()
 	names := len(sr.comms)
 	sr.mu.Unlock()
-	if names > every+100 {
-		t.Errorf("%d process names kept after %d processes ran, most of them gone", names, procs)
+	if names > 100 {
+		t.Errorf("%d process names kept after %d processes ran and were pruned", names, procs)
+	}
+}
+
+// More short-lived writer processes than the I/O accounting table has
+// entries per CPU (4096 on a small host) each write to a loop device
+// while the submit probe runs, read and pruned at checkpoints as serve
+// does: the table swapped every second never fills, so none of their bios
+// is lost and every process's write is counted for it, the last ones' as
+// the first ones'.
+func TestSubmitIOUsageManyProcesses(t *testing.T) {
+	blkNeedRoot(t)
+	loop := newBlkLoop(t, 16<<20)
+	_, r := startSubmitProbe(t, time.Hour)
+	sr := r.(*submitRunning)
+	slots := int(sr.use.spec.MaxEntries)
+	procs := slots + 200
+	pruner, ok := r.(Pruner)
+	if !ok {
+		t.Fatal("the submit probe is no Pruner")
+	}
+	var (
+		dd     ddSpawner
+		counts pidCounts
+		losses []event.Loss
+	)
+	checkpoint := func(prune bool) {
+		t.Helper()
+		sink := new(blkSink)
+		if err := r.(Checkpointer).Checkpoint(sink); err != nil {
+			t.Fatalf("Checkpoint: %v", err)
+		}
+		bios := map[uint32]uint64{}
+		for _, u := range sinkEvents[event.IOUsage](sink) {
+			if u.Dev.Name == loop.name && dd.has(u.Task.Tgid) {
+				bios[u.Task.Tgid] += u.IOs
+			}
+		}
+		counts.read(bios)
+		losses = append(losses, sink.losses...)
+		if prune {
+			gone, err := pruner.Prune()
+			if err != nil {
+				t.Fatalf("Prune: %v", err)
+			}
+			counts.removed(gone)
+		}
+	}
+	began := time.Now()
+	const every = 1000
+	for left := procs; left > 0; left -= every {
+		dd.run(t, loop.path, min(left, every), 2, 1, 4000)
+		checkpoint(true)
+	}
+	t.Logf("%d dd processes in %s (table of %d entries per CPU, swapped every %s)", procs, time.Since(began).Round(time.Millisecond), slots, ioUseSwapEvery)
+	checkpoint(false)
+	if err := r.Stop(); err != nil {
+		t.Fatalf("Stop: %v", err)
+	}
+	for _, l := range losses {
+		if strings.Contains(l.What, "map full") || l.What == ioUseOverWhat {
+			t.Errorf("loss: %+v", l)
+		}
+	}
+	counted, total := counts.total()
+	t.Logf("%d dd processes (%d pids) counted as %d with %d bios", procs, len(dd.started), counted, total)
+	if total != uint64(procs) || counted < uint64(len(dd.started)) {
+		t.Errorf("%d dd processes (%d pids) counted as %d with %d bios on %s, want %d bios and at least one count a pid", procs, len(dd.started), counted, total, loop.name, procs)
+	}
+	sr.use.mu.Lock()
+	kept := len(sr.use.sums)
+	sr.use.mu.Unlock()
+	if kept > every+100 {
+		t.Errorf("the I/O sums hold %d keys after %d processes ran, most of them gone and pruned", kept, procs)
 	}
 }
