@@ -201,9 +201,45 @@ type syscallRead struct {
 // syscallDrained are the sums drain moved out of the kernel's maps, by
 // key.
 type syscallDrained struct {
-	hists   map[syscallScHistKey]*syscallScHist
+	hists   map[syscallScHistKey]*drainedHist
 	blocked map[syscallScBlockedKey]*syscallScBlocked
 	mem     map[syscallScMemKey]*syscallScMemStall
+}
+
+// drainedHist is a call histogram drained, its non-empty slots only (an
+// exited process's calls fill a few of the 328: some 100 bytes, where the
+// map's entry takes 2.7 KB).
+type drainedHist struct {
+	sumNs, maxNs, sleepNs, runqNs uint64
+	slots                         []uint16
+	counts                        []uint64
+}
+
+// absorbHist adds a map entry to a drained histogram.
+func absorbHist(d *drainedHist, v *syscallScHist) {
+	var full syscallScHist
+	if len(d.slots) > 0 || d.sumNs > 0 {
+		addDrainedHist(&full, d)
+	}
+	addHist(&full, v)
+	*d = drainedHist{sumNs: full.SumNs, maxNs: full.MaxNs, sleepNs: full.SleepNs, runqNs: full.RunqNs}
+	for i, n := range full.Slots {
+		if n > 0 {
+			d.slots = append(d.slots, uint16(i))
+			d.counts = append(d.counts, n)
+		}
+	}
+}
+
+// addDrainedHist adds a drained histogram to a map entry.
+func addDrainedHist(v *syscallScHist, d *drainedHist) {
+	v.SumNs += d.sumNs
+	v.MaxNs = max(v.MaxNs, d.maxNs)
+	v.SleepNs += d.sleepNs
+	v.RunqNs += d.runqNs
+	for i, s := range d.slots {
+		v.Slots[s] += d.counts[i]
+	}
 }
 
 // syscallDrainEvery is how often the sums of exited processes are moved
@@ -211,15 +247,16 @@ type syscallDrained struct {
 // such interval that exited, besides the running ones.
 var syscallDrainEvery = time.Second
 
-// How many keys the drained sums hold at most, per map (twice the kernel
-// map's entries): beyond, the sums of exited processes stay in the
-// kernel's maps (and when those fill, the new ones are counted lost). At
-// most some 11 MB (a call histogram takes 2.7 KB). Prune empties them at
-// each checkpoint serve keeps; a one-shot run keeps them to its end.
+// How many keys the drained sums hold at most, per map: beyond, the sums
+// of exited processes stay in the kernel's maps (and when those fill, the
+// new ones are counted lost). Some 1 MB, 2 MB and 0.5 MB. Prune empties
+// them at each checkpoint serve keeps; a one-shot run keeps them to its
+// end. A checkpoint delivers each key as an event, whose histogram takes
+// 2.7 KB: the 10240 histograms of a checkpoint with both full take 27 MB.
 const (
-	syscallDrainedHists   = 2 * 2048
-	syscallDrainedBlocked = 2 * 16384
-	syscallDrainedMem     = 2 * 4096
+	syscallDrainedHists   = 8192
+	syscallDrainedBlocked = 4 * 16384
+	syscallDrainedMem     = 4 * 4096
 )
 
 func addHist(a, b *syscallScHist) {
@@ -244,8 +281,8 @@ func addMemStall(a, b *syscallScMemStall) {
 }
 
 // readSums calls fn with each entry of kernel map m plus its key's drained
-// sum, then with each drained sum whose key m does not hold.
-func readSums[K comparable, V any](m *ebpf.Map, drained map[K]*V, add func(a, b *V), fn func(k K, v *V)) error {
+// sum (addTo), then with each drained sum whose key m does not hold.
+func readSums[K comparable, V, D any](m *ebpf.Map, drained map[K]*D, addTo func(v *V, d *D), fn func(k K, v *V)) error {
 	var seen map[K]bool
 	if len(drained) > 0 {
 		seen = make(map[K]bool, len(drained))
@@ -257,7 +294,7 @@ func readSums[K comparable, V any](m *ebpf.Map, drained map[K]*V, add func(a, b 
 	it := m.Iterate()
 	for it.Next(&k, &v) {
 		if d := drained[k]; d != nil {
-			add(&v, d)
+			addTo(&v, d)
 			seen[k] = true
 		}
 		fn(k, &v)
@@ -267,7 +304,8 @@ func readSums[K comparable, V any](m *ebpf.Map, drained map[K]*V, add func(a, b 
 	}
 	for k, d := range drained {
 		if !seen[k] {
-			c := *d
+			var c V
+			addTo(&c, d)
 			fn(k, &c)
 		}
 	}
@@ -275,11 +313,11 @@ func readSums[K comparable, V any](m *ebpf.Map, drained map[K]*V, add func(a, b 
 }
 
 // drainSums moves the entries of kernel map m whose process is gone into
-// drained (at most room keys), and returns how many it moved. Each entry
-// is read again right before it is deleted: an entry of a process gone
-// changes no more (only a new process given the same pid in between
-// could add to it).
-func drainSums[K comparable, V any](m *ebpf.Map, drained map[K]*V, room int, tgidOf func(*K) uint32, gone func(uint32) bool, add func(a, b *V)) (int, error) {
+// drained (absorb; at most room keys), and returns how many it moved.
+// Each entry is read again right before it is deleted: an entry of a
+// process gone changes no more (only a new process given the same pid in
+// between could add to it).
+func drainSums[K comparable, V, D any](m *ebpf.Map, drained map[K]*D, room int, tgidOf func(*K) uint32, gone func(uint32) bool, absorb func(d *D, v *V)) (int, error) {
 	var (
 		k    K
 		v    V
@@ -314,11 +352,10 @@ func drainSums[K comparable, V any](m *ebpf.Map, drained map[K]*V, room int, tgi
 			continue
 		}
 		if d == nil {
-			c := v
-			drained[k] = &c
-		} else {
-			add(d, &v)
+			d = new(D)
+			drained[k] = d
 		}
+		absorb(d, &v)
 		moved++
 	}
 	return moved, errors.Join(errs...)
@@ -376,7 +413,7 @@ func (r *syscallRunning) drain() error {
 		return nil
 	}
 	_, e1 := drainSums(r.coll.Maps["call_hists"], r.drained.hists, syscallDrainedHists,
-		func(k *syscallScHistKey) uint32 { return k.Tgid }, gone, addHist)
+		func(k *syscallScHistKey) uint32 { return k.Tgid }, gone, absorbHist)
 	_, e2 := drainSums(r.coll.Maps["blocked"], r.drained.blocked, syscallDrainedBlocked,
 		func(k *syscallScBlockedKey) uint32 { return k.Tgid }, gone, addBlocked)
 	_, e3 := drainSums(r.coll.Maps["mem_stalls"], r.drained.mem, syscallDrainedMem,
@@ -491,7 +528,7 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 	procfs := cmpOr(cfg.ProcFS, "/proc")
 	r := &syscallRunning{cfg: cfg, sink: sink, coll: coll, done: make(chan struct{}), procfs: procfs,
 		procs: map[uint32]*event.Process{}, devs: map[uint32]event.Device{}, comms: map[uint32]string{}, seen: map[uint32]seenAs{},
-		drained: syscallDrained{hists: map[syscallScHistKey]*syscallScHist{}, blocked: map[syscallScBlockedKey]*syscallScBlocked{},
+		drained: syscallDrained{hists: map[syscallScHistKey]*drainedHist{}, blocked: map[syscallScBlockedKey]*syscallScBlocked{},
 			mem: map[syscallScMemKey]*syscallScMemStall{}},
 		drainedGone: map[uint32]bool{}, drainStop: make(chan struct{}), drainDone: make(chan struct{})}
 	defer func() {
@@ -832,7 +869,7 @@ func (r *syscallRunning) comm(tgid uint32) string {
 }
 
 func (r *syscallRunning) deliverStats(sink Sink, now event.Mono) error {
-	err := readSums(r.coll.Maps["call_hists"], r.drained.hists, addHist, func(k syscallScHistKey, v *syscallScHist) {
+	err := readSums(r.coll.Maps["call_hists"], r.drained.hists, addDrainedHist, func(k syscallScHistKey, v *syscallScHist) {
 		r.read.hists[k] = markOf(v)
 		name := syscallName(k.Nr)
 		if name == "" || k.Dev == uint32(syscallScDevDEV_PENDING) {
@@ -950,7 +987,7 @@ func (r *syscallRunning) Prune() ([]uint32, error) {
 	hists, blocked, mem := r.coll.Maps["call_hists"], r.coll.Maps["blocked"], r.coll.Maps["mem_stalls"]
 	for k, v := range r.read.hists {
 		if gone(k.Tgid) {
-			err := pruneSum(hists, k, r.drained.hists, addHist, func(now *syscallScHist) bool { return markOf(now) == v })
+			err := pruneSum(hists, k, r.drained.hists, addDrainedHist, func(now *syscallScHist) bool { return markOf(now) == v })
 			keep(kept, &errs, k.Tgid, err)
 		}
 	}
@@ -1031,7 +1068,7 @@ func keep(kept map[uint32]bool, errs *[]error, tgid uint32, err error) {
 // pruneSum removes key k's sum, its entry in kernel map m and its drained
 // sum, when the two together are as last read (same): final. It returns
 // errKept when they are not.
-func pruneSum[K comparable, V any](m *ebpf.Map, k K, drained map[K]*V, add func(a, b *V), same func(*V) bool) error {
+func pruneSum[K comparable, V, D any](m *ebpf.Map, k K, drained map[K]*D, addTo func(v *V, d *D), same func(*V) bool) error {
 	var now V
 	err := m.Lookup(&k, &now)
 	inMap := err == nil
@@ -1040,7 +1077,7 @@ func pruneSum[K comparable, V any](m *ebpf.Map, k K, drained map[K]*V, add func(
 	}
 	d := drained[k]
 	if d != nil {
-		add(&now, d)
+		addTo(&now, d)
 	}
 	if !inMap && d == nil {
 		return nil // removed already

@@ -125,7 +125,7 @@ func (s *ddSpawner) has(pid uint32) bool {
 // counted too.
 func TestSyscallPruneExited(t *testing.T) {
 	blkNeedRoot(t)
-	const procs = 2300
+	const procs = 2100
 	loop := newBlkLoop(t, 16<<20)
 	_, r := startSyscallOn(t, (syscallProbe{}).Decl().Mechs()[0], time.Second)
 	sr := r.(*syscallRunning)
@@ -259,5 +259,34 @@ func TestSubmitIOUsageManyProcesses(t *testing.T) {
 	sr.use.mu.Unlock()
 	if kept > every+100 {
 		t.Errorf("the I/O sums hold %d keys after %d processes ran, most of them gone and pruned", kept, procs)
+	}
+}
+
+// A call histogram drained keeps its non-empty slots only, and adds back
+// to a map entry as the entry it was; drained twice (a pid reused before
+// a checkpoint), it holds both.
+func TestDrainedHist(t *testing.T) {
+	var a, b syscallScHist
+	a.SumNs, a.MaxNs, a.SleepNs, a.RunqNs = 300, 200, 50, 7
+	a.Slots[3], a.Slots[100] = 1, 2
+	b.SumNs, b.MaxNs = 40, 40
+	b.Slots[3], b.Slots[5] = 1, 1
+	var d drainedHist
+	absorbHist(&d, &a)
+	if len(d.slots) != 2 {
+		t.Errorf("drained histogram holds %d slots, want the 2 non-empty ones", len(d.slots))
+	}
+	var back syscallScHist
+	addDrainedHist(&back, &d)
+	if back != a {
+		t.Errorf("added back: %+v, want %+v", back, a)
+	}
+	absorbHist(&d, &b)
+	var both, want syscallScHist
+	addDrainedHist(&both, &d)
+	addHist(&want, &a)
+	addHist(&want, &b)
+	if both != want || both.MaxNs != 200 || both.Slots[3] != 2 {
+		t.Errorf("drained twice: %+v, want %+v", both, want)
 	}
 }
