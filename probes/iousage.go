@@ -49,6 +49,10 @@ func ioUseBits(size uint32, cpus int) uint32 {
 	return bits
 }
 
+// ioUseBitsFixed, when not 0, sizes the io_use table instead of the
+// host's CPUs (tests: a small table whatever the host).
+var ioUseBitsFixed uint32
+
 // sizeIOUse fits the io_use table of a spec (the inner map of io_use) to
 // this machine's CPUs and returns log2 of its entries, for io_use_bits.
 func sizeIOUse(spec *ebpf.CollectionSpec) uint32 {
@@ -62,6 +66,9 @@ func sizeIOUse(spec *ebpf.CollectionSpec) uint32 {
 		cpus = runtime.NumCPU()
 	}
 	bits := ioUseBits(m.ValueSize, cpus)
+	if ioUseBitsFixed != 0 {
+		bits = ioUseBitsFixed
+	}
 	m.MaxEntries = 1 << bits
 	return bits
 }

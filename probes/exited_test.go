@@ -1,14 +1,18 @@
 package probes
 
 import (
+	"bufio"
 	"fmt"
 	"maps"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/whyslow/whyslow/internal/event"
 )
@@ -59,7 +63,10 @@ type ddSpawner struct {
 }
 
 // run runs n dd processes, workers at a time, each writing count 4 KiB
-// O_DIRECT blocks to path at an offset of its own (modulo blocks).
+// O_DIRECT blocks to path at an offset of its own (modulo blocks). With
+// busybox, a busybox shell per worker forks them (its dd runs in the
+// forked shell, without an exec where busybox is built so): under qemu
+// without KVM an exec of dd costs some 17 ms, which 4000 processes feel.
 func (s *ddSpawner) run(t *testing.T, path string, n, workers, count, blocks int) {
 	t.Helper()
 	if s.started == nil {
@@ -67,45 +74,85 @@ func (s *ddSpawner) run(t *testing.T, path string, n, workers, count, blocks int
 	}
 	first := s.next
 	s.next += n
-	jobs := make(chan int)
-	errs := make(chan error, workers)
+	bb, bbErr := exec.LookPath("busybox")
 	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	per := (n + workers - 1) / workers
 	for w := 0; w < workers; w++ {
+		lo, hi := first+w*per, min(first+(w+1)*per, first+n)
+		if lo >= hi {
+			break
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := range jobs {
+			if bbErr == nil {
+				errs <- s.shell(bb, path, lo, hi, count, blocks)
+				return
+			}
+			for i := lo; i < hi; i++ {
 				cmd := exec.Command("dd", "if=/dev/zero", "of="+path, "bs=4096", fmt.Sprintf("count=%d", count), "oflag=direct",
 					fmt.Sprintf("seek=%d", (i*count)%blocks), "status=none")
 				out, err := cmd.CombinedOutput()
 				if cmd.Process != nil {
-					s.mu.Lock()
-					s.started[uint32(cmd.Process.Pid)] = true
-					s.mu.Unlock()
+					s.note(cmd.Process.Pid)
 				}
 				if err != nil {
 					errs <- fmt.Errorf("dd: %v: %s", err, out)
 					return
 				}
 			}
+			errs <- nil
 		}()
 	}
-	for i := first; i < first+n; i++ {
-		select {
-		case jobs <- i:
-		case err := <-errs:
-			close(jobs)
-			wg.Wait()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
 			t.Fatal(err)
 		}
 	}
-	close(jobs)
-	wg.Wait()
-	select {
-	case err := <-errs:
-		t.Fatal(err)
-	default:
+}
+
+// shell runs dd number lo to hi-1 from a busybox shell, one after the
+// other, and notes their pids as the shell prints them.
+func (s *ddSpawner) shell(busybox, path string, lo, hi, count, blocks int) error {
+	script := fmt.Sprintf(`i=%d
+while [ $i -lt %d ]; do
+	dd if=/dev/zero of="$1" bs=4096 count=%d oflag=direct seek=$(( (i * %d) %% %d )) 2>/dev/null &
+	p=$!
+	echo $p
+	wait $p || { echo "dd $i failed" >&2; exit 1; }
+	i=$((i + 1))
+done`, lo, hi, count, count, blocks)
+	cmd := exec.Command(busybox, "sh", "-c", script, "sh", path)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
 	}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		pid, err := strconv.Atoi(strings.TrimSpace(sc.Text()))
+		if err != nil {
+			return fmt.Errorf("busybox sh printed %q, not a pid", sc.Text())
+		}
+		s.note(pid)
+	}
+	if err := cmd.Wait(); err != nil {
+		return fmt.Errorf("busybox sh running dd: %v: %s", err, stderr.String())
+	}
+	return nil
+}
+
+func (s *ddSpawner) note(pid int) {
+	s.mu.Lock()
+	s.started[uint32(pid)] = true
+	s.mu.Unlock()
 }
 
 // has reports whether pid is one of the dd processes.
@@ -125,7 +172,7 @@ func (s *ddSpawner) has(pid uint32) bool {
 // counted too.
 func TestSyscallPruneExited(t *testing.T) {
 	blkNeedRoot(t)
-	const procs = 2100
+	const procs = 3000
 	loop := newBlkLoop(t, 16<<20)
 	_, r := startSyscallOn(t, (syscallProbe{}).Decl().Mechs()[0], time.Second)
 	sr := r.(*syscallRunning)
@@ -161,7 +208,7 @@ func TestSyscallPruneExited(t *testing.T) {
 		}
 	}
 	began := time.Now()
-	dd.run(t, loop.path, procs, 1, 2, 1000) // one checkpoint interval: no checkpoint in between
+	dd.run(t, loop.path, procs, 2, 2, 1000) // one checkpoint interval: no checkpoint in between
 	t.Logf("%d dd processes in %s (drains every %s)", procs, time.Since(began).Round(time.Millisecond), syscallDrainEvery)
 	checkpoint(true)
 	dd.run(t, loop.path, 1, 1, 2, 1000) // started after the prune
@@ -194,14 +241,40 @@ func TestSyscallPruneExited(t *testing.T) {
 // while the submit probe runs, read and pruned at checkpoints as serve
 // does: the table swapped every second never fills, so none of their bios
 // is lost and every process's write is counted for it, the last ones' as
-// the first ones'.
+// the first ones'. With a table of 512 entries per CPU, more processes
+// than all CPUs' entries together, which a table never emptied could not
+// hold.
 func TestSubmitIOUsageManyProcesses(t *testing.T) {
 	blkNeedRoot(t)
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name  string
+		bits  uint32 // 0: sized to the host
+		procs func(slots int) int
+		every int // processes between two checkpoints
+	}{
+		{"host's table", 0, func(slots int) int { return slots + 200 }, 1000},
+		{"512 entries per CPU", 9, func(slots int) int { return slots*cpus + 200 }, 200},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ioUseBitsFixed = tt.bits
+			defer func() { ioUseBitsFixed = 0 }()
+			submitManyProcesses(t, tt.procs, tt.every)
+		})
+	}
+}
+
+// submitManyProcesses runs procsFor(the table's entries per CPU) dd
+// processes, a checkpoint and a prune after every every of them.
+func submitManyProcesses(t *testing.T, procsFor func(slots int) int, every int) {
 	loop := newBlkLoop(t, 16<<20)
 	_, r := startSubmitProbe(t, time.Hour)
 	sr := r.(*submitRunning)
 	slots := int(sr.use.spec.MaxEntries)
-	procs := slots + 200
+	procs := procsFor(slots)
 	pruner, ok := r.(Pruner)
 	if !ok {
 		t.Fatal("the submit probe is no Pruner")
@@ -234,7 +307,6 @@ func TestSubmitIOUsageManyProcesses(t *testing.T) {
 		}
 	}
 	began := time.Now()
-	const every = 1000
 	for left := procs; left > 0; left -= every {
 		dd.run(t, loop.path, min(left, every), 2, 1, 4000)
 		checkpoint(true)
