@@ -80,6 +80,9 @@ func Evaluate(set *Set, run *facts.Run) ([]Finding, error) {
 	}
 	slices.SortStableFunc(items, func(a, b *item) int {
 		return cmp.Or(
+			// A run rule's finding (unexplained-latency, nothing-found) is
+			// about what the others leave unexplained: it follows them.
+			cmp.Compare(runScoped(a), runScoped(b)),
 			cmp.Compare(b.f.Score, a.f.Score),
 			cmp.Compare(severityRank(a.f.Severity), severityRank(b.f.Severity)),
 			cmp.Compare(a.f.Rule, b.f.Rule),
@@ -93,6 +96,14 @@ func Evaluate(set *Set, run *facts.Run) ([]Finding, error) {
 		out[i] = *it.f
 	}
 	return out, ev.err()
+}
+
+// runScoped is 1 for a finding of a run-scope rule, else 0.
+func runScoped(it *item) int {
+	if it.rule != nil && it.rule.Scope == ScopeRun {
+		return 1
+	}
+	return 0
 }
 
 func severityRank(s Severity) int {
@@ -223,7 +234,7 @@ func (ev *evaluation) add(items []*item, r *Rule, env any, data TemplateData, de
 	if !ok || v != true {
 		return items
 	}
-	f := &Finding{Rule: r.ID, Severity: r.Severity}
+	f := &Finding{Rule: r.ID, Severity: r.Severity, stages: slices.Clone(r.Stages)}
 	if dev != "" {
 		f.Devices = []string{dev}
 	}
@@ -301,18 +312,23 @@ func (ev *evaluation) add(items []*item, r *Rule, env any, data TemplateData, de
 }
 
 // explainedBy is what the findings of items cover: their devices and the
-// processes they name (by process id).
+// processes they name (by process id), and finding by finding the stages
+// they explain.
 func explainedBy(items []*item) facts.Explained {
 	var e facts.Explained
 	for _, it := range items {
+		c := facts.Cover{Rule: it.f.Rule, Devices: slices.Clone(it.f.Devices), Stages: slices.Clone(it.f.stages)}
 		for _, d := range it.f.Devices {
 			if !slices.Contains(e.Devices, d) {
 				e.Devices = append(e.Devices, d)
 			}
 		}
 		for _, p := range it.f.Processes {
-			e.Tasks = append(e.Tasks, facts.Task{Pid: p.Pid, Tgid: p.Tgid, Comm: p.Comm})
+			t := facts.Task{Pid: p.Pid, Tgid: p.Tgid, Comm: p.Comm}
+			e.Tasks = append(e.Tasks, t)
+			c.Tasks = append(c.Tasks, t)
 		}
+		e.Covers = append(e.Covers, c)
 	}
 	slices.Sort(e.Devices)
 	return e
@@ -437,6 +453,15 @@ func (ev *evaluation) chain(items []*item) []*item {
 // merge makes cause an earlier part of effect's chain.
 func merge(effect, cause *Finding) {
 	effect.Steps = append(slices.Clone(cause.Steps), effect.Steps...)
+	if effect.stages != nil && cause.stages != nil {
+		for _, st := range cause.stages {
+			if !slices.Contains(effect.stages, st) {
+				effect.stages = append(effect.stages, st)
+			}
+		}
+	} else {
+		effect.stages = nil // one of them explains every stage
+	}
 	if effect.Trigger == nil {
 		effect.Trigger = cause.Trigger
 	}

@@ -600,3 +600,27 @@ evidence:
 		t.Errorf("title %q, evidence %v", got.Title, got.Evidence)
 	}
 }
+
+// A chain's finding explains the stages of all its rules; a rule that
+// declares none explains every stage, and so does the chain then.
+func TestChainExplainsItsRulesStages(t *testing.T) {
+	tests := []struct {
+		effect, cause, want []string
+	}{
+		{[]string{"queue_freeze"}, []string{"queue_freeze", "tag_wait"}, []string{"queue_freeze", "tag_wait"}},
+		{[]string{"journal"}, nil, nil},
+		{nil, []string{"journal"}, nil},
+	}
+	for _, tt := range tests {
+		effect := &Finding{Rule: "effect", Devices: []string{"loop0"}, stages: slices.Clone(tt.effect)}
+		merge(effect, &Finding{Rule: "cause", Devices: []string{"loop0"}, stages: slices.Clone(tt.cause)})
+		if !slices.Equal(effect.stages, tt.want) || (tt.want == nil) != (effect.stages == nil) {
+			t.Errorf("%v after %v: %v, want %v", tt.effect, tt.cause, effect.stages, tt.want)
+		}
+		e := explainedBy([]*item{{f: effect}})
+		journal := tt.want == nil || slices.Contains(tt.want, "journal")
+		if len(e.Covers) != 1 || !slices.Equal(e.Covers[0].Stages, tt.want) || e.Explains(1, "loop0", "journal") != journal {
+			t.Errorf("covers %+v, want stages %v", e.Covers, tt.want)
+		}
+	}
+}

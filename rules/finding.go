@@ -36,6 +36,10 @@ type Finding struct {
 	// off-CPU stacks"; several are joined by "; ", most precise first. ""
 	// when the rule does not say.
 	Precision string
+
+	// stages are the stages of blocked time the finding explains, of
+	// the rules of its chain together (Rule.Stages); nil: all of them.
+	stages []string
 }
 
 // Process is a process a finding names.

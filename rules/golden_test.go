@@ -48,6 +48,8 @@ func TestFindingsGolden(t *testing.T) {
 			calls(ledger, "/", loop0, "fdatasync", 2000, 20, callTagWait, callDevice)},
 		{"testdata/golden_unexplained_latency.txt", newScenario().fast(loop0).
 			calls(ledger, "/db", loop0, "pread64", 100, 40, callOther, callOther, callOther2).calls(ledger, "/db", loop0, "fdatasync", 100, 10, callDevice)},
+		{"testdata/golden_unexplained_partly.txt", newScenario().fast(loop0).commits(loop0, 50, 30).
+			calls(archiver, "/", loop0, "pwrite64", 40, 50, callLock, callOther).calls(archiver, "/", loop0, "fdatasync", 40, 10, callJournal)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {

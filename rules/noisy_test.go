@@ -12,6 +12,8 @@ var (
 	scan   = event.Task{Pid: 4100, Tgid: 4100, Comm: "nightly-scan"}
 	ledger = event.Task{Pid: 4201, Tgid: 4200, Comm: "ledger"}
 	other  = event.Task{Pid: 4300, Tgid: 4300, Comm: "indexer"}
+	// archiver writes to a filesystem, and syncs.
+	archiver = event.Task{Pid: 4400, Tgid: 4400, Comm: "archiver"}
 )
 
 // use adds a process's I/O on d over the run: ios bios of 16 KiB, each

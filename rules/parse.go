@@ -24,6 +24,7 @@ import (
 
 	"github.com/whyslow/whyslow/internal/escape"
 	"github.com/whyslow/whyslow/internal/facts"
+	"github.com/whyslow/whyslow/internal/stage"
 )
 
 // Error is a problem in a rule file, at a 1-based line and column.
@@ -157,11 +158,13 @@ type parsed struct {
 	evName []string
 	// factItems are the items of needs and optional (needs.go).
 	factItems []factItem
-	errs      []error
+	// stages are the items of stages.
+	stages []string
+	errs   []error
 }
 
 var knownKeys = []string{"id", "summary", "title", "step", "severity", "scope", "when", "score", "explain", "remedy",
-	"evidence", "processes", "trigger", "explains", "precision", "needs", "optional"}
+	"evidence", "processes", "trigger", "explains", "precision", "needs", "optional", "stages"}
 
 func (p *parsed) errorf(at pos, format string, a ...any) {
 	p.errs = append(p.errs, posErr(p.file, at, format, a...))
@@ -400,6 +403,11 @@ func (p *parsed) fields() {
 			p.factList(k.Value, v)
 			continue
 		}
+		if k.Value == "stages" {
+			p.stageList(v)
+			p.nodes[k.Value] = v
+			continue
+		}
 		if v.Kind != yaml.ScalarNode {
 			p.errorf(nodePos(v), "%s: must be a single value, not a list or mapping", k.Value)
 			continue
@@ -431,6 +439,28 @@ func (p *parsed) evidence(v *yaml.Node) {
 			seen[k.Value] = true
 			p.evName = append(p.evName, k.Value)
 			p.evNode = append(p.evNode, e)
+		}
+	}
+}
+
+// stageList parses stages: a list of stages of the vocabulary, at least
+// one, each once.
+func (p *parsed) stageList(v *yaml.Node) {
+	if v.Kind != yaml.SequenceNode || len(v.Content) == 0 {
+		p.errorf(nodePos(v), "stages: must be a list of stages, e.g. [journal] (%s)", strings.Join(stage.Vocabulary, ", "))
+		return
+	}
+	p.stages = []string{}
+	for _, item := range v.Content {
+		switch {
+		case item.Kind != yaml.ScalarNode || item.Tag == "!!null":
+			p.errorf(nodePos(item), "stages: each item must be a stage, e.g. journal")
+		case !slices.Contains(stage.Vocabulary, item.Value):
+			p.errorf(nodePos(item), "stages: unknown stage %q (stages are %s)", item.Value, strings.Join(stage.Vocabulary, ", "))
+		case slices.Contains(p.stages, item.Value):
+			p.errorf(nodePos(item), "stages: %s repeated", item.Value)
+		default:
+			p.stages = append(p.stages, item.Value)
 		}
 	}
 }
@@ -485,6 +515,12 @@ func (p *parsed) rule() *Rule {
 		r.Explains = n.Value
 		if r.Scope == ScopeRun {
 			p.errorf(nodePos(n), "explains: run-scope findings have no device to explain a finding on")
+		}
+	}
+	if n := p.nodes["stages"]; n != nil {
+		r.Stages = p.stages
+		if r.Scope == ScopeRun {
+			p.errorf(nodePos(n), "stages: run-scope findings explain no process's time to other rules")
 		}
 	}
 	return r

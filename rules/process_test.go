@@ -1,6 +1,7 @@
 package rules
 
 import (
+	"math"
 	"slices"
 	"strings"
 	"testing"
@@ -16,7 +17,19 @@ var (
 	callDevice  = stack("__schedule", "schedule", "io_schedule", "submit_bio_wait", "blkdev_issue_flush", "blkdev_fsync")
 	callOther   = stack("__schedule", "schedule", "msleep", "acme_wait", "acme_ioctl")
 	callOther2  = stack("__schedule", "schedule", "schedule_timeout", "acme_poll", "acme_read")
+	callJournal = stack("__schedule", "schedule", "jbd2_log_wait_commit", "ext4_sync_file", "do_fsync")
+	callLock    = stack("__schedule", "schedule", "rwsem_down_write_slowpath", "down_write", "ext4_buffered_write_iter")
 )
+
+// commits adds n journal commits of ms each on d, over the run, each one
+// that someone waited for (jbd2, probe writeback).
+func (s *scenario) commits(d event.Device, n int, ms float64) *scenario {
+	for i := range n {
+		s.tl.Add(event.JournalCommit{Start: at(300 + float64(i)*19_000/float64(n)), Duration: msd(ms), Dev: d, FsDev: d.Name,
+			Tid: uint32(i + 1), Sync: true, Logging: msd(ms)})
+	}
+	return s
+}
 
 // calls adds n storage calls of call by tk on d over the run, each ms
 // long and asleep all of it, in the stacks given (an equal part in each):
@@ -70,10 +83,36 @@ func TestUnexplainedLatency(t *testing.T) {
 		{"explained on one device, not on another", newScenario().slow(sda).fast(loop0).
 			calls(ledger, "/db", sda, "pwrite64", 400, 45, callDevice).calls(other, "/", loop0, "fsync", 300, 30, callDevice),
 			[]string{"slow-device", "unexplained-latency"}},
+		// A finding explains the stages its rule declares, of the
+		// processes it names and those on its devices: the rest of
+		// their wait is still unexplained.
+		{"a journal finding names a writer whose wait is mostly a lock", newScenario().fast(loop0).commits(loop0, 50, 30).
+			calls(archiver, "/", loop0, "pwrite64", 40, 50, callLock).calls(archiver, "/", loop0, "fdatasync", 40, 10, callJournal),
+			// The cause found ranks first; what it leaves unexplained follows.
+			[]string{"journal-commit-wait", "unexplained-latency"}},
+		{"a journal finding names a writer whose wait is mostly the journal", newScenario().fast(loop0).commits(loop0, 50, 30).
+			calls(archiver, "/", loop0, "pwrite64", 4, 20, callLock).calls(archiver, "/", loop0, "fdatasync", 100, 30, callJournal),
+			[]string{"journal-commit-wait"}},
+		{"a slow device explains the wait for it, not a lock", newScenario().slow(sda).
+			calls(ledger, "/db", sda, "pwrite64", 400, 45, callDevice).calls(other, "/", sda, "fsync", 300, 30, callLock),
+			[]string{"slow-device", "unexplained-latency"}},
 		{"the victims of a noisy neighbour", newScenario().fast(loop0).
 			use(scan, "/batch", loop0, "read", 90_000, 360_000).use(ledger, "/", loop0, "write", 2000, 6000).
 			calls(ledger, "/", loop0, "fdatasync", 2000, 20, callTagWait, callDevice),
 			[]string{"noisy-neighbour"}},
+	}
+	// What unexplained-latency must say, by test: its time and stages.
+	type left struct {
+		ms                float64
+		stages, explained []string
+	}
+	lefts := map[string]left{
+		// The writes' 2000 ms in the lock; the syncs' 400 ms journal
+		// the journal finding explains.
+		"a journal finding names a writer whose wait is mostly a lock": {2000, []string{"lock"}, []string{"journal"}},
+		// slow-device is about sda but explains no stage of indexer's.
+		"a slow device explains the wait for it, not a lock": {9000, []string{"lock"}, nil},
+		"a writer sleeping in a driver no stage knows":       {5000, []string{"other", "device"}, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -82,6 +121,9 @@ func TestUnexplainedLatency(t *testing.T) {
 				t.Fatalf("findings %v, want %v: %v", got, tt.rules, titles(fs))
 			}
 			for _, f := range fs {
+				if f.Rule == "journal-commit-wait" && !slices.ContainsFunc(f.Processes, func(p Process) bool { return p.Comm == "archiver" }) {
+					t.Errorf("journal-commit-wait names %+v, want archiver, whose syncs waited for the journal", f.Processes)
+				}
 				if f.Rule == "slow-device" && slices.Contains(f.Devices, "sda") {
 					if len(f.Processes) != 1 || f.Processes[0].Comm != "ledger" || f.Processes[0].Part != "victim" {
 						t.Errorf("slow-device names %+v, want ledger, whose calls waited for sda, as its victim", f.Processes)
@@ -104,9 +146,22 @@ func TestUnexplainedLatency(t *testing.T) {
 				if f.Score <= 0 {
 					t.Errorf("score %v: want the slow calls' time", f.Score)
 				}
-				for _, name := range []string{"slow_ms", "stages", "stage_pct", "devices"} {
+				for _, name := range []string{"slow_ms", "unexplained_ms", "stages", "stage_pct", "devices"} {
 					if evidence(f, name) == nil {
 						t.Errorf("no evidence %s: %v", name, f.Evidence)
+					}
+				}
+				// Its time and stages are those no finding explains.
+				if want, ok := lefts[tt.name]; ok {
+					got, _ := evidence(f, "unexplained_ms").(float64)
+					if math.Abs(got-want.ms) > 1 || f.Score != got {
+						t.Errorf("unexplained_ms %v, score %v, want %v", got, f.Score, want.ms)
+					}
+					if st := strsOf(evidence(f, "stages")); !slices.Equal(st, want.stages) {
+						t.Errorf("stages %v, want %v", st, want.stages)
+					}
+					if ex := strsOf(evidence(f, "explained_stages")); !slices.Equal(ex, want.explained) {
+						t.Errorf("explained_stages %v, want %v", ex, want.explained)
 					}
 				}
 			}
@@ -131,4 +186,19 @@ func evidence(f Finding, name string) any {
 		}
 	}
 	return nil
+}
+
+// strsOf returns an evidence value that is a list of strings as one.
+func strsOf(v any) []string {
+	var out []string
+	switch x := v.(type) {
+	case []string:
+		out = x
+	case []any:
+		for _, e := range x {
+			s, _ := e.(string)
+			out = append(out, s)
+		}
+	}
+	return out
 }

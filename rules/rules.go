@@ -19,6 +19,7 @@
 //	precision: Device.Freezes.Sources()  # expr: string or strings, how the facts were measured
 //	needs: [Device.Freezes]         # facts it cannot do without ("A | B": either)
 //	optional: [Device.Stalls]       # other facts, supplied by probes, it reads
+//	stages: [queue_freeze]          # the stages of blocked time its finding explains (absent: all)
 //
 // Expressions (github.com/expr-lang/expr) are compiled once, at load, against
 // a typed environment per scope: DeviceEnv (evaluated per device), CommandEnv
@@ -116,6 +117,11 @@ type Rule struct {
 	// Needs are the facts the rule cannot be evaluated without: for each
 	// item, one of its facts (alternatives) must be supplied (needs.go).
 	Needs [][]string
+	// Stages are the stages (internal/stage) of the blocked time of the
+	// processes and devices its finding is about that the finding
+	// explains; nil when the rule declares none: then it explains all
+	// their time.
+	Stages []string
 
 	when, score, processes       *vm.Program
 	precision                    *vm.Program

@@ -196,9 +196,20 @@ func TestSecondSignalAborts(t *testing.T) {
 			r := startDiagnose(t, "--duration", "60s", "-o", p("old.txt"), "--record", p("run.trace.gz"))
 			fio := scenario.Writer(t, dev, 3*time.Second)
 			time.Sleep(2 * time.Second)
+			// The signal is sent again every 20 ms until whyslow ends: the
+			// probes take longer to stop. Two sent before whyslow ran at
+			// all are one pending signal to the kernel (a loaded machine
+			// can keep it off the CPU for that long), so one sent later
+			// is the second.
 			r.cmd.Process.Signal(sig)
-			time.Sleep(20 * time.Millisecond) // the probes take longer to stop
-			r.cmd.Process.Signal(sig)
+			for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+				select {
+				case <-r.done:
+					deadline = time.Time{}
+				case <-time.After(20 * time.Millisecond):
+					r.cmd.Process.Signal(sig)
+				}
+			}
 			r.wait(t, 10*time.Second)
 			fio.Wait()
 			if want := 128 + int(sig); r.code != want {
@@ -257,9 +268,11 @@ func TestKillDuringRecord(t *testing.T) {
 	scenario.Monitor(t, dev, time.Second)
 	dir := t.TempDir()
 	trace := filepath.Join(dir, "run.trace.gz")
+	// The trace covers the run from its start, before every probe was
+	// attached; fio can take a while to start on a loaded machine.
+	started := time.Now()
 	r := startDiagnose(t, "--duration", "60s", "--record", trace, "-o", os.DevNull)
 	fio := scenario.Writer(t, dev, 8*time.Second)
-	started := time.Now()
 	time.Sleep(5 * time.Second)
 	r.cmd.Process.Kill()
 	r.wait(t, 5*time.Second)

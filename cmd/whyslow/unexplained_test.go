@@ -104,15 +104,16 @@ func TestDiagnoseUnexplainedLatency(t *testing.T) {
 		default:
 			// A frozen filesystem is none of the causes the rules know:
 			// no device, queue, cgroup limit, writeback or neighbour is
-			// to blame.
-			t.Errorf("rule %s claims the frozen filesystem's waits: %q", r, rep.Findings[i].Title)
+			// to blame. On a loaded host another cause may be true of a
+			// small part of the writer's wait (its syncs' journal
+			// commits were slow too): such a finding explains its own
+			// stages only, and must not hide the rest (below). It ranks
+			// first, as every cause found does; the rest follows it.
+			t.Logf("also %s: %q", r, rep.Findings[i].Title)
 		}
 	}
 	if f == nil {
 		t.Fatalf("no unexplained-latency finding")
-	}
-	if f.Rank != 1 {
-		t.Errorf("unexplained-latency ranks %d, want 1 (nothing else is wrong)", f.Rank)
 	}
 	if v := partOf(*f, w.Pid, report.PartVictim); v == nil || v.Cgroup != cg.Path {
 		t.Errorf("processes %+v do not name %s (pid %d, cgroup %s) as the one that waited", f.Processes, w.Name, w.Pid, cg.Path)
@@ -123,6 +124,9 @@ func TestDiagnoseUnexplainedLatency(t *testing.T) {
 	slow, _ := evidenceOf(*f, "slow_ms").(float64)
 	if slow < 1000 {
 		t.Errorf("slow_ms %v: want the seconds %s spent in writes to the frozen filesystem", evidenceOf(*f, "slow_ms"), w.Name)
+	}
+	if left, _ := evidenceOf(*f, "unexplained_ms").(float64); left < 1000 {
+		t.Errorf("unexplained_ms %v: want the seconds %s spent in writes to the frozen filesystem, whatever else a finding explains", evidenceOf(*f, "unexplained_ms"), w.Name)
 	}
 	stages, _ := evidenceOf(*f, "stages").([]any)
 	if len(stages) == 0 {

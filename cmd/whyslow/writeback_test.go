@@ -37,7 +37,7 @@ func TestWritebackCauses(t *testing.T) {
 		rule               string // "" for a control
 		not                string // a control: the rule it must not give
 		names              []string
-		above              string   // a rule that may rank above rule, on the same device
+		above              []string // rules that may rank above rule (a cause on the same device)
 		causes             []string // the processes (name prefixes) above may give as its cause
 	}{
 		{name: "dirty", fstype: "ext4",
@@ -68,11 +68,14 @@ func TestWritebackCauses(t *testing.T) {
 		// A bulk writer floods the device, the reader misses wbt's target,
 		// wbt holds the synced writer back: the flood is the root cause and
 		// may rank first (naming bulk, never one of those it harms), the
-		// throttle must be found with the writer it held.
+		// throttle must be found with the writer it held. The writer's
+		// waits for its own I/O behind the flood, which wbt does not
+		// explain, may outweigh its wait in wbt: unexplained-latency
+		// (naming no cause) may rank first then.
 		{name: "wbt",
 			setup: func(t *testing.T, fs scenario.FS) { deepQueue(t, fs.Dev); wbtLat(t, fs.Dev, "1000") },
 			loads: wbtLoads(secs), rule: "wbt-throttling", names: []string{"victim"},
-			above: "noisy-neighbour", causes: []string{"bulk", "kworker"}},
+			above: []string{"noisy-neighbour"}, causes: []string{"bulk", "kworker"}},
 		{name: "wbt-control", not: "wbt-throttling",
 			setup: func(t *testing.T, fs scenario.FS) { deepQueue(t, fs.Dev); wbtLat(t, fs.Dev, "0") },
 			loads: wbtLoads(secs)},
@@ -104,7 +107,7 @@ func TestWritebackCauses(t *testing.T) {
 				t.Fatal("no finding")
 			}
 			top := rep.Findings[0]
-			if top.Rule != tc.rule && tc.above != "" && top.Rule == tc.above {
+			if top.Rule != tc.rule && slices.Contains(tc.above, top.Rule) {
 				for _, p := range top.Processes {
 					if p.Role == "cause" && !slices.ContainsFunc(tc.causes, func(c string) bool { return strings.HasPrefix(p.Comm, c) }) {
 						t.Errorf("%s ranks first and names %s (pid %d) as its cause, want one of %v", top.Rule, p.Comm, p.Pid, tc.causes)

@@ -130,15 +130,84 @@ type Task struct {
 }
 
 // Explained is what the device and command findings of a run cover: the
-// devices they are about and the tasks they name. Run-scope rules read it
-// (rules.RunEnv) to tell what no finding explains.
+// devices they are about, the tasks they name and, finding by finding
+// (Covers), the stages of those processes' blocked time they explain.
+// Run-scope rules read it (rules.RunEnv) to tell what no finding explains.
 type Explained struct {
+	// Devices and Tasks are those of all the findings together.
 	Devices []string
 	Tasks   Tasks
+	// Covers are what each finding explains. Without them (an Explained
+	// made by hand), Devices and Tasks explain every stage.
+	Covers []Cover
+}
+
+// Cover is what one finding explains: the stages Stages of the blocked
+// time of the processes it names (Tasks), on every device, and of every
+// process on the devices it is about (Devices). Stages nil: every stage,
+// which is what a rule that declares no stages explains.
+type Cover struct {
+	Rule    string
+	Devices []string
+	Tasks   Tasks
+	Stages  []string
 }
 
 // Device reports whether a finding is about device name.
 func (e Explained) Device(name string) bool { return slices.Contains(e.Devices, name) }
+
+// covers returns e.Covers, or one cover of every stage made of Devices and
+// Tasks when there are none.
+func (e Explained) covers() []Cover {
+	if len(e.Covers) > 0 {
+		return e.Covers
+	}
+	if len(e.Devices) == 0 && len(e.Tasks) == 0 {
+		return nil
+	}
+	return []Cover{{Devices: e.Devices, Tasks: e.Tasks}}
+}
+
+// about reports whether the cover's finding names process pid or is about
+// device.
+func (c Cover) about(pid uint32, device string) bool {
+	return slices.Contains(c.Devices, device) || len(Tasks{{Pid: pid, Tgid: pid}}.In(c.Tasks)) > 0
+}
+
+// explains reports whether the cover explains stage st.
+func (c Cover) explains(st string) bool { return c.Stages == nil || slices.Contains(c.Stages, st) }
+
+// About returns the rules of the findings that are about some of the
+// processes ps (name them, or are about a device their calls went to),
+// sorted, each once.
+func (e Explained) About(ps Processes) []string {
+	var out []string
+	for _, c := range e.Covers {
+		if slices.Contains(out, c.Rule) {
+			continue
+		}
+		for _, p := range ps {
+			if p != nil && slices.ContainsFunc(p.Devices, func(d string) bool { return c.about(p.Pid, d) }) {
+				out = append(out, c.Rule)
+				break
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Explains reports whether a finding explains the blocked time of process
+// pid in stage st on device: one that names the process or is about the
+// device, and explains that stage.
+func (e Explained) Explains(pid uint32, device, st string) bool {
+	for _, c := range e.covers() {
+		if c.about(pid, device) && c.explains(st) {
+			return true
+		}
+	}
+	return false
+}
 
 // A task's part in a finding (Task.Part).
 const (

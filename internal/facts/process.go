@@ -52,7 +52,15 @@ type Process struct {
 
 	on    map[string]*Process      // the same process, on one device
 	other map[string]time.Duration // stage other's time by stack (frames)
+	// In a process as Processes.Unexplained gives it: the part (0..1) of
+	// its slow calls' time, per device and call, in stages no finding
+	// explains (1 where not set), and the blocked time findings explain.
+	weight    map[weightKey]float64
+	explained *stageSums
 }
+
+// weightKey is one call of a process on one device.
+type weightKey struct{ device, call string }
 
 // Call is what one system call of a process cost.
 type Call struct {
@@ -62,6 +70,9 @@ type Call struct {
 	Total, Blocked time.Duration
 
 	h hist.Histogram // the latencies Latency summarizes
+	// stages split Blocked by stage (other's by stack), for
+	// Processes.Unexplained; nil for a Call built by hand.
+	stages *stageSums
 }
 
 // StageTime is the time a process spent in one stage.
@@ -333,6 +344,7 @@ func (b *builder) processes() {
 			}
 			a.h.Merge(&g.h)
 			a.blocked = SaturatingAdd(a.blocked, blocked)
+			a.stages.merge(&g.stages)
 		}
 		sums[k.pid].merge(&g.stages)
 		ds := devSums[k.pid][k.device]
@@ -412,17 +424,18 @@ func devCallsOf[V any](m map[string]map[string]V, dev string) map[string]V {
 	return m[dev]
 }
 
-// callAcc sums one system call's latencies and blocked time.
+// callAcc sums one system call's latencies, blocked time and its stages.
 type callAcc struct {
 	h       hist.Histogram
 	blocked time.Duration
+	stages  stageSums
 }
 
 // fill sets a process's calls, totals and stages from its sums.
 func fill(p *Process, acc map[string]*callAcc, sums *stageSums) {
 	for name, a := range acc {
 		total := time.Duration(min(a.h.SumNs, math.MaxInt64))
-		c := &Call{Syscall: name, Latency: latency(&a.h), Total: total, Blocked: a.blocked, h: a.h}
+		c := &Call{Syscall: name, Latency: latency(&a.h), Total: total, Blocked: a.blocked, h: a.h, stages: &a.stages}
 		p.Calls = append(p.Calls, c)
 		p.Total = SaturatingAdd(p.Total, c.Total)
 	}
@@ -519,6 +532,9 @@ func (p *Process) merged(devices []string) *Process {
 			}
 			a.h.Merge(&c.h)
 			a.blocked = SaturatingAdd(a.blocked, c.Blocked)
+			if c.stages != nil {
+				a.stages.merge(c.stages)
+			}
 		}
 		sums.merge(v.sums())
 	}

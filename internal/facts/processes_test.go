@@ -1,12 +1,14 @@
 package facts
 
 import (
+	"math"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/whyslow/whyslow/internal/event"
 	"github.com/whyslow/whyslow/internal/stage"
+	"github.com/whyslow/whyslow/internal/timeline"
 )
 
 // A later record of a process names it: it exec'd, or a wrapper moved it
@@ -115,5 +117,129 @@ func TestProcessesOtherStacks(t *testing.T) {
 	on := Processes(ProcessesOn(run.Processes, map[string]bool{"loop0": true})).OtherStacks(3)
 	if len(on) != 3 || on[0].Frames != "acme_poll <- acme_read" || on[1].Total != 4*time.Millisecond || on[2].Frames != "stacks lost" {
 		t.Errorf("on loop0: %+v", on)
+	}
+}
+
+// callSpec is n storage calls of one kind on loop0 by archiver (pid 300),
+// each as slow as its blocked time: lock, journal and runqueue ms in all.
+type callSpec struct {
+	call                string
+	n                   int
+	lock, journal, runq float64
+}
+
+// writerRun builds a run of archiver's calls.
+func writerRun(calls ...callSpec) *Run {
+	tl := &timeline.Timeline{Start: 0, End: event.Mono(20 * time.Second)}
+	at := event.Mono(20 * time.Second)
+	ms := func(v float64) time.Duration { return time.Duration(v * float64(time.Millisecond)) }
+	lock := frames("__schedule", "schedule", "rwsem_down_write_slowpath", "down_write", "ext4_buffered_write_iter")
+	journal := frames("__schedule", "schedule", "jbd2_log_wait_commit", "ext4_sync_file", "do_fsync")
+	tk := event.Task{Pid: 300, Tgid: 300, Comm: "archiver"}
+	for i, c := range calls {
+		each := ms((c.lock + c.journal + c.runq) / float64(c.n))
+		var lat []uint64
+		for range c.n {
+			lat = append(lat, uint64(each))
+		}
+		tl.Add(event.SyscallStats{Time: at, Pid: 300, Comm: "archiver", Call: c.call, Dev: loop0, Latency: latencies(lat...),
+			Sleep: ms(c.lock + c.journal), Runqueue: ms(c.runq)})
+		for d, st := range map[float64][]event.Frame{c.lock: lock, c.journal: journal} {
+			if d > 0 {
+				tl.Add(event.BlockedStack{Time: at, Pid: 300, Comm: "archiver", Call: c.call, Dev: loop0, Total: ms(d), Count: 1, KernelStack: st})
+			}
+		}
+		for k := range c.n {
+			tl.Add(event.Syscall{Start: event.Mono(time.Duration(i*100+k+1) * 10 * time.Millisecond), Duration: each, Task: tk, Call: c.call, Dev: loop0})
+		}
+	}
+	tl.Device(loop0)
+	tl.Sort()
+	return Build(tl, Options{})
+}
+
+// Findings explain stages: of a process a finding is about, only the
+// blocked time in the stages no finding explains is left, and its slow
+// calls count by that share; runqueue time goes with the other stages.
+func TestProcessesUnexplainedStages(t *testing.T) {
+	journalFinding := Cover{Rule: "journal-commit-wait", Devices: []string{"loop0"}, Tasks: Tasks{{Pid: 300, Tgid: 300}}, Stages: []string{stage.Journal}}
+	byName := Cover{Rule: "journal-commit-wait", Tasks: Tasks{{Pid: 300, Tgid: 300}}, Stages: []string{stage.Journal}}
+	tests := []struct {
+		name   string
+		run    *Run
+		covers []Cover
+		// what is left: of the slow calls (ms), the stages and what the
+		// findings explain; nil stages: the process is left out.
+		unexplainedMs float64
+		stages        map[string]float64
+		explained     map[string]float64
+	}{
+		{"nothing explains it", writerRun(callSpec{"pwrite64", 10, 2000, 0, 500}, callSpec{"fdatasync", 10, 0, 300, 0}), nil,
+			2800, map[string]float64{"lock": 2000, "runqueue": 500, "journal": 300}, nil},
+		{"a journal finding naming a writer that waited for a lock", writerRun(callSpec{"pwrite64", 10, 2000, 0, 500}, callSpec{"fdatasync", 10, 0, 300, 0}),
+			[]Cover{journalFinding}, 2500, map[string]float64{"lock": 2000, "runqueue": 500}, map[string]float64{"journal": 300}},
+		{"named only, not about the device", writerRun(callSpec{"pwrite64", 10, 2000, 0, 500}, callSpec{"fdatasync", 10, 0, 300, 0}),
+			[]Cover{byName}, 2500, map[string]float64{"lock": 2000, "runqueue": 500}, map[string]float64{"journal": 300}},
+		{"a journal finding naming a writer that waited for the journal", writerRun(callSpec{"pwrite64", 2, 20, 0, 0}, callSpec{"fdatasync", 100, 0, 3000, 0}),
+			[]Cover{journalFinding}, 20, map[string]float64{"lock": 20}, map[string]float64{"journal": 3000}},
+		{"runqueue goes with the call's other stages", writerRun(callSpec{"fsync", 10, 600, 200, 400}),
+			[]Cover{journalFinding}, 1200 * 0.75, map[string]float64{"lock": 600, "runqueue": 300}, map[string]float64{"journal": 200}},
+		{"a device finding whose stages cover the process's", writerRun(callSpec{"pwrite64", 10, 2000, 0, 500}),
+			[]Cover{{Rule: "x", Devices: []string{"loop0"}, Stages: []string{stage.Lock}}}, 0, nil, nil},
+		{"a device finding of another stage", writerRun(callSpec{"pwrite64", 10, 2000, 0, 0}),
+			[]Cover{{Rule: "slow-device", Devices: []string{"loop0"}, Stages: []string{stage.Device, stage.TagWait}}}, 2000, map[string]float64{"lock": 2000}, nil},
+		{"a finding of every stage", writerRun(callSpec{"pwrite64", 10, 2000, 0, 0}),
+			[]Cover{{Rule: "mine", Tasks: Tasks{{Pid: 300}}}}, 0, nil, nil},
+		{"a finding on another device", writerRun(callSpec{"pwrite64", 10, 2000, 0, 0}),
+			[]Cover{{Rule: "x", Devices: []string{"vda"}, Stages: []string{stage.Lock}}}, 2000, map[string]float64{"lock": 2000}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := Explained{Covers: tt.covers}
+			ps := tt.run.Processes.Unexplained(e)
+			if tt.stages == nil {
+				if len(ps) != 0 {
+					t.Fatalf("left %v (%v), want nothing", ps.Comms(), ps.Stages())
+				}
+				return
+			}
+			if len(ps) != 1 || ps[0].Pid != 300 {
+				t.Fatalf("left %v, want archiver", ps.Comms())
+			}
+			if got := ps.UnexplainedMs(); math.Abs(got-tt.unexplainedMs) > 0.01 {
+				t.Errorf("UnexplainedMs %v, want %v", got, tt.unexplainedMs)
+			}
+			if got := ps.SlowMs(); math.Abs(got-msOf(tt.run.Processes[0].Slow.total())) > 0.01 {
+				t.Errorf("SlowMs %v, want all the slow calls' time", got)
+			}
+			check := func(what string, got []StageTime, want map[string]float64) {
+				t.Helper()
+				m := map[string]float64{}
+				for _, s := range got {
+					m[s.Stage] = msOf(s.Total)
+					if s.Share <= 0 || s.Share > 1 {
+						t.Errorf("%s: %s share %v", what, s.Stage, s.Share)
+					}
+				}
+				if len(m) != len(want) {
+					t.Errorf("%s %v, want %v", what, m, want)
+				}
+				for st, ms := range want {
+					if math.Abs(m[st]-ms) > 0.01 {
+						t.Errorf("%s %v, want %v", what, m, want)
+					}
+				}
+			}
+			check("stages", ps.Stages(), tt.stages)
+			check("explained", ps.ExplainedStages(), tt.explained)
+			// The floor of unexplained-latency counts only what is left.
+			floor := tt.unexplainedMs - 1
+			if got := ps.Slower(floor, 1).Count(); got != 1 {
+				t.Errorf("Slower(%v) kept %d, want 1", floor, got)
+			}
+			if got := ps.Slower(tt.unexplainedMs+1, 1).Count(); got != 0 {
+				t.Errorf("Slower(%v) kept %d, want 0", tt.unexplainedMs+1, got)
+			}
+		})
 	}
 }
