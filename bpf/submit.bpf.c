@@ -125,15 +125,31 @@ struct io_use {
  * key's hash: cheaper than a hash map on every I/O, with no lock and no
  * shared cache line. User space adds the CPUs' entries of the same key.
  * Sized from user space (io_use_bits); a bio that finds no room is counted
- * in LOSS_MAP_FULL. */
+ * in LOSS_MAP_FULL.
+ *
+ * The table in use is the only entry of io_use (a map of maps): user space
+ * swaps a fresh one in every second or so, which returns once no program
+ * can still write the old one (the kernel waits for the programs running),
+ * then reads the old one whole and adds it to its sums. So the table only
+ * holds the submitters of the last swap's interval, however many come and
+ * go over days, and the swap costs a bio one array lookup. */
 #define IO_USE_PROBES 4
 
-struct {
+struct io_use_table {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1 << 10);
 	__type(key, __u32);
 	__type(value, struct io_use);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, struct io_use_table);
 } io_use SEC(".maps");
+
+KEEP_TYPE(struct io_use, io_use_type);
 
 struct submit_event {
 	__u64 start_ns;
@@ -257,11 +273,17 @@ static __always_inline void io_use_add(struct start *s, __u64 inflight)
 		  ((__u64)s->op << 8 | s->flags);
 	__u32 mask = ((__u32)1 << (io_use_bits & 31)) - 1;
 	__u32 i0 = (__u32)((h * 0x9E3779B97F4A7C15ULL) >> 32);
+	__u32 zero = 0;
+	void *table = bpf_map_lookup_elem(&io_use, &zero);
 
+	if (!table) {
+		lose(LOSS_MAP_FULL); /* no table swapped in yet */
+		return;
+	}
 #pragma unroll
 	for (int i = 0; i < IO_USE_PROBES; i++) {
 		__u32 k = (i0 + i) & mask;
-		struct io_use *u = bpf_map_lookup_elem(&io_use, &k);
+		struct io_use *u = bpf_map_lookup_elem(table, &k);
 
 		if (!u)
 			return;

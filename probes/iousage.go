@@ -2,6 +2,7 @@ package probes
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -20,7 +22,8 @@ import (
 
 // The per-process I/O accounting of the submit probe (bpf/submit.bpf.c,
 // io_use): a per-CPU table of each submitter's completed bios per device,
-// cgroup and kind, read when the probe stops.
+// cgroup and kind, swapped for a fresh one every ioUseSwapEvery and added
+// up here (ioUseSums), read at each checkpoint and when the probe stops.
 
 // Flags of a bio: enum io_flag of submit.bpf.c (bpf2go emits its twin).
 const (
@@ -46,18 +49,26 @@ func ioUseBits(size uint32, cpus int) uint32 {
 	return bits
 }
 
-// sizeIOUse fits the io_use table of a spec to this machine's CPUs and
-// returns log2 of its entries, for io_use_bits.
+// ioUseBitsFixed, when not 0, sizes the io_use table instead of the
+// host's CPUs (tests: a small table whatever the host).
+var ioUseBitsFixed uint32
+
+// sizeIOUse fits the io_use table of a spec (the inner map of io_use) to
+// this machine's CPUs and returns log2 of its entries, for io_use_bits.
 func sizeIOUse(spec *ebpf.CollectionSpec) uint32 {
-	m, ok := spec.Maps["io_use"]
-	if !ok {
+	outer, ok := spec.Maps["io_use"]
+	if !ok || outer.InnerMap == nil {
 		return 0
 	}
+	m := outer.InnerMap
 	cpus, err := ebpf.PossibleCPU()
 	if err != nil || cpus < 1 {
 		cpus = runtime.NumCPU()
 	}
 	bits := ioUseBits(m.ValueSize, cpus)
+	if ioUseBitsFixed != 0 {
+		bits = ioUseBitsFixed
+	}
 	m.MaxEntries = 1 << bits
 	return bits
 }
@@ -69,39 +80,198 @@ type ioUseKey struct {
 	op, flags uint8
 }
 
-// readIOUse adds up the CPUs' entries of io_use by key.
-func readIOUse(m *ebpf.Map) (map[ioUseKey]*submitIoUse, error) {
-	out := map[ioUseKey]*submitIoUse{}
+// ioUseSwapEvery is how often the io_use table in use is swapped for a
+// fresh one and added up (ioUseSums.swap): the table holds the submitters
+// of one such interval only.
+var ioUseSwapEvery = time.Second
+
+// ioUseMaxKeys bounds the keys (process x device x cgroup x kind) the
+// sums hold: those of the running processes, and of the exited ones until
+// a checkpoint delivered them and Prune removed them (serve; a one-shot
+// run keeps every key until it stops). The bios of a key beyond are
+// counted lost. Some 180 bytes each.
+const ioUseMaxKeys = 1 << 16
+
+// ioUseSums is the I/O accounting of the submit probe in user space: the
+// table in use (the only entry of the io_use map of maps), and the sums
+// of the tables swapped out of it, whole since the probe started.
+type ioUseSums struct {
+	mu    sync.Mutex // serializes swaps, reads and prunes
+	outer *ebpf.Map
+	spec  *ebpf.MapSpec // of a table
+	cur   *ebpf.Map     // the table in use
+	sums  map[ioUseKey]*submitIoUse
+	// read are the sums as the last checkpoint delivered them: what Prune
+	// may remove.
+	read map[ioUseKey]submitIoUse
+	// over counts the bios of keys not kept (ioUseMaxKeys).
+	over uint64
+}
+
+// newIOUseSums creates a table of spec and puts it in outer.
+func newIOUseSums(outer *ebpf.Map, spec *ebpf.MapSpec) (*ioUseSums, error) {
+	u := &ioUseSums{outer: outer, spec: spec, sums: map[ioUseKey]*submitIoUse{}}
+	cur, err := ebpf.NewMap(spec)
+	if err != nil {
+		return nil, fmt.Errorf("creating the I/O accounting table: %w", err)
+	}
+	if err := outer.Put(uint32(0), cur); err != nil {
+		cur.Close()
+		return nil, fmt.Errorf("putting the I/O accounting table in use: %w", err)
+	}
+	u.cur = cur
+	return u, nil
+}
+
+// swap puts a fresh table in use and adds the old one to the sums. Put
+// returns once no program can still write the old table (the kernel waits
+// for the running programs when an entry of a map of maps changes), so the
+// old one is read whole. When no fresh table can be made, the one in use
+// stays (and fills, its misses counted).
+func (u *ioUseSums) swap() error {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.swapLocked()
+}
+
+func (u *ioUseSums) swapLocked() error {
+	fresh, err := ebpf.NewMap(u.spec)
+	if err != nil {
+		return fmt.Errorf("creating an I/O accounting table: %w", err)
+	}
+	if err := u.outer.Put(uint32(0), fresh); err != nil {
+		fresh.Close()
+		return fmt.Errorf("swapping the I/O accounting table: %w", err)
+	}
+	old := u.cur
+	u.cur = fresh
+	defer old.Close()
+	return readIOUse(old, u.add)
+}
+
+// add adds one CPU's entry of a table to the sums.
+func (u *ioUseSums) add(e *submitIoUse) {
+	key := ioUseKey{e.Tgid, e.Dev, e.Cgroup, e.Op, e.Flags}
+	sum := u.sums[key]
+	if sum == nil {
+		if len(u.sums) >= ioUseMaxKeys {
+			u.over += e.Ios
+			return
+		}
+		c := *e
+		u.sums[key] = &c
+		return
+	}
+	sum.Ios += e.Ios
+	sum.Requests += e.Requests
+	sum.Bytes += e.Bytes
+	sum.InflightNs += e.InflightNs
+	if sum.Comm[0] == 0 {
+		sum.Comm = e.Comm
+	}
+}
+
+// snapshot swaps the table, and returns a copy of the sums, noted as
+// read (for Prune), and the bios lost to the bound so far.
+func (u *ioUseSums) snapshot() (map[ioUseKey]*submitIoUse, uint64, error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	err := u.swapLocked()
+	out := make(map[ioUseKey]*submitIoUse, len(u.sums))
+	u.read = make(map[ioUseKey]submitIoUse, len(u.sums))
+	for k, v := range u.sums {
+		c := *v
+		out[k] = &c
+		u.read[k] = c
+	}
+	return out, u.over, err
+}
+
+// prune removes the sums of the processes gone (gone) that have not
+// changed since the last snapshot delivered them, and returns the
+// processes whose every sum it removed. A late completion of a process
+// gone, after it, is counted anew.
+func (u *ioUseSums) prune(gone func(tgid uint32) bool) []uint32 {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	kept := map[uint32]bool{}
+	removed := map[uint32]bool{}
+	for k, v := range u.read {
+		if !gone(k.tgid) {
+			continue
+		}
+		if now, ok := u.sums[k]; ok && *now != v {
+			kept[k.tgid] = true // a late completion since: delivered next time
+			continue
+		}
+		delete(u.sums, k)
+		removed[k.tgid] = true
+	}
+	u.read = nil
+	// A key of a removed process read after the snapshot: not all its sums went.
+	for k := range u.sums {
+		if removed[k.tgid] {
+			kept[k.tgid] = true
+		}
+	}
+	var out []uint32
+	for tgid := range removed {
+		if !kept[tgid] {
+			out = append(out, tgid)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// close frees the table in use.
+func (u *ioUseSums) close() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.cur != nil {
+		u.cur.Close()
+		u.cur = nil
+	}
+}
+
+// readIOUse calls add with every CPU's used entry of table m, in batches
+// where the kernel can (5.6+), else one entry at a time.
+func readIOUse(m *ebpf.Map, add func(*submitIoUse)) error {
+	n := int(m.MaxEntries())
+	cpus, err := ebpf.PossibleCPU()
+	if err == nil && n > 0 {
+		keys := make([]uint32, n)
+		vals := make([]submitIoUse, n*cpus)
+		var cursor ebpf.MapBatchCursor
+		got, err := m.BatchLookup(&cursor, keys, vals, nil)
+		if err == nil || errors.Is(err, ebpf.ErrKeyNotExist) {
+			for i := range vals[:got*cpus] {
+				if vals[i].Used != 0 && vals[i].Ios != 0 {
+					add(&vals[i])
+				}
+			}
+			if got == n {
+				return nil
+			}
+			return fmt.Errorf("reading the I/O accounting: %d of %d entries", got, n)
+		}
+	}
 	var (
 		k    uint32
-		cpus []submitIoUse
+		vals []submitIoUse
 	)
 	it := m.Iterate()
-	for it.Next(&k, &cpus) {
-		for _, u := range cpus {
-			if u.Used == 0 || u.Ios == 0 {
-				continue
-			}
-			key := ioUseKey{u.Tgid, u.Dev, u.Cgroup, u.Op, u.Flags}
-			sum := out[key]
-			if sum == nil {
-				c := u
-				out[key] = &c
-				continue
-			}
-			sum.Ios += u.Ios
-			sum.Requests += u.Requests
-			sum.Bytes += u.Bytes
-			sum.InflightNs += u.InflightNs
-			if sum.Comm[0] == 0 {
-				sum.Comm = u.Comm
+	for it.Next(&k, &vals) {
+		for i := range vals {
+			if vals[i].Used != 0 && vals[i].Ios != 0 {
+				add(&vals[i])
 			}
 		}
 	}
 	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("reading the I/O accounting: %w", err)
+		return fmt.Errorf("reading the I/O accounting: %w", err)
 	}
-	return out, nil
+	return nil
 }
 
 // ioUsageEvents turns the table into events, in a stable order: by

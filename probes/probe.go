@@ -127,12 +127,13 @@ type Checkpointer interface {
 	Checkpoint(sink Sink) error
 }
 
-// Pruner is a running probe that keeps sums per process in the kernel
-// (Checkpointer) and can remove those of the processes that had exited
-// when the last Checkpoint read them, whose sums that checkpoint delivered
-// final: an agent that runs for days calls it after each checkpoint it
-// keeps (serve), or the kernel's maps fill with the sums of processes long
-// gone and the new ones' are lost. The states after it lack those sums:
+// Pruner is a running probe that keeps sums per process (Checkpointer:
+// the syscall probe in the kernel's maps and drained from them, the submit
+// probe in user space) and can remove those of the processes that had
+// exited when the last Checkpoint read them, whose sums that checkpoint
+// delivered final: an agent that runs for days calls it after each
+// checkpoint it keeps (serve), or the sums grow with every process long
+// gone until their bound, and the new ones' are lost. The states after it lack those sums:
 // count a window along every checkpoint in it (flight.AddSumsChain). A
 // one-shot run never calls it: its final read has every process's sums.
 // It returns the processes (tgids) whose every sum it removed: a sum of

@@ -181,20 +181,20 @@ func (g *Group) Stop() error {
 
 // Prune removes the sums of exited processes read by the last Checkpoint
 // from every running probe that keeps them (Pruner). Call it right after
-// that Checkpoint, never at the same time as Stop. It returns the
-// processes whose every sum a probe removed (Pruner).
-func (g *Group) Prune() ([]uint32, error) {
+// that Checkpoint, never at the same time as Stop. It returns, by probe
+// name, the processes whose every sum that probe removed (Pruner).
+func (g *Group) Prune() (map[string][]uint32, error) {
 	g.mu.Lock()
 	running := slices.Clone(g.running)
 	g.mu.Unlock()
-	var (
-		msgs    []string
-		removed []uint32
-	)
+	var msgs []string
+	removed := map[string][]uint32{}
 	for _, s := range running {
 		if p, ok := s.r.(Pruner); ok {
 			gone, err := p.Prune()
-			removed = append(removed, gone...)
+			if len(gone) > 0 {
+				removed[s.name] = gone
+			}
 			if err != nil {
 				msgs = append(msgs, s.name+": "+err.Error())
 			}

@@ -60,6 +60,11 @@ type submitRunning struct {
 	ops    *opDecoder
 	done   chan struct{}
 	decode uint64 // records that could not be decoded
+	// use is the I/O accounting, swapped every ioUseSwapEvery until
+	// swapStop closes (swapDone then).
+	use      *ioUseSums
+	swapStop chan struct{}
+	swapDone chan struct{}
 
 	stopOnce sync.Once
 	stopErr  error
@@ -98,7 +103,9 @@ func startSubmit(cfg Config, sink Sink) (_ *submitRunning, err error) {
 	if err := spec.Variables["io_use_bits"].Set(sizeIOUse(spec)); err != nil {
 		return nil, fmt.Errorf("setting io_use_bits: %w", err)
 	}
-	r := &submitRunning{sink: sink, sysfs: cfg.SysFS, procfs: cfg.ProcFS, ops: ops, done: make(chan struct{})}
+	tableSpec := spec.Maps["io_use"].InnerMap.Copy()
+	r := &submitRunning{sink: sink, sysfs: cfg.SysFS, procfs: cmpOr(cfg.ProcFS, "/proc"), ops: ops, done: make(chan struct{}),
+		swapStop: make(chan struct{}), swapDone: make(chan struct{})}
 	if err := spec.LoadAndAssign(&r.objs, collectionOptions(kernel)); err != nil {
 		return nil, fmt.Errorf("loading objects: %w", err)
 	}
@@ -108,9 +115,15 @@ func startSubmit(cfg Config, sink Sink) (_ *submitRunning, err error) {
 			if r.rd != nil {
 				r.rd.Close()
 			}
+			if r.use != nil {
+				r.use.close()
+			}
 			r.objs.Close()
 		}
 	}()
+	if r.use, err = newIOUseSums(r.objs.IoUse, tableSpec); err != nil {
+		return nil, err
+	}
 	if r.rd, err = ringbuf.NewReader(r.objs.Events); err != nil {
 		return nil, fmt.Errorf("opening ring buffer: %w", err)
 	}
@@ -133,7 +146,25 @@ func startSubmit(cfg Config, sink Sink) (_ *submitRunning, err error) {
 		defer close(r.done)
 		readRing(r.rd, r.sink, event.ProbeSubmit, r.handle)
 	}()
+	go r.swapLoop()
 	return r, nil
+}
+
+// swapLoop swaps the I/O accounting table every ioUseSwapEvery until
+// swapStop closes. A swap that fails leaves the table in use (its misses
+// counted); the next may succeed.
+func (r *submitRunning) swapLoop() {
+	defer close(r.swapDone)
+	t := time.NewTicker(ioUseSwapEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.swapStop:
+			return
+		case <-t.C:
+			_ = r.use.swap()
+		}
+	}
 }
 
 func (r *submitRunning) handle(raw []byte) {
@@ -168,19 +199,36 @@ func (r *submitRunning) Checkpoint(sink Sink) error {
 		return err
 	}
 	deliverDevHists(sink, timeline.HistSubmit, r.sysfs, hs, names)
-	use, err := readIOUse(r.objs.IoUse)
-	if err != nil {
-		return err
-	}
 	now, err := event.Now()
 	if err != nil {
 		return err
 	}
+	err = r.deliverIOUse(sink, names, now)
+	deliverLosses(sink, event.ProbeSubmit, r.objs.Losses)
+	return err
+}
+
+// ioUseOverWhat is how the bios of keys beyond ioUseMaxKeys are reported.
+const ioUseOverWhat = "I/O accounting full (processes x devices x cgroups x kinds): bios not counted per process"
+
+// deliverIOUse swaps the I/O accounting table and delivers the sums, whole
+// since the probe started, read at now, and the bios beyond their bound.
+func (r *submitRunning) deliverIOUse(sink Sink, names map[uint32]string, now event.Mono) error {
+	use, over, err := r.use.snapshot()
 	for _, e := range ioUsageEvents(use, r.ops, names, r.procfs, r.sysfs, now) {
 		sink.Event(e)
 	}
-	deliverLosses(sink, event.ProbeSubmit, r.objs.Losses)
-	return nil
+	if over > 0 {
+		sink.Loss(event.Loss{Probe: event.ProbeSubmit, What: ioUseOverWhat, Count: over})
+	}
+	return err
+}
+
+// Prune implements Pruner: it removes the I/O sums of the processes that
+// have exited (their /proc entry is gone) and that the last Checkpoint
+// delivered final (unchanged since).
+func (r *submitRunning) Prune() ([]uint32, error) {
+	return r.use.prune(func(tgid uint32) bool { return procGone(r.procfs, tgid) }), nil
 }
 
 // Stop detaches the programs, delivers the buffered slow submissions, the
@@ -189,6 +237,8 @@ func (r *submitRunning) Checkpoint(sink Sink) error {
 func (r *submitRunning) Stop() error {
 	r.stopOnce.Do(func() {
 		closeAll(r.links)
+		close(r.swapStop)
+		<-r.swapDone
 		now, _ := event.Now()
 		_ = r.rd.Flush()
 		<-r.done
@@ -199,16 +249,13 @@ func (r *submitRunning) Stop() error {
 		} else {
 			deliverDevHists(r.sink, timeline.HistSubmit, r.sysfs, hs, names)
 		}
-		if use, err := readIOUse(r.objs.IoUse); err != nil {
+		if err := r.deliverIOUse(r.sink, names, now); err != nil {
 			r.sink.Loss(event.Loss{Probe: event.ProbeSubmit, What: "I/O accounting unreadable", Count: 1})
 			if r.stopErr == nil {
 				r.stopErr = err
 			}
-		} else {
-			for _, e := range ioUsageEvents(use, r.ops, names, r.procfs, r.sysfs, now) {
-				r.sink.Event(e)
-			}
 		}
+		r.use.close()
 		deliverLosses(r.sink, event.ProbeSubmit, r.objs.Losses)
 		if r.decode > 0 {
 			r.sink.Loss(event.Loss{Probe: event.ProbeSubmit, What: "undecodable record", Count: r.decode})

@@ -140,6 +140,7 @@ const (
 	submitVarHistLayoutType  = "hist_layout_type"
 	submitVarIoFlagType      = "io_flag_type"
 	submitVarIoUseBits       = "io_use_bits"
+	submitVarIoUseType       = "io_use_type"
 	submitVarLossKindType    = "loss_kind_type"
 	submitVarMinLatencyNs    = "min_latency_ns"
 	submitVarReqFua          = "req_fua"
@@ -225,6 +226,7 @@ type submitVariableSpecs struct {
 	HistLayoutType  *ebpf.VariableSpec `ebpf:"hist_layout_type"`
 	IoFlagType      *ebpf.VariableSpec `ebpf:"io_flag_type"`
 	IoUseBits       *ebpf.VariableSpec `ebpf:"io_use_bits"`
+	IoUseType       *ebpf.VariableSpec `ebpf:"io_use_type"`
 	LossKindType    *ebpf.VariableSpec `ebpf:"loss_kind_type"`
 	MinLatencyNs    *ebpf.VariableSpec `ebpf:"min_latency_ns"`
 	ReqFua          *ebpf.VariableSpec `ebpf:"req_fua"`
@@ -289,6 +291,7 @@ type submitVariables struct {
 	HistLayoutType  *ebpf.Variable `ebpf:"hist_layout_type"`
 	IoFlagType      *ebpf.Variable `ebpf:"io_flag_type"`
 	IoUseBits       *ebpf.Variable `ebpf:"io_use_bits"`
+	IoUseType       *ebpf.Variable `ebpf:"io_use_type"`
 	LossKindType    *ebpf.Variable `ebpf:"loss_kind_type"`
 	MinLatencyNs    *ebpf.Variable `ebpf:"min_latency_ns"`
 	ReqFua          *ebpf.Variable `ebpf:"req_fua"`

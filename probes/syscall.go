@@ -176,6 +176,15 @@ type syscallRunning struct {
 	// unread are the processes named, gone and in none of the sums at the
 	// last Prune (under sums): at the next, their names go.
 	unread map[uint32]bool
+	// drained are the final sums of exited processes, moved out of the
+	// kernel's maps by drain (under sums): a key's sum is its entry in
+	// the map plus its drained sum, until Prune removes both.
+	drained syscallDrained
+	// drainedGone are the processes named (procs) found gone by a drain
+	// (under sums): a later drain looks for others.
+	drainedGone map[uint32]bool
+	// drainStop ends the drain loop (drainDone then).
+	drainStop, drainDone chan struct{}
 
 	mu    sync.Mutex
 	procs map[uint32]*event.Process // by pid
@@ -193,6 +202,213 @@ type syscallRead struct {
 	hists   map[syscallScHistKey]histMark
 	blocked map[syscallScBlockedKey]syscallScBlocked
 	mem     map[syscallScMemKey]syscallScMemStall
+}
+
+// syscallDrained are the sums drain moved out of the kernel's maps, by
+// key.
+type syscallDrained struct {
+	hists   map[syscallScHistKey]*drainedHist
+	blocked map[syscallScBlockedKey]*syscallScBlocked
+	mem     map[syscallScMemKey]*syscallScMemStall
+}
+
+// drainedHist is a call histogram drained, its non-empty slots only (an
+// exited process's calls fill a few of the 328: some 100 bytes, where the
+// map's entry takes 2.7 KB).
+type drainedHist struct {
+	sumNs, maxNs, sleepNs, runqNs uint64
+	slots                         []uint16
+	counts                        []uint64
+}
+
+// absorbHist adds a map entry to a drained histogram.
+func absorbHist(d *drainedHist, v *syscallScHist) {
+	var full syscallScHist
+	if len(d.slots) > 0 || d.sumNs > 0 {
+		addDrainedHist(&full, d)
+	}
+	addHist(&full, v)
+	*d = drainedHist{sumNs: full.SumNs, maxNs: full.MaxNs, sleepNs: full.SleepNs, runqNs: full.RunqNs}
+	for i, n := range full.Slots {
+		if n > 0 {
+			d.slots = append(d.slots, uint16(i))
+			d.counts = append(d.counts, n)
+		}
+	}
+}
+
+// addDrainedHist adds a drained histogram to a map entry.
+func addDrainedHist(v *syscallScHist, d *drainedHist) {
+	v.SumNs += d.sumNs
+	v.MaxNs = max(v.MaxNs, d.maxNs)
+	v.SleepNs += d.sleepNs
+	v.RunqNs += d.runqNs
+	for i, s := range d.slots {
+		v.Slots[s] += d.counts[i]
+	}
+}
+
+// syscallDrainEvery is how often the sums of exited processes are moved
+// out of the kernel's maps (drain): the maps hold the processes of one
+// such interval that exited, besides the running ones.
+var syscallDrainEvery = time.Second
+
+// How many keys the drained sums hold at most, per map: beyond, the sums
+// of exited processes stay in the kernel's maps (and when those fill, the
+// new ones are counted lost). Some 1 MB, 2 MB and 0.5 MB. Prune empties
+// them at each checkpoint serve keeps; a one-shot run keeps them to its
+// end. A checkpoint delivers each key as an event, whose histogram takes
+// 2.7 KB: the 10240 histograms of a checkpoint with both full take 27 MB.
+const (
+	syscallDrainedHists   = 8192
+	syscallDrainedBlocked = 4 * 16384
+	syscallDrainedMem     = 4 * 4096
+)
+
+func addBlocked(a, b *syscallScBlocked) {
+	a.Ns += b.Ns
+	a.Count += b.Count
+}
+
+func addMemStall(a, b *syscallScMemStall) {
+	a.Ns += b.Ns
+	a.Count += b.Count
+	a.MaxNs = max(a.MaxNs, b.MaxNs)
+}
+
+// readSums calls fn with each entry of kernel map m plus its key's drained
+// sum (addTo), then with each drained sum whose key m does not hold.
+func readSums[K comparable, V, D any](m sumMap[K, V], drained map[K]*D, addTo func(v *V, d *D), fn func(k K, v *V)) error {
+	var seen map[K]bool
+	if len(drained) > 0 {
+		seen = make(map[K]bool, len(drained))
+	}
+	err := m.iterate(func(k K, v *V) {
+		if d := drained[k]; d != nil {
+			addTo(v, d)
+			seen[k] = true
+		}
+		fn(k, v)
+	})
+	if err != nil {
+		return err
+	}
+	for k, d := range drained {
+		if !seen[k] {
+			var c V
+			addTo(&c, d)
+			fn(k, &c)
+		}
+	}
+	return nil
+}
+
+// drainSums moves the entries of kernel map m whose process is gone into
+// drained (absorb; at most room keys), and returns how many it moved.
+// Each entry is read again right before it is deleted: an entry of a
+// process gone changes no more (only a new process given the same pid in
+// between could add to it).
+func drainSums[K comparable, V, D any](m sumMap[K, V], drained map[K]*D, room int, tgidOf func(*K) uint32, gone func(uint32) bool, absorb func(d *D, v *V)) (int, error) {
+	var keys []K
+	err := m.iterate(func(k K, _ *V) {
+		if gone(tgidOf(&k)) {
+			keys = append(keys, k)
+		}
+	})
+	if err != nil {
+		return 0, err
+	}
+	moved := 0
+	var errs []error
+	var v V
+	for _, k := range keys {
+		d := drained[k]
+		if d == nil && len(drained) >= room {
+			break
+		}
+		if err := m.lookup(k, &v); err != nil {
+			if !errors.Is(err, ebpf.ErrKeyNotExist) {
+				errs = append(errs, err)
+			}
+			continue
+		}
+		if err := m.remove(k); err != nil {
+			if !errors.Is(err, ebpf.ErrKeyNotExist) {
+				errs = append(errs, err)
+			}
+			continue
+		}
+		if d == nil {
+			d = new(D)
+			drained[k] = d
+		}
+		absorb(d, &v)
+		moved++
+	}
+	return moved, errors.Join(errs...)
+}
+
+// drainLoop drains every syscallDrainEvery until drainStop closes.
+func (r *syscallRunning) drainLoop() {
+	defer close(r.drainDone)
+	t := time.NewTicker(syscallDrainEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.drainStop:
+			return
+		case <-t.C:
+			_ = r.drain()
+		}
+	}
+}
+
+// drain moves the final sums of the processes that have exited out of
+// the kernel's maps (into r.drained), so that the maps hold the running
+// processes' and few more, however many processes come and go between two
+// checkpoints; a checkpoint reads each key as its entry plus its drained
+// sum, so the sums stay whole. It looks at the maps only when a process
+// named by a record has exited since the last drain.
+func (r *syscallRunning) drain() error {
+	r.sums.Lock()
+	defer r.sums.Unlock()
+	r.mu.Lock()
+	var named []uint32
+	for tgid := range r.procs {
+		if !r.drainedGone[tgid] {
+			named = append(named, tgid)
+		}
+	}
+	r.mu.Unlock()
+	memo := map[uint32]bool{}
+	gone := func(tgid uint32) bool {
+		g, ok := memo[tgid]
+		if !ok {
+			g = procGone(r.procfs, tgid)
+			memo[tgid] = g
+		}
+		return g
+	}
+	exited := false
+	for _, tgid := range named {
+		if gone(tgid) {
+			exited = true
+			r.drainedGone[tgid] = true
+		}
+	}
+	if !exited {
+		return nil
+	}
+	_, e1 := drainSums[syscallScHistKey, syscallScHist](histSums{r}, r.drained.hists, syscallDrainedHists,
+		func(k *syscallScHistKey) uint32 { return k.Tgid }, gone, absorbHist)
+	_, e2 := drainSums(sumMap[syscallScBlockedKey, syscallScBlocked](plainSums[syscallScBlockedKey, syscallScBlocked]{r.coll.Maps["blocked"]}), r.drained.blocked, syscallDrainedBlocked,
+		func(k *syscallScBlockedKey) uint32 { return k.Tgid }, gone, addBlocked)
+	_, e3 := drainSums(sumMap[syscallScMemKey, syscallScMemStall](plainSums[syscallScMemKey, syscallScMemStall]{r.coll.Maps["mem_stalls"]}), r.drained.mem, syscallDrainedMem,
+		func(k *syscallScMemKey) uint32 { return k.Tgid }, gone, addMemStall)
+	if err := errors.Join(e1, e2, e3); err != nil {
+		return fmt.Errorf("draining the sums of exited processes: %w", err)
+	}
+	return nil
 }
 
 // histMark is what any call or sleep counted in a call histogram changes.
@@ -299,7 +515,10 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 	}
 	procfs := cmpOr(cfg.ProcFS, "/proc")
 	r := &syscallRunning{cfg: cfg, sink: sink, coll: coll, done: make(chan struct{}), procfs: procfs,
-		procs: map[uint32]*event.Process{}, devs: map[uint32]event.Device{}, comms: map[uint32]string{}, seen: map[uint32]seenAs{}}
+		procs: map[uint32]*event.Process{}, devs: map[uint32]event.Device{}, comms: map[uint32]string{}, seen: map[uint32]seenAs{},
+		drained: syscallDrained{hists: map[syscallScHistKey]*drainedHist{}, blocked: map[syscallScBlockedKey]*syscallScBlocked{},
+			mem: map[syscallScMemKey]*syscallScMemStall{}},
+		drainedGone: map[uint32]bool{}, drainStop: make(chan struct{}), drainDone: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			closeAll(r.links)
@@ -403,6 +622,7 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 		defer close(r.done)
 		readRing(r.rd, r.sink, event.ProbeSyscall, r.handle)
 	}()
+	go r.drainLoop()
 	return r, nil
 }
 
@@ -588,6 +808,8 @@ func wholeDisk(sysfs string, major, minor uint32) event.Device {
 func (r *syscallRunning) Stop() error {
 	r.stopOnce.Do(func() {
 		closeAll(r.links)
+		close(r.drainStop)
+		<-r.drainDone
 		_ = r.rd.Flush()
 		<-r.done
 		r.rd.Close()
@@ -684,39 +906,103 @@ func (r *syscallRunning) callHists() (map[syscallScHistKey]*syscallScHist, error
 }
 
 // callHist reads the histogram of one process x device x call, summed
-// over the CPUs and the spill map.
+// over the CPUs and the spill map; ebpf.ErrKeyNotExist when neither holds
+// it.
 func (r *syscallRunning) callHist(k syscallScHistKey) (syscallScHist, error) {
 	var (
 		sum  syscallScHist
 		cpus []syscallScHist
 		v    syscallScHist
 	)
+	found := false
 	err := r.coll.Maps["call_hists"].Lookup(k, &cpus)
-	for i := range cpus {
-		addHist(&sum, &cpus[i])
-	}
-	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err == nil {
+		found = true
+		for i := range cpus {
+			addHist(&sum, &cpus[i])
+		}
+	} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return sum, err
 	}
 	err = r.coll.Maps["call_hists_spill"].Lookup(k, &v)
 	if err == nil {
+		found = true
 		addHist(&sum, &v)
 	} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return sum, err
 	}
+	if !found {
+		return sum, ebpf.ErrKeyNotExist
+	}
 	return sum, nil
 }
 
-func (r *syscallRunning) deliverStats(sink Sink, now event.Mono) error {
-	hs, err := r.callHists()
+// sumMap is a kernel map of sums as the reads, the drain and Prune see
+// it: a plain hash map, or the call histograms (per-CPU and spilled).
+type sumMap[K comparable, V any] interface {
+	// iterate calls fn with each entry.
+	iterate(fn func(k K, v *V)) error
+	// lookup reads k's entry: ebpf.ErrKeyNotExist when there is none.
+	lookup(k K, v *V) error
+	// remove deletes k's entry (wherever it is held).
+	remove(k K) error
+}
+
+// plainSums is a hash map of sums.
+type plainSums[K comparable, V any] struct{ m *ebpf.Map }
+
+func (p plainSums[K, V]) iterate(fn func(k K, v *V)) error {
+	var (
+		k K
+		v V
+	)
+	it := p.m.Iterate()
+	for it.Next(&k, &v) {
+		fn(k, &v)
+	}
+	return it.Err()
+}
+
+func (p plainSums[K, V]) lookup(k K, v *V) error { return p.m.Lookup(&k, v) }
+func (p plainSums[K, V]) remove(k K) error       { return p.m.Delete(&k) }
+
+// histSums are the call histograms: call_hists summed over the CPUs, and
+// call_hists_spill.
+type histSums struct{ r *syscallRunning }
+
+func (h histSums) iterate(fn func(k syscallScHistKey, v *syscallScHist)) error {
+	hs, err := h.r.callHists()
 	if err != nil {
 		return err
 	}
 	for k, v := range hs {
+		fn(k, v)
+	}
+	return nil
+}
+
+func (h histSums) lookup(k syscallScHistKey, v *syscallScHist) error {
+	sum, err := h.r.callHist(k)
+	*v = sum
+	return err
+}
+
+func (h histSums) remove(k syscallScHistKey) error {
+	var errs []error
+	for _, m := range []*ebpf.Map{h.r.coll.Maps["call_hists"], h.r.coll.Maps["call_hists_spill"]} {
+		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (r *syscallRunning) deliverStats(sink Sink, now event.Mono) error {
+	err := readSums[syscallScHistKey, syscallScHist](histSums{r}, r.drained.hists, addDrainedHist, func(k syscallScHistKey, v *syscallScHist) {
 		r.read.hists[k] = markOf(v)
 		name := syscallName(k.Nr)
 		if name == "" || k.Dev == uint32(syscallScDevDEV_PENDING) {
-			continue
+			return
 		}
 		// A process whose first record was lost is named now, if it
 		// still runs.
@@ -724,13 +1010,16 @@ func (r *syscallRunning) deliverStats(sink Sink, now event.Mono) error {
 		var h hist.Histogram
 		addSlots(&h, v.Slots[:])
 		if h.Count == 0 {
-			continue
+			return
 		}
 		h.SumNs, h.MaxNs = v.SumNs, v.MaxNs
 		sink.Event(event.SyscallStats{
 			Time: now, Pid: k.Tgid, Comm: r.comm(k.Tgid), Call: name, Dev: r.device(k.Dev),
 			Latency: h, Sleep: time.Duration(v.SleepNs), Runqueue: time.Duration(v.RunqNs),
 		})
+	})
+	if err != nil {
+		return fmt.Errorf("reading call histograms: %w", err)
 	}
 	return nil
 }
@@ -769,48 +1058,38 @@ func (r *syscallRunning) deliverBlocked(sink Sink, now event.Mono) error {
 		cache.put(addrs, fr)
 		return fr
 	}
-	var (
-		k syscallScBlockedKey
-		v syscallScBlocked
-	)
-	it := r.coll.Maps["blocked"].Iterate()
-	for it.Next(&k, &v) {
-		r.read.blocked[k] = v
+	err := readSums(sumMap[syscallScBlockedKey, syscallScBlocked](plainSums[syscallScBlockedKey, syscallScBlocked]{r.coll.Maps["blocked"]}), r.drained.blocked, addBlocked, func(k syscallScBlockedKey, v *syscallScBlocked) {
+		r.read.blocked[k] = *v
 		name := syscallName(k.Nr)
 		if name == "" || v.Ns == 0 || k.Dev == uint32(syscallScDevDEV_PENDING) {
-			continue
+			return
 		}
 		sink.Event(event.BlockedStack{
 			Time: now, Pid: k.Tgid, Comm: r.comm(k.Tgid), Call: name, Dev: r.device(k.Dev),
 			Total: time.Duration(v.Ns), Count: v.Count, KernelStack: frames(k.Stackid),
 			Unwalked: k.Stackid == syscallNotWalked,
 		})
-	}
-	if err := it.Err(); err != nil {
+	})
+	if err != nil {
 		return fmt.Errorf("reading blocked time: %w", err)
 	}
 	return nil
 }
 
 func (r *syscallRunning) deliverMemStalls(sink Sink, now event.Mono) error {
-	var (
-		k syscallScMemKey
-		v syscallScMemStall
-	)
-	it := r.coll.Maps["mem_stalls"].Iterate()
-	for it.Next(&k, &v) {
-		r.read.mem[k] = v
+	err := readSums(sumMap[syscallScMemKey, syscallScMemStall](plainSums[syscallScMemKey, syscallScMemStall]{r.coll.Maps["mem_stalls"]}), r.drained.mem, addMemStall, func(k syscallScMemKey, v *syscallScMemStall) {
+		r.read.mem[k] = *v
 		name := syscallName(k.Nr)
 		if name == "" || v.Ns == 0 || k.Dev == uint32(syscallScDevDEV_PENDING) || k.Kind >= uint32(len(syscallMemStalls)) {
-			continue
+			return
 		}
 		sink.Event(event.MemStall{
 			Time: now, Pid: k.Tgid, Comm: r.comm(k.Tgid), Call: name, Dev: r.device(k.Dev),
 			Kind: syscallMemStalls[k.Kind].kind, Total: time.Duration(v.Ns), Count: v.Count,
 			Max: time.Duration(v.MaxNs),
 		})
-	}
-	if err := it.Err(); err != nil {
+	})
+	if err != nil {
 		return fmt.Errorf("reading memory stalls: %w", err)
 	}
 	return nil
@@ -827,60 +1106,33 @@ func (r *syscallRunning) Prune() ([]uint32, error) {
 	gone := func(tgid uint32) bool {
 		g, ok := goneMemo[tgid]
 		if !ok {
-			_, err := os.Stat(filepath.Join(r.procfs, strconv.Itoa(int(tgid))))
-			g = errors.Is(err, os.ErrNotExist)
+			g = procGone(r.procfs, tgid)
 			goneMemo[tgid] = g
 		}
 		return g
 	}
 	kept := map[uint32]bool{} // processes gone with an entry left
 	var errs []error
-	del := func(key any, ms ...*ebpf.Map) error {
-		var errs []error
-		for _, m := range ms {
-			if err := m.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				errs = append(errs, err)
-			}
-		}
-		return errors.Join(errs...)
-	}
-	prune := func(tgid uint32, same func() (bool, error), remove func() error) {
-		if !gone(tgid) {
-			return
-		}
-		ok, err := same()
-		if err == nil && ok {
-			if err = remove(); err == nil {
-				return
-			}
-		}
-		kept[tgid] = true
-		if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			errs = append(errs, err)
-		}
-	}
-	hists, spill := r.coll.Maps["call_hists"], r.coll.Maps["call_hists_spill"]
+	hists := histSums{r}
+	blocked := plainSums[syscallScBlockedKey, syscallScBlocked]{r.coll.Maps["blocked"]}
+	mem := plainSums[syscallScMemKey, syscallScMemStall]{r.coll.Maps["mem_stalls"]}
 	for k, v := range r.read.hists {
-		prune(k.Tgid, func() (bool, error) {
-			now, err := r.callHist(k)
-			return markOf(&now) == v, err
-		}, func() error { return del(k, hists, spill) })
+		if gone(k.Tgid) {
+			err := pruneSum(hists, k, r.drained.hists, addDrainedHist, func(now *syscallScHist) bool { return markOf(now) == v })
+			keep(kept, &errs, k.Tgid, err)
+		}
 	}
-	blocked := r.coll.Maps["blocked"]
 	for k, v := range r.read.blocked {
-		prune(k.Tgid, func() (bool, error) {
-			var now syscallScBlocked
-			err := blocked.Lookup(k, &now)
-			return now == v, err
-		}, func() error { return del(k, blocked) })
+		if gone(k.Tgid) {
+			err := pruneSum(blocked, k, r.drained.blocked, addBlocked, func(now *syscallScBlocked) bool { return *now == v })
+			keep(kept, &errs, k.Tgid, err)
+		}
 	}
-	mem := r.coll.Maps["mem_stalls"]
 	for k, v := range r.read.mem {
-		prune(k.Tgid, func() (bool, error) {
-			var now syscallScMemStall
-			err := mem.Lookup(k, &now)
-			return now == v, err
-		}, func() error { return del(k, mem) })
+		if gone(k.Tgid) {
+			err := pruneSum(mem, k, r.drained.mem, addMemStall, func(now *syscallScMemStall) bool { return *now == v })
+			keep(kept, &errs, k.Tgid, err)
+		}
 	}
 	r.read = syscallRead{}
 	r.mu.Lock()
@@ -888,6 +1140,7 @@ func (r *syscallRunning) Prune() ([]uint32, error) {
 		delete(r.procs, tgid)
 		delete(r.comms, tgid)
 		delete(r.seen, tgid)
+		delete(r.drainedGone, tgid)
 	}
 	var removed []uint32
 	for tgid, g := range goneMemo {
@@ -926,6 +1179,57 @@ func (r *syscallRunning) Prune() ([]uint32, error) {
 		return removed, fmt.Errorf("removing the sums of exited processes: %w", errors.Join(errs...))
 	}
 	return removed, nil
+}
+
+// errKept says a sum was not removed: it changed since it was read.
+var errKept = errors.New("changed since read")
+
+// keep notes in kept that tgid keeps a sum when err says so, and in errs
+// the errors other than that.
+func keep(kept map[uint32]bool, errs *[]error, tgid uint32, err error) {
+	if err == nil {
+		return
+	}
+	kept[tgid] = true
+	if !errors.Is(err, errKept) {
+		*errs = append(*errs, err)
+	}
+}
+
+// pruneSum removes key k's sum, its entry in kernel map m and its drained
+// sum, when the two together are as last read (same): final. It returns
+// errKept when they are not.
+func pruneSum[K comparable, V, D any](m sumMap[K, V], k K, drained map[K]*D, addTo func(v *V, d *D), same func(*V) bool) error {
+	var now V
+	err := m.lookup(k, &now)
+	inMap := err == nil
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return err
+	}
+	d := drained[k]
+	if d != nil {
+		addTo(&now, d)
+	}
+	if !inMap && d == nil {
+		return nil // removed already
+	}
+	if !same(&now) {
+		return errKept
+	}
+	if inMap {
+		if err := m.remove(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return err
+		}
+	}
+	delete(drained, k)
+	return nil
+}
+
+// procGone reports whether process tgid has exited and been reaped: its
+// procfs entry is gone.
+func procGone(procfs string, tgid uint32) bool {
+	_, err := os.Stat(filepath.Join(procfs, strconv.Itoa(int(tgid))))
+	return errors.Is(err, os.ErrNotExist)
 }
 
 // deliverScLosses sends the non-zero counts of the per-CPU `sc_losses`

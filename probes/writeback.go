@@ -5,11 +5,13 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -37,8 +39,8 @@ func (writebackProbe) Decl() Decl {
 		Name:       event.ProbeWriteback,
 		Mechanisms: []Rung{{Mech: event.MechTracepoint}},
 		Describe:   "write-back throttles and journal commits: wbt scaling, writers paused for dirty pages, jbd2 commits and whose data they wrote",
-		Attach:     "tracepoints `wbt:wbt_step`, `wbt_lat`, `wbt_stat`, `writeback:balance_dirty_pages`, `writeback_dirty_folio` (5.10: `writeback_dirty_page`), `jbd2:jbd2_start_commit` .. `jbd2_end_commit`, `jbd2_run_stats`, `jbd2_submit_inode_data`; /proc/sys/vm/dirty_*, queue/wbt_lat_usec, /proc/self/mountinfo",
-		Records:    "wbt steps, latency targets, the latencies that missed them and the latencies of its windows while scaled, per device; each dirty-throttle pause with the limits in force; each journal commit with its phases, and the inodes whose data it wrote with their dirtier; the dirty sysctls; mounts",
+		Attach:     "tracepoints `wbt:wbt_step`, `wbt_lat`, `wbt_stat`, `writeback:balance_dirty_pages`, `writeback_dirty_folio` (5.10: `writeback_dirty_page`), `jbd2:jbd2_start_commit` .. `jbd2_end_commit`, `jbd2_run_stats`, `jbd2_submit_inode_data`; /proc/sys/vm/dirty_*, /proc/vmstat's nr_dirty_threshold, /proc/meminfo, queue/wbt_lat_usec, /proc/self/mountinfo, the paused writers' cgroup v2 memory.max and memory.high",
+		Records:    "wbt steps, latency targets, the latencies that exceeded them and the latencies of its windows while scaled, per device; each dirty-throttle pause with the limits in force and its memory cgroup's; each journal commit with its phases, and the inodes whose data it wrote with their dirtier; the dirty sysctls; mounts",
 	}
 }
 
@@ -80,6 +82,8 @@ type writebackRunning struct {
 	mu   sync.Mutex
 	devs map[string]event.Device // by "MAJ:MIN"
 
+	memcgs map[uint64]memcgLimits // by cgroup inode; read by the ring's reader only
+
 	stopOnce sync.Once
 	stopErr  error
 }
@@ -106,7 +110,8 @@ func startWriteback(cfg Config, sink Sink) (_ *writebackRunning, note string, er
 	if err != nil {
 		return nil, "", fmt.Errorf("loading objects: %w", err)
 	}
-	r := &writebackRunning{cfg: cfg, sink: sink, coll: coll, done: make(chan struct{}), devs: map[string]event.Device{}}
+	r := &writebackRunning{cfg: cfg, sink: sink, coll: coll, done: make(chan struct{}), devs: map[string]event.Device{},
+		memcgs: map[uint64]memcgLimits{}}
 	defer func() {
 		if err != nil {
 			closeAll(r.links)
@@ -177,9 +182,10 @@ func (r *writebackRunning) snapshot() {
 		v, _ := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
 		return v
 	}
+	thresh, dirtyable := dirtyThreshold(proc)
 	r.sink.Event(event.DirtyLimits{Time: now, Bytes: num("dirty_bytes"), Ratio: num("dirty_ratio"),
 		BackgroundBytes: num("dirty_background_bytes"), BackgroundRatio: num("dirty_background_ratio"),
-		PageSize: uint64(os.Getpagesize())})
+		PageSize: uint64(os.Getpagesize()), Thresh: thresh, Dirtyable: dirtyable})
 	paths, _ := filepath.Glob(filepath.Join(sys, "block", "*", "queue", "wbt_lat_usec"))
 	for _, p := range paths {
 		b, err := os.ReadFile(p)
@@ -313,8 +319,8 @@ func (r *writebackRunning) handle(raw []byte) {
 	case writebackWbKindWB_WBT_LAT:
 		var e writebackWbtEvent
 		if read(&e) {
-			r.sink.Event(event.WbtWindow{Time: event.Mono(e.TimeNs), Dev: r.device(cString(e.Bdi[:])),
-				Exceeded: time.Duration(e.LatUs) * time.Microsecond})
+			r.sink.Event(event.WbtLat{Time: event.Mono(e.TimeNs), Dev: r.device(cString(e.Bdi[:])),
+				Lat: time.Duration(e.LatUs) * time.Microsecond, From: "wbt_lat"})
 		}
 	case writebackWbKindWB_WBT_STAT:
 		var e writebackWbtStatEvent
@@ -329,13 +335,15 @@ func (r *writebackRunning) handle(raw []byte) {
 		// whyslow's own pauses (writing its trace) are left out, as the
 		// syscall probe leaves out its calls
 		if read(&e) && e.Tgid != writebackSelf {
+			m := r.memcg(e.CgroupIno)
 			r.sink.Event(event.DirtyPause{Time: event.Mono(e.TimeNs),
 				Task:  event.Task{Pid: e.Pid, Tgid: e.Tgid, Comm: cString(e.Comm[:])},
 				Dev:   r.device(cString(e.Bdi[:])),
 				Pause: time.Duration(e.PauseMs) * time.Millisecond, Period: time.Duration(e.PeriodMs) * time.Millisecond,
 				Paused: time.Duration(e.PausedMs) * time.Millisecond,
 				Limit:  e.Limit, Setpoint: e.Setpoint, Dirty: e.Dirty, WbSetpoint: e.WbSetpoint, WbDirty: e.WbDirty,
-				DirtyRatelimit: e.DirtyRatelimit, TaskRatelimit: e.TaskRatelimit, CgroupIno: e.CgroupIno})
+				DirtyRatelimit: e.DirtyRatelimit, TaskRatelimit: e.TaskRatelimit, CgroupIno: e.CgroupIno,
+				Cgroup: m.path, MemoryMax: m.max, MemoryHigh: m.high})
 		}
 	case writebackWbKindWB_COMMIT:
 		var e writebackCommitEvent
@@ -413,4 +421,98 @@ func (r *writebackRunning) Stop() error {
 		r.coll.Close()
 	})
 	return r.stopErr
+}
+
+// memcgLimits are a memory cgroup's path (cgroup v2) and memory limits.
+type memcgLimits struct {
+	path      string
+	max, high uint64 // bytes; 0 for "max" or unknown
+}
+
+// memcg names the writeback cgroup of a pause (balance_dirty_pages'
+// cgroup_ino: the inode of its directory in the cgroup v2 hierarchy, where
+// cgroup writeback puts each memory cgroup's dirty pages in a domain of
+// its own) and reads its memory.max and memory.high, once per cgroup: the
+// memory its own dirty limit is a share of. The root (inode 0 or 1), and
+// a cgroup not found, give none.
+func (r *writebackRunning) memcg(ino uint64) memcgLimits {
+	if ino <= 1 {
+		return memcgLimits{}
+	}
+	if m, ok := r.memcgs[ino]; ok {
+		return m
+	}
+	var m memcgLimits
+	proc := cmpOr(r.cfg.ProcFS, "/proc")
+	if _, v2, _ := ioHierarchies(filepath.Join(proc, "self", "mountinfo")); v2 != "" {
+		if path := cgroupPathIn(v2, ino); path != "" && path != "/" {
+			m.path = path
+			m.max = memoryLimit(filepath.Join(v2, path, "memory.max"))
+			m.high = memoryLimit(filepath.Join(v2, path, "memory.high"))
+		}
+	}
+	r.memcgs[ino] = m
+	return m
+}
+
+// cgroupPathIn is the path, under the cgroup hierarchy mounted at root,
+// of the cgroup whose directory has inode ino; "" when none has.
+func cgroupPathIn(root string, ino uint64) string {
+	out := ""
+	_ = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			return nil
+		}
+		if st, ok := info.Sys().(*syscall.Stat_t); ok && st.Ino == ino {
+			if rel, err := filepath.Rel(root, path); err == nil {
+				out = filepath.Clean("/" + rel)
+			}
+			return filepath.SkipAll
+		}
+		return nil
+	})
+	return out
+}
+
+// memoryLimit reads a memory.max or memory.high file: bytes, 0 for "max"
+// or when it cannot be read.
+func memoryLimit(path string) uint64 {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return 0
+	}
+	return v
+}
+
+// dirtyThreshold reads the system's dirty threshold (procfs/vmstat
+// nr_dirty_threshold, pages) and the memory it is a share of (procfs/meminfo
+// MemFree + Active(file) + Inactive(file), in pages); 0 for what is unknown.
+func dirtyThreshold(procfs string) (thresh, dirtyable uint64) {
+	if b, err := os.ReadFile(filepath.Join(procfs, "vmstat")); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(l); len(f) == 2 && f[0] == "nr_dirty_threshold" {
+				thresh, _ = strconv.ParseUint(f[1], 10, 64)
+			}
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(procfs, "meminfo")); err == nil {
+		var kib uint64
+		for _, l := range strings.Split(string(b), "\n") {
+			f := strings.Fields(l)
+			if len(f) >= 2 && (f[0] == "MemFree:" || f[0] == "Active(file):" || f[0] == "Inactive(file):") {
+				v, _ := strconv.ParseUint(f[1], 10, 64)
+				kib += v
+			}
+		}
+		dirtyable = kib * 1024 / uint64(os.Getpagesize())
+	}
+	return thresh, dirtyable
 }

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -186,5 +187,49 @@ func TestReadMounts(t *testing.T) {
 	want := [][3]string{{"7:0", "ext4", "/mnt/a"}, {"7:0", "ext4", "/mnt/b c"}, {"8:1", "xfs", "/"}}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("readMounts = %v, want %v", got, want)
+	}
+}
+
+// A pause's memory cgroup: found by its directory's inode in the cgroup
+// v2 hierarchy, with memory.max and memory.high in bytes ("max" is no
+// limit); the root and an inode not found give none; the system's dirty
+// threshold and dirtyable memory come from vmstat and meminfo.
+func TestPauseMemcg(t *testing.T) {
+	root := t.TempDir()
+	cg := filepath.Join(root, "jobs", "etl")
+	if err := os.MkdirAll(cg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	write := func(p, s string) {
+		if err := os.WriteFile(p, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(filepath.Join(cg, "memory.max"), "67108864\n")
+	write(filepath.Join(cg, "memory.high"), "max\n")
+	proc := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(proc, "self"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	write(filepath.Join(proc, "self", "mountinfo"), "30 1 0:26 / "+root+" rw - cgroup2 cgroup2 rw\n")
+	write(filepath.Join(proc, "vmstat"), "nr_dirty 12\nnr_dirty_threshold 209715\nnr_dirty_background_threshold 104857\n")
+	write(filepath.Join(proc, "meminfo"), "MemTotal: 8000000 kB\nMemFree: 3000000 kB\nActive(file): 500000 kB\nInactive(file): 694304 kB\n")
+	fi, err := os.Stat(cg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ino := fi.Sys().(*syscall.Stat_t).Ino
+	r := &writebackRunning{cfg: Config{ProcFS: proc}, memcgs: map[uint64]memcgLimits{}}
+	if got, want := r.memcg(ino), (memcgLimits{path: "/jobs/etl", max: 64 << 20}); got != want {
+		t.Errorf("memcg(%d) = %+v, want %+v", ino, got, want)
+	}
+	for _, ino := range []uint64{0, 1, ino + 1_000_000} {
+		if got := r.memcg(ino); got != (memcgLimits{}) {
+			t.Errorf("memcg(%d) = %+v, want none", ino, got)
+		}
+	}
+	thresh, dirtyable := dirtyThreshold(proc)
+	if want := uint64(4194304) * 1024 / uint64(os.Getpagesize()); thresh != 209715 || dirtyable != want {
+		t.Errorf("dirtyThreshold = %d, %d, want 209715, %d", thresh, dirtyable, want)
 	}
 }

@@ -575,8 +575,19 @@ func TestServeMemoryReclaim(t *testing.T) {
 	srv, base := startServe(t, "--window", "4s", "--device", dev)
 	w := scenario.BufferedWriter(t, dev, 14*time.Second, procs, reclaimRate)
 	defer w.Stop()
+	serveFinds(t, srv, base, 30*time.Second, fmt.Sprintf("memory-reclaim on %s naming fio", dev), func(rep *report.Report) bool {
+		f, ok := findingOf(rep, "memory-reclaim")
+		return ok && slices.Contains(f.Devices, dev) && namesComm(f, "fio")
+	})
+}
+
+// serveFinds reads the last window's report from serve at base until
+// found holds for it, for at most within, and fails the test, saying it
+// wanted what, when none does; then it stops serve (SIGTERM, cleanly).
+func serveFinds(t *testing.T, srv *running, base string, within time.Duration, what string, found func(*report.Report) bool) {
+	t.Helper()
 	var last report.Report
-	found := waitUntil(30*time.Second, func() bool {
+	ok := waitUntil(within, func() bool {
 		code, b := get(t, base+"/report?format=json")
 		if code != 200 {
 			return false
@@ -585,11 +596,10 @@ func TestServeMemoryReclaim(t *testing.T) {
 		if err := json.Unmarshal(b, &last); err != nil {
 			t.Fatalf("/report?format=json: %v", err)
 		}
-		f, ok := findingOf(&last, "memory-reclaim")
-		return ok && slices.Contains(f.Devices, dev) && namesComm(f, "fio")
+		return found(&last)
 	})
-	if !found {
-		t.Fatalf("no window of serve found memory-reclaim on %s naming fio; the last:\n%s\nserve's stderr: %s", dev, summary(&last), srv.errb.String())
+	if !ok {
+		t.Fatalf("no window of serve found %s; the last:\n%s\nserve's stderr: %s", what, summary(&last), srv.errb.String())
 	}
 	t.Logf("findings:\n%s", summary(&last))
 	stopServe(t, srv, syscall.SIGTERM)
@@ -607,22 +617,8 @@ func TestServeNoisyNeighbour(t *testing.T) {
 	r, w := n.reader(t, time.Minute), n.writer(t, time.Minute)
 	defer r.Stop()
 	defer w.Stop()
-	var last report.Report
-	found := waitUntil(40*time.Second, func() bool {
-		code, b := get(t, base+"/report?format=json")
-		if code != 200 {
-			return false
-		}
-		last = report.Report{}
-		if err := json.Unmarshal(b, &last); err != nil {
-			t.Fatalf("/report?format=json: %v", err)
-		}
-		f, ok := findingOf(&last, "noisy-neighbour")
+	serveFinds(t, srv, base, 40*time.Second, fmt.Sprintf("noisy-neighbour on %s with the reader (pid %d) the cause", n.dev, r.Pid), func(rep *report.Report) bool {
+		f, ok := findingOf(rep, "noisy-neighbour")
 		return ok && slices.Contains(f.Devices, n.dev) && partOf(f, r.Pid, report.PartCause) != nil
 	})
-	if !found {
-		t.Fatalf("no window of serve found noisy-neighbour on %s with the reader (pid %d) the cause; the last:\n%s\nserve's stderr: %s", n.dev, r.Pid, summary(&last), srv.errb.String())
-	}
-	t.Logf("findings:\n%s", summary(&last))
-	stopServe(t, srv, syscall.SIGTERM)
 }

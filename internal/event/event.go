@@ -668,11 +668,11 @@ type WbtStep struct {
 // When implements Event.
 func (e WbtStep) When() Mono { return e.Time }
 
-// WbtLat is a device's wbt latency target (queue/wbt_lat_usec), read from
-// sysfs at the start of the run (From "sysfs"). Zero: wbt is off on the
-// device. Traces of earlier versions also hold the tracepoint wbt:wbt_lat
-// as WbtLat (From "wbt_lat"): that is not the target but a latency that
-// missed it (see WbtWindow), and is read as such.
+// WbtLat is a device's wbt latency target (queue/wbt_lat_usec) read from
+// sysfs at the start of the run (From "sysfs"; zero: wbt is off on the
+// device), or, from the tracepoint wbt_lat (From "wbt_lat"), the latency of
+// a synchronous I/O that exceeded wbt's monitoring window, which made it
+// scale the writes down: the kernel's latency, not a new target.
 type WbtLat struct {
 	Time Mono          `json:"time"`
 	Dev  Device        `json:"dev"`
@@ -684,20 +684,15 @@ type WbtLat struct {
 func (e WbtLat) When() Mono { return e.Time }
 
 // WbtWindow is one of writeback throttling's monitoring windows on a
-// device in which a latency missed the target (queue/wbt_lat_usec), or
-// that ended while wbt had scaled the depth: the tracepoints wbt:wbt_lat
-// (Exceeded: the least read latency of the window, or a synchronous I/O's
-// time since its issue) and wbt:wbt_stat (the window's completion
-// latencies), one record each.
+// device whose completion latencies wbt traced (the tracepoint
+// wbt:wbt_stat): one in which the reads' least latency missed the target
+// (queue/wbt_lat_usec; wbt_lat reports that latency, see WbtLat), or one
+// that ended while wbt had scaled the depth.
 type WbtWindow struct {
 	Time Mono   `json:"time"`
 	Dev  Device `json:"dev"`
-	// Exceeded is the latency that missed the target (wbt_lat); 0 in a
-	// record of the window's latencies.
-	Exceeded time.Duration `json:"exceeded,omitempty"`
-	// The window's completion latencies (wbt_stat), of reads and of
-	// writes: mean, least, most, and how many completed; 0 in a record of
-	// a missed latency.
+	// The window's completion latencies, of reads and of writes: mean,
+	// least, most, and how many completed.
 	ReadMean  time.Duration `json:"read_mean,omitempty"`
 	ReadMin   time.Duration `json:"read_min,omitempty"`
 	ReadMax   time.Duration `json:"read_max,omitempty"`
@@ -737,6 +732,13 @@ type DirtyPause struct {
 	DirtyRatelimit uint64 `json:"dirty_ratelimit"`
 	TaskRatelimit  uint64 `json:"task_ratelimit"`
 	CgroupIno      uint64 `json:"cgroup_ino,omitempty"` // its writeback cgroup (cgroup v2), 0 or 1 for the root
+	// Cgroup is CgroupIno's path in the cgroup v2 hierarchy, "" for the
+	// root or when it was not found; MemoryMax and MemoryHigh are its
+	// memory.max and memory.high in bytes, 0 when "max" (or unknown):
+	// what its own dirty limit is a share of.
+	Cgroup     string `json:"cgroup,omitempty"`
+	MemoryMax  uint64 `json:"memory_max,omitempty"`
+	MemoryHigh uint64 `json:"memory_high,omitempty"`
 }
 
 // When implements Event.
@@ -751,6 +753,12 @@ type DirtyLimits struct {
 	BackgroundBytes uint64 `json:"background_bytes"`
 	BackgroundRatio uint64 `json:"background_ratio"`
 	PageSize        uint64 `json:"page_size"`
+	// Thresh is the system's dirty threshold then, in pages
+	// (/proc/vmstat nr_dirty_threshold), and Dirtyable the memory it is a
+	// share of (/proc/meminfo MemFree + Active(file) + Inactive(file)), in
+	// pages; 0 when unknown.
+	Thresh    uint64 `json:"thresh,omitempty"`
+	Dirtyable uint64 `json:"dirtyable,omitempty"`
 }
 
 // When implements Event.

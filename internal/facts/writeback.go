@@ -15,6 +15,10 @@ type Wbt struct {
 	// LatUs is the latency target (queue/wbt_lat_usec) at the start of the
 	// run; -1 when unknown, 0 when wbt is off.
 	LatUs float64
+	// Exceeded counts the synchronous I/Os whose latency exceeded wbt's
+	// monitoring window, which made it scale the writes down (tracepoint
+	// wbt_lat).
+	Exceeded int
 	// Steps are the times wbt rescaled the device's depth; ScaledDown those
 	// that left it below the default (step above 0).
 	Steps, ScaledDown int
@@ -27,12 +31,9 @@ type Wbt struct {
 	// (0 unknown) and WindowMs its monitoring window then.
 	Step, Depth int
 	WindowMs    float64
-	// Missed counts the windows in which a latency missed the target
-	// (wbt_lat), MissedUs the longest such latency (µs).
-	Missed   int
-	MissedUs float64
 	// Windows counts the windows whose latencies wbt traced (wbt_stat:
-	// those that missed the target, and every one while it was scaled);
+	// those whose reads missed the target, and every one while it was
+	// scaled);
 	// ReadMeanMs is the highest mean read latency of one, ReadMaxMs the
 	// longest read, ms.
 	Windows               int
@@ -55,6 +56,45 @@ type Dirty struct {
 	// RateKiBs is the rate the kernel let this device's writers dirty
 	// pages at then (KiB/s): what it measured the device writes back.
 	RateKiBs float64
+	// Memcgs are the memory cgroups whose own dirty limit paused writers
+	// of this device, the most time first (cgroup v2, where cgroup
+	// writeback gives each memory cgroup a dirty limit of its own: a share
+	// of the memory it may use). A pause is the memory cgroup's when the
+	// writer's cgroup has memory.max or memory.high and the dirty pages it
+	// was measured against are below half the system's threshold, under
+	// which the system's limit throttles no one.
+	Memcgs []*DirtyMemcg
+}
+
+// DirtyMemcg is a memory cgroup whose own dirty limit paused its writers.
+type DirtyMemcg struct {
+	Path string // its cgroup v2 path
+	// Pauses, and their time in all, of its writers (Writers, names).
+	Pauses  int
+	TotalMs float64
+	Writers []string
+	// MaxMiB and HighMiB are its memory.max and memory.high (0: not set);
+	// MemoryMiB the smaller set one, what its dirty limit is a share of,
+	// and Limit says it as set: "memory.max=67108864 (64 MiB)".
+	MaxMiB, HighMiB, MemoryMiB float64
+	Limit                      string
+	// DirtyLimitMiB is its dirty limit: as the kernel reported it where
+	// the tracepoint gives the cgroup's own (newer kernels), else
+	// vm.dirty_ratio of MemoryMiB (or vm.dirty_bytes at the share MemoryMiB
+	// is of the system's dirtyable memory), an upper bound: the kernel
+	// counts only the cgroup's file pages and free headroom. DirtyMiB its
+	// dirty pages at its longest pause; SystemLimitMiB the system's dirty
+	// threshold at the start, for comparison.
+	DirtyLimitMiB, DirtyMiB, SystemLimitMiB float64
+}
+
+// Memcg is the memory cgroup whose dirty limit paused the device's
+// writers the longest; one with an empty Path when none did.
+func (d Dirty) Memcg() *DirtyMemcg {
+	if len(d.Memcgs) == 0 {
+		return &DirtyMemcg{}
+	}
+	return d.Memcgs[0]
 }
 
 // DirtyWriter is one process paused in balance_dirty_pages.
@@ -193,14 +233,12 @@ func (b *builder) writeback() {
 		d := dev(m.Dev)
 		d.Mounts = append(d.Mounts, Mount{FsDev: m.FsDev, FSType: m.FSType, Point: m.Point})
 	}
-	missed := func(w *Wbt, lat time.Duration) {
-		w.Missed++
-		w.MissedUs = max(w.MissedUs, float64(lat)/float64(time.Microsecond))
-	}
 	for _, l := range tl.WbtLats {
 		d := dev(l.Dev)
-		if l.From == "wbt_lat" { // the tracepoint, in traces of earlier versions
-			missed(&d.Wbt, l.Lat)
+		if l.From == "wbt_lat" {
+			// the tracepoint reports a sync I/O's latency past wbt's
+			// window, not its target
+			d.Wbt.Exceeded++
 			continue
 		}
 		d.Wbt.LatUs = float64(l.Lat) / float64(time.Microsecond)
@@ -208,10 +246,6 @@ func (b *builder) writeback() {
 	}
 	for _, win := range tl.WbtWindows {
 		w := &dev(win.Dev).Wbt
-		if win.Exceeded > 0 {
-			missed(w, win.Exceeded)
-			continue
-		}
 		w.Windows++
 		w.ReadMeanMs = max(w.ReadMeanMs, ms(win.ReadMean))
 		w.ReadMaxMs = max(w.ReadMaxMs, ms(win.ReadMax))
@@ -247,10 +281,43 @@ func (b *builder) writeback() {
 		}
 		b.run.DirtyLimits.Text = say("dirty", l.Bytes, l.Ratio) + ", " + say("dirty_background", l.BackgroundBytes, l.BackgroundRatio)
 	}
+	var thresh, dirtyable uint64 // the system's dirty threshold, and what it is a share of (pages)
+	if n := len(tl.DirtyLimits); n > 0 {
+		thresh, dirtyable = tl.DirtyLimits[n-1].Thresh, tl.DirtyLimits[n-1].Dirtyable
+	}
+	type mkey struct {
+		d    *Device
+		path string
+	}
+	memcgs := map[mkey]*DirtyMemcg{}
+	memcgLongest := map[mkey]time.Duration{}
 	writers := map[*Device]map[uint32]*DirtyWriter{}
 	longest := map[*Device]time.Duration{}
 	for _, p := range tl.DirtyPauses {
 		d := dev(p.Dev)
+		if mem := memoryOf(p); mem > 0 && thresh > 0 && p.Dirty*2 < thresh {
+			k := mkey{d, p.Cgroup}
+			m := memcgs[k]
+			if m == nil {
+				m = &DirtyMemcg{Path: p.Cgroup, MaxMiB: float64(p.MemoryMax) / (1 << 20), HighMiB: float64(p.MemoryHigh) / (1 << 20),
+					MemoryMiB: float64(mem) / (1 << 20), SystemLimitMiB: mib(thresh, page)}
+				m.Limit = fmt.Sprintf("memory.max=%d (%s)", p.MemoryMax, sizeText(p.MemoryMax))
+				if p.MemoryHigh > 0 && (p.MemoryMax == 0 || p.MemoryHigh < p.MemoryMax) {
+					m.Limit = fmt.Sprintf("memory.high=%d (%s)", p.MemoryHigh, sizeText(p.MemoryHigh))
+				}
+				memcgs[k] = m
+			}
+			m.Pauses++
+			m.TotalMs += ms(p.Pause)
+			if !slices.Contains(m.Writers, p.Task.Comm) {
+				m.Writers = append(m.Writers, p.Task.Comm)
+			}
+			if p.Pause >= memcgLongest[k] {
+				memcgLongest[k] = p.Pause
+				m.DirtyMiB = mib(p.Dirty, page)
+				m.DirtyLimitMiB = memcgDirtyLimit(b.run.DirtyLimits, mem, p.Limit*page, thresh*page, dirtyable*page)
+			}
+		}
 		x := &d.Dirty
 		x.Pauses++
 		x.TotalMs += ms(p.Pause)
@@ -273,6 +340,14 @@ func (b *builder) writeback() {
 		w.Pauses++
 		w.TotalMs += ms(p.Pause)
 		w.MaxMs = max(w.MaxMs, ms(p.Pause))
+	}
+	for k, m := range memcgs {
+		k.d.Dirty.Memcgs = append(k.d.Dirty.Memcgs, m)
+	}
+	for d := range longest {
+		slices.SortFunc(d.Dirty.Memcgs, func(a, c *DirtyMemcg) int {
+			return cmp.Or(cmp.Compare(c.TotalMs, a.TotalMs), cmp.Compare(a.Path, c.Path))
+		})
 	}
 	for d, ws := range writers {
 		for _, w := range ws {
@@ -336,6 +411,40 @@ func (b *builder) writeback() {
 			return cmp.Or(cmp.Compare(c.Commits, a.Commits), cmp.Compare(a.Pid, c.Pid))
 		})
 	}
+}
+
+// memoryOf is the memory the paused writer's cgroup may use, in bytes:
+// the smaller of its memory.max and memory.high that is set; 0 for none
+// (or the root).
+func memoryOf(p event.DirtyPause) uint64 {
+	if p.Cgroup == "" {
+		return 0
+	}
+	switch {
+	case p.MemoryMax == 0:
+		return p.MemoryHigh
+	case p.MemoryHigh == 0:
+		return p.MemoryMax
+	}
+	return min(p.MemoryMax, p.MemoryHigh)
+}
+
+// memcgDirtyLimit is a memory cgroup's dirty limit in MiB, for a cgroup
+// that may use mem bytes: the pause's limit where the kernel reported the
+// cgroup's own (it fits in the cgroup's memory, where the system's would
+// not), else the sysctl's share of mem: vm.dirty_ratio of it, or
+// vm.dirty_bytes scaled by mem's share of the system's dirtyable memory.
+func memcgDirtyLimit(l DirtyLimits, mem, reported, system, dirtyable uint64) float64 {
+	const miB = 1 << 20
+	switch {
+	case reported > 0 && reported <= mem && reported < system/2:
+		return float64(reported) / miB
+	case l.Bytes > 0 && dirtyable > 0:
+		return float64(l.Bytes) * float64(min(mem, dirtyable)) / float64(dirtyable) / miB
+	case l.Ratio > 0:
+		return float64(mem) * float64(l.Ratio) / 100 / miB
+	}
+	return 0
 }
 
 // sizeText says a byte count in the largest binary unit that divides it

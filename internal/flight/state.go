@@ -28,9 +28,10 @@ type State struct {
 	// Pruned are the processes (tgids) whose every sum the syscall probe
 	// removed once this state had read them (probes.Pruner): in the next
 	// state a sum of theirs in Stats, Blocked or MemStalls is counted
-	// anew, from zero (their pid was reused). The submit probe's IOUsage
-	// is not pruned.
-	Pruned []uint32
+	// anew, from zero (their pid was reused). PrunedIO are those whose
+	// every IOUsage the submit probe removed so: the same for IOUsage.
+	Pruned   []uint32
+	PrunedIO []uint32
 }
 
 // Delta is what the probes counted between two states: each device's
@@ -145,6 +146,7 @@ type packed struct {
 	requeues []event.Requeues
 	ioUsage  []event.IOUsage
 	pruned   []uint32
+	prunedIO []uint32
 	bytes    int64 // estimated memory
 }
 
@@ -163,8 +165,8 @@ func pack(st State) *packed {
 	p := &packed{at: st.At, losses: slices.Clone(st.Losses)}
 	p.stats, p.blocked = cloneSums(st.Stats, st.Blocked)
 	p.mem, p.requeues, p.ioUsage = slices.Clone(st.MemStalls), slices.Clone(st.Requeues), slices.Clone(st.IOUsage)
-	p.pruned = slices.Clone(st.Pruned)
-	p.bytes = 64 + int64(len(p.pruned))*4 + int64(len(p.losses))*48 + sumsBytes(p.stats, p.blocked) + int64(len(p.mem))*112 + int64(len(p.requeues))*64 +
+	p.pruned, p.prunedIO = slices.Clone(st.Pruned), slices.Clone(st.PrunedIO)
+	p.bytes = 64 + int64(len(p.pruned)+len(p.prunedIO))*4 + int64(len(p.losses))*48 + sumsBytes(p.stats, p.blocked) + int64(len(p.mem))*112 + int64(len(p.requeues))*64 +
 		int64(len(p.ioUsage))*160
 	kinds := histKinds()
 	for _, d := range st.Devices {
@@ -191,7 +193,7 @@ func (p *packed) unpack() State {
 	st := State{At: p.at, Losses: slices.Clone(p.losses)}
 	st.Stats, st.Blocked = cloneSums(p.stats, p.blocked)
 	st.MemStalls, st.Requeues, st.IOUsage = slices.Clone(p.mem), slices.Clone(p.requeues), slices.Clone(p.ioUsage)
-	st.Pruned = slices.Clone(p.pruned)
+	st.Pruned, st.PrunedIO = slices.Clone(p.pruned), slices.Clone(p.prunedIO)
 	kinds := histKinds()
 	for _, pd := range p.devs {
 		d := timeline.DeviceHistograms{Dev: pd.dev}

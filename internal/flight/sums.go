@@ -16,47 +16,52 @@ import (
 // kernel's map and counted anew) counts from zero: its value in now. Sums
 // that gained nothing are left out.
 func SumsDelta(now, before State) ([]event.SyscallStats, []event.BlockedStack) {
-	pruned := prunedSet(before)
-	prevStats := make(map[statsKey]*event.SyscallStats, len(before.Stats))
-	for i := range before.Stats {
-		s := &before.Stats[i]
-		if !pruned[s.Pid] {
-			prevStats[statsKeyOf(s)] = s
-		}
-	}
-	var stats []event.SyscallStats
-	for _, s := range now.Stats {
-		d := s
-		d.Time = now.At
-		if p := prevStats[statsKeyOf(&s)]; p != nil && p.Sleep <= s.Sleep && p.Runqueue <= s.Runqueue {
-			d.Latency = deltaHist(&s.Latency, &p.Latency)
-			if d.Latency.Count == s.Latency.Count-p.Latency.Count {
-				d.Sleep, d.Runqueue = s.Sleep-p.Sleep, s.Runqueue-p.Runqueue
+	pruned := prunedSet(before.Pruned)
+	stats := diffSums(now.Stats, before.Stats, statsKeyOf, func(s *event.SyscallStats) bool { return pruned[s.Pid] },
+		func(s, p *event.SyscallStats) (event.SyscallStats, bool) {
+			d := *s
+			d.Time = now.At
+			if p != nil && p.Sleep <= s.Sleep && p.Runqueue <= s.Runqueue {
+				d.Latency = deltaHist(&s.Latency, &p.Latency)
+				if d.Latency.Count == s.Latency.Count-p.Latency.Count {
+					d.Sleep, d.Runqueue = s.Sleep-p.Sleep, s.Runqueue-p.Runqueue
+				}
 			}
-		}
-		if d.Latency.Count > 0 || d.Sleep > 0 || d.Runqueue > 0 {
-			stats = append(stats, d)
-		}
-	}
-	prevBlocked := make(map[blockedKey]*event.BlockedStack, len(before.Blocked))
-	for i := range before.Blocked {
-		b := &before.Blocked[i]
-		if !pruned[b.Pid] {
-			prevBlocked[blockedKeyOf(b)] = b
-		}
-	}
-	var blocked []event.BlockedStack
-	for _, b := range now.Blocked {
-		d := b
-		d.Time = now.At
-		if p := prevBlocked[blockedKeyOf(&b)]; p != nil && p.Total <= b.Total && p.Count <= b.Count {
-			d.Total, d.Count = b.Total-p.Total, b.Count-p.Count
-		}
-		if d.Count > 0 || d.Total > 0 {
-			blocked = append(blocked, d)
-		}
-	}
+			return d, d.Latency.Count > 0 || d.Sleep > 0 || d.Runqueue > 0
+		})
+	blocked := diffSums(now.Blocked, before.Blocked, blockedKeyOf, func(b *event.BlockedStack) bool { return pruned[b.Pid] },
+		func(b, p *event.BlockedStack) (event.BlockedStack, bool) {
+			d := *b
+			d.Time = now.At
+			if p != nil && p.Total <= b.Total && p.Count <= b.Count {
+				d.Total, d.Count = b.Total-p.Total, b.Count-p.Count
+			}
+			return d, d.Count > 0 || d.Total > 0
+		})
 	return stats, blocked
+}
+
+// diffSums is the generic difference of two states' sums of one stream:
+// for each sum of now, sub(it, the sum of the same key in before) (nil
+// when before has none, or when pruned says its process's sums were
+// removed after before: counted anew, from zero), kept when sub says it
+// gained something, in now's order. sub counts a sum that went down from
+// zero too (the kernel's entry was evicted, or removed and counted anew).
+func diffSums[E any, K comparable](now, before []E, keyOf func(*E) K, pruned func(*E) bool, sub func(now, before *E) (E, bool)) []E {
+	prev := make(map[K]*E, len(before))
+	for i := range before {
+		if b := &before[i]; !pruned(b) {
+			prev[keyOf(b)] = b
+		}
+	}
+	var out []E
+	for i := range now {
+		n := &now[i]
+		if d, gained := sub(n, prev[keyOf(n)]); gained {
+			out = append(out, d)
+		}
+	}
+	return out
 }
 
 // AddSums sets the sums of tl, every timeline.Sums stream, to what the
@@ -103,7 +108,7 @@ func AddSumsChain(tl *timeline.Timeline, chain []State) {
 			a.Count += b.Count
 			a.Max = max(a.Max, b.Max)
 		})
-		tl.Requeues = mergeSums(tl.Requeues, d.Requeues, func(q *event.Requeues) [2]uint32 { return [2]uint32{q.Dev.Major, q.Dev.Minor} },
+		tl.Requeues = mergeSums(tl.Requeues, d.Requeues, requeuesKeyOf,
 			func(a, b *event.Requeues) {
 				a.Time = b.Time
 				a.Count += b.Count
@@ -143,80 +148,63 @@ func mergeSums[E any, K comparable](sums, more []E, keyOf func(*E) K, add func(a
 
 // ioUsageDelta is each process's I/O of now less that of before, per
 // cgroup, device, kind and synchronicity; counts that went down (the
-// kernel's entry was evicted and counted anew) count from zero.
+// kernel's entry was evicted and counted anew) count from zero, as do
+// those of a process whose I/O was removed after before (PrunedIO).
 func ioUsageDelta(now, before State) []event.IOUsage {
-	prev := make(map[ioUsageKey]*event.IOUsage, len(before.IOUsage))
-	for i := range before.IOUsage {
-		prev[ioUsageKeyOf(&before.IOUsage[i])] = &before.IOUsage[i]
-	}
-	var out []event.IOUsage
-	for _, u := range now.IOUsage {
-		d := u
-		d.Time = now.At
-		if p := prev[ioUsageKeyOf(&u)]; p != nil && p.IOs <= u.IOs && p.Requests <= u.Requests && p.Bytes <= u.Bytes && p.InFlight <= u.InFlight {
-			d.IOs, d.Requests, d.Bytes, d.InFlight = u.IOs-p.IOs, u.Requests-p.Requests, u.Bytes-p.Bytes, u.InFlight-p.InFlight
-		}
-		if d.IOs > 0 || d.Bytes > 0 {
-			out = append(out, d)
-		}
-	}
-	return out
+	pruned := prunedSet(before.PrunedIO)
+	return diffSums(now.IOUsage, before.IOUsage, ioUsageKeyOf, func(u *event.IOUsage) bool { return pruned[u.Task.Tgid] },
+		func(u, p *event.IOUsage) (event.IOUsage, bool) {
+			d := *u
+			d.Time = now.At
+			if p != nil && p.IOs <= u.IOs && p.Requests <= u.Requests && p.Bytes <= u.Bytes && p.InFlight <= u.InFlight {
+				d.IOs, d.Requests, d.Bytes, d.InFlight = u.IOs-p.IOs, u.Requests-p.Requests, u.Bytes-p.Bytes, u.InFlight-p.InFlight
+			}
+			return d, d.IOs > 0 || d.Bytes > 0
+		})
 }
 
 // memStallsDelta is the memory stalls of now less those of before, per
 // process, call, device and kind. The longest stall in between is now's
 // when it grew, else at most the time gained.
 func memStallsDelta(now, before State) []event.MemStall {
-	prev := make(map[memStallKey]*event.MemStall, len(before.MemStalls))
-	pruned := prunedSet(before)
-	for i := range before.MemStalls {
-		if !pruned[before.MemStalls[i].Pid] {
-			prev[memStallKeyOf(&before.MemStalls[i])] = &before.MemStalls[i]
-		}
-	}
-	var out []event.MemStall
-	for _, m := range now.MemStalls {
-		d := m
-		d.Time = now.At
-		if p := prev[memStallKeyOf(&m)]; p != nil && p.Total <= m.Total && p.Count <= m.Count {
-			d.Total, d.Count = m.Total-p.Total, m.Count-p.Count
-			if m.Max <= p.Max {
-				d.Max = min(m.Max, d.Total)
+	pruned := prunedSet(before.Pruned)
+	return diffSums(now.MemStalls, before.MemStalls, memStallKeyOf, func(m *event.MemStall) bool { return pruned[m.Pid] },
+		func(m, p *event.MemStall) (event.MemStall, bool) {
+			d := *m
+			d.Time = now.At
+			if p != nil && p.Total <= m.Total && p.Count <= m.Count {
+				d.Total, d.Count = m.Total-p.Total, m.Count-p.Count
+				if m.Max <= p.Max {
+					d.Max = min(m.Max, d.Total)
+				}
 			}
-		}
-		if d.Count > 0 || d.Total > 0 {
-			out = append(out, d)
-		}
-	}
-	return out
+			return d, d.Count > 0 || d.Total > 0
+		})
 }
 
 // requeuesDelta is the requeues of now less those of before, per device.
 func requeuesDelta(now, before State) []event.Requeues {
-	var out []event.Requeues
-	for _, q := range now.Requeues {
-		d := q
-		d.Time = now.At
-		for _, p := range before.Requeues {
-			if p.Dev.Major == q.Dev.Major && p.Dev.Minor == q.Dev.Minor && p.Count <= q.Count && p.TimedOut <= q.TimedOut {
+	return diffSums(now.Requeues, before.Requeues, requeuesKeyOf, func(*event.Requeues) bool { return false },
+		func(q, p *event.Requeues) (event.Requeues, bool) {
+			d := *q
+			d.Time = now.At
+			if p != nil && p.Count <= q.Count && p.TimedOut <= q.TimedOut {
 				d.Count, d.TimedOut = q.Count-p.Count, q.TimedOut-p.TimedOut
-				break
 			}
-		}
-		if d.Count > 0 || d.TimedOut > 0 {
-			out = append(out, d)
-		}
-	}
-	return out
+			return d, d.Count > 0 || d.TimedOut > 0
+		})
 }
 
-// prunedSet are the processes whose sums were removed after st (State.Pruned).
-func prunedSet(st State) map[uint32]bool {
-	if len(st.Pruned) == 0 {
+func requeuesKeyOf(q *event.Requeues) [2]uint32 { return [2]uint32{q.Dev.Major, q.Dev.Minor} }
+
+// prunedSet is a set of the processes whose sums were removed after a
+// state (State.Pruned, State.PrunedIO).
+func prunedSet(pids []uint32) map[uint32]bool {
+	if len(pids) == 0 {
 		return nil
 	}
-	set := make(map[uint32]bool, len(st.Pruned))
-	for _, p := range st.Pruned {
+	set := make(map[uint32]bool, len(pids))
+	for _, p := range pids {
 		set[p] = true
 	}
 	return set

@@ -2,6 +2,7 @@ package flight
 
 import (
 	"maps"
+	"slices"
 	"testing"
 	"time"
 
@@ -223,5 +224,75 @@ func TestAddSumsChain(t *testing.T) {
 	if len(two.SyscallStats) != len(direct.SyscallStats) || len(two.IOUsage) != len(direct.IOUsage) ||
 		len(two.BlockedStacks) != len(direct.BlockedStacks) || len(two.MemStalls) != len(direct.MemStalls) {
 		t.Errorf("a chain of two states counted %+v, AddSums %+v", two, direct)
+	}
+}
+
+// The generic difference of a stream's sums: a key gone from now counts
+// nothing (vanish), one smaller in now counts from zero (reset), one whose
+// process's sums were removed after before counts from zero even when
+// larger (its pid reused), a new one counts whole, and one that gained
+// nothing is left out.
+func TestDiffSums(t *testing.T) {
+	type sum struct {
+		pid uint32
+		key string
+		n   uint64
+	}
+	sub := func(s, p *sum) (sum, bool) {
+		d := *s
+		if p != nil && p.n <= s.n {
+			d.n = s.n - p.n
+		}
+		return d, d.n > 0
+	}
+	for _, tt := range []struct {
+		name        string
+		before, now []sum
+		pruned      []uint32
+		want        []sum
+	}{
+		{"grew", []sum{{1, "a", 3}}, []sum{{1, "a", 5}}, nil, []sum{{1, "a", 2}}},
+		{"nothing gained", []sum{{1, "a", 3}}, []sum{{1, "a", 3}}, nil, nil},
+		{"new key", []sum{{1, "a", 3}}, []sum{{1, "a", 3}, {1, "b", 4}}, nil, []sum{{1, "b", 4}}},
+		{"vanish", []sum{{1, "a", 3}, {2, "a", 9}}, []sum{{1, "a", 4}}, nil, []sum{{1, "a", 1}}},
+		{"reset", []sum{{1, "a", 7}}, []sum{{1, "a", 2}}, nil, []sum{{1, "a", 2}}},
+		{"reuse", []sum{{1, "a", 3}, {2, "a", 1}}, []sum{{1, "a", 5}, {2, "a", 4}}, []uint32{1}, []sum{{1, "a", 5}, {2, "a", 3}}},
+		{"pruned, gone", []sum{{1, "a", 3}}, nil, []uint32{1}, nil},
+		{"nothing before", nil, []sum{{1, "a", 3}}, nil, []sum{{1, "a", 3}}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			pruned := prunedSet(tt.pruned)
+			got := diffSums(tt.now, tt.before, func(s *sum) [2]any { return [2]any{s.pid, s.key} },
+				func(s *sum) bool { return pruned[s.pid] }, sub)
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("diff = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// The I/O of a process whose every IOUsage the submit probe removed after
+// a state (PrunedIO) counts anew in the next, even when larger (its pid
+// reused); the syscall probe's removals (Pruned) leave it alone.
+func TestIOUsagePrunedIO(t *testing.T) {
+	loop := event.Device{Major: 7, Minor: 0, Name: "loop0"}
+	io := func(tgid uint32, ios uint64) event.IOUsage {
+		return event.IOUsage{Task: event.Task{Tgid: tgid}, Dev: loop, Op: "write", IOs: ios, Bytes: ios * 4096}
+	}
+	for _, tt := range []struct {
+		name             string
+		pruned, prunedIO []uint32
+		want             uint64
+	}{
+		{"kept", nil, nil, 2},
+		{"syscall sums removed", []uint32{1}, nil, 2},
+		{"I/O removed, pid reused", nil, []uint32{1}, 5},
+	} {
+		var tl timeline.Timeline
+		AddSums(&tl, State{At: 20, IOUsage: []event.IOUsage{io(1, 5)}},
+			State{At: 10, IOUsage: []event.IOUsage{io(1, 3)}, Pruned: tt.pruned, PrunedIO: tt.prunedIO})
+		if len(tl.IOUsage) != 1 || tl.IOUsage[0].IOs != tt.want {
+			t.Errorf("%s: I/O %+v, want %d bios", tt.name, tl.IOUsage, tt.want)
+		}
 	}
 }

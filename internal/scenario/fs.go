@@ -34,6 +34,30 @@ type FS struct {
 // behind a buffered writer as it does on a real disk.
 const ScratchSerial = "scratch"
 
+// SlowSerial is the serial of the kernel matrix's slow disk (see
+// tools/vmtest): a virtio disk of 2 GiB whose I/Os the host limits to 300
+// per second, a disk whose queue a writer fills.
+const SlowSerial = "hdd"
+
+// SlowDisk returns the kernel matrix's slow disk (SlowSerial) for the test
+// to use raw, or "" where there is none (this host). Cleanup wipes its
+// first MiB. Tests that use it must not run in parallel with another that
+// does (the bcache tests).
+func SlowDisk(t testing.TB) string {
+	t.Helper()
+	RequireRoot(t)
+	dev := DiskBySerial(SlowSerial)
+	if dev == "" {
+		return ""
+	}
+	t.Cleanup(func() {
+		if err := zero("/dev/"+dev, 1<<20); err != nil {
+			t.Errorf("slow disk cleanup: wiping %s: %v", dev, err)
+		}
+	})
+	return dev
+}
+
 // scratch says whether a Filesystem of this process has the scratch disk.
 var scratch struct {
 	sync.Mutex
@@ -252,6 +276,14 @@ type NamedJob struct{ *Fio }
 // --runtime bounds it), and stops it on cleanup.
 func StartNamedJob(t testing.TB, name string, args ...string) *NamedJob {
 	t.Helper()
+	return StartNamedJobIn(t, "", name, args...)
+}
+
+// StartNamedJobIn is StartNamedJob in the cgroup whose cgroup.procs file is
+// procs ("" for none): a shell moves itself there, then execs the job
+// (keeping its pid), so that every process of the job runs in the cgroup.
+func StartNamedJobIn(t testing.TB, procs, name string, args ...string) *NamedJob {
+	t.Helper()
 	RequireRoot(t)
 	fio, err := lookPath("fio", "fio")
 	if err != nil {
@@ -263,8 +295,12 @@ func StartNamedJob(t testing.TB, name string, args ...string) *NamedJob {
 	}
 	// fio runs each job in a child: the group is killed at cleanup, so
 	// that none keeps the scenario's files open.
+	argv := append([]string{bin, "--name=" + name}, args...)
+	if procs != "" {
+		argv = append([]string{"/bin/sh", "-c", `echo $$ > "$0" && exec "$@"`, procs}, argv...)
+	}
 	j := &NamedJob{startFio(t, fioRun{what: "job " + name, name: name,
-		argv: append([]string{bin, "--name=" + name}, args...),
+		argv: argv,
 		// fio's job processes may leave the group: every process of the
 		// copy is killed, until none is left
 		reap: func() {
@@ -284,7 +320,11 @@ func StartNamedJob(t testing.TB, name string, args ...string) *NamedJob {
 				return !left
 			})
 		}})}
-	t.Logf("scenario: %s (pid %d): fio %s", name, j.Pid, strings.Join(args, " "))
+	in := ""
+	if procs != "" {
+		in = " in " + filepath.Dir(procs)
+	}
+	t.Logf("scenario: %s (pid %d)%s: fio %s", name, j.Pid, in, strings.Join(args, " "))
 	return j
 }
 

@@ -60,6 +60,24 @@ func MemoryCgroup(t testing.TB, limit int64) string {
 	return filepath.Join(dir, "cgroup.procs")
 }
 
+// CgroupWriteback says whether the kernel gives each memory cgroup a dirty
+// limit of its own (cgroup writeback): the memory and io controllers are
+// both on the unified (v2) hierarchy; else why not.
+func CgroupWriteback() (bool, string) {
+	for _, v2 := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified"} {
+		b, err := os.ReadFile(filepath.Join(v2, "cgroup.controllers"))
+		if err != nil {
+			continue
+		}
+		c := " " + strings.TrimSpace(string(b)) + " "
+		if strings.Contains(c, " memory ") && strings.Contains(c, " io ") {
+			return true, ""
+		}
+		return false, fmt.Sprintf("the cgroup v2 hierarchy at %s has controllers %q: cgroup writeback needs memory and io there", v2, strings.TrimSpace(string(b)))
+	}
+	return false, "no cgroup v2 hierarchy"
+}
+
 // BufferedWriter starts fio writing /dev/<dev> through the page cache
 // (1 MiB sequential buffered writes, over and over) for dur, moved into
 // the cgroup whose cgroup.procs file is procs ("" for none) once started

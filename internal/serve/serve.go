@@ -317,7 +317,7 @@ func (a *agent) loop(ctx context.Context, first flight.State, windows chan<- *ti
 // probes once read, so that their maps do not fill over a long run.
 func (a *agent) state(at event.Mono, prune bool) flight.State {
 	sink := &stateSink{}
-	var removed []uint32
+	var removed map[string][]uint32
 	a.stateMu.Lock()
 	if a.g != nil {
 		if err := a.g.Checkpoint(sink); err != nil {
@@ -331,7 +331,7 @@ func (a *agent) state(at event.Mono, prune bool) flight.State {
 	a.stateMu.Unlock()
 	return flight.State{At: at, Devices: sink.tl.Devices, Losses: sink.tl.Losses,
 		Stats: sink.tl.SyscallStats, Blocked: sink.tl.BlockedStacks, MemStalls: sink.tl.MemStalls, Requeues: sink.tl.Requeues,
-		IOUsage: sink.tl.IOUsage, Pruned: removed}
+		IOUsage: sink.tl.IOUsage, Pruned: removed[event.ProbeSyscall], PrunedIO: removed[event.ProbeSubmit]}
 }
 
 // stop detaches the probes.
