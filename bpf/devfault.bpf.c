@@ -11,7 +11,14 @@
  * back while still in flight after its deadline was given back by the
  * timeout handling (SCSI: scsi_timeout, then the error handler's retry;
  * NVMe: nvme_timeout, abort or reset). A requeue for want of resources
- * (BLK_STS_RESOURCE) comes long before the deadline. */
+ * (BLK_STS_RESOURCE) comes long before the deadline.
+ *
+ * SCSI's error handling, where scsi_mod is loaded (classic tracepoints:
+ * 5.10 has no module BTF): scsi:scsi_dispatch_cmd_timeout (a command timed
+ * out: its host, channel, target, LUN and opcode) and scsi:scsi_eh_wakeup
+ * (the host's error handler woken to recover its failed commands: aborts,
+ * then device, target, bus and host resets). Both are rare; the per-command
+ * SCSI and NVMe tracepoints are not used (one per I/O). */
 #include "common.h"
 #include "events.h"
 #include "kernel_block.h"
@@ -44,6 +51,8 @@ struct request___df {
 enum df_kind {
 	DF_ERROR = 1, /* a request completed with an error */
 	DF_TIMEOUT = 2, /* a request given back after its deadline */
+	DF_SCSI_TIMEOUT = 3, /* a SCSI command timed out (scsi_dispatch_cmd_timeout) */
+	DF_SCSI_EH = 4, /* a SCSI host's error handler woken (scsi_eh_wakeup) */
 };
 
 KEEP_TYPE(enum df_kind, df_kind_type);
@@ -62,6 +71,35 @@ struct df_event {
 };
 
 KEEP_TYPE(struct df_event, df_event_type);
+
+/* DF_SCSI_TIMEOUT, DF_SCSI_EH: the SCSI device by its address (the host
+ * alone for DF_SCSI_EH); user space finds its disk in sysfs. */
+struct df_scsi_event {
+	__u32 kind;
+	__u32 host_no;
+	__u64 time_ns;
+	__u32 channel, id, lun;
+	__u32 opcode; /* DF_SCSI_TIMEOUT: the command's first byte */
+};
+
+KEEP_TYPE(struct df_scsi_event, df_scsi_event_type);
+
+/* tracepoint records (offsets from the tracefs format files: the same on
+ * 5.10, 6.1 and 6.12) */
+struct tp_scsi_eh_wakeup {
+	__u64 common;
+	__u32 host_no;
+};
+
+struct tp_scsi_cmd_timeout {
+	__u64 common;
+	__u32 host_no;
+	__u32 channel;
+	__u32 id;
+	__u32 lun;
+	int result;
+	__u32 opcode;
+};
 
 /* Requeues per device. */
 #define MAX_DEVS 1024
@@ -183,6 +221,40 @@ int df_rq_requeue(__u64 *ctx)
 	if (!e)
 		return 0;
 	fill(e, rq, r, DF_TIMEOUT);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tracepoint/scsi/scsi_dispatch_cmd_timeout")
+int df_scsi_timeout(struct tp_scsi_cmd_timeout *ctx)
+{
+	struct df_scsi_event *e = EVENT_RESERVE(struct df_scsi_event);
+	if (!e)
+		return 0;
+	e->kind = DF_SCSI_TIMEOUT;
+	e->host_no = ctx->host_no;
+	e->time_ns = bpf_ktime_get_ns();
+	e->channel = ctx->channel;
+	e->id = ctx->id;
+	e->lun = ctx->lun;
+	e->opcode = ctx->opcode;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tracepoint/scsi/scsi_eh_wakeup")
+int df_scsi_eh(struct tp_scsi_eh_wakeup *ctx)
+{
+	struct df_scsi_event *e = EVENT_RESERVE(struct df_scsi_event);
+	if (!e)
+		return 0;
+	e->kind = DF_SCSI_EH;
+	e->host_no = ctx->host_no;
+	e->time_ns = bpf_ktime_get_ns();
+	e->channel = 0;
+	e->id = 0;
+	e->lun = 0;
+	e->opcode = 0;
 	bpf_ringbuf_submit(e, 0);
 	return 0;
 }

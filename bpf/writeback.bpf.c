@@ -4,8 +4,10 @@
  * of two fields of balance_dirty_pages changed, bdi_* to wb_*, at the same
  * offsets).
  *
- *   wbt:wbt_step, wbt:wbt_lat        writeback throttling scaled a device's
- *                                    queue depth, or its latency target changed
+ *   wbt:wbt_step, wbt:wbt_lat,       writeback throttling scaled a device's
+ *   wbt:wbt_stat                     queue depth; a latency missed its target;
+ *                                    the read and write latencies of a window
+ *                                    that missed it or while it was scaled
  *   writeback:balance_dirty_pages    a writer paused for too many dirty pages
  *   jbd2:jbd2_start_commit .. jbd2_end_commit, jbd2_run_stats
  *                                    one journal commit, its phases timed
@@ -25,6 +27,7 @@ enum wb_kind {
 	WB_DIRTY = 3,
 	WB_COMMIT = 4,
 	WB_ORDERED = 5,
+	WB_WBT_STAT = 6,
 };
 
 KEEP_TYPE(enum wb_kind, wb_kind_type);
@@ -46,6 +49,21 @@ struct tp_wbt_lat {
 	__u64 common;
 	char name[32];
 	unsigned long lat;
+};
+
+struct tp_wbt_stat {
+	__u64 common;
+	char name[32];
+	__s64 rmean;
+	__u64 rmin;
+	__u64 rmax;
+	__s64 rnr_samples;
+	__s64 rtime;
+	__s64 wmean;
+	__u64 wmin;
+	__u64 wmax;
+	__s64 wnr_samples;
+	__s64 wtime;
 };
 
 struct tp_balance_dirty_pages {
@@ -110,12 +128,22 @@ struct wbt_event {
 	enum wb_kind kind; /* WB_WBT_STEP or WB_WBT_LAT */
 	__s32 step; /* scale step (negative: scaled up, more depth) */
 	__u64 time_ns;
-	__u64 window_ns; /* the monitoring window (step) */
-	__u64 lat_us; /* the latency target (lat) */
+	__u64 window_us; /* the monitoring window (step) */
+	__u64 lat_us; /* the latency that missed the target (lat) */
 	__u32 bg, normal, max; /* depth limits after the step */
 	__u32 pad;
 	char bdi[32]; /* "MAJ:MIN" */
 	char msg[32];
+};
+
+/* A window's completion latencies (ns), reads and writes. */
+struct wbt_stat_event {
+	enum wb_kind kind; /* WB_WBT_STAT */
+	__u32 pad;
+	__u64 time_ns;
+	__s64 rmean, rmin, rmax, rsamples;
+	__s64 wmean, wmin, wmax, wsamples;
+	char bdi[32]; /* "MAJ:MIN" */
 };
 
 struct dirty_event {
@@ -158,6 +186,7 @@ struct ordered_event {
 };
 
 KEEP_TYPE(struct wbt_event, wbt_event_type);
+KEEP_TYPE(struct wbt_stat_event, wbt_stat_event_type);
 KEEP_TYPE(struct dirty_event, dirty_event_type);
 KEEP_TYPE(struct commit_event, commit_event_type);
 KEEP_TYPE(struct ordered_event, ordered_event_type);
@@ -210,7 +239,7 @@ int wb_wbt_step(struct tp_wbt_step *ctx)
 	e->kind = WB_WBT_STEP;
 	e->time_ns = bpf_ktime_get_ns();
 	e->step = ctx->step;
-	e->window_ns = ctx->window;
+	e->window_us = ctx->window;
 	e->lat_us = 0;
 	e->bg = ctx->bg;
 	e->normal = ctx->normal;
@@ -233,6 +262,28 @@ int wb_wbt_lat(struct tp_wbt_lat *ctx)
 	e->kind = WB_WBT_LAT;
 	e->time_ns = bpf_ktime_get_ns();
 	e->lat_us = ctx->lat;
+	bpf_probe_read_kernel_str(e->bdi, sizeof(e->bdi), ctx->name);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tracepoint/wbt/wbt_stat")
+int wb_wbt_stat(struct tp_wbt_stat *ctx)
+{
+	struct wbt_stat_event *e = EVENT_RESERVE(struct wbt_stat_event);
+	if (!e)
+		return 0;
+	e->kind = WB_WBT_STAT;
+	e->pad = 0;
+	e->time_ns = bpf_ktime_get_ns();
+	e->rmean = ctx->rmean;
+	e->rmin = ctx->rmin;
+	e->rmax = ctx->rmax;
+	e->rsamples = ctx->rnr_samples;
+	e->wmean = ctx->wmean;
+	e->wmin = ctx->wmin;
+	e->wmax = ctx->wmax;
+	e->wsamples = ctx->wnr_samples;
 	bpf_probe_read_kernel_str(e->bdi, sizeof(e->bdi), ctx->name);
 	bpf_ringbuf_submit(e, 0);
 	return 0;

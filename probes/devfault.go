@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 
@@ -29,9 +30,9 @@ func (devfaultProbe) Decl() Decl {
 	return Decl{
 		Name:       event.ProbeDevFault,
 		Mechanisms: []Rung{{Mech: event.MechTPBTF}},
-		Describe:   "failing devices: requests completed with an error, requests that timed out (given back after their deadline) and requeues, per device",
-		Attach:     "tp_btf `block_rq_complete` (its error), `block_rq_requeue` (the request's deadline)",
-		Records:    "each failed request (device, operation, sector, error) and each timeout (how long the request had been in flight); requeues counted per device",
+		Describe:   "failing devices: requests completed with an error, requests that timed out (given back after their deadline) and requeues, per device; SCSI command timeouts and error handling",
+		Attach:     "tp_btf `block_rq_complete` (its error), `block_rq_requeue` (the request's deadline); tracepoints `scsi:scsi_dispatch_cmd_timeout`, `scsi_eh_wakeup` where scsi_mod is loaded",
+		Records:    "each failed request (device, operation, sector, error) and each timeout (how long the request had been in flight); requeues counted per device; each SCSI command that timed out (its opcode) and each wakeup of a SCSI host's error handler (aborts and resets), on the host's disks",
 	}
 }
 
@@ -40,7 +41,9 @@ func (p devfaultProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus)
 	if err != nil {
 		return nil, unavailableStatus(p.Decl().Name, err)
 	}
-	return r, p.Decl().started()
+	st := p.Decl().started()
+	st.Reason = r.note
+	return r, st
 }
 
 type devfaultRunning struct {
@@ -54,6 +57,7 @@ type devfaultRunning struct {
 
 	mu       sync.Mutex
 	timeouts map[uint32]time.Duration // queue/io_timeout by dev, as first read
+	note     string                   // what it does not see
 
 	stopOnce sync.Once
 	stopErr  error
@@ -99,6 +103,23 @@ func startDevfault(cfg Config, sink Sink) (_ *devfaultRunning, err error) {
 	if r.links, err = attachTPBTF(r.objs.DfRqComplete, r.objs.DfRqRequeue); err != nil {
 		return nil, err
 	}
+	// SCSI's error handling, where scsi_mod is loaded (not on a host
+	// without SCSI; a module loaded later is not seen)
+	var missing []string
+	for _, tp := range []struct {
+		name string
+		prog *ebpf.Program
+	}{{"scsi_dispatch_cmd_timeout", r.objs.DfScsiTimeout}, {"scsi_eh_wakeup", r.objs.DfScsiEh}} {
+		l, err := link.Tracepoint("scsi", tp.name, tp.prog, nil)
+		if err != nil {
+			missing = append(missing, "scsi:"+tp.name+" ("+errReason(err)+")")
+			continue
+		}
+		r.links = append(r.links, l)
+	}
+	if len(missing) > 0 {
+		r.note = "not seen: SCSI error handling: " + strings.Join(missing, "; ")
+	}
 	go func() {
 		defer close(r.done)
 		readRing(r.rd, r.sink, event.ProbeDevFault, r.handle)
@@ -108,6 +129,13 @@ func startDevfault(cfg Config, sink Sink) (_ *devfaultRunning, err error) {
 
 // handle delivers one ring record (reader goroutine).
 func (r *devfaultRunning) handle(raw []byte) {
+	if len(raw) >= 4 {
+		switch devfaultDfKind(binary.NativeEndian.Uint32(raw)) {
+		case devfaultDfKindDF_SCSI_TIMEOUT, devfaultDfKindDF_SCSI_EH:
+			r.handleSCSI(raw)
+			return
+		}
+	}
 	var e devfaultDfEvent
 	if err := binary.Read(bytes.NewReader(raw), binary.NativeEndian, &e); err != nil {
 		r.decode++
@@ -137,6 +165,66 @@ func (r *devfaultRunning) handle(raw []byte) {
 		return
 	}
 	r.sink.Event(f)
+}
+
+// handleSCSI delivers a SCSI command's timeout, on its disk, or a SCSI
+// host's error handler woken, on each disk of the host.
+func (r *devfaultRunning) handleSCSI(raw []byte) {
+	var e devfaultDfScsiEvent
+	if err := binary.Read(bytes.NewReader(raw), binary.NativeEndian, &e); err != nil {
+		r.decode++
+		return
+	}
+	at := event.Mono(e.TimeNs)
+	if devfaultDfKind(e.Kind) == devfaultDfKindDF_SCSI_TIMEOUT {
+		addr := fmt.Sprintf("%d:%d:%d:%d", e.HostNo, e.Channel, e.Id, e.Lun)
+		devs := r.scsiDisks(filepath.Join(r.sysfs, "class", "scsi_device", addr, "device", "block", "*"))
+		dev := event.Device{Name: addr}
+		if len(devs) > 0 {
+			dev = devs[0]
+		}
+		r.sink.Event(event.DeviceFault{Time: at, Dev: dev, Kind: event.FaultSCSITimeout, Op: scsiOpcode(e.Opcode)})
+		return
+	}
+	devs := r.scsiDisks(filepath.Join(r.sysfs, "class", "scsi_host", fmt.Sprintf("host%d", e.HostNo), "device", "target*", "*", "block", "*"))
+	if len(devs) == 0 {
+		devs = []event.Device{{Name: fmt.Sprintf("host%d", e.HostNo)}}
+	}
+	for _, d := range devs {
+		r.sink.Event(event.DeviceFault{Time: at, Dev: d, Kind: event.FaultErrorHandler})
+	}
+}
+
+// scsiDisks are the disks whose sysfs directories match a glob, by name
+// and number.
+func (r *devfaultRunning) scsiDisks(glob string) []event.Device {
+	paths, _ := filepath.Glob(glob)
+	var out []event.Device
+	for _, p := range paths {
+		d := event.Device{Name: filepath.Base(p)}
+		if b, err := os.ReadFile(filepath.Join(p, "dev")); err == nil {
+			fmt.Sscanf(strings.TrimSpace(string(b)), "%d:%d", &d.Major, &d.Minor)
+		}
+		out = append(out, d)
+	}
+	return out
+}
+
+// scsiOpcodes names the SCSI commands a block device issues.
+var scsiOpcodes = map[uint32]string{
+	0x00: "TEST_UNIT_READY", 0x03: "REQUEST_SENSE", 0x08: "READ_6", 0x0a: "WRITE_6", 0x12: "INQUIRY",
+	0x1a: "MODE_SENSE", 0x25: "READ_CAPACITY", 0x28: "READ_10", 0x2a: "WRITE_10", 0x2f: "VERIFY",
+	0x35: "SYNCHRONIZE_CACHE", 0x41: "WRITE_SAME", 0x42: "UNMAP", 0x5a: "MODE_SENSE_10", 0x88: "READ_16",
+	0x8a: "WRITE_16", 0x91: "SYNCHRONIZE_CACHE_16", 0x93: "WRITE_SAME_16", 0x9e: "SERVICE_ACTION_IN_16",
+	0xa0: "REPORT_LUNS", 0xa8: "READ_12", 0xaa: "WRITE_12",
+}
+
+// scsiOpcode names a SCSI command by its opcode.
+func scsiOpcode(op uint32) string {
+	if n, ok := scsiOpcodes[op]; ok {
+		return n
+	}
+	return fmt.Sprintf("opcode 0x%02x", op)
 }
 
 // device names the disk of a kernel dev_t: by the name the program read

@@ -30,8 +30,10 @@ type devfaultDfEvent struct {
 type devfaultDfKind uint32
 
 const (
-	devfaultDfKindDF_ERROR   devfaultDfKind = 1
-	devfaultDfKindDF_TIMEOUT devfaultDfKind = 2
+	devfaultDfKindDF_ERROR        devfaultDfKind = 1
+	devfaultDfKindDF_TIMEOUT      devfaultDfKind = 2
+	devfaultDfKindDF_SCSI_TIMEOUT devfaultDfKind = 3
+	devfaultDfKindDF_SCSI_EH      devfaultDfKind = 4
 )
 
 type devfaultDfRequeues struct {
@@ -39,6 +41,17 @@ type devfaultDfRequeues struct {
 	Count    uint64
 	TimedOut uint64
 	Disk     [32]int8
+}
+
+type devfaultDfScsiEvent struct {
+	_       structs.HostLayout
+	Kind    uint32
+	HostNo  uint32
+	TimeNs  uint64
+	Channel uint32
+	Id      uint32
+	Lun     uint32
+	Opcode  uint32
 }
 
 type devfaultLossKind uint32
@@ -54,17 +67,20 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	devfaultMapEvents         = "events"
-	devfaultMapLosses         = "losses"
-	devfaultMapRequeues       = "requeues"
-	devfaultProgDfRqComplete  = "df_rq_complete"
-	devfaultProgDfRqRequeue   = "df_rq_requeue"
-	devfaultVarArgRqComplete  = "arg_rq_complete"
-	devfaultVarArgRqRequeue   = "arg_rq_requeue"
-	devfaultVarDfEventType    = "df_event_type"
-	devfaultVarDfKindType     = "df_kind_type"
-	devfaultVarDfRequeuesType = "df_requeues_type"
-	devfaultVarLossKindType   = "loss_kind_type"
+	devfaultMapEvents          = "events"
+	devfaultMapLosses          = "losses"
+	devfaultMapRequeues        = "requeues"
+	devfaultProgDfRqComplete   = "df_rq_complete"
+	devfaultProgDfRqRequeue    = "df_rq_requeue"
+	devfaultProgDfScsiEh       = "df_scsi_eh"
+	devfaultProgDfScsiTimeout  = "df_scsi_timeout"
+	devfaultVarArgRqComplete   = "arg_rq_complete"
+	devfaultVarArgRqRequeue    = "arg_rq_requeue"
+	devfaultVarDfEventType     = "df_event_type"
+	devfaultVarDfKindType      = "df_kind_type"
+	devfaultVarDfRequeuesType  = "df_requeues_type"
+	devfaultVarDfScsiEventType = "df_scsi_event_type"
+	devfaultVarLossKindType    = "loss_kind_type"
 )
 
 // loadDevfault returns the embedded CollectionSpec for devfault.
@@ -109,8 +125,10 @@ type devfaultSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type devfaultProgramSpecs struct {
-	DfRqComplete *ebpf.ProgramSpec `ebpf:"df_rq_complete"`
-	DfRqRequeue  *ebpf.ProgramSpec `ebpf:"df_rq_requeue"`
+	DfRqComplete  *ebpf.ProgramSpec `ebpf:"df_rq_complete"`
+	DfRqRequeue   *ebpf.ProgramSpec `ebpf:"df_rq_requeue"`
+	DfScsiEh      *ebpf.ProgramSpec `ebpf:"df_scsi_eh"`
+	DfScsiTimeout *ebpf.ProgramSpec `ebpf:"df_scsi_timeout"`
 }
 
 // devfaultMapSpecs contains maps before they are loaded into the kernel.
@@ -126,12 +144,13 @@ type devfaultMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type devfaultVariableSpecs struct {
-	ArgRqComplete  *ebpf.VariableSpec `ebpf:"arg_rq_complete"`
-	ArgRqRequeue   *ebpf.VariableSpec `ebpf:"arg_rq_requeue"`
-	DfEventType    *ebpf.VariableSpec `ebpf:"df_event_type"`
-	DfKindType     *ebpf.VariableSpec `ebpf:"df_kind_type"`
-	DfRequeuesType *ebpf.VariableSpec `ebpf:"df_requeues_type"`
-	LossKindType   *ebpf.VariableSpec `ebpf:"loss_kind_type"`
+	ArgRqComplete   *ebpf.VariableSpec `ebpf:"arg_rq_complete"`
+	ArgRqRequeue    *ebpf.VariableSpec `ebpf:"arg_rq_requeue"`
+	DfEventType     *ebpf.VariableSpec `ebpf:"df_event_type"`
+	DfKindType      *ebpf.VariableSpec `ebpf:"df_kind_type"`
+	DfRequeuesType  *ebpf.VariableSpec `ebpf:"df_requeues_type"`
+	DfScsiEventType *ebpf.VariableSpec `ebpf:"df_scsi_event_type"`
+	LossKindType    *ebpf.VariableSpec `ebpf:"loss_kind_type"`
 }
 
 // devfaultObjects contains all objects after they have been loaded into the kernel.
@@ -171,26 +190,31 @@ func (m *devfaultMaps) Close() error {
 //
 // It can be passed to loadDevfaultObjects or ebpf.CollectionSpec.LoadAndAssign.
 type devfaultVariables struct {
-	ArgRqComplete  *ebpf.Variable `ebpf:"arg_rq_complete"`
-	ArgRqRequeue   *ebpf.Variable `ebpf:"arg_rq_requeue"`
-	DfEventType    *ebpf.Variable `ebpf:"df_event_type"`
-	DfKindType     *ebpf.Variable `ebpf:"df_kind_type"`
-	DfRequeuesType *ebpf.Variable `ebpf:"df_requeues_type"`
-	LossKindType   *ebpf.Variable `ebpf:"loss_kind_type"`
+	ArgRqComplete   *ebpf.Variable `ebpf:"arg_rq_complete"`
+	ArgRqRequeue    *ebpf.Variable `ebpf:"arg_rq_requeue"`
+	DfEventType     *ebpf.Variable `ebpf:"df_event_type"`
+	DfKindType      *ebpf.Variable `ebpf:"df_kind_type"`
+	DfRequeuesType  *ebpf.Variable `ebpf:"df_requeues_type"`
+	DfScsiEventType *ebpf.Variable `ebpf:"df_scsi_event_type"`
+	LossKindType    *ebpf.Variable `ebpf:"loss_kind_type"`
 }
 
 // devfaultPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadDevfaultObjects or ebpf.CollectionSpec.LoadAndAssign.
 type devfaultPrograms struct {
-	DfRqComplete *ebpf.Program `ebpf:"df_rq_complete"`
-	DfRqRequeue  *ebpf.Program `ebpf:"df_rq_requeue"`
+	DfRqComplete  *ebpf.Program `ebpf:"df_rq_complete"`
+	DfRqRequeue   *ebpf.Program `ebpf:"df_rq_requeue"`
+	DfScsiEh      *ebpf.Program `ebpf:"df_scsi_eh"`
+	DfScsiTimeout *ebpf.Program `ebpf:"df_scsi_timeout"`
 }
 
 func (p *devfaultPrograms) Close() error {
 	return _DevfaultClose(
 		p.DfRqComplete,
 		p.DfRqRequeue,
+		p.DfScsiEh,
+		p.DfScsiTimeout,
 	)
 }
 

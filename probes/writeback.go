@@ -39,8 +39,8 @@ func (writebackProbe) Decl() Decl {
 		Name:       event.ProbeWriteback,
 		Mechanisms: []Rung{{Mech: event.MechTracepoint}},
 		Describe:   "write-back throttles and journal commits: wbt scaling, writers paused for dirty pages, jbd2 commits and whose data they wrote",
-		Attach:     "tracepoints `wbt:wbt_step`, `wbt_lat`, `writeback:balance_dirty_pages`, `writeback_dirty_folio` (5.10: `writeback_dirty_page`), `jbd2:jbd2_start_commit` .. `jbd2_end_commit`, `jbd2_run_stats`, `jbd2_submit_inode_data`; /proc/sys/vm/dirty_*, /proc/vmstat's nr_dirty_threshold, /proc/meminfo, queue/wbt_lat_usec, /proc/self/mountinfo, the paused writers' cgroup v2 memory.max and memory.high",
-		Records:    "wbt steps and latency targets per device; each dirty-throttle pause with the limits in force and its memory cgroup's; each journal commit with its phases, and the inodes whose data it wrote with their dirtier; the dirty sysctls; mounts",
+		Attach:     "tracepoints `wbt:wbt_step`, `wbt_lat`, `wbt_stat`, `writeback:balance_dirty_pages`, `writeback_dirty_folio` (5.10: `writeback_dirty_page`), `jbd2:jbd2_start_commit` .. `jbd2_end_commit`, `jbd2_run_stats`, `jbd2_submit_inode_data`; /proc/sys/vm/dirty_*, /proc/vmstat's nr_dirty_threshold, /proc/meminfo, queue/wbt_lat_usec, /proc/self/mountinfo, the paused writers' cgroup v2 memory.max and memory.high",
+		Records:    "wbt steps, latency targets, the latencies that exceeded them and the latencies of its windows while scaled, per device; each dirty-throttle pause with the limits in force and its memory cgroup's; each journal commit with its phases, and the inodes whose data it wrote with their dirtier; the dirty sysctls; mounts",
 	}
 }
 
@@ -53,6 +53,7 @@ var writebackGroups = []struct {
 	{"wbt", [][3]string{
 		{"wb_wbt_step", "wbt", "wbt_step"},
 		{"wb_wbt_lat", "wbt", "wbt_lat"},
+		{"wb_wbt_stat", "wbt", "wbt_stat"},
 	}},
 	{"dirty throttling", [][3]string{
 		{"wb_dirty", "writeback", "balance_dirty_pages"},
@@ -312,7 +313,7 @@ func (r *writebackRunning) handle(raw []byte) {
 		var e writebackWbtEvent
 		if read(&e) {
 			r.sink.Event(event.WbtStep{Time: event.Mono(e.TimeNs), Dev: r.device(cString(e.Bdi[:])),
-				Step: e.Step, Msg: cString(e.Msg[:]), Window: time.Duration(e.WindowNs),
+				Step: e.Step, Msg: cString(e.Msg[:]), Window: time.Duration(e.WindowUs) * time.Microsecond,
 				Bg: e.Bg, Normal: e.Normal, Max: e.Max})
 		}
 	case writebackWbKindWB_WBT_LAT:
@@ -320,6 +321,14 @@ func (r *writebackRunning) handle(raw []byte) {
 		if read(&e) {
 			r.sink.Event(event.WbtLat{Time: event.Mono(e.TimeNs), Dev: r.device(cString(e.Bdi[:])),
 				Lat: time.Duration(e.LatUs) * time.Microsecond, From: "wbt_lat"})
+		}
+	case writebackWbKindWB_WBT_STAT:
+		var e writebackWbtStatEvent
+		if read(&e) {
+			ns := func(v int64) time.Duration { return time.Duration(max(v, 0)) }
+			r.sink.Event(event.WbtWindow{Time: event.Mono(e.TimeNs), Dev: r.device(cString(e.Bdi[:])),
+				ReadMean: ns(e.Rmean), ReadMin: ns(e.Rmin), ReadMax: ns(e.Rmax), Reads: e.Rsamples,
+				WriteMean: ns(e.Wmean), WriteMin: ns(e.Wmin), WriteMax: ns(e.Wmax), Writes: e.Wsamples})
 		}
 	case writebackWbKindWB_DIRTY:
 		var e writebackDirtyEvent

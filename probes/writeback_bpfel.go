@@ -100,6 +100,7 @@ const (
 	writebackWbKindWB_DIRTY    writebackWbKind = 3
 	writebackWbKindWB_COMMIT   writebackWbKind = 4
 	writebackWbKindWB_ORDERED  writebackWbKind = 5
+	writebackWbKindWB_WBT_STAT writebackWbKind = 6
 )
 
 type writebackWbtEvent struct {
@@ -107,7 +108,7 @@ type writebackWbtEvent struct {
 	Kind     uint32
 	Step     int32
 	TimeNs   uint64
-	WindowNs uint64
+	WindowUs uint64
 	LatUs    uint64
 	Bg       uint32
 	Normal   uint32
@@ -115,6 +116,22 @@ type writebackWbtEvent struct {
 	Pad      uint32
 	Bdi      [32]int8
 	Msg      [32]int8
+}
+
+type writebackWbtStatEvent struct {
+	_        structs.HostLayout
+	Kind     uint32
+	Pad      uint32
+	TimeNs   uint64
+	Rmean    int64
+	Rmin     int64
+	Rmax     int64
+	Rsamples int64
+	Wmean    int64
+	Wmin     int64
+	Wmax     int64
+	Wsamples int64
+	Bdi      [32]int8
 }
 
 // Names of all BPF objects in the ELF.
@@ -136,6 +153,7 @@ const (
 	writebackProgWbDirty          = "wb_dirty"
 	writebackProgWbOrdered        = "wb_ordered"
 	writebackProgWbWbtLat         = "wb_wbt_lat"
+	writebackProgWbWbtStat        = "wb_wbt_stat"
 	writebackProgWbWbtStep        = "wb_wbt_step"
 	writebackVarCommitEventType   = "commit_event_type"
 	writebackVarDirtyEventType    = "dirty_event_type"
@@ -144,6 +162,7 @@ const (
 	writebackVarOrderedEventType  = "ordered_event_type"
 	writebackVarWbKindType        = "wb_kind_type"
 	writebackVarWbtEventType      = "wbt_event_type"
+	writebackVarWbtStatEventType  = "wbt_stat_event_type"
 )
 
 // loadWriteback returns the embedded CollectionSpec for writeback.
@@ -198,6 +217,7 @@ type writebackProgramSpecs struct {
 	WbDirty          *ebpf.ProgramSpec `ebpf:"wb_dirty"`
 	WbOrdered        *ebpf.ProgramSpec `ebpf:"wb_ordered"`
 	WbWbtLat         *ebpf.ProgramSpec `ebpf:"wb_wbt_lat"`
+	WbWbtStat        *ebpf.ProgramSpec `ebpf:"wb_wbt_stat"`
 	WbWbtStep        *ebpf.ProgramSpec `ebpf:"wb_wbt_step"`
 }
 
@@ -223,6 +243,7 @@ type writebackVariableSpecs struct {
 	OrderedEventType *ebpf.VariableSpec `ebpf:"ordered_event_type"`
 	WbKindType       *ebpf.VariableSpec `ebpf:"wb_kind_type"`
 	WbtEventType     *ebpf.VariableSpec `ebpf:"wbt_event_type"`
+	WbtStatEventType *ebpf.VariableSpec `ebpf:"wbt_stat_event_type"`
 }
 
 // writebackObjects contains all objects after they have been loaded into the kernel.
@@ -273,6 +294,7 @@ type writebackVariables struct {
 	OrderedEventType *ebpf.Variable `ebpf:"ordered_event_type"`
 	WbKindType       *ebpf.Variable `ebpf:"wb_kind_type"`
 	WbtEventType     *ebpf.Variable `ebpf:"wbt_event_type"`
+	WbtStatEventType *ebpf.Variable `ebpf:"wbt_stat_event_type"`
 }
 
 // writebackPrograms contains all programs after they have been loaded into the kernel.
@@ -289,6 +311,7 @@ type writebackPrograms struct {
 	WbDirty          *ebpf.Program `ebpf:"wb_dirty"`
 	WbOrdered        *ebpf.Program `ebpf:"wb_ordered"`
 	WbWbtLat         *ebpf.Program `ebpf:"wb_wbt_lat"`
+	WbWbtStat        *ebpf.Program `ebpf:"wb_wbt_stat"`
 	WbWbtStep        *ebpf.Program `ebpf:"wb_wbt_step"`
 }
 
@@ -304,6 +327,7 @@ func (p *writebackPrograms) Close() error {
 		p.WbDirty,
 		p.WbOrdered,
 		p.WbWbtLat,
+		p.WbWbtStat,
 		p.WbWbtStep,
 	)
 }

@@ -48,6 +48,15 @@ func TestFindingsGolden(t *testing.T) {
 			calls(ledger, "/", loop0, "fdatasync", 2000, 20, callTagWait, callDevice)},
 		{"testdata/golden_unexplained_latency.txt", newScenario().fast(loop0).
 			calls(ledger, "/db", loop0, "pread64", 100, 40, callOther, callOther, callOther2).calls(ledger, "/db", loop0, "fdatasync", 100, 10, callDevice)},
+		// iocost held fio: what the iocost probe saw says by how much; without
+		// it, the stacks alone name the cause.
+		{"testdata/golden_iocost.txt", newScenario().fast(loop0).
+			calls(fio, "/ioc", loop0, "io_submit", 600, 8, callIOCost).iocost(loop0, "/ioc")},
+		// SCSI commands time out on sda: the finding says which, and that
+		// the error handler of its host ran.
+		{"testdata/golden_failing_scsi.txt", newScenario().fast(loop0).scsiTimeouts(sda, 3)},
+		{"testdata/golden_iocost_untraced.txt", newScenario().fast(loop0).
+			calls(fio, "/ioc", loop0, "io_submit", 600, 8, callIOCost)},
 		{"testdata/golden_unexplained_partly.txt", newScenario().fast(loop0).commits(loop0, 50, 30).
 			calls(archiver, "/", loop0, "pwrite64", 40, 50, callLock, callOther).calls(archiver, "/", loop0, "fdatasync", 40, 10, callJournal)},
 	}

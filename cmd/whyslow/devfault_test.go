@@ -7,7 +7,9 @@ package main
 // the same reader on the healthy disk gives no such finding.
 
 import (
+	"os"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -86,8 +88,15 @@ func TestFailingDevice(t *testing.T) {
 		{"medium-errors", 2, 0, scenario.ScsiDebugMediumErrorOffset, true},
 		{"timeouts", 4, 25, -1, true},
 		{"control", 0, 0, scenario.ScsiDebugMediumErrorOffset, false},
+		// every command after the first four dropped: each times out, its
+		// retry after the abort too, and the host's error handler escalates
+		// (device, target, bus, host reset) until it takes the disk offline
+		{"resets", 4, -4, -1, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			if tc.name == "resets" {
+				scsiDebugRecoverable(t, dev)
+			}
 			scenario.ScsiDebugTimeout(t, dev, 2)
 			scenario.ScsiDebugFaults(t, tc.opts, tc.everyNth)
 			defer scenario.ScsiDebugFaults(t, 0, 0)
@@ -98,8 +107,76 @@ func TestFailingDevice(t *testing.T) {
 			}, "--device", dev)
 			t.Logf("reads %d, failed %d; findings:\n%s", reads, fails, summary(rep))
 			checkFailing(t, rep, dev, tc.want, "e2e.test", "whyslow.test")
+			if tc.name != "timeouts" && tc.name != "resets" {
+				return
+			}
+			// SCSI's error handling, said: the commands that timed out
+			// (reads); and where an abort did not recover them (resets),
+			// the host's error handler woken for them.
+			f, ok := findingOf(rep, "failing-device")
+			if !ok {
+				return
+			}
+			n, _ := evidence(f, "scsi_timeouts").(float64)
+			r, _ := evidence(f, "recoveries").(float64)
+			cmds := stringsOf(evidence(f, "scsi_commands"))
+			t.Logf("scsi_timeouts %v, recoveries %v, commands %v", n, r, cmds)
+			if n == 0 || !slices.ContainsFunc(cmds, func(c string) bool { return strings.HasPrefix(c, "READ") }) {
+				t.Errorf("evidence scsi_timeouts %v, scsi_commands %v: want the reads that timed out", n, cmds)
+			}
+			if !strings.Contains(f.Explanation, "SCSI command") {
+				t.Errorf("explanation does not say the SCSI commands timed out: %s", f.Explanation)
+			}
+			if tc.name != "resets" {
+				return
+			}
+			if r == 0 {
+				t.Errorf("evidence recoveries %v: want the error handler's wakeups", r)
+			}
+			if !strings.Contains(f.Explanation, "SCSI error handler") {
+				t.Errorf("explanation does not say the error handler ran: %s", f.Explanation)
+			}
 		})
 	}
+}
+
+// scsiDebugRecoverable shortens the error handler's own commands' timeout
+// (device/eh_timeout) to 1 s and, on cleanup, puts it back and the disk
+// back online if the escalation took it offline (a reset that works
+// leaves it running).
+func scsiDebugRecoverable(t *testing.T, dev string) {
+	t.Helper()
+	eh := "/sys/block/" + dev + "/device/eh_timeout"
+	orig, err := os.ReadFile(eh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(eh, []byte("1"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		scenario.ScsiDebugFaults(t, 0, 0)
+		// The kernel refuses (EINVAL) while the error handler still
+		// holds the host: try for 10 s. A disk left offline stays so for
+		// the rest of the guest (the matrix's scsi_debug disk, which only
+		// these tests use): said, not failed.
+		state := "/sys/block/" + dev + "/device/state"
+		for end := time.Now().Add(10 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+			b, err := os.ReadFile(state)
+			if err != nil || strings.TrimSpace(string(b)) == "running" {
+				break
+			}
+			if err := os.WriteFile(state, []byte("running"), 0o644); err == nil {
+				break
+			} else if time.Now().After(end) {
+				t.Logf("%s stays %s: putting it back online: %v", dev, strings.TrimSpace(string(b)), err)
+				break
+			}
+		}
+		if err := os.WriteFile(eh, orig, 0o644); err != nil {
+			t.Errorf("%s: %v", eh, err)
+		}
+	})
 }
 
 // failingWrites are fio's options for random O_DIRECT 4 KiB writes that

@@ -184,6 +184,10 @@ func TestIOCost(t *testing.T) {
 			}
 			c := scenario.IOCgroup(t, "ioc")
 			rep, w, _ := throttledWriter(t, c, dev)
+			// The iocost probe runs with iocost on or off.
+			if i := slices.IndexFunc(rep.Probes, func(p report.Probe) bool { return p.Name == "iocost" }); i < 0 || rep.Probes[i].Status != "ok" {
+				t.Errorf("iocost probe did not run: %+v", rep.Probes)
+			}
 			f, ok := findingOf(rep, "iocost")
 			if !on {
 				if ok {
@@ -207,6 +211,18 @@ func TestIOCost(t *testing.T) {
 			// The cgroup held to its budget, named.
 			if cgs := stringsOf(evidence(f, "cgroups")); len(cgs) != 1 || cgs[0] != c.Path || !strings.Contains(f.Title, c.Path) {
 				t.Errorf("evidence cgroups %v and title %q, want the writer's cgroup %s", evidence(f, "cgroups"), f.Title, c.Path)
+			}
+			// By how much, from iocost's tracepoints: the vrate held at
+			// 100% of the model (min=max=100), and the cgroup, alone on
+			// the disk, given the whole budget.
+			if v, _ := evidence(f, "vrate_pct").(float64); v != 100 {
+				t.Errorf("evidence vrate_pct %v, want 100 (io.cost.qos min=max=100)", evidence(f, "vrate_pct"))
+			}
+			if v, _ := evidence(f, "share_pct").(float64); v != 100 {
+				t.Errorf("evidence share_pct %v, want 100 (the writer's cgroup alone on %s)", evidence(f, "share_pct"), dev)
+			}
+			if !strings.Contains(f.Title, "vrate 100%") || !strings.Contains(f.Explanation, "vrate") {
+				t.Errorf("title %q and explanation do not say the vrate", f.Title)
 			}
 		})
 	}

@@ -213,6 +213,7 @@ const (
 	ProbeDevFault   = "devfault"
 	ProbeExec       = "exec"
 	ProbeFreeze     = "freeze"
+	ProbeIOCost     = "iocost"
 	ProbeIOLimits   = "iolimits"
 	ProbeOffCPU     = "offcpu"
 	ProbeQueueEnter = "queueenter"
@@ -444,6 +445,15 @@ func (e Process) When() Mono { return e.Time }
 const (
 	FaultError   = "error"   // a request completed with an error
 	FaultTimeout = "timeout" // a request was given back after its deadline, to be issued again
+	// FaultSCSITimeout is a SCSI command that timed out (the tracepoint
+	// scsi:scsi_dispatch_cmd_timeout); Op names its opcode ("READ_10").
+	FaultSCSITimeout = "scsi_timeout"
+	// FaultErrorHandler is a SCSI host's error handler woken to recover
+	// its failed commands (scsi:scsi_eh_wakeup): it aborts them, then
+	// resets the device, the target, the bus and the host as it escalates.
+	// One per disk on the host (Dev named as the host, "host2", when it
+	// has none).
+	FaultErrorHandler = "error_handler"
 )
 
 // DeviceFault is one request that failed on a device (completed with an
@@ -452,7 +462,7 @@ const (
 type DeviceFault struct {
 	Time   Mono   `json:"time"`
 	Dev    Device `json:"dev"`
-	Kind   string `json:"kind" mem:"shared"` // FaultError or FaultTimeout
+	Kind   string `json:"kind" mem:"shared"` // FaultError, FaultTimeout, ...
 	Op     string `json:"op" mem:"shared"`   // "read", "write", "flush", "discard", ...
 	Sector uint64 `json:"sector"`
 	Bytes  uint32 `json:"bytes,omitempty"`
@@ -570,6 +580,73 @@ type IOCost struct {
 // When implements Event.
 func (e IOCost) When() Mono { return e.Time }
 
+// IOCostVrate is the iocost controller's vrate on a device at the end of
+// a period in which iocost was busy or changed it (the tracepoint
+// iocost:iocost_ioc_vrate_adj). The vrate is the rate, in percent of the
+// device's cost model (io.cost.model), at which iocost pays the cgroups'
+// budgets out; io.cost.qos min and max bound it.
+type IOCostVrate struct {
+	Time Mono   `json:"time"`
+	Dev  Device `json:"dev"`
+	// Pct is the vrate set for the next period, OldPct the one in force
+	// in the period that ended (with its error correction).
+	Pct    float64 `json:"pct"`
+	OldPct float64 `json:"old_pct"`
+	// Busy is the busy level: above 0 the device missed its QoS targets
+	// and iocost lowers the vrate, below 0 it had room.
+	Busy int32 `json:"busy"`
+	// ReadMissedPPM and WriteMissedPPM are the I/Os of the period, in
+	// parts per million, that missed the QoS latency targets; RqWaitPct
+	// the part of it spent waiting for a request (tag).
+	ReadMissedPPM  uint32 `json:"read_missed_ppm"`
+	WriteMissedPPM uint32 `json:"write_missed_ppm"`
+	RqWaitPct      uint32 `json:"rq_wait_pct"`
+	// Lagging and Shortages count the cgroups with I/O still in flight
+	// from past periods, and those short of budget.
+	Lagging   int32 `json:"lagging"`
+	Shortages int32 `json:"shortages"`
+}
+
+// When implements Event.
+func (e IOCostVrate) When() Mono { return e.Time }
+
+// IOCostCgroup kinds.
+const (
+	IOCostActivate = "activate" // iocost_iocg_activate: it started issuing I/O after a pause
+	IOCostIdle     = "idle"     // iocost_iocg_idle (6.1+): it went idle
+	IOCostShortage = "shortage" // iocost_inuse_shortage: it needed more than its share
+	IOCostForgive  = "forgive"  // iocost_iocg_forgive_debt: its debt was forgiven
+)
+
+// IOCostCgroup is something the iocost controller did to one cgroup's I/O
+// on a device (the tracepoints iocost:iocost_iocg_activate,
+// iocost_iocg_idle, iocost_inuse_shortage, iocost_iocg_forgive_debt).
+type IOCostCgroup struct {
+	Time   Mono   `json:"time"`
+	Dev    Device `json:"dev"`
+	Cgroup string `json:"cgroup" mem:"shared"` // path in the cgroup2 hierarchy
+	Kind   string `json:"kind" mem:"shared"`   // IOCostActivate, ...
+	// VratePct is the device's vrate (activate, idle), % of the model.
+	VratePct float64 `json:"vrate_pct,omitempty"`
+	// Weight is its io.weight (activate, idle).
+	Weight uint32 `json:"weight,omitempty"`
+	// SharePct is its hierarchical share of the device's budget in use
+	// (hweight_inuse), in percent (activate, idle; shortage: after it).
+	SharePct float64 `json:"share_pct,omitempty"`
+	// Debt is the I/O it had issued over budget (forgive), as device time
+	// at a vrate of 100%, and Delay the delay iocost imposed on its
+	// processes to pay it back; DebtAfter and DelayAfter what was left;
+	// UsagePct the device's usage then.
+	Debt       time.Duration `json:"debt,omitempty"`
+	DebtAfter  time.Duration `json:"debt_after,omitempty"`
+	Delay      time.Duration `json:"delay,omitempty"`
+	DelayAfter time.Duration `json:"delay_after,omitempty"`
+	UsagePct   uint32        `json:"usage_pct,omitempty"`
+}
+
+// When implements Event.
+func (e IOCostCgroup) When() Mono { return e.Time }
+
 // WbtStep is writeback throttling (rq-qos wbt) scaling a device's queue
 // depth: the tracepoint wbt:wbt_step, fired at the end of a monitoring
 // window in which reads (or synchronous writes) missed the latency target.
@@ -605,6 +682,29 @@ type WbtLat struct {
 
 // When implements Event.
 func (e WbtLat) When() Mono { return e.Time }
+
+// WbtWindow is one of writeback throttling's monitoring windows on a
+// device whose completion latencies wbt traced (the tracepoint
+// wbt:wbt_stat): one in which the reads' least latency missed the target
+// (queue/wbt_lat_usec; wbt_lat reports that latency, see WbtLat), or one
+// that ended while wbt had scaled the depth.
+type WbtWindow struct {
+	Time Mono   `json:"time"`
+	Dev  Device `json:"dev"`
+	// The window's completion latencies, of reads and of writes: mean,
+	// least, most, and how many completed.
+	ReadMean  time.Duration `json:"read_mean,omitempty"`
+	ReadMin   time.Duration `json:"read_min,omitempty"`
+	ReadMax   time.Duration `json:"read_max,omitempty"`
+	Reads     int64         `json:"reads,omitempty"`
+	WriteMean time.Duration `json:"write_mean,omitempty"`
+	WriteMin  time.Duration `json:"write_min,omitempty"`
+	WriteMax  time.Duration `json:"write_max,omitempty"`
+	Writes    int64         `json:"writes,omitempty"`
+}
+
+// When implements Event.
+func (e WbtWindow) When() Mono { return e.Time }
 
 // DirtyPause is a writer paused in balance_dirty_pages (the tracepoint
 // writeback:balance_dirty_pages, when it paused): it had dirtied pages

@@ -131,6 +131,7 @@ func Build(tl *timeline.Timeline, opts Options) *Run {
 	b.processes() // after every device is known
 	b.limits()    // after the processes
 	b.writeback()
+	b.iocost() // last: devices it did not see get its unknowns
 
 	for _, d := range b.byName {
 		run.Devices = append(run.Devices, d)

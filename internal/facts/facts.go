@@ -278,12 +278,22 @@ type Device struct {
 	// IOTimeout is the device's request timeout (queue/io_timeout), 0
 	// when not known.
 	IOTimeout time.Duration
+	// SCSITimeouts are the SCSI commands that timed out on the device,
+	// by name ("READ_10"), in order (scsi:scsi_dispatch_cmd_timeout).
+	SCSITimeouts []string
+	// Recoveries counts the times the error handler of the device's SCSI
+	// host was woken to recover failed commands (scsi:scsi_eh_wakeup):
+	// aborts, then device, target, bus and host resets.
+	Recoveries int
 	// Limits are the blk-throttle limits of cgroups on this device (v2
 	// io.max, v1 blkio.throttle.*), the most delay first.
 	Limits Limits
 	// IOCost is iocost's configuration on this device, nil when it is not
 	// enabled there (or the iolimits probe did not run).
 	IOCost *IOCost
+	// IOCostState is what iocost did on the device and to the cgroups
+	// issuing I/O there (probe iocost).
+	IOCostState IOCostState
 	// Wbt, Dirty and Journal are the write-back throttles and journal
 	// commits seen on the device (probe writeback); Mounts its filesystems.
 	Wbt     Wbt

@@ -44,7 +44,8 @@ func failure(status string) bool {
 	return true
 }
 
-// faults builds each device's Errors, Timeouts, Requeues and IOTimeout
+// faults builds each device's Errors, Timeouts, Requeues, IOTimeout,
+// SCSITimeouts and Recoveries
 // from the devfault probe's events.
 func (b *builder) faults() {
 	for _, f := range b.tl.DeviceFaults {
@@ -63,6 +64,10 @@ func (b *builder) faults() {
 				Attr: f.Op, Source: source})
 		}
 		switch f.Kind {
+		case event.FaultSCSITimeout:
+			d.SCSITimeouts = append(d.SCSITimeouts, f.Op)
+		case event.FaultErrorHandler:
+			d.Recoveries++
 		case event.FaultTimeout:
 			timeout(SourceRequeueDeadline)
 		case event.FaultError:

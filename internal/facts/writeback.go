@@ -26,6 +26,18 @@ type Wbt struct {
 	// allowed any writes then (its "max" limit), 0 when it never scaled.
 	MaxStep  int
 	MinDepth int
+	// Step is the scale step wbt left the device at (the last step's; 0
+	// when it never stepped), Depth the most writes it let in flight then
+	// (0 unknown) and WindowMs its monitoring window then.
+	Step, Depth int
+	WindowMs    float64
+	// Windows counts the windows whose latencies wbt traced (wbt_stat:
+	// those whose reads missed the target, and every one while it was
+	// scaled);
+	// ReadMeanMs is the highest mean read latency of one, ReadMaxMs the
+	// longest read, ms.
+	Windows               int
+	ReadMeanMs, ReadMaxMs float64
 }
 
 // Dirty is the dirty-page throttling of the writers whose pages go to a
@@ -200,6 +212,17 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 
 func mib(pages, pageSize uint64) float64 { return float64(pages*pageSize) / (1 << 20) }
 
+// wbtWindow is a wbt_step's monitoring window. Traces of earlier versions
+// hold its µs as ns: wbt's window is 100 ms, shorter when scaled down
+// (divided by the square root of the step), never under a millisecond, so
+// one under a millisecond is read as µs.
+func wbtWindow(w time.Duration) time.Duration {
+	if w > 0 && w < time.Millisecond {
+		return w * 1000
+	}
+	return w
+}
+
 // writeback builds Device.Wbt, Dirty, Journal and Mounts and
 // Run.DirtyLimits from the writeback probe's events.
 func (b *builder) writeback() {
@@ -221,10 +244,17 @@ func (b *builder) writeback() {
 		d.Wbt.LatUs = float64(l.Lat) / float64(time.Microsecond)
 		wbtSeen[d] = true
 	}
+	for _, win := range tl.WbtWindows {
+		w := &dev(win.Dev).Wbt
+		w.Windows++
+		w.ReadMeanMs = max(w.ReadMeanMs, ms(win.ReadMean))
+		w.ReadMaxMs = max(w.ReadMaxMs, ms(win.ReadMax))
+	}
 	for _, s := range tl.WbtSteps {
 		d := dev(s.Dev)
 		w := &d.Wbt
 		w.Steps++
+		w.Step, w.Depth, w.WindowMs = int(s.Step), int(s.Max), ms(wbtWindow(s.Window))
 		if s.Step > 0 {
 			w.ScaledDown++
 			if int(s.Step) > w.MaxStep {

@@ -75,6 +75,9 @@ type Timeline struct {
 	CgroupIO      []event.CgroupIO
 	CgroupMembers []event.CgroupMember
 	IOCosts       []event.IOCost
+	// What iocost did on each device and to each cgroup (probe iocost).
+	IOCostVrates  []event.IOCostVrate
+	IOCostCgroups []event.IOCostCgroup
 	// ThrottleWaits are bios blk-throttle held, timed directly (probe
 	// throttle).
 	ThrottleWaits []event.ThrottleWait
@@ -82,6 +85,7 @@ type Timeline struct {
 	Mounts         []event.Mount
 	WbtLats        []event.WbtLat
 	WbtSteps       []event.WbtStep
+	WbtWindows     []event.WbtWindow
 	DirtyLimits    []event.DirtyLimits
 	DirtyPauses    []event.DirtyPause
 	JournalCommits []event.JournalCommit
@@ -102,7 +106,7 @@ const (
 var Sources = []Source{
 	{Probe: event.ProbeDevFault, Streams: []Stream{
 		Events("device_fault", func(t *Timeline) *[]event.DeviceFault { return &t.DeviceFaults },
-			"`time`, `dev`, `kind` (`error`, `timeout`), `op`, `sector`, `bytes`, `status` and `errno` (of an error), `in_flight` (since the request started), `timed_out` (an error after its deadline), `timeout` (queue/io_timeout): a failed or timed-out request"),
+			"`time`, `dev`, `kind` (`error`, `timeout`; `scsi_timeout`: a SCSI command timed out; `error_handler`: the error handler of the disk's SCSI host woken, on each of its disks), `op` (of a `scsi_timeout`, the SCSI command: `READ_10`), `sector`, `bytes`, `status` and `errno` (of an error), `in_flight` (since the request started), `timed_out` (an error after its deadline), `timeout` (queue/io_timeout): a failed or timed-out request, or SCSI's error handling"),
 		Sums("requeues", func(t *Timeline) *[]event.Requeues { return &t.Requeues },
 			"`time`, `dev`, `count`, `timed_out`: the requests a device's driver gave back to be issued again, counted in the kernel"),
 	}},
@@ -115,6 +119,12 @@ var Sources = []Source{
 	{Probe: event.ProbeFreeze, Streams: []Stream{
 		Events("freeze", func(t *Timeline) *[]event.Freeze { return &t.Freezes },
 			"`start`, `duration` (frozen until the unfreeze), `task` (freezer), `unfreezer`, `dev`, `func`, `mechanism`, `kernel_stack`, `user_stack`: a direct probe's queue freeze"),
+	}},
+	{Probe: event.ProbeIOCost, Streams: []Stream{
+		Events("iocost_vrate", func(t *Timeline) *[]event.IOCostVrate { return &t.IOCostVrates },
+			"`time`, `dev`, `pct` (the vrate set, % of the cost model), `old_pct` (the one in force), `busy` (busy level), `read_missed_ppm`, `write_missed_ppm`, `rq_wait_pct`, `lagging`, `shortages`: iocost's vrate at the end of a period it was busy or adjusted it in (`iocost_ioc_vrate_adj`)"),
+		Events("iocost_cgroup", func(t *Timeline) *[]event.IOCostCgroup { return &t.IOCostCgroups },
+			"`time`, `dev`, `cgroup`, `kind` (`activate`, `idle`, `shortage`, `forgive`), `vrate_pct`, `weight` (io.weight), `share_pct` (hweight in use, %), `debt` (ns of device time at 100%), `debt_after`, `delay` (ns), `delay_after`, `usage_pct`: iocost activating a cgroup on a device, idling it, finding it short of budget, or forgiving its debt (`iocost_iocg_activate`, `_idle`, `iocost_inuse_shortage`, `iocost_iocg_forgive_debt`)"),
 	}},
 	{Probe: event.ProbeIOLimits, Streams: []Stream{
 		Describing("io_limit", func(t *Timeline) *[]event.IOLimit { return &t.IOLimits },
@@ -193,7 +203,9 @@ var Sources = []Source{
 			func(e event.WbtLat) (string, uint32) { return e.Dev.ID(), 0 },
 			"`time`, `dev`, `lat` (ns; 0: wbt off), `from` (`sysfs`: the device's wbt latency target at the start; `wbt_lat`: the tracepoint, the latency of a synchronous I/O that exceeded wbt's window)"),
 		Events("wbt_step", func(t *Timeline) *[]event.WbtStep { return &t.WbtSteps },
-			"`time`, `dev`, `step`, `msg`, `window`, `bg`, `normal`, `max` (depth limits): wbt scaled a device's queue depth"),
+			"`time`, `dev`, `step`, `msg`, `window` (ns; traces of earlier versions hold its µs as ns, and one under 1 ms is read so), `bg`, `normal`, `max` (depth limits): wbt scaled a device's queue depth"),
+		Events("wbt_window", func(t *Timeline) *[]event.WbtWindow { return &t.WbtWindows },
+			"`time`, `dev`, the window's completion latencies (ns) and counts: `read_mean`, `read_min`, `read_max`, `reads`, `write_mean`, `write_min`, `write_max`, `writes`: a wbt monitoring window whose reads missed the target or that ended while wbt was scaled (`wbt_stat`)"),
 		Describing("dirty_limits", func(t *Timeline) *[]event.DirtyLimits { return &t.DirtyLimits },
 			func(event.DirtyLimits) (string, uint32) { return "", 0 },
 			"`time`, `bytes`, `ratio`, `background_bytes`, `background_ratio`, `page_size`, `thresh` (the system's dirty threshold, pages), `dirtyable` (the memory it is a share of, pages): the vm.dirty_* sysctls at the start"),
