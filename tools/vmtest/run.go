@@ -98,28 +98,15 @@ var benchTools = []struct{ path, pkg string }{
 // the direct probes); the loop-device story runs on the host in make test.
 const defaultE2E = "TestBcache|TestMechanism|TestTrace|TestProbesCommand|TestCgroupThrottle|TestIOCost|TestFailingDevice|TestWritebackCauses"
 
-// defaultE2ESkip are the end-to-end tests of the default set a kernel
-// leaves out (go test -test.skip), and why: on 5.10 under emulation
-// TestWritebackCauses' wbt case did not make wbt throttle (the jobs'
-// blocked time was mostly the run queue, the slow disk served in 1 ms at
-// p50; that run had one read in flight, not eight: to be tried again);
-// the other cases run there.
-var defaultE2ESkip = map[string]string{
-	"5.10": "TestWritebackCauses/wbt$",
-}
-
 // guestSteps are what runs in a kernel (by its name in the matrix, e.g.
 // "6.1"), in order.
 func guestSteps(sel Selection, kernel string) []Step {
 	if sel.Bench != "" {
 		return []Step{{Name: "bench", Cmd: "whyslow-bench -whyslow /usr/local/bin/whyslow -out /results/bench.md -json /results/bench.json " + sel.Bench}}
 	}
-	e2e, skip := defaultE2E, ""
-	if sk, ok := defaultE2ESkip[kernel]; ok {
-		skip = " -test.skip '" + sk + "'"
-	}
+	e2e := defaultE2E
 	if sel.E2ERun != "" {
-		e2e, skip = sel.E2ERun, ""
+		e2e = sel.E2ERun
 	}
 	probes := ""
 	if sel.ProbesRun != "" {
@@ -127,7 +114,7 @@ func guestSteps(sel Selection, kernel string) []Step {
 	}
 	return []Step{
 		{Name: "probes-test", Cmd: "probes.test -test.v -test.count=1 -test.timeout=10m" + probes},
-		{Name: "e2e-test", Cmd: "e2e.test -test.v -test.count=1 -test.timeout=10m -test.run '" + e2e + "'" + skip},
+		{Name: "e2e-test", Cmd: "e2e.test -test.v -test.count=1 -test.timeout=10m -test.run '" + e2e + "'"},
 	}
 }
 

@@ -318,24 +318,3 @@ func TestFetchKernelFromElsewhere(t *testing.T) {
 	}
 }
 
-// A kernel leaves out the default tests it cannot run, and says so in the
-// step's command; a developer's own selection runs as given.
-func TestGuestStepsSkipPerKernel(t *testing.T) {
-	cmd := func(sel Selection, kernel string) string {
-		for _, s := range guestSteps(sel, kernel) {
-			if s.Name == "e2e-test" {
-				return s.Cmd
-			}
-		}
-		return ""
-	}
-	if c := cmd(Selection{}, "5.10"); !strings.Contains(c, "-test.skip 'TestWritebackCauses/wbt$'") || !strings.Contains(c, "TestWritebackCauses") {
-		t.Errorf("5.10: %s", c)
-	}
-	if c := cmd(Selection{}, "6.12"); strings.Contains(c, "-test.skip") || !strings.Contains(c, "TestWritebackCauses") {
-		t.Errorf("6.12: %s", c)
-	}
-	if c := cmd(Selection{E2ERun: "TestWritebackCauses"}, "5.10"); strings.Contains(c, "-test.skip") {
-		t.Errorf("5.10, own selection: %s", c)
-	}
-}
