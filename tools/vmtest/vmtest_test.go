@@ -317,4 +317,3 @@ func TestFetchKernelFromElsewhere(t *testing.T) {
 		t.Errorf("apt state made for a kernel from elsewhere")
 	}
 }
-
