@@ -117,15 +117,6 @@ func TestWritebackCauses(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var fs scenario.FS
 			dev := ""
-			if tc.name == "wbt" && scenario.InMatrix() {
-				// On qemu's emulated disks wbt does not scale a flood down
-				// run after run: 5.10's jobs waited mostly in the run
-				// queue, 6.12's slow disk gave no wbt stage at all in one
-				// run of two. wbt's signals are checked in every guest by
-				// the probes' TestWbtLive (steps and windows, with a wbt-off
-				// control); the cause end to end, here on the host.
-				t.Skip("the wbt flood scenario does not make wbt throttle reliably on the guests' emulated disks: TestWbtLive checks wbt's signals in the guests, this case on the host")
-			}
 			if strings.HasPrefix(tc.name, "wbt") {
 				dev = scenario.SlowDisk(t)
 			}

@@ -98,15 +98,29 @@ var benchTools = []struct{ path, pkg string }{
 // the direct probes); the loop-device story runs on the host in make test.
 const defaultE2E = "TestBcache|TestMechanism|TestTrace|TestProbesCommand|TestCgroupThrottle|TestIOCost|TestFailingDevice|TestWritebackCauses"
 
+// leftOut are the cases of the default end-to-end set the matrix does not
+// run (go test -test.skip), with why; vmtest says so for every kernel.
+var leftOut = []struct{ pattern, why string }{
+	{"TestWritebackCauses/wbt$", "on qemu's emulated disks a write flood does not make wbt throttle run after run " +
+		"(6.12's slow disk gave no wbt stage in one run of two; 5.10's jobs waited in the run queue): " +
+		"TestWbtLive checks wbt's signals in every guest, and the case runs on the host in make test"},
+}
+
 // guestSteps are what runs in a kernel (by its name in the matrix, e.g.
 // "6.1"), in order.
 func guestSteps(sel Selection, kernel string) []Step {
 	if sel.Bench != "" {
 		return []Step{{Name: "bench", Cmd: "whyslow-bench -whyslow /usr/local/bin/whyslow -out /results/bench.md -json /results/bench.json " + sel.Bench}}
 	}
-	e2e := defaultE2E
+	e2e, skip := defaultE2E, ""
 	if sel.E2ERun != "" {
 		e2e = sel.E2ERun
+	} else if len(leftOut) > 0 {
+		var pats []string
+		for _, l := range leftOut {
+			pats = append(pats, l.pattern)
+		}
+		skip = " -test.skip '" + strings.Join(pats, "|") + "'"
 	}
 	probes := ""
 	if sel.ProbesRun != "" {
@@ -114,7 +128,7 @@ func guestSteps(sel Selection, kernel string) []Step {
 	}
 	return []Step{
 		{Name: "probes-test", Cmd: "probes.test -test.v -test.count=1 -test.timeout=10m" + probes},
-		{Name: "e2e-test", Cmd: "e2e.test -test.v -test.count=1 -test.timeout=10m -test.run '" + e2e + "'"},
+		{Name: "e2e-test", Cmd: "e2e.test -test.v -test.count=1 -test.timeout=10m -test.run '" + e2e + "'" + skip},
 	}
 }
 
@@ -233,6 +247,11 @@ func (c *Config) RunKernel(ctx context.Context, k Kernel, bins map[string]string
 	defer os.RemoveAll(work)
 	initrd := filepath.Join(work, "initrd.gz")
 	c.Log("%s: building the initramfs for %s", k.Name, u.Release)
+	if c.Select.E2ERun == "" && c.Select.Bench == "" {
+		for _, l := range leftOut {
+			c.Log("%s: leaves out %s: %s", k.Name, l.pattern, l.why)
+		}
+	}
 	if err := BuildInitramfs(ctx, u, bins, guestSteps(c.Select, k.Name), initrd); err != nil {
 		return fail(fmt.Errorf("initramfs for %s: %w", u.Release, err))
 	}

@@ -317,3 +317,24 @@ func TestFetchKernelFromElsewhere(t *testing.T) {
 		t.Errorf("apt state made for a kernel from elsewhere")
 	}
 }
+
+// The matrix leaves out the cases it cannot run, in the step's command;
+// a developer's own selection runs as given.
+func TestGuestStepsLeaveOut(t *testing.T) {
+	cmd := func(sel Selection, kernel string) string {
+		for _, s := range guestSteps(sel, kernel) {
+			if s.Name == "e2e-test" {
+				return s.Cmd
+			}
+		}
+		return ""
+	}
+	for _, k := range []string{"5.10", "6.1", "6.12"} {
+		if c := cmd(Selection{}, k); !strings.Contains(c, "-test.skip 'TestWritebackCauses/wbt$'") || !strings.Contains(c, "TestWritebackCauses") {
+			t.Errorf("%s: %s", k, c)
+		}
+	}
+	if c := cmd(Selection{E2ERun: "TestWritebackCauses"}, "5.10"); strings.Contains(c, "-test.skip") {
+		t.Errorf("own selection: %s", c)
+	}
+}
