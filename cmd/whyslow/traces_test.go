@@ -10,6 +10,9 @@ package main
 // to write its golden reports (NAME.txt, .json, .md, .html, .folded).
 // The loop-device traces are recorded again with (root, udevd, fio)
 //   go test ./cmd/whyslow -run TestRecordTraces -record
+// and those named after a kernel of the matrix (NAME-6.12) by make vmtest:
+// its scenarios record into the guest's results (tracePath), see
+// docs/trace-format.md.
 
 import (
 	"bytes"
