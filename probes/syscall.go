@@ -3,9 +3,11 @@ package probes
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -106,10 +108,11 @@ var syscallNotWalked = func() int32 { v := syscallScStackidSC_NOT_WALKED; return
 // How each counter of the `sc_losses` array is reported, at its value of
 // enum sc_stack_loss.
 var syscallLossWhat = [syscallScStackLossSC_LOSS_KINDS]string{
-	syscallScStackLossSC_LOSS_STACK:   "kernel stack of a sleep lost (its time counts as stage other)",
-	syscallScStackLossSC_LOSS_BLOCKED: "blocked-time map full: sleep time lost",
-	syscallScStackLossSC_LOSS_HIST:    "call histogram map full: call latencies lost",
-	syscallScStackLossSC_LOSS_MEM:     "memory-stall map full: time in reclaim or compaction lost",
+	syscallScStackLossSC_LOSS_STACK:    "kernel stack of a sleep lost (its time counts as stage other)",
+	syscallScStackLossSC_LOSS_BLOCKED:  "blocked-time map full: sleep time lost",
+	syscallScStackLossSC_LOSS_HIST:     "call histogram map full: call latencies lost",
+	syscallScStackLossSC_LOSS_MEM:      "memory-stall map full: time in reclaim or compaction lost",
+	syscallScStackLossSC_LOSS_INFLIGHT: "map of calls in progress full: a call still in the kernel at a checkpoint or the end is not seen",
 }
 
 // syscallMemStalls are the memory stalls the program times inside storage
@@ -835,6 +838,9 @@ func (r *syscallRunning) deliverSums(sink Sink) error {
 	if err == nil {
 		err = r.deliverMemStalls(sink, now)
 	}
+	if err == nil {
+		err = r.deliverUnfinished(sink, now)
+	}
 	deliverLosses(sink, event.ProbeSyscall, r.coll.Maps["losses"])
 	r.deliverScLosses(sink)
 	return err
@@ -1000,40 +1006,41 @@ func (r *syscallRunning) deliverStats(sink Sink, now event.Mono) error {
 	return nil
 }
 
-func (r *syscallRunning) deliverBlocked(sink Sink, now event.Mono) error {
+// frames symbolizes the stack id of the `stacks` map (under sums); nil
+// for none.
+func (r *syscallRunning) frames(id int32) []event.Frame {
+	if id < 0 {
+		return nil
+	}
 	<-r.ksymsReady
-	stacks := r.coll.Maps["stacks"]
 	if r.kstacks == nil {
 		r.kstacks = newStackCache(offcpuMaxCachedStacks)
 	}
-	cache := r.kstacks
-	frames := func(id int32) []event.Frame {
-		if id < 0 {
-			return nil
-		}
-		var ips [syscallScLayoutSTACK_DEPTH]uint64
-		if err := stacks.Lookup(uint32(id), &ips); err != nil {
-			return nil
-		}
-		n := 0
-		for n < len(ips) && ips[n] != 0 {
-			n++
-		}
-		addrs := ips[:n]
-		if fr, ok := cache.get(addrs); ok {
-			return fr
-		}
-		var fr []event.Frame
-		if r.ksyms != nil {
-			fr = trimTracingFrames(r.ksyms.Frames(addrs))
-		} else {
-			for _, a := range addrs {
-				fr = append(fr, event.Frame{Addr: a, Module: symbolize.KernelModule})
-			}
-		}
-		cache.put(addrs, fr)
+	var ips [syscallScLayoutSTACK_DEPTH]uint64
+	if err := r.coll.Maps["stacks"].Lookup(uint32(id), &ips); err != nil {
+		return nil
+	}
+	n := 0
+	for n < len(ips) && ips[n] != 0 {
+		n++
+	}
+	addrs := ips[:n]
+	if fr, ok := r.kstacks.get(addrs); ok {
 		return fr
 	}
+	var fr []event.Frame
+	if r.ksyms != nil {
+		fr = trimTracingFrames(r.ksyms.Frames(addrs))
+	} else {
+		for _, a := range addrs {
+			fr = append(fr, event.Frame{Addr: a, Module: symbolize.KernelModule})
+		}
+	}
+	r.kstacks.put(addrs, fr)
+	return fr
+}
+
+func (r *syscallRunning) deliverBlocked(sink Sink, now event.Mono) error {
 	err := readSums(sumMap[syscallScBlockedKey, syscallScBlocked](plainSums[syscallScBlockedKey, syscallScBlocked]{r.coll.Maps["blocked"]}), r.drained.blocked, addBlocked, func(k syscallScBlockedKey, v *syscallScBlocked) {
 		r.read.blocked[k] = *v
 		name := syscallName(k.Nr)
@@ -1042,12 +1049,71 @@ func (r *syscallRunning) deliverBlocked(sink Sink, now event.Mono) error {
 		}
 		sink.Event(event.BlockedStack{
 			Time: now, Pid: k.Tgid, Comm: r.comm(k.Tgid), Call: name, Dev: r.device(k.Dev),
-			Total: time.Duration(v.Ns), Count: v.Count, KernelStack: frames(k.Stackid),
+			Total: time.Duration(v.Ns), Count: v.Count, KernelStack: r.frames(k.Stackid),
 			Unwalked: k.Stackid == syscallNotWalked,
 		})
 	})
 	if err != nil {
 		return fmt.Errorf("reading blocked time: %w", err)
+	}
+	return nil
+}
+
+// deliverUnfinished sends the storage calls still in the kernel (the
+// `inflight` map: calls that blocked at least once and have not returned)
+// that have been in it for at least MinLatency, the earliest first. The
+// entry of a thread that died inside its call (no exit was seen) is
+// removed.
+func (r *syscallRunning) deliverUnfinished(sink Sink, now event.Mono) error {
+	m := r.coll.Maps["inflight"]
+	var (
+		tid  uint32
+		v    syscallScInflight
+		out  []event.UnfinishedCall
+		gone []uint32
+	)
+	it := m.Iterate()
+	for it.Next(&tid, &v) {
+		if v.StartNs == 0 || v.Dev == uint32(syscallScDevDEV_PENDING) || uint64(now) <= v.StartNs {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(r.procfs, strconv.Itoa(int(v.Tgid)), "task", strconv.Itoa(int(tid)))); errors.Is(err, fs.ErrNotExist) {
+			gone = append(gone, tid)
+			continue
+		}
+		in := time.Duration(uint64(now) - v.StartNs)
+		name := syscallName(v.Nr)
+		if name == "" || in < r.cfg.MinLatency {
+			continue
+		}
+		var asleep time.Duration
+		if v.OffNs != 0 && uint64(now) > v.OffNs {
+			asleep = time.Duration(uint64(now) - v.OffNs)
+		}
+		out = append(out, event.UnfinishedCall{
+			Time: now, Start: event.Mono(v.StartNs),
+			Task: event.Task{Pid: tid, Tgid: v.Tgid, Comm: cString(v.Comm[:])},
+			Call: name, Dev: r.device(v.Dev), InCall: in,
+			Sleep: time.Duration(v.SleepNs), Runqueue: time.Duration(v.RunqNs), Asleep: asleep,
+			KernelStack: r.frames(v.Stackid), Unwalked: v.Stackid == syscallNotWalked,
+		})
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("reading the calls in progress: %w", err)
+	}
+	for _, t := range gone {
+		_ = m.Delete(t) // gone meanwhile too: nothing to tell
+	}
+	slices.SortFunc(out, func(a, b event.UnfinishedCall) int {
+		if c := cmp.Compare(a.Start, b.Start); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.Task.Pid, b.Task.Pid)
+	})
+	for _, u := range out {
+		// A process whose first record was lost is named now.
+		r.process(now, u.Task.Tgid, "", 0)
+		sink.Event(u)
 	}
 	return nil
 }
