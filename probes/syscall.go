@@ -163,7 +163,11 @@ type syscallRunning struct {
 	ring
 	note   string // the status Reason: what it runs on and what it misses
 	procfs string
-	ksyms  *symbolize.Kernel
+	// began is when the probe started: a call it found in the kernel at a
+	// checkpoint without having seen its entry has been in it since then
+	// at least.
+	began event.Mono
+	ksyms *symbolize.Kernel
 	// ksymsReady is closed once kallsyms is read (or failed).
 	ksymsReady chan struct{}
 
@@ -515,7 +519,11 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 		return nil, loadErr(fmt.Errorf("loading objects: %w", err))
 	}
 	procfs := cmpOr(cfg.ProcFS, "/proc")
-	r := &syscallRunning{cfg: cfg, sink: sink, coll: coll, procfs: procfs,
+	began, err := event.Now()
+	if err != nil {
+		return nil, err
+	}
+	r := &syscallRunning{cfg: cfg, sink: sink, coll: coll, procfs: procfs, began: began,
 		procs: map[uint32]*event.Process{}, devs: map[uint32]event.Device{}, comms: map[uint32]string{}, seen: map[uint32]seenAs{},
 		drained: syscallDrained{hists: map[syscallScHistKey]*drainedHist{}, blocked: map[syscallScBlockedKey]*syscallScBlocked{},
 			mem: map[syscallScMemKey]*syscallScMemStall{}},
@@ -1060,8 +1068,9 @@ func (r *syscallRunning) deliverBlocked(sink Sink, now event.Mono) error {
 }
 
 // deliverUnfinished sends the storage calls still in the kernel (the
-// `inflight` map: calls that blocked at least once and have not returned)
-// that have been in it for at least MinLatency, the earliest first. The
+// `inflight` map: calls that blocked at least once and have not returned;
+// and, from /proc, those that began before the probe did: hungSince) that
+// have been in it for at least MinLatency, the earliest first. The
 // entry of a thread that died inside its call (no exit was seen) is
 // removed.
 func (r *syscallRunning) deliverUnfinished(sink Sink, now event.Mono) error {
@@ -1072,8 +1081,12 @@ func (r *syscallRunning) deliverUnfinished(sink Sink, now event.Mono) error {
 		out  []event.UnfinishedCall
 		gone []uint32
 	)
+	// The threads the map has: the scan of the others (hungSince) leaves
+	// them out.
+	seen := map[uint32]bool{}
 	it := m.Iterate()
 	for it.Next(&tid, &v) {
+		seen[tid] = true
 		if v.StartNs == 0 || v.Dev == uint32(syscallScDevDEV_PENDING) || uint64(now) <= v.StartNs {
 			continue
 		}
@@ -1104,6 +1117,7 @@ func (r *syscallRunning) deliverUnfinished(sink Sink, now event.Mono) error {
 	for _, t := range gone {
 		_ = m.Delete(t) // gone meanwhile too: nothing to tell
 	}
+	out = append(out, r.hungSince(now, seen)...)
 	slices.SortFunc(out, func(a, b event.UnfinishedCall) int {
 		if c := cmp.Compare(a.Start, b.Start); c != 0 {
 			return c

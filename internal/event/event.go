@@ -421,6 +421,10 @@ type UnfinishedCall struct {
 	// when it could not be taken or was not walked (Unwalked).
 	KernelStack []Frame `json:"kernel_stack,omitempty" mem:"shared"`
 	Unwalked    bool    `json:"unwalked,omitempty"`
+	// Before marks a call that was in the kernel already when the probe
+	// started (found asleep in it, in /proc): Start is the probe's start,
+	// InCall and Asleep are at least that long.
+	Before bool `json:"before,omitempty"`
 }
 
 // When implements Event.
