@@ -1125,8 +1125,9 @@ func (r *syscallRunning) deliverUnfinished(sink Sink, now event.Mono) error {
 		return cmp.Compare(a.Task.Pid, b.Task.Pid)
 	})
 	for _, u := range out {
-		// A process whose first record was lost is named now.
-		r.process(now, u.Task.Tgid, "", 0)
+		// Named now if its first record was lost, and again if it
+		// exec'd since (the name of the thread in the call is its own).
+		r.process(now, u.Task.Tgid, u.Task.Comm, 0)
 		sink.Event(u)
 	}
 	return nil
