@@ -7,8 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/whyslow/whyslow/internal/event"
 	"github.com/whyslow/whyslow/internal/report"
 	"github.com/whyslow/whyslow/internal/scenario"
+	"github.com/whyslow/whyslow/internal/tracefile"
 )
 
 // hungReader starts, in cgroup c, a single 1 MiB O_DIRECT read of dev
@@ -47,10 +49,11 @@ func TestUnfinishedThrottledRead(t *testing.T) {
 	time.Sleep(300 * time.Millisecond) // in its read before the run starts
 	const d = 5 * time.Second
 	var during *exec.Cmd
+	trace := tracePath(t, cgroupTraceName(c, "unfinished", ""))
 	rep := diagnoseUnder(t, d, func() func() {
 		during = hungReader(t, c, dev)
 		return func() {}
-	})
+	}, "--record", trace)
 	t.Logf("findings:\n%saffected:\n%s", summary(rep), affectedSummary(rep))
 	for _, r := range []struct {
 		name string
@@ -76,6 +79,23 @@ func TestUnfinishedThrottledRead(t *testing.T) {
 		}
 		if c, ok := affectedCall(a, "read"); !ok || c.Unfinished != 1 {
 			t.Errorf("the reader that %s: calls %+v, want read with 1 unfinished", r.name, a.Calls)
+		}
+	}
+	// The one that began during the run was seen by the probe's BPF side
+	// (its entry and first sleep), the other found in /proc at the end.
+	tl, _, err := tracefile.ReadFile(trace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []struct {
+		cmd    *exec.Cmd
+		before bool
+	}{{before, true}, {during, false}} {
+		i := slices.IndexFunc(tl.UnfinishedCalls, func(u event.UnfinishedCall) bool { return int(u.Task.Tgid) == r.cmd.Process.Pid })
+		if i < 0 {
+			t.Errorf("no unfinished_call record of pid %d in the trace", r.cmd.Process.Pid)
+		} else if u := tl.UnfinishedCalls[i]; u.Before != r.before || len(u.KernelStack) == 0 {
+			t.Errorf("unfinished_call of pid %d: before %v (want %v), %d frames", r.cmd.Process.Pid, u.Before, r.before, len(u.KernelStack))
 		}
 	}
 	if len(rep.Findings) == 0 || rep.Findings[0].Rule != "cgroup-throttle" {
