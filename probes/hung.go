@@ -19,56 +19,67 @@ import (
 // not returned since. The probe counts a call from its entry, so without
 // this a process hung in a read for the whole run would be seen nowhere.
 // Their time in the call is counted from the probe's start (at least that
-// much), their kernel stack read from /proc/PID/task/TID/stack. A scan
-// reads a line or two per thread of the host.
+// much), their kernel stack read from /proc/PID/task/TID/stack. Every
+// thread of the host is looked at once, at the first read (a line or two
+// each): a call begun after the probe started is the BPF side's, so the
+// threads in a storage call then are the only ones to look at again, until
+// they leave it (under sums).
 func (r *syscallRunning) hungSince(now event.Mono, seen map[uint32]bool) []event.UnfinishedCall {
+	if r.preexisting == nil {
+		r.preexisting = map[uint32]int{}
+		procs, err := os.ReadDir(r.procfs)
+		if err != nil {
+			return nil
+		}
+		self := os.Getpid()
+		for _, p := range procs {
+			tgid, err := strconv.Atoi(p.Name())
+			if err != nil || tgid == self {
+				continue
+			}
+			tasks, err := os.ReadDir(filepath.Join(r.procfs, p.Name(), "task"))
+			if err != nil {
+				continue
+			}
+			for _, t := range tasks {
+				tid, err := strconv.Atoi(t.Name())
+				if err != nil {
+					continue
+				}
+				if nr, _, ok := taskSyscall(filepath.Join(r.procfs, p.Name(), "task", t.Name())); ok && syscallName(nr) != "" {
+					r.preexisting[uint32(tid)] = tgid
+				}
+			}
+		}
+	}
 	if now <= r.began || time.Duration(now-r.began) < r.cfg.MinLatency {
 		return nil
 	}
-	procs, err := os.ReadDir(r.procfs)
-	if err != nil {
-		return nil
-	}
-	self := os.Getpid()
 	var out []event.UnfinishedCall
-	for _, p := range procs {
-		tgid, err := strconv.Atoi(p.Name())
-		if err != nil || tgid == self {
+	for tid, tgid := range r.preexisting {
+		if seen[tid] {
+			delete(r.preexisting, tid) // in a call the probe saw begin: it left the one before
 			continue
 		}
-		dir := filepath.Join(r.procfs, p.Name(), "task")
-		tasks, err := os.ReadDir(dir)
-		if err != nil {
+		tdir := filepath.Join(r.procfs, strconv.Itoa(tgid), "task", strconv.FormatUint(uint64(tid), 10))
+		nr, args, ok := taskSyscall(tdir)
+		if !ok || syscallName(nr) == "" {
+			delete(r.preexisting, tid) // gone, or out of its call
 			continue
 		}
-		for _, t := range tasks {
-			tid, err := strconv.Atoi(t.Name())
-			if err != nil || seen[uint32(tid)] {
-				continue
-			}
-			tdir := filepath.Join(dir, t.Name())
-			comm, state := taskState(tdir)
-			if state != 'D' {
-				continue
-			}
-			nr, args, ok := taskSyscall(tdir)
-			if !ok {
-				continue
-			}
-			name := syscallName(nr)
-			if name == "" {
-				continue
-			}
-			dev, ok := r.callDevFromProc(tgid, nr, args)
-			if !ok {
-				continue
-			}
-			in := time.Duration(now - r.began)
-			out = append(out, event.UnfinishedCall{
-				Time: now, Start: r.began, Task: event.Task{Pid: uint32(tid), Tgid: uint32(tgid), Comm: comm},
-				Call: name, Dev: dev, InCall: in, Asleep: in, KernelStack: procStack(tdir), Before: true,
-			})
+		comm, state := taskState(tdir)
+		if state != 'D' {
+			continue
 		}
+		dev, ok := r.callDevFromProc(tgid, nr, args)
+		if !ok {
+			continue
+		}
+		in := time.Duration(now - r.began)
+		out = append(out, event.UnfinishedCall{
+			Time: now, Start: r.began, Task: event.Task{Pid: tid, Tgid: uint32(tgid), Comm: comm},
+			Call: syscallName(nr), Dev: dev, InCall: in, Asleep: in, KernelStack: procStack(tdir), Before: true,
+		})
 	}
 	return out
 }

@@ -167,7 +167,11 @@ type syscallRunning struct {
 	// checkpoint without having seen its entry has been in it since then
 	// at least.
 	began event.Mono
-	ksyms *symbolize.Kernel
+	// preexisting are the threads (to their process) in a storage call at
+	// the first read of the sums, a call the probe may not have seen
+	// begin (hungSince; under sums); nil before that read.
+	preexisting map[uint32]int
+	ksyms       *symbolize.Kernel
 	// ksymsReady is closed once kallsyms is read (or failed).
 	ksymsReady chan struct{}
 
