@@ -100,6 +100,26 @@ func TestWritebackCauses(t *testing.T) {
 				scenario.StartNamedJob(t, "victim", "--filename="+filepath.Join(fs.Dir, "victim"), "--rw=randwrite", "--bs=4k",
 					"--size=4M", "--fsync=1", "--runtime="+secs, "--time_based", "--ioengine=psync")
 			}},
+		// xfs: the victim's fsyncs force the log, whose writes queue behind
+		// bulk's write-back on the device; the finding names the log's
+		// device and the victim (xfs has no ordered data: bulk's data is
+		// not the log's to write).
+		{name: "journal-xfs", fstype: "xfs",
+			setup: func(t *testing.T, fs scenario.FS) { deepQueue(t, fs.Dev); scenario.DirtyLimits(t, 0, 32<<20) },
+			loads: func(t *testing.T, fs scenario.FS) {
+				scenario.StartNamedJob(t, "bulk", "--filename="+filepath.Join(fs.Dir, "bulk"), "--rw=write", "--bs=1M",
+					"--size=400M", "--runtime="+secs, "--time_based", "--ioengine=psync")
+				scenario.StartNamedJob(t, "victim", "--filename="+filepath.Join(fs.Dir, "victim"), "--rw=randwrite", "--bs=4k",
+					"--size=4M", "--fsync=1", "--runtime="+secs, "--time_based", "--ioengine=psync")
+			}, rule: "journal-commit-wait", names: []string{"victim"},
+			above: []string{"dirty-throttling", "slow-device", "noisy-neighbour"}, causes: []string{"bulk", "kworker"}},
+		// The same fsyncs without bulk: the log's writes are fast.
+		{name: "journal-xfs-control", fstype: "xfs", not: "journal-commit-wait",
+			setup: func(t *testing.T, fs scenario.FS) { deepQueue(t, fs.Dev); scenario.DirtyLimits(t, 0, 32<<20) },
+			loads: func(t *testing.T, fs scenario.FS) {
+				scenario.StartNamedJob(t, "victim", "--filename="+filepath.Join(fs.Dir, "victim"), "--rw=randwrite", "--bs=4k",
+					"--size=4M", "--fsync=1", "--runtime="+secs, "--time_based", "--ioengine=psync")
+			}},
 		// A bulk writer floods the device, the reader misses wbt's target,
 		// wbt holds the synced writer back: the flood is the root cause and
 		// may rank first (naming bulk, never one of those it harms), as may,

@@ -60,11 +60,13 @@ var hostTools = []struct {
 	{"/usr/sbin/make-bcache", []string{"/usr/sbin/make-bcache", "/sbin/make-bcache"}, "bcache-tools"},
 	{"/bin/busybox", []string{"/bin/busybox", "/usr/bin/busybox"}, "busybox-static"},
 	{"/usr/sbin/mkfs.ext4", []string{"/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"}, "e2fsprogs"},
+	{"/usr/sbin/mkfs.xfs", []string{"/usr/sbin/mkfs.xfs", "/sbin/mkfs.xfs"}, "xfsprogs"},
 }
 
 // guestModules are loaded at boot (with their dependencies) where they are
-// modules; built-in ones need nothing.
-var guestModules = []string{"virtio_pci", "virtio_blk", "loop", "bcache", "null_blk", "mq-deadline", "scsi_debug", "sd_mod"}
+// modules; built-in ones need nothing. xfs is loaded before whyslow starts:
+// the tracepoints of a module loaded later are not seen.
+var guestModules = []string{"virtio_pci", "virtio_blk", "loop", "bcache", "null_blk", "mq-deadline", "scsi_debug", "sd_mod", "xfs"}
 
 // Selection narrows the guest's tests (for a developer's quick rerun); the
 // zero value runs everything.
