@@ -148,7 +148,7 @@ type Journal struct {
 	// completed (xlog_iclog_sync .. xlog_iclog_sync_done, 6.1+: 0 on
 	// older kernels), and their length: mean, p99, max, ms. LogFlushes
 	// are those that flushed the device's cache first.
-	LogWrites, LogFlushes                       int
+	LogWrites, LogFlushes                        int
 	LogWriteMeanMs, LogWriteP99Ms, LogWriteMaxMs float64
 }
 
