@@ -21,7 +21,8 @@ const configfs = "/sys/kernel/config"
 // completes after exactly latency (a timer per request: irqmode 2,
 // completion_nsec), whatever the load: a device whose reads always take
 // that long. It is size bytes, backed by no memory (reads return zeros),
-// with a queue of depth requests. It returns its name ("nullb1"); the
+// with a queue of depth requests. It returns its name ("nullb1", or
+// "whyslow-PID" where the kernel names it after its configfs directory); the
 // cleanup removes it (and unmounts configfs if it mounted it). It skips
 // (fails in the kernel matrix, which loads null_blk at boot) where there
 // is no null_blk.
@@ -67,7 +68,21 @@ func NullBlk(t testing.TB, size int64, latency time.Duration, depth int) string 
 	if err != nil {
 		t.Fatalf("null_blk: %v", err)
 	}
-	dev := "nullb" + strings.TrimSpace(string(b))
+	// Its disk is named after its configfs directory from 5.19 on, after
+	// its index before.
+	names := []string{filepath.Base(dir), "nullb" + strings.TrimSpace(string(b))}
+	dev := ""
+	if !waitFor(10*time.Second, func() bool {
+		for _, n := range names {
+			if _, err := os.Stat(filepath.Join("/sys/block", n)); err == nil {
+				dev = n
+				return true
+			}
+		}
+		return false
+	}) {
+		t.Fatalf("null_blk: no disk %v appeared", names)
+	}
 	if !waitFor(10*time.Second, func() bool { _, err := os.Stat("/dev/" + dev); return err == nil }) {
 		t.Fatalf("null_blk: /dev/%s did not appear", dev)
 	}
