@@ -124,7 +124,7 @@ struct sc_state {
 	__u32 dev;
 	__u16 nr;
 	__u8 preempted; /* the switch-out left it runnable */
-	__u8 pad;
+	__u8 inflight; /* the thread is in `inflight` */
 	__s32 stackid; /* the current sleep's stack; <0: none */
 	__u32 aio_dev; /* the device of aio_ctx, as this thread last named it */
 	__u64 aio_ctx; /* the aio context of the thread's last io_submit; 0: none */
@@ -143,6 +143,37 @@ struct {
 	__type(key, __u32); /* tid */
 	__type(value, struct sc_state);
 } state_tid SEC(".maps");
+
+/* Threads whose storage call has blocked at least once and has not
+ * returned yet: what user space reads at its checkpoints and at the end
+ * of the run, to tell of the calls still in the kernel then (a call is
+ * counted at its exit only). A thread goes in at the first sleep of its
+ * call (the scheduler's program runs then anyway; a call that never
+ * blocks costs nothing here), its entry is brought up to date at its
+ * later sleeps, and goes at the call's exit. Beyond its room, calls are
+ * counted lost (SC_LOSS_INFLIGHT). */
+#define MAX_INFLIGHT 4096
+
+struct sc_inflight {
+	__u32 tgid;
+	__u32 dev;
+	__u32 nr;
+	__s32 stackid; /* the stack of its latest sleep; <0: none */
+	__u64 start_ns; /* the call's entry */
+	__u64 off_ns; /* its latest sleep began at */
+	__u64 sleep_ns; /* asleep in the call before its latest sleep */
+	__u64 runq_ns; /* in the run queue in the call before its latest sleep */
+	char comm[TASK_COMM_LEN];
+};
+
+KEEP_TYPE(struct sc_inflight, sc_inflight_type);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_INFLIGHT);
+	__type(key, __u32); /* tid */
+	__type(value, struct sc_inflight);
+} inflight SEC(".maps");
 
 struct sc_hist_key {
 	__u32 tgid;
@@ -256,7 +287,8 @@ enum sc_stack_loss {
 	SC_LOSS_BLOCKED = 1, /* `blocked` full: a sleep's time is lost */
 	SC_LOSS_HIST = 2, /* `call_hists` full: a call's latency is lost */
 	SC_LOSS_MEM = 3, /* `mem_begin` or `mem_stalls` full: a memory stall's time is lost */
-	SC_LOSS_KINDS = 4,
+	SC_LOSS_INFLIGHT = 4, /* `inflight` full: a blocked call in progress is not seen before its exit */
+	SC_LOSS_KINDS = 5,
 };
 
 KEEP_TYPE(enum sc_stack_loss, sc_stack_loss_type);
@@ -584,6 +616,12 @@ static __always_inline void call_enter(long nr, __u64 a0, __u64 a1, __u64 a2, co
 	}
 	if (nr == NR_IO_SUBMIT)
 		aio_note(st, a0, dev);
+	if (st->inflight) {
+		/* A call whose exit was not seen (the thread died in it). */
+		__u32 tid = (__u32)id;
+		bpf_map_delete_elem(&inflight, &tid);
+		st->inflight = 0;
+	}
 	st->start_ns = bpf_ktime_get_ns();
 	st->off_ns = 0;
 	st->wake_ns = 0;
@@ -707,6 +745,11 @@ static __always_inline void call_exit(long ret)
 
 	if (!st || !st->start_ns)
 		return;
+	if (st->inflight) {
+		__u32 tid = (__u32)id;
+		bpf_map_delete_elem(&inflight, &tid);
+		st->inflight = 0;
+	}
 	if (st->dev == DEV_PENDING) {
 		/* An io_uring_enter whose ring named no block device. */
 		st->start_ns = 0;
@@ -848,6 +891,44 @@ static __always_inline void switch_in(struct task_struct *next, struct sc_state 
 	__sync_fetch_and_add(&b->count, 1);
 }
 
+/* note_inflight records the current thread (prev, switching out to
+ * sleep in its call) in `inflight`, or brings its entry up to date. */
+static __always_inline void note_inflight(struct task_struct *prev, struct sc_state *st, __u64 now)
+{
+	__u32 tid = prev->pid;
+	struct sc_inflight *f = 0;
+
+	if (st->dev == DEV_PENDING)
+		return;
+	if (st->inflight) {
+		f = bpf_map_lookup_elem(&inflight, &tid);
+		if (!f) {
+			st->inflight = 0;
+			return;
+		}
+	} else {
+		struct sc_inflight v = {.tgid = prev->tgid, .dev = st->dev, .nr = st->nr, .start_ns = st->start_ns};
+		/* current is still prev at sched_switch. */
+		bpf_get_current_comm(v.comm, sizeof(v.comm));
+		v.stackid = st->stackid;
+		v.off_ns = now;
+		v.sleep_ns = st->sleep_ns;
+		v.runq_ns = st->runq_ns;
+		if (bpf_map_update_elem(&inflight, &tid, &v, BPF_ANY)) {
+			count_loss(&sc_losses, SC_LOSS_INFLIGHT);
+			/* Not tried again in this call. */
+			st->inflight = 2;
+			return;
+		}
+		st->inflight = 1;
+		return;
+	}
+	f->stackid = st->stackid;
+	f->off_ns = now;
+	f->sleep_ns = st->sleep_ns;
+	f->runq_ns = st->runq_ns;
+}
+
 /* walk takes the current task's kernel stack into `stacks`, unless this
  * CPU walked one less than gap ago. */
 static __always_inline __s32 walk(void *ctx, __u64 now, __u64 gap)
@@ -882,8 +963,11 @@ int BPF_PROG(sc_switch, _Bool preempt, struct task_struct *prev, struct task_str
 		st->wake_ns = 0;
 		st->preempted = preempt || (prev_state & 0xff) == 0;
 		st->stackid = -1;
-		if (!st->preempted)
+		if (!st->preempted) {
 			st->stackid = walk(ctx, now, (prev_state & TASK_UNINTERRUPTIBLE) ? walk_gap_ns : walk_gap_s_ns);
+			if (st->inflight != 2)
+				note_inflight(prev, st, now);
+		}
 	}
 	st = state_of(next);
 	if (st && st->start_ns && st->off_ns)

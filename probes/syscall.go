@@ -3,9 +3,11 @@ package probes
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -106,10 +108,11 @@ var syscallNotWalked = func() int32 { v := syscallScStackidSC_NOT_WALKED; return
 // How each counter of the `sc_losses` array is reported, at its value of
 // enum sc_stack_loss.
 var syscallLossWhat = [syscallScStackLossSC_LOSS_KINDS]string{
-	syscallScStackLossSC_LOSS_STACK:   "kernel stack of a sleep lost (its time counts as stage other)",
-	syscallScStackLossSC_LOSS_BLOCKED: "blocked-time map full: sleep time lost",
-	syscallScStackLossSC_LOSS_HIST:    "call histogram map full: call latencies lost",
-	syscallScStackLossSC_LOSS_MEM:     "memory-stall map full: time in reclaim or compaction lost",
+	syscallScStackLossSC_LOSS_STACK:    "kernel stack of a sleep lost (its time counts as stage other)",
+	syscallScStackLossSC_LOSS_BLOCKED:  "blocked-time map full: sleep time lost",
+	syscallScStackLossSC_LOSS_HIST:     "call histogram map full: call latencies lost",
+	syscallScStackLossSC_LOSS_MEM:      "memory-stall map full: time in reclaim or compaction lost",
+	syscallScStackLossSC_LOSS_INFLIGHT: "map of calls in progress full: a call still in the kernel at a checkpoint or the end is not seen",
 }
 
 // syscallMemStalls are the memory stalls the program times inside storage
@@ -160,7 +163,15 @@ type syscallRunning struct {
 	ring
 	note   string // the status Reason: what it runs on and what it misses
 	procfs string
-	ksyms  *symbolize.Kernel
+	// began is when the probe started: a call it found in the kernel at a
+	// checkpoint without having seen its entry has been in it since then
+	// at least.
+	began event.Mono
+	// preexisting are the threads (to their process) in a storage call at
+	// the first read of the sums, a call the probe may not have seen
+	// begin (hungSince; under sums); nil before that read.
+	preexisting map[uint32]int
+	ksyms       *symbolize.Kernel
 	// ksymsReady is closed once kallsyms is read (or failed).
 	ksymsReady chan struct{}
 
@@ -512,7 +523,11 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 		return nil, loadErr(fmt.Errorf("loading objects: %w", err))
 	}
 	procfs := cmpOr(cfg.ProcFS, "/proc")
-	r := &syscallRunning{cfg: cfg, sink: sink, coll: coll, procfs: procfs,
+	began, err := event.Now()
+	if err != nil {
+		return nil, err
+	}
+	r := &syscallRunning{cfg: cfg, sink: sink, coll: coll, procfs: procfs, began: began,
 		procs: map[uint32]*event.Process{}, devs: map[uint32]event.Device{}, comms: map[uint32]string{}, seen: map[uint32]seenAs{},
 		drained: syscallDrained{hists: map[syscallScHistKey]*drainedHist{}, blocked: map[syscallScBlockedKey]*syscallScBlocked{},
 			mem: map[syscallScMemKey]*syscallScMemStall{}},
@@ -835,6 +850,9 @@ func (r *syscallRunning) deliverSums(sink Sink) error {
 	if err == nil {
 		err = r.deliverMemStalls(sink, now)
 	}
+	if err == nil {
+		err = r.deliverUnfinished(sink, now)
+	}
 	deliverLosses(sink, event.ProbeSyscall, r.coll.Maps["losses"])
 	r.deliverScLosses(sink)
 	return err
@@ -1000,40 +1018,41 @@ func (r *syscallRunning) deliverStats(sink Sink, now event.Mono) error {
 	return nil
 }
 
-func (r *syscallRunning) deliverBlocked(sink Sink, now event.Mono) error {
+// frames symbolizes the stack id of the `stacks` map (under sums); nil
+// for none.
+func (r *syscallRunning) frames(id int32) []event.Frame {
+	if id < 0 {
+		return nil
+	}
 	<-r.ksymsReady
-	stacks := r.coll.Maps["stacks"]
 	if r.kstacks == nil {
 		r.kstacks = newStackCache(offcpuMaxCachedStacks)
 	}
-	cache := r.kstacks
-	frames := func(id int32) []event.Frame {
-		if id < 0 {
-			return nil
-		}
-		var ips [syscallScLayoutSTACK_DEPTH]uint64
-		if err := stacks.Lookup(uint32(id), &ips); err != nil {
-			return nil
-		}
-		n := 0
-		for n < len(ips) && ips[n] != 0 {
-			n++
-		}
-		addrs := ips[:n]
-		if fr, ok := cache.get(addrs); ok {
-			return fr
-		}
-		var fr []event.Frame
-		if r.ksyms != nil {
-			fr = trimTracingFrames(r.ksyms.Frames(addrs))
-		} else {
-			for _, a := range addrs {
-				fr = append(fr, event.Frame{Addr: a, Module: symbolize.KernelModule})
-			}
-		}
-		cache.put(addrs, fr)
+	var ips [syscallScLayoutSTACK_DEPTH]uint64
+	if err := r.coll.Maps["stacks"].Lookup(uint32(id), &ips); err != nil {
+		return nil
+	}
+	n := 0
+	for n < len(ips) && ips[n] != 0 {
+		n++
+	}
+	addrs := ips[:n]
+	if fr, ok := r.kstacks.get(addrs); ok {
 		return fr
 	}
+	var fr []event.Frame
+	if r.ksyms != nil {
+		fr = trimTracingFrames(r.ksyms.Frames(addrs))
+	} else {
+		for _, a := range addrs {
+			fr = append(fr, event.Frame{Addr: a, Module: symbolize.KernelModule})
+		}
+	}
+	r.kstacks.put(addrs, fr)
+	return fr
+}
+
+func (r *syscallRunning) deliverBlocked(sink Sink, now event.Mono) error {
 	err := readSums(sumMap[syscallScBlockedKey, syscallScBlocked](plainSums[syscallScBlockedKey, syscallScBlocked]{r.coll.Maps["blocked"]}), r.drained.blocked, addBlocked, func(k syscallScBlockedKey, v *syscallScBlocked) {
 		r.read.blocked[k] = *v
 		name := syscallName(k.Nr)
@@ -1042,12 +1061,78 @@ func (r *syscallRunning) deliverBlocked(sink Sink, now event.Mono) error {
 		}
 		sink.Event(event.BlockedStack{
 			Time: now, Pid: k.Tgid, Comm: r.comm(k.Tgid), Call: name, Dev: r.device(k.Dev),
-			Total: time.Duration(v.Ns), Count: v.Count, KernelStack: frames(k.Stackid),
+			Total: time.Duration(v.Ns), Count: v.Count, KernelStack: r.frames(k.Stackid),
 			Unwalked: k.Stackid == syscallNotWalked,
 		})
 	})
 	if err != nil {
 		return fmt.Errorf("reading blocked time: %w", err)
+	}
+	return nil
+}
+
+// deliverUnfinished sends the storage calls still in the kernel (the
+// `inflight` map: calls that blocked at least once and have not returned;
+// and, from /proc, those that began before the probe did: hungSince) that
+// have been in it for at least MinLatency, the earliest first. The
+// entry of a thread that died inside its call (no exit was seen) is
+// removed.
+func (r *syscallRunning) deliverUnfinished(sink Sink, now event.Mono) error {
+	m := r.coll.Maps["inflight"]
+	var (
+		tid  uint32
+		v    syscallScInflight
+		out  []event.UnfinishedCall
+		gone []uint32
+	)
+	// The threads the map has: the scan of the others (hungSince) leaves
+	// them out.
+	seen := map[uint32]bool{}
+	it := m.Iterate()
+	for it.Next(&tid, &v) {
+		seen[tid] = true
+		if v.StartNs == 0 || v.Dev == uint32(syscallScDevDEV_PENDING) || uint64(now) <= v.StartNs {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(r.procfs, strconv.Itoa(int(v.Tgid)), "task", strconv.Itoa(int(tid)))); errors.Is(err, fs.ErrNotExist) {
+			gone = append(gone, tid)
+			continue
+		}
+		in := time.Duration(uint64(now) - v.StartNs)
+		name := syscallName(v.Nr)
+		if name == "" || in < r.cfg.MinLatency {
+			continue
+		}
+		var asleep time.Duration
+		if v.OffNs != 0 && uint64(now) > v.OffNs {
+			asleep = time.Duration(uint64(now) - v.OffNs)
+		}
+		out = append(out, event.UnfinishedCall{
+			Time: now, Start: event.Mono(v.StartNs),
+			Task: event.Task{Pid: tid, Tgid: v.Tgid, Comm: cString(v.Comm[:])},
+			Call: name, Dev: r.device(v.Dev), InCall: in,
+			Sleep: time.Duration(v.SleepNs), Runqueue: time.Duration(v.RunqNs), Asleep: asleep,
+			KernelStack: r.frames(v.Stackid), Unwalked: v.Stackid == syscallNotWalked,
+		})
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("reading the calls in progress: %w", err)
+	}
+	for _, t := range gone {
+		_ = m.Delete(t) // gone meanwhile too: nothing to tell
+	}
+	out = append(out, r.hungSince(now, seen)...)
+	slices.SortFunc(out, func(a, b event.UnfinishedCall) int {
+		if c := cmp.Compare(a.Start, b.Start); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.Task.Pid, b.Task.Pid)
+	})
+	for _, u := range out {
+		// Named now if its first record was lost, and again if it
+		// exec'd since (the name of the thread in the call is its own).
+		r.process(now, u.Task.Tgid, u.Task.Comm, 0)
+		sink.Event(u)
 	}
 	return nil
 }

@@ -68,6 +68,19 @@ type syscallScHistKey struct {
 	Pad  uint32
 }
 
+type syscallScInflight struct {
+	_       structs.HostLayout
+	Tgid    uint32
+	Dev     uint32
+	Nr      uint32
+	Stackid int32
+	StartNs uint64
+	OffNs   uint64
+	SleepNs uint64
+	RunqNs  uint64
+	Comm    [16]int8
+}
+
 type syscallScKind uint32
 
 const (
@@ -142,11 +155,12 @@ type syscallScSlow struct {
 type syscallScStackLoss uint32
 
 const (
-	syscallScStackLossSC_LOSS_STACK   syscallScStackLoss = 0
-	syscallScStackLossSC_LOSS_BLOCKED syscallScStackLoss = 1
-	syscallScStackLossSC_LOSS_HIST    syscallScStackLoss = 2
-	syscallScStackLossSC_LOSS_MEM     syscallScStackLoss = 3
-	syscallScStackLossSC_LOSS_KINDS   syscallScStackLoss = 4
+	syscallScStackLossSC_LOSS_STACK    syscallScStackLoss = 0
+	syscallScStackLossSC_LOSS_BLOCKED  syscallScStackLoss = 1
+	syscallScStackLossSC_LOSS_HIST     syscallScStackLoss = 2
+	syscallScStackLossSC_LOSS_MEM      syscallScStackLoss = 3
+	syscallScStackLossSC_LOSS_INFLIGHT syscallScStackLoss = 4
+	syscallScStackLossSC_LOSS_KINDS    syscallScStackLoss = 5
 )
 
 type syscallScStackid uint32
@@ -165,7 +179,7 @@ type syscallScState struct {
 	Dev       uint32
 	Nr        uint16
 	Preempted uint8
-	Pad       uint8
+	Inflight  uint8
 	Stackid   int32
 	AioDev    uint32
 	AioCtx    uint64
@@ -206,6 +220,7 @@ const (
 	syscallMapCallHistsSpill  = "call_hists_spill"
 	syscallMapEvents          = "events"
 	syscallMapHistZero        = "hist_zero"
+	syscallMapInflight        = "inflight"
 	syscallMapLastWalk        = "last_walk"
 	syscallMapLosses          = "losses"
 	syscallMapMemBegin        = "mem_begin"
@@ -237,6 +252,7 @@ const (
 	syscallVarLossKindType    = "loss_kind_type"
 	syscallVarMinLatencyNs    = "min_latency_ns"
 	syscallVarScDevType       = "sc_dev_type"
+	syscallVarScInflightType  = "sc_inflight_type"
 	syscallVarScKindType      = "sc_kind_type"
 	syscallVarScLayoutType    = "sc_layout_type"
 	syscallVarScMemKeyType    = "sc_mem_key_type"
@@ -327,6 +343,7 @@ type syscallMapSpecs struct {
 	CallHistsSpill *ebpf.MapSpec `ebpf:"call_hists_spill"`
 	Events         *ebpf.MapSpec `ebpf:"events"`
 	HistZero       *ebpf.MapSpec `ebpf:"hist_zero"`
+	Inflight       *ebpf.MapSpec `ebpf:"inflight"`
 	LastWalk       *ebpf.MapSpec `ebpf:"last_walk"`
 	Losses         *ebpf.MapSpec `ebpf:"losses"`
 	MemBegin       *ebpf.MapSpec `ebpf:"mem_begin"`
@@ -347,6 +364,7 @@ type syscallVariableSpecs struct {
 	LossKindType    *ebpf.VariableSpec `ebpf:"loss_kind_type"`
 	MinLatencyNs    *ebpf.VariableSpec `ebpf:"min_latency_ns"`
 	ScDevType       *ebpf.VariableSpec `ebpf:"sc_dev_type"`
+	ScInflightType  *ebpf.VariableSpec `ebpf:"sc_inflight_type"`
 	ScKindType      *ebpf.VariableSpec `ebpf:"sc_kind_type"`
 	ScLayoutType    *ebpf.VariableSpec `ebpf:"sc_layout_type"`
 	ScMemKeyType    *ebpf.VariableSpec `ebpf:"sc_mem_key_type"`
@@ -392,6 +410,7 @@ type syscallMaps struct {
 	CallHistsSpill *ebpf.Map `ebpf:"call_hists_spill"`
 	Events         *ebpf.Map `ebpf:"events"`
 	HistZero       *ebpf.Map `ebpf:"hist_zero"`
+	Inflight       *ebpf.Map `ebpf:"inflight"`
 	LastWalk       *ebpf.Map `ebpf:"last_walk"`
 	Losses         *ebpf.Map `ebpf:"losses"`
 	MemBegin       *ebpf.Map `ebpf:"mem_begin"`
@@ -411,6 +430,7 @@ func (m *syscallMaps) Close() error {
 		m.CallHistsSpill,
 		m.Events,
 		m.HistZero,
+		m.Inflight,
 		m.LastWalk,
 		m.Losses,
 		m.MemBegin,
@@ -432,6 +452,7 @@ type syscallVariables struct {
 	LossKindType    *ebpf.Variable `ebpf:"loss_kind_type"`
 	MinLatencyNs    *ebpf.Variable `ebpf:"min_latency_ns"`
 	ScDevType       *ebpf.Variable `ebpf:"sc_dev_type"`
+	ScInflightType  *ebpf.Variable `ebpf:"sc_inflight_type"`
 	ScKindType      *ebpf.Variable `ebpf:"sc_kind_type"`
 	ScLayoutType    *ebpf.Variable `ebpf:"sc_layout_type"`
 	ScMemKeyType    *ebpf.Variable `ebpf:"sc_mem_key_type"`

@@ -397,6 +397,39 @@ type BlockedStack struct {
 // When implements Event.
 func (e BlockedStack) When() Mono { return e.Time }
 
+// UnfinishedCall is a storage call still in the kernel when the syscall
+// probe's sums were read (at a checkpoint, or at the end of the run), in
+// it for at least --min-latency and blocked at least once: a call that is
+// counted at its exit only would not be seen at all. Its earlier sleeps
+// are in the BlockedStack sums of its process, device and call already;
+// its latest sleep, which may last still, is here (Asleep, KernelStack).
+type UnfinishedCall struct {
+	Time  Mono   `json:"time"`  // when it was read
+	Start Mono   `json:"start"` // the call's entry
+	Task  Task   `json:"task"`
+	Call  string `json:"call" mem:"shared"`
+	Dev   Device `json:"dev"`
+	// InCall is the time in the call so far (Time - Start).
+	InCall time.Duration `json:"in_call"`
+	// Sleep and Runqueue are its time asleep and in the run queue before
+	// its latest sleep; Asleep is the time since that sleep began (up to
+	// Time: the thread may have woken since, and not yet returned).
+	Sleep    time.Duration `json:"sleep,omitempty"`
+	Runqueue time.Duration `json:"runqueue,omitempty"`
+	Asleep   time.Duration `json:"asleep"`
+	// KernelStack is where its latest sleep began, innermost first; empty
+	// when it could not be taken or was not walked (Unwalked).
+	KernelStack []Frame `json:"kernel_stack,omitempty" mem:"shared"`
+	Unwalked    bool    `json:"unwalked,omitempty"`
+	// Before marks a call that was in the kernel already when the probe
+	// started (found asleep in it, in /proc): Start is the probe's start,
+	// InCall and Asleep are at least that long.
+	Before bool `json:"before,omitempty"`
+}
+
+// When implements Event.
+func (e UnfinishedCall) When() Mono { return e.Time }
+
 // The kinds of memory stall (MemStall.Kind).
 const (
 	MemDirectReclaim = "direct_reclaim" // the page allocator reclaiming for itself (global memory short)

@@ -61,6 +61,22 @@ type Limit struct {
 	// Source says how Delay was measured: SourceLimitInferred, or
 	// SourceDirect (fentry __blk_throtl_bio, ...).
 	Source string
+	// Stuck is the longest time one of Processes spent in a call the
+	// limit holds (of its op) on the device that had not returned when
+	// the run ended, its latest sleep a wait for the I/O (the stages
+	// throttled I/O shows up in), on a device that failed no request
+	// and timed none out (probe devfault): a limit so low that one bio
+	// does not get through it in the run, whose cgroup's I/O then shows
+	// no rate at all. 0 when none.
+	Stuck time.Duration
+}
+
+// Binding reports whether the limit held its cgroup's I/O: it ran at 75%
+// of the limit or more, or a call of its processes could not get through
+// at all (Stuck of a second or more, while its I/O stayed below the
+// limit).
+func (l *Limit) Binding() bool {
+	return l.Counted && (l.Use() >= 0.75 || l.Stuck >= time.Second)
 }
 
 // Limits is a list of limits.
@@ -308,6 +324,10 @@ func (b *builder) limits() {
 			}
 		}
 	}
+	faulty := map[string]bool{}
+	for _, f := range b.tl.DeviceFaults {
+		faulty[b.name(f.Dev)] = true
+	}
 	seen := map[limitKey]bool{}
 	for _, e := range b.tl.IOLimits {
 		if e.Dev.Name != "" {
@@ -376,6 +396,11 @@ func (b *builder) limits() {
 			}
 			l.Delays = append(l.Delays, delay)
 			l.Delay = SaturatingAdd(l.Delay, delay)
+			for _, u := range q.Unfinished {
+				if !faulty[name] && slices.Contains(throttledStages, u.Stage) && (callOp(u.Syscall) == "" || callOp(u.Syscall) == l.Op()) {
+					l.Stuck = max(l.Stuck, u.InCall)
+				}
+			}
 		}
 		d.Limits = append(d.Limits, l)
 	}

@@ -18,6 +18,10 @@ const KindSyscall = "syscall"
 // SourceSyscall is how the syscall probe timed a call.
 const SourceSyscall = "tracepoints: the call's entry and exit"
 
+// SourceUnfinished is how the syscall probe timed a call still in the
+// kernel when the run ended (event.UnfinishedCall): its span ends there.
+const SourceUnfinished = "tracepoints: the call's entry; still in the call when the run ended"
+
 // Process is one process whose storage system calls the syscall probe
 // traced: what its calls cost, and where their time off CPU (Blocked)
 // went, split into stages (internal/stage: queue_freeze, tag_wait, ...,
@@ -41,8 +45,13 @@ type Process struct {
 	// Stages split Blocked, the most time first.
 	Stages []StageTime
 	// Slow are its calls above --min-latency (kind syscall; Attr is the
-	// call), in time order.
+	// call), in time order; a call still in the kernel when the run ended
+	// is one too, up to then (Source SourceUnfinished).
 	Slow Spans
+	// Unfinished are its calls still in the kernel when the run ended
+	// (their time so far counts in Total, Blocked and the stages), the
+	// longest first.
+	Unfinished []Unfinished
 	// Reclaim is the time its storage calls spent in direct reclaim (the
 	// allocator's, or its memory cgroup's over its limit), Compaction in
 	// direct compaction, on or off CPU; MemStalls split them by kind and
@@ -62,14 +71,32 @@ type Process struct {
 // weightKey is one call of a process on one device.
 type weightKey struct{ device, call string }
 
+// Unfinished is a storage call still in the kernel when the run ended.
+type Unfinished struct {
+	Tid     uint32 // the thread in it
+	Comm    string // the thread's name
+	Syscall string
+	Device  string
+	// InCall is its time in the call up to the end of the run; Blocked
+	// the part the probe saw off CPU (asleep or in the run queue).
+	InCall, Blocked time.Duration
+	// Stage is the stage of its latest sleep, which may last still.
+	Stage string
+}
+
 // Call is what one system call of a process cost.
 type Call struct {
 	Syscall string
 	Latency Latency
-	// Total is the time in these calls; Blocked the part off CPU.
+	// Total is the time in these calls (with the time so far of those
+	// still in the kernel when the run ended); Blocked the part off CPU.
 	Total, Blocked time.Duration
+	// Unfinished counts these calls still in the kernel when the run
+	// ended (not in Latency, which has the calls that returned).
+	Unfinished int
 
-	h hist.Histogram // the latencies Latency summarizes
+	h      hist.Histogram // the latencies Latency summarizes
+	inCall time.Duration  // the time so far of the Unfinished calls
 	// stages split Blocked by stage (other's by stack), for
 	// Processes.Unexplained; nil for a Call built by hand.
 	stages *stageSums
@@ -228,7 +255,7 @@ func topStacks(other map[string]time.Duration, n int) []StackTime {
 // probe's sums (event.SyscallStats, event.BlockedStack), classifying each
 // stack with the table.
 func (b *builder) processes() {
-	if len(b.tl.SyscallStats) == 0 {
+	if len(b.tl.SyscallStats) == 0 && len(b.tl.UnfinishedCalls) == 0 {
 		return
 	}
 	tab := b.opts.Stages
@@ -242,6 +269,10 @@ func (b *builder) processes() {
 		walked         map[string]time.Duration // asleep by stage, stacks walked
 		unwalked, lost time.Duration
 		stacks         time.Duration // asleep in the stacks summed
+		// The calls still in the kernel at the end: how many, and their
+		// time so far.
+		unfinished int
+		inCall     time.Duration
 	}
 	groups := map[processKey]*group{}
 	get := func(k processKey) *group {
@@ -280,6 +311,42 @@ func (b *builder) processes() {
 			g.walked[r.Stage] = SaturatingAdd(g.walked[r.Stage], bs.Total)
 			g.stages.add(r.Stage, bs.Total, r.Frame)
 		}
+	}
+	// The calls still in the kernel at the end: their earlier sleeps are
+	// in the blocked stacks already; their latest sleep, up to the end,
+	// is one more, and their time so far counts with their calls'.
+	unfinished := map[uint32][]Unfinished{}
+	for _, u := range b.tl.UnfinishedCalls {
+		dev := b.name(u.Dev)
+		g := get(processKey{u.Task.Tgid, dev, u.Call})
+		g.unfinished++
+		g.inCall = SaturatingAdd(g.inCall, max(u.InCall, 0))
+		g.runq = SaturatingAdd(g.runq, max(u.Runqueue, 0))
+		g.sleep = SaturatingAdd(g.sleep, max(u.Asleep, 0))
+		g.stacks = SaturatingAdd(g.stacks, max(u.Asleep, 0))
+		if comms[u.Task.Tgid] == "" {
+			comms[u.Task.Tgid] = u.Task.Comm
+		}
+		st := stage.Other
+		switch {
+		case u.Unwalked:
+			g.unwalked = SaturatingAdd(g.unwalked, max(u.Asleep, 0))
+			st = ""
+		case len(u.KernelStack) == 0:
+			g.lost = SaturatingAdd(g.lost, max(u.Asleep, 0))
+		default:
+			names = names[:0]
+			for _, f := range u.KernelStack {
+				names = append(names, f.Symbol)
+			}
+			r := tab.Classify(names, u.Call)
+			st = r.Stage
+			g.walked[r.Stage] = SaturatingAdd(g.walked[r.Stage], max(u.Asleep, 0))
+			g.stages.add(r.Stage, max(u.Asleep, 0), r.Frame)
+		}
+		blocked := min(SaturatingAdd(SaturatingAdd(max(u.Sleep, 0), max(u.Runqueue, 0)), max(u.Asleep, 0)), max(u.InCall, 0))
+		unfinished[u.Task.Tgid] = append(unfinished[u.Task.Tgid], Unfinished{Tid: u.Task.Pid, Comm: u.Task.Comm,
+			Syscall: u.Call, Device: dev, InCall: max(u.InCall, 0), Blocked: blocked, Stage: st})
 	}
 	for _, g := range groups {
 		// The sleeps not walked share out like the walked ones.
@@ -345,6 +412,8 @@ func (b *builder) processes() {
 			a.h.Merge(&g.h)
 			a.blocked = SaturatingAdd(a.blocked, blocked)
 			a.stages.merge(&g.stages)
+			a.unfinished += g.unfinished
+			a.inCall = SaturatingAdd(a.inCall, g.inCall)
 		}
 		sums[k.pid].merge(&g.stages)
 		ds := devSums[k.pid][k.device]
@@ -355,9 +424,21 @@ func (b *builder) processes() {
 		ds.merge(&g.stages)
 	}
 	for pid, p := range byPid {
+		p.Unfinished = unfinished[pid]
+		slices.SortFunc(p.Unfinished, func(a, c Unfinished) int {
+			if n := cmp.Compare(c.InCall, a.InCall); n != 0 {
+				return n
+			}
+			return cmp.Compare(a.Tid, c.Tid)
+		})
 		fill(p, calls[pid], sums[pid])
 		for dev, acc := range devCalls[pid] {
 			q := &Process{Pid: p.Pid, Comm: p.Comm, Cgroup: p.Cgroup, Blkio: p.Blkio, Devices: []string{dev}}
+			for _, u := range p.Unfinished {
+				if u.Device == dev {
+					q.Unfinished = append(q.Unfinished, u)
+				}
+			}
 			fill(q, acc, devSums[pid][dev])
 			p.on[dev] = q
 			p.Devices = append(p.Devices, dev)
@@ -394,6 +475,20 @@ func (b *builder) processes() {
 		q.Slow = append(q.Slow, Span{Start: start, End: SaturatingAdd(start, max(c.Duration, 0)), Kind: KindSyscall,
 			Pid: c.Task.Pid, Tgid: c.Task.Tgid, Comm: c.Task.Comm, Device: dev, Attr: c.Call, Source: SourceSyscall})
 	}
+	for _, u := range b.tl.UnfinishedCalls {
+		p := byPid[u.Task.Tgid]
+		if p == nil {
+			continue
+		}
+		dev := b.name(u.Dev)
+		q, ok := p.on[dev]
+		if !ok {
+			continue
+		}
+		start := b.rel(u.Start)
+		q.Slow = append(q.Slow, Span{Start: start, End: SaturatingAdd(start, max(u.InCall, 0)), Kind: KindSyscall,
+			Pid: u.Task.Pid, Tgid: u.Task.Tgid, Comm: u.Task.Comm, Device: dev, Attr: u.Call, Source: SourceUnfinished})
+	}
 	for _, p := range b.run.Processes {
 		for _, dev := range p.Devices {
 			q := p.on[dev]
@@ -424,11 +519,14 @@ func devCallsOf[V any](m map[string]map[string]V, dev string) map[string]V {
 	return m[dev]
 }
 
-// callAcc sums one system call's latencies, blocked time and its stages.
+// callAcc sums one system call's latencies, blocked time and its stages,
+// and its calls still in the kernel at the end.
 type callAcc struct {
-	h       hist.Histogram
-	blocked time.Duration
-	stages  stageSums
+	h          hist.Histogram
+	blocked    time.Duration
+	stages     stageSums
+	unfinished int
+	inCall     time.Duration
 }
 
 // addCalls adds each call of calls to acc, by system call.
@@ -441,6 +539,8 @@ func addCalls(acc map[string]*callAcc, calls []*Call) {
 		}
 		a.h.Merge(&c.h)
 		a.blocked = SaturatingAdd(a.blocked, c.Blocked)
+		a.unfinished += c.Unfinished
+		a.inCall = SaturatingAdd(a.inCall, c.inCall)
 		if c.stages != nil {
 			a.stages.merge(c.stages)
 		}
@@ -450,8 +550,9 @@ func addCalls(acc map[string]*callAcc, calls []*Call) {
 // fill sets a process's calls, totals and stages from its sums.
 func fill(p *Process, acc map[string]*callAcc, sums *stageSums) {
 	for name, a := range acc {
-		total := time.Duration(min(a.h.SumNs, math.MaxInt64))
-		c := &Call{Syscall: name, Latency: latency(&a.h), Total: total, Blocked: a.blocked, h: a.h, stages: &a.stages}
+		total := SaturatingAdd(time.Duration(min(a.h.SumNs, math.MaxInt64)), a.inCall)
+		c := &Call{Syscall: name, Latency: latency(&a.h), Total: total, Blocked: a.blocked, Unfinished: a.unfinished,
+			h: a.h, inCall: a.inCall, stages: &a.stages}
 		p.Calls = append(p.Calls, c)
 		p.Total = SaturatingAdd(p.Total, c.Total)
 	}
@@ -540,10 +641,17 @@ func (p *Process) merged(devices []string) *Process {
 		v := p.on[d]
 		q.on[d] = v
 		q.Slow = append(q.Slow, v.Slow...)
+		q.Unfinished = append(q.Unfinished, v.Unfinished...)
 		addCalls(calls, v.Calls)
 		sums.merge(v.sums())
 	}
 	sortSpans(q.Slow)
+	slices.SortFunc(q.Unfinished, func(a, c Unfinished) int {
+		if n := cmp.Compare(c.InCall, a.InCall); n != 0 {
+			return n
+		}
+		return cmp.Compare(a.Tid, c.Tid)
+	})
 	fill(q, calls, &sums)
 	return q
 }

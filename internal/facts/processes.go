@@ -89,7 +89,8 @@ func (ps Processes) StageMs(stages ...string) float64 {
 // the kinds that are slow at the tail took at least minMs milliseconds
 // together: of each kind of call, the ones of at least tailMs, when that
 // kind's p99 is at least tailMs too; a few slow calls among many fast ones
-// of their kind do not count. Of a process as Unexplained gives it, only
+// of their kind do not count (a call still in the kernel when the run
+// ended counts whatever its kind's p99). Of a process as Unexplained gives it, only
 // the part of that time in stages no finding explains counts
 // (UnexplainedMs). Each process keeps only those slow calls.
 func (ps Processes) Slower(minMs, tailMs float64) Processes {
@@ -99,7 +100,9 @@ func (ps Processes) Slower(minMs, tailMs float64) Processes {
 			continue
 		}
 		slow := p.Slow.where(func(sp *Span) bool {
-			return msOf(sp.Duration()) >= tailMs && p.Call(sp.Attr).Latency.P99Us >= tailMs*1000
+			// A call still in the kernel at the end has no latency
+			// yet: it counts by its time so far alone.
+			return msOf(sp.Duration()) >= tailMs && (sp.Source == SourceUnfinished || p.Call(sp.Attr).Latency.P99Us >= tailMs*1000)
 		})
 		if len(slow) == 0 || msOf(p.unexplained(slow)) < minMs {
 			continue

@@ -25,6 +25,10 @@ type State struct {
 	MemStalls []event.MemStall
 	Requeues  []event.Requeues
 	IOUsage   []event.IOUsage
+	// Unfinished are the storage calls still in the kernel at At (the
+	// syscall probe's): not sums, a window takes those of its end
+	// (AddSums).
+	Unfinished []event.UnfinishedCall
 	// Pruned are the processes (tgids) whose every sum the syscall probe
 	// removed once this state had read them (probes.Pruner): in the next
 	// state a sum of theirs in Stats, Blocked or MemStalls is counted
@@ -145,6 +149,7 @@ type packed struct {
 	mem      []event.MemStall
 	requeues []event.Requeues
 	ioUsage  []event.IOUsage
+	unfin    []event.UnfinishedCall
 	pruned   []uint32
 	prunedIO []uint32
 	bytes    int64 // estimated memory
@@ -166,7 +171,8 @@ func pack(st State) *packed {
 	p.stats, p.blocked = cloneSums(st.Stats, st.Blocked)
 	p.mem, p.requeues, p.ioUsage = slices.Clone(st.MemStalls), slices.Clone(st.Requeues), slices.Clone(st.IOUsage)
 	p.pruned, p.prunedIO = slices.Clone(st.Pruned), slices.Clone(st.PrunedIO)
-	p.bytes = 64 + int64(len(p.pruned)+len(p.prunedIO))*4 + int64(len(p.losses))*48 + sumsBytes(p.stats, p.blocked) + int64(len(p.mem))*112 + int64(len(p.requeues))*64 +
+	p.unfin = slices.Clone(st.Unfinished)
+	p.bytes = int64(len(p.unfin))*200 + 64 + int64(len(p.pruned)+len(p.prunedIO))*4 + int64(len(p.losses))*48 + sumsBytes(p.stats, p.blocked) + int64(len(p.mem))*112 + int64(len(p.requeues))*64 +
 		int64(len(p.ioUsage))*160
 	kinds := histKinds()
 	for _, d := range st.Devices {
@@ -194,6 +200,7 @@ func (p *packed) unpack() State {
 	st.Stats, st.Blocked = cloneSums(p.stats, p.blocked)
 	st.MemStalls, st.Requeues, st.IOUsage = slices.Clone(p.mem), slices.Clone(p.requeues), slices.Clone(p.ioUsage)
 	st.Pruned, st.PrunedIO = slices.Clone(p.pruned), slices.Clone(p.prunedIO)
+	st.Unfinished = slices.Clone(p.unfin)
 	kinds := histKinds()
 	for _, pd := range p.devs {
 		d := timeline.DeviceHistograms{Dev: pd.dev}

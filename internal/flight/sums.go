@@ -72,6 +72,26 @@ func AddSums(tl *timeline.Timeline, now, before State) {
 	tl.MemStalls = memStallsDelta(now, before)
 	tl.Requeues = requeuesDelta(now, before)
 	tl.IOUsage = ioUsageDelta(now, before)
+	tl.UnfinishedCalls = unfinishedIn(now, before)
+}
+
+// unfinishedIn are the calls still in the kernel at now, as the window
+// from before to now saw them: a call that began before it counts from
+// before's time (its sleeps before then were in the sums before; its time
+// in the run queue before its latest sleep is not split, and left out).
+func unfinishedIn(now, before State) []event.UnfinishedCall {
+	out := slices.Clone(now.Unfinished)
+	for i := range out {
+		u := &out[i]
+		if u.Start >= before.At || before.At >= now.At {
+			continue
+		}
+		u.Start = before.At
+		u.InCall = now.At.Sub(before.At)
+		u.Asleep = min(u.Asleep, u.InCall)
+		u.Sleep, u.Runqueue = 0, 0
+	}
+	return out
 }
 
 // AddSumsChain sets the sums of tl to what the probes summed along chain,
@@ -122,6 +142,7 @@ func AddSumsChain(tl *timeline.Timeline, chain []State) {
 			a.InFlight += b.InFlight
 		})
 	}
+	tl.UnfinishedCalls = unfinishedIn(chain[len(chain)-1], chain[0])
 }
 
 // mergeSums adds the sums of more to those of sums by key (add), in the

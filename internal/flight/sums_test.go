@@ -124,6 +124,8 @@ func TestEverySumsStream(t *testing.T) {
 		MemStalls: []event.MemStall{{Pid: 1, Call: "read", Dev: loop, Kind: event.MemDirectReclaim, Total: time.Millisecond, Count: 1}},
 		Requeues:  []event.Requeues{{Dev: loop, Count: 1}},
 		IOUsage:   []event.IOUsage{{Task: event.Task{Pid: 1, Tgid: 1}, Dev: loop, Op: "write", IOs: 1, Bytes: 4096}},
+		Unfinished: []event.UnfinishedCall{{Time: 20, Start: 5, Task: event.Task{Pid: 2, Tgid: 1}, Call: "pread64", Dev: loop,
+			InCall: 15, Asleep: 12}},
 	}
 	var tl timeline.Timeline
 	AddSums(&tl, pack(now).unpack(), State{At: 10})

@@ -182,7 +182,12 @@ func affected(p *facts.Process) Affected {
 		TotalMs: ms(p.Total), BlockedMs: ms(p.Blocked), Calls: []AffectedCall{}, Stages: []StageShare{}}
 	for _, c := range p.Calls {
 		out.Calls = append(out.Calls, AffectedCall{Syscall: c.Syscall, Count: c.Latency.Count,
-			P50Us: round(c.Latency.P50Us, 1), P99Us: round(c.Latency.P99Us, 1), MaxUs: round(c.Latency.MaxUs, 1), TotalMs: ms(c.Total)})
+			P50Us: round(c.Latency.P50Us, 1), P99Us: round(c.Latency.P99Us, 1), MaxUs: round(c.Latency.MaxUs, 1), TotalMs: ms(c.Total),
+			Unfinished: c.Unfinished})
+	}
+	for _, u := range p.Unfinished {
+		out.Unfinished = append(out.Unfinished, UnfinishedCall{Tid: u.Tid, Comm: u.Comm, Syscall: u.Syscall, Device: u.Device,
+			InCallMs: ms(u.InCall), BlockedMs: ms(u.Blocked), Stage: u.Stage})
 	}
 	for _, s := range p.Stages {
 		out.Stages = append(out.Stages, StageShare{Stage: s.Stage, TotalMs: ms(s.Total), Share: round(s.Share, 3), Frames: s.Frames})

@@ -227,6 +227,22 @@ func affectedRows(a Affected) [][]string {
 	return rows
 }
 
+// unfinishedLines say, one line each, the calls of an affected process
+// still in the kernel when the run ended (the host's strings are the
+// caller's to escape).
+func unfinishedLines(a Affected, esc func(string) string) []string {
+	out := make([]string, 0, len(a.Unfinished))
+	for _, u := range a.Unfinished {
+		l := fmt.Sprintf("still in the call when the run ended: %s on %s by %s (tid %d), %s so far, %s blocked",
+			u.Syscall, esc(u.Device), esc(u.Comm), u.Tid, fmtMs(u.InCallMs), fmtMs(u.BlockedMs))
+		if u.Stage != "" {
+			l += ", latest sleep in stage " + esc(u.Stage)
+		}
+		out = append(out, l)
+	}
+	return out
+}
+
 // stageList is a process's blocked time by stage on one line:
 // "queue_freeze 812ms (69%), device 310ms (26%), other 12ms (1%: a <- b)".
 func stageList(ss []StageShare, esc func(string) string) string {

@@ -60,6 +60,7 @@ var htmlTmpl = template.Must(template.New("report").Funcs(template.FuncMap{
 	"percent":      percent,
 	"blocked":      blockedPart,
 	"affectedRows": affectedRows,
+	"unfinished":   func(a Affected) []string { return unfinishedLines(a, func(s string) string { return s }) },
 	"stageBar":     stageBar,
 	"stageSwatch":  func(stage string) template.CSS { return template.CSS("background:" + stageColor(stage)) },
 	"uevents":      func(u UeventStats) string { return ueventCell(u, escape.String) },

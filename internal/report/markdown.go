@@ -348,6 +348,9 @@ func (m *mdWriter) affected(r *Report) {
 		if len(a.Stages) > 0 {
 			m.printf("Blocked: %s\n\n", stageList(a.Stages, mdText))
 		}
+		for _, l := range unfinishedLines(a, mdText) {
+			m.printf("%s\n\n", strings.ToUpper(l[:1])+l[1:])
+		}
 	}
 }
 

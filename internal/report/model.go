@@ -151,6 +151,25 @@ type Affected struct {
 	// not running.
 	BlockedMs float64      `json:"blocked_ms"`
 	Stages    []StageShare `json:"stages"` // BlockedMs split, the most time first
+	// Unfinished are its calls still in the kernel when the run ended
+	// (their time so far is in TotalMs, BlockedMs and Stages), the
+	// longest first; omitted when none.
+	Unfinished []UnfinishedCall `json:"unfinished,omitempty"`
+}
+
+// UnfinishedCall is a storage call still in the kernel when the run ended.
+type UnfinishedCall struct {
+	Tid     uint32 `json:"tid"`  // the thread in it
+	Comm    string `json:"comm"` // the thread's name
+	Syscall string `json:"syscall"`
+	Device  string `json:"device"`
+	// InCallMs is its time in the call up to the end of the run,
+	// BlockedMs the part off CPU.
+	InCallMs  float64 `json:"in_call_ms"`
+	BlockedMs float64 `json:"blocked_ms"`
+	// Stage is the stage of its latest sleep (which may last still); ""
+	// when its stack was not taken.
+	Stage string `json:"stage,omitempty"`
 }
 
 // AffectedCall is one system call of an affected process.
@@ -160,7 +179,10 @@ type AffectedCall struct {
 	P50Us   float64 `json:"p50_us"`
 	P99Us   float64 `json:"p99_us"`
 	MaxUs   float64 `json:"max_us"`
-	TotalMs float64 `json:"total_ms"`
+	TotalMs float64 `json:"total_ms"` // with the time so far of the unfinished ones
+	// Unfinished counts the calls still in the kernel when the run ended
+	// (not in count and the percentiles); omitted when none.
+	Unfinished int `json:"unfinished,omitempty"`
 }
 
 // StageShare is the time an affected process spent in one stage.

@@ -368,6 +368,9 @@ func (t *textWriter) affected(r *Report) error {
 		if len(a.Stages) > 0 {
 			t.printf("  blocked: %s\n", stageList(a.Stages, escape.String))
 		}
+		for _, l := range unfinishedLines(a, escape.String) {
+			t.printf("  %s\n", l)
+		}
 		t.printf("\n")
 	}
 	return nil

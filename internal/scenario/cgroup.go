@@ -94,6 +94,24 @@ func (c *Cgroup) LimitWriteIOPS(dev string, iops int) error {
 	return sysattr.Write(filepath.Join(c.Dir, "io.max"), fmt.Sprintf("%s wiops=%d", id, iops))
 }
 
+// LimitReadBPS caps the bytes a second the cgroup's processes read from
+// dev: blkio.throttle.read_bps_device on cgroup v1, io.max rbps on v2; 0
+// removes the limit. The limit goes with the cgroup.
+func (c *Cgroup) LimitReadBPS(dev string, bps int) error {
+	id, err := devID(dev)
+	if err != nil {
+		return err
+	}
+	if c.V1 {
+		return sysattr.Write(filepath.Join(c.Dir, "blkio.throttle.read_bps_device"), fmt.Sprintf("%s %d", id, bps))
+	}
+	v := strconv.Itoa(bps)
+	if bps == 0 {
+		v = "max"
+	}
+	return sysattr.Write(filepath.Join(c.Dir, "io.max"), fmt.Sprintf("%s rbps=%s", id, v))
+}
+
 // devID reads major:minor of block device dev from sysfs.
 func devID(dev string) (string, error) {
 	if err := checkDev(dev); err != nil {

@@ -331,7 +331,7 @@ func (a *agent) state(at event.Mono, prune bool) flight.State {
 	a.stateMu.Unlock()
 	return flight.State{At: at, Devices: sink.tl.Devices, Losses: sink.tl.Losses,
 		Stats: sink.tl.SyscallStats, Blocked: sink.tl.BlockedStacks, MemStalls: sink.tl.MemStalls, Requeues: sink.tl.Requeues,
-		IOUsage: sink.tl.IOUsage, Pruned: removed[event.ProbeSyscall], PrunedIO: removed[event.ProbeSubmit]}
+		IOUsage: sink.tl.IOUsage, Unfinished: sink.tl.UnfinishedCalls, Pruned: removed[event.ProbeSyscall], PrunedIO: removed[event.ProbeSubmit]}
 }
 
 // stop detaches the probes.

@@ -64,7 +64,10 @@ type Timeline struct {
 	Syscalls      []event.Syscall
 	SyscallStats  []event.SyscallStats
 	BlockedStacks []event.BlockedStack
-	MemStalls     []event.MemStall
+	// UnfinishedCalls are the storage calls still in the kernel when the
+	// sums were last read (probe syscall).
+	UnfinishedCalls []event.UnfinishedCall
+	MemStalls       []event.MemStall
 	// Failing devices (probe devfault): failed requests and timeouts,
 	// and the requeues summed per device.
 	DeviceFaults []event.DeviceFault
@@ -180,6 +183,8 @@ var Sources = []Source{
 			"`time`, `pid`, `comm`, `call`, `dev`, `latency` (histogram of every call, ns), `sleep`, `runqueue`: one process's calls of one kind on one device, summed in the kernel"),
 		Sums("blocked_stack", func(t *Timeline) *[]event.BlockedStack { return &t.BlockedStacks },
 			"`time`, `pid`, `comm`, `call`, `dev`, `total` (ns asleep), `count` (sleeps), `kernel_stack`, `unwalked` (sleeps whose stacks were not walked, to bound the walks' cost): where one process's calls of one kind on one device slept, summed in the kernel"),
+		Sums("unfinished_call", func(t *Timeline) *[]event.UnfinishedCall { return &t.UnfinishedCalls },
+			"`time` (when read), `start`, `task`, `call`, `dev`, `in_call` (ns in the call so far), `sleep`, `runqueue` (ns before its latest sleep), `asleep` (ns in its latest sleep, up to `time`), `kernel_stack` (of that sleep), `unwalked`, `before` (in the call already when the probe started, found asleep in /proc: `start` is the probe's start): a storage call still in the kernel when the sums were read, in it for at least `--min-latency`; its earlier sleeps are in `blocked_stack`"),
 		Sums("mem_stall", func(t *Timeline) *[]event.MemStall { return &t.MemStalls },
 			"`time`, `pid`, `comm`, `call`, `dev`, `kind` (`direct_reclaim`, `memcg_reclaim`, `compaction`), `total` (ns, on or off CPU), `count`, `max`: one process's calls of one kind on one device in a memory stall, summed in the kernel"),
 	}},
