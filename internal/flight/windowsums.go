@@ -25,7 +25,7 @@ type SumsBound struct {
 	Stats, Blocked, MemStalls, IOUsage int
 }
 
-// DefaultSumsBound bounds a window's sums to some 13 MB: 4096 call
+// DefaultSumsBound bounds a window's sums to some 14 MB (Bytes): 4096 call
 // histograms (2.7 KB each, event.SyscallStats), 16384 blocked stacks
 // (their frames shared with the probe's cache), 4096 memory stalls and
 // 4096 processes' I/O sums.
