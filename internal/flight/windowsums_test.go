@@ -188,3 +188,45 @@ func TestWindowSumsDropsBeyondFolding(t *testing.T) {
 		t.Errorf("folded loss counted %d, want 0: no two exited processes share a command", n)
 	}
 }
+
+// The submit probe's I/O sums fold the same way, under its own bound and
+// its own list of processes pruned (PrunedIO), counted as its loss.
+func TestWindowSumsFoldsIOUsage(t *testing.T) {
+	loop := event.Device{Major: 7, Minor: 0, Name: "loop0"}
+	states := []State{{At: 0}}
+	next := uint32(100)
+	for c := 1; c <= 3; c++ {
+		st := State{At: event.Mono(c)}
+		st.IOUsage = append(st.IOUsage, event.IOUsage{Task: event.Task{Pid: 1, Tgid: 1, Comm: "fio"}, Dev: loop, Op: "write",
+			IOs: uint64(100 * c), Bytes: uint64(409600 * c)})
+		for i := 0; i < 40; i++ {
+			st.IOUsage = append(st.IOUsage, event.IOUsage{Task: event.Task{Pid: next, Tgid: next, Comm: "dd"}, Dev: loop, Op: "write",
+				IOs: 2, Bytes: 8192})
+			st.PrunedIO = append(st.PrunedIO, next)
+			next++
+		}
+		states = append(states, st)
+	}
+	ws := WindowSums{Bound: SumsBound{IOUsage: 50}}
+	prev := states[0].Carried()
+	for _, st := range states[1:] {
+		ws.Add(st, prev)
+		prev = st.Carried()
+	}
+	var tl timeline.Timeline
+	ws.Take(&tl)
+	var ios, bytes uint64
+	for _, u := range tl.IOUsage {
+		ios += u.IOs
+		bytes += u.Bytes
+	}
+	if ios != 300+120*2 || bytes != 3*409600+120*8192 {
+		t.Errorf("I/O sums count %d bios, %d bytes; want %d, %d", ios, bytes, 300+120*2, 3*409600+120*8192)
+	}
+	if len(tl.IOUsage) > 50 {
+		t.Errorf("%d I/O sums, over the bound of 50", len(tl.IOUsage))
+	}
+	if lossOf(&tl, event.ProbeSubmit, FoldedLoss) == 0 {
+		t.Errorf("no fold counted for the submit probe: %+v", tl.Losses)
+	}
+}
