@@ -8,7 +8,9 @@
 // kept beside them, taken at rotations. A stretch of the run is the
 // segments between two states: its events, the losses delivered while
 // they arrived, and the histograms and counted losses by the difference of
-// the two states (Delta).
+// the two states (Delta); its sums are counted along the states in it
+// (AddSumsChain), or checkpoint by checkpoint as they come, within a bound
+// of their own (WindowSums: serve's windows and dumps).
 //
 // The bound: the events held (estimated as a run's, timeline.Stream.Bytes,
 // each shared string once per segment) and the packed states together take
