@@ -529,3 +529,41 @@ func blockDevName(sysfs string, major, minor uint32) string {
 	}
 	return ""
 }
+
+// ring is a probe's ring buffer, the goroutine that reads it, and the count
+// of its records that could not be decoded. A probe's Running embeds it.
+type ring struct {
+	rd     *ringbuf.Reader
+	done   chan struct{} // closed when the reader goroutine returns
+	decode uint64        // undecodable records (reader goroutine)
+}
+
+// readAll starts the goroutine that hands each record of rd to fn (readRing).
+func (g *ring) readAll(sink Sink, probe string, fn func(raw []byte)) {
+	g.done = make(chan struct{})
+	go func() {
+		defer close(g.done)
+		readRing(g.rd, sink, probe, fn)
+	}()
+}
+
+// drain waits until what the ring holds is read, then closes it. Detach
+// the programs first, so that nothing more comes in.
+func (g *ring) drain() {
+	if g.rd == nil {
+		return
+	}
+	_ = g.rd.Flush()
+	if g.done != nil {
+		<-g.done
+	}
+	g.rd.Close()
+}
+
+// undecodable delivers the count of records that could not be decoded, if
+// any, as a loss of probe.
+func (g *ring) undecodable(sink Sink, probe string) {
+	if g.decode > 0 {
+		sink.Loss(event.Loss{Probe: probe, What: "undecodable record", Count: g.decode})
+	}
+}

@@ -47,13 +47,11 @@ func (p devfaultProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus)
 }
 
 type devfaultRunning struct {
-	sink   Sink
-	sysfs  string
-	objs   devfaultObjects
-	links  []link.Link
-	rd     *ringbuf.Reader
-	done   chan struct{}
-	decode uint64 // undecodable records (reader goroutine)
+	sink  Sink
+	sysfs string
+	objs  devfaultObjects
+	links []link.Link
+	ring
 
 	mu       sync.Mutex
 	timeouts map[uint32]time.Duration // queue/io_timeout by dev, as first read
@@ -83,8 +81,7 @@ func startDevfault(cfg Config, sink Sink) (_ *devfaultRunning, err error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &devfaultRunning{sink: sink, sysfs: cmpOr(cfg.SysFS, "/sys"), done: make(chan struct{}),
-		timeouts: map[uint32]time.Duration{}}
+	r := &devfaultRunning{sink: sink, sysfs: cmpOr(cfg.SysFS, "/sys"), timeouts: map[uint32]time.Duration{}}
 	if err := spec.LoadAndAssign(&r.objs, collectionOptions(kernel)); err != nil {
 		return nil, fmt.Errorf("loading objects: %w", err)
 	}
@@ -120,10 +117,7 @@ func startDevfault(cfg Config, sink Sink) (_ *devfaultRunning, err error) {
 	if len(missing) > 0 {
 		r.note = "not seen: SCSI error handling: " + strings.Join(missing, "; ")
 	}
-	go func() {
-		defer close(r.done)
-		readRing(r.rd, r.sink, event.ProbeDevFault, r.handle)
-	}()
+	r.readAll(r.sink, event.ProbeDevFault, r.handle)
 	return r, nil
 }
 
@@ -350,13 +344,9 @@ func (r *devfaultRunning) deliverSums(sink Sink) error {
 func (r *devfaultRunning) Stop() error {
 	r.stopOnce.Do(func() {
 		closeAll(r.links)
-		_ = r.rd.Flush()
-		<-r.done
-		r.rd.Close()
+		r.drain()
 		r.stopErr = r.deliverSums(r.sink)
-		if r.decode > 0 {
-			r.sink.Loss(event.Loss{Probe: event.ProbeDevFault, What: "undecodable record", Count: r.decode})
-		}
+		r.undecodable(r.sink, event.ProbeDevFault)
 		if err := r.objs.Close(); err != nil && r.stopErr == nil {
 			r.stopErr = fmt.Errorf("closing objects: %w", err)
 		}

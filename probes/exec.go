@@ -107,9 +107,7 @@ type execRunning struct {
 	spec   *ebpf.CollectionSpec
 	kernel *btf.Spec
 	links  []link.Link
-	rd     *ringbuf.Reader
-	done   chan struct{}
-	decode uint64 // records that could not be decoded (reader goroutine)
+	ring
 
 	stopOnce sync.Once
 	stopErr  error
@@ -124,7 +122,7 @@ func startExec(cfg Config, sink Sink) (_ *execRunning, err error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &execRunning{sink: sink, done: make(chan struct{}), spec: spec, kernel: kernel}
+	r := &execRunning{sink: sink, spec: spec, kernel: kernel}
 	// The failed-exec programs are loaded only when asked for
 	// (attachFailed): a kernel that rejects them keeps the rest.
 	var core struct {
@@ -152,10 +150,7 @@ func startExec(cfg Config, sink Sink) (_ *execRunning, err error) {
 	if r.links, err = attachTPBTF(r.objs.ExecExec, r.objs.ExecExit); err != nil {
 		return nil, err
 	}
-	go func() {
-		defer close(r.done)
-		readRing(r.rd, r.sink, event.ProbeExec, r.handle)
-	}()
+	r.readAll(r.sink, event.ProbeExec, r.handle)
 	return r, nil
 }
 
@@ -225,13 +220,9 @@ func (r *execRunning) Checkpoint(sink Sink) error {
 func (r *execRunning) Stop() error {
 	r.stopOnce.Do(func() {
 		closeAll(r.links)
-		_ = r.rd.Flush()
-		<-r.done
-		r.rd.Close()
+		r.drain()
 		deliverLosses(r.sink, event.ProbeExec, r.objs.Losses)
-		if r.decode > 0 {
-			r.sink.Loss(event.Loss{Probe: event.ProbeExec, What: "undecodable record", Count: r.decode})
-		}
+		r.undecodable(r.sink, event.ProbeExec)
 		if err := r.objs.Close(); err != nil {
 			r.stopErr = fmt.Errorf("closing objects: %w", err)
 		}

@@ -45,6 +45,26 @@ func (c *pidCounts) removed(pids []uint32) {
 	}
 }
 
+// checkpoint checkpoints r as serve does, reads the counts of the
+// checkpoint's events by pid with count, keeps the losses, and prunes the
+// processes gone when prune is set.
+func (c *pidCounts) checkpoint(t *testing.T, r Running, prune bool, losses *[]event.Loss, count func(*blkSink) map[uint32]uint64) {
+	t.Helper()
+	sink := new(blkSink)
+	if err := r.(Checkpointer).Checkpoint(sink); err != nil {
+		t.Fatalf("Checkpoint: %v", err)
+	}
+	c.read(count(sink))
+	*losses = append(*losses, sink.losses...)
+	if prune {
+		gone, err := r.(Pruner).Prune()
+		if err != nil {
+			t.Fatalf("Prune: %v", err)
+		}
+		c.removed(gone)
+	}
+}
+
 // total is how many counts there are and their sum.
 func (c *pidCounts) total() (counted, sum uint64) {
 	for _, n := range append(slices.Clone(c.done), slices.Collect(maps.Values(c.latest))...) {
@@ -176,8 +196,7 @@ func TestSyscallPruneExited(t *testing.T) {
 	loop := newBlkLoop(t, 16<<20)
 	_, r := startSyscallOn(t, (syscallProbe{}).Decl().Mechs()[0], time.Second)
 	sr := r.(*syscallRunning)
-	pruner, ok := r.(Pruner)
-	if !ok {
+	if _, ok := r.(Pruner); !ok {
 		t.Fatal("the syscall probe is no Pruner")
 	}
 	var (
@@ -187,25 +206,15 @@ func TestSyscallPruneExited(t *testing.T) {
 	)
 	checkpoint := func(prune bool) {
 		t.Helper()
-		sink := new(blkSink)
-		if err := r.(Checkpointer).Checkpoint(sink); err != nil {
-			t.Fatalf("Checkpoint: %v", err)
-		}
-		writes := map[uint32]uint64{}
-		for _, s := range sinkEvents[event.SyscallStats](sink) {
-			if s.Dev.Name == loop.name && s.Call == "write" && dd.has(s.Pid) {
-				writes[s.Pid] = s.Latency.Count
+		counts.checkpoint(t, r, prune, &losses, func(sink *blkSink) map[uint32]uint64 {
+			writes := map[uint32]uint64{}
+			for _, s := range sinkEvents[event.SyscallStats](sink) {
+				if s.Dev.Name == loop.name && s.Call == "write" && dd.has(s.Pid) {
+					writes[s.Pid] = s.Latency.Count
+				}
 			}
-		}
-		counts.read(writes)
-		losses = append(losses, sink.losses...)
-		if prune {
-			gone, err := pruner.Prune()
-			if err != nil {
-				t.Fatalf("Prune: %v", err)
-			}
-			counts.removed(gone)
-		}
+			return writes
+		})
 	}
 	began := time.Now()
 	dd.run(t, loop.path, procs, 2, 2, 1000) // one checkpoint interval: no checkpoint in between
@@ -275,8 +284,7 @@ func submitManyProcesses(t *testing.T, procsFor func(slots int) int, every int) 
 	sr := r.(*submitRunning)
 	slots := int(sr.use.spec.MaxEntries)
 	procs := procsFor(slots)
-	pruner, ok := r.(Pruner)
-	if !ok {
+	if _, ok := r.(Pruner); !ok {
 		t.Fatal("the submit probe is no Pruner")
 	}
 	var (
@@ -286,25 +294,15 @@ func submitManyProcesses(t *testing.T, procsFor func(slots int) int, every int) 
 	)
 	checkpoint := func(prune bool) {
 		t.Helper()
-		sink := new(blkSink)
-		if err := r.(Checkpointer).Checkpoint(sink); err != nil {
-			t.Fatalf("Checkpoint: %v", err)
-		}
-		bios := map[uint32]uint64{}
-		for _, u := range sinkEvents[event.IOUsage](sink) {
-			if u.Dev.Name == loop.name && dd.has(u.Task.Tgid) {
-				bios[u.Task.Tgid] += u.IOs
+		counts.checkpoint(t, r, prune, &losses, func(sink *blkSink) map[uint32]uint64 {
+			bios := map[uint32]uint64{}
+			for _, u := range sinkEvents[event.IOUsage](sink) {
+				if u.Dev.Name == loop.name && dd.has(u.Task.Tgid) {
+					bios[u.Task.Tgid] += u.IOs
+				}
 			}
-		}
-		counts.read(bios)
-		losses = append(losses, sink.losses...)
-		if prune {
-			gone, err := pruner.Prune()
-			if err != nil {
-				t.Fatalf("Prune: %v", err)
-			}
-			counts.removed(gone)
-		}
+			return bios
+		})
 	}
 	began := time.Now()
 	for left := procs; left > 0; left -= every {

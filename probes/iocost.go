@@ -67,13 +67,11 @@ func (p iocostProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
 }
 
 type iocostRunning struct {
-	sysfs  string
-	sink   Sink
-	coll   *ebpf.Collection
-	links  []link.Link
-	rd     *ringbuf.Reader
-	done   chan struct{}
-	decode uint64 // undecodable records (reader goroutine)
+	sysfs string
+	sink  Sink
+	coll  *ebpf.Collection
+	links []link.Link
+	ring
 
 	devs map[string]event.Device // by kernel name (reader goroutine)
 
@@ -93,8 +91,7 @@ func startIOCost(cfg Config, sink Sink) (_ *iocostRunning, note string, err erro
 	if err != nil {
 		return nil, "", fmt.Errorf("loading objects: %w", err)
 	}
-	r := &iocostRunning{sysfs: cmpOr(cfg.SysFS, "/sys"), sink: sink, coll: coll, done: make(chan struct{}),
-		devs: map[string]event.Device{}}
+	r := &iocostRunning{sysfs: cmpOr(cfg.SysFS, "/sys"), sink: sink, coll: coll, devs: map[string]event.Device{}}
 	defer func() {
 		if err != nil {
 			closeAll(r.links)
@@ -123,10 +120,7 @@ func startIOCost(cfg Config, sink Sink) (_ *iocostRunning, note string, err erro
 	if len(skipped) > 0 {
 		note = "not seen: " + strings.Join(skipped, "; ")
 	}
-	go func() {
-		defer close(r.done)
-		readRing(r.rd, r.sink, event.ProbeIOCost, r.handle)
-	}()
+	r.readAll(r.sink, event.ProbeIOCost, r.handle)
 	return r, note, nil
 }
 
@@ -222,13 +216,9 @@ func (r *iocostRunning) Checkpoint(sink Sink) error {
 func (r *iocostRunning) Stop() error {
 	r.stopOnce.Do(func() {
 		closeAll(r.links)
-		_ = r.rd.Flush()
-		<-r.done
-		r.rd.Close()
+		r.drain()
 		deliverLosses(r.sink, event.ProbeIOCost, r.coll.Maps["losses"])
-		if r.decode > 0 {
-			r.sink.Loss(event.Loss{Probe: event.ProbeIOCost, What: "undecodable record", Count: r.decode})
-		}
+		r.undecodable(r.sink, event.ProbeIOCost)
 		r.coll.Close()
 	})
 	return r.stopErr

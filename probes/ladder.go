@@ -467,13 +467,11 @@ type attachPoint struct {
 // directRun is a running fentry or kprobe probe that streams records from
 // its `events` ring buffer and counts losses in its `losses` array.
 type directRun struct {
-	probe  string
-	sink   Sink
-	coll   *ebpf.Collection
-	links  []link.Link
-	rd     *ringbuf.Reader
-	done   chan struct{}
-	decode uint64 // records that could not be decoded (reader goroutine only)
+	probe string
+	sink  Sink
+	coll  *ebpf.Collection
+	links []link.Link
+	ring
 	// hists, when set, delivers the probe's histograms so far to sink: at
 	// checkpoints, and as it stops.
 	hists func(coll *ebpf.Collection, sink Sink) error
@@ -519,7 +517,7 @@ func startDirect(probe string, spec *ebpf.CollectionSpec, kernel *btf.Spec, poin
 	if err != nil {
 		return nil, loadErr(fmt.Errorf("loading objects: %w", err))
 	}
-	r := &directRun{probe: probe, sink: sink, coll: coll, done: make(chan struct{})}
+	r := &directRun{probe: probe, sink: sink, coll: coll}
 	defer func() {
 		if err != nil {
 			closeAll(r.links)
@@ -555,14 +553,11 @@ func startDirect(probe string, spec *ebpf.CollectionSpec, kernel *btf.Spec, poin
 		}
 		r.links = append(r.links, l)
 	}
-	go func() {
-		defer close(r.done)
-		readRing(r.rd, r.sink, r.probe, func(raw []byte) {
-			if !handle(coll, raw) {
-				r.decode++
-			}
-		})
-	}()
+	r.readAll(r.sink, r.probe, func(raw []byte) {
+		if !handle(coll, raw) {
+			r.decode++
+		}
+	})
 	return r, nil
 }
 
@@ -600,16 +595,12 @@ func (r *directRun) Checkpoint(sink Sink) error {
 func (r *directRun) Stop() error {
 	r.stopOnce.Do(func() {
 		closeAll(r.links)
-		_ = r.rd.Flush()
-		<-r.done
-		r.rd.Close()
+		r.drain()
 		if r.hists != nil {
 			r.stopErr = r.hists(r.coll, r.sink)
 		}
 		deliverLosses(r.sink, r.probe, r.coll.Maps["losses"])
-		if r.decode > 0 {
-			r.sink.Loss(event.Loss{Probe: r.probe, What: "undecodable record", Count: r.decode})
-		}
+		r.undecodable(r.sink, r.probe)
 		r.coll.Close()
 	})
 	return r.stopErr

@@ -80,11 +80,10 @@ func (p offcpuProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
 }
 
 type offcpuRunning struct {
-	sink     Sink
-	objs     offcpuObjects
-	links    []link.Link
-	rd       *ringbuf.Reader
-	done     chan struct{}
+	sink  Sink
+	objs  offcpuObjects
+	links []link.Link
+	ring
 	ksyms    *symbolize.Kernel // set before ksymsReady is closed
 	ksymsErr error
 	// ksymsReady is closed once kallsyms is read (or failed).
@@ -98,8 +97,6 @@ type offcpuRunning struct {
 	// their addresses (they come from a few hundred code paths and repeat).
 	// The frames are shared by the events: nothing downstream changes them.
 	kstacks *stackCache
-
-	decode uint64 // records that could not be decoded (reader goroutine)
 
 	// The backlog between the reader and the processor (see enqueue).
 	qmu         sync.Mutex
@@ -135,7 +132,6 @@ func startOffcpu(cfg Config, sink Sink) (_ *offcpuRunning, err error) {
 	}
 	r := &offcpuRunning{
 		sink:    sink,
-		done:    make(chan struct{}),
 		users:   symbolize.NewUserCache(procfs, 0, 0),
 		kstacks: newStackCache(offcpuMaxCachedStacks),
 	}
@@ -192,10 +188,7 @@ func startOffcpu(cfg Config, sink Sink) (_ *offcpuRunning, err error) {
 	r.qcond = sync.NewCond(&r.qmu)
 	r.procDone = make(chan struct{})
 	go r.process()
-	go func() {
-		defer close(r.done)
-		readRing(r.rd, r.sink, event.ProbeOffCPU, r.enqueue)
-	}()
+	r.readAll(r.sink, event.ProbeOffCPU, r.enqueue)
 	return r, nil
 }
 
@@ -430,9 +423,7 @@ func (r *offcpuRunning) Stop() error {
 	r.stopOnce.Do(func() {
 		r.drainPending(offcpuDrain)
 		closeAll(r.links)
-		_ = r.rd.Flush()
-		<-r.done
-		r.rd.Close()
+		r.drain()
 		r.qmu.Lock()
 		r.qclosed = true
 		r.qmu.Unlock()
@@ -451,9 +442,7 @@ func (r *offcpuRunning) Stop() error {
 		}
 		deliverLosses(r.sink, event.ProbeOffCPU, r.objs.Losses)
 		deliverStackLosses(r.sink, r.objs.StackLosses, r.unfinished)
-		if r.decode > 0 {
-			r.sink.Loss(event.Loss{Probe: event.ProbeOffCPU, What: "undecodable record", Count: r.decode})
-		}
+		r.undecodable(r.sink, event.ProbeOffCPU)
 		if err := r.objs.Close(); err != nil {
 			r.stopErr = fmt.Errorf("closing objects: %w", err)
 		}

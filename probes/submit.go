@@ -56,10 +56,8 @@ type submitRunning struct {
 	procfs string
 	objs   submitObjects
 	links  []link.Link
-	rd     *ringbuf.Reader
-	ops    *opDecoder
-	done   chan struct{}
-	decode uint64 // records that could not be decoded
+	ring
+	ops *opDecoder
 	// use is the I/O accounting, swapped every ioUseSwapEvery until
 	// swapStop closes (swapDone then).
 	use      *ioUseSums
@@ -104,8 +102,7 @@ func startSubmit(cfg Config, sink Sink) (_ *submitRunning, err error) {
 		return nil, fmt.Errorf("setting io_use_bits: %w", err)
 	}
 	tableSpec := spec.Maps["io_use"].InnerMap.Copy()
-	r := &submitRunning{sink: sink, sysfs: cfg.SysFS, procfs: cmpOr(cfg.ProcFS, "/proc"), ops: ops, done: make(chan struct{}),
-		swapStop: make(chan struct{}), swapDone: make(chan struct{})}
+	r := &submitRunning{sink: sink, sysfs: cfg.SysFS, procfs: cmpOr(cfg.ProcFS, "/proc"), ops: ops, swapStop: make(chan struct{}), swapDone: make(chan struct{})}
 	if err := spec.LoadAndAssign(&r.objs, collectionOptions(kernel)); err != nil {
 		return nil, fmt.Errorf("loading objects: %w", err)
 	}
@@ -142,10 +139,7 @@ func startSubmit(cfg Config, sink Sink) (_ *submitRunning, err error) {
 	if err != nil {
 		return nil, err
 	}
-	go func() {
-		defer close(r.done)
-		readRing(r.rd, r.sink, event.ProbeSubmit, r.handle)
-	}()
+	r.readAll(r.sink, event.ProbeSubmit, r.handle)
 	go r.swapLoop()
 	return r, nil
 }
@@ -240,9 +234,7 @@ func (r *submitRunning) Stop() error {
 		close(r.swapStop)
 		<-r.swapDone
 		now, _ := event.Now()
-		_ = r.rd.Flush()
-		<-r.done
-		r.rd.Close()
+		r.drain()
 		hs, names, err := devHists(r.objs.DevHist, r.objs.DevHistSpill, r.objs.DevNames)
 		if err != nil {
 			r.stopErr = err
@@ -257,9 +249,7 @@ func (r *submitRunning) Stop() error {
 		}
 		r.use.close()
 		deliverLosses(r.sink, event.ProbeSubmit, r.objs.Losses)
-		if r.decode > 0 {
-			r.sink.Loss(event.Loss{Probe: event.ProbeSubmit, What: "undecodable record", Count: r.decode})
-		}
+		r.undecodable(r.sink, event.ProbeSubmit)
 		if err := r.objs.Close(); err != nil && r.stopErr == nil {
 			r.stopErr = fmt.Errorf("closing objects: %w", err)
 		}

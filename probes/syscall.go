@@ -153,13 +153,11 @@ func (p syscallProbe) rungs(cfg Config, kernel *btf.Spec, sink Sink) []ladderRun
 }
 
 type syscallRunning struct {
-	cfg    Config
-	sink   Sink
-	coll   *ebpf.Collection
-	links  []link.Link
-	rd     *ringbuf.Reader
-	done   chan struct{}
-	decode uint64 // undecodable records (reader goroutine)
+	cfg   Config
+	sink  Sink
+	coll  *ebpf.Collection
+	links []link.Link
+	ring
 	note   string // the status Reason: what it runs on and what it misses
 	procfs string
 	ksyms  *symbolize.Kernel
@@ -514,7 +512,7 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 		return nil, loadErr(fmt.Errorf("loading objects: %w", err))
 	}
 	procfs := cmpOr(cfg.ProcFS, "/proc")
-	r := &syscallRunning{cfg: cfg, sink: sink, coll: coll, done: make(chan struct{}), procfs: procfs,
+	r := &syscallRunning{cfg: cfg, sink: sink, coll: coll, procfs: procfs,
 		procs: map[uint32]*event.Process{}, devs: map[uint32]event.Device{}, comms: map[uint32]string{}, seen: map[uint32]seenAs{},
 		drained: syscallDrained{hists: map[syscallScHistKey]*drainedHist{}, blocked: map[syscallScBlockedKey]*syscallScBlocked{},
 			mem: map[syscallScMemKey]*syscallScMemStall{}},
@@ -618,10 +616,7 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 		defer close(r.ksymsReady)
 		r.ksyms, _ = symbolize.LoadKernel(procfs)
 	}()
-	go func() {
-		defer close(r.done)
-		readRing(r.rd, r.sink, event.ProbeSyscall, r.handle)
-	}()
+	r.readAll(r.sink, event.ProbeSyscall, r.handle)
 	go r.drainLoop()
 	return r, nil
 }
@@ -810,13 +805,9 @@ func (r *syscallRunning) Stop() error {
 		closeAll(r.links)
 		close(r.drainStop)
 		<-r.drainDone
-		_ = r.rd.Flush()
-		<-r.done
-		r.rd.Close()
+		r.drain()
 		r.stopErr = r.deliverSums(r.sink)
-		if r.decode > 0 {
-			r.sink.Loss(event.Loss{Probe: event.ProbeSyscall, What: "undecodable record", Count: r.decode})
-		}
+		r.undecodable(r.sink, event.ProbeSyscall)
 		r.coll.Close()
 	})
 	return r.stopErr
@@ -868,75 +859,6 @@ func addHist(dst, src *syscallScHist) {
 	}
 }
 
-// callHists reads every call histogram: call_hists summed over the CPUs,
-// and call_hists_spill.
-func (r *syscallRunning) callHists() (map[syscallScHistKey]*syscallScHist, error) {
-	out := map[syscallScHistKey]*syscallScHist{}
-	get := func(k syscallScHistKey) *syscallScHist {
-		h := out[k]
-		if h == nil {
-			h = new(syscallScHist)
-			out[k] = h
-		}
-		return h
-	}
-	var (
-		k    syscallScHistKey
-		cpus []syscallScHist
-		v    syscallScHist
-	)
-	it := r.coll.Maps["call_hists"].Iterate()
-	for it.Next(&k, &cpus) {
-		h := get(k)
-		for i := range cpus {
-			addHist(h, &cpus[i])
-		}
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("reading call histograms: %w", err)
-	}
-	it = r.coll.Maps["call_hists_spill"].Iterate()
-	for it.Next(&k, &v) {
-		addHist(get(k), &v)
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("reading spilled call histograms: %w", err)
-	}
-	return out, nil
-}
-
-// callHist reads the histogram of one process x device x call, summed
-// over the CPUs and the spill map; ebpf.ErrKeyNotExist when neither holds
-// it.
-func (r *syscallRunning) callHist(k syscallScHistKey) (syscallScHist, error) {
-	var (
-		sum  syscallScHist
-		cpus []syscallScHist
-		v    syscallScHist
-	)
-	found := false
-	err := r.coll.Maps["call_hists"].Lookup(k, &cpus)
-	if err == nil {
-		found = true
-		for i := range cpus {
-			addHist(&sum, &cpus[i])
-		}
-	} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return sum, err
-	}
-	err = r.coll.Maps["call_hists_spill"].Lookup(k, &v)
-	if err == nil {
-		found = true
-		addHist(&sum, &v)
-	} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return sum, err
-	}
-	if !found {
-		return sum, ebpf.ErrKeyNotExist
-	}
-	return sum, nil
-}
-
 // sumMap is a kernel map of sums as the reads, the drain and Prune see
 // it: a plain hash map, or the call histograms (per-CPU and spilled).
 type sumMap[K comparable, V any] interface {
@@ -970,21 +892,75 @@ func (p plainSums[K, V]) remove(k K) error       { return p.m.Delete(&k) }
 // call_hists_spill.
 type histSums struct{ r *syscallRunning }
 
+// iterate sums each histogram over the CPUs and the spill map before it
+// calls fn.
 func (h histSums) iterate(fn func(k syscallScHistKey, v *syscallScHist)) error {
-	hs, err := h.r.callHists()
-	if err != nil {
-		return err
+	out := map[syscallScHistKey]*syscallScHist{}
+	get := func(k syscallScHistKey) *syscallScHist {
+		v := out[k]
+		if v == nil {
+			v = new(syscallScHist)
+			out[k] = v
+		}
+		return v
 	}
-	for k, v := range hs {
+	var (
+		k    syscallScHistKey
+		cpus []syscallScHist
+		v    syscallScHist
+	)
+	it := h.r.coll.Maps["call_hists"].Iterate()
+	for it.Next(&k, &cpus) {
+		sum := get(k)
+		for i := range cpus {
+			addHist(sum, &cpus[i])
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("reading call histograms: %w", err)
+	}
+	it = h.r.coll.Maps["call_hists_spill"].Iterate()
+	for it.Next(&k, &v) {
+		addHist(get(k), &v)
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("reading spilled call histograms: %w", err)
+	}
+	for k, v := range out {
 		fn(k, v)
 	}
 	return nil
 }
 
+// lookup reads the histogram of one process x device x call, summed over
+// the CPUs and the spill map; ebpf.ErrKeyNotExist when neither holds it.
 func (h histSums) lookup(k syscallScHistKey, v *syscallScHist) error {
-	sum, err := h.r.callHist(k)
-	*v = sum
-	return err
+	var (
+		cpus  []syscallScHist
+		spill syscallScHist
+	)
+	*v = syscallScHist{}
+	found := false
+	err := h.r.coll.Maps["call_hists"].Lookup(k, &cpus)
+	if err == nil {
+		found = true
+		for i := range cpus {
+			addHist(v, &cpus[i])
+		}
+	} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return err
+	}
+	err = h.r.coll.Maps["call_hists_spill"].Lookup(k, &spill)
+	if err == nil {
+		found = true
+		addHist(v, &spill)
+	} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return err
+	}
+	if !found {
+		return ebpf.ErrKeyNotExist
+	}
+	return nil
 }
 
 func (h histSums) remove(k syscallScHistKey) error {

@@ -51,13 +51,11 @@ func (p sysfsProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
 }
 
 type sysfsRunning struct {
-	sink   Sink
-	sysfs  string
-	objs   *ebpf.Collection
-	links  []link.Link
-	rd     *ringbuf.Reader
-	done   chan struct{}
-	decode uint64
+	sink  Sink
+	sysfs string
+	objs  *ebpf.Collection
+	links []link.Link
+	ring
 
 	stopOnce sync.Once
 	stopErr  error
@@ -80,7 +78,7 @@ func startSysfs(cfg Config, sink Sink, tracepoints bool) (*sysfsRunning, event.P
 		st.Reason = errReason(err)
 		return nil, st
 	}
-	r := &sysfsRunning{sink: sink, sysfs: cfg.SysFS, done: make(chan struct{})}
+	r := &sysfsRunning{sink: sink, sysfs: cfg.SysFS}
 
 	note, tfErr := "", errors.New("syscall tracepoints not tried")
 	if tracepoints {
@@ -113,10 +111,7 @@ func startSysfs(cfg Config, sink Sink, tracepoints bool) (*sysfsRunning, event.P
 		st.Status, st.Mechanism, st.Reason = event.StatusUnavailable, "", errReason(fmt.Errorf("opening ring buffer: %w", err))
 		return nil, st
 	}
-	go func() {
-		defer close(r.done)
-		readRing(r.rd, r.sink, event.ProbeSysfs, r.handle)
-	}()
+	r.readAll(r.sink, event.ProbeSysfs, r.handle)
 	return r, st
 }
 
@@ -237,13 +232,9 @@ func (r *sysfsRunning) Stop() error {
 	r.stopOnce.Do(func() {
 		closeAll(r.links)
 		r.links = nil
-		_ = r.rd.Flush()
-		<-r.done
-		r.rd.Close()
+		r.drain()
 		deliverLosses(r.sink, event.ProbeSysfs, r.objs.Maps["losses"])
-		if r.decode > 0 {
-			r.sink.Loss(event.Loss{Probe: event.ProbeSysfs, What: "undecodable record", Count: r.decode})
-		}
+		r.undecodable(r.sink, event.ProbeSysfs)
 		r.close()
 	})
 	return r.stopErr

@@ -71,13 +71,11 @@ var writebackGroups = []struct {
 }
 
 type writebackRunning struct {
-	cfg    Config
-	sink   Sink
-	coll   *ebpf.Collection
-	links  []link.Link
-	rd     *ringbuf.Reader
-	done   chan struct{}
-	decode uint64
+	cfg   Config
+	sink  Sink
+	coll  *ebpf.Collection
+	links []link.Link
+	ring
 
 	mu   sync.Mutex
 	devs map[string]event.Device // by "MAJ:MIN"
@@ -110,7 +108,7 @@ func startWriteback(cfg Config, sink Sink) (_ *writebackRunning, note string, er
 	if err != nil {
 		return nil, "", fmt.Errorf("loading objects: %w", err)
 	}
-	r := &writebackRunning{cfg: cfg, sink: sink, coll: coll, done: make(chan struct{}), devs: map[string]event.Device{},
+	r := &writebackRunning{cfg: cfg, sink: sink, coll: coll, devs: map[string]event.Device{},
 		memcgs: map[uint64]memcgLimits{}}
 	defer func() {
 		if err != nil {
@@ -159,10 +157,7 @@ func startWriteback(cfg Config, sink Sink) (_ *writebackRunning, note string, er
 		note = "not seen: " + strings.Join(skipped, "; ")
 	}
 	r.snapshot()
-	go func() {
-		defer close(r.done)
-		readRing(r.rd, r.sink, event.ProbeWriteback, r.handle)
-	}()
+	r.readAll(r.sink, event.ProbeWriteback, r.handle)
 	return r, note, nil
 }
 
@@ -411,13 +406,9 @@ func (r *writebackRunning) Checkpoint(sink Sink) error {
 func (r *writebackRunning) Stop() error {
 	r.stopOnce.Do(func() {
 		closeAll(r.links)
-		_ = r.rd.Flush()
-		<-r.done
-		r.rd.Close()
+		r.drain()
 		deliverLosses(r.sink, event.ProbeWriteback, r.coll.Maps["losses"])
-		if r.decode > 0 {
-			r.sink.Loss(event.Loss{Probe: event.ProbeWriteback, What: "undecodable record", Count: r.decode})
-		}
+		r.undecodable(r.sink, event.ProbeWriteback)
 		r.coll.Close()
 	})
 	return r.stopErr

@@ -104,7 +104,7 @@ func TestFailingDevice(t *testing.T) {
 			rep := diagnoseUnder(t, 10*time.Second, func() func() {
 				stop := directReader(t, dev, size, tc.bad)
 				return func() { reads, fails = stop() }
-			}, "--device", dev)
+			}, "--device", dev, "--record", tracePath(t, "scsi-"+tc.name))
 			t.Logf("reads %d, failed %d; findings:\n%s", reads, fails, summary(rep))
 			checkFailing(t, rep, dev, tc.want, "e2e.test", "whyslow.test")
 			if tc.name != "timeouts" && tc.name != "resets" {

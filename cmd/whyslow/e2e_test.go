@@ -77,6 +77,22 @@ func diagnoseJSON(t *testing.T, args ...string) *report.Report {
 	return &rep
 }
 
+// tracePath is where a scenario's diagnosis records its trace NAME: in
+// the kernel matrix the results directory (WHYSLOW_RECORD_DIR: make vmtest
+// brings it back as <out>/<kernel>/NAME.trace.gz, which is how the guests'
+// traces in testdata/traces are recorded), else testdata/traces with
+// -record, else a temporary file.
+func tracePath(t *testing.T, name string) string {
+	t.Helper()
+	if dir := os.Getenv("WHYSLOW_RECORD_DIR"); dir != "" {
+		return filepath.Join(dir, name+".trace.gz")
+	}
+	if *record {
+		return filepath.Join(tracesDir, name+".trace.gz")
+	}
+	return filepath.Join(t.TempDir(), name+".trace.gz")
+}
+
 // diagnoseUnder runs a diagnosis for d with load running only while it
 // observes: load starts once whyslow says every probe is attached
 // (--ready-file) and is stopped when the d of observation are over, so that

@@ -42,12 +42,28 @@ func limitDisk(t *testing.T) string {
 	return scenario.DiskLoop(t, 256<<20)
 }
 
-// throttledWriter runs the writer in cgroup c on dev inside a diagnosis.
-func throttledWriter(t *testing.T, c *scenario.Cgroup, dev string, args ...string) (*report.Report, *scenario.Fio, *scenario.FioResult) {
+// throttledWriter runs the writer in cgroup c on dev inside a diagnosis,
+// recording its trace as trace (tracePath).
+func throttledWriter(t *testing.T, c *scenario.Cgroup, dev, trace string, args ...string) (*report.Report, *scenario.Fio, *scenario.FioResult) {
 	t.Helper()
+	args = append(args, "--record", tracePath(t, trace))
 	rep, w, res := writerInWindow(t, func() *scenario.Fio { return scenario.WriterIn(t, c, dev, 6*time.Second) }, 8*time.Second, args...)
 	t.Logf("fio: %s\nfindings:\n%saffected:\n%s", res, summary(rep), affectedSummary(rep))
 	return rep, w, res
+}
+
+// cgroupTraceName names the trace of a cgroup-limit scenario by the
+// interface its limits are in (v1's blkio or v2's io.max), what it is and
+// the mechanism it forces ("" for none).
+func cgroupTraceName(c *scenario.Cgroup, what, mech string) string {
+	n := "iomax-" + what
+	if c.V1 {
+		n = "blkio-" + what
+	}
+	if mech != "" {
+		n += "-" + mech
+	}
+	return n
 }
 
 // The writer's cgroup is limited to 40 writes a second on the device: the
@@ -80,7 +96,7 @@ func checkThrottled(t *testing.T, mech string) {
 	if err := c.LimitWriteIOPS(dev, iops); err != nil {
 		t.Fatal(err)
 	}
-	rep, w, res := throttledWriter(t, c, dev, args...)
+	rep, w, res := throttledWriter(t, c, dev, cgroupTraceName(c, "throttle", mech), args...)
 	if len(rep.Findings) == 0 || rep.Findings[0].Rule != "cgroup-throttle" {
 		t.Fatalf("top finding is not cgroup-throttle:\n%s", summary(rep))
 	}
@@ -107,7 +123,9 @@ func checkThrottled(t *testing.T, mech string) {
 			t.Errorf("title and explanation do not name %q: %s / %s", s, f.Title, f.Explanation)
 		}
 	}
-	if !slices.ContainsFunc(f.Processes, func(p report.Process) bool { return int(p.Pid) == w.Pid && p.Role == "throttled" }) {
+	// By the name it did its I/O under: fio, not the shell that moved it
+	// into the cgroup and exec'd it.
+	if !slices.ContainsFunc(f.Processes, func(p report.Process) bool { return int(p.Pid) == w.Pid && p.Role == "throttled" && p.Comm == "fio" }) {
 		t.Errorf("finding's processes %+v do not name fio (pid %d) as throttled", f.Processes, w.Pid)
 	}
 	// Measured at the throttle where fentry or kprobes run (the kernels of
@@ -156,7 +174,7 @@ func TestCgroupThrottleControls(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			rep, _, _ := throttledWriter(t, c, dev)
+			rep, _, _ := throttledWriter(t, c, dev, cgroupTraceName(c, "control-"+tc.name, ""))
 			for _, f := range rep.Findings {
 				if f.Rule == "cgroup-throttle" {
 					t.Errorf("cgroup-throttle fired without a binding limit: %s", f.Title)
@@ -183,7 +201,7 @@ func TestIOCost(t *testing.T) {
 					"enable=1 ctrl=user rpct=0 rlat=0 wpct=0 wlat=0 min=100.00 max=100.00")
 			}
 			c := scenario.IOCgroup(t, "ioc")
-			rep, w, _ := throttledWriter(t, c, dev)
+			rep, w, _ := throttledWriter(t, c, dev, map[bool]string{true: "iocost", false: "iocost-control"}[on])
 			// The iocost probe runs with iocost on or off.
 			if i := slices.IndexFunc(rep.Probes, func(p report.Probe) bool { return p.Name == "iocost" }); i < 0 || rep.Probes[i].Status != "ok" {
 				t.Errorf("iocost probe did not run: %+v", rep.Probes)

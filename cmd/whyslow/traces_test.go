@@ -10,18 +10,24 @@ package main
 // to write its golden reports (NAME.txt, .json, .md, .html, .folded).
 // The loop-device traces are recorded again with (root, udevd, fio)
 //   go test ./cmd/whyslow -run TestRecordTraces -record
+// and those named after a kernel of the matrix (NAME-6.12) by make vmtest:
+// its scenarios record into the guest's results (tracePath), see
+// docs/trace-format.md.
 
 import (
 	"bytes"
 	"compress/gzip"
+	"encoding/json"
 	"flag"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/whyslow/whyslow/internal/report"
 	"github.com/whyslow/whyslow/internal/scenario"
 )
 
@@ -240,4 +246,54 @@ func TestAnalyzeBadTraces(t *testing.T) {
 	t.Run("same file twice", func(t *testing.T) {
 		checkOneLineError(t, run(t, "analyze", "x", "--folded", "a", "--stacks-out", "a"), 2, "name the same file")
 	})
+}
+
+// The traces recorded in the kernels of the matrix name their cause: the
+// top finding's rule, device and process, and their controls no false
+// cause (the goldens hold the whole reports; this says what in them must
+// not change when they are rewritten).
+func TestGuestTraces(t *testing.T) {
+	for _, tc := range []struct {
+		trace, rule, dev, comm string
+		not                    []string // rules no finding may be (controls)
+	}{
+		{trace: "iocost-6.12", rule: "iocost", dev: "vdb", comm: "fio"},
+		{trace: "iocost-control-6.12", not: []string{"iocost", "cgroup-throttle"}},
+		{trace: "iomax-throttle-6.12", rule: "cgroup-throttle", dev: "vdb", comm: "fio"},
+		{trace: "iomax-control-no-limit-6.12", not: []string{"cgroup-throttle", "iocost"}},
+		{trace: "scsi-timeouts-6.12", rule: "failing-device", dev: "sda", comm: "e2e.test"},
+		{trace: "scsi-resets-6.12", rule: "failing-device", dev: "sda", comm: "e2e.test"},
+		{trace: "scsi-medium-errors-6.12", rule: "failing-device", dev: "sda", comm: "e2e.test"},
+		{trace: "scsi-control-6.12", not: []string{"failing-device"}},
+		{trace: "writeback-dirty-memcg-6.12", rule: "dirty-throttling", dev: "vdd", comm: "writer"},
+		{trace: "writeback-dirty-control-6.12", not: []string{"dirty-throttling"}},
+	} {
+		t.Run(tc.trace, func(t *testing.T) {
+			r := run(t, "analyze", filepath.Join(tracesDir, tc.trace+".trace.gz"), "--format", "json")
+			if r.code != 0 {
+				t.Fatalf("analyze: exit %d, stderr %q", r.code, r.stderr)
+			}
+			var rep report.Report
+			if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
+				t.Fatal(err)
+			}
+			for _, f := range rep.Findings {
+				if slices.Contains(tc.not, f.Rule) {
+					t.Errorf("control: finding %s (%s)", f.Rule, f.Title)
+				}
+			}
+			if tc.rule == "" {
+				return
+			}
+			if len(rep.Findings) == 0 {
+				t.Fatal("no finding")
+			}
+			top := rep.Findings[0]
+			if top.Rule != tc.rule || !slices.Contains(top.Devices, tc.dev) ||
+				!slices.ContainsFunc(top.Processes, func(p report.Process) bool { return p.Comm == tc.comm }) {
+				t.Errorf("top finding %s on %v naming %v, want %s on %s naming %s: %s",
+					top.Rule, top.Devices, findingNames(top), tc.rule, tc.dev, tc.comm, top.Title)
+			}
+		})
+	}
 }

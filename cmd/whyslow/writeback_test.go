@@ -132,10 +132,7 @@ func TestWritebackCauses(t *testing.T) {
 			if tc.setup != nil {
 				tc.setup(t, fs)
 			}
-			trace := filepath.Join(t.TempDir(), "run.trace.gz")
-			if *record {
-				trace = filepath.Join(tracesDir, "writeback-"+tc.name+".trace.gz")
-			}
+			trace := tracePath(t, "writeback-"+tc.name)
 			rep := diagnoseUnder(t, run, func() func() {
 				tc.loads(t, fs)
 				return func() {}

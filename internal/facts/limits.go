@@ -258,14 +258,27 @@ func (b *builder) limits() {
 		cgroup string
 		v1     bool
 	}
+	// The last exec of each process: a name read from /proc before it is
+	// that of the program it exec'd from (the shell that moved it into the
+	// cgroup), not the one it did its I/O as.
+	lastExec := map[uint32]event.Exec{}
+	for _, e := range b.tl.Execs {
+		if e.Ret == 0 && e.Time >= lastExec[e.Task.Tgid].Time {
+			lastExec[e.Task.Tgid] = e
+		}
+	}
 	members := map[cgroupKey]map[uint32]string{}
 	for _, m := range b.tl.CgroupMembers {
 		k := cgroupKey{m.Cgroup, m.V1}
 		if members[k] == nil {
 			members[k] = map[uint32]string{}
 		}
-		if _, ok := members[k][m.Pid]; !ok || m.Comm != "" {
-			members[k][m.Pid] = m.Comm
+		comm := m.Comm
+		if e, ok := lastExec[m.Pid]; ok && m.Time < e.Time {
+			comm = e.Task.Comm // a member still, under the name it exec'd to
+		}
+		if _, ok := members[k][m.Pid]; !ok || comm != "" {
+			members[k][m.Pid] = comm
 		}
 	}
 	// Where the throttle probe timed the held bios, the delay is theirs.

@@ -3,6 +3,7 @@ package facts
 import (
 	"math"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -95,6 +96,48 @@ func TestLimits(t *testing.T) {
 	r.V1 = false
 	if r.Setting() != "rbps=1048576" || r.File() != "io.max" {
 		t.Errorf("v2 setting %q file %q", r.Setting(), r.File())
+	}
+}
+
+// A process read in the cgroup before it exec'd (the shell that moved
+// itself there, then exec'd fio: under qemu the poll can fall between the
+// two) is named as it exec'd, as it did its I/O, not as the shell.
+func TestLimitsMemberExecdAfterwards(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		member   string  // its name in cgroup.procs at 2 s
+		execAt   float64 // when it exec'd fio (0: not seen)
+		procComm string  // its name at its first storage call
+		want     string
+	}{
+		{"read before its exec", "sh", 2.5, "fio", "fio"},
+		{"read before its exec, shell's name at first call", "sh", 2.5, "sh", "fio"},
+		{"read after its exec", "fio", 1.5, "sh", "fio"},
+		{"no exec seen", "fio", 0, "sh", "fio"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tl := limitTimeline()
+			for i := range tl.CgroupMembers {
+				tl.CgroupMembers[i].Comm = tc.member
+			}
+			for i := range tl.Processes {
+				if tl.Processes[i].Pid == 300 {
+					tl.Processes[i].Comm = tc.procComm
+				}
+			}
+			if tc.execAt > 0 {
+				at := event.Mono(tc.execAt * float64(time.Second))
+				tl.Add(event.Exec{Time: at, Forked: at - 1, Task: event.Task{Pid: 300, Tgid: 300, Comm: "fio"}, Filename: "/usr/bin/fio"})
+				tl.Sort()
+			}
+			l := Build(tl, Options{}).Find("loop0").Limits[0]
+			if len(l.Processes) != 1 || l.Processes[0].Comm != tc.want {
+				t.Fatalf("processes %+v, want %s (300)", l.Processes, tc.want)
+			}
+			if got := l.Delayed(); len(got) != 1 || !strings.HasPrefix(got[0], tc.want+" (pid 300)") {
+				t.Errorf("delayed %q, want %s first", got, tc.want)
+			}
+		})
 	}
 }
 

@@ -431,6 +431,22 @@ type callAcc struct {
 	stages  stageSums
 }
 
+// addCalls adds each call of calls to acc, by system call.
+func addCalls(acc map[string]*callAcc, calls []*Call) {
+	for _, c := range calls {
+		a := acc[c.Syscall]
+		if a == nil {
+			a = &callAcc{}
+			acc[c.Syscall] = a
+		}
+		a.h.Merge(&c.h)
+		a.blocked = SaturatingAdd(a.blocked, c.Blocked)
+		if c.stages != nil {
+			a.stages.merge(c.stages)
+		}
+	}
+}
+
 // fill sets a process's calls, totals and stages from its sums.
 func fill(p *Process, acc map[string]*callAcc, sums *stageSums) {
 	for name, a := range acc {
@@ -524,18 +540,7 @@ func (p *Process) merged(devices []string) *Process {
 		v := p.on[d]
 		q.on[d] = v
 		q.Slow = append(q.Slow, v.Slow...)
-		for _, c := range v.Calls {
-			a := calls[c.Syscall]
-			if a == nil {
-				a = &callAcc{}
-				calls[c.Syscall] = a
-			}
-			a.h.Merge(&c.h)
-			a.blocked = SaturatingAdd(a.blocked, c.Blocked)
-			if c.stages != nil {
-				a.stages.merge(c.stages)
-			}
-		}
+		addCalls(calls, v.Calls)
 		sums.merge(v.sums())
 	}
 	sortSpans(q.Slow)

@@ -401,18 +401,7 @@ func mergeViews(p *Process, views []*Process) *Process {
 			q.on[d] = v
 		}
 		q.Slow = append(q.Slow, v.Slow...)
-		for _, c := range v.Calls {
-			a := calls[c.Syscall]
-			if a == nil {
-				a = &callAcc{}
-				calls[c.Syscall] = a
-			}
-			a.h.Merge(&c.h)
-			a.blocked = SaturatingAdd(a.blocked, c.Blocked)
-			if c.stages != nil {
-				a.stages.merge(c.stages)
-			}
-		}
+		addCalls(calls, v.Calls)
 		sums.merge(v.sums())
 		blocked = SaturatingAdd(blocked, v.Blocked)
 		for k, w := range v.weight {
