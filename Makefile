@@ -7,12 +7,12 @@ LDFLAGS := -s -w -X github.com/whyslow/whyslow/cmd.Version=$(VERSION)
 # Debian packages the tests drive (udevd, fio, chromium for the HTML report, prometheus and
 # systemd for serve and deploy/: promtool, systemd-analyze) and that
 # `make generate` needs.
-TEST_DEBS     := udev fio util-linux kmod procps chromium prometheus systemd
+TEST_DEBS     := udev fio util-linux kmod procps xfsprogs chromium prometheus systemd
 GENERATE_DEBS := clang llvm libbpf-dev linux-libc-dev
 
 # What `make vmtest` needs on the host: qemu, the guest's busybox, and the
 # tools the scenarios drive, copied into the guest with their libraries.
-VMTEST_DEBS := qemu-system-x86 busybox-static bcache-tools fio udev mount kmod xz-utils zstd dpkg apt
+VMTEST_DEBS := qemu-system-x86 busybox-static bcache-tools xfsprogs fio udev mount kmod xz-utils zstd dpkg apt
 # Kernels of the matrix: all, or a comma-separated list (5.10,6.1,6.12).
 KERNEL ?= all
 

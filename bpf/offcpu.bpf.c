@@ -133,6 +133,8 @@ struct scratch {
 	struct ustack u;
 	__u64 walk[KSTACK_DEPTH]; /* bpf_get_task_stack's frames */
 	__u64 words[SCAN_WORDS]; /* the top of the sleeping task's stack */
+	__u32 nk; /* task_kstack: the scheduler's frames found so far */
+	__u32 pad;
 };
 
 struct {
@@ -225,7 +227,15 @@ static __always_inline int task_kstack(struct task_struct *t, struct offcpu_even
 		    bpf_probe_read_kernel(s->words, sizeof(s->words) / 2, (void *)sp))
 			goto walk;
 		/* Branch-free but for the end: the verifier walks the loop once
-		 * instead of once per set of candidates. */
+		 * instead of once per set of candidates. And the count lives in
+		 * the scratch map between steps, where the verifier does not
+		 * know its value: kept in a register, its exact value at each
+		 * step makes the steps it walked unlike each other (inside a
+		 * loop not yet fully walked, the verifier compares states by
+		 * their values' ranges), and the loop was walked once for every
+		 * value the count could have at each step: 780k instructions,
+		 * most of a second of start-up. */
+		s->nk = 0;
 		for (__u32 i = ret & (SCAN_WORDS - 1); i < SCAN_WORDS; i++) {
 			__u64 w = s->words[i];
 			if (w == first && i > ret) {
@@ -233,20 +243,32 @@ static __always_inline int task_kstack(struct task_struct *t, struct offcpu_even
 				break;
 			}
 			__u32 cand = (i == ret) | ((w - KTEXT_LO) < (KTEXT_HI - KTEXT_LO));
-			e->kstack[k & (SCHED_FRAMES - 1)] = w;
-			k += cand & (k < SCHED_FRAMES - 1);
+			__u32 nk = *(volatile __u32 *)&s->nk;
+			e->kstack[nk & (SCHED_FRAMES - 1)] = w;
+			*(volatile __u32 *)&s->nk = nk + (cand & (nk < SCHED_FRAMES - 1));
 		}
+		k = *(volatile __u32 *)&s->nk & (SCHED_FRAMES - 1);
 		if (!found && k > 1)
 			k = 1; /* no sure end of the scheduler's frames: keep the exact one */
 		e->kstack_prefix = k;
 	}
 walk:
 	/* One copy, not a loop: the verifier would walk a loop once for every
-	 * way the scan can end. */
+	 * way the scan can end. And of a constant size: a size that depends
+	 * on k makes the verifier track k exactly (a helper's size must be
+	 * known), with the same effect as above. The k words past e->kstack
+	 * land in e->ustack, which is filled after this. */
 	k &= SCHED_FRAMES - 1;
-	bpf_probe_read_kernel(&e->kstack[k], (KSTACK_DEPTH - k) * sizeof(__u64), s->walk);
+	bpf_probe_read_kernel(&e->kstack[k], sizeof(e->kstack), s->walk);
 	return k + nwalk < KSTACK_DEPTH ? k + nwalk : KSTACK_DEPTH;
 }
+
+/* task_kstack's copy writes up to SCHED_FRAMES - 1 words past e->kstack,
+ * into e->ustack. */
+_Static_assert(__builtin_offsetof(struct offcpu_event, ustack) ==
+			   __builtin_offsetof(struct offcpu_event, kstack) + KSTACK_DEPTH * sizeof(__u64) &&
+		       USTACK_DEPTH >= SCHED_FRAMES,
+	       "e->ustack must follow e->kstack, with room for the scheduler's frames");
 
 static __always_inline unsigned int task_state(struct task_struct *t)
 {

@@ -15,9 +15,15 @@
  *   writeback:writeback_dirty_folio (5.10: writeback_dirty_page)
  *                                    who dirtied an inode: names the process
  *                                    whose data a commit had to write
+ *   xfs:xfs_log_force                a force of an xfs log (fsync, sync, the
+ *                                    log worker, the AIL), and who forced it
+ *   xfs:xlog_iclog_sync .. xlog_iclog_sync_done (6.1+)
+ *                                    one write of an xfs log buffer (iclog),
+ *                                    submitted to completed
  *
- * None of them is on a hot path but the last (one per page newly dirtied:
- * a hash update). */
+ * None of them is on a hot path but writeback_dirty_folio (one per page
+ * newly dirtied: a hash update); an xfs log is forced at most once per
+ * fsync, and written at most once per force or per full log buffer. */
 #include "common.h"
 #include "events.h"
 
@@ -28,6 +34,8 @@ enum wb_kind {
 	WB_COMMIT = 4,
 	WB_ORDERED = 5,
 	WB_WBT_STAT = 6,
+	WB_LOG_FORCE = 7,
+	WB_LOG_WRITE = 8,
 };
 
 KEEP_TYPE(enum wb_kind, wb_kind_type);
@@ -122,6 +130,26 @@ struct tp_dirty_folio {
 	unsigned long index;
 };
 
+struct tp_xfs_log_force {
+	__u64 common;
+	__u32 dev;
+	__u32 pad;
+	__s64 lsn;
+	__u64 caller_ip;
+};
+
+struct tp_xlog_iclog {
+	__u64 common;
+	__u32 dev;
+	__u32 state;
+	__s32 refcount;
+	__u32 offset;
+	__u32 flags;
+	__u32 pad;
+	__u64 lsn;
+	__u64 caller_ip;
+};
+
 /* --- records on the ring --- */
 
 struct wbt_event {
@@ -185,7 +213,34 @@ struct ordered_event {
 	char comm[TASK_COMM_LEN]; /* the dirtier's */
 };
 
+/* A force of an xfs log (xfs_log_force: all of it; xfs_log_force_seq:
+ * up to a checkpoint sequence, lsn). */
+struct log_force_event {
+	enum wb_kind kind; /* WB_LOG_FORCE */
+	__u32 dev; /* kernel dev_t of the filesystem's (data) device */
+	__u32 pid;
+	__u32 tgid;
+	__u64 time_ns;
+	__s64 lsn; /* 0: the whole log */
+	__u64 caller; /* the function that forced it (return address) */
+	char comm[TASK_COMM_LEN];
+};
+
+/* One write of an xfs log buffer, submitted (xlog_iclog_sync) to
+ * completed (xlog_iclog_sync_done). */
+struct log_write_event {
+	enum wb_kind kind; /* WB_LOG_WRITE */
+	__u32 dev;
+	__u64 start_ns;
+	__u64 end_ns;
+	__u64 lsn;
+	__u32 flags; /* XLOG_ICL_NEED_FLUSH 1, XLOG_ICL_NEED_FUA 2 */
+	__u32 size; /* bytes in the buffer at submission */
+};
+
 KEEP_TYPE(struct wbt_event, wbt_event_type);
+KEEP_TYPE(struct log_force_event, log_force_event_type);
+KEEP_TYPE(struct log_write_event, log_write_event_type);
 KEEP_TYPE(struct wbt_stat_event, wbt_stat_event_type);
 KEEP_TYPE(struct dirty_event, dirty_event_type);
 KEEP_TYPE(struct commit_event, commit_event_type);
@@ -229,6 +284,29 @@ struct {
 	__type(key, struct inode_key);
 	__type(value, struct dirtier);
 } dirtiers SEC(".maps");
+
+struct iclog_key {
+	__u64 lsn;
+	__u32 dev;
+	__u32 pad;
+};
+
+struct iclog_write {
+	__u64 start_ns;
+	__u32 flags;
+	__u32 size;
+};
+
+/* The log buffers being written, by device and their first LSN. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct iclog_key);
+	__type(value, struct iclog_write);
+} iclogs SEC(".maps");
+
+KEEP_TYPE(struct iclog_key, iclog_key_type);
+KEEP_TYPE(struct iclog_write, iclog_write_type);
 
 SEC("tracepoint/wbt/wbt_step")
 int wb_wbt_step(struct tp_wbt_step *ctx)
@@ -477,5 +555,56 @@ int wb_dirtied(struct tp_dirty_folio *ctx)
 	d.tgid = id >> 32;
 	bpf_get_current_comm(d.comm, sizeof(d.comm));
 	bpf_map_update_elem(&dirtiers, &k, &d, BPF_ANY);
+	return 0;
+}
+
+SEC("tracepoint/xfs/xfs_log_force")
+int wb_log_force(struct tp_xfs_log_force *ctx)
+{
+	struct log_force_event *e = EVENT_RESERVE(struct log_force_event);
+	if (!e)
+		return 0;
+	__u64 id = bpf_get_current_pid_tgid();
+	e->kind = WB_LOG_FORCE;
+	e->dev = ctx->dev;
+	e->pid = (__u32)id;
+	e->tgid = id >> 32;
+	e->time_ns = bpf_ktime_get_ns();
+	e->lsn = ctx->lsn;
+	e->caller = ctx->caller_ip;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tracepoint/xfs/xlog_iclog_sync")
+int wb_iclog_sync(struct tp_xlog_iclog *ctx)
+{
+	struct iclog_key k = {.lsn = ctx->lsn, .dev = ctx->dev};
+	struct iclog_write w = {.start_ns = bpf_ktime_get_ns(), .flags = ctx->flags, .size = ctx->offset};
+	if (bpf_map_update_elem(&iclogs, &k, &w, BPF_ANY))
+		lose(LOSS_MAP_FULL);
+	return 0;
+}
+
+SEC("tracepoint/xfs/xlog_iclog_sync_done")
+int wb_iclog_done(struct tp_xlog_iclog *ctx)
+{
+	struct iclog_key k = {.lsn = ctx->lsn, .dev = ctx->dev};
+	struct iclog_write *w = bpf_map_lookup_elem(&iclogs, &k);
+	if (!w)
+		return 0; /* submitted before the probe */
+	struct log_write_event *e = EVENT_RESERVE(struct log_write_event);
+	if (e) {
+		e->kind = WB_LOG_WRITE;
+		e->dev = ctx->dev;
+		e->start_ns = w->start_ns;
+		e->end_ns = bpf_ktime_get_ns();
+		e->lsn = ctx->lsn;
+		e->flags = w->flags;
+		e->size = w->size;
+		bpf_ringbuf_submit(e, 0);
+	}
+	bpf_map_delete_elem(&iclogs, &k);
 	return 0;
 }

@@ -58,6 +58,8 @@ type offcpuScratch struct {
 	U     offcpuUstack
 	Walk  [64]uint64
 	Words [64]uint64
+	Nk    uint32
+	Pad   uint32
 }
 
 type offcpuStackLoss uint32

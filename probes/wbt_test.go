@@ -24,11 +24,16 @@ func TestWbtLive(t *testing.T) {
 		want      bool
 	}{{"on", "1000", true}, {"off", "0", false}} {
 		t.Run(tc.name, func(t *testing.T) {
-			dev := "" // a disk: the matrix's test disk, else a disk-backed loop device
+			dev := "" // a disk-backed loop device, or in the matrix a null_blk disk
 			if scenario.InMatrix() {
-				dev = scenario.DiskBySerial("nvme")
-			}
-			if dev == "" {
+				// qemu's disks serve reads faster than the target under
+				// a flood, run after run: a null_blk disk whose every
+				// request takes 2 ms misses it in every window with
+				// reads and writes; a small background dirty limit keeps
+				// the flusher writing under the emulated CPU
+				dev = scenario.NullBlk(t, 1<<30, 2*time.Millisecond, 64)
+				scenario.DirtyLimits(t, 0, 4<<20)
+			} else {
 				dev = scenario.DiskLoop(t, 1<<30)
 			}
 			setWbtLat(t, dev, tc.lat)

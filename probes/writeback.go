@@ -19,14 +19,15 @@ import (
 	"github.com/cilium/ebpf/ringbuf"
 
 	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/symbolize"
 )
 
 // writebackProbe sees the kernel's write-back throttles and journal
 // commits from their tracepoints (bpf/writeback.bpf.c): writeback
 // throttling scaling a device's depth (wbt), writers paused for dirty
-// pages (balance_dirty_pages), and each jbd2 commit with its phases and
+// pages (balance_dirty_pages), each jbd2 commit with its phases and
 // the inodes whose ordered data it wrote, named by the process that
-// dirtied them. At the start it reads what those depend on: the dirty
+// dirtied them, and each force and log buffer write of an xfs log. At the start it reads what those depend on: the dirty
 // sysctls, each device's wbt_lat_usec, and the filesystems mounted on
 // block devices.
 type writebackProbe struct{}
@@ -38,9 +39,9 @@ func (writebackProbe) Decl() Decl {
 	return Decl{
 		Name:       event.ProbeWriteback,
 		Mechanisms: []Rung{{Mech: event.MechTracepoint}},
-		Describe:   "write-back throttles and journal commits: wbt scaling, writers paused for dirty pages, jbd2 commits and whose data they wrote",
-		Attach:     "tracepoints `wbt:wbt_step`, `wbt_lat`, `wbt_stat`, `writeback:balance_dirty_pages`, `writeback_dirty_folio` (5.10: `writeback_dirty_page`), `jbd2:jbd2_start_commit` .. `jbd2_end_commit`, `jbd2_run_stats`, `jbd2_submit_inode_data`; /proc/sys/vm/dirty_*, /proc/vmstat's nr_dirty_threshold, /proc/meminfo, queue/wbt_lat_usec, /proc/self/mountinfo, the paused writers' cgroup v2 memory.max and memory.high",
-		Records:    "wbt steps, latency targets, the latencies that exceeded them and the latencies of its windows while scaled, per device; each dirty-throttle pause with the limits in force and its memory cgroup's; each journal commit with its phases, and the inodes whose data it wrote with their dirtier; the dirty sysctls; mounts",
+		Describe:   "write-back throttles and journal commits: wbt scaling, writers paused for dirty pages, jbd2 commits and whose data they wrote, xfs log forces and log writes",
+		Attach:     "tracepoints `wbt:wbt_step`, `wbt_lat`, `wbt_stat`, `writeback:balance_dirty_pages`, `writeback_dirty_folio` (5.10: `writeback_dirty_page`), `jbd2:jbd2_start_commit` .. `jbd2_end_commit`, `jbd2_run_stats`, `jbd2_submit_inode_data`, `xfs:xfs_log_force`, `xlog_iclog_sync`, `xlog_iclog_sync_done` (6.1+); /proc/sys/vm/dirty_*, /proc/vmstat's nr_dirty_threshold, /proc/meminfo, queue/wbt_lat_usec, /proc/self/mountinfo, the paused writers' cgroup v2 memory.max and memory.high",
+		Records:    "wbt steps, latency targets, the latencies that exceeded them and the latencies of its windows while scaled, per device; each dirty-throttle pause with the limits in force and its memory cgroup's; each journal commit with its phases, and the inodes whose data it wrote with their dirtier; each xfs log force with who forced it and from where, and each xfs log buffer write timed; the dirty sysctls; mounts",
 	}
 }
 
@@ -68,6 +69,14 @@ var writebackGroups = []struct {
 		{"wb_commit_start", "jbd2", "jbd2_start_commit"},
 		{"wb_ordered", "jbd2", "jbd2_submit_inode_data"},
 	}},
+	{"xfs log forces", [][3]string{
+		{"wb_log_force", "xfs", "xfs_log_force"},
+	}},
+	// 6.1+
+	{"xfs log writes", [][3]string{
+		{"wb_iclog_done", "xfs", "xlog_iclog_sync_done"},
+		{"wb_iclog_sync", "xfs", "xlog_iclog_sync"},
+	}},
 }
 
 type writebackRunning struct {
@@ -81,6 +90,11 @@ type writebackRunning struct {
 	devs map[string]event.Device // by "MAJ:MIN"
 
 	memcgs map[uint64]memcgLimits // by cgroup inode; read by the ring's reader only
+
+	// ksyms names the callers of log forces, read at the first one (by
+	// the ring's reader only); ksymsRead says it was tried.
+	ksyms     *symbolize.Kernel
+	ksymsRead bool
 
 	stopOnce sync.Once
 	stopErr  error
@@ -382,9 +396,42 @@ func (r *writebackRunning) handle(raw []byte) {
 		}
 		r.sink.Event(event.OrderedData{Time: event.Mono(e.TimeNs), Dev: r.device(mm), FsDev: r.fsDevice(mm).Name,
 			Tid: e.Tid, Ino: e.Ino, Dirtier: t})
+	case writebackWbKindWB_LOG_FORCE:
+		var e writebackLogForceEvent
+		if !read(&e) {
+			return
+		}
+		mm := kdev(e.Dev)
+		r.sink.Event(event.LogForce{Time: event.Mono(e.TimeNs), Dev: r.device(mm), FsDev: r.fsDevice(mm).Name,
+			Task: event.Task{Pid: e.Pid, Tgid: e.Tgid, Comm: cString(e.Comm[:])}, Lsn: e.Lsn, Caller: r.caller(e.Caller)})
+	case writebackWbKindWB_LOG_WRITE:
+		var e writebackLogWriteEvent
+		if !read(&e) {
+			return
+		}
+		mm := kdev(e.Dev)
+		var d time.Duration
+		if e.EndNs > e.StartNs {
+			d = time.Duration(e.EndNs - e.StartNs)
+		}
+		r.sink.Event(event.LogWrite{Start: event.Mono(e.StartNs), Duration: d, Dev: r.device(mm), FsDev: r.fsDevice(mm).Name,
+			Lsn: e.Lsn, Bytes: e.Size, Flush: e.Flags&1 != 0, FUA: e.Flags&2 != 0})
 	default:
 		r.decode++
 	}
+}
+
+// caller names the function at a kernel address (a tracepoint's
+// caller_ip), "" when kallsyms cannot be read or does not know it.
+func (r *writebackRunning) caller(addr uint64) string {
+	if !r.ksymsRead {
+		r.ksymsRead = true
+		r.ksyms, _ = symbolize.LoadKernel(cmpOr(r.cfg.ProcFS, "/proc"))
+	}
+	if r.ksyms == nil || addr == 0 {
+		return ""
+	}
+	return r.ksyms.Frame(addr).Symbol
 }
 
 // nz is v, or the largest value when 0 (for min over the phases seen).

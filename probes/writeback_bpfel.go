@@ -65,11 +65,48 @@ type writebackDirtyEvent struct {
 	Bdi            [32]int8
 }
 
+type writebackIclogKey struct {
+	_   structs.HostLayout
+	Lsn uint64
+	Dev uint32
+	Pad uint32
+}
+
+type writebackIclogWrite struct {
+	_       structs.HostLayout
+	StartNs uint64
+	Flags   uint32
+	Size    uint32
+}
+
 type writebackInodeKey struct {
 	_   structs.HostLayout
 	Ino uint64
 	Dev uint32
 	Pad uint32
+}
+
+type writebackLogForceEvent struct {
+	_      structs.HostLayout
+	Kind   uint32
+	Dev    uint32
+	Pid    uint32
+	Tgid   uint32
+	TimeNs uint64
+	Lsn    int64
+	Caller uint64
+	Comm   [16]int8
+}
+
+type writebackLogWriteEvent struct {
+	_       structs.HostLayout
+	Kind    uint32
+	Dev     uint32
+	StartNs uint64
+	EndNs   uint64
+	Lsn     uint64
+	Flags   uint32
+	Size    uint32
 }
 
 type writebackLossKind uint32
@@ -95,12 +132,14 @@ type writebackOrderedEvent struct {
 type writebackWbKind uint32
 
 const (
-	writebackWbKindWB_WBT_STEP writebackWbKind = 1
-	writebackWbKindWB_WBT_LAT  writebackWbKind = 2
-	writebackWbKindWB_DIRTY    writebackWbKind = 3
-	writebackWbKindWB_COMMIT   writebackWbKind = 4
-	writebackWbKindWB_ORDERED  writebackWbKind = 5
-	writebackWbKindWB_WBT_STAT writebackWbKind = 6
+	writebackWbKindWB_WBT_STEP  writebackWbKind = 1
+	writebackWbKindWB_WBT_LAT   writebackWbKind = 2
+	writebackWbKindWB_DIRTY     writebackWbKind = 3
+	writebackWbKindWB_COMMIT    writebackWbKind = 4
+	writebackWbKindWB_ORDERED   writebackWbKind = 5
+	writebackWbKindWB_WBT_STAT  writebackWbKind = 6
+	writebackWbKindWB_LOG_FORCE writebackWbKind = 7
+	writebackWbKindWB_LOG_WRITE writebackWbKind = 8
 )
 
 type writebackWbtEvent struct {
@@ -142,6 +181,7 @@ const (
 	writebackMapDirtiers          = "dirtiers"
 	writebackMapEvents            = "events"
 	writebackMapFsdisk            = "fsdisk"
+	writebackMapIclogs            = "iclogs"
 	writebackMapLosses            = "losses"
 	writebackProgWbCommitEnd      = "wb_commit_end"
 	writebackProgWbCommitFlushing = "wb_commit_flushing"
@@ -151,13 +191,20 @@ const (
 	writebackProgWbCommitStats    = "wb_commit_stats"
 	writebackProgWbDirtied        = "wb_dirtied"
 	writebackProgWbDirty          = "wb_dirty"
+	writebackProgWbIclogDone      = "wb_iclog_done"
+	writebackProgWbIclogSync      = "wb_iclog_sync"
+	writebackProgWbLogForce       = "wb_log_force"
 	writebackProgWbOrdered        = "wb_ordered"
 	writebackProgWbWbtLat         = "wb_wbt_lat"
 	writebackProgWbWbtStat        = "wb_wbt_stat"
 	writebackProgWbWbtStep        = "wb_wbt_step"
 	writebackVarCommitEventType   = "commit_event_type"
 	writebackVarDirtyEventType    = "dirty_event_type"
+	writebackVarIclogKeyType      = "iclog_key_type"
+	writebackVarIclogWriteType    = "iclog_write_type"
 	writebackVarInodeKeyType      = "inode_key_type"
+	writebackVarLogForceEventType = "log_force_event_type"
+	writebackVarLogWriteEventType = "log_write_event_type"
 	writebackVarLossKindType      = "loss_kind_type"
 	writebackVarOrderedEventType  = "ordered_event_type"
 	writebackVarWbKindType        = "wb_kind_type"
@@ -215,6 +262,9 @@ type writebackProgramSpecs struct {
 	WbCommitStats    *ebpf.ProgramSpec `ebpf:"wb_commit_stats"`
 	WbDirtied        *ebpf.ProgramSpec `ebpf:"wb_dirtied"`
 	WbDirty          *ebpf.ProgramSpec `ebpf:"wb_dirty"`
+	WbIclogDone      *ebpf.ProgramSpec `ebpf:"wb_iclog_done"`
+	WbIclogSync      *ebpf.ProgramSpec `ebpf:"wb_iclog_sync"`
+	WbLogForce       *ebpf.ProgramSpec `ebpf:"wb_log_force"`
 	WbOrdered        *ebpf.ProgramSpec `ebpf:"wb_ordered"`
 	WbWbtLat         *ebpf.ProgramSpec `ebpf:"wb_wbt_lat"`
 	WbWbtStat        *ebpf.ProgramSpec `ebpf:"wb_wbt_stat"`
@@ -229,6 +279,7 @@ type writebackMapSpecs struct {
 	Dirtiers *ebpf.MapSpec `ebpf:"dirtiers"`
 	Events   *ebpf.MapSpec `ebpf:"events"`
 	Fsdisk   *ebpf.MapSpec `ebpf:"fsdisk"`
+	Iclogs   *ebpf.MapSpec `ebpf:"iclogs"`
 	Losses   *ebpf.MapSpec `ebpf:"losses"`
 }
 
@@ -236,14 +287,18 @@ type writebackMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type writebackVariableSpecs struct {
-	CommitEventType  *ebpf.VariableSpec `ebpf:"commit_event_type"`
-	DirtyEventType   *ebpf.VariableSpec `ebpf:"dirty_event_type"`
-	InodeKeyType     *ebpf.VariableSpec `ebpf:"inode_key_type"`
-	LossKindType     *ebpf.VariableSpec `ebpf:"loss_kind_type"`
-	OrderedEventType *ebpf.VariableSpec `ebpf:"ordered_event_type"`
-	WbKindType       *ebpf.VariableSpec `ebpf:"wb_kind_type"`
-	WbtEventType     *ebpf.VariableSpec `ebpf:"wbt_event_type"`
-	WbtStatEventType *ebpf.VariableSpec `ebpf:"wbt_stat_event_type"`
+	CommitEventType   *ebpf.VariableSpec `ebpf:"commit_event_type"`
+	DirtyEventType    *ebpf.VariableSpec `ebpf:"dirty_event_type"`
+	IclogKeyType      *ebpf.VariableSpec `ebpf:"iclog_key_type"`
+	IclogWriteType    *ebpf.VariableSpec `ebpf:"iclog_write_type"`
+	InodeKeyType      *ebpf.VariableSpec `ebpf:"inode_key_type"`
+	LogForceEventType *ebpf.VariableSpec `ebpf:"log_force_event_type"`
+	LogWriteEventType *ebpf.VariableSpec `ebpf:"log_write_event_type"`
+	LossKindType      *ebpf.VariableSpec `ebpf:"loss_kind_type"`
+	OrderedEventType  *ebpf.VariableSpec `ebpf:"ordered_event_type"`
+	WbKindType        *ebpf.VariableSpec `ebpf:"wb_kind_type"`
+	WbtEventType      *ebpf.VariableSpec `ebpf:"wbt_event_type"`
+	WbtStatEventType  *ebpf.VariableSpec `ebpf:"wbt_stat_event_type"`
 }
 
 // writebackObjects contains all objects after they have been loaded into the kernel.
@@ -270,6 +325,7 @@ type writebackMaps struct {
 	Dirtiers *ebpf.Map `ebpf:"dirtiers"`
 	Events   *ebpf.Map `ebpf:"events"`
 	Fsdisk   *ebpf.Map `ebpf:"fsdisk"`
+	Iclogs   *ebpf.Map `ebpf:"iclogs"`
 	Losses   *ebpf.Map `ebpf:"losses"`
 }
 
@@ -279,6 +335,7 @@ func (m *writebackMaps) Close() error {
 		m.Dirtiers,
 		m.Events,
 		m.Fsdisk,
+		m.Iclogs,
 		m.Losses,
 	)
 }
@@ -287,14 +344,18 @@ func (m *writebackMaps) Close() error {
 //
 // It can be passed to loadWritebackObjects or ebpf.CollectionSpec.LoadAndAssign.
 type writebackVariables struct {
-	CommitEventType  *ebpf.Variable `ebpf:"commit_event_type"`
-	DirtyEventType   *ebpf.Variable `ebpf:"dirty_event_type"`
-	InodeKeyType     *ebpf.Variable `ebpf:"inode_key_type"`
-	LossKindType     *ebpf.Variable `ebpf:"loss_kind_type"`
-	OrderedEventType *ebpf.Variable `ebpf:"ordered_event_type"`
-	WbKindType       *ebpf.Variable `ebpf:"wb_kind_type"`
-	WbtEventType     *ebpf.Variable `ebpf:"wbt_event_type"`
-	WbtStatEventType *ebpf.Variable `ebpf:"wbt_stat_event_type"`
+	CommitEventType   *ebpf.Variable `ebpf:"commit_event_type"`
+	DirtyEventType    *ebpf.Variable `ebpf:"dirty_event_type"`
+	IclogKeyType      *ebpf.Variable `ebpf:"iclog_key_type"`
+	IclogWriteType    *ebpf.Variable `ebpf:"iclog_write_type"`
+	InodeKeyType      *ebpf.Variable `ebpf:"inode_key_type"`
+	LogForceEventType *ebpf.Variable `ebpf:"log_force_event_type"`
+	LogWriteEventType *ebpf.Variable `ebpf:"log_write_event_type"`
+	LossKindType      *ebpf.Variable `ebpf:"loss_kind_type"`
+	OrderedEventType  *ebpf.Variable `ebpf:"ordered_event_type"`
+	WbKindType        *ebpf.Variable `ebpf:"wb_kind_type"`
+	WbtEventType      *ebpf.Variable `ebpf:"wbt_event_type"`
+	WbtStatEventType  *ebpf.Variable `ebpf:"wbt_stat_event_type"`
 }
 
 // writebackPrograms contains all programs after they have been loaded into the kernel.
@@ -309,6 +370,9 @@ type writebackPrograms struct {
 	WbCommitStats    *ebpf.Program `ebpf:"wb_commit_stats"`
 	WbDirtied        *ebpf.Program `ebpf:"wb_dirtied"`
 	WbDirty          *ebpf.Program `ebpf:"wb_dirty"`
+	WbIclogDone      *ebpf.Program `ebpf:"wb_iclog_done"`
+	WbIclogSync      *ebpf.Program `ebpf:"wb_iclog_sync"`
+	WbLogForce       *ebpf.Program `ebpf:"wb_log_force"`
 	WbOrdered        *ebpf.Program `ebpf:"wb_ordered"`
 	WbWbtLat         *ebpf.Program `ebpf:"wb_wbt_lat"`
 	WbWbtStat        *ebpf.Program `ebpf:"wb_wbt_stat"`
@@ -325,6 +389,9 @@ func (p *writebackPrograms) Close() error {
 		p.WbCommitStats,
 		p.WbDirtied,
 		p.WbDirty,
+		p.WbIclogDone,
+		p.WbIclogSync,
+		p.WbLogForce,
 		p.WbOrdered,
 		p.WbWbtLat,
 		p.WbWbtStat,

@@ -233,3 +233,75 @@ func TestPauseMemcg(t *testing.T) {
 		t.Errorf("dirtyThreshold = %d, %d, want 209715, %d", thresh, dirtyable, want)
 	}
 }
+
+// The xfs log on the real kernel: each fsync after an appending write
+// forces the log, once (the CIL force inside it traces again, from
+// xfs_log_force_seq), from xfs_file_fsync, on the filesystem's device; on
+// 6.1+ the log's buffer writes are timed.
+func TestXfsLogLive(t *testing.T) {
+	blkNeedRoot(t)
+	fs := scenario.Filesystem(t, "xfs", 512<<20, "")
+	sink := &blkSink{}
+	r, st := (writebackProbe{}).Start(Config{}, sink)
+	if r == nil {
+		t.Fatalf("writeback probe: %s", st.Reason)
+	}
+	if strings.Contains(st.Reason, "xfs log forces") {
+		t.Fatalf("xfs log forces not traced: %s", st.Reason)
+	}
+	f, err := os.Create(filepath.Join(fs.Dir, "log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const syncs = 40
+	block := make([]byte, 4096)
+	for range syncs {
+		if _, err := f.Write(block); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Sync(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.Close()
+	if err := r.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range sink.losses {
+		t.Errorf("loss: %+v", l)
+	}
+	self := uint32(os.Getpid())
+	callers := map[string]int{}
+	var writes int
+	for _, e := range sink.events {
+		switch e := e.(type) {
+		case event.LogForce:
+			if e.Dev.Name == fs.Dev && e.Task.Tgid == self {
+				callers[e.Caller]++
+				if e.FsDev != fs.Dev {
+					t.Errorf("force %+v: fs_dev %q, want %s", e, e.FsDev, fs.Dev)
+				}
+			}
+		case event.LogWrite:
+			if e.Dev.Name == fs.Dev {
+				writes++
+				if e.Duration <= 0 || e.Lsn == 0 {
+					t.Errorf("log write %+v: want a duration and an LSN", e)
+				}
+			}
+		}
+	}
+	t.Logf("forces of the log of %s by this process, by caller: %v; %d log writes", fs.Dev, callers, writes)
+	if callers["xfs_file_fsync"] < syncs {
+		t.Errorf("%d forces from xfs_file_fsync, want one for each of the %d fsyncs", callers["xfs_file_fsync"], syncs)
+	}
+	_, err = os.Stat("/sys/kernel/tracing/events/xfs/xlog_iclog_sync")
+	switch {
+	case err == nil && writes < syncs:
+		t.Errorf("%d log writes, want at least one for each of the %d fsyncs", writes, syncs)
+	case err != nil && writes > 0:
+		t.Errorf("%d log writes without the xlog_iclog events", writes)
+	case err != nil:
+		t.Logf("no xlog_iclog_sync event here (before 6.1): the log's writes are not timed")
+	}
+}

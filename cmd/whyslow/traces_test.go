@@ -267,6 +267,9 @@ func TestGuestTraces(t *testing.T) {
 		{trace: "scsi-control-6.12", not: []string{"failing-device"}},
 		{trace: "writeback-dirty-memcg-6.12", rule: "dirty-throttling", dev: "vdd", comm: "writer"},
 		{trace: "writeback-dirty-control-6.12", not: []string{"dirty-throttling"}},
+		{trace: "writeback-journal-xfs-6.12", rule: "journal-commit-wait", dev: "vdd", comm: "victim"},
+		{trace: "writeback-wbt-6.12", rule: "wbt-throttling", dev: "whyslow-236", comm: "victim"},
+		{trace: "writeback-wbt-control-6.12", not: []string{"wbt-throttling"}},
 	} {
 		t.Run(tc.trace, func(t *testing.T) {
 			r := run(t, "analyze", filepath.Join(tracesDir, tc.trace+".trace.gz"), "--format", "json")

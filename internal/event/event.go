@@ -804,6 +804,42 @@ type OrderedData struct {
 // When implements Event.
 func (e OrderedData) When() Mono { return e.Time }
 
+// LogForce is a force of an xfs log (xfs:xfs_log_force): the log's
+// changes made durable up to a checkpoint (Lsn, its sequence) or whole
+// (Lsn 0), by fsync, sync, the log worker or the AIL. Task is the thread
+// that forced it; Caller the function that called the force, "" when its
+// address could not be named.
+type LogForce struct {
+	Time   Mono   `json:"time"`
+	Dev    Device `json:"dev"`    // the whole disk of the filesystem
+	FsDev  string `json:"fs_dev"` // the filesystem's own device
+	Task   Task   `json:"task"`
+	Lsn    int64  `json:"lsn,omitempty"`
+	Caller string `json:"caller,omitempty"`
+}
+
+// When implements Event.
+func (e LogForce) When() Mono { return e.Time }
+
+// LogWrite is one write of an xfs log buffer (an iclog), from its
+// submission (xfs:xlog_iclog_sync) to its completion
+// (xlog_iclog_sync_done); kernels before 6.1 have no such events.
+type LogWrite struct {
+	Start    Mono          `json:"start"`
+	Duration time.Duration `json:"duration"`
+	Dev      Device        `json:"dev"`
+	FsDev    string        `json:"fs_dev"`
+	Lsn      uint64        `json:"lsn"`
+	Bytes    uint32        `json:"bytes,omitempty"` // written into the buffer
+	// Flush and FUA: the write flushed the device's cache first, and was
+	// written through it.
+	Flush bool `json:"flush,omitempty"`
+	FUA   bool `json:"fua,omitempty"`
+}
+
+// When implements Event.
+func (e LogWrite) When() Mono { return e.Start }
+
 // Mount is a filesystem mounted on a block device at the start of the run
 // (/proc/self/mountinfo).
 type Mount struct {

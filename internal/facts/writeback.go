@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/stage"
 )
 
 // Wbt is what writeback throttling (rq-qos wbt) did on a device (probe
@@ -116,8 +117,9 @@ type DirtyLimits struct {
 	Text string
 }
 
-// Journal is the jbd2 journal of the ext4 filesystem on a device (probe
-// writeback): its commits and whose data they wrote.
+// Journal is the journal of the filesystem on a device (probe writeback):
+// for ext4's jbd2, its commits and whose data they wrote; for xfs's log,
+// its forces, who forced it, and its writes.
 type Journal struct {
 	// Commits, and their length from start to end: mean, p99, max, total.
 	Commits                       int
@@ -133,7 +135,88 @@ type Journal struct {
 	// Ordered are the processes whose data (ordered mode) the commits had
 	// to write before they could commit, the most commits first.
 	Ordered []*OrderedWriter
+
+	// LogForces counts the forces of an xfs log (xfs:xfs_log_force): each
+	// makes the log's changes durable, and whoever forced it waits for
+	// the log's writes (fsync, fdatasync, sync, the log worker, the
+	// AIL); FsyncForces are those made by fsync and fdatasync.
+	LogForces, FsyncForces int
+	// Forcers are the processes that forced the log, the most forces
+	// first.
+	Forcers []*LogForcer
+	// LogWrites counts the writes of the xfs log's buffers, submitted to
+	// completed (xlog_iclog_sync .. xlog_iclog_sync_done, 6.1+: 0 on
+	// older kernels), and their length: mean, p99, max, ms. LogFlushes
+	// are those that flushed the device's cache first.
+	LogWrites, LogFlushes                        int
+	LogWriteMeanMs, LogWriteP99Ms, LogWriteMaxMs float64
 }
+
+// LogForcer is a process that forced an xfs log.
+type LogForcer struct {
+	Pid    uint32
+	Comm   string
+	Forces int
+	// Fsync are its forces made by fsync or fdatasync.
+	Fsync int
+}
+
+// As names the process with the part it played in a finding.
+func (f *LogForcer) As(role string) Task {
+	return Task{Pid: f.Pid, Tgid: f.Pid, Comm: f.Comm, Role: role}
+}
+
+// ForceWaitMs is the time the processes given (a []*Process, or a list
+// of them, as a rule's filter gives) waited for the journal (stage
+// journal) per force of the xfs log they made, ms: how long a force kept
+// them waiting, on average; 0 when they made none.
+func (j Journal) ForceWaitMs(procs any) float64 {
+	var waited float64
+	pids := map[uint32]bool{}
+	var add func(v any)
+	add = func(v any) {
+		switch v := v.(type) {
+		case *Process:
+			if v != nil && !pids[v.Pid] {
+				pids[v.Pid] = true
+				waited += v.StageMs(stage.Journal)
+			}
+		case []*Process:
+			for _, p := range v {
+				add(p)
+			}
+		case Processes:
+			for _, p := range v {
+				add(p)
+			}
+		case []any:
+			for _, p := range v {
+				add(p)
+			}
+		}
+	}
+	add(procs)
+	forces := 0
+	for _, f := range j.Forcers {
+		if pids[f.Pid] {
+			forces += f.Forces
+		}
+	}
+	if forces == 0 {
+		return 0
+	}
+	return waited / float64(forces)
+}
+
+// nestedForceCallers are the log-force functions themselves: an
+// xfs_log_force event they called is the CIL force inside a force already
+// counted.
+var nestedForceCallers = []string{"xfs_log_force_seq", "xfs_log_force_lsn", "xfs_log_force", "xlog_cil_force_seq", "xlog_cil_force_lsn"}
+
+// fsyncCallers are the functions whose forces of an xfs log are fsync's
+// and fdatasync's (xfs_fsync_flush_log is inlined into xfs_file_fsync on
+// some kernels).
+var fsyncCallers = []string{"xfs_file_fsync", "xfs_fsync_flush_log", "xfs_dir_fsync"}
 
 // OrderedWriter is a process whose dirty data journal commits wrote first.
 type OrderedWriter struct {
@@ -402,6 +485,68 @@ func (b *builder) writeback() {
 	for k, w := range ordered {
 		w.Commits, w.Inodes = len(commits[k]), len(inodes[k])
 		k.d.Journal.Ordered = append(k.d.Journal.Ordered, w)
+	}
+	forcers := map[*Device]map[uint32]*LogForcer{}
+	type forceKey struct {
+		pid uint32
+		dev string
+		lsn int64
+	}
+	lastForce := map[forceKey]event.Mono{}
+	for _, f := range tl.LogForces {
+		// A force traces itself, then the CIL force it makes traces again
+		// (caller xfs_log_force_seq): one force.
+		k := forceKey{f.Task.Pid, f.Dev.ID(), f.Lsn}
+		prev, seen := lastForce[k]
+		lastForce[k] = f.Time
+		if slices.Contains(nestedForceCallers, f.Caller) || f.Caller == "" && seen && f.Time.Sub(prev) < time.Millisecond {
+			continue
+		}
+		d := dev(f.Dev)
+		j := &d.Journal
+		j.LogForces++
+		fsync := slices.Contains(fsyncCallers, f.Caller)
+		if fsync {
+			j.FsyncForces++
+		}
+		if forcers[d] == nil {
+			forcers[d] = map[uint32]*LogForcer{}
+		}
+		w := forcers[d][f.Task.Tgid]
+		if w == nil {
+			w = &LogForcer{Pid: f.Task.Tgid, Comm: f.Task.Comm}
+			forcers[d][f.Task.Tgid] = w
+		}
+		w.Forces++
+		if fsync {
+			w.Fsync++
+		}
+	}
+	for d, ws := range forcers {
+		for _, w := range ws {
+			d.Journal.Forcers = append(d.Journal.Forcers, w)
+		}
+		slices.SortFunc(d.Journal.Forcers, func(a, c *LogForcer) int {
+			return cmp.Or(cmp.Compare(c.Forces, a.Forces), cmp.Compare(a.Pid, c.Pid))
+		})
+	}
+	logWrites := map[*Device][]float64{}
+	for _, w := range tl.LogWrites {
+		d := dev(w.Dev)
+		j := &d.Journal
+		j.LogWrites++
+		if w.Flush {
+			j.LogFlushes++
+		}
+		l := ms(w.Duration)
+		logWrites[d] = append(logWrites[d], l)
+		j.LogWriteMaxMs = max(j.LogWriteMaxMs, l)
+		j.LogWriteMeanMs += l
+	}
+	for d, ls := range logWrites {
+		slices.Sort(ls)
+		d.Journal.LogWriteMeanMs /= float64(len(ls))
+		d.Journal.LogWriteP99Ms = ls[min(len(ls)-1, len(ls)*99/100)]
 	}
 	for _, d := range b.byName {
 		if !wbtSeen[d] {

@@ -90,6 +90,8 @@ type Timeline struct {
 	DirtyPauses    []event.DirtyPause
 	JournalCommits []event.JournalCommit
 	OrderedData    []event.OrderedData
+	LogForces      []event.LogForce
+	LogWrites      []event.LogWrite
 }
 
 // Histogram kinds: the per-device histograms a probe delivers.
@@ -215,6 +217,10 @@ var Sources = []Source{
 			"`start`, `duration`, `dev`, `fs_dev`, `tid`, `sync`, `locking`, `flushing`, `logging` (phases), `handles`, `blocks`, `blocks_logged`: a jbd2 commit"),
 		Events("ordered_data", func(t *Timeline) *[]event.OrderedData { return &t.OrderedData },
 			"`time`, `dev`, `fs_dev`, `tid`, `ino`, `dirtier` (the process that dirtied the inode; zero when unseen): a commit writing an inode's ordered data"),
+		Events("log_force", func(t *Timeline) *[]event.LogForce { return &t.LogForces },
+			"`time`, `dev`, `fs_dev`, `task` (the thread that forced it), `lsn` (the checkpoint sequence forced; omitted: the whole log), `caller` (the function that forced it: `xfs_file_fsync`, `xfs_log_worker`, ...): a force of an xfs log"),
+		Events("log_write", func(t *Timeline) *[]event.LogWrite { return &t.LogWrites },
+			"`start`, `duration`, `dev`, `fs_dev`, `lsn`, `bytes`, `flush`, `fua`: a write of an xfs log buffer, submitted to completed (6.1+)"),
 	}},
 }
 

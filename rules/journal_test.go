@@ -1,0 +1,80 @@
+package rules
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/whyslow/whyslow/internal/event"
+)
+
+// callXfsLog is fsync waiting for a force of the xfs log.
+var callXfsLog = stack("__schedule", "schedule", "xlog_wait_on_iclog", "xfs_log_force_seq", "xfs_file_fsync", "do_fsync")
+
+// xfsLog mounts xfs on d and adds n forces of its log by tk's fsyncs over
+// the run, each traced twice as the kernel does (the force, then the CIL
+// force it makes, whose caller is xfs_log_force_seq), and, when writeMs
+// is above 0, one log write of writeMs per force (6.1+).
+func (s *scenario) xfsLog(d event.Device, tk event.Task, n int, writeMs float64) *scenario {
+	s.tl.Add(event.Mount{Time: at(1), Dev: d, FsDev: d.Name, FSType: "xfs", Point: "/srv"})
+	for i := range n {
+		ms := 300 + float64(i)*19_000/float64(n)
+		s.tl.Add(event.LogForce{Time: at(ms), Dev: d, FsDev: d.Name, Task: tk, Lsn: int64(i + 1), Caller: "xfs_file_fsync"})
+		s.tl.Add(event.LogForce{Time: at(ms + 0.001), Dev: d, FsDev: d.Name, Task: tk, Lsn: int64(i + 1), Caller: "xfs_log_force_seq"})
+		if writeMs > 0 {
+			s.tl.Add(event.LogWrite{Start: at(ms + 0.01), Duration: msd(writeMs), Dev: d, FsDev: d.Name, Lsn: uint64(i+1) << 32, Flush: true, FUA: true})
+		}
+	}
+	return s
+}
+
+// fsync waiting for the xfs log: journal-commit-wait when the log's writes
+// are slow (or, without the log-write events of 6.1+, each force kept the
+// waiter long); not when they are fast, however many.
+func TestJournalXfsLog(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		sc   *scenario
+		want bool
+	}{
+		{"slow log writes", newScenario().fast(loop0).xfsLog(loop0, archiver, 100, 30).
+			calls(archiver, "/", loop0, "fsync", 100, 30, callXfsLog), true},
+		{"fast log writes", newScenario().fast(loop0).xfsLog(loop0, archiver, 300, 1.5).
+			calls(archiver, "/", loop0, "fsync", 300, 2, callXfsLog), false},
+		{"long forces, no log-write events (5.10)", newScenario().fast(loop0).xfsLog(loop0, archiver, 100, 0).
+			calls(archiver, "/", loop0, "fsync", 100, 30, callXfsLog), true},
+		{"short forces, no log-write events (5.10)", newScenario().fast(loop0).xfsLog(loop0, archiver, 2000, 0).
+			calls(archiver, "/", loop0, "fsync", 2000, 2, callXfsLog), false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			fs := evaluate(t, defaults(t), tt.sc.run())
+			i := slices.IndexFunc(fs, func(f Finding) bool { return f.Rule == "journal-commit-wait" })
+			if !tt.want {
+				if i >= 0 {
+					t.Fatalf("journal-commit-wait: %s", fs[i].Title)
+				}
+				return
+			}
+			if i < 0 {
+				t.Fatalf("no journal-commit-wait: %v", titles(fs))
+			}
+			f := fs[i]
+			if !slices.ContainsFunc(f.Processes, func(p Process) bool { return p.Comm == "archiver" && p.Role == "waiter" }) {
+				t.Errorf("names %+v, want archiver as the waiter", f.Processes)
+			}
+			if !strings.Contains(f.Title, "forces of the log of xfs on loop0") || !strings.Contains(f.Title, "100 forces, 30 ms each") {
+				t.Errorf("title %q: want the xfs log's forces on loop0, counted once each, and their wait", f.Title)
+			}
+			ev := map[string]any{}
+			for _, e := range f.Evidence {
+				ev[e.Name] = e.Value
+			}
+			if ev["log_forces"] != 100 || ev["fsync_forces"] != 100 || ev["fs"] != "xfs" {
+				t.Errorf("evidence log_forces %v, fsync_forces %v, fs %v: want 100, 100, xfs", ev["log_forces"], ev["fsync_forces"], ev["fs"])
+			}
+			if strings.Contains(f.Title, "log writes") != (ev["log_writes"] != 0) {
+				t.Errorf("title %q with %v log writes", f.Title, ev["log_writes"])
+			}
+		})
+	}
+}
