@@ -29,7 +29,13 @@ BENCH_FLAGS ?=
 BENCH_VM_KERNEL ?= 6.1,6.12
 BENCH_VM_FLAGS  ?= -sections io -device /dev/nullb0 -configs none,whyslow,libbpf-tools -fio libaio,16,2 -rounds 8 -cost-rounds 5 -fio-time 3s
 
-.PHONY: all build generate check-generated test test-unit fuzz vet clean deps deps-generate vmtest bench bench-vm
+# Kernel and driver flags of `make bench-vm-serve`: whyslow serve for an hour
+# under the storm's load (section 6) in one guest with one vCPU, so that the
+# storm's uevents and execs load neither the host's udevd nor all its CPUs.
+BENCH_VM_SERVE_KERNEL ?= 6.12
+BENCH_VM_SERVE_FLAGS  ?= -sections serve -serve-time 1h
+
+.PHONY: all build generate check-generated test test-unit fuzz vet clean deps deps-generate vmtest bench bench-vm bench-vm-serve
 
 all: build
 
@@ -102,6 +108,12 @@ bench-vm:
 	@mkdir -p tools/bench/results-vm
 	@for d in tools/vmtest/out-bench/*/; do k=$$(basename $$d); [ -f $$d/bench.json ] && cp $$d/bench.json tools/bench/results-vm/$$k.json; done; true
 	$(GO) run ./tools/bench/cmd/whyslow-bench -vm-results tools/bench/results-vm -out BENCHMARKS.md
+
+## bench-vm-serve: whyslow serve for an hour under the storm's load in a qemu guest (TCG, one
+## vCPU: less load than the host's section 6); its log and bench.json in tools/vmtest/out-serve/
+bench-vm-serve:
+	@./tools/scripts/apt-ensure $(VMTEST_DEBS)
+	$(GO) run ./tools/vmtest/cmd/vmtest -kernel $(BENCH_VM_SERVE_KERNEL) -cpus 1 -timeout 90m -out tools/vmtest/out-serve -bench "$(BENCH_VM_SERVE_FLAGS)"
 
 clean:
 	rm -f $(BINARY)

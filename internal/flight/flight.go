@@ -8,7 +8,9 @@
 // kept beside them, taken at rotations. A stretch of the run is the
 // segments between two states: its events, the losses delivered while
 // they arrived, and the histograms and counted losses by the difference of
-// the two states (Delta).
+// the two states (Delta); its sums are counted along the states in it
+// (AddSumsChain), or checkpoint by checkpoint as they come, within a bound
+// of their own (WindowSums: serve's windows and dumps).
 //
 // The bound: the events held (estimated as a run's, timeline.Stream.Bytes,
 // each shared string once per segment) and the packed states together take
@@ -304,6 +306,19 @@ func (r *Recorder) AddState(st State) {
 // for room: a caller that prunes the probes' sums (probes.Pruner) passes
 // every state it took.
 func (r *Recorder) Window(from, to State, between ...State) *timeline.Timeline {
+	tl := r.Events(from, to)
+	chain := r.Chain(from, to)
+	if len(between) > 0 {
+		chain = append(append([]State{from}, between...), to)
+	}
+	AddSumsChain(tl, chain)
+	return tl
+}
+
+// Events is Window without the sums: the caller that counted them along
+// its checkpoints (WindowSums) sets them. Of from and to it reads only
+// the times, histograms and loss counters.
+func (r *Recorder) Events(from, to State) *timeline.Timeline {
 	tl := &timeline.Timeline{Start: from.At, End: to.At}
 	r.mu.Lock()
 	if d := r.describedAt(from.At); d != nil {
@@ -320,11 +335,6 @@ func (r *Recorder) Window(from, to State, between ...State) *timeline.Timeline {
 	r.mu.Unlock()
 	devs, losses := Delta(to, from)
 	tl.Devices = devs
-	chain := r.Chain(from, to)
-	if len(between) > 0 {
-		chain = append(append([]State{from}, between...), to)
-	}
-	AddSumsChain(tl, chain)
 	for _, l := range losses {
 		tl.AddLoss(l)
 	}
@@ -347,6 +357,23 @@ func (r *Recorder) Chain(from, to State) []State {
 		chain = append(chain, s.unpack())
 	}
 	return append(chain, to)
+}
+
+// EachState calls fn with each state held taken after from and before to,
+// in order, unpacked one at a time (a caller that counts sums along them
+// with WindowSums holds one at a time).
+func (r *Recorder) EachState(from, to State, fn func(State)) {
+	r.mu.Lock()
+	var held []*packed
+	for _, s := range r.states {
+		if s.at > from.At && s.at < to.At {
+			held = append(held, s)
+		}
+	}
+	r.mu.Unlock()
+	for _, s := range held {
+		fn(s.unpack())
+	}
 }
 
 // Since returns the recent run from the newest state at or before at (or

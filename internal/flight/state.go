@@ -38,6 +38,36 @@ type State struct {
 	PrunedIO []uint32
 }
 
+// Carried is st as the next difference from it needs it (SumsDelta): the
+// sums of the processes pruned once st read them (Pruned, PrunedIO) are
+// final and left out; a difference leaves them out of its before anyway.
+// What a checkpoint keeps of st is then bounded by the probes' maps (their
+// running processes' sums), however many processes exited.
+func (st State) Carried() State {
+	pruned, prunedIO := prunedSet(st.Pruned), prunedSet(st.PrunedIO)
+	if len(pruned) > 0 {
+		st.Stats = slices.DeleteFunc(slices.Clone(st.Stats), func(s event.SyscallStats) bool { return pruned[s.Pid] })
+		st.Blocked = slices.DeleteFunc(slices.Clone(st.Blocked), func(b event.BlockedStack) bool { return pruned[b.Pid] })
+		st.MemStalls = slices.DeleteFunc(slices.Clone(st.MemStalls), func(m event.MemStall) bool { return pruned[m.Pid] })
+	}
+	if len(prunedIO) > 0 {
+		st.IOUsage = slices.DeleteFunc(slices.Clone(st.IOUsage), func(u event.IOUsage) bool { return prunedIO[u.Task.Tgid] })
+	}
+	return st
+}
+
+// WithoutSums is st without the sums: what a window's start needs of it
+// (Recorder.Events: its time, histograms and loss counters).
+func (st State) WithoutSums() State {
+	st.Stats, st.Blocked, st.MemStalls, st.Requeues, st.IOUsage = nil, nil, nil, nil, nil
+	return st
+}
+
+// SumsBytes estimates the memory of st's sums.
+func (st State) SumsBytes() int64 {
+	return sumsBytes(st.Stats, st.Blocked) + int64(len(st.MemStalls))*112 + int64(len(st.Requeues))*64 + int64(len(st.IOUsage))*160
+}
+
 // Delta is what the probes counted between two states: each device's
 // histograms and each loss counter of now less those of before. Counts,
 // sums and losses are exact. A histogram's maximum is exact when it rose

@@ -111,38 +111,44 @@ func AddSumsChain(tl *timeline.Timeline, chain []State) {
 	for i := 2; i < len(chain); i++ {
 		var d timeline.Timeline
 		AddSums(&d, chain[i], chain[i-1])
-		tl.SyscallStats = mergeSums(tl.SyscallStats, d.SyscallStats, statsKeyOf, func(a, b *event.SyscallStats) {
-			a.Time, a.Comm = b.Time, b.Comm
-			a.Latency.Merge(&b.Latency)
-			a.Sleep += b.Sleep
-			a.Runqueue += b.Runqueue
-		})
-		tl.BlockedStacks = mergeSums(tl.BlockedStacks, d.BlockedStacks, blockedKeyOf, func(a, b *event.BlockedStack) {
-			a.Time, a.Comm = b.Time, b.Comm
-			a.Total += b.Total
-			a.Count += b.Count
-		})
-		tl.MemStalls = mergeSums(tl.MemStalls, d.MemStalls, memStallKeyOf, func(a, b *event.MemStall) {
-			a.Time, a.Comm = b.Time, b.Comm
-			a.Total += b.Total
-			a.Count += b.Count
-			a.Max = max(a.Max, b.Max)
-		})
-		tl.Requeues = mergeSums(tl.Requeues, d.Requeues, requeuesKeyOf,
-			func(a, b *event.Requeues) {
-				a.Time = b.Time
-				a.Count += b.Count
-				a.TimedOut += b.TimedOut
-			})
-		tl.IOUsage = mergeSums(tl.IOUsage, d.IOUsage, ioUsageKeyOf, func(a, b *event.IOUsage) {
-			a.Time = b.Time
-			a.IOs += b.IOs
-			a.Requests += b.Requests
-			a.Bytes += b.Bytes
-			a.InFlight += b.InFlight
-		})
+		mergeAllSums(tl, &d)
 	}
 	tl.UnfinishedCalls = unfinishedIn(chain[len(chain)-1], chain[0])
+}
+
+// mergeAllSums adds the sums of d (every timeline.Sums stream) to those of
+// tl, by key; a sum merged takes the time and name of d's.
+func mergeAllSums(tl, d *timeline.Timeline) {
+	tl.SyscallStats = mergeSums(tl.SyscallStats, d.SyscallStats, statsKeyOf, func(a, b *event.SyscallStats) {
+		a.Time, a.Comm = b.Time, b.Comm
+		a.Latency.Merge(&b.Latency)
+		a.Sleep += b.Sleep
+		a.Runqueue += b.Runqueue
+	})
+	tl.BlockedStacks = mergeSums(tl.BlockedStacks, d.BlockedStacks, blockedKeyOf, func(a, b *event.BlockedStack) {
+		a.Time, a.Comm = b.Time, b.Comm
+		a.Total += b.Total
+		a.Count += b.Count
+	})
+	tl.MemStalls = mergeSums(tl.MemStalls, d.MemStalls, memStallKeyOf, func(a, b *event.MemStall) {
+		a.Time, a.Comm = b.Time, b.Comm
+		a.Total += b.Total
+		a.Count += b.Count
+		a.Max = max(a.Max, b.Max)
+	})
+	tl.Requeues = mergeSums(tl.Requeues, d.Requeues, requeuesKeyOf,
+		func(a, b *event.Requeues) {
+			a.Time = b.Time
+			a.Count += b.Count
+			a.TimedOut += b.TimedOut
+		})
+	tl.IOUsage = mergeSums(tl.IOUsage, d.IOUsage, ioUsageKeyOf, func(a, b *event.IOUsage) {
+		a.Time = b.Time
+		a.IOs += b.IOs
+		a.Requests += b.Requests
+		a.Bytes += b.Bytes
+		a.InFlight += b.InFlight
+	})
 }
 
 // mergeSums adds the sums of more to those of sums by key (add), in the

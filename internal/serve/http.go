@@ -143,7 +143,16 @@ func (a *agent) trace(w http.ResponseWriter, r *http.Request) {
 	a.mu.Unlock()
 	devs, counted := flight.Delta(end, from)
 	tl.Devices = devs
-	flight.AddSumsChain(tl, a.rec.Chain(from, end))
+	// The sums along the states held, one at a time, within the bound of
+	// a window's sums.
+	var sums flight.WindowSums
+	prev := from.Carried()
+	a.rec.EachState(from, end, func(st flight.State) {
+		sums.Add(st, prev)
+		prev = st.Carried()
+	})
+	sums.Add(end, prev)
+	sums.Take(tl)
 	for _, l := range append(losses, counted...) {
 		tl.AddLoss(l)
 	}

@@ -262,8 +262,14 @@ func (a *agent) loop(ctx context.Context, first flight.State, windows chan<- *ti
 	tick := time.NewTicker(a.opts.Tick)
 	defer tick.Stop()
 	began := time.Now()
-	winStart, lastState := first, first
-	var between []flight.State // the states taken since winStart, lastState last
+	// What is held of the window's checkpoints: the state at its start
+	// (no sums: its histograms and loss counters), the latest state (the
+	// sums the next difference needs, flight.State.Carried) and the
+	// window's sums counted along its checkpoints (bounded,
+	// flight.WindowSums).
+	winStart, lastState := first.WithoutSums(), first.Carried()
+	var sums flight.WindowSums
+	var folded timeline.Timeline // the losses of the windows' sums so far (flight.FoldedLoss)
 	nextWindow := a.opts.Window
 	for {
 		select {
@@ -284,12 +290,13 @@ func (a *agent) loop(ctx context.Context, first flight.State, windows chan<- *ti
 		// A window ends at the tick nearest its length.
 		windowDue := time.Since(began) >= nextWindow-a.opts.Tick/2
 		if windowDue || now.Sub(lastState.At) >= a.opts.CheckpointEvery-a.opts.Tick/2 {
-			lastState = a.state(now, true)
-			a.rec.AddState(lastState)
-			between = append(between, lastState)
+			st := a.state(now, true)
+			a.rec.AddState(st)
+			sums.Add(st, lastState)
+			lastState = st.Carried()
 			a.m.SetHistograms(a.filterDevices(lastState.Devices))
 		}
-		a.m.SetLosses(a.totalLosses(lastState))
+		a.m.SetLosses(a.totalLosses(lastState, folded.Losses, sums.Losses()))
 		a.m.SetFlight(a.rec.Stats())
 		a.mu.Lock()
 		a.lastTick = time.Now()
@@ -298,8 +305,11 @@ func (a *agent) loop(ctx context.Context, first flight.State, windows chan<- *ti
 			continue
 		}
 		nextWindow += a.opts.Window
-		tl := a.rec.Window(winStart, lastState, between[:len(between)-1]...)
-		winStart, between = lastState, nil
+		tl := a.rec.Events(winStart, lastState)
+		for _, l := range sums.Take(tl) {
+			folded.AddLoss(l)
+		}
+		winStart = lastState.WithoutSums()
 		a.fill(tl)
 		select {
 		case windows <- tl:
@@ -312,7 +322,7 @@ func (a *agent) loop(ctx context.Context, first flight.State, windows chan<- *ti
 
 // state reads the probes' counters: their cumulative histograms and loss
 // counters. With prune (the states the flight recorder keeps, each of
-// them: a window's sums are counted along them, flight.AddSumsChain), the
+// them: a window's sums are counted along them, flight.WindowSums), the
 // sums of the processes that had exited by then are removed from the
 // probes once read, so that their maps do not fill over a long run.
 func (a *agent) state(at event.Mono, prune bool) flight.State {
@@ -360,14 +370,20 @@ func (s *stateSink) Histogram(kind timeline.HistKind, dev event.Device, h *hist.
 }
 
 // totalLosses are every loss so far: those the recorder was told of or
-// counted, and the probes' counters of the latest state.
-func (a *agent) totalLosses(st flight.State) []event.Loss {
+// counted, the probes' counters of the latest state, and those of the
+// windows' sums (more: their bound, flight.WindowSums).
+func (a *agent) totalLosses(st flight.State, more ...[]event.Loss) []event.Loss {
 	var t timeline.Timeline
 	for _, l := range a.rec.Totals() {
 		t.AddLoss(l)
 	}
 	for _, l := range st.Losses {
 		t.AddLoss(l)
+	}
+	for _, ls := range more {
+		for _, l := range ls {
+			t.AddLoss(l)
+		}
 	}
 	return t.Losses
 }

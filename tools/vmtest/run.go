@@ -1,6 +1,7 @@
 package vmtest
 
 import (
+	"cmp"
 	"compress/gzip"
 	"context"
 	"fmt"
@@ -22,6 +23,10 @@ type Config struct {
 	Console io.Writer     // the guests' consoles, or nil
 	Log     func(format string, args ...any)
 	Select  Selection
+	// CPUs is the guests' vCPUs; 0 means 2. Under TCG each vCPU can take
+	// a host CPU: one leaves the other free on a shared 2-CPU host (a long
+	// benchmark).
+	CPUs int
 }
 
 // KernelResult is one kernel's run.
@@ -258,7 +263,7 @@ func (c *Config) RunKernel(ctx context.Context, k Kernel, bins map[string]string
 	}
 	results := filepath.Join(work, "results.img")
 	m := Machine{
-		Kernel: u.Vmlinuz, Initrd: initrd, CPUs: 2, MemMiB: 3072,
+		Kernel: u.Vmlinuz, Initrd: initrd, CPUs: cmp.Or(c.CPUs, 2), MemMiB: 3072,
 		Timeout: c.Timeout, Console: c.Console,
 		Disks: []Disk{
 			// The story's bcache: a slow "HDD" as backing device and a

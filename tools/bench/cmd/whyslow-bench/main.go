@@ -377,7 +377,7 @@ func neededPrograms(o options, selected []tool) []string {
 			}
 		}
 	}
-	if o.sections["io"] || o.sections["storm"] {
+	if o.sections["io"] || o.sections["storm"] || o.sections["serve"] {
 		add("fio")
 		if o.device == "" {
 			add("losetup")

@@ -26,12 +26,17 @@ type ServeResult struct {
 	PeakRSSMiB      float64     `json:"peak_rss_mib"`
 	// FlightMiB is the most the flight recorder said it held
 	// (whyslow_flight_recorder_bytes).
-	FlightMiB  float64 `json:"flight_recorder_mib"`
-	Windows    float64 `json:"windows"`
-	Skipped    float64 `json:"windows_skipped"`
-	LostEvents float64 `json:"lost_events"`
-	Traces     int     `json:"traces_dumped"`
-	CPUSeconds float64 `json:"cpu_seconds"`
+	FlightMiB float64 `json:"flight_recorder_mib"`
+	// Flight is what the flight recorder held over the run.
+	Flight     []RSSSample `json:"flight_recorder_mib_over_time,omitempty"`
+	Windows    float64     `json:"windows"`
+	Skipped    float64     `json:"windows_skipped"`
+	LostEvents float64     `json:"lost_events"`
+	// Losses are whyslow_lost_events_total by probe and reason, as last
+	// scraped.
+	Losses     map[string]float64 `json:"losses,omitempty"`
+	Traces     int                `json:"traces_dumped"`
+	CPUSeconds float64            `json:"cpu_seconds"`
 }
 
 // serveFlightMemory is the --flight-recorder-memory of the benchmark.
@@ -67,18 +72,36 @@ func (b *bench) serve() error {
 	}
 	base := "http://" + addr
 	t0 := time.Now()
-	lastTrace := t0
+	lastTrace, lastLog := t0, t0
 	for time.Since(t0) < d+time.Second {
 		time.Sleep(10 * time.Second)
-		res.RSSMiB = append(res.RSSMiB, RSSSample{At: time.Since(t0).Seconds(), MiB: float64(statusKB(p.pid(), "VmRSS")) / (1 << 20)})
-		m, err := scrape(base + "/metrics")
+		at := time.Since(t0).Seconds()
+		rss := float64(statusKB(p.pid(), "VmRSS")) / (1 << 20)
+		res.RSSMiB = append(res.RSSMiB, RSSSample{At: at, MiB: rss})
+		m, series, err := scrape(base + "/metrics")
 		if err != nil {
 			b.logf("serve: /metrics: %v", err)
 			continue
 		}
-		res.FlightMiB = max(res.FlightMiB, m["whyslow_flight_recorder_bytes"]/(1<<20))
+		flight := m["whyslow_flight_recorder_bytes"] / (1 << 20)
+		res.Flight = append(res.Flight, RSSSample{At: at, MiB: flight})
+		res.FlightMiB = max(res.FlightMiB, flight)
 		res.Windows, res.Skipped = m["whyslow_windows_total"], m["whyslow_windows_skipped_total"]
 		res.LostEvents = m["whyslow_lost_events_total"]
+		res.Losses = map[string]float64{}
+		for name, v := range series {
+			if strings.HasPrefix(name, "whyslow_lost_events_total{") {
+				res.Losses[strings.TrimPrefix(name, "whyslow_lost_events_total")] = v
+			}
+		}
+		// A long run says how it goes, for whoever watches its log (a
+		// guest's console).
+		if time.Since(lastLog) >= time.Minute {
+			lastLog = time.Now()
+			b.logf("serve: %.0f s: RSS %.0f MiB, flight recorder %.1f MiB, %.0f windows (%.0f skipped), %.0f events lost, %.1f s of CPU, peak RSS %.0f MiB",
+				at, rss, flight, res.Windows, res.Skipped, res.LostEvents, m["process_cpu_seconds_total"],
+				float64(statusKB(p.pid(), "VmHWM"))/(1<<20))
+		}
 		if time.Since(lastTrace) >= time.Minute {
 			lastTrace = time.Now()
 			if err := drain(base + "/trace?seconds=60"); err != nil {
@@ -119,18 +142,18 @@ func last(s []RSSSample) float64 {
 	return s[len(s)-1].MiB
 }
 
-// scrape reads a Prometheus text exposition and sums the samples of each
-// metric name (over its labels).
-func scrape(url string) (map[string]float64, error) {
+// scrape reads a Prometheus text exposition: the samples of each metric
+// name summed over its labels, and each series (name and labels) alone.
+func scrape(url string) (sums, series map[string]float64, err error) {
 	resp, err := http.Get(url)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != 200 {
-		return nil, fmt.Errorf("HTTP %d", resp.StatusCode)
+		return nil, nil, fmt.Errorf("HTTP %d", resp.StatusCode)
 	}
-	out := map[string]float64{}
+	sums, series = map[string]float64{}, map[string]float64{}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
@@ -142,16 +165,17 @@ func scrape(url string) (map[string]float64, error) {
 		if i < 0 {
 			continue
 		}
-		name := line[:i]
+		full, name := line[:i], line[:i]
 		if j := strings.IndexByte(name, '{'); j >= 0 {
 			name = name[:j]
 		}
 		v, err := strconv.ParseFloat(line[i+1:], 64)
 		if err == nil {
-			out[name] += v
+			sums[name] += v
+			series[full] += v
 		}
 	}
-	return out, sc.Err()
+	return sums, series, sc.Err()
 }
 
 // drain fetches url and discards the body.

@@ -32,6 +32,7 @@ func run() int {
 	probesRun := flag.String("probes-run", "", "only the probes tests matching this regexp (-test.run)")
 	e2eRun := flag.String("e2e-run", "", "only the end-to-end tests matching this regexp (default: the matrix's own)")
 	bench := flag.String("bench", "", "run the benchmark driver in each guest with these arguments instead of the tests (make bench-vm)")
+	cpus := flag.Int("cpus", 2, "vCPUs of each guest (under TCG each can take a host CPU)")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "vmtest: unexpected argument %q\n", flag.Arg(0))
@@ -40,6 +41,10 @@ func run() int {
 	ks, err := vmtest.Select(strings.Split(*kernels, ","))
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "vmtest: -kernel: %v\n", err)
+		return 2
+	}
+	if *cpus < 1 {
+		fmt.Fprintf(os.Stderr, "vmtest: -cpus %d must be at least 1\n", *cpus)
 		return 2
 	}
 	if *timeout <= 0 {
@@ -58,7 +63,7 @@ func run() int {
 		return 1
 	}
 	c := &vmtest.Config{
-		Repo: repo, Cache: *cache, Out: *out, Timeout: *timeout, Log: logf,
+		Repo: repo, Cache: *cache, Out: *out, Timeout: *timeout, Log: logf, CPUs: *cpus,
 		Select: vmtest.Selection{ProbesRun: *probesRun, E2ERun: *e2eRun, Bench: *bench},
 		Fetcher: &vmtest.Fetcher{
 			Cache: *cache, Mirror: *mirror, Keyring: "/usr/share/keyrings/debian-archive-keyring.gpg",
