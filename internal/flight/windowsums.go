@@ -68,6 +68,12 @@ type WindowSums struct {
 	exited map[uint32]bool   // processes whose syscall sums were pruned
 	exitIO map[uint32]bool   // processes whose I/O sums were pruned
 	rep    map[string]uint32 // by command: the process exited ones fold into
+
+	// The calls still in the kernel at the latest state added, and the
+	// time of the state the first Add started from (unfinishedIn cuts
+	// them to the stretch).
+	began  event.Mono
+	latest State
 }
 
 // Add counts the sums of now less those of before, the state taken right
@@ -78,7 +84,9 @@ func (w *WindowSums) Add(now, before State) {
 	mergeAllSums(&w.sums, &d)
 	if w.exited == nil {
 		w.exited, w.exitIO = map[uint32]bool{}, map[uint32]bool{}
+		w.began = before.At
 	}
+	w.latest = State{At: now.At, Unfinished: now.Unfinished}
 	for _, p := range now.Pruned {
 		w.exited[p] = true
 	}
@@ -104,11 +112,16 @@ func (w *WindowSums) Bytes() int64 {
 // DroppedSumsLoss).
 func (w *WindowSums) Losses() []event.Loss { return slices.Clone(w.sums.Losses) }
 
-// Take sets the sums of tl to those accumulated, adds the fold's losses
-// (and returns them), and empties w for the next stretch.
+// Take sets the sums of tl to those accumulated and the calls still in
+// the kernel at the latest state added (cut to the stretch, as AddSums
+// gives them), adds the fold's losses (and returns them), and empties w
+// for the next stretch.
 func (w *WindowSums) Take(tl *timeline.Timeline) []event.Loss {
 	tl.SyscallStats, tl.BlockedStacks, tl.MemStalls = w.sums.SyscallStats, w.sums.BlockedStacks, w.sums.MemStalls
 	tl.Requeues, tl.IOUsage = w.sums.Requeues, w.sums.IOUsage
+	if w.exited != nil {
+		tl.UnfinishedCalls = unfinishedIn(w.latest, State{At: w.began})
+	}
 	losses := w.sums.Losses
 	for _, l := range losses {
 		tl.AddLoss(l)

@@ -2,6 +2,7 @@ package flight
 
 import (
 	"fmt"
+	"reflect"
 	"testing"
 	"time"
 
@@ -228,5 +229,37 @@ func TestWindowSumsFoldsIOUsage(t *testing.T) {
 	}
 	if lossOf(&tl, event.ProbeSubmit, FoldedLoss) == 0 {
 		t.Errorf("no fold counted for the submit probe: %+v", tl.Losses)
+	}
+}
+
+// A window counted checkpoint by checkpoint (serve's windows, /trace)
+// has the calls still in the kernel at its last checkpoint, cut to the
+// window as a window counted along its chain has them (AddSumsChain): a
+// call begun before the window counts from the window's start.
+func TestWindowSumsUnfinished(t *testing.T) {
+	loop := event.Device{Major: 7, Minor: 0, Name: "loop0"}
+	hung := func(at event.Mono) event.UnfinishedCall {
+		return event.UnfinishedCall{Time: at, Start: 5, Task: event.Task{Pid: 2, Tgid: 2}, Call: "pread64", Dev: loop,
+			InCall: time.Duration(at - 5), Asleep: time.Duration(at - 6)}
+	}
+	chain := []State{{At: 10, Unfinished: []event.UnfinishedCall{hung(10)}}, {At: 20, Unfinished: []event.UnfinishedCall{hung(20)}},
+		{At: 30, Unfinished: []event.UnfinishedCall{hung(30)}}}
+	var w WindowSums
+	for i := 1; i < len(chain); i++ {
+		w.Add(chain[i], chain[i-1])
+	}
+	var got, want timeline.Timeline
+	w.Take(&got)
+	AddSumsChain(&want, chain)
+	if len(got.UnfinishedCalls) != 1 || !reflect.DeepEqual(got.UnfinishedCalls, want.UnfinishedCalls) {
+		t.Fatalf("window's unfinished calls %+v, want %+v", got.UnfinishedCalls, want.UnfinishedCalls)
+	}
+	if u := got.UnfinishedCalls[0]; u.Start != 10 || u.InCall != 20 {
+		t.Errorf("the hung call counts from %d for %d, want from the window's start 10 for 20", u.Start, u.InCall)
+	}
+	var next timeline.Timeline
+	w.Take(&next)
+	if len(next.UnfinishedCalls) != 0 {
+		t.Errorf("an empty stretch after Take has unfinished calls %+v", next.UnfinishedCalls)
 	}
 }
