@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/whyslow/whyslow/internal/event"
 	"github.com/whyslow/whyslow/internal/symbolize"
 )
@@ -86,16 +88,26 @@ func (r *syscallRunning) hungSince(now event.Mono, seen map[uint32]bool) []event
 
 // taskState reads a thread's name and state letter from its stat.
 func taskState(tdir string) (comm string, state byte) {
-	b, err := os.ReadFile(filepath.Join(tdir, "stat"))
-	if err != nil {
+	comm, f, ok := readStat(filepath.Join(tdir, "stat"))
+	if !ok || len(f) == 0 || f[0] == "" {
 		return "", 0
+	}
+	return comm, f[0][0]
+}
+
+// readStat reads a /proc stat file: the name between its parentheses and
+// the fields after them, the state first.
+func readStat(path string) (comm string, fields []string, ok bool) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", nil, false
 	}
 	s := string(b)
 	open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
-	if open < 0 || end < open || end+2 >= len(s) {
-		return "", 0
+	if open < 0 || end < open {
+		return "", nil, false
 	}
-	return s[open+1 : end], s[end+2]
+	return s[open+1 : end], strings.Fields(s[end+1:]), true
 }
 
 // taskSyscall reads the system call a blocked thread is in, and its first
@@ -144,7 +156,7 @@ func (r *syscallRunning) callDevFromProc(tgid int, nr uint32, args [3]uint64) (e
 	default:
 		return event.Device{}, false
 	}
-	major, minor := uint32((dev>>8)&0xfff|(dev>>32)&^0xfff), uint32(dev&0xff|(dev>>12)&^0xff)
+	major, minor := unix.Major(dev), unix.Minor(dev)
 	if major == 0 {
 		return event.Device{}, false // no block device under it (tmpfs, proc, ...)
 	}

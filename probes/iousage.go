@@ -5,12 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -451,18 +449,9 @@ func isKthread(procfs string, pid uint32) bool {
 	if procfs == "" {
 		procfs = "/proc"
 	}
-	b, err := os.ReadFile(filepath.Join(procfs, strconv.FormatUint(uint64(pid), 10), "stat"))
-	if err != nil {
-		return false
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return false
-	}
+	_, f, ok := readStat(filepath.Join(procfs, strconv.FormatUint(uint64(pid), 10), "stat"))
 	// After "(comm)": state ppid pgrp session tty_nr tpgid flags.
-	f := strings.Fields(s[i+1:])
-	if len(f) < 7 {
+	if !ok || len(f) < 7 {
 		return false
 	}
 	flags, err := strconv.ParseUint(f[6], 10, 64)
