@@ -121,20 +121,15 @@ func AddSumsChain(tl *timeline.Timeline, chain []State) {
 func mergeAllSums(tl, d *timeline.Timeline) {
 	tl.SyscallStats = mergeSums(tl.SyscallStats, d.SyscallStats, statsKeyOf, func(a, b *event.SyscallStats) {
 		a.Time, a.Comm = b.Time, b.Comm
-		a.Latency.Merge(&b.Latency)
-		a.Sleep += b.Sleep
-		a.Runqueue += b.Runqueue
+		addStatsCounts(a, b)
 	})
 	tl.BlockedStacks = mergeSums(tl.BlockedStacks, d.BlockedStacks, blockedKeyOf, func(a, b *event.BlockedStack) {
 		a.Time, a.Comm = b.Time, b.Comm
-		a.Total += b.Total
-		a.Count += b.Count
+		addBlockedCounts(a, b)
 	})
 	tl.MemStalls = mergeSums(tl.MemStalls, d.MemStalls, memStallKeyOf, func(a, b *event.MemStall) {
 		a.Time, a.Comm = b.Time, b.Comm
-		a.Total += b.Total
-		a.Count += b.Count
-		a.Max = max(a.Max, b.Max)
+		addMemStallCounts(a, b)
 	})
 	tl.Requeues = mergeSums(tl.Requeues, d.Requeues, requeuesKeyOf,
 		func(a, b *event.Requeues) {
@@ -144,11 +139,35 @@ func mergeAllSums(tl, d *timeline.Timeline) {
 		})
 	tl.IOUsage = mergeSums(tl.IOUsage, d.IOUsage, ioUsageKeyOf, func(a, b *event.IOUsage) {
 		a.Time = b.Time
-		a.IOs += b.IOs
-		a.Requests += b.Requests
-		a.Bytes += b.Bytes
-		a.InFlight += b.InFlight
+		addIOUsageCounts(a, b)
 	})
+}
+
+// The counts of two sums of one key added, by stream (their time and name
+// are the caller's to choose).
+
+func addStatsCounts(a, b *event.SyscallStats) {
+	a.Latency.Merge(&b.Latency)
+	a.Sleep += b.Sleep
+	a.Runqueue += b.Runqueue
+}
+
+func addBlockedCounts(a, b *event.BlockedStack) {
+	a.Total += b.Total
+	a.Count += b.Count
+}
+
+func addMemStallCounts(a, b *event.MemStall) {
+	a.Total += b.Total
+	a.Count += b.Count
+	a.Max = max(a.Max, b.Max)
+}
+
+func addIOUsageCounts(a, b *event.IOUsage) {
+	a.IOs += b.IOs
+	a.Requests += b.Requests
+	a.Bytes += b.Bytes
+	a.InFlight += b.InFlight
 }
 
 // mergeSums adds the sums of more to those of sums by key (add), in the

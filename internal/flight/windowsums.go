@@ -250,28 +250,20 @@ func dropSums[E any](sums []E, max int, gone func(*E) bool) ([]E, int) {
 
 func addStats(a, b *event.SyscallStats) {
 	a.Time = max(a.Time, b.Time)
-	a.Latency.Merge(&b.Latency)
-	a.Sleep += b.Sleep
-	a.Runqueue += b.Runqueue
+	addStatsCounts(a, b)
 }
 
 func addBlockedStack(a, b *event.BlockedStack) {
 	a.Time = max(a.Time, b.Time)
-	a.Total += b.Total
-	a.Count += b.Count
+	addBlockedCounts(a, b)
 }
 
 func addMemStallSum(a, b *event.MemStall) {
 	a.Time = max(a.Time, b.Time)
-	a.Total += b.Total
-	a.Count += b.Count
-	a.Max = max(a.Max, b.Max)
+	addMemStallCounts(a, b)
 }
 
 func addIOUsage(a, b *event.IOUsage) {
 	a.Time = max(a.Time, b.Time)
-	a.IOs += b.IOs
-	a.Requests += b.Requests
-	a.Bytes += b.Bytes
-	a.InFlight += b.InFlight
+	addIOUsageCounts(a, b)
 }
