@@ -61,6 +61,9 @@ func TestFindingsGolden(t *testing.T) {
 		// no unexplained-latency.
 		{"testdata/golden_device_saturated.txt", newScenario().serve(loop0, 8000, msd(4.5), msd(0.005)).
 			syncJob(fio, "/", loop0, 2000, 9).syncJob(fio2, "/", loop0, 2000, 9)},
+		// A v1 read limit holds one read past the run: it is held, not
+		// running at a multiple of the limit.
+		{"testdata/golden_cgroup_throttle_held.txt", newScenario().fast(loop0).heldRead(loop0)},
 		{"testdata/golden_unexplained_partly.txt", newScenario().fast(loop0).commits(loop0, 50, 30).
 			calls(archiver, "/", loop0, "pwrite64", 40, 50, callLock, callOther).calls(archiver, "/", loop0, "fdatasync", 40, 10, callJournal)},
 	}
