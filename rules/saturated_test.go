@@ -37,6 +37,12 @@ func TestDeviceSaturated(t *testing.T) {
 		{"one sync job, one request at a time", newScenario().serve(loop0, 4000, msd(4.8), msd(0.005)).
 			syncJob(fio, "/", loop0, 2000, 9),
 			[]string{"device-saturated"}},
+		// The story's chain freezes the busy device's queue: the cause
+		// found ranks first, the device at its capacity after it (an
+		// info names no fault), whatever their scores.
+		{"a freeze chain on the busy device too", newScenario().serve(loop0, 8000, msd(4.5), msd(0.005)).
+			syncJob(fio, "/", loop0, 2000, 9).syncJob(fio2, "/", loop0, 2000, 9).udevChain(loop0),
+			[]string{"queue-freeze-stall", "device-saturated"}},
 		{"control: a slow device", newScenario().serve(loop0, 500, msd(45), msd(0.005)).
 			syncJob(fio, "/", loop0, 400, 45),
 			[]string{"slow-device"}},
@@ -60,23 +66,23 @@ func TestDeviceSaturated(t *testing.T) {
 			if got := rulesOf(fs); !slices.Equal(got, tt.rules) {
 				t.Fatalf("findings %v, want %v", got, tt.rules)
 			}
-			top := fs[0]
-			if top.Rule != "device-saturated" {
+			sat := fs[len(fs)-1]
+			if sat.Rule != "device-saturated" {
 				return
 			}
-			if top.Severity != "info" {
-				t.Errorf("severity %s, want info", top.Severity)
+			if sat.Severity != "info" {
+				t.Errorf("severity %s, want info", sat.Severity)
 			}
-			if !strings.Contains(top.Title, "loop0") || !strings.Contains(top.Title, "fio") {
-				t.Errorf("title %q names not the device and the process", top.Title)
+			if !strings.Contains(sat.Title, "loop0") || !strings.Contains(sat.Title, "fio") {
+				t.Errorf("title %q names not the device and the process", sat.Title)
 			}
-			for _, p := range top.Processes {
+			for _, p := range sat.Processes {
 				if p.Comm != "fio" || p.Part != "victim" {
 					t.Errorf("process %s %s, want fio as victim", p.Comm, p.Part)
 				}
 			}
 			ev := map[string]any{}
-			for _, e := range top.Evidence {
+			for _, e := range sat.Evidence {
 				ev[e.Name] = e.Value
 			}
 			if in, _ := ev["in_service"].(float64); in < 0.9 {
