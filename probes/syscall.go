@@ -626,11 +626,12 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 	if err := symbolize.KernelAddressesVisible(procfs); err != nil {
 		r.note += "; kernel stacks not symbolized: " + err.Error()
 	}
+	// kallsyms, for the stacks only, once every probe has started.
 	r.ksymsReady = make(chan struct{})
-	go func() {
+	cfg.afterStart(func() {
 		defer close(r.ksymsReady)
 		r.ksyms, _ = symbolize.LoadKernel(procfs)
-	}()
+	})
 	r.readAll(r.sink, event.ProbeSyscall, r.handle)
 	go r.drainLoop()
 	return r, nil
