@@ -455,7 +455,7 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 	helper := func(fn asm.BuiltinFunc) bool { return features.HaveProgramHelper(progType, fn) == nil }
 	// Task storage (5.11+) where the syscall programs can reach it too
 	// (tp_btf: always; tracepoint programs: 6.x), else the LRU hash by tid.
-	taskStorage := features.HaveMapType(ebpf.TaskStorage) == nil &&
+	taskStorage := haveTaskStorage(kernel) &&
 		(mech == event.MechTPBTF || helper(asm.FnTaskStorageGet) && helper(asm.FnGetCurrentTaskBtf))
 	btfTask := helper(asm.FnGetCurrentTaskBtf)
 	findVMA := helper(asm.FnFindVma) && btfTask
