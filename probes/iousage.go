@@ -110,7 +110,8 @@ type ioUseSums struct {
 	over uint64
 }
 
-// newIOUseSums creates a table of spec and puts it in outer.
+// newIOUseSums creates a table of spec and puts it in outer, which close
+// closes (the caller's, on error).
 func newIOUseSums(outer *ebpf.Map, spec *ebpf.MapSpec) (*ioUseSums, error) {
 	u := &ioUseSums{outer: outer, spec: spec, sums: map[ioUseKey]*submitIoUse{}}
 	cur, err := ebpf.NewMap(spec)
@@ -239,11 +240,11 @@ func (u *ioUseSums) prune(gone func(tgid uint32) bool) []uint32 {
 	return out
 }
 
-// close frees the tables.
+// close frees the tables and closes outer.
 func (u *ioUseSums) close() {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	for _, m := range []**ebpf.Map{&u.cur, &u.spare} {
+	for _, m := range []**ebpf.Map{&u.cur, &u.spare, &u.outer} {
 		if *m != nil {
 			(*m).Close()
 			*m = nil
