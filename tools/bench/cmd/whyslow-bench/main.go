@@ -197,6 +197,7 @@ func run(o options) error {
 		}
 		defer cleanup()
 	}
+	var sectionErr error
 	for _, s := range allSections {
 		if !o.sections[s] {
 			continue
@@ -218,7 +219,16 @@ func run(o options) error {
 			err = b.serve()
 		}
 		if err != nil {
-			return fmt.Errorf("%s: %w", s, err)
+			// What the section measured before it failed is written (a
+			// serve of an hour whose stop fails keeps its hour); the run
+			// still fails.
+			failed := fmt.Errorf("%s: %w", s, err)
+			if b.res.Serve == nil || s != "serve" {
+				return failed
+			}
+			b.logf("%v (its results are written all the same)", failed)
+			sectionErr = failed
+			break
 		}
 	}
 	b.res.Took = time.Since(start).Round(time.Second).String()
@@ -257,7 +267,10 @@ func run(o options) error {
 			return err
 		}
 	}
-	return writeMarkdown(o.out, b.res)
+	if err := writeMarkdown(o.out, b.res); err != nil {
+		return err
+	}
+	return sectionErr
 }
 
 func (b *bench) logf(format string, a ...any) {
