@@ -60,6 +60,9 @@ type options struct {
 	// vmResults renders the guests' results of `make bench-vm` (one
 	// directory per kernel below it) into out, and nothing else.
 	vmResults string
+	// vmServeResults renders the result of `make bench-vm-serve` (its
+	// guest's bench.json) into out, and nothing else.
+	vmServeResults string
 }
 
 var allSections = []string{"analysis", "startup", "sched", "io", "storm", "serve"}
@@ -87,6 +90,7 @@ func main() {
 	configs := flag.String("configs", "none,whyslow,libbpf-tools,bpftrace", "io: the configurations compared (none must be first)")
 	flag.StringVar(&o.fio, "fio", "", "io: this fio configuration, engine,iodepth,numjobs (e.g. libaio,32,2), instead of the fastest of a calibration")
 	flag.StringVar(&o.vmResults, "vm-results", "", "render the results of make bench-vm kept in this directory (<kernel>.json each) into -out, and exit")
+	flag.StringVar(&o.vmServeResults, "vm-serve-results", "", "render the serve run of make bench-vm-serve kept in this file (its guest's bench.json) into -out, and exit")
 	flag.Parse()
 	o.configs = strings.Split(*configs, ",")
 	o.sections = map[string]bool{}
@@ -140,6 +144,9 @@ type bench struct {
 func run(o options) error {
 	if o.vmResults != "" {
 		return writeVMResults(o.vmResults, o.out)
+	}
+	if o.vmServeResults != "" {
+		return writeVMServeResults(o.vmServeResults, o.out)
 	}
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("needs root (BPF, loop devices, sysctl): run it with sudo, or `sudo make bench`")

@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -22,6 +23,8 @@ type ServeResult struct {
 	Seconds         float64     `json:"seconds"`
 	Window          string      `json:"window"`
 	FlightMemoryMiB float64     `json:"flight_memory_mib"`
+	TargetUevents   int         `json:"target_uevents_per_s,omitempty"`
+	TargetExecs     int         `json:"target_execs_per_s,omitempty"`
 	Uevents         float64     `json:"uevents_per_s"`
 	Execs           float64     `json:"execs_per_s"`
 	IOPS            float64     `json:"iops"`
@@ -73,7 +76,8 @@ func (b *bench) serve() error {
 		return err
 	}
 	d := b.o.serveTime
-	res := &ServeResult{Seconds: d.Seconds(), Window: "10s", FlightMemoryMiB: serveFlightMemory}
+	res := &ServeResult{Seconds: d.Seconds(), Window: "10s", FlightMemoryMiB: serveFlightMemory,
+		TargetUevents: b.o.uevents, TargetExecs: b.o.execs}
 	load, err := b.startStormLoad(d)
 	if err != nil {
 		stopAll([]*proc{p})
@@ -85,6 +89,9 @@ func (b *bench) serve() error {
 	base := "http://" + addr
 	t0 := time.Now()
 	lastTrace, lastLog := t0, t0
+	var dumping atomic.Bool
+	var traces atomic.Int64
+	var dumps sync.WaitGroup
 	for time.Since(t0) < d+time.Second {
 		time.Sleep(10 * time.Second)
 		now := time.Since(t0).Seconds()
@@ -114,15 +121,26 @@ func (b *bench) serve() error {
 				now, rss, flight, res.Windows, res.Skipped, res.LostEvents, m["process_cpu_seconds_total"],
 				float64(statusKB(p.pid(), "VmHWM"))/(1<<20))
 		}
-		if time.Since(lastTrace) >= time.Minute {
+		// A dump runs beside the sampling (one at a time: under TCG one
+		// takes a minute or more, and the RSS while it is written is part
+		// of what is measured).
+		if time.Since(lastTrace) >= time.Minute && !dumping.Load() {
 			lastTrace = time.Now()
-			if err := drain(base + "/trace?seconds=60"); err != nil {
-				b.logf("serve: /trace: %v", err)
-			} else {
-				res.Traces++
-			}
+			dumping.Store(true)
+			dumps.Add(1)
+			go func() {
+				defer dumps.Done()
+				defer dumping.Store(false)
+				if err := drain(base + "/trace?seconds=60"); err != nil {
+					b.logf("serve: /trace: %v", err)
+				} else {
+					traces.Add(1)
+				}
+			}()
 		}
 	}
+	dumps.Wait() // bounded by traceClient's timeout
+	res.Traces = int(traces.Load())
 	// Each stop step is bounded and named on the log, so that a stop that
 	// does not end says which step it is in; the results are kept whatever
 	// fails (b.res.Serve is set before any error return).
