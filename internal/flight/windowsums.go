@@ -158,6 +158,8 @@ func (w *WindowSums) bound() {
 		t.MemStalls, k = dropSums(t.MemStalls, b.MemStalls, func(s *event.MemStall) bool { return gone(s.Pid) })
 		n += uint64(k)
 		w.lose(event.ProbeSyscall, DroppedSumsLoss, n)
+		w.exited = keepHeld(w.exited, w.syscallPids())
+		w.forgetReps()
 	}
 	if len(t.IOUsage) > b.IOUsage {
 		goneIO := func(pid uint32) bool { return w.exitIO[pid] }
@@ -167,6 +169,62 @@ func (w *WindowSums) bound() {
 		w.lose(event.ProbeSubmit, FoldedLoss, uint64(k))
 		t.IOUsage, k = dropSums(t.IOUsage, b.IOUsage, func(u *event.IOUsage) bool { return goneIO(u.Task.Tgid) })
 		w.lose(event.ProbeSubmit, DroppedSumsLoss, uint64(k))
+		w.exitIO = keepHeld(w.exitIO, w.ioPids())
+		w.forgetReps()
+	}
+}
+
+// After a fold or a drop, the exited processes and the commands'
+// representatives whose sums are no longer held are forgotten: they are
+// in no sum (folded under another process id, or dropped), and the maps
+// would otherwise grow with every process of the window, beyond the
+// bound of its sums. A later sum of a forgotten process (a late
+// completion counted anew) is marked exited again by the state that
+// removes it.
+
+func (w *WindowSums) syscallPids() map[uint32]bool {
+	t := &w.sums
+	pids := make(map[uint32]bool, len(t.SyscallStats))
+	for i := range t.SyscallStats {
+		pids[t.SyscallStats[i].Pid] = true
+	}
+	for i := range t.BlockedStacks {
+		pids[t.BlockedStacks[i].Pid] = true
+	}
+	for i := range t.MemStalls {
+		pids[t.MemStalls[i].Pid] = true
+	}
+	return pids
+}
+
+func (w *WindowSums) ioPids() map[uint32]bool {
+	pids := make(map[uint32]bool, len(w.sums.IOUsage))
+	for i := range w.sums.IOUsage {
+		pids[w.sums.IOUsage[i].Task.Tgid] = true
+	}
+	return pids
+}
+
+// keepHeld returns the pids of set that are in held.
+func keepHeld(set, held map[uint32]bool) map[uint32]bool {
+	for pid := range set {
+		if !held[pid] {
+			delete(set, pid)
+		}
+	}
+	return set
+}
+
+// forgetReps forgets the representatives whose sums were all dropped.
+func (w *WindowSums) forgetReps() {
+	if len(w.rep) == 0 {
+		return
+	}
+	sys, io := w.syscallPids(), w.ioPids()
+	for comm, pid := range w.rep {
+		if !sys[pid] && !io[pid] {
+			delete(w.rep, comm)
+		}
 	}
 }
 

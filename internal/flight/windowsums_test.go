@@ -160,9 +160,16 @@ func TestWindowSumsDropsBeyondFolding(t *testing.T) {
 	states := exitStorm(3, 20, 1000, func(i int) string { return fmt.Sprintf("job-%d", i) })
 	ws := WindowSums{Bound: SumsBound{Stats: 500, Blocked: 500, MemStalls: 500, IOUsage: 500}}
 	prev := states[0].Carried()
-	for _, st := range states[1:] {
+	for i, st := range states[1:] {
 		ws.Add(st, prev)
 		prev = st.Carried()
+		// What the window remembers of its exited processes and of the
+		// commands they fold under is bounded with their sums: at most
+		// one per process whose sums are held.
+		if n, m := len(ws.exited), len(ws.rep); n > 1500 || m > 1500 {
+			t.Errorf("checkpoint %d: %d exited processes and %d commands remembered for %d sums held, want at most one per process held",
+				i+1, n, m, ws.Len())
+		}
 	}
 	var whole timeline.Timeline
 	AddSumsChain(&whole, states)

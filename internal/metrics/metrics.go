@@ -62,6 +62,9 @@ type Metrics struct {
 	windowEnd   time.Time
 	windowDur   time.Duration
 	flight      flight.Stats
+	// The sums of the window being counted: how many, their memory.
+	windowSums      int
+	windowSumsBytes int64
 }
 
 type findingKey struct{ rule, severity, device string }
@@ -233,6 +236,14 @@ func (m *Metrics) SetFlight(st flight.Stats) {
 	m.mu.Unlock()
 }
 
+// SetWindowSums records the sums held for the window being counted
+// (flight.WindowSums: how many, and their estimated memory).
+func (m *Metrics) SetWindowSums(n int, bytes int64) {
+	m.mu.Lock()
+	m.windowSums, m.windowSumsBytes = n, bytes
+	m.mu.Unlock()
+}
+
 // label makes a value from a rule file or the host printable: a control
 // character or invalid UTF-8 cannot reach a scrape.
 func label(v string) string { return strings.ToValidUTF8(escape.String(v), "\uFFFD") }
@@ -285,6 +296,10 @@ var (
 		"How much of the recent run the flight recorder holds.", nil, nil)
 	descFlightEvents = prometheus.NewDesc("whyslow_flight_recorder_events",
 		"Events the flight recorder holds.", nil, nil)
+	descWindowSums = prometheus.NewDesc("whyslow_window_sums",
+		"Sums (process x device x call histograms, blocked stacks, memory stalls, processes' I/O) held for the window being counted, as of the latest checkpoint; exited processes' sums are folded, then dropped, past their bound.", nil, nil)
+	descWindowSumsBytes = prometheus.NewDesc("whyslow_window_sums_bytes",
+		"Memory the sums held for the window being counted take (estimated).", nil, nil)
 	descFolded = prometheus.NewDesc("whyslow_label_values_folded",
 		"Distinct values of a bounded label folded into \"_other\" (devices past 64).",
 		[]string{"label"}, nil)
@@ -296,7 +311,8 @@ var (
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descFinding, descSubmit, descService, descFreezes, descStages, descLost,
 		descProbe, descRules, descReloads, descReloadOK, descRuleErrors, descWindows, descSkipped, descWindowEnd,
-		descWindowLen, descFlightBytes, descFlightMax, descFlightHeld, descFlightEvents, descFolded, descBuild} {
+		descWindowLen, descFlightBytes, descFlightMax, descFlightHeld, descFlightEvents, descWindowSums, descWindowSumsBytes,
+		descFolded, descBuild} {
 		ch <- d
 	}
 }
@@ -358,6 +374,8 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	gauge(descFlightBytes, float64(m.flight.Bytes))
 	gauge(descFlightMax, float64(m.flight.MaxBytes))
 	gauge(descFlightHeld, m.flight.Held.Seconds())
+	gauge(descWindowSums, float64(m.windowSums))
+	gauge(descWindowSumsBytes, float64(m.windowSumsBytes))
 	gauge(descFlightEvents, float64(m.flight.Events))
 	gauge(descFolded, float64(folded), "device")
 	gauge(descBuild, 1, label(m.version), label(m.kernel))

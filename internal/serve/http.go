@@ -145,7 +145,7 @@ func (a *agent) trace(w http.ResponseWriter, r *http.Request) {
 	tl.Devices = devs
 	// The sums along the states held, one at a time, within the bound of
 	// a window's sums.
-	var sums flight.WindowSums
+	sums := flight.WindowSums{Bound: a.opts.WindowSums}
 	prev := from.Carried()
 	a.rec.EachState(from, end, func(st flight.State) {
 		sums.Add(st, prev)

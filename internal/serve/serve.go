@@ -83,6 +83,10 @@ type Options struct {
 	CheckpointEvery time.Duration
 	// Tick is the length of a flight recorder segment; 0 means a second.
 	Tick time.Duration
+	// WindowSums bounds the sums a window (and a /trace dump) counts
+	// along its checkpoints (flight.WindowSums); zero fields mean
+	// flight.DefaultSumsBound's.
+	WindowSums flight.SumsBound
 	// Version is whyslow's, for the reports and traces.
 	Version string
 	// Log is where serve says what it does and what goes wrong (stderr).
@@ -268,7 +272,7 @@ func (a *agent) loop(ctx context.Context, first flight.State, windows chan<- *ti
 	// window's sums counted along its checkpoints (bounded,
 	// flight.WindowSums).
 	winStart, lastState := first.WithoutSums(), first.Carried()
-	var sums flight.WindowSums
+	sums := flight.WindowSums{Bound: a.opts.WindowSums}
 	var folded timeline.Timeline // the losses of the windows' sums so far (flight.FoldedLoss)
 	nextWindow := a.opts.Window
 	for {
@@ -293,6 +297,7 @@ func (a *agent) loop(ctx context.Context, first flight.State, windows chan<- *ti
 			st := a.state(now, true)
 			a.rec.AddState(st)
 			sums.Add(st, lastState)
+			a.m.SetWindowSums(sums.Len(), sums.Bytes())
 			lastState = st.Carried()
 			a.m.SetHistograms(a.filterDevices(lastState.Devices))
 		}
@@ -309,6 +314,7 @@ func (a *agent) loop(ctx context.Context, first flight.State, windows chan<- *ti
 		for _, l := range sums.Take(tl) {
 			folded.AddLoss(l)
 		}
+		a.m.SetWindowSums(sums.Len(), sums.Bytes())
 		winStart = lastState.WithoutSums()
 		a.fill(tl)
 		select {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -65,12 +66,22 @@ type fioRun struct {
 	IOs   float64 `json:"ios"`
 }
 
+// fioGrace is how long fio may take past its ramp and runtime to end.
+const fioGrace = 2 * time.Minute
+
 func (b *bench) runFio(c fioConfig, runtime time.Duration) (fioRun, error) {
 	args := []string{"--name=bench", "--filename=" + b.loop, "--rw=randwrite", "--bs=4k", "--direct=1",
 		"--ioengine=" + c.Engine, "--iodepth=" + strconv.Itoa(c.Depth), "--numjobs=" + strconv.Itoa(c.Jobs),
 		"--group_reporting", "--time_based", "--ramp_time=1", fmt.Sprintf("--runtime=%dms", runtime.Milliseconds()),
 		"--size=512M", "--randrepeat=0", "--output-format=json"}
-	out, err := exec.Command("fio", args...).Output()
+	// fio ends by itself after its ramp and runtime; one that has not ended
+	// fioGrace later is killed and named, not waited for.
+	ctx, cancel := context.WithTimeout(context.Background(), runtime+time.Second+fioGrace)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "fio", args...).Output()
+	if ctx.Err() != nil {
+		return fioRun{}, fmt.Errorf("fio did not end within %v of its %v runtime: killed", fioGrace, runtime)
+	}
 	if err != nil {
 		return fioRun{}, fmt.Errorf("fio: %v", err)
 	}

@@ -62,6 +62,9 @@ type options struct {
 	// vmResults renders the guests' results of `make bench-vm` (one
 	// directory per kernel below it) into out, and nothing else.
 	vmResults string
+	// vmServeResults renders the result of `make bench-vm-serve` (its
+	// guest's bench.json) into out, and nothing else.
+	vmServeResults string
 }
 
 var allSections = []string{"analysis", "startup", "sched", "io", "rss", "storm", "serve"}
@@ -90,6 +93,7 @@ func main() {
 	configs := flag.String("configs", "none,whyslow,libbpf-tools,bpftrace", "io: the configurations compared (none must be first)")
 	flag.StringVar(&o.fio, "fio", "", "io: this fio configuration, engine,iodepth,numjobs (e.g. libaio,32,2), instead of the fastest of a calibration")
 	flag.StringVar(&o.vmResults, "vm-results", "", "render the results of make bench-vm kept in this directory (<kernel>.json each) into -out, and exit")
+	flag.StringVar(&o.vmServeResults, "vm-serve-results", "", "render the serve run of make bench-vm-serve kept in this file (its guest's bench.json) into -out, and exit")
 	flag.Parse()
 	o.configs = strings.Split(*configs, ",")
 	o.sections = map[string]bool{}
@@ -144,6 +148,9 @@ type bench struct {
 func run(o options) error {
 	if o.vmResults != "" {
 		return writeVMResults(o.vmResults, o.out)
+	}
+	if o.vmServeResults != "" {
+		return writeVMServeResults(o.vmServeResults, o.out)
 	}
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("needs root (BPF, loop devices, sysctl): run it with sudo, or `sudo make bench`")
@@ -201,6 +208,7 @@ func run(o options) error {
 		}
 		defer cleanup()
 	}
+	var sectionErr error
 	for _, s := range allSections {
 		if !o.sections[s] {
 			continue
@@ -224,7 +232,16 @@ func run(o options) error {
 			err = b.serve()
 		}
 		if err != nil {
-			return fmt.Errorf("%s: %w", s, err)
+			// What the section measured before it failed is written (a
+			// serve of an hour whose stop fails keeps its hour); the run
+			// still fails.
+			failed := fmt.Errorf("%s: %w", s, err)
+			if b.res.Serve == nil || s != "serve" {
+				return failed
+			}
+			b.logf("%v (its results are written all the same)", failed)
+			sectionErr = failed
+			break
 		}
 	}
 	b.res.Took = time.Since(start).Round(time.Second).String()
@@ -266,7 +283,10 @@ func run(o options) error {
 			return err
 		}
 	}
-	return writeMarkdown(o.out, b.res)
+	if err := writeMarkdown(o.out, b.res); err != nil {
+		return err
+	}
+	return sectionErr
 }
 
 func (b *bench) logf(format string, a ...any) {

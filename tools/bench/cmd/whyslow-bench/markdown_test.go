@@ -66,6 +66,38 @@ func TestBenchmarksMatchVMResults(t *testing.T) {
 	}
 }
 
+// The bench-vm-serve section of BENCHMARKS.md is what the generator makes
+// of tools/bench/results-vm-serve.json, the guest's result of `make
+// bench-vm-serve`, or says there is none yet.
+func TestBenchmarksMatchVMServeResults(t *testing.T) {
+	const file, doc = "../../results-vm-serve.json", "../../../../BENCHMARKS.md"
+	want := noVMServeRun
+	if _, err := os.Stat(file); err == nil {
+		r, err := loadVMServeResults(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = renderVMServe(r)
+		if *update {
+			if err := writeVMServeResults(file, doc); err != nil {
+				t.Fatal(err)
+			}
+			return
+		}
+	}
+	text, err := os.ReadFile(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, ok := vmServeSection.body(string(text))
+	if !ok {
+		t.Fatal("BENCHMARKS.md has no bench-vm-serve markers")
+	}
+	if got != want {
+		t.Errorf("BENCHMARKS.md's bench-vm-serve section differs from the rendering of %s; rendering:\n%s", file, want)
+	}
+}
+
 func TestParseFio(t *testing.T) {
 	for _, tt := range []struct {
 		in   string

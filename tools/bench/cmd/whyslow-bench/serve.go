@@ -2,13 +2,17 @@ package main
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -19,6 +23,8 @@ type ServeResult struct {
 	Seconds         float64     `json:"seconds"`
 	Window          string      `json:"window"`
 	FlightMemoryMiB float64     `json:"flight_memory_mib"`
+	TargetUevents   int         `json:"target_uevents_per_s,omitempty"`
+	TargetExecs     int         `json:"target_execs_per_s,omitempty"`
 	Uevents         float64     `json:"uevents_per_s"`
 	Execs           float64     `json:"execs_per_s"`
 	IOPS            float64     `json:"iops"`
@@ -37,6 +43,12 @@ type ServeResult struct {
 	Losses     map[string]float64 `json:"losses,omitempty"`
 	Traces     int                `json:"traces_dumped"`
 	CPUSeconds float64            `json:"cpu_seconds"`
+	// StopSeconds is how long serve took to end after SIGINT.
+	StopSeconds float64 `json:"stop_seconds"`
+	// Problems are what failed at the end of the run (a step that did
+	// not end in its bound, a tool's error): the results before them
+	// stand.
+	Problems []string `json:"problems,omitempty"`
 }
 
 // serveFlightMemory is the --flight-recorder-memory of the benchmark.
@@ -64,27 +76,34 @@ func (b *bench) serve() error {
 		return err
 	}
 	d := b.o.serveTime
-	res := &ServeResult{Seconds: d.Seconds(), Window: "10s", FlightMemoryMiB: serveFlightMemory}
+	res := &ServeResult{Seconds: d.Seconds(), Window: "10s", FlightMemoryMiB: serveFlightMemory,
+		TargetUevents: b.o.uevents, TargetExecs: b.o.execs}
 	load, err := b.startStormLoad(d)
 	if err != nil {
 		stopAll([]*proc{p})
 		return err
 	}
+	var at atomic.Value // the step the section is in, for its watchdog
+	at.Store("measuring")
+	defer b.serveWatchdog(d+loadStopTimeout+fioGrace+serveStopTimeout+5*time.Minute, &at).Stop()
 	base := "http://" + addr
 	t0 := time.Now()
 	lastTrace, lastLog := t0, t0
+	var dumping atomic.Bool
+	var traces atomic.Int64
+	var dumps sync.WaitGroup
 	for time.Since(t0) < d+time.Second {
 		time.Sleep(10 * time.Second)
-		at := time.Since(t0).Seconds()
+		now := time.Since(t0).Seconds()
 		rss := float64(statusKB(p.pid(), "VmRSS")) / (1 << 20)
-		res.RSSMiB = append(res.RSSMiB, RSSSample{At: at, MiB: rss})
+		res.RSSMiB = append(res.RSSMiB, RSSSample{At: now, MiB: rss})
 		m, series, err := scrape(base + "/metrics")
 		if err != nil {
 			b.logf("serve: /metrics: %v", err)
 			continue
 		}
 		flight := m["whyslow_flight_recorder_bytes"] / (1 << 20)
-		res.Flight = append(res.Flight, RSSSample{At: at, MiB: flight})
+		res.Flight = append(res.Flight, RSSSample{At: now, MiB: flight})
 		res.FlightMiB = max(res.FlightMiB, flight)
 		res.Windows, res.Skipped = m["whyslow_windows_total"], m["whyslow_windows_skipped_total"]
 		res.LostEvents = m["whyslow_lost_events_total"]
@@ -99,33 +118,76 @@ func (b *bench) serve() error {
 		if time.Since(lastLog) >= time.Minute {
 			lastLog = time.Now()
 			b.logf("serve: %.0f s: RSS %.0f MiB, flight recorder %.1f MiB, %.0f windows (%.0f skipped), %.0f events lost, %.1f s of CPU, peak RSS %.0f MiB",
-				at, rss, flight, res.Windows, res.Skipped, res.LostEvents, m["process_cpu_seconds_total"],
+				now, rss, flight, res.Windows, res.Skipped, res.LostEvents, m["process_cpu_seconds_total"],
 				float64(statusKB(p.pid(), "VmHWM"))/(1<<20))
 		}
-		if time.Since(lastTrace) >= time.Minute {
+		// A dump runs beside the sampling (one at a time: under TCG one
+		// takes a minute or more, and the RSS while it is written is part
+		// of what is measured).
+		if time.Since(lastTrace) >= time.Minute && !dumping.Load() {
 			lastTrace = time.Now()
-			if err := drain(base + "/trace?seconds=60"); err != nil {
-				b.logf("serve: /trace: %v", err)
-			} else {
-				res.Traces++
-			}
+			dumping.Store(true)
+			dumps.Add(1)
+			go func() {
+				defer dumps.Done()
+				defer dumping.Store(false)
+				if err := drain(base + "/trace?seconds=60"); err != nil {
+					b.logf("serve: /trace: %v", err)
+				} else {
+					traces.Add(1)
+				}
+			}()
 		}
 	}
-	ach, fioErr, ueventErr := load.stop()
+	dumps.Wait() // bounded by traceClient's timeout
+	res.Traces = int(traces.Load())
+	// Each stop step is bounded and named on the log, so that a stop that
+	// does not end says which step it is in; the results are kept whatever
+	// fails (b.res.Serve is set before any error return).
+	b.res.Serve = res
+	step := func(name string) func() {
+		at.Store(name)
+		b.logf("serve: %s", name)
+		t := time.Now()
+		return func() { b.logf("serve: %s: done in %.1f s", name, time.Since(t).Seconds()) }
+	}
+	done := step("stopping the storm's load")
+	ach, fioErr, ueventErr, stuckErr := load.stop(loadStopTimeout)
+	done()
 	res.Uevents, res.Execs, res.IOPS = ach.uevents, ach.execs, ach.iops
 	hwm := statusKB(p.pid(), "VmHWM")
-	err = p.stop(2 * time.Minute)
+	done = step("stopping whyslow serve (SIGINT)")
+	t1 := time.Now()
+	err = p.stop(serveStopTimeout)
+	res.StopSeconds = time.Since(t1).Seconds()
+	done()
 	res.PeakRSSMiB = float64(max(hwm, p.maxRSS())) / (1 << 20)
 	res.CPUSeconds = p.cpuTime().Seconds()
-	for _, e := range []error{err, fioErr, ueventErr} {
+	b.logf("serve: %.0f s of storm (%.0f uevents/s, %.0f execs/s, %.0f IOPS): RSS %.0f MiB at first, %.0f MiB at the end, peak %.0f MiB; flight recorder at most %.0f MiB; %.0f events lost; serve ended %.1f s after SIGINT",
+		res.Seconds, res.Uevents, res.Execs, res.IOPS, first(res.RSSMiB), last(res.RSSMiB), res.PeakRSSMiB, res.FlightMiB, res.LostEvents, res.StopSeconds)
+	var errs []error
+	for _, e := range []error{stuckErr, err, fioErr, ueventErr} {
 		if e != nil {
-			return e
+			res.Problems = append(res.Problems, e.Error())
+			errs = append(errs, e)
 		}
 	}
-	b.logf("serve: %.0f s of storm: RSS %.0f MiB at first, %.0f MiB at the end, peak %.0f MiB; flight recorder at most %.0f MiB",
-		res.Seconds, first(res.RSSMiB), last(res.RSSMiB), res.PeakRSSMiB, res.FlightMiB)
-	b.res.Serve = res
-	return nil
+	return errors.Join(errs...)
+}
+
+// serveStopTimeout bounds how long whyslow serve may take to end after
+// SIGINT before it is killed (and the kill named).
+const serveStopTimeout = 2 * time.Minute
+
+// serveWatchdog prints, when the serve section is still running at after,
+// the step it is in and every goroutine's stack: the bounds of each step
+// should never let it come to that.
+func (b *bench) serveWatchdog(after time.Duration, step *atomic.Value) *time.Timer {
+	return time.AfterFunc(after, func() {
+		buf := make([]byte, 1<<20)
+		n := runtime.Stack(buf, true)
+		b.logf("serve: still running %v after its start, at step %q; goroutines:\n%s", after, step.Load(), buf[:n])
+	})
 }
 
 func first(s []RSSSample) float64 {
@@ -142,10 +204,17 @@ func last(s []RSSSample) float64 {
 	return s[len(s)-1].MiB
 }
 
+// The HTTP clients of the serve section: a request to a serve that does
+// not answer fails after its timeout instead of holding the run.
+var (
+	metricsClient = &http.Client{Timeout: time.Minute}
+	traceClient   = &http.Client{Timeout: 5 * time.Minute}
+)
+
 // scrape reads a Prometheus text exposition: the samples of each metric
 // name summed over its labels, and each series (name and labels) alone.
 func scrape(url string) (sums, series map[string]float64, err error) {
-	resp, err := http.Get(url)
+	resp, err := metricsClient.Get(url)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -180,7 +249,7 @@ func scrape(url string) (sums, series map[string]float64, err error) {
 
 // drain fetches url and discards the body.
 func drain(url string) error {
-	resp, err := http.Get(url)
+	resp, err := traceClient.Get(url)
 	if err != nil {
 		return err
 	}
