@@ -240,8 +240,10 @@ func (r *submitRunning) Prune() ([]uint32, error) {
 // everything.
 func (r *submitRunning) Stop() error {
 	r.stopOnce.Do(func() {
-		r.stopErr = r.leaveRQ()
 		closeAll(r.links)
+		// The request's end last: a bio in flight gets the most time to
+		// complete and be counted.
+		r.stopErr = r.leaveRQ()
 		close(r.swapStop)
 		<-r.swapDone
 		now, _ := event.Now()
