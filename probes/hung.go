@@ -77,6 +77,12 @@ func (r *syscallRunning) hungSince(now event.Mono, seen map[uint32]bool) []event
 		if !ok {
 			continue
 		}
+		var f syscallScInflight
+		if r.coll.Maps["inflight"].Lookup(tid, &f) == nil {
+			// A call the probe saw begin, whose first sleep came after
+			// the map was read: not one from before the probe.
+			continue
+		}
 		in := time.Duration(now - r.began)
 		out = append(out, event.UnfinishedCall{
 			Time: now, Start: r.began, Task: event.Task{Pid: tid, Tgid: uint32(tgid), Comm: comm},

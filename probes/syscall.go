@@ -168,10 +168,16 @@ type syscallRunning struct {
 	// at least.
 	began event.Mono
 	// preexisting are the threads (to their process) in a storage call at
-	// the first read of the sums, a call the probe may not have seen
+	// the first read of the unfinished calls (a checkpoint, or Stop before
+	// the programs are detached), a call the probe may not have seen
 	// begin (hungSince; under sums); nil before that read.
 	preexisting map[uint32]int
-	ksyms       *symbolize.Kernel
+	// stopAt is when Stop began, before the programs were detached, and
+	// hungAtStop the calls hungSince found then (under sums): the last
+	// read of the unfinished calls is as of that time.
+	stopAt     event.Mono
+	hungAtStop []event.UnfinishedCall
+	ksyms      *symbolize.Kernel
 	// ksymsReady is closed once kallsyms is read (or failed).
 	ksymsReady chan struct{}
 
@@ -817,6 +823,16 @@ func wholeDisk(sysfs string, major, minor uint32) event.Device {
 // losses.
 func (r *syscallRunning) Stop() error {
 	r.stopOnce.Do(func() {
+		// The calls in progress that began before the probe are looked
+		// for while its programs still run: a thread that enters a new
+		// call and sleeps once they are detached would look, in /proc,
+		// like one asleep in its call since the start (hungSince).
+		r.sums.Lock()
+		if now, err := event.Now(); err == nil {
+			r.stopAt = now
+			r.hungAtStop = r.hungSince(now, r.inflightTids())
+		}
+		r.sums.Unlock()
 		closeAll(r.links)
 		close(r.drainStop)
 		<-r.drainDone
@@ -1079,6 +1095,9 @@ func (r *syscallRunning) deliverBlocked(sink Sink, now event.Mono) error {
 // removed.
 func (r *syscallRunning) deliverUnfinished(sink Sink, now event.Mono) error {
 	m := r.coll.Maps["inflight"]
+	if r.stopAt != 0 {
+		now = r.stopAt // the last read: as of when the programs last ran
+	}
 	var (
 		tid  uint32
 		v    syscallScInflight
@@ -1121,7 +1140,11 @@ func (r *syscallRunning) deliverUnfinished(sink Sink, now event.Mono) error {
 	for _, t := range gone {
 		_ = m.Delete(t) // gone meanwhile too: nothing to tell
 	}
-	out = append(out, r.hungSince(now, seen)...)
+	if r.stopAt != 0 {
+		out = append(out, r.hungAtStop...)
+	} else {
+		out = append(out, r.hungSince(now, seen)...)
+	}
 	slices.SortFunc(out, func(a, b event.UnfinishedCall) int {
 		if c := cmp.Compare(a.Start, b.Start); c != 0 {
 			return c
@@ -1135,6 +1158,21 @@ func (r *syscallRunning) deliverUnfinished(sink Sink, now event.Mono) error {
 		sink.Event(u)
 	}
 	return nil
+}
+
+// inflightTids are the threads the `inflight` map holds (none when it
+// cannot be read).
+func (r *syscallRunning) inflightTids() map[uint32]bool {
+	var (
+		tid uint32
+		v   syscallScInflight
+	)
+	seen := map[uint32]bool{}
+	it := r.coll.Maps["inflight"].Iterate()
+	for it.Next(&tid, &v) {
+		seen[tid] = true
+	}
+	return seen
 }
 
 func (r *syscallRunning) deliverMemStalls(sink Sink, now event.Mono) error {

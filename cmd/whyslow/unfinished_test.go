@@ -112,3 +112,29 @@ func TestUnfinishedThrottledRead(t *testing.T) {
 		}
 	}
 }
+
+// A writer busy in short storage calls for the whole run (pwrite and
+// fdatasync on a disk-backed loop device, a call every millisecond or
+// so, in D most of the time) has calls in progress when the run ends,
+// each some milliseconds old. None may be taken for a call hung since the
+// run began: one its thread entered once the probe's programs were
+// detached looks so in /proc. Three runs, since whether a thread is
+// between two calls at the end is chance.
+func TestUnfinishedNotForBusyWriters(t *testing.T) {
+	scenario.RequireRoot(t)
+	dev := scenario.DiskLoop(t, 64<<20)
+	const d = time.Second
+	w := scenario.StartJob(t, scenario.Job{Dev: dev, RW: "randwrite", Direct: true, Fdatasync: 1, NumJobs: 4, Duration: 30 * time.Second})
+	for run := range 3 {
+		rep := diagnoseUnder(t, d, func() func() { return func() {} })
+		a, ok := findAffected(rep, w.Pid)
+		if !ok {
+			t.Fatalf("run %d: the writer (pid %d) is not in affected[]:\n%s", run, w.Pid, affectedSummary(rep))
+		}
+		for _, u := range a.Unfinished {
+			if u.InCallMs >= 500 {
+				t.Errorf("run %d: the writer's %s (tid %d) is said in its call for %.0f ms; its calls take milliseconds", run, u.Syscall, u.Tid, u.InCallMs)
+			}
+		}
+	}
+}
