@@ -422,6 +422,14 @@ static __always_inline __u32 file_dev(struct file *f)
 	return b ? BPF_CORE_READ(b, bd_dev) : 0;
 }
 
+/* A word of the fd table as a kernel type whose first field is a
+ * pointer: bpf_rdonly_cast to it reads fds[fd] with a plain load (0 if it
+ * faults) instead of a bpf_probe_read_kernel call, on every storage-call
+ * number's entry. */
+struct list_head___sc {
+	struct list_head___sc *next;
+} __attribute__((preserve_access_index));
+
 /* fd_file returns the current task's open file fd, or NULL. */
 static __always_inline struct file *fd_file(__s64 fd)
 {
@@ -438,6 +446,11 @@ static __always_inline struct file *fd_file(__s64 fd)
 		if (!fdt || (__u64)fd >= fdt->max_fds)
 			return 0;
 		fds = fdt->fd;
+		if (use_cast) {
+			struct list_head___sc *slot =
+				bpf_rdonly_cast(&fds[fd], bpf_core_type_id_kernel(struct list_head___sc));
+			return (struct file *)slot->next;
+		}
 	} else {
 		struct task_struct *t = (void *)bpf_get_current_task();
 		struct fdtable *fdt = BPF_CORE_READ(t, files, fdt);

@@ -213,13 +213,22 @@ func storageRun(ctx context.Context, opts *StorageOptions) error {
 	defer interrupts.stop()
 	// The probes need the kernel BTF, decoded once per process: decode it
 	// while the rules compile. (kallsyms, needed only to symbolize stacks,
-	// is read in the background by the offcpu probe.)
+	// is read in the background once the probes have started.)
 	if opts.BTF == probes.DefaultBTF {
 		go probes.KernelBTF()
 	}
-	set, err := loadRules(opts.Rules)
-	if err != nil {
-		return err
+	// Rules from --rules are compiled first: a mistake in them is told
+	// before anything loads. The built-in ones alone compile while the
+	// probes load; the analysis waits for them.
+	var set *rules.Set
+	var rulesLater func() (*rules.Set, error)
+	if len(opts.Rules) > 0 {
+		if set, err = loadRules(opts.Rules); err != nil {
+			return err
+		}
+	} else {
+		rulesLater = sync.OnceValues(func() (*rules.Set, error) { return loadRules(nil) })
+		go rulesLater()
 	}
 	stages, err := loadStages(opts.Stages)
 	if err != nil {
@@ -230,6 +239,7 @@ func storageRun(ctx context.Context, opts *StorageOptions) error {
 		return usagef("%s", err)
 	}
 	dopts := opts.diagnoseOptions(mech, set)
+	dopts.RulesLater = rulesLater
 	dopts.Stages = stages
 	if dopts.Kernel, err = diagnose.Check(dopts); err != nil {
 		return err

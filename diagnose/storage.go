@@ -32,6 +32,11 @@ type Options struct {
 	// Devices restricts the analysis to these block devices (names as in /sys/block).
 	Devices []string
 	Rules   *rules.Set
+	// RulesLater, when Rules is nil, gives the rules once the observation
+	// has ended: the caller compiles them while the probes load (the
+	// built-in rules, which cannot fail), and start-up does not wait for
+	// them.
+	RulesLater func() (*rules.Set, error)
 	// Stages names the stages of storage calls' blocked stacks; nil means
 	// the built-in table.
 	Stages *stage.Table
@@ -151,7 +156,7 @@ func Check(opts Options) (*btf.Spec, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	if opts.Rules == nil {
+	if opts.Rules == nil && opts.RulesLater == nil {
 		return nil, errors.New("no rules loaded")
 	}
 	for _, d := range opts.Devices {
@@ -189,7 +194,13 @@ func Storage(ctx context.Context, opts Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	return AnalyzeWith(tl, opts.Rules, opts.Devices, opts.Stages)
+	set := opts.Rules
+	if set == nil {
+		if set, err = opts.RulesLater(); err != nil {
+			return nil, err
+		}
+	}
+	return AnalyzeWith(tl, set, opts.Devices, opts.Stages)
 }
 
 // Collect starts the probes (probes.Prepare must have passed), waits,

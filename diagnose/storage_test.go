@@ -57,3 +57,25 @@ func TestAnalyzeKeepsTheOtherRulesWhenOneFails(t *testing.T) {
 		t.Errorf("devices %v", res.Devices)
 	}
 }
+
+// A run needs rules now (Rules) or once it has observed (RulesLater, the
+// built-in ones compiled while the probes load); with neither, Check says so.
+func TestCheckNeedsRules(t *testing.T) {
+	later := func() (*rules.Set, error) { return rules.Default() }
+	for _, tt := range []struct {
+		name    string
+		opts    Options
+		noRules bool
+	}{
+		{"none", Options{Duration: time.Second}, true},
+		{"rules", Options{Duration: time.Second, Rules: &rules.Set{}}, false},
+		{"later", Options{Duration: time.Second, RulesLater: later}, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Check(tt.opts) // past the rules, as non-root it fails on the privilege
+			if got := err != nil && err.Error() == "no rules loaded"; got != tt.noRules {
+				t.Errorf("Check: %v; want \"no rules loaded\": %v", err, tt.noRules)
+			}
+		})
+	}
+}

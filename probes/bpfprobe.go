@@ -330,6 +330,18 @@ var kernelBTF = btf.NewCache()
 // decoded once per process.
 func KernelBTF() (*btf.Spec, error) { return kernelBTF.Kernel() }
 
+// haveTaskStorage reports whether the kernel has task storage maps (5.11
+// on, with CONFIG_BPF_LSM in 5.11): its BTF describes their allocator.
+// cilium/ebpf's feature probe would tell by creating such a map and
+// freeing it at once, and freeing a local-storage map waits for RCU grace
+// periods: 190 ms of the syscall probe's start on 6.18, nearly half of
+// whyslow's. A kernel whose BTF lacks the function (it would have to be
+// inlined, though the map's ops take its address) gets the hash by thread.
+func haveTaskStorage(kernel *btf.Spec) bool {
+	var fn *btf.Func
+	return kernel != nil && kernel.TypeByName("task_storage_map_alloc", &fn) == nil
+}
+
 // collectionOptions are the load options every probe uses.
 func collectionOptions(kernel *btf.Spec) *ebpf.CollectionOptions {
 	return &ebpf.CollectionOptions{Programs: ebpf.ProgramOptions{KernelTypes: kernel}, Cache: kernelBTF}

@@ -98,6 +98,10 @@ type ioUseSums struct {
 	outer *ebpf.Map
 	spec  *ebpf.MapSpec // of a table
 	cur   *ebpf.Map     // the table in use
+	// spare is the table swapped out last, read and zeroed: the next one
+	// put in use (nil when it could not be zeroed: a new one is made).
+	spare *ebpf.Map
+	rd    ioUseReader
 	sums  map[ioUseKey]*submitIoUse
 	// read are the sums as the last checkpoint delivered them: what Prune
 	// may remove.
@@ -106,7 +110,8 @@ type ioUseSums struct {
 	over uint64
 }
 
-// newIOUseSums creates a table of spec and puts it in outer.
+// newIOUseSums creates a table of spec and puts it in outer, which close
+// closes (the caller's, on error).
 func newIOUseSums(outer *ebpf.Map, spec *ebpf.MapSpec) (*ioUseSums, error) {
 	u := &ioUseSums{outer: outer, spec: spec, sums: map[ioUseKey]*submitIoUse{}}
 	cur, err := ebpf.NewMap(spec)
@@ -124,8 +129,9 @@ func newIOUseSums(outer *ebpf.Map, spec *ebpf.MapSpec) (*ioUseSums, error) {
 // swap puts a fresh table in use and adds the old one to the sums. Put
 // returns once no program can still write the old table (the kernel waits
 // for the running programs when an entry of a map of maps changes), so the
-// old one is read whole. When no fresh table can be made, the one in use
-// stays (and fills, its misses counted).
+// old one is read whole. The old one, zeroed, is the next fresh one: two
+// tables serve the whole run. When no fresh table can be had, the one in
+// use stays (and fills, its misses counted).
 func (u *ioUseSums) swap() error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -133,9 +139,13 @@ func (u *ioUseSums) swap() error {
 }
 
 func (u *ioUseSums) swapLocked() error {
-	fresh, err := ebpf.NewMap(u.spec)
-	if err != nil {
-		return fmt.Errorf("creating an I/O accounting table: %w", err)
+	fresh := u.spare
+	u.spare = nil
+	if fresh == nil {
+		var err error
+		if fresh, err = ebpf.NewMap(u.spec); err != nil {
+			return fmt.Errorf("creating an I/O accounting table: %w", err)
+		}
 	}
 	if err := u.outer.Put(uint32(0), fresh); err != nil {
 		fresh.Close()
@@ -143,8 +153,16 @@ func (u *ioUseSums) swapLocked() error {
 	}
 	old := u.cur
 	u.cur = fresh
-	defer old.Close()
-	return readIOUse(old, u.add)
+	if err := u.rd.read(old, u.add); err != nil {
+		old.Close()
+		return err
+	}
+	if u.rd.zero(old) == nil {
+		u.spare = old
+	} else {
+		old.Close()
+	}
+	return nil
 }
 
 // add adds one CPU's entry of a table to the sums.
@@ -222,36 +240,60 @@ func (u *ioUseSums) prune(gone func(tgid uint32) bool) []uint32 {
 	return out
 }
 
-// close frees the table in use.
+// close frees the tables and closes outer.
 func (u *ioUseSums) close() {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if u.cur != nil {
-		u.cur.Close()
-		u.cur = nil
+	for _, m := range []**ebpf.Map{&u.cur, &u.spare, &u.outer} {
+		if *m != nil {
+			(*m).Close()
+			*m = nil
+		}
 	}
 }
 
-// readIOUse calls add with every CPU's used entry of table m, in batches
-// where the kernel can (5.6+), else one entry at a time.
-func readIOUse(m *ebpf.Map, add func(*submitIoUse)) error {
+// ioUseBatch is how many entries of a table one batch lookup reads.
+const ioUseBatch = 256
+
+// ioUseReader reads io_use tables; its buffers serve every read.
+type ioUseReader struct {
+	keys []uint32
+	vals []submitIoUse
+	// used are the indexes of the entries the last read found used on
+	// some CPU: what zero clears.
+	used []uint32
+	none []submitIoUse // a zero entry on every CPU
+}
+
+// read calls add with every CPU's used entry of table m, in batches where
+// the kernel can (5.6+), else one entry at a time.
+func (rd *ioUseReader) read(m *ebpf.Map, add func(*submitIoUse)) error {
 	n := int(m.MaxEntries())
+	rd.used = rd.used[:0]
 	cpus, err := ebpf.PossibleCPU()
 	if err == nil && n > 0 {
-		keys := make([]uint32, n)
-		vals := make([]submitIoUse, n*cpus)
+		if rd.keys == nil {
+			rd.keys = make([]uint32, min(n, ioUseBatch))
+			rd.vals = make([]submitIoUse, len(rd.keys)*cpus)
+		}
 		var cursor ebpf.MapBatchCursor
-		got, err := m.BatchLookup(&cursor, keys, vals, nil)
-		if err == nil || errors.Is(err, ebpf.ErrKeyNotExist) {
-			for i := range vals[:got*cpus] {
-				if vals[i].Used != 0 && vals[i].Ios != 0 {
-					add(&vals[i])
+		total := 0
+		for {
+			got, err := m.BatchLookup(&cursor, rd.keys, rd.vals, nil)
+			if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				if total == 0 {
+					break // no batches here: one at a time
 				}
+				return fmt.Errorf("reading the I/O accounting: %w", err)
 			}
-			if got == n {
-				return nil
+			rd.addUsed(rd.keys[:got], rd.vals[:got*cpus], cpus, add)
+			total += got
+			if err != nil || got == 0 {
+				if total == n {
+					return nil
+				}
+				return fmt.Errorf("reading the I/O accounting: %d of %d entries", total, n)
 			}
-			return fmt.Errorf("reading the I/O accounting: %d of %d entries", got, n)
 		}
 	}
 	var (
@@ -260,14 +302,48 @@ func readIOUse(m *ebpf.Map, add func(*submitIoUse)) error {
 	)
 	it := m.Iterate()
 	for it.Next(&k, &vals) {
-		for i := range vals {
-			if vals[i].Used != 0 && vals[i].Ios != 0 {
-				add(&vals[i])
-			}
-		}
+		rd.addUsed([]uint32{k}, vals, len(vals), add)
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("reading the I/O accounting: %w", err)
+	}
+	return nil
+}
+
+// addUsed adds the used entries of vals (cpus per key) and notes their keys.
+func (rd *ioUseReader) addUsed(keys []uint32, vals []submitIoUse, cpus int, add func(*submitIoUse)) {
+	for i, k := range keys {
+		used := false
+		for c := range cpus {
+			if v := &vals[i*cpus+c]; v.Used != 0 {
+				used = true
+				if v.Ios != 0 {
+					add(v)
+				}
+			}
+		}
+		if used {
+			rd.used = append(rd.used, k)
+		}
+	}
+}
+
+// zero clears the entries of m the last read found used, on every CPU.
+func (rd *ioUseReader) zero(m *ebpf.Map) error {
+	if len(rd.used) == 0 {
+		return nil
+	}
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		return err
+	}
+	if len(rd.none) != cpus {
+		rd.none = make([]submitIoUse, cpus)
+	}
+	for _, k := range rd.used {
+		if err := m.Update(k, rd.none, ebpf.UpdateExist); err != nil {
+			return fmt.Errorf("zeroing the I/O accounting table: %w", err)
+		}
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/whyslow/whyslow/internal/event"
@@ -323,5 +324,62 @@ func TestIsKthread(t *testing.T) {
 	}
 	if !isKthread("/proc", 2) {
 		t.Error("kthreadd (pid 2) is not a kernel thread in /proc")
+	}
+}
+
+// The table swapped out is read in batches, then only its used entries are
+// zeroed, so that it can be put in use again: a second read finds nothing,
+// and the sums are those written, on every CPU.
+func TestIOUseReaderReadsAndZeroes(t *testing.T) {
+	if testing.Short() {
+		scenario.Skip(t, "skipped with -short: creates a BPF map")
+	}
+	scenario.RequireRoot(t)
+	spec, err := loadSubmit()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms := spec.Maps["io_use"].InnerMap.Copy()
+	ms.MaxEntries = 3*ioUseBatch + 5 // several batches, the last one short
+	m, err := ebpf.NewMap(ms)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := []uint32{0, 7, ioUseBatch, 3*ioUseBatch + 4}
+	for i, k := range keys {
+		vals := make([]submitIoUse, cpus)
+		c := i % cpus
+		vals[c] = submitIoUse{Tgid: 100 + uint32(i), Used: 1, Ios: uint64(i + 1), Bytes: 4096}
+		if err := m.Put(k, vals); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var rd ioUseReader
+	var got []submitIoUse
+	if err := rd.read(m, func(e *submitIoUse) { got = append(got, *e) }); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(keys) {
+		t.Fatalf("read %d used entries, want %d: %+v", len(got), len(keys), got)
+	}
+	for i, e := range got {
+		if e.Tgid != 100+uint32(i) || e.Ios != uint64(i+1) {
+			t.Errorf("entry %d: tgid %d, %d ios; want tgid %d, %d ios", i, e.Tgid, e.Ios, 100+i, i+1)
+		}
+	}
+	if err := rd.zero(m); err != nil {
+		t.Fatal(err)
+	}
+	got = nil
+	if err := rd.read(m, func(e *submitIoUse) { got = append(got, *e) }); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 0 || len(rd.used) != 0 {
+		t.Errorf("after zero: read %d entries, %d keys used; want none", len(got), len(rd.used))
 	}
 }

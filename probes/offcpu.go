@@ -135,12 +135,14 @@ func startOffcpu(cfg Config, sink Sink) (_ *offcpuRunning, err error) {
 		users:   symbolize.NewUserCache(procfs, 0, 0),
 		kstacks: newStackCache(offcpuMaxCachedStacks),
 	}
-	// kallsyms is read in the background (the programs do not need it):
-	// the reader waits for it before it symbolizes the first stack. Whether
-	// it will give symbols is told now, from its first line.
+	// kallsyms is read in the background once every probe has started
+	// (the programs do not need it, and its parsing would take the CPU
+	// from their verification): the reader waits for it before it
+	// symbolizes the first stack. Whether it will give symbols is told
+	// now, from its first line.
 	r.ksymsErr = symbolize.KernelAddressesVisible(procfs)
 	r.ksymsReady = make(chan struct{})
-	go func() {
+	cfg.afterStart(func() {
 		defer close(r.ksymsReady)
 		ksyms, err := symbolize.LoadKernel(procfs)
 		if err != nil {
@@ -154,7 +156,7 @@ func startOffcpu(cfg Config, sink Sink) (_ *offcpuRunning, err error) {
 				r.schedText = append(r.schedText, [2]uint64{lo, hi})
 			}
 		}
-	}()
+	})
 	consts := spanConsts(cfg)
 	consts["switch_has_state"] = hasState
 	spec, err := loadSpec(loadOffcpu, consts)

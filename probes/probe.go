@@ -48,6 +48,23 @@ type Config struct {
 	// (event.Exec with Ret < 0), from the syscalls:sys_{enter,exit}_execve
 	// and execveat tracepoints, where they can be attached.
 	FailedExecs bool
+
+	// started, when not nil, is closed once every probe started with this
+	// Config (one Group.Start) has started: work a probe needs only after
+	// its start (reading kallsyms to symbolize stacks) waits for it, so
+	// that it does not take the CPUs from the others' loads.
+	started <-chan struct{}
+}
+
+// afterStart calls fn in a goroutine of its own once every probe started
+// with cfg has started (at once outside a Group).
+func (cfg Config) afterStart(fn func()) {
+	go func() {
+		if cfg.started != nil {
+			<-cfg.started
+		}
+		fn()
+	}()
 }
 
 // Probe is one source of events.

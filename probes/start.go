@@ -106,13 +106,18 @@ func Start(cfg Config, sink Sink, ps ...Probe) *Group {
 func (g *Group) Start(ps ...Probe) []event.ProbeStatus {
 	out := make([]event.ProbeStatus, len(ps))
 	runs := make([]Running, len(ps))
+	// Work a probe does once all have started waits for allStarted.
+	cfg := g.cfg
+	allStarted := make(chan struct{})
+	cfg.started = allStarted
 	atOnce(len(ps), func(i int) {
-		r, st := ps[i].Start(g.cfg, g.sink)
+		r, st := ps[i].Start(cfg, g.sink)
 		if st.Name == "" {
 			st.Name = ps[i].Decl().Name
 		}
 		runs[i], out[i] = r, st
 	})
+	close(allStarted)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for i, st := range out {

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
@@ -105,8 +106,29 @@ func startSubmit(cfg Config, sink Sink) (_ *submitRunning, err error) {
 	}
 	tableSpec := spec.Maps["io_use"].InnerMap.Copy()
 	r := &submitRunning{sink: sink, sysfs: cfg.SysFS, procfs: cmpOr(cfg.ProcFS, "/proc"), ops: ops, swapStop: make(chan struct{}), swapDone: make(chan struct{})}
-	if err := spec.LoadAndAssign(&r.objs, collectionOptions(kernel)); err != nil {
-		return nil, fmt.Errorf("loading objects: %w", err)
+	// The first I/O accounting table is put in io_use while the programs
+	// load: the kernel waits for an RCU grace period on each update of a
+	// map of maps (30-50 ms here), which would otherwise add to the start.
+	outer, err := ebpf.NewMap(spec.Maps["io_use"])
+	if err != nil {
+		return nil, fmt.Errorf("creating io_use: %w", err)
+	}
+	type sums struct {
+		u   *ioUseSums
+		err error
+	}
+	use := make(chan sums, 1)
+	go func() {
+		u, err := newIOUseSums(outer, tableSpec)
+		use <- sums{u, err}
+	}()
+	opts := collectionOptions(kernel)
+	opts.MapReplacements = map[string]*ebpf.Map{"io_use": outer}
+	loadErr := spec.LoadAndAssign(&r.objs, opts)
+	got := <-use
+	r.use = got.u
+	if got.err != nil {
+		outer.Close()
 	}
 	defer func() {
 		if err != nil {
@@ -123,8 +145,11 @@ func startSubmit(cfg Config, sink Sink) (_ *submitRunning, err error) {
 			r.objs.Close()
 		}
 	}()
-	if r.use, err = newIOUseSums(r.objs.IoUse, tableSpec); err != nil {
-		return nil, err
+	if loadErr != nil {
+		return nil, fmt.Errorf("loading objects: %w", loadErr)
+	}
+	if got.err != nil {
+		return nil, got.err
 	}
 	if r.rd, err = ringbuf.NewReader(r.objs.Events); err != nil {
 		return nil, fmt.Errorf("opening ring buffer: %w", err)

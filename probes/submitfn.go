@@ -8,7 +8,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
-	"github.com/cilium/ebpf/features"
 
 	"github.com/whyslow/whyslow/internal/event"
 	"github.com/whyslow/whyslow/internal/timeline"
@@ -90,7 +89,7 @@ func startSubmitFn(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism
 		return nil, loadErr(err)
 	}
 	var taskStorage uint32
-	if mech == event.MechFentry && features.HaveMapType(ebpf.TaskStorage) == nil {
+	if mech == event.MechFentry && haveTaskStorage(kernel) {
 		taskStorage = 1
 	}
 	consts := spanConsts(cfg)

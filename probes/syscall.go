@@ -461,7 +461,7 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 	helper := func(fn asm.BuiltinFunc) bool { return features.HaveProgramHelper(progType, fn) == nil }
 	// Task storage (5.11+) where the syscall programs can reach it too
 	// (tp_btf: always; tracepoint programs: 6.x), else the LRU hash by tid.
-	taskStorage := features.HaveMapType(ebpf.TaskStorage) == nil &&
+	taskStorage := haveTaskStorage(kernel) &&
 		(mech == event.MechTPBTF || helper(asm.FnTaskStorageGet) && helper(asm.FnGetCurrentTaskBtf))
 	btfTask := helper(asm.FnGetCurrentTaskBtf)
 	findVMA := helper(asm.FnFindVma) && btfTask
@@ -632,11 +632,12 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 	if err := symbolize.KernelAddressesVisible(procfs); err != nil {
 		r.note += "; kernel stacks not symbolized: " + err.Error()
 	}
+	// kallsyms, for the stacks only, once every probe has started.
 	r.ksymsReady = make(chan struct{})
-	go func() {
+	cfg.afterStart(func() {
 		defer close(r.ksymsReady)
 		r.ksyms, _ = symbolize.LoadKernel(procfs)
-	}()
+	})
 	r.readAll(r.sink, event.ProbeSyscall, r.handle)
 	go r.drainLoop()
 	return r, nil

@@ -10,6 +10,7 @@
 //   - sched: a pipe ping-pong (perf bench sched pipe) with and without whyslow
 //   - startup: launch to probes attached, and peak RSS, of whyslow,
 //     biolatency and bpftrace
+//   - rss: whyslow's peak RSS over a 60 s diagnosis at the I/O load
 //   - storm: uevents, execs and the I/O load at once; whyslow's RSS and losses
 //   - analysis: the Go benchmarks of tools/bench/ (timeline, facts, rules,
 //     analyze on 1M and 10M synthetic events)
@@ -45,6 +46,7 @@ type options struct {
 	startRuns int
 	stormTime time.Duration
 	serveTime time.Duration
+	rssTime   time.Duration
 	uevents   int // target uevents/s of the storm
 	execs     int // target execs/s of the storm
 	no10M     bool
@@ -62,7 +64,7 @@ type options struct {
 	vmResults string
 }
 
-var allSections = []string{"analysis", "startup", "sched", "io", "storm", "serve"}
+var allSections = []string{"analysis", "startup", "sched", "io", "rss", "storm", "serve"}
 
 func main() {
 	var o options
@@ -79,6 +81,7 @@ func main() {
 	flag.IntVar(&o.startRuns, "startup-rounds", 10, "startup: launches of each tool")
 	flag.DurationVar(&o.stormTime, "storm-time", 30*time.Second, "storm: length")
 	flag.DurationVar(&o.serveTime, "serve-time", 10*time.Minute, "serve: length of whyslow serve under the storm's load (the RSS over an hour: -sections serve -serve-time 1h)")
+	flag.DurationVar(&o.rssTime, "rss-time", time.Minute, "rss: --duration of the whyslow diagnose storage run whose peak RSS is measured")
 	flag.IntVar(&o.uevents, "storm-uevents", 100000, "storm: target uevents per second")
 	flag.IntVar(&o.execs, "storm-execs", 10000, "storm: target execs per second")
 	flag.BoolVar(&o.no10M, "no-10m", false, "analysis: skip the 10M-event runs")
@@ -109,6 +112,7 @@ type Results struct {
 	Cost     *CostResult     `json:"cost,omitempty"`
 	Sched    *SchedResult    `json:"sched,omitempty"`
 	Startup  *StartupResult  `json:"startup,omitempty"`
+	RSS      *RSSResult      `json:"rss,omitempty"`
 	Storm    *StormResult    `json:"storm,omitempty"`
 	Serve    *ServeResult    `json:"serve,omitempty"`
 	Analysis *AnalysisResult `json:"analysis,omitempty"`
@@ -190,7 +194,7 @@ func run(o options) error {
 
 	if o.device != "" {
 		b.loop = o.device
-	} else if o.sections["io"] || o.sections["storm"] || o.sections["serve"] {
+	} else if o.sections["io"] || o.sections["rss"] || o.sections["storm"] || o.sections["serve"] {
 		cleanup, err := b.setupLoop()
 		if err != nil {
 			return err
@@ -212,6 +216,8 @@ func run(o options) error {
 			err = b.sched()
 		case "io":
 			err = b.io()
+		case "rss":
+			err = b.rss()
 		case "storm":
 			err = b.storm()
 		case "serve":
@@ -237,6 +243,9 @@ func run(o options) error {
 		}
 		if !o.sections["startup"] {
 			b.res.Startup = last.Startup
+		}
+		if !o.sections["rss"] {
+			b.res.RSS = last.RSS
 		}
 		if !o.sections["storm"] {
 			b.res.Storm = last.Storm
@@ -377,7 +386,7 @@ func neededPrograms(o options, selected []tool) []string {
 			}
 		}
 	}
-	if o.sections["io"] || o.sections["storm"] || o.sections["serve"] {
+	if o.sections["io"] || o.sections["rss"] || o.sections["storm"] || o.sections["serve"] {
 		add("fio")
 		if o.device == "" {
 			add("losetup")

@@ -164,6 +164,10 @@ func renderMarkdown(r *Results) string {
 		rows = append(rows, []string{"start-up: launch to every probe attached", fmt.Sprintf("%.0f ms", t.ReadyMs.Median), "< 150 ms",
 			yesNo(t.ReadyMs.Median < 150)})
 	}
+	if x := r.RSS; x != nil {
+		rows = append(rows, []string{fmt.Sprintf("peak RSS of a %s run at full load", time.Duration(x.Seconds*float64(time.Second))),
+			fmt.Sprintf("%.0f MiB", x.PeakRSSMiB), fmt.Sprintf("< %d MiB", rssTarget), yesNo(x.PeakRSSMiB < rssTarget)})
+	}
 	if a := r.analysisRow("Analyze", "1M"); a != nil {
 		rows = append(rows, []string{"analysis of 1M events (facts, rules, report)", fmt.Sprintf("%.2f s, %.0f MiB allocated", a.Seconds, a.MiBPerOp),
 			"< 1 s, < 200 MB", yesNo(a.Seconds < 1 && a.MiBPerOp*(1<<20) < 200e6)})
@@ -271,7 +275,34 @@ func renderMarkdown(r *Results) string {
 			{"CPU time", fmt.Sprintf("%.1f s (%.0f%% of one CPU)", s.CPUSeconds, 100*s.CPUSeconds/s.Seconds)},
 		})
 	}
+	renderRSS(&m, r.RSS)
 	return m.String()
+}
+
+// renderRSS writes the peak RSS of a whole diagnosis at full load.
+func renderRSS(m *md, x *RSSResult) {
+	if x == nil {
+		return
+	}
+	d := time.Duration(x.Seconds * float64(time.Second))
+	m.f("### 7. Memory of a %s diagnosis at full load\n\n", d)
+	m.f("`whyslow diagnose storage --duration %s` (every probe, defaults) run to its end while `%s` loads the device of section 1 for the whole observation; its resident set sampled every half second. The peak is the exited process's (its analysis and report included); the peak while observing is its VmHWM as the observation ends.\n\n", d, x.Fio)
+	var rss []string
+	step := max(1, len(x.RSSMiB)/12)
+	for i, s := range x.RSSMiB {
+		if i%step == step-1 || i == len(x.RSSMiB)-1 {
+			rss = append(rss, fmt.Sprintf("%.0fs: %.0f", s.At, s.MiB))
+		}
+	}
+	m.table([]string{"", ""}, [][]string{
+		{"achieved", fmt.Sprintf("%.0f IOPS", x.IOPS)},
+		{"RSS MiB over time", strings.Join(rss, ", ")},
+		{"peak RSS while observing", fmt.Sprintf("%.1f MiB", x.ObservedPeakMiB)},
+		{"peak RSS (analysis and report included)", fmt.Sprintf("%.1f MiB", x.PeakRSSMiB)},
+		{"CPU time", fmt.Sprintf("%.1f s (%.0f%% of one CPU)", x.CPUSeconds, 100*x.CPUSeconds/x.Seconds)},
+		{"end of the observation to exit", fmt.Sprintf("%.1f s", x.AnalysisSeconds)},
+		{"lost_events in the JSON report", fmt.Sprintf("%d", x.LostEvents)},
+	})
 }
 
 // renderIOCost writes the I/O overhead and BPF cost tables of r.
