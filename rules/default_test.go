@@ -7,7 +7,7 @@ func TestDefaultCompiles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"cgroup-throttle", "dirty-throttling", "failing-device", "iocost", "journal-commit-wait", "memory-reclaim", "noisy-neighbour", "nothing-found", "periodic-trigger", "queue-freeze-stall", "slow-device", "tag-starvation", "uevent-freeze", "unexplained-latency", "wbt-throttling"}
+	want := []string{"cgroup-throttle", "device-saturated", "dirty-throttling", "failing-device", "iocost", "journal-commit-wait", "memory-reclaim", "noisy-neighbour", "nothing-found", "periodic-trigger", "queue-freeze-stall", "slow-device", "tag-starvation", "uevent-freeze", "unexplained-latency", "wbt-throttling"}
 	var got []string
 	for _, r := range set.Rules() {
 		got = append(got, r.ID)

@@ -83,6 +83,10 @@ func Evaluate(set *Set, run *facts.Run) ([]Finding, error) {
 			// A run rule's finding (unexplained-latency, nothing-found) is
 			// about what the others leave unexplained: it follows them.
 			cmp.Compare(runScoped(a), runScoped(b)),
+			// An info finding names no fault (device-saturated: the
+			// device does what the load asks): it follows the warnings
+			// and critical findings of its scope, whatever its score.
+			cmp.Compare(infoRank(a), infoRank(b)),
 			cmp.Compare(b.f.Score, a.f.Score),
 			cmp.Compare(severityRank(a.f.Severity), severityRank(b.f.Severity)),
 			cmp.Compare(a.f.Rule, b.f.Rule),
@@ -101,6 +105,14 @@ func Evaluate(set *Set, run *facts.Run) ([]Finding, error) {
 // runScoped is 1 for a finding of a run-scope rule, else 0.
 func runScoped(it *item) int {
 	if it.rule != nil && it.rule.Scope == ScopeRun {
+		return 1
+	}
+	return 0
+}
+
+// infoRank is 1 for a finding of severity info, else 0.
+func infoRank(it *item) int {
+	if it.f.Severity == Info {
 		return 1
 	}
 	return 0

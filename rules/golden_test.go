@@ -57,6 +57,13 @@ func TestFindingsGolden(t *testing.T) {
 		{"testdata/golden_failing_scsi.txt", newScenario().fast(loop0).scsiTimeouts(sda, 3)},
 		{"testdata/golden_iocost_untraced.txt", newScenario().fast(loop0).
 			calls(fio, "/ioc", loop0, "io_submit", 600, 8, callIOCost)},
+		// Two sync jobs keep loop0 busy with their own I/O: device-saturated,
+		// no unexplained-latency.
+		{"testdata/golden_device_saturated.txt", newScenario().serve(loop0, 8000, msd(4.5), msd(0.005)).
+			syncJob(fio, "/", loop0, 2000, 9).syncJob(fio2, "/", loop0, 2000, 9)},
+		// A v1 read limit holds one read past the run: it is held, not
+		// running at a multiple of the limit.
+		{"testdata/golden_cgroup_throttle_held.txt", newScenario().fast(loop0).heldRead(loop0)},
 		{"testdata/golden_unexplained_partly.txt", newScenario().fast(loop0).commits(loop0, 50, 30).
 			calls(archiver, "/", loop0, "pwrite64", 40, 50, callLock, callOther).calls(archiver, "/", loop0, "fdatasync", 40, 10, callJournal)},
 	}

@@ -76,6 +76,7 @@ func TestNotEvaluated(t *testing.T) {
 			map[string]string{"tag-starvation": "needs Device.TagWaits: offcpu unavailable (rejected by the BPF verifier)",
 				"noisy-neighbour":     "needs Device.Processes or Device.TagWaits: syscall unavailable",
 				"unexplained-latency": "needs Run.Processes: syscall unavailable",
+				"device-saturated":    "needs Device.Processes: syscall unavailable",
 				"wbt-throttling":      "needs Device.Processes: syscall unavailable",
 				"journal-commit-wait": "needs Device.Processes: syscall unavailable",
 				"iocost":              "needs Device.StageMs: syscall unavailable",
@@ -96,7 +97,8 @@ func TestNotEvaluated(t *testing.T) {
 				"iocost": "syscall did not run", "unexplained-latency": "syscall did not run",
 				"wbt-throttling":   "syscall did not run",
 				"dirty-throttling": "writeback did not run", "journal-commit-wait": "did not run",
-				"memory-reclaim": "syscall did not run", "failing-device": "devfault did not run"}},
+				"memory-reclaim": "syscall did not run", "failing-device": "devfault did not run",
+				"device-saturated": "syscall did not run"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -102,6 +102,11 @@ func checkThrottled(t *testing.T, mech string) {
 	}
 	f := rep.Findings[0]
 	t.Logf("title: %s\nexplain: %s\nremedy: %s\nprecision: %s", f.Title, f.Explanation, f.Remedy, f.Precision)
+	// The limit holds the I/O before the device, which idles: not a
+	// device at its capacity.
+	if s, ok := findingOf(rep, "device-saturated"); ok {
+		t.Errorf("device-saturated fired under a binding limit: %s", s.Title)
+	}
 	if !slices.Contains(f.Devices, dev) {
 		t.Errorf("finding's devices %v, want %s", f.Devices, dev)
 	}

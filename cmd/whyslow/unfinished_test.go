@@ -106,6 +106,12 @@ func TestUnfinishedThrottledRead(t *testing.T) {
 	if !slices.Contains(f.Devices, dev) || !strings.Contains(f.Title, c.Path) {
 		t.Errorf("finding does not name %s and cgroup %s: %s %v", dev, c.Path, f.Title, f.Devices)
 	}
+	// The reads are held, not served: the text says so, never that the
+	// cgroup's reads ran at a multiple of the limit (cgroup v1 counts the
+	// bytes when the throttle takes them, before they are served).
+	if !strings.Contains(f.Explanation, "still held when the run ended") || strings.Contains(f.Explanation, "while it did I/O") {
+		t.Errorf("explanation does not say a read was still held, or says the reads ran at a rate: %s", f.Explanation)
+	}
 	for _, r := range []*exec.Cmd{before, during} {
 		if !slices.ContainsFunc(f.Processes, func(p report.Process) bool { return int(p.Pid) == r.Process.Pid && p.Role == "throttled" }) {
 			t.Errorf("finding's processes %+v do not name dd (pid %d) as throttled", f.Processes, r.Process.Pid)

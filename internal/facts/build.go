@@ -223,6 +223,7 @@ func (b *builder) devices() {
 		d := b.device(b.name(h.Dev), h.Dev.ID())
 		d.Submit = latency(&h.Submit)
 		d.Service = latency(&h.Service)
+		d.ServiceTime = time.Duration(min(h.Service.SumNs, math.MaxInt64))
 		d.SubmitCall = latency(&h.SubmitCall)
 	}
 }

@@ -224,6 +224,10 @@ type Device struct {
 	ID      string // major:minor
 	Submit  Latency
 	Service Latency
+	// ServiceTime is the service time of all the device's requests
+	// (issue to completion), summed: over a stretch of time, the mean
+	// number of requests in service (InService).
+	ServiceTime time.Duration
 	// SubmitCall is the time in submit_bio_noacct per call, when the
 	// submitfn probe ran on a direct mechanism (else Count is 0).
 	SubmitCall Latency

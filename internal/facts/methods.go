@@ -43,6 +43,19 @@ func (s Spans) UnionMs() float64 {
 	return msOf(t)
 }
 
+// Extent is the time from the first span's start to the last end of any
+// span, 0 when empty.
+func (s Spans) Extent() time.Duration {
+	if len(s) == 0 {
+		return 0
+	}
+	start, end := s[0].Start, s[0].End
+	for _, sp := range s {
+		start, end = min(start, sp.Start), max(end, sp.End)
+	}
+	return max(end-start, 0)
+}
+
 // MaxMs is the longest span in milliseconds, 0 when empty.
 func (s Spans) MaxMs() float64 {
 	var m time.Duration
@@ -771,6 +784,19 @@ func (u IOUses) Cgroups() []string {
 		out = append(out, x.Cgroup)
 	}
 	return distinctSorted(slices.DeleteFunc(out, func(s string) bool { return s == "" }))
+}
+
+// InService is the mean number of requests the device had in service
+// (issued, not completed) over a stretch of time of length over: their
+// service time summed (ServiceTime) divided by over (Little's law). The
+// part of the time the device had at least one request in service
+// (iostat's %util) is at most this: equal when its requests do not
+// overlap, less when they do. 0 when over is not positive.
+func (d *Device) InService(over time.Duration) float64 {
+	if d == nil || over <= 0 {
+		return 0
+	}
+	return float64(d.ServiceTime) / float64(over)
 }
 
 // Dominant returns the processes that dominate the device's I/O (see

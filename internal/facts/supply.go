@@ -39,6 +39,8 @@ var Suppliers = map[string][]string{
 	"Device.Upper":        nil,
 	"Device.Submit":       {event.ProbeSubmit},
 	"Device.Service":      {event.ProbeService},
+	"Device.ServiceTime":  {event.ProbeService},
+	"Device.InService":    {event.ProbeService},
 	"Device.SubmitCall":   {event.ProbeSubmitFn},
 	"Device.Stalls":       {event.ProbeSubmit},
 	"Device.QueueWaits":   {event.ProbeQueueEnter, event.ProbeOffCPU},

@@ -112,9 +112,9 @@ const defaultE2E = "TestBcache|TestMechanism|TestTrace|TestProbesCommand|TestCgr
 // null_blk disk whose every request takes 2 ms.
 var leftOut []struct{ pattern, why string }
 
-// guestSteps are what runs in a kernel (by its name in the matrix, e.g.
-// "6.1"), in order.
-func guestSteps(sel Selection, kernel string) []Step {
+// guestSteps are what runs in each kernel of the matrix, in order: the
+// same steps in every one (leftOut is not per kernel).
+func guestSteps(sel Selection) []Step {
 	if sel.Bench != "" {
 		return []Step{{Name: "bench", Cmd: "whyslow-bench -whyslow /usr/local/bin/whyslow -out /results/bench.md -json /results/bench.json " + sel.Bench}}
 	}
@@ -258,7 +258,7 @@ func (c *Config) RunKernel(ctx context.Context, k Kernel, bins map[string]string
 			c.Log("%s: leaves out %s: %s", k.Name, l.pattern, l.why)
 		}
 	}
-	if err := BuildInitramfs(ctx, u, bins, guestSteps(c.Select, k.Name), initrd); err != nil {
+	if err := BuildInitramfs(ctx, u, bins, guestSteps(c.Select), initrd); err != nil {
 		return fail(fmt.Errorf("initramfs for %s: %w", u.Release, err))
 	}
 	results := filepath.Join(work, "results.img")
@@ -317,7 +317,7 @@ func (c *Config) judge(res KernelResult, u *Unpacked) KernelResult {
 		return res
 	}
 	var failed []string
-	for _, s := range guestSteps(c.Select, res.Kernel.Name) {
+	for _, s := range guestSteps(c.Select) {
 		code := -1
 		for _, r := range b.Steps {
 			if r.Name == s.Name {
