@@ -401,9 +401,7 @@ static __always_inline void io_done(struct start *s)
 }
 
 /* A request completes (the first of its partial completions): its first
- * bio, the one that got it, is counted. While the service probe runs, this
- * is tail-called from its program on the same tracepoint instead of being
- * attached on its own (probes/rqcomplete.go): one dispatch per I/O. */
+ * bio, the one that got it, is counted. */
 SEC("tp_btf/block_rq_complete")
 int sub_rq_done(__u64 *ctx)
 {

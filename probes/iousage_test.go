@@ -102,54 +102,15 @@ func runHelper(t *testing.T, name string, cg *scenario.Cgroup, spec string) int 
 
 // Each process's bios on a device are counted for it, under its name and
 // its cgroup: a writer in a cgroup of its own and a reader in the test's.
-// The count ends where a request completes, by submit's program on
-// block_rq_complete: attached on its own, or tail-called from the service
-// probe's while that one runs (rqComplete), or moved from the one to the
-// other as the service probe stops between the writer and the reader.
 func TestSubmitIOUsage(t *testing.T) {
 	blkNeedRoot(t)
-	for _, tt := range []struct {
-		name string
-		// service runs before submit starts, and stops after the writer
-		// (handoff) or after submit.
-		service, handoff bool
-	}{
-		{name: "alone"},
-		{name: "behind-service", service: true},
-		{name: "handoff", service: true, handoff: true},
-	} {
-		t.Run(tt.name, func(t *testing.T) { testSubmitIOUsage(t, tt.service, tt.handoff) })
-	}
-}
-
-func testSubmitIOUsage(t *testing.T, service, handoff bool) {
 	const size = 64 << 20
 	loop := newBlkLoop(t, size)
 	cg := scenario.IOCgroup(t, "acct")
-	var svc Running
-	if service {
-		var st event.ProbeStatus
-		svc, st = serviceProbe{}.Start(Config{SysFS: "/sys", ProcFS: "/proc"}, new(blkSink))
-		if svc == nil {
-			t.Fatalf("starting service: %+v", st)
-		}
-		t.Cleanup(func() { svc.Stop() })
-	}
 	sink, r := startSubmitProbe(t, time.Hour)
-	rqComplete.mu.Lock()
-	chained := rqComplete.follower != nil
-	rqComplete.mu.Unlock()
-	if chained != service {
-		t.Errorf("sub_rq_done tail-called from the service probe's program: %v, want %v", chained, service)
-	}
 
 	const writes, reads = 300, 50
 	wpid := runHelper(t, "acct-writer", cg, fmt.Sprintf("write %s %d", loop.path, writes))
-	if handoff {
-		if err := svc.Stop(); err != nil {
-			t.Fatalf("stopping service: %v", err)
-		}
-	}
 	rpid := runHelper(t, "acct-reader", nil, fmt.Sprintf("read %s %d", loop.path, reads))
 	if err := r.Stop(); err != nil {
 		t.Fatalf("Stop: %v", err)

@@ -40,8 +40,6 @@ type serviceRunning struct {
 	sysfs string
 	objs  serviceObjects
 	links []link.Link
-	// unlead ends block_rq_complete's chain (rqComplete) this probe leads.
-	unlead func() error
 
 	stopOnce sync.Once
 	stopErr  error
@@ -83,7 +81,6 @@ func startService(cfg Config, sink Sink) (*serviceRunning, error) {
 		return nil, err
 	}
 	r.links = append(r.links, issue...)
-	r.unlead = rqComplete.lead(r.objs.RqCompleteNext)
 	return r, nil
 }
 
@@ -102,13 +99,10 @@ func (r *serviceRunning) Checkpoint(sink Sink) error {
 // loss counts, and frees everything.
 func (r *serviceRunning) Stop() error {
 	r.stopOnce.Do(func() {
-		r.stopErr = r.unlead()
 		closeAll(r.links)
 		hs, names, err := devHists(r.objs.DevHist, r.objs.DevHistSpill, r.objs.DevNames)
 		if err != nil {
-			if r.stopErr == nil {
-				r.stopErr = err
-			}
+			r.stopErr = err
 		} else {
 			deliverDevHists(r.sink, timeline.HistService, r.sysfs, hs, names)
 		}

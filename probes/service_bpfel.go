@@ -65,7 +65,6 @@ const (
 	serviceMapDevNames       = "dev_names"
 	serviceMapIssued         = "issued"
 	serviceMapLosses         = "losses"
-	serviceMapRqCompleteNext = "rq_complete_next"
 	serviceProgSvcRqComplete = "svc_rq_complete"
 	serviceProgSvcRqIssue    = "svc_rq_issue"
 	serviceVarArgRqComplete  = "arg_rq_complete"
@@ -124,13 +123,12 @@ type serviceProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type serviceMapSpecs struct {
-	DevHist        *ebpf.MapSpec `ebpf:"dev_hist"`
-	DevHistSpill   *ebpf.MapSpec `ebpf:"dev_hist_spill"`
-	DevHistZero    *ebpf.MapSpec `ebpf:"dev_hist_zero"`
-	DevNames       *ebpf.MapSpec `ebpf:"dev_names"`
-	Issued         *ebpf.MapSpec `ebpf:"issued"`
-	Losses         *ebpf.MapSpec `ebpf:"losses"`
-	RqCompleteNext *ebpf.MapSpec `ebpf:"rq_complete_next"`
+	DevHist      *ebpf.MapSpec `ebpf:"dev_hist"`
+	DevHistSpill *ebpf.MapSpec `ebpf:"dev_hist_spill"`
+	DevHistZero  *ebpf.MapSpec `ebpf:"dev_hist_zero"`
+	DevNames     *ebpf.MapSpec `ebpf:"dev_names"`
+	Issued       *ebpf.MapSpec `ebpf:"issued"`
+	Losses       *ebpf.MapSpec `ebpf:"losses"`
 }
 
 // serviceVariableSpecs contains global variables before they are loaded into the kernel.
@@ -163,13 +161,12 @@ func (o *serviceObjects) Close() error {
 //
 // It can be passed to loadServiceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type serviceMaps struct {
-	DevHist        *ebpf.Map `ebpf:"dev_hist"`
-	DevHistSpill   *ebpf.Map `ebpf:"dev_hist_spill"`
-	DevHistZero    *ebpf.Map `ebpf:"dev_hist_zero"`
-	DevNames       *ebpf.Map `ebpf:"dev_names"`
-	Issued         *ebpf.Map `ebpf:"issued"`
-	Losses         *ebpf.Map `ebpf:"losses"`
-	RqCompleteNext *ebpf.Map `ebpf:"rq_complete_next"`
+	DevHist      *ebpf.Map `ebpf:"dev_hist"`
+	DevHistSpill *ebpf.Map `ebpf:"dev_hist_spill"`
+	DevHistZero  *ebpf.Map `ebpf:"dev_hist_zero"`
+	DevNames     *ebpf.Map `ebpf:"dev_names"`
+	Issued       *ebpf.Map `ebpf:"issued"`
+	Losses       *ebpf.Map `ebpf:"losses"`
 }
 
 func (m *serviceMaps) Close() error {
@@ -180,7 +177,6 @@ func (m *serviceMaps) Close() error {
 		m.DevNames,
 		m.Issued,
 		m.Losses,
-		m.RqCompleteNext,
 	)
 }
 

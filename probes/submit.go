@@ -57,8 +57,6 @@ type submitRunning struct {
 	procfs string
 	objs   submitObjects
 	links  []link.Link
-	// leaveRQ takes sub_rq_done off block_rq_complete (rqComplete).
-	leaveRQ func() error
 	ring
 	ops *opDecoder
 	// use is the I/O accounting, swapped every ioUseSwapEvery until
@@ -133,9 +131,6 @@ func startSubmit(cfg Config, sink Sink) (_ *submitRunning, err error) {
 	defer func() {
 		if err != nil {
 			closeAll(r.links)
-			if r.leaveRQ != nil {
-				r.leaveRQ()
-			}
 			if r.rd != nil {
 				r.rd.Close()
 			}
@@ -156,12 +151,7 @@ func startSubmit(cfg Config, sink Sink) (_ *submitRunning, err error) {
 	}
 	// Attach the ends and the completion before the start, so no span is
 	// started that could not be ended.
-	if r.links, err = attachTPBTF(r.objs.SubGetrq, r.objs.SubBackmerge, r.objs.SubFrontmerge); err != nil {
-		return nil, err
-	}
-	// On block_rq_complete behind the service probe's program while it
-	// runs, else on its own (probes/rqcomplete.go).
-	if r.leaveRQ, err = rqComplete.follow(r.objs.SubRqDone); err != nil {
+	if r.links, err = attachTPBTF(r.objs.SubGetrq, r.objs.SubBackmerge, r.objs.SubFrontmerge, r.objs.SubRqDone); err != nil {
 		return nil, err
 	}
 	done, err := attachTPBTF(r.objs.SubBioDone)
@@ -266,18 +256,13 @@ func (r *submitRunning) Prune() ([]uint32, error) {
 func (r *submitRunning) Stop() error {
 	r.stopOnce.Do(func() {
 		closeAll(r.links)
-		// The request's end last: a bio in flight gets the most time to
-		// complete and be counted.
-		r.stopErr = r.leaveRQ()
 		close(r.swapStop)
 		<-r.swapDone
 		now, _ := event.Now()
 		r.drain()
 		hs, names, err := devHists(r.objs.DevHist, r.objs.DevHistSpill, r.objs.DevNames)
 		if err != nil {
-			if r.stopErr == nil {
-				r.stopErr = err
-			}
+			r.stopErr = err
 		} else {
 			deliverDevHists(r.sink, timeline.HistSubmit, r.sysfs, hs, names)
 		}
