@@ -5,17 +5,16 @@ package serve_test
 // bound (flight.WindowSums), and what a user reads still counts them.
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -24,6 +23,7 @@ import (
 
 	"github.com/whyslow/whyslow/internal/event"
 	"github.com/whyslow/whyslow/internal/flight"
+	"github.com/whyslow/whyslow/internal/metrics"
 	"github.com/whyslow/whyslow/internal/report"
 	"github.com/whyslow/whyslow/internal/scenario"
 	"github.com/whyslow/whyslow/internal/serve"
@@ -278,31 +278,11 @@ func (s *served) metrics() map[string]float64 {
 		s.t.Fatalf("/metrics: %v", err)
 	}
 	defer resp.Body.Close()
-	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 {
-			continue
-		}
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err != nil {
-			continue
-		}
-		series := line[:i]
-		out[series] = v
-		if j := strings.IndexByte(series, '{'); j >= 0 {
-			out[series[:j]] += v
-		}
-	}
-	if err := sc.Err(); err != nil {
+	sums, out, err := metrics.ParseText(resp.Body)
+	if err != nil {
 		s.t.Fatalf("/metrics: %v", err)
 	}
+	maps.Copy(out, sums) // a name alone: its series summed
 	return out
 }
 

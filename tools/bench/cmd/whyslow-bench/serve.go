@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -9,11 +8,12 @@ import (
 	"net/http"
 	"regexp"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/whyslow/whyslow/internal/metrics"
 )
 
 // ServeResult is `whyslow serve` under the storm's load for a long time:
@@ -222,29 +222,7 @@ func scrape(url string) (sums, series map[string]float64, err error) {
 	if resp.StatusCode != 200 {
 		return nil, nil, fmt.Errorf("HTTP %d", resp.StatusCode)
 	}
-	sums, series = map[string]float64{}, map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 {
-			continue
-		}
-		full, name := line[:i], line[:i]
-		if j := strings.IndexByte(name, '{'); j >= 0 {
-			name = name[:j]
-		}
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err == nil {
-			sums[name] += v
-			series[full] += v
-		}
-	}
-	return sums, series, sc.Err()
+	return metrics.ParseText(resp.Body)
 }
 
 // drain fetches url and discards the body.
