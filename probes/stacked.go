@@ -83,20 +83,20 @@ const nestedGrace = 10 * time.Second
 // call made while they were off are counted (SF_LOSS_NESTED).
 type nestedSwitch struct {
 	*directRun
-	sysfs string
-	bioFn string
-	bio   []attachPoint
-	need  <-chan struct{}
-	quit  chan struct{}
-	done  chan struct{}
+	sysfs   string
+	bioFn   string
+	bio     []attachPoint
+	need    <-chan struct{}
+	quit    chan struct{}
+	done    chan struct{}
 	stacked func(sysfs string) string // submitFnStacked
 
 	mu       sync.Mutex
 	links    []link.Link
-	atStart  string // why they were attached at start, or ""
+	atStart  string    // why they were attached at start, or ""
 	noticed  time.Time // when a nested call came with them off
-	attaches int    // times attached during the run, after the start
-	failed   string // the last attach error, if any
+	attaches int       // times attached during the run, after the start
+	failed   string    // the last attach error, if any
 	stopOnce sync.Once
 }
 
