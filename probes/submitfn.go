@@ -44,7 +44,7 @@ func (submitFnProbe) Decl() Decl {
 		Mechanisms: []Rung{{Mech: event.MechFentry}, {Mech: event.MechKprobe}, {Mech: event.MechTPBTF, InferredBy: event.ProbeSubmit}},
 		Forceable:  true,
 		Describe:   "time in submit_bio_noacct/generic_make_request per device and process, entry to return (else the submit probe's tracepoints)",
-		Attach:     "fentry/fexit or kprobe/kretprobe on `submit_bio_noacct` (`generic_make_request` before 5.9) and `__submit_bio` (else `blk_mq_submit_bio`)",
+		Attach:     "fentry/fexit or kprobe/kretprobe on `submit_bio_noacct` (`generic_make_request` before 5.9), and on `__submit_bio` (else `blk_mq_submit_bio`) while a stacked device exists or can appear",
 		Records:    "time in bio submission per device and process; a stacked device's submissions below it on their own devices",
 	}
 }
