@@ -169,16 +169,24 @@ static __always_inline void sf_emit(__u64 id, __u32 dev, struct gendisk *disk, _
 	bpf_ringbuf_submit(e, 0);
 }
 
+/* sf_bio_prog_on tells whether the per-bio program is attached. */
+static __always_inline int sf_bio_prog_on(void)
+{
+	__u32 k_on = SF_CTL_ON;
+	__u32 *on = bpf_map_lookup_elem(&bio_prog_on, &k_on);
+
+	return on && *on;
+}
+
 /* sf_need_bio_prog tells user space, once, that a nested call came while
  * the per-bio program was off. */
 static __always_inline void sf_need_bio_prog(void)
 {
-	__u32 k_on = SF_CTL_ON, k_noticed = SF_CTL_NOTICED;
-	__u32 *on = bpf_map_lookup_elem(&bio_prog_on, &k_on);
+	__u32 k_noticed = SF_CTL_NOTICED;
 	__u32 *noticed = bpf_map_lookup_elem(&bio_prog_on, &k_noticed);
 	struct sf_event *e;
 
-	if (!on || !noticed || *on || *noticed)
+	if (!noticed || *noticed)
 		return;
 	e = EVENT_RESERVE(struct sf_event);
 	if (!e)
@@ -209,7 +217,15 @@ static __always_inline int sf_enter(struct bio *bio)
 		sp->depth++;
 		if (!n.dev)
 			return 0;
-		sf_need_bio_prog();
+		/* With the per-bio program off, a nested call on the outer
+		 * call's own device (the rest of a split bio) is timed in the
+		 * outer call, on that device: nothing to wait for. Any other
+		 * is a stacked device's: user space is told to attach it. */
+		if (!sf_bio_prog_on()) {
+			if (n.disk == sp->disk)
+				return 0;
+			sf_need_bio_prog();
+		}
 		if (bpf_map_update_elem(&nested, &key, &n, BPF_ANY))
 			lose(LOSS_MAP_FULL);
 		else

@@ -2,9 +2,13 @@ package probes
 
 import (
 	"os"
+	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/whyslow/whyslow/internal/event"
 	"github.com/whyslow/whyslow/internal/scenario"
@@ -41,6 +45,16 @@ func TestSubmitFnStackedDeviceAppears(t *testing.T) {
 			}
 			if note := ns.statusNote(); ns.bioAttached() || !strings.Contains(note, "not attached") {
 				t.Fatalf("per-bio programs attached at the start with no stacked device (status %q)", note)
+			}
+			// A bio split on a plain device is a nested call on the
+			// outer call's own device: it neither attaches the programs
+			// nor loses anything (its time is in the outer call).
+			splitWrites(t, backing, 8)
+			if err := r.(Checkpointer).Checkpoint(sink); err != nil {
+				t.Fatal(err)
+			}
+			if ns.bioAttached() || len(sink.losses) > 0 {
+				t.Fatalf("after split bios on %s: per-bio programs attached %v, losses %+v; want neither", backing.name, ns.bioAttached(), sink.losses)
 			}
 			var bc string
 			var tid int
@@ -84,6 +98,63 @@ func TestSubmitFnStackedDeviceAppears(t *testing.T) {
 			}
 		})
 	}
+}
+
+// splitWrites makes n 256 KiB O_DIRECT writes to loop, whose largest
+// request it sets to 16 KiB for the time being, from one thread; it checks
+// that the device completed at least 16 writes for each (they were split)
+// and then waits a check of the nested switch.
+func splitWrites(t *testing.T, loop blkLoop, n int) {
+	t.Helper()
+	msk := "/sys/block/" + loop.name + "/queue/max_sectors_kb"
+	old, err := os.ReadFile(msk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(msk, []byte("16"), 0); err != nil {
+		t.Fatal(err)
+	}
+	defer os.WriteFile(msk, old, 0)
+	before := diskWrites(t, loop.name)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	fd, err := unix.Open(loop.path, unix.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	buf, err := unix.Mmap(-1, 0, 256<<10, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(buf)
+	for i := range n {
+		if _, err := unix.Pwrite(fd, buf, int64(i)*int64(len(buf))); err != nil {
+			t.Fatalf("writing %s: %v", loop.path, err)
+		}
+	}
+	if got := diskWrites(t, loop.name) - before; got < uint64(16*n) {
+		t.Fatalf("%s completed %d writes for %d of 256 KiB with 16 KiB requests: not split", loop.name, got, n)
+	}
+	time.Sleep(nestedCheckEvery + 100*time.Millisecond)
+}
+
+// diskWrites is the writes completed by a disk (its stat's fifth field).
+func diskWrites(t *testing.T, disk string) uint64 {
+	t.Helper()
+	b, err := os.ReadFile("/sys/block/" + disk + "/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 5 {
+		t.Fatalf("/sys/block/%s/stat: %q", disk, b)
+	}
+	v, err := strconv.ParseUint(f[4], 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
 }
 
 // waitUntil polls cond every 10 ms for at most d.
