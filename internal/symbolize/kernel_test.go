@@ -92,9 +92,9 @@ func TestLoadKernelLive(t *testing.T) {
 		t.Fatalf("only %d kernel text symbols", k.Len())
 	}
 	// Every symbol resolves to itself.
-	for _, s := range k.syms[:100] {
-		if f := k.Frame(s.addr); f.Offset != 0 || f.Module != KernelModule {
-			t.Fatalf("Frame(%#x) = %+v", s.addr, f)
+	for i, a := range k.syms.starts[:100] {
+		if f := k.Frame(a); f.Offset != 0 || f.Module != KernelModule || f.Symbol != k.syms.name(k.syms.at(a)) || (i > 0 && a != k.syms.starts[i-1] && f.Symbol != k.syms.name(i)) {
+			t.Fatalf("Frame(%#x) = %+v", a, f)
 		}
 	}
 }
