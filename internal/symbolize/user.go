@@ -2,8 +2,10 @@ package symbolize
 
 import (
 	"bufio"
+	"bytes"
 	"debug/elf"
 	"debug/gosym"
+	endian "encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -318,12 +320,24 @@ func goSymbols(ef *elf.File, seen map[uint64]bool) []usym {
 	if err != nil {
 		return nil
 	}
+	if funcs, ok := goFuncs(data, text.Addr, seen); ok {
+		return funcs
+	}
+	return gosymFuncs(data, text.Addr, seen)
+}
+
+// gosymFuncs reads the functions of a pclntab through debug/gosym, which
+// knows every version of the format but makes a table of each function's
+// symbol and line data on the way (some 18 MB to read a 20,000-function
+// binary): goFuncs reads the versions of Go 1.18 and later.
+func gosymFuncs(data []byte, textStart uint64, seen map[uint64]bool) []usym {
 	var tab *gosym.Table
+	var err error
 	func() {
 		// debug/gosym trusts its input; a corrupt table must not take the
 		// process down.
 		defer func() { _ = recover() }()
-		tab, err = gosym.NewTable(nil, gosym.NewLineTable(data, text.Addr))
+		tab, err = gosym.NewTable(nil, gosym.NewLineTable(data, textStart))
 	}()
 	if tab == nil || err != nil {
 		return nil
@@ -337,6 +351,76 @@ func goSymbols(ef *elf.File, seen map[uint64]bool) []usym {
 		out = append(out, usym{value: f.Entry, size: f.End - f.Entry, name: f.Name})
 	}
 	return out
+}
+
+// Magic numbers of the pclntab versions goFuncs reads (Go 1.18, 1.20+).
+const (
+	pclntab118 = 0xfffffff0
+	pclntab120 = 0xfffffff1
+)
+
+// goFuncs reads the functions of a Go 1.18 or later pclntab: the header
+// (magic, pad, PC quantum, pointer size, then words: function count, file
+// count, text start, and the offsets of the function names, compilation
+// units, files, PC tables and function table), the function table (per
+// function its entry and its _func's offset as 32-bit words, then the end
+// of the text), each _func's name offset. Names are slices of data. ok is
+// false for another version; a malformed table gives no functions.
+func goFuncs(data []byte, textStart uint64, seen map[uint64]bool) (out []usym, ok bool) {
+	if len(data) < 16 || data[4] != 0 || data[5] != 0 {
+		return nil, false
+	}
+	var bo endian.ByteOrder
+	switch {
+	case endian.LittleEndian.Uint32(data) == pclntab118, endian.LittleEndian.Uint32(data) == pclntab120:
+		bo = endian.LittleEndian
+	case endian.BigEndian.Uint32(data) == pclntab118, endian.BigEndian.Uint32(data) == pclntab120:
+		bo = endian.BigEndian
+	default:
+		return nil, false
+	}
+	ptr := uint64(data[7])
+	if ptr != 4 && ptr != 8 {
+		return nil, true
+	}
+	word := func(n uint64) uint64 {
+		off := 8 + n*ptr
+		if off+ptr > uint64(len(data)) {
+			return math.MaxUint64
+		}
+		if ptr == 8 {
+			return bo.Uint64(data[off:])
+		}
+		return uint64(bo.Uint32(data[off:]))
+	}
+	nfunc, namesOff, tabOff := word(0), word(3), word(7)
+	size := uint64(len(data))
+	if nfunc > size/8 || namesOff >= size || tabOff >= size || size-tabOff < (2*nfunc+1)*4 {
+		return nil, true
+	}
+	names, tab := data[namesOff:], data[tabOff:]
+	out = make([]usym, 0, nfunc)
+	for i := range nfunc {
+		entry, funcOff, end := uint64(bo.Uint32(tab[8*i:])), uint64(bo.Uint32(tab[8*i+4:])), uint64(bo.Uint32(tab[8*i+8:]))
+		if funcOff+8 > uint64(len(tab)) {
+			return nil, true
+		}
+		nameOff := uint64(bo.Uint32(tab[funcOff+4:]))
+		if nameOff >= uint64(len(names)) {
+			return nil, true
+		}
+		n := bytes.IndexByte(names[nameOff:], 0)
+		if n < 0 {
+			return nil, true
+		}
+		pc := textStart + entry
+		if pc == 0 || seen[pc] || end < entry {
+			continue
+		}
+		seen[pc] = true
+		out = append(out, usym{value: pc, size: end - entry, name: bytesString(names[nameOff : nameOff+uint64(n)])})
+	}
+	return out, true
 }
 
 // vaddr converts a file offset to the ELF virtual address it is loaded at.
