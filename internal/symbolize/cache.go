@@ -16,9 +16,13 @@ const (
 	// DefaultMaxSymbolBytes bounds the heap that a UserCache's symbol
 	// tables keep, by their accounted size (binary.bytes: 12 bytes a
 	// symbol, its name, and a little per binary). A stripped Go binary of
-	// 20,000 functions takes some 1.5 MiB, libc some 60 KiB; 16 MiB keeps
-	// several large programs and every library they map.
-	DefaultMaxSymbolBytes = 16 << 20
+	// 20,000 functions takes some 1.5 MiB, libc some 60 KiB. The bound is
+	// set well above what the programs blocked at once usually need: when
+	// it binds, a table evicted is read again at its next stack (some 30 ms
+	// of CPU and 11 MB of garbage for such a Go binary), and a bound of
+	// 16 MiB with 16 such binaries blocked on I/O re-read them stack after
+	// stack and took 55 s of CPU in a 60 s run (BENCHMARKS.md).
+	DefaultMaxSymbolBytes = 64 << 20
 	defaultMaxProcs       = 256
 	// maxMapsAge is how long a process's maps are trusted before they are read
 	// again. An exec keeps the pid but replaces every mapping; addresses that

@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"unsafe"
 )
 
 // tableOf makes a binary of n function symbols with names of nameLen bytes.
@@ -132,5 +133,32 @@ func TestUserCacheBinaryOverBound(t *testing.T) {
 	}
 	if !strings.Contains(want, "markerFunction") {
 		t.Errorf("want %q", want)
+	}
+}
+
+// TestFrameNamesDoNotPinTables checks that a frame's symbol is not a slice
+// of its binary's table, which would keep the whole table alive after the
+// cache dropped it.
+func TestFrameNamesDoNotPinTables(t *testing.T) {
+	bs := newBinaries(4, DefaultMaxSymbolBytes)
+	u, err := loadUser("/proc", uint32(os.Getpid()), bs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc := uint64(reflect.ValueOf(markerFunction).Pointer())
+	fr := u.Frame(pc)
+	if !strings.Contains(fr.Symbol, "markerFunction") {
+		t.Fatalf("Frame = %+v", fr)
+	}
+	sym := uintptr(unsafe.Pointer(unsafe.StringData(fr.Symbol)))
+	for key, it := range bs.cache.items {
+		if it.v == nil {
+			continue
+		}
+		names := it.v.syms.names
+		lo := uintptr(unsafe.Pointer(unsafe.StringData(names)))
+		if sym >= lo && sym < lo+uintptr(len(names)) {
+			t.Errorf("the frame's symbol %q is a slice of %s's table of names", fr.Symbol, key)
+		}
 	}
 }

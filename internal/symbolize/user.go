@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"unique"
 	"unsafe"
 
 	"github.com/whyslow/whyslow/internal/event"
@@ -186,7 +187,12 @@ func (u *User) frame(addr, lookup uint64, held *stackBinaries) event.Frame {
 		return fr
 	}
 	if name, start, ok := b.lookup(vaddr); ok {
-		fr.Symbol = name
+		// The name is a slice of the table's one string of names: a
+		// frame that kept it would keep the whole table alive after the
+		// cache dropped it (a 1 MB string per read of a Go binary, held by
+		// every event of its stacks). unique.Make keeps one copy of each
+		// name, shared by the frames and by the tables read again.
+		fr.Symbol = unique.Make(name).Value()
 		fr.Offset = vaddr - start + (addr - lookup)
 	}
 	return fr
