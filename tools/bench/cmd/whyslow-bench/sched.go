@@ -89,6 +89,9 @@ func (b *bench) schedConfigs() []schedConfig {
 			schedConfig{"empty-syscalls", "empty programs on `sys_enter` + `sys_exit`", empty("sys_enter", "sys_exit")},
 			schedConfig{"empty-sched", "empty programs on `sched_switch` + `sched_waking`", empty("sched_switch", "sched_waking")},
 			schedConfig{"empty-all", "empty programs on all four", empty("sys_enter", "sys_exit", "sched_switch", "sched_waking")},
+			// whyslow's layout: the syscall probe's programs on all four,
+			// offcpu's on sys_exit, sched_switch and sched_waking too.
+			schedConfig{"empty-layout", "empty programs as many as whyslow's: 1 on `sys_enter`, 2 on each of the others", empty("sys_enter", "sys_exit", "sys_exit", "sched_switch", "sched_switch", "sched_waking", "sched_waking")},
 		)
 	}
 	if b.o.schedAlso != "" {
