@@ -7,7 +7,8 @@
 //     libbpf-tools biolatency + execsnoop, and tools/bench/biosched.bt under
 //     bpftrace, in alternating rounds; then the BPF run time per I/O of
 //     whyslow and biolatency on the same runs (kernel.bpf_stats_enabled)
-//   - sched: a pipe ping-pong (perf bench sched pipe) with and without whyslow
+//   - sched: a pipe ping-pong (perf bench sched pipe) with and without whyslow,
+//     and with empty programs on the attach points whyslow uses (the floor)
 //   - startup: launch to probes attached, and peak RSS, of whyslow,
 //     biolatency and bpftrace
 //   - rss: whyslow's peak RSS over a 60 s diagnosis at the I/O load
