@@ -42,9 +42,10 @@ struct {
 } issued SEC(".maps");
 
 /* Requests in flight whose slot another request in flight held when they
- * were issued: request pointer -> issue time. Rare (some 0.4% of issues
- * with 64 requests in flight), so a few thousand hold far more than the
- * collisions of every device at once. */
+ * were issued: request pointer -> issue time. A device's requests are a
+ * fixed set of objects (its tags' or its scheduler's): only a pair of them
+ * that share a slot collides, and only while both are in flight, so a few
+ * thousand entries hold far more than every device's collisions at once. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
