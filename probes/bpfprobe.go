@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -192,10 +193,13 @@ func sumLosses(m *ebpf.Map) ([lossKinds]uint64, error) {
 	return out, nil
 }
 
-// deliverLosses sends the non-zero loss counts of a probe to the sink. A
-// failure to read them is itself reported as a loss of unknown size (count 1)
-// so that it is never silent.
-func deliverLosses(sink Sink, probe string, m *ebpf.Map) {
+// deliverLosses sends the non-zero loss counts of a probe to the sink: the
+// counters its programs keep in m, and the runs the kernel skipped of the
+// programs in objs (see deliverSkips). A failure to read the counters is
+// itself reported as a loss of unknown size (count 1) so that it is never
+// silent.
+func deliverLosses(sink Sink, probe string, m *ebpf.Map, objs any) {
+	deliverSkips(sink, probe, programsOf(objs))
 	counts, err := sumLosses(m)
 	if err != nil {
 		sink.Loss(event.Loss{Probe: probe, What: "loss counters unreadable", Count: 1})
@@ -206,6 +210,70 @@ func deliverLosses(sink Sink, probe string, m *ebpf.Map) {
 			sink.Loss(event.Loss{Probe: probe, What: lossWhat[k], Count: n})
 		}
 	}
+}
+
+// skippedWhat is the Loss.What of a program's skipped runs.
+const skippedWhat = "runs of %s skipped by the kernel: another BPF program was running on its CPU (recursion_misses)"
+
+// deliverSkips reports, per program, the runs the kernel did not make
+// because a BPF program was already running on the CPU (an interrupt's
+// tracepoint inside another program, the program re-entered): its
+// recursion_misses count (5.12+; 0 before), kept whether or not BPF
+// statistics are on. Each skipped run is an event the program never saw.
+// The programs are whyslow's own, loaded for this run, so the counts are
+// this run's.
+func deliverSkips(sink Sink, probe string, progs []*ebpf.Program) {
+	for _, p := range progs {
+		st, err := p.Stats()
+		if err != nil || st.RecursionMisses == 0 {
+			continue
+		}
+		sink.Loss(event.Loss{Probe: probe, What: fmt.Sprintf(skippedWhat, progName(p)), Count: st.RecursionMisses})
+	}
+}
+
+// programsOf lists the programs of a loaded collection or of a bpf2go
+// objects struct (a pointer to it), in a stable order.
+func programsOf(objs any) []*ebpf.Program {
+	if c, ok := objs.(*ebpf.Collection); ok {
+		if c == nil {
+			return nil
+		}
+		var out []*ebpf.Program
+		for _, name := range slices.Sorted(maps.Keys(c.Programs)) {
+			if p := c.Programs[name]; p != nil {
+				out = append(out, p)
+			}
+		}
+		return out
+	}
+	var out []*ebpf.Program
+	var walk func(v reflect.Value)
+	walk = func(v reflect.Value) {
+		switch v.Kind() {
+		case reflect.Pointer:
+			if v.IsNil() {
+				return
+			}
+			if v.Type() == reflect.TypeFor[*ebpf.Program]() {
+				if v.CanInterface() {
+					out = append(out, v.Interface().(*ebpf.Program))
+				}
+				return
+			}
+			if v.Elem().Kind() == reflect.Struct {
+				walk(v.Elem())
+			}
+		case reflect.Struct:
+			for i := range v.NumField() {
+				walk(v.Field(i))
+			}
+		}
+	}
+	if objs != nil {
+		walk(reflect.ValueOf(objs))
+	}
+	return out
 }
 
 // kernelDev splits a kernel-internal dev_t (major<<20 | minor), as BPF

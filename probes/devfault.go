@@ -332,7 +332,7 @@ func (r *devfaultRunning) deliverSums(sink Sink) error {
 		}
 		sink.Event(event.Requeues{Time: now, Dev: r.device(k, cString(v.Disk[:])), Count: v.Count, TimedOut: v.TimedOut})
 	}
-	deliverLosses(sink, event.ProbeDevFault, r.objs.Losses)
+	deliverLosses(sink, event.ProbeDevFault, r.objs.Losses, &r.objs)
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("reading requeue counts: %w", err)
 	}

@@ -211,7 +211,7 @@ func splitArgs(b []int8) []string {
 
 // Checkpoint implements Checkpointer.
 func (r *execRunning) Checkpoint(sink Sink) error {
-	deliverLosses(sink, event.ProbeExec, r.objs.Losses)
+	deliverLosses(sink, event.ProbeExec, r.objs.Losses, &r.objs)
 	return nil
 }
 
@@ -221,7 +221,7 @@ func (r *execRunning) Stop() error {
 	r.stopOnce.Do(func() {
 		closeAll(r.links)
 		r.drain()
-		deliverLosses(r.sink, event.ProbeExec, r.objs.Losses)
+		deliverLosses(r.sink, event.ProbeExec, r.objs.Losses, &r.objs)
 		r.undecodable(r.sink, event.ProbeExec)
 		if err := r.objs.Close(); err != nil {
 			r.stopErr = fmt.Errorf("closing objects: %w", err)

@@ -207,7 +207,7 @@ func (r *iocostRunning) device(name string) event.Device {
 
 // Checkpoint implements Checkpointer: the losses so far.
 func (r *iocostRunning) Checkpoint(sink Sink) error {
-	deliverLosses(sink, event.ProbeIOCost, r.coll.Maps["losses"])
+	deliverLosses(sink, event.ProbeIOCost, r.coll.Maps["losses"], r.coll)
 	return nil
 }
 
@@ -217,7 +217,7 @@ func (r *iocostRunning) Stop() error {
 	r.stopOnce.Do(func() {
 		closeAll(r.links)
 		r.drain()
-		deliverLosses(r.sink, event.ProbeIOCost, r.coll.Maps["losses"])
+		deliverLosses(r.sink, event.ProbeIOCost, r.coll.Maps["losses"], r.coll)
 		r.undecodable(r.sink, event.ProbeIOCost)
 		r.coll.Close()
 	})

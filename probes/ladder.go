@@ -626,7 +626,7 @@ func (r *directRun) Checkpoint(sink Sink) error {
 			return err
 		}
 	}
-	deliverLosses(sink, r.probe, r.coll.Maps["losses"])
+	deliverLosses(sink, r.probe, r.coll.Maps["losses"], r.coll)
 	if r.moreLosses != nil {
 		r.moreLosses(r.coll, sink)
 	}
@@ -645,7 +645,7 @@ func (r *directRun) Stop() error {
 		if r.hists != nil {
 			r.stopErr = r.hists(r.coll, r.sink)
 		}
-		deliverLosses(r.sink, r.probe, r.coll.Maps["losses"])
+		deliverLosses(r.sink, r.probe, r.coll.Maps["losses"], r.coll)
 		if r.moreLosses != nil {
 			r.moreLosses(r.coll, r.sink)
 		}

@@ -413,7 +413,7 @@ func trimUserGarbage(fr []event.Frame) []event.Frame {
 
 // Checkpoint implements Checkpointer: the loss counts so far.
 func (r *offcpuRunning) Checkpoint(sink Sink) error {
-	deliverLosses(sink, event.ProbeOffCPU, r.objs.Losses)
+	deliverLosses(sink, event.ProbeOffCPU, r.objs.Losses, &r.objs)
 	deliverStackLosses(sink, r.objs.StackLosses, 0)
 	return nil
 }
@@ -442,7 +442,7 @@ func (r *offcpuRunning) Stop() error {
 			r.deliver(&e)
 			r.unfinished++
 		}
-		deliverLosses(r.sink, event.ProbeOffCPU, r.objs.Losses)
+		deliverLosses(r.sink, event.ProbeOffCPU, r.objs.Losses, &r.objs)
 		deliverStackLosses(r.sink, r.objs.StackLosses, r.unfinished)
 		r.undecodable(r.sink, event.ProbeOffCPU)
 		if err := r.objs.Close(); err != nil {

@@ -91,7 +91,7 @@ func (r *serviceRunning) Checkpoint(sink Sink) error {
 		return err
 	}
 	deliverDevHists(sink, timeline.HistService, r.sysfs, hs, names)
-	deliverLosses(sink, event.ProbeService, r.objs.Losses)
+	deliverLosses(sink, event.ProbeService, r.objs.Losses, &r.objs)
 	return nil
 }
 
@@ -106,7 +106,7 @@ func (r *serviceRunning) Stop() error {
 		} else {
 			deliverDevHists(r.sink, timeline.HistService, r.sysfs, hs, names)
 		}
-		deliverLosses(r.sink, event.ProbeService, r.objs.Losses)
+		deliverLosses(r.sink, event.ProbeService, r.objs.Losses, &r.objs)
 		if err := r.objs.Close(); err != nil && r.stopErr == nil {
 			r.stopErr = fmt.Errorf("closing objects: %w", err)
 		}

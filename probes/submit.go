@@ -223,7 +223,7 @@ func (r *submitRunning) Checkpoint(sink Sink) error {
 		return err
 	}
 	err = r.deliverIOUse(sink, names, now)
-	deliverLosses(sink, event.ProbeSubmit, r.objs.Losses)
+	deliverLosses(sink, event.ProbeSubmit, r.objs.Losses, &r.objs)
 	return err
 }
 
@@ -273,7 +273,7 @@ func (r *submitRunning) Stop() error {
 			}
 		}
 		r.use.close()
-		deliverLosses(r.sink, event.ProbeSubmit, r.objs.Losses)
+		deliverLosses(r.sink, event.ProbeSubmit, r.objs.Losses, &r.objs)
 		r.undecodable(r.sink, event.ProbeSubmit)
 		if err := r.objs.Close(); err != nil && r.stopErr == nil {
 			r.stopErr = fmt.Errorf("closing objects: %w", err)

@@ -870,7 +870,7 @@ func (r *syscallRunning) deliverSums(sink Sink) error {
 	if err == nil {
 		err = r.deliverUnfinished(sink, now)
 	}
-	deliverLosses(sink, event.ProbeSyscall, r.coll.Maps["losses"])
+	deliverLosses(sink, event.ProbeSyscall, r.coll.Maps["losses"], r.coll)
 	r.deliverScLosses(sink)
 	return err
 }

@@ -222,7 +222,7 @@ func (r *sysfsRunning) handle(raw []byte) {
 
 // Checkpoint implements Checkpointer.
 func (r *sysfsRunning) Checkpoint(sink Sink) error {
-	deliverLosses(sink, event.ProbeSysfs, r.objs.Maps["losses"])
+	deliverLosses(sink, event.ProbeSysfs, r.objs.Maps["losses"], r.objs)
 	return nil
 }
 
@@ -233,7 +233,7 @@ func (r *sysfsRunning) Stop() error {
 		closeAll(r.links)
 		r.links = nil
 		r.drain()
-		deliverLosses(r.sink, event.ProbeSysfs, r.objs.Maps["losses"])
+		deliverLosses(r.sink, event.ProbeSysfs, r.objs.Maps["losses"], r.objs)
 		r.undecodable(r.sink, event.ProbeSysfs)
 		r.close()
 	})

@@ -444,7 +444,7 @@ func nz(v uint64) uint64 {
 
 // Checkpoint implements Checkpointer.
 func (r *writebackRunning) Checkpoint(sink Sink) error {
-	deliverLosses(sink, event.ProbeWriteback, r.coll.Maps["losses"])
+	deliverLosses(sink, event.ProbeWriteback, r.coll.Maps["losses"], r.coll)
 	return nil
 }
 
@@ -454,7 +454,7 @@ func (r *writebackRunning) Stop() error {
 	r.stopOnce.Do(func() {
 		closeAll(r.links)
 		r.drain()
-		deliverLosses(r.sink, event.ProbeWriteback, r.coll.Maps["losses"])
+		deliverLosses(r.sink, event.ProbeWriteback, r.coll.Maps["losses"], r.coll)
 		r.undecodable(r.sink, event.ProbeWriteback)
 		r.coll.Close()
 	})
