@@ -609,17 +609,19 @@ static __always_inline int storage_call(long nr)
 
 static __always_inline void call_enter(long nr, __u64 a0, __u64 a1, __u64 a2, const int vma)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-
-	if ((__u32)(id >> 32) == self_tgid)
-		return;
 	/* The calls on aio contexts read the thread's state first: the
-	 * device its io_submit named is there. */
+	 * device its io_submit named is there. The others find their device
+	 * first: a read or write of a pipe, socket or tty (most calls of
+	 * these numbers on most machines) is let go after the loads that
+	 * find its inode's mode, without a helper call. */
 	struct sc_state *st = 0;
 	if (nr == NR_IO_GETEVENTS || nr == NR_IO_PGETEVENTS)
-		st = state((__u32)id, 0);
+		st = state((__u32)bpf_get_current_pid_tgid(), 0);
 	__u32 dev = call_dev(nr, a0, a1, a2, vma, st);
 	if (!dev)
+		return;
+	__u64 id = bpf_get_current_pid_tgid();
+	if ((__u32)(id >> 32) == self_tgid)
 		return;
 	if (!st)
 		st = state((__u32)id, 1);
@@ -753,11 +755,14 @@ static __always_inline void hist_count(struct sc_hist_key *k, __u64 id, __u64 la
 
 static __always_inline void call_exit(long ret)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct sc_state *st = state((__u32)id, 0);
+	/* With task storage the state needs no thread id: a thread with no
+	 * local storage at all (one that never made a storage call) returns
+	 * after one load, without a helper call. */
+	struct sc_state *st = state(use_task_storage ? 0 : (__u32)bpf_get_current_pid_tgid(), 0);
 
 	if (!st || !st->start_ns)
 		return;
+	__u64 id = bpf_get_current_pid_tgid();
 	if (st->inflight) {
 		__u32 tid = (__u32)id;
 		bpf_map_delete_elem(&inflight, &tid);

@@ -13,23 +13,39 @@ import (
 // Cache bounds.
 const (
 	defaultMaxBinaries = 64
-	defaultMaxProcs    = 256
+	// DefaultMaxSymbolBytes bounds the heap that a UserCache's symbol
+	// tables keep, by their accounted size (binary.bytes: 12 bytes a
+	// symbol, its name, and a little per binary). A stripped Go binary of
+	// 20,000 functions takes some 1.5 MiB, libc some 60 KiB. The bound is
+	// set well above what the programs blocked at once usually need: when
+	// it binds, a table evicted is read again at its next stack (some 30 ms
+	// of CPU and 11 MB of garbage for such a Go binary), and a bound of
+	// 16 MiB with 16 such binaries blocked on I/O re-read them stack after
+	// stack and took 55 s of CPU in a 60 s run (BENCHMARKS.md).
+	DefaultMaxSymbolBytes = 64 << 20
+	defaultMaxProcs       = 256
 	// maxMapsAge is how long a process's maps are trusted before they are read
 	// again. An exec keeps the pid but replaces every mapping; addresses that
 	// fall outside the cached mappings also force a re-read.
 	maxMapsAge = 5 * time.Second
 )
 
-// lru is a small least-recently-used map.
+// lru is a small least-recently-used map, bounded by its number of items
+// and, when costOf is set, by the sum of their costs.
 type lru[K comparable, V any] struct {
 	max   int
 	order *list.List // front = most recent; values are K
 	items map[K]lruItem[V]
+
+	costOf  func(V) int // nil: every item costs nothing
+	maxCost int
+	cost    int // the items' costs together
 }
 
 type lruItem[V any] struct {
-	v   V
-	elt *list.Element
+	v    V
+	cost int
+	elt  *list.Element
 }
 
 func newLRU[K comparable, V any](max int) *lru[K, V] {
@@ -49,25 +65,31 @@ func (c *lru[K, V]) get(k K) (V, bool) {
 	return it.v, true
 }
 
-func (c *lru[K, V]) put(k K, v V) {
-	if it, ok := c.items[k]; ok {
-		it.v = v
-		c.items[k] = it
-		c.order.MoveToFront(it.elt)
-		return
+// put keeps v under k, evicting the least recently used items until both
+// bounds hold. An item that costs more than maxCost on its own is not kept
+// (put reports false); the caller may still use it.
+func (c *lru[K, V]) put(k K, v V) bool {
+	c.remove(k)
+	cost := 0
+	if c.costOf != nil {
+		cost = c.costOf(v)
+		if cost > c.maxCost {
+			return false
+		}
 	}
-	for len(c.items) >= c.max {
-		old := c.order.Back()
-		c.order.Remove(old)
-		delete(c.items, old.Value.(K))
+	for len(c.items) >= c.max || (len(c.items) > 0 && c.cost+cost > c.maxCost && c.costOf != nil) {
+		c.remove(c.order.Back().Value.(K))
 	}
-	c.items[k] = lruItem[V]{v: v, elt: c.order.PushFront(k)}
+	c.items[k] = lruItem[V]{v: v, cost: cost, elt: c.order.PushFront(k)}
+	c.cost += cost
+	return true
 }
 
 func (c *lru[K, V]) remove(k K) {
 	if it, ok := c.items[k]; ok {
 		c.order.Remove(it.elt)
 		delete(c.items, k)
+		c.cost -= it.cost
 	}
 }
 
@@ -75,13 +97,20 @@ func (c *lru[K, V]) len() int { return len(c.items) }
 
 // binaries caches parsed ELF files by device and inode, so that a library
 // mapped by many processes is read once. Failures are cached too (nil).
+// It keeps at most max binaries and maxBytes of their tables (binary.bytes),
+// evicting the least recently used; a binary whose table alone is larger
+// than maxBytes is read, used for the stack at hand, and not kept.
 type binaries struct {
 	mu    sync.Mutex
 	cache *lru[string, *binary]
+	// uncached counts the reads of binaries too large to keep.
+	uncached int
 }
 
-func newBinaries(max int) *binaries {
-	return &binaries{cache: newLRU[string, *binary](max)}
+func newBinaries(max, maxBytes int) *binaries {
+	c := newLRU[string, *binary](max)
+	c.costOf, c.maxCost = (*binary).bytes, maxBytes
+	return &binaries{cache: c}
 }
 
 func (bs *binaries) get(m mapping, open func(mapping) (*os.File, error)) *binary {
@@ -89,17 +118,28 @@ func (bs *binaries) get(m mapping, open func(mapping) (*os.File, error)) *binary
 	if m.deleted() {
 		key += " (deleted)"
 	}
+	return bs.getKey(key, func() *binary {
+		f, err := open(m)
+		if err != nil {
+			return nil
+		}
+		defer f.Close()
+		b, _ := readBinary(f)
+		return b
+	})
+}
+
+// getKey returns the binary cached under key, or reads it.
+func (bs *binaries) getKey(key string, read func() *binary) *binary {
 	bs.mu.Lock()
 	defer bs.mu.Unlock()
 	if b, ok := bs.cache.get(key); ok {
 		return b
 	}
-	var b *binary
-	if f, err := open(m); err == nil {
-		b, _ = readBinary(f)
-		f.Close()
+	b := read()
+	if !bs.cache.put(key, b) {
+		bs.uncached++
 	}
-	bs.cache.put(key, b)
 	return b
 }
 
@@ -109,8 +149,10 @@ type procEntry struct {
 }
 
 // UserCache resolves user stacks of many processes, keeping the maps of at
-// most maxProcs processes and the symbols of at most maxBinaries files.
-// It is safe for concurrent use.
+// most maxProcs processes and the symbols of at most maxBinaries files and
+// DefaultMaxSymbolBytes of their tables. No frame is lost to the bounds: a
+// binary evicted is read again when next needed, and one too large to keep
+// is read for each stack that needs it. It is safe for concurrent use.
 type UserCache struct {
 	procfs string
 	bins   *binaries
@@ -130,7 +172,7 @@ func NewUserCache(procfs string, maxProcs, maxBinaries int) *UserCache {
 	}
 	return &UserCache{
 		procfs: procfs,
-		bins:   newBinaries(maxBinaries),
+		bins:   newBinaries(maxBinaries, DefaultMaxSymbolBytes),
 		procs:  newLRU[uint32, procEntry](maxProcs),
 		now:    time.Now,
 	}

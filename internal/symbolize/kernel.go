@@ -2,12 +2,14 @@ package symbolize
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,17 +24,11 @@ var ErrNoKernelAddresses = errors.New("kallsyms shows only zero addresses (need 
 // KernelModule is the Module of frames in the kernel image itself.
 const KernelModule = event.KernelModule
 
-type ksym struct {
-	addr   uint64
-	name   string
-	module string // KernelModule or the module name without brackets
-}
-
-func (s ksym) start() uint64 { return s.addr }
-
 // Kernel resolves kernel text addresses to symbols.
 type Kernel struct {
-	syms []ksym // sorted by addr
+	syms    symtab   // the text symbols, sorted by address
+	mods    []uint16 // mods[i] is symbol i's module, an index in modules
+	modules []string // modules[0] is KernelModule
 
 	namesMu sync.Mutex
 	names   map[string]bool // KernelHasText's answers
@@ -95,8 +91,8 @@ func KernelHasText(procfs, name string) (found, known bool) {
 	if found, ok := e.k.names[name]; ok {
 		return found, true
 	}
-	for _, s := range e.k.syms {
-		if s.name == name {
+	for i := range e.k.syms.len() {
+		if e.k.syms.name(i) == name {
 			found = true
 			break
 		}
@@ -170,38 +166,59 @@ func ParseKallsyms(r io.Reader) (*Kernel, error) {
 	return k, err
 }
 
-// parseKallsyms parses kallsyms in one pass over the bytes: the names are
-// slices of one string (kallsyms has some 10^5 lines).
+// kentry is one text symbol of kallsyms while it is parsed: its name and
+// module by place in the file's bytes.
+type kentry struct {
+	addr    uint64
+	nameOff uint32
+	nameLen uint16
+	mod     uint16
+}
+
+// parseKallsyms parses kallsyms in one pass over the bytes. The table it
+// returns keeps the names in one string and none of data (some 5 MB on
+// 6.18, of which the names of text symbols are half).
 func parseKallsyms(data []byte) (_ *Kernel, nonZero bool, _ error) {
-	text := string(data)
-	syms := make([]ksym, 0, len(text)/40)
+	if len(data) > math.MaxUint32 {
+		return nil, false, fmt.Errorf("kallsyms is %d bytes, more than 4 GiB", len(data))
+	}
+	entries := make([]kentry, 0, len(data)/40)
+	modules := []string{KernelModule}
+	modIndex := map[string]uint16{}
+	nameBytes := 0
 	sawNonZero := false
 	line := 0
-	for len(text) > 0 {
+	for pos := 0; pos < len(data); {
 		line++
-		l := text
-		if i := strings.IndexByte(text, '\n'); i >= 0 {
-			l, text = text[:i], text[i+1:]
+		lineStart := pos
+		l := data[pos:]
+		if i := bytes.IndexByte(l, '\n'); i >= 0 {
+			l = l[:i]
+			pos += i + 1
 		} else {
-			text = ""
+			pos = len(data)
 		}
-		var fields [5]string
+		var fields [5][]byte
+		var offs [5]int // where each field starts in data
 		n := 0
-		for rest := l; ; {
-			rest = strings.TrimLeft(rest, " \t\r")
-			if rest == "" {
+		for at := 0; ; {
+			for at < len(l) && (l[at] == ' ' || l[at] == '\t' || l[at] == '\r') {
+				at++
+			}
+			if at == len(l) {
 				break
 			}
 			if n == len(fields) {
 				n++
 				break
 			}
-			end := strings.IndexAny(rest, " \t\r")
-			if end < 0 {
-				end = len(rest)
+			end := at
+			for end < len(l) && l[end] != ' ' && l[end] != '\t' && l[end] != '\r' {
+				end++
 			}
-			fields[n], rest = rest[:end], rest[end:]
+			fields[n], offs[n] = l[at:end], lineStart+at
 			n++
+			at = end
 		}
 		if n == 0 {
 			continue
@@ -209,7 +226,7 @@ func parseKallsyms(data []byte) (_ *Kernel, nonZero bool, _ error) {
 		if n < 3 || n > 4 || len(fields[1]) != 1 {
 			return nil, false, fmt.Errorf("kallsyms line %d: malformed %q", line, l)
 		}
-		addr, err := strconv.ParseUint(fields[0], 16, 64)
+		addr, err := strconv.ParseUint(bytesString(fields[0]), 16, 64)
 		if err != nil {
 			return nil, false, fmt.Errorf("kallsyms line %d: address: %w", line, err)
 		}
@@ -221,26 +238,46 @@ func parseKallsyms(data []byte) (_ *Kernel, nonZero bool, _ error) {
 		default:
 			continue
 		}
-		mod := KernelModule
+		if len(fields[2]) > math.MaxUint16 {
+			return nil, false, fmt.Errorf("kallsyms line %d: a name of %d bytes", line, len(fields[2]))
+		}
+		var mod uint16
 		if n == 4 {
 			m := fields[3]
 			if len(m) < 3 || m[0] != '[' || m[len(m)-1] != ']' {
 				return nil, false, fmt.Errorf("kallsyms line %d: malformed module %q", line, m)
 			}
-			mod = m[1 : len(m)-1]
+			m = m[1 : len(m)-1]
+			i, ok := modIndex[string(m)]
+			if !ok {
+				if len(modules) > math.MaxUint16 {
+					return nil, false, fmt.Errorf("kallsyms line %d: more than %d modules", line, math.MaxUint16)
+				}
+				i = uint16(len(modules))
+				modules = append(modules, string(m))
+				modIndex[string(m)] = i
+			}
+			mod = i
 		}
-		syms = append(syms, ksym{addr: addr, name: fields[2], module: mod})
+		entries = append(entries, kentry{addr: addr, nameOff: uint32(offs[2]), nameLen: uint16(len(fields[2])), mod: mod})
+		nameBytes += len(fields[2])
 	}
-	if len(syms) == 0 {
+	if len(entries) == 0 {
 		return nil, false, errors.New("kallsyms has no text symbols")
 	}
 	// Stable: among aliases at one address keep the first listed.
-	sort.SliceStable(syms, func(i, j int) bool { return syms[i].addr < syms[j].addr })
-	return &Kernel{syms: syms}, sawNonZero, nil
+	slices.SortStableFunc(entries, func(a, b kentry) int { return cmp.Compare(a.addr, b.addr) })
+	b := newSymtabBuilder(len(entries), nameBytes)
+	mods := make([]uint16, len(entries))
+	for i, e := range entries {
+		b.add(e.addr, bytesString(data[e.nameOff:e.nameOff+uint32(e.nameLen)]))
+		mods[i] = e.mod
+	}
+	return &Kernel{syms: b.done(), mods: mods, modules: slices.Clip(modules)}, sawNonZero, nil
 }
 
 // Len returns the number of text symbols loaded.
-func (k *Kernel) Len() int { return len(k.syms) }
+func (k *Kernel) Len() int { return k.syms.len() }
 
 // Frame resolves one address. An address below the first symbol gives a
 // frame without a symbol.
@@ -261,12 +298,11 @@ const maxKernelFunction = 128 << 10
 // frame resolves lookup but reports addr (lookup may be addr-1 for return
 // addresses, which can point just past the end of a noreturn call's function).
 func (k *Kernel) frame(addr, lookup uint64) event.Frame {
-	i := symbolAt(k.syms, ksym.start, lookup)
-	if i < 0 || lookup-k.syms[i].addr >= maxKernelFunction {
+	i := k.syms.at(lookup)
+	if i < 0 || lookup-k.syms.starts[i] >= maxKernelFunction {
 		return event.Frame{Addr: addr}
 	}
-	s := k.syms[i]
-	return event.Frame{Addr: addr, Symbol: s.name, Offset: addr - s.addr, Module: s.module}
+	return event.Frame{Addr: addr, Symbol: k.syms.name(i), Offset: addr - k.syms.starts[i], Module: k.modules[k.mods[i]]}
 }
 
 // Frames resolves a stack, innermost first; every frame but the first is a
@@ -278,9 +314,9 @@ func (k *Kernel) Frames(addrs []uint64) []event.Frame {
 // Addr returns the address of a text symbol of the kernel image (not of a
 // module), such as "__sched_text_start".
 func (k *Kernel) Addr(name string) (uint64, bool) {
-	for _, s := range k.syms {
-		if s.name == name && s.module == KernelModule {
-			return s.addr, true
+	for i := range k.syms.len() {
+		if k.mods[i] == 0 && k.syms.name(i) == name {
+			return k.syms.starts[i], true
 		}
 	}
 	return 0, false

@@ -3,6 +3,8 @@ package symbolize
 import (
 	"errors"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -91,10 +93,49 @@ func TestLoadKernelLive(t *testing.T) {
 	if k.Len() < 1000 {
 		t.Fatalf("only %d kernel text symbols", k.Len())
 	}
-	// Every symbol resolves to itself.
-	for _, s := range k.syms[:100] {
-		if f := k.Frame(s.addr); f.Offset != 0 || f.Module != KernelModule {
-			t.Fatalf("Frame(%#x) = %+v", s.addr, f)
+	// Every symbol resolves to itself, or to the first alias at its address.
+	for i, a := range k.syms.starts[:100] {
+		first := i
+		for first > 0 && k.syms.starts[first-1] == a {
+			first--
 		}
+		if f := k.Frame(a); f.Offset != 0 || f.Module != KernelModule || f.Symbol != k.syms.name(first) {
+			t.Fatalf("Frame(%#x) = %+v, want %s", a, f, k.syms.name(first))
+		}
+	}
+	// Against the file line by line: every text symbol's address resolves
+	// to it or to an alias listed before it, in its module.
+	data, err := os.ReadFile("/proc/kallsyms")
+	if err != nil {
+		t.Fatal(err)
+	}
+	type at struct {
+		addr uint64
+		mod  string
+	}
+	names := map[at][]string{}
+	checked := 0
+	for _, l := range strings.Split(string(data), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 3 || !strings.ContainsAny(f[1], "tTwW") {
+			continue
+		}
+		addr, err := strconv.ParseUint(f[0], 16, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mod := KernelModule
+		if len(f) == 4 {
+			mod = strings.Trim(f[3], "[]")
+		}
+		names[at{addr, mod}] = append(names[at{addr, mod}], f[2])
+		fr := k.Frame(addr)
+		if fr.Offset != 0 || !slices.Contains(names[at{addr, fr.Module}], fr.Symbol) {
+			t.Fatalf("Frame(%#x) = %+v; kallsyms lists %s [%s] there", addr, fr, f[2], mod)
+		}
+		checked++
+	}
+	if checked != k.Len() {
+		t.Errorf("%d text symbols in kallsyms, %d loaded", checked, k.Len())
 	}
 }

@@ -1,22 +1,41 @@
 package symbolize
 
 import (
-	"sort"
-
 	"github.com/whyslow/whyslow/internal/event"
 )
 
-// symbolAt returns the index in syms, sorted by start address, of the
+// symbolAt returns the index in starts, sorted start addresses, of the
 // symbol that holds addr: the last one to start at or below addr, the first
 // listed of those that start at that same address (aliases); -1 when addr
 // lies below every symbol. Sizes are the caller's to check.
-func symbolAt[S any](syms []S, start func(S) uint64, addr uint64) int {
-	i := sort.Search(len(syms), func(i int) bool { return start(syms[i]) > addr }) - 1
+func symbolAt(starts []uint64, addr uint64) int {
+	// The first start above addr, by halves (sort.Search without its
+	// function call per step).
+	lo, hi := 0, len(starts)
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if starts[m] > addr {
+			hi = m
+		} else {
+			lo = m + 1
+		}
+	}
+	i := lo - 1
 	if i < 0 {
 		return -1
 	}
-	at := start(syms[i])
-	return sort.Search(i, func(j int) bool { return start(syms[j]) >= at })
+	// The first of the symbols starting where symbol i starts.
+	at := starts[i]
+	lo, hi = 0, i
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if starts[m] >= at {
+			hi = m
+		} else {
+			lo = m + 1
+		}
+	}
+	return lo
 }
 
 // stackFrames resolves a stack, innermost first, with frame(addr, lookup).

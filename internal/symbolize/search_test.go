@@ -35,7 +35,11 @@ func TestSymbolAt(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got := ""
-			if i := symbolAt(tt.syms, start, tt.addr); i >= 0 {
+			starts := make([]uint64, len(tt.syms))
+			for i, s := range tt.syms {
+				starts[i] = start(s)
+			}
+			if i := symbolAt(starts, tt.addr); i >= 0 {
 				got = tt.syms[i].name
 			}
 			if got != tt.want {

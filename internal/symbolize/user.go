@@ -2,16 +2,21 @@ package symbolize
 
 import (
 	"bufio"
+	"bytes"
 	"debug/elf"
 	"debug/gosym"
+	endian "encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
+	"unique"
+	"unsafe"
 
 	"github.com/whyslow/whyslow/internal/event"
 )
@@ -44,7 +49,7 @@ type User struct {
 // LoadUser reads <procfs>/PID/maps. Binaries are opened lazily, when an
 // address in them is first resolved; resolve soon, before the process exits.
 func LoadUser(procfs string, pid uint32) (*User, error) {
-	return loadUser(procfs, pid, newBinaries(defaultMaxBinaries))
+	return loadUser(procfs, pid, newBinaries(defaultMaxBinaries, DefaultMaxSymbolBytes))
 }
 
 func loadUser(procfs string, pid uint32, bins *binaries) (*User, error) {
@@ -122,15 +127,43 @@ func (u *User) Contains(addr uint64) bool {
 }
 
 // Frame resolves one address.
-func (u *User) Frame(addr uint64) event.Frame { return u.frame(addr, addr) }
+func (u *User) Frame(addr uint64) event.Frame { return u.frame(addr, addr, nil) }
 
 // Frames resolves a stack, innermost first; every frame but the first is a
 // return address and is looked up one byte earlier (see stackFrames).
 func (u *User) Frames(addrs []uint64) []event.Frame {
-	return stackFrames(addrs, u.frame)
+	// The binaries of this stack, so that one too large for the cache is
+	// read once for the stack, not once a frame.
+	var held stackBinaries
+	return stackFrames(addrs, func(addr, lookup uint64) event.Frame { return u.frame(addr, lookup, &held) })
 }
 
-func (u *User) frame(addr, lookup uint64) event.Frame {
+// stackBinaries holds the binaries one stack's frames were found in.
+type stackBinaries []struct {
+	start uint64 // the mapping's
+	b     *binary
+}
+
+// binary returns the binary of mapping m, from held when it is there.
+func (u *User) binary(m mapping, held *stackBinaries) *binary {
+	if held != nil {
+		for _, h := range *held {
+			if h.start == m.start {
+				return h.b
+			}
+		}
+	}
+	b := u.bins.get(m, u.open)
+	if held != nil {
+		*held = append(*held, struct {
+			start uint64
+			b     *binary
+		}{m.start, b})
+	}
+	return b
+}
+
+func (u *User) frame(addr, lookup uint64, held *stackBinaries) event.Frame {
 	m, ok := u.find(lookup)
 	if !ok {
 		return event.Frame{Addr: addr}
@@ -142,7 +175,7 @@ func (u *User) frame(addr, lookup uint64) event.Frame {
 	if !m.file() || u.bins == nil {
 		return fr
 	}
-	b := u.bins.get(m, u.open)
+	b := u.binary(m, held)
 	if b == nil {
 		return fr // binary gone or unreadable: module only
 	}
@@ -153,9 +186,14 @@ func (u *User) frame(addr, lookup uint64) event.Frame {
 	if !ok {
 		return fr
 	}
-	if s, ok := b.lookup(vaddr); ok {
-		fr.Symbol = s.name
-		fr.Offset = vaddr - s.value + (addr - lookup)
+	if name, start, ok := b.lookup(vaddr); ok {
+		// The name is a slice of the table's one string of names: a
+		// frame that kept it would keep the whole table alive after the
+		// cache dropped it (a 1 MB string per read of a Go binary, held by
+		// every event of its stacks). unique.Make keeps one copy of each
+		// name, shared by the frames and by the tables read again.
+		fr.Symbol = unique.Make(name).Value()
+		fr.Offset = vaddr - start + (addr - lookup)
 	}
 	return fr
 }
@@ -182,19 +220,31 @@ func (u *User) open(m mapping) (*os.File, error) {
 	return nil, errors.Join(errs...)
 }
 
-// usym is one function symbol of an ELF file.
+// usym is one function symbol of an ELF file, as it is read.
 type usym struct {
 	value, size uint64
 	name        string
 }
 
-func (s usym) start() uint64 { return s.value }
-
 // binary holds what symbolization needs from one ELF file.
 type binary struct {
 	loads []elf.ProgHeader // PT_LOAD segments
-	syms  []usym           // sorted by value
+	syms  symtab           // the function symbols, sorted by value
+	sizes []uint32         // sizes[i] is symbol i's size; 0 when unknown or above 4 GiB
 }
+
+// bytes is the heap a binary keeps while it is cached: its table and a
+// little for the rest.
+func (b *binary) bytes() int {
+	if b == nil {
+		return binaryOverhead
+	}
+	return binaryOverhead + b.syms.bytes() + cap(b.sizes)*4 + cap(b.loads)*int(unsafe.Sizeof(elf.ProgHeader{}))
+}
+
+// binaryOverhead is what a cached binary costs beside its tables: the
+// struct, its key, the cache's list element and map entry.
+const binaryOverhead = 256
 
 // readBinary reads the PT_LOAD segments and the function symbols of .symtab
 // and .dynsym.
@@ -211,14 +261,15 @@ func readBinary(r io.ReaderAt) (b *binary, err error) {
 	}
 	defer ef.Close()
 	b = &binary{}
+	var syms []usym
 	for _, p := range ef.Progs {
 		if p.Type == elf.PT_LOAD {
 			b.loads = append(b.loads, p.ProgHeader)
 		}
 	}
 	seen := map[uint64]bool{}
-	add := func(syms []elf.Symbol) {
-		for _, s := range syms {
+	add := func(list []elf.Symbol) {
+		for _, s := range list {
 			t := elf.ST_TYPE(s.Info)
 			if (t != elf.STT_FUNC && t != elf.STT_GNU_IFUNC) || s.Value == 0 || s.Section == elf.SHN_UNDEF {
 				continue
@@ -227,7 +278,7 @@ func readBinary(r io.ReaderAt) (b *binary, err error) {
 				continue
 			}
 			seen[s.Value] = true
-			b.syms = append(b.syms, usym{value: s.Value, size: s.Size, name: s.Name})
+			syms = append(syms, usym{value: s.Value, size: s.Size, name: s.Name})
 		}
 	}
 	if syms, err := ef.Symbols(); err == nil {
@@ -239,9 +290,25 @@ func readBinary(r io.ReaderAt) (b *binary, err error) {
 	if ef.Section(".symtab") == nil {
 		// Stripped Go binaries (go build -ldflags=-s, go test) keep their
 		// function table in .gopclntab.
-		b.syms = append(b.syms, goSymbols(ef, seen)...)
+		syms = append(syms, goSymbols(ef, seen)...)
 	}
-	sort.Slice(b.syms, func(i, j int) bool { return b.syms[i].value < b.syms[j].value })
+	sort.Slice(syms, func(i, j int) bool { return syms[i].value < syms[j].value })
+	nameBytes := 0
+	for _, s := range syms {
+		nameBytes += len(s.name)
+	}
+	if nameBytes > math.MaxUint32 {
+		return nil, fmt.Errorf("reading elf: %d bytes of symbol names", nameBytes)
+	}
+	tb := newSymtabBuilder(len(syms), nameBytes)
+	b.sizes = make([]uint32, len(syms))
+	for i, s := range syms {
+		tb.add(s.value, s.name)
+		if s.size <= math.MaxUint32 {
+			b.sizes[i] = uint32(s.size)
+		}
+	}
+	b.syms = tb.done()
 	return b, nil
 }
 
@@ -259,12 +326,24 @@ func goSymbols(ef *elf.File, seen map[uint64]bool) []usym {
 	if err != nil {
 		return nil
 	}
+	if funcs, ok := goFuncs(data, text.Addr, seen); ok {
+		return funcs
+	}
+	return gosymFuncs(data, text.Addr, seen)
+}
+
+// gosymFuncs reads the functions of a pclntab through debug/gosym, which
+// knows every version of the format but makes a table of each function's
+// symbol and line data on the way (some 18 MB to read a 20,000-function
+// binary): goFuncs reads the versions of Go 1.18 and later.
+func gosymFuncs(data []byte, textStart uint64, seen map[uint64]bool) []usym {
 	var tab *gosym.Table
+	var err error
 	func() {
 		// debug/gosym trusts its input; a corrupt table must not take the
 		// process down.
 		defer func() { _ = recover() }()
-		tab, err = gosym.NewTable(nil, gosym.NewLineTable(data, text.Addr))
+		tab, err = gosym.NewTable(nil, gosym.NewLineTable(data, textStart))
 	}()
 	if tab == nil || err != nil {
 		return nil
@@ -280,6 +359,76 @@ func goSymbols(ef *elf.File, seen map[uint64]bool) []usym {
 	return out
 }
 
+// Magic numbers of the pclntab versions goFuncs reads (Go 1.18, 1.20+).
+const (
+	pclntab118 = 0xfffffff0
+	pclntab120 = 0xfffffff1
+)
+
+// goFuncs reads the functions of a Go 1.18 or later pclntab: the header
+// (magic, pad, PC quantum, pointer size, then words: function count, file
+// count, text start, and the offsets of the function names, compilation
+// units, files, PC tables and function table), the function table (per
+// function its entry and its _func's offset as 32-bit words, then the end
+// of the text), each _func's name offset. Names are slices of data. ok is
+// false for another version; a malformed table gives no functions.
+func goFuncs(data []byte, textStart uint64, seen map[uint64]bool) (out []usym, ok bool) {
+	if len(data) < 16 || data[4] != 0 || data[5] != 0 {
+		return nil, false
+	}
+	var bo endian.ByteOrder
+	switch {
+	case endian.LittleEndian.Uint32(data) == pclntab118, endian.LittleEndian.Uint32(data) == pclntab120:
+		bo = endian.LittleEndian
+	case endian.BigEndian.Uint32(data) == pclntab118, endian.BigEndian.Uint32(data) == pclntab120:
+		bo = endian.BigEndian
+	default:
+		return nil, false
+	}
+	ptr := uint64(data[7])
+	if ptr != 4 && ptr != 8 {
+		return nil, true
+	}
+	word := func(n uint64) uint64 {
+		off := 8 + n*ptr
+		if off+ptr > uint64(len(data)) {
+			return math.MaxUint64
+		}
+		if ptr == 8 {
+			return bo.Uint64(data[off:])
+		}
+		return uint64(bo.Uint32(data[off:]))
+	}
+	nfunc, namesOff, tabOff := word(0), word(3), word(7)
+	size := uint64(len(data))
+	if nfunc > size/8 || namesOff >= size || tabOff >= size || size-tabOff < (2*nfunc+1)*4 {
+		return nil, true
+	}
+	names, tab := data[namesOff:], data[tabOff:]
+	out = make([]usym, 0, nfunc)
+	for i := range nfunc {
+		entry, funcOff, end := uint64(bo.Uint32(tab[8*i:])), uint64(bo.Uint32(tab[8*i+4:])), uint64(bo.Uint32(tab[8*i+8:]))
+		if funcOff+8 > uint64(len(tab)) {
+			return nil, true
+		}
+		nameOff := uint64(bo.Uint32(tab[funcOff+4:]))
+		if nameOff >= uint64(len(names)) {
+			return nil, true
+		}
+		n := bytes.IndexByte(names[nameOff:], 0)
+		if n < 0 {
+			return nil, true
+		}
+		pc := textStart + entry
+		if pc == 0 || seen[pc] || end < entry {
+			continue
+		}
+		seen[pc] = true
+		out = append(out, usym{value: pc, size: end - entry, name: bytesString(names[nameOff : nameOff+uint64(n)])})
+	}
+	return out, true
+}
+
 // vaddr converts a file offset to the ELF virtual address it is loaded at.
 func (b *binary) vaddr(off uint64) (uint64, bool) {
 	for _, p := range b.loads {
@@ -290,16 +439,16 @@ func (b *binary) vaddr(off uint64) (uint64, bool) {
 	return 0, false
 }
 
-// lookup finds the function containing vaddr. Symbols without a size cover
-// the space up to the next symbol.
-func (b *binary) lookup(vaddr uint64) (usym, bool) {
-	i := symbolAt(b.syms, usym.start, vaddr)
+// lookup finds the function containing vaddr: its name and start.
+// Symbols without a size cover the space up to the next symbol.
+func (b *binary) lookup(vaddr uint64) (name string, start uint64, ok bool) {
+	i := b.syms.at(vaddr)
 	if i < 0 {
-		return usym{}, false
+		return "", 0, false
 	}
-	s := b.syms[i]
-	if s.size > 0 && vaddr >= s.value+s.size {
-		return usym{}, false
+	start = b.syms.starts[i]
+	if size := uint64(b.sizes[i]); size > 0 && vaddr >= start+size {
+		return "", 0, false
 	}
-	return s, true
+	return b.syms.name(i), start, true
 }

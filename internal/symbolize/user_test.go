@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"reflect"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -211,5 +212,64 @@ func TestReadBinaryGarbage(t *testing.T) {
 		if b, err := readBinary(strings.NewReader(in)); err == nil {
 			t.Errorf("readBinary(%q) = %+v, want an error", in, b)
 		}
+	}
+}
+
+// TestGoFuncs reads Go binaries' function tables both ways, goFuncs and
+// debug/gosym, and compares them: every function, its start, size and
+// name. The binaries are this test's and, stripped, the go command's.
+func TestGoFuncs(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	paths := []string{self}
+	if goCmd, err := exec.LookPath("go"); err == nil {
+		paths = append(paths, goCmd)
+	}
+	for _, p := range paths {
+		t.Run(p, func(t *testing.T) {
+			ef, err := elf.Open(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ef.Close()
+			sect := ef.Section(".gopclntab")
+			if sect == nil {
+				sect = ef.Section(".data.rel.ro.gopclntab")
+			}
+			text := ef.Section(".text")
+			if sect == nil || text == nil {
+				t.Fatalf("%s has no .gopclntab or .text", p)
+			}
+			data, err := sect.Data()
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, ok := goFuncs(data, text.Addr, map[uint64]bool{})
+			if !ok {
+				t.Fatalf("goFuncs does not read %s's pclntab (magic %#x)", p, data[:4])
+			}
+			want := gosymFuncs(data, text.Addr, map[uint64]bool{})
+			if len(got) < 1000 || len(got) != len(want) {
+				t.Fatalf("goFuncs: %d functions, debug/gosym %d", len(got), len(want))
+			}
+			for i := range got {
+				if got[i] != want[i] {
+					t.Fatalf("function %d: goFuncs %+v, debug/gosym %+v", i, got[i], want[i])
+				}
+			}
+			// A truncated or garbled table gives no functions and no panic.
+			for _, cut := range []int{16, 64, len(data) / 2} {
+				if fs, _ := goFuncs(data[:cut], text.Addr, map[uint64]bool{}); len(fs) != 0 {
+					t.Errorf("table cut at %d bytes: %d functions", cut, len(fs))
+				}
+			}
+			bad := slices.Clone(data)
+			for i := 64; i < len(bad); i += 7 {
+				bad[i] ^= 0xa5
+			}
+			goFuncs(bad, text.Addr, map[uint64]bool{})
+		})
 	}
 }

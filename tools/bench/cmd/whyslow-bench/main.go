@@ -7,7 +7,8 @@
 //     libbpf-tools biolatency + execsnoop, and tools/bench/biosched.bt under
 //     bpftrace, in alternating rounds; then the BPF run time per I/O of
 //     whyslow and biolatency on the same runs (kernel.bpf_stats_enabled)
-//   - sched: a pipe ping-pong (perf bench sched pipe) with and without whyslow
+//   - sched: a pipe ping-pong (perf bench sched pipe) with and without whyslow,
+//     and with empty programs on the attach points whyslow uses (the floor)
 //   - startup: launch to probes attached, and peak RSS, of whyslow,
 //     biolatency and bpftrace
 //   - rss: whyslow's peak RSS over a 60 s diagnosis at the I/O load
@@ -43,14 +44,18 @@ type options struct {
 	costRuns  int           // rounds of the BPF cost measurement
 	fioTime   time.Duration // fio runtime per measurement
 	schedRuns int
-	startRuns int
-	stormTime time.Duration
-	serveTime time.Duration
-	rssTime   time.Duration
-	uevents   int // target uevents/s of the storm
-	execs     int // target execs/s of the storm
-	no10M     bool
-	keep      bool // keep the work directory
+	// schedFloor adds the sched section's empty-program rows;
+	// schedAlso, another whyslow binary measured in the same rounds.
+	schedFloor bool
+	schedAlso  string
+	startRuns  int
+	stormTime  time.Duration
+	serveTime  time.Duration
+	rssTime    time.Duration
+	uevents    int // target uevents/s of the storm
+	execs      int // target execs/s of the storm
+	no10M      bool
+	keep       bool // keep the work directory
 	// device is a block device to drive instead of a loop device over
 	// tmpfs (null_blk in a qemu guest: bench-vm).
 	device string
@@ -81,6 +86,8 @@ func main() {
 	flag.IntVar(&o.costRuns, "cost-rounds", 7, "io: rounds of the BPF run-time measurement")
 	flag.DurationVar(&o.fioTime, "fio-time", 4*time.Second, "io: fio runtime of one measurement")
 	flag.IntVar(&o.schedRuns, "sched-rounds", 10, "sched: rounds with and without whyslow")
+	flag.BoolVar(&o.schedFloor, "sched-floor", true, "sched: also measure empty programs on whyslow's attach points (sys_enter/sys_exit, sched_switch/sched_waking)")
+	flag.StringVar(&o.schedAlso, "sched-also", "", "sched: also measure this whyslow binary in the same rounds (e.g. main's, to compare)")
 	flag.IntVar(&o.startRuns, "startup-rounds", 10, "startup: launches of each tool")
 	flag.DurationVar(&o.stormTime, "storm-time", 30*time.Second, "storm: length")
 	flag.DurationVar(&o.serveTime, "serve-time", 10*time.Minute, "serve: length of whyslow serve under the storm's load (the RSS over an hour: -sections serve -serve-time 1h)")

@@ -184,10 +184,17 @@ func renderMarkdown(r *Results) string {
 	if s := r.Sched; s != nil {
 		m.f("### 2. Context switches\n\n")
 		m.f("`%s`: two processes on one CPU pass a byte back and forth through pipes, two context switches per round trip; whyslow's off-CPU probe runs on each of them. %d rounds, with and without whyslow in alternating order.\n\n", s.Command, s.Rounds)
-		m.table([]string{"", "µs per round trip", "ratio"}, [][]string{
+		rows := [][]string{
 			{"no tracing", fmt.Sprintf("%.2f (%.2f–%.2f)", s.None.Median, s.None.P25, s.None.P75), ""},
 			{"whyslow diagnose storage", fmt.Sprintf("%.2f (%.2f–%.2f)", s.Whyslow.Median, s.Whyslow.P25, s.Whyslow.P75), ratioCell(s.Ratio)},
-		})
+		}
+		for _, x := range s.Rows {
+			rows = append(rows, []string{x.What, fmt.Sprintf("%.2f (%.2f–%.2f)", x.UsPerOp.Median, x.UsPerOp.P25, x.UsPerOp.P75), ratioCell(x.Ratio)})
+		}
+		m.table([]string{"", "µs per round trip", "ratio"}, rows)
+		if len(s.Rows) > 0 {
+			m.f("The empty programs (`r0 = 0; exit`, attached as whyslow attaches its own: tp_btf, else raw tracepoints) are the floor: what the attach points cost with nothing in the programs. A program on `sys_enter`/`sys_exit` puts every system call of the machine on the kernel's traced path.\n\n")
+		}
 		if s.NsPerSwitch > 0 {
 			m.f("In a run of its own with `kernel.bpf_stats_enabled=1`, whyslow's `sched_switch` programs took %.0f ns per context switch and its `sched_waking` programs %.0f ns per wake-up.\n\n", s.NsPerSwitch, s.NsPerWakeup)
 		}

@@ -197,3 +197,21 @@ func TestSectionReplace(t *testing.T) {
 		t.Errorf("new file:\n%s", doc)
 	}
 }
+
+// The floor rows of the sched section are rendered after whyslow's, with
+// their ratios against no tracing.
+func TestSchedFloorRows(t *testing.T) {
+	r := &Results{Sched: &SchedResult{
+		Command: "taskset -c 0 perf bench sched pipe -l 100000", Rounds: 3,
+		None: spread{Median: 5}, Whyslow: spread{Median: 8}, Ratio: spread{Median: 1.6},
+		Rows: []SchedRow{{Name: "empty-all", What: "empty programs on all four", UsPerOp: spread{Median: 6.25, P25: 6.1, P75: 6.4}, Ratio: spread{Median: 1.25, P25: 1.2, P75: 1.3}}},
+	}}
+	out := renderMarkdown(r)
+	want := "| empty programs on all four | 6.25 (6.10–6.40) | 1.250 (1.200–1.300) |"
+	if !strings.Contains(out, want) {
+		t.Errorf("rendered sched section lacks the floor row %q:\n%s", want, out)
+	}
+	if !strings.Contains(out, "The empty programs") {
+		t.Errorf("rendered sched section does not say what the empty programs are:\n%s", out)
+	}
+}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os/exec"
 	"regexp"
@@ -22,6 +23,17 @@ type SchedResult struct {
 	// wake-up, measured in a run of its own with kernel.bpf_stats_enabled.
 	NsPerSwitch float64 `json:"ns_per_switch"`
 	NsPerWakeup float64 `json:"ns_per_wakeup"`
+	// Rows are the other configurations of the same rounds: empty
+	// programs on whyslow's attach points (the floor), another binary.
+	Rows []SchedRow `json:"rows,omitempty"`
+}
+
+// SchedRow is one more configuration of the context-switch benchmark.
+type SchedRow struct {
+	Name    string `json:"name"`
+	What    string `json:"what"`
+	UsPerOp spread `json:"us_per_op"`
+	Ratio   spread `json:"ratio"` // against no tracing, same round
 }
 
 const pipeLoops = 100000
@@ -40,39 +52,92 @@ func pipeBench() (float64, error) {
 	return strconv.ParseFloat(string(m[1]), 64)
 }
 
+// schedConfig is one way of running the pipe ping-pong: start attaches
+// what it measures and returns what detaches it (nil for nothing).
+type schedConfig struct {
+	name, what string
+	start      func(tag string) (func() error, error)
+}
+
+// schedConfigs are the sched section's configurations: no tracing and
+// whyslow first, then the floor (empty programs on the attach points
+// whyslow uses on every system call and on every context switch and
+// wake-up), then, with -sched-also, another whyslow binary.
+func (b *bench) schedConfigs() []schedConfig {
+	whyslow := func(bin string) func(string) (func() error, error) {
+		return func(tag string) (func() error, error) {
+			o := b.o.whyslow
+			b.o.whyslow = bin
+			ps, err := b.startWhyslow(tag)
+			b.o.whyslow = o
+			stop := func() error { return stopAll(ps) }
+			if err != nil {
+				return nil, errors.Join(err, stop())
+			}
+			return stop, nil
+		}
+	}
+	empty := func(tps ...string) func(string) (func() error, error) {
+		return func(string) (func() error, error) { return emptyPrograms(tps...) }
+	}
+	cs := []schedConfig{
+		{"none", "no tracing", func(string) (func() error, error) { return nil, nil }},
+		{"whyslow", "whyslow diagnose storage", whyslow(b.o.whyslow)},
+	}
+	if b.o.schedFloor {
+		cs = append(cs,
+			schedConfig{"empty-syscalls", "empty programs on `sys_enter` + `sys_exit`", empty("sys_enter", "sys_exit")},
+			schedConfig{"empty-sched", "empty programs on `sched_switch` + `sched_waking`", empty("sched_switch", "sched_waking")},
+			schedConfig{"empty-all", "empty programs on all four", empty("sys_enter", "sys_exit", "sched_switch", "sched_waking")},
+			// whyslow's layout: the syscall probe's programs on all four,
+			// offcpu's on sys_exit, sched_switch and sched_waking too.
+			schedConfig{"empty-layout", "empty programs as many as whyslow's: 1 on `sys_enter`, 2 on each of the others", empty("sys_enter", "sys_exit", "sys_exit", "sched_switch", "sched_switch", "sched_waking", "sched_waking")},
+		)
+	}
+	if b.o.schedAlso != "" {
+		cs = append(cs, schedConfig{"whyslow-also", fmt.Sprintf("whyslow diagnose storage (`%s`)", b.o.schedAlso), whyslow(b.o.schedAlso)})
+	}
+	return cs
+}
+
 func (b *bench) sched() error {
 	res := &SchedResult{Command: fmt.Sprintf("taskset -c 0 perf bench sched pipe -l %d", pipeLoops), Rounds: b.o.schedRuns}
-	var none, ws, ratio []float64
+	cs := b.schedConfigs()
+	us := make([][]float64, len(cs))    // per configuration, per round
+	ratio := make([][]float64, len(cs)) // against none in the same round
 	for r := 0; r < b.o.schedRuns; r++ {
-		var n, w float64
-		for k := 0; k < 2; k++ {
-			withWhyslow := (r+k)%2 == 1
-			var ps []*proc
-			var err error
-			if withWhyslow {
-				if ps, err = b.startWhyslow(fmt.Sprintf("sched-%d", r)); err != nil {
-					stopAll(ps)
-					return err
-				}
+		v := make([]float64, len(cs))
+		for k := range cs {
+			// Rotate the order from round to round.
+			i := (r + k) % len(cs)
+			stop, err := cs[i].start(fmt.Sprintf("sched-%s-%d", cs[i].name, r))
+			if err != nil {
+				return fmt.Errorf("sched, %s: %w", cs[i].name, err)
 			}
-			v, err := pipeBench()
-			if serr := stopAll(ps); err == nil {
-				err = serr
+			v[i], err = pipeBench()
+			if stop != nil {
+				if serr := stop(); err == nil {
+					err = serr
+				}
 			}
 			if err != nil {
 				return err
 			}
-			if withWhyslow {
-				w = v
-			} else {
-				n = v
-			}
 			time.Sleep(300 * time.Millisecond)
 		}
-		none, ws, ratio = append(none, n), append(ws, w), append(ratio, w/n)
-		b.logf("round %d/%d: %.2f µs/op without, %.2f with whyslow", r+1, b.o.schedRuns, n, w)
+		line := fmt.Sprintf("round %d/%d:", r+1, b.o.schedRuns)
+		for i := range cs {
+			us[i] = append(us[i], v[i])
+			ratio[i] = append(ratio[i], v[i]/v[0])
+			line += fmt.Sprintf(" %s %.2f", cs[i].name, v[i])
+		}
+		b.logf("%s µs/op", line)
 	}
-	res.None, res.Whyslow, res.Ratio = spreadOf(none), spreadOf(ws), spreadOf(ratio)
+	none, ws := us[0], us[1]
+	for i := 2; i < len(cs); i++ {
+		res.Rows = append(res.Rows, SchedRow{Name: cs[i].name, What: cs[i].what, UsPerOp: spreadOf(us[i]), Ratio: spreadOf(ratio[i])})
+	}
+	res.None, res.Whyslow, res.Ratio = spreadOf(none), spreadOf(ws), spreadOf(ratio[1])
 
 	// The programs' own run time, in a run of its own.
 	restore, err := sysctl("kernel.bpf_stats_enabled", "1")
