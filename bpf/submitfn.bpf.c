@@ -95,12 +95,49 @@ struct {
 	__type(value, struct sf_nested);
 } nested SEC(".maps");
 
+/* Losses of this probe beyond `losses`. Go: submitFnLossWhat. */
+enum sf_loss_kind {
+	/* A nested call's bio not timed on its own device: the per-bio
+	 * program was not attached yet (a stacked device appeared) or its bio
+	 * was not seen; its time counts in the outer call only. */
+	SF_LOSS_NESTED = 0,
+	SF_LOSS_KINDS = 1,
+};
+
+KEEP_TYPE(enum sf_loss_kind, sf_loss_kind_type);
+
+LOSS_COUNTERS(sf_losses, SF_LOSS_KINDS);
+
+/* [SF_CTL_ON] is set by user space to 1 while the per-bio program is
+ * attached: it attaches it while a stacked device exists or can appear (a
+ * bio-based device, a stacking driver loaded), and when a nested call
+ * shows it is needed. [SF_CTL_NOTICED] is 1 once that notice is sent; user
+ * space clears both when it detaches the program. */
+enum sf_ctl {
+	SF_CTL_ON = 0,
+	SF_CTL_NOTICED = 1,
+	SF_CTL_KINDS = 2,
+};
+
+KEEP_TYPE(enum sf_ctl, sf_ctl_type);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SF_CTL_KINDS);
+	__type(key, __u32);
+	__type(value, __u32);
+} bio_prog_on SEC(".maps");
+
+/* A record whose dev is 0 and pad SF_NESTED_SEEN: a nested call while the
+ * per-bio program was off (one until user space clears SF_CTL_NOTICED). */
+#define SF_NESTED_SEEN 1
+
 struct sf_event {
 	__u64 start_ns;
 	__u64 latency_ns;
 	__u32 pid;
 	__u32 tgid;
-	__u32 dev; /* whole disk, major<<20|minor */
+	__u32 dev; /* whole disk, major<<20|minor; 0: a notice (pad) */
 	__u32 pad;
 	char comm[TASK_COMM_LEN];
 	char disk_name[DISK_NAME_LEN];
@@ -132,6 +169,34 @@ static __always_inline void sf_emit(__u64 id, __u32 dev, struct gendisk *disk, _
 	bpf_ringbuf_submit(e, 0);
 }
 
+/* sf_bio_prog_on tells whether the per-bio program is attached. */
+static __always_inline int sf_bio_prog_on(void)
+{
+	__u32 k_on = SF_CTL_ON;
+	__u32 *on = bpf_map_lookup_elem(&bio_prog_on, &k_on);
+
+	return on && *on;
+}
+
+/* sf_need_bio_prog tells user space, once, that a nested call came while
+ * the per-bio program was off. */
+static __always_inline void sf_need_bio_prog(void)
+{
+	__u32 k_noticed = SF_CTL_NOTICED;
+	__u32 *noticed = bpf_map_lookup_elem(&bio_prog_on, &k_noticed);
+	struct sf_event *e;
+
+	if (!noticed || *noticed)
+		return;
+	e = EVENT_RESERVE(struct sf_event);
+	if (!e)
+		return;
+	__builtin_memset(e, 0, sizeof(*e));
+	e->pad = SF_NESTED_SEEN;
+	bpf_ringbuf_submit(e, 0);
+	*noticed = 1;
+}
+
 static __always_inline int sf_enter(struct bio *bio)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
@@ -152,6 +217,15 @@ static __always_inline int sf_enter(struct bio *bio)
 		sp->depth++;
 		if (!n.dev)
 			return 0;
+		/* With the per-bio program off, a nested call on the outer
+		 * call's own device (the rest of a split bio) is timed in the
+		 * outer call, on that device: nothing to wait for. Any other
+		 * is a stacked device's: user space is told to attach it. */
+		if (!sf_bio_prog_on()) {
+			if (n.disk == sp->disk)
+				return 0;
+			sf_need_bio_prog();
+		}
 		if (bpf_map_update_elem(&nested, &key, &n, BPF_ANY))
 			lose(LOSS_MAP_FULL);
 		else
@@ -192,6 +266,16 @@ static __always_inline int sf_exit(void)
 	disk = (struct gendisk *)sp->disk;
 	dev = sp->dev;
 	lat = now >= sp->ns ? now - sp->ns : 0;
+	/* Nested bios still queued at the outer call's return were not timed
+	 * on their own device. */
+	if (sp->queued) {
+		__u32 kind = SF_LOSS_NESTED;
+		__u64 *v = bpf_map_lookup_elem(&sf_losses, &kind);
+
+		if (v)
+			*v += sp->queued;
+		sp->queued = 0;
+	}
 	if (use_task_storage)
 		sp->ns = 0;
 	else

@@ -464,6 +464,7 @@ type attachPoint struct {
 	ret    bool   // kretprobe (kprobe rung); fexit is told by the program's section
 	tracer bool   // fentry/fexit program (else kprobe)
 	rawtp  bool   // a raw tracepoint program (fn is the tracepoint) that goes with the others
+	later  bool   // loaded with the others, attached by the probe when it needs it (attachLater)
 }
 
 // directRun is a running fentry or kprobe probe that streams records from
@@ -479,6 +480,12 @@ type directRun struct {
 	hists func(coll *ebpf.Collection, sink Sink) error
 	// funcs, when set, are all the functions probed (the status names them).
 	funcs []string
+	// closeMore, when set, runs as the run stops, after its links are
+	// closed: it detaches what the probe attached later (attachLater).
+	closeMore func()
+	// moreLosses, when set, delivers the probe's own loss counters beside
+	// `losses`: at checkpoints, and as it stops.
+	moreLosses func(coll *ebpf.Collection, sink Sink)
 
 	stopOnce sync.Once
 	stopErr  error
@@ -538,20 +545,12 @@ func startDirect(probe string, spec *ebpf.CollectionSpec, kernel *btf.Spec, poin
 		return boolInt(!isReturn(spec, a)) - boolInt(!isReturn(spec, b))
 	})
 	for _, p := range order {
-		prog := coll.Programs[p.prog]
-		var l link.Link
-		switch {
-		case p.tracer:
-			l, err = link.AttachTracing(link.TracingOptions{Program: prog})
-		case p.rawtp:
-			l, err = link.AttachRawTracepoint(link.RawTracepointOptions{Name: p.fn, Program: prog})
-		case p.ret:
-			l, err = link.Kretprobe(p.fn, prog, nil)
-		default:
-			l, err = link.Kprobe(p.fn, prog, nil)
+		if p.later {
+			continue
 		}
+		l, err := attachPointTo(coll, p)
 		if err != nil {
-			return nil, attachErr(fmt.Errorf("%s on %s: %w", p.prog, p.fn, err))
+			return nil, err
 		}
 		r.links = append(r.links, l)
 	}
@@ -561,6 +560,47 @@ func startDirect(probe string, spec *ebpf.CollectionSpec, kernel *btf.Spec, poin
 		}
 	})
 	return r, nil
+}
+
+// attachPointTo attaches the loaded program of p to its function; an
+// error is an attach error naming both.
+func attachPointTo(coll *ebpf.Collection, p attachPoint) (link.Link, error) {
+	prog := coll.Programs[p.prog]
+	if prog == nil {
+		return nil, attachErr(fmt.Errorf("%s on %s: program not loaded", p.prog, p.fn))
+	}
+	var l link.Link
+	var err error
+	switch {
+	case p.tracer:
+		l, err = link.AttachTracing(link.TracingOptions{Program: prog})
+	case p.rawtp:
+		l, err = link.AttachRawTracepoint(link.RawTracepointOptions{Name: p.fn, Program: prog})
+	case p.ret:
+		l, err = link.Kretprobe(p.fn, prog, nil)
+	default:
+		l, err = link.Kprobe(p.fn, prog, nil)
+	}
+	if err != nil {
+		return nil, attachErr(fmt.Errorf("%s on %s: %w", p.prog, p.fn, err))
+	}
+	return l, nil
+}
+
+// attachLater attaches points (marked later) in their order, which puts
+// returns before entries so that no started span misses its end; on an
+// error it closes what it attached.
+func attachLater(coll *ebpf.Collection, points []attachPoint) ([]link.Link, error) {
+	var links []link.Link
+	for _, p := range points {
+		l, err := attachPointTo(coll, p)
+		if err != nil {
+			closeAll(links)
+			return nil, err
+		}
+		links = append(links, l)
+	}
+	return links, nil
 }
 
 // probedFuncs lists the functions the run probes, when it set them.
@@ -589,6 +629,9 @@ func (r *directRun) Checkpoint(sink Sink) error {
 		}
 	}
 	deliverLosses(sink, r.probe, r.coll.Maps["losses"])
+	if r.moreLosses != nil {
+		r.moreLosses(r.coll, sink)
+	}
 	return nil
 }
 
@@ -597,11 +640,17 @@ func (r *directRun) Checkpoint(sink Sink) error {
 func (r *directRun) Stop() error {
 	r.stopOnce.Do(func() {
 		closeAll(r.links)
+		if r.closeMore != nil {
+			r.closeMore()
+		}
 		r.drain()
 		if r.hists != nil {
 			r.stopErr = r.hists(r.coll, r.sink)
 		}
 		deliverLosses(r.sink, r.probe, r.coll.Maps["losses"])
+		if r.moreLosses != nil {
+			r.moreLosses(r.coll, r.sink)
+		}
 		r.undecodable(r.sink, r.probe)
 		r.coll.Close()
 	})

@@ -131,6 +131,14 @@ var mirrors = []mirror{
 		},
 	},
 	{
+		// enum sf_loss_kind (submitfn.bpf.c): submitFnLossWhat.
+		name: "sf_loss_kind",
+		in:   func(spec *ebpf.CollectionSpec) bool { return spec.Maps["sf_losses"] != nil },
+		check: func(t *testing.T, spec *ebpf.CollectionSpec) {
+			namesEvery(t, enumOf(t, spec, "sf_loss_kind"), "SF_LOSS_KINDS", submitFnLossWhat[:])
+		},
+	},
+	{
 		// syscall.bpf.c: syscallLossWhat names enum sc_stack_loss; the
 		// records start with their u32 kind (syscallRunning.handle).
 		name: "syscall",

@@ -64,6 +64,7 @@ const (
 	serviceMapDevHistZero    = "dev_hist_zero"
 	serviceMapDevNames       = "dev_names"
 	serviceMapIssued         = "issued"
+	serviceMapIssuedSpill    = "issued_spill"
 	serviceMapLosses         = "losses"
 	serviceProgSvcRqComplete = "svc_rq_complete"
 	serviceProgSvcRqIssue    = "svc_rq_issue"
@@ -128,6 +129,7 @@ type serviceMapSpecs struct {
 	DevHistZero  *ebpf.MapSpec `ebpf:"dev_hist_zero"`
 	DevNames     *ebpf.MapSpec `ebpf:"dev_names"`
 	Issued       *ebpf.MapSpec `ebpf:"issued"`
+	IssuedSpill  *ebpf.MapSpec `ebpf:"issued_spill"`
 	Losses       *ebpf.MapSpec `ebpf:"losses"`
 }
 
@@ -166,6 +168,7 @@ type serviceMaps struct {
 	DevHistZero  *ebpf.Map `ebpf:"dev_hist_zero"`
 	DevNames     *ebpf.Map `ebpf:"dev_names"`
 	Issued       *ebpf.Map `ebpf:"issued"`
+	IssuedSpill  *ebpf.Map `ebpf:"issued_spill"`
 	Losses       *ebpf.Map `ebpf:"losses"`
 }
 
@@ -176,6 +179,7 @@ func (m *serviceMaps) Close() error {
 		m.DevHistZero,
 		m.DevNames,
 		m.Issued,
+		m.IssuedSpill,
 		m.Losses,
 	)
 }

@@ -18,7 +18,10 @@ import (
 // per process, on fentry/fexit or kprobe/kretprobe. A call nested in
 // another (a stacked device such as bcache resubmitting to its lower
 // devices) is timed on its own device, until the per-bio submission
-// function (submitFnBioFuncs) returns for its bio. Without fentry or
+// function (submitFnBioFuncs) returns for its bio: those programs run on
+// every bio, so they are attached only while a stacked device exists or
+// can appear (stackingPresent), or once a nested call shows they are
+// needed; a nested bio not timed meanwhile is counted. Without fentry or
 // kprobes, the submit probe's tracepoints (block_bio_queue to getrq/merge)
 // measure the part of it before request accounting.
 type submitFnProbe struct{}
@@ -41,7 +44,7 @@ func (submitFnProbe) Decl() Decl {
 		Mechanisms: []Rung{{Mech: event.MechFentry}, {Mech: event.MechKprobe}, {Mech: event.MechTPBTF, InferredBy: event.ProbeSubmit}},
 		Forceable:  true,
 		Describe:   "time in submit_bio_noacct/generic_make_request per device and process, entry to return (else the submit probe's tracepoints)",
-		Attach:     "fentry/fexit or kprobe/kretprobe on `submit_bio_noacct` (`generic_make_request` before 5.9) and `__submit_bio` (else `blk_mq_submit_bio`)",
+		Attach:     "fentry/fexit or kprobe/kretprobe on `submit_bio_noacct` (`generic_make_request` before 5.9), and on `__submit_bio` (else `blk_mq_submit_bio`) while a stacked device exists or can appear",
 		Records:    "time in bio submission per device and process; a stacked device's submissions below it on their own devices",
 	}
 }
@@ -63,19 +66,21 @@ func (p submitFnProbe) rungs(cfg Config, kernel *btf.Spec, sink Sink) []ladderRu
 }
 
 // submitFnPoints are the programs on fn and, unless bioFn is "", those on
-// the per-bio function that time nested calls.
+// the per-bio function that time nested calls (marked later: the run
+// attaches them while they are needed; returns first).
 func submitFnPoints(mech event.Mechanism, fn, bioFn string) ([]attachPoint, error) {
 	var out []attachPoint
 	switch mech {
 	case event.MechFentry:
 		out = []attachPoint{{prog: "sf_fentry", fn: fn, tracer: true}, {prog: "sf_fexit", fn: fn, tracer: true}}
 		if bioFn != "" {
-			out = append(out, attachPoint{prog: "sf_bio_fexit", fn: bioFn, tracer: true})
+			out = append(out, attachPoint{prog: "sf_bio_fexit", fn: bioFn, tracer: true, later: true})
 		}
 	case event.MechKprobe:
 		out = []attachPoint{{prog: "sf_kprobe", fn: fn}, {prog: "sf_kretprobe", fn: fn, ret: true}}
 		if bioFn != "" {
-			out = append(out, attachPoint{prog: "sf_bio_kprobe", fn: bioFn}, attachPoint{prog: "sf_bio_kretprobe", fn: bioFn, ret: true})
+			out = append(out, attachPoint{prog: "sf_bio_kretprobe", fn: bioFn, ret: true, later: true},
+				attachPoint{prog: "sf_bio_kprobe", fn: bioFn, later: true})
 		}
 	default:
 		return nil, fmt.Errorf("submit call: no %s programs", mech)
@@ -104,10 +109,21 @@ func startSubmitFn(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism
 		ms := spec.Maps["submitting_task"]
 		ms.Type, ms.Flags, ms.MaxEntries = ebpf.Hash, 0, 1
 	}
+	need := make(chan struct{}, 1)
 	handle := func(_ *ebpf.Collection, raw []byte) bool {
 		var e submitfnSfEvent
 		if err := binary.Read(bytes.NewReader(raw), binary.NativeEndian, &e); err != nil {
 			return false
+		}
+		if e.Dev == 0 {
+			if e.Pad != submitFnNestedSeen {
+				return false
+			}
+			select {
+			case need <- struct{}{}:
+			default:
+			}
+			return true
 		}
 		major, minor := kernelDev(e.Dev)
 		sink.Event(event.SubmitCall{
@@ -125,9 +141,7 @@ func startSubmitFn(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism
 		return nil, err
 	}
 	r.funcs = []string{fn}
-	if bioFn != "" {
-		r.funcs = append(r.funcs, bioFn)
-	}
+	r.moreLosses = deliverSubmitFnLosses
 	r.hists = func(coll *ebpf.Collection, sink Sink) error {
 		hs, names, err := devHists(coll.Maps["dev_hist"], coll.Maps["dev_hist_spill"], coll.Maps["dev_names"])
 		if err != nil {
@@ -136,5 +150,45 @@ func startSubmitFn(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism
 		deliverDevHists(sink, timeline.HistSubmitCall, cfg.SysFS, hs, names)
 		return nil
 	}
-	return r, nil
+	var bio []attachPoint
+	for _, p := range points {
+		if p.later {
+			bio = append(bio, p)
+		}
+	}
+	if len(bio) == 0 {
+		return r, nil
+	}
+	return newNestedSwitch(r, cfg.SysFS, bioFn, bio, need)
+}
+
+// submitFnNestedSeen is SF_NESTED_SEEN: the pad of a record with no device
+// that says a nested call came while the per-bio programs were off.
+const submitFnNestedSeen = 1
+
+// submitFnLossWhat names each counter of `sf_losses`, at its value of enum
+// sf_loss_kind.
+var submitFnLossWhat = [submitfnSfLossKindSF_LOSS_KINDS]string{
+	submitfnSfLossKindSF_LOSS_NESTED: "nested submission of a stacked device not timed on its own device " +
+		"(the per-bio program was not attached yet, or its bio was not seen): its time counts in the outer call only",
+}
+
+// deliverSubmitFnLosses sends the non-zero counts of `sf_losses`; an
+// unreadable array is itself a loss.
+func deliverSubmitFnLosses(coll *ebpf.Collection, sink Sink) {
+	m := coll.Maps["sf_losses"]
+	for k := range submitFnLossWhat {
+		var perCPU []uint64
+		if err := m.Lookup(uint32(k), &perCPU); err != nil {
+			sink.Loss(event.Loss{Probe: event.ProbeSubmitFn, What: "loss counters unreadable", Count: 1})
+			return
+		}
+		var n uint64
+		for _, v := range perCPU {
+			n += v
+		}
+		if n > 0 {
+			sink.Loss(event.Loss{Probe: event.ProbeSubmitFn, What: submitFnLossWhat[k], Count: n})
+		}
+	}
 }

@@ -49,6 +49,14 @@ const (
 	submitfnLossKindLOSS_KINDS    submitfnLossKind = 3
 )
 
+type submitfnSfCtl uint32
+
+const (
+	submitfnSfCtlSF_CTL_ON      submitfnSfCtl = 0
+	submitfnSfCtlSF_CTL_NOTICED submitfnSfCtl = 1
+	submitfnSfCtlSF_CTL_KINDS   submitfnSfCtl = 2
+)
+
 type submitfnSfEvent struct {
 	_         structs.HostLayout
 	StartNs   uint64
@@ -60,6 +68,13 @@ type submitfnSfEvent struct {
 	Comm      [16]int8
 	DiskName  [32]int8
 }
+
+type submitfnSfLossKind uint32
+
+const (
+	submitfnSfLossKindSF_LOSS_NESTED submitfnSfLossKind = 0
+	submitfnSfLossKindSF_LOSS_KINDS  submitfnSfLossKind = 1
+)
 
 type submitfnSfNested struct {
 	_    structs.HostLayout
@@ -85,6 +100,7 @@ type submitfnSfStart struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	submitfnMapBioProgOn       = "bio_prog_on"
 	submitfnMapDevHist         = "dev_hist"
 	submitfnMapDevHistSpill    = "dev_hist_spill"
 	submitfnMapDevHistZero     = "dev_hist_zero"
@@ -92,6 +108,7 @@ const (
 	submitfnMapEvents          = "events"
 	submitfnMapLosses          = "losses"
 	submitfnMapNested          = "nested"
+	submitfnMapSfLosses        = "sf_losses"
 	submitfnMapSubmitting      = "submitting"
 	submitfnMapSubmittingTask  = "submitting_task"
 	submitfnProgSfBioFexit     = "sf_bio_fexit"
@@ -104,7 +121,9 @@ const (
 	submitfnVarHistLayoutType  = "hist_layout_type"
 	submitfnVarLossKindType    = "loss_kind_type"
 	submitfnVarMinLatencyNs    = "min_latency_ns"
+	submitfnVarSfCtlType       = "sf_ctl_type"
 	submitfnVarSfEventType     = "sf_event_type"
+	submitfnVarSfLossKindType  = "sf_loss_kind_type"
 	submitfnVarUseTaskStorage  = "use_task_storage"
 )
 
@@ -163,6 +182,7 @@ type submitfnProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type submitfnMapSpecs struct {
+	BioProgOn      *ebpf.MapSpec `ebpf:"bio_prog_on"`
 	DevHist        *ebpf.MapSpec `ebpf:"dev_hist"`
 	DevHistSpill   *ebpf.MapSpec `ebpf:"dev_hist_spill"`
 	DevHistZero    *ebpf.MapSpec `ebpf:"dev_hist_zero"`
@@ -170,6 +190,7 @@ type submitfnMapSpecs struct {
 	Events         *ebpf.MapSpec `ebpf:"events"`
 	Losses         *ebpf.MapSpec `ebpf:"losses"`
 	Nested         *ebpf.MapSpec `ebpf:"nested"`
+	SfLosses       *ebpf.MapSpec `ebpf:"sf_losses"`
 	Submitting     *ebpf.MapSpec `ebpf:"submitting"`
 	SubmittingTask *ebpf.MapSpec `ebpf:"submitting_task"`
 }
@@ -181,7 +202,9 @@ type submitfnVariableSpecs struct {
 	HistLayoutType *ebpf.VariableSpec `ebpf:"hist_layout_type"`
 	LossKindType   *ebpf.VariableSpec `ebpf:"loss_kind_type"`
 	MinLatencyNs   *ebpf.VariableSpec `ebpf:"min_latency_ns"`
+	SfCtlType      *ebpf.VariableSpec `ebpf:"sf_ctl_type"`
 	SfEventType    *ebpf.VariableSpec `ebpf:"sf_event_type"`
+	SfLossKindType *ebpf.VariableSpec `ebpf:"sf_loss_kind_type"`
 	UseTaskStorage *ebpf.VariableSpec `ebpf:"use_task_storage"`
 }
 
@@ -205,6 +228,7 @@ func (o *submitfnObjects) Close() error {
 //
 // It can be passed to loadSubmitfnObjects or ebpf.CollectionSpec.LoadAndAssign.
 type submitfnMaps struct {
+	BioProgOn      *ebpf.Map `ebpf:"bio_prog_on"`
 	DevHist        *ebpf.Map `ebpf:"dev_hist"`
 	DevHistSpill   *ebpf.Map `ebpf:"dev_hist_spill"`
 	DevHistZero    *ebpf.Map `ebpf:"dev_hist_zero"`
@@ -212,12 +236,14 @@ type submitfnMaps struct {
 	Events         *ebpf.Map `ebpf:"events"`
 	Losses         *ebpf.Map `ebpf:"losses"`
 	Nested         *ebpf.Map `ebpf:"nested"`
+	SfLosses       *ebpf.Map `ebpf:"sf_losses"`
 	Submitting     *ebpf.Map `ebpf:"submitting"`
 	SubmittingTask *ebpf.Map `ebpf:"submitting_task"`
 }
 
 func (m *submitfnMaps) Close() error {
 	return _SubmitfnClose(
+		m.BioProgOn,
 		m.DevHist,
 		m.DevHistSpill,
 		m.DevHistZero,
@@ -225,6 +251,7 @@ func (m *submitfnMaps) Close() error {
 		m.Events,
 		m.Losses,
 		m.Nested,
+		m.SfLosses,
 		m.Submitting,
 		m.SubmittingTask,
 	)
@@ -237,7 +264,9 @@ type submitfnVariables struct {
 	HistLayoutType *ebpf.Variable `ebpf:"hist_layout_type"`
 	LossKindType   *ebpf.Variable `ebpf:"loss_kind_type"`
 	MinLatencyNs   *ebpf.Variable `ebpf:"min_latency_ns"`
+	SfCtlType      *ebpf.Variable `ebpf:"sf_ctl_type"`
 	SfEventType    *ebpf.Variable `ebpf:"sf_event_type"`
+	SfLossKindType *ebpf.Variable `ebpf:"sf_loss_kind_type"`
 	UseTaskStorage *ebpf.Variable `ebpf:"use_task_storage"`
 }
 
