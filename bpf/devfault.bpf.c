@@ -143,10 +143,9 @@ static __always_inline __u32 rq_timed_out(struct request___df *r)
 	return (long)(bpf_jiffies64() - r->deadline) >= 0;
 }
 
-static __always_inline void fill(struct df_event *e, struct request *rq, struct request___df *r, __u32 kind)
+/* fill fills an event of request r, for disk (request_disk_btf). */
+static __always_inline void fill(struct df_event *e, struct gendisk *disk, struct request___df *r, __u32 kind)
 {
-	struct gendisk *disk = request_disk_btf(rq);
-
 	e->kind = kind;
 	e->dev = disk_dev_btf(disk);
 	e->time_ns = bpf_ktime_get_ns();
@@ -183,7 +182,7 @@ int df_rq_complete(__u64 *ctx)
 	struct df_event *e = EVENT_RESERVE(struct df_event);
 	if (!e)
 		return 0;
-	fill(e, rq, r, DF_ERROR);
+	fill(e, request_disk_btf(rq), r, DF_ERROR);
 	e->error = error;
 	bpf_ringbuf_submit(e, 0);
 	return 0;
@@ -197,8 +196,13 @@ int df_rq_requeue(__u64 *ctx)
 
 	if (!rq)
 		return 0;
-	__u32 timed_out = rq_timed_out(r);
+	/* The request's disk first, on the verifier's one path: each load of
+	 * a pointer field through the (trusted) argument makes 6.x's verifier
+	 * search the kernel BTF by name, once for every path that reaches it
+	 * (see bio_disk_cgroup_btf). */
 	struct gendisk *disk = request_disk_btf(rq);
+	asm volatile("" : "+r"(disk));
+	__u32 timed_out = rq_timed_out(r);
 	__u32 dev = disk_dev_btf(disk);
 	struct df_requeues *n = bpf_map_lookup_elem(&requeues, &dev);
 	if (!n) {
@@ -220,7 +224,7 @@ int df_rq_requeue(__u64 *ctx)
 	struct df_event *e = EVENT_RESERVE(struct df_event);
 	if (!e)
 		return 0;
-	fill(e, rq, r, DF_TIMEOUT);
+	fill(e, disk, r, DF_TIMEOUT);
 	bpf_ringbuf_submit(e, 0);
 	return 0;
 }

@@ -226,14 +226,16 @@ func storageRun(ctx context.Context, opts *StorageOptions) error {
 	ctx, interrupts := handleInterrupts(ctx, opts.IO, true, outs.abort)
 	defer interrupts.stop()
 	// The probes need the kernel BTF, decoded once per process: decode it
-	// while the rules compile. (kallsyms, needed only to symbolize stacks,
+	// while --rules and --stages files compile. (kallsyms, needed only to symbolize stacks,
 	// is read in the background once the probes have started.)
 	if opts.BTF == probes.DefaultBTF {
 		go probes.KernelBTF()
 	}
 	// Rules from --rules are compiled first: a mistake in them is told
-	// before anything loads. The built-in ones alone compile while the
-	// probes load; the analysis waits for them.
+	// before anything loads. The built-in ones alone compile once every
+	// probe is attached (compiled while the probes loaded, their ~30 ms of
+	// CPU competed with the verifier on small machines); the analysis
+	// waits for them.
 	var set *rules.Set
 	var rulesLater func() (*rules.Set, error)
 	if len(opts.Rules) > 0 {
@@ -242,7 +244,6 @@ func storageRun(ctx context.Context, opts *StorageOptions) error {
 		}
 	} else {
 		rulesLater = sync.OnceValues(func() (*rules.Set, error) { return loadRules(nil) })
-		go rulesLater()
 	}
 	stages, err := loadStages(opts.Stages)
 	if err != nil {
@@ -265,6 +266,9 @@ func storageRun(ctx context.Context, opts *StorageOptions) error {
 	dopts.Ready = func() {
 		restoreGC()
 		ready.signal(opts.IO.ErrOut)
+		if rulesLater != nil {
+			go rulesLater()
+		}
 	}
 	dopts.Observed = interrupts.observed
 	started := time.Now()

@@ -33,9 +33,9 @@ type Options struct {
 	Devices []string
 	Rules   *rules.Set
 	// RulesLater, when Rules is nil, gives the rules once the observation
-	// has ended: the caller compiles them while the probes load (the
-	// built-in rules, which cannot fail), and start-up does not wait for
-	// them.
+	// has ended: the caller compiles them (the built-in rules, which cannot
+	// fail) once the probes are attached (Ready), and start-up does not
+	// wait for them.
 	RulesLater func() (*rules.Set, error)
 	// Stages names the stages of storage calls' blocked stacks; nil means
 	// the built-in table.

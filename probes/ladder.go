@@ -395,14 +395,16 @@ func (o *fentryOnce) denied(load func() error) bool {
 }
 
 // loadNopFentry loads an fentry program that does nothing, on fn, and
-// closes it.
+// closes it. It loads as a collection for the process's kernel BTF cache:
+// ebpf.NewProgramWithOptions would decode the whole kernel BTF again to
+// find fn (some 25 ms of CPU at every start, beside the verifier).
 func loadNopFentry(kernel *btf.Spec, fn string) error {
-	prog, err := ebpf.NewProgramWithOptions(&ebpf.ProgramSpec{
-		Type: ebpf.Tracing, AttachType: ebpf.AttachTraceFEntry, AttachTo: fn, License: "GPL",
+	coll, err := ebpf.NewCollectionWithOptions(&ebpf.CollectionSpec{Programs: map[string]*ebpf.ProgramSpec{"nop": {
+		Name: "nop", Type: ebpf.Tracing, AttachType: ebpf.AttachTraceFEntry, AttachTo: fn, License: "GPL",
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
-	}, ebpf.ProgramOptions{KernelTypes: kernel})
+	}}}, *collectionOptions(kernel))
 	if err == nil {
-		prog.Close()
+		coll.Close()
 	}
 	return err
 }

@@ -15,14 +15,30 @@ enum hist_layout {
 
 KEEP_TYPE(enum hist_layout, hist_layout_type);
 
+/* nonzero returns 1 when x is not 0, else 0, with no branch: BPF has no
+ * set-on-compare, so `x != 0` is a jump, and the verifier walks what
+ * follows once for each way (see hist_log2). The barrier keeps the
+ * compiler from turning it back into the compare. */
+static __always_inline __u64 nonzero(__u64 x)
+{
+	__u64 n = -x;
+
+	asm volatile("" : "+r"(n));
+	return (x | n) >> 63;
+}
+
+/* hist_log2 returns floor(log2(v)) (0 for 0) with no branch: written
+ * with compares, its five steps made 32 paths that the verifier could not
+ * tell apart (the slot indexes a map value, so every bit of it is
+ * tracked), each walking the rest of its program. */
 static __always_inline __u32 hist_log2(__u64 v)
 {
 	__u32 r = 0, s;
-	s = (v > 0xFFFFFFFFULL) << 5; v >>= s; r |= s;
-	s = (v > 0xFFFF) << 4; v >>= s; r |= s;
-	s = (v > 0xFF) << 3; v >>= s; r |= s;
-	s = (v > 0xF) << 2; v >>= s; r |= s;
-	s = (v > 0x3) << 1; v >>= s; r |= s;
+	s = nonzero(v >> 32) << 5; v >>= s; r |= s;
+	s = nonzero(v >> 16) << 4; v >>= s; r |= s;
+	s = nonzero(v >> 8) << 3; v >>= s; r |= s;
+	s = nonzero(v >> 4) << 2; v >>= s; r |= s;
+	s = nonzero(v >> 2) << 1; v >>= s; r |= s;
 	r |= (v >> 1);
 	return r;
 }
