@@ -170,6 +170,27 @@ func readRing(rd ringReader, sink Sink, probe string, fn func(raw []byte)) {
 	}
 }
 
+// deliverLossArray sends the non-zero counts of a per-CPU array of loss
+// counters whose index k counts the losses named whats[k] (a probe's own
+// loss kinds, beside the shared `losses`); like deliverLosses, an
+// unreadable array is itself a loss.
+func deliverLossArray(sink Sink, probe string, m *ebpf.Map, whats []string) {
+	for k, what := range whats {
+		var perCPU []uint64
+		if err := m.Lookup(uint32(k), &perCPU); err != nil {
+			sink.Loss(event.Loss{Probe: probe, What: "loss counters unreadable", Count: 1})
+			return
+		}
+		var n uint64
+		for _, v := range perCPU {
+			n += v
+		}
+		if n > 0 {
+			sink.Loss(event.Loss{Probe: probe, What: what, Count: n})
+		}
+	}
+}
+
 // ringReadFailed is the Loss.What of a ring that could no longer be read.
 func ringReadFailed(err error) string {
 	return "ring buffer unreadable (" + errName(err) + "): later events dropped in the ring"

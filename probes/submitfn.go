@@ -173,22 +173,7 @@ var submitFnLossWhat = [submitfnSfLossKindSF_LOSS_KINDS]string{
 		"(the per-bio program was not attached yet, or its bio was not seen): its time counts in the outer call only",
 }
 
-// deliverSubmitFnLosses sends the non-zero counts of `sf_losses`; an
-// unreadable array is itself a loss.
+// deliverSubmitFnLosses sends the non-zero counts of `sf_losses`.
 func deliverSubmitFnLosses(coll *ebpf.Collection, sink Sink) {
-	m := coll.Maps["sf_losses"]
-	for k := range submitFnLossWhat {
-		var perCPU []uint64
-		if err := m.Lookup(uint32(k), &perCPU); err != nil {
-			sink.Loss(event.Loss{Probe: event.ProbeSubmitFn, What: "loss counters unreadable", Count: 1})
-			return
-		}
-		var n uint64
-		for _, v := range perCPU {
-			n += v
-		}
-		if n > 0 {
-			sink.Loss(event.Loss{Probe: event.ProbeSubmitFn, What: submitFnLossWhat[k], Count: n})
-		}
-	}
+	deliverLossArray(sink, event.ProbeSubmitFn, coll.Maps["sf_losses"], submitFnLossWhat[:])
 }

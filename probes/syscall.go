@@ -1333,21 +1333,7 @@ func procGone(procfs string, tgid uint32) bool {
 }
 
 // deliverScLosses sends the non-zero counts of the per-CPU `sc_losses`
-// array; like deliverLosses, an unreadable array is itself a loss.
+// array.
 func (r *syscallRunning) deliverScLosses(sink Sink) {
-	m := r.coll.Maps["sc_losses"]
-	for k := range syscallLossWhat {
-		var perCPU []uint64
-		if err := m.Lookup(uint32(k), &perCPU); err != nil {
-			sink.Loss(event.Loss{Probe: event.ProbeSyscall, What: "loss counters unreadable", Count: 1})
-			return
-		}
-		var n uint64
-		for _, v := range perCPU {
-			n += v
-		}
-		if n > 0 {
-			sink.Loss(event.Loss{Probe: event.ProbeSyscall, What: syscallLossWhat[k], Count: n})
-		}
-	}
+	deliverLossArray(sink, event.ProbeSyscall, r.coll.Maps["sc_losses"], syscallLossWhat[:])
 }
