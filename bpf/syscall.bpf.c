@@ -858,12 +858,32 @@ int BPF_PROG(sc_btf_enter_vma, struct pt_regs___sc *regs, long id)
 	return 0;
 }
 
+/* One program of whyslow's per hook: on sys_exit, sched_switch and
+ * sched_waking, where the off-CPU probe has a program too, the syscall
+ * probe's program of the tp_btf rung ends in a tail call through a
+ * one-slot program array that the off-CPU probe fills with its own
+ * program instead of attaching it (probes/hookchain.go): the kernel
+ * dispatches one program there instead of two. An empty slot falls
+ * through. The tail-called program runs in the caller's run (its time
+ * and its skipped runs are the caller's). */
+#define HOOK_NEXT(name)                                      \
+	struct {                                             \
+		__uint(type, BPF_MAP_TYPE_PROG_ARRAY);       \
+		__uint(max_entries, 1);                      \
+		__type(key, __u32);                          \
+		__type(value, __u32);                        \
+	} name SEC(".maps")
+
+HOOK_NEXT(sys_exit_next);
+HOOK_NEXT(sched_switch_next);
+HOOK_NEXT(sched_waking_next);
+
 SEC("tp_btf/sys_exit")
 int BPF_PROG(sc_btf_exit, struct pt_regs___sc *regs, long ret)
 {
-	if (!storage_call(regs->orig_ax))
-		return 0;
-	call_exit(ret);
+	if (storage_call(regs->orig_ax))
+		call_exit(ret);
+	bpf_tail_call_static(ctx, &sys_exit_next, 0);
 	return 0;
 }
 
@@ -990,6 +1010,7 @@ int BPF_PROG(sc_switch, _Bool preempt, struct task_struct *prev, struct task_str
 	st = state_of(next);
 	if (st && st->start_ns && st->off_ns)
 		switch_in(next, st, now ? now : bpf_ktime_get_ns());
+	bpf_tail_call_static(ctx, &sched_switch_next, 0);
 	return 0;
 }
 
@@ -1035,6 +1056,7 @@ int BPF_PROG(sc_waking, struct task_struct *p)
 
 	if (st && st->off_ns && !st->wake_ns)
 		st->wake_ns = bpf_ktime_get_ns();
+	bpf_tail_call_static(ctx, &sched_waking_next, 0);
 	return 0;
 }
 

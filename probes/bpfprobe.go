@@ -220,7 +220,14 @@ func sumLosses(m *ebpf.Map) ([lossKinds]uint64, error) {
 // itself reported as a loss of unknown size (count 1) so that it is never
 // silent.
 func deliverLosses(sink Sink, probe string, m *ebpf.Map, objs any) {
-	deliverSkips(sink, probe, programsOf(objs))
+	deliverLossesWith(sink, probe, m, objs, nil)
+}
+
+// deliverLossesWith is deliverLosses with, per program, skipped runs the
+// kernel counted elsewhere: those of a leader whose slot it was in
+// (hookChain.skips), which replace its own count.
+func deliverLossesWith(sink Sink, probe string, m *ebpf.Map, objs any, skips map[*ebpf.Program]uint64) {
+	deliverSkips(sink, probe, programsOf(objs), skips)
 	counts, err := sumLosses(m)
 	if err != nil {
 		sink.Loss(event.Loss{Probe: probe, What: "loss counters unreadable", Count: 1})
@@ -243,13 +250,20 @@ const skippedWhat = "runs of %s skipped by the kernel: another BPF program was r
 // statistics are on. Each skipped run is an event the program never saw.
 // The programs are whyslow's own, loaded for this run, so the counts are
 // this run's.
-func deliverSkips(sink Sink, probe string, progs []*ebpf.Program) {
+func deliverSkips(sink Sink, probe string, progs []*ebpf.Program, skips map[*ebpf.Program]uint64) {
 	for _, p := range progs {
-		st, err := p.Stats()
-		if err != nil || st.RecursionMisses == 0 {
+		n, ok := skips[p]
+		if !ok {
+			st, err := p.Stats()
+			if err != nil {
+				continue
+			}
+			n = st.RecursionMisses
+		}
+		if n == 0 {
 			continue
 		}
-		sink.Loss(event.Loss{Probe: probe, What: fmt.Sprintf(skippedWhat, progName(p)), Count: st.RecursionMisses})
+		sink.Loss(event.Loss{Probe: probe, What: fmt.Sprintf(skippedWhat, progName(p)), Count: n})
 	}
 }
 

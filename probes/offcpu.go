@@ -3,6 +3,7 @@ package probes
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -83,6 +84,10 @@ type offcpuRunning struct {
 	sink  Sink
 	objs  offcpuObjects
 	links []link.Link
+	// follows are its programs on the hooks it shares with the syscall
+	// probe, each in that probe's chain or on a link of its own
+	// (hookchain.go).
+	follows []offcpuFollow
 	ring
 	ksyms    *symbolize.Kernel // set before ksymsReady is closed
 	ksymsErr error
@@ -168,6 +173,7 @@ func startOffcpu(cfg Config, sink Sink) (_ *offcpuRunning, err error) {
 	}
 	defer func() {
 		if err != nil {
+			r.leaveChains()
 			closeAll(r.links)
 			if r.rd != nil {
 				r.rd.Close()
@@ -180,9 +186,17 @@ func startOffcpu(cfg Config, sink Sink) (_ *offcpuRunning, err error) {
 	}
 	// The wake-up and system-call exit sides first, so every tracked sleep
 	// can see its waker and every pending span its completion.
-	r.links, err = attachTPBTF(r.objs.OffcpuWakeup, r.objs.OffcpuSysExit, r.objs.OffcpuSwitch)
-	if err != nil {
-		return nil, err
+	// Each through the syscall probe's program on its hook when that
+	// runs, else on a link of its own.
+	for _, h := range []struct {
+		c *hookChain
+		p *ebpf.Program
+	}{{chainSchedWaking, r.objs.OffcpuWakeup}, {chainSysExit, r.objs.OffcpuSysExit}, {chainSchedSwitch, r.objs.OffcpuSwitch}} {
+		f, err := h.c.follow(h.p, attachOwn)
+		if err != nil {
+			return nil, err
+		}
+		r.follows = append(r.follows, offcpuFollow{h.c, f})
 	}
 	// The reader drains the ring buffer into the backlog at once; the
 	// processor symbolizes from it once kallsyms is read, so that the ring
@@ -412,8 +426,33 @@ func trimUserGarbage(fr []event.Frame) []event.Frame {
 }
 
 // Checkpoint implements Checkpointer: the loss counts so far.
+// offcpuFollow is a program of the probe on a shared hook.
+type offcpuFollow struct {
+	c *hookChain
+	f *hookFollower
+}
+
+// leaveChains takes the programs off the shared hooks.
+func (r *offcpuRunning) leaveChains() error {
+	var errs []error
+	for _, h := range r.follows {
+		errs = append(errs, h.c.leave(h.f))
+	}
+	return errors.Join(errs...)
+}
+
+// skips are the skipped runs of the programs on shared hooks, theirs and
+// their leaders' while in a leader's slot.
+func (r *offcpuRunning) skips() map[*ebpf.Program]uint64 {
+	m := map[*ebpf.Program]uint64{}
+	for _, h := range r.follows {
+		m[h.f.prog] = h.c.skips(h.f)
+	}
+	return m
+}
+
 func (r *offcpuRunning) Checkpoint(sink Sink) error {
-	deliverLosses(sink, event.ProbeOffCPU, r.objs.Losses, &r.objs)
+	deliverLossesWith(sink, event.ProbeOffCPU, r.objs.Losses, &r.objs, r.skips())
 	deliverStackLosses(sink, r.objs.StackLosses, 0)
 	return nil
 }
@@ -424,6 +463,7 @@ func (r *offcpuRunning) Checkpoint(sink Sink) error {
 func (r *offcpuRunning) Stop() error {
 	r.stopOnce.Do(func() {
 		r.drainPending(offcpuDrain)
+		leaveErr := r.leaveChains()
 		closeAll(r.links)
 		r.drain()
 		r.qmu.Lock()
@@ -442,11 +482,13 @@ func (r *offcpuRunning) Stop() error {
 			r.deliver(&e)
 			r.unfinished++
 		}
-		deliverLosses(r.sink, event.ProbeOffCPU, r.objs.Losses, &r.objs)
+		deliverLossesWith(r.sink, event.ProbeOffCPU, r.objs.Losses, &r.objs, r.skips())
 		deliverStackLosses(r.sink, r.objs.StackLosses, r.unfinished)
 		r.undecodable(r.sink, event.ProbeOffCPU)
 		if err := r.objs.Close(); err != nil {
 			r.stopErr = fmt.Errorf("closing objects: %w", err)
+		} else if leaveErr != nil {
+			r.stopErr = leaveErr
 		}
 	})
 	return r.stopErr

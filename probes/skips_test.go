@@ -118,7 +118,7 @@ func TestDeliverSkips(t *testing.T) {
 	}
 
 	var sink blkSink
-	deliverSkips(&sink, "test", programsOf(&objs))
+	deliverSkips(&sink, "test", programsOf(&objs), nil)
 	if !recurse {
 		if len(sink.losses) != 0 {
 			t.Fatalf("losses %+v from a program that never recursed", sink.losses)

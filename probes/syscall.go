@@ -160,6 +160,9 @@ type syscallRunning struct {
 	sink  Sink
 	coll  *ebpf.Collection
 	links []link.Link
+	// unleads end the chains its programs lead on the hooks it shares
+	// with the off-CPU probe (hookchain.go), before they are detached.
+	unleads []func() error
 	ring
 	note   string // the status Reason: what it runs on and what it misses
 	procfs string
@@ -614,6 +617,14 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 		}
 		r.links = append(r.links, ls...)
 	}
+	// Its programs on sched_switch and sched_waking (both rungs) and on
+	// sys_exit (tp_btf rung) run the off-CPU probe's there.
+	r.unleads = append(r.unleads,
+		chainSchedWaking.lead(coll.Programs["sc_waking"], coll.Maps["sched_waking_next"]),
+		chainSchedSwitch.lead(coll.Programs["sc_switch"], coll.Maps["sched_switch_next"]))
+	if mech != event.MechTracepoint {
+		r.unleads = append(r.unleads, chainSysExit.lead(coll.Programs[exit], coll.Maps["sys_exit_next"]))
+	}
 	r.note = "sys_enter/sys_exit of every system call, the others let go on their number: a storage call costs ~100 ns less than on the syscall tracepoints"
 	if mech == event.MechTracepoint {
 		r.note = "the syscall tracepoints of the storage calls only"
@@ -834,11 +845,15 @@ func (r *syscallRunning) Stop() error {
 			r.hungAtStop = r.hungSince(now, r.inflightTids())
 		}
 		r.sums.Unlock()
+		var unleadErr error
+		for _, u := range r.unleads {
+			unleadErr = errors.Join(unleadErr, u())
+		}
 		closeAll(r.links)
 		close(r.drainStop)
 		<-r.drainDone
 		r.drain()
-		r.stopErr = r.deliverSums(r.sink)
+		r.stopErr = errors.Join(r.deliverSums(r.sink), unleadErr)
 		r.undecodable(r.sink, event.ProbeSyscall)
 		r.coll.Close()
 	})

@@ -227,9 +227,12 @@ const (
 	syscallMapMemStalls       = "mem_stalls"
 	syscallMapRingDevs        = "ring_devs"
 	syscallMapScLosses        = "sc_losses"
+	syscallMapSchedSwitchNext = "sched_switch_next"
+	syscallMapSchedWakingNext = "sched_waking_next"
 	syscallMapStacks          = "stacks"
 	syscallMapStateTask       = "state_task"
 	syscallMapStateTid        = "state_tid"
+	syscallMapSysExitNext     = "sys_exit_next"
 	syscallProgScBtfEnter     = "sc_btf_enter"
 	syscallProgScBtfEnterVma  = "sc_btf_enter_vma"
 	syscallProgScBtfExit      = "sc_btf_exit"
@@ -337,22 +340,25 @@ type syscallProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type syscallMapSpecs struct {
-	AioDevs        *ebpf.MapSpec `ebpf:"aio_devs"`
-	Blocked        *ebpf.MapSpec `ebpf:"blocked"`
-	CallHists      *ebpf.MapSpec `ebpf:"call_hists"`
-	CallHistsSpill *ebpf.MapSpec `ebpf:"call_hists_spill"`
-	Events         *ebpf.MapSpec `ebpf:"events"`
-	HistZero       *ebpf.MapSpec `ebpf:"hist_zero"`
-	Inflight       *ebpf.MapSpec `ebpf:"inflight"`
-	LastWalk       *ebpf.MapSpec `ebpf:"last_walk"`
-	Losses         *ebpf.MapSpec `ebpf:"losses"`
-	MemBegin       *ebpf.MapSpec `ebpf:"mem_begin"`
-	MemStalls      *ebpf.MapSpec `ebpf:"mem_stalls"`
-	RingDevs       *ebpf.MapSpec `ebpf:"ring_devs"`
-	ScLosses       *ebpf.MapSpec `ebpf:"sc_losses"`
-	Stacks         *ebpf.MapSpec `ebpf:"stacks"`
-	StateTask      *ebpf.MapSpec `ebpf:"state_task"`
-	StateTid       *ebpf.MapSpec `ebpf:"state_tid"`
+	AioDevs         *ebpf.MapSpec `ebpf:"aio_devs"`
+	Blocked         *ebpf.MapSpec `ebpf:"blocked"`
+	CallHists       *ebpf.MapSpec `ebpf:"call_hists"`
+	CallHistsSpill  *ebpf.MapSpec `ebpf:"call_hists_spill"`
+	Events          *ebpf.MapSpec `ebpf:"events"`
+	HistZero        *ebpf.MapSpec `ebpf:"hist_zero"`
+	Inflight        *ebpf.MapSpec `ebpf:"inflight"`
+	LastWalk        *ebpf.MapSpec `ebpf:"last_walk"`
+	Losses          *ebpf.MapSpec `ebpf:"losses"`
+	MemBegin        *ebpf.MapSpec `ebpf:"mem_begin"`
+	MemStalls       *ebpf.MapSpec `ebpf:"mem_stalls"`
+	RingDevs        *ebpf.MapSpec `ebpf:"ring_devs"`
+	ScLosses        *ebpf.MapSpec `ebpf:"sc_losses"`
+	SchedSwitchNext *ebpf.MapSpec `ebpf:"sched_switch_next"`
+	SchedWakingNext *ebpf.MapSpec `ebpf:"sched_waking_next"`
+	Stacks          *ebpf.MapSpec `ebpf:"stacks"`
+	StateTask       *ebpf.MapSpec `ebpf:"state_task"`
+	StateTid        *ebpf.MapSpec `ebpf:"state_tid"`
+	SysExitNext     *ebpf.MapSpec `ebpf:"sys_exit_next"`
 }
 
 // syscallVariableSpecs contains global variables before they are loaded into the kernel.
@@ -404,22 +410,25 @@ func (o *syscallObjects) Close() error {
 //
 // It can be passed to loadSyscallObjects or ebpf.CollectionSpec.LoadAndAssign.
 type syscallMaps struct {
-	AioDevs        *ebpf.Map `ebpf:"aio_devs"`
-	Blocked        *ebpf.Map `ebpf:"blocked"`
-	CallHists      *ebpf.Map `ebpf:"call_hists"`
-	CallHistsSpill *ebpf.Map `ebpf:"call_hists_spill"`
-	Events         *ebpf.Map `ebpf:"events"`
-	HistZero       *ebpf.Map `ebpf:"hist_zero"`
-	Inflight       *ebpf.Map `ebpf:"inflight"`
-	LastWalk       *ebpf.Map `ebpf:"last_walk"`
-	Losses         *ebpf.Map `ebpf:"losses"`
-	MemBegin       *ebpf.Map `ebpf:"mem_begin"`
-	MemStalls      *ebpf.Map `ebpf:"mem_stalls"`
-	RingDevs       *ebpf.Map `ebpf:"ring_devs"`
-	ScLosses       *ebpf.Map `ebpf:"sc_losses"`
-	Stacks         *ebpf.Map `ebpf:"stacks"`
-	StateTask      *ebpf.Map `ebpf:"state_task"`
-	StateTid       *ebpf.Map `ebpf:"state_tid"`
+	AioDevs         *ebpf.Map `ebpf:"aio_devs"`
+	Blocked         *ebpf.Map `ebpf:"blocked"`
+	CallHists       *ebpf.Map `ebpf:"call_hists"`
+	CallHistsSpill  *ebpf.Map `ebpf:"call_hists_spill"`
+	Events          *ebpf.Map `ebpf:"events"`
+	HistZero        *ebpf.Map `ebpf:"hist_zero"`
+	Inflight        *ebpf.Map `ebpf:"inflight"`
+	LastWalk        *ebpf.Map `ebpf:"last_walk"`
+	Losses          *ebpf.Map `ebpf:"losses"`
+	MemBegin        *ebpf.Map `ebpf:"mem_begin"`
+	MemStalls       *ebpf.Map `ebpf:"mem_stalls"`
+	RingDevs        *ebpf.Map `ebpf:"ring_devs"`
+	ScLosses        *ebpf.Map `ebpf:"sc_losses"`
+	SchedSwitchNext *ebpf.Map `ebpf:"sched_switch_next"`
+	SchedWakingNext *ebpf.Map `ebpf:"sched_waking_next"`
+	Stacks          *ebpf.Map `ebpf:"stacks"`
+	StateTask       *ebpf.Map `ebpf:"state_task"`
+	StateTid        *ebpf.Map `ebpf:"state_tid"`
+	SysExitNext     *ebpf.Map `ebpf:"sys_exit_next"`
 }
 
 func (m *syscallMaps) Close() error {
@@ -437,9 +446,12 @@ func (m *syscallMaps) Close() error {
 		m.MemStalls,
 		m.RingDevs,
 		m.ScLosses,
+		m.SchedSwitchNext,
+		m.SchedWakingNext,
 		m.Stacks,
 		m.StateTask,
 		m.StateTid,
+		m.SysExitNext,
 	)
 }
 
