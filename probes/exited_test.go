@@ -315,6 +315,7 @@ func submitManyProcesses(t *testing.T, procsFor func(slots int) int, every int) 
 		t.Fatalf("Stop: %v", err)
 	}
 	for _, l := range losses {
+		t.Logf("loss: %+v", l)
 		if strings.Contains(l.What, "map full") || l.What == ioUseOverWhat {
 			t.Errorf("loss: %+v", l)
 		}
