@@ -128,7 +128,13 @@ struct sc_state {
 	__s32 stackid; /* the current sleep's stack; <0: none */
 	__u32 aio_dev; /* the device of aio_ctx, as this thread last named it */
 	__u64 aio_ctx; /* the aio context of the thread's last io_submit; 0: none */
+	/* The histogram slots (hist_arr) of the thread's latest calls, by
+	 * nr & (HSLOT_WAYS - 1): a guess, valid when the slot's owner is the
+	 * call's process x device x call (hist_owner). */
+	__u32 hslot[4];
 };
+
+#define HSLOT_WAYS 4
 
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
@@ -213,6 +219,47 @@ struct {
 	__type(key, struct sc_hist_key);
 	__type(value, struct sc_hist);
 } call_hists_spill SEC(".maps");
+
+/* Histogram slots: the process x device x call histograms of the exit's
+ * fast path. A slot is a per-CPU array entry (hist_arr, plain adds, an
+ * inlined lookup), given to a process x device x call at its first call
+ * (hist_slot_of: key to slot; hist_owner: slot to key) from the queue of
+ * free slots (hist_free, filled by user space, which puts back the slots
+ * of exited processes it has drained). The thread's state keeps the slots
+ * of its latest calls, so a call of the same process x device x call as
+ * one of the thread's latest four costs two array lookups, where the hash
+ * map cost a hash of its 16-byte key and a bucket walk. When no slot is
+ * free, histograms go to call_hists (and call_hists_spill) as before:
+ * nothing is lost for lack of slots. Sized from user space. */
+#define MAX_HIST_SLOTS 512
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_HIST_SLOTS);
+	__type(key, __u32);
+	__type(value, struct sc_hist);
+} hist_arr SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_HIST_SLOTS);
+	__type(key, __u32);
+	__type(value, struct sc_hist_key); /* {0}: free */
+} hist_owner SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_HIST_SLOTS);
+	__type(key, struct sc_hist_key);
+	__type(value, __u32); /* slot */
+} hist_slot_of SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_QUEUE);
+	__uint(max_entries, MAX_HIST_SLOTS);
+	__uint(key_size, 0);
+	__uint(value_size, sizeof(__u32));
+} hist_free SEC(".maps");
 
 /* Zeroes to create a histogram from (never written). */
 struct {
@@ -753,6 +800,78 @@ static __always_inline void hist_count(struct sc_hist_key *k, __u64 id, __u64 la
 		hist_add(h, 1, lat, sleep, runq);
 }
 
+/* slot_hist returns this CPU's copy of slot's histogram when the slot
+ * belongs to k, else NULL. */
+static __always_inline struct sc_hist *slot_hist(__u32 slot, struct sc_hist_key *k)
+{
+	struct sc_hist_key *o = bpf_map_lookup_elem(&hist_owner, &slot);
+	if (!o || o->tgid != k->tgid || o->dev != k->dev || o->nr != k->nr)
+		return 0;
+	return bpf_map_lookup_elem(&hist_arr, &slot);
+}
+
+/* slot_take gives k a free histogram slot (and tells user space of k),
+ * or finds the one another CPU gave it meanwhile; it returns the slot, or
+ * -1 when none is free (k's histogram goes to call_hists then). */
+static __always_inline long slot_take(struct sc_hist_key *k, __u64 id)
+{
+	__u32 slot;
+
+	if (bpf_map_pop_elem(&hist_free, &slot))
+		return -1;
+	struct sc_hist_key *o = bpf_map_lookup_elem(&hist_owner, &slot);
+	if (!o)
+		return -1;
+	*o = *k;
+	if (bpf_map_update_elem(&hist_slot_of, k, &slot, BPF_NOEXIST) == 0) {
+		hist_new(k, id);
+		return slot;
+	}
+	/* Taken by another CPU meanwhile: the slot goes back. */
+	o->tgid = 0;
+	o->dev = 0;
+	o->nr = 0;
+	bpf_map_push_elem(&hist_free, &slot, 0);
+	__u32 *s = bpf_map_lookup_elem(&hist_slot_of, k);
+	return s ? *s : -1;
+}
+
+/* hist_count_slot adds a call to its process x device x call's
+ * histogram: in the slot the thread's state remembers for its call when
+ * that is still the one, else in the slot the key has or is given (the
+ * state remembers it), else in call_hists. */
+static __always_inline void hist_count_slot(struct sc_state *st, struct sc_hist_key *k, __u64 id, __u64 lat, __u64 sleep,
+					    __u64 runq)
+{
+	__u32 way = k->nr & (HSLOT_WAYS - 1);
+	struct sc_hist *h = slot_hist(st->hslot[way], k);
+	if (h) {
+		hist_add(h, 0, lat, sleep, runq);
+		return;
+	}
+	long slot;
+	__u32 *s = bpf_map_lookup_elem(&hist_slot_of, k);
+	if (s) {
+		slot = *s;
+	} else {
+		/* No slot yet: a histogram in call_hists already keeps it
+		 * there (a key is in one place, else told of twice). */
+		if (bpf_map_lookup_elem(&call_hists, k) || bpf_map_lookup_elem(&call_hists_spill, k))
+			slot = -1;
+		else
+			slot = slot_take(k, id);
+	}
+	if (slot >= 0) {
+		h = slot_hist(slot, k);
+		if (h) {
+			st->hslot[way] = slot;
+			hist_add(h, 0, lat, sleep, runq);
+			return;
+		}
+	}
+	hist_count(k, id, lat, sleep, runq);
+}
+
 static __always_inline void call_exit(long ret)
 {
 	/* With task storage the state needs no thread id: a thread with no
@@ -776,7 +895,7 @@ static __always_inline void call_exit(long ret)
 	__u64 now = bpf_ktime_get_ns();
 	__u64 lat = now > st->start_ns ? now - st->start_ns : 0;
 	struct sc_hist_key k = {.tgid = id >> 32, .dev = st->dev, .nr = st->nr};
-	hist_count(&k, id, lat, st->sleep_ns, st->runq_ns);
+	hist_count_slot(st, &k, id, lat, st->sleep_ns, st->runq_ns);
 	if (long_span(lat)) {
 		struct sc_slow *e = EVENT_RESERVE(struct sc_slow);
 		if (e) {
