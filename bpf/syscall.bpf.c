@@ -397,12 +397,31 @@ static __always_inline int no_storage(struct task_struct *t)
 	return bpf_core_field_exists(t->bpf_storage) && !t->bpf_storage;
 }
 
-/* state returns the current thread's state, creating it when asked; NULL
- * when it has none (or none could be made). */
-static __always_inline struct sc_state *state(__u32 tid, int create)
+/* cur_task is the current task as a BTF pointer where the kernel gives
+ * it (use_btf_task), else NULL: taken once by a program and handed down,
+ * since each bpf_get_current_task_btf is a helper call (6.18 does not
+ * inline it). */
+static __always_inline struct task_struct *cur_task(void)
+{
+	return use_btf_task ? bpf_get_current_task_btf() : 0;
+}
+
+/* cur_id is bpf_get_current_pid_tgid, from cur_task's plain loads where
+ * there is one. */
+static __always_inline __u64 cur_id(struct task_struct *t)
+{
+	if (use_btf_task && t)
+		return ((__u64)(__u32)t->tgid << 32) | (__u32)t->pid;
+	return bpf_get_current_pid_tgid();
+}
+
+/* state_t returns the current thread's state, creating it when asked;
+ * NULL when it has none (or none could be made). t is cur_task(). */
+static __always_inline struct sc_state *state_t(struct task_struct *t, __u32 tid, int create)
 {
 	if (use_task_storage) {
-		struct task_struct *t = bpf_get_current_task_btf();
+		if (!t)
+			t = bpf_get_current_task_btf();
 		if (!create && no_storage(t))
 			return 0;
 		return bpf_task_storage_get(&state_task, t, 0, create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
@@ -414,6 +433,12 @@ static __always_inline struct sc_state *state(__u32 tid, int create)
 	if (bpf_map_update_elem(&state_tid, &tid, &zero, BPF_NOEXIST) && !bpf_map_lookup_elem(&state_tid, &tid))
 		return 0;
 	return bpf_map_lookup_elem(&state_tid, &tid);
+}
+
+/* state returns the current thread's state (state_t). */
+static __always_inline struct sc_state *state(__u32 tid, int create)
+{
+	return state_t(0, tid, create);
 }
 
 /* state_of returns the state of task t (sched programs: t is a BTF
@@ -477,16 +502,17 @@ struct list_head___sc {
 	struct list_head___sc *next;
 } __attribute__((preserve_access_index));
 
-/* fd_file returns the current task's open file fd, or NULL. */
-static __always_inline struct file *fd_file(__s64 fd)
+/* fd_file returns the current task's open file fd, or NULL; t is
+ * cur_task(). */
+static __always_inline struct file *fd_file(struct task_struct *t, __s64 fd)
 {
 	struct file **fds;
 	struct file *f = 0;
 
 	if (fd < 0)
 		return 0;
-	if (use_btf_task) {
-		struct files_struct *files = bpf_get_current_task_btf()->files;
+	if (use_btf_task && t) {
+		struct files_struct *files = t->files;
 		if (!files)
 			return 0;
 		struct fdtable *fdt = files->fdt;
@@ -499,8 +525,8 @@ static __always_inline struct file *fd_file(__s64 fd)
 			return (struct file *)slot->next;
 		}
 	} else {
-		struct task_struct *t = (void *)bpf_get_current_task();
-		struct fdtable *fdt = BPF_CORE_READ(t, files, fdt);
+		struct task_struct *ct = (void *)bpf_get_current_task();
+		struct fdtable *fdt = BPF_CORE_READ(ct, files, fdt);
 		if (!fdt || (__u64)fd >= BPF_CORE_READ(fdt, max_fds))
 			return 0;
 		fds = BPF_CORE_READ(fdt, fd);
@@ -522,13 +548,13 @@ static long vma_dev_cb(struct task_struct *task, struct vm_area_struct *vma, str
 /* msync_dev returns the device of the file mapped at addr, where the
  * program may look for it (vma: bpf_find_vma, 5.17+; its callback cannot
  * even be loaded before 5.13, so those programs are separate). */
-static __always_inline __u32 msync_dev(__u64 addr, const int vma)
+static __always_inline __u32 msync_dev(struct task_struct *t, __u64 addr, const int vma)
 {
 	struct vma_dev d = {};
 
-	if (!vma)
+	if (!vma || !t)
 		return 0;
-	bpf_find_vma(bpf_get_current_task_btf(), addr, vma_dev_cb, &d, 0);
+	bpf_find_vma(t, addr, vma_dev_cb, &d, 0);
 	return d.dev;
 }
 
@@ -536,7 +562,7 @@ static __always_inline __u32 msync_dev(__u64 addr, const int vma)
 #define IOCB_FILDES 20
 
 /* aio_submit_dev returns the device of the first iocb of an io_submit. */
-static __always_inline __u32 aio_submit_dev(__s64 n, __u64 iocbpp)
+static __always_inline __u32 aio_submit_dev(struct task_struct *t, __s64 n, __u64 iocbpp)
 {
 	__u64 iocb = 0;
 	__u32 fd = 0;
@@ -544,7 +570,7 @@ static __always_inline __u32 aio_submit_dev(__s64 n, __u64 iocbpp)
 	if (n <= 0 || bpf_probe_read_user(&iocb, sizeof(iocb), (void *)iocbpp) ||
 	    bpf_probe_read_user(&fd, sizeof(fd), (void *)(iocb + IOCB_FILDES)))
 		return 0;
-	return file_dev(fd_file(fd));
+	return file_dev(fd_file(t, fd));
 }
 
 /* aio_note remembers the device of an io_submit as its aio context's, in
@@ -574,9 +600,9 @@ static __always_inline __u32 aio_wait_dev(struct sc_state *st, __u64 ctx)
 /* ring_dev returns the device of the io_uring ring open as fd: the one its
  * requests' files last named (io_uring_file_get), DEV_PENDING when none
  * has yet, 0 when fd is no ring. */
-static __always_inline __u32 ring_dev(__s64 fd)
+static __always_inline __u32 ring_dev(struct task_struct *t, __s64 fd)
 {
-	struct file *f = fd_file(fd);
+	struct file *f = fd_file(t, fd);
 	if (!f)
 		return 0;
 	__u64 ring;
@@ -594,7 +620,8 @@ static __always_inline __u32 ring_dev(__s64 fd)
  * is not a storage call (or not on a block device), from its first three
  * arguments; st is the thread's state (NULL when it has none), looked up
  * for the calls on aio contexts only. */
-static __always_inline __u32 call_dev(long nr, __u64 a0, __u64 a1, __u64 a2, const int vma, struct sc_state *st)
+static __always_inline __u32 call_dev(struct task_struct *t, long nr, __u64 a0, __u64 a1, __u64 a2, const int vma,
+				      struct sc_state *st)
 {
 	switch (nr) {
 	case NR_READ:
@@ -611,18 +638,18 @@ static __always_inline __u32 call_dev(long nr, __u64 a0, __u64 a1, __u64 a2, con
 	case NR_SYNCFS:
 	case NR_PREADV2:
 	case NR_PWRITEV2:
-		return file_dev(fd_file((__s32)a0));
+		return file_dev(fd_file(t, (__s32)a0));
 	case NR_SYNC:
 		return DEV_ALL;
 	case NR_MSYNC:
-		return msync_dev(a0, vma);
+		return msync_dev(t, a0, vma);
 	case NR_IO_SUBMIT:
-		return aio_submit_dev((__s64)a1, a2);
+		return aio_submit_dev(t, (__s64)a1, a2);
 	case NR_IO_GETEVENTS:
 	case NR_IO_PGETEVENTS:
 		return aio_wait_dev(st, a0);
 	case NR_IO_URING_ENTER:
-		return ring_dev(a0);
+		return ring_dev(t, a0);
 	}
 	return 0;
 }
@@ -662,16 +689,17 @@ static __always_inline void call_enter(long nr, __u64 a0, __u64 a1, __u64 a2, co
 	 * these numbers on most machines) is let go after the loads that
 	 * find its inode's mode, without a helper call. */
 	struct sc_state *st = 0;
+	struct task_struct *t = cur_task();
 	if (nr == NR_IO_GETEVENTS || nr == NR_IO_PGETEVENTS)
-		st = state((__u32)bpf_get_current_pid_tgid(), 0);
-	__u32 dev = call_dev(nr, a0, a1, a2, vma, st);
+		st = state_t(t, (__u32)cur_id(t), 0);
+	__u32 dev = call_dev(t, nr, a0, a1, a2, vma, st);
 	if (!dev)
 		return;
-	__u64 id = bpf_get_current_pid_tgid();
+	__u64 id = cur_id(t);
 	if ((__u32)(id >> 32) == self_tgid)
 		return;
 	if (!st)
-		st = state((__u32)id, 1);
+		st = state_t(t, (__u32)id, 1);
 	if (!st) {
 		lose(LOSS_MAP_FULL);
 		return;
@@ -877,11 +905,12 @@ static __always_inline void call_exit(long ret)
 	/* With task storage the state needs no thread id: a thread with no
 	 * local storage at all (one that never made a storage call) returns
 	 * after one load, without a helper call. */
-	struct sc_state *st = state(use_task_storage ? 0 : (__u32)bpf_get_current_pid_tgid(), 0);
+	struct task_struct *t = cur_task();
+	struct sc_state *st = state_t(t, use_task_storage ? 0 : (__u32)cur_id(t), 0);
 
 	if (!st || !st->start_ns)
 		return;
-	__u64 id = bpf_get_current_pid_tgid();
+	__u64 id = cur_id(t);
 	if (st->inflight) {
 		__u32 tid = (__u32)id;
 		bpf_map_delete_elem(&inflight, &tid);
@@ -1134,14 +1163,15 @@ SEC("tp_btf/io_uring_file_get")
 int sc_ring_file(unsigned long long *ctx)
 {
 	__u64 ring = ctx[0];
-	__u32 dev = file_dev(fd_file(file_get_fd(ctx)));
+	struct task_struct *t = cur_task();
+	__u32 dev = file_dev(fd_file(t, file_get_fd(ctx)));
 
 	if (!dev || !ring)
 		return 0;
 	__u32 *known = bpf_map_lookup_elem(&ring_devs, &ring);
 	if (!known || *known != dev)
 		bpf_map_update_elem(&ring_devs, &ring, &dev, BPF_ANY);
-	struct sc_state *st = state((__u32)bpf_get_current_pid_tgid(), 0);
+	struct sc_state *st = state_t(t, use_task_storage ? 0 : (__u32)cur_id(t), 0);
 	if (st && st->start_ns && st->dev == DEV_PENDING)
 		st->dev = dev;
 	return 0;
