@@ -13,8 +13,13 @@
  * process (tgid), device, cgroup (the bio's blkcg) and operation, in a
  * per-CPU table (io_use): the bios, those that got a request of their own,
  * their bytes and their time in flight, from block_bio_queue to:
- *   - block_rq_complete of the request the bio got (rq->bio is still that
- *     bio there), for request-based devices: the entry waits until then;
+ *   - block_rq_complete of the request the bio got, for request-based
+ *     devices: the entry waits until then. The request's first bio there
+ *     is that bio, or one merged in front of it later (block_bio_
+ *     frontmerge), whose entry waits too and leads to it (end_rq_bios);
+ *   - block_rq_merge of that request, merged into another with a
+ *     scheduler and freed without a completion: its time in flight up to
+ *     the merge;
  *   - the merge, for a bio merged into another's request: its bytes count
  *     for its own submitter, its time in flight only up to the merge;
  *   - block_bio_complete, for bio-based devices (zram, dm, md, bcache),
@@ -24,15 +29,16 @@
  * Deleting the entry at the end also stops a freed bio whose memory is
  * reused by a later bio that skips block_bio_queue (the front part of a
  * split) from ending a stale span with a bogus huge latency. Entries wait
- * in a 2-way table by bio pointer (see slot_of); an end missed leaves a
- * stale entry that a later bio takes. */
+ * in a 4-way table by bio pointer (see slot_of); an end missed leaves a
+ * stale entry that a later bio takes (counted lost when it is a bio of
+ * the same address: sub_losses). */
 #include "common.h"
 #include "events.h"
 #include "hist.h"
 #include "kernel_block.h"
 #include "spans.h"
 
-/* 32768 slots x 64 B = 2 MB, two candidate slots per bio: room for a
+/* 32768 slots x 64 B = 2 MB, four candidate slots per bio: room for a
  * frozen queue's thousands of waiting bios and every bio in flight, with
  * few collisions. */
 #define SLOT_BITS 15
@@ -45,6 +51,7 @@ volatile const __u32 arg_backmerge = 0;
 volatile const __u32 arg_frontmerge = 0;
 volatile const __u32 arg_bio_complete = 1;
 volatile const __u32 arg_rq_complete = 0;
+volatile const __u32 arg_rq_merge = 0;
 
 /* The bits of bi_opf that io_flags reads, from the kernel's BTF (enum
  * req_flag_bits differs between kernels); 0 when unknown. */
@@ -77,7 +84,30 @@ KEEP_TYPE(enum io_flag, io_flag_type);
 enum start_state {
 	ST_QUEUED = 0, /* its submission span runs */
 	ST_GOTRQ = 1, /* it got a request of its own, not completed yet */
+	ST_FRONT = 2, /* merged in front of a request's first bio: counted at
+		       * the merge; its entry waits for the request's end, to
+		       * lead from the request's new first bio to the one that
+		       * got the request (see end_rq_bios) */
 };
+
+/* The submit probe's own losses, beside the shared `losses`. Go:
+ * submitLossWhat. */
+enum sub_loss_kind {
+	SUB_LOSS_MISSED = 0, /* a bio queued again, or its slot reused, while its
+			      * entry still waited for an end that was missed */
+	SUB_LOSS_CHAIN = 1, /* a request's end found more bios merged in front
+			     * than end_rq_bios walks */
+	SUB_LOSS_KINDS = 2,
+};
+
+KEEP_TYPE(enum sub_loss_kind, sub_loss_kind_type);
+
+LOSS_COUNTERS(sub_losses, SUB_LOSS_KINDS);
+
+static __always_inline void sub_lose(__u32 kind)
+{
+	count_loss(&sub_losses, kind);
+}
 
 /* What block_bio_queue notes of a bio: who submitted it and what it is,
  * for its submission span and its accounting at completion. One cache
@@ -167,42 +197,64 @@ struct submit_event {
 
 KEEP_TYPE(struct submit_event, submit_event_type);
 
-/* slot_of returns the entry of a bio among its two candidate slots, or
- * NULL. */
+/* A bio's entry is in one of SLOT_WAYS slots from ptr_slot (the aligned
+ * group of them): at iodepth 128 x 2 (256 bios in flight in 32768 slots),
+ * 2 ways found both taken for 7-10 bios a run; 4 find all taken about
+ * 1e5 times less often. The first slot serves nearly every bio. */
+#define SLOT_WAYS 4
+
+/* slot_of returns the entry of a bio among its candidate slots, or NULL. */
 static __always_inline struct start *slot_of(__u64 bio)
 {
-	__u32 k = ptr_slot(bio);
-	struct start *s = bpf_map_lookup_elem(&starts, &k);
+	__u32 k0 = ptr_slot(bio);
 
-	if (s && s->bio == bio)
-		return s;
-	k ^= 1;
-	s = bpf_map_lookup_elem(&starts, &k);
-	if (s && s->bio == bio)
-		return s;
+#pragma unroll
+	for (__u32 i = 0; i < SLOT_WAYS; i++) {
+		__u32 k = k0 ^ i;
+		struct start *s = bpf_map_lookup_elem(&starts, &k);
+
+		if (s && s->bio == bio)
+			return s;
+	}
 	return 0;
 }
 
-/* slot_claim returns a slot for a new bio: a free one of its two, or its
- * own (a bio queued again after its completion was missed), else the
- * first, whose entry is lost. */
+/* own_stale counts the loss of a bio whose entry is taken by a new bio
+ * of the same address (the memory of a bio whose end was missed, reused):
+ * a bio not counted yet (queued or with a request) was lost. */
+static __always_inline struct start *own_stale(struct start *s)
+{
+	if (s->state != ST_FRONT)
+		sub_lose(SUB_LOSS_MISSED);
+	return s;
+}
+
+/* slot_claim returns a slot for a new bio: the first free one of its
+ * candidates, or its own (a bio queued again after its end was missed:
+ * counted), else the first, whose entry is lost. slot_of looks in the
+ * same order, so it finds the new entry before any older one of the same
+ * address. */
 static __always_inline struct start *slot_claim(__u64 bio)
 {
-	__u32 k0 = ptr_slot(bio), k1 = k0 ^ 1;
-	struct start *s0 = bpf_map_lookup_elem(&starts, &k0);
-	struct start *s1;
+	__u32 k0 = ptr_slot(bio);
+	struct start *first = 0;
 
-	if (!s0)
-		return 0;
-	if (!s0->bio || s0->bio == bio)
-		return s0;
-	s1 = bpf_map_lookup_elem(&starts, &k1);
-	if (!s1)
-		return 0;
-	if (!s1->bio || s1->bio == bio)
-		return s1;
+#pragma unroll
+	for (__u32 i = 0; i < SLOT_WAYS; i++) {
+		__u32 k = k0 ^ i;
+		struct start *s = bpf_map_lookup_elem(&starts, &k);
+
+		if (!s)
+			return 0;
+		if (!s->bio)
+			return s;
+		if (s->bio == bio)
+			return own_stale(s);
+		if (!first)
+			first = s;
+	}
 	lose(LOSS_MAP_FULL);
-	return s0;
+	return first;
 }
 
 static __always_inline __u8 io_flags(__u32 opf, __u32 bytes)
@@ -367,6 +419,19 @@ static __always_inline int submit_end(struct bio *bio, __u32 end)
 		return 0;
 	disk = bio_disk_cgroup_btf(bio, &cgroup);
 	sp = slot_of(p);
+	if (!sp && end == END_FRONTMERGE) {
+		/* A bio not seen queued (the front part of a split) becomes
+		 * a request's first bio: an entry leads its end on to the
+		 * bio that got the request. */
+		sp = slot_claim(p);
+		if (sp) {
+			sp->bio = 0; /* being written */
+			sp->dev = 0;
+			sp->state = ST_FRONT;
+			sp->bio = p;
+		}
+		return 0;
+	}
 	if (!sp || sp->state != ST_QUEUED)
 		return 0;
 	now = bpf_ktime_get_ns();
@@ -383,7 +448,10 @@ static __always_inline int submit_end(struct bio *bio, __u32 end)
 		sp->state = ST_GOTRQ; /* counted when its request completes */
 	} else {
 		io_use_add(sp, lat);
-		sp->bio = 0;
+		if (end == END_FRONTMERGE)
+			sp->state = ST_FRONT; /* now its request's first bio */
+		else
+			sp->bio = 0;
 	}
 
 	dev = disk_dev_btf(disk);
@@ -444,21 +512,69 @@ static __always_inline void io_done(struct start *s)
 	s->bio = 0;
 }
 
-/* A request completes (the first of its partial completions): its first
- * bio, the one that got it, is counted. */
+/* How many bios merged in front of a request's first one end_rq_bios
+ * follows; more are counted in SUB_LOSS_CHAIN. Front merges come from
+ * writes submitted in descending order within a plug (or a scheduler's
+ * queue): rare. Each step costs the verifier some 800 instructions of
+ * both programs that end requests (32 steps: 7049 instead of 362, for
+ * start-up), so a longer chain is counted rather than walked. */
+#define FRONT_WALK 8
+
+/* The link of a request's bios. */
+struct bio___chain {
+	struct bio *bi_next;
+} __attribute__((preserve_access_index));
+
+/* end_rq_bios counts the bio that got a request that ends (completes, or
+ * is merged into another request and freed): the request's first bio, or
+ * when bios were merged in front of it (block_bio_frontmerge makes each
+ * the request's first, its entry ST_FRONT, counted at its merge), the one
+ * the chain of those leads to through bi_next. Intact here: the kernel
+ * traces the completion before it ends any bio, and a merge before it
+ * appends the request's bios to the other's. */
+static __always_inline void end_rq_bios(struct bio *bio)
+{
+	for (int i = 0; i < FRONT_WALK; i++) {
+		__u64 p = ptr_bits(bio);
+		struct start *s;
+
+		if (!p)
+			return;
+		s = slot_of(p);
+		if (!s)
+			return;
+		if (s->state == ST_GOTRQ) {
+			io_done(s);
+			return;
+		}
+		if (s->state != ST_FRONT)
+			return;
+		s->bio = 0;
+		bio = ((struct bio___chain *)bio)->bi_next;
+	}
+	sub_lose(SUB_LOSS_CHAIN);
+}
+
+/* A request completes (the first of its partial completions): the bio
+ * that got it is counted. */
 SEC("tp_btf/block_rq_complete")
 int sub_rq_done(__u64 *ctx)
 {
 	struct request *rq = tp_arg(ctx, arg_rq_complete);
-	struct bio *bio = rq->bio;
-	__u64 p = ptr_bits(bio);
-	struct start *s;
 
-	if (!p)
-		return 0;
-	s = slot_of(p);
-	if (s && s->state == ST_GOTRQ)
-		io_done(s);
+	end_rq_bios(rq->bio);
+	return 0;
+}
+
+/* A request is merged into another (attempt_merge, with a scheduler) and
+ * freed without a completion of its own: the bio that got it is counted
+ * now, in flight until the merge, as a bio merged into a request. */
+SEC("tp_btf/block_rq_merge")
+int sub_rq_merge(__u64 *ctx)
+{
+	struct request *rq = tp_arg(ctx, arg_rq_merge);
+
+	end_rq_bios(rq->bio);
 	return 0;
 }
 
@@ -479,9 +595,12 @@ int sub_bio_done(__u64 *ctx)
 		return 0;
 	disk = bio_disk_cgroup_btf(bio, &cgroup);
 	s = slot_of(p);
-	if (!s || s->state != ST_QUEUED)
+	if (!s || s->state == ST_FRONT)
 		return 0;
-	note_bio(s, bio, disk, cgroup);
+	/* One with a request completes here when its request was freed
+	 * without completing (an error after block_getrq). */
+	if (s->state == ST_QUEUED)
+		note_bio(s, bio, disk, cgroup);
 	io_done(s);
 	return 0;
 }

@@ -63,9 +63,17 @@ struct {
 	__type(value, struct sf_start);
 } submitting_task SEC(".maps");
 
+/* sf_tid is the current thread's id. */
+static __always_inline __u32 sf_tid(void)
+{
+	return (__u32)bpf_get_current_pid_tgid();
+}
+
 /* sf_call is the thread's call in progress, or NULL; with create, the task
- * storage it can be written to (NULL when that fails). */
-static __always_inline struct sf_start *sf_call(__u32 tid, int create)
+ * storage it can be written to (NULL when that fails). On task storage the
+ * thread id is not needed (no helper call for it on every bio); on the LRU
+ * hash it is stored in *tid, the map's key. */
+static __always_inline struct sf_start *sf_call(int create, __u32 *tid)
 {
 	struct sf_start *sp;
 
@@ -76,7 +84,8 @@ static __always_inline struct sf_start *sf_call(__u32 tid, int create)
 			return 0;
 		return sp;
 	}
-	return bpf_map_lookup_elem(&submitting, &tid);
+	*tid = sf_tid();
+	return bpf_map_lookup_elem(&submitting, tid);
 }
 
 /* A nested call's bio, queued on the thread's bio list: when, and for
@@ -146,9 +155,10 @@ struct sf_event {
 KEEP_TYPE(struct sf_event, sf_event_type);
 
 /* sf_emit records one call of lat ns that started at start on dev. */
-static __always_inline void sf_emit(__u64 id, __u32 dev, struct gendisk *disk, __u64 start, __u64 lat)
+static __always_inline void sf_emit(__u32 dev, struct gendisk *disk, __u64 start, __u64 lat)
 {
 	struct sf_event *e;
+	__u64 id;
 
 	dev_hist_add(dev, disk, lat);
 	if (!long_span(lat))
@@ -156,6 +166,7 @@ static __always_inline void sf_emit(__u64 id, __u32 dev, struct gendisk *disk, _
 	e = EVENT_RESERVE(struct sf_event);
 	if (!e)
 		return;
+	id = bpf_get_current_pid_tgid();
 	e->start_ns = start;
 	e->latency_ns = lat;
 	e->pid = (__u32)id;
@@ -197,21 +208,30 @@ static __always_inline void sf_need_bio_prog(void)
 	*noticed = 1;
 }
 
-static __always_inline int sf_enter(struct bio *bio)
+/* sf_enter: btf is 1 in the fentry program, whose bio is a typed pointer:
+ * the bio's disk and its number are then read with plain loads instead of
+ * four bpf_probe_read_kernel calls (the kprobe's bio is a bare number). */
+static __always_inline int sf_enter(struct bio *bio, int btf)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct sf_start *sp = sf_call(tid, 1);
+	__u32 dev, tid = 0;
+	struct sf_start *sp = sf_call(1, &tid);
 	struct sf_start s = {};
 	struct gendisk *disk;
 
 	s.ns = bpf_ktime_get_ns();
-	disk = bio_disk(bio);
+	if (btf) {
+		disk = bio_disk_btf(bio);
+		dev = disk_dev_btf(disk);
+	} else {
+		disk = bio_disk(bio);
+		dev = disk_dev(disk);
+	}
 	/* A nested submission: the outer call times itself, and the bio is
 	 * timed on its own device when its turn comes (sf_bio_done). An entry
 	 * older than STALE_NS is left over from a missed return (kretprobe
 	 * instances exhausted) and is replaced. */
 	if (sp && sp->ns && s.ns - sp->ns < STALE_NS) {
-		struct sf_nested n = {.ns = s.ns, .disk = (__u64)disk, .dev = disk_dev(disk), .tid = tid};
+		struct sf_nested n = {.ns = s.ns, .disk = (__u64)disk, .dev = dev, .tid = sf_tid()};
 		__u64 key = (__u64)bio;
 
 		sp->depth++;
@@ -233,7 +253,7 @@ static __always_inline int sf_enter(struct bio *bio)
 		return 0;
 	}
 	s.disk = (__u64)disk;
-	s.dev = disk_dev(disk);
+	s.dev = dev;
 	s.mark = s.ns;
 	if (use_task_storage) {
 		if (sp)
@@ -249,12 +269,10 @@ static __always_inline int sf_enter(struct bio *bio)
 
 static __always_inline int sf_exit(void)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	__u32 tid = (__u32)id;
-	struct sf_start *sp = sf_call(tid, 0);
+	__u32 dev, tid = 0;
+	struct sf_start *sp = sf_call(0, &tid);
 	struct gendisk *disk;
 	__u64 now, lat;
-	__u32 dev;
 
 	if (!sp)
 		return 0;
@@ -281,7 +299,7 @@ static __always_inline int sf_exit(void)
 	else
 		bpf_map_delete_elem(&submitting, &tid);
 	if (dev)
-		sf_emit(id, dev, disk, now - lat, lat);
+		sf_emit(dev, disk, now - lat, lat);
 	return 0;
 }
 
@@ -291,9 +309,8 @@ static __always_inline int sf_exit(void)
  * if later (it waited for that one, not for its own device, meanwhile). */
 static __always_inline int sf_bio_done(__u64 bio)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	__u32 tid = (__u32)id;
-	struct sf_start *sp = sf_call(tid, 0);
+	__u32 tid = 0;
+	struct sf_start *sp = sf_call(0, &tid);
 	struct sf_nested *n;
 	__u64 now, prev, start;
 
@@ -308,6 +325,8 @@ static __always_inline int sf_bio_done(__u64 bio)
 	n = bpf_map_lookup_elem(&nested, &bio);
 	if (!n)
 		return 0;
+	if (use_task_storage)
+		tid = sf_tid();
 	/* Queued by this thread in this outer call: else the bio pointer is
 	 * a reused one whose entry was left over. */
 	if (n->tid != tid || n->ns < sp->ns || n->ns > now) {
@@ -316,7 +335,7 @@ static __always_inline int sf_bio_done(__u64 bio)
 	}
 	sp->queued--;
 	start = n->ns > prev ? n->ns : prev;
-	sf_emit(id, n->dev, (struct gendisk *)n->disk, start, now - start);
+	sf_emit(n->dev, (struct gendisk *)n->disk, start, now - start);
 	bpf_map_delete_elem(&nested, &bio);
 	return 0;
 }
@@ -326,7 +345,7 @@ static __always_inline int sf_bio_done(__u64 bio)
 SEC("fentry/submit_bio_noacct")
 int BPF_PROG(sf_fentry, struct bio *bio)
 {
-	return sf_enter(bio);
+	return sf_enter(bio, 1);
 }
 
 SEC("fexit/submit_bio_noacct")
@@ -338,7 +357,7 @@ int BPF_PROG(sf_fexit, struct bio *bio)
 SEC("kprobe/submit_bio_noacct")
 int BPF_KPROBE(sf_kprobe, struct bio *bio)
 {
-	return sf_enter(bio);
+	return sf_enter(bio, 0);
 }
 
 SEC("kretprobe/submit_bio_noacct")
@@ -358,8 +377,8 @@ int BPF_PROG(sf_bio_fexit, struct bio *bio)
 SEC("kprobe/__submit_bio")
 int BPF_KPROBE(sf_bio_kprobe, struct bio *bio)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct sf_start *sp = sf_call(tid, 0);
+	__u32 tid = 0;
+	struct sf_start *sp = sf_call(0, &tid);
 
 	if (sp)
 		sp->bio = (__u64)bio;
@@ -369,8 +388,8 @@ int BPF_KPROBE(sf_bio_kprobe, struct bio *bio)
 SEC("kretprobe/__submit_bio")
 int BPF_KRETPROBE(sf_bio_kretprobe)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct sf_start *sp = sf_call(tid, 0);
+	__u32 tid = 0;
+	struct sf_start *sp = sf_call(0, &tid);
 
 	if (!sp)
 		return 0;

@@ -128,7 +128,13 @@ struct sc_state {
 	__s32 stackid; /* the current sleep's stack; <0: none */
 	__u32 aio_dev; /* the device of aio_ctx, as this thread last named it */
 	__u64 aio_ctx; /* the aio context of the thread's last io_submit; 0: none */
+	/* The histogram slots (hist_arr) of the thread's latest calls, by
+	 * nr & (HSLOT_WAYS - 1): a guess, valid when the slot's owner is the
+	 * call's process x device x call (hist_owner). */
+	__u32 hslot[4];
 };
+
+#define HSLOT_WAYS 4
 
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
@@ -213,6 +219,47 @@ struct {
 	__type(key, struct sc_hist_key);
 	__type(value, struct sc_hist);
 } call_hists_spill SEC(".maps");
+
+/* Histogram slots: the process x device x call histograms of the exit's
+ * fast path. A slot is a per-CPU array entry (hist_arr, plain adds, an
+ * inlined lookup), given to a process x device x call at its first call
+ * (hist_slot_of: key to slot; hist_owner: slot to key) from the queue of
+ * free slots (hist_free, filled by user space, which puts back the slots
+ * of exited processes it has drained). The thread's state keeps the slots
+ * of its latest calls, so a call of the same process x device x call as
+ * one of the thread's latest four costs two array lookups, where the hash
+ * map cost a hash of its 16-byte key and a bucket walk. When no slot is
+ * free, histograms go to call_hists (and call_hists_spill) as before:
+ * nothing is lost for lack of slots. Sized from user space. */
+#define MAX_HIST_SLOTS 512
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_HIST_SLOTS);
+	__type(key, __u32);
+	__type(value, struct sc_hist);
+} hist_arr SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_HIST_SLOTS);
+	__type(key, __u32);
+	__type(value, struct sc_hist_key); /* {0}: free */
+} hist_owner SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_HIST_SLOTS);
+	__type(key, struct sc_hist_key);
+	__type(value, __u32); /* slot */
+} hist_slot_of SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_QUEUE);
+	__uint(max_entries, MAX_HIST_SLOTS);
+	__uint(key_size, 0);
+	__uint(value_size, sizeof(__u32));
+} hist_free SEC(".maps");
 
 /* Zeroes to create a histogram from (never written). */
 struct {
@@ -350,12 +397,31 @@ static __always_inline int no_storage(struct task_struct *t)
 	return bpf_core_field_exists(t->bpf_storage) && !t->bpf_storage;
 }
 
-/* state returns the current thread's state, creating it when asked; NULL
- * when it has none (or none could be made). */
-static __always_inline struct sc_state *state(__u32 tid, int create)
+/* cur_task is the current task as a BTF pointer where the kernel gives
+ * it (use_btf_task), else NULL: taken once by a program and handed down,
+ * since each bpf_get_current_task_btf is a helper call (6.18 does not
+ * inline it). */
+static __always_inline struct task_struct *cur_task(void)
+{
+	return use_btf_task ? bpf_get_current_task_btf() : 0;
+}
+
+/* cur_id is bpf_get_current_pid_tgid, from cur_task's plain loads where
+ * there is one. */
+static __always_inline __u64 cur_id(struct task_struct *t)
+{
+	if (use_btf_task && t)
+		return ((__u64)(__u32)t->tgid << 32) | (__u32)t->pid;
+	return bpf_get_current_pid_tgid();
+}
+
+/* state_t returns the current thread's state, creating it when asked;
+ * NULL when it has none (or none could be made). t is cur_task(). */
+static __always_inline struct sc_state *state_t(struct task_struct *t, __u32 tid, int create)
 {
 	if (use_task_storage) {
-		struct task_struct *t = bpf_get_current_task_btf();
+		if (!t)
+			t = bpf_get_current_task_btf();
 		if (!create && no_storage(t))
 			return 0;
 		return bpf_task_storage_get(&state_task, t, 0, create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
@@ -367,6 +433,12 @@ static __always_inline struct sc_state *state(__u32 tid, int create)
 	if (bpf_map_update_elem(&state_tid, &tid, &zero, BPF_NOEXIST) && !bpf_map_lookup_elem(&state_tid, &tid))
 		return 0;
 	return bpf_map_lookup_elem(&state_tid, &tid);
+}
+
+/* state returns the current thread's state (state_t). */
+static __always_inline struct sc_state *state(__u32 tid, int create)
+{
+	return state_t(0, tid, create);
 }
 
 /* state_of returns the state of task t (sched programs: t is a BTF
@@ -430,16 +502,17 @@ struct list_head___sc {
 	struct list_head___sc *next;
 } __attribute__((preserve_access_index));
 
-/* fd_file returns the current task's open file fd, or NULL. */
-static __always_inline struct file *fd_file(__s64 fd)
+/* fd_file returns the current task's open file fd, or NULL; t is
+ * cur_task(). */
+static __always_inline struct file *fd_file(struct task_struct *t, __s64 fd)
 {
 	struct file **fds;
 	struct file *f = 0;
 
 	if (fd < 0)
 		return 0;
-	if (use_btf_task) {
-		struct files_struct *files = bpf_get_current_task_btf()->files;
+	if (use_btf_task && t) {
+		struct files_struct *files = t->files;
 		if (!files)
 			return 0;
 		struct fdtable *fdt = files->fdt;
@@ -452,8 +525,8 @@ static __always_inline struct file *fd_file(__s64 fd)
 			return (struct file *)slot->next;
 		}
 	} else {
-		struct task_struct *t = (void *)bpf_get_current_task();
-		struct fdtable *fdt = BPF_CORE_READ(t, files, fdt);
+		struct task_struct *ct = (void *)bpf_get_current_task();
+		struct fdtable *fdt = BPF_CORE_READ(ct, files, fdt);
 		if (!fdt || (__u64)fd >= BPF_CORE_READ(fdt, max_fds))
 			return 0;
 		fds = BPF_CORE_READ(fdt, fd);
@@ -475,13 +548,13 @@ static long vma_dev_cb(struct task_struct *task, struct vm_area_struct *vma, str
 /* msync_dev returns the device of the file mapped at addr, where the
  * program may look for it (vma: bpf_find_vma, 5.17+; its callback cannot
  * even be loaded before 5.13, so those programs are separate). */
-static __always_inline __u32 msync_dev(__u64 addr, const int vma)
+static __always_inline __u32 msync_dev(struct task_struct *t, __u64 addr, const int vma)
 {
 	struct vma_dev d = {};
 
-	if (!vma)
+	if (!vma || !t)
 		return 0;
-	bpf_find_vma(bpf_get_current_task_btf(), addr, vma_dev_cb, &d, 0);
+	bpf_find_vma(t, addr, vma_dev_cb, &d, 0);
 	return d.dev;
 }
 
@@ -489,7 +562,7 @@ static __always_inline __u32 msync_dev(__u64 addr, const int vma)
 #define IOCB_FILDES 20
 
 /* aio_submit_dev returns the device of the first iocb of an io_submit. */
-static __always_inline __u32 aio_submit_dev(__s64 n, __u64 iocbpp)
+static __always_inline __u32 aio_submit_dev(struct task_struct *t, __s64 n, __u64 iocbpp)
 {
 	__u64 iocb = 0;
 	__u32 fd = 0;
@@ -497,7 +570,7 @@ static __always_inline __u32 aio_submit_dev(__s64 n, __u64 iocbpp)
 	if (n <= 0 || bpf_probe_read_user(&iocb, sizeof(iocb), (void *)iocbpp) ||
 	    bpf_probe_read_user(&fd, sizeof(fd), (void *)(iocb + IOCB_FILDES)))
 		return 0;
-	return file_dev(fd_file(fd));
+	return file_dev(fd_file(t, fd));
 }
 
 /* aio_note remembers the device of an io_submit as its aio context's, in
@@ -527,9 +600,9 @@ static __always_inline __u32 aio_wait_dev(struct sc_state *st, __u64 ctx)
 /* ring_dev returns the device of the io_uring ring open as fd: the one its
  * requests' files last named (io_uring_file_get), DEV_PENDING when none
  * has yet, 0 when fd is no ring. */
-static __always_inline __u32 ring_dev(__s64 fd)
+static __always_inline __u32 ring_dev(struct task_struct *t, __s64 fd)
 {
-	struct file *f = fd_file(fd);
+	struct file *f = fd_file(t, fd);
 	if (!f)
 		return 0;
 	__u64 ring;
@@ -547,7 +620,8 @@ static __always_inline __u32 ring_dev(__s64 fd)
  * is not a storage call (or not on a block device), from its first three
  * arguments; st is the thread's state (NULL when it has none), looked up
  * for the calls on aio contexts only. */
-static __always_inline __u32 call_dev(long nr, __u64 a0, __u64 a1, __u64 a2, const int vma, struct sc_state *st)
+static __always_inline __u32 call_dev(struct task_struct *t, long nr, __u64 a0, __u64 a1, __u64 a2, const int vma,
+				      struct sc_state *st)
 {
 	switch (nr) {
 	case NR_READ:
@@ -564,18 +638,18 @@ static __always_inline __u32 call_dev(long nr, __u64 a0, __u64 a1, __u64 a2, con
 	case NR_SYNCFS:
 	case NR_PREADV2:
 	case NR_PWRITEV2:
-		return file_dev(fd_file((__s32)a0));
+		return file_dev(fd_file(t, (__s32)a0));
 	case NR_SYNC:
 		return DEV_ALL;
 	case NR_MSYNC:
-		return msync_dev(a0, vma);
+		return msync_dev(t, a0, vma);
 	case NR_IO_SUBMIT:
-		return aio_submit_dev((__s64)a1, a2);
+		return aio_submit_dev(t, (__s64)a1, a2);
 	case NR_IO_GETEVENTS:
 	case NR_IO_PGETEVENTS:
 		return aio_wait_dev(st, a0);
 	case NR_IO_URING_ENTER:
-		return ring_dev(a0);
+		return ring_dev(t, a0);
 	}
 	return 0;
 }
@@ -615,16 +689,17 @@ static __always_inline void call_enter(long nr, __u64 a0, __u64 a1, __u64 a2, co
 	 * these numbers on most machines) is let go after the loads that
 	 * find its inode's mode, without a helper call. */
 	struct sc_state *st = 0;
+	struct task_struct *t = cur_task();
 	if (nr == NR_IO_GETEVENTS || nr == NR_IO_PGETEVENTS)
-		st = state((__u32)bpf_get_current_pid_tgid(), 0);
-	__u32 dev = call_dev(nr, a0, a1, a2, vma, st);
+		st = state_t(t, (__u32)cur_id(t), 0);
+	__u32 dev = call_dev(t, nr, a0, a1, a2, vma, st);
 	if (!dev)
 		return;
-	__u64 id = bpf_get_current_pid_tgid();
+	__u64 id = cur_id(t);
 	if ((__u32)(id >> 32) == self_tgid)
 		return;
 	if (!st)
-		st = state((__u32)id, 1);
+		st = state_t(t, (__u32)id, 1);
 	if (!st) {
 		lose(LOSS_MAP_FULL);
 		return;
@@ -753,16 +828,89 @@ static __always_inline void hist_count(struct sc_hist_key *k, __u64 id, __u64 la
 		hist_add(h, 1, lat, sleep, runq);
 }
 
+/* slot_hist returns this CPU's copy of slot's histogram when the slot
+ * belongs to k, else NULL. */
+static __always_inline struct sc_hist *slot_hist(__u32 slot, struct sc_hist_key *k)
+{
+	struct sc_hist_key *o = bpf_map_lookup_elem(&hist_owner, &slot);
+	if (!o || o->tgid != k->tgid || o->dev != k->dev || o->nr != k->nr)
+		return 0;
+	return bpf_map_lookup_elem(&hist_arr, &slot);
+}
+
+/* slot_take gives k a free histogram slot (and tells user space of k),
+ * or finds the one another CPU gave it meanwhile; it returns the slot, or
+ * -1 when none is free (k's histogram goes to call_hists then). */
+static __always_inline long slot_take(struct sc_hist_key *k, __u64 id)
+{
+	__u32 slot;
+
+	if (bpf_map_pop_elem(&hist_free, &slot))
+		return -1;
+	struct sc_hist_key *o = bpf_map_lookup_elem(&hist_owner, &slot);
+	if (!o)
+		return -1;
+	*o = *k;
+	if (bpf_map_update_elem(&hist_slot_of, k, &slot, BPF_NOEXIST) == 0) {
+		hist_new(k, id);
+		return slot;
+	}
+	/* Taken by another CPU meanwhile: the slot goes back. */
+	o->tgid = 0;
+	o->dev = 0;
+	o->nr = 0;
+	bpf_map_push_elem(&hist_free, &slot, 0);
+	__u32 *s = bpf_map_lookup_elem(&hist_slot_of, k);
+	return s ? *s : -1;
+}
+
+/* hist_count_slot adds a call to its process x device x call's
+ * histogram: in the slot the thread's state remembers for its call when
+ * that is still the one, else in the slot the key has or is given (the
+ * state remembers it), else in call_hists. */
+static __always_inline void hist_count_slot(struct sc_state *st, struct sc_hist_key *k, __u64 id, __u64 lat, __u64 sleep,
+					    __u64 runq)
+{
+	__u32 way = k->nr & (HSLOT_WAYS - 1);
+	struct sc_hist *h = slot_hist(st->hslot[way], k);
+	if (h) {
+		hist_add(h, 0, lat, sleep, runq);
+		return;
+	}
+	long slot;
+	__u32 *s = bpf_map_lookup_elem(&hist_slot_of, k);
+	if (s) {
+		slot = *s;
+	} else {
+		/* No slot yet: a histogram in call_hists already keeps it
+		 * there (a key is in one place, else told of twice). */
+		if (bpf_map_lookup_elem(&call_hists, k) || bpf_map_lookup_elem(&call_hists_spill, k))
+			slot = -1;
+		else
+			slot = slot_take(k, id);
+	}
+	if (slot >= 0) {
+		h = slot_hist(slot, k);
+		if (h) {
+			st->hslot[way] = slot;
+			hist_add(h, 0, lat, sleep, runq);
+			return;
+		}
+	}
+	hist_count(k, id, lat, sleep, runq);
+}
+
 static __always_inline void call_exit(long ret)
 {
 	/* With task storage the state needs no thread id: a thread with no
 	 * local storage at all (one that never made a storage call) returns
 	 * after one load, without a helper call. */
-	struct sc_state *st = state(use_task_storage ? 0 : (__u32)bpf_get_current_pid_tgid(), 0);
+	struct task_struct *t = cur_task();
+	struct sc_state *st = state_t(t, use_task_storage ? 0 : (__u32)cur_id(t), 0);
 
 	if (!st || !st->start_ns)
 		return;
-	__u64 id = bpf_get_current_pid_tgid();
+	__u64 id = cur_id(t);
 	if (st->inflight) {
 		__u32 tid = (__u32)id;
 		bpf_map_delete_elem(&inflight, &tid);
@@ -776,7 +924,7 @@ static __always_inline void call_exit(long ret)
 	__u64 now = bpf_ktime_get_ns();
 	__u64 lat = now > st->start_ns ? now - st->start_ns : 0;
 	struct sc_hist_key k = {.tgid = id >> 32, .dev = st->dev, .nr = st->nr};
-	hist_count(&k, id, lat, st->sleep_ns, st->runq_ns);
+	hist_count_slot(st, &k, id, lat, st->sleep_ns, st->runq_ns);
 	if (long_span(lat)) {
 		struct sc_slow *e = EVENT_RESERVE(struct sc_slow);
 		if (e) {
@@ -1036,14 +1184,15 @@ SEC("tp_btf/io_uring_file_get")
 int sc_ring_file(unsigned long long *ctx)
 {
 	__u64 ring = ctx[0];
-	__u32 dev = file_dev(fd_file(file_get_fd(ctx)));
+	struct task_struct *t = cur_task();
+	__u32 dev = file_dev(fd_file(t, file_get_fd(ctx)));
 
 	if (!dev || !ring)
 		return 0;
 	__u32 *known = bpf_map_lookup_elem(&ring_devs, &ring);
 	if (!known || *known != dev)
 		bpf_map_update_elem(&ring_devs, &ring, &dev, BPF_ANY);
-	struct sc_state *st = state((__u32)bpf_get_current_pid_tgid(), 0);
+	struct sc_state *st = state_t(t, use_task_storage ? 0 : (__u32)cur_id(t), 0);
 	if (st && st->start_ns && st->dev == DEV_PENDING)
 		st->dev = dev;
 	return 0;

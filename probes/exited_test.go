@@ -189,9 +189,27 @@ func (s *ddSpawner) has(pid uint32) bool {
 // their calls is lost to a full map and every one's writes are counted at
 // the checkpoint; read and pruned then, as serve does, the names of the
 // processes gone are forgotten, and a process started after the prune is
-// counted too.
+// counted too. With 8 histogram slots for the exit's fast path, the
+// processes beyond them go to the hash map, and the slots of those gone
+// are given to others, and still every write is counted.
 func TestSyscallPruneExited(t *testing.T) {
 	blkNeedRoot(t)
+	for _, tt := range []struct {
+		name  string
+		slots uint32 // 0: sized to the host
+	}{
+		{"host's slots", 0},
+		{"8 slots", 8},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			syscallHistSlotsFixed = tt.slots
+			defer func() { syscallHistSlotsFixed = 0 }()
+			syscallPruneExited(t)
+		})
+	}
+}
+
+func syscallPruneExited(t *testing.T) {
 	const procs = 3000
 	loop := newBlkLoop(t, 16<<20)
 	_, r := startSyscallOn(t, (syscallProbe{}).Decl().Mechs()[0], time.Second)
@@ -315,6 +333,7 @@ func submitManyProcesses(t *testing.T, procsFor func(slots int) int, every int) 
 		t.Fatalf("Stop: %v", err)
 	}
 	for _, l := range losses {
+		t.Logf("loss: %+v", l)
 		if strings.Contains(l.What, "map full") || l.What == ioUseOverWhat {
 			t.Errorf("loss: %+v", l)
 		}

@@ -131,6 +131,14 @@ var mirrors = []mirror{
 		},
 	},
 	{
+		// enum sub_loss_kind (submit.bpf.c): submitLossWhat.
+		name: "sub_loss_kind",
+		in:   func(spec *ebpf.CollectionSpec) bool { return spec.Maps["sub_losses"] != nil },
+		check: func(t *testing.T, spec *ebpf.CollectionSpec) {
+			namesEvery(t, enumOf(t, spec, "sub_loss_kind"), "SUB_LOSS_KINDS", submitLossWhat[:])
+		},
+	},
+	{
 		// enum sf_loss_kind (submitfn.bpf.c): submitFnLossWhat.
 		name: "sf_loss_kind",
 		in:   func(spec *ebpf.CollectionSpec) bool { return spec.Maps["sf_losses"] != nil },

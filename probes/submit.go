@@ -31,7 +31,7 @@ func (submitProbe) Decl() Decl {
 		Name:       event.ProbeSubmit,
 		Mechanisms: []Rung{{Mech: event.MechTPBTF}},
 		Describe:   "bio submission latency (block_bio_queue to getrq/merge): queue freezes, throttling and tag waits before request accounting; each process's I/O per device",
-		Attach:     "raw tracepoint `block_bio_queue` → tp_btf `block_getrq` / `block_bio_{back,front}merge` → tp_btf `block_rq_complete` / `block_bio_complete`",
+		Attach:     "raw tracepoint `block_bio_queue` → tp_btf `block_getrq` / `block_bio_{back,front}merge` → tp_btf `block_rq_complete` / `block_rq_merge` / `block_bio_complete`",
 		Records:    "bio submission latency per device (blktrace's Q2G): the waits before request accounting (frozen queue, throttling, tags). Per-CPU in-kernel histograms; single submissions above `--min-latency` streamed. Each process's (and cgroup's) bios, bytes and time in flight per device and kind, counted in the kernel",
 	}
 }
@@ -89,6 +89,9 @@ func startSubmit(cfg Config, sink Sink) (_ *submitRunning, err error) {
 		consts[v] = i
 	}
 	if consts["arg_rq_complete"], err = tpArgIndex(kernel, "block_rq_complete", "request"); err != nil {
+		return nil, err
+	}
+	if consts["arg_rq_merge"], err = tpArgIndex(kernel, "block_rq_merge", "request"); err != nil {
 		return nil, err
 	}
 	ops := newOpDecoder(kernel)
@@ -151,7 +154,7 @@ func startSubmit(cfg Config, sink Sink) (_ *submitRunning, err error) {
 	}
 	// Attach the ends and the completion before the start, so no span is
 	// started that could not be ended.
-	if r.links, err = attachTPBTF(r.objs.SubGetrq, r.objs.SubBackmerge, r.objs.SubFrontmerge, r.objs.SubRqDone); err != nil {
+	if r.links, err = attachTPBTF(r.objs.SubGetrq, r.objs.SubBackmerge, r.objs.SubFrontmerge, r.objs.SubRqDone, r.objs.SubRqMerge); err != nil {
 		return nil, err
 	}
 	done, err := attachTPBTF(r.objs.SubBioDone)
@@ -224,7 +227,15 @@ func (r *submitRunning) Checkpoint(sink Sink) error {
 	}
 	err = r.deliverIOUse(sink, names, now)
 	deliverLosses(sink, event.ProbeSubmit, r.objs.Losses, &r.objs)
+	deliverLossArray(sink, event.ProbeSubmit, r.objs.SubLosses, submitLossWhat[:])
 	return err
+}
+
+// submitLossWhat names each counter of `sub_losses`, at its value of enum
+// sub_loss_kind.
+var submitLossWhat = [submitSubLossKindSUB_LOSS_KINDS]string{
+	submitSubLossKindSUB_LOSS_MISSED: "bios whose end the accounting missed (their entry waited until a later bio of the same address took it): not counted per process",
+	submitSubLossKindSUB_LOSS_CHAIN:  "requests with more bios merged in front than the accounting follows: the bio that got the request not counted per process",
 }
 
 // ioUseOverWhat is how the bios of keys beyond ioUseMaxKeys are reported.
@@ -274,6 +285,7 @@ func (r *submitRunning) Stop() error {
 		}
 		r.use.close()
 		deliverLosses(r.sink, event.ProbeSubmit, r.objs.Losses, &r.objs)
+		deliverLossArray(r.sink, event.ProbeSubmit, r.objs.SubLosses, submitLossWhat[:])
 		r.undecodable(r.sink, event.ProbeSubmit)
 		if err := r.objs.Close(); err != nil && r.stopErr == nil {
 			r.stopErr = fmt.Errorf("closing objects: %w", err)

@@ -90,6 +90,14 @@ type submitStart struct {
 	Comm   [16]int8
 }
 
+type submitSubLossKind uint32
+
+const (
+	submitSubLossKindSUB_LOSS_MISSED submitSubLossKind = 0
+	submitSubLossKindSUB_LOSS_CHAIN  submitSubLossKind = 1
+	submitSubLossKindSUB_LOSS_KINDS  submitSubLossKind = 2
+)
+
 type submitSubmitEnd uint32
 
 const (
@@ -125,18 +133,21 @@ const (
 	submitMapIoUse           = "io_use"
 	submitMapLosses          = "losses"
 	submitMapStarts          = "starts"
+	submitMapSubLosses       = "sub_losses"
 	submitProgSubBackmerge   = "sub_backmerge"
 	submitProgSubBioDone     = "sub_bio_done"
 	submitProgSubBioQueue    = "sub_bio_queue"
 	submitProgSubFrontmerge  = "sub_frontmerge"
 	submitProgSubGetrq       = "sub_getrq"
 	submitProgSubRqDone      = "sub_rq_done"
+	submitProgSubRqMerge     = "sub_rq_merge"
 	submitVarArgBackmerge    = "arg_backmerge"
 	submitVarArgBioComplete  = "arg_bio_complete"
 	submitVarArgBioQueue     = "arg_bio_queue"
 	submitVarArgFrontmerge   = "arg_frontmerge"
 	submitVarArgGetrq        = "arg_getrq"
 	submitVarArgRqComplete   = "arg_rq_complete"
+	submitVarArgRqMerge      = "arg_rq_merge"
 	submitVarHistLayoutType  = "hist_layout_type"
 	submitVarIoFlagType      = "io_flag_type"
 	submitVarIoUseBits       = "io_use_bits"
@@ -146,6 +157,7 @@ const (
 	submitVarReqFua          = "req_fua"
 	submitVarReqPreflush     = "req_preflush"
 	submitVarReqSync         = "req_sync"
+	submitVarSubLossKindType = "sub_loss_kind_type"
 	submitVarSubmitEventType = "submit_event_type"
 )
 
@@ -197,6 +209,7 @@ type submitProgramSpecs struct {
 	SubFrontmerge *ebpf.ProgramSpec `ebpf:"sub_frontmerge"`
 	SubGetrq      *ebpf.ProgramSpec `ebpf:"sub_getrq"`
 	SubRqDone     *ebpf.ProgramSpec `ebpf:"sub_rq_done"`
+	SubRqMerge    *ebpf.ProgramSpec `ebpf:"sub_rq_merge"`
 }
 
 // submitMapSpecs contains maps before they are loaded into the kernel.
@@ -211,6 +224,7 @@ type submitMapSpecs struct {
 	IoUse        *ebpf.MapSpec `ebpf:"io_use"`
 	Losses       *ebpf.MapSpec `ebpf:"losses"`
 	Starts       *ebpf.MapSpec `ebpf:"starts"`
+	SubLosses    *ebpf.MapSpec `ebpf:"sub_losses"`
 }
 
 // submitVariableSpecs contains global variables before they are loaded into the kernel.
@@ -223,6 +237,7 @@ type submitVariableSpecs struct {
 	ArgFrontmerge   *ebpf.VariableSpec `ebpf:"arg_frontmerge"`
 	ArgGetrq        *ebpf.VariableSpec `ebpf:"arg_getrq"`
 	ArgRqComplete   *ebpf.VariableSpec `ebpf:"arg_rq_complete"`
+	ArgRqMerge      *ebpf.VariableSpec `ebpf:"arg_rq_merge"`
 	HistLayoutType  *ebpf.VariableSpec `ebpf:"hist_layout_type"`
 	IoFlagType      *ebpf.VariableSpec `ebpf:"io_flag_type"`
 	IoUseBits       *ebpf.VariableSpec `ebpf:"io_use_bits"`
@@ -232,6 +247,7 @@ type submitVariableSpecs struct {
 	ReqFua          *ebpf.VariableSpec `ebpf:"req_fua"`
 	ReqPreflush     *ebpf.VariableSpec `ebpf:"req_preflush"`
 	ReqSync         *ebpf.VariableSpec `ebpf:"req_sync"`
+	SubLossKindType *ebpf.VariableSpec `ebpf:"sub_loss_kind_type"`
 	SubmitEventType *ebpf.VariableSpec `ebpf:"submit_event_type"`
 }
 
@@ -263,6 +279,7 @@ type submitMaps struct {
 	IoUse        *ebpf.Map `ebpf:"io_use"`
 	Losses       *ebpf.Map `ebpf:"losses"`
 	Starts       *ebpf.Map `ebpf:"starts"`
+	SubLosses    *ebpf.Map `ebpf:"sub_losses"`
 }
 
 func (m *submitMaps) Close() error {
@@ -275,6 +292,7 @@ func (m *submitMaps) Close() error {
 		m.IoUse,
 		m.Losses,
 		m.Starts,
+		m.SubLosses,
 	)
 }
 
@@ -288,6 +306,7 @@ type submitVariables struct {
 	ArgFrontmerge   *ebpf.Variable `ebpf:"arg_frontmerge"`
 	ArgGetrq        *ebpf.Variable `ebpf:"arg_getrq"`
 	ArgRqComplete   *ebpf.Variable `ebpf:"arg_rq_complete"`
+	ArgRqMerge      *ebpf.Variable `ebpf:"arg_rq_merge"`
 	HistLayoutType  *ebpf.Variable `ebpf:"hist_layout_type"`
 	IoFlagType      *ebpf.Variable `ebpf:"io_flag_type"`
 	IoUseBits       *ebpf.Variable `ebpf:"io_use_bits"`
@@ -297,6 +316,7 @@ type submitVariables struct {
 	ReqFua          *ebpf.Variable `ebpf:"req_fua"`
 	ReqPreflush     *ebpf.Variable `ebpf:"req_preflush"`
 	ReqSync         *ebpf.Variable `ebpf:"req_sync"`
+	SubLossKindType *ebpf.Variable `ebpf:"sub_loss_kind_type"`
 	SubmitEventType *ebpf.Variable `ebpf:"submit_event_type"`
 }
 
@@ -310,6 +330,7 @@ type submitPrograms struct {
 	SubFrontmerge *ebpf.Program `ebpf:"sub_frontmerge"`
 	SubGetrq      *ebpf.Program `ebpf:"sub_getrq"`
 	SubRqDone     *ebpf.Program `ebpf:"sub_rq_done"`
+	SubRqMerge    *ebpf.Program `ebpf:"sub_rq_merge"`
 }
 
 func (p *submitPrograms) Close() error {
@@ -320,6 +341,7 @@ func (p *submitPrograms) Close() error {
 		p.SubFrontmerge,
 		p.SubGetrq,
 		p.SubRqDone,
+		p.SubRqMerge,
 	)
 }
 

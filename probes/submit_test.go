@@ -10,7 +10,7 @@ import (
 	"github.com/whyslow/whyslow/internal/timeline"
 )
 
-var submitProgNames = []string{"sub_bio_queue", "sub_getrq", "sub_backmerge", "sub_frontmerge", "sub_rq_done", "sub_bio_done"}
+var submitProgNames = []string{"sub_bio_queue", "sub_getrq", "sub_backmerge", "sub_frontmerge", "sub_rq_done", "sub_rq_merge", "sub_bio_done"}
 
 func startSubmitProbe(t *testing.T, minLatency time.Duration) (*blkSink, Running) {
 	t.Helper()

@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -100,6 +101,45 @@ const syscallWalkGapS = 1 * time.Millisecond
 // as they appear): hosts with many CPUs get room for fewer, and the others
 // go to the shared call_hists_spill, slower but complete.
 const syscallHistBudget = 16 << 20
+
+// syscallSlotBudget is the kernel memory the histogram slots (hist_arr, a
+// per-CPU array: allocated whole at load) may take: room for at most
+// MAX_HIST_SLOTS process x device x call histograms on the exit's fast
+// path, fewer on hosts with many CPUs (at least 8); the others go to
+// call_hists.
+const syscallSlotBudget = 4 << 20
+
+// syscallHistSlotsFixed, when not 0, is how many histogram slots there
+// are (tests: fewer than the processes that make calls).
+var syscallHistSlotsFixed uint32
+
+// sizeHistSlots fits the histogram slots' maps to the CPUs of this machine
+// and syscallSlotBudget, and returns how many slots there are.
+func sizeHistSlots(spec *ebpf.CollectionSpec) uint32 {
+	arr := spec.Maps["hist_arr"]
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil || cpus < 1 {
+		cpus = runtime.NumCPU()
+	}
+	n := perCPUEntries(arr.MaxEntries, arr.ValueSize, cpus, syscallSlotBudget)
+	if syscallHistSlotsFixed > 0 {
+		n = syscallHistSlotsFixed
+	}
+	for _, name := range []string{"hist_arr", "hist_owner", "hist_slot_of", "hist_free"} {
+		spec.Maps[name].MaxEntries = n
+	}
+	return n
+}
+
+// fillHistFree puts every histogram slot in the queue of free ones.
+func fillHistFree(m *ebpf.Map, slots uint32) error {
+	for i := range slots {
+		if err := m.Update(nil, i, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("filling the free histogram slots: %w", err)
+		}
+	}
+	return nil
+}
 
 // syscallNotWalked is the stack id of the sleeps not walked
 // (SC_NOT_WALKED, which bpf2go types unsigned).
@@ -491,6 +531,7 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 		return nil, loadErr(err)
 	}
 	sizePerCPUHash(spec, "call_hists", syscallHistBudget)
+	slots := sizeHistSlots(spec)
 	if !taskStorage {
 		ms := spec.Maps["state_task"]
 		ms.Type, ms.Flags, ms.MaxEntries = ebpf.Hash, 0, 1
@@ -530,6 +571,10 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 	coll, err := ebpf.NewCollectionWithOptions(spec, *collectionOptions(kernel))
 	if err != nil {
 		return nil, loadErr(fmt.Errorf("loading objects: %w", err))
+	}
+	if err := fillHistFree(coll.Maps["hist_free"], slots); err != nil {
+		coll.Close()
+		return nil, loadErr(err)
 	}
 	procfs := cmpOr(cfg.ProcFS, "/proc")
 	began, err := event.Now()
@@ -976,22 +1021,55 @@ func (h histSums) iterate(fn func(k syscallScHistKey, v *syscallScHist)) error {
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("reading spilled call histograms: %w", err)
 	}
+	var slot uint32
+	it = h.r.coll.Maps["hist_slot_of"].Iterate()
+	for it.Next(&k, &slot) {
+		if err := h.addSlot(get(k), slot, &cpus); err != nil {
+			return err
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("reading the histogram slots: %w", err)
+	}
 	for k, v := range out {
 		fn(k, v)
 	}
 	return nil
 }
 
+// addSlot adds the histogram of slot (hist_arr), summed over the CPUs,
+// to dst; cpus is a buffer.
+func (h histSums) addSlot(dst *syscallScHist, slot uint32, cpus *[]syscallScHist) error {
+	if err := h.r.coll.Maps["hist_arr"].Lookup(slot, cpus); err != nil {
+		return fmt.Errorf("reading histogram slot %d: %w", slot, err)
+	}
+	for i := range *cpus {
+		addHist(dst, &(*cpus)[i])
+	}
+	return nil
+}
+
 // lookup reads the histogram of one process x device x call, summed over
-// the CPUs and the spill map; ebpf.ErrKeyNotExist when neither holds it.
+// the CPUs, its slot and the spill map; ebpf.ErrKeyNotExist when none
+// holds it.
 func (h histSums) lookup(k syscallScHistKey, v *syscallScHist) error {
 	var (
 		cpus  []syscallScHist
 		spill syscallScHist
+		slot  uint32
 	)
 	*v = syscallScHist{}
 	found := false
-	err := h.r.coll.Maps["call_hists"].Lookup(k, &cpus)
+	err := h.r.coll.Maps["hist_slot_of"].Lookup(k, &slot)
+	if err == nil {
+		found = true
+		if err := h.addSlot(v, slot, &cpus); err != nil {
+			return err
+		}
+	} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return err
+	}
+	err = h.r.coll.Maps["call_hists"].Lookup(k, &cpus)
 	if err == nil {
 		found = true
 		for i := range cpus {
@@ -1013,14 +1091,53 @@ func (h histSums) lookup(k syscallScHistKey, v *syscallScHist) error {
 	return nil
 }
 
+// remove deletes the histogram of k wherever it is held; its slot is
+// emptied and goes back to the free ones (the programs give it to another
+// key when they find it free: hist_owner cleared first, so that no thread
+// that remembers it adds to it meanwhile).
 func (h histSums) remove(k syscallScHistKey) error {
 	var errs []error
+	var slot uint32
+	slotOf := h.r.coll.Maps["hist_slot_of"]
+	if err := slotOf.Lookup(k, &slot); err == nil {
+		if err := h.freeSlot(k, slot); err != nil {
+			errs = append(errs, err)
+		}
+	} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+		errs = append(errs, err)
+	}
 	for _, m := range []*ebpf.Map{h.r.coll.Maps["call_hists"], h.r.coll.Maps["call_hists_spill"]} {
 		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// freeSlot empties histogram slot, which key k holds, and puts it back
+// in the queue of free ones.
+func (h histSums) freeSlot(k syscallScHistKey, slot uint32) error {
+	m := h.r.coll.Maps
+	if err := m["hist_slot_of"].Delete(k); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil // freed already
+		}
+		return err
+	}
+	if err := m["hist_owner"].Update(slot, syscallScHistKey{}, ebpf.UpdateExist); err != nil {
+		return fmt.Errorf("freeing histogram slot %d: %w", slot, err)
+	}
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		return err
+	}
+	if err := m["hist_arr"].Update(slot, make([]syscallScHist, cpus), ebpf.UpdateExist); err != nil {
+		return fmt.Errorf("emptying histogram slot %d: %w", slot, err)
+	}
+	if err := m["hist_free"].Update(nil, slot, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("freeing histogram slot %d: %w", slot, err)
+	}
+	return nil
 }
 
 func (r *syscallRunning) deliverStats(sink Sink, now event.Mono) error {

@@ -183,6 +183,7 @@ type syscallScState struct {
 	Stackid   int32
 	AioDev    uint32
 	AioCtx    uint64
+	Hslot     [4]uint32
 }
 
 type syscallStorageNr uint32
@@ -219,6 +220,10 @@ const (
 	syscallMapCallHists       = "call_hists"
 	syscallMapCallHistsSpill  = "call_hists_spill"
 	syscallMapEvents          = "events"
+	syscallMapHistArr         = "hist_arr"
+	syscallMapHistFree        = "hist_free"
+	syscallMapHistOwner       = "hist_owner"
+	syscallMapHistSlotOf      = "hist_slot_of"
 	syscallMapHistZero        = "hist_zero"
 	syscallMapInflight        = "inflight"
 	syscallMapLastWalk        = "last_walk"
@@ -345,6 +350,10 @@ type syscallMapSpecs struct {
 	CallHists       *ebpf.MapSpec `ebpf:"call_hists"`
 	CallHistsSpill  *ebpf.MapSpec `ebpf:"call_hists_spill"`
 	Events          *ebpf.MapSpec `ebpf:"events"`
+	HistArr         *ebpf.MapSpec `ebpf:"hist_arr"`
+	HistFree        *ebpf.MapSpec `ebpf:"hist_free"`
+	HistOwner       *ebpf.MapSpec `ebpf:"hist_owner"`
+	HistSlotOf      *ebpf.MapSpec `ebpf:"hist_slot_of"`
 	HistZero        *ebpf.MapSpec `ebpf:"hist_zero"`
 	Inflight        *ebpf.MapSpec `ebpf:"inflight"`
 	LastWalk        *ebpf.MapSpec `ebpf:"last_walk"`
@@ -415,6 +424,10 @@ type syscallMaps struct {
 	CallHists       *ebpf.Map `ebpf:"call_hists"`
 	CallHistsSpill  *ebpf.Map `ebpf:"call_hists_spill"`
 	Events          *ebpf.Map `ebpf:"events"`
+	HistArr         *ebpf.Map `ebpf:"hist_arr"`
+	HistFree        *ebpf.Map `ebpf:"hist_free"`
+	HistOwner       *ebpf.Map `ebpf:"hist_owner"`
+	HistSlotOf      *ebpf.Map `ebpf:"hist_slot_of"`
 	HistZero        *ebpf.Map `ebpf:"hist_zero"`
 	Inflight        *ebpf.Map `ebpf:"inflight"`
 	LastWalk        *ebpf.Map `ebpf:"last_walk"`
@@ -438,6 +451,10 @@ func (m *syscallMaps) Close() error {
 		m.CallHists,
 		m.CallHistsSpill,
 		m.Events,
+		m.HistArr,
+		m.HistFree,
+		m.HistOwner,
+		m.HistSlotOf,
 		m.HistZero,
 		m.Inflight,
 		m.LastWalk,

@@ -165,7 +165,7 @@ const readyTimeout = 60 * time.Second
 // report in the work directory as tag.json.
 func (b *bench) startWhyslow(tag string) ([]*proc, error) {
 	ready := filepath.Join(b.dir, tag+".ready")
-	p, err := startProc("whyslow", readiness{file: ready}, b.o.whyslow, "diagnose", "storage", "--duration", "2h",
+	p, err := startWhyslowProc("whyslow", readiness{file: ready}, b.o.whyslow, "diagnose", "storage", "--duration", "2h",
 		"--format", "json", "--output", filepath.Join(b.dir, tag+".json"), "--ready-file", ready)
 	if err != nil {
 		return nil, err
@@ -272,11 +272,13 @@ func (b *bench) io() error {
 				return err
 			}
 			if t.name == "whyslow" {
-				if rep, err := readReport(filepath.Join(b.dir, tag+".json")); err == nil {
-					lost += rep.LostEvents
-					if res.Probes == nil {
-						res.Probes = rep.Probes
-					}
+				rep, err := readReport(filepath.Join(b.dir, tag+".json"))
+				if err != nil {
+					return fmt.Errorf("whyslow's report of round %d: %w", r+1, err)
+				}
+				lost += rep.LostEvents
+				if res.Probes == nil {
+					res.Probes = rep.Probes
 				}
 			}
 			runs[i] = append(runs[i], fr)
@@ -424,6 +426,9 @@ func deviceLabel(dev string, given bool) string {
 }
 
 func (b *bench) cost() error {
+	if b.o.costRuns <= 0 {
+		return nil // -cost-rounds 0: the IOPS rounds alone
+	}
 	restore, err := sysctl("kernel.bpf_stats_enabled", "1")
 	if err != nil {
 		return err

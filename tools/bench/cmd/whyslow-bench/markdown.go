@@ -179,6 +179,9 @@ func renderMarkdown(r *Results) string {
 
 	if r.IO != nil {
 		m.f("### 1. I/O overhead\n\n")
+		if ps := probesRanOn(r.IO.Probes); ps != "" {
+			m.f("whyslow's probes ran on: %s.\n\n", ps)
+		}
 	}
 	renderIOCost(&m, r)
 	if s := r.Sched; s != nil {
@@ -483,19 +486,27 @@ func renderVM(runs []*Results) string {
 		m.f("#### Kernel %s\n\n", mc.Kernel)
 		m.f("Run of %s in a qemu guest (TCG, %d vCPUs, %.1f GiB); whyslow %s; the whole run took %s.",
 			r.Date.Format("2006-01-02 15:04 MST"), mc.CPUs, mc.MemGiB, strings.TrimPrefix(mc.Whyslow, "whyslow "), r.Took)
-		if r.IO != nil && len(r.IO.Probes) > 0 {
-			var ps []string
-			for _, p := range r.IO.Probes {
-				if p.Status == "ok" {
-					ps = append(ps, p.Name+" "+p.Mechanism)
-				} else {
-					ps = append(ps, p.Name+" unavailable")
-				}
+		if r.IO != nil {
+			if ps := probesRanOn(r.IO.Probes); ps != "" {
+				m.f(" whyslow's probes ran on: %s.", ps)
 			}
-			m.f(" whyslow's probes ran on: %s.", strings.Join(ps, ", "))
 		}
 		m.f("\n\n")
 		renderIOCost(&m, r)
 	}
 	return m.String()
+}
+
+// probesRanOn lists whyslow's probes with the mechanism each ran on, as its
+// report gave them ("" for none).
+func probesRanOn(probes []ProbeMech) string {
+	var ps []string
+	for _, p := range probes {
+		if p.Status == "ok" {
+			ps = append(ps, p.Name+" "+p.Mechanism)
+		} else {
+			ps = append(ps, p.Name+" unavailable")
+		}
+	}
+	return strings.Join(ps, ", ")
 }

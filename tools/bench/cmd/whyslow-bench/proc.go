@@ -30,6 +30,10 @@ type proc struct {
 	waitErr  error
 	readyPat *regexp.Regexp
 	readyF   string
+	// signalOnce: SIGINT is sent once, not again every half second.
+	// whyslow ends a run with its report on the first signal and aborts
+	// at once, without the report, on a second.
+	signalOnce bool
 }
 
 // readiness says how to tell that a tool has attached its probes: a file
@@ -37,6 +41,16 @@ type proc struct {
 type readiness struct {
 	file string
 	line *regexp.Regexp
+}
+
+// startWhyslowProc starts whyslow (argv without the binary) like startProc,
+// to be stopped by one SIGINT so that it writes its report.
+func startWhyslowProc(name string, ready readiness, bin string, args ...string) (*proc, error) {
+	p, err := startProc(name, ready, append([]string{bin}, args...)...)
+	if p != nil {
+		p.signalOnce = true
+	}
+	return p, err
 }
 
 // startProc starts argv; stdout and stderr are watched for the ready line
@@ -130,9 +144,9 @@ func (p *proc) readyTime() time.Duration {
 }
 
 // stop sends SIGINT and waits for the exit; after timeout it kills the
-// process group. SIGINT is sent again every half second: a tool that gets
-// it between its ready line and its wait (biolatency sets a flag, then
-// sleeps) only sees the next one.
+// process group. SIGINT is sent again every half second (unless signalOnce):
+// a tool that gets it between its ready line and its wait (biolatency sets a
+// flag, then sleeps) only sees the next one.
 func (p *proc) stop(timeout time.Duration) error {
 	select {
 	case <-p.exited:
@@ -148,7 +162,9 @@ func (p *proc) stop(timeout time.Duration) error {
 		case <-p.exited:
 			return p.exitErr()
 		case <-again.C:
-			_ = p.cmd.Process.Signal(syscall.SIGINT)
+			if !p.signalOnce {
+				_ = p.cmd.Process.Signal(syscall.SIGINT)
+			}
 		case <-deadline:
 			_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 			<-p.exited

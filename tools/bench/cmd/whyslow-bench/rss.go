@@ -46,7 +46,7 @@ func (b *bench) rss() error {
 	d := b.o.rssTime
 	tag := "rss"
 	ready := filepath.Join(b.dir, tag+".ready")
-	ws, err := startProc("whyslow", readiness{file: ready}, b.o.whyslow, "diagnose", "storage", "--duration", d.String(),
+	ws, err := startWhyslowProc("whyslow", readiness{file: ready}, b.o.whyslow, "diagnose", "storage", "--duration", d.String(),
 		"--format", "json", "--output", filepath.Join(b.dir, tag+".json"), "--ready-file", ready)
 	if err != nil {
 		return err

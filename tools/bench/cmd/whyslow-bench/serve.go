@@ -66,7 +66,7 @@ func (b *bench) serve() error {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	p, err := startProc("whyslow serve", readiness{line: servingLine}, b.o.whyslow, "serve", "--listen", addr,
+	p, err := startWhyslowProc("whyslow serve", readiness{line: servingLine}, b.o.whyslow, "serve", "--listen", addr,
 		"--window", "10s", "--flight-recorder-memory", fmt.Sprintf("%dMiB", serveFlightMemory))
 	if err != nil {
 		return err

@@ -28,7 +28,7 @@ func (b *bench) startup() error {
 	ls := []launcher{
 		{"whyslow diagnose storage", "--ready-file appears (every probe attached)", func(tag string) (*proc, error) {
 			ready := filepath.Join(b.dir, tag+".ready")
-			return startProc("whyslow", readiness{file: ready}, b.o.whyslow, "diagnose", "storage", "--duration", "2h",
+			return startWhyslowProc("whyslow", readiness{file: ready}, b.o.whyslow, "diagnose", "storage", "--duration", "2h",
 				"--format", "json", "--output", filepath.Join(b.dir, tag+".json"), "--ready-file", ready)
 		}},
 		{"biolatency (libbpf-tools)", `prints "Tracing block device I/O"`, func(string) (*proc, error) {
