@@ -527,6 +527,23 @@ func (p Points) CountPrecededBy(o Points, window time.Duration) int {
 	return n
 }
 
+// Earlier returns the points moved d earlier (d < 0: later), for points
+// whose times are when whyslow read them rather than when the kernel made
+// them: uevents come from a netlink socket, which gives no kernel time, and
+// a peer that reads the same uevent (udev) can act on it before whyslow's
+// reader runs on a loaded host.
+func (p Points) Earlier(d time.Duration) Points {
+	if len(p) == 0 || d == 0 {
+		return p
+	}
+	out := make(Points, len(p))
+	for i, pt := range p {
+		pt.At -= d
+		out[i] = pt
+	}
+	return out
+}
+
 // Bursts is the number of clusters of points, a point closer than or equal
 // to gap to the previous one belonging to its cluster.
 func (p Points) Bursts(gap time.Duration) int {

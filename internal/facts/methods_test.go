@@ -126,6 +126,35 @@ func TestSpansPrecededBy(t *testing.T) {
 	}
 }
 
+// TestPointsEarlier: a freeze that udev made before whyslow read the
+// uevent that caused it (the reader's lag) is preceded by the uevent moved
+// earlier by at least that lag, and the original points are left as they were.
+func TestPointsEarlier(t *testing.T) {
+	freezes := Spans{sp(1000, 1030, 1, "w")}
+	read := Points{pt(1050, "change")} // read 50 ms after the freeze began
+	tests := []struct {
+		name string
+		d    time.Duration
+		want []float64
+	}{
+		{"as read: the freeze comes first", 0, nil},
+		{"less than the lag", 40 * time.Millisecond, nil},
+		{"the lag", 50 * time.Millisecond, []float64{1000}},
+		{"more than the lag", 500 * time.Millisecond, []float64{1000}},
+		{"later", -time.Second, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := starts(freezes.PrecededBy(read.Earlier(tt.d), 2*time.Second)); !slices.Equal(got, tt.want) {
+				t.Errorf("PrecededBy(Earlier(%v)) = %v, want %v", tt.d, got, tt.want)
+			}
+			if read[0].At != msd(1050) {
+				t.Errorf("Earlier changed its receiver: %v", read[0].At)
+			}
+		})
+	}
+}
+
 func TestSpansFilters(t *testing.T) {
 	w := event.Task{Pid: 7, Comm: "(udev-worker)"}
 	s := Spans{
