@@ -175,7 +175,10 @@ func (p *tracing) checkCleanEnd(t *testing.T) {
 
 // onlyExpectedStackLosses tells whether line is trace's count of lost
 // events ("whyslow: lost N events (probe: what N; ...)") with user stacks
-// lost and kernel stacks refused alone.
+// lost and kernel stacks refused alone, or bios whose end submit's
+// per-process accounting missed (counted since wt-b20; seen once while udev
+// switched the scheduler: a gap of that accounting, which trace does not
+// print, left in issue 16's notes).
 func onlyExpectedStackLosses(line string) bool {
 	rest, ok := strings.CutPrefix(line, "whyslow: lost ")
 	if !ok {
@@ -186,7 +189,8 @@ func onlyExpectedStackLosses(line string) bool {
 		return false
 	}
 	for _, part := range strings.Split(strings.TrimSuffix(parts, ")"), "; ") {
-		if _, what, _ := strings.Cut(part, ": "); !strings.HasPrefix(what, "user stack lost ") && !strings.HasPrefix(what, "kernel stack refused ") {
+		if _, what, _ := strings.Cut(part, ": "); !strings.HasPrefix(what, "user stack lost ") && !strings.HasPrefix(what, "kernel stack refused ") &&
+			!strings.HasPrefix(what, "bios whose end the accounting missed ") {
 			return false
 		}
 	}
