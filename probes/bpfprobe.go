@@ -254,11 +254,7 @@ func deliverSkips(sink Sink, probe string, progs []*ebpf.Program, skips map[*ebp
 	for _, p := range progs {
 		n, ok := skips[p]
 		if !ok {
-			st, err := p.Stats()
-			if err != nil {
-				continue
-			}
-			n = st.RecursionMisses
+			n = skipsOf(p)
 		}
 		if n == 0 {
 			continue

@@ -100,6 +100,8 @@ func (c *hookChain) part(f *hookFollower) {
 	c.follower = nil
 }
 
+// skipsOf is p's recursion_misses (0 for none, or when its statistics
+// can't be read).
 func skipsOf(p *ebpf.Program) uint64 {
 	if p == nil {
 		return 0
@@ -169,16 +171,15 @@ func (c *hookChain) lead(leader *ebpf.Program, next *ebpf.Map) (stop func() erro
 		return func() error { return nil }
 	}
 	c.next, c.leader = next, leader
-	for f := range c.own {
+	for f := range c.own { // any one: the slot holds one
 		// Into the slot first, then off its own link: never missing.
-		if next.Put(uint32(0), f.prog) != nil {
-			break
-		}
-		delete(c.own, f)
-		c.join(f)
-		if f.close != nil {
-			f.close()
-			f.close = nil
+		if next.Put(uint32(0), f.prog) == nil {
+			delete(c.own, f)
+			c.join(f)
+			if f.close != nil {
+				f.close()
+				f.close = nil
+			}
 		}
 		break
 	}

@@ -425,7 +425,6 @@ func trimUserGarbage(fr []event.Frame) []event.Frame {
 	return fr
 }
 
-// Checkpoint implements Checkpointer: the loss counts so far.
 // offcpuFollow is a program of the probe on a shared hook.
 type offcpuFollow struct {
 	c *hookChain
@@ -451,6 +450,7 @@ func (r *offcpuRunning) skips() map[*ebpf.Program]uint64 {
 	return m
 }
 
+// Checkpoint implements Checkpointer: the loss counts so far.
 func (r *offcpuRunning) Checkpoint(sink Sink) error {
 	deliverLossesWith(sink, event.ProbeOffCPU, r.objs.Losses, &r.objs, r.skips())
 	deliverStackLosses(sink, r.objs.StackLosses, 0)
