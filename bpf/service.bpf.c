@@ -3,9 +3,23 @@
  * what biolatency and iostat's await-minus-queue report). Aggregated in the
  * kernel only: nothing is streamed.
  *
+ * The kernel keeps the issue time itself where the queue collects I/O
+ * statistics (QUEUE_FLAG_STATS: writeback throttling, on by default on
+ * every blk-mq disk with CONFIG_BLK_WBT, and iocost, iolatency, hybrid
+ * polling): blk_mq_start_request stamps rq->io_start_time_ns right after
+ * block_rq_issue, for every request but drivers' passthrough ones (every
+ * op before 6.x: passthrough ops are left to the slots here). There the
+ * issue program returns at once and the completion reads the stamp; the
+ * stamp is zeroed when a request is allocated. Elsewhere (a queue with
+ * no statistics, a passthrough request) the issue time waits in a slot as
+ * below. On 6.9+ the stamp is the plug's cached clock (blk_time_get_ns):
+ * a request issued from a task's plug is stamped when the plug first read
+ * the clock, at most the plug's life (microseconds) before its issue.
+ *
  * A request that is requeued is issued again: the later issue overwrites
  * the start. block_rq_complete can fire several times for one request
- * (partial completions); the first one ends the span.
+ * (partial completions): with a slot the first one ends the span, with the
+ * kernel's stamp the last one (nr_bytes covering what is left).
  *
  * The issue time waits in a direct-mapped slot by request pointer, which is
  * unique among requests in flight (each is its own object, until it is
@@ -16,7 +30,10 @@
  * within its tag set's hardware queue (or the host's, with shared tags),
  * so a key of tag, queue and device would need a hash too. A request never
  * completed (the device went away) keeps its slot until the same request
- * is issued again; requests hashed there meanwhile go to the spill. */
+ * is issued again; requests hashed there meanwhile go to the spill. A
+ * queue whose statistics are switched on while one of its requests waits
+ * between a requeue and its next issue may leave that request's slot taken
+ * the same way (its stamp ends its span). */
 #include "common.h"
 #include "hist.h"
 #include "kernel_block.h"
@@ -28,6 +45,11 @@
 /* Index of the request argument of each tracepoint (see tp_arg). */
 volatile const __u32 arg_rq_issue = 0;
 volatile const __u32 arg_rq_complete = 0;
+
+/* 0: the kernel's issue stamps are not read, every issue time waits in a
+ * slot (the tests' way to time the slots on a machine whose queues all
+ * collect statistics). */
+volatile const __u8 use_stamps = 1;
 
 struct issued {
 	__u64 rq; /* struct request *, 0 when free */
@@ -53,15 +75,83 @@ struct {
 	__type(value, __u64);
 } issued_spill SEC(".maps");
 
-/* A raw tracepoint: the request is only a key here (see sub_bio_queue). */
-SEC("raw_tp/block_rq_issue")
+/* The fields of the kernel's statistics this program reads. */
+struct list_head___svc {
+	struct list_head___svc *next;
+} __attribute__((preserve_access_index));
+
+/* block/blk-stat.h: QUEUE_FLAG_STATS is set exactly while callbacks is
+ * not empty or accounting is on (blk_stat_add_callback,
+ * blk_stat_enable_accounting and their undoing). The flag's number is a
+ * macro up to 6.10 and a member of an anonymous enum from 6.11 on, which
+ * no CO-RE relocation can name; these fields are found by name. */
+struct blk_queue_stats {
+	struct list_head___svc callbacks;
+	int accounting; /* 5.16+ */
+} __attribute__((preserve_access_index));
+
+struct blk_queue_stats___old {
+	_Bool enable_accounting; /* up to 5.15 */
+} __attribute__((preserve_access_index));
+
+struct request_queue___svc {
+	struct blk_queue_stats *stats;
+} __attribute__((preserve_access_index));
+
+struct request___svc {
+	__u64 io_start_time_ns;
+} __attribute__((preserve_access_index));
+
+/* The first passthrough op (REQ_OP_SCSI_IN up to 5.x, REQ_OP_DRV_IN after:
+ * 32 and 34); ops are the low 8 bits of cmd_flags. */
+#define SVC_OP_PASSTHROUGH 32
+
+/* stamps_read says whether this program reads the kernel's stamp of
+ * request rq, by its op alone: the completion's test. Only where
+ * block_rq_complete's request is its first argument (5.10-6.18), so its
+ * nr_bytes is the third. */
+static __always_inline int stamps_read(struct request *rq)
+{
+	return use_stamps && arg_rq_complete == 0 && (rq->cmd_flags & 0xff) < SVC_OP_PASSTHROUGH;
+}
+
+/* kernel_stamps says whether the kernel stamps the issue of request rq
+ * itself (blk_mq_start_request, right after block_rq_issue), where the
+ * completion reads the stamp: the issue program's test. */
+static __always_inline int kernel_stamps(struct request *rq)
+{
+	if (!stamps_read(rq))
+		return 0;
+	struct request_queue___svc *q = (void *)rq->q;
+	if (!q)
+		return 0;
+	struct blk_queue_stats *st = q->stats;
+	if (!st)
+		return 0;
+	if ((void *)st->callbacks.next != (void *)&st->callbacks)
+		return 1;
+	if (bpf_core_field_exists(st->accounting))
+		return st->accounting != 0;
+	struct blk_queue_stats___old *old = (void *)st;
+	if (bpf_core_field_exists(old->enable_accounting))
+		return old->enable_accounting;
+	return 0;
+}
+
+SEC("tp_btf/block_rq_issue")
 int svc_rq_issue(__u64 *ctx)
 {
-	__u64 rq = raw_arg(ctx, arg_rq_issue);
-	__u32 k = ptr_slot(rq);
-	struct issued *s = bpf_map_lookup_elem(&issued, &k);
+	struct request *r = tp_arg(ctx, arg_rq_issue);
+	__u64 rq;
+	__u32 k;
+	struct issued *s;
 	__u64 now;
 
+	if (!r || kernel_stamps(r))
+		return 0;
+	rq = ptr_bits(r);
+	k = ptr_slot(rq);
+	s = bpf_map_lookup_elem(&issued, &k);
 	if (!rq || !s)
 		return 0;
 	now = bpf_ktime_get_ns();
@@ -80,26 +170,38 @@ SEC("tp_btf/block_rq_complete")
 int svc_rq_complete(__u64 *ctx)
 {
 	struct request *rq = tp_arg(ctx, arg_rq_complete);
-	__u64 p = ptr_bits(rq);
-	__u32 k = ptr_slot(p);
-	struct issued *s = bpf_map_lookup_elem(&issued, &k);
 	struct gendisk *disk;
 	__u64 start, now;
 
-	if (!s || !p)
+	if (!rq)
 		return 0;
-	if (s->rq == p) {
-		start = s->ns;
-		s->rq = 0;
-	} else {
-		/* Issued while another held the slot, or never seen issued
-		 * (before the probe started; a later partial completion). */
-		__u64 *ns = bpf_map_lookup_elem(&issued_spill, &p);
-
-		if (!ns)
+	if (stamps_read(rq) && (start = ((struct request___svc *)rq)->io_start_time_ns)) {
+		/* Stamped by the kernel: the completion that ends the
+		 * request ends the span. */
+		__u32 nr_bytes = (__u32)(__u64)tp_arg(ctx, 2);
+		if (nr_bytes < rq->__data_len)
 			return 0;
-		start = *ns;
-		bpf_map_delete_elem(&issued_spill, &p);
+	} else {
+		__u64 p = ptr_bits(rq);
+		__u32 k = ptr_slot(p);
+		struct issued *s = bpf_map_lookup_elem(&issued, &k);
+
+		if (!s || !p)
+			return 0;
+		if (s->rq == p) {
+			start = s->ns;
+			s->rq = 0;
+		} else {
+			/* Issued while another held the slot, or never seen
+			 * issued (before the probe started; a later partial
+			 * completion). */
+			__u64 *ns = bpf_map_lookup_elem(&issued_spill, &p);
+
+			if (!ns)
+				return 0;
+			start = *ns;
+			bpf_map_delete_elem(&issued_spill, &p);
+		}
 	}
 	now = bpf_ktime_get_ns();
 	if (now < start)

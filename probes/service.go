@@ -22,7 +22,7 @@ func (serviceProbe) Decl() Decl {
 		Name:       event.ProbeService,
 		Mechanisms: []Rung{{Mech: event.MechTPBTF}},
 		Describe:   "request service latency per device (block_rq_issue to block_rq_complete): time in the driver and the device",
-		Attach:     "raw tracepoint `block_rq_issue` → tp_btf `block_rq_complete`",
+		Attach:     "tp_btf `block_rq_issue` → tp_btf `block_rq_complete` (the issue time the kernel stamps in the request where the queue collects I/O statistics, as with writeback throttling)",
 		Records:    "request service latency per device (what iostat and biolatency see), per-CPU in-kernel histograms",
 	}
 }
@@ -45,12 +45,20 @@ type serviceRunning struct {
 	stopErr  error
 }
 
+// serviceSlotsOnly, when set, makes the service probe keep every issue
+// time in its slots instead of reading the kernel's stamps (tests: every
+// queue here collects statistics, so the slots would go untested).
+var serviceSlotsOnly bool
+
 func startService(cfg Config, sink Sink) (*serviceRunning, error) {
 	kernel, err := kernelSpec(cfg)
 	if err != nil {
 		return nil, err
 	}
-	consts := map[string]any{}
+	consts := map[string]any{"use_stamps": uint8(1)}
+	if serviceSlotsOnly {
+		consts["use_stamps"] = uint8(0)
+	}
 	for v, tp := range map[string]string{
 		"arg_rq_issue":    "block_rq_issue",
 		"arg_rq_complete": "block_rq_complete",
@@ -74,7 +82,7 @@ func startService(cfg Config, sink Sink) (*serviceRunning, error) {
 		r.objs.Close()
 		return nil, err
 	}
-	issue, err := attachRawTP(rawTP{"block_rq_issue", r.objs.SvcRqIssue})
+	issue, err := attachTPBTF(r.objs.SvcRqIssue)
 	if err != nil {
 		closeAll(r.links)
 		r.objs.Close()

@@ -72,6 +72,7 @@ const (
 	serviceVarArgRqIssue     = "arg_rq_issue"
 	serviceVarHistLayoutType = "hist_layout_type"
 	serviceVarLossKindType   = "loss_kind_type"
+	serviceVarUseStamps      = "use_stamps"
 )
 
 // loadService returns the embedded CollectionSpec for service.
@@ -141,6 +142,7 @@ type serviceVariableSpecs struct {
 	ArgRqIssue     *ebpf.VariableSpec `ebpf:"arg_rq_issue"`
 	HistLayoutType *ebpf.VariableSpec `ebpf:"hist_layout_type"`
 	LossKindType   *ebpf.VariableSpec `ebpf:"loss_kind_type"`
+	UseStamps      *ebpf.VariableSpec `ebpf:"use_stamps"`
 }
 
 // serviceObjects contains all objects after they have been loaded into the kernel.
@@ -192,6 +194,7 @@ type serviceVariables struct {
 	ArgRqIssue     *ebpf.Variable `ebpf:"arg_rq_issue"`
 	HistLayoutType *ebpf.Variable `ebpf:"hist_layout_type"`
 	LossKindType   *ebpf.Variable `ebpf:"loss_kind_type"`
+	UseStamps      *ebpf.Variable `ebpf:"use_stamps"`
 }
 
 // servicePrograms contains all programs after they have been loaded into the kernel.

@@ -13,8 +13,28 @@ import (
 
 // Every O_DIRECT write to a loop device is a request the loop driver
 // serves: the service histogram of the device counts them.
+// serviceWays runs a service test both ways the probe finds a request's
+// issue time: the kernel's stamp (every queue here collects statistics:
+// writeback throttling) and its own slots.
+func serviceWays(t *testing.T, test func(t *testing.T)) {
+	for _, way := range []struct {
+		name      string
+		slotsOnly bool
+	}{{"stamps", false}, {"slots", true}} {
+		t.Run(way.name, func(t *testing.T) {
+			serviceSlotsOnly = way.slotsOnly
+			defer func() { serviceSlotsOnly = false }()
+			test(t)
+		})
+	}
+}
+
 func TestServiceLoopWrites(t *testing.T) {
 	blkNeedRoot(t)
+	serviceWays(t, testServiceLoopWrites)
+}
+
+func testServiceLoopWrites(t *testing.T) {
 	const size = 64 << 20
 	loop := newBlkLoop(t, size)
 	sink := new(blkSink)
@@ -30,6 +50,31 @@ func TestServiceLoopWrites(t *testing.T) {
 	const writes = 200
 	_, done, _ := directWriter(t, loop.path, size, writes, nil)
 	<-done
+	// Where the loop device's queue collects statistics (writeback
+	// throttling on), the kernel stamps its requests' issue and no slot is
+	// ever written; the slots' way writes one per request object (a
+	// completion frees its slot, the issue time stays; a device reuses
+	// a fixed set of request objects).
+	if wbt := readTrim(filepath.Join("/sys/block", loop.name, "queue", "wbt_lat_usec")); wbt != "" && wbt != "0" {
+		var k uint32
+		var v struct{ Rq, Ns uint64 }
+		it := r.(*serviceRunning).objs.Issued.Iterate()
+		used := 0
+		for it.Next(&k, &v) {
+			if v.Ns != 0 {
+				used++
+			}
+		}
+		if err := it.Err(); err != nil {
+			t.Fatalf("reading the slots: %v", err)
+		}
+		if !serviceSlotsOnly && used > 0 {
+			t.Errorf("%d slots written, want none: the loop device's queue collects statistics (wbt_lat_usec %s), its issue times are the kernel's", used, wbt)
+		}
+		if serviceSlotsOnly && used == 0 {
+			t.Errorf("no slot written, want one per request object (%d writes)", writes)
+		}
+	}
 	if err := r.Stop(); err != nil {
 		t.Fatalf("Stop: %v", err)
 	}
@@ -72,6 +117,10 @@ func TestServiceLoopWrites(t *testing.T) {
 // cannot force a collision.)
 func TestServiceManyInFlight(t *testing.T) {
 	blkNeedRoot(t)
+	serviceWays(t, testServiceManyInFlight)
+}
+
+func testServiceManyInFlight(t *testing.T) {
 	const size = 64 << 20
 	loop := newBlkLoop(t, size)
 	queue := filepath.Join("/sys/block", loop.name, "queue")
