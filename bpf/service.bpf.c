@@ -12,9 +12,14 @@
  * issue program returns at once and the completion reads the stamp; the
  * stamp is zeroed when a request is allocated. Elsewhere (a queue with
  * no statistics, a passthrough request) the issue time waits in a slot as
- * below. On 6.9+ the stamp is the plug's cached clock (blk_time_get_ns):
- * a request issued from a task's plug is stamped when the plug first read
- * the clock, at most the plug's life (microseconds) before its issue.
+ * below. On 6.9+ the stamp is blk_time_get_ns: inside a task's plug, the
+ * time the plug first read the clock (the first request's allocation,
+ * say), so a request issued from a plug whose clock is read already
+ * takes a slot too (the span starts at its issue, not earlier), and the
+ * completion looks at the request's slot before its stamp. On 6.9+ that
+ * is most requests a task issues (a plugged submission allocates its
+ * request first); what the stamps save there is the issues of kworkers
+ * and interrupts, and on older kernels every issue's slot.
  *
  * A request that is requeued is issued again: the later issue overwrites
  * the start. block_rq_complete can fire several times for one request
@@ -102,6 +107,16 @@ struct request___svc {
 	__u64 io_start_time_ns;
 } __attribute__((preserve_access_index));
 
+/* 6.9+: the block layer's clock in a task's plug (blk_time_get_ns). Once
+ * read in a plug, it is the time of every later stamp in that plug. */
+struct blk_plug___svc {
+	__u64 cur_ktime;
+} __attribute__((preserve_access_index));
+
+struct task_struct___svc {
+	struct blk_plug___svc *plug;
+} __attribute__((preserve_access_index));
+
 /* The first passthrough op (REQ_OP_SCSI_IN up to 5.x, REQ_OP_DRV_IN after:
  * 32 and 34); ops are the low 8 bits of cmd_flags. */
 #define SVC_OP_PASSTHROUGH 32
@@ -122,6 +137,16 @@ static __always_inline int kernel_stamps(struct request *rq)
 {
 	if (!stamps_read(rq))
 		return 0;
+	/* Where the issuing task's plug has read the clock already, the
+	 * kernel's stamp would be that earlier time, not the issue's: a
+	 * plugged batch's requests would share their first allocation's
+	 * time. The slot then. */
+	if (bpf_core_field_exists(struct blk_plug___svc, cur_ktime)) {
+		struct task_struct___svc *t = (void *)bpf_get_current_task_btf();
+		struct blk_plug___svc *plug = t->plug;
+		if (plug && plug->cur_ktime)
+			return 0;
+	}
 	struct request_queue___svc *q = (void *)rq->q;
 	if (!q)
 		return 0;
@@ -175,33 +200,31 @@ int svc_rq_complete(__u64 *ctx)
 
 	if (!rq)
 		return 0;
-	if (stamps_read(rq) && (start = ((struct request___svc *)rq)->io_start_time_ns)) {
+	__u64 p = ptr_bits(rq);
+	__u32 k = ptr_slot(p);
+	struct issued *s = bpf_map_lookup_elem(&issued, &k);
+
+	if (!s || !p)
+		return 0;
+	if (s->rq == p) {
+		/* Issued into its slot (no statistics, a plug's clock). */
+		start = s->ns;
+		s->rq = 0;
+	} else if (stamps_read(rq) && (start = ((struct request___svc *)rq)->io_start_time_ns)) {
 		/* Stamped by the kernel: the completion that ends the
 		 * request ends the span. */
 		__u32 nr_bytes = (__u32)(__u64)tp_arg(ctx, 2);
 		if (nr_bytes < rq->__data_len)
 			return 0;
 	} else {
-		__u64 p = ptr_bits(rq);
-		__u32 k = ptr_slot(p);
-		struct issued *s = bpf_map_lookup_elem(&issued, &k);
+		/* Issued while another held the slot, or never seen issued
+		 * (before the probe started; a later partial completion). */
+		__u64 *ns = bpf_map_lookup_elem(&issued_spill, &p);
 
-		if (!s || !p)
+		if (!ns)
 			return 0;
-		if (s->rq == p) {
-			start = s->ns;
-			s->rq = 0;
-		} else {
-			/* Issued while another held the slot, or never seen
-			 * issued (before the probe started; a later partial
-			 * completion). */
-			__u64 *ns = bpf_map_lookup_elem(&issued_spill, &p);
-
-			if (!ns)
-				return 0;
-			start = *ns;
-			bpf_map_delete_elem(&issued_spill, &p);
-		}
+		start = *ns;
+		bpf_map_delete_elem(&issued_spill, &p);
 	}
 	now = bpf_ktime_get_ns();
 	if (now < start)
