@@ -13,22 +13,22 @@ import (
 // zero count as zero.
 //
 // Spans and Points are in time order (spans by start, then end and pid;
-// points by At and by At-Late), as Build makes them and every method keeps
-// them; a rule cannot make a list out of order. The methods rely on it: they search the lists rather
-// than scan them, so that rules evaluated once per command on a device's
-// whole lists stay fast on a run with thousands of commands. On lists out
-// of order (only Go code can make them) their results are undefined.
+// points by At, and by At-Late), as Build makes them and every method
+// keeps them; a rule cannot make a list out of order. The methods rely on
+// it: they search the lists rather than scan them, so that rules evaluated
+// once per command on a device's whole lists stay fast on a run with
+// thousands of commands. On lists out of order (only Go code can make
+// them) their results are undefined.
 //
 // A point may be late (Point.Late: a uevent is timed when whyslow reads it,
-// up to Late after it happened). The relations that ask what followed a
-// point count from its earliest time, At-Late, to At plus the window:
-// udev can freeze a queue on a uevent before whyslow has read it. Where
-// the late point is the one that follows (uevents after a command's runs:
-// Points.PrecededBy's and CountPrecededBy's receiver, PrecededByAfter's p
-// after o, FollowedBy's p), its recorded time is used: a late point still
-// came after what preceded it at its recorded time or before, and
-// widening those windows (Command.EffectWindow, sized against the next
-// run) would let the next run's points in.
+// up to Late after it happened). A relation in which the late point comes
+// first, the possible cause, counts from its earliest time: what followed
+// it may start from At-Late to At plus the window (udev can freeze a queue
+// on a uevent before whyslow has read it). One in which it comes second
+// (uevents after a command's runs: the receiver of Points.PrecededBy and
+// CountPrecededBy, PrecededByAfter's p after o, FollowedBy's p) takes its
+// recorded time: those windows (Command.EffectWindow) are sized against
+// the next run, whose points a wider window would let in.
 
 func msOf(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
@@ -520,7 +520,7 @@ func (p Points) Preceding(s Spans, window time.Duration) Points {
 }
 
 // PrecededBy returns the points that come within window after (or at) some
-// point of o: at [q.At-q.Late, q.At+window] for a point q of o (the points
+// point of o: in [q.At-q.Late, q.At+window] for a point q of o (the points
 // by their recorded times).
 func (p Points) PrecededBy(o Points, window time.Duration) Points {
 	rs := p.ranges(o, window)
