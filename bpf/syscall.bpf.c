@@ -435,6 +435,14 @@ static __always_inline struct sc_state *state_t(struct task_struct *t, __u32 tid
 	return bpf_map_lookup_elem(&state_tid, &tid);
 }
 
+/* state_cur returns the current thread's state (state_t) for a program
+ * that has not read its thread id: with task storage it needs none, so
+ * cur_id is left out. t is cur_task(). */
+static __always_inline struct sc_state *state_cur(struct task_struct *t, int create)
+{
+	return state_t(t, use_task_storage ? 0 : (__u32)cur_id(t), create);
+}
+
 /* state returns the current thread's state (state_t). */
 static __always_inline struct sc_state *state(__u32 tid, int create)
 {
@@ -906,7 +914,7 @@ static __always_inline void call_exit(long ret)
 	 * local storage at all (one that never made a storage call) returns
 	 * after one load, without a helper call. */
 	struct task_struct *t = cur_task();
-	struct sc_state *st = state_t(t, use_task_storage ? 0 : (__u32)cur_id(t), 0);
+	struct sc_state *st = state_cur(t, 0);
 
 	if (!st || !st->start_ns)
 		return;
@@ -1192,7 +1200,7 @@ int sc_ring_file(unsigned long long *ctx)
 	__u32 *known = bpf_map_lookup_elem(&ring_devs, &ring);
 	if (!known || *known != dev)
 		bpf_map_update_elem(&ring_devs, &ring, &dev, BPF_ANY);
-	struct sc_state *st = state_t(t, use_task_storage ? 0 : (__u32)cur_id(t), 0);
+	struct sc_state *st = state_cur(t, 0);
 	if (st && st->start_ns && st->dev == DEV_PENDING)
 		st->dev = dev;
 	return 0;

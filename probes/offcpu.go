@@ -54,6 +54,9 @@ var offcpuStackLossWhat = [offcpuStackLossSTACK_LOSS_KINDS]string{
 	// gone. Expected, like a user stack that cannot be walked; see
 	// bpf/offcpu.bpf.c.
 	offcpuStackLossSTACK_LOSS_KERNEL_REFUSED: "kernel stack refused",
+	// A span whose wake-up was not seen: sent without its waker (rare,
+	// see bpf/offcpu.bpf.c).
+	offcpuStackLossSTACK_LOSS_WAKER: "waker lost",
 }
 
 // Decl implements Probe.

@@ -24,6 +24,15 @@ type offcpuBlocked struct {
 	Pad       [7]uint8
 }
 
+type offcpuEarly struct {
+	_         structs.HostLayout
+	Ns        uint64
+	Switches  uint64
+	WakerPid  uint32
+	WakerTgid uint32
+	WakerComm [16]int8
+}
+
 type offcpuLossKind uint32
 
 const (
@@ -68,7 +77,8 @@ const (
 	offcpuStackLossSTACK_LOSS_KERNEL         offcpuStackLoss = 0
 	offcpuStackLossSTACK_LOSS_USER           offcpuStackLoss = 1
 	offcpuStackLossSTACK_LOSS_KERNEL_REFUSED offcpuStackLoss = 2
-	offcpuStackLossSTACK_LOSS_KINDS          offcpuStackLoss = 3
+	offcpuStackLossSTACK_LOSS_WAKER          offcpuStackLoss = 3
+	offcpuStackLossSTACK_LOSS_KINDS          offcpuStackLoss = 4
 )
 
 type offcpuUstack struct {
@@ -84,6 +94,7 @@ type offcpuUstack struct {
 const (
 	offcpuMapBlocked         = "blocked"
 	offcpuMapEager           = "eager"
+	offcpuMapEarly           = "early"
 	offcpuMapEvents          = "events"
 	offcpuMapLosses          = "losses"
 	offcpuMapNpending        = "npending"
@@ -94,6 +105,9 @@ const (
 	offcpuProgOffcpuSwitch   = "offcpu_switch"
 	offcpuProgOffcpuSysExit  = "offcpu_sys_exit"
 	offcpuProgOffcpuWakeup   = "offcpu_wakeup"
+	offcpuVarEarlyWakers     = "early_wakers"
+	offcpuVarFenceWord       = "fence_word"
+	offcpuVarLastEarlyNs     = "last_early_ns"
 	offcpuVarLossKindType    = "loss_kind_type"
 	offcpuVarMinLatencyNs    = "min_latency_ns"
 	offcpuVarOffcpuEventType = "offcpu_event_type"
@@ -154,6 +168,7 @@ type offcpuProgramSpecs struct {
 type offcpuMapSpecs struct {
 	Blocked     *ebpf.MapSpec `ebpf:"blocked"`
 	Eager       *ebpf.MapSpec `ebpf:"eager"`
+	Early       *ebpf.MapSpec `ebpf:"early"`
 	Events      *ebpf.MapSpec `ebpf:"events"`
 	Losses      *ebpf.MapSpec `ebpf:"losses"`
 	Npending    *ebpf.MapSpec `ebpf:"npending"`
@@ -167,6 +182,9 @@ type offcpuMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type offcpuVariableSpecs struct {
+	EarlyWakers     *ebpf.VariableSpec `ebpf:"early_wakers"`
+	FenceWord       *ebpf.VariableSpec `ebpf:"fence_word"`
+	LastEarlyNs     *ebpf.VariableSpec `ebpf:"last_early_ns"`
 	LossKindType    *ebpf.VariableSpec `ebpf:"loss_kind_type"`
 	MinLatencyNs    *ebpf.VariableSpec `ebpf:"min_latency_ns"`
 	OffcpuEventType *ebpf.VariableSpec `ebpf:"offcpu_event_type"`
@@ -196,6 +214,7 @@ func (o *offcpuObjects) Close() error {
 type offcpuMaps struct {
 	Blocked     *ebpf.Map `ebpf:"blocked"`
 	Eager       *ebpf.Map `ebpf:"eager"`
+	Early       *ebpf.Map `ebpf:"early"`
 	Events      *ebpf.Map `ebpf:"events"`
 	Losses      *ebpf.Map `ebpf:"losses"`
 	Npending    *ebpf.Map `ebpf:"npending"`
@@ -209,6 +228,7 @@ func (m *offcpuMaps) Close() error {
 	return _OffcpuClose(
 		m.Blocked,
 		m.Eager,
+		m.Early,
 		m.Events,
 		m.Losses,
 		m.Npending,
@@ -223,6 +243,9 @@ func (m *offcpuMaps) Close() error {
 //
 // It can be passed to loadOffcpuObjects or ebpf.CollectionSpec.LoadAndAssign.
 type offcpuVariables struct {
+	EarlyWakers     *ebpf.Variable `ebpf:"early_wakers"`
+	FenceWord       *ebpf.Variable `ebpf:"fence_word"`
+	LastEarlyNs     *ebpf.Variable `ebpf:"last_early_ns"`
 	LossKindType    *ebpf.Variable `ebpf:"loss_kind_type"`
 	MinLatencyNs    *ebpf.Variable `ebpf:"min_latency_ns"`
 	OffcpuEventType *ebpf.Variable `ebpf:"offcpu_event_type"`

@@ -665,3 +665,83 @@ func TestOffCPUUserFrames(t *testing.T) {
 		})
 	}
 }
+
+// TestOffCPUWakerKept checks that D sleeps of O_DIRECT writers come with
+// their waker, or are counted lost, alone and behind the syscall probe's
+// programs (which run first on the shared hooks and widen the race): a
+// wake-up may come while the sleeper is still switching out, before
+// offcpu_switch has recorded the sleep. Before offcpu_wakeup kept those
+// (`early`), about 1 writer span in 700 lost its waker silently here; now
+// about 1 in 100 000 still does, counted.
+func TestOffCPUWakerKept(t *testing.T) {
+	blkNeedRoot(t)
+	for _, withSyscall := range []bool{false, true} {
+		t.Run(fmt.Sprintf("syscall=%v", withSyscall), func(t *testing.T) {
+			loop := newBlkLoop(t, 16<<20)
+			if withSyscall {
+				_, srun := startSyscallOn(t, event.MechTPBTF, time.Hour)
+				defer srun.Stop()
+			}
+			sink := &schedProcSink{}
+			run, st := offcpuProbe{}.Start(Config{MinLatency: time.Nanosecond, ProcFS: "/proc"}, sink)
+			if run == nil {
+				t.Fatalf("start: %+v", st)
+			}
+			r := run.(*offcpuRunning)
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			defer cancel()
+			const writers = 4
+			errs := make(chan error, writers)
+			for range writers {
+				go func() {
+					runtime.LockOSThread()
+					defer runtime.UnlockOSThread()
+					errs <- offcpuDirectWriter(ctx, loop.path, 16<<20)
+				}()
+			}
+			for range writers {
+				if err := <-errs; err != nil {
+					t.Error(err)
+				}
+			}
+			var early uint64
+			if err := r.objs.EarlyWakers.Get(&early); err != nil {
+				t.Error(err)
+			}
+			if err := run.Stop(); err != nil {
+				t.Fatal(err)
+			}
+			me := uint32(os.Getpid())
+			spans, without := 0, 0
+			sink.mu.Lock()
+			defer sink.mu.Unlock()
+			for _, e := range sink.events {
+				o, ok := e.(event.OffCPU)
+				if !ok || o.Task.Tgid != me || !offcpuHasFrame(o.KernelStack, "submit_bio_wait", "__blkdev_direct_IO_simple") {
+					continue
+				}
+				spans++
+				if o.Waker.Comm == "" {
+					if without++; without <= 3 {
+						t.Logf("span of %v without its waker", o.Duration)
+					}
+				}
+			}
+			var lost uint64
+			for _, l := range sink.losses {
+				t.Logf("loss: %+v", l)
+				if l.What == "waker lost" {
+					lost += l.Count
+				}
+			}
+			t.Logf("%d writer spans, %d without a waker (%d counted lost); %d wakers noted before the switch-out recorded the sleep", spans, without, lost, early)
+			// The rare span whose waker is still lost must be counted.
+			if uint64(without) > lost {
+				t.Errorf("%d writer spans without a waker, %d counted", without, lost)
+			}
+			if spans < 100 {
+				t.Errorf("only %d writer spans in 3 s", spans)
+			}
+		})
+	}
+}

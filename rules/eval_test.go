@@ -277,6 +277,46 @@ func TestNoUdevBlame(t *testing.T) {
 	}
 }
 
+// TestLateUevents: whyslow reads a uevent from netlink after udev may have
+// acted on it (seen: 100 ms in a 5.10 guest under TCG), so udev's freeze
+// can come before the uevent's recorded time. Both rules that ask which
+// freezes followed the uevents allow for it (Point.Late, 250 ms), and the
+// chain stays whole; a freeze further before is not the uevent's.
+func TestLateUevents(t *testing.T) {
+	tests := []struct {
+		name string
+		lead float64 // ms from udev's freeze to the uevent's recorded time
+		want []string
+	}{
+		{"freeze after the uevent", -10, []string{"periodic-trigger", "uevent-freeze", "queue-freeze-stall"}},
+		{"uevent read 100 ms after udev froze", 100, []string{"periodic-trigger", "uevent-freeze", "queue-freeze-stall"}},
+		{"uevent read 240 ms after udev froze", 240, []string{"periodic-trigger", "uevent-freeze", "queue-freeze-stall"}},
+		{"freeze 400 ms before the uevent: not its", 400, []string{"queue-freeze-stall"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newScenario().fast(loop0)
+			for i := range 6 {
+				ms := 1000 + float64(i)*3000
+				s.exec(ms, monitor, "monitord", uint32(2000+i))
+				s.uevent(ms+500, loop0)
+				s.freeze(ms+500-tt.lead, worker, loop0)
+			}
+			fs := evaluate(t, defaults(t), s.run())
+			if len(fs) != 1 || fs[0].Rule != "queue-freeze-stall" {
+				t.Fatalf("findings %v, want the one queue-freeze-stall", rulesOf(fs))
+			}
+			if got := stepsOf(fs[0]); !slices.Equal(got, tt.want) {
+				t.Errorf("steps %v, want %v", got, tt.want)
+			}
+			if trigger := slices.Contains(tt.want, "periodic-trigger"); (fs[0].Trigger != nil) != trigger ||
+				trigger && fs[0].Trigger.Filename != monitor {
+				t.Errorf("trigger %+v, want diskmon: %v", fs[0].Trigger, trigger)
+			}
+		})
+	}
+}
+
 // serve gives a device n requests of service time lat, and n bios of
 // submission time sub.
 func (s *scenario) serve(d event.Device, n int, lat, sub time.Duration) *scenario {

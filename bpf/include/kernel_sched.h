@@ -32,6 +32,12 @@ struct mm_struct {
 struct files_struct;
 struct bpf_local_storage;
 
+/* 6.12+: set while a task that went to sleep stays on its run queue
+ * (EEVDF's delayed dequeue), on_rq still 1. */
+struct sched_entity {
+	unsigned char sched_delayed;
+} __attribute__((preserve_access_index));
+
 struct task_struct {
 	unsigned int __state; /* 5.14+ */
 	unsigned int flags;
@@ -48,6 +54,17 @@ struct task_struct {
 	 * in the load average (D, not TASK_NOLOAD, not frozen); kept until
 	 * it blocks again. Read with BPF_CORE_READ_BITFIELD. */
 	unsigned int sched_contributes_to_load : 1;
+	/* On a run queue (0 once a sleeping task is dequeued, unless the
+	 * dequeue is delayed: se.sched_delayed), and on a CPU
+	 * (1 until its switch-out is complete): both read by offcpu's wake-up
+	 * program for a task caught switching out. */
+	int on_rq;
+	int on_cpu;
+	struct sched_entity se;
+	/* The task's voluntary and involuntary context switches, counted
+	 * before sched_switch runs. */
+	unsigned long nvcsw;
+	unsigned long nivcsw;
 	/* The task's local storage (5.11+): NULL when no program gave it
 	 * any. */
 	struct bpf_local_storage *bpf_storage;

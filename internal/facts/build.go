@@ -28,6 +28,11 @@ type Options struct {
 	// WakeSlack is how long after a freeze ends the queue-enter waits woken
 	// by the freezer may end and still name the freeze's device. Default 5ms.
 	WakeSlack time.Duration
+	// UeventLate is how late a uevent's time may be (Point.Late): uevents
+	// are timed when whyslow reads them from netlink, and udev, reading
+	// the same uevent, can act on it (freeze a queue) before that on a
+	// loaded host. Default 250ms (seen: 100 ms in a 5.10 guest under TCG).
+	UeventLate time.Duration
 	// Stages names the stage of each blocked stack of a storage call;
 	// nil means the built-in table (stage.Default).
 	Stages *stage.Table
@@ -39,6 +44,7 @@ const (
 	DefaultSubmitSlack   = time.Millisecond
 	DefaultSysfsLookback = time.Second
 	DefaultWakeSlack     = 5 * time.Millisecond
+	DefaultUeventLate    = 250 * time.Millisecond
 )
 
 func (o *Options) defaults() {
@@ -53,6 +59,9 @@ func (o *Options) defaults() {
 	}
 	if o.WakeSlack <= 0 {
 		o.WakeSlack = DefaultWakeSlack
+	}
+	if o.UeventLate <= 0 {
+		o.UeventLate = DefaultUeventLate
 	}
 }
 
@@ -782,7 +791,7 @@ func (b *builder) wakingFreeze(w Span, freezes []Span, of []endIndex) (Span, boo
 func (b *builder) uevents() {
 	b.run.Uevents = make(Points, 0, len(b.tl.Uevents))
 	for _, u := range b.tl.Uevents {
-		p := Point{At: b.rel(u.Time), What: u.Action}
+		p := Point{At: b.rel(u.Time), What: u.Action, Late: b.opts.UeventLate}
 		if u.Subsystem == "block" {
 			p.Device = strings.TrimPrefix(u.DevName, "/dev/")
 		}

@@ -273,7 +273,8 @@ func TestBuildSpansAndPoints(t *testing.T) {
 	if len(d.Freezes) != 1 || d.Freezes[0].Comm != "(udev-worker)" || d.Freezes[0].Attr != "queue/scheduler" {
 		t.Errorf("freezes %+v", d.Freezes)
 	}
-	if want := (Points{{At: msd(50), Device: "loop0", What: "change"}}); !slices.Equal(d.Uevents, want) {
+	// a uevent is timed when read: up to DefaultUeventLate late
+	if want := (Points{{At: msd(50), Device: "loop0", What: "change", Late: DefaultUeventLate}}); !slices.Equal(d.Uevents, want) {
 		t.Errorf("uevents %+v, want %+v", d.Uevents, want)
 	}
 	if len(run.Uevents) != 4 {

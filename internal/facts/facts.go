@@ -112,9 +112,17 @@ type Point struct {
 	Comm   string
 	Device string
 	What   string // uevent action, exec filename, sysfs attribute
+	// Late is how much later than what it records At may be: it happened
+	// in [At-Late, At]. Uevents are timed when whyslow reads them from
+	// netlink (the kernel gives no time), after udev may already have acted
+	// on them: they carry Options.UeventLate. Points timed by the kernel
+	// have 0. The relations that ask what followed a point honour it
+	// (Spans.PrecededBy and the others; see methods.go).
+	Late time.Duration
 }
 
-// Points is a time-ordered list of points.
+// Points is a time-ordered list of points: in order of At, and of At-Late
+// (which a list whose points have one Late, as every list Build makes, is).
 type Points []Point
 
 // Task is a thread a finding can name, with the role it played.

@@ -12,12 +12,23 @@ import (
 // modify their receiver, and work on nil and empty values. Windows below
 // zero count as zero.
 //
-// Spans and Points are in time order (spans by start, then end and pid),
-// as Build makes them and every method keeps them; a rule cannot make a
-// list out of order. The methods rely on it: they search the lists rather
-// than scan them, so that rules evaluated once per command on a device's
-// whole lists stay fast on a run with thousands of commands. On lists out
-// of order (only Go code can make them) their results are undefined.
+// Spans and Points are in time order (spans by start, then end and pid;
+// points by At, and by At-Late), as Build makes them and every method
+// keeps them; a rule cannot make a list out of order. The methods rely on
+// it: they search the lists rather than scan them, so that rules evaluated
+// once per command on a device's whole lists stay fast on a run with
+// thousands of commands. On lists out of order (only Go code can make
+// them) their results are undefined.
+//
+// A point may be late (Point.Late: a uevent is timed when whyslow reads it,
+// up to Late after it happened). A relation in which the late point comes
+// first, the possible cause, counts from its earliest time: what followed
+// it may start from At-Late to At plus the window (udev can freeze a queue
+// on a uevent before whyslow has read it). One in which it comes second
+// (uevents after a command's runs: the receiver of Points.PrecededBy and
+// CountPrecededBy, PrecededByAfter's p after o, FollowedBy's p) takes its
+// recorded time: those windows (Command.EffectWindow) are sized against
+// the next run, whose points a wider window would let in.
 
 func msOf(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
@@ -137,14 +148,15 @@ func (s Spans) pick(rs [][2]int, n int) Spans {
 }
 
 // PrecededBy returns the spans of s that start within window after (or at)
-// some point of p.
+// some point of p: in [q.At-q.Late, q.At+window] for a point q.
 func (s Spans) PrecededBy(p Points, window time.Duration) Spans {
 	return s.starting(after(p, 0, len(p), window, nil))
 }
 
 // PrecededByAfter is s.PrecededBy(p.PrecededBy(o, within), window): the
-// spans of s that start within window after (or at) a point of p that
-// itself came within `within` after (or at) a point of o, without making
+// spans of s that start within window after (or at) a point of p (from its
+// earliest time, At-Late) that itself came within `within` after (or at) a
+// point of o (by p's recorded time), without making
 // the list in between. A rule evaluated per command asks it about a
 // device's whole list of uevents, p, and the command's execs, o: it costs
 // in proportion to o, not p.
@@ -172,17 +184,21 @@ func (s Spans) starting(ivs []interval) Spans {
 	return s.pick(rs, n)
 }
 
-// after returns, appended to ivs, the time covered by [q.At, q.At+window]
-// for the points q of p[from:to], as disjoint intervals in time order
-// (merged with the last of ivs when they touch). It costs one binary
-// search per interval, not per point, when the points are dense.
+// earliest is the earliest time a point may have happened at.
+func (q Point) earliest() time.Duration { return SaturatingAdd(q.At, -max(q.Late, 0)) }
+
+// after returns, appended to ivs, the time covered by [q.At-q.Late,
+// q.At+window] for the points q of p[from:to], as disjoint intervals in
+// time order (merged with the last of ivs when they touch). It costs one
+// binary search per interval, not per point, when the points are dense:
+// in time order, both ends of the points' intervals are in order.
 func after(p Points, from, to int, window time.Duration, ivs []interval) []interval {
 	window = max(window, 0)
 	for k := from; k < to; {
-		iv := interval{p[k].At, SaturatingAdd(p[k].At, window)}
+		iv := interval{p[k].earliest(), SaturatingAdd(p[k].At, window)}
 		for {
-			// the last point up to the end so far extends the interval
-			m := k + sort.Search(to-k, func(i int) bool { return p[k+i].At > iv.end }) - 1
+			// the last point starting up to the end so far extends the interval
+			m := k + sort.Search(to-k, func(i int) bool { return p[k+i].earliest() > iv.end }) - 1
 			end := SaturatingAdd(p[m].At, window)
 			k = m + 1
 			if end <= iv.end || k == to {
@@ -201,7 +217,8 @@ func after(p Points, from, to int, window time.Duration, ivs []interval) []inter
 }
 
 // ranges returns the index ranges [from, to) of the points of p that come
-// within window after (or at) some point of o, in order and disjoint.
+// within window after (or at) some point of o (from o's earliest times; p
+// by its recorded times), in order and disjoint.
 func (p Points) ranges(o Points, window time.Duration) [][2]int {
 	var out [][2]int
 	for _, iv := range after(o, 0, len(o), window, nil) {
@@ -219,10 +236,12 @@ func (p Points) ranges(o Points, window time.Duration) [][2]int {
 	return out
 }
 
-// followedBy reports whether some point of p lies in [t, t+window].
-func followedBy(p Points, t, window time.Duration) bool {
-	i := sort.Search(len(p), func(i int) bool { return p[i].At >= t })
-	return i < len(p) && p[i].At-t <= max(window, 0)
+// followedBy reports whether some point of p lies in [q.At-q.Late,
+// q.At+window].
+func followedBy(p Points, q Point, window time.Duration) bool {
+	from := q.earliest()
+	i := sort.Search(len(p), func(i int) bool { return p[i].At >= from })
+	return i < len(p) && p[i].At <= SaturatingAdd(q.At, max(window, 0))
 }
 
 // ByComm returns the spans of tasks with any of the given comms.
@@ -486,13 +505,14 @@ func (p Points) Tasks() Tasks {
 }
 
 // Preceding returns the points followed within window by the start of some
-// span of s.
+// span of s: a span starting in [q.At-q.Late, q.At+window] for the point q.
 func (p Points) Preceding(s Spans, window time.Duration) Points {
 	window = max(window, 0)
 	var out Points
 	for _, pt := range p {
-		i := sort.Search(len(s), func(i int) bool { return s[i].Start >= pt.At })
-		if i < len(s) && s[i].Start-pt.At <= window {
+		from := pt.earliest()
+		i := sort.Search(len(s), func(i int) bool { return s[i].Start >= from })
+		if i < len(s) && s[i].Start <= SaturatingAdd(pt.At, window) {
 			out = append(out, pt)
 		}
 	}
@@ -500,7 +520,8 @@ func (p Points) Preceding(s Spans, window time.Duration) Points {
 }
 
 // PrecededBy returns the points that come within window after (or at) some
-// point of o.
+// point of o: in [q.At-q.Late, q.At+window] for a point q of o (the points
+// by their recorded times).
 func (p Points) PrecededBy(o Points, window time.Duration) Points {
 	rs := p.ranges(o, window)
 	n := 0
@@ -527,11 +548,10 @@ func (p Points) CountPrecededBy(o Points, window time.Duration) int {
 	return n
 }
 
-// Earlier returns the points moved d earlier (d < 0: later), for points
-// whose times are when whyslow read them rather than when the kernel made
-// them: uevents come from a netlink socket, which gives no kernel time, and
-// a peer that reads the same uevent (udev) can act on it before whyslow's
-// reader runs on a loaded host.
+// Earlier returns the points moved d earlier (d < 0: later), their Late
+// unchanged. Uevents need it no more for whyslow's lag in reading them:
+// they carry it (Point.Late), and the relations honour it. Kept for the
+// rules written with it.
 func (p Points) Earlier(d time.Duration) Points {
 	if len(p) == 0 || d == 0 {
 		return p
@@ -572,7 +592,7 @@ func (c *Command) FollowedBy(p Points, window time.Duration) float64 {
 	}
 	n := 0
 	for _, e := range c.Execs {
-		if followedBy(p, e.At, window) {
+		if followedBy(p, e, window) {
 			n++
 		}
 	}

@@ -155,6 +155,93 @@ func TestPointsEarlier(t *testing.T) {
 	}
 }
 
+// TestLatePoints: a point read late (a uevent, Late up to 250 ms) may have
+// set off what started up to Late before its recorded time, in every
+// relation that asks what followed it; where it is the point that follows
+// (uevents after a command's runs), its recorded time is used.
+func TestLatePoints(t *testing.T) {
+	const late = 250 * time.Millisecond
+	uevent := func(ms float64, l time.Duration) Points { return Points{{At: msd(ms), What: "change", Late: l}} }
+	exec := Points{pt(0, "/usr/bin/mon")}
+	const window, within = 2 * time.Second, 500 * time.Millisecond
+	tests := []struct {
+		name     string
+		uevent   float64 // ms, recorded (read) time; the command ran at 0
+		late     time.Duration
+		freeze   float64 // ms, when udev froze the queue
+		followed bool    // the freeze counts as set off by the uevent
+	}{
+		{"freeze after the uevent", 100, late, 150, true},
+		{"freeze at the uevent", 100, late, 100, true},
+		{"freeze 100 ms before the uevent was read", 300, late, 200, true},
+		{"freeze up to the lag before", 300, late, 50, true},
+		{"freeze more than the lag before", 400, late, 149, false},
+		{"freeze 500 ms before the next uevent (TestNoUdevBlame)", 300, late, -200, false},
+		{"freeze before an uevent on time", 300, 0, 200, false},
+		{"freeze at the end of the window", 100, late, 2100, true},
+		{"freeze past the window: the lag does not lengthen it", 100, late, 2101, false},
+		{"negative lateness counts as none", 300, -late, 200, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			u, freezes := uevent(tt.uevent, tt.late), Spans{sp(tt.freeze, tt.freeze+30, 1, "(udev-worker)")}
+			var want []float64
+			if tt.followed {
+				want = []float64{tt.freeze}
+			}
+			if got := starts(freezes.PrecededBy(u, window)); !slices.Equal(got, want) {
+				t.Errorf("Spans.PrecededBy = %v, want %v", got, want)
+			}
+			// the uevent came within 500 ms of the run at its recorded time
+			if got := starts(freezes.PrecededByAfter(u, window, exec, within)); !slices.Equal(got, want) {
+				t.Errorf("Spans.PrecededByAfter = %v, want %v", got, want)
+			}
+			if got := u.Preceding(freezes, window).Count() == 1; got != tt.followed {
+				t.Errorf("Points.Preceding kept the uevent: %v, want %v", got, tt.followed)
+			}
+			// a write by udev as a point, in place of the freeze
+			write := Points{pt(tt.freeze, "queue/scheduler")}
+			if got := write.PrecededBy(u, window).Count() == 1; got != tt.followed {
+				t.Errorf("Points.PrecededBy kept the write: %v, want %v", got, tt.followed)
+			}
+			if got := write.CountPrecededBy(u, window) == 1; got != tt.followed {
+				t.Errorf("Points.CountPrecededBy counted the write: %v, want %v", got, tt.followed)
+			}
+			if got := (&Command{Execs: u}).FollowedBy(write, window) == 1; got != tt.followed {
+				t.Errorf("Command.FollowedBy (late execs): %v, want %v", got, tt.followed)
+			}
+		})
+	}
+
+	// Where the late point follows, its recorded time counts: a uevent read
+	// 50 ms after a run came after it, and none read before it or later
+	// than the window did, late or not.
+	for _, tt := range []struct {
+		uevent float64
+		want   bool
+	}{{50, true}, {-1, false}, {500, true}, {501, false}} {
+		u := uevent(tt.uevent, late)
+		if got := u.CountPrecededBy(exec, within) == 1; got != tt.want {
+			t.Errorf("uevent at %v ms: CountPrecededBy(execs) %v, want %v", tt.uevent, got, tt.want)
+		}
+		if got := u.PrecededBy(exec, within).Count() == 1; got != tt.want {
+			t.Errorf("uevent at %v ms: PrecededBy(execs) %v, want %v", tt.uevent, got, tt.want)
+		}
+		if got := (&Command{Execs: exec}).FollowedBy(u, within) == 1; got != tt.want {
+			t.Errorf("uevent at %v ms: FollowedBy %v, want %v", tt.uevent, got, tt.want)
+		}
+		freezes := Spans{sp(tt.uevent-100, tt.uevent-70, 1, "(udev-worker)")}
+		if got := freezes.PrecededByAfter(u, window, exec, within).Count() == 1; got != tt.want {
+			t.Errorf("uevent at %v ms: PrecededByAfter a freeze 100 ms before it %v, want %v", tt.uevent, got, tt.want)
+		}
+	}
+
+	// Earlier moves points and keeps their lateness.
+	if got := uevent(300, late).Earlier(100 * time.Millisecond); got[0].At != msd(200) || got[0].Late != late {
+		t.Errorf("Earlier = %+v", got)
+	}
+}
+
 func TestSpansFilters(t *testing.T) {
 	w := event.Task{Pid: 7, Comm: "(udev-worker)"}
 	s := Spans{

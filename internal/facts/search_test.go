@@ -14,12 +14,14 @@ import (
 )
 
 // The definitions of the time-correlation methods, as a scan over every
-// pair: what the searching methods must give.
+// pair: what the searching methods must give. A point q that precedes
+// something may have happened from q.At-q.Late on; one that follows is
+// taken at its recorded time.
 func naiveSpansPrecededBy(s Spans, p Points, w time.Duration) Spans {
 	var out Spans
 	for _, sp := range s {
 		for _, q := range p {
-			if q.At <= sp.Start && sp.Start-q.At <= max(w, 0) {
+			if q.At-q.Late <= sp.Start && sp.Start-q.At <= max(w, 0) {
 				out = append(out, sp)
 				break
 			}
@@ -32,7 +34,7 @@ func naivePointsPrecededBy(p, o Points, w time.Duration) Points {
 	var out Points
 	for _, x := range p {
 		for _, q := range o {
-			if q.At <= x.At && x.At-q.At <= max(w, 0) {
+			if q.At-q.Late <= x.At && x.At-q.At <= max(w, 0) {
 				out = append(out, x)
 				break
 			}
@@ -45,7 +47,7 @@ func naivePreceding(p Points, s Spans, w time.Duration) Points {
 	var out Points
 	for _, x := range p {
 		for _, sp := range s {
-			if sp.Start >= x.At && sp.Start-x.At <= max(w, 0) {
+			if sp.Start >= x.At-x.Late && sp.Start-x.At <= max(w, 0) {
 				out = append(out, x)
 				break
 			}
@@ -71,7 +73,7 @@ func naiveFollowed(c *Command, p Points, w time.Duration) float64 {
 	n := 0
 	for _, e := range c.Execs {
 		for _, q := range p {
-			if q.At >= e.At && q.At-e.At <= max(w, 0) {
+			if q.At >= e.At-e.Late && q.At-e.At <= max(w, 0) {
 				n++
 				break
 			}
@@ -81,7 +83,8 @@ func naiveFollowed(c *Command, p Points, w time.Duration) float64 {
 }
 
 // randomLists makes time-ordered lists with many coincidences: times in
-// ms on a short axis, repeated times included.
+// ms on a short axis, repeated times included; each list of points is
+// late by one random Late, 0 half of the time.
 func randomLists(rng *rand.Rand) (Spans, Spans, Points, Points) {
 	spans := func(n int) Spans {
 		var s Spans
@@ -94,8 +97,9 @@ func randomLists(rng *rand.Rand) (Spans, Spans, Points, Points) {
 	}
 	points := func(n int) Points {
 		var p Points
+		late := msd(float64(max(rng.IntN(60)-30, 0)))
 		for range n {
-			p = append(p, Point{At: msd(float64(rng.IntN(200))), Pid: uint32(rng.IntN(5)), What: []string{"x", "y"}[rng.IntN(2)]})
+			p = append(p, Point{At: msd(float64(rng.IntN(200))), Pid: uint32(rng.IntN(5)), What: []string{"x", "y"}[rng.IntN(2)], Late: late})
 		}
 		slices.SortStableFunc(p, func(a, b Point) int { return int(a.At - b.At) })
 		return p
@@ -210,7 +214,8 @@ func TestBuildListsInTimeOrder(t *testing.T) {
 			}
 		}
 		for k, p := range points {
-			if !slices.IsSortedFunc(p, func(a, b Point) int { return cmp.Compare(a.At, b.At) }) {
+			if !slices.IsSortedFunc(p, func(a, b Point) int { return cmp.Compare(a.At, b.At) }) ||
+				!slices.IsSortedFunc(p, func(a, b Point) int { return cmp.Compare(a.earliest(), b.earliest()) }) {
 				t.Errorf("%s: %s not in time order", name, k)
 			}
 		}
