@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sync"
 
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 
 	"github.com/whyslow/whyslow/internal/event"
@@ -22,7 +23,7 @@ func (serviceProbe) Decl() Decl {
 		Name:       event.ProbeService,
 		Mechanisms: []Rung{{Mech: event.MechTPBTF}},
 		Describe:   "request service latency per device (block_rq_issue to block_rq_complete): time in the driver and the device",
-		Attach:     "tp_btf `block_rq_issue` → tp_btf `block_rq_complete` (the issue time the kernel stamps in the request where the queue collects I/O statistics, as with writeback throttling)",
+		Attach:     "tp_btf `block_rq_issue` (raw tracepoint on 6.9+) → tp_btf `block_rq_complete` (before 6.9, the issue time the kernel stamps in the request where the queue collects I/O statistics, as with writeback throttling)",
 		Records:    "request service latency per device (what iostat and biolatency see), per-CPU in-kernel histograms",
 	}
 }
@@ -45,6 +46,21 @@ type serviceRunning struct {
 	stopErr  error
 }
 
+// hasPlugClock says whether the kernel's plugs keep the block layer's
+// clock (struct blk_plug's cur_ktime, 6.9+: blk_time_get_ns).
+func hasPlugClock(kernel *btf.Spec) bool {
+	var plug *btf.Struct
+	if kernel.TypeByName("blk_plug", &plug) != nil {
+		return false
+	}
+	for _, m := range plug.Members {
+		if m.Name == "cur_ktime" {
+			return true
+		}
+	}
+	return false
+}
+
 // serviceSlotsOnly, when set, makes the service probe keep every issue
 // time in its slots instead of reading the kernel's stamps (tests: every
 // queue here collects statistics, so the slots would go untested).
@@ -55,9 +71,15 @@ func startService(cfg Config, sink Sink) (*serviceRunning, error) {
 	if err != nil {
 		return nil, err
 	}
-	consts := map[string]any{"use_stamps": uint8(1)}
-	if serviceSlotsOnly {
-		consts["use_stamps"] = uint8(0)
+	// Where plugs keep the block layer's clock (6.9+), a task's requests
+	// are stamped with its plug's earlier time and take their slots
+	// anyway: there the stamps are not read, and the issue program is the
+	// raw tracepoint's, without the tests and the helper call the stamps
+	// need.
+	stamps := !serviceSlotsOnly && !hasPlugClock(kernel)
+	consts := map[string]any{"use_stamps": uint8(0)}
+	if stamps {
+		consts["use_stamps"] = uint8(1)
 	}
 	for v, tp := range map[string]string{
 		"arg_rq_issue":    "block_rq_issue",
@@ -82,7 +104,12 @@ func startService(cfg Config, sink Sink) (*serviceRunning, error) {
 		r.objs.Close()
 		return nil, err
 	}
-	issue, err := attachTPBTF(r.objs.SvcRqIssue)
+	var issue []link.Link
+	if stamps {
+		issue, err = attachTPBTF(r.objs.SvcRqIssue)
+	} else {
+		issue, err = attachRawTP(rawTP{"block_rq_issue", r.objs.SvcRqIssueSlot})
+	}
 	if err != nil {
 		closeAll(r.links)
 		r.objs.Close()

@@ -59,20 +59,21 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	serviceMapDevHist        = "dev_hist"
-	serviceMapDevHistSpill   = "dev_hist_spill"
-	serviceMapDevHistZero    = "dev_hist_zero"
-	serviceMapDevNames       = "dev_names"
-	serviceMapIssued         = "issued"
-	serviceMapIssuedSpill    = "issued_spill"
-	serviceMapLosses         = "losses"
-	serviceProgSvcRqComplete = "svc_rq_complete"
-	serviceProgSvcRqIssue    = "svc_rq_issue"
-	serviceVarArgRqComplete  = "arg_rq_complete"
-	serviceVarArgRqIssue     = "arg_rq_issue"
-	serviceVarHistLayoutType = "hist_layout_type"
-	serviceVarLossKindType   = "loss_kind_type"
-	serviceVarUseStamps      = "use_stamps"
+	serviceMapDevHist         = "dev_hist"
+	serviceMapDevHistSpill    = "dev_hist_spill"
+	serviceMapDevHistZero     = "dev_hist_zero"
+	serviceMapDevNames        = "dev_names"
+	serviceMapIssued          = "issued"
+	serviceMapIssuedSpill     = "issued_spill"
+	serviceMapLosses          = "losses"
+	serviceProgSvcRqComplete  = "svc_rq_complete"
+	serviceProgSvcRqIssue     = "svc_rq_issue"
+	serviceProgSvcRqIssueSlot = "svc_rq_issue_slot"
+	serviceVarArgRqComplete   = "arg_rq_complete"
+	serviceVarArgRqIssue      = "arg_rq_issue"
+	serviceVarHistLayoutType  = "hist_layout_type"
+	serviceVarLossKindType    = "loss_kind_type"
+	serviceVarUseStamps       = "use_stamps"
 )
 
 // loadService returns the embedded CollectionSpec for service.
@@ -117,8 +118,9 @@ type serviceSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type serviceProgramSpecs struct {
-	SvcRqComplete *ebpf.ProgramSpec `ebpf:"svc_rq_complete"`
-	SvcRqIssue    *ebpf.ProgramSpec `ebpf:"svc_rq_issue"`
+	SvcRqComplete  *ebpf.ProgramSpec `ebpf:"svc_rq_complete"`
+	SvcRqIssue     *ebpf.ProgramSpec `ebpf:"svc_rq_issue"`
+	SvcRqIssueSlot *ebpf.ProgramSpec `ebpf:"svc_rq_issue_slot"`
 }
 
 // serviceMapSpecs contains maps before they are loaded into the kernel.
@@ -201,14 +203,16 @@ type serviceVariables struct {
 //
 // It can be passed to loadServiceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type servicePrograms struct {
-	SvcRqComplete *ebpf.Program `ebpf:"svc_rq_complete"`
-	SvcRqIssue    *ebpf.Program `ebpf:"svc_rq_issue"`
+	SvcRqComplete  *ebpf.Program `ebpf:"svc_rq_complete"`
+	SvcRqIssue     *ebpf.Program `ebpf:"svc_rq_issue"`
+	SvcRqIssueSlot *ebpf.Program `ebpf:"svc_rq_issue_slot"`
 }
 
 func (p *servicePrograms) Close() error {
 	return _ServiceClose(
 		p.SvcRqComplete,
 		p.SvcRqIssue,
+		p.SvcRqIssueSlot,
 	)
 }
 
