@@ -18,8 +18,9 @@
  * takes a slot too (the span starts at its issue, not earlier), and the
  * completion looks at the request's slot before its stamp. On 6.9+ that
  * is most requests a task issues (a plugged submission allocates its
- * request first); what the stamps save there is the issues of kworkers
- * and interrupts, and on older kernels every issue's slot.
+ * request first), so there user space does not read the stamps at all
+ * (use_stamps 0) and attaches svc_rq_issue_slot instead: the stamps are
+ * for 5.10-6.8, where they save every issue's slot.
  *
  * A request that is requeued is issued again: the later issue overwrites
  * the start. block_rq_complete can fire several times for one request
