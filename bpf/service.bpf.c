@@ -164,14 +164,11 @@ static __always_inline int kernel_stamps(struct request *rq)
 	return 0;
 }
 
-/* The issue where the stamps are not read (use_stamps 0: chosen by user
- * space where plugs keep the block layer's clock, 6.9+, whose task-issued
- * requests take their slots anyway): a raw tracepoint, where the request
- * is only a key, with no helper call to read its pointer (ptr_bits). */
-SEC("raw_tp/block_rq_issue")
-int svc_rq_issue_slot(__u64 *ctx)
+/* issue_into_slot notes now as the issue time of request rq (its
+ * pointer's bits) in its slot, or in issued_spill when another request in
+ * flight holds the slot. */
+static __always_inline int issue_into_slot(__u64 rq)
 {
-	__u64 rq = raw_arg(ctx, arg_rq_issue);
 	__u32 k = ptr_slot(rq);
 	struct issued *s = bpf_map_lookup_elem(&issued, &k);
 	__u64 now;
@@ -190,32 +187,24 @@ int svc_rq_issue_slot(__u64 *ctx)
 	return 0;
 }
 
+/* The issue where the stamps are not read (use_stamps 0: chosen by user
+ * space where plugs keep the block layer's clock, 6.9+, whose task-issued
+ * requests take their slots anyway): a raw tracepoint, where the request
+ * is only a key, with no helper call to read its pointer (ptr_bits). */
+SEC("raw_tp/block_rq_issue")
+int svc_rq_issue_slot(__u64 *ctx)
+{
+	return issue_into_slot(raw_arg(ctx, arg_rq_issue));
+}
+
 SEC("tp_btf/block_rq_issue")
 int svc_rq_issue(__u64 *ctx)
 {
 	struct request *r = tp_arg(ctx, arg_rq_issue);
-	__u64 rq;
-	__u32 k;
-	struct issued *s;
-	__u64 now;
 
 	if (!r || kernel_stamps(r))
 		return 0;
-	rq = ptr_bits(r);
-	k = ptr_slot(rq);
-	s = bpf_map_lookup_elem(&issued, &k);
-	if (!rq || !s)
-		return 0;
-	now = bpf_ktime_get_ns();
-	if (s->rq && s->rq != rq) {
-		/* Another request in flight holds the slot. */
-		if (bpf_map_update_elem(&issued_spill, &rq, &now, BPF_ANY))
-			lose(LOSS_MAP_FULL);
-		return 0;
-	}
-	s->ns = now;
-	s->rq = rq;
-	return 0;
+	return issue_into_slot(ptr_bits(r));
 }
 
 SEC("tp_btf/block_rq_complete")
