@@ -271,6 +271,11 @@ func (r *submitRunning) Stop() error {
 		<-r.swapDone
 		now, _ := event.Now()
 		r.drain()
+		// The programs are detached; a swap returns once none still runs
+		// (the kernel waits for them), so the entries still waiting stay
+		// as they are.
+		_ = r.use.swap()
+		left, unknown, leftErr := r.leftEnds()
 		hs, names, err := devHists(r.objs.DevHist, r.objs.DevHistSpill, r.objs.DevNames)
 		if err != nil {
 			r.stopErr = err
@@ -284,6 +289,15 @@ func (r *submitRunning) Stop() error {
 			}
 		}
 		r.use.close()
+		if leftErr != nil {
+			r.sink.Loss(event.Loss{Probe: event.ProbeSubmit, What: "submission entries unreadable: bios whose completion the probe did not see not counted", Count: 1})
+		}
+		if left > 0 {
+			r.sink.Loss(event.Loss{Probe: event.ProbeSubmit, What: endsUnseenWhat, Count: left})
+		}
+		if unknown > 0 {
+			r.sink.Loss(event.Loss{Probe: event.ProbeSubmit, What: endsUnknownWhat, Count: unknown})
+		}
 		deliverLosses(r.sink, event.ProbeSubmit, r.objs.Losses, &r.objs)
 		deliverLossArray(r.sink, event.ProbeSubmit, r.objs.SubLosses, submitLossWhat[:])
 		r.undecodable(r.sink, event.ProbeSubmit)
@@ -292,6 +306,19 @@ func (r *submitRunning) Stop() error {
 		}
 	})
 	return r.stopErr
+}
+
+// leftEnds adds to the I/O sums the bios of processes gone whose entry
+// still waits for an end (see submitleft.go), once the programs are
+// detached, and returns how many it added and how many it could not.
+func (r *submitRunning) leftEnds() (added, unknown uint64, err error) {
+	entries, err := readStarts(r.objs.Starts)
+	if err != nil {
+		return 0, 0, err
+	}
+	use, unknown := leftEnds(entries, func(tgid uint32) bool { return procGone(r.procfs, tgid) })
+	r.use.addAll(use)
+	return uint64(len(use)), unknown, nil
 }
 
 // opDecoder turns a bio's bi_opf into blktrace's rwbs letters. Operation

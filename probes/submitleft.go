@@ -1,0 +1,125 @@
+package probes
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+)
+
+// The entries of bpf/submit.bpf.c's `starts` still waiting for an end when
+// the probe stops. Most are bios in flight then, whose end comes after the
+// run. But the kernel does not always run the probe's programs where a
+// request completes: on 6.18, completions run in BLOCK_SOFTIRQ on top of
+// some tasks (seen: the VM's init, process_api's tokio-rt-worker threads)
+// reach the tracepoint (an ftrace instance records them) but neither
+// block_rq_complete's nor block_io_done's tp_btf program, with no recursion
+// miss counted. Such a bio's entry waits for good; its process, which
+// waited for the bio (a direct write), went on and exited. When the probe
+// stops (its programs detached: nothing changes the table any more), the
+// waiting entries of processes gone are such bios: they are counted then,
+// but for their time in flight, and the count says so.
+
+// Where an entry of `starts` stands: enum start_state of submit.bpf.c.
+const (
+	startQueued = 0 // ST_QUEUED: its submission span runs
+	startGotRq  = 1 // ST_GOTRQ: it got a request of its own
+	startFront  = 2 // ST_FRONT: merged in front, counted at its merge
+)
+
+// endsUnseenWhat and endsUnknownWhat name the bios leftEnds finds.
+const (
+	endsUnseenWhat  = "bios whose completion the probe did not see (the kernel completed them where it did not run the probe's programs), of processes gone when the probe stopped: counted then, without their time in flight"
+	endsUnknownWhat = "bios whose end the probe did not see, of processes gone when the probe stopped, on a device it had not noted yet: not in their process's I/O counts"
+)
+
+// leftEnds returns what the entries left in `starts` when the probe
+// stopped add to the I/O accounting: one count per bio whose submitter is
+// gone (gone, asked once per process), without a time in flight, and how
+// many such bios could not be counted (the device of a bio still queued
+// is not noted yet). Bios of processes still there are in flight: left
+// out. Entries merged in front of a request (ST_FRONT) were counted at
+// their merge.
+func leftEnds(entries []submitStart, gone func(tgid uint32) bool) (use []submitIoUse, unknown uint64) {
+	goneOf := map[uint32]bool{}
+	for i := range entries {
+		e := &entries[i]
+		if e.Bio == 0 || e.State == startFront {
+			continue
+		}
+		g, ok := goneOf[e.Tgid]
+		if !ok {
+			g = gone(e.Tgid)
+			goneOf[e.Tgid] = g
+		}
+		if !g {
+			continue
+		}
+		if e.Dev == 0 {
+			unknown++
+			continue
+		}
+		u := submitIoUse{Tgid: e.Tgid, Dev: e.Dev, Cgroup: e.Cgroup, Op: e.Op, Flags: e.Flags, Used: 1, Ios: 1, Bytes: uint64(e.Bytes), Comm: e.Comm}
+		if e.State == startGotRq {
+			u.Requests = 1
+		}
+		use = append(use, u)
+	}
+	return use, unknown
+}
+
+// startsBatch is how many entries of `starts` one batch lookup reads.
+const startsBatch = 4096
+
+// readStarts returns the used entries of `starts`, in batches where the
+// kernel can (5.6+), else one at a time.
+func readStarts(m *ebpf.Map) ([]submitStart, error) {
+	var out []submitStart
+	keep := func(vals []submitStart) {
+		for _, v := range vals {
+			if v.Bio != 0 {
+				out = append(out, v)
+			}
+		}
+	}
+	n := int(m.MaxEntries())
+	keys := make([]uint32, min(n, startsBatch))
+	vals := make([]submitStart, len(keys))
+	var cursor ebpf.MapBatchCursor
+	total := 0
+	for {
+		got, err := m.BatchLookup(&cursor, keys, vals, nil)
+		if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			if total == 0 {
+				break // no batches here: one at a time
+			}
+			return nil, fmt.Errorf("reading the submission entries: %w", err)
+		}
+		keep(vals[:got])
+		total += got
+		if err != nil || got == 0 {
+			return out, nil
+		}
+	}
+	var (
+		k uint32
+		v submitStart
+	)
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		keep([]submitStart{v})
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("reading the submission entries: %w", err)
+	}
+	return out, nil
+}
+
+// addAll adds entries to the sums (what leftEnds found).
+func (u *ioUseSums) addAll(es []submitIoUse) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for i := range es {
+		u.add(&es[i])
+	}
+}
