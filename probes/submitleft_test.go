@@ -74,7 +74,8 @@ func TestLeftEnds(t *testing.T) {
 // the direct write that waited for it returns and its dd exits. When the
 // probe stops, each such bio of a process gone is counted for its process
 // (bios, requests, bytes), and the loss of their time in flight is
-// reported: never silently missing.
+// reported; one whose entry a later dd's bio took first (same stack
+// address) is counted lost then: never silently missing.
 func TestSubmitIOUsageUnseenCompletions(t *testing.T) {
 	blkNeedRoot(t)
 	loop := newBlkLoop(t, 16<<20)
@@ -114,20 +115,27 @@ func TestSubmitIOUsageUnseenCompletions(t *testing.T) {
 			bytes += u.Bytes
 		}
 	}
-	if ios != procs || requests != procs || bytes != procs*4096 {
-		t.Errorf("%d dd writes of 4 KiB whose completion the probe did not see: counted %d bios, %d requests, %d bytes; want %d, %d, %d", procs, ios, requests, bytes, procs, procs, procs*4096)
-	}
-	var unseen uint64
+	var unseen, missed uint64
 	for _, l := range sink.losses {
-		if l.What == endsUnseenWhat {
+		switch {
+		case l.What == endsUnseenWhat:
 			unseen += l.Count
-		}
-		if strings.Contains(l.What, "unreadable") {
+		case l.What == submitLossWhat[submitSubLossKindSUB_LOSS_MISSED]:
+			// A later dd's bio on the same stack address took the entry
+			// before the probe stopped: counted lost then.
+			missed += l.Count
+		case strings.Contains(l.What, "unreadable"):
 			t.Errorf("loss: %+v", l)
 		}
 	}
-	if unseen < procs {
-		t.Errorf("%d bios counted without their time in flight reported, want at least the %d dd writes (losses: %+v)", unseen, procs, sink.losses)
+	if ios > procs || ios+missed < procs || requests != ios || bytes != ios*4096 {
+		t.Errorf("%d dd writes of 4 KiB whose completion the probe did not see: counted %d bios, %d requests, %d bytes, %d reported lost; want %d bios with a request and 4 KiB each, less those reported lost", procs, ios, requests, bytes, missed, procs)
+	}
+	if unseen < ios {
+		t.Errorf("%d bios reported counted without their time in flight, want at least the %d dd writes counted (losses: %+v)", unseen, ios, sink.losses)
+	}
+	if missed > procs/2 {
+		t.Errorf("%d of %d dd writes reported lost, want most counted (losses: %+v)", missed, procs, sink.losses)
 	}
 }
 
