@@ -17,8 +17,10 @@ import (
 // miss counted. Such a bio's entry waits for good; its process, which
 // waited for the bio (a direct write), went on and exited. When the probe
 // stops (its programs detached: nothing changes the table any more), the
-// waiting entries of processes gone are such bios: they are counted then,
-// but for their time in flight, and the count says so.
+// waiting entries of processes gone are such bios (or, rarely, bios still
+// in flight that their process did not wait for: readahead, a flush on
+// close): they are counted then, but for their time in flight, and the
+// count says so.
 
 // Where an entry of `starts` stands: enum start_state of submit.bpf.c.
 const (
@@ -29,7 +31,7 @@ const (
 
 // endsUnseenWhat and endsUnknownWhat name the bios leftEnds finds.
 const (
-	endsUnseenWhat  = "bios whose completion the probe did not see (the kernel completed them where it did not run the probe's programs), of processes gone when the probe stopped: counted then, without their time in flight"
+	endsUnseenWhat  = "bios of processes gone whose completion the probe had not seen when it stopped (the kernel completes some where it runs none of the probe's programs; or still in flight, e.g. readahead): counted then, without their time in flight"
 	endsUnknownWhat = "bios whose end the probe did not see, of processes gone when the probe stopped, on a device it had not noted yet: not in their process's I/O counts"
 )
 
