@@ -237,13 +237,6 @@ func (c *rqChain) skips(m *rqMember) uint64 {
 	return n
 }
 
-// chained reports whether m's program runs from another's slot now.
-func (c *rqChain) chained(m *rqMember) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return m.head != nil && m.head != m
-}
-
 // order lists the chain's programs in the order they run on an event, as
 // name, with "|" before one attached on its own (tests, logs).
 func (c *rqChain) order() string {
