@@ -165,6 +165,9 @@ static __always_inline void fill(struct df_event *e, struct gendisk *disk, struc
  * answer, not the device failing (block_rq_error leaves them out too). */
 #define DF_OP_PASSTHROUGH 32
 
+/* Tail-called from the service or the submit probe's program on
+ * block_rq_complete while one of them runs (probes/rqchain.go), else
+ * attached on its own: the last of whyslow's programs there. */
 SEC("tp_btf/block_rq_complete")
 int df_rq_complete(__u64 *ctx)
 {

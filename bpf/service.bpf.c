@@ -39,7 +39,21 @@
  * is issued again; requests hashed there meanwhile go to the spill. A
  * queue whose statistics are switched on while one of its requests waits
  * between a requeue and its next issue may leave that request's slot taken
- * the same way (its stamp ends its span). */
+ * the same way (its stamp ends its span).
+ *
+ * A request whose completion never reaches the probe keeps its slot until
+ * the same request object is issued again: that issue counts it
+ * (SVC_LOSS_MISSED, svc_losses). A requeue frees the slot first
+ * (svc_rq_requeue), so a requeued request issued again is not counted.
+ * Where the kernel's stamps are read, such a request leaves nothing
+ * behind and is not counted.
+ *
+ * block_rq_complete: whyslow runs one program per I/O there. The submit
+ * probe's program leads when it runs and tail-calls this one through its
+ * rq_complete_next; this one tail-calls the devfault probe's through its
+ * own (probes/rqchain.go fills the slots): a program run costs its
+ * dispatch (and, with bpf_stats, two clock reads) before it does
+ * anything, a tail call a few instructions. */
 #include "common.h"
 #include "hist.h"
 #include "kernel_block.h"
@@ -51,11 +65,35 @@
 /* Index of the request argument of each tracepoint (see tp_arg). */
 volatile const __u32 arg_rq_issue = 0;
 volatile const __u32 arg_rq_complete = 0;
+volatile const __u32 arg_rq_requeue = 0;
 
 /* 0: the kernel's issue stamps are not read, every issue time waits in a
  * slot (the tests' way to time the slots on a machine whose queues all
  * collect statistics). */
 volatile const __u8 use_stamps = 1;
+
+/* The service probe's own losses, beside the shared `losses`. Go:
+ * serviceLossWhat. */
+enum svc_loss_kind {
+	SVC_LOSS_MISSED = 0, /* a request issued again while its slot still
+			      * held its earlier issue: that issue's completion
+			      * never reached the probe (a requeue frees the
+			      * slot first, see svc_rq_requeue) */
+	SVC_LOSS_KINDS = 1,
+};
+
+KEEP_TYPE(enum svc_loss_kind, svc_loss_kind_type);
+
+LOSS_COUNTERS(svc_losses, SVC_LOSS_KINDS);
+
+/* The program that runs next on block_rq_complete (index 0), or none: the
+ * tail call then falls through. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} rq_complete_next SEC(".maps");
 
 struct issued {
 	__u64 rq; /* struct request *, 0 when free */
@@ -182,6 +220,8 @@ static __always_inline int issue_into_slot(__u64 rq)
 			lose(LOSS_MAP_FULL);
 		return 0;
 	}
+	if (s->rq == rq)
+		count_loss(&svc_losses, SVC_LOSS_MISSED);
 	s->ns = now;
 	s->rq = rq;
 	return 0;
@@ -207,21 +247,21 @@ int svc_rq_issue(__u64 *ctx)
 	return issue_into_slot(ptr_bits(r));
 }
 
-SEC("tp_btf/block_rq_complete")
-int svc_rq_complete(__u64 *ctx)
+/* svc_end ends the span of request rq, completing (ctx: the tracepoint's
+ * arguments). */
+static __always_inline void svc_end(__u64 *ctx, struct request *rq)
 {
-	struct request *rq = tp_arg(ctx, arg_rq_complete);
 	struct gendisk *disk;
 	__u64 start, now;
 
 	if (!rq)
-		return 0;
+		return;
 	__u64 p = ptr_bits(rq);
 	__u32 k = ptr_slot(p);
 	struct issued *s = bpf_map_lookup_elem(&issued, &k);
 
 	if (!s || !p)
-		return 0;
+		return;
 	if (s->rq == p) {
 		/* Issued into its slot (no statistics, a plug's clock). */
 		start = s->ns;
@@ -231,21 +271,48 @@ int svc_rq_complete(__u64 *ctx)
 		 * request ends the span. */
 		__u32 nr_bytes = (__u32)(__u64)tp_arg(ctx, 2);
 		if (nr_bytes < rq->__data_len)
-			return 0;
+			return;
 	} else {
 		/* Issued while another held the slot, or never seen issued
 		 * (before the probe started; a later partial completion). */
 		__u64 *ns = bpf_map_lookup_elem(&issued_spill, &p);
 
 		if (!ns)
-			return 0;
+			return;
 		start = *ns;
 		bpf_map_delete_elem(&issued_spill, &p);
 	}
 	now = bpf_ktime_get_ns();
 	if (now < start)
-		return 0;
+		return;
 	disk = request_disk_btf(rq);
 	dev_hist_add(disk_dev_btf(disk), disk, now - start);
+}
+
+SEC("tp_btf/block_rq_complete")
+int svc_rq_complete(__u64 *ctx)
+{
+	svc_end(ctx, tp_arg(ctx, arg_rq_complete));
+	bpf_tail_call_static(ctx, &rq_complete_next, 0);
+	return 0;
+}
+
+/* A request is requeued (the driver was busy, or it asked for it): it will
+ * be issued again, and its span starts over then. Freeing its slot here
+ * tells that issue from one whose earlier completion was missed. */
+SEC("tp_btf/block_rq_requeue")
+int svc_rq_requeue(__u64 *ctx)
+{
+	struct request *rq = tp_arg(ctx, arg_rq_requeue);
+	__u64 p = ptr_bits(rq);
+	__u32 k = ptr_slot(p);
+	struct issued *s = bpf_map_lookup_elem(&issued, &k);
+
+	if (!s || !p)
+		return 0;
+	if (s->rq == p)
+		s->rq = 0;
+	else
+		bpf_map_delete_elem(&issued_spill, &p);
 	return 0;
 }

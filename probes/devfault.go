@@ -51,6 +51,8 @@ type devfaultRunning struct {
 	sysfs string
 	objs  devfaultObjects
 	links []link.Link
+	// complete is df_rq_complete on block_rq_complete's chain (rqchain.go).
+	complete *rqMember
 	ring
 
 	mu       sync.Mutex
@@ -88,6 +90,7 @@ func startDevfault(cfg Config, sink Sink) (_ *devfaultRunning, err error) {
 	defer func() {
 		if err != nil {
 			closeAll(r.links)
+			chainRqComplete.leave(r.complete)
 			if r.rd != nil {
 				r.rd.Close()
 			}
@@ -97,7 +100,12 @@ func startDevfault(cfg Config, sink Sink) (_ *devfaultRunning, err error) {
 	if r.rd, err = ringbuf.NewReader(r.objs.Events); err != nil {
 		return nil, fmt.Errorf("opening ring buffer: %w", err)
 	}
-	if r.links, err = attachTPBTF(r.objs.DfRqComplete, r.objs.DfRqRequeue); err != nil {
+	// Last on block_rq_complete's chain, behind the submit and service
+	// probes' programs (rqchain.go).
+	if r.complete, err = chainRqComplete.join(rankDevfault, r.objs.DfRqComplete, nil); err != nil {
+		return nil, err
+	}
+	if r.links, err = attachTPBTF(r.objs.DfRqRequeue); err != nil {
 		return nil, err
 	}
 	// SCSI's error handling, where scsi_mod is loaded (not on a host
@@ -332,7 +340,8 @@ func (r *devfaultRunning) deliverSums(sink Sink) error {
 		}
 		sink.Event(event.Requeues{Time: now, Dev: r.device(k, cString(v.Disk[:])), Count: v.Count, TimedOut: v.TimedOut})
 	}
-	deliverLosses(sink, event.ProbeDevFault, r.objs.Losses, &r.objs)
+	skips := map[*ebpf.Program]uint64{r.complete.prog: chainRqComplete.skips(r.complete)}
+	deliverLossesWith(sink, event.ProbeDevFault, r.objs.Losses, &r.objs, skips)
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("reading requeue counts: %w", err)
 	}
@@ -343,9 +352,13 @@ func (r *devfaultRunning) deliverSums(sink Sink) error {
 // and the losses.
 func (r *devfaultRunning) Stop() error {
 	r.stopOnce.Do(func() {
+		leaveErr := chainRqComplete.leave(r.complete)
 		closeAll(r.links)
 		r.drain()
 		r.stopErr = r.deliverSums(r.sink)
+		if leaveErr != nil && r.stopErr == nil {
+			r.stopErr = leaveErr
+		}
 		r.undecodable(r.sink, event.ProbeDevFault)
 		if err := r.objs.Close(); err != nil && r.stopErr == nil {
 			r.stopErr = fmt.Errorf("closing objects: %w", err)

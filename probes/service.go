@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sync"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 
@@ -23,7 +24,7 @@ func (serviceProbe) Decl() Decl {
 		Name:       event.ProbeService,
 		Mechanisms: []Rung{{Mech: event.MechTPBTF}},
 		Describe:   "request service latency per device (block_rq_issue to block_rq_complete): time in the driver and the device",
-		Attach:     "tp_btf `block_rq_issue` (raw tracepoint on 6.9+) → tp_btf `block_rq_complete` (before 6.9, the issue time the kernel stamps in the request where the queue collects I/O statistics, as with writeback throttling)",
+		Attach:     "tp_btf `block_rq_issue` (raw tracepoint on 6.9+) → tp_btf `block_rq_complete` (before 6.9, the issue time the kernel stamps in the request where the queue collects I/O statistics, as with writeback throttling); `block_rq_requeue` starts the span over",
 		Records:    "request service latency per device (what iostat and biolatency see), per-CPU in-kernel histograms",
 	}
 }
@@ -39,8 +40,11 @@ func (p serviceProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) 
 type serviceRunning struct {
 	sink  Sink
 	sysfs string
-	objs  serviceObjects
+	objs  serviceLoaded
 	links []link.Link
+	// complete is svc_rq_complete on block_rq_complete's chain
+	// (rqchain.go).
+	complete *rqMember
 
 	stopOnce sync.Once
 	stopErr  error
@@ -95,28 +99,98 @@ func startService(cfg Config, sink Sink) (*serviceRunning, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &serviceRunning{sink: sink, sysfs: cfg.SysFS}
-	if err := spec.LoadAndAssign(&r.objs, collectionOptions(kernel)); err != nil {
-		return nil, fmt.Errorf("loading objects: %w", err)
+	// One issue program of two is attached: the other is not loaded.
+	issueName, unused := "svc_rq_issue", "svc_rq_issue_slot"
+	if !stamps {
+		issueName, unused = unused, issueName
 	}
-	// The end first, so no span starts that could not end.
-	if r.links, err = attachTPBTF(r.objs.SvcRqComplete); err != nil {
+	delete(spec.Programs, unused)
+	r := &serviceRunning{sink: sink, sysfs: cfg.SysFS}
+	if err := r.objs.load(spec, issueName, collectionOptions(kernel)); err != nil {
+		return nil, err
+	}
+	// The end first, so no span starts that could not end: on
+	// block_rq_complete's chain, behind the submit probe's program and
+	// before the devfault probe's (rqchain.go); then the requeue, which
+	// frees a slot.
+	if r.complete, err = chainRqComplete.join(rankService, r.objs.SvcRqComplete, r.objs.RqCompleteNext); err != nil {
+		r.objs.Close()
+		return nil, err
+	}
+	if r.links, err = attachTPBTF(r.objs.SvcRqRequeue); err != nil {
+		chainRqComplete.leave(r.complete)
 		r.objs.Close()
 		return nil, err
 	}
 	var issue []link.Link
 	if stamps {
-		issue, err = attachTPBTF(r.objs.SvcRqIssue)
+		issue, err = attachTPBTF(r.objs.Issue)
 	} else {
-		issue, err = attachRawTP(rawTP{"block_rq_issue", r.objs.SvcRqIssueSlot})
+		issue, err = attachRawTP(rawTP{"block_rq_issue", r.objs.Issue})
 	}
 	if err != nil {
 		closeAll(r.links)
+		chainRqComplete.leave(r.complete)
 		r.objs.Close()
 		return nil, err
 	}
 	r.links = append(r.links, issue...)
 	return r, nil
+}
+
+// serviceLoaded is what the service probe loads: its maps and the
+// programs it attaches, of which one issue program (svc_rq_issue or
+// svc_rq_issue_slot) of the object's two.
+type serviceLoaded struct {
+	serviceMaps
+	SvcRqComplete *ebpf.Program
+	SvcRqRequeue  *ebpf.Program
+	Issue         *ebpf.Program
+}
+
+// load loads spec (without the issue program not used) into o.
+func (o *serviceLoaded) load(spec *ebpf.CollectionSpec, issue string, opts *ebpf.CollectionOptions) error {
+	coll, err := ebpf.NewCollectionWithOptions(spec, *opts)
+	if err != nil {
+		return fmt.Errorf("loading objects: %w", err)
+	}
+	defer coll.Close()
+	if err := coll.Assign(&o.serviceMaps); err != nil {
+		return fmt.Errorf("loading objects: %w", err)
+	}
+	o.SvcRqComplete = coll.DetachProgram("svc_rq_complete")
+	o.SvcRqRequeue = coll.DetachProgram("svc_rq_requeue")
+	o.Issue = coll.DetachProgram(issue)
+	if o.SvcRqComplete == nil || o.SvcRqRequeue == nil || o.Issue == nil {
+		o.Close()
+		return fmt.Errorf("loading objects: a program of svc_rq_complete, svc_rq_requeue, %s missing", issue)
+	}
+	return nil
+}
+
+// Close closes the maps and the programs.
+func (o *serviceLoaded) Close() error {
+	err := o.serviceMaps.Close()
+	for _, p := range []*ebpf.Program{o.SvcRqComplete, o.SvcRqRequeue, o.Issue} {
+		if p != nil {
+			if perr := p.Close(); perr != nil && err == nil {
+				err = perr
+			}
+		}
+	}
+	return err
+}
+
+// skips are svc_rq_complete's skipped runs, its own and those of the
+// program it ran behind on block_rq_complete's chain.
+func (r *serviceRunning) skips() map[*ebpf.Program]uint64 {
+	return map[*ebpf.Program]uint64{r.complete.prog: chainRqComplete.skips(r.complete)}
+}
+
+// serviceLossWhat names each counter of `svc_losses`, at its value of enum
+// svc_loss_kind.
+var serviceLossWhat = [serviceSvcLossKindSVC_LOSS_KINDS]string{
+	serviceSvcLossKindSVC_LOSS_MISSED: "requests whose completion never reached the probe (issued again while their earlier issue still waited): their service time not counted in the device's latency",
 }
 
 // Checkpoint implements Checkpointer.
@@ -126,7 +200,8 @@ func (r *serviceRunning) Checkpoint(sink Sink) error {
 		return err
 	}
 	deliverDevHists(sink, timeline.HistService, r.sysfs, hs, names)
-	deliverLosses(sink, event.ProbeService, r.objs.Losses, &r.objs)
+	deliverLossesWith(sink, event.ProbeService, r.objs.Losses, &r.objs, r.skips())
+	deliverLossArray(sink, event.ProbeService, r.objs.SvcLosses, serviceLossWhat[:])
 	return nil
 }
 
@@ -134,14 +209,18 @@ func (r *serviceRunning) Checkpoint(sink Sink) error {
 // loss counts, and frees everything.
 func (r *serviceRunning) Stop() error {
 	r.stopOnce.Do(func() {
+		r.stopErr = chainRqComplete.leave(r.complete)
 		closeAll(r.links)
 		hs, names, err := devHists(r.objs.DevHist, r.objs.DevHistSpill, r.objs.DevNames)
 		if err != nil {
-			r.stopErr = err
+			if r.stopErr == nil {
+				r.stopErr = err
+			}
 		} else {
 			deliverDevHists(r.sink, timeline.HistService, r.sysfs, hs, names)
 		}
-		deliverLosses(r.sink, event.ProbeService, r.objs.Losses, &r.objs)
+		deliverLossesWith(r.sink, event.ProbeService, r.objs.Losses, &r.objs, r.skips())
+		deliverLossArray(r.sink, event.ProbeService, r.objs.SvcLosses, serviceLossWhat[:])
 		if err := r.objs.Close(); err != nil && r.stopErr == nil {
 			r.stopErr = fmt.Errorf("closing objects: %w", err)
 		}

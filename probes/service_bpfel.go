@@ -55,6 +55,13 @@ const (
 	serviceLossKindLOSS_KINDS    serviceLossKind = 3
 )
 
+type serviceSvcLossKind uint32
+
+const (
+	serviceSvcLossKindSVC_LOSS_MISSED serviceSvcLossKind = 0
+	serviceSvcLossKindSVC_LOSS_KINDS  serviceSvcLossKind = 1
+)
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -66,13 +73,18 @@ const (
 	serviceMapIssued          = "issued"
 	serviceMapIssuedSpill     = "issued_spill"
 	serviceMapLosses          = "losses"
+	serviceMapRqCompleteNext  = "rq_complete_next"
+	serviceMapSvcLosses       = "svc_losses"
 	serviceProgSvcRqComplete  = "svc_rq_complete"
 	serviceProgSvcRqIssue     = "svc_rq_issue"
 	serviceProgSvcRqIssueSlot = "svc_rq_issue_slot"
+	serviceProgSvcRqRequeue   = "svc_rq_requeue"
 	serviceVarArgRqComplete   = "arg_rq_complete"
 	serviceVarArgRqIssue      = "arg_rq_issue"
+	serviceVarArgRqRequeue    = "arg_rq_requeue"
 	serviceVarHistLayoutType  = "hist_layout_type"
 	serviceVarLossKindType    = "loss_kind_type"
+	serviceVarSvcLossKindType = "svc_loss_kind_type"
 	serviceVarUseStamps       = "use_stamps"
 )
 
@@ -121,30 +133,35 @@ type serviceProgramSpecs struct {
 	SvcRqComplete  *ebpf.ProgramSpec `ebpf:"svc_rq_complete"`
 	SvcRqIssue     *ebpf.ProgramSpec `ebpf:"svc_rq_issue"`
 	SvcRqIssueSlot *ebpf.ProgramSpec `ebpf:"svc_rq_issue_slot"`
+	SvcRqRequeue   *ebpf.ProgramSpec `ebpf:"svc_rq_requeue"`
 }
 
 // serviceMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type serviceMapSpecs struct {
-	DevHist      *ebpf.MapSpec `ebpf:"dev_hist"`
-	DevHistSpill *ebpf.MapSpec `ebpf:"dev_hist_spill"`
-	DevHistZero  *ebpf.MapSpec `ebpf:"dev_hist_zero"`
-	DevNames     *ebpf.MapSpec `ebpf:"dev_names"`
-	Issued       *ebpf.MapSpec `ebpf:"issued"`
-	IssuedSpill  *ebpf.MapSpec `ebpf:"issued_spill"`
-	Losses       *ebpf.MapSpec `ebpf:"losses"`
+	DevHist        *ebpf.MapSpec `ebpf:"dev_hist"`
+	DevHistSpill   *ebpf.MapSpec `ebpf:"dev_hist_spill"`
+	DevHistZero    *ebpf.MapSpec `ebpf:"dev_hist_zero"`
+	DevNames       *ebpf.MapSpec `ebpf:"dev_names"`
+	Issued         *ebpf.MapSpec `ebpf:"issued"`
+	IssuedSpill    *ebpf.MapSpec `ebpf:"issued_spill"`
+	Losses         *ebpf.MapSpec `ebpf:"losses"`
+	RqCompleteNext *ebpf.MapSpec `ebpf:"rq_complete_next"`
+	SvcLosses      *ebpf.MapSpec `ebpf:"svc_losses"`
 }
 
 // serviceVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type serviceVariableSpecs struct {
-	ArgRqComplete  *ebpf.VariableSpec `ebpf:"arg_rq_complete"`
-	ArgRqIssue     *ebpf.VariableSpec `ebpf:"arg_rq_issue"`
-	HistLayoutType *ebpf.VariableSpec `ebpf:"hist_layout_type"`
-	LossKindType   *ebpf.VariableSpec `ebpf:"loss_kind_type"`
-	UseStamps      *ebpf.VariableSpec `ebpf:"use_stamps"`
+	ArgRqComplete   *ebpf.VariableSpec `ebpf:"arg_rq_complete"`
+	ArgRqIssue      *ebpf.VariableSpec `ebpf:"arg_rq_issue"`
+	ArgRqRequeue    *ebpf.VariableSpec `ebpf:"arg_rq_requeue"`
+	HistLayoutType  *ebpf.VariableSpec `ebpf:"hist_layout_type"`
+	LossKindType    *ebpf.VariableSpec `ebpf:"loss_kind_type"`
+	SvcLossKindType *ebpf.VariableSpec `ebpf:"svc_loss_kind_type"`
+	UseStamps       *ebpf.VariableSpec `ebpf:"use_stamps"`
 }
 
 // serviceObjects contains all objects after they have been loaded into the kernel.
@@ -167,13 +184,15 @@ func (o *serviceObjects) Close() error {
 //
 // It can be passed to loadServiceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type serviceMaps struct {
-	DevHist      *ebpf.Map `ebpf:"dev_hist"`
-	DevHistSpill *ebpf.Map `ebpf:"dev_hist_spill"`
-	DevHistZero  *ebpf.Map `ebpf:"dev_hist_zero"`
-	DevNames     *ebpf.Map `ebpf:"dev_names"`
-	Issued       *ebpf.Map `ebpf:"issued"`
-	IssuedSpill  *ebpf.Map `ebpf:"issued_spill"`
-	Losses       *ebpf.Map `ebpf:"losses"`
+	DevHist        *ebpf.Map `ebpf:"dev_hist"`
+	DevHistSpill   *ebpf.Map `ebpf:"dev_hist_spill"`
+	DevHistZero    *ebpf.Map `ebpf:"dev_hist_zero"`
+	DevNames       *ebpf.Map `ebpf:"dev_names"`
+	Issued         *ebpf.Map `ebpf:"issued"`
+	IssuedSpill    *ebpf.Map `ebpf:"issued_spill"`
+	Losses         *ebpf.Map `ebpf:"losses"`
+	RqCompleteNext *ebpf.Map `ebpf:"rq_complete_next"`
+	SvcLosses      *ebpf.Map `ebpf:"svc_losses"`
 }
 
 func (m *serviceMaps) Close() error {
@@ -185,6 +204,8 @@ func (m *serviceMaps) Close() error {
 		m.Issued,
 		m.IssuedSpill,
 		m.Losses,
+		m.RqCompleteNext,
+		m.SvcLosses,
 	)
 }
 
@@ -192,11 +213,13 @@ func (m *serviceMaps) Close() error {
 //
 // It can be passed to loadServiceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type serviceVariables struct {
-	ArgRqComplete  *ebpf.Variable `ebpf:"arg_rq_complete"`
-	ArgRqIssue     *ebpf.Variable `ebpf:"arg_rq_issue"`
-	HistLayoutType *ebpf.Variable `ebpf:"hist_layout_type"`
-	LossKindType   *ebpf.Variable `ebpf:"loss_kind_type"`
-	UseStamps      *ebpf.Variable `ebpf:"use_stamps"`
+	ArgRqComplete   *ebpf.Variable `ebpf:"arg_rq_complete"`
+	ArgRqIssue      *ebpf.Variable `ebpf:"arg_rq_issue"`
+	ArgRqRequeue    *ebpf.Variable `ebpf:"arg_rq_requeue"`
+	HistLayoutType  *ebpf.Variable `ebpf:"hist_layout_type"`
+	LossKindType    *ebpf.Variable `ebpf:"loss_kind_type"`
+	SvcLossKindType *ebpf.Variable `ebpf:"svc_loss_kind_type"`
+	UseStamps       *ebpf.Variable `ebpf:"use_stamps"`
 }
 
 // servicePrograms contains all programs after they have been loaded into the kernel.
@@ -206,6 +229,7 @@ type servicePrograms struct {
 	SvcRqComplete  *ebpf.Program `ebpf:"svc_rq_complete"`
 	SvcRqIssue     *ebpf.Program `ebpf:"svc_rq_issue"`
 	SvcRqIssueSlot *ebpf.Program `ebpf:"svc_rq_issue_slot"`
+	SvcRqRequeue   *ebpf.Program `ebpf:"svc_rq_requeue"`
 }
 
 func (p *servicePrograms) Close() error {
@@ -213,6 +237,7 @@ func (p *servicePrograms) Close() error {
 		p.SvcRqComplete,
 		p.SvcRqIssue,
 		p.SvcRqIssueSlot,
+		p.SvcRqRequeue,
 	)
 }
 

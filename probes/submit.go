@@ -57,6 +57,8 @@ type submitRunning struct {
 	procfs string
 	objs   submitObjects
 	links  []link.Link
+	// done is sub_rq_done on block_rq_complete's chain (rqchain.go).
+	done *rqMember
 	ring
 	ops *opDecoder
 	// use is the I/O accounting, swapped every ioUseSwapEvery until
@@ -134,6 +136,7 @@ func startSubmit(cfg Config, sink Sink) (_ *submitRunning, err error) {
 	defer func() {
 		if err != nil {
 			closeAll(r.links)
+			chainRqComplete.leave(r.done)
 			if r.rd != nil {
 				r.rd.Close()
 			}
@@ -154,7 +157,12 @@ func startSubmit(cfg Config, sink Sink) (_ *submitRunning, err error) {
 	}
 	// Attach the ends and the completion before the start, so no span is
 	// started that could not be ended.
-	if r.links, err = attachTPBTF(r.objs.SubGetrq, r.objs.SubBackmerge, r.objs.SubFrontmerge, r.objs.SubRqDone, r.objs.SubRqMerge); err != nil {
+	if r.links, err = attachTPBTF(r.objs.SubGetrq, r.objs.SubBackmerge, r.objs.SubFrontmerge, r.objs.SubRqMerge); err != nil {
+		return nil, err
+	}
+	// First on block_rq_complete's chain, before the service and devfault
+	// probes' programs (rqchain.go).
+	if r.done, err = chainRqComplete.join(rankSubmit, r.objs.SubRqDone, r.objs.RqCompleteNext); err != nil {
 		return nil, err
 	}
 	done, err := attachTPBTF(r.objs.SubBioDone)
@@ -226,7 +234,7 @@ func (r *submitRunning) Checkpoint(sink Sink) error {
 		return err
 	}
 	err = r.deliverIOUse(sink, names, now)
-	deliverLosses(sink, event.ProbeSubmit, r.objs.Losses, &r.objs)
+	deliverLossesWith(sink, event.ProbeSubmit, r.objs.Losses, &r.objs, r.skips())
 	deliverLossArray(sink, event.ProbeSubmit, r.objs.SubLosses, submitLossWhat[:])
 	return err
 }
@@ -266,7 +274,10 @@ func (r *submitRunning) Prune() ([]uint32, error) {
 // everything.
 func (r *submitRunning) Stop() error {
 	r.stopOnce.Do(func() {
+		// sub_rq_done last, so a request in flight gets the most time
+		// to be counted.
 		closeAll(r.links)
+		leaveErr := chainRqComplete.leave(r.done)
 		close(r.swapStop)
 		<-r.swapDone
 		now, _ := event.Now()
@@ -298,11 +309,14 @@ func (r *submitRunning) Stop() error {
 		if unknown > 0 {
 			r.sink.Loss(event.Loss{Probe: event.ProbeSubmit, What: endsUnknownWhat, Count: unknown})
 		}
-		deliverLosses(r.sink, event.ProbeSubmit, r.objs.Losses, &r.objs)
+		deliverLossesWith(r.sink, event.ProbeSubmit, r.objs.Losses, &r.objs, r.skips())
 		deliverLossArray(r.sink, event.ProbeSubmit, r.objs.SubLosses, submitLossWhat[:])
 		r.undecodable(r.sink, event.ProbeSubmit)
 		if err := r.objs.Close(); err != nil && r.stopErr == nil {
 			r.stopErr = fmt.Errorf("closing objects: %w", err)
+		}
+		if leaveErr != nil && r.stopErr == nil {
+			r.stopErr = leaveErr
 		}
 	})
 	return r.stopErr
@@ -319,6 +333,15 @@ func (r *submitRunning) leftEnds() (added, unknown uint64, err error) {
 	use, unknown := leftEnds(entries, func(tgid uint32) bool { return procGone(r.procfs, tgid) })
 	r.use.addAll(use)
 	return uint64(len(use)), unknown, nil
+}
+
+// skips are sub_rq_done's skipped runs, its own and those of the program
+// it ran behind on block_rq_complete's chain (none: it is first).
+func (r *submitRunning) skips() map[*ebpf.Program]uint64 {
+	if r.done == nil {
+		return nil
+	}
+	return map[*ebpf.Program]uint64{r.done.prog: chainRqComplete.skips(r.done)}
 }
 
 // opDecoder turns a bio's bi_opf into blktrace's rwbs letters. Operation

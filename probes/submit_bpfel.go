@@ -132,6 +132,7 @@ const (
 	submitMapEvents          = "events"
 	submitMapIoUse           = "io_use"
 	submitMapLosses          = "losses"
+	submitMapRqCompleteNext  = "rq_complete_next"
 	submitMapStarts          = "starts"
 	submitMapSubLosses       = "sub_losses"
 	submitProgSubBackmerge   = "sub_backmerge"
@@ -216,15 +217,16 @@ type submitProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type submitMapSpecs struct {
-	DevHist      *ebpf.MapSpec `ebpf:"dev_hist"`
-	DevHistSpill *ebpf.MapSpec `ebpf:"dev_hist_spill"`
-	DevHistZero  *ebpf.MapSpec `ebpf:"dev_hist_zero"`
-	DevNames     *ebpf.MapSpec `ebpf:"dev_names"`
-	Events       *ebpf.MapSpec `ebpf:"events"`
-	IoUse        *ebpf.MapSpec `ebpf:"io_use"`
-	Losses       *ebpf.MapSpec `ebpf:"losses"`
-	Starts       *ebpf.MapSpec `ebpf:"starts"`
-	SubLosses    *ebpf.MapSpec `ebpf:"sub_losses"`
+	DevHist        *ebpf.MapSpec `ebpf:"dev_hist"`
+	DevHistSpill   *ebpf.MapSpec `ebpf:"dev_hist_spill"`
+	DevHistZero    *ebpf.MapSpec `ebpf:"dev_hist_zero"`
+	DevNames       *ebpf.MapSpec `ebpf:"dev_names"`
+	Events         *ebpf.MapSpec `ebpf:"events"`
+	IoUse          *ebpf.MapSpec `ebpf:"io_use"`
+	Losses         *ebpf.MapSpec `ebpf:"losses"`
+	RqCompleteNext *ebpf.MapSpec `ebpf:"rq_complete_next"`
+	Starts         *ebpf.MapSpec `ebpf:"starts"`
+	SubLosses      *ebpf.MapSpec `ebpf:"sub_losses"`
 }
 
 // submitVariableSpecs contains global variables before they are loaded into the kernel.
@@ -271,15 +273,16 @@ func (o *submitObjects) Close() error {
 //
 // It can be passed to loadSubmitObjects or ebpf.CollectionSpec.LoadAndAssign.
 type submitMaps struct {
-	DevHist      *ebpf.Map `ebpf:"dev_hist"`
-	DevHistSpill *ebpf.Map `ebpf:"dev_hist_spill"`
-	DevHistZero  *ebpf.Map `ebpf:"dev_hist_zero"`
-	DevNames     *ebpf.Map `ebpf:"dev_names"`
-	Events       *ebpf.Map `ebpf:"events"`
-	IoUse        *ebpf.Map `ebpf:"io_use"`
-	Losses       *ebpf.Map `ebpf:"losses"`
-	Starts       *ebpf.Map `ebpf:"starts"`
-	SubLosses    *ebpf.Map `ebpf:"sub_losses"`
+	DevHist        *ebpf.Map `ebpf:"dev_hist"`
+	DevHistSpill   *ebpf.Map `ebpf:"dev_hist_spill"`
+	DevHistZero    *ebpf.Map `ebpf:"dev_hist_zero"`
+	DevNames       *ebpf.Map `ebpf:"dev_names"`
+	Events         *ebpf.Map `ebpf:"events"`
+	IoUse          *ebpf.Map `ebpf:"io_use"`
+	Losses         *ebpf.Map `ebpf:"losses"`
+	RqCompleteNext *ebpf.Map `ebpf:"rq_complete_next"`
+	Starts         *ebpf.Map `ebpf:"starts"`
+	SubLosses      *ebpf.Map `ebpf:"sub_losses"`
 }
 
 func (m *submitMaps) Close() error {
@@ -291,6 +294,7 @@ func (m *submitMaps) Close() error {
 		m.Events,
 		m.IoUse,
 		m.Losses,
+		m.RqCompleteNext,
 		m.Starts,
 		m.SubLosses,
 	)

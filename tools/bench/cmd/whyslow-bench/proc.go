@@ -58,7 +58,10 @@ func startWhyslowProc(name string, ready readiness, bin string, args ...string) 
 func startProc(name string, ready readiness, argv ...string) (*proc, error) {
 	p := &proc{name: name, ready: make(chan struct{}), exited: make(chan struct{}), readyPat: ready.line, readyF: ready.file}
 	p.cmd = exec.Command(argv[0], argv[1:]...)
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Its own process group (signals reach it alone); SIGTERM if the bench
+	// dies first, so that no tracer or fio outlives it (an orphaned one
+	// kept the heavy lock's descriptor and held every other job off).
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	stdout, err := p.cmd.StdoutPipe()
 	if err != nil {
 		return nil, err

@@ -1,0 +1,255 @@
+package probes
+
+// One program of whyslow's per I/O on block_rq_complete. Three probes have
+// a program there: submit (sub_rq_done, the I/O accounting's end of a
+// request), service (svc_rq_complete, the end of a service span) and
+// devfault (df_rq_complete, a failed request). Each run of a program
+// attached to a tracepoint costs its dispatch (RCU, migrate-disable, the
+// recursion check, an indirect call, the statistics' clock reads when they
+// are on) before it does anything. So the programs of the probes that run
+// form a chain in a fixed order, submit, service, devfault: the first is
+// attached, and each ends in a tail call through a one-slot program array
+// of its own (rq_complete_next; devfault's has none, it is always last)
+// that holds the next one. A probe that is off or failed is not in the
+// chain; one that stops leaves it, and the chain closes over the gap.
+//
+// Every change adds the new way before it removes the old one (a program
+// that becomes the first is attached before its caller's link closes; a
+// slot is refilled, which replaces its program at once), so for an
+// instant a program may run twice on an event: harmless for sub_rq_done (a
+// second end finds no entry), and for svc_rq_complete and df_rq_complete
+// one request's sample or fault counted twice at a probe's start or stop,
+// never one lost.
+//
+// Where the kernel refuses a program in a slot (a prog array takes only
+// programs compatible with its first user: same type, same attach type
+// and, on newer kernels, the same attach point), the program is attached
+// on its own instead and the refusal kept (rqChain.refused).
+//
+// A tail-called program runs inside its caller's run: the kernel counts
+// its time and its runs in the first program's statistics, and a run of
+// the first that the kernel skips (recursion_misses) skips the whole
+// chain. Those skips are every chained program's lost events: skips gives
+// each its share for the time it was chained.
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+
+	"github.com/cilium/ebpf"
+)
+
+// Ranks on block_rq_complete: the order of the chain.
+const (
+	rankSubmit = iota
+	rankService
+	rankDevfault
+)
+
+// chainRqComplete is the process's chain on block_rq_complete.
+var chainRqComplete = &rqChain{hook: "block_rq_complete", attach: attachOwn}
+
+// rqChain runs the programs of several probes on one hook, in rank order,
+// with one dispatch by the kernel.
+type rqChain struct {
+	hook   string
+	attach func(*ebpf.Program) (func() error, error)
+	mu     sync.Mutex
+	// members are the programs on the hook, by rank.
+	members []*rqMember
+	// refused is the last error of the kernel refusing a program in a
+	// slot (nil when none was refused).
+	refused error
+}
+
+// rqMember is one probe's program on the chain's hook.
+type rqMember struct {
+	rank int
+	prog *ebpf.Program
+	// next is the program's one-slot prog array, nil when it has none;
+	// holds the program in it (nil: empty); noSlot is set when the kernel
+	// refused a program in it.
+	next   *ebpf.Map
+	holds  *rqMember
+	noSlot bool
+	// close detaches the program's own link, nil when it has none (it
+	// runs from its predecessor's slot).
+	close func() error
+	// head is the attached program that runs this one (itself when
+	// attached); its skips since base are this one's while it is not
+	// itself. inherited are those of earlier heads.
+	head            *rqMember
+	inherited, base uint64
+	gone            bool
+}
+
+// join puts prog (rank, with its slot next or nil) on the chain's hook;
+// it returns the member to leave with.
+func (c *rqChain) join(rank int, prog *ebpf.Program, next *ebpf.Map) (*rqMember, error) {
+	m := &rqMember{rank: rank, prog: prog, next: next}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.members = append(c.members, m)
+	sort.SliceStable(c.members, func(i, j int) bool { return c.members[i].rank < c.members[j].rank })
+	if err := c.settle(); err != nil {
+		c.remove(m)
+		err2 := c.settle()
+		c.detach(m)
+		return nil, errors.Join(err, err2)
+	}
+	return m, nil
+}
+
+// leave takes m's program off the hook: its successor moves to its
+// predecessor's slot, or to a link of its own.
+func (c *rqChain) leave(m *rqMember) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if m == nil || m.gone {
+		return nil
+	}
+	m.gone = true
+	c.remove(m)
+	err := c.settle()
+	return errors.Join(err, c.detach(m))
+}
+
+// remove takes m out of the members (under mu).
+func (c *rqChain) remove(m *rqMember) {
+	for i, x := range c.members {
+		if x == m {
+			c.members = append(c.members[:i], c.members[i+1:]...)
+			return
+		}
+	}
+}
+
+// detach ends every way m's program was reached, once m is out of the
+// members and settled: its own link, its slot's program, its skips.
+func (c *rqChain) detach(m *rqMember) error {
+	var err error
+	m.settleHead(nil)
+	if m.close != nil {
+		err = m.close()
+		m.close = nil
+	}
+	if m.holds != nil {
+		if derr := m.next.Delete(uint32(0)); derr != nil && !errors.Is(derr, ebpf.ErrKeyNotExist) {
+			err = errors.Join(err, fmt.Errorf("emptying %s's slot on %s: %w", progName(m.prog), c.hook, derr))
+		}
+		m.holds = nil
+	}
+	return err
+}
+
+// settle makes the members' ways what their order says (under mu): the
+// first attached, each next in its predecessor's slot (attached when the
+// predecessor has no slot, or the kernel refused it there). New ways
+// first, old ones after.
+func (c *rqChain) settle() error {
+	var errs []error
+	via := make(map[*rqMember]*rqMember, len(c.members))
+	var prev *rqMember
+	for _, m := range c.members {
+		var p *rqMember
+		if prev != nil && prev.next != nil && !prev.noSlot {
+			p = prev
+			if p.holds != m {
+				if err := p.next.Put(uint32(0), m.prog); err != nil {
+					p.noSlot = true
+					c.refused = fmt.Errorf("%s in %s's slot: %w", progName(m.prog), progName(p.prog), err)
+					p = nil
+				} else {
+					p.holds = m
+				}
+			}
+		}
+		if p == nil && m.close == nil {
+			cl, err := c.attach(m.prog)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("attaching %s to %s: %w", progName(m.prog), c.hook, err))
+			} else {
+				m.close = cl
+			}
+		}
+		via[m] = p
+		prev = m
+	}
+	// The old ways: own links of programs now in a slot, slots whose
+	// program is now reached otherwise (or gone).
+	for _, m := range c.members {
+		if via[m] != nil && m.close != nil {
+			if err := m.close(); err != nil {
+				errs = append(errs, err)
+			}
+			m.close = nil
+		}
+	}
+	for _, m := range c.members {
+		if m.holds != nil && via[m.holds] != m {
+			if err := m.next.Delete(uint32(0)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				errs = append(errs, fmt.Errorf("emptying %s's slot on %s: %w", progName(m.prog), c.hook, err))
+			}
+			m.holds = nil
+		}
+	}
+	// Whose skipped runs are whose.
+	var head *rqMember
+	for _, m := range c.members {
+		if via[m] == nil {
+			head = m
+		}
+		m.settleHead(head)
+	}
+	return errors.Join(errs...)
+}
+
+// settleHead makes h the program that runs m (nil: none), keeping the
+// skipped runs of its head until now.
+func (m *rqMember) settleHead(h *rqMember) {
+	if m.head == h {
+		return
+	}
+	if m.head != nil && m.head != m {
+		if n := skipsOf(m.head.prog); n > m.base {
+			m.inherited += n - m.base
+		}
+	}
+	m.head = h
+	if h != nil && h != m {
+		m.base = skipsOf(h.prog)
+	}
+}
+
+// skips are the runs of m's program the kernel skipped: its own
+// recursion_misses, and its heads' while it ran from their chain.
+func (c *rqChain) skips(m *rqMember) uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := m.inherited + skipsOf(m.prog)
+	if h := m.head; h != nil && h != m {
+		if k := skipsOf(h.prog); k > m.base {
+			n += k - m.base
+		}
+	}
+	return n
+}
+
+// order lists the chain's programs in the order they run on an event, as
+// name, with "|" before one attached on its own (tests, logs).
+func (c *rqChain) order() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := ""
+	for _, m := range c.members {
+		if m.head == m {
+			s += "|"
+		} else {
+			s += ">"
+		}
+		s += progName(m.prog)
+	}
+	return s
+}

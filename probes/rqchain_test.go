@@ -1,0 +1,159 @@
+package probes
+
+import (
+	"os"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/timeline"
+)
+
+// The submit, service and devfault probes' programs on block_rq_complete
+// run as one chain (rqchain.go) in whatever combination runs, whatever the
+// order they start in, and through one of them stopping: each still sees
+// every request of a loop device whose writes partly fail (the submit
+// probe counts the writer's bios, the service probe times the requests,
+// the devfault probe reports the failed ones), before the stop and after.
+func TestHookChainRqComplete(t *testing.T) {
+	blkNeedRoot(t)
+	const (
+		submit   = "submit"
+		service  = "service"
+		devfault = "devfault"
+	)
+	for _, tt := range []struct {
+		name  string
+		start []string // in this order
+		stop  string   // after the first writes
+		// the chain before and after the stop ("|" attached, ">" in
+		// the slot of the one before)
+		before, after string
+	}{
+		{"all-front-joins", []string{devfault, service, submit}, service,
+			"|sub_rq_done>svc_rq_complete>df_rq_complete", "|sub_rq_done>df_rq_complete"},
+		{"all-head-stops", []string{submit, service, devfault}, submit,
+			"|sub_rq_done>svc_rq_complete>df_rq_complete", "|svc_rq_complete>df_rq_complete"},
+		{"all-tail-stops", []string{service, submit, devfault}, devfault,
+			"|sub_rq_done>svc_rq_complete>df_rq_complete", "|sub_rq_done>svc_rq_complete"},
+		{"service-devfault", []string{devfault, service}, devfault,
+			"|svc_rq_complete>df_rq_complete", "|svc_rq_complete"},
+		{"submit-devfault", []string{submit, devfault}, submit,
+			"|sub_rq_done>df_rq_complete", "|df_rq_complete"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			name, path := fullLoop(t, 16<<20)
+			sinks := map[string]*blkSink{}
+			running := map[string]Running{}
+			for _, p := range tt.start {
+				var pr Probe
+				switch p {
+				case submit:
+					pr = submitProbe{}
+				case service:
+					pr = serviceProbe{}
+				case devfault:
+					pr = devfaultProbe{}
+				}
+				sinks[p] = new(blkSink)
+				r, st := pr.Start(Config{SysFS: "/sys", ProcFS: "/proc", MinLatency: 1 << 40}, sinks[p])
+				if r == nil || st.Status != event.StatusOK {
+					t.Fatalf("starting %s: %+v", p, st)
+				}
+				running[p] = r
+				t.Cleanup(func() { r.Stop() })
+			}
+			if got := chainRqComplete.order(); got != tt.before {
+				t.Errorf("chain %q, want %q", got, tt.before)
+			}
+			// 1 MiB of the tmpfs: the first 256 writes fit, the
+			// rest fail.
+			n1, f1 := chainWrites(t, path, 0, 320)
+			if err := running[tt.stop].Stop(); err != nil {
+				t.Fatalf("stopping %s: %v", tt.stop, err)
+			}
+			if got := chainRqComplete.order(); got != tt.after {
+				t.Errorf("after %s stopped: chain %q, want %q", tt.stop, got, tt.after)
+			}
+			n2, f2 := chainWrites(t, path, 320, 128)
+			for _, p := range tt.start {
+				if err := running[p].Stop(); err != nil {
+					t.Fatalf("stopping %s: %v", p, err)
+				}
+			}
+			if got := chainRqComplete.order(); got != "" {
+				t.Errorf("all stopped: chain %q, want none", got)
+			}
+			t.Logf("%d writes (%d failed), %s stopped, %d writes (%d failed)", n1, f1, tt.stop, n2, f2)
+			if f1 == 0 || f2 == 0 {
+				t.Fatalf("failed writes %d and %d: the tmpfs under %s did not fill", f1, f2, path)
+			}
+			for _, p := range tt.start {
+				writes, failed := n1+n2, f1+f2
+				if p == tt.stop {
+					writes, failed = n1, f1
+				}
+				s := sinks[p]
+				for _, l := range s.losses {
+					t.Logf("%s loss: %+v", p, l)
+				}
+				switch p {
+				case submit:
+					var ios uint64
+					for _, u := range sinkEvents[event.IOUsage](s) {
+						if u.Dev.Name == name && u.Task.Tgid == uint32(os.Getpid()) && u.Op == "write" {
+							ios += u.IOs
+						}
+					}
+					if ios < uint64(writes) {
+						t.Errorf("submit: %d writes counted on %s, want %d", ios, name, writes)
+					}
+				case service:
+					h, ok := s.hist(timeline.HistService, name)
+					var lost uint64
+					for _, l := range s.losses {
+						lost += l.Count
+					}
+					if !ok || h.h.Count+lost < uint64(writes) || lost > uint64(writes)/10 {
+						t.Errorf("service: %d requests timed on %s (%d lost), want %d (at most a tenth lost)", h.h.Count, name, lost, writes)
+					}
+				case devfault:
+					var faults int
+					for _, f := range sinkEvents[event.DeviceFault](s) {
+						if f.Dev.Name == name && f.Kind == event.FaultError {
+							faults++
+						}
+					}
+					if faults < failed {
+						t.Errorf("devfault: %d faults on %s, want %d", faults, name, failed)
+					}
+				}
+			}
+			assertProgsUnloaded(t, "sub_rq_done", "svc_rq_complete", "df_rq_complete")
+		})
+	}
+}
+
+// chainWrites writes n blocks of 4 KiB with O_DIRECT to path, every 16 KiB
+// from block from; it returns how many it wrote and how many failed.
+func chainWrites(t *testing.T, path string, from, n int) (writes, failed int) {
+	t.Helper()
+	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(buf)
+	for i := from; i < from+n; i++ {
+		if _, err := unix.Pwrite(fd, buf, int64(i)*4096*4); err != nil {
+			failed++
+		}
+		writes++
+	}
+	return writes, failed
+}
