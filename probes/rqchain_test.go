@@ -89,6 +89,12 @@ func TestHookChainRqComplete(t *testing.T) {
 			if f1 == 0 || f2 == 0 {
 				t.Fatalf("failed writes %d and %d: the tmpfs under %s did not fill", f1, f2, path)
 			}
+			// Requests whose completion the kernel ran none of
+			// the chain's programs for (6.18 skips them in some
+			// softirqs: submitleft.go) are each counted by submit
+			// or service as missed; devfault cannot tell, so its
+			// shortfall may be as many as its peers counted.
+			missed := missedCompletions(sinks)
 			for _, p := range tt.start {
 				writes, failed := n1+n2, f1+f2
 				if p == tt.stop {
@@ -106,8 +112,8 @@ func TestHookChainRqComplete(t *testing.T) {
 							ios += u.IOs
 						}
 					}
-					if ios < uint64(writes) {
-						t.Errorf("submit: %d writes counted on %s, want %d", ios, name, writes)
+					if ios+missed < uint64(writes) {
+						t.Errorf("submit: %d writes counted on %s (%d completions counted missed), want %d", ios, name, missed, writes)
 					}
 				case service:
 					h, ok := s.hist(timeline.HistService, name)
@@ -125,14 +131,30 @@ func TestHookChainRqComplete(t *testing.T) {
 							faults++
 						}
 					}
-					if faults < failed {
-						t.Errorf("devfault: %d faults on %s, want %d", faults, name, failed)
+					if uint64(faults)+missed < uint64(failed) {
+						t.Errorf("devfault: %d faults on %s (%d completions counted missed by its peers), want %d", faults, name, missed, failed)
 					}
 				}
 			}
 			assertProgsUnloaded(t, "sub_rq_done", "svc_rq_complete", "df_rq_complete")
 		})
 	}
+}
+
+// missedCompletions is the most completions one of the probes in sinks
+// counted as never reaching its program (submit's and service's own
+// counts of them), 0 when none did.
+func missedCompletions(sinks map[string]*blkSink) uint64 {
+	var most uint64
+	for _, s := range sinks {
+		for _, l := range s.losses {
+			if (l.Probe == event.ProbeSubmit && l.What == submitLossWhat[submitSubLossKindSUB_LOSS_MISSED]) ||
+				(l.Probe == event.ProbeService && l.What == serviceLossWhat[serviceSvcLossKindSVC_LOSS_MISSED]) {
+				most = max(most, l.Count)
+			}
+		}
+	}
+	return most
 }
 
 // chainWrites writes n blocks of 4 KiB with O_DIRECT to path, every 16 KiB

@@ -186,15 +186,26 @@ func testServiceManyInFlight(t *testing.T) {
 	if !ok {
 		t.Fatalf("no service histogram for %s; got %+v", loop.name, sink.hists)
 	}
+	// A completion the kernel ran no program for (6.18 skips some in
+	// softirqs: submitleft.go) is counted, never silent; any other loss
+	// fails, and so do more than a few of those.
+	writes := uint64(writers * each)
+	var missed uint64
 	for _, l := range sink.losses {
-		if l.Probe == event.ProbeService {
-			t.Errorf("loss: %+v", l)
+		if l.Probe != event.ProbeService {
+			continue
 		}
+		if l.What == serviceLossWhat[serviceSvcLossKindSVC_LOSS_MISSED] && l.Count <= writes/1000 {
+			missed += l.Count
+			t.Logf("counted: %+v", l)
+			continue
+		}
+		t.Errorf("loss: %+v", l)
 	}
 	// Writes merged into a request in flight are fewer requests; at
 	// random offsets over 16384 blocks they are rare.
-	if writes := uint64(writers * each); h.h.Count < writes*9/10 || h.h.Count > writes+100 {
-		t.Errorf("histogram count %d, want the %d writes' requests", h.h.Count, writes)
+	if got := h.h.Count + missed; got < writes*9/10 || h.h.Count > writes+100 {
+		t.Errorf("histogram count %d (+%d counted missed), want the %d writes' requests", h.h.Count, missed, writes)
 	}
 	t.Logf("%d requests timed", h.h.Count)
 }
