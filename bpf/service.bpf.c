@@ -88,12 +88,7 @@ LOSS_COUNTERS(svc_losses, SVC_LOSS_KINDS);
 
 /* The program that runs next on block_rq_complete (index 0), or none: the
  * tail call then falls through. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u32);
-} rq_complete_next SEC(".maps");
+HOOK_NEXT(rq_complete_next);
 
 struct issued {
 	__u64 rq; /* struct request *, 0 when free */

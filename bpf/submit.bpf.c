@@ -561,12 +561,7 @@ static __always_inline void end_rq_bios(struct bio *bio)
  * it runs (probes/rqchain.go fills the slot): a program run costs its
  * dispatch (and, with bpf_stats, two clock reads) before it does
  * anything, a tail call a few instructions. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u32);
-} rq_complete_next SEC(".maps");
+HOOK_NEXT(rq_complete_next);
 
 /* A request completes (the first of its partial completions): the bio
  * that got it is counted. */

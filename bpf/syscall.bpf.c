@@ -1021,15 +1021,7 @@ int BPF_PROG(sc_btf_enter_vma, struct pt_regs___sc *regs, long id)
  * program instead of attaching it (probes/hookchain.go): the kernel
  * dispatches one program there instead of two. An empty slot falls
  * through. The tail-called program runs in the caller's run (its time
- * and its skipped runs are the caller's). */
-#define HOOK_NEXT(name)                                      \
-	struct {                                             \
-		__uint(type, BPF_MAP_TYPE_PROG_ARRAY);       \
-		__uint(max_entries, 1);                      \
-		__type(key, __u32);                          \
-		__type(value, __u32);                        \
-	} name SEC(".maps")
-
+ * and its skipped runs are the caller's). HOOK_NEXT is common.h's. */
 HOOK_NEXT(sys_exit_next);
 HOOK_NEXT(sched_switch_next);
 HOOK_NEXT(sched_waking_next);

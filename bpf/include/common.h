@@ -65,4 +65,16 @@ static __always_inline void lose(enum loss_kind kind)
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+/* HOOK_NEXT(name) declares a one-slot program array through which a program
+ * ends in a tail call to the next program of whyslow's on its hook (filled
+ * by user space: probes/hookchain.go, probes/rqchain.go); an empty slot
+ * falls through. */
+#define HOOK_NEXT(name)                                                       \
+	struct {                                                              \
+		__uint(type, BPF_MAP_TYPE_PROG_ARRAY);                        \
+		__uint(max_entries, 1);                                       \
+		__type(key, __u32);                                           \
+		__type(value, __u32);                                         \
+	} name SEC(".maps")
+
 #endif
