@@ -7,8 +7,6 @@ import (
 	"strings"
 	"testing"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/whyslow/whyslow/internal/event"
 	"github.com/whyslow/whyslow/internal/scenario"
 )
@@ -63,22 +61,7 @@ func TestDevfaultLoopErrors(t *testing.T) {
 	}
 	t.Cleanup(func() { r.Stop() })
 
-	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	failed := 0
-	for i := int64(0); i < 512; i++ {
-		if _, err := unix.Pwrite(fd, buf, i*4096*4); err != nil {
-			failed++
-		}
-	}
-	unix.Close(fd)
-	unix.Munmap(buf)
+	_, failed := chainWrites(t, path, 0, 512)
 	if failed == 0 {
 		t.Fatalf("no write to %s failed: the tmpfs under it did not fill", path)
 	}
