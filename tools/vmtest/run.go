@@ -386,6 +386,36 @@ func forbiddenSkips(log []byte) []string {
 	return out
 }
 
+// FailedTests names, step by step, the tests a failed run's logs report as
+// failed ("probes: TestA, TestB/sub"), or the failed steps themselves when no
+// test is named. It is short enough to stand at the very end of the output,
+// where a CI that keeps only the tail still shows it.
+func FailedTests(r KernelResult) []string {
+	var out []string
+	if r.Boot == nil {
+		return nil
+	}
+	for _, s := range r.Boot.Steps {
+		if s.Code == 0 {
+			continue
+		}
+		var names []string
+		if data, err := os.ReadFile(filepath.Join(r.Dir, s.Name+".log")); err == nil {
+			for _, l := range strings.Split(string(data), "\n") {
+				if name, ok := strings.CutPrefix(strings.TrimSpace(l), "--- FAIL: "); ok {
+					name, _, _ = strings.Cut(name, " (")
+					names = append(names, name)
+				}
+			}
+		}
+		if len(names) == 0 {
+			names = []string{fmt.Sprintf("exit %d, no test named", s.Code)}
+		}
+		out = append(out, s.Name+": "+strings.Join(names, ", "))
+	}
+	return out
+}
+
 // FailureSummary picks out of a failed run's logs what says why: the test
 // failures and their messages from each failed step, else the end of the
 // console. At most max lines.

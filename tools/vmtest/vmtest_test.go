@@ -342,3 +342,40 @@ func TestGuestStepsLeaveOut(t *testing.T) {
 		t.Errorf("own selection: %s", c)
 	}
 }
+
+func TestFailedTests(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		logs map[string]string // step name to its log; absent: no log written
+		code map[string]int
+		want []string
+	}{
+		{"top-level and subtests", map[string]string{"probes-test": "=== RUN   TestA\n--- FAIL: TestA (1.2s)\n    --- FAIL: TestA/sub (0.1s)\n--- PASS: TestB (0s)\nFAIL\n"},
+			map[string]int{"probes-test": 1, "e2e-test": 0}, []string{"probes-test: TestA, TestA/sub"}},
+		{"a step without a named test", map[string]string{"e2e-test": "panic: boom\n"},
+			map[string]int{"probes-test": 0, "e2e-test": 2}, []string{"e2e-test: exit 2, no test named"}},
+		{"a step that never ended", nil, map[string]int{"probes-test": -1}, []string{"probes-test: exit -1, no test named"}},
+		{"all passed", nil, map[string]int{"probes-test": 0}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			b := &Boot{}
+			for _, n := range []string{"probes-test", "e2e-test"} {
+				c, ok := tc.code[n]
+				if !ok {
+					continue
+				}
+				b.Steps = append(b.Steps, StepResult{Name: n, Code: c})
+				if l, ok := tc.logs[n]; ok {
+					if err := os.WriteFile(filepath.Join(dir, n+".log"), []byte(l), 0o644); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			got := FailedTests(KernelResult{Dir: dir, Boot: b})
+			if strings.Join(got, "|") != strings.Join(tc.want, "|") {
+				t.Errorf("FailedTests = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}

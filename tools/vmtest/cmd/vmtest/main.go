@@ -88,6 +88,7 @@ func run() int {
 		return 1
 	}
 	var cols []vmtest.MatrixColumn
+	var failed []string
 	code := 0
 	start := time.Now()
 	for _, k := range ks {
@@ -106,6 +107,12 @@ func run() int {
 				fmt.Fprintln(os.Stderr, sum)
 			}
 			code = 1
+			for _, f := range vmtest.FailedTests(r) {
+				failed = append(failed, fmt.Sprintf("vmtest: %s failed: %s", k.Name, f))
+			}
+			if len(vmtest.FailedTests(r)) == 0 {
+				failed = append(failed, fmt.Sprintf("vmtest: %s failed: %v", k.Name, r.Err))
+			}
 		}
 		if ctx.Err() != nil {
 			logf("interrupted")
@@ -114,6 +121,9 @@ func run() int {
 	}
 	table := vmtest.MatrixTable(cols)
 	fmt.Fprintf(os.Stderr, "\n%s\nvmtest: %d kernel(s) in %s\n", table, len(ks), time.Since(start).Round(time.Second))
+	for _, f := range failed {
+		fmt.Fprintln(os.Stderr, f)
+	}
 	if *matrix != "" {
 		os.MkdirAll(filepath.Dir(*matrix), 0o755)
 		if err := os.WriteFile(*matrix, []byte(table), 0o644); err != nil {
