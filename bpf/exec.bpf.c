@@ -221,4 +221,40 @@ int exec_exit_execveat(struct syscall_exit *ctx)
 	return exec_call_exit(ctx->ret);
 }
 
+/* The same on sys_enter/sys_exit as tp_btf, told apart by the call's
+ * number (x86-64): these run tail-called from the slot of the program
+ * before them on the hook (the syscall probe's or the sysfs probe's on
+ * sys_enter, the syscall or off-CPU probe's on sys_exit,
+ * probes/rqchain.go) instead of the syscall tracepoints above, which cost
+ * a second handler on every system call. Last on both hooks: no slot. */
+struct pt_regs___ex {
+	unsigned long di;
+	unsigned long si;
+	unsigned long dx;
+	unsigned long orig_ax;
+} __attribute__((preserve_access_index));
+
+#define NR_EXECVE 59
+#define NR_EXECVEAT 322
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(exec_btf_enter, struct pt_regs___ex *regs, long id)
+{
+	if (id == NR_EXECVE)
+		return exec_call_enter(regs->di, regs->si);
+	if (id == NR_EXECVEAT)
+		return exec_call_enter(regs->si, regs->dx);
+	return 0;
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(exec_btf_exit, struct pt_regs___ex *regs, long ret)
+{
+	long nr = regs->orig_ax;
+
+	if (nr == NR_EXECVE || nr == NR_EXECVEAT)
+		return exec_call_exit(ret);
+	return 0;
+}
+
 //bpf2go: -type exec_kind

@@ -534,15 +534,19 @@ int BPF_PROG(offcpu_switch, _Bool preempt, struct task_struct *prev, struct task
 	return 0;
 }
 
+/* The next program of whyslow's on sys_exit (the exec probe's), which
+ * runs from this slot while this one runs there (probes/rqchain.go). */
+HOOK_NEXT(sys_exit_next);
+
 /* A system call returns to user space: a span it slept in gets its user
  * stack now. */
 SEC("tp_btf/sys_exit")
 int BPF_PROG(offcpu_sys_exit, struct pt_regs___ws *regs, long ret)
 {
 	__s64 *n = pending_count();
-	if (!n || *n <= 0)
-		return 0;
-	send_pending(ctx, (__u32)bpf_get_current_pid_tgid());
+	if (n && *n > 0)
+		send_pending(ctx, (__u32)bpf_get_current_pid_tgid());
+	bpf_tail_call_static(ctx, &sys_exit_next, 0);
 	return 0;
 }
 

@@ -995,22 +995,27 @@ int sc_tp_exit(struct syscall_exit *ctx)
 	return 0;
 }
 
+/* One program of whyslow's per system call on sys_enter too: the sysfs
+ * and exec probes' programs there run from this slot (their own syscall
+ * tracepoints otherwise), probes/rqchain.go. */
+HOOK_NEXT(sys_enter_next);
+
 /* The tp_btf rung: every system call, told apart by its number first. */
 SEC("tp_btf/sys_enter")
 int BPF_PROG(sc_btf_enter, struct pt_regs___sc *regs, long id)
 {
-	if (!storage_call(id))
-		return 0;
-	call_enter(id, regs->di, regs->si, regs->dx, 0);
+	if (storage_call(id))
+		call_enter(id, regs->di, regs->si, regs->dx, 0);
+	bpf_tail_call_static(ctx, &sys_enter_next, 0);
 	return 0;
 }
 
 SEC("tp_btf/sys_enter")
 int BPF_PROG(sc_btf_enter_vma, struct pt_regs___sc *regs, long id)
 {
-	if (!storage_call(id))
-		return 0;
-	call_enter(id, regs->di, regs->si, regs->dx, 1);
+	if (storage_call(id))
+		call_enter(id, regs->di, regs->si, regs->dx, 1);
+	bpf_tail_call_static(ctx, &sys_enter_next, 0);
 	return 0;
 }
 

@@ -81,9 +81,12 @@ int sysfs_open_old(struct syscall_enter *ctx)
 	return sysfs_open((const char *)ctx->args[0], ctx->args[1]);
 }
 
-/* Fallback when tracefs cannot be mounted (syscall tracepoints need it to
- * be attached): the sys_enter raw tracepoint as tp_btf, which needs no
- * tracefs but runs on every system call. x86-64 only. */
+/* sys_enter as tp_btf, which needs no tracefs but runs on every system
+ * call (x86-64 only): where the syscall probe's program runs on sys_enter,
+ * this one runs from its slot, tail-called, instead of the syscall
+ * tracepoints above (one program of whyslow's per system call,
+ * probes/rqchain.go); and alone when tracefs cannot be mounted. It ends
+ * in a tail call to the exec probe's program there, if any. */
 struct pt_regs {
 	unsigned long di;
 	unsigned long si;
@@ -94,6 +97,8 @@ struct pt_regs {
 #define NR_OPENAT 257
 #define NR_OPENAT2 437
 
+HOOK_NEXT(sys_enter_next);
+
 SEC("tp_btf/sys_enter")
 int sysfs_sys_enter(__u64 *ctx)
 {
@@ -103,13 +108,16 @@ int sysfs_sys_enter(__u64 *ctx)
 
 	switch (nr) {
 	case NR_OPEN:
-		return sysfs_open((const char *)BPF_CORE_READ(regs, di), BPF_CORE_READ(regs, si));
+		sysfs_open((const char *)BPF_CORE_READ(regs, di), BPF_CORE_READ(regs, si));
+		break;
 	case NR_OPENAT:
-		return sysfs_open((const char *)BPF_CORE_READ(regs, si), BPF_CORE_READ(regs, dx));
+		sysfs_open((const char *)BPF_CORE_READ(regs, si), BPF_CORE_READ(regs, dx));
+		break;
 	case NR_OPENAT2:
-		if (bpf_probe_read_user(&flags, sizeof(flags), (void *)BPF_CORE_READ(regs, dx)))
-			return 0;
-		return sysfs_open((const char *)BPF_CORE_READ(regs, si), flags);
+		if (!bpf_probe_read_user(&flags, sizeof(flags), (void *)BPF_CORE_READ(regs, dx)))
+			sysfs_open((const char *)BPF_CORE_READ(regs, si), flags);
+		break;
 	}
+	bpf_tail_call_static(ctx, &sys_enter_next, 0);
 	return 0;
 }

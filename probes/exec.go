@@ -50,6 +50,9 @@ func (p execProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
 			st.Skipped = []event.Skip{{Mechanism: event.MechTracepoint, Reason: st.Reason}}
 		} else {
 			st.Reason = "failed execs from the tracepoints syscalls:sys_exit_execve and sys_exit_execveat"
+			if r.chained {
+				st.Reason += "; " + chainedNote
+			}
 		}
 	}
 	return r, st
@@ -75,30 +78,93 @@ func (r *execRunning) attachFailed() error {
 	}
 	r.objs.Execing, r.objs.ExecEnterExecve, r.objs.ExecEnterExecveat, r.objs.ExecExitExecve, r.objs.ExecExitExecveat =
 		fail.Execing, fail.ExecEnterExecve, fail.ExecEnterExecveat, fail.ExecExitExecve, fail.ExecExitExecveat
-	var links []link.Link
-	for _, tp := range []struct {
-		prog     *ebpf.Program
-		name     string
-		required bool
-	}{
-		// Exits first, so that no entry misses its exit.
-		{r.objs.ExecExitExecve, "sys_exit_execve", true},
-		{r.objs.ExecExitExecveat, "sys_exit_execveat", false},
-		{r.objs.ExecEnterExecve, "sys_enter_execve", true},
-		{r.objs.ExecEnterExecveat, "sys_enter_execveat", false},
-	} {
-		l, err := link.Tracepoint("syscalls", tp.name, tp.prog, nil)
-		if err != nil {
-			if !tp.required && errors.Is(err, os.ErrNotExist) {
-				continue
+	// own attaches the tracepoints of one side (again, when the chain
+	// lets its program go).
+	own := func(tps ...execTP) func() (func() error, error) {
+		return func() (func() error, error) {
+			var links []link.Link
+			for _, tp := range tps {
+				l, err := link.Tracepoint("syscalls", tp.name, tp.prog, nil)
+				if err != nil {
+					if !tp.required && errors.Is(err, os.ErrNotExist) {
+						continue
+					}
+					closeAll(links)
+					return nil, fmt.Errorf("attaching tracepoint syscalls/%s: %w", tp.name, err)
+				}
+				links = append(links, l)
 			}
-			closeAll(links)
-			return fmt.Errorf("attaching tracepoint syscalls/%s: %w", tp.name, err)
+			return func() error { closeAll(links); return nil }, nil
 		}
-		links = append(links, l)
 	}
-	r.links = append(r.links, links...)
+	ownExit := own(execTP{r.objs.ExecExitExecve, "sys_exit_execve", true}, execTP{r.objs.ExecExitExecveat, "sys_exit_execveat", false})
+	ownEnter := own(execTP{r.objs.ExecEnterExecve, "sys_enter_execve", true}, execTP{r.objs.ExecEnterExecveat, "sys_enter_execveat", false})
+	// Exits first, so that no entry misses its exit.
+	clExit, err := ownExit()
+	if err != nil {
+		return err
+	}
+	clEnter, err := ownEnter()
+	if err != nil {
+		clExit()
+		return err
+	}
+	// The same on sys_enter/sys_exit, tail-called behind the syscall
+	// probe's programs there while it runs on tp_btf (rqchain.go): the
+	// tracepoints go then. A kernel that will not load them keeps the
+	// tracepoints.
+	var btfProgs struct {
+		ExecBtfEnter *ebpf.Program `ebpf:"exec_btf_enter"`
+		ExecBtfExit  *ebpf.Program `ebpf:"exec_btf_exit"`
+	}
+	opts.MapReplacements["execing"] = r.objs.Execing
+	if r.spec.LoadAndAssign(&btfProgs, opts) == nil {
+		r.objs.ExecBtfEnter, r.objs.ExecBtfExit = btfProgs.ExecBtfEnter, btfProgs.ExecBtfExit
+		if r.exit, err = chainSysExit.joinWith(rankExecCall, r.objs.ExecBtfExit, nil, false, ownExit, clExit); err != nil {
+			clEnter()
+			return err
+		}
+		if r.enter, err = chainSysEnter.joinWith(rankExecCall, r.objs.ExecBtfEnter, nil, false, ownEnter, clEnter); err != nil {
+			r.leaveChains()
+			return err
+		}
+		r.chained = true
+		return nil
+	}
+	r.ownClose = []func() error{clEnter, clExit}
 	return nil
+}
+
+// execTP is a syscall tracepoint of the failed-exec programs.
+type execTP struct {
+	prog     *ebpf.Program
+	name     string
+	required bool
+}
+
+// leaveChains takes the failed-exec programs off sys_enter's and
+// sys_exit's chains, entries first; and detaches their tracepoints when
+// they had no chain.
+func (r *execRunning) leaveChains() error {
+	err := errors.Join(chainSysEnter.leave(r.enter), chainSysExit.leave(r.exit))
+	for _, cl := range r.ownClose {
+		cl()
+	}
+	r.ownClose = nil
+	return err
+}
+
+// skips are the skipped runs of the failed-exec programs on the chains,
+// their own and those of the programs they ran behind.
+func (r *execRunning) skips() map[*ebpf.Program]uint64 {
+	m := map[*ebpf.Program]uint64{}
+	if r.enter != nil {
+		m[r.enter.prog] = chainSysEnter.skips(r.enter)
+	}
+	if r.exit != nil {
+		m[r.exit.prog] = chainSysExit.skips(r.exit)
+	}
+	return m
 }
 
 type execRunning struct {
@@ -107,6 +173,12 @@ type execRunning struct {
 	spec   *ebpf.CollectionSpec
 	kernel *btf.Spec
 	links  []link.Link
+	// enter and exit are exec_btf_enter and exec_btf_exit on sys_enter's
+	// and sys_exit's chains (rqchain.go), for failed execs; chained says
+	// they are. ownClose detaches the failed-exec tracepoints when not.
+	enter, exit *rqMember
+	chained     bool
+	ownClose    []func() error
 	ring
 
 	stopOnce sync.Once
@@ -211,7 +283,7 @@ func splitArgs(b []int8) []string {
 
 // Checkpoint implements Checkpointer.
 func (r *execRunning) Checkpoint(sink Sink) error {
-	deliverLosses(sink, event.ProbeExec, r.objs.Losses, &r.objs)
+	deliverLossesWith(sink, event.ProbeExec, r.objs.Losses, &r.objs, r.skips())
 	return nil
 }
 
@@ -219,12 +291,15 @@ func (r *execRunning) Checkpoint(sink Sink) error {
 // counts, and frees everything.
 func (r *execRunning) Stop() error {
 	r.stopOnce.Do(func() {
+		leaveErr := r.leaveChains()
 		closeAll(r.links)
 		r.drain()
-		deliverLosses(r.sink, event.ProbeExec, r.objs.Losses, &r.objs)
+		deliverLossesWith(r.sink, event.ProbeExec, r.objs.Losses, &r.objs, r.skips())
 		r.undecodable(r.sink, event.ProbeExec)
 		if err := r.objs.Close(); err != nil {
 			r.stopErr = fmt.Errorf("closing objects: %w", err)
+		} else if leaveErr != nil {
+			r.stopErr = leaveErr
 		}
 	})
 	return r.stopErr

@@ -71,6 +71,8 @@ const (
 	execMapEvents             = "events"
 	execMapExecing            = "execing"
 	execMapLosses             = "losses"
+	execProgExecBtfEnter      = "exec_btf_enter"
+	execProgExecBtfExit       = "exec_btf_exit"
 	execProgExecEnterExecve   = "exec_enter_execve"
 	execProgExecEnterExecveat = "exec_enter_execveat"
 	execProgExecExec          = "exec_exec"
@@ -124,6 +126,8 @@ type execSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type execProgramSpecs struct {
+	ExecBtfEnter      *ebpf.ProgramSpec `ebpf:"exec_btf_enter"`
+	ExecBtfExit       *ebpf.ProgramSpec `ebpf:"exec_btf_exit"`
 	ExecEnterExecve   *ebpf.ProgramSpec `ebpf:"exec_enter_execve"`
 	ExecEnterExecveat *ebpf.ProgramSpec `ebpf:"exec_enter_execveat"`
 	ExecExec          *ebpf.ProgramSpec `ebpf:"exec_exec"`
@@ -196,6 +200,8 @@ type execVariables struct {
 //
 // It can be passed to loadExecObjects or ebpf.CollectionSpec.LoadAndAssign.
 type execPrograms struct {
+	ExecBtfEnter      *ebpf.Program `ebpf:"exec_btf_enter"`
+	ExecBtfExit       *ebpf.Program `ebpf:"exec_btf_exit"`
 	ExecEnterExecve   *ebpf.Program `ebpf:"exec_enter_execve"`
 	ExecEnterExecveat *ebpf.Program `ebpf:"exec_enter_execveat"`
 	ExecExec          *ebpf.Program `ebpf:"exec_exec"`
@@ -206,6 +212,8 @@ type execPrograms struct {
 
 func (p *execPrograms) Close() error {
 	return _ExecClose(
+		p.ExecBtfEnter,
+		p.ExecBtfExit,
 		p.ExecEnterExecve,
 		p.ExecEnterExecveat,
 		p.ExecExec,

@@ -1,13 +1,14 @@
 package probes
 
-// One program of whyslow's per hook on sys_exit, sched_switch and
-// sched_waking. The syscall probe and the off-CPU probe both have a
+// One program of whyslow's per hook on sched_switch and sched_waking
+// (sys_exit's chain, which has a third member, the exec probe's, is an
+// rqChain now: rqchain.go). The syscall probe and the off-CPU probe both have a
 // program there; each run of a program attached to a tracepoint costs its
 // dispatch (RCU, migrate-disable, the recursion check, an indirect call,
 // the statistics' clock reads when they are on) before it does anything.
 // So while both run, the syscall probe's program (tp_btf) ends in a tail
-// call through a one-slot program array of its own (sys_exit_next,
-// sched_switch_next, sched_waking_next), and the off-CPU probe puts its
+// call through a one-slot program array of its own (sched_switch_next,
+// sched_waking_next), and the off-CPU probe puts its
 // program there instead of attaching it: the kernel dispatches one program
 // per event there instead of two. Each probe keeps its own program and
 // job; a hookChain only decides how the follower's program is reached:
@@ -34,7 +35,6 @@ import (
 
 // The process's chains, one per shared hook.
 var (
-	chainSysExit     = &hookChain{hook: "sys_exit"}
 	chainSchedSwitch = &hookChain{hook: "sched_switch"}
 	chainSchedWaking = &hookChain{hook: "sched_waking"}
 )

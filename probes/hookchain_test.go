@@ -22,7 +22,8 @@ import (
 func TestHookChain(t *testing.T) {
 	blkNeedRoot(t)
 	const size = 16 << 20
-	hooks := []*hookChain{chainSchedWaking, chainSysExit, chainSchedSwitch}
+	// sched_waking, sys_exit (an rqChain: rqchain.go), sched_switch.
+	hooks := []*hookChain{chainSchedWaking, nil, chainSchedSwitch}
 	for _, tt := range []struct {
 		name string
 		// syscall is the syscall probe's rung, "" for none.
@@ -74,7 +75,16 @@ func TestHookChain(t *testing.T) {
 			r := orun.(*offcpuRunning)
 			checkChained := func(when string, want []bool) {
 				t.Helper()
-				for i, h := range r.follows {
+				if len(r.follows) != 2 {
+					t.Fatalf("%d follows, want 2 (sched_waking, sched_switch)", len(r.follows))
+				}
+				for i, h := range []offcpuFollow{r.follows[0], {}, r.follows[1]} {
+					if hooks[i] == nil {
+						if got := chainSysExit.inSlot(r.sysExit); got != want[i] {
+							t.Errorf("%s: sys_exit through the syscall probe's program: %v, want %v (%s)", when, got, want[i], chainSysExit.order())
+						}
+						continue
+					}
 					if h.c != hooks[i] {
 						t.Fatalf("follow %d on %s, want %s", i, h.c.hook, hooks[i].hook)
 					}
@@ -172,7 +182,13 @@ func TestHookChain(t *testing.T) {
 				spanFrom("after the syscall probe stopped")
 				stopOff()
 			}
+			if o := chainSysExit.order(); o != "" {
+				t.Errorf("sys_exit's chain not empty after both stopped: %s", o)
+			}
 			for _, h := range hooks {
+				if h == nil {
+					continue
+				}
 				h.mu.Lock()
 				if h.next != nil || h.follower != nil || len(h.own) != 0 {
 					t.Errorf("%s's chain not empty after both stopped: leader %v, follower %v, %d on their own", h.hook, h.next != nil, h.follower != nil, len(h.own))

@@ -91,6 +91,8 @@ type offcpuRunning struct {
 	// probe, each in that probe's chain or on a link of its own
 	// (hookchain.go).
 	follows []offcpuFollow
+	// sysExit is offcpu_sys_exit on sys_exit's chain (rqchain.go).
+	sysExit *rqMember
 	ring
 	ksyms    *symbolize.Kernel // set before ksymsReady is closed
 	ksymsErr error
@@ -191,12 +193,23 @@ func startOffcpu(cfg Config, sink Sink) (_ *offcpuRunning, err error) {
 	// can see its waker and every pending span its completion.
 	// Each through the syscall probe's program on its hook when that
 	// runs, else on a link of its own.
+	// On sys_exit it is second in a chain (rqchain.go): behind the
+	// syscall probe's program, before the exec probe's, which it runs
+	// from its slot.
 	for _, h := range []struct {
 		c *hookChain
 		p *ebpf.Program
-	}{{chainSchedWaking, r.objs.OffcpuWakeup}, {chainSysExit, r.objs.OffcpuSysExit}, {chainSchedSwitch, r.objs.OffcpuSwitch}} {
+	}{{chainSchedWaking, r.objs.OffcpuWakeup}, {nil, r.objs.OffcpuSysExit}, {chainSchedSwitch, r.objs.OffcpuSwitch}} {
+		if h.c == nil {
+			if r.sysExit, err = chainSysExit.join(rankSysfsOrOffCPU, h.p, r.objs.SysExitNext); err != nil {
+				r.leaveChains()
+				return nil, err
+			}
+			continue
+		}
 		f, err := h.c.follow(h.p, attachOwn)
 		if err != nil {
+			r.leaveChains()
 			return nil, err
 		}
 		r.follows = append(r.follows, offcpuFollow{h.c, f})
@@ -440,6 +453,7 @@ func (r *offcpuRunning) leaveChains() error {
 	for _, h := range r.follows {
 		errs = append(errs, h.c.leave(h.f))
 	}
+	errs = append(errs, chainSysExit.leave(r.sysExit))
 	return errors.Join(errs...)
 }
 
@@ -449,6 +463,9 @@ func (r *offcpuRunning) skips() map[*ebpf.Program]uint64 {
 	m := map[*ebpf.Program]uint64{}
 	for _, h := range r.follows {
 		m[h.f.prog] = h.c.skips(h.f)
+	}
+	if r.sysExit != nil {
+		m[r.sysExit.prog] = chainSysExit.skips(r.sysExit)
 	}
 	return m
 }

@@ -102,6 +102,7 @@ const (
 	offcpuMapScratch         = "scratch"
 	offcpuMapStackLosses     = "stack_losses"
 	offcpuMapStopping        = "stopping"
+	offcpuMapSysExitNext     = "sys_exit_next"
 	offcpuProgOffcpuSwitch   = "offcpu_switch"
 	offcpuProgOffcpuSysExit  = "offcpu_sys_exit"
 	offcpuProgOffcpuWakeup   = "offcpu_wakeup"
@@ -176,6 +177,7 @@ type offcpuMapSpecs struct {
 	Scratch     *ebpf.MapSpec `ebpf:"scratch"`
 	StackLosses *ebpf.MapSpec `ebpf:"stack_losses"`
 	Stopping    *ebpf.MapSpec `ebpf:"stopping"`
+	SysExitNext *ebpf.MapSpec `ebpf:"sys_exit_next"`
 }
 
 // offcpuVariableSpecs contains global variables before they are loaded into the kernel.
@@ -222,6 +224,7 @@ type offcpuMaps struct {
 	Scratch     *ebpf.Map `ebpf:"scratch"`
 	StackLosses *ebpf.Map `ebpf:"stack_losses"`
 	Stopping    *ebpf.Map `ebpf:"stopping"`
+	SysExitNext *ebpf.Map `ebpf:"sys_exit_next"`
 }
 
 func (m *offcpuMaps) Close() error {
@@ -236,6 +239,7 @@ func (m *offcpuMaps) Close() error {
 		m.Scratch,
 		m.StackLosses,
 		m.Stopping,
+		m.SysExitNext,
 	)
 }
 

@@ -48,8 +48,25 @@ const (
 	rankDevfault
 )
 
-// chainRqComplete is the process's chain on block_rq_complete.
-var chainRqComplete = &rqChain{hook: "block_rq_complete", attach: attachOwn}
+// Ranks on sys_enter and sys_exit (syschain: the syscall probe's
+// tp_btf rung first, then the sysfs probe's on sys_enter or the off-CPU
+// probe's on sys_exit, the exec probe's last).
+const (
+	rankSyscall = iota
+	rankSysfsOrOffCPU
+	rankExecCall
+)
+
+// The process's chains: on block_rq_complete, and on sys_enter and
+// sys_exit, where the syscall probe's tp_btf program (fixed: attached by
+// its probe) leads, the sysfs and exec probes' programs run from a slot
+// instead of their syscall tracepoints (their fallback), and the off-CPU
+// probe's instead of its own link.
+var (
+	chainRqComplete = &rqChain{hook: "block_rq_complete", attach: attachOwn}
+	chainSysEnter   = &rqChain{hook: "sys_enter", attach: attachOwn}
+	chainSysExit    = &rqChain{hook: "sys_exit", attach: attachOwn}
+)
 
 // rqChain runs the programs of several probes on one hook, in rank order,
 // with one dispatch by the kernel.
@@ -83,6 +100,44 @@ type rqMember struct {
 	head            *rqMember
 	inherited, base uint64
 	gone            bool
+	// fixed: the program is attached to the hook by its probe, which
+	// leaves the chain before it detaches it (the first of a chain).
+	fixed bool
+	// own, when set, is how the program's probe sees its events while no
+	// program on the hook runs it: another attachment (syscall
+	// tracepoints), not on the hook, so its slot then runs nothing and
+	// is offered to none. It returns what undoes it.
+	own func() (func() error, error)
+	// onHook: the program runs on the hook (attached there, fixed, or
+	// in a slot of one that does).
+	onHook bool
+}
+
+// joinWith is join for a member attached by its probe (fixed), or with a
+// way of its own off the hook (own, already made: close undoes it).
+func (c *rqChain) joinWith(rank int, prog *ebpf.Program, next *ebpf.Map, fixed bool, own func() (func() error, error), close func() error) (*rqMember, error) {
+	m := &rqMember{rank: rank, prog: prog, next: next, fixed: fixed, own: own, close: close}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.members = append(c.members, m)
+	sort.SliceStable(c.members, func(i, j int) bool { return c.members[i].rank < c.members[j].rank })
+	if err := c.settle(); err != nil {
+		c.remove(m)
+		err2 := c.settle()
+		if fixed {
+			m.close = nil // the probe's to detach
+		}
+		c.detach(m)
+		return nil, errors.Join(err, err2)
+	}
+	return m, nil
+}
+
+// inSlot reports whether m's program runs from another's slot now.
+func (c *rqChain) inSlot(m *rqMember) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return m != nil && m.head != nil && m.head != m
 }
 
 // join puts prog (rank, with its slot next or nil) on the chain's hook;
@@ -154,7 +209,7 @@ func (c *rqChain) settle() error {
 	var prev *rqMember
 	for _, m := range c.members {
 		var p *rqMember
-		if prev != nil && prev.next != nil && !prev.noSlot {
+		if prev != nil && prev.onHook && prev.next != nil && !prev.noSlot {
 			p = prev
 			if p.holds != m {
 				if err := p.next.Put(uint32(0), m.prog); err != nil {
@@ -166,10 +221,16 @@ func (c *rqChain) settle() error {
 				}
 			}
 		}
-		if p == nil && m.close == nil {
-			cl, err := c.attach(m.prog)
+		m.onHook = p != nil || m.fixed || m.own == nil
+		if p == nil && m.close == nil && !m.fixed {
+			attach, what := func() (func() error, error) { return c.attach(m.prog) }, "attaching %s to %s: %w"
+			if m.own != nil {
+				attach, what = m.own, "attaching %s's way off %s: %w"
+			}
+			cl, err := attach()
 			if err != nil {
-				errs = append(errs, fmt.Errorf("attaching %s to %s: %w", progName(m.prog), c.hook, err))
+				errs = append(errs, fmt.Errorf(what, progName(m.prog), c.hook, err))
+				m.onHook = false
 			} else {
 				m.close = cl
 			}
@@ -200,6 +261,9 @@ func (c *rqChain) settle() error {
 	for _, m := range c.members {
 		if via[m] == nil {
 			head = m
+			if !m.onHook {
+				head = nil // off the hook: none runs it here
+			}
 		}
 		m.settleHead(head)
 	}
@@ -238,15 +302,20 @@ func (c *rqChain) skips(m *rqMember) uint64 {
 }
 
 // order lists the chain's programs in the order they run on an event, as
-// name, with "|" before one attached on its own (tests, logs).
+// name, with "|" before one attached on its own (or by its probe), ">"
+// before one in its predecessor's slot, "~" before one off the hook (its
+// own way, such as syscall tracepoints) (tests, logs).
 func (c *rqChain) order() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s := ""
 	for _, m := range c.members {
-		if m.head == m {
+		switch {
+		case m.head == m:
 			s += "|"
-		} else {
+		case m.head == nil:
+			s += "~" // off the hook, on its own way (or nowhere)
+		default:
 			s += ">"
 		}
 		s += progName(m.prog)

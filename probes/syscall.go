@@ -668,7 +668,24 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 		chainSchedWaking.lead(coll.Programs["sc_waking"], coll.Maps["sched_waking_next"]),
 		chainSchedSwitch.lead(coll.Programs["sc_switch"], coll.Maps["sched_switch_next"]))
 	if mech != event.MechTracepoint {
-		r.unleads = append(r.unleads, chainSysExit.lead(coll.Programs[exit], coll.Maps["sys_exit_next"]))
+		// And on sys_exit and sys_enter (tp_btf rung) the off-CPU, sysfs
+		// and exec probes' (rqchain.go): no syscall tracepoint of theirs
+		// then, one program per system call.
+		for _, h := range []struct {
+			c    *rqChain
+			prog string
+			next string
+		}{{chainSysExit, exit, "sys_exit_next"}, {chainSysEnter, enter, "sys_enter_next"}} {
+			m, err := h.c.joinWith(rankSyscall, coll.Programs[h.prog], coll.Maps[h.next], true, nil, nil)
+			if err != nil {
+				for _, u := range r.unleads {
+					u()
+				}
+				return nil, attachErr(fmt.Errorf("leading %s's chain: %w", h.c.hook, err))
+			}
+			c := h.c
+			r.unleads = append(r.unleads, func() error { return c.leave(m) })
+		}
 	}
 	r.note = "sys_enter/sys_exit of every system call, the others let go on their number: a storage call costs ~100 ns less than on the syscall tracepoints"
 	if mech == event.MechTracepoint {

@@ -237,6 +237,7 @@ const (
 	syscallMapStacks          = "stacks"
 	syscallMapStateTask       = "state_task"
 	syscallMapStateTid        = "state_tid"
+	syscallMapSysEnterNext    = "sys_enter_next"
 	syscallMapSysExitNext     = "sys_exit_next"
 	syscallProgScBtfEnter     = "sc_btf_enter"
 	syscallProgScBtfEnterVma  = "sc_btf_enter_vma"
@@ -367,6 +368,7 @@ type syscallMapSpecs struct {
 	Stacks          *ebpf.MapSpec `ebpf:"stacks"`
 	StateTask       *ebpf.MapSpec `ebpf:"state_task"`
 	StateTid        *ebpf.MapSpec `ebpf:"state_tid"`
+	SysEnterNext    *ebpf.MapSpec `ebpf:"sys_enter_next"`
 	SysExitNext     *ebpf.MapSpec `ebpf:"sys_exit_next"`
 }
 
@@ -441,6 +443,7 @@ type syscallMaps struct {
 	Stacks          *ebpf.Map `ebpf:"stacks"`
 	StateTask       *ebpf.Map `ebpf:"state_task"`
 	StateTid        *ebpf.Map `ebpf:"state_tid"`
+	SysEnterNext    *ebpf.Map `ebpf:"sys_enter_next"`
 	SysExitNext     *ebpf.Map `ebpf:"sys_exit_next"`
 }
 
@@ -468,6 +471,7 @@ func (m *syscallMaps) Close() error {
 		m.Stacks,
 		m.StateTask,
 		m.StateTid,
+		m.SysEnterNext,
 		m.SysExitNext,
 	)
 }

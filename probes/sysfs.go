@@ -55,6 +55,13 @@ type sysfsRunning struct {
 	sysfs string
 	objs  *ebpf.Collection
 	links []link.Link
+	// enter is sysfs_sys_enter on sys_enter's chain (rqchain.go), nil
+	// without kernel BTF: behind the syscall probe's program while that
+	// runs on tp_btf, else off the hook on the syscall tracepoints (own)
+	// or, without tracefs, on a link of its own.
+	enter *rqMember
+	// ownClose detaches the tracepoints when there is no chain member.
+	ownClose func() error
 	ring
 
 	stopOnce sync.Once
@@ -88,6 +95,9 @@ func startSysfs(cfg Config, sink Sink, tracepoints bool) (*sysfsRunning, event.P
 		err = r.attachTracepoints(spec, kernel)
 		if err == nil {
 			st.Status, st.Mechanism, st.Reason = event.StatusOK, event.MechTracepoint, note
+			if r.enter != nil {
+				st.Reason = joinNote(note, chainedNote)
+			}
 		} else {
 			st.Skipped = append(st.Skipped, event.Skip{Mechanism: event.MechTracepoint, Reason: errReason(err)})
 		}
@@ -130,46 +140,89 @@ func keepPrograms(spec *ebpf.CollectionSpec, names ...string) *ebpf.CollectionSp
 	return s
 }
 
+// chainedNote is the status note of a probe whose syscall tracepoints
+// give way to a program tail-called on sys_enter/sys_exit while the
+// syscall probe runs there (rqchain.go).
+const chainedNote = "while the syscall probe runs on tp_btf, tail-called from its program on sys_enter/sys_exit instead of the syscall tracepoints"
+
+func joinNote(a, b string) string {
+	if a == "" {
+		return b
+	}
+	return a + "; " + b
+}
+
 func (r *sysfsRunning) attachTracepoints(spec *ebpf.CollectionSpec, kernel *btf.Spec) error {
-	coll, err := ebpf.NewCollectionWithOptions(keepPrograms(spec, "sysfs_openat", "sysfs_openat2", "sysfs_open_old"), *collectionOptions(kernel))
+	names := []string{"sysfs_openat", "sysfs_openat2", "sysfs_open_old"}
+	var coll *ebpf.Collection
+	var err error
+	if kernel != nil {
+		// With sysfs_sys_enter, for sys_enter's chain; a kernel that
+		// will not load it keeps the tracepoints alone.
+		coll, err = ebpf.NewCollectionWithOptions(keepPrograms(spec, append(names, "sysfs_sys_enter")...), *collectionOptions(kernel))
+	}
+	if coll == nil {
+		coll, err = ebpf.NewCollectionWithOptions(keepPrograms(spec, names...), *collectionOptions(kernel))
+	}
 	if err != nil {
 		return fmt.Errorf("loading objects: %w", err)
 	}
-	var links []link.Link
-	for _, tp := range []struct {
-		prog, name string
-		required   bool
-	}{
-		{"sysfs_openat", "sys_enter_openat", true},
-		{"sysfs_openat2", "sys_enter_openat2", false}, // 5.6+
-		{"sysfs_open_old", "sys_enter_open", false},   // not on arm64
-	} {
-		l, err := link.Tracepoint("syscalls", tp.name, coll.Programs[tp.prog], nil)
-		if err != nil {
-			if !tp.required && errors.Is(err, os.ErrNotExist) {
-				continue
+	// own attaches the tracepoints (again, when the chain lets the
+	// program go).
+	own := func() (func() error, error) {
+		var links []link.Link
+		for _, tp := range []struct {
+			prog, name string
+			required   bool
+		}{
+			{"sysfs_openat", "sys_enter_openat", true},
+			{"sysfs_openat2", "sys_enter_openat2", false}, // 5.6+
+			{"sysfs_open_old", "sys_enter_open", false},   // not on arm64
+		} {
+			l, err := link.Tracepoint("syscalls", tp.name, coll.Programs[tp.prog], nil)
+			if err != nil {
+				if !tp.required && errors.Is(err, os.ErrNotExist) {
+					continue
+				}
+				closeAll(links)
+				return nil, fmt.Errorf("attaching tracepoint syscalls/%s: %w", tp.name, err)
 			}
-			closeAll(links)
-			coll.Close()
-			return fmt.Errorf("attaching tracepoint syscalls/%s: %w", tp.name, err)
+			links = append(links, l)
 		}
-		links = append(links, l)
+		return func() error { closeAll(links); return nil }, nil
 	}
-	r.objs, r.links = coll, links
+	cl, err := own()
+	if err != nil {
+		coll.Close()
+		return err
+	}
+	r.objs = coll
+	if p := coll.Programs["sysfs_sys_enter"]; p != nil {
+		// Behind the syscall probe's program on sys_enter while it
+		// runs there: the tracepoints go then.
+		if r.enter, err = chainSysEnter.joinWith(rankSysfsOrOffCPU, p, coll.Maps["sys_enter_next"], false, own, cl); err != nil {
+			coll.Close()
+			r.objs = nil
+			return err
+		}
+		return nil
+	}
+	r.ownClose = cl
 	return nil
 }
 
+// attachSysEnter runs sysfs_sys_enter on sys_enter: on its own, or behind
+// the syscall probe's program there (rqchain.go).
 func (r *sysfsRunning) attachSysEnter(spec *ebpf.CollectionSpec, kernel *btf.Spec) error {
 	coll, err := ebpf.NewCollectionWithOptions(keepPrograms(spec, "sysfs_sys_enter"), *collectionOptions(kernel))
 	if err != nil {
 		return fmt.Errorf("loading objects: %w", err)
 	}
-	links, err := attachTPBTF(coll.Programs["sysfs_sys_enter"])
-	if err != nil {
+	if r.enter, err = chainSysEnter.joinWith(rankSysfsOrOffCPU, coll.Programs["sysfs_sys_enter"], coll.Maps["sys_enter_next"], false, nil, nil); err != nil {
 		coll.Close()
 		return err
 	}
-	r.objs, r.links = coll, links
+	r.objs = coll
 	return nil
 }
 
@@ -222,25 +275,45 @@ func (r *sysfsRunning) handle(raw []byte) {
 
 // Checkpoint implements Checkpointer.
 func (r *sysfsRunning) Checkpoint(sink Sink) error {
-	deliverLosses(sink, event.ProbeSysfs, r.objs.Maps["losses"], r.objs)
+	deliverLossesWith(sink, event.ProbeSysfs, r.objs.Maps["losses"], r.objs, r.skips())
 	return nil
+}
+
+// skips are sysfs_sys_enter's skipped runs, its own and those of the
+// program it ran behind on sys_enter's chain.
+func (r *sysfsRunning) skips() map[*ebpf.Program]uint64 {
+	if r.enter == nil {
+		return nil
+	}
+	return map[*ebpf.Program]uint64{r.enter.prog: chainSysEnter.skips(r.enter)}
 }
 
 // Stop detaches the programs, delivers what is still buffered and the loss
 // counts, and frees everything.
 func (r *sysfsRunning) Stop() error {
 	r.stopOnce.Do(func() {
+		r.stopErr = chainSysEnter.leave(r.enter)
+		r.closeOwn()
 		closeAll(r.links)
 		r.links = nil
 		r.drain()
-		deliverLosses(r.sink, event.ProbeSysfs, r.objs.Maps["losses"], r.objs)
+		deliverLossesWith(r.sink, event.ProbeSysfs, r.objs.Maps["losses"], r.objs, r.skips())
 		r.undecodable(r.sink, event.ProbeSysfs)
 		r.close()
 	})
 	return r.stopErr
 }
 
+func (r *sysfsRunning) closeOwn() {
+	if r.ownClose != nil {
+		r.ownClose()
+		r.ownClose = nil
+	}
+}
+
 func (r *sysfsRunning) close() {
+	chainSysEnter.leave(r.enter)
+	r.closeOwn()
 	closeAll(r.links)
 	if r.objs != nil {
 		r.objs.Close()

@@ -38,6 +38,7 @@ type sysfsSysfsEvent struct {
 const (
 	sysfsMapEvents         = "events"
 	sysfsMapLosses         = "losses"
+	sysfsMapSysEnterNext   = "sys_enter_next"
 	sysfsProgSysfsOpenOld  = "sysfs_open_old"
 	sysfsProgSysfsOpenat   = "sysfs_openat"
 	sysfsProgSysfsOpenat2  = "sysfs_openat2"
@@ -98,8 +99,9 @@ type sysfsProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sysfsMapSpecs struct {
-	Events *ebpf.MapSpec `ebpf:"events"`
-	Losses *ebpf.MapSpec `ebpf:"losses"`
+	Events       *ebpf.MapSpec `ebpf:"events"`
+	Losses       *ebpf.MapSpec `ebpf:"losses"`
+	SysEnterNext *ebpf.MapSpec `ebpf:"sys_enter_next"`
 }
 
 // sysfsVariableSpecs contains global variables before they are loaded into the kernel.
@@ -130,14 +132,16 @@ func (o *sysfsObjects) Close() error {
 //
 // It can be passed to loadSysfsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sysfsMaps struct {
-	Events *ebpf.Map `ebpf:"events"`
-	Losses *ebpf.Map `ebpf:"losses"`
+	Events       *ebpf.Map `ebpf:"events"`
+	Losses       *ebpf.Map `ebpf:"losses"`
+	SysEnterNext *ebpf.Map `ebpf:"sys_enter_next"`
 }
 
 func (m *sysfsMaps) Close() error {
 	return _SysfsClose(
 		m.Events,
 		m.Losses,
+		m.SysEnterNext,
 	)
 }
 
