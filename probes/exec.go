@@ -31,7 +31,7 @@ func (execProbe) Decl() Decl {
 		Name:       event.ProbeExec,
 		Mechanisms: []Rung{{Mech: event.MechTPBTF}},
 		Describe:   "every program executed (sched_process_exec): command line, parent and uid; and when each process ends",
-		Attach:     "tp_btf `sched_process_exec`, `sched_process_exit`; for `trace exec` also tracepoints `syscalls:sys_{enter,exit}_execve{,at}`",
+		Attach:     "tp_btf `sched_process_exec`, `sched_process_exit`; for `trace exec` also tracepoints `syscalls:sys_{enter,exit}_execve{,at}`, or, while the syscall probe runs on tp_btf, programs its `sys_enter`/`sys_exit` programs tail-call instead",
 		Records:    "every exec with pid, parent, uid, file, argv; process ends; for `trace exec`, failed execs with their error",
 	}
 }

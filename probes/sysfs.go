@@ -33,7 +33,7 @@ func (sysfsProbe) Decl() Decl {
 		Name:       event.ProbeSysfs,
 		Mechanisms: []Rung{{Mech: event.MechTracepoint}, {Mech: event.MechTPBTF}},
 		Describe:   "opens for writing of block device attributes in sysfs (queue/scheduler, queue/nr_requests, ...), with who made them",
-		Attach:     "tracepoints `syscalls:sys_enter_openat{,2}`, `sys_enter_open` (mounts tracefs if needed); without tracefs, tp_btf `sys_enter` on every system call",
+		Attach:     "tracepoints `syscalls:sys_enter_openat{,2}`, `sys_enter_open` (mounts tracefs if needed); without tracefs, tp_btf `sys_enter` on every system call; while the syscall probe runs on tp_btf, its `sys_enter` program tail-calls this probe's instead of the tracepoints",
 		Records:    "who opens block attributes such as `queue/scheduler` for writing",
 	}
 }
@@ -95,9 +95,6 @@ func startSysfs(cfg Config, sink Sink, tracepoints bool) (*sysfsRunning, event.P
 		err = r.attachTracepoints(spec, kernel)
 		if err == nil {
 			st.Status, st.Mechanism, st.Reason = event.StatusOK, event.MechTracepoint, note
-			if r.enter != nil {
-				st.Reason = joinNote(note, chainedNote)
-			}
 		} else {
 			st.Skipped = append(st.Skipped, event.Skip{Mechanism: event.MechTracepoint, Reason: errReason(err)})
 		}
@@ -144,13 +141,6 @@ func keepPrograms(spec *ebpf.CollectionSpec, names ...string) *ebpf.CollectionSp
 // give way to a program tail-called on sys_enter/sys_exit while the
 // syscall probe runs there (rqchain.go).
 const chainedNote = "while the syscall probe runs on tp_btf, tail-called from its program on sys_enter/sys_exit instead of the syscall tracepoints"
-
-func joinNote(a, b string) string {
-	if a == "" {
-		return b
-	}
-	return a + "; " + b
-}
 
 func (r *sysfsRunning) attachTracepoints(spec *ebpf.CollectionSpec, kernel *btf.Spec) error {
 	names := []string{"sysfs_openat", "sysfs_openat2", "sysfs_open_old"}
