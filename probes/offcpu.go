@@ -286,8 +286,8 @@ func (r *offcpuRunning) deliver(e *offcpuOffcpuEvent) {
 		KernelStack: r.kernelStack(r.schedFrames(offcpuKernelFrames(e), int(e.KstackPrefix))),
 		UserStack:   r.userStack(e.Tgid, offcpuUserFrames(e)),
 	}
-	if e.WakerComm[0] != 0 {
-		ev.Waker = event.Task{Pid: e.WakerPid, Tgid: e.WakerTgid, Comm: cString(e.WakerComm[:])}
+	if w := &e.Waker; w.Comm[0] != 0 {
+		ev.Waker = event.Task{Pid: w.Pid, Tgid: w.Tgid, Comm: cString(w.Comm[:])}
 	}
 	r.sink.Event(ev)
 }
