@@ -183,21 +183,14 @@ func directWriter(t *testing.T, path string, size int64, n int, stop <-chan stru
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
 		tidc <- unix.Gettid()
-		fd, err := unix.Open(path, unix.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+		f, err := openDirect(path, unix.O_WRONLY, 4096)
 		if err != nil {
 			errc <- err
 			return
 		}
-		defer unix.Close(fd)
-		// O_DIRECT needs an aligned buffer: anonymous memory is page aligned.
-		buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer unix.Munmap(buf)
-		for i := range buf {
-			buf[i] = byte(i)
+		defer f.Close()
+		for i := range f.buf {
+			f.buf[i] = byte(i)
 		}
 		blocks := size / 4096
 		for i := 0; n <= 0 || i < n; i++ {
@@ -206,7 +199,7 @@ func directWriter(t *testing.T, path string, size int64, n int, stop <-chan stru
 				return
 			default:
 			}
-			if _, err := unix.Pwrite(fd, buf, rand.Int64N(blocks)*4096); err != nil {
+			if _, err := unix.Pwrite(f.fd, f.buf, rand.Int64N(blocks)*4096); err != nil {
 				errc <- err
 				return
 			}

@@ -240,16 +240,11 @@ func TestOffCPUManyUserStacks(t *testing.T) {
 	}
 	defer sh.Wait()
 
-	fd, err := unix.Open(dev, unix.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	d, err := openDirect(dev, unix.O_WRONLY, 4096)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer unix.Close(fd)
-	buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Munmap(buf)
+	defer d.Close()
 	// Writer threads share the paths; while the queue is frozen they wait
 	// together.
 	const writers = 8
@@ -260,7 +255,7 @@ func TestOffCPUManyUserStacks(t *testing.T) {
 			runtime.LockOSThread()
 			defer runtime.UnlockOSThread()
 			for path := w; path < offcpuWrites; path += writers {
-				if err := offcpuPathA(fd, buf, int64(path)*4096, path, offcpuPathBits); err != nil {
+				if err := offcpuPathA(d.fd, d.buf, int64(path)*4096, path, offcpuPathBits); err != nil {
 					errs <- err
 					return
 				}
@@ -376,18 +371,13 @@ func offcpuPathNext(fd int, buf []byte, off int64, path uint, depth int) error {
 // offcpuDirectWriter writes 4 KiB blocks with O_DIRECT over the first size
 // bytes of dev until ctx is done.
 func offcpuDirectWriter(ctx context.Context, dev string, size int64) error {
-	fd, err := unix.Open(dev, unix.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("opening %s: %w", dev, err)
-	}
-	defer unix.Close(fd)
-	buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
+	d, err := openDirect(dev, unix.O_WRONLY, 4096)
 	if err != nil {
 		return err
 	}
-	defer unix.Munmap(buf)
+	defer d.Close()
 	for off := int64(0); ctx.Err() == nil; off = (off + 4096) % size {
-		if _, err := unix.Pwrite(fd, buf, off); err != nil {
+		if _, err := unix.Pwrite(d.fd, d.buf, off); err != nil {
 			return fmt.Errorf("writing %s: %w", dev, err)
 		}
 	}
@@ -583,21 +573,16 @@ func BenchmarkDSleep(b *testing.B) {
 		b.Fatalf("start: %+v", st)
 	}
 	objs := &run.(*offcpuRunning).objs
-	fd, err := unix.Open(dev, unix.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	d, err := openDirect(dev, unix.O_WRONLY, 4096)
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer unix.Close(fd)
-	buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer unix.Munmap(buf)
+	defer d.Close()
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	off := int64(0)
 	for b.Loop() {
-		if _, err := unix.Pwrite(fd, buf, off); err != nil {
+		if _, err := unix.Pwrite(d.fd, d.buf, off); err != nil {
 			b.Fatal(err)
 		}
 		off = (off + 4096) % (16 << 20)
