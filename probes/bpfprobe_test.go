@@ -404,6 +404,16 @@ func TestTPArgIndex(t *testing.T) {
 	if _, err := tpArgIndex(kernel, "no_such_tracepoint", "bio"); err == nil {
 		t.Error("missing tracepoint: no error")
 	}
+	// tpParamCount reads the same prototype: sched_switch(preempt, prev,
+	// next), and prev_state since 5.18 (where a stable kernel before it
+	// may have it too).
+	n, err := tpParamCount(kernel, "sched_switch")
+	if err != nil || n != 4 && (n != 3 || !kernelBefore(t, 5, 18)) {
+		t.Errorf("tpParamCount(sched_switch) = %d, %v; want 4 (or 3 before 5.18)", n, err)
+	}
+	if _, err := tpParamCount(kernel, "no_such_tracepoint"); err == nil {
+		t.Error("tpParamCount of a missing tracepoint: no error")
+	}
 }
 
 // freezingWrite is scenario.FreezingWrite for a device of a probe test:

@@ -260,24 +260,6 @@ func (r *offcpuRunning) process() {
 // task.
 var offcpuSwitchArgs = func(kernel *btf.Spec) (int, error) { return tpParamCount(kernel, "sched_switch") }
 
-// tpParamCount returns the number of arguments a tp_btf program of
-// tracepoint tp receives (the kernel's btf_trace_<tp> without void *__data).
-func tpParamCount(kernel *btf.Spec, tp string) (int, error) {
-	var td *btf.Typedef
-	if err := kernel.TypeByName("btf_trace_"+tp, &td); err != nil {
-		return 0, fmt.Errorf("tracepoint %s: %w", tp, err)
-	}
-	ptr, ok := btf.UnderlyingType(td.Type).(*btf.Pointer)
-	if !ok {
-		return 0, fmt.Errorf("tracepoint %s: unexpected BTF type %s", tp, td.Type)
-	}
-	proto, ok := btf.UnderlyingType(ptr.Target).(*btf.FuncProto)
-	if !ok || len(proto.Params) == 0 {
-		return 0, fmt.Errorf("tracepoint %s: unexpected BTF type %s", tp, ptr.Target)
-	}
-	return len(proto.Params) - 1, nil
-}
-
 func (r *offcpuRunning) deliver(e *offcpuOffcpuEvent) {
 	ev := event.OffCPU{
 		Start:       event.Mono(e.StartNs),
