@@ -299,20 +299,7 @@ func (r *offcpuRunning) kernelStack(addrs []uint64) []event.Frame {
 	if len(addrs) == 0 {
 		return nil
 	}
-	if fr, ok := r.kstacks.get(addrs); ok {
-		return fr
-	}
-	var fr []event.Frame
-	if r.ksyms != nil {
-		fr = trimTracingFrames(r.ksyms.Frames(addrs))
-	} else {
-		fr = make([]event.Frame, len(addrs))
-		for i, a := range addrs {
-			fr[i] = event.Frame{Addr: a, Module: symbolize.KernelModule}
-		}
-	}
-	r.kstacks.put(addrs, fr)
-	return fr
+	return r.kstacks.kernel(r.ksyms, addrs)
 }
 
 // offcpuKernelFrames returns the kernel frames carried in a record,
@@ -552,4 +539,24 @@ func (c *stackCache) put(addrs []uint64, fr []event.Frame) {
 		}
 	}
 	c.m[strings.Clone(stackKey(addrs))] = fr
+}
+
+// kernel returns the frames of kernel stack addrs, innermost first, from
+// the cache or made and cached now: symbolized with ksyms and without the
+// tracing machinery's leading frames (trimTracingFrames), or addresses only
+// while ksyms is nil.
+func (c *stackCache) kernel(ksyms *symbolize.Kernel, addrs []uint64) []event.Frame {
+	if fr, ok := c.get(addrs); ok {
+		return fr
+	}
+	var fr []event.Frame
+	if ksyms != nil {
+		fr = trimTracingFrames(ksyms.Frames(addrs))
+	} else {
+		for _, a := range addrs {
+			fr = append(fr, event.Frame{Addr: a, Module: symbolize.KernelModule})
+		}
+	}
+	c.put(addrs, fr)
+	return fr
 }
