@@ -106,6 +106,8 @@ int sysfs_sys_enter(__u64 *ctx)
 	long nr = (long)ctx[1];
 	__u64 flags = 0;
 
+	if ((nr == NR_OPEN || nr == NR_OPENAT || nr == NR_OPENAT2) && compat_syscall())
+		nr = -1; /* a 32-bit call: ia32's numbers */
 	switch (nr) {
 	case NR_OPEN:
 		sysfs_open((const char *)BPF_CORE_READ(regs, di), BPF_CORE_READ(regs, si));
