@@ -140,8 +140,8 @@ func guestSteps(sel Selection) []Step {
 		probes = " -test.run '" + sel.ProbesRun + "'"
 	}
 	return []Step{
-		{Name: "probes-test", Cmd: "probes.test -test.v -test.count=1 -test.timeout=10m" + probes},
-		{Name: "e2e-test", Cmd: "e2e.test -test.v -test.count=1 -test.timeout=10m -test.run '" + e2e + "'" + skip},
+		{Name: "probes-test", Cmd: "probes.test -test.v -test.count=1 -test.timeout=15m" + probes},
+		{Name: "e2e-test", Cmd: "e2e.test -test.v -test.count=1 -test.timeout=15m -test.run '" + e2e + "'" + skip},
 	}
 }
 

@@ -25,7 +25,7 @@ func run() int {
 	kernels := flag.String("kernel", "all", "kernels to run, comma-separated: 5.10, 6.1, 6.12 or all")
 	cache := flag.String("cache", filepath.Join(home, "whyslow-vmtest"), "where kernels and apt state are kept between runs")
 	out := flag.String("out", "tools/vmtest/out", "where each kernel's results go (<out>/<kernel>/)")
-	timeout := flag.Duration("timeout", 12*time.Minute, "time limit of one guest, boot to power-off")
+	timeout := flag.Duration("timeout", 25*time.Minute, "time limit of one guest, boot to power-off")
 	quiet := flag.Bool("quiet", false, "show only the guests' steps and test results, not their whole consoles")
 	matrix := flag.String("matrix", "", "write the kernel × probe mechanism table (Markdown) to this file")
 	mirror := flag.String("mirror", "http://deb.debian.org/debian", "Debian mirror the kernels come from")
