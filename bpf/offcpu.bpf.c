@@ -66,12 +66,21 @@ volatile const __u8 switch_has_state = 1;
  * pointers (libc) makes the walk end in garbage. */
 #define USTACK_DEPTH 32
 
+/* The task that woke a sleeping one: the task running when its wake-up
+ * started (see offcpu_wakeup). comm[0] == 0: none noted. */
+struct waker {
+	__u32 pid;
+	__u32 tgid;
+	char comm[TASK_COMM_LEN];
+};
+/* Named in Go too (offcpuWaker), not an anonymous struct in each of its
+ * holders. */
+//bpf2go: -type waker
+
 struct blocked {
 	__u64 start_ns;
 	__u64 user_ip; /* innermost user frame at the switch-out; 0: none to take */
-	__u32 waker_pid;
-	__u32 waker_tgid;
-	char waker_comm[TASK_COMM_LEN];
+	struct waker waker;
 	__u8 eager; /* the user stack was taken at the switch-out (in `eager`) */
 	__u8 pad[7];
 };
@@ -81,9 +90,7 @@ struct blocked {
 struct early {
 	__u64 ns; /* when */
 	__u64 switches; /* the task's context switches then (nvcsw + nivcsw) */
-	__u32 waker_pid;
-	__u32 waker_tgid;
-	char waker_comm[TASK_COMM_LEN];
+	struct waker waker;
 };
 
 struct ustack {
@@ -98,14 +105,12 @@ struct offcpu_event {
 	__u64 user_ip; /* innermost user frame at the switch-out (0: none) */
 	__u32 pid;
 	__u32 tgid;
-	__u32 waker_pid;
-	__u32 waker_tgid;
 	__u32 kstack_len; /* frames in kstack */
 	__u32 ustack_len; /* frames in ustack */
 	__u32 kstack_prefix; /* leading kstack frames from the scan (see above) */
 	__u32 pad;
 	char comm[TASK_COMM_LEN];
-	char waker_comm[TASK_COMM_LEN];
+	struct waker waker;
 	__u64 kstack[KSTACK_DEPTH]; /* innermost first */
 	__u64 ustack[USTACK_DEPTH];
 };
@@ -354,13 +359,13 @@ static __always_inline void send_pending(void *ctx, __u32 tid)
 		__sync_fetch_and_add(n, -1);
 }
 
-/* note_waker sets the current task as b's waker. */
-static __always_inline void note_waker(struct blocked *b)
+/* note_waker sets the current task as waker w. */
+static __always_inline void note_waker(struct waker *w)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	b->waker_pid = (__u32)id;
-	b->waker_tgid = id >> 32;
-	bpf_get_current_comm(b->waker_comm, sizeof(b->waker_comm));
+	w->pid = (__u32)id;
+	w->tgid = id >> 32;
+	bpf_get_current_comm(w->comm, sizeof(w->comm));
 }
 
 static __always_inline __u64 task_switches(struct task_struct *t)
@@ -386,10 +391,8 @@ static __always_inline void take_early(struct task_struct *prev, __u32 tid, __u6
 		return;
 	if ((__s64)(now - e->ns) < (__s64)EARLY_MAX_NS && task_switches(prev) - e->switches <= 1) {
 		struct blocked *b = bpf_map_lookup_elem(&blocked, &tid);
-		if (b && !b->waker_comm[0]) {
-			b->waker_pid = e->waker_pid;
-			b->waker_tgid = e->waker_tgid;
-			__builtin_memcpy(b->waker_comm, e->waker_comm, TASK_COMM_LEN);
+		if (b && !b->waker.comm[0]) {
+			b->waker = e->waker;
 			__sync_fetch_and_add(&early_wakers, 1);
 		}
 	}
@@ -461,11 +464,9 @@ static __always_inline void span_ends(struct task_struct *next, __u32 tid, struc
 	e->user_ip = b->user_ip;
 	e->pid = tid;
 	e->tgid = next->tgid;
-	if (!b->waker_comm[0])
+	if (!b->waker.comm[0])
 		count_loss(&stack_losses, STACK_LOSS_WAKER);
-	e->waker_pid = b->waker_pid;
-	e->waker_tgid = b->waker_tgid;
-	__builtin_memcpy(e->waker_comm, b->waker_comm, TASK_COMM_LEN);
+	e->waker = b->waker;
 	bpf_probe_read_kernel_str(e->comm, sizeof(e->comm), next->comm);
 	/* next has not run yet: its stack is the one it blocked in. */
 	int k = task_kstack(next, e, s);
@@ -581,17 +582,14 @@ int BPF_PROG(offcpu_wakeup, struct task_struct *p)
 			 * on_cpu with a release), though it was not at the
 			 * look-up above. */
 			b = bpf_map_lookup_elem(&blocked, &tid);
-			if (b && !b->waker_comm[0])
-				note_waker(b);
+			if (b && !b->waker.comm[0])
+				note_waker(&b->waker);
 			return 0;
 		}
 		struct early e = {};
-		__u64 id = bpf_get_current_pid_tgid();
 		e.ns = bpf_ktime_get_ns();
 		e.switches = task_switches(p);
-		e.waker_pid = (__u32)id;
-		e.waker_tgid = id >> 32;
-		bpf_get_current_comm(e.waker_comm, sizeof(e.waker_comm));
+		note_waker(&e.waker);
 		if (bpf_map_update_elem(&early, &tid, &e, BPF_ANY))
 			return 0;
 		last_early_ns = e.ns;
@@ -602,8 +600,8 @@ int BPF_PROG(offcpu_wakeup, struct task_struct *p)
 		if (!b)
 			return 0;
 	}
-	if (b->waker_comm[0])
+	if (b->waker.comm[0])
 		return 0;
-	note_waker(b);
+	note_waker(&b->waker);
 	return 0;
 }

@@ -446,24 +446,47 @@ func collectionOptions(kernel *btf.Spec) *ebpf.CollectionOptions {
 	return &ebpf.CollectionOptions{Programs: ebpf.ProgramOptions{KernelTypes: kernel}, Cache: kernelBTF}
 }
 
-// tpArgIndex returns the position, in a tp_btf program's context, of the
-// first argument of tracepoint tp that points to struct structName. The
+// tpProto returns the prototype of tracepoint tp's probe functions. The
 // kernel describes each tracepoint as typedef btf_trace_<tp>, a pointer to a
-// function whose first parameter (void *__data) is not in the context.
-// Block tracepoints dropped their leading request_queue argument in 5.11, so
-// the index differs between kernels.
-func tpArgIndex(kernel *btf.Spec, tp, structName string) (uint32, error) {
+// function whose first parameter (void *__data) is not in a tp_btf
+// program's context.
+func tpProto(kernel *btf.Spec, tp string) (*btf.FuncProto, error) {
 	var td *btf.Typedef
 	if err := kernel.TypeByName("btf_trace_"+tp, &td); err != nil {
-		return 0, fmt.Errorf("tracepoint %s: %w", tp, err)
+		return nil, fmt.Errorf("tracepoint %s: %w", tp, err)
 	}
 	ptr, ok := btf.UnderlyingType(td.Type).(*btf.Pointer)
 	if !ok {
-		return 0, fmt.Errorf("tracepoint %s: unexpected BTF type %s", tp, td.Type)
+		return nil, fmt.Errorf("tracepoint %s: unexpected BTF type %s", tp, td.Type)
 	}
 	proto, ok := btf.UnderlyingType(ptr.Target).(*btf.FuncProto)
 	if !ok {
-		return 0, fmt.Errorf("tracepoint %s: unexpected BTF type %s", tp, ptr.Target)
+		return nil, fmt.Errorf("tracepoint %s: unexpected BTF type %s", tp, ptr.Target)
+	}
+	return proto, nil
+}
+
+// tpParamCount returns the number of arguments a tp_btf program of
+// tracepoint tp receives (the kernel's btf_trace_<tp> without void *__data).
+func tpParamCount(kernel *btf.Spec, tp string) (int, error) {
+	proto, err := tpProto(kernel, tp)
+	if err != nil {
+		return 0, err
+	}
+	if len(proto.Params) == 0 {
+		return 0, fmt.Errorf("tracepoint %s: unexpected BTF type %s", tp, proto)
+	}
+	return len(proto.Params) - 1, nil
+}
+
+// tpArgIndex returns the position, in a tp_btf program's context, of the
+// first argument of tracepoint tp that points to struct structName (see
+// tpProto). Block tracepoints dropped their leading request_queue argument
+// in 5.11, so the index differs between kernels.
+func tpArgIndex(kernel *btf.Spec, tp, structName string) (uint32, error) {
+	proto, err := tpProto(kernel, tp)
+	if err != nil {
+		return 0, err
 	}
 	for i, p := range proto.Params {
 		if i == 0 {

@@ -183,21 +183,14 @@ func directWriter(t *testing.T, path string, size int64, n int, stop <-chan stru
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
 		tidc <- unix.Gettid()
-		fd, err := unix.Open(path, unix.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+		f, err := openDirect(path, unix.O_WRONLY, 4096)
 		if err != nil {
 			errc <- err
 			return
 		}
-		defer unix.Close(fd)
-		// O_DIRECT needs an aligned buffer: anonymous memory is page aligned.
-		buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer unix.Munmap(buf)
-		for i := range buf {
-			buf[i] = byte(i)
+		defer f.Close()
+		for i := range f.buf {
+			f.buf[i] = byte(i)
 		}
 		blocks := size / 4096
 		for i := 0; n <= 0 || i < n; i++ {
@@ -206,7 +199,7 @@ func directWriter(t *testing.T, path string, size int64, n int, stop <-chan stru
 				return
 			default:
 			}
-			if _, err := unix.Pwrite(fd, buf, rand.Int64N(blocks)*4096); err != nil {
+			if _, err := unix.Pwrite(f.fd, f.buf, rand.Int64N(blocks)*4096); err != nil {
 				errc <- err
 				return
 			}
@@ -410,6 +403,16 @@ func TestTPArgIndex(t *testing.T) {
 	}
 	if _, err := tpArgIndex(kernel, "no_such_tracepoint", "bio"); err == nil {
 		t.Error("missing tracepoint: no error")
+	}
+	// tpParamCount reads the same prototype: sched_switch(preempt, prev,
+	// next), and prev_state since 5.18 (where a stable kernel before it
+	// may have it too).
+	n, err := tpParamCount(kernel, "sched_switch")
+	if err != nil || n != 4 && (n != 3 || !kernelBefore(t, 5, 18)) {
+		t.Errorf("tpParamCount(sched_switch) = %d, %v; want 4 (or 3 before 5.18)", n, err)
+	}
+	if _, err := tpParamCount(kernel, "no_such_tracepoint"); err == nil {
+		t.Error("tpParamCount of a missing tracepoint: no error")
 	}
 }
 

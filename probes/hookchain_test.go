@@ -198,19 +198,13 @@ func spinAfterWrite(t *testing.T, path string) (tid int, stop *atomic.Bool, done
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
 		tidc <- unix.Gettid()
-		fd, err := unix.Open(path, unix.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
-		if err != nil {
-			t.Errorf("opening %s: %v", path, err)
-			return
-		}
-		defer unix.Close(fd)
-		buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+		f, err := openDirect(path, unix.O_WRONLY, 4096)
 		if err != nil {
 			t.Error(err)
 			return
 		}
-		defer unix.Munmap(buf)
-		if _, err := unix.Pwrite(fd, buf, 0); err != nil {
+		defer f.Close()
+		if _, err := unix.Pwrite(f.fd, f.buf, 0); err != nil {
 			t.Errorf("writing %s: %v", path, err)
 			return
 		}

@@ -51,28 +51,24 @@ func runIOHelper(spec string) error {
 	if f[0] == "write" {
 		flags, size = unix.O_WRONLY, 4096
 	}
-	fd, err := unix.Open(f[1], flags|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	d, err := openDirect(f[1], flags, size)
 	if err != nil {
 		return err
 	}
-	defer unix.Close(fd)
-	buf, err := unix.Mmap(-1, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-	if err != nil {
-		return err
-	}
+	defer d.Close()
 	for i := 0; i < n; i++ {
 		off := int64(i) * int64(size)
 		if f[0] == "write" {
-			_, err = unix.Pwrite(fd, buf, off)
+			_, err = unix.Pwrite(d.fd, d.buf, off)
 		} else {
-			_, err = unix.Pread(fd, buf, off)
+			_, err = unix.Pread(d.fd, d.buf, off)
 		}
 		if err != nil {
 			return err
 		}
 	}
 	if f[0] == "write" {
-		return unix.Fdatasync(fd)
+		return unix.Fdatasync(d.fd)
 	}
 	return nil
 }
@@ -389,23 +385,18 @@ func TestSubmitIOUsageMerges(t *testing.T) {
 			mergesBefore := writeMerges(t, loop.name)
 			sink, r := startSubmitProbe(t, time.Hour)
 
-			fd, err := unix.Open(loop.path, unix.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+			d, err := openDirect(loop.path, unix.O_WRONLY, 4096)
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer unix.Close(fd)
-			buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer unix.Munmap(buf)
+			defer d.Close()
 			ctx := aioSetup(t)
 			const rounds = 20
 			for round := 0; round < rounds; round++ {
 				cbs := make([]aioIocb, len(tt.offsets))
 				ptrs := make([]*aioIocb, len(cbs))
 				for i, off := range tt.offsets {
-					cbs[i] = aioIocb{Opcode: 1 /* IOCB_CMD_PWRITE */, Fildes: uint32(fd), Buf: uint64(uintptr(unsafe.Pointer(&buf[0]))),
+					cbs[i] = aioIocb{Opcode: 1 /* IOCB_CMD_PWRITE */, Fildes: uint32(d.fd), Buf: uint64(uintptr(unsafe.Pointer(&d.buf[0]))),
 						Nbytes: 4096, Offset: (int64(round)*8 + off) * 4096}
 					ptrs[i] = &cbs[i]
 				}

@@ -260,24 +260,6 @@ func (r *offcpuRunning) process() {
 // task.
 var offcpuSwitchArgs = func(kernel *btf.Spec) (int, error) { return tpParamCount(kernel, "sched_switch") }
 
-// tpParamCount returns the number of arguments a tp_btf program of
-// tracepoint tp receives (the kernel's btf_trace_<tp> without void *__data).
-func tpParamCount(kernel *btf.Spec, tp string) (int, error) {
-	var td *btf.Typedef
-	if err := kernel.TypeByName("btf_trace_"+tp, &td); err != nil {
-		return 0, fmt.Errorf("tracepoint %s: %w", tp, err)
-	}
-	ptr, ok := btf.UnderlyingType(td.Type).(*btf.Pointer)
-	if !ok {
-		return 0, fmt.Errorf("tracepoint %s: unexpected BTF type %s", tp, td.Type)
-	}
-	proto, ok := btf.UnderlyingType(ptr.Target).(*btf.FuncProto)
-	if !ok || len(proto.Params) == 0 {
-		return 0, fmt.Errorf("tracepoint %s: unexpected BTF type %s", tp, ptr.Target)
-	}
-	return len(proto.Params) - 1, nil
-}
-
 func (r *offcpuRunning) deliver(e *offcpuOffcpuEvent) {
 	ev := event.OffCPU{
 		Start:       event.Mono(e.StartNs),
@@ -286,8 +268,8 @@ func (r *offcpuRunning) deliver(e *offcpuOffcpuEvent) {
 		KernelStack: r.kernelStack(r.schedFrames(offcpuKernelFrames(e), int(e.KstackPrefix))),
 		UserStack:   r.userStack(e.Tgid, offcpuUserFrames(e)),
 	}
-	if e.WakerComm[0] != 0 {
-		ev.Waker = event.Task{Pid: e.WakerPid, Tgid: e.WakerTgid, Comm: cString(e.WakerComm[:])}
+	if w := &e.Waker; w.Comm[0] != 0 {
+		ev.Waker = event.Task{Pid: w.Pid, Tgid: w.Tgid, Comm: cString(w.Comm[:])}
 	}
 	r.sink.Event(ev)
 }
@@ -317,20 +299,7 @@ func (r *offcpuRunning) kernelStack(addrs []uint64) []event.Frame {
 	if len(addrs) == 0 {
 		return nil
 	}
-	if fr, ok := r.kstacks.get(addrs); ok {
-		return fr
-	}
-	var fr []event.Frame
-	if r.ksyms != nil {
-		fr = trimTracingFrames(r.ksyms.Frames(addrs))
-	} else {
-		fr = make([]event.Frame, len(addrs))
-		for i, a := range addrs {
-			fr[i] = event.Frame{Addr: a, Module: symbolize.KernelModule}
-		}
-	}
-	r.kstacks.put(addrs, fr)
-	return fr
+	return r.kstacks.kernel(r.ksyms, addrs)
 }
 
 // offcpuKernelFrames returns the kernel frames carried in a record,
@@ -570,4 +539,24 @@ func (c *stackCache) put(addrs []uint64, fr []event.Frame) {
 		}
 	}
 	c.m[strings.Clone(stackKey(addrs))] = fr
+}
+
+// kernel returns the frames of kernel stack addrs, innermost first, from
+// the cache or made and cached now: symbolized with ksyms and without the
+// tracing machinery's leading frames (trimTracingFrames), or addresses only
+// while ksyms is nil.
+func (c *stackCache) kernel(ksyms *symbolize.Kernel, addrs []uint64) []event.Frame {
+	if fr, ok := c.get(addrs); ok {
+		return fr
+	}
+	var fr []event.Frame
+	if ksyms != nil {
+		fr = trimTracingFrames(ksyms.Frames(addrs))
+	} else {
+		for _, a := range addrs {
+			fr = append(fr, event.Frame{Addr: a, Module: symbolize.KernelModule})
+		}
+	}
+	c.put(addrs, fr)
+	return fr
 }

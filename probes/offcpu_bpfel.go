@@ -14,23 +14,19 @@ import (
 )
 
 type offcpuBlocked struct {
-	_         structs.HostLayout
-	StartNs   uint64
-	UserIp    uint64
-	WakerPid  uint32
-	WakerTgid uint32
-	WakerComm [16]int8
-	Eager     uint8
-	Pad       [7]uint8
+	_       structs.HostLayout
+	StartNs uint64
+	UserIp  uint64
+	Waker   offcpuWaker
+	Eager   uint8
+	Pad     [7]uint8
 }
 
 type offcpuEarly struct {
-	_         structs.HostLayout
-	Ns        uint64
-	Switches  uint64
-	WakerPid  uint32
-	WakerTgid uint32
-	WakerComm [16]int8
+	_        structs.HostLayout
+	Ns       uint64
+	Switches uint64
+	Waker    offcpuWaker
 }
 
 type offcpuLossKind uint32
@@ -49,14 +45,12 @@ type offcpuOffcpuEvent struct {
 	UserIp       uint64
 	Pid          uint32
 	Tgid         uint32
-	WakerPid     uint32
-	WakerTgid    uint32
 	KstackLen    uint32
 	UstackLen    uint32
 	KstackPrefix uint32
 	Pad          uint32
 	Comm         [16]int8
-	WakerComm    [16]int8
+	Waker        offcpuWaker
 	Kstack       [64]uint64
 	Ustack       [32]uint64
 }
@@ -86,6 +80,13 @@ type offcpuUstack struct {
 	Len uint32
 	Pad uint32
 	Ips [32]uint64
+}
+
+type offcpuWaker struct {
+	_    structs.HostLayout
+	Pid  uint32
+	Tgid uint32
+	Comm [16]int8
 }
 
 // Names of all BPF objects in the ELF.

@@ -20,6 +20,7 @@ import (
 
 	"github.com/whyslow/whyslow/internal/event"
 	"github.com/whyslow/whyslow/internal/scenario"
+	"github.com/whyslow/whyslow/internal/symbolize"
 )
 
 // offcpuLoopDevice attaches a loop device over a temporary file.
@@ -240,16 +241,11 @@ func TestOffCPUManyUserStacks(t *testing.T) {
 	}
 	defer sh.Wait()
 
-	fd, err := unix.Open(dev, unix.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	d, err := openDirect(dev, unix.O_WRONLY, 4096)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer unix.Close(fd)
-	buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Munmap(buf)
+	defer d.Close()
 	// Writer threads share the paths; while the queue is frozen they wait
 	// together.
 	const writers = 8
@@ -260,7 +256,7 @@ func TestOffCPUManyUserStacks(t *testing.T) {
 			runtime.LockOSThread()
 			defer runtime.UnlockOSThread()
 			for path := w; path < offcpuWrites; path += writers {
-				if err := offcpuPathA(fd, buf, int64(path)*4096, path, offcpuPathBits); err != nil {
+				if err := offcpuPathA(d.fd, d.buf, int64(path)*4096, path, offcpuPathBits); err != nil {
 					errs <- err
 					return
 				}
@@ -376,18 +372,13 @@ func offcpuPathNext(fd int, buf []byte, off int64, path uint, depth int) error {
 // offcpuDirectWriter writes 4 KiB blocks with O_DIRECT over the first size
 // bytes of dev until ctx is done.
 func offcpuDirectWriter(ctx context.Context, dev string, size int64) error {
-	fd, err := unix.Open(dev, unix.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("opening %s: %w", dev, err)
-	}
-	defer unix.Close(fd)
-	buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
+	d, err := openDirect(dev, unix.O_WRONLY, 4096)
 	if err != nil {
 		return err
 	}
-	defer unix.Munmap(buf)
+	defer d.Close()
 	for off := int64(0); ctx.Err() == nil; off = (off + 4096) % size {
-		if _, err := unix.Pwrite(fd, buf, off); err != nil {
+		if _, err := unix.Pwrite(d.fd, d.buf, off); err != nil {
 			return fmt.Errorf("writing %s: %w", dev, err)
 		}
 	}
@@ -583,21 +574,16 @@ func BenchmarkDSleep(b *testing.B) {
 		b.Fatalf("start: %+v", st)
 	}
 	objs := &run.(*offcpuRunning).objs
-	fd, err := unix.Open(dev, unix.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	d, err := openDirect(dev, unix.O_WRONLY, 4096)
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer unix.Close(fd)
-	buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer unix.Munmap(buf)
+	defer d.Close()
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	off := int64(0)
 	for b.Loop() {
-		if _, err := unix.Pwrite(fd, buf, off); err != nil {
+		if _, err := unix.Pwrite(d.fd, d.buf, off); err != nil {
 			b.Fatal(err)
 		}
 		off = (off + 4096) % (16 << 20)
@@ -743,5 +729,57 @@ func TestOffCPUWakerKept(t *testing.T) {
 				t.Errorf("only %d writer spans in 3 s", spans)
 			}
 		})
+	}
+}
+
+// TestStackCacheKernel: a kernel stack of the offcpu and syscall probes is
+// addresses only while kallsyms is not read, symbolized without the
+// tracing machinery's leading frames once it is, made once per stack while
+// the cache keeps it, and the cache keeps at most its bound.
+func TestStackCacheKernel(t *testing.T) {
+	ksyms, err := symbolize.ParseKallsyms(strings.NewReader("ffffffff81000000 T bpf_trace_run2\n" +
+		"ffffffff81001000 T __traceiter_sched_switch\nffffffff81002000 T __schedule\nffffffff81003000 T io_schedule\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stack := []uint64{0xffffffff81000010, 0xffffffff81001010, 0xffffffff81002010, 0xffffffff81003010}
+	symbols := func(fr []event.Frame) (out []string) {
+		for _, f := range fr {
+			out = append(out, f.Symbol)
+		}
+		return out
+	}
+	tests := []struct {
+		name  string
+		first *symbolize.Kernel // the stack made with this
+		then  *symbolize.Kernel // then asked for again with this
+		want  []string
+	}{
+		{"symbolized, trimmed", ksyms, ksyms, []string{"__schedule", "io_schedule"}},
+		{"addresses only, kept", nil, ksyms, []string{"", "", "", ""}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newStackCache(4)
+			c.kernel(tt.first, stack)
+			fr := c.kernel(tt.then, stack)
+			if got := symbols(fr); !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("symbols %q, want %q", got, tt.want)
+			}
+			if tt.first == nil {
+				for i, f := range fr {
+					if f.Addr != stack[i] || f.Module != symbolize.KernelModule {
+						t.Errorf("frame %d: %+v, want address %#x in %s", i, f, stack[i], symbolize.KernelModule)
+					}
+				}
+			}
+		})
+	}
+	c := newStackCache(2)
+	for i := range uint64(5) {
+		c.kernel(ksyms, []uint64{0xffffffff81002000 + i})
+	}
+	if len(c.m) != 2 {
+		t.Errorf("cache of 2 holds %d stacks", len(c.m))
 	}
 }

@@ -161,18 +161,13 @@ func missedCompletions(sinks map[string]*blkSink) uint64 {
 // from block from; it returns how many it wrote and how many failed.
 func chainWrites(t *testing.T, path string, from, n int) (writes, failed int) {
 	t.Helper()
-	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	d, err := openDirect(path, unix.O_WRONLY, 4096)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer unix.Close(fd)
-	buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Munmap(buf)
+	defer d.Close()
 	for i := from; i < from+n; i++ {
-		if _, err := unix.Pwrite(fd, buf, int64(i)*4096*4); err != nil {
+		if _, err := unix.Pwrite(d.fd, d.buf, int64(i)*4096*4); err != nil {
 			failed++
 		}
 		writes++

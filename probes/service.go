@@ -70,7 +70,7 @@ func hasPlugClock(kernel *btf.Spec) bool {
 // queue here collects statistics, so the slots would go untested).
 var serviceSlotsOnly bool
 
-func startService(cfg Config, sink Sink) (*serviceRunning, error) {
+func startService(cfg Config, sink Sink) (_ *serviceRunning, err error) {
 	kernel, err := kernelSpec(cfg)
 	if err != nil {
 		return nil, err
@@ -109,17 +109,23 @@ func startService(cfg Config, sink Sink) (*serviceRunning, error) {
 	if err := r.objs.load(spec, issueName, collectionOptions(kernel)); err != nil {
 		return nil, err
 	}
+	// On an error from here: undo what was done, the issue side first
+	// (leave and closeAll take what was not done yet).
+	defer func() {
+		if err != nil {
+			closeAll(r.links)
+			chainRqComplete.leave(r.complete)
+			r.objs.Close()
+		}
+	}()
 	// The end first, so no span starts that could not end: on
 	// block_rq_complete's chain, behind the submit probe's program and
 	// before the devfault probe's (rqchain.go); then the requeue, which
 	// frees a slot.
 	if r.complete, err = chainRqComplete.join(rankService, r.objs.SvcRqComplete, r.objs.RqCompleteNext); err != nil {
-		r.objs.Close()
 		return nil, err
 	}
 	if r.links, err = attachTPBTF(r.objs.SvcRqRequeue); err != nil {
-		chainRqComplete.leave(r.complete)
-		r.objs.Close()
 		return nil, err
 	}
 	var issue []link.Link
@@ -129,9 +135,6 @@ func startService(cfg Config, sink Sink) (*serviceRunning, error) {
 		issue, err = attachRawTP(rawTP{"block_rq_issue", r.objs.Issue})
 	}
 	if err != nil {
-		closeAll(r.links)
-		chainRqComplete.leave(r.complete)
-		r.objs.Close()
 		return nil, err
 	}
 	r.links = append(r.links, issue...)

@@ -118,18 +118,13 @@ func splitWrites(t *testing.T, loop blkLoop, n int) {
 	before := diskWrites(t, loop.name)
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	fd, err := unix.Open(loop.path, unix.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	d, err := openDirect(loop.path, unix.O_WRONLY, 256<<10)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer unix.Close(fd)
-	buf, err := unix.Mmap(-1, 0, 256<<10, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Munmap(buf)
+	defer d.Close()
 	for i := range n {
-		if _, err := unix.Pwrite(fd, buf, int64(i)*int64(len(buf))); err != nil {
+		if _, err := unix.Pwrite(d.fd, d.buf, int64(i)*int64(len(d.buf))); err != nil {
 			t.Fatalf("writing %s: %v", loop.path, err)
 		}
 	}

@@ -1185,20 +1185,7 @@ func (r *syscallRunning) frames(id int32) []event.Frame {
 	for n < len(ips) && ips[n] != 0 {
 		n++
 	}
-	addrs := ips[:n]
-	if fr, ok := r.kstacks.get(addrs); ok {
-		return fr
-	}
-	var fr []event.Frame
-	if r.ksyms != nil {
-		fr = trimTracingFrames(r.ksyms.Frames(addrs))
-	} else {
-		for _, a := range addrs {
-			fr = append(fr, event.Frame{Addr: a, Module: symbolize.KernelModule})
-		}
-	}
-	r.kstacks.put(addrs, fr)
-	return fr
+	return r.kstacks.kernel(r.ksyms, ips[:n])
 }
 
 func (r *syscallRunning) deliverBlocked(sink Sink, now event.Mono) error {

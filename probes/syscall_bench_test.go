@@ -120,34 +120,24 @@ func BenchmarkSyscallProbe(b *testing.B) {
 			}
 		})
 		run("pread-direct", func(b *testing.B) {
-			fd, err := unix.Open(loop.path, unix.O_RDONLY|unix.O_DIRECT, 0)
+			d, err := openDirect(loop.path, unix.O_RDONLY, 4096)
 			if err != nil {
 				b.Fatal(err)
 			}
-			defer unix.Close(fd)
-			buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer unix.Munmap(buf)
+			defer d.Close()
 			for b.Loop() {
-				unix.Pread(fd, buf, 0)
+				unix.Pread(d.fd, d.buf, 0)
 			}
 		})
 		run("aio-direct", func(b *testing.B) {
-			fd, err := unix.Open(loop.path, unix.O_RDONLY|unix.O_DIRECT, 0)
+			d, err := openDirect(loop.path, unix.O_RDONLY, 4096)
 			if err != nil {
 				b.Fatal(err)
 			}
-			defer unix.Close(fd)
-			buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer unix.Munmap(buf)
+			defer d.Close()
 			ctx := aioSetup(b)
 			for b.Loop() {
-				aioSubmitRead(b, ctx, fd, buf)
+				aioSubmitRead(b, ctx, d.fd, d.buf)
 				aioWait(b, ctx)
 			}
 		})

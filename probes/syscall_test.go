@@ -513,20 +513,16 @@ func TestSyscallAIO(t *testing.T) {
 	for _, mech := range (syscallProbe{}).Decl().Mechs() {
 		t.Run(string(mech), func(t *testing.T) {
 			loopA, loopB := newBlkLoop(t, 16<<20), newBlkLoop(t, 16<<20)
-			open := func(path string) int {
-				fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+			open := func(path string) *directFile {
+				d, err := openDirect(path, unix.O_RDONLY, 4096)
 				if err != nil {
 					t.Fatal(err)
 				}
-				t.Cleanup(func() { unix.Close(fd) })
-				return fd
+				t.Cleanup(d.Close)
+				return d
 			}
-			fdA, fdB := open(loopA.path), open(loopB.path)
-			buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer unix.Munmap(buf)
+			dirA, dirB := open(loopA.path), open(loopB.path)
+			fdA, fdB, buf := dirA.fd, dirB.fd, dirA.buf
 			ctx := aioSetup(t)
 			sink, r := startSyscallOn(t, mech, time.Hour)
 
