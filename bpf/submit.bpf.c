@@ -219,13 +219,37 @@ static __always_inline struct start *slot_of(__u64 bio)
 	return 0;
 }
 
+/* Entries of `starts` that user space counted lost already, bio -> the
+ * entry's ns: in a long run (serve) it sweeps `starts` for bios that got
+ * a request and have waited far longer than any I/O takes (their
+ * completion reached none of whyslow's programs) and counts them then,
+ * not when their address is reused (probes/submitleft.go, sweepStale).
+ * Written by user space only; own_stale reads it, on the rare path where
+ * a bio's entry is found stale, never per I/O. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64);
+	__type(value, __u64);
+} swept SEC(".maps");
+
 /* own_stale counts the loss of a bio whose entry is taken by a new bio
  * of the same address (the memory of a bio whose end was missed, reused):
- * a bio not counted yet (queued or with a request) was lost. */
+ * a bio not counted yet (queued or with a request) was lost, unless user
+ * space counted it already (swept). */
 static __always_inline struct start *own_stale(struct start *s)
 {
-	if (s->state != ST_FRONT)
-		sub_lose(SUB_LOSS_MISSED);
+	__u64 bio = s->bio;
+	__u64 *ns;
+
+	if (s->state == ST_FRONT)
+		return s;
+	ns = bpf_map_lookup_elem(&swept, &bio);
+	if (ns && *ns == s->ns) {
+		bpf_map_delete_elem(&swept, &bio);
+		return s;
+	}
+	sub_lose(SUB_LOSS_MISSED);
 	return s;
 }
 

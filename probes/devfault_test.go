@@ -87,3 +87,77 @@ func TestDevfaultLoopErrors(t *testing.T) {
 	}
 	assertProgsUnloaded(t, "df_rq_complete", "df_rq_requeue")
 }
+
+// A failed request whose completion no program of whyslow's saw (forced:
+// service's and devfault's completion programs taken off
+// block_rq_complete) cannot be among the faults, but it is not missing
+// silently: with devfault, the group reports the completions the service
+// probe counted missed as devfault's loss too, at each checkpoint (serve)
+// and at the stop, so the faults and that loss together cover the failed
+// writes (service counts a missed completion when its request object is
+// issued again: all but the last of each object's).
+func TestDevfaultCountsUnseenCompletions(t *testing.T) {
+	blkNeedRoot(t)
+	serviceSlotsOnly = true
+	defer func() { serviceSlotsOnly = false }()
+	name, path := fullLoop(t, 16<<20)
+	sink := new(blkSink)
+	g := Start(Config{SysFS: "/sys", ProcFS: "/proc"}, sink, serviceProbe{}, devfaultProbe{})
+	t.Cleanup(func() { g.Stop() })
+	for _, st := range g.Statuses() {
+		if st.Status != event.StatusOK {
+			t.Fatalf("starting %s: %+v", st.Name, st)
+		}
+	}
+	g.mu.Lock()
+	for _, s := range g.running {
+		var m *rqMember
+		switch r := s.r.(type) {
+		case *serviceRunning:
+			m = r.complete
+		case *devfaultRunning:
+			m = r.complete
+		}
+		if err := chainRqComplete.leave(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g.mu.Unlock()
+	_, failed := chainWrites(t, path, 0, 512)
+	if failed == 0 {
+		t.Fatalf("no write to %s failed: the tmpfs under it did not fill", path)
+	}
+	lossOf := func(ls []event.Loss, probe, what string) (n uint64) {
+		for _, l := range ls {
+			if l.Probe == probe && l.What == what {
+				n += l.Count
+			}
+		}
+		return n
+	}
+	missedWhat := serviceLossWhat[serviceSvcLossKindSVC_LOSS_MISSED]
+	cp := new(blkSink)
+	if err := g.Checkpoint(cp); err != nil {
+		t.Fatal(err)
+	}
+	if m, u := lossOf(cp.losses, event.ProbeService, missedWhat), lossOf(cp.losses, event.ProbeDevFault, devfaultUnseenWhat); u == 0 || u != m {
+		t.Errorf("checkpoint: devfault reports %d completions unseen, service %d missed; want the same, not 0 (losses: %+v)", u, m, cp.losses)
+	}
+	if err := g.Stop(); err != nil {
+		t.Fatalf("Stop: %v", err)
+	}
+	errs := uint64(0)
+	for _, f := range sinkEvents[event.DeviceFault](sink) {
+		if f.Dev.Name == name && f.Kind == event.FaultError {
+			errs++
+		}
+	}
+	missed, unseen := lossOf(sink.losses, event.ProbeService, missedWhat), lossOf(sink.losses, event.ProbeDevFault, devfaultUnseenWhat)
+	t.Logf("%d writes failed; %d faults on %s, %d completions devfault reports unseen, service %d missed", failed, errs, name, unseen, missed)
+	if unseen != missed {
+		t.Errorf("at the stop devfault reports %d completions unseen, service %d missed: want the same", unseen, missed)
+	}
+	if errs+unseen < uint64(failed) {
+		t.Errorf("%d failed writes, %d faults and %d completions devfault reports unseen: failed writes missing silently", failed, errs, unseen)
+	}
+}

@@ -80,6 +80,9 @@ var raiseMemlock = sync.OnceValue(func() error {
 type Group struct {
 	cfg  Config
 	sink Sink
+	// tap is the sink the probes deliver to: sink, with the completions
+	// no program saw counted for devfault's loss (missed.go).
+	tap *missedTap
 
 	mu       sync.Mutex
 	statuses []event.ProbeStatus
@@ -96,7 +99,7 @@ type started struct {
 // A probe that cannot start never stops the others: its status says why.
 // BPF probes need Prepare first.
 func Start(cfg Config, sink Sink, ps ...Probe) *Group {
-	g := &Group{cfg: cfg, sink: sink}
+	g := &Group{cfg: cfg, sink: sink, tap: &missedTap{Sink: sink}}
 	g.Start(ps...)
 	return g
 }
@@ -111,7 +114,7 @@ func (g *Group) Start(ps ...Probe) []event.ProbeStatus {
 	allStarted := make(chan struct{})
 	cfg.started = allStarted
 	atOnce(len(ps), func(i int) {
-		r, st := ps[i].Start(cfg, g.sink)
+		r, st := ps[i].Start(cfg, g.tap)
 		if st.Name == "" {
 			st.Name = ps[i].Decl().Name
 		}
@@ -172,6 +175,9 @@ func (g *Group) Stop() error {
 	g.mu.Unlock()
 	errs := make([]error, len(running))
 	atOnce(len(running), func(i int) { errs[i] = running[i].r.Stop() })
+	if hasProbe(running, event.ProbeDevFault) {
+		g.tap.deliver(g.sink)
+	}
 	var msgs []string
 	for i, err := range errs {
 		if err != nil {
@@ -219,12 +225,16 @@ func (g *Group) Checkpoint(sink Sink) error {
 	running := slices.Clone(g.running)
 	g.mu.Unlock()
 	var msgs []string
+	tap := &missedTap{Sink: sink}
 	for _, s := range running {
 		if cp, ok := s.r.(Checkpointer); ok {
-			if err := cp.Checkpoint(sink); err != nil {
+			if err := cp.Checkpoint(tap); err != nil {
 				msgs = append(msgs, s.name+": "+err.Error())
 			}
 		}
+	}
+	if hasProbe(running, event.ProbeDevFault) {
+		tap.deliver(sink)
 	}
 	if len(msgs) > 0 {
 		return fmt.Errorf("checkpoint of the probes: %s", strings.Join(msgs, "; "))
@@ -244,4 +254,14 @@ func atOnce(n int, fn func(i int)) {
 		}()
 	}
 	wg.Wait()
+}
+
+// hasProbe says whether the probe named name is among running.
+func hasProbe(running []started, name string) bool {
+	for _, s := range running {
+		if s.name == name {
+			return true
+		}
+	}
+	return false
 }

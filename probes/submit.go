@@ -3,6 +3,7 @@ package probes
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -66,6 +67,8 @@ type submitRunning struct {
 	use      *ioUseSums
 	swapStop chan struct{}
 	swapDone chan struct{}
+	// stale is the sweep of a long run's Checkpoints (submitleft.go).
+	stale staleSweep
 
 	stopOnce sync.Once
 	stopErr  error
@@ -108,7 +111,7 @@ func startSubmit(cfg Config, sink Sink) (_ *submitRunning, err error) {
 		return nil, fmt.Errorf("setting io_use_bits: %w", err)
 	}
 	tableSpec := spec.Maps["io_use"].InnerMap.Copy()
-	r := &submitRunning{sink: sink, sysfs: cfg.SysFS, procfs: cmpOr(cfg.ProcFS, "/proc"), ops: ops, swapStop: make(chan struct{}), swapDone: make(chan struct{})}
+	r := &submitRunning{sink: sink, sysfs: cfg.SysFS, procfs: cmpOr(cfg.ProcFS, "/proc"), ops: ops, swapStop: make(chan struct{}), swapDone: make(chan struct{}), stale: staleSweep{after: staleAfter}}
 	// The first I/O accounting table is put in io_use while the programs
 	// load: the kernel waits for an RCU grace period on each update of a
 	// map of maps (30-50 ms here), which would otherwise add to the start.
@@ -234,6 +237,11 @@ func (r *submitRunning) Checkpoint(sink Sink) error {
 		return err
 	}
 	err = r.deliverIOUse(sink, names, now)
+	if serr := r.stale.sweep(r.objs.Starts, r.objs.Swept); serr != nil {
+		sink.Loss(event.Loss{Probe: event.ProbeSubmit, What: "submission entries unreadable: bios whose completion the probe did not see not counted", Count: 1})
+		err = errors.Join(err, serr)
+	}
+	r.stale.deliver(sink)
 	deliverLossesWith(sink, event.ProbeSubmit, r.objs.Losses, &r.objs, r.skips())
 	deliverLossArray(sink, event.ProbeSubmit, r.objs.SubLosses, submitLossWhat[:])
 	return err
@@ -309,6 +317,7 @@ func (r *submitRunning) Stop() error {
 		if unknown > 0 {
 			r.sink.Loss(event.Loss{Probe: event.ProbeSubmit, What: endsUnknownWhat, Count: unknown})
 		}
+		r.stale.deliver(r.sink)
 		deliverLossesWith(r.sink, event.ProbeSubmit, r.objs.Losses, &r.objs, r.skips())
 		deliverLossArray(r.sink, event.ProbeSubmit, r.objs.SubLosses, submitLossWhat[:])
 		r.undecodable(r.sink, event.ProbeSubmit)
@@ -330,7 +339,7 @@ func (r *submitRunning) leftEnds() (added, unknown uint64, err error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	use, unknown := leftEnds(entries, func(tgid uint32) bool { return procGone(r.procfs, tgid) })
+	use, unknown := leftEnds(entries, func(tgid uint32) bool { return procGone(r.procfs, tgid) }, r.stale.swept)
 	r.use.addAll(use)
 	return uint64(len(use)), unknown, nil
 }

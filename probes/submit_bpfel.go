@@ -135,6 +135,7 @@ const (
 	submitMapRqCompleteNext  = "rq_complete_next"
 	submitMapStarts          = "starts"
 	submitMapSubLosses       = "sub_losses"
+	submitMapSwept           = "swept"
 	submitProgSubBackmerge   = "sub_backmerge"
 	submitProgSubBioDone     = "sub_bio_done"
 	submitProgSubBioQueue    = "sub_bio_queue"
@@ -227,6 +228,7 @@ type submitMapSpecs struct {
 	RqCompleteNext *ebpf.MapSpec `ebpf:"rq_complete_next"`
 	Starts         *ebpf.MapSpec `ebpf:"starts"`
 	SubLosses      *ebpf.MapSpec `ebpf:"sub_losses"`
+	Swept          *ebpf.MapSpec `ebpf:"swept"`
 }
 
 // submitVariableSpecs contains global variables before they are loaded into the kernel.
@@ -283,6 +285,7 @@ type submitMaps struct {
 	RqCompleteNext *ebpf.Map `ebpf:"rq_complete_next"`
 	Starts         *ebpf.Map `ebpf:"starts"`
 	SubLosses      *ebpf.Map `ebpf:"sub_losses"`
+	Swept          *ebpf.Map `ebpf:"swept"`
 }
 
 func (m *submitMaps) Close() error {
@@ -297,6 +300,7 @@ func (m *submitMaps) Close() error {
 		m.RqCompleteNext,
 		m.Starts,
 		m.SubLosses,
+		m.Swept,
 	)
 }
 
