@@ -429,7 +429,7 @@ func (b *bench) cost() error {
 	if b.o.costRuns <= 0 {
 		return nil // -cost-rounds 0: the IOPS rounds alone
 	}
-	restore, err := sysctl("kernel.bpf_stats_enabled", "1")
+	restore, err := enableRunTimeStats()
 	if err != nil {
 		return err
 	}

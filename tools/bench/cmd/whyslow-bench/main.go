@@ -21,7 +21,6 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -32,6 +31,9 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 )
 
 type options struct {
@@ -371,17 +373,18 @@ func meminfo(field string) int64 {
 	return 0
 }
 
-// sysctl sets a sysctl and returns a function that restores it.
-func sysctl(name, value string) (restore func(), err error) {
-	path := "/proc/sys/" + strings.ReplaceAll(name, ".", "/")
-	old, err := os.ReadFile(path)
+// enableRunTimeStats turns on the kernel's run-time statistics of every BPF
+// program (what kernel.bpf_stats_enabled does) through a BPF_ENABLE_STATS
+// descriptor, for as long as the returned function has not been called. The
+// kernel turns them off again when the descriptor closes, so a bench that is
+// killed does not leave them on for the machine (a sysctl it wrote would
+// stay: every program of every later run would pay the two clock reads).
+func enableRunTimeStats() (disable func(), err error) {
+	c, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("enabling BPF run-time statistics: %w", err)
 	}
-	if err := os.WriteFile(path, []byte(value), 0); err != nil {
-		return nil, err
-	}
-	return func() { _ = os.WriteFile(path, bytes.TrimSpace(old), 0) }, nil
+	return func() { _ = c.Close() }, nil
 }
 
 // selectTools returns the io configurations named, in that order; the

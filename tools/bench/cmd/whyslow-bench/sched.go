@@ -140,7 +140,7 @@ func (b *bench) sched() error {
 	res.None, res.Whyslow, res.Ratio = spreadOf(none), spreadOf(ws), spreadOf(ratio[1])
 
 	// The programs' own run time, in a run of its own.
-	restore, err := sysctl("kernel.bpf_stats_enabled", "1")
+	restore, err := enableRunTimeStats()
 	if err != nil {
 		return err
 	}
