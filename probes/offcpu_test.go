@@ -234,12 +234,24 @@ func TestOffCPUManyUserStacks(t *testing.T) {
 	// Two freezes, then a few milliseconds for the writes to get through:
 	// a queue frozen all the time lets an emulated machine write a few
 	// blocks a second.
-	script := fmt.Sprintf("while :; do echo %[2]s > %[1]s; echo %[3]s > %[1]s; sleep 0.005; done", schedPath, values[0], values[1])
+	// The shell leaves a file when its first two freezes are done, and
+	// the writers start then: 512 writes can all end (0.4 s in a guest)
+	// before a shell started beside them has made its first freeze.
+	started := filepath.Join(t.TempDir(), "started")
+	script := fmt.Sprintf("echo %[2]s > %[1]s; echo %[3]s > %[1]s; : > %[4]s; while :; do echo %[2]s > %[1]s; echo %[3]s > %[1]s; sleep 0.005; done", schedPath, values[0], values[1], started)
 	sh := exec.CommandContext(ctx, "/bin/sh", "-c", script)
 	if err := sh.Start(); err != nil {
 		t.Fatal(err)
 	}
 	defer sh.Wait()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if _, err := os.Stat(started); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the freezing shell made no freeze in 30 s")
+		}
+	}
 
 	d, err := openDirect(dev, unix.O_WRONLY, 4096)
 	if err != nil {
