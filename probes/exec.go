@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"sync"
 
@@ -78,27 +77,10 @@ func (r *execRunning) attachFailed() error {
 	}
 	r.objs.Execing, r.objs.ExecEnterExecve, r.objs.ExecEnterExecveat, r.objs.ExecExitExecve, r.objs.ExecExitExecveat =
 		fail.Execing, fail.ExecEnterExecve, fail.ExecEnterExecveat, fail.ExecExitExecve, fail.ExecExitExecveat
-	// own attaches the tracepoints of one side (again, when the chain
-	// lets its program go).
-	own := func(tps ...execTP) func() (func() error, error) {
-		return func() (func() error, error) {
-			var links []link.Link
-			for _, tp := range tps {
-				l, err := link.Tracepoint("syscalls", tp.name, tp.prog, nil)
-				if err != nil {
-					if !tp.required && errors.Is(err, os.ErrNotExist) {
-						continue
-					}
-					closeAll(links)
-					return nil, fmt.Errorf("attaching tracepoint syscalls/%s: %w", tp.name, err)
-				}
-				links = append(links, l)
-			}
-			return func() error { closeAll(links); return nil }, nil
-		}
-	}
-	ownExit := own(execTP{r.objs.ExecExitExecve, "sys_exit_execve", true}, execTP{r.objs.ExecExitExecveat, "sys_exit_execveat", false})
-	ownEnter := own(execTP{r.objs.ExecEnterExecve, "sys_enter_execve", true}, execTP{r.objs.ExecEnterExecveat, "sys_enter_execveat", false})
+	// Each side's own way: its tracepoints (again, when the chain lets
+	// its program go).
+	ownExit := attachSyscallTPs(syscallTP{r.objs.ExecExitExecve, "sys_exit_execve", true}, syscallTP{r.objs.ExecExitExecveat, "sys_exit_execveat", false})
+	ownEnter := attachSyscallTPs(syscallTP{r.objs.ExecEnterExecve, "sys_enter_execve", true}, syscallTP{r.objs.ExecEnterExecveat, "sys_enter_execveat", false})
 	// Exits first, so that no entry misses its exit.
 	clExit, err := ownExit()
 	if err != nil {
@@ -133,13 +115,6 @@ func (r *execRunning) attachFailed() error {
 	}
 	r.ownClose = []func() error{clEnter, clExit}
 	return nil
-}
-
-// execTP is a syscall tracepoint of the failed-exec programs.
-type execTP struct {
-	prog     *ebpf.Program
-	name     string
-	required bool
 }
 
 // leaveChains takes the failed-exec programs off sys_enter's and

@@ -35,10 +35,12 @@ package probes
 import (
 	"errors"
 	"fmt"
+	"os"
 	"sort"
 	"sync"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 )
 
 // Ranks on block_rq_complete: the order of the chain.
@@ -143,18 +145,7 @@ func (c *rqChain) inSlot(m *rqMember) bool {
 // join puts prog (rank, with its slot next or nil) on the chain's hook;
 // it returns the member to leave with.
 func (c *rqChain) join(rank int, prog *ebpf.Program, next *ebpf.Map) (*rqMember, error) {
-	m := &rqMember{rank: rank, prog: prog, next: next}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.members = append(c.members, m)
-	sort.SliceStable(c.members, func(i, j int) bool { return c.members[i].rank < c.members[j].rank })
-	if err := c.settle(); err != nil {
-		c.remove(m)
-		err2 := c.settle()
-		c.detach(m)
-		return nil, errors.Join(err, err2)
-	}
-	return m, nil
+	return c.joinWith(rank, prog, next, false, nil, nil)
 }
 
 // leave takes m's program off the hook: its successor moves to its
@@ -321,4 +312,33 @@ func (c *rqChain) order() string {
 		s += progName(m.prog)
 	}
 	return s
+}
+
+// syscallTP is a syscalls:* tracepoint a program attaches to as its way
+// off a chain's hook; one not required may be missing from the kernel.
+type syscallTP struct {
+	prog     *ebpf.Program
+	name     string
+	required bool
+}
+
+// attachSyscallTPs makes the own way of a chain member: attaching its
+// programs to their syscall tracepoints (again, each time the chain lets
+// it go), all or none, and what detaches them.
+func attachSyscallTPs(tps ...syscallTP) func() (func() error, error) {
+	return func() (func() error, error) {
+		var links []link.Link
+		for _, tp := range tps {
+			l, err := link.Tracepoint("syscalls", tp.name, tp.prog, nil)
+			if err != nil {
+				if !tp.required && errors.Is(err, os.ErrNotExist) {
+					continue
+				}
+				closeAll(links)
+				return nil, fmt.Errorf("attaching tracepoint syscalls/%s: %w", tp.name, err)
+			}
+			links = append(links, l)
+		}
+		return func() error { closeAll(links); return nil }, nil
+	}
 }

@@ -159,28 +159,11 @@ func (r *sysfsRunning) attachTracepoints(spec *ebpf.CollectionSpec, kernel *btf.
 	}
 	// own attaches the tracepoints (again, when the chain lets the
 	// program go).
-	own := func() (func() error, error) {
-		var links []link.Link
-		for _, tp := range []struct {
-			prog, name string
-			required   bool
-		}{
-			{"sysfs_openat", "sys_enter_openat", true},
-			{"sysfs_openat2", "sys_enter_openat2", false}, // 5.6+
-			{"sysfs_open_old", "sys_enter_open", false},   // not on arm64
-		} {
-			l, err := link.Tracepoint("syscalls", tp.name, coll.Programs[tp.prog], nil)
-			if err != nil {
-				if !tp.required && errors.Is(err, os.ErrNotExist) {
-					continue
-				}
-				closeAll(links)
-				return nil, fmt.Errorf("attaching tracepoint syscalls/%s: %w", tp.name, err)
-			}
-			links = append(links, l)
-		}
-		return func() error { closeAll(links); return nil }, nil
-	}
+	own := attachSyscallTPs(
+		syscallTP{coll.Programs["sysfs_openat"], "sys_enter_openat", true},
+		syscallTP{coll.Programs["sysfs_openat2"], "sys_enter_openat2", false}, // 5.6+
+		syscallTP{coll.Programs["sysfs_open_old"], "sys_enter_open", false},   // not on arm64
+	)
 	cl, err := own()
 	if err != nil {
 		coll.Close()
