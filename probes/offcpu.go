@@ -196,23 +196,20 @@ func startOffcpu(cfg Config, sink Sink) (_ *offcpuRunning, err error) {
 	// On sys_exit it is second in a chain (rqchain.go): behind the
 	// syscall probe's program, before the exec probe's, which it runs
 	// from its slot.
-	for _, h := range []struct {
-		c *hookChain
-		p *ebpf.Program
-	}{{chainSchedWaking, r.objs.OffcpuWakeup}, {nil, r.objs.OffcpuSysExit}, {chainSchedSwitch, r.objs.OffcpuSwitch}} {
-		if h.c == nil {
-			if r.sysExit, err = chainSysExit.join(rankSysfsOrOffCPU, h.p, r.objs.SysExitNext); err != nil {
-				r.leaveChains()
-				return nil, err
-			}
-			continue
+	follow := func(c *hookChain, p *ebpf.Program) error {
+		f, err := c.follow(p, attachOwn)
+		if err == nil {
+			r.follows = append(r.follows, offcpuFollow{c, f})
 		}
-		f, err := h.c.follow(h.p, attachOwn)
-		if err != nil {
-			r.leaveChains()
-			return nil, err
+		return err
+	}
+	if err = follow(chainSchedWaking, r.objs.OffcpuWakeup); err == nil {
+		if r.sysExit, err = chainSysExit.join(rankSysfsOrOffCPU, r.objs.OffcpuSysExit, r.objs.SysExitNext); err == nil {
+			err = follow(chainSchedSwitch, r.objs.OffcpuSwitch)
 		}
-		r.follows = append(r.follows, offcpuFollow{h.c, f})
+	}
+	if err != nil {
+		return nil, err // the deferred undo leaves the chains
 	}
 	// The reader drains the ring buffer into the backlog at once; the
 	// processor symbolizes from it once kallsyms is read, so that the ring
