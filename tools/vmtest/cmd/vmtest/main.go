@@ -107,10 +107,11 @@ func run() int {
 				fmt.Fprintln(os.Stderr, sum)
 			}
 			code = 1
-			for _, f := range vmtest.FailedTests(r) {
+			names := vmtest.FailedTests(r)
+			for _, f := range names {
 				failed = append(failed, fmt.Sprintf("vmtest: %s failed: %s", k.Name, f))
 			}
-			if len(vmtest.FailedTests(r)) == 0 {
+			if len(names) == 0 {
 				failed = append(failed, fmt.Sprintf("vmtest: %s failed: %v", k.Name, r.Err))
 			}
 		}
