@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -45,9 +46,10 @@ func lossKind(what string) string {
 }
 
 // lossesText says which probes lost how many events of which kind: per
-// probe, the most first, its total then its causes, the most first; a
-// cause that counts the same events as other probes' says so. "none"
-// when nothing was lost.
+// probe, the most first, its total then its causes, the most first. The
+// causes of an overlap class (the same events as other probes' causes)
+// are marked with a dagger per class, which a note at the end names.
+// "none" when nothing was lost.
 func lossesText(ls []LossLine) string {
 	if len(ls) == 0 {
 		return "none"
@@ -75,7 +77,7 @@ func lossesText(ls []LossLine) string {
 		}
 		return ps[i].name < ps[j].name
 	})
-	var out []string
+	var out, classes []string
 	for _, p := range ps {
 		sort.SliceStable(p.lines, func(i, j int) bool {
 			a, b := p.lines[i], p.lines[j]
@@ -85,12 +87,21 @@ func lossesText(ls []LossLine) string {
 		for _, l := range p.lines {
 			k := fmt.Sprintf("%d %s", l.Count, lossKind(l.What))
 			if l.Overlap != "" {
-				k += " (" + l.Overlap + ": the same as other probes', once in the total)"
+				i := slices.Index(classes, l.Overlap)
+				if i < 0 {
+					i = len(classes)
+					classes = append(classes, l.Overlap)
+				}
+				k += " " + strings.Repeat("†", i+1)
 			}
 			kinds = append(kinds, k)
 		}
 		out = append(out, fmt.Sprintf("%s %d: %s", p.name, p.total, strings.Join(kinds, ", ")))
 	}
+	text := strings.Join(out, "; ")
+	for i, c := range classes {
+		text += fmt.Sprintf(" (%s %s: the same events, as each of these probes saw them, counted once in lost_events)", strings.Repeat("†", i+1), c)
+	}
 	// A cell of a Markdown table ends at a pipe.
-	return strings.ReplaceAll(strings.Join(out, "; "), "|", "\\|")
+	return strings.ReplaceAll(text, "|", "\\|")
 }

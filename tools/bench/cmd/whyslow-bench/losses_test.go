@@ -30,7 +30,13 @@ func TestLossesText(t *testing.T) {
 			"submit 10: 6 runs of sub_rq_complete skipped by the kernel, 4 ring buffer full; offcpu 6: 5 ring buffer full, 1 stack map full"},
 		{"an overlap marked",
 			[][]LossLine{{{Probe: "service", What: missed, Count: 480, Overlap: "block completions missed"}}},
-			"service 480: 480 requests whose completion never reached the probe (block completions missed: the same as other probes', once in the total)"},
+			"service 480: 480 requests whose completion never reached the probe † († block completions missed: the same events, as each of these probes saw them, counted once in lost_events)"},
+		{"two probes of one class, and another class",
+			[][]LossLine{{{Probe: "service", What: missed, Count: 480, Overlap: "block completions missed"},
+				{Probe: "submit", What: "bios whose end the accounting missed (no end)", Count: 500, Overlap: "block completions missed"},
+				{Probe: "submit", What: ring, Count: 1},
+				{Probe: "x", What: "y", Count: 1, Overlap: "z"}}},
+			"submit 501: 500 bios whose end the accounting missed †, 1 ring buffer full; service 480: 480 requests whose completion never reached the probe †; x 1: 1 y †† († block completions missed: the same events, as each of these probes saw them, counted once in lost_events) (†† z: the same events, as each of these probes saw them, counted once in lost_events)"},
 		{"a pipe cannot end a table cell", [][]LossLine{{{Probe: "uevent", What: "a|b", Count: 1}}}, `uevent 1: 1 a\|b`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
