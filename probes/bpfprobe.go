@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
@@ -138,10 +139,30 @@ func closeAll[T io.Closer](cs []T) {
 // ringReader is what readRing reads: a *ringbuf.Reader.
 type ringReader interface {
 	ReadInto(*ringbuf.Record) error
+	SetDeadline(time.Time)
+	BufferSize() int
 }
+
+// ringBatch is how long readRing lets records gather in a ring that is
+// being written to before it reads them: the bound on how late a record of
+// a busy ring reaches fn. Reading each record as the kernel wakes the
+// reader for it cost a blocking epoll_wait per record, and with it the Go
+// scheduler's sysmon thread taking the reader's P back each time: at load
+// the largest part of whyslow's own CPU (BENCHMARKS.md, Issue 16, wt-e28).
+const ringBatch = 50 * time.Millisecond
+
+// ringPoll is the deadline that makes ReadInto return what the ring holds
+// without waiting, then os.ErrDeadlineExceeded.
+var ringPoll = time.Unix(1, 0)
 
 // readRing calls fn with each record's raw bytes until the reader is closed
 // or flushed. fn must not keep raw: it is reused.
+//
+// An idle ring is waited on (the kernel wakes the reader on its first
+// record, so a lone record is read at once); once records come, the ring
+// is read in batches, every ringBatch, until a batch finds it empty again.
+// A batch that took more than a quarter of the ring is followed by the
+// next at once, so that the wait never fills the ring.
 //
 // A read error that is not transient ends it rather than spin: the ring
 // then fills and the programs count what they drop (LOSS_RINGBUF); the
@@ -152,12 +173,36 @@ type ringReader interface {
 // rd.Flush() (readRing then returns once the ring is empty), wait for
 // readRing to return, then close the reader.
 func readRing(rd ringReader, sink Sink, probe string, fn func(raw []byte)) {
+	readRingEvery(rd, sink, probe, ringBatch, fn)
+}
+
+// readRingEvery is readRing with batches every interval.
+func readRingEvery(rd ringReader, sink Sink, probe string, interval time.Duration, fn func(raw []byte)) {
 	var rec ringbuf.Record
+	polling := false // the deadline is ringPoll: ReadInto does not wait
+	batch := 0       // bytes read since the ring was last found empty
 	for {
 		err := rd.ReadInto(&rec)
 		switch {
 		case err == nil:
+			if !polling {
+				polling = true
+				rd.SetDeadline(ringPoll)
+			}
+			batch += (len(rec.RawSample)+7)&^7 + 8 // the ring's 8-byte header, 8-byte aligned
 			fn(rec.RawSample)
+		case errors.Is(err, os.ErrDeadlineExceeded) && polling:
+			if batch == 0 {
+				// Nothing came in a whole interval: wait for the kernel's wakeup.
+				polling = false
+				rd.SetDeadline(time.Time{})
+				continue
+			}
+			full := batch > rd.BufferSize()/4
+			batch = 0
+			if !full {
+				time.Sleep(interval)
+			}
 		case errors.Is(err, ringbuf.ErrClosed), errors.Is(err, ringbuf.ErrFlushed),
 			errors.Is(err, os.ErrDeadlineExceeded):
 			return

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
 
@@ -27,6 +29,76 @@ func (r *scriptedRing) ReadInto(rec *ringbuf.Record) error {
 	err := r.errs[0]
 	r.errs = r.errs[1:]
 	return err
+}
+
+func (r *scriptedRing) SetDeadline(time.Time) {}
+func (r *scriptedRing) BufferSize() int       { return 4096 }
+
+// A real ring read in batches while a program writes to it, sometimes
+// faster than a batch, sometimes idle: every record is read, and a flush
+// returns once what is left is read.
+func TestReadRingBatchesARealRing(t *testing.T) {
+	schedRequireRoot(t)
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.RingBuf, MaxEntries: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:    ebpf.SocketFilter,
+		License: "GPL",
+		Instructions: asm.Instructions{
+			// bpf_ringbuf_output(ring, fp-8, 8, 0): an 8-byte record.
+			asm.Mov.Reg(asm.R6, asm.R1),
+			asm.Mov.Imm(asm.R0, 0),
+			asm.StoreMem(asm.RFP, -8, asm.R0, asm.DWord),
+			asm.LoadMapPtr(asm.R1, m.FD()),
+			asm.Mov.Reg(asm.R2, asm.RFP),
+			asm.Add.Imm(asm.R2, -8),
+			asm.Mov.Imm(asm.R3, 8),
+			asm.Mov.Imm(asm.R4, 0),
+			asm.FnRingbufOutput.Call(),
+			asm.Mov.Imm(asm.R0, 0),
+			asm.Return(),
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prog.Close()
+	rd, err := ringbuf.NewReader(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+
+	const n = 300
+	var got int
+	done := make(chan struct{})
+	sink := &schedProcSink{}
+	go func() {
+		defer close(done)
+		readRingEvery(rd, sink, "test", 20*time.Millisecond, func([]byte) { got++ })
+	}()
+	in := make([]byte, 14)
+	for i := 0; i < n; i++ {
+		if _, _, err := prog.Test(in); err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case i%100 == 99:
+			time.Sleep(100 * time.Millisecond) // idle: the reader waits again
+		case i%3 == 0:
+			time.Sleep(time.Millisecond)
+		}
+	}
+	if err := rd.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	if got != n || len(sink.losses) > 0 {
+		t.Errorf("%d records read of %d, losses %+v", got, n, sink.losses)
+	}
 }
 
 // A ring that cannot be read any more ends the reading with a loss that
