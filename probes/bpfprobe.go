@@ -141,14 +141,23 @@ type ringReader interface {
 	ReadInto(*ringbuf.Record) error
 	SetDeadline(time.Time)
 	BufferSize() int
+	AvailableBytes() int
 }
+
+// ringWaiter parks the calling goroutine until ready returns true, called
+// again each time the ring's file is readable, or until the ring is being
+// stopped (an error).
+type ringWaiter func(ready func() bool) error
 
 // ringBatch is how long readRing lets records gather in a ring that is
 // being written to before it reads them: the bound on how late a record of
-// a busy ring reaches fn. Reading each record as the kernel wakes the
-// reader for it cost a blocking epoll_wait per record, and with it the Go
-// scheduler's sysmon thread taking the reader's P back each time: at load
-// the largest part of whyslow's own CPU (BENCHMARKS.md, Issue 16, wt-e28).
+// a busy ring reaches fn.
+//
+// Reading each record as the kernel woke the reader for it cost a blocking
+// epoll_wait per record (cilium/ebpf's Reader waits in a raw syscall), and
+// each such syscall had the Go scheduler's sysmon thread take the reader's P
+// back and poll every 20 µs again: at load the largest part of whyslow's own
+// wake-ups (BENCHMARKS.md, Issue 16, wt-e28).
 const ringBatch = 50 * time.Millisecond
 
 // ringPoll is the deadline that makes ReadInto return what the ring holds
@@ -158,11 +167,13 @@ var ringPoll = time.Unix(1, 0)
 // readRing calls fn with each record's raw bytes until the reader is closed
 // or flushed. fn must not keep raw: it is reused.
 //
-// An idle ring is waited on (the kernel wakes the reader on its first
-// record, so a lone record is read at once); once records come, the ring
-// is read in batches, every ringBatch, until a batch finds it empty again.
-// A batch that took more than a quarter of the ring is followed by the
-// next at once, so that the wait never fills the ring.
+// An idle ring is waited on with wait, in the Go runtime's netpoller (no
+// thread blocked in a syscall); the kernel wakes it on the first record,
+// so a lone record is read at once. Once records come, the ring is read in
+// batches every ringBatch until a batch finds it empty again. A batch that
+// took more than a quarter of the ring is followed by the next at once, so
+// that the pause does not fill the ring. With wait nil (or once it fails),
+// an idle ring is waited on in ReadInto.
 //
 // A read error that is not transient ends it rather than spin: the ring
 // then fills and the programs count what they drop (LOSS_RINGBUF); the
@@ -170,17 +181,20 @@ var ringPoll = time.Unix(1, 0)
 // in the report.
 //
 // To stop without losing what is buffered: detach the programs, call
-// rd.Flush() (readRing then returns once the ring is empty), wait for
-// readRing to return, then close the reader.
-func readRing(rd ringReader, sink Sink, probe string, fn func(raw []byte)) {
-	readRingEvery(rd, sink, probe, ringBatch, fn)
+// rd.Flush() and end wait (readRing then returns once the ring is empty),
+// wait for readRing to return, then close the reader (ring.drain).
+func readRing(rd ringReader, wait ringWaiter, sink Sink, probe string, fn func(raw []byte)) {
+	readRingEvery(rd, wait, sink, probe, ringBatch, fn)
 }
 
 // readRingEvery is readRing with batches every interval.
-func readRingEvery(rd ringReader, sink Sink, probe string, interval time.Duration, fn func(raw []byte)) {
+func readRingEvery(rd ringReader, wait ringWaiter, sink Sink, probe string, interval time.Duration, fn func(raw []byte)) {
 	var rec ringbuf.Record
-	polling := false // the deadline is ringPoll: ReadInto does not wait
-	batch := 0       // bytes read since the ring was last found empty
+	polling := wait != nil // the deadline is ringPoll: ReadInto does not wait
+	if polling {
+		rd.SetDeadline(ringPoll)
+	}
+	batch := 0 // bytes read since the ring was last found empty
 	for {
 		err := rd.ReadInto(&rec)
 		switch {
@@ -192,17 +206,25 @@ func readRingEvery(rd ringReader, sink Sink, probe string, interval time.Duratio
 			batch += (len(rec.RawSample)+7)&^7 + 8 // the ring's 8-byte header, 8-byte aligned
 			fn(rec.RawSample)
 		case errors.Is(err, os.ErrDeadlineExceeded) && polling:
-			if batch == 0 {
-				// Nothing came in a whole interval: wait for the kernel's wakeup.
-				polling = false
-				rd.SetDeadline(time.Time{})
+			if batch > 0 {
+				full := batch > rd.BufferSize()/4
+				batch = 0
+				if !full {
+					time.Sleep(interval)
+				}
 				continue
 			}
-			full := batch > rd.BufferSize()/4
-			batch = 0
-			if !full {
-				time.Sleep(interval)
+			// Nothing came in a whole batch: wait for the kernel's wakeup.
+			if wait != nil {
+				if err := wait(func() bool { return rd.AvailableBytes() > 0 }); err == nil {
+					continue
+				}
+				// Stopping (or the ring's file not pollable): from now on
+				// ReadInto waits, and returns at the flush.
+				wait = nil
 			}
+			polling = false
+			rd.SetDeadline(time.Time{})
 		case errors.Is(err, ringbuf.ErrClosed), errors.Is(err, ringbuf.ErrFlushed),
 			errors.Is(err, os.ErrDeadlineExceeded):
 			return
@@ -212,6 +234,36 @@ func readRingEvery(rd ringReader, sink Sink, probe string, interval time.Duratio
 			sink.Loss(event.Loss{Probe: probe, What: ringReadFailed(err), Count: 1})
 			return
 		}
+	}
+}
+
+// ringFile opens m's file again, non-blocking, in the Go runtime's
+// netpoller, and returns it with the ringWaiter that waits on it; nil and
+// a nil waiter when it cannot be polled so.
+func ringFile(m *ebpf.Map) (*os.File, ringWaiter) {
+	if m == nil {
+		return nil, nil
+	}
+	fd, err := unix.FcntlInt(uintptr(m.FD()), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, nil
+	}
+	f := os.NewFile(uintptr(fd), "ring")
+	if err := f.SetReadDeadline(time.Time{}); err != nil { // not in the netpoller
+		f.Close()
+		return nil, nil
+	}
+	raw, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, nil
+	}
+	return f, func(ready func() bool) error {
+		return raw.Read(func(uintptr) bool { return ready() })
 	}
 }
 
@@ -713,16 +765,27 @@ func blockDevName(sysfs string, major, minor uint32) string {
 // of its records that could not be decoded. A probe's Running embeds it.
 type ring struct {
 	rd     *ringbuf.Reader
+	m      *ebpf.Map     // the ring's map (not owned)
+	file   *os.File      // m's file in the netpoller, while read (readAll)
 	done   chan struct{} // closed when the reader goroutine returns
 	decode uint64        // undecodable records (reader goroutine)
 }
 
+// openRing opens the reader of the ring buffer map m.
+func (g *ring) openRing(m *ebpf.Map) (err error) {
+	g.m = m
+	g.rd, err = ringbuf.NewReader(m)
+	return err
+}
+
 // readAll starts the goroutine that hands each record of rd to fn (readRing).
 func (g *ring) readAll(sink Sink, probe string, fn func(raw []byte)) {
+	var wait ringWaiter
+	g.file, wait = ringFile(g.m)
 	g.done = make(chan struct{})
 	go func() {
 		defer close(g.done)
-		readRing(g.rd, sink, probe, fn)
+		readRing(g.rd, wait, sink, probe, fn)
 	}()
 }
 
@@ -733,8 +796,14 @@ func (g *ring) drain() {
 		return
 	}
 	_ = g.rd.Flush()
+	if g.file != nil {
+		_ = g.file.SetReadDeadline(ringPoll) // ends the reader's wait
+	}
 	if g.done != nil {
 		<-g.done
+	}
+	if g.file != nil {
+		g.file.Close()
 	}
 	g.rd.Close()
 }

@@ -13,7 +13,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"github.com/cilium/ebpf/ringbuf"
 
 	"github.com/whyslow/whyslow/internal/event"
 )
@@ -97,7 +96,7 @@ func startDevfault(cfg Config, sink Sink) (_ *devfaultRunning, err error) {
 			r.objs.Close()
 		}
 	}()
-	if r.rd, err = ringbuf.NewReader(r.objs.Events); err != nil {
+	if err = r.openRing(r.objs.Events); err != nil {
 		return nil, fmt.Errorf("opening ring buffer: %w", err)
 	}
 	// Last on block_rq_complete's chain, behind the submit and service

@@ -11,7 +11,6 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
-	"github.com/cilium/ebpf/ringbuf"
 
 	"github.com/whyslow/whyslow/internal/event"
 )
@@ -191,7 +190,7 @@ func startExec(cfg Config, sink Sink) (_ *execRunning, err error) {
 			r.objs.Close()
 		}
 	}()
-	if r.rd, err = ringbuf.NewReader(r.objs.Events); err != nil {
+	if err = r.openRing(r.objs.Events); err != nil {
 		return nil, fmt.Errorf("opening ring buffer: %w", err)
 	}
 	if r.links, err = attachTPBTF(r.objs.ExecExec, r.objs.ExecExit); err != nil {

@@ -13,7 +13,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"github.com/cilium/ebpf/ringbuf"
 
 	"github.com/whyslow/whyslow/internal/event"
 )
@@ -101,7 +100,7 @@ func startIOCost(cfg Config, sink Sink) (_ *iocostRunning, note string, err erro
 			coll.Close()
 		}
 	}()
-	if r.rd, err = ringbuf.NewReader(coll.Maps["events"]); err != nil {
+	if err = r.openRing(coll.Maps["events"]); err != nil {
 		return nil, "", fmt.Errorf("opening ring buffer: %w", err)
 	}
 	var skipped []string

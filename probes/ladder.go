@@ -22,7 +22,6 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
-	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
 
 	"github.com/whyslow/whyslow/internal/event"
@@ -536,7 +535,7 @@ func startDirect(probe string, spec *ebpf.CollectionSpec, kernel *btf.Spec, poin
 			coll.Close()
 		}
 	}()
-	if r.rd, err = ringbuf.NewReader(coll.Maps["events"]); err != nil {
+	if err = r.openRing(coll.Maps["events"]); err != nil {
 		return nil, loadErr(fmt.Errorf("opening ring buffer: %w", err))
 	}
 	// Returns before entries, so no started span misses its end.

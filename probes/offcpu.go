@@ -13,7 +13,6 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
-	"github.com/cilium/ebpf/ringbuf"
 
 	"github.com/whyslow/whyslow/internal/event"
 	"github.com/whyslow/whyslow/internal/symbolize"
@@ -186,7 +185,7 @@ func startOffcpu(cfg Config, sink Sink) (_ *offcpuRunning, err error) {
 			r.objs.Close()
 		}
 	}()
-	if r.rd, err = ringbuf.NewReader(r.objs.Events); err != nil {
+	if err = r.openRing(r.objs.Events); err != nil {
 		return nil, fmt.Errorf("opening ring buffer: %w", err)
 	}
 	// The wake-up and system-call exit sides first, so every tracked sleep

@@ -33,6 +33,7 @@ func (r *scriptedRing) ReadInto(rec *ringbuf.Record) error {
 
 func (r *scriptedRing) SetDeadline(time.Time) {}
 func (r *scriptedRing) BufferSize() int       { return 4096 }
+func (r *scriptedRing) AvailableBytes() int   { return 0 }
 
 // A real ring read in batches while a program writes to it, sometimes
 // faster than a batch, sometimes idle: every record is read, and a flush
@@ -72,13 +73,18 @@ func TestReadRingBatchesARealRing(t *testing.T) {
 	}
 	defer rd.Close()
 
+	f, wait := ringFile(m)
+	if wait == nil {
+		t.Fatal("the ring's file cannot be waited on in the netpoller")
+	}
+	defer f.Close()
 	const n = 300
 	var got int
 	done := make(chan struct{})
 	sink := &schedProcSink{}
 	go func() {
 		defer close(done)
-		readRingEvery(rd, sink, "test", 20*time.Millisecond, func([]byte) { got++ })
+		readRingEvery(rd, wait, sink, "test", 20*time.Millisecond, func([]byte) { got++ })
 	}()
 	in := make([]byte, 14)
 	for i := 0; i < n; i++ {
@@ -95,6 +101,7 @@ func TestReadRingBatchesARealRing(t *testing.T) {
 	if err := rd.Flush(); err != nil {
 		t.Fatal(err)
 	}
+	f.SetReadDeadline(ringPoll)
 	<-done
 	if got != n || len(sink.losses) > 0 {
 		t.Errorf("%d records read of %d, losses %+v", got, n, sink.losses)
@@ -119,7 +126,7 @@ func TestReadRingCountsAReadError(t *testing.T) {
 			sink := &schedProcSink{}
 			rd := &scriptedRing{records: [][]byte{{1}, {2}}, errs: tt.errs}
 			var got int
-			readRing(rd, sink, "submit", func([]byte) { got++ })
+			readRing(rd, nil, sink, "submit", func([]byte) { got++ })
 			if got != 2 {
 				t.Errorf("%d records read, want 2", got)
 			}

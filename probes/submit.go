@@ -12,7 +12,6 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
-	"github.com/cilium/ebpf/ringbuf"
 
 	"github.com/whyslow/whyslow/internal/event"
 	"github.com/whyslow/whyslow/internal/timeline"
@@ -155,7 +154,7 @@ func startSubmit(cfg Config, sink Sink) (_ *submitRunning, err error) {
 	if got.err != nil {
 		return nil, got.err
 	}
-	if r.rd, err = ringbuf.NewReader(r.objs.Events); err != nil {
+	if err = r.openRing(r.objs.Events); err != nil {
 		return nil, fmt.Errorf("opening ring buffer: %w", err)
 	}
 	// Attach the ends and the completion before the start, so no span is

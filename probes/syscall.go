@@ -22,7 +22,6 @@ import (
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
-	"github.com/cilium/ebpf/ringbuf"
 
 	"github.com/whyslow/whyslow/internal/event"
 	"github.com/whyslow/whyslow/internal/hist"
@@ -595,7 +594,7 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 			coll.Close()
 		}
 	}()
-	if r.rd, err = ringbuf.NewReader(coll.Maps["events"]); err != nil {
+	if err = r.openRing(coll.Maps["events"]); err != nil {
 		return nil, loadErr(fmt.Errorf("opening ring buffer: %w", err))
 	}
 	// The scheduler's side first, then the exits, then the entries: no

@@ -14,7 +14,6 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
-	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
 
 	"github.com/whyslow/whyslow/internal/event"
@@ -113,7 +112,7 @@ func startSysfs(cfg Config, sink Sink, tracepoints bool) (*sysfsRunning, event.P
 		st.Status, st.Mechanism, st.Reason = event.StatusOK, event.MechTPBTF, "fallback on every system call: "+st.Skipped[0].Reason
 	}
 
-	if r.rd, err = ringbuf.NewReader(r.objs.Maps["events"]); err != nil {
+	if err = r.openRing(r.objs.Maps["events"]); err != nil {
 		r.close()
 		st.Status, st.Mechanism, st.Reason = event.StatusUnavailable, "", errReason(fmt.Errorf("opening ring buffer: %w", err))
 		return nil, st

@@ -16,7 +16,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"github.com/cilium/ebpf/ringbuf"
 
 	"github.com/whyslow/whyslow/internal/event"
 	"github.com/whyslow/whyslow/internal/symbolize"
@@ -133,7 +132,7 @@ func startWriteback(cfg Config, sink Sink) (_ *writebackRunning, note string, er
 			coll.Close()
 		}
 	}()
-	if r.rd, err = ringbuf.NewReader(coll.Maps["events"]); err != nil {
+	if err = r.openRing(coll.Maps["events"]); err != nil {
 		return nil, "", fmt.Errorf("opening ring buffer: %w", err)
 	}
 	var skipped []string
