@@ -9,6 +9,7 @@ import (
 
 	"github.com/whyslow/whyslow/internal/event"
 	"github.com/whyslow/whyslow/internal/scenario"
+	"github.com/whyslow/whyslow/internal/timeline"
 )
 
 // fullLoop attaches a loop device of size bytes over a sparse file on a
@@ -159,5 +160,16 @@ func TestDevfaultCountsUnseenCompletions(t *testing.T) {
 	}
 	if errs+unseen < uint64(failed) {
 		t.Errorf("%d failed writes, %d faults and %d completions devfault reports unseen: failed writes missing silently", failed, errs, unseen)
+	}
+	// Both lines stay, but the run's total counts those completions once:
+	// devfault's line is service's count again.
+	tl := new(timeline.Timeline)
+	var sum uint64
+	for _, l := range sink.losses {
+		tl.AddLoss(l)
+		sum += l.Count
+	}
+	if got, want := tl.LostEvents(), sum-unseen; got != want {
+		t.Errorf("lost events in all %d, want %d: the %d unseen completions once, not twice (losses: %+v)", got, want, unseen, tl.Losses)
 	}
 }

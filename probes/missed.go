@@ -28,7 +28,10 @@ import (
 // how many completions devfault could not look at.
 
 // devfaultUnseenWhat names devfault's share of the missed completions.
-const devfaultUnseenWhat = "block completions that reached none of whyslow's programs, as the service and submit probes counted them (the larger count): whether any of them failed is unknown; a failed request among them is missing from the device faults"
+// Its line, and the service and submit probes' lines it echoes, are in
+// one overlap class (event.OverlapMissedCompletions): a report's total
+// counts them once.
+const devfaultUnseenWhat = event.DevFaultUnseenWhat
 
 // missedTap passes a sink's deliveries on and counts the missed
 // completions the service and submit probes report.

@@ -197,7 +197,7 @@ func (r *serviceRunning) skips() map[*ebpf.Program]uint64 {
 // serviceLossWhat names each counter of `svc_losses`, at its value of enum
 // svc_loss_kind.
 var serviceLossWhat = [serviceSvcLossKindSVC_LOSS_KINDS]string{
-	serviceSvcLossKindSVC_LOSS_MISSED: "requests whose completion never reached the probe (issued again while their earlier issue still waited): their service time not counted in the device's latency",
+	serviceSvcLossKindSVC_LOSS_MISSED: event.ServiceMissedWhat,
 }
 
 // Checkpoint implements Checkpointer.
