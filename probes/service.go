@@ -29,6 +29,10 @@ func (serviceProbe) Decl() Decl {
 	}
 }
 
+// seats implements chainMember: the devfault probe's program on
+// block_rq_complete runs from its program's slot there (rqchain.go).
+func (serviceProbe) seats() []*seat { return []*seat{chainRqComplete.coming.expect(rankService)} }
+
 func (p serviceProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
 	r, err := startService(cfg, sink)
 	if err != nil {

@@ -116,7 +116,17 @@ func (g *Group) Start(ps ...Probe) []event.ProbeStatus {
 	cfg := g.cfg
 	allStarted := make(chan struct{})
 	cfg.started = allStarted
+	// The chains shared by several of ps await their members, so that
+	// a program never takes its own way only to leave it for a slot
+	// moments later (chainwait.go): every seat before any start.
+	seats := make([][]*seat, len(ps))
+	for i, p := range ps {
+		if m, ok := p.(chainMember); ok {
+			seats[i] = m.seats()
+		}
+	}
 	atOnce(len(ps), func(i int) {
+		defer freeSeats(seats[i])
 		r, st := ps[i].Start(cfg, g.run)
 		if st.Name == "" {
 			st.Name = ps[i].Decl().Name

@@ -43,6 +43,10 @@ var submitEnds = [...]string{
 	submitSubmitEndEND_FRONTMERGE: "frontmerge",
 }
 
+// seats implements chainMember: its program leads block_rq_complete's
+// chain (rqchain.go).
+func (submitProbe) seats() []*seat { return []*seat{chainRqComplete.coming.expect(rankSubmit)} }
+
 func (p submitProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
 	r, err := startSubmit(cfg, sink)
 	if err != nil {
