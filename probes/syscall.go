@@ -918,6 +918,11 @@ func (r *syscallRunning) Stop() error {
 			unleadErr = errors.Join(unleadErr, u())
 		}
 		closeAll(r.links)
+		// The ring's records, read to the last (ring.drain: its drain
+		// method is shadowed by the sums' drain below, and the ring was
+		// never flushed at the stop; unseen while each record was read as
+		// it came, lost once records were read in batches).
+		r.ring.drain()
 		close(r.drainStop)
 		<-r.drainDone
 		r.drain()
