@@ -1,6 +1,7 @@
 package probes
 
 import (
+	"strings"
 	"sync"
 
 	"github.com/whyslow/whyslow/internal/event"
@@ -25,17 +26,20 @@ import (
 // counts requests issued again while their earlier issue still waited;
 // submit counts bios with their end missed, of which some were still in
 // flight at its stop). The count is not whether a fault was lost: it is
-// how many completions devfault could not look at.
+// how many completions devfault could not look at. The service probe also
+// reports, per disk, the completions the kernel counted in the disk's
+// statistics beyond those its program saw (completions.go): their sum
+// stands for the count when it is the larger.
 
 // devfaultUnseenWhat names devfault's share of the missed completions.
-const devfaultUnseenWhat = "block completions that reached none of whyslow's programs, as the service and submit probes counted them (the larger count): whether any of them failed is unknown; a failed request among them is missing from the device faults"
+const devfaultUnseenWhat = "block completions that reached none of whyslow's programs, as the service and submit probes counted them (the largest of their counts and of the disks' statistics' shortfall): whether any of them failed is unknown; a failed request among them is missing from the device faults"
 
 // missedTap passes a sink's deliveries on and counts the missed
 // completions the service and submit probes report.
 type missedTap struct {
 	Sink
-	mu              sync.Mutex
-	service, submit uint64
+	mu                      sync.Mutex
+	service, submit, kernel uint64
 }
 
 // Loss implements Sink.
@@ -46,6 +50,8 @@ func (t *missedTap) Loss(l event.Loss) {
 	switch {
 	case l.Probe == event.ProbeService && l.What == serviceLossWhat[serviceSvcLossKindSVC_LOSS_MISSED]:
 		t.service = timeline.SaturatingSum(t.service, l.Count)
+	case l.Probe == event.ProbeService && strings.HasPrefix(l.What, unseenCompletionsPrefix):
+		t.kernel = timeline.SaturatingSum(t.kernel, l.Count)
 	case l.Probe == event.ProbeSubmit && (l.What == submitLossWhat[submitSubLossKindSUB_LOSS_MISSED] || l.What == endsUnseenWhat || l.What == staleWhat):
 		t.submit = timeline.SaturatingSum(t.submit, l.Count)
 	}
@@ -55,7 +61,7 @@ func (t *missedTap) Loss(l event.Loss) {
 // counted so far.
 func (t *missedTap) deliver(sink Sink) {
 	t.mu.Lock()
-	n := max(t.service, t.submit)
+	n := max(t.service, t.submit, t.kernel)
 	t.mu.Unlock()
 	if n > 0 {
 		sink.Loss(event.Loss{Probe: event.ProbeDevFault, What: devfaultUnseenWhat, Count: n})
