@@ -22,10 +22,15 @@ package probes
 // traced. The service probe sees every completion of a request-based
 // device (a blk-mq queue: /sys/block/<disk>/mq) that reaches its program:
 // those that end a span (its histogram's count) and those that end none
-// (bpf/service.bpf.c's `unspanned`: requests issued before it started,
-// flushes never issued, later partial completions). So, over the run, the
-// kernel's completions beyond the program's are completions no program
-// saw. Both counts are of the whole disk (its partitions' I/O included).
+// (bpf/service.bpf.c's `unspanned`: requests never issued, such as
+// flushes the block layer completes itself), each once. A request issued
+// before the probe started ends no span and is not counted there (nor is
+// the second completion a write in a flush sequence is traced with, which
+// the kernel counts once): those in flight when the kernel's count is
+// first read are allowed for (its in_flight field), which also forgives
+// as many real misses, once per run. So, over the run, the kernel's
+// completions beyond the program's and that allowance are completions no
+// program saw. Both counts are of the whole disk (its partitions' I/O included).
 // What the kernel counts and the programs do not trace is never a
 // shortfall: bio-based devices (zram, dm, md, bcache: no request) are
 // left out; passthrough requests and queues with iostats off make the
@@ -48,30 +53,41 @@ import (
 // diskCount is one request-based disk's completed I/Os, as the kernel
 // counted them.
 type diskCount struct {
-	name string
-	ios  uint64 // reads + writes + discards + flushes completed
+	name     string
+	ios      uint64 // reads + writes + discards + flushes completed
+	inflight uint64 // requests in flight
 }
 
 // parseDiskStat returns the completed I/Os of a /sys/block/<disk>/stat
-// line: fields 1, 5, 12 and 16 (reads, writes, discards, flushes), those
-// the kernel has (11 fields before 4.18, 15 before 5.5).
-func parseDiskStat(line string) (uint64, error) {
+// line, fields 1, 5, 12 and 16 (reads, writes, discards, flushes: those
+// the kernel has, 11 fields before 4.18, 15 before 5.5), and the I/Os in
+// flight (field 9).
+func parseDiskStat(line string) (ios, inflight uint64, err error) {
 	f := strings.Fields(line)
 	if len(f) < 11 {
-		return 0, fmt.Errorf("disk stat %q: %d fields, want at least 11", line, len(f))
+		return 0, 0, fmt.Errorf("disk stat %q: %d fields, want at least 11", line, len(f))
 	}
-	var ios uint64
-	for _, i := range []int{0, 4, 11, 15} {
-		if i >= len(f) {
-			break
-		}
+	field := func(i int) (uint64, error) {
 		n, err := strconv.ParseUint(f[i], 10, 64)
 		if err != nil {
 			return 0, fmt.Errorf("disk stat %q: field %d: %w", line, i+1, err)
 		}
+		return n, nil
+	}
+	for _, i := range []int{0, 4, 11, 15} {
+		if i >= len(f) {
+			break
+		}
+		n, err := field(i)
+		if err != nil {
+			return 0, 0, err
+		}
 		ios += n
 	}
-	return ios, nil
+	if inflight, err = field(8); err != nil {
+		return 0, 0, err
+	}
+	return ios, inflight, nil
 }
 
 // readDiskCounts returns the completed I/Os of every request-based disk
@@ -98,11 +114,11 @@ func readDiskCounts(sysfs string) (map[uint32]diskCount, error) {
 		if _, err := fmt.Sscanf(strings.TrimSpace(string(devb)), "%d:%d", &major, &minor); err != nil {
 			continue
 		}
-		ios, err := parseDiskStat(string(statb))
+		ios, inflight, err := parseDiskStat(string(statb))
 		if err != nil {
 			continue
 		}
-		out[major<<20|minor] = diskCount{name: e.Name(), ios: ios}
+		out[major<<20|minor] = diskCount{name: e.Name(), ios: ios, inflight: inflight}
 	}
 	return out, nil
 }
@@ -119,7 +135,8 @@ func unseenCompletionsWhat(name string) string {
 // unseenCompletions returns, per disk of both before and now (the same
 // disk: same dev_t and name, no count gone down), how many completions
 // the kernel counted between them beyond seen (the completions the
-// programs saw, by dev_t), as losses of probe, by disk name.
+// programs saw, by dev_t) and those in flight at before, as losses of
+// probe, by disk name.
 func unseenCompletions(probe string, before, now map[uint32]diskCount, seen map[uint32]uint64) []event.Loss {
 	var out []event.Loss
 	for dev, b := range before {
@@ -127,8 +144,8 @@ func unseenCompletions(probe string, before, now map[uint32]diskCount, seen map[
 		if !ok || n.name != b.name || n.ios < b.ios {
 			continue
 		}
-		if d := n.ios - b.ios; d > seen[dev] {
-			out = append(out, event.Loss{Probe: probe, What: unseenCompletionsWhat(b.name), Count: d - seen[dev]})
+		if d, ok := n.ios-b.ios, seen[dev]+b.inflight; d > ok {
+			out = append(out, event.Loss{Probe: probe, What: unseenCompletionsWhat(b.name), Count: d - ok})
 		}
 	}
 	slices.SortFunc(out, func(a, b event.Loss) int { return strings.Compare(a.What, b.What) })

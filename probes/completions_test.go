@@ -14,24 +14,26 @@ import (
 
 func TestParseDiskStat(t *testing.T) {
 	for _, tt := range []struct {
-		name, line string
-		want       uint64
-		err        bool
+		name, line    string
+		ios, inflight uint64
+		err           bool
 	}{
-		// 6.x: 17 fields; reads 10, writes 20, discards 3, flushes 4.
-		{"17 fields", "10 1 80 5 20 2 160 9 0 12 14 3 0 24 1 4 2\n", 37, false},
+		// 6.x: 17 fields; reads 10, writes 20, discards 3, flushes 4;
+		// 7 in flight.
+		{"17 fields", "10 1 80 5 20 2 160 9 7 12 14 3 0 24 1 4 2\n", 37, 7, false},
 		// 5.5-: 15 fields, no flushes.
-		{"15 fields", "10 1 80 5 20 2 160 9 0 12 14 3 0 24 1", 33, false},
+		{"15 fields", "10 1 80 5 20 2 160 9 0 12 14 3 0 24 1", 33, 0, false},
 		// before 4.18: 11 fields, no discards.
-		{"11 fields", "    10 1 80 5 20 2 160 9 0 12 14", 30, false},
-		{"too few", "10 1 80 5", 0, true},
-		{"not a number", "10 1 80 5 x 2 160 9 0 12 14", 0, true},
-		{"empty", "", 0, true},
+		{"11 fields", "    10 1 80 5 20 2 160 9 2 12 14", 30, 2, false},
+		{"too few", "10 1 80 5", 0, 0, true},
+		{"not a number", "10 1 80 5 x 2 160 9 0 12 14", 0, 0, true},
+		{"in flight not a number", "10 1 80 5 20 2 160 9 - 12 14", 0, 0, true},
+		{"empty", "", 0, 0, true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := parseDiskStat(tt.line)
-			if (err != nil) != tt.err || got != tt.want {
-				t.Errorf("parseDiskStat(%q) = %d, %v; want %d, error %v", tt.line, got, err, tt.want, tt.err)
+			ios, inflight, err := parseDiskStat(tt.line)
+			if (err != nil) != tt.err || ios != tt.ios || inflight != tt.inflight {
+				t.Errorf("parseDiskStat(%q) = %d, %d, %v; want %d, %d, error %v", tt.line, ios, inflight, err, tt.ios, tt.inflight, tt.err)
 			}
 		})
 	}
@@ -39,24 +41,27 @@ func TestParseDiskStat(t *testing.T) {
 
 func TestUnseenCompletions(t *testing.T) {
 	const loop0, vda, sda = 7<<20 | 0, 254<<20 | 0, 8<<20 | 0
-	before := map[uint32]diskCount{loop0: {"loop0", 100}, vda: {"vda", 1000}, sda: {"sda", 50}}
+	// vda had 4 requests in flight when first read: issued before the
+	// probe started, their completions end no span.
+	before := map[uint32]diskCount{loop0: {"loop0", 100, 0}, vda: {"vda", 1000, 4}, sda: {"sda", 50, 0}}
 	for _, tt := range []struct {
 		name string
 		now  map[uint32]diskCount
 		seen map[uint32]uint64
 		want map[string]uint64 // disk -> unseen
 	}{
-		{"all seen", map[uint32]diskCount{loop0: {"loop0", 150}, vda: {"vda", 1010}}, map[uint32]uint64{loop0: 50, vda: 10}, nil},
+		{"all seen", map[uint32]diskCount{loop0: {"loop0", 150, 3}, vda: {"vda", 1010, 0}}, map[uint32]uint64{loop0: 50, vda: 10}, nil},
+		{"in flight at the start not seen", map[uint32]diskCount{vda: {"vda", 1010, 0}}, map[uint32]uint64{vda: 6}, nil},
 		// Completions after the kernel's count was read are seen too.
-		{"more seen than counted", map[uint32]diskCount{loop0: {"loop0", 150}}, map[uint32]uint64{loop0: 53}, nil},
-		{"short on two disks", map[uint32]diskCount{loop0: {"loop0", 150}, vda: {"vda", 1010}}, map[uint32]uint64{loop0: 47, vda: 2}, map[string]uint64{"loop0": 3, "vda": 8}},
-		{"a disk none seen", map[uint32]diskCount{sda: {"sda", 60}}, nil, map[string]uint64{"sda": 10}},
+		{"more seen than counted", map[uint32]diskCount{loop0: {"loop0", 150, 0}}, map[uint32]uint64{loop0: 53}, nil},
+		{"short on two disks", map[uint32]diskCount{loop0: {"loop0", 150, 0}, vda: {"vda", 1010, 0}}, map[uint32]uint64{loop0: 47, vda: 2}, map[string]uint64{"loop0": 3, "vda": 4}},
+		{"a disk none seen", map[uint32]diskCount{sda: {"sda", 60, 0}}, nil, map[string]uint64{"sda": 10}},
 		// Removed and made again (counts from 0), or another disk now
 		// at that number: unknown, no shortfall.
-		{"counts gone down", map[uint32]diskCount{vda: {"vda", 5}}, nil, nil},
-		{"another disk", map[uint32]diskCount{loop0: {"loop1", 500}}, nil, nil},
+		{"counts gone down", map[uint32]diskCount{vda: {"vda", 5, 0}}, nil, nil},
+		{"another disk", map[uint32]diskCount{loop0: {"loop1", 500, 0}}, nil, nil},
 		// A disk that appeared during the run has no start.
-		{"new disk", map[uint32]diskCount{9 << 20: {"md0", 500}}, nil, nil},
+		{"new disk", map[uint32]diskCount{9 << 20: {"md0", 500, 0}}, nil, nil},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			got := map[string]uint64{}
@@ -97,14 +102,14 @@ func TestReadDiskCounts(t *testing.T) {
 		os.WriteFile(filepath.Join(dir, "dev"), []byte(dev+"\n"), 0o644)
 		os.WriteFile(filepath.Join(dir, "stat"), []byte(stat), 0o644)
 	}
-	disk("loop0", "7:0", "1 0 8 0 2 0 16 0 0 0 0 0 0 0 0 3 0", true)
+	disk("loop0", "7:0", "1 0 8 0 2 0 16 0 5 0 0 0 0 0 0 3 0", true)
 	disk("zram0", "252:0", "9 0 8 0 9 0 16 0 0 0 0 0 0 0 0 0 0", false) // bio-based
 	disk("vda", "254:0", "junk", true)
 	got, err := readDiskCounts(sys)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[uint32]diskCount{7 << 20: {"loop0", 6}}
+	want := map[uint32]diskCount{7 << 20: {"loop0", 6, 5}}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("readDiskCounts = %+v, want %+v", got, want)
 	}
