@@ -125,7 +125,7 @@ func readDiskCounts(sysfs string) (map[uint32]diskCount, error) {
 
 // unseenCompletionsPrefix begins the loss of each device's completions the
 // kernel counted and no program saw (unseenCompletionsWhat).
-const unseenCompletionsPrefix = "completions the kernel counted on "
+const unseenCompletionsPrefix = event.DiskUnseenPrefix
 
 // unseenCompletionsWhat names the loss of disk name's unseen completions.
 func unseenCompletionsWhat(name string) string {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/whyslow/whyslow/internal/event"
 	"github.com/whyslow/whyslow/internal/scenario"
+	"github.com/whyslow/whyslow/internal/timeline"
 )
 
 // fullLoop attaches a loop device of size bytes over a sparse file on a
@@ -136,6 +137,19 @@ func TestDevfaultCountsUnseenCompletions(t *testing.T) {
 		return n
 	}
 	missedWhat := serviceLossWhat[serviceSvcLossKindSVC_LOSS_MISSED]
+	// How many times a loss is delivered: once a pass, each to its
+	// pass's sink, or the counts are double (or under) counted.
+	times := func(ls []event.Loss, probe, what string) (n int) {
+		for _, l := range ls {
+			if l.Probe == probe && l.What == what {
+				n++
+			}
+		}
+		return n
+	}
+	sink.mu.Lock()
+	runLosses, runHists := len(sink.losses), len(sink.hists)
+	sink.mu.Unlock()
 	cp := new(blkSink)
 	if err := g.Checkpoint(cp); err != nil {
 		t.Fatal(err)
@@ -153,8 +167,28 @@ func TestDevfaultCountsUnseenCompletions(t *testing.T) {
 	if m, k, u := lossOf(cp.losses, event.ProbeService, missedWhat), shortfall(cp.losses), lossOf(cp.losses, event.ProbeDevFault, devfaultUnseenWhat); u == 0 || u != max(m, k) {
 		t.Errorf("checkpoint: devfault reports %d completions unseen, service %d missed, %d short of the kernel's counts; want the larger, not 0 (losses: %+v)", u, m, k, cp.losses)
 	}
+	for _, w := range []struct{ probe, what string }{{event.ProbeService, missedWhat}, {event.ProbeDevFault, devfaultUnseenWhat}} {
+		if n := times(cp.losses, w.probe, w.what); n != 1 {
+			t.Errorf("checkpoint: %s's %q delivered %d times, want once", w.probe, w.what, n)
+		}
+	}
+	sink.mu.Lock()
+	if len(sink.losses) != runLosses || len(sink.hists) != runHists {
+		t.Errorf("the checkpoint delivered %d losses and %d histograms to the run's sink, not its own: counted twice in the run (losses: %+v)",
+			len(sink.losses)-runLosses, len(sink.hists)-runHists, sink.losses[runLosses:])
+	}
+	sink.mu.Unlock()
+	cpMissed := lossOf(cp.losses, event.ProbeService, missedWhat)
 	if err := g.Stop(); err != nil {
 		t.Fatalf("Stop: %v", err)
+	}
+	for _, w := range []struct{ probe, what string }{{event.ProbeService, missedWhat}, {event.ProbeDevFault, devfaultUnseenWhat}} {
+		if n := times(sink.losses, w.probe, w.what); n != 1 {
+			t.Errorf("stop: %s's %q delivered %d times, want once", w.probe, w.what, n)
+		}
+	}
+	if m := lossOf(sink.losses, event.ProbeService, missedWhat); m < cpMissed {
+		t.Errorf("stop: service reports %d missed, fewer than the %d of the checkpoint before: the counts are cumulative", m, cpMissed)
 	}
 	errs := uint64(0)
 	for _, f := range sinkEvents[event.DeviceFault](sink) {
@@ -172,5 +206,16 @@ func TestDevfaultCountsUnseenCompletions(t *testing.T) {
 	}
 	if errs+unseen < uint64(failed) {
 		t.Errorf("%d failed writes, %d faults and %d completions devfault reports unseen: failed writes missing silently", failed, errs, unseen)
+	}
+	// Both lines stay, but the run's total counts those completions once:
+	// devfault's line is service's count again.
+	tl := new(timeline.Timeline)
+	var sum uint64
+	for _, l := range sink.losses {
+		tl.AddLoss(l)
+		sum += l.Count
+	}
+	if got, want := tl.LostEvents(), sum-unseen; got != want {
+		t.Errorf("lost events in all %d, want %d: the %d unseen completions once, not twice (losses: %+v)", got, want, unseen, tl.Losses)
 	}
 }

@@ -79,8 +79,36 @@ func (r *execRunning) attachFailed() error {
 		fail.Execing, fail.ExecEnterExecve, fail.ExecEnterExecveat, fail.ExecExitExecve, fail.ExecExitExecveat
 	// Each side's own way: its tracepoints (again, when the chain lets
 	// its program go).
-	ownExit := attachSyscallTPs(syscallTP{r.objs.ExecExitExecve, "sys_exit_execve", true}, syscallTP{r.objs.ExecExitExecveat, "sys_exit_execveat", false})
-	ownEnter := attachSyscallTPs(syscallTP{r.objs.ExecEnterExecve, "sys_enter_execve", true}, syscallTP{r.objs.ExecEnterExecveat, "sys_enter_execveat", false})
+	exitTPs := []syscallTP{{r.objs.ExecExitExecve, "sys_exit_execve", true}, {r.objs.ExecExitExecveat, "sys_exit_execveat", false}}
+	enterTPs := []syscallTP{{r.objs.ExecEnterExecve, "sys_enter_execve", true}, {r.objs.ExecEnterExecveat, "sys_enter_execveat", false}}
+	ownExit, ownEnter := attachSyscallTPs(exitTPs...), attachSyscallTPs(enterTPs...)
+	// The same on sys_enter/sys_exit, tail-called behind the syscall
+	// probe's programs there while it runs on tp_btf (rqchain.go),
+	// straight into their slots when it runs already (or is starting:
+	// chainwait.go); the tracepoints otherwise. A kernel that will not
+	// load them keeps the tracepoints.
+	var btfProgs struct {
+		ExecBtfEnter *ebpf.Program `ebpf:"exec_btf_enter"`
+		ExecBtfExit  *ebpf.Program `ebpf:"exec_btf_exit"`
+	}
+	opts.MapReplacements["execing"] = r.objs.Execing
+	if r.spec.LoadAndAssign(&btfProgs, opts) == nil {
+		r.objs.ExecBtfEnter, r.objs.ExecBtfExit = btfProgs.ExecBtfEnter, btfProgs.ExecBtfExit
+		if err := requireSyscallTPs(append(exitTPs, enterTPs...)...); err != nil {
+			return err
+		}
+		// Exits first, so that no entry misses its exit.
+		var err error
+		if r.exit, err = chainSysExit.joinWith(rankExecCall, r.objs.ExecBtfExit, nil, false, ownExit, nil); err != nil {
+			return err
+		}
+		if r.enter, err = chainSysEnter.joinWith(rankExecCall, r.objs.ExecBtfEnter, nil, false, ownEnter, nil); err != nil {
+			r.leaveChains()
+			return err
+		}
+		r.chained = true
+		return nil
+	}
 	// Exits first, so that no entry misses its exit.
 	clExit, err := ownExit()
 	if err != nil {
@@ -90,28 +118,6 @@ func (r *execRunning) attachFailed() error {
 	if err != nil {
 		clExit()
 		return err
-	}
-	// The same on sys_enter/sys_exit, tail-called behind the syscall
-	// probe's programs there while it runs on tp_btf (rqchain.go): the
-	// tracepoints go then. A kernel that will not load them keeps the
-	// tracepoints.
-	var btfProgs struct {
-		ExecBtfEnter *ebpf.Program `ebpf:"exec_btf_enter"`
-		ExecBtfExit  *ebpf.Program `ebpf:"exec_btf_exit"`
-	}
-	opts.MapReplacements["execing"] = r.objs.Execing
-	if r.spec.LoadAndAssign(&btfProgs, opts) == nil {
-		r.objs.ExecBtfEnter, r.objs.ExecBtfExit = btfProgs.ExecBtfEnter, btfProgs.ExecBtfExit
-		if r.exit, err = chainSysExit.joinWith(rankExecCall, r.objs.ExecBtfExit, nil, false, ownExit, clExit); err != nil {
-			clEnter()
-			return err
-		}
-		if r.enter, err = chainSysEnter.joinWith(rankExecCall, r.objs.ExecBtfEnter, nil, false, ownEnter, clEnter); err != nil {
-			r.leaveChains()
-			return err
-		}
-		r.chained = true
-		return nil
 	}
 	r.ownClose = []func() error{clEnter, clExit}
 	return nil

@@ -51,6 +51,12 @@ type hookChain struct {
 	follower *hookFollower
 	// own are the followers attached on their own.
 	own map[*hookFollower]bool
+	// coming is the leader (rank 0) the chain awaits before a follower
+	// (rank 1) joins it (chainwait.go).
+	coming arrivals
+	// detours counts the followers' own links undone as they moved into
+	// a leader's slot (tests).
+	detours int
 }
 
 // hookFollower is a program that runs on a chain's hook, in the chain or
@@ -70,6 +76,7 @@ type hookFollower struct {
 // attach (which returns what detaches it).
 func (c *hookChain) follow(prog *ebpf.Program, attach func(*ebpf.Program) (func() error, error)) (*hookFollower, error) {
 	f := &hookFollower{prog: prog}
+	c.coming.await(1)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.next != nil && c.follower == nil && c.next.Put(uint32(0), prog) == nil {
@@ -165,6 +172,7 @@ func (c *hookChain) leave(f *hookFollower) error {
 // attached on its own into it; it returns what undoes that, to be called
 // before leader is detached. A second leader in the process leads nothing.
 func (c *hookChain) lead(leader *ebpf.Program, next *ebpf.Map) (stop func() error) {
+	defer c.coming.arrive(0)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.next != nil || next == nil || leader == nil {
@@ -177,6 +185,7 @@ func (c *hookChain) lead(leader *ebpf.Program, next *ebpf.Map) (stop func() erro
 			delete(c.own, f)
 			c.join(f)
 			if f.close != nil {
+				c.detours++
 				f.close()
 				f.close = nil
 			}

@@ -32,36 +32,77 @@ import (
 // stands for the count when it is the larger.
 
 // devfaultUnseenWhat names devfault's share of the missed completions.
-const devfaultUnseenWhat = "block completions that reached none of whyslow's programs, as the service and submit probes counted them (the largest of their counts and of the disks' statistics' shortfall): whether any of them failed is unknown; a failed request among them is missing from the device faults"
+// Its line, and the service and submit probes' lines it echoes, are in
+// one overlap class (event.OverlapMissedCompletions): a report's total
+// counts them once.
+const devfaultUnseenWhat = event.DevFaultUnseenWhat
 
-// missedTap passes a sink's deliveries on and counts the missed
-// completions the service and submit probes report.
+// missedTap counts, for a group, the missed completions the service and
+// submit probes report, whichever sink they report them to. One tap serves
+// the group's whole run: the probes are given tapped(the group's sink) at
+// their start and tapped(a checkpoint's sink) at each checkpoint, so a
+// count reaches the tap however a probe routes it. Each of these counts is
+// cumulative (a checkpoint's and the stop's are the totals so far, see
+// Checkpointer), so the tap keeps the latest of each, never a sum across
+// deliveries: a count delivered at a checkpoint and again at the stop, or
+// to both sinks, is counted once.
 type missedTap struct {
+	mu      sync.Mutex
+	service uint64
+	submit  map[string]uint64 // by What: its latest count
+	disks   map[string]uint64 // the service probe's per disk, by What: its latest count
+}
+
+// tapped returns a sink that delivers to sink and notes in t the missed
+// completions among the losses.
+func (t *missedTap) tapped(sink Sink) Sink { return tappedSink{Sink: sink, tap: t} }
+
+// tappedSink is a sink whose losses a missedTap notes.
+type tappedSink struct {
 	Sink
-	mu                      sync.Mutex
-	service, submit, kernel uint64
+	tap *missedTap
 }
 
 // Loss implements Sink.
-func (t *missedTap) Loss(l event.Loss) {
-	t.Sink.Loss(l)
+func (s tappedSink) Loss(l event.Loss) {
+	s.Sink.Loss(l)
+	s.tap.note(l)
+}
+
+// note keeps l's count if it is one of the missed completions.
+func (t *missedTap) note(l event.Loss) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	switch {
 	case l.Probe == event.ProbeService && l.What == serviceLossWhat[serviceSvcLossKindSVC_LOSS_MISSED]:
-		t.service = timeline.SaturatingSum(t.service, l.Count)
-	case l.Probe == event.ProbeService && strings.HasPrefix(l.What, unseenCompletionsPrefix):
-		t.kernel = timeline.SaturatingSum(t.kernel, l.Count)
+		t.service = max(t.service, l.Count)
 	case l.Probe == event.ProbeSubmit && (l.What == submitLossWhat[submitSubLossKindSUB_LOSS_MISSED] || l.What == endsUnseenWhat || l.What == staleWhat):
-		t.submit = timeline.SaturatingSum(t.submit, l.Count)
+		if t.submit == nil {
+			t.submit = map[string]uint64{}
+		}
+		t.submit[l.What] = max(t.submit[l.What], l.Count)
+	case l.Probe == event.ProbeService && strings.HasPrefix(l.What, unseenCompletionsPrefix):
+		if t.disks == nil {
+			t.disks = map[string]uint64{}
+		}
+		t.disks[l.What] = max(t.disks[l.What], l.Count)
 	}
 }
 
 // deliver reports to sink, as devfault's loss, the missed completions
-// counted so far.
+// counted so far: the largest of the service and submit probes' counts
+// and of the service probe's per-disk shortfalls' sum.
 func (t *missedTap) deliver(sink Sink) {
 	t.mu.Lock()
-	n := max(t.service, t.submit, t.kernel)
+	var submit uint64
+	for _, n := range t.submit {
+		submit = timeline.SaturatingSum(submit, n)
+	}
+	var disks uint64
+	for _, n := range t.disks {
+		disks = timeline.SaturatingSum(disks, n)
+	}
+	n := max(t.service, submit, disks)
 	t.mu.Unlock()
 	if n > 0 {
 		sink.Loss(event.Loss{Probe: event.ProbeDevFault, What: devfaultUnseenWhat, Count: n})

@@ -70,6 +70,12 @@ func (offcpuProbe) Decl() Decl {
 	}
 }
 
+// seats implements chainMember: the exec probe's program on sys_exit
+// runs from its program's slot there.
+func (offcpuProbe) seats() []*seat {
+	return []*seat{chainSysExit.coming.expect(rankSysfsOrOffCPU)}
+}
+
 func (p offcpuProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
 	r, err := startOffcpu(cfg, sink)
 	if err != nil {

@@ -36,6 +36,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"sync"
 
@@ -81,6 +82,12 @@ type rqChain struct {
 	// refused is the last error of the kernel refusing a program in a
 	// slot (nil when none was refused).
 	refused error
+	// coming are the members the chain awaits before one of higher rank
+	// joins it (chainwait.go).
+	coming arrivals
+	// detours counts the own ways undone because their program moved
+	// into a slot (each a detach the kernel may take a while over; tests).
+	detours int
 }
 
 // rqMember is one probe's program on the chain's hook.
@@ -116,9 +123,14 @@ type rqMember struct {
 }
 
 // joinWith is join for a member attached by its probe (fixed), or with a
-// way of its own off the hook (own, already made: close undoes it).
+// way of its own off the hook (own; already made when close is not nil,
+// close undoes it; else made only if the program finds no slot). It
+// first waits for the members of lower rank the chain awaits
+// (chainwait.go).
 func (c *rqChain) joinWith(rank int, prog *ebpf.Program, next *ebpf.Map, fixed bool, own func() (func() error, error), close func() error) (*rqMember, error) {
 	m := &rqMember{rank: rank, prog: prog, next: next, fixed: fixed, own: own, close: close}
+	c.coming.await(rank)
+	defer c.coming.arrive(rank)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.members = append(c.members, m)
@@ -233,6 +245,7 @@ func (c *rqChain) settle() error {
 	// program is now reached otherwise (or gone).
 	for _, m := range c.members {
 		if via[m] != nil && m.close != nil {
+			c.detours++
 			if err := m.close(); err != nil {
 				errs = append(errs, err)
 			}
@@ -341,4 +354,31 @@ func attachSyscallTPs(tps ...syscallTP) func() (func() error, error) {
 		}
 		return func() error { closeAll(links); return nil }, nil
 	}
+}
+
+// tracefsRoots are where cilium/ebpf looks for tracefs (ensureTracefs
+// mounts it at the first when at neither).
+var tracefsRoots = []string{tracefsDir, "/sys/kernel/debug/tracing"}
+
+// requireSyscallTPs checks, without attaching anything, that the kernel
+// has the required tracepoints of tps: a program that joins a chain with
+// them as its own way may go straight into a slot, and find out only
+// when the chain lets it go that it has no way of its own.
+func requireSyscallTPs(tps ...syscallTP) error {
+	for _, tp := range tps {
+		if !tp.required {
+			continue
+		}
+		found := false
+		for _, root := range tracefsRoots {
+			if _, err := os.Stat(filepath.Join(root, "events", "syscalls", tp.name, "id")); err == nil {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return fmt.Errorf("attaching tracepoint syscalls/%s: %w", tp.name, os.ErrNotExist)
+		}
+	}
+	return nil
 }

@@ -116,13 +116,24 @@ func TestHookChainRqComplete(t *testing.T) {
 						t.Errorf("submit: %d writes counted on %s (%d completions counted missed), want %d", ios, name, missed, writes)
 					}
 				case service:
+					// Its loss counts are of every device, not
+					// only name's: the tenth at most lost is
+					// bounded by the requests timed on name.
+					// Counted against all its losses, the bound
+					// failed whenever another device was busy:
+					// with fio at 130k IOPS on another loop
+					// device, it timed 448 of 448 requests here
+					// in 10 runs of 10, and counted 247 to 4412
+					// completions missed, all there (6.18's
+					// completions none of its programs sees,
+					// submitleft.go).
 					h, ok := s.hist(timeline.HistService, name)
 					var lost uint64
 					for _, l := range s.losses {
 						lost += l.Count
 					}
-					if !ok || h.h.Count+lost < uint64(writes) || lost > uint64(writes)/10 {
-						t.Errorf("service: %d requests timed on %s (%d lost), want %d (at most a tenth lost)", h.h.Count, name, lost, writes)
+					if !ok || h.h.Count+lost < uint64(writes) || h.h.Count < uint64(writes)-uint64(writes)/10 {
+						t.Errorf("service: %d requests timed on %s (%d lost on all devices), want %d (at most a tenth lost)", h.h.Count, name, lost, writes)
 					}
 				case devfault:
 					var faults int

@@ -30,6 +30,10 @@ func (serviceProbe) Decl() Decl {
 	}
 }
 
+// seats implements chainMember: the devfault probe's program on
+// block_rq_complete runs from its program's slot there (rqchain.go).
+func (serviceProbe) seats() []*seat { return []*seat{chainRqComplete.coming.expect(rankService)} }
+
 func (p serviceProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
 	r, err := startService(cfg, sink)
 	if err != nil {
@@ -199,7 +203,7 @@ func (r *serviceRunning) skips() map[*ebpf.Program]uint64 {
 // serviceLossWhat names each counter of `svc_losses`, at its value of enum
 // svc_loss_kind.
 var serviceLossWhat = [serviceSvcLossKindSVC_LOSS_KINDS]string{
-	serviceSvcLossKindSVC_LOSS_MISSED: "requests whose completion never reached the probe (issued again while their earlier issue still waited): their service time not counted in the device's latency",
+	serviceSvcLossKindSVC_LOSS_MISSED: event.ServiceMissedWhat,
 }
 
 // Checkpoint implements Checkpointer.

@@ -80,9 +80,11 @@ var raiseMemlock = sync.OnceValue(func() error {
 type Group struct {
 	cfg  Config
 	sink Sink
-	// tap is the sink the probes deliver to: sink, with the completions
-	// no program saw counted for devfault's loss (missed.go).
+	// tap counts the completions no program saw, for devfault's loss
+	// (missed.go), from every delivery of the group's run: the probes
+	// deliver to run (sink, tapped) and each checkpoint's sink tapped.
 	tap *missedTap
+	run Sink
 
 	mu       sync.Mutex
 	statuses []event.ProbeStatus
@@ -99,7 +101,8 @@ type started struct {
 // A probe that cannot start never stops the others: its status says why.
 // BPF probes need Prepare first.
 func Start(cfg Config, sink Sink, ps ...Probe) *Group {
-	g := &Group{cfg: cfg, sink: sink, tap: &missedTap{Sink: sink}}
+	tap := new(missedTap)
+	g := &Group{cfg: cfg, sink: sink, tap: tap, run: tap.tapped(sink)}
 	g.Start(ps...)
 	return g
 }
@@ -113,8 +116,18 @@ func (g *Group) Start(ps ...Probe) []event.ProbeStatus {
 	cfg := g.cfg
 	allStarted := make(chan struct{})
 	cfg.started = allStarted
+	// The chains shared by several of ps await their members, so that
+	// a program never takes its own way only to leave it for a slot
+	// moments later (chainwait.go): every seat before any start.
+	seats := make([][]*seat, len(ps))
+	for i, p := range ps {
+		if m, ok := p.(chainMember); ok {
+			seats[i] = m.seats()
+		}
+	}
 	atOnce(len(ps), func(i int) {
-		r, st := ps[i].Start(cfg, g.tap)
+		defer freeSeats(seats[i])
+		r, st := ps[i].Start(cfg, g.run)
 		if st.Name == "" {
 			st.Name = ps[i].Decl().Name
 		}
@@ -225,16 +238,16 @@ func (g *Group) Checkpoint(sink Sink) error {
 	running := slices.Clone(g.running)
 	g.mu.Unlock()
 	var msgs []string
-	tap := &missedTap{Sink: sink}
+	tapped := g.tap.tapped(sink)
 	for _, s := range running {
 		if cp, ok := s.r.(Checkpointer); ok {
-			if err := cp.Checkpoint(tap); err != nil {
+			if err := cp.Checkpoint(tapped); err != nil {
 				msgs = append(msgs, s.name+": "+err.Error())
 			}
 		}
 	}
 	if hasProbe(running, event.ProbeDevFault) {
-		tap.deliver(sink)
+		g.tap.deliver(sink)
 	}
 	if len(msgs) > 0 {
 		return fmt.Errorf("checkpoint of the probes: %s", strings.Join(msgs, "; "))

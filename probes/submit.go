@@ -44,6 +44,10 @@ var submitEnds = [...]string{
 	submitSubmitEndEND_FRONTMERGE: "frontmerge",
 }
 
+// seats implements chainMember: its program leads block_rq_complete's
+// chain (rqchain.go).
+func (submitProbe) seats() []*seat { return []*seat{chainRqComplete.coming.expect(rankSubmit)} }
+
 func (p submitProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
 	r, err := startSubmit(cfg, sink)
 	if err != nil {
@@ -250,7 +254,7 @@ func (r *submitRunning) Checkpoint(sink Sink) error {
 // submitLossWhat names each counter of `sub_losses`, at its value of enum
 // sub_loss_kind.
 var submitLossWhat = [submitSubLossKindSUB_LOSS_KINDS]string{
-	submitSubLossKindSUB_LOSS_MISSED: "bios whose end the accounting missed (no end of theirs reached the probe: their entry waited until a later bio of the same address took it): missing from their process's I/O counts (bios, bytes, time in flight)",
+	submitSubLossKindSUB_LOSS_MISSED: event.SubmitMissedWhat,
 	submitSubLossKindSUB_LOSS_CHAIN:  "requests with more bios merged in front than the accounting follows: the bio that got the request not counted per process",
 }
 

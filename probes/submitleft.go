@@ -36,7 +36,7 @@ const (
 
 // endsUnseenWhat and endsUnknownWhat name the bios leftEnds finds.
 const (
-	endsUnseenWhat  = "bios of processes gone whose completion the probe had not seen when it stopped (the kernel completes some where it runs none of the probe's programs; or still in flight, e.g. readahead): counted then, without their time in flight"
+	endsUnseenWhat  = event.SubmitEndsUnseenWhat
 	endsUnknownWhat = "bios whose end the probe did not see, of processes gone when the probe stopped, on a device it had not noted yet: not in their process's I/O counts"
 )
 
@@ -148,8 +148,9 @@ func (u *ioUseSums) addAll(es []submitIoUse) {
 // a long run's sweep counts it lost.
 const staleAfter = 5 * time.Minute
 
-// staleWhat names the bios the sweep counts.
-var staleWhat = "bios that got a request and waited more than " + staleAfter.String() + " for an end the probe never saw (the kernel completes some where it runs none of the probe's programs), counted by a long run's sweep: missing from their process's I/O counts (a bio a device held that long and then completed is counted there too)"
+// staleWhat names the bios the sweep counts; it says staleAfter
+// (TestStaleWhatSaysStaleAfter).
+const staleWhat = event.SubmitStaleWhat
 
 // staleKey is one entry of `starts`: its bio and when it was queued.
 type staleKey struct{ bio, ns uint64 }

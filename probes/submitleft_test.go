@@ -189,6 +189,14 @@ func TestStaleSplit(t *testing.T) {
 	}
 }
 
+// The sweep's loss line says how long a bio waited before it counted it
+// (the line is event.SubmitStaleWhat, in an overlap class there).
+func TestStaleWhatSaysStaleAfter(t *testing.T) {
+	if want := "more than " + staleAfter.String() + " for an end"; !strings.Contains(staleWhat, want) {
+		t.Errorf("staleWhat = %q, want it to say %q", staleWhat, want)
+	}
+}
+
 // In a long run (serve, whose Checkpoints sweep), a bio whose completion
 // no program of the probe saw (forced: the completion program taken off
 // the hook) is reported lost once it has waited longer than the bound,

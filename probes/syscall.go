@@ -181,6 +181,13 @@ func (syscallProbe) Decl() Decl {
 	}
 }
 
+// seats implements chainMember: its programs lead the chains on
+// sched_waking, sched_switch and (tp_btf rung) sys_exit and sys_enter.
+func (syscallProbe) seats() []*seat {
+	return []*seat{chainSchedWaking.coming.expect(0), chainSchedSwitch.coming.expect(0),
+		chainSysExit.coming.expect(rankSyscall), chainSysEnter.coming.expect(rankSyscall)}
+}
+
 func (p syscallProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
 	return startLadder(p, cfg, sink)
 }

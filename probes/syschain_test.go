@@ -14,6 +14,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/hist"
+	"github.com/whyslow/whyslow/internal/timeline"
 )
 
 // With the syscall probe on tp_btf, the sysfs probe's open handling and
@@ -218,4 +220,108 @@ func sortByWant(s []string) {
 			s[j], s[j-1] = s[j-1], s[j]
 		}
 	}
+}
+
+// Started at once in a Group, as whyslow starts them, the sysfs, exec
+// and off-CPU probes' programs wait for the syscall probe's
+// (chainwait.go) and go straight into its slots on sys_enter, sys_exit,
+// sched_switch and sched_waking: no syscall tracepoint or link of theirs
+// is attached only to be detached moments later (each such detach made
+// the start wait for the kernel: some 250 ms in all on 6.18). With the
+// syscall probe on its tracepoint rung, which leads no sys_enter/sys_exit
+// chain, they take their own ways once it has started. Either way writes
+// of a queue attribute and failed execs are seen.
+func TestHookChainGroupStart(t *testing.T) {
+	blkNeedRoot(t)
+	for _, mech := range []event.Mechanism{event.MechTPBTF, event.MechTracepoint} {
+		t.Run("syscall on "+string(mech), func(t *testing.T) {
+			loop := newBlkLoop(t, 16<<20)
+			fsink, esink := new(blkSink), &schedProcSink{}
+			before := chainDetours()
+			cfg := Config{MinLatency: time.Hour, SysFS: "/sys", ProcFS: "/proc", FailedExecs: true,
+				Mechanism: MechanismChoice{Per: map[string]event.Mechanism{event.ProbeSyscall: mech}}}
+			g := Start(cfg, teeSink{fsink, esink}, syscallProbe{}, sysfsProbe{}, execProbe{}, offcpuProbe{})
+			stopped := false
+			defer func() {
+				if !stopped {
+					g.Stop()
+				}
+			}()
+			for _, st := range g.Statuses() {
+				if st.Status != event.StatusOK {
+					t.Fatalf("%s did not start: %+v", st.Name, st)
+				}
+				if st.Name == event.ProbeSyscall && st.Mechanism != mech {
+					t.Fatalf("syscall probe on %s, want %s", st.Mechanism, mech)
+				}
+			}
+			if got := chainDetours(); got != before {
+				t.Errorf("own ways left for a slot during the start: %d, want none", got-before)
+			}
+			enter, exit := chainSysEnter.order(), chainSysExit.order()
+			t.Logf("sys_enter %s, sys_exit %s", enter, exit)
+			var want []string
+			if mech == event.MechTPBTF {
+				if strings.Count(enter, "|") != 1 || strings.Count(exit, "|") != 1 || strings.Contains(enter+exit, "~") {
+					t.Errorf("not one chain per hook: sys_enter %s, sys_exit %s", enter, exit)
+				}
+			} else {
+				// The exec probe's exit program behind the off-CPU
+				// probe's, the entries on their tracepoints.
+				want = []string{"sys_enter_openat", "sys_enter_execve"}
+				if strings.Count(exit, "|") != 1 || strings.Contains(exit, "~") {
+					t.Errorf("sys_exit %s: want the off-CPU probe's program attached, the exec probe's in its slot", exit)
+				}
+			}
+			// (The syscall probe's own on its tracepoint rung aside.)
+			var got []string
+			for _, tp := range syscallTracepointsOf(t) {
+				if strings.Contains(tp, "open") || strings.Contains(tp, "exec") {
+					got = append(got, tp)
+				}
+			}
+			if strings.Join(got, ",") != strings.Join(want, ",") {
+				t.Errorf("the sysfs and exec probes' syscall tracepoints %v, want %v", got, want)
+			}
+			writeScheduler(t, "started in a group", loop.name, fsink)
+			failExec(t, "started in a group", esink)
+			stopped = true
+			if err := g.Stop(); err != nil {
+				t.Fatal(err)
+			}
+			if e, x := chainSysEnter.order(), chainSysExit.order(); e != "" || x != "" {
+				t.Errorf("chains not empty after the stop: sys_enter %q, sys_exit %q", e, x)
+			}
+			if got := syscallTracepointsOf(t); len(got) > 0 {
+				t.Errorf("syscall tracepoints left attached: %v", got)
+			}
+		})
+	}
+}
+
+// chainDetours are the own ways left for a slot so far on the chains
+// of the syscall probe's hooks.
+func chainDetours() int {
+	n := 0
+	for _, c := range []*rqChain{chainSysEnter, chainSysExit} {
+		c.mu.Lock()
+		n += c.detours
+		c.mu.Unlock()
+	}
+	for _, c := range []*hookChain{chainSchedSwitch, chainSchedWaking} {
+		c.mu.Lock()
+		n += c.detours
+		c.mu.Unlock()
+	}
+	return n
+}
+
+// teeSink delivers to two sinks.
+type teeSink struct{ a, b Sink }
+
+func (s teeSink) Event(e event.Event) { s.a.Event(e); s.b.Event(e) }
+func (s teeSink) Loss(l event.Loss)   { s.a.Loss(l); s.b.Loss(l) }
+func (s teeSink) Histogram(kind timeline.HistKind, dev event.Device, h *hist.Histogram) {
+	s.a.Histogram(kind, dev, h)
+	s.b.Histogram(kind, dev, h)
 }

@@ -41,6 +41,12 @@ func (sysfsProbe) Decl() Decl {
 // tracefsDir is where the kernel documents tracefs to be mounted.
 const tracefsDir = "/sys/kernel/tracing"
 
+// seats implements chainMember: the exec probe's program on sys_enter
+// runs from its program's slot there while that runs on sys_enter.
+func (sysfsProbe) seats() []*seat {
+	return []*seat{chainSysEnter.coming.expect(rankSysfsOrOffCPU)}
+}
+
 func (p sysfsProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
 	r, st := startSysfs(cfg, sink, true)
 	st.Name = p.Decl().Name
@@ -159,27 +165,33 @@ func (r *sysfsRunning) attachTracepoints(spec *ebpf.CollectionSpec, kernel *btf.
 	}
 	// own attaches the tracepoints (again, when the chain lets the
 	// program go).
-	own := attachSyscallTPs(
-		syscallTP{coll.Programs["sysfs_openat"], "sys_enter_openat", true},
-		syscallTP{coll.Programs["sysfs_openat2"], "sys_enter_openat2", false}, // 5.6+
-		syscallTP{coll.Programs["sysfs_open_old"], "sys_enter_open", false},   // not on arm64
-	)
+	tps := []syscallTP{
+		{coll.Programs["sysfs_openat"], "sys_enter_openat", true},
+		{coll.Programs["sysfs_openat2"], "sys_enter_openat2", false}, // 5.6+
+		{coll.Programs["sysfs_open_old"], "sys_enter_open", false},   // not on arm64
+	}
+	own := attachSyscallTPs(tps...)
+	if p := coll.Programs["sysfs_sys_enter"]; p != nil {
+		// Behind the syscall probe's program on sys_enter while it
+		// runs there, straight into its slot when it runs already (or
+		// is starting: chainwait.go); the tracepoints otherwise.
+		if err := requireSyscallTPs(tps...); err != nil {
+			coll.Close()
+			return err
+		}
+		if r.enter, err = chainSysEnter.joinWith(rankSysfsOrOffCPU, p, coll.Maps["sys_enter_next"], false, own, nil); err != nil {
+			coll.Close()
+			return err
+		}
+		r.objs = coll
+		return nil
+	}
 	cl, err := own()
 	if err != nil {
 		coll.Close()
 		return err
 	}
 	r.objs = coll
-	if p := coll.Programs["sysfs_sys_enter"]; p != nil {
-		// Behind the syscall probe's program on sys_enter while it
-		// runs there: the tracepoints go then.
-		if r.enter, err = chainSysEnter.joinWith(rankSysfsOrOffCPU, p, coll.Maps["sys_enter_next"], false, own, cl); err != nil {
-			coll.Close()
-			r.objs = nil
-			return err
-		}
-		return nil
-	}
 	r.ownClose = cl
 	return nil
 }

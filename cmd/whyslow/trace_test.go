@@ -788,7 +788,7 @@ func TestOnlyExpectedStackLosses(t *testing.T) {
 		{"whyslow: lost 2 events (offcpu: kernel stack refused 1; offcpu: user stack lost 1)", true},
 		{"whyslow: lost 1 events (offcpu: waker lost 1)", true},
 		{"whyslow: lost 2 events (submit: bios whose end the accounting missed (no end of theirs reached the probe) 1; service: requests whose completion never reached the probe (issued again) 1)", true},
-		{"whyslow: lost 2 events (devfault: block completions that reached none of whyslow's programs, as the service and submit probes counted them (the largest of their counts and of the disks' statistics' shortfall) 1; service: requests whose completion never reached the probe (issued again) 1)", true},
+		{"whyslow: lost 2 events (devfault: block completions that reached none of whyslow's programs, as the service and submit probes counted them (the larger count) 1; service: requests whose completion never reached the probe (issued again) 1)", true},
 		{"whyslow: lost 3 events (service: completions the kernel counted on loop0 (/sys/block/loop0/stat) that reached none of whyslow's programs 3)", true},
 		{"whyslow: lost 1 events (service: requests queued beyond the slots 1)", false},
 		{"whyslow: lost 1 events (offcpu: kernel stack lost 1)", false},

@@ -52,6 +52,7 @@ type Metrics struct {
 	freezes     map[string]float64      // by device label
 	stages      map[[2]string]float64   // by stage, device label: seconds
 	losses      map[[2]string]uint64    // by probe, reason label
+	lostOnce    uint64                  // every lost event once (event.Distinct)
 	probes      []event.ProbeStatus
 	rulesLoaded int
 	reloads     map[string]uint64 // by result
@@ -203,6 +204,7 @@ func (m *Metrics) SetLosses(losses []event.Loss) {
 	for k, v := range out {
 		m.losses[k] = max(m.losses[k], v)
 	}
+	m.lostOnce = max(m.lostOnce, event.Distinct(losses))
 }
 
 // SetProbes records what each probe runs on.
@@ -267,6 +269,9 @@ var (
 	descLost = prometheus.NewDesc("whyslow_lost_events_total",
 		"Events the probes could not deliver or whyslow could not keep, by probe and cause (\"_other\" past 16 causes of a probe).",
 		[]string{"probe", "reason"}, nil)
+	descLostOnce = prometheus.NewDesc("whyslow_lost_events_distinct_total",
+		"Events lost, each counted once: the causes of several probes that count the same events (block completions no program saw: service, submit, devfault) count once, at the largest probe's count. Sum whyslow_lost_events_total for each probe's own view, not for a total.",
+		nil, nil)
 	descProbe = prometheus.NewDesc("whyslow_probe_info",
 		"What each probe runs on: 1 per probe, with its mechanism (empty when unavailable) and status (ok or unavailable).",
 		[]string{"probe", "mechanism", "status"}, nil)
@@ -310,7 +315,7 @@ var (
 // Describe implements prometheus.Collector.
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descFinding, descSubmit, descService, descFreezes, descStages, descLost,
-		descProbe, descRules, descReloads, descReloadOK, descRuleErrors, descWindows, descSkipped, descWindowEnd,
+		descLostOnce, descProbe, descRules, descReloads, descReloadOK, descRuleErrors, descWindows, descSkipped, descWindowEnd,
 		descWindowLen, descFlightBytes, descFlightMax, descFlightHeld, descFlightEvents, descWindowSums, descWindowSumsBytes,
 		descFolded, descBuild} {
 		ch <- d
@@ -350,6 +355,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	for k, v := range m.losses {
 		counter(descLost, float64(v), k[0], k[1])
 	}
+	counter(descLostOnce, float64(m.lostOnce))
 	for _, p := range m.probes {
 		gauge(descProbe, 1, label(p.Name), string(p.Mechanism), string(p.Status))
 	}

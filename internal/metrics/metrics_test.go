@@ -201,6 +201,37 @@ func TestLossBound(t *testing.T) {
 	}
 }
 
+// The per-probe series keep every probe's count; the distinct total
+// counts the missed completions that service, submit and devfault each
+// report once, and never goes down.
+func TestLostDistinct(t *testing.T) {
+	m := New("test", "6.18")
+	for _, tt := range []struct {
+		losses []event.Loss
+		want   string
+	}{
+		{nil, "0"},
+		{[]event.Loss{
+			{Probe: event.ProbeService, What: event.ServiceMissedWhat, Count: 480},
+			{Probe: event.ProbeSubmit, What: event.SubmitMissedWhat, Count: 300},
+			{Probe: event.ProbeDevFault, What: event.DevFaultUnseenWhat, Count: 480},
+			{Probe: event.ProbeSubmit, What: "ring buffer full", Count: 5},
+		}, "485"},
+		{nil, "485"}, // an update without them: kept
+	} {
+		m.SetLosses(tt.losses)
+		if err := testutil.CollectAndCompare(m, strings.NewReader(`
+# HELP whyslow_lost_events_distinct_total Events lost, each counted once: the causes of several probes that count the same events (block completions no program saw: service, submit, devfault) count once, at the largest probe's count. Sum whyslow_lost_events_total for each probe's own view, not for a total.
+# TYPE whyslow_lost_events_distinct_total counter
+whyslow_lost_events_distinct_total `+tt.want+"\n"), "whyslow_lost_events_distinct_total"); err != nil {
+			t.Error(err)
+		}
+	}
+	if n := testutil.CollectAndCount(m, "whyslow_lost_events_total"); n != 4 {
+		t.Errorf("%d per-probe loss series, want 4", n)
+	}
+}
+
 // A device name with a control character cannot forge a scrape line.
 func TestLabelsPrintable(t *testing.T) {
 	m := New("test", "6.18")

@@ -78,7 +78,7 @@ func Build(tl *timeline.Timeline, run *facts.Run, findings []rules.Finding, meta
 		}
 		r.LostEvents = tl.LostEvents()
 		for _, l := range tl.Losses {
-			r.Losses = append(r.Losses, Loss{Probe: l.Probe, What: l.What, Count: l.Count})
+			r.Losses = append(r.Losses, Loss{Probe: l.Probe, What: l.What, Count: l.Count, Overlap: l.Overlap()})
 		}
 		for _, p := range tl.Probes {
 			r.Probes = append(r.Probes, probe(p))

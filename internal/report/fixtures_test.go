@@ -220,6 +220,9 @@ func degraded() scenario {
 	tl.AddLoss(event.Loss{Probe: "submit", What: "ring buffer full", Count: 1200})
 	tl.AddLoss(event.Loss{Probe: "exec", What: "ring buffer full", Count: 34})
 	tl.AddLoss(event.Loss{Probe: "uevent", What: "netlink overrun", Count: 2})
+	// One set of missed completions, a line of each probe: counted once.
+	tl.AddLoss(event.Loss{Probe: event.ProbeSubmit, What: event.SubmitMissedWhat, Count: 500})
+	tl.AddLoss(event.Loss{Probe: event.ProbeDevFault, What: event.DevFaultUnseenWhat, Count: 500})
 	loop0 := &facts.Device{
 		Name: "loop0", ID: "7:0",
 		Submit:  facts.Latency{Count: 52000, MeanUs: 30, P50Us: 7, P99Us: 9000, MaxUs: 31000},
@@ -227,7 +230,7 @@ func degraded() scenario {
 		Stalls:  facts.Spans{span(facts.KindSubmit, 1000, 31, 900, "writer", "loop0", nil, nil)},
 		Uevents: points(6, 2*time.Second, "change"),
 	}
-	run := &facts.Run{Duration: 12500 * time.Millisecond, Kernel: tl.Kernel, MinLatency: time.Millisecond, LostEvents: 1236, Devices: []*facts.Device{loop0}}
+	run := &facts.Run{Duration: 12500 * time.Millisecond, Kernel: tl.Kernel, MinLatency: time.Millisecond, LostEvents: 1736, Devices: []*facts.Device{loop0}}
 	findings := []rules.Finding{{
 		Rank: 1, Rule: "submit-stall", Severity: rules.Warning, Score: 31,
 		Title:       "writer's submissions to loop0 stall up to 31ms",

@@ -19,18 +19,19 @@ import (
 var htmlTemplate string
 
 var htmlTmpl = template.Must(template.New("report").Funcs(template.FuncMap{
-	"ms":         fmtMs,
-	"us":         func(l Latency, v float64) string { return latencyCell(l, v) },
-	"secs":       fmtSeconds,
-	"clean":      escape.String,
-	"incomplete": incompleteLine,
-	"upper":      func(s string) string { return strings.ToUpper(escape.String(s)) },
-	"chain":      chainSteps,
-	"command":    func(tr *Trigger) string { return escape.String(commandText(tr)) },
-	"evidence":   evidenceValue,
-	"join":       escapeJoin,
-	"rfc3339":    func(t time.Time) string { return t.Format(time.RFC3339) },
-	"dur":        fmtUs,
+	"ms":          fmtMs,
+	"us":          func(l Latency, v float64) string { return latencyCell(l, v) },
+	"secs":        fmtSeconds,
+	"clean":       escape.String,
+	"incomplete":  incompleteLine,
+	"overlapNote": func(l Loss) string { return escape.String(overlapNote(l)) },
+	"upper":       func(s string) string { return strings.ToUpper(escape.String(s)) },
+	"chain":       chainSteps,
+	"command":     func(tr *Trigger) string { return escape.String(commandText(tr)) },
+	"evidence":    evidenceValue,
+	"join":        escapeJoin,
+	"rfc3339":     func(t time.Time) string { return t.Format(time.RFC3339) },
+	"dur":         fmtUs,
 	"plural": func(n int, one, many string) string {
 		if n == 1 {
 			return one

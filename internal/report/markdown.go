@@ -172,7 +172,7 @@ func (m *mdWriter) header(r *Report) {
 	if r.LostEvents > 0 {
 		m.printf("> [!WARNING]\n> %d events were lost: counts below are too low and a cause may be missing.\n", r.LostEvents)
 		for _, l := range r.Losses {
-			m.printf("> - %s: %s: %d\n", mdCode(l.Probe), mdCode(l.What), l.Count)
+			m.printf("> - %s: %s: %d%s\n", mdCode(l.Probe), mdCode(l.What), l.Count, mdText(overlapNote(l)))
 		}
 		m.printf("\n")
 	}

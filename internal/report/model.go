@@ -98,6 +98,19 @@ type Loss struct {
 	Probe string `json:"probe"`
 	What  string `json:"what"`
 	Count uint64 `json:"count"`
+	// Overlap names the class of events this loss counts that losses of
+	// other probes count too (event.Loss.Overlap): LostEvents counts the
+	// class once, at its largest probe's count. Empty (omitted) when the
+	// events are this probe's own.
+	Overlap string `json:"overlap,omitempty"`
+}
+
+// overlapNote is what a loss line of an overlap class adds.
+func overlapNote(l Loss) string {
+	if l.Overlap == "" {
+		return ""
+	}
+	return " (" + l.Overlap + ": the same events as other probes' lines of it, counted once in the total)"
 }
 
 // Probe says whether a probe ran, how, and why not.

@@ -128,7 +128,7 @@ func (t *textWriter) header(r *Report) {
 		t.printf("  %-11s %s\n", "lost events", t.paint(sgrRed, fmt.Sprintf("%d", r.LostEvents)))
 		t.printf("\n%s\n", t.paint(sgrRed, fmt.Sprintf("!! %d EVENTS WERE LOST: counts below are too low and a cause may be missing.", r.LostEvents)))
 		for _, l := range r.Losses {
-			t.printf("!!   %s: %s: %d\n", escape.String(l.Probe), escape.String(l.What), l.Count)
+			t.printf("!!   %s: %s: %d%s\n", escape.String(l.Probe), escape.String(l.What), l.Count, overlapNote(l))
 		}
 	}
 	if n := len(r.RuleErrors); n > 0 {

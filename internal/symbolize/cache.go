@@ -28,6 +28,15 @@ const (
 	// again. An exec keeps the pid but replaces every mapping; addresses that
 	// fall outside the cached mappings also force a re-read.
 	maxMapsAge = 5 * time.Second
+	// minMapsReread is how long after a read of a process's maps an
+	// address outside them is left unresolved rather than read for again.
+	// A stack often holds such addresses for good (a return address
+	// walked from a binary without frame pointers, in no mapping), and
+	// reading the maps again for each such stack cost the off-CPU probe a
+	// third of whyslow's CPU at 5000 writes a second and, under qemu's
+	// TCG, starved the writer it watched (d28). A library mapped since
+	// the read (dlopen) or an exec is resolved at most this late.
+	minMapsReread = time.Second
 )
 
 // lru is a small least-recently-used map, bounded by its number of items
@@ -159,6 +168,8 @@ type UserCache struct {
 	mu     sync.Mutex
 	procs  *lru[uint32, procEntry]
 	now    func() time.Time
+	// mapsReads counts the reads of processes' maps.
+	mapsReads int
 }
 
 // NewUserCache returns a cache reading <procfs>/PID/maps. Zero bounds take
@@ -185,8 +196,9 @@ func (c *UserCache) Frames(tgid uint32, addrs []uint64) ([]event.Frame, error) {
 	c.mu.Lock()
 	e, ok := c.procs.get(tgid)
 	c.mu.Unlock()
-	fresh := ok && c.now().Sub(e.loaded) < maxMapsAge
-	if fresh {
+	age := c.now().Sub(e.loaded)
+	fresh := ok && age < maxMapsAge
+	if fresh && age >= minMapsReread {
 		for _, a := range addrs {
 			if !e.user.Contains(a) {
 				fresh = false
@@ -195,6 +207,9 @@ func (c *UserCache) Frames(tgid uint32, addrs []uint64) ([]event.Frame, error) {
 		}
 	}
 	if !fresh {
+		c.mu.Lock()
+		c.mapsReads++
+		c.mu.Unlock()
 		u, err := loadUser(c.procfs, tgid, c.bins)
 		switch {
 		case err == nil:

@@ -7,7 +7,10 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 	"unsafe"
+
+	"github.com/whyslow/whyslow/internal/event"
 )
 
 // tableOf makes a binary of n function symbols with names of nameLen bytes.
@@ -160,5 +163,52 @@ func TestFrameNamesDoNotPinTables(t *testing.T) {
 		if sym >= lo && sym < lo+uintptr(len(names)) {
 			t.Errorf("the frame's symbol %q is a slice of %s's table of names", fr.Symbol, key)
 		}
+	}
+}
+
+// TestUserCacheRereadsMapsForOutsideAddresses: stacks holding an address in
+// no mapping (a return address walked from code without frame pointers)
+// read the process's maps again at most once a minMapsReread, not once a
+// stack, and the address is resolved once a read after minMapsReread finds
+// it mapped (here: a fake clock; the maps of this process do not change).
+func TestUserCacheRereadsMapsForOutsideAddresses(t *testing.T) {
+	c := NewUserCache("/proc", 2, 4)
+	now := time.Unix(1000, 0)
+	c.now = func() time.Time { return now }
+	pc := uint64(reflect.ValueOf(markerFunction).Pointer())
+	want := runtime.FuncForPC(uintptr(pc)).Name()
+	const outside = 8 // in no mapping of any process
+	pid := uint32(os.Getpid())
+	for _, tc := range []struct {
+		after     time.Duration // the clock moves on by it before the stack
+		wantReads int           // maps reads so far
+	}{
+		{0, 1},                           // first: read
+		{time.Millisecond, 1},            // outside, read just now: kept
+		{minMapsReread / 2, 1},           // still kept
+		{minMapsReread, 2},               // outside, read long enough ago: read again
+		{time.Millisecond, 2},            // kept again
+		{maxMapsAge, 3},                  // too old: read, outside or not
+		{minMapsReread + time.Second, 4}, // outside: read again
+	} {
+		now = now.Add(tc.after)
+		fr, err := c.Frames(pid, []uint64{pc, outside})
+		if err != nil || fr[0].Symbol != want || fr[1] != (event.Frame{Addr: outside}) {
+			t.Fatalf("Frames = %+v, %v; want %s and the address alone", fr, err, want)
+		}
+		if c.mapsReads != tc.wantReads {
+			t.Errorf("after %v: %d reads of the maps, want %d", tc.after, c.mapsReads, tc.wantReads)
+		}
+	}
+	// Inside only: no read before maxMapsAge.
+	reads := c.mapsReads
+	for range 100 {
+		now = now.Add(maxMapsAge / 200)
+		if _, err := c.Frames(pid, []uint64{pc}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if c.mapsReads != reads {
+		t.Errorf("%d reads of the maps for stacks inside them within %v, want none", c.mapsReads-reads, maxMapsAge/2)
 	}
 }

@@ -128,6 +128,11 @@ func TestLoadKernelLive(t *testing.T) {
 		if len(f) == 4 {
 			mod = strings.Trim(f[3], "[]")
 		}
+		if mod == "bpf" {
+			// BPF programs and trampolines come and go between the two
+			// reads (other packages' tests load them in parallel).
+			continue
+		}
 		names[at{addr, mod}] = append(names[at{addr, mod}], f[2])
 		fr := k.Frame(addr)
 		if fr.Offset != 0 || !slices.Contains(names[at{addr, fr.Module}], fr.Symbol) {
@@ -135,7 +140,13 @@ func TestLoadKernelLive(t *testing.T) {
 		}
 		checked++
 	}
-	if checked != k.Len() {
-		t.Errorf("%d text symbols in kallsyms, %d loaded", checked, k.Len())
+	loaded := 0
+	for _, a := range k.syms.starts {
+		if k.Frame(a).Module != "bpf" {
+			loaded++
+		}
+	}
+	if checked != loaded {
+		t.Errorf("%d text symbols outside [bpf] in kallsyms, %d loaded", checked, loaded)
 	}
 }

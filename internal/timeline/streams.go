@@ -440,15 +440,11 @@ func (t *Timeline) AddLoss(l event.Loss) {
 	t.Losses = append(t.Losses, l)
 }
 
-// LostEvents is the total of all losses, the largest uint64 when it would
-// be more.
-func (t *Timeline) LostEvents() uint64 {
-	var n uint64
-	for _, l := range t.Losses {
-		n = SaturatingSum(n, l.Count)
-	}
-	return n
-}
+// LostEvents is how many events were lost, each counted once: losses of
+// several probes that count the same happenings (an overlap class,
+// event.Distinct) count once, at the largest probe's count. The largest
+// uint64 when it would be more.
+func (t *Timeline) LostEvents() uint64 { return event.Distinct(t.Losses) }
 
 // SaturatingSum is a+b, or the largest uint64 when the sum would wrap.
 func SaturatingSum(a, b uint64) uint64 {

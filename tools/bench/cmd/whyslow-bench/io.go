@@ -237,6 +237,8 @@ type IOConfigResult struct {
 	IOPSRatio spread `json:"iops_ratio"`
 	P99Ratio  spread `json:"p99_ratio"`
 	Lost      uint64 `json:"lost_events,omitempty"` // whyslow: events lost over all rounds
+	// Losses are whyslow's reports' losses over all rounds.
+	Losses []LossLine `json:"losses,omitempty"`
 }
 
 func (b *bench) io() error {
@@ -254,6 +256,7 @@ func (b *bench) io() error {
 	configs := b.tools
 	runs := make([][]fioRun, len(configs))
 	var lost uint64
+	var losses []LossLine
 	for r := 0; r < b.o.rounds; r++ {
 		for k := range configs {
 			i := (r + k) % len(configs) // rotate the order every round
@@ -277,6 +280,7 @@ func (b *bench) io() error {
 					return fmt.Errorf("whyslow's report of round %d: %w", r+1, err)
 				}
 				lost += rep.LostEvents
+				losses = addLosses(losses, rep)
 				if res.Probes == nil {
 					res.Probes = rep.Probes
 				}
@@ -300,7 +304,7 @@ func (b *bench) io() error {
 		}
 		c.IOPS, c.P99us, c.IOPSRatio, c.P99Ratio = spreadOf(iops), spreadOf(p99), spreadOf(ri), spreadOf(rp)
 		if t.name == "whyslow" {
-			c.Lost = lost
+			c.Lost, c.Losses = lost, losses
 		}
 		res.Configs = append(res.Configs, c)
 	}
@@ -319,12 +323,8 @@ type ProbeMech struct {
 type report struct {
 	LostEvents uint64      `json:"lost_events"`
 	Probes     []ProbeMech `json:"probes"`
-	Losses     []struct {
-		Probe string `json:"probe"`
-		What  string `json:"what"`
-		Count uint64 `json:"count"`
-	} `json:"losses"`
-	Devices []struct {
+	Losses     []LossLine  `json:"losses"`
+	Devices    []struct {
 		Name    string `json:"name"`
 		Uevents struct {
 			Count int `json:"count"`
@@ -350,6 +350,9 @@ func readReport(path string) (*report, error) {
 type CostResult struct {
 	Rounds int        `json:"rounds"`
 	Tools  []ToolCost `json:"tools"`
+	// LostEvents and Losses are whyslow's reports' over the rounds.
+	LostEvents *uint64    `json:"lost_events,omitempty"`
+	Losses     []LossLine `json:"losses,omitempty"`
 }
 
 // ToolCost is one tool's BPF cost per I/O, with each program's share.
@@ -440,8 +443,10 @@ func (b *bench) cost() error {
 	}
 	names := []string{"whyslow", "biolatency"}
 	samples := map[string][]sample{}
+	res := &CostResult{Rounds: b.o.costRuns, LostEvents: new(uint64)}
 	for r := 0; r < b.o.costRuns; r++ {
-		ws, err := b.startWhyslow(fmt.Sprintf("cost-%d", r))
+		tag := fmt.Sprintf("cost-%d", r)
+		ws, err := b.startWhyslow(tag)
 		if err != nil {
 			stopAll(ws)
 			return err
@@ -472,6 +477,12 @@ func (b *bench) cost() error {
 		if err != nil {
 			return err
 		}
+		rep, err := readReport(filepath.Join(b.dir, tag+".json"))
+		if err != nil {
+			return fmt.Errorf("whyslow's report of cost round %d: %w", r+1, err)
+		}
+		*res.LostEvents += rep.LostEvents
+		res.Losses = addLosses(res.Losses, rep)
 		// fio's total_ios leave out the ramp; the programs ran during it
 		// too: scale by the I/Os of the whole run.
 		ios := fr.IOs * (b.o.fioTime.Seconds() + 1) / b.o.fioTime.Seconds()
@@ -494,10 +505,9 @@ func (b *bench) cost() error {
 			}
 			samples[n] = append(samples[n], s)
 		}
-		b.logf("cost round %d/%d: whyslow %.0f ns/IO, biolatency %.0f ns/IO (%.0f IOPS)", r+1, b.o.costRuns,
-			samples["whyslow"][r].total, samples["biolatency"][r].total, fr.IOPS)
+		b.logf("cost round %d/%d: whyslow %.0f ns/IO, biolatency %.0f ns/IO (%.0f IOPS), whyslow lost %d events (%s)", r+1, b.o.costRuns,
+			samples["whyslow"][r].total, samples["biolatency"][r].total, fr.IOPS, rep.LostEvents, lossesText(addLosses(nil, rep)))
 	}
-	res := &CostResult{Rounds: b.o.costRuns}
 	for _, n := range names {
 		tc := ToolCost{Name: n}
 		var totals []float64

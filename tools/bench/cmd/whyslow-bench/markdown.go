@@ -244,14 +244,6 @@ func renderMarkdown(r *Results) string {
 				rss = append(rss, fmt.Sprintf("%.0fs: %.0f", x.At, x.MiB))
 			}
 		}
-		var losses []string
-		for _, l := range s.Losses {
-			losses = append(losses, fmt.Sprintf("%s %s: %d", l.Probe, l.What, l.Count))
-		}
-		sort.Strings(losses)
-		if len(losses) == 0 {
-			losses = []string{"none"}
-		}
 		m.table([]string{"", ""}, [][]string{
 			{"achieved", fmt.Sprintf("%.0f uevents/s, %.0f execs/s, %.0f IOPS", s.Uevents, s.Execs, s.IOPS)},
 			{"whyslow RSS MiB over time", strings.Join(rss, ", ")},
@@ -260,7 +252,7 @@ func renderMarkdown(r *Results) string {
 			{"SIGINT to report written", fmt.Sprintf("%.1f s", s.ReportSeconds)},
 			{"uevents of the device in the report", fmt.Sprintf("%d", s.UeventsSeen)},
 			{"lost_events in the JSON report", fmt.Sprintf("%d", s.LostEvents)},
-			{"losses", strings.Join(losses, "; ")},
+			{"losses", stormLosses(s.Losses)},
 		})
 	}
 	if s := r.Serve; s != nil {
@@ -271,6 +263,23 @@ func renderMarkdown(r *Results) string {
 	}
 	renderRSS(&m, r.RSS)
 	return m.String()
+}
+
+// stormLosses is the storm's losses, each cause whole, sorted.
+func stormLosses(ls []LossLine) string {
+	var out []string
+	for _, l := range ls {
+		s := fmt.Sprintf("%s %s: %d", l.Probe, l.What, l.Count)
+		if l.Overlap != "" {
+			s += " (" + l.Overlap + ": the same as other probes', once in lost_events)"
+		}
+		out = append(out, s)
+	}
+	sort.Strings(out)
+	if len(out) == 0 {
+		return "none"
+	}
+	return strings.Join(out, "; ")
 }
 
 // renderServe writes the table of a serve run.
@@ -289,9 +298,14 @@ func renderServe(m *md, s *ServeResult) {
 		{"flight recorder, most held", fmt.Sprintf("%.1f MiB of %.0f MiB", s.FlightMiB, s.FlightMemoryMiB)},
 		{"windows evaluated, skipped", fmt.Sprintf("%.0f, %.0f", s.Windows, s.Skipped)},
 		{"events lost (whyslow_lost_events_total)", fmt.Sprintf("%.0f", s.LostEvents)},
+	}
+	if s.LostDistinct != nil {
+		rows = append(rows, []string{"events lost, each once (whyslow_lost_events_distinct_total)", fmt.Sprintf("%.0f", *s.LostDistinct)})
+	}
+	rows = append(rows, [][]string{
 		{"/trace dumps", fmt.Sprintf("%d", s.Traces)},
 		{"CPU time", fmt.Sprintf("%.1f s (%.0f%% of one CPU)", s.CPUSeconds, 100*s.CPUSeconds/s.Seconds)},
-	}
+	}...)
 	if s.StopSeconds > 0 {
 		rows = append(rows, []string{"SIGINT to exit", fmt.Sprintf("%.1f s", s.StopSeconds)})
 	}
@@ -378,7 +392,7 @@ func renderRSS(m *md, x *RSSResult) {
 			rss = append(rss, fmt.Sprintf("%.0fs: %.0f", s.At, s.MiB))
 		}
 	}
-	m.table([]string{"", ""}, [][]string{
+	rows := [][]string{
 		{"achieved", fmt.Sprintf("%.0f IOPS", x.IOPS)},
 		{"RSS MiB over time", strings.Join(rss, ", ")},
 		{"peak RSS while observing", fmt.Sprintf("%.1f MiB", x.ObservedPeakMiB)},
@@ -386,7 +400,11 @@ func renderRSS(m *md, x *RSSResult) {
 		{"CPU time", fmt.Sprintf("%.1f s (%.0f%% of one CPU)", x.CPUSeconds, 100*x.CPUSeconds/x.Seconds)},
 		{"end of the observation to exit", fmt.Sprintf("%.1f s", x.AnalysisSeconds)},
 		{"lost_events in the JSON report", fmt.Sprintf("%d", x.LostEvents)},
-	})
+	}
+	if len(x.Losses) > 0 { // results of before the bench kept them have none
+		rows = append(rows, []string{"losses by probe and kind", lossesText(x.Losses)})
+	}
+	m.table([]string{"", ""}, rows)
 }
 
 // renderIOCost writes the I/O overhead and BPF cost tables of r.
@@ -414,7 +432,11 @@ func renderIOCost(m *md, r *Results) {
 		}
 		m.table([]string{"configuration", "IOPS", "IOPS ratio", "p99 µs", "p99 ratio"}, rows)
 		if ws != nil {
-			m.f("whyslow lost %d events over its %d runs.\n\n", ws.Lost, io.Rounds)
+			m.f("whyslow lost %d events over its %d runs", ws.Lost, io.Rounds)
+			if len(ws.Losses) > 0 { // results of before the bench kept them have none
+				m.f(": %s", lossesText(ws.Losses))
+			}
+			m.f(".\n\n")
 		}
 	}
 	if c := r.Cost; c != nil {
@@ -431,6 +453,13 @@ func renderIOCost(m *md, r *Results) {
 			}
 		}
 		m.table([]string{"tool / program", "runs per I/O", "ns per run", "ns per I/O"}, rows)
+		if c.LostEvents != nil { // results of before the bench kept them have none
+			m.f("whyslow lost %d events over these %d runs", *c.LostEvents, c.Rounds)
+			if *c.LostEvents > 0 {
+				m.f(": %s", lossesText(c.Losses))
+			}
+			m.f(".\n\n")
+		}
 	}
 }
 

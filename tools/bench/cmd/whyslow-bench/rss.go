@@ -24,6 +24,8 @@ type RSSResult struct {
 	// AnalysisSeconds is the end of the observation to the exit.
 	AnalysisSeconds float64 `json:"analysis_seconds"`
 	LostEvents      uint64  `json:"lost_events"`
+	// Losses are the report's, by probe and cause.
+	Losses []LossLine `json:"losses,omitempty"`
 }
 
 // rssTarget is the issue's bound on the peak RSS of a 60 s run at full
@@ -114,8 +116,9 @@ func (b *bench) rss() error {
 		return err
 	}
 	res.LostEvents = rep.LostEvents
-	b.logf("rss: %s for %s at %.0f IOPS: peak RSS %.0f MiB (%.0f MiB while observing), %s s of CPU, %d events lost",
-		b.fio, d, res.IOPS, res.PeakRSSMiB, res.ObservedPeakMiB, strconv.FormatFloat(res.CPUSeconds, 'f', 1, 64), res.LostEvents)
+	res.Losses = addLosses(nil, rep)
+	b.logf("rss: %s for %s at %.0f IOPS: peak RSS %.0f MiB (%.0f MiB while observing), %s s of CPU, %d events lost (%s)",
+		b.fio, d, res.IOPS, res.PeakRSSMiB, res.ObservedPeakMiB, strconv.FormatFloat(res.CPUSeconds, 'f', 1, 64), res.LostEvents, lossesText(res.Losses))
 	b.res.RSS = res
 	return nil
 }

@@ -38,6 +38,11 @@ type ServeResult struct {
 	Windows    float64     `json:"windows"`
 	Skipped    float64     `json:"windows_skipped"`
 	LostEvents float64     `json:"lost_events"`
+	// LostDistinct is whyslow_lost_events_distinct_total: each lost event
+	// once (LostEvents, the sum over whyslow_lost_events_total's causes,
+	// counts a block completion no program saw once per probe that missed
+	// it); nil from a whyslow without it.
+	LostDistinct *float64 `json:"lost_events_distinct,omitempty"`
 	// Losses are whyslow_lost_events_total by probe and reason, as last
 	// scraped.
 	Losses     map[string]float64 `json:"losses,omitempty"`
@@ -107,6 +112,9 @@ func (b *bench) serve() error {
 		res.FlightMiB = max(res.FlightMiB, flight)
 		res.Windows, res.Skipped = m["whyslow_windows_total"], m["whyslow_windows_skipped_total"]
 		res.LostEvents = m["whyslow_lost_events_total"]
+		if v, ok := m["whyslow_lost_events_distinct_total"]; ok {
+			res.LostDistinct = &v
+		}
 		res.Losses = map[string]float64{}
 		for name, v := range series {
 			if strings.HasPrefix(name, "whyslow_lost_events_total{") {

@@ -28,7 +28,7 @@ type StormResult struct {
 	CPUSeconds    float64     `json:"cpu_seconds"`
 	ReportSeconds float64     `json:"report_seconds"` // SIGINT to exit
 	LostEvents    uint64      `json:"lost_events"`
-	Losses        []StormLoss `json:"losses"`
+	Losses        []LossLine  `json:"losses"`
 	UeventsSeen   int         `json:"uevents_seen"` // in the report, for the loop device
 }
 
@@ -36,13 +36,6 @@ type StormResult struct {
 type RSSSample struct {
 	At  float64 `json:"at_s"`
 	MiB float64 `json:"mib"`
-}
-
-// StormLoss is one line of the report's losses.
-type StormLoss struct {
-	Probe string `json:"probe"`
-	What  string `json:"what"`
-	Count uint64 `json:"count"`
 }
 
 func (b *bench) storm() error {
@@ -93,9 +86,7 @@ func (b *bench) storm() error {
 		return err
 	}
 	res.LostEvents = rep.LostEvents
-	for _, l := range rep.Losses {
-		res.Losses = append(res.Losses, StormLoss{Probe: l.Probe, What: l.What, Count: l.Count})
-	}
+	res.Losses = addLosses(nil, rep)
 	sort.Slice(res.Losses, func(i, j int) bool { return res.Losses[i].Count > res.Losses[j].Count })
 	for _, dv := range rep.Devices {
 		if dv.Name == filepath.Base(b.loop) {
