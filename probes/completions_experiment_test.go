@@ -163,9 +163,6 @@ func TestCompletionsExperiment(t *testing.T) {
 		}
 		return s.RunCount, s.RecursionMisses
 	}
-	b0, bm0 := runs(btfNoop)
-	r0, rm0 := runs(rawNoop)
-	allB0 := cAll.read(t)
 	sink := new(blkSink)
 	g := Start(Config{MinLatency: time.Hour, SysFS: "/sys", ProcFS: "/proc"}, sink, submitProbe{}, serviceProbe{}, devfaultProbe{})
 	t.Cleanup(func() { g.Stop() })
@@ -193,9 +190,9 @@ func TestCompletionsExperiment(t *testing.T) {
 	}
 	run0, miss0, all0, dev0, iss0, done0, merge0, st0 := snap()
 	// The no-op programs' counts from here on, as the head's.
-	b0, bm0 = runs(btfNoop)
-	r0, rm0 = runs(rawNoop)
-	allB0 = all0
+	b0, bm0 := runs(btfNoop)
+	r0, rm0 := runs(rawNoop)
+	allB0 := all0
 	rw := "randrw"
 	if which == "vda" {
 		rw = "randread"

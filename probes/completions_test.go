@@ -40,7 +40,7 @@ func TestParseDiskStat(t *testing.T) {
 }
 
 func TestUnseenCompletions(t *testing.T) {
-	const loop0, vda, sda = 7<<20 | 0, 254<<20 | 0, 8<<20 | 0
+	const loop0, vda, sda = 7 << 20, 254 << 20, 8 << 20 // major<<20|minor, minor 0
 	// vda had 4 requests in flight when first read: issued before the
 	// probe started, their completions end no span.
 	before := map[uint32]diskCount{loop0: {"loop0", 100, 0}, vda: {"vda", 1000, 4}, sda: {"sda", 50, 0}}
