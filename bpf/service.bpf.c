@@ -114,6 +114,62 @@ struct {
 	__type(value, __u64);
 } issued_spill SEC(".maps");
 
+/* Completions the probe saw of requests never issued, per device (whole
+ * disk dev_t -> count): a flush the block layer completes itself, without
+ * issuing it to the driver, a request failed before its issue. With the
+ * histograms' counts, the completions that reached the program on the
+ * device, each once: user space compares that with the completions the
+ * kernel counted in the device's statistics (probes/completions.go). Not
+ * counted here: a request issued (its state no longer idle) whose span
+ * ended already or never started, whose completion the kernel counts once
+ * where it is traced twice (a write in a flush sequence: its data's
+ * completion, then the sequence's end), or several times (partial
+ * completions), or that was issued before the probe started (in flight
+ * then: user space allows for those). Written on that path only, never
+ * per I/O. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DEV_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} unspanned SEC(".maps");
+
+/* The state of a request (4.17+): MQ_RQ_IDLE until it is started. */
+enum mq_rq_state {
+	MQ_RQ_IDLE = 0,
+	MQ_RQ_IN_FLIGHT = 1,
+	MQ_RQ_COMPLETE = 2,
+};
+
+struct request___svc_state {
+	enum mq_rq_state state;
+} __attribute__((preserve_access_index));
+
+/* count_unspanned counts a completion of rq without a span, when rq was
+ * never issued. */
+static __always_inline void count_unspanned(struct request *rq)
+{
+	if (((struct request___svc_state *)rq)->state != MQ_RQ_IDLE)
+		return;
+	__u32 dev = disk_dev_btf(request_disk_btf(rq));
+	__u64 one = 1, *n = bpf_map_lookup_elem(&unspanned, &dev);
+
+	if (!n) {
+		long err = bpf_map_update_elem(&unspanned, &dev, &one, BPF_NOEXIST);
+
+		if (!err)
+			return;
+		if (err != -WS_EEXIST) {
+			lose(LOSS_MAP_FULL);
+			return;
+		}
+		n = bpf_map_lookup_elem(&unspanned, &dev);
+		if (!n)
+			return;
+	}
+	__sync_fetch_and_add(n, 1);
+}
+
 /* The fields of the kernel's statistics this program reads. */
 struct list_head___svc {
 	struct list_head___svc *next;
@@ -272,14 +328,18 @@ static __always_inline void svc_end(__u64 *ctx, struct request *rq)
 		 * (before the probe started; a later partial completion). */
 		__u64 *ns = bpf_map_lookup_elem(&issued_spill, &p);
 
-		if (!ns)
+		if (!ns) {
+			count_unspanned(rq);
 			return;
+		}
 		start = *ns;
 		bpf_map_delete_elem(&issued_spill, &p);
 	}
 	now = bpf_ktime_get_ns();
-	if (now < start)
+	if (now < start) {
+		count_unspanned(rq);
 		return;
+	}
 	disk = request_disk_btf(rq);
 	dev_hist_add(disk_dev_btf(disk), disk, now - start);
 }

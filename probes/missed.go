@@ -1,6 +1,7 @@
 package probes
 
 import (
+	"strings"
 	"sync"
 
 	"github.com/whyslow/whyslow/internal/event"
@@ -25,7 +26,10 @@ import (
 // counts requests issued again while their earlier issue still waited;
 // submit counts bios with their end missed, of which some were still in
 // flight at its stop). The count is not whether a fault was lost: it is
-// how many completions devfault could not look at.
+// how many completions devfault could not look at. The service probe also
+// reports, per disk, the completions the kernel counted in the disk's
+// statistics beyond those its program saw (completions.go): their sum
+// stands for the count when it is the larger.
 
 // devfaultUnseenWhat names devfault's share of the missed completions.
 // Its line, and the service and submit probes' lines it echoes, are in
@@ -46,6 +50,7 @@ type missedTap struct {
 	mu      sync.Mutex
 	service uint64
 	submit  map[string]uint64 // by What: its latest count
+	disks   map[string]uint64 // the service probe's per disk, by What: its latest count
 }
 
 // tapped returns a sink that delivers to sink and notes in t the missed
@@ -76,18 +81,28 @@ func (t *missedTap) note(l event.Loss) {
 			t.submit = map[string]uint64{}
 		}
 		t.submit[l.What] = max(t.submit[l.What], l.Count)
+	case l.Probe == event.ProbeService && strings.HasPrefix(l.What, unseenCompletionsPrefix):
+		if t.disks == nil {
+			t.disks = map[string]uint64{}
+		}
+		t.disks[l.What] = max(t.disks[l.What], l.Count)
 	}
 }
 
 // deliver reports to sink, as devfault's loss, the missed completions
-// counted so far: the larger of the service and submit probes' counts.
+// counted so far: the largest of the service and submit probes' counts
+// and of the service probe's per-disk shortfalls' sum.
 func (t *missedTap) deliver(sink Sink) {
 	t.mu.Lock()
 	var submit uint64
 	for _, n := range t.submit {
 		submit = timeline.SaturatingSum(submit, n)
 	}
-	n := max(t.service, submit)
+	var disks uint64
+	for _, n := range t.disks {
+		disks = timeline.SaturatingSum(disks, n)
+	}
+	n := max(t.service, submit, disks)
 	t.mu.Unlock()
 	if n > 0 {
 		sink.Loss(event.Loss{Probe: event.ProbeDevFault, What: devfaultUnseenWhat, Count: n})

@@ -9,6 +9,7 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/hist"
 	"github.com/whyslow/whyslow/internal/timeline"
 )
 
@@ -49,6 +50,10 @@ type serviceRunning struct {
 	// complete is svc_rq_complete on block_rq_complete's chain
 	// (rqchain.go).
 	complete *rqMember
+	// disks are the request-based disks' completed I/Os as the kernel
+	// counted them once the programs were attached (completions.go); nil
+	// when unreadable.
+	disks map[uint32]diskCount
 
 	stopOnce sync.Once
 	stopErr  error
@@ -142,6 +147,7 @@ func startService(cfg Config, sink Sink) (_ *serviceRunning, err error) {
 		return nil, err
 	}
 	r.links = append(r.links, issue...)
+	r.disks, _ = readDiskCounts(r.sysfs)
 	return r, nil
 }
 
@@ -202,6 +208,7 @@ var serviceLossWhat = [serviceSvcLossKindSVC_LOSS_KINDS]string{
 
 // Checkpoint implements Checkpointer.
 func (r *serviceRunning) Checkpoint(sink Sink) error {
+	now, _ := readDiskCounts(r.sysfs)
 	hs, names, err := devHists(r.objs.DevHist, r.objs.DevHistSpill, r.objs.DevNames)
 	if err != nil {
 		return err
@@ -209,13 +216,45 @@ func (r *serviceRunning) Checkpoint(sink Sink) error {
 	deliverDevHists(sink, timeline.HistService, r.sysfs, hs, names)
 	deliverLossesWith(sink, event.ProbeService, r.objs.Losses, &r.objs, r.skips())
 	deliverLossArray(sink, event.ProbeService, r.objs.SvcLosses, serviceLossWhat[:])
+	r.deliverUnseen(sink, now, hs)
 	return nil
+}
+
+// deliverUnseen reports, per request-based disk, the completions the
+// kernel counted from the probe's start to now (read while the programs
+// were attached) beyond those the programs saw (hs, read after now, and
+// `unspanned`).
+func (r *serviceRunning) deliverUnseen(sink Sink, now map[uint32]diskCount, hs map[uint32]*hist.Histogram) {
+	if r.disks == nil || now == nil {
+		return
+	}
+	seen := make(map[uint32]uint64, len(hs))
+	for dev, h := range hs {
+		seen[dev] = h.Count
+	}
+	var (
+		dev uint32
+		n   uint64
+	)
+	it := r.objs.Unspanned.Iterate()
+	for it.Next(&dev, &n) {
+		seen[dev] += n
+	}
+	if it.Err() != nil {
+		return // unknown: no shortfall to tell
+	}
+	for _, l := range unseenCompletions(event.ProbeService, r.disks, now, seen) {
+		sink.Loss(l)
+	}
 }
 
 // Stop detaches the programs, delivers the per-device histograms and the
 // loss counts, and frees everything.
 func (r *serviceRunning) Stop() error {
 	r.stopOnce.Do(func() {
+		// The kernel's counts while the programs still run: completions
+		// after it only add to what the programs saw.
+		now, _ := readDiskCounts(r.sysfs)
 		r.stopErr = chainRqComplete.leave(r.complete)
 		closeAll(r.links)
 		hs, names, err := devHists(r.objs.DevHist, r.objs.DevHistSpill, r.objs.DevNames)
@@ -225,6 +264,7 @@ func (r *serviceRunning) Stop() error {
 			}
 		} else {
 			deliverDevHists(r.sink, timeline.HistService, r.sysfs, hs, names)
+			r.deliverUnseen(r.sink, now, hs)
 		}
 		deliverLossesWith(r.sink, event.ProbeService, r.objs.Losses, &r.objs, r.skips())
 		deliverLossArray(r.sink, event.ProbeService, r.objs.SvcLosses, serviceLossWhat[:])

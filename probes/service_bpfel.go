@@ -75,6 +75,7 @@ const (
 	serviceMapLosses          = "losses"
 	serviceMapRqCompleteNext  = "rq_complete_next"
 	serviceMapSvcLosses       = "svc_losses"
+	serviceMapUnspanned       = "unspanned"
 	serviceProgSvcRqComplete  = "svc_rq_complete"
 	serviceProgSvcRqIssue     = "svc_rq_issue"
 	serviceProgSvcRqIssueSlot = "svc_rq_issue_slot"
@@ -149,6 +150,7 @@ type serviceMapSpecs struct {
 	Losses         *ebpf.MapSpec `ebpf:"losses"`
 	RqCompleteNext *ebpf.MapSpec `ebpf:"rq_complete_next"`
 	SvcLosses      *ebpf.MapSpec `ebpf:"svc_losses"`
+	Unspanned      *ebpf.MapSpec `ebpf:"unspanned"`
 }
 
 // serviceVariableSpecs contains global variables before they are loaded into the kernel.
@@ -193,6 +195,7 @@ type serviceMaps struct {
 	Losses         *ebpf.Map `ebpf:"losses"`
 	RqCompleteNext *ebpf.Map `ebpf:"rq_complete_next"`
 	SvcLosses      *ebpf.Map `ebpf:"svc_losses"`
+	Unspanned      *ebpf.Map `ebpf:"unspanned"`
 }
 
 func (m *serviceMaps) Close() error {
@@ -206,6 +209,7 @@ func (m *serviceMaps) Close() error {
 		m.Losses,
 		m.RqCompleteNext,
 		m.SvcLosses,
+		m.Unspanned,
 	)
 }
 

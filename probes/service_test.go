@@ -200,6 +200,12 @@ func testServiceManyInFlight(t *testing.T) {
 			t.Logf("counted: %+v", l)
 			continue
 		}
+		// The same completions, against the disk's statistics
+		// (completions.go).
+		if l.What == unseenCompletionsWhat(loop.name) && l.Count <= writes/1000 {
+			t.Logf("counted: %+v", l)
+			continue
+		}
 		t.Errorf("loss: %+v", l)
 	}
 	// Writes merged into a request in flight are fewer requests; at

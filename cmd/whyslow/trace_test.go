@@ -184,7 +184,7 @@ func (p *tracing) checkCleanEnd(t *testing.T) {
 // since wt-a26), or requests whose completion never reached the service
 // probe (the same completions the kernel ran no program for, counted
 // since wt-c26), and the same completions as devfault's loss (since
-// wt-b27).
+// wt-b27), or counted per disk from its statistics (since wt-c28).
 func onlyExpectedStackLosses(line string) bool {
 	rest, ok := strings.CutPrefix(line, "whyslow: lost ")
 	if !ok {
@@ -199,7 +199,8 @@ func onlyExpectedStackLosses(line string) bool {
 			!strings.HasPrefix(what, "bios whose end the accounting missed ") && !strings.HasPrefix(what, "waker lost ") &&
 			!strings.HasPrefix(what, "bios of processes gone whose completion ") &&
 			!strings.HasPrefix(what, "requests whose completion never reached the probe ") &&
-			!strings.HasPrefix(what, "block completions that reached none of whyslow's programs, ") {
+			!strings.HasPrefix(what, "block completions that reached none of whyslow's programs, ") &&
+			!strings.HasPrefix(what, "completions the kernel counted on ") {
 			return false
 		}
 	}
@@ -788,6 +789,7 @@ func TestOnlyExpectedStackLosses(t *testing.T) {
 		{"whyslow: lost 1 events (offcpu: waker lost 1)", true},
 		{"whyslow: lost 2 events (submit: bios whose end the accounting missed (no end of theirs reached the probe) 1; service: requests whose completion never reached the probe (issued again) 1)", true},
 		{"whyslow: lost 2 events (devfault: block completions that reached none of whyslow's programs, as the service and submit probes counted them (the larger count) 1; service: requests whose completion never reached the probe (issued again) 1)", true},
+		{"whyslow: lost 3 events (service: completions the kernel counted on loop0 (/sys/block/loop0/stat) that reached none of whyslow's programs 3)", true},
 		{"whyslow: lost 1 events (service: requests queued beyond the slots 1)", false},
 		{"whyslow: lost 1 events (offcpu: kernel stack lost 1)", false},
 		{"whyslow: lost 7 events (submit: ring buffer full 7)", false},

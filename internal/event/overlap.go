@@ -1,5 +1,7 @@
 package event
 
+import "strings"
+
 // Losses that count the same happenings, seen by different probes.
 //
 // The kernel completes some requests where it runs none of the BPF
@@ -40,6 +42,18 @@ const (
 	DevFaultUnseenWhat = "block completions that reached none of whyslow's programs, as the service and submit probes counted them (the larger count): whether any of them failed is unknown; a failed request among them is missing from the device faults"
 )
 
+// DiskUnseenPrefix begins the service probe's losses of each disk's
+// completions that the kernel counted in the disk's statistics and no
+// program saw (probes/completions.go): "completions the kernel counted
+// on DISK ...", one line per disk. They are in OverlapMissedCompletions,
+// as a unit of their own (diskUnit): their sum counts the same
+// completions as the service probe's other line, not more of them.
+const DiskUnseenPrefix = "completions the kernel counted on "
+
+// diskUnit is the unit, beside the probes, of the lines that begin with
+// DiskUnseenPrefix in Distinct.
+const diskUnit = " per disk"
+
 // overlaps are the classes of the losses in one, by probe and cause.
 var overlaps = map[[2]string]string{
 	{ProbeService, ServiceMissedWhat}:   OverlapMissedCompletions,
@@ -51,12 +65,24 @@ var overlaps = map[[2]string]string{
 
 // Overlap returns the overlap class of the events l counts, which losses of
 // other probes count too; "" when they are l's own.
-func (l Loss) Overlap() string { return overlaps[[2]string{l.Probe, l.What}] }
+func (l Loss) Overlap() string {
+	if l.diskUnseen() {
+		return OverlapMissedCompletions
+	}
+	return overlaps[[2]string{l.Probe, l.What}]
+}
+
+// diskUnseen says whether l is one disk's completions the kernel counted
+// and no program saw.
+func (l Loss) diskUnseen() bool {
+	return l.Probe == ProbeService && strings.HasPrefix(l.What, DiskUnseenPrefix)
+}
 
 // Distinct is how many events losses lost, each counted once: the sum of
 // the losses in no overlap class, plus, for each class, the largest of its
 // probes' counts (a probe's count being the sum of its losses in the
-// class). A total that would pass the largest uint64 stays there.
+// class; the service probe's per-disk lines are summed apart from its
+// other line). A total that would pass the largest uint64 stays there.
 func Distinct(losses []Loss) uint64 {
 	var n uint64
 	byClass := map[string]map[string]uint64{} // class -> probe -> count
@@ -69,7 +95,11 @@ func Distinct(losses []Loss) uint64 {
 		if byClass[c] == nil {
 			byClass[c] = map[string]uint64{}
 		}
-		byClass[c][l.Probe] = saturatingSum(byClass[c][l.Probe], l.Count)
+		unit := l.Probe
+		if l.diskUnseen() {
+			unit += diskUnit
+		}
+		byClass[c][unit] = saturatingSum(byClass[c][unit], l.Count)
 	}
 	for _, probes := range byClass {
 		var most uint64

@@ -28,6 +28,11 @@ func TestDistinct(t *testing.T) {
 		{"a class and own losses", []Loss{svc(480), dev(480), ring(ProbeService, 7), ring(ProbeDevFault, 2)}, 489},
 		{"a submit cause outside the class adds", []Loss{svc(10), sub(SubmitMissedWhat, 10), sub("I/O accounting unreadable", 1)}, 11},
 		{"the same cause under another probe is its own", []Loss{svc(10), {Probe: ProbeSubmit, What: ServiceMissedWhat, Count: 10}}, 20},
+		// The service probe's per-disk lines count the same completions
+		// as its missed line: summed apart, the larger taken.
+		{"per-disk shortfalls beside service's missed: the larger",
+			[]Loss{svc(5), {Probe: ProbeService, What: DiskUnseenPrefix + "loop0 ...", Count: 3}, {Probe: ProbeService, What: DiskUnseenPrefix + "vda ...", Count: 4}, sub(SubmitMissedWhat, 6), dev(7)}, 7},
+		{"per-disk shortfall below service's missed", []Loss{svc(9), {Probe: ProbeService, What: DiskUnseenPrefix + "vda ...", Count: 4}}, 9},
 		{"saturates in a class", []Loss{sub(SubmitMissedWhat, math.MaxUint64), sub(SubmitStaleWhat, 1), svc(1)}, math.MaxUint64},
 		{"saturates across", []Loss{ring(ProbeService, math.MaxUint64), svc(1)}, math.MaxUint64},
 	} {
@@ -46,6 +51,8 @@ func TestOverlap(t *testing.T) {
 		want string
 	}{
 		{Loss{Probe: ProbeService, What: ServiceMissedWhat}, OverlapMissedCompletions},
+		{Loss{Probe: ProbeService, What: DiskUnseenPrefix + "vda (/sys/block/vda/stat) ..."}, OverlapMissedCompletions},
+		{Loss{Probe: ProbeSubmit, What: DiskUnseenPrefix + "vda ..."}, ""},
 		{Loss{Probe: ProbeSubmit, What: SubmitMissedWhat}, OverlapMissedCompletions},
 		{Loss{Probe: ProbeSubmit, What: SubmitEndsUnseenWhat}, OverlapMissedCompletions},
 		{Loss{Probe: ProbeSubmit, What: SubmitStaleWhat}, OverlapMissedCompletions},

@@ -343,6 +343,24 @@ func TestGuestStepsLeaveOut(t *testing.T) {
 	}
 }
 
+// The probes step never runs the experiments run by hand (they would skip,
+// which fails a kernel), in the matrix or in a developer's own selection.
+func TestGuestStepsLeaveOutByHand(t *testing.T) {
+	for _, sel := range []Selection{{}, {ProbesRun: "TestCompletions"}} {
+		var c string
+		for _, s := range guestSteps(sel) {
+			if s.Name == "probes-test" {
+				c = s.Cmd
+			}
+		}
+		for _, b := range byHand {
+			if !strings.Contains(c, "-test.skip") || !strings.Contains(c, "^"+b.pattern+"$") {
+				t.Errorf("selection %+v: %s does not leave out %s", sel, c, b.pattern)
+			}
+		}
+	}
+}
+
 func TestFailedTests(t *testing.T) {
 	for _, tc := range []struct {
 		name string
