@@ -5,6 +5,8 @@ import (
 	"slices"
 	"sort"
 	"strings"
+
+	"github.com/whyslow/whyslow/internal/event"
 )
 
 // LossLine is one line of the losses of whyslow's JSON report (summed over
@@ -46,7 +48,8 @@ func lossKind(what string) string {
 }
 
 // lossesText says which probes lost how many events of which kind: per
-// probe, the most first, its total then its causes, the most first. The
+// probe, the most first, its total (each event once) then its causes,
+// the most first. The
 // causes of an overlap class (the same events as other probes' causes)
 // are marked with a dagger per class, which a note at the end names.
 // "none" when nothing was lost.
@@ -68,8 +71,17 @@ func lossesText(ls []LossLine) string {
 			byName[l.Probe] = p
 			ps = append(ps, p)
 		}
-		p.total += l.Count
 		p.lines = append(p.lines, l)
+	}
+	// A probe's total counts each of its events once: the service
+	// probe's per-disk line and its missed-requests line count the same
+	// completions (event.Distinct).
+	for _, p := range ps {
+		own := make([]event.Loss, len(p.lines))
+		for i, l := range p.lines {
+			own[i] = event.Loss{Probe: l.Probe, What: l.What, Count: l.Count}
+		}
+		p.total = event.Distinct(own)
 	}
 	sort.SliceStable(ps, func(i, j int) bool {
 		if ps[i].total != ps[j].total {

@@ -3,6 +3,8 @@ package main
 import (
 	"strings"
 	"testing"
+
+	"github.com/whyslow/whyslow/internal/event"
 )
 
 // The bench says which probes lost how many events of which kind: per
@@ -37,6 +39,11 @@ func TestLossesText(t *testing.T) {
 				{Probe: "submit", What: ring, Count: 1},
 				{Probe: "x", What: "y", Count: 1, Overlap: "z"}}},
 			"submit 501: 500 bios whose end the accounting missed †, 1 ring buffer full; service 480: 480 requests whose completion never reached the probe †; x 1: 1 y †† († block completions missed: the same events, as each of these probes saw them, counted once in lost_events) (†† z: the same events, as each of these probes saw them, counted once in lost_events)"},
+		{"one probe's two lines of the same completions count them once in its total",
+			[][]LossLine{{{Probe: event.ProbeService, What: event.DiskUnseenPrefix + "loop0 (/sys/block/loop0/stat)", Count: 295, Overlap: event.OverlapMissedCompletions},
+				{Probe: event.ProbeService, What: event.ServiceMissedWhat, Count: 295, Overlap: event.OverlapMissedCompletions},
+				{Probe: event.ProbeService, What: ring, Count: 2}}},
+			"service 297: 295 " + lossKind(event.DiskUnseenPrefix+"loop0 (/sys/block/loop0/stat)") + " †, 295 requests whose completion never reached the probe †, 2 ring buffer full († block completions missed: the same events, as each of these probes saw them, counted once in lost_events)"},
 		{"a pipe cannot end a table cell", [][]LossLine{{{Probe: "uevent", What: "a|b", Count: 1}}}, `uevent 1: 1 a\|b`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
