@@ -1,11 +1,9 @@
 package probes
 
 import (
-	"strings"
 	"sync"
 
 	"github.com/whyslow/whyslow/internal/event"
-	"github.com/whyslow/whyslow/internal/timeline"
 )
 
 // Completions no program of whyslow's saw, as the devfault probe's loss.
@@ -47,11 +45,12 @@ const devfaultUnseenWhat = event.DevFaultUnseenWhat
 // deliveries: a count delivered at a checkpoint and again at the stop, or
 // to both sinks, is counted once.
 type missedTap struct {
-	mu      sync.Mutex
-	service uint64
-	submit  map[string]uint64 // by What: its latest count
-	disks   map[string]uint64 // the service probe's per disk, by What: its latest count
+	mu     sync.Mutex
+	latest map[missedKey]uint64 // each count's latest value
 }
+
+// missedKey is one count the tap keeps: a probe's loss line.
+type missedKey struct{ probe, what string }
 
 // tapped returns a sink that delivers to sink and notes in t the missed
 // completions among the losses.
@@ -69,42 +68,34 @@ func (s tappedSink) Loss(l event.Loss) {
 	s.tap.note(l)
 }
 
-// note keeps l's count if it is one of the missed completions.
+// note keeps l's count if it is one of the service and submit probes'
+// missed completions: a loss line of theirs in the class of devfault's
+// (event.OverlapMissedCompletions).
 func (t *missedTap) note(l event.Loss) {
+	if l.Probe == event.ProbeDevFault || l.Overlap() != event.OverlapMissedCompletions {
+		return
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	switch {
-	case l.Probe == event.ProbeService && l.What == serviceLossWhat[serviceSvcLossKindSVC_LOSS_MISSED]:
-		t.service = max(t.service, l.Count)
-	case l.Probe == event.ProbeSubmit && (l.What == submitLossWhat[submitSubLossKindSUB_LOSS_MISSED] || l.What == endsUnseenWhat || l.What == staleWhat):
-		if t.submit == nil {
-			t.submit = map[string]uint64{}
-		}
-		t.submit[l.What] = max(t.submit[l.What], l.Count)
-	case l.Probe == event.ProbeService && strings.HasPrefix(l.What, unseenCompletionsPrefix):
-		if t.disks == nil {
-			t.disks = map[string]uint64{}
-		}
-		t.disks[l.What] = max(t.disks[l.What], l.Count)
+	if t.latest == nil {
+		t.latest = map[missedKey]uint64{}
 	}
+	k := missedKey{l.Probe, l.What}
+	t.latest[k] = max(t.latest[k], l.Count)
 }
 
 // deliver reports to sink, as devfault's loss, the missed completions
 // counted so far: the largest of the service and submit probes' counts
-// and of the service probe's per-disk shortfalls' sum.
+// and of the service probe's per-disk shortfalls' sum, as event.Distinct
+// counts the class.
 func (t *missedTap) deliver(sink Sink) {
 	t.mu.Lock()
-	var submit uint64
-	for _, n := range t.submit {
-		submit = timeline.SaturatingSum(submit, n)
+	ls := make([]event.Loss, 0, len(t.latest))
+	for k, n := range t.latest {
+		ls = append(ls, event.Loss{Probe: k.probe, What: k.what, Count: n})
 	}
-	var disks uint64
-	for _, n := range t.disks {
-		disks = timeline.SaturatingSum(disks, n)
-	}
-	n := max(t.service, submit, disks)
 	t.mu.Unlock()
-	if n > 0 {
+	if n := event.Distinct(ls); n > 0 {
 		sink.Loss(event.Loss{Probe: event.ProbeDevFault, What: devfaultUnseenWhat, Count: n})
 	}
 }
