@@ -358,7 +358,7 @@ func attachSyscallTPs(tps ...syscallTP) func() (func() error, error) {
 
 // tracefsRoots are where cilium/ebpf looks for tracefs (ensureTracefs
 // mounts it at the first when at neither).
-var tracefsRoots = []string{tracefsDir, "/sys/kernel/debug/tracing"}
+var tracefsRoots = []string{tracefsDir, debugTracefsDir}
 
 // requireSyscallTPs checks, without attaching anything, that the kernel
 // has the required tracepoints of tps: a program that joins a chain with

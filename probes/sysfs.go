@@ -37,8 +37,13 @@ func (sysfsProbe) Decl() Decl {
 	}
 }
 
-// tracefsDir is where the kernel documents tracefs to be mounted.
-const tracefsDir = "/sys/kernel/tracing"
+// tracefsDir is where the kernel documents tracefs to be mounted;
+// debugTracefsDir where older systems have it (inside debugfs, or tracefs
+// mounted there).
+const (
+	tracefsDir      = "/sys/kernel/tracing"
+	debugTracefsDir = "/sys/kernel/debug/tracing"
+)
 
 // seats implements chainMember: the exec probe's program on sys_enter
 // runs from its program's slot there while that runs on sys_enter.
@@ -219,8 +224,8 @@ func ensureTracefs() (note string, err error) {
 		magic int64
 	}{
 		{tracefsDir, unix.TRACEFS_MAGIC},
-		{"/sys/kernel/debug/tracing", unix.TRACEFS_MAGIC},
-		{"/sys/kernel/debug/tracing", unix.DEBUGFS_MAGIC},
+		{debugTracefsDir, unix.TRACEFS_MAGIC},
+		{debugTracefsDir, unix.DEBUGFS_MAGIC},
 	} {
 		var fs unix.Statfs_t
 		if unix.Statfs(p.dir, &fs) == nil && int64(fs.Type) == p.magic {
