@@ -53,6 +53,10 @@ type Options struct {
 	// Ready, when set, is called once every probe has been started
 	// (attached, or found unavailable), as the observation window begins.
 	Ready func()
+	// StartDisarmed (experimental, --armed-mode test-disarmed) disarms
+	// the probes (probes.Group.Disarm) before Ready and leaves them so:
+	// a measurement of what a disarmed run costs, not a diagnosis.
+	StartDisarmed bool
 	// Observed, when set, is called as the observation window ends (its
 	// duration passed, or ctx ended), before the probes stop.
 	Observed func()
@@ -228,6 +232,12 @@ func Collect(ctx context.Context, opts Options, spec *btf.Spec) (*timeline.Timel
 	names := g.Running()
 	if len(names) == 0 {
 		return nil, fmt.Errorf("no probe could start (%s)", g.Unavailable())
+	}
+	if opts.StartDisarmed {
+		if err := g.Disarm(); err != nil {
+			g.Stop()
+			return nil, err
+		}
 	}
 	rec := startRecording(opts, col, g)
 	if opts.Ready != nil {
