@@ -24,7 +24,10 @@ type Trouble struct {
 	// are the first ones (at most 20).
 	SignalsTotal uint64            `json:"signals_total"`
 	SignalCounts map[string]uint64 `json:"signal_counts"`
-	Signals      []TroubleSignal   `json:"signals"`
+	// FirstSignalSeconds is each source's first signal: when that source
+	// alone would have armed.
+	FirstSignalSeconds map[string]float64 `json:"first_signal_seconds"`
+	Signals            []TroubleSignal    `json:"signals"`
 	// Armed are the intervals the run would have been armed, ArmedSeconds
 	// their sum, FirstArmedSeconds the start of the first (absent when it
 	// never armed).
@@ -91,8 +94,12 @@ func troubleOf(tl *timeline.Timeline) *Trouble {
 	for _, src := range s.Sources {
 		t.Sources = append(t.Sources, TroubleSource{Source: string(src.Source), On: src.On, Reason: src.Reason})
 	}
+	t.FirstSignalSeconds = map[string]float64{}
 	for k, v := range s.Counts {
 		t.SignalCounts[string(k)] = v
+		if f, ok := s.First[k]; ok {
+			t.FirstSignalSeconds[string(k)] = at(f)
+		}
 	}
 	for _, g := range s.Signals {
 		t.Signals = append(t.Signals, TroubleSignal{Source: string(g.Source), AtSeconds: at(g.At), Detail: g.Detail})

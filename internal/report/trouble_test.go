@@ -18,6 +18,7 @@ func TestTroubleSection(t *testing.T) {
 		Sources:   []trouble.SourceStatus{{Source: trouble.PSIIO, On: true}, {Source: trouble.PSIMemory, Reason: "no PSI"}},
 		Signals:   []trouble.Signal{{Source: trouble.PSIIO, At: at(2), Detail: "io some stall"}},
 		Counts:    map[trouble.Source]uint64{trouble.PSIIO: 1},
+		First:     map[trouble.Source]event.Mono{trouble.PSIIO: at(2)},
 		Intervals: []trouble.Interval{{From: at(2), To: at(7), By: trouble.PSIIO, Signals: 1}},
 		PSI:       trouble.PSITotals{Known: true, IOSome: 1500 * time.Millisecond}}
 	tests := []struct {
@@ -63,6 +64,9 @@ func TestTroubleSection(t *testing.T) {
 			}
 			if (g.PSI == nil) != (tt.want.PSI == nil) || g.PSI != nil && *g.PSI != *tt.want.PSI {
 				t.Errorf("psi %+v, want %+v", g.PSI, tt.want.PSI)
+			}
+			if tt.want.SignalsTotal > 0 && g.FirstSignalSeconds["psi_io"] != 2 {
+				t.Errorf("first_signal_seconds %v, want psi_io at 2", g.FirstSignalSeconds)
 			}
 			if tt.wantFirst > 0 && (g.FirstSlowSeconds == nil || *g.FirstSlowSeconds != tt.wantFirst) {
 				t.Errorf("first slow %v, want %v", g.FirstSlowSeconds, tt.wantFirst)

@@ -82,8 +82,10 @@ type Summary struct {
 	Sources             []SourceStatus
 	// Signals are the first signals (Config.KeepSignals), Counts every
 	// signal by source.
-	Signals   []Signal
-	Counts    map[Source]uint64
+	Signals []Signal
+	Counts  map[Source]uint64
+	// First is each source's first signal: when it alone would have armed.
+	First     map[Source]event.Mono
 	Intervals []Interval
 	PSI       PSITotals
 }

@@ -143,6 +143,9 @@ func TestNoPSI(t *testing.T) {
 			t.Errorf("psi_io: %+v, want off with the reason", st)
 		}
 	}
+	if sum.First[SlowSubmit] == 0 || sum.First[SlowSubmit] > now {
+		t.Errorf("first slow submission at %d, want the signal's time (≤ %d)", sum.First[SlowSubmit], now)
+	}
 	if sum.PSI.Known || sum.Counts[SlowSubmit] != 1 || len(sum.Intervals) != 1 || sum.Intervals[0].By != SlowSubmit {
 		t.Errorf("summary %+v", sum)
 	}

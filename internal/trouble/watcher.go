@@ -73,6 +73,7 @@ type Watcher struct {
 	arming  Arming
 	signals []Signal
 	counts  map[Source]uint64
+	first   map[Source]event.Mono
 	status  map[Source]SourceStatus
 	start   event.Mono
 	psi0    PSITotals
@@ -92,7 +93,7 @@ type Watcher struct {
 // New returns a Watcher; nothing runs until Start.
 func New(cfg Config) *Watcher {
 	cfg.defaults()
-	w := &Watcher{cfg: cfg, counts: map[Source]uint64{}, status: map[Source]SourceStatus{}, quit: make(chan struct{}),
+	w := &Watcher{cfg: cfg, counts: map[Source]uint64{}, first: map[Source]event.Mono{}, status: map[Source]SourceStatus{}, quit: make(chan struct{}),
 		psiLast: map[Source]time.Duration{}, psiStall: map[Source]time.Duration{}, psiDropped: map[Source]uint64{}}
 	w.arming.Hold = cfg.Hold
 	for _, s := range []Source{SlowSubmit, ThrottleWait, QueueEnter, DeviceFault} {
@@ -340,6 +341,9 @@ func (w *Watcher) signal(src Source, detail string) {
 	}
 	s := Signal{Source: src, At: now, Detail: detail}
 	w.mu.Lock()
+	if w.counts[src] == 0 {
+		w.first[src] = now
+	}
 	w.counts[src]++
 	if len(w.signals) < w.cfg.KeepSignals {
 		w.signals = append(w.signals, s)
@@ -387,8 +391,10 @@ func (w *Watcher) Stop(end event.Mono) *Summary {
 	defer w.mu.Unlock()
 	s := &Summary{Start: w.start, End: end, Hold: w.cfg.Hold, Stall: w.cfg.Stall, Window: w.cfg.Window, Busy: w.cfg.Busy,
 		Signals: append([]Signal(nil), w.signals...), Counts: map[Source]uint64{}, Intervals: w.arming.Intervals(end)}
+	s.First = map[Source]event.Mono{}
 	for k, v := range w.counts {
 		s.Counts[k] = v
+		s.First[k] = w.first[k]
 	}
 	for _, src := range Sources {
 		if st, ok := w.status[src]; ok {
