@@ -202,10 +202,13 @@ static __always_inline __u64 ptr_bits(const void *p, struct rq_clock *c)
 	__u64 v = 0;
 
 	if (ptr_by_map && c) {
-		asm volatile("*(u64 *)(%[s] + 0) = %[p]\n\t"
-			     "%[v] = *(u64 *)(%[s] + 0)"
+		/* c itself with the field's offset: an address computed
+		 * from c could be hoisted above its null test, which
+		 * verifiers before 5.13 or so refuse. */
+		asm volatile("*(u64 *)(%[c] + %[off]) = %[p]\n\t"
+			     "%[v] = *(u64 *)(%[c] + %[off])"
 			     : [v] "=r"(v)
-			     : [s] "r"(&c->scratch), [p] "r"(p)
+			     : [c] "r"(c), [p] "r"(p), [off] "i"(__builtin_offsetof(struct rq_clock, scratch))
 			     : "memory");
 		if (v == (__u64)p)
 			return v;
