@@ -413,6 +413,19 @@ func shareRQClock(spec *ebpf.CollectionSpec, opts *ebpf.CollectionOptions) error
 		}
 		rqClock.m = m
 	}
+	// A chain of the submit and devfault probes alone leaves each CPU's
+	// last request in its word (the devfault program does not empty
+	// it): emptied here, so that a service program that starts on a link
+	// of its own never takes such a time for a later completion of the
+	// same request. (Where the service program runs behind the submit
+	// probe's, the word is written on every completion before it runs.)
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		return fmt.Errorf("emptying rq_clock: %w", err)
+	}
+	if err := rqClock.m.Put(uint32(0), make([]submitRqClock, ncpu)); err != nil {
+		return fmt.Errorf("emptying rq_clock: %w", err)
+	}
 	if opts.MapReplacements == nil {
 		opts.MapReplacements = map[string]*ebpf.Map{}
 	}

@@ -160,7 +160,8 @@ static __always_inline void dev_hist_add(__u32 dev, struct gendisk *disk, __u64 
  *     link of its own (the chain's fallback), or a completion nested in
  *     another on the same CPU, finds another request (or none) here and
  *     reads its own clock. User space gives the submit and service probes
- *     one map (MapReplacements).
+ *     one map (MapReplacements), emptied at each start: a chain of the
+ *     submit and devfault programs alone leaves its last request here.
  *   - scratch: ptr_bits. */
 struct rq_clock {
 	__u64 rq; /* struct request * whose completion now is, 0: none */
