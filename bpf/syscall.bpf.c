@@ -131,8 +131,10 @@ struct sc_state {
 	__u32 dev;
 	__u16 nr;
 	__u8 preempted; /* the switch-out left it runnable */
-	__u8 inflight; /* the thread is in `inflight` */
-	__s32 stackid; /* the current sleep's stack; <0: none */
+	/* The call has slept at least once. With the LRU hash: the thread is
+	 * in `inflight` (1), or found no room there (2). */
+	__u8 inflight;
+	__s32 stackid; /* the latest sleep's stack; <0: none */
 	__u32 aio_dev; /* the device of aio_ctx, as this thread last named it */
 	__u64 aio_ctx; /* the aio context of the thread's last io_submit; 0: none */
 	/* The histogram slots (hist_arr) of the thread's latest calls, by
@@ -160,8 +162,12 @@ struct {
 /* Threads whose storage call has blocked at least once and has not
  * returned yet: what user space reads at its checkpoints and at the end
  * of the run, to tell of the calls still in the kernel then (a call is
- * counted at its exit only). A thread goes in at the first sleep of its
- * call (the scheduler's program runs then anyway; a call that never
+ * counted at its exit only). With task storage, user space finds them in
+ * the threads' states (sc_running, an iter/task program it runs at each
+ * read) and this map is not used: no map update at a call's first sleep,
+ * no delete at its exit. With the LRU hash (no task storage, so no way
+ * to walk the states from BPF), a thread goes in at the first sleep of
+ * its call (the scheduler's program runs then anyway; a call that never
  * blocks costs nothing here), its entry is brought up to date at its
  * later sleeps, and goes at the call's exit. Beyond its room, calls are
  * counted lost (SC_LOSS_INFLIGHT). */
@@ -180,6 +186,16 @@ struct sc_inflight {
 };
 
 KEEP_TYPE(struct sc_inflight, sc_inflight_type);
+
+/* One thread's call in progress, as sc_running writes it: an `inflight`
+ * entry and its key. */
+struct sc_running {
+	__u32 tid;
+	__u32 pad;
+	struct sc_inflight call;
+};
+
+KEEP_TYPE(struct sc_running, sc_running_type);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -730,8 +746,10 @@ static __always_inline void call_enter(long nr, __u64 a0, __u64 a1, __u64 a2, co
 		aio_note(st, a0, dev);
 	if (st->inflight) {
 		/* A call whose exit was not seen (the thread died in it). */
-		__u32 tid = (__u32)id;
-		bpf_map_delete_elem(&inflight, &tid);
+		if (!use_task_storage) {
+			__u32 tid = (__u32)id;
+			bpf_map_delete_elem(&inflight, &tid);
+		}
 		st->inflight = 0;
 	}
 	st->start_ns = bpf_ktime_get_ns();
@@ -940,8 +958,10 @@ static __always_inline void call_exit(long ret)
 	}
 	__u64 id = cur_id(t);
 	if (st->inflight) {
-		__u32 tid = (__u32)id;
-		bpf_map_delete_elem(&inflight, &tid);
+		if (!use_task_storage) {
+			__u32 tid = (__u32)id;
+			bpf_map_delete_elem(&inflight, &tid);
+		}
 		st->inflight = 0;
 	}
 	if (st->dev == DEV_PENDING) {
@@ -1173,10 +1193,13 @@ int BPF_PROG(sc_switch, _Bool preempt, struct task_struct *prev, struct task_str
 		st->off_ns = now;
 		st->wake_ns = 0;
 		st->preempted = preempt || (prev_state & 0xff) == 0;
-		st->stackid = -1;
+		/* The stack of the latest sleep stays through preemptions: a
+		 * call in progress is told of with it (sc_running). */
 		if (!st->preempted) {
 			st->stackid = walk(ctx, now, (prev_state & TASK_UNINTERRUPTIBLE) ? walk_gap_ns : walk_gap_s_ns);
-			if (st->inflight != 2)
+			if (use_task_storage)
+				st->inflight = 1;
+			else if (st->inflight != 2)
 				note_inflight(prev, st, now);
 		}
 	}
@@ -1231,6 +1254,46 @@ int BPF_PROG(sc_waking, struct task_struct *p)
 	if (st && st->off_ns && !st->wake_ns)
 		st->wake_ns = bpf_ktime_get_ns();
 	bpf_tail_call_static(ctx, &sched_waking_next, 0);
+	return 0;
+}
+
+/* The seq_file iterator's context (kernel/bpf/task_iter.c). */
+struct bpf_iter_meta {
+	struct seq_file *seq;
+} __attribute__((preserve_access_index));
+
+struct bpf_iter__task {
+	struct bpf_iter_meta *meta;
+	struct task_struct *task;
+} __attribute__((preserve_access_index));
+
+/* sc_running writes, for every thread in a storage call that has slept
+ * at least once (task storage only), an sc_running record: user space
+ * runs it at its checkpoints and at the end (link.Iter), instead of the
+ * `inflight` map. Its off_ns is the current sleep's start, 0 when the
+ * thread is on CPU or runnable; sleep_ns and runq_ns are the call's
+ * before that sleep. */
+SEC("iter/task")
+int sc_running(struct bpf_iter__task *ctx)
+{
+	struct task_struct *t = ctx->task;
+
+	if (!t || no_storage(t))
+		return 0;
+	struct sc_state *st = bpf_task_storage_get(&state_task, t, 0, 0);
+	if (!st || !live(st) || !st->inflight || st->dev == DEV_PENDING)
+		return 0;
+	struct sc_running r = {.tid = t->pid};
+	r.call.tgid = t->tgid;
+	r.call.dev = st->dev;
+	r.call.nr = st->nr;
+	r.call.stackid = st->stackid;
+	r.call.start_ns = st->start_ns;
+	r.call.off_ns = st->preempted ? 0 : st->off_ns;
+	r.call.sleep_ns = st->sleep_ns;
+	r.call.runq_ns = st->runq_ns;
+	bpf_probe_read_kernel(r.call.comm, sizeof(r.call.comm), t->comm);
+	bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
 	return 0;
 }
 

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -245,6 +246,10 @@ type syscallRunning struct {
 
 	// sums serializes the reads of the maps' sums (Checkpoint, Stop);
 	// kstacks, under it, caches their stacks' symbols.
+	// running, with task storage, is the iterator (sc_running) that
+	// lists the calls in progress from the threads' states; nil: they
+	// are in the `inflight` map.
+	running *link.Iter
 	sums    sync.Mutex
 	kstacks *stackCache
 	// read are the entries the last read of the sums saw, as it saw them
@@ -554,6 +559,10 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 	if !taskStorage {
 		ms := spec.Maps["state_task"]
 		ms.Type, ms.Flags, ms.MaxEntries = ebpf.Hash, 0, 1
+	} else {
+		// The calls in progress are read from the threads' states
+		// (sc_running), not from `inflight`.
+		spec.Maps["inflight"].MaxEntries = 1
 	}
 	enter, exit := "sc_btf_enter", "sc_btf_exit"
 	if mech == event.MechTracepoint {
@@ -563,6 +572,9 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 		enter += "_vma"
 	}
 	keep := []string{enter, exit, "sc_switch", "sc_waking"}
+	if taskStorage {
+		keep = append(keep, "sc_running")
+	}
 	// The memory stalls whose tracepoints the kernel has (memcg reclaim
 	// needs CONFIG_MEMCG, compaction CONFIG_COMPACTION).
 	var memKinds, memMissing []int
@@ -609,6 +621,9 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 		if err != nil {
 			closeAll(r.links)
 			closeAll(r.hot)
+			if r.running != nil {
+				r.running.Close()
+			}
 			if r.rd != nil {
 				r.rd.Close()
 			}
@@ -619,6 +634,11 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 		return nil, loadErr(fmt.Errorf("opening ring buffer: %w", err))
 	}
 	r.mech, r.enterProg, r.exitProg, r.findVMA, r.ringErr = mech, enter, exit, findVMA, ringErr
+	if taskStorage {
+		if r.running, err = link.AttachIter(link.IterOptions{Program: coll.Programs["sc_running"]}); err != nil {
+			return nil, attachErr(fmt.Errorf("iterator of the calls in progress: %w", err))
+		}
+	}
 	var missing []string
 	// Memory stalls: the ends first. A kernel that will not attach them
 	// loses that split only.
@@ -987,6 +1007,9 @@ func (r *syscallRunning) Stop() error {
 		r.drain()
 		r.stopErr = errors.Join(r.deliverSums(r.sink), unleadErr)
 		r.undecodable(r.sink, event.ProbeSyscall)
+		if r.running != nil {
+			r.running.Close()
+		}
 		r.coll.Close()
 	})
 	return r.stopErr
@@ -1302,22 +1325,25 @@ func (r *syscallRunning) deliverBlocked(sink Sink, now event.Mono) error {
 // entry of a thread that died inside its call (no exit was seen) is
 // removed.
 func (r *syscallRunning) deliverUnfinished(sink Sink, now event.Mono) error {
-	m := r.coll.Maps["inflight"]
 	if r.stopAt != 0 {
 		now = r.stopAt // the last read: as of when the programs last ran
 	}
+	calls, err := r.inProgress()
+	if err != nil {
+		return fmt.Errorf("reading the calls in progress: %w", err)
+	}
 	var (
-		tid  uint32
-		v    syscallScInflight
 		out  []event.UnfinishedCall
 		gone []uint32
 	)
-	// The threads the map has: the scan of the others (hungSince) leaves
-	// them out.
+	// The threads in a call the probe saw begin: the scan of the others
+	// (hungSince) leaves them out.
 	seen := map[uint32]bool{}
-	it := m.Iterate()
-	for it.Next(&tid, &v) {
-		seen[tid] = true
+	for _, c := range calls {
+		seen[c.tid] = true
+	}
+	for _, c := range calls {
+		tid, v := c.tid, c.call
 		if v.StartNs == 0 || v.Dev == uint32(syscallScDevDEV_PENDING) || uint64(now) <= v.StartNs {
 			continue
 		}
@@ -1342,11 +1368,10 @@ func (r *syscallRunning) deliverUnfinished(sink Sink, now event.Mono) error {
 			KernelStack: r.frames(v.Stackid), Unwalked: v.Stackid == syscallNotWalked,
 		})
 	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("reading the calls in progress: %w", err)
-	}
-	for _, t := range gone {
-		_ = m.Delete(t) // gone meanwhile too: nothing to tell
+	if r.running == nil {
+		for _, t := range gone {
+			_ = r.coll.Maps["inflight"].Delete(t) // gone meanwhile too: nothing to tell
+		}
 	}
 	if r.stopAt != 0 {
 		out = append(out, r.hungAtStop...)
@@ -1368,19 +1393,58 @@ func (r *syscallRunning) deliverUnfinished(sink Sink, now event.Mono) error {
 	return nil
 }
 
-// inflightTids are the threads the `inflight` map holds (none when it
-// cannot be read).
+// inflightTids are the threads in a storage call that has slept (none
+// when they cannot be read).
 func (r *syscallRunning) inflightTids() map[uint32]bool {
-	var (
-		tid uint32
-		v   syscallScInflight
-	)
 	seen := map[uint32]bool{}
-	it := r.coll.Maps["inflight"].Iterate()
-	for it.Next(&tid, &v) {
-		seen[tid] = true
+	calls, _ := r.inProgress()
+	for _, c := range calls {
+		seen[c.tid] = true
 	}
 	return seen
+}
+
+// runningCall is a thread's storage call in progress: its `inflight`
+// entry, or its sc_running record.
+type runningCall struct {
+	tid  uint32
+	call syscallScInflight
+}
+
+// inProgress lists the storage calls in progress that have slept at
+// least once: from the threads' states by the sc_running iterator (task
+// storage), else from the `inflight` map.
+func (r *syscallRunning) inProgress() ([]runningCall, error) {
+	var out []runningCall
+	if r.running == nil {
+		var c runningCall
+		it := r.coll.Maps["inflight"].Iterate()
+		for it.Next(&c.tid, &c.call) {
+			out = append(out, c)
+		}
+		return out, it.Err()
+	}
+	rd, err := r.running.Open()
+	if err != nil {
+		return nil, err
+	}
+	defer rd.Close()
+	b, err := io.ReadAll(rd)
+	if err != nil {
+		return nil, err
+	}
+	var rec syscallScRunning
+	size := binary.Size(rec)
+	if len(b)%size != 0 {
+		return nil, fmt.Errorf("%d bytes from the iterator, not a whole number of %d-byte records", len(b), size)
+	}
+	for ; len(b) > 0; b = b[size:] {
+		if _, err := binary.Decode(b[:size], binary.NativeEndian, &rec); err != nil {
+			return nil, err
+		}
+		out = append(out, runningCall{tid: rec.Tid, call: syscallScInflight(rec.Call)})
+	}
+	return out, nil
 }
 
 func (r *syscallRunning) deliverMemStalls(sink Sink, now event.Mono) error {

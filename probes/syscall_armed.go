@@ -54,6 +54,12 @@ func (r *syscallRunning) disarm() error {
 	err := closeHot(r.hot)
 	r.hot = nil
 	r.armst.markDisarmed()
+	// The blocked calls in progress (the `inflight` map, or the threads'
+	// states read by sc_running): their end will not be seen.
+	r.sums.Lock()
+	calls, _ := r.inProgress()
+	r.armed.endsLost += uint64(len(calls))
+	r.sums.Unlock()
 	// No call is live while disarmed (a thread's state may hold one whose
 	// exit is not seen): the memory-stall programs, still attached, time
 	// none.
@@ -72,9 +78,7 @@ func (r *syscallRunning) disarm() error {
 		tids = append(tids, tid)
 	}
 	for _, t := range tids {
-		if m.Delete(t) == nil {
-			r.armed.endsLost++
-		}
+		m.Delete(t)
 	}
 	// Nor are those from before the start or the last arming reported
 	// as unfinished while disarmed: /proc would show calls begun since.

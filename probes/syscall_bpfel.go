@@ -136,6 +136,24 @@ type syscallScNew struct {
 	Comm     [16]int8
 }
 
+type syscallScRunning struct {
+	_    structs.HostLayout
+	Tid  uint32
+	Pad  uint32
+	Call struct {
+		_       structs.HostLayout
+		Tgid    uint32
+		Dev     uint32
+		Nr      uint32
+		Stackid int32
+		StartNs uint64
+		OffNs   uint64
+		SleepNs uint64
+		RunqNs  uint64
+		Comm    [16]int8
+	}
+}
+
 type syscallScSlow struct {
 	_          structs.HostLayout
 	Kind       uint32
@@ -249,6 +267,7 @@ const (
 	syscallProgScMemcgBegin   = "sc_memcg_begin"
 	syscallProgScMemcgEnd     = "sc_memcg_end"
 	syscallProgScRingFile     = "sc_ring_file"
+	syscallProgScRunning      = "sc_running"
 	syscallProgScSwitch       = "sc_switch"
 	syscallProgScTpEnter      = "sc_tp_enter"
 	syscallProgScTpEnter0     = "sc_tp_enter0"
@@ -269,6 +288,7 @@ const (
 	syscallVarScMemKindType   = "sc_mem_kind_type"
 	syscallVarScMemStallType  = "sc_mem_stall_type"
 	syscallVarScNewType       = "sc_new_type"
+	syscallVarScRunningType   = "sc_running_type"
 	syscallVarScSlowType      = "sc_slow_type"
 	syscallVarScStackLossType = "sc_stack_loss_type"
 	syscallVarScStackidType   = "sc_stackid_type"
@@ -334,6 +354,7 @@ type syscallProgramSpecs struct {
 	ScMemcgBegin   *ebpf.ProgramSpec `ebpf:"sc_memcg_begin"`
 	ScMemcgEnd     *ebpf.ProgramSpec `ebpf:"sc_memcg_end"`
 	ScRingFile     *ebpf.ProgramSpec `ebpf:"sc_ring_file"`
+	ScRunning      *ebpf.ProgramSpec `ebpf:"sc_running"`
 	ScSwitch       *ebpf.ProgramSpec `ebpf:"sc_switch"`
 	ScTpEnter      *ebpf.ProgramSpec `ebpf:"sc_tp_enter"`
 	ScTpEnter0     *ebpf.ProgramSpec `ebpf:"sc_tp_enter0"`
@@ -390,6 +411,7 @@ type syscallVariableSpecs struct {
 	ScMemKindType   *ebpf.VariableSpec `ebpf:"sc_mem_kind_type"`
 	ScMemStallType  *ebpf.VariableSpec `ebpf:"sc_mem_stall_type"`
 	ScNewType       *ebpf.VariableSpec `ebpf:"sc_new_type"`
+	ScRunningType   *ebpf.VariableSpec `ebpf:"sc_running_type"`
 	ScSlowType      *ebpf.VariableSpec `ebpf:"sc_slow_type"`
 	ScStackLossType *ebpf.VariableSpec `ebpf:"sc_stack_loss_type"`
 	ScStackidType   *ebpf.VariableSpec `ebpf:"sc_stackid_type"`
@@ -495,6 +517,7 @@ type syscallVariables struct {
 	ScMemKindType   *ebpf.Variable `ebpf:"sc_mem_kind_type"`
 	ScMemStallType  *ebpf.Variable `ebpf:"sc_mem_stall_type"`
 	ScNewType       *ebpf.Variable `ebpf:"sc_new_type"`
+	ScRunningType   *ebpf.Variable `ebpf:"sc_running_type"`
 	ScSlowType      *ebpf.Variable `ebpf:"sc_slow_type"`
 	ScStackLossType *ebpf.Variable `ebpf:"sc_stack_loss_type"`
 	ScStackidType   *ebpf.Variable `ebpf:"sc_stackid_type"`
@@ -522,6 +545,7 @@ type syscallPrograms struct {
 	ScMemcgBegin   *ebpf.Program `ebpf:"sc_memcg_begin"`
 	ScMemcgEnd     *ebpf.Program `ebpf:"sc_memcg_end"`
 	ScRingFile     *ebpf.Program `ebpf:"sc_ring_file"`
+	ScRunning      *ebpf.Program `ebpf:"sc_running"`
 	ScSwitch       *ebpf.Program `ebpf:"sc_switch"`
 	ScTpEnter      *ebpf.Program `ebpf:"sc_tp_enter"`
 	ScTpEnter0     *ebpf.Program `ebpf:"sc_tp_enter0"`
@@ -543,6 +567,7 @@ func (p *syscallPrograms) Close() error {
 		p.ScMemcgBegin,
 		p.ScMemcgEnd,
 		p.ScRingFile,
+		p.ScRunning,
 		p.ScSwitch,
 		p.ScTpEnter,
 		p.ScTpEnter0,

@@ -413,7 +413,9 @@ type UnfinishedCall struct {
 	InCall time.Duration `json:"in_call"`
 	// Sleep and Runqueue are its time asleep and in the run queue before
 	// its latest sleep; Asleep is the time since that sleep began (up to
-	// Time: the thread may have woken since, and not yet returned).
+	// Time). With task storage Asleep is 0 once the thread has woken from
+	// it (that sleep is in the BlockedStack sums then); without, the
+	// thread may have woken since, and not yet returned.
 	Sleep    time.Duration `json:"sleep,omitempty"`
 	Runqueue time.Duration `json:"runqueue,omitempty"`
 	Asleep   time.Duration `json:"asleep"`
