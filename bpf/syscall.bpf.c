@@ -57,6 +57,13 @@ volatile const __u64 walk_gap_ns = 0;
  * sleeps (D: the I/O, tag, throttle, journal, lock waits that tell the
  * stages apart) keep walk_gap_ns. */
 volatile const __u64 walk_gap_s_ns = 0;
+/* Armed mode (probes/arm.go): while the programs on sys_enter, sys_exit,
+ * sched_switch and sched_waking are detached, a thread's state may keep
+ * the start of a call whose exit was not seen. User space sets this to
+ * when it attached them last (bpf_ktime_get_ns' clock), and to ~0 while
+ * they are detached: a call that began before it is not the thread's call
+ * any more (live). 0 (never disarmed): every started call is live. */
+volatile __u64 armed_at_ns = 0;
 
 /* x86-64 numbers of the storage calls (arch/x86/entry/syscalls/syscall_64.tbl). */
 enum storage_nr {
@@ -473,6 +480,13 @@ static __always_inline struct sc_state *state_of(struct task_struct *t)
 		return no_storage(t) ? 0 : bpf_task_storage_get(&state_task, t, 0, 0);
 	__u32 tid = t->pid;
 	return bpf_map_lookup_elem(&state_tid, &tid);
+}
+
+/* live says the thread whose state st is is inside a storage call this
+ * probe saw begin since it last armed (armed_at_ns). */
+static __always_inline int live(struct sc_state *st)
+{
+	return st->start_ns && st->start_ns >= armed_at_ns;
 }
 
 /* bpf_rdonly_cast (6.2+): a pointer read from kernel memory becomes a
@@ -936,6 +950,12 @@ static __always_inline void call_exit(long ret)
 
 	if (!st || !st->start_ns)
 		return;
+	if (!live(st)) {
+		/* Begun before the programs were last attached: its entry
+		 * is an older call's (armed mode). */
+		st->start_ns = 0;
+		return;
+	}
 	__u64 id = cur_id(t);
 	if (st->inflight) {
 		if (!use_task_storage) {
@@ -1167,7 +1187,7 @@ int BPF_PROG(sc_switch, _Bool preempt, struct task_struct *prev, struct task_str
 	__u64 now = 0;
 	struct sc_state *st = state_of(prev);
 
-	if (st && st->start_ns) {
+	if (st && live(st)) {
 		unsigned int prev_state = switch_has_state ? (unsigned int)ctx[3] : sc_task_state(prev);
 		now = bpf_ktime_get_ns();
 		st->off_ns = now;
@@ -1184,7 +1204,7 @@ int BPF_PROG(sc_switch, _Bool preempt, struct task_struct *prev, struct task_str
 		}
 	}
 	st = state_of(next);
-	if (st && st->start_ns && st->off_ns)
+	if (st && st->off_ns && live(st))
 		switch_in(next, st, now ? now : bpf_ktime_get_ns());
 	bpf_tail_call_static(ctx, &sched_switch_next, 0);
 	return 0;
@@ -1221,7 +1241,7 @@ int sc_ring_file(unsigned long long *ctx)
 	if (!known || *known != dev)
 		bpf_map_update_elem(&ring_devs, &ring, &dev, BPF_ANY);
 	struct sc_state *st = state_cur(t, 0);
-	if (st && st->start_ns && st->dev == DEV_PENDING)
+	if (st && live(st) && st->dev == DEV_PENDING)
 		st->dev = dev;
 	return 0;
 }
@@ -1261,7 +1281,7 @@ int sc_running(struct bpf_iter__task *ctx)
 	if (!t || no_storage(t))
 		return 0;
 	struct sc_state *st = bpf_task_storage_get(&state_task, t, 0, 0);
-	if (!st || !st->start_ns || !st->inflight || st->dev == DEV_PENDING)
+	if (!st || !live(st) || !st->inflight || st->dev == DEV_PENDING)
 		return 0;
 	struct sc_running r = {.tid = t->pid};
 	r.call.tgid = t->tgid;
@@ -1337,7 +1357,7 @@ static __always_inline void mem_begin_at(__u32 kind)
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	struct sc_state *st = state(tid, 0);
 
-	if (!st || !st->start_ns || st->dev == DEV_PENDING || kind >= SC_MEM_KINDS)
+	if (!st || !live(st) || st->dev == DEV_PENDING || kind >= SC_MEM_KINDS)
 		return;
 	struct sc_mem_begin *b = bpf_map_lookup_elem(&mem_begin, &tid);
 	if (!b) {
@@ -1367,7 +1387,7 @@ static __always_inline void mem_end_at(__u32 kind)
 	struct sc_state *st = state(tid, 0);
 	/* The call it began in must still be the thread's (a stall that
 	 * began in a call that has ended is not timed). */
-	if (!st || !st->start_ns || st->start_ns > begin || st->dev == DEV_PENDING)
+	if (!st || !live(st) || st->start_ns > begin || st->dev == DEV_PENDING)
 		return;
 	__u64 now = bpf_ktime_get_ns();
 	if (now <= begin)

@@ -47,7 +47,17 @@ type StorageOptions struct {
 	Outputs Outputs
 	// ReadyFile is created once every probe is attached; empty means none.
 	ReadyFile string
+	// ArmedMode is --armed-mode (hidden, experimental): "" keeps every
+	// program attached (the default); "test-disarmed" takes the programs
+	// on sys_enter/sys_exit/sched_switch/sched_waking off before the run
+	// is ready and never puts them back (probes/arm.go), to measure what
+	// a disarmed run costs. Not for diagnosing: calls and off-CPU waits
+	// are not seen.
+	ArmedMode string
 }
+
+// armedModes are the values --armed-mode takes.
+var armedModes = []string{"", "test-disarmed"}
 
 // Formats the report can be written in.
 var reportFormats = report.FormatNames()
@@ -95,11 +105,16 @@ its last checkpoint.`,
 	addOutputFlags(c, &opts.Outputs)
 	f.StringVar(&opts.Outputs.Record, "record", "", "write every event of the run to this trace file as the run goes (flushed every second), for 'whyslow analyze' (gzip-compressed, docs/trace-format.md)")
 	f.StringVar(&opts.ReadyFile, "ready-file", "", "create this file once every probe is attached (an old one is removed at start), for scripts that start their load only then")
+	f.StringVar(&opts.ArmedMode, "armed-mode", "", "experimental, for measurements: test-disarmed runs with the programs on sys_enter/sys_exit/sched_switch/sched_waking detached (storage calls and off-CPU waits not seen)")
+	_ = f.MarkHidden("armed-mode")
 	_ = c.RegisterFlagCompletionFunc("device", completeDevices)
 	return c
 }
 
 func (o *StorageOptions) validate() error {
+	if !oneOf(o.ArmedMode, armedModes) {
+		return usagef("--armed-mode %q: want test-disarmed (experimental), or nothing", o.ArmedMode)
+	}
 	m, err := probes.ParseMechanism(o.Mechanism)
 	if err != nil {
 		return usagef("%s", err)
@@ -112,7 +127,8 @@ func (o *StorageOptions) validate() error {
 
 // diagnoseOptions are the options of the run.
 func (o *StorageOptions) diagnoseOptions(m probes.MechanismChoice, set *rules.Set) diagnose.Options {
-	return diagnose.Options{Duration: o.Duration, MinLatency: o.MinLatency, Devices: o.Devices, Rules: set, BTF: o.BTF, Mechanism: m}
+	return diagnose.Options{Duration: o.Duration, MinLatency: o.MinLatency, Devices: o.Devices, Rules: set, BTF: o.BTF, Mechanism: m,
+		StartDisarmed: o.ArmedMode == "test-disarmed"}
 }
 
 func oneOf(s string, set []string) bool {

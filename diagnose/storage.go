@@ -21,6 +21,7 @@ import (
 	"github.com/whyslow/whyslow/internal/stage"
 	"github.com/whyslow/whyslow/internal/timeline"
 	"github.com/whyslow/whyslow/internal/tracefile"
+	"github.com/whyslow/whyslow/internal/trouble"
 	"github.com/whyslow/whyslow/probes"
 	"github.com/whyslow/whyslow/rules"
 )
@@ -53,6 +54,10 @@ type Options struct {
 	// Ready, when set, is called once every probe has been started
 	// (attached, or found unavailable), as the observation window begins.
 	Ready func()
+	// StartDisarmed (experimental, --armed-mode test-disarmed) disarms
+	// the probes (probes.Group.Disarm) before Ready and leaves them so:
+	// a measurement of what a disarmed run costs, not a diagnosis.
+	StartDisarmed bool
 	// Observed, when set, is called as the observation window ends (its
 	// duration passed, or ctx ended), before the probes stop.
 	Observed func()
@@ -221,13 +226,29 @@ func Collect(ctx context.Context, opts Options, spec *btf.Spec) (*timeline.Timel
 	if tl.Start, err = event.Now(); err != nil {
 		return nil, err
 	}
+	// The trouble watcher runs beside the probes in shadow mode: it says
+	// when an armed mode would have attached the hot-hook programs, and
+	// gates nothing (tl.Trouble).
+	watch := trouble.New(trouble.Config{ProcFS: opts.ProcFS, SysFS: opts.SysFS})
+	if watch.Start(ctx) == nil {
+		col.watch = watch
+	}
 	g := probes.Start(cfg, col, opts.Probes...)
 	col.mu.Lock()
 	tl.Probes = g.Statuses()
 	col.mu.Unlock()
 	names := g.Running()
 	if len(names) == 0 {
+		if col.watch != nil {
+			col.watch.Stop(tl.Start)
+		}
 		return nil, fmt.Errorf("no probe could start (%s)", g.Unavailable())
+	}
+	if opts.StartDisarmed {
+		if err := g.Disarm(); err != nil {
+			g.Stop()
+			return nil, err
+		}
 	}
 	rec := startRecording(opts, col, g)
 	if opts.Ready != nil {
@@ -244,6 +265,9 @@ func Collect(ctx context.Context, opts Options, spec *btf.Spec) (*timeline.Timel
 	end, clockErr := event.Now()
 	stopErr := g.Stop()
 	tl.End = end
+	if col.watch != nil {
+		tl.Trouble = col.watch.Stop(end)
+	}
 	rec.finish(tl)
 	tl.Sort()
 	if clockErr != nil {

@@ -91,12 +91,28 @@ func (r *execRunning) attachFailed() error {
 		ExecBtfExit  *ebpf.Program `ebpf:"exec_btf_exit"`
 	}
 	opts.MapReplacements["execing"] = r.objs.Execing
+	chained := false
 	if r.spec.LoadAndAssign(&btfProgs, opts) == nil {
 		r.objs.ExecBtfEnter, r.objs.ExecBtfExit = btfProgs.ExecBtfEnter, btfProgs.ExecBtfExit
 		if err := requireSyscallTPs(append(exitTPs, enterTPs...)...); err != nil {
 			return err
 		}
-		// Exits first, so that no entry misses its exit.
+		chained = true
+	}
+	r.ways = func() error { return r.attachFailedWays(chained, ownExit, ownEnter) }
+	if err := r.ways(); err != nil {
+		r.ways = nil
+		return err
+	}
+	return nil
+}
+
+// attachFailedWays puts the failed-exec programs where they run: on
+// sys_exit's and sys_enter's chains (chained), else on their syscall
+// tracepoints (ownExit, ownEnter). Exits first, so that no entry misses
+// its exit.
+func (r *execRunning) attachFailedWays(chained bool, ownExit, ownEnter func() (func() error, error)) error {
+	if chained {
 		var err error
 		if r.exit, err = chainSysExit.joinWith(rankExecCall, r.objs.ExecBtfExit, nil, false, ownExit, nil); err != nil {
 			return err
@@ -108,7 +124,6 @@ func (r *execRunning) attachFailed() error {
 		r.chained = true
 		return nil
 	}
-	// Exits first, so that no entry misses its exit.
 	clExit, err := ownExit()
 	if err != nil {
 		return err
@@ -127,6 +142,12 @@ func (r *execRunning) attachFailed() error {
 // they had no chain.
 func (r *execRunning) leaveChains() error {
 	err := errors.Join(chainSysEnter.leave(r.enter), chainSysExit.leave(r.exit))
+	for _, m := range []*rqMember{r.enter, r.exit} {
+		if m != nil {
+			r.armst.keepSkips(m.prog, m.inherited)
+		}
+	}
+	r.enter, r.exit = nil, nil
 	for _, cl := range r.ownClose {
 		cl()
 	}
@@ -136,8 +157,11 @@ func (r *execRunning) leaveChains() error {
 
 // skips are the skipped runs of the failed-exec programs on the chains,
 // their own and those of the programs they ran behind.
-func (r *execRunning) skips() map[*ebpf.Program]uint64 {
-	m := map[*ebpf.Program]uint64{}
+func (r *execRunning) skips() (m map[*ebpf.Program]uint64) {
+	r.armst.mu.Lock()
+	defer r.armst.mu.Unlock()
+	m = map[*ebpf.Program]uint64{}
+	defer func() { m = r.armst.withPast(m) }()
 	if r.enter != nil {
 		m[r.enter.prog] = chainSysEnter.skips(r.enter)
 	}
@@ -159,6 +183,12 @@ type execRunning struct {
 	enter, exit *rqMember
 	chained     bool
 	ownClose    []func() error
+	// ways puts the failed-exec programs where they run (again, in armed
+	// mode: nil when there are none); armst is its armed-mode state.
+	ways  func() error
+	armst armState
+	// left: disarm took them off (arm puts them back).
+	left bool
 	ring
 
 	stopOnce sync.Once
@@ -264,6 +294,7 @@ func splitArgs(b []int8) []string {
 // Checkpoint implements Checkpointer.
 func (r *execRunning) Checkpoint(sink Sink) error {
 	deliverLossesWith(sink, event.ProbeExec, r.objs.Losses, &r.objs, r.skips())
+	r.armst.deliverDisarmed(sink, event.ProbeExec)
 	return nil
 }
 
@@ -271,10 +302,14 @@ func (r *execRunning) Checkpoint(sink Sink) error {
 // counts, and frees everything.
 func (r *execRunning) Stop() error {
 	r.stopOnce.Do(func() {
+		r.armst.mu.Lock()
+		r.armst.stopped = true
 		leaveErr := r.leaveChains()
+		r.armst.mu.Unlock()
 		closeAll(r.links)
 		r.drain()
 		deliverLossesWith(r.sink, event.ProbeExec, r.objs.Losses, &r.objs, r.skips())
+		r.armst.deliverDisarmed(r.sink, event.ProbeExec)
 		r.undecodable(r.sink, event.ProbeExec)
 		if err := r.objs.Close(); err != nil {
 			r.stopErr = fmt.Errorf("closing objects: %w", err)
@@ -283,4 +318,44 @@ func (r *execRunning) Stop() error {
 		}
 	})
 	return r.stopErr
+}
+
+// armRank implements armable: its failed-exec programs are last on
+// sys_enter's and sys_exit's chains.
+func (r *execRunning) armRank() int { return rankExecCall }
+
+// disarm takes the failed-exec programs off sys_enter and sys_exit: in
+// slots they stay there (the syscall probe, disarmed first, and the
+// programs before them run them no more); else they leave the chains or
+// their syscall tracepoints. Failed execs meanwhile are not seen
+// (successful ones are: sched_process_exec stays).
+func (r *execRunning) disarm() error {
+	r.armst.mu.Lock()
+	defer r.armst.mu.Unlock()
+	if r.armst.stopped || r.armst.disarmedNow() || r.ways == nil {
+		return nil
+	}
+	r.armst.markDisarmed()
+	if r.enter != nil && r.exit != nil && chainSysEnter.inSlot(r.enter) && chainSysExit.inSlot(r.exit) {
+		return nil // run by the syscall probe's programs, disarmed first
+	}
+	r.left = true
+	return r.leaveChains()
+}
+
+// arm puts back what disarm took off.
+func (r *execRunning) arm() error {
+	r.armst.mu.Lock()
+	defer r.armst.mu.Unlock()
+	if r.armst.stopped || !r.armst.disarmedNow() || r.ways == nil {
+		return nil
+	}
+	if r.left {
+		if err := r.ways(); err != nil {
+			return err
+		}
+		r.left = false
+	}
+	r.armst.markArmed()
+	return nil
 }

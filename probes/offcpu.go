@@ -89,15 +89,22 @@ func (p offcpuProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus) {
 }
 
 type offcpuRunning struct {
-	sink  Sink
-	objs  offcpuObjects
-	links []link.Link
+	sink   Sink
+	procfs string
+	objs   offcpuObjects
+	links  []link.Link
 	// follows are its programs on the hooks it shares with the syscall
 	// probe, each in that probe's chain or on a link of its own
 	// (hookchain.go).
 	follows []offcpuFollow
 	// sysExit is offcpu_sys_exit on sys_exit's chain (rqchain.go).
 	sysExit *rqMember
+	// armst is its armed-mode state (arm.go, offcpu_armed.go): follows
+	// and sysExit change under its mu; armed are its counts.
+	armst armState
+	armed offcpuArmed
+	// left: disarm took its programs off the chains (arm puts them back).
+	left bool
 	ring
 	ksyms    *symbolize.Kernel // set before ksymsReady is closed
 	ksymsErr error
@@ -147,6 +154,7 @@ func startOffcpu(cfg Config, sink Sink) (_ *offcpuRunning, err error) {
 	}
 	r := &offcpuRunning{
 		sink:    sink,
+		procfs:  procfs,
 		users:   symbolize.NewUserCache(procfs, 0, 0),
 		kstacks: newStackCache(offcpuMaxCachedStacks),
 	}
@@ -201,19 +209,7 @@ func startOffcpu(cfg Config, sink Sink) (_ *offcpuRunning, err error) {
 	// On sys_exit it is second in a chain (rqchain.go): behind the
 	// syscall probe's program, before the exec probe's, which it runs
 	// from its slot.
-	follow := func(c *hookChain, p *ebpf.Program) error {
-		f, err := c.follow(p, attachOwn)
-		if err == nil {
-			r.follows = append(r.follows, offcpuFollow{c, f})
-		}
-		return err
-	}
-	if err = follow(chainSchedWaking, r.objs.OffcpuWakeup); err == nil {
-		if r.sysExit, err = chainSysExit.join(rankSysfsOrOffCPU, r.objs.OffcpuSysExit, r.objs.SysExitNext); err == nil {
-			err = follow(chainSchedSwitch, r.objs.OffcpuSwitch)
-		}
-	}
-	if err != nil {
+	if err = r.joinChains(); err != nil {
 		return nil, err // the deferred undo leaves the chains
 	}
 	// The reader drains the ring buffer into the backlog at once; the
@@ -418,19 +414,56 @@ type offcpuFollow struct {
 	f *hookFollower
 }
 
-// leaveChains takes the programs off the shared hooks.
+// joinChains puts the programs on the shared hooks: the wake-up and
+// system-call exit sides first, so every tracked sleep can see its waker
+// and every pending span its completion. Each goes through the syscall
+// probe's program on its hook when that runs, else on a link of its own.
+// On sys_exit it is second in a chain (rqchain.go): behind the syscall
+// probe's program, before the exec probe's, which it runs from its slot.
+func (r *offcpuRunning) joinChains() (err error) {
+	follow := func(c *hookChain, p *ebpf.Program) error {
+		f, err := c.follow(p, attachOwn)
+		if err == nil {
+			r.follows = append(r.follows, offcpuFollow{c, f})
+		}
+		return err
+	}
+	if err = follow(chainSchedWaking, r.objs.OffcpuWakeup); err == nil {
+		if r.sysExit, err = chainSysExit.join(rankSysfsOrOffCPU, r.objs.OffcpuSysExit, r.objs.SysExitNext); err == nil {
+			err = follow(chainSchedSwitch, r.objs.OffcpuSwitch)
+		}
+	}
+	return err
+}
+
+// leaveChains takes the programs off the shared hooks, keeping the
+// skipped runs of their stays (under armst.mu, or before anything else
+// can see them).
 func (r *offcpuRunning) leaveChains() error {
 	var errs []error
 	for _, h := range r.follows {
 		errs = append(errs, h.c.leave(h.f))
+		r.armst.keepSkips(h.f.prog, h.f.inherited)
 	}
-	errs = append(errs, chainSysExit.leave(r.sysExit))
+	r.follows = nil
+	if r.sysExit != nil {
+		errs = append(errs, chainSysExit.leave(r.sysExit))
+		r.armst.keepSkips(r.sysExit.prog, r.sysExit.inherited)
+		r.sysExit = nil
+	}
 	return errors.Join(errs...)
 }
 
 // skips are the skipped runs of the programs on shared hooks, theirs and
 // their leaders' while in a leader's slot.
 func (r *offcpuRunning) skips() map[*ebpf.Program]uint64 {
+	r.armst.mu.Lock()
+	defer r.armst.mu.Unlock()
+	return r.armst.withPast(r.chainSkips())
+}
+
+// chainSkips are skips of the current stays (under armst.mu).
+func (r *offcpuRunning) chainSkips() map[*ebpf.Program]uint64 {
 	m := map[*ebpf.Program]uint64{}
 	for _, h := range r.follows {
 		m[h.f.prog] = h.c.skips(h.f)
@@ -445,6 +478,7 @@ func (r *offcpuRunning) skips() map[*ebpf.Program]uint64 {
 func (r *offcpuRunning) Checkpoint(sink Sink) error {
 	deliverLossesWith(sink, event.ProbeOffCPU, r.objs.Losses, &r.objs, r.skips())
 	deliverStackLosses(sink, r.objs.StackLosses, 0)
+	r.deliverArmed(sink)
 	return nil
 }
 
@@ -454,7 +488,10 @@ func (r *offcpuRunning) Checkpoint(sink Sink) error {
 func (r *offcpuRunning) Stop() error {
 	r.stopOnce.Do(func() {
 		r.drainPending(offcpuDrain)
+		r.armst.mu.Lock()
+		r.armst.stopped = true
 		leaveErr := r.leaveChains()
+		r.armst.mu.Unlock()
 		closeAll(r.links)
 		r.drain()
 		r.qmu.Lock()
@@ -475,6 +512,7 @@ func (r *offcpuRunning) Stop() error {
 		}
 		deliverLossesWith(r.sink, event.ProbeOffCPU, r.objs.Losses, &r.objs, r.skips())
 		deliverStackLosses(r.sink, r.objs.StackLosses, r.unfinished)
+		r.deliverArmed(r.sink)
 		r.undecodable(r.sink, event.ProbeOffCPU)
 		if err := r.objs.Close(); err != nil {
 			r.stopErr = fmt.Errorf("closing objects: %w", err)

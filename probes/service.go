@@ -116,7 +116,11 @@ func startService(cfg Config, sink Sink) (_ *serviceRunning, err error) {
 	}
 	delete(spec.Programs, unused)
 	r := &serviceRunning{sink: sink, sysfs: cfg.SysFS}
-	if err := r.objs.load(spec, issueName, collectionOptions(kernel)); err != nil {
+	opts := collectionOptions(kernel)
+	if err := shareRQClock(spec, opts); err != nil {
+		return nil, err
+	}
+	if err := loadPtrBits(spec, func() error { return r.objs.load(spec, issueName, opts) }); err != nil {
 		return nil, err
 	}
 	// On an error from here: undo what was done, the issue side first

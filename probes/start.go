@@ -86,6 +86,11 @@ type Group struct {
 	tap *missedTap
 	run Sink
 
+	// armMu serializes Arm and Disarm (arm.go); disarmed is the state
+	// the last asked for.
+	armMu    sync.Mutex
+	disarmed bool
+
 	mu       sync.Mutex
 	statuses []event.ProbeStatus
 	running  []started

@@ -207,6 +207,19 @@ type syscallRunning struct {
 	sink  Sink
 	coll  *ebpf.Collection
 	links []link.Link
+	// hot are the links of its programs on sys_enter, sys_exit,
+	// sched_switch and sched_waking (the syscall tracepoints on the
+	// tracepoint rung): what armed mode detaches (arm.go). mech,
+	// enterProg, exitProg, findVMA and ringErr are how they were chosen.
+	hot                 []link.Link
+	mech                event.Mechanism
+	enterProg, exitProg string
+	findVMA             bool
+	ringErr             error
+	// armst is its armed-mode state (arm.go, syscall_armed.go); armed its
+	// counts, under sums.
+	armst armState
+	armed syscallArmed
 	// unleads end the chains its programs lead on the hooks it shares
 	// with the off-CPU probe (hookchain.go), before they are detached.
 	unleads []func() error
@@ -607,6 +620,7 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 	defer func() {
 		if err != nil {
 			closeAll(r.links)
+			closeAll(r.hot)
 			if r.running != nil {
 				r.running.Close()
 			}
@@ -619,15 +633,11 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 	if err = r.openRing(coll.Maps["events"]); err != nil {
 		return nil, loadErr(fmt.Errorf("opening ring buffer: %w", err))
 	}
+	r.mech, r.enterProg, r.exitProg, r.findVMA, r.ringErr = mech, enter, exit, findVMA, ringErr
 	if taskStorage {
 		if r.running, err = link.AttachIter(link.IterOptions{Program: coll.Programs["sc_running"]}); err != nil {
 			return nil, attachErr(fmt.Errorf("iterator of the calls in progress: %w", err))
 		}
-	}
-	// The scheduler's side first, then the exits, then the entries: no
-	// call starts that cannot end.
-	if r.links, err = attachTPBTF(coll.Programs["sc_waking"], coll.Programs["sc_switch"]); err != nil {
-		return nil, attachErr(err)
 	}
 	var missing []string
 	// Memory stalls: the ends first. A kernel that will not attach them
@@ -654,64 +664,17 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 	} else {
 		missing = append(missing, "io_uring_enter (no tracepoint io_uring_file_get: "+ringErr.Error()+")")
 	}
-	if mech == event.MechTracepoint {
-		calls := syscallCalls()
-		for _, exitSide := range []bool{true, false} {
-			for _, c := range calls {
-				if c == "msync" && !findVMA || c == "io_uring_enter" && ringErr != nil {
-					continue
-				}
-				tp, prog := "sys_exit_"+c, exit
-				if !exitSide {
-					tp, prog = "sys_enter_"+c, syscallEnterProg(c, enter)
-				}
-				l, err := link.Tracepoint("syscalls", tp, coll.Programs[prog], nil)
-				if err != nil {
-					if errors.Is(err, os.ErrNotExist) {
-						if !exitSide {
-							missing = append(missing, c)
-						}
-						continue
-					}
-					return nil, attachErr(fmt.Errorf("tracepoint syscalls:%s: %w", tp, err))
-				}
-				r.links = append(r.links, l)
-			}
-		}
-		if len(missing) >= len(calls) {
-			return nil, attachErr(fmt.Errorf("no syscalls:sys_enter_* tracepoint: %w", os.ErrNotExist))
-		}
-	} else {
-		ls, err := attachTPBTF(coll.Programs[exit], coll.Programs[enter])
-		if err != nil {
-			return nil, attachErr(err)
-		}
-		r.links = append(r.links, ls...)
+	// The programs on the four hot hooks (sys_enter, sys_exit,
+	// sched_switch, sched_waking), which armed mode detaches (arm.go).
+	hotMissing, err := r.attachHot()
+	if err != nil {
+		return nil, err
 	}
-	// Its programs on sched_switch and sched_waking (both rungs) and on
-	// sys_exit (tp_btf rung) run the off-CPU probe's there.
-	r.unleads = append(r.unleads,
-		chainSchedWaking.lead(coll.Programs["sc_waking"], coll.Maps["sched_waking_next"]),
-		chainSchedSwitch.lead(coll.Programs["sc_switch"], coll.Maps["sched_switch_next"]))
-	if mech != event.MechTracepoint {
-		// And on sys_exit and sys_enter (tp_btf rung) the off-CPU, sysfs
-		// and exec probes' (rqchain.go): no syscall tracepoint of theirs
-		// then, one program per system call.
-		for _, h := range []struct {
-			c    *rqChain
-			prog string
-			next string
-		}{{chainSysExit, exit, "sys_exit_next"}, {chainSysEnter, enter, "sys_enter_next"}} {
-			m, err := h.c.joinWith(rankSyscall, coll.Programs[h.prog], coll.Maps[h.next], true, nil, nil)
-			if err != nil {
-				for _, u := range r.unleads {
-					u()
-				}
-				return nil, attachErr(fmt.Errorf("leading %s's chain: %w", h.c.hook, err))
-			}
-			c := h.c
-			r.unleads = append(r.unleads, func() error { return c.leave(m) })
-		}
+	missing = append(missing, hotMissing...)
+	if err = r.leadChains(); err != nil {
+		closeAll(r.hot)
+		r.hot = nil
+		return nil, err
 	}
 	r.note = "sys_enter/sys_exit of every system call, the others let go on their number: a storage call costs ~100 ns less than on the syscall tracepoints"
 	if mech == event.MechTracepoint {
@@ -740,6 +703,100 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 	r.readAll(r.sink, event.ProbeSyscall, r.handle)
 	go r.drainLoop()
 	return r, nil
+}
+
+// attachHot attaches the programs on sys_enter, sys_exit, sched_switch
+// and sched_waking (r.hot): the scheduler's side first, then the exits,
+// then the entries, so that no call starts that cannot end. It returns
+// the calls whose syscall tracepoints the kernel lacks (tracepoint rung).
+func (r *syscallRunning) attachHot() (missing []string, err error) {
+	coll := r.coll
+	hot, err := attachTPBTF(coll.Programs["sc_waking"], coll.Programs["sc_switch"])
+	if err != nil {
+		return nil, attachErr(err)
+	}
+	defer func() {
+		if err != nil {
+			closeAll(hot)
+		} else {
+			r.hot = hot
+		}
+	}()
+	if r.mech == event.MechTracepoint {
+		calls := syscallCalls()
+		for _, exitSide := range []bool{true, false} {
+			for _, c := range calls {
+				if c == "msync" && !r.findVMA || c == "io_uring_enter" && r.ringErr != nil {
+					continue
+				}
+				tp, prog := "sys_exit_"+c, r.exitProg
+				if !exitSide {
+					tp, prog = "sys_enter_"+c, syscallEnterProg(c, r.enterProg)
+				}
+				l, err := link.Tracepoint("syscalls", tp, coll.Programs[prog], nil)
+				if err != nil {
+					if errors.Is(err, os.ErrNotExist) {
+						if !exitSide {
+							missing = append(missing, c)
+						}
+						continue
+					}
+					return nil, attachErr(fmt.Errorf("tracepoint syscalls:%s: %w", tp, err))
+				}
+				hot = append(hot, l)
+			}
+		}
+		if len(missing) >= len(calls) {
+			return nil, attachErr(fmt.Errorf("no syscalls:sys_enter_* tracepoint: %w", os.ErrNotExist))
+		}
+		return missing, nil
+	}
+	ls, err := attachTPBTF(coll.Programs[r.exitProg], coll.Programs[r.enterProg])
+	if err != nil {
+		return nil, attachErr(err)
+	}
+	hot = append(hot, ls...)
+	return nil, nil
+}
+
+// leadChains makes its programs lead the chains of the hooks it shares
+// (r.unleads undo it): on sched_switch and sched_waking (both rungs) the
+// off-CPU probe's programs run from their slots, and on sys_exit and
+// sys_enter (tp_btf rung) the off-CPU, sysfs and exec probes'
+// (rqchain.go): no syscall tracepoint of theirs then, one program per
+// system call.
+func (r *syscallRunning) leadChains() error {
+	coll := r.coll
+	r.unleads = append(r.unleads[:0],
+		chainSchedWaking.lead(coll.Programs["sc_waking"], coll.Maps["sched_waking_next"]),
+		chainSchedSwitch.lead(coll.Programs["sc_switch"], coll.Maps["sched_switch_next"]))
+	if r.mech == event.MechTracepoint {
+		return nil
+	}
+	for _, h := range []struct {
+		c    *rqChain
+		prog string
+		next string
+	}{{chainSysExit, r.exitProg, "sys_exit_next"}, {chainSysEnter, r.enterProg, "sys_enter_next"}} {
+		m, err := h.c.joinWith(rankSyscall, coll.Programs[h.prog], coll.Maps[h.next], true, nil, nil)
+		if err != nil {
+			r.unlead()
+			return attachErr(fmt.Errorf("leading %s's chain: %w", h.c.hook, err))
+		}
+		c := h.c
+		r.unleads = append(r.unleads, func() error { return c.leave(m) })
+	}
+	return nil
+}
+
+// unlead ends the chains its programs lead, before they are detached.
+func (r *syscallRunning) unlead() error {
+	var err error
+	for _, u := range r.unleads {
+		err = errors.Join(err, u())
+	}
+	r.unleads = nil
+	return err
 }
 
 // syscallEnterProg is the tracepoint rung's entry program for call c: one
@@ -933,10 +990,12 @@ func (r *syscallRunning) Stop() error {
 			r.hungAtStop = r.hungSince(now, r.inflightTids())
 		}
 		r.sums.Unlock()
-		var unleadErr error
-		for _, u := range r.unleads {
-			unleadErr = errors.Join(unleadErr, u())
-		}
+		r.armst.mu.Lock()
+		r.armst.stopped = true
+		unleadErr := r.unlead()
+		closeAll(r.hot)
+		r.hot = nil
+		r.armst.mu.Unlock()
 		closeAll(r.links)
 		// The ring's records, read to the last (ring.drain: its drain
 		// method is shadowed by the sums' drain below, and the ring was
@@ -983,6 +1042,7 @@ func (r *syscallRunning) deliverSums(sink Sink) error {
 	}
 	deliverLosses(sink, event.ProbeSyscall, r.coll.Maps["losses"], r.coll)
 	r.deliverScLosses(sink)
+	r.deliverArmed(sink)
 	return err
 }
 

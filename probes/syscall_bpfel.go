@@ -275,6 +275,7 @@ const (
 	syscallProgScTpEnterVma   = "sc_tp_enter_vma"
 	syscallProgScTpExit       = "sc_tp_exit"
 	syscallProgScWaking       = "sc_waking"
+	syscallVarArmedAtNs       = "armed_at_ns"
 	syscallVarFileGetFdArg    = "file_get_fd_arg"
 	syscallVarHistLayoutType  = "hist_layout_type"
 	syscallVarLossKindType    = "loss_kind_type"
@@ -397,6 +398,7 @@ type syscallMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type syscallVariableSpecs struct {
+	ArmedAtNs       *ebpf.VariableSpec `ebpf:"armed_at_ns"`
 	FileGetFdArg    *ebpf.VariableSpec `ebpf:"file_get_fd_arg"`
 	HistLayoutType  *ebpf.VariableSpec `ebpf:"hist_layout_type"`
 	LossKindType    *ebpf.VariableSpec `ebpf:"loss_kind_type"`
@@ -502,6 +504,7 @@ func (m *syscallMaps) Close() error {
 //
 // It can be passed to loadSyscallObjects or ebpf.CollectionSpec.LoadAndAssign.
 type syscallVariables struct {
+	ArmedAtNs       *ebpf.Variable `ebpf:"armed_at_ns"`
 	FileGetFdArg    *ebpf.Variable `ebpf:"file_get_fd_arg"`
 	HistLayoutType  *ebpf.Variable `ebpf:"hist_layout_type"`
 	LossKindType    *ebpf.Variable `ebpf:"loss_kind_type"`

@@ -72,6 +72,11 @@ type sysfsRunning struct {
 	enter *rqMember
 	// ownClose detaches the tracepoints when there is no chain member.
 	ownClose func() error
+	// join puts sysfs_sys_enter on sys_enter's chain again, own its
+	// tracepoints again (armed mode: sysfs_armed.go); armst its state.
+	join  func() (*rqMember, error)
+	own   func() (func() error, error)
+	armst armState
 	ring
 
 	stopOnce sync.Once
@@ -183,7 +188,9 @@ func (r *sysfsRunning) attachTracepoints(spec *ebpf.CollectionSpec, kernel *btf.
 			coll.Close()
 			return err
 		}
-		if r.enter, err = chainSysEnter.joinWith(rankSysfsOrOffCPU, p, coll.Maps["sys_enter_next"], false, own, nil); err != nil {
+		next := coll.Maps["sys_enter_next"]
+		r.join = func() (*rqMember, error) { return chainSysEnter.joinWith(rankSysfsOrOffCPU, p, next, false, own, nil) }
+		if r.enter, err = r.join(); err != nil {
 			coll.Close()
 			return err
 		}
@@ -196,7 +203,7 @@ func (r *sysfsRunning) attachTracepoints(spec *ebpf.CollectionSpec, kernel *btf.
 		return err
 	}
 	r.objs = coll
-	r.ownClose = cl
+	r.ownClose, r.own = cl, own
 	return nil
 }
 
@@ -207,7 +214,9 @@ func (r *sysfsRunning) attachSysEnter(spec *ebpf.CollectionSpec, kernel *btf.Spe
 	if err != nil {
 		return fmt.Errorf("loading objects: %w", err)
 	}
-	if r.enter, err = chainSysEnter.joinWith(rankSysfsOrOffCPU, coll.Programs["sysfs_sys_enter"], coll.Maps["sys_enter_next"], false, nil, nil); err != nil {
+	p, next := coll.Programs["sysfs_sys_enter"], coll.Maps["sys_enter_next"]
+	r.join = func() (*rqMember, error) { return chainSysEnter.joinWith(rankSysfsOrOffCPU, p, next, false, nil, nil) }
+	if r.enter, err = r.join(); err != nil {
 		coll.Close()
 		return err
 	}
@@ -265,28 +274,35 @@ func (r *sysfsRunning) handle(raw []byte) {
 // Checkpoint implements Checkpointer.
 func (r *sysfsRunning) Checkpoint(sink Sink) error {
 	deliverLossesWith(sink, event.ProbeSysfs, r.objs.Maps["losses"], r.objs, r.skips())
+	r.armst.deliverDisarmed(sink, event.ProbeSysfs)
 	return nil
 }
 
 // skips are sysfs_sys_enter's skipped runs, its own and those of the
 // program it ran behind on sys_enter's chain.
 func (r *sysfsRunning) skips() map[*ebpf.Program]uint64 {
+	r.armst.mu.Lock()
+	defer r.armst.mu.Unlock()
 	if r.enter == nil {
-		return nil
+		return r.armst.withPast(nil)
 	}
-	return map[*ebpf.Program]uint64{r.enter.prog: chainSysEnter.skips(r.enter)}
+	return r.armst.withPast(map[*ebpf.Program]uint64{r.enter.prog: chainSysEnter.skips(r.enter)})
 }
 
 // Stop detaches the programs, delivers what is still buffered and the loss
 // counts, and frees everything.
 func (r *sysfsRunning) Stop() error {
 	r.stopOnce.Do(func() {
+		r.armst.mu.Lock()
+		r.armst.stopped = true
 		r.stopErr = chainSysEnter.leave(r.enter)
 		r.closeOwn()
+		r.armst.mu.Unlock()
 		closeAll(r.links)
 		r.links = nil
 		r.drain()
 		deliverLossesWith(r.sink, event.ProbeSysfs, r.objs.Maps["losses"], r.objs, r.skips())
+		r.armst.deliverDisarmed(r.sink, event.ProbeSysfs)
 		r.undecodable(r.sink, event.ProbeSysfs)
 		r.close()
 	})
@@ -410,4 +426,57 @@ func isBlockAttr(attr string) bool {
 		return true
 	}
 	return false
+}
+
+// armRank implements armable: it follows the syscall probe on sys_enter.
+func (r *sysfsRunning) armRank() int { return rankSysfsOrOffCPU }
+
+// disarm takes sysfs_sys_enter off sys_enter: in the syscall probe's slot
+// it stays there (that probe, disarmed first, runs it no more); else it
+// leaves the chain, or its syscall tracepoints (handlers on sys_enter
+// too) are detached. Opens of sysfs files meanwhile are not seen.
+func (r *sysfsRunning) disarm() error {
+	r.armst.mu.Lock()
+	defer r.armst.mu.Unlock()
+	if r.armst.stopped || r.armst.disarmedNow() {
+		return nil
+	}
+	r.armst.markDisarmed()
+	if r.enter != nil && chainSysEnter.inSlot(r.enter) {
+		return nil // run by the syscall probe's program, disarmed first
+	}
+	var err error
+	if r.enter != nil {
+		err = chainSysEnter.leave(r.enter)
+		r.armst.keepSkips(r.enter.prog, r.enter.inherited)
+		r.enter = nil
+	}
+	r.closeOwn()
+	return err
+}
+
+// arm puts back what disarm took off.
+func (r *sysfsRunning) arm() error {
+	r.armst.mu.Lock()
+	defer r.armst.mu.Unlock()
+	if r.armst.stopped || !r.armst.disarmedNow() {
+		return nil
+	}
+	switch {
+	case r.enter != nil: // kept in its slot
+	case r.join != nil:
+		m, err := r.join()
+		if err != nil {
+			return err
+		}
+		r.enter = m
+	case r.own != nil:
+		cl, err := r.own()
+		if err != nil {
+			return err
+		}
+		r.ownClose = cl
+	}
+	r.armst.markArmed()
+	return nil
 }

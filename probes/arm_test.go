@@ -1,0 +1,438 @@
+package probes
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/scenario"
+)
+
+// Armed mode: Disarm takes every program of the syscall, off-CPU, sysfs
+// and exec probes off sys_enter, sys_exit, sched_switch and sched_waking
+// (the kernel's links say so, and a pipe's ping-pong runs none of them);
+// Arm puts them back, and storage calls are timed again. A read held by a
+// cgroup's throttle since before the arming is counted and reported
+// unfinished from the arming, and its D sleep is timed from it with its
+// waker; many arms and disarms under concurrent checkpoints leak no link
+// and lose no count of the calls made while armed.
+func TestArmedMode(t *testing.T) {
+	blkNeedRoot(t)
+	old := syscallSelf
+	syscallSelf = 0
+	t.Cleanup(func() { syscallSelf = old })
+	dev := scenario.DiskLoop(t, 64<<20)
+	cfg := Config{MinLatency: 10 * time.Millisecond, SysFS: "/sys", ProcFS: "/proc", FailedExecs: true,
+		Mechanism: MechanismChoice{Per: map[string]event.Mechanism{event.ProbeSyscall: event.MechTPBTF}}}
+	sink := new(blkSink)
+	g := Start(cfg, sink, syscallProbe{}, sysfsProbe{}, execProbe{}, offcpuProbe{})
+	stopped := false
+	defer func() {
+		if !stopped {
+			g.Stop()
+		}
+	}()
+	for _, st := range g.Statuses() {
+		if st.Status != event.StatusOK {
+			t.Fatalf("%s did not start: %+v", st.Name, st)
+		}
+	}
+	hotIDs, allIDs := armProgIDs(t, g)
+	hot0, all0 := linksOf(t, hotIDs), linksOf(t, allIDs)
+	t.Logf("links: %d on the hot hooks, %d in all", hot0, all0)
+	if hot0 == 0 {
+		t.Fatal("no link of the probes' hot-hook programs before disarming")
+	}
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		t.Fatalf("enabling BPF statistics: %v", err)
+	}
+	defer stats.Close()
+
+	r := openDirectDev(t, dev)
+	calls := func() uint64 { return preadCount(t, g, dev) }
+
+	// Disarmed: no link on the hooks, no run on a pipe, no call timed.
+	t0 := time.Now()
+	if err := g.Disarm(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("disarm took %v", time.Since(t0))
+	if n := linksOf(t, hotIDs); n != 0 {
+		t.Errorf("disarmed: %d links of the hot-hook programs still in the kernel", n)
+	}
+	if tps := syscallTracepointsOf(t); len(tps) > 0 {
+		t.Errorf("disarmed: syscall tracepoints still attached: %v", tps)
+	}
+	runs0 := runsOf(t, hotIDs)
+	pingPong(t, 20000)
+	if d := runsOf(t, hotIDs) - runs0; d != 0 {
+		t.Errorf("disarmed: the hot-hook programs ran %d times over a pipe's ping-pong", d)
+	}
+	before := calls()
+	r.reads(t, 50)
+	if got := calls(); got != before {
+		t.Errorf("disarmed: %d preads timed, want none", got-before)
+	}
+
+	// A read held by its cgroup's throttle, begun while disarmed.
+	c := scenario.IOCgroup(t, "armed")
+	if err := c.LimitReadBPS(dev, 4096); err != nil {
+		t.Fatal(err)
+	}
+	dd := hungReader(t, c, dev)
+	if !blkWaitUntil(5*time.Second, func() bool { return inReadD(dd.Process.Pid) }) {
+		t.Fatalf("dd %d not asleep in its read", dd.Process.Pid)
+	}
+
+	t0 = time.Now()
+	armedAt, _ := event.Now()
+	if err := g.Arm(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("arm took %v", time.Since(t0))
+	if n := linksOf(t, hotIDs); n != hot0 {
+		t.Errorf("armed: %d links of the hot-hook programs, want %d as at the start", n, hot0)
+	}
+	runs0 = runsOf(t, hotIDs)
+	pingPong(t, 1000)
+	if runsOf(t, hotIDs) == runs0 {
+		t.Error("armed: the hot-hook programs did not run over a pipe's ping-pong")
+	}
+	r.reads(t, 50)
+	if got := calls() - before; got < 50 {
+		t.Errorf("armed: %d preads timed, want 50", got)
+	}
+	time.Sleep(50 * time.Millisecond) // past MinLatency since the arming
+	cp := new(blkSink)
+	if err := g.Checkpoint(cp); err != nil {
+		t.Fatal(err)
+	}
+	if n := lossCount(cp, event.ProbeSyscall, syscallInFlightWhat); n < 1 {
+		t.Errorf("the read in flight as the probe armed is not counted: %v", cp.losses)
+	}
+	if n := lossCount(cp, event.ProbeOffCPU, offcpuSeededWhat); n < 1 {
+		t.Errorf("the D sleep in progress as the probe armed is not seeded: %v", cp.losses)
+	}
+	if n := lossCount(cp, event.ProbeSyscall, disarmedWhat); n < 1 {
+		t.Errorf("the time disarmed is not reported: %v", cp.losses)
+	}
+	var found bool
+	for _, u := range sinkEvents[event.UnfinishedCall](cp) {
+		if int(u.Task.Tgid) == dd.Process.Pid && u.Call == "read" {
+			found = true
+			if !u.Before || u.Start < armedAt || u.Start > armedAt+event.Mono(time.Second) {
+				t.Errorf("dd's read: before %v, start %v after the arming (want the arming: a lower bound)", u.Before, time.Duration(u.Start-armedAt))
+			}
+		}
+	}
+	if !found {
+		t.Errorf("dd's read in flight as the probe armed is not reported unfinished")
+	}
+	// Its read ends: the D sleep, timed from the arming, with its waker.
+	if err := c.LimitReadBPS(dev, 0); err != nil {
+		t.Fatal(err)
+	}
+	dd.Wait()
+	e, ok := waitEvent(sink, 5*time.Second, func(o event.OffCPU) bool { return int(o.Task.Tgid) == dd.Process.Pid })
+	if !ok {
+		t.Errorf("no off-CPU span of dd's read, seeded as the probe armed")
+	} else {
+		t.Logf("dd's span: %v from %v after the arming, waker %+v, %d kernel frames", e.Duration, time.Duration(e.Start-armedAt), e.Waker, len(e.KernelStack))
+		if e.Start < armedAt || len(e.KernelStack) == 0 {
+			t.Errorf("dd's span starts %v after the arming (want ≥ 0: a lower bound), %d kernel frames", time.Duration(e.Start-armedAt), len(e.KernelStack))
+		}
+	}
+
+	// Many times, with checkpoints at the same time: no link leaks, the
+	// calls made while armed all counted.
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	var cpErr error
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for !stop.Load() {
+			if err := g.Checkpoint(new(blkSink)); err != nil && cpErr == nil {
+				cpErr = err
+			}
+		}
+	}()
+	before = calls()
+	var dis, arm time.Duration
+	const rounds = 20
+	for range rounds {
+		t0 := time.Now()
+		if err := g.Disarm(); err != nil {
+			t.Fatal(err)
+		}
+		dis += time.Since(t0)
+		if err := g.Disarm(); err != nil { // again: nothing to do
+			t.Fatal(err)
+		}
+		t0 = time.Now()
+		if err := g.Arm(); err != nil {
+			t.Fatal(err)
+		}
+		arm += time.Since(t0)
+		r.reads(t, 10)
+	}
+	stop.Store(true)
+	wg.Wait()
+	if cpErr != nil {
+		t.Errorf("checkpoint while arming and disarming: %v", cpErr)
+	}
+	t.Logf("%d rounds: disarm %v, arm %v on average", rounds, dis/rounds, arm/rounds)
+	if got := calls() - before; got < rounds*10 {
+		t.Errorf("%d preads timed over %d rounds, want %d", got, rounds, rounds*10)
+	}
+	if n, m := linksOf(t, hotIDs), linksOf(t, allIDs); n != hot0 || m != all0 {
+		t.Errorf("after %d rounds: %d links on the hot hooks and %d in all, want %d and %d", rounds, n, m, hot0, all0)
+	}
+	writeScheduler(t, "after the rounds", dev, sink)
+
+	// Stop while arming.
+	if err := g.Disarm(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error)
+	go func() { done <- g.Arm() }()
+	stopped = true
+	if err := g.Stop(); err != nil {
+		t.Error(err)
+	}
+	if err := <-done; err != nil {
+		t.Logf("arm during the stop: %v", err)
+	}
+	if n := linksOf(t, allIDs); n != 0 {
+		t.Errorf("after the stop: %d links of the probes' programs left", n)
+	}
+	if tps := syscallTracepointsOf(t); len(tps) > 0 {
+		t.Errorf("after the stop: syscall tracepoints left: %v", tps)
+	}
+}
+
+// armProgIDs are the ids of the group's programs on the hot hooks (and
+// their syscall tracepoints), and of all its armable probes' programs.
+func armProgIDs(t *testing.T, g *Group) (hot, all map[ebpf.ProgramID]bool) {
+	t.Helper()
+	hot, all = map[ebpf.ProgramID]bool{}, map[ebpf.ProgramID]bool{}
+	add := func(isHot bool, ps ...*ebpf.Program) {
+		for _, p := range ps {
+			if p == nil {
+				continue
+			}
+			info, err := p.Info()
+			if err != nil {
+				t.Fatal(err)
+			}
+			id, _ := info.ID()
+			all[id] = true
+			if isHot {
+				hot[id] = true
+			}
+		}
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, s := range g.running {
+		switch r := s.r.(type) {
+		case *syscallRunning:
+			for name, p := range r.coll.Programs {
+				add(name == r.enterProg || name == r.exitProg || name == "sc_switch" || name == "sc_waking", p)
+			}
+		case *offcpuRunning:
+			add(true, r.objs.OffcpuSwitch, r.objs.OffcpuWakeup, r.objs.OffcpuSysExit)
+		case *sysfsRunning:
+			for _, p := range r.objs.Programs {
+				add(true, p)
+			}
+		case *execRunning:
+			add(false, r.objs.ExecExec, r.objs.ExecExit)
+			add(true, r.objs.ExecBtfEnter, r.objs.ExecBtfExit, r.objs.ExecEnterExecve, r.objs.ExecEnterExecveat,
+				r.objs.ExecExitExecve, r.objs.ExecExitExecveat)
+		}
+	}
+	return hot, all
+}
+
+// linksOf counts the kernel's links whose program is one of ids.
+func linksOf(t *testing.T, ids map[ebpf.ProgramID]bool) int {
+	t.Helper()
+	n := 0
+	var it link.Iterator
+	defer it.Close()
+	for it.Next() {
+		info, err := it.Link.Info()
+		if err != nil {
+			continue
+		}
+		if ids[info.Program] {
+			n++
+		}
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// runsOf sums the kernel's run counts of the programs ids (BPF
+// statistics on).
+func runsOf(t *testing.T, ids map[ebpf.ProgramID]bool) uint64 {
+	t.Helper()
+	var n uint64
+	for id := range ids {
+		p, err := ebpf.NewProgramFromID(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := p.Stats()
+		p.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += st.RunCount
+	}
+	return n
+}
+
+// pingPong makes n round trips over two pipes between two goroutines.
+func pingPong(t *testing.T, n int) {
+	t.Helper()
+	ar, aw, _ := os.Pipe()
+	br, bw, _ := os.Pipe()
+	defer func() {
+		for _, f := range []*os.File{ar, aw, br, bw} {
+			f.Close()
+		}
+	}()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		b := make([]byte, 1)
+		for range n {
+			if _, err := ar.Read(b); err != nil {
+				return
+			}
+			bw.Write(b)
+		}
+	}()
+	b := make([]byte, 1)
+	for range n {
+		aw.Write(b)
+		if _, err := br.Read(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-done
+}
+
+// directReader reads a block device with O_DIRECT.
+type directReader struct {
+	fd  int
+	buf []byte
+}
+
+func openDirectDev(t *testing.T, dev string) *directReader {
+	t.Helper()
+	fd, err := unix.Open("/dev/"+dev, unix.O_RDONLY|unix.O_DIRECT, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd); unix.Munmap(buf) })
+	return &directReader{fd: fd, buf: buf}
+}
+
+func (r *directReader) reads(t *testing.T, n int) {
+	t.Helper()
+	for i := range n {
+		if _, err := unix.Pread(r.fd, r.buf, int64(i%64)*4096); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// preadCount is how many pread64 calls of this process on dev the syscall
+// probe has timed, at a checkpoint of g.
+func preadCount(t *testing.T, g *Group, dev string) uint64 {
+	t.Helper()
+	s := new(blkSink)
+	if err := g.Checkpoint(s); err != nil {
+		t.Fatal(err)
+	}
+	var n uint64
+	for _, st := range sinkEvents[event.SyscallStats](s) {
+		if int(st.Pid) == os.Getpid() && st.Call == "pread64" && st.Dev.Name == dev {
+			n += st.Latency.Count
+		}
+	}
+	return n
+}
+
+// lossCount is the count of a probe's loss line what.
+func lossCount(s *blkSink, probe, what string) uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var n uint64
+	for _, l := range s.losses {
+		if l.Probe == probe && l.What == what {
+			n += l.Count
+		}
+	}
+	return n
+}
+
+// waitEvent waits up to d for an event E in s that ok accepts.
+func waitEvent[E event.Event](s *blkSink, d time.Duration, ok func(E) bool) (E, bool) {
+	var found E
+	got := blkWaitUntil(d, func() bool {
+		for _, e := range sinkEvents[E](s) {
+			if ok(e) {
+				found = e
+				return true
+			}
+		}
+		return false
+	})
+	return found, got
+}
+
+// inReadD says process pid is asleep in D inside read(2).
+func inReadD(pid int) bool {
+	tdir := filepath.Join("/proc", strconv.Itoa(pid), "task", strconv.Itoa(pid))
+	nr, _, ok := taskSyscall(tdir)
+	_, st := taskState(tdir)
+	return ok && nr == uint32(syscallStorageNrNR_READ) && st == 'D'
+}
+
+// hungReader starts, in cgroup c, a 1 MiB O_DIRECT read of dev that its
+// read limit holds; on cleanup the limit is lifted and dd reaped.
+func hungReader(t *testing.T, c *scenario.Cgroup, dev string) *exec.Cmd {
+	t.Helper()
+	argv := c.Command("dd", "if=/dev/"+dev, "of=/dev/null", "bs=1M", "count=1", "iflag=direct", "status=none")
+	cmd := exec.Command(argv[0], argv[1:]...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c.LimitReadBPS(dev, 0)
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	return cmd
+}
