@@ -104,7 +104,9 @@ func TestUnseenCompletions(t *testing.T) {
 	}
 }
 
-// readDiskCounts reads the request-based disks only (those with mq/).
+// readDiskCounts reads the request-based disks only (those with mq/), each
+// with what the programs saw on it; a disk whose seen count cannot be read
+// is left out.
 func TestReadDiskCounts(t *testing.T) {
 	sys := t.TempDir()
 	disk := func(name, dev, stat string, mq bool) {
@@ -121,15 +123,17 @@ func TestReadDiskCounts(t *testing.T) {
 	disk("loop0", "7:0", "1 0 8 0 2 0 16 0 5 0 0 0 0 0 0 3 0", true)
 	disk("zram0", "252:0", "9 0 8 0 9 0 16 0 0 0 0 0 0 0 0 0 0", false) // bio-based
 	disk("vda", "254:0", "junk", true)
-	got, err := readDiskCounts(sys)
+	disk("loop1", "7:1", "1 0 8 0 2 0 16 0 5 0 0 0 0 0 0 3 0", true)
+	seen := func(dev uint32) (uint64, bool) { return 4, dev != 7<<20|1 }
+	got, err := readDiskCounts(sys, seen)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[uint32]diskCount{7 << 20: dc("loop0", 6, 5)}
+	want := map[uint32]diskCount{7 << 20: {name: "loop0", ios: 6, inflight: 5, seen: 4}}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("readDiskCounts = %+v, want %+v", got, want)
 	}
-	if _, err := readDiskCounts(filepath.Join(sys, "none")); err == nil {
+	if _, err := readDiskCounts(filepath.Join(sys, "none"), seen); err == nil {
 		t.Error("readDiskCounts of a missing sysfs: no error")
 	}
 }
