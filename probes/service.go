@@ -286,8 +286,12 @@ func (r *serviceRunning) Stop() error {
 			r.disks.close()
 		}
 		now, _ := readDiskCounts(r.sysfs, r.seenOn)
-		r.stopErr = chainRqComplete.leave(r.complete)
+		// The issue program first: one still attached once the
+		// completion's is gone counts every request completed meanwhile
+		// and issued again as a missed completion (at 230k IOPS, some
+		// 200 per stop).
 		closeAll(r.links)
+		r.stopErr = chainRqComplete.leave(r.complete)
 		hs, names, err := devHists(r.objs.DevHist, r.objs.DevHistSpill, r.objs.DevNames)
 		if err != nil {
 			if r.stopErr == nil {
