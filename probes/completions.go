@@ -71,9 +71,10 @@ type diskCount struct {
 	name     string
 	ios      uint64 // reads + writes + discards + flushes completed
 	inflight uint64 // requests in flight
-	// seen is what the programs had seen on the disk, read just before
-	// the count, when the count is a baseline taken mid-run (late); 0
-	// for the disks there at the start.
+	// seen is what the programs had seen on the disk: for a baseline
+	// taken mid-run (late), read just before the count; 0 for the disks
+	// there at the start; for a count to compare (readDiskCounts), read
+	// just after it.
 	seen uint64
 	late bool
 }
@@ -111,9 +112,15 @@ func parseDiskStat(line string) (ios, inflight uint64, err error) {
 }
 
 // readDiskCounts returns the completed I/Os of every request-based disk
-// under sysfs's block class, by kernel dev_t (major<<20|minor). A disk
-// whose files cannot be read is left out.
-func readDiskCounts(sysfs string) (map[uint32]diskCount, error) {
+// under sysfs's block class, by kernel dev_t (major<<20|minor), each with
+// what the programs had seen on it (seenOn) read right after its stat: the
+// kernel counts a completion after its tracepoint ran the programs, so
+// every completion in the stat is in that seen, and only those of the few
+// microseconds between the two reads are seen beyond it. Reading the seen
+// side later (after detaching the programs, say) would count as seen every
+// completion meanwhile: under load, thousands, as many real misses hidden.
+// A disk whose files or seen count cannot be read is left out.
+func readDiskCounts(sysfs string, seenOn func(uint32) (uint64, bool)) (map[uint32]diskCount, error) {
 	names, err := diskNames(sysfs)
 	if err != nil {
 		return nil, err
@@ -124,7 +131,11 @@ func readDiskCounts(sysfs string) (map[uint32]diskCount, error) {
 		if !ok {
 			continue
 		}
-		if c, ok := readDiskCount(sysfs, name); ok {
+		c, ok := readDiskCount(sysfs, name)
+		if !ok {
+			continue
+		}
+		if c.seen, ok = seenOn(dev); ok {
 			out[dev] = c
 		}
 	}

@@ -10,7 +10,6 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/whyslow/whyslow/internal/event"
-	"github.com/whyslow/whyslow/internal/hist"
 	"github.com/whyslow/whyslow/internal/timeline"
 )
 
@@ -216,7 +215,7 @@ var serviceLossWhat = [serviceSvcLossKindSVC_LOSS_KINDS]string{
 
 // Checkpoint implements Checkpointer.
 func (r *serviceRunning) Checkpoint(sink Sink) error {
-	now, _ := readDiskCounts(r.sysfs)
+	now, _ := readDiskCounts(r.sysfs, r.seenOn)
 	hs, names, err := devHists(r.objs.DevHist, r.objs.DevHistSpill, r.objs.DevNames)
 	if err != nil {
 		return err
@@ -224,35 +223,23 @@ func (r *serviceRunning) Checkpoint(sink Sink) error {
 	deliverDevHists(sink, timeline.HistService, r.sysfs, hs, names)
 	deliverLossesWith(sink, event.ProbeService, r.objs.Losses, &r.objs, r.skips())
 	deliverLossArray(sink, event.ProbeService, r.objs.SvcLosses, serviceLossWhat[:])
-	r.deliverUnseen(sink, now, hs)
+	r.deliverUnseen(sink, now)
 	return nil
 }
 
 // deliverUnseen reports, per request-based disk, the completions the
 // kernel counted from the probe's start to now (read while the programs
-// were attached) beyond those the programs saw (hs, read after now, and
-// `unspanned`).
-func (r *serviceRunning) deliverUnseen(sink Sink, now map[uint32]diskCount, hs map[uint32]*hist.Histogram) {
+// were attached, each disk's with what they had seen on it right after:
+// readDiskCounts) beyond those the programs saw.
+func (r *serviceRunning) deliverUnseen(sink Sink, now map[uint32]diskCount) {
 	if r.disks == nil || now == nil {
 		return
 	}
-	before := r.disks.baselines()
-	seen := make(map[uint32]uint64, len(hs))
-	for dev, h := range hs {
-		seen[dev] = h.Count
+	seen := make(map[uint32]uint64, len(now))
+	for dev, c := range now {
+		seen[dev] = c.seen
 	}
-	var (
-		dev uint32
-		n   uint64
-	)
-	it := r.objs.Unspanned.Iterate()
-	for it.Next(&dev, &n) {
-		seen[dev] += n
-	}
-	if it.Err() != nil {
-		return // unknown: no shortfall to tell
-	}
-	for _, l := range unseenCompletions(event.ProbeService, before, now, seen) {
+	for _, l := range unseenCompletions(event.ProbeService, r.disks.baselines(), now, seen) {
 		sink.Loss(l)
 	}
 }
@@ -296,14 +283,19 @@ func (r *serviceRunning) seenOn(dev uint32) (uint64, bool) {
 // loss counts, and frees everything.
 func (r *serviceRunning) Stop() error {
 	r.stopOnce.Do(func() {
-		// The kernel's counts while the programs still run: completions
-		// after it only add to what the programs saw.
+		// The kernel's counts while the programs still run, each with
+		// what the programs had seen then: those they see after it,
+		// until detached, are left out of both.
 		if r.disks != nil {
 			r.disks.close()
 		}
-		now, _ := readDiskCounts(r.sysfs)
-		r.stopErr = chainRqComplete.leave(r.complete)
+		now, _ := readDiskCounts(r.sysfs, r.seenOn)
+		// The issue program first: one still attached once the
+		// completion's is gone counts every request completed meanwhile
+		// and issued again as a missed completion (at 230k IOPS, some
+		// 200 per stop).
 		closeAll(r.links)
+		r.stopErr = chainRqComplete.leave(r.complete)
 		hs, names, err := devHists(r.objs.DevHist, r.objs.DevHistSpill, r.objs.DevNames)
 		if err != nil {
 			if r.stopErr == nil {
@@ -311,7 +303,7 @@ func (r *serviceRunning) Stop() error {
 			}
 		} else {
 			deliverDevHists(r.sink, timeline.HistService, r.sysfs, hs, names)
-			r.deliverUnseen(r.sink, now, hs)
+			r.deliverUnseen(r.sink, now)
 		}
 		deliverLossesWith(r.sink, event.ProbeService, r.objs.Losses, &r.objs, r.skips())
 		deliverLossArray(r.sink, event.ProbeService, r.objs.SvcLosses, serviceLossWhat[:])
