@@ -295,7 +295,7 @@ int svc_rq_issue(__u64 *ctx)
 
 	if (!r || kernel_stamps(r))
 		return 0;
-	return issue_into_slot(ptr_bits(r));
+	return issue_into_slot(ptr_bits(r, rq_clock_get()));
 }
 
 /* svc_end ends the span of request rq, completing (ctx: the tracepoint's
@@ -303,11 +303,20 @@ int svc_rq_issue(__u64 *ctx)
 static __always_inline void svc_end(__u64 *ctx, struct request *rq)
 {
 	struct gendisk *disk;
-	__u64 start, now;
+	__u64 start, now = 0;
 
 	if (!rq)
 		return;
-	__u64 p = ptr_bits(rq);
+	struct rq_clock *c = rq_clock_get();
+	__u64 p = ptr_bits(rq, c);
+	/* The chain's clock, when its first program noted this request's
+	 * completion (struct rq_clock); emptied, so that no later run takes
+	 * it for another completion of the same request. */
+	if (c) {
+		if (c->rq == p)
+			now = c->now;
+		c->rq = 0;
+	}
 	__u32 k = ptr_slot(p);
 	struct issued *s = bpf_map_lookup_elem(&issued, &k);
 
@@ -335,7 +344,11 @@ static __always_inline void svc_end(__u64 *ctx, struct request *rq)
 		start = *ns;
 		bpf_map_delete_elem(&issued_spill, &p);
 	}
-	now = bpf_ktime_get_ns();
+	/* Before the span's start: a time the chain noted for an earlier
+	 * completion of the same request object, never taken back (a
+	 * program on a link of its own runs before the chain). */
+	if (now < start)
+		now = bpf_ktime_get_ns();
 	if (now < start) {
 		count_unspanned(rq);
 		return;
@@ -359,7 +372,7 @@ SEC("tp_btf/block_rq_requeue")
 int svc_rq_requeue(__u64 *ctx)
 {
 	struct request *rq = tp_arg(ctx, arg_rq_requeue);
-	__u64 p = ptr_bits(rq);
+	__u64 p = ptr_bits(rq, rq_clock_get());
 	__u32 k = ptr_slot(p);
 	struct issued *s = bpf_map_lookup_elem(&issued, &k);
 

@@ -59,6 +59,11 @@ volatile const __u32 req_sync = 0;
 volatile const __u32 req_fua = 0;
 volatile const __u32 req_preflush = 0;
 
+/* Set by user space: bpf_get_current_task_btf exists (5.11+), so the
+ * submitter's pid and name are plain loads from the current task instead
+ * of two helper calls per bio. */
+volatile const __u8 use_btf_task = 0;
+
 /* io_use has 1 << io_use_bits entries per CPU, set from user space with
  * the map's size. */
 volatile const __u32 io_use_bits = 10;
@@ -337,13 +342,46 @@ static __always_inline struct gendisk *bio_disk_cgroup_btf(struct bio *bio, __u6
 	return disk;
 }
 
+/* The fields of the current task that note_bio reads. */
+struct task_struct___sub {
+	int pid;
+	char comm[TASK_COMM_LEN];
+} __attribute__((preserve_access_index));
+
+/* A task's name as two words (struct start's and submit_event's comm). */
+struct comm_words {
+	__u64 w[2];
+};
+
+/* submitter_comm returns the current task's name when the current task is
+ * thread pid (the one that queued the bio), else an empty one. */
+static __always_inline struct comm_words submitter_comm(__u32 pid)
+{
+	struct comm_words c = {};
+
+	if (use_btf_task) {
+		struct task_struct___sub *t = (void *)bpf_get_current_task_btf();
+
+		if ((__u32)t->pid == pid) {
+			const __u64 *w = (const __u64 *)t->comm;
+
+			c.w[0] = w[0];
+			c.w[1] = w[1];
+		}
+		return c;
+	}
+	if ((__u32)bpf_get_current_pid_tgid() == pid)
+		bpf_get_current_comm(&c, sizeof(c));
+	return c;
+}
+
 /* note_bio notes what a bio is: its device (of disk) and cgroup (from
  * bio_disk_cgroup_btf), size and kind, and the name of the task that
  * queued it when the current task is that one (the ends run in it; else
  * user space names it from its pid). The callers walk the bio's pointers
  * first thing, on the verifier's one path (see bio_disk_cgroup_btf). */
 static __always_inline void note_bio(struct start *s, struct bio *bio, struct gendisk *disk,
-				     __u64 cgroup)
+				     __u64 cgroup, struct comm_words comm)
 {
 	__u32 opf = bio->bi_opf;
 	__u32 bytes = bio->bi_iter.bi_size;
@@ -353,9 +391,7 @@ static __always_inline void note_bio(struct start *s, struct bio *bio, struct ge
 	s->bytes = bytes;
 	s->op = opf & 0xff; /* REQ_OP_MASK */
 	s->flags = io_flags(opf, bytes);
-	s->comm[0] = 0;
-	if ((__u32)bpf_get_current_pid_tgid() == s->pid)
-		bpf_get_current_comm(s->comm, sizeof(s->comm));
+	__builtin_memcpy(s->comm, &comm, sizeof(s->comm));
 }
 
 /* A raw tracepoint: the bio is only a key here; what it is is noted when
@@ -432,7 +468,7 @@ static __always_inline void io_use_add(struct start *s, __u64 inflight)
 
 static __always_inline int submit_end(struct bio *bio, __u32 end)
 {
-	__u64 p = ptr_bits(bio);
+	__u64 p = ptr_bits(bio, rq_clock_get());
 	struct start *sp;
 	struct submit_event *e;
 	struct gendisk *disk;
@@ -467,7 +503,10 @@ static __always_inline int submit_end(struct bio *bio, __u32 end)
 		return 0;
 	}
 	lat = now - start;
-	note_bio(sp, bio, disk, cgroup);
+	/* The end runs in the thread that queued the bio; should it not,
+	 * user space names the submitter from its pid. */
+	struct comm_words comm = submitter_comm(pid);
+	note_bio(sp, bio, disk, cgroup, comm);
 	if (end == END_GETRQ) {
 		sp->state = ST_GOTRQ; /* counted when its request completes */
 	} else {
@@ -495,11 +534,7 @@ static __always_inline int submit_end(struct bio *bio, __u32 end)
 	e->opf = BPF_CORE_READ(bio, bi_opf);
 	e->bytes = BPF_CORE_READ(bio, bi_iter.bi_size);
 	e->end = end;
-	/* The end runs in the thread that queued the bio; should it not,
-	 * user space names the submitter from its pid. */
-	e->comm[0] = 0;
-	if ((__u32)bpf_get_current_pid_tgid() == pid)
-		bpf_get_current_comm(e->comm, sizeof(e->comm));
+	__builtin_memcpy(e->comm, &comm, sizeof(e->comm));
 	e->disk_name[0] = 0;
 	if (disk)
 		bpf_core_read_str(e->disk_name, sizeof(e->disk_name), &disk->disk_name);
@@ -527,10 +562,8 @@ int sub_frontmerge(__u64 *ctx)
 
 /* io_done ends a bio's entry: counts it, in flight until now, and frees
  * the slot. */
-static __always_inline void io_done(struct start *s)
+static __always_inline void io_done(struct start *s, __u64 now)
 {
-	__u64 now = bpf_ktime_get_ns();
-
 	if (s->dev && now >= s->ns)
 		io_use_add(s, now - s->ns);
 	s->bio = 0;
@@ -556,10 +589,10 @@ struct bio___chain {
  * the chain of those leads to through bi_next. Intact here: the kernel
  * traces the completion before it ends any bio, and a merge before it
  * appends the request's bios to the other's. */
-static __always_inline void end_rq_bios(struct bio *bio)
+static __always_inline void end_rq_bios(struct bio *bio, __u64 now, struct rq_clock *c)
 {
 	for (int i = 0; i < FRONT_WALK; i++) {
-		__u64 p = ptr_bits(bio);
+		__u64 p = ptr_bits(bio, c);
 		struct start *s;
 
 		if (!p)
@@ -568,7 +601,7 @@ static __always_inline void end_rq_bios(struct bio *bio)
 		if (!s)
 			return;
 		if (s->state == ST_GOTRQ) {
-			io_done(s);
+			io_done(s, now);
 			return;
 		}
 		if (s->state != ST_FRONT)
@@ -588,14 +621,24 @@ static __always_inline void end_rq_bios(struct bio *bio)
 HOOK_NEXT(rq_complete_next);
 
 /* A request completes (the first of its partial completions): the bio
- * that got it is counted. */
+ * that got it is counted. The chain's one clock read: noted with the
+ * request in rq_clock for the programs it tail-calls (see struct
+ * rq_clock), and taken back when none runs. */
 SEC("tp_btf/block_rq_complete")
 int sub_rq_done(__u64 *ctx)
 {
 	struct request *rq = tp_arg(ctx, arg_rq_complete);
+	struct rq_clock *c = rq_clock_get();
+	__u64 now = bpf_ktime_get_ns();
 
-	end_rq_bios(rq->bio);
+	if (c) {
+		c->now = now;
+		ptr_put(&c->rq, rq, c);
+	}
+	end_rq_bios(rq->bio, now, c);
 	bpf_tail_call_static(ctx, &rq_complete_next, 0);
+	if (c)
+		c->rq = 0;
 	return 0;
 }
 
@@ -607,7 +650,7 @@ int sub_rq_merge(__u64 *ctx)
 {
 	struct request *rq = tp_arg(ctx, arg_rq_merge);
 
-	end_rq_bios(rq->bio);
+	end_rq_bios(rq->bio, bpf_ktime_get_ns(), rq_clock_get());
 	return 0;
 }
 
@@ -619,7 +662,7 @@ SEC("tp_btf/block_bio_complete")
 int sub_bio_done(__u64 *ctx)
 {
 	struct bio *bio = tp_arg(ctx, arg_bio_complete);
-	__u64 p = ptr_bits(bio);
+	__u64 p = ptr_bits(bio, rq_clock_get());
 	struct gendisk *disk;
 	struct start *s;
 	__u64 cgroup;
@@ -633,8 +676,8 @@ int sub_bio_done(__u64 *ctx)
 	/* One with a request completes here when its request was freed
 	 * without completing (an error after block_getrq). */
 	if (s->state == ST_QUEUED)
-		note_bio(s, bio, disk, cgroup);
-	io_done(s);
+		note_bio(s, bio, disk, cgroup, submitter_comm(s->pid));
+	io_done(s, bpf_ktime_get_ns());
 	return 0;
 }
 

@@ -6,6 +6,7 @@ import (
 	"github.com/whyslow/whyslow/internal/event"
 	"github.com/whyslow/whyslow/internal/hist"
 	"github.com/whyslow/whyslow/internal/timeline"
+	"github.com/whyslow/whyslow/internal/trouble"
 	"github.com/whyslow/whyslow/probes"
 )
 
@@ -19,6 +20,8 @@ type collector struct {
 	tl     *timeline.Timeline
 	counts map[string]uint64 // events kept, by probe
 	bound  timeline.Bound
+	// watch, when set, is the trouble watcher the events are shown to.
+	watch *trouble.Watcher
 }
 
 // DefaultMaxEventBytes is how much memory the events of a live run may take
@@ -43,6 +46,9 @@ func (c *collector) Event(e event.Event) {
 	s := timeline.StreamOf(e)
 	if s == nil {
 		return // a kind no probe declares: nothing to keep it in
+	}
+	if c.watch != nil {
+		c.watch.Observe(e)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()

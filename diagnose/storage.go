@@ -21,6 +21,7 @@ import (
 	"github.com/whyslow/whyslow/internal/stage"
 	"github.com/whyslow/whyslow/internal/timeline"
 	"github.com/whyslow/whyslow/internal/tracefile"
+	"github.com/whyslow/whyslow/internal/trouble"
 	"github.com/whyslow/whyslow/probes"
 	"github.com/whyslow/whyslow/rules"
 )
@@ -221,12 +222,22 @@ func Collect(ctx context.Context, opts Options, spec *btf.Spec) (*timeline.Timel
 	if tl.Start, err = event.Now(); err != nil {
 		return nil, err
 	}
+	// The trouble watcher runs beside the probes in shadow mode: it says
+	// when an armed mode would have attached the hot-hook programs, and
+	// gates nothing (tl.Trouble).
+	watch := trouble.New(trouble.Config{ProcFS: opts.ProcFS, SysFS: opts.SysFS})
+	if watch.Start(ctx) == nil {
+		col.watch = watch
+	}
 	g := probes.Start(cfg, col, opts.Probes...)
 	col.mu.Lock()
 	tl.Probes = g.Statuses()
 	col.mu.Unlock()
 	names := g.Running()
 	if len(names) == 0 {
+		if col.watch != nil {
+			col.watch.Stop(tl.Start)
+		}
 		return nil, fmt.Errorf("no probe could start (%s)", g.Unavailable())
 	}
 	rec := startRecording(opts, col, g)
@@ -244,6 +255,9 @@ func Collect(ctx context.Context, opts Options, spec *btf.Spec) (*timeline.Timel
 	end, clockErr := event.Now()
 	stopErr := g.Stop()
 	tl.End = end
+	if col.watch != nil {
+		tl.Trouble = col.watch.Stop(end)
+	}
 	rec.finish(tl)
 	tl.Sort()
 	if clockErr != nil {

@@ -93,7 +93,7 @@ func startIOCost(cfg Config, sink Sink) (_ *iocostRunning, note string, err erro
 	r := &iocostRunning{sysfs: cmpOr(cfg.SysFS, "/sys"), sink: sink, coll: coll, devs: map[string]event.Device{}}
 	defer func() {
 		if err != nil {
-			closeAll(r.links)
+			closeAtOnce(r.links)
 			if r.rd != nil {
 				r.rd.Close()
 			}
@@ -214,7 +214,7 @@ func (r *iocostRunning) Checkpoint(sink Sink) error {
 // frees everything.
 func (r *iocostRunning) Stop() error {
 	r.stopOnce.Do(func() {
-		closeAll(r.links)
+		closeAtOnce(r.links)
 		r.drain()
 		deliverLosses(r.sink, event.ProbeIOCost, r.coll.Maps["losses"], r.coll)
 		r.undecodable(r.sink, event.ProbeIOCost)

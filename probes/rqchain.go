@@ -382,3 +382,83 @@ func requireSyscallTPs(tps ...syscallTP) error {
 	}
 	return nil
 }
+
+// rqClock is the block probes' per-CPU word (struct rq_clock,
+// bpf/include/devhist.h): the submit and service probes get the same map,
+// so that the first program of block_rq_complete's chain reads the clock
+// for the others. Made at the first start of either, kept for the
+// process's life (three words per CPU).
+var rqClock struct {
+	mu sync.Mutex
+	m  *ebpf.Map
+	// byHelper is set once a kernel's verifier refused ptr_bits' store
+	// of a pointer into the map (ptr_by_map): later loads start with the
+	// helper.
+	byHelper bool
+}
+
+// shareRQClock puts the process's rq_clock into opts for spec (made from
+// spec's at the first call).
+func shareRQClock(spec *ebpf.CollectionSpec, opts *ebpf.CollectionOptions) error {
+	ms, ok := spec.Maps["rq_clock"]
+	if !ok {
+		return errors.New("rq_clock: no such map in the object")
+	}
+	rqClock.mu.Lock()
+	defer rqClock.mu.Unlock()
+	if rqClock.m == nil {
+		m, err := ebpf.NewMap(ms)
+		if err != nil {
+			return fmt.Errorf("creating rq_clock: %w", err)
+		}
+		rqClock.m = m
+	}
+	// A chain of the submit and devfault probes alone leaves each CPU's
+	// last request in its word (the devfault program does not empty
+	// it): emptied here, so that a service program that starts on a link
+	// of its own never takes such a time for a later completion of the
+	// same request. (Where the service program runs behind the submit
+	// probe's, the word is written on every completion before it runs.)
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		return fmt.Errorf("emptying rq_clock: %w", err)
+	}
+	if err := rqClock.m.Put(uint32(0), make([]submitRqClock, ncpu)); err != nil {
+		return fmt.Errorf("emptying rq_clock: %w", err)
+	}
+	if opts.MapReplacements == nil {
+		opts.MapReplacements = map[string]*ebpf.Map{}
+	}
+	opts.MapReplacements["rq_clock"] = rqClock.m
+	return nil
+}
+
+// loadPtrBits loads spec with load, ptr_bits by the map first
+// (ptr_by_map), and again with the helper when the kernel's verifier
+// refuses that; the refusal is remembered for later loads.
+func loadPtrBits(spec *ebpf.CollectionSpec, load func() error) error {
+	v, ok := spec.Variables["ptr_by_map"]
+	if !ok {
+		return errors.New("ptr_by_map: no such variable in the object")
+	}
+	rqClock.mu.Lock()
+	byHelper := rqClock.byHelper
+	rqClock.mu.Unlock()
+	if !byHelper {
+		err := load()
+		var ve *ebpf.VerifierError
+		if !errors.As(err, &ve) {
+			return err
+		}
+	}
+	if err := v.Set(uint8(0)); err != nil {
+		return fmt.Errorf("setting ptr_by_map: %w", err)
+	}
+	if err := load(); err != nil {
+		return err
+	}
+	rqClock.mu.Lock()
+	rqClock.byHelper = true
+	rqClock.mu.Unlock()
+	return nil
+}

@@ -1,6 +1,7 @@
 package probes
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 
@@ -50,10 +51,10 @@ type serviceRunning struct {
 	// complete is svc_rq_complete on block_rq_complete's chain
 	// (rqchain.go).
 	complete *rqMember
-	// disks are the request-based disks' completed I/Os as the kernel
-	// counted them once the programs were attached (completions.go); nil
-	// when unreadable.
-	disks map[uint32]diskCount
+	// disks holds the request-based disks' completed I/Os as the kernel
+	// counted them once the programs were attached, or when a disk first
+	// appeared (completions.go); nil when unreadable.
+	disks *diskWatch
 
 	stopOnce sync.Once
 	stopErr  error
@@ -115,13 +116,20 @@ func startService(cfg Config, sink Sink) (_ *serviceRunning, err error) {
 	}
 	delete(spec.Programs, unused)
 	r := &serviceRunning{sink: sink, sysfs: cfg.SysFS}
-	if err := r.objs.load(spec, issueName, collectionOptions(kernel)); err != nil {
+	opts := collectionOptions(kernel)
+	if err := shareRQClock(spec, opts); err != nil {
+		return nil, err
+	}
+	if err := loadPtrBits(spec, func() error { return r.objs.load(spec, issueName, opts) }); err != nil {
 		return nil, err
 	}
 	// On an error from here: undo what was done, the issue side first
 	// (leave and closeAll take what was not done yet).
 	defer func() {
 		if err != nil {
+			if r.disks != nil {
+				r.disks.close()
+			}
 			closeAll(r.links)
 			chainRqComplete.leave(r.complete)
 			r.objs.Close()
@@ -147,7 +155,7 @@ func startService(cfg Config, sink Sink) (_ *serviceRunning, err error) {
 		return nil, err
 	}
 	r.links = append(r.links, issue...)
-	r.disks, _ = readDiskCounts(r.sysfs)
+	r.disks = watchDisks(r.sysfs, r.seenOn)
 	return r, nil
 }
 
@@ -228,6 +236,7 @@ func (r *serviceRunning) deliverUnseen(sink Sink, now map[uint32]diskCount, hs m
 	if r.disks == nil || now == nil {
 		return
 	}
+	before := r.disks.baselines()
 	seen := make(map[uint32]uint64, len(hs))
 	for dev, h := range hs {
 		seen[dev] = h.Count
@@ -243,9 +252,44 @@ func (r *serviceRunning) deliverUnseen(sink Sink, now map[uint32]diskCount, hs m
 	if it.Err() != nil {
 		return // unknown: no shortfall to tell
 	}
-	for _, l := range unseenCompletions(event.ProbeService, r.disks, now, seen) {
+	for _, l := range unseenCompletions(event.ProbeService, before, now, seen) {
 		sink.Loss(l)
 	}
+}
+
+// seenOn returns the completions the programs have seen on dev so far:
+// its histogram's count and its never-issued requests (deliverUnseen's
+// seen, for one disk).
+func (r *serviceRunning) seenOn(dev uint32) (uint64, bool) {
+	var n uint64
+	var cpus []devHistCPU
+	switch err := r.objs.DevHist.Lookup(dev, &cpus); {
+	case err == nil:
+		for _, c := range cpus {
+			for _, v := range c.Slots {
+				n += v
+			}
+		}
+	case !errors.Is(err, ebpf.ErrKeyNotExist):
+		return 0, false
+	}
+	var sh devHistShared
+	switch err := r.objs.DevHistSpill.Lookup(dev, &sh); {
+	case err == nil:
+		for _, v := range sh.Slots {
+			n += v
+		}
+	case !errors.Is(err, ebpf.ErrKeyNotExist):
+		return 0, false
+	}
+	var u uint64
+	switch err := r.objs.Unspanned.Lookup(dev, &u); {
+	case err == nil:
+		n += u
+	case !errors.Is(err, ebpf.ErrKeyNotExist):
+		return 0, false
+	}
+	return n, true
 }
 
 // Stop detaches the programs, delivers the per-device histograms and the
@@ -254,6 +298,9 @@ func (r *serviceRunning) Stop() error {
 	r.stopOnce.Do(func() {
 		// The kernel's counts while the programs still run: completions
 		// after it only add to what the programs saw.
+		if r.disks != nil {
+			r.disks.close()
+		}
 		now, _ := readDiskCounts(r.sysfs)
 		r.stopErr = chainRqComplete.leave(r.complete)
 		closeAll(r.links)

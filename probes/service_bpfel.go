@@ -55,6 +55,13 @@ const (
 	serviceLossKindLOSS_KINDS    serviceLossKind = 3
 )
 
+type serviceRqClock struct {
+	_       structs.HostLayout
+	Rq      uint64
+	Now     uint64
+	Scratch uint64
+}
+
 type serviceSvcLossKind uint32
 
 const (
@@ -73,6 +80,7 @@ const (
 	serviceMapIssued          = "issued"
 	serviceMapIssuedSpill     = "issued_spill"
 	serviceMapLosses          = "losses"
+	serviceMapRqClock         = "rq_clock"
 	serviceMapRqCompleteNext  = "rq_complete_next"
 	serviceMapSvcLosses       = "svc_losses"
 	serviceMapUnspanned       = "unspanned"
@@ -85,6 +93,7 @@ const (
 	serviceVarArgRqRequeue    = "arg_rq_requeue"
 	serviceVarHistLayoutType  = "hist_layout_type"
 	serviceVarLossKindType    = "loss_kind_type"
+	serviceVarPtrByMap        = "ptr_by_map"
 	serviceVarSvcLossKindType = "svc_loss_kind_type"
 	serviceVarUseStamps       = "use_stamps"
 )
@@ -148,6 +157,7 @@ type serviceMapSpecs struct {
 	Issued         *ebpf.MapSpec `ebpf:"issued"`
 	IssuedSpill    *ebpf.MapSpec `ebpf:"issued_spill"`
 	Losses         *ebpf.MapSpec `ebpf:"losses"`
+	RqClock        *ebpf.MapSpec `ebpf:"rq_clock"`
 	RqCompleteNext *ebpf.MapSpec `ebpf:"rq_complete_next"`
 	SvcLosses      *ebpf.MapSpec `ebpf:"svc_losses"`
 	Unspanned      *ebpf.MapSpec `ebpf:"unspanned"`
@@ -162,6 +172,7 @@ type serviceVariableSpecs struct {
 	ArgRqRequeue    *ebpf.VariableSpec `ebpf:"arg_rq_requeue"`
 	HistLayoutType  *ebpf.VariableSpec `ebpf:"hist_layout_type"`
 	LossKindType    *ebpf.VariableSpec `ebpf:"loss_kind_type"`
+	PtrByMap        *ebpf.VariableSpec `ebpf:"ptr_by_map"`
 	SvcLossKindType *ebpf.VariableSpec `ebpf:"svc_loss_kind_type"`
 	UseStamps       *ebpf.VariableSpec `ebpf:"use_stamps"`
 }
@@ -193,6 +204,7 @@ type serviceMaps struct {
 	Issued         *ebpf.Map `ebpf:"issued"`
 	IssuedSpill    *ebpf.Map `ebpf:"issued_spill"`
 	Losses         *ebpf.Map `ebpf:"losses"`
+	RqClock        *ebpf.Map `ebpf:"rq_clock"`
 	RqCompleteNext *ebpf.Map `ebpf:"rq_complete_next"`
 	SvcLosses      *ebpf.Map `ebpf:"svc_losses"`
 	Unspanned      *ebpf.Map `ebpf:"unspanned"`
@@ -207,6 +219,7 @@ func (m *serviceMaps) Close() error {
 		m.Issued,
 		m.IssuedSpill,
 		m.Losses,
+		m.RqClock,
 		m.RqCompleteNext,
 		m.SvcLosses,
 		m.Unspanned,
@@ -222,6 +235,7 @@ type serviceVariables struct {
 	ArgRqRequeue    *ebpf.Variable `ebpf:"arg_rq_requeue"`
 	HistLayoutType  *ebpf.Variable `ebpf:"hist_layout_type"`
 	LossKindType    *ebpf.Variable `ebpf:"loss_kind_type"`
+	PtrByMap        *ebpf.Variable `ebpf:"ptr_by_map"`
 	SvcLossKindType *ebpf.Variable `ebpf:"svc_loss_kind_type"`
 	UseStamps       *ebpf.Variable `ebpf:"use_stamps"`
 }

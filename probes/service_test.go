@@ -202,7 +202,7 @@ func testServiceManyInFlight(t *testing.T) {
 		}
 		// The same completions, against the disk's statistics
 		// (completions.go).
-		if l.What == unseenCompletionsWhat(loop.name) && l.Count <= writes/1000 {
+		if l.What == unseenCompletionsWhat(loop.name, false) && l.Count <= writes/1000 {
 			t.Logf("counted: %+v", l)
 			continue
 		}

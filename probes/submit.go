@@ -10,7 +10,9 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
 
 	"github.com/whyslow/whyslow/internal/event"
@@ -106,6 +108,9 @@ func startSubmit(cfg Config, sink Sink) (_ *submitRunning, err error) {
 	for v, mask := range ops.reqFlagMasks() {
 		consts[v] = mask
 	}
+	// The submitter's pid and name as plain loads from the current task
+	// (5.11+), instead of two helper calls per bio.
+	consts["use_btf_task"] = uint8(boolInt(features.HaveProgramHelper(ebpf.RawTracepoint, asm.FnGetCurrentTaskBtf) == nil))
 	spec, err := loadSpec(loadSubmit, consts)
 	if err != nil {
 		return nil, err
@@ -133,7 +138,10 @@ func startSubmit(cfg Config, sink Sink) (_ *submitRunning, err error) {
 	}()
 	opts := collectionOptions(kernel)
 	opts.MapReplacements = map[string]*ebpf.Map{"io_use": outer}
-	loadErr := spec.LoadAndAssign(&r.objs, opts)
+	loadErr := shareRQClock(spec, opts)
+	if loadErr == nil {
+		loadErr = loadPtrBits(spec, func() error { return spec.LoadAndAssign(&r.objs, opts) })
+	}
 	got := <-use
 	r.use = got.u
 	if got.err != nil {

@@ -74,6 +74,13 @@ const (
 	submitLossKindLOSS_KINDS    submitLossKind = 3
 )
 
+type submitRqClock struct {
+	_       structs.HostLayout
+	Rq      uint64
+	Now     uint64
+	Scratch uint64
+}
+
 type submitStart struct {
 	_      structs.HostLayout
 	Bio    uint64
@@ -132,6 +139,7 @@ const (
 	submitMapEvents          = "events"
 	submitMapIoUse           = "io_use"
 	submitMapLosses          = "losses"
+	submitMapRqClock         = "rq_clock"
 	submitMapRqCompleteNext  = "rq_complete_next"
 	submitMapStarts          = "starts"
 	submitMapSubLosses       = "sub_losses"
@@ -156,11 +164,13 @@ const (
 	submitVarIoUseType       = "io_use_type"
 	submitVarLossKindType    = "loss_kind_type"
 	submitVarMinLatencyNs    = "min_latency_ns"
+	submitVarPtrByMap        = "ptr_by_map"
 	submitVarReqFua          = "req_fua"
 	submitVarReqPreflush     = "req_preflush"
 	submitVarReqSync         = "req_sync"
 	submitVarSubLossKindType = "sub_loss_kind_type"
 	submitVarSubmitEventType = "submit_event_type"
+	submitVarUseBtfTask      = "use_btf_task"
 )
 
 // loadSubmit returns the embedded CollectionSpec for submit.
@@ -225,6 +235,7 @@ type submitMapSpecs struct {
 	Events         *ebpf.MapSpec `ebpf:"events"`
 	IoUse          *ebpf.MapSpec `ebpf:"io_use"`
 	Losses         *ebpf.MapSpec `ebpf:"losses"`
+	RqClock        *ebpf.MapSpec `ebpf:"rq_clock"`
 	RqCompleteNext *ebpf.MapSpec `ebpf:"rq_complete_next"`
 	Starts         *ebpf.MapSpec `ebpf:"starts"`
 	SubLosses      *ebpf.MapSpec `ebpf:"sub_losses"`
@@ -248,11 +259,13 @@ type submitVariableSpecs struct {
 	IoUseType       *ebpf.VariableSpec `ebpf:"io_use_type"`
 	LossKindType    *ebpf.VariableSpec `ebpf:"loss_kind_type"`
 	MinLatencyNs    *ebpf.VariableSpec `ebpf:"min_latency_ns"`
+	PtrByMap        *ebpf.VariableSpec `ebpf:"ptr_by_map"`
 	ReqFua          *ebpf.VariableSpec `ebpf:"req_fua"`
 	ReqPreflush     *ebpf.VariableSpec `ebpf:"req_preflush"`
 	ReqSync         *ebpf.VariableSpec `ebpf:"req_sync"`
 	SubLossKindType *ebpf.VariableSpec `ebpf:"sub_loss_kind_type"`
 	SubmitEventType *ebpf.VariableSpec `ebpf:"submit_event_type"`
+	UseBtfTask      *ebpf.VariableSpec `ebpf:"use_btf_task"`
 }
 
 // submitObjects contains all objects after they have been loaded into the kernel.
@@ -282,6 +295,7 @@ type submitMaps struct {
 	Events         *ebpf.Map `ebpf:"events"`
 	IoUse          *ebpf.Map `ebpf:"io_use"`
 	Losses         *ebpf.Map `ebpf:"losses"`
+	RqClock        *ebpf.Map `ebpf:"rq_clock"`
 	RqCompleteNext *ebpf.Map `ebpf:"rq_complete_next"`
 	Starts         *ebpf.Map `ebpf:"starts"`
 	SubLosses      *ebpf.Map `ebpf:"sub_losses"`
@@ -297,6 +311,7 @@ func (m *submitMaps) Close() error {
 		m.Events,
 		m.IoUse,
 		m.Losses,
+		m.RqClock,
 		m.RqCompleteNext,
 		m.Starts,
 		m.SubLosses,
@@ -321,11 +336,13 @@ type submitVariables struct {
 	IoUseType       *ebpf.Variable `ebpf:"io_use_type"`
 	LossKindType    *ebpf.Variable `ebpf:"loss_kind_type"`
 	MinLatencyNs    *ebpf.Variable `ebpf:"min_latency_ns"`
+	PtrByMap        *ebpf.Variable `ebpf:"ptr_by_map"`
 	ReqFua          *ebpf.Variable `ebpf:"req_fua"`
 	ReqPreflush     *ebpf.Variable `ebpf:"req_preflush"`
 	ReqSync         *ebpf.Variable `ebpf:"req_sync"`
 	SubLossKindType *ebpf.Variable `ebpf:"sub_loss_kind_type"`
 	SubmitEventType *ebpf.Variable `ebpf:"submit_event_type"`
+	UseBtfTask      *ebpf.Variable `ebpf:"use_btf_task"`
 }
 
 // submitPrograms contains all programs after they have been loaded into the kernel.

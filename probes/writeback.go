@@ -125,7 +125,7 @@ func startWriteback(cfg Config, sink Sink) (_ *writebackRunning, note string, er
 		memcgs: map[uint64]memcgLimits{}}
 	defer func() {
 		if err != nil {
-			closeAll(r.links)
+			closeAtOnce(r.links)
 			if r.rd != nil {
 				r.rd.Close()
 			}
@@ -451,7 +451,7 @@ func (r *writebackRunning) Checkpoint(sink Sink) error {
 // everything.
 func (r *writebackRunning) Stop() error {
 	r.stopOnce.Do(func() {
-		closeAll(r.links)
+		closeAtOnce(r.links)
 		r.drain()
 		deliverLosses(r.sink, event.ProbeWriteback, r.coll.Maps["losses"], r.coll)
 		r.undecodable(r.sink, event.ProbeWriteback)

@@ -151,14 +151,81 @@ static __always_inline void dev_hist_add(__u32 dev, struct gendisk *disk, __u64 
  * span takes before it ends is lost (LOSS_MAP_FULL); each span checks the
  * slot still holds its pointer. SLOT_BITS is set by the includer. */
 #ifdef SLOT_BITS
+/* The block probes' per-CPU word (one entry, of every CPU):
+ *   - rq and now: block_rq_complete's chain reads the clock once. Its
+ *     first program (the submit probe's sub_rq_done) notes the request
+ *     completing and the time here before it tail-calls the next
+ *     (probes/rqchain.go); the service probe's svc_rq_complete takes that
+ *     time when the request is its own, and empties rq. A program on a
+ *     link of its own (the chain's fallback), or a completion nested in
+ *     another on the same CPU, finds another request (or none) here and
+ *     reads its own clock. User space gives the submit and service probes
+ *     one map (MapReplacements), emptied at each start: a chain of the
+ *     submit and devfault programs alone leaves its last request here.
+ *   - scratch: ptr_bits. */
+struct rq_clock {
+	__u64 rq; /* struct request * whose completion now is, 0: none */
+	__u64 now;
+	__u64 scratch;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct rq_clock);
+} rq_clock SEC(".maps");
+
+/* 1: ptr_bits stores a pointer into a map value and loads it back, which
+ * the verifier allows a loader with CAP_PERFMON (allow_ptr_leaks; tracing
+ * programs need it anyway), and the load is a plain number; 0: one
+ * bpf_probe_read_kernel of the pointer's own bits (set by user space when
+ * a kernel's verifier refuses the store). */
+volatile const __u8 ptr_by_map = 1;
+
+/* rq_clock_get returns this CPU's struct rq_clock (NULL: never, in
+ * practice; ptr_bits then takes the helper). */
+static __always_inline struct rq_clock *rq_clock_get(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&rq_clock, &zero);
+}
+
 /* ptr_bits returns a pointer's value as a number: the verifier allows no
- * arithmetic on a trusted pointer, so it is copied out of the stack. */
-static __always_inline __u64 ptr_bits(const void *p)
+ * arithmetic on a trusted pointer. With c (ptr_by_map), p goes through
+ * c->scratch: two plain memory operations instead of a helper call. A
+ * program nested on this CPU (an interrupt's) may write scratch between
+ * the two: the compare with p (a pointer compare, allowed like the store)
+ * catches it, and the helper is taken then. */
+static __always_inline __u64 ptr_bits(const void *p, struct rq_clock *c)
 {
 	__u64 v = 0;
 
+	if (ptr_by_map && c) {
+		/* c itself with the field's offset: an address computed
+		 * from c could be hoisted above its null test, which
+		 * verifiers before 5.13 or so refuse. */
+		asm volatile("*(u64 *)(%[c] + %[off]) = %[p]\n\t"
+			     "%[v] = *(u64 *)(%[c] + %[off])"
+			     : [v] "=r"(v)
+			     : [c] "r"(c), [p] "r"(p), [off] "i"(__builtin_offsetof(struct rq_clock, scratch))
+			     : "memory");
+		if (v == (__u64)p)
+			return v;
+	}
 	bpf_probe_read_kernel(&v, sizeof(v), &p);
 	return v;
+}
+
+/* ptr_put stores pointer p's value at dst (in a map value), as ptr_bits
+ * would return it. */
+static __always_inline void ptr_put(__u64 *dst, const void *p, struct rq_clock *c)
+{
+	if (ptr_by_map)
+		asm volatile("*(u64 *)(%[d] + 0) = %[p]" : : [d] "r"(dst), [p] "r"(p) : "memory");
+	else
+		*dst = ptr_bits(p, c);
 }
 
 static __always_inline __u32 ptr_slot(__u64 p)

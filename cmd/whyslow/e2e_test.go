@@ -74,7 +74,22 @@ func diagnoseJSON(t *testing.T, args ...string) *report.Report {
 	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
 		t.Fatalf("report is not JSON: %v\n%s", err, r.stdout)
 	}
+	logTrouble(t, &rep)
 	return &rep
+}
+
+// logTrouble logs the report's trouble section (shadow armed mode) on one
+// line: when each scenario would have armed, and by which signal.
+func logTrouble(t *testing.T, rep *report.Report) {
+	t.Helper()
+	if rep.Trouble == nil {
+		t.Log("trouble: none")
+		return
+	}
+	tr := *rep.Trouble
+	tr.Sources = nil
+	b, _ := json.Marshal(tr)
+	t.Logf("trouble: %s", b)
 }
 
 // tracePath is where a scenario's diagnosis records its trace NAME: in
@@ -131,6 +146,7 @@ func diagnoseUnder(t *testing.T, d time.Duration, load func() (stop func()), arg
 	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
 		t.Fatalf("report is not JSON: %v\n%s", err, out.String())
 	}
+	logTrouble(t, &rep)
 	return &rep
 }
 

@@ -102,6 +102,7 @@ func checkThrottled(t *testing.T, mech string) {
 	}
 	f := rep.Findings[0]
 	t.Logf("title: %s\nexplain: %s\nremedy: %s\nprecision: %s", f.Title, f.Explanation, f.Remedy, f.Precision)
+	checkTroubleArmed(t, rep)
 	// The limit holds the I/O before the device, which idles: not a
 	// device at its capacity.
 	if s, ok := findingOf(rep, "device-saturated"); ok {

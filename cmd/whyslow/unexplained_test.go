@@ -27,6 +27,7 @@ func TestDiagnoseNothingSlow(t *testing.T) {
 		rep := diagnoseUnder(t, 6*time.Second, func() func() { return func() {} })
 		logReport(t, rep)
 		checkNothingFound(t, rep)
+		checkNotArmedBy(t, rep, "")
 	})
 	t.Run("fast writer", func(t *testing.T) {
 		dev := scenario.LoopDevice(t, 128<<20)
@@ -42,6 +43,7 @@ func TestDiagnoseNothingSlow(t *testing.T) {
 		logLoads(t, w)
 		logReport(t, rep)
 		checkNothingFound(t, rep)
+		checkNotArmedBy(t, rep, dev)
 		if !sawSubmissions(rep, dev) {
 			t.Errorf("no submissions seen on %s: the probes did not observe the writer", dev)
 		}

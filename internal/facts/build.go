@@ -127,6 +127,11 @@ func Build(tl *timeline.Timeline, opts Options) *Run {
 	run.MinLatency = tl.MinLatency
 	run.LostEvents = tl.LostEvents()
 	run.probes = tl.Probes
+	if t := tl.Trouble; t != nil && t.PSI.Known {
+		ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+		run.Pressure = Pressure{Known: true, IOSomeMs: ms(t.PSI.IOSome), IOFullMs: ms(t.PSI.IOFull),
+			MemorySomeMs: ms(t.PSI.MemorySome), MemoryFullMs: ms(t.PSI.MemoryFull)}
+	}
 
 	b.devices()
 	b.ioUsage()

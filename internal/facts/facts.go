@@ -39,6 +39,10 @@ type Run struct {
 	Processes Processes
 	// DirtyLimits are the vm.dirty_* sysctls at the start (probe writeback).
 	DirtyLimits DirtyLimits
+	// Pressure is what PSI counted over a live run: the time tasks
+	// stalled on I/O and on memory (/proc/pressure). Known is false for a
+	// run from a trace, or where PSI is off.
+	Pressure Pressure
 
 	// probes are the status of every probe of the run (Missing reads them).
 	probes []event.ProbeStatus

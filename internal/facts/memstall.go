@@ -149,3 +149,16 @@ func (b *builder) memStalls(byPid map[uint32]*Process) {
 		})
 	}
 }
+
+// Pressure is the stall time PSI counted over the run (the growth of
+// "total" in /proc/pressure/io and memory): "some" is time at least one
+// task was stalled, "full" time every non-idle task was. A rule can say
+// "tasks waited N ms on I/O" from it, for the whole host: PSI does not say
+// which device.
+type Pressure struct {
+	Known        bool
+	IOSomeMs     float64
+	IOFullMs     float64
+	MemorySomeMs float64
+	MemoryFullMs float64
+}

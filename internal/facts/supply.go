@@ -32,6 +32,7 @@ var Suppliers = map[string][]string{
 	"Run.Worst":        {event.ProbeService},
 	"Run.Processes":    {event.ProbeSyscall},
 	"Run.DirtyLimits":  {event.ProbeWriteback},
+	"Run.Pressure":     nil,
 
 	"Device.Name":         nil,
 	"Device.ID":           nil,

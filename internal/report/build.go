@@ -83,6 +83,7 @@ func Build(tl *timeline.Timeline, run *facts.Run, findings []rules.Finding, meta
 		for _, p := range tl.Probes {
 			r.Probes = append(r.Probes, probe(p))
 		}
+		r.Trouble = troubleOf(tl)
 	}
 	if run != nil {
 		if r.Host.Kernel == "" {

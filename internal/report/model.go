@@ -60,7 +60,10 @@ type Report struct {
 	// of the run supplied the facts they need; present only when there
 	// are any.
 	NotEvaluated []NotEvaluated `json:"not_evaluated,omitempty"`
-	Summary      Summary        `json:"summary"`
+	// Trouble is what the trouble watcher saw (shadow armed mode); present
+	// only for a live run, not for a report from a trace.
+	Trouble *Trouble `json:"trouble,omitempty"`
+	Summary Summary  `json:"summary"`
 }
 
 // NotEvaluated is a rule that was not evaluated, and why.

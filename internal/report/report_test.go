@@ -441,6 +441,11 @@ var schemaTables = map[reflect.Type]string{
 	reflect.TypeFor[AffectedCall]():   "`affected[].calls[]`",
 	reflect.TypeFor[StageShare]():     "`affected[].stages[]`",
 	reflect.TypeFor[UnfinishedCall](): "`affected[].unfinished[]`",
+	reflect.TypeFor[Trouble]():        "`trouble`",
+	reflect.TypeFor[TroubleSource]():  "`trouble.sources[]`",
+	reflect.TypeFor[TroubleSignal]():  "`trouble.signals[]`",
+	reflect.TypeFor[ArmedInterval]():  "`trouble.armed[]`",
+	reflect.TypeFor[PSIStall]():       "`trouble.psi`",
 }
 
 // docTables reads the tables of a Markdown page: the names in the first

@@ -122,6 +122,9 @@ func (t *textWriter) header(r *Report) {
 		probes = t.paint(sgrYellow, probes) + " (see the probes table)"
 	}
 	t.printf("  %-11s %s\n", "probes", probes)
+	if r.Trouble != nil {
+		t.printf("  %-11s %s\n", "trouble", escape.String(troubleLine(r.Trouble)))
+	}
 	if r.LostEvents == 0 {
 		t.printf("  %-11s none\n", "lost events")
 	} else {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/whyslow/whyslow/internal/event"
 	"github.com/whyslow/whyslow/internal/hist"
+	"github.com/whyslow/whyslow/internal/trouble"
 )
 
 // DeviceHistograms is the in-kernel latency aggregation for one device.
@@ -43,6 +44,10 @@ type Timeline struct {
 	Devices []DeviceHistograms
 	// Holders is the block device stacking seen at the start of the run.
 	Holders []event.Holder
+	// Trouble is what the trouble watcher saw over a live run (shadow
+	// armed mode, docs/report-schema.md "trouble"); nil for a timeline
+	// read from a trace, which does not record it.
+	Trouble *trouble.Summary
 
 	// The event streams, one per event kind (see Sources).
 	SlowSubmits []event.SlowSubmit

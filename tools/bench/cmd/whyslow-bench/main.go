@@ -8,7 +8,9 @@
 //     bpftrace, in alternating rounds; then the BPF run time per I/O of
 //     whyslow and biolatency on the same runs (kernel.bpf_stats_enabled)
 //   - sched: a pipe ping-pong (perf bench sched pipe) with and without whyslow,
-//     and with empty programs on the attach points whyslow uses (the floor)
+//     and with empty programs on the attach points whyslow uses (the floor),
+//     also as many on each hook as whyslow holds links there (read from its
+//     descriptors while it runs)
 //   - startup: launch to probes attached, and peak RSS, of whyslow,
 //     biolatency and bpftrace
 //   - rss: whyslow's peak RSS over a 60 s diagnosis at the I/O load
@@ -88,7 +90,7 @@ func main() {
 	flag.IntVar(&o.costRuns, "cost-rounds", 7, "io: rounds of the BPF run-time measurement")
 	flag.DurationVar(&o.fioTime, "fio-time", 4*time.Second, "io: fio runtime of one measurement")
 	flag.IntVar(&o.schedRuns, "sched-rounds", 10, "sched: rounds with and without whyslow")
-	flag.BoolVar(&o.schedFloor, "sched-floor", true, "sched: also measure empty programs on whyslow's attach points (sys_enter/sys_exit, sched_switch/sched_waking)")
+	flag.BoolVar(&o.schedFloor, "sched-floor", true, "sched: also measure empty programs on whyslow's attach points (sys_enter/sys_exit, sched_switch/sched_waking, and as many on each hook as whyslow has links there)")
 	flag.StringVar(&o.schedAlso, "sched-also", "", "sched: also measure this whyslow binary in the same rounds (e.g. main's, to compare)")
 	flag.IntVar(&o.startRuns, "startup-rounds", 10, "startup: launches of each tool")
 	flag.DurationVar(&o.stormTime, "storm-time", 30*time.Second, "storm: length")

@@ -198,6 +198,9 @@ func renderMarkdown(r *Results) string {
 		if len(s.Rows) > 0 {
 			m.f("The empty programs (`r0 = 0; exit`, attached as whyslow attaches its own: tp_btf, else raw tracepoints) are the floor: what the attach points cost with nothing in the programs. A program on `sys_enter`/`sys_exit` puts every system call of the machine on the kernel's traced path.\n\n")
 		}
+		if t := layoutSentence(s.Layout); t != "" {
+			m.f("%s\n\n", t)
+		}
 		if s.NsPerSwitch > 0 {
 			m.f("In a run of its own with `kernel.bpf_stats_enabled=1`, whyslow's `sched_switch` programs took %.0f ns per context switch and its `sched_waking` programs %.0f ns per wake-up.\n\n", s.NsPerSwitch, s.NsPerWakeup)
 		}

@@ -23,6 +23,9 @@ type SchedResult struct {
 	// wake-up, measured in a run of its own with kernel.bpf_stats_enabled.
 	NsPerSwitch float64 `json:"ns_per_switch"`
 	NsPerWakeup float64 `json:"ns_per_wakeup"`
+	// Layout is whyslow's links per hook, read from its descriptors in
+	// that run: what the "as many as whyslow's" floor row attaches.
+	Layout []HookLinks `json:"layout,omitempty"`
 	// Rows are the other configurations of the same rounds: empty
 	// programs on whyslow's attach points (the floor), another binary.
 	Rows []SchedRow `json:"rows,omitempty"`
@@ -62,8 +65,9 @@ type schedConfig struct {
 // schedConfigs are the sched section's configurations: no tracing and
 // whyslow first, then the floor (empty programs on the attach points
 // whyslow uses on every system call and on every context switch and
-// wake-up), then, with -sched-also, another whyslow binary.
-func (b *bench) schedConfigs() []schedConfig {
+// wake-up, and as many empty programs on each hook as whyslow has links
+// there, from layout), then, with -sched-also, another whyslow binary.
+func (b *bench) schedConfigs(layout []HookLinks) []schedConfig {
 	whyslow := func(bin string) func(string) (func() error, error) {
 		return func(tag string) (func() error, error) {
 			o := b.o.whyslow
@@ -88,11 +92,14 @@ func (b *bench) schedConfigs() []schedConfig {
 		cs = append(cs,
 			schedConfig{"empty-syscalls", "empty programs on `sys_enter` + `sys_exit`", empty("sys_enter", "sys_exit")},
 			schedConfig{"empty-sched", "empty programs on `sched_switch` + `sched_waking`", empty("sched_switch", "sched_waking")},
-			schedConfig{"empty-all", "empty programs on all four", empty("sys_enter", "sys_exit", "sched_switch", "sched_waking")},
-			// whyslow's layout: the syscall probe's programs on all four,
-			// offcpu's on sys_exit, sched_switch and sched_waking too.
-			schedConfig{"empty-layout", "empty programs as many as whyslow's: 1 on `sys_enter`, 2 on each of the others", empty("sys_enter", "sys_exit", "sys_exit", "sched_switch", "sched_switch", "sched_waking", "sched_waking")},
+			schedConfig{"empty-all", "empty programs on all four", empty(schedHooks...)},
 		)
+		// whyslow's layout as the kernel had it in the run that read it:
+		// one program per hook where the probes chain theirs
+		// (probes/hookchain.go, rqchain.go), more where they do not.
+		if tps := floorHooks(layout); len(tps) > 0 {
+			cs = append(cs, schedConfig{"empty-layout", layoutWhat(layout), empty(tps...)})
+		}
 	}
 	if b.o.schedAlso != "" {
 		cs = append(cs, schedConfig{"whyslow-also", fmt.Sprintf("whyslow diagnose storage (`%s`)", b.o.schedAlso), whyslow(b.o.schedAlso)})
@@ -102,7 +109,12 @@ func (b *bench) schedConfigs() []schedConfig {
 
 func (b *bench) sched() error {
 	res := &SchedResult{Command: fmt.Sprintf("taskset -c 0 perf bench sched pipe -l %d", pipeLoops), Rounds: b.o.schedRuns}
-	cs := b.schedConfigs()
+	// First whyslow's own: its programs' run time, and the links it
+	// holds on each hook, which the floor row of its layout copies.
+	if err := b.schedStats(res); err != nil {
+		return err
+	}
+	cs := b.schedConfigs(res.Layout)
 	us := make([][]float64, len(cs))    // per configuration, per round
 	ratio := make([][]float64, len(cs)) // against none in the same round
 	for r := 0; r < b.o.schedRuns; r++ {
@@ -138,8 +150,15 @@ func (b *bench) sched() error {
 		res.Rows = append(res.Rows, SchedRow{Name: cs[i].name, What: cs[i].what, UsPerOp: spreadOf(us[i]), Ratio: spreadOf(ratio[i])})
 	}
 	res.None, res.Whyslow, res.Ratio = spreadOf(none), spreadOf(ws), spreadOf(ratio[1])
+	b.res.Sched = res
+	return nil
+}
 
-	// The programs' own run time, in a run of its own.
+// schedStats runs whyslow once with kernel.bpf_stats_enabled during a
+// ping-pong: the run time of its programs on sched_switch and
+// sched_waking per context switch and wake-up, and its links per hook
+// (res.Layout).
+func (b *bench) schedStats(res *SchedResult) error {
 	restore, err := enableRunTimeStats()
 	if err != nil {
 		return err
@@ -150,44 +169,42 @@ func (b *bench) sched() error {
 		stopAll(ps)
 		return err
 	}
-	ids := progIDs(ps[0].pid())
-	before, err := progStats(ids)
+	pid := ps[0].pid()
+	layout, lerr := linkLayout(pid)
+	// The programs the kernel dispatches on each hook: those linked
+	// there (a program tail-called behind one runs inside its run, and
+	// the kernel counts its time there).
+	on := map[string]map[int]bool{"sched_switch": progIDsOn(pid, "sched_switch"), "sched_waking": progIDsOn(pid, "sched_waking")}
+	before, err := progStats(on["sched_switch"], on["sched_waking"])
 	if err == nil {
 		_, err = pipeBench()
 	}
-	after, err2 := progStats(ids)
+	after, err2 := progStats(on["sched_switch"], on["sched_waking"])
 	if serr := stopAll(ps); err == nil {
 		err = serr
 	}
-	if err == nil {
-		err = err2
-	}
+	err = errors.Join(err, err2, lerr)
 	if err != nil {
 		return err
 	}
-	// Every whyslow program on each tracepoint (the offcpu and syscall
-	// probes each have one): their run times summed, per context switch or
-	// wake-up (the runs of the busiest one).
-	var swNs, swRuns, wkNs, wkRuns float64
-	for id := range ids {
-		a, bf := after[id], before[id]
-		if a.runCount <= bf.runCount {
-			continue
+	res.Layout = layout
+	b.logf("sched: whyslow's links per hook: %s", layoutText(layout))
+	// Every whyslow program on each tracepoint: their run times summed,
+	// per context switch or wake-up (the runs of the busiest one).
+	perRun := func(ids map[int]bool) float64 {
+		var ns, runs float64
+		for id := range ids {
+			a, bf := after[id], before[id]
+			if a.runCount <= bf.runCount {
+				continue
+			}
+			ns, runs = ns+a.runTime-bf.runTime, max(runs, a.runCount-bf.runCount)
 		}
-		dt, dc := a.runTime-bf.runTime, a.runCount-bf.runCount
-		switch a.name {
-		case "offcpu_switch", "sc_switch":
-			swNs, swRuns = swNs+dt, max(swRuns, dc)
-		case "offcpu_wakeup", "sc_waking":
-			wkNs, wkRuns = wkNs+dt, max(wkRuns, dc)
+		if runs == 0 {
+			return 0
 		}
+		return ns / runs
 	}
-	if swRuns > 0 {
-		res.NsPerSwitch = swNs / swRuns
-	}
-	if wkRuns > 0 {
-		res.NsPerWakeup = wkNs / wkRuns
-	}
-	b.res.Sched = res
+	res.NsPerSwitch, res.NsPerWakeup = perRun(on["sched_switch"]), perRun(on["sched_waking"])
 	return nil
 }

@@ -1,0 +1,422 @@
+package trouble
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/whyslow/whyslow/internal/event"
+)
+
+// Config configures a Watcher; zero fields take the defaults below.
+type Config struct {
+	// ProcFS and SysFS are the roots of /proc and /sys ("/proc", "/sys").
+	ProcFS, SysFS string
+	// Stall within Window is the PSI trigger (5 ms in 1 s).
+	Stall, Window time.Duration
+	// Busy is the share of an interval a disk must be busy (io_ticks) for
+	// a signal (0.9); BusyEvery the interval (1 s); a negative BusyEvery
+	// turns the disk-busy source off.
+	Busy      float64
+	BusyEvery time.Duration
+	// Hold is how long the state stays armed after the last signal (5 s).
+	Hold time.Duration
+	// KeepSignals is how many of the first signals the summary keeps (20).
+	KeepSignals int
+	// OnSignal, when set, is called with each signal, from the watcher's
+	// goroutines or from Observe's caller; it must not block.
+	OnSignal func(Signal)
+}
+
+func (c *Config) defaults() {
+	if c.ProcFS == "" {
+		c.ProcFS = "/proc"
+	}
+	if c.SysFS == "" {
+		c.SysFS = "/sys"
+	}
+	if c.Stall <= 0 {
+		c.Stall = 5 * time.Millisecond
+	}
+	if c.Window <= 0 {
+		c.Window = time.Second
+	}
+	if c.Busy <= 0 {
+		c.Busy = 0.9
+	}
+	if c.BusyEvery == 0 {
+		c.BusyEvery = time.Second
+	}
+	if c.Hold <= 0 {
+		c.Hold = 5 * time.Second
+	}
+	if c.KeepSignals <= 0 {
+		c.KeepSignals = 20
+	}
+}
+
+// Watcher watches the sources of trouble signals and keeps the armed
+// state. Start it, feed it the probes' events with Observe, ask Armed, and
+// Stop it for the summary. Its methods are safe for concurrent use.
+type Watcher struct {
+	cfg Config
+
+	mu      sync.Mutex
+	arming  Arming
+	signals []Signal
+	counts  map[Source]uint64
+	first   map[Source]event.Mono
+	status  map[Source]SourceStatus
+	start   event.Mono
+	psi0    PSITotals
+	// psiLast is the "some" total at the last confirmed PSI event (or at
+	// Start), psiStall the stall of the trigger set, psiDropped the
+	// events not confirmed (confirm).
+	psiLast, psiStall map[Source]time.Duration
+	psiDropped        map[Source]uint64
+
+	stopW   *os.File // closing it wakes the PSI poller
+	psiFile []*os.File
+	quit    chan struct{}
+	wg      sync.WaitGroup
+	started bool
+}
+
+// New returns a Watcher; nothing runs until Start.
+func New(cfg Config) *Watcher {
+	cfg.defaults()
+	w := &Watcher{cfg: cfg, counts: map[Source]uint64{}, first: map[Source]event.Mono{}, status: map[Source]SourceStatus{}, quit: make(chan struct{}),
+		psiLast: map[Source]time.Duration{}, psiStall: map[Source]time.Duration{}, psiDropped: map[Source]uint64{}}
+	w.arming.Hold = cfg.Hold
+	for _, s := range []Source{SlowSubmit, ThrottleWait, QueueEnter, DeviceFault} {
+		w.status[s] = SourceStatus{Source: s, On: true}
+	}
+	return w
+}
+
+// Start reads the PSI totals, sets the PSI triggers and starts the disk
+// reader. A source that cannot work is left off with its reason
+// (Summary.Sources); Start fails only when the clock cannot be read. ctx
+// ending stops the sources as Stop does.
+func (w *Watcher) Start(ctx context.Context) error {
+	now, err := event.Now()
+	if err != nil {
+		return err
+	}
+	w.mu.Lock()
+	w.start, w.started = now, true
+	w.mu.Unlock()
+	w.psi0 = readTotals(w.cfg.ProcFS)
+
+	var fds []*os.File
+	var srcs []Source
+	var details []string
+	for _, s := range []struct {
+		src Source
+		res string
+	}{{PSIIO, "io"}, {PSIMemory, "memory"}} {
+		f, trig, stall, note, err := psiTrigger(w.cfg.ProcFS, s.res, w.cfg.Stall, w.cfg.Window)
+		if err != nil {
+			w.setStatus(SourceStatus{Source: s.src, Reason: err.Error()})
+			continue
+		}
+		w.psiStall[s.src] = stall
+		if some, _, err := readPSI(w.cfg.ProcFS, s.res); err == nil {
+			w.psiLast[s.src] = some
+		}
+		w.setStatus(SourceStatus{Source: s.src, On: true, Reason: note})
+		fds, srcs = append(fds, f), append(srcs, s.src)
+		details = append(details, fmt.Sprintf("%s some stall over the trigger (%s)", s.res, trig))
+	}
+	if len(fds) > 0 {
+		r, wr, err := os.Pipe()
+		if err != nil {
+			for i, f := range fds {
+				f.Close()
+				w.setStatus(SourceStatus{Source: srcs[i], Reason: "no pipe to stop the poller: " + err.Error()})
+			}
+		} else {
+			w.stopW, w.psiFile = wr, fds
+			w.wg.Add(1)
+			go w.pollPSI(fds, srcs, details, r)
+		}
+	}
+
+	if w.cfg.BusyEvery < 0 {
+		w.setStatus(SourceStatus{Source: DiskBusy, Reason: "turned off"})
+	} else if _, err := os.ReadDir(filepath.Join(w.cfg.SysFS, "block")); err != nil {
+		w.setStatus(SourceStatus{Source: DiskBusy, Reason: err.Error()})
+	} else {
+		w.setStatus(SourceStatus{Source: DiskBusy, On: true})
+		w.wg.Add(1)
+		go w.watchBusy()
+	}
+	if ctx != nil && ctx.Done() != nil {
+		go func() {
+			select {
+			case <-ctx.Done():
+				w.stopSources()
+			case <-w.quit:
+			}
+		}()
+	}
+	return nil
+}
+
+func (w *Watcher) setStatus(s SourceStatus) {
+	w.mu.Lock()
+	w.status[s.Source] = s
+	w.mu.Unlock()
+}
+
+// pollPSI waits for the PSI triggers in one poll(2) until the stop pipe
+// closes.
+func (w *Watcher) pollPSI(fds []*os.File, srcs []Source, details []string, stop *os.File) {
+	defer w.wg.Done()
+	defer stop.Close()
+	pfd := make([]unix.PollFd, len(fds)+1)
+	for i, f := range fds {
+		pfd[i] = unix.PollFd{Fd: int32(f.Fd()), Events: unix.POLLPRI}
+	}
+	pfd[len(fds)] = unix.PollFd{Fd: int32(stop.Fd()), Events: unix.POLLIN}
+	for {
+		for i := range pfd {
+			pfd[i].Revents = 0
+		}
+		_, err := unix.Poll(pfd, -1)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			for _, s := range srcs {
+				w.setStatus(SourceStatus{Source: s, Reason: "poll: " + err.Error()})
+			}
+			return
+		}
+		if pfd[len(fds)].Revents != 0 {
+			return
+		}
+		for i := range fds {
+			switch re := pfd[i].Revents; {
+			case re&unix.POLLERR != 0:
+				w.setStatus(SourceStatus{Source: srcs[i], Reason: "the trigger was dropped (POLLERR)"})
+				pfd[i].Fd = -1
+			case re&unix.POLLPRI != 0:
+				if w.confirm(srcs[i]) {
+					w.signal(srcs[i], details[i])
+				}
+			}
+		}
+	}
+}
+
+// confirm says whether a PSI trigger event is real: the resource's
+// "some" total grew by at least the trigger's stall since the last
+// confirmed event (or since Start). The kernel's first check of a new
+// trigger counts stall from before it was set (up to a window of it), and
+// on an idle host it fires on a stall the run never had; such events are
+// counted (Summary.Sources' reason) and dropped.
+func (w *Watcher) confirm(src Source) bool {
+	res := strings.TrimPrefix(string(src), "psi_")
+	some, _, err := readPSI(w.cfg.ProcFS, res)
+	if err != nil {
+		return true // cannot tell: keep it
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if some-w.psiLast[src] < w.psiStall[src] {
+		w.psiDropped[src]++
+		return false
+	}
+	w.psiLast[src] = some
+	return true
+}
+
+// diskTicks reads io_ticks (ms busy, field 10) of every disk in /sys/block.
+func diskTicks(sysfs string) map[string]uint64 {
+	dir := filepath.Join(sysfs, "block")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil
+	}
+	out := make(map[string]uint64, len(ents))
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		if t, ok := ioTicks(string(b)); ok {
+			out[e.Name()] = t
+		}
+	}
+	return out
+}
+
+// ioTicks returns field 10 of a /sys/block/<disk>/stat line: the
+// milliseconds the disk had I/O in flight.
+func ioTicks(stat string) (uint64, bool) {
+	f := strings.Fields(stat)
+	if len(f) < 10 {
+		return 0, false
+	}
+	v, err := strconv.ParseUint(f[9], 10, 64)
+	return v, err == nil
+}
+
+// busyDisks returns the disks busy at least share of elapsed between two
+// readings, sorted, with their busy share.
+func busyDisks(before, after map[string]uint64, elapsed time.Duration, share float64) (names []string, pct []float64) {
+	if elapsed <= 0 {
+		return nil, nil
+	}
+	for d, t1 := range after {
+		t0, ok := before[d]
+		if !ok || t1 < t0 {
+			continue
+		}
+		if b := float64(time.Duration(t1-t0)*time.Millisecond) / float64(elapsed); b >= share {
+			names = append(names, d)
+		}
+	}
+	sort.Strings(names)
+	for _, d := range names {
+		pct = append(pct, 100*float64(time.Duration(after[d]-before[d])*time.Millisecond)/float64(elapsed))
+	}
+	return names, pct
+}
+
+// watchBusy reads io_ticks every BusyEvery and signals the disks busy
+// at least Busy of the interval.
+func (w *Watcher) watchBusy() {
+	defer w.wg.Done()
+	tick := time.NewTicker(w.cfg.BusyEvery)
+	defer tick.Stop()
+	prev, at := diskTicks(w.cfg.SysFS), time.Now()
+	for {
+		select {
+		case <-w.quit:
+			return
+		case <-tick.C:
+		}
+		cur, now := diskTicks(w.cfg.SysFS), time.Now()
+		names, pct := busyDisks(prev, cur, now.Sub(at), w.cfg.Busy)
+		for i, d := range names {
+			w.signal(DiskBusy, fmt.Sprintf("%s busy %.0f%% over %v", d, pct[i], now.Sub(at).Round(time.Millisecond)))
+		}
+		prev, at = cur, now
+	}
+}
+
+// Observe takes one event of the probes: the block path's slow spans and
+// device faults are signals, other events are ignored.
+func (w *Watcher) Observe(e event.Event) {
+	switch e := e.(type) {
+	case event.SlowSubmit:
+		w.signal(SlowSubmit, fmt.Sprintf("%s submission (Q2G) %v, %s", e.Dev, e.Latency.Round(time.Microsecond), e.Task.Comm))
+	case event.ThrottleWait:
+		w.signal(ThrottleWait, fmt.Sprintf("%s throttled %v, %s", e.Dev, e.Duration.Round(time.Microsecond), e.Task.Comm))
+	case event.QueueEnter:
+		w.signal(QueueEnter, fmt.Sprintf("%s queue enter %v, %s", e.Dev, e.Duration.Round(time.Microsecond), e.Task.Comm))
+	case event.DeviceFault:
+		switch e.Kind {
+		case event.FaultError, event.FaultTimeout, event.FaultSCSITimeout:
+			w.signal(DeviceFault, fmt.Sprintf("%s %s", e.Dev, e.Kind))
+		}
+	}
+}
+
+// signal records a signal now.
+func (w *Watcher) signal(src Source, detail string) {
+	now, err := event.Now()
+	if err != nil {
+		return
+	}
+	s := Signal{Source: src, At: now, Detail: detail}
+	w.mu.Lock()
+	if w.counts[src] == 0 {
+		w.first[src] = now
+	}
+	w.counts[src]++
+	if len(w.signals) < w.cfg.KeepSignals {
+		w.signals = append(w.signals, s)
+	}
+	w.arming.Signal(src, now)
+	w.mu.Unlock()
+	if w.cfg.OnSignal != nil {
+		w.cfg.OnSignal(s)
+	}
+}
+
+// Armed says whether an armed mode would be armed at now.
+func (w *Watcher) Armed(now event.Mono) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.arming.Armed(now)
+}
+
+// stopSources ends the goroutines and closes the triggers, once.
+func (w *Watcher) stopSources() {
+	w.mu.Lock()
+	select {
+	case <-w.quit:
+		w.mu.Unlock()
+		return
+	default:
+	}
+	close(w.quit)
+	stopW := w.stopW
+	w.mu.Unlock()
+	if stopW != nil {
+		stopW.Close()
+	}
+	w.wg.Wait()
+	for _, f := range w.psiFile {
+		f.Close()
+	}
+}
+
+// Stop stops the sources and returns what was seen from Start to end.
+func (w *Watcher) Stop(end event.Mono) *Summary {
+	w.stopSources()
+	psi1 := readTotals(w.cfg.ProcFS)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	s := &Summary{Start: w.start, End: end, Hold: w.cfg.Hold, Stall: w.cfg.Stall, Window: w.cfg.Window, Busy: w.cfg.Busy,
+		Signals: append([]Signal(nil), w.signals...), Counts: map[Source]uint64{}, Intervals: w.arming.Intervals(end)}
+	s.First = map[Source]event.Mono{}
+	for k, v := range w.counts {
+		s.Counts[k] = v
+		s.First[k] = w.first[k]
+	}
+	for _, src := range Sources {
+		if st, ok := w.status[src]; ok {
+			if n := w.psiDropped[src]; n > 0 {
+				st.Reason = strings.TrimPrefix(st.Reason+fmt.Sprintf("; %d trigger events dropped: the stall total had not grown by %v since the last one (a new trigger's first check counts stall from before it was set)", n, w.psiStall[src]), "; ")
+			}
+			s.Sources = append(s.Sources, st)
+		}
+	}
+	if w.psi0.Known && psi1.Known {
+		s.PSI = PSITotals{Known: true, IOSome: psi1.IOSome - w.psi0.IOSome, IOFull: psi1.IOFull - w.psi0.IOFull,
+			MemorySome: psi1.MemorySome - w.psi0.MemorySome, MemoryFull: psi1.MemoryFull - w.psi0.MemoryFull}
+	}
+	return s
+}
+
+// readTotals reads the io and memory totals; Known only if both read.
+func readTotals(procfs string) PSITotals {
+	ios, iof, err1 := readPSI(procfs, "io")
+	ms, mf, err2 := readPSI(procfs, "memory")
+	if err1 != nil || err2 != nil {
+		return PSITotals{}
+	}
+	return PSITotals{Known: true, IOSome: ios, IOFull: iof, MemorySome: ms, MemoryFull: mf}
+}
