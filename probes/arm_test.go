@@ -31,7 +31,7 @@ func TestArmedMode(t *testing.T) {
 	old := syscallSelf
 	syscallSelf = 0
 	t.Cleanup(func() { syscallSelf = old })
-	dev := scenario.DiskLoop(t, 64<<20)
+	dev := scenario.LoopDevice(t, 64<<20) // direct reads through a throttle: any backing will do, and the guests' /tmp is tmpfs
 	cfg := Config{MinLatency: 10 * time.Millisecond, SysFS: "/sys", ProcFS: "/proc", FailedExecs: true,
 		Mechanism: MechanismChoice{Per: map[string]event.Mechanism{event.ProbeSyscall: event.MechTPBTF}}}
 	sink := new(blkSink)

@@ -81,19 +81,26 @@ func syscallName(nr uint32) string { return syscallNames[nr] }
 // their own set it to 0.
 var syscallSelf = uint32(os.Getpid())
 
-// syscallWalkGap is how far apart a CPU's stack walks are at least
-// (walk_gap_ns): a walk costs about 1.3 µs (BenchmarkSyscallProbe), so
-// this bounds them to 2.6% of a CPU at worst. A sleep that comes sooner
-// after the last walk on its CPU is not walked (event.BlockedStack
-// Unwalked): only under many short sleeps, as a long sleep leaves the gap
-// behind it.
-const syscallWalkGap = 50 * time.Microsecond
+// syscallWalkGap is how far apart a CPU's stack walks of uninterruptible
+// sleeps are at least (walk_gap_ns). A sleep that comes sooner after the
+// last walk on its CPU is not walked (event.BlockedStack Unwalked) and its
+// time is shared out like the walked sleeps of its process x device x call,
+// so the gap samples stacks, it loses no time: only under many short
+// sleeps, as a long sleep leaves the gap behind it. A walk costs about
+// 1.3-2 µs (BenchmarkSyscallProbe; BENCHMARKS.md), so 1 ms bounds them to
+// 1000 a second per CPU, 0.2% of a CPU at worst (50 µs allowed 20 000,
+// 2.6-4%). fio libaio 32x2 on a loop device sleeps in D for a tag ~13 000
+// times a second and at 50 µs nearly every sleep was walked; at 1 ms the
+// syscall probe's sc_switch cost ~90 ns per I/O against ~130 at 50 µs
+// (BENCHMARKS.md, issue 16, wt-f29), and the scenario tests keep their
+// findings.
+const syscallWalkGap = 1 * time.Millisecond
 
 // syscallWalkGapS is the gap before walking an interruptible sleep (S
 // state, walk_gap_s_ns): the waits for aio and io_uring completions, which
 // come at the I/O rate under a fast asynchronous load and whose stacks
-// repeat. 20 times the other: under fio's 140k IOPS on this project's VM
-// the walks cost some 230 ns per I/O at 50 µs (BENCHMARKS.md).
+// repeat. Under fio's 140k IOPS on this project's VM these walks cost some
+// 230 ns per I/O at 50 µs (BENCHMARKS.md); now the same as syscallWalkGap.
 const syscallWalkGapS = 1 * time.Millisecond
 
 // syscallHistBudget bounds the memory of the per-CPU call histograms
