@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/whyslow/whyslow/internal/event"
 	"github.com/whyslow/whyslow/internal/scenario"
@@ -23,10 +24,20 @@ func fullLoop(t *testing.T, size int64) (name, path string) {
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "whyslow-test", dir).CombinedOutput(); err != nil {
 		t.Fatalf("mounting a tmpfs: %v: %s", err, out)
 	}
+	// The loop device's detach (the cleanup below, run first) can finish
+	// a moment after losetup returns, while the device is still held open
+	// (the kernel then clears it at the last close): the tmpfs is busy
+	// until then, so the unmount is tried again for up to 2 s.
 	t.Cleanup(func() {
-		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
-			t.Errorf("unmounting %s: %v: %s", dir, err, out)
+		var out []byte
+		var err error
+		for i := 0; i < 40; i++ {
+			if out, err = exec.Command("umount", dir).CombinedOutput(); err == nil {
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
+		t.Errorf("unmounting %s: %v: %s", dir, err, out)
 	})
 	backing := filepath.Join(dir, "backing.img")
 	if err := os.WriteFile(backing, nil, 0o600); err != nil {

@@ -386,11 +386,12 @@ func requireSyscallTPs(tps ...syscallTP) error {
 // rqClock is the block probes' per-CPU word (struct rq_clock,
 // bpf/include/devhist.h): the submit and service probes get the same map,
 // so that the first program of block_rq_complete's chain reads the clock
-// for the others. Made at the first start of either, kept for the
-// process's life (three words per CPU).
+// for the others. Made at the first start of either, closed when the last
+// of them has stopped (users), so that a run leaves no BPF object open.
 var rqClock struct {
-	mu sync.Mutex
-	m  *ebpf.Map
+	mu    sync.Mutex
+	m     *ebpf.Map
+	users int
 	// byHelper is set once a kernel's verifier refused ptr_bits' store
 	// of a pointer into the map (ptr_by_map): later loads start with the
 	// helper.
@@ -398,7 +399,8 @@ var rqClock struct {
 }
 
 // shareRQClock puts the process's rq_clock into opts for spec (made from
-// spec's at the first call).
+// spec's at the first call). Each call that returns nil takes a use,
+// which releaseRQClock gives back.
 func shareRQClock(spec *ebpf.CollectionSpec, opts *ebpf.CollectionOptions) error {
 	ms, ok := spec.Maps["rq_clock"]
 	if !ok {
@@ -430,7 +432,24 @@ func shareRQClock(spec *ebpf.CollectionSpec, opts *ebpf.CollectionOptions) error
 		opts.MapReplacements = map[string]*ebpf.Map{}
 	}
 	opts.MapReplacements["rq_clock"] = rqClock.m
+	rqClock.users++
 	return nil
+}
+
+// releaseRQClock gives back a use of rq_clock that shareRQClock took,
+// and closes the map with the last (a loaded collection holds a clone of
+// its own).
+func releaseRQClock() {
+	rqClock.mu.Lock()
+	defer rqClock.mu.Unlock()
+	if rqClock.users == 0 {
+		return
+	}
+	rqClock.users--
+	if rqClock.users == 0 && rqClock.m != nil {
+		rqClock.m.Close()
+		rqClock.m = nil
+	}
 }
 
 // loadPtrBits loads spec with load, ptr_bits by the map first

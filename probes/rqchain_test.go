@@ -236,15 +236,27 @@ func TestRqClockShared(t *testing.T) {
 		t.Fatalf("%d of %d writes failed", failed, writes)
 	}
 	// Stopped, so that no completion is in the chain while the words are
-	// read.
+	// read: through a handle of the test's own, as the last stop closes
+	// the process's.
+	held, err := svcMap.Clone()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
 	if err := sub.Stop(); err != nil {
 		t.Fatal(err)
 	}
 	if err := svc.Stop(); err != nil {
 		t.Fatal(err)
 	}
+	rqClock.mu.Lock()
+	left, users := rqClock.m, rqClock.users
+	rqClock.mu.Unlock()
+	if left != nil || users != 0 {
+		t.Errorf("both probes stopped, but rq_clock is still open (%d users): a run would leave a BPF map behind", users)
+	}
 	var words []submitRqClock
-	if err := rqClock.m.Lookup(uint32(0), &words); err != nil {
+	if err := held.Lookup(uint32(0), &words); err != nil {
 		t.Fatal(err)
 	}
 	noted := false

@@ -119,6 +119,11 @@ func startService(cfg Config, sink Sink) (_ *serviceRunning, err error) {
 	if err := shareRQClock(spec, opts); err != nil {
 		return nil, err
 	}
+	defer func() {
+		if err != nil {
+			releaseRQClock()
+		}
+	}()
 	if err := loadPtrBits(spec, func() error { return r.objs.load(spec, issueName, opts) }); err != nil {
 		return nil, err
 	}
@@ -310,6 +315,7 @@ func (r *serviceRunning) Stop() error {
 		if err := r.objs.Close(); err != nil && r.stopErr == nil {
 			r.stopErr = fmt.Errorf("closing objects: %w", err)
 		}
+		releaseRQClock()
 	})
 	return r.stopErr
 }

@@ -140,6 +140,11 @@ func startSubmit(cfg Config, sink Sink) (_ *submitRunning, err error) {
 	opts.MapReplacements = map[string]*ebpf.Map{"io_use": outer}
 	loadErr := shareRQClock(spec, opts)
 	if loadErr == nil {
+		defer func() {
+			if err != nil {
+				releaseRQClock()
+			}
+		}()
 		loadErr = loadPtrBits(spec, func() error { return spec.LoadAndAssign(&r.objs, opts) })
 	}
 	got := <-use
@@ -335,6 +340,7 @@ func (r *submitRunning) Stop() error {
 		if err := r.objs.Close(); err != nil && r.stopErr == nil {
 			r.stopErr = fmt.Errorf("closing objects: %w", err)
 		}
+		releaseRQClock()
 		if leaveErr != nil && r.stopErr == nil {
 			r.stopErr = leaveErr
 		}
