@@ -13,6 +13,7 @@ import (
 
 	"github.com/whyslow/whyslow/internal/event"
 	"github.com/whyslow/whyslow/internal/timeline"
+	"github.com/whyslow/whyslow/internal/trouble"
 )
 
 // typeCheckpoint is the record that closes a flush of a streamed trace
@@ -266,6 +267,15 @@ func (r *Recorder) flush() error {
 func (r *Recorder) Finish(tl *timeline.Timeline) error {
 	if err := r.Append(tl); err != nil {
 		return err
+	}
+	if tl.Trouble != nil {
+		r.n++
+		if err := r.line(struct {
+			Type    string           `json:"type"`
+			Summary *trouble.Summary `json:"summary"`
+		}{typeTrouble, tl.Trouble}); err != nil {
+			return err
+		}
 	}
 	if err := r.Checkpoint(tl, tl.End); err != nil {
 		return err

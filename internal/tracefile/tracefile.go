@@ -27,6 +27,7 @@ import (
 
 	"github.com/whyslow/whyslow/internal/event"
 	"github.com/whyslow/whyslow/internal/timeline"
+	"github.com/whyslow/whyslow/internal/trouble"
 )
 
 // Format is the header's "format" value.
@@ -112,6 +113,10 @@ const (
 	typeRun      = "run"
 	typeTimeline = "timeline"
 	typeEnd      = "end"
+	// typeTrouble holds what the trouble watcher saw over the run
+	// (timeline.Trouble), written once at the end, so that a trace's
+	// report has the live one's trouble section.
+	typeTrouble = "trouble"
 )
 
 // records names the record type of the slice fields of timeline.Timeline
@@ -724,6 +729,17 @@ func (st *readState) record(rd *reader, b []byte, info *Info) (end bool, err err
 			// against it at the end (checkWindow).
 			st.window = nil
 		}
+	case typeTrouble:
+		var rec struct {
+			Summary *trouble.Summary `json:"summary"`
+		}
+		if err := json.Unmarshal(b, &rec); err != nil {
+			return false, fail(fmt.Errorf("%s", jsonErr(err)))
+		}
+		if rec.Summary == nil {
+			return false, fail(errors.New("no summary"))
+		}
+		st.tl.Trouble = rec.Summary
 	case typeCheckpoint:
 		if st.version < 2 {
 			return false, st.unknownRecord(kind, info)

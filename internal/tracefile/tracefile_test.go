@@ -16,6 +16,7 @@ import (
 	"github.com/whyslow/whyslow/internal/event"
 	"github.com/whyslow/whyslow/internal/hist"
 	"github.com/whyslow/whyslow/internal/timeline"
+	"github.com/whyslow/whyslow/internal/trouble"
 )
 
 var info = Info{Version: "1.2.3-test", StartedAt: time.Date(2026, 11, 3, 10, 0, 0, 123456789, time.UTC), Duration: 20 * time.Second, Devices: []string{"loop0"}}
@@ -437,5 +438,39 @@ func TestReadErrorsVersion1(t *testing.T) {
 				t.Errorf("error %v, want it to contain %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// What the trouble watcher saw is known only when the run ends, after the
+// timeline record: the trace keeps it in a trouble record written at the
+// end, so that analyze gives the live report's trouble section.
+func TestTroubleKnownAtTheEnd(t *testing.T) {
+	tl := sample()
+	var b bytes.Buffer
+	rec := NewRecorder(&b, info)
+	if err := rec.Begin(tl); err != nil {
+		t.Fatal(err)
+	}
+	tl.Trouble = &trouble.Summary{
+		Start: tl.Start, End: tl.End, Hold: 5 * time.Second, Stall: 5 * time.Millisecond, Window: time.Second, Busy: 0.9,
+		Sources:   []trouble.SourceStatus{{Source: trouble.PSIIO, On: true, Reason: "unprivileged: 10ms in 2s"}, {Source: trouble.DiskBusy}},
+		Signals:   []trouble.Signal{{Source: trouble.SlowSubmit, At: tl.Start + 1000, Detail: "loop0 submission (Q2G) 3ms, fio"}},
+		Counts:    map[trouble.Source]uint64{trouble.SlowSubmit: 3, trouble.PSIIO: 1},
+		First:     map[trouble.Source]event.Mono{trouble.SlowSubmit: tl.Start + 1000},
+		Intervals: []trouble.Interval{{From: tl.Start + 1000, To: tl.End, By: trouble.SlowSubmit, Signals: 4}},
+		PSI:       trouble.PSITotals{Known: true, IOSome: 12 * time.Millisecond, IOFull: time.Millisecond},
+	}
+	if err := rec.Finish(tl); err != nil {
+		t.Fatal(err)
+	}
+	got, gotInfo, err := Read(&b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got.Trouble, tl.Trouble) {
+		t.Errorf("trouble read back %+v, want %+v", got.Trouble, tl.Trouble)
+	}
+	if gotInfo.Ignored() != "" {
+		t.Errorf("the trouble record is reported ignored: %s", gotInfo.Ignored())
 	}
 }
