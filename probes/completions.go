@@ -57,11 +57,11 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/whyslow/whyslow/internal/diskstat"
 	"github.com/whyslow/whyslow/internal/event"
 )
 
@@ -77,38 +77,6 @@ type diskCount struct {
 	// just after it.
 	seen uint64
 	late bool
-}
-
-// parseDiskStat returns the completed I/Os of a /sys/block/<disk>/stat
-// line, fields 1, 5, 12 and 16 (reads, writes, discards, flushes: those
-// the kernel has, 11 fields before 4.18, 15 before 5.5), and the I/Os in
-// flight (field 9).
-func parseDiskStat(line string) (ios, inflight uint64, err error) {
-	f := strings.Fields(line)
-	if len(f) < 11 {
-		return 0, 0, fmt.Errorf("disk stat %q: %d fields, want at least 11", line, len(f))
-	}
-	field := func(i int) (uint64, error) {
-		n, err := strconv.ParseUint(f[i], 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("disk stat %q: field %d: %w", line, i+1, err)
-		}
-		return n, nil
-	}
-	for _, i := range []int{0, 4, 11, 15} {
-		if i >= len(f) {
-			break
-		}
-		n, err := field(i)
-		if err != nil {
-			return 0, 0, err
-		}
-		ios += n
-	}
-	if inflight, err = field(8); err != nil {
-		return 0, 0, err
-	}
-	return ios, inflight, nil
 }
 
 // readDiskCounts returns the completed I/Os of every request-based disk
@@ -176,15 +144,11 @@ func requestDisk(sysfs, name string) (dev uint32, ok bool) {
 
 // readDiskCount reads disk name's stat.
 func readDiskCount(sysfs, name string) (diskCount, bool) {
-	statb, err := os.ReadFile(filepath.Join(cmpOr(sysfs, "/sys"), "block", name, "stat"))
+	st, err := diskstat.Read(sysfs, name)
 	if err != nil {
 		return diskCount{}, false
 	}
-	ios, inflight, err := parseDiskStat(string(statb))
-	if err != nil {
-		return diskCount{}, false
-	}
-	return diskCount{name: name, ios: ios, inflight: inflight}, true
+	return diskCount{name: name, ios: st.IOs, inflight: st.InFlight}, true
 }
 
 // diskWatchEvery is how often a diskWatch lists the disks for new ones.

@@ -18,33 +18,6 @@ import (
 	"github.com/whyslow/whyslow/internal/scenario"
 )
 
-func TestParseDiskStat(t *testing.T) {
-	for _, tt := range []struct {
-		name, line    string
-		ios, inflight uint64
-		err           bool
-	}{
-		// 6.x: 17 fields; reads 10, writes 20, discards 3, flushes 4;
-		// 7 in flight.
-		{"17 fields", "10 1 80 5 20 2 160 9 7 12 14 3 0 24 1 4 2\n", 37, 7, false},
-		// 5.5-: 15 fields, no flushes.
-		{"15 fields", "10 1 80 5 20 2 160 9 0 12 14 3 0 24 1", 33, 0, false},
-		// before 4.18: 11 fields, no discards.
-		{"11 fields", "    10 1 80 5 20 2 160 9 2 12 14", 30, 2, false},
-		{"too few", "10 1 80 5", 0, 0, true},
-		{"not a number", "10 1 80 5 x 2 160 9 0 12 14", 0, 0, true},
-		{"in flight not a number", "10 1 80 5 20 2 160 9 - 12 14", 0, 0, true},
-		{"empty", "", 0, 0, true},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			ios, inflight, err := parseDiskStat(tt.line)
-			if (err != nil) != tt.err || ios != tt.ios || inflight != tt.inflight {
-				t.Errorf("parseDiskStat(%q) = %d, %d, %v; want %d, %d, error %v", tt.line, ios, inflight, err, tt.ios, tt.inflight, tt.err)
-			}
-		})
-	}
-}
-
 func TestUnseenCompletions(t *testing.T) {
 	const loop0, vda, sda = 7 << 20, 254 << 20, 8 << 20 // major<<20|minor, minor 0
 	// vda had 4 requests in flight when first read: issued before the

@@ -106,13 +106,6 @@ func TestParsePSI(t *testing.T) {
 }
 
 func TestBusyDisks(t *testing.T) {
-	line := "  100 0 800 50 20 0 160 30 0 950 80 0 0 0 0 0 0\n"
-	if v, ok := ioTicks(line); !ok || v != 950 {
-		t.Fatalf("ioTicks = %d %v, want 950", v, ok)
-	}
-	if _, ok := ioTicks("1 2 3"); ok {
-		t.Fatal("a short line has no io_ticks")
-	}
 	before := map[string]uint64{"loop0": 1000, "sda": 1000, "sdb": 1000}
 	after := map[string]uint64{"loop0": 1950, "sda": 1500, "sdb": 500, "new": 5000}
 	names, pct := busyDisks(before, after, time.Second, 0.9)

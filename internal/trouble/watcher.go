@@ -6,13 +6,13 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/whyslow/whyslow/internal/diskstat"
 	"github.com/whyslow/whyslow/internal/event"
 )
 
@@ -240,35 +240,19 @@ func (w *Watcher) confirm(src Source) bool {
 	return true
 }
 
-// diskTicks reads io_ticks (ms busy, field 10) of every disk in /sys/block.
+// diskTicks reads io_ticks (ms busy) of every disk in /sys/block.
 func diskTicks(sysfs string) map[string]uint64 {
-	dir := filepath.Join(sysfs, "block")
-	ents, err := os.ReadDir(dir)
+	ents, err := os.ReadDir(filepath.Join(sysfs, "block"))
 	if err != nil {
 		return nil
 	}
 	out := make(map[string]uint64, len(ents))
 	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join(dir, e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		if t, ok := ioTicks(string(b)); ok {
-			out[e.Name()] = t
+		if st, err := diskstat.Read(sysfs, e.Name()); err == nil {
+			out[e.Name()] = st.IOTicks
 		}
 	}
 	return out
-}
-
-// ioTicks returns field 10 of a /sys/block/<disk>/stat line: the
-// milliseconds the disk had I/O in flight.
-func ioTicks(stat string) (uint64, bool) {
-	f := strings.Fields(stat)
-	if len(f) < 10 {
-		return 0, false
-	}
-	v, err := strconv.ParseUint(f[9], 10, 64)
-	return v, err == nil
 }
 
 // busyDisks returns the disks busy at least share of elapsed between two
