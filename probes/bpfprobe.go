@@ -136,8 +136,9 @@ func closeAll[T io.Closer](cs []T) {
 	}
 }
 
-// closeAtOnce closes cs each in a goroutine of its own, and waits for
-// them all: for links independent of one another whose detach waits for
+// closeAtOnce closes cs (nil ones skipped) each in a goroutine of its
+// own, waits for them all, and returns their errors joined: for links
+// independent of one another whose detach waits for
 // a grace period each. A tracepoint attached through a perf event waits
 // in its release for every probe call under way on the tracepoint to end
 // (perf_trace_event_unreg: tracepoint_synchronize_unregister, some 70 ms
@@ -145,8 +146,14 @@ func closeAll[T io.Closer](cs []T) {
 // of whyslow's stop, while their waits overlap when they are closed at
 // once. Only for links whose order of detaching does not matter: each
 // program on its own tracepoint, none waiting for another's event.
-func closeAtOnce[T io.Closer](cs []T) {
-	atOnce(len(cs), func(i int) { closeAll(cs[i : i+1]) })
+func closeAtOnce[T io.Closer](cs []T) error {
+	errs := make([]error, len(cs))
+	atOnce(len(cs), func(i int) {
+		if v := reflect.ValueOf(cs[i]); v.IsValid() && (v.Kind() != reflect.Pointer || !v.IsNil()) {
+			errs[i] = cs[i].Close()
+		}
+	})
+	return errors.Join(errs...)
 }
 
 // ringReader is what readRing reads: a *ringbuf.Reader.

@@ -29,30 +29,11 @@ import (
 func (r *syscallRunning) hungSince(now event.Mono, seen map[uint32]bool) []event.UnfinishedCall {
 	if r.preexisting == nil {
 		r.preexisting = map[uint32]int{}
-		procs, err := os.ReadDir(r.procfs)
-		if err != nil {
-			return nil
-		}
-		self := os.Getpid()
-		for _, p := range procs {
-			tgid, err := strconv.Atoi(p.Name())
-			if err != nil || tgid == self {
-				continue
+		procThreads(r.procfs, func(tdir string, tgid, tid int) {
+			if nr, _, ok := taskSyscall(tdir); ok && syscallName(nr) != "" {
+				r.preexisting[uint32(tid)] = tgid
 			}
-			tasks, err := os.ReadDir(filepath.Join(r.procfs, p.Name(), "task"))
-			if err != nil {
-				continue
-			}
-			for _, t := range tasks {
-				tid, err := strconv.Atoi(t.Name())
-				if err != nil {
-					continue
-				}
-				if nr, _, ok := taskSyscall(filepath.Join(r.procfs, p.Name(), "task", t.Name())); ok && syscallName(nr) != "" {
-					r.preexisting[uint32(tid)] = tgid
-				}
-			}
-		}
+		})
 	}
 	if now <= r.began || time.Duration(now-r.began) < r.cfg.MinLatency {
 		return nil

@@ -51,7 +51,10 @@ func (r *syscallRunning) disarm() error {
 	if r.armst.stopped || r.armst.disarmedNow() {
 		return nil
 	}
-	err := closeHot(r.hot)
+	err := closeAtOnce(r.hot)
+	if err != nil {
+		err = fmt.Errorf("detaching: %w", err)
+	}
 	r.hot = nil
 	r.armst.markDisarmed()
 	// The blocked calls in progress (the `inflight` map, or the threads'
@@ -114,7 +117,7 @@ func (r *syscallRunning) arm() error {
 		err = r.setArmedAt(uint64(now))
 	}
 	if err != nil {
-		closeHot(r.hot)
+		closeAtOnce(r.hot)
 		r.hot = nil
 		return err
 	}
@@ -187,15 +190,4 @@ func attachTPBTFAtOnce(progs ...*ebpf.Program) ([]link.Link, error) {
 		return nil, err
 	}
 	return links, nil
-}
-
-// closeHot detaches links at once: the kernel takes 10-20 ms over each
-// tp_btf link's detach, most of it waiting, which overlaps.
-func closeHot[T interface{ Close() error }](ls []T) error {
-	errs := make([]error, len(ls))
-	atOnce(len(ls), func(i int) { errs[i] = ls[i].Close() })
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("detaching: %w", err)
-	}
-	return nil
 }
