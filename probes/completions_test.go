@@ -400,7 +400,7 @@ func TestServiceStopUnderLoad(t *testing.T) {
 	defer func() { close(stop); wg.Wait() }()
 	// Four runs of the probe, each stopped while the writes go on: the
 	// window its stop leaves open is a few milliseconds on a busy machine.
-	var missed, unseen uint64
+	var missed, unseen, elsewhere uint64
 	for range 4 {
 		sink := new(blkSink)
 		r, st := serviceProbe{}.Start(Config{SysFS: "/sys", ProcFS: "/proc"}, sink)
@@ -408,6 +408,18 @@ func TestServiceStopUnderLoad(t *testing.T) {
 			t.Fatalf("starting service: %+v", st)
 		}
 		time.Sleep(500 * time.Millisecond)
+		// The missed count is of every disk, the unseen lines forgive each
+		// disk the requests it had in flight when first read: on the
+		// machine's other disks (vda, busy with the builds of a CI run
+		// beside this test) a missed completion can hide in that
+		// allowance, which this test's writes do not control.
+		if w := r.(*serviceRunning).disks; w != nil {
+			for _, b := range w.baselines() {
+				if b.name != loop.name {
+					elsewhere += b.inflight
+				}
+			}
+		}
 		if err := r.Stop(); err != nil {
 			t.Fatalf("Stop: %v", err)
 		}
@@ -420,11 +432,11 @@ func TestServiceStopUnderLoad(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("%d writes on %s; service: %d missed, %d unseen on the disks", ios.Load(), loop.name, missed, unseen)
+	t.Logf("%d writes on %s; service: %d missed, %d unseen on the disks, %d in flight on other disks at the starts", ios.Load(), loop.name, missed, unseen, elsewhere)
 	// The kernel skips the programs for some 5 completions in 100 000;
 	// each disk's allowance (its requests in flight at each start) may
 	// forgive a few of those.
-	if missed > unseen+20 {
-		t.Errorf("service counted %d missed completions, the disks %d unseen: its stops counted their own", missed, unseen)
+	if missed > unseen+elsewhere+20 {
+		t.Errorf("service counted %d missed completions, the disks %d unseen (%d in flight on other disks at the starts): its stops counted their own", missed, unseen, elsewhere)
 	}
 }
