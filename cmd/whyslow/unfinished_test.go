@@ -37,10 +37,12 @@ func hungReader(t *testing.T, c *scenario.Cgroup, dev string) *exec.Cmd {
 // returns while whyslow watches: one began before the run, one during it.
 // Both are in affected[], still in their call when the run ended, with
 // the device and most of the run in it; the top finding is
-// cgroup-throttle naming both readers as throttled.
+// cgroup-throttle naming both readers as throttled. The device is a
+// disk: a disk-backed loop device here, the unthrottled virtio disk in
+// the kernels of the matrix (limitDisk; their /tmp is in memory).
 func TestUnfinishedThrottledRead(t *testing.T) {
 	scenario.RequireRoot(t)
-	dev := scenario.DiskLoop(t, 64<<20)
+	dev := limitDisk(t)
 	c := scenario.IOCgroup(t, "hung")
 	if err := c.LimitReadBPS(dev, 4096); err != nil {
 		t.Fatal(err)
