@@ -277,6 +277,15 @@ func (r *Recorder) Finish(tl *timeline.Timeline) error {
 			return err
 		}
 	}
+	if tl.Coverage != nil {
+		r.n++
+		if err := r.line(struct {
+			Type     string            `json:"type"`
+			Coverage *trouble.Coverage `json:"coverage"`
+		}{typeCoverage, tl.Coverage}); err != nil {
+			return err
+		}
+	}
 	if err := r.Checkpoint(tl, tl.End); err != nil {
 		return err
 	}
