@@ -332,3 +332,68 @@ func TestArmedAutoScopedControl(t *testing.T) {
 		t.Errorf("the load on %s armed a run scoped to %s: %+v", busy, quiet, cov.Armed)
 	}
 }
+
+// serve in armed mode auto: it starts disarmed (the kernel has no link of
+// it on the hot hooks, unless PSI, host-wide, armed it already), arms when
+// a throttled reader starts on its device, and a window's report then has
+// the cgroup-throttle finding on the device and a coverage section with
+// the armed time and the gated probes. SIGTERM while armed stops it
+// cleanly, every probe detached.
+func TestServeArmedAuto(t *testing.T) {
+	scenario.RequireRoot(t)
+	dev := limitDisk(t)
+	c := scenario.IOCgroup(t, "serve-armed")
+	if err := c.LimitReadBPS(dev, 64<<10); err != nil {
+		t.Fatal(err)
+	}
+	srv, base := startServe(t, "--window", "2s", "--device", dev, "--armed-mode", "auto")
+	if !strings.Contains(srv.errb.String(), "armed mode auto (experimental)") {
+		t.Errorf("serve does not say it runs in armed mode auto: %s", srv.errb.String())
+	}
+	hot, all := hotLinks(t, srv.cmd.Process.Pid)
+	t.Logf("serving: %d links on the hot hooks, %d in all", hot, all)
+	if hot != 0 && !strings.Contains(srv.errb.String(), "armed by") {
+		t.Errorf("disarmed at the start, but the kernel has %d links of serve on %v", hot, hotHooks)
+	}
+	argv := c.Command("dd", "if=/dev/"+dev, "of=/dev/null", "bs=4k", "count=100000", "iflag=direct", "status=none")
+	dd := exec.Command(argv[0], argv[1:]...)
+	if err := dd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		dd.Process.Kill()
+		dd.Wait()
+	})
+	if !waitUntil(30*time.Second, func() bool { return strings.Contains(srv.errb.String(), "armed by") }) {
+		t.Fatalf("a throttled reader for 30 s, and serve never armed; stderr %s", srv.errb.String())
+	}
+	if hot, _ := hotLinks(t, srv.cmd.Process.Pid); hot == 0 && !strings.Contains(srv.errb.String(), "disarmed") {
+		t.Errorf("armed, but the kernel has no link of serve on %v", hotHooks)
+	}
+	var last report.Report
+	ok := waitUntil(40*time.Second, func() bool {
+		code, b := get(t, base+"/report?format=json")
+		if code != 200 {
+			return false
+		}
+		last = report.Report{}
+		if err := json.Unmarshal(b, &last); err != nil {
+			t.Fatalf("/report?format=json: %v", err)
+		}
+		f, ok := findingOf(&last, "cgroup-throttle")
+		return ok && slices.Contains(f.Devices, dev) && last.Coverage != nil && last.Coverage.ArmedSeconds > 0
+	})
+	b, _ := json.Marshal(last.Coverage)
+	t.Logf("findings:\n%scoverage: %s", summary(&last), b)
+	if !ok {
+		t.Fatalf("no window of serve found cgroup-throttle on %s with armed time; serve's stderr: %s", dev, srv.errb.String())
+	}
+	checkGated(t, last.Coverage)
+	if last.Coverage.ArmedMode != "auto" {
+		t.Errorf("coverage armed_mode %q, want auto", last.Coverage.ArmedMode)
+	}
+	if a, ok := findAffected(&last, dd.Process.Pid); !ok || len(a.Calls) == 0 {
+		t.Errorf("the throttled reader (pid %d) is not in the window's affected[]: the armed syscall probe did not see its reads", dd.Process.Pid)
+	}
+	stopServe(t, srv, syscall.SIGTERM)
+}
