@@ -395,5 +395,17 @@ func TestServeArmedAuto(t *testing.T) {
 	if a, ok := findAffected(&last, dd.Process.Pid); !ok || len(a.Calls) == 0 {
 		t.Errorf("the throttled reader (pid %d) is not in the window's affected[]: the armed syscall probe did not see its reads", dd.Process.Pid)
 	}
+	// A /trace dump carries the coverage of its stretch.
+	code, b := get(t, base+"/trace?seconds=10")
+	if code != 200 {
+		t.Fatalf("/trace: %d %s", code, b)
+	}
+	trace := filepath.Join(t.TempDir(), "serve.trace.gz")
+	if err := os.WriteFile(trace, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if a := run(t, "analyze", trace); a.code != 0 || !strings.Contains(a.stdout, "coverage    armed mode auto") {
+		t.Errorf("the report of serve's /trace dump has no coverage line: exit %d, stderr %s\n%s", a.code, a.stderr, a.stdout)
+	}
 	stopServe(t, srv, syscall.SIGTERM)
 }
