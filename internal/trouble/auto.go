@@ -105,6 +105,8 @@ type Auto struct {
 	armed bool
 	open  Span // the span being armed, when armed
 	fails int
+	// started says Run was called (Stop then waits for its goroutine).
+	started bool
 }
 
 // NewAuto returns a controller; log, when set, is told of every change
@@ -129,7 +131,7 @@ func (a *Auto) Signal(Signal) {
 // probes, those of them gated by sw. Call it once.
 func (a *Auto) Run(w *Watcher, sw Switch, start event.Mono, probes, gated []string) {
 	a.mu.Lock()
-	a.w, a.sw = w, sw
+	a.w, a.sw, a.started = w, sw, true
 	a.cov.Start, a.cov.Probes, a.cov.Gated = start, probes, gated
 	a.mu.Unlock()
 	go a.loop()
@@ -256,10 +258,10 @@ func (a *Auto) Coverage(now event.Mono) *Coverage {
 	return &c
 }
 
-// Stop ends the controller's goroutine (after Run), waiting for an
-// arming or disarming under way; the switch stays as it is (the caller
-// stops the probes). It returns the coverage up to end. Only the first
-// call stops.
+// Stop ends the controller's goroutine, waiting for an arming or
+// disarming under way (a controller never Run has none); the switch
+// stays as it is (the caller stops the probes). It returns the coverage
+// up to end. Only the first call stops.
 func (a *Auto) Stop(end event.Mono) *Coverage {
 	a.mu.Lock()
 	select {
@@ -267,7 +269,10 @@ func (a *Auto) Stop(end event.Mono) *Coverage {
 	default:
 		close(a.quit)
 	}
+	started := a.started
 	a.mu.Unlock()
-	<-a.done
+	if started {
+		<-a.done
+	}
 	return a.Coverage(end)
 }

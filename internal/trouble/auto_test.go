@@ -185,3 +185,13 @@ func TestCoverageWithin(t *testing.T) {
 		t.Error("no coverage (the default mode) within a window is not nil")
 	}
 }
+
+// A controller stopped without having run (its run failed before)
+// returns at once.
+func TestAutoStopWithoutRun(t *testing.T) {
+	auto := NewAuto(nil)
+	auto.Signal(Signal{})
+	if c := auto.Stop(5); c.End != 5 || len(c.Armed) != 0 {
+		t.Errorf("coverage %+v", c)
+	}
+}
