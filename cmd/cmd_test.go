@@ -110,6 +110,8 @@ func TestExecuteCommands(t *testing.T) {
 		{"completion", []string{"completion", "bash"}, 0, []string{"__start_whyslow"}},
 		{"help names the subjects", []string{"diagnose", "--help"}, 0, []string{"storage"}},
 		{"diagnose without subject", []string{"diagnose"}, ExitUsage, nil},
+		{"unknown armed mode, diagnose", []string{"diagnose", "storage", "--armed-mode", "sometimes"}, ExitUsage, nil},
+		{"unknown armed mode, serve", []string{"serve", "--armed-mode", "on"}, ExitUsage, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -117,6 +119,9 @@ func TestExecuteCommands(t *testing.T) {
 			code := Execute(ios, tt.args)
 			if code != tt.wantCode {
 				t.Fatalf("exit %d, want %d; stderr %q", code, tt.wantCode, errb)
+			}
+			if strings.HasPrefix(tt.name, "unknown armed mode") && !strings.Contains(errb.String(), "--armed-mode") {
+				t.Errorf("the error does not name --armed-mode: %q", errb)
 			}
 			for _, w := range tt.wantOut {
 				if !strings.Contains(out.String(), w) {
@@ -262,6 +267,9 @@ func TestRulesFlag(t *testing.T) {
 			code := Execute(ios, tt.args)
 			if code != tt.wantCode {
 				t.Fatalf("exit %d, want %d; stderr %q", code, tt.wantCode, errb)
+			}
+			if strings.HasPrefix(tt.name, "unknown armed mode") && !strings.Contains(errb.String(), "--armed-mode") {
+				t.Errorf("the error does not name --armed-mode: %q", errb)
 			}
 			got := out.String()
 			if tt.wantCode != 0 {

@@ -14,6 +14,7 @@ import (
 	"github.com/whyslow/whyslow/diagnose"
 	"github.com/whyslow/whyslow/internal/report"
 	"github.com/whyslow/whyslow/internal/stage"
+	"github.com/whyslow/whyslow/internal/trouble"
 	"github.com/whyslow/whyslow/probes"
 	"github.com/whyslow/whyslow/rules"
 )
@@ -47,17 +48,30 @@ type StorageOptions struct {
 	Outputs Outputs
 	// ReadyFile is created once every probe is attached; empty means none.
 	ReadyFile string
-	// ArmedMode is --armed-mode (hidden, experimental): "" keeps every
-	// program attached (the default); "test-disarmed" takes the programs
-	// on sys_enter/sys_exit/sched_switch/sched_waking off before the run
-	// is ready and never puts them back (probes/arm.go), to measure what
-	// a disarmed run costs. Not for diagnosing: calls and off-CPU waits
-	// are not seen.
+	// ArmedMode is --armed-mode (experimental): "" keeps every program
+	// attached (the default); "auto" starts with the programs on
+	// sys_enter/sys_exit/sched_switch/sched_waking detached and attaches
+	// them while the trouble watcher sees trouble (diagnose.Options);
+	// "test-disarmed" detaches them before the run is ready and never
+	// puts them back (probes/arm.go), to measure what a disarmed run
+	// costs. Not the default: what they see is not seen while they are
+	// off (the report's coverage section says when).
 	ArmedMode string
 }
 
 // armedModes are the values --armed-mode takes.
-var armedModes = []string{"", "test-disarmed"}
+var armedModes = []string{"", trouble.ModeAuto, trouble.ModeTestDisarmed}
+
+// armedModeHelp is --armed-mode's help, for diagnose and serve.
+const armedModeHelp = "experimental: auto starts with the programs on sys_enter/sys_exit/sched_switch/sched_waking detached (storage calls, off-CPU waits not seen) and attaches them from the first trouble signal (PSI, slow or throttled bios and faults of the --device disks, a busy disk) until 5s without one; test-disarmed never attaches them (for measurements)"
+
+// checkArmedMode refuses an unknown --armed-mode.
+func checkArmedMode(m string) error {
+	if !oneOf(m, armedModes) {
+		return usagef("--armed-mode %q: want auto or test-disarmed (experimental), or nothing", m)
+	}
+	return nil
+}
 
 // Formats the report can be written in.
 var reportFormats = report.FormatNames()
@@ -105,15 +119,14 @@ its last checkpoint.`,
 	addOutputFlags(c, &opts.Outputs)
 	f.StringVar(&opts.Outputs.Record, "record", "", "write every event of the run to this trace file as the run goes (flushed every second), for 'whyslow analyze' (gzip-compressed, docs/trace-format.md)")
 	f.StringVar(&opts.ReadyFile, "ready-file", "", "create this file once every probe is attached (an old one is removed at start), for scripts that start their load only then")
-	f.StringVar(&opts.ArmedMode, "armed-mode", "", "experimental, for measurements: test-disarmed runs with the programs on sys_enter/sys_exit/sched_switch/sched_waking detached (storage calls and off-CPU waits not seen)")
-	_ = f.MarkHidden("armed-mode")
+	f.StringVar(&opts.ArmedMode, "armed-mode", "", armedModeHelp)
 	_ = c.RegisterFlagCompletionFunc("device", completeDevices)
 	return c
 }
 
 func (o *StorageOptions) validate() error {
-	if !oneOf(o.ArmedMode, armedModes) {
-		return usagef("--armed-mode %q: want test-disarmed (experimental), or nothing", o.ArmedMode)
+	if err := checkArmedMode(o.ArmedMode); err != nil {
+		return err
 	}
 	m, err := probes.ParseMechanism(o.Mechanism)
 	if err != nil {
@@ -128,7 +141,7 @@ func (o *StorageOptions) validate() error {
 // diagnoseOptions are the options of the run.
 func (o *StorageOptions) diagnoseOptions(m probes.MechanismChoice, set *rules.Set) diagnose.Options {
 	return diagnose.Options{Duration: o.Duration, MinLatency: o.MinLatency, Devices: o.Devices, Rules: set, BTF: o.BTF, Mechanism: m,
-		StartDisarmed: o.ArmedMode == "test-disarmed"}
+		ArmedMode: o.ArmedMode}
 }
 
 func oneOf(s string, set []string) bool {
@@ -287,6 +300,9 @@ func storageRun(ctx context.Context, opts *StorageOptions) error {
 		}
 	}
 	dopts.Observed = interrupts.observed
+	if opts.ArmedMode == trouble.ModeAuto {
+		dopts.Log = func(s string) { fmt.Fprintf(opts.IO.ErrOut, "whyslow: %s\n", s) }
+	}
 	started := time.Now()
 	info := runInfo(started, opts.Duration, opts.Devices)
 	rec, recorded, err := outs.streamRecord(info)

@@ -39,6 +39,8 @@ type ServeOptions struct {
 	// FlightMemory the memory bound of the recorder ("64MiB").
 	FlightRecorder time.Duration
 	FlightMemory   string
+	// ArmedMode is --armed-mode (experimental), as for diagnose.
+	ArmedMode string
 }
 
 // defaultFlightMemory is --flight-recorder-memory's default.
@@ -92,11 +94,15 @@ SIGTERM stop it: the probes are detached and it exits 0. Needs root.`,
 	f.StringArrayVar(&opts.Mechanism, "mechanism", nil, "force a mechanism: fentry, kprobe, tp_btf, ... for every probe that offers it, or PROBE=MECHANISM for one (repeatable)")
 	f.DurationVar(&opts.FlightRecorder, "flight-recorder", flight.DefaultKeep, "how much of the recent run the flight recorder holds for /trace")
 	f.StringVar(&opts.FlightMemory, "flight-recorder-memory", defaultFlightMemory, "memory bound of the flight recorder's events (KiB, MiB, GiB); past it the oldest are evicted, and counted as lost")
+	f.StringVar(&opts.ArmedMode, "armed-mode", "", armedModeHelp)
 	_ = c.RegisterFlagCompletionFunc("device", completeDevices)
 	return c
 }
 
 func (o *ServeOptions) validate() error {
+	if err := checkArmedMode(o.ArmedMode); err != nil {
+		return err
+	}
 	if _, _, err := net.SplitHostPort(o.Listen); err != nil {
 		return usagef("--listen %q: want host:port, e.g. 127.0.0.1:9717 (%v)", o.Listen, err)
 	}
@@ -120,7 +126,7 @@ func (o *ServeOptions) serveOptions(m probes.MechanismChoice, set *rules.Set) (s
 		return serve.Options{}, usagef("--flight-recorder-memory %q: %v", o.FlightMemory, err)
 	}
 	return serve.Options{Window: o.Window, MinLatency: o.MinLatency, Devices: o.Devices, Rules: set, BTF: o.BTF,
-		Mechanism: m, FlightRecorder: o.FlightRecorder, FlightMemory: mem, Version: version(), Log: o.IO.ErrOut}, nil
+		Mechanism: m, FlightRecorder: o.FlightRecorder, FlightMemory: mem, Version: version(), Log: o.IO.ErrOut, ArmedMode: o.ArmedMode}, nil
 }
 
 // parseSize reads a size in bytes: a number with KiB, MiB or GiB (or K, M,
@@ -197,8 +203,12 @@ func serveRun(ctx context.Context, opts *ServeOptions) error {
 				ps = append(ps, fmt.Sprintf("%s unavailable (%s)", p.Name, p.Reason))
 			}
 		}
-		fmt.Fprintf(opts.IO.ErrOut, "whyslow: serving on http://%s (/metrics, /report, /trace, /healthz); window %s; flight recorder %s within %s; probes: %s\n",
-			addr, so.Window, so.FlightRecorder, opts.FlightMemory, escape.String(strings.Join(ps, ", ")))
+		mode := ""
+		if opts.ArmedMode != "" {
+			mode = fmt.Sprintf("; armed mode %s (experimental): the programs on sys_enter/sys_exit/sched_switch/sched_waking start detached", opts.ArmedMode)
+		}
+		fmt.Fprintf(opts.IO.ErrOut, "whyslow: serving on http://%s (/metrics, /report, /trace, /healthz); window %s; flight recorder %s within %s; probes: %s%s\n",
+			addr, so.Window, so.FlightRecorder, opts.FlightMemory, escape.String(strings.Join(ps, ", ")), mode)
 	}
 	if err := serve.Run(ctx, ln, so); err != nil {
 		return err

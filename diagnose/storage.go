@@ -54,10 +54,17 @@ type Options struct {
 	// Ready, when set, is called once every probe has been started
 	// (attached, or found unavailable), as the observation window begins.
 	Ready func()
-	// StartDisarmed (experimental, --armed-mode test-disarmed) disarms
-	// the probes (probes.Group.Disarm) before Ready and leaves them so:
-	// a measurement of what a disarmed run costs, not a diagnosis.
-	StartDisarmed bool
+	// ArmedMode (experimental, --armed-mode) gates the programs on the
+	// hot hooks (probes.Group.Disarm, Arm): "" keeps them attached all
+	// the run (the default); trouble.ModeAuto disarms them before Ready
+	// and arms them while the trouble watcher sees trouble (signals of
+	// Devices' disks, and PSI); trouble.ModeTestDisarmed disarms them
+	// before Ready and leaves them so, a measurement of what a disarmed
+	// run costs, not a diagnosis. The timeline's Coverage says when they
+	// were attached.
+	ArmedMode string
+	// Log, when set, is told of armed mode's armings and disarmings.
+	Log func(string)
 	// Observed, when set, is called as the observation window ends (its
 	// duration passed, or ctx ended), before the probes stop.
 	Observed func()
@@ -229,9 +236,21 @@ func Collect(ctx context.Context, opts Options, spec *btf.Spec) (*timeline.Timel
 	// The trouble watcher runs beside the probes in shadow mode: it says
 	// when an armed mode would have attached the hot-hook programs, and
 	// gates nothing (tl.Trouble).
-	watch := trouble.New(trouble.Config{ProcFS: opts.ProcFS, SysFS: opts.SysFS})
+	// In armed mode auto it is what arms them (trouble.Auto): its
+	// signals, scoped to --device's disks, wake the controller, which
+	// runs once the probes are started and disarmed (a signal before
+	// then arms them as it starts).
+	wcfg := trouble.Config{ProcFS: opts.ProcFS, SysFS: opts.SysFS, Devices: opts.Devices}
+	var auto *trouble.Auto
+	if opts.ArmedMode == trouble.ModeAuto {
+		auto = trouble.NewAuto(opts.Log)
+		wcfg.OnSignal = auto.Signal
+	}
+	watch := trouble.New(wcfg)
 	if watch.Start(ctx) == nil {
 		col.watch = watch
+	} else if auto != nil {
+		return nil, errors.New("armed mode auto: the trouble watcher could not start (the clock could not be read)")
 	}
 	g := probes.Start(cfg, col, opts.Probes...)
 	col.mu.Lock()
@@ -244,11 +263,17 @@ func Collect(ctx context.Context, opts Options, spec *btf.Spec) (*timeline.Timel
 		}
 		return nil, fmt.Errorf("no probe could start (%s)", g.Unavailable())
 	}
-	if opts.StartDisarmed {
+	if opts.ArmedMode != "" {
 		if err := g.Disarm(); err != nil {
 			g.Stop()
+			if col.watch != nil {
+				col.watch.Stop(tl.Start)
+			}
 			return nil, err
 		}
+	}
+	if auto != nil {
+		auto.Run(watch, g, tl.Start, names, g.Gated())
 	}
 	rec := startRecording(opts, col, g)
 	if opts.Ready != nil {
@@ -263,6 +288,14 @@ func Collect(ctx context.Context, opts Options, spec *btf.Spec) (*timeline.Timel
 
 	rec.stop()
 	end, clockErr := event.Now()
+	// Armed mode auto stops first (an arming under way ends), then the
+	// probes: nothing arms them as they stop.
+	switch opts.ArmedMode {
+	case trouble.ModeAuto:
+		tl.Coverage = auto.Stop(end)
+	case trouble.ModeTestDisarmed:
+		tl.Coverage = &trouble.Coverage{Mode: trouble.ModeTestDisarmed, Start: tl.Start, End: end, Probes: names, Gated: g.Gated()}
+	}
 	stopErr := g.Stop()
 	tl.End = end
 	if col.watch != nil {

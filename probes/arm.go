@@ -52,8 +52,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-
-	"github.com/whyslow/whyslow/internal/event"
 )
 
 // armable is a running probe with programs on the hot hooks.
@@ -75,13 +73,12 @@ type armable interface {
 type armState struct {
 	mu      sync.Mutex
 	stopped bool
-	// since is when the running disarmed span began (zero: armed), and
-	// spent the length of the ended ones (under tmu, which a reader of
-	// them takes alone: a checkpoint may hold other locks of the probe
-	// that arm takes under mu).
+	// since is when the running disarmed span began (zero: armed; under
+	// tmu, which a reader takes alone: a checkpoint may hold other locks
+	// of the probe that arm takes under mu). How long the probe was
+	// disarmed is the caller's (trouble.Coverage), not the probe's.
 	tmu   sync.Mutex
 	since time.Time
-	spent time.Duration
 	// past are the skipped runs of its followers' earlier stays on the
 	// chains (hookchain.go, rqchain.go), by program.
 	past map[*ebpf.Program]uint64
@@ -104,21 +101,7 @@ func (a *armState) markDisarmed() {
 func (a *armState) markArmed() {
 	a.tmu.Lock()
 	defer a.tmu.Unlock()
-	if !a.since.IsZero() {
-		a.spent += time.Since(a.since)
-		a.since = time.Time{}
-	}
-}
-
-// disarmedFor is how long the probe has been disarmed in all so far.
-func (a *armState) disarmedFor() time.Duration {
-	a.tmu.Lock()
-	defer a.tmu.Unlock()
-	d := a.spent
-	if !a.since.IsZero() {
-		d += time.Since(a.since)
-	}
-	return d
+	a.since = time.Time{}
 }
 
 // keepSkips adds a follower's skipped runs of a stay that ended (under
@@ -152,17 +135,6 @@ func (a *armState) withPast(m map[*ebpf.Program]uint64) map[*ebpf.Program]uint64
 	return m
 }
 
-// disarmedWhat is the Loss.What of the time a probe was disarmed; its
-// Count is in milliseconds.
-const disarmedWhat = "ms disarmed (armed mode): no program on sys_enter/sys_exit/sched_switch/sched_waking, what they see not seen meanwhile"
-
-// deliverDisarmed reports how long the probe was disarmed, if at all.
-func (a *armState) deliverDisarmed(sink Sink, probe string) {
-	if d := a.disarmedFor(); d > 0 {
-		sink.Loss(event.Loss{Probe: probe, What: disarmedWhat, Count: uint64(max(d.Milliseconds(), 1))})
-	}
-}
-
 // Disarm takes every program of the group's probes off sys_enter,
 // sys_exit, sched_switch and sched_waking (armed mode, experimental),
 // keeping them loaded with their maps; Arm puts them back. Both may be
@@ -172,6 +144,26 @@ func (g *Group) Disarm() error { return g.setArmed(false) }
 
 // Arm puts back on the hot hooks what Disarm took off (see Disarm).
 func (g *Group) Arm() error { return g.setArmed(true) }
+
+// Gated names the running probes with programs on the hot hooks: those
+// Disarm takes off.
+func (g *Group) Gated() []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var out []string
+	for _, s := range g.running {
+		if _, ok := s.r.(armable); !ok {
+			continue
+		}
+		// A probe may have programs there only in some runs (exec's
+		// failed-exec ones).
+		if m, ok := s.r.(interface{ gates() bool }); ok && !m.gates() {
+			continue
+		}
+		out = append(out, s.name)
+	}
+	return out
+}
 
 // Armed says whether the group's programs are on the hot hooks (true
 // unless Disarm was called last).

@@ -294,7 +294,6 @@ func splitArgs(b []int8) []string {
 // Checkpoint implements Checkpointer.
 func (r *execRunning) Checkpoint(sink Sink) error {
 	deliverLossesWith(sink, event.ProbeExec, r.objs.Losses, &r.objs, r.skips())
-	r.armst.deliverDisarmed(sink, event.ProbeExec)
 	return nil
 }
 
@@ -309,7 +308,6 @@ func (r *execRunning) Stop() error {
 		closeAll(r.links)
 		r.drain()
 		deliverLossesWith(r.sink, event.ProbeExec, r.objs.Losses, &r.objs, r.skips())
-		r.armst.deliverDisarmed(r.sink, event.ProbeExec)
 		r.undecodable(r.sink, event.ProbeExec)
 		if err := r.objs.Close(); err != nil {
 			r.stopErr = fmt.Errorf("closing objects: %w", err)
@@ -323,6 +321,14 @@ func (r *execRunning) Stop() error {
 // armRank implements armable: its failed-exec programs are last on
 // sys_enter's and sys_exit's chains.
 func (r *execRunning) armRank() int { return rankExecCall }
+
+// gates says whether the probe has programs on the hot hooks: its
+// failed-exec ones, only with Config.FailedExecs.
+func (r *execRunning) gates() bool {
+	r.armst.mu.Lock()
+	defer r.armst.mu.Unlock()
+	return r.ways != nil
+}
 
 // disarm takes the failed-exec programs off sys_enter and sys_exit: in
 // slots they stay there (the syscall probe, disarmed first, and the

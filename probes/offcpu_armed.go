@@ -144,10 +144,9 @@ func (r *offcpuRunning) seedBlocked() uint64 {
 	return n
 }
 
-// deliverArmed reports how long the probe was disarmed and what armed
-// mode cost it.
+// deliverArmed reports what armed mode cost it: the sleeps dropped and
+// seeded (the time disarmed is coverage, trouble.Coverage).
 func (r *offcpuRunning) deliverArmed(sink Sink) {
-	r.armst.deliverDisarmed(sink, event.ProbeOffCPU)
 	r.armst.mu.Lock()
 	a := r.armed
 	r.armst.mu.Unlock()

@@ -157,10 +157,8 @@ func (r *syscallRunning) inStorageCall(seen map[uint32]bool) map[uint32]int {
 	return out
 }
 
-// deliverArmed reports how long the probe was disarmed and what armed
-// mode cost it (under sums).
+// deliverArmed reports what armed mode cost it (under sums).
 func (r *syscallRunning) deliverArmed(sink Sink) {
-	r.armst.deliverDisarmed(sink, event.ProbeSyscall)
 	if n := r.armed.endsLost; n > 0 {
 		sink.Loss(event.Loss{Probe: event.ProbeSyscall, What: syscallEndsLostWhat, Count: n})
 	}

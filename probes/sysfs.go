@@ -274,7 +274,6 @@ func (r *sysfsRunning) handle(raw []byte) {
 // Checkpoint implements Checkpointer.
 func (r *sysfsRunning) Checkpoint(sink Sink) error {
 	deliverLossesWith(sink, event.ProbeSysfs, r.objs.Maps["losses"], r.objs, r.skips())
-	r.armst.deliverDisarmed(sink, event.ProbeSysfs)
 	return nil
 }
 
@@ -302,7 +301,6 @@ func (r *sysfsRunning) Stop() error {
 		r.links = nil
 		r.drain()
 		deliverLossesWith(r.sink, event.ProbeSysfs, r.objs.Maps["losses"], r.objs, r.skips())
-		r.armst.deliverDisarmed(r.sink, event.ProbeSysfs)
 		r.undecodable(r.sink, event.ProbeSysfs)
 		r.close()
 	})

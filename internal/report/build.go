@@ -84,6 +84,7 @@ func Build(tl *timeline.Timeline, run *facts.Run, findings []rules.Finding, meta
 			r.Probes = append(r.Probes, probe(p))
 		}
 		r.Trouble = troubleOf(tl)
+		r.Coverage = coverageOf(tl)
 	}
 	if run != nil {
 		if r.Host.Kernel == "" {

@@ -63,7 +63,11 @@ type Report struct {
 	// Trouble is what the trouble watcher saw (shadow armed mode); present
 	// only for a live run, not for a report from a trace.
 	Trouble *Trouble `json:"trouble,omitempty"`
-	Summary Summary  `json:"summary"`
+	// Coverage says when the hot-hook programs were attached, for a run
+	// in an armed mode (--armed-mode, experimental); absent in the
+	// default mode, where they are all the run.
+	Coverage *Coverage `json:"coverage,omitempty"`
+	Summary  Summary   `json:"summary"`
 }
 
 // NotEvaluated is a rule that was not evaluated, and why.

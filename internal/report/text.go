@@ -125,6 +125,20 @@ func (t *textWriter) header(r *Report) {
 	if r.Trouble != nil {
 		t.printf("  %-11s %s\n", "trouble", escape.String(troubleLine(r.Trouble)))
 	}
+	if r.Coverage != nil {
+		for i, l := range coverageLines(r.Coverage) {
+			name := "coverage"
+			if i > 0 {
+				name = ""
+			}
+			if i == 0 && r.Coverage.DisarmedSeconds > 0 {
+				l = t.paint(sgrYellow, escape.String(l))
+			} else {
+				l = escape.String(l)
+			}
+			t.printf("  %-11s %s\n", name, l)
+		}
+	}
 	if r.LostEvents == 0 {
 		t.printf("  %-11s none\n", "lost events")
 	} else {

@@ -17,7 +17,7 @@ import (
 // been armed. Nothing was gated: every probe ran all the time. Times are
 // seconds from the start of the observation window.
 type Trouble struct {
-	Mode        string          `json:"mode"` // "shadow"
+	Mode        string          `json:"mode"` // "shadow", or "auto" when armed mode auto gated the run by these signals
 	HoldSeconds float64         `json:"hold_seconds"`
 	Sources     []TroubleSource `json:"sources"`
 	// SignalsTotal counts every signal, SignalCounts by source; Signals
@@ -46,6 +46,13 @@ type Trouble struct {
 	// PSI is the time PSI counted tasks stalled on I/O and on memory over
 	// the run (absent when /proc/pressure could not be read).
 	PSI *PSIStall `json:"psi,omitempty"`
+	// Devices is the scope of the block path's and busy disks' signals
+	// (--device; absent: every disk), OutOfScopeCounts the signals of
+	// other disks by source, which armed nothing, OutOfScopeDisks those
+	// disks (the first 20; both absent when none).
+	Devices          []string          `json:"devices,omitempty"`
+	OutOfScopeCounts map[string]uint64 `json:"out_of_scope_counts,omitempty"`
+	OutOfScopeDisks  []string          `json:"out_of_scope_disks,omitempty"`
 }
 
 // TroubleSource is one source of signals, and why it did not watch.
@@ -91,6 +98,16 @@ func troubleOf(tl *timeline.Timeline) *Trouble {
 	at := func(m event.Mono) float64 { return seconds(m.Sub(tl.Start)) }
 	t := &Trouble{Mode: "shadow", HoldSeconds: seconds(s.Hold), Sources: []TroubleSource{}, Signals: []TroubleSignal{},
 		Armed: []ArmedInterval{}, SignalCounts: map[string]uint64{}, SignalsTotal: s.Total(), ArmedSeconds: seconds(s.ArmedTime())}
+	if tl.Coverage != nil && tl.Coverage.Mode == trouble.ModeAuto {
+		t.Mode = trouble.ModeAuto // the intervals are those it armed
+	}
+	t.Devices, t.OutOfScopeDisks = s.Devices, s.OutOfScopeDisks
+	for k, v := range s.OutOfScope {
+		if t.OutOfScopeCounts == nil {
+			t.OutOfScopeCounts = map[string]uint64{}
+		}
+		t.OutOfScopeCounts[string(k)] = v
+	}
 	for _, src := range s.Sources {
 		t.Sources = append(t.Sources, TroubleSource{Source: string(src.Source), On: src.On, Reason: src.Reason})
 	}
@@ -154,7 +171,11 @@ func troubleOf(tl *timeline.Timeline) *Trouble {
 // section.
 func troubleLine(t *Trouble) string {
 	var b strings.Builder
-	b.WriteString("shadow armed mode: ")
+	if t.Mode == "shadow" {
+		b.WriteString("shadow armed mode: ")
+	} else {
+		b.WriteString("signals of armed mode " + t.Mode + ": ")
+	}
 	if len(t.Armed) == 0 {
 		fmt.Fprintf(&b, "never armed (%d signals)", t.SignalsTotal)
 	} else {
@@ -166,6 +187,13 @@ func troubleLine(t *Trouble) string {
 	}
 	if t.SlowSpans > 0 {
 		fmt.Fprintf(&b, "; slow calls and blocked spans outside armed time: %d of %d", t.SlowSpansUnarmed, t.SlowSpans)
+	}
+	if len(t.Devices) > 0 {
+		var n uint64
+		for _, c := range t.OutOfScopeCounts {
+			n += c
+		}
+		fmt.Fprintf(&b, "; block and busy-disk signals scoped to %s (%d of other disks ignored; PSI is host-wide)", strings.Join(t.Devices, ", "), n)
 	}
 	var off []string
 	for _, s := range t.Sources {

@@ -137,7 +137,7 @@ func (a *agent) trace(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	tl := &timeline.Timeline{Start: from.At, End: now, Kernel: a.kernel, Hostname: a.host, MinLatency: a.opts.MinLatency,
-		Probes: append([]event.ProbeStatus(nil), a.statuses...)}
+		Probes: append([]event.ProbeStatus(nil), a.statuses...), Coverage: a.coverage(from.At, now)}
 	a.mu.Lock()
 	tl.Holders = a.holders
 	a.mu.Unlock()

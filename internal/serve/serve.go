@@ -33,6 +33,7 @@ import (
 	"github.com/whyslow/whyslow/internal/report"
 	"github.com/whyslow/whyslow/internal/stage"
 	"github.com/whyslow/whyslow/internal/timeline"
+	"github.com/whyslow/whyslow/internal/trouble"
 	"github.com/whyslow/whyslow/probes"
 	"github.com/whyslow/whyslow/rules"
 )
@@ -89,6 +90,10 @@ type Options struct {
 	WindowSums flight.SumsBound
 	// Version is whyslow's, for the reports and traces.
 	Version string
+	// ArmedMode (experimental, --armed-mode) is diagnose.Options'
+	// ArmedMode: "auto" (armed while the trouble watcher sees trouble),
+	// "test-disarmed", or "" (the default: every program attached).
+	ArmedMode string
 	// Log is where serve says what it does and what goes wrong (stderr).
 	Log io.Writer
 	// Ready, when set, is called once the probes run and the server
@@ -164,6 +169,11 @@ type agent struct {
 	// stateMu serializes the reads of the probes' counters (and their
 	// stop).
 	stateMu sync.Mutex
+	// In an armed mode: the trouble watcher, armed mode auto's
+	// controller, and the coverage of a run never armed (test-disarmed).
+	watch    *trouble.Watcher
+	auto     *trouble.Auto
+	disarmed *trouble.Coverage
 	// dumping holds one /trace dump at a time.
 	dumping chan struct{}
 
@@ -213,13 +223,38 @@ func Run(ctx context.Context, ln net.Listener, opts Options) error {
 	a.rec = flight.New(flight.Options{MaxBytes: opts.FlightMemory, Keep: opts.FlightRecorder}, start)
 	cfg := probes.Config{MinLatency: opts.MinLatency, KernelTypes: opts.Kernel, ProcFS: opts.ProcFS, SysFS: opts.SysFS,
 		Mechanism: opts.Mechanism}
-	a.g = probes.Start(cfg, a.rec, opts.Probes...)
+	var sink probes.Sink = a.rec
+	if opts.ArmedMode == trouble.ModeAuto {
+		// The trouble watcher (scoped to --device's disks, and PSI) arms
+		// the hot-hook programs: it is shown every event, as in diagnose.
+		a.auto = trouble.NewAuto(func(s string) { fmt.Fprintf(opts.Log, "whyslow: %s\n", s) })
+		a.watch = trouble.New(trouble.Config{ProcFS: opts.ProcFS, SysFS: opts.SysFS, Devices: opts.Devices, OnSignal: a.auto.Signal})
+		if err := a.watch.Start(ctx); err != nil {
+			return fmt.Errorf("armed mode auto: the trouble watcher could not start: %w", err)
+		}
+		sink = watchedSink{a.rec, a.watch}
+	}
+	a.g = probes.Start(cfg, sink, opts.Probes...)
 	a.statuses = a.g.Statuses()
 	a.m.SetProbes(a.statuses)
 	if len(a.g.Running()) == 0 {
+		if a.watch != nil {
+			a.watch.Stop(start)
+		}
 		return fmt.Errorf("no probe could start (%s)", a.g.Unavailable())
 	}
 	defer a.stop()
+	if opts.ArmedMode != "" {
+		if err := a.g.Disarm(); err != nil {
+			return err
+		}
+		switch opts.ArmedMode {
+		case trouble.ModeAuto:
+			a.auto.Run(a.watch, a.g, start, a.g.Running(), a.g.Gated())
+		case trouble.ModeTestDisarmed:
+			a.disarmed = &trouble.Coverage{Mode: trouble.ModeTestDisarmed, Start: start, Probes: a.g.Running(), Gated: a.g.Gated()}
+		}
+	}
 	first := a.state(start, true)
 	a.rec.AddState(first)
 	a.m.SetHistograms(first.Devices)
@@ -350,14 +385,47 @@ func (a *agent) state(at event.Mono, prune bool) flight.State {
 		IOUsage: sink.tl.IOUsage, Unfinished: sink.tl.UnfinishedCalls, Pruned: removed[event.ProbeSyscall], PrunedIO: removed[event.ProbeSubmit]}
 }
 
-// stop detaches the probes.
+// stop detaches the probes: armed mode auto's controller stops first (an
+// arming under way ends), so that nothing arms them as they stop.
 func (a *agent) stop() {
+	if a.auto != nil {
+		if end, err := event.Now(); err == nil {
+			a.auto.Stop(end)
+		}
+	}
+	if a.watch != nil {
+		a.watch.Stop(a.mono0)
+	}
 	a.stateMu.Lock()
 	defer a.stateMu.Unlock()
 	if err := a.g.Stop(); err != nil {
 		fmt.Fprintf(a.opts.Log, "whyslow: %v\n", err)
 	}
 	a.g = nil
+}
+
+// coverage is the armed mode's coverage of [start, end], nil in the
+// default mode.
+func (a *agent) coverage(start, end event.Mono) *trouble.Coverage {
+	switch {
+	case a.auto != nil:
+		return a.auto.Coverage(end).Within(start, end)
+	case a.disarmed != nil:
+		return a.disarmed.Within(start, end)
+	}
+	return nil
+}
+
+// watchedSink is the probes' sink in armed mode auto: the flight
+// recorder, with every event shown to the trouble watcher first.
+type watchedSink struct {
+	*flight.Recorder
+	w *trouble.Watcher
+}
+
+func (s watchedSink) Event(e event.Event) {
+	s.w.Observe(e)
+	s.Recorder.Event(e)
 }
 
 // stateSink gathers what the probes deliver at a checkpoint.
@@ -414,6 +482,7 @@ func (a *agent) filterDevices(devs []timeline.DeviceHistograms) []timeline.Devic
 // diagnosis's timeline.
 func (a *agent) fill(tl *timeline.Timeline) {
 	tl.Kernel, tl.Hostname, tl.MinLatency = a.kernel, a.host, a.opts.MinLatency
+	tl.Coverage = a.coverage(tl.Start, tl.End)
 	tl.Probes = append([]event.ProbeStatus(nil), a.statuses...)
 	if h, err := diagnose.ReadHolders(a.opts.SysFS); err == nil {
 		a.mu.Lock()

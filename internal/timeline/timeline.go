@@ -48,6 +48,10 @@ type Timeline struct {
 	// armed mode, docs/report-schema.md "trouble"); nil for a timeline
 	// read from a trace, which does not record it.
 	Trouble *trouble.Summary
+	// Coverage says when the programs on the hot hooks were attached, for
+	// a run in an armed mode (--armed-mode); nil in the default mode,
+	// where they are all the time (docs/report-schema.md "coverage").
+	Coverage *trouble.Coverage
 
 	// The event streams, one per event kind (see Sources).
 	SlowSubmits []event.SlowSubmit

@@ -135,8 +135,11 @@ func (r *Recorder) Begin(tl *timeline.Timeline) error {
 	}
 	tv := reflect.ValueOf(tl).Elem()
 	scalars := reflect.New(timelineType).Elem()
+	// The timeline record has its scalars; the slices are streams and
+	// states, the pointers (Trouble, Coverage) records of their own at
+	// the end.
 	for i := 0; i < timelineType.NumField(); i++ {
-		if timelineType.Field(i).Type.Kind() != reflect.Slice && timelineType.Field(i).IsExported() {
+		if k := timelineType.Field(i).Type.Kind(); k != reflect.Slice && k != reflect.Pointer && timelineType.Field(i).IsExported() {
 			scalars.Field(i).Set(tv.Field(i))
 		}
 	}
@@ -274,6 +277,15 @@ func (r *Recorder) Finish(tl *timeline.Timeline) error {
 			Type    string           `json:"type"`
 			Summary *trouble.Summary `json:"summary"`
 		}{typeTrouble, tl.Trouble}); err != nil {
+			return err
+		}
+	}
+	if tl.Coverage != nil {
+		r.n++
+		if err := r.line(struct {
+			Type     string            `json:"type"`
+			Coverage *trouble.Coverage `json:"coverage"`
+		}{typeCoverage, tl.Coverage}); err != nil {
 			return err
 		}
 	}

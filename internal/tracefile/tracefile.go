@@ -117,6 +117,10 @@ const (
 	// (timeline.Trouble), written once at the end, so that a trace's
 	// report has the live one's trouble section.
 	typeTrouble = "trouble"
+	// typeCoverage holds when the hot-hook programs were attached, for a
+	// run in an armed mode (timeline.Coverage), written once at the end
+	// after the trouble record.
+	typeCoverage = "coverage"
 )
 
 // records names the record type of the slice fields of timeline.Timeline
@@ -740,6 +744,17 @@ func (st *readState) record(rd *reader, b []byte, info *Info) (end bool, err err
 			return false, fail(errors.New("no summary"))
 		}
 		st.tl.Trouble = rec.Summary
+	case typeCoverage:
+		var rec struct {
+			Coverage *trouble.Coverage `json:"coverage"`
+		}
+		if err := json.Unmarshal(b, &rec); err != nil {
+			return false, fail(fmt.Errorf("%s", jsonErr(err)))
+		}
+		if rec.Coverage == nil {
+			return false, fail(errors.New("no coverage"))
+		}
+		st.tl.Coverage = rec.Coverage
 	case typeCheckpoint:
 		if st.version < 2 {
 			return false, st.unknownRecord(kind, info)

@@ -474,3 +474,43 @@ func TestTroubleKnownAtTheEnd(t *testing.T) {
 		t.Errorf("the trouble record is reported ignored: %s", gotInfo.Ignored())
 	}
 }
+
+// An armed mode's coverage, known at Begin (serve's /trace dump of a
+// stretch) or at the end (a diagnosis), is a record of its own at the
+// end, read back as it was, with the trouble summary's scope.
+func TestCoverageRecorded(t *testing.T) {
+	for _, atBegin := range []bool{true, false} {
+		tl := sample()
+		cov := &trouble.Coverage{Mode: trouble.ModeAuto, Start: tl.Start, End: tl.End,
+			Armed:  []trouble.Span{{From: tl.Start + 1000, To: tl.End, By: trouble.ThrottleWait}},
+			Gated:  []string{"offcpu", "syscall"},
+			Probes: []string{"offcpu", "submit", "syscall"}}
+		if atBegin {
+			tl.Coverage = cov
+		}
+		var b bytes.Buffer
+		rec := NewRecorder(&b, info)
+		if err := rec.Begin(tl); err != nil {
+			t.Fatalf("at begin %v: %v", atBegin, err)
+		}
+		tl.Coverage = cov
+		tl.Trouble = &trouble.Summary{Start: tl.Start, End: tl.End, Hold: 5 * time.Second, Devices: []string{"loop0"},
+			OutOfScope: map[trouble.Source]uint64{trouble.DiskBusy: 2}, OutOfScopeDisks: []string{"vda"}}
+		if err := rec.Finish(tl); err != nil {
+			t.Fatal(err)
+		}
+		got, gotInfo, err := Read(&b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got.Coverage, cov) {
+			t.Errorf("at begin %v: coverage read back %+v, want %+v", atBegin, got.Coverage, cov)
+		}
+		if !reflect.DeepEqual(got.Trouble, tl.Trouble) {
+			t.Errorf("trouble read back %+v, want %+v", got.Trouble, tl.Trouble)
+		}
+		if gotInfo.Ignored() != "" {
+			t.Errorf("the coverage record is reported ignored: %s", gotInfo.Ignored())
+		}
+	}
+}

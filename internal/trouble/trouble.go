@@ -88,6 +88,13 @@ type Summary struct {
 	First     map[Source]event.Mono
 	Intervals []Interval
 	PSI       PSITotals
+	// Devices is the scope of the block path's and busy disks' signals
+	// (Config.Devices; empty: every disk), OutOfScope the signals of
+	// other disks, by source, which armed nothing, and OutOfScopeDisks
+	// those disks (the first 20).
+	Devices         []string          `json:",omitempty"`
+	OutOfScope      map[Source]uint64 `json:",omitempty"`
+	OutOfScopeDisks []string          `json:",omitempty"`
 }
 
 // ArmedTime is the time the run would have been armed.

@@ -31,6 +31,12 @@ type Config struct {
 	Hold time.Duration
 	// KeepSignals is how many of the first signals the summary keeps (20).
 	KeepSignals int
+	// Devices, when set (--device), scopes the signals of the block path
+	// and of busy disks to these disks (names as in /sys/block): a signal
+	// of another disk is counted out of scope (Summary.OutOfScope) and
+	// arms nothing. An event whose disk has no name is kept (it cannot be
+	// told apart). PSI is host-wide and stays unscoped.
+	Devices []string
 	// OnSignal, when set, is called with each signal, from the watcher's
 	// goroutines or from Observe's caller; it must not block.
 	OnSignal func(Signal)
@@ -82,6 +88,11 @@ type Watcher struct {
 	// events not confirmed (confirm).
 	psiLast, psiStall map[Source]time.Duration
 	psiDropped        map[Source]uint64
+	// scope is Config.Devices as a set (nil: every disk), outOfScope the
+	// signals of other disks, by source.
+	scope      map[string]bool
+	outOfScope map[Source]uint64
+	outDisks   map[string]bool
 
 	stopW   *os.File // closing it wakes the PSI poller
 	psiFile []*os.File
@@ -96,6 +107,13 @@ func New(cfg Config) *Watcher {
 	w := &Watcher{cfg: cfg, counts: map[Source]uint64{}, first: map[Source]event.Mono{}, status: map[Source]SourceStatus{}, quit: make(chan struct{}),
 		psiLast: map[Source]time.Duration{}, psiStall: map[Source]time.Duration{}, psiDropped: map[Source]uint64{}}
 	w.arming.Hold = cfg.Hold
+	if len(cfg.Devices) > 0 {
+		w.scope = map[string]bool{}
+		for _, d := range cfg.Devices {
+			w.scope[d] = true
+		}
+	}
+	w.outOfScope = map[Source]uint64{}
 	for _, s := range []Source{SlowSubmit, ThrottleWait, QueueEnter, DeviceFault} {
 		w.status[s] = SourceStatus{Source: s, On: true}
 	}
@@ -293,6 +311,9 @@ func (w *Watcher) watchBusy() {
 		cur, now := diskTicks(w.cfg.SysFS), time.Now()
 		names, pct := busyDisks(prev, cur, now.Sub(at), w.cfg.Busy)
 		for i, d := range names {
+			if !w.inScope(DiskBusy, d) {
+				continue
+			}
 			w.signal(DiskBusy, fmt.Sprintf("%s busy %.0f%% over %v", d, pct[i], now.Sub(at).Round(time.Millisecond)))
 		}
 		prev, at = cur, now
@@ -304,17 +325,50 @@ func (w *Watcher) watchBusy() {
 func (w *Watcher) Observe(e event.Event) {
 	switch e := e.(type) {
 	case event.SlowSubmit:
+		if !w.inScope(SlowSubmit, e.Dev.Name) {
+			return
+		}
 		w.signal(SlowSubmit, fmt.Sprintf("%s submission (Q2G) %v, %s", e.Dev, e.Latency.Round(time.Microsecond), e.Task.Comm))
 	case event.ThrottleWait:
+		if !w.inScope(ThrottleWait, e.Dev.Name) {
+			return
+		}
 		w.signal(ThrottleWait, fmt.Sprintf("%s throttled %v, %s", e.Dev, e.Duration.Round(time.Microsecond), e.Task.Comm))
 	case event.QueueEnter:
+		if !w.inScope(QueueEnter, e.Dev.Name) {
+			return
+		}
 		w.signal(QueueEnter, fmt.Sprintf("%s queue enter %v, %s", e.Dev, e.Duration.Round(time.Microsecond), e.Task.Comm))
 	case event.DeviceFault:
 		switch e.Kind {
 		case event.FaultError, event.FaultTimeout, event.FaultSCSITimeout:
+			if !w.inScope(DeviceFault, e.Dev.Name) {
+				return
+			}
 			w.signal(DeviceFault, fmt.Sprintf("%s %s", e.Dev, e.Kind))
 		}
 	}
+}
+
+// maxOutDisks is how many disks out of scope a summary names.
+const maxOutDisks = 20
+
+// inScope says whether a signal of src on disk is in the watcher's scope
+// (Config.Devices), and counts it out of scope if not.
+func (w *Watcher) inScope(src Source, disk string) bool {
+	if w.scope == nil || disk == "" || w.scope[disk] {
+		return true
+	}
+	w.mu.Lock()
+	w.outOfScope[src]++
+	if w.outDisks == nil {
+		w.outDisks = map[string]bool{}
+	}
+	if len(w.outDisks) < maxOutDisks {
+		w.outDisks[disk] = true
+	}
+	w.mu.Unlock()
+	return false
 }
 
 // signal records a signal now.
@@ -346,6 +400,19 @@ func (w *Watcher) Armed(now event.Mono) bool {
 	return w.arming.Armed(now)
 }
 
+// State says whether an armed mode would be armed at now; if so, until
+// when it stays armed without another signal, and the source of the
+// signal that armed it.
+func (w *Watcher) State(now event.Mono) (armed bool, until event.Mono, by Source) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.arming.Armed(now) {
+		return false, 0, ""
+	}
+	iv := w.arming.intervals[len(w.arming.intervals)-1]
+	return true, w.arming.last.Add(w.arming.Hold), iv.By
+}
+
 // stopSources ends the goroutines and closes the triggers, once.
 func (w *Watcher) stopSources() {
 	w.mu.Lock()
@@ -374,7 +441,18 @@ func (w *Watcher) Stop(end event.Mono) *Summary {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	s := &Summary{Start: w.start, End: end, Hold: w.cfg.Hold, Stall: w.cfg.Stall, Window: w.cfg.Window, Busy: w.cfg.Busy,
-		Signals: append([]Signal(nil), w.signals...), Counts: map[Source]uint64{}, Intervals: w.arming.Intervals(end)}
+		Signals: append([]Signal(nil), w.signals...), Counts: map[Source]uint64{}, Intervals: w.arming.Intervals(end),
+		Devices: append([]string(nil), w.cfg.Devices...)}
+	for k, v := range w.outOfScope {
+		if s.OutOfScope == nil {
+			s.OutOfScope = map[Source]uint64{}
+		}
+		s.OutOfScope[k] = v
+	}
+	for d := range w.outDisks {
+		s.OutOfScopeDisks = append(s.OutOfScopeDisks, d)
+	}
+	sort.Strings(s.OutOfScopeDisks)
 	s.First = map[Source]event.Mono{}
 	for k, v := range w.counts {
 		s.Counts[k] = v

@@ -154,7 +154,7 @@ type tool struct {
 
 var tools = []tool{
 	{"none", "no tracing", func(*bench, string) ([]*proc, error) { return nil, nil }, nil},
-	{"whyslow", "`whyslow diagnose storage` (every probe, defaults)", (*bench).startWhyslow, nil},
+	{"whyslow", "`whyslow diagnose storage` (every probe, defaults)", func(b *bench, tag string) ([]*proc, error) { return b.startWhyslow(tag) }, nil},
 	{"libbpf-tools", "`biolatency` + `execsnoop` (libbpf-tools)", (*bench).startLibbpfTools, []string{"stdbuf", "biolatency", "execsnoop"}},
 	{"bpftrace", "`bpftrace tools/bench/biosched.bt` (same block and sched probes)", (*bench).startBpftrace, []string{"stdbuf", "bpftrace"}},
 }
@@ -163,10 +163,11 @@ const readyTimeout = 60 * time.Second
 
 // startWhyslow runs `whyslow diagnose storage` until stopped, with its JSON
 // report in the work directory as tag.json.
-func (b *bench) startWhyslow(tag string) ([]*proc, error) {
+func (b *bench) startWhyslow(tag string, extra ...string) ([]*proc, error) {
 	ready := filepath.Join(b.dir, tag+".ready")
-	p, err := startWhyslowProc("whyslow", readiness{file: ready}, b.o.whyslow, "diagnose", "storage", "--duration", "2h",
-		"--format", "json", "--output", filepath.Join(b.dir, tag+".json"), "--ready-file", ready)
+	args := append([]string{"diagnose", "storage", "--duration", "2h",
+		"--format", "json", "--output", filepath.Join(b.dir, tag+".json"), "--ready-file", ready}, extra...)
+	p, err := startWhyslowProc("whyslow", readiness{file: ready}, b.o.whyslow, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -331,6 +332,12 @@ type report struct {
 		} `json:"uevents"`
 	} `json:"devices"`
 	DurationSeconds float64 `json:"duration_seconds"`
+	// Coverage is there for a run in an armed mode: how long its
+	// hot-hook programs were attached.
+	Coverage *struct {
+		ArmedSeconds    float64 `json:"armed_seconds"`
+		DisarmedSeconds float64 `json:"disarmed_seconds"`
+	} `json:"coverage"`
 }
 
 func readReport(path string) (*report, error) {

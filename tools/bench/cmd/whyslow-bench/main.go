@@ -52,14 +52,16 @@ type options struct {
 	// schedAlso, another whyslow binary measured in the same rounds.
 	schedFloor bool
 	schedAlso  string
-	startRuns  int
-	stormTime  time.Duration
-	serveTime  time.Duration
-	rssTime    time.Duration
-	uevents    int // target uevents/s of the storm
-	execs      int // target execs/s of the storm
-	no10M      bool
-	keep       bool // keep the work directory
+	// schedAuto, whyslow in armed mode auto measured in the same rounds.
+	schedAuto bool
+	startRuns int
+	stormTime time.Duration
+	serveTime time.Duration
+	rssTime   time.Duration
+	uevents   int // target uevents/s of the storm
+	execs     int // target execs/s of the storm
+	no10M     bool
+	keep      bool // keep the work directory
 	// device is a block device to drive instead of a loop device over
 	// tmpfs (null_blk in a qemu guest: bench-vm).
 	device string
@@ -91,6 +93,7 @@ func main() {
 	flag.DurationVar(&o.fioTime, "fio-time", 4*time.Second, "io: fio runtime of one measurement")
 	flag.IntVar(&o.schedRuns, "sched-rounds", 10, "sched: rounds with and without whyslow")
 	flag.BoolVar(&o.schedFloor, "sched-floor", true, "sched: also measure empty programs on whyslow's attach points (sys_enter/sys_exit, sched_switch/sched_waking, and as many on each hook as whyslow has links there)")
+	flag.BoolVar(&o.schedAuto, "sched-auto", true, "sched: also measure whyslow in armed mode auto (--armed-mode=auto, experimental: the hot-hook programs attached only while trouble is seen) in the same rounds")
 	flag.StringVar(&o.schedAlso, "sched-also", "", "sched: also measure this whyslow binary in the same rounds (e.g. main's, to compare)")
 	flag.IntVar(&o.startRuns, "startup-rounds", 10, "startup: launches of each tool")
 	flag.DurationVar(&o.stormTime, "storm-time", 30*time.Second, "storm: length")
@@ -154,6 +157,9 @@ type bench struct {
 	loop  string // /dev/loopN of the io and storm sections
 	fio   fioConfig
 	log   *os.File
+	// armed holds, per whyslow configuration of the sched section in an
+	// armed mode, each round's coverage: armed and disarmed seconds.
+	armed map[string][][2]float64
 }
 
 func run(o options) error {

@@ -192,7 +192,11 @@ func renderMarkdown(r *Results) string {
 			{"whyslow diagnose storage", fmt.Sprintf("%.2f (%.2f–%.2f)", s.Whyslow.Median, s.Whyslow.P25, s.Whyslow.P75), ratioCell(s.Ratio)},
 		}
 		for _, x := range s.Rows {
-			rows = append(rows, []string{x.What, fmt.Sprintf("%.2f (%.2f–%.2f)", x.UsPerOp.Median, x.UsPerOp.P25, x.UsPerOp.P75), ratioCell(x.Ratio)})
+			what := x.What
+			if t := x.ArmedSeconds + x.DisarmedSeconds; t > 0 {
+				what += fmt.Sprintf(" (armed %.1f s of %.1f s over the rounds)", x.ArmedSeconds, t)
+			}
+			rows = append(rows, []string{what, fmt.Sprintf("%.2f (%.2f–%.2f)", x.UsPerOp.Median, x.UsPerOp.P25, x.UsPerOp.P75), ratioCell(x.Ratio)})
 		}
 		m.table([]string{"", "µs per round trip", "ratio"}, rows)
 		if len(s.Rows) > 0 {

@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -37,6 +39,10 @@ type SchedRow struct {
 	What    string `json:"what"`
 	UsPerOp spread `json:"us_per_op"`
 	Ratio   spread `json:"ratio"` // against no tracing, same round
+	// ArmedSeconds and DisarmedSeconds, for whyslow in armed mode auto:
+	// its reports' coverage, summed over the rounds.
+	ArmedSeconds    float64 `json:"armed_seconds,omitempty"`
+	DisarmedSeconds float64 `json:"disarmed_seconds,omitempty"`
 }
 
 const pipeLoops = 100000
@@ -60,21 +66,32 @@ func pipeBench() (float64, error) {
 type schedConfig struct {
 	name, what string
 	start      func(tag string) (func() error, error)
+	// key names a whyslow configuration in bench.armed.
+	key string
 }
 
 // schedConfigs are the sched section's configurations: no tracing and
 // whyslow first, then the floor (empty programs on the attach points
 // whyslow uses on every system call and on every context switch and
 // wake-up, and as many empty programs on each hook as whyslow has links
-// there, from layout), then, with -sched-also, another whyslow binary.
+// there, from layout), with -sched-auto whyslow in armed mode auto, then,
+// with -sched-also, another whyslow binary.
 func (b *bench) schedConfigs(layout []HookLinks) []schedConfig {
-	whyslow := func(bin string) func(string) (func() error, error) {
+	whyslow := func(bin string, extra ...string) func(string) (func() error, error) {
 		return func(tag string) (func() error, error) {
 			o := b.o.whyslow
 			b.o.whyslow = bin
-			ps, err := b.startWhyslow(tag)
+			ps, err := b.startWhyslow(tag, extra...)
 			b.o.whyslow = o
-			stop := func() error { return stopAll(ps) }
+			stop := func() error {
+				err := stopAll(ps)
+				// An armed mode's coverage: how long the hot-hook
+				// programs were attached in the round.
+				if rep, rerr := readReport(filepath.Join(b.dir, tag+".json")); err == nil && rerr == nil && rep.Coverage != nil {
+					b.armed[bin+" "+strings.Join(extra, " ")] = append(b.armed[bin+" "+strings.Join(extra, " ")], [2]float64{rep.Coverage.ArmedSeconds, rep.Coverage.DisarmedSeconds})
+				}
+				return err
+			}
 			if err != nil {
 				return nil, errors.Join(err, stop())
 			}
@@ -85,29 +102,36 @@ func (b *bench) schedConfigs(layout []HookLinks) []schedConfig {
 		return func(string) (func() error, error) { return emptyPrograms(tps...) }
 	}
 	cs := []schedConfig{
-		{"none", "no tracing", func(string) (func() error, error) { return nil, nil }},
-		{"whyslow", "whyslow diagnose storage", whyslow(b.o.whyslow)},
+		{"none", "no tracing", func(string) (func() error, error) { return nil, nil }, ""},
+		{"whyslow", "whyslow diagnose storage", whyslow(b.o.whyslow), b.o.whyslow + " "},
 	}
 	if b.o.schedFloor {
 		cs = append(cs,
-			schedConfig{"empty-syscalls", "empty programs on `sys_enter` + `sys_exit`", empty("sys_enter", "sys_exit")},
-			schedConfig{"empty-sched", "empty programs on `sched_switch` + `sched_waking`", empty("sched_switch", "sched_waking")},
-			schedConfig{"empty-all", "empty programs on all four", empty(schedHooks...)},
+			schedConfig{"empty-syscalls", "empty programs on `sys_enter` + `sys_exit`", empty("sys_enter", "sys_exit"), ""},
+			schedConfig{"empty-sched", "empty programs on `sched_switch` + `sched_waking`", empty("sched_switch", "sched_waking"), ""},
+			schedConfig{"empty-all", "empty programs on all four", empty(schedHooks...), ""},
 		)
 		// whyslow's layout as the kernel had it in the run that read it:
 		// one program per hook where the probes chain theirs
 		// (probes/hookchain.go, rqchain.go), more where they do not.
 		if tps := floorHooks(layout); len(tps) > 0 {
-			cs = append(cs, schedConfig{"empty-layout", layoutWhat(layout), empty(tps...)})
+			cs = append(cs, schedConfig{"empty-layout", layoutWhat(layout), empty(tps...), ""})
 		}
 	}
+	if b.o.schedAuto {
+		// Armed mode auto (experimental): on a quiet host its hot-hook
+		// programs stay detached unless a trouble signal (PSI is
+		// host-wide) arms it; its report's coverage says for how long.
+		cs = append(cs, schedConfig{"whyslow-auto", "whyslow diagnose storage `--armed-mode=auto` (experimental)", whyslow(b.o.whyslow, "--armed-mode=auto"), b.o.whyslow + " --armed-mode=auto"})
+	}
 	if b.o.schedAlso != "" {
-		cs = append(cs, schedConfig{"whyslow-also", fmt.Sprintf("whyslow diagnose storage (`%s`)", b.o.schedAlso), whyslow(b.o.schedAlso)})
+		cs = append(cs, schedConfig{"whyslow-also", fmt.Sprintf("whyslow diagnose storage (`%s`)", b.o.schedAlso), whyslow(b.o.schedAlso), b.o.schedAlso + " "})
 	}
 	return cs
 }
 
 func (b *bench) sched() error {
+	b.armed = map[string][][2]float64{}
 	res := &SchedResult{Command: fmt.Sprintf("taskset -c 0 perf bench sched pipe -l %d", pipeLoops), Rounds: b.o.schedRuns}
 	// First whyslow's own: its programs' run time, and the links it
 	// holds on each hook, which the floor row of its layout copies.
@@ -147,7 +171,12 @@ func (b *bench) sched() error {
 	}
 	none, ws := us[0], us[1]
 	for i := 2; i < len(cs); i++ {
-		res.Rows = append(res.Rows, SchedRow{Name: cs[i].name, What: cs[i].what, UsPerOp: spreadOf(us[i]), Ratio: spreadOf(ratio[i])})
+		row := SchedRow{Name: cs[i].name, What: cs[i].what, UsPerOp: spreadOf(us[i]), Ratio: spreadOf(ratio[i])}
+		for _, c := range b.armed[cs[i].key] {
+			row.ArmedSeconds += c[0]
+			row.DisarmedSeconds += c[1]
+		}
+		res.Rows = append(res.Rows, row)
 	}
 	res.None, res.Whyslow, res.Ratio = spreadOf(none), spreadOf(ws), spreadOf(ratio[1])
 	b.res.Sched = res
