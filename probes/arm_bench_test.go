@@ -3,7 +3,10 @@ package probes
 import (
 	"flag"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"runtime"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -13,7 +16,7 @@ import (
 	"github.com/whyslow/whyslow/internal/event"
 )
 
-var seedThreads = flag.Int("seedthreads", 3000, "BenchmarkArmSeed: threads to start besides the host's (half asleep in read(2) of a pipe, half in poll)")
+var seedThreads = flag.Int("seedthreads", 3000, "BenchmarkArmSeed: threads to start besides the host's (in a process of their own, half asleep in read(2) of a pipe, half in poll)")
 
 // BenchmarkArmSeed measures what finding the storage calls in progress
 // costs an arming (armed mode, syscall_armed.go) with many threads on the
@@ -44,32 +47,25 @@ func BenchmarkArmSeed(b *testing.B) {
 	if r == nil {
 		b.Fatalf("the syscall probe did not start: %+v", g.Statuses())
 	}
-	var p [2]int
-	if err := unix.Pipe(p[:]); err != nil {
+	// The threads, in a process of their own (the /proc walk leaves
+	// whyslow's own out): the test binary run again (runSeedHelper).
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), seedHelperEnv+"=threads "+strconv.Itoa(*seedThreads)+" -")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	for i := range *seedThreads {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			runtime.LockOSThread() // the thread exits with it: no reuse
-			if i%2 == 0 {
-				buf := make([]byte, 1)
-				unix.Read(p[0], buf)
-				return
-			}
-			unix.Poll([]unix.PollFd{{Fd: int32(p[0]), Events: unix.POLLIN}}, -1)
-		}()
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	helper := func() int {
+		es, _ := os.ReadDir(filepath.Join("/proc", strconv.Itoa(cmd.Process.Pid), "task"))
+		return len(es)
 	}
-	defer func() {
-		unix.Close(p[1]) // every reader and poller wakes
-		wg.Wait()
-		unix.Close(p[0])
-	}()
+	for deadline := time.Now().Add(time.Minute); helper() < *seedThreads && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	tasks := 0
 	procThreads("/proc", func(string, int, int) { tasks++ })
-	b.Logf("%d threads on the host", tasks)
+	b.Logf("%d threads in the helper, %d on the host in all (whyslow's left out)", helper(), tasks)
 	if r.seeder != nil {
 		b.Run("iter", func(b *testing.B) {
 			for b.Loop() {
@@ -99,4 +95,29 @@ func BenchmarkArmSeed(b *testing.B) {
 			}
 		}
 	})
+}
+
+// seedThreadsHelper starts n threads, half asleep in read(2) of a pipe,
+// half in poll of it, and waits for ever.
+func seedThreadsHelper(n int) error {
+	var p [2]int
+	if err := unix.Pipe(p[:]); err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			runtime.LockOSThread() // the thread exits with it: no reuse
+			if i%2 == 0 {
+				buf := make([]byte, 1)
+				unix.Read(p[0], buf)
+				return
+			}
+			unix.Poll([]unix.PollFd{{Fd: int32(p[0]), Events: unix.POLLIN}}, -1)
+		}()
+	}
+	wg.Wait()
+	return nil
 }

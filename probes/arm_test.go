@@ -578,12 +578,20 @@ func init() {
 // system call (until FLAG's second word is set: a thread on a CPU in
 // user space, whose registers at the top of its kernel stack are those
 // of its last entry, the pread's until an interrupt comes); for MODE
-// sleep, a nanosleep of a minute. MODE read1m: a pread of 1 MiB, and
+// sleep, a nanosleep of a minute. MODE threads (DEV is a count):
+// seedThreadsHelper. MODE read1m: a pread of 1 MiB, and
 // nothing else.
 func runSeedHelper(spec string) error {
 	f := strings.Fields(spec)
 	if len(f) != 3 {
 		return fmt.Errorf("bad spec %q", spec)
+	}
+	if f[0] == "threads" {
+		n, err := strconv.Atoi(f[1])
+		if err != nil {
+			return err
+		}
+		return seedThreadsHelper(n)
 	}
 	fd, err := unix.Open("/dev/"+f[1], unix.O_RDONLY|unix.O_DIRECT, 0)
 	if err != nil {
