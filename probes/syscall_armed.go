@@ -102,8 +102,11 @@ func (r *syscallRunning) disarm() error {
 }
 
 // arm attaches its programs on the hot hooks again (the chains it leads
-// run with them), and counts the storage calls already in progress (reported unfinished from
-// now while they stay blocked in them: hungSince).
+// run with them), then seeds the storage calls already in progress
+// (seed: timed from now, a lower bound), where the kernel allows it; it
+// counts those it cannot seed, or, on the other kernels, those /proc
+// shows (reported unfinished from now while they stay blocked in them:
+// hungSince).
 func (r *syscallRunning) arm() error {
 	r.armst.mu.Lock()
 	defer r.armst.mu.Unlock()
