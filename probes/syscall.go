@@ -626,6 +626,15 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 		}
 	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, *collectionOptions(kernel))
+	var seedErr error
+	if err != nil && seed {
+		// A kernel that refuses the seeding program keeps the rest: the
+		// calls in progress at an arming are counted from /proc then.
+		seedErr = err
+		seed = false
+		delete(spec.Programs, "sc_seed")
+		coll, err = ebpf.NewCollectionWithOptions(spec, *collectionOptions(kernel))
+	}
 	if err != nil {
 		return nil, loadErr(fmt.Errorf("loading objects: %w", err))
 	}
@@ -721,6 +730,9 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 	}
 	if !findVMA {
 		missing = append(missing, "msync (needs bpf_find_vma, 5.17+)")
+	}
+	if seedErr != nil {
+		r.note += "; armed mode counts the calls in progress at an arming from /proc (the seeding program was refused: " + firstLine(seedErr.Error()) + ")"
 	}
 	if len(missing) > 0 {
 		r.note += "; not traced: " + strings.Join(missing, ", ")
