@@ -64,6 +64,10 @@ volatile const __u64 walk_gap_s_ns = 0;
  * they are detached: a call that began before it is not the thread's call
  * any more (live). 0 (never disarmed): every started call is live. */
 volatile __u64 armed_at_ns = 0;
+/* The seeding of calls in progress as the programs arm (sc_seed, an
+ * iter/task program: task storage, 5.15+'s bpf_task_pt_regs): set by user
+ * space where it loads sc_seed. */
+volatile const __u8 use_task_regs = 0;
 
 /* x86-64 numbers of the storage calls (arch/x86/entry/syscalls/syscall_64.tbl). */
 enum storage_nr {
@@ -141,6 +145,12 @@ struct sc_state {
 	 * nr & (HSLOT_WAYS - 1): a guess, valid when the slot's owner is the
 	 * call's process x device x call (hist_owner). */
 	__u32 hslot[4];
+	/* The call was in progress as the programs armed, found by sc_seed:
+	 * its start_ns is the arming (a lower bound). seed_key is what its
+	 * exit checks it is still that call with (seed_key_of). */
+	__u64 seed_key;
+	__u8 seeded;
+	__u8 pad2[7];
 };
 
 #define HSLOT_WAYS 4
@@ -191,7 +201,7 @@ KEEP_TYPE(struct sc_inflight, sc_inflight_type);
  * entry and its key. */
 struct sc_running {
 	__u32 tid;
-	__u32 pad;
+	__u32 seeded; /* in progress as the programs armed: start_ns is the arming (a lower bound) */
 	struct sc_inflight call;
 };
 
@@ -217,6 +227,9 @@ struct sc_hist {
 	__u64 max_ns;
 	__u64 sleep_ns; /* asleep inside these calls */
 	__u64 runq_ns; /* in the run queue inside these calls */
+	/* Of these calls, those in progress as the programs armed (seeded:
+	 * timed from the arming, their latency a lower bound). */
+	__u64 seeded;
 	__u64 slots[HIST_SLOTS]; /* hist_slot(latency ns) */
 };
 
@@ -358,7 +371,8 @@ enum sc_stack_loss {
 	SC_LOSS_HIST = 2, /* `call_hists` full: a call's latency is lost */
 	SC_LOSS_MEM = 3, /* `mem_begin` or `mem_stalls` full: a memory stall's time is lost */
 	SC_LOSS_INFLIGHT = 4, /* `inflight` full: a blocked call in progress is not seen before its exit */
-	SC_LOSS_KINDS = 5,
+	SC_LOSS_SEED = 5, /* a call seeded as the programs armed whose exit was not seen (or found over): not timed */
+	SC_LOSS_KINDS = 6,
 };
 
 KEEP_TYPE(enum sc_stack_loss, sc_stack_loss_type);
@@ -396,7 +410,7 @@ struct sc_slow {
 	__u64 runq_ns;
 	__s64 ret;
 	__u32 nr;
-	__u32 pad;
+	__u32 seeded; /* in progress as the programs armed: timed from the arming (a lower bound) */
 	char comm[TASK_COMM_LEN];
 };
 
@@ -408,6 +422,7 @@ struct pt_regs___sc {
 	unsigned long di;
 	unsigned long si;
 	unsigned long dx;
+	unsigned long ax;
 	unsigned long orig_ax;
 } __attribute__((preserve_access_index));
 
@@ -719,6 +734,23 @@ static __always_inline int storage_call(long nr)
 	return 0;
 }
 
+/* seed_key_of is what tells a seeded call from a later one of the same
+ * number (whose entry, on no block device, left the state alone): the
+ * file of its descriptor, the aio context it waits on, nothing for sync
+ * (whose every call resets the state). t is cur_task(), or the task
+ * iterated. */
+static __always_inline __u64 seed_key_of(struct task_struct *t, long nr, __u64 a0)
+{
+	switch (nr) {
+	case NR_SYNC:
+		return 0;
+	case NR_IO_GETEVENTS:
+	case NR_IO_PGETEVENTS:
+		return a0;
+	}
+	return (__u64)fd_file(t, (__s32)a0);
+}
+
 static __always_inline void call_enter(long nr, __u64 a0, __u64 a1, __u64 a2, const int vma)
 {
 	/* The calls on aio contexts read the thread's state first: the
@@ -744,6 +776,13 @@ static __always_inline void call_enter(long nr, __u64 a0, __u64 a1, __u64 a2, co
 	}
 	if (nr == NR_IO_SUBMIT)
 		aio_note(st, a0, dev);
+	if (st->seeded) {
+		/* Seeded as the programs armed, and its exit was not seen
+		 * (it ended before the seed was written): not timed. */
+		if (live(st))
+			count_loss(&sc_losses, SC_LOSS_SEED);
+		st->seeded = 0;
+	}
 	if (st->inflight) {
 		/* A call whose exit was not seen (the thread died in it). */
 		if (!use_task_storage) {
@@ -807,8 +846,14 @@ static __always_inline struct sc_hist *hist_spill(struct sc_hist_key *k, __u64 i
 
 /* hist_add adds a call to a histogram: plain adds to this CPU's copy, or
  * atomic ones to a shared one. */
-static __always_inline void hist_add(struct sc_hist *h, int shared, __u64 lat, __u64 sleep, __u64 runq)
+static __always_inline void hist_add(struct sc_hist *h, int shared, __u64 lat, __u64 sleep, __u64 runq, __u8 seeded)
 {
+	if (seeded) {
+		if (shared)
+			__sync_fetch_and_add(&h->seeded, 1);
+		else
+			h->seeded++;
+	}
 	__u64 slot = hist_slot(lat);
 	asm volatile("" : "+r"(slot));
 	if (shared) {
@@ -837,18 +882,18 @@ static __always_inline void hist_add(struct sc_hist *h, int shared, __u64 lat, _
 
 /* hist_count adds a call of a process x device x call to its histogram,
  * making it (and telling user space) on its first call. */
-static __always_inline void hist_count(struct sc_hist_key *k, __u64 id, __u64 lat, __u64 sleep, __u64 runq)
+static __always_inline void hist_count(struct sc_hist_key *k, __u64 id, __u64 lat, __u64 sleep, __u64 runq, __u8 seeded)
 {
 	struct sc_hist *h = bpf_map_lookup_elem(&call_hists, k);
 	if (h) {
-		hist_add(h, 0, lat, sleep, runq);
+		hist_add(h, 0, lat, sleep, runq, seeded);
 		return;
 	}
 	/* First call of these on any CPU (rare, so the cost is fine); one
 	 * in the spill map already when call_hists has no room. */
 	h = bpf_map_lookup_elem(&call_hists_spill, k);
 	if (h) {
-		hist_add(h, 1, lat, sleep, runq);
+		hist_add(h, 1, lat, sleep, runq, seeded);
 		return;
 	}
 	__u32 zero = 0;
@@ -860,12 +905,12 @@ static __always_inline void hist_count(struct sc_hist_key *k, __u64 id, __u64 la
 		hist_new(k, id);
 	h = bpf_map_lookup_elem(&call_hists, k);
 	if (h) {
-		hist_add(h, 0, lat, sleep, runq);
+		hist_add(h, 0, lat, sleep, runq, seeded);
 		return;
 	}
 	h = hist_spill(k, id, err != 0 && err != -WS_EEXIST);
 	if (h)
-		hist_add(h, 1, lat, sleep, runq);
+		hist_add(h, 1, lat, sleep, runq, seeded);
 }
 
 /* slot_hist returns this CPU's copy of slot's histogram when the slot
@@ -909,12 +954,12 @@ static __always_inline long slot_take(struct sc_hist_key *k, __u64 id)
  * that is still the one, else in the slot the key has or is given (the
  * state remembers it), else in call_hists. */
 static __always_inline void hist_count_slot(struct sc_state *st, struct sc_hist_key *k, __u64 id, __u64 lat, __u64 sleep,
-					    __u64 runq)
+					    __u64 runq, __u8 seeded)
 {
 	__u32 way = k->nr & (HSLOT_WAYS - 1);
 	struct sc_hist *h = slot_hist(st->hslot[way], k);
 	if (h) {
-		hist_add(h, 0, lat, sleep, runq);
+		hist_add(h, 0, lat, sleep, runq, seeded);
 		return;
 	}
 	long slot;
@@ -933,14 +978,14 @@ static __always_inline void hist_count_slot(struct sc_state *st, struct sc_hist_
 		h = slot_hist(slot, k);
 		if (h) {
 			st->hslot[way] = slot;
-			hist_add(h, 0, lat, sleep, runq);
+			hist_add(h, 0, lat, sleep, runq, seeded);
 			return;
 		}
 	}
-	hist_count(k, id, lat, sleep, runq);
+	hist_count(k, id, lat, sleep, runq, seeded);
 }
 
-static __always_inline void call_exit(long ret)
+static __always_inline void call_exit(long ret, __u64 a0)
 {
 	/* With task storage the state needs no thread id: a thread with no
 	 * local storage at all (one that never made a storage call) returns
@@ -954,7 +999,21 @@ static __always_inline void call_exit(long ret)
 		/* Begun before the programs were last attached: its entry
 		 * is an older call's (armed mode). */
 		st->start_ns = 0;
+		st->seeded = 0;
 		return;
+	}
+	__u8 seeded = st->seeded;
+	if (seeded) {
+		/* Seeded as the programs armed: still that call, unless it
+		 * ended before the seed was written and this is a later one
+		 * of the same number on no block device. */
+		st->seeded = 0;
+		if (seed_key_of(t, st->nr, a0) != st->seed_key) {
+			count_loss(&sc_losses, SC_LOSS_SEED);
+			st->start_ns = 0;
+			st->inflight = 0;
+			return;
+		}
 	}
 	__u64 id = cur_id(t);
 	if (st->inflight) {
@@ -972,7 +1031,7 @@ static __always_inline void call_exit(long ret)
 	__u64 now = bpf_ktime_get_ns();
 	__u64 lat = now > st->start_ns ? now - st->start_ns : 0;
 	struct sc_hist_key k = {.tgid = id >> 32, .dev = st->dev, .nr = st->nr};
-	hist_count_slot(st, &k, id, lat, st->sleep_ns, st->runq_ns);
+	hist_count_slot(st, &k, id, lat, st->sleep_ns, st->runq_ns, seeded);
 	if (long_span(lat)) {
 		struct sc_slow *e = EVENT_RESERVE(struct sc_slow);
 		if (e) {
@@ -986,7 +1045,7 @@ static __always_inline void call_exit(long ret)
 			e->runq_ns = st->runq_ns;
 			e->ret = ret;
 			e->nr = st->nr;
-			e->pad = 0;
+			e->seeded = seeded;
 			bpf_get_current_comm(e->comm, sizeof(e->comm));
 			bpf_ringbuf_submit(e, 0);
 		}
@@ -1031,7 +1090,7 @@ int sc_tp_enter_vma(struct syscall_enter *ctx)
 SEC("tracepoint/syscalls/sys_exit_pread64")
 int sc_tp_exit(struct syscall_exit *ctx)
 {
-	call_exit(ctx->ret);
+	call_exit(ctx->ret, 0);
 	return 0;
 }
 
@@ -1075,7 +1134,7 @@ SEC("tp_btf/sys_exit")
 int BPF_PROG(sc_btf_exit, struct pt_regs___sc *regs, long ret)
 {
 	if (storage_call(regs->orig_ax))
-		call_exit(ret);
+		call_exit(ret, regs->di);
 	bpf_tail_call_static(ctx, &sys_exit_next, 0);
 	return 0;
 }
@@ -1267,6 +1326,162 @@ struct bpf_iter__task {
 	struct task_struct *task;
 } __attribute__((preserve_access_index));
 
+#define WS_ENOSYS 38
+#define WS_PF_KTHREAD 0x00200000
+
+/* in_call says task t is inside system call nr now (use_task_regs only),
+ * from the registers it entered the kernel with last, at the top of its
+ * kernel stack (arch/x86/entry/entry_64.S, common.c): orig_ax is the
+ * number of its last system call, also once it is back in user space,
+ * and -1 after an interrupt or exception from user space; ax is -ENOSYS
+ * from the entry until the call's handler returns, when the kernel puts
+ * its result there, before sys_exit and the work on the way back to user
+ * space (signals, task work, cgroup throttling of the return). A call
+ * that returned -ENOSYS itself is taken for one in progress: no storage
+ * call on a block device does. */
+static __always_inline int in_call(struct task_struct *t, long nr)
+{
+	if (!use_task_regs)
+		return 1;
+	struct pt_regs___sc *regs = (void *)bpf_task_pt_regs(t);
+	if (!regs)
+		return 0;
+	return (long)regs->orig_ax == nr && (long)regs->ax == -WS_ENOSYS;
+}
+
+/* Where sc_seed keeps the kernel stacks of the sleeps in progress as
+ * the programs arm (bpf_get_task_stack: not `stacks`, whose ids only
+ * bpf_get_stackid on the current task makes). Slot i is stack id
+ * SC_SEED_STACK0 - i; a slot is never used again (the sums keep its id
+ * for the run); beyond them a seeded sleep is not walked (SC_NOT_WALKED,
+ * shared out like the walked sleeps of its process x device x call). */
+#define MAX_SEED_STACKS 256
+enum sc_seed_layout {
+	SC_SEED_STACK0 = -16,
+};
+
+KEEP_TYPE(enum sc_seed_layout, sc_seed_layout_type);
+
+struct sc_seed_stack {
+	__u64 ips[STACK_DEPTH];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_SEED_STACKS);
+	__type(key, __u32);
+	__type(value, struct sc_seed_stack);
+} seed_stacks SEC(".maps");
+
+/* The next free slot of seed_stacks. */
+__u32 seed_stack_next = 0;
+
+/* What sc_seed found of a thread inside a storage call. */
+enum sc_seed_outcome {
+	SEED_DONE = 1, /* seeded: timed from the arming */
+	SEED_SEEN = 2, /* the programs saw the call begin (since the arming): nothing to seed */
+	SEED_NOT = 3, /* not seeded (its device is in user memory, or not known yet; no room for its state) */
+};
+
+KEEP_TYPE(enum sc_seed_outcome, sc_seed_outcome_type);
+
+struct sc_seed_rec {
+	__u32 tid;
+	__u32 tgid;
+	__u32 nr;
+	__u32 outcome; /* enum sc_seed_outcome */
+};
+
+KEEP_TYPE(struct sc_seed_rec, sc_seed_rec_type);
+
+/* sc_seed seeds the state of every thread inside a storage call on a
+ * block device as the programs arm (armed mode, probes/syscall_armed.go):
+ * user space runs it once the programs are attached again and armed_at_ns
+ * is set, so that every exit after it is seen. A seeded call starts at
+ * armed_at_ns (a lower bound) and is marked (seeded): its exit times it
+ * into its histogram and slow-call record as such, and its sleeps are
+ * summed as those of a call whose entry was seen; a sleep in progress is
+ * timed from the arming, with the stack it sleeps in. For each thread in
+ * a storage call it writes an sc_seed_rec: user space counts those not
+ * seeded (and looks for them in /proc while they stay blocked). The
+ * device comes from the call's arguments as at its entry (call_dev);
+ * io_submit's is in user memory and msync's in a mapping: not seeded. */
+SEC("iter/task")
+int sc_seed(struct bpf_iter__task *ctx)
+{
+	struct task_struct *t = ctx->task;
+
+	if (!t || !use_task_regs || (t->flags & WS_PF_KTHREAD) || t->tgid == self_tgid)
+		return 0;
+	struct pt_regs___sc *regs = (void *)bpf_task_pt_regs(t);
+	if (!regs)
+		return 0;
+	long nr = regs->orig_ax;
+	if (nr < 0 || !storage_call(nr) || (long)regs->ax != -WS_ENOSYS)
+		return 0;
+	__u64 a0 = regs->di, a1 = regs->si, a2 = regs->dx;
+	struct sc_seed_rec rec = {.tid = t->pid, .tgid = t->tgid, .nr = nr, .outcome = SEED_NOT};
+	struct sc_state *st = no_storage(t) ? 0 : bpf_task_storage_get(&state_task, t, 0, 0);
+	if (st && live(st)) {
+		rec.outcome = SEED_SEEN;
+		bpf_seq_write(ctx->meta->seq, &rec, sizeof(rec));
+		return 0;
+	}
+	__u32 dev = 0;
+	if (nr != NR_IO_SUBMIT && nr != NR_MSYNC)
+		dev = call_dev(t, nr, a0, a1, a2, 0, st);
+	if (!dev && nr != NR_IO_SUBMIT && nr != NR_MSYNC && nr != NR_IO_GETEVENTS && nr != NR_IO_PGETEVENTS &&
+	    nr != NR_IO_URING_ENTER)
+		return 0; /* on no block device: no storage call */
+	if (!dev || dev == DEV_PENDING) {
+		bpf_seq_write(ctx->meta->seq, &rec, sizeof(rec));
+		return 0;
+	}
+	if (!st)
+		st = bpf_task_storage_get(&state_task, t, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!st) {
+		bpf_seq_write(ctx->meta->seq, &rec, sizeof(rec));
+		return 0;
+	}
+	__u64 at = armed_at_ns;
+	unsigned int state = sc_task_state(t);
+	st->start_ns = 0; /* not live while it is written */
+	st->off_ns = 0;
+	st->wake_ns = 0;
+	st->sleep_ns = 0;
+	st->runq_ns = 0;
+	st->dev = dev;
+	st->nr = nr;
+	st->preempted = 0;
+	st->inflight = 0;
+	st->stackid = -1;
+	st->seed_key = seed_key_of(t, nr, a0);
+	st->seeded = 1;
+	if (state & 0xff) {
+		/* Asleep in it since before the arming: that sleep from the
+		 * arming, with its stack; listed by sc_running. */
+		st->off_ns = at;
+		st->inflight = 1;
+		st->stackid = SC_NOT_WALKED;
+		/* The iterator runs in one thread at a time (user space
+		 * serializes the armings). */
+		__u32 slot = seed_stack_next++;
+		struct sc_seed_stack *s = bpf_map_lookup_elem(&seed_stacks, &slot);
+		if (s && bpf_get_task_stack(t, s->ips, sizeof(s->ips), 0) > 0)
+			st->stackid = SC_SEED_STACK0 - (__s32)slot;
+	} else if (bpf_core_field_exists(t->on_cpu) && !BPF_CORE_READ(t, on_cpu)) {
+		/* Runnable, waiting for a CPU: in the run queue from the
+		 * arming. */
+		st->off_ns = at;
+		st->preempted = 1;
+	}
+	asm volatile("" ::: "memory");
+	st->start_ns = at;
+	rec.outcome = SEED_DONE;
+	bpf_seq_write(ctx->meta->seq, &rec, sizeof(rec));
+	return 0;
+}
+
 /* sc_running writes, for every thread in a storage call that has slept
  * at least once (task storage only), an sc_running record: user space
  * runs it at its checkpoints and at the end (link.Iter), instead of the
@@ -1283,7 +1498,9 @@ int sc_running(struct bpf_iter__task *ctx)
 	struct sc_state *st = bpf_task_storage_get(&state_task, t, 0, 0);
 	if (!st || !live(st) || !st->inflight || st->dev == DEV_PENDING)
 		return 0;
-	struct sc_running r = {.tid = t->pid};
+	if (st->seeded && !in_call(t, st->nr))
+		return 0; /* ended before its seed was written: no call now */
+	struct sc_running r = {.tid = t->pid, .seeded = st->seeded};
 	r.call.tgid = t->tgid;
 	r.call.dev = st->dev;
 	r.call.nr = st->nr;

@@ -32,10 +32,16 @@ package probes
 // disarms loses its end (its thread's state is kept, but a call that
 // began before the last arming is not live: armed_at_ns in
 // bpf/syscall.bpf.c); the blocked ones (the `inflight` map) are counted.
-// As it arms, the threads /proc shows inside a storage call on a block
-// device are counted ("not timed") and, while they stay asleep in D in
-// it, reported unfinished from the arming (a lower bound, Before set) at
-// checkpoints, as hungSince does for the calls begun before the start.
+// As it arms, where the kernel allows it (task storage, tp_btf,
+// bpf_task_pt_regs: 5.15+), the calls in progress are seeded from the
+// threads' registers by an iter/task program (sc_seed,
+// syscall_armed.go): timed from the arming, marked as lower bounds
+// (FromArming, Before), their sleeps summed as if their entry had been
+// seen. Those it cannot seed, and on the other kernels the threads /proc
+// shows inside a storage call on a block device, are counted ("not
+// timed") and, while they stay asleep in D in it, reported unfinished
+// from the arming (a lower bound, Before set) at checkpoints, as
+// hungSince does for the calls begun before the start.
 // The off-CPU probe drops the sleeps it tracked as it disarms (counted)
 // and, as it arms, seeds its map of sleeps with every thread /proc shows
 // in D: their spans start at the arming (a lower bound) and keep their

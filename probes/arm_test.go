@@ -1,15 +1,18 @@
 package probes
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -95,6 +98,13 @@ func TestArmedMode(t *testing.T) {
 	if !blkWaitUntil(5*time.Second, func() bool { return inReadD(dd.Process.Pid) }) {
 		t.Fatalf("dd %d not asleep in its read", dd.Process.Pid)
 	}
+	// Threads that are in no storage call, though their last call (or
+	// the one they sleep in) has a storage call's number: none is seeded.
+	spinner := seedHelper(t, "spin", dev)  // back in user space after a pread of dev, spinning
+	sleeper := seedHelper(t, "sleep", dev) // asleep in nanosleep after a pread of dev
+	piper := pipeReader(t)                 // asleep in read(2) of a pipe
+	stoppedPid := stoppedAfterRead(t, dev) // stopped by a signal on its way back from a pread of dev
+	seeding := syscallOf(t, g).seeder != nil
 
 	t0 = time.Now()
 	armedAt, _ := event.Now()
@@ -102,6 +112,29 @@ func TestArmedMode(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("arm took %v", time.Since(t0))
+	if seeding {
+		sr := syscallOf(t, g)
+		sr.sums.Lock()
+		outcomes := sr.armed.lastSeed
+		sr.sums.Unlock()
+		if o := outcomes[uint32(dd.Process.Pid)]; o != syscallScSeedOutcomeSEED_DONE {
+			t.Errorf("dd's read in progress as the probe armed: seeding outcome %d, want %d (seeded)", o, syscallScSeedOutcomeSEED_DONE)
+		}
+		for _, h := range []struct {
+			what string
+			pid  int
+		}{{"a thread back in user space after a pread of the disk", spinner},
+			{"a thread asleep in nanosleep after a pread of the disk", sleeper},
+			{"a thread asleep in read(2) of a pipe", piper},
+			{"a thread stopped on its way back from a pread of the disk", stoppedPid}} {
+			if o, ok := outcomes[uint32(h.pid)]; ok {
+				t.Errorf("%s (%d) was taken for one in a storage call as the probe armed: outcome %d", h.what, h.pid, o)
+			}
+		}
+	} else {
+		t.Logf("no seeding of the calls in progress on this kernel (it needs task storage, tp_btf and bpf_task_pt_regs, 5.15+): /proc counts them")
+	}
+	unix.Kill(spinner, unix.SIGKILL) // it spins on a CPU
 	if n := linksOf(t, hotIDs); n != hot0 {
 		t.Errorf("armed: %d links of the hot-hook programs, want %d as at the start", n, hot0)
 	}
@@ -119,7 +152,11 @@ func TestArmedMode(t *testing.T) {
 	if err := g.Checkpoint(cp); err != nil {
 		t.Fatal(err)
 	}
-	if n := lossCount(cp, event.ProbeSyscall, syscallInFlightWhat); n < 1 {
+	if seeding {
+		if n := lossCount(cp, event.ProbeSyscall, syscallSeededWhat); n < 1 {
+			t.Errorf("the read in flight as the probe armed is not counted as seeded: %v", cp.losses)
+		}
+	} else if n := lossCount(cp, event.ProbeSyscall, syscallInFlightWhat); n < 1 {
 		t.Errorf("the read in flight as the probe armed is not counted: %v", cp.losses)
 	}
 	if n := lossCount(cp, event.ProbeOffCPU, offcpuSeededWhat); n < 1 {
@@ -138,16 +175,23 @@ func TestArmedMode(t *testing.T) {
 			if !u.Before || u.Start < armedAt || u.Start > armedAt+event.Mono(time.Second) {
 				t.Errorf("dd's read: before %v, start %v after the arming (want the arming: a lower bound)", u.Before, time.Duration(u.Start-armedAt))
 			}
+			if u.Dev.Name != dev {
+				t.Errorf("dd's read unfinished on %q, want %s", u.Dev.Name, dev)
+			}
 		}
 	}
 	if !found {
 		t.Errorf("dd's read in flight as the probe armed is not reported unfinished")
 	}
 	// Its read ends: the D sleep, timed from the arming, with its waker.
+	released, _ := event.Now()
 	if err := c.LimitReadBPS(dev, 0); err != nil {
 		t.Fatal(err)
 	}
 	dd.Wait()
+	if seeding {
+		checkSeededRead(t, g, sink, dd.Process.Pid, dev, armedAt, released)
+	}
 	e, ok := waitEvent(sink, 5*time.Second, func(o event.OffCPU) bool { return int(o.Task.Tgid) == dd.Process.Pid })
 	if !ok {
 		t.Errorf("no off-CPU span of dd's read, seeded as the probe armed")
@@ -439,4 +483,265 @@ func hungReader(t *testing.T, c *scenario.Cgroup, dev string) *exec.Cmd {
 		cmd.Wait()
 	})
 	return cmd
+}
+
+// syscallOf is g's running syscall probe.
+func syscallOf(t *testing.T, g *Group) *syscallRunning {
+	t.Helper()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, s := range g.running {
+		if r, ok := s.r.(*syscallRunning); ok {
+			return r
+		}
+	}
+	t.Fatal("no syscall probe running")
+	return nil
+}
+
+// checkSeededRead checks that dd's read (pid, on dev), in progress as
+// the probe armed (after armedAt) and held until released, was timed from
+// the arming: its slow-call record and its histogram marked as such, with
+// its process, device and call, its duration at least the time from the
+// arming to the release, and its sleep summed with the stack it slept in.
+func checkSeededRead(t *testing.T, g *Group, sink *blkSink, pid int, dev string, armedAt, released event.Mono) {
+	t.Helper()
+	e, ok := waitEvent(sink, 5*time.Second, func(e event.Syscall) bool { return int(e.Task.Tgid) == pid && e.Call == "read" })
+	if !ok {
+		t.Error("no slow-call record of dd's read, seeded as the probe armed")
+		return
+	}
+	t.Logf("dd's read: %v from %v after the arming, asleep %v, on %s, from the arming: %v", e.Duration, time.Duration(e.Start-armedAt), e.Sleep, e.Dev.Name, e.FromArming)
+	if !e.FromArming {
+		t.Error("dd's read is not marked as timed from the arming (a lower bound)")
+	}
+	if e.Dev.Name != dev || int(e.Task.Pid) != pid {
+		t.Errorf("dd's read on %q by thread %d, want %s by %d", e.Dev.Name, e.Task.Pid, dev, pid)
+	}
+	if e.Start < armedAt {
+		t.Errorf("dd's read starts %v before the arming, want at it", time.Duration(armedAt-e.Start))
+	}
+	if end := e.Start + event.Mono(e.Duration); end < released {
+		t.Errorf("dd's read ends %v before its throttle was lifted: duration %v is not from the arming", time.Duration(released-end), e.Duration)
+	}
+	if e.Start+event.Mono(e.Sleep) < released {
+		t.Errorf("dd's read slept %v, less than from the arming to the release", e.Sleep)
+	}
+	cp := new(blkSink)
+	if err := g.Checkpoint(cp); err != nil {
+		t.Fatal(err)
+	}
+	var calls, from uint64
+	for _, st := range sinkEvents[event.SyscallStats](cp) {
+		if int(st.Pid) == pid && st.Call == "read" && st.Dev.Name == dev {
+			calls += st.Latency.Count
+			from += st.FromArming
+		}
+	}
+	if calls < 1 || from != 1 {
+		t.Errorf("dd's reads of %s: %d in its histogram, %d of them from the arming, want the seeded one marked", dev, calls, from)
+	}
+	var stacked time.Duration
+	for _, b := range sinkEvents[event.BlockedStack](cp) {
+		if int(b.Pid) == pid && b.Call == "read" && b.Dev.Name == dev && len(b.KernelStack) > 0 {
+			stacked += b.Total
+		}
+	}
+	if stacked < time.Duration(released-e.Start) {
+		t.Errorf("dd's read slept %v in kernel stacks, less than from the arming to the release (%v)", stacked, time.Duration(released-e.Start))
+	}
+	for _, u := range sinkEvents[event.UnfinishedCall](cp) {
+		if int(u.Task.Tgid) == pid {
+			t.Errorf("dd's read still reported unfinished after it returned: %+v", u)
+		}
+	}
+}
+
+// seedHelperEnv makes the test binary, run again, a thread that is in no
+// storage call as the probe arms though its registers hold a storage
+// call's number (runSeedHelper).
+const seedHelperEnv = "WHYSLOW_PROBES_SEED_HELPER"
+
+func init() {
+	if spec := os.Getenv(seedHelperEnv); spec != "" {
+		// The main goroutine stays on the main thread (pid = tid), as
+		// during the inits.
+		runtime.LockOSThread()
+		if err := runSeedHelper(spec); err != nil {
+			fmt.Fprintln(os.Stderr, "seed helper:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+}
+
+// runSeedHelper, for spec "MODE DEV FLAG": a pread of /dev/DEV with
+// O_DIRECT, then a 1 in the first byte of the file FLAG (shared memory:
+// no system call), then, for MODE spin, a loop in user space with no
+// system call (until FLAG's second word is set: a thread on a CPU in
+// user space, whose registers at the top of its kernel stack are those
+// of its last entry, the pread's until an interrupt comes); for MODE
+// sleep, a nanosleep of a minute. MODE threads (DEV is a count):
+// seedThreadsHelper. MODE read1m: a pread of 1 MiB, and
+// nothing else.
+func runSeedHelper(spec string) error {
+	f := strings.Fields(spec)
+	if len(f) != 3 {
+		return fmt.Errorf("bad spec %q", spec)
+	}
+	if f[0] == "threads" {
+		n, err := strconv.Atoi(f[1])
+		if err != nil {
+			return err
+		}
+		return seedThreadsHelper(n)
+	}
+	fd, err := unix.Open("/dev/"+f[1], unix.O_RDONLY|unix.O_DIRECT, 0)
+	if err != nil {
+		return err
+	}
+	if f[0] == "read1m" {
+		buf, err := unix.Mmap(-1, 0, 1<<20, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
+		if err != nil {
+			return err
+		}
+		_, err = unix.Pread(fd, buf, 0)
+		return err
+	}
+	flagFd, err := unix.Open(f[2], unix.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	flag, err := unix.Mmap(flagFd, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return err
+	}
+	buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
+	if err != nil {
+		return err
+	}
+	ts := unix.NsecToTimespec(int64(time.Minute))
+	if _, err := unix.Pread(fd, buf, 0); err != nil {
+		return err
+	}
+	flag[0] = 1
+	switch f[0] {
+	case "spin":
+		for atomic.LoadUint32((*uint32)(unsafe.Pointer(&flag[4]))) == 0 {
+		}
+	case "sleep":
+		unix.Nanosleep(&ts, nil)
+	}
+	return nil
+}
+
+// seedHelper starts runSeedHelper in mode on dev, waits until it is
+// there (spinning in user space, or asleep in nanosleep), and returns its
+// pid (that of the thread); on cleanup it is killed.
+func seedHelper(t *testing.T, mode, dev string) int {
+	t.Helper()
+	flagPath := filepath.Join(t.TempDir(), "flag")
+	if err := os.WriteFile(flagPath, make([]byte, 4096), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	// No asynchronous preemption: no signal brings the spinning thread
+	// into the kernel.
+	cmd.Env = append(os.Environ(), seedHelperEnv+"="+mode+" "+dev+" "+flagPath, "GODEBUG=asyncpreemptoff=1")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	pid := cmd.Process.Pid
+	tdir := filepath.Join("/proc", strconv.Itoa(pid), "task", strconv.Itoa(pid))
+	there := func() bool {
+		b, err := os.ReadFile(flagPath)
+		if err != nil || len(b) == 0 || b[0] != 1 {
+			return false
+		}
+		_, st := taskState(tdir)
+		if mode == "spin" {
+			return st == 'R'
+		}
+		nr, _, ok := taskSyscall(tdir)
+		return ok && nr == unix.SYS_NANOSLEEP && st == 'S'
+	}
+	if !blkWaitUntil(10*time.Second, there) {
+		t.Fatalf("seed helper %s (%d) not there", mode, pid)
+	}
+	return pid
+}
+
+// pipeReader starts a cat reading an empty pipe, waits until it is
+// asleep in read(2), and returns its pid.
+func pipeReader(t *testing.T) int {
+	t.Helper()
+	cmd := exec.Command("cat")
+	w, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Close(); cmd.Process.Kill(); cmd.Wait() })
+	pid := cmd.Process.Pid
+	tdir := filepath.Join("/proc", strconv.Itoa(pid), "task", strconv.Itoa(pid))
+	if !blkWaitUntil(10*time.Second, func() bool {
+		nr, _, ok := taskSyscall(tdir)
+		_, st := taskState(tdir)
+		return ok && nr == uint32(syscallStorageNrNR_READ) && st == 'S'
+	}) {
+		t.Fatalf("cat %d not asleep in its read of a pipe", pid)
+	}
+	return pid
+}
+
+// stoppedAfterRead starts runSeedHelper in mode "read1m" (a 1 MiB pread
+// of dev) in a cgroup whose read limit holds it, stops it with SIGSTOP
+// while it sleeps in the pread, and lifts the limit: its pread returns,
+// and it stops on its way back to user space, still in the kernel, with
+// the pread's number as its last call (what /proc/PID/syscall shows too)
+// and its result in its registers. It returns its pid.
+func stoppedAfterRead(t *testing.T, dev string) int {
+	t.Helper()
+	c := scenario.IOCgroup(t, "armed-stopped")
+	if err := c.LimitReadBPS(dev, 4096); err != nil {
+		t.Fatal(err)
+	}
+	argv := c.Command(os.Args[0], "-test.run=^$")
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), seedHelperEnv+"=read1m "+dev+" -")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c.LimitReadBPS(dev, 0)
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	pid := cmd.Process.Pid
+	tdir := filepath.Join("/proc", strconv.Itoa(pid), "task", strconv.Itoa(pid))
+	in := func(want byte) func() bool {
+		return func() bool {
+			nr, _, ok := taskSyscall(tdir)
+			_, st := taskState(tdir)
+			return ok && nr == uint32(syscallStorageNrNR_PREAD64) && st == want
+		}
+	}
+	if !blkWaitUntil(10*time.Second, in('D')) {
+		t.Fatalf("helper %d not asleep in its pread", pid)
+	}
+	if err := unix.Kill(pid, unix.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.LimitReadBPS(dev, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !blkWaitUntil(10*time.Second, in('T')) {
+		t.Fatalf("helper %d not stopped after its pread", pid)
+	}
+	return pid
 }

@@ -701,3 +701,23 @@ func haveKfunc(kernel *btf.Spec, name string) bool {
 	var fn *btf.Func
 	return kernel.TypeByName(name, &fn) == nil
 }
+
+// haveHelper tells whether the kernel knows BPF helper name (its
+// BPF_FUNC_<name> in the BTF of enum bpf_func_id): for the program types
+// cilium/ebpf cannot probe (iter, tp_btf), whose helpers are those of the
+// tracing programs.
+func haveHelper(kernel *btf.Spec, name string) bool {
+	if kernel == nil {
+		return false
+	}
+	var e *btf.Enum
+	if kernel.TypeByName("bpf_func_id", &e) != nil {
+		return false
+	}
+	for _, v := range e.Values {
+		if v.Name == "BPF_FUNC_"+name {
+			return true
+		}
+	}
+	return false
+}

@@ -148,6 +148,10 @@ func fillHistFree(m *ebpf.Map, slots uint32) error {
 	return nil
 }
 
+// syscallSeedStack0 is the stack id of the first of seed_stacks'
+// slots (SC_SEED_STACK0: slot i is syscallSeedStack0 - i).
+var syscallSeedStack0 = func() int32 { v := syscallScSeedLayoutSC_SEED_STACK0; return int32(v) }()
+
 // syscallNotWalked is the stack id of the sleeps not walked
 // (SC_NOT_WALKED, which bpf2go types unsigned).
 var syscallNotWalked = func() int32 { v := syscallScStackidSC_NOT_WALKED; return int32(v) }()
@@ -160,6 +164,7 @@ var syscallLossWhat = [syscallScStackLossSC_LOSS_KINDS]string{
 	syscallScStackLossSC_LOSS_HIST:     "call histogram map full: call latencies lost",
 	syscallScStackLossSC_LOSS_MEM:      "memory-stall map full: time in reclaim or compaction lost",
 	syscallScStackLossSC_LOSS_INFLIGHT: "map of calls in progress full: a call still in the kernel at a checkpoint or the end is not seen",
+	syscallScStackLossSC_LOSS_SEED:     "storage calls seeded as the probe armed (armed mode) whose exit was not seen (they ended before the seed was written): not timed",
 }
 
 // syscallMemStalls are the memory stalls the program times inside storage
@@ -257,6 +262,10 @@ type syscallRunning struct {
 	// lists the calls in progress from the threads' states; nil: they
 	// are in the `inflight` map.
 	running *link.Iter
+	// seeder, where the kernel lets it (task storage, tp_btf, 5.15+),
+	// is the iterator (sc_seed) that seeds the calls in progress as the
+	// probe arms (syscall_armed.go); nil: /proc counts them.
+	seeder  *link.Iter
 	sums    sync.Mutex
 	kstacks *stackCache
 	// read are the entries the last read of the sums saw, as it saw them
@@ -305,9 +314,9 @@ type syscallDrained struct {
 // exited process's calls fill a few of the 328: some 100 bytes, where the
 // map's entry takes 2.7 KB).
 type drainedHist struct {
-	sumNs, maxNs, sleepNs, runqNs uint64
-	slots                         []uint16
-	counts                        []uint64
+	sumNs, maxNs, sleepNs, runqNs, seeded uint64
+	slots                                 []uint16
+	counts                                []uint64
 }
 
 // absorbHist adds a map entry to a drained histogram.
@@ -317,7 +326,7 @@ func absorbHist(d *drainedHist, v *syscallScHist) {
 		addDrainedHist(&full, d)
 	}
 	addHist(&full, v)
-	*d = drainedHist{sumNs: full.SumNs, maxNs: full.MaxNs, sleepNs: full.SleepNs, runqNs: full.RunqNs}
+	*d = drainedHist{sumNs: full.SumNs, maxNs: full.MaxNs, sleepNs: full.SleepNs, runqNs: full.RunqNs, seeded: full.Seeded}
 	for i, n := range full.Slots {
 		if n > 0 {
 			d.slots = append(d.slots, uint16(i))
@@ -332,6 +341,7 @@ func addDrainedHist(v *syscallScHist, d *drainedHist) {
 	v.MaxNs = max(v.MaxNs, d.maxNs)
 	v.SleepNs += d.sleepNs
 	v.RunqNs += d.runqNs
+	v.Seeded += d.seeded
 	for i, s := range d.slots {
 		v.Slots[s] += d.counts[i]
 	}
@@ -538,12 +548,18 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 	taskStorage := haveTaskStorage(kernel) &&
 		(mech == event.MechTPBTF || helper(asm.FnTaskStorageGet) && helper(asm.FnGetCurrentTaskBtf))
 	btfTask := helper(asm.FnGetCurrentTaskBtf)
+	// Armed mode's seeding of the calls in progress as it arms (sc_seed,
+	// syscall_armed.go): task storage, the tp_btf rung (whose exit
+	// program has the arguments that check a seeded call is still the
+	// one), the registers of other tasks (bpf_task_pt_regs, 5.15+).
+	seed := taskStorage && mech == event.MechTPBTF && btfTask && haveHelper(kernel, "task_pt_regs")
 	findVMA := helper(asm.FnFindVma) && btfTask
 	consts := spanConsts(cfg)
 	consts["use_task_storage"] = uint32(boolInt(taskStorage))
 	consts["self_tgid"] = syscallSelf
 	consts["switch_has_state"] = uint8(boolInt(n >= 4))
 	consts["use_btf_task"] = uint8(boolInt(btfTask))
+	consts["use_task_regs"] = uint8(boolInt(seed))
 	consts["walk_gap_ns"] = uint64(syscallWalkGap)
 	consts["walk_gap_s_ns"] = uint64(syscallWalkGapS)
 	// The file's fields as plain loads (bpf_rdonly_cast, 6.2+) on the
@@ -582,6 +598,9 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 	if taskStorage {
 		keep = append(keep, "sc_running")
 	}
+	if seed {
+		keep = append(keep, "sc_seed")
+	}
 	// The memory stalls whose tracepoints the kernel has (memcg reclaim
 	// needs CONFIG_MEMCG, compaction CONFIG_COMPACTION).
 	var memKinds, memMissing []int
@@ -607,6 +626,15 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 		}
 	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, *collectionOptions(kernel))
+	var seedErr error
+	if err != nil && seed {
+		// A kernel that refuses the seeding program keeps the rest: the
+		// calls in progress at an arming are counted from /proc then.
+		seedErr = err
+		seed = false
+		delete(spec.Programs, "sc_seed")
+		coll, err = ebpf.NewCollectionWithOptions(spec, *collectionOptions(kernel))
+	}
 	if err != nil {
 		return nil, loadErr(fmt.Errorf("loading objects: %w", err))
 	}
@@ -631,6 +659,9 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 			if r.running != nil {
 				r.running.Close()
 			}
+			if r.seeder != nil {
+				r.seeder.Close()
+			}
 			if r.rd != nil {
 				r.rd.Close()
 			}
@@ -644,6 +675,11 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 	if taskStorage {
 		if r.running, err = link.AttachIter(link.IterOptions{Program: coll.Programs["sc_running"]}); err != nil {
 			return nil, attachErr(fmt.Errorf("iterator of the calls in progress: %w", err))
+		}
+	}
+	if seed {
+		if r.seeder, err = link.AttachIter(link.IterOptions{Program: coll.Programs["sc_seed"]}); err != nil {
+			return nil, attachErr(fmt.Errorf("iterator seeding the calls in progress as the probe arms: %w", err))
 		}
 	}
 	var missing []string
@@ -694,6 +730,9 @@ func startSyscall(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism)
 	}
 	if !findVMA {
 		missing = append(missing, "msync (needs bpf_find_vma, 5.17+)")
+	}
+	if seedErr != nil {
+		r.note += "; armed mode counts the calls in progress at an arming from /proc (the seeding program was refused: " + firstLine(seedErr.Error()) + ")"
 	}
 	if len(missing) > 0 {
 		r.note += "; not traced: " + strings.Join(missing, ", ")
@@ -851,14 +890,15 @@ func (r *syscallRunning) handle(raw []byte) {
 			return
 		}
 		r.sink.Event(event.Syscall{
-			Start:    event.Mono(e.StartNs),
-			Duration: time.Duration(e.DurationNs),
-			Task:     event.Task{Pid: e.Pid, Tgid: e.Tgid, Comm: cString(e.Comm[:])},
-			Call:     syscallName(e.Nr),
-			Dev:      r.device(e.Dev),
-			Sleep:    time.Duration(e.SleepNs),
-			Runqueue: time.Duration(e.RunqNs),
-			Ret:      e.Ret,
+			Start:      event.Mono(e.StartNs),
+			Duration:   time.Duration(e.DurationNs),
+			Task:       event.Task{Pid: e.Pid, Tgid: e.Tgid, Comm: cString(e.Comm[:])},
+			Call:       syscallName(e.Nr),
+			Dev:        r.device(e.Dev),
+			Sleep:      time.Duration(e.SleepNs),
+			Runqueue:   time.Duration(e.RunqNs),
+			Ret:        e.Ret,
+			FromArming: e.Seeded != 0,
 		})
 	default:
 		r.decode++
@@ -1017,6 +1057,9 @@ func (r *syscallRunning) Stop() error {
 		if r.running != nil {
 			r.running.Close()
 		}
+		if r.seeder != nil {
+			r.seeder.Close()
+		}
 		r.coll.Close()
 	})
 	return r.stopErr
@@ -1067,6 +1110,7 @@ func addHist(dst, src *syscallScHist) {
 	dst.MaxNs = max(dst.MaxNs, src.MaxNs)
 	dst.SleepNs += src.SleepNs
 	dst.RunqNs += src.RunqNs
+	dst.Seeded += src.Seeded
 	for i, n := range src.Slots {
 		dst.Slots[i] += n
 	}
@@ -1277,6 +1321,7 @@ func (r *syscallRunning) deliverStats(sink Sink, now event.Mono) error {
 		sink.Event(event.SyscallStats{
 			Time: now, Pid: k.Tgid, Comm: r.comm(k.Tgid), Call: name, Dev: r.device(k.Dev),
 			Latency: h, Sleep: time.Duration(v.SleepNs), Runqueue: time.Duration(v.RunqNs),
+			FromArming: v.Seeded,
 		})
 	})
 	if err != nil {
@@ -1288,7 +1333,8 @@ func (r *syscallRunning) deliverStats(sink Sink, now event.Mono) error {
 // frames symbolizes the stack id of the `stacks` map (under sums); nil
 // for none.
 func (r *syscallRunning) frames(id int32) []event.Frame {
-	if id < 0 {
+	seed0 := syscallSeedStack0
+	if id < 0 && id > seed0 {
 		return nil
 	}
 	<-r.ksymsReady
@@ -1296,7 +1342,15 @@ func (r *syscallRunning) frames(id int32) []event.Frame {
 		r.kstacks = newStackCache(offcpuMaxCachedStacks)
 	}
 	var ips [syscallScLayoutSTACK_DEPTH]uint64
-	if err := r.coll.Maps["stacks"].Lookup(uint32(id), &ips); err != nil {
+	if id <= seed0 {
+		// A sleep in progress as the probe armed: its stack as sc_seed
+		// took it.
+		var s syscallScSeedStack
+		if err := r.coll.Maps["seed_stacks"].Lookup(uint32(seed0-id), &s); err != nil {
+			return nil
+		}
+		ips = s.Ips
+	} else if err := r.coll.Maps["stacks"].Lookup(uint32(id), &ips); err != nil {
 		return nil
 	}
 	n := 0
@@ -1373,6 +1427,7 @@ func (r *syscallRunning) deliverUnfinished(sink Sink, now event.Mono) error {
 			Call: name, Dev: r.device(v.Dev), InCall: in,
 			Sleep: time.Duration(v.SleepNs), Runqueue: time.Duration(v.RunqNs), Asleep: asleep,
 			KernelStack: r.frames(v.Stackid), Unwalked: v.Stackid == syscallNotWalked,
+			Before: c.seeded,
 		})
 	}
 	if r.running == nil {
@@ -1416,6 +1471,9 @@ func (r *syscallRunning) inflightTids() map[uint32]bool {
 type runningCall struct {
 	tid  uint32
 	call syscallScInflight
+	// seeded: in progress as the probe armed (sc_seed), its start the
+	// arming.
+	seeded bool
 }
 
 // inProgress lists the storage calls in progress that have slept at
@@ -1449,7 +1507,7 @@ func (r *syscallRunning) inProgress() ([]runningCall, error) {
 		if _, err := binary.Decode(b[:size], binary.NativeEndian, &rec); err != nil {
 			return nil, err
 		}
-		out = append(out, runningCall{tid: rec.Tid, call: syscallScInflight(rec.Call)})
+		out = append(out, runningCall{tid: rec.Tid, call: syscallScInflight(rec.Call), seeded: rec.Seeded != 0})
 	}
 	return out, nil
 }

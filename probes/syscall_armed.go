@@ -1,11 +1,14 @@
 package probes
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
+	"math"
+
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"math"
 
 	"github.com/whyslow/whyslow/internal/event"
 )
@@ -17,15 +20,24 @@ type syscallArmed struct {
 	// endsLost are the blocked calls in progress (`inflight`) as it
 	// disarmed: their end is not seen.
 	endsLost uint64
-	// inFlight are the threads /proc showed inside a storage call as it
-	// armed: their call is not timed.
+	// inFlight are the threads inside a storage call as it armed that
+	// were not seeded (/proc's, or those sc_seed could not seed): their
+	// call is not timed.
 	inFlight uint64
+	// seeded are the calls in progress as it armed that sc_seed seeded:
+	// timed from the arming, a lower bound.
+	seeded uint64
+	// lastSeed is what sc_seed found at the last arming, by thread (the
+	// threads inside a storage call on a block device, or on an aio
+	// context or io_uring ring).
+	lastSeed map[uint32]syscallScSeedOutcome
 }
 
 // The Loss.What of syscallArmed's counts.
 const (
 	syscallEndsLostWhat = "blocked storage calls in progress as the probe disarmed (armed mode): their end not seen, not timed"
-	syscallInFlightWhat = "storage calls in progress as the probe armed (armed mode), from /proc: not timed; reported unfinished from the arming (a lower bound) while they stay blocked"
+	syscallInFlightWhat = "storage calls in progress as the probe armed (armed mode), not seeded (found in /proc, or their device not known from their registers): not timed; reported unfinished from the arming (a lower bound) while they stay blocked"
+	syscallSeededWhat   = "storage calls in progress as the probe armed (armed mode), seeded from the threads' registers: timed from the arming, their latencies lower bounds (from_arming)"
 )
 
 func (r *syscallRunning) armRank() int { return rankSyscall }
@@ -90,8 +102,11 @@ func (r *syscallRunning) disarm() error {
 }
 
 // arm attaches its programs on the hot hooks again (the chains it leads
-// run with them), and counts the storage calls already in progress (reported unfinished from
-// now while they stay blocked in them: hungSince).
+// run with them), then seeds the storage calls already in progress
+// (seed: timed from now, a lower bound), where the kernel allows it; it
+// counts those it cannot seed, or, on the other kernels, those /proc
+// shows (reported unfinished from now while they stay blocked in them:
+// hungSince).
 func (r *syscallRunning) arm() error {
 	r.armst.mu.Lock()
 	defer r.armst.mu.Unlock()
@@ -124,11 +139,67 @@ func (r *syscallRunning) arm() error {
 	r.armst.markArmed()
 	r.sums.Lock()
 	defer r.sums.Unlock()
+	r.began = now
+	if r.seeder != nil {
+		// Once the programs are attached and armed_at_ns set: every
+		// exit after this is seen, a seeded call's too.
+		n, rest, outcomes, err := r.seed()
+		r.armed.lastSeed = outcomes
+		if err == nil {
+			r.armed.seeded += n
+			r.armed.inFlight += uint64(len(rest))
+			r.preexisting = rest
+			return nil
+		}
+		// /proc's count then, as on the kernels without the seeding.
+		found := r.inStorageCall(r.inflightTids())
+		r.armed.inFlight += uint64(len(found))
+		r.preexisting = found
+		return fmt.Errorf("seeding the storage calls in progress (counted from /proc instead): %w", err)
+	}
 	found := r.inStorageCall(r.inflightTids())
 	r.armed.inFlight += uint64(len(found))
 	r.preexisting = found
-	r.began = now
 	return nil
+}
+
+// seed runs sc_seed (under sums): it seeds the threads' states with the
+// storage calls in progress on a block device, and returns how many it
+// seeded and the threads in a storage call it could not seed (their
+// device in user memory or not known yet, no room for the state), by
+// thread to process: those are counted, and reported unfinished from the
+// arming while /proc shows them blocked (hungSince). A call the programs
+// saw begin since the arming is neither.
+func (r *syscallRunning) seed() (seeded uint64, rest map[uint32]int, outcomes map[uint32]syscallScSeedOutcome, err error) {
+	rd, err := r.seeder.Open()
+	if err != nil {
+		return 0, nil, nil, err
+	}
+	defer rd.Close()
+	b, err := io.ReadAll(rd)
+	if err != nil {
+		return 0, nil, nil, err
+	}
+	var rec syscallScSeedRec
+	size := binary.Size(rec)
+	if len(b)%size != 0 {
+		return 0, nil, nil, fmt.Errorf("%d bytes from the seeding iterator, not a whole number of %d-byte records", len(b), size)
+	}
+	rest = map[uint32]int{}
+	outcomes = map[uint32]syscallScSeedOutcome{}
+	for ; len(b) > 0; b = b[size:] {
+		if _, err := binary.Decode(b[:size], binary.NativeEndian, &rec); err != nil {
+			return 0, nil, nil, err
+		}
+		outcomes[rec.Tid] = syscallScSeedOutcome(rec.Outcome)
+		switch syscallScSeedOutcome(rec.Outcome) {
+		case syscallScSeedOutcomeSEED_DONE:
+			seeded++
+		case syscallScSeedOutcomeSEED_NOT:
+			rest[rec.Tid] = int(rec.Tgid)
+		}
+	}
+	return seeded, rest, outcomes, nil
 }
 
 // inStorageCall finds, in /proc, the threads inside a storage call on a
@@ -164,6 +235,9 @@ func (r *syscallRunning) deliverArmed(sink Sink) {
 	}
 	if n := r.armed.inFlight; n > 0 {
 		sink.Loss(event.Loss{Probe: event.ProbeSyscall, What: syscallInFlightWhat, Count: n})
+	}
+	if n := r.armed.seeded; n > 0 {
+		sink.Loss(event.Loss{Probe: event.ProbeSyscall, What: syscallSeededWhat, Count: n})
 	}
 }
 

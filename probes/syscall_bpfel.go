@@ -57,6 +57,7 @@ type syscallScHist struct {
 	MaxNs   uint64
 	SleepNs uint64
 	RunqNs  uint64
+	Seeded  uint64
 	Slots   [328]uint64
 }
 
@@ -137,10 +138,10 @@ type syscallScNew struct {
 }
 
 type syscallScRunning struct {
-	_    structs.HostLayout
-	Tid  uint32
-	Pad  uint32
-	Call struct {
+	_      structs.HostLayout
+	Tid    uint32
+	Seeded uint32
+	Call   struct {
 		_       structs.HostLayout
 		Tgid    uint32
 		Dev     uint32
@@ -152,6 +153,33 @@ type syscallScRunning struct {
 		RunqNs  uint64
 		Comm    [16]int8
 	}
+}
+
+type syscallScSeedLayout uint32
+
+const (
+	syscallScSeedLayoutSC_SEED_STACK0 syscallScSeedLayout = 4294967280
+)
+
+type syscallScSeedOutcome uint32
+
+const (
+	syscallScSeedOutcomeSEED_DONE syscallScSeedOutcome = 1
+	syscallScSeedOutcomeSEED_SEEN syscallScSeedOutcome = 2
+	syscallScSeedOutcomeSEED_NOT  syscallScSeedOutcome = 3
+)
+
+type syscallScSeedRec struct {
+	_       structs.HostLayout
+	Tid     uint32
+	Tgid    uint32
+	Nr      uint32
+	Outcome uint32
+}
+
+type syscallScSeedStack struct {
+	_   structs.HostLayout
+	Ips [48]uint64
 }
 
 type syscallScSlow struct {
@@ -166,7 +194,7 @@ type syscallScSlow struct {
 	RunqNs     uint64
 	Ret        int64
 	Nr         uint32
-	Pad        uint32
+	Seeded     uint32
 	Comm       [16]int8
 }
 
@@ -178,7 +206,8 @@ const (
 	syscallScStackLossSC_LOSS_HIST     syscallScStackLoss = 2
 	syscallScStackLossSC_LOSS_MEM      syscallScStackLoss = 3
 	syscallScStackLossSC_LOSS_INFLIGHT syscallScStackLoss = 4
-	syscallScStackLossSC_LOSS_KINDS    syscallScStackLoss = 5
+	syscallScStackLossSC_LOSS_SEED     syscallScStackLoss = 5
+	syscallScStackLossSC_LOSS_KINDS    syscallScStackLoss = 6
 )
 
 type syscallScStackid uint32
@@ -202,6 +231,9 @@ type syscallScState struct {
 	AioDev    uint32
 	AioCtx    uint64
 	Hslot     [4]uint32
+	SeedKey   uint64
+	Seeded    uint8
+	Pad2      [7]uint8
 }
 
 type syscallStorageNr uint32
@@ -233,73 +265,80 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	syscallMapAioDevs         = "aio_devs"
-	syscallMapBlocked         = "blocked"
-	syscallMapCallHists       = "call_hists"
-	syscallMapCallHistsSpill  = "call_hists_spill"
-	syscallMapEvents          = "events"
-	syscallMapHistArr         = "hist_arr"
-	syscallMapHistFree        = "hist_free"
-	syscallMapHistOwner       = "hist_owner"
-	syscallMapHistSlotOf      = "hist_slot_of"
-	syscallMapHistZero        = "hist_zero"
-	syscallMapInflight        = "inflight"
-	syscallMapLastWalk        = "last_walk"
-	syscallMapLosses          = "losses"
-	syscallMapMemBegin        = "mem_begin"
-	syscallMapMemStalls       = "mem_stalls"
-	syscallMapRingDevs        = "ring_devs"
-	syscallMapScLosses        = "sc_losses"
-	syscallMapSchedSwitchNext = "sched_switch_next"
-	syscallMapSchedWakingNext = "sched_waking_next"
-	syscallMapStacks          = "stacks"
-	syscallMapStateTask       = "state_task"
-	syscallMapStateTid        = "state_tid"
-	syscallMapSysEnterNext    = "sys_enter_next"
-	syscallMapSysExitNext     = "sys_exit_next"
-	syscallProgScBtfEnter     = "sc_btf_enter"
-	syscallProgScBtfEnterVma  = "sc_btf_enter_vma"
-	syscallProgScBtfExit      = "sc_btf_exit"
-	syscallProgScCompactBegin = "sc_compact_begin"
-	syscallProgScCompactEnd   = "sc_compact_end"
-	syscallProgScDirectBegin  = "sc_direct_begin"
-	syscallProgScDirectEnd    = "sc_direct_end"
-	syscallProgScMemcgBegin   = "sc_memcg_begin"
-	syscallProgScMemcgEnd     = "sc_memcg_end"
-	syscallProgScRingFile     = "sc_ring_file"
-	syscallProgScRunning      = "sc_running"
-	syscallProgScSwitch       = "sc_switch"
-	syscallProgScTpEnter      = "sc_tp_enter"
-	syscallProgScTpEnter0     = "sc_tp_enter0"
-	syscallProgScTpEnter1     = "sc_tp_enter1"
-	syscallProgScTpEnterVma   = "sc_tp_enter_vma"
-	syscallProgScTpExit       = "sc_tp_exit"
-	syscallProgScWaking       = "sc_waking"
-	syscallVarArmedAtNs       = "armed_at_ns"
-	syscallVarFileGetFdArg    = "file_get_fd_arg"
-	syscallVarHistLayoutType  = "hist_layout_type"
-	syscallVarLossKindType    = "loss_kind_type"
-	syscallVarMinLatencyNs    = "min_latency_ns"
-	syscallVarScDevType       = "sc_dev_type"
-	syscallVarScInflightType  = "sc_inflight_type"
-	syscallVarScKindType      = "sc_kind_type"
-	syscallVarScLayoutType    = "sc_layout_type"
-	syscallVarScMemKeyType    = "sc_mem_key_type"
-	syscallVarScMemKindType   = "sc_mem_kind_type"
-	syscallVarScMemStallType  = "sc_mem_stall_type"
-	syscallVarScNewType       = "sc_new_type"
-	syscallVarScRunningType   = "sc_running_type"
-	syscallVarScSlowType      = "sc_slow_type"
-	syscallVarScStackLossType = "sc_stack_loss_type"
-	syscallVarScStackidType   = "sc_stackid_type"
-	syscallVarSelfTgid        = "self_tgid"
-	syscallVarStorageNrType   = "storage_nr_type"
-	syscallVarSwitchHasState  = "switch_has_state"
-	syscallVarUseBtfTask      = "use_btf_task"
-	syscallVarUseCast         = "use_cast"
-	syscallVarUseTaskStorage  = "use_task_storage"
-	syscallVarWalkGapNs       = "walk_gap_ns"
-	syscallVarWalkGapS_ns     = "walk_gap_s_ns"
+	syscallMapAioDevs           = "aio_devs"
+	syscallMapBlocked           = "blocked"
+	syscallMapCallHists         = "call_hists"
+	syscallMapCallHistsSpill    = "call_hists_spill"
+	syscallMapEvents            = "events"
+	syscallMapHistArr           = "hist_arr"
+	syscallMapHistFree          = "hist_free"
+	syscallMapHistOwner         = "hist_owner"
+	syscallMapHistSlotOf        = "hist_slot_of"
+	syscallMapHistZero          = "hist_zero"
+	syscallMapInflight          = "inflight"
+	syscallMapLastWalk          = "last_walk"
+	syscallMapLosses            = "losses"
+	syscallMapMemBegin          = "mem_begin"
+	syscallMapMemStalls         = "mem_stalls"
+	syscallMapRingDevs          = "ring_devs"
+	syscallMapScLosses          = "sc_losses"
+	syscallMapSchedSwitchNext   = "sched_switch_next"
+	syscallMapSchedWakingNext   = "sched_waking_next"
+	syscallMapSeedStacks        = "seed_stacks"
+	syscallMapStacks            = "stacks"
+	syscallMapStateTask         = "state_task"
+	syscallMapStateTid          = "state_tid"
+	syscallMapSysEnterNext      = "sys_enter_next"
+	syscallMapSysExitNext       = "sys_exit_next"
+	syscallProgScBtfEnter       = "sc_btf_enter"
+	syscallProgScBtfEnterVma    = "sc_btf_enter_vma"
+	syscallProgScBtfExit        = "sc_btf_exit"
+	syscallProgScCompactBegin   = "sc_compact_begin"
+	syscallProgScCompactEnd     = "sc_compact_end"
+	syscallProgScDirectBegin    = "sc_direct_begin"
+	syscallProgScDirectEnd      = "sc_direct_end"
+	syscallProgScMemcgBegin     = "sc_memcg_begin"
+	syscallProgScMemcgEnd       = "sc_memcg_end"
+	syscallProgScRingFile       = "sc_ring_file"
+	syscallProgScRunning        = "sc_running"
+	syscallProgScSeed           = "sc_seed"
+	syscallProgScSwitch         = "sc_switch"
+	syscallProgScTpEnter        = "sc_tp_enter"
+	syscallProgScTpEnter0       = "sc_tp_enter0"
+	syscallProgScTpEnter1       = "sc_tp_enter1"
+	syscallProgScTpEnterVma     = "sc_tp_enter_vma"
+	syscallProgScTpExit         = "sc_tp_exit"
+	syscallProgScWaking         = "sc_waking"
+	syscallVarArmedAtNs         = "armed_at_ns"
+	syscallVarFileGetFdArg      = "file_get_fd_arg"
+	syscallVarHistLayoutType    = "hist_layout_type"
+	syscallVarLossKindType      = "loss_kind_type"
+	syscallVarMinLatencyNs      = "min_latency_ns"
+	syscallVarScDevType         = "sc_dev_type"
+	syscallVarScInflightType    = "sc_inflight_type"
+	syscallVarScKindType        = "sc_kind_type"
+	syscallVarScLayoutType      = "sc_layout_type"
+	syscallVarScMemKeyType      = "sc_mem_key_type"
+	syscallVarScMemKindType     = "sc_mem_kind_type"
+	syscallVarScMemStallType    = "sc_mem_stall_type"
+	syscallVarScNewType         = "sc_new_type"
+	syscallVarScRunningType     = "sc_running_type"
+	syscallVarScSeedLayoutType  = "sc_seed_layout_type"
+	syscallVarScSeedOutcomeType = "sc_seed_outcome_type"
+	syscallVarScSeedRecType     = "sc_seed_rec_type"
+	syscallVarScSlowType        = "sc_slow_type"
+	syscallVarScStackLossType   = "sc_stack_loss_type"
+	syscallVarScStackidType     = "sc_stackid_type"
+	syscallVarSeedStackNext     = "seed_stack_next"
+	syscallVarSelfTgid          = "self_tgid"
+	syscallVarStorageNrType     = "storage_nr_type"
+	syscallVarSwitchHasState    = "switch_has_state"
+	syscallVarUseBtfTask        = "use_btf_task"
+	syscallVarUseCast           = "use_cast"
+	syscallVarUseTaskRegs       = "use_task_regs"
+	syscallVarUseTaskStorage    = "use_task_storage"
+	syscallVarWalkGapNs         = "walk_gap_ns"
+	syscallVarWalkGapS_ns       = "walk_gap_s_ns"
 )
 
 // loadSyscall returns the embedded CollectionSpec for syscall.
@@ -355,6 +394,7 @@ type syscallProgramSpecs struct {
 	ScMemcgEnd     *ebpf.ProgramSpec `ebpf:"sc_memcg_end"`
 	ScRingFile     *ebpf.ProgramSpec `ebpf:"sc_ring_file"`
 	ScRunning      *ebpf.ProgramSpec `ebpf:"sc_running"`
+	ScSeed         *ebpf.ProgramSpec `ebpf:"sc_seed"`
 	ScSwitch       *ebpf.ProgramSpec `ebpf:"sc_switch"`
 	ScTpEnter      *ebpf.ProgramSpec `ebpf:"sc_tp_enter"`
 	ScTpEnter0     *ebpf.ProgramSpec `ebpf:"sc_tp_enter0"`
@@ -387,6 +427,7 @@ type syscallMapSpecs struct {
 	ScLosses        *ebpf.MapSpec `ebpf:"sc_losses"`
 	SchedSwitchNext *ebpf.MapSpec `ebpf:"sched_switch_next"`
 	SchedWakingNext *ebpf.MapSpec `ebpf:"sched_waking_next"`
+	SeedStacks      *ebpf.MapSpec `ebpf:"seed_stacks"`
 	Stacks          *ebpf.MapSpec `ebpf:"stacks"`
 	StateTask       *ebpf.MapSpec `ebpf:"state_task"`
 	StateTid        *ebpf.MapSpec `ebpf:"state_tid"`
@@ -398,31 +439,36 @@ type syscallMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type syscallVariableSpecs struct {
-	ArmedAtNs       *ebpf.VariableSpec `ebpf:"armed_at_ns"`
-	FileGetFdArg    *ebpf.VariableSpec `ebpf:"file_get_fd_arg"`
-	HistLayoutType  *ebpf.VariableSpec `ebpf:"hist_layout_type"`
-	LossKindType    *ebpf.VariableSpec `ebpf:"loss_kind_type"`
-	MinLatencyNs    *ebpf.VariableSpec `ebpf:"min_latency_ns"`
-	ScDevType       *ebpf.VariableSpec `ebpf:"sc_dev_type"`
-	ScInflightType  *ebpf.VariableSpec `ebpf:"sc_inflight_type"`
-	ScKindType      *ebpf.VariableSpec `ebpf:"sc_kind_type"`
-	ScLayoutType    *ebpf.VariableSpec `ebpf:"sc_layout_type"`
-	ScMemKeyType    *ebpf.VariableSpec `ebpf:"sc_mem_key_type"`
-	ScMemKindType   *ebpf.VariableSpec `ebpf:"sc_mem_kind_type"`
-	ScMemStallType  *ebpf.VariableSpec `ebpf:"sc_mem_stall_type"`
-	ScNewType       *ebpf.VariableSpec `ebpf:"sc_new_type"`
-	ScRunningType   *ebpf.VariableSpec `ebpf:"sc_running_type"`
-	ScSlowType      *ebpf.VariableSpec `ebpf:"sc_slow_type"`
-	ScStackLossType *ebpf.VariableSpec `ebpf:"sc_stack_loss_type"`
-	ScStackidType   *ebpf.VariableSpec `ebpf:"sc_stackid_type"`
-	SelfTgid        *ebpf.VariableSpec `ebpf:"self_tgid"`
-	StorageNrType   *ebpf.VariableSpec `ebpf:"storage_nr_type"`
-	SwitchHasState  *ebpf.VariableSpec `ebpf:"switch_has_state"`
-	UseBtfTask      *ebpf.VariableSpec `ebpf:"use_btf_task"`
-	UseCast         *ebpf.VariableSpec `ebpf:"use_cast"`
-	UseTaskStorage  *ebpf.VariableSpec `ebpf:"use_task_storage"`
-	WalkGapNs       *ebpf.VariableSpec `ebpf:"walk_gap_ns"`
-	WalkGapS_ns     *ebpf.VariableSpec `ebpf:"walk_gap_s_ns"`
+	ArmedAtNs         *ebpf.VariableSpec `ebpf:"armed_at_ns"`
+	FileGetFdArg      *ebpf.VariableSpec `ebpf:"file_get_fd_arg"`
+	HistLayoutType    *ebpf.VariableSpec `ebpf:"hist_layout_type"`
+	LossKindType      *ebpf.VariableSpec `ebpf:"loss_kind_type"`
+	MinLatencyNs      *ebpf.VariableSpec `ebpf:"min_latency_ns"`
+	ScDevType         *ebpf.VariableSpec `ebpf:"sc_dev_type"`
+	ScInflightType    *ebpf.VariableSpec `ebpf:"sc_inflight_type"`
+	ScKindType        *ebpf.VariableSpec `ebpf:"sc_kind_type"`
+	ScLayoutType      *ebpf.VariableSpec `ebpf:"sc_layout_type"`
+	ScMemKeyType      *ebpf.VariableSpec `ebpf:"sc_mem_key_type"`
+	ScMemKindType     *ebpf.VariableSpec `ebpf:"sc_mem_kind_type"`
+	ScMemStallType    *ebpf.VariableSpec `ebpf:"sc_mem_stall_type"`
+	ScNewType         *ebpf.VariableSpec `ebpf:"sc_new_type"`
+	ScRunningType     *ebpf.VariableSpec `ebpf:"sc_running_type"`
+	ScSeedLayoutType  *ebpf.VariableSpec `ebpf:"sc_seed_layout_type"`
+	ScSeedOutcomeType *ebpf.VariableSpec `ebpf:"sc_seed_outcome_type"`
+	ScSeedRecType     *ebpf.VariableSpec `ebpf:"sc_seed_rec_type"`
+	ScSlowType        *ebpf.VariableSpec `ebpf:"sc_slow_type"`
+	ScStackLossType   *ebpf.VariableSpec `ebpf:"sc_stack_loss_type"`
+	ScStackidType     *ebpf.VariableSpec `ebpf:"sc_stackid_type"`
+	SeedStackNext     *ebpf.VariableSpec `ebpf:"seed_stack_next"`
+	SelfTgid          *ebpf.VariableSpec `ebpf:"self_tgid"`
+	StorageNrType     *ebpf.VariableSpec `ebpf:"storage_nr_type"`
+	SwitchHasState    *ebpf.VariableSpec `ebpf:"switch_has_state"`
+	UseBtfTask        *ebpf.VariableSpec `ebpf:"use_btf_task"`
+	UseCast           *ebpf.VariableSpec `ebpf:"use_cast"`
+	UseTaskRegs       *ebpf.VariableSpec `ebpf:"use_task_regs"`
+	UseTaskStorage    *ebpf.VariableSpec `ebpf:"use_task_storage"`
+	WalkGapNs         *ebpf.VariableSpec `ebpf:"walk_gap_ns"`
+	WalkGapS_ns       *ebpf.VariableSpec `ebpf:"walk_gap_s_ns"`
 }
 
 // syscallObjects contains all objects after they have been loaded into the kernel.
@@ -464,6 +510,7 @@ type syscallMaps struct {
 	ScLosses        *ebpf.Map `ebpf:"sc_losses"`
 	SchedSwitchNext *ebpf.Map `ebpf:"sched_switch_next"`
 	SchedWakingNext *ebpf.Map `ebpf:"sched_waking_next"`
+	SeedStacks      *ebpf.Map `ebpf:"seed_stacks"`
 	Stacks          *ebpf.Map `ebpf:"stacks"`
 	StateTask       *ebpf.Map `ebpf:"state_task"`
 	StateTid        *ebpf.Map `ebpf:"state_tid"`
@@ -492,6 +539,7 @@ func (m *syscallMaps) Close() error {
 		m.ScLosses,
 		m.SchedSwitchNext,
 		m.SchedWakingNext,
+		m.SeedStacks,
 		m.Stacks,
 		m.StateTask,
 		m.StateTid,
@@ -504,31 +552,36 @@ func (m *syscallMaps) Close() error {
 //
 // It can be passed to loadSyscallObjects or ebpf.CollectionSpec.LoadAndAssign.
 type syscallVariables struct {
-	ArmedAtNs       *ebpf.Variable `ebpf:"armed_at_ns"`
-	FileGetFdArg    *ebpf.Variable `ebpf:"file_get_fd_arg"`
-	HistLayoutType  *ebpf.Variable `ebpf:"hist_layout_type"`
-	LossKindType    *ebpf.Variable `ebpf:"loss_kind_type"`
-	MinLatencyNs    *ebpf.Variable `ebpf:"min_latency_ns"`
-	ScDevType       *ebpf.Variable `ebpf:"sc_dev_type"`
-	ScInflightType  *ebpf.Variable `ebpf:"sc_inflight_type"`
-	ScKindType      *ebpf.Variable `ebpf:"sc_kind_type"`
-	ScLayoutType    *ebpf.Variable `ebpf:"sc_layout_type"`
-	ScMemKeyType    *ebpf.Variable `ebpf:"sc_mem_key_type"`
-	ScMemKindType   *ebpf.Variable `ebpf:"sc_mem_kind_type"`
-	ScMemStallType  *ebpf.Variable `ebpf:"sc_mem_stall_type"`
-	ScNewType       *ebpf.Variable `ebpf:"sc_new_type"`
-	ScRunningType   *ebpf.Variable `ebpf:"sc_running_type"`
-	ScSlowType      *ebpf.Variable `ebpf:"sc_slow_type"`
-	ScStackLossType *ebpf.Variable `ebpf:"sc_stack_loss_type"`
-	ScStackidType   *ebpf.Variable `ebpf:"sc_stackid_type"`
-	SelfTgid        *ebpf.Variable `ebpf:"self_tgid"`
-	StorageNrType   *ebpf.Variable `ebpf:"storage_nr_type"`
-	SwitchHasState  *ebpf.Variable `ebpf:"switch_has_state"`
-	UseBtfTask      *ebpf.Variable `ebpf:"use_btf_task"`
-	UseCast         *ebpf.Variable `ebpf:"use_cast"`
-	UseTaskStorage  *ebpf.Variable `ebpf:"use_task_storage"`
-	WalkGapNs       *ebpf.Variable `ebpf:"walk_gap_ns"`
-	WalkGapS_ns     *ebpf.Variable `ebpf:"walk_gap_s_ns"`
+	ArmedAtNs         *ebpf.Variable `ebpf:"armed_at_ns"`
+	FileGetFdArg      *ebpf.Variable `ebpf:"file_get_fd_arg"`
+	HistLayoutType    *ebpf.Variable `ebpf:"hist_layout_type"`
+	LossKindType      *ebpf.Variable `ebpf:"loss_kind_type"`
+	MinLatencyNs      *ebpf.Variable `ebpf:"min_latency_ns"`
+	ScDevType         *ebpf.Variable `ebpf:"sc_dev_type"`
+	ScInflightType    *ebpf.Variable `ebpf:"sc_inflight_type"`
+	ScKindType        *ebpf.Variable `ebpf:"sc_kind_type"`
+	ScLayoutType      *ebpf.Variable `ebpf:"sc_layout_type"`
+	ScMemKeyType      *ebpf.Variable `ebpf:"sc_mem_key_type"`
+	ScMemKindType     *ebpf.Variable `ebpf:"sc_mem_kind_type"`
+	ScMemStallType    *ebpf.Variable `ebpf:"sc_mem_stall_type"`
+	ScNewType         *ebpf.Variable `ebpf:"sc_new_type"`
+	ScRunningType     *ebpf.Variable `ebpf:"sc_running_type"`
+	ScSeedLayoutType  *ebpf.Variable `ebpf:"sc_seed_layout_type"`
+	ScSeedOutcomeType *ebpf.Variable `ebpf:"sc_seed_outcome_type"`
+	ScSeedRecType     *ebpf.Variable `ebpf:"sc_seed_rec_type"`
+	ScSlowType        *ebpf.Variable `ebpf:"sc_slow_type"`
+	ScStackLossType   *ebpf.Variable `ebpf:"sc_stack_loss_type"`
+	ScStackidType     *ebpf.Variable `ebpf:"sc_stackid_type"`
+	SeedStackNext     *ebpf.Variable `ebpf:"seed_stack_next"`
+	SelfTgid          *ebpf.Variable `ebpf:"self_tgid"`
+	StorageNrType     *ebpf.Variable `ebpf:"storage_nr_type"`
+	SwitchHasState    *ebpf.Variable `ebpf:"switch_has_state"`
+	UseBtfTask        *ebpf.Variable `ebpf:"use_btf_task"`
+	UseCast           *ebpf.Variable `ebpf:"use_cast"`
+	UseTaskRegs       *ebpf.Variable `ebpf:"use_task_regs"`
+	UseTaskStorage    *ebpf.Variable `ebpf:"use_task_storage"`
+	WalkGapNs         *ebpf.Variable `ebpf:"walk_gap_ns"`
+	WalkGapS_ns       *ebpf.Variable `ebpf:"walk_gap_s_ns"`
 }
 
 // syscallPrograms contains all programs after they have been loaded into the kernel.
@@ -546,6 +599,7 @@ type syscallPrograms struct {
 	ScMemcgEnd     *ebpf.Program `ebpf:"sc_memcg_end"`
 	ScRingFile     *ebpf.Program `ebpf:"sc_ring_file"`
 	ScRunning      *ebpf.Program `ebpf:"sc_running"`
+	ScSeed         *ebpf.Program `ebpf:"sc_seed"`
 	ScSwitch       *ebpf.Program `ebpf:"sc_switch"`
 	ScTpEnter      *ebpf.Program `ebpf:"sc_tp_enter"`
 	ScTpEnter0     *ebpf.Program `ebpf:"sc_tp_enter0"`
@@ -568,6 +622,7 @@ func (p *syscallPrograms) Close() error {
 		p.ScMemcgEnd,
 		p.ScRingFile,
 		p.ScRunning,
+		p.ScSeed,
 		p.ScSwitch,
 		p.ScTpEnter,
 		p.ScTpEnter0,

@@ -351,6 +351,10 @@ type Syscall struct {
 	Sleep    time.Duration `json:"sleep,omitempty"`
 	Runqueue time.Duration `json:"runqueue,omitempty"`
 	Ret      int64         `json:"ret,omitempty"` // the call's result: bytes, or -errno
+	// FromArming marks a call that was in progress already when the
+	// probe armed (armed mode): Start is the arming, Duration and Sleep
+	// are lower bounds.
+	FromArming bool `json:"from_arming,omitempty"`
 }
 
 // When implements Event.
@@ -368,6 +372,10 @@ type SyscallStats struct {
 	Latency  hist.Histogram `json:"latency"`            // entry to exit, ns
 	Sleep    time.Duration  `json:"sleep,omitempty"`    // asleep inside these calls
 	Runqueue time.Duration  `json:"runqueue,omitempty"` // runnable, not running, inside them
+	// FromArming counts, of these calls, those that were in progress
+	// already when the probe armed (armed mode): timed from the arming,
+	// their latencies in Latency are lower bounds.
+	FromArming uint64 `json:"from_arming,omitempty"`
 }
 
 // When implements Event.
@@ -424,8 +432,10 @@ type UnfinishedCall struct {
 	KernelStack []Frame `json:"kernel_stack,omitempty" mem:"shared"`
 	Unwalked    bool    `json:"unwalked,omitempty"`
 	// Before marks a call that was in the kernel already when the probe
-	// started (found asleep in it, in /proc): Start is the probe's start,
-	// InCall and Asleep are at least that long.
+	// started (found asleep in it, in /proc), or when it last armed
+	// (armed mode: from /proc, or seeded from the thread's registers):
+	// Start is the probe's start or the arming, InCall and Asleep are at
+	// least that long (lower bounds).
 	Before bool `json:"before,omitempty"`
 }
 

@@ -82,6 +82,9 @@ type Unfinished struct {
 	InCall, Blocked time.Duration
 	// Stage is the stage of its latest sleep, which may last still.
 	Stage string
+	// LowerBound: the call was in the kernel already when the probe
+	// started or last armed (armed mode), and InCall counts from then.
+	LowerBound bool
 }
 
 // Call is what one system call of a process cost.
@@ -94,6 +97,10 @@ type Call struct {
 	// Unfinished counts these calls still in the kernel when the run
 	// ended (not in Latency, which has the calls that returned).
 	Unfinished int
+	// FromArming counts, of the calls in Latency, those in progress
+	// already when the probe armed (armed mode): timed from the arming,
+	// their latencies are lower bounds.
+	FromArming uint64
 
 	h      hist.Histogram // the latencies Latency summarizes
 	inCall time.Duration  // the time so far of the Unfinished calls
@@ -273,6 +280,7 @@ func (b *builder) processes() {
 		// time so far.
 		unfinished int
 		inCall     time.Duration
+		fromArming uint64
 	}
 	groups := map[processKey]*group{}
 	get := func(k processKey) *group {
@@ -287,6 +295,7 @@ func (b *builder) processes() {
 	for _, s := range b.tl.SyscallStats {
 		g := get(processKey{s.Pid, b.name(s.Dev), s.Call})
 		g.h.Merge(&s.Latency)
+		g.fromArming += s.FromArming
 		g.sleep = SaturatingAdd(g.sleep, s.Sleep)
 		g.runq = SaturatingAdd(g.runq, s.Runqueue)
 		if comms[s.Pid] == "" {
@@ -346,7 +355,7 @@ func (b *builder) processes() {
 		}
 		blocked := min(SaturatingAdd(SaturatingAdd(max(u.Sleep, 0), max(u.Runqueue, 0)), max(u.Asleep, 0)), max(u.InCall, 0))
 		unfinished[u.Task.Tgid] = append(unfinished[u.Task.Tgid], Unfinished{Tid: u.Task.Pid, Comm: u.Task.Comm,
-			Syscall: u.Call, Device: dev, InCall: max(u.InCall, 0), Blocked: blocked, Stage: st})
+			Syscall: u.Call, Device: dev, InCall: max(u.InCall, 0), Blocked: blocked, Stage: st, LowerBound: u.Before})
 	}
 	for _, g := range groups {
 		// The sleeps not walked share out like the walked ones.
@@ -414,6 +423,7 @@ func (b *builder) processes() {
 			a.stages.merge(&g.stages)
 			a.unfinished += g.unfinished
 			a.inCall = SaturatingAdd(a.inCall, g.inCall)
+			a.fromArming += g.fromArming
 		}
 		sums[k.pid].merge(&g.stages)
 		ds := devSums[k.pid][k.device]
@@ -527,6 +537,7 @@ type callAcc struct {
 	stages     stageSums
 	unfinished int
 	inCall     time.Duration
+	fromArming uint64
 }
 
 // addCalls adds each call of calls to acc, by system call.
@@ -541,6 +552,7 @@ func addCalls(acc map[string]*callAcc, calls []*Call) {
 		a.blocked = SaturatingAdd(a.blocked, c.Blocked)
 		a.unfinished += c.Unfinished
 		a.inCall = SaturatingAdd(a.inCall, c.inCall)
+		a.fromArming += c.FromArming
 		if c.stages != nil {
 			a.stages.merge(c.stages)
 		}
@@ -552,7 +564,7 @@ func fill(p *Process, acc map[string]*callAcc, sums *stageSums) {
 	for name, a := range acc {
 		total := SaturatingAdd(time.Duration(min(a.h.SumNs, math.MaxInt64)), a.inCall)
 		c := &Call{Syscall: name, Latency: latency(&a.h), Total: total, Blocked: a.blocked, Unfinished: a.unfinished,
-			h: a.h, inCall: a.inCall, stages: &a.stages}
+			FromArming: a.fromArming, h: a.h, inCall: a.inCall, stages: &a.stages}
 		p.Calls = append(p.Calls, c)
 		p.Total = SaturatingAdd(p.Total, c.Total)
 	}

@@ -74,3 +74,29 @@ func TestUnfinishedCalls(t *testing.T) {
 		})
 	}
 }
+
+// Calls timed from an arming (armed mode) keep their mark: the
+// histogram's count of them, and an unfinished call's lower bound.
+func TestFromArmingKept(t *testing.T) {
+	loop := event.Device{Major: 7, Minor: 0, Name: "loop0"}
+	tl := &timeline.Timeline{Start: 0, End: event.Mono(10 * time.Second)}
+	tl.Add(event.Process{Pid: 200, Comm: "dd"})
+	tl.Add(event.SyscallStats{Pid: 200, Comm: "dd", Call: "read", Dev: loop, Latency: latencies(uint64(2*time.Millisecond), uint64(3*time.Second)), FromArming: 1})
+	tl.Add(event.UnfinishedCall{Time: event.Mono(10 * time.Second), Start: event.Mono(4 * time.Second),
+		Task: event.Task{Pid: 201, Tgid: 200, Comm: "dd"}, Call: "read", Dev: loop, InCall: 6 * time.Second,
+		Asleep: 6 * time.Second, KernelStack: ioWait, Before: true})
+	run := Build(tl, Options{})
+	if len(run.Processes) != 1 {
+		t.Fatalf("%d processes, want 1", len(run.Processes))
+	}
+	p := run.Processes[0]
+	if c := p.Call("read"); c.FromArming != 1 || c.Latency.Count != 2 {
+		t.Errorf("read: %d calls, %d from the arming, want 2 and 1", c.Latency.Count, c.FromArming)
+	}
+	if c := p.On("loop0").Call("read"); c.FromArming != 1 {
+		t.Errorf("read on loop0: %d from the arming, want 1", c.FromArming)
+	}
+	if len(p.Unfinished) != 1 || !p.Unfinished[0].LowerBound {
+		t.Errorf("unfinished %+v: want the read, a lower bound", p.Unfinished)
+	}
+}

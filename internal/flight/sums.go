@@ -26,6 +26,11 @@ func SumsDelta(now, before State) ([]event.SyscallStats, []event.BlockedStack) {
 				if d.Latency.Count == s.Latency.Count-p.Latency.Count {
 					d.Sleep, d.Runqueue = s.Sleep-p.Sleep, s.Runqueue-p.Runqueue
 				}
+				// Of the calls since before, those from an arming.
+				if p.FromArming <= s.FromArming {
+					d.FromArming = s.FromArming - p.FromArming
+				}
+				d.FromArming = min(d.FromArming, d.Latency.Count)
 			}
 			return d, d.Latency.Count > 0 || d.Sleep > 0 || d.Runqueue > 0
 		})
@@ -150,6 +155,7 @@ func addStatsCounts(a, b *event.SyscallStats) {
 	a.Latency.Merge(&b.Latency)
 	a.Sleep += b.Sleep
 	a.Runqueue += b.Runqueue
+	a.FromArming += b.FromArming
 }
 
 func addBlockedCounts(a, b *event.BlockedStack) {

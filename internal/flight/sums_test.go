@@ -298,3 +298,41 @@ func TestIOUsagePrunedIO(t *testing.T) {
 		}
 	}
 }
+
+// The calls timed from an arming (SyscallStats.FromArming) go with the
+// calls of a delta and of a merge: a window counts those of its own.
+func TestSumsFromArming(t *testing.T) {
+	loop := event.Device{Major: 7, Minor: 0, Name: "loop0"}
+	for _, tc := range []struct {
+		name             string
+		before, now      uint64 // FromArming
+		beforeN, nowN    int    // calls
+		wantDelta        uint64
+		wantMergedOfBoth uint64
+	}{
+		{name: "one seeded call since", before: 0, now: 1, beforeN: 1, nowN: 3, wantDelta: 1, wantMergedOfBoth: 1},
+		{name: "the seeded call before", before: 1, now: 1, beforeN: 1, nowN: 2, wantDelta: 0, wantMergedOfBoth: 2},
+		{name: "none", beforeN: 1, nowN: 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			lat := func(n int) hist.Histogram {
+				var ns []uint64
+				for range n {
+					ns = append(ns, 1000)
+				}
+				return histOf(ns...)
+			}
+			before := State{At: 10, Stats: []event.SyscallStats{{Pid: 1, Call: "read", Dev: loop, Latency: lat(tc.beforeN), FromArming: tc.before}}}
+			now := State{At: 20, Stats: []event.SyscallStats{{Pid: 1, Call: "read", Dev: loop, Latency: lat(tc.nowN), FromArming: tc.now}}}
+			stats, _ := SumsDelta(now, before)
+			if len(stats) != 1 || stats[0].FromArming != tc.wantDelta {
+				t.Errorf("delta %+v: want %d from the arming", stats, tc.wantDelta)
+			}
+			a := before.Stats[0]
+			addStatsCounts(&a, &now.Stats[0])
+			if a.FromArming != tc.wantMergedOfBoth {
+				t.Errorf("merged: %d from the arming, want %d", a.FromArming, tc.wantMergedOfBoth)
+			}
+		})
+	}
+}

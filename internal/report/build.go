@@ -185,11 +185,11 @@ func affected(p *facts.Process) Affected {
 	for _, c := range p.Calls {
 		out.Calls = append(out.Calls, AffectedCall{Syscall: c.Syscall, Count: c.Latency.Count,
 			P50Us: round(c.Latency.P50Us, 1), P99Us: round(c.Latency.P99Us, 1), MaxUs: round(c.Latency.MaxUs, 1), TotalMs: ms(c.Total),
-			Unfinished: c.Unfinished})
+			Unfinished: c.Unfinished, FromArming: c.FromArming})
 	}
 	for _, u := range p.Unfinished {
 		out.Unfinished = append(out.Unfinished, UnfinishedCall{Tid: u.Tid, Comm: u.Comm, Syscall: u.Syscall, Device: u.Device,
-			InCallMs: ms(u.InCall), BlockedMs: ms(u.Blocked), Stage: u.Stage})
+			InCallMs: ms(u.InCall), BlockedMs: ms(u.Blocked), Stage: u.Stage, LowerBound: u.LowerBound})
 	}
 	for _, s := range p.Stages {
 		out.Stages = append(out.Stages, StageShare{Stage: s.Stage, TotalMs: ms(s.Total), Share: round(s.Share, 3), Frames: s.Frames})

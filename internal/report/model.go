@@ -190,6 +190,10 @@ type UnfinishedCall struct {
 	// Stage is the stage of its latest sleep (which may last still); ""
 	// when its stack was not taken.
 	Stage string `json:"stage,omitempty"`
+	// LowerBound: the call was in the kernel already when the probe
+	// started or an armed mode armed it, and InCallMs and BlockedMs count
+	// from then; omitted when false.
+	LowerBound bool `json:"lower_bound,omitempty"`
 }
 
 // AffectedCall is one system call of an affected process.
@@ -203,6 +207,10 @@ type AffectedCall struct {
 	// Unfinished counts the calls still in the kernel when the run ended
 	// (not in count and the percentiles); omitted when none.
 	Unfinished int `json:"unfinished,omitempty"`
+	// FromArming counts, of count, the calls in progress already when an
+	// armed mode armed the probe: timed from the arming, their latencies
+	// are lower bounds; omitted when none.
+	FromArming uint64 `json:"from_arming,omitempty"`
 }
 
 // StageShare is the time an affected process spent in one stage.
