@@ -485,6 +485,10 @@ type directRun struct {
 	// moreLosses, when set, delivers the probe's own loss counters beside
 	// `losses`: at checkpoints, and as it stops.
 	moreLosses func(coll *ebpf.Collection, sink Sink)
+	// atStop, when set, runs as the run stops, after its links are closed
+	// and its ring drained, before its maps are freed: it delivers what
+	// the maps still hold (spans begun and not ended).
+	atStop func(coll *ebpf.Collection, sink Sink)
 
 	stopOnce sync.Once
 	stopErr  error
@@ -643,6 +647,9 @@ func (r *directRun) Stop() error {
 			r.closeMore()
 		}
 		r.drain()
+		if r.atStop != nil {
+			r.atStop(r.coll, r.sink)
+		}
 		if r.hists != nil {
 			r.stopErr = r.hists(r.coll, r.sink)
 		}

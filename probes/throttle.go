@@ -17,7 +17,8 @@ import (
 // (__blk_throtl_bio on 6.1+, blk_throtl_bio before: fexit, else
 // kprobe/kretprobe) to their dispatch (raw tracepoint block_bio_queue).
 // Without either, the iolimits probe's limits and counters stand in for it
-// (the delay is then inferred).
+// (the delay is then inferred). The bios still held when it stops are
+// reported too, marked unfinished, with their wait so far.
 type throttleProbe struct{}
 
 func init() { register(throttleProbe{}) }
@@ -33,7 +34,7 @@ func (throttleProbe) Decl() Decl {
 		Forceable:  true,
 		Describe:   "time bios blk-throttle holds over a cgroup's I/O limit, parked to dispatched (else inferred from the limits and counters in cgroupfs)",
 		Attach:     "fexit or kprobe/kretprobe on `__blk_throtl_bio` (6.1+) or `blk_throtl_bio`; raw tracepoint `block_bio_queue`",
-		Records:    "each bio held above `--min-latency`, with its submitter and device",
+		Records:    "each bio held above `--min-latency`, with its submitter and device; those still held at the end, with their wait so far",
 	}
 }
 
@@ -99,5 +100,47 @@ func startThrottle(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism
 		})
 		return true
 	}
-	return startDirect(event.ProbeThrottle, spec, kernel, points, sink, handle)
+	r, err := startDirect(event.ProbeThrottle, spec, kernel, points, sink, handle)
+	if err != nil {
+		return nil, err
+	}
+	r.atStop = func(coll *ebpf.Collection, sink Sink) {
+		for _, w := range stillParked(coll.Maps["parked"], cfg.MinLatency, fn, mech) {
+			sink.Event(w)
+		}
+	}
+	return r, nil
+}
+
+// stillParked reads the bios blk-throttle still holds as the probe stops
+// (the parked map, its programs detached): a limit so low that no bio of
+// a run gets through shows in no dispatch. Each one held for at least
+// minLatency is a wait marked Unfinished, its duration the wait so far (a
+// lower bound).
+func stillParked(m *ebpf.Map, minLatency time.Duration, fn string, mech event.Mechanism) []event.ThrottleWait {
+	now, err := event.Now()
+	if m == nil || err != nil {
+		return nil
+	}
+	var out []event.ThrottleWait
+	var bio uint64
+	var p throttleTbParked
+	it := m.Iterate()
+	for it.Next(&bio, &p) {
+		start := event.Mono(p.Ns)
+		if now <= start || now.Sub(start) < minLatency {
+			continue
+		}
+		major, minor := kernelDev(p.Dev)
+		out = append(out, event.ThrottleWait{
+			Start:      start,
+			Duration:   now.Sub(start),
+			Task:       event.Task{Pid: p.Pid, Tgid: p.Tgid, Comm: cString(p.Comm[:])},
+			Dev:        event.Device{Major: major, Minor: minor, Name: cString(p.DiskName[:])},
+			Func:       fn,
+			Mechanism:  mech,
+			Unfinished: true,
+		})
+	}
+	return out
 }

@@ -583,14 +583,17 @@ func (e CgroupIO) When() Mono { return e.Time }
 // ThrottleWait is one bio that blk-throttle held over its cgroup's limit,
 // from the moment it was parked (the throttle function returned true) to
 // its dispatch (block_bio_queue), at least the threshold (--min-latency),
-// timed by a direct probe; Task is the task that submitted it.
+// timed by a direct probe; Task is the task that submitted it. A bio still
+// held when the probe stopped is Unfinished: its Duration is its wait up to
+// then, a lower bound.
 type ThrottleWait struct {
-	Start     Mono          `json:"start"`
-	Duration  time.Duration `json:"duration"`
-	Task      Task          `json:"task"`
-	Dev       Device        `json:"dev"`
-	Func      string        `json:"func" mem:"shared"`      // "__blk_throtl_bio" or "blk_throtl_bio"
-	Mechanism Mechanism     `json:"mechanism" mem:"shared"` // "fentry" or "kprobe"
+	Start      Mono          `json:"start"`
+	Duration   time.Duration `json:"duration"`
+	Task       Task          `json:"task"`
+	Dev        Device        `json:"dev"`
+	Func       string        `json:"func" mem:"shared"`      // "__blk_throtl_bio" or "blk_throtl_bio"
+	Mechanism  Mechanism     `json:"mechanism" mem:"shared"` // "fentry" or "kprobe"
+	Unfinished bool          `json:"unfinished,omitempty"`   // still held when the probe stopped
 }
 
 // When implements Event.

@@ -202,3 +202,60 @@ func TestLimitsMeasured(t *testing.T) {
 		t.Errorf("source %q", l.Source)
 	}
 }
+
+// A limit so low that no bio gets through it in the run: its reader is
+// still in its call at the end, and the throttle probe, timing the held
+// bios directly, reports the bio it still holds as it stops (unfinished,
+// its wait so far). That wait is the limit's delay, with those of the bios
+// it dispatched; without it a limit no bio got through would cost nothing.
+func TestLimitsHeldAtEnd(t *testing.T) {
+	s := func(d float64) event.Mono { return event.Mono(d * float64(time.Second)) }
+	wait := func(start, d float64, unfinished bool) event.ThrottleWait {
+		return event.ThrottleWait{Start: s(start), Duration: time.Duration(d * float64(time.Second)),
+			Task: event.Task{Pid: 201, Tgid: 200, Comm: "dd"}, Dev: loop0, Func: "__blk_throtl_bio", Mechanism: event.MechFentry, Unfinished: unfinished}
+	}
+	for _, tc := range []struct {
+		name    string
+		waits   []event.ThrottleWait
+		delay   time.Duration
+		binding bool // and over the rule's 100 ms
+	}{
+		{"none timed", nil, 0, false},
+		{"held at the end", []event.ThrottleWait{wait(2, 8, true)}, 8 * time.Second, true},
+		{"dispatched, then held at the end", []event.ThrottleWait{wait(0.5, 0.05, false), wait(2, 8, true)}, 8050 * time.Millisecond, true},
+		{"another process's held bio", []event.ThrottleWait{{Start: s(2), Duration: 8 * time.Second, Task: event.Task{Pid: 301, Tgid: 300, Comm: "cat"},
+			Dev: loop0, Func: "__blk_throtl_bio", Mechanism: event.MechFentry, Unfinished: true}}, 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tl := &timeline.Timeline{Start: 0, End: s(10)}
+			tl.Probes = append(tl.Probes, event.ProbeStatus{Name: event.ProbeThrottle, Status: event.StatusOK, Mechanism: event.MechFentry})
+			tl.Add(event.IOLimit{Time: s(0), Cgroup: "/slow", Dev: loop0, Limit: "rbps", Value: 4096})
+			tl.Add(event.CgroupIO{Time: s(0), Cgroup: "/slow", Dev: loop0})
+			tl.Add(event.CgroupIO{Time: s(10), Cgroup: "/slow", Dev: loop0})
+			tl.Add(event.Process{Time: s(1), Pid: 200, Comm: "dd", Cgroup: "/slow"})
+			tl.Add(event.UnfinishedCall{Time: s(10), Start: s(2), Task: event.Task{Pid: 201, Tgid: 200, Comm: "dd"}, Call: "read", Dev: loop0,
+				InCall: 8 * time.Second, Asleep: 8 * time.Second, KernelStack: ioWait})
+			for _, w := range tc.waits {
+				tl.Add(w)
+			}
+			tl.Sort()
+			d := Build(tl, Options{}).Find("loop0")
+			if d == nil || len(d.Limits) != 1 {
+				t.Fatalf("loop0's limits: %+v", d)
+			}
+			l := d.Limits[0]
+			if l.Delay != tc.delay || len(l.Delays) != 1 || l.Delays[0] != tc.delay {
+				t.Errorf("delay %v (%v), want %v", l.Delay, l.Delays, tc.delay)
+			}
+			if l.Stuck != 8*time.Second || !l.Binding() {
+				t.Errorf("stuck %v, binding %v: want 8s, binding", l.Stuck, l.Binding())
+			}
+			if got := l.Binding() && l.Delay >= 100*time.Millisecond; got != tc.binding {
+				t.Errorf("binding over 100 ms: %v, want %v", got, tc.binding)
+			}
+			if !strings.HasPrefix(l.Source, "direct: fentry ") {
+				t.Errorf("source %q, want the direct probe", l.Source)
+			}
+		})
+	}
+}

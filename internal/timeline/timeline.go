@@ -203,7 +203,7 @@ var Sources = []Source{
 	}},
 	{Probe: event.ProbeThrottle, Streams: []Stream{
 		Events("throttle_wait", func(t *Timeline) *[]event.ThrottleWait { return &t.ThrottleWaits },
-			"`start`, `duration`, `task` (the submitter), `dev`, `func` (`__blk_throtl_bio`/`blk_throtl_bio`), `mechanism` (`fentry`/`kprobe`): a bio blk-throttle held, parked to dispatched, above `--min-latency`"),
+			"`start`, `duration`, `task` (the submitter), `dev`, `func` (`__blk_throtl_bio`/`blk_throtl_bio`), `mechanism` (`fentry`/`kprobe`), `unfinished` (true: still held when the probe stopped, `duration` its wait up to then, a lower bound; absent otherwise): a bio blk-throttle held, parked to dispatched (or to the end of the run), above `--min-latency`"),
 	}},
 	{Probe: event.ProbeUevent, Streams: []Stream{
 		Events("uevent", func(t *Timeline) *[]event.Uevent { return &t.Uevents },
