@@ -3,6 +3,7 @@ package probes
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"time"
 
@@ -105,8 +106,12 @@ func startThrottle(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism
 		return nil, err
 	}
 	r.atStop = func(coll *ebpf.Collection, sink Sink) {
-		for _, w := range stillParked(coll.Maps["parked"], cfg.MinLatency, fn, mech) {
+		held, err := stillParked(coll.Maps["parked"], cfg.MinLatency, fn, mech)
+		for _, w := range held {
 			sink.Event(w)
+		}
+		if err != nil {
+			sink.Loss(event.Loss{Probe: event.ProbeThrottle, What: "bios still held at the stop that could not be read (" + err.Error() + "): missing from their limit's delay", Count: 1})
 		}
 	}
 	return r, nil
@@ -116,11 +121,15 @@ func startThrottle(cfg Config, kernel *btf.Spec, sink Sink, mech event.Mechanism
 // (the parked map, its programs detached): a limit so low that no bio of
 // a run gets through shows in no dispatch. Each one held for at least
 // minLatency is a wait marked Unfinished, its duration the wait so far (a
-// lower bound).
-func stillParked(m *ebpf.Map, minLatency time.Duration, fn string, mech event.Mechanism) []event.ThrottleWait {
+// lower bound). An error says the map or the clock could not be read
+// whole: the waits returned are those read before it.
+func stillParked(m *ebpf.Map, minLatency time.Duration, fn string, mech event.Mechanism) ([]event.ThrottleWait, error) {
+	if m == nil {
+		return nil, errors.New("no parked map")
+	}
 	now, err := event.Now()
-	if m == nil || err != nil {
-		return nil
+	if err != nil {
+		return nil, err
 	}
 	var out []event.ThrottleWait
 	var bio uint64
@@ -142,5 +151,5 @@ func stillParked(m *ebpf.Map, minLatency time.Duration, fn string, mech event.Me
 			Unfinished: true,
 		})
 	}
-	return out
+	return out, it.Err()
 }
