@@ -66,10 +66,13 @@ vet:
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt: the files above need formatting" >&2; exit 1; }
 
 ## test: every test; BPF and integration tests need root and run for real. Every test
-## binary is built first, so that no test measures the machine while the compiler has it.
+## binary is built first, so that no test measures the machine while the compiler has it,
+## and the packages' tests run one package at a time (-p 1): the probes' and the scenarios'
+## tests each make and measure their own loads (busy disks, CPU hogs, fio), which another
+## package's load beside them on this 2-CPU machine would falsify.
 test: deps vet
 	@$(GO) test -count=1 -run '^$$' ./... >/dev/null || $(GO) test -count=1 -run '^$$' ./...
-	$(GO) test -count=1 -timeout 20m ./...
+	$(GO) test -count=1 -p 1 -timeout 20m ./...
 
 ## test-unit: the tests that need neither root nor BPF
 test-unit:
