@@ -161,12 +161,10 @@ type iolimitsRunning struct {
 	counters map[counterKey]event.CgroupIO // the last counters read
 }
 
-// limitedCgroup is a cgroup with a limit: its directory and path, and
-// (v2) the devices ("maj:min") its io.max limits.
+// limitedCgroup is a cgroup with a limit: its directory and path.
 type limitedCgroup struct {
 	dir, path string
 	v1        bool
-	devs      []string
 }
 
 // Stop implements Running: it reads the limited cgroups' processes and
@@ -243,13 +241,7 @@ func (r *iolimitsRunning) readLimits(now event.Mono) {
 				}
 			}
 			if len(limits) > 0 {
-				var devs []string
-				for _, l := range limits {
-					if id := fmt.Sprintf("%d:%d", l.Dev.Major, l.Dev.Minor); !v1 && !slices.Contains(devs, id) {
-						devs = append(devs, id)
-					}
-				}
-				r.limited = append(r.limited, limitedCgroup{dir: dir, path: path, v1: v1, devs: devs})
+				r.limited = append(r.limited, limitedCgroup{dir: dir, path: path, v1: v1})
 				for _, l := range limits {
 					r.sink.Event(l)
 				}
@@ -329,15 +321,6 @@ func (r *iolimitsRunning) readCounters(now event.Mono, all bool) {
 					case "wbytes":
 						e.WriteBytes = n
 					}
-				}
-			}
-			// io.stat lists a device only once the cgroup has I/O
-			// stats on it: a limited device missing from it is one the
-			// cgroup got no I/O through yet (a read its limit holds
-			// from the first byte), zero, not unknown.
-			if _, err := os.Stat(filepath.Join(c.dir, "io.stat")); err == nil {
-				for _, id := range c.devs {
-					get(id)
 				}
 			}
 		}
