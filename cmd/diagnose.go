@@ -57,7 +57,13 @@ type StorageOptions struct {
 	// costs. Not the default: what they see is not seen while they are
 	// off (the report's coverage section says when).
 	ArmedMode string
+	// Cgroup is --cgroup: the cgroup v2 the trouble watcher's PSI signals
+	// are scoped to (trouble.CgroupDir resolves it).
+	Cgroup string
 }
+
+// cgroupHelp is --cgroup's help, for diagnose and serve.
+const cgroupHelp = "scope the trouble watcher's PSI signals (which arm --armed-mode=auto) to this cgroup v2: its io.pressure and memory.pressure instead of the host-wide /proc/pressure (whose stalls are then counted out of scope); a directory (/sys/fs/cgroup/db.slice) or a path in the v2 hierarchy (/db.slice). Findings are not filtered by cgroup"
 
 // armedModes are the values --armed-mode takes.
 var armedModes = []string{"", trouble.ModeAuto, trouble.ModeTestDisarmed}
@@ -120,6 +126,7 @@ its last checkpoint.`,
 	f.StringVar(&opts.Outputs.Record, "record", "", "write every event of the run to this trace file as the run goes (flushed every second), for 'whyslow analyze' (gzip-compressed, docs/trace-format.md)")
 	f.StringVar(&opts.ReadyFile, "ready-file", "", "create this file once every probe is attached (an old one is removed at start), for scripts that start their load only then")
 	f.StringVar(&opts.ArmedMode, "armed-mode", "", armedModeHelp)
+	f.StringVar(&opts.Cgroup, "cgroup", "", cgroupHelp)
 	_ = c.RegisterFlagCompletionFunc("device", completeDevices)
 	return c
 }
@@ -285,6 +292,11 @@ func storageRun(ctx context.Context, opts *StorageOptions) error {
 	dopts := opts.diagnoseOptions(mech, set)
 	dopts.RulesLater = rulesLater
 	dopts.Stages = stages
+	if opts.Cgroup != "" {
+		if dopts.Cgroup, err = trouble.CgroupDir("/proc", opts.Cgroup); err != nil {
+			return usageError{err}
+		}
+	}
 	if dopts.Kernel, err = diagnose.Check(dopts); err != nil {
 		return err
 	}

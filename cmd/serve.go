@@ -20,6 +20,7 @@ import (
 	"github.com/whyslow/whyslow/internal/flight"
 	"github.com/whyslow/whyslow/internal/serve"
 	"github.com/whyslow/whyslow/internal/stage"
+	"github.com/whyslow/whyslow/internal/trouble"
 	"github.com/whyslow/whyslow/probes"
 	"github.com/whyslow/whyslow/rules"
 )
@@ -41,6 +42,8 @@ type ServeOptions struct {
 	FlightMemory   string
 	// ArmedMode is --armed-mode (experimental), as for diagnose.
 	ArmedMode string
+	// Cgroup is --cgroup, as for diagnose (armed mode auto only).
+	Cgroup string
 }
 
 // defaultFlightMemory is --flight-recorder-memory's default.
@@ -95,6 +98,7 @@ SIGTERM stop it: the probes are detached and it exits 0. Needs root.`,
 	f.DurationVar(&opts.FlightRecorder, "flight-recorder", flight.DefaultKeep, "how much of the recent run the flight recorder holds for /trace")
 	f.StringVar(&opts.FlightMemory, "flight-recorder-memory", defaultFlightMemory, "memory bound of the flight recorder's events (KiB, MiB, GiB); past it the oldest are evicted, and counted as lost")
 	f.StringVar(&opts.ArmedMode, "armed-mode", "", armedModeHelp)
+	f.StringVar(&opts.Cgroup, "cgroup", "", cgroupHelp+" (with --armed-mode=auto: serve watches for trouble only then)")
 	_ = c.RegisterFlagCompletionFunc("device", completeDevices)
 	return c
 }
@@ -102,6 +106,9 @@ SIGTERM stop it: the probes are detached and it exits 0. Needs root.`,
 func (o *ServeOptions) validate() error {
 	if err := checkArmedMode(o.ArmedMode); err != nil {
 		return err
+	}
+	if o.Cgroup != "" && o.ArmedMode != trouble.ModeAuto {
+		return usagef("--cgroup %q: it scopes the PSI signals of armed mode auto; use it with --armed-mode=auto", o.Cgroup)
 	}
 	if _, _, err := net.SplitHostPort(o.Listen); err != nil {
 		return usagef("--listen %q: want host:port, e.g. 127.0.0.1:9717 (%v)", o.Listen, err)
@@ -174,6 +181,11 @@ func serveRun(ctx context.Context, opts *ServeOptions) error {
 	for _, d := range opts.Devices {
 		if err := diagnose.CheckDevice("/sys", d); err != nil {
 			return err
+		}
+	}
+	if opts.Cgroup != "" {
+		if so.Cgroup, err = trouble.CgroupDir("/proc", opts.Cgroup); err != nil {
+			return usageError{err}
 		}
 	}
 	if so.Kernel, err = probes.Prepare(opts.BTF); err != nil {

@@ -63,6 +63,10 @@ type Options struct {
 	// run costs, not a diagnosis. The timeline's Coverage says when they
 	// were attached.
 	ArmedMode string
+	// Cgroup, when set (--cgroup, a directory trouble.CgroupDir
+	// resolved), scopes the trouble watcher's PSI signals to that cgroup
+	// v2 (trouble.Config.Cgroup).
+	Cgroup string
 	// Log, when set, is told of armed mode's armings and disarmings.
 	Log func(string)
 	// Observed, when set, is called as the observation window ends (its
@@ -240,7 +244,7 @@ func Collect(ctx context.Context, opts Options, spec *btf.Spec) (*timeline.Timel
 	// signals, scoped to --device's disks, wake the controller, which
 	// runs once the probes are started and disarmed (a signal before
 	// then arms them as it starts).
-	wcfg := trouble.Config{ProcFS: opts.ProcFS, SysFS: opts.SysFS, Devices: opts.Devices}
+	wcfg := trouble.Config{ProcFS: opts.ProcFS, SysFS: opts.SysFS, Devices: opts.Devices, Cgroup: opts.Cgroup}
 	var auto *trouble.Auto
 	if opts.ArmedMode == trouble.ModeAuto {
 		auto = trouble.NewAuto(opts.Log)

@@ -6,6 +6,7 @@ package main
 // "coverage").
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/cilium/ebpf/btf"
 
+	"github.com/whyslow/whyslow/internal/metrics"
 	"github.com/whyslow/whyslow/internal/report"
 	"github.com/whyslow/whyslow/internal/scenario"
 )
@@ -345,6 +347,32 @@ func TestArmedAutoScopedControl(t *testing.T) {
 	}
 }
 
+// armedState is what serve's /metrics says of its armed mode.
+type armedState struct{ armed, seconds, armings float64 }
+
+// armedMetrics scrapes serve's /metrics for the armed mode's series,
+// each of which must be there.
+func armedMetrics(t *testing.T, base string) armedState {
+	t.Helper()
+	code, b := get(t, base+"/metrics")
+	if code != 200 {
+		t.Fatalf("/metrics: %d %s", code, b)
+	}
+	_, series, err := metrics.ParseText(bytes.NewReader(b))
+	if err != nil {
+		t.Fatalf("/metrics: %v", err)
+	}
+	var st armedState
+	for name, v := range map[string]*float64{"whyslow_armed": &st.armed, "whyslow_armed_seconds_total": &st.seconds, "whyslow_armings_total": &st.armings} {
+		x, ok := series[name]
+		if !ok {
+			t.Fatalf("/metrics of serve in armed mode auto has no %s", name)
+		}
+		*v = x
+	}
+	return st
+}
+
 // serve in armed mode auto: it starts disarmed (the kernel has no link of
 // it on the hot hooks, unless PSI, host-wide, armed it already), arms when
 // a throttled reader starts on its device, and a window's report then has
@@ -367,6 +395,12 @@ func TestServeArmedAuto(t *testing.T) {
 	if hot != 0 && !strings.Contains(srv.errb.String(), "armed by") {
 		t.Errorf("disarmed at the start, but the kernel has %d links of serve on %v", hot, hotHooks)
 	}
+	// /metrics says it: disarmed, unless PSI armed it already.
+	m0 := armedMetrics(t, base)
+	t.Logf("metrics before the reader: %+v", m0)
+	if !strings.Contains(srv.errb.String(), "armed by") && (m0.armed != 0 || m0.armings != 0 || m0.seconds != 0) {
+		t.Errorf("never armed yet, but /metrics says armed %v, %v armings, %v s armed", m0.armed, m0.armings, m0.seconds)
+	}
 	argv := c.Command("dd", "if=/dev/"+dev, "of=/dev/null", "bs=4k", "count=100000", "iflag=direct", "status=none")
 	dd := exec.Command(argv[0], argv[1:]...)
 	if err := dd.Start(); err != nil {
@@ -381,6 +415,20 @@ func TestServeArmedAuto(t *testing.T) {
 	}
 	if hot, _ := hotLinks(t, srv.cmd.Process.Pid); hot == 0 && !strings.Contains(srv.errb.String(), "disarmed") {
 		t.Errorf("armed, but the kernel has no link of serve on %v", hotHooks)
+	}
+	// Armed by the throttled reader, which goes on: /metrics says armed,
+	// counts the arming, and the armed time grows.
+	m1 := armedMetrics(t, base)
+	time.Sleep(time.Second)
+	m2 := armedMetrics(t, base)
+	t.Logf("metrics while the reader runs: %+v, a second later %+v", m1, m2)
+	if !strings.Contains(srv.errb.String(), "disarmed") {
+		if m1.armed != 1 || m2.armed != 1 || m1.armings < 1 || m2.seconds <= m1.seconds {
+			t.Errorf("armed (never disarmed), but /metrics says armed %v then %v, %v armings, armed seconds %v then %v", m1.armed, m2.armed, m1.armings, m1.seconds, m2.seconds)
+		}
+	}
+	if m2.armings < m0.armings+1 && !(m0.armed == 1 && m2.armed == 1) {
+		t.Errorf("armed by the reader, but whyslow_armings_total went from %v to %v", m0.armings, m2.armings)
 	}
 	var last report.Report
 	ok := waitUntil(40*time.Second, func() bool {
@@ -420,4 +468,94 @@ func TestServeArmedAuto(t *testing.T) {
 		t.Errorf("the report of serve's /trace dump has no coverage line: exit %d, stderr %s\n%s", a.code, a.stderr, a.stdout)
 	}
 	stopServe(t, srv, syscall.SIGTERM)
+}
+
+// pressureScope returns the cgroup v2 directory whose io.pressure counts
+// the stalls of the processes in c, and a command maker that runs argv in
+// c and in it: c itself on cgroup v2 (the guests), else (cgroup v1's
+// blkio, this project's host) a cgroup v2 made beside it.
+func pressureScope(t *testing.T, c *scenario.Cgroup, name string) (string, func(argv ...string) []string) {
+	t.Helper()
+	if !c.V1 {
+		return c.Dir, c.Command
+	}
+	p := scenario.PressureCgroup(t, name)
+	return p.Dir, func(argv ...string) []string {
+		return append([]string{"/bin/sh", "-c", `echo $$ > "$0" && echo $$ > "$1" && shift && exec "$@"`,
+			filepath.Join(c.Dir, "cgroup.procs"), filepath.Join(p.Dir, "cgroup.procs")}, argv...)
+	}
+}
+
+// startReader starts argv (a throttled reader) and kills it at the end.
+func startReader(t *testing.T, argv []string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	return cmd
+}
+
+// --cgroup scopes PSI to a cgroup v2. A reader throttled outside the
+// cgroup stalls tasks on the host (host-wide PSI far over its trigger):
+// the run, scoped to an empty cgroup and a quiet disk, stays disarmed,
+// and the host-wide stalls are counted out of scope. A reader throttled
+// inside the cgroup then arms it, by psi_io: its disk is out of the
+// --device scope, so nothing else can.
+func TestArmedAutoCgroupScope(t *testing.T) {
+	scenario.RequireRoot(t)
+	dev := limitDisk(t)
+	quiet := scenario.MemLoopDevice(t, 64<<20)
+	out, in := scenario.IOCgroup(t, "psi-out"), scenario.IOCgroup(t, "psi-in")
+	for _, c := range []*scenario.Cgroup{out, in} {
+		if err := c.LimitReadBPS(dev, 64<<10); err != nil {
+			t.Fatal(err)
+		}
+	}
+	scope, inCommand := pressureScope(t, in, "psi-in-v2")
+	r := startDiagnose(t, "--armed-mode", "auto", "--device", quiet, "--cgroup", scope, "--duration", "1h", "--format", "json")
+	dd := []string{"dd", "if=/dev/" + dev, "of=/dev/null", "bs=4k", "count=100000", "iflag=direct", "status=none"}
+
+	outside := startReader(t, out.Command(dd...))
+	time.Sleep(4 * time.Second)
+	armedByOutside := strings.Contains(r.errb.String(), "armed by")
+	if armedByOutside {
+		t.Errorf("a reader throttled outside cgroup %s armed the run scoped to it; stderr %s", scope, r.errb.String())
+	} else if hot, _ := hotLinks(t, r.cmd.Process.Pid); hot != 0 {
+		t.Errorf("never armed, but the kernel has %d links of whyslow on %v", hot, hotHooks)
+	}
+	outside.Process.Kill()
+	outside.Wait()
+
+	inside := startReader(t, inCommand(dd...))
+	if !waitUntil(30*time.Second, func() bool { return strings.Contains(r.errb.String(), "armed by") }) {
+		t.Fatalf("a reader throttled inside cgroup %s for 30 s, and the run scoped to it never armed; stderr %s", scope, r.errb.String())
+	}
+	time.Sleep(time.Second)
+	rep := stopDiagnose(t, r, syscall.SIGINT)
+	tr, cov := rep.Trouble, rep.Coverage
+	if tr == nil || cov == nil {
+		t.Fatalf("trouble %v, coverage %v: want both", tr, cov)
+	}
+	if tr.Cgroup != scope {
+		t.Errorf("trouble cgroup %q, want the scope %s", tr.Cgroup, scope)
+	}
+	if tr.CgroupPSI == nil || tr.CgroupPSI.IOSomeMs <= 0 {
+		t.Errorf("cgroup_psi %+v: want the I/O stall of the reader inside it", tr.CgroupPSI)
+	}
+	if tr.OutOfScopeCounts["psi_io"] == 0 {
+		t.Errorf("a reader throttled outside the cgroup for 4 s, but no host-wide I/O stall was counted out of scope: %v (host-wide stall %+v)", tr.OutOfScopeCounts, tr.PSI)
+	}
+	if !armedByOutside && (len(cov.Armed) == 0 || cov.Armed[0].By != "psi_io") {
+		t.Errorf("coverage armed %+v: want armed by psi_io, the stall of the reader (pid %d) inside the cgroup", cov.Armed, inside.Process.Pid)
+	}
+	for _, s := range tr.Signals {
+		if strings.HasPrefix(s.Source, "psi_") && !strings.Contains(s.Detail, "cgroup "+scope) {
+			t.Errorf("a PSI signal not of the cgroup %s: %+v", scope, s)
+		}
+	}
 }

@@ -531,6 +531,9 @@ func TestServeReloadStages(t *testing.T) {
 	if !strings.Contains(string(b), "\nwhyslow_rules_last_reload_success 0\n") {
 		t.Errorf("whyslow_rules_last_reload_success is not 0 after a failed reload of the stage table")
 	}
+	if strings.Contains(string(b), "\nwhyslow_armed") {
+		t.Errorf("serve without --armed-mode shows an armed state on /metrics (all its programs are attached all the time)")
+	}
 	time.Sleep(5 * time.Second) // windows with the table in use
 	if v := stageSeconds("lock"); v != 0 {
 		t.Errorf("lock %v s after a failed reload: the broken table is in use", v)

@@ -66,6 +66,26 @@ type Metrics struct {
 	// The sums of the window being counted: how many, their memory.
 	windowSums      int
 	windowSumsBytes int64
+	// armed is the state of an armed mode, read at each scrape (nil:
+	// every program attached all the run).
+	armed func() Armed
+}
+
+// Armed is the state of an armed mode (--armed-mode): whether the
+// programs on the hot hooks are attached now, for how long they were in
+// all, and how many times they were attached.
+type Armed struct {
+	Armed   bool
+	Seconds float64
+	Armings uint64
+}
+
+// SetArmed makes /metrics show an armed mode's state, which state gives
+// at each scrape (it must not block long, nor call into Metrics).
+func (m *Metrics) SetArmed(state func() Armed) {
+	m.mu.Lock()
+	m.armed = state
+	m.mu.Unlock()
 }
 
 type findingKey struct{ rule, severity, device string }
@@ -308,6 +328,12 @@ var (
 	descFolded = prometheus.NewDesc("whyslow_label_values_folded",
 		"Distinct values of a bounded label folded into \"_other\" (devices past 64).",
 		[]string{"label"}, nil)
+	descArmed = prometheus.NewDesc("whyslow_armed",
+		"In an armed mode (--armed-mode, experimental): 1 while the programs on the hot hooks (sys_enter, sys_exit, sched_switch, sched_waking) are attached, 0 while they are not (storage calls and off-CPU waits are then not seen). Absent without --armed-mode (always attached).", nil, nil)
+	descArmedSeconds = prometheus.NewDesc("whyslow_armed_seconds_total",
+		"In an armed mode: time the programs on the hot hooks were attached since serve started.", nil, nil)
+	descArmings = prometheus.NewDesc("whyslow_armings_total",
+		"In an armed mode: times the programs on the hot hooks were attached (armed mode auto, on a trouble signal after a quiet spell).", nil, nil)
 	descBuild = prometheus.NewDesc("whyslow_build_info",
 		"whyslow's version and the kernel it runs on.", []string{"version", "kernel"}, nil)
 )
@@ -317,7 +343,7 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descFinding, descSubmit, descService, descFreezes, descStages, descLost,
 		descLostOnce, descProbe, descRules, descReloads, descReloadOK, descRuleErrors, descWindows, descSkipped, descWindowEnd,
 		descWindowLen, descFlightBytes, descFlightMax, descFlightHeld, descFlightEvents, descWindowSums, descWindowSumsBytes,
-		descFolded, descBuild} {
+		descFolded, descArmed, descArmedSeconds, descArmings, descBuild} {
 		ch <- d
 	}
 }
@@ -325,6 +351,19 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 // Collect implements prometheus.Collector.
 func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	folded := m.devices.Folded()
+	m.mu.Lock()
+	armed := m.armed
+	m.mu.Unlock()
+	if armed != nil {
+		st := armed()
+		on := 0.0
+		if st.Armed {
+			on = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descArmed, prometheus.GaugeValue, on)
+		ch <- prometheus.MustNewConstMetric(descArmedSeconds, prometheus.CounterValue, st.Seconds)
+		ch <- prometheus.MustNewConstMetric(descArmings, prometheus.CounterValue, float64(st.Armings))
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {

@@ -53,6 +53,12 @@ type Trouble struct {
 	Devices          []string          `json:"devices,omitempty"`
 	OutOfScopeCounts map[string]uint64 `json:"out_of_scope_counts,omitempty"`
 	OutOfScopeDisks  []string          `json:"out_of_scope_disks,omitempty"`
+	// Cgroup is the cgroup v2 directory the PSI signals were scoped to
+	// (--cgroup; absent: host-wide), CgroupPSI its stall over the run
+	// (PSI stays the host's). Host-wide PSI events its stall did not
+	// account for are counted in OutOfScopeCounts.
+	Cgroup    string    `json:"cgroup,omitempty"`
+	CgroupPSI *PSIStall `json:"cgroup_psi,omitempty"`
 }
 
 // TroubleSource is one source of signals, and why it did not watch.
@@ -160,11 +166,21 @@ func troubleOf(tl *timeline.Timeline) *Trouble {
 		f := at(first)
 		t.FirstSlowSeconds = &f
 	}
-	if s.PSI.Known {
-		ms := func(d time.Duration) float64 { return round(float64(d)/float64(time.Millisecond), 2) }
-		t.PSI = &PSIStall{IOSomeMs: ms(s.PSI.IOSome), IOFullMs: ms(s.PSI.IOFull), MemorySomeMs: ms(s.PSI.MemorySome), MemoryFullMs: ms(s.PSI.MemoryFull)}
+	t.PSI = psiStall(s.PSI)
+	t.Cgroup = s.Cgroup
+	if s.Cgroup != "" {
+		t.CgroupPSI = psiStall(s.CgroupPSI)
 	}
 	return t
+}
+
+// psiStall is p in ms; nil when unknown.
+func psiStall(p trouble.PSITotals) *PSIStall {
+	if !p.Known {
+		return nil
+	}
+	ms := func(d time.Duration) float64 { return round(float64(d)/float64(time.Millisecond), 2) }
+	return &PSIStall{IOSomeMs: ms(p.IOSome), IOFullMs: ms(p.IOFull), MemorySomeMs: ms(p.MemorySome), MemoryFullMs: ms(p.MemoryFull)}
 }
 
 // troubleLine is the text report's one-line account of the trouble
@@ -190,10 +206,23 @@ func troubleLine(t *Trouble) string {
 	}
 	if len(t.Devices) > 0 {
 		var n uint64
-		for _, c := range t.OutOfScopeCounts {
-			n += c
+		for src, c := range t.OutOfScopeCounts {
+			if !strings.HasPrefix(src, "psi_") {
+				n += c
+			}
 		}
-		fmt.Fprintf(&b, "; block and busy-disk signals scoped to %s (%d of other disks ignored; PSI is host-wide)", strings.Join(t.Devices, ", "), n)
+		psi := "PSI is host-wide"
+		if t.Cgroup != "" {
+			psi = "PSI is scoped to the cgroup"
+		}
+		fmt.Fprintf(&b, "; block and busy-disk signals scoped to %s (%d of other disks ignored; %s)", strings.Join(t.Devices, ", "), n, psi)
+	}
+	if t.Cgroup != "" {
+		fmt.Fprintf(&b, "; PSI scoped to cgroup %s", t.Cgroup)
+		if t.CgroupPSI != nil {
+			fmt.Fprintf(&b, " (its stall io %s, memory %s)", fmtMs(t.CgroupPSI.IOSomeMs), fmtMs(t.CgroupPSI.MemorySomeMs))
+		}
+		fmt.Fprintf(&b, ", %d host-wide stalls of others ignored", t.OutOfScopeCounts["psi_io"]+t.OutOfScopeCounts["psi_memory"])
 	}
 	var off []string
 	for _, s := range t.Sources {

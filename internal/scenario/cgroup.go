@@ -221,3 +221,57 @@ func removeStaleCgroups(t testing.TB) {
 		}
 	}
 }
+
+// PressureCgroup makes a cgroup named whyslow-scenario-PID-name in the
+// cgroup v2 hierarchy, with no controller of its own: its io.pressure and
+// memory.pressure count the stalls of its processes (PSI per cgroup),
+// whichever hierarchy the block I/O controller is in. On cleanup the
+// processes still in it are moved to the root and it is removed. It
+// skips, saying why, where no cgroup v2 with PSI is mounted.
+func PressureCgroup(t testing.TB, name string) *Cgroup {
+	t.Helper()
+	RequireRoot(t)
+	if !cgroupName.MatchString(name) {
+		t.Fatalf("cgroup: bad name %q", name)
+	}
+	root, err := cgroup2Root()
+	if err != nil {
+		Skip(t, "no cgroup v2 hierarchy: %v", err)
+	}
+	c := &Cgroup{Dir: filepath.Join(root, fmt.Sprintf("%s%d-%s", cgroupPrefix, os.Getpid(), name))}
+	c.Path = "/" + filepath.Base(c.Dir)
+	if err := os.Mkdir(c.Dir, 0o755); err != nil {
+		t.Fatalf("cgroup: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := removeCgroup(c.Dir, root); err != nil {
+			t.Errorf("cgroup cleanup: %v", err)
+		}
+	})
+	if _, err := os.Stat(filepath.Join(c.Dir, "io.pressure")); err != nil {
+		Skip(t, "cgroup v2 %s has no io.pressure (a kernel without PSI, or psi=0): %v", c.Dir, err)
+	}
+	t.Logf("scenario: made cgroup %s", c.Dir)
+	return c
+}
+
+// cgroup2Root is the mount point of the cgroup v2 hierarchy.
+func cgroup2Root() (string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		sep := slices.Index(fields, "-")
+		if sep < 5 || sep+1 >= len(fields) || fields[3] != "/" {
+			continue
+		}
+		if fields[sep+1] == "cgroup2" {
+			return fields[4], nil
+		}
+	}
+	return "", errors.New("no cgroup2 mount in /proc/self/mountinfo")
+}

@@ -94,6 +94,9 @@ type Options struct {
 	// ArmedMode: "auto" (armed while the trouble watcher sees trouble),
 	// "test-disarmed", or "" (the default: every program attached).
 	ArmedMode string
+	// Cgroup (--cgroup, resolved by trouble.CgroupDir) scopes armed mode
+	// auto's PSI signals to that cgroup v2 (trouble.Config.Cgroup).
+	Cgroup string
 	// Log is where serve says what it does and what goes wrong (stderr).
 	Log io.Writer
 	// Ready, when set, is called once the probes run and the server
@@ -228,7 +231,7 @@ func Run(ctx context.Context, ln net.Listener, opts Options) error {
 		// The trouble watcher (scoped to --device's disks, and PSI) arms
 		// the hot-hook programs: it is shown every event, as in diagnose.
 		a.auto = trouble.NewAuto(func(s string) { fmt.Fprintf(opts.Log, "whyslow: %s\n", s) })
-		a.watch = trouble.New(trouble.Config{ProcFS: opts.ProcFS, SysFS: opts.SysFS, Devices: opts.Devices, OnSignal: a.auto.Signal})
+		a.watch = trouble.New(trouble.Config{ProcFS: opts.ProcFS, SysFS: opts.SysFS, Devices: opts.Devices, Cgroup: opts.Cgroup, OnSignal: a.auto.Signal})
 		if err := a.watch.Start(ctx); err != nil {
 			return fmt.Errorf("armed mode auto: the trouble watcher could not start: %w", err)
 		}
@@ -254,6 +257,7 @@ func Run(ctx context.Context, ln net.Listener, opts Options) error {
 		case trouble.ModeTestDisarmed:
 			a.disarmed = &trouble.Coverage{Mode: trouble.ModeTestDisarmed, Start: start, Probes: a.g.Running(), Gated: a.g.Gated()}
 		}
+		a.m.SetArmed(a.armedState)
 	}
 	first := a.state(start, true)
 	a.rec.AddState(first)
@@ -292,6 +296,20 @@ func Run(ctx context.Context, ln net.Listener, opts Options) error {
 	}
 	<-evaluated
 	return err
+}
+
+// armedState is the armed mode's state for /metrics: never armed in
+// test-disarmed.
+func (a *agent) armedState() metrics.Armed {
+	if a.auto == nil {
+		return metrics.Armed{}
+	}
+	now, err := event.Now()
+	if err != nil {
+		return metrics.Armed{Armed: a.auto.Armed()}
+	}
+	st := a.auto.Stats(now)
+	return metrics.Armed{Armed: st.Armed, Seconds: st.ArmedTime.Seconds(), Armings: uint64(st.Armings)}
 }
 
 // loop rotates the flight recorder every tick, reads the probes' counters

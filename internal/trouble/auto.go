@@ -242,6 +242,30 @@ func (a *Auto) Armed() bool {
 	return a.armed
 }
 
+// Stats are an armed mode's state at a time: whether the hot-hook
+// programs are attached, how long they were in all, and how many times
+// they were attached (each arming; none for a run never disarmed).
+type Stats struct {
+	Armed     bool
+	ArmedTime time.Duration
+	Armings   int
+}
+
+// Stats is the state at now (an open span counts up to now).
+func (a *Auto) Stats(now event.Mono) Stats {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	st := Stats{Armed: a.armed, Armings: len(a.cov.Armed)}
+	for _, s := range a.cov.Armed {
+		st.ArmedTime += s.To.Sub(s.From)
+	}
+	if a.armed {
+		st.Armings++
+		st.ArmedTime += max(now.Sub(a.open.From), 0)
+	}
+	return st
+}
+
 // Coverage is the coverage so far, up to now (an open span ends at now).
 func (a *Auto) Coverage(now event.Mono) *Coverage {
 	a.mu.Lock()

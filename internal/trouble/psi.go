@@ -54,7 +54,12 @@ func parsePSI(text string) (some, full time.Duration, err error) {
 
 // readPSI reads the totals of /proc/pressure/<res>.
 func readPSI(procfs, res string) (some, full time.Duration, err error) {
-	p := filepath.Join(procfs, "pressure", res)
+	return readPSIFile(filepath.Join(procfs, "pressure", res))
+}
+
+// readPSIFile reads the totals of a pressure file: /proc/pressure/<res>,
+// or a cgroup v2 directory's <res>.pressure.
+func readPSIFile(p string) (some, full time.Duration, err error) {
 	b, err := os.ReadFile(p)
 	if err != nil {
 		return 0, 0, err
@@ -66,7 +71,8 @@ func readPSI(procfs, res string) (some, full time.Duration, err error) {
 	return some, full, nil
 }
 
-// psiTrigger opens /proc/pressure/<res> and registers a trigger of a
+// psiTrigger opens pressure file p (/proc/pressure/<res>, or a cgroup v2
+// directory's <res>.pressure, which takes the same triggers) and registers a trigger of a
 // "some" stall of stall within window (Documentation/accounting/psi.rst):
 // the file then polls POLLPRI each time the threshold is crossed, at most
 // once a window. The trigger lives as long as the file is open.
@@ -76,8 +82,7 @@ func readPSI(procfs, res string) (some, full time.Duration, err error) {
 // from its 2 s averaging work instead of its real-time one: then the
 // trigger is set again with a 2 s window and the stall scaled with it,
 // and note says so. set is the trigger set, "5ms in 1s", setStall its stall.
-func psiTrigger(procfs, res string, stall, window time.Duration) (f *os.File, set string, setStall time.Duration, note string, err error) {
-	p := filepath.Join(procfs, "pressure", res)
+func psiTrigger(p string, stall, window time.Duration) (f *os.File, set string, setStall time.Duration, note string, err error) {
 	f, err = os.OpenFile(p, os.O_RDWR|unix.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, "", 0, "", psiReason(p, err)

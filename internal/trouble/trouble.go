@@ -5,7 +5,9 @@
 //
 // Its sources cost nothing while all is well:
 //   - PSI triggers on /proc/pressure/io and /proc/pressure/memory ("some"
-//     stall of Stall in Window): the kernel wakes the watcher, nothing polls;
+//     stall of Stall in Window), or on a cgroup's io.pressure and
+//     memory.pressure when scoped to it (Config.Cgroup): the kernel wakes
+//     the watcher, nothing polls;
 //   - the slow spans the block-path probes already stream (a bio's
 //     submission over the run's threshold, a throttled bio, a wait to
 //     enter a frozen queue) and device errors and timeouts, fed in by
@@ -95,6 +97,12 @@ type Summary struct {
 	Devices         []string          `json:",omitempty"`
 	OutOfScope      map[Source]uint64 `json:",omitempty"`
 	OutOfScopeDisks []string          `json:",omitempty"`
+	// Cgroup is the cgroup v2 directory PSI was scoped to (Config.Cgroup;
+	// empty: host-wide), CgroupPSI its stall over the run (PSI stays the
+	// host's). Host-wide PSI events its stall did not account for are in
+	// OutOfScope.
+	Cgroup    string    `json:",omitempty"`
+	CgroupPSI PSITotals `json:",omitzero"`
 }
 
 // ArmedTime is the time the run would have been armed.

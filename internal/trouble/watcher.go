@@ -20,7 +20,8 @@ import (
 type Config struct {
 	// ProcFS and SysFS are the roots of /proc and /sys ("/proc", "/sys").
 	ProcFS, SysFS string
-	// Stall within Window is the PSI trigger (5 ms in 1 s).
+	// Stall within Window is the PSI trigger: HostStall in 1 s for
+	// host-wide PSI, CgroupStall in 1 s for a cgroup's (Cgroup).
 	Stall, Window time.Duration
 	// Busy is the share of an interval a disk must be busy (io_ticks) for
 	// a signal (0.9); BusyEvery the interval (1 s); a negative BusyEvery
@@ -35,8 +36,17 @@ type Config struct {
 	// and of busy disks to these disks (names as in /sys/block): a signal
 	// of another disk is counted out of scope (Summary.OutOfScope) and
 	// arms nothing. An event whose disk has no name is kept (it cannot be
-	// told apart). PSI is host-wide and stays unscoped.
+	// told apart). PSI is not a disk's: Cgroup scopes it.
 	Devices []string
+	// Cgroup, when set (--cgroup), is the cgroup v2 directory PSI is
+	// scoped to (CgroupDir): the triggers are on its io.pressure and
+	// memory.pressure, which count its tasks' stalls alone. The
+	// host-wide triggers are set too, at HostStall: their events arm
+	// nothing, and those the cgroup's own stall does not account for
+	// (its total grew by less than its trigger's stall since the last
+	// one) are counted out of scope (Summary.OutOfScope). Empty: PSI is
+	// host-wide.
+	Cgroup string
 	// OnSignal, when set, is called with each signal, from the watcher's
 	// goroutines or from Observe's caller; it must not block.
 	OnSignal func(Signal)
@@ -50,7 +60,10 @@ func (c *Config) defaults() {
 		c.SysFS = "/sys"
 	}
 	if c.Stall <= 0 {
-		c.Stall = 5 * time.Millisecond
+		c.Stall = HostStall
+		if c.Cgroup != "" {
+			c.Stall = CgroupStall
+		}
 	}
 	if c.Window <= 0 {
 		c.Window = time.Second
@@ -69,6 +82,40 @@ func (c *Config) defaults() {
 	}
 }
 
+// The default PSI triggers' stalls, within a 1 s window.
+const (
+	// HostStall is host-wide PSI's: 100 ms of "some" I/O (or memory)
+	// stall in 1 s. The 5 ms it was armed quiet runs on a shared host:
+	// there other jobs' background I/O stalled up to 39 ms in a second
+	// (BENCHMARKS.md, "Issue 16 (2026-12-08, wt-arm31)"), while a task
+	// waiting on a throttled or slow disk stalls most of each second.
+	// Another job's real trouble still crosses it: --cgroup scopes PSI.
+	HostStall = 100 * time.Millisecond
+	// CgroupStall is a cgroup's (Config.Cgroup): its stall is its own
+	// tasks', without a host's floor.
+	CgroupStall = 5 * time.Millisecond
+)
+
+// psiWatch is one PSI trigger the watcher polls.
+type psiWatch struct {
+	src    Source
+	path   string        // the pressure file the trigger is on
+	stall  time.Duration // the trigger's stall as set
+	detail string
+	// outside marks a host-wide trigger of a run scoped to a cgroup: its
+	// events arm nothing; one the cgroup's stall (scoped, its pressure
+	// file; scopedStall, its trigger's stall) does not account for is
+	// counted out of scope.
+	outside     bool
+	scoped      string
+	scopedStall time.Duration
+	// last is the "some" total at the last confirmed event (or at
+	// Start), scopedLast the cgroup's at the last event; dropped counts
+	// the events not confirmed (confirm). Under Watcher.mu.
+	last, scopedLast time.Duration
+	dropped          uint64
+}
+
 // Watcher watches the sources of trouble signals and keeps the armed
 // state. Start it, feed it the probes' events with Observe, ask Armed, and
 // Stop it for the summary. Its methods are safe for concurrent use.
@@ -83,11 +130,9 @@ type Watcher struct {
 	status  map[Source]SourceStatus
 	start   event.Mono
 	psi0    PSITotals
-	// psiLast is the "some" total at the last confirmed PSI event (or at
-	// Start), psiStall the stall of the trigger set, psiDropped the
-	// events not confirmed (confirm).
-	psiLast, psiStall map[Source]time.Duration
-	psiDropped        map[Source]uint64
+	cg0     PSITotals // the cgroup's (Config.Cgroup)
+	// psi are the PSI triggers set.
+	psi []*psiWatch
 	// scope is Config.Devices as a set (nil: every disk), outOfScope the
 	// signals of other disks, by source.
 	scope      map[string]bool
@@ -104,8 +149,7 @@ type Watcher struct {
 // New returns a Watcher; nothing runs until Start.
 func New(cfg Config) *Watcher {
 	cfg.defaults()
-	w := &Watcher{cfg: cfg, counts: map[Source]uint64{}, first: map[Source]event.Mono{}, status: map[Source]SourceStatus{}, quit: make(chan struct{}),
-		psiLast: map[Source]time.Duration{}, psiStall: map[Source]time.Duration{}, psiDropped: map[Source]uint64{}}
+	w := &Watcher{cfg: cfg, counts: map[Source]uint64{}, first: map[Source]event.Mono{}, status: map[Source]SourceStatus{}, quit: make(chan struct{})}
 	w.arming.Hold = cfg.Hold
 	if len(cfg.Devices) > 0 {
 		w.scope = map[string]bool{}
@@ -132,39 +176,65 @@ func (w *Watcher) Start(ctx context.Context) error {
 	w.mu.Lock()
 	w.start, w.started = now, true
 	w.mu.Unlock()
-	w.psi0 = readTotals(w.cfg.ProcFS)
+	w.psi0 = readTotals(filepath.Join(w.cfg.ProcFS, "pressure"), "")
+	if w.cfg.Cgroup != "" {
+		w.cg0 = readTotals(w.cfg.Cgroup, ".pressure")
+	}
 
 	var fds []*os.File
-	var srcs []Source
-	var details []string
+	var watches []*psiWatch
 	for _, s := range []struct {
 		src Source
 		res string
 	}{{PSIIO, "io"}, {PSIMemory, "memory"}} {
-		f, trig, stall, note, err := psiTrigger(w.cfg.ProcFS, s.res, w.cfg.Stall, w.cfg.Window)
+		host := filepath.Join(w.cfg.ProcFS, "pressure", s.res)
+		in := &psiWatch{src: s.src, path: host}
+		if w.cfg.Cgroup != "" {
+			in.path = filepath.Join(w.cfg.Cgroup, s.res+".pressure")
+		}
+		f, trig, stall, note, err := psiTrigger(in.path, w.cfg.Stall, w.cfg.Window)
 		if err != nil {
 			w.setStatus(SourceStatus{Source: s.src, Reason: err.Error()})
 			continue
 		}
-		w.psiStall[s.src] = stall
-		if some, _, err := readPSI(w.cfg.ProcFS, s.res); err == nil {
-			w.psiLast[s.src] = some
+		in.stall = stall
+		in.detail = fmt.Sprintf("%s some stall over the trigger (%s)", s.res, trig)
+		if w.cfg.Cgroup != "" {
+			in.detail = fmt.Sprintf("%s some stall of cgroup %s over the trigger (%s)", s.res, w.cfg.Cgroup, trig)
+		}
+		if some, _, err := readPSIFile(in.path); err == nil {
+			in.last = some
+		}
+		fds, watches = append(fds, f), append(watches, in)
+		if w.cfg.Cgroup != "" {
+			// The host-wide trigger, for the stalls out of scope.
+			out := &psiWatch{src: s.src, path: host, outside: true, scoped: in.path, scopedStall: stall, scopedLast: in.last}
+			hf, htrig, hstall, _, err := psiTrigger(host, HostStall, w.cfg.Window)
+			if err != nil {
+				note = strings.TrimPrefix(note+"; host-wide stalls out of scope not counted: "+err.Error(), "; ")
+			} else {
+				out.stall = hstall
+				out.detail = fmt.Sprintf("%s some stall over the host-wide trigger (%s)", s.res, htrig)
+				if some, _, err := readPSIFile(host); err == nil {
+					out.last = some
+				}
+				fds, watches = append(fds, hf), append(watches, out)
+			}
 		}
 		w.setStatus(SourceStatus{Source: s.src, On: true, Reason: note})
-		fds, srcs = append(fds, f), append(srcs, s.src)
-		details = append(details, fmt.Sprintf("%s some stall over the trigger (%s)", s.res, trig))
 	}
+	w.psi = watches
 	if len(fds) > 0 {
 		r, wr, err := os.Pipe()
 		if err != nil {
 			for i, f := range fds {
 				f.Close()
-				w.setStatus(SourceStatus{Source: srcs[i], Reason: "no pipe to stop the poller: " + err.Error()})
+				w.setStatus(SourceStatus{Source: watches[i].src, Reason: "no pipe to stop the poller: " + err.Error()})
 			}
 		} else {
 			w.stopW, w.psiFile = wr, fds
 			w.wg.Add(1)
-			go w.pollPSI(fds, srcs, details, r)
+			go w.pollPSI(fds, watches, r)
 		}
 	}
 
@@ -197,7 +267,7 @@ func (w *Watcher) setStatus(s SourceStatus) {
 
 // pollPSI waits for the PSI triggers in one poll(2) until the stop pipe
 // closes.
-func (w *Watcher) pollPSI(fds []*os.File, srcs []Source, details []string, stop *os.File) {
+func (w *Watcher) pollPSI(fds []*os.File, watches []*psiWatch, stop *os.File) {
 	defer w.wg.Done()
 	defer stop.Close()
 	pfd := make([]unix.PollFd, len(fds)+1)
@@ -214,8 +284,8 @@ func (w *Watcher) pollPSI(fds []*os.File, srcs []Source, details []string, stop 
 			continue
 		}
 		if err != nil {
-			for _, s := range srcs {
-				w.setStatus(SourceStatus{Source: s, Reason: "poll: " + err.Error()})
+			for _, pw := range watches {
+				w.setStatus(SourceStatus{Source: pw.src, Reason: "poll: " + err.Error()})
 			}
 			return
 		}
@@ -225,37 +295,59 @@ func (w *Watcher) pollPSI(fds []*os.File, srcs []Source, details []string, stop 
 		for i := range fds {
 			switch re := pfd[i].Revents; {
 			case re&unix.POLLERR != 0:
-				w.setStatus(SourceStatus{Source: srcs[i], Reason: "the trigger was dropped (POLLERR)"})
+				// A cgroup's trigger errs when the cgroup is removed.
+				what := "the trigger was dropped (POLLERR)"
+				if watches[i].outside {
+					what = "the host-wide trigger counting stalls out of scope was dropped (POLLERR)"
+				} else if w.cfg.Cgroup != "" {
+					what = "the trigger was dropped (POLLERR: cgroup " + w.cfg.Cgroup + " removed?)"
+				}
+				w.setStatus(SourceStatus{Source: watches[i].src, On: watches[i].outside, Reason: what})
 				pfd[i].Fd = -1
 			case re&unix.POLLPRI != 0:
-				if w.confirm(srcs[i]) {
-					w.signal(srcs[i], details[i])
+				if w.confirm(watches[i]) {
+					w.signal(watches[i].src, watches[i].detail)
 				}
 			}
 		}
 	}
 }
 
-// confirm says whether a PSI trigger event is real: the resource's
-// "some" total grew by at least the trigger's stall since the last
+// confirm says whether a PSI trigger event is a signal: the pressure
+// file's "some" total grew by at least the trigger's stall since the last
 // confirmed event (or since Start). The kernel's first check of a new
 // trigger counts stall from before it was set (up to a window of it), and
 // on an idle host it fires on a stall the run never had; such events are
-// counted (Summary.Sources' reason) and dropped.
-func (w *Watcher) confirm(src Source) bool {
-	res := strings.TrimPrefix(string(src), "psi_")
-	some, _, err := readPSI(w.cfg.ProcFS, res)
-	if err != nil {
-		return true // cannot tell: keep it
+// counted (Summary.Sources' reason) and dropped. A host-wide event of a
+// run scoped to a cgroup is never a signal: it is counted out of scope
+// unless the cgroup's own total grew by its trigger's stall since the last
+// one (then the cgroup's trigger says it).
+func (w *Watcher) confirm(pw *psiWatch) bool {
+	some, _, err := readPSIFile(pw.path)
+	var cg time.Duration
+	var cgErr error
+	if pw.outside {
+		cg, _, cgErr = readPSIFile(pw.scoped)
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if some-w.psiLast[src] < w.psiStall[src] {
-		w.psiDropped[src]++
-		return false
+	if err == nil {
+		if some-pw.last < pw.stall {
+			pw.dropped++
+			return false
+		}
+		pw.last = some
+	} // else cannot tell: keep it
+	if !pw.outside {
+		return true
 	}
-	w.psiLast[src] = some
-	return true
+	if cgErr != nil || cg-pw.scopedLast < pw.scopedStall {
+		w.outOfScope[pw.src]++
+	}
+	if cgErr == nil {
+		pw.scopedLast = cg
+	}
+	return false
 }
 
 // diskTicks reads io_ticks (ms busy) of every disk in /sys/block.
@@ -437,12 +529,16 @@ func (w *Watcher) stopSources() {
 // Stop stops the sources and returns what was seen from Start to end.
 func (w *Watcher) Stop(end event.Mono) *Summary {
 	w.stopSources()
-	psi1 := readTotals(w.cfg.ProcFS)
+	psi1 := readTotals(filepath.Join(w.cfg.ProcFS, "pressure"), "")
+	var cg1 PSITotals
+	if w.cfg.Cgroup != "" {
+		cg1 = readTotals(w.cfg.Cgroup, ".pressure")
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	s := &Summary{Start: w.start, End: end, Hold: w.cfg.Hold, Stall: w.cfg.Stall, Window: w.cfg.Window, Busy: w.cfg.Busy,
 		Signals: append([]Signal(nil), w.signals...), Counts: map[Source]uint64{}, Intervals: w.arming.Intervals(end),
-		Devices: append([]string(nil), w.cfg.Devices...)}
+		Devices: append([]string(nil), w.cfg.Devices...), Cgroup: w.cfg.Cgroup}
 	for k, v := range w.outOfScope {
 		if s.OutOfScope == nil {
 			s.OutOfScope = map[Source]uint64{}
@@ -460,23 +556,36 @@ func (w *Watcher) Stop(end event.Mono) *Summary {
 	}
 	for _, src := range Sources {
 		if st, ok := w.status[src]; ok {
-			if n := w.psiDropped[src]; n > 0 {
-				st.Reason = strings.TrimPrefix(st.Reason+fmt.Sprintf("; %d trigger events dropped: the stall total had not grown by %v since the last one (a new trigger's first check counts stall from before it was set)", n, w.psiStall[src]), "; ")
+			for _, pw := range w.psi {
+				if pw.src == src && !pw.outside && pw.dropped > 0 {
+					st.Reason = strings.TrimPrefix(st.Reason+fmt.Sprintf("; %d trigger events dropped: the stall total had not grown by %v since the last one (a new trigger's first check counts stall from before it was set)", pw.dropped, pw.stall), "; ")
+				}
 			}
 			s.Sources = append(s.Sources, st)
 		}
 	}
-	if w.psi0.Known && psi1.Known {
-		s.PSI = PSITotals{Known: true, IOSome: psi1.IOSome - w.psi0.IOSome, IOFull: psi1.IOFull - w.psi0.IOFull,
-			MemorySome: psi1.MemorySome - w.psi0.MemorySome, MemoryFull: psi1.MemoryFull - w.psi0.MemoryFull}
+	s.PSI = w.psi0.growth(psi1)
+	if w.cfg.Cgroup != "" {
+		s.CgroupPSI = w.cg0.growth(cg1)
 	}
 	return s
 }
 
-// readTotals reads the io and memory totals; Known only if both read.
-func readTotals(procfs string) PSITotals {
-	ios, iof, err1 := readPSI(procfs, "io")
-	ms, mf, err2 := readPSI(procfs, "memory")
+// growth is the stall from t0 to t1; Known only if both are.
+func (t0 PSITotals) growth(t1 PSITotals) PSITotals {
+	if !t0.Known || !t1.Known {
+		return PSITotals{}
+	}
+	return PSITotals{Known: true, IOSome: t1.IOSome - t0.IOSome, IOFull: t1.IOFull - t0.IOFull,
+		MemorySome: t1.MemorySome - t0.MemorySome, MemoryFull: t1.MemoryFull - t0.MemoryFull}
+}
+
+// readTotals reads the io and memory totals of dir/io<suffix> and
+// dir/memory<suffix> (/proc/pressure/io, or a cgroup's io.pressure);
+// Known only if both read.
+func readTotals(dir, suffix string) PSITotals {
+	ios, iof, err1 := readPSIFile(filepath.Join(dir, "io"+suffix))
+	ms, mf, err2 := readPSIFile(filepath.Join(dir, "memory"+suffix))
 	if err1 != nil || err2 != nil {
 		return PSITotals{}
 	}
