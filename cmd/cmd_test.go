@@ -112,6 +112,9 @@ func TestExecuteCommands(t *testing.T) {
 		{"diagnose without subject", []string{"diagnose"}, ExitUsage, nil},
 		{"unknown armed mode, diagnose", []string{"diagnose", "storage", "--armed-mode", "sometimes"}, ExitUsage, nil},
 		{"unknown armed mode, serve", []string{"serve", "--armed-mode", "on"}, ExitUsage, nil},
+		{"bad cgroup, diagnose", []string{"diagnose", "storage", "--cgroup", "/whyslow-no-such-cgroup"}, ExitUsage, nil},
+		{"bad cgroup, serve", []string{"serve", "--armed-mode", "auto", "--listen", "127.0.0.1:0", "--cgroup", "/whyslow-no-such-cgroup"}, ExitUsage, nil},
+		{"cgroup without armed mode auto, serve", []string{"serve", "--cgroup", "/"}, ExitUsage, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -122,6 +125,9 @@ func TestExecuteCommands(t *testing.T) {
 			}
 			if strings.HasPrefix(tt.name, "unknown armed mode") && !strings.Contains(errb.String(), "--armed-mode") {
 				t.Errorf("the error does not name --armed-mode: %q", errb)
+			}
+			if strings.Contains(tt.name, "cgroup") && !strings.Contains(errb.String(), "--cgroup") {
+				t.Errorf("the error does not name --cgroup: %q", errb)
 			}
 			for _, w := range tt.wantOut {
 				if !strings.Contains(out.String(), w) {

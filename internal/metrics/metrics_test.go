@@ -259,3 +259,50 @@ func labelOf(m *dto.Metric, name string) string {
 	}
 	return ""
 }
+
+// The armed mode's series are there only once serve is in an armed mode,
+// and say what its state function says at each scrape.
+func TestArmedState(t *testing.T) {
+	m := New("v", "k")
+	for _, name := range []string{"whyslow_armed", "whyslow_armed_seconds_total", "whyslow_armings_total"} {
+		if n := testutil.CollectAndCount(m, name); n != 0 {
+			t.Errorf("%s: %d series without an armed mode, want none", name, n)
+		}
+	}
+	st := Armed{}
+	m.SetArmed(func() Armed { return st })
+	for _, tt := range []struct {
+		st   Armed
+		want string
+	}{
+		{Armed{}, "whyslow_armed 0\nwhyslow_armed_seconds_total 0\nwhyslow_armings_total 0\n"},
+		{Armed{Armed: true, Seconds: 2.5, Armings: 1}, "whyslow_armed 1\nwhyslow_armed_seconds_total 2.5\nwhyslow_armings_total 1\n"},
+		{Armed{Seconds: 7.25, Armings: 3}, "whyslow_armed 0\nwhyslow_armed_seconds_total 7.25\nwhyslow_armings_total 3\n"},
+	} {
+		st = tt.st
+		reg := prometheus.NewPedanticRegistry()
+		reg.MustRegister(m)
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got strings.Builder
+		for _, mf := range mfs {
+			switch n := mf.GetName(); n {
+			case "whyslow_armed", "whyslow_armed_seconds_total", "whyslow_armings_total":
+				fmt.Fprintf(&got, "%s %v\n", n, value(mf.GetMetric()[0]))
+			}
+		}
+		if got.String() != tt.want {
+			t.Errorf("state %+v: got\n%swant\n%s", tt.st, got.String(), tt.want)
+		}
+	}
+}
+
+// value is a gauge's or a counter's value.
+func value(m *dto.Metric) float64 {
+	if g := m.GetGauge(); g != nil {
+		return g.GetValue()
+	}
+	return m.GetCounter().GetValue()
+}
