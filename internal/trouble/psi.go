@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -50,11 +49,6 @@ func parsePSI(text string) (some, full time.Duration, err error) {
 		return 0, 0, errors.New("no \"some\" line")
 	}
 	return some, full, nil
-}
-
-// readPSI reads the totals of /proc/pressure/<res>.
-func readPSI(procfs, res string) (some, full time.Duration, err error) {
-	return readPSIFile(filepath.Join(procfs, "pressure", res))
 }
 
 // readPSIFile reads the totals of a pressure file: /proc/pressure/<res>,
