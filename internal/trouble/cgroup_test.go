@@ -30,6 +30,21 @@ func TestCgroupDir(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(proc, "self", "mounts"), []byte(mounts), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// A mount point with a space: /proc/self/mounts writes it \040.
+	spaced := filepath.Join(t.TempDir(), "cgroup v2")
+	if err := os.MkdirAll(filepath.Join(spaced, "web"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(spaced, "web", "io.pressure"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	spacedProc := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(spacedProc, "self"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(spacedProc, "self", "mounts"), []byte("cgroup2 "+strings.ReplaceAll(spaced, " ", `\040`)+" cgroup2 rw 0 0\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	noMounts := t.TempDir()
 	if err := os.MkdirAll(filepath.Join(noMounts, "self"), 0o755); err != nil {
 		t.Fatal(err)
@@ -45,6 +60,7 @@ func TestCgroupDir(t *testing.T) {
 		{"path without a slash", proc, "db.slice", filepath.Join(mnt, "db.slice"), ""},
 		{"the root", proc, "/", mnt, ""},
 		{"dot-dots stay in the mount", proc, "/../../db.slice", filepath.Join(mnt, "db.slice"), ""},
+		{"mount point with a space", spacedProc, "/web", filepath.Join(spaced, "web"), ""},
 		{"v1 directory", proc, filepath.Join(v1, "blk"), "", "has no io.pressure: not a cgroup v2 directory"},
 		{"missing", proc, "/nope", "", "no such cgroup in the cgroup v2 hierarchy (mounted at " + mnt + ")"},
 		{"no cgroup2 mount", noMounts, "/db.slice", "", "no cgroup v2 hierarchy is mounted"},
