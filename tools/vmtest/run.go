@@ -109,8 +109,10 @@ var benchTools = []struct{ path, pkg string }{
 // defaultE2E are the end-to-end tests that need a kernel of the matrix (the
 // bcache incident on the virtio disks) or that must hold on every kernel
 // (each rung of the ladder, `whyslow probes`, the live trace commands on
-// the direct probes); the loop-device story runs on the host in make test.
-const defaultE2E = "TestBcache|TestMechanism|TestTrace|TestProbesCommand|TestCgroupThrottle|TestIOCost|TestFailingDevice|TestWritebackCauses"
+// the direct probes, armed mode auto's detaching and arming of the hot
+// hooks and its PSI triggers on a cgroup: each ~10 s a kernel); the
+// loop-device story runs on the host in make test.
+const defaultE2E = "TestBcache|TestMechanism|TestTrace|TestProbesCommand|TestCgroupThrottle|TestIOCost|TestFailingDevice|TestWritebackCauses|TestArmedAuto|TestServeArmedAuto"
 
 // leftOut are the cases of the default end-to-end set the matrix does not
 // run (go test -test.skip), with why; vmtest says so for every kernel.
