@@ -751,6 +751,26 @@ static __always_inline __u64 seed_key_of(struct task_struct *t, long nr, __u64 a
 	return (__u64)fd_file(t, (__s32)a0);
 }
 
+/* state_reset makes st a new call of nr on dev that started at start_ns
+ * (0: not live yet): no sleep, no run-queue time, no stack, not in
+ * `inflight`, not seeded. The histogram slot guesses (hslot), the aio
+ * context (aio_ctx, aio_dev) and seed_key are the thread's and stay. Used
+ * by a call's entry (call_enter) and by the seeding at arming (sc_seed). */
+static __always_inline void state_reset(struct sc_state *st, __u64 start_ns, __u32 dev, long nr)
+{
+	st->start_ns = start_ns;
+	st->off_ns = 0;
+	st->wake_ns = 0;
+	st->sleep_ns = 0;
+	st->runq_ns = 0;
+	st->dev = dev;
+	st->nr = nr;
+	st->preempted = 0;
+	st->inflight = 0;
+	st->stackid = -1;
+	st->seeded = 0;
+}
+
 static __always_inline void call_enter(long nr, __u64 a0, __u64 a1, __u64 a2, const int vma)
 {
 	/* The calls on aio contexts read the thread's state first: the
@@ -776,30 +796,16 @@ static __always_inline void call_enter(long nr, __u64 a0, __u64 a1, __u64 a2, co
 	}
 	if (nr == NR_IO_SUBMIT)
 		aio_note(st, a0, dev);
-	if (st->seeded) {
-		/* Seeded as the programs armed, and its exit was not seen
-		 * (it ended before the seed was written): not timed. */
-		if (live(st))
-			count_loss(&sc_losses, SC_LOSS_SEED);
-		st->seeded = 0;
+	/* Seeded as the programs armed, and its exit was not seen (it ended
+	 * before the seed was written): not timed. */
+	if (st->seeded && live(st))
+		count_loss(&sc_losses, SC_LOSS_SEED);
+	/* A call whose exit was not seen (the thread died in it). */
+	if (st->inflight && !use_task_storage) {
+		__u32 tid = (__u32)id;
+		bpf_map_delete_elem(&inflight, &tid);
 	}
-	if (st->inflight) {
-		/* A call whose exit was not seen (the thread died in it). */
-		if (!use_task_storage) {
-			__u32 tid = (__u32)id;
-			bpf_map_delete_elem(&inflight, &tid);
-		}
-		st->inflight = 0;
-	}
-	st->start_ns = bpf_ktime_get_ns();
-	st->off_ns = 0;
-	st->wake_ns = 0;
-	st->sleep_ns = 0;
-	st->runq_ns = 0;
-	st->dev = dev;
-	st->nr = nr;
-	st->preempted = 0;
-	st->stackid = -1;
+	state_reset(st, bpf_ktime_get_ns(), dev, nr);
 }
 
 /* hist_new tells user space of a process x device x call seen for the
@@ -1445,16 +1451,7 @@ int sc_seed(struct bpf_iter__task *ctx)
 	}
 	__u64 at = armed_at_ns;
 	unsigned int state = sc_task_state(t);
-	st->start_ns = 0; /* not live while it is written */
-	st->off_ns = 0;
-	st->wake_ns = 0;
-	st->sleep_ns = 0;
-	st->runq_ns = 0;
-	st->dev = dev;
-	st->nr = nr;
-	st->preempted = 0;
-	st->inflight = 0;
-	st->stackid = -1;
+	state_reset(st, 0, dev, nr); /* not live (start 0) while it is written */
 	st->seed_key = seed_key_of(t, nr, a0);
 	st->seeded = 1;
 	if (state & 0xff) {
