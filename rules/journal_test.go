@@ -54,6 +54,14 @@ func TestJournalXfsLog(t *testing.T) {
 		// its control there: 1169 forces, 2003 ms
 		{"the forces of a throttled disk, no log-write events (5.10)", newScenario().fast(loop0).xfsLog(loop0, archiver, 1169, 0).
 			calls(archiver, "/", loop0, "fsync", 1169, 1.7, callXfsLog), false, ""},
+		// the 6.1 guest's journal-xfs: 437 forces behind bulk's
+		// write-back kept the victim 5.3 ms each, its log writes under
+		// the p99 bar (12.5 ms)
+		{"forces behind write-back, log writes under the p99 bar (6.1)", newScenario().fast(loop0).xfsLog(loop0, archiver, 437, 5).
+			calls(archiver, "/", loop0, "fsync", 437, 5.3, callXfsLog), true, "437 forces, 5.3 ms each, log writes p99 5 ms"},
+		// its control there: 962 forces, 2.5 ms each
+		{"the forces of a throttled disk, log writes (6.1)", newScenario().fast(loop0).xfsLog(loop0, archiver, 962, 2).
+			calls(archiver, "/", loop0, "fsync", 962, 2.5, callXfsLog), false, ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			fs := evaluate(t, defaults(t), tt.sc.run())
