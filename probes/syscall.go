@@ -1312,12 +1312,11 @@ func (r *syscallRunning) deliverStats(sink Sink, now event.Mono) error {
 		// A process whose first record was lost is named now, if it
 		// still runs.
 		r.process(now, k.Tgid, "", 0)
-		var h hist.Histogram
-		addSlots(&h, v.Slots[:])
+		// The non-empty slots only: a process's calls fill a few.
+		h := hist.CompactSlots(v.Slots[:], v.SumNs, v.MaxNs)
 		if h.Count == 0 {
 			return
 		}
-		h.SumNs, h.MaxNs = v.SumNs, v.MaxNs
 		sink.Event(event.SyscallStats{
 			Time: now, Pid: k.Tgid, Comm: r.comm(k.Tgid), Call: name, Dev: r.device(k.Dev),
 			Latency: h, Sleep: time.Duration(v.SleepNs), Runqueue: time.Duration(v.RunqNs),
