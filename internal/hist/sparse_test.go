@@ -22,7 +22,7 @@ func TestSparseIsTheHistogram(t *testing.T) {
 	}{
 		{"empty", Histogram{}, Histogram{}},
 		{"one value", histOf(1000), Histogram{}},
-		{"into empty", Histogram{}, histOf(5, 7, 1 << 20)},
+		{"into empty", Histogram{}, histOf(5, 7, 1<<20)},
 		{"overlapping slots", histOf(1000, 1001, 50000, 1<<30), histOf(1000, 2000, 1<<30, 1<<39)},
 		{"disjoint", histOf(1, 2, 3), histOf(1 << 35)},
 		{"past the last slot", histOf(1 << 62), histOf(1<<62, 9)},
