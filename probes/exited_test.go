@@ -398,4 +398,14 @@ func TestDrainedHist(t *testing.T) {
 	if both != want || both.MaxNs != 200 || both.Slots[3] != 2 {
 		t.Errorf("drained twice: %+v, want %+v", both, want)
 	}
+	// Sleep with no call returned yet (a sum the histogram reads add up
+	// over the CPUs and maps) is kept through a second absorb.
+	var s drainedHist
+	absorbHist(&s, &syscallScHist{SleepNs: 9, RunqNs: 4, Seeded: 1})
+	absorbHist(&s, &b)
+	var got syscallScHist
+	addDrainedHist(&got, &s)
+	if got.SleepNs != 9 || got.RunqNs != 4 || got.Seeded != 1 || got.SumNs != 40 || got.Slots[5] != 1 {
+		t.Errorf("a sleep-only sum absorbed then a call: %+v", got)
+	}
 }

@@ -322,11 +322,18 @@ type drainedHist struct {
 // absorbHist adds a map entry to a drained histogram.
 func absorbHist(d *drainedHist, v *syscallScHist) {
 	var full syscallScHist
-	if len(d.slots) > 0 || d.sumNs > 0 {
-		addDrainedHist(&full, d)
-	}
+	addDrainedHist(&full, d)
 	addHist(&full, v)
 	*d = drainedHist{sumNs: full.SumNs, maxNs: full.MaxNs, sleepNs: full.SleepNs, runqNs: full.RunqNs, seeded: full.Seeded}
+	n := 0
+	for _, c := range full.Slots {
+		if c > 0 {
+			n++
+		}
+	}
+	if n > 0 {
+		d.slots, d.counts = make([]uint16, 0, n), make([]uint64, 0, n)
+	}
 	for i, n := range full.Slots {
 		if n > 0 {
 			d.slots = append(d.slots, uint16(i))
@@ -392,9 +399,10 @@ func readSums[K comparable, V, D any](m sumMap[K, V], drained map[K]*D, addTo fu
 	if err != nil {
 		return err
 	}
+	var c, zero V // one buffer: a V may be a histogram of 2.7 KB
 	for k, d := range drained {
 		if !seen[k] {
-			var c V
+			c = zero
 			addTo(&c, d)
 			fn(k, &c)
 		}
@@ -1150,35 +1158,38 @@ func (p plainSums[K, V]) remove(k K) error       { return p.m.Delete(&k) }
 type histSums struct{ r *syscallRunning }
 
 // iterate sums each histogram over the CPUs and the spill map before it
-// calls fn.
+// calls fn (with one buffer: fn keeps no v). The sums are kept sparse
+// until then (drainedHist: the non-empty slots), not as a whole 2.7 KB
+// histogram for each key of the maps at once.
 func (h histSums) iterate(fn func(k syscallScHistKey, v *syscallScHist)) error {
-	out := map[syscallScHistKey]*syscallScHist{}
-	get := func(k syscallScHistKey) *syscallScHist {
-		v := out[k]
-		if v == nil {
-			v = new(syscallScHist)
-			out[k] = v
-		}
-		return v
-	}
+	out := map[syscallScHistKey]*drainedHist{}
 	var (
 		k    syscallScHistKey
 		cpus []syscallScHist
 		v    syscallScHist
 	)
+	add := func(k syscallScHistKey, v *syscallScHist) {
+		d := out[k]
+		if d == nil {
+			d = new(drainedHist)
+			out[k] = d
+		}
+		absorbHist(d, v)
+	}
 	it := h.r.coll.Maps["call_hists"].Iterate()
 	for it.Next(&k, &cpus) {
-		sum := get(k)
+		v = syscallScHist{}
 		for i := range cpus {
-			addHist(sum, &cpus[i])
+			addHist(&v, &cpus[i])
 		}
+		add(k, &v)
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("reading call histograms: %w", err)
 	}
 	it = h.r.coll.Maps["call_hists_spill"].Iterate()
 	for it.Next(&k, &v) {
-		addHist(get(k), &v)
+		add(k, &v)
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("reading spilled call histograms: %w", err)
@@ -1186,15 +1197,19 @@ func (h histSums) iterate(fn func(k syscallScHistKey, v *syscallScHist)) error {
 	var slot uint32
 	it = h.r.coll.Maps["hist_slot_of"].Iterate()
 	for it.Next(&k, &slot) {
-		if err := h.addSlot(get(k), slot, &cpus); err != nil {
+		v = syscallScHist{}
+		if err := h.addSlot(&v, slot, &cpus); err != nil {
 			return err
 		}
+		add(k, &v)
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("reading the histogram slots: %w", err)
 	}
-	for k, v := range out {
-		fn(k, v)
+	for k, d := range out {
+		v = syscallScHist{}
+		addDrainedHist(&v, d)
+		fn(k, &v)
 	}
 	return nil
 }
@@ -1312,12 +1327,11 @@ func (r *syscallRunning) deliverStats(sink Sink, now event.Mono) error {
 		// A process whose first record was lost is named now, if it
 		// still runs.
 		r.process(now, k.Tgid, "", 0)
-		var h hist.Histogram
-		addSlots(&h, v.Slots[:])
+		// The non-empty slots only: a process's calls fill a few.
+		h := hist.CompactSlots(v.Slots[:], v.SumNs, v.MaxNs)
 		if h.Count == 0 {
 			return
 		}
-		h.SumNs, h.MaxNs = v.SumNs, v.MaxNs
 		sink.Event(event.SyscallStats{
 			Time: now, Pid: k.Tgid, Comm: r.comm(k.Tgid), Call: name, Dev: r.device(k.Dev),
 			Latency: h, Sleep: time.Duration(v.SleepNs), Runqueue: time.Duration(v.RunqNs),

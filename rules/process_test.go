@@ -42,7 +42,7 @@ func (s *scenario) calls(tk event.Task, cgroup string, d event.Device, call stri
 		h.Add(uint64(msd(ms)))
 	}
 	total := msd(ms * float64(n))
-	s.tl.Add(event.SyscallStats{Time: at(20_000), Pid: tk.Tgid, Comm: tk.Comm, Call: call, Dev: d, Latency: h, Sleep: total})
+	s.tl.Add(event.SyscallStats{Time: at(20_000), Pid: tk.Tgid, Comm: tk.Comm, Call: call, Dev: d, Latency: hist.Compact(&h), Sleep: total})
 	for _, st := range stacks {
 		s.tl.Add(event.BlockedStack{Time: at(20_000), Pid: tk.Tgid, Comm: tk.Comm, Call: call, Dev: d,
 			Total: total / time.Duration(len(stacks)), Count: uint64(n), KernelStack: st})

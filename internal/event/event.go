@@ -364,14 +364,16 @@ func (e Syscall) When() Mono { return e.Start }
 // one device during the run, as the syscall probe summed them in the
 // kernel: their latency distribution and their time off CPU.
 type SyscallStats struct {
-	Time     Mono           `json:"time"` // when the sums were read: the end of the run
-	Pid      uint32         `json:"pid"`  // the process (thread group id)
-	Comm     string         `json:"comm"`
-	Call     string         `json:"call" mem:"shared"`
-	Dev      Device         `json:"dev"`
-	Latency  hist.Histogram `json:"latency"`            // entry to exit, ns
-	Sleep    time.Duration  `json:"sleep,omitempty"`    // asleep inside these calls
-	Runqueue time.Duration  `json:"runqueue,omitempty"` // runnable, not running, inside them
+	Time Mono   `json:"time"` // when the sums were read: the end of the run
+	Pid  uint32 `json:"pid"`  // the process (thread group id)
+	Comm string `json:"comm"`
+	Call string `json:"call" mem:"shared"`
+	Dev  Device `json:"dev"`
+	// Latency is entry to exit, ns: the non-empty slots of the
+	// distribution only (a process's calls fill a few of 328).
+	Latency  hist.Sparse   `json:"latency"`
+	Sleep    time.Duration `json:"sleep,omitempty"`    // asleep inside these calls
+	Runqueue time.Duration `json:"runqueue,omitempty"` // runnable, not running, inside them
 	// FromArming counts, of these calls, those that were in progress
 	// already when the probe armed (armed mode): timed from the arming,
 	// their latencies in Latency are lower bounds.

@@ -369,15 +369,21 @@ func heaviest(m map[string]float64) []string {
 }
 
 func latency(h *hist.Histogram) Latency {
+	return latencyOf(h.Count, h.SumNs, h.MaxNs, h.Quantile)
+}
+
+// latencyOf summarizes a histogram of count values summing to sumNs, the
+// largest maxNs, whose quantiles quantile tells.
+func latencyOf(count, sumNs, maxNs uint64, quantile func(float64) time.Duration) Latency {
 	us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
 	l := Latency{
-		Count: h.Count,
-		P50Us: us(h.Quantile(0.5)),
-		P99Us: us(h.Quantile(0.99)),
-		MaxUs: float64(h.MaxNs) / float64(time.Microsecond),
+		Count: count,
+		P50Us: us(quantile(0.5)),
+		P99Us: us(quantile(0.99)),
+		MaxUs: float64(maxNs) / float64(time.Microsecond),
 	}
-	if h.Count > 0 { // in nanoseconds first, as Histogram.Mean, but never through a Duration that could overflow
-		l.MeanUs = float64(h.SumNs/h.Count) / float64(time.Microsecond)
+	if count > 0 { // in nanoseconds first, as Histogram.Mean, but never through a Duration that could overflow
+		l.MeanUs = float64(sumNs/count) / float64(time.Microsecond)
 	}
 	return l
 }

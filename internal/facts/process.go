@@ -104,8 +104,8 @@ type Call struct {
 
 	// h is the latencies Latency summarizes, read only: the accumulator's
 	// sum (sharedHist: the event's own histogram when one event made it),
-	// not a copy (2.6 KB a call); nil for a Call built by hand.
-	h      *hist.Histogram
+	// not a copy (2.6 KB a call); empty for a Call built by hand.
+	h      sharedHist
 	inCall time.Duration // the time so far of the Unfinished calls
 	// stages split Blocked by stage (other's by stack), for
 	// Processes.Unexplained; nil for a Call built by hand.
@@ -298,7 +298,7 @@ func (b *builder) processes() {
 	for i := range b.tl.SyscallStats {
 		s := &b.tl.SyscallStats[i]
 		g := get(processKey{s.Pid, b.name(s.Dev), s.Call})
-		g.h.merge(&s.Latency)
+		g.h.merge(sharedHist{sp: &s.Latency})
 		g.fromArming += s.FromArming
 		g.sleep = SaturatingAdd(g.sleep, s.Sleep)
 		g.runq = SaturatingAdd(g.runq, s.Runqueue)
@@ -438,7 +438,7 @@ func (b *builder) processes() {
 				a = &callAcc{}
 				acc[k.call] = a
 			}
-			a.h.merge(g.h.p)
+			a.h.merge(g.h)
 			a.blocked = SaturatingAdd(a.blocked, blocked)
 			a.stages.merge(&g.stages)
 			a.unfinished += g.unfinished
@@ -588,9 +588,9 @@ func addCalls(acc map[string]*callAcc, calls []*Call) {
 // fill sets a process's calls, totals and stages from its sums.
 func fill(p *Process, acc map[string]*callAcc, sums *stageSums) {
 	for name, a := range acc {
-		h := a.h.get()
-		total := SaturatingAdd(time.Duration(min(h.SumNs, math.MaxInt64)), a.inCall)
-		c := &Call{Syscall: name, Latency: latency(h), Total: total, Blocked: a.blocked, Unfinished: a.unfinished,
+		h := a.h
+		total := SaturatingAdd(time.Duration(min(h.sumNs(), math.MaxInt64)), a.inCall)
+		c := &Call{Syscall: name, Latency: h.latency(), Total: total, Blocked: a.blocked, Unfinished: a.unfinished,
 			FromArming: a.fromArming, h: h, inCall: a.inCall, stages: &a.stages}
 		p.Calls = append(p.Calls, c)
 		p.Total = SaturatingAdd(p.Total, c.Total)
@@ -724,33 +724,59 @@ func (p *Process) otherFrames() string {
 }
 
 // sharedHist is a sum of histograms that copies none while it holds one:
-// it points at the first one merged (an event's, read-only) and makes its
-// own copy only when a second is added. Most sums (a process's system
-// call on one device) have one: 2.6 KB each not copied, twice.
+// it points at the first one merged (an event's sparse histogram, or
+// another sum's, read-only) and makes a whole Histogram of its own only
+// when a second is added. Most sums (a process's system call on one
+// device) have one: 2.6 KB each not made, twice.
 type sharedHist struct {
-	p   *hist.Histogram
-	own bool // p is this sum's own copy, which merges may write
+	sp   *hist.Sparse    // the one histogram merged, when sparse
+	full *hist.Histogram // the one merged, or the sum (own)
+	own  bool            // full is this sum's own, which merges may write
 }
 
-// merge adds o (nil: nothing) to the sum; o is never written.
-func (s *sharedHist) merge(o *hist.Histogram) {
+// merge adds o to the sum; what o points at is never written.
+func (s *sharedHist) merge(o sharedHist) {
 	switch {
-	case o == nil:
-	case s.p == nil:
-		s.p = o
-	case !s.own:
-		c := *s.p
-		c.Merge(o)
-		s.p, s.own = &c, true
+	case o.sp == nil && o.full == nil:
+	case s.sp == nil && s.full == nil:
+		*s = sharedHist{sp: o.sp, full: o.full}
 	default:
-		s.p.Merge(o)
+		if !s.own {
+			h := new(hist.Histogram)
+			if s.sp != nil {
+				s.sp.AddTo(h)
+			} else {
+				*h = *s.full
+			}
+			*s = sharedHist{full: h, own: true}
+		}
+		if o.sp != nil {
+			o.sp.AddTo(s.full)
+		} else {
+			s.full.Merge(o.full)
+		}
 	}
 }
 
-// get returns the sum, to be read only (an empty one when none was added).
-func (s *sharedHist) get() *hist.Histogram {
-	if s.p == nil {
-		s.p, s.own = &hist.Histogram{}, true
+// sumNs is the sum's time.
+func (s *sharedHist) sumNs() uint64 {
+	switch {
+	case s.sp != nil:
+		return s.sp.SumNs
+	case s.full != nil:
+		return s.full.SumNs
 	}
-	return s.p
+	return 0
+}
+
+// latency summarizes the sum.
+func (s *sharedHist) latency() Latency {
+	switch {
+	case s.sp != nil:
+		return latencyOf(s.sp.Count, s.sp.SumNs, s.sp.MaxNs, s.sp.Quantile)
+	case s.full != nil:
+		return latency(s.full)
+	}
+	return Latency{} // an empty histogram's
+
 }

@@ -11,12 +11,12 @@ import (
 	"github.com/whyslow/whyslow/internal/timeline"
 )
 
-func latencies(ns ...uint64) hist.Histogram {
+func latencies(ns ...uint64) hist.Sparse {
 	var h hist.Histogram
 	for _, v := range ns {
 		h.Add(v)
 	}
-	return h
+	return hist.Compact(&h)
 }
 
 var (

@@ -244,7 +244,9 @@ func TestBigStates(t *testing.T) {
 		st := state(at, 0, 1000)
 		for pid := range uint32(2048) {
 			s := event.SyscallStats{Time: at, Pid: pid, Comm: "worker", Call: "pwrite64", Dev: loop0, Sleep: time.Duration(at)}
-			s.Latency.Add(uint64(pid) + 1000)
+			var h hist.Histogram
+			h.Add(uint64(pid) + 1000)
+			s.Latency = hist.Compact(&h)
 			st.Stats = append(st.Stats, s)
 		}
 		return st

@@ -4,8 +4,10 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unsafe"
 
 	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/hist"
 	"github.com/whyslow/whyslow/internal/timeline"
 )
 
@@ -22,7 +24,9 @@ func SumsDelta(now, before State) ([]event.SyscallStats, []event.BlockedStack) {
 			d := *s
 			d.Time = now.At
 			if p != nil && p.Sleep <= s.Sleep && p.Runqueue <= s.Runqueue {
-				d.Latency = deltaHist(&s.Latency, &p.Latency)
+				hs, hp := s.Latency.Full(), p.Latency.Full()
+				dh := deltaHist(&hs, &hp)
+				d.Latency = hist.Compact(&dh)
 				if d.Latency.Count == s.Latency.Count-p.Latency.Count {
 					d.Sleep, d.Runqueue = s.Sleep-p.Sleep, s.Runqueue-p.Runqueue
 				}
@@ -316,7 +320,7 @@ func blockedKeyOf(b *event.BlockedStack) blockedKey {
 func sumsBytes(stats []event.SyscallStats, blocked []event.BlockedStack) int64 {
 	var n int64
 	for _, s := range stats {
-		n += 8*int64(len(s.Latency.Counts)) + 96 + int64(len(s.Comm)+len(s.Dev.Name))
+		n += int64(unsafe.Sizeof(s)) + int64(unsafe.Sizeof(hist.SlotCount{}))*int64(len(s.Latency.Slots)) + int64(len(s.Comm)+len(s.Dev.Name))
 	}
 	n += int64(len(blocked)) * 128
 	return n

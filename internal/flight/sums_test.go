@@ -11,12 +11,12 @@ import (
 	"github.com/whyslow/whyslow/internal/timeline"
 )
 
-func histOf(ns ...uint64) hist.Histogram {
+func histOf(ns ...uint64) hist.Sparse {
 	var h hist.Histogram
 	for _, v := range ns {
 		h.Add(v)
 	}
-	return h
+	return hist.Compact(&h)
 }
 
 // A window's sums are those of its end less those of its start, per
@@ -315,7 +315,7 @@ func TestSumsFromArming(t *testing.T) {
 		{name: "none", beforeN: 1, nowN: 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			lat := func(n int) hist.Histogram {
+			lat := func(n int) hist.Sparse {
 				var ns []uint64
 				for range n {
 					ns = append(ns, 1000)

@@ -254,12 +254,12 @@ func degraded() scenario {
 func withProcesses(sc scenario, comm, cgroup, other string) scenario {
 	tl := &timeline.Timeline{End: event.Mono(time.Minute)}
 	at := tl.End
-	lat := func(ms ...float64) hist.Histogram {
+	lat := func(ms ...float64) hist.Sparse {
 		var h hist.Histogram
 		for _, v := range ms {
 			h.Add(uint64(msDur(v)))
 		}
-		return h
+		return hist.Compact(&h)
 	}
 	loop1 := event.Device{Major: 7, Minor: 1, Name: "loop1"}
 	vda := event.Device{Major: 254, Minor: 0, Name: "vda"}

@@ -23,7 +23,10 @@ import (
 	"github.com/whyslow/whyslow/internal/hist"
 )
 
-var histType = reflect.TypeFor[hist.Histogram]()
+var (
+	histType   = reflect.TypeFor[hist.Histogram]()
+	sparseType = reflect.TypeFor[hist.Sparse]()
+)
 
 // fieldName is the name a struct field is recorded under; "" skips it.
 func fieldName(f reflect.StructField) string {
@@ -64,6 +67,10 @@ func snake(s string) string {
 func encode(v reflect.Value) (any, error) {
 	if v.Type() == histType {
 		return encodeHist(v.Addr().Interface().(*hist.Histogram)), nil
+	}
+	if v.Type() == sparseType {
+		s := v.Interface().(hist.Sparse)
+		return encodeSparse(&s), nil
 	}
 	switch v.Kind() {
 	case reflect.String:
@@ -134,6 +141,18 @@ func encodeHist(h *hist.Histogram) map[string]any {
 	return map[string]any{"count": h.Count, "sum_ns": h.SumNs, "max_ns": h.MaxNs, "slots": slots}
 }
 
+// encodeSparse writes a sparse histogram as encodeHist writes the whole
+// one: the same record.
+func encodeSparse(h *hist.Sparse) map[string]any {
+	slots := make([]any, 0, len(h.Slots))
+	for _, sc := range h.Slots {
+		if sc.Count != 0 {
+			slots = append(slots, []any{int(sc.Slot), sc.Count})
+		}
+	}
+	return map[string]any{"count": h.Count, "sum_ns": h.SumNs, "max_ns": h.MaxNs, "slots": slots}
+}
+
 // decodeError says which field of a record is wrong.
 type decodeError struct {
 	path string
@@ -186,6 +205,16 @@ func decode(d any, v reflect.Value, path string, unknown func(string)) error {
 	}
 	if v.Type() == histType {
 		return decodeHist(d, v.Addr().Interface().(*hist.Histogram), path)
+	}
+	if v.Type() == sparseType {
+		// Read whole, as a histogram is (the same record; a slot twice
+		// adds up), then kept sparse.
+		var h hist.Histogram
+		if err := decodeHist(d, &h, path); err != nil {
+			return err
+		}
+		v.Set(reflect.ValueOf(hist.Compact(&h)))
+		return nil
 	}
 	switch v.Kind() {
 	case reflect.String:

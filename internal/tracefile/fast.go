@@ -75,7 +75,7 @@ func planOf(t reflect.Type) *plan {
 
 func compile(t reflect.Type) *plan {
 	p := &plan{typ: t, kind: planOther}
-	if t == histType {
+	if t == histType || t == sparseType {
 		return p
 	}
 	switch t.Kind() {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/whyslow/whyslow/internal/event"
+	"github.com/whyslow/whyslow/internal/hist"
 	"github.com/whyslow/whyslow/internal/timeline"
 )
 
@@ -210,9 +211,11 @@ func ungzip(t *testing.T, b []byte) []byte {
 // checkpoint: k calls so far.
 func sums(at event.Mono, k int) event.SyscallStats {
 	s := event.SyscallStats{Time: at, Pid: 900, Comm: "fio", Call: "pwrite64", Dev: event.Device{Major: 7, Name: "loop0"}}
+	var h hist.Histogram
 	for range k {
-		s.Latency.Add(40000)
+		h.Add(40000)
 	}
+	s.Latency = hist.Compact(&h)
 	return s
 }
 
