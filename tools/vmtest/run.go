@@ -110,7 +110,7 @@ var benchTools = []struct{ path, pkg string }{
 // bcache incident on the virtio disks) or that must hold on every kernel
 // (each rung of the ladder, `whyslow probes`, the live trace commands on
 // the direct probes); the loop-device story runs on the host in make test.
-const defaultE2E = "TestBcache|TestMechanism|TestTrace|TestProbesCommand|TestCgroupThrottle|TestIOCost|TestFailingDevice|TestWritebackCauses"
+const defaultE2E = "TestBcache|TestMechanism|TestTrace|TestProbesCommand|TestCgroupThrottle|TestUnfinishedThrottledRead|TestIOCost|TestFailingDevice|TestWritebackCauses"
 
 // leftOut are the cases of the default end-to-end set the matrix does not
 // run (go test -test.skip), with why; vmtest says so for every kernel.
