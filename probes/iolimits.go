@@ -21,8 +21,9 @@ import (
 // io.max (both enforced by blk-throttle, which holds a cgroup's bios
 // before block_bio_queue, where no tracepoint sees them), and the v2
 // root's io.cost.qos and io.cost.model. It reads each limited cgroup's I/O
-// counters at the start and at the end of the run, so that the analysis
-// knows the rate its I/O ran at against the limit. No BPF.
+// counters at the start, every 500 ms and at the end of the run, so that
+// the analysis knows when the cgroup did I/O and the rate its I/O ran at
+// against the limit. No BPF.
 type iolimitsProbe struct{}
 
 func init() { register(iolimitsProbe{}) }
@@ -38,7 +39,7 @@ func (iolimitsProbe) Decl() Decl {
 		Mechanisms: []Rung{{Mech: event.MechCgroupfs}},
 		Describe:   "cgroup I/O limits (v1 blkio.throttle.*, v2 io.max) and the limited cgroups' I/O counters, iocost's configuration (io.cost.qos, io.cost.model), from cgroupfs",
 		Attach:     "cgroupfs (v1 `blkio.throttle.*`, v2 `io.max`, `io.stat`, `io.cost.qos`, `io.cost.model`, `cgroup.procs`)",
-		Records:    "each cgroup's limits per device, read at the start; the limited cgroups' I/O counters and processes (`cgroup.procs`), at the start, every 500 ms and at the end; iocost's configuration per device",
+		Records:    "each cgroup's limits per device, read at the start; the limited cgroups' I/O counters (at the start and the end; every 500 ms when they changed, with the reading before the change; a device of `io.max` not in `io.stat` yet as zero) and processes (`cgroup.procs`, every 500 ms); iocost's configuration per device",
 	}
 }
 
@@ -61,7 +62,7 @@ func (p iolimitsProbe) Start(cfg Config, sink Sink) (Running, event.ProbeStatus)
 		st.Status, st.Reason = event.StatusUnavailable, "no cgroup v1 blkio nor cgroup2 hierarchy is mounted"
 		return nil, st
 	}
-	r := &iolimitsRunning{v1: v1, v2: v2, sysfs: sysfs, procfs: procfs, sink: sink, names: map[string]event.Device{}, members: map[memberKey]bool{}, counters: map[counterKey]event.CgroupIO{}}
+	r := &iolimitsRunning{v1: v1, v2: v2, sysfs: sysfs, procfs: procfs, sink: sink, names: map[string]event.Device{}, members: map[memberKey]bool{}, counters: map[counterKey]counterReading{}}
 	now, err := event.Now()
 	if err != nil {
 		st.Status, st.Reason = event.StatusUnavailable, err.Error()
@@ -158,13 +159,22 @@ type iolimitsRunning struct {
 	skipped  uint64                        // cgroups not walked (beyond maxCgroups)
 	unread   uint64                        // limit or counter files that could not be read
 	members  map[memberKey]bool            // the processes seen in the limited cgroups
-	counters map[counterKey]event.CgroupIO // the last counters read
+	counters map[counterKey]counterReading // the last counters read
 }
 
-// limitedCgroup is a cgroup with a limit: its directory and path.
+// counterReading is the last reading of a limited cgroup's counters on a
+// device (with the time it was taken), and whether it was delivered.
+type counterReading struct {
+	io   event.CgroupIO
+	sent bool
+}
+
+// limitedCgroup is a cgroup with a limit: its directory and path, and
+// (v2) the devices ("maj:min") its io.max limits.
 type limitedCgroup struct {
 	dir, path string
 	v1        bool
+	devs      []string
 }
 
 // Stop implements Running: it reads the limited cgroups' processes and
@@ -241,7 +251,13 @@ func (r *iolimitsRunning) readLimits(now event.Mono) {
 				}
 			}
 			if len(limits) > 0 {
-				r.limited = append(r.limited, limitedCgroup{dir: dir, path: path, v1: v1})
+				var devs []string
+				for _, l := range limits {
+					if id := fmt.Sprintf("%d:%d", l.Dev.Major, l.Dev.Minor); !v1 && !slices.Contains(devs, id) {
+						devs = append(devs, id)
+					}
+				}
+				r.limited = append(r.limited, limitedCgroup{dir: dir, path: path, v1: v1, devs: devs})
 				for _, l := range limits {
 					r.sink.Event(l)
 				}
@@ -259,8 +275,15 @@ func (r *iolimitsRunning) readLimits(now event.Mono) {
 
 // readCounters delivers the I/O counters of every limited cgroup on every
 // device they list: all of them at the ends of the run, those that changed
-// since the last reading in between (so that the analysis knows when the
-// cgroup did its I/O, and its rate then).
+// since the last reading in between, each change after the previous
+// reading too when that one was not delivered (the last reading before
+// the cgroup's I/O grew, at the time it was taken: so that the analysis
+// knows when the cgroup did its I/O, within a reading, and its rate then;
+// not from the run's start for a cgroup idle until the middle of it).
+// A device of a v2 cgroup's io.max that its io.stat does not list yet
+// reads as zero I/O: io.stat lists a device once the cgroup got I/O
+// through to it, and a read its limit holds from the first byte leaves
+// none.
 func (r *iolimitsRunning) readCounters(now event.Mono, all bool) {
 	for ci, c := range r.limited {
 		byDev := map[string]*event.CgroupIO{}
@@ -323,6 +346,11 @@ func (r *iolimitsRunning) readCounters(now event.Mono, all bool) {
 					}
 				}
 			}
+			if _, err := os.Stat(filepath.Join(c.dir, "io.stat")); err == nil {
+				for _, id := range c.devs {
+					get(id)
+				}
+			}
 		}
 		ids := make([]string, 0, len(byDev))
 		for id := range byDev {
@@ -334,10 +362,13 @@ func (r *iolimitsRunning) readCounters(now event.Mono, all bool) {
 			k := counterKey{ci, id}
 			r.mu.Lock()
 			prev, ok := r.counters[k]
-			r.counters[k] = e
+			changed := !ok || prev.io.Reads != e.Reads || prev.io.Writes != e.Writes || prev.io.ReadBytes != e.ReadBytes || prev.io.WriteBytes != e.WriteBytes
+			r.counters[k] = counterReading{io: e, sent: all || changed}
 			r.mu.Unlock()
-			e.Time = now
-			if all || !ok || prev.Reads != e.Reads || prev.Writes != e.Writes || prev.ReadBytes != e.ReadBytes || prev.WriteBytes != e.WriteBytes {
+			if ok && changed && !prev.sent {
+				r.sink.Event(prev.io)
+			}
+			if all || changed {
 				r.sink.Event(e)
 			}
 		}

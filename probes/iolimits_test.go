@@ -1,10 +1,12 @@
 package probes
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/whyslow/whyslow/internal/event"
 )
@@ -48,10 +50,15 @@ func TestIOLimitsReadsCgroupfs(t *testing.T) {
 		filepath.Join(v1, "other", "blkio.throttle.write_iops_device"):   "",
 		filepath.Join(v1, "other", "cgroup.procs"):                       "1\n",
 		// v2: io.max with "max" values, io.stat, iocost at the root
-		filepath.Join(v2, "thr", "io.max"):          "254:16 rbps=max wbps=2097152 riops=max wiops=50\n",
-		filepath.Join(v2, "thr", "io.stat"):         "254:16 rbytes=0 wbytes=4096000 rios=0 wios=1000 dbytes=0 dios=0\n",
-		filepath.Join(v2, "thr", "cgroup.procs"):    "",
-		filepath.Join(v2, "free", "io.max"):         "",
+		filepath.Join(v2, "thr", "io.max"):       "254:16 rbps=max wbps=2097152 riops=max wiops=50\n",
+		filepath.Join(v2, "thr", "io.stat"):      "254:16 rbytes=0 wbytes=4096000 rios=0 wios=1000 dbytes=0 dios=0\n",
+		filepath.Join(v2, "thr", "cgroup.procs"): "",
+		filepath.Join(v2, "free", "io.max"):      "",
+		// a read limit that has let no byte through: io.stat has no
+		// line for the device yet
+		filepath.Join(v2, "held", "io.max"):         "254:16 rbps=4096 wbps=max riops=max wiops=max\n",
+		filepath.Join(v2, "held", "io.stat"):        "",
+		filepath.Join(v2, "held", "cgroup.procs"):   "",
 		filepath.Join(v2, "io.cost.qos"):            "254:16 enable=1 ctrl=user rpct=0.00 rlat=0 wpct=0.00 wlat=0 min=100.00 max=100.00\n254:0 enable=0 ctrl=auto rpct=0.00 rlat=250000 wpct=0.00 wlat=250000 min=1.00 max=10000.00\n",
 		filepath.Join(v2, "io.cost.model"):          "254:16 ctrl=user model=linear rbps=20000000 rseqiops=100 rrandiops=100 wbps=20000000 wseqiops=100 wrandiops=100\n",
 		filepath.Join(sys, "devices", "loop0", "x"): "",
@@ -102,6 +109,7 @@ func TestIOLimitsReadsCgroupfs(t *testing.T) {
 		{Cgroup: "/backup", V1: true, Dev: loop0, Limit: "rbps", Value: 1048576},
 		{Cgroup: "/backup", V1: true, Dev: sda, Limit: "rbps", Value: 2097152},
 		{Cgroup: "/backup", V1: true, Dev: loop0, Limit: "wiops", Value: 50},
+		{Cgroup: "/held", Dev: vdb, Limit: "rbps", Value: 4096},
 		{Cgroup: "/thr", Dev: vdb, Limit: "wbps", Value: 2097152},
 		{Cgroup: "/thr", Dev: vdb, Limit: "wiops", Value: 50},
 	}
@@ -110,8 +118,10 @@ func TestIOLimitsReadsCgroupfs(t *testing.T) {
 	}
 	wantCounts := []event.CgroupIO{
 		{Cgroup: "/backup", V1: true, Dev: loop0, Reads: 3, Writes: 802, ReadBytes: 12288, WriteBytes: 3284992},
+		{Cgroup: "/held", Dev: vdb},
 		{Cgroup: "/thr", Dev: vdb, Writes: 1000, WriteBytes: 4096000},
 		{Cgroup: "/backup", V1: true, Dev: loop0, Reads: 3, Writes: 802, ReadBytes: 12288, WriteBytes: 3284992},
+		{Cgroup: "/held", Dev: vdb},
 		{Cgroup: "/thr", Dev: vdb, Writes: 2000, WriteBytes: 8192000},
 	}
 	if !slices.Equal(counts, wantCounts) {
@@ -128,6 +138,70 @@ func TestIOLimitsReadsCgroupfs(t *testing.T) {
 	}
 	if len(sink.losses) != 0 {
 		t.Errorf("losses %+v", sink.losses)
+	}
+}
+
+// The counters a v2 cgroup's readings deliver, reading after reading
+// (the start, polls every 500 ms, the stop): those that changed, and the
+// reading before each change too, at the time it was taken, so that the
+// analysis starts the cgroup's I/O there and not at the last reading
+// delivered (the run's start for a cgroup idle until the middle of the
+// run). A device of io.max that io.stat does not list yet reads as zero.
+func TestIOLimitsCountersTimeTheChange(t *testing.T) {
+	type reading struct {
+		ms   int64
+		stat string // io.stat
+		all  bool   // the start or the stop
+	}
+	type delivered struct {
+		ms     int64
+		writes uint64
+	}
+	stat := func(wios int) string {
+		return fmt.Sprintf("254:16 rbytes=0 wbytes=%d rios=0 wios=%d dbytes=0 dios=0\n", wios*4096, wios)
+	}
+	for _, tc := range []struct {
+		name     string
+		readings []reading
+		want     []delivered
+	}{
+		{"no line until its I/O began", []reading{{0, "", true}, {500, "", false}, {1000, "", false}, {1500, stat(20), false}, {2000, stat(40), false}, {2500, stat(40), false}, {3000, stat(40), true}},
+			[]delivered{{0, 0}, {1000, 0}, {1500, 20}, {2000, 40}, {3000, 40}}},
+		{"idle, then I/O", []reading{{0, stat(100), true}, {500, stat(100), false}, {1000, stat(100), false}, {1500, stat(120), false}, {2000, stat(120), true}},
+			[]delivered{{0, 100}, {1000, 100}, {1500, 120}, {2000, 120}}},
+		{"I/O from the start", []reading{{0, stat(10), true}, {500, stat(30), false}, {1000, stat(50), false}, {1500, stat(50), true}},
+			[]delivered{{0, 10}, {500, 30}, {1000, 50}, {1500, 50}}},
+		{"a limit that let nothing through", []reading{{0, "", true}, {500, "", false}, {1000, "", true}},
+			[]delivered{{0, 0}, {1000, 0}}},
+		{"a pause between two bursts", []reading{{0, "", true}, {500, stat(10), false}, {1000, stat(10), false}, {1500, stat(10), false}, {2000, stat(30), false}, {2500, stat(30), true}},
+			[]delivered{{0, 0}, {500, 10}, {1500, 10}, {2000, 30}, {2500, 30}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v2 := t.TempDir()
+			writeTree(t, map[string]string{
+				filepath.Join(v2, "late", "io.max"):  "254:16 rbps=max wbps=max riops=max wiops=40\n",
+				filepath.Join(v2, "late", "io.stat"): "",
+			})
+			sink := &blkSink{}
+			r := &iolimitsRunning{v2: v2, sysfs: t.TempDir(), procfs: t.TempDir(), sink: sink, names: map[string]event.Device{}, members: map[memberKey]bool{}, counters: map[counterKey]counterReading{}}
+			r.readLimits(0)
+			for _, rd := range tc.readings {
+				writeTree(t, map[string]string{filepath.Join(v2, "late", "io.stat"): rd.stat})
+				r.readCounters(event.Mono(rd.ms*int64(time.Millisecond)), rd.all)
+			}
+			var got []delivered
+			for _, e := range sink.events {
+				if c, ok := e.(event.CgroupIO); ok {
+					if c.Cgroup != "/late" || c.Dev.Major != 254 || c.Dev.Minor != 16 || c.WriteBytes != c.Writes*4096 {
+						t.Errorf("counters %+v, want /late's on 254:16", c)
+					}
+					got = append(got, delivered{int64(c.Time) / int64(time.Millisecond), c.Writes})
+				}
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("delivered (ms, writes) %v, want %v", got, tc.want)
+			}
+		})
 	}
 }
 

@@ -37,8 +37,11 @@ type Limit struct {
 	// Rate is the rate of the cgroup's I/O of the limit's kind (reads or
 	// writes; I/Os or bytes a second) on the device while it did I/O
 	// during the run, from its counters (read at the start, every 500 ms
-	// when they change, and at the end); Counted is false when they were
-	// not read twice (then Rate is 0).
+	// when they change with the reading before the change, and at the
+	// end; zero on a device of a v2 io.max that io.stat does not list
+	// yet): from the last reading before they grew to the first after
+	// they stopped; Counted is false when they were not read twice (then
+	// Rate is 0).
 	Rate    float64
 	Counted bool
 	// Processes are the processes of the cgroup (or of one below it) that
@@ -420,8 +423,13 @@ func (b *builder) limits() {
 // activeRate is the rate of a cgroup's I/O of a limit's kind while it did
 // I/O: from the last reading before its counter grew to the first reading
 // after it stopped growing (the iolimits probe reads the counters every
-// 500 ms when they change), so that a process that wrote for part of the
-// run is measured against the limit while it wrote.
+// 500 ms and delivers those that changed and the reading before each
+// change), so that a process that wrote for part of the run is measured
+// against the limit while it wrote, not from the run's start: a cgroup
+// idle, or with no line in io.stat yet (read as zero), until the middle
+// of the run starts its window at its last idle reading. (A trace of a
+// probe that did not deliver the reading before a change starts it at the
+// last reading delivered: the run's start for a cgroup idle until then.)
 func activeRate(ss []event.CgroupIO, kind string) float64 {
 	q := func(c event.CgroupIO) uint64 {
 		switch kind {

@@ -154,6 +154,56 @@ func TestLimitsUncounted(t *testing.T) {
 	}
 }
 
+// The rate of a v2 cgroup limited to 40 write IOPS in a run of 10 s, whose
+// writer ran at the limit from 3.6 s to the end, as the iolimits probe
+// delivers its counters: zero at the start (no line in io.stat yet), the
+// reading before they grew (at 3.5 s), every change, the end. Measured from
+// that reading, it is at the limit and binding; from the run's start (a
+// trace without it) it would be 64% of the limit and not binding. A
+// cgroup already counted before the run is measured the same way; one
+// whose limit let nothing through reads zero and is counted.
+func TestLimitRateFromItsIO(t *testing.T) {
+	s := func(d float64) event.Mono { return event.Mono(d * float64(time.Second)) }
+	type reading struct {
+		at     float64
+		writes uint64
+	}
+	var load []reading
+	for at := 4.0; at <= 10; at += 0.5 {
+		load = append(load, reading{at, uint64((at - 3.6) * 40)})
+	}
+	for _, tc := range []struct {
+		name     string
+		readings []reading
+		rate     float64
+		binding  bool
+	}{
+		{"no line until its I/O", append([]reading{{0, 0}, {3.5, 0}}, load...), 256 / 6.5, true},
+		{"no line until its I/O, the reading before it missing", append([]reading{{0, 0}}, load...), 256 / 10.0, false},
+		{"counted before the run", func() []reading {
+			rs := []reading{{0, 1000}, {3.5, 1000}}
+			for _, r := range load {
+				rs = append(rs, reading{r.at, 1000 + r.writes})
+			}
+			return rs
+		}(), 256 / 6.5, true},
+		{"nothing let through", []reading{{0, 0}, {10, 0}}, 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tl := &timeline.Timeline{Start: 0, End: s(10)}
+			tl.Add(event.IOLimit{Time: s(0), Cgroup: "/late", Dev: loop0, Limit: "wiops", Value: 40})
+			for _, r := range tc.readings {
+				tl.Add(event.CgroupIO{Time: s(r.at), Cgroup: "/late", Dev: loop0, Writes: r.writes, WriteBytes: r.writes * 4096})
+			}
+			tl.Sort()
+			l := Build(tl, Options{}).Find("loop0").Limits[0]
+			if !l.Counted || math.Abs(l.Rate-tc.rate) > 0.01 || l.Binding() != tc.binding {
+				t.Errorf("counted %v, rate %.2f, binding %v; want counted, rate %.2f, binding %v", l.Counted, l.Rate, l.Binding(), tc.rate, tc.binding)
+			}
+		})
+	}
+}
+
 func TestUnder(t *testing.T) {
 	for _, tc := range []struct {
 		p, c string

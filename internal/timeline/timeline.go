@@ -147,7 +147,7 @@ var Sources = []Source{
 			},
 			"`time`, `cgroup` (path in its hierarchy), `v1` (the cgroup v1 blkio hierarchy), `dev`, `limit` (`rbps`/`wbps`/`riops`/`wiops`), `value` (bytes or I/Os a second): a blk-throttle limit (`io.max`, `blkio.throttle.*`) read at the start"),
 		Events("cgroup_io", func(t *Timeline) *[]event.CgroupIO { return &t.CgroupIO },
-			"`time`, `cgroup`, `v1`, `dev`, `reads`, `writes`, `read_bytes`, `write_bytes`: a limited cgroup's I/O counters on a device (`io.stat`, `blkio.throttle.io_serviced`/`io_service_bytes`), read at the start, every 500 ms when they changed, and at the end"),
+			"`time`, `cgroup`, `v1`, `dev`, `reads`, `writes`, `read_bytes`, `write_bytes`: a limited cgroup's I/O counters on a device (`io.stat`, `blkio.throttle.io_serviced`/`io_service_bytes`), read at the start, every 500 ms when they changed (and then the reading before the change too, at its time, when it was not delivered), and at the end; a device of a v2 cgroup's `io.max` that its `io.stat` does not list yet (no I/O got through to it) reads as zeros"),
 		Describing("cgroup_member", func(t *Timeline) *[]event.CgroupMember { return &t.CgroupMembers },
 			func(e event.CgroupMember) (string, uint32) {
 				return fmt.Sprintf("%s\x00%t\x00%d", e.Cgroup, e.V1, e.Pid), e.Pid

@@ -112,7 +112,7 @@ var benchTools = []struct{ path, pkg string }{
 // the direct probes, armed mode auto's detaching and arming of the hot
 // hooks and its PSI triggers on a cgroup: each ~10 s a kernel); the
 // loop-device story runs on the host in make test.
-const defaultE2E = "TestBcache|TestMechanism|TestTrace|TestProbesCommand|TestCgroupThrottle|TestIOCost|TestFailingDevice|TestWritebackCauses|TestArmedAuto|TestServeArmedAuto"
+const defaultE2E = "TestBcache|TestMechanism|TestTrace|TestProbesCommand|TestCgroupThrottle|TestUnfinishedThrottledRead|TestIOCost|TestFailingDevice|TestWritebackCauses|TestArmedAuto|TestServeArmedAuto"
 
 // leftOut are the cases of the default end-to-end set the matrix does not
 // run (go test -test.skip), with why; vmtest says so for every kernel.
