@@ -10,8 +10,10 @@
 package hist
 
 import (
+	"iter"
 	"math"
 	"math/bits"
+	"slices"
 	"time"
 )
 
@@ -91,29 +93,36 @@ func (h *Histogram) Merge(o *Histogram) {
 // Quantile returns an estimate of the q-quantile (0 < q <= 1): the midpoint
 // of the slot holding it, never above the recorded maximum.
 func (h *Histogram) Quantile(q float64) time.Duration {
-	if h.Count == 0 {
+	return quantile(q, h.Count, h.MaxNs, slices.All(h.Counts[:]))
+}
+
+// quantile is the q-quantile of count values, with the largest maxNs, whose
+// slots and counts slots yields in slot order: the midpoint of the slot
+// holding it, never above maxNs. Histogram and Sparse share it.
+func quantile(q float64, count, maxNs uint64, slots iter.Seq2[int, uint64]) time.Duration {
+	if count == 0 {
 		return 0
 	}
-	rank := uint64(q*float64(h.Count) + 0.5)
+	rank := uint64(q*float64(count) + 0.5)
 	if rank < 1 {
 		rank = 1
 	}
-	if rank >= h.Count && h.MaxNs > 0 {
-		return duration(h.MaxNs)
+	if rank >= count && maxNs > 0 {
+		return duration(maxNs)
 	}
 	var seen uint64
-	for i, c := range h.Counts {
+	for i, c := range slots {
 		seen += c
 		if seen >= rank {
 			lo, hi := Bounds(i)
 			v := lo + (hi-lo)/2
-			if h.MaxNs > 0 && v > h.MaxNs {
-				v = h.MaxNs
+			if maxNs > 0 && v > maxNs {
+				v = maxNs
 			}
 			return duration(v)
 		}
 	}
-	return duration(h.MaxNs)
+	return duration(maxNs)
 }
 
 // Mean returns the average, or 0 when empty.

@@ -121,32 +121,13 @@ func (s *Sparse) Merge(o *Sparse) {
 
 // Quantile is Histogram.Quantile of the full histogram.
 func (s *Sparse) Quantile(q float64) time.Duration {
-	if s.Count == 0 {
-		return 0
-	}
-	rank := uint64(q*float64(s.Count) + 0.5)
-	if rank < 1 {
-		rank = 1
-	}
-	if rank >= s.Count && s.MaxNs > 0 {
-		return duration(s.MaxNs)
-	}
-	var seen uint64
-	for _, sc := range s.Slots {
-		if int(sc.Slot) >= Slots {
-			continue
-		}
-		seen += sc.Count
-		if seen >= rank {
-			lo, hi := Bounds(int(sc.Slot))
-			v := lo + (hi-lo)/2
-			if s.MaxNs > 0 && v > s.MaxNs {
-				v = s.MaxNs
+	return quantile(q, s.Count, s.MaxNs, func(yield func(int, uint64) bool) {
+		for _, sc := range s.Slots {
+			if int(sc.Slot) < Slots && !yield(int(sc.Slot), sc.Count) {
+				return
 			}
-			return duration(v)
 		}
-	}
-	return duration(s.MaxNs)
+	})
 }
 
 // Mean is Histogram.Mean.
