@@ -54,8 +54,17 @@ func IOCgroup(t testing.TB, name string) *Cgroup {
 	if !v1 {
 		enableIO(t, root)
 	}
-	c := &Cgroup{V1: v1}
-	c.Dir = filepath.Join(root, fmt.Sprintf("%s%d-%s", cgroupPrefix, os.Getpid(), name))
+	c := makeCgroup(t, root, name)
+	c.V1 = v1
+	t.Logf("scenario: made cgroup %s", c.Dir)
+	return c
+}
+
+// makeCgroup makes the test's cgroup name under root, removed when the
+// test ends.
+func makeCgroup(t testing.TB, root, name string) *Cgroup {
+	t.Helper()
+	c := &Cgroup{Dir: filepath.Join(root, fmt.Sprintf("%s%d-%s", cgroupPrefix, os.Getpid(), name))}
 	c.Path = "/" + filepath.Base(c.Dir)
 	if err := os.Mkdir(c.Dir, 0o755); err != nil {
 		t.Fatalf("cgroup: %v", err)
@@ -65,7 +74,6 @@ func IOCgroup(t testing.TB, name string) *Cgroup {
 			t.Errorf("cgroup cleanup: %v", err)
 		}
 	})
-	t.Logf("scenario: made cgroup %s", c.Dir)
 	return c
 }
 
@@ -238,16 +246,7 @@ func PressureCgroup(t testing.TB, name string) *Cgroup {
 	if err != nil {
 		Skip(t, "no cgroup v2 hierarchy: %v", err)
 	}
-	c := &Cgroup{Dir: filepath.Join(root, fmt.Sprintf("%s%d-%s", cgroupPrefix, os.Getpid(), name))}
-	c.Path = "/" + filepath.Base(c.Dir)
-	if err := os.Mkdir(c.Dir, 0o755); err != nil {
-		t.Fatalf("cgroup: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := removeCgroup(c.Dir, root); err != nil {
-			t.Errorf("cgroup cleanup: %v", err)
-		}
-	})
+	c := makeCgroup(t, root, name)
 	if _, err := os.Stat(filepath.Join(c.Dir, "io.pressure")); err != nil {
 		Skip(t, "cgroup v2 %s has no io.pressure (a kernel without PSI, or psi=0): %v", c.Dir, err)
 	}
